@@ -1,0 +1,8 @@
+"""Datasets: the in-memory sample form, native-format loaders, the synthetic default, splits."""
+from .errors import DataError
+from .formats import FORMATS, detect_format, load, save
+from .imageio import read_image
+from .sample import Sample, Skip, SmearDataset
+
+__all__ = ["DataError", "FORMATS", "Sample", "Skip", "SmearDataset", "detect_format", "load",
+           "read_image", "save"]

@@ -1,0 +1,59 @@
+"""Box checks shared by every loader: clip what runs past the image, drop what is degenerate."""
+from __future__ import annotations
+
+import numpy as np
+
+from .sample import SkipLog
+
+
+def clean_boxes(boxes, labels, hw: tuple[int, int] | None, path, skipped: SkipLog, fixed: SkipLog,
+                *, max_overrun: float = 8.0, records=None, extra: dict | None = None):
+    """Validate boxes from an annotation file.
+
+    Boxes that run past the image edge by at most ``max_overrun`` pixels are clipped and
+    counted in ``fixed`` (annotation tools often place the far edge a few pixels out); boxes with
+    ``x1 <= x0`` or ``y1 <= y0`` (after clipping), with non-finite values, or lying further
+    outside are dropped and counted in ``skipped``.
+
+    Parameters
+    ----------
+    boxes : (N, 4) array-like, xyxy pixels.
+    labels : (N,) ints.
+    hw : image (height, width), or None when unknown (no clipping then).
+    records : optional per-box names for the report (e.g. ``"object 3"``).
+    extra : optional dict of per-box arrays (masks, flags) filtered alongside.
+
+    Returns
+    -------
+    boxes, labels, kept_index
+    """
+    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    lab = np.asarray(labels, dtype=np.int64).reshape(-1)
+    keep = np.ones(len(b), bool)
+    out = b.copy()
+    for i, (x0, y0, x1, y1) in enumerate(b):
+        rec = records[i] if records is not None else f"box {i}"
+        if not np.all(np.isfinite(b[i])):
+            skipped.add(path, f"non-finite box: {b[i].tolist()}", rec)
+            keep[i] = False
+            continue
+        if x1 <= x0 or y1 <= y0:
+            skipped.add(path, f"degenerate box (x1<=x0 or y1<=y0): {b[i].tolist()}", rec)
+            keep[i] = False
+            continue
+        if hw is not None:
+            h, w = hw
+            over = max(-x0, -y0, x1 - w, y1 - h)
+            if over > 0:
+                if over > max_overrun or x0 >= w or y0 >= h or x1 <= 0 or y1 <= 0:
+                    skipped.add(path, f"box outside the {w}x{h} image: {b[i].tolist()}", rec)
+                    keep[i] = False
+                    continue
+                out[i] = [max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)]
+                if out[i, 2] <= out[i, 0] or out[i, 3] <= out[i, 1]:
+                    skipped.add(path, f"box empty after clipping to the image: {b[i].tolist()}", rec)
+                    keep[i] = False
+                    continue
+                fixed.add(path, f"box clipped to the image: {b[i].tolist()}", rec)
+    idx = np.flatnonzero(keep)
+    return out[idx].astype(np.float32), lab[idx], idx

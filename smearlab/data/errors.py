@@ -1,0 +1,19 @@
+"""The one exception type for bad input: it names the file, the record and the problem."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class DataError(ValueError):
+    """A file (or one record in it) that smearlab cannot use.
+
+    The message reads ``<file>[ record]: <problem>`` so that a user sees at once which file to
+    open and what to fix.
+    """
+
+    def __init__(self, path: str | Path, problem: str, record: str | None = None):
+        self.path = str(path)
+        self.problem = problem
+        self.record = record
+        rec = f" [{record}]" if record else ""
+        super().__init__(f"{self.path}{rec}: {problem}")

@@ -1,0 +1,269 @@
+"""The one in-memory form every loader returns and every model consumes.
+
+Conventions
+-----------
+* ``image``: ``(H, W, 3)`` uint8 RGB. Grey, RGBA, palette and 16-bit inputs are converted
+  on read; ``bit_depth`` keeps the original depth and :meth:`Sample.read_raw` the original array.
+* ``boxes``: ``(N, 4)`` float32, ``x0, y0, x1, y1`` in pixels, pixel-edge coordinates
+  (a box covering columns 0..9 is ``x0=0, x1=10``).
+* ``labels``: ``(N,)`` int64 indices into the dataset's ``class_names`` (0-based, no background
+  entry; the torch dataset shifts by one so that 0 is background for torchvision).
+* ``masks``: optional ``(N, H, W)`` bool, one per instance.
+* ``semantic``: optional ``(H, W)`` uint8, values index ``SmearDataset.semantic_names``.
+* ``image_label``: optional image-level class (cell crops, Zheng WBC images).
+
+Images and masks may be loaded lazily: a loader passes a zero-argument callable instead of
+an array and the first access reads the file.
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from .errors import DataError
+
+log = logging.getLogger("smearlab.data")
+
+ArrayOrLoader = "np.ndarray | Callable[[], np.ndarray] | None"
+
+
+def _resolve(value):
+    return value() if callable(value) else value
+
+
+@dataclass
+class Sample:
+    """One image with its annotations (see the module docstring for the conventions)."""
+
+    image_id: str
+    path: Path | None = None
+    boxes: np.ndarray = field(default_factory=lambda: np.zeros((0, 4), np.float32))
+    labels: np.ndarray = field(default_factory=lambda: np.zeros((0,), np.int64))
+    image_label: int | None = None
+    domain: str | None = None
+    bit_depth: int = 8
+    size: tuple[int, int] | None = None  # (height, width) when known without reading the image
+    meta: dict[str, Any] = field(default_factory=dict)
+    _image: Any = field(default=None, repr=False)
+    _masks: Any = field(default=None, repr=False)
+    _semantic: Any = field(default=None, repr=False)
+
+    def __post_init__(self):
+        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        self.labels = np.asarray(self.labels, dtype=np.int64).reshape(-1)
+        if len(self.boxes) != len(self.labels):
+            raise DataError(self.path or self.image_id,
+                            f"{len(self.boxes)} boxes but {len(self.labels)} labels")
+        if self.path is not None:
+            self.path = Path(self.path)
+        if isinstance(self._image, np.ndarray):
+            self._image = _check_image(self._image, self.path or self.image_id)
+            self.size = self._image.shape[:2]
+
+    # -- lazily loaded arrays -------------------------------------------------------------
+    @property
+    def image(self) -> np.ndarray:
+        """RGB uint8 image, read on first access when the loader gave a path only."""
+        if self._image is None:
+            if self.path is None:
+                raise DataError(self.image_id, "sample has neither an image nor a path")
+            from .imageio import read_image
+            img, depth = read_image(self.path)
+            self._image, self.bit_depth = img, depth
+        elif callable(self._image):
+            self._image = _check_image(self._image(), self.path or self.image_id)
+        self.size = self._image.shape[:2]
+        return self._image
+
+    @image.setter
+    def image(self, value: np.ndarray):
+        self._image = _check_image(value, self.path or self.image_id)
+        self.size = self._image.shape[:2]
+
+    def release(self) -> None:
+        """Forget a lazily read image (and masks) so that a large dataset stays small in memory."""
+        if self.path is not None:
+            self._image = None
+
+    @property
+    def masks(self) -> np.ndarray | None:
+        """``(N, H, W)`` bool instance masks or None."""
+        if callable(self._masks):
+            self._masks = self._check_masks(self._masks())
+        return self._masks
+
+    @masks.setter
+    def masks(self, value):
+        self._masks = None if value is None else (
+            value if callable(value) else self._check_masks(value))
+
+    @property
+    def semantic(self) -> np.ndarray | None:
+        """``(H, W)`` uint8 semantic mask or None."""
+        if callable(self._semantic):
+            self._semantic = self._check_semantic(self._semantic())
+        return self._semantic
+
+    @semantic.setter
+    def semantic(self, value):
+        self._semantic = None if value is None else (
+            value if callable(value) else self._check_semantic(value))
+
+    @property
+    def has_masks(self) -> bool:
+        return self._masks is not None
+
+    @property
+    def has_semantic(self) -> bool:
+        return self._semantic is not None
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        """(height, width), reading the image only when the size is not yet known."""
+        if self.size is None:
+            self.image  # noqa: B018 - reads and sets size
+        return tuple(self.size)
+
+    def read_raw(self) -> np.ndarray:
+        """The image as stored on disk (original bit depth and channels)."""
+        if self.path is None:
+            return self.image
+        from .imageio import read_raw
+        return read_raw(self.path)
+
+    def _check_masks(self, m) -> np.ndarray:
+        m = np.asarray(m).astype(bool, copy=False)
+        if m.ndim == 2 and len(self.boxes) == 1:
+            m = m[None]
+        if m.ndim != 3 or m.shape[0] != len(self.boxes):
+            raise DataError(self.path or self.image_id,
+                            f"instance masks have shape {m.shape}, expected ({len(self.boxes)}, H, W)")
+        if self.size is not None and tuple(m.shape[1:]) != tuple(self.size):
+            raise DataError(self.path or self.image_id,
+                            f"mask size {m.shape[1:]} differs from image size {tuple(self.size)}")
+        return m
+
+    def _check_semantic(self, s) -> np.ndarray:
+        s = np.asarray(s)
+        if s.ndim != 2:
+            raise DataError(self.path or self.image_id, f"semantic mask must be 2-D, got shape {s.shape}")
+        if self.size is not None and tuple(s.shape) != tuple(self.size):
+            raise DataError(self.path or self.image_id,
+                            f"semantic mask size {s.shape} differs from image size {tuple(self.size)}")
+        return s.astype(np.uint8, copy=False)
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+
+def _check_image(img, where) -> np.ndarray:
+    img = np.asarray(img)
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise DataError(where, f"image must be (H, W, 3) uint8 RGB, got {img.shape} {img.dtype}")
+    if img.shape[0] == 0 or img.shape[1] == 0:
+        raise DataError(where, f"image has zero size {img.shape[:2]}")
+    return img
+
+
+@dataclass
+class Skip:
+    """One record a loader refused: which file, which record, and why."""
+
+    path: str
+    reason: str
+    record: str | None = None
+
+    def __str__(self) -> str:
+        rec = f" [{self.record}]" if self.record else ""
+        return f"{self.path}{rec}: {self.reason}"
+
+
+class SkipLog(list):
+    """A list of :class:`Skip` that also logs each entry as a warning."""
+
+    def add(self, path, reason: str, record: str | None = None) -> None:
+        s = Skip(str(path), reason, record)
+        log.warning("skipped %s", s)
+        self.append(s)
+
+    def counts(self) -> Counter:
+        """How many skips of each kind (the reason without its numbers)."""
+        return Counter(s.reason.split(":")[0] for s in self)
+
+
+class SmearDataset(Sequence[Sample]):
+    """A list of :class:`Sample` with its class names and the loader's report.
+
+    Parameters
+    ----------
+    samples : list of Sample
+    class_names : object classes, indexed by ``Sample.labels`` (and ``image_label``).
+    name : short name for reports.
+    semantic_names : names of the semantic mask values, if any (index = value).
+    skipped : records the loader refused, with reasons (see :class:`Skip`).
+    fixed : boxes the loader repaired (e.g. clipped to the image), with reasons.
+    """
+
+    def __init__(self, samples: Iterable[Sample], class_names: Sequence[str], name: str = "dataset",
+                 *, root: str | Path | None = None, format: str | None = None,
+                 semantic_names: Sequence[str] | None = None,
+                 skipped: list[Skip] | None = None, fixed: list[Skip] | None = None):
+        self.samples = list(samples)
+        self.class_names = list(class_names)
+        self.name = name
+        self.root = Path(root) if root is not None else None
+        self.format = format
+        self.semantic_names = list(semantic_names) if semantic_names is not None else None
+        self.skipped = SkipLog(skipped or [])
+        self.fixed = SkipLog(fixed or [])
+        k = len(self.class_names)
+        for s in self.samples:
+            bad = (s.labels < 0) | (s.labels >= k)
+            if bad.any():
+                raise DataError(s.path or s.image_id, f"label {int(s.labels[bad][0])} outside the "
+                                f"{k} classes {self.class_names}")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return self.subset(range(*i.indices(len(self))))
+        return self.samples[i]
+
+    def __repr__(self) -> str:
+        return (f"SmearDataset({self.name!r}, {len(self)} images, {self.num_objects} objects, "
+                f"classes={self.class_names}, skipped={len(self.skipped)})")
+
+    @property
+    def num_objects(self) -> int:
+        return int(sum(len(s.boxes) for s in self.samples))
+
+    def subset(self, indices: Iterable[int], name: str | None = None) -> "SmearDataset":
+        """A dataset of the chosen samples (shared, not copied), same classes."""
+        return SmearDataset([self.samples[i] for i in indices], self.class_names,
+                            name or self.name, root=self.root, format=self.format,
+                            semantic_names=self.semantic_names)
+
+    def class_counts(self) -> dict[str, int]:
+        """Objects per class name (image labels when there are no boxes)."""
+        c = Counter()
+        for s in self.samples:
+            c.update(s.labels.tolist())
+            if len(s.boxes) == 0 and s.image_label is not None:
+                c[s.image_label] += 1
+        return {n: int(c.get(i, 0)) for i, n in enumerate(self.class_names)}
+
+    def summary(self) -> dict[str, Any]:
+        """Counts a report can print: images, objects per class, skips and repairs."""
+        return {
+            "name": self.name, "format": self.format, "images": len(self),
+            "objects": self.num_objects, "per_class": self.class_counts(),
+            "skipped": len(self.skipped), "fixed": len(self.fixed),
+            "skip_reasons": dict(self.skipped.counts()),
+        }

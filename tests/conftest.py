@@ -1,0 +1,51 @@
+"""Shared fixtures: where the real datasets live, and the rule for when they are missing.
+
+Tests that need ``../shared/data`` skip when it is absent on a user's machine, but under CI
+(``CI=true``) a missing dataset is a failure, never a silent skip.
+"""
+from __future__ import annotations
+
+import os
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SMEARLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def _need(path: Path) -> Path:
+    if path.exists():
+        return path
+    msg = f"real dataset not found at {path} (set SMEARLAB_SHARED_DATA)"
+    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+        pytest.fail(msg + " - under CI a missing dataset is an error")
+    pytest.skip(msg)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Root of the shared real datasets."""
+    return _need(SHARED_DATA)
+
+
+@pytest.fixture(scope="session")
+def cbc_root(shared_data) -> Path:
+    return _need(shared_data / "cbc")
+
+
+@pytest.fixture(scope="session")
+def zheng_root(shared_data, tmp_path_factory) -> Path:
+    """The Zheng WBC tree, extracted once per session into a temporary folder."""
+    archive = _need(shared_data / "wbc_zheng.tar.xz")
+    out = tmp_path_factory.mktemp("zheng")
+    with tarfile.open(archive) as tf:
+        tf.extractall(out, filter="data")
+    return out
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
