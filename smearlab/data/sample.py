@@ -250,6 +250,22 @@ class SmearDataset(Sequence[Sample]):
                             name or self.name, root=self.root, format=self.format,
                             semantic_names=self.semantic_names)
 
+    @classmethod
+    def concat(cls, datasets: Sequence["SmearDataset"], name: str | None = None) -> "SmearDataset":
+        """One dataset of several with the same classes (e.g. two staining domains)."""
+        first = datasets[0]
+        for d in datasets[1:]:
+            if d.class_names != first.class_names:
+                raise ValueError(f"cannot concatenate {d.name!r} (classes {d.class_names}) with "
+                                 f"{first.name!r} (classes {first.class_names})")
+        out = cls([s for d in datasets for s in d], first.class_names,
+                  name or "+".join(d.name for d in datasets), format=first.format,
+                  semantic_names=first.semantic_names)
+        for d in datasets:
+            out.skipped.extend(d.skipped)
+            out.fixed.extend(d.fixed)
+        return out
+
     def class_counts(self) -> dict[str, int]:
         """Objects per class name (image labels when there are no boxes)."""
         c = Counter()

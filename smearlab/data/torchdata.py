@@ -1,0 +1,83 @@
+"""A torch Dataset over :class:`SmearDataset` yielding torchvision detection targets."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from .sample import Sample, SmearDataset
+
+#: ITU-R BT.601 luma weights, the same ones PIL uses for "L".
+LUMA = (0.299, 0.587, 0.114)
+
+
+class DetectionDataset(Dataset):
+    """Images as float tensors in [0, 1] and the target dict torchvision detectors expect.
+
+    Labels are shifted by one so that 0 is the background class of torchvision models: a
+    dataset with classes ``[RBC, WBC, Platelets]`` yields labels 1..3 and a model needs
+    ``num_classes = len(class_names) + 1``.
+
+    Parameters
+    ----------
+    dataset : SmearDataset
+    grayscale : yield a 1-channel image (luma) instead of RGB.
+    transform : optional ``f(sample) -> sample`` applied before conversion (augmentation).
+    with_masks : include ``masks`` in the target when the sample has instance masks.
+    """
+
+    def __init__(self, dataset: SmearDataset, *, grayscale: bool = False,
+                 transform: Callable[[Sample], Sample] | None = None, with_masks: bool = True):
+        self.dataset = dataset
+        self.grayscale = grayscale
+        self.transform = transform
+        self.with_masks = with_masks
+
+    @property
+    def num_classes(self) -> int:
+        """Classes including background, as torchvision model builders want it."""
+        return len(self.dataset.class_names) + 1
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int):
+        s = self.dataset[i]
+        if self.transform is not None:
+            s = self.transform(s)
+        return image_to_tensor(s.image, self.grayscale), target_dict(s, i, self.with_masks)
+
+
+def image_to_tensor(image: np.ndarray, grayscale: bool = False) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (C, H, W) float32 in [0, 1]; C is 1 for ``grayscale``."""
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    if grayscale:
+        w = torch.tensor(LUMA, dtype=t.dtype).view(3, 1, 1)
+        t = (t * w).sum(0, keepdim=True)
+    return t
+
+
+def target_dict(sample: Sample, index: int, with_masks: bool = True) -> dict[str, torch.Tensor]:
+    """torchvision target: boxes, labels (+1), image_id, area, iscrowd and masks if present."""
+    boxes = torch.as_tensor(sample.boxes, dtype=torch.float32).reshape(-1, 4)
+    iscrowd = sample.meta.get("iscrowd")
+    t = {
+        "boxes": boxes,
+        "labels": torch.as_tensor(sample.labels, dtype=torch.int64) + 1,
+        "image_id": torch.tensor(index, dtype=torch.int64),
+        "area": (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]),
+        "iscrowd": (torch.as_tensor(np.asarray(iscrowd), dtype=torch.int64) if iscrowd is not None
+                    else torch.zeros(len(boxes), dtype=torch.int64)),
+    }
+    if with_masks and sample.has_masks:
+        m = torch.from_numpy(np.ascontiguousarray(sample.masks)).to(torch.uint8)
+        t["masks"] = m
+        t["area"] = m.flatten(1).sum(1).float()
+    return t
+
+
+def collate_detection(batch):
+    """Keep images and targets as tuples: detection images may differ in size."""
+    return tuple(zip(*batch))

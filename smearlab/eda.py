@@ -1,0 +1,73 @@
+"""Dataset statistics for exploration: counts, sizes and colour, as plain arrays and dicts."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from skimage.color import rgb2hsv
+
+from .data.sample import SmearDataset
+
+
+def objects_per_image(dataset: SmearDataset) -> np.ndarray:
+    """(n_images, n_classes) object counts."""
+    k = len(dataset.class_names)
+    out = np.zeros((len(dataset), k), np.int64)
+    for i, s in enumerate(dataset):
+        out[i] = np.bincount(s.labels, minlength=k)[:k]
+    return out
+
+
+def box_sizes(dataset: SmearDataset) -> dict[str, np.ndarray]:
+    """Box (width, height) per class name, each an (N, 2) float array."""
+    per = {n: [] for n in dataset.class_names}
+    for s in dataset:
+        wh = s.boxes[:, 2:] - s.boxes[:, :2]
+        for lab, v in zip(s.labels, wh):
+            per[dataset.class_names[lab]].append(v)
+    return {n: np.array(v, np.float32).reshape(-1, 2) for n, v in per.items()}
+
+
+def colour_stats(dataset: SmearDataset, max_images: int | None = None, seed: int = 0,
+                 release: bool = True) -> dict[str, np.ndarray]:
+    """Mean R, G, B, H, S, V (in [0, 1]) per image, grouped by domain.
+
+    Images are read on a 4x-subsampled grid, which is plenty for means. With ``max_images``
+    a seeded random subset is used. Lazily read images are released afterwards when
+    ``release`` is set, so large datasets stay small in memory.
+    """
+    idx = np.arange(len(dataset))
+    if max_images is not None and len(idx) > max_images:
+        idx = np.sort(np.random.default_rng(seed).choice(idx, max_images, replace=False))
+    out: dict[str, list] = {}
+    for i in idx:
+        s = dataset[int(i)]
+        small = s.image[::4, ::4].astype(np.float32) / 255.0
+        hsv = rgb2hsv(small)
+        out.setdefault(s.domain or dataset.name, []).append(
+            np.concatenate([small.reshape(-1, 3).mean(0), _hsv_mean(hsv)]))
+        if release:
+            s.release()
+    return {k: np.array(v) for k, v in out.items()}
+
+
+def _hsv_mean(hsv: np.ndarray) -> np.ndarray:
+    """Mean of HSV with the hue averaged on the circle."""
+    h = hsv[..., 0].ravel() * 2 * np.pi
+    hue = (np.arctan2(np.sin(h).mean(), np.cos(h).mean()) / (2 * np.pi)) % 1.0
+    return np.array([hue, hsv[..., 1].mean(), hsv[..., 2].mean()])
+
+
+def colour_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """Distance between two domains' mean RGB (Euclidean, in [0, 1] units)."""
+    return float(np.linalg.norm(a[:, :3].mean(0) - b[:, :3].mean(0)))
+
+
+def summary(dataset: SmearDataset) -> dict[str, Any]:
+    """Headline numbers of a dataset for the report index."""
+    per_image = objects_per_image(dataset)
+    sizes = box_sizes(dataset)
+    out = dataset.summary()
+    out["objects_per_image_mean"] = float(per_image.sum(1).mean()) if len(dataset) else 0.0
+    out["median_box_size"] = {n: [float(x) for x in np.median(v, 0)] for n, v in sizes.items() if len(v)}
+    return out

@@ -1,0 +1,129 @@
+"""Drawing samples and plotting dataset statistics with matplotlib.
+
+Every function takes an optional ``ax`` and returns the axes (or figure) it drew on, so
+notebooks compose them and tests can count what was drawn.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.patches import Rectangle
+
+from .data.sample import Sample, SmearDataset
+
+
+def class_colors(n: int) -> list[tuple[float, float, float, float]]:
+    """``n`` distinct colours (tab10, then tab20 for more classes)."""
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def draw_sample(sample: Sample, class_names: Sequence[str], ax=None, *, classes: Iterable[int] | None = None,
+                boxes: bool = True, masks: bool = True, labels: bool = False, linewidth: float = 1.0,
+                title: str | None = None):
+    """Show the image with its boxes (and instance masks as a translucent overlay).
+
+    ``classes`` limits the drawing to those class indices. Returns the axes; the number of
+    boxes drawn is ``len(ax.patches)``.
+    """
+    ax = ax or plt.gca()
+    img = sample.image
+    show = np.ones(len(sample.labels), bool) if classes is None else np.isin(sample.labels, list(classes))
+    colors = class_colors(len(class_names))
+    if masks and sample.has_masks and show.any():
+        overlay = img.astype(np.float32) / 255.0
+        for m, lab in zip(sample.masks[show], sample.labels[show]):
+            overlay[m] = 0.55 * overlay[m] + 0.45 * np.asarray(colors[lab][:3])
+        img = overlay
+    ax.imshow(img)
+    if boxes:
+        for (x0, y0, x1, y1), lab in zip(sample.boxes[show], sample.labels[show]):
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=linewidth, ec=colors[lab]))
+            if labels:
+                ax.text(x0, y0, class_names[lab], color="white", fontsize=6, va="bottom",
+                        bbox=dict(fc=colors[lab], ec="none", pad=0.5))
+    ax.set_title(title if title is not None else sample.image_id, fontsize=8)
+    ax.axis("off")
+    return ax
+
+
+def gallery(dataset: SmearDataset, indices: Sequence[int] | None = None, n: int = 8, cols: int = 4,
+            size: float = 3.0, **draw_kw):
+    """A grid of samples with their annotations; returns the figure."""
+    indices = list(range(min(n, len(dataset)))) if indices is None else list(indices)
+    rows = max(1, int(np.ceil(len(indices) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size * 0.8), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, indices):
+        draw_sample(dataset[i], dataset.class_names, ax, **draw_kw)
+    fig.tight_layout()
+    return fig
+
+
+def legend_handles(class_names: Sequence[str]):
+    """Patches for a legend of the class colours."""
+    from matplotlib.patches import Patch
+    return [Patch(color=c, label=n) for n, c in zip(class_names, class_colors(len(class_names)))]
+
+
+def plot_class_distribution(counts: dict[str, int], ax=None, title: str = "objects per class"):
+    """Bar chart of object counts per class, counts written on the bars."""
+    ax = ax or plt.gca()
+    names, vals = list(counts), list(counts.values())
+    bars = ax.bar(names, vals, color=class_colors(len(names)))
+    ax.bar_label(bars, fontsize=8)
+    ax.set_title(title)
+    ax.tick_params(axis="x", rotation=30)
+    return ax
+
+
+def plot_objects_per_image(per_image: np.ndarray, class_names: Sequence[str], ax=None):
+    """Histogram of objects per image, one line per class."""
+    ax = ax or plt.gca()
+    colors = class_colors(len(class_names))
+    top = int(per_image.max()) if per_image.size else 1
+    bins = np.arange(0, top + 2) - 0.5 if top < 60 else 30
+    for k, name in enumerate(class_names):
+        ax.hist(per_image[:, k], bins=bins, histtype="step", color=colors[k], label=name, lw=1.5)
+    ax.set_xlabel("objects in the image")
+    ax.set_ylabel("images")
+    ax.legend(fontsize=8)
+    ax.set_title("objects per image")
+    return ax
+
+
+def plot_box_sizes(sizes: dict[str, np.ndarray], ax=None):
+    """Width/height scatter of boxes, one colour per class (``sizes[name]`` is (N, 2))."""
+    ax = ax or plt.gca()
+    colors = class_colors(len(sizes))
+    for (name, wh), c in zip(sizes.items(), colors):
+        if len(wh):
+            ax.scatter(wh[:, 0], wh[:, 1], s=6, alpha=0.5, color=c, label=f"{name} ({len(wh)})")
+    ax.set_xlabel("box width (px)")
+    ax.set_ylabel("box height (px)")
+    ax.legend(fontsize=8, markerscale=2)
+    ax.set_title("box size per class")
+    return ax
+
+
+def plot_colour_stats(stats: dict[str, np.ndarray], ax=None):
+    """Per-image mean colour: hue vs saturation scatter, one colour per domain.
+
+    ``stats`` maps a domain name to an (N, 6) array of mean R, G, B, H, S, V in [0, 1]
+    (see :func:`smearlab.eda.colour_stats`). Each point is drawn in the image's mean colour,
+    with a marker per domain.
+    """
+    ax = ax or plt.gca()
+    markers = "osD^v<>"
+    for (dom, a), mk in zip(stats.items(), markers):
+        if len(a):
+            ax.scatter(a[:, 3], a[:, 4], c=np.clip(a[:, :3], 0, 1), marker=mk, s=25, ec="k", lw=0.3,
+                       label=f"{dom} ({len(a)})")
+    ax.set_xlabel("mean hue")
+    ax.set_ylabel("mean saturation")
+    ax.legend(fontsize=8)
+    ax.set_title("colour per image and domain")
+    return ax

@@ -1,0 +1,104 @@
+"""The report runner: parameters, metrics, HTML, index, failures that do not stop the run."""
+import json
+
+import nbformat
+import pytest
+
+from smearlab import cli
+from smearlab.report import find_notebooks, notebook_parameters, record, run_report
+
+
+def _notebook(path, body, params="quick = True\nseed = 0\nmetrics_path = None"):
+    nb = nbformat.v4.new_notebook()
+    p = nbformat.v4.new_code_cell(params)
+    p.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# test"), p, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def nbdir(tmp_path):
+    d = tmp_path / "notebooks"
+    d.mkdir()
+    _notebook(d / "01_good.ipynb",
+              "from smearlab.report import record\nrecord({'quick': quick, 'seed': seed, 'x': 1.5}, metrics_path)")
+    _notebook(d / "02_bad.ipynb", "raise RuntimeError('boom in cell')")
+    _notebook(d / "03_after.ipynb",
+              "from smearlab.report import record\nrecord({'ran': True}, metrics_path)")
+    (d / "notes.ipynb").write_text("{}")  # not numbered: ignored
+    return d
+
+
+def test_find_notebooks_orders_numbered_only(nbdir):
+    assert [p.stem for p in find_notebooks(nbdir)] == ["01_good", "02_bad", "03_after"]
+
+
+def test_profiles_and_data_root(tmp_path):
+    q = notebook_parameters("01_eda", "quick")
+    assert q["quick"] is True and "dataset" not in q
+    f = notebook_parameters("01_eda", "full", data_root=tmp_path, device="cpu", seed=3)
+    assert f["quick"] is False and f["device"] == "cpu" and f["seed"] == 3
+    assert f["dataset"].endswith("cbc/Training")
+    with pytest.raises(ValueError, match="unknown profile"):
+        notebook_parameters("01_eda", "fast")
+
+
+def test_failing_notebook_marked_and_others_run(nbdir, tmp_path):
+    out = tmp_path / "run"
+    index = run_report("quick", out=out, notebook_dir=nbdir, seed=7)
+    nbs = index["notebooks"]
+    assert nbs["01_good"]["status"] == "ok"
+    assert nbs["01_good"]["metrics"] == {"quick": True, "seed": 7, "x": 1.5}
+    assert nbs["02_bad"]["status"] == "failed" and "boom in cell" in nbs["02_bad"]["error"]
+    assert nbs["03_after"]["status"] == "ok" and nbs["03_after"]["metrics"] == {"ran": True}
+    assert index["failed"] == ["02_bad"]
+    for name in ("01_good", "02_bad", "03_after"):
+        assert (out / f"{name}.ipynb").exists() and (out / f"{name}.html").exists()
+    # the failed notebook is kept executed up to the error, with the traceback in it
+    bad = nbformat.read(out / "02_bad.ipynb", as_version=4)
+    assert any(o.get("ename") == "RuntimeError" for c in bad.cells if c.cell_type == "code"
+               for o in c.get("outputs", []))
+    on_disk = json.loads((out / "index.json").read_text())
+    assert on_disk["failed"] == ["02_bad"]
+    html = (out / "index.html").read_text()
+    assert "02_bad" in html and "failed" in html
+    assert not [p for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
+
+
+def test_rerun_only_failed_keeps_other_entries(nbdir, tmp_path):
+    out = tmp_path / "run"
+    run_report("quick", out=out, notebook_dir=nbdir)
+    _notebook(nbdir / "02_bad.ipynb", "from smearlab.report import record\nrecord({'fixed': 1}, metrics_path)")
+    index = run_report("quick", out=out, notebook_dir=nbdir, notebooks=["02"])
+    assert index["ran"] == ["02_bad"]
+    assert index["failed"] == []
+    assert set(index["notebooks"]) == {"01_good", "02_bad", "03_after"}
+    assert index["notebooks"]["02_bad"]["metrics"] == {"fixed": 1}
+
+
+def test_unreadable_notebook_is_a_failure_not_a_crash(tmp_path):
+    d = tmp_path / "nbs"
+    d.mkdir()
+    (d / "01_broken.ipynb").write_text("{ this is not json")
+    index = run_report("quick", out=tmp_path / "run", notebook_dir=d, html_export=False)
+    assert index["failed"] == ["01_broken"]
+    assert index["notebooks"]["01_broken"]["notebook"] is None
+
+
+def test_cli_exit_code_says_whether_all_passed(nbdir, tmp_path, capsys):
+    rc = cli.main(["report", "--notebooks", str(nbdir), "--out", str(tmp_path / "r1"), "--only", "01",
+                   "--no-html"])
+    assert rc == 0
+    rc = cli.main(["report", "--notebooks", str(nbdir), "--out", str(tmp_path / "r2"), "--only", "02_bad",
+                   "--no-html"])
+    assert rc == 1
+    assert "1 failed" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="no notebook"):
+        run_report("quick", out=tmp_path / "r3", notebook_dir=nbdir, notebooks=["99"])
+
+
+def test_record_writes_json_atomically(tmp_path):
+    p = tmp_path / "m.json"
+    assert record({"a": 1, "b": {"c": 2.0}}, p) == {"a": 1, "b": {"c": 2.0}}
+    assert json.loads(p.read_text()) == {"a": 1, "b": {"c": 2.0}}

@@ -1,0 +1,88 @@
+"""The in-memory sample form and image conversion."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from smearlab.data import DataError, Sample, SmearDataset
+from smearlab.data.imageio import read_image, to_rgb8
+
+from helpers import toy_dataset
+
+
+def test_image_modes_convert_to_rgb8_and_keep_bit_depth(tmp_path):
+    grey = np.arange(0, 240, dtype=np.uint8).reshape(12, 20)
+    Image.fromarray(grey).save(tmp_path / "g.png")
+    rgba = np.dstack([np.full((5, 6, 3), 100, np.uint8), np.zeros((5, 6), np.uint8)])
+    Image.fromarray(rgba).save(tmp_path / "a.png")
+    deep = (np.arange(120, dtype=np.uint16).reshape(10, 12) * 34)  # max 4046: 12-bit data
+    Image.fromarray(deep).save(tmp_path / "d.png")
+
+    img, depth = read_image(tmp_path / "g.png")
+    assert img.shape == (12, 20, 3) and img.dtype == np.uint8 and depth == 8
+    assert (img[..., 0] == grey).all() and (img[..., 1] == grey).all()
+    img, depth = read_image(tmp_path / "a.png")
+    assert img.shape == (5, 6, 3) and (img == 100).all()  # alpha dropped, colour kept
+    img, depth = read_image(tmp_path / "d.png")
+    assert depth == 16 and img.dtype == np.uint8
+    assert img.max() >= 250  # 12-bit data scaled from 0..4095, not left dark
+    s = Sample("d", path=tmp_path / "d.png")
+    assert s.image.shape == (10, 12, 3) and s.bit_depth == 16
+    assert s.read_raw().dtype == np.uint16 and s.read_raw().max() == 4046
+
+
+def test_float_and_bool_images():
+    assert to_rgb8(np.ones((2, 2), np.float32))[0].max() == 255
+    assert to_rgb8(np.ones((2, 2), bool)) [1] == 1
+    with pytest.raises(DataError, match="zero size"):
+        to_rgb8(np.zeros((0, 4), np.uint8))
+
+
+def test_corrupt_and_missing_images_name_the_file(tmp_path):
+    good = tmp_path / "x.jpg"
+    Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(good)
+    bad = tmp_path / "truncated.jpg"
+    bad.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(DataError, match="truncated.jpg"):
+        read_image(bad)
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image at all")
+    with pytest.raises(DataError, match="junk.png.*not a readable image"):
+        read_image(junk)
+    with pytest.raises(DataError, match="missing.png: image file not found"):
+        Sample("m", path=tmp_path / "missing.png").image
+
+
+def test_sample_checks_shapes():
+    img = np.zeros((8, 10, 3), np.uint8)
+    with pytest.raises(DataError, match="2 boxes but 1 labels"):
+        Sample("a", boxes=[[0, 0, 1, 1], [0, 0, 2, 2]], labels=[0])
+    s = Sample("a", boxes=[[0, 0, 4, 4]], labels=[0], _image=img)
+    with pytest.raises(DataError, match="mask size"):
+        s.masks = np.zeros((1, 9, 10), bool)
+    with pytest.raises(DataError, match=r"expected \(1, H, W\)"):
+        s.masks = np.zeros((2, 8, 10), bool)
+    with pytest.raises(DataError, match="semantic mask size"):
+        s.semantic = np.zeros((8, 11), np.uint8)
+    with pytest.raises(DataError, match="uint8 RGB"):
+        Sample("b", _image=np.zeros((8, 10), np.uint8))
+    s.masks = lambda: np.ones((1, 8, 10), bool)  # lazy masks are checked when read
+    assert s.has_masks and s.masks.shape == (1, 8, 10)
+
+
+def test_dataset_rejects_labels_outside_classes():
+    s = Sample("a", boxes=[[0, 0, 1, 1]], labels=[3], _image=np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(DataError, match="label 3 outside the 2 classes"):
+        SmearDataset([s], ["RBC", "WBC"])
+
+
+def test_dataset_summary_subset_concat():
+    ds = toy_dataset(6)
+    assert len(ds) == 6 and sum(ds.class_counts().values()) == ds.num_objects
+    sub = ds[1:3]
+    assert len(sub) == 2 and sub[0] is ds[1]
+    both = SmearDataset.concat([ds, sub])
+    assert len(both) == 8
+    other = toy_dataset(2, classes=("a", "b"))
+    with pytest.raises(ValueError, match="cannot concatenate"):
+        SmearDataset.concat([ds, other])
+    assert ds.summary()["images"] == 6

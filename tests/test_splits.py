@@ -1,0 +1,63 @@
+"""Splits by image, stratified K-fold, and the leak check."""
+import numpy as np
+import pytest
+
+from smearlab.data import Sample, SmearDataset
+from smearlab.data.splits import check_leaks, class_signature, kfold, train_val_test_split
+
+from helpers import toy_dataset
+
+
+def test_train_val_test_partition_images():
+    ds = toy_dataset(60)
+    parts = train_val_test_split(ds, val=0.2, test=0.2, seed=1)
+    ids = {k: {s.image_id for s in v} for k, v in parts.items()}
+    assert sum(len(v) for v in ids.values()) == 60
+    assert not (ids["train"] & ids["val"] or ids["train"] & ids["test"] or ids["val"] & ids["test"])
+    assert len(parts["test"]) == 12 and len(parts["val"]) == 12
+    again = train_val_test_split(ds, val=0.2, test=0.2, seed=1)
+    assert [s.image_id for s in again["test"]] == [s.image_id for s in parts["test"]]
+    assert set(train_val_test_split(ds, val=0, test=0.25)) == {"train", "test"}
+    with pytest.raises(ValueError, match="fractions"):
+        train_val_test_split(ds, val=0.6, test=0.5)
+
+
+def test_kfold_stratifies_on_class_combinations():
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(50):  # 10 images hold the rare class 2
+        labels = [0, 1] if i % 5 else [0, 2]
+        samples.append(Sample(f"i{i}", boxes=np.tile([0, 0, 5, 5], (2, 1)), labels=labels,
+                              _image=rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)))
+    ds = SmearDataset(samples, ["RBC", "WBC", "Platelets"])
+    folds = kfold(ds, k=5, seed=0)
+    tests = np.concatenate([te for _, te in folds])
+    assert sorted(tests.tolist()) == list(range(50))  # each image tested exactly once
+    keys = np.array(class_signature(ds))
+    for tr, te in folds:
+        assert not set(tr) & set(te)
+        assert (keys[te] == "0+2").sum() == 2  # the rare combination spread evenly
+    with pytest.raises(ValueError, match="folds"):
+        kfold(ds, k=1)
+
+
+def test_leak_check_finds_names_and_content(tmp_path):
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(4):
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray(rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)).save(p)
+        paths.append(p)
+    copy = tmp_path / "renamed_copy.png"
+    copy.write_bytes(paths[3].read_bytes())
+    mk = lambda ps: SmearDataset([Sample(p.stem, path=p) for p in ps], ["RBC"])
+    rep = check_leaks({"train": mk(paths[:3]), "test": mk([paths[2], copy])})
+    assert rep.leaks
+    assert rep.same_name[("train", "test")] == ["img2.png"]
+    assert len(rep.same_content[("train", "test")]) == 1  # img2 itself (identical bytes)
+    rep2 = check_leaks({"train": mk(paths[:3] + [copy]), "test": mk([paths[3]])})
+    assert rep2.same_content and not rep2.same_name  # renamed copy caught by content
+    assert "identical images" in str(rep2)
+    clean = check_leaks({"train": mk(paths[:2]), "test": mk(paths[2:3])})
+    assert not clean.leaks and "no leaks" in str(clean)
