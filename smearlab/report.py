@@ -23,6 +23,9 @@ log = logging.getLogger("smearlab.report")
 
 PROFILES = ("quick", "full")
 
+#: The notebook series of the source tree.
+REPO_NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+
 #: Real dataset each notebook uses when ``--data-root`` is given (relative to the root).
 REAL_DATA = {
     "01_eda": "cbc/Training",
@@ -36,7 +39,7 @@ def find_notebooks(notebook_dir: str | Path | None = None) -> list[Path]:
     """
     if notebook_dir is None:
         here = Path.cwd() / "notebooks"
-        notebook_dir = here if here.is_dir() else Path(__file__).resolve().parents[1] / "notebooks"
+        notebook_dir = here if here.is_dir() else REPO_NOTEBOOKS
     nbs = sorted(p for p in Path(notebook_dir).glob("[0-9][0-9]_*.ipynb"))
     if not nbs:
         raise FileNotFoundError(f"no numbered notebooks (NN_name.ipynb) in {notebook_dir}")

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+os.environ.setdefault("MPLBACKEND", "Agg")  # no display in tests or CI
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SMEARLAB_SHARED_DATA", REPO.parent / "shared" / "data"))
 

@@ -1,0 +1,326 @@
+"""COCO object-detection ground truth (one JSON file), read and written with pycocotools.
+
+* ``bbox`` ``[x, y, w, h]`` becomes ``x0, y0, x1, y1``; boxes running a few pixels past the image
+  are clipped (``dataset.fixed``), worse ones skipped (see :func:`smearlab.data.boxes.clean_boxes`).
+* Category ids map to 0-based labels in the order of ``categories`` sorted by id.
+* Segmentations (polygons, compressed or uncompressed RLE) become lazy ``(N, H, W)`` instance
+  masks. An image gets masks only when every one of its kept annotations has a segmentation;
+  otherwise it keeps its boxes and has no masks.
+* ``iscrowd`` flags are kept per box in ``sample.meta["iscrowd"]``, the COCO image id in
+  ``sample.meta["coco_id"]``.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from functools import partial
+from numbers import Real
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from pycocotools import mask as mask_util
+from skimage.measure import find_contours
+
+from ...io import atomic_path, write_json
+from ..boxes import clean_boxes
+from ..errors import DataError
+from ..imageio import write_image
+from ..sample import Sample, SkipLog, SmearDataset
+from .dsb2018 import image_hw, skip_log
+
+_COPYABLE = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+
+
+def load(path: str | Path, *, image_root: str | Path | None = None, strict: bool = False,
+         name: str | None = None) -> SmearDataset:
+    """Load a COCO ground-truth JSON file.
+
+    Parameters
+    ----------
+    path : the JSON file.
+    image_root : folder the ``file_name`` entries are relative to (default: the JSON's folder,
+        then an ``images/`` folder beside it). A ``file_name`` leading outside it is refused.
+    strict : raise on the first per-record problem instead of counting it as a skip.
+    name : dataset name (default: the JSON file's stem).
+
+    Raises
+    ------
+    DataError
+        for a whole-file problem: unreadable, empty or malformed JSON, no ``images`` or
+        ``categories`` list, bad or duplicate category. Per-record problems (image missing,
+        unreadable, escaping the root or of another size than the JSON says; annotation with
+        unknown image or category, bad bbox or segmentation) are counted skips, or raise with
+        ``strict``.
+    """
+    json_path = Path(path)
+    data = _read_json(json_path)
+    cat_ids, class_names = _categories(data["categories"], json_path)
+    skipped, fixed = skip_log(strict), SkipLog()
+    roots = [Path(image_root)] if image_root is not None else [json_path.parent,
+                                                               json_path.parent / "images"]
+    images = {}
+    for i, record in enumerate(data["images"]):
+        _add_image(record, i, json_path, roots, images, skipped)
+    known = {r.get("id") for r in data["images"]
+             if isinstance(r, dict) and isinstance(r.get("id"), (int, str))}
+    per_image = {k: [] for k in images}
+    for i, ann in enumerate(data["annotations"]):
+        rec = _ann_record(ann, i)
+        try:
+            parsed = _parse_annotation(ann, json_path, rec, images, known, cat_ids)
+        except DataError as e:
+            skipped.add(e.path, e.problem, e.record)
+            continue
+        if parsed is not None:
+            per_image[ann["image_id"]].append(parsed)
+    samples = [_sample(images[k], per_image[k], json_path, skipped, fixed) for k in images]
+    return SmearDataset(samples, class_names, name or json_path.stem, root=json_path.parent,
+                        format="coco", skipped=skipped, fixed=fixed)
+
+
+def _read_json(path: Path) -> dict:
+    """The parsed COCO file, with ``images``, ``categories`` and ``annotations`` lists."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(path, f"cannot read the COCO file ({e})") from None
+    if not text.strip():
+        raise DataError(path, "empty file (expected COCO JSON)")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(path, f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    if not isinstance(data, dict):
+        raise DataError(path, f"expected a JSON object with 'images', got {type(data).__name__}")
+    data.setdefault("annotations", [])
+    for key in ("images", "categories", "annotations"):
+        if not isinstance(data.get(key), list):
+            raise DataError(path, f"'{key}' must be a list" if key in data else f"no '{key}' list")
+    return data
+
+
+def _categories(cats: list, path: Path) -> tuple[dict[int, int], list[str]]:
+    """``category id -> 0-based label`` (categories sorted by id) and the class names."""
+    for i, c in enumerate(cats):
+        if not (isinstance(c, dict) and _is_int(c.get("id")) and isinstance(c.get("name"), str)):
+            raise DataError(path, "each category needs an integer 'id' and a string 'name'",
+                            f"categories[{i}]")
+    ordered = sorted(cats, key=lambda c: c["id"])
+    ids = [c["id"] for c in ordered]
+    if len(set(ids)) != len(ids):
+        raise DataError(path, f"duplicate category ids in {ids}")
+    return {cid: k for k, cid in enumerate(ids)}, [c["name"] for c in ordered]
+
+
+def _add_image(record, i: int, path: Path, roots: list[Path], images: dict,
+               skipped: SkipLog) -> None:
+    """Resolve one ``images`` entry into ``images[id]`` or count it as a skip."""
+    rec = f"image id {record['id']}" if isinstance(record, dict) and "id" in record \
+        else f"images[{i}]"
+    if not (isinstance(record, dict) and isinstance(record.get("id"), (int, str))
+            and isinstance(record.get("file_name"), str) and record["file_name"]):
+        skipped.add(path, "image entry needs an 'id' and a 'file_name'", rec)
+        return
+    if record["id"] in images:
+        skipped.add(path, "duplicate image id", rec)
+        return
+    image, problem = _find_image(record["file_name"], roots)
+    if image is None:
+        skipped.add(path, f"{problem}: {record['file_name']}", rec)
+        return
+    try:
+        hw = image_hw(image)
+    except DataError as e:
+        skipped.add(e.path, e.problem, rec)
+        return
+    said = (record.get("height", hw[0]), record.get("width", hw[1]))
+    if said != hw:
+        skipped.add(image, f"image is {hw[1]}x{hw[0]} but {path.name} says {said[1]}x{said[0]}", rec)
+        return
+    images[record["id"]] = {"record": record, "path": image, "hw": hw}
+
+
+def _find_image(file_name: str, roots: list[Path]) -> tuple[Path | None, str | None]:
+    """The image file for ``file_name`` under the first root holding it, or (None, problem)."""
+    for root in roots:
+        base = Path(os.path.abspath(root))
+        candidate = Path(os.path.normpath(base / file_name))
+        if not candidate.is_relative_to(base):
+            return None, "file_name escapes the image root"
+        if candidate.is_file():
+            return candidate, None
+    return None, f"image file not found under {' or '.join(str(r) for r in roots)}"
+
+
+def _ann_record(ann, i: int) -> str:
+    return f"annotation id {ann['id']}" if isinstance(ann, dict) and "id" in ann \
+        else f"annotations[{i}]"
+
+
+def _parse_annotation(ann, path: Path, rec: str, images: dict, known: set,
+                      cat_ids: dict[int, int]):
+    """``(box, label, iscrowd, rle or None, record)`` of one annotation.
+
+    Returns None for an annotation of an image that was already skipped; raises DataError for
+    a bad annotation.
+    """
+    if not (isinstance(ann, dict) and isinstance(ann.get("image_id"), (int, str))):
+        raise DataError(path, "annotation needs an 'image_id'", rec)
+    if ann["image_id"] not in images:
+        if ann["image_id"] in known:
+            return None
+        raise DataError(path, f"unknown image id {ann['image_id']!r}", rec)
+    if not _is_int(ann.get("category_id")) or ann["category_id"] not in cat_ids:
+        raise DataError(path, f"unknown category id {ann.get('category_id')!r}", rec)
+    bbox = ann.get("bbox")
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_real(v) for v in bbox)):
+        raise DataError(path, f"bbox must be 4 numbers [x, y, w, h], got {bbox!r}", rec)
+    x, y, w, h = bbox
+    seg = ann.get("segmentation")
+    rle = _to_rle(seg, images[ann["image_id"]]["hw"], path, rec) if seg else None
+    return [x, y, x + w, y + h], cat_ids[ann["category_id"]], int(bool(ann.get("iscrowd", 0))), rle, rec
+
+
+def _to_rle(seg, hw: tuple[int, int], path: Path, rec: str) -> dict:
+    """A compressed RLE from a polygon list or an (un)compressed RLE, checked against ``hw``."""
+    h, w = hw
+    if isinstance(seg, list):
+        if not all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0
+                   and all(_is_real(v) and math.isfinite(v) for v in p) for p in seg):
+            raise DataError(path, "polygon segmentation must be lists of at least 3 x, y pairs", rec)
+        return mask_util.merge(mask_util.frPyObjects(seg, h, w))
+    if not (isinstance(seg, dict) and "counts" in seg and isinstance(seg.get("size"), list)):
+        raise DataError(path, "segmentation must be polygons or an RLE {'size', 'counts'}", rec)
+    if seg["size"] != [h, w]:
+        raise DataError(path, f"segmentation size {seg['size']} (h, w) differs from the image "
+                              f"size [{h}, {w}]", rec)
+    counts = seg["counts"]
+    if isinstance(counts, list):
+        if not (all(_is_int(c) and c >= 0 for c in counts) and sum(counts) == h * w):
+            raise DataError(path, f"uncompressed RLE counts must be non-negative integers "
+                                  f"summing to {h}*{w}", rec)
+        return mask_util.frPyObjects(seg, h, w)
+    rle = {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+    if not (isinstance(rle["counts"], bytes) and 0 <= mask_util.area(rle) <= h * w):
+        raise DataError(path, "invalid compressed RLE counts", rec)
+    return rle
+
+
+def _sample(image: dict, anns: list, path: Path, skipped: SkipLog, fixed: SkipLog) -> Sample:
+    """The sample of one image with its kept annotations."""
+    record = image["record"]
+    boxes, labels, crowd, rles, recs = (list(c) for c in zip(*anns)) if anns else ([],) * 5
+    boxes, labels, kept = clean_boxes(boxes, labels, image["hw"], path, skipped, fixed,
+                                      records=recs)
+    rles = [rles[i] for i in kept]
+    masks = partial(_decode, tuple(rles), image["hw"], path) \
+        if rles and all(r is not None for r in rles) else None
+    return Sample(PurePosixPath(record["file_name"]).stem, image["path"], boxes=boxes,
+                  labels=labels, size=image["hw"], _masks=masks,
+                  meta={"coco_id": record["id"], "iscrowd": np.array(crowd, np.int64)[kept]})
+
+
+def _decode(rles: tuple, hw: tuple[int, int], path: Path) -> np.ndarray:
+    """``(N, H, W)`` bool masks from compressed RLEs."""
+    try:
+        return mask_util.decode(list(rles)).transpose(2, 0, 1).astype(bool)
+    except ValueError as e:
+        raise DataError(path, f"cannot decode a segmentation of a {hw[1]}x{hw[0]} image ({e})") \
+            from None
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_real(v) -> bool:
+    return isinstance(v, Real) and not isinstance(v, bool)
+
+
+# -- writing ---------------------------------------------------------------------------------
+def save(dataset: SmearDataset, path: str | Path, *, masks: str = "rle") -> Path:
+    """Write ``dataset`` as a COCO ground-truth JSON, its images into ``images/`` beside it.
+
+    Image files are copied when they are a common format (otherwise written as PNG); names are
+    made unique. Categories get ids ``1..K`` in ``class_names`` order; every box becomes an
+    annotation with ``iscrowd=0``, plus a segmentation when the sample has instance masks:
+    compressed RLE (``masks="rle"``, exact) or polygons traced with
+    :func:`skimage.measure.find_contours` (``masks="polygon"``, approximate; holes are lost).
+    Images are written first and the JSON last, each atomically.
+
+    Returns
+    -------
+    Path
+        the JSON file.
+    """
+    if masks not in ("rle", "polygon"):
+        raise ValueError(f"masks must be 'rle' or 'polygon', got {masks!r}")
+    json_path = Path(path)
+    images, annotations, used = [], [], set()
+    for image_id, s in enumerate(dataset, start=1):
+        file_name = _write_image(s, json_path.parent / "images", used)
+        h, w = s.hw
+        images.append({"id": image_id, "file_name": file_name, "width": int(w), "height": int(h)})
+        annotations += _annotations(s, image_id, len(annotations) + 1, masks)
+    categories = [{"id": k + 1, "name": n, "supercategory": ""}
+                  for k, n in enumerate(dataset.class_names)]
+    write_json(json_path, {"images": images, "annotations": annotations, "categories": categories})
+    return json_path
+
+
+def _write_image(sample: Sample, folder: Path, used: set) -> str:
+    """Copy (or write as PNG) the sample's image into ``folder``; its ``file_name`` for the JSON."""
+    src = sample.path
+    if src is not None and src.suffix.lower() in _COPYABLE and src.is_file():
+        name = _unique_name(src.name, used)
+        if os.path.abspath(folder / name) != os.path.abspath(src):
+            with atomic_path(folder / name) as tmp:
+                shutil.copyfile(src, tmp)
+    else:
+        name = _unique_name(re.sub(r"[^\w.-]", "_", sample.image_id) + ".png", used)
+        write_image(folder / name, sample.image)
+    return f"images/{name}"
+
+
+def _unique_name(name: str, used: set) -> str:
+    """``name``, or ``stem_K.ext`` when it is already taken (case-insensitively)."""
+    stem, ext = os.path.splitext(name)
+    k, out = 1, name
+    while out.lower() in used:
+        out, k = f"{stem}_{k}{ext}", k + 1
+    used.add(out.lower())
+    return out
+
+
+def _annotations(sample: Sample, image_id: int, first_id: int, mode: str) -> list[dict]:
+    """The COCO annotations of one sample's boxes (with segmentations when it has masks)."""
+    masks = sample.masks if sample.has_masks else None
+    out = []
+    for j, (box, label) in enumerate(zip(sample.boxes.tolist(), sample.labels.tolist())):
+        x0, y0, x1, y1 = box
+        ann = {"id": first_id + j, "image_id": image_id, "category_id": label + 1,
+               "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0}
+        if masks is not None:
+            ann["segmentation"] = _encode_rle(masks[j]) if mode == "rle" else _polygons(masks[j])
+            ann["area"] = int(masks[j].sum())
+        out.append(ann)
+    return out
+
+
+def _encode_rle(mask: np.ndarray) -> dict:
+    """Compressed RLE with ``counts`` as a str (JSON-safe)."""
+    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+
+
+def _polygons(mask: np.ndarray) -> list[list[float]]:
+    """Outer and inner outlines of a mask as COCO polygons in pixel-edge coordinates."""
+    polys = []
+    for contour in find_contours(np.pad(mask.astype(np.uint8), 1), 0.5):
+        if len(contour) >= 3:
+            xy = contour[:, ::-1] - 0.5  # (row, col) of the padded array -> pixel-edge (x, y)
+            polys.append(np.round(xy, 2).ravel().tolist())
+    return polys

@@ -1,0 +1,180 @@
+"""2018 Data Science Bowl nuclei (BBBC038): one folder per image, one binary PNG per nucleus.
+
+Layout::
+
+    <root>/stage1_train/<id>/images/<id>.png     RGBA (alpha is dropped on read)
+    <root>/stage1_train/<id>/masks/<hash>.png    one binary mask per nucleus
+
+``root`` may be the ``stage1_train`` folder itself or its parent. A ``SUBSET_IMAGES.tsv``
+(columns ``image_id``, ``group``, ...) beside ``stage1_train`` puts the group into
+``sample.meta["group"]``.
+
+This module also holds the mask helpers the other mask formats share (:func:`mask_box`,
+:func:`image_hw`, :func:`skip_log`).
+"""
+from __future__ import annotations
+
+import csv
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from ..errors import DataError
+from ..imageio import read_mask
+from ..sample import Sample, SkipLog, SmearDataset
+
+CLASS_NAMES = ["nucleus"]
+
+
+class _StrictSkipLog(SkipLog):
+    """A skip log that raises the first skip as a :class:`DataError`."""
+
+    def add(self, path, reason: str, record: str | None = None) -> None:
+        raise DataError(path, reason, record)
+
+
+def skip_log(strict: bool) -> SkipLog:
+    """A :class:`SkipLog` for a loader: with ``strict`` the first skip raises DataError instead."""
+    return _StrictSkipLog() if strict else SkipLog()
+
+
+def mask_box(mask: np.ndarray) -> np.ndarray | None:
+    """Tight pixel-edge ``x0, y0, x1, y1`` box of a 2-D mask (``x1`` = last column + 1).
+
+    Returns None for an empty mask.
+    """
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], np.float32)
+
+
+def image_hw(path: Path) -> tuple[int, int]:
+    """(height, width) of an image from its header, without decoding the pixels.
+
+    Raises
+    ------
+    DataError
+        naming the file when it is missing or not an image.
+    """
+    if not path.is_file():
+        raise DataError(path, "image file not found")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (OSError, SyntaxError, ValueError) as e:
+        raise DataError(path, f"not a readable image ({e})") from None
+    return h, w
+
+
+def read_binary_mask(path: Path) -> np.ndarray:
+    """Read a mask file as a 2-D bool array (any non-zero pixel is foreground).
+
+    Raises
+    ------
+    DataError
+        naming the file when it is unreadable or not an integer (or bool) image.
+    """
+    m = read_mask(path)
+    if not (m.dtype == np.bool_ or np.issubdtype(m.dtype, np.integer)):
+        raise DataError(path, f"mask must be an integer image, got dtype {m.dtype}")
+    return m > 0
+
+
+def load(path: str | Path, *, strict: bool = False, name: str | None = None) -> SmearDataset:
+    """Load a DSB2018 ``stage1_train`` tree.
+
+    Boxes are computed from the masks at load time; images and masks are read again lazily.
+    Only sub-folders are samples (stray files are ignored); a sample folder without
+    ``masks/`` (the ``stage1_test`` layout) gives an image without objects.
+
+    Parameters
+    ----------
+    path : the ``stage1_train`` folder or its parent.
+    strict : raise on the first per-record problem instead of counting it as a skip.
+    name : dataset name (default: the folder name).
+
+    Raises
+    ------
+    DataError
+        when ``path`` is not a folder. Per-record problems (missing or unreadable image, empty
+        mask, mask of another size than its image) are counted skips, or raise with ``strict``.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(root, "DSB2018 root folder not found")
+    base = root / "stage1_train" if (root / "stage1_train").is_dir() else root
+    groups = _read_groups(base.parent / "SUBSET_IMAGES.tsv")
+    skipped = skip_log(strict)
+    samples = []
+    for folder in sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")):
+        sample = _load_sample(folder, skipped)
+        if sample is not None:
+            if folder.name in groups:
+                sample.meta["group"] = groups[folder.name]
+            samples.append(sample)
+    return SmearDataset(samples, CLASS_NAMES, name or root.name, root=root, format="dsb2018",
+                        skipped=skipped)
+
+
+def _load_sample(folder: Path, skipped: SkipLog) -> Sample | None:
+    """One image folder, or None (counted in ``skipped``) when its image is unusable."""
+    image = folder / "images" / f"{folder.name}.png"
+    try:
+        hw = image_hw(image)
+    except DataError as e:
+        skipped.add(e.path, e.problem)
+        return None
+    mask_dir = folder / "masks"
+    if not mask_dir.is_dir():
+        return Sample(folder.name, image, size=hw)
+    boxes, paths = [], []
+    for mask_path in sorted(p for p in mask_dir.iterdir() if not p.name.startswith(".")):
+        box = _mask_record(mask_path, hw, skipped)
+        if box is not None:
+            boxes.append(box)
+            paths.append(mask_path)
+    return Sample(folder.name, image, boxes=np.reshape(boxes, (-1, 4)),
+                  labels=np.zeros(len(boxes), np.int64), size=hw,
+                  _masks=partial(_read_masks, tuple(paths), hw))
+
+
+def _mask_record(path: Path, hw: tuple[int, int], skipped: SkipLog) -> np.ndarray | None:
+    """The box of one nucleus mask, or None (counted in ``skipped``) when it is unusable."""
+    try:
+        m = read_binary_mask(path)
+    except DataError as e:
+        skipped.add(e.path, e.problem)
+        return None
+    if m.shape != hw:
+        skipped.add(path, f"mask size {m.shape[1]}x{m.shape[0]} differs from the image size "
+                          f"{hw[1]}x{hw[0]}")
+        return None
+    box = mask_box(m)
+    if box is None:
+        skipped.add(path, "empty mask (no foreground pixel)")
+    return box
+
+
+def _read_masks(paths: tuple[Path, ...], hw: tuple[int, int]) -> np.ndarray:
+    """The ``(N, H, W)`` bool stack of the nucleus masks."""
+    out = np.zeros((len(paths), *hw), bool)
+    for i, p in enumerate(paths):
+        m = read_binary_mask(p)
+        if m.shape != hw:
+            raise DataError(p, f"mask size {m.shape[1]}x{m.shape[0]} differs from the image size "
+                               f"{hw[1]}x{hw[0]}")
+        out[i] = m
+    return out
+
+
+def _read_groups(tsv: Path) -> dict[str, str]:
+    """``image_id -> group`` from SUBSET_IMAGES.tsv, or {} when there is none."""
+    if not tsv.is_file():
+        return {}
+    with open(tsv, newline="", encoding="utf-8") as f:
+        return {r["image_id"]: r["group"] for r in csv.DictReader(f, delimiter="\t")
+                if r.get("image_id") and r.get("group")}

@@ -1,0 +1,66 @@
+"""Cell crops sorted into one folder per class (PBC style): ``<root>/<class_name>/*.jpg``.
+
+Classes are the sorted sub-folder names; each image becomes a sample with ``image_label`` and
+no boxes. Images are read lazily, of any mode and size (see :func:`smearlab.data.read_image`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import DataError
+from ..imageio import is_image_file
+from ..sample import Sample, SkipLog, SmearDataset
+from .dsb2018 import skip_log
+
+
+def load(path: str | Path, *, strict: bool = False, name: str | None = None) -> SmearDataset:
+    """Load a folder of class folders of images.
+
+    Hidden entries (names starting with ".") are ignored. Any other file that is not an image
+    (by extension, case-insensitive), a folder inside a class folder, or a file beside the class
+    folders is a counted skip. An empty class folder stays a class with zero images: it is
+    logged as a warning and reported in ``dataset.skipped`` as "empty class folder", but it does
+    not raise even with ``strict``.
+
+    Parameters
+    ----------
+    path : the root folder.
+    strict : raise on the first skipped file instead of counting it.
+    name : dataset name (default: the folder name).
+
+    Raises
+    ------
+    DataError
+        when ``path`` is not a folder or holds no class folder.
+    """
+    root = Path(path)
+    if not root.is_dir():
+        raise DataError(root, "image folder root not found")
+    skipped, notes = skip_log(strict), SkipLog()
+    entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
+    classes = [p for p in entries if p.is_dir()]
+    if not classes:
+        raise DataError(root, "no class folders (expected <root>/<class_name>/<images>)")
+    for stray in (p for p in entries if not p.is_dir()):
+        skipped.add(stray, "file outside any class folder")
+    samples = []
+    for label, folder in enumerate(classes):
+        found = _class_samples(folder, label, skipped)
+        if not found:
+            notes.add(folder, "empty class folder (class kept with 0 images)")
+        samples += found
+    return SmearDataset(samples, [c.name for c in classes], name or root.name, root=root,
+                        format="imagefolder", skipped=[*notes, *skipped])
+
+
+def _class_samples(folder: Path, label: int, skipped: SkipLog) -> list[Sample]:
+    """The images of one class folder; other non-hidden entries are counted skips."""
+    samples = []
+    for p in sorted(q for q in folder.iterdir() if not q.name.startswith(".")):
+        if p.is_dir():
+            skipped.add(p, "folder inside a class folder (only images directly inside are read)")
+        elif not is_image_file(p):
+            skipped.add(p, f"not an image file (extension {p.suffix or 'none'!r})")
+        else:
+            samples.append(Sample(f"{folder.name}/{p.name}", p, image_label=label))
+    return samples

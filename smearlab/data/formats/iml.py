@@ -1,0 +1,104 @@
+"""IML-Malaria JSON: a list of images with ``x, y, w, h`` boxes written as strings.
+
+Schema::
+
+    [{"image_name": "PA171710.JPG",
+      "objects": [{"type": "red blood cell", "bbox": {"x": "176", "y": "250", "w": "82", "h": "78"}}]}]
+
+``x, y`` is the top-left corner, so a box is ``[x, y, x + w, y + h]``. The images lie in
+``IML_Malaria/`` beside the JSON file. Some boxes run a few pixels past the image edge: the
+image size is read from each file's header (not its pixels) so that they are clipped (and
+counted in ``fixed``). ``difficult`` is kept as an ordinary class, as in BBBC041.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import DataError
+from ..sample import SmearDataset
+from .bbbc041 import dig, find_json, read_json_list, resolve_inside
+from .voc import BoxCollector, image_size, number
+
+IMAGE_FOLDER = "IML_Malaria"
+BBOX_KEYS = ("x", "y", "w", "h")
+
+
+def load(path: str | Path, *, class_names=None, strict: bool = False, name: str | None = None,
+         image_root: str | Path | None = None, check_images: bool = True) -> SmearDataset:
+    """Load an IML-Malaria annotation file (or the folder holding exactly one).
+
+    Parameters
+    ----------
+    path : the JSON file (``annotations.json``) or its folder.
+    class_names : classes to keep, in this order; None collects all, sorted by name.
+    strict : raise at the first skipped record instead of counting it.
+    name : dataset name (default: the JSON file's stem).
+    image_root : the image folder (default: ``IML_Malaria/`` beside the JSON file).
+    check_images : skip entries whose image file is missing (default True). With False such
+        an entry is kept with an unknown size, so its boxes are not clipped. An image whose
+        header cannot be read is always skipped.
+
+    Returns
+    -------
+    SmearDataset
+        ``Sample.size`` comes from the image header. ``skipped`` counts entries without an
+        image name, with a name leaving ``image_root`` or a missing or unreadable image ("entry
+        N", 0-based), objects without a type or with missing or non-numeric bbox values ("entry
+        N object M"), unknown classes, degenerate or far-outside boxes; ``fixed`` the boxes
+        clipped to the image.
+
+    Raises
+    ------
+    DataError
+        naming the file when it is unreadable, empty, malformed JSON or not a list; under
+        ``strict`` at the first skipped record.
+    """
+    json_path = find_json(Path(path), "iml")
+    root = Path(image_root) if image_root is not None else json_path.parent / IMAGE_FOLDER
+    col = BoxCollector(class_names, strict)
+    for i, entry in enumerate(read_json_list(json_path)):
+        _add_entry(col, json_path, root, entry, f"entry {i}", check_images)
+    return col.dataset(name or json_path.stem, json_path.parent, "iml")
+
+
+def _add_entry(col: BoxCollector, json_path: Path, root: Path, entry, rec: str, check_images: bool) -> None:
+    """Add the image of one list entry (size from its header) with its valid objects."""
+    image_name = dig(entry, "image_name")
+    if not isinstance(image_name, str) or not image_name.strip():
+        col.skip(json_path, "entry without image_name", rec)
+        return
+    image = resolve_inside(root, image_name)
+    if image is None:
+        col.skip(json_path, f"image path escapes the image root {root}: {image_name!r} (refused)", rec)
+        return
+    size = None
+    if image.is_file():
+        try:
+            size = image_size(image)
+        except DataError as e:
+            col.skip(json_path, f"unreadable image: {e}", rec)
+            return
+    elif check_images:
+        col.skip(json_path, f"image file not found: {image}", rec)
+        return
+    objects = dig(entry, "objects")
+    if not isinstance(objects, list):
+        col.skip(json_path, "entry without an objects list", rec)
+        return
+    parsed = [_parse_object(col, json_path, obj, f"{rec} object {j}") for j, obj in enumerate(objects)]
+    col.add(Path(image_name).stem, image, json_path, [p for p in parsed if p is not None],
+            size=size, record=rec)
+
+
+def _parse_object(col: BoxCollector, json_path: Path, obj, rec: str):
+    """``(xyxy, type, record)`` of one object, or None after counting a skip."""
+    kind = dig(obj, "type")
+    values = [number(dig(obj, "bbox", k)) for k in BBOX_KEYS]
+    if not isinstance(kind, str) or not kind:
+        col.skip(json_path, "object without a type", rec)
+    elif None in values:
+        col.skip(json_path, f"missing or non-numeric bbox values: {dig(obj, 'bbox')!r}", rec)
+    elif col.known(kind, json_path, rec):
+        x, y, w, h = values
+        return [x, y, x + w, y + h], kind, rec
+    return None

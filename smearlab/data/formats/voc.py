@@ -1,0 +1,351 @@
+"""Pascal VOC: one XML file per image in ``Annotations/``, images in ``Images/`` or ``JPEGImages/``.
+
+Coordinates are read as written: ``xmin, ymin, xmax, ymax`` are taken as pixel-edge ``x0, y0,
+x1, y1`` with no ``-1`` shift (the CBC/BCCD annotations use this convention, and a box touching
+the right edge of a 640 px image has ``xmax=640``). The writer uses the same convention.
+
+This module also holds the helpers shared by the box formats (``voc``, ``bbbc041``, ``iml``,
+``yolo``): :class:`BoxCollector`, :func:`number`, :func:`image_size`, :func:`file_stems` and
+:func:`save_image_file`.
+"""
+from __future__ import annotations
+
+import shutil
+import xml.etree.ElementTree as StdET
+from pathlib import Path
+
+import numpy as np
+from defusedxml import DefusedXmlException
+from defusedxml import ElementTree as SafeET
+from PIL import Image
+
+from ...io import atomic_path, write_text
+from ..boxes import clean_boxes
+from ..errors import DataError
+from ..imageio import is_image_file, write_image
+from ..sample import Sample, SkipLog, SmearDataset
+
+VOC_COORDS = ("xmin", "ymin", "xmax", "ymax")
+
+
+# -- helpers shared by the box formats ------------------------------------------------------------
+class _RaisingLog(SkipLog):
+    """The skip log of a strict load: the first problem raises instead of being counted."""
+
+    def add(self, path, reason: str, record: str | None = None) -> None:
+        raise DataError(path, reason, record)
+
+
+class BoxCollector:
+    """Gathers the samples of one load: class filter, box cleaning, skips and repairs.
+
+    Parameters
+    ----------
+    class_names : classes to keep, in this order; objects of other classes are skipped as
+        ``unknown class``. None keeps every class met, sorted by name (so that every split of a
+        dataset gets the same class indices).
+    strict : raise :class:`DataError` at the first problem instead of counting a skip (within
+        one image, problems with an object's fields come before problems with its box geometry).
+        Repairs (boxes clipped to the image) are still only counted in ``fixed``.
+    """
+
+    def __init__(self, class_names=None, strict: bool = False):
+        self.class_names = None if class_names is None else list(class_names)
+        self.skipped = _RaisingLog() if strict else SkipLog()
+        self.fixed = SkipLog()
+        self._seen: set[str] = set()
+        self._ids: set[str] = set()
+        self._pending: list[tuple] = []
+
+    def skip(self, path, reason: str, record: str | None = None) -> None:
+        """Count a refused record (raise under ``strict``)."""
+        self.skipped.add(path, reason, record)
+
+    def known(self, name: str, path, record: str) -> bool:
+        """Whether objects of class ``name`` are kept; an unknown class is counted as a skip."""
+        if self.class_names is None:
+            self._seen.add(name)
+            return True
+        if name in self.class_names:
+            return True
+        self.skip(path, f"unknown class: {name!r} (known: {', '.join(self.class_names)})", record)
+        return False
+
+    def add(self, image_id: str, image_path: Path | None, source, objects, *,
+            size: tuple[int, int] | None = None, flags: dict | None = None,
+            record: str | None = None) -> None:
+        """Add one image.
+
+        Parameters
+        ----------
+        image_id : unique name of the image; a repeated id is skipped.
+        image_path : the image file (read lazily), or None.
+        source : the annotation file, for the report.
+        objects : list of ``(xyxy, class_name, record)`` whose fields are already checked.
+        size : ``(height, width)`` when known: boxes are then clipped or dropped by
+            :func:`~smearlab.data.boxes.clean_boxes`.
+        flags : per-object lists (aligned with ``objects``) kept in ``Sample.meta`` after cleaning.
+        record : the image's record in ``source`` (e.g. ``"entry 3"``), for the report.
+        """
+        if image_id in self._ids:
+            self.skip(source, f"duplicate image: {image_id!r} (first one kept)", record)
+            return
+        self._ids.add(image_id)
+        boxes, _, idx = clean_boxes([o[0] for o in objects], np.arange(len(objects)), size, source,
+                                    self.skipped, self.fixed, records=[o[2] for o in objects])
+        meta = {k: np.asarray(v, dtype=bool).reshape(-1)[idx] for k, v in (flags or {}).items()}
+        names = [objects[i][1] for i in idx]
+        self._pending.append((image_id, image_path, boxes, names, size, meta))
+
+    def dataset(self, name: str, root, fmt: str) -> SmearDataset:
+        """The collected images as a :class:`SmearDataset` carrying the skip and repair logs."""
+        classes = self.class_names if self.class_names is not None else sorted(self._seen)
+        index = {n: i for i, n in enumerate(classes)}
+        samples = [Sample(image_id=i, path=p, boxes=b, labels=[index[n] for n in names], size=s, meta=m)
+                   for i, p, b, names, s, m in self._pending]
+        return SmearDataset(samples, classes, name, root=root, format=fmt,
+                            skipped=list(self.skipped), fixed=list(self.fixed))
+
+
+def number(value) -> float | None:
+    """``value`` as a float (numbers or numeric strings), None when it is missing or not numeric."""
+    if isinstance(value, bool) or value is None:
+        return None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def image_size(path: Path) -> tuple[int, int]:
+    """``(height, width)`` of an image file from its header, without decoding the pixels.
+
+    Raises
+    ------
+    DataError
+        when the file is not a readable image.
+    """
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(path, f"not a readable image: {e}") from None
+    return h, w
+
+
+def file_stems(dataset: SmearDataset) -> list[str]:
+    """One file name stem per sample (its id, path separators replaced), refusing duplicates."""
+    stems = [s.image_id.replace("/", "_").replace("\\", "_") for s in dataset]
+    if len(set(stems)) != len(stems):
+        dup = next(s for s in stems if stems.count(s) > 1)
+        raise DataError(dataset.name, f"two images would be written as {dup!r}; image ids must be unique")
+    return stems
+
+
+def save_image_file(sample: Sample, folder: Path, stem: str) -> Path:
+    """Write the image of ``sample`` as ``folder/stem.*``: a copy of its file, else a PNG."""
+    if sample.path is not None and sample.path.is_file():
+        dest = folder / f"{stem}{sample.path.suffix}"
+        with atomic_path(dest) as tmp:
+            shutil.copyfile(sample.path, tmp)
+        return dest
+    dest = folder / f"{stem}.png"
+    write_image(dest, sample.image)
+    return dest
+
+
+# -- reading --------------------------------------------------------------------------------------
+def load(path: str | Path, *, class_names=None, strict: bool = False, name: str | None = None,
+         check_images: bool = True) -> SmearDataset:
+    """Load a Pascal VOC folder (``Annotations/`` + ``Images/`` or ``JPEGImages/``) or one .xml file.
+
+    The image of an annotation is ``<filename>`` in the image folder, else the XML's stem with
+    any image extension (case-insensitive). ``<size>`` gives ``Sample.size`` when it holds
+    positive numbers. The VOC ``difficult`` flag is kept in ``Sample.meta["difficult"]`` (bool
+    array aligned with the boxes). Images are read lazily.
+
+    Parameters
+    ----------
+    path : the dataset folder, or one .xml file (its images are looked for in
+        ``../Images`` or ``../JPEGImages`` when it lies in ``Annotations/``, else beside it).
+    class_names : classes to keep, in this order; None collects all, sorted by name.
+    strict : raise at the first skipped record instead of counting it.
+    name : dataset name (default: the folder name).
+    check_images : skip annotations whose image file is missing (default True).
+
+    Returns
+    -------
+    SmearDataset
+        with ``skipped``: unreadable, empty or malformed XML files (forbidden entity
+        declarations included, never expanded), missing images, objects without a name or
+        ``<bndbox>`` or with missing or non-numeric coordinates ("object N", 0-based), unknown
+        classes, degenerate or far-outside boxes; and ``fixed``: boxes clipped to the image.
+
+    Raises
+    ------
+    DataError
+        when ``path`` is neither a VOC folder nor an .xml file, when the image folder is missing
+        (with ``check_images``), or under ``strict`` at the first skipped record.
+    """
+    path = Path(path)
+    xml_files, image_dir, root = _layout(path, check_images)
+    images = _image_index(image_dir)
+    col = BoxCollector(class_names, strict)
+    for xml_path in xml_files:
+        try:
+            ann = _parse(xml_path)
+        except DataError as e:
+            col.skip(xml_path, e.problem)
+            continue
+        _add_annotation(col, xml_path, ann, image_dir, images, check_images)
+    return col.dataset(name or root.name, root, "voc")
+
+
+def _layout(path: Path, check_images: bool) -> tuple[list[Path], Path, Path]:
+    """The XML files, the image folder and the dataset root for ``path``."""
+    if path.is_file():
+        if path.suffix.lower() != ".xml":
+            raise DataError(path, "not a VOC .xml annotation file")
+        if path.parent.name.lower() == "annotations":
+            root = path.parent.parent
+            return [path], _child(root, "images", "jpegimages") or path.parent, root
+        return [path], path.parent, path.parent
+    if not path.is_dir():
+        raise DataError(path, "path does not exist")
+    ann_dir = _child(path, "annotations")
+    if ann_dir is None:
+        raise DataError(path, "not a VOC folder: no Annotations/ folder")
+    image_dir = _child(path, "images", "jpegimages")
+    if image_dir is None:
+        if check_images:
+            raise DataError(path, "no Images/ or JPEGImages/ folder beside Annotations/ "
+                                  "(pass check_images=False to load the annotations alone)")
+        image_dir = path / "Images"
+    xml_files = sorted(p for p in ann_dir.iterdir() if p.suffix.lower() == ".xml" and p.is_file())
+    return xml_files, image_dir, path
+
+
+def _child(folder: Path, *names: str) -> Path | None:
+    """The first sub-folder of ``folder`` named like one of ``names`` (case-insensitive)."""
+    subdirs = {p.name.lower(): p for p in sorted(folder.iterdir()) if p.is_dir()}
+    return next((subdirs[n] for n in names if n in subdirs), None)
+
+
+def _image_index(folder: Path) -> dict[str, Path]:
+    """Image files of ``folder`` by lower-case name and by lower-case stem."""
+    files = sorted(p for p in folder.iterdir() if is_image_file(p)) if folder.is_dir() else []
+    index = {p.stem.lower(): p for p in files}
+    index.update({p.name.lower(): p for p in files})
+    return index
+
+
+def _parse(xml_path: Path) -> StdET.Element:
+    """The root element of an annotation file, parsed with defusedxml (entities refused)."""
+    try:
+        data = xml_path.read_bytes()
+    except OSError as e:
+        raise DataError(xml_path, f"cannot read the file: {e}") from None
+    if not data.strip():
+        raise DataError(xml_path, "empty annotation file")
+    try:
+        root = SafeET.fromstring(data)
+    except DefusedXmlException as e:
+        raise DataError(xml_path, f"forbidden XML construct (entities/DTD are not expanded): "
+                                  f"{type(e).__name__}") from None
+    except SafeET.ParseError as e:
+        raise DataError(xml_path, f"malformed XML: {e}") from None
+    if root.tag != "annotation":
+        raise DataError(xml_path, f"not a VOC annotation: root element <{root.tag}>")
+    return root
+
+
+def _add_annotation(col: BoxCollector, xml_path: Path, ann: StdET.Element, image_dir: Path,
+                    images: dict[str, Path], check_images: bool) -> None:
+    """Add the image of one parsed annotation file with its valid objects."""
+    filename = Path((ann.findtext("filename") or "").strip()).name
+    image = images.get(filename.lower()) or images.get(xml_path.stem.lower())
+    if image is None:
+        if check_images:
+            col.skip(xml_path, f"image file not found: {filename or xml_path.stem + '.*'} in {image_dir}")
+            return
+        image = image_dir / filename if filename else None
+    objects, difficult = [], []
+    for j, obj in enumerate(ann.findall("object")):
+        parsed = _parse_object(col, xml_path, obj, f"object {j}")
+        if parsed is not None:
+            objects.append(parsed)
+            difficult.append((obj.findtext("difficult") or "0").strip() == "1")
+    col.add(xml_path.stem, image, xml_path, objects, size=_size(ann), flags={"difficult": difficult})
+
+
+def _parse_object(col: BoxCollector, xml_path: Path, obj: StdET.Element, rec: str):
+    """``(xyxy, name, record)`` of one ``<object>``, or None after counting a skip."""
+    name = (obj.findtext("name") or "").strip()
+    box = obj.find("bndbox")
+    if not name:
+        col.skip(xml_path, "object without <name>", rec)
+    elif box is None:
+        col.skip(xml_path, "object without <bndbox>", rec)
+    else:
+        texts = [box.findtext(k) for k in VOC_COORDS]
+        coords = [number(t) for t in texts]
+        if None in coords:
+            col.skip(xml_path, "missing or non-numeric <bndbox> coordinates: "
+                     + ", ".join(f"{k}={t!r}" for k, t in zip(VOC_COORDS, texts)), rec)
+        elif col.known(name, xml_path, rec):
+            return coords, name, rec
+    return None
+
+
+def _size(ann: StdET.Element) -> tuple[int, int] | None:
+    """``(height, width)`` from ``<size>``, or None when absent, zero or not numeric."""
+    w, h = number(ann.findtext("size/width")), number(ann.findtext("size/height"))
+    if w is None or h is None or w <= 0 or h <= 0:
+        return None
+    return int(h), int(w)
+
+
+# -- writing --------------------------------------------------------------------------------------
+def save(dataset: SmearDataset, root: str | Path) -> Path:
+    """Write ``dataset`` as ``root/Annotations/*.xml`` and ``root/Images/*``.
+
+    An image is copied when the sample has a file, else written as PNG. Every file is written
+    atomically. ``Sample.meta["difficult"]`` is written as the ``difficult`` flag when present.
+
+    Returns
+    -------
+    Path
+        ``root``.
+    """
+    root = Path(root)
+    for sample, stem in zip(dataset, file_stems(dataset)):
+        image = save_image_file(sample, root / "Images", stem)
+        write_text(root / "Annotations" / f"{stem}.xml", _to_xml(sample, image.name, dataset.class_names))
+    return root
+
+
+def _to_xml(sample: Sample, filename: str, class_names: list[str]) -> str:
+    """The VOC XML text of one sample."""
+    ann = StdET.Element("annotation")
+    _sub(ann, "folder", "Images")
+    _sub(ann, "filename", filename)
+    h, w = sample.hw
+    size = _sub(ann, "size")
+    for tag, value in (("width", w), ("height", h), ("depth", 3)):
+        _sub(size, tag, str(value))
+    difficult = sample.meta.get("difficult", np.zeros(len(sample.boxes), bool))
+    for box, label, hard in zip(sample.boxes, sample.labels, difficult):
+        obj = _sub(ann, "object")
+        _sub(obj, "name", class_names[label])
+        _sub(obj, "difficult", str(int(bool(hard))))
+        bndbox = _sub(obj, "bndbox")
+        for tag, v in zip(VOC_COORDS, box):
+            _sub(bndbox, tag, f"{float(v):.10g}")
+    StdET.indent(ann, space="\t")
+    return StdET.tostring(ann, encoding="unicode") + "\n"
+
+
+def _sub(parent: StdET.Element, tag: str, text: str | None = None) -> StdET.Element:
+    el = StdET.SubElement(parent, tag)
+    el.text = text
+    return el

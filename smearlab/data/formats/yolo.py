@@ -1,0 +1,203 @@
+"""YOLO: ``images/`` with one ``labels/<same name>.txt`` per image, class names in a side file.
+
+Layout::
+
+    root/data.yaml            names: [a, b] or {0: a, 1: b}   (or root/classes.txt, one per line)
+    root/images/[split/]x.jpg
+    root/labels/[split/]x.txt  one "class cx cy w h" line per object, normalised to [0, 1]
+
+Classes keep the order of ``data.yaml``/``classes.txt`` (the class ids of the label files).
+The ``path``/``train``/``val`` keys of ``data.yaml`` are not used: the layout above is.
+Image sizes are read from the file headers (not the pixels) to convert to pixels.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from ...io import write_text
+from ..errors import DataError
+from ..imageio import is_image_file
+from ..sample import SmearDataset
+from .voc import BoxCollector, file_stems, image_size, number, save_image_file
+
+YAML_NAMES = ("data.yaml", "data.yml")
+CLASSES_TXT = "classes.txt"
+TOLERANCE = 0.01  # normalised coordinates may leave [0, 1] by this much (rounding of exporters)
+
+
+# -- reading --------------------------------------------------------------------------------------
+def load(path: str | Path, *, split: str | None = None, class_names=None, strict: bool = False,
+         name: str | None = None) -> SmearDataset:
+    """Load a YOLO dataset from its root folder or its ``data.yaml``.
+
+    Parameters
+    ----------
+    path : the root folder, or the ``data.yaml`` in it.
+    split : sub-folder of ``images/`` and ``labels/`` to load (e.g. ``"train"``); None loads
+        every image under ``images/``, sub-folders included (image ids are the paths relative
+        to ``images/``, without extension).
+    class_names : classes to keep, in this order (objects of other classes are skipped); None
+        keeps the file's classes in their order. Without ``data.yaml``/``classes.txt`` these
+        are the names of class ids 0, 1, ...
+    strict : raise at the first skipped record instead of counting it.
+    name : dataset name (default: the root folder name, plus the split).
+
+    Returns
+    -------
+    SmearDataset
+        An image without a label file has no objects. ``skipped`` counts unreadable images or
+        label files, label files without an image, malformed lines ("line N", 1-based: wrong
+        field count, non-numeric value, class id out of range, coordinate outside [0, 1]),
+        unknown classes, degenerate or far-outside boxes; ``fixed`` the boxes clipped to the image.
+
+    Raises
+    ------
+    DataError
+        when the layout or the class names file is missing or malformed, or under ``strict``
+        at the first skipped record.
+    """
+    path = Path(path)
+    root = path.parent if path.is_file() else path
+    image_dir, label_dir = root / "images", root / "labels"
+    if split is not None:
+        image_dir, label_dir = image_dir / split, label_dir / split
+    if not image_dir.is_dir():
+        raise DataError(root, f"not a YOLO dataset: no folder {image_dir.relative_to(root)}/")
+    file_names = _class_names(root)
+    if file_names is None and class_names is None:
+        raise DataError(root, f"no class names: add {YAML_NAMES[0]} (names) or {CLASSES_TXT}, "
+                              "or pass class_names")
+    ids = file_names if file_names is not None else list(class_names)
+    col = BoxCollector(class_names if class_names is not None else ids, strict)
+    images = sorted(p for p in image_dir.rglob("*") if p.is_file() and is_image_file(p))
+    for image in images:
+        rel = image.relative_to(image_dir)
+        _add_image(col, image, label_dir / rel.with_suffix(".txt"), ids, rel.with_suffix("").as_posix())
+    _skip_orphan_labels(col, label_dir, image_dir, images)
+    default = root.name if split is None else f"{root.name}/{split}"
+    return col.dataset(name or default, root, "yolo")
+
+
+def _class_names(root: Path) -> list[str] | None:
+    """Class names from ``data.yaml`` (or ``.yml``), else ``classes.txt``, else None."""
+    for fn in YAML_NAMES:
+        if (root / fn).is_file():
+            return _yaml_names(root / fn)
+    if (root / CLASSES_TXT).is_file():
+        names = [line.strip() for line in _read(root / CLASSES_TXT).splitlines() if line.strip()]
+        if not names:
+            raise DataError(root / CLASSES_TXT, "no class names in the file")
+        return names
+    return None
+
+
+def _yaml_names(path: Path) -> list[str]:
+    """The ``names`` of a ``data.yaml``: a list, or a mapping of the ids 0..n-1 to names."""
+    try:
+        data = yaml.safe_load(_read(path))
+    except yaml.YAMLError as e:
+        raise DataError(path, f"malformed YAML: {e}") from None
+    names = data.get("names") if isinstance(data, dict) else None
+    if isinstance(names, dict):
+        try:
+            by_id = {int(k): str(v) for k, v in names.items()}
+        except (TypeError, ValueError):
+            by_id = {}
+        if sorted(by_id) != list(range(len(names))):
+            raise DataError(path, f"'names' keys must be the class ids 0..{len(names) - 1}, "
+                                  f"got {list(names)}")
+        names = [by_id[i] for i in range(len(by_id))]
+    if not isinstance(names, list) or not names:
+        raise DataError(path, "no 'names' list or {id: name} mapping")
+    return [str(n) for n in names]
+
+
+def _read(path: Path) -> str:
+    """The text of a small side file, or DataError naming it."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(path, f"cannot read the file: {e}") from None
+
+
+def _add_image(col: BoxCollector, image: Path, label: Path, ids: list[str], image_id: str) -> None:
+    """Add one image with the objects of its label file (none when there is no label file)."""
+    try:
+        size = image_size(image)
+        lines = _read(label).splitlines() if label.is_file() else []
+    except DataError as e:
+        col.skip(e.path, e.problem)
+        return
+    parsed = [_parse_line(col, label, text, f"line {n}", ids, size)
+              for n, text in enumerate(lines, 1) if text.strip()]
+    col.add(image_id, image, label, [p for p in parsed if p is not None], size=size)
+
+
+def _parse_line(col: BoxCollector, label: Path, text: str, rec: str, ids: list[str], size):
+    """``(xyxy, class name, record)`` of one label line, or None after counting a skip."""
+    fields = text.split()
+    cls, values = _class_id(fields[0]), [number(f) for f in fields[1:]]
+    problem = None
+    if len(fields) != 5:
+        problem = f"expected 5 fields 'class cx cy w h', got {len(fields)}"
+    elif cls is None or not 0 <= cls < len(ids):
+        problem = f"class id {fields[0]!r} is not one of 0..{len(ids) - 1}"
+    elif None in values:
+        problem = f"non-numeric coordinate in {text.strip()!r}"
+    elif not all(-TOLERANCE <= v <= 1 + TOLERANCE for v in values):
+        problem = f"normalised coordinate outside [0, 1]: {text.strip()!r}"
+    if problem is not None:
+        col.skip(label, f"malformed label line: {problem}", rec)
+        return None
+    if not col.known(ids[cls], label, rec):
+        return None
+    (cx, cy, w, h), (ih, iw) = values, size
+    return [(cx - w / 2) * iw, (cy - h / 2) * ih, (cx + w / 2) * iw, (cy + h / 2) * ih], ids[cls], rec
+
+
+def _class_id(text: str) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
+def _skip_orphan_labels(col: BoxCollector, label_dir: Path, image_dir: Path, images: list[Path]) -> None:
+    """Count label files that belong to no image (usually a renamed or missing image)."""
+    if not label_dir.is_dir():
+        return
+    expected = {label_dir / p.relative_to(image_dir).with_suffix(".txt") for p in images}
+    for label in sorted(label_dir.rglob("*.txt")):
+        if label not in expected and label.name != CLASSES_TXT:
+            col.skip(label, "label file without an image: no matching file in "
+                            f"{image_dir / label.relative_to(label_dir).parent}")
+
+
+# -- writing --------------------------------------------------------------------------------------
+def save(dataset: SmearDataset, root: str | Path) -> Path:
+    """Write ``dataset`` as ``root/images/``, ``root/labels/``, ``classes.txt`` and ``data.yaml``.
+
+    Boxes are written normalised with 6 decimals (under 1e-3 px of rounding for images up to
+    1000 px). An image is copied when the sample has a file, else written as PNG. Every file
+    is written atomically.
+
+    Returns
+    -------
+    Path
+        ``root``.
+    """
+    root = Path(root)
+    for sample, stem in zip(dataset, file_stems(dataset)):
+        save_image_file(sample, root / "images", stem)
+        h, w = sample.hw
+        lines = "".join(f"{label} {(x0 + x1) / 2 / w:.6f} {(y0 + y1) / 2 / h:.6f} "
+                        f"{(x1 - x0) / w:.6f} {(y1 - y0) / h:.6f}\n"
+                        for (x0, y0, x1, y1), label in zip(sample.boxes.tolist(), sample.labels.tolist()))
+        write_text(root / "labels" / f"{stem}.txt", lines)
+    write_text(root / CLASSES_TXT, "".join(n + "\n" for n in dataset.class_names))
+    config = {"path": str(root.resolve()), "train": "images", "val": "images",
+              "nc": len(dataset.class_names), "names": list(dataset.class_names)}
+    write_text(root / YAML_NAMES[0], yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
+    return root

@@ -1,0 +1,175 @@
+"""Zheng et al. 2018 white-blood-cell images: one cell per image, a 3-level mask and a class.
+
+Layout::
+
+    <root>/Dataset N/NNN.bmp                    the image
+    <root>/Dataset N/NNN.png                    its ground truth: 255 nucleus, 128 cytoplasm, 0 rest
+    <root>/Class Labels of Dataset N.csv        "image ID,class label" (or "image ID,class"), 1..5
+
+PNG files are always masks: an image is any other image file (``.bmp`` in the published sets,
+upper-case extensions too) with a PNG of the same number beside it. Some published masks hold
+intermediate grey values from resampling; each pixel is mapped to the nearest of 0, 128, 255.
+"""
+from __future__ import annotations
+
+import csv
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import DataError
+from ..imageio import is_image_file, read_mask
+from ..sample import Sample, SkipLog, SmearDataset
+from .dsb2018 import image_hw, mask_box, skip_log
+
+CLASS_NAMES = ["neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"]
+SEMANTIC_NAMES = ["background", "cytoplasm", "nucleus"]
+_HEADERS = (["image id", "class label"], ["image id", "class"])
+
+
+def load(path: str | Path, *, datasets=(1, 2), strict: bool = False,
+         name: str | None = None) -> SmearDataset:
+    """Load one or both Zheng WBC datasets.
+
+    Each sample has ``image_id`` ``"d1_001"``, ``domain`` ``"dataset1"``, ``image_label`` (the
+    cell type, 0-based), one box around the whole cell (mask > 0) with that label, the
+    semantic mask (0 background, 1 cytoplasm, 2 nucleus) and the whole-cell instance mask
+    ``(1, H, W)``. Boxes come from the masks at load time; images and masks are read again
+    lazily.
+
+    Parameters
+    ----------
+    path : the folder holding ``Dataset N/`` and the class-label CSVs.
+    datasets : which datasets (1, 2) to load.
+    strict : raise on the first per-record problem instead of counting it as a skip.
+    name : dataset name (default: the folder name).
+
+    Raises
+    ------
+    DataError
+        when a ``Dataset N`` folder or its CSV is missing, or the CSV header is neither variant.
+        Per-record problems (image without CSV row, CSV row with a bad or unknown class, image or
+        mask missing, unreadable or of another size) are counted skips, or raise with ``strict``.
+    """
+    root = Path(path)
+    skipped = skip_log(strict)
+    samples = []
+    for n in datasets:
+        folder = root / f"Dataset {n}"
+        if not folder.is_dir():
+            raise DataError(folder, f"Zheng dataset folder 'Dataset {n}' not found")
+        classes = _read_classes(root / f"Class Labels of Dataset {n}.csv", skipped)
+        samples += _load_dataset(folder, n, classes, skipped)
+    return SmearDataset(samples, CLASS_NAMES, name or root.name, root=root, format="zheng",
+                        semantic_names=SEMANTIC_NAMES, skipped=skipped)
+
+
+def _read_classes(path: Path, skipped: SkipLog) -> dict[int, tuple[int | None, int]]:
+    """``image number -> (0-based class, CSV line)`` from a class-label CSV.
+
+    A row with a bad class is counted once here and kept with class None, so that its image is
+    left out without a second report.
+    """
+    if not path.is_file():
+        raise DataError(path, "class-label CSV not found")
+    with open(path, newline="", encoding="utf-8-sig") as f:
+        rows = list(csv.reader(f))
+    header = [c.strip().lower() for c in rows[0]] if rows else []
+    if header not in _HEADERS:
+        raise DataError(path, f"unexpected header {rows[0] if rows else 'none (empty file)'}; "
+                              "expected 'image ID,class label' or 'image ID,class'", "line 1")
+    out = {}
+    for line, row in enumerate(rows[1:], start=2):
+        if not any(c.strip() for c in row):
+            continue
+        rec = f"line {line}"
+        if len(row) != 2 or not row[0].strip().isdigit():
+            skipped.add(path, f"expected 'image ID,class' with an integer image ID, got {row}", rec)
+            continue
+        image, cls = int(row[0]), row[1].strip()
+        if image in out:
+            skipped.add(path, f"duplicate row for image ID {image} (first on line {out[image][1]})",
+                        rec)
+            continue
+        valid = cls.isdigit() and 1 <= int(cls) <= len(CLASS_NAMES)
+        if not valid:
+            skipped.add(path, f"unknown class {cls!r} (expected 1..{len(CLASS_NAMES)})", rec)
+        out[image] = (int(cls) - 1 if valid else None, line)
+    return out
+
+
+def _load_dataset(folder: Path, n: int, classes: dict[int, tuple[int, int]],
+                  skipped: SkipLog) -> list[Sample]:
+    """The samples of one ``Dataset N`` folder; CSV rows without an image are counted skips."""
+    csv_path = folder.parent / f"Class Labels of Dataset {n}.csv"
+    files = [p for p in folder.iterdir() if not p.name.startswith(".") and is_image_file(p)]
+    masks = {p.stem: p for p in files if p.suffix.lower() == ".png"}
+    images = sorted((p for p in files if p.suffix.lower() != ".png"), key=lambda p: p.name)
+    samples, seen = [], set()
+    for image in images:
+        if not image.stem.isdigit():
+            skipped.add(image, "image name is not an image number (NNN)")
+            continue
+        number = int(image.stem)
+        seen.add(number)
+        if number not in classes:
+            skipped.add(image, f"no row for image ID {number} in {csv_path.name}")
+            continue
+        label = classes[number][0]
+        if label is None:  # its CSV row was already counted
+            continue
+        sample = _load_sample(image, masks.get(image.stem), n, label, skipped)
+        if sample is not None:
+            samples.append(sample)
+    for number, (label, line) in sorted(classes.items()):
+        if number not in seen and label is not None:
+            skipped.add(csv_path, f"no image file for image ID {number} in {folder.name}/",
+                        f"line {line}")
+    return samples
+
+
+def _load_sample(image: Path, mask: Path | None, n: int, label: int,
+                 skipped: SkipLog) -> Sample | None:
+    """One image with its mask, or None (counted in ``skipped``) when either is unusable."""
+    if mask is None:
+        skipped.add(image, f"ground-truth mask {image.stem}.png not found")
+        return None
+    try:
+        hw = image_hw(image)
+        semantic = read_semantic(mask)
+    except DataError as e:
+        skipped.add(e.path, e.problem)
+        return None
+    if semantic.shape != hw:
+        skipped.add(mask, f"mask size {semantic.shape[1]}x{semantic.shape[0]} differs from the "
+                          f"image size {hw[1]}x{hw[0]}")
+        return None
+    box = mask_box(semantic > 0)
+    if box is None:
+        skipped.add(mask, "empty mask (no cell pixel)")
+        return None
+    return Sample(f"d{n}_{image.stem}", image, boxes=box[None], labels=[label], image_label=label,
+                  domain=f"dataset{n}", size=hw, meta={"mask_path": str(mask)},
+                  _semantic=partial(read_semantic, mask), _masks=partial(_cell_mask, mask))
+
+
+def read_semantic(path: Path) -> np.ndarray:
+    """Read a Zheng mask as ``(H, W)`` uint8: 0 background, 1 cytoplasm, 2 nucleus.
+
+    Each grey value goes to the nearest of 0, 128, 255 (resampled masks hold values between).
+
+    Raises
+    ------
+    DataError
+        naming the file when it is unreadable or not an 8-bit image.
+    """
+    m = read_mask(path)
+    if m.dtype != np.uint8:
+        raise DataError(path, f"mask must be an 8-bit grey image, got dtype {m.dtype}")
+    return (m >= 64).astype(np.uint8) + (m >= 192)
+
+
+def _cell_mask(path: Path) -> np.ndarray:
+    """The whole-cell instance mask ``(1, H, W)`` bool."""
+    return (read_semantic(path) > 0)[None]

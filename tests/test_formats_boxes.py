@@ -1,0 +1,162 @@
+"""Box formats (VOC, BBBC041, IML-Malaria, YOLO) on the real datasets, and save -> load round trips."""
+from __future__ import annotations
+
+import numpy as np
+import yaml
+
+from smearlab.data import formats
+from smearlab.data.formats import bbbc041, iml, voc, yolo
+from smearlab.data.sample import Sample, SmearDataset
+
+CBC_CLASSES = ["RBC", "WBC", "Platelets"]
+MALARIA_CLASSES = {"red blood cell", "ring", "trophozoite", "schizont", "gametocyte", "difficult"}
+
+
+def _box_skips(ds) -> int:
+    return sum("box" in s.reason for s in ds.skipped)
+
+
+# -- VOC / CBC ------------------------------------------------------------------------------------
+def test_cbc_training(cbc_root):
+    ds = voc.load(cbc_root / "Training")
+    assert len(ds) == 300
+    assert ds.num_objects + _box_skips(ds) == 3952
+    assert len(ds.skipped) == 1 and "BloodImage_00338.xml" in str(ds.skipped[0])
+    assert "degenerate" in ds.skipped[0].reason
+    assert ds.class_names == sorted(CBC_CLASSES)  # collected classes are sorted by name
+    assert ds.format == "voc" and ds.name == "Training"
+    s = ds[0]
+    assert s.path.is_file() and s.size == (480, 640) and s._image is None  # lazy
+    assert s.meta["difficult"].dtype == bool and len(s.meta["difficult"]) == len(s.boxes)
+
+
+def test_cbc_testing_counts(cbc_root):
+    ds = voc.load(cbc_root / "Testing", class_names=CBC_CLASSES)
+    assert len(ds) == 60
+    assert ds.num_objects + _box_skips(ds) == 908
+    assert len(ds.skipped) == 1 and "BloodImage_00343.xml" in ds.skipped[0].path
+    assert ds.class_names == CBC_CLASSES
+    assert ds.class_counts() == {"RBC": 791, "WBC": 61, "Platelets": 55}
+    assert ds[0].image.shape == (480, 640, 3)
+
+
+def test_cbc_single_xml_and_dispatch(cbc_root):
+    xml = cbc_root / "Testing" / "Annotations" / "BloodImage_00339.xml"
+    ds = voc.load(xml)
+    assert len(ds) == 1 and ds[0].path == cbc_root / "Testing" / "Images" / "BloodImage_00339.jpg"
+    assert formats.detect_format(cbc_root / "Testing") == "voc"
+    assert len(formats.load(cbc_root / "Testing")) == 60
+
+
+def test_cbc_save_load_round_trip_copies_images(cbc_root, tmp_path):
+    src = voc.load(cbc_root / "Testing", class_names=CBC_CLASSES)[:3]
+    out = voc.save(src, tmp_path / "voc")
+    back = voc.load(out, class_names=CBC_CLASSES)
+    assert [s.image_id for s in back] == [s.image_id for s in src]
+    for a, b in zip(src, back):
+        assert b.path.read_bytes() == a.path.read_bytes()
+        np.testing.assert_array_equal(a.boxes, b.boxes)
+        np.testing.assert_array_equal(a.labels, b.labels)
+
+
+# -- BBBC041 --------------------------------------------------------------------------------------
+def test_bbbc041_test_json(shared_data):
+    path = shared_data / "bbbc041_annotations" / "test.json"
+    ds = bbbc041.load(path, check_images=False)
+    assert len(ds) == 120 and set(ds.class_names) == MALARIA_CLASSES
+    expected = {"red blood cell": 5614, "ring": 169, "trophozoite": 111, "gametocyte": 12,
+                "schizont": 11, "difficult": 5}
+    assert sum(expected.values()) == ds.num_objects + _box_skips(ds)
+    counts = ds.class_counts()
+    assert all(counts[k] <= v for k, v in expected.items())
+    s = ds[0]
+    assert s.size == (1383, 1944)
+    assert s.path == (path.parent / "images" / f"{s.image_id}.jpg").resolve()
+    assert formats.detect_format(path) == "bbbc041"
+
+
+def test_bbbc041_missing_images_are_skipped(shared_data):
+    ds = bbbc041.load(shared_data / "bbbc041_annotations" / "test.json")
+    assert len(ds) == 0 and len(ds.skipped) == 120
+    assert ds.skipped.counts() == {"image file not found": 120}
+
+
+# -- IML-Malaria ----------------------------------------------------------------------------------
+def test_iml_subset(shared_data):
+    root = shared_data / "malaria_iml_subset"
+    ds = iml.load(root / "annotations.json")
+    assert len(ds) == 40 and set(ds.class_names) == MALARIA_CLASSES
+    expected = {"red blood cell": 4443, "gametocyte": 27, "ring": 15, "trophozoite": 9,
+                "schizont": 4, "difficult": 2}
+    assert ds.num_objects + _box_skips(ds) == sum(expected.values())
+    counts = ds.class_counts()
+    assert all(counts[k] <= v for k, v in expected.items())
+    assert len(ds.fixed) > 0 and all("clipped" in f.reason for f in ds.fixed)
+    for s in ds:
+        assert s.size == (960, 1280) and s._image is None
+        assert (s.boxes >= 0).all() and (s.boxes[:, 2] <= 1280).all() and (s.boxes[:, 3] <= 960).all()
+    assert formats.detect_format(root) == "iml"
+    assert len(formats.load(root)) == 40
+
+
+# -- round trips ----------------------------------------------------------------------------------
+def _toy_dataset() -> SmearDataset:
+    rng = np.random.default_rng(1)
+    samples = []
+    for i, (h, w) in enumerate([(48, 64), (100, 75), (33, 41)]):
+        xy = rng.uniform(0, 0.5, (4, 2)) * [w, h]
+        wh = rng.uniform(0.1, 0.5, (4, 2)) * [w, h]
+        boxes = np.hstack([xy, xy + wh]).astype(np.float32)
+        img = rng.integers(0, 255, (h, w, 3), dtype=np.uint8)
+        samples.append(Sample(image_id=f"img{i}", boxes=boxes, labels=rng.integers(0, 3, 4), _image=img,
+                              meta={"difficult": np.array([True, False, False, True])}))
+    samples.append(Sample(image_id="img3", _image=np.zeros((10, 12, 3), np.uint8)))
+    return SmearDataset(samples, ["ring", "schizont", "red blood cell"], "toy")
+
+
+def test_yolo_round_trip(tmp_path):
+    src = _toy_dataset()
+    root = yolo.save(src, tmp_path / "yolo")
+    assert (root / "classes.txt").read_text().split("\n")[:3] == src.class_names
+    config = yaml.safe_load((root / "data.yaml").read_text())
+    assert config["names"] == src.class_names and config["train"] == "images"
+    assert formats.detect_format(root) == "yolo"
+    back = yolo.load(root / "data.yaml")
+    assert back.class_names == src.class_names and not back.skipped and not back.fixed
+    assert [s.image_id for s in back] == [s.image_id for s in src]
+    for a, b in zip(src, back):
+        assert b.size == a.size
+        np.testing.assert_allclose(b.boxes, a.boxes, atol=1e-3)
+        np.testing.assert_array_equal(b.labels, a.labels)
+        np.testing.assert_array_equal(b.image, a.image)
+
+
+def test_yolo_splits_and_dict_names(tmp_path):
+    src = _toy_dataset()
+    yolo.save(src, tmp_path / "tmp")
+    root = tmp_path / "split"
+    for kind in ("images", "labels"):
+        (root / kind).mkdir(parents=True)
+        (tmp_path / "tmp" / kind).rename(root / kind / "train")
+    (root / "data.yaml").write_text("names: {0: ring, 1: schizont, 2: red blood cell}\n")
+    ds = yolo.load(root, split="train")
+    assert len(ds) == 4 and ds.class_names == src.class_names and ds.name == "split/train"
+    everything = yolo.load(root, class_names=["ring"])
+    assert [s.image_id for s in everything] == [f"train/{s.image_id}" for s in src]
+    assert everything.class_names == ["ring"]
+    assert everything.num_objects == sum(int((s.labels == 0).sum()) for s in src)
+    assert everything.skipped.counts() == {"unknown class": src.num_objects - everything.num_objects}
+
+
+def test_voc_round_trip_in_memory_images(tmp_path):
+    src = _toy_dataset()
+    root = voc.save(src, tmp_path / "voc")
+    back = voc.load(root, class_names=src.class_names)
+    assert not back.skipped and not back.fixed
+    for a, b in zip(src, back):
+        assert b.path.suffix == ".png" and b.size == a.size
+        np.testing.assert_allclose(b.boxes, a.boxes, atol=1e-4)
+        np.testing.assert_array_equal(b.labels, a.labels)
+        np.testing.assert_array_equal(b.meta["difficult"], a.meta.get("difficult", np.zeros(0, bool)))
+        np.testing.assert_array_equal(b.image, a.image)
+    assert formats.load(root, class_names=src.class_names).num_objects == src.num_objects

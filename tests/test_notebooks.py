@@ -1,0 +1,50 @@
+"""Every notebook runs through papermill in quick mode and records its headline numbers."""
+import pytest
+
+from smearlab.report import REPO_NOTEBOOKS, find_notebooks, run_report
+
+pytestmark = pytest.mark.notebook
+
+NOTEBOOKS = [p.stem for p in find_notebooks(REPO_NOTEBOOKS)]
+
+#: Metrics each notebook must record (checked for presence and sanity below).
+EXPECTED = {
+    "01_eda": {"dataset", "images", "objects", "per_class", "skipped", "domain_colour_distance"},
+}
+
+
+def test_every_notebook_has_expected_metrics_declared():
+    assert NOTEBOOKS, "no notebooks found"
+    assert set(NOTEBOOKS) <= set(EXPECTED), f"add expected metrics for {set(NOTEBOOKS) - set(EXPECTED)}"
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    return run_report("quick", out=tmp_path_factory.mktemp("report"), notebook_dir=REPO_NOTEBOOKS,
+                      device="cpu")
+
+
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_notebook_runs_quick(quick_run, name):
+    r = quick_run["notebooks"][name]
+    assert r["status"] == "ok", r["error"]
+    assert EXPECTED[name] <= set(r["metrics"])
+
+
+def test_eda_quick_on_synthetic(quick_run):
+    m = quick_run["notebooks"]["01_eda"]["metrics"]
+    assert m["dataset"] == "synthetic" and m["images"] == 48  # 24 per staining domain
+    assert m["per_class"]["RBC"] > m["per_class"]["WBC"] > 0
+    assert m["domain_colour_distance"] > 0.05  # the two stains differ visibly
+    assert m["skipped"] == 0
+
+
+def test_eda_on_cbc_through_data_root(shared_data, tmp_path):
+    index = run_report("quick", data_root=shared_data, out=tmp_path, notebook_dir=REPO_NOTEBOOKS,
+                       notebooks=["01_eda"], device="cpu", html_export=False)
+    r = index["notebooks"]["01_eda"]
+    assert r["status"] == "ok", r["error"]
+    m = r["metrics"]
+    assert m["images"] == 300
+    assert m["objects"] == 3951 and m["skipped"] == 1  # 3,952 boxes, one degenerate
+    assert set(m["per_class"]) == {"RBC", "WBC", "Platelets"}
