@@ -51,7 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="run only these (e.g. 01_eda or 01)")
     r.add_argument("--notebooks", help="folder of NN_*.ipynb notebooks (default ./notebooks)")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--timeout", type=int, default=None, help="seconds per cell before it fails")
+    r.add_argument("--timeout", type=int, default=3600,
+                   help="seconds one cell may run before its notebook is marked failed (default 3600)")
     r.add_argument("--no-html", action="store_true", help="skip the HTML export")
     r.set_defaults(func=_report)
 

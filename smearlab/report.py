@@ -40,7 +40,7 @@ def find_notebooks(notebook_dir: str | Path | None = None) -> list[Path]:
     if notebook_dir is None:
         here = Path.cwd() / "notebooks"
         notebook_dir = here if here.is_dir() else REPO_NOTEBOOKS
-    nbs = sorted(p for p in Path(notebook_dir).glob("[0-9][0-9]_*.ipynb"))
+    nbs = sorted(p.resolve() for p in Path(notebook_dir).glob("[0-9][0-9]_*.ipynb"))
     if not nbs:
         raise FileNotFoundError(f"no numbered notebooks (NN_name.ipynb) in {notebook_dir}")
     return nbs
@@ -110,7 +110,7 @@ def _fmt(v) -> str:
 
 
 def run_notebook(nb: Path, out_dir: Path, parameters: dict[str, Any], *, kernel: str = "python3",
-                 timeout: int | None = None, html_export: bool = True) -> NotebookResult:
+                 timeout: int | None = 3600, html_export: bool = True) -> NotebookResult:
     """Execute one notebook into ``out_dir``; never raises for a failing notebook."""
     import papermill as pm
 
@@ -166,7 +166,7 @@ def export_html(notebook: Path) -> Path:
 def run_report(profile: str = "quick", *, data_root: str | Path | None = None, device: str = "auto",
                out: str | Path | None = None, notebooks: Iterable[str] | None = None,
                notebook_dir: str | Path | None = None, seed: int = 0, kernel: str = "python3",
-               timeout: int | None = None, html_export: bool = True) -> dict[str, Any]:
+               timeout: int | None = 3600, html_export: bool = True) -> dict[str, Any]:
     """Run the notebook series and write the run folder; returns the index dict.
 
     Parameters
@@ -177,6 +177,7 @@ def run_report(profile: str = "quick", *, data_root: str | Path | None = None, d
     out : run folder (default ``reports/<date>-<profile>``). Re-running into the same folder with
         ``notebooks`` re-executes only those and keeps the other entries of the index.
     notebooks : names (``01_eda`` or ``01``) to run; default all.
+    timeout : seconds one cell may run before the notebook is marked failed (None: no limit).
     """
     all_nbs = find_notebooks(notebook_dir)
     chosen = _select(all_nbs, notebooks)

@@ -14,6 +14,15 @@ from matplotlib.patches import Rectangle
 from .data.sample import Sample, SmearDataset
 
 
+def figure_to_png(fig, dpi: int = 90) -> bytes:
+    """Render a figure to PNG bytes and close it (for ``ipywidgets.Image``)."""
+    import io
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def class_colors(n: int) -> list[tuple[float, float, float, float]]:
     """``n`` distinct colours (tab10, then tab20 for more classes)."""
     cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")

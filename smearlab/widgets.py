@@ -1,11 +1,16 @@
-"""ipywidgets front ends. They hold no logic of their own: drawing lives in :mod:`smearlab.viz`."""
+"""ipywidgets front ends. They hold no logic of their own: drawing lives in :mod:`smearlab.viz`.
+
+Figures are rendered to PNG and shown in an ``ipywidgets.Image`` rather than captured by an
+``Output`` widget: output capture races with headless executors (papermill/nbclient can hang
+waiting for captured messages), and a PNG swap is also what makes redraws feel instant.
+"""
 from __future__ import annotations
 
 import ipywidgets as W
 import matplotlib.pyplot as plt
 
 from .data.sample import SmearDataset
-from .viz import draw_sample
+from .viz import draw_sample, figure_to_png
 
 
 class DatasetBrowser:
@@ -22,11 +27,11 @@ class DatasetBrowser:
                                   continuous_update=False)
         self.toggles = [W.Checkbox(value=True, description=n, indent=False,
                                    layout=W.Layout(width="auto")) for n in dataset.class_names]
-        self.out = W.Output()
+        self.image = W.Image(format="png")
         self.drawn = 0
         for w in [self.slider, *self.toggles]:
             w.observe(lambda _change: self.redraw(), names="value")
-        self.widget = W.VBox([W.HBox([self.slider, *self.toggles]), self.out])
+        self.widget = W.VBox([W.HBox([self.slider, *self.toggles]), self.image])
         self.redraw()
 
     @property
@@ -38,14 +43,12 @@ class DatasetBrowser:
         if not len(self.dataset):
             return
         s = self.dataset[self.slider.value]
-        self.out.clear_output(wait=True)
-        with self.out:
+        with plt.ioff():
             fig, ax = plt.subplots(figsize=self.figsize)
-            draw_sample(s, self.dataset.class_names, ax, classes=self.visible_classes,
-                        title=f"{s.image_id}  ({len(s.boxes)} objects)")
-            self.drawn = len(ax.patches)
-            plt.show()
-            plt.close(fig)
+        draw_sample(s, self.dataset.class_names, ax, classes=self.visible_classes,
+                    title=f"{s.image_id}  ({len(s.boxes)} objects)")
+        self.drawn = len(ax.patches)
+        self.image.value = figure_to_png(fig)
 
     def _ipython_display_(self):
         from IPython.display import display

@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from smearlab.data import Sample, SmearDataset
+from smearlab.data.boxes import mask_box
 from smearlab.data.formats import coco, detect_format, dicom, dsb2018, imagefolder, zheng
-from smearlab.data.formats.dsb2018 import mask_box
 
 # -- helpers ---------------------------------------------------------------------------------
 

@@ -52,8 +52,10 @@ def test_browser_redraws_on_slider_and_toggles():
     ds = toy_dataset(4)
     b = dataset_browser(ds)
     assert b.drawn == len(ds[0].boxes)
+    first = b.image.value
+    assert first[:8] == b"\x89PNG\r\n\x1a\n"
     b.slider.value = 2
-    assert b.drawn == len(ds[2].boxes)
+    assert b.drawn == len(ds[2].boxes) and b.image.value != first
     for t in b.toggles:
         t.value = False
     assert b.drawn == 0

@@ -1,4 +1,7 @@
-"""Box checks shared by every loader: clip what runs past the image, drop what is degenerate."""
+"""Box checks shared by every loader: clip what runs past the image, drop what is degenerate.
+
+Also :func:`mask_box`, the tight box of a mask (for the formats whose objects are masks).
+"""
 from __future__ import annotations
 
 import numpy as np
@@ -7,7 +10,7 @@ from .sample import SkipLog
 
 
 def clean_boxes(boxes, labels, hw: tuple[int, int] | None, path, skipped: SkipLog, fixed: SkipLog,
-                *, max_overrun: float = 8.0, records=None, extra: dict | None = None):
+                *, max_overrun: float = 8.0, records=None):
     """Validate boxes from an annotation file.
 
     Boxes that run past the image edge by at most ``max_overrun`` pixels are clipped and
@@ -21,11 +24,12 @@ def clean_boxes(boxes, labels, hw: tuple[int, int] | None, path, skipped: SkipLo
     labels : (N,) ints.
     hw : image (height, width), or None when unknown (no clipping then).
     records : optional per-box names for the report (e.g. ``"object 3"``).
-    extra : optional dict of per-box arrays (masks, flags) filtered alongside.
 
     Returns
     -------
     boxes, labels, kept_index
+        the kept boxes (float32) and labels, and the indices of the kept input boxes (to
+        filter per-box data such as masks or flags alongside).
     """
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     lab = np.asarray(labels, dtype=np.int64).reshape(-1)
@@ -57,3 +61,15 @@ def clean_boxes(boxes, labels, hw: tuple[int, int] | None, path, skipped: SkipLo
                 fixed.add(path, f"box clipped to the image: {b[i].tolist()}", rec)
     idx = np.flatnonzero(keep)
     return out[idx].astype(np.float32), lab[idx], idx
+
+
+def mask_box(mask: np.ndarray) -> np.ndarray | None:
+    """Tight pixel-edge ``x0, y0, x1, y1`` box of a 2-D mask (``x1`` = last column + 1).
+
+    Returns None for an empty mask.
+    """
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], np.float32)

@@ -94,12 +94,45 @@ def read_image(path: str | Path) -> tuple[np.ndarray, int]:
     return to_rgb8(read_raw(path), where=path)
 
 
+def image_size(path: str | Path) -> tuple[int, int]:
+    """``(height, width)`` of an image file from its header, without decoding the pixels.
+
+    Raises
+    ------
+    DataError
+        naming the file when it is missing or not a readable image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(path, "image file not found")
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(path, f"not a readable image ({e})") from None
+    return h, w
+
+
 def read_mask(path: str | Path) -> np.ndarray:
     """Read a mask image as a 2-D integer array (first channel of colour masks)."""
     a = read_raw(path)
     if a.ndim == 3:
         a = a[..., 0]
     return a
+
+
+def read_binary_mask(path: str | Path) -> np.ndarray:
+    """Read a mask file as a 2-D bool array (any non-zero pixel is foreground).
+
+    Raises
+    ------
+    DataError
+        naming the file when it is unreadable or not an integer (or bool) image.
+    """
+    m = read_mask(path)
+    if not (m.dtype == np.bool_ or np.issubdtype(m.dtype, np.integer)):
+        raise DataError(path, f"mask must be an integer image, got dtype {m.dtype}")
+    return m > 0
 
 
 def _read_dicom(path: Path) -> np.ndarray:

@@ -184,11 +184,28 @@ class Skip:
 
 
 class SkipLog(list):
-    """A list of :class:`Skip` that also logs each entry as a warning."""
+    """A list of :class:`Skip` that also logs each entry as a warning.
+
+    Parameters
+    ----------
+    entries : initial :class:`Skip` entries (not logged again).
+    strict : :meth:`add` raises :class:`DataError` instead of recording (a loader's
+        ``strict=True``: the first problem stops the load).
+    kind : what the entries are, as the log message starts: ``"skipped"`` for refused
+        records, ``"fixed"`` for repairs (``SmearDataset.fixed``).
+    """
+
+    def __init__(self, entries: Iterable[Skip] = (), *, strict: bool = False, kind: str = "skipped"):
+        super().__init__(entries)
+        self.strict = strict
+        self.kind = kind
 
     def add(self, path, reason: str, record: str | None = None) -> None:
+        """Record (and log) one entry; with ``strict`` raise ``DataError(path, reason, record)``."""
+        if self.strict:
+            raise DataError(path, reason, record)
         s = Skip(str(path), reason, record)
-        log.warning("skipped %s", s)
+        log.warning("%s %s", self.kind, s)
         self.append(s)
 
     def counts(self) -> Counter:
@@ -220,7 +237,7 @@ class SmearDataset(Sequence[Sample]):
         self.format = format
         self.semantic_names = list(semantic_names) if semantic_names is not None else None
         self.skipped = SkipLog(skipped or [])
-        self.fixed = SkipLog(fixed or [])
+        self.fixed = SkipLog(fixed or [], kind="fixed")
         k = len(self.class_names)
         for s in self.samples:
             bad = (s.labels < 0) | (s.labels >= k)

@@ -7,7 +7,6 @@ at the name, and says what it found when it cannot decide.
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 
 from ..errors import DataError
@@ -24,7 +23,7 @@ def module(fmt: str):
     return importlib.import_module(f"{__name__}.{fmt}")
 
 
-def _json_kind(path: Path) -> str | None:
+def json_kind(path: Path) -> str | None:
     """Which JSON schema a file holds: 'coco', 'bbbc041', 'iml' or None."""
     try:
         with open(path, "rb") as f:
@@ -54,7 +53,7 @@ def detect_format(path: str | Path) -> str:
         raise DataError(p, "path does not exist")
     if p.is_file():
         if p.suffix.lower() == ".json":
-            kind = _json_kind(p)
+            kind = json_kind(p)
             if kind:
                 return kind
             raise DataError(p, "JSON file is neither COCO, BBBC041 nor IML-Malaria annotations")
@@ -80,7 +79,7 @@ def detect_format(path: str | Path) -> str:
     if "data.yaml" in lower or "classes.txt" in lower or "labels" in lower:
         return "yolo"
     jsons = sorted(c for c in p.iterdir() if c.suffix.lower() == ".json")
-    kinds = [k for k in (_json_kind(j) for j in jsons) if k]
+    kinds = [k for k in (json_kind(j) for j in jsons) if k]
     if kinds:
         return kinds[0]
     subdirs = [c for c in p.iterdir() if c.is_dir() and not c.name.startswith(".")]

@@ -11,7 +11,6 @@
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import re
@@ -27,9 +26,9 @@ from skimage.measure import find_contours
 from ...io import atomic_path, write_json
 from ..boxes import clean_boxes
 from ..errors import DataError
-from ..imageio import write_image
+from ..imageio import image_size, write_image
 from ..sample import Sample, SkipLog, SmearDataset
-from .dsb2018 import image_hw, skip_log
+from ._common import read_json
 
 _COPYABLE = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
@@ -46,19 +45,28 @@ def load(path: str | Path, *, image_root: str | Path | None = None, strict: bool
     strict : raise on the first per-record problem instead of counting it as a skip.
     name : dataset name (default: the JSON file's stem).
 
+    Returns
+    -------
+    SmearDataset
+        ``skipped`` counts the per-record problems: image entries without an ``id`` or
+        ``file_name`` or with a repeated id, images missing, unreadable, escaping the root or
+        of another size than the JSON says ("image id N", or "images[i]" without an id);
+        annotations without an ``image_id``, of an unknown image or category, with a bad bbox
+        or segmentation ("annotation id N" or "annotations[i]"); degenerate or far-outside
+        boxes. Annotations of a skipped image are dropped without a second report. ``fixed``
+        counts the boxes clipped to the image.
+
     Raises
     ------
     DataError
-        for a whole-file problem: unreadable, empty or malformed JSON, no ``images`` or
-        ``categories`` list, bad or duplicate category. Per-record problems (image missing,
-        unreadable, escaping the root or of another size than the JSON says; annotation with
-        unknown image or category, bad bbox or segmentation) are counted skips, or raise with
-        ``strict``.
+        for a whole-file problem: unreadable, empty or malformed JSON, not an object, no
+        ``images`` or ``categories`` list (or an ``annotations`` that is not a list), bad or
+        duplicate category; under ``strict`` at the first per-record problem.
     """
     json_path = Path(path)
     data = _read_json(json_path)
     cat_ids, class_names = _categories(data["categories"], json_path)
-    skipped, fixed = skip_log(strict), SkipLog()
+    skipped, fixed = SkipLog(strict=strict), SkipLog(kind="fixed")
     roots = [Path(image_root)] if image_root is not None else [json_path.parent,
                                                                json_path.parent / "images"]
     images = {}
@@ -83,18 +91,7 @@ def load(path: str | Path, *, image_root: str | Path | None = None, strict: bool
 
 def _read_json(path: Path) -> dict:
     """The parsed COCO file, with ``images``, ``categories`` and ``annotations`` lists."""
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as e:
-        raise DataError(path, f"cannot read the COCO file ({e})") from None
-    if not text.strip():
-        raise DataError(path, "empty file (expected COCO JSON)")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(path, f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
-    if not isinstance(data, dict):
-        raise DataError(path, f"expected a JSON object with 'images', got {type(data).__name__}")
+    data = read_json(path, dict, empty="empty file (expected COCO JSON)")
     data.setdefault("annotations", [])
     for key in ("images", "categories", "annotations"):
         if not isinstance(data.get(key), list):
@@ -132,7 +129,7 @@ def _add_image(record, i: int, path: Path, roots: list[Path], images: dict,
         skipped.add(path, f"{problem}: {record['file_name']}", rec)
         return
     try:
-        hw = image_hw(image)
+        hw = image_size(image)
     except DataError as e:
         skipped.add(e.path, e.problem, rec)
         return

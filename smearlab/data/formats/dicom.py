@@ -11,7 +11,6 @@ from pathlib import Path
 from ..errors import DataError
 from ..imageio import DICOM_EXTENSIONS
 from ..sample import Sample, SkipLog, SmearDataset
-from .dsb2018 import skip_log
 
 
 def load(path: str | Path, *, strict: bool = False, name: str | None = None) -> SmearDataset:
@@ -34,7 +33,7 @@ def load(path: str | Path, *, strict: bool = False, name: str | None = None) -> 
     if not root.exists():
         raise DataError(root, "path does not exist")
     pydicom = _import_pydicom(root)
-    skipped = skip_log(strict)
+    skipped = SkipLog(strict=strict)
     if root.is_dir():
         files = sorted(p for p in root.iterdir() if not p.name.startswith(".") and p.is_file())
         if not any(p.suffix.lower() in DICOM_EXTENSIONS for p in files):

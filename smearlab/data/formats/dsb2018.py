@@ -8,9 +8,6 @@ Layout::
 ``root`` may be the ``stage1_train`` folder itself or its parent. A ``SUBSET_IMAGES.tsv``
 (columns ``image_id``, ``group``, ...) beside ``stage1_train`` puts the group into
 ``sample.meta["group"]``.
-
-This module also holds the mask helpers the other mask formats share (:func:`mask_box`,
-:func:`image_hw`, :func:`skip_log`).
 """
 from __future__ import annotations
 
@@ -19,69 +16,14 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 
+from ..boxes import mask_box
 from ..errors import DataError
-from ..imageio import read_mask
+from ..imageio import image_size, read_binary_mask
 from ..sample import Sample, SkipLog, SmearDataset
+from ._common import check_mask_size
 
 CLASS_NAMES = ["nucleus"]
-
-
-class _StrictSkipLog(SkipLog):
-    """A skip log that raises the first skip as a :class:`DataError`."""
-
-    def add(self, path, reason: str, record: str | None = None) -> None:
-        raise DataError(path, reason, record)
-
-
-def skip_log(strict: bool) -> SkipLog:
-    """A :class:`SkipLog` for a loader: with ``strict`` the first skip raises DataError instead."""
-    return _StrictSkipLog() if strict else SkipLog()
-
-
-def mask_box(mask: np.ndarray) -> np.ndarray | None:
-    """Tight pixel-edge ``x0, y0, x1, y1`` box of a 2-D mask (``x1`` = last column + 1).
-
-    Returns None for an empty mask.
-    """
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], np.float32)
-
-
-def image_hw(path: Path) -> tuple[int, int]:
-    """(height, width) of an image from its header, without decoding the pixels.
-
-    Raises
-    ------
-    DataError
-        naming the file when it is missing or not an image.
-    """
-    if not path.is_file():
-        raise DataError(path, "image file not found")
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except (OSError, SyntaxError, ValueError) as e:
-        raise DataError(path, f"not a readable image ({e})") from None
-    return h, w
-
-
-def read_binary_mask(path: Path) -> np.ndarray:
-    """Read a mask file as a 2-D bool array (any non-zero pixel is foreground).
-
-    Raises
-    ------
-    DataError
-        naming the file when it is unreadable or not an integer (or bool) image.
-    """
-    m = read_mask(path)
-    if not (m.dtype == np.bool_ or np.issubdtype(m.dtype, np.integer)):
-        raise DataError(path, f"mask must be an integer image, got dtype {m.dtype}")
-    return m > 0
 
 
 def load(path: str | Path, *, strict: bool = False, name: str | None = None) -> SmearDataset:
@@ -100,15 +42,16 @@ def load(path: str | Path, *, strict: bool = False, name: str | None = None) -> 
     Raises
     ------
     DataError
-        when ``path`` is not a folder. Per-record problems (missing or unreadable image, empty
-        mask, mask of another size than its image) are counted skips, or raise with ``strict``.
+        when ``path`` is not a folder. Per-record problems (missing or unreadable image;
+        unreadable, non-integer or empty mask, mask of another size than its image) are counted
+        skips, or raise with ``strict``.
     """
     root = Path(path)
     if not root.is_dir():
         raise DataError(root, "DSB2018 root folder not found")
     base = root / "stage1_train" if (root / "stage1_train").is_dir() else root
     groups = _read_groups(base.parent / "SUBSET_IMAGES.tsv")
-    skipped = skip_log(strict)
+    skipped = SkipLog(strict=strict)
     samples = []
     for folder in sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")):
         sample = _load_sample(folder, skipped)
@@ -124,7 +67,7 @@ def _load_sample(folder: Path, skipped: SkipLog) -> Sample | None:
     """One image folder, or None (counted in ``skipped``) when its image is unusable."""
     image = folder / "images" / f"{folder.name}.png"
     try:
-        hw = image_hw(image)
+        hw = image_size(image)
     except DataError as e:
         skipped.add(e.path, e.problem)
         return None
@@ -146,12 +89,9 @@ def _mask_record(path: Path, hw: tuple[int, int], skipped: SkipLog) -> np.ndarra
     """The box of one nucleus mask, or None (counted in ``skipped``) when it is unusable."""
     try:
         m = read_binary_mask(path)
+        check_mask_size(path, m, hw)
     except DataError as e:
         skipped.add(e.path, e.problem)
-        return None
-    if m.shape != hw:
-        skipped.add(path, f"mask size {m.shape[1]}x{m.shape[0]} differs from the image size "
-                          f"{hw[1]}x{hw[0]}")
         return None
     box = mask_box(m)
     if box is None:
@@ -164,9 +104,7 @@ def _read_masks(paths: tuple[Path, ...], hw: tuple[int, int]) -> np.ndarray:
     out = np.zeros((len(paths), *hw), bool)
     for i, p in enumerate(paths):
         m = read_binary_mask(p)
-        if m.shape != hw:
-            raise DataError(p, f"mask size {m.shape[1]}x{m.shape[0]} differs from the image size "
-                               f"{hw[1]}x{hw[0]}")
+        check_mask_size(p, m, hw)
         out[i] = m
     return out
 

@@ -10,7 +10,6 @@ from pathlib import Path
 from ..errors import DataError
 from ..imageio import is_image_file
 from ..sample import Sample, SkipLog, SmearDataset
-from .dsb2018 import skip_log
 
 
 def load(path: str | Path, *, strict: bool = False, name: str | None = None) -> SmearDataset:
@@ -36,7 +35,7 @@ def load(path: str | Path, *, strict: bool = False, name: str | None = None) -> 
     root = Path(path)
     if not root.is_dir():
         raise DataError(root, "image folder root not found")
-    skipped, notes = skip_log(strict), SkipLog()
+    skipped, notes = SkipLog(strict=strict), SkipLog()
     entries = sorted(p for p in root.iterdir() if not p.name.startswith("."))
     classes = [p for p in entries if p.is_dir()]
     if not classes:

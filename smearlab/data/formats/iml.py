@@ -15,9 +15,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import DataError
+from ..imageio import image_size
 from ..sample import SmearDataset
-from .bbbc041 import dig, find_json, read_json_list, resolve_inside
-from .voc import BoxCollector, image_size, number
+from ._common import BoxCollector, dig, entry_image, entry_objects, find_json, number, read_json
 
 IMAGE_FOLDER = "IML_Malaria"
 BBOX_KEYS = ("x", "y", "w", "h")
@@ -42,21 +42,23 @@ def load(path: str | Path, *, class_names=None, strict: bool = False, name: str 
     -------
     SmearDataset
         ``Sample.size`` comes from the image header. ``skipped`` counts entries without an
-        image name, with a name leaving ``image_root`` or a missing or unreadable image ("entry
-        N", 0-based), objects without a type or with missing or non-numeric bbox values ("entry
+        image name, with a name leaving ``image_root`` (refused), a missing or unreadable
+        image, no ``objects`` list or the image name of an earlier entry ("entry N",
+        0-based), objects without a type or with missing or non-numeric bbox values ("entry
         N object M"), unknown classes, degenerate or far-outside boxes; ``fixed`` the boxes
         clipped to the image.
 
     Raises
     ------
     DataError
-        naming the file when it is unreadable, empty, malformed JSON or not a list; under
-        ``strict`` at the first skipped record.
+        naming the file when it is unreadable, empty, malformed JSON or not a list; naming the
+        folder when it does not exist or holds no or several IML JSON files; under ``strict``
+        at the first skipped record.
     """
     json_path = find_json(Path(path), "iml")
     root = Path(image_root) if image_root is not None else json_path.parent / IMAGE_FOLDER
     col = BoxCollector(class_names, strict)
-    for i, entry in enumerate(read_json_list(json_path)):
+    for i, entry in enumerate(read_json(json_path, list)):
         _add_entry(col, json_path, root, entry, f"entry {i}", check_images)
     return col.dataset(name or json_path.stem, json_path.parent, "iml")
 
@@ -64,12 +66,8 @@ def load(path: str | Path, *, class_names=None, strict: bool = False, name: str 
 def _add_entry(col: BoxCollector, json_path: Path, root: Path, entry, rec: str, check_images: bool) -> None:
     """Add the image of one list entry (size from its header) with its valid objects."""
     image_name = dig(entry, "image_name")
-    if not isinstance(image_name, str) or not image_name.strip():
-        col.skip(json_path, "entry without image_name", rec)
-        return
-    image = resolve_inside(root, image_name)
+    image = entry_image(col, json_path, root, image_name, "image_name", rec)
     if image is None:
-        col.skip(json_path, f"image path escapes the image root {root}: {image_name!r} (refused)", rec)
         return
     size = None
     if image.is_file():
@@ -81,13 +79,9 @@ def _add_entry(col: BoxCollector, json_path: Path, root: Path, entry, rec: str, 
     elif check_images:
         col.skip(json_path, f"image file not found: {image}", rec)
         return
-    objects = dig(entry, "objects")
-    if not isinstance(objects, list):
-        col.skip(json_path, "entry without an objects list", rec)
-        return
-    parsed = [_parse_object(col, json_path, obj, f"{rec} object {j}") for j, obj in enumerate(objects)]
-    col.add(Path(image_name).stem, image, json_path, [p for p in parsed if p is not None],
-            size=size, record=rec)
+    objects = entry_objects(col, json_path, entry, rec, _parse_object)
+    if objects is not None:
+        col.add(Path(image_name).stem, image, json_path, objects, size=size, record=rec)
 
 
 def _parse_object(col: BoxCollector, json_path: Path, obj, rec: str):

@@ -3,155 +3,22 @@
 Coordinates are read as written: ``xmin, ymin, xmax, ymax`` are taken as pixel-edge ``x0, y0,
 x1, y1`` with no ``-1`` shift (the CBC/BCCD annotations use this convention, and a box touching
 the right edge of a 640 px image has ``xmax=640``). The writer uses the same convention.
-
-This module also holds the helpers shared by the box formats (``voc``, ``bbbc041``, ``iml``,
-``yolo``): :class:`BoxCollector`, :func:`number`, :func:`image_size`, :func:`file_stems` and
-:func:`save_image_file`.
 """
 from __future__ import annotations
 
-import shutil
 import xml.etree.ElementTree as StdET
 from pathlib import Path
 
 import numpy as np
 from defusedxml import DefusedXmlException
 from defusedxml import ElementTree as SafeET
-from PIL import Image
 
-from ...io import atomic_path, write_text
-from ..boxes import clean_boxes
 from ..errors import DataError
-from ..imageio import is_image_file, write_image
-from ..sample import Sample, SkipLog, SmearDataset
+from ..imageio import is_image_file
+from ..sample import Sample, SmearDataset
+from ._common import BoxCollector, number, save_samples
 
 VOC_COORDS = ("xmin", "ymin", "xmax", "ymax")
-
-
-# -- helpers shared by the box formats ------------------------------------------------------------
-class _RaisingLog(SkipLog):
-    """The skip log of a strict load: the first problem raises instead of being counted."""
-
-    def add(self, path, reason: str, record: str | None = None) -> None:
-        raise DataError(path, reason, record)
-
-
-class BoxCollector:
-    """Gathers the samples of one load: class filter, box cleaning, skips and repairs.
-
-    Parameters
-    ----------
-    class_names : classes to keep, in this order; objects of other classes are skipped as
-        ``unknown class``. None keeps every class met, sorted by name (so that every split of a
-        dataset gets the same class indices).
-    strict : raise :class:`DataError` at the first problem instead of counting a skip (within
-        one image, problems with an object's fields come before problems with its box geometry).
-        Repairs (boxes clipped to the image) are still only counted in ``fixed``.
-    """
-
-    def __init__(self, class_names=None, strict: bool = False):
-        self.class_names = None if class_names is None else list(class_names)
-        self.skipped = _RaisingLog() if strict else SkipLog()
-        self.fixed = SkipLog()
-        self._seen: set[str] = set()
-        self._ids: set[str] = set()
-        self._pending: list[tuple] = []
-
-    def skip(self, path, reason: str, record: str | None = None) -> None:
-        """Count a refused record (raise under ``strict``)."""
-        self.skipped.add(path, reason, record)
-
-    def known(self, name: str, path, record: str) -> bool:
-        """Whether objects of class ``name`` are kept; an unknown class is counted as a skip."""
-        if self.class_names is None:
-            self._seen.add(name)
-            return True
-        if name in self.class_names:
-            return True
-        self.skip(path, f"unknown class: {name!r} (known: {', '.join(self.class_names)})", record)
-        return False
-
-    def add(self, image_id: str, image_path: Path | None, source, objects, *,
-            size: tuple[int, int] | None = None, flags: dict | None = None,
-            record: str | None = None) -> None:
-        """Add one image.
-
-        Parameters
-        ----------
-        image_id : unique name of the image; a repeated id is skipped.
-        image_path : the image file (read lazily), or None.
-        source : the annotation file, for the report.
-        objects : list of ``(xyxy, class_name, record)`` whose fields are already checked.
-        size : ``(height, width)`` when known: boxes are then clipped or dropped by
-            :func:`~smearlab.data.boxes.clean_boxes`.
-        flags : per-object lists (aligned with ``objects``) kept in ``Sample.meta`` after cleaning.
-        record : the image's record in ``source`` (e.g. ``"entry 3"``), for the report.
-        """
-        if image_id in self._ids:
-            self.skip(source, f"duplicate image: {image_id!r} (first one kept)", record)
-            return
-        self._ids.add(image_id)
-        boxes, _, idx = clean_boxes([o[0] for o in objects], np.arange(len(objects)), size, source,
-                                    self.skipped, self.fixed, records=[o[2] for o in objects])
-        meta = {k: np.asarray(v, dtype=bool).reshape(-1)[idx] for k, v in (flags or {}).items()}
-        names = [objects[i][1] for i in idx]
-        self._pending.append((image_id, image_path, boxes, names, size, meta))
-
-    def dataset(self, name: str, root, fmt: str) -> SmearDataset:
-        """The collected images as a :class:`SmearDataset` carrying the skip and repair logs."""
-        classes = self.class_names if self.class_names is not None else sorted(self._seen)
-        index = {n: i for i, n in enumerate(classes)}
-        samples = [Sample(image_id=i, path=p, boxes=b, labels=[index[n] for n in names], size=s, meta=m)
-                   for i, p, b, names, s, m in self._pending]
-        return SmearDataset(samples, classes, name, root=root, format=fmt,
-                            skipped=list(self.skipped), fixed=list(self.fixed))
-
-
-def number(value) -> float | None:
-    """``value`` as a float (numbers or numeric strings), None when it is missing or not numeric."""
-    if isinstance(value, bool) or value is None:
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def image_size(path: Path) -> tuple[int, int]:
-    """``(height, width)`` of an image file from its header, without decoding the pixels.
-
-    Raises
-    ------
-    DataError
-        when the file is not a readable image.
-    """
-    try:
-        with Image.open(path) as im:
-            w, h = im.size
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(path, f"not a readable image: {e}") from None
-    return h, w
-
-
-def file_stems(dataset: SmearDataset) -> list[str]:
-    """One file name stem per sample (its id, path separators replaced), refusing duplicates."""
-    stems = [s.image_id.replace("/", "_").replace("\\", "_") for s in dataset]
-    if len(set(stems)) != len(stems):
-        dup = next(s for s in stems if stems.count(s) > 1)
-        raise DataError(dataset.name, f"two images would be written as {dup!r}; image ids must be unique")
-    return stems
-
-
-def save_image_file(sample: Sample, folder: Path, stem: str) -> Path:
-    """Write the image of ``sample`` as ``folder/stem.*``: a copy of its file, else a PNG."""
-    if sample.path is not None and sample.path.is_file():
-        dest = folder / f"{stem}{sample.path.suffix}"
-        with atomic_path(dest) as tmp:
-            shutil.copyfile(sample.path, tmp)
-        return dest
-    dest = folder / f"{stem}.png"
-    write_image(dest, sample.image)
-    return dest
 
 
 # -- reading --------------------------------------------------------------------------------------
@@ -177,7 +44,8 @@ def load(path: str | Path, *, class_names=None, strict: bool = False, name: str 
     -------
     SmearDataset
         with ``skipped``: unreadable, empty or malformed XML files (forbidden entity
-        declarations included, never expanded), missing images, objects without a name or
+        declarations included, never expanded) and XML whose root is not ``<annotation>``,
+        missing images, a second annotation file of the same stem, objects without a name or
         ``<bndbox>`` or with missing or non-numeric coordinates ("object N", 0-based), unknown
         classes, degenerate or far-outside boxes; and ``fixed``: boxes clipped to the image.
 
@@ -318,9 +186,8 @@ def save(dataset: SmearDataset, root: str | Path) -> Path:
         ``root``.
     """
     root = Path(root)
-    for sample, stem in zip(dataset, file_stems(dataset)):
-        image = save_image_file(sample, root / "Images", stem)
-        write_text(root / "Annotations" / f"{stem}.xml", _to_xml(sample, image.name, dataset.class_names))
+    save_samples(dataset, root / "Images", root / "Annotations", ".xml",
+                 lambda sample, image: _to_xml(sample, image.name, dataset.class_names))
     return root
 
 

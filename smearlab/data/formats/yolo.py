@@ -18,9 +18,9 @@ import yaml
 
 from ...io import write_text
 from ..errors import DataError
-from ..imageio import is_image_file
-from ..sample import SmearDataset
-from .voc import BoxCollector, file_stems, image_size, number, save_image_file
+from ..imageio import image_size, is_image_file
+from ..sample import Sample, SmearDataset
+from ._common import BoxCollector, number, save_samples
 
 YAML_NAMES = ("data.yaml", "data.yml")
 CLASSES_TXT = "classes.txt"
@@ -189,15 +189,18 @@ def save(dataset: SmearDataset, root: str | Path) -> Path:
         ``root``.
     """
     root = Path(root)
-    for sample, stem in zip(dataset, file_stems(dataset)):
-        save_image_file(sample, root / "images", stem)
-        h, w = sample.hw
-        lines = "".join(f"{label} {(x0 + x1) / 2 / w:.6f} {(y0 + y1) / 2 / h:.6f} "
-                        f"{(x1 - x0) / w:.6f} {(y1 - y0) / h:.6f}\n"
-                        for (x0, y0, x1, y1), label in zip(sample.boxes.tolist(), sample.labels.tolist()))
-        write_text(root / "labels" / f"{stem}.txt", lines)
+    save_samples(dataset, root / "images", root / "labels", ".txt",
+                 lambda sample, image: _label_lines(sample))
     write_text(root / CLASSES_TXT, "".join(n + "\n" for n in dataset.class_names))
     config = {"path": str(root.resolve()), "train": "images", "val": "images",
               "nc": len(dataset.class_names), "names": list(dataset.class_names)}
     write_text(root / YAML_NAMES[0], yaml.safe_dump(config, sort_keys=False, allow_unicode=True))
     return root
+
+
+def _label_lines(sample: Sample) -> str:
+    """The label file text of one sample: one normalised ``class cx cy w h`` line per box."""
+    h, w = sample.hw
+    return "".join(f"{label} {(x0 + x1) / 2 / w:.6f} {(y0 + y1) / 2 / h:.6f} "
+                   f"{(x1 - x0) / w:.6f} {(y1 - y0) / h:.6f}\n"
+                   for (x0, y0, x1, y1), label in zip(sample.boxes.tolist(), sample.labels.tolist()))

@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
+from ..boxes import mask_box
 from ..errors import DataError
-from ..imageio import is_image_file, read_mask
+from ..imageio import image_size, is_image_file, read_mask
 from ..sample import Sample, SkipLog, SmearDataset
-from .dsb2018 import image_hw, mask_box, skip_log
+from ._common import check_mask_size
 
 CLASS_NAMES = ["neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"]
 SEMANTIC_NAMES = ["background", "cytoplasm", "nucleus"]
@@ -49,11 +50,12 @@ def load(path: str | Path, *, datasets=(1, 2), strict: bool = False,
     ------
     DataError
         when a ``Dataset N`` folder or its CSV is missing, or the CSV header is neither variant.
-        Per-record problems (image without CSV row, CSV row with a bad or unknown class, image or
-        mask missing, unreadable or of another size) are counted skips, or raise with ``strict``.
+        Per-record problems (image not named by a number or without a CSV row; CSV row
+        malformed, repeated, with an unknown class or without an image; image or mask missing,
+        unreadable or of another size; empty mask) are counted skips, or raise with ``strict``.
     """
     root = Path(path)
-    skipped = skip_log(strict)
+    skipped = SkipLog(strict=strict)
     samples = []
     for n in datasets:
         folder = root / f"Dataset {n}"
@@ -136,14 +138,11 @@ def _load_sample(image: Path, mask: Path | None, n: int, label: int,
         skipped.add(image, f"ground-truth mask {image.stem}.png not found")
         return None
     try:
-        hw = image_hw(image)
+        hw = image_size(image)
         semantic = read_semantic(mask)
+        check_mask_size(mask, semantic, hw)
     except DataError as e:
         skipped.add(e.path, e.problem)
-        return None
-    if semantic.shape != hw:
-        skipped.add(mask, f"mask size {semantic.shape[1]}x{semantic.shape[0]} differs from the "
-                          f"image size {hw[1]}x{hw[0]}")
         return None
     box = mask_box(semantic > 0)
     if box is None:
