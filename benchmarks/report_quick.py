@@ -5,30 +5,11 @@ Prints the wall time and writes benchmarks/results/report_quick.json
 (keys: wall_s, notebooks, failed, per_notebook_s, device, hardware, date, command).
 """
 import argparse
-import datetime
-import os
-import platform
-import sys
 import tempfile
 import time
-from pathlib import Path
 
-from smearlab.io import write_json
+from _common import save_result
 from smearlab.report import REPO_NOTEBOOKS, run_report
-
-RESULTS = Path(__file__).resolve().parent / "results"
-
-
-def hardware() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return f"{cpu}, {os.cpu_count()} cores"
 
 
 def main():
@@ -45,13 +26,10 @@ def main():
         "failed": len(index["failed"]),
         "per_notebook_s": {k: v["seconds"] for k, v in index["notebooks"].items()},
         "device": args.device,
-        "hardware": hardware(),
-        "date": datetime.date.today().isoformat(),
-        "command": "python " + " ".join(sys.argv),
     }
-    write_json(RESULTS / "report_quick.json", result)
+    out = save_result("report_quick", result)
     print(f"quick report: {result['notebooks']} notebooks, {result['failed']} failed, {wall:.1f} s "
-          f"({result['per_notebook_s']}) on {result['hardware']}")
+          f"({result['per_notebook_s']}) -> {out}")
 
 
 if __name__ == "__main__":
