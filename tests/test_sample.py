@@ -86,3 +86,37 @@ def test_dataset_summary_subset_concat():
     with pytest.raises(ValueError, match="cannot concatenate"):
         SmearDataset.concat([ds, other])
     assert ds.summary()["images"] == 6
+
+
+def test_open_dataset_extracts_archives_once(tmp_path, monkeypatch):
+    import tarfile
+
+    from smearlab.data import open_dataset, save
+    from smearlab.data.open import extract
+
+    monkeypatch.setenv("SMEARLAB_CACHE", str(tmp_path / "cache"))
+    save(toy_dataset(3), tmp_path / "voc", "voc")
+    archive = tmp_path / "toy.tar.xz"
+    with tarfile.open(archive, "w:xz") as tf:
+        tf.add(tmp_path / "voc", arcname="voc")
+    ds = open_dataset(archive)  # extracted, then the single top folder "voc" is loaded
+    assert len(ds) == 3 and ds.format == "voc"
+    folder = extract(archive)
+    assert folder.parent == tmp_path / "cache" / "extracted" and (folder / "voc" / "Annotations").is_dir()
+    assert extract(archive) == folder  # cached
+
+    evil = tmp_path / "evil.tar"
+    with tarfile.open(evil, "w") as tf:
+        info = tarfile.TarInfo("../outside.txt")
+        data = b"x"
+        info.size = len(data)
+        import io
+        tf.addfile(info, io.BytesIO(data))
+    with pytest.raises(DataError, match="evil.tar: cannot extract"):
+        extract(evil)
+    assert not (tmp_path / "cache" / "outside.txt").exists()
+    assert not list((tmp_path / "cache" / "extracted").glob("evil*"))
+    broken = tmp_path / "broken.tar.xz"
+    broken.write_bytes(b"not an archive")
+    with pytest.raises(DataError, match="broken.tar.xz"):
+        open_dataset(broken)

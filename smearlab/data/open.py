@@ -1,13 +1,20 @@
 """``open_dataset``: the one name notebooks use for "the data this run is about"."""
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
+import tarfile
+import zipfile
 from pathlib import Path
 
+from .errors import DataError
 from .formats import load
 from .sample import SmearDataset
 
 #: Images per staining domain of the synthetic default.
 SYNTHETIC_SIZES = {True: 24, False: 200}
+ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.xz", ".txz", ".tar.bz2", ".zip")
 
 
 def open_dataset(spec: str | Path = "synthetic", *, quick: bool = True, seed: int = 0,
@@ -17,7 +24,9 @@ def open_dataset(spec: str | Path = "synthetic", *, quick: bool = True, seed: in
     Parameters
     ----------
     spec : ``"synthetic"`` (both staining domains, A and B), ``"synthetic-A"`` / ``"synthetic-B"``
-        (one domain), or a path to a dataset in any supported on-disk format.
+        (one domain), a path to a dataset in any supported on-disk format, or an archive
+        (``.tar.xz``, ``.zip``, ...) of one, which is extracted once into the cache folder
+        (see :func:`extract`).
     quick : for synthetic data, make a small set (24 images per domain instead of 200).
     seed : seed of the synthetic generator.
     format : name the on-disk format instead of detecting it.
@@ -31,4 +40,58 @@ def open_dataset(spec: str | Path = "synthetic", *, quick: bool = True, seed: in
         stains = ["A", "B"] if spec == "synthetic" else [spec.split("-", 1)[1]]
         parts = [synthetic.make_dataset(n, seed=seed + i, stain=st, **options) for i, st in enumerate(stains)]
         return parts[0] if len(parts) == 1 else SmearDataset.concat(parts, name="synthetic")
-    return load(spec, format=format, **options)
+    path = Path(spec)
+    if path.is_file() and spec.lower().endswith(ARCHIVE_SUFFIXES):
+        path = extract(path)
+        inside = [c for c in path.iterdir() if not c.name.startswith(".")]
+        if len(inside) == 1 and inside[0].is_dir():  # archive of one top-level folder
+            path = inside[0]
+    return load(path, format=format, **options)
+
+
+def cache_dir() -> Path:
+    """Where smearlab keeps extracted archives: ``$SMEARLAB_CACHE`` or ``~/.cache/smearlab``."""
+    return Path(os.environ.get("SMEARLAB_CACHE", Path.home() / ".cache" / "smearlab"))
+
+
+def extract(archive: str | Path, into: str | Path | None = None) -> Path:
+    """Extract a dataset archive once and return the folder.
+
+    The folder name carries a hash of the archive's path, size and modification time, so a
+    changed archive is extracted again. Members that would land outside the folder (absolute
+    paths, ``..``, links pointing out) are refused. Extraction goes to a temporary folder that
+    is renamed when complete, so an interrupted run leaves no half-extracted dataset.
+    """
+    archive = Path(archive)
+    st = archive.stat()
+    key = hashlib.sha1(f"{archive.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    name = archive.name
+    for suf in ARCHIVE_SUFFIXES:
+        if name.lower().endswith(suf):
+            name = name[: -len(suf)]
+            break
+    target = Path(into) if into is not None else cache_dir() / "extracted" / f"{name}-{key}"
+    if target.is_dir():
+        return target
+    tmp = target.with_name(target.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        if archive.suffix.lower() == ".zip":
+            with zipfile.ZipFile(archive) as zf:
+                for m in zf.namelist():
+                    dest = (tmp / m).resolve()
+                    if not dest.is_relative_to(tmp.resolve()):
+                        raise DataError(archive, f"archive member escapes the folder: {m}")
+                zf.extractall(tmp)
+        else:
+            with tarfile.open(archive) as tf:
+                tf.extractall(tmp, filter="data")  # refuses absolute paths, '..' and outside links
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise DataError(archive, f"cannot extract the archive ({type(e).__name__}: {e})") from None
+    except DataError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    tmp.rename(target)
+    return target
