@@ -136,3 +136,28 @@ def plot_colour_stats(stats: dict[str, np.ndarray], ax=None):
     ax.legend(fontsize=8)
     ax.set_title("colour per image and domain")
     return ax
+
+
+def plot_channel_histograms(groups: dict[str, Sequence[np.ndarray]], axes=None, bins: int = 64,
+                            max_pixels: int = 200_000, seed: int = 0):
+    """Density of R, G and B values per group of images (one line per group, one axes per channel).
+
+    ``groups`` maps a name (a domain, or "B normalised") to a list of RGB uint8 images; pixels
+    are subsampled with a fixed seed to at most ``max_pixels`` per group.
+    """
+    if axes is None:
+        _, axes = plt.subplots(1, 3, figsize=(12, 3))
+    rng = np.random.default_rng(seed)
+    styles = ["-", "--", ":", "-."]
+    for (name, images), ls in zip(groups.items(), styles * 4):
+        px = np.concatenate([im.reshape(-1, 3) for im in images])
+        if len(px) > max_pixels:
+            px = px[rng.choice(len(px), max_pixels, replace=False)]
+        for c, (ax, colour) in enumerate(zip(axes, ("red", "green", "blue"))):
+            ax.hist(px[:, c], bins=bins, range=(0, 255), density=True, histtype="step", ls=ls,
+                    color=colour, label=name)
+    for ax, ch in zip(axes, "RGB"):
+        ax.set_title(f"{ch} channel", fontsize=9)
+        ax.set_xlabel("value")
+        ax.legend(fontsize=7)
+    return axes

@@ -58,3 +58,51 @@ class DatasetBrowser:
 def dataset_browser(dataset: SmearDataset, **kw) -> DatasetBrowser:
     """A :class:`DatasetBrowser` for ``dataset``; display it as the cell's last expression."""
     return DatasetBrowser(dataset, **kw)
+
+
+class PreprocessExplorer:
+    """Before/after view of one preprocessing method with a strength slider.
+
+    Parameters
+    ----------
+    images : list of RGB uint8 images to choose from.
+    methods : ``{name: f(image, strength) -> image}``; see
+        :func:`smearlab.preprocess.explorer_methods`.
+    strength : (min, max, step, default) of the strength slider.
+    """
+
+    def __init__(self, images, methods, strength=(0.0, 2.0, 0.05, 1.0), figsize=(10, 4.2)):
+        self.images = list(images)
+        self.methods = dict(methods)
+        self.figsize = figsize
+        lo, hi, step, default = strength
+        self.index = W.IntSlider(value=0, min=0, max=max(len(self.images) - 1, 0), description="image",
+                                 continuous_update=False)
+        self.method = W.Dropdown(options=list(self.methods), description="method")
+        self.strength = W.FloatSlider(value=default, min=lo, max=hi, step=step, description="strength",
+                                      continuous_update=False)
+        self.image = W.Image(format="png")
+        self.result = None
+        for w in (self.index, self.method, self.strength):
+            w.observe(lambda _change: self.redraw(), names="value")
+        self.widget = W.VBox([W.HBox([self.index, self.method, self.strength]), self.image])
+        self.redraw()
+
+    def redraw(self) -> None:
+        """Apply the chosen method and show the image before and after."""
+        if not self.images:
+            return
+        before = self.images[self.index.value]
+        self.result = self.methods[self.method.value](before, self.strength.value)
+        with plt.ioff():
+            fig, axes = plt.subplots(1, 2, figsize=self.figsize)
+        for ax, img, title in zip(axes, (before, self.result),
+                                  ("before", f"{self.method.value} (strength {self.strength.value:g})")):
+            ax.imshow(img)
+            ax.set_title(title, fontsize=9)
+            ax.axis("off")
+        self.image.value = figure_to_png(fig)
+
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self.widget)

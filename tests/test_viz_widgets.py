@@ -62,3 +62,24 @@ def test_browser_redraws_on_slider_and_toggles():
     b.toggles[int(ds[2].labels[0])].value = True
     assert b.drawn == int((ds[2].labels == ds[2].labels[0]).sum())
     plt.close("all")
+
+
+def test_preprocess_explorer_applies_method_on_change():
+    from smearlab.widgets import PreprocessExplorer
+    ds = toy_dataset(3)
+    methods = {"identity": lambda im, k: im, "darken": lambda im, k: (im * (1 - k / 2)).astype(np.uint8)}
+    ex = PreprocessExplorer([s.image for s in ds], methods, strength=(0, 1, 0.1, 0.5))
+    assert np.array_equal(ex.result, ds[0].image)
+    ex.method.value = "darken"
+    assert ex.result.mean() < ds[0].image.mean()
+    ex.strength.value = 1.0
+    assert np.allclose(ex.result, (ds[0].image * 0.5).astype(np.uint8))
+    ex.index.value = 2
+    assert ex.result.shape == ds[2].image.shape and ex.image.value[:4] == b"\x89PNG"
+
+
+def test_channel_histograms_one_line_per_group_and_channel():
+    ds = toy_dataset(4)
+    axes = viz.plot_channel_histograms({"A": [ds[0].image], "B": [ds[1].image, ds[2].image]})
+    assert all(len(ax.patches) == 2 for ax in axes)
+    plt.close("all")
