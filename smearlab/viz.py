@@ -15,11 +15,14 @@ from .data.sample import Sample, SmearDataset
 
 
 def figure_to_png(fig, dpi: int = 90) -> bytes:
-    """Render a figure to PNG bytes and close it (for ``ipywidgets.Image``)."""
+    """Render a figure to PNG bytes (for ``ipywidgets.Image``).
+
+    Widgets draw on a bare ``matplotlib.figure.Figure``, never through pyplot, so that their
+    redraws neither appear as extra notebook outputs nor change pyplot's interactive state.
+    """
     import io
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
     return buf.getvalue()
 
 

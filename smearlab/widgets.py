@@ -7,7 +7,7 @@ waiting for captured messages), and a PNG swap is also what makes redraws feel i
 from __future__ import annotations
 
 import ipywidgets as W
-import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
 
 from .data.sample import SmearDataset
 from .viz import draw_sample, figure_to_png
@@ -43,8 +43,8 @@ class DatasetBrowser:
         if not len(self.dataset):
             return
         s = self.dataset[self.slider.value]
-        with plt.ioff():
-            fig, ax = plt.subplots(figsize=self.figsize)
+        fig = Figure(figsize=self.figsize)
+        ax = fig.subplots()
         draw_sample(s, self.dataset.class_names, ax, classes=self.visible_classes,
                     title=f"{s.image_id}  ({len(s.boxes)} objects)")
         self.drawn = len(ax.patches)
@@ -94,8 +94,8 @@ class PreprocessExplorer:
             return
         before = self.images[self.index.value]
         self.result = self.methods[self.method.value](before, self.strength.value)
-        with plt.ioff():
-            fig, axes = plt.subplots(1, 2, figsize=self.figsize)
+        fig = Figure(figsize=self.figsize)
+        axes = fig.subplots(1, 2)
         for ax, img, title in zip(axes, (before, self.result),
                                   ("before", f"{self.method.value} (strength {self.strength.value:g})")):
             ax.imshow(img)

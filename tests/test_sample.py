@@ -86,6 +86,8 @@ def test_dataset_summary_subset_concat():
     with pytest.raises(ValueError, match="cannot concatenate"):
         SmearDataset.concat([ds, other])
     assert ds.summary()["images"] == 6
+    doms = ds.by_domain()
+    assert list(doms) == ["A", "B"] and len(doms["A"]) == 3 and all(s.domain == "A" for s in doms["A"])
 
 
 def test_open_dataset_extracts_archives_once(tmp_path, monkeypatch):

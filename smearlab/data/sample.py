@@ -283,6 +283,13 @@ class SmearDataset(Sequence[Sample]):
             out.fixed.extend(d.fixed)
         return out
 
+    def by_domain(self) -> dict[str, "SmearDataset"]:
+        """One dataset per ``Sample.domain`` (samples without one go under the dataset's name)."""
+        groups: dict[str, list[int]] = {}
+        for i, s in enumerate(self.samples):
+            groups.setdefault(s.domain or self.name, []).append(i)
+        return {d: self.subset(idx, name=d) for d, idx in sorted(groups.items())}
+
     def class_counts(self) -> dict[str, int]:
         """Objects per class name (image labels when there are no boxes)."""
         c = Counter()
