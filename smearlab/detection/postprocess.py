@@ -1,0 +1,346 @@
+"""Raw detector output, its cache on disk, and the per-class filtering applied to it.
+
+The prediction form
+-------------------
+Predictions for a dataset are a list aligned with its samples; each item is a dict of numpy
+arrays ``{"boxes": (N, 4) float32 xyxy pixels, "scores": (N,) float32, "labels": (N,) int64}``
+(labels 0-based into ``class_names``), optionally ``"masks": (N, H, W) bool``.
+
+*Raw* predictions are cached before any per-class filtering (a low score floor such as
+0.001-0.05, before or after a loose NMS), so that thresholds can be tuned without running the
+model again: :func:`postprocess` turns them into final predictions. A score passes a threshold
+when ``score >= threshold``; NMS (torchvision) suppresses a box whose IoU with a kept
+higher-scoring box is ``> nms_iou``. Output boxes of an image are sorted by decreasing score
+(ties in their raw order).
+"""
+from __future__ import annotations
+
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from ..data.errors import DataError
+from ..io import atomic_path
+
+#: Threshold used for classes a per-class dict does not name.
+DEFAULT_SCORE = 0.5
+
+
+def as_prediction(p: Mapping, where="prediction") -> dict:
+    """One prediction dict with the agreed dtypes and shapes (``ValueError`` when inconsistent)."""
+    boxes = np.asarray(p.get("boxes", np.zeros((0, 4))), np.float32).reshape(-1, 4)
+    scores = np.asarray(p.get("scores", np.zeros(0)), np.float32).reshape(-1)
+    labels = np.asarray(p.get("labels", np.zeros(0)), np.int64).reshape(-1)
+    if not len(boxes) == len(scores) == len(labels):
+        raise ValueError(f"{where}: {len(boxes)} boxes, {len(scores)} scores and {len(labels)} "
+                         f"labels differ in number")
+    out = {"boxes": boxes, "scores": scores, "labels": labels}
+    if p.get("masks") is not None:
+        masks = np.asarray(p["masks"]).astype(bool, copy=False)
+        if masks.ndim != 3 or len(masks) != len(boxes):
+            raise ValueError(f"{where}: masks of shape {masks.shape} for {len(boxes)} boxes")
+        out["masks"] = masks
+    return out
+
+
+@dataclass
+class RawPredictions:
+    """Raw (unfiltered) predictions of one model on one dataset, with what they refer to.
+
+    Parameters
+    ----------
+    predictions : list aligned with the dataset's samples, in the prediction form.
+    class_names : classes the labels index.
+    score_floor : the lowest score the model was asked to keep (documentation; 0 if unknown).
+    image_ids : the samples' ``image_id`` in order, to check that a cache matches a dataset.
+    """
+
+    predictions: list
+    class_names: list
+    score_floor: float = 0.0
+    image_ids: list | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.predictions = [as_prediction(p, f"prediction {i}") for i, p in enumerate(self.predictions)]
+        self.class_names = [str(c) for c in self.class_names]
+        self.score_floor = float(self.score_floor)
+        k = len(self.class_names)
+        for i, p in enumerate(self.predictions):
+            if len(p["labels"]) and (p["labels"].min() < 0 or p["labels"].max() >= k):
+                raise ValueError(f"prediction {i}: label outside the {k} classes {self.class_names}")
+        if self.image_ids is not None:
+            self.image_ids = [str(v) for v in self.image_ids]
+            if len(self.image_ids) != len(self.predictions):
+                raise ValueError(f"{len(self.image_ids)} image ids for {len(self.predictions)} "
+                                 f"predictions")
+
+    @classmethod
+    def for_dataset(cls, dataset, predictions, score_floor: float = 0.0) -> "RawPredictions":
+        """Wrap ``predictions`` of ``dataset`` (checks the length; records class names and ids)."""
+        if len(predictions) != len(dataset):
+            raise ValueError(f"{len(predictions)} predictions for {len(dataset)} images")
+        return cls(list(predictions), dataset.class_names, score_floor,
+                   [s.image_id for s in dataset])
+
+    def __len__(self) -> int:
+        return len(self.predictions)
+
+    def __getitem__(self, i):
+        return self.predictions[i]
+
+    @property
+    def num_boxes(self) -> int:
+        return int(sum(len(p["scores"]) for p in self.predictions))
+
+    def check(self, dataset) -> None:
+        """``ValueError`` unless these predictions belong to ``dataset`` (length, classes, ids)."""
+        if len(self) != len(dataset):
+            raise ValueError(f"{len(self)} cached predictions for a dataset of {len(dataset)} images")
+        if list(dataset.class_names) != self.class_names:
+            raise ValueError(f"predictions are for classes {self.class_names}, the dataset has "
+                             f"{list(dataset.class_names)}")
+        if self.image_ids is not None:
+            ids = [s.image_id for s in dataset]
+            bad = next((i for i, (a, b) in enumerate(zip(ids, self.image_ids)) if a != b), None)
+            if bad is not None:
+                raise ValueError(f"prediction {bad} is for image {self.image_ids[bad]!r}, the "
+                                 f"dataset's image {bad} is {ids[bad]!r}")
+
+    # -- cache --------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write an ``.npz`` cache atomically (boxes of all images concatenated, plus counts)."""
+        path = Path(path)
+        preds = self.predictions
+        arrays = {
+            "boxes": np.concatenate([p["boxes"] for p in preds]) if preds else np.zeros((0, 4), np.float32),
+            "scores": np.concatenate([p["scores"] for p in preds]) if preds else np.zeros(0, np.float32),
+            "labels": np.concatenate([p["labels"] for p in preds]) if preds else np.zeros(0, np.int64),
+            "counts": np.array([len(p["scores"]) for p in preds], np.int64),
+            "class_names": np.array(self.class_names, dtype=str),
+            "score_floor": np.float64(self.score_floor),
+            "format_version": np.int64(1),
+        }
+        if self.image_ids is not None:
+            arrays["image_ids"] = np.array(self.image_ids, dtype=str)
+        for i, p in enumerate(preds):
+            if "masks" in p:
+                arrays[f"masks_{i}"] = p["masks"]
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "RawPredictions":
+        """Read a cache written by :meth:`save`.
+
+        Raises
+        ------
+        DataError
+            naming the file when it is missing, not an npz archive, lacks an array, or holds
+            arrays of inconsistent shapes (e.g. counts not summing to the number of boxes).
+        """
+        path = Path(path)
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                data = {k: z[k] for k in z.files}
+        except FileNotFoundError:
+            raise DataError(path, "prediction cache not found") from None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+            raise DataError(path, f"not a readable prediction cache (.npz): {e}") from None
+        need = ("boxes", "scores", "labels", "counts", "class_names")
+        missing = [k for k in need if k not in data]
+        if missing:
+            raise DataError(path, f"prediction cache lacks {', '.join(missing)}")
+        boxes, scores, labels, counts = (data[k] for k in ("boxes", "scores", "labels", "counts"))
+        if boxes.ndim != 2 or boxes.shape[1] != 4:
+            raise DataError(path, f"boxes have shape {boxes.shape}, expected (M, 4)")
+        m = len(boxes)
+        if scores.shape != (m,) or labels.shape != (m,):
+            raise DataError(path, f"{m} boxes but scores {scores.shape} and labels {labels.shape}")
+        if counts.ndim != 1 or (counts < 0).any() or int(counts.sum()) != m:
+            raise DataError(path, f"per-image counts sum to {int(counts.sum()) if counts.ndim == 1 else '?'}"
+                                  f", not to the {m} boxes")
+        k = len(data["class_names"])
+        if m and (labels.min() < 0 or labels.max() >= k):
+            raise DataError(path, f"labels outside the {k} classes")
+        if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
+            raise DataError(path, "boxes or scores are not all finite")
+        ids = data.get("image_ids")
+        if ids is not None and len(ids) != len(counts):
+            raise DataError(path, f"{len(ids)} image ids for {len(counts)} images")
+        ends = np.cumsum(counts)
+        preds = []
+        for i, (a, b) in enumerate(zip(ends - counts, ends)):
+            p = {"boxes": boxes[a:b], "scores": scores[a:b], "labels": labels[a:b]}
+            if f"masks_{i}" in data:
+                masks = data[f"masks_{i}"]
+                if masks.ndim != 3 or len(masks) != b - a:
+                    raise DataError(path, f"masks of image {i} have shape {masks.shape} for {b - a} boxes")
+                p["masks"] = masks
+            preds.append(p)
+        return cls(preds, data["class_names"].tolist(), float(data.get("score_floor", 0.0)),
+                   None if ids is None else ids.tolist())
+
+
+# -- filtering ----------------------------------------------------------------------------------
+def per_class(value, class_names: Sequence[str], what: str, default=None) -> np.ndarray | None:
+    """A ``(K,)`` float array from a scalar, a per-class sequence or a ``{class name: value}`` dict.
+
+    ``None`` stays None. A dict naming an unknown class raises ``ValueError``; classes it does not
+    name get ``default`` (``ValueError`` when ``default`` is None).
+    """
+    if value is None:
+        return None
+    k = len(class_names)
+    if isinstance(value, Mapping):
+        unknown = [n for n in value if n not in class_names]
+        if unknown:
+            raise ValueError(f"{what}: unknown class {unknown[0]!r}; classes are {list(class_names)}")
+        missing = [n for n in class_names if n not in value]
+        if missing and default is None:
+            raise ValueError(f"{what}: no value for class {missing[0]!r}")
+        out = np.array([float(value.get(n, default)) for n in class_names])
+    elif np.ndim(value) == 0:
+        out = np.full(k, float(value))
+    else:
+        out = np.asarray(value, float).reshape(-1)
+        if len(out) != k:
+            raise ValueError(f"{what}: {len(out)} values for {k} classes {list(class_names)}")
+    if np.isnan(out).any():
+        raise ValueError(f"{what}: NaN value")
+    return out
+
+
+def _raw_parts(raw, class_names):
+    if isinstance(raw, RawPredictions):
+        return raw.predictions, raw.class_names if class_names is None else list(class_names)
+    preds = [as_prediction(p, f"prediction {i}") for i, p in enumerate(raw)]
+    if class_names is None:
+        raise ValueError("class_names is needed when raw predictions are a plain list")
+    return preds, list(class_names)
+
+
+def _nms(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray | None, iou: float) -> np.ndarray:
+    """torchvision NMS (per group when ``groups`` is given, by offsetting each group's boxes
+    apart as ``batched_nms`` does) without the Python wrappers' per-call overhead."""
+    import torch
+    import torchvision  # noqa: F401 - registers torch.ops.torchvision
+
+    b = boxes.astype(np.float32, copy=True)
+    if groups is not None:
+        b -= b.min()
+        b += (groups * (float(b.max()) + 1.0)).astype(np.float32)[:, None]
+    return torch.ops.torchvision.nms(torch.from_numpy(b), torch.from_numpy(scores), iou).numpy()
+
+
+def select(raw, score_thresholds=DEFAULT_SCORE, nms_iou=0.5, class_agnostic: bool = False,
+           max_dets: int | None = 300, *, class_names: Sequence[str] | None = None) -> list[np.ndarray]:
+    """Which raw boxes survive: per image, indices into the raw arrays, by decreasing score.
+
+    Same parameters as :func:`postprocess`, which indexes the raw arrays with these. The fast
+    evaluator and the threshold tuner work on the indices so that IoUs against the ground truth
+    are computed once for the raw boxes.
+    """
+    preds, names = _raw_parts(raw, class_names)
+    thr = per_class(score_thresholds, names, "score_thresholds", default=DEFAULT_SCORE)
+    nms_k = per_class(nms_iou, names, "nms_iou", default=1.0)
+    uniform = nms_k is not None and np.all(nms_k == nms_k[0])
+    if class_agnostic and nms_k is not None and not uniform:
+        raise ValueError("class-agnostic NMS takes one nms_iou, not one per class")
+    if nms_k is not None and np.all(nms_k >= 1.0):
+        nms_k = None  # nothing has IoU > 1: no suppression
+    out = []
+    for p in preds:
+        scores, labels = p["scores"], p["labels"]
+        idx = np.flatnonzero(scores >= thr.astype(np.float32)[labels]) if len(scores) else \
+            np.zeros(0, np.int64)
+        if nms_k is not None and len(idx) > 1:
+            b, sc, lab = p["boxes"][idx], scores[idx], labels[idx]
+            if class_agnostic or uniform:
+                kept = _nms(b, sc, None if class_agnostic else lab, float(nms_k[0]))
+            else:
+                parts = []
+                for c in np.unique(lab):
+                    sel = np.flatnonzero(lab == c)
+                    parts.append(sel if nms_k[c] >= 1.0 or len(sel) < 2
+                                 else sel[_nms(b[sel], sc[sel], None, float(nms_k[c]))])
+                kept = np.concatenate(parts)
+            idx = idx[np.sort(kept)]
+        idx = idx[np.argsort(-scores[idx], kind="stable")]
+        if max_dets is not None:
+            idx = idx[:max_dets]
+        out.append(idx)
+    return out
+
+
+def take(prediction: dict, idx: np.ndarray) -> dict:
+    """The prediction restricted to the boxes ``idx`` (every array indexed alike)."""
+    return {k: v[idx] for k, v in prediction.items()}
+
+
+def postprocess(raw, score_thresholds=DEFAULT_SCORE, nms_iou=0.5, class_agnostic: bool = False,
+                max_dets: int | None = 300, *, class_names: Sequence[str] | None = None) -> list[dict]:
+    """Final predictions from raw ones: per-class score thresholds, then NMS, then a cap.
+
+    Parameters
+    ----------
+    raw : :class:`RawPredictions` (or a plain list of prediction dicts with ``class_names``).
+    score_thresholds : one float, a per-class sequence, or ``{class name: threshold}``
+        (classes not named get :data:`DEFAULT_SCORE`; an unknown name raises ``ValueError``).
+        A box is kept when ``score >= threshold``.
+    nms_iou : IoU above which a lower-scoring box of the same class is suppressed: a float,
+        per class (sequence or dict; unnamed classes get no NMS), or None for no extra NMS.
+    class_agnostic : suppress across classes (one ``nms_iou`` only).
+    max_dets : keep at most this many boxes per image (highest scores), None for no cap.
+
+    Returns
+    -------
+    list of prediction dicts, boxes sorted by decreasing score.
+    """
+    preds, _ = _raw_parts(raw, class_names)
+    keep = select(raw, score_thresholds, nms_iou, class_agnostic, max_dets, class_names=class_names)
+    return [take(p, k) for p, k in zip(preds, keep)]
+
+
+class Selector:
+    """:func:`select` for one raw cache, with NMS results cached (what the tuner calls per change).
+
+    With per-class NMS, thresholding a class only removes its lowest-scoring boxes, which
+    cannot change whether a higher-scoring box survives greedy NMS; so NMS is run once per NMS
+    setting on every raw box, and each change of thresholds only masks that result. The output
+    equals :func:`select`'s. Class-agnostic NMS with thresholds that differ between classes does
+    not commute with thresholding and calls :func:`select` directly.
+    """
+
+    def __init__(self, raw, class_names: Sequence[str] | None = None, cache_size: int = 16):
+        self.preds, self.class_names = _raw_parts(raw, class_names)
+        self.raw = raw if isinstance(raw, RawPredictions) else RawPredictions(self.preds, self.class_names)
+        self.cache_size = cache_size
+        self._cache: dict = {}
+
+    def __call__(self, score_thresholds=DEFAULT_SCORE, nms_iou=0.5, class_agnostic: bool = False,
+                 max_dets: int | None = 300) -> list[np.ndarray]:
+        names = self.class_names
+        thr = per_class(score_thresholds, names, "score_thresholds", default=DEFAULT_SCORE)
+        nms_k = per_class(nms_iou, names, "nms_iou", default=1.0)
+        if nms_k is not None and np.all(nms_k >= 1.0):
+            nms_k = None
+        if class_agnostic and nms_k is not None and not np.all(thr == thr[0]):
+            return select(self.raw, thr, nms_k, class_agnostic, max_dets)
+        key = (None if nms_k is None else tuple(nms_k.tolist()), bool(class_agnostic and nms_k is not None))
+        base = self._cache.get(key)
+        if base is None:
+            base = select(self.raw, -np.inf, nms_k, key[1], None)
+            if len(self._cache) >= self.cache_size:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[key] = base
+        thr32 = thr.astype(np.float32)
+        out = []
+        for p, b in zip(self.preds, base):
+            k = b[p["scores"][b] >= thr32[p["labels"][b]]]
+            out.append(k if max_dets is None else k[:max_dets])
+        return out

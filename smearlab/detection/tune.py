@@ -1,0 +1,166 @@
+"""Per-class score thresholds (and the NMS IoU) tuned on a validation set's raw predictions.
+
+:func:`auto_tune` picks, for each class, the score threshold that maximises F1 at IoU 0.5 or
+the per-image counting accuracy (see :func:`smearlab.evaluate.count_metrics`), and the NMS IoU
+that maximises the mean over classes. The result, a :class:`Thresholds`, is saved as
+``thresholds.json`` next to a model and applied to raw predictions with
+:meth:`Thresholds.apply`.
+
+Tuning is exact and cheap: per NMS value, the raw boxes are filtered once at the lowest score
+in the grid and matched once to the ground truth (pycocotools' greedy matching, by score);
+since greedy matching and greedy NMS both run in score order, the boxes kept at a higher
+threshold are a prefix of those and keep their matches, so every threshold is scored from the
+one matching.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..data.errors import DataError
+from ..io import write_json
+from .postprocess import DEFAULT_SCORE, RawPredictions, postprocess, select
+
+OBJECTIVES = ("f1", "count")
+
+
+@dataclass
+class Thresholds:
+    """What turns raw predictions into final ones.
+
+    Attributes
+    ----------
+    score : ``{class name: score threshold}`` (a box is kept when ``score >= threshold``).
+    nms_iou : NMS IoU (None: no extra NMS).
+    class_agnostic : NMS across classes.
+    max_dets : cap of boxes per image.
+    objective : what the thresholds were tuned for ("f1", "count" or "manual").
+    metrics : the tuning figures (per class the chosen threshold and objective values).
+    """
+
+    score: dict
+    nms_iou: float | None = 0.5
+    class_agnostic: bool = False
+    max_dets: int | None = 300
+    objective: str = "manual"
+    metrics: dict = field(default_factory=dict)
+
+    def apply(self, raw, *, class_names: Sequence[str] | None = None) -> list[dict]:
+        """Final predictions from raw ones (:func:`~smearlab.detection.postprocess.postprocess`)."""
+        return postprocess(raw, self.score, self.nms_iou, self.class_agnostic, self.max_dets,
+                           class_names=class_names)
+
+    def save(self, path: str | Path) -> Path:
+        """Write ``thresholds.json`` atomically."""
+        write_json(path, asdict(self))
+        return Path(path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Thresholds":
+        """Read a file written by :meth:`save`; ``DataError`` naming the file when it is bad."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise DataError(path, "thresholds file not found") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(path, f"not a readable thresholds JSON: {e}") from None
+        if not isinstance(data, dict) or not isinstance(data.get("score"), dict):
+            raise DataError(path, "expected an object with a 'score' {class: threshold} object")
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                   for v in data["score"].values()):
+            raise DataError(path, "score thresholds must be numbers")
+        nms = data.get("nms_iou")
+        if nms is not None and not isinstance(nms, (int, float)):
+            raise DataError(path, f"nms_iou must be a number or null, got {nms!r}")
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def _f1(tp: np.ndarray, npred: np.ndarray, ngt: int) -> np.ndarray:
+    den = npred + ngt
+    return np.where(den > 0, 2 * tp / np.maximum(den, 1), 1.0)
+
+
+def _pick(values: np.ndarray) -> int:
+    """Index of the best value; the middle of a plateau of equal best values."""
+    best = np.flatnonzero(values >= values.max() - 1e-12)
+    return int(best[len(best) // 2])
+
+
+def auto_tune(dataset_val, raw_val, objective: str = "f1",
+              nms_grid: Sequence[float | None] = (0.3, 0.4, 0.5, 0.6, 0.7, None),
+              score_grid: Sequence[float] = np.linspace(0.05, 0.95, 19), *,
+              class_agnostic: bool = False, max_dets: int | None = 300, iou: float = 0.5,
+              evaluator=None) -> Thresholds:
+    """Per-class score thresholds and an NMS IoU that maximise ``objective`` on validation data.
+
+    Parameters
+    ----------
+    dataset_val : the validation SmearDataset.
+    raw_val : its :class:`RawPredictions` (or a plain list of prediction dicts).
+    objective : ``"f1"`` (per-class F1 at IoU ``iou``, greedy matching by score) or ``"count"``
+        (per-class mean per-image count accuracy ``max(0, 1 - |pred - true| / max(true, 1))``).
+        A class without validation objects scores F1 1 when nothing is predicted.
+    nms_grid : NMS IoUs to try (None = no extra NMS); the best mean over classes wins (the
+        first in the grid on a tie).
+    score_grid : thresholds to try for every class; on a plateau the middle one is taken.
+    max_dets : stored in the result for :meth:`Thresholds.apply` (tuning does not cap).
+
+    Returns
+    -------
+    Thresholds
+        with ``metrics``: ``per_class`` ``{class: {"threshold", "<objective>",
+        "<objective>_at_0.5"}}``, ``mean`` and ``mean_at_0.5`` (the same NMS with every
+        threshold 0.5), and ``by_nms`` (the mean objective per NMS value tried).
+    """
+    from ..evaluate import FastEvaluator
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if not isinstance(raw_val, RawPredictions):
+        raw_val = RawPredictions.for_dataset(dataset_val, raw_val)
+    raw_val.check(dataset_val)
+    names = list(dataset_val.class_names)
+    grid = np.unique(np.round(np.asarray(score_grid, float), 6))
+    if not len(grid):
+        raise ValueError("score_grid is empty")
+    grid_all = np.unique(np.append(grid, DEFAULT_SCORE))
+    g32 = grid_all.astype(np.float32).astype(np.float64)
+    ev = evaluator or FastEvaluator(dataset_val)
+    prep = ev.prepare(raw_val, min_iou=min(iou, 0.5))
+    n = len(dataset_val)
+    best = None
+    by_nms = {}
+    for nms in nms_grid:
+        keep = select(raw_val, float(grid_all[0]), nms, class_agnostic, None)
+        masks = ev.keep_masks(prep, keep)
+        table = np.zeros((len(names), len(grid_all)))
+        for c in range(len(names)):
+            sc, tp, img, _ = ev.class_matches(prep, masks, c, [iou])
+            above = sc[None, :] >= g32[:, None]  # (T, n)
+            if objective == "f1":
+                table[c] = _f1(above @ tp[0].astype(float), above.sum(1), int(ev.n_gt[c]))
+            else:
+                true = ev.gt_counts[:, c]
+                pred = np.stack([np.bincount(img[a], minlength=n) for a in above]).reshape(-1, n)
+                table[c] = np.clip(1 - np.abs(pred - true) / np.maximum(true, 1), 0, None).mean(1)
+        in_grid = np.isin(grid_all, grid)
+        choice = [int(np.flatnonzero(in_grid)[_pick(row[in_grid])]) for row in table]
+        mean = float(np.mean([table[c, j] for c, j in enumerate(choice)]))
+        by_nms[str(nms)] = mean
+        if best is None or mean > best[0] + 1e-12:
+            best = (mean, nms, table, choice)
+    mean, nms, table, choice = best
+    d = int(np.flatnonzero(grid_all == DEFAULT_SCORE)[0])
+    per_class = {n_: {"threshold": float(grid_all[j]), objective: float(table[c, j]),
+                      f"{objective}_at_0.5": float(table[c, d])}
+                 for c, (n_, j) in enumerate(zip(names, choice))}
+    metrics = {"per_class": per_class, "mean": mean, "mean_at_0.5": float(table[:, d].mean()),
+               "by_nms": by_nms, "iou": iou, "images": n}
+    return Thresholds({n_: per_class[n_]["threshold"] for n_ in names},
+                      None if nms is None else float(nms), class_agnostic, max_dets, objective,
+                      metrics)

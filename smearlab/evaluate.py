@@ -1,0 +1,708 @@
+"""Detection metrics: COCO mAP (pycocotools), a fast exact AP50 evaluator, PR curves, confusion
+matrices, per-class counting accuracy, the DSB2018/RSNA score, and exports.
+
+Predictions are in the prediction form of :mod:`smearlab.detection.postprocess`: a list aligned
+with the dataset's samples of ``{"boxes": (N, 4) float32 xyxy, "scores": (N,) float32,
+"labels": (N,) int64}`` (optionally ``"masks": (N, H, W) bool``). Images get COCO ids ``1..n``
+in dataset order and categories ids ``1..K`` in ``class_names`` order, as in
+:func:`smearlab.data.formats.coco.save`. ``iscrowd`` flags are ignored (every box counts).
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .data.sample import Sample, SmearDataset
+from .io import write_json, write_text
+
+#: pycocotools' IoU and recall thresholds (same expressions, hence the same floats).
+IOU_THRESHOLDS = np.linspace(.5, 0.95, int(np.round((0.95 - .5) / .05)) + 1, endpoint=True)
+RECALL_THRESHOLDS = np.linspace(.0, 1.00, int(np.round((1.00 - .0) / .01)) + 1, endpoint=True)
+#: IoU thresholds of the DSB2018 / RSNA pneumonia score.
+DSB_THRESHOLDS = np.arange(0.5, 1.0, 0.05)
+
+
+# -- the prediction form --------------------------------------------------------------------------
+def check_predictions(dataset: SmearDataset, predictions) -> list[dict]:
+    """The predictions with the agreed dtypes; ``ValueError`` on a length or label mismatch."""
+    from .detection.postprocess import RawPredictions, as_prediction
+    if isinstance(predictions, RawPredictions):
+        predictions = predictions.predictions
+    if len(predictions) != len(dataset):
+        raise ValueError(f"{len(predictions)} predictions for {len(dataset)} images of {dataset.name!r}")
+    k = len(dataset.class_names)
+    out = []
+    for i, p in enumerate(predictions):
+        p = as_prediction(p, f"prediction {i}")
+        if len(p["labels"]) and (p["labels"].min() < 0 or p["labels"].max() >= k):
+            raise ValueError(f"prediction {i}: label outside the {k} classes {dataset.class_names}")
+        out.append(p)
+    return out
+
+
+def _thresholds(value, class_names) -> np.ndarray:
+    from .detection.postprocess import per_class
+    return per_class(value, class_names, "score_threshold", default=0.0).astype(np.float32)
+
+
+def _filter(predictions: list[dict], thr: np.ndarray) -> list[dict]:
+    return [{k: v[p["scores"] >= thr[p["labels"]]] for k, v in p.items()} for p in predictions]
+
+
+# -- pycocotools ----------------------------------------------------------------------------------
+def _xywh(boxes: np.ndarray) -> list[list[float]]:
+    b = boxes.astype(np.float64)
+    return np.column_stack([b[:, :2], b[:, 2:] - b[:, :2]]).tolist()
+
+
+def coco_gt_dict(dataset: SmearDataset, *, segm: bool = False) -> dict:
+    """The COCO ground-truth dict of ``dataset`` (no image files; ``iscrowd`` always 0)."""
+    from .data.formats.coco import _encode_rle
+    images, anns = [], []
+    for i, s in enumerate(dataset, start=1):
+        h, w = s.hw
+        images.append({"id": i, "file_name": s.path.name if s.path else s.image_id,
+                       "width": int(w), "height": int(h)})
+        masks = s.masks if segm else None
+        if segm and masks is None and len(s.boxes):
+            raise ValueError(f"segm evaluation needs instance masks; image {s.image_id!r} has none")
+        for j, (bb, lab) in enumerate(zip(_xywh(s.boxes), s.labels.tolist())):
+            a = {"id": len(anns) + 1, "image_id": i, "category_id": lab + 1, "bbox": bb,
+                 "area": bb[2] * bb[3], "iscrowd": 0}
+            if segm:
+                a["segmentation"] = _encode_rle(masks[j])
+                a["area"] = int(masks[j].sum())
+            anns.append(a)
+    cats = [{"id": k + 1, "name": n, "supercategory": ""} for k, n in enumerate(dataset.class_names)]
+    return {"images": images, "annotations": anns, "categories": cats}
+
+
+def coco_results(predictions: list[dict], *, segm: bool = False) -> list[dict]:
+    """COCO results list (image ids ``1..n``, category ids ``1..K``, bbox xywh, score)."""
+    from pycocotools import mask as mask_util
+    out = []
+    for i, p in enumerate(predictions, start=1):
+        rles = None
+        if segm:
+            if "masks" not in p:
+                raise ValueError(f"segm evaluation needs predicted masks; prediction {i - 1} has none")
+            if len(p["masks"]):
+                rles = mask_util.encode(np.asfortranarray(p["masks"].transpose(1, 2, 0).astype(np.uint8)))
+        for j, (bb, lab, sc) in enumerate(zip(_xywh(p["boxes"]), p["labels"].tolist(),
+                                              p["scores"].tolist())):
+            r = {"image_id": i, "category_id": lab + 1, "bbox": bb, "score": sc}
+            if rles is not None:
+                r["segmentation"] = {"size": [int(v) for v in rles[j]["size"]],
+                                     "counts": rles[j]["counts"].decode("ascii")}
+            out.append(r)
+    return out
+
+
+def _coco_gt(dataset, segm=False):
+    from pycocotools.coco import COCO
+    gt = COCO()
+    gt.dataset = coco_gt_dict(dataset, segm=segm)
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt.createIndex()
+    return gt
+
+
+def coco_eval(dataset: SmearDataset, predictions, *, iou_type: str = "bbox",
+              max_dets: Sequence[int] = (1, 100, 1000)) -> dict:
+    """COCO AP with pycocotools (area range "all" only, ``maxDets`` raised for dense smears).
+
+    Parameters
+    ----------
+    iou_type : ``"bbox"``, or ``"segm"`` when samples and predictions carry instance masks.
+    max_dets : pycocotools' ``maxDets``; the metrics use the largest (COCO's 100 is too few for
+        smears with hundreds of cells).
+
+    Returns
+    -------
+    dict
+        ``mAP`` (AP@[.5:.95]), ``mAP50``, ``mAP75``, ``per_class`` ``{name: {"AP", "AP50",
+        "AP75"}}`` (None for a class without ground truth), ``max_dets`` and ``iou_type``. A mean
+        is None when no class has ground truth.
+    """
+    from pycocotools.cocoeval import COCOeval
+    if iou_type not in ("bbox", "segm"):
+        raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
+    preds = check_predictions(dataset, predictions)
+    segm = iou_type == "segm"
+    gt = _coco_gt(dataset, segm)
+    names = dataset.class_names
+    results = coco_results(preds, segm=segm)
+    k = len(names)
+    prec = -np.ones((len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS), k))
+    has_gt = np.bincount(np.concatenate([s.labels for s in dataset] + [np.zeros(0, np.int64)]),
+                         minlength=k) > 0
+    if results:
+        with contextlib.redirect_stdout(io.StringIO()):
+            dt = gt.loadRes(results)
+            ev = COCOeval(gt, dt, iou_type)
+            ev.params.maxDets = sorted(int(m) for m in max_dets)
+            ev.params.areaRng = [[0 ** 2, 1e5 ** 2]]
+            ev.params.areaRngLbl = ["all"]
+            ev.evaluate()
+            ev.accumulate()
+        prec = ev.eval["precision"][:, :, :, 0, -1]
+    else:
+        prec[:, :, has_gt] = 0.0  # nothing predicted: AP 0 where there is something to find
+
+    def ap(p):
+        v = p[p > -1]
+        return float(v.mean()) if v.size else None
+
+    per_class = {n: {"AP": ap(prec[:, :, c]), "AP50": ap(prec[0, :, c]), "AP75": ap(prec[5, :, c])}
+                 for c, n in enumerate(names)}
+    return {"mAP": ap(prec), "mAP50": ap(prec[0]), "mAP75": ap(prec[5]), "per_class": per_class,
+            "max_dets": sorted(int(m) for m in max_dets), "iou_type": iou_type}
+
+
+# -- the fast evaluator ---------------------------------------------------------------------------
+def _iou_xywh(d: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """``(D, G)`` box IoU computed like pycocotools' ``bbIou`` (float64, xywh inputs)."""
+    dx1, dy1 = d[:, 0] + d[:, 2], d[:, 1] + d[:, 3]
+    gx1, gy1 = g[:, 0] + g[:, 2], g[:, 1] + g[:, 3]
+    w = np.minimum(dx1[:, None], gx1[None]) - np.maximum(d[:, None, 0], g[None, :, 0])
+    h = np.minimum(dy1[:, None], gy1[None]) - np.maximum(d[:, None, 1], g[None, :, 1])
+    inter = np.where((w > 0) & (h > 0), w * h, 0.0)
+    union = (d[:, 2] * d[:, 3])[:, None] + (g[:, 2] * g[:, 3])[None] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(inter > 0, inter / union, 0.0)
+
+
+def _as_xywh(boxes: np.ndarray) -> np.ndarray:
+    b = boxes.astype(np.float64).reshape(-1, 4)
+    return np.column_stack([b[:, :2], b[:, 2:] - b[:, :2]])
+
+
+class _Prepared:
+    """Predictions of a dataset ready for repeated evaluation of subsets (see FastEvaluator)."""
+
+    def __init__(self, scores, labels, by_class, cands, has_cand, min_iou):
+        self.scores, self.labels = scores, labels
+        self.by_class, self.cands, self.has_cand = by_class, cands, has_cand
+        self.min_iou = min_iou
+
+
+class FastEvaluator:
+    """Exact pycocotools AP at chosen IoU thresholds, in numpy, for interactive use.
+
+    Reproduces COCOeval (bbox, ``useCats``, area range "all", ``maxDets`` = ``max_dets``,
+    ``iscrowd`` ignored): per image and class, detections sorted by score (stable) and capped at
+    ``max_dets``, each matched greedily to the unmatched ground-truth box of highest IoU
+    ``>= t`` (ties to the later box); precision interpolated at the 101 recall thresholds.
+    IoUs are computed once per set of predictions (:meth:`prepare`); evaluating a filtered subset
+    of those (:meth:`evaluate_subset`, the threshold tuner) only masks detections.
+    """
+
+    def __init__(self, dataset: SmearDataset, max_dets: int = 1000):
+        self.dataset = dataset
+        self.class_names = list(dataset.class_names)
+        self.max_dets = int(max_dets)
+        self.gt_xywh = [_as_xywh(s.boxes) for s in dataset]
+        self.gt_labels = [s.labels.copy() for s in dataset]
+        k = len(self.class_names)
+        self.gt_counts = np.array([np.bincount(l, minlength=k) for l in self.gt_labels],
+                                  np.int64).reshape(len(dataset), k)
+        self.n_gt = self.gt_counts.sum(0)
+
+    # preparing predictions ----------------------------------------------------------------------
+    def prepare(self, predictions, min_iou: float = 0.5) -> _Prepared:
+        """IoUs of ``predictions`` against the ground truth, kept where ``>= min_iou``."""
+        preds = check_predictions(self.dataset, predictions)
+        k = len(self.class_names)
+        scores, labels, by_class, cands, has_cand = [], [], [], [], []
+        for p, g, gl in zip(preds, self.gt_xywh, self.gt_labels):
+            sc = p["scores"].astype(np.float64)
+            lab = p["labels"]
+            order = np.argsort(-sc, kind="stable")
+            by_class.append([order[lab[order] == c] for c in range(k)])
+            c_list = [None] * len(sc)
+            hc = np.zeros(len(sc), bool)
+            if len(sc) and len(g):
+                iou = _iou_xywh(_as_xywh(p["boxes"]), g)
+                iou[lab[:, None] != gl[None, :]] = 0.0
+                dd, gg = np.nonzero(iou >= min_iou)
+                if len(dd):
+                    vals = iou[dd, gg]
+                    o = np.lexsort((-gg, -vals, dd))  # per det: IoU descending, ties to later gt
+                    dd, gg, vals = dd[o].tolist(), gg[o].tolist(), vals[o].tolist()
+                    for d, gi, v in zip(dd, gg, vals):
+                        if c_list[d] is None:
+                            c_list[d] = []
+                            hc[d] = True
+                        c_list[d].append((v, gi))
+            scores.append(sc)
+            labels.append(lab)
+            cands.append(c_list)
+            has_cand.append(hc)
+        return _Prepared(scores, labels, by_class, cands, has_cand, float(min_iou))
+
+    # evaluating ---------------------------------------------------------------------------------
+    def evaluate(self, predictions, iou: float = 0.5, *, full: bool = False) -> dict:
+        """Metrics of ``predictions`` (see :meth:`evaluate_subset` for the result)."""
+        prep = self.prepare(predictions, min_iou=min(iou, 0.5))
+        return self.evaluate_subset(prep, None, iou=iou, full=full)
+
+    def evaluate_subset(self, prep: _Prepared, keep: Sequence[np.ndarray] | None = None,
+                        iou: float = 0.5, *, full: bool = False) -> dict:
+        """Metrics of the detections ``keep`` (per image, indices into the prepared arrays).
+
+        Returns
+        -------
+        dict
+            ``mAP50`` (mean over classes with ground truth), ``mAP`` (AP@[.5:.95], only with
+            ``full=True``), ``per_class`` ``{name: {"AP50", ["AP",] "precision", "recall", "f1",
+            "tp", "fp", "fn"}}`` with P/R/F1 at IoU ``iou`` (None where undefined: no
+            prediction, no ground truth), ``counts`` as :func:`count_metrics` and ``iou``.
+        """
+        r = self._run(prep, keep, iou, full)
+        names = self.class_names
+        per_class = {}
+        for c, n in enumerate(names):
+            tp, npred, ngt = int(r["tp"][c]), int(r["n_pred"][c]), int(self.n_gt[c])
+            pc = {"AP50": r["ap"][0][c]}
+            if full:
+                v = [r["ap"][t][c] for t in range(len(IOU_THRESHOLDS))]
+                pc["AP"] = None if v[0] is None else float(np.mean(v))
+            pc.update(precision=tp / npred if npred else None, recall=tp / ngt if ngt else None,
+                      f1=2 * tp / (npred + ngt) if npred + ngt else None,
+                      tp=tp, fp=npred - tp, fn=ngt - tp)
+            per_class[n] = pc
+        out = {"mAP50": _mean([pc["AP50"] for pc in per_class.values()])}
+        if full:
+            out["mAP"] = _mean([pc["AP"] for pc in per_class.values()])
+        out.update(per_class=per_class, counts=_count_summary(self.gt_counts, r["pred_counts"], names),
+                   iou=float(iou))
+        return out
+
+    def _run(self, prep: _Prepared, keep, iou: float, full: bool, *, curves: bool = False) -> dict:
+        """Matching and accumulation. ``ts``: thresholds evaluated; index 0 is 0.5 (AP50)."""
+        if iou < prep.min_iou:
+            raise ValueError(f"predictions were prepared for IoU >= {prep.min_iou}, not {iou}")
+        ts = list(IOU_THRESHOLDS) if full else [IOU_THRESHOLDS[0]]
+        if not any(t == iou for t in ts):
+            ts.append(float(iou))
+        ti = ts.index(iou) if iou in ts else len(ts) - 1
+        n, k, nt = len(self.dataset), len(self.class_names), len(ts)
+        masks = self.keep_masks(prep, keep)
+        pred_counts = np.zeros((n, k), np.int64)
+        ap = [[None] * k for _ in range(nt)]
+        tp_at = np.zeros(k, np.int64)
+        n_pred = np.zeros(k, np.int64)
+        pr_curves = {}
+        for c in range(k):
+            sc, tps, _, pred_counts[:, c] = self.class_matches(prep, masks, c, ts)
+            n_pred[c] = len(sc)
+            tp_at[c] = int(tps[ti].sum())
+            npig = int(self.n_gt[c])
+            if npig == 0:
+                continue
+            o = np.argsort(-sc, kind="mergesort")
+            tps = tps[:, o]
+            for t_i in range(nt):
+                q = _interp_precision(tps[t_i], npig)
+                ap[t_i][c] = float(q.mean())
+                if curves and t_i == ti:
+                    pr_curves[self.class_names[c]] = (RECALL_THRESHOLDS.copy(), q)
+        return {"ap": ap, "tp": tp_at, "n_pred": n_pred, "pred_counts": pred_counts,
+                "curves": pr_curves, "ts": ts}
+
+    def class_matches(self, prep: _Prepared, masks, c: int, ts: Sequence[float]):
+        """Greedy matching of class ``c``'s kept detections at each IoU threshold in ``ts``.
+
+        ``masks``: per image a bool array over the prepared detections (None keeps all).
+        Returns ``(scores, tp, image, counts)``: the kept detections' scores and image indices
+        (images in order, each by decreasing score, capped at ``max_dets``), ``tp`` of shape
+        ``(len(ts), n)`` and the per-image number of kept detections (before the cap).
+        """
+        n, nt = len(self.dataset), len(ts)
+        counts = np.zeros(n, np.int64)
+        sc_parts, tp_parts, im_parts = [], [], []
+        for i in range(n):
+            idx = prep.by_class[i][c]
+            if masks is not None and len(idx):
+                idx = idx[masks[i][idx]]
+            counts[i] = len(idx)
+            if not len(idx):
+                continue
+            idx = idx[:self.max_dets]
+            tp = np.zeros((nt, len(idx)), bool)
+            hc = prep.has_cand[i][idx]
+            if hc.any():
+                cl = prep.cands[i]
+                pos = np.flatnonzero(hc).tolist()
+                cand = [cl[j] for j in idx[pos].tolist()]
+                for t_i, t in enumerate(ts):
+                    t = min(t, 1 - 1e-10)
+                    used = set()
+                    row = tp[t_i]
+                    for p_, cs in zip(pos, cand):
+                        for v, g in cs:
+                            if v < t:
+                                break
+                            if g not in used:
+                                used.add(g)
+                                row[p_] = True
+                                break
+            sc_parts.append(prep.scores[i][idx])
+            tp_parts.append(tp)
+            im_parts.append(np.full(len(idx), i, np.int64))
+        if not sc_parts:
+            return np.zeros(0), np.zeros((nt, 0), bool), np.zeros(0, np.int64), counts
+        return (np.concatenate(sc_parts), np.concatenate(tp_parts, axis=1),
+                np.concatenate(im_parts), counts)
+
+    @staticmethod
+    def keep_masks(prep: _Prepared, keep) -> list[np.ndarray] | None:
+        """Per-image bool masks over the prepared detections from index arrays (None: all)."""
+        if keep is None:
+            return None
+        masks = []
+        for s, kp in zip(prep.scores, keep):
+            m = np.zeros(len(s), bool)
+            m[kp] = True
+            masks.append(m)
+        return masks
+
+    def pr_curves(self, predictions, iou: float = 0.5) -> dict:
+        prep = self.prepare(predictions, min_iou=min(iou, 0.5))
+        return self._run(prep, None, iou, False, curves=True)["curves"]
+
+
+def _interp_precision(tp: np.ndarray, npig: int) -> np.ndarray:
+    """pycocotools' 101-point interpolated precision from score-sorted TP flags."""
+    q = np.zeros(len(RECALL_THRESHOLDS))
+    nd = len(tp)
+    if not nd:
+        return q
+    tp_sum = np.cumsum(tp).astype(float)
+    fp_sum = np.cumsum(~tp).astype(float)
+    rc = tp_sum / npig
+    pr = tp_sum / (fp_sum + tp_sum + np.spacing(1))
+    pr = np.maximum.accumulate(pr[::-1])[::-1]
+    inds = np.searchsorted(rc, RECALL_THRESHOLDS, side="left")
+    ok = inds < nd
+    q[ok] = pr[inds[ok]]
+    return q
+
+
+def _mean(values) -> float | None:
+    v = [x for x in values if x is not None]
+    return float(np.mean(v)) if v else None
+
+
+# -- PR curves, confusion, counts -----------------------------------------------------------------
+def pr_curves(dataset: SmearDataset, predictions, iou: float = 0.5) -> dict:
+    """``{class: (recall, precision)}``: pycocotools' 101-point interpolated precision at IoU
+    ``iou`` (recall = the 101 recall thresholds 0, 0.01, .., 1; precision 0 beyond the highest
+    recall reached). Classes without ground truth are left out."""
+    return FastEvaluator(dataset).pr_curves(predictions, iou)
+
+
+def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return _iou_xywh(_as_xywh(a), _as_xywh(b))
+
+
+def confusion_matrix(dataset: SmearDataset, predictions, iou: float = 0.5,
+                     score_threshold=0.5) -> np.ndarray:
+    """``(K+1, K+1)`` counts, rows = true class, columns = predicted class, index K = background.
+
+    Predictions with ``score >= score_threshold`` (a float or per class) are matched per image
+    in two passes: first same-class pairs, greedily by score to the unmatched box of highest
+    IoU ``>= iou`` (the diagonal, as in AP matching); then the remaining boxes across classes,
+    greedily by decreasing IoU ``>= iou`` (class confusions). Unmatched ground truth counts in
+    column K (missed, FN), unmatched predictions in row K (spurious, FP); ``[K, K]`` is 0.
+    """
+    preds = check_predictions(dataset, predictions)
+    names = dataset.class_names
+    k = len(names)
+    preds = _filter(preds, _thresholds(score_threshold, names))
+    m = np.zeros((k + 1, k + 1), np.int64)
+    for s, p in zip(dataset, preds):
+        gl, pl = s.labels, p["labels"]
+        ious = _box_iou(p["boxes"], s.boxes) if len(pl) and len(gl) else np.zeros((len(pl), len(gl)))
+        g_used = np.zeros(len(gl), bool)
+        p_used = np.zeros(len(pl), bool)
+        for d in np.argsort(-p["scores"], kind="stable"):
+            cand = np.flatnonzero((gl == pl[d]) & ~g_used & (ious[d] >= iou))
+            if len(cand):
+                g = cand[np.argmax(ious[d, cand])]
+                g_used[g] = p_used[d] = True
+                m[gl[g], pl[d]] += 1
+        if (~g_used).any() and (~p_used).any():
+            dd, gg = np.nonzero((ious >= iou) & ~p_used[:, None] & ~g_used[None])
+            for j in np.argsort(-ious[dd, gg], kind="stable"):
+                d, g = dd[j], gg[j]
+                if not (p_used[d] or g_used[g]):
+                    p_used[d] = g_used[g] = True
+                    m[gl[g], pl[d]] += 1
+        np.add.at(m, (gl[~g_used], k), 1)
+        np.add.at(m, (k, pl[~p_used]), 1)
+    return m
+
+
+def _count_summary(true: np.ndarray, pred: np.ndarray, names) -> dict:
+    err = np.abs(pred - true)
+    acc = np.clip(1 - err / np.maximum(true, 1), 0, None)
+    return {n: {"mae": float(err[:, c].mean()) if len(err) else None,
+                "accuracy": float(acc[:, c].mean()) if len(acc) else None,
+                "true": int(true[:, c].sum()), "predicted": int(pred[:, c].sum())}
+            for c, n in enumerate(names)}
+
+
+def count_matrix(dataset: SmearDataset, predictions, score_threshold=0.5) -> tuple[np.ndarray, np.ndarray]:
+    """``(true, predicted)`` object counts, each ``(n_images, K)``."""
+    preds = _filter(check_predictions(dataset, predictions), _thresholds(score_threshold, dataset.class_names))
+    k = len(dataset.class_names)
+    true = np.array([np.bincount(s.labels, minlength=k) for s in dataset], np.int64).reshape(-1, k)
+    pred = np.array([np.bincount(p["labels"], minlength=k) for p in preds], np.int64).reshape(-1, k)
+    return true, pred
+
+
+def count_metrics(dataset: SmearDataset, predictions, score_threshold=0.5) -> dict:
+    """Per-class counting quality of the predictions with ``score >= score_threshold``.
+
+    ``score_threshold`` is a float, a per-class sequence or ``{class: threshold}``.
+
+    Returns
+    -------
+    dict
+        ``{class: {"mae", "accuracy", "true", "predicted"}}``: ``mae`` the mean over images of
+        ``|predicted - true|``; ``accuracy`` the mean over images of the per-image count accuracy
+        ``max(0, 1 - |predicted - true| / max(true, 1))`` (1 for an exact count; an image
+        without objects of the class scores ``1 - predicted``, clipped at 0), the per-image
+        count accuracy reported by blood-count papers; ``true`` and ``predicted`` the totals.
+    """
+    true, pred = count_matrix(dataset, predictions, score_threshold)
+    return _count_summary(true, pred, dataset.class_names)
+
+
+# -- DSB2018 / RSNA score ------------------------------------------------------------------------
+def _instances(item, kind: str):
+    """``("boxes" | "masks", array, scores or None)`` of one image's instances."""
+    scores = None
+    if isinstance(item, Sample):
+        arr = item.masks if kind == "masks" else item.boxes
+        if arr is None:
+            raise ValueError(f"image {item.image_id!r} has no instance masks")
+    elif isinstance(item, Mapping):
+        arr = item.get("masks") if kind == "masks" else item.get("boxes")
+        if arr is None:
+            raise ValueError(f"a prediction has no {kind!r}")
+        scores = item.get("scores")
+    else:
+        arr = item
+    arr = np.asarray(arr)
+    if arr.size == 0:
+        kind = "masks" if kind == "masks" or arr.ndim == 3 else "boxes"
+        return kind, (np.zeros((0, 1, 1), bool) if kind == "masks" else np.zeros((0, 4))), \
+            None if scores is None else np.asarray(scores, np.float64)
+    if kind == "auto":
+        kind = "masks" if arr.ndim == 3 else "boxes"
+    if kind == "masks":
+        arr = arr.astype(bool).reshape((-1,) + arr.shape[-2:])
+    else:
+        arr = arr.astype(np.float64).reshape(-1, 4)
+    return kind, arr, None if scores is None else np.asarray(scores, np.float64)
+
+
+def _mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(len(a), len(b))`` IoU of instance masks (via pycocotools RLEs)."""
+    from pycocotools import mask as mask_util
+    if not len(a) or not len(b):
+        return np.zeros((len(a), len(b)))
+    if a.shape[1:] != b.shape[1:]:
+        raise ValueError(f"masks of sizes {a.shape[1:]} and {b.shape[1:]} cannot be compared")
+
+    def rle(m):  # (N, H, W) C order read as (W, H, N) Fortran order: transposed masks, same IoUs
+        return mask_util.encode(np.ascontiguousarray(m, dtype=bool).view(np.uint8).transpose(2, 1, 0))
+    return np.asarray(mask_util.iou(rle(a), rle(b), [0] * len(b)), float).reshape(len(a), len(b))
+
+
+def dsb_score(gt_instances, pred_instances, *, kind: str = "auto",
+              thresholds: Sequence[float] = DSB_THRESHOLDS, per_image: bool = False):
+    """The DSB2018 / RSNA pneumonia score: mean over IoU thresholds of TP / (TP + FP + FN).
+
+    The metric of the 2018 Data Science Bowl (nuclei instance masks,
+    https://www.kaggle.com/c/data-science-bowl-2018#evaluation) and of the RSNA Pneumonia
+    Detection Challenge (boxes, https://www.kaggle.com/c/rsna-pneumonia-detection-challenge#evaluation):
+    for each image and each threshold t in 0.5, 0.55, .., 0.95, predictions (by decreasing score
+    when scores are given, else in the given order) are matched one-to-one to the unmatched
+    ground truth of highest IoU ``> t``; the image scores the mean over t of
+    ``TP / (TP + FP + FN)``, and the result is the mean over images. Images with neither ground
+    truth nor predictions are skipped (as in RSNA); an image with only one of them scores 0.
+    Returns None when every image was skipped.
+
+    Parameters
+    ----------
+    gt_instances : a SmearDataset / list of Samples, or per image an ``(N, 4)`` xyxy box array
+        or an ``(N, H, W)`` mask array.
+    pred_instances : per image a prediction dict (``boxes``/``masks`` and ``scores``) or an array.
+    kind : ``"boxes"``, ``"masks"`` or ``"auto"`` (3-D arrays are masks; Samples and dicts use
+        boxes under "auto").
+    per_image : also return the list of per-image scores (None for skipped images).
+    """
+    if len(gt_instances) != len(pred_instances):
+        raise ValueError(f"{len(pred_instances)} predictions for {len(gt_instances)} images")
+    ts = np.asarray(thresholds, float)
+    scores = []
+    for g_item, p_item in zip(gt_instances, pred_instances):
+        k = kind
+        if k == "auto" and isinstance(g_item, (Sample, Mapping)):
+            k = "boxes"
+        gk, g, _ = _instances(g_item, k)
+        _, p, ps = _instances(p_item, gk if len(g) else k)
+        if not len(g) and not len(p):
+            scores.append(None)
+            continue
+        if not len(g) or not len(p):
+            scores.append(0.0)
+            continue
+        ious = _mask_iou(p, g) if gk == "masks" else _box_iou(p.astype(np.float32), g.astype(np.float32))
+        order = np.argsort(-ps, kind="stable") if ps is not None else np.arange(len(p))
+        vals = []
+        for t in ts:
+            used = np.zeros(len(g), bool)
+            tp = 0
+            for d in order:
+                row = np.where(used, -1.0, ious[d])
+                j = int(np.argmax(row))
+                if row[j] > t:
+                    used[j] = True
+                    tp += 1
+            vals.append(tp / (len(p) + len(g) - tp))
+        scores.append(float(np.mean(vals)))
+    mean = _mean(scores)
+    return (mean, scores) if per_image else mean
+
+
+# -- simulated predictions (until a model is trained) --------------------------------------------
+def simulate_predictions(dataset: SmearDataset, seed: int = 0, *, drop: float = 0.1,
+                         wrong_label: float = 0.05, jitter: float = 0.06, duplicates: int = 2,
+                         spurious: int = 10, score_floor: float = 0.01) -> list[dict]:
+    """Plausible raw predictions made from the ground truth (seeded), for demos and tests.
+
+    Each object is found (probability ``1 - drop``) by a box jittered by ``jitter`` of its
+    size with a high score (Beta(6, 2)); its label is wrong with probability ``wrong_label``.
+    Each object also gets 0..``duplicates`` looser duplicates with middling scores (Beta(2, 4))
+    and each image ~``spurious`` random boxes with low scores (Beta(1, 6)). Scores below
+    ``score_floor`` are dropped.
+    """
+    rng = np.random.default_rng(seed)
+    k = len(dataset.class_names)
+    out = []
+    for s in dataset:
+        h, w = s.hw
+        gb, gl = s.boxes.astype(np.float64), s.labels
+        boxes, scores, labels = [], [], []
+        if len(gb):
+            wh = gb[:, 2:] - gb[:, :2]
+            found = rng.random(len(gb)) >= drop
+            b = gb + rng.normal(0, jitter, gb.shape) * np.tile(wh, 2)
+            lab = np.where(rng.random(len(gb)) < wrong_label, rng.integers(0, k, len(gb)), gl)
+            boxes.append(b[found]); labels.append(lab[found])
+            scores.append(rng.beta(6, 2, int(found.sum())))
+            nd = rng.integers(0, duplicates + 1, len(gb))
+            rep = np.repeat(np.arange(len(gb)), nd)
+            b = gb[rep] + rng.normal(0, 3 * jitter, (len(rep), 4)) * np.tile(wh[rep], 2)
+            boxes.append(b); labels.append(gl[rep]); scores.append(rng.beta(2, 4, len(rep)))
+            size = np.median(wh, axis=0)
+        else:
+            size = np.array([w, h]) / 8
+        ns = int(rng.poisson(spurious))
+        c = rng.uniform([0, 0], [w, h], (ns, 2))
+        half = size * rng.uniform(0.3, 0.7, (ns, 2))
+        boxes.append(np.column_stack([c - half, c + half]))
+        labels.append(rng.integers(0, k, ns))
+        scores.append(rng.beta(1, 6, ns))
+        b = np.concatenate(boxes)
+        b[:, 0::2] = np.clip(b[:, 0::2], 0, w)
+        b[:, 1::2] = np.clip(b[:, 1::2], 0, h)
+        sc, lab = np.concatenate(scores), np.concatenate(labels)
+        ok = (sc >= score_floor) & (b[:, 2] > b[:, 0] + 1) & (b[:, 3] > b[:, 1] + 1)
+        perm = rng.permutation(int(ok.sum()))
+        out.append({"boxes": b[ok][perm].astype(np.float32), "scores": sc[ok][perm].astype(np.float32),
+                    "labels": lab[ok][perm].astype(np.int64)})
+    return out
+
+
+# -- exports --------------------------------------------------------------------------------------
+def export_coco_results(dataset: SmearDataset, predictions, path: str | Path) -> Path:
+    """Write a COCO results JSON (``image_id`` 1..n in dataset order, ``category_id`` 1..K,
+    ``bbox`` xywh, ``score``; plus RLE ``segmentation`` when predictions carry masks), atomically.
+    It pairs with :func:`export_coco_gt`."""
+    preds = check_predictions(dataset, predictions)
+    segm = bool(preds) and all("masks" in p for p in preds)
+    write_json(path, coco_results(preds, segm=segm))
+    return Path(path)
+
+
+def export_coco_gt(dataset: SmearDataset, path: str | Path, **kw) -> Path:
+    """Write the ground truth as COCO (:func:`smearlab.data.formats.coco.save`: JSON plus
+    ``images/``); image ids 1..n match :func:`export_coco_results`."""
+    from .data.formats.coco import save
+    return save(dataset, path, **kw)
+
+
+def export_counts_csv(dataset: SmearDataset, predictions, path: str | Path, thresholds=0.5) -> Path:
+    """Per-image counts as CSV: ``image_id, file``, then ``<class>_true, <class>_pred`` per class
+    (predictions with ``score >= thresholds``, a float or per class), atomically."""
+    true, pred = count_matrix(dataset, predictions, thresholds)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["image_id", "file"] + [f"{n}_{kind}" for n in dataset.class_names
+                                       for kind in ("true", "pred")])
+    for s, t, p in zip(dataset, true, pred):
+        w.writerow([s.image_id, s.path.name if s.path else ""]
+                   + [v for pair in zip(t.tolist(), p.tolist()) for v in pair])
+    write_text(path, buf.getvalue())
+    return Path(path)
+
+
+# -- plots (matplotlib) ---------------------------------------------------------------------------
+def plot_pr_curves(curves: dict, ax=None, title: str = "precision-recall"):
+    """One line per class of :func:`pr_curves`, AP in the legend."""
+    import matplotlib.pyplot as plt
+    from .viz import class_colors
+    ax = ax or plt.gca()
+    for (name, (rc, pr)), col in zip(curves.items(), class_colors(max(len(curves), 1))):
+        ax.plot(rc, pr, color=col, label=f"{name} (AP {pr.mean():.3f})")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return ax
+
+
+def plot_confusion(matrix: np.ndarray, names: Sequence[str], ax=None, *, normalize: bool = False,
+                   title: str = "confusion (rows: true)"):
+    """Heat map of :func:`confusion_matrix` with counts written in the cells; ``normalize``
+    divides each row by its total."""
+    import matplotlib.pyplot as plt
+    ax = ax or plt.gca()
+    labels = list(names) + ["background"]
+    m = np.asarray(matrix, float)
+    shown = m / np.maximum(m.sum(1, keepdims=True), 1) if normalize else m
+    ax.imshow(shown, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    top = shown.max() if shown.size else 1
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            txt = f"{shown[i, j]:.2f}" if normalize else f"{int(m[i, j])}"
+            ax.text(j, i, txt, ha="center", va="center", fontsize=8,
+                    color="white" if shown[i, j] > 0.6 * top else "black")
+    ax.set_title(title)
+    return ax

@@ -1,0 +1,190 @@
+"""Detection metrics: pycocotools parity of the fast evaluator, hand-made metric cases, exports."""
+import csv
+import json
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from smearlab import evaluate as E  # noqa: E402
+from smearlab.data import Sample, SmearDataset, load  # noqa: E402
+from smearlab.data.synthetic import make_dataset  # noqa: E402
+
+from helpers import toy_dataset  # noqa: E402
+
+
+def _max_diff(ref, fast):
+    diffs = [abs(ref["mAP50"] - fast["mAP50"]), abs(ref["mAP"] - fast["mAP"])]
+    for name, r in ref["per_class"].items():
+        f = fast["per_class"][name]
+        if r["AP50"] is None:
+            assert f["AP50"] is None and f["AP"] is None
+            continue
+        diffs += [abs(r["AP50"] - f["AP50"]), abs(r["AP"] - f["AP"])]
+    return max(diffs)
+
+
+def _parity(ds, preds, max_dets=1000):
+    ref = E.coco_eval(ds, preds, max_dets=(1, 10, max_dets))
+    fast = E.FastEvaluator(ds, max_dets=max_dets).evaluate(preds, full=True)
+    assert 0.2 < ref["mAP50"] < 0.99  # a non-trivial case
+    return _max_diff(ref, fast)
+
+
+@pytest.fixture(scope="module")
+def cbc_test(cbc_root):
+    return load(cbc_root / "Testing")
+
+
+@pytest.fixture(scope="module")
+def synthetic():
+    return make_dataset(6, seed=1)
+
+
+@pytest.mark.shared_data
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fast_evaluator_matches_pycocotools_on_cbc(cbc_test, seed):
+    preds = E.simulate_predictions(cbc_test, seed=seed, spurious=20)
+    assert _parity(cbc_test, preds) < 1e-3
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_fast_evaluator_matches_pycocotools_on_synthetic(synthetic, seed):
+    preds = E.simulate_predictions(synthetic, seed=seed, spurious=15, duplicates=3, jitter=0.1)
+    if seed == 2:  # tied scores, coarse boxes (tied IoUs) and a binding maxDets
+        for p in preds:
+            p["scores"] = np.round(p["scores"], 1).astype(np.float32)
+            p["boxes"] = np.round(p["boxes"] / 8) * 8
+        assert _parity(synthetic, preds, max_dets=20) < 1e-3
+    else:
+        assert _parity(synthetic, preds) < 1e-3
+
+
+def _perfect(ds):
+    return [{"boxes": s.boxes, "scores": np.linspace(1, 0.5, len(s.boxes)), "labels": s.labels,
+             "masks": s.masks} for s in ds]
+
+
+def test_perfect_predictions_score_one(synthetic):
+    preds = _perfect(synthetic)
+    for iou_type in ("bbox", "segm"):
+        r = E.coco_eval(synthetic, preds, iou_type=iou_type)
+        assert r["mAP"] == pytest.approx(1.0) and r["mAP50"] == pytest.approx(1.0)
+        assert all(v["AP"] == pytest.approx(1.0) for v in r["per_class"].values())
+    f = E.FastEvaluator(synthetic).evaluate(preds, full=True)
+    assert f["mAP"] == pytest.approx(1.0)
+    assert all(v["f1"] == 1.0 for v in f["per_class"].values())
+    assert E.dsb_score(synthetic, preds) == pytest.approx(1.0)
+    assert E.dsb_score(synthetic, preds, kind="masks") == pytest.approx(1.0)
+
+
+def test_absent_class_and_no_predictions():
+    s = Sample("a", boxes=[[0, 0, 10, 10]], labels=[0], size=(32, 32))
+    ds = SmearDataset([s], ["A", "B"])
+    empty = [{"boxes": np.zeros((0, 4)), "scores": [], "labels": []}]
+    r = E.coco_eval(ds, empty)
+    assert r["per_class"]["A"]["AP"] == 0.0 and r["per_class"]["B"]["AP"] is None
+    assert r["mAP50"] == 0.0
+    f = E.FastEvaluator(ds).evaluate(empty)
+    assert f["per_class"]["A"]["AP50"] == 0.0 and f["per_class"]["B"]["AP50"] is None
+    with pytest.raises(ValueError, match="2 predictions for 1 images"):
+        E.coco_eval(ds, empty * 2)
+
+
+def _hand_case():
+    # GT: A at g1, B at g2, A at g3. Preds: A on g1 (right), A on g2 (confused), B far (spurious).
+    g = [[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10]]
+    s = Sample("x", boxes=g, labels=[0, 1, 0], size=(64, 64))
+    ds = SmearDataset([s], ["A", "B"])
+    p = {"boxes": np.array([[0, 0, 10, 10], [21, 0, 31, 10], [0, 40, 10, 50]], np.float32),
+         "scores": np.array([0.9, 0.8, 0.7], np.float32), "labels": np.array([0, 0, 1])}
+    return ds, [p]
+
+
+def test_confusion_matrix_hand_made():
+    ds, preds = _hand_case()
+    m = E.confusion_matrix(ds, preds, iou=0.5, score_threshold=0.5)
+    np.testing.assert_array_equal(m, [[1, 0, 1],    # A: one right, one missed
+                                      [1, 0, 0],    # B: called A
+                                      [0, 1, 0]])   # spurious B
+    m = E.confusion_matrix(ds, preds, score_threshold={"B": 0.75})
+    assert m[2, 1] == 0 and m.sum() == 3
+    ax = E.plot_confusion(m, ds.class_names, plt.figure().gca(), normalize=True)
+    assert len(ax.texts) == 9
+    plt.close("all")
+
+
+def test_count_metrics_hand_made():
+    a = Sample("a", boxes=[[0, 0, 5, 5], [10, 10, 15, 15]], labels=[0, 0], size=(32, 32))
+    b = Sample("b", boxes=[[0, 0, 5, 5]], labels=[1], size=(32, 32))
+    ds = SmearDataset([a, b], ["A", "B"])
+    box = [[0, 0, 5, 5]]
+    preds = [{"boxes": box * 4, "scores": [0.9, 0.8, 0.6, 0.1], "labels": [0, 0, 0, 1]},
+             {"boxes": box * 2, "scores": [0.9, 0.9], "labels": [0, 1]}]
+    c = E.count_metrics(ds, preds, score_threshold=0.5)
+    assert c["A"] == {"mae": 1.0, "accuracy": 0.25, "true": 2, "predicted": 4}
+    assert c["B"] == {"mae": 0.0, "accuracy": 1.0, "true": 1, "predicted": 1}
+    c = E.count_metrics(ds, preds, score_threshold={"A": 0.7})
+    assert c["A"]["predicted"] == 3 and c["B"]["predicted"] == 2  # B falls back to 0.0
+
+
+def test_dsb_score_hand_made_boxes_and_masks():
+    gt = [np.array([[0, 0, 10, 10], [20, 20, 30, 30]], float), np.zeros((0, 4)),
+          np.array([[0, 0, 10, 10]], float), np.array([[0, 0, 10, 10]], float)]
+    pred = [{"boxes": np.array([[0, 0, 10, 10]]), "scores": [0.9]},   # half found: 0.5
+            np.zeros((0, 4)),                                          # skipped
+            np.zeros((0, 4)),                                          # missed: 0
+            np.array([[0, 0, 10, 7]], float)]                          # IoU 0.7: 4/10 thresholds
+    mean, per = E.dsb_score(gt, pred, per_image=True)
+    assert per == [0.5, None, 0.0, pytest.approx(0.4)]
+    assert mean == pytest.approx((0.5 + 0.0 + 0.4) / 3)
+    assert E.dsb_score(gt[:1], [gt[0]]) == 1.0
+
+    def masks(boxes):
+        m = np.zeros((len(boxes), 40, 40), bool)
+        for j, (x0, y0, x1, y1) in enumerate(np.asarray(boxes, int)):
+            m[j, y0:y1, x0:x1] = True
+        return m
+    gm = [masks(b) for b in gt]
+    pm = [masks(pred[0]["boxes"]), masks(np.zeros((0, 4))), masks(np.zeros((0, 4))), masks(pred[3])]
+    mean_m, per_m = E.dsb_score(gm, pm, per_image=True)
+    assert per_m == [0.5, None, 0.0, pytest.approx(0.4)]
+    assert E.dsb_score(gm[:1], gm[:1]) == 1.0
+
+
+def test_pr_curves(synthetic):
+    preds = E.simulate_predictions(synthetic, seed=0)
+    curves = E.pr_curves(synthetic, preds)
+    ref = E.coco_eval(synthetic, preds)
+    for name, (rc, pr) in curves.items():
+        assert rc.shape == pr.shape == (101,)
+        assert pr.mean() == pytest.approx(ref["per_class"][name]["AP50"], abs=1e-9)
+    E.plot_pr_curves(curves, plt.figure().gca())
+    plt.close("all")
+
+
+def test_exports(tmp_path):
+    ds = toy_dataset(3, masks=True)
+    preds = E.simulate_predictions(ds, seed=0)
+    res = E.export_coco_results(ds, preds, tmp_path / "results.json")
+    gt_path = E.export_coco_gt(ds, tmp_path / "gt" / "gt.json")
+    from pycocotools.coco import COCO
+    import contextlib
+    import io
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(gt_path))
+        dt = gt.loadRes(str(res))
+    assert len(dt.getAnnIds()) == sum(len(p["scores"]) for p in preds)
+    first = json.loads(res.read_text())[0]
+    assert set(first) == {"image_id", "category_id", "bbox", "score"}
+    out = E.export_counts_csv(ds, preds, tmp_path / "counts.csv", thresholds={"RBC": 0.3})
+    rows = list(csv.reader(out.open()))
+    assert rows[0] == ["image_id", "file", "RBC_true", "RBC_pred", "WBC_true", "WBC_pred",
+                       "Platelets_true", "Platelets_pred"]
+    true, pred = E.count_matrix(ds, preds, {"RBC": 0.3})
+    assert [int(v) for v in rows[1][2::2]] == true[0].tolist()
+    assert [int(v) for v in rows[1][3::2]] == pred[0].tolist()
+    assert not list(tmp_path.glob(".*tmp*"))

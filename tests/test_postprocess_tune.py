@@ -1,0 +1,165 @@
+"""Raw prediction cache, per-class post-processing, threshold tuning and the tuner widget."""
+import matplotlib
+
+matplotlib.use("Agg")
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from smearlab.data import DataError, Sample, SmearDataset  # noqa: E402
+from smearlab.detection.postprocess import RawPredictions, postprocess, select  # noqa: E402
+from smearlab.detection.tune import Thresholds, auto_tune  # noqa: E402
+from smearlab.evaluate import FastEvaluator, simulate_predictions  # noqa: E402
+
+from helpers import toy_dataset  # noqa: E402
+
+NAMES = ["A", "B"]
+# a and b overlap (IoU 0.818, class A), c is b's box as class B, d is far and low-scored.
+RAW = [{"boxes": np.array([[0, 0, 10, 10], [1, 0, 11, 10], [1, 0, 11, 10], [50, 50, 60, 60]], np.float32),
+        "scores": np.array([0.9, 0.8, 0.7, 0.3], np.float32),
+        "labels": np.array([0, 0, 1, 0])}]
+
+
+def _kept(**kw):
+    return select(RawPredictions(RAW, NAMES), **kw)[0].tolist()
+
+
+def test_thresholds_and_nms_hand_made():
+    assert _kept(score_thresholds=0.5, nms_iou=None) == [0, 1, 2]
+    assert _kept(score_thresholds=0.5, nms_iou=0.5) == [0, 2]           # b suppressed by a
+    assert _kept(score_thresholds=0.5, nms_iou=0.85) == [0, 1, 2]       # IoU 0.818 < 0.85
+    assert _kept(score_thresholds=0.5, nms_iou=0.5, class_agnostic=True) == [0]
+    assert _kept(score_thresholds={"A": 0.2}, nms_iou=0.5) == [0, 2, 3]  # B keeps 0.5
+    assert _kept(score_thresholds=[0.95, 0.1], nms_iou=0.5) == [2]
+    assert _kept(score_thresholds=0.5, nms_iou={"A": 0.9}) == [0, 1, 2]  # per-class NMS
+    assert _kept(score_thresholds=0.0, nms_iou=None, max_dets=2) == [0, 1]
+    with pytest.raises(ValueError, match="unknown class 'C'"):
+        _kept(score_thresholds={"C": 0.1})
+    with pytest.raises(ValueError, match="3 values for 2 classes"):
+        _kept(score_thresholds=[0.1, 0.2, 0.3])
+    out = postprocess(RawPredictions(RAW, NAMES), 0.5, 0.5)[0]
+    assert out["boxes"].dtype == np.float32 and out["labels"].dtype == np.int64
+    np.testing.assert_array_equal(out["scores"], np.float32([0.9, 0.7]))
+    np.testing.assert_array_equal(out["labels"], [0, 1])
+    # a plain list needs the class names
+    assert postprocess(RAW, 0.5, None, class_names=NAMES)[0]["scores"].tolist() == \
+        pytest.approx([0.9, 0.8, 0.7])
+
+
+def test_raw_predictions_round_trip_and_corrupt_files(tmp_path):
+    ds = toy_dataset(4)
+    raw = RawPredictions.for_dataset(ds, simulate_predictions(ds, seed=3), score_floor=0.01)
+    raw.predictions[1] = {k: v[:0] for k, v in raw.predictions[1].items()}  # an empty image
+    path = raw.save(tmp_path / "raw.npz")
+    back = RawPredictions.load(path)
+    assert back.class_names == raw.class_names and back.image_ids == raw.image_ids
+    assert back.score_floor == pytest.approx(0.01)
+    for a, b in zip(raw, back):
+        for key in ("boxes", "scores", "labels"):
+            np.testing.assert_array_equal(a[key], b[key])
+            assert a[key].dtype == b[key].dtype
+    back.check(ds)
+    with pytest.raises(ValueError, match="image"):
+        back.check(toy_dataset(4, seed=1).subset([1, 0, 2, 3]))
+
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"not a zip archive")
+    with pytest.raises(DataError, match="bad.npz"):
+        RawPredictions.load(bad)
+    with pytest.raises(DataError, match="missing.npz"):
+        RawPredictions.load(tmp_path / "missing.npz")
+    mismatched = tmp_path / "mismatched.npz"
+    with np.load(path) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays["counts"] = arrays["counts"] + 1
+    np.savez(mismatched, **arrays)
+    with pytest.raises(DataError, match="mismatched.npz.*counts"):
+        RawPredictions.load(mismatched)
+    assert not list(tmp_path.glob(".*tmp*"))
+
+
+@pytest.fixture(scope="module")
+def tuning_case():
+    ds = toy_dataset(16, seed=2)
+    raw = RawPredictions.for_dataset(ds, simulate_predictions(ds, seed=5, spurious=6, duplicates=2))
+    return ds, raw
+
+
+def test_auto_tune_f1_beats_default_and_is_exact(tuning_case, tmp_path):
+    ds, raw = tuning_case
+    th = auto_tune(ds, raw, objective="f1")
+    assert th.metrics["mean"] >= th.metrics["mean_at_0.5"]
+    for name, t in th.score.items():
+        assert 0.05 <= t <= 0.95
+        # true boxes score Beta(6, 2), duplicates Beta(2, 4), spurious Beta(1, 6)
+        assert 0.3 <= t <= 0.8, (name, t)
+    # the tuned figures are what evaluating the applied thresholds gives
+    res = FastEvaluator(ds).evaluate(th.apply(raw))
+    for name, pc in res["per_class"].items():
+        assert pc["f1"] == pytest.approx(th.metrics["per_class"][name]["f1"])
+    default = FastEvaluator(ds).evaluate(postprocess(raw, 0.5, th.nms_iou))
+    assert np.mean([pc["f1"] for pc in res["per_class"].values()]) >= \
+        np.mean([pc["f1"] for pc in default["per_class"].values()]) - 1e-12
+    path = th.save(tmp_path / "thresholds.json")
+    back = Thresholds.load(path)
+    assert back == th
+    assert [p["scores"].tolist() for p in back.apply(raw)] == [p["scores"].tolist() for p in th.apply(raw)]
+    (tmp_path / "bad.json").write_text("{\"score\": 3}")
+    with pytest.raises(DataError, match="bad.json"):
+        Thresholds.load(tmp_path / "bad.json")
+
+
+def test_auto_tune_count_objective(tuning_case):
+    ds, raw = tuning_case
+    th = auto_tune(ds, raw, objective="count", nms_grid=(0.5,))
+    assert th.objective == "count" and th.nms_iou == 0.5
+    assert th.metrics["mean"] >= th.metrics["mean_at_0.5"]
+    from smearlab.evaluate import count_metrics
+    c = count_metrics(ds, th.apply(raw), 0.0)
+    for name, m in c.items():
+        assert m["accuracy"] == pytest.approx(th.metrics["per_class"][name]["count"])
+    with pytest.raises(ValueError, match="objective"):
+        auto_tune(ds, raw, objective="map")
+
+
+def test_threshold_tuner_widget(tuning_case):
+    from smearlab.detection.widgets import ThresholdTuner
+    ds, raw = tuning_case
+    tuner = ThresholdTuner(ds, raw, images_for_overlay=[0, 3, 5])
+    assert set(tuner.sliders) == set(ds.class_names)
+    before, png = tuner.metrics, tuner.image.value
+    assert before["per_class"]["RBC"]["recall"] > 0 and tuner.last_ms > 0
+    tuner.sliders["RBC"].value = 1.0
+    after = tuner.metrics
+    assert after["per_class"]["RBC"]["recall"] == 0.0 and after["per_class"]["RBC"]["AP50"] == 0.0
+    assert after["per_class"]["WBC"] == before["per_class"]["WBC"]
+    assert tuner.image.value != png and "RBC" in tuner.table.value
+    png = tuner.image.value
+    tuner.index.value = 1
+    assert tuner.image.value != png
+    tuner.nms.value = 1.0
+    th = tuner.thresholds()
+    assert th.score["RBC"] == 1.0 and th.nms_iou is None
+    assert len(th.apply(raw)) == len(ds)
+
+
+def test_per_class_dict_must_name_known_classes():
+    s = Sample("a", boxes=[[0, 0, 5, 5]], labels=[0], size=(16, 16))
+    ds = SmearDataset([s], NAMES)
+    raw = RawPredictions.for_dataset(ds, RAW)
+    with pytest.raises(ValueError, match="unknown class"):
+        Thresholds({"A": 0.5, "Z": 0.2}).apply(raw)
+
+
+def test_selector_equals_select(tuning_case):
+    from smearlab.detection.postprocess import Selector
+    ds, raw = tuning_case
+    sel = Selector(raw)
+    rng = np.random.default_rng(0)
+    for _ in range(12):
+        thr = {n: float(rng.choice([0.1, 0.3, 0.5, 0.7])) for n in ds.class_names}
+        nms = rng.choice([None, 0.3, 0.5, 1.0, {"RBC": 0.4}])
+        agnostic = bool(rng.random() < 0.3) and not isinstance(nms, dict)
+        max_dets = int(rng.choice([3, 300]))
+        a = sel(thr, nms, agnostic, max_dets)
+        b = select(raw, thr, nms, agnostic, max_dets)
+        assert all(np.array_equal(x, y) for x, y in zip(a, b))
