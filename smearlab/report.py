@@ -29,6 +29,7 @@ REPO_NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 #: Real dataset each notebook uses when ``--data-root`` is given (relative to the root).
 REAL_DATA = {
     "01_eda": "cbc/Training",
+    "02_preprocessing": "wbc_zheng.tar.xz",
 }
 
 

@@ -10,6 +10,7 @@ NOTEBOOKS = [p.stem for p in find_notebooks(REPO_NOTEBOOKS)]
 #: Metrics each notebook must record (checked for presence and sanity below).
 EXPECTED = {
     "01_eda": {"dataset", "images", "objects", "per_class", "skipped", "domain_colour_distance"},
+    "02_preprocessing": {"dataset", "domains", "delta_e", "hist_emd", "best_pipeline", "delta_e_reduction"},
 }
 
 
@@ -48,3 +49,21 @@ def test_eda_on_cbc_through_data_root(shared_data, tmp_path):
     assert m["images"] == 300
     assert m["objects"] == 3951 and m["skipped"] == 1  # 3,952 boxes, one degenerate
     assert set(m["per_class"]) == {"RBC", "WBC", "Platelets"}
+
+
+def test_preprocessing_quick_closes_the_stain_gap(quick_run):
+    m = quick_run["notebooks"]["02_preprocessing"]["metrics"]
+    assert m["domains"] == ["A", "B"]
+    assert m["delta_e"]["reinhard"] < 0.5 * m["delta_e"]["none"]
+    assert m["delta_e_reduction"] > 0.5
+
+
+def test_preprocessing_on_zheng_through_data_root(shared_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("SMEARLAB_CACHE", str(tmp_path / "cache"))  # the archive is extracted here
+    index = run_report("quick", data_root=shared_data, out=tmp_path / "run", notebook_dir=REPO_NOTEBOOKS,
+                       notebooks=["02"], device="cpu", html_export=False)
+    r = index["notebooks"]["02_preprocessing"]
+    assert r["status"] == "ok", r["error"]
+    m = r["metrics"]
+    assert m["domains"] == ["dataset1", "dataset2"]
+    assert m["delta_e"]["reinhard"] < 0.7 * m["delta_e"]["none"]  # normalising D2 to D1 helps

@@ -1,0 +1,385 @@
+"""smearlab.augment: geometry of boxes and masks, clip/drop rules, photometry, seeds, batches."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from smearlab.augment import (BOX_RULES, Affine, Augment, ColorJitter, Gamma, GaussianBlur, GaussianNoise,
+                              HorizontalFlip, Pad, RandomCrop, Resize, Rot90, SaltPepper, StainJitter, VerticalFlip,
+                              default_augment, map_boxes, warp)
+from smearlab.data import DataError, Sample
+from smearlab.data.boxes import mask_box
+from smearlab.data.synthetic import make_dataset
+from smearlab.data.torchdata import DetectionDataset
+
+OBJECTS = ((20, 15, 8, 6), (50, 40, 10, 12), (70, 30, 5, 5))  # ellipses (cx, cy, rx, ry), inside 80x60
+
+
+def ellipse_sample(h=60, w=80, objects=OBJECTS, seed=0):
+    """Elliptic cells; boxes are the tight boxes of their masks, semantic = label + 1."""
+    yy, xx = np.mgrid[:h, :w] + 0.5
+    masks = np.zeros((len(objects), h, w), bool)
+    for m, (cx, cy, rx, ry) in zip(masks, objects):
+        m[((xx - cx) / rx) ** 2 + ((yy - cy) / ry) ** 2 <= 1] = True
+    masks = masks[masks.any((1, 2))]
+    labels = np.arange(len(masks)) % 3
+    sem = np.zeros((h, w), np.uint8)
+    for m, lab in zip(masks, labels):
+        sem[m] = lab + 1
+    img = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    meta = {"cell_type": [f"c{i}" for i in range(len(masks))], "difficult": np.arange(len(masks)) % 2 == 1,
+            "stain": "A"}
+    s = Sample("ell", boxes=tight(masks), labels=labels, _image=img, meta=meta)
+    s.masks, s.semantic = masks, sem
+    return s
+
+
+def tight(masks):
+    return np.array([mask_box(m) if m.any() else np.zeros(4) for m in masks], np.float32).reshape(-1, 4)
+
+
+def area(b):
+    return (b[..., 2] - b[..., 0]) * (b[..., 3] - b[..., 1])
+
+
+def iou(a, b):
+    lo, hi = np.maximum(a[:2], b[:2]), np.minimum(a[2:], b[2:])
+    inter = np.prod(np.clip(hi - lo, 0, None))
+    return inter / (area(a) + area(b) - inter)
+
+
+def contains(box, inner, tol=1.0):
+    return bool(np.all(box[:2] <= inner[:2] + tol) and np.all(box[2:] >= inner[2:] - tol))
+
+
+def check_aligned(out):
+    n = len(out.boxes)
+    assert len(out.labels) == n == len(out.masks) == len(out.meta["cell_type"]) == len(out.meta["difficult"])
+    assert out.masks.shape[1:] == out.image.shape[:2] == out.semantic.shape
+
+
+def targets_of(samples, device="cpu"):
+    return [{"boxes": torch.tensor(s.boxes, device=device), "labels": torch.tensor(s.labels, device=device),
+             "masks": torch.tensor(s.masks, device=device).to(torch.uint8)} for s in samples]
+
+
+# ---------------------------------------------------------------------------------------------
+# geometry
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("transform, fn", [(HorizontalFlip(1), lambda a: a[..., :, ::-1, :]),
+                                           (VerticalFlip(1), lambda a: a[..., ::-1, :, :])])
+def test_flips_are_exact(transform, fn):
+    s = ellipse_sample()
+    out = Augment([transform])(s)
+    assert np.array_equal(out.image, fn(s.image))
+    assert np.array_equal(out.masks, fn(s.masks[..., None])[..., 0])
+    assert np.array_equal(out.semantic, fn(s.semantic[..., None])[..., 0])
+    assert np.array_equal(out.boxes, tight(out.masks))
+    check_aligned(out)
+
+
+def test_rot90_is_exact_for_every_k():
+    s = ellipse_sample()
+    seen = set()
+    for seed in range(12):
+        out = Augment([Rot90(p=1)], seed=seed)(s)
+        ks = [k for k in (1, 2, 3) if np.array_equal(out.image, np.rot90(s.image, k))]
+        assert len(ks) == 1
+        k = ks[0]
+        seen.add(k)
+        assert np.array_equal(out.masks, np.rot90(s.masks, k, axes=(1, 2)))
+        assert np.array_equal(out.semantic, np.rot90(s.semantic, k))
+        assert np.array_equal(out.boxes, tight(out.masks)) and np.array_equal(out.labels, s.labels)
+    assert seen == {1, 2, 3}
+
+
+def test_affine_box_rules_on_a_rotated_disc():
+    s = ellipse_sample(64, 64, objects=((32, 32, 10, 10),))
+    outs = {rule: Augment([Affine(degrees=(45, 45), box_rule=rule)])(s) for rule in BOX_RULES}
+    mb = tight(outs["mask"].masks)[0]
+    for rule in BOX_RULES:  # masks are warped the same way whatever the box rule
+        assert np.array_equal(outs[rule].masks, outs["mask"].masks)
+    assert np.array_equal(outs["mask"].boxes[0], mb)
+    b8, b4 = outs["8point"].boxes[0], outs["4corner"].boxes[0]
+    assert area(b8) < area(b4)
+    assert iou(b8, mb) > iou(b4, mb) and iou(b8, mb) > 0.85
+    assert contains(b8, mb) and contains(b4, mb, tol=0)
+    assert outs["8point"].semantic.max() == 1 and (outs["8point"].semantic > 0).sum() == outs["8point"].masks.sum()
+
+
+def test_affine_mask_rule_matches_warped_masks():
+    s = ellipse_sample()
+    aug = Augment([Affine(degrees=30, scale=(0.8, 1.2), shear=10, translate=(0.1, 0.1), box_rule="mask")], seed=3)
+    for _ in range(5):
+        out = aug(s)
+        check_aligned(out)
+        assert np.array_equal(out.boxes, tight(out.masks))
+
+
+def test_map_boxes_axis_aligned_rules_agree():
+    boxes = torch.tensor([[1.0, 2.0, 5.0, 9.0], [0.0, 0.0, 3.0, 3.0]])
+    flip = torch.tensor([[-1.0, 0, 10], [0, 1, 0], [0, 0, 1]], dtype=torch.float64)
+    for rule in ("8point", "4corner"):
+        assert torch.equal(map_boxes(boxes, torch.eye(3, dtype=torch.float64), rule).float(), boxes)
+        assert torch.equal(map_boxes(boxes, flip, rule).float(), torch.tensor([[5.0, 2, 9, 9], [7, 0, 10, 3]]))
+
+
+def test_pad_places_the_image_at_the_centre():
+    s = ellipse_sample()
+    out = Augment([Pad((100, 90))])(s)
+    assert out.image.shape == (100, 90, 3)
+    assert np.array_equal(out.image[20:80, 5:85], s.image) and out.image[:20].max() == 0
+    assert np.array_equal(out.masks[:, 20:80, 5:85], s.masks) and np.array_equal(out.semantic[20:80, 5:85], s.semantic)
+    assert np.array_equal(out.boxes, s.boxes + [5, 20, 5, 20]) and np.array_equal(out.boxes, tight(out.masks))
+
+
+def _offset(out_img, img):
+    """(oy, ox) such that out_img is img[oy:, ox:] (crop inside the image)."""
+    h, w = out_img.shape[:2]
+    hits = [(oy, ox) for oy in range(img.shape[0] - h + 1) for ox in range(img.shape[1] - w + 1)
+            if np.array_equal(img[oy:oy + h, ox:ox + w], out_img)]
+    assert len(hits) == 1
+    return hits[0]
+
+
+def test_random_crop_clips_and_drops_with_meta_aligned():
+    s = ellipse_sample()
+    clipped = dropped = 0
+    for seed in range(10):
+        out = Augment([RandomCrop((60, 40))], seed=seed)(s)
+        oy, ox = _offset(out.image, s.image)
+        b = s.boxes - [ox, oy, ox, oy]
+        b = np.clip(b, 0, [40, 60, 40, 60])
+        keep = np.flatnonzero((b[:, 2] - b[:, 0] >= 1) & (b[:, 3] - b[:, 1] >= 1))
+        clipped += int(np.any(b[keep] != s.boxes[keep] - [ox, oy, ox, oy]))
+        dropped += len(s.boxes) - len(keep)
+        assert np.array_equal(out.boxes, b[keep]) and np.array_equal(out.labels, s.labels[keep])
+        assert np.array_equal(out.masks, s.masks[keep][:, oy:oy + 60, ox:ox + 40])
+        assert out.meta["cell_type"] == [s.meta["cell_type"][i] for i in keep]
+        assert np.array_equal(out.meta["difficult"], s.meta["difficult"][keep]) and out.meta["stain"] == "A"
+        assert all(contains(bx, mb, tol=0) for bx, mb in zip(out.boxes, tight(out.masks)))
+        check_aligned(out)
+    assert clipped and dropped
+
+
+def test_random_crop_larger_than_image_pads():
+    s = ellipse_sample()
+    out = Augment([RandomCrop((70, 96))], seed=1)(s)
+    assert out.image.shape == (70, 96, 3) and len(out.boxes) == len(s.boxes)
+    assert np.array_equal(out.boxes, tight(out.masks))
+    oy, ox = out.boxes[0, 1] - s.boxes[0, 1], out.boxes[0, 0] - s.boxes[0, 0]
+    assert np.array_equal(out.image[int(oy):int(oy) + 60, int(ox):int(ox) + 80], s.image)
+
+
+@pytest.mark.parametrize("scale", [0.5, 0.75, 1.5])
+def test_resize_boxes_follow_masks(scale):
+    s = ellipse_sample()
+    out = Augment([Resize(scale)])(s)
+    assert out.image.shape == (round(60 * scale), round(80 * scale), 3)
+    check_aligned(out)
+    np.testing.assert_allclose(out.boxes, s.boxes * scale, atol=1e-5)
+    assert np.abs(out.boxes - tight(out.masks)).max() <= 1.0
+
+
+def test_translation_drops_outside_objects_and_filters_extras():
+    s = ellipse_sample()
+    t = {"boxes": torch.tensor(s.boxes), "labels": torch.tensor(s.labels), "masks": torch.tensor(s.masks),
+         "iscrowd": torch.tensor([0, 1, 0]), "area": torch.zeros(3), "image_id": torch.tensor(7),
+         "semantic": torch.tensor(s.semantic)}
+    shift = lambda dx: torch.tensor([[[1.0, 0, dx], [0, 1, 0], [0, 0, 1]]], dtype=torch.float64)  # noqa: E731
+    img = torch.rand(1, 3, 60, 80)
+    out, (o,) = warp(img, [t], shift(-15.0), (60, 80))  # object 0 at x 12..28 -> -3..13
+    assert torch.equal(out[0, :, :, :65], img[0, :, :, 15:]) and out[0, :, :, 65:].max() == 0
+    assert o["boxes"][0].tolist() == [0.0, s.boxes[0, 1], 13.0, s.boxes[0, 3]]
+    assert torch.equal(o["area"], o["masks"].flatten(1).sum(1).float()) and int(o["image_id"]) == 7
+    _, (o,) = warp(img, [t], shift(-15.0), (60, 80), min_visibility=0.9)  # 13/16 visible: dropped
+    assert len(o["boxes"]) == 2 and o["iscrowd"].tolist() == [1, 0] and o["labels"].tolist() == s.labels[1:].tolist()
+    _, (o,) = warp(img, [t], shift(15.0), (60, 80))  # object 2 at x 65..75 -> 80..90: outside
+    assert o["labels"].tolist() == s.labels[:2].tolist() and o["iscrowd"].tolist() == [0, 1]
+    assert len(o["masks"]) == 2 and o["semantic"].shape == (60, 80) and (o["boxes"][:, 2] <= 80).all()
+
+
+# ---------------------------------------------------------------------------------------------
+# photometry
+# ---------------------------------------------------------------------------------------------
+PHOTOMETRIC = [ColorJitter(0.3, 0.3, 0.3, 0.05, p=1), GaussianBlur((1, 2), p=1), GaussianNoise((0.02, 0.05), p=1),
+               Gamma((0.5, 0.7), p=1), SaltPepper(0.05, p=1), StainJitter(0.2, 0.1, p=1)]
+
+
+@pytest.mark.parametrize("transform", PHOTOMETRIC, ids=lambda t: type(t).__name__)
+def test_photometric_changes_only_the_image(transform):
+    s = ellipse_sample()
+    out = Augment([transform], seed=2)(s)
+    assert out.image.dtype == np.uint8 and out.image.shape == s.image.shape and not np.array_equal(out.image, s.image)
+    for k in ("boxes", "labels", "masks", "semantic"):
+        assert np.array_equal(getattr(out, k), getattr(s, k))
+    assert out.meta["cell_type"] == s.meta["cell_type"]
+    x = torch.rand(3, 3, 20, 24)
+    x0 = x.clone()
+    t = [{"boxes": torch.tensor([[1.0, 2, 5, 6]]), "labels": torch.tensor([1])} for _ in range(3)]
+    y, t2 = Augment([transform]).batch(x, t)
+    assert torch.equal(x, x0)  # the input batch is not changed in place
+    assert y.dtype == torch.float32 and y.shape == x.shape and 0 <= y.min() and y.max() <= 1
+    assert all(torch.equal(a["boxes"], b["boxes"]) for a, b in zip(t, t2))
+
+
+@pytest.mark.parametrize("transform", [type(t)(p=0.0) for t in PHOTOMETRIC] + [HorizontalFlip(0), Rot90(0),
+                                       Affine(degrees=10, scale=(0.5, 2), p=0.0)], ids=lambda t: type(t).__name__)
+def test_p_zero_is_identity(transform):
+    s = ellipse_sample()
+    out = Augment([transform])(s)
+    assert np.array_equal(out.image, s.image) and np.array_equal(out.boxes, s.boxes)
+
+
+def test_stain_jitter_without_perturbation_reconstructs_the_image():
+    s = ellipse_sample()
+    out = Augment([StainJitter(0.0, 0.0, p=1)])(s)
+    assert np.abs(out.image.astype(int) - s.image).max() <= 1
+
+
+# ---------------------------------------------------------------------------------------------
+# pipeline: seeds, no mutation, batch path
+# ---------------------------------------------------------------------------------------------
+def test_deterministic_and_input_untouched():
+    samples = [ellipse_sample(seed=i) for i in range(3)]
+    before = [(s.image.copy(), s.boxes.copy(), s.masks.copy(), list(s.meta["cell_type"])) for s in samples]
+    a, b, c = default_augment(0), default_augment(0), default_augment(1)
+    ra, rb, rc = [a(s) for s in samples], [b(s) for s in samples], [c(s) for s in samples]
+    for x, y in zip(ra, rb):
+        assert np.array_equal(x.image, y.image) and np.array_equal(x.boxes, y.boxes)
+        assert np.array_equal(x.masks, y.masks)
+    assert any(not np.array_equal(x.image, y.image) for x, y in zip(ra, rc))
+    for s, (img, boxes, masks, ct) in zip(samples, before):
+        assert np.array_equal(s.image, img) and np.array_equal(s.boxes, boxes) and np.array_equal(s.masks, masks)
+        assert s.meta["cell_type"] == ct
+    assert ra[0] is not samples[0] and ra[0].image_id == samples[0].image_id
+
+
+def run_batch(device, rule="mask"):
+    ds = make_dataset(4, seed=5, width=96, height=64)
+    images = torch.stack([torch.tensor(s.image).permute(2, 0, 1) for s in ds]).to(device)
+    aug = Augment([HorizontalFlip(), VerticalFlip(), Rot90(), Affine(20, (0.9, 1.1), 5, (0.1, 0.1), rule, p=0.7),
+                   ColorJitter(0.2, 0.2, 0.2, 0.02), StainJitter(p=1), GaussianNoise(p=1)], seed=0)
+    return ds, images, aug.batch(images, targets_of(ds, device))
+
+
+def test_batch_path_geometry():
+    """The batch path (the GPU path, run here on CPU tensors; benchmarks/augment.py checks CUDA)."""
+    device = "cpu"
+    ds, images, (out, targets) = run_batch(device)
+    assert out.dtype == torch.uint8 and out.device == images.device and len(targets) == 4
+    for t in targets:
+        assert t["boxes"].device == images.device and t["masks"].dtype == torch.uint8
+        assert len(t["boxes"]) == len(t["labels"]) == len(t["masks"]) > 0
+        assert t["masks"].shape[1:] == out.shape[-2:]
+        assert np.array_equal(t["boxes"].cpu().numpy(), tight(t["masks"].cpu().numpy().astype(bool)))
+    _, exact = Augment([HorizontalFlip(), Rot90()], seed=1).batch(images, targets_of(ds, device))
+    for t in exact:
+        assert np.array_equal(t["boxes"].cpu().numpy(), tight(t["masks"].cpu().numpy().astype(bool)))
+
+
+def test_sample_path_equals_batch_of_one():
+    s = make_dataset(1, seed=2, width=96, height=64)[0]
+    out = default_augment(4)(s)
+    img, (t,) = default_augment(4).batch(torch.tensor(s.image).permute(2, 0, 1)[None], targets_of([s]))
+    assert np.array_equal(out.image, img[0].permute(1, 2, 0).numpy())
+    assert np.array_equal(out.boxes, t["boxes"].numpy()) and np.array_equal(out.masks, t["masks"].numpy() > 0)
+
+
+def test_default_augment_feeds_detection_dataset():
+    ds = make_dataset(3, seed=1, width=96, height=64)
+    tds = DetectionDataset(ds, transform=default_augment(0))
+    for i in range(3):
+        img, t = tds[i]
+        assert img.shape[0] == 3 and t["masks"].shape[1:] == img.shape[1:]
+        assert len(t["boxes"]) == len(t["labels"]) == len(t["masks"])
+
+
+# ---------------------------------------------------------------------------------------------
+# properties
+# ---------------------------------------------------------------------------------------------
+unit = st.floats(0, 1)
+TRANSFORMS = st.one_of(
+    st.builds(HorizontalFlip, p=unit), st.builds(VerticalFlip, p=unit), st.builds(Rot90, p=unit),
+    st.builds(Affine, degrees=st.floats(0, 180), scale=st.tuples(st.floats(0.5, 1), st.floats(1, 1.6)),
+              shear=st.floats(0, 20), translate=st.tuples(st.floats(0, 0.5), st.floats(0, 0.5)),
+              box_rule=st.sampled_from(BOX_RULES), p=unit),
+    st.builds(RandomCrop, size=st.tuples(st.integers(4, 64), st.integers(4, 64))),
+    st.builds(Pad, size=st.integers(4, 64)), st.builds(Resize, scale=st.floats(0.6, 1.8)),
+    st.builds(ColorJitter, brightness=st.floats(0, 0.5), contrast=st.floats(0, 0.5), saturation=st.floats(0, 0.5),
+              hue=st.floats(0, 0.5)),
+    st.builds(GaussianBlur, sigma=st.tuples(st.floats(0, 1), st.floats(1, 2))),
+    st.builds(StainJitter, alpha=st.floats(0, 0.3), beta=st.floats(0, 0.2), p=unit),
+)
+ELLIPSES = st.lists(st.tuples(st.floats(0, 1), st.floats(0, 1), st.floats(1.5, 12), st.floats(1.5, 12)), max_size=6)
+
+
+@settings(max_examples=30, deadline=None)
+@given(h=st.integers(8, 48), w=st.integers(8, 48), ellipses=ELLIPSES,
+       transforms=st.lists(TRANSFORMS, min_size=1, max_size=4), seed=st.integers(0, 2 ** 16),
+       min_visibility=st.sampled_from([0.0, 0.3]))
+def test_invariants_under_random_pipelines(h, w, ellipses, transforms, seed, min_visibility):
+    s = ellipse_sample(h, w, [(cx * w, cy * h, rx, ry) for cx, cy, rx, ry in ellipses], seed)
+    out = Augment(transforms, seed=seed, min_visibility=min_visibility)(s)
+    check_aligned(out)
+    H, W = out.image.shape[:2]
+    b = out.boxes
+    assert out.image.dtype == np.uint8 and b.dtype == np.float32
+    assert (b[:, 0] >= 0).all() and (b[:, 1] >= 0).all() and (b[:, 2] <= W).all() and (b[:, 3] <= H).all()
+    assert (b[:, 2] - b[:, 0] >= 1 - 1e-4).all() and (b[:, 3] - b[:, 1] >= 1 - 1e-4).all()
+    yy, xx = np.mgrid[:H, :W] + 0.5
+    for box, m in zip(b, out.masks):
+        if m.sum():  # pixel centres within 1 px of the box
+            inside = (xx >= box[0] - 1) & (xx <= box[2] + 1) & (yy >= box[1] - 1) & (yy <= box[3] + 1)
+            assert (m & inside).sum() >= 0.5 * m.sum()
+
+
+# ---------------------------------------------------------------------------------------------
+# bad input
+# ---------------------------------------------------------------------------------------------
+def test_empty_box_list_still_transforms_the_image():
+    s = ellipse_sample(objects=())
+    out = Augment([HorizontalFlip(1), Affine(20), ColorJitter(0.2)])(s)
+    assert out.boxes.shape == (0, 4) and out.masks.shape == (0, 60, 80) and out.labels.shape == (0,)
+    assert out.image.shape == s.image.shape and not np.array_equal(out.image, s.image)
+    y, (t,) = default_augment(0).batch(torch.rand(1, 3, 20, 30), [{"boxes": torch.zeros(0, 4),
+                                                                    "labels": torch.zeros(0, dtype=torch.long)}])
+    assert t["boxes"].shape == (0, 4)
+
+
+def test_zero_size_image():
+    with pytest.raises(ValueError, match="zero size"):
+        default_augment().batch(torch.zeros(1, 3, 0, 5), [{"boxes": torch.zeros(0, 4)}])
+    lazy = Sample("z", _image=lambda: np.zeros((0, 5, 3), np.uint8))
+    with pytest.raises(DataError, match="zero size"):
+        default_augment()(lazy)
+
+
+def test_mask_shape_mismatch_names_the_shapes():
+    s = ellipse_sample()
+    bad = Sample("bad", boxes=s.boxes, labels=s.labels, _image=s.image, _masks=np.zeros((3, 61, 80), bool))
+    with pytest.raises(DataError, match=r"\(3, 61, 80\).*\(3, 60, 80\)"):
+        default_augment()(bad)
+    t = targets_of([s])
+    t[0]["masks"] = t[0]["masks"][:, :, :79]
+    with pytest.raises(ValueError, match=r"target 0: instance masks have shape \(3, 60, 79\)"):
+        default_augment().batch(torch.rand(1, 3, 60, 80), t)
+
+
+def test_labels_boxes_mismatch():
+    s = ellipse_sample()
+    s.labels = s.labels[:1]
+    with pytest.raises(DataError, match="3 boxes but 1 labels"):
+        default_augment()(s)
+    with pytest.raises(ValueError, match="2 images but 1 targets"):
+        default_augment().batch(torch.rand(2, 3, 8, 8), [{"boxes": torch.zeros(0, 4)}])
+
+
+def test_bad_parameters():
+    for make in (lambda: Affine(box_rule="corners"), lambda: HorizontalFlip(p=1.5), lambda: RandomCrop(0),
+                 lambda: Affine(scale=(0, 1)), lambda: ColorJitter(hue=0.7), lambda: GaussianBlur((2, 1)),
+                 lambda: Augment([lambda s: s])):
+        with pytest.raises((ValueError, TypeError)):
+            make()
+    with pytest.raises(ValueError, match="empty image"):
+        Augment([Resize(0.005)])(ellipse_sample())
