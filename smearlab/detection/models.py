@@ -1,0 +1,512 @@
+"""Detector builders, saving and loading: torchvision detectors, never a download.
+
+Architectures (``DetectorConfig.arch``):
+
+* ``"fasterrcnn"``: Faster R-CNN, ResNet-50 FPN (torchvision ``fasterrcnn_resnet50_fpn``);
+* ``"fasterrcnn_v2"``: the improved Faster R-CNN (``fasterrcnn_resnet50_fpn_v2``);
+* ``"retinanet"``: RetinaNet, ResNet-50 FPN (``retinanet_resnet50_fpn``);
+* ``"fasterrcnn_mobilenet"``: Faster R-CNN, MobileNet-V3-Large FPN: the light CPU model;
+* ``"fasterrcnn_tiny"``: a ~1M-parameter Faster R-CNN with a small plain CNN backbone, for
+  smoke tests and quick CPU looks only (no pretrained weights exist for it).
+
+Models are always built with ``weights=None, weights_backbone=None``: pretrained weights come
+only from a local file (``DetectorConfig.weights_path``), either a classification backbone state
+dict (e.g. torchvision's ``resnet50-*.pth``) or a whole detector state dict (e.g. a COCO
+checkpoint, whose class-specific predictor layers are skipped when the class count differs).
+
+Labels: a model has ``len(class_names) + 1`` classes; 0 is background (torchvision's rule).
+
+A saved model is a folder::
+
+    weights.pt        {"format", "arch", "class_names", "state_dict"}
+    config.json       the DetectorConfig (class names included)
+    thresholds.json   optional per-class score thresholds (any dict)
+    preprocess.json   optional preprocessing pipeline (any dict)
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..data.errors import DataError
+from ..io import atomic_path, write_json
+
+log = logging.getLogger("smearlab.detection")
+
+ARCHS = ("fasterrcnn", "fasterrcnn_v2", "retinanet", "fasterrcnn_mobilenet", "fasterrcnn_tiny")
+WEIGHTS_FORMAT = "smearlab-detector/1"
+#: ImageNet statistics (torchvision's GeneralizedRCNNTransform defaults).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+_LUMA = (0.299, 0.587, 0.114)
+#: Backbone layers that can be trained (torchvision's maxima) per backbone family.
+_MAX_TRAINABLE = {"fasterrcnn": 5, "fasterrcnn_v2": 5, "retinanet": 5, "fasterrcnn_mobilenet": 6,
+                  "fasterrcnn_tiny": 4}
+
+
+@dataclass
+class DetectorConfig:
+    """Everything needed to rebuild a detector (saved as ``config.json``).
+
+    Parameters
+    ----------
+    arch : one of :data:`ARCHS`.
+    class_names : object classes (no background entry).
+    in_channels : 3 (RGB) or 1 (grey; the first backbone convolution takes one channel).
+    min_size, max_size : the model's input resize (torchvision ``GeneralizedRCNNTransform``):
+        the short side goes to ``min_size`` unless the long side would exceed ``max_size``.
+    anchor_sizes : anchor sizes in pixels (of the resized image). Either one tuple per feature
+        level, or a flat list: for the ResNet FPN models one size per level (5 values), for the
+        MobileNet model all sizes on each of its 3 levels, for RetinaNet ``x, x*2^(1/3),
+        x*2^(2/3)`` per level. None: torchvision's defaults (32 .. 512).
+    aspect_ratios : anchor height/width ratios, the same for every level (None: 0.5, 1, 2).
+    detections_per_img : maximum detections per image (dense smears need more than 100).
+    score_floor : lowest score kept at inference (raw predictions for caching / evaluation).
+    trainable_backbone_layers : backbone stages trained, counted from the last one
+        (None: all for a model from scratch, 3 with pretrained weights).
+    freeze_backbone : freeze the whole backbone body (the FPN and heads still train).
+    weights_path : local file with pretrained weights (backbone or whole detector).
+    frozen_bn : use frozen batch norm in the backbone (None: when pretrained or frozen).
+    extra : further keyword arguments of torchvision's ``FasterRCNN`` / ``RetinaNet``
+        (e.g. ``{"box_nms_thresh": 0.4, "rpn_post_nms_top_n_test": 2000}``).
+    """
+
+    arch: str = "fasterrcnn_mobilenet"
+    class_names: Sequence[str] = ("RBC", "WBC", "Platelets")
+    in_channels: int = 3
+    min_size: int = 800
+    max_size: int = 1333
+    anchor_sizes: Sequence | None = None
+    aspect_ratios: Sequence[float] | None = None
+    detections_per_img: int = 300
+    score_floor: float = 0.01
+    trainable_backbone_layers: int | None = None
+    freeze_backbone: bool = False
+    weights_path: str | None = None
+    frozen_bn: bool | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.class_names = [str(c) for c in self.class_names]
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown detector arch {self.arch!r}; choose one of {list(ARCHS)}")
+        if not self.class_names:
+            raise ValueError("class_names is empty: a detector needs at least one class")
+        if len(set(self.class_names)) != len(self.class_names):
+            raise ValueError(f"class_names has duplicates: {self.class_names}")
+        if self.in_channels not in (1, 3):
+            raise ValueError(f"in_channels must be 1 or 3, got {self.in_channels}")
+        if self.weights_path is not None:
+            self.weights_path = str(self.weights_path)
+        self.extra = dict(self.extra or {})
+
+    @property
+    def num_classes(self) -> int:
+        """Classes including background (what torchvision's constructors take)."""
+        return len(self.class_names) + 1
+
+    @property
+    def uses_frozen_bn(self) -> bool:
+        if self.frozen_bn is not None:
+            return bool(self.frozen_bn)
+        return self.weights_path is not None or bool(self.freeze_backbone)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["frozen_bn"] = self.uses_frozen_bn  # resolved: a saved model rebuilds the same layers
+        return json.loads(json.dumps(d, default=_jsonable))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "DetectorConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            log.warning("ignoring unknown detector config keys %s", unknown)
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+def _jsonable(o):
+    if isinstance(o, (tuple, set)):
+        return list(o)
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# ---------------------------------------------------------------------------------------------
+# devices
+# ---------------------------------------------------------------------------------------------
+def resolve_device(device: "str | torch.device | None" = "auto") -> torch.device:
+    """``"auto"`` (or None): CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:1"``."""
+    if isinstance(device, torch.device):
+        dev = device
+    elif device is None or str(device).lower() == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        dev = torch.device(str(device).lower())
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {str(device)!r} requested but CUDA is not available here; "
+                           "use device='auto' or 'cpu'")
+    return dev
+
+
+# ---------------------------------------------------------------------------------------------
+# building
+# ---------------------------------------------------------------------------------------------
+def _anchor_generator(cfg: DetectorConfig, n_levels: int):
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+
+    arch = cfg.arch
+    sizes = cfg.anchor_sizes
+    if sizes is None:
+        if arch == "fasterrcnn_mobilenet":
+            sizes = ((32, 64, 128, 256, 512),) * n_levels
+        elif arch == "fasterrcnn_tiny":
+            sizes = ((16,), (32,), (64,))
+        elif arch == "retinanet":
+            sizes = [32, 64, 128, 256, 512]
+        else:
+            sizes = ((32,), (64,), (128,), (256,), (512,))
+    sizes = list(sizes)
+    if all(isinstance(s, (int, float)) for s in sizes):  # flat list
+        flat = [int(s) for s in sizes]
+        if arch == "fasterrcnn_mobilenet":
+            sizes = [tuple(flat)] * n_levels
+        elif arch == "retinanet":
+            sizes = [(x, int(x * 2 ** (1 / 3)), int(x * 2 ** (2 / 3))) for x in flat]
+        else:
+            sizes = [(x,) for x in flat]
+    sizes = tuple(tuple(int(v) for v in s) for s in sizes)
+    if len(sizes) != n_levels:
+        raise ValueError(f"{arch} has {n_levels} feature levels but anchor_sizes gives {len(sizes)}: "
+                         f"{cfg.anchor_sizes}")
+    ratios = tuple(float(r) for r in (cfg.aspect_ratios or (0.5, 1.0, 2.0)))
+    return AnchorGenerator(sizes, (ratios,) * n_levels)
+
+
+def _trainable_layers(cfg: DetectorConfig) -> int:
+    mx = _MAX_TRAINABLE[cfg.arch]
+    if cfg.freeze_backbone:
+        return 0
+    if cfg.trainable_backbone_layers is None:
+        return 3 if cfg.weights_path is not None else mx
+    n = int(cfg.trainable_backbone_layers)
+    if not 0 <= n <= mx:
+        raise ValueError(f"trainable_backbone_layers for {cfg.arch} must be in 0..{mx}, got {n}")
+    return n
+
+
+def _base_model(cfg: DetectorConfig) -> nn.Module:
+    from torchvision.models import mobilenet_v3_large, resnet50
+    from torchvision.models.detection import FasterRCNN, RetinaNet
+    from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _resnet_fpn_extractor
+    from torchvision.ops import misc as misc_nn_ops
+
+    norm = misc_nn_ops.FrozenBatchNorm2d if cfg.uses_frozen_bn else nn.BatchNorm2d
+    trainable = _trainable_layers(cfg)
+    if cfg.in_channels == 1:
+        mean = [sum(w * m for w, m in zip(_LUMA, IMAGENET_MEAN))]
+        std = [sum(w * s for w, s in zip(_LUMA, IMAGENET_STD))]
+    else:
+        mean, std = list(IMAGENET_MEAN), list(IMAGENET_STD)
+    common = dict(min_size=cfg.min_size, max_size=cfg.max_size, image_mean=mean, image_std=std)
+    extra = dict(cfg.extra)
+
+    if cfg.arch == "retinanet":
+        from torchvision.ops.feature_pyramid_network import LastLevelP6P7
+        body = resnet50(weights=None, norm_layer=norm)
+        backbone = _resnet_fpn_extractor(body, trainable, returned_layers=[2, 3, 4],
+                                         extra_blocks=LastLevelP6P7(256, 256))
+        kw = dict(anchor_generator=_anchor_generator(cfg, 5), score_thresh=cfg.score_floor,
+                  detections_per_img=cfg.detections_per_img)
+        return RetinaNet(backbone, cfg.num_classes, **{**common, **kw, **extra})
+
+    kw = dict(box_score_thresh=cfg.score_floor, box_detections_per_img=cfg.detections_per_img)
+    if cfg.arch == "fasterrcnn":
+        body = resnet50(weights=None, norm_layer=norm)
+        backbone = _resnet_fpn_extractor(body, trainable)
+        kw["rpn_anchor_generator"] = _anchor_generator(cfg, 5)
+    elif cfg.arch == "fasterrcnn_v2":
+        from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
+        from torchvision.models.detection.rpn import RPNHead
+        body = resnet50(weights=None, norm_layer=norm)
+        backbone = _resnet_fpn_extractor(body, trainable, norm_layer=nn.BatchNorm2d)
+        anchors = _anchor_generator(cfg, 5)
+        kw["rpn_anchor_generator"] = anchors
+        kw["rpn_head"] = RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0], conv_depth=2)
+        kw["box_head"] = FastRCNNConvFCHead((backbone.out_channels, 7, 7), [256, 256, 256, 256], [1024],
+                                            norm_layer=nn.BatchNorm2d)
+    elif cfg.arch == "fasterrcnn_tiny":
+        from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+        from torchvision.models.detection.rpn import RPNHead
+        backbone = _tiny_backbone(norm)
+        anchors = _anchor_generator(cfg, 3)
+        kw["rpn_anchor_generator"] = anchors
+        kw["rpn_head"] = RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0])
+        kw["box_head"] = TwoMLPHead(backbone.out_channels * 7 * 7, 128)
+        kw["box_predictor"] = FastRCNNPredictor(128, cfg.num_classes)
+        kw.update(rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=600,
+                  rpn_post_nms_top_n_test=300, box_batch_size_per_image=128)
+        return FasterRCNN(backbone, None, **{**common, **kw, **extra})
+    else:  # fasterrcnn_mobilenet
+        body = mobilenet_v3_large(weights=None, norm_layer=norm)
+        backbone = _mobilenet_extractor(body, True, trainable)
+        kw["rpn_anchor_generator"] = _anchor_generator(cfg, 3)
+        kw["rpn_score_thresh"] = 0.05  # torchvision's default for this model
+    return FasterRCNN(backbone, cfg.num_classes, **{**common, **kw, **extra})
+
+
+def _tiny_backbone(norm) -> nn.Module:
+    """Plain 4-stage CNN (strides 2, 4, 8, 16) + 64-channel FPN on strides 8, 16 (+ pool: 32)."""
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
+
+    def block(cin, cout):
+        return nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False), norm(cout), nn.ReLU(inplace=True),
+                             nn.Conv2d(cout, cout, 3, 1, 1, bias=False), norm(cout), nn.ReLU(inplace=True))
+
+    body = nn.Sequential()
+    body.add_module("stem", block(3, 16))
+    body.add_module("layer1", block(16, 32))
+    body.add_module("layer2", block(32, 64))
+    body.add_module("layer3", block(64, 96))
+    return BackboneWithFPN(body, {"layer2": "0", "layer3": "1"}, [64, 96], 64, extra_blocks=LastLevelMaxPool())
+
+
+def _first_conv(model: nn.Module) -> tuple[str, nn.Module, str, nn.Conv2d]:
+    """(state-dict key prefix, parent module, attribute name, conv) of the backbone's first conv."""
+    body = model.backbone.body
+    for name, mod in body.named_modules():
+        if isinstance(mod, nn.Conv2d):
+            parent = body
+            parts = name.split(".")
+            for p in parts[:-1]:
+                parent = getattr(parent, p)
+            return "backbone.body." + name, parent, parts[-1], mod
+    raise RuntimeError("no convolution in the backbone")  # pragma: no cover
+
+
+def _to_one_channel(model: nn.Module) -> None:
+    """Replace the first backbone convolution by a 1-channel one (sum of the RGB kernels)."""
+    _, parent, attr, conv = _first_conv(model)
+    if conv.in_channels == 1:
+        return
+    new = nn.Conv2d(1, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                    conv.groups, conv.bias is not None, conv.padding_mode)
+    with torch.no_grad():
+        new.weight.copy_(conv.weight.sum(1, keepdim=True))
+        if conv.bias is not None:
+            new.bias.copy_(conv.bias)
+    new.weight.requires_grad_(conv.weight.requires_grad)
+    if new.bias is not None:
+        new.bias.requires_grad_(conv.bias.requires_grad)
+    setattr(parent, attr, new)
+
+
+def _read_weights(path, what: str = "pretrained weights") -> dict:
+    p = Path(path)
+    if p.is_dir():
+        p = p / "weights.pt"
+    if not p.is_file():
+        raise DataError(p, f"{what} must be a local file; got {str(path)!r}, which does not exist "
+                           "(smearlab never downloads weights)")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user problem
+        raise DataError(p, f"cannot read {what} (corrupt or not a torch file): {type(e).__name__}: {e}") from e
+    return obj
+
+
+def _state_dict_of(obj, path) -> tuple[dict, dict]:
+    """(state dict, metadata) from a weights file: smearlab weights, train checkpoint or raw."""
+    meta = {}
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        meta = {k: v for k, v in obj.items() if k != "state_dict"}
+        obj = obj["state_dict"]
+    elif isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        meta = {k: v for k, v in obj.items() if k == "model_config"}
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise DataError(path, "not a state dict (expected a mapping of parameter names to tensors)")
+    obj = {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}  # DDP prefix
+    return obj, meta
+
+
+def _load_pretrained(model: nn.Module, cfg: DetectorConfig) -> None:
+    path = cfg.weights_path
+    sd, _ = _state_dict_of(_read_weights(path), path)
+    key, *_ = _first_conv(model)
+    own = model.state_dict()
+    if any(k.startswith(("backbone.", "rpn.", "roi_heads.", "head.")) for k in sd):
+        target, prefix = "detector", ""
+    else:  # classification backbone: resnet (conv1, layer1..) or mobilenet (features.N)
+        target, prefix = "backbone", "backbone.body."
+        sd = {k[len("features."):] if k.startswith("features.") else k: v for k, v in sd.items()}
+        sd = {prefix + k: v for k, v in sd.items()}
+    conv_w = sd.get(key + ".weight")
+    if conv_w is not None and conv_w.ndim == 4 and conv_w.shape[1] == 1:
+        _to_one_channel(model)  # weights of a grey model
+        own = model.state_dict()
+    load, skipped = {}, []
+    for k, v in sd.items():
+        if k in own and own[k].shape == v.shape:
+            load[k] = v
+        elif k in own:
+            skipped.append(k)
+    if not load:
+        raise DataError(path, f"no tensor of these weights matches the {cfg.arch} {target} "
+                              f"(first keys: {list(sd)[:3]})")
+    model.load_state_dict(load, strict=False)
+    if skipped:
+        log.info("%s: skipped %d tensors of another shape (e.g. %s): class-specific layers are "
+                 "trained from scratch", path, len(skipped), skipped[:2])
+    log.info("loaded %d/%d %s tensors from %s", len(load), len(own), target, path)
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """``{"total": ..., "trainable": ...}`` parameter counts."""
+    ps = list(model.parameters())
+    return {"total": sum(p.numel() for p in ps), "trainable": sum(p.numel() for p in ps if p.requires_grad)}
+
+
+def build_detector(cfg: DetectorConfig) -> nn.Module:
+    """A torchvision detector for ``cfg`` (no download ever; ``cfg.weights_path`` is a local file).
+
+    The model carries its config as ``model.detector_config``. It is in train mode, on the CPU.
+    """
+    model = _base_model(cfg)
+    if cfg.weights_path is not None:
+        _load_pretrained(model, cfg)
+    if cfg.in_channels == 1:
+        _to_one_channel(model)
+    if cfg.freeze_backbone:
+        for p in model.backbone.body.parameters():
+            p.requires_grad_(False)
+    model.detector_config = cfg
+    n = count_parameters(model)
+    log.info("built %s with %d classes: %.2fM parameters, %.2fM trainable", cfg.arch, len(cfg.class_names),
+             n["total"] / 1e6, n["trainable"] / 1e6)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------
+# saving and loading
+# ---------------------------------------------------------------------------------------------
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel / DataParallel wrapper."""
+    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
+def save_model(model: nn.Module, cfg: DetectorConfig | None, folder, thresholds: dict | None = None,
+               preprocess: Any = None) -> Path:
+    """Write ``weights.pt``, ``config.json`` and optionally ``thresholds.json`` / ``preprocess.json``.
+
+    ``thresholds`` and ``preprocess`` are dicts or objects with ``to_dict()`` (e.g. a
+    ``Thresholds`` set, a ``Preprocess`` pipeline).
+    Every file is written atomically. Returns the folder.
+    """
+    model = unwrap(model)
+    cfg = cfg or getattr(model, "detector_config", None)
+    if cfg is None:
+        raise ValueError("save_model needs the DetectorConfig (cfg) of the model")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {"format": WEIGHTS_FORMAT, "arch": cfg.arch, "class_names": list(cfg.class_names),
+               "state_dict": sd}
+    with atomic_path(folder / "weights.pt") as tmp:
+        torch.save(payload, tmp)
+    write_json(folder / "config.json", cfg.to_dict())
+    if thresholds is not None:
+        if hasattr(thresholds, "to_dict"):
+            thresholds = thresholds.to_dict()
+        write_json(folder / "thresholds.json", dict(thresholds))
+    if preprocess is not None:
+        if hasattr(preprocess, "to_dict"):
+            preprocess = preprocess.to_dict()
+        write_json(folder / "preprocess.json", preprocess)
+    return folder
+
+
+def read_config(folder) -> DetectorConfig:
+    """The :class:`DetectorConfig` saved in a model folder."""
+    p = Path(folder) / "config.json"
+    if not p.is_file():
+        raise DataError(p, "model folder has no config.json (not a saved smearlab model?)")
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+        return DetectorConfig.from_dict(d)
+    except (ValueError, TypeError) as e:
+        raise DataError(p, f"invalid detector config: {e}") from e
+
+
+def load_model(folder, device: "str | torch.device | None" = "auto") -> nn.Module:
+    """Rebuild a saved detector in eval mode on ``device``.
+
+    The model carries ``detector_config``, ``thresholds`` (dict or None) and ``preprocess_spec``
+    (dict or None) from the folder.
+    """
+    folder = Path(folder)
+    cfg = read_config(folder)
+    wpath = folder / "weights.pt"
+    sd, meta = _state_dict_of(_read_weights(wpath, "model weights"), wpath)
+    saved_names = meta.get("class_names")
+    if saved_names is None and isinstance(meta.get("model_config"), dict):
+        saved_names = meta["model_config"].get("class_names")
+    if saved_names is not None and list(saved_names) != list(cfg.class_names):
+        raise DataError(wpath, f"checkpoint classes {list(saved_names)} differ from the classes "
+                               f"{list(cfg.class_names)} of {folder / 'config.json'}")
+    build_cfg = dataclasses.replace(cfg, weights_path=None, frozen_bn=cfg.uses_frozen_bn,
+                                    trainable_backbone_layers=_trainable_layers(cfg))
+    model = _base_model(build_cfg)
+    if cfg.in_channels == 1:
+        _to_one_channel(model)
+    if cfg.freeze_backbone:
+        for p in model.backbone.body.parameters():
+            p.requires_grad_(False)
+    try:
+        model.load_state_dict(sd, strict=True)
+    except RuntimeError as e:
+        msg = str(e)
+        if "size mismatch" in msg and ("box_predictor" in msg or "cls_logits" in msg):
+            n = _checkpoint_classes(sd, model)
+            got = (f"{list(saved_names)}" if saved_names is not None
+                   else f"{n} classes (names not stored)" if n else "another class list")
+            raise DataError(wpath, f"checkpoint class list {got} differs from the config's "
+                                   f"{list(cfg.class_names)} ({len(cfg.class_names)} classes)") from e
+        raise DataError(wpath, f"weights do not fit a {cfg.arch} model built from config.json: "
+                               f"{msg.splitlines()[0]} ...") from e
+    model.detector_config = cfg
+    model.thresholds = _read_optional_json(folder / "thresholds.json")
+    model.preprocess_spec = _read_optional_json(folder / "preprocess.json")
+    return model.to(resolve_device(device)).eval()
+
+
+def _checkpoint_classes(sd: dict, model: nn.Module) -> int | None:
+    """Object classes (background excluded) a state dict was trained for, if it can tell."""
+    w = sd.get("roi_heads.box_predictor.cls_score.weight")
+    if w is not None:
+        return int(w.shape[0]) - 1
+    w = sd.get("head.classification_head.cls_logits.weight")
+    if w is not None and hasattr(model, "head"):
+        a = model.anchor_generator.num_anchors_per_location()[0]
+        return int(w.shape[0]) // a - 1
+    return None
+
+
+def _read_optional_json(p: Path):
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise DataError(p, f"invalid JSON: {e}") from e

@@ -1,0 +1,319 @@
+"""Batched (and tiled) inference in the agreed prediction form.
+
+A prediction is one dict per image, aligned with the input::
+
+    {"boxes": (N, 4) float32 x0 y0 x1 y1 pixels, "scores": (N,) float32,
+     "labels": (N,) int64 0-based indices into class_names}
+
+(torchvision's labels minus one; background never appears).
+
+Tiled inference (``tile=512``) cuts large fields into overlapping tiles, predicts each, shifts
+the boxes back and merges the pieces of objects cut by tile edges (:func:`merge_tiles`), then
+runs a class-wise NMS over the whole image.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from .models import resolve_device, unwrap
+
+Prediction = dict  # {"boxes", "scores", "labels"} numpy arrays
+
+
+def empty_prediction() -> dict[str, np.ndarray]:
+    return {"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros((0,), np.float32),
+            "labels": np.zeros((0,), np.int64)}
+
+
+# ---------------------------------------------------------------------------------------------
+# inputs
+# ---------------------------------------------------------------------------------------------
+def _model_channels(model) -> int | None:
+    cfg = getattr(model, "detector_config", None)
+    if cfg is not None:
+        return int(cfg.in_channels)
+    tr = getattr(model, "transform", None)
+    if tr is not None and hasattr(tr, "image_mean"):
+        return len(tr.image_mean)
+    return None
+
+
+def _to_tensor(img, channels: int | None) -> torch.Tensor:
+    """Any image form -> (C, H, W) float tensor ([0, 1] for uint8 input) with the model's C."""
+    from ..data.torchdata import LUMA
+    if isinstance(img, np.ndarray):
+        a = img
+        if a.ndim == 2:
+            a = a[..., None]
+        t = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)
+        t = t.float().div_(255.0) if a.dtype == np.uint8 else t.float()
+    elif isinstance(img, torch.Tensor):
+        t = img
+        if t.ndim == 2:
+            t = t[None]
+        if t.dtype == torch.uint8:
+            t = t.float().div_(255.0)
+    else:
+        raise TypeError(f"cannot predict on a {type(img).__name__}; give images as arrays or tensors")
+    if t.ndim != 3:
+        raise ValueError(f"an image must be (C, H, W) or (H, W, C), got shape {tuple(t.shape)}")
+    if channels == 1 and t.shape[0] == 3:
+        t = (t * torch.tensor(LUMA, dtype=t.dtype, device=t.device).view(3, 1, 1)).sum(0, keepdim=True)
+    elif channels == 3 and t.shape[0] == 1:
+        t = t.expand(3, -1, -1)
+    return t
+
+
+def _items(data) -> tuple[int, Callable[[int], Any]]:
+    """(length, i -> image) for a dataset, a DetectionDataset, a list of samples/arrays/tensors."""
+    from ..data.sample import Sample
+    from ..data.torchdata import DetectionDataset
+
+    if isinstance(data, (np.ndarray, torch.Tensor)) and data.ndim in (2, 3):
+        data = [data]
+    if isinstance(data, DetectionDataset):
+        return len(data), lambda i: data[i][0]
+
+    def get(i):
+        x = data[i]
+        if isinstance(x, Sample):
+            lazy = x.path is not None and x._image is None
+            img = x.image
+            if lazy:
+                x.release()
+            return img
+        if isinstance(x, (tuple, list)):  # (image, target) datasets
+            return x[0]
+        return x
+    return len(data), get
+
+
+# ---------------------------------------------------------------------------------------------
+# tiles
+# ---------------------------------------------------------------------------------------------
+def tile_windows(height: int, width: int, tile: int, overlap: float = 0.2) -> list[tuple[int, int, int, int]]:
+    """Windows ``(x0, y0, x1, y1)`` of at most ``tile`` pixels covering the image, evenly spaced
+    with at least ``overlap`` (fraction of ``tile``) between neighbours."""
+    if tile <= 0:
+        raise ValueError(f"tile must be a positive size, got {tile}")
+    if not 0 <= overlap < 1:
+        raise ValueError(f"overlap must be a fraction in [0, 1), got {overlap}")
+
+    def starts(n):
+        if n <= tile:
+            return [0], n
+        step = tile * (1 - overlap)
+        k = math.ceil((n - tile) / step) + 1
+        return sorted({int(round(v)) for v in np.linspace(0, n - tile, k)}), tile
+
+    xs, tw = starts(width)
+    ys, th = starts(height)
+    return [(x, y, x + tw, y + th) for y in ys for x in xs]
+
+
+def merge_tiles(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, tile_index: np.ndarray,
+                windows: Sequence[tuple[int, int, int, int]], image_hw: tuple[int, int], *,
+                merge_iou: float = 0.5, contain: float = 0.8, edge_margin: float = 3.0,
+                nms_iou: float = 0.5) -> dict[str, np.ndarray]:
+    """Merge per-tile detections (already in image coordinates) into one prediction.
+
+    A box is *cut* when it touches an edge of its tile that is not an image edge. A cut box and a
+    box of the same class from another tile are one object when, clipped to the region the two
+    tiles share, they overlap (IoU > ``merge_iou``, or one covers ``contain`` of the other); each
+    box is joined to its best partner per other tile. Joined boxes become their union box with
+    the highest score. A class-wise NMS (``nms_iou``) then removes the remaining duplicates.
+    """
+    from torchvision.ops import batched_nms
+
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    scores = np.asarray(scores, np.float32).reshape(-1)
+    labels = np.asarray(labels, np.int64).reshape(-1)
+    tile_index = np.asarray(tile_index, np.int64).reshape(-1)
+    n = len(boxes)
+    if n == 0:
+        return empty_prediction()
+    h, w = image_hw
+    win = np.asarray(windows, np.float32)[tile_index]  # (n, 4)
+    interior = np.stack([win[:, 0] > 0, win[:, 1] > 0, win[:, 2] < w, win[:, 3] < h], 1)
+    touch = np.stack([boxes[:, 0] - win[:, 0] <= edge_margin, boxes[:, 1] - win[:, 1] <= edge_margin,
+                      win[:, 2] - boxes[:, 2] <= edge_margin, win[:, 3] - boxes[:, 3] <= edge_margin], 1)
+    cut = (interior & touch).any(1)
+
+    parent = np.arange(n)
+
+    def find(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in np.flatnonzero(cut):
+        cand = np.flatnonzero((tile_index != tile_index[i]) & (labels == labels[i]))
+        if len(cand) == 0:
+            continue
+        common = np.concatenate([np.maximum(win[cand, :2], win[i, :2]), np.minimum(win[cand, 2:], win[i, 2:])], 1)
+        ok = (common[:, 2] > common[:, 0]) & (common[:, 3] > common[:, 1])
+        cand, common = cand[ok], common[ok]
+        if len(cand) == 0:
+            continue
+        a = np.concatenate([np.maximum(boxes[i, :2], common[:, :2]), np.minimum(boxes[i, 2:], common[:, 2:])], 1)
+        b = np.concatenate([np.maximum(boxes[cand, :2], common[:, :2]), np.minimum(boxes[cand, 2:], common[:, 2:])], 1)
+        area = lambda r: np.clip(r[:, 2] - r[:, 0], 0, None) * np.clip(r[:, 3] - r[:, 1], 0, None)  # noqa: E731
+        ia = np.clip(np.minimum(a[:, 2], b[:, 2]) - np.maximum(a[:, 0], b[:, 0]), 0, None) * \
+            np.clip(np.minimum(a[:, 3], b[:, 3]) - np.maximum(a[:, 1], b[:, 1]), 0, None)
+        aa, ab = area(a), area(b)
+        iou = ia / np.maximum(aa + ab - ia, 1e-9)
+        cov = ia / np.maximum(np.minimum(aa, ab), 1e-9)
+        good = (iou > merge_iou) | ((cov > contain) & (np.minimum(aa, ab) > 0))
+        score = np.where(good, iou + cov, -1.0)
+        for t in np.unique(tile_index[cand]):  # best partner in each other tile
+            sel = np.flatnonzero(tile_index[cand] == t)
+            k = sel[np.argmax(score[sel])]
+            if score[k] > 0:
+                ri, rj = find(i), find(cand[k])
+                if ri != rj:
+                    parent[max(ri, rj)] = min(ri, rj)
+
+    roots = np.array([find(i) for i in range(n)])
+    uniq, inv = np.unique(roots, return_inverse=True)
+    m = len(uniq)
+    mb = np.empty((m, 4), np.float32)
+    mb[:, :2], mb[:, 2:] = np.inf, -np.inf
+    np.minimum.at(mb[:, 0], inv, boxes[:, 0])
+    np.minimum.at(mb[:, 1], inv, boxes[:, 1])
+    np.maximum.at(mb[:, 2], inv, boxes[:, 2])
+    np.maximum.at(mb[:, 3], inv, boxes[:, 3])
+    ms = np.full(m, -np.inf, np.float32)
+    np.maximum.at(ms, inv, scores)
+    ml = labels[uniq]
+    keep = batched_nms(torch.from_numpy(mb), torch.from_numpy(ms), torch.from_numpy(ml), nms_iou).numpy()
+    return {"boxes": mb[keep], "scores": ms[keep], "labels": ml[keep]}
+
+
+# ---------------------------------------------------------------------------------------------
+# prediction
+# ---------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _score_floor(model, floor):
+    """Temporarily set the detector's inference score threshold."""
+    if floor is None:
+        yield
+        return
+    m = unwrap(model) if isinstance(model, nn.Module) else model
+    obj, attr = None, None
+    if hasattr(m, "roi_heads") and hasattr(m.roi_heads, "score_thresh"):
+        obj, attr = m.roi_heads, "score_thresh"
+    elif hasattr(m, "score_thresh"):
+        obj, attr = m, "score_thresh"
+    if obj is None:
+        yield
+        return
+    old = getattr(obj, attr)
+    setattr(obj, attr, float(floor))
+    try:
+        yield
+    finally:
+        setattr(obj, attr, old)
+
+
+def _to_numpy(out: dict) -> dict[str, np.ndarray]:
+    boxes = out["boxes"].detach().float().cpu().numpy().astype(np.float32).reshape(-1, 4)
+    scores = out["scores"].detach().float().cpu().numpy().astype(np.float32).reshape(-1)
+    labels = out["labels"].detach().cpu().numpy().astype(np.int64).reshape(-1) - 1
+    keep = labels >= 0  # background (RetinaNet may emit it) is never an object
+    order = np.argsort(-scores[keep], kind="stable")
+    return {"boxes": boxes[keep][order], "scores": scores[keep][order], "labels": labels[keep][order]}
+
+
+def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | None" = None,
+            amp: bool | None = None, score_floor: float | None = None, tile: int | None = None,
+            overlap: float = 0.2, progress: bool = True, merge_iou: float = 0.5,
+            nms_iou: float = 0.5, edge_margin: float = 3.0) -> list[dict[str, np.ndarray]]:
+    """Predict every image of ``data``; one prediction dict per image, in order.
+
+    Parameters
+    ----------
+    model : a torchvision detector (or any callable ``model(list_of_CHW_tensors) -> list of
+        {"boxes", "scores", "labels" (1-based)}``).
+    data : a SmearDataset, a DetectionDataset, a list of Samples, of ``(H, W, 3)`` uint8
+        arrays or of ``(C, H, W)`` float tensors, or one image.
+    batch_size : images (or tiles) per forward pass.
+    device : None: the model's own device; ``"auto"``, ``"cpu"``, ``"cuda"``: move the model.
+    amp : mixed precision (None: on CUDA only).
+    score_floor : keep detections down to this score (None: the model's own threshold).
+    tile : tile size in pixels for large fields (None: whole images); ``overlap`` is the
+        fraction of a tile shared with its neighbour. ``merge_iou``, ``nms_iou`` and
+        ``edge_margin`` tune :func:`merge_tiles`.
+    progress : tqdm progress bar.
+    """
+    is_module = isinstance(model, nn.Module)
+    if device is None:
+        dev = next(iter(model.parameters())).device if is_module and any(True for _ in model.parameters()) \
+            else torch.device("cpu")
+    else:
+        dev = resolve_device(device)
+        if is_module:
+            model.to(dev)
+    use_amp = (dev.type == "cuda") if amp is None else bool(amp and dev.type == "cuda")
+    channels = _model_channels(unwrap(model) if is_module else model)
+    n, get = _items(data)
+    was_training = model.training if is_module else False
+    if is_module:
+        model.eval()
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=n, desc="predict", unit="img")
+
+    def run(batch: list[torch.Tensor]) -> list[dict]:
+        with torch.autocast(device_type=dev.type, enabled=use_amp):
+            outs = model([b.to(dev, non_blocking=True) for b in batch])
+        return [_to_numpy(o) for o in outs]
+
+    results: list[dict] = []
+    try:
+        with torch.inference_mode(), _score_floor(model, score_floor):
+            if not tile:
+                for s in range(0, n, batch_size):
+                    idx = range(s, min(n, s + batch_size))
+                    results.extend(run([_to_tensor(get(i), channels) for i in idx]))
+                    if bar is not None:
+                        bar.update(len(idx))
+            else:
+                for i in range(n):
+                    img = _to_tensor(get(i), channels)
+                    h, w = img.shape[-2:]
+                    wins = tile_windows(h, w, int(tile), overlap)
+                    parts, tix = [], []
+                    for s in range(0, len(wins), batch_size):
+                        chunk = wins[s:s + batch_size]
+                        outs = run([img[:, y0:y1, x0:x1] for x0, y0, x1, y1 in chunk])
+                        for k, (o, (x0, y0, _, _)) in enumerate(zip(outs, chunk)):
+                            o["boxes"] = o["boxes"] + np.array([x0, y0, x0, y0], np.float32)
+                            parts.append(o)
+                            tix.append(np.full(len(o["boxes"]), s + k))
+                    if len(wins) == 1:
+                        results.append(parts[0])
+                    else:
+                        merged = merge_tiles(np.concatenate([p["boxes"] for p in parts]),
+                                             np.concatenate([p["scores"] for p in parts]),
+                                             np.concatenate([p["labels"] for p in parts]),
+                                             np.concatenate(tix), wins, (h, w), merge_iou=merge_iou,
+                                             nms_iou=nms_iou, edge_margin=edge_margin)
+                        order = np.argsort(-merged["scores"], kind="stable")
+                        results.append({k: v[order] for k, v in merged.items()})
+                    if bar is not None:
+                        bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+        if is_module and was_training:
+            model.train()
+    return results

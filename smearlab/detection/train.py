@@ -1,0 +1,837 @@
+"""Training loop for torchvision detectors (references/detection style), resumable and DDP-ready.
+
+``train_detector`` runs a plain loop: mixed precision (``torch.autocast`` + ``GradScaler``) on
+CUDA, a warm-up then cosine / step learning-rate schedule per iteration, gradient clipping, a
+tqdm bar with loss and images/s, and per epoch:
+
+* ``out_dir/metrics.jsonl`` and ``metrics.csv``: epoch, lr, loss components, images/s,
+  validation mAP50 / mAP, time;
+* ``out_dir/last.pt``: model, optimizer, scaler, scheduler, epoch, history and every RNG state
+  (torch, numpy, python, cuda; per rank), written atomically, so that a resumed run gives the
+  same weights as an uninterrupted one (CPU, ``num_workers=0``);
+* ``out_dir/best/``: the best model by validation mAP (a :func:`save_model` folder); at the end
+  ``out_dir/model/`` holds the final model.
+
+A non-finite loss stops training with a ``FloatingPointError`` naming the epoch, step and
+learning rate; ``last.pt`` then still holds the last good epoch.
+
+Multi-GPU: the same entry point works under ``torchrun`` (WORLD_SIZE / RANK / LOCAL_RANK in the
+environment): DistributedDataParallel, a DistributedSampler, only rank 0 writes files, and every
+rank ends with the same weights::
+
+    torchrun --nproc_per_node=4 -m smearlab.detection.train --data DATASET --arch fasterrcnn --out runs/x
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import random
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..data.errors import DataError
+from ..data.sample import SmearDataset
+from ..data.torchdata import DetectionDataset
+from ..io import atomic_path, write_text
+from .models import DetectorConfig, resolve_device, save_model, unwrap
+
+log = logging.getLogger("smearlab.detection")
+
+CHECKPOINT_FORMAT = "smearlab-train/1"
+
+
+@dataclass
+class TrainConfig:
+    """Training options.
+
+    Parameters
+    ----------
+    epochs : length of the run (and of the learning-rate schedule).
+    batch_size : images per step (per process under DDP).
+    lr : peak learning rate (None: 0.02 * batch_size / 16 for SGD, 1e-4 for AdamW).
+    optimizer : ``"sgd"`` or ``"adamw"``.
+    momentum, weight_decay : optimizer options.
+    warmup_iters : linear warm-up steps (capped at a quarter of all steps).
+    lr_schedule : ``"cosine"``, ``"step"`` (x ``lr_gamma`` at ``lr_steps`` epochs; default 2/3
+        and 8/9 of the run) or ``"constant"``.
+    amp : mixed precision on CUDA (ignored on the CPU).
+    seed : seeds python, numpy, torch and the data order.
+    num_workers : DataLoader worker processes.
+    device : ``"auto"``, ``"cpu"``, ``"cuda"`` (under DDP each process takes ``cuda:LOCAL_RANK``).
+    out_dir : folder for checkpoints, metrics and models (None: nothing written).
+    val_every : validate every this many epochs (and after the last one).
+    best_metric : validation metric that picks ``best/`` (``"mAP"`` or ``"mAP50"``).
+    grad_clip : max gradient norm (None: no clipping).
+    data_on_gpu : on CUDA, keep every training image on the GPU as uint8 (small datasets):
+        no DataLoader, no per-sample augmentation (a ``.batch`` augmenter still runs).
+    augment : ``f(sample) -> sample`` applied to each training sample on the CPU, or an
+        object with ``.batch(images, targets) -> (images, targets)`` applied to each batch of
+        device tensors.
+    max_steps_per_epoch : cut epochs short (quick looks, tests).
+    val_tile : tile size for validation inference on large fields (see ``predict``).
+    preprocess : preprocessing pipeline (dict or object with ``to_dict``) saved with the models.
+    """
+
+    epochs: int = 12
+    batch_size: int = 4
+    lr: float | None = None
+    optimizer: str = "sgd"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    warmup_iters: int = 200
+    lr_schedule: str = "cosine"
+    lr_steps: Sequence[int] | None = None
+    lr_gamma: float = 0.1
+    amp: bool = True
+    seed: int = 0
+    num_workers: int = 0
+    device: str = "auto"
+    out_dir: str | Path | None = None
+    val_every: int = 1
+    best_metric: str = "mAP"
+    grad_clip: float | None = 10.0
+    data_on_gpu: bool = False
+    augment: Any = None
+    max_steps_per_epoch: int | None = None
+    val_tile: int | None = None
+    preprocess: Any = None
+
+    def __post_init__(self):
+        if self.optimizer not in ("sgd", "adamw"):
+            raise ValueError(f"optimizer must be 'sgd' or 'adamw', got {self.optimizer!r}")
+        if self.lr_schedule not in ("cosine", "step", "constant"):
+            raise ValueError(f"lr_schedule must be 'cosine', 'step' or 'constant', got {self.lr_schedule!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+
+    @property
+    def base_lr(self) -> float:
+        if self.lr is not None:
+            return float(self.lr)
+        return 0.02 * self.batch_size / 16 if self.optimizer == "sgd" else 1e-4
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {}
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if f.name in ("augment", "preprocess"):
+                v = None if v is None else repr(v)
+            elif isinstance(v, Path):
+                v = str(v)
+            elif isinstance(v, tuple):
+                v = list(v)
+            d[f.name] = v
+        d["base_lr"] = self.base_lr
+        return d
+
+
+@dataclass
+class History:
+    """What a run did: one record per epoch, every step's loss, the best epoch."""
+
+    records: list[dict[str, Any]] = field(default_factory=list)
+    step_losses: list[float] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_value: float | None = None
+    best_metric: str = "mAP"
+    out_dir: Path | None = None
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def column(self, key: str) -> list:
+        """One metric over the epochs (None where missing)."""
+        return [r.get(key) for r in self.records]
+
+    @property
+    def last(self) -> dict[str, Any] | None:
+        return self.records[-1] if self.records else None
+
+    def to_dataframe(self):
+        import pandas as pd
+        return pd.DataFrame(self.records)
+
+    def to_state(self) -> dict[str, Any]:
+        return {"records": self.records, "step_losses": list(self.step_losses), "best_epoch": self.best_epoch,
+                "best_value": self.best_value, "best_metric": self.best_metric}
+
+    @classmethod
+    def load(cls, out_dir) -> "History":
+        """The history of a run folder, from its ``metrics.jsonl``."""
+        p = Path(out_dir) / "metrics.jsonl"
+        if not p.is_file():
+            raise DataError(p, "no metrics.jsonl in this run folder")
+        recs = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
+        return cls(records=recs, out_dir=Path(out_dir))
+
+
+def default_evaluate(dataset, predictions) -> dict[str, float]:
+    """COCO-style evaluation by :func:`smearlab.evaluate.coco_eval` (imported when first used)."""
+    from ..evaluate import coco_eval
+    return coco_eval(dataset, predictions)
+
+
+# ---------------------------------------------------------------------------------------------
+# distributed context
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class _Dist:
+    world: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    owns_group: bool = False
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def setup(cls, device: str) -> "_Dist":
+        import torch.distributed as dist
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1 and not (dist.is_available() and dist.is_initialized()):
+            return cls(device=resolve_device(device))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        want = resolve_device(device)
+        if want.type == "cuda":
+            want = torch.device("cuda", local)
+            torch.cuda.set_device(want)
+        owns = False
+        if not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if want.type == "cuda" else "gloo")
+            owns = True
+        return cls(world=dist.get_world_size(), rank=dist.get_rank(), local_rank=local, device=want,
+                   owns_group=owns)
+
+    def barrier(self):
+        if self.active:
+            import torch.distributed as dist
+            dist.barrier()
+
+    def close(self):
+        if self.owns_group:
+            import torch.distributed as dist
+            if dist.is_initialized():
+                dist.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------------------------
+# RNG states (stored as tensors / plain types: checkpoints load with weights_only=True)
+# ---------------------------------------------------------------------------------------------
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    _, keys, pos, has_gauss, gauss = np.random.get_state()
+    version, pstate, pgauss = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {"keys": torch.from_numpy(np.asarray(keys, np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": int(version), "state": torch.tensor(pstate, dtype=torch.int64),
+                   "gauss": pgauss},
+    }
+
+
+def _set_rng_state(s: dict[str, Any]) -> None:
+    torch.set_rng_state(s["torch"].cpu())
+    if s.get("cuda") and torch.cuda.is_available() and len(s["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([t.cpu() for t in s["cuda"]])
+    n = s["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    p = s["python"]
+    random.setstate((p["version"], tuple(int(v) for v in p["state"].tolist()), p["gauss"]))
+
+
+def _seed_worker(worker_id: int) -> None:  # DataLoader worker_init_fn (module level: picklable)
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)
+    random.seed(s)
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0] >> 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+# ---------------------------------------------------------------------------------------------
+def _remap_dataset(ds: SmearDataset, model_names: list[str], what: str) -> SmearDataset:
+    """The dataset with labels indexing ``model_names`` (by class name); ValueError for a class in
+    the data that the model does not have."""
+    names = list(ds.class_names)
+    if names == model_names:
+        return ds
+    used = sorted({int(v) for s in ds.samples for v in s.labels.tolist()})
+    missing = [names[i] for i in used if names[i] not in model_names]
+    if missing:
+        raise ValueError(f"{what} dataset {ds.name!r} has objects of class {missing[0]!r}, which is not one of "
+                         f"the model's classes {model_names} (all missing: {missing}); build the model "
+                         "with this class, or drop or merge it in the data")
+    lut = np.array([model_names.index(n) if n in model_names else -1 for n in names], np.int64)
+    samples = [dataclasses.replace(s, labels=lut[s.labels], meta=dict(s.meta)) for s in ds.samples]
+    log.info("%s dataset %r: classes %s mapped onto the model's %s", what, ds.name, names, model_names)
+    return SmearDataset(samples, model_names, ds.name, root=ds.root, format=ds.format,
+                        semantic_names=ds.semantic_names)
+
+
+def _as_smear(ds) -> tuple[SmearDataset | None, Any]:
+    """(SmearDataset or None, per-sample transform of a given DetectionDataset)."""
+    if isinstance(ds, SmearDataset):
+        return ds, None
+    if isinstance(ds, DetectionDataset):
+        return ds.dataset, ds.transform
+    return None, None
+
+
+class _ReleasingDataset(DetectionDataset):
+    """A DetectionDataset that forgets lazily read images after use (large sets stay small)."""
+
+    def __getitem__(self, i):
+        s = self.dataset[i]
+        lazy = s.path is not None and s._image is None
+        try:
+            return super().__getitem__(i)
+        finally:
+            if lazy:
+                s.release()
+
+
+class _GpuImages:
+    """Every training image on the GPU as uint8 (C, H, W), targets beside them."""
+
+    def __init__(self, ds: SmearDataset, grayscale: bool, device: torch.device):
+        from ..data.torchdata import LUMA
+        self.grayscale = grayscale
+        self.luma = torch.tensor(LUMA, device=device).view(3, 1, 1)
+        self.images, self.targets = [], []
+        for s in ds.samples:
+            lazy = s.path is not None and s._image is None
+            self.images.append(torch.from_numpy(np.ascontiguousarray(s.image)).permute(2, 0, 1).to(device))
+            if lazy:
+                s.release()
+            self.targets.append({"boxes": torch.as_tensor(s.boxes, dtype=torch.float32).reshape(-1, 4).to(device),
+                                 "labels": (torch.as_tensor(s.labels, dtype=torch.int64) + 1).to(device)})
+
+    def __len__(self):
+        return len(self.images)
+
+    def batch(self, idx):
+        imgs = []
+        for i in idx:
+            t = self.images[i].float().div_(255.0)
+            if self.grayscale:
+                t = (t * self.luma).sum(0, keepdim=True)
+            imgs.append(t)
+        return imgs, [dict(self.targets[i]) for i in idx]
+
+
+def _fits_on_gpu(ds: SmearDataset, device: torch.device) -> bool:
+    need = sum(h * w * 3 for h, w in (s.hw for s in ds.samples))
+    free, _ = torch.cuda.mem_get_info(device)
+    if need > 0.25 * free:
+        warnings.warn(f"data_on_gpu: the images need {need / 2**30:.1f} GiB, more than a quarter of the "
+                      f"{free / 2**30:.1f} GiB free on {device}; loading them from the CPU instead", stacklevel=3)
+        return False
+    return True
+
+
+def _sanitize(targets: list[dict]) -> list[dict]:
+    """Keep boxes with positive width and height (torchvision refuses degenerate ones)."""
+    out = []
+    for t in targets:
+        b = t["boxes"].reshape(-1, 4)
+        ok = (b[:, 2] - b[:, 0] > 1e-2) & (b[:, 3] - b[:, 1] > 1e-2)
+        out.append({"boxes": b[ok], "labels": t["labels"].reshape(-1)[ok]})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# schedule, checkpoints, logs
+# ---------------------------------------------------------------------------------------------
+def _lr_lambda(tcfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
+    total = max(1, tcfg.epochs * steps_per_epoch)
+    warm = int(min(tcfg.warmup_iters, total // 4))
+    milestones = sorted(int(e) * steps_per_epoch for e in
+                        (tcfg.lr_steps if tcfg.lr_steps is not None
+                         else (round(tcfg.epochs * 2 / 3), round(tcfg.epochs * 8 / 9))))
+
+    def f(it: int) -> float:
+        w = 1.0 if it >= warm else 0.001 + (1 - 0.001) * it / warm
+        if tcfg.lr_schedule == "cosine":
+            s = 0.5 * (1 + math.cos(math.pi * min(it, total) / total))
+        elif tcfg.lr_schedule == "step":
+            s = tcfg.lr_gamma ** sum(it >= m for m in milestones)
+        else:
+            s = 1.0
+        return w * s
+    return f
+
+
+def _save_torch(obj, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def _write_metrics(out_dir: Path, records: list[dict]) -> None:
+    write_text(out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    keys: list[str] = []
+    for r in records:
+        keys += [k for k in r if k not in keys]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=keys, lineterminator="\n")
+    w.writeheader()
+    w.writerows(records)
+    write_text(out_dir / "metrics.csv", buf.getvalue())
+
+
+def _resolve_resume(resume, out_dir: Path | None) -> Path | None:
+    if resume is None or resume is False:
+        return None
+    if resume is True:
+        if out_dir is None:
+            raise ValueError("resume=True needs tcfg.out_dir (where last.pt is)")
+        p = out_dir / "last.pt"
+        if not p.is_file():
+            log.info("no checkpoint at %s: starting a new run", p)
+            return None
+        return p
+    p = Path(resume)
+    if p.is_dir():
+        p = p / "last.pt"
+    if not p.is_file():
+        raise DataError(p, "checkpoint to resume from does not exist")
+    return p
+
+
+def _load_checkpoint(path: Path) -> dict:
+    try:
+        ck = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise DataError(path, f"cannot read checkpoint (corrupt or not a torch file): {type(e).__name__}: {e}") from e
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise DataError(path, f"not a smearlab training checkpoint (expected format {CHECKPOINT_FORMAT})")
+    return ck
+
+
+def _params_finite(model: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in model.parameters())
+
+
+def param_digest(model: nn.Module) -> str:
+    """SHA-256 of every parameter and buffer (compare weights across processes or runs)."""
+    h = hashlib.sha256()
+    for k, v in unwrap(model).state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                 if v.numel() else b"")
+    return h.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------
+# the loop
+# ---------------------------------------------------------------------------------------------
+def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, train_ds=None, val_ds=None,
+                   tcfg: TrainConfig | None = None, *, evaluate_fn: Callable | None = None,
+                   resume: "bool | str | Path | None" = None, progress: bool = True,
+                   until_epoch: int | None = None) -> History:
+    """Train ``model`` (from :func:`build_detector`) on ``train_ds``; returns a :class:`History`.
+
+    Parameters
+    ----------
+    model : the detector; trained in place (and left on the training device).
+    cfg_model : its :class:`DetectorConfig` (None: ``model.detector_config``).
+    train_ds, val_ds : SmearDatasets (or DetectionDatasets over them). Their classes are mapped
+        onto the model's by name; a class the model lacks raises ``ValueError`` before training.
+        Any other torch dataset of ``(image, target)`` pairs is used as is (labels 1-based).
+    tcfg : :class:`TrainConfig`.
+    evaluate_fn : ``f(val_dataset, predictions) -> {"mAP50": ..., "mAP": ...}`` (None:
+        :func:`default_evaluate`, skipped with a warning when unavailable).
+    resume : a checkpoint path or run folder, or True for ``tcfg.out_dir/last.pt`` (a fresh
+        start when there is none yet).
+    progress : tqdm progress bars.
+    until_epoch : stop after this epoch (the schedule still spans ``tcfg.epochs``); resume
+        later to go on.
+    """
+    from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
+
+    from ..data.torchdata import collate_detection
+    from .predict import predict
+
+    tcfg = tcfg or TrainConfig()
+    cfg_model = cfg_model or getattr(unwrap(model), "detector_config", None)
+    if cfg_model is None:
+        raise ValueError("train_detector needs the model's DetectorConfig (cfg_model)")
+    if train_ds is None:
+        raise ValueError("train_detector needs a training dataset")
+    names = list(cfg_model.class_names)
+    grayscale = cfg_model.in_channels == 1
+
+    # --- data: checked before anything else ------------------------------------------------
+    train_smear, given_transform = _as_smear(train_ds)
+    if train_smear is not None:
+        train_smear = _remap_dataset(train_smear, names, "training")
+    val_smear = None
+    if val_ds is not None:
+        val_smear, _ = _as_smear(val_ds)
+        if val_smear is None:
+            raise TypeError("val_ds must be a SmearDataset (or a DetectionDataset over one)")
+        val_smear = _remap_dataset(val_smear, names, "validation")
+    augment = tcfg.augment
+    batch_aug = augment if (augment is not None and hasattr(augment, "batch")) else None
+    sample_aug = augment if (augment is not None and batch_aug is None) else given_transform
+    if augment is not None and batch_aug is None and not callable(augment):
+        raise TypeError("augment must be a callable f(sample) -> sample or have a .batch(images, targets) method")
+    if val_smear is not None and evaluate_fn is None:
+        try:
+            from ..evaluate import coco_eval  # noqa: F401
+            evaluate_fn = default_evaluate
+        except ImportError:
+            warnings.warn("smearlab.evaluate.coco_eval is not available: no validation mAP", stacklevel=2)
+            val_smear = None
+
+    dctx = _Dist.setup(tcfg.device)
+    device = dctx.device
+    out_dir = Path(tcfg.out_dir) if tcfg.out_dir is not None else None
+    use_amp = bool(tcfg.amp and device.type == "cuda")
+    net = unwrap(model)
+    try:
+        _seed_all(tcfg.seed + dctx.rank)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True
+        net.to(device)
+
+        # --- batches -----------------------------------------------------------------------
+        gen = torch.Generator()
+        gpu_data = None
+        if tcfg.data_on_gpu and device.type == "cuda" and train_smear is not None:
+            if sample_aug is not None:
+                warnings.warn("data_on_gpu ignores a per-sample augment; give an object with .batch() "
+                              "to augment on the GPU", stacklevel=2)
+            if sample_aug is None and _fits_on_gpu(train_smear, device):
+                gpu_data = _GpuImages(train_smear, grayscale, device)
+        if train_smear is not None:
+            torch_ds = _ReleasingDataset(train_smear, grayscale=grayscale, transform=sample_aug, with_masks=False)
+        else:
+            torch_ds = train_ds
+        n_items = len(torch_ds)
+        if n_items == 0:
+            raise ValueError("the training dataset is empty")
+        if dctx.active:
+            sampler = DistributedSampler(torch_ds, num_replicas=dctx.world, rank=dctx.rank, shuffle=True,
+                                         seed=tcfg.seed, drop_last=False)
+        else:
+            sampler = RandomSampler(torch_ds, generator=gen)
+        if gpu_data is not None:
+            batches = BatchSampler(sampler, tcfg.batch_size, drop_last=False)
+            loader = None
+        else:
+            loader = DataLoader(torch_ds, batch_size=tcfg.batch_size, sampler=sampler,
+                                num_workers=tcfg.num_workers, collate_fn=collate_detection,
+                                pin_memory=device.type == "cuda", worker_init_fn=_seed_worker, generator=gen)
+        steps_per_epoch = len(loader) if loader is not None else len(batches)
+        if tcfg.max_steps_per_epoch:
+            steps_per_epoch = min(steps_per_epoch, int(tcfg.max_steps_per_epoch))
+
+        # --- optimisation ------------------------------------------------------------------
+        params = [p for p in net.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("the model has no trainable parameter")
+        if tcfg.optimizer == "sgd":
+            optimizer = torch.optim.SGD(params, lr=tcfg.base_lr, momentum=tcfg.momentum,
+                                        weight_decay=tcfg.weight_decay)
+        else:
+            optimizer = torch.optim.AdamW(params, lr=tcfg.base_lr, weight_decay=tcfg.weight_decay)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tcfg, steps_per_epoch))
+        scaler = _grad_scaler(use_amp)
+
+        history = History(best_metric=tcfg.best_metric, out_dir=out_dir)
+        start_epoch = 0
+        ck_path = _resolve_resume(resume, out_dir)
+        if ck_path is not None:
+            ck = _load_checkpoint(ck_path)
+            saved = ck.get("model_config", {})
+            if list(saved.get("class_names", names)) != names or saved.get("arch", cfg_model.arch) != cfg_model.arch:
+                raise DataError(ck_path, f"checkpoint is a {saved.get('arch')} model of classes "
+                                         f"{saved.get('class_names')}, not the {cfg_model.arch} model of classes {names}")
+            if ck.get("steps_per_epoch") not in (None, steps_per_epoch):
+                log.warning("%s: %s steps per epoch when saved, %s now: the schedule changes", ck_path,
+                            ck.get("steps_per_epoch"), steps_per_epoch)
+            net.load_state_dict(ck["model"])
+            optimizer.load_state_dict(ck["optimizer"])
+            if ck.get("scaler") and use_amp:
+                scaler.load_state_dict(ck["scaler"])
+            scheduler.load_state_dict(ck["scheduler"])
+            h = ck.get("history", {})
+            history.records = list(h.get("records", []))
+            history.step_losses = list(h.get("step_losses", []))
+            history.best_epoch, history.best_value = h.get("best_epoch"), h.get("best_value")
+            start_epoch = int(ck["epoch"])
+            per_rank = ck.get("rng_per_rank") or []
+            _set_rng_state(per_rank[dctx.rank] if len(per_rank) == dctx.world else ck["rng"])
+            if dctx.main:
+                log.info("resumed from %s after epoch %d", ck_path, start_epoch)
+
+        if dctx.active:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+            train_model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
+        else:
+            train_model = net
+
+        end_epoch = tcfg.epochs if until_epoch is None else max(0, min(tcfg.epochs, int(until_epoch)))
+        last_good = out_dir / "last.pt" if out_dir is not None else None
+        for epoch in range(start_epoch, end_epoch):
+            if isinstance(sampler, DistributedSampler):
+                sampler.set_epoch(epoch)
+            gen.manual_seed(_epoch_seed(tcfg.seed, epoch))
+            if loader is not None:
+                source = loader
+            else:
+                source = (gpu_data.batch(idx) for idx in batches)
+            t_epoch = time.time()
+            rec = _train_epoch(train_model, net, source, steps_per_epoch, optimizer, scheduler, scaler,
+                               device, use_amp, batch_aug, tcfg, epoch, dctx, history,
+                               check_labels=None if train_smear is not None else len(names) + 1,
+                               progress=progress and dctx.main,
+                               last_good=last_good if last_good is not None and last_good.exists() else None)
+            if dctx.active:  # BN running stats differ per rank after the last step: take rank 0's
+                import torch.distributed as dist
+                for b in net.buffers():
+                    dist.broadcast(b, 0)
+            if not _params_finite(net):
+                raise FloatingPointError(
+                    f"weights became non-finite in epoch {epoch + 1} (learning rate "
+                    f"{optimizer.param_groups[0]['lr']:.3g}); training stopped"
+                    + (f"; the last good checkpoint {last_good} is kept" if last_good and last_good.exists() else "")
+                    + ". Lower the learning rate or raise warmup_iters.")
+            is_last = epoch + 1 == tcfg.epochs
+            if val_smear is not None and ((epoch + 1) % max(1, tcfg.val_every) == 0 or is_last):
+                if dctx.main:
+                    t_val = time.time()
+                    preds = predict(net, val_smear, batch_size=tcfg.batch_size, amp=use_amp,
+                                    score_floor=cfg_model.score_floor, tile=tcfg.val_tile, progress=False)
+                    metrics = evaluate_fn(val_smear, preds) or {}
+                    for k, v in metrics.items():
+                        if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
+                            rec[f"val_{k}"] = float(v)
+                    rec["val_time_s"] = round(time.time() - t_val, 3)
+                dctx.barrier()
+            rec["time_s"] = round(time.time() - t_epoch, 3)
+            history.records.append(rec)
+            improved = False
+            key = f"val_{tcfg.best_metric}"
+            if key not in rec and "val_mAP50" in rec:
+                key = "val_mAP50"
+            if key in rec and (history.best_value is None or rec[key] > history.best_value):
+                history.best_epoch, history.best_value, improved = epoch + 1, rec[key], True
+            # every rank's RNG state, after everything this epoch drew
+            rng = _rng_state()
+            per_rank = [rng]
+            if dctx.active:
+                import torch.distributed as dist
+                per_rank = [None] * dctx.world
+                dist.all_gather_object(per_rank, rng)
+            if dctx.main and out_dir is not None:
+                ck = {"format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "model": net.state_dict(),
+                      "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
+                      "scheduler": scheduler.state_dict(), "rng": rng, "rng_per_rank": per_rank,
+                      "world_size": dctx.world, "steps_per_epoch": steps_per_epoch,
+                      "history": history.to_state(), "model_config": cfg_model.to_dict(),
+                      "train_config": tcfg.to_dict()}
+                _save_torch(ck, out_dir / "last.pt")
+                _write_metrics(out_dir, history.records)
+                if improved:
+                    save_model(net, cfg_model, out_dir / "best", preprocess=tcfg.preprocess)
+            if dctx.main:
+                log.info("epoch %d/%d: %s", epoch + 1, tcfg.epochs,
+                         ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
+            dctx.barrier()
+        if dctx.main and out_dir is not None:
+            save_model(net, cfg_model, out_dir / "model", preprocess=tcfg.preprocess)
+            if history.best_epoch is None:  # no validation: best is the final model
+                save_model(net, cfg_model, out_dir / "best", preprocess=tcfg.preprocess)
+        dctx.barrier()
+        return history
+    finally:
+        dctx.close()
+
+
+def _grad_scaler(enabled: bool):
+    if hasattr(torch, "amp") and hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler("cuda", enabled=enabled)
+    return torch.cuda.amp.GradScaler(enabled=enabled)  # pragma: no cover - torch < 2.3
+
+
+def _train_epoch(train_model, net, source, steps, optimizer, scheduler, scaler, device, use_amp, batch_aug,
+                 tcfg: TrainConfig, epoch: int, dctx: _Dist, history: History, *, check_labels, progress,
+                 last_good) -> dict[str, Any]:
+    train_model.train()
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{tcfg.epochs}", unit="step", leave=True)
+    sums: dict[str, float] = {}
+    n_img, n_steps = 0, 0
+    lr_start = optimizer.param_groups[0]["lr"]
+    t0 = time.time()
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    try:
+        for step, (images, targets) in enumerate(source):
+            if step >= steps:
+                break
+            images = [im.to(device, non_blocking=True) for im in images]
+            targets = [{"boxes": t["boxes"].to(device, non_blocking=True),
+                        "labels": t["labels"].to(device, non_blocking=True)} for t in targets]
+            if batch_aug is not None:
+                images, targets = batch_aug.batch(images, targets)
+            targets = _sanitize(targets)
+            if check_labels is not None:
+                for t in targets:
+                    bad = (t["labels"] < 1) | (t["labels"] >= check_labels)
+                    if bool(bad.any()):
+                        raise ValueError(f"label {int(t['labels'][bad][0]) - 1} (0-based) is outside the model's "
+                                         f"{check_labels - 1} classes")
+            with torch.autocast(device_type=device.type, enabled=use_amp):
+                loss_dict = train_model(images, targets)
+            losses = sum(loss_dict.values())
+            logged = torch.stack([losses.detach().float()] + [v.detach().float() for v in loss_dict.values()])
+            if dctx.active:
+                import torch.distributed as dist
+                dist.all_reduce(logged)
+                logged /= dctx.world
+            vals = logged.tolist()
+            lr = optimizer.param_groups[0]["lr"]
+            if not all(math.isfinite(v) for v in vals):
+                parts = ", ".join(f"{k}={v:.4g}" for k, v in zip(loss_dict, vals[1:]))
+                raise FloatingPointError(
+                    f"loss is {vals[0]} at epoch {epoch + 1}, step {step + 1} (learning rate {lr:.3g}; {parts}); "
+                    "training stopped"
+                    + (f"; the last good checkpoint {last_good} is kept" if last_good is not None else "")
+                    + ". Lower the learning rate, raise warmup_iters or check the data.")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(losses).backward()
+            if tcfg.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            n_steps += 1
+            n_img += len(images) * dctx.world
+            history.step_losses.append(vals[0])
+            for k, v in zip(["loss", *loss_dict], vals):
+                sums[k] = sums.get(k, 0.0) + v
+            if bar is not None:
+                el = max(time.time() - t0, 1e-9)
+                bar.set_postfix(loss=f"{vals[0]:.3f}", img_s=f"{n_img / el:.1f}", lr=f"{lr:.2g}")
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+    el = max(time.time() - t0, 1e-9)
+    rec: dict[str, Any] = {"epoch": epoch + 1, "lr": lr_start, "lr_end": optimizer.param_groups[0]["lr"],
+                           "steps": n_steps, "images": n_img}
+    rec.update({k: v / max(n_steps, 1) for k, v in sums.items()})
+    rec["images_per_s"] = n_img / el
+    return rec
+
+
+# ---------------------------------------------------------------------------------------------
+# command line (torchrun-able)
+# ---------------------------------------------------------------------------------------------
+def _parser() -> argparse.ArgumentParser:
+    from .models import ARCHS
+    p = argparse.ArgumentParser(prog="python -m smearlab.detection.train",
+                                description="Train a smearlab detector (works under torchrun for DDP).")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--synthetic", type=int, metavar="N", help="N synthetic smears (stain A)")
+    src.add_argument("--data", help="dataset: open_dataset spec ('synthetic', 'synthetic-A') or path")
+    p.add_argument("--width", type=int, default=512, help="synthetic image width")
+    p.add_argument("--height", type=int, default=384, help="synthetic image height")
+    p.add_argument("--val-fraction", type=float, default=0.0, help="images held out for validation")
+    p.add_argument("--arch", default="fasterrcnn_mobilenet", choices=ARCHS)
+    p.add_argument("--weights", help="local pretrained weights file (backbone or detector)")
+    p.add_argument("--grayscale", action="store_true", help="1-channel model")
+    p.add_argument("--freeze-backbone", action="store_true")
+    p.add_argument("--min-size", type=int, default=800)
+    p.add_argument("--max-size", type=int, default=1333)
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--batch-size", type=int, default=4)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
+    p.add_argument("--schedule", default="cosine", choices=["cosine", "step", "constant"])
+    p.add_argument("--warmup-iters", type=int, default=200)
+    p.add_argument("--max-steps-per-epoch", type=int)
+    p.add_argument("--no-amp", action="store_true")
+    p.add_argument("--data-on-gpu", action="store_true")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--num-workers", type=int, default=0)
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--resume", action="store_true", help="go on from OUT/last.pt if it exists")
+    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--param-digest", action="store_true", help=argparse.SUPPRESS)  # tests: per-rank weight digest
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from ..data import open_dataset
+    from .models import build_detector
+
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.synthetic is not None:
+        from ..data.synthetic import make_dataset
+        ds = make_dataset(args.synthetic, seed=args.seed, width=args.width, height=args.height)
+    else:
+        ds = open_dataset(args.data, seed=args.seed)
+    val = None
+    if args.val_fraction > 0:
+        from ..data.splits import train_val_test_split
+        parts = train_val_test_split(ds, val=args.val_fraction, test=0.0, seed=args.seed)
+        ds, val = parts["train"], parts["val"]
+    cfg = DetectorConfig(arch=args.arch, class_names=ds.class_names, in_channels=1 if args.grayscale else 3,
+                         min_size=args.min_size, max_size=args.max_size, weights_path=args.weights,
+                         freeze_backbone=args.freeze_backbone)
+    torch.manual_seed(args.seed)  # same initial weights on every rank
+    model = build_detector(cfg)
+    tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+                       lr_schedule=args.schedule, warmup_iters=args.warmup_iters, amp=not args.no_amp,
+                       seed=args.seed, num_workers=args.num_workers, device=args.device, out_dir=args.out,
+                       data_on_gpu=args.data_on_gpu, max_steps_per_epoch=args.max_steps_per_epoch)
+    hist = train_detector(model, cfg, ds, val, tcfg, resume=True if args.resume else None,
+                          progress=not args.no_progress)
+    rank = int(os.environ.get("RANK", "0"))
+    if args.param_digest:
+        write_text(Path(args.out) / f"param_digest.rank{rank}.txt", param_digest(model) + "\n")
+    if rank == 0 and hist.last is not None:
+        print(json.dumps(hist.last), file=sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

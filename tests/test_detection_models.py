@@ -1,0 +1,166 @@
+"""Detector builders, local weights, save / load (tiny inputs: CPU-friendly)."""
+import json
+
+import pytest
+import torch
+import torchvision
+
+from smearlab.data.errors import DataError
+from smearlab.detection.models import (ARCHS, DetectorConfig, build_detector, count_parameters, load_model,
+                                       resolve_device, save_model)
+
+CLASSES = ["RBC", "WBC", "Platelets"]
+
+
+@pytest.fixture(autouse=True)
+def no_downloads(monkeypatch):
+    """Any attempt to fetch weights fails loudly."""
+    def refuse(*a, **k):
+        raise AssertionError(f"download attempted: {a}")
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", refuse)
+    import torchvision.models._api as api
+    if hasattr(api, "load_state_dict_from_url"):
+        monkeypatch.setattr(api, "load_state_dict_from_url", refuse)
+
+
+def small(arch="fasterrcnn_mobilenet", **kw):
+    return DetectorConfig(arch=arch, class_names=CLASSES, min_size=128, max_size=128, **kw)
+
+
+def test_archs_listed():
+    assert {"fasterrcnn", "fasterrcnn_v2", "retinanet", "fasterrcnn_mobilenet"} <= set(ARCHS)
+
+
+@pytest.mark.parametrize("arch", ["fasterrcnn", "fasterrcnn_v2", "retinanet"])
+def test_heavy_archs_build(arch):
+    m = build_detector(small(arch))
+    n = count_parameters(m)
+    assert n["total"] > 20e6 and n["trainable"] == n["total"]
+    if arch == "retinanet":
+        a = m.anchor_generator.num_anchors_per_location()[0]
+        assert m.head.classification_head.cls_logits.out_channels == a * 4
+        assert m.detections_per_img == 300 and m.score_thresh == pytest.approx(0.01)
+    else:
+        assert m.roi_heads.box_predictor.cls_score.out_features == 4
+        assert m.roi_heads.detections_per_img == 300
+    assert m.detector_config.arch == arch
+
+
+@pytest.mark.parametrize("arch", ["fasterrcnn_mobilenet", "fasterrcnn_tiny"])
+def test_light_archs_forward(arch):
+    torch.manual_seed(0)
+    m = build_detector(small(arch)).eval()
+    with torch.no_grad():
+        out = m(torch.rand(1, 3, 128, 128))
+    assert set(out[0]) == {"boxes", "scores", "labels"}
+    assert out[0]["boxes"].shape[1] == 4 and len(out[0]["boxes"]) <= 300
+
+
+def test_one_channel_model():
+    m = build_detector(small(in_channels=1)).eval()
+    assert len(m.transform.image_mean) == 1 and len(m.transform.image_std) == 1
+    assert m.backbone.body["0"][0].in_channels == 1
+    with torch.no_grad():
+        out = m([torch.rand(1, 128, 128)])
+    assert out[0]["boxes"].shape[1] == 4
+
+
+def test_frozen_backbone_has_fewer_trainable_params():
+    full = count_parameters(build_detector(small()))
+    frozen_model = build_detector(small(freeze_backbone=True))
+    frozen = count_parameters(frozen_model)
+    assert frozen["trainable"] < full["trainable"] and frozen["trainable"] < frozen["total"]
+    assert not any(p.requires_grad for p in frozen_model.backbone.body.parameters())
+    assert all(p.requires_grad for p in frozen_model.backbone.fpn.parameters())
+
+
+@pytest.mark.parametrize("arch,channels", [("fasterrcnn_mobilenet", 3), ("fasterrcnn_tiny", 1)])
+def test_save_load_roundtrip(tmp_path, arch, channels):
+    torch.manual_seed(1)
+    cfg = small(arch, in_channels=channels)
+    m = build_detector(cfg).eval()
+    x = [torch.rand(channels, 128, 128)]
+    with torch.no_grad():
+        ref = m(x)[0]
+    save_model(m, cfg, tmp_path / "m", thresholds={"RBC": 0.5}, preprocess={"steps": []})
+    assert sorted(p.name for p in (tmp_path / "m").iterdir()) == \
+        ["config.json", "preprocess.json", "thresholds.json", "weights.pt"]
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["class_names"] == CLASSES
+    m2 = load_model(tmp_path / "m", device="cpu")
+    assert not m2.training and m2.detector_config.class_names == CLASSES
+    assert m2.thresholds == {"RBC": 0.5} and m2.preprocess_spec == {"steps": []}
+    with torch.no_grad():
+        out = m2(x)[0]
+    for k in ref:
+        assert torch.equal(ref[k], out[k]), k
+
+
+def test_corrupt_checkpoint(tmp_path):
+    cfg = small("fasterrcnn_tiny")
+    save_model(build_detector(cfg), cfg, tmp_path / "m")
+    (tmp_path / "m" / "weights.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(DataError, match="weights.pt.*corrupt"):
+        load_model(tmp_path / "m", device="cpu")
+    with pytest.raises(DataError, match="config.json"):
+        load_model(tmp_path / "nothing-here", device="cpu")
+
+
+def test_checkpoint_of_other_classes(tmp_path):
+    cfg = small("fasterrcnn_tiny")
+    save_model(build_detector(cfg), cfg, tmp_path / "m")
+    other = DetectorConfig(arch="fasterrcnn_tiny", class_names=["RBC", "WBC"], min_size=128, max_size=128)
+    (tmp_path / "m" / "config.json").write_text(json.dumps(other.to_dict()))
+    with pytest.raises(DataError, match=r"weights\.pt.*\['RBC', 'WBC', 'Platelets'\].*\['RBC', 'WBC'\]"):
+        load_model(tmp_path / "m", device="cpu")
+    # a raw state dict (no class names stored): the shape mismatch is still named
+    sd = torch.load(tmp_path / "m" / "weights.pt", weights_only=True)["state_dict"]
+    torch.save(sd, tmp_path / "m" / "weights.pt")
+    with pytest.raises(DataError, match=r"3 classes.*\['RBC', 'WBC'\]"):
+        load_model(tmp_path / "m", device="cpu")
+
+
+def test_missing_local_weights(tmp_path):
+    with pytest.raises(DataError, match="pretrained weights must be a local file"):
+        build_detector(small(weights_path=str(tmp_path / "resnet50.pth")))
+
+
+def test_local_backbone_and_detector_weights(tmp_path):
+    # a classification backbone state dict (as torchvision's mobilenet_v3_large-*.pth)
+    torch.manual_seed(2)
+    cls_model = torchvision.models.mobilenet_v3_large(weights=None)
+    torch.save(cls_model.state_dict(), tmp_path / "mnv3.pth")
+    m = build_detector(small(weights_path=str(tmp_path / "mnv3.pth")))
+    w = cls_model.features[0][0].weight
+    assert torch.equal(m.backbone.body["0"][0].weight, w)
+    assert count_parameters(m)["trainable"] < count_parameters(m)["total"]  # 3 trainable stages
+    g = build_detector(small(weights_path=str(tmp_path / "mnv3.pth"), in_channels=1))
+    assert torch.allclose(g.backbone.body["0"][0].weight, w.sum(1, keepdim=True))
+    # a whole detector of other classes: everything but the class-specific predictor loads
+    donor_cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=["a", "b", "c", "d", "e"])
+    donor = build_detector(donor_cfg)
+    torch.save(donor.state_dict(), tmp_path / "det.pth")
+    t = build_detector(small("fasterrcnn_tiny", weights_path=str(tmp_path / "det.pth"), frozen_bn=False))
+    assert torch.equal(t.rpn.head.conv[0][0].weight, donor.rpn.head.conv[0][0].weight)
+    assert t.roi_heads.box_predictor.cls_score.out_features == 4
+    (tmp_path / "bad.pth").write_bytes(b"\x00garbage")
+    with pytest.raises(DataError, match="bad.pth"):
+        build_detector(small(weights_path=str(tmp_path / "bad.pth")))
+
+
+def test_resolve_device():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(RuntimeError, match="CUDA is not available"):
+            resolve_device("cuda")
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="unknown detector arch"):
+        DetectorConfig(arch="yolo", class_names=CLASSES)
+    with pytest.raises(ValueError, match="in_channels"):
+        DetectorConfig(class_names=CLASSES, in_channels=2)
+    with pytest.raises(ValueError, match="feature levels"):
+        build_detector(small("fasterrcnn_tiny", anchor_sizes=[16, 32]))
+    m = build_detector(small("fasterrcnn_tiny", anchor_sizes=[[8, 16], [32, 48], [64, 96]], aspect_ratios=[1.0]))
+    assert m.rpn.anchor_generator.num_anchors_per_location() == [2, 2, 2]

@@ -1,0 +1,187 @@
+"""Training loop: loss goes down, exact resume, NaN stop, empty images, label checks, DDP (gloo)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from smearlab.data import Sample, SmearDataset
+from smearlab.data.synthetic import make_dataset
+from smearlab.detection.models import DetectorConfig, build_detector
+from smearlab.detection.train import TrainConfig, _remap_dataset, param_digest, train_detector
+
+
+def tiny(ds, size=128, seed=0):
+    cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=ds.class_names, min_size=size, max_size=size)
+    torch.manual_seed(seed)
+    return build_detector(cfg), cfg
+
+
+@pytest.fixture(scope="module")
+def ds128():
+    return make_dataset(4, seed=3, width=128, height=128)
+
+
+def test_loss_goes_down(tmp_path):
+    ds = make_dataset(8, seed=0, width=192, height=192)
+    model, cfg = tiny(ds, 192)
+    tc = TrainConfig(epochs=6, batch_size=2, lr=0.02, warmup_iters=2, device="cpu", out_dir=tmp_path)
+    h = train_detector(model, cfg, ds, None, tc, progress=False)
+    losses = h.step_losses
+    assert len(losses) == 24 and all(np.isfinite(losses))
+    assert np.mean(losses[-4:]) < 0.85 * np.mean(losses[:3]), losses
+    recs = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in recs] == list(range(1, 7))
+    assert {"lr", "loss", "loss_classifier", "loss_objectness", "images_per_s", "time_s"} <= set(recs[0])
+    assert (tmp_path / "metrics.csv").read_text().startswith("epoch,")
+    assert (tmp_path / "last.pt").is_file() and (tmp_path / "model" / "weights.pt").is_file()
+    assert (tmp_path / "best" / "config.json").is_file()  # no validation: best = final
+
+
+def test_resume_is_exact(tmp_path, ds128):
+    tc = dict(epochs=2, batch_size=2, lr=0.01, warmup_iters=1, device="cpu", seed=7)
+    a, cfg = tiny(ds128)
+    train_detector(a, cfg, ds128, None, TrainConfig(**tc, out_dir=tmp_path / "a"), progress=False)
+
+    b, _ = tiny(ds128)
+    train_detector(b, cfg, ds128, None, TrainConfig(**tc, out_dir=tmp_path / "b"), progress=False, until_epoch=1)
+    ck = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert ck["epoch"] == 1
+    # a fresh process would rebuild the model: do so, with other RNG states in between
+    torch.manual_seed(123), np.random.seed(5)
+    b2, _ = tiny(ds128, seed=99)
+    h = train_detector(b2, cfg, ds128, None, TrainConfig(**tc, out_dir=tmp_path / "b"), progress=False, resume=True)
+    assert [r["epoch"] for r in h.records] == [1, 2]
+    sa, sb = a.state_dict(), b2.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, ds128):
+    model, cfg = tiny(ds128)
+    orig = model.forward
+    calls = {"n": 0}
+
+    def forward(images, targets=None):
+        out = orig(images, targets)
+        calls["n"] += 1
+        if model.training and calls["n"] > 2:  # epoch 2, step 1
+            out = {k: v * float("nan") for k, v in out.items()}
+        return out
+
+    model.forward = forward
+    tc = TrainConfig(epochs=3, batch_size=2, lr=0.01, warmup_iters=0, device="cpu", out_dir=tmp_path)
+    with pytest.raises(FloatingPointError, match=r"epoch 2, step 1 \(learning rate [0-9.e-]+.*last\.pt"):
+        train_detector(model, cfg, ds128, None, tc, progress=False)
+    ck = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert ck["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
+
+
+def test_images_without_boxes_train(tmp_path, ds128):
+    empty = Sample("empty", _image=np.full((128, 128, 3), 230, np.uint8))
+    ds = SmearDataset([empty, *ds128.samples[:1], empty], ds128.class_names, "with-empty")
+    model, cfg = tiny(ds)
+    h = train_detector(model, cfg, ds, None, TrainConfig(epochs=1, batch_size=3, lr=0.01, device="cpu"),
+                       progress=False)
+    assert len(h.step_losses) == 1 and np.isfinite(h.step_losses[0])
+
+
+def test_unknown_class_is_refused_before_training(ds128):
+    s = Sample("p", boxes=[[10, 10, 30, 30]], labels=[3], _image=np.zeros((64, 64, 3), np.uint8))
+    ds = SmearDataset([s], [*ds128.class_names, "Parasite"], "with-parasite")
+    model, cfg = tiny(ds128)
+    with pytest.raises(ValueError, match="'Parasite'"):
+        train_detector(model, cfg, ds, None, TrainConfig(epochs=1, device="cpu"), progress=False)
+    # another order of known classes is mapped by name
+    r = _remap_dataset(SmearDataset([Sample("q", boxes=[[1, 1, 5, 5]], labels=[0], _image=s.image)],
+                                    ["Platelets", "RBC"], "x"), ["RBC", "WBC", "Platelets"], "training")
+    assert r.class_names == ["RBC", "WBC", "Platelets"] and r[0].labels.tolist() == [2]
+
+
+def test_validation_picks_best(tmp_path, ds128):
+    model, cfg = tiny(ds128)
+    scores = iter([0.3, 0.6, 0.4])
+    seen = []
+
+    def fake_eval(dataset, predictions):
+        seen.append(len(predictions))
+        assert all(set(p) == {"boxes", "scores", "labels"} for p in predictions)
+        v = next(scores)
+        return {"mAP50": v, "mAP": v / 2}
+
+    tc = TrainConfig(epochs=3, batch_size=2, lr=0.01, device="cpu", out_dir=tmp_path, max_steps_per_epoch=1)
+    h = train_detector(model, cfg, ds128, ds128.subset([0, 1]), tc, evaluate_fn=fake_eval, progress=False)
+    assert seen == [2, 2, 2]
+    assert h.column("val_mAP50") == [0.3, 0.6, 0.4]
+    assert h.best_epoch == 2 and h.best_value == pytest.approx(0.3)
+    ck = torch.load(tmp_path / "best" / "weights.pt", weights_only=True)
+    assert ck["class_names"] == ds128.class_names
+
+
+def test_ddp_gloo_two_processes(tmp_path):
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "smearlab.detection.train", "--synthetic", "4", "--width", "128", "--height", "128",
+           "--arch", "fasterrcnn_tiny", "--min-size", "128", "--max-size", "128", "--epochs", "2",
+           "--batch-size", "1", "--lr", "0.01", "--warmup-iters", "1", "--device", "cpu",
+           "--out", str(out), "--no-progress", "--param-digest"]
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    d0 = (out / "param_digest.rank0.txt").read_text().strip()
+    d1 = (out / "param_digest.rank1.txt").read_text().strip()
+    assert d0 == d1
+    ck = torch.load(out / "last.pt", weights_only=True)
+    assert ck["epoch"] == 2 and ck["world_size"] == 2 and len(ck["rng_per_rank"]) == 2
+    assert ck["steps_per_epoch"] == 2  # 4 images, 2 ranks, batch 1
+    ds = make_dataset(1, seed=0, width=128, height=128)
+    m, _ = tiny(ds)
+    m.load_state_dict(ck["model"])
+    assert param_digest(m) == d0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2  # written once (rank 0)
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
+
+
+def test_augment_hooks(ds128):
+    """A callable augments each sample on the CPU; an object with .batch gets device batches."""
+    seen = {"sample": 0, "batch": 0}
+
+    def per_sample(s):
+        seen["sample"] += 1
+        return s
+
+    class Flip:
+        def batch(self, images, targets):
+            seen["batch"] += 1
+            out = []
+            for im, t in zip(images, targets):
+                w = im.shape[-1]
+                b = t["boxes"].clone()
+                b[:, [0, 2]] = w - t["boxes"][:, [2, 0]]
+                out.append({"boxes": b, "labels": t["labels"]})
+            return [im.flip(-1) for im in images], out
+
+    for aug in (per_sample, Flip()):
+        model, cfg = tiny(ds128)
+        train_detector(model, cfg, ds128, None, TrainConfig(epochs=1, batch_size=2, device="cpu", augment=aug),
+                       progress=False)
+    assert seen == {"sample": 4, "batch": 2}
+
+
+def test_gpu_image_store_batches(ds128):
+    """The data_on_gpu store (exercised on the CPU here) yields what the DataLoader yields."""
+    from smearlab.data.torchdata import DetectionDataset
+    from smearlab.detection.train import _GpuImages
+    store = _GpuImages(ds128, grayscale=True, device=torch.device("cpu"))
+    imgs, tg = store.batch([2, 0])
+    ref = DetectionDataset(ds128, grayscale=True)
+    for im, t, i in zip(imgs, tg, [2, 0]):
+        r_im, r_t = ref[i]
+        assert torch.allclose(im, r_im, atol=1e-6)
+        assert torch.equal(t["boxes"], r_t["boxes"]) and torch.equal(t["labels"], r_t["labels"])
