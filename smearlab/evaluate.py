@@ -706,3 +706,35 @@ def plot_confusion(matrix: np.ndarray, names: Sequence[str], ax=None, *, normali
                     color="white" if shown[i, j] > 0.6 * top else "black")
     ax.set_title(title)
     return ax
+
+
+# ---------------------------------------------------------------------------------------------
+# failures: which boxes were missed and which are spurious
+# ---------------------------------------------------------------------------------------------
+def match_image(sample, prediction: dict, iou: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy same-class matching by score (as COCO does) for one image.
+
+    Returns ``(pred_tp, gt_found)``: which predictions are true positives and which ground-truth
+    boxes were found. Unmatched predictions are spurious; unfound ground truth is missed.
+    """
+    order = np.argsort(-prediction["scores"], kind="stable")
+    pred_tp = np.zeros(len(prediction["boxes"]), bool)
+    gt_found = np.zeros(len(sample.boxes), bool)
+    if not len(order) or not len(sample.boxes):
+        return pred_tp, gt_found
+    ious = _box_iou(prediction["boxes"], sample.boxes)
+    for p in order:
+        cand = (~gt_found) & (sample.labels == prediction["labels"][p]) & (ious[p] >= iou)
+        if cand.any():
+            g = int(np.argmax(np.where(cand, ious[p], -1)))
+            gt_found[g] = pred_tp[p] = True
+    return pred_tp, gt_found
+
+
+def worst_images(dataset: SmearDataset, predictions, n: int = 4, iou: float = 0.5) -> list[int]:
+    """Indices of the ``n`` images with the most missed plus spurious boxes (worst first)."""
+    errors = []
+    for i, (s, p) in enumerate(zip(dataset, predictions)):
+        tp, found = match_image(s, p, iou)
+        errors.append(int((~tp).sum() + (~found).sum()))
+    return [int(i) for i in np.argsort(errors, kind="stable")[::-1][:n]]

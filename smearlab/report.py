@@ -30,6 +30,7 @@ REPO_NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 REAL_DATA = {
     "01_eda": "cbc/Training",
     "02_preprocessing": "wbc_zheng.tar.xz",
+    "03_detection": "cbc",
 }
 
 
@@ -130,6 +131,8 @@ def run_notebook(nb: Path, out_dir: Path, parameters: dict[str, Any], *, kernel:
     params = {k: v for k, v in parameters.items() if k in declared}
     if "metrics_path" in declared:
         params["metrics_path"] = str(metrics_path)
+    if "out_dir" in declared:  # where a notebook writes exports and models: its own sub-folder
+        params["out_dir"] = str(out_dir.resolve() / name)
     if status == "ok":
         try:
             with atomic_path(out_nb) as tmp:

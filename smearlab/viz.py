@@ -164,3 +164,23 @@ def plot_channel_histograms(groups: dict[str, Sequence[np.ndarray]], axes=None, 
         ax.set_xlabel("value")
         ax.legend(fontsize=7)
     return axes
+
+
+def draw_failures(sample: Sample, prediction: dict, class_names: Sequence[str], ax=None, iou: float = 0.5):
+    """Detections against ground truth: found cells thin green, missed cells red dashed,
+    spurious detections orange. Returns the axes; the title gives the counts."""
+    from .evaluate import match_image
+    ax = ax or plt.gca()
+    tp, found = match_image(sample, prediction, iou)
+    ax.imshow(sample.image)
+    for box, ok in zip(sample.boxes, found):
+        x0, y0, x1, y1 = box
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=0.6 if ok else 1.6,
+                               ec="limegreen" if ok else "red", ls="-" if ok else "--"))
+    for (x0, y0, x1, y1), lab, ok in zip(prediction["boxes"], prediction["labels"], tp):
+        if not ok:
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.4, ec="orange"))
+            ax.text(x0, y0, class_names[lab], color="orange", fontsize=6, va="bottom")
+    ax.set_title(f"{sample.image_id}: {int((~found).sum())} missed, {int((~tp).sum())} spurious", fontsize=8)
+    ax.axis("off")
+    return ax

@@ -188,3 +188,22 @@ def test_exports(tmp_path):
     assert [int(v) for v in rows[1][2::2]] == true[0].tolist()
     assert [int(v) for v in rows[1][3::2]] == pred[0].tolist()
     assert not list(tmp_path.glob(".*tmp*"))
+
+
+def test_match_image_and_worst_images():
+    import numpy as np
+
+    from smearlab.data import Sample, SmearDataset
+    from smearlab.evaluate import match_image, worst_images
+
+    img = np.zeros((50, 50, 3), np.uint8)
+    gt = Sample("a", boxes=[[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 48, 48]], labels=[0, 1, 0], _image=img)
+    pred = {"boxes": np.array([[0, 0, 10, 11], [20, 20, 30, 30], [1, 1, 10, 10], [30, 0, 40, 8]], np.float32),
+            "scores": np.array([0.9, 0.8, 0.7, 0.6], np.float32),
+            "labels": np.array([0, 0, 0, 1])}
+    tp, found = match_image(gt, pred)
+    assert tp.tolist() == [True, False, False, False]  # wrong class, duplicate, nothing there
+    assert found.tolist() == [True, False, False]
+    perfect = {"boxes": gt.boxes, "scores": np.ones(3, np.float32), "labels": gt.labels}
+    ds = SmearDataset([gt, gt], ["RBC", "WBC"])
+    assert worst_images(ds, [perfect, pred], n=1) == [1]

@@ -1,4 +1,6 @@
 """Every notebook runs through papermill in quick mode and records its headline numbers."""
+from pathlib import Path
+
 import pytest
 
 from smearlab.report import REPO_NOTEBOOKS, find_notebooks, run_report
@@ -11,6 +13,8 @@ NOTEBOOKS = [p.stem for p in find_notebooks(REPO_NOTEBOOKS)]
 EXPECTED = {
     "01_eda": {"dataset", "images", "objects", "per_class", "skipped", "domain_colour_distance"},
     "02_preprocessing": {"dataset", "domains", "delta_e", "hist_emd", "best_pipeline", "delta_e_reduction"},
+    "03_detection": {"dataset", "images", "runs", "best", "mAP50", "mAP", "per_class", "count_accuracy",
+                     "thresholds", "tuner_ms"},
 }
 
 
@@ -67,3 +71,15 @@ def test_preprocessing_on_zheng_through_data_root(shared_data, tmp_path, monkeyp
     m = r["metrics"]
     assert m["domains"] == ["dataset1", "dataset2"]
     assert m["delta_e"]["reinhard"] < 0.7 * m["delta_e"]["none"]  # normalising D2 to D1 helps
+
+
+def test_detection_quick_learns_and_tunes(quick_run):
+    r = quick_run["notebooks"]["03_detection"]
+    m = r["metrics"]
+    assert [row["name"] for row in m["runs"]] == ["tiny", "tiny, frozen backbone"]
+    assert m["best"] == "tiny"
+    assert m["mAP50"] > 0.1  # a tiny model, 8 epochs on 32 CPU images: it must have learnt something
+    assert set(m["thresholds"]) == {"RBC", "WBC", "Platelets"}
+    exports = Path(quick_run["out"]) / "03_detection"
+    assert (exports / "test_detections_coco.json").exists() and (exports / "test_counts.csv").exists()
+    assert (exports / "tiny" / "final" / "thresholds.json").exists()

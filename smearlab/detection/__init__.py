@@ -1,27 +1,24 @@
 """Object detection: models, training, prediction, post-processing and threshold tuning.
 
-Names are imported on first use, so that ``python -m smearlab.detection.train`` (and torchrun)
-do not import the training module twice, and ``import smearlab.detection`` stays light.
+The training names are imported on first use, so that ``python -m smearlab.detection.train``
+(and torchrun) do not import the training module twice.
 """
 import importlib
 
-_EXPORTS = {
-    # builders, saving and loading (config.json / thresholds.json beside the weights)
-    "models": ["ARCHS", "DetectorConfig", "build_detector", "count_parameters", "load_model",
-               "read_config", "resolve_device", "save_model", "unwrap"],
-    # training loop (AMP, checkpoints, resume, DDP under torchrun)
-    "train": ["History", "TrainConfig", "default_evaluate", "param_digest", "train_detector"],
-    # batched and tiled inference
-    "predict": ["empty_prediction", "merge_tiles", "predict", "tile_windows"],
-    # raw prediction cache, per-class thresholds and NMS
-    "postprocess": ["RawPredictions", "Selector", "postprocess", "select"],
-    "tune": ["Thresholds", "auto_tune"],
-}
-_WHERE = {name: mod for mod, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_WHERE)
+# builders, saving and loading (config.json / thresholds.json beside the weights)
+from .models import (ARCHS, DetectorConfig, build_detector, count_parameters, load_model,  # noqa: F401
+                     read_config, resolve_device, save_model, unwrap)
+# raw prediction cache, per-class thresholds and NMS
+from .postprocess import RawPredictions, Selector, postprocess, select  # noqa: F401
+# batched and tiled inference
+from .predict import empty_prediction, merge_tiles, predict, tile_windows  # noqa: F401
+from .tune import Thresholds, auto_tune  # noqa: F401
+
+# training loop (AMP, checkpoints, resume, DDP under torchrun)
+_TRAIN = ("History", "TrainConfig", "default_evaluate", "param_digest", "train_detector")
 
 
 def __getattr__(name):
-    if name in _WHERE:
-        return getattr(importlib.import_module(f"{__name__}.{_WHERE[name]}"), name)
+    if name in _TRAIN:
+        return getattr(importlib.import_module(f"{__name__}.train"), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

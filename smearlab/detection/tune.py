@@ -54,9 +54,13 @@ class Thresholds:
         return postprocess(raw, self.score, self.nms_iou, self.class_agnostic, self.max_dets,
                            class_names=class_names)
 
+    def to_dict(self) -> dict:
+        """Plain JSON-ready dict (what :meth:`save` writes and ``save_model`` stores)."""
+        return asdict(self)
+
     def save(self, path: str | Path) -> Path:
         """Write ``thresholds.json`` atomically."""
-        write_json(path, asdict(self))
+        write_json(path, self.to_dict())
         return Path(path)
 
     @classmethod

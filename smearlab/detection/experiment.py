@@ -1,0 +1,126 @@
+"""One detection experiment end to end: train, predict, tune thresholds, evaluate, time.
+
+Notebook 03 and ``benchmarks/detection_cbc.py`` both call :func:`fit_and_evaluate`, so the
+numbers a notebook shows and the numbers a benchmark records come from the same code.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..data.sample import SmearDataset
+from ..evaluate import coco_eval, count_metrics
+from .models import DetectorConfig, build_detector, resolve_device, save_model
+from .postprocess import RawPredictions
+from .predict import predict
+from .train import History, TrainConfig, train_detector
+from .tune import Thresholds, auto_tune
+
+
+@dataclass
+class DetectionRun:
+    """What one experiment produced (model, raw predictions, metrics and timings)."""
+
+    name: str
+    config: DetectorConfig
+    model: torch.nn.Module
+    history: History
+    thresholds: Thresholds | None
+    raw_val: RawPredictions | None
+    raw_test: RawPredictions
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+    def row(self) -> dict[str, Any]:
+        """The run as one row of a comparison table."""
+        m = self.metrics
+        return {"name": self.name, "arch": self.config.arch, "frozen": self.config.freeze_backbone,
+                "mAP50": m["mAP50"], "mAP": m["mAP"], "count_accuracy": m["count_accuracy"],
+                "train_s": m["train_s"], "train_images_per_s": m["train_images_per_s"],
+                "infer_images_per_s": m["infer_images_per_s"]}
+
+
+def fit_and_evaluate(name: str, cfg: DetectorConfig, tcfg: TrainConfig, train: SmearDataset,
+                     test: SmearDataset, val: SmearDataset | None = None, *, tune: str | None = "f1",
+                     tile: int | None = None, batch_size: int = 8, progress: bool = True) -> DetectionRun:
+    """Train a detector, cache its raw predictions, tune thresholds on ``val``, score ``test``.
+
+    COCO AP is computed on the raw predictions (low score floor, as COCO expects ranked
+    detections); counts use the thresholds tuned on the validation split (objective ``tune``,
+    "f1" or "count"), or 0.5 when there is no validation split.
+
+    Returns
+    -------
+    DetectionRun
+        ``metrics`` holds mAP50, mAP, per_class, counts (per class), count_accuracy (mean over
+        classes), train_s, train_images_per_s, infer_s, infer_images_per_s, device, epochs.
+    """
+    model = build_detector(cfg)
+    t0 = time.perf_counter()
+    history = train_detector(model, cfg, train, val, tcfg, progress=progress)
+    train_s = time.perf_counter() - t0
+    device = resolve_device(tcfg.device)
+    model.to(device).eval()
+
+    raw_val = None
+    if val is not None and len(val):
+        raw_val = RawPredictions.for_dataset(val, predict(model, val, batch_size=batch_size, tile=tile,
+                                                          progress=progress, device=device), cfg.score_floor)
+    _sync(device)
+    t0 = time.perf_counter()
+    preds = predict(model, test, batch_size=batch_size, tile=tile, progress=progress, device=device)
+    _sync(device)
+    infer_s = time.perf_counter() - t0
+    raw_test = RawPredictions.for_dataset(test, preds, cfg.score_floor)
+
+    thresholds = auto_tune(val, raw_val, objective=tune) if (tune and raw_val is not None) else None
+    final = thresholds.apply(raw_test) if thresholds else None
+    coco = coco_eval(test, preds)
+    counts = count_metrics(test, final if final is not None else preds,
+                           score_threshold=0.0 if final is not None else 0.5)
+    images = len(train) * len(history.records)
+    metrics = {
+        "mAP50": coco["mAP50"], "mAP": coco["mAP"], "mAP75": coco["mAP75"], "per_class": coco["per_class"],
+        "counts": counts,
+        "count_accuracy": float(sum(c["accuracy"] for c in counts.values()) / max(len(counts), 1)),
+        "train_s": round(train_s, 2), "train_images_per_s": round(images / train_s, 2) if train_s else None,
+        "infer_s": round(infer_s, 3), "infer_images_per_s": round(len(test) / infer_s, 2) if infer_s else None,
+        "device": str(device), "epochs": len(history.records),
+    }
+    if tcfg.out_dir is not None:
+        save_model(model, cfg, Path(tcfg.out_dir) / "final",
+                   thresholds=thresholds)
+    return DetectionRun(name, cfg, model, history, thresholds, raw_val, raw_test, metrics)
+
+
+def detection_splits(spec: str = "synthetic", *, quick: bool = True, seed: int = 0,
+                     val: float = 0.15, test: float = 0.15) -> dict[str, SmearDataset]:
+    """Train / val / test splits for a detection experiment.
+
+    * ``"synthetic"``: one staining style (A), 48 images in quick mode, 300 otherwise, split by
+      image.
+    * A folder with ``Training/`` and ``Testing/`` (the CBC layout): ``Testing`` is the test set
+      and the validation split is carved out of ``Training``. CBC's own ``Validation/`` is a
+      subset of ``Training/`` and is never used.
+    * Any other dataset path: split by image (stratified on the classes each image holds).
+    """
+    from ..data import load, open_dataset
+    from ..data.splits import train_val_test_split
+
+    root = Path(spec)
+    if not spec.startswith("synthetic") and (root / "Training").is_dir() and (root / "Testing").is_dir():
+        parts = train_val_test_split(load(root / "Training"), val=val, test=0, seed=seed)
+        return {"train": parts["train"], "val": parts["val"], "test": load(root / "Testing")}
+    if spec == "synthetic":
+        ds = open_dataset("synthetic-A", n=48 if quick else 300, seed=seed)
+    else:
+        ds = open_dataset(spec, quick=quick, seed=seed)
+    return train_val_test_split(ds, val=val, test=test, seed=seed)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
