@@ -174,6 +174,19 @@ def test_augment_hooks(ds128):
     assert seen == {"sample": 4, "batch": 2}
 
 
+def test_smearlab_augment_trains_on_cpu(ds128):
+    """Augment has both paths: on the CPU it runs per sample (and must not crash on lists)."""
+    from smearlab.augment import default_augment
+    from smearlab.detection.train import _augment_batch
+    model, cfg = tiny(ds128)
+    train_detector(model, cfg, ds128, None, TrainConfig(epochs=1, batch_size=2, device="cpu",
+                                                        augment=default_augment(0)), progress=False)
+    images = [torch.rand(3, 32, 40), torch.rand(3, 24, 40)]  # different sizes: one by one
+    targets = [{"boxes": torch.tensor([[1.0, 1.0, 9.0, 9.0]]), "labels": torch.tensor([1])}] * 2
+    out, tg = _augment_batch(default_augment(0), images, targets)
+    assert len(out) == 2 and len(tg) == 2 and out[1].shape[0] == 3
+
+
 def test_gpu_image_store_batches(ds128):
     """The data_on_gpu store (exercised on the CPU here) yields what the DataLoader yields."""
     from smearlab.data.torchdata import DetectionDataset

@@ -501,11 +501,6 @@ def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, tr
         if val_smear is None:
             raise TypeError("val_ds must be a SmearDataset (or a DetectionDataset over one)")
         val_smear = _remap_dataset(val_smear, names, "validation")
-    augment = tcfg.augment
-    batch_aug = augment if (augment is not None and hasattr(augment, "batch")) else None
-    sample_aug = augment if (augment is not None and batch_aug is None) else given_transform
-    if augment is not None and batch_aug is None and not callable(augment):
-        raise TypeError("augment must be a callable f(sample) -> sample or have a .batch(images, targets) method")
     if val_smear is not None and evaluate_fn is None:
         try:
             from ..evaluate import coco_eval  # noqa: F401
@@ -516,6 +511,14 @@ def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, tr
 
     dctx = _Dist.setup(tcfg.device)
     device = dctx.device
+    augment = tcfg.augment
+    # an augmenter with both paths (smearlab.augment.Augment) runs batched on the GPU and per
+    # sample on the CPU, where that is faster (benchmarks/RESULTS.md, augmentation throughput)
+    batch_aug = augment if (augment is not None and hasattr(augment, "batch")
+                            and (device.type == "cuda" or not callable(augment))) else None
+    sample_aug = augment if (augment is not None and batch_aug is None) else given_transform
+    if augment is not None and batch_aug is None and not callable(augment):
+        raise TypeError("augment must be a callable f(sample) -> sample or have a .batch(images, targets) method")
     out_dir = Path(tcfg.out_dir) if tcfg.out_dir is not None else None
     use_amp = bool(tcfg.amp and device.type == "cuda")
     net = unwrap(model)
@@ -686,6 +689,15 @@ def _grad_scaler(enabled: bool):
     return torch.cuda.amp.GradScaler(enabled=enabled)  # pragma: no cover - torch < 2.3
 
 
+def _augment_batch(aug, images: list, targets: list) -> tuple[list, list]:
+    """Run ``aug.batch`` on a list of images: stacked when they share a size, else one by one."""
+    if len({tuple(im.shape) for im in images}) == 1:
+        out, targets = aug.batch(torch.stack(images), targets)
+        return list(out), targets
+    pairs = [aug.batch(im[None], [t]) for im, t in zip(images, targets)]
+    return [im[0] for im, _ in pairs], [t[0] for _, t in pairs]
+
+
 def _train_epoch(train_model, net, source, steps, optimizer, scheduler, scaler, device, use_amp, batch_aug,
                  tcfg: TrainConfig, epoch: int, dctx: _Dist, history: History, *, check_labels, progress,
                  last_good) -> dict[str, Any]:
@@ -707,7 +719,7 @@ def _train_epoch(train_model, net, source, steps, optimizer, scheduler, scaler, 
             targets = [{"boxes": t["boxes"].to(device, non_blocking=True),
                         "labels": t["labels"].to(device, non_blocking=True)} for t in targets]
             if batch_aug is not None:
-                images, targets = batch_aug.batch(images, targets)
+                images, targets = _augment_batch(batch_aug, images, targets)
             targets = _sanitize(targets)
             if check_labels is not None:
                 for t in targets:
