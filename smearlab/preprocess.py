@@ -30,13 +30,11 @@ from skimage import exposure, filters
 from skimage.color import lab2rgb, rgb2lab
 
 from .data.errors import DataError
+from .data.imageio import LUMA
 from .io import write_json
 
 log = logging.getLogger("smearlab.preprocess")
 
-#: ITU-R BT.601 luma weights, as ``smearlab.data.torchdata.LUMA`` and PIL "L" (kept here so
-#: that this module does not import torch).
-LUMA = (0.299, 0.587, 0.114)
 _SHARPEN = np.array([[0, -1, 0], [-1, 5, -1], [0, -1, 0]], np.float64)
 
 

@@ -44,8 +44,12 @@ def test_grayscale_is_bt601_luma_like_pil(rng):
 
 
 def test_luma_matches_torchdata():
-    from smearlab.data.torchdata import LUMA as TORCH_LUMA
-    assert LUMA == TORCH_LUMA
+    import torch
+
+    from smearlab.data.torchdata import image_to_tensor
+    img = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    grey = image_to_tensor(img, grayscale=True)[0] * 255
+    assert torch.allclose(grey, torch.tensor(img.astype(np.float32) @ np.array(LUMA, np.float32)), atol=1e-3)
 
 
 def test_sharpen_constant_identity_and_step_contrast():

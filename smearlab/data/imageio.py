@@ -9,6 +9,9 @@ from PIL import Image, UnidentifiedImageError
 
 from .errors import DataError
 
+#: ITU-R BT.601 luma weights (the ones PIL uses for "L"), shared by every grey conversion.
+LUMA = (0.299, 0.587, 0.114)
+
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".gif", ".webp"}
 DICOM_EXTENSIONS = {".dcm", ".dicom"}
 

@@ -7,10 +7,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from .imageio import LUMA
 from .sample import Sample, SmearDataset
 
-#: ITU-R BT.601 luma weights, the same ones PIL uses for "L".
-LUMA = (0.299, 0.587, 0.114)
 
 
 class DetectionDataset(Dataset):
