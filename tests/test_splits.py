@@ -61,3 +61,13 @@ def test_leak_check_finds_names_and_content(tmp_path):
     assert "identical images" in str(rep2)
     clean = check_leaks({"train": mk(paths[:2]), "test": mk(paths[2:3])})
     assert not clean.leaks and "no leaks" in str(clean)
+
+
+def test_split_with_more_class_combinations_than_test_images():
+    """Many rare class combinations and a small test split: pooled, never an sklearn error."""
+    rng = np.random.default_rng(1)
+    samples = [Sample(f"i{i}", boxes=np.tile([0, 0, 5, 5], (2, 1)), labels=[0, 1 + i % 7],
+                      _image=rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)) for i in range(40)]
+    ds = SmearDataset(samples, [f"c{k}" for k in range(8)])
+    parts = train_val_test_split(ds, val=0.15, test=0.25, seed=0)
+    assert [len(parts[k]) for k in ("train", "val", "test")] == [24, 6, 10]

@@ -36,8 +36,21 @@ def _mergeable_keys(keys: list[str], min_count: int) -> np.ndarray:
     return np.array([k if counts[k] >= min_count else "rare" for k in keys])
 
 
-def _stratify(keys: np.ndarray, min_count: int) -> np.ndarray | None:
+def _stratify(keys: np.ndarray, min_count: int, max_groups: int | None = None) -> np.ndarray | None:
+    """Stratification labels, or None when stratifying is impossible.
+
+    Combinations with fewer than ``min_count`` images are pooled as "rare"; when there are more
+    groups than ``max_groups`` (a split cannot hold one image of each), the smallest groups are
+    pooled too.
+    """
     keys = _mergeable_keys(list(keys), min_count)
+    if max_groups is not None:
+        while True:
+            names, counts = np.unique(keys, return_counts=True)
+            if len(names) <= max_groups or len(names) <= 1:
+                break
+            small = [n for n in names[np.argsort(counts, kind="stable")] if n != "rare"][:2]
+            keys = np.where(np.isin(keys, small), "rare", keys)
     _, counts = np.unique(keys, return_counts=True)
     return keys if len(counts) > 1 and counts.min() >= min_count else None
 
@@ -57,9 +70,9 @@ def train_val_test_split(dataset: SmearDataset, val: float = 0.15, test: float =
     for name, frac, remaining in (("test", test, 1.0), ("val", val, 1.0 - test)):
         if frac == 0:
             continue
-        strat = _stratify(keys[rest], 2) if stratify else None
-        rest, taken = train_test_split(rest, test_size=frac / remaining, random_state=seed,
-                                       stratify=strat)
+        n_take = int(np.ceil(frac / remaining * len(rest)))
+        strat = _stratify(keys[rest], 2, min(n_take, len(rest) - n_take)) if stratify else None
+        rest, taken = train_test_split(rest, test_size=n_take, random_state=seed, stratify=strat)
         parts[name] = np.sort(taken)
     parts["train"] = np.sort(rest)
     return {k: dataset.subset(v.tolist(), name=f"{dataset.name}:{k}")
