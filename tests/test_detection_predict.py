@@ -105,3 +105,22 @@ def test_predict_form_real_model():
     # one image given as an array, tiled on a real model
     one = predict(m, ds[0].image, tile=96, progress=False)
     assert len(one) == 1 and one[0]["boxes"].shape[1] == 4
+
+
+def test_tiles_are_resized_like_the_whole_image():
+    """A tile must reach the network at the scale the whole field would (the training scale)."""
+    torch.manual_seed(0)
+    model = build_detector(DetectorConfig(arch="fasterrcnn_tiny", class_names=["a"], min_size=150, max_size=200))
+    seen = []
+    resize = model.transform.resize
+
+    def spy(image, target=None):
+        out = resize(image, target)
+        seen.append((tuple(image.shape[-2:]), tuple(out[0].shape[-2:])))
+        return out
+
+    model.transform.resize = spy
+    image = np.zeros((300, 400, 3), np.uint8)  # whole image: scale min(150/300, 200/400) = 0.5
+    predict(model, [image], tile=200, overlap=0.0, progress=False)
+    assert seen and all(out == (inp[0] // 2, inp[1] // 2) for inp, out in seen)
+    assert model.transform.fixed_size is None  # restored

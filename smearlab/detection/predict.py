@@ -231,6 +231,30 @@ def _to_numpy(out: dict) -> dict[str, np.ndarray]:
     return {"boxes": boxes[keep][order], "scores": scores[keep][order], "labels": labels[keep][order]}
 
 
+@contextlib.contextmanager
+def _whole_image_scale(model, hw: tuple[int, int], windows):
+    """Resize tiles by the factor the model's transform would apply to the whole image.
+
+    A torchvision detector rescales every input so that its short side meets ``min_size``; a
+    640 px tile of a 1280x960 field would otherwise be enlarged far more than the field was
+    in training, and the cells would look bigger than any the model has seen. Tiles of one
+    chunk share a size (``tile_windows``); mixed sizes keep the model's own resizing.
+    """
+    tr = getattr(unwrap(model) if isinstance(model, nn.Module) else model, "transform", None)
+    sizes = {(x1 - x0, y1 - y0) for x0, y0, x1, y1 in windows}
+    if tr is None or not hasattr(tr, "fixed_size") or len(sizes) != 1:
+        yield
+        return
+    f = min(float(tr.min_size[-1]) / min(hw), float(tr.max_size) / max(hw))
+    (tw, th), = sizes
+    old = tr.fixed_size
+    tr.fixed_size = (max(1, round(tw * f)), max(1, round(th * f)))
+    try:
+        yield
+    finally:
+        tr.fixed_size = old
+
+
 def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | None" = None,
             amp: bool | None = None, score_floor: float | None = None, tile: int | None = None,
             overlap: float = 0.2, progress: bool = True, merge_iou: float = 0.5,
@@ -294,7 +318,8 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
                     parts, tix = [], []
                     for s in range(0, len(wins), batch_size):
                         chunk = wins[s:s + batch_size]
-                        outs = run([img[:, y0:y1, x0:x1] for x0, y0, x1, y1 in chunk])
+                        with _whole_image_scale(model, (h, w), chunk):
+                            outs = run([img[:, y0:y1, x0:x1] for x0, y0, x1, y1 in chunk])
                         for k, (o, (x0, y0, _, _)) in enumerate(zip(outs, chunk)):
                             o["boxes"] = o["boxes"] + np.array([x0, y0, x0, y0], np.float32)
                             parts.append(o)

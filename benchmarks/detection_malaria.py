@@ -1,0 +1,66 @@
+"""Per-class AP on the IML-Malaria subset, rare parasite stages included, with tiled inference.
+
+Usage::
+
+    python benchmarks/detection_malaria.py --preset gpu
+    python benchmarks/detection_malaria.py --preset cpu   # quick CPU figures when no GPU is lent
+
+The 40 images (1280x960) are split by image (stratified on the classes each holds); training
+sees whole images at the preset's input size, prediction runs on overlapping tiles merged
+across tile edges. Writes ``benchmarks/results/detection_malaria.json`` (key ``per_class``).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import save_result  # noqa: E402
+from smearlab.detection import DetectorConfig, TrainConfig  # noqa: E402
+from smearlab.detection.experiment import detection_splits, fit_and_evaluate  # noqa: E402
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "malaria_iml_subset"
+
+PRESETS = {
+    "gpu": (dict(arch="fasterrcnn_v2", min_size=960, max_size=1280, detections_per_img=600),
+            dict(epochs=60, batch_size=8, lr=0.02, warmup_iters=50, amp=True, data_on_gpu=True), 640),
+    "cpu": (dict(arch="fasterrcnn_tiny", min_size=720, max_size=960, detections_per_img=600),
+            dict(epochs=6, batch_size=2, lr=0.02, warmup_iters=20), 640),
+}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", choices=sorted(PRESETS), default="gpu")
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    model_kw, train_kw, tile = PRESETS[args.preset]
+    splits = detection_splits(str(args.data), seed=args.seed, val=0.15, test=0.25)
+    cfg = DetectorConfig(class_names=splits["train"].class_names, **model_kw)
+    with tempfile.TemporaryDirectory() as tmp:
+        tcfg = TrainConfig(seed=args.seed, device=args.device, out_dir=tmp, **train_kw)
+        run = fit_and_evaluate("malaria", cfg, tcfg, splits["train"], splits["test"], splits["val"],
+                               tile=tile, batch_size=4)
+    m = run.metrics
+    test_objects = splits["test"].class_counts()
+    result = {
+        "per_class": {c: {"AP50": v["AP50"], "AP": v["AP"], "test_objects": test_objects[c]}
+                      for c, v in m["per_class"].items()},
+        "mAP50": m["mAP50"], "mAP": m["mAP"], "tile": tile, "arch": cfg.arch, "epochs": m["epochs"],
+        "train_s": m["train_s"], "infer_images_per_s": m["infer_images_per_s"], "device": m["device"],
+        "images": {k: len(v) for k, v in splits.items()}, "preset": args.preset,
+    }
+    out = save_result("detection_malaria", result, argv)
+    for c, v in result["per_class"].items():
+        ap50 = "  n/a" if v["AP50"] is None else f"{v['AP50']:.3f}"
+        print(f"{c:16s} AP50 {ap50}  ({v['test_objects']} test objects)")
+    print(f"mAP50 {m['mAP50']:.3f}, mAP {m['mAP']:.3f} -> {out}")
+
+
+if __name__ == "__main__":
+    main()
