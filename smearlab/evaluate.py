@@ -62,7 +62,7 @@ def _xywh(boxes: np.ndarray) -> list[list[float]]:
 
 def coco_gt_dict(dataset: SmearDataset, *, segm: bool = False) -> dict:
     """The COCO ground-truth dict of ``dataset`` (no image files; ``iscrowd`` always 0)."""
-    from .data.formats.coco import _encode_rle
+    from .data.formats.coco import encode_rle
     images, anns = [], []
     for i, s in enumerate(dataset, start=1):
         h, w = s.hw
@@ -75,7 +75,7 @@ def coco_gt_dict(dataset: SmearDataset, *, segm: bool = False) -> dict:
             a = {"id": len(anns) + 1, "image_id": i, "category_id": lab + 1, "bbox": bb,
                  "area": bb[2] * bb[3], "iscrowd": 0}
             if segm:
-                a["segmentation"] = _encode_rle(masks[j])
+                a["segmentation"] = encode_rle(masks[j])
                 a["area"] = int(masks[j].sum())
             anns.append(a)
     cats = [{"id": k + 1, "name": n, "supercategory": ""} for k, n in enumerate(dataset.class_names)]

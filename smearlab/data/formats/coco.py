@@ -301,13 +301,13 @@ def _annotations(sample: Sample, image_id: int, first_id: int, mode: str) -> lis
         ann = {"id": first_id + j, "image_id": image_id, "category_id": label + 1,
                "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0}
         if masks is not None:
-            ann["segmentation"] = _encode_rle(masks[j]) if mode == "rle" else _polygons(masks[j])
+            ann["segmentation"] = encode_rle(masks[j]) if mode == "rle" else _polygons(masks[j])
             ann["area"] = int(masks[j].sum())
         out.append(ann)
     return out
 
 
-def _encode_rle(mask: np.ndarray) -> dict:
+def encode_rle(mask: np.ndarray) -> dict:
     """Compressed RLE with ``counts`` as a str (JSON-safe)."""
     rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
