@@ -96,6 +96,33 @@ def fit_and_evaluate(name: str, cfg: DetectorConfig, tcfg: TrainConfig, train: S
     return DetectionRun(name, cfg, model, history, thresholds, raw_val, raw_test, metrics)
 
 
+def cross_validate(dataset: SmearDataset, cfg: DetectorConfig, tcfg: TrainConfig, k: int = 5, *,
+                   seed: int = 0, progress: bool = False) -> dict[str, Any]:
+    """Stratified K-fold by image: train on k-1 folds, score the held-out fold, k times.
+
+    No thresholds are tuned (COCO AP needs none). Each fold writes under ``tcfg.out_dir/fold<i>``
+    when an output folder is set. Returns per-fold rows and the mean and standard deviation of
+    mAP50 and mAP.
+    """
+    import dataclasses
+
+    import numpy as np
+
+    from ..data.splits import kfold
+
+    rows = []
+    for i, (tr, te) in enumerate(kfold(dataset, k=k, seed=seed)):
+        out = None if tcfg.out_dir is None else Path(tcfg.out_dir) / f"fold{i}"
+        fold_cfg = dataclasses.replace(tcfg, out_dir=out, seed=tcfg.seed + i)
+        run = fit_and_evaluate(f"fold{i}", cfg, fold_cfg, dataset.subset(tr.tolist()),
+                               dataset.subset(te.tolist()), None, tune=None, progress=progress)
+        rows.append({"fold": i, "train": len(tr), "test": len(te), "mAP50": run.metrics["mAP50"],
+                     "mAP": run.metrics["mAP"]})
+    summary = {key: {"mean": float(np.mean([r[key] for r in rows])), "std": float(np.std([r[key] for r in rows]))}
+               for key in ("mAP50", "mAP")}
+    return {"folds": rows, **summary}
+
+
 def detection_splits(spec: str = "synthetic", *, quick: bool = True, seed: int = 0,
                      val: float = 0.15, test: float = 0.15) -> dict[str, SmearDataset]:
     """Train / val / test splits for a detection experiment.

@@ -1,0 +1,43 @@
+"""fit_and_evaluate, detection splits and K-fold cross-validation on tiny data."""
+import pytest
+
+from smearlab.data.synthetic import make_dataset
+from smearlab.detection import DetectorConfig, TrainConfig, load_model
+from smearlab.detection.experiment import cross_validate, detection_splits, fit_and_evaluate
+
+
+@pytest.fixture(scope="module")
+def small():
+    return make_dataset(9, seed=3, width=160, height=128)
+
+
+def _cfgs(ds, tmp_path, epochs=1):
+    cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=ds.class_names, min_size=128, max_size=160)
+    return cfg, TrainConfig(epochs=epochs, batch_size=3, lr=0.01, warmup_iters=2, device="cpu", out_dir=tmp_path)
+
+
+def test_fit_and_evaluate_writes_model_with_thresholds(small, tmp_path):
+    cfg, tcfg = _cfgs(small, tmp_path)
+    run = fit_and_evaluate("t", cfg, tcfg, small[:5], small[7:], small[5:7], progress=False)
+    row = run.row()
+    assert set(row) >= {"mAP50", "mAP", "count_accuracy", "train_images_per_s", "infer_images_per_s"}
+    assert 0 <= row["mAP50"] <= 1 and len(run.raw_test.predictions) == 2
+    assert set(run.thresholds.score) == set(small.class_names)
+    model = load_model(tmp_path / "final", device="cpu")
+    assert model.thresholds["score"] == run.thresholds.score
+
+
+def test_cross_validate_covers_every_image(small, tmp_path):
+    cfg, tcfg = _cfgs(small, tmp_path)
+    cv = cross_validate(small, cfg, tcfg, k=3)
+    assert [r["test"] for r in cv["folds"]] == [3, 3, 3]
+    assert sum(r["test"] for r in cv["folds"]) == len(small)
+    assert 0 <= cv["mAP50"]["mean"] <= 1 and cv["mAP50"]["std"] >= 0
+    assert (tmp_path / "fold2" / "final" / "weights.pt").exists()
+
+
+def test_cbc_splits_never_use_the_leaking_validation_folder(cbc_root):
+    sp = detection_splits(str(cbc_root), seed=0, val=0.1)
+    assert len(sp["test"]) == 60 and len(sp["train"]) + len(sp["val"]) == 300
+    names = {s.path.parent.parent.name for part in sp.values() for s in part}
+    assert names == {"Training", "Testing"}
