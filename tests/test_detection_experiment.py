@@ -41,3 +41,32 @@ def test_cbc_splits_never_use_the_leaking_validation_folder(cbc_root):
     assert len(sp["test"]) == 60 and len(sp["train"]) + len(sp["val"]) == 300
     names = {s.path.parent.parent.name for part in sp.values() for s in part}
     assert names == {"Training", "Testing"}
+
+
+def test_preprocess_and_thresholds_travel_with_the_model(small, tmp_path, monkeypatch):
+    import numpy as np
+
+    from smearlab.detection import predict
+    from smearlab.preprocess import Preprocess
+
+    pre = Preprocess([("gamma", {"g": 0.5})])
+    cfg, tcfg = _cfgs(small, tmp_path)
+    tcfg.preprocess = pre
+    seen = []
+    monkeypatch.setattr(Preprocess, "apply", lambda self, s: seen.append(s.image_id) or s)
+    run = fit_and_evaluate("p", cfg, tcfg, small[:5], small[7:], small[5:7], progress=False)
+    assert set(seen) >= {s.image_id for s in small[:7]}  # training and validation images
+    model = load_model(tmp_path / "final", device="cpu")
+    assert model.preprocess_spec == pre.to_dict() and model.thresholds is not None
+
+    calls = []
+    monkeypatch.setattr(Preprocess, "__call__", lambda self, im: calls.append(1) or im)
+    raw = predict(model, small[7:], progress=False)
+    assert len(calls) == 2  # the saved pipeline is applied at inference too
+    final = predict(model, small[7:], progress=False, thresholds="model", preprocess=None)
+    assert len(calls) == 2
+    for r, f in zip(raw, final):
+        assert len(f["scores"]) <= len(r["scores"])
+        for c, name in enumerate(small.class_names):
+            assert np.all(f["scores"][f["labels"] == c] >= model.thresholds["score"][name])
+    assert run.metrics["epochs"] == 1

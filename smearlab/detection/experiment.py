@@ -92,7 +92,7 @@ def fit_and_evaluate(name: str, cfg: DetectorConfig, tcfg: TrainConfig, train: S
     }
     if tcfg.out_dir is not None:
         save_model(model, cfg, Path(tcfg.out_dir) / "final",
-                   thresholds=thresholds)
+                   thresholds=thresholds, preprocess=getattr(model, "preprocess_spec", None))
     return DetectionRun(name, cfg, model, history, thresholds, raw_val, raw_test, metrics)
 
 

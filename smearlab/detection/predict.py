@@ -258,7 +258,8 @@ def _whole_image_scale(model, hw: tuple[int, int], windows):
 def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | None" = None,
             amp: bool | None = None, score_floor: float | None = None, tile: int | None = None,
             overlap: float = 0.2, progress: bool = True, merge_iou: float = 0.5,
-            nms_iou: float = 0.5, edge_margin: float = 3.0) -> list[dict[str, np.ndarray]]:
+            nms_iou: float = 0.5, edge_margin: float = 3.0, preprocess: Any = "model",
+            thresholds: Any = None) -> list[dict[str, np.ndarray]]:
     """Predict every image of ``data``; one prediction dict per image, in order.
 
     Parameters
@@ -275,6 +276,10 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
         fraction of a tile shared with its neighbour. ``merge_iou``, ``nms_iou`` and
         ``edge_margin`` tune :func:`merge_tiles`.
     progress : tqdm progress bar.
+    preprocess : ``"model"`` applies the pipeline saved with the model (``preprocess.json``, as
+        in training); a ``Preprocess`` or its dict applies that one; None applies nothing.
+    thresholds : None returns raw detections (for caching and COCO AP); ``"model"`` applies the
+        tuned ``thresholds.json`` saved with the model; a ``Thresholds`` or its dict applies that.
     """
     is_module = isinstance(model, nn.Module)
     if device is None:
@@ -287,6 +292,16 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
     use_amp = (dev.type == "cuda") if amp is None else bool(amp and dev.type == "cuda")
     channels = _model_channels(unwrap(model) if is_module else model)
     n, get = _items(data)
+    pre = _resolve_extra(model, preprocess, "preprocess_spec", "preprocess")
+    if pre is not None:
+        from .train import as_preprocess
+        pre, raw_get = as_preprocess(pre), get
+
+        def get(i):
+            img = raw_get(i)
+            if not isinstance(img, np.ndarray):
+                raise TypeError("preprocessing needs numpy RGB images (or samples), not tensors")
+            return pre(img)
     was_training = model.training if is_module else False
     if is_module:
         model.eval()
@@ -341,4 +356,20 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
             bar.close()
         if is_module and was_training:
             model.train()
+    th = _resolve_extra(model, thresholds, "thresholds", "thresholds")
+    if th is not None:
+        from .tune import Thresholds
+        th = th if isinstance(th, Thresholds) else Thresholds(**th)
+        cfg = getattr(unwrap(model) if is_module else model, "detector_config", None)
+        results = th.apply(results, class_names=list(cfg.class_names) if cfg is not None else None)
     return results
+
+
+def _resolve_extra(model, value, attribute: str, what: str):
+    """``"model"`` -> what was saved with the model (or None); anything else as given."""
+    if isinstance(value, str):
+        if value != "model":
+            raise ValueError(f"{what} must be 'model', None or a {what} object, got {value!r}")
+        m = unwrap(model) if isinstance(model, nn.Module) else model
+        return getattr(m, attribute, None)
+    return value

@@ -84,7 +84,9 @@ class TrainConfig:
         device tensors.
     max_steps_per_epoch : cut epochs short (quick looks, tests).
     val_tile : tile size for validation inference on large fields (see ``predict``).
-    preprocess : preprocessing pipeline (dict or object with ``to_dict``) saved with the models.
+    preprocess : preprocessing pipeline (a ``Preprocess`` or its dict), applied to the training
+        and validation images before augmentation and saved with the models, so that
+        :func:`~smearlab.detection.predict.predict` applies it identically.
     """
 
     epochs: int = 12
@@ -299,6 +301,22 @@ def _remap_dataset(ds: SmearDataset, model_names: list[str], what: str) -> Smear
                         semantic_names=ds.semantic_names)
 
 
+def as_preprocess(spec):
+    """A :class:`~smearlab.preprocess.Preprocess` from a pipeline, its dict, or None."""
+    if spec is None:
+        return None
+    from ..preprocess import Preprocess
+    return spec if isinstance(spec, Preprocess) else Preprocess.from_dict(spec)
+
+
+def _preprocessed(ds: SmearDataset, pre) -> SmearDataset:
+    """The dataset with ``pre`` applied to every image once, up front (same annotations)."""
+    if pre is None or not len(pre):
+        return ds
+    return SmearDataset([pre.apply(s) for s in ds], ds.class_names, ds.name, root=ds.root,
+                        format=ds.format, semantic_names=ds.semantic_names)
+
+
 def _as_smear(ds) -> tuple[SmearDataset | None, Any]:
     """(SmearDataset or None, per-sample transform of a given DetectionDataset)."""
     if isinstance(ds, SmearDataset):
@@ -493,14 +511,17 @@ def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, tr
 
     # --- data: checked before anything else ------------------------------------------------
     train_smear, given_transform = _as_smear(train_ds)
+    pre = as_preprocess(tcfg.preprocess)
+    if pre is not None:  # the trained model carries its pipeline, as a loaded one does
+        unwrap(model).preprocess_spec = pre.to_dict()
     if train_smear is not None:
-        train_smear = _remap_dataset(train_smear, names, "training")
+        train_smear = _preprocessed(_remap_dataset(train_smear, names, "training"), pre)
     val_smear = None
     if val_ds is not None:
         val_smear, _ = _as_smear(val_ds)
         if val_smear is None:
             raise TypeError("val_ds must be a SmearDataset (or a DetectionDataset over one)")
-        val_smear = _remap_dataset(val_smear, names, "validation")
+        val_smear = _preprocessed(_remap_dataset(val_smear, names, "validation"), pre)
     if val_smear is not None and evaluate_fn is None:
         try:
             from ..evaluate import coco_eval  # noqa: F401
