@@ -40,3 +40,17 @@ def test_cbc_validation_leak_is_detected(cbc_root):
     assert len(rep.same_content[("Training", "Validation")]) == 60
     assert ("Training", "Testing") not in rep.same_name
     assert ("Validation", "Testing") not in rep.same_content
+
+
+def test_cli_data_prints_summary_and_skips(cbc_root, capsys, tmp_path):
+    import json
+
+    from smearlab import cli
+
+    assert cli.main(["data", str(cbc_root / "Testing")]) == 0
+    out = capsys.readouterr().out
+    summary = json.loads(out[: out.index("skipped:")])
+    assert summary["images"] == 60 and summary["objects"] == 907 and summary["skipped"] == 1
+    assert "BloodImage_00343.xml" in out
+    assert cli.main(["data", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
