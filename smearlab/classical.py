@@ -28,6 +28,8 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
+from .evaluate import empty_prediction
+
 __all__ = ["CHANNELS", "threshold_segment", "watershed_segment", "blob_detect", "extract_cell",
            "label_image_to_instances", "instances_to_label_image", "empty_prediction",
            "segment_dataset", "foreground_mask", "to_channel"]
@@ -172,10 +174,7 @@ def foreground_mask(image: np.ndarray, method: str = "otsu", channel: str = "aut
 
 
 # -- instance conversions -------------------------------------------------------------------------
-def empty_prediction(h: int, w: int) -> dict:
-    """The prediction of an image without objects: shapes ``(0, 4)``, ``(0,)``, ``(0,)``, ``(0, H, W)``."""
-    return {"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros((0,), np.float32),
-            "labels": np.zeros((0,), np.int64), "masks": np.zeros((0, int(h), int(w)), bool)}
+
 
 
 def label_image_to_instances(label_img: np.ndarray, *, scores=None, label: int = 0,
@@ -210,7 +209,7 @@ def label_image_to_instances(label_img: np.ndarray, *, scores=None, label: int =
     ids = np.unique(lab)
     ids = ids[ids > 0]
     if not len(ids):
-        return empty_prediction(h, w)
+        return empty_prediction((h, w))
     from skimage.segmentation import relabel_sequential
     seq = relabel_sequential(lab)[0] if (ids[-1] != len(ids)) else lab
     n = len(ids)
@@ -357,7 +356,7 @@ def watershed_segment(image: np.ndarray, min_distance: int = 5, footprint=None,
                                     offset=offset, min_size=min_size,
                                     opening_radius=opening_radius, fill_holes=fill_holes)
     if not mask.any():
-        return empty_prediction(*mask.shape)
+        return empty_prediction(mask.shape)
     comps = cc(mask, connectivity=1)
     dist = ndi.distance_transform_edt(mask)
     if smooth:
@@ -417,7 +416,7 @@ def blob_detect(image: np.ndarray, method: str = "log", min_sigma: float = 2.0,
     x = _scale01(to_channel(img, channel))
     h, w = x.shape
     if x.max() <= 0:
-        return empty_prediction(h, w)
+        return empty_prediction((h, w))
     if invert == "auto":
         invert = bool((x > filters.threshold_otsu(x)).mean() > 0.5)
     if invert:
@@ -432,7 +431,7 @@ def blob_detect(image: np.ndarray, method: str = "log", min_sigma: float = 2.0,
         blobs = feature.blob_doh(x, min_sigma=min_sigma, max_sigma=max_sigma, num_sigma=num_sigma,
                                  threshold=threshold, overlap=overlap)
     if not len(blobs):
-        return empty_prediction(h, w)
+        return empty_prediction((h, w))
     blobs = blobs[:, :3]
     resp = np.zeros(len(blobs))
     for s in np.unique(blobs[:, 2]):
@@ -514,7 +513,7 @@ def extract_cell(image: np.ndarray, dilation_radius: int = 3, min_distance: int 
                               min_size=min_size, opening_radius=1, fill_holes=True)
     h, w = mask.shape
     if not mask.any():
-        return empty_prediction(h, w), None
+        return empty_prediction((h, w)), None
     if dilation_radius:
         mask = ndi.binary_dilation(mask, structure=morphology.disk(int(dilation_radius)))
         mask = ndi.binary_fill_holes(mask)

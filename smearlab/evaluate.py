@@ -28,6 +28,15 @@ DSB_THRESHOLDS = np.arange(0.5, 1.0, 0.05)
 
 
 # -- the prediction form --------------------------------------------------------------------------
+def empty_prediction(hw: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+    """The prediction of an image without objects; with ``hw`` it also holds ``(0, H, W)`` masks."""
+    out = {"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros((0,), np.float32),
+           "labels": np.zeros((0,), np.int64)}
+    if hw is not None:
+        out["masks"] = np.zeros((0, int(hw[0]), int(hw[1])), bool)
+    return out
+
+
 def check_predictions(dataset: SmearDataset, predictions) -> list[dict]:
     """The predictions with the agreed dtypes; ``ValueError`` on a length or label mismatch."""
     from .detection.postprocess import RawPredictions, as_prediction

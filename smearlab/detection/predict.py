@@ -21,14 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..evaluate import empty_prediction
 from .models import resolve_device, unwrap
 
 Prediction = dict  # {"boxes", "scores", "labels"} numpy arrays
-
-
-def empty_prediction() -> dict[str, np.ndarray]:
-    return {"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros((0,), np.float32),
-            "labels": np.zeros((0,), np.int64)}
 
 
 # ---------------------------------------------------------------------------------------------
