@@ -6,13 +6,39 @@ import json
 import logging
 import sys
 
+SWEEP_HELP = """\
+how sweeps work:
+  --sweep FILE runs one notebook over a grid of parameters (YAML: notebook, grid: {param:
+  [values]}, optional parameters:, profile:, metrics:; see reports/sweep_example.yaml).
+  Every grid point is an independent job with its own folder OUT/job_NNN and its own kernel;
+  --jobs N runs N at a time. The table goes to OUT/sweep.json, sweep.csv and sweep.html
+  (OUT: --out, default reports/sweep-<file name>); failed points are marked, the others run.
+
+  On a cluster, hand the same jobs to the scheduler: --list-jobs prints one self-contained
+  command per grid point (smearlab report --only NB --param k=v ... --out OUT/job_NNN), one
+  per line; run them in any order or place, then tabulate with --collect OUT. SLURM array:
+    smearlab report --sweep sweep.yaml --out runs/s1 --list-jobs > jobs.txt
+    sbatch --array=1-$(wc -l < jobs.txt) --wrap 'sed -n "${SLURM_ARRAY_TASK_ID}p" jobs.txt | bash'
+    smearlab report --sweep sweep.yaml --collect runs/s1      # once all tasks have finished
+"""
+
 
 def _report(args) -> int:
     from .report import run_report
 
-    index = run_report(args.profile, data_root=args.data_root, device=args.device, out=args.out,
-                       notebooks=args.only, notebook_dir=args.notebooks, seed=args.seed,
-                       timeout=args.timeout, html_export=not args.no_html)
+    if args.sweep:
+        return _sweep(args)
+    if args.jobs != 1 or args.list_jobs or args.collect:
+        print("error: --jobs, --list-jobs and --collect go with --sweep FILE", file=sys.stderr)
+        return 2
+    try:
+        index = run_report(args.profile, data_root=args.data_root, device=args.device, out=args.out,
+                           notebooks=args.only, notebook_dir=args.notebooks, seed=args.seed,
+                           timeout=args.timeout or None, html_export=not args.no_html,
+                           parameters=dict(args.param or []))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     for name in index["ran"]:
         r = index["notebooks"][name]
         print(f"{r['status']:>6}  {r['seconds']:7.1f} s  {name}" + (f"  ({r['error']})" if r["error"] else ""))
@@ -20,6 +46,46 @@ def _report(args) -> int:
     print(f"{len(index['ran'])} notebooks, {len(failed)} failed, {index['wall_s']:.1f} s; "
           f"index: {index['out']}/index.html")
     return 1 if failed else 0
+
+
+def _sweep(args) -> int:
+    """``report --sweep FILE``: run, list or collect the jobs of a parameter sweep."""
+    from .report import collect_sweep, default_sweep_out, format_value, load_sweep, run_sweep, sweep_jobs
+
+    if args.only or args.param:
+        print("error: with --sweep the notebook and its parameters come from the sweep file "
+              "(notebook:, parameters:, grid:), not --only/--param", file=sys.stderr)
+        return 2
+    if args.jobs < 1:
+        print(f"error: --jobs must be at least 1, got {args.jobs}", file=sys.stderr)
+        return 2
+    if args.list_jobs and args.collect:
+        print("error: choose one of --list-jobs and --collect", file=sys.stderr)
+        return 2
+    try:
+        sweep = load_sweep(args.sweep, args.notebooks)
+        out = args.collect or args.out or default_sweep_out(sweep)
+        if args.list_jobs:
+            for job in sweep_jobs(sweep, out, data_root=args.data_root, device=args.device, seed=args.seed,
+                                  timeout=args.timeout or None, html_export=not args.no_html):
+                print(job.command())
+            return 0
+        if args.collect:
+            index = collect_sweep(sweep, out)
+        else:
+            index = run_sweep(args.sweep, out=out, jobs=args.jobs, notebook_dir=args.notebooks,
+                              data_root=args.data_root, device=args.device, seed=args.seed,
+                              timeout=args.timeout or None, html_export=not args.no_html)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    for row in index["rows"]:
+        point = " ".join(f"{k}={format_value(v)}" for k, v in row["parameters"].items())
+        seconds = f"{row['seconds']:7.1f} s" if row["seconds"] is not None else "      - s"
+        print(f"{row['status']:>7}  {seconds}  {row['job']}  {point}"
+              + (f"  ({row['error']})" if row["error"] else ""))
+    print(f"{index['jobs']} points, {len(index['failed'])} not ok; table: {index['out']}/sweep.html")
+    return 1 if index["failed"] else 0
 
 
 def _data(args) -> int:
@@ -39,21 +105,45 @@ def _data(args) -> int:
     return 0
 
 
+def _param(text: str):
+    """argparse type of ``--param NAME=VALUE`` (the value read as YAML)."""
+    from .report import parse_param
+    try:
+        return parse_param(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="smearlab", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
-    r = sub.add_parser("report", help="run the notebook series with papermill and write reports/")
+    r = sub.add_parser("report", help="run the notebook series with papermill and write reports/",
+                       description="Run the notebook series (or a parameter sweep of one notebook)\n"
+                                   "with papermill and write a report folder.",
+                       epilog=SWEEP_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("--profile", choices=("quick", "full"), default="quick")
     r.add_argument("--data-root", help="folder holding the real datasets (default: synthetic data)")
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    r.add_argument("--out", help="run folder (default reports/<date>-<profile>)")
+    r.add_argument("--out", help="run folder (default reports/<date>-<profile>; "
+                                 "for --sweep reports/sweep-<file name>)")
     r.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="run only these (e.g. 01_eda or 01)")
+    r.add_argument("--param", action="append", type=_param, metavar="NAME=VALUE",
+                   help="set a notebook parameter (repeatable); VALUE is read as YAML: 384, 0.5, true, "
+                        "null, [a, b], text")
     r.add_argument("--notebooks", help="folder of NN_*.ipynb notebooks (default ./notebooks)")
     r.add_argument("--seed", type=int, default=0)
     r.add_argument("--timeout", type=int, default=3600,
-                   help="seconds one cell may run before its notebook is marked failed (default 3600)")
+                   help="seconds one cell may run before its notebook is marked failed (default 3600; "
+                        "0: no limit)")
     r.add_argument("--no-html", action="store_true", help="skip the HTML export")
+    sw = r.add_argument_group("parameter sweeps (details below)")
+    sw.add_argument("--sweep", metavar="FILE", help="run one notebook over the grid of a sweep YAML file")
+    sw.add_argument("--jobs", type=int, default=1, metavar="N", help="grid points run at once (default 1)")
+    sw.add_argument("--list-jobs", action="store_true",
+                    help="print one self-contained command per grid point (for a cluster scheduler) "
+                         "and run nothing")
+    sw.add_argument("--collect", metavar="DIR", help="tabulate the jobs already run into DIR")
     r.set_defaults(func=_report)
 
     d = sub.add_parser("data", help="load a dataset in its native format and print its summary")

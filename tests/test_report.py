@@ -96,6 +96,10 @@ def test_cli_exit_code_says_whether_all_passed(nbdir, tmp_path, capsys):
     assert "1 failed" in capsys.readouterr().out
     with pytest.raises(ValueError, match="no notebook"):
         run_report("quick", out=tmp_path / "r3", notebook_dir=nbdir, notebooks=["99"])
+    capsys.readouterr()
+    rc = cli.main(["report", "--notebooks", str(nbdir), "--out", str(tmp_path / "r3"), "--only", "99"])
+    assert rc == 2 and "error: no notebook '99'" in capsys.readouterr().err  # a message, not a traceback
+    assert not (tmp_path / "r3").exists()
 
 
 def test_record_writes_json_atomically(tmp_path):

@@ -37,7 +37,7 @@ def clean_boxes(boxes, labels, hw: tuple[int, int] | None, path, skipped: SkipLo
     out = b.copy()
     for i, (x0, y0, x1, y1) in enumerate(b):
         rec = records[i] if records is not None else f"box {i}"
-        if not np.all(np.isfinite(b[i])):
+        if not np.all(np.isfinite(b[i].astype(np.float32))):  # finite once stored as float32 too
             skipped.add(path, f"non-finite box: {b[i].tolist()}", rec)
             keep[i] = False
             continue

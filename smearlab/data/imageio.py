@@ -23,9 +23,7 @@ def is_image_file(path: Path) -> bool:
 
 def read_raw(path: str | Path) -> np.ndarray:
     """The image array as stored: original dtype and channels (PIL or pydicom)."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "image file not found")
+    path = _existing_file(path)
     if path.suffix.lower() in DICOM_EXTENSIONS:
         return _read_dicom(path)
     try:
@@ -46,6 +44,16 @@ def read_raw(path: str | Path) -> np.ndarray:
         raise DataError(path, f"not a readable image ({type(e).__name__}: {e})") from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
         raise DataError(path, f"corrupt or truncated image ({e})") from None
+
+
+def _existing_file(path: str | Path) -> Path:
+    """``path`` as a Path; DataError naming it when it is missing or not a regular file."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(path, "is a folder, not an image file")
+    if not path.is_file():
+        raise DataError(path, "image file not found")
+    return path
 
 
 def to_rgb8(arr: np.ndarray, where="image") -> tuple[np.ndarray, int]:
@@ -105,9 +113,7 @@ def image_size(path: str | Path) -> tuple[int, int]:
     DataError
         naming the file when it is missing or not a readable image.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(path, "image file not found")
+    path = _existing_file(path)
     try:
         with Image.open(path) as im:
             w, h = im.size

@@ -5,6 +5,7 @@ import hashlib
 import os
 import shutil
 import tarfile
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -59,11 +60,17 @@ def extract(archive: str | Path, into: str | Path | None = None) -> Path:
 
     The folder name carries a hash of the archive's path, size and modification time, so a
     changed archive is extracted again. Members that would land outside the folder (absolute
-    paths, ``..``, links pointing out) are refused. Extraction goes to a temporary folder that
-    is renamed when complete, so an interrupted run leaves no half-extracted dataset.
+    paths, ``..``, links pointing out, device files) are refused with a :class:`DataError`
+    naming the archive and the member, and nothing is kept. Extraction goes to a temporary
+    folder of its own that is renamed when complete, so an interrupted run leaves no
+    half-extracted dataset and two processes extracting the same archive at once (parallel
+    sweep jobs) do not disturb each other.
     """
     archive = Path(archive)
-    st = archive.stat()
+    try:
+        st = archive.stat()
+    except OSError as e:
+        raise DataError(archive, f"cannot read the archive ({e.strerror or e})") from None
     key = hashlib.sha1(f"{archive.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:12]
     name = archive.name
     for suf in ARCHIVE_SUFFIXES:
@@ -73,25 +80,57 @@ def extract(archive: str | Path, into: str | Path | None = None) -> Path:
     target = Path(into) if into is not None else cache_dir() / "extracted" / f"{name}-{key}"
     if target.is_dir():
         return target
-    tmp = target.with_name(target.name + ".partial")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
-        if archive.suffix.lower() == ".zip":
-            with zipfile.ZipFile(archive) as zf:
-                for m in zf.namelist():
-                    dest = (tmp / m).resolve()
-                    if not dest.is_relative_to(tmp.resolve()):
-                        raise DataError(archive, f"archive member escapes the folder: {m}")
-                zf.extractall(tmp)
-        else:
-            with tarfile.open(archive) as tf:
-                tf.extractall(tmp, filter="data")  # refuses absolute paths, '..' and outside links
-    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError) as e:
+        _extract_into(archive, tmp)
+        tmp.rename(target)
+    except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, DataError) as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if target.is_dir():  # another process finished the same extraction first
+            return target
+        if isinstance(e, DataError):
+            raise
         raise DataError(archive, f"cannot extract the archive ({type(e).__name__}: {e})") from None
-    except DataError:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    tmp.rename(target)
     return target
+
+
+def _extract_into(archive: Path, dest: Path) -> None:
+    """Extract ``archive`` (zip or any tar) into the empty folder ``dest``, refusing unsafe members."""
+    if archive.suffix.lower() == ".zip":
+        with zipfile.ZipFile(archive) as zf:
+            for m in zf.namelist():
+                if not _inside(dest, m):
+                    raise DataError(archive, f"archive member escapes the folder (refused): {m}")
+            zf.extractall(dest)  # zipfile creates no links
+        return
+    with tarfile.open(archive) as tf:
+        if hasattr(tarfile, "data_filter"):  # Python 3.12, and 3.8.17 / 3.9.17 / 3.10.12 / 3.11.4 on
+            try:
+                tf.extractall(dest, filter="data")
+            except tarfile.FilterError as e:
+                raise DataError(archive, f"unsafe archive member refused: {e}") from None
+            return
+        for m in tf.getmembers():
+            problem = _unsafe_tar_member(m, dest)
+            if problem:
+                raise DataError(archive, f"unsafe archive member refused: {m.name!r} {problem}")
+        tf.extractall(dest)
+
+
+def _inside(dest: Path, name: str) -> bool:
+    """Whether ``dest/name`` stays inside ``dest`` (absolute names and ``..`` do not)."""
+    return (dest / name).resolve().is_relative_to(dest.resolve())
+
+
+def _unsafe_tar_member(m: tarfile.TarInfo, dest: Path) -> str | None:
+    """Why a tar member may not be extracted into ``dest`` (for Pythons without tar filters)."""
+    if not _inside(dest, m.name):
+        return "would be written outside the folder"
+    if m.issym() and not _inside(dest, str(Path(m.name).parent / m.linkname)):
+        return f"is a link pointing outside the folder ({m.linkname})"
+    if m.islnk() and not _inside(dest, m.linkname):
+        return f"is a hard link to a file outside the folder ({m.linkname})"
+    if m.isdev():
+        return "is a device file"
+    return None

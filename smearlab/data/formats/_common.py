@@ -1,17 +1,21 @@
 """Helpers shared by the format modules, so that each of those holds only its format.
 
-* box formats (``voc``, ``bbbc041``, ``iml``, ``yolo``): :class:`BoxCollector`, :func:`number`;
+* box formats (``voc``, ``bbbc041``, ``iml``, ``yolo``): :class:`BoxCollector`, :func:`number`,
+  :func:`positive_int`;
 * JSON formats (``bbbc041``, ``iml``, ``coco``): :func:`read_json`, :func:`find_json`,
-  :func:`resolve_inside`, :func:`dig`, and for the list-of-images schemas :func:`entry_image`
-  and :func:`entry_objects`;
+  :func:`dig`, and for the list-of-images schemas :func:`entry_image` and :func:`entry_objects`;
+* paths written in annotation files: :func:`path_name_problem`, :func:`is_absolute_name`,
+  :func:`resolve_inside` (nothing may lead outside the dataset root);
 * mask formats (``dsb2018``, ``zheng``): :func:`check_mask_size`;
 * writers (``voc``, ``yolo``): :func:`save_samples`, :func:`file_stems`, :func:`save_image_file`.
 """
 from __future__ import annotations
 
 import json
+import math
+import os
 import shutil
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Callable
 
 import numpy as np
@@ -97,13 +101,28 @@ class BoxCollector:
 
 
 def number(value) -> float | None:
-    """``value`` as a float (numbers or numeric strings), None when it is missing or not numeric."""
+    """``value`` as a float (numbers or numeric strings), None when it is missing or not numeric.
+
+    An integer too large for a float becomes ``inf`` (so that box checks report it as
+    non-finite) rather than raising ``OverflowError``.
+    """
     if isinstance(value, bool) or value is None:
         return None
     try:
         return float(value)
+    except OverflowError:
+        return math.inf if value > 0 else -math.inf
     except (TypeError, ValueError):
         return None
+
+
+def positive_int(value) -> int | None:
+    """``value`` (number or numeric string) as a positive int, None when it is not a finite
+    number of at least 1 (sizes such as VOC ``<width>`` or BBBC041 ``shape.r``)."""
+    v = number(value)
+    if v is None or not math.isfinite(v) or v < 1:
+        return None
+    return int(v)
 
 
 # -- JSON annotation files ------------------------------------------------------------------------
@@ -128,6 +147,8 @@ def read_json(path: Path, expect: type, *, empty: str = "empty annotation file")
         data = json.loads(text)
     except json.JSONDecodeError as e:
         raise DataError(path, f"malformed JSON at line {e.lineno} column {e.colno}: {e.msg}") from None
+    except RecursionError:
+        raise DataError(path, "JSON nested too deeply to be annotations") from None
     if not isinstance(data, expect):
         kind = "list" if expect is list else "object"
         raise DataError(path, f"expected a JSON {kind} at the top level, got {type(data).__name__}")
@@ -154,15 +175,48 @@ def find_json(path: Path, kind: str) -> Path:
     return found[0]
 
 
-def resolve_inside(root: Path, name: str) -> Path | None:
+def resolve_inside(root: Path, name: str, *, leading_slash: bool = True) -> Path | None:
     """``root/name`` resolved (symlinks included), or None when it lies outside ``root``.
 
-    A leading ``/`` means ``root`` (as BBBC041 writes ``/images/x.png``), so only ``..``
-    components or links can leave it.
+    With ``leading_slash`` a leading ``/`` means ``root`` (as BBBC041 writes
+    ``/images/x.png``), so only ``..`` components or links can leave it; without it an
+    absolute ``name`` (``/etc/passwd``, ``C:\\x``) is outside. ``name`` must have passed
+    :func:`path_name_problem`.
     """
-    base = root.resolve()
-    target = (base / name.lstrip("/\\")).resolve()
+    if leading_slash:
+        name = name.lstrip("/\\")
+    elif is_absolute_name(name):
+        return None
+    try:
+        base = root.resolve()
+        target = (base / name).resolve()
+    except (OSError, RuntimeError):  # a link loop (RuntimeError before Python 3.13)
+        return None
     return target if target.is_relative_to(base) else None
+
+
+def is_absolute_name(name: str) -> bool:
+    """Whether a path written in an annotation file is absolute, in POSIX or Windows form
+    (``/x``, ``\\x``, ``C:\\x``, ``C:x``, ``\\\\server\\share``)."""
+    return PurePosixPath(name).is_absolute() or name.startswith("\\") \
+        or bool(PureWindowsPath(name).drive)
+
+
+def path_name_problem(name) -> str | None:
+    """Why ``name`` cannot be a file name from an annotation file, or None when it can.
+
+    Refused: non-strings, empty names, NUL bytes and characters the file system encoding
+    cannot represent (lone surrogates from ``\\udXXX`` JSON escapes).
+    """
+    if not isinstance(name, str) or not name.strip():
+        return "missing or empty"
+    if "\0" in name:
+        return "contains a NUL byte"
+    try:
+        os.fsencode(name)
+    except UnicodeError:
+        return "holds characters that cannot be a file name"
+    return None
 
 
 def dig(obj, *keys):
@@ -174,16 +228,27 @@ def dig(obj, *keys):
     return obj
 
 
-def entry_image(col: BoxCollector, json_path: Path, root: Path, name, field: str, rec: str) -> Path | None:
+def entry_image(col: BoxCollector, json_path: Path, root: Path, name, field: str, rec: str, *,
+                leading_slash: bool = True) -> Path | None:
     """The image file named ``name`` (the entry's ``field``) inside ``root``.
 
-    Returns None after counting a skip when ``name`` is not a non-empty string or leads
-    outside ``root`` (refused). Whether the file exists is left to the caller.
+    Returns None after counting a skip when ``name`` is not a non-empty string, is not a
+    possible file name (NUL byte, unencodable character), is absolute (unless
+    ``leading_slash``: then a leading ``/`` means ``root``, see :func:`resolve_inside`) or
+    leads outside ``root`` through ``..`` or a link (refused). Whether the file exists is
+    left to the caller.
     """
-    if not isinstance(name, str) or not name.strip():
+    problem = path_name_problem(name)
+    if problem == "missing or empty":
         col.skip(json_path, f"entry without {field}", rec)
         return None
-    image = resolve_inside(root, name)
+    if problem is not None:
+        col.skip(json_path, f"invalid {field} {name!r}: {problem}", rec)
+        return None
+    if not leading_slash and is_absolute_name(name):
+        col.skip(json_path, f"absolute {field} refused (must be relative to {root}): {name!r}", rec)
+        return None
+    image = resolve_inside(root, name, leading_slash=leading_slash)
     if image is None:
         col.skip(json_path, f"image path escapes the image root {root}: {name!r} (refused)", rec)
     return image

@@ -15,7 +15,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..sample import SmearDataset
-from ._common import BoxCollector, dig, entry_image, entry_objects, find_json, number, read_json
+from ._common import (BoxCollector, dig, entry_image, entry_objects, find_json, number, positive_int,
+                      read_json)
 
 CORNERS = (("minimum", "c"), ("minimum", "r"), ("maximum", "c"), ("maximum", "r"))
 
@@ -39,10 +40,12 @@ def load(path: str | Path, *, class_names=None, strict: bool = False, name: str 
     -------
     SmearDataset
         ``Sample.size`` comes from ``shape``. ``skipped`` counts entries without a pathname,
-        with a pathname leaving ``image_root`` (refused), a missing image, no ``objects``
-        list or the image name of an earlier entry ("entry N", 0-based), objects with a
-        missing category or non-numeric corners ("entry N object M"), unknown classes,
-        degenerate or far-outside boxes; ``fixed`` the boxes clipped to the image.
+        with an invalid pathname (NUL byte, unencodable character) or one leaving
+        ``image_root`` through ``..`` or a link (refused; a leading ``/`` means
+        ``image_root``), a missing image, no ``objects`` list or the image name of an
+        earlier entry ("entry N", 0-based), objects with a missing category or non-numeric
+        corners ("entry N object M"), unknown classes, degenerate or far-outside boxes;
+        ``fixed`` the boxes clipped to the image.
 
     Raises
     ------
@@ -88,8 +91,6 @@ def _parse_object(col: BoxCollector, json_path: Path, obj, rec: str):
 
 
 def _shape(shape) -> tuple[int, int] | None:
-    """``(height, width)`` from ``{"r", "c"}``, or None when absent or not positive numbers."""
-    r, c = number(dig(shape, "r")), number(dig(shape, "c"))
-    if r is None or c is None or r <= 0 or c <= 0:
-        return None
-    return int(r), int(c)
+    """``(height, width)`` from ``{"r", "c"}``, or None when absent or not positive finite numbers."""
+    r, c = positive_int(dig(shape, "r")), positive_int(dig(shape, "c"))
+    return None if r is None or c is None else (r, c)

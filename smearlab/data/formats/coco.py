@@ -28,7 +28,7 @@ from ..boxes import clean_boxes
 from ..errors import DataError
 from ..imageio import image_size, write_image
 from ..sample import Sample, SkipLog, SmearDataset
-from ._common import read_json
+from ._common import is_absolute_name, path_name_problem, read_json, resolve_inside
 
 _COPYABLE = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
@@ -41,7 +41,8 @@ def load(path: str | Path, *, image_root: str | Path | None = None, strict: bool
     ----------
     path : the JSON file.
     image_root : folder the ``file_name`` entries are relative to (default: the JSON's folder,
-        then an ``images/`` folder beside it). A ``file_name`` leading outside it is refused.
+        then an ``images/`` folder beside it). A ``file_name`` that is absolute or leads
+        outside it (through ``..`` or a link) is refused.
     strict : raise on the first per-record problem instead of counting it as a skip.
     name : dataset name (default: the JSON file's stem).
 
@@ -49,10 +50,13 @@ def load(path: str | Path, *, image_root: str | Path | None = None, strict: bool
     -------
     SmearDataset
         ``skipped`` counts the per-record problems: image entries without an ``id`` or
-        ``file_name`` or with a repeated id, images missing, unreadable, escaping the root or
-        of another size than the JSON says ("image id N", or "images[i]" without an id);
+        ``file_name`` or with a repeated id, an invalid ``file_name`` (NUL byte, unencodable
+        character), images missing, unreadable, escaping the root, with a ``width`` or
+        ``height`` that is not a positive integer or of another size than the JSON says
+        ("image id N", or "images[i]" without an id);
         annotations without an ``image_id``, of an unknown image or category, with a bad bbox
-        or segmentation ("annotation id N" or "annotations[i]"); degenerate or far-outside
+        (not 4 finite numbers) or segmentation (polygon vertices far outside the image,
+        invalid RLE) ("annotation id N" or "annotations[i]"); degenerate or far-outside
         boxes. Annotations of a skipped image are dropped without a second report. ``fixed``
         counts the boxes clipped to the image.
 
@@ -128,12 +132,17 @@ def _add_image(record, i: int, path: Path, roots: list[Path], images: dict,
     if image is None:
         skipped.add(path, f"{problem}: {record['file_name']}", rec)
         return
+    said = (record.get("height"), record.get("width"))
+    if not all(v is None or (_is_int(v) and v > 0) for v in said):
+        skipped.add(path, f"width and height must be positive integers, got {said[1]!r} x {said[0]!r}",
+                    rec)
+        return
     try:
         hw = image_size(image)
     except DataError as e:
         skipped.add(e.path, e.problem, rec)
         return
-    said = (record.get("height", hw[0]), record.get("width", hw[1]))
+    said = (said[0] if said[0] is not None else hw[0], said[1] if said[1] is not None else hw[1])
     if said != hw:
         skipped.add(image, f"image is {hw[1]}x{hw[0]} but {path.name} says {said[1]}x{said[0]}", rec)
         return
@@ -141,11 +150,19 @@ def _add_image(record, i: int, path: Path, roots: list[Path], images: dict,
 
 
 def _find_image(file_name: str, roots: list[Path]) -> tuple[Path | None, str | None]:
-    """The image file for ``file_name`` under the first root holding it, or (None, problem)."""
+    """The image file for ``file_name`` under the first root holding it, or (None, problem).
+
+    Absolute names, names with ``..`` leading out of a root and links pointing out of it
+    are refused (see :func:`~smearlab.data.formats._common.resolve_inside`).
+    """
+    problem = path_name_problem(file_name)
+    if problem is not None:
+        return None, f"invalid file_name ({problem})"
+    if is_absolute_name(file_name):
+        return None, "absolute file_name refused (must be relative to the image root)"
     for root in roots:
-        base = Path(os.path.abspath(root))
-        candidate = Path(os.path.normpath(base / file_name))
-        if not candidate.is_relative_to(base):
+        candidate = resolve_inside(root, file_name, leading_slash=False)
+        if candidate is None:
             return None, "file_name escapes the image root"
         if candidate.is_file():
             return candidate, None
@@ -175,6 +192,8 @@ def _parse_annotation(ann, path: Path, rec: str, images: dict, known: set,
     bbox = ann.get("bbox")
     if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_real(v) for v in bbox)):
         raise DataError(path, f"bbox must be 4 numbers [x, y, w, h], got {bbox!r}", rec)
+    if not all(_is_finite(v) for v in bbox):
+        raise DataError(path, f"bbox must be 4 finite numbers [x, y, w, h], got {bbox!r}", rec)
     x, y, w, h = bbox
     seg = ann.get("segmentation")
     rle = _to_rle(seg, images[ann["image_id"]]["hw"], path, rec) if seg else None
@@ -182,12 +201,18 @@ def _parse_annotation(ann, path: Path, rec: str, images: dict, known: set,
 
 
 def _to_rle(seg, hw: tuple[int, int], path: Path, rec: str) -> dict:
-    """A compressed RLE from a polygon list or an (un)compressed RLE, checked against ``hw``."""
+    """A compressed RLE from a polygon list or an (un)compressed RLE, checked against ``hw``.
+
+    Polygon vertices must lie within one image size of the image (``-w <= x <= 2w``, same
+    for ``y``): pycocotools rasterises in C and crashes the interpreter on huge coordinates.
+    """
     h, w = hw
     if isinstance(seg, list):
         if not all(isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0
-                   and all(_is_real(v) and math.isfinite(v) for v in p) for p in seg):
+                   and all(_is_real(v) and _is_finite(v) for v in p) for p in seg):
             raise DataError(path, "polygon segmentation must be lists of at least 3 x, y pairs", rec)
+        if not all(-w <= x <= 2 * w and -h <= y <= 2 * h for p in seg for x, y in zip(p[::2], p[1::2])):
+            raise DataError(path, f"polygon vertex far outside the {w}x{h} image", rec)
         return mask_util.merge(mask_util.frPyObjects(seg, h, w))
     if not (isinstance(seg, dict) and "counts" in seg and isinstance(seg.get("size"), list)):
         raise DataError(path, "segmentation must be polygons or an RLE {'size', 'counts'}", rec)
@@ -200,6 +225,8 @@ def _to_rle(seg, hw: tuple[int, int], path: Path, rec: str) -> dict:
             raise DataError(path, f"uncompressed RLE counts must be non-negative integers "
                                   f"summing to {h}*{w}", rec)
         return mask_util.frPyObjects(seg, h, w)
+    if isinstance(counts, str) and not counts.isascii():
+        raise DataError(path, "invalid compressed RLE counts (not ASCII)", rec)
     rle = {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
     if not (isinstance(rle["counts"], bytes) and 0 <= mask_util.area(rle) <= h * w):
         raise DataError(path, "invalid compressed RLE counts", rec)
@@ -235,6 +262,14 @@ def _is_int(v) -> bool:
 
 def _is_real(v) -> bool:
     return isinstance(v, Real) and not isinstance(v, bool)
+
+
+def _is_finite(v) -> bool:
+    """A real number that is finite as a float (an int too large for a float is not)."""
+    try:
+        return math.isfinite(v)
+    except OverflowError:
+        return False
 
 
 # -- writing ---------------------------------------------------------------------------------

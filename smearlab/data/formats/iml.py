@@ -42,9 +42,9 @@ def load(path: str | Path, *, class_names=None, strict: bool = False, name: str 
     -------
     SmearDataset
         ``Sample.size`` comes from the image header. ``skipped`` counts entries without an
-        image name, with a name leaving ``image_root`` (refused), a missing or unreadable
-        image, no ``objects`` list or the image name of an earlier entry ("entry N",
-        0-based), objects without a type or with missing or non-numeric bbox values ("entry
+        image name, with an invalid or absolute name or one leaving ``image_root`` (refused),
+        a missing or unreadable image, no ``objects`` list or the image name of an earlier
+        entry ("entry N", 0-based), objects without a type or with missing or non-numeric bbox values ("entry
         N object M"), unknown classes, degenerate or far-outside boxes; ``fixed`` the boxes
         clipped to the image.
 
@@ -66,7 +66,7 @@ def load(path: str | Path, *, class_names=None, strict: bool = False, name: str 
 def _add_entry(col: BoxCollector, json_path: Path, root: Path, entry, rec: str, check_images: bool) -> None:
     """Add the image of one list entry (size from its header) with its valid objects."""
     image_name = dig(entry, "image_name")
-    image = entry_image(col, json_path, root, image_name, "image_name", rec)
+    image = entry_image(col, json_path, root, image_name, "image_name", rec, leading_slash=False)
     if image is None:
         return
     size = None

@@ -16,7 +16,7 @@ from defusedxml import ElementTree as SafeET
 from ..errors import DataError
 from ..imageio import is_image_file
 from ..sample import Sample, SmearDataset
-from ._common import BoxCollector, number, save_samples
+from ._common import BoxCollector, number, positive_int, save_samples
 
 VOC_COORDS = ("xmin", "ymin", "xmax", "ymax")
 
@@ -166,11 +166,9 @@ def _parse_object(col: BoxCollector, xml_path: Path, obj: StdET.Element, rec: st
 
 
 def _size(ann: StdET.Element) -> tuple[int, int] | None:
-    """``(height, width)`` from ``<size>``, or None when absent, zero or not numeric."""
-    w, h = number(ann.findtext("size/width")), number(ann.findtext("size/height"))
-    if w is None or h is None or w <= 0 or h <= 0:
-        return None
-    return int(h), int(w)
+    """``(height, width)`` from ``<size>``, or None when absent, zero or not a finite number."""
+    w, h = positive_int(ann.findtext("size/width")), positive_int(ann.findtext("size/height"))
+    return None if w is None or h is None else (h, w)
 
 
 # -- writing --------------------------------------------------------------------------------------

@@ -94,23 +94,31 @@ def _class_names(root: Path) -> list[str] | None:
 
 
 def _yaml_names(path: Path) -> list[str]:
-    """The ``names`` of a ``data.yaml``: a list, or a mapping of the ids 0..n-1 to names."""
+    """The ``names`` of a ``data.yaml``: a list, or a mapping of the ids 0..n-1 to names.
+
+    Each name must be a plain value (text or number): a list or mapping in its place is
+    refused, which also keeps YAML alias "bombs" from being expanded into text.
+    """
     try:
         data = yaml.safe_load(_read(path))
     except yaml.YAMLError as e:
         raise DataError(path, f"malformed YAML: {e}") from None
+    except RecursionError:
+        raise DataError(path, "YAML nested too deeply") from None
     names = data.get("names") if isinstance(data, dict) else None
     if isinstance(names, dict):
-        try:
-            by_id = {int(k): str(v) for k, v in names.items()}
-        except (TypeError, ValueError):
-            by_id = {}
+        by_id = {int(k): v for k, v in names.items()
+                 if (isinstance(k, int) and not isinstance(k, bool)) or (isinstance(k, str) and k.isdecimal())}
         if sorted(by_id) != list(range(len(names))):
-            raise DataError(path, f"'names' keys must be the class ids 0..{len(names) - 1}, "
-                                  f"got {list(names)}")
+            keys = [k if isinstance(k, (str, int, float)) else type(k).__name__ for k in names]
+            raise DataError(path, f"'names' keys must be the class ids 0..{len(names) - 1}, got {keys}")
         names = [by_id[i] for i in range(len(by_id))]
     if not isinstance(names, list) or not names:
         raise DataError(path, "no 'names' list or {id: name} mapping")
+    bad = [i for i, n in enumerate(names) if isinstance(n, bool) or not isinstance(n, (str, int, float))]
+    if bad:
+        raise DataError(path, f"class names must be text, got a {type(names[bad[0]]).__name__} for class "
+                              f"id {bad[0]}")
     return [str(n) for n in names]
 
 

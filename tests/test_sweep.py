@@ -1,0 +1,202 @@
+"""Parameter sweeps: one notebook over a grid, parallel jobs, failures marked, scheduler commands."""
+import csv
+import json
+import shlex
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from smearlab import cli
+from smearlab.report import format_value, load_sweep, parse_param, run_report, sweep_jobs
+
+pytestmark = pytest.mark.notebook
+
+TOY = """\
+from smearlab.report import record
+if a == 2 and b == "y":
+    raise RuntimeError("bad grid point")
+record({"score": a * 10 + len(b), "b": b, "nested": {"half": a / 2}, "seed": seed, "k": k,
+        "series": [a, a]}, metrics_path)
+"""
+
+
+def _notebook(path, body, params):
+    nb = nbformat.v4.new_notebook()
+    p = nbformat.v4.new_code_cell(params)
+    p.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# toy"), p, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+@pytest.fixture
+def nbdir(tmp_path):
+    d = tmp_path / "notebooks"
+    d.mkdir()
+    _notebook(d / "01_toy.ipynb", TOY,
+              'a = 1\nb = "x"\nk = 0\nquick = True\nseed = 0\nmetrics_path = None\nout_dir = None')
+    return d
+
+
+def _sweep_file(path, text):
+    path.write_text(text)
+    return path
+
+
+GRID = "notebook: 01_toy\nparameters: {k: 5}\ngrid:\n  a: [1, 2]\n  b: [x, y]\n"
+
+
+def _rows(out):
+    with open(out / "sweep.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_grid_runs_in_parallel_and_a_failing_point_is_marked(nbdir, tmp_path, capsys):
+    spec = _sweep_file(tmp_path / "sweep.yaml", GRID)
+    out = tmp_path / "out"
+    rc = cli.main(["report", "--sweep", str(spec), "--notebooks", str(nbdir), "--out", str(out),
+                   "--jobs", "2", "--seed", "3", "--no-html"])
+    assert rc == 1  # one point failed
+    assert "4 points, 1 not ok" in capsys.readouterr().out
+    index = json.loads((out / "sweep.json").read_text())
+    assert index["jobs"] == 4 and index["ok"] == 3 and index["failed"] == ["job_003"]
+    rows = {r["job"]: r for r in index["rows"]}
+    assert [r["parameters"] for r in index["rows"]] == [
+        {"a": 1, "b": "x"}, {"a": 1, "b": "y"}, {"a": 2, "b": "x"}, {"a": 2, "b": "y"}]
+    for job, score in (("job_000", 11), ("job_001", 11), ("job_002", 21)):
+        assert rows[job]["status"] == "ok"
+        assert rows[job]["metrics"]["score"] == score
+        assert rows[job]["metrics"]["seed"] == 3 and rows[job]["metrics"]["k"] == 5  # fixed values reach it
+    assert rows["job_003"]["status"] == "failed" and "bad grid point" in rows["job_003"]["error"]
+    # each point ran in its own folder, with its own log; the table has one row per point
+    for job in rows:
+        assert (out / job / "index.json").is_file() and (out / job / "job.log").is_file()
+    assert "bad grid point" in (out / "job_003" / "job.log").read_text()
+    table = _rows(out)
+    assert [(r["job"], r["status"], r["a"], r["b"], r["score"]) for r in table] == [
+        ("job_000", "ok", "1", "x", "11"), ("job_001", "ok", "1", "y", "11"),
+        ("job_002", "ok", "2", "x", "21"), ("job_003", "failed", "2", "y", "")]
+    assert table[0]["metrics.b"] == "x" and table[2]["nested.half"] == "1.0"
+    assert "series" not in table[0]  # lists stay in sweep.json only
+    page = (out / "sweep.html").read_text()
+    assert page.count('<tr class="ok">') == 3 and page.count('<tr class="failed">') == 1
+    assert not [p for p in out.rglob(".*")], "temporary files left behind"
+
+
+def test_list_jobs_commands_run_anywhere_and_collect_tabulates(nbdir, tmp_path, capsys):
+    spec = _sweep_file(tmp_path / "sweep.yaml", GRID)
+    out = tmp_path / "cluster"
+    assert cli.main(["report", "--sweep", str(spec), "--notebooks", str(nbdir), "--out", str(out),
+                     "--list-jobs", "--device", "cpu"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 4 and not out.exists()  # listing runs nothing
+    args = [shlex.split(line) for line in lines]
+    for i, (a, b), cmd in zip(range(4), [(1, "x"), (1, "y"), (2, "x"), (2, "y")], args):
+        assert cmd[:2] == ["smearlab", "report"]
+        assert cmd[cmd.index("--only") + 1] == "01_toy" and cmd[cmd.index("--device") + 1] == "cpu"
+        assert cmd[cmd.index("--out") + 1] == str(out.resolve() / f"job_{i:03d}")
+        params = [cmd[j + 1] for j, c in enumerate(cmd) if c == "--param"]
+        assert params == ["k=5", f"a={a}", f"b={b}"]
+    # a scheduler runs one task (here job 2) ...
+    assert cli.main(args[2][1:]) == 0
+    # ... and collecting marks the others as not run yet
+    assert cli.main(["report", "--sweep", str(spec), "--notebooks", str(nbdir), "--collect", str(out)]) == 1
+    table = {r["job"]: r for r in _rows(out)}
+    assert table["job_002"]["status"] == "ok" and table["job_002"]["score"] == "21"
+    assert [table[j]["status"] for j in ("job_000", "job_001", "job_003")] == ["missing"] * 3
+    assert "not run yet" in table["job_000"]["error"]
+    # editing the grid afterwards: the old result no longer matches its point and is not reused
+    _sweep_file(spec, GRID.replace("a: [1, 2]", "a: [1, 3]"))
+    cli.main(["report", "--sweep", str(spec), "--notebooks", str(nbdir), "--collect", str(out)])
+    stale = {r["job"]: r for r in _rows(out)}["job_002"]
+    assert stale["status"] == "stale" and "a=2" in stale["error"]
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("notebook: 99_nothing\ngrid: {a: [1]}\n", "no notebook '99_nothing'"),
+    ("notebook: 01\ngrid: {}\n", "'grid' must be a non-empty mapping"),
+    ("notebook: 01\n", "'grid' must be a non-empty mapping"),
+    ("notebook: 01\ngrid: {a: 1}\n", "grid values of 'a' must be a non-empty list"),
+    ("notebook: 01\ngrid: {a: []}\n", "grid values of 'a' must be a non-empty list"),
+    ("notebook: 01\ngrid: {a: [1, 1]}\n", "repeat a value"),
+    ("notebook: 01\ngrid: {alpha: [1, 2]}\n", "'alpha' is not a parameter of 01_toy"),
+    ("notebook: 01\ngrid: {metrics_path: [a, b]}\n", "set by the report runner"),
+    ("notebook: 01\nparameters: {a: 1}\ngrid: {a: [1, 2]}\n", "both fixed (parameters) and swept"),
+    ("notebook: 01\nprofile: fast\ngrid: {a: [1]}\n", "unknown profile 'fast'"),
+    ("notebook: 01\ngird: {a: [1]}\n", "unknown key 'gird'"),
+    ("notebook: 01\ngrid: {a: [1}\n", "malformed YAML"),
+    ("- just\n- a list\n", "expected a mapping"),
+    ("notebook: 01\ngrid: {a: [1]}\nmetrics: score\n", "'metrics' must be a list"),
+])
+def test_bad_sweep_file_is_a_clear_error(nbdir, tmp_path, text, problem):
+    spec = _sweep_file(tmp_path / "bad.yaml", text)
+    with pytest.raises(ValueError, match="bad.yaml") as e:
+        load_sweep(spec, nbdir)
+    assert problem in str(e.value)
+
+
+def test_bad_sweep_on_the_command_line(nbdir, tmp_path, capsys):
+    spec = _sweep_file(tmp_path / "bad.yaml", "notebook: 01\ngrid: {a: 3}\n")
+    assert cli.main(["report", "--sweep", str(spec), "--notebooks", str(nbdir)]) == 2
+    err = capsys.readouterr().err
+    assert "error: sweep file" in err and "bad.yaml" in err and "non-empty list" in err
+    assert cli.main(["report", "--sweep", str(tmp_path / "missing.yaml"), "--notebooks", str(nbdir)]) == 2
+    assert "cannot read it" in capsys.readouterr().err
+    good = _sweep_file(tmp_path / "good.yaml", GRID)
+    assert cli.main(["report", "--sweep", str(good), "--only", "01", "--notebooks", str(nbdir)]) == 2
+    assert cli.main(["report", "--jobs", "2", "--notebooks", str(nbdir)]) == 2
+    assert cli.main(["report", "--sweep", str(good), "--jobs", "0", "--notebooks", str(nbdir)]) == 2
+
+
+def test_sweep_grid_points_and_job_names(nbdir, tmp_path):
+    spec = _sweep_file(tmp_path / "s.yaml", "notebook: 1\nprofile: full\ngrid:\n  a: [1, 2, 3]\n  b: [x, 'yes']\n")
+    sweep = load_sweep(spec, nbdir)  # `notebook: 1` (a YAML number) means 01
+    assert sweep.notebook.name == "01_toy.ipynb" and sweep.profile == "full"
+    assert len(sweep.points()) == 6 and sweep.points()[1] == {"a": 1, "b": "yes"}
+    jobs = sweep_jobs(sweep, tmp_path / "o", timeout=None, data_root=tmp_path)
+    assert [j.name for j in jobs] == [f"job_{i:03d}" for i in range(6)]
+    cmd = jobs[1].argv
+    assert cmd[cmd.index("--profile") + 1] == "full" and cmd[cmd.index("--timeout") + 1] == "0"
+    assert "b='yes'" in cmd  # quoted, so that YAML reads it back as text, not true
+    assert shlex.split(jobs[1].command())[1:] == cmd
+
+
+@pytest.mark.parametrize("value", [384, 0.5, 1e-5, True, None, "fasterrcnn_tiny", "yes", "3", "",
+                                   "two words", "a\nb", [["tiny", "fasterrcnn_tiny", False]], {"k": [1, 2]}])
+def test_param_values_round_trip_through_the_command_line(value):
+    text = format_value(value)
+    assert "\n" not in text
+    assert parse_param(f"name={text}") == ("name", value)
+    assert shlex.split(shlex.join([f"name={text}"])) == [f"name={text}"]
+
+
+@pytest.mark.parametrize("text", ["novalue", "=3", "1x=3", "a=[1", "a b=1"])
+def test_bad_param_is_refused(text):
+    with pytest.raises(ValueError, match="--param"):
+        parse_param(text)
+
+
+def test_report_param_must_be_declared(nbdir, tmp_path, capsys):
+    with pytest.raises(ValueError, match="'alpha' is not declared by 01_toy"):
+        run_report("quick", out=tmp_path / "r", notebook_dir=nbdir, parameters={"alpha": 1})
+    with pytest.raises(ValueError, match="set by the report runner"):
+        run_report("quick", out=tmp_path / "r", notebook_dir=nbdir, parameters={"out_dir": "/x"})
+    assert cli.main(["report", "--notebooks", str(nbdir), "--param", "alpha=1", "--out", str(tmp_path / "r")]) == 2
+    assert "not declared" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["report", "--notebooks", str(nbdir), "--param", "novalue"])
+    assert not (tmp_path / "r").exists()
+
+
+def test_example_sweep_file_parses(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    sweep = load_sweep(repo / "reports" / "sweep_example.yaml", repo / "notebooks")
+    assert sweep.notebook.stem == "03_detection" and sweep.profile == "quick"
+    points = sweep.points()
+    assert len(points) == 4 and {p["input_size"] for p in points} == {256, 384}
+    assert {p["runs"][0][1] for p in points} == {"fasterrcnn_tiny", "fasterrcnn_mobilenet"}
+    for job, point in zip(sweep_jobs(sweep, tmp_path), points):
+        cmd = shlex.split(job.command())
+        got = dict(parse_param(cmd[i + 1]) for i, c in enumerate(cmd) if c == "--param")
+        assert got == {**sweep.parameters, **point}  # the commands carry exactly the point
