@@ -49,6 +49,11 @@ REAL_DATA = {
     "01_eda": "cbc/Training",
     "02_preprocessing": "wbc_zheng.tar.xz",
     "03_detection": "cbc",
+    "04_segmentation": "dsb2018_subset",
+    "05_classical": "dsb2018_subset",
+    "06_gradcam_masks": "wbc_zheng.tar.xz",
+    "07_domain_adaptation": "wbc_zheng.tar.xz",
+    "08_tsne": "wbc_zheng.tar.xz",
 }
 
 
