@@ -1,5 +1,6 @@
-"""Detection metrics: COCO mAP (pycocotools), a fast exact AP50 evaluator, PR curves, confusion
-matrices, per-class counting accuracy, the DSB2018/RSNA score, and exports.
+"""Detection and instance-segmentation metrics: COCO mAP (pycocotools, boxes and masks), a fast
+exact AP50 evaluator, PR curves, confusion matrices, per-class counting accuracy, the DSB2018/RSNA
+score (:func:`segmentation_metrics` gathers the mask figures), and exports.
 
 Predictions are in the prediction form of :mod:`smearlab.detection.postprocess`: a list aligned
 with the dataset's samples of ``{"boxes": (N, 4) float32 xyxy, "scores": (N,) float32,
@@ -556,7 +557,8 @@ def dsb_score(gt_instances, pred_instances, *, kind: str = "auto",
         or an ``(N, H, W)`` mask array.
     pred_instances : per image a prediction dict (``boxes``/``masks`` and ``scores``) or an array.
     kind : ``"boxes"``, ``"masks"`` or ``"auto"`` (3-D arrays are masks; Samples and dicts use
-        boxes under "auto").
+        boxes under "auto": pass ``kind="masks"`` to score a Mask R-CNN's or a classical
+        segmenter's masks against a dataset's instance masks).
     per_image : also return the list of per-image scores (None for skipped images).
     """
     if len(gt_instances) != len(pred_instances):
@@ -591,6 +593,52 @@ def dsb_score(gt_instances, pred_instances, *, kind: str = "auto",
         scores.append(float(np.mean(vals)))
     mean = _mean(scores)
     return (mean, scores) if per_image else mean
+
+
+# -- instance segmentation summary ---------------------------------------------------------------
+def mask_ap(dataset: SmearDataset, predictions, *, max_dets: Sequence[int] = (1, 100, 1000)) -> dict:
+    """COCO mask AP (pycocotools ``segm``) of predictions carrying ``masks``.
+
+    :func:`coco_eval` with ``iou_type="segm"``, its keys prefixed: ``mask_mAP``,
+    ``mask_mAP50``, ``mask_mAP75`` and ``per_class``. Give the raw, ranked predictions (a low
+    score floor), as for box AP.
+    """
+    r = coco_eval(dataset, predictions, iou_type="segm", max_dets=max_dets)
+    return {"mask_mAP": r["mAP"], "mask_mAP50": r["mAP50"], "mask_mAP75": r["mAP75"],
+            "per_class": r["per_class"]}
+
+
+def segmentation_metrics(dataset: SmearDataset, predictions, score_threshold=0.5) -> dict:
+    """The instance-segmentation headline numbers of issue #5 for one set of predictions.
+
+    Parameters
+    ----------
+    dataset : samples with instance masks (e.g. DSB2018).
+    predictions : per image a prediction dict with ``masks`` (a network's raw output or a
+        classical segmenter's).
+    score_threshold : the final predictions (DSB metric, counts) are those with
+        ``score >= score_threshold`` (a float, per class, or ``{class: threshold}``); the mask
+        AP uses every prediction (ranked by score).
+
+    Returns
+    -------
+    dict
+        ``dsb_metric`` (:func:`dsb_score` on masks, mean over images), ``mask_mAP50``,
+        ``mask_mAP``, ``count_mae`` (mean over images of ``|predicted - true|`` objects, all
+        classes together), ``count_error`` (mean over images of ``|predicted - true| /
+        max(true, 1)``), ``objects_true``, ``objects_predicted`` and ``images``.
+    """
+    preds = check_predictions(dataset, predictions)
+    final = _filter(preds, _thresholds(score_threshold, dataset.class_names))
+    ap = mask_ap(dataset, preds)
+    true = np.array([len(s.boxes) for s in dataset], np.int64)
+    pred = np.array([len(p["scores"]) for p in final], np.int64)
+    err = np.abs(pred - true)
+    return {"dsb_metric": dsb_score(dataset, final, kind="masks"),
+            "mask_mAP50": ap["mask_mAP50"], "mask_mAP": ap["mask_mAP"],
+            "count_mae": float(err.mean()) if len(err) else None,
+            "count_error": float((err / np.maximum(true, 1)).mean()) if len(err) else None,
+            "objects_true": int(true.sum()), "objects_predicted": int(pred.sum()), "images": len(dataset)}
 
 
 # -- simulated predictions (until a model is trained) --------------------------------------------

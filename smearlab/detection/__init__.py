@@ -1,4 +1,5 @@
-"""Object detection: models, training, prediction, post-processing and threshold tuning.
+"""Object detection and instance segmentation (Mask R-CNN): models, training, prediction,
+post-processing and threshold tuning.
 
 The training names are imported on first use, so that ``python -m smearlab.detection.train``
 (and torchrun) do not import the training module twice.
@@ -6,8 +7,8 @@ The training names are imported on first use, so that ``python -m smearlab.detec
 import importlib
 
 # builders, saving and loading (config.json / thresholds.json beside the weights)
-from .models import (ARCHS, DetectorConfig, build_detector, count_parameters, load_model,  # noqa: F401
-                     read_config, resolve_device, save_model, unwrap)
+from .models import (ARCHS, MASK_ARCHS, DetectorConfig, build_detector, count_parameters,  # noqa: F401
+                     is_mask_model, load_model, read_config, resolve_device, save_model, unwrap)
 # raw prediction cache, per-class thresholds and NMS
 from .postprocess import RawPredictions, Selector, postprocess, select  # noqa: F401
 # batched and tiled inference

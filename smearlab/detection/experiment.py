@@ -14,7 +14,7 @@ import torch
 
 from ..data.sample import SmearDataset
 from ..evaluate import coco_eval, count_metrics
-from .models import DetectorConfig, build_detector, resolve_device, save_model
+from .models import DetectorConfig, build_detector, is_mask_model, resolve_device, save_model
 from .postprocess import RawPredictions
 from .predict import predict
 from .train import History, TrainConfig, train_detector
@@ -56,7 +56,8 @@ def fit_and_evaluate(name: str, cfg: DetectorConfig, tcfg: TrainConfig, train: S
     -------
     DetectionRun
         ``metrics`` holds mAP50, mAP, per_class, counts (per class), count_accuracy (mean over
-        classes), train_s, train_images_per_s, infer_s, infer_images_per_s, device, epochs.
+        classes), train_s, train_images_per_s, infer_s, infer_images_per_s, device, epochs; for
+        a Mask R-CNN on a test set with instance masks also mask_mAP50 and mask_mAP.
     """
     model = build_detector(cfg)
     t0 = time.perf_counter()
@@ -90,6 +91,9 @@ def fit_and_evaluate(name: str, cfg: DetectorConfig, tcfg: TrainConfig, train: S
         "infer_s": round(infer_s, 3), "infer_images_per_s": round(len(test) / infer_s, 2) if infer_s else None,
         "device": str(device), "epochs": len(history.records),
     }
+    if is_mask_model(model) and all(s.has_masks or not len(s.boxes) for s in test):
+        segm = coco_eval(test, preds, iou_type="segm")
+        metrics["mask_mAP50"], metrics["mask_mAP"] = segm["mAP50"], segm["mAP"]
     if tcfg.out_dir is not None:
         save_model(model, cfg, Path(tcfg.out_dir) / "final",
                    thresholds=thresholds, preprocess=getattr(model, "preprocess_spec", None))

@@ -7,7 +7,15 @@ Architectures (``DetectorConfig.arch``):
 * ``"retinanet"``: RetinaNet, ResNet-50 FPN (``retinanet_resnet50_fpn``);
 * ``"fasterrcnn_mobilenet"``: Faster R-CNN, MobileNet-V3-Large FPN: the light CPU model;
 * ``"fasterrcnn_tiny"``: a ~1M-parameter Faster R-CNN with a small plain CNN backbone, for
-  smoke tests and quick CPU looks only (no pretrained weights exist for it).
+  smoke tests and quick CPU looks only (no pretrained weights exist for it);
+* ``"maskrcnn"``: Mask R-CNN, ResNet-50 FPN (torchvision ``maskrcnn_resnet50_fpn``): boxes and
+  instance masks;
+* ``"maskrcnn_tiny"``: the tiny backbone of ``fasterrcnn_tiny`` with Mask R-CNN heads and a
+  small (2 x 64-channel) mask head, for quick CPU runs and tests.
+
+The Mask R-CNN models (:data:`MASK_ARCHS`, :func:`is_mask_model`) train on datasets with
+instance masks and predict ``masks`` beside the boxes (see
+:func:`smearlab.detection.predict.predict`).
 
 Models are always built with ``weights=None, weights_backbone=None``: pretrained weights come
 only from a local file (``DetectorConfig.weights_path``), either a classification backbone state
@@ -40,7 +48,12 @@ from ..io import atomic_path, write_json
 
 log = logging.getLogger("smearlab.detection")
 
-ARCHS = ("fasterrcnn", "fasterrcnn_v2", "retinanet", "fasterrcnn_mobilenet", "fasterrcnn_tiny")
+ARCHS = ("fasterrcnn", "fasterrcnn_v2", "retinanet", "fasterrcnn_mobilenet", "fasterrcnn_tiny", "maskrcnn",
+         "maskrcnn_tiny")
+#: Architectures that predict instance masks (Mask R-CNN).
+MASK_ARCHS = ("maskrcnn", "maskrcnn_tiny")
+#: Architectures built on the tiny plain-CNN backbone (3 feature levels).
+_TINY_ARCHS = ("fasterrcnn_tiny", "maskrcnn_tiny")
 WEIGHTS_FORMAT = "smearlab-detector/1"
 #: ImageNet statistics (torchvision's GeneralizedRCNNTransform defaults).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -48,7 +61,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 _LUMA = (0.299, 0.587, 0.114)
 #: Backbone layers that can be trained (torchvision's maxima) per backbone family.
 _MAX_TRAINABLE = {"fasterrcnn": 5, "fasterrcnn_v2": 5, "retinanet": 5, "fasterrcnn_mobilenet": 6,
-                  "fasterrcnn_tiny": 4}
+                  "fasterrcnn_tiny": 4, "maskrcnn": 5, "maskrcnn_tiny": 4}
 
 
 @dataclass
@@ -74,8 +87,8 @@ class DetectorConfig:
     freeze_backbone : freeze the whole backbone body (the FPN and heads still train).
     weights_path : local file with pretrained weights (backbone or whole detector).
     frozen_bn : use frozen batch norm in the backbone (None: when pretrained or frozen).
-    extra : further keyword arguments of torchvision's ``FasterRCNN`` / ``RetinaNet``
-        (e.g. ``{"box_nms_thresh": 0.4, "rpn_post_nms_top_n_test": 2000}``).
+    extra : further keyword arguments of torchvision's ``FasterRCNN`` / ``MaskRCNN`` /
+        ``RetinaNet`` (e.g. ``{"box_nms_thresh": 0.4, "rpn_post_nms_top_n_test": 2000}``).
     """
 
     arch: str = "fasterrcnn_mobilenet"
@@ -170,7 +183,7 @@ def _anchor_generator(cfg: DetectorConfig, n_levels: int):
     if sizes is None:
         if arch == "fasterrcnn_mobilenet":
             sizes = ((32, 64, 128, 256, 512),) * n_levels
-        elif arch == "fasterrcnn_tiny":
+        elif arch in _TINY_ARCHS:
             sizes = ((16,), (32,), (64,))
         elif arch == "retinanet":
             sizes = [32, 64, 128, 256, 512]
@@ -245,7 +258,13 @@ def _base_model(cfg: DetectorConfig) -> nn.Module:
         kw["rpn_head"] = RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0], conv_depth=2)
         kw["box_head"] = FastRCNNConvFCHead((backbone.out_channels, 7, 7), [256, 256, 256, 256], [1024],
                                             norm_layer=nn.BatchNorm2d)
-    elif cfg.arch == "fasterrcnn_tiny":
+    elif cfg.arch == "maskrcnn":
+        from torchvision.models.detection import MaskRCNN
+        body = resnet50(weights=None, norm_layer=norm)
+        backbone = _resnet_fpn_extractor(body, trainable)
+        kw["rpn_anchor_generator"] = _anchor_generator(cfg, 5)
+        return MaskRCNN(backbone, cfg.num_classes, **{**common, **kw, **extra})
+    elif cfg.arch in _TINY_ARCHS:
         from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
         from torchvision.models.detection.rpn import RPNHead
         backbone = _tiny_backbone(norm)
@@ -256,6 +275,12 @@ def _base_model(cfg: DetectorConfig) -> nn.Module:
         kw["box_predictor"] = FastRCNNPredictor(128, cfg.num_classes)
         kw.update(rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=600,
                   rpn_post_nms_top_n_test=300, box_batch_size_per_image=128)
+        if cfg.arch == "maskrcnn_tiny":
+            from torchvision.models.detection import MaskRCNN
+            from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+            kw["mask_head"] = MaskRCNNHeads(backbone.out_channels, [64, 64], 1)
+            kw["mask_predictor"] = MaskRCNNPredictor(64, 64, cfg.num_classes)
+            return MaskRCNN(backbone, None, **{**common, **kw, **extra})
         return FasterRCNN(backbone, None, **{**common, **kw, **extra})
     else:  # fasterrcnn_mobilenet
         body = mobilenet_v3_large(weights=None, norm_layer=norm)
@@ -370,6 +395,20 @@ def _load_pretrained(model: nn.Module, cfg: DetectorConfig) -> None:
         log.info("%s: skipped %d tensors of another shape (e.g. %s): class-specific layers are "
                  "trained from scratch", path, len(skipped), skipped[:2])
     log.info("loaded %d/%d %s tensors from %s", len(load), len(own), target, path)
+
+
+def is_mask_model(model) -> bool:
+    """Whether ``model`` predicts instance masks (a Mask R-CNN, possibly wrapped by DDP).
+
+    True for a torchvision model whose ROI heads have a mask branch, or for any model whose
+    ``detector_config.arch`` is one of :data:`MASK_ARCHS`.
+    """
+    m = unwrap(model) if isinstance(model, nn.Module) else model
+    heads = getattr(m, "roi_heads", None)
+    if heads is not None and hasattr(heads, "has_mask"):
+        return bool(heads.has_mask())
+    cfg = getattr(m, "detector_config", None)
+    return cfg is not None and cfg.arch in MASK_ARCHS
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:

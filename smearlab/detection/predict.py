@@ -5,11 +5,18 @@ A prediction is one dict per image, aligned with the input::
     {"boxes": (N, 4) float32 x0 y0 x1 y1 pixels, "scores": (N,) float32,
      "labels": (N,) int64 0-based indices into class_names}
 
-(torchvision's labels minus one; background never appears).
+(torchvision's labels minus one; background never appears). A Mask R-CNN
+(:func:`~smearlab.detection.models.is_mask_model`) also gives ``"masks": (N, H, W) bool`` at the
+input image's size: torchvision's mask probabilities, pasted into the image, ``> mask_threshold``.
 
 Tiled inference (``tile=512``) cuts large fields into overlapping tiles, predicts each, shifts
 the boxes back and merges the pieces of objects cut by tile edges (:func:`merge_tiles`), then
-runs a class-wise NMS over the whole image.
+runs a class-wise NMS over the whole image. Each tile's masks are pasted into the full canvas;
+the mask of a merged object is the union of its pieces' masks.
+
+Memory: masks are full-image bool arrays, one byte per pixel per detection (300 detections of
+a 1280x960 field take 370 MB); lower ``detections_per_img`` or raise the score floor on large
+fields.
 """
 from __future__ import annotations
 
@@ -116,7 +123,7 @@ def tile_windows(height: int, width: int, tile: int, overlap: float = 0.2) -> li
 def merge_tiles(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, tile_index: np.ndarray,
                 windows: Sequence[tuple[int, int, int, int]], image_hw: tuple[int, int], *,
                 merge_iou: float = 0.5, contain: float = 0.8, edge_margin: float = 3.0,
-                nms_iou: float = 0.5) -> dict[str, np.ndarray]:
+                nms_iou: float = 0.5, masks: Sequence[np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Merge per-tile detections (already in image coordinates) into one prediction.
 
     A box is *cut* when it touches an edge of its tile that is not an image edge. A cut box and a
@@ -124,6 +131,11 @@ def merge_tiles(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, tile_
     tiles share, they overlap (IoU > ``merge_iou``, or one covers ``contain`` of the other); each
     box is joined to its best partner per other tile. Joined boxes become their union box with
     the highest score. A class-wise NMS (``nms_iou``) then removes the remaining duplicates.
+
+    ``masks``: optional tile-local instance masks, one 2-D bool array per detection with the
+    size of its tile window (tile coordinates, as a model predicts them on the tile). The result
+    then holds ``"masks"`` ``(M, H, W)`` bool: each kept object's pieces pasted into the image
+    and joined (union).
     """
     from torchvision.ops import batched_nms
 
@@ -132,8 +144,10 @@ def merge_tiles(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, tile_
     labels = np.asarray(labels, np.int64).reshape(-1)
     tile_index = np.asarray(tile_index, np.int64).reshape(-1)
     n = len(boxes)
+    if masks is not None and len(masks) != n:
+        raise ValueError(f"merge_tiles: {len(masks)} masks for {n} boxes")
     if n == 0:
-        return empty_prediction()
+        return empty_prediction(image_hw if masks is not None else None)
     h, w = image_hw
     win = np.asarray(windows, np.float32)[tile_index]  # (n, 4)
     interior = np.stack([win[:, 0] > 0, win[:, 1] > 0, win[:, 2] < w, win[:, 3] < h], 1)
@@ -189,7 +203,30 @@ def merge_tiles(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, tile_
     np.maximum.at(ms, inv, scores)
     ml = labels[uniq]
     keep = batched_nms(torch.from_numpy(mb), torch.from_numpy(ms), torch.from_numpy(ml), nms_iou).numpy()
-    return {"boxes": mb[keep], "scores": ms[keep], "labels": ml[keep]}
+    out = {"boxes": mb[keep], "scores": ms[keep], "labels": ml[keep]}
+    if masks is not None:
+        out["masks"] = _paste_groups(masks, inv, keep, tile_index, windows, (h, w))
+    return out
+
+
+def _paste_groups(masks: Sequence[np.ndarray], group: np.ndarray, keep: np.ndarray, tile_index: np.ndarray,
+                  windows: Sequence[tuple[int, int, int, int]], image_hw: tuple[int, int]) -> np.ndarray:
+    """``(len(keep), H, W)`` bool: for each kept group, the union of its members' tile masks
+    pasted at their windows."""
+    h, w = image_hw
+    out = np.zeros((len(keep), h, w), bool)
+    order = np.argsort(group, kind="stable")
+    starts = np.searchsorted(group[order], keep)
+    ends = np.searchsorted(group[order], keep, side="right")
+    for k, (a, b) in enumerate(zip(starts, ends)):
+        for i in order[a:b]:
+            x0, y0, x1, y1 = (int(v) for v in windows[tile_index[i]])
+            m = np.asarray(masks[i], bool)
+            if m.shape != (y1 - y0, x1 - x0):
+                raise ValueError(f"merge_tiles: mask {i} has shape {m.shape}, its tile window "
+                                 f"{(x0, y0, x1, y1)} is {(y1 - y0, x1 - x0)}")
+            out[k, y0:y1, x0:x1] |= m
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -218,13 +255,20 @@ def _score_floor(model, floor):
         setattr(obj, attr, old)
 
 
-def _to_numpy(out: dict) -> dict[str, np.ndarray]:
+def _to_numpy(out: dict, mask_threshold: float = 0.5) -> dict[str, np.ndarray]:
+    """numpy prediction of one torchvision output: 0-based labels, sorted by score; mask
+    probabilities ``(N, 1, H, W)`` become ``(N, H, W)`` bool (``> mask_threshold``)."""
     boxes = out["boxes"].detach().float().cpu().numpy().astype(np.float32).reshape(-1, 4)
     scores = out["scores"].detach().float().cpu().numpy().astype(np.float32).reshape(-1)
     labels = out["labels"].detach().cpu().numpy().astype(np.int64).reshape(-1) - 1
     keep = labels >= 0  # background (RetinaNet may emit it) is never an object
     order = np.argsort(-scores[keep], kind="stable")
-    return {"boxes": boxes[keep][order], "scores": scores[keep][order], "labels": labels[keep][order]}
+    res = {"boxes": boxes[keep][order], "scores": scores[keep][order], "labels": labels[keep][order]}
+    if "masks" in out:
+        m = out["masks"].detach()
+        m = (m.reshape(len(boxes), *m.shape[-2:]) > mask_threshold).cpu().numpy()
+        res["masks"] = m[keep][order]
+    return res
 
 
 @contextlib.contextmanager
@@ -255,13 +299,14 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
             amp: bool | None = None, score_floor: float | None = None, tile: int | None = None,
             overlap: float = 0.2, progress: bool = True, merge_iou: float = 0.5,
             nms_iou: float = 0.5, edge_margin: float = 3.0, preprocess: Any = "model",
-            thresholds: Any = None) -> list[dict[str, np.ndarray]]:
+            thresholds: Any = None, mask_threshold: float = 0.5) -> list[dict[str, np.ndarray]]:
     """Predict every image of ``data``; one prediction dict per image, in order.
 
     Parameters
     ----------
     model : a torchvision detector (or any callable ``model(list_of_CHW_tensors) -> list of
-        {"boxes", "scores", "labels" (1-based)}``).
+        {"boxes", "scores", "labels" (1-based)}``, plus ``"masks"`` ``(N, 1, H, W)``
+        probabilities for instance masks, as torchvision's Mask R-CNN gives them).
     data : a SmearDataset, a DetectionDataset, a list of Samples, of ``(H, W, 3)`` uint8
         arrays or of ``(C, H, W)`` float tensors, or one image.
     batch_size : images (or tiles) per forward pass.
@@ -276,7 +321,13 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
         in training); a ``Preprocess`` or its dict applies that one; None applies nothing.
     thresholds : None returns raw detections (for caching and COCO AP); ``"model"`` applies the
         tuned ``thresholds.json`` saved with the model; a ``Thresholds`` or its dict applies that.
+    mask_threshold : a Mask R-CNN's pixel belongs to an instance when its mask probability is
+        ``> mask_threshold`` (torchvision's and Detectron's 0.5 by default). Predictions of a
+        mask model hold ``"masks"`` ``(N, H, W)`` bool at each input image's size (with
+        ``tile``, pasted from the tiles; see :func:`merge_tiles`).
     """
+    if not 0.0 <= float(mask_threshold) < 1.0:
+        raise ValueError(f"mask_threshold must be in [0, 1), got {mask_threshold}")
     is_module = isinstance(model, nn.Module)
     if device is None:
         dev = next(iter(model.parameters())).device if is_module and any(True for _ in model.parameters()) \
@@ -310,7 +361,7 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
     def run(batch: list[torch.Tensor]) -> list[dict]:
         with torch.autocast(device_type=dev.type, enabled=use_amp):
             outs = model([b.to(dev, non_blocking=True) for b in batch])
-        return [_to_numpy(o) for o in outs]
+        return [_to_numpy(o, mask_threshold) for o in outs]
 
     results: list[dict] = []
     try:
@@ -335,14 +386,16 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
                             o["boxes"] = o["boxes"] + np.array([x0, y0, x0, y0], np.float32)
                             parts.append(o)
                             tix.append(np.full(len(o["boxes"]), s + k))
-                    if len(wins) == 1:
+                    with_masks = bool(parts) and all("masks" in p for p in parts)
+                    if len(wins) == 1:  # the window is the whole image
                         results.append(parts[0])
                     else:
+                        tile_masks = [m for p in parts for m in p["masks"]] if with_masks else None
                         merged = merge_tiles(np.concatenate([p["boxes"] for p in parts]),
                                              np.concatenate([p["scores"] for p in parts]),
                                              np.concatenate([p["labels"] for p in parts]),
                                              np.concatenate(tix), wins, (h, w), merge_iou=merge_iou,
-                                             nms_iou=nms_iou, edge_margin=edge_margin)
+                                             nms_iou=nms_iou, edge_margin=edge_margin, masks=tile_masks)
                         order = np.argsort(-merged["scores"], kind="stable")
                         results.append({k: v[order] for k, v in merged.items()})
                     if bar is not None:

@@ -12,6 +12,18 @@ tqdm bar with loss and images/s, and per epoch:
 * ``out_dir/best/``: the best model by validation mAP (a :func:`save_model` folder); at the end
   ``out_dir/model/`` holds the final model.
 
+Mask R-CNN (``arch="maskrcnn"`` / ``"maskrcnn_tiny"``, :func:`~smearlab.detection.models.is_mask_model`)
+trains on the samples' instance masks (``Sample.masks``): every sample with objects must have
+them (``ValueError`` otherwise, before training starts); an image without objects gets an empty
+``(0, H, W)`` mask stack. Augmentation warps the masks with the image (nearest sampling), on the
+CPU per sample or batched on the GPU, and drops them with their boxes (its geometric transforms
+resample the ``(N, H, W)`` stack as float32: slow for images with hundreds of instances, where
+exact flips / quarter turns in numpy are the cheap choice, see ``benchmarks/segmentation_dsb.py``).
+With ``data_on_gpu`` the masks are kept on the GPU beside the images (uint8, counted in the
+memory check that falls back to the CPU loader when the data would take more than a quarter of
+the free GPU memory). The validation records of a mask model also hold the mask AP
+(``val_mask_mAP``, ``val_mask_mAP50``).
+
 A non-finite loss stops training with a ``FloatingPointError`` naming the epoch, step and
 learning rate; ``last.pt`` then still holds the last good epoch.
 
@@ -78,7 +90,8 @@ class TrainConfig:
     best_metric : validation metric that picks ``best/`` (``"mAP"`` or ``"mAP50"``).
     grad_clip : max gradient norm (None: no clipping).
     data_on_gpu : on CUDA, keep every training image on the GPU as uint8 (small datasets):
-        no DataLoader, no per-sample augmentation (a ``.batch`` augmenter still runs).
+        no DataLoader, no per-sample augmentation (a ``.batch`` augmenter still runs). A mask
+        model's instance masks go to the GPU with the images.
     augment : ``f(sample) -> sample`` applied to each training sample on the CPU, or an
         object with ``.batch(images, targets) -> (images, targets)`` applied to each batch of
         device tensors.
@@ -183,9 +196,18 @@ class History:
 
 
 def default_evaluate(dataset, predictions) -> dict[str, float]:
-    """COCO-style evaluation by :func:`smearlab.evaluate.coco_eval` (imported when first used)."""
+    """COCO-style evaluation by :func:`smearlab.evaluate.coco_eval` (imported when first used).
+
+    When every prediction carries ``masks`` and every sample with objects has instance masks,
+    the mask AP is added as ``mask_mAP`` and ``mask_mAP50``.
+    """
     from ..evaluate import coco_eval
-    return coco_eval(dataset, predictions)
+    out = coco_eval(dataset, predictions)
+    if predictions and all("masks" in p for p in predictions) and \
+            all(s.has_masks or not len(s.boxes) for s in dataset):
+        segm = coco_eval(dataset, predictions, iou_type="segm")
+        out["mask_mAP"], out["mask_mAP50"] = segm["mAP"], segm["mAP50"]
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,9 +362,13 @@ class _ReleasingDataset(DetectionDataset):
 
 
 class _GpuImages:
-    """Every training image on the GPU as uint8 (C, H, W), targets beside them."""
+    """Every training image on the GPU as uint8 (C, H, W), targets beside them.
 
-    def __init__(self, ds: SmearDataset, grayscale: bool, device: torch.device):
+    With ``masks`` (Mask R-CNN) each target also holds the ``(N, H, W)`` uint8 instance masks
+    (an empty stack for an image without objects).
+    """
+
+    def __init__(self, ds: SmearDataset, grayscale: bool, device: torch.device, masks: bool = False):
         from ..data.torchdata import LUMA
         self.grayscale = grayscale
         self.luma = torch.tensor(LUMA, device=device).view(3, 1, 1)
@@ -350,10 +376,13 @@ class _GpuImages:
         for s in ds.samples:
             lazy = s.path is not None and s._image is None
             self.images.append(torch.from_numpy(np.ascontiguousarray(s.image)).permute(2, 0, 1).to(device))
+            t = {"boxes": torch.as_tensor(s.boxes, dtype=torch.float32).reshape(-1, 4).to(device),
+                 "labels": (torch.as_tensor(s.labels, dtype=torch.int64) + 1).to(device)}
+            if masks:
+                t["masks"] = _mask_tensor(s).to(device)
             if lazy:
                 s.release()
-            self.targets.append({"boxes": torch.as_tensor(s.boxes, dtype=torch.float32).reshape(-1, 4).to(device),
-                                 "labels": (torch.as_tensor(s.labels, dtype=torch.int64) + 1).to(device)})
+            self.targets.append(t)
 
     def __len__(self):
         return len(self.images)
@@ -368,23 +397,66 @@ class _GpuImages:
         return imgs, [dict(self.targets[i]) for i in idx]
 
 
-def _fits_on_gpu(ds: SmearDataset, device: torch.device) -> bool:
-    need = sum(h * w * 3 for h, w in (s.hw for s in ds.samples))
+def _mask_tensor(s) -> torch.Tensor:
+    """``(N, H, W)`` uint8 instance masks of a sample (empty when it has no objects)."""
+    if s.has_masks:
+        return torch.from_numpy(np.ascontiguousarray(s.masks)).to(torch.uint8)
+    return torch.zeros((0, *s.hw), dtype=torch.uint8)
+
+
+def _check_masks(ds: SmearDataset, arch: str) -> None:
+    """``ValueError`` unless every sample with objects has instance masks (Mask R-CNN training)."""
+    missing = [s.image_id for s in ds.samples if len(s.boxes) and not s.has_masks]
+    if missing:
+        raise ValueError(f"{arch} is a Mask R-CNN and trains on instance masks, but {len(missing)} of the "
+                         f"{len(ds)} images of dataset {ds.name!r} have objects without masks (first: "
+                         f"{missing[0]!r}); use a dataset with instance masks or a box-only arch such as "
+                         "'fasterrcnn_tiny'")
+
+
+def _fits_on_gpu(ds: SmearDataset, device: torch.device, masks: bool = False) -> bool:
+    need = sum(s.hw[0] * s.hw[1] * (3 + (len(s.boxes) if masks else 0)) for s in ds.samples)
     free, _ = torch.cuda.mem_get_info(device)
     if need > 0.25 * free:
-        warnings.warn(f"data_on_gpu: the images need {need / 2**30:.1f} GiB, more than a quarter of the "
+        warnings.warn(f"data_on_gpu: the images{' and masks' if masks else ''} need {need / 2**30:.1f} GiB, "
+                      "more than a quarter of the "
                       f"{free / 2**30:.1f} GiB free on {device}; loading them from the CPU instead", stacklevel=3)
         return False
     return True
 
 
 def _sanitize(targets: list[dict]) -> list[dict]:
-    """Keep boxes with positive width and height (torchvision refuses degenerate ones)."""
+    """Keep boxes with positive width and height (torchvision refuses degenerate ones), and
+    their instance masks when the targets have them."""
     out = []
     for t in targets:
         b = t["boxes"].reshape(-1, 4)
         ok = (b[:, 2] - b[:, 0] > 1e-2) & (b[:, 3] - b[:, 1] > 1e-2)
-        out.append({"boxes": b[ok], "labels": t["labels"].reshape(-1)[ok]})
+        new = {"boxes": b[ok], "labels": t["labels"].reshape(-1)[ok]}
+        if "masks" in t:
+            new["masks"] = t["masks"][ok]
+        out.append(new)
+    return out
+
+
+def _device_targets(images: list, targets, device: torch.device, masks: bool) -> list[dict]:
+    """Boxes and labels (and, for a mask model, ``(N, H, W)`` uint8 masks) on ``device``.
+
+    A target without masks gets an empty stack when it has no objects; with objects it is a
+    ``ValueError`` (checked up front for SmearDatasets, here for other torch datasets).
+    """
+    out = []
+    for im, t in zip(images, targets):
+        d = {"boxes": t["boxes"].to(device, non_blocking=True), "labels": t["labels"].to(device, non_blocking=True)}
+        if masks:
+            if "masks" in t:
+                d["masks"] = t["masks"].to(device, non_blocking=True)
+            elif len(d["boxes"]) == 0:
+                d["masks"] = torch.zeros((0, *im.shape[-2:]), dtype=torch.uint8, device=device)
+            else:
+                raise ValueError("a Mask R-CNN needs target['masks'] ((N, H, W) instance masks) for every "
+                                 "image with objects; the training dataset gave a target without them")
+        out.append(d)
     return out
 
 
@@ -498,6 +570,7 @@ def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, tr
     from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
 
     from ..data.torchdata import collate_detection
+    from .models import is_mask_model
     from .predict import predict
 
     tcfg = tcfg or TrainConfig()
@@ -508,6 +581,7 @@ def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, tr
         raise ValueError("train_detector needs a training dataset")
     names = list(cfg_model.class_names)
     grayscale = cfg_model.in_channels == 1
+    masks = is_mask_model(model)
 
     # --- data: checked before anything else ------------------------------------------------
     train_smear, given_transform = _as_smear(train_ds)
@@ -515,6 +589,8 @@ def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, tr
     if pre is not None:  # the trained model carries its pipeline, as a loaded one does
         unwrap(model).preprocess_spec = pre.to_dict()
     if train_smear is not None:
+        if masks:
+            _check_masks(train_smear, cfg_model.arch)
         train_smear = _preprocessed(_remap_dataset(train_smear, names, "training"), pre)
     val_smear = None
     if val_ds is not None:
@@ -556,10 +632,10 @@ def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, tr
             if sample_aug is not None:
                 warnings.warn("data_on_gpu ignores a per-sample augment; give an object with .batch() "
                               "to augment on the GPU", stacklevel=2)
-            if sample_aug is None and _fits_on_gpu(train_smear, device):
-                gpu_data = _GpuImages(train_smear, grayscale, device)
+            if sample_aug is None and _fits_on_gpu(train_smear, device, masks):
+                gpu_data = _GpuImages(train_smear, grayscale, device, masks)
         if train_smear is not None:
-            torch_ds = _ReleasingDataset(train_smear, grayscale=grayscale, transform=sample_aug, with_masks=False)
+            torch_ds = _ReleasingDataset(train_smear, grayscale=grayscale, transform=sample_aug, with_masks=masks)
         else:
             torch_ds = train_ds
         n_items = len(torch_ds)
@@ -639,7 +715,7 @@ def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, tr
             t_epoch = time.time()
             rec = _train_epoch(train_model, net, source, steps_per_epoch, optimizer, scheduler, scaler,
                                device, use_amp, batch_aug, tcfg, epoch, dctx, history,
-                               check_labels=None if train_smear is not None else len(names) + 1,
+                               check_labels=None if train_smear is not None else len(names) + 1, masks=masks,
                                progress=progress and dctx.main,
                                last_good=last_good if last_good is not None and last_good.exists() else None)
             if dctx.active:  # BN running stats differ per rank after the last step: take rank 0's
@@ -721,7 +797,7 @@ def _augment_batch(aug, images: list, targets: list) -> tuple[list, list]:
 
 def _train_epoch(train_model, net, source, steps, optimizer, scheduler, scaler, device, use_amp, batch_aug,
                  tcfg: TrainConfig, epoch: int, dctx: _Dist, history: History, *, check_labels, progress,
-                 last_good) -> dict[str, Any]:
+                 last_good, masks: bool = False) -> dict[str, Any]:
     train_model.train()
     bar = None
     if progress:
@@ -737,8 +813,7 @@ def _train_epoch(train_model, net, source, steps, optimizer, scheduler, scaler, 
             if step >= steps:
                 break
             images = [im.to(device, non_blocking=True) for im in images]
-            targets = [{"boxes": t["boxes"].to(device, non_blocking=True),
-                        "labels": t["labels"].to(device, non_blocking=True)} for t in targets]
+            targets = _device_targets(images, targets, device, masks)
             if batch_aug is not None:
                 images, targets = _augment_batch(batch_aug, images, targets)
             targets = _sanitize(targets)

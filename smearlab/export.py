@@ -1,0 +1,356 @@
+"""Exports of instance predictions: label PNGs, COCO JSON (CVAT-importable), one JSON per image.
+
+Every export takes a dataset (for file names, image sizes and class names) and predictions in
+the prediction form (:mod:`smearlab.evaluate`): per image ``{"boxes", "scores", "labels"}`` and,
+for masks, ``"masks"`` ``(N, H, W)`` bool. Instances are written in *score order*: the
+highest-scoring instance of an image is instance 1, and the label PNG, the per-image JSON and
+the COCO annotations of an image share that order. Filter the raw predictions first
+(:func:`smearlab.detection.postprocess.postprocess`, a score threshold) or pass
+``score_threshold``.
+
+* :func:`write_label_png`: an ``(H, W)`` PNG, 0 background, instance ``k`` has value ``k``
+  (1..N). uint8 for up to 255 instances, uint16 beyond (up to 65535). Where masks overlap the
+  higher-scoring instance wins, so a fully covered instance leaves its id unused.
+* :func:`export_coco`: COCO JSON with ``categories`` (ids 1..K), ``images`` (``file_name``,
+  ``width``, ``height``) and ``annotations`` (``segmentation``, ``bbox`` xywh, ``area``,
+  ``iscrowd`` 0, ``score``). Segmentations are polygons traced with
+  :func:`skimage.measure.find_contours` (``"polygon"``), compressed RLE (``"rle"``, exact,
+  pycocotools) or polygons except for masks with holes, which polygons cannot carry
+  (``"auto"``, the default). CVAT imports it as "COCO 1.0" (polygons as polygons, RLE as masks)
+  after the images are uploaded under the same file names; :func:`smearlab.data.load` reads it
+  back.
+* :func:`export_image_jsons`: ``<image stem>.json`` per image with the class, score, box and
+  polygon vertices of every instance (schema in :func:`image_record`).
+
+Coordinates are pixel-edge ``x, y`` (pixel ``(row r, column c)`` covers ``[c, c + 1) x
+[r, r + 1)``), as the boxes. Every file is written atomically.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .data.errors import DataError
+from .io import atomic_path, write_json
+
+log = logging.getLogger("smearlab.export")
+
+__all__ = ["SEGMENTATIONS", "sort_by_score", "label_image", "write_label_png", "read_label_png",
+           "write_label_pngs", "mask_polygons", "coco_dict", "export_coco", "image_record",
+           "export_image_jsons", "export_predictions"]
+
+#: Segmentation encodings of :func:`export_coco`.
+SEGMENTATIONS = ("auto", "polygon", "rle")
+_COPYABLE = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
+
+
+# -- predictions ----------------------------------------------------------------------------------
+def _checked(dataset, predictions) -> list[dict]:
+    """Predictions with the agreed dtypes, one per sample (ValueError otherwise)."""
+    from .evaluate import check_predictions
+    preds = check_predictions(dataset, predictions)
+    for i, (s, p) in enumerate(zip(dataset, preds)):
+        if "masks" in p and tuple(p["masks"].shape[1:]) != tuple(s.hw):
+            raise ValueError(f"prediction {i}: masks of size {p['masks'].shape[1:]} for image "
+                             f"{s.image_id!r} of size {tuple(s.hw)}")
+    return preds
+
+
+def sort_by_score(prediction: dict, score_threshold: float | None = None) -> dict:
+    """The prediction with instances sorted by decreasing score (stable), keeping only those
+    with ``score >= score_threshold`` when one is given."""
+    from .detection.postprocess import as_prediction
+    p = as_prediction(prediction)
+    idx = np.argsort(-p["scores"], kind="stable")
+    if score_threshold is not None:
+        idx = idx[p["scores"][idx] >= float(score_threshold)]
+    return {k: v[idx] for k, v in p.items()}
+
+
+def _masks_of(prediction: dict, where: str) -> np.ndarray:
+    m = prediction.get("masks")
+    if m is None:
+        raise ValueError(f"{where}: the prediction has no 'masks' (a box-only model?); label images "
+                         "need instance masks")
+    m = np.asarray(m)
+    if m.ndim != 3:
+        raise ValueError(f"{where}: masks must be (N, H, W), got shape {m.shape}")
+    return m.astype(bool, copy=False)
+
+
+# -- label images ---------------------------------------------------------------------------------
+def label_image(prediction: dict, *, score_threshold: float | None = None) -> np.ndarray:
+    """``(H, W)`` label image of a prediction: 0 background, instance ``k`` (in score order) ``k``.
+
+    uint8 for up to 255 instances, uint16 for up to 65535 (``ValueError`` beyond: PNG has no
+    deeper grey). Where masks overlap, the higher-scoring instance wins.
+    """
+    p = sort_by_score(prediction, score_threshold)
+    masks = _masks_of(p, "label_image")
+    n = len(masks)
+    if n > 65535:
+        raise ValueError(f"label_image: {n} instances do not fit a 16-bit label image (at most 65535)")
+    out = np.zeros(masks.shape[1:], np.uint8 if n <= 255 else np.uint16)
+    for k in range(n - 1, -1, -1):  # lowest score first: higher scores paint over it
+        out[masks[k]] = k + 1
+    return out
+
+
+def write_label_png(path: str | Path, prediction: dict, *, score_threshold: float | None = None) -> Path:
+    """Write :func:`label_image` of ``prediction`` as a PNG (8- or 16-bit grey), atomically."""
+    from PIL import Image
+    path = Path(path)
+    lab = label_image(prediction, score_threshold=score_threshold)
+    with atomic_path(path) as tmp:
+        Image.fromarray(lab).save(tmp, format="PNG")
+    return path
+
+
+def read_label_png(path: str | Path) -> np.ndarray:
+    """An ``(H, W)`` label image written by :func:`write_label_png` (uint8 or uint16).
+
+    Raises
+    ------
+    DataError
+        when the file is missing, unreadable, or not a single-channel image.
+    """
+    from PIL import Image, UnidentifiedImageError
+    path = Path(path)
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im)
+    except FileNotFoundError:
+        raise DataError(path, "label image not found") from None
+    except (OSError, UnidentifiedImageError) as e:
+        raise DataError(path, f"cannot read label image: {e}") from None
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.integer):
+        raise DataError(path, f"a label image must be single-channel integers, got shape {arr.shape} "
+                              f"{arr.dtype}")
+    if arr.dtype.itemsize > 2 and 0 <= arr.min(initial=0) and arr.max(initial=0) <= 65535:
+        arr = arr.astype(np.uint16)  # some Pillow versions open 16-bit PNGs as 32-bit integers
+    return arr
+
+
+def write_label_pngs(dataset, predictions, folder: str | Path, *,
+                     score_threshold: float | None = None) -> list[Path]:
+    """One ``<image stem>.png`` label image per sample in ``folder`` (see :func:`write_label_png`)."""
+    preds = _checked(dataset, predictions)
+    names = _file_names(dataset)
+    return [write_label_png(Path(folder) / (Path(n).stem + ".png"), p, score_threshold=score_threshold)
+            for n, p in zip(names, preds)]
+
+
+# -- polygons -------------------------------------------------------------------------------------
+def mask_polygons(mask: np.ndarray, *, tolerance: float = 0.0) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Outlines of a binary mask: ``(outer, holes)``, each a list of ``(K, 2)`` x, y vertex arrays.
+
+    Outlines are traced with :func:`skimage.measure.find_contours` at level 0.5 on the padded mask
+    (they run through the middle of the boundary pixels' edges, pixel-edge coordinates, closed:
+    the last vertex repeats the first) and simplified with
+    :func:`skimage.measure.approximate_polygon` when ``tolerance > 0`` (pixels). ``outer`` holds
+    one outline per connected part, ``holes`` one per hole. Outlines of fewer than 3 distinct
+    vertices are dropped.
+    """
+    from scipy import ndimage as ndi
+    from skimage.measure import approximate_polygon, find_contours
+    m = np.asarray(mask)
+    if m.ndim != 2:
+        raise ValueError(f"mask_polygons: mask must be 2-D (H, W), got shape {m.shape}")
+    m = m.astype(bool, copy=False)
+    filled = ndi.binary_fill_holes(m)
+
+    def trace(b: np.ndarray) -> list[np.ndarray]:
+        out = []
+        if not b.any():
+            return out
+        for c in find_contours(np.pad(b.astype(np.uint8), 1), 0.5):
+            if tolerance > 0:
+                c = approximate_polygon(c, tolerance)
+            if len(np.unique(np.round(c, 3), axis=0)) >= 3:
+                out.append(np.round(c[:, ::-1] - 0.5, 2))  # (row, col) padded -> pixel-edge (x, y)
+        return out
+
+    return trace(filled), trace(filled & ~m)
+
+
+def _has_holes(mask: np.ndarray) -> bool:
+    from scipy import ndimage as ndi
+    return bool((ndi.binary_fill_holes(mask) & ~mask).any())
+
+
+# -- COCO -----------------------------------------------------------------------------------------
+def _file_names(dataset) -> list[str]:
+    """A unique file name per sample: the image file's name, else ``<image_id>.png``."""
+    used: set[str] = set()
+    out = []
+    for s in dataset:
+        name = s.path.name if getattr(s, "path", None) is not None else \
+            re.sub(r"[^\w.-]", "_", str(s.image_id)) + ".png"
+        stem, ext = os.path.splitext(name)
+        k, cand = 1, name
+        while cand.lower() in used:
+            cand, k = f"{stem}_{k}{ext}", k + 1
+        used.add(cand.lower())
+        out.append(cand)
+    return out
+
+
+def _segmentation(mask: np.ndarray, mode: str, tolerance: float):
+    """COCO segmentation of one mask (polygons, or RLE where polygons cannot represent it)."""
+    from .data.formats.coco import encode_rle
+    if mode == "rle" or (mode == "auto" and _has_holes(mask)):
+        return encode_rle(mask)
+    outer, _ = mask_polygons(mask, tolerance=tolerance)
+    if not outer:  # a mask too thin to outline: keep it exact
+        return encode_rle(mask)
+    return [c.ravel().tolist() for c in outer]
+
+
+def coco_dict(dataset, predictions, *, segmentation: str = "auto", score_threshold: float | None = None,
+              tolerance: float = 0.0) -> dict:
+    """The COCO dict of the predictions (see :func:`export_coco`; nothing is written)."""
+    if segmentation not in SEGMENTATIONS:
+        raise ValueError(f"segmentation must be one of {list(SEGMENTATIONS)}, got {segmentation!r}")
+    preds = _checked(dataset, predictions)
+    images, anns = [], []
+    empty = 0
+    for image_id, (s, name, p) in enumerate(zip(dataset, _file_names(dataset), preds), start=1):
+        h, w = s.hw
+        images.append({"id": image_id, "file_name": name, "width": int(w), "height": int(h)})
+        p = sort_by_score(p, score_threshold)
+        masks = p.get("masks")
+        for k, (box, lab, sc) in enumerate(zip(p["boxes"].tolist(), p["labels"].tolist(), p["scores"].tolist())):
+            x0, y0, x1, y1 = box
+            a = {"id": len(anns) + 1, "image_id": image_id, "category_id": int(lab) + 1,
+                 "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0,
+                 "score": float(sc), "attributes": {"instance": k + 1}}
+            if masks is not None:
+                if not masks[k].any():
+                    empty += 1
+                    continue
+                a["segmentation"] = _segmentation(masks[k], segmentation, tolerance)
+                a["area"] = int(masks[k].sum())
+            anns.append(a)
+    if empty:
+        log.warning("coco export: %d instances with an empty mask were left out", empty)
+    cats = [{"id": k + 1, "name": n, "supercategory": ""} for k, n in enumerate(dataset.class_names)]
+    return {"info": {"description": "smearlab predictions"}, "licenses": [],
+            "categories": cats, "images": images, "annotations": anns}
+
+
+def export_coco(dataset, predictions, path: str | Path, *, segmentation: str = "auto",
+                score_threshold: float | None = None, tolerance: float = 0.0,
+                copy_images: bool = False) -> Path:
+    """Write the predictions as a COCO JSON (instance segmentation), importable into CVAT.
+
+    Parameters
+    ----------
+    dataset : the SmearDataset the predictions are for (file names, sizes, class names).
+    predictions : one prediction per sample; with ``masks`` the annotations carry a
+        ``segmentation`` (instances whose mask is empty are left out, with a warning), without
+        them only boxes.
+    path : the JSON file.
+    segmentation : ``"auto"`` (polygons; RLE for masks with holes), ``"polygon"`` (holes are
+        filled) or ``"rle"`` (exact).
+    score_threshold : keep instances with ``score >= score_threshold`` (None: all).
+    tolerance : polygon simplification in pixels (0: every contour vertex).
+    copy_images : also put the images into ``images/`` beside the JSON (copied when they are a
+        common format, else written as PNG), where :func:`smearlab.data.load` finds them.
+
+    Returns
+    -------
+    Path
+        the JSON file. Image ``file_name`` entries are bare file names (the image file's name,
+        else ``<image_id>.png``), as CVAT matches them.
+    """
+    from .data.imageio import write_image
+    path = Path(path)
+    data = coco_dict(dataset, predictions, segmentation=segmentation, score_threshold=score_threshold,
+                     tolerance=tolerance)
+    if copy_images:
+        folder = path.parent / "images"
+        for s, rec in zip(dataset, data["images"]):
+            dst = folder / rec["file_name"]
+            src = getattr(s, "path", None)
+            if src is not None and Path(src).suffix.lower() in _COPYABLE and Path(src).is_file():
+                if os.path.abspath(dst) != os.path.abspath(src):
+                    with atomic_path(dst) as tmp:
+                        shutil.copyfile(src, tmp)
+            else:
+                write_image(dst, s.image)
+    write_json(path, data)
+    return path
+
+
+# -- one JSON per image ---------------------------------------------------------------------------
+def image_record(sample, prediction: dict, class_names: Sequence[str], *, file_name: str | None = None,
+                 score_threshold: float | None = None, tolerance: float = 0.0) -> dict:
+    """The per-image JSON of one prediction.
+
+    Schema::
+
+        {"image": file name, "image_id": str, "width": int, "height": int,
+         "objects": [{"id": 1.., "class": name, "label": 0-based index, "score": float,
+                      "bbox": [x0, y0, x1, y1], "area": mask pixels (box area without masks),
+                      "polygons": [[[x, y], ...], ...],   # outer outline of each part
+                      "holes": [[[x, y], ...], ...]}]}     # inner outlines
+
+    ``id`` is the instance's value in the label PNG (score order); ``polygons`` and ``holes``
+    are empty lists for a box-only prediction or an empty mask.
+    """
+    p = sort_by_score(prediction, score_threshold)
+    h, w = sample.hw
+    masks = p.get("masks")
+    objects = []
+    for k, (box, lab, sc) in enumerate(zip(p["boxes"].tolist(), p["labels"].tolist(), p["scores"].tolist())):
+        lab = int(lab)
+        if not 0 <= lab < len(class_names):
+            raise ValueError(f"image {sample.image_id!r}: label {lab} outside the classes {list(class_names)}")
+        o = {"id": k + 1, "class": class_names[lab], "label": lab, "score": float(sc),
+             "bbox": [float(v) for v in box], "area": float((box[2] - box[0]) * (box[3] - box[1])),
+             "polygons": [], "holes": []}
+        if masks is not None:
+            outer, holes = mask_polygons(masks[k], tolerance=tolerance)
+            o["area"] = int(masks[k].sum())
+            o["polygons"] = [c.tolist() for c in outer]
+            o["holes"] = [c.tolist() for c in holes]
+        objects.append(o)
+    name = file_name or (sample.path.name if getattr(sample, "path", None) is not None else f"{sample.image_id}.png")
+    return {"image": name, "image_id": str(sample.image_id), "width": int(w), "height": int(h),
+            "objects": objects}
+
+
+def export_image_jsons(dataset, predictions, folder: str | Path, *, score_threshold: float | None = None,
+                       tolerance: float = 0.0) -> list[Path]:
+    """Write :func:`image_record` of every sample as ``folder/<image stem>.json``; the paths."""
+    preds = _checked(dataset, predictions)
+    out = []
+    for s, name, p in zip(dataset, _file_names(dataset), preds):
+        path = Path(folder) / (Path(name).stem + ".json")
+        write_json(path, image_record(s, p, dataset.class_names, file_name=name,
+                                      score_threshold=score_threshold, tolerance=tolerance))
+        out.append(path)
+    return out
+
+
+def export_predictions(dataset, predictions, out_dir: str | Path, *, score_threshold: float | None = None,
+                       segmentation: str = "auto", tolerance: float = 0.0, copy_images: bool = False) -> dict:
+    """All three exports into ``out_dir``: ``labels/*.png`` (when predictions have masks),
+    ``coco.json`` and ``json/*.json``. Returns ``{"labels": [...], "coco": path, "json": [...]}``."""
+    out_dir = Path(out_dir)
+    preds = _checked(dataset, predictions)
+    with_masks = bool(preds) and all("masks" in p for p in preds)
+    return {
+        "labels": write_label_pngs(dataset, preds, out_dir / "labels", score_threshold=score_threshold)
+        if with_masks else [],
+        "coco": export_coco(dataset, preds, out_dir / "coco.json", segmentation=segmentation,
+                            score_threshold=score_threshold, tolerance=tolerance, copy_images=copy_images),
+        "json": export_image_jsons(dataset, preds, out_dir / "json", score_threshold=score_threshold,
+                                   tolerance=tolerance),
+    }
