@@ -21,7 +21,11 @@ a blob at the detection threshold). :func:`extract_cell` scores its single insta
 Functions
 ---------
 :func:`threshold_segment`, :func:`watershed_segment`, :func:`blob_detect`, :func:`extract_cell`,
-:func:`label_image_to_instances`, :func:`instances_to_label_image`, :func:`segment_dataset`.
+:func:`label_image_to_instances`, :func:`instances_to_label_image`, :func:`segment_dataset`;
+one name per method for explorers and tables: :data:`METHODS`, :func:`segment`; scoring and
+inspection: :func:`as_single_class`, :func:`count_error`, :func:`score_instances`,
+:func:`evaluate_method`, :func:`failure_cases`, :func:`overlay`; settings from training
+images: :func:`suggest_params`.
 """
 from __future__ import annotations
 
@@ -30,9 +34,11 @@ from scipy import ndimage as ndi
 
 from .evaluate import empty_prediction
 
-__all__ = ["CHANNELS", "threshold_segment", "watershed_segment", "blob_detect", "extract_cell",
+__all__ = ["CHANNELS", "METHODS", "BLOB_THRESHOLDS", "threshold_segment", "watershed_segment", "blob_detect", "extract_cell",
            "label_image_to_instances", "instances_to_label_image", "empty_prediction",
-           "segment_dataset", "foreground_mask", "to_channel"]
+           "segment_dataset", "foreground_mask", "to_channel", "segment", "as_single_class",
+           "count_error", "score_instances", "evaluate_method", "failure_cases", "overlay",
+           "suggest_params"]
 
 #: Channels :func:`to_channel` can extract from an RGB image.
 CHANNELS = ("auto", "gray", "hematoxylin", "eosin", "saturation", "value", "red", "green", "blue")
@@ -182,11 +188,13 @@ def label_image_to_instances(label_img: np.ndarray, *, scores=None, label: int =
     """Prediction dict of a label image (0 = background, each positive id one instance).
 
     Ids need not be consecutive (gaps are fine): instances come out in increasing id order,
-    i.e. relabelled sequentially ``1..N`` -> index ``0..N-1``.
+    i.e. relabelled sequentially ``1..N`` -> index ``0..N-1``. Any integer dtype works, 16-
+    and 32-bit label images included (ids above 255 are common); a bool image is one instance.
+    Every pixel holds one id, so instances never overlap.
 
     Parameters
     ----------
-    label_img : (H, W) non-negative integer array.
+    label_img : (H, W) non-negative integer (or bool) array.
     scores : optional (N,) scores in id order; default 1.0, or contrast-based (see the module
         docstring) when ``signal`` is given.
     label : class index given to every instance.
@@ -238,13 +246,27 @@ def label_image_to_instances(label_img: np.ndarray, *, scores=None, label: int =
             "masks": masks}
 
 
-def instances_to_label_image(masks: np.ndarray) -> np.ndarray:
+def instances_to_label_image(masks, scores=None) -> np.ndarray:
     """``(H, W)`` int32 label image of ``(N, H, W)`` instance masks, instance ``i`` -> id ``i + 1``.
 
-    Where masks overlap, the later instance wins. Empty masks leave their id unused. Also
-    accepts a prediction dict (its ``masks``).
+    Overlapping masks
+    -----------------
+    A pixel covered by several instances goes to the one with the highest score (``scores``,
+    or the ``scores`` of a prediction dict); on equal scores, or without scores, to the first
+    (lowest index) instance, so predictions sorted by score keep their best instance. An
+    instance entirely covered by others, like an empty mask, leaves its id unused: the label
+    image then has gaps, which :func:`label_image_to_instances` relabels away. Evaluation
+    (:func:`smearlab.evaluate.coco_eval`, ``dsb_score``) uses the masks themselves, where
+    overlapping instances stay separate.
+
+    Parameters
+    ----------
+    masks : ``(N, H, W)`` bool (or 0/1) array, or a prediction dict (its ``masks``).
+    scores : optional ``(N,)`` scores ranking overlapping instances.
     """
     if isinstance(masks, dict):
+        if scores is None:
+            scores = masks.get("scores")
         masks = masks.get("masks")
         if masks is None:
             raise ValueError("prediction has no 'masks'")
@@ -252,8 +274,16 @@ def instances_to_label_image(masks: np.ndarray) -> np.ndarray:
     if m.ndim != 3:
         raise ValueError(f"instance masks must have shape (N, H, W), got {m.shape}")
     m = m.astype(bool, copy=False)
+    n = len(m)
+    if scores is None:
+        order = np.arange(n)
+    else:
+        sc = np.asarray(scores, np.float64).reshape(-1)
+        if len(sc) != n:
+            raise ValueError(f"{len(sc)} scores for {n} instance masks")
+        order = np.argsort(-sc, kind="stable")
     out = np.zeros(m.shape[1:], np.int32)
-    for i in range(len(m)):
+    for i in order[::-1]:  # lowest priority first: the winners paint last
         out[m[i]] = i + 1
     return out
 
@@ -378,8 +408,12 @@ def watershed_segment(image: np.ndarray, min_distance: int = 5, footprint=None,
 
 
 # -- 3. blobs -------------------------------------------------------------------------------------
+#: Default ``threshold`` of :func:`blob_detect` per method (DoH responses are an order smaller).
+BLOB_THRESHOLDS = {"log": 0.1, "dog": 0.1, "doh": 0.01}
+
+
 def blob_detect(image: np.ndarray, method: str = "log", min_sigma: float = 2.0,
-                max_sigma: float = 20.0, threshold: float = 0.1, *, num_sigma: int = 10,
+                max_sigma: float = 20.0, threshold: float | None = None, *, num_sigma: int = 10,
                 overlap: float = 0.5, channel: str = "auto", invert="auto",
                 label: int = 0) -> dict:
     """Blob detection (``skimage.feature.blob_log`` / ``blob_dog`` / ``blob_doh``) as disc instances.
@@ -394,7 +428,8 @@ def blob_detect(image: np.ndarray, method: str = "log", min_sigma: float = 2.0,
     ----------
     method : ``"log"``, ``"dog"`` or ``"doh"``.
     min_sigma, max_sigma, threshold, num_sigma, overlap : passed to skimage (``num_sigma`` is
-        not used by ``"dog"``).
+        not used by ``"dog"``). ``threshold=None`` is :data:`BLOB_THRESHOLDS` of the method
+        (0.1 for LoG and DoG, 0.01 for DoH, skimage's DoH default).
     label : class index of every instance.
 
     Returns
@@ -409,6 +444,8 @@ def blob_detect(image: np.ndarray, method: str = "log", min_sigma: float = 2.0,
     _choice("method", method, ("log", "dog", "doh"))
     if invert not in ("auto", True, False):
         raise ValueError(f"invert must be 'auto', True or False, got {invert!r}")
+    if threshold is None:
+        threshold = BLOB_THRESHOLDS[method]
     for n, v in (("min_sigma", min_sigma), ("max_sigma", max_sigma), ("threshold", threshold)):
         _nonneg(n, v, integer=False)
     if min_sigma <= 0 or max_sigma < min_sigma:
@@ -577,4 +614,253 @@ def segment_dataset(dataset, fn="threshold", *, progress: bool = False, **kw) ->
         img = s.image if hasattr(s, "image") else s
         p = fn(img, **kw)
         out.append(p[0] if isinstance(p, tuple) else p)
+    return out
+
+
+# -- 6. one name per method, scoring, failures, overlays ----------------------------------------------
+#: Method names of :func:`segment`: the function and the fixed keyword arguments behind each.
+METHODS = {
+    "threshold": (threshold_segment, {}),
+    "watershed": (watershed_segment, {}),
+    "log": (blob_detect, {"method": "log"}),
+    "dog": (blob_detect, {"method": "dog"}),
+    "doh": (blob_detect, {"method": "doh"}),
+    "extract_cell": (extract_cell, {}),
+}
+
+
+def _accepted(fn) -> set[str]:
+    import inspect
+    return set(inspect.signature(fn).parameters) - {"image"}
+
+
+def segment(image: np.ndarray, method: str = "threshold", params: dict | None = None, **kw) -> dict:
+    """Run the classical method named ``method`` (a key of :data:`METHODS`) on one image.
+
+    Parameters
+    ----------
+    image : as for the segmenters.
+    method : ``"threshold"``, ``"watershed"``, ``"log"``, ``"dog"``, ``"doh"``, ``"extract_cell"``.
+    params : a shared settings dict (e.g. an explorer's sliders): only the keys the method
+        takes are used (``min_distance`` goes to watershed and extract_cell, ``min_sigma`` to
+        the blob detectors, ``method`` to threshold/watershed as the threshold method...).
+    **kw : keyword arguments for the method itself; unlike ``params`` an unknown one is an error.
+
+    Returns
+    -------
+    dict
+        the prediction form (for ``extract_cell`` the prediction, without the crop).
+    """
+    _choice("method", method, list(METHODS))
+    fn, fixed = METHODS[method]
+    ok = _accepted(fn)
+    args = {k: v for k, v in (params or {}).items() if k in ok and k not in fixed}
+    bad = sorted(set(kw) - ok)
+    if bad:
+        raise ValueError(f"{method} does not take {bad}; it takes {sorted(ok - set(fixed))}")
+    args.update(kw)
+    args.update(fixed)
+    out = fn(image, **args)
+    return out[0] if isinstance(out, tuple) else out
+
+
+def as_single_class(dataset, name: str = "cell"):
+    """The dataset with every object relabelled as one class ``name`` (class-agnostic scoring).
+
+    Classical segmenters give class 0 to every instance; scoring them against a dataset of
+    several classes (red cells, white cells, platelets) needs the ground truth in one class.
+    Samples are shallow copies: images and masks are shared, not re-read.
+    """
+    import dataclasses
+    from .data.sample import SmearDataset
+    samples = [dataclasses.replace(s, labels=np.zeros(len(s.boxes), np.int64)) for s in dataset]
+    return SmearDataset(samples, [name], f"{getattr(dataset, 'name', 'dataset')}:{name}",
+                        root=getattr(dataset, "root", None), format=getattr(dataset, "format", None),
+                        semantic_names=getattr(dataset, "semantic_names", None))
+
+
+def count_error(dataset, predictions, score_threshold: float = 0.5) -> float | None:
+    """Mean over images of ``|predicted - true| / max(true, 1)`` object counts (all classes together).
+
+    Predictions count when ``score >= score_threshold`` (every classical instance scores >= 0.5).
+    0 is a perfect count; 0.1 means counts 10 % off on average. None for an empty dataset.
+    """
+    if len(predictions) != len(dataset):
+        raise ValueError(f"{len(predictions)} predictions for {len(dataset)} images")
+    errs = []
+    for s, p in zip(dataset, predictions):
+        n_pred = int((np.asarray(p["scores"]) >= score_threshold).sum())
+        errs.append(abs(n_pred - len(s.boxes)) / max(len(s.boxes), 1))
+    return float(np.mean(errs)) if errs else None
+
+
+def score_instances(dataset, predictions) -> dict:
+    """``{"dsb", "ap50", "count_error"}`` of instance predictions against ``dataset``'s masks.
+
+    ``dsb``: :func:`smearlab.evaluate.dsb_score` on masks; ``ap50``: mask AP at IoU 0.5
+    (:func:`smearlab.evaluate.coco_eval`, ``iou_type="segm"``), class-agnostic (the dataset is
+    seen through :func:`as_single_class`, the predictions' labels set to 0); ``count_error``:
+    :func:`count_error`. ``dsb`` and ``ap50`` are None when the dataset has no instance masks.
+    """
+    from .evaluate import coco_eval, dsb_score
+    one = as_single_class(dataset)
+    preds = [dict(p, labels=np.zeros(len(p["boxes"]), np.int64)) for p in predictions]
+    out = {"dsb": None, "ap50": None, "count_error": count_error(one, preds)}
+    if len(one) and all(s.has_masks or not len(s.boxes) for s in one):
+        out["dsb"] = dsb_score(one, preds, kind="masks")
+        out["ap50"] = coco_eval(one, preds, iou_type="segm")["mAP50"]
+    return out
+
+
+def evaluate_method(dataset, method: str = "threshold", params: dict | None = None, **kw) -> tuple[dict, list]:
+    """Run :func:`segment` on every image and score it: ``(metrics, predictions)``.
+
+    ``metrics`` is :func:`score_instances` plus ``seconds_per_image`` (segmentation only, not
+    scoring, one CPU thread of this process).
+    """
+    import time
+    t0 = time.perf_counter()
+    preds = [segment(s.image, method, params, **kw) for s in dataset]
+    spi = (time.perf_counter() - t0) / max(len(dataset), 1)
+    return {**score_instances(dataset, preds), "seconds_per_image": spi}, preds
+
+
+def _contrast(image: np.ndarray, mask: np.ndarray, ring: int = 3) -> float:
+    """``|mean inside - mean of a ring around|`` of the grey image (0..1 scale)."""
+    g = to_channel(image, "gray")
+    around = ndi.binary_dilation(mask, iterations=ring) & ~mask
+    if not mask.any() or not around.any():
+        return 0.0
+    return float(abs(g[mask].mean() - g[around].mean()))
+
+
+def failure_cases(dataset, predictions, iou: float = 0.5) -> list[dict]:
+    """Every missed and spurious instance, with the likely reason, worst images first.
+
+    Ground truth and predictions are matched one-to-one by mask IoU >= ``iou`` (highest score
+    first, as in :func:`smearlab.evaluate.dsb_score`). Then
+
+    * a missed object whose mask touches another object (within 2 px) is ``"touching"``;
+    * else a missed object whose contrast with its surroundings (grey level difference to a
+      3-px ring) is below half the median contrast of all objects of the dataset is ``"faint"``;
+    * else it is ``"missed"``;
+    * a spurious prediction overlapping no object at all (IoU < 0.1 with each) is ``"debris"``
+      (stain debris, dirt, background texture); one overlapping an object is ``"split/merge"``
+      (a fragment or a merge of several cells).
+
+    Returns
+    -------
+    list of dict
+        ``{"image": index, "image_id", "kind", "index": object or prediction index,
+        "box": xyxy, "contrast" (missed only)}``, sorted by the number of failures of the image
+        (worst first), then by image index.
+    """
+    from .evaluate import _mask_iou
+    if len(predictions) != len(dataset):
+        raise ValueError(f"{len(predictions)} predictions for {len(dataset)} images")
+    contrasts = [[_contrast(s.image, m) for m in s.masks] for s in dataset if s.has_masks]
+    flat = [c for row in contrasts for c in row]
+    faint_below = 0.5 * float(np.median(flat)) if flat else 0.0
+    out = []
+    for i, (s, p) in enumerate(zip(dataset, predictions)):
+        if not s.has_masks:
+            raise ValueError(f"image {s.image_id!r} has no instance masks")
+        gt = np.asarray(s.masks, bool)
+        pm = np.asarray(p["masks"], bool)
+        ious = _mask_iou(pm, gt) if len(pm) and len(gt) else np.zeros((len(pm), len(gt)))
+        used = np.zeros(len(gt), bool)
+        tp = np.zeros(len(pm), bool)
+        for d in np.argsort(-np.asarray(p["scores"], float), kind="stable"):
+            row = np.where(used, -1.0, ious[d]) if len(gt) else np.zeros(0)
+            if len(row) and row.max() >= iou:
+                used[int(row.argmax())] = tp[d] = True
+        near = [ndi.binary_dilation(m, iterations=2) for m in gt] if (~used).any() else []
+        for j in np.flatnonzero(~used):
+            touching = any(near[j][gt[k]].any() for k in range(len(gt)) if k != j)
+            c = _contrast(s.image, gt[j])
+            kind = "touching" if touching else "faint" if c < faint_below else "missed"
+            out.append({"image": i, "image_id": s.image_id, "kind": kind, "index": int(j),
+                        "box": [float(v) for v in s.boxes[j]], "contrast": c})
+        for d in np.flatnonzero(~tp):
+            kind = "debris" if not len(gt) or ious[d].max() < 0.1 else "split/merge"
+            out.append({"image": i, "image_id": s.image_id, "kind": kind, "index": int(d),
+                        "box": [float(v) for v in p["boxes"][d]]})
+    per_image = np.bincount([f["image"] for f in out], minlength=len(dataset))
+    return sorted(out, key=lambda f: (-per_image[f["image"]], f["image"]))
+
+
+def overlay(image: np.ndarray, prediction: dict | None = None, truth=None, *,
+            colour=(255, 200, 0), truth_colour=(0, 200, 255)) -> np.ndarray:
+    """``image`` (RGB uint8) with instance outlines drawn: predictions in ``colour``, truth in ``truth_colour``.
+
+    ``truth`` is an ``(N, H, W)`` mask stack or a Sample (its masks). Outlines are the inner
+    boundaries of each instance (``skimage.segmentation.find_boundaries``), so touching
+    instances stay distinguishable. A grey image is drawn in grey.
+    """
+    from skimage.segmentation import find_boundaries
+    img = _check_image(image, "overlay")
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    if img.dtype != np.uint8:
+        img = (_scale01(img) * 255).round().astype(np.uint8)
+    out = img.copy()
+    layers = []
+    if truth is not None:
+        t = truth.masks if hasattr(truth, "masks") else truth
+        if t is not None and len(t):
+            layers.append((instances_to_label_image(np.asarray(t)), truth_colour))
+    if prediction is not None and len(prediction.get("masks", ())):
+        layers.append((instances_to_label_image(prediction), colour))
+    for lab, c in layers:
+        if lab.shape != out.shape[:2]:
+            raise ValueError(f"overlay: masks of size {lab.shape} on an image of size {out.shape[:2]}")
+        out[find_boundaries(lab, mode="inner")] = c
+    return out
+
+
+def suggest_params(train, channels=("gray", "green", "saturation", "hematoxylin"), max_images: int = 4) -> dict:
+    """Settings for every classical method, chosen on training images (never on the test images).
+
+    * ``min_sigma`` / ``max_sigma`` (blobs): from the radii of the ground-truth objects
+      (``sqrt(area / pi)`` of the masks, else half the box side): ``sigma = r / sqrt(2)`` from
+      half the 10th percentile to 1.25 x the 90th percentile radius;
+    * ``min_distance`` (watershed markers, extract_cell): the median radius, at least 2;
+    * ``min_size``: a quarter of the 5th-percentile object area, at least 4 pixels;
+    * ``channel``: of ``channels``, the one whose Otsu :func:`threshold_segment` scores the best
+      DSB score on the first ``max_images`` training images (the lowest count error when they
+      have no instance masks).
+
+    Returns
+    -------
+    dict
+        for :func:`segment` (``params``) and the explorer, plus ``"channel_scores"``.
+    """
+    areas = []
+    for s in train:
+        if s.has_masks and len(s.boxes):
+            areas += np.asarray(s.masks, bool).sum(axis=(1, 2)).tolist()
+        else:
+            wh = (s.boxes[:, 2:] - s.boxes[:, :2]).mean(axis=1)
+            areas += (np.pi * (wh / 2) ** 2).tolist()
+    areas = np.asarray([a for a in areas if a > 0], float)
+    if not len(areas):
+        raise ValueError(f"dataset {getattr(train, 'name', '?')!r} has no objects to learn sizes from")
+    r = np.sqrt(areas / np.pi)
+    r10, r50, r90 = np.percentile(r, [10, 50, 90])
+    out = {"min_sigma": round(float(max(0.5, 0.5 * r10 / np.sqrt(2))), 2),
+           "max_sigma": round(float(max(1.0, 1.25 * r90 / np.sqrt(2))), 2),
+           "min_distance": int(max(2, round(r50))),
+           "min_size": int(max(4, round(0.25 * np.percentile(areas, 5))))}
+    from .evaluate import dsb_score
+    sample = [s for s in train][:max_images]
+    with_masks = all(s.has_masks or not len(s.boxes) for s in sample)
+    scores = {}
+    for ch in channels:
+        _choice("channel", ch, CHANNELS)
+        preds = [threshold_segment(s.image, channel=ch, min_size=out["min_size"]) for s in sample]
+        # the DSB score where masks exist, else minus the count error (higher is better)
+        scores[ch] = float(dsb_score(sample, preds, kind="masks") or 0.0) if with_masks else \
+            -float(np.mean([abs(len(p["boxes"]) - len(s.boxes)) / max(len(s.boxes), 1) for s, p in zip(sample, preds)]))
+    out["channel"] = max(scores, key=scores.get)
+    out["channel_scores"] = scores
     return out

@@ -4,6 +4,19 @@ Masks are ``(H, W)`` uint8 arrays whose values index ``SmearDataset.semantic_nam
 (white-cell crops: 0 background, 1 cytoplasm, 2 nucleus). The value :data:`IGNORE` (255) in a
 target is left out of metrics and of the loss (padding uses it).
 
+Two-stage segmentation
+----------------------
+:func:`two_stage_segment` takes boxes (from a detector, or the ground truth), crops each with a
+context margin, runs a crop U-Net (:func:`train_crop_unet`) on the letterboxed crop and pastes
+its class map back as one instance mask per box, in the prediction form the evaluator scores.
+
+Instances from semantic masks and back
+--------------------------------------
+:func:`foreground_semantic` turns instance masks into a two-class training target,
+:func:`semantic_to_instances` a predicted class map into instances (watershed or connected
+components), :func:`tile_dataset` cuts large images into native-resolution training tiles, and
+:func:`instance_splits` gives class-agnostic train/test sets for comparing segmenters.
+
 Empty classes
 -------------
 A class absent from both prediction and target (no TP, FP or FN) has ``dice`` and ``iou``
@@ -27,7 +40,9 @@ from .data.sample import Sample
 from .io import atomic_path, write_json
 
 __all__ = ["IGNORE", "dice_iou", "dice_iou_per_image", "semantic_metrics", "whole_cell", "UNet",
-           "train_unet", "predict_semantic", "save_unet", "load_unet"]
+           "train_unet", "predict_semantic", "save_unet", "load_unet", "crop_window", "crop_dataset",
+           "train_crop_unet", "two_stage_segment", "foreground_semantic", "semantic_to_instances",
+           "instance_splits", "tile_dataset"]
 
 #: Target value excluded from metrics and loss.
 IGNORE = 255
@@ -200,6 +215,7 @@ class UNet(nn.Module):
         self.up = nn.ModuleList([_block(2 * ch[i], ch[i], norm) for i in range(depth)])
         self.head = nn.Conv2d(ch[0], num_classes, 1)
         self.input_size: int | None = None  # training square size, set by train_unet / load_unet
+        self.crop_pad: float | None = None  # context margin of crop models (train_crop_unet)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[-2:]
@@ -243,9 +259,15 @@ def _letterbox(img: torch.Tensor, sem: torch.Tensor | None, size: int | None):
 
 
 def _image_of(x) -> np.ndarray:
+    """The ``(H, W, 3)`` uint8 image of a Sample or array; ValueError for anything else."""
     img = x.image if isinstance(x, Sample) else np.asarray(x)
     if img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"image must be (H, W, 3), got shape {img.shape}")
+    if img.dtype != np.uint8:
+        raise ValueError(f"image must be uint8 RGB, got dtype {img.dtype}; convert 16-bit or float "
+                         "images with smearlab.data.imageio.to_rgb8 (loaders do it on read)")
+    if img.shape[0] == 0 or img.shape[1] == 0:
+        raise ValueError(f"image has zero size {img.shape[:2]}")
     return img
 
 
@@ -297,10 +319,11 @@ def _loss(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch
 
 
 def save_unet(model: UNet, path, **extra) -> Path:
-    """Write ``{"state_dict", "config", "input_size", **extra}`` atomically with :func:`torch.save`."""
+    """Write ``{"state_dict", "config", "input_size", "crop_pad", **extra}`` atomically (:func:`torch.save`)."""
     path = Path(path)
     obj = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-           "config": dict(model.config), "input_size": model.input_size, **extra}
+           "config": dict(model.config), "input_size": model.input_size,
+           "crop_pad": getattr(model, "crop_pad", None), **extra}
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
     return path
@@ -326,6 +349,7 @@ def load_unet(path, device: "str | torch.device | None" = "cpu") -> UNet:
     except (TypeError, ValueError, RuntimeError) as e:
         raise DataError(p, f"U-Net checkpoint does not match its config: {e}") from e
     model.input_size = obj.get("input_size")
+    model.crop_pad = obj.get("crop_pad")
     return model.to(resolve_device(device)).eval()
 
 
@@ -366,7 +390,11 @@ def train_unet(model: UNet, train_ds, val_ds=None, *, epochs: int = 20, batch_si
     model.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * math.ceil(len(data) / batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
+    if steps >= 4:  # one-cycle: warm-up over 10 % of the steps (at least 2), then cosine decay
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
+                                                    pct_start=min(max(0.1, 2.0 / steps), 0.5))
+    else:  # too few steps for a schedule: constant learning rate
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _step: 1.0)
     amp = dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     history = []
@@ -412,9 +440,21 @@ def train_unet(model: UNet, train_ds, val_ds=None, *, epochs: int = 20, batch_si
 # ---------------------------------------------------------------------------------------------
 # prediction
 # ---------------------------------------------------------------------------------------------
+def _forward(model: nn.Module, x: torch.Tensor, tta: bool) -> torch.Tensor:
+    """Logits of a normalised batch; with ``tta`` the log of the softmax averaged over the 4 flips."""
+    if not tta:
+        return model(x).float()
+    prob = 0
+    for dims in ((), (-1,), (-2,), (-2, -1)):
+        xi = x.flip(dims) if dims else x
+        p = model(xi).float().softmax(1)
+        prob = prob + (p.flip(dims) if dims else p)
+    return (prob / 4).clamp_min(1e-8).log()
+
+
 @torch.no_grad()
 def predict_semantic(model: UNet, images, batch_size: int = 8, device="auto",
-                     size: "int | None | str" = "model") -> list[np.ndarray]:
+                     size: "int | None | str" = "model", tta: bool = False) -> list[np.ndarray]:
     """Semantic masks ``(H, W)`` uint8 at each image's own size.
 
     Parameters
@@ -425,6 +465,8 @@ def predict_semantic(model: UNet, images, batch_size: int = 8, device="auto",
     device : "auto", "cpu", "cuda"...
     size : working square size; "model" uses ``model.input_size`` (the training ``size``),
         None the native size. Logits are resized back to each image's size before argmax.
+    tta : test-time augmentation: average the class probabilities over the image and its
+        horizontal, vertical and double flips (4 forward passes).
     """
     from .detection.models import resolve_device
     dev = resolve_device(device)
@@ -447,7 +489,7 @@ def predict_semantic(model: UNet, images, batch_size: int = 8, device="auto",
             chunk = idx[b:b + batch_size]
             x = torch.stack([items[i][1] for i in chunk]).to(dev)
             with torch.autocast(dev.type, dtype=torch.float16, enabled=amp):
-                logits = model(_normalise(x)).float()
+                logits = _forward(model, _normalise(x), tta)
             for j, i in enumerate(chunk):
                 (h, w), _, (ch, cw) = items[i]
                 lg = logits[j:j + 1, :, :ch, :cw]
@@ -455,3 +497,479 @@ def predict_semantic(model: UNet, images, batch_size: int = 8, device="auto",
                     lg = F.interpolate(lg, (int(h), int(w)), mode="bilinear", align_corners=False)
                 out[i] = lg[0].argmax(0).to(torch.uint8).cpu().numpy()
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# two-stage: boxes, then the U-Net on each crop
+# ---------------------------------------------------------------------------------------------
+def crop_window(box, hw: tuple[int, int], pad: float) -> tuple[int, int, int, int]:
+    """The square crop ``(y0, y1, x0, x1)`` around ``box`` with a context margin, inside the image.
+
+    The square is centred on the box, its side ``max(box w, box h) * (1 + 2 * pad)`` (at least
+    one pixel), rounded outwards to whole pixels and clipped to the image ``hw`` (so crops at the
+    border are not square).
+    """
+    x0, y0, x1, y1 = (float(v) for v in box)
+    h, w = int(hw[0]), int(hw[1])
+    side = max(x1 - x0, y1 - y0, 1.0) * (1 + 2 * float(pad))
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    ya, yb = max(0, math.floor(cy - side / 2)), min(h, math.ceil(cy + side / 2))
+    xa, xb = max(0, math.floor(cx - side / 2)), min(w, math.ceil(cx + side / 2))
+    if yb <= ya:  # box entirely outside the image: the nearest pixel row/column
+        ya = min(max(ya, 0), h - 1)
+        yb = ya + 1
+    if xb <= xa:
+        xa = min(max(xa, 0), w - 1)
+        xb = xa + 1
+    return ya, yb, xa, xb
+
+
+def _check_pad(pad) -> float:
+    if isinstance(pad, bool) or not isinstance(pad, (int, float, np.number)) or not np.isfinite(pad) or pad < 0:
+        raise ValueError(f"pad must be a finite number >= 0 (a fraction of the box side), got {pad!r}")
+    return float(pad)
+
+
+def _crop_target(s: Sample, i: int) -> np.ndarray:
+    """Semantic target of object ``i`` of ``s``: its own pixels with their class, the rest 0."""
+    if s.has_masks:
+        own = np.asarray(s.masks[i], bool)
+        if s.has_semantic:
+            return np.where(own, s.semantic, 0).astype(np.uint8)
+        return own.astype(np.uint8)
+    if s.has_semantic:
+        return np.asarray(s.semantic, np.uint8)
+    raise DataError(s.path or s.image_id, "sample has neither instance nor semantic masks (needed to train)")
+
+
+def crop_dataset(dataset, pad: float = 0.2, *, classes: Sequence[int] | None = None,
+                 name: str | None = None):
+    """One sample per ground-truth box: the :func:`crop_window` crop and its semantic target.
+
+    The target of a crop is the object's own pixels with their semantic class (value 1 for
+    every object when the dataset has instance masks but no semantic masks) and background
+    elsewhere, neighbouring objects included; a dataset with semantic masks but no instance
+    masks keeps the whole semantic mask of the window.
+
+    Parameters
+    ----------
+    dataset : SmearDataset with instance and/or semantic masks.
+    pad : context margin as a fraction of the box's longer side.
+    classes : only boxes of these label indices (default all).
+    name : name of the crop dataset.
+
+    Returns
+    -------
+    SmearDataset
+        crops with ``semantic`` and one box (the object's box in crop coordinates, the label of
+        the object); ``semantic_names`` is the dataset's or ``["background", "foreground"]``;
+        ``meta`` holds ``source`` (image id), ``object`` and ``window`` ``(y0, y1, x0, x1)``.
+    """
+    from .data.sample import SmearDataset
+    pad = _check_pad(pad)
+    keep = None if classes is None else {int(c) for c in classes}
+    names = getattr(dataset, "semantic_names", None)
+    samples = []
+    for s in dataset:
+        if not len(s.boxes):
+            continue
+        img = s.image
+        hw = img.shape[:2]
+        for i, (box, lab) in enumerate(zip(s.boxes, s.labels)):
+            if keep is not None and int(lab) not in keep:
+                continue
+            ya, yb, xa, xb = crop_window(box, hw, pad)
+            target = _crop_target(s, i)
+            if target.shape != hw:
+                raise DataError(s.path or s.image_id, f"mask has shape {target.shape}, image is {hw}")
+            b = np.clip(box - np.array([xa, ya, xa, ya], np.float32), 0, [xb - xa, yb - ya] * 2)
+            samples.append(Sample(f"{s.image_id}#{i}", _image=np.ascontiguousarray(img[ya:yb, xa:xb]),
+                                  boxes=b[None], labels=[int(lab)], domain=s.domain,
+                                  meta={"source": s.image_id, "object": i, "window": (ya, yb, xa, xb)},
+                                  _semantic=np.ascontiguousarray(target[ya:yb, xa:xb])))
+    if not (names and any(s.has_semantic for s in dataset)):
+        names = ["background", "foreground"]
+    return SmearDataset(samples, getattr(dataset, "class_names", ["object"]),
+                        name or f"{getattr(dataset, 'name', 'dataset')}-crops", semantic_names=names)
+
+
+def train_crop_unet(dataset, *, pad: float = 0.2, crop_size: int = 64, classes: Sequence[int] | None = None,
+                    model: UNet | None = None, base: int = 16, depth: int = 4, norm: str = "batch",
+                    val_ds=None, **train_kw) -> tuple[UNet, list[dict]]:
+    """Train a U-Net on crops around the ground-truth boxes (the second stage of :func:`two_stage_segment`).
+
+    Parameters
+    ----------
+    dataset : SmearDataset with boxes and instance (and/or semantic) masks.
+    pad : context margin of each crop (fraction of the box's longer side), saved with the
+        model as ``model.crop_pad``.
+    crop_size : crops are letterboxed into ``crop_size`` x ``crop_size`` (``model.input_size``).
+    classes : train on the boxes of these label indices only (default all).
+    model : a :class:`UNet` to train further; default a new one with ``base``, ``depth`` and
+        ``norm`` and as many classes as the crop targets have.
+    val_ds : optional dataset whose crops give ``val_dice`` per epoch.
+    **train_kw : passed to :func:`train_unet` (``epochs``, ``batch_size``, ``lr``, ``device``,
+        ``seed``, ``augment``, ``progress``, ``out_dir``...).
+
+    Returns
+    -------
+    (model, history) : the trained model (``eval`` mode) and :func:`train_unet`'s history.
+    """
+    pad = _check_pad(pad)
+    if isinstance(crop_size, bool) or not isinstance(crop_size, (int, np.integer)) or crop_size < 8:
+        raise ValueError(f"crop_size must be an integer >= 8, got {crop_size!r}")
+    crops = crop_dataset(dataset, pad, classes=classes)
+    if not len(crops):
+        raise ValueError(f"dataset {getattr(dataset, 'name', '?')!r} has no boxes to train on"
+                         + ("" if classes is None else f" of classes {list(classes)}"))
+    val = None if val_ds is None else crop_dataset(val_ds, pad, classes=classes)
+    if model is None:
+        model = UNet(3, len(crops.semantic_names), base=base, depth=depth, norm=norm)
+    model.crop_pad = pad  # before training, so that every checkpoint of out_dir carries it
+    history = train_unet(model, crops, val, size=int(crop_size), **train_kw)
+    return model, history
+
+
+def _boxes_of(entry, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(boxes, labels, scores)`` of one image's boxes, Sample or prediction dict."""
+    if isinstance(entry, Sample):
+        boxes, labels, scores = entry.boxes, entry.labels, None
+    elif isinstance(entry, dict):
+        if "boxes" not in entry:
+            raise ValueError(f"{where}: prediction has no 'boxes'")
+        boxes, labels, scores = entry["boxes"], entry.get("labels"), entry.get("scores")
+    else:
+        boxes, labels, scores = entry, None, None
+    boxes = np.asarray(boxes, np.float32)
+    if boxes.size == 0:
+        boxes = boxes.reshape(0, 4)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"{where}: boxes must have shape (N, 4) (x0, y0, x1, y1), got {boxes.shape}")
+    if not np.all(np.isfinite(boxes)):
+        raise ValueError(f"{where}: boxes contain NaN or infinite values")
+    n = len(boxes)
+    labels = np.zeros(n, np.int64) if labels is None else np.asarray(labels, np.int64).reshape(-1)
+    scores = np.ones(n, np.float32) if scores is None else np.asarray(scores, np.float32).reshape(-1)
+    if len(labels) != n or len(scores) != n:
+        raise ValueError(f"{where}: {n} boxes but {len(labels)} labels and {len(scores)} scores")
+    return boxes, labels, scores
+
+
+def _instance(cmap: np.ndarray, inner: tuple[int, int, int, int], keep: str) -> np.ndarray:
+    """Foreground (class > 0) of one crop's class map; with ``keep="largest"`` one component.
+
+    The component kept has the most pixels inside ``inner`` (the box in crop coordinates,
+    ``y0, y1, x0, x1``), ties and no overlap broken by total size.
+    """
+    fg = cmap > 0
+    if keep == "all" or not fg.any():
+        return fg
+    from scipy import ndimage as ndi
+    lab, n = ndi.label(fg, structure=np.ones((3, 3), bool))
+    if n <= 1:
+        return fg
+    y0, y1, x0, x1 = inner
+    inside = np.bincount(lab[y0:y1, x0:x1].ravel(), minlength=n + 1)[1:]
+    total = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+    best = int(np.lexsort((total, inside))[-1]) + 1
+    return lab == best
+
+
+def two_stage_segment(boxes_or_detector_predictions, unet: UNet, images, *, pad: "float | str" = "model",
+                      crop_size: "int | None | str" = "model", keep: str = "largest",
+                      batch_size: int = 32, device="auto", return_semantic: bool = False):
+    """Instance masks from boxes: crop each box with context, run the U-Net, paste the result.
+
+    Parameters
+    ----------
+    boxes_or_detector_predictions : per image, a detector prediction dict (``boxes``, and
+        ``labels``/``scores`` kept as they are), a Sample (its ground-truth boxes: an oracle
+        first stage) or an ``(N, 4)`` xyxy array (labels 0, scores 1).
+    unet : a (crop) :class:`UNet` from :func:`train_crop_unet`.
+    images : SmearDataset, Samples or ``(H, W, 3)`` uint8 arrays, aligned with the boxes.
+    pad : crop margin (fraction of the box's longer side, see :func:`crop_window`); "model"
+        uses ``unet.crop_pad`` (0.2 when unset).
+    crop_size : working square size of the U-Net; "model" uses ``unet.input_size``.
+    keep : ``"largest"`` keeps, per box, the foreground component with most pixels inside the
+        box (a neighbour's fringe at the crop edge is dropped); ``"all"`` keeps every
+        foreground pixel of the crop.
+    batch_size, device : as in :func:`predict_semantic` (all crops are batched together).
+    return_semantic : also return one ``(H, W)`` uint8 class map per image (instances pasted by
+        increasing score, so the higher score wins where crops overlap; 0 elsewhere).
+
+    Returns
+    -------
+    list of dict, or (list of dict, list of ndarray)
+        one prediction per image: ``boxes`` (the given boxes clipped to the image), ``labels``,
+        ``scores`` and ``masks`` ``(N, H, W)`` bool, one instance per box (empty when the U-Net
+        finds no foreground in its crop); instances may overlap (each is scored on its own).
+    """
+    if keep not in ("largest", "all"):
+        raise ValueError(f"keep must be 'largest' or 'all', got {keep!r}")
+    if pad == "model":
+        pad = getattr(unet, "crop_pad", None)
+        pad = 0.2 if pad is None else pad
+    pad = _check_pad(pad)
+    if crop_size == "model":
+        crop_size = getattr(unet, "input_size", None)
+    if isinstance(images, np.ndarray) and images.ndim == 3:
+        images = [images]
+    entries = list(boxes_or_detector_predictions)
+    if len(entries) != len(images):
+        raise ValueError(f"{len(entries)} box sets for {len(images)} images")
+    per_image, crops = [], []
+    for i, (entry, x) in enumerate(zip(entries, images)):
+        img = _image_of(x)
+        h, w = img.shape[:2]
+        boxes, labels, scores = _boxes_of(entry, f"image {i}")
+        boxes = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)
+        windows = [crop_window(b, (h, w), pad) for b in boxes]
+        crops += [img[ya:yb, xa:xb] for ya, yb, xa, xb in windows]
+        per_image.append((h, w, boxes, labels, scores, windows))
+    cmaps = predict_semantic(unet, crops, batch_size=batch_size, device=device, size=crop_size) if crops else []
+    preds, sems, k = [], [], 0
+    for h, w, boxes, labels, scores, windows in per_image:
+        masks = np.zeros((len(boxes), h, w), bool)
+        sem = np.zeros((h, w), np.uint8) if return_semantic else None
+        maps = cmaps[k:k + len(boxes)]
+        k += len(boxes)
+        for j, ((ya, yb, xa, xb), box, cm) in enumerate(zip(windows, boxes, maps)):
+            bx0, by0, bx1, by1 = box
+            inner = (max(0, math.floor(by0) - ya), max(1, math.ceil(by1) - ya),
+                     max(0, math.floor(bx0) - xa), max(1, math.ceil(bx1) - xa))
+            masks[j, ya:yb, xa:xb] = _instance(cm, inner, keep)
+        if sem is not None:
+            for j in np.argsort(scores, kind="stable"):
+                ya, yb, xa, xb = windows[j]
+                m = masks[j, ya:yb, xa:xb]
+                sem[ya:yb, xa:xb][m] = maps[j][m]
+            sems.append(sem)
+        preds.append({"boxes": boxes, "labels": labels, "scores": scores, "masks": masks})
+    return (preds, sems) if return_semantic else preds
+
+
+# ---------------------------------------------------------------------------------------------
+# from instances to semantic targets and back
+# ---------------------------------------------------------------------------------------------
+def foreground_semantic(dataset, name: str | None = None):
+    """The dataset with ``semantic`` = union of each sample's instance masks (0 background, 1 foreground).
+
+    For training a U-Net on an instance dataset (DSB2018 nuclei, synthetic cells) as two-class
+    semantic segmentation. Samples are shallow copies (images shared); ``semantic_names`` is
+    ``["background", "foreground"]``. A sample without objects gets an all-background mask.
+
+    Raises
+    ------
+    DataError
+        naming the sample when it has objects but no instance masks.
+    """
+    import dataclasses
+    from .data.sample import SmearDataset
+    out = []
+    for s in dataset:
+        if len(s.boxes) and not s.has_masks:
+            raise DataError(s.path or s.image_id, "sample has objects but no instance masks")
+
+        def fg(s=s):
+            m = s.masks
+            return (np.asarray(m).any(0) if m is not None and len(m) else np.zeros(s.hw, bool)).astype(np.uint8)
+        out.append(dataclasses.replace(s, _semantic=fg))
+    return SmearDataset(out, getattr(dataset, "class_names", []), name or getattr(dataset, "name", "dataset"),
+                        root=getattr(dataset, "root", None), format=getattr(dataset, "format", None),
+                        semantic_names=["background", "foreground"])
+
+
+def semantic_to_instances(class_map: np.ndarray, *, split: str = "watershed", min_distance: int = 5,
+                          min_size: int = 16, label: int = 0) -> dict:
+    """Instances of a semantic prediction's foreground (every class > 0), in the prediction form.
+
+    Parameters
+    ----------
+    class_map : ``(H, W)`` integer class map (e.g. from :func:`predict_semantic`).
+    split : ``"watershed"`` splits touching objects with the distance-transform watershed of
+        :func:`smearlab.classical.watershed_segment` (``min_distance``); ``"components"``
+        keeps connected components as they are.
+    min_size : drop instances smaller than this many pixels.
+    label : class index of every instance.
+
+    Returns
+    -------
+    dict
+        ``boxes``, ``scores`` (1.0), ``labels`` and ``masks``.
+    """
+    from . import classical
+    cm = np.asarray(class_map)
+    if cm.ndim != 2:
+        raise ValueError(f"class map must be 2-D (H, W), got shape {cm.shape}")
+    if split not in ("watershed", "components"):
+        raise ValueError(f"split must be 'watershed' or 'components', got {split!r}")
+    fg = cm > 0
+    if split == "watershed":
+        return classical.watershed_segment(fg, min_distance=min_distance, min_size=min_size, label=label)
+    from skimage.measure import label as cc
+    lab = cc(fg, connectivity=1)
+    if min_size:
+        small = np.bincount(lab.ravel()) < min_size
+        small[0] = False
+        lab[small[lab]] = 0
+    return classical.label_image_to_instances(lab, label=label)
+
+
+def instance_splits(spec="synthetic", *, quick: bool = True, seed: int = 0, test: float = 0.3,
+                    max_train: int | None = None, max_test: int | None = None) -> dict:
+    """Train and test sets of class-agnostic instance masks, for comparing segmenters on the same images.
+
+    Parameters
+    ----------
+    spec : ``"synthetic"`` (smear fields of :func:`smearlab.data.synthetic.make_dataset`, stain
+        A: 256 x 192 px in quick mode, 512 x 384 otherwise; the test images use ``seed``, the
+        training images ``seed + 1``), or anything :func:`smearlab.data.open_dataset` opens
+        (a DSB2018 folder, the Zheng archive...), split by image with
+        :func:`smearlab.data.splits.train_val_test_split` (``test`` fraction, ``seed``).
+    quick : small sets (synthetic: 6 + 6 images; real data: at most 24 train and 12 test).
+    max_train, max_test : caps on the number of images (override the quick defaults).
+
+    Returns
+    -------
+    dict
+        ``{"train", "test"}``: SmearDatasets with one class ``"cell"``
+        (:func:`smearlab.classical.as_single_class`), plus ``"name"``.
+    """
+    from .classical import as_single_class
+    from .data import open_dataset
+    if quick:
+        max_train = max_train or (6 if spec == "synthetic" else 24)
+        max_test = max_test or (6 if spec == "synthetic" else 12)
+    if spec == "synthetic":
+        from .data.synthetic import make_dataset
+        w, h = (256, 192) if quick else (512, 384)
+        tr = make_dataset(max_train or 40, seed=seed + 1, width=w, height=h)
+        te = make_dataset(max_test or 24, seed=seed, width=w, height=h)
+        name = "synthetic"
+    else:
+        from .data.splits import train_val_test_split
+        ds = open_dataset(spec)
+        parts = train_val_test_split(ds, val=0.0, test=test, seed=seed)
+        tr, te = parts["train"], parts["test"]
+        tr, te = tr[:max_train] if max_train else tr, te[:max_test] if max_test else te
+        name = ds.name
+    return {"train": as_single_class(tr), "test": as_single_class(te), "name": name}
+
+
+def _starts(n: int, tile: int) -> list[int]:
+    """Tile origins along one axis: a grid of step ``tile``, the last tile flush with the end."""
+    if n <= tile:
+        return [0]
+    return sorted(set(list(range(0, n - tile, tile)) + [n - tile]))
+
+
+def tile_dataset(dataset, tile: int = 128, *, max_tiles: int | None = None, seed: int = 0):
+    """Cut every image (and its semantic mask) into ``tile`` x ``tile`` tiles at native resolution.
+
+    For training a U-Net on images of mixed, large sizes (DSB2018: 256 to 1024 px) without
+    shrinking small objects: train on the tiles (``size=None``), predict on whole images. Tiles
+    cover the image on a grid, the last row and column flush with the border (so they may
+    overlap); an image smaller than ``tile`` stays whole. Instance masks are not kept.
+
+    Parameters
+    ----------
+    dataset : SmearDataset with semantic masks (see :func:`foreground_semantic`).
+    tile : tile side in pixels (>= 16).
+    max_tiles : keep a random subset of this many tiles (seeded by ``seed``), or all.
+
+    Returns
+    -------
+    SmearDataset
+        one sample per tile (``meta["source"]``, ``meta["window"]`` ``(y0, y1, x0, x1)``), same
+        ``semantic_names``.
+    """
+    from .data.sample import SmearDataset
+    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 16:
+        raise ValueError(f"tile must be an integer >= 16, got {tile!r}")
+    windows = []
+    for i, s in enumerate(dataset):
+        if not s.has_semantic:
+            raise DataError(s.path or s.image_id, "sample has no semantic mask (needed to train)")
+        h, w = s.hw
+        windows += [(i, y, min(h, y + tile), x, min(w, x + tile)) for y in _starts(h, tile) for x in _starts(w, tile)]
+    if max_tiles is not None and len(windows) > max_tiles:
+        keep = np.sort(np.random.default_rng(seed).choice(len(windows), int(max_tiles), replace=False))
+        windows = [windows[k] for k in keep]
+    out = []
+    for i, y0, y1, x0, x1 in windows:
+        s = dataset[i]
+        out.append(Sample(f"{s.image_id}@{y0},{x0}", _image=np.ascontiguousarray(s.image[y0:y1, x0:x1]),
+                          domain=s.domain, meta={"source": s.image_id, "window": (y0, y1, x0, x1)},
+                          _semantic=np.ascontiguousarray(np.asarray(s.semantic)[y0:y1, x0:x1])))
+    return SmearDataset(out, getattr(dataset, "class_names", []), f"{getattr(dataset, 'name', 'dataset')}-tiles",
+                        semantic_names=getattr(dataset, "semantic_names", None))
+
+
+# ---------------------------------------------------------------------------------------------
+# datasets for the segmentation notebook: instances and class maps from either kind of mask
+# ---------------------------------------------------------------------------------------------
+def instances_from_semantic(dataset, groups: "dict[str, Sequence[int]] | None" = None, *, min_size: int = 4):
+    """Instance masks from class maps: each connected component of each group is one instance.
+
+    Zheng's WBC masks are class maps (0 background, 1 cytoplasm, 2 nucleus) with one cell per
+    image; ``groups={"cell": (1, 2), "nucleus": (2,)}`` (the default for those names) turns them
+    into whole-cell and nucleus instances for Mask R-CNN. Components smaller than ``min_size``
+    pixels are dropped. Class maps are kept, so the U-Net trains on the same samples.
+    """
+    from scipy import ndimage
+
+    from .data.boxes import mask_box
+    from .data.sample import SmearDataset
+    names = list(getattr(dataset, "semantic_names", None) or [])
+    if groups is None:
+        if names[:3] != ["background", "cytoplasm", "nucleus"]:
+            raise ValueError(f"give groups for class maps named {names}: e.g. {{'cell': (1, 2)}}")
+        groups = {"cell": (1, 2), "nucleus": (2,)}
+    out = []
+    for s in dataset:
+        if s.semantic is None:
+            raise DataError(s.path or s.image_id, "sample has no class map to make instances from")
+        sem = np.asarray(s.semantic)
+        masks, labels = [], []
+        for k, values in enumerate(groups.values()):
+            lab, n = ndimage.label(np.isin(sem, list(values)))
+            for j in range(1, n + 1):
+                m = lab == j
+                if m.sum() >= min_size:
+                    masks.append(m)
+                    labels.append(k)
+        m = np.stack(masks) if masks else np.zeros((0, *sem.shape), bool)
+        boxes = np.stack([mask_box(x) for x in m]) if len(m) else np.zeros((0, 4), np.float32)
+        out.append(Sample(s.image_id, s.path, boxes=boxes, labels=labels, image_label=s.image_label,
+                          domain=s.domain, meta=dict(s.meta), _image=s.image, _masks=m, _semantic=sem))
+    return SmearDataset(out, list(groups), getattr(dataset, "name", "dataset"), semantic_names=names)
+
+
+def segmentation_splits(spec: str = "synthetic", *, quick: bool = True, seed: int = 0, val: float = 0.15,
+                        test: float = 0.2) -> dict:
+    """Train / val / test splits (by image) whose samples carry instance masks AND class maps.
+
+    * ``"synthetic"``: one staining style, 32 smears of 320 x 240 in quick mode (200 of 512 x 384
+      otherwise); instances RBC / WBC / Platelets, class map background / cell / nucleus.
+    * Zheng WBC (archive or folder): instances "cell" and "nucleus" from the class maps
+      (:func:`instances_from_semantic`).
+    * Datasets with instance masks only (DSB2018): class map background / foreground
+      (:func:`foreground_semantic`).
+    """
+    from .data import open_dataset
+    from .data.splits import train_val_test_split
+    if spec == "synthetic":
+        ds = open_dataset("synthetic-A", n=32 if quick else 200, seed=seed,
+                          **({"width": 320, "height": 240} if quick else {}))
+    else:
+        ds = open_dataset(spec, quick=quick, seed=seed)
+        if not len(ds):
+            raise DataError(spec, "no images to segment")
+        first = ds[0]
+        if first.semantic is not None and (ds.semantic_names or [])[:3] == ["background", "cytoplasm", "nucleus"]:
+            ds = instances_from_semantic(ds)
+        elif first.semantic is None:
+            if not first.has_masks:
+                raise DataError(spec, "segmentation needs instance masks or class maps; this dataset has neither")
+            ds = foreground_semantic(ds)
+    return train_val_test_split(ds, val=val, test=test, seed=seed, stratify=len(ds.class_names) > 1)

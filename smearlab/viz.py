@@ -61,6 +61,43 @@ def draw_sample(sample: Sample, class_names: Sequence[str], ax=None, *, classes:
     return ax
 
 
+def prediction_sample(sample: Sample, prediction: dict, score_threshold: float = 0.0) -> Sample:
+    """A Sample with ``sample``'s image and the prediction's boxes, labels and masks (those with
+    ``score >= score_threshold``), for drawing predictions with :func:`draw_sample`."""
+    keep = np.asarray(prediction["scores"]) >= score_threshold
+    masks = prediction.get("masks")
+    return Sample(sample.image_id, boxes=np.asarray(prediction["boxes"])[keep],
+                  labels=np.asarray(prediction["labels"])[keep], _image=sample.image,
+                  _masks=None if masks is None else np.asarray(masks)[keep])
+
+
+def draw_prediction(sample: Sample, prediction: dict, class_names: Sequence[str], ax=None, *,
+                    score_threshold: float = 0.0, title: str | None = None, **kw):
+    """Predicted boxes and masks (score >= ``score_threshold``) over the sample's image."""
+    pred = prediction_sample(sample, prediction, score_threshold)
+    return draw_sample(pred, class_names, ax, title=title if title is not None else
+                       f"{sample.image_id}: {len(pred.boxes)} predicted", **kw)
+
+
+def draw_semantic(image: np.ndarray, semantic: np.ndarray, names: Sequence[str], ax=None, *,
+                  alpha: float = 0.45, title: str | None = None):
+    """A class map (0 = background, not drawn) as a translucent overlay with a legend."""
+    if semantic.shape != image.shape[:2]:
+        raise ValueError(f"class map of shape {semantic.shape} does not match the image {image.shape[:2]}")
+    ax = ax or plt.gca()
+    colors = class_colors(max(len(names) - 1, 1))
+    overlay = image.astype(np.float32) / 255.0
+    for k in range(1, len(names)):
+        m = semantic == k
+        overlay[m] = (1 - alpha) * overlay[m] + alpha * np.asarray(colors[k - 1][:3])
+    ax.imshow(overlay)
+    ax.legend(handles=legend_handles(list(names[1:])), fontsize=6, loc="lower right")
+    if title:
+        ax.set_title(title, fontsize=8)
+    ax.axis("off")
+    return ax
+
+
 def gallery(dataset: SmearDataset, indices: Sequence[int] | None = None, n: int = 8, cols: int = 4,
             size: float = 3.0, **draw_kw):
     """A grid of samples with their annotations; returns the figure."""

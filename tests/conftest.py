@@ -13,6 +13,9 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("MPLBACKEND", "Agg")  # no display in tests or CI
+# Idle OpenMP threads sleep instead of spinning: torch in the test process and in notebook
+# kernels then share the cores instead of slowing each other down many times over.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SMEARLAB_SHARED_DATA", REPO.parent / "shared" / "data"))

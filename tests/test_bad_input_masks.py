@@ -99,6 +99,31 @@ def test_dsb_missing_root(tmp_path):
         dsb2018.load(tmp_path / "nowhere")
 
 
+def test_dsb_16_bit_image_and_masks_overlap_kept(tmp_path):
+    folder = _dsb(tmp_path, masks={})
+    img16 = (np.arange(80).reshape(HW) * 50).astype(np.uint16)        # 12-bit range
+    _png(folder / "images" / "img1.png", img16)
+    m16 = np.zeros(HW, np.uint16)
+    m16[1:4, 2:5] = 65535                                            # 16-bit binary mask
+    over = _box_mask(box=(3, 2, 7, 6))                                # overlaps m16 at (3..4, 2..3)
+    rgb = np.zeros((*HW, 3), np.uint8)
+    rgb[5:7, 6:9] = 255                                               # colour mask
+    labels = np.zeros(HW, np.uint8)
+    labels[0, 0], labels[7, 9] = 3, 7                                 # a label image in one file
+    for name, m in {"a16.png": m16, "b_over.png": over, "c_rgb.png": rgb, "d_lab.png": labels}.items():
+        _png(folder / "masks" / name, m)
+    ds = dsb2018.load(tmp_path)
+    (s,) = ds
+    assert not ds.skipped and s.bit_depth == 8                        # known after the image is read
+    assert s.image.dtype == np.uint8 and s.bit_depth == 16
+    assert s.image.max() == round(3950 * 255 / 4095)                  # scaled from the 12-bit range
+    np.testing.assert_array_equal(s.boxes, [[2, 1, 5, 4], [3, 2, 7, 6], [6, 5, 9, 7], [0, 0, 10, 8]])
+    assert s.masks.sum(axis=(1, 2)).tolist() == [9, 16, 6, 2]
+    assert (s.masks[0] & s.masks[1]).sum() == 4                       # overlap kept in both
+    from smearlab.evaluate import dsb_score
+    assert dsb_score(ds, [{"masks": s.masks, "scores": np.ones(4)}], kind="masks") == 1.0
+
+
 # -- Zheng -------------------------------------------------------------------------------------
 
 
@@ -171,6 +196,128 @@ def test_zheng_mask_changed_after_load_raises_on_access(tmp_path):
     (folder / "001.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="001.png"):
         ds[0].semantic  # noqa: B018
+
+
+def test_zheng_16_bit_image_colour_mask_and_resampled_levels(tmp_path):
+    folder = _zheng(tmp_path, rows=((1, 1), (2, 2), (3, 3)))
+    (folder / "001.bmp").unlink()
+    Image.fromarray((np.arange(80).reshape(HW) * 800).astype(np.uint16)).save(folder / "001.tif")
+    levels = np.zeros(HW, np.uint8)
+    levels[1:6, 2:8] = 100                         # resampled cytoplasm -> 128
+    levels[2:4, 3:6] = 200                         # resampled nucleus -> 255
+    levels[0, 0] = 30                              # near background -> 0
+    _png(folder / "002.png", levels)
+    colour = np.zeros((*HW, 3), np.uint8)
+    colour[1:6, 2:8] = 128
+    colour[2:4, 3:6] = 255
+    _png(folder / "003.png", colour)
+    ds = zheng.load(tmp_path, datasets=(1,))
+    assert [s.image_id for s in ds] == ["d1_001", "d1_002", "d1_003"] and not ds.skipped
+    s16 = ds[0]
+    assert s16.image.dtype == np.uint8 and s16.bit_depth == 16
+    assert s16.image.max() == round(63200 * 255 / 65535)           # scaled from the 16-bit range
+    expected = np.bincount(ds[0].semantic.ravel(), minlength=3).tolist()
+    assert expected == [50, 24, 6]
+    for s in ds[1:]:
+        assert np.bincount(s.semantic.ravel(), minlength=3).tolist() == expected
+    np.testing.assert_array_equal(ds[1].masks[0], ds[1].semantic > 0)
+
+
+def test_zheng_16_bit_mask_raises_naming_the_file_when_strict(tmp_path):
+    folder = _zheng(tmp_path, rows=((1, 1),))
+    _png(folder / "001.png", np.zeros(HW, np.uint16) + 128)
+    with pytest.raises(DataError, match=r"001\.png: mask must be an 8-bit grey image, got dtype uint16"):
+        zheng.load(tmp_path, datasets=(1,), strict=True)
+
+
+# -- label images and instance masks (classical conversions, segmentation) ------------------------
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.uint32, np.int64])
+def test_label_image_with_gaps_any_integer_dtype(dtype):
+    from smearlab.classical import instances_to_label_image, label_image_to_instances
+    lab = np.zeros((12, 16), dtype)
+    hi = 200 if dtype == np.uint8 else 40000
+    lab[1:4, 1:5] = hi                           # ids with gaps, out of order in space
+    lab[6:10, 2:6] = 3
+    lab[5:11, 9:15] = 17
+    p = label_image_to_instances(lab)
+    assert len(p["masks"]) == 3                  # relabelled 3 -> 1, 17 -> 2, hi -> 3 (id order)
+    assert p["masks"][0][7, 3] and p["masks"][1][6, 10] and p["masks"][2][2, 2]
+    np.testing.assert_array_equal(p["boxes"], [[2, 6, 6, 10], [9, 5, 15, 11], [1, 1, 5, 4]])
+    back = instances_to_label_image(p)
+    np.testing.assert_array_equal(back, np.select([lab == 3, lab == 17, lab == hi], [1, 2, 3], 0))
+
+
+@pytest.mark.parametrize("bad, msg", [
+    (np.zeros((3, 4), np.float32), "integer dtype"),
+    (np.full((3, 4), -1, np.int16), "negative ids"),
+    (np.zeros((3, 4, 2), np.uint16), "2-D"),
+])
+def test_bad_label_images(bad, msg):
+    from smearlab.classical import label_image_to_instances
+    with pytest.raises(ValueError, match=msg):
+        label_image_to_instances(bad)
+
+
+def test_overlapping_and_empty_instance_masks_to_label_image():
+    from smearlab.classical import instances_to_label_image, label_image_to_instances
+    m = np.zeros((3, 10, 10), bool)
+    m[0, 0:6, 0:6] = True
+    m[1, 4:10, 4:10] = True
+    m[2, 1:3, 1:3] = True                        # entirely inside instance 0
+    lab = instances_to_label_image(m)            # first wins: instance 2 disappears, its id unused
+    assert lab[5, 5] == 1 and lab[8, 8] == 2 and lab[2, 2] == 1 and 3 not in lab
+    lab = instances_to_label_image(m, scores=[0.1, 0.5, 0.9])   # higher score wins
+    assert lab[5, 5] == 2 and lab[2, 2] == 3 and lab[0, 0] == 1
+    assert len(label_image_to_instances(lab)["masks"]) == 3
+    empty = np.zeros((2, 10, 10), bool)
+    empty[1, 3:5, 3:5] = True                    # instance 0 is empty: id 1 unused
+    lab = instances_to_label_image(empty)
+    assert set(np.unique(lab)) == {0, 2}
+    assert len(label_image_to_instances(lab)["masks"]) == 1     # the gap is relabelled away
+    with pytest.raises(ValueError, match="2 scores for 3"):
+        instances_to_label_image(m, scores=[1, 2])
+    with pytest.raises(ValueError, match=r"\(N, H, W\)"):
+        instances_to_label_image(np.zeros((10, 10), bool))
+
+
+def test_evaluation_keeps_overlapping_predictions_separate():
+    from smearlab.classical import label_image_to_instances
+    from smearlab.evaluate import dsb_score
+    gt = np.zeros((2, 20, 20), bool)
+    gt[0, 2:10, 2:10] = True
+    gt[1, 8:16, 8:16] = True                     # ground truth overlapping by 4 pixels
+    pred = {"masks": gt.copy(), "scores": np.array([0.9, 0.8])}
+    assert dsb_score([gt], [pred], kind="masks") == 1.0
+    flat = label_image_to_instances(np.where(gt[0], 1, np.where(gt[1], 2, 0)))
+    assert flat["masks"].sum() == gt[0].sum() + gt[1].sum() - 4   # a label image must drop the overlap
+
+
+def test_mask_size_mismatch_in_metrics_names_the_sample():
+    from smearlab.segmentation import semantic_metrics
+    s = Sample("cell-7", _image=np.zeros((8, 10, 3), np.uint8), _semantic=np.zeros((8, 10), np.uint8))
+    ds = SmearDataset([s], ["c"], semantic_names=["background", "cell"])
+    with pytest.raises(DataError, match=r"cell-7.*\(8, 9\).*\(8, 10\)"):
+        semantic_metrics(ds, [np.zeros((8, 9), np.uint8)])
+    lazy = Sample("cell-7", _image=np.zeros((8, 10, 3), np.uint8), boxes=[[0, 0, 2, 2]], labels=[0],
+                  _masks=lambda: np.zeros((1, 9, 10), bool))   # as loaders give masks: read on access
+    with pytest.raises(DataError, match=r"cell-7: mask size \(9, 10\) differs from image size \(8, 10\)"):
+        lazy.masks  # noqa: B018
+
+
+def test_segmenters_on_16_bit_images():
+    from smearlab import classical as C
+    from smearlab.segmentation import UNet, predict_semantic
+    img8 = np.full((40, 50, 3), 20, np.uint8)
+    img8[5:15, 5:15] = img8[25:35, 30:45] = 220
+    img16 = img8.astype(np.uint16) * 16                           # the same picture, 12-bit
+    for fn in (C.threshold_segment, C.watershed_segment):
+        a, b = fn(img8), fn(img16)
+        assert len(a["masks"]) == len(b["masks"]) == 2
+        np.testing.assert_array_equal(a["masks"], b["masks"])
+    with pytest.raises(ValueError, match="uint8 RGB, got dtype uint16.*to_rgb8"):
+        predict_semantic(UNet(base=4, depth=1), [img16], device="cpu")
 
 
 # -- COCO --------------------------------------------------------------------------------------

@@ -147,11 +147,13 @@ def test_label_image_round_trip_with_gaps():
     np.testing.assert_array_equal(back, expected)
     np.testing.assert_array_equal(C.instances_to_label_image(C.label_image_to_instances(back)["masks"]),
                                   back)
-    # overlapping masks: the later instance wins
+    # overlapping masks: the first instance wins, or the higher score
     m = np.zeros((2, 4, 4), bool)
     m[0, :3, :3] = True
     m[1, 2:, 2:] = True
     out = C.instances_to_label_image(m)
+    assert out[2, 2] == 1 and out[0, 0] == 1 and out[3, 3] == 2
+    out = C.instances_to_label_image({"masks": m, "scores": np.array([0.3, 0.9])})
     assert out[2, 2] == 2 and out[0, 0] == 1 and out[3, 3] == 2
     empty = C.label_image_to_instances(np.zeros((5, 6), np.uint8))
     assert empty["masks"].shape == (0, 5, 6)
@@ -207,3 +209,164 @@ def test_dsb2018_fluorescence_baseline(shared_data):
     r = coco_eval(fluo, results[best][1], iou_type="segm")
     print(best, "segm mAP", r["mAP"], "mAP50", r["mAP50"])
     assert r["mAP"] is not None and 0 < r["mAP"] <= 1
+
+
+# -- counts on images with a known number of well-separated cells -----------------------------------
+def _separated_cells(seed, h=160, w=200, n=20, rmin=6, rmax=10, gap=6):
+    """A bright-field-like image (dark stained discs, blur, noise) with ``n`` separated cells.
+
+    Returns the uint8 RGB image and the true ``(cy, cx, r)`` of each cell.
+    """
+    from scipy import ndimage as ndi
+    rng = np.random.default_rng(seed)
+    cells = []
+    while len(cells) < n:
+        r = rng.uniform(rmin, rmax)
+        cy, cx = rng.uniform(r + 2, h - r - 2), rng.uniform(r + 2, w - r - 2)
+        if all((cy - y) ** 2 + (cx - x) ** 2 > (r + q + gap) ** 2 for y, x, q in cells):
+            cells.append((cy, cx, r))
+    fg = np.zeros((h, w))
+    for cy, cx, r in cells:
+        fg = np.maximum(fg, _disc(h, w, cy, cx, r))
+    fg = ndi.gaussian_filter(fg, 1.0)
+    bg, cell = np.array([235.0, 225.0, 230.0]), np.array([120.0, 60.0, 150.0])
+    img = bg + fg[..., None] * (cell - bg) + rng.normal(0, 8, (h, w, 3))
+    return np.clip(img, 0, 255).astype(np.uint8), cells
+
+
+@pytest.fixture(scope="module")
+def separated():
+    return [_separated_cells(seed) for seed in range(2)]
+
+
+@pytest.mark.parametrize("name, fn, kw", [
+    ("threshold", C.threshold_segment, {}),
+    ("watershed", C.watershed_segment, {"min_distance": 6}),
+    ("LoG", C.blob_detect, {"method": "log", "min_sigma": 3, "max_sigma": 10}),
+    ("DoG", C.blob_detect, {"method": "dog", "min_sigma": 3, "max_sigma": 10}),
+    ("DoH", C.blob_detect, {"method": "doh", "min_sigma": 4, "max_sigma": 12, "threshold": 0.01, "num_sigma": 5}),
+])
+def test_count_error_within_10_percent_on_separated_cells(separated, name, fn, kw):
+    errors = []
+    for img, cells in separated:
+        p = fn(img, **kw)
+        _check_form(p, *img.shape[:2])
+        errors.append(abs(len(p["masks"]) - len(cells)) / len(cells))
+        # and the instances are where the cells are: most cell centres inside some instance
+        hit = [p["masks"][:, int(round(cy)), int(round(cx))].any() for cy, cx, _ in cells]
+        assert np.mean(hit) >= 0.9, (name, np.mean(hit))
+    assert np.mean(errors) <= 0.10, (name, errors)
+
+
+def test_extract_cell_counts_one_cell_per_crop():
+    from smearlab.data.synthetic import make_wbc_crops
+    ds = make_wbc_crops(5, seed=1, size=80)
+    counts = [len(p["masks"]) for p in C.segment_dataset(ds, "extract_cell")]
+    assert counts == [1] * 5  # exactly the one white cell of each crop (count error 0)
+
+
+# -- one name per method, scoring, failures, overlays, the explorer -------------------------------------
+def test_segment_by_name_filters_shared_params(two_discs):
+    a, b = two_discs
+    img = np.full((80, 100, 3), 230, np.uint8)
+    img[a | b] = (120, 40, 160)                      # stained (saturated) cells: extract_cell sees them
+    shared = {"method": "li", "min_distance": 8, "min_sigma": 3, "max_sigma": 12, "threshold": 0.05, "offset": 0.0}
+    for name in C.METHODS:
+        p = C.segment(img, name, shared)
+        _check_form(p, 80, 100)
+        assert len(p["masks"]) == (1 if name == "extract_cell" else 2), name
+    with pytest.raises(ValueError, match="does not take"):
+        C.segment(img, "log", min_distance=3)          # explicit keywords are checked
+    with pytest.raises(ValueError, match="unknown method"):
+        C.segment(img, "magic")
+
+
+def test_scores_counts_and_failure_kinds():
+    from smearlab.data import Sample, SmearDataset
+    h, w = 60, 90
+    trio = [_disc(h, w, 18, 15 + 16 * k, 8) for k in range(3)]              # three touching cells
+    faint, alone = _disc(h, w, 45, 70, 6), _disc(h, w, 45, 20, 7)
+    img = np.full((h, w, 3), 230, np.uint8)
+    img[trio[0] | trio[1] | trio[2] | alone] = 40
+    img[faint] = 215                                                       # barely darker
+    masks = np.stack([*trio, faint, alone])
+    boxes = np.array([C.label_image_to_instances(m.astype(int))["boxes"][0] for m in masks])
+    s = Sample("t", _image=img, boxes=boxes, labels=[0, 1, 0, 0, 0], _masks=masks)
+    ds = SmearDataset([s], ["RBC", "WBC"])
+    debris = _disc(h, w, 50, 45, 3)
+    merged = trio[0] | trio[1] | trio[2]
+    pred = C.label_image_to_instances((merged * 1 + alone * 2 + debris * 3).astype(int))
+    fails = C.failure_cases(ds, [pred])
+    kinds = sorted(f["kind"] for f in fails)
+    # the merged trio is one split/merge prediction and three touching misses; the faint cell is missed
+    assert kinds == ["debris", "faint", "split/merge", "touching", "touching", "touching"], kinds
+    r = C.score_instances(ds, [pred])          # class-agnostic: the WBC label does not matter
+    assert r["count_error"] == pytest.approx(abs(3 - 5) / 5)
+    assert r["dsb"] == pytest.approx(1 / 7)    # 1 TP (alone), 2 FP, 4 FN at every threshold
+    assert 0 < r["ap50"] < 1
+    one = C.as_single_class(ds)
+    assert one.class_names == ["cell"] and one[0].labels.tolist() == [0] * 5
+    assert one[0].masks is not None and ds[0].labels.tolist() == [0, 1, 0, 0, 0]
+
+
+def test_evaluate_method_and_overlay(two_discs):
+    from smearlab.data import Sample, SmearDataset
+    a, b = two_discs
+    s = Sample("x", boxes=[[15, 15, 36, 36], [58, 38, 83, 63]], labels=[0, 0], _image=_rgb(a | b),
+               _masks=np.stack([a, b]))
+    metrics, preds = C.evaluate_method(SmearDataset([s], ["nucleus"]), "threshold")
+    assert metrics["dsb"] > 0.9 and metrics["ap50"] == pytest.approx(1.0) and metrics["count_error"] == 0
+    assert metrics["seconds_per_image"] > 0
+    out = C.overlay(s.image, preds[0], s)
+    assert out.shape == s.image.shape and out.dtype == np.uint8
+    assert (out != s.image).any(axis=2).sum() > 0 and np.array_equal(out[40, 0], s.image[40, 0])
+    with pytest.raises(ValueError, match="size"):
+        C.overlay(s.image[:50], preds[0])
+
+
+def test_classical_explorer_headless():
+    from smearlab.data.synthetic import make_dataset
+    from smearlab.widgets import ClassicalExplorer
+    ds = C.as_single_class(make_dataset(2, seed=0, width=128, height=96))
+    ex = ClassicalExplorer(ds, "threshold", {"channel": "green", "min_size": 30})
+    assert ex.params()["min_size"] == 30                                # passed through unchanged
+    assert ex.image.value[:4] == b"\x89PNG" and "expected" in ex.metrics.value
+    first = ex.result
+    assert first["expected"] == len(ds[0].boxes) and first["dsb"] is not None
+    ex.method.value = "watershed"
+    ex.min_distance.value = 3
+    assert ex.params()["min_distance"] == 3 and ex.params()["channel"] == "green"
+    many = ex.result["found"]
+    ex.min_distance.value = 30
+    assert ex.result["found"] <= many                                   # fewer markers, fewer splits
+    ex.method.value = "log"
+    ex.sigma.value = (3.0, 6.0)
+    assert ex.params()["min_sigma"] == 3.0 and len(ex.prediction["masks"]) == ex.result["found"]
+    ex.index.value = 1
+    assert ex.result["expected"] == len(ds[1].boxes)
+    ex.method.value = "doh"
+    assert ex.params()["threshold"] == pytest.approx(C.BLOB_THRESHOLDS["doh"])
+    ex.blob_threshold.value = 10.0
+    assert ex.params()["threshold"] == pytest.approx(10 * C.BLOB_THRESHOLDS["doh"])
+    ex.sigma.value = (0.5, 0.5)
+    assert ex.result["found"] >= 0 and "error" not in ex.result
+    with pytest.raises(ValueError, match="unknown method"):
+        ClassicalExplorer(ds, "magic")
+
+
+def test_suggest_params_from_training_objects():
+    from smearlab.data import Sample, SmearDataset
+    cells = []
+    for seed in range(2):
+        img, truth = _separated_cells(seed, n=10)
+        masks = np.stack([_disc(*img.shape[:2], cy, cx, r) for cy, cx, r in truth])
+        boxes = [C.label_image_to_instances(m.astype(int))["boxes"][0] for m in masks]
+        cells.append(Sample(f"c{seed}", _image=img, boxes=boxes, labels=[0] * 10, _masks=masks))
+    p = C.suggest_params(SmearDataset(cells, ["cell"]), max_images=2)
+    assert 6 <= p["min_distance"] <= 10                     # the median radius (radii 6..10)
+    assert p["min_sigma"] < 6 / np.sqrt(2) < 10 / np.sqrt(2) < p["max_sigma"]
+    assert p["channel"] in ("gray", "green", "saturation", "hematoxylin") and p["channel_scores"][p["channel"]] > 0.5
+    r = C.evaluate_method(SmearDataset(cells, ["cell"]), "log", p)[0]
+    assert r["count_error"] <= 0.1                           # the suggested sigmas find the cells
+    with pytest.raises(ValueError, match="no objects"):
+        C.suggest_params(SmearDataset([Sample("e", _image=cells[0].image)], ["cell"]))

@@ -20,7 +20,7 @@ def crops():
 @pytest.fixture(scope="module")
 def trained(crops, tmp_path_factory):
     threads = torch.get_num_threads()
-    torch.set_num_threads(min(threads, 2))
+    torch.set_num_threads(1)  # 2 threads crawl when other processes share the 2 cores
     out = tmp_path_factory.mktemp("unet")
     model = UNet(base=8, depth=3)
     hist = train_unet(model, crops, crops, epochs=12, batch_size=4, lr=1e-2, seed=0,
@@ -153,3 +153,230 @@ def test_training_needs_semantic(crops):
     ds = SmearDataset([Sample("x1", _image=crops[0].image)], ["a"], semantic_names=["bg", "fg"])
     with pytest.raises(DataError, match="x1"):
         train_unet(UNet(num_classes=2, base=4, depth=2), ds, epochs=1, batch_size=1, progress=False)
+
+
+# -- two-stage: boxes, then the U-Net on each crop -----------------------------------------------
+class _DarkNet(torch.nn.Module):
+    """A stand-in U-Net with known output: class 1 where the (normalised) image is dark."""
+
+    input_size = None
+    crop_pad = 0.3
+
+    def forward(self, x):
+        m = x.mean(1, keepdim=True)
+        return torch.cat([m, -m], 1)
+
+
+def _dark_image():
+    img = np.full((60, 80, 3), 220, np.uint8)
+    img[10:20, 10:25] = 30          # object A
+    img[30:50, 40:70] = 30          # object B
+    img[30:50, 72:76] = 30          # a neighbour of B, inside B's crop window
+    return img
+
+
+def test_crop_window_square_and_clipped():
+    from smearlab.segmentation import crop_window
+    assert crop_window([10, 10, 20, 20], (100, 100), 0.5) == (5, 25, 5, 25)
+    assert crop_window([30, 40, 50, 50], (100, 100), 0.0) == (35, 55, 30, 50)   # square side 20
+    assert crop_window([0, 0, 10, 10], (8, 100), 0.5) == (0, 8, 0, 15)           # clipped
+    assert crop_window([5, 5, 5, 5], (10, 10), 0.0) == (4, 6, 4, 6)              # degenerate box: 1 px + rounding
+
+
+def test_two_stage_pastes_one_instance_per_box():
+    from smearlab.segmentation import two_stage_segment
+    img = _dark_image()
+    det = {"boxes": np.array([[10, 10, 25, 20], [40, 30, 70, 50]], np.float32),
+           "labels": np.array([2, 1]), "scores": np.array([0.9, 0.6], np.float32)}
+    preds, sems = two_stage_segment([det], _DarkNet(), [img], crop_size=None, return_semantic=True,
+                                    device="cpu")
+    (p,) = preds
+    assert p["masks"].shape == (2, 60, 80) and p["masks"].dtype == bool
+    assert p["labels"].tolist() == [2, 1] and p["scores"].tolist() == pytest.approx([0.9, 0.6])
+    a, b = np.zeros((60, 80), bool), np.zeros((60, 80), bool)
+    a[10:20, 10:25] = True
+    b[30:50, 40:70] = True
+    np.testing.assert_array_equal(p["masks"][0], a)
+    np.testing.assert_array_equal(p["masks"][1], b)          # the neighbour's strip is not kept
+    assert sems[0].shape == (60, 80) and set(np.unique(sems[0])) == {0, 1}
+    assert sems[0][a | b].all() and not sems[0][~(a | b)].any()
+    # keep="all" keeps every foreground pixel of the crop (the neighbour's strip too)
+    (q,) = two_stage_segment([det["boxes"]], _DarkNet(), img, crop_size=None, keep="all", device="cpu")
+    assert q["masks"][1].sum() > b.sum() and q["masks"][1][30:50, 72:76].all()
+    assert q["labels"].tolist() == [0, 0] and q["scores"].tolist() == [1.0, 1.0]
+
+
+def test_two_stage_no_boxes_and_oracle_samples(crops):
+    from smearlab.segmentation import two_stage_segment
+    (p,) = two_stage_segment([np.zeros((0, 4))], _DarkNet(), [crops[0].image], device="cpu")
+    assert p["masks"].shape == (0, 64, 64) and p["boxes"].shape == (0, 4)
+    preds = two_stage_segment(crops[:2], _DarkNet(), crops[:2], device="cpu")   # ground-truth boxes
+    assert [len(q["masks"]) for q in preds] == [1, 1]
+    np.testing.assert_array_equal(preds[1]["labels"], crops[1].labels)
+
+
+@pytest.mark.parametrize("boxes, msg", [
+    (np.zeros((2, 3)), r"\(N, 4\)"),
+    (np.array([[0, 0, np.nan, 4]]), "NaN"),
+    ({"labels": [0]}, "no 'boxes'"),
+    ({"boxes": np.zeros((2, 4)), "scores": [1.0]}, "2 boxes but"),
+])
+def test_two_stage_bad_boxes(boxes, msg):
+    from smearlab.segmentation import two_stage_segment
+    img = _dark_image()
+    with pytest.raises(ValueError, match=msg):
+        two_stage_segment([boxes], _DarkNet(), [img], device="cpu")
+    with pytest.raises(ValueError, match="2 box sets for 1 images"):
+        two_stage_segment([np.zeros((0, 4))] * 2, _DarkNet(), [img], device="cpu")
+    with pytest.raises(ValueError, match="pad"):
+        two_stage_segment([np.zeros((0, 4))], _DarkNet(), [img], pad=-1, device="cpu")
+
+
+def test_crop_dataset_targets_are_the_objects_own_pixels():
+    from smearlab.data import Sample, SmearDataset
+    from smearlab.segmentation import crop_dataset
+    img = np.zeros((40, 40, 3), np.uint8)
+    masks = np.zeros((2, 40, 40), bool)
+    masks[0, 10:20, 10:20] = True
+    masks[1, 10:20, 21:30] = True                    # a neighbour inside object 0's window
+    sem = (masks.any(0)).astype(np.uint8)
+    sem[12:15, 12:15] = 2
+    s = Sample("x", _image=img, boxes=[[10, 10, 20, 20], [21, 10, 30, 20]], labels=[0, 1],
+               _masks=masks, _semantic=sem)
+    ds = SmearDataset([s], ["a", "b"], semantic_names=["background", "cell", "nucleus"])
+    crops = crop_dataset(ds, pad=0.5)
+    assert len(crops) == 2 and crops.semantic_names == ds.semantic_names
+    c = crops[0]
+    assert c.meta["window"] == (5, 25, 5, 25) and c.image.shape == (20, 20, 3)
+    assert c.semantic[5:15, 5:15].max() == 2 and c.semantic[10, 17] == 0    # neighbour -> background
+    np.testing.assert_array_equal(c.boxes, [[5, 5, 15, 15]])
+    assert len(crop_dataset(ds, classes=[1])) == 1
+    no_sem = SmearDataset([Sample("y", _image=img, boxes=s.boxes, labels=[0, 1], _masks=masks)], ["a", "b"])
+    assert crop_dataset(no_sem).semantic_names == ["background", "foreground"]
+    with pytest.raises(DataError, match="neither instance nor semantic"):
+        crop_dataset(SmearDataset([Sample("z", _image=img, boxes=s.boxes, labels=[0, 1])], ["a", "b"]))
+
+
+def test_train_crop_unet_on_synthetic_smears(tmp_path):
+    from smearlab.data.synthetic import make_dataset
+    from smearlab.evaluate import dsb_score
+    from smearlab.segmentation import train_crop_unet, two_stage_segment
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        ds = make_dataset(3, seed=0, width=192, height=144)
+        torch.manual_seed(0)
+        model, hist = train_crop_unet(ds, pad=0.25, crop_size=32, base=8, depth=3, epochs=8, batch_size=16,
+                                      lr=1e-2, device="cpu", progress=False, out_dir=tmp_path)
+        assert model.crop_pad == 0.25 and model.input_size == 32
+        assert hist[-1]["loss"] < 0.7 * hist[0]["loss"]
+        preds = two_stage_segment(ds, model, ds, device="cpu")     # oracle boxes
+        ious = [(a & b).sum() / max(1, (a | b).sum())
+                for s, p in zip(ds, preds) for a, b in zip(s.masks, p["masks"])]
+        assert np.mean(ious) > 0.6, np.mean(ious)
+        assert dsb_score(ds, preds, kind="masks") > 0.3
+        loaded = load_unet(tmp_path / "unet.pt")
+        assert loaded.crop_pad == 0.25 and loaded.input_size == 32
+        again = two_stage_segment(ds[:1], loaded, ds[:1], device="cpu")
+        np.testing.assert_array_equal(again[0]["masks"], preds[0]["masks"])
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("epochs, batch_size", [(5, 1), (1, 1), (3, 2)])  # 10, 2 and 3 steps
+def test_short_trainings_have_a_valid_schedule(crops, epochs, batch_size):
+    m = UNet(base=4, depth=1)
+    hist = train_unet(m, crops[:2], epochs=epochs, batch_size=batch_size, lr=1e-2, device="cpu",
+                      progress=False, size=32)
+    assert len(hist) == epochs and all(np.isfinite(h["loss"]) for h in hist)
+
+
+# -- instances <-> semantic, splits for comparing segmenters -------------------------------------
+def test_foreground_semantic_and_back_to_instances():
+    from smearlab.data import Sample, SmearDataset
+    from smearlab.segmentation import foreground_semantic, semantic_to_instances
+    yy, xx = np.mgrid[:40, :60]
+    a = (yy - 20) ** 2 + (xx - 18) ** 2 <= 81
+    b = (yy - 20) ** 2 + (xx - 34) ** 2 <= 81          # touches a
+    c = (yy - 8) ** 2 + (xx - 52) ** 2 <= 9
+    s = Sample("x", _image=np.zeros((40, 60, 3), np.uint8), boxes=[[9, 11, 28, 30], [25, 11, 44, 30], [49, 5, 56, 12]],
+               labels=[0, 0, 0], _masks=np.stack([a, b, c]))
+    empty = Sample("y", _image=np.zeros((10, 12, 3), np.uint8))
+    ds = foreground_semantic(SmearDataset([s, empty], ["cell"]))
+    assert ds.semantic_names == ["background", "foreground"]
+    np.testing.assert_array_equal(ds[0].semantic, (a | b | c).astype(np.uint8))
+    assert ds[1].semantic.shape == (10, 12) and not ds[1].semantic.any()
+    sem = ds[0].semantic * 2                             # any class > 0 is foreground
+    assert len(semantic_to_instances(sem, split="components")["masks"]) == 2     # a+b merged, c
+    ws = semantic_to_instances(sem, min_distance=5)
+    assert len(ws["masks"]) == 3 and ws["masks"].shape == (3, 40, 60)
+    assert len(semantic_to_instances(sem, min_distance=5, min_size=40)["masks"]) == 2   # c is 29 px
+    with pytest.raises(ValueError, match="split"):
+        semantic_to_instances(sem, split="magic")
+    with pytest.raises(DataError, match="no instance masks"):
+        foreground_semantic(SmearDataset([Sample("z", _image=np.zeros((4, 4, 3), np.uint8), boxes=[[0, 0, 2, 2]],
+                                                 labels=[0])], ["cell"]))
+
+
+def test_instance_splits_synthetic_and_a_dataset_folder(tmp_path):
+    from PIL import Image
+    from smearlab.segmentation import instance_splits
+    syn = instance_splits("synthetic", quick=True, seed=3, max_train=2, max_test=1)
+    assert len(syn["train"]) == 2 and len(syn["test"]) == 1 and syn["test"].class_names == ["cell"]
+    assert not np.array_equal(syn["train"][0].image, syn["test"][0].image)   # different seeds
+    for k in range(6):                                   # a small DSB2018 tree
+        folder = tmp_path / "stage1_train" / f"img{k}"
+        (folder / "images").mkdir(parents=True)
+        (folder / "masks").mkdir()
+        Image.fromarray(np.full((16, 16, 4), 40 * k, np.uint8)).save(folder / "images" / f"img{k}.png")
+        m = np.zeros((16, 16), np.uint8)
+        m[2:6, 2 + k:6 + k] = 255
+        Image.fromarray(m).save(folder / "masks" / "a.png")
+    sp = instance_splits(tmp_path, quick=False, seed=0, test=0.5)
+    assert (len(sp["train"]), len(sp["test"])) == (3, 3) and sp["name"] == tmp_path.name
+    assert not {s.image_id for s in sp["train"]} & {s.image_id for s in sp["test"]}
+    assert sp["test"].class_names == ["cell"] and sp["test"][0].masks.shape == (1, 16, 16)
+    assert len(instance_splits(tmp_path, quick=True, seed=0, test=0.5, max_test=1)["test"]) == 1
+
+
+def test_tta_averages_over_flips(crops):
+    img = _dark_image()
+    # a pixel-wise model is flip-equivariant: flip averaging changes nothing
+    (a,), (b,) = (predict_semantic(_DarkNet(), [img], device="cpu", tta=t, size=None) for t in (False, True))
+    np.testing.assert_array_equal(a, b)
+
+    class LeftBias(torch.nn.Module):       # prefers class 1 on the left half only: not flip-equivariant
+        def forward(self, x):
+            w = x.shape[-1]
+            ramp = torch.linspace(1, -1, w).expand(x.shape[0], 1, x.shape[-2], w)
+            return torch.cat([-ramp, ramp], 1)
+    plain = predict_semantic(LeftBias(), [img], device="cpu", size=None)[0]
+    flipped = predict_semantic(LeftBias(), [img], device="cpu", size=None, tta=True)[0]
+    assert plain[:, :10].all() and not plain[:, -10:].any()
+    assert flipped.shape == plain.shape and not np.array_equal(flipped, plain)
+
+
+def test_tile_dataset_covers_each_image():
+    from smearlab.data import Sample, SmearDataset
+    from smearlab.segmentation import tile_dataset
+    big = np.arange(40 * 50 * 3, dtype=np.int64).reshape(40, 50, 3).astype(np.uint8)
+    sem = (np.arange(40 * 50).reshape(40, 50) % 3).astype(np.uint8)
+    small = Sample("small", _image=np.zeros((10, 12, 3), np.uint8), _semantic=np.ones((10, 12), np.uint8))
+    ds = SmearDataset([Sample("big", _image=big, _semantic=sem), small], [], semantic_names=["a", "b", "c"])
+    tiles = tile_dataset(ds, 16)
+    wins = [t.meta["window"] for t in tiles if t.meta["source"] == "big"]
+    assert len(wins) == 3 * 4 and (24, 40, 34, 50) in wins          # last row/column flush with the border
+    cover = np.zeros((40, 50), int)
+    for t, (y0, y1, x0, x1) in zip(tiles, wins):
+        assert t.image.shape == (16, 16, 3)
+        np.testing.assert_array_equal(t.image, big[y0:y1, x0:x1])
+        np.testing.assert_array_equal(t.semantic, sem[y0:y1, x0:x1])
+        cover[y0:y1, x0:x1] += 1
+    assert cover.min() >= 1
+    assert tiles[-1].image.shape == (10, 12, 3) and tiles.semantic_names == ["a", "b", "c"]
+    sub = tile_dataset(ds, 16, max_tiles=5, seed=1)
+    assert len(sub) == 5 and [t.image_id for t in sub] == [t.image_id for t in tile_dataset(ds, 16, max_tiles=5, seed=1)]
+    with pytest.raises(ValueError, match="tile"):
+        tile_dataset(ds, 8)
+    with pytest.raises(DataError, match="no semantic"):
+        tile_dataset(SmearDataset([Sample("n", _image=big)], []), 16)

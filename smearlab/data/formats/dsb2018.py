@@ -8,6 +8,18 @@ Layout::
 ``root`` may be the ``stage1_train`` folder itself or its parent. A ``SUBSET_IMAGES.tsv``
 (columns ``image_id``, ``group``, ...) beside ``stage1_train`` puts the group into
 ``sample.meta["group"]``.
+
+Unusual input, and what the loader does with it
+-----------------------------------------------
+* 16-bit (or 12-bit, float) images are scaled to 8 bits on read (``sample.bit_depth`` keeps
+  the original depth; see :func:`smearlab.data.imageio.to_rgb8`).
+* Mask files: any non-zero pixel of the first channel is the nucleus, whatever the bit depth
+  (8- or 16-bit grey, RGB, palette). A mask file is one instance even when it holds several
+  values or components (a label image is *not* split: one file, one nucleus).
+* Overlapping masks are kept as separate instances (the published masks overlap by a few
+  pixels in places); evaluation scores each on its own.
+* A mask of another size than its image, an empty mask, or a float mask is skipped with its
+  file named (``dataset.skipped``), or raises :class:`DataError` with ``strict=True``.
 """
 from __future__ import annotations
 

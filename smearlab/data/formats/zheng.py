@@ -9,6 +9,16 @@ Layout::
 PNG files are always masks: an image is any other image file (``.bmp`` in the published sets,
 upper-case extensions too) with a PNG of the same number beside it. Some published masks hold
 intermediate grey values from resampling; each pixel is mapped to the nearest of 0, 128, 255.
+
+Unusual input, and what the loader does with it
+-----------------------------------------------
+* 16-bit (or 12-bit, float) images are scaled to 8 bits on read (``sample.bit_depth`` keeps
+  the original depth).
+* Masks must be 8-bit: a 16-bit mask is skipped naming the file ("mask must be an 8-bit grey
+  image"), since its 0/128/255 levels would be ambiguous. Colour or grey+alpha masks use their
+  first channel.
+* A mask of another size than its image, an empty mask, or a missing mask skips the image
+  with the file named (``dataset.skipped``), or raises :class:`DataError` with ``strict=True``.
 """
 from __future__ import annotations
 
