@@ -15,6 +15,13 @@ EXPECTED = {
     "02_preprocessing": {"dataset", "domains", "delta_e", "hist_emd", "best_pipeline", "delta_e_reduction"},
     "03_detection": {"dataset", "images", "runs", "best", "mAP50", "mAP", "per_class", "count_accuracy",
                      "thresholds", "tuner_ms"},
+    "04_segmentation": {"dataset", "images", "maskrcnn", "two_stage", "unet_dice", "robustness"},
+    "05_classical": {"dataset", "images", "methods", "best_classical", "network", "failures"},
+    "06_gradcam_masks": {"dataset", "images", "cell_dice", "cell_iou", "classical_cell_dice", "layers",
+                         "detector_cam"},
+    "07_domain_adaptation": {"dataset", "domains", "seeds", "shared_classes", "directions", "dann_gain",
+                             "goal_met"},
+    "08_tsne": {"dataset", "separability", "separability_drop", "perplexity"},
 }
 
 
@@ -83,3 +90,13 @@ def test_detection_quick_learns_and_tunes(quick_run):
     exports = Path(quick_run["out"]) / "03_detection"
     assert (exports / "test_detections_coco.json").exists() and (exports / "test_counts.csv").exists()
     assert (exports / "tiny" / "final" / "thresholds.json").exists()
+
+
+def test_segmentation_quick_learns_masks_and_measures_noise(quick_run):
+    m = quick_run["notebooks"]["04_segmentation"]["metrics"]
+    assert m["unet_dice"]["cell"] > 0.7  # the U-Net learns the cell class map in quick mode
+    for row in (m["maskrcnn"], m["two_stage"]):
+        assert 0 <= row["dsb_metric"] <= 1 and 0 <= row["mask_mAP50"] <= 1
+    noisy = m["robustness"]["U-Net Dice"]["cell"]
+    assert noisy["delta"] == noisy["noisy"] - noisy["clean"]
+    assert m["robustness"]["Mask R-CNN"]["objects_true"]["delta"] == 0  # same images, same truth
