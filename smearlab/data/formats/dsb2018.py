@@ -125,6 +125,9 @@ def _read_groups(tsv: Path) -> dict[str, str]:
     """``image_id -> group`` from SUBSET_IMAGES.tsv, or {} when there is none."""
     if not tsv.is_file():
         return {}
-    with open(tsv, newline="", encoding="utf-8") as f:
-        return {r["image_id"]: r["group"] for r in csv.DictReader(f, delimiter="\t")
-                if r.get("image_id") and r.get("group")}
+    try:
+        with open(tsv, newline="", encoding="utf-8") as f:
+            return {r["image_id"]: r["group"] for r in csv.DictReader(f, delimiter="\t")
+                    if r.get("image_id") and r.get("group")}
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(tsv, f"cannot read the file: {e}") from e

@@ -85,8 +85,11 @@ def _read_classes(path: Path, skipped: SkipLog) -> dict[int, tuple[int | None, i
     """
     if not path.is_file():
         raise DataError(path, "class-label CSV not found")
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        rows = list(csv.reader(f))
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.reader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise DataError(path, f"cannot read the class-label CSV: {e}") from e
     header = [c.strip().lower() for c in rows[0]] if rows else []
     if header not in _HEADERS:
         raise DataError(path, f"unexpected header {rows[0] if rows else 'none (empty file)'}; "
