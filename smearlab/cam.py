@@ -1,0 +1,977 @@
+"""Grad-CAM masks: what a classifier (or a detector) looks at, turned into cell masks.
+
+The class activation maps come from pytorch-grad-cam (``pytorch_grad_cam``); this module picks
+the layers, sums their maps, turns the sum into a mask and measures it against ground truth.
+
+Pipeline for a white-cell classifier (Zheng-style single-cell images)::
+
+    cam_maps(model, images, layers)      # Grad-CAM of each layer, upsampled to the input size,
+                                         # min-max normalised per image, then SUMMED
+    cam_to_mask(cam, rel_threshold=0.5,  # cam >= rel_threshold * max(cam), dilated with a
+                dilate=5)                # 5x5 box, holes filled, largest component kept
+    evaluate_cam_masks(masks, semantic)  # Dice / IoU against the whole cell (semantic > 0)
+                                         # and the nucleus (semantic == 2)
+
+:func:`cam_masks` runs the whole chain on images of any size (each is letterboxed to the
+classifier's input size and the map is taken back to the image's own pixels).
+
+For a detector, :func:`detector_cam` explains one box with a box-score target
+(``FasterRCNNBoxScoreTarget``: IoU with the box plus the class score of the matching
+detection), on the backbone stages that feed the FPN, as in pytorch-grad-cam's Faster R-CNN
+tutorial but with gradients.
+
+Layer names are dotted module paths (``"features.layer3"``); :func:`layer_names` lists the valid
+ones and a wrong name raises a KeyError that lists them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["DEFAULT_LAYERS", "LAYER_SETS", "THRESHOLDS", "METHODS", "layer_names", "resolve_layers", "layer_cams",
+           "cam_maps", "cam_to_mask", "cam_masks", "CamMasks", "evaluate_cam_masks", "tune_cam_masks",
+           "CLASSICAL_GRID", "CLASSICAL_CANDIDATES", "classical_masks", "tune_classical", "CamExperiment",
+           "run_cam_experiment", "DetectorCam", "detector_cam", "detector_layers", "overlay", "plot_cam_examples",
+           "plot_detector_cam"]
+
+#: Layers of :class:`smearlab.classify.CellClassifier` summed by default.
+DEFAULT_LAYERS = ("features.layer2", "features.layer3", "features.layer4")
+
+#: Candidate layer combinations for tuning (:func:`tune_cam_masks`).
+LAYER_SETS = (("features.layer4",), ("features.layer3", "features.layer4"), DEFAULT_LAYERS,
+              ("features.layer1", "features.layer2", "features.layer3", "features.layer4"),
+              ("features.layer2", "features.layer3"))
+#: Candidate relative thresholds for tuning.
+THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
+
+#: CAM methods by name (pytorch-grad-cam classes); the gradient-based ones suit detectors too.
+METHODS = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam")
+
+# Modules whose output is not one feature map (dicts, lists, flattened scores): never targets.
+_NOT_FEATURE_MAPS = {"IntermediateLayerGetter", "FeaturePyramidNetwork", "BackboneWithFPN", "RPNHead",
+                     "RegionProposalNetwork", "RoIHeads", "MultiScaleRoIAlign", "RetinaNetHead",
+                     "RetinaNetClassificationHead", "RetinaNetRegressionHead",
+                     "GeneralizedRCNNTransform", "LastLevelMaxPool", "LastLevelP6P7"}
+_FLAT = (nn.Linear, nn.Flatten, nn.AdaptiveAvgPool1d)
+
+
+# ---------------------------------------------------------------------------------------------
+# layers
+# ---------------------------------------------------------------------------------------------
+def _is_feature_layer(module: nn.Module) -> bool:
+    if type(module).__name__ in _NOT_FEATURE_MAPS:
+        return False
+    has_conv = False
+    for m in module.modules():
+        if isinstance(m, _FLAT) or type(m).__name__ in _NOT_FEATURE_MAPS - {type(module).__name__}:
+            return False
+        has_conv |= isinstance(m, nn.Conv2d)
+    return has_conv
+
+
+def layer_names(model: nn.Module, max_depth: int | None = None) -> list[str]:
+    """The dotted names of ``model``'s modules usable as CAM layers, in definition order.
+
+    A usable layer is a convolution, or a container of convolutions whose output is one feature
+    map: containers that also hold a linear or flatten layer (a classifier head) and torchvision
+    detection parts that return dicts or lists (``backbone.body``, ``backbone.fpn``, the RPN and
+    RoI heads) are left out, and so is the model itself.
+
+    Parameters
+    ----------
+    model : any ``torch.nn.Module``.
+    max_depth : keep names with at most this many dots plus one (``"features.layer2"`` has
+        depth 2); None keeps all.
+    """
+    if max_depth is not None and (isinstance(max_depth, bool) or not isinstance(max_depth, int)
+                                  or max_depth < 1):
+        raise ValueError(f"max_depth must be a positive integer or None, got {max_depth!r}")
+    out = []
+    for name, mod in model.named_modules():
+        if not name or (max_depth is not None and name.count(".") + 1 > max_depth):
+            continue
+        if _is_feature_layer(mod):
+            out.append(name)
+    return out
+
+
+def _describe(names: list[str], limit: int = 40) -> str:
+    if len(names) <= limit:
+        return ", ".join(names)
+    shallow = [n for n in names if n.count(".") <= 1] or names[:limit]
+    return ", ".join(shallow[:limit]) + f", ... ({len(names)} in all; see smearlab.cam.layer_names(model))"
+
+
+def resolve_layers(model: nn.Module, names: "str | Iterable[str]") -> list[nn.Module]:
+    """The modules called ``names`` (dotted paths) in ``model``, in the order given.
+
+    Raises
+    ------
+    KeyError
+        for a name that is not a module of ``model`` or is not a usable CAM layer; the message
+        lists the valid names (:func:`layer_names`).
+    ValueError
+        for an empty list of names.
+    """
+    if isinstance(names, str):
+        names = [names]
+    names = list(names)
+    if not names:
+        raise ValueError("layers is empty: name at least one convolutional layer")
+    valid = layer_names(model)
+    modules = dict(model.named_modules())
+    out = []
+    for n in names:
+        if not isinstance(n, str) or n not in valid:
+            why = ("is not a layer of the model" if n not in modules else
+                   "does not output a single feature map (not a convolutional layer)")
+            raise KeyError(f"Grad-CAM layer {n!r} {why}; valid layers: {_describe(valid)}")
+        out.append(modules[n])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# classifier CAMs
+# ---------------------------------------------------------------------------------------------
+def _normalise(maps: np.ndarray) -> np.ndarray:
+    """Min-max scale each map (last two axes) to [0, 1]; a constant map becomes zeros."""
+    m = np.asarray(maps, np.float32)
+    lo = m.min(axis=(-2, -1), keepdims=True)
+    span = m.max(axis=(-2, -1), keepdims=True) - lo
+    return np.where(span > 0, (m - lo) / np.where(span > 0, span, 1), 0).astype(np.float32)
+
+
+def _cam_class(method: str):
+    import pytorch_grad_cam as pgc
+    classes = {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "hirescam": pgc.HiResCAM,
+               "xgradcam": pgc.XGradCAM, "layercam": pgc.LayerCAM, "eigencam": pgc.EigenCAM}
+    if method not in classes:
+        raise ValueError(f"unknown CAM method {method!r}; choose one of {list(METHODS)}")
+
+    class PerLayer(classes[method]):
+        """The library's CAM, but returning each layer's map (B, L, H, W) instead of their mean."""
+
+        def aggregate_multi_layers(self, cam_per_target_layer):
+            return np.concatenate(cam_per_target_layer, axis=1)
+
+    return PerLayer
+
+
+def _as_batch(images) -> torch.Tensor:
+    """Images -> (B, 3, H, W) float tensor in [0, 1]."""
+    if isinstance(images, torch.Tensor):
+        t = images
+        if t.ndim == 3:
+            t = t[None]
+        if t.dtype == torch.uint8:
+            t = t.float() / 255.0
+    else:
+        if isinstance(images, np.ndarray):
+            a = images
+        else:
+            items = [np.asarray(getattr(x, "image", x)) for x in images]
+            shapes = {i.shape for i in items}
+            if len(shapes) > 1:
+                raise ValueError(f"images have different shapes {sorted(shapes)}; letterbox them to "
+                                 "one size first, or use cam_masks(..., size=...)")
+            a = np.stack(items) if items else np.zeros((0, 1, 1, 3), np.uint8)
+        if a.ndim == 3:
+            a = a[None]
+        if a.ndim != 4 or a.shape[-1] != 3:
+            raise ValueError(f"images must be (B, H, W, 3) arrays or (B, 3, H, W) tensors, got shape {a.shape}")
+        t = torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2)
+        t = t.float() / 255.0 if a.dtype == np.uint8 else t.float()
+    if t.ndim != 4 or t.shape[1] != 3:
+        raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(t.shape)}")
+    # contiguous NCHW: the backward pass of a CPU convolution on a channels-last view of an
+    # HWC array crashes (segfault) in this torch build
+    return t.float().contiguous()
+
+
+def _targets(target, n: int):
+    """pytorch-grad-cam targets for ``n`` images (None: the library takes each predicted class)."""
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    if target is None:
+        return None
+    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+        return [ClassifierOutputTarget(int(target))] * n
+    target = list(target)
+    if len(target) != n:
+        raise ValueError(f"target has {len(target)} entries for {n} images")
+    return [t if callable(t) else ClassifierOutputTarget(int(t)) for t in target]
+
+
+def _device(model: nn.Module, device) -> torch.device:
+    if device is None:
+        p = next(iter(model.parameters()), None)
+        return p.device if p is not None else torch.device("cpu")
+    from .detection.models import resolve_device
+    dev = resolve_device(device)
+    model.to(dev)
+    return dev
+
+
+def layer_cams(model: nn.Module, images, layers: "str | Sequence[str]" = DEFAULT_LAYERS, target=None, *,
+               method: str = "gradcam", batch_size: int = 32, device=None) -> dict[str, np.ndarray]:
+    """One class activation map per layer, each upsampled to the input size and scaled to [0, 1].
+
+    Parameters
+    ----------
+    model : a classifier ``(B, 3, H, W) float [0, 1] -> (B, K) logits``.
+    images : ``(B, 3, H, W)`` float tensor in [0, 1] (or uint8), ``(B, H, W, 3)`` uint8 array,
+        or a list of equal-sized ``(H, W, 3)`` arrays / Samples.
+    layers : dotted module names (see :func:`layer_names`).
+    target : None (each image's predicted class), a class index for all images, one index per
+        image, or pytorch-grad-cam target objects.
+    method : one of :data:`METHODS` (default Grad-CAM).
+    batch_size : images per forward/backward pass.
+    device : None keeps the model where it is; ``"auto"``/``"cpu"``/``"cuda"`` moves it.
+
+    Returns
+    -------
+    dict
+        ``{layer name: (B, H, W) float32}``, each map min-max normalised per image (an all-zero
+        map stays zero). The model's train/eval mode is restored afterwards.
+    """
+    if isinstance(layers, str):
+        layers = [layers]
+    layers = list(layers)
+    modules = resolve_layers(model, layers)
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    x = _as_batch(images)
+    if isinstance(target, (list, tuple, np.ndarray)) and len(target) != len(x):
+        raise ValueError(f"target has {len(target)} entries for {len(x)} images")
+    dev = _device(model, device)
+    was_training = model.training
+    cam = _cam_class(method)(model, modules)
+    chunks = []
+    try:
+        for b in range(0, len(x), batch_size):
+            xb = x[b:b + batch_size].to(dev)
+            tb = target[b:b + batch_size] if isinstance(target, (list, tuple, np.ndarray)) else target
+            maps = cam(xb, _targets(tb, len(xb)))
+            chunks.append(np.asarray(maps, np.float32).reshape(len(xb), len(layers), *x.shape[-2:]))
+    finally:
+        cam.activations_and_grads.release()
+        model.train(was_training)
+    allmaps = np.concatenate(chunks) if chunks else np.zeros((0, len(layers), *x.shape[-2:]), np.float32)
+    allmaps = _normalise(allmaps) if allmaps.size else allmaps
+    return {name: allmaps[:, i] for i, name in enumerate(layers)}
+
+
+def cam_maps(model: nn.Module, images, layers: "str | Sequence[str]" = DEFAULT_LAYERS, target=None,
+             **kw) -> np.ndarray:
+    """Class activation maps of several layers, each upsampled and normalised, then **summed**.
+
+    Parameters are those of :func:`layer_cams`.
+
+    Returns
+    -------
+    (B, H, W) float32 array with values in ``[0, len(layers)]``.
+    """
+    per = layer_cams(model, images, layers, target, **kw)
+    return np.sum(list(per.values()), axis=0, dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------
+# CAM -> mask
+# ---------------------------------------------------------------------------------------------
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    from scipy import ndimage as ndi
+    lab, n = ndi.label(mask)
+    if n <= 1:
+        return mask
+    sizes = np.bincount(lab.ravel())
+    sizes[0] = 0
+    return lab == int(np.argmax(sizes))
+
+
+def cam_to_mask(cam: np.ndarray, rel_threshold: float = 0.5, dilate: int = 5, *, largest: bool = True,
+                fill_holes: bool = True) -> np.ndarray:
+    """A cell mask from a class activation map.
+
+    Steps: ``cam >= rel_threshold * cam.max()`` -> binary dilation with a ``dilate`` x ``dilate``
+    box (``scipy.ndimage.binary_dilation``) -> hole filling (``fill_holes``) -> the largest
+    connected component (``largest``). A map without a positive value gives an empty mask.
+
+    Parameters
+    ----------
+    cam : ``(H, W)`` map, or ``(B, H, W)`` maps (each thresholded against its own maximum).
+    rel_threshold : fraction of the maximum, in (0, 1].
+    dilate : side of the square structuring element (0 or 1: no dilation).
+    largest : keep only the largest 4-connected component.
+    fill_holes : fill holes enclosed by the mask.
+
+    Returns
+    -------
+    bool array of ``cam``'s shape.
+    """
+    from scipy import ndimage as ndi
+    c = np.asarray(cam, dtype=np.float64)
+    if c.ndim == 3:
+        return np.stack([cam_to_mask(m, rel_threshold, dilate, largest=largest, fill_holes=fill_holes)
+                         for m in c]) if len(c) else np.zeros(c.shape, bool)
+    if c.ndim != 2:
+        raise ValueError(f"cam must be (H, W) or (B, H, W), got shape {c.shape}")
+    if not np.all(np.isfinite(c)):
+        raise ValueError("cam contains NaN or infinite values")
+    if isinstance(rel_threshold, bool) or not isinstance(rel_threshold, (int, float, np.number)) \
+            or not 0.0 < float(rel_threshold) <= 1.0:
+        raise ValueError(f"rel_threshold must be in (0, 1], got {rel_threshold!r}")
+    if isinstance(dilate, bool) or not isinstance(dilate, (int, np.integer)) or dilate < 0:
+        raise ValueError(f"dilate must be a non-negative integer (box side), got {dilate!r}")
+    top = float(c.max()) if c.size else 0.0
+    if top <= 0:
+        return np.zeros(c.shape, bool)
+    mask = c >= float(rel_threshold) * top
+    if dilate > 1:
+        mask = ndi.binary_dilation(mask, structure=np.ones((int(dilate), int(dilate)), bool))
+    if fill_holes:
+        mask = ndi.binary_fill_holes(mask)
+    if largest:
+        mask = _largest_component(mask)
+    return mask.astype(bool)
+
+
+# ---------------------------------------------------------------------------------------------
+# end to end on images of any size
+# ---------------------------------------------------------------------------------------------
+def _content_box(hw: tuple[int, int], size: int) -> tuple[int, int, int, int]:
+    """(y0, x0, y1, x1) of an ``hw`` image inside its ``size`` letterbox (classify.letterbox)."""
+    from .classify import letterbox
+    marker = letterbox(np.full((*hw, 3), 255, np.uint8), size, fill=0)
+    inside = np.asarray(marker)[..., 0] > 127
+    rows, cols = np.flatnonzero(inside.any(1)), np.flatnonzero(inside.any(0))
+    if not len(rows):  # pragma: no cover - letterbox always keeps content
+        return 0, 0, size, size
+    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
+
+
+def _letterboxed(images: list[np.ndarray], size: int | None):
+    """(batch (B, S, S, 3) uint8, content boxes) for images of any sizes."""
+    if size is None:
+        shapes = {i.shape for i in images}
+        if len(shapes) > 1:
+            raise ValueError(f"images have different sizes {sorted(s[:2] for s in shapes)}: give size= "
+                             "(the classifier's input size) to letterbox them")
+        return np.stack(images), [None] * len(images)
+    from .classify import letterbox
+    boxes, out, cache = [], [], {}
+    for img in images:
+        hw = img.shape[:2]
+        if hw not in cache:
+            cache[hw] = _content_box(hw, size)
+        boxes.append(cache[hw] if hw != (size, size) else None)
+        out.append(img if hw == (size, size) else np.asarray(letterbox(img, size)))
+    return np.stack(out), boxes
+
+
+def _unletterbox(cam: np.ndarray, box, hw) -> np.ndarray:
+    """The part of a letterboxed map over the image content, resized to the image's ``hw``."""
+    if box is None:
+        return cam
+    y0, x0, y1, x1 = box
+    t = torch.from_numpy(np.ascontiguousarray(cam[y0:y1, x0:x1], np.float32))[None, None]
+    return _normalise(torch.nn.functional.interpolate(t, size=tuple(int(v) for v in hw), mode="bilinear",
+                                                      align_corners=False)[0, 0].numpy())
+
+
+@dataclass
+class CamMasks:
+    """Result of :func:`cam_masks`: one entry per image, each at the image's own size.
+
+    ``cams`` are the summed maps, ``per_layer`` ``{layer: [maps]}``, ``masks`` the bool masks,
+    ``targets`` the class each map explains.
+    """
+
+    cams: list[np.ndarray]
+    masks: list[np.ndarray]
+    per_layer: dict[str, list[np.ndarray]] = field(default_factory=dict)
+    targets: list[int] = field(default_factory=list)
+    layers: list[str] = field(default_factory=list)
+    rel_threshold: float = 0.5
+    dilate: int = 5
+
+
+def _model_size(model) -> int | None:
+    for attr in ("input_size", "size"):
+        v = getattr(model, attr, None)
+        if isinstance(v, int) and v > 0:
+            return v
+    return None
+
+
+def cam_masks(model: nn.Module, images, *, layers: "str | Sequence[str]" = DEFAULT_LAYERS, target=None,
+              rel_threshold: float = 0.5, dilate: int = 5, largest: bool = True, size: "int | None | str" = "model",
+              method: str = "gradcam", batch_size: int = 32, device=None) -> CamMasks:
+    """Grad-CAM cell masks for images of any size, end to end.
+
+    Each image is letterboxed to ``size`` (:func:`smearlab.classify.letterbox`), the per-layer
+    maps are computed there (:func:`layer_cams`), cropped to the image content and resized back
+    to the image's own pixels, summed, and thresholded (:func:`cam_to_mask`).
+
+    Parameters
+    ----------
+    images : a SmearDataset / list of Samples, or ``(H, W, 3)`` uint8 arrays (sizes may differ).
+    size : the classifier's input size; ``"model"`` reads ``model.input_size`` (None when it has
+        none: the images must then share one size and are used as they are).
+    target : as in :func:`layer_cams` (None: predicted class).
+    others : see :func:`layer_cams` and :func:`cam_to_mask`.
+    """
+    imgs = [np.asarray(getattr(x, "image", x)) for x in (images if not isinstance(images, np.ndarray)
+                                                          or images.ndim == 4 else [images])]
+    for i, im in enumerate(imgs):
+        if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
+            raise ValueError(f"image {i}: expected (H, W, 3) uint8 RGB, got {im.shape} {im.dtype}")
+    if size == "model":
+        size = _model_size(model)
+    layers = [layers] if isinstance(layers, str) else list(layers)
+    resolve_layers(model, layers)  # a wrong name fails before any work
+    batch, boxes = _letterboxed(imgs, size)
+    x = _as_batch(batch)
+    if target is None:
+        dev = _device(model, device)
+        was = model.training
+        model.eval()
+        with torch.no_grad():
+            target = torch.cat([model(x[b:b + batch_size].to(dev)).argmax(1).cpu()
+                                for b in range(0, len(x), batch_size)]).tolist() if len(x) else []
+        model.train(was)
+    elif isinstance(target, (int, np.integer)):
+        target = [int(target)] * len(imgs)
+    per = layer_cams(model, x, layers, target, method=method, batch_size=batch_size, device=device)
+    per_img = {n: [_unletterbox(m[i], boxes[i], imgs[i].shape[:2]) for i in range(len(imgs))]
+               for n, m in per.items()}
+    cams = [np.sum([per_img[n][i] for n in layers], axis=0, dtype=np.float32) for i in range(len(imgs))]
+    masks = [cam_to_mask(c, rel_threshold, dilate, largest=largest) for c in cams]
+    tg = [int(t) if not callable(t) else -1 for t in target]
+    return CamMasks(cams, masks, per_img, tg, layers, float(rel_threshold), int(dilate))
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+# ---------------------------------------------------------------------------------------------
+def _semantic_of(x) -> np.ndarray:
+    if hasattr(x, "semantic"):
+        if not getattr(x, "has_semantic", x.semantic is not None):
+            from .data.errors import DataError
+            raise DataError(getattr(x, "path", None) or getattr(x, "image_id", "?"),
+                            "sample has no semantic mask (needed for Grad-CAM mask evaluation)")
+        return np.asarray(x.semantic)
+    return np.asarray(x)
+
+
+def _binary_scores(pred: np.ndarray, gt: np.ndarray) -> tuple[float | None, float | None]:
+    tp = int(np.count_nonzero(pred & gt))
+    fp = int(np.count_nonzero(pred & ~gt))
+    fn = int(np.count_nonzero(~pred & gt))
+    if tp + fp + fn == 0:
+        return None, None
+    return 2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn)
+
+
+def evaluate_cam_masks(masks: Sequence[np.ndarray], truth, *, nucleus_value: int = 2,
+                       per_image: bool = False) -> dict[str, Any]:
+    """Dice and IoU of predicted cell masks against the whole cell and the nucleus.
+
+    Parameters
+    ----------
+    masks : one ``(H, W)`` bool mask per image (e.g. ``cam_masks(...).masks``).
+    truth : a SmearDataset / Samples with semantic masks, or ``(H, W)`` semantic arrays:
+        0 background, 1 cytoplasm, 2 nucleus (Zheng and the synthetic white-cell crops).
+        The whole cell is ``semantic > 0``, the nucleus ``semantic == nucleus_value``.
+    per_image : also return the per-image lists.
+
+    Returns
+    -------
+    dict
+        ``cell_dice``, ``cell_iou``, ``nucleus_dice``, ``nucleus_iou``: means of per-image scores
+        (images where both masks are empty are skipped; None when none is left), ``n`` images;
+        with ``per_image`` also ``per_image: {key: [score or None, ...]}``.
+    """
+    masks = list(masks)
+    truth = list(truth)
+    if len(masks) != len(truth):
+        raise ValueError(f"{len(masks)} masks for {len(truth)} ground-truth images")
+    per = {k: [] for k in ("cell_dice", "cell_iou", "nucleus_dice", "nucleus_iou")}
+    for i, (m, t) in enumerate(zip(masks, truth)):
+        sem = _semantic_of(t)
+        m = np.asarray(m).astype(bool)
+        if m.shape != sem.shape:
+            where = getattr(t, "image_id", f"image {i}")
+            raise ValueError(f"{where}: mask has shape {m.shape}, ground truth {sem.shape}")
+        for part, gt in (("cell", sem > 0), ("nucleus", sem == nucleus_value)):
+            d, j = _binary_scores(m, gt)
+            per[f"{part}_dice"].append(d)
+            per[f"{part}_iou"].append(j)
+    out: dict[str, Any] = {}
+    for k, v in per.items():
+        vals = [x for x in v if x is not None]
+        out[k] = float(np.mean(vals)) if vals else None
+    out["n"] = len(masks)
+    if per_image:
+        out["per_image"] = per
+    return out
+
+
+def _layer_sums(per_layer: dict[str, list[np.ndarray]], layers: Sequence[str]) -> list[np.ndarray]:
+    missing = [n for n in layers if n not in per_layer]
+    if missing:
+        raise KeyError(f"layers {missing} were not computed; available: {list(per_layer)}")
+    n = len(per_layer[layers[0]])
+    return [np.sum([per_layer[k][i] for k in layers], axis=0, dtype=np.float32) for i in range(n)]
+
+
+def tune_cam_masks(cams, truth, *, layer_sets: Sequence[Sequence[str]] | None = None,
+                   thresholds: Sequence[float] = THRESHOLDS, dilate: int = 5, largest: bool = True,
+                   key: str = "cell_dice") -> dict[str, Any]:
+    """The layers and relative threshold whose masks score best (mean ``key``) on the given images.
+
+    Tune on training images only, then apply the result to the test images.
+
+    Parameters
+    ----------
+    cams : a :class:`CamMasks` (its ``per_layer`` maps), ``{layer: [maps]}``, or a list of
+        already summed maps (then ``layer_sets`` is not used).
+    truth : ground truth as in :func:`evaluate_cam_masks`.
+    layer_sets : candidate layer combinations (default: every set in :data:`LAYER_SETS` whose
+        layers were all computed; with a list of maps: one unnamed set).
+    thresholds : candidate relative thresholds.
+    key : the score to maximise: ``"cell_dice"``, ``"cell_iou"``, ``"nucleus_dice"``, ...
+
+    Returns
+    -------
+    dict
+        ``layers`` (list, or None for summed maps), ``rel_threshold``, ``score`` and ``table``:
+        one ``{"layers", "rel_threshold", key}`` row per candidate. Ties go to the threshold
+        nearest 0.5, then to the earlier layer set.
+    """
+    truth = list(truth)
+    per = cams.per_layer if isinstance(cams, CamMasks) else cams
+    if isinstance(per, dict):
+        if layer_sets is None:
+            layer_sets = [ls for ls in LAYER_SETS if all(n in per for n in ls)] or [list(per)]
+        candidates = [(list(ls), _layer_sums(per, list(ls))) for ls in layer_sets]
+    else:
+        candidates = [(None, list(per))]
+    if not thresholds:
+        raise ValueError("thresholds is empty")
+    table = []
+    for layers, summed in candidates:
+        for t in thresholds:
+            masks = [cam_to_mask(c, t, dilate, largest=largest) for c in summed]
+            table.append({"layers": layers, "rel_threshold": float(t),
+                          key: evaluate_cam_masks(masks, truth)[key] or 0.0})
+    best = max(enumerate(table), key=lambda it: (it[1][key], -abs(it[1]["rel_threshold"] - 0.5), -it[0]))[1]
+    return {"layers": best["layers"], "rel_threshold": best["rel_threshold"], "score": best[key], "table": table}
+
+
+# ---------------------------------------------------------------------------------------------
+# the classical baseline on the same images
+# ---------------------------------------------------------------------------------------------
+#: Parameter grid of :func:`smearlab.classical.extract_cell` searched by :func:`tune_classical`.
+CLASSICAL_GRID = {"channel": ("saturation", "hematoxylin"), "hull": (True, False), "grow": (0, 4, 8, 12)}
+#: A smaller list of candidates (10 instead of 16): the nucleus-level region, and its hull grown.
+CLASSICAL_CANDIDATES = [{"channel": c, "hull": h, "grow": g} for c in ("saturation", "hematoxylin")
+                        for h, g in ((False, 0), (True, 0), (True, 4), (True, 8), (True, 12))]
+
+
+def classical_masks(images, **params) -> list[np.ndarray]:
+    """Whole-image masks of :func:`smearlab.classical.extract_cell` (empty where it finds nothing)."""
+    from .classical import extract_cell
+    out = []
+    for x in images:
+        img = np.asarray(getattr(x, "image", x))
+        pred, _ = extract_cell(img, **params)
+        out.append(pred["masks"][0] if len(pred["masks"]) else np.zeros(img.shape[:2], bool))
+    return out
+
+
+def tune_classical(images, truth, grid: "dict[str, Sequence] | Sequence[dict] | None" = None,
+                   keys: Sequence[str] = ("cell_dice", "nucleus_dice")) -> dict[str, Any]:
+    """The :func:`~smearlab.classical.extract_cell` parameters that score best on the given images.
+
+    Every combination of ``grid`` (a dict of candidate lists, default :data:`CLASSICAL_GRID`, or a
+    list of parameter dicts such as :data:`CLASSICAL_CANDIDATES`) is run once; the best one is
+    picked separately for each of ``keys``. Tune on training images only.
+
+    Returns
+    -------
+    dict
+        ``{key: {"params": {...}, "score": float}}`` per key, and ``table``: one row per
+        combination with its parameters and every score of :func:`evaluate_cam_masks`.
+    """
+    import itertools
+    grid = CLASSICAL_GRID if grid is None else grid
+    if isinstance(grid, dict):
+        candidates = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
+    else:
+        candidates = [dict(c) for c in grid]
+    if not candidates:
+        raise ValueError("the classical parameter grid is empty")
+    images, truth = list(images), list(truth)
+    table = []
+    for params in candidates:
+        scores = evaluate_cam_masks(classical_masks(images, **params), truth)
+        table.append({"params": params, **{k: v for k, v in scores.items() if k != "n"}})
+    out: dict[str, Any] = {"table": table}
+    for k in keys:
+        best = max(table, key=lambda r: r[k] or 0.0)
+        out[k] = {"params": best["params"], "score": best[k]}
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# the experiment: classifier -> Grad-CAM masks vs ground truth and vs the classical extractor
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class CamExperiment:
+    """Everything :func:`run_cam_experiment` produced (see :meth:`summary` for the headline)."""
+
+    model: nn.Module
+    train: Any
+    test: Any
+    classifier: dict
+    cam_tuning: dict
+    nucleus_tuning: dict
+    classical_tuning: dict
+    cam_test: CamMasks
+    nucleus_test: CamMasks
+    classical_test: list
+    classical_nucleus_test: list
+    scores: dict
+    settings: dict
+
+    def summary(self) -> dict[str, Any]:
+        """The headline numbers as one flat, JSON-ready dict."""
+        sc = self.scores
+        return {
+            "cell_dice": sc["cam"]["cell_dice"], "cell_iou": sc["cam"]["cell_iou"],
+            "nucleus_dice": sc["cam_nucleus"]["nucleus_dice"], "nucleus_iou": sc["cam_nucleus"]["nucleus_iou"],
+            "cell_mask_nucleus_dice": sc["cam"]["nucleus_dice"],
+            "classical_cell_dice": sc["classical"]["cell_dice"], "classical_cell_iou": sc["classical"]["cell_iou"],
+            "classical_nucleus_dice": sc["classical_nucleus"]["nucleus_dice"],
+            "classical_nucleus_iou": sc["classical_nucleus"]["nucleus_iou"],
+            "layers": self.cam_tuning["layers"], "rel_threshold": self.cam_tuning["rel_threshold"],
+            "nucleus_layers": self.nucleus_tuning["layers"],
+            "nucleus_rel_threshold": self.nucleus_tuning["rel_threshold"],
+            "dilate": self.settings["dilate"],
+            "classical_cell_params": self.classical_tuning["cell_dice"]["params"],
+            "classical_nucleus_params": self.classical_tuning["nucleus_dice"]["params"],
+            "classifier_accuracy": self.classifier["accuracy"], "classifier_macro_f1": self.classifier["macro"]["f1"],
+            "split": {"train": len(self.train), "test": len(self.test),
+                      "test_fraction": self.settings["test_fraction"], "seed": self.settings["seed"]},
+            "seed": self.settings["seed"], "device": self.settings["device"],
+            "input_size": self.settings["size"], "width": self.settings["width"], "epochs": self.settings["epochs"],
+            "norm": self.settings["norm"], "train_s": self.settings["train_s"],
+        }
+
+    def table(self) -> str:
+        """Markdown table: Grad-CAM against the classical extractor on the test images."""
+        sc = self.scores
+        rows = [("Grad-CAM (cell threshold)", sc["cam"]), ("Grad-CAM (nucleus threshold)", sc["cam_nucleus"]),
+                ("classical extract_cell (cell params)", sc["classical"]),
+                ("classical extract_cell (nucleus params)", sc["classical_nucleus"])]
+        lines = ["| method | cell Dice | cell IoU | nucleus Dice | nucleus IoU |", "|---|---|---|---|---|"]
+        for name, r in rows:
+            vals = " | ".join("-" if r[k] is None else f"{r[k]:.3f}"
+                              for k in ("cell_dice", "cell_iou", "nucleus_dice", "nucleus_iou"))
+            lines.append(f"| {name} | {vals} |")
+        return "\n".join(lines)
+
+
+def run_cam_experiment(dataset, *, size: int = 64, width: int = 16, norm: str = "batch", epochs: int = 30,
+                       batch_size: int = 32, lr: float = 0.05, augment=True, test_fraction: float = 0.3, seed: int = 0,
+                       device="auto", layer_sets: Sequence[Sequence[str]] = LAYER_SETS,
+                       thresholds: Sequence[float] = THRESHOLDS, dilate: int = 5,
+                       classical_grid: dict | None = None, progress: bool = False) -> CamExperiment:
+    """Train a classifier, turn its Grad-CAMs into cell masks and score them against ground truth.
+
+    Steps: stratified split by image label (:func:`smearlab.classify.stratified_split`, fixed
+    ``seed``) -> a :class:`~smearlab.classify.CellClassifier` trained from scratch on the train
+    crops -> per-layer Grad-CAMs (predicted class) of the train images -> layers and relative
+    threshold tuned on the train images (separately for the whole cell and for the nucleus) ->
+    the classical extractor's parameters tuned on the same train images -> both applied once to
+    the test images and scored (:func:`evaluate_cam_masks`).
+
+    Parameters
+    ----------
+    dataset : a SmearDataset of single-cell images with ``image_label`` and semantic masks
+        (0 background, 1 cytoplasm, 2 nucleus): Zheng (one domain), or ``make_wbc_crops``.
+    size, width, norm, epochs, batch_size, lr, augment : classifier input size and training
+        (:func:`~smearlab.classify.build_classifier`, :func:`~smearlab.classify.train_classifier`).
+    test_fraction, seed : the split (and the training seed).
+    layer_sets, thresholds, dilate : the CAM mask candidates (:func:`tune_cam_masks`).
+    classical_grid : :func:`tune_classical` grid (default :data:`CLASSICAL_GRID`).
+    progress : progress bar of the training.
+    """
+    import time
+
+    from .classify import build_classifier, classification_report, crops_from_dataset, predict_classes, \
+        stratified_split, train_classifier
+    from .detection.models import resolve_device
+    labels = [s.image_label for s in dataset]
+    if any(v is None for v in labels):
+        raise ValueError(f"dataset {getattr(dataset, 'name', '?')!r} has images without an image_label")
+    tr_idx, te_idx = stratified_split(np.asarray(labels), test_fraction, seed)
+    train = dataset.subset(tr_idx.tolist(), name=f"{dataset.name}:train")
+    test = dataset.subset(te_idx.tolist(), name=f"{dataset.name}:test")
+    dev = resolve_device(device)
+    torch.manual_seed(seed)  # the initial weights come from the global generator
+    model = build_classifier(dataset.class_names, width=width, norm=norm, input_size=size)
+    t0 = time.perf_counter()
+    train_classifier(model, crops_from_dataset(train, size), epochs=epochs, batch_size=batch_size, lr=lr,
+                     augment=augment, device=dev, seed=seed, progress=progress)
+    train_s = time.perf_counter() - t0
+    test_crops = crops_from_dataset(test, size)
+    pred, _ = predict_classes(model, test_crops, device=dev)
+    report = classification_report(test_crops.labels, pred, test_crops.class_names)
+    all_layers = list(dict.fromkeys(n for ls in layer_sets for n in ls))
+    cams_train = cam_masks(model, train, layers=all_layers, dilate=dilate, device=dev)
+    cell = tune_cam_masks(cams_train, train, layer_sets=layer_sets, thresholds=thresholds, dilate=dilate)
+    nucleus = tune_cam_masks(cams_train, train, layer_sets=layer_sets, thresholds=thresholds, dilate=dilate,
+                             key="nucleus_dice")
+    classical = tune_classical(train, train, classical_grid)
+    cams_test = cam_masks(model, test, layers=cell["layers"], rel_threshold=cell["rel_threshold"],
+                          dilate=dilate, device=dev)
+    nuc_test = cam_masks(model, test, layers=nucleus["layers"], rel_threshold=nucleus["rel_threshold"],
+                         dilate=dilate, device=dev)
+    cl_test = classical_masks(test, **classical["cell_dice"]["params"])
+    cl_nuc = classical_masks(test, **classical["nucleus_dice"]["params"])
+    scores = {"cam": evaluate_cam_masks(cams_test.masks, test), "cam_nucleus": evaluate_cam_masks(nuc_test.masks, test),
+              "classical": evaluate_cam_masks(cl_test, test), "classical_nucleus": evaluate_cam_masks(cl_nuc, test)}
+    settings = {"size": size, "width": width, "norm": norm, "epochs": epochs, "test_fraction": test_fraction,
+                "seed": seed, "device": str(dev), "dilate": dilate, "train_s": round(train_s, 2)}
+    return CamExperiment(model, train, test, report, cell, nucleus, classical, cams_test, nuc_test, cl_test, cl_nuc,
+                         scores, settings)
+
+
+# ---------------------------------------------------------------------------------------------
+# detector CAMs
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class DetectorCam:
+    """Why a detector found a box: the summed CAM (``(H, W)``, image pixels, values in
+    ``[0, len(layers)]``), each layer's map, and the detection it explains (``box`` xyxy,
+    0-based ``label``, ``score``, ``iou`` with the box asked about)."""
+
+    cam: np.ndarray
+    per_layer: dict[str, np.ndarray]
+    box: np.ndarray
+    label: int
+    score: float
+    iou: float
+    layers: list[str]
+
+
+def detector_layers(detector: nn.Module) -> list[str]:
+    """The backbone stages that feed the FPN (``backbone.body.<stage>``): the default CAM layers."""
+    body = getattr(getattr(detector, "backbone", None), "body", None)
+    ret = getattr(body, "return_layers", None)
+    if not ret:
+        raise ValueError("detector has no backbone.body with return_layers (not a torchvision FPN "
+                         "detector); pass layers= explicitly (see smearlab.cam.layer_names)")
+    return [f"backbone.body.{k}" for k in ret]
+
+
+def _valid_region(size_holder: dict):
+    """reshape_transform that crops a feature map to the real image (drops the batch padding)."""
+    def crop(x: torch.Tensor) -> torch.Tensor:
+        (h, w), (ph, pw) = size_holder["image"], size_holder["padded"]
+        fh, fw = x.shape[-2:]
+        return x[..., :max(1, int(np.ceil(fh * h / ph))), :max(1, int(np.ceil(fw * w / pw)))]
+    return crop
+
+
+def detector_cam(detector: nn.Module, image: np.ndarray, box: "int | Sequence[float]" = 0, *,
+                 label: int | None = None, layers: "str | Sequence[str] | None" = None,
+                 iou_threshold: float = 0.5, method: str = "gradcam", device=None) -> DetectorCam:
+    """Grad-CAM of a torchvision detector for one box: which pixels made it find that box.
+
+    The target is pytorch-grad-cam's ``FasterRCNNBoxScoreTarget``: the detection that overlaps
+    the box best (IoU >= ``iou_threshold``, same class) contributes IoU + score, and the maps of
+    ``layers`` for that target are cropped to the image (the detector pads its batch), resized
+    to the image size, normalised and summed.
+
+    Parameters
+    ----------
+    detector : a model from :func:`smearlab.detection.build_detector` / ``load_model`` (any
+        torchvision detector returning ``{"boxes", "labels", "scores"}``).
+    image : ``(H, W, 3)`` uint8 RGB image (a Sample is accepted). A preprocessing pipeline saved
+        with the model (``preprocess_spec``) is applied first, as in prediction.
+    box : an index into the detector's own detections on this image (highest score first, as
+        :func:`smearlab.detection.predict` returns them), or a box ``(x0, y0, x1, y1)`` in
+        pixels (e.g. a ground-truth box: the best-matching detection is explained).
+    label : 0-based class of the box (None: the class of the matching detection).
+    layers : dotted module names (default :func:`detector_layers`).
+    iou_threshold : least IoU between the box and a detection for it to count.
+    method : a gradient-based method of :data:`METHODS` (not ``"eigencam"``, which ignores the box).
+    device : None keeps the model where it is; ``"auto"``/``"cpu"``/``"cuda"`` moves it.
+
+    Raises
+    ------
+    ValueError
+        when the detector makes no detection matching the box (with the best IoU it reached),
+        or the box index is out of range.
+    """
+    from pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget
+    from torchvision.ops import box_iou
+
+    from .data.torchdata import image_to_tensor
+    img = np.asarray(getattr(image, "image", image))
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+        raise ValueError(f"image must be (H, W, 3) uint8 RGB, got {img.shape} {img.dtype}")
+    pre = getattr(detector, "preprocess_spec", None)
+    if pre is not None:
+        from .detection.train import as_preprocess
+        img = as_preprocess(pre)(img)
+    layers = detector_layers(detector) if layers is None else ([layers] if isinstance(layers, str) else list(layers))
+    modules = resolve_layers(detector, layers)
+    dev = _device(detector, device)
+    cfg = getattr(detector, "detector_config", None)
+    x = image_to_tensor(img, grayscale=bool(cfg is not None and cfg.in_channels == 1))[None].contiguous().to(dev)
+    was = detector.training
+    detector.eval()
+    with torch.no_grad():
+        det = detector(x)[0]
+    boxes, scores, labels = det["boxes"], det["scores"], det["labels"]  # labels 1-based
+    order = torch.argsort(scores, descending=True, stable=True)
+    boxes, scores, labels = boxes[order], scores[order], labels[order]
+    if isinstance(box, (int, np.integer)) and not isinstance(box, bool):
+        if not 0 <= int(box) < len(boxes):
+            detector.train(was)
+            raise ValueError(f"box index {int(box)} out of range: the detector made {len(boxes)} "
+                             "detections on this image")
+        ref = boxes[int(box)]
+        want = int(labels[int(box)]) if label is None else int(label) + 1
+    else:
+        ref = torch.as_tensor(np.asarray(box, np.float32).reshape(4), device=boxes.device)
+        want = None if label is None else int(label) + 1
+    ious = box_iou(ref[None], boxes)[0] if len(boxes) else torch.zeros(0)
+    ok = ious >= iou_threshold
+    if want is not None:
+        ok &= labels == want
+    if not bool(ok.any()):
+        detector.train(was)
+        best = float(ious.max()) if len(ious) else 0.0
+        raise ValueError(f"the detector makes no detection matching box {ref.tolist()} (label "
+                         f"{'any' if want is None else want - 1}) at IoU >= {iou_threshold}: best IoU "
+                         f"{best:.2f} among {len(boxes)} detections; lower the model's score floor or "
+                         "pick another box")
+    j = int(torch.where(ok, ious, torch.full_like(ious, -1)).argmax())
+    want = int(labels[j])
+    sizes: dict = {}
+    hook = detector.transform.register_forward_hook(
+        lambda _m, _i, out: sizes.update(image=out[0].image_sizes[0], padded=tuple(out[0].tensors.shape[-2:])))
+    cls = _cam_class(method)
+    cam = cls(detector, modules, reshape_transform=_valid_region(sizes))
+    try:
+        maps = cam(x, [FasterRCNNBoxScoreTarget([want], [ref.detach().cpu().numpy()], iou_threshold)])
+    finally:
+        cam.activations_and_grads.release()
+        hook.remove()
+        detector.train(was)
+    maps = _normalise(np.asarray(maps, np.float32)[0])
+    per = {n: maps[i] for i, n in enumerate(layers)}
+    return DetectorCam(maps.sum(0), per, boxes[j].detach().cpu().numpy().astype(np.float32), want - 1,
+                       float(scores[j]), float(ious[j]), layers)
+
+
+# ---------------------------------------------------------------------------------------------
+# display
+# ---------------------------------------------------------------------------------------------
+def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """``image`` (uint8 RGB) blended with ``cam`` as a jet heat map (pytorch-grad-cam's
+    ``show_cam_on_image``); the map is scaled to [0, 1] by its maximum first."""
+    from pytorch_grad_cam.utils.image import show_cam_on_image
+    img = np.asarray(image)
+    c = np.asarray(cam, np.float32)
+    if c.shape != img.shape[:2]:
+        raise ValueError(f"cam has shape {c.shape}, image {img.shape[:2]}")
+    top = float(c.max())
+    c = c / top if top > 0 else c
+    return show_cam_on_image(img.astype(np.float32) / 255.0, c, use_rgb=True, image_weight=1 - alpha)
+
+
+def _outline(ax, mask, colour, style="solid"):
+    m = np.asarray(mask, float)
+    if m.any() and not m.all():
+        ax.contour(m, levels=[0.5], colors=[colour], linewidths=1.2, linestyles=style)
+
+
+def plot_cam_examples(images, result: CamMasks, truth=None, *, classical=None, indices=None,
+                      class_names=None, n: int = 4, axes=None):
+    """One row per image: the image, each layer's CAM, the summed CAM, and the masks.
+
+    The last panel outlines the Grad-CAM mask (red), the ground-truth cell (green) and nucleus
+    (cyan, dotted), and the classical mask (blue, dashed) when ``classical`` masks are given.
+
+    Parameters
+    ----------
+    images : the images (arrays or Samples) ``result`` was computed on.
+    result : :class:`CamMasks` from :func:`cam_masks`.
+    truth : semantic masks or Samples with them (optional).
+    classical : masks of another method on the same images (optional).
+    indices : which images (default the first ``n``).
+    class_names : names of ``result.targets`` for the titles.
+    axes : ``(rows, len(layers) + 3)`` axes (default: a new pyplot figure).
+
+    Returns
+    -------
+    matplotlib Figure
+    """
+    images = list(images)
+    idx = list(indices) if indices is not None else list(range(min(n, len(images))))
+    layers = list(result.per_layer)
+    cols = len(layers) + 3
+    if axes is None:
+        import matplotlib.pyplot as plt
+        _, axes = plt.subplots(len(idx), cols, figsize=(2.1 * cols, 2.2 * len(idx)), squeeze=False)
+    axes = np.asarray(axes).reshape(len(idx), cols)
+    truth = list(truth) if truth is not None else None
+    for row, i in zip(axes, idx):
+        img = np.asarray(getattr(images[i], "image", images[i]))
+        tgt = result.targets[i] if result.targets else -1
+        name = class_names[tgt] if class_names is not None and 0 <= tgt < len(class_names) else str(tgt)
+        row[0].imshow(img)
+        row[0].set_title(f"{getattr(images[i], 'image_id', i)}\nexplains: {name}", fontsize=7)
+        for ax, layer in zip(row[1:], layers):
+            ax.imshow(overlay(img, result.per_layer[layer][i]))
+            ax.set_title(layer.split(".")[-1], fontsize=8)
+        row[-2].imshow(overlay(img, result.cams[i]))
+        row[-2].set_title(f"sum of {len(layers)}", fontsize=8)
+        row[-1].imshow(img)
+        _outline(row[-1], result.masks[i], "red")
+        if truth is not None:
+            sem = _semantic_of(truth[i])
+            _outline(row[-1], sem > 0, "lime")
+            _outline(row[-1], sem == 2, "cyan", "dotted")
+        if classical is not None:
+            _outline(row[-1], classical[i], "blue", "dashed")
+        row[-1].set_title(f"mask (thr {result.rel_threshold:g})", fontsize=8)
+        for ax in row:
+            ax.axis("off")
+    return axes[0, 0].figure
+
+
+def plot_detector_cam(image, result: DetectorCam, class_names=None, axes=None):
+    """The image with the explained box, and the summed detector CAM over it (two panels)."""
+    from matplotlib.patches import Rectangle
+    img = np.asarray(getattr(image, "image", image))
+    if axes is None:
+        import matplotlib.pyplot as plt
+        _, axes = plt.subplots(1, 2, figsize=(10, 4))
+    name = class_names[result.label] if class_names is not None else str(result.label)
+    x0, y0, x1, y1 = result.box
+    for ax, shown, title in zip(axes, (img, overlay(img, result.cam)),
+                                (f"box: {name} (score {result.score:.2f})", f"Grad-CAM, {' + '.join(result.layers)}")):
+        ax.imshow(shown)
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="white", linewidth=1.5))
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    return axes[0].figure

@@ -1,0 +1,509 @@
+"""Domain adaptation of the white-cell classifier: DANN and the source / target experiment.
+
+DANN (domain-adversarial neural network) trains the classifier's features to be useful for the
+labelled source domain and useless for telling source from target: a domain classifier reads the
+features through a *gradient reversal layer*, which is the identity going forward and multiplies
+the gradient by ``-lambda`` going back, so the feature extractor ascends the domain loss while the
+domain classifier descends it.
+
+References
+----------
+Y. Ganin and V. Lempitsky, "Unsupervised domain adaptation by backpropagation", ICML 2015.
+Y. Ganin, E. Ustinova, H. Ajakan, P. Germain, H. Larochelle, F. Laviolette, M. Marchand and
+V. Lempitsky, "Domain-adversarial training of neural networks", JMLR 17(59):1-35, 2016.
+
+Both give the schedules used here (:func:`dann_lambda`, :func:`dann_lr`): the reversal weight
+``lambda_p = 2 / (1 + exp(-gamma p)) - 1`` with ``gamma = 10``, and the learning rate
+``mu_p = mu_0 / (1 + alpha p) ** beta`` with ``alpha = 10``, ``beta = 0.75``, where ``p`` goes
+linearly from 0 to 1 over training.
+
+The experiment (:func:`run_experiment`) splits each domain once (stratified, fixed seed), then
+trains, for several seeds: *source only*, *DANN* (target images without labels), *mixed* (both
+domains labelled) and the *oracle* (target-trained), and scores each on the target test split
+and on the source test split (macro precision, recall and F1 over the classes both domains share).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .classify import (CellClassifier, CropDataset, build_classifier, classification_report, fit,
+                       predict_classes)
+
+log = logging.getLogger("smearlab.domain")
+
+__all__ = ["GradReverse", "grad_reverse", "GradientReversal", "dann_lambda", "dann_lr", "DomainHead", "DANN",
+           "train_dann", "shared_classes", "run_experiment", "run_directions", "ExperimentResult", "goal_check",
+           "domain_pair", "METHODS"]
+
+METHODS = ("source_only", "dann", "mixed", "oracle")
+
+
+# ---------------------------------------------------------------------------------------------
+# gradient reversal and schedules
+# ---------------------------------------------------------------------------------------------
+class GradReverse(torch.autograd.Function):
+    """Identity forward; the backward pass multiplies the incoming gradient by ``-lambda_``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, lambda_: float) -> torch.Tensor:
+        ctx.lambda_ = float(lambda_)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad.neg() * ctx.lambda_, None
+
+
+def grad_reverse(x: torch.Tensor, lambda_: float = 1.0) -> torch.Tensor:
+    """Apply :class:`GradReverse` with weight ``lambda_`` (>= 0)."""
+    if not math.isfinite(float(lambda_)) or float(lambda_) < 0:
+        raise ValueError(f"lambda_ must be a finite number >= 0, got {lambda_!r}")
+    return GradReverse.apply(x, float(lambda_))
+
+
+class GradientReversal(nn.Module):
+    """The gradient reversal layer as a module; set ``lambda_`` during training (see :func:`dann_lambda`)."""
+
+    def __init__(self, lambda_: float = 1.0):
+        super().__init__()
+        self.lambda_ = float(lambda_)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return grad_reverse(x, self.lambda_)
+
+    def extra_repr(self) -> str:
+        return f"lambda_={self.lambda_:g}"
+
+
+def _progress(p: float) -> float:
+    p = float(p)
+    if not (math.isfinite(p) and 0.0 <= p <= 1.0):
+        raise ValueError(f"training progress p must be in [0, 1], got {p!r}")
+    return p
+
+
+def dann_lambda(p: float, gamma: float = 10.0) -> float:
+    """Reversal weight ``2 / (1 + exp(-gamma p)) - 1``: 0 at the start, ~1 at the end (Ganin & Lempitsky 2015)."""
+    return 2.0 / (1.0 + math.exp(-float(gamma) * _progress(p))) - 1.0
+
+
+def dann_lr(p: float, lr0: float, alpha: float = 10.0, beta: float = 0.75) -> float:
+    """Annealed learning rate ``lr0 / (1 + alpha p) ** beta`` (Ganin et al. 2016)."""
+    return float(lr0) / (1.0 + float(alpha) * _progress(p)) ** float(beta)
+
+
+# ---------------------------------------------------------------------------------------------
+# model
+# ---------------------------------------------------------------------------------------------
+class DomainHead(nn.Module):
+    """The domain classifier: an MLP from features ``(B, C)`` to two logits (source, target).
+
+    Parameters
+    ----------
+    in_features : feature size (``classifier.num_features``).
+    hidden : units per hidden layer.
+    layers : hidden layers (ReLU, dropout after each).
+    dropout : dropout probability.
+    """
+
+    def __init__(self, in_features: int, hidden: int = 128, layers: int = 2, dropout: float = 0.2):
+        super().__init__()
+        if hidden < 1 or layers < 0 or not 0 <= dropout < 1:
+            raise ValueError(f"need hidden >= 1, layers >= 0 and dropout in [0, 1); got {hidden}, {layers}, {dropout}")
+        mods: list[nn.Module] = []
+        cin = in_features
+        for _ in range(layers):
+            mods += [nn.Linear(cin, hidden), nn.ReLU(), nn.Dropout(dropout)]
+            cin = hidden
+        mods.append(nn.Linear(cin, 2))
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features)
+
+
+class DANN(nn.Module):
+    """A :class:`~smearlab.classify.CellClassifier` with a domain classifier behind a gradient reversal.
+
+    ``features -> pool`` feed both the label ``head`` and, through :class:`GradientReversal`,
+    the :class:`DomainHead`. ``forward`` returns ``(class_logits, domain_logits)``; after training
+    ``model.classifier`` is an ordinary classifier (save it with
+    :func:`~smearlab.classify.save_classifier`).
+    """
+
+    def __init__(self, classifier: CellClassifier, hidden: int = 128, layers: int = 2, dropout: float = 0.2):
+        super().__init__()
+        if not isinstance(classifier, CellClassifier):
+            raise TypeError(f"DANN wraps a CellClassifier, got {type(classifier).__name__}")
+        self.classifier = classifier
+        self.grl = GradientReversal(0.0)
+        self.domain_head = DomainHead(classifier.num_features, hidden, layers, dropout)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.classifier.class_names
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.classifier.embed(x)
+        return self.classifier.head(f), self.domain_head(self.grl(f))
+
+
+def train_dann(model: DANN, source: CropDataset, target_unlabelled: CropDataset, *, epochs: int = 30,
+               steps: int | None = None, batch_size: int = 64, lr: float = 0.05, weight_decay: float = 5e-4,
+               domain_weight: float = 1.0, gamma: float = 10.0, alpha: float = 10.0, beta: float = 0.75,
+               balanced: bool = True, augment=True, device="auto", seed: int = 0, val: CropDataset | None = None,
+               progress: bool = False) -> list[dict[str, Any]]:
+    """Train a :class:`DANN` in place: labelled ``source`` crops, unlabelled ``target`` crops.
+
+    Each step takes a class-balanced source batch and a random target batch of ``batch_size``;
+    the loss is the source cross-entropy plus ``domain_weight`` times the domain cross-entropy of
+    both batches, whose gradient reaches the features reversed and scaled by
+    ``dann_lambda(p, gamma)``. The learning rate follows ``dann_lr(p, lr, alpha, beta)`` (SGD,
+    momentum 0.9). Target labels are never read.
+
+    Parameters
+    ----------
+    model : :class:`DANN`.
+    source, target_unlabelled : :class:`~smearlab.classify.CropDataset` of the same crop size.
+    epochs, steps : training length in passes over ``source`` or in steps (as
+        :func:`~smearlab.classify.train_classifier`).
+    val : optional labelled crops scored (macro F1) at each record, e.g. the *source* validation
+        split (target labels would not be available in practice).
+    Other parameters : as :func:`~smearlab.classify.train_classifier`.
+
+    Returns
+    -------
+    list of dict
+        training records with ``loss``, ``domain_loss``, ``domain_acc``, ``lambda``, ``lr``.
+    """
+    if not isinstance(model, DANN):
+        raise TypeError(f"model must be a DANN (wrap the classifier: DANN(classifier)), got {type(model).__name__}")
+    if source.class_names != model.class_names:
+        raise ValueError(f"model classes {model.class_names} differ from the source's {source.class_names}")
+    per_epoch = max(1, math.ceil(len(source) / batch_size))
+    total = int(steps) if steps is not None else int(epochs) * per_epoch
+    hist = fit(model.classifier, source, steps=total, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+               balanced=balanced, augment=augment, device=device, seed=seed, target=target_unlabelled,
+               domain_head=model.domain_head, domain_weight=domain_weight, gamma=gamma, alpha=alpha, beta=beta,
+               val=val, progress=progress)
+    model.grl.lambda_ = dann_lambda(1.0, gamma)
+    model.eval()
+    return hist
+
+
+# ---------------------------------------------------------------------------------------------
+# shared classes
+# ---------------------------------------------------------------------------------------------
+def shared_classes(a: CropDataset, b: CropDataset, min_count: int = 2) -> tuple[list[str], dict[str, dict]]:
+    """Classes usable in both domains, and the others with their counts.
+
+    A class is shared when each domain has at least ``min_count`` crops of it (2: one for the
+    training split and one for the test split). Classes are matched by name, in ``a``'s order.
+
+    Returns
+    -------
+    shared : class names.
+    missing : ``{class: {domain name: count, ...}}`` for every class left out.
+    """
+    ca, cb = a.class_counts(), b.class_counts()
+    shared, missing = [], {}
+    for name in list(ca) + [n for n in cb if n not in ca]:
+        na, nb = ca.get(name, 0), cb.get(name, 0)
+        if na >= min_count and nb >= min_count:
+            shared.append(name)
+        else:
+            missing[name] = {a.name: int(na), b.name: int(nb)}
+    return shared, missing
+
+
+# ---------------------------------------------------------------------------------------------
+# the experiment
+# ---------------------------------------------------------------------------------------------
+def _key(ds: CropDataset) -> str:
+    h = hashlib.sha1("\n".join(ds.ids).encode())
+    h.update(ds.labels.tobytes())
+    h.update("|".join(ds.class_names).encode())
+    return h.hexdigest()[:16]
+
+
+def _scores(rep: dict) -> dict[str, float]:
+    return {"precision": rep["macro"]["precision"], "recall": rep["macro"]["recall"], "f1": rep["macro"]["f1"],
+            "weighted_f1": rep["weighted"]["f1"], "accuracy": rep["accuracy"]}
+
+
+@dataclass
+class ExperimentResult:
+    """The outcome of :func:`run_experiment` for one direction (source -> target).
+
+    ``scores[method][split]`` is a list (one per seed) of score dicts (``precision``, ``recall``,
+    ``f1`` macro, ``weighted_f1``, ``accuracy``); ``split`` is ``"target"`` or ``"source"``
+    (the test splits). ``confusion[method][split]`` is the confusion matrix summed over seeds.
+    """
+
+    source: str
+    target: str
+    shared_classes: list[str]
+    missing_classes: dict[str, dict]
+    seeds: list[int]
+    split_seed: int
+    test_fraction: float
+    sizes: dict[str, int]
+    settings: dict[str, Any]
+    scores: dict[str, dict[str, list[dict]]] = field(default_factory=dict)
+    confusion: dict[str, dict[str, list]] = field(default_factory=dict)
+    history: dict[str, list] = field(default_factory=dict)
+
+    def mean(self, method: str, split: str = "target", metric: str = "f1") -> float:
+        return float(np.mean([s[metric] for s in self.scores[method][split]]))
+
+    def std(self, method: str, split: str = "target", metric: str = "f1") -> float:
+        return float(np.std([s[metric] for s in self.scores[method][split]]))
+
+    def summary(self) -> dict[str, float]:
+        """Flat headline numbers: ``<method>_f1`` (target), ``<method>_source_f1``, with ``_std``."""
+        out: dict[str, float] = {}
+        for m in self.scores:
+            for split, suffix in (("target", ""), ("source", "_source")):
+                if split in self.scores[m]:
+                    out[f"{m}{suffix}_f1"] = self.mean(m, split)
+                    out[f"{m}{suffix}_f1_std"] = self.std(m, split)
+        return out
+
+    def rows(self) -> list[dict[str, Any]]:
+        """The results table: one row per method and test split (target first)."""
+        names = {"source_only": self.source, "dann": f"{self.source} + unlabelled {self.target}",
+                 "mixed": f"{self.source} + {self.target}", "oracle": self.target}
+        rows = []
+        for split in ("target", "source"):
+            for m in self.scores:
+                if split not in self.scores[m]:
+                    continue
+                tested = self.target if split == "target" else self.source
+                row = {"method": m, "trained_on": names[m], "tested_on": tested}
+                for k in ("precision", "recall", "f1"):
+                    row[k] = self.mean(m, split, k)
+                    row[f"{k}_std"] = self.std(m, split, k)
+                rows.append(row)
+        return rows
+
+    def markdown(self) -> str:
+        """:meth:`rows` as a Markdown table (mean ± std over seeds)."""
+        lines = ["| method | trained on | tested on | precision | recall | macro F1 |", "|---|---|---|---|---|---|"]
+        for r in self.rows():
+            cells = [f"{r[k]:.3f} ± {r[k + '_std']:.3f}" for k in ("precision", "recall", "f1")]
+            lines.append(f"| {r['method']} | {r['trained_on']} | {r['tested_on']} | " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (everything but the training histories)."""
+        return {"source": self.source, "target": self.target, "shared_classes": self.shared_classes,
+                "missing_classes": self.missing_classes, "seeds": self.seeds, "split_seed": self.split_seed,
+                "test_fraction": self.test_fraction, "sizes": self.sizes, "settings": self.settings,
+                "summary": self.summary(), "rows": self.rows(), "scores": self.scores, "confusion": self.confusion}
+
+
+def _as_splits(data, what: str, test_fraction: float, split_seed: int) -> tuple[CropDataset, CropDataset, str]:
+    if isinstance(data, CropDataset):
+        if len(data) == 0:
+            raise ValueError(f"{what} {data.name!r} has no crops")
+        tr, te = data.split(test_fraction, split_seed)
+        return tr, te, data.name
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(d, CropDataset) for d in data):
+        name = data[0].name.rsplit(":", 1)[0]
+        return data[0], data[1], name
+    raise TypeError(f"{what} must be a CropDataset or a (train, test) pair of them, got {type(data).__name__}")
+
+
+def run_experiment(source, target, *, methods: Sequence[str] = METHODS, seeds: Sequence[int] = (0, 1, 2),
+                   test_fraction: float = 0.3, split_seed: int = 0, min_count: int = 2, steps: int = 300,
+                   batch_size: int = 32, lr: float = 0.05, width: int = 16, norm: str = "group",
+                   blocks: Sequence[int] = (1, 1, 1, 1), domain_weight: float = 1.0, domain_hidden: int = 128,
+                   domain_layers: int = 2, domain_dropout: float = 0.2, augment=True, device="auto",
+                   cache: dict | None = None, progress: bool = False) -> ExperimentResult:
+    """Source only, DANN, mixed and oracle for one direction, several seeds, one table.
+
+    Parameters
+    ----------
+    source, target : one domain each: a :class:`~smearlab.classify.CropDataset` (split here,
+        stratified, ``test_fraction`` to test, seed ``split_seed``) or a ``(train, test)`` pair.
+    methods : any of :data:`METHODS`: ``"source_only"`` (source labels), ``"dann"`` (source labels,
+        target images without labels), ``"mixed"`` (both domains labelled), ``"oracle"`` (target labels).
+    seeds : one training per seed and method (weights, sampling, augmentation); the split stays fixed.
+    min_count : a class needs this many crops in *each* domain to be shared (see :func:`shared_classes`).
+        Other classes are reported (a warning and ``missing_classes``) and left out of training and
+        evaluation in both domains.
+    steps, batch_size, lr : the same training length and optimiser for every method (DANN steps see a
+        source and a target batch each).
+    width, norm, blocks : the :func:`~smearlab.classify.build_classifier` settings.
+    domain_weight, domain_hidden, domain_layers, domain_dropout : DANN's domain loss weight and its domain
+        classifier (:class:`DomainHead`).
+    augment, device, progress : as :func:`~smearlab.classify.train_classifier`.
+    cache : a dict shared between calls to reuse identical trainings, e.g. source only of A -> B is
+        the oracle of B -> A and "mixed" is the same model in both directions.
+
+    Returns
+    -------
+    ExperimentResult
+        scores on the target test split for every method and on the source test split too (how much
+        DANN costs on the source).
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        raise ValueError(f"unknown methods {unknown}; choose from {METHODS}")
+    if not seeds:
+        raise ValueError("give at least one seed")
+    s_tr, s_te, s_name = _as_splits(source, "source", test_fraction, split_seed)
+    t_tr, t_te, t_name = _as_splits(target, "target", test_fraction, split_seed)
+    if s_tr.size != t_tr.size:
+        raise ValueError(f"source crops are {s_tr.size} px but target crops {t_tr.size} px")
+    whole_s = CropDataset.concat([s_tr, s_te], name=s_name)
+    whole_t = CropDataset.concat([t_tr, t_te], name=t_name)
+    shared, missing = shared_classes(whole_s, whole_t, min_count)
+    if len(shared) < 2:
+        raise ValueError(f"domains {s_name!r} and {t_name!r} share fewer than two classes with >= {min_count} "
+                         f"crops each ({shared}); counts of the others: {missing}")
+    if missing:
+        warnings.warn(f"{s_name} -> {t_name}: classes {sorted(missing)} are missing or too rare in one domain "
+                      f"({missing}); training and evaluating on the {len(shared)} shared classes {shared}",
+                      UserWarning, stacklevel=2)
+    s_tr, s_te, t_tr, t_te = (d.restrict(shared) for d in (s_tr, s_te, t_tr, t_te))
+    settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "width": width, "norm": norm,
+                "blocks": list(blocks), "domain_weight": domain_weight, "domain_hidden": domain_hidden,
+                "domain_layers": domain_layers, "domain_dropout": domain_dropout, "min_count": min_count,
+                "crop_size": s_tr.size, "augment": augment if isinstance(augment, bool) else repr(augment)}
+    res = ExperimentResult(s_name, t_name, shared, missing, [int(s) for s in seeds], split_seed, test_fraction,
+                           {"source_train": len(s_tr), "source_test": len(s_te), "target_train": len(t_tr),
+                            "target_test": len(t_te)}, settings)
+    cache = {} if cache is None else cache
+    for m in methods:
+        res.scores[m] = {"target": [], "source": []}
+        res.confusion[m] = {}
+        res.history[m] = []
+        for seed in seeds:
+            model, hist = _trained(m, s_tr, t_tr, int(seed), settings, augment, device, cache, progress)
+            res.history[m].append(hist)
+            for split, test in (("target", t_te), ("source", s_te)):
+                pred, _ = predict_classes(model, test, device=device)
+                rep = classification_report(test.labels, pred, shared)
+                res.scores[m][split].append(_scores(rep))
+                conf = np.asarray(rep["confusion"])
+                prev = res.confusion[m].get(split)
+                res.confusion[m][split] = (conf if prev is None else np.asarray(prev) + conf).tolist()
+        log.info("%s -> %s %s: target F1 %.3f ± %.3f, source F1 %.3f", s_name, t_name, m, res.mean(m),
+                 res.std(m), res.mean(m, "source"))
+    return res
+
+
+def _trained(method: str, s_tr: CropDataset, t_tr: CropDataset, seed: int, st: dict, augment, device,
+             cache: dict, progress: bool) -> tuple[CellClassifier, list]:
+    """The model of one method and seed, from ``cache`` when an identical training was done."""
+    if method == "source_only":
+        data, tgt = s_tr, None
+    elif method == "oracle":
+        data, tgt = t_tr, None
+    elif method == "mixed":
+        data = CropDataset.concat(sorted([s_tr, t_tr], key=_key), name="mixed")
+        tgt = None
+    else:
+        data, tgt = s_tr, t_tr
+    config = tuple((k, str(v)) for k, v in sorted(st.items()) if tgt is not None or not k.startswith("domain_"))
+    key = ("dann" if tgt is not None else "supervised", _key(data), _key(tgt) if tgt is not None else None, seed,
+           config)
+    if key in cache:
+        return cache[key]
+    torch.manual_seed(seed)
+    clf = build_classifier(data.class_names, width=st["width"], norm=st["norm"], blocks=st["blocks"],
+                           input_size=data.size)
+    if tgt is None:
+        hist = fit(clf, data, steps=st["steps"], batch_size=st["batch_size"], lr=st["lr"], augment=augment,
+                   device=device, seed=seed, progress=progress)
+    else:
+        dann = DANN(clf, hidden=st["domain_hidden"], layers=st["domain_layers"], dropout=st["domain_dropout"])
+        hist = train_dann(dann, data, tgt, steps=st["steps"], batch_size=st["batch_size"], lr=st["lr"],
+                          domain_weight=st["domain_weight"], augment=augment, device=device, seed=seed,
+                          progress=progress)
+    clf.cpu()
+    cache[key] = (clf, hist)
+    return clf, hist
+
+
+def goal_check(result: ExperimentResult, min_gain: float = 0.10, max_source_drop: float = 0.02) -> dict[str, Any]:
+    """Did DANN help? ``dann_gain`` (target macro F1, DANN minus source only), ``source_drop`` (source
+    macro F1, source only minus DANN) and ``goal_met``: gain >= ``min_gain`` and drop <= ``max_source_drop``
+    (F1 as a fraction: 0.10 is 10 points). Means over seeds."""
+    for m in ("source_only", "dann"):
+        if m not in result.scores:
+            raise KeyError(f"the experiment has no {m!r} runs (methods {list(result.scores)})")
+    gain = result.mean("dann") - result.mean("source_only")
+    drop = result.mean("source_only", "source") - result.mean("dann", "source")
+    return {"dann_gain": round(gain, 4), "source_drop": round(drop, 4),
+            "goal_met": bool(gain >= min_gain and drop <= max_source_drop)}
+
+
+# ---------------------------------------------------------------------------------------------
+# data and both directions (what the notebook and the benchmark call)
+# ---------------------------------------------------------------------------------------------
+def domain_pair(spec="synthetic", size: int = 64, *, n: int = 200, seed: int = 0, source: str = "auto",
+                pad: float = 0.1, domains: Sequence[str] | None = None) -> tuple[CropDataset, CropDataset]:
+    """Two domains of labelled cell crops.
+
+    Parameters
+    ----------
+    spec : ``"synthetic"``: ``n`` white-cell crops per stain from
+        :func:`~smearlab.data.synthetic.make_wbc_crops` (stain A with ``seed``, stain B with ``seed + 1``;
+        96 px, letterboxed to ``size``), domains named "A" and "B". Otherwise a dataset path or archive for
+        :func:`~smearlab.data.open_dataset` (e.g. ``wbc_zheng.tar.xz``) whose samples carry a ``domain``.
+    size : crop side in pixels.
+    source : for real data, ``"image"`` (whole image letterboxed), ``"boxes"`` (square window around each
+        box, enlarged by ``pad``) or ``"auto"``: boxes when every sample has exactly one box (Zheng: the
+        whole-cell box from the mask, so both domains show the cell at the same scale), else image.
+    domains : the two domain names to use (default: the first two, sorted).
+
+    Returns
+    -------
+    (CropDataset, CropDataset)
+    """
+    from .classify import crops_from_dataset
+    from .data import open_dataset
+    from .data.synthetic import make_wbc_crops
+    if str(spec) == "synthetic":
+        a = crops_from_dataset(make_wbc_crops(n, seed=seed, stain="A", size=96), size)
+        b = crops_from_dataset(make_wbc_crops(n, seed=seed + 1, stain="B", size=96), size)
+        a.name, b.name = "A", "B"
+        return a, b
+    ds = open_dataset(spec)
+    groups = ds.by_domain()
+    names = list(domains) if domains is not None else sorted(groups)[:2]
+    if len(names) != 2 or any(d not in groups for d in names):
+        raise ValueError(f"{spec}: need two domains, found {sorted(groups)}" +
+                         (f" (asked for {list(domains)})" if domains is not None else ""))
+    if source == "auto":
+        source = "boxes" if all(len(s.boxes) == 1 for s in ds) else "image"
+    a, b = (crops_from_dataset(groups[d], size, source=source, pad=pad) for d in names)
+    a.name, b.name = names
+    return a, b
+
+
+def _short(name: str) -> str:
+    return ("d" + name[len("dataset"):]) if name.startswith("dataset") else name.lower()
+
+
+def run_directions(a: CropDataset, b: CropDataset, **kw) -> dict[str, ExperimentResult]:
+    """:func:`run_experiment` both ways, sharing trainings: ``{"a_to_b": ..., "b_to_a": ...}``.
+
+    Keys use short domain names ("dataset1" -> "d1", "A" -> "a"): ``d1_to_d2``, ``d2_to_d1``.
+    ``kw`` goes to :func:`run_experiment` (``cache`` is provided here).
+    """
+    cache = kw.pop("cache", None)
+    cache = {} if cache is None else cache
+    return {f"{_short(s.name)}_to_{_short(t.name)}": run_experiment(s, t, cache=cache, **kw)
+            for s, t in ((a, b), (b, a))}
