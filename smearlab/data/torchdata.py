@@ -51,7 +51,7 @@ class DetectionDataset(Dataset):
 
 def image_to_tensor(image: np.ndarray, grayscale: bool = False) -> torch.Tensor:
     """(H, W, 3) uint8 -> (C, H, W) float32 in [0, 1]; C is 1 for ``grayscale``."""
-    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0).contiguous()
     if grayscale:
         w = torch.tensor(LUMA, dtype=t.dtype).view(3, 1, 1)
         t = (t * w).sum(0, keepdim=True)
