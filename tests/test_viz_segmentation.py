@@ -20,7 +20,8 @@ def test_prediction_sample_keeps_scored_instances_with_masks():
             "scores": np.array([0.9, 0.2], np.float32), "masks": masks}
     s = viz.prediction_sample(_sample(), pred, score_threshold=0.5)
     assert len(s.boxes) == 1 and s.masks.shape == (1, 20, 30) and s.masks[0].sum() == 64
-    ax = viz.draw_prediction(_sample(), pred, ["a", "b"], score_threshold=0.0)
+    _, ax = plt.subplots()
+    viz.draw_prediction(_sample(), pred, ["a", "b"], ax, score_threshold=0.0)
     assert len(ax.patches) == 2 and "2 predicted" in ax.get_title()
     plt.close("all")
 
@@ -29,7 +30,8 @@ def test_draw_semantic_colours_only_foreground_and_checks_shape():
     img = np.zeros((10, 10, 3), np.uint8)
     sem = np.zeros((10, 10), np.uint8)
     sem[2:5, 2:5] = 2
-    ax = viz.draw_semantic(img, sem, ["background", "cytoplasm", "nucleus"])
+    _, ax = plt.subplots()
+    viz.draw_semantic(img, sem, ["background", "cytoplasm", "nucleus"], ax)
     shown = ax.get_images()[0].get_array()
     assert np.allclose(shown[0, 0], 0) and shown[3, 3].sum() > 0
     with pytest.raises(ValueError, match="does not match"):
