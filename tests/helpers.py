@@ -26,3 +26,14 @@ def toy_dataset(n=12, classes=("RBC", "WBC", "Platelets"), seed=0, size=(48, 64)
             s.masks = m
         samples.append(s)
     return SmearDataset(samples, list(classes), "toy")
+
+
+def write_notebook(path, body, params="quick = True\nseed = 0\nmetrics_path = None", title="# test"):
+    """A two-cell notebook (a ``parameters`` cell, then ``body``) for report-runner tests."""
+    import nbformat
+    nb = nbformat.v4.new_notebook()
+    p = nbformat.v4.new_code_cell(params)
+    p.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell(title), p, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)

@@ -4,17 +4,12 @@ import json
 import nbformat
 import pytest
 
+from helpers import write_notebook
 from smearlab import cli
 from smearlab.report import find_notebooks, notebook_parameters, record, run_report
 
 
-def _notebook(path, body, params="quick = True\nseed = 0\nmetrics_path = None"):
-    nb = nbformat.v4.new_notebook()
-    p = nbformat.v4.new_code_cell(params)
-    p.metadata["tags"] = ["parameters"]
-    nb.cells = [nbformat.v4.new_markdown_cell("# test"), p, nbformat.v4.new_code_cell(body)]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, path)
+_notebook = write_notebook
 
 
 @pytest.fixture

@@ -4,9 +4,9 @@ import json
 import shlex
 from pathlib import Path
 
-import nbformat
 import pytest
 
+from helpers import write_notebook
 from smearlab import cli
 from smearlab.report import format_value, load_sweep, parse_param, run_report, sweep_jobs
 
@@ -21,13 +21,7 @@ record({"score": a * 10 + len(b), "b": b, "nested": {"half": a / 2}, "seed": see
 """
 
 
-def _notebook(path, body, params):
-    nb = nbformat.v4.new_notebook()
-    p = nbformat.v4.new_code_cell(params)
-    p.metadata["tags"] = ["parameters"]
-    nb.cells = [nbformat.v4.new_markdown_cell("# toy"), p, nbformat.v4.new_code_cell(body)]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, path)
+_notebook = write_notebook
 
 
 @pytest.fixture
