@@ -7,8 +7,10 @@ Crops
 
 * ``source="image"``: one crop per image with an ``image_label`` (Zheng WBC images, ImageFolder
   / PBC crops, the synthetic :func:`~smearlab.data.synthetic.make_wbc_crops`);
-* ``source="boxes"``: one crop per box (ground truth, or a detector's output through
-  :func:`differential_count`), a square window around the box enlarged by ``pad``.
+* ``source="boxes"``: one crop per box (ground truth, e.g. the WBC boxes of CBC), a square
+  window around the box enlarged by ``pad`` (:func:`square_window`).
+
+:func:`crops_from_predictions` does the same for a detector's boxes.
 
 Every image is *letterboxed* (:func:`letterbox`): scaled to fit the square keeping its aspect, then
 padded, never stretched. Windows that run past the image edge are padded the same way
@@ -24,9 +26,17 @@ the named stages ``stem, layer1 .. layer4`` (Grad-CAM targets), ``pool`` the glo
 and ``head`` the linear classifier; :meth:`CellClassifier.embed` gives the pooled features.
 
 Training (:func:`train_classifier`) samples classes evenly (:class:`torch.utils.data.WeightedRandomSampler`)
-so that rare types (basophils, eosinophils) are seen, augments on the fly with
-:mod:`smearlab.augment` (flips, quarter turns, colour and stain jitter) and anneals the learning
-rate as in Ganin et al. (see :mod:`smearlab.domain`, which trains with the same loop).
+so that rare types (basophils, eosinophils) are seen, augments on the fly (:func:`default_crop_augment`:
+the symmetries of the square, then colour and stain jitter from :mod:`smearlab.augment`) and anneals
+the learning rate as in Ganin et al. (see :mod:`smearlab.domain`, which trains with the same loop,
+:func:`fit`). :func:`classification_report` gives per-class and macro / weighted precision, recall
+and F1 and the confusion matrix (scikit-learn).
+
+Cascade
+-------
+:func:`differential_count`: a detector finds the cells, the classifier names the white cells in
+its WBC boxes, and :func:`export_differential` writes one JSON per image and a CSV with one row per
+image (the white-cell differential count).
 """
 from __future__ import annotations
 
@@ -777,7 +787,8 @@ def fit(model: CellClassifier, train: CropDataset, *, steps: int, batch_size: in
         if (step + 1) % every == 0 or step + 1 == steps:
             k = max(acc["steps"], 1)
             rec = {"step": step + 1, "epoch": round((step + 1) / per_epoch, 3), "loss": acc["loss"] / k,
-                   "train_acc": acc["correct"] / max(acc["n"], 1), "lr": cur_lr, "lambda": lam if domain_head else 0.0}
+                   "train_acc": acc["correct"] / max(acc["n"], 1), "lr": cur_lr,
+                   "lambda": lam if domain_head is not None else 0.0}
             if domain_head is not None:
                 rec.update(domain_loss=acc["dloss"] / k, domain_acc=acc["dacc"] / k)
             if val is not None:

@@ -229,7 +229,9 @@ def shared_classes(a: CropDataset, b: CropDataset, min_count: int = 2) -> tuple[
 # the experiment
 # ---------------------------------------------------------------------------------------------
 def _key(ds: CropDataset) -> str:
-    h = hashlib.sha1("\n".join(ds.ids).encode())
+    """A digest of a crop set's pixels, labels, ids and classes (identifies identical trainings)."""
+    h = hashlib.sha1(ds.images.numpy().tobytes())
+    h.update("\n".join(ds.ids).encode())
     h.update(ds.labels.tobytes())
     h.update("|".join(ds.class_names).encode())
     return h.hexdigest()[:16]

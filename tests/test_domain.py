@@ -1,6 +1,5 @@
 """Domain adaptation: gradient reversal, the DANN schedules, DANN training, the experiment and its bad input."""
 import math
-import warnings
 
 import numpy as np
 import pytest
