@@ -58,7 +58,7 @@ from PIL import Image
 
 from .data.errors import DataError
 from .data.sample import Sample, SkipLog, SmearDataset
-from .io import atomic_path, write_json, write_text
+from .io import atomic_path, write_json, write_text, read_torch_file
 
 log = logging.getLogger("smearlab.classify")
 
@@ -977,13 +977,7 @@ def load_classifier(path, device="cpu") -> CellClassifier:
     """
     from .detection.models import resolve_device
     p = Path(path)
-    if not p.is_file():
-        raise DataError(p, "classifier checkpoint does not exist")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user problem
-        raise DataError(p, f"cannot read classifier checkpoint (corrupt or not a torch file): "
-                           f"{type(e).__name__}: {e}") from None
+    obj = read_torch_file(p, "classifier checkpoint")
     if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
         raise DataError(p, f"not a smearlab classifier checkpoint (expected format {CHECKPOINT_FORMAT!r})")
     try:

@@ -48,3 +48,21 @@ def _json_default(o):
     if isinstance(o, Path):
         return str(o)
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def read_torch_file(path: str | Path, what: str) -> Any:
+    """``torch.load`` of a local checkpoint (tensors and plain containers only).
+
+    Raises :class:`~smearlab.data.errors.DataError` naming the file when it does not exist or
+    cannot be read (``what`` names the kind of file in the message, e.g. "U-Net checkpoint").
+    """
+    import torch
+
+    from .data.errors import DataError
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(p, f"{what} does not exist")
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user problem
+        raise DataError(p, f"cannot read {what} (corrupt or not a torch file): {type(e).__name__}: {e}") from None

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 
 from .data.errors import DataError
 from .data.sample import Sample
-from .io import atomic_path, write_json
+from .io import atomic_path, write_json, read_torch_file
 
 __all__ = ["IGNORE", "dice_iou", "dice_iou_per_image", "semantic_metrics", "whole_cell", "UNet",
            "train_unet", "predict_semantic", "save_unet", "load_unet", "crop_window", "crop_dataset",
@@ -333,13 +333,7 @@ def load_unet(path, device: "str | torch.device | None" = "cpu") -> UNet:
     """A :class:`UNet` from :func:`save_unet` / :func:`train_unet`; DataError on an unreadable file."""
     from .detection.models import resolve_device
     p = Path(path)
-    if not p.is_file():
-        raise DataError(p, "U-Net checkpoint does not exist")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user problem
-        raise DataError(p, f"cannot read U-Net checkpoint (corrupt or not a torch file): "
-                           f"{type(e).__name__}: {e}") from e
+    obj = read_torch_file(p, "U-Net checkpoint")
     if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict) \
             or not isinstance(obj.get("config"), dict):
         raise DataError(p, "not a smearlab U-Net checkpoint (expected keys 'state_dict' and 'config')")
