@@ -59,6 +59,7 @@ from PIL import Image
 from .data.errors import DataError
 from .data.sample import Sample, SkipLog, SmearDataset
 from .io import atomic_path, write_json, write_text, read_torch_file
+from .segmentation import norm_layer
 
 log = logging.getLogger("smearlab.classify")
 
@@ -393,19 +394,9 @@ def crops_from_dataset(dataset: SmearDataset, size: int = 64, *, source: str = "
             if s.image_label is None:
                 skipped.add(where, "no image-level label (use source='boxes' for smears)")
                 continue
-            if s.image_label not in remap:
-                continue
-            try:
-                img = _image_of(s)
-            except DataError as e:
-                skipped.add(e.path, e.problem)
-                continue
-            imgs.append(letterbox(img, size, fill))
-            labels.append(remap[s.image_label])
-            domains.append(dom)
-            ids.append(s.image_id)
-            continue
-        wanted = [k for k, lab in enumerate(s.labels.tolist()) if lab in remap]
+            wanted = [None] if s.image_label in remap else []  # None: the whole image is the crop
+        else:
+            wanted = [k for k, lab in enumerate(s.labels.tolist()) if lab in remap]
         if not wanted:
             continue
         try:
@@ -414,15 +405,19 @@ def crops_from_dataset(dataset: SmearDataset, size: int = 64, *, source: str = "
             skipped.add(e.path, e.problem)
             continue
         for k in wanted:
-            try:
-                crop = extract_crop(img, s.boxes[k], pad, fill)
-            except ValueError as e:
-                skipped.add(where, str(e), f"box {k}")
-                continue
+            if k is None:
+                crop, label, crop_id = img, s.image_label, s.image_id
+            else:
+                try:
+                    crop = extract_crop(img, s.boxes[k], pad, fill)
+                except ValueError as e:
+                    skipped.add(where, str(e), f"box {k}")
+                    continue
+                label, crop_id = int(s.labels[k]), f"{s.image_id}#{k}"
             imgs.append(letterbox(crop, size, fill))
-            labels.append(remap[int(s.labels[k])])
+            labels.append(remap[label])
             domains.append(dom)
-            ids.append(f"{s.image_id}#{k}")
+            ids.append(crop_id)
     stack = np.stack(imgs) if imgs else np.zeros((0, size, size, 3), np.uint8)
     out = CropDataset(stack, labels, classes, domains, ids, name=dataset.name,
                       skipped=[*getattr(dataset, "skipped", []), *skipped])
@@ -469,25 +464,17 @@ def crops_from_predictions(dataset: SmearDataset, predictions: Sequence[dict], s
 # ---------------------------------------------------------------------------------------------
 # model
 # ---------------------------------------------------------------------------------------------
-def _norm(kind: str, c: int) -> nn.Module:
-    if kind == "batch":
-        return nn.BatchNorm2d(c)
-    if kind == "group":
-        return nn.GroupNorm(math.gcd(8, c), c)
-    raise ValueError(f"norm must be 'batch' or 'group', got {kind!r}")
-
-
 class BasicBlock(nn.Module):
     """ResNet basic block: two 3x3 convolutions and a shortcut (1x1 convolution when the shape changes)."""
 
     def __init__(self, cin: int, cout: int, stride: int, norm: str):
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.norm1 = _norm(norm, cout)
+        self.norm1 = norm_layer(norm, cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.norm2 = _norm(norm, cout)
+        self.norm2 = norm_layer(norm, cout)
         self.shortcut = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
-            nn.Conv2d(cin, cout, 1, stride, bias=False), _norm(norm, cout))
+            nn.Conv2d(cin, cout, 1, stride, bias=False), norm_layer(norm, cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = F.relu(self.norm1(self.conv1(x)))
@@ -522,14 +509,14 @@ class CellClassifier(nn.Module):
         if int(width) < 1 or in_channels not in (1, 3) or len(blocks) != 4 or min(blocks) < 1:
             raise ValueError(f"need width >= 1, in_channels 1 or 3 and four block counts >= 1; got "
                              f"width={width}, in_channels={in_channels}, blocks={tuple(blocks)}")
-        _norm(norm, 8)  # validates the name
+        norm_layer(norm, 8)  # validates the name
         self.config = {"class_names": list(self.class_names), "width": int(width), "norm": str(norm),
                        "in_channels": int(in_channels), "blocks": [int(b) for b in blocks]}
         self.input_size = int(input_size)
         w = int(width)
         chans = [w, 2 * w, 4 * w, 8 * w]
         stages: list[tuple[str, nn.Module]] = [("stem", nn.Sequential(
-            nn.Conv2d(in_channels, w, 3, 2, 1, bias=False), _norm(norm, w), nn.ReLU()))]
+            nn.Conv2d(in_channels, w, 3, 2, 1, bias=False), norm_layer(norm, w), nn.ReLU()))]
         cin = w
         for i, (c, n) in enumerate(zip(chans, blocks)):
             layer = [BasicBlock(cin if j == 0 else c, c, (1 if i == 0 else 2) if j == 0 else 1, norm)

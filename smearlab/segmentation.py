@@ -179,7 +179,8 @@ def semantic_metrics(dataset, predictions: Sequence[np.ndarray], *, ignore_backg
 # ---------------------------------------------------------------------------------------------
 # model
 # ---------------------------------------------------------------------------------------------
-def _norm(kind: str, c: int) -> nn.Module:
+def norm_layer(kind: str, c: int) -> nn.Module:
+    """``"batch"`` (BatchNorm2d) or ``"group"`` (GroupNorm, gcd(8, c) groups) over ``c`` channels."""
     if kind == "batch":
         return nn.BatchNorm2d(c)
     if kind == "group":
@@ -189,8 +190,8 @@ def _norm(kind: str, c: int) -> nn.Module:
 
 def _block(cin: int, cout: int, norm: str) -> nn.Sequential:
     return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False), _norm(norm, cout), nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False), _norm(norm, cout), nn.ReLU(inplace=True))
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), norm_layer(norm, cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False), norm_layer(norm, cout), nn.ReLU(inplace=True))
 
 
 class UNet(nn.Module):
