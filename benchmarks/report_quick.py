@@ -1,8 +1,9 @@
-"""Time the main job: `smearlab report --profile quick` on the synthetic default.
+"""Time `smearlab report --profile quick` on CPU: the synthetic default, or the real datasets.
 
-Usage: python benchmarks/report_quick.py [--device cpu]
-Prints the wall time and writes benchmarks/results/report_quick.json
-(keys: wall_s, notebooks, failed, per_notebook_s, device, hardware, date, command).
+Usage: python benchmarks/report_quick.py [--device cpu] [--data-root ../shared/data]
+Prints the wall time and writes benchmarks/results/report_quick.json (synthetic default) or
+benchmarks/results/report_quick_real.json (with --data-root)
+(keys: wall_s, notebooks, failed, per_notebook_s, device, data_root, hardware, date, command).
 """
 import argparse
 import tempfile
@@ -15,10 +16,12 @@ from smearlab.report import REPO_NOTEBOOKS, run_report
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--data-root", help="folder of the real datasets (default: the synthetic default)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
-        index = run_report("quick", device=args.device, out=out, notebook_dir=REPO_NOTEBOOKS)
+        index = run_report("quick", device=args.device, data_root=args.data_root, out=out,
+                           notebook_dir=REPO_NOTEBOOKS)
         wall = time.perf_counter() - t0
     result = {
         "wall_s": round(wall, 1),
@@ -26,8 +29,12 @@ def main():
         "failed": len(index["failed"]),
         "per_notebook_s": {k: v["seconds"] for k, v in index["notebooks"].items()},
         "device": args.device,
+        "data_root": args.data_root,
     }
-    out = save_result("report_quick", result)
+    if index["failed"]:
+        result["errors"] = {k: index["notebooks"][k]["error"] for k in index["failed"]}
+    name = "report_quick_real" if args.data_root else "report_quick"
+    out = save_result(name, result, script="report_quick")
     print(f"quick report: {result['notebooks']} notebooks, {result['failed']} failed, {wall:.1f} s "
           f"({result['per_notebook_s']}) -> {out}")
 

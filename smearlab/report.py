@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
+from .hardware import describe as describe_hardware
 from .io import atomic_path, write_json, write_text
 
 log = logging.getLogger("smearlab.report")
@@ -237,6 +238,11 @@ def run_report(profile: str = "quick", *, data_root: str | Path | None = None, d
     index = {
         "out": str(out_dir), "profile": profile, "device": device, "data_root": str(data_root) if data_root else None,
         "date": _dt.datetime.now().isoformat(timespec="seconds"), "git_commit": _git_commit(),
+        "hardware": describe_hardware(device),
+        "command": "smearlab " + shlex.join(report_argv(
+            profile, notebook_dir=notebook_dir, notebooks=notebooks, device=device, seed=seed,
+            data_root=data_root, timeout=timeout, html_export=html_export, parameters=parameters,
+            out=out_dir)),
         "wall_s": round(time.perf_counter() - t0, 2),
         "notebooks": dict(sorted(results.items())),
         "ran": [nb.stem for nb in chosen],
@@ -244,6 +250,7 @@ def run_report(profile: str = "quick", *, data_root: str | Path | None = None, d
     }
     write_json(index_path, index)
     write_text(out_dir / "index.html", _index_html(index))
+    write_text(out_dir / "RESULTS.md", results_markdown(index))
     return index
 
 
@@ -299,6 +306,48 @@ def _git_commit() -> str | None:
         return None
 
 
+def results_markdown(index: dict[str, Any], *, max_metrics: int = 40) -> str:
+    """A run's summary in Markdown: how it was made (command, hardware, date, commit), the
+    status and wall time of each notebook, and each notebook's headline metrics (the scalars it
+    recorded, at most ``max_metrics`` each). Written as ``RESULTS.md`` in every run folder;
+    ``reports/RESULTS.md`` is a copy of the latest full run's.
+    """
+    def cell(v) -> str:
+        text = f"{v:.4g}" if isinstance(v, float) else str(v)
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    data = index.get("data_root") or "synthetic default"
+    lines = [
+        f"# smearlab report: {index['profile']} profile",
+        "",
+        "| | |", "|---|---|",
+        f"| command | `{index.get('command', '')}` |",
+        f"| hardware | {cell(index.get('hardware', 'unknown'))} |",
+        f"| device | {index['device']} |",
+        f"| data | {cell(data)} |",
+        f"| date | {index['date']} |",
+        f"| git commit | {index.get('git_commit') or 'unknown'} |",
+        f"| wall time | {index['wall_s']:.1f} s for {len(index['ran'])} notebooks |",
+        f"| failed | {', '.join(index['failed']) or 'none'} |",
+        "",
+        "## Notebooks", "",
+        "| notebook | status | seconds |", "|---|---|---|",
+    ]
+    for name, r in index["notebooks"].items():
+        status = r["status"] if r["status"] == "ok" else f"**{r['status']}**: {cell((r.get('error') or '')[:200])}"
+        lines.append(f"| {name} | {status} | {r['seconds']:.1f} |")
+    for name, r in index["notebooks"].items():
+        scalars = {k: v for k, v in _flatten(r.get("metrics") or {}).items()
+                   if isinstance(v, (int, float, str, bool)) or v is None}
+        if not scalars:
+            continue
+        lines += ["", f"## {name}", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {cell(k)} | {cell(v)} |" for k, v in list(scalars.items())[:max_metrics]]
+        if len(scalars) > max_metrics:
+            lines.append(f"| ... | {len(scalars) - max_metrics} more in {name}.metrics.json |")
+    return "\n".join(lines) + "\n"
+
+
 def _index_html(index: dict[str, Any]) -> str:
     rows = []
     for name, r in index["notebooks"].items():
@@ -310,7 +359,8 @@ def _index_html(index: dict[str, Any]) -> str:
         rows.append(f'<tr class="{"ok" if ok else "failed"}"><td>{html.escape(name)}</td>'
                     f'<td>{r["status"]}{err}</td><td>{r["seconds"]:.1f}</td><td>{links}</td><td>{shown}</td></tr>')
     head = (f'profile <b>{index["profile"]}</b> · device {index["device"]} · data {index["data_root"] or "synthetic"}'
-            f' · {index["date"]} · commit {index["git_commit"]} · {len(index["failed"])} failed')
+            f' · {index["date"]} · commit {index["git_commit"]} · {len(index["failed"])} failed'
+            f'<br>{html.escape(index.get("hardware", ""))}<br><code>{html.escape(index.get("command", ""))}</code>')
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>smearlab report</title>
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
 padding:4px 8px;vertical-align:top;font-size:14px}}tr.failed{{background:#fdd}}tr.ok td:nth-child(2){{color:#070}}</style>
@@ -492,6 +542,30 @@ def format_value(value: Any) -> str:
     return text if "\n" not in text else dump(default_style='"')  # multi-line text: escaped
 
 
+def report_argv(profile: str, *, notebook_dir: str | Path | None = None,
+                notebooks: Iterable[str] | None = None, device: str = "auto", seed: int = 0,
+                data_root: str | Path | None = None, timeout: int | None = 3600, html_export: bool = True,
+                parameters: Mapping[str, Any] | None = None, out: str | Path | None = None) -> list[str]:
+    """The ``smearlab report`` arguments (after ``smearlab``) that run these settings."""
+    argv = ["report"]
+    if notebook_dir is not None:
+        argv += ["--notebooks", str(notebook_dir)]
+    if notebooks:
+        argv += ["--only", *notebooks]
+    argv += ["--profile", profile, "--device", device, "--seed", str(seed)]
+    if data_root is not None:
+        argv += ["--data-root", str(data_root)]
+    if timeout != 3600:
+        argv += ["--timeout", str(timeout or 0)]
+    if not html_export:
+        argv.append("--no-html")
+    for key, value in (parameters or {}).items():
+        argv += ["--param", f"{key}={format_value(value)}"]
+    if out is not None:
+        argv += ["--out", str(out)]
+    return argv
+
+
 def sweep_jobs(sweep: Sweep, out: str | Path, *, data_root: str | Path | None = None,
                device: str = "auto", seed: int = 0, timeout: int | None = 3600,
                html_export: bool = True) -> list[SweepJob]:
@@ -508,17 +582,11 @@ def sweep_jobs(sweep: Sweep, out: str | Path, *, data_root: str | Path | None = 
     jobs = []
     for i, point in enumerate(points):
         job_out = out / f"job_{i:0{width}d}"
-        argv = ["report", "--notebooks", str(sweep.notebook.parent), "--only", sweep.notebook.stem,
-                "--profile", sweep.profile, "--device", device, "--seed", str(seed)]
-        if data_root is not None:
-            argv += ["--data-root", str(Path(data_root).resolve())]
-        if timeout != 3600:
-            argv += ["--timeout", str(timeout or 0)]
-        if not html_export:
-            argv.append("--no-html")
-        for key, value in {**sweep.parameters, **point}.items():
-            argv += ["--param", f"{key}={format_value(value)}"]
-        argv += ["--out", str(job_out)]
+        argv = report_argv(sweep.profile, notebook_dir=sweep.notebook.parent, notebooks=[sweep.notebook.stem],
+                           device=device, seed=seed,
+                           data_root=Path(data_root).resolve() if data_root is not None else None,
+                           timeout=timeout, html_export=html_export,
+                           parameters={**sweep.parameters, **point}, out=job_out)
         jobs.append(SweepJob(job_out.name, point, job_out, argv))
     return jobs
 

@@ -101,3 +101,24 @@ def test_record_writes_json_atomically(tmp_path):
     p = tmp_path / "m.json"
     assert record({"a": 1, "b": {"c": 2.0}}, p) == {"a": 1, "b": {"c": 2.0}}
     assert json.loads(p.read_text()) == {"a": 1, "b": {"c": 2.0}}
+
+
+def test_run_records_command_hardware_and_results_summary(nbdir, tmp_path):
+    import shlex
+
+    out = tmp_path / "run"
+    index = run_report("quick", out=out, notebook_dir=nbdir, seed=5, html_export=False)
+    assert index["hardware"] and "cores" in index["hardware"]
+    argv = shlex.split(index["command"])
+    assert argv[:2] == ["smearlab", "report"]
+    assert cli.build_parser().parse_args(argv[1:]).seed == 5
+    summary = (out / "RESULTS.md").read_text()
+    for text in (index["command"], index["hardware"], index["date"], "02_bad", "**failed**",
+                 "| x | 1.5 |", "| seed | 5 |"):
+        assert text in summary, text
+    # the recorded command reproduces the run
+    (out / "index.json").unlink()
+    assert cli.main(argv[1:]) == 1  # 02_bad fails again
+    again = json.loads((out / "index.json").read_text())
+    assert again["notebooks"]["01_good"]["metrics"] == index["notebooks"]["01_good"]["metrics"]
+    assert again["command"] == index["command"]

@@ -1,0 +1,38 @@
+"""A one-line description of the machine a run used, for reports and benchmark results."""
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+
+
+def cpu() -> str:
+    """CPU model, core count and platform (the model from /proc/cpuinfo where available)."""
+    model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (f"{model}, {os.cpu_count()} cores ({platform.machine()}, {platform.system()} "
+            f"{platform.release()}, Python {platform.python_version()})")
+
+
+def gpu() -> str | None:
+    """Name and memory of the first CUDA device, or None when torch sees none."""
+    try:
+        import torch
+        if not torch.cuda.is_available():
+            return None
+        props = torch.cuda.get_device_properties(0)
+        return f"{props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}"
+    except Exception:  # no torch, or a broken driver: report the CPU only
+        return None
+
+
+def describe(device: str = "cpu") -> str:
+    """The hardware a run on ``device`` ("cpu", "cuda" or "auto") used: the GPU first when it ran on one."""
+    g = gpu() if device in ("cuda", "auto") or str(device).startswith("cuda") else None
+    return f"{g}; host {cpu()}" if g else cpu()
