@@ -150,12 +150,26 @@ def _resample(x: torch.Tensor, minv: torch.Tensor, size, mode: str) -> torch.Ten
 
 
 def _nearest(a: torch.Tensor, minv: torch.Tensor, size) -> torch.Tensor:
-    """Warp an integer or bool map ``(..., H, W)`` (masks, semantic) with nearest sampling."""
-    lead = a.shape[:-2]
+    """Warp an integer or bool map ``(..., H, W)`` (masks, semantic) with nearest sampling.
+
+    The same pixels as ``grid_sample(mode="nearest", align_corners=False)`` with zero padding,
+    gathered in the map's own dtype: a stack of hundreds of full-size instance masks is never
+    turned into float32.
+    """
+    lead, (h, w), (ho, wo) = a.shape[:-2], a.shape[-2:], size
     if a.numel() == 0:
-        return a.new_zeros((*lead, *size))
-    flat = a.reshape(1, -1, *a.shape[-2:]).float()
-    return _resample(flat, minv[None], size, "nearest").round().to(a.dtype).view(*lead, *size)
+        return a.new_zeros((*lead, ho, wo))
+    dev = a.device
+    ys, xs = torch.meshgrid(torch.arange(ho, device=dev) + 0.5, torch.arange(wo, device=dev) + 0.5,
+                            indexing="ij")
+    pts = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(-1, 3)
+    src = pts @ minv[:2].T.to(dev, torch.float32)  # pixel-edge coordinates in the input
+    ix, iy = torch.round(src[:, 0] - 0.5).long(), torch.round(src[:, 1] - 0.5).long()
+    valid = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
+    idx = iy.clamp(0, h - 1) * w + ix.clamp(0, w - 1)
+    out = a.flatten(-2).index_select(-1, idx)
+    out = torch.where(valid, out, torch.zeros((), dtype=a.dtype, device=dev))
+    return out.view(*lead, ho, wo)
 
 
 def warp(images: torch.Tensor, targets: Sequence[dict], matrices: torch.Tensor, size, box_rule: str = "8point",

@@ -383,3 +383,28 @@ def test_bad_parameters():
             make()
     with pytest.raises(ValueError, match="empty image"):
         Augment([Resize(0.005)])(ellipse_sample())
+
+
+def test_nearest_warp_picks_grid_samples_pixels_in_the_maps_dtype():
+    """Masks are gathered in their own dtype, pixel for pixel what nearest grid_sample picks."""
+    import math
+
+    import torch.nn.functional as F
+
+    from smearlab.augment import _nearest
+
+    g = torch.Generator().manual_seed(0)
+    masks = torch.rand(5, 37, 53, generator=g) > 0.5
+    for angle, scale, tx, ty, size in [(0.0, 1.0, 0.0, 0.0, (37, 53)), (0.3, 1.3, 4.2, -3.7, (40, 50)),
+                                       (-1.1, 0.7, 10.5, 2.25, (30, 61))]:
+        c, s = math.cos(angle) * scale, math.sin(angle) * scale
+        m = torch.tensor([[c, -s, tx], [s, c, ty], [0, 0, 1]], dtype=torch.float64)
+        minv = torch.linalg.inv(m)
+        out = _nearest(masks, minv, size)
+        assert out.dtype == torch.bool and out.shape == (5, *size)
+        ho, wo = size
+        ys, xs = torch.meshgrid(torch.arange(ho) + 0.5, torch.arange(wo) + 0.5, indexing="ij")
+        src = torch.stack([xs, ys, torch.ones_like(xs)], -1).view(-1, 3) @ minv[:2].T.float()
+        grid = (src * torch.tensor([2 / 53, 2 / 37]) - 1).view(1, ho, wo, 2)
+        ref = F.grid_sample(masks[None].float(), grid, mode="nearest", align_corners=False)[0] > 0.5
+        assert (out != ref).float().mean() < 1e-3  # equal but for float ties on pixel borders
