@@ -67,6 +67,15 @@ def test_sample_checks_shapes():
         Sample("b", _image=np.zeros((8, 10), np.uint8))
     s.masks = lambda: np.ones((1, 8, 10), bool)  # lazy masks are checked when read
     assert s.has_masks and s.masks.shape == (1, 8, 10)
+    # arrays given to the constructor are checked there too
+    with pytest.raises(DataError, match="mask size"):
+        Sample("c", boxes=[[0, 0, 4, 4]], labels=[0], _image=img, _masks=np.zeros((1, 9, 10), bool))
+    with pytest.raises(DataError, match=r"expected \(1, H, W\)"):
+        Sample("c", boxes=[[0, 0, 4, 4]], labels=[0], _masks=np.zeros((3, 8, 10), bool))
+    with pytest.raises(DataError, match="semantic mask size"):
+        Sample("c", _image=img, _semantic=np.zeros((7, 10), np.uint8))
+    ok = Sample("c", boxes=[[0, 0, 4, 4]], labels=[0], _image=img, _masks=np.ones((8, 10), np.uint8))
+    assert ok.masks.shape == (1, 8, 10) and ok.masks.dtype == bool
 
 
 def test_dataset_rejects_labels_outside_classes():

@@ -64,6 +64,11 @@ class Sample:
         if isinstance(self._image, np.ndarray):
             self._image = _check_image(self._image, self.path or self.image_id)
             self.size = self._image.shape[:2]
+        # arrays given directly are checked now; loaders (callables) when first read
+        if self._masks is not None and not callable(self._masks):
+            self._masks = self._check_masks(self._masks)
+        if self._semantic is not None and not callable(self._semantic):
+            self._semantic = self._check_semantic(self._semantic)
 
     # -- lazily loaded arrays -------------------------------------------------------------
     @property
