@@ -1,6 +1,6 @@
 """Time `smearlab report --profile quick` on CPU: the synthetic default, or the real datasets.
 
-Usage: python benchmarks/report_quick.py [--device cpu] [--data-root ../shared/data]
+Usage: python benchmarks/report_quick.py [--device cpu] [--data-root ../shared/data] [--out DIR]
 Prints the wall time and writes benchmarks/results/report_quick.json (synthetic default) or
 benchmarks/results/report_quick_real.json (with --data-root)
 (keys: wall_s, notebooks, failed, per_notebook_s, device, data_root, hardware, date, command).
@@ -17,10 +17,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--data-root", help="folder of the real datasets (default: the synthetic default)")
+    ap.add_argument("--out", help="keep the run folder here (default: a temporary folder, removed)")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as out:
+    with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        index = run_report("quick", device=args.device, data_root=args.data_root, out=out,
+        index = run_report("quick", device=args.device, data_root=args.data_root, out=args.out or tmp,
                            notebook_dir=REPO_NOTEBOOKS)
         wall = time.perf_counter() - t0
     result = {
