@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import save_result  # noqa: E402
 from smearlab.augment import default_augment  # noqa: E402
-from smearlab.detection import DetectorConfig, TrainConfig  # noqa: E402
+from smearlab.detection import GPU_RECIPE, DetectorConfig, TrainConfig  # noqa: E402
 from smearlab.detection.experiment import detection_splits, fit_and_evaluate  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cbc"
@@ -32,8 +32,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cbc"
 PRESETS = {
     "gpu": {
         "smearlab": (dict(arch="fasterrcnn_v2", min_size=640, max_size=854),
-                     dict(epochs=40, batch_size=16, lr=0.04, optimizer="sgd", warmup_iters=100,
-                          lr_schedule="cosine", amp=True, data_on_gpu=True, num_workers=0)),
+                     dict(epochs=40, optimizer="sgd", **GPU_RECIPE)),
         "baseline": (dict(arch="fasterrcnn_v2", min_size=800, max_size=1333),
                      dict(epochs=10, batch_size=4, lr=0.005, optimizer="sgd", warmup_iters=1000,
                           lr_schedule="step", lr_steps=[8], amp=False, data_on_gpu=False, num_workers=4)),
