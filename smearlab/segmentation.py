@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data.errors import DataError
-from .data.sample import Sample
+from .data.sample import Sample, SmearDataset
 from .io import atomic_path, write_json, read_torch_file
 
 __all__ = ["IGNORE", "dice_iou", "dice_iou_per_image", "semantic_metrics", "whole_cell", "UNet",
@@ -810,7 +810,7 @@ def semantic_to_instances(class_map: np.ndarray, *, split: str = "watershed", mi
     return classical.label_image_to_instances(lab, label=label)
 
 
-def instance_splits(spec="synthetic", *, quick: bool = True, seed: int = 0, test: float = 0.3,
+def instance_splits(spec="synthetic", *, quick: bool = True, seed: int = 0, val: float = 0.15, test: float = 0.2,
                     max_train: int | None = None, max_test: int | None = None) -> dict:
     """Train and test sets of class-agnostic instance masks, for comparing segmenters on the same images.
 
@@ -819,8 +819,10 @@ def instance_splits(spec="synthetic", *, quick: bool = True, seed: int = 0, test
     spec : ``"synthetic"`` (smear fields of :func:`smearlab.data.synthetic.make_dataset`, stain
         A: 256 x 192 px in quick mode, 512 x 384 otherwise; the test images use ``seed``, the
         training images ``seed + 1``), or anything :func:`smearlab.data.open_dataset` opens
-        (a DSB2018 folder, the Zheng archive...), split by image with
-        :func:`smearlab.data.splits.train_val_test_split` (``test`` fraction, ``seed``).
+        (a DSB2018 folder, the Zheng archive...), split by image exactly as
+        :func:`segmentation_splits` splits it (``val`` and ``test`` fractions, ``seed``), its
+        validation images joined to the training ones: with the same seed the test images are
+        those that notebook 04's segmenters are scored on.
     quick : small sets (synthetic: 6 + 6 images; real data: at most 24 train and 12 test).
     max_train, max_test : caps on the number of images (override the quick defaults).
 
@@ -844,8 +846,8 @@ def instance_splits(spec="synthetic", *, quick: bool = True, seed: int = 0, test
     else:
         from .data.splits import train_val_test_split
         ds = open_dataset(spec)
-        parts = train_val_test_split(ds, val=0.0, test=test, seed=seed)
-        tr, te = parts["train"], parts["test"]
+        parts = train_val_test_split(ds, val=val, test=test, seed=seed, stratify=len(ds.class_names) > 1)
+        tr, te = SmearDataset.concat([parts["train"], parts["val"]]) if "val" in parts else parts["train"], parts["test"]
         tr, te = tr[:max_train] if max_train else tr, te[:max_test] if max_test else te
         name = ds.name
     return {"train": as_single_class(tr), "test": as_single_class(te), "name": name}

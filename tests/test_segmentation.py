@@ -320,7 +320,7 @@ def test_foreground_semantic_and_back_to_instances():
 
 def test_instance_splits_synthetic_and_a_dataset_folder(tmp_path):
     from PIL import Image
-    from smearlab.segmentation import instance_splits
+    from smearlab.segmentation import instance_splits, segmentation_splits
     syn = instance_splits("synthetic", quick=True, seed=3, max_train=2, max_test=1)
     assert len(syn["train"]) == 2 and len(syn["test"]) == 1 and syn["test"].class_names == ["cell"]
     assert not np.array_equal(syn["train"][0].image, syn["test"][0].image)   # different seeds
@@ -337,6 +337,18 @@ def test_instance_splits_synthetic_and_a_dataset_folder(tmp_path):
     assert not {s.image_id for s in sp["train"]} & {s.image_id for s in sp["test"]}
     assert sp["test"].class_names == ["cell"] and sp["test"][0].masks.shape == (1, 16, 16)
     assert len(instance_splits(tmp_path, quick=True, seed=0, test=0.5, max_test=1)["test"]) == 1
+    # by default the test images are those notebook 04 scores its segmenters on
+    for k in range(6, 12):
+        folder = tmp_path / "stage1_train" / f"img{k}"
+        (folder / "images").mkdir(parents=True)
+        (folder / "masks").mkdir()
+        Image.fromarray(np.full((16, 16, 4), 20 * k, np.uint8)).save(folder / "images" / f"img{k}.png")
+        Image.fromarray(np.pad(np.full((4, 4), 255, np.uint8), ((2, 10), (k - 4, 16 - k)))).save(folder / "masks" / "a.png")
+    for seed in (0, 1):
+        sp, seg = instance_splits(tmp_path, quick=False, seed=seed), segmentation_splits(str(tmp_path), quick=False, seed=seed)
+        ids = {k: {s.image_id for s in d} for k, d in {**sp, **{f"seg_{n}": d for n, d in seg.items()}}.items()
+               if k != "name"}
+        assert ids["test"] == ids["seg_test"] and ids["train"] == ids["seg_train"] | ids["seg_val"]
 
 
 def test_tta_averages_over_flips(crops):
