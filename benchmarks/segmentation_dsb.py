@@ -1,4 +1,4 @@
-"""DSB2018 subset: Mask R-CNN trained from scratch against the best classical segmenter, same test images.
+"""DSB2018 subset: Mask R-CNN trained from scratch, the two-stage segmenter and the best classical one, same test images.
 
 Usage::
 
@@ -17,6 +17,9 @@ training and 10 test images, stratified by the three looks of ``SUBSET_IMAGES.ts
   reached 0.11), trained on the 20 training images. The score
   threshold of its final masks (DSB metric, counts) is picked on the training images; mask AP
   uses every detection.
+* Two-stage: the Mask R-CNN's boxes, each crop segmented by a small U-Net trained on crops
+  around the training nuclei (:func:`smearlab.segmentation.two_stage_segment`); scored with the
+  Mask R-CNN's score threshold, its time per image is the detector's plus the crop U-Net's.
 * Classical: Otsu / Li / adaptive threshold + connected components and the distance-transform
   watershed at a few ``min_distance`` values (:mod:`smearlab.classical`); the best by mean DSB
   metric on the *training* images is reported on the test images.
@@ -50,6 +53,7 @@ from smearlab.data import Sample, load  # noqa: E402
 from smearlab.detection import DetectorConfig, TrainConfig, build_detector, predict, resolve_device  # noqa: E402
 from smearlab.detection.train import train_detector  # noqa: E402
 from smearlab.evaluate import dsb_score, segmentation_metrics  # noqa: E402
+from smearlab.segmentation import train_crop_unet, two_stage_segment  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018_subset"
 SEED = 0
@@ -69,6 +73,10 @@ PRESETS = {
             dict(epochs=150, batch_size=4, optimizer="adamw", lr=5e-4, weight_decay=0.05, warmup_iters=100,
                  amp=True)),
 }
+
+#: Crop U-Net of the two-stage segmenter (Mask R-CNN boxes -> U-Net per crop) per preset.
+TWO_STAGE = {"quick": dict(crop_size=32, base=8, epochs=2), "cpu": dict(crop_size=48, base=8, epochs=30),
+             "gpu": dict(crop_size=96, base=16, epochs=60)}
 
 #: Classical candidates: (name, segmenter, keyword arguments).
 CLASSICAL = [("otsu", "threshold", {"method": "otsu"}), ("li", "threshold", {"method": "li"}),
@@ -181,6 +189,24 @@ def train_maskrcnn(preset: str, train, device: str, seed: int, epochs: int | Non
     return model, cfg, time.perf_counter() - t0, tcfg.epochs
 
 
+def train_two_stage(preset: str, train, device, seed: int):
+    """The crop U-Net of the two-stage segmenter, trained on crops around the training nuclei."""
+    kw = TWO_STAGE[preset]
+    t0 = time.perf_counter()
+    unet, _ = train_crop_unet(train, crop_size=kw["crop_size"], base=kw["base"], epochs=kw["epochs"],
+                              batch_size=32, device=device, seed=seed, progress=False)
+    return unet, time.perf_counter() - t0
+
+
+def _timed_two_stage(detections, unet, ds, device) -> tuple[list[dict], float]:
+    """Masks from the detector's boxes (every detection; the score threshold applies when scored)."""
+    _sync(device)
+    t0 = time.perf_counter()
+    preds = two_stage_segment(detections, unet, ds, device=device)
+    _sync(device)
+    return preds, (time.perf_counter() - t0) / len(ds)
+
+
 def pick_classical(train) -> tuple[str, dict, dict]:
     """The classical candidate with the best mean DSB metric on ``train``: (name, spec, scores)."""
     scores = {}
@@ -232,12 +258,18 @@ def run(preset: str = "cpu", data: str | Path = DEFAULT_DATA, device: str = "aut
         model.to(dev)
     net = segmentation_metrics(test, preds, score_threshold=thr)
 
+    crop_unet, crop_s = train_two_stage(preset, train, dev, seed)
+    ts_preds, ts_sec = _timed_two_stage(preds, crop_unet, test, dev)
+    seconds["two_stage"] = {dev.type: sec + ts_sec}  # the detector, then the crop U-Net
+    ts = segmentation_metrics(test, ts_preds, score_threshold=thr)
+
     name, spec, cl_train = pick_classical(train)
     cl_preds, cl_sec = _classical_predict(test, spec)
     seconds["classical"] = {"cpu": cl_sec}
     cl = segmentation_metrics(test, cl_preds, score_threshold=0.0)
 
-    result = {**_headline("", net), **_headline("_classical", cl),
+    result = {**_headline("", net), **_headline("_classical", cl), **_headline("_two_stage", ts),
+              "two_stage": ts, "two_stage_crop_unet": {**TWO_STAGE[preset], "train_s": round(crop_s, 1)},
               "classical_method": name, "classical_params": spec, "classical_train_dsb": cl_train,
               "maskrcnn_score_threshold": thr, "maskrcnn_train_dsb_by_threshold": grid,
               "maskrcnn": net, "classical": cl,
@@ -256,6 +288,8 @@ def run(preset: str = "cpu", data: str | Path = DEFAULT_DATA, device: str = "aut
         noisy = noisy_dataset(test, seed=seed)
         n_preds = predict(model, noisy, batch_size=1, device=dev, score_floor=0.05, progress=False)
         result.update(_headline("", segmentation_metrics(noisy, n_preds, score_threshold=thr), "_noisy"))
+        n_ts, _ = _timed_two_stage(n_preds, crop_unet, noisy, dev)
+        result.update(_headline("_two_stage", segmentation_metrics(noisy, n_ts, score_threshold=thr), "_noisy"))
         n_cl = classical.segment_dataset(noisy, spec["fn"], **spec["kwargs"])
         result.update(_headline("_classical", segmentation_metrics(noisy, n_cl, score_threshold=0.0), "_noisy"))
         result["noise"] = {"mean_frac": 0.05, "var_frac": 0.10, "seed": seed}
@@ -277,14 +311,13 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     r = run(args.preset, args.data, args.device, seed=args.seed, noise=not args.no_noise, epochs=args.epochs)
-    print(f"\n{'':24s} {'Mask R-CNN':>11s} {'classical':>11s}   ({r['classical_method']})")
+    print(f"\n{'':24s} {'Mask R-CNN':>11s} {'two-stage':>11s} {'classical':>11s}   ({r['classical_method']})")
     for key in ("dsb_metric", "dsb_mask_ap50", "dsb_mask_map", "dsb_count_error"):
         for sfx in ("", "_noisy"):
-            a, b = r.get(key + sfx), r.get(key + "_classical" + sfx)
-            if a is not None or b is not None:
-                fa = f"{a:11.4f}" if isinstance(a, float) else f"{str(a):>11s}"
-                fb = f"{b:11.4f}" if isinstance(b, float) else f"{str(b):>11s}"
-                print(f"{key + sfx:24s} {fa} {fb}")
+            vals = [r.get(key + who + sfx) for who in ("", "_two_stage", "_classical")]
+            if any(v is not None for v in vals):
+                print(f"{key + sfx:24s} " + " ".join(f"{v:11.4f}" if isinstance(v, float) else f"{str(v):>11s}"
+                                                     for v in vals))
     for k, v in r["seconds_per_image"].items():
         print(f"seconds per image, {k}: " + ", ".join(f"{d} {s:.3f}" for d, s in v.items()))
     print(f"-> {save_result('segmentation_dsb', r, argv)}")
