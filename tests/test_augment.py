@@ -357,9 +357,8 @@ def test_zero_size_image():
 
 def test_mask_shape_mismatch_names_the_shapes():
     s = ellipse_sample()
-    bad = Sample("bad", boxes=s.boxes, labels=s.labels, _image=s.image, _masks=np.zeros((3, 61, 80), bool))
-    with pytest.raises(DataError, match=r"\(3, 61, 80\).*\(3, 60, 80\)"):
-        default_augment()(bad)
+    with pytest.raises(DataError, match=r"bad: mask size \(61, 80\) differs from image size \(60, 80\)"):
+        Sample("bad", boxes=s.boxes, labels=s.labels, _image=s.image, _masks=np.zeros((3, 61, 80), bool))
     t = targets_of([s])
     t[0]["masks"] = t[0]["masks"][:, :, :79]
     with pytest.raises(ValueError, match=r"target 0: instance masks have shape \(3, 60, 79\)"):
