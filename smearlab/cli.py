@@ -44,7 +44,7 @@ def _report(args) -> int:
         print(f"{r['status']:>6}  {r['seconds']:7.1f} s  {name}" + (f"  ({r['error']})" if r["error"] else ""))
     failed = [n for n in index["ran"] if n in index["failed"]]
     print(f"{len(index['ran'])} notebooks, {len(failed)} failed, {index['wall_s']:.1f} s; "
-          f"index: {index['out']}/index.html")
+          f"index: {index['out']}/index.html, summary: {index['out']}/RESULTS.md")
     return 1 if failed else 0
 
 
