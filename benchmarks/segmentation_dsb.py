@@ -107,8 +107,10 @@ class DihedralJitter:
     with numpy on the image and the bool masks (exact, and fast for images with hundreds of
     nuclei), then :class:`smearlab.augment.ColorJitter` on the image.
 
-    ``smearlab.augment``'s geometric transforms also keep masks aligned, but they warp an
-    ``(N, H, W)`` stack as float32: 0.5 GB and 10-25 s per flip for the 369-nucleus image here.
+    It was written when ``smearlab.augment`` warped mask stacks as float32 (0.5 GB and 10-25 s
+    per flip for the 369-nucleus image here); the package now gathers masks in their own dtype,
+    so ``Augment([Rot90(), HorizontalFlip(), ColorJitter(...)])`` would do. It stays so that the
+    recorded figures keep the random stream they were measured with.
     """
 
     def __init__(self, seed: int = 0):

@@ -604,10 +604,7 @@ class CropAugment:
         sel = flip.nonzero().flatten().to(x.device)
         if len(sel):
             out[sel] = out[sel].flip(3)
-        if self.photometric is not None:
-            empty = [{"boxes": torch.zeros((0, 4), device=x.device)} for _ in range(len(x))]
-            out = self.photometric.batch(out, empty)[0]
-        return out
+        return _augment_batch(self.photometric, out)
 
 
 def default_crop_augment(seed: int = 0) -> CropAugment:

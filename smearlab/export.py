@@ -37,6 +37,7 @@ from typing import Sequence
 import numpy as np
 
 from .data.errors import DataError
+from .classical import instances_to_label_image
 from .io import atomic_path, write_json
 
 log = logging.getLogger("smearlab.export")
@@ -96,10 +97,8 @@ def label_image(prediction: dict, *, score_threshold: float | None = None) -> np
     n = len(masks)
     if n > 65535:
         raise ValueError(f"label_image: {n} instances do not fit a 16-bit label image (at most 65535)")
-    out = np.zeros(masks.shape[1:], np.uint8 if n <= 255 else np.uint16)
-    for k in range(n - 1, -1, -1):  # lowest score first: higher scores paint over it
-        out[masks[k]] = k + 1
-    return out
+    # sorted by score, so where masks overlap the first (higher-scoring) instance wins
+    return instances_to_label_image(masks).astype(np.uint8 if n <= 255 else np.uint16)
 
 
 def write_label_png(path: str | Path, prediction: dict, *, score_threshold: float | None = None) -> Path:

@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 
 @contextlib.contextmanager
@@ -66,3 +66,14 @@ def read_torch_file(path: str | Path, what: str) -> Any:
         return torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unreadable file is the same user problem
         raise DataError(p, f"cannot read {what} (corrupt or not a torch file): {type(e).__name__}: {e}") from None
+
+
+def flatten_dict(d: Mapping, prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one level with dotted keys: ``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(flatten_dict(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out

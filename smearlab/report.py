@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from .hardware import describe as describe_hardware
-from .io import atomic_path, write_json, write_text
+from .io import atomic_path, flatten_dict, write_json, write_text
 
 log = logging.getLogger("smearlab.report")
 
@@ -111,22 +111,11 @@ def record(metrics: dict[str, Any], path: str | Path | None = None) -> dict[str,
         write_json(path, metrics)
     try:
         from IPython.display import Markdown, display
-        rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in _flatten(metrics).items())
+        rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in flatten_dict(metrics).items())
         display(Markdown("| metric | value |\n|---|---|\n" + rows))
     except ImportError:  # plain Python: print instead
         print(json.dumps(metrics, indent=2, default=str))
     return metrics
-
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 def _fmt(v) -> str:
@@ -337,7 +326,7 @@ def results_markdown(index: dict[str, Any], *, max_metrics: int = 40) -> str:
         status = r["status"] if r["status"] == "ok" else f"**{r['status']}**: {cell((r.get('error') or '')[:200])}"
         lines.append(f"| {name} | {status} | {r['seconds']:.1f} |")
     for name, r in index["notebooks"].items():
-        scalars = {k: v for k, v in _flatten(r.get("metrics") or {}).items()
+        scalars = {k: v for k, v in flatten_dict(r.get("metrics") or {}).items()
                    if isinstance(v, (int, float, str, bool)) or v is None}
         if not scalars:
             continue
@@ -352,7 +341,7 @@ def _index_html(index: dict[str, Any]) -> str:
     rows = []
     for name, r in index["notebooks"].items():
         ok = r["status"] == "ok"
-        metrics = _flatten(r.get("metrics", {}))
+        metrics = flatten_dict(r.get("metrics", {}))
         shown = "<br>".join(f"{html.escape(k)}: {_fmt(v)}" for k, v in list(metrics.items())[:12])
         links = (f'<a href="{r["notebook"]}">ipynb</a>' if r.get("notebook") else "") + (f' · <a href="{r["html"]}">html</a>' if r.get("html") else "")
         err = f'<br><code>{html.escape(r["error"] or "")[:400]}</code>' if not ok else ""
@@ -768,7 +757,7 @@ def _metric_columns(sweep: Sweep, rows: list[dict]) -> list[str]:
         return list(sweep.metrics)
     columns: dict[str, None] = {}
     for r in rows:
-        for k, v in _flatten(r["metrics"]).items():
+        for k, v in flatten_dict(r["metrics"]).items():
             if v is None or isinstance(v, (str, int, float, bool)):
                 columns.setdefault(k)
     return list(columns)
@@ -786,7 +775,7 @@ def _sweep_table(sweep: Sweep, rows: list[dict], columns: list[str]) -> tuple[li
               *(f"metrics.{c}" if c in taken else c for c in columns), "error"]
     table = []
     for r in rows:
-        flat = _flatten(r["metrics"])
+        flat = flatten_dict(r["metrics"])
         values = [r["parameters"][p] for p in params]
         cells = [flat.get(c) for c in columns]
         table.append([r["job"], r["status"],

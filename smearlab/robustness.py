@@ -21,11 +21,12 @@ from __future__ import annotations
 import dataclasses
 import zlib
 from functools import partial
-from typing import Any, Callable, Mapping
+from typing import Callable, Mapping
 
 import numpy as np
 
 from .data.sample import Sample, SmearDataset
+from .io import flatten_dict
 
 __all__ = ["add_noise", "noise_parameters", "image_seed", "noisy_dataset", "compare_with_noise"]
 
@@ -141,16 +142,6 @@ def noisy_dataset(dataset, seed: int = 0, *, mean_frac: float = 0.05,
                         semantic_names=getattr(dataset, "semantic_names", None))
 
 
-def _flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, Mapping):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
 def _number(v) -> float | None:
     if isinstance(v, bool) or v is None:
         return None
@@ -181,7 +172,7 @@ def compare_with_noise(evaluate_fn: Callable[[SmearDataset], Mapping], dataset, 
     noisy = evaluate_fn(noisy_dataset(dataset, seed, mean_frac=mean_frac, var_frac=var_frac))
     if not isinstance(clean, Mapping) or not isinstance(noisy, Mapping):
         raise ValueError(f"evaluate_fn must return a dict of metrics, got {type(clean).__name__}")
-    a, b = _flatten(clean), _flatten(noisy)
+    a, b = flatten_dict(clean), flatten_dict(noisy)
     out = {}
     for k in list(a) + [k for k in b if k not in a]:
         ca, cb = a.get(k), b.get(k)

@@ -802,12 +802,7 @@ def semantic_to_instances(class_map: np.ndarray, *, split: str = "watershed", mi
     if split == "watershed":
         return classical.watershed_segment(fg, min_distance=min_distance, min_size=min_size, label=label)
     from skimage.measure import label as cc
-    lab = cc(fg, connectivity=1)
-    if min_size:
-        small = np.bincount(lab.ravel()) < min_size
-        small[0] = False
-        lab[small[lab]] = 0
-    return classical.label_image_to_instances(lab, label=label)
+    return classical._finish(cc(fg, connectivity=1), None, label, min_size)
 
 
 def instance_splits(spec="synthetic", *, quick: bool = True, seed: int = 0, val: float = 0.15, test: float = 0.2,
@@ -819,10 +814,11 @@ def instance_splits(spec="synthetic", *, quick: bool = True, seed: int = 0, val:
     spec : ``"synthetic"`` (smear fields of :func:`smearlab.data.synthetic.make_dataset`, stain
         A: 256 x 192 px in quick mode, 512 x 384 otherwise; the test images use ``seed``, the
         training images ``seed + 1``), or anything :func:`smearlab.data.open_dataset` opens
-        (a DSB2018 folder, the Zheng archive...), split by image exactly as
-        :func:`segmentation_splits` splits it (``val`` and ``test`` fractions, ``seed``), its
-        validation images joined to the training ones: with the same seed the test images are
-        those that notebook 04's segmenters are scored on.
+        (a DSB2018 folder, the Zheng archive...), split by image with the same call as
+        :func:`segmentation_splits` (``val`` and ``test`` fractions, ``seed``), its validation
+        images joined to the training ones. For a dataset of instance masks (DSB2018) the test
+        images are then those notebook 04's segmenters are scored on; the Zheng set is
+        stratified on other classes there (cell / nucleus), so its split may differ.
     quick : small sets (synthetic: 6 + 6 images; real data: at most 24 train and 12 test).
     max_train, max_test : caps on the number of images (override the quick defaults).
 

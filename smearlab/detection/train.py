@@ -16,9 +16,8 @@ Mask R-CNN (``arch="maskrcnn"`` / ``"maskrcnn_tiny"``, :func:`~smearlab.detectio
 trains on the samples' instance masks (``Sample.masks``): every sample with objects must have
 them (``ValueError`` otherwise, before training starts); an image without objects gets an empty
 ``(0, H, W)`` mask stack. Augmentation warps the masks with the image (nearest sampling), on the
-CPU per sample or batched on the GPU, and drops them with their boxes (its geometric transforms
-resample the ``(N, H, W)`` stack as float32: slow for images with hundreds of instances, where
-exact flips / quarter turns in numpy are the cheap choice, see ``benchmarks/segmentation_dsb.py``).
+CPU per sample or batched on the GPU, and drops them with their boxes (the masks are gathered
+in their own dtype, never copied to float32).
 With ``data_on_gpu`` the masks are kept on the GPU beside the images (uint8, counted in the
 memory check that falls back to the CPU loader when the data would take more than a quarter of
 the free GPU memory). The validation records of a mask model also hold the mask AP
