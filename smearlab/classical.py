@@ -725,9 +725,8 @@ def evaluate_method(dataset, method: str = "threshold", params: dict | None = No
     return {**score_instances(dataset, preds), "seconds_per_image": spi}, preds
 
 
-def _contrast(image: np.ndarray, mask: np.ndarray, ring: int = 3) -> float:
-    """``|mean inside - mean of a ring around|`` of the grey image (0..1 scale)."""
-    g = to_channel(image, "gray")
+def _contrast(g: np.ndarray, mask: np.ndarray, ring: int = 3) -> float:
+    """``|mean inside - mean of a ring around|`` of the grey image ``g`` (0..1 scale)."""
     around = ndi.binary_dilation(mask, iterations=ring) & ~mask
     if not mask.any() or not around.any():
         return 0.0
@@ -758,7 +757,11 @@ def failure_cases(dataset, predictions, iou: float = 0.5) -> list[dict]:
     from .evaluate import _mask_iou
     if len(predictions) != len(dataset):
         raise ValueError(f"{len(predictions)} predictions for {len(dataset)} images")
-    contrasts = [[_contrast(s.image, m) for m in s.masks] for s in dataset if s.has_masks]
+    contrasts = []  # per image, per object (images without masks raise below, before use)
+    for s in dataset:
+        if s.has_masks:
+            g = to_channel(s.image, "gray")
+            contrasts.append([_contrast(g, m) for m in s.masks])
     flat = [c for row in contrasts for c in row]
     faint_below = 0.5 * float(np.median(flat)) if flat else 0.0
     out = []
@@ -774,10 +777,10 @@ def failure_cases(dataset, predictions, iou: float = 0.5) -> list[dict]:
             row = np.where(used, -1.0, ious[d]) if len(gt) else np.zeros(0)
             if len(row) and row.max() >= iou:
                 used[int(row.argmax())] = tp[d] = True
-        near = [ndi.binary_dilation(m, iterations=2) for m in gt] if (~used).any() else []
         for j in np.flatnonzero(~used):
-            touching = any(near[j][gt[k]].any() for k in range(len(gt)) if k != j)
-            c = _contrast(s.image, gt[j])
+            others = np.delete(gt, j, axis=0).any(0)
+            touching = bool((ndi.binary_dilation(gt[j], iterations=2) & others).any())
+            c = contrasts[i][j]
             kind = "touching" if touching else "faint" if c < faint_below else "missed"
             out.append({"image": i, "image_id": s.image_id, "kind": kind, "index": int(j),
                         "box": [float(v) for v in s.boxes[j]], "contrast": c})
