@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 __all__ = ["DEFAULT_LAYERS", "LAYER_SETS", "THRESHOLDS", "METHODS", "layer_names", "resolve_layers", "layer_cams",
-           "cam_maps", "cam_to_mask", "cam_masks", "CamMasks", "evaluate_cam_masks", "tune_cam_masks",
+           "cam_maps", "cam_to_mask", "cam_masks", "CamMasks", "select_cam_masks", "evaluate_cam_masks", "tune_cam_masks",
            "CLASSICAL_GRID", "CLASSICAL_CANDIDATES", "classical_masks", "tune_classical", "CamExperiment",
            "run_cam_experiment", "DetectorCam", "detector_cam", "detector_layers", "overlay", "plot_cam_examples",
            "plot_detector_cam"]
@@ -551,6 +551,11 @@ def tune_cam_masks(cams, truth, *, layer_sets: Sequence[Sequence[str]] | None = 
         one ``{"layers", "rel_threshold", key}`` row per candidate. Ties go to the threshold
         nearest 0.5, then to the earlier layer set.
     """
+    return _best_cam_masks(_cam_mask_table(cams, truth, layer_sets, thresholds, dilate, largest), key)
+
+
+def _cam_mask_table(cams, truth, layer_sets, thresholds, dilate: int, largest: bool) -> list[dict]:
+    """Every candidate of :func:`tune_cam_masks` with all its scores (:func:`evaluate_cam_masks`)."""
     truth = list(truth)
     per = cams.per_layer if isinstance(cams, CamMasks) else cams
     if isinstance(per, dict):
@@ -565,10 +570,25 @@ def tune_cam_masks(cams, truth, *, layer_sets: Sequence[Sequence[str]] | None = 
     for layers, summed in candidates:
         for t in thresholds:
             masks = [cam_to_mask(c, t, dilate, largest=largest) for c in summed]
-            table.append({"layers": layers, "rel_threshold": float(t),
-                          key: evaluate_cam_masks(masks, truth)[key] or 0.0})
-    best = max(enumerate(table), key=lambda it: (it[1][key], -abs(it[1]["rel_threshold"] - 0.5), -it[0]))[1]
-    return {"layers": best["layers"], "rel_threshold": best["rel_threshold"], "score": best[key], "table": table}
+            table.append({"layers": layers, "rel_threshold": float(t), "scores": evaluate_cam_masks(masks, truth)})
+    return table
+
+
+def _best_cam_masks(table: list[dict], key: str) -> dict[str, Any]:
+    """:func:`tune_cam_masks`'s answer for ``key`` from :func:`_cam_mask_table`."""
+    rows = [{"layers": r["layers"], "rel_threshold": r["rel_threshold"], key: r["scores"][key] or 0.0} for r in table]
+    best = max(enumerate(rows), key=lambda it: (it[1][key], -abs(it[1]["rel_threshold"] - 0.5), -it[0]))[1]
+    return {"layers": best["layers"], "rel_threshold": best["rel_threshold"], "score": best[key], "table": rows}
+
+
+def select_cam_masks(cams: CamMasks, layers: Sequence[str], rel_threshold: float, *, largest: bool = True) -> CamMasks:
+    """Masks from maps already computed by :func:`cam_masks`: the sum over ``layers`` (a subset of
+    ``cams.layers``) thresholded at ``rel_threshold``, without running the network again."""
+    layers = list(layers)
+    summed = _layer_sums(cams.per_layer, layers)
+    masks = [cam_to_mask(c, rel_threshold, cams.dilate, largest=largest) for c in summed]
+    return CamMasks(summed, masks, {n: cams.per_layer[n] for n in layers}, list(cams.targets), layers,
+                    float(rel_threshold), cams.dilate)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -733,14 +753,12 @@ def run_cam_experiment(dataset, *, size: int = 64, width: int = 16, norm: str = 
     report = classification_report(test_crops.labels, pred, test_crops.class_names)
     all_layers = list(dict.fromkeys(n for ls in layer_sets for n in ls))
     cams_train = cam_masks(model, train, layers=all_layers, dilate=dilate, device=dev)
-    cell = tune_cam_masks(cams_train, train, layer_sets=layer_sets, thresholds=thresholds, dilate=dilate)
-    nucleus = tune_cam_masks(cams_train, train, layer_sets=layer_sets, thresholds=thresholds, dilate=dilate,
-                             key="nucleus_dice")
+    table = _cam_mask_table(cams_train, train, layer_sets, thresholds, dilate, True)
+    cell, nucleus = _best_cam_masks(table, "cell_dice"), _best_cam_masks(table, "nucleus_dice")
     classical = tune_classical(train, train, classical_grid)
-    cams_test = cam_masks(model, test, layers=cell["layers"], rel_threshold=cell["rel_threshold"],
-                          dilate=dilate, device=dev)
-    nuc_test = cam_masks(model, test, layers=nucleus["layers"], rel_threshold=nucleus["rel_threshold"],
-                         dilate=dilate, device=dev)
+    all_test = cam_masks(model, test, layers=all_layers, dilate=dilate, device=dev)  # one pass, every layer
+    cams_test = select_cam_masks(all_test, cell["layers"], cell["rel_threshold"])
+    nuc_test = select_cam_masks(all_test, nucleus["layers"], nucleus["rel_threshold"])
     cl_test = classical_masks(test, **classical["cell_dice"]["params"])
     cl_nuc = classical_masks(test, **classical["nucleus_dice"]["params"])
     scores = {"cam": evaluate_cam_masks(cams_test.masks, test), "cam_nucleus": evaluate_cam_masks(nuc_test.masks, test),

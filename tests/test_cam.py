@@ -215,6 +215,20 @@ def test_classical_baseline_tuned_on_synthetic_crops():
     assert res["table"][0]["nucleus_dice"] > res["table"][1]["nucleus_dice"]
 
 
+def test_select_cam_masks_equals_a_fresh_cam_masks_run_on_those_layers():
+    torch.manual_seed(0)
+    m = SmallCNN()
+    imgs = [_red_square(40, 64, 6, 40, 12), _red_square(32, 32, 10, 4, 10)]
+    every = cam.cam_masks(m, imgs, layers=list(cam.LAYER_SETS[3]), dilate=3, size=48)
+    some = ["features.layer3", "features.layer4"]
+    fresh = cam.cam_masks(m, imgs, layers=some, rel_threshold=0.3, dilate=3, size=48)
+    picked = cam.select_cam_masks(every, some, 0.3)
+    assert picked.layers == some and picked.rel_threshold == 0.3 and picked.targets == fresh.targets
+    for a, b in zip(picked.cams, fresh.cams):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert all(np.array_equal(a, b) for a, b in zip(picked.masks, fresh.masks))
+
+
 def test_run_cam_experiment_end_to_end_on_synthetic_crops():
     from smearlab.data.synthetic import make_wbc_crops
     data = make_wbc_crops(20, seed=0, size=48)
