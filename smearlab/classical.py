@@ -32,7 +32,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage as ndi
 
-from .evaluate import empty_prediction
+from .evaluate import empty_prediction, has_instance_masks
 
 __all__ = ["CHANNELS", "METHODS", "BLOB_THRESHOLDS", "threshold_segment", "watershed_segment", "blob_detect", "extract_cell",
            "label_image_to_instances", "instances_to_label_image", "empty_prediction",
@@ -706,7 +706,7 @@ def score_instances(dataset, predictions) -> dict:
     one = as_single_class(dataset)
     preds = [dict(p, labels=np.zeros(len(p["boxes"]), np.int64)) for p in predictions]
     out = {"dsb": None, "ap50": None, "count_error": count_error(one, preds)}
-    if len(one) and all(s.has_masks or not len(s.boxes) for s in one):
+    if len(one) and has_instance_masks(one):
         out["dsb"] = dsb_score(one, preds, kind="masks")
         out["ap50"] = coco_eval(one, preds, iou_type="segm")["mAP50"]
     return out
@@ -856,7 +856,7 @@ def suggest_params(train, channels=("gray", "green", "saturation", "hematoxylin"
            "min_size": int(max(4, round(0.25 * np.percentile(areas, 5))))}
     from .evaluate import dsb_score
     sample = [s for s in train][:max_images]
-    with_masks = all(s.has_masks or not len(s.boxes) for s in sample)
+    with_masks = has_instance_masks(sample)
     scores = {}
     for ch in channels:
         _choice("channel", ch, CHANNELS)

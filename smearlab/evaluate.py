@@ -38,6 +38,11 @@ def empty_prediction(hw: tuple[int, int] | None = None) -> dict[str, np.ndarray]
     return out
 
 
+def has_instance_masks(dataset) -> bool:
+    """Whether mask metrics can score ``dataset``: every sample with objects has instance masks."""
+    return all(s.has_masks or not len(s.boxes) for s in dataset)
+
+
 def check_predictions(dataset: SmearDataset, predictions) -> list[dict]:
     """The predictions with the agreed dtypes; ``ValueError`` on a length or label mismatch."""
     from .detection.postprocess import RawPredictions, as_prediction

@@ -13,11 +13,11 @@ from typing import Any
 import torch
 
 from ..data.sample import SmearDataset
-from ..evaluate import coco_eval, count_metrics
-from .models import DetectorConfig, build_detector, is_mask_model, resolve_device, save_model
+from ..evaluate import count_metrics
+from .models import DetectorConfig, build_detector, resolve_device, save_model
 from .postprocess import RawPredictions
 from .predict import predict
-from .train import History, TrainConfig, train_detector
+from .train import History, TrainConfig, default_evaluate, train_detector
 from .tune import Thresholds, auto_tune
 
 
@@ -79,7 +79,7 @@ def fit_and_evaluate(name: str, cfg: DetectorConfig, tcfg: TrainConfig, train: S
 
     thresholds = auto_tune(val, raw_val, objective=tune) if (tune and raw_val is not None) else None
     final = thresholds.apply(raw_test) if thresholds else None
-    coco = coco_eval(test, preds)
+    coco = default_evaluate(test, preds)  # box AP, and mask AP for a mask model with masks to score
     counts = count_metrics(test, final if final is not None else preds,
                            score_threshold=0.0 if final is not None else 0.5)
     images = len(train) * len(history.records)
@@ -91,9 +91,8 @@ def fit_and_evaluate(name: str, cfg: DetectorConfig, tcfg: TrainConfig, train: S
         "infer_s": round(infer_s, 3), "infer_images_per_s": round(len(test) / infer_s, 2) if infer_s else None,
         "device": str(device), "epochs": len(history.records),
     }
-    if is_mask_model(model) and all(s.has_masks or not len(s.boxes) for s in test):
-        segm = coco_eval(test, preds, iou_type="segm")
-        metrics["mask_mAP50"], metrics["mask_mAP"] = segm["mAP50"], segm["mAP"]
+    if "mask_mAP" in coco:
+        metrics["mask_mAP50"], metrics["mask_mAP"] = coco["mask_mAP50"], coco["mask_mAP"]
     if tcfg.out_dir is not None:
         save_model(model, cfg, Path(tcfg.out_dir) / "final",
                    thresholds=thresholds, preprocess=getattr(model, "preprocess_spec", None))

@@ -206,10 +206,9 @@ def default_evaluate(dataset, predictions) -> dict[str, float]:
     When every prediction carries ``masks`` and every sample with objects has instance masks,
     the mask AP is added as ``mask_mAP`` and ``mask_mAP50``.
     """
-    from ..evaluate import coco_eval
+    from ..evaluate import coco_eval, has_instance_masks
     out = coco_eval(dataset, predictions)
-    if predictions and all("masks" in p for p in predictions) and \
-            all(s.has_masks or not len(s.boxes) for s in dataset):
+    if predictions and all("masks" in p for p in predictions) and has_instance_masks(dataset):
         segm = coco_eval(dataset, predictions, iou_type="segm")
         out["mask_mAP"], out["mask_mAP50"] = segm["mAP"], segm["mAP50"]
     return out
