@@ -525,16 +525,25 @@ def _check_pad(pad) -> float:
     return float(pad)
 
 
-def _crop_target(s: Sample, i: int) -> np.ndarray:
-    """Semantic target of object ``i`` of ``s``: its own pixels with their class, the rest 0."""
+def _crop_target(s: Sample, i: int, window) -> np.ndarray:
+    """Semantic target of object ``i`` of ``s`` in ``window`` ``(y0, y1, x0, x1)``: its own
+    pixels with their class, the rest 0."""
+    ya, yb, xa, xb = window
     if s.has_masks:
-        own = np.asarray(s.masks[i], bool)
+        own = np.asarray(s.masks[i][ya:yb, xa:xb], bool)
         if s.has_semantic:
-            return np.where(own, s.semantic, 0).astype(np.uint8)
+            return np.where(own, s.semantic[ya:yb, xa:xb], 0).astype(np.uint8)
         return own.astype(np.uint8)
-    if s.has_semantic:
-        return np.asarray(s.semantic, np.uint8)
-    raise DataError(s.path or s.image_id, "sample has neither instance nor semantic masks (needed to train)")
+    return np.asarray(s.semantic[ya:yb, xa:xb], np.uint8)
+
+
+def _check_targets(s: Sample, hw) -> None:
+    """The masks a crop target is cut from exist and have the image's size."""
+    if not (s.has_masks or s.has_semantic):
+        raise DataError(s.path or s.image_id, "sample has neither instance nor semantic masks (needed to train)")
+    for m in ([s.masks] if s.has_masks else []) + ([s.semantic] if s.has_semantic else []):
+        if tuple(m.shape[-2:]) != tuple(hw):
+            raise DataError(s.path or s.image_id, f"mask has shape {tuple(m.shape[-2:])}, image is {hw}")
 
 
 def crop_dataset(dataset, pad: float = 0.2, *, classes: Sequence[int] | None = None,
@@ -570,18 +579,19 @@ def crop_dataset(dataset, pad: float = 0.2, *, classes: Sequence[int] | None = N
             continue
         img = s.image
         hw = img.shape[:2]
+        checked = False
         for i, (box, lab) in enumerate(zip(s.boxes, s.labels)):
             if keep is not None and int(lab) not in keep:
                 continue
+            if not checked:  # once per image, and only for an image that gives crops
+                _check_targets(s, hw)
+                checked = True
             ya, yb, xa, xb = crop_window(box, hw, pad)
-            target = _crop_target(s, i)
-            if target.shape != hw:
-                raise DataError(s.path or s.image_id, f"mask has shape {target.shape}, image is {hw}")
             b = np.clip(box - np.array([xa, ya, xa, ya], np.float32), 0, [xb - xa, yb - ya] * 2)
             samples.append(Sample(f"{s.image_id}#{i}", _image=np.ascontiguousarray(img[ya:yb, xa:xb]),
                                   boxes=b[None], labels=[int(lab)], domain=s.domain,
                                   meta={"source": s.image_id, "object": i, "window": (ya, yb, xa, xb)},
-                                  _semantic=np.ascontiguousarray(target[ya:yb, xa:xb])))
+                                  _semantic=np.ascontiguousarray(_crop_target(s, i, (ya, yb, xa, xb)))))
     if not (names and any(s.has_semantic for s in dataset)):
         names = ["background", "foreground"]
     return SmearDataset(samples, getattr(dataset, "class_names", ["object"]),
