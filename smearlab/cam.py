@@ -32,6 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from .classify import _check_image
+
 __all__ = ["DEFAULT_LAYERS", "LAYER_SETS", "THRESHOLDS", "METHODS", "layer_names", "resolve_layers", "layer_cams",
            "cam_maps", "cam_to_mask", "cam_masks", "CamMasks", "select_cam_masks", "evaluate_cam_masks", "tune_cam_masks",
            "CLASSICAL_GRID", "CLASSICAL_CANDIDATES", "classical_masks", "tune_classical", "CamExperiment",
@@ -426,8 +428,7 @@ def cam_masks(model: nn.Module, images, *, layers: "str | Sequence[str]" = DEFAU
     imgs = [np.asarray(getattr(x, "image", x)) for x in (images if not isinstance(images, np.ndarray)
                                                           or images.ndim == 4 else [images])]
     for i, im in enumerate(imgs):
-        if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
-            raise ValueError(f"image {i}: expected (H, W, 3) uint8 RGB, got {im.shape} {im.dtype}")
+        _check_image(im, f"image {i}")
     if size == "model":
         size = _model_size(model)
     layers = [layers] if isinstance(layers, str) else list(layers)
@@ -841,9 +842,7 @@ def detector_cam(detector: nn.Module, image: np.ndarray, box: "int | Sequence[fl
     from torchvision.ops import box_iou
 
     from .data.torchdata import image_to_tensor
-    img = np.asarray(getattr(image, "image", image))
-    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-        raise ValueError(f"image must be (H, W, 3) uint8 RGB, got {img.shape} {img.dtype}")
+    img = _check_image(getattr(image, "image", image))
     pre = getattr(detector, "preprocess_spec", None)
     if pre is not None:
         from .detection.train import as_preprocess

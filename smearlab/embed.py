@@ -18,6 +18,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .classify import _check_image
+
 __all__ = ["crop_tensor", "pixel_embedding", "cnn_embedding", "tsne", "separability", "separability_table",
            "plot_embedding", "plot_embeddings"]
 
@@ -53,8 +55,7 @@ def crop_tensor(data, size: int | None = None) -> torch.Tensor:
         items = [getattr(s, "image", s) for s in data]
     items = [np.asarray(i) for i in items]
     for k, im in enumerate(items):
-        if im.ndim != 3 or im.shape[2] != 3 or im.dtype != np.uint8:
-            raise ValueError(f"image {k}: expected (H, W, 3) uint8 RGB, got {im.shape} {im.dtype}")
+        _check_image(im, f"image {k}")
     if not items:
         s = size or 1
         return torch.zeros((0, 3, s, s), dtype=torch.uint8)

@@ -569,7 +569,6 @@ def crop_dataset(dataset, pad: float = 0.2, *, classes: Sequence[int] | None = N
         the object); ``semantic_names`` is the dataset's or ``["background", "foreground"]``;
         ``meta`` holds ``source`` (image id), ``object`` and ``window`` ``(y0, y1, x0, x1)``.
     """
-    from .data.sample import SmearDataset
     pad = _check_pad(pad)
     keep = None if classes is None else {int(c) for c in classes}
     names = getattr(dataset, "semantic_names", None)
@@ -769,7 +768,6 @@ def foreground_semantic(dataset, name: str | None = None):
         naming the sample when it has objects but no instance masks.
     """
     import dataclasses
-    from .data.sample import SmearDataset
     out = []
     for s in dataset:
         if len(s.boxes) and not s.has_masks:
@@ -886,7 +884,6 @@ def tile_dataset(dataset, tile: int = 128, *, max_tiles: int | None = None, seed
         one sample per tile (``meta["source"]``, ``meta["window"]`` ``(y0, y1, x0, x1)``), same
         ``semantic_names``.
     """
-    from .data.sample import SmearDataset
     if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 16:
         raise ValueError(f"tile must be an integer >= 16, got {tile!r}")
     windows = []
@@ -922,7 +919,6 @@ def instances_from_semantic(dataset, groups: "dict[str, Sequence[int]] | None" =
     from scipy import ndimage
 
     from .data.boxes import mask_box
-    from .data.sample import SmearDataset
     names = list(getattr(dataset, "semantic_names", None) or [])
     if groups is None:
         if names[:3] != ["background", "cytoplasm", "nucleus"]:
