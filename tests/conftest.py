@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import skip_or_fail
+
 os.environ.setdefault("MPLBACKEND", "Agg")  # no display in tests or CI
 # Idle OpenMP threads sleep instead of spinning: torch in the test process and in notebook
 # kernels then share the cores instead of slowing each other down many times over.
@@ -24,10 +26,8 @@ SHARED_DATA = Path(os.environ.get("SMEARLAB_SHARED_DATA", REPO.parent / "shared"
 def _need(path: Path) -> Path:
     if path.exists():
         return path
-    msg = f"real dataset not found at {path} (set SMEARLAB_SHARED_DATA)"
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(msg + " - under CI a missing dataset is an error")
-    pytest.skip(msg)
+    skip_or_fail(f"real dataset not found at {path} (set SMEARLAB_SHARED_DATA)",
+                 "under CI a missing dataset is an error")
 
 
 @pytest.fixture(scope="session")

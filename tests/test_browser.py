@@ -31,6 +31,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import skip_or_fail
+
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "03_detection.ipynb"
 
@@ -43,15 +45,9 @@ RUN_ALL_S = 600           # the whole notebook in quick mode (1-2 min on an idle
 WIDGET_UPDATE_S = 30      # one slider move: re-filter, re-evaluate, redraw
 
 
-def _on_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
 def _unavailable(reason: str):
     """Skip locally, fail under CI=true (where .ci/run must have installed the browser)."""
-    if _on_ci():
-        pytest.fail(f"{reason} - under CI the browser test must run (.ci/run installs it)")
-    pytest.skip(reason)
+    skip_or_fail(reason, "under CI the browser test must run (.ci/run installs it)")
 
 
 def _chromium() -> str:
@@ -60,7 +56,7 @@ def _chromium() -> str:
                       shutil.which("chromium-browser")):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
-    _unavailable("Chromium not found (apt-get install chromium chromium-driver, "
+    _unavailable("Chromium not found (apt-get install chromium, "
                  "or set SMEARLAB_CHROMIUM)")
 
 
