@@ -42,6 +42,9 @@ PROFILES = ("quick", "full")
 #: Parameters the runner sets itself; a profile, ``--param`` or a sweep may not set them.
 RUNNER_PARAMETERS = ("metrics_path", "out_dir")
 
+#: What the index and RESULTS.md say for a notebook that recorded no metrics.
+NO_METRICS = "no metrics recorded (the notebook did not call record(..., metrics_path))"
+
 #: The notebook series of the source tree.
 REPO_NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 
@@ -134,6 +137,7 @@ def run_notebook(nb: Path, out_dir: Path, parameters: dict[str, Any], *, kernel:
     import papermill as pm
 
     name = nb.stem
+    out_dir = out_dir.resolve()  # the kernel runs in out_dir: every path it is given is absolute
     out_nb = out_dir / f"{name}.ipynb"
     metrics_path = out_dir / f"{name}.metrics.json"
     if metrics_path.exists():
@@ -149,13 +153,13 @@ def run_notebook(nb: Path, out_dir: Path, parameters: dict[str, Any], *, kernel:
     if "metrics_path" in declared:
         params["metrics_path"] = str(metrics_path)
     if "out_dir" in declared:  # where a notebook writes exports and models: its own sub-folder
-        params["out_dir"] = str(out_dir.resolve() / name)
+        params["out_dir"] = str(out_dir / name)
     if status == "ok":
         try:
             with atomic_path(out_nb) as tmp:
                 try:
                     pm.execute_notebook(str(nb), str(tmp), parameters=params, kernel_name=kernel,
-                                        cwd=str(out_dir.resolve()), progress_bar=False,
+                                        cwd=str(out_dir), progress_bar=False,
                                         execution_timeout=timeout, log_output=False)
                 except Exception as e:  # PapermillExecutionError and kernel deaths alike
                     status = "failed"
@@ -328,9 +332,11 @@ def results_markdown(index: dict[str, Any], *, max_metrics: int = 40) -> str:
     for name, r in index["notebooks"].items():
         scalars = {k: v for k, v in flatten_dict(r.get("metrics") or {}).items()
                    if isinstance(v, (int, float, str, bool)) or v is None}
+        lines += ["", f"## {name}", ""]
         if not scalars:
+            lines.append(NO_METRICS + ".")
             continue
-        lines += ["", f"## {name}", "", "| metric | value |", "|---|---|"]
+        lines += ["| metric | value |", "|---|---|"]
         lines += [f"| {cell(k)} | {cell(v)} |" for k, v in list(scalars.items())[:max_metrics]]
         if len(scalars) > max_metrics:
             lines.append(f"| ... | {len(scalars) - max_metrics} more in {name}.metrics.json |")
@@ -341,8 +347,10 @@ def _index_html(index: dict[str, Any]) -> str:
     rows = []
     for name, r in index["notebooks"].items():
         ok = r["status"] == "ok"
-        metrics = flatten_dict(r.get("metrics", {}))
-        shown = "<br>".join(f"{html.escape(k)}: {_fmt(v)}" for k, v in list(metrics.items())[:12])
+        metrics = flatten_dict(r.get("metrics") or {})
+        shown = "<br>".join(f"{html.escape(k)}: {_fmt(v)}" for k, v in list(metrics.items())[:12]) \
+            or f'<i>{html.escape(NO_METRICS)}</i>'
+
         links = (f'<a href="{r["notebook"]}">ipynb</a>' if r.get("notebook") else "") + (f' · <a href="{r["html"]}">html</a>' if r.get("html") else "")
         err = f'<br><code>{html.escape(r["error"] or "")[:400]}</code>' if not ok else ""
         rows.append(f'<tr class="{"ok" if ok else "failed"}"><td>{html.escape(name)}</td>'

@@ -122,3 +122,31 @@ def test_run_records_command_hardware_and_results_summary(nbdir, tmp_path):
     again = json.loads((out / "index.json").read_text())
     assert again["notebooks"]["01_good"]["metrics"] == index["notebooks"]["01_good"]["metrics"]
     assert again["command"] == index["command"]
+
+
+def test_relative_out_from_the_repository_root_keeps_the_metrics(nbdir, tmp_path, monkeypatch, capsys):
+    """README command 1 passes a relative run folder while each kernel runs inside it: the
+    metrics must still land beside the notebooks and reach the index and RESULTS.md."""
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    monkeypatch.chdir(repo)
+    rc = cli.main(["report", "--notebooks", str(nbdir), "--out", "reports/run1", "--only", "01", "03",
+                   "--no-html"])
+    assert rc == 0
+    out = repo / "reports" / "run1"
+    assert (out / "01_good.metrics.json").is_file()
+    assert not (out / "reports").exists(), "metrics written relative to the kernel's folder"
+    index = json.loads((out / "index.json").read_text())
+    assert index["notebooks"]["01_good"]["metrics"]["x"] == 1.5
+    assert "x: 1.5" in (out / "index.html").read_text()
+    assert "| x | 1.5 |" in (out / "RESULTS.md").read_text()
+
+
+def test_notebook_without_metrics_says_so(tmp_path):
+    d = tmp_path / "nbs"
+    d.mkdir()
+    _notebook(d / "01_silent.ipynb", "x = 1")
+    out = tmp_path / "run"
+    run_report("quick", out=out, notebook_dir=d, html_export=False)
+    assert "no metrics recorded" in (out / "index.html").read_text()
+    assert "no metrics recorded" in (out / "RESULTS.md").read_text()
