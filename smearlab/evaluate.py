@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import logging
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -20,6 +21,8 @@ import numpy as np
 
 from .data.sample import Sample, SmearDataset
 from .io import write_json, write_text
+
+log = logging.getLogger("smearlab.evaluate")
 
 #: pycocotools' IoU and recall thresholds (same expressions, hence the same floats).
 IOU_THRESHOLDS = np.linspace(.5, 0.95, int(np.round((0.95 - .5) / .05)) + 1, endpoint=True)
@@ -44,18 +47,45 @@ def has_instance_masks(dataset) -> bool:
 
 
 def check_predictions(dataset: SmearDataset, predictions) -> list[dict]:
-    """The predictions with the agreed dtypes; ``ValueError`` on a length or label mismatch."""
-    from .detection.postprocess import RawPredictions, as_prediction
+    """The predictions with the agreed dtypes and labels indexing ``dataset.class_names``.
+
+    Predictions that carry class names (``Predictions`` from ``predict``/``postprocess``,
+    ``RawPredictions``) are mapped onto the dataset's classes by name (same name, or an alias
+    such as ``Platelet``/``Platelets``; see :mod:`smearlab.data.classes`): a model trained on
+    ``[Platelets, RBC, WBC]`` is scored correctly on a dataset listing ``[WBC, RBC, Platelets]``.
+    Plain lists are taken to index the dataset's classes.
+
+    Raises
+    ------
+    ValueError
+        on a length mismatch or a label outside the class list;
+        :class:`~smearlab.data.classes.ClassMismatchError` (a ValueError) when the two class
+        lists cannot be matched one to one, showing both.
+    """
+    from .data.classes import match_classes
+    from .detection.postprocess import RawPredictions, as_prediction, class_names_of
+    names = class_names_of(predictions)
     if isinstance(predictions, RawPredictions):
         predictions = predictions.predictions
     if len(predictions) != len(dataset):
         raise ValueError(f"{len(predictions)} predictions for {len(dataset)} images of {dataset.name!r}")
-    k = len(dataset.class_names)
+    lut = None
+    if names is not None and names != list(dataset.class_names):
+        mapping = match_classes(names, dataset.class_names, require="both",
+                                what=f"the predictions' classes and the classes of dataset {dataset.name!r}"
+                                     " (load the dataset with class_names= the model's classes, and class_map="
+                                     " for other spellings)")
+        log.info("predictions mapped onto the classes of %r by name: %s", dataset.name, mapping.describe())
+        lut = mapping.lut
+    own = names if names is not None else list(dataset.class_names)
+    k = len(own)
     out = []
     for i, p in enumerate(predictions):
         p = as_prediction(p, f"prediction {i}")
         if len(p["labels"]) and (p["labels"].min() < 0 or p["labels"].max() >= k):
-            raise ValueError(f"prediction {i}: label outside the {k} classes {dataset.class_names}")
+            raise ValueError(f"prediction {i}: label outside the {k} classes {own}")
+        if lut is not None:
+            p["labels"] = lut[p["labels"]]
         out.append(p)
     return out
 

@@ -113,11 +113,20 @@ def test_voc_billion_laughs_is_refused_not_expanded(tmp_path):
 def test_voc_corrupt_image_fails_lazily_naming_the_file(tmp_path):
     _voc(tmp_path, "a", [_obj()], image=False)
     data = _image(tmp_path / "a.jpg").read_bytes()
-    (tmp_path / "Images" / "a.jpg").write_bytes(data[: len(data) // 3])
-    ds = voc.load(tmp_path)  # lazy: loading does not read pixels
+    (tmp_path / "Images" / "a.jpg").write_bytes(data[: len(data) - 40])  # header intact, pixels cut
+    ds = voc.load(tmp_path)  # lazy: loading reads the header (size, orientation), not the pixels
     assert len(ds) == 1
     with pytest.raises(DataError, match=r"Images/a\.jpg.*(corrupt|truncated|readable)"):
         ds[0].image
+
+
+def test_voc_image_with_a_broken_header_is_a_counted_skip(tmp_path):
+    _voc(tmp_path, "a", [_obj()], image=False)
+    data = _image(tmp_path / "a.jpg").read_bytes()
+    (tmp_path / "Images" / "a.jpg").write_bytes(data[: len(data) // 3])
+    ds = voc.load(tmp_path)
+    assert len(ds) == 0 and "Images/a.jpg" in ds.skipped[0].path
+    assert "readable" in ds.skipped[0].reason
 
 
 def test_voc_layout_errors(tmp_path):
@@ -236,7 +245,7 @@ def test_iml_records(tmp_path):
     assert "non-numeric" in reasons["entry 0 object 3"] and "'ten'" in reasons["entry 0 object 3"]
     assert "outside" in reasons["entry 0 object 4"] and "unknown class" in reasons["entry 0 object 5"]
     assert reasons["entry 1"].startswith("image file not found")
-    assert reasons["entry 2"].startswith("unreadable image") and "corrupt.JPG" in reasons["entry 2"]
+    assert reasons["entry 2"].startswith("not a readable image") and "corrupt.JPG" in reasons["entry 2"]
     assert "escapes" in reasons["entry 3"] and "image_name" in reasons["entry 4"]
     assert [f.record for f in ds.fixed] == ["entry 0 object 1"]
     kept = iml.load(path, check_images=False, class_names=["red blood cell"])

@@ -58,7 +58,7 @@ def clean_boxes(boxes, labels, hw: tuple[int, int] | None, path, skipped: SkipLo
                     skipped.add(path, f"box empty after clipping to the image: {b[i].tolist()}", rec)
                     keep[i] = False
                     continue
-                fixed.add(path, f"box clipped to the image: {b[i].tolist()}", rec)
+                fixed.add(path, f"box clipped to the image: {b[i].tolist()}", rec, amount=float(over))
     idx = np.flatnonzero(keep)
     return out[idx].astype(np.float32), lab[idx], idx
 

@@ -1,13 +1,36 @@
-"""Reading images of any common mode into RGB uint8, with clear errors for bad files."""
+"""Reading images of any common mode into RGB uint8, with clear errors for bad files.
+
+Orientation
+-----------
+Every image file is read **as it is shown**: the EXIF orientation tag that phones and many
+microscope cameras write (a JPEG stored landscape with "rotate 90" in its header) is applied,
+as image viewers, CVAT and Ultralytics do. ``orientation="stored"`` reads the pixels as stored
+instead; loaders use it only for an image whose annotation file declares the stored size (an
+annotation tool that ignored the tag), and count that repair in ``dataset.fixed`` (see
+:func:`smearlab.data.formats._common.image_geometry`). Headers are read with
+:func:`image_info` (sizes both ways) without decoding pixels.
+
+Masks
+-----
+:func:`read_mask` reads values, never colours: a palette PNG gives its palette indices; a
+colour mask whose channels are equal gives that channel; a colour mask whose channels differ
+gives one integer per colour (``r * 65536 + g * 256 + b``), so a green instance is not empty.
+"""
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import DataError
+
+#: How an image file's pixels are oriented on read: as shown (EXIF applied) or as stored.
+ORIENTATIONS = ("exif", "stored")
+#: EXIF tag 0x0112 (Orientation); values 5-8 swap width and height.
+_EXIF_ORIENTATION = 0x0112
 
 #: ITU-R BT.601 luma weights (the ones PIL uses for "L"), shared by every grey conversion.
 LUMA = (0.299, 0.587, 0.114)
@@ -21,9 +44,55 @@ def is_image_file(path: Path) -> bool:
     return path.suffix.lower() in IMAGE_EXTENSIONS | DICOM_EXTENSIONS
 
 
-def read_raw(path: str | Path) -> np.ndarray:
-    """The image array as stored: original dtype and channels (PIL or pydicom)."""
+@dataclass(frozen=True)
+class ImageInfo:
+    """What an image file's header says: its stored size and its EXIF orientation (1: none)."""
+
+    stored_hw: tuple[int, int]
+    exif_orientation: int = 1
+
+    @property
+    def rotated(self) -> bool:
+        """Whether the EXIF orientation changes the pixels (any value but 1)."""
+        return self.exif_orientation in range(2, 9)
+
+    @property
+    def shown_hw(self) -> tuple[int, int]:
+        """``(height, width)`` as shown (EXIF applied): values 5-8 swap the two."""
+        h, w = self.stored_hw
+        return (w, h) if self.exif_orientation in (5, 6, 7, 8) else (h, w)
+
+    def hw(self, orientation: str = "exif") -> tuple[int, int]:
+        """The size read in ``orientation`` (see :data:`ORIENTATIONS`)."""
+        return self.shown_hw if _check_orientation(orientation) == "exif" else self.stored_hw
+
+
+def _check_orientation(orientation: str) -> str:
+    if orientation not in ORIENTATIONS:
+        raise ValueError(f"orientation must be one of {ORIENTATIONS}, got {orientation!r}")
+    return orientation
+
+
+def _exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation of an open image (1 when absent or unreadable)."""
+    try:
+        value = im.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block is no orientation, not a bad image
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def read_raw(path: str | Path, *, orientation: str = "exif", palette: str = "rgb") -> np.ndarray:
+    """The image array in its original dtype and channels (PIL or pydicom).
+
+    Parameters
+    ----------
+    orientation : ``"exif"`` (as shown, the default) or ``"stored"``; see the module docstring.
+    palette : ``"rgb"`` converts palette images to their colours (images), ``"index"`` keeps
+        the palette indices (masks).
+    """
     path = _existing_file(path)
+    _check_orientation(orientation)
     if path.suffix.lower() in DICOM_EXTENSIONS:
         return _read_dicom(path)
     try:
@@ -31,6 +100,10 @@ def read_raw(path: str | Path) -> np.ndarray:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
                 im.load()
+                if orientation == "exif" and _exif_orientation(im) != 1:
+                    im = ImageOps.exif_transpose(im)
+                if im.mode == "P" and palette == "index":
+                    return np.array(im)
                 if im.mode == "P":
                     im = im.convert("RGBA" if "transparency" in im.info else "RGB")
                 elif im.mode in ("I;16", "I;16B", "I;16L"):
@@ -94,19 +167,20 @@ def to_rgb8(arr: np.ndarray, where="image") -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(a), depth
 
 
-def read_image(path: str | Path) -> tuple[np.ndarray, int]:
-    """Read ``path`` as RGB uint8. Returns ``(image, original_bit_depth)``.
+def read_image(path: str | Path, *, orientation: str = "exif") -> tuple[np.ndarray, int]:
+    """Read ``path`` as RGB uint8, as shown (EXIF orientation applied) unless
+    ``orientation="stored"``. Returns ``(image, original_bit_depth)``.
 
     Raises
     ------
     DataError
         naming the file when it is missing, corrupt, truncated or of an unsupported layout.
     """
-    return to_rgb8(read_raw(path), where=path)
+    return to_rgb8(read_raw(path, orientation=orientation), where=path)
 
 
-def image_size(path: str | Path) -> tuple[int, int]:
-    """``(height, width)`` of an image file from its header, without decoding the pixels.
+def image_info(path: str | Path) -> ImageInfo:
+    """The stored size and EXIF orientation of an image file, from its header (no pixels decoded).
 
     Raises
     ------
@@ -114,31 +188,55 @@ def image_size(path: str | Path) -> tuple[int, int]:
         naming the file when it is missing or not a readable image.
     """
     path = _existing_file(path)
+    if path.suffix.lower() in DICOM_EXTENSIONS:
+        return ImageInfo(to_rgb8(_read_dicom(path), where=path)[0].shape[:2])
     try:
         with Image.open(path) as im:
             w, h = im.size
+            orientation = _exif_orientation(im)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(path, f"not a readable image ({e})") from None
-    return h, w
+    return ImageInfo((h, w), orientation)
 
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """Read a mask image as a 2-D integer array (first channel of colour masks)."""
-    a = read_raw(path)
+def image_size(path: str | Path, *, orientation: str = "exif") -> tuple[int, int]:
+    """``(height, width)`` of an image file as read in ``orientation`` (as shown by default),
+    from its header, without decoding the pixels.
+
+    Raises
+    ------
+    DataError
+        naming the file when it is missing or not a readable image.
+    """
+    return image_info(path).hw(orientation)
+
+
+def read_mask(path: str | Path, *, orientation: str = "exif") -> np.ndarray:
+    """Read a mask image as a 2-D integer array of its values (see the module docstring):
+    palette indices, the grey level, or one integer per colour of a colour mask."""
+    a = read_raw(path, orientation=orientation, palette="index")
     if a.ndim == 3:
-        a = a[..., 0]
+        a = a[..., :3] if a.shape[2] in (3, 4) else a[..., :1]  # alpha is not a value
+        if a.shape[2] == 1 or (np.all(a[..., 0] == a[..., 1]) and np.all(a[..., 0] == a[..., 2])):
+            a = a[..., 0]
+        elif a.dtype == np.uint8:
+            a = (a[..., 0].astype(np.uint32) << 16) | (a[..., 1].astype(np.uint32) << 8) | a[..., 2]
+        else:
+            raise DataError(path, f"colour mask of dtype {a.dtype} with differing channels: "
+                                  "save it as a grey, palette or 8-bit colour image")
     return a
 
 
-def read_binary_mask(path: str | Path) -> np.ndarray:
-    """Read a mask file as a 2-D bool array (any non-zero pixel is foreground).
+def read_binary_mask(path: str | Path, *, orientation: str = "exif") -> np.ndarray:
+    """Read a mask file as a 2-D bool array (any non-zero value is foreground: a palette
+    index, a grey level or a colour).
 
     Raises
     ------
     DataError
         naming the file when it is unreadable or not an integer (or bool) image.
     """
-    m = read_mask(path)
+    m = read_mask(path, orientation=orientation)
     if not (m.dtype == np.bool_ or np.issubdtype(m.dtype, np.integer)):
         raise DataError(path, f"mask must be an integer image, got dtype {m.dtype}")
     return m > 0

@@ -13,7 +13,10 @@ Conventions
 * ``image_label``: optional image-level class (cell crops, Zheng WBC images).
 
 Images and masks may be loaded lazily: a loader passes a zero-argument callable instead of
-an array and the first access reads the file.
+an array and the first access reads the file. A lazily read image is read as shown (EXIF
+orientation applied) unless the loader chose ``orientation="stored"`` for it (see
+:mod:`smearlab.data.imageio`); when the loader knew the size (``size``), an image file that
+reads at another size is refused with a :class:`DataError`, never used with misplaced boxes.
 """
 from __future__ import annotations
 
@@ -49,6 +52,7 @@ class Sample:
     bit_depth: int = 8
     size: tuple[int, int] | None = None  # (height, width) when known without reading the image
     meta: dict[str, Any] = field(default_factory=dict)
+    orientation: str = "exif"  # how the image file is read: "exif" (as shown) or "stored"
     _image: Any = field(default=None, repr=False)
     _masks: Any = field(default=None, repr=False)
     _semantic: Any = field(default=None, repr=False)
@@ -78,7 +82,11 @@ class Sample:
             if self.path is None:
                 raise DataError(self.image_id, "sample has neither an image nor a path")
             from .imageio import read_image
-            img, depth = read_image(self.path)
+            img, depth = read_image(self.path, orientation=self.orientation)
+            if self.size is not None and tuple(img.shape[:2]) != tuple(self.size):
+                raise DataError(self.path, f"image reads as {img.shape[1]}x{img.shape[0]} "
+                                           f"({self.orientation} orientation) but its annotation "
+                                           f"gives {self.size[1]}x{self.size[0]}")
             self._image, self.bit_depth = img, depth
         elif callable(self._image):
             self._image = _check_image(self._image(), self.path or self.image_id)
@@ -139,7 +147,7 @@ class Sample:
         if self.path is None:
             return self.image
         from .imageio import read_raw
-        return read_raw(self.path)
+        return read_raw(self.path, orientation=self.orientation)
 
     def _check_masks(self, m) -> np.ndarray:
         m = np.asarray(m).astype(bool, copy=False)
@@ -177,11 +185,16 @@ def _check_image(img, where) -> np.ndarray:
 
 @dataclass
 class Skip:
-    """One record a loader refused: which file, which record, and why."""
+    """One record a loader refused (or repaired): which file, which record, and why.
+
+    ``amount`` is the size of a repair where it has one (pixels a clipped box ran past the
+    image), for the load summary.
+    """
 
     path: str
     reason: str
     record: str | None = None
+    amount: float | None = None
 
     def __str__(self) -> str:
         rec = f" [{self.record}]" if self.record else ""
@@ -189,7 +202,8 @@ class Skip:
 
 
 class SkipLog(list):
-    """A list of :class:`Skip` that also logs each entry as a warning.
+    """A list of :class:`Skip` (each entry logged at debug level; a dataset built with
+    records logs one summary of them, see :meth:`SmearDataset.log_summary`).
 
     Parameters
     ----------
@@ -205,17 +219,37 @@ class SkipLog(list):
         self.strict = strict
         self.kind = kind
 
-    def add(self, path, reason: str, record: str | None = None) -> None:
-        """Record (and log) one entry; with ``strict`` raise ``DataError(path, reason, record)``."""
+    def add(self, path, reason: str, record: str | None = None, amount: float | None = None) -> None:
+        """Record one entry; with ``strict`` raise ``DataError(path, reason, record)``."""
         if self.strict:
             raise DataError(path, reason, record)
-        s = Skip(str(path), reason, record)
-        log.warning("%s %s", self.kind, s)
+        s = Skip(str(path), reason, record, amount)
+        log.debug("%s %s", self.kind, s)
         self.append(s)
 
     def counts(self) -> Counter:
         """How many skips of each kind (the reason without its numbers)."""
-        return Counter(s.reason.split(":")[0] for s in self)
+        return Counter(_kind(s.reason) for s in self)
+
+    def summary(self, first: int = 3) -> list[str]:
+        """One line per kind of entry: count, the largest ``amount`` where entries have one,
+        and the first ``first`` files (with their records)."""
+        groups: dict[str, list[Skip]] = {}
+        for s in self:
+            groups.setdefault(_kind(s.reason), []).append(s)
+        lines = []
+        for kind, items in sorted(groups.items(), key=lambda kv: -len(kv[1])):
+            amounts = [s.amount for s in items if s.amount is not None]
+            largest = f", largest {max(amounts):.3g} px" if amounts else ""
+            where = "; ".join(f"{s.path}" + (f" [{s.record}]" if s.record else "") for s in items[:first])
+            more = f"; and {len(items) - first} more" if len(items) > first else ""
+            lines.append(f"{len(items)} x {kind}{largest} (first: {where}{more})")
+        return lines
+
+
+def _kind(reason: str) -> str:
+    """A reason without its particulars (the text before the first colon)."""
+    return reason.split(":")[0]
 
 
 class SmearDataset(Sequence[Sample]):
@@ -243,6 +277,8 @@ class SmearDataset(Sequence[Sample]):
         self.semantic_names = list(semantic_names) if semantic_names is not None else None
         self.skipped = SkipLog(skipped or [])
         self.fixed = SkipLog(fixed or [], kind="fixed")
+        if self.skipped or self.fixed:
+            self.log_summary()
         k = len(self.class_names)
         for s in self.samples:
             bad = (s.labels < 0) | (s.labels >= k)
@@ -252,6 +288,15 @@ class SmearDataset(Sequence[Sample]):
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def log_summary(self) -> None:
+        """Log the skipped and repaired records once, as a summary (a loader with records calls
+        this through the constructor); every record stays in ``skipped`` and ``fixed``."""
+        for what, entries in (("skipped", self.skipped), ("fixed", self.fixed)):
+            if entries:
+                lines = entries.summary()
+                log.warning("%s: %d record%s %s: %s", self.name, len(entries),
+                            "" if len(entries) == 1 else "s", what, " | ".join(lines))
 
     def __getitem__(self, i):
         if isinstance(i, slice):

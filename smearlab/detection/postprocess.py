@@ -6,6 +6,13 @@ Predictions for a dataset are a list aligned with its samples; each item is a di
 arrays ``{"boxes": (N, 4) float32 xyxy pixels, "scores": (N,) float32, "labels": (N,) int64}``
 (labels 0-based into ``class_names``), optionally ``"masks": (N, H, W) bool``.
 
+Predictions carry the class names their labels index: :func:`~smearlab.detection.predict.predict`
+and :func:`postprocess` return a :class:`Predictions` list (a plain list whose
+``class_names`` attribute is the model's classes), and :class:`RawPredictions` records them
+too. Every metric and export maps those labels onto the dataset's classes by name
+(:func:`smearlab.evaluate.check_predictions`), or refuses when the two lists do not match; a
+plain list without class names is taken to index the dataset's own classes.
+
 *Raw* predictions are cached before any per-class filtering (a low score floor such as
 0.001-0.05, before or after a loose NMS), so that thresholds can be tuned without running the
 model again: :func:`postprocess` turns them into final predictions. A score passes a threshold
@@ -46,6 +53,33 @@ def as_prediction(p: Mapping, where="prediction") -> dict:
     return out
 
 
+class Predictions(list):
+    """A list of per-image prediction dicts that knows which classes its labels index.
+
+    Parameters
+    ----------
+    items : the prediction dicts, one per image.
+    class_names : the classes the labels index (a model's classes), or None when unknown.
+    """
+
+    def __init__(self, items=(), class_names: Sequence[str] | None = None):
+        super().__init__(items)
+        self.class_names = None if class_names is None else [str(c) for c in class_names]
+
+    def __getitem__(self, i):
+        item = super().__getitem__(i)
+        return Predictions(item, self.class_names) if isinstance(i, slice) else item
+
+    def __repr__(self) -> str:
+        return f"Predictions({len(self)} images, classes={self.class_names})"
+
+
+def class_names_of(predictions) -> list[str] | None:
+    """The class names predictions carry (:class:`Predictions`, :class:`RawPredictions`), or None."""
+    names = getattr(predictions, "class_names", None)
+    return None if names is None else [str(c) for c in names]
+
+
 @dataclass
 class RawPredictions:
     """Raw (unfiltered) predictions of one model on one dataset, with what they refer to.
@@ -80,11 +114,12 @@ class RawPredictions:
 
     @classmethod
     def for_dataset(cls, dataset, predictions, score_floor: float = 0.0) -> "RawPredictions":
-        """Wrap ``predictions`` of ``dataset`` (checks the length; records class names and ids)."""
+        """Wrap ``predictions`` of ``dataset`` (checks the length; records the image ids, and the
+        class names the predictions carry, else the dataset's)."""
         if len(predictions) != len(dataset):
             raise ValueError(f"{len(predictions)} predictions for {len(dataset)} images")
-        return cls(list(predictions), dataset.class_names, score_floor,
-                   [s.image_id for s in dataset])
+        names = class_names_of(predictions) or dataset.class_names
+        return cls(list(predictions), names, score_floor, [s.image_id for s in dataset])
 
     def __len__(self) -> int:
         return len(self.predictions)
@@ -100,9 +135,10 @@ class RawPredictions:
         """``ValueError`` unless these predictions belong to ``dataset`` (length, classes, ids)."""
         if len(self) != len(dataset):
             raise ValueError(f"{len(self)} cached predictions for a dataset of {len(dataset)} images")
-        if list(dataset.class_names) != self.class_names:
-            raise ValueError(f"predictions are for classes {self.class_names}, the dataset has "
-                             f"{list(dataset.class_names)}")
+        if list(dataset.class_names) != self.class_names:  # same classes in another order or spelling
+            from ..data.classes import match_classes
+            match_classes(self.class_names, dataset.class_names, require="both",
+                          what=f"the predictions' classes and the classes of {dataset.name!r}")
         if self.image_ids is not None:
             ids = [s.image_id for s in dataset]
             bad = next((i for i, (a, b) in enumerate(zip(ids, self.image_ids)) if a != b), None)
@@ -219,6 +255,7 @@ def _raw_parts(raw, class_names):
     if isinstance(raw, RawPredictions):
         return raw.predictions, raw.class_names if class_names is None else list(class_names)
     preds = [as_prediction(p, f"prediction {i}") for i, p in enumerate(raw)]
+    class_names = class_names if class_names is not None else class_names_of(raw)
     if class_names is None:
         raise ValueError("class_names is needed when raw predictions are a plain list")
     return preds, list(class_names)
@@ -299,11 +336,12 @@ def postprocess(raw, score_thresholds=DEFAULT_SCORE, nms_iou=0.5, class_agnostic
 
     Returns
     -------
-    list of prediction dicts, boxes sorted by decreasing score.
+    Predictions
+        one prediction dict per image, boxes sorted by decreasing score, with the class names.
     """
-    preds, _ = _raw_parts(raw, class_names)
-    keep = select(raw, score_thresholds, nms_iou, class_agnostic, max_dets, class_names=class_names)
-    return [take(p, k) for p, k in zip(preds, keep)]
+    preds, names = _raw_parts(raw, class_names)
+    keep = select(raw, score_thresholds, nms_iou, class_agnostic, max_dets, class_names=names)
+    return Predictions([take(p, k) for p, k in zip(preds, keep)], names)
 
 
 class Selector:

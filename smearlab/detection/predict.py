@@ -30,6 +30,7 @@ from torch import nn
 
 from ..evaluate import empty_prediction
 from .models import resolve_device, unwrap
+from .postprocess import Predictions
 
 Prediction = dict  # {"boxes", "scores", "labels"} numpy arrays
 
@@ -299,8 +300,12 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
             amp: bool | None = None, score_floor: float | None = None, tile: int | None = None,
             overlap: float = 0.2, progress: bool = True, merge_iou: float = 0.5,
             nms_iou: float = 0.5, edge_margin: float = 3.0, preprocess: Any = "model",
-            thresholds: Any = None, mask_threshold: float = 0.5) -> list[dict[str, np.ndarray]]:
+            thresholds: Any = None, mask_threshold: float = 0.5) -> Predictions:
     """Predict every image of ``data``; one prediction dict per image, in order.
+
+    The result is a :class:`~smearlab.detection.postprocess.Predictions` list carrying the
+    model's class names (``detector_config.class_names``), so that scoring it on a dataset whose
+    classes are in another order maps labels by name instead of by position.
 
     Parameters
     ----------
@@ -405,12 +410,13 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
             bar.close()
         if is_module and was_training:
             model.train()
+    cfg = getattr(unwrap(model) if is_module else model, "detector_config", None)
+    results = Predictions(results, list(cfg.class_names) if cfg is not None else None)
     th = _resolve_extra(model, thresholds, "thresholds", "thresholds")
     if th is not None:
         from .tune import Thresholds
         th = th if isinstance(th, Thresholds) else Thresholds(**th)
-        cfg = getattr(unwrap(model) if is_module else model, "detector_config", None)
-        results = th.apply(results, class_names=list(cfg.class_names) if cfg is not None else None)
+        results = th.apply(results)
     return results
 
 

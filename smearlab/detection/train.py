@@ -55,6 +55,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..data.classes import match_classes
 from ..data.errors import DataError
 from ..data.sample import SmearDataset
 from ..data.torchdata import DetectionDataset
@@ -309,20 +310,23 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 # data
 # ---------------------------------------------------------------------------------------------
 def _remap_dataset(ds: SmearDataset, model_names: list[str], what: str) -> SmearDataset:
-    """The dataset with labels indexing ``model_names`` (by class name); ValueError for a class in
-    the data that the model does not have."""
+    """The dataset with labels indexing ``model_names`` (by class name or alias, see
+    :mod:`smearlab.data.classes`); ValueError for a class in the data that the model does not have."""
     names = list(ds.class_names)
     if names == model_names:
         return ds
+    mapping = match_classes(names, model_names, what=f"the {what} dataset's and the model's classes")
     used = sorted({int(v) for s in ds.samples for v in s.labels.tolist()})
-    missing = [names[i] for i in used if names[i] not in model_names]
+    missing = [names[i] for i in used if mapping.lut[i] < 0]
     if missing:
         raise ValueError(f"{what} dataset {ds.name!r} has objects of class {missing[0]!r}, which is not one of "
                          f"the model's classes {model_names} (all missing: {missing}); build the model "
-                         "with this class, or drop or merge it in the data")
-    lut = np.array([model_names.index(n) if n in model_names else -1 for n in names], np.int64)
+                         "with this class, or drop or merge it in the data (load it with class_names=, "
+                         "class_map=)")
+    lut = mapping.lut
     samples = [dataclasses.replace(s, labels=lut[s.labels], meta=dict(s.meta)) for s in ds.samples]
-    log.info("%s dataset %r: classes %s mapped onto the model's %s", what, ds.name, names, model_names)
+    log.info("%s dataset %r: classes mapped onto the model's %s: %s", what, ds.name, model_names,
+             mapping.describe())
     return SmearDataset(samples, model_names, ds.name, root=ds.root, format=ds.format,
                         semantic_names=ds.semantic_names)
 

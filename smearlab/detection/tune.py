@@ -160,6 +160,12 @@ def auto_tune(dataset_val, raw_val, objective: str = "f1",
             best = (mean, nms, table, choice)
     mean, nms, table, choice = best
     d = int(np.flatnonzero(grid_all == DEFAULT_SCORE)[0])
+    # thresholds apply to the model's output: keyed by the model's class names (the dataset's
+    # classes may be listed in another order or spelling; check() matched them by name)
+    if raw_val.class_names != names:
+        from ..data.classes import match_classes
+        lut = match_classes(raw_val.class_names, names, require="both").lut
+        names = [raw_val.class_names[int(np.flatnonzero(lut == c)[0])] for c in range(len(names))]
     per_class = {n_: {"threshold": float(grid_all[j]), objective: float(table[c, j]),
                       f"{objective}_at_0.5": float(table[c, d])}
                  for c, (n_, j) in enumerate(zip(names, choice))}

@@ -2,6 +2,9 @@
 
 * box formats (``voc``, ``bbbc041``, ``iml``, ``yolo``): :class:`BoxCollector`, :func:`number`,
   :func:`positive_int`;
+* every format: :func:`image_geometry` (the size and orientation of an image as read, checked
+  against the size its annotation declares), :class:`Root` (files must lie inside the dataset
+  root), :func:`remap_classes` (a dataset in another class list);
 * JSON formats (``bbbc041``, ``iml``, ``coco``): :func:`read_json`, :func:`find_json`,
   :func:`dig`, and for the list-of-images schemas :func:`entry_image` and :func:`entry_objects`;
 * paths written in annotation files: :func:`path_name_problem`, :func:`is_absolute_name`,
@@ -11,6 +14,7 @@
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -22,10 +26,97 @@ import numpy as np
 
 from ...io import atomic_path, write_text
 from ..boxes import clean_boxes
+from ..classes import ClassMapping, match_classes
 from ..errors import DataError
-from ..imageio import write_image
-from ..sample import Sample, SkipLog, SmearDataset
+from ..imageio import image_info, write_image
+from ..sample import Sample, SkipLog, SmearDataset, log
 from . import json_kind
+
+
+# -- the dataset root -----------------------------------------------------------------------------
+OUTSIDE_ROOT_HINT = "pass allow_outside_root=True to follow links out of the dataset"
+
+
+class Root:
+    """The folder a dataset lives in; every file a loader reads must resolve inside it.
+
+    A file that resolves outside (a symbolic link to a private file, ``..`` in a name written
+    in an annotation file) is refused by default: an image linked to ``~/.ssh/id_rsa`` must not
+    end up in a report, nor ``/etc/passwd`` become a class list. ``allow_outside_root=True``
+    (every loader's option) follows such links, for splits built as folders of links.
+
+    Parameters
+    ----------
+    folder : the dataset root (itself may be a link: it is resolved once).
+    allow_outside_root : follow links out of the root.
+    """
+
+    def __init__(self, folder: str | Path, allow_outside_root: bool = False):
+        self.folder = Path(folder)
+        self.allow = bool(allow_outside_root)
+        try:
+            self._real = os.path.realpath(self.folder)
+        except (OSError, ValueError):
+            self._real = str(self.folder)
+
+    def problem(self, path: str | Path) -> str | None:
+        """Why ``path`` may not be read (it resolves outside the root), or None."""
+        if self.allow:
+            return None
+        try:
+            real = os.path.realpath(path)
+        except (OSError, ValueError, RuntimeError) as e:
+            return f"cannot resolve the path ({e})"
+        if real == self._real or real.startswith(self._real.rstrip(os.sep) + os.sep):
+            return None
+        return f"resolves to {real}, outside the dataset root {self._real} (refused; {OUTSIDE_ROOT_HINT})"
+
+    def inside(self, path: str | Path, skipped: SkipLog | None = None, record: str | None = None) -> bool:
+        """Whether ``path`` may be read; when not, count a skip in ``skipped`` (if given)."""
+        problem = self.problem(path)
+        if problem is not None and skipped is not None:
+            skipped.add(path, problem, record)
+        return problem is None
+
+    def check(self, path: str | Path) -> Path:
+        """``path`` itself, or :class:`DataError` when it resolves outside the root (side files
+        such as a class list, which cannot be skipped)."""
+        problem = self.problem(path)
+        if problem is not None:
+            raise DataError(path, problem)
+        return Path(path)
+
+
+# -- images as read -------------------------------------------------------------------------------
+def image_geometry(image: Path, declared: tuple[int, int] | None, skipped: SkipLog, fixed: SkipLog,
+                   source, record: str | None = None) -> tuple[tuple[int, int], str] | None:
+    """``((height, width), orientation)`` of an image as it will be read, or None after a skip.
+
+    The image is read as shown (EXIF orientation applied; see :mod:`smearlab.data.imageio`).
+    When the annotation file declares a size (VOC ``<size>``, COCO ``width``/``height``,
+    BBBC041 ``shape``) it must match: a declared size that matches only the stored pixels
+    (an annotation tool that ignored the EXIF tag) selects ``orientation="stored"`` and is
+    counted in ``fixed``; a size that matches neither is a skip naming both sizes.
+    """
+    try:
+        info = image_info(image)
+    except DataError as e:
+        skipped.add(e.path, e.problem, record)
+        return None
+    shown = info.shown_hw
+    if declared is None or tuple(declared) == shown:
+        return shown, "exif"
+    h, w = declared
+    if info.rotated and tuple(declared) == info.stored_hw:
+        fixed.add(image, f"EXIF orientation ignored: {Path(str(source)).name} gives the size "
+                         f"{w}x{h} of the stored pixels, not the {shown[1]}x{shown[0]} shown "
+                         f"(orientation tag {info.exif_orientation}); read as stored", record)
+        return info.stored_hw, "stored"
+    turned = f" (stored {info.stored_hw[1]}x{info.stored_hw[0]}, EXIF orientation " \
+             f"{info.exif_orientation})" if info.rotated else ""
+    skipped.add(image, f"image is {shown[1]}x{shown[0]}{turned} but {Path(str(source)).name} says "
+                       f"{w}x{h}", record)
+    return None
 
 
 # -- collecting the samples of a box format -------------------------------------------------------
@@ -40,13 +131,20 @@ class BoxCollector:
     strict : raise :class:`DataError` at the first problem instead of counting a skip (within
         one image, problems with an object's fields come before problems with its box geometry).
         Repairs (boxes clipped to the image) are still only counted in ``fixed``.
+    class_map : ``{name in the file: name in class_names}`` for names that are neither equal
+        nor an alias (case, plural) of a class in ``class_names``; see
+        :func:`smearlab.data.classes.match_classes`. What was mapped is logged once.
     """
 
-    def __init__(self, class_names=None, strict: bool = False):
+    def __init__(self, class_names=None, strict: bool = False, class_map=None):
         self.class_names = None if class_names is None else list(class_names)
+        self.class_map = dict(class_map or {})
+        if self.class_map and self.class_names is None:
+            raise ValueError("class_map needs class_names: the class list to map onto")
         self.skipped = SkipLog(strict=strict)
         self.fixed = SkipLog(kind="fixed")
         self._seen: set[str] = set()
+        self._names: dict[str, str | None] = {}
         self._ids: set[str] = set()
         self._pending: list[tuple] = []
 
@@ -54,19 +152,31 @@ class BoxCollector:
         """Count a refused record (raise under ``strict``)."""
         self.skipped.add(path, reason, record)
 
-    def known(self, name: str, path, record: str) -> bool:
-        """Whether objects of class ``name`` are kept; an unknown class is counted as a skip."""
+    def known(self, name: str, path, record: str) -> str | None:
+        """The class name objects of file class ``name`` are kept as (``name`` itself, or the
+        class of ``class_names`` it maps to), or None after counting an unknown-class skip."""
         if self.class_names is None:
             self._seen.add(name)
-            return True
-        if name in self.class_names:
-            return True
-        self.skip(path, f"unknown class: {name!r} (known: {', '.join(self.class_names)})", record)
-        return False
+            return name
+        if name not in self._names:
+            m = match_classes([name], self.class_names,
+                              {k: v for k, v in self.class_map.items() if k == name})
+            self._names[name] = self.class_names[m.lut[0]] if m.lut[0] >= 0 else None
+        if self._names[name] is None:
+            self.skip(path, f"unknown class: {name!r} (known: {', '.join(self.class_names)})", record)
+        return self._names[name]
+
+    def geometry(self, image: Path | None, declared: tuple[int, int] | None, source,
+                 record: str | None = None) -> tuple[tuple[int, int] | None, str] | None:
+        """The size and orientation ``image`` is read in (see :func:`image_geometry`), the
+        declared size when the file is not there to read, or None after a skip."""
+        if image is None or not image.is_file():
+            return declared, "exif"
+        return image_geometry(image, declared, self.skipped, self.fixed, source, record)
 
     def add(self, image_id: str, image_path: Path | None, source, objects, *,
             size: tuple[int, int] | None = None, flags: dict | None = None,
-            record: str | None = None) -> None:
+            record: str | None = None, orientation: str | None = None) -> None:
         """Add one image.
 
         Parameters
@@ -75,29 +185,90 @@ class BoxCollector:
         image_path : the image file (read lazily), or None.
         source : the annotation file, for the report.
         objects : list of ``(xyxy, class_name, record)`` whose fields are already checked.
-        size : ``(height, width)`` when known: boxes are then clipped or dropped by
-            :func:`~smearlab.data.boxes.clean_boxes`.
+        size : ``(height, width)`` the annotation declares, or None. The image's header is
+            read and checked against it (:meth:`geometry`) unless ``orientation`` is given;
+            boxes are then clipped or dropped against the image as read
+            (:func:`~smearlab.data.boxes.clean_boxes`).
         flags : per-object lists (aligned with ``objects``) kept in ``Sample.meta`` after cleaning.
         record : the image's record in ``source`` (e.g. ``"entry 3"``), for the report.
+        orientation : the caller already measured the image (``size`` is its size as read in
+            this orientation).
         """
         if image_id in self._ids:
             self.skip(source, f"duplicate image: {image_id!r} (first one kept)", record)
             return
+        if orientation is None:
+            geometry = self.geometry(image_path, size, source, record)
+            if geometry is None:
+                return
+            size, orientation = geometry
         self._ids.add(image_id)
         boxes, _, idx = clean_boxes([o[0] for o in objects], np.arange(len(objects)), size, source,
                                     self.skipped, self.fixed, records=[o[2] for o in objects])
         meta = {k: np.asarray(v, dtype=bool).reshape(-1)[idx] for k, v in (flags or {}).items()}
         names = [objects[i][1] for i in idx]
-        self._pending.append((image_id, image_path, boxes, names, size, meta))
+        self._pending.append((image_id, image_path, boxes, names, size, meta, orientation))
 
     def dataset(self, name: str, root, fmt: str) -> SmearDataset:
         """The collected images as a :class:`SmearDataset` carrying the skip and repair logs."""
         classes = self.class_names if self.class_names is not None else sorted(self._seen)
         index = {n: i for i, n in enumerate(classes)}
-        samples = [Sample(image_id=i, path=p, boxes=b, labels=[index[n] for n in names], size=s, meta=m)
-                   for i, p, b, names, s, m in self._pending]
+        samples = [Sample(image_id=i, path=p, boxes=b, labels=[index[n] for n in names], size=s, meta=m,
+                          orientation=o)
+                   for i, p, b, names, s, m, o in self._pending]
+        renamed = {k: v for k, v in self._names.items() if v is not None and v != k}
+        if renamed:
+            log.warning("%s: classes mapped onto %s: %s", name, classes,
+                        ", ".join(f"{k!r} -> {v!r}" for k, v in sorted(renamed.items())))
         return SmearDataset(samples, classes, name, root=root, format=fmt,
                             skipped=list(self.skipped), fixed=list(self.fixed))
+
+
+def remap_classes(dataset: SmearDataset, class_names=None, class_map=None) -> SmearDataset:
+    """``dataset`` in the class list ``class_names`` (for formats whose files fix the classes:
+    COCO categories, class folders): labels are mapped by name
+    (:func:`~smearlab.data.classes.match_classes`: the same name, an alias, or ``class_map``);
+    objects (or images) of a class with no counterpart are dropped and counted as
+    unknown-class skips. With ``class_names=None`` the dataset is returned as it is.
+    """
+    if class_names is None:
+        if class_map:
+            raise ValueError("class_map needs class_names: the class list to map onto")
+        return dataset
+    m = match_classes(dataset.class_names, class_names, class_map, what=f"the classes of {dataset.name}")
+    if m.identity:
+        return dataset
+    log.warning("%s: classes mapped onto %s: %s", dataset.name, m.target, m.describe())
+    skipped = SkipLog()
+    samples = []
+    for s in dataset.samples:
+        labels = m.labels(s.labels)
+        keep = labels >= 0
+        for j in np.flatnonzero(~keep):
+            skipped.add(s.path or s.image_id, f"unknown class: {dataset.class_names[s.labels[j]]!r} "
+                                              f"(known: {', '.join(m.target)})", f"object {j}")
+        image_label = s.image_label
+        if image_label is not None:
+            image_label = int(m.lut[image_label])
+            if image_label < 0:
+                skipped.add(s.path or s.image_id, f"unknown class: {dataset.class_names[s.image_label]!r} "
+                                                  f"(known: {', '.join(m.target)})")
+                continue
+        masks = s._masks
+        if masks is not None and not keep.all():
+            masks = (lambda f, k: (lambda: (f() if callable(f) else f)[k]))(masks, keep)
+        samples.append(dataclasses.replace(
+            s, boxes=s.boxes[keep], labels=labels[keep], image_label=image_label,
+            meta={k: (v[keep] if isinstance(v, np.ndarray) and v.shape[:1] == keep.shape else v)
+                  for k, v in s.meta.items()}, _masks=masks))
+    out = SmearDataset(samples, m.target, dataset.name, root=dataset.root, format=dataset.format,
+                       semantic_names=dataset.semantic_names)
+    if skipped:  # the loader's own records were summarised when it built the dataset
+        log.warning("%s: %d objects or images of unmatched classes dropped: %s", dataset.name,
+                    len(skipped), " | ".join(skipped.summary()))
+    out.skipped.extend([*dataset.skipped, *skipped])
+    out.fixed.extend(dataset.fixed)
+    return out
 
 
 def number(value) -> float | None:
@@ -167,7 +338,8 @@ def find_json(path: Path, kind: str) -> Path:
         return path
     if not path.is_dir():
         raise DataError(path, "path does not exist")
-    found = [p for p in sorted(path.glob("*.json")) if json_kind(p) == kind]
+    found = [p for p in sorted(path.iterdir()) if p.suffix.lower() == ".json" and p.is_file()
+             and json_kind(p) == kind]
     if len(found) != 1:
         raise DataError(path, f"expected one {kind} JSON file in this folder, found "
                               f"{len(found)}{': ' + ', '.join(p.name for p in found) if found else ''}; "
@@ -175,13 +347,15 @@ def find_json(path: Path, kind: str) -> Path:
     return found[0]
 
 
-def resolve_inside(root: Path, name: str, *, leading_slash: bool = True) -> Path | None:
+def resolve_inside(root: Path, name: str, *, leading_slash: bool = True,
+                   allow_outside_root: bool = False) -> Path | None:
     """``root/name`` resolved (symlinks included), or None when it lies outside ``root``.
 
     With ``leading_slash`` a leading ``/`` means ``root`` (as BBBC041 writes
     ``/images/x.png``), so only ``..`` components or links can leave it; without it an
     absolute ``name`` (``/etc/passwd``, ``C:\\x``) is outside. ``name`` must have passed
-    :func:`path_name_problem`.
+    :func:`path_name_problem`. ``allow_outside_root`` accepts ``..`` and links leading out
+    (the loaders' option of the same name; absolute names stay refused).
     """
     if leading_slash:
         name = name.lstrip("/\\")
@@ -192,7 +366,7 @@ def resolve_inside(root: Path, name: str, *, leading_slash: bool = True) -> Path
         target = (base / name).resolve()
     except (OSError, RuntimeError):  # a link loop (RuntimeError before Python 3.13)
         return None
-    return target if target.is_relative_to(base) else None
+    return target if allow_outside_root or target.is_relative_to(base) else None
 
 
 def is_absolute_name(name: str) -> bool:
@@ -229,7 +403,7 @@ def dig(obj, *keys):
 
 
 def entry_image(col: BoxCollector, json_path: Path, root: Path, name, field: str, rec: str, *,
-                leading_slash: bool = True) -> Path | None:
+                leading_slash: bool = True, allow_outside_root: bool = False) -> Path | None:
     """The image file named ``name`` (the entry's ``field``) inside ``root``.
 
     Returns None after counting a skip when ``name`` is not a non-empty string, is not a
@@ -248,9 +422,10 @@ def entry_image(col: BoxCollector, json_path: Path, root: Path, name, field: str
     if not leading_slash and is_absolute_name(name):
         col.skip(json_path, f"absolute {field} refused (must be relative to {root}): {name!r}", rec)
         return None
-    image = resolve_inside(root, name, leading_slash=leading_slash)
+    image = resolve_inside(root, name, leading_slash=leading_slash, allow_outside_root=allow_outside_root)
     if image is None:
-        col.skip(json_path, f"image path escapes the image root {root}: {name!r} (refused)", rec)
+        col.skip(json_path, f"image path escapes the image root {root}: {name!r} (refused; "
+                            f"{OUTSIDE_ROOT_HINT})", rec)
     return image
 
 

@@ -22,19 +22,27 @@ CORNERS = (("minimum", "c"), ("minimum", "r"), ("maximum", "c"), ("maximum", "r"
 
 
 # -- reading --------------------------------------------------------------------------------------
-def load(path: str | Path, *, class_names=None, strict: bool = False, name: str | None = None,
-         image_root: str | Path | None = None, check_images: bool = True) -> SmearDataset:
+def load(path: str | Path, *, class_names=None, class_map=None, strict: bool = False,
+         name: str | None = None, image_root: str | Path | None = None, check_images: bool = True,
+         allow_outside_root: bool = False) -> SmearDataset:
     """Load a BBBC041 JSON file (or the folder holding exactly one).
 
     Parameters
     ----------
     path : the JSON file (e.g. ``malaria/training.json``) or its folder.
-    class_names : classes to keep, in this order; None collects all, sorted by name.
+    class_names : classes to keep, in this order; None collects all, sorted by name. Names are
+        matched by name or alias (case, plural), see :mod:`smearlab.data.classes`.
+    class_map : ``{name in the file: name in class_names}`` for other spellings.
     strict : raise at the first skipped record instead of counting it.
     name : dataset name (default: the JSON file's stem).
     image_root : folder the ``pathname`` values are relative to (default: the JSON's folder).
     check_images : skip entries whose image file is missing (default True; the images are
-        read lazily either way).
+        read lazily either way). An image that is there has its header read: it is read as
+        shown (EXIF orientation applied) and must match ``shape`` (a ``shape`` that matches
+        only the stored pixels reads it as stored, counted in ``fixed``); boxes are clipped
+        against the image as read. A missing image keeps the size ``shape`` gives.
+    allow_outside_root : accept pathnames that lead out of ``image_root`` through ``..`` or
+        a link (refused by default).
 
     Returns
     -------
@@ -56,16 +64,18 @@ def load(path: str | Path, *, class_names=None, strict: bool = False, name: str 
     """
     json_path = find_json(Path(path), "bbbc041")
     root = Path(image_root) if image_root is not None else json_path.parent
-    col = BoxCollector(class_names, strict)
+    col = BoxCollector(class_names, strict, class_map)
     for i, entry in enumerate(read_json(json_path, list)):
-        _add_entry(col, json_path, root, entry, f"entry {i}", check_images)
+        _add_entry(col, json_path, root, entry, f"entry {i}", check_images, allow_outside_root)
     return col.dataset(name or json_path.stem, root, "bbbc041")
 
 
-def _add_entry(col: BoxCollector, json_path: Path, root: Path, entry, rec: str, check_images: bool) -> None:
+def _add_entry(col: BoxCollector, json_path: Path, root: Path, entry, rec: str, check_images: bool,
+               allow_outside_root: bool) -> None:
     """Add the image of one list entry with its valid objects."""
     pathname = dig(entry, "image", "pathname")
-    image = entry_image(col, json_path, root, pathname, "image.pathname", rec)
+    image = entry_image(col, json_path, root, pathname, "image.pathname", rec,
+                        allow_outside_root=allow_outside_root)
     if image is None:
         return
     if check_images and not image.is_file():
@@ -85,8 +95,8 @@ def _parse_object(col: BoxCollector, json_path: Path, obj, rec: str):
         col.skip(json_path, "object without a category", rec)
     elif None in coords:
         col.skip(json_path, f"missing or non-numeric bounding_box corners: {dig(obj, 'bounding_box')!r}", rec)
-    elif col.known(category, json_path, rec):
-        return coords, category, rec
+    elif (kept := col.known(category, json_path, rec)) is not None:
+        return coords, kept, rec
     return None
 
 

@@ -26,15 +26,17 @@ from skimage.measure import find_contours
 from ...io import atomic_path, write_json
 from ..boxes import clean_boxes
 from ..errors import DataError
-from ..imageio import image_size, write_image
+from ..imageio import write_image
 from ..sample import Sample, SkipLog, SmearDataset
-from ._common import is_absolute_name, path_name_problem, read_json, resolve_inside
+from ._common import (OUTSIDE_ROOT_HINT, image_geometry, is_absolute_name, path_name_problem, read_json,
+                      remap_classes, resolve_inside)
 
 _COPYABLE = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
 
 def load(path: str | Path, *, image_root: str | Path | None = None, strict: bool = False,
-         name: str | None = None) -> SmearDataset:
+         name: str | None = None, class_names=None, class_map=None,
+         allow_outside_root: bool = False) -> SmearDataset:
     """Load a COCO ground-truth JSON file.
 
     Parameters
@@ -45,6 +47,16 @@ def load(path: str | Path, *, image_root: str | Path | None = None, strict: bool
         outside it (through ``..`` or a link) is refused.
     strict : raise on the first per-record problem instead of counting it as a skip.
     name : dataset name (default: the JSON file's stem).
+    class_names : load the dataset in this class list: categories are matched by name or alias
+        (case, plural; see :mod:`smearlab.data.classes`), objects of other categories are
+        dropped as unknown-class skips. None: the file's categories, sorted by id.
+    class_map : ``{category name: name in class_names}`` for other spellings.
+    allow_outside_root : accept ``file_name`` entries that lead out of the image root through
+        ``..`` or a link (refused by default; absolute names are always refused).
+
+    Every image's header is read: it is read as shown (EXIF orientation applied) and its size
+    must match ``width``/``height``; a size that matches only the stored pixels reads it as
+    stored (counted in ``fixed``), one that matches neither skips the image.
 
     Returns
     -------
@@ -69,13 +81,13 @@ def load(path: str | Path, *, image_root: str | Path | None = None, strict: bool
     """
     json_path = Path(path)
     data = _read_json(json_path)
-    cat_ids, class_names = _categories(data["categories"], json_path)
+    cat_ids, file_classes = _categories(data["categories"], json_path)
     skipped, fixed = SkipLog(strict=strict), SkipLog(kind="fixed")
     roots = [Path(image_root)] if image_root is not None else [json_path.parent,
                                                                json_path.parent / "images"]
     images = {}
     for i, record in enumerate(data["images"]):
-        _add_image(record, i, json_path, roots, images, skipped)
+        _add_image(record, i, json_path, roots, images, skipped, fixed, allow_outside_root)
     known = {r.get("id") for r in data["images"]
              if isinstance(r, dict) and isinstance(r.get("id"), (int, str))}
     per_image = {k: [] for k in images}
@@ -89,8 +101,9 @@ def load(path: str | Path, *, image_root: str | Path | None = None, strict: bool
         if parsed is not None:
             per_image[ann["image_id"]].append(parsed)
     samples = [_sample(images[k], per_image[k], json_path, skipped, fixed) for k in images]
-    return SmearDataset(samples, class_names, name or json_path.stem, root=json_path.parent,
-                        format="coco", skipped=skipped, fixed=fixed)
+    ds = SmearDataset(samples, file_classes, name or json_path.stem, root=json_path.parent,
+                      format="coco", skipped=skipped, fixed=fixed)
+    return remap_classes(ds, class_names, class_map)
 
 
 def _read_json(path: Path) -> dict:
@@ -117,7 +130,7 @@ def _categories(cats: list, path: Path) -> tuple[dict[int, int], list[str]]:
 
 
 def _add_image(record, i: int, path: Path, roots: list[Path], images: dict,
-               skipped: SkipLog) -> None:
+               skipped: SkipLog, fixed: SkipLog, allow_outside_root: bool) -> None:
     """Resolve one ``images`` entry into ``images[id]`` or count it as a skip."""
     rec = f"image id {record['id']}" if isinstance(record, dict) and "id" in record \
         else f"images[{i}]"
@@ -128,7 +141,7 @@ def _add_image(record, i: int, path: Path, roots: list[Path], images: dict,
     if record["id"] in images:
         skipped.add(path, "duplicate image id", rec)
         return
-    image, problem = _find_image(record["file_name"], roots)
+    image, problem = _find_image(record["file_name"], roots, allow_outside_root)
     if image is None:
         skipped.add(path, f"{problem}: {record['file_name']}", rec)
         return
@@ -137,19 +150,18 @@ def _add_image(record, i: int, path: Path, roots: list[Path], images: dict,
         skipped.add(path, f"width and height must be positive integers, got {said[1]!r} x {said[0]!r}",
                     rec)
         return
-    try:
-        hw = image_size(image)
-    except DataError as e:
-        skipped.add(e.path, e.problem, rec)
+    geometry = image_geometry(image, None if None in said else said, skipped, fixed, path, rec)
+    if geometry is None:
         return
-    said = (said[0] if said[0] is not None else hw[0], said[1] if said[1] is not None else hw[1])
-    if said != hw:
+    hw, orientation = geometry
+    if said[0] not in (None, hw[0]) or said[1] not in (None, hw[1]):  # one of the two given
         skipped.add(image, f"image is {hw[1]}x{hw[0]} but {path.name} says {said[1]}x{said[0]}", rec)
         return
-    images[record["id"]] = {"record": record, "path": image, "hw": hw}
+    images[record["id"]] = {"record": record, "path": image, "hw": hw, "orientation": orientation}
 
 
-def _find_image(file_name: str, roots: list[Path]) -> tuple[Path | None, str | None]:
+def _find_image(file_name: str, roots: list[Path],
+                allow_outside_root: bool = False) -> tuple[Path | None, str | None]:
     """The image file for ``file_name`` under the first root holding it, or (None, problem).
 
     Absolute names, names with ``..`` leading out of a root and links pointing out of it
@@ -161,9 +173,10 @@ def _find_image(file_name: str, roots: list[Path]) -> tuple[Path | None, str | N
     if is_absolute_name(file_name):
         return None, "absolute file_name refused (must be relative to the image root)"
     for root in roots:
-        candidate = resolve_inside(root, file_name, leading_slash=False)
+        candidate = resolve_inside(root, file_name, leading_slash=False,
+                                   allow_outside_root=allow_outside_root)
         if candidate is None:
-            return None, "file_name escapes the image root"
+            return None, f"file_name escapes the image root (refused; {OUTSIDE_ROOT_HINT})"
         if candidate.is_file():
             return candidate, None
     return None, f"image file not found under {' or '.join(str(r) for r in roots)}"
@@ -243,7 +256,7 @@ def _sample(image: dict, anns: list, path: Path, skipped: SkipLog, fixed: SkipLo
     masks = partial(_decode, tuple(rles), image["hw"], path) \
         if rles and all(r is not None for r in rles) else None
     return Sample(PurePosixPath(record["file_name"]).stem, image["path"], boxes=boxes,
-                  labels=labels, size=image["hw"], _masks=masks,
+                  labels=labels, size=image["hw"], _masks=masks, orientation=image["orientation"],
                   meta={"coco_id": record["id"], "iscrowd": np.array(crowd, np.int64)[kept]})
 
 

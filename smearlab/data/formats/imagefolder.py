@@ -10,22 +10,30 @@ from pathlib import Path
 from ..errors import DataError
 from ..imageio import is_image_file
 from ..sample import Sample, SkipLog, SmearDataset
+from ._common import Root, remap_classes
 
 
-def load(path: str | Path, *, strict: bool = False, name: str | None = None) -> SmearDataset:
+def load(path: str | Path, *, strict: bool = False, name: str | None = None, class_names=None,
+         class_map=None, allow_outside_root: bool = False) -> SmearDataset:
     """Load a folder of class folders of images.
 
     Hidden entries (names starting with ".") are ignored. Any other file that is not an image
     (by extension, case-insensitive), a folder inside a class folder, or a file beside the class
     folders is a counted skip. An empty class folder stays a class with zero images: it is
     logged as a warning and reported in ``dataset.skipped`` as "empty class folder", but it does
-    not raise even with ``strict``.
+    not raise even with ``strict``. Images are read as shown (EXIF orientation applied).
 
     Parameters
     ----------
     path : the root folder.
     strict : raise on the first skipped file instead of counting it.
     name : dataset name (default: the folder name).
+    class_names : load the dataset in this class list: folders are matched by name or alias
+        (case, plural: ``Lymphocytes/`` is ``lymphocyte``; see :mod:`smearlab.data.classes`),
+        images of other folders are unknown-class skips. None: the folder names, sorted.
+    class_map : ``{folder name: name in class_names}`` for other spellings.
+    allow_outside_root : follow links that lead out of the root folder (refused and counted
+        as skips by default).
 
     Raises
     ------
@@ -43,19 +51,23 @@ def load(path: str | Path, *, strict: bool = False, name: str | None = None) -> 
     for stray in (p for p in entries if not p.is_dir()):
         skipped.add(stray, "file outside any class folder")
     samples = []
+    inside = Root(root, allow_outside_root)
     for label, folder in enumerate(classes):
-        found = _class_samples(folder, label, skipped)
+        found = _class_samples(folder, label, skipped, inside)
         if not found:
             notes.add(folder, "empty class folder (class kept with 0 images)")
         samples += found
-    return SmearDataset(samples, [c.name for c in classes], name or root.name, root=root,
-                        format="imagefolder", skipped=[*notes, *skipped])
+    ds = SmearDataset(samples, [c.name for c in classes], name or root.name, root=root,
+                      format="imagefolder", skipped=[*notes, *skipped])
+    return remap_classes(ds, class_names, class_map)
 
 
-def _class_samples(folder: Path, label: int, skipped: SkipLog) -> list[Sample]:
+def _class_samples(folder: Path, label: int, skipped: SkipLog, inside: Root) -> list[Sample]:
     """The images of one class folder; other non-hidden entries are counted skips."""
     samples = []
     for p in sorted(q for q in folder.iterdir() if not q.name.startswith(".")):
+        if not inside.inside(p, skipped):
+            continue
         if p.is_dir():
             skipped.add(p, "folder inside a class folder (only images directly inside are read)")
         elif not is_image_file(p):

@@ -16,29 +16,39 @@ from defusedxml import ElementTree as SafeET
 from ..errors import DataError
 from ..imageio import is_image_file
 from ..sample import Sample, SmearDataset
-from ._common import BoxCollector, number, positive_int, save_samples
+from ._common import BoxCollector, Root, number, positive_int, save_samples
 
 VOC_COORDS = ("xmin", "ymin", "xmax", "ymax")
 
 
 # -- reading --------------------------------------------------------------------------------------
-def load(path: str | Path, *, class_names=None, strict: bool = False, name: str | None = None,
-         check_images: bool = True) -> SmearDataset:
+def load(path: str | Path, *, class_names=None, class_map=None, strict: bool = False,
+         name: str | None = None, check_images: bool = True,
+         allow_outside_root: bool = False) -> SmearDataset:
     """Load a Pascal VOC folder (``Annotations/`` + ``Images/`` or ``JPEGImages/``) or one .xml file.
 
     The image of an annotation is ``<filename>`` in the image folder, else the XML's stem with
-    any image extension (case-insensitive). ``<size>`` gives ``Sample.size`` when it holds
-    positive numbers. The VOC ``difficult`` flag is kept in ``Sample.meta["difficult"]`` (bool
-    array aligned with the boxes). Images are read lazily.
+    any image extension (case-insensitive). Each image's header is read (not its pixels): the
+    image is read as shown (EXIF orientation applied), its size must match ``<size>`` when the
+    file gives one (a ``<size>`` that matches only the stored pixels reads the image as stored,
+    counted in ``fixed``; one that matches neither skips the image), and boxes are clipped or
+    dropped against the image as read. The VOC ``difficult`` flag is kept in
+    ``Sample.meta["difficult"]`` (bool array aligned with the boxes). Images are read lazily.
 
     Parameters
     ----------
     path : the dataset folder, or one .xml file (its images are looked for in
         ``../Images`` or ``../JPEGImages`` when it lies in ``Annotations/``, else beside it).
-    class_names : classes to keep, in this order; None collects all, sorted by name.
+    class_names : classes to keep, in this order; None collects all, sorted by name. Names in
+        the files are matched to these by name or alias (case, plural: ``Platelet`` keeps
+        ``Platelets`` objects), see :mod:`smearlab.data.classes`.
+    class_map : ``{name in the files: name in class_names}`` for other spellings.
     strict : raise at the first skipped record instead of counting it.
     name : dataset name (default: the folder name).
-    check_images : skip annotations whose image file is missing (default True).
+    check_images : skip annotations whose image file is missing (default True). With False
+        such an annotation is kept with the size ``<size>`` declares.
+    allow_outside_root : follow links that lead out of the dataset folder (refused and
+        counted as skips by default).
 
     Returns
     -------
@@ -58,14 +68,17 @@ def load(path: str | Path, *, class_names=None, strict: bool = False, name: str 
     path = Path(path)
     xml_files, image_dir, root = _layout(path, check_images)
     images = _image_index(image_dir)
-    col = BoxCollector(class_names, strict)
+    col = BoxCollector(class_names, strict, class_map)
+    inside = Root(root, allow_outside_root)
     for xml_path in xml_files:
+        if not inside.inside(xml_path, col.skipped):
+            continue
         try:
             ann = _parse(xml_path)
         except DataError as e:
             col.skip(xml_path, e.problem)
             continue
-        _add_annotation(col, xml_path, ann, image_dir, images, check_images)
+        _add_annotation(col, xml_path, ann, image_dir, images, check_images, inside)
     return col.dataset(name or root.name, root, "voc")
 
 
@@ -128,7 +141,7 @@ def _parse(xml_path: Path) -> StdET.Element:
 
 
 def _add_annotation(col: BoxCollector, xml_path: Path, ann: StdET.Element, image_dir: Path,
-                    images: dict[str, Path], check_images: bool) -> None:
+                    images: dict[str, Path], check_images: bool, inside: Root) -> None:
     """Add the image of one parsed annotation file with its valid objects."""
     filename = Path((ann.findtext("filename") or "").strip()).name
     image = images.get(filename.lower()) or images.get(xml_path.stem.lower())
@@ -137,6 +150,8 @@ def _add_annotation(col: BoxCollector, xml_path: Path, ann: StdET.Element, image
             col.skip(xml_path, f"image file not found: {filename or xml_path.stem + '.*'} in {image_dir}")
             return
         image = image_dir / filename if filename else None
+    if image is not None and image.exists() and not inside.inside(image, col.skipped):
+        return
     objects, difficult = [], []
     for j, obj in enumerate(ann.findall("object")):
         parsed = _parse_object(col, xml_path, obj, f"object {j}")
@@ -160,8 +175,8 @@ def _parse_object(col: BoxCollector, xml_path: Path, obj: StdET.Element, rec: st
         if None in coords:
             col.skip(xml_path, "missing or non-numeric <bndbox> coordinates: "
                      + ", ".join(f"{k}={t!r}" for k, t in zip(VOC_COORDS, texts)), rec)
-        elif col.known(name, xml_path, rec):
-            return coords, name, rec
+        elif (kept := col.known(name, xml_path, rec)) is not None:
+            return coords, kept, rec
     return None
 
 

@@ -8,7 +8,10 @@ Layout::
 
 Classes keep the order of ``data.yaml``/``classes.txt`` (the class ids of the label files).
 The ``path``/``train``/``val`` keys of ``data.yaml`` are not used: the layout above is.
-Image sizes are read from the file headers (not the pixels) to convert to pixels.
+Image sizes are read from the file headers (not the pixels) to convert to pixels; images are
+read as shown (EXIF orientation applied, as Ultralytics does). A label file belongs to the
+image of the same relative path and stem, extensions compared without regard to case
+(``A.PNG`` and ``A.TXT``).
 """
 from __future__ import annotations
 
@@ -18,9 +21,9 @@ import yaml
 
 from ...io import write_text
 from ..errors import DataError
-from ..imageio import image_size, is_image_file
+from ..imageio import is_image_file
 from ..sample import Sample, SmearDataset
-from ._common import BoxCollector, number, save_samples
+from ._common import BoxCollector, Root, number, save_samples
 
 YAML_NAMES = ("data.yaml", "data.yml")
 CLASSES_TXT = "classes.txt"
@@ -28,8 +31,9 @@ TOLERANCE = 0.01  # normalised coordinates may leave [0, 1] by this much (roundi
 
 
 # -- reading --------------------------------------------------------------------------------------
-def load(path: str | Path, *, split: str | None = None, class_names=None, strict: bool = False,
-         name: str | None = None) -> SmearDataset:
+def load(path: str | Path, *, split: str | None = None, class_names=None, class_map=None,
+         strict: bool = False, name: str | None = None,
+         allow_outside_root: bool = False) -> SmearDataset:
     """Load a YOLO dataset from its root folder or its ``data.yaml``.
 
     Parameters
@@ -40,9 +44,13 @@ def load(path: str | Path, *, split: str | None = None, class_names=None, strict
         to ``images/``, without extension).
     class_names : classes to keep, in this order (objects of other classes are skipped); None
         keeps the file's classes in their order. Without ``data.yaml``/``classes.txt`` these
-        are the names of class ids 0, 1, ...
+        are the names of class ids 0, 1, ... Names are matched by name or alias (case,
+        plural), see :mod:`smearlab.data.classes`.
+    class_map : ``{name in the file: name in class_names}`` for other spellings.
     strict : raise at the first skipped record instead of counting it.
     name : dataset name (default: the root folder name, plus the split).
+    allow_outside_root : follow links that lead out of the root folder (refused and counted
+        as skips by default; a class names file linked out of it is an error).
 
     Returns
     -------
@@ -65,28 +73,45 @@ def load(path: str | Path, *, split: str | None = None, class_names=None, strict
         image_dir, label_dir = image_dir / split, label_dir / split
     if not image_dir.is_dir():
         raise DataError(root, f"not a YOLO dataset: no folder {image_dir.relative_to(root)}/")
-    file_names = _class_names(root)
+    inside = Root(root, allow_outside_root)
+    file_names = _class_names(root, inside)
     if file_names is None and class_names is None:
         raise DataError(root, f"no class names: add {YAML_NAMES[0]} (names) or {CLASSES_TXT}, "
                               "or pass class_names")
     ids = file_names if file_names is not None else list(class_names)
-    col = BoxCollector(class_names if class_names is not None else ids, strict)
+    col = BoxCollector(class_names if class_names is not None else ids, strict, class_map)
     images = sorted(p for p in image_dir.rglob("*") if p.is_file() and is_image_file(p))
+    labels = _label_index(label_dir)
+    used: set[Path] = set()
     for image in images:
         rel = image.relative_to(image_dir)
-        _add_image(col, image, label_dir / rel.with_suffix(".txt"), ids, rel.with_suffix("").as_posix())
-    _skip_orphan_labels(col, label_dir, image_dir, images)
+        key = rel.with_suffix("").as_posix().lower()
+        label = labels.get(key, label_dir / rel.with_suffix(".txt"))
+        used.add(label)
+        if not inside.inside(image, col.skipped) or (label.is_file() and not inside.inside(label, col.skipped)):
+            continue
+        _add_image(col, image, label, ids, rel.with_suffix("").as_posix())
+    _skip_orphan_labels(col, labels, used, image_dir, label_dir)
     default = root.name if split is None else f"{root.name}/{split}"
     return col.dataset(name or default, root, "yolo")
 
 
-def _class_names(root: Path) -> list[str] | None:
+def _label_index(label_dir: Path) -> dict[str, Path]:
+    """Label files by lower-case relative path without the extension (``.txt`` in any case)."""
+    if not label_dir.is_dir():
+        return {}
+    return {p.relative_to(label_dir).with_suffix("").as_posix().lower(): p
+            for p in sorted(label_dir.rglob("*")) if p.suffix.lower() == ".txt" and p.is_file()
+            and p.name.lower() != CLASSES_TXT}
+
+
+def _class_names(root: Path, inside: Root) -> list[str] | None:
     """Class names from ``data.yaml`` (or ``.yml``), else ``classes.txt``, else None."""
     for fn in YAML_NAMES:
         if (root / fn).is_file():
-            return _yaml_names(root / fn)
+            return _yaml_names(inside.check(root / fn))
     if (root / CLASSES_TXT).is_file():
-        names = [line.strip() for line in _read(root / CLASSES_TXT).splitlines() if line.strip()]
+        names = [line.strip() for line in _read(inside.check(root / CLASSES_TXT)).splitlines() if line.strip()]
         if not names:
             raise DataError(root / CLASSES_TXT, "no class names in the file")
         return names
@@ -132,15 +157,19 @@ def _read(path: Path) -> str:
 
 def _add_image(col: BoxCollector, image: Path, label: Path, ids: list[str], image_id: str) -> None:
     """Add one image with the objects of its label file (none when there is no label file)."""
+    geometry = col.geometry(image, None, label)
+    if geometry is None:
+        return
+    size, orientation = geometry
     try:
-        size = image_size(image)
         lines = _read(label).splitlines() if label.is_file() else []
     except DataError as e:
         col.skip(e.path, e.problem)
         return
     parsed = [_parse_line(col, label, text, f"line {n}", ids, size)
               for n, text in enumerate(lines, 1) if text.strip()]
-    col.add(image_id, image, label, [p for p in parsed if p is not None], size=size)
+    col.add(image_id, image, label, [p for p in parsed if p is not None], size=size,
+            orientation=orientation)
 
 
 def _parse_line(col: BoxCollector, label: Path, text: str, rec: str, ids: list[str], size):
@@ -159,10 +188,11 @@ def _parse_line(col: BoxCollector, label: Path, text: str, rec: str, ids: list[s
     if problem is not None:
         col.skip(label, f"malformed label line: {problem}", rec)
         return None
-    if not col.known(ids[cls], label, rec):
+    kept = col.known(ids[cls], label, rec)
+    if kept is None:
         return None
     (cx, cy, w, h), (ih, iw) = values, size
-    return [(cx - w / 2) * iw, (cy - h / 2) * ih, (cx + w / 2) * iw, (cy + h / 2) * ih], ids[cls], rec
+    return [(cx - w / 2) * iw, (cy - h / 2) * ih, (cx + w / 2) * iw, (cy + h / 2) * ih], kept, rec
 
 
 def _class_id(text: str) -> int | None:
@@ -172,15 +202,12 @@ def _class_id(text: str) -> int | None:
         return None
 
 
-def _skip_orphan_labels(col: BoxCollector, label_dir: Path, image_dir: Path, images: list[Path]) -> None:
+def _skip_orphan_labels(col: BoxCollector, labels: dict[str, Path], used: set[Path], image_dir: Path,
+                        label_dir: Path) -> None:
     """Count label files that belong to no image (usually a renamed or missing image)."""
-    if not label_dir.is_dir():
-        return
-    expected = {label_dir / p.relative_to(image_dir).with_suffix(".txt") for p in images}
-    for label in sorted(label_dir.rglob("*.txt")):
-        if label not in expected and label.name != CLASSES_TXT:
-            col.skip(label, "label file without an image: no matching file in "
-                            f"{image_dir / label.relative_to(label_dir).parent}")
+    for label in sorted(set(labels.values()) - used):
+        col.skip(label, "label file without an image: no matching file in "
+                        f"{image_dir / label.relative_to(label_dir).parent}")
 
 
 # -- writing --------------------------------------------------------------------------------------

@@ -15,8 +15,9 @@ Unusual input, and what the loader does with it
 * 16-bit (or 12-bit, float) images are scaled to 8 bits on read (``sample.bit_depth`` keeps
   the original depth).
 * Masks must be 8-bit: a 16-bit mask is skipped naming the file ("mask must be an 8-bit grey
-  image"), since its 0/128/255 levels would be ambiguous. Colour or grey+alpha masks use their
-  first channel.
+  image"), since its 0/128/255 levels would be ambiguous. Masks are read by value (see
+  :func:`smearlab.data.imageio.read_mask`): a grey mask saved as RGB or grey+alpha gives its
+  grey level; a palette mask its indices; a colour mask whose channels differ is refused.
 * A mask of another size than its image, an empty mask, or a missing mask skips the image
   with the file named (``dataset.skipped``), or raises :class:`DataError` with ``strict=True``.
 """
@@ -32,7 +33,7 @@ from ..boxes import mask_box
 from ..errors import DataError
 from ..imageio import image_size, is_image_file, read_mask
 from ..sample import Sample, SkipLog, SmearDataset
-from ._common import check_mask_size
+from ._common import Root, check_mask_size
 
 CLASS_NAMES = ["neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"]
 SEMANTIC_NAMES = ["background", "cytoplasm", "nucleus"]
@@ -40,7 +41,7 @@ _HEADERS = (["image id", "class label"], ["image id", "class"])
 
 
 def load(path: str | Path, *, datasets=(1, 2), strict: bool = False,
-         name: str | None = None) -> SmearDataset:
+         name: str | None = None, allow_outside_root: bool = False) -> SmearDataset:
     """Load one or both Zheng WBC datasets.
 
     Each sample has ``image_id`` ``"d1_001"``, ``domain`` ``"dataset1"``, ``image_label`` (the
@@ -55,6 +56,8 @@ def load(path: str | Path, *, datasets=(1, 2), strict: bool = False,
     datasets : which datasets (1, 2) to load.
     strict : raise on the first per-record problem instead of counting it as a skip.
     name : dataset name (default: the folder name).
+    allow_outside_root : follow links that lead out of ``path`` (refused by default: such an
+        image or mask is a counted skip, such a CSV an error).
 
     Raises
     ------
@@ -66,13 +69,15 @@ def load(path: str | Path, *, datasets=(1, 2), strict: bool = False,
     """
     root = Path(path)
     skipped = SkipLog(strict=strict)
+    inside = Root(root, allow_outside_root)
     samples = []
     for n in datasets:
         folder = root / f"Dataset {n}"
         if not folder.is_dir():
             raise DataError(folder, f"Zheng dataset folder 'Dataset {n}' not found")
-        classes = _read_classes(root / f"Class Labels of Dataset {n}.csv", skipped)
-        samples += _load_dataset(folder, n, classes, skipped)
+        csv_path = root / f"Class Labels of Dataset {n}.csv"
+        classes = _read_classes(inside.check(csv_path) if csv_path.exists() else csv_path, skipped)
+        samples += _load_dataset(folder, n, classes, skipped, inside)
     return SmearDataset(samples, CLASS_NAMES, name or root.name, root=root, format="zheng",
                         semantic_names=SEMANTIC_NAMES, skipped=skipped)
 
@@ -115,10 +120,11 @@ def _read_classes(path: Path, skipped: SkipLog) -> dict[int, tuple[int | None, i
 
 
 def _load_dataset(folder: Path, n: int, classes: dict[int, tuple[int, int]],
-                  skipped: SkipLog) -> list[Sample]:
+                  skipped: SkipLog, inside: Root) -> list[Sample]:
     """The samples of one ``Dataset N`` folder; CSV rows without an image are counted skips."""
     csv_path = folder.parent / f"Class Labels of Dataset {n}.csv"
-    files = [p for p in folder.iterdir() if not p.name.startswith(".") and is_image_file(p)]
+    files = [p for p in folder.iterdir() if not p.name.startswith(".") and is_image_file(p)
+             and inside.inside(p, skipped)]
     masks = {p.stem: p for p in files if p.suffix.lower() == ".png"}
     images = sorted((p for p in files if p.suffix.lower() != ".png"), key=lambda p: p.name)
     samples, seen = [], set()
