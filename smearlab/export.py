@@ -19,8 +19,9 @@ the COCO annotations of an image share that order. Filter the raw predictions fi
   (``"auto"``, the default). CVAT imports it as "COCO 1.0" (polygons as polygons, RLE as masks)
   after the images are uploaded under the same file names; :func:`smearlab.data.load` reads it
   back.
-* :func:`export_image_jsons`: ``<image stem>.json`` per image with the class, score, box and
-  polygon vertices of every instance (schema in :func:`image_record`).
+* :func:`export_image_jsons`: ``<output name>.json`` per image with the class, score, box and
+  polygon vertices of every instance (schema in :func:`image_record`). Output names keep the
+  images' relative sub-paths (:func:`output_names`), so two ``a.png`` never overwrite each other.
 
 Coordinates are pixel-edge ``x, y`` (pixel ``(row r, column c)`` covers ``[c, c + 1) x
 [r, r + 1)``), as the boxes. Every file is written atomically.
@@ -42,7 +43,7 @@ from .io import atomic_path, write_json
 
 log = logging.getLogger("smearlab.export")
 
-__all__ = ["SEGMENTATIONS", "sort_by_score", "label_image", "write_label_png", "read_label_png",
+__all__ = ["SEGMENTATIONS", "output_names", "sort_by_score", "label_image", "write_label_png", "read_label_png",
            "write_label_pngs", "mask_polygons", "coco_dict", "export_coco", "image_record",
            "export_image_jsons", "export_predictions"]
 
@@ -138,11 +139,11 @@ def read_label_png(path: str | Path) -> np.ndarray:
 
 def write_label_pngs(dataset, predictions, folder: str | Path, *,
                      score_threshold: float | None = None) -> list[Path]:
-    """One ``<image stem>.png`` label image per sample in ``folder`` (see :func:`write_label_png`)."""
+    """One ``<output name>.png`` label image per sample in ``folder`` (see :func:`write_label_png`
+    and :func:`output_names`: sub-folders of the images are kept, so names never clash)."""
     preds = _checked(dataset, predictions)
-    names = _file_names(dataset)
-    return [write_label_png(Path(folder) / (Path(n).stem + ".png"), p, score_threshold=score_threshold)
-            for n, p in zip(names, preds)]
+    return [write_label_png(Path(folder) / f"{n}.png", p, score_threshold=score_threshold)
+            for n, p in zip(output_names(dataset), preds)]
 
 
 # -- polygons -------------------------------------------------------------------------------------
@@ -183,14 +184,44 @@ def _has_holes(mask: np.ndarray) -> bool:
     return bool((ndi.binary_fill_holes(mask) & ~mask).any())
 
 
-# -- COCO -----------------------------------------------------------------------------------------
-def _file_names(dataset) -> list[str]:
-    """A unique file name per sample: the image file's name, else ``<image_id>.png``."""
+# -- output names ---------------------------------------------------------------------------------
+def _relative_files(dataset) -> list[str]:
+    """Each sample's image path relative to the folder all the dataset's image files share
+    (``rbc/a.png``), posix style; ``<image_id>.png`` for a sample without a file."""
+    paths = [getattr(s, "path", None) for s in dataset]
+    files = [os.path.abspath(p) for p in paths if p is not None]
+    base = os.path.commonpath([os.path.dirname(f) for f in files]) if files else ""
+    out = []
+    for s, p in zip(dataset, paths):
+        if p is None:
+            out.append(re.sub(r"[^\w./-]", "_", str(s.image_id)).lstrip("./") + ".png")
+        else:
+            out.append(Path(os.path.relpath(os.path.abspath(p), base)).as_posix())
+    return out
+
+
+def output_names(dataset) -> list[str]:
+    """One unique name per sample for the files an export writes (``labels/<name>.png``,
+    ``json/<name>.json``), traceable to its image: the image's path relative to the folder all
+    the dataset's images share, without its extension (``rbc/a`` for ``.../rbc/a.png``, so
+    ``a.png`` in two class folders gives ``rbc/a`` and ``wbc/a``). Images that would still
+    share a name (``a.png`` and ``a.jpg`` in one folder) keep their extension (``a.png``,
+    ``a.jpg``); samples without a file use their image id.
+    """
+    files = _relative_files(dataset)
+    stems = [f.rsplit(".", 1)[0] if "." in Path(f).name else f for f in files]
+    seen: dict[str, int] = {}
+    for st in stems:
+        seen[st.lower()] = seen.get(st.lower(), 0) + 1
+    names = [f if seen[st.lower()] > 1 else st for f, st in zip(files, stems)]
+    return _unique(names)
+
+
+def _unique(names: list[str]) -> list[str]:
+    """``names`` with a ``_K`` suffix on repeats (the same file listed twice), case-insensitively."""
     used: set[str] = set()
     out = []
-    for s in dataset:
-        name = s.path.name if getattr(s, "path", None) is not None else \
-            re.sub(r"[^\w.-]", "_", str(s.image_id)) + ".png"
+    for name in names:
         stem, ext = os.path.splitext(name)
         k, cand = 1, name
         while cand.lower() in used:
@@ -198,6 +229,13 @@ def _file_names(dataset) -> list[str]:
         used.add(cand.lower())
         out.append(cand)
     return out
+
+
+# -- COCO -----------------------------------------------------------------------------------------
+def _file_names(dataset) -> list[str]:
+    """A unique ``file_name`` per sample: the image's path relative to the folder the dataset's
+    images share (sub-folders kept, so two ``a.png`` in two class folders stay apart)."""
+    return _unique(_relative_files(dataset))
 
 
 def _segmentation(mask: np.ndarray, mode: str, tolerance: float):
@@ -265,8 +303,9 @@ def export_coco(dataset, predictions, path: str | Path, *, segmentation: str = "
     Returns
     -------
     Path
-        the JSON file. Image ``file_name`` entries are bare file names (the image file's name,
-        else ``<image_id>.png``), as CVAT matches them.
+        the JSON file. Image ``file_name`` entries are the images' paths relative to the folder
+        the dataset's images share (``rbc/a.png``; a bare file name when they share one
+        folder), else ``<image_id>.png``; CVAT matches them against the uploaded files.
     """
     from .data.imageio import write_image
     path = Path(path)
@@ -327,11 +366,12 @@ def image_record(sample, prediction: dict, class_names: Sequence[str], *, file_n
 
 def export_image_jsons(dataset, predictions, folder: str | Path, *, score_threshold: float | None = None,
                        tolerance: float = 0.0) -> list[Path]:
-    """Write :func:`image_record` of every sample as ``folder/<image stem>.json``; the paths."""
+    """Write :func:`image_record` of every sample as ``folder/<output name>.json`` (see
+    :func:`output_names`); the paths."""
     preds = _checked(dataset, predictions)
     out = []
-    for s, name, p in zip(dataset, _file_names(dataset), preds):
-        path = Path(folder) / (Path(name).stem + ".json")
+    for s, name, stem, p in zip(dataset, _file_names(dataset), output_names(dataset), preds):
+        path = Path(folder) / f"{stem}.json"
         write_json(path, image_record(s, p, dataset.class_names, file_name=name,
                                       score_threshold=score_threshold, tolerance=tolerance))
         out.append(path)

@@ -1,0 +1,407 @@
+"""No silent wrong answers: files that load without error but would give wrong numbers.
+
+Each case is a file (or a pair of files) a user meets in the wild: a phone JPEG with an EXIF
+rotation, an annotation whose size disagrees with the image, a box outside the real image, a
+dataset whose classes are in another order or spelling than the model's, two images with one
+name, a link out of the dataset, a palette mask, upper-case extensions. Each must be read
+right, repaired and counted, or refused with the file named; never used as if nothing were wrong.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from smearlab.data import DataError, Sample, SmearDataset
+from smearlab.data.classes import ClassMismatchError, canonical, match_classes
+from smearlab.data.formats import coco, imagefolder, voc, yolo, zheng
+from smearlab.data.imageio import image_info, read_binary_mask, read_image, read_mask, write_image
+from smearlab.detection.postprocess import Predictions, postprocess
+from smearlab.evaluate import check_predictions, coco_eval, simulate_predictions
+from smearlab.export import export_predictions, output_names
+
+STORED_HW = (40, 60)  # the pixels as stored: 60 wide, 40 high
+
+
+def _exif_jpeg(path, orientation=6):
+    """A 60x40 JPEG (stored) whose EXIF says "rotate 90" (shown 40x60): left half dark."""
+    a = np.full((*STORED_HW, 3), 200, np.uint8)
+    a[:, :30] = 20
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(a).save(path, exif=exif.tobytes(), quality=95)
+    return path
+
+
+def _voc_xml(root, stem, image_name, size, boxes, names=None):
+    (root / "Annotations").mkdir(parents=True, exist_ok=True)
+    size_xml = f"<size><width>{size[1]}</width><height>{size[0]}</height><depth>3</depth></size>" \
+        if size else ""
+    names = names or ["RBC"] * len(boxes)
+    objs = "".join(f"<object><name>{n}</name><bndbox><xmin>{b[0]}</xmin><ymin>{b[1]}</ymin>"
+                   f"<xmax>{b[2]}</xmax><ymax>{b[3]}</ymax></bndbox></object>" for n, b in zip(names, boxes))
+    (root / "Annotations" / f"{stem}.xml").write_text(
+        f"<annotation><filename>{image_name}</filename>{size_xml}{objs}</annotation>")
+
+
+# -- 1. EXIF orientation --------------------------------------------------------------------------
+def test_images_are_read_as_shown(tmp_path):
+    p = _exif_jpeg(tmp_path / "a.jpg")
+    info = image_info(p)
+    assert info.stored_hw == (40, 60) and info.shown_hw == (60, 40) and info.exif_orientation == 6
+    shown, _ = read_image(p)
+    stored, _ = read_image(p, orientation="stored")
+    assert shown.shape[:2] == (60, 40) and stored.shape[:2] == (40, 60)
+    # tag 6: rotate 90 degrees clockwise to show; the dark left half ends up on top
+    assert shown[:20].mean() < 60 and shown[-20:].mean() > 150
+    with pytest.raises(ValueError, match="orientation"):
+        read_image(p, orientation="sideways")
+
+
+@pytest.mark.parametrize("declared, expect", [
+    ((60, 40), "exif"),      # the annotation tool showed the rotated image (CVAT, viewers)
+    ((40, 60), "stored"),    # the tool ignored the tag: boxes refer to the stored pixels
+    ((50, 50), "skip"),      # neither
+    (None, "exif"),          # nothing declared: the documented convention
+])
+def test_voc_size_decides_the_orientation(tmp_path, declared, expect):
+    _exif_jpeg(tmp_path / "Images" / "a.jpg")
+    _voc_xml(tmp_path, "a", "a.jpg", declared, [(2, 2, 12, 12)])
+    ds = voc.load(tmp_path)
+    if expect == "skip":
+        assert len(ds) == 0
+        reason = ds.skipped[0].reason
+        assert "a.jpg" in ds.skipped[0].path and "40x60" in reason and "50x50" in reason
+        assert "EXIF orientation 6" in reason
+        return
+    s = ds[0]
+    assert s.orientation == expect
+    assert s.image.shape[:2] == ((60, 40) if expect == "exif" else (40, 60))
+    if expect == "stored":
+        assert len(ds.fixed) == 1 and "EXIF orientation ignored" in ds.fixed[0].reason
+    else:
+        assert not ds.fixed
+
+
+def test_coco_size_decides_the_orientation(tmp_path):
+    _exif_jpeg(tmp_path / "a.jpg")
+    _exif_jpeg(tmp_path / "b.jpg")
+    _exif_jpeg(tmp_path / "c.jpg")
+    data = {"images": [{"id": 1, "file_name": "a.jpg", "width": 40, "height": 60},
+                       {"id": 2, "file_name": "b.jpg", "width": 60, "height": 40},
+                       {"id": 3, "file_name": "c.jpg", "width": 50, "height": 50}],
+            "categories": [{"id": 1, "name": "RBC"}],
+            "annotations": [{"id": 1, "image_id": 2, "category_id": 1, "bbox": [50, 30, 10, 10]}]}
+    (tmp_path / "gt.json").write_text(json.dumps(data))
+    ds = coco.load(tmp_path / "gt.json")
+    assert [s.image_id for s in ds] == ["a", "b"]
+    assert [s.orientation for s in ds] == ["exif", "stored"]
+    assert ds[1].image.shape[:2] == (40, 60) and len(ds[1].boxes) == 1  # the box fits the stored image
+    assert [f.reason.split(":")[0] for f in ds.fixed] == ["EXIF orientation ignored"]
+    assert "c.jpg" in ds.skipped[0].path and "50x50" in ds.skipped[0].reason
+
+
+def test_yolo_converts_with_the_size_as_shown(tmp_path):
+    _exif_jpeg(tmp_path / "images" / "a.jpg")
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "a.txt").write_text("0 0.5 0.5 0.5 0.5\n")
+    (tmp_path / "classes.txt").write_text("RBC\n")
+    s = yolo.load(tmp_path)[0]
+    assert s.hw == (60, 40)
+    np.testing.assert_allclose(s.boxes, [[10, 15, 30, 45]])
+
+
+# -- 2. boxes against the image as read -----------------------------------------------------------
+def test_voc_boxes_are_checked_against_the_pixels(tmp_path):
+    write_image(tmp_path / "Images" / "a.png", np.zeros((80, 100, 3), np.uint8))
+    _voc_xml(tmp_path, "a", "a.png", None, [(10, 10, 20, 20), (150, 120, 170, 140), (90, 70, 104, 84)])
+    ds = voc.load(tmp_path)
+    np.testing.assert_array_equal(ds[0].boxes, [[10, 10, 20, 20], [90, 70, 100, 80]])
+    assert ds[0].size == (80, 100)
+    assert [sk.record for sk in ds.skipped] == ["object 1"] and "outside the 100x80" in ds.skipped[0].reason
+    assert len(ds.fixed) == 1 and ds.fixed[0].amount == pytest.approx(4)
+
+
+def test_voc_size_that_is_not_the_image_is_refused(tmp_path):
+    write_image(tmp_path / "Images" / "a.png", np.zeros((80, 100, 3), np.uint8))
+    _voc_xml(tmp_path, "a", "a.png", (200, 300), [(10, 10, 250, 150)])
+    ds = voc.load(tmp_path)
+    assert len(ds) == 0 and "image is 100x80" in ds.skipped[0].reason and "300x200" in ds.skipped[0].reason
+
+
+def test_a_sample_refuses_an_image_of_another_size_than_declared(tmp_path):
+    write_image(tmp_path / "a.png", np.zeros((80, 100, 3), np.uint8))
+    s = Sample("a", tmp_path / "a.png", boxes=[[0, 0, 5, 5]], labels=[0], size=(40, 60))
+    with pytest.raises(DataError, match=r"a\.png.*100x80.*60x40"):
+        s.image
+
+
+def test_clipped_boxes_are_summarised_once(tmp_path, caplog):
+    write_image(tmp_path / "Images" / "a.png", np.zeros((80, 100, 3), np.uint8))
+    boxes = [(90, i, 103, i + 5) for i in range(0, 60, 5)]
+    _voc_xml(tmp_path, "a", "a.png", (80, 100), boxes)
+    with caplog.at_level(logging.WARNING, logger="smearlab.data"):
+        ds = voc.load(tmp_path)
+    assert len(ds.fixed) == 12  # every record is kept
+    lines = [r.getMessage() for r in caplog.records if "fixed" in r.getMessage()]
+    assert len(lines) == 1
+    assert "12 x box clipped to the image, largest 3 px" in lines[0] and "and 9 more" in lines[0]
+
+
+# -- 3. class order and spelling between datasets and models -------------------------------------
+def test_canonical_names():
+    assert canonical("Platelets") == canonical("platelet") == "platelet"
+    assert canonical("red_blood_cells") == canonical("Red blood cell")
+    assert canonical("WBCs") == canonical("WBC") and canonical("class") == "class"
+    assert canonical("lymphocytes") == "lymphocyte" and canonical("nucleus") == "nucleus"
+
+
+def test_match_classes_rules_and_refusals():
+    m = match_classes(["Platelets", "RBC", "WBC"], ["WBC", "RBC", "Platelet"], require="both")
+    assert m.lut.tolist() == [2, 1, 0] and m.how == {"Platelets": "alias", "RBC": "same", "WBC": "same"}
+    assert "'Platelets' -> 'Platelet' (alias)" in m.describe() and "reordered" in m.describe()
+    m = match_classes(["red blood cell", "ring"], ["RBC", "ring"], {"red blood cell": "RBC"})
+    assert m.lut.tolist() == [0, 1] and m.how["red blood cell"] == "class_map"
+    with pytest.raises(ClassMismatchError, match=r"\['a', 'b'\].*\['a'\]"):
+        match_classes(["a", "b"], ["a"], require="both")
+    with pytest.raises(ClassMismatchError, match="could be any of"):
+        match_classes(["cell"], ["Cell", "cells"])
+    with pytest.raises(ClassMismatchError, match="not a target class"):
+        match_classes(["a"], ["b"], {"a": "c"})
+
+
+def test_box_loader_maps_aliases_and_a_user_mapping(tmp_path, caplog):
+    write_image(tmp_path / "Images" / "a.png", np.zeros((80, 100, 3), np.uint8))
+    _voc_xml(tmp_path, "a", "a.png", None, [(1, 1, 9, 9), (2, 2, 9, 9), (3, 3, 9, 9), (4, 4, 9, 9)],
+             names=["Platelets", "rbc", "white blood cell", "alien"])
+    with caplog.at_level(logging.WARNING, logger="smearlab.data"):
+        ds = voc.load(tmp_path, class_names=["WBC", "RBC", "Platelet"], class_map={"white blood cell": "WBC"})
+    assert ds.class_names == ["WBC", "RBC", "Platelet"]
+    assert ds[0].labels.tolist() == [2, 1, 0]
+    assert "unknown class: 'alien'" in ds.skipped[0].reason
+    assert any("'Platelets' -> 'Platelet'" in r.getMessage() and "'white blood cell' -> 'WBC'" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_coco_and_class_folders_load_in_another_class_list(tmp_path):
+    write_image(tmp_path / "a.png", np.zeros((20, 20, 3), np.uint8))
+    data = {"images": [{"id": 1, "file_name": "a.png"}],
+            "categories": [{"id": 1, "name": "Platelets"}, {"id": 2, "name": "RBC"}, {"id": 3, "name": "dust"}],
+            "annotations": [{"id": k, "image_id": 1, "category_id": k, "bbox": [k, k, 4, 4]} for k in (1, 2, 3)]}
+    (tmp_path / "gt.json").write_text(json.dumps(data))
+    ds = coco.load(tmp_path / "gt.json", class_names=["RBC", "Platelet"])
+    assert ds.class_names == ["RBC", "Platelet"] and ds[0].labels.tolist() == [1, 0]
+    assert ds[0].meta["iscrowd"].tolist() == [0, 0]
+    assert any("unknown class: 'dust'" in sk.reason for sk in ds.skipped)
+    folders = tmp_path / "crops"
+    for c in ("Lymphocytes", "neutrophil"):
+        write_image(folders / c / "x.png", np.zeros((8, 8, 3), np.uint8))
+    ds = imagefolder.load(folders, class_names=["neutrophil", "lymphocyte"])
+    assert [(s.image_id, s.image_label) for s in ds] == [("Lymphocytes/x.png", 1), ("neutrophil/x.png", 0)]
+
+
+def _shuffled(dataset, order):
+    """The same images with the classes listed in ``order`` (labels follow their names)."""
+    lut = np.array([order.index(n) for n in dataset.class_names])
+    samples = [Sample(s.image_id, boxes=s.boxes, labels=lut[s.labels], size=s.size) for s in dataset]
+    return SmearDataset(samples, order, dataset.name)
+
+
+def test_predictions_are_scored_by_class_name():
+    rng = np.random.default_rng(0)
+    samples = []
+    for i in range(6):
+        x = rng.uniform(0, 80, (6, 2))
+        samples.append(Sample(f"s{i}", boxes=np.hstack([x, x + 12]), labels=[0, 1, 2, 0, 1, 2], size=(100, 100)))
+    ds = SmearDataset(samples, ["Platelets", "RBC", "WBC"], "cbc-like")
+    raw = simulate_predictions(ds, seed=1)
+    preds = Predictions(raw, ds.class_names)  # what predict() returns: the model's classes
+    other = _shuffled(ds, ["WBC", "RBC", "Platelets"])
+    assert coco_eval(other, preds)["per_class"] == {n: coco_eval(ds, preds)["per_class"][n] for n in other.class_names}
+    # the same numbers through postprocess (class names travel) and the alias rule
+    final = postprocess(preds, 0.3)
+    assert final.class_names == ds.class_names
+    alias = _shuffled(ds, ["WBC", "RBC", "Platelets"])
+    alias.class_names = ["wbc", "RBCs", "Platelet"]
+    assert coco_eval(alias, final)["mAP50"] == pytest.approx(coco_eval(ds, final)["mAP50"])
+    # a model whose classes are not the dataset's: refused, both lists shown
+    wrong = Predictions(raw, ["Platelets", "RBC", "Lymphocyte"])
+    with pytest.raises(ClassMismatchError, match=r"Lymphocyte.*\['Platelets', 'RBC', 'WBC'\]"):
+        check_predictions(ds, wrong)
+    # a plain list keeps meaning "labels index the dataset's classes"
+    assert check_predictions(other, raw)[0]["labels"].tolist() == raw[0]["labels"].tolist()
+
+
+@pytest.mark.shared_data
+def test_cbc_testing_in_a_shuffled_class_order_scores_the_same(cbc_root):
+    ds = voc.load(cbc_root / "Testing")
+    preds = Predictions(simulate_predictions(ds, seed=0), ds.class_names)
+    own = coco_eval(ds, preds)
+    shuffled = voc.load(cbc_root / "Testing", class_names=["WBC", "RBC", "Platelets"])
+    assert [s.image_id for s in shuffled] == [s.image_id for s in ds]
+    got = coco_eval(shuffled, preds)
+    assert got["mAP50"] == pytest.approx(own["mAP50"]) and got["mAP"] == pytest.approx(own["mAP"])
+    assert got["per_class"] == own["per_class"] or all(
+        got["per_class"][n] == pytest.approx(own["per_class"][n]) for n in ds.class_names)
+    # label id against label id, as before this check existed, is far off
+    plain = coco_eval(shuffled, list(preds))
+    assert plain["mAP50"] < own["mAP50"] - 0.3
+    # aliases of the published names load onto the same classes
+    aliased = voc.load(cbc_root / "Testing", class_names=["platelet", "rbcs", "WBC"])
+    assert aliased.num_objects == ds.num_objects
+
+
+# -- 4. exports keep one file per image -----------------------------------------------------------
+def test_exports_never_overwrite_and_stay_traceable(tmp_path):
+    root = tmp_path / "crops"
+    paths = [root / "rbc" / "a.png", root / "rbc" / "a.jpg", root / "wbc" / "a.png", root / "wbc" / "b.png"]
+    for p in paths:
+        write_image(p, np.zeros((10, 10, 3), np.uint8))
+    samples = [Sample(p.relative_to(root).as_posix(), p, size=(10, 10)) for p in paths]
+    ds = SmearDataset(samples, ["cell"], "crops", root=root)
+    assert output_names(ds) == ["rbc/a.png", "rbc/a.jpg", "wbc/a", "wbc/b"]
+    mask = np.zeros((1, 10, 10), bool)
+    mask[0, 2:6, 2:6] = True
+    preds = [{"boxes": [[2, 2, 6, 6]], "scores": [0.9], "labels": [0], "masks": mask} for _ in paths]
+    out = export_predictions(ds, preds, tmp_path / "out")
+    assert len({str(p) for p in out["labels"]}) == 4 and len({str(p) for p in out["json"]}) == 4
+    assert (tmp_path / "out" / "json" / "rbc" / "a.jpg.json").is_file()
+    assert (tmp_path / "out" / "labels" / "wbc" / "a.png").is_file()
+    records = [json.loads(p.read_text()) for p in out["json"]]
+    assert [r["image"] for r in records] == ["rbc/a.png", "rbc/a.jpg", "wbc/a.png", "wbc/b.png"]
+    coco_json = json.loads((tmp_path / "out" / "coco.json").read_text())
+    assert [im["file_name"] for im in coco_json["images"]] == ["rbc/a.png", "rbc/a.jpg", "wbc/a.png", "wbc/b.png"]
+
+
+# -- 5. files outside the dataset root ------------------------------------------------------------
+@pytest.fixture
+def secret(tmp_path):
+    p = tmp_path / "private" / "secret.png"
+    write_image(p, np.full((40, 60, 3), 7, np.uint8))
+    return p
+
+
+def test_voc_refuses_an_image_linked_out_of_the_root(tmp_path, secret):
+    root = tmp_path / "voc"
+    (root / "Images").mkdir(parents=True)
+    (root / "Images" / "a.png").symlink_to(secret)
+    _voc_xml(root, "a", "a.png", None, [(1, 1, 5, 5)])
+    ds = voc.load(root)
+    assert len(ds) == 0 and "outside the dataset root" in ds.skipped[0].reason
+    assert "allow_outside_root=True" in ds.skipped[0].reason
+    assert len(voc.load(root, allow_outside_root=True)) == 1
+
+
+def test_yolo_refuses_links_out_for_images_labels_and_the_class_list(tmp_path, secret):
+    root = tmp_path / "yolo"
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    (root / "images" / "a.png").symlink_to(secret)
+    write_image(root / "images" / "b.png", np.zeros((40, 60, 3), np.uint8))
+    outside_label = tmp_path / "private" / "b.txt"
+    outside_label.write_text("0 0.5 0.5 0.2 0.2\n")
+    (root / "labels" / "b.txt").symlink_to(outside_label)
+    (root / "classes.txt").write_text("RBC\n")
+    ds = yolo.load(root)
+    assert len(ds) == 0 and len(ds.skipped) == 2
+    assert all("outside the dataset root" in sk.reason for sk in ds.skipped)
+    (root / "classes.txt").unlink()
+    passwd = tmp_path / "private" / "passwd"
+    passwd.write_text("root:x:0:0\n")
+    (root / "classes.txt").symlink_to(passwd)
+    with pytest.raises(DataError, match=r"classes\.txt.*outside the dataset root"):
+        yolo.load(root)
+    assert len(yolo.load(root, allow_outside_root=True)) == 2
+
+
+def test_class_folders_and_zheng_refuse_links_out(tmp_path, secret):
+    root = tmp_path / "crops"
+    (root / "rbc").mkdir(parents=True)
+    write_image(root / "rbc" / "ok.png", np.zeros((8, 8, 3), np.uint8))
+    (root / "rbc" / "leak.png").symlink_to(secret)
+    ds = imagefolder.load(root)
+    assert [s.image_id for s in ds] == ["rbc/ok.png"] and "leak.png" in ds.skipped[0].path
+    z = tmp_path / "zheng"
+    (z / "Dataset 1").mkdir(parents=True)
+    (z / "Class Labels of Dataset 1.csv").symlink_to(tmp_path / "private" / "secret.png")
+    with pytest.raises(DataError, match="outside the dataset root"):
+        zheng.load(z, datasets=(1,))
+
+
+# -- 6. palette masks and upper-case extensions ---------------------------------------------------
+def test_masks_are_read_by_value_not_by_red(tmp_path):
+    idx = np.zeros((10, 12), np.uint8)
+    idx[2:5, 3:7] = 1
+    idx[6:9, 1:3] = 2
+    pal = Image.fromarray(idx, "P")
+    pal.putpalette([0, 0, 0, 0, 255, 0, 0, 0, 255] + [0] * 759)  # 1 green, 2 blue: no red at all
+    pal.save(tmp_path / "palette.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "palette.png"), idx)
+    assert read_binary_mask(tmp_path / "palette.png").sum() == (idx > 0).sum()
+    rgb = np.zeros((10, 12, 3), np.uint8)
+    rgb[2:5, 3:7] = (0, 200, 0)
+    Image.fromarray(rgb).save(tmp_path / "green.png")
+    assert read_binary_mask(tmp_path / "green.png").sum() == 12
+    grey_rgb = np.repeat(idx[..., None] * 100, 3, axis=2).astype(np.uint8)
+    Image.fromarray(grey_rgb).save(tmp_path / "grey.png")
+    np.testing.assert_array_equal(read_mask(tmp_path / "grey.png"), idx * 100)
+
+
+def test_upper_case_image_and_label_extensions(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "labels").mkdir()
+    write_image(tmp_path / "images" / "A.PNG", np.zeros((40, 60, 3), np.uint8))
+    (tmp_path / "labels" / "A.TXT").write_text("0 0.5 0.5 0.5 0.5\n")
+    (tmp_path / "labels" / "ORPHAN.TXT").write_text("0 0.5 0.5 0.5 0.5\n")
+    (tmp_path / "classes.txt").write_text("RBC\n")
+    ds = yolo.load(tmp_path)
+    assert len(ds) == 1 and len(ds[0].boxes) == 1
+    assert [sk.path.endswith("ORPHAN.TXT") for sk in ds.skipped] == [True]
+
+
+class _EchoModel:
+    """A stand-in detector: predicts each image's ground truth (held by image size), labels
+    in the model's own class order, as torchvision returns them (1-based)."""
+
+    def __init__(self, dataset, class_names):
+        from smearlab.detection import DetectorConfig
+        self.detector_config = DetectorConfig(arch="fasterrcnn_tiny", class_names=class_names)
+        lut = np.array([class_names.index(n) for n in dataset.class_names])
+        self.truth = {tuple(s.hw): (s.boxes, lut[s.labels]) for s in dataset}
+        self.training = False
+
+    def __call__(self, images):
+        import torch
+        out = []
+        for im in images:
+            boxes, labels = self.truth[tuple(im.shape[-2:])]
+            out.append({"boxes": torch.as_tensor(boxes), "labels": torch.as_tensor(labels + 1),
+                        "scores": torch.linspace(0.9, 0.6, len(boxes))})
+        return out
+
+
+def test_predict_tune_and_count_map_the_model_classes_by_name():
+    from smearlab.detection import predict
+    from smearlab.detection.postprocess import RawPredictions
+    from smearlab.detection.tune import auto_tune
+    from smearlab.evaluate import count_metrics
+    rng = np.random.default_rng(3)
+    samples = []
+    for i in range(4):
+        x = rng.uniform(0, 50, (3, 2))
+        img = np.zeros((60 + i, 70, 3), np.uint8)
+        samples.append(Sample(f"s{i}", boxes=np.hstack([x, x + 9]), labels=[0, 1, 2], _image=img))
+    data = SmearDataset(samples, ["WBC", "RBC", "Platelets"], "other-lab")
+    model = _EchoModel(data, ["Platelets", "RBC", "WBC"])  # trained on CBC's sorted order
+    preds = predict(model, data, progress=False)
+    assert preds.class_names == ["Platelets", "RBC", "WBC"]
+    assert preds[0]["labels"].tolist() == [2, 1, 0]  # the model's ids, not the dataset's
+    assert coco_eval(data, preds)["mAP50"] == pytest.approx(1.0)
+    th = auto_tune(data, RawPredictions.for_dataset(data, preds))
+    assert set(th.score) == {"Platelets", "RBC", "WBC"}
+    counts = count_metrics(data, th.apply(preds), score_threshold=0.0)
+    assert all(c["accuracy"] == pytest.approx(1.0) for c in counts.values())
