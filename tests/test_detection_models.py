@@ -103,6 +103,11 @@ def test_corrupt_checkpoint(tmp_path):
         load_model(tmp_path / "m", device="cpu")
     with pytest.raises(DataError, match="config.json"):
         load_model(tmp_path / "nothing-here", device="cpu")
+    for text, problem in (("[1, 2]", "got a list"), ("{broken", "not a readable JSON"),
+                          ('{"arch": "nope"}', "unknown detector arch")):
+        (tmp_path / "m" / "config.json").write_text(text)
+        with pytest.raises(DataError, match=f"config.json.*{problem}"):
+            load_model(tmp_path / "m", device="cpu")
 
 
 def test_checkpoint_of_other_classes(tmp_path):

@@ -483,6 +483,11 @@ def read_config(folder) -> DetectorConfig:
         raise DataError(p, "model folder has no config.json (not a saved smearlab model?)")
     try:
         d = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(p, f"not a readable JSON file: {e}") from None
+    if not isinstance(d, dict):
+        raise DataError(p, f"expected a JSON object of detector settings, got a {type(d).__name__}")
+    try:
         return DetectorConfig.from_dict(d)
     except (ValueError, TypeError) as e:
         raise DataError(p, f"invalid detector config: {e}") from e
