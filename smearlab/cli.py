@@ -23,6 +23,19 @@ how sweeps work:
 """
 
 
+def _error(message) -> int:
+    """Print ``error: <message>`` as one line on stderr; returns 2, the exit code of a user error."""
+    text = " ".join(line.strip() for line in str(message).splitlines() if line.strip())
+    print(f"error: {text}", file=sys.stderr)
+    return 2
+
+
+def _os_error(e: OSError) -> str:
+    """An OSError as ``<path>: <problem>`` (no errno, no traceback)."""
+    problem = e.strerror or str(e)
+    return f"{e.filename}: {problem}" if e.filename else problem
+
+
 def _report(args) -> int:
     from .report import run_report
 
@@ -36,9 +49,10 @@ def _report(args) -> int:
                            notebooks=args.only, notebook_dir=args.notebooks, seed=args.seed,
                            timeout=args.timeout or None, html_export=not args.no_html,
                            parameters=dict(args.param or []))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:
+        return _error(e)
+    except OSError as e:
+        return _error(_os_error(e))
     for name in index["ran"]:
         r = index["notebooks"][name]
         print(f"{r['status']:>6}  {r['seconds']:7.1f} s  {name}" + (f"  ({r['error']})" if r["error"] else ""))
@@ -76,9 +90,10 @@ def _sweep(args) -> int:
             index = run_sweep(args.sweep, out=out, jobs=args.jobs, notebook_dir=args.notebooks,
                               data_root=args.data_root, device=args.device, seed=args.seed,
                               timeout=args.timeout or None, html_export=not args.no_html)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except ValueError as e:
+        return _error(e)
+    except OSError as e:
+        return _error(_os_error(e))
     for row in index["rows"]:
         point = " ".join(f"{k}={format_value(v)}" for k, v in row["parameters"].items())
         seconds = f"{row['seconds']:7.1f} s" if row["seconds"] is not None else "      - s"
@@ -89,14 +104,17 @@ def _sweep(args) -> int:
 
 
 def _data(args) -> int:
-    from .data import DataError, load
+    from .data import FORMATS, load
     from .eda import summary
 
+    if args.format is not None and args.format not in FORMATS:
+        return _error(f"--format {args.format}: unknown format; known formats: {', '.join(FORMATS)}")
     try:
-        ds = load(args.path, format=args.format)
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        ds = load(args.path, format=args.format, split=args.split)
+    except ValueError as e:  # DataError: the file and the problem
+        return _error(e)
+    except OSError as e:  # an unreadable folder or file
+        return _error(_os_error(e))
     print(json.dumps(summary(ds), indent=2))
     for s in ds.skipped[: args.show_skips]:
         print(f"skipped: {s}")
@@ -148,7 +166,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="load a dataset in its native format and print its summary")
     d.add_argument("path")
-    d.add_argument("--format", help="name the format instead of detecting it")
+    d.add_argument("--format", help="name the format instead of detecting it (voc, coco, yolo, ...)")
+    d.add_argument("--split", help="the split to load, for YOLO (images/<split>/) and a folder of COCO "
+                                   "files (<split>.json, instances_<split>.json, "
+                                   "annotations/instances_<split>.json, <split>/_annotations.coco.json)")
     d.add_argument("--show-skips", type=int, default=20, help="how many skipped records to list")
     d.set_defaults(func=_data)
     return p

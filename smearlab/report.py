@@ -13,6 +13,7 @@ given, atomically.
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import csv
 import datetime as _dt
@@ -25,6 +26,7 @@ import multiprocessing
 import os
 import shlex
 import sys
+import tempfile
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -210,18 +212,20 @@ def run_report(profile: str = "quick", *, data_root: str | Path | None = None, d
     Raises
     ------
     ValueError
-        for an unknown notebook or profile, or a parameter that none of the chosen notebooks
-        declares (a typo would otherwise be dropped silently) or that the runner sets itself.
+        before any notebook runs: for an unknown notebook or profile, a parameter that none of
+        the chosen notebooks declares (a typo would otherwise be dropped silently) or that the
+        runner sets itself, a parameter value of the wrong type (see
+        :func:`check_parameter_type`), an ``out`` that is a file or cannot be written, or an
+        ``index.json`` in ``out`` that is not a run index.
     """
     all_nbs = find_notebooks(notebook_dir)
     chosen = _select(all_nbs, notebooks)
     parameters = dict(parameters or {})
     _check_parameters(parameters, chosen)
     out_dir = Path(out) if out else Path("reports") / f"{_dt.datetime.now():%Y%m%d-%H%M%S}-{profile}"
-    out_dir.mkdir(parents=True, exist_ok=True)
     index_path = out_dir / "index.json"
-    previous = json.loads(index_path.read_text())["notebooks"] if index_path.exists() else {}
-    results = dict(previous)
+    results = _previous_results(index_path)
+    make_out_dir(out_dir)
     t0 = time.perf_counter()
     for nb in _progress(chosen):
         params = {**notebook_parameters(nb.stem, profile, data_root=data_root, device=device, seed=seed),
@@ -247,6 +251,69 @@ def run_report(profile: str = "quick", *, data_root: str | Path | None = None, d
     return index
 
 
+def make_out_dir(out_dir: Path) -> None:
+    """Create the run folder ``out_dir`` and check that files can be written in it.
+
+    Raises
+    ------
+    ValueError
+        ``--out <folder>: ...`` when it is a file, cannot be created or is read-only.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir}: is a file, not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out {out_dir}: cannot create the folder ({e.strerror or e})") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".smearlab-write-test-", dir=out_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"--out {out_dir}: cannot write in the folder ({e.strerror or e})") from None
+
+
+def _previous_results(index_path: Path) -> dict[str, dict[str, Any]]:
+    """The notebook entries of an earlier run's ``index.json`` (kept on a rerun), or {} if none.
+
+    Raises
+    ------
+    ValueError
+        when the file is unreadable or not a smearlab run index, so that a folder holding
+        something else is not mixed into (or over-written by) a run.
+    """
+    if not index_path.exists():
+        return {}
+    try:
+        data = json.loads(index_path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ValueError(f"{index_path}: cannot read the run index ({e.strerror or e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        problem = f"malformed JSON: {e}"
+    else:
+        problem = _index_problem(data)
+    if problem is None:
+        return {name: {"error": None, "metrics": {}, **entry} for name, entry in data["notebooks"].items()}
+    raise ValueError(f"{index_path}: the --out folder holds an index.json that is not a smearlab run "
+                     f"index ({problem}); choose another --out or remove the file")
+
+
+def _index_problem(data: Any) -> str | None:
+    """What makes ``data`` (a parsed ``index.json``) not a run index, or None."""
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not an object"
+    notebooks = data.get("notebooks")
+    if not isinstance(notebooks, dict):
+        return "no 'notebooks' mapping"
+    for name, r in notebooks.items():
+        if not (isinstance(r, dict) and isinstance(r.get("status"), str)
+                and isinstance(r.get("seconds"), (int, float)) and not isinstance(r.get("seconds"), bool)
+                and isinstance(r.get("metrics", {}), (dict, type(None)))
+                and isinstance(r.get("error"), (str, type(None)))):
+            return f"notebook entry {name!r} is not a run result with a 'status' text and 'seconds'"
+    return None
+
+
 def declared_parameters(nb: Path) -> dict[str, Any]:
     """The parameters a notebook declares in its ``parameters`` cell (papermill's inspection)."""
     import papermill as pm
@@ -254,23 +321,100 @@ def declared_parameters(nb: Path) -> dict[str, Any]:
 
 
 def _check_parameters(parameters: Mapping[str, Any], notebooks: list[Path]) -> None:
-    """Refuse extra parameters the runner owns or that none of ``notebooks`` declares."""
+    """Refuse extra parameters the runner owns, that none of ``notebooks`` declares, or whose
+    value has another type than a notebook declaring it expects (:func:`check_parameter_type`)."""
     reserved = sorted(set(parameters) & set(RUNNER_PARAMETERS))
     if reserved:
         raise ValueError(f"parameter {reserved[0]!r} is set by the report runner; it cannot be given")
     if not parameters:
         return
-    declared: set[str] = set()
+    declared: dict[str, dict[str, Any]] = {}
     for nb in notebooks:
         try:
-            declared |= set(declared_parameters(nb))
+            declared[nb.stem] = declared_parameters(nb)
         except Exception:  # an unreadable notebook fails (and is reported) when it runs
             return
-    unknown = sorted(set(parameters) - declared)
+    names = set().union(*declared.values())
+    unknown = sorted(set(parameters) - names)
     if unknown:
-        names = ", ".join(nb.stem for nb in notebooks)
-        raise ValueError(f"parameter {unknown[0]!r} is not declared by {names}; "
-                         f"declared parameters: {', '.join(sorted(declared))}")
+        raise ValueError(f"parameter {unknown[0]!r} is not declared by {', '.join(declared)}; "
+                         f"declared parameters: {', '.join(sorted(names))}")
+    for notebook, specs in declared.items():
+        for key, value in parameters.items():
+            if key in specs:
+                check_parameter_type(f"--param {key}={format_value(value)}", key, value, notebook, specs[key])
+
+
+#: Python types of a parameter's default (or annotation) and the name an error message uses.
+_KINDS = ((bool, "bool"), (int, "int"), (float, "float"), (str, "str"), ((list, tuple), "list"),
+          (dict, "dict"))
+
+#: Which value types each declared kind accepts (None is accepted for every kind: "not set").
+_ACCEPTS = {"bool": (bool,), "int": (int, float), "float": (int, float), "str": (str, int, float),
+            "list": (list,), "dict": (dict,)}
+
+
+def check_parameter_type(label: str, name: str, value: Any, notebook: str, spec: Mapping[str, Any]) -> None:
+    """Refuse a parameter value whose type clearly differs from what the notebook declares.
+
+    The declared type is the annotation of the ``parameters`` cell line (``epochs: int = 4``)
+    or else the type of the default value, as papermill's ``inspect_notebook`` reports them
+    (``spec``). A default of ``None`` or of another type accepts anything, and ``None`` is
+    accepted for every type. Otherwise: a bool takes only ``true``/``false``; an int or a
+    float takes numbers (not text, not a boolean; an int default also takes a float, as
+    ``perplexity = 30`` may well be 12.5); a str takes text and numbers but not a
+    boolean (YAML reads ``yes``/``no``/``on``/``off`` as booleans), list or mapping; a list
+    (or tuple) takes a list; a dict a mapping.
+
+    Parameters
+    ----------
+    label : how the value was given, the start of the message (``--param epochs=abc``).
+    name, value : the parameter and its value.
+    notebook : the notebook's name, for the message.
+    spec : papermill's description of the parameter (``inferred_type_name``, ``default``).
+
+    Raises
+    ------
+    ValueError
+        ``<label>: <notebook> declares <name> as <type> (default <default>), got <value>``.
+    """
+    kind, default = _declared_kind(spec)
+    if kind is None or value is None:
+        return
+    if isinstance(value, _ACCEPTS[kind]) and (kind == "bool" or not isinstance(value, bool)):
+        return
+    got = _describe(value)
+    if kind == "str" and isinstance(value, bool):
+        got += " (YAML reads yes/no, on/off and true/false as booleans: quote the value to pass text)"
+    raise ValueError(f"{label}: {notebook} declares {name} as {kind} (default {default}), got {got}")
+
+
+def _declared_kind(spec: Mapping[str, Any]) -> tuple[str | None, str]:
+    """The kind (:data:`_ACCEPTS` key, or None: anything goes) and default text of a parameter."""
+    default = str(spec.get("default", "None"))
+    annotated = spec.get("inferred_type_name")
+    if annotated in _ACCEPTS:  # `epochs: int = 4`
+        return annotated, default
+    try:
+        value = ast.literal_eval(default)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None, default  # an expression (Path("x"), a function call): not checked
+    return next((n for t, n in _KINDS if isinstance(value, t)), None), default
+
+
+def _describe(value: Any) -> str:
+    """A parameter value in words for an error message: "the text 'abc'", "the number 4.5"."""
+    if isinstance(value, str):
+        return f"the text {value!r}"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, list):
+        return f"the list {format_value(value)}"
+    if isinstance(value, dict):
+        return f"the mapping {format_value(value)}"
+    return f"a {type(value).__name__} {value!r}"
 
 
 def _select(nbs: list[Path], names: Iterable[str] | None) -> list[Path]:
@@ -484,6 +628,16 @@ def load_sweep(path: str | Path, notebook_dir: str | Path | None = None) -> Swee
         if key not in declared:
             raise bad(f"{key!r} is not a parameter of {notebook.stem} "
                       f"(its parameters: {', '.join(declared)})")
+    try:
+        for key, values in grid.items():
+            for value in values:
+                check_parameter_type(f"grid value {format_value(value)} of {key!r}", key, value,
+                                     notebook.stem, declared[key])
+        for key, value in fixed.items():
+            check_parameter_type(f"parameters: {key}={format_value(value)}", key, value, notebook.stem,
+                                 declared[key])
+    except ValueError as e:
+        raise bad(str(e)) from None
     metrics = spec.get("metrics")
     if metrics is not None and not (isinstance(metrics, list) and all(isinstance(m, str) for m in metrics)):
         raise bad("'metrics' must be a list of metric names, e.g. [mAP50, count_accuracy]")
@@ -618,6 +772,7 @@ def run_sweep(path: str | Path, *, out: str | Path | None = None, jobs: int = 1,
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     sweep = load_sweep(path, notebook_dir)
     out = Path(out) if out is not None else default_sweep_out(sweep)
+    make_out_dir(out)
     todo = sweep_jobs(sweep, out, data_root=data_root, device=device, seed=seed, timeout=timeout,
                       html_export=html_export)
     env = {}

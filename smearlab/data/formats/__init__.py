@@ -2,18 +2,29 @@
 
 Every format module exposes ``load(path, **options) -> SmearDataset``; formats that can be
 written also expose ``save(dataset, path)``. :func:`detect_format` looks at the files, not only
-at the name, and says what it found when it cannot decide.
+at the name, and says what it found when it cannot decide. :func:`find_dataset` also looks
+one folder down (a cloned repository holding the dataset in a sub-folder), and :func:`load`
+picks the split of a YOLO or COCO dataset.
 """
 from __future__ import annotations
 
 import importlib
+import logging
 from pathlib import Path
 
 from ..errors import DataError
 from ..imageio import is_image_file
 
+log = logging.getLogger("smearlab.data")
+
 FORMATS = ("voc", "bbbc041", "iml", "coco", "yolo", "dsb2018", "zheng", "imagefolder", "dicom")
 WRITABLE = ("voc", "coco", "yolo")
+#: Formats whose datasets hold several splits that ``load(..., split=NAME)`` chooses from.
+SPLIT_FORMATS = ("yolo", "coco")
+#: Where the COCO file of split ``s`` may be in a folder, first found wins.
+COCO_SPLIT_FILES = ("{s}.json", "instances_{s}.json", "annotations/instances_{s}.json",
+                    "annotations/{s}.json", "{s}/_annotations.coco.json")
+ROBOFLOW_COCO = "_annotations.coco.json"
 
 
 def module(fmt: str):
@@ -43,12 +54,61 @@ def json_kind(path: Path) -> str | None:
 def detect_format(path: str | Path) -> str:
     """Guess the format of a file or folder from its contents.
 
+    When nothing matches at the top level of a folder but exactly one of its sub-folders
+    holds a dataset (a cloned repository, say), that dataset's format is returned and the
+    sub-folder is logged; :func:`find_dataset` returns the sub-folder too.
+
     Raises
     ------
     DataError
-        when nothing matches, naming what was looked for.
+        when nothing matches, naming what was looked for, or when several sub-folders hold
+        datasets, naming them.
+    """
+    return find_dataset(path)[1]
+
+
+def find_dataset(path: str | Path) -> tuple[Path, str]:
+    """The dataset at ``path`` and its format: ``path`` itself, else its one sub-folder with one.
+
+    The sub-folders are looked at only when nothing is detected at the top level.
+
+    Returns
+    -------
+    (Path, str)
+        the file or folder to load, and its format.
+
+    Raises
+    ------
+    DataError
+        when nothing matches (naming what was looked for), or when several sub-folders hold
+        datasets (naming them, to pass one).
     """
     p = Path(path)
+    try:
+        return p, _detect_here(p)
+    except DataError as top:
+        if not p.is_dir():
+            raise
+        found = []
+        for sub in sorted(c for c in p.iterdir() if c.is_dir() and not c.name.startswith(".")):
+            try:
+                found.append((sub, _detect_here(sub)))
+            except (DataError, OSError):
+                continue
+        if not found:
+            raise DataError(p, f"{top.problem}, here or in a sub-folder; name the format with "
+                               "--format (format= in Python)") from None
+        if len(found) > 1:
+            listed = ", ".join(f"{sub.name} ({fmt})" for sub, fmt in found)
+            raise DataError(p, f"no dataset at the top level, but {len(found)} sub-folders hold one: "
+                               f"{listed}; pass one of them") from None
+        sub, fmt = found[0]
+        log.info("%s: no dataset at the top level; using its sub-folder %s (%s)", p, sub.name, fmt)
+        return sub, fmt
+
+
+def _detect_here(p: Path) -> str:
+    """The format of the file or folder ``p`` itself (sub-folders are not searched)."""
     if not p.exists():
         raise DataError(p, "path does not exist")
     if p.is_file():
@@ -82,6 +142,10 @@ def detect_format(path: str | Path) -> str:
     kinds = [k for k in (json_kind(j) for j in jsons) if k]
     if kinds:
         return kinds[0]
+    if coco_files(p):  # annotations/*.json, or the Roboflow layout <split>/_annotations.coco.json
+        return "coco"
+    if module("dsb2018").is_sample_folder(p):  # one DSB2018 image folder, not classes images/+masks/
+        return "dsb2018"
     subdirs = [c for c in p.iterdir() if c.is_dir() and not c.name.startswith(".")]
     if subdirs and all(any(is_image_file(f) for f in d.iterdir()) or not any(d.iterdir()) for d in subdirs):
         return "imagefolder"
@@ -89,16 +153,148 @@ def detect_format(path: str | Path) -> str:
         return "dicom"
     raise DataError(p, "cannot detect the dataset format (looked for VOC Annotations/, COCO/BBBC041/"
                        "IML JSON, YOLO labels/ or data.yaml, DSB2018 images/+masks/, Zheng "
-                       "'Dataset N/', class folders of images, DICOM files); name it with format=")
+                       "'Dataset N/', class folders of images, DICOM files)")
 
 
-def load(path: str | Path, format: str | None = None, **options):
+def coco_files(folder: Path) -> list[Path]:
+    """The COCO JSON files of a folder: ``*.json``, ``annotations/*.json`` and the Roboflow
+    export's ``<split>/_annotations.coco.json``."""
+    candidates = [f for d in (folder, folder / "annotations") if d.is_dir()
+                  for f in sorted(d.iterdir()) if f.suffix.lower() == ".json"]
+    candidates += sorted(d / ROBOFLOW_COCO for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
+    return [f for f in candidates if f.is_file() and json_kind(f) == "coco"]
+
+
+def coco_splits(folder: Path) -> list[str]:
+    """The split names of a folder of COCO files: a file's name without ``.json`` and an
+    ``instances_`` prefix, or the folder name of a Roboflow ``_annotations.coco.json``."""
+    return sorted({f.parent.name if f.name == ROBOFLOW_COCO else f.stem.removeprefix("instances_")
+                   for f in coco_files(folder)})
+
+
+def _coco_split_file(folder: Path, split: str) -> Path | None:
+    """The COCO file of ``split`` in ``folder`` (see :data:`COCO_SPLIT_FILES`), or None."""
+    for pattern in COCO_SPLIT_FILES:
+        f = folder / pattern.format(s=split)
+        if f.is_file() and json_kind(f) == "coco":
+            return f
+    return None
+
+
+def _coco_file(folder: Path, split: str | None) -> Path:
+    """The COCO file to load from a folder: the split's, or the folder's only one."""
+    if split is not None:
+        f = _coco_split_file(folder, split)
+        if f is None:
+            available = ", ".join(coco_splits(folder)) or "none (no COCO JSON file here)"
+            raise DataError(folder, f"no COCO file for split {split!r} (looked for "
+                                    f"{', '.join(p.format(s=split) for p in COCO_SPLIT_FILES)}); "
+                                    f"available splits: {available}")
+        return f
+    files = coco_files(folder)
+    if len(files) == 1:
+        return files[0]
+    if not files:
+        raise DataError(folder, "no COCO JSON file in the folder (looked for *.json, annotations/*.json "
+                                f"and <split>/{ROBOFLOW_COCO})")
+    listed = ", ".join(f.relative_to(folder).as_posix() for f in files)
+    raise DataError(folder, f"the folder holds {len(files)} COCO files ({listed}): choose one with "
+                            f"--split ({', '.join(coco_splits(folder))}) or pass the file itself")
+
+
+def _coco_image_root(folder: Path, json_path: Path, split: str | None) -> Path | None:
+    """Image folder of a file in ``annotations/`` (official COCO layout), else None (beside the file)."""
+    if json_path.parent != folder / "annotations":
+        return None
+    name = split or json_path.stem.removeprefix("instances_")
+    for candidate in (folder / name, folder / "images" / name):
+        if candidate.is_dir():
+            return candidate
+    return folder
+
+
+def _check_yolo_split(path: Path, split: str) -> None:
+    """Refuse a split that is not a sub-folder of the YOLO dataset's ``images/``, listing those that are."""
+    root = path.parent if path.is_file() else path
+    if not (root / "images").is_dir():
+        return  # the loader names the missing folder
+    splits = sorted(d.name for d in (root / "images").iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not splits:
+        raise DataError(root, "this YOLO dataset has no splits (images/ holds the images directly); "
+                              "leave out --split")
+    if split not in splits:
+        raise DataError(root, f"no split {split!r} in images/; available splits: {', '.join(splits)}")
+
+
+def load(path: str | Path, format: str | None = None, split: str | None = None, **options):
     """Load a dataset from ``path`` in its native format (detected unless ``format`` is given).
 
-    Extra keyword options go to the format's loader (see ``smearlab.data.formats.<format>.load``).
+    Parameters
+    ----------
+    path : the dataset's file or folder. Without ``format``, a folder whose one sub-folder
+        holds the dataset is accepted too (see :func:`find_dataset`).
+    format : one of :data:`FORMATS`; None detects it.
+    split : for the formats of :data:`SPLIT_FORMATS`: YOLO's ``images/<split>/``; for a
+        folder of COCO files, ``<split>.json``, ``instances_<split>.json``,
+        ``annotations/instances_<split>.json`` or ``<split>/_annotations.coco.json``.
+        A COCO folder holding one COCO file needs no split.
+    options : go to the format's loader (see ``smearlab.data.formats.<format>.load``).
+
+    Raises
+    ------
+    DataError
+        when nothing is detected, a split is given to a format without splits or is not in
+        the dataset (the available ones are listed), or when ``format`` was named and no
+        image was found that way.
+    ValueError
+        for an unknown ``format``.
     """
-    fmt = format or detect_format(path)
-    return module(fmt).load(path, **options)
+    path = Path(path)
+    if format is None:
+        path, fmt = find_dataset(path)
+    else:
+        fmt = format
+        module(fmt)  # an unknown name is refused before anything is read
+    if split is not None and (split in ("", ".", "..") or Path(split).name != split):
+        raise DataError(path, f"--split {split!r}: expected the name of a split, e.g. train")
+    if split is not None and fmt not in SPLIT_FORMATS:
+        raise DataError(path, f"{fmt} datasets have no splits (--split goes with "
+                              f"{' and '.join(SPLIT_FORMATS)}); pass the split's own folder or file")
+    if fmt == "yolo" and split is not None:
+        _check_yolo_split(path, split)
+        ds = module(fmt).load(path, split=split, **options)
+    elif fmt == "coco" and path.is_dir():
+        json_path = _coco_file(path, split)
+        image_root = _coco_image_root(path, json_path, split)
+        if image_root is not None:
+            options.setdefault("image_root", image_root)
+        if split is not None:
+            options.setdefault("name", f"{path.name}/{split}")
+        log.info("%s: loading the COCO file %s", path, json_path)
+        ds = module(fmt).load(json_path, **options)
+    elif fmt == "coco" and split is not None:
+        raise DataError(path, "one COCO file is one split already: pass --split with the folder "
+                              "holding the COCO files, or pass the file without --split")
+    else:
+        ds = module(fmt).load(path, **options)
+    if format is not None and len(ds) == 0:
+        raise DataError(path, f"no images found as {fmt}{_empty_note(path, fmt, ds)}")
+    return ds
+
+
+def _empty_note(path: Path, fmt: str, ds) -> str:
+    """Why a dataset loaded as ``fmt`` may be empty: the skips, and the format detected instead."""
+    note = ""
+    if ds.skipped:
+        reasons = ", ".join(f"{reason} ({n})" for reason, n in ds.skipped.counts().most_common(3))
+        note += f" ({len(ds.skipped)} records skipped: {reasons})"
+    try:
+        detected = find_dataset(path)[1]
+    except (DataError, OSError):
+        detected = None
+    if detected is not None and detected != fmt:
+        note += f"; the files look like {detected}: leave out --format, or pass --format {detected}"
+    return note
 
 
 def save(dataset, path: str | Path, format: str) -> Path:

@@ -1,0 +1,336 @@
+"""User errors of ``smearlab data`` and ``smearlab report``: one ``error:`` line, exit code 2,
+nothing run. Also the dataset layouts ``smearlab data`` finds on its own: splits of YOLO and
+COCO datasets, a dataset one folder down, one DSB2018 image folder."""
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import write_notebook
+from smearlab import cli
+from smearlab.data import DataError, detect_format, load
+from smearlab.data import formats
+from smearlab.data.formats import dsb2018
+from smearlab.report import check_parameter_type, declared_parameters, load_sweep, run_report
+
+AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
+needs_non_root = pytest.mark.skipif(AS_ROOT, reason="root reads and writes whatever the permissions say")
+
+PARAMS = "quick = True\nseed = 0\nepochs = 4\nlr = 0.01\nname = 'x'\nflags = [1]\nopts = {}\nmetrics_path = None"
+
+
+def _error_line(capsys) -> str:
+    """The one line a failed command wrote to stderr (and nothing else there)."""
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
+def _png(path: Path, hw=(20, 30), value=120, mode="RGB"):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shape = hw if mode == "L" else (*hw, len(mode))
+    Image.fromarray(np.full(shape, value, np.uint8), mode).save(path)
+    return path
+
+
+def _yolo(root: Path, splits=("train", "val")) -> Path:
+    """A YOLO dataset: one image per split (two in ``train``), one box each."""
+    (root).mkdir(parents=True, exist_ok=True)
+    (root / "data.yaml").write_text("names: [cell]\n")
+    for split in splits:
+        for i in range(2 if split == "train" else 1):
+            sub = Path(split) if split else Path()
+            _png(root / "images" / sub / f"{split or 'img'}{i}.png")
+            label = root / "labels" / sub / f"{split or 'img'}{i}.txt"
+            label.parent.mkdir(parents=True, exist_ok=True)
+            label.write_text("0 0.5 0.5 0.2 0.2\n")
+    return root
+
+
+def _coco(path: Path, n_images=1, image_dir: Path | None = None) -> Path:
+    """A COCO file of ``n_images`` images (written into ``image_dir``, default beside it)."""
+    image_dir = image_dir or path.parent
+    images = []
+    for i in range(n_images):
+        _png(image_dir / f"{path.stem}_{i}.png")
+        images.append({"id": i + 1, "file_name": f"{path.stem}_{i}.png", "width": 30, "height": 20})
+    anns = [{"id": i + 1, "image_id": i + 1, "category_id": 1, "bbox": [2, 2, 6, 5]} for i in range(n_images)]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "cell"}]}))
+    return path
+
+
+def _dsb_sample(folder: Path, masks=True) -> Path:
+    """One DSB2018 image folder ``<id>/images/<id>.png`` (+ two nucleus masks)."""
+    _png(folder / "images" / f"{folder.name}.png", mode="RGBA")
+    if masks:
+        for k, (y, x) in enumerate([(2, 3), (10, 15)]):
+            m = np.zeros((20, 30), np.uint8)
+            m[y:y + 4, x:x + 5] = 255
+            (folder / "masks").mkdir(exist_ok=True)
+            Image.fromarray(m).save(folder / "masks" / f"m{k}.png")
+    return folder
+
+
+# -- smearlab data: wrong arguments ------------------------------------------------------------
+def test_unknown_format_names_the_option_and_lists_the_formats(tmp_path, capsys):
+    assert cli.main(["data", str(tmp_path), "--format", "pascal"]) == 2
+    line = _error_line(capsys)
+    assert line.startswith("error: --format pascal: unknown format") and "format=" not in line
+    assert all(f in line for f in formats.FORMATS)
+
+
+def test_unreadable_folder_is_one_error_line(tmp_path, capsys, monkeypatch):
+    def refuse(path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(formats, "find_dataset", refuse)
+    assert cli.main(["data", str(tmp_path)]) == 2
+    assert _error_line(capsys) == f"error: {tmp_path}: Permission denied"
+
+
+@needs_non_root
+def test_unreadable_folder_for_real(tmp_path, capsys):
+    locked = _yolo(tmp_path / "locked")
+    locked.chmod(0)
+    try:
+        assert cli.main(["data", str(locked)]) == 2
+    finally:
+        locked.chmod(0o755)
+    line = _error_line(capsys)
+    assert "locked" in line and "Permission denied" in line
+
+
+def test_named_format_that_finds_nothing_is_an_error(tmp_path, capsys):
+    root = _yolo(tmp_path / "yolo")
+    with pytest.raises(DataError, match="no images found as dsb2018") as e:
+        load(root, format="dsb2018")
+    assert "records skipped" in str(e.value) and "the files look like yolo" in str(e.value)
+    assert cli.main(["data", str(root), "--format", "dsb2018"]) == 2
+    assert "no images found as dsb2018" in _error_line(capsys)
+    assert len(load(root, format="yolo")) == 3  # the right name still loads
+
+
+# -- splits -------------------------------------------------------------------------------------
+def test_yolo_split(tmp_path, capsys):
+    root = _yolo(tmp_path / "y")
+    assert len(load(root, split="train")) == 2 and len(load(root / "data.yaml", split="val")) == 1
+    assert cli.main(["data", str(root), "--split", "val"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 1
+    assert cli.main(["data", str(root), "--split", "test"]) == 2
+    assert "no split 'test'" in (line := _error_line(capsys)) and "available splits: train, val" in line
+    flat = _yolo(tmp_path / "flat", splits=("",))
+    with pytest.raises(DataError, match="has no splits"):
+        load(flat, split="train")
+    with pytest.raises(DataError, match="expected the name of a split"):
+        load(root, split="../y")
+
+
+def test_split_of_a_format_without_splits(tmp_path, capsys):
+    folder = _dsb_sample(tmp_path / "abc")
+    assert cli.main(["data", str(folder), "--split", "train"]) == 2
+    assert "dsb2018 datasets have no splits" in _error_line(capsys)
+
+
+@pytest.mark.parametrize("layout", ["{s}.json", "instances_{s}.json", "annotations/instances_{s}.json",
+                                    "{s}/_annotations.coco.json"])
+def test_coco_folder_split(tmp_path, capsys, layout):
+    root = tmp_path / "coco"
+    for split, n in (("train", 2), ("val", 1)):
+        path = root / layout.format(s=split)
+        image_dir = root / split if path.parent.name == "annotations" else None  # official COCO layout
+        _coco(path, n, image_dir)
+    assert detect_format(root) == "coco"  # the Roboflow layout too: not class folders train/, val/
+    ds = load(root, split="train")
+    assert len(ds) == 2 and not ds.skipped and ds.name == "coco/train"
+    assert cli.main(["data", str(root), "--split", "val"]) == 0
+    assert json.loads(capsys.readouterr().out)["images"] == 1
+    assert cli.main(["data", str(root)]) == 2  # two files: which one?
+    line = _error_line(capsys)
+    assert "holds 2 COCO files" in line and "--split (train, val)" in line
+    assert cli.main(["data", str(root), "--split", "test"]) == 2
+    assert "no COCO file for split 'test'" in (line := _error_line(capsys)) and "available splits: train, val" in line
+
+
+def test_coco_folder_with_one_file_needs_no_split(tmp_path):
+    _coco(tmp_path / "c" / "gt.json", 2)
+    (tmp_path / "c" / "notes.json").write_text("{}")  # not COCO: ignored
+    assert len(load(tmp_path / "c")) == 2
+    with pytest.raises(DataError, match="one COCO file is one split already"):
+        load(tmp_path / "c" / "gt.json", split="train")
+
+
+# -- where the dataset is -----------------------------------------------------------------------
+def test_dataset_one_folder_down_is_found(tmp_path, caplog):
+    repo = tmp_path / "repo"
+    _yolo(repo / "BCCD")
+    (repo / "README.md").write_text("# a cloned repository\n")
+    (repo / ".git").mkdir()
+    with caplog.at_level(logging.INFO, logger="smearlab.data"):
+        assert detect_format(repo) == "yolo"
+        ds = load(repo)
+    assert len(ds) == 3 and ds.root == repo / "BCCD"
+    assert "using its sub-folder BCCD" in caplog.text
+
+
+def test_several_datasets_one_folder_down_are_named(tmp_path, capsys):
+    _yolo(tmp_path / "repo" / "one")
+    _coco(tmp_path / "repo" / "two" / "gt.json")
+    assert cli.main(["data", str(tmp_path / "repo")]) == 2
+    line = _error_line(capsys)
+    assert "2 sub-folders hold one: one (yolo), two (coco); pass one of them" in line
+
+
+def test_nothing_anywhere_still_says_what_was_looked_for(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "notes.txt").write_text("x")
+    with pytest.raises(DataError, match="cannot detect the dataset format.*here or in a sub-folder; "
+                                        "name the format with --format"):
+        detect_format(tmp_path)
+
+
+def test_one_dsb2018_image_folder(tmp_path):
+    folder = _dsb_sample(tmp_path / "abc123")
+    assert detect_format(folder) == "dsb2018"  # not an ImageFolder of classes images/ and masks/
+    (s,) = ds = load(folder)
+    assert ds.format == "dsb2018" and ds.class_names == ["nucleus"] and len(s) == 2
+    assert s.masks.shape == (2, 20, 30)
+    test_layout = _dsb_sample(tmp_path / "def456", masks=False)  # stage1_test: images/ only
+    assert detect_format(test_layout) == "dsb2018"
+    (s,) = dsb2018.load(test_layout)
+    assert len(s) == 0
+    renamed = tmp_path / "renamed"
+    folder.rename(renamed)
+    with pytest.raises(DataError, match=r"no images/renamed\.png.*abc123\.png"):
+        dsb2018.load(renamed)
+
+
+# -- smearlab report ----------------------------------------------------------------------------
+@pytest.fixture
+def nbdir(tmp_path):
+    d = tmp_path / "notebooks"
+    d.mkdir()
+    write_notebook(d / "03_detection.ipynb", "raise RuntimeError('a kernel ran')", params=PARAMS)
+    return d
+
+
+def _report(nbdir, out, *extra):
+    return cli.main(["report", "--notebooks", str(nbdir), "--out", str(out), "--no-html", *extra])
+
+
+def test_out_that_is_a_file(nbdir, tmp_path, capsys):
+    out = tmp_path / "out.txt"
+    out.write_text("not a folder")
+    assert _report(nbdir, out) == 2
+    assert _error_line(capsys) == f"error: --out {out}: is a file, not a folder"
+
+
+def test_out_that_cannot_be_created(nbdir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    mkdir = Path.mkdir
+
+    def refuse(self, *args, **kwargs):
+        if self == out:
+            raise PermissionError(13, "Permission denied", str(self))
+        return mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", refuse)
+    assert _report(nbdir, out) == 2
+    assert _error_line(capsys) == f"error: --out {out}: cannot create the folder (Permission denied)"
+
+
+@needs_non_root
+def test_read_only_out_for_real(nbdir, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        assert _report(nbdir, out) == 2
+    finally:
+        out.chmod(0o755)
+    assert "cannot write in the folder" in _error_line(capsys)
+    assert not list(out.iterdir())
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("[1, 2]", "a JSON list, not an object"),
+    ('{"notebooks": 3}', "no 'notebooks' mapping"),
+    ('{"notebooks": {"01_x": "ok"}}', "notebook entry '01_x'"),
+    ('{"notebooks": {"01_x": {"status": "ok", "seconds": "fast"}}}', "notebook entry '01_x'"),
+    ("{not json", "malformed JSON"),
+])
+def test_out_holding_another_index_json(nbdir, tmp_path, capsys, text, problem):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "index.json").write_text(text)
+    assert _report(nbdir, out) == 2
+    line = _error_line(capsys)
+    assert line.startswith(f"error: {out / 'index.json'}: the --out folder holds an index.json that is not "
+                           "a smearlab run index")
+    assert problem in line and "choose another --out or remove the file" in line
+    assert sorted(p.name for p in out.iterdir()) == ["index.json"]  # nothing ran, nothing overwritten
+
+
+@pytest.mark.parametrize("param, message", [
+    ("epochs=abc", "--param epochs=abc: 03_detection declares epochs as int (default 4), got the text 'abc'"),
+    ("epochs=true", "declares epochs as int (default 4), got the boolean true"),
+    ("lr=[1]", "declares lr as float (default 0.01), got the list [1]"),
+    ("quick=1", "declares quick as bool (default True), got the number 1"),
+    ("name=yes", "declares name as str (default 'x'), got the boolean true (YAML reads"),
+    ("flags=3", "declares flags as list (default [1]), got the number 3"),
+    ("opts=[a]", "declares opts as dict (default {}), got the list [a]"),
+])
+def test_param_of_the_wrong_type_is_refused_before_any_kernel(nbdir, tmp_path, capsys, param, message):
+    out = tmp_path / "run"
+    assert _report(nbdir, out, "--param", param) == 2
+    assert message in _error_line(capsys)
+    assert not out.exists()  # refused before the run folder (or any kernel) was made
+
+
+@pytest.mark.parametrize("name, value", [
+    ("epochs", 8), ("epochs", 2.5), ("lr", 1), ("lr", 1e-3), ("quick", False), ("name", "y"),
+    ("name", 3), ("flags", [1, 2]), ("opts", {"a": 1}), ("metrics_path", [1]), ("epochs", None),
+])
+def test_param_types_that_are_accepted(nbdir, name, value):
+    spec = declared_parameters(nbdir / "03_detection.ipynb")[name]
+    check_parameter_type(f"--param {name}", name, value, "03_detection", spec)
+
+
+def test_annotated_parameter_and_unevaluable_default(tmp_path):
+    nb = tmp_path / "01_a.ipynb"
+    write_notebook(nb, "", params="size: int = None\nroot = Path('x')\nmetrics_path = None")
+    specs = declared_parameters(nb)
+    with pytest.raises(ValueError, match="declares size as int"):
+        check_parameter_type("--param size=big", "size", "big", "01_a", specs["size"])
+    check_parameter_type("--param root=[1]", "root", [1], "01_a", specs["root"])  # not checked
+
+
+def test_sweep_values_of_the_wrong_type(nbdir, tmp_path, capsys):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("notebook: 03\ngrid: {epochs: [2, many]}\n")
+    with pytest.raises(ValueError, match=r"s\.yaml: grid value many of 'epochs': 03_detection declares "
+                                         r"epochs as int \(default 4\), got the text 'many'"):
+        load_sweep(spec, nbdir)
+    spec.write_text("notebook: 03\nparameters: {quick: 0}\ngrid: {epochs: [2, 3]}\n")
+    out = tmp_path / "sweep"
+    assert cli.main(["report", "--sweep", str(spec), "--notebooks", str(nbdir), "--out", str(out)]) == 2
+    assert "parameters: quick=0: 03_detection declares quick as bool" in _error_line(capsys)
+    assert not out.exists()
+
+
+def test_sweep_out_that_is_a_file(nbdir, tmp_path, capsys):
+    spec = tmp_path / "s.yaml"
+    spec.write_text("notebook: 03\ngrid: {epochs: [2, 3]}\n")
+    out = tmp_path / "out.txt"
+    out.write_text("x")
+    assert cli.main(["report", "--sweep", str(spec), "--notebooks", str(nbdir), "--out", str(out)]) == 2
+    assert _error_line(capsys) == f"error: --out {out}: is a file, not a folder"
+
+
+def test_run_report_checks_types_too(nbdir, tmp_path):
+    with pytest.raises(ValueError, match="got the text 'abc'"):
+        run_report("quick", out=tmp_path / "r", notebook_dir=nbdir, parameters={"epochs": "abc"})
