@@ -405,3 +405,22 @@ def test_predict_tune_and_count_map_the_model_classes_by_name():
     assert set(th.score) == {"Platelets", "RBC", "WBC"}
     counts = count_metrics(data, th.apply(preds), score_threshold=0.0)
     assert all(c["accuracy"] == pytest.approx(1.0) for c in counts.values())
+
+
+def test_dsb2018_refuses_masks_and_images_linked_out(tmp_path, secret):
+    from smearlab.data.formats import dsb2018
+    root = tmp_path / "stage1_train"
+    for name in ("a", "b"):
+        (root / name / "images").mkdir(parents=True)
+        (root / name / "masks").mkdir()
+        write_image(root / name / "images" / f"{name}.PNG", np.zeros((40, 60, 3), np.uint8))
+        m = np.zeros((40, 60, 3), np.uint8)
+        m[5:9, 5:9] = 255
+        write_image(root / name / "masks" / "m1.png", m)
+    (root / "b" / "masks" / "m2.png").symlink_to(secret)
+    (root / "a" / "images" / "a.PNG").unlink()
+    (root / "a" / "images" / "a.PNG").symlink_to(secret)
+    ds = dsb2018.load(root)
+    assert [s.image_id for s in ds] == ["b"] and len(ds[0].boxes) == 1
+    assert sorted(sk.path.rsplit("/", 1)[1] for sk in ds.skipped) == ["a.PNG", "m2.png"]
+    assert len(dsb2018.load(root, allow_outside_root=True)) == 2

@@ -5,7 +5,9 @@ Layout::
     <root>/stage1_train/<id>/images/<id>.png     RGBA (alpha is dropped on read)
     <root>/stage1_train/<id>/masks/<hash>.png    one binary mask per nucleus
 
-``root`` may be the ``stage1_train`` folder itself or its parent. A ``SUBSET_IMAGES.tsv``
+``root`` may be the ``stage1_train`` folder itself, its parent, or one image folder
+``<id>/`` (holding ``images/`` and ``masks/``, or ``images/<id>.png``: a dataset of one
+image). A ``SUBSET_IMAGES.tsv``
 (columns ``image_id``, ``group``, ...) beside ``stage1_train`` puts the group into
 ``sample.meta["group"]``.
 
@@ -31,15 +33,16 @@ import numpy as np
 
 from ..boxes import mask_box
 from ..errors import DataError
-from ..imageio import image_size, read_binary_mask
+from ..imageio import image_size, is_image_file, read_binary_mask
 from ..sample import Sample, SkipLog, SmearDataset
-from ._common import check_mask_size
+from ._common import Root, check_mask_size
 
 CLASS_NAMES = ["nucleus"]
 
 
-def load(path: str | Path, *, strict: bool = False, name: str | None = None) -> SmearDataset:
-    """Load a DSB2018 ``stage1_train`` tree.
+def load(path: str | Path, *, strict: bool = False, name: str | None = None,
+         allow_outside_root: bool = False) -> SmearDataset:
+    """Load a DSB2018 ``stage1_train`` tree, or one of its image folders.
 
     Boxes are computed from the masks at load time; images and masks are read again lazily.
     Only sub-folders are samples (stray files are ignored); a sample folder without
@@ -47,26 +50,40 @@ def load(path: str | Path, *, strict: bool = False, name: str | None = None) -> 
 
     Parameters
     ----------
-    path : the ``stage1_train`` folder or its parent.
+    path : the ``stage1_train`` folder or its parent; or one image folder ``<id>/`` (with
+        ``images/`` and ``masks/``, or ``images/<id>.png``), loaded as a dataset of one image.
     strict : raise on the first per-record problem instead of counting it as a skip.
     name : dataset name (default: the folder name).
+    allow_outside_root : follow links that lead out of ``path`` (refused by default: such an
+        image or mask is a counted skip).
 
     Raises
     ------
     DataError
-        when ``path`` is not a folder. Per-record problems (missing or unreadable image;
+        when ``path`` is not a folder, or is an image folder without ``images/<id>.png``.
+        Per-record problems (missing or unreadable image;
         unreadable, non-integer or empty mask, mask of another size than its image) are counted
         skips, or raise with ``strict``.
     """
     root = Path(path)
     if not root.is_dir():
         raise DataError(root, "DSB2018 root folder not found")
-    base = root / "stage1_train" if (root / "stage1_train").is_dir() else root
+    if is_sample_folder(root):
+        base, folders = root.parent, [root]
+        if not _image_file(root).is_file():
+            held = sorted(p.name for p in (root / "images").iterdir() if not p.name.startswith("."))
+            raise DataError(root, f"not a DSB2018 image folder: no images/{root.name}.png (an image "
+                                  f"folder is named like its image; images/ holds {len(held)} files"
+                                  + (f", e.g. {held[0]})" if held else ")"))
+    else:
+        base = root / "stage1_train" if (root / "stage1_train").is_dir() else root
+        folders = sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
     groups = _read_groups(base.parent / "SUBSET_IMAGES.tsv")
     skipped = SkipLog(strict=strict)
     samples = []
-    for folder in sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")):
-        sample = _load_sample(folder, skipped)
+    inside = Root(root, allow_outside_root)
+    for folder in folders:
+        sample = _load_sample(folder, skipped, inside)
         if sample is not None:
             if folder.name in groups:
                 sample.meta["group"] = groups[folder.name]
@@ -75,9 +92,26 @@ def load(path: str | Path, *, strict: bool = False, name: str | None = None) -> 
                         skipped=skipped)
 
 
-def _load_sample(folder: Path, skipped: SkipLog) -> Sample | None:
-    """One image folder, or None (counted in ``skipped``) when its image is unusable."""
+def is_sample_folder(path: Path) -> bool:
+    """Whether ``path`` is one image folder: ``images/`` and ``masks/``, or ``images/<name>.png``."""
+    return (path / "images").is_dir() and ((path / "masks").is_dir()
+                                           or (path / "images" / f"{path.name}.png").is_file())
+
+
+def _image_file(folder: Path) -> Path:
+    """``images/<id>.png`` of an image folder, the extension matched without regard to case."""
     image = folder / "images" / f"{folder.name}.png"
+    if not image.exists() and (folder / "images").is_dir():
+        image = next((p for p in sorted((folder / "images").iterdir())
+                      if p.stem == folder.name and is_image_file(p)), image)
+    return image
+
+
+def _load_sample(folder: Path, skipped: SkipLog, inside: Root) -> Sample | None:
+    """One image folder, or None (counted in ``skipped``) when its image is unusable."""
+    image = _image_file(folder)
+    if image.exists() and not inside.inside(image, skipped):
+        return None
     try:
         hw = image_size(image)
     except DataError as e:
@@ -88,6 +122,8 @@ def _load_sample(folder: Path, skipped: SkipLog) -> Sample | None:
         return Sample(folder.name, image, size=hw)
     boxes, paths = [], []
     for mask_path in sorted(p for p in mask_dir.iterdir() if not p.name.startswith(".")):
+        if not inside.inside(mask_path, skipped):
+            continue
         box = _mask_record(mask_path, hw, skipped)
         if box is not None:
             boxes.append(box)
