@@ -58,13 +58,25 @@ class Root:
             self._real = os.path.realpath(self.folder)
         except (OSError, ValueError):
             self._real = str(self.folder)
+        self._folders: dict[str, str] = {}  # real path of each folder met (a folder of many files)
+
+    def _realpath(self, path: str | Path) -> str:
+        """``os.path.realpath(path)``, resolving each folder once: a file that is not itself a
+        link lies where its folder really is."""
+        path = os.path.abspath(path)
+        folder, name = os.path.split(path)
+        if os.path.islink(path) or name in ("", ".", ".."):
+            return os.path.realpath(path)
+        if folder not in self._folders:
+            self._folders[folder] = os.path.realpath(folder)
+        return os.path.join(self._folders[folder], name)
 
     def problem(self, path: str | Path) -> str | None:
         """Why ``path`` may not be read (it resolves outside the root), or None."""
         if self.allow:
             return None
         try:
-            real = os.path.realpath(path)
+            real = self._realpath(path)
         except (OSError, ValueError, RuntimeError) as e:
             return f"cannot resolve the path ({e})"
         if real == self._real or real.startswith(self._real.rstrip(os.sep) + os.sep):
