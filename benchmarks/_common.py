@@ -5,8 +5,8 @@ import datetime
 import sys
 from pathlib import Path
 
-from smearlab.hardware import describe
-from smearlab.io import write_json
+from smearlab.core.device import describe
+from smearlab.core.files import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

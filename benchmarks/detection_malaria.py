@@ -20,7 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import save_result  # noqa: E402
 from smearlab.detection import DetectorConfig, TrainConfig  # noqa: E402
-from smearlab.detection.experiment import detection_splits, fit_and_evaluate  # noqa: E402
+from smearlab.data.splits import detection_splits  # noqa: E402
+from smearlab.experiments.detection import fit_and_evaluate  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "malaria_iml_subset"
 

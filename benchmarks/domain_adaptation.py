@@ -38,8 +38,8 @@ sys.path.insert(0, str(HERE.parent))
 import torch  # noqa: E402
 
 from _common import save_result  # noqa: E402
-from smearlab.detection.models import resolve_device  # noqa: E402
-from smearlab.domain import domain_pair, goal_check, run_directions  # noqa: E402
+from smearlab.core.device import resolve_device  # noqa: E402
+from smearlab.experiments.domain_adaptation import domain_pair, goal_check, run_directions  # noqa: E402
 
 ARCHIVE = Path(os.environ.get("SMEARLAB_SHARED_DATA", HERE.parent.parent / "shared" / "data")) / "wbc_zheng.tar.xz"
 

@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import save_result  # noqa: E402
-from smearlab import cam  # noqa: E402
+from smearlab.experiments import gradcam_masks as cam  # noqa: E402
 from smearlab.data import open_dataset  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "wbc_zheng.tar.xz"

@@ -16,7 +16,8 @@ import shutil
 from pathlib import Path
 
 from _common import save_result
-from smearlab.report import REPO_NOTEBOOKS, run_report
+
+from smearlab.report.runner import REPO_NOTEBOOKS, run_report
 
 REPO = REPO_NOTEBOOKS.parent
 

@@ -9,7 +9,8 @@ import argparse
 import tempfile
 
 from _common import save_result
-from smearlab.report import REPO_NOTEBOOKS, run_report
+
+from smearlab.report.runner import REPO_NOTEBOOKS, run_report
 
 
 def main():

@@ -47,13 +47,15 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import save_result  # noqa: E402
-from smearlab import classical  # noqa: E402
+from smearlab.segmentation import classical  # noqa: E402
 from smearlab.augment import Augment, ColorJitter  # noqa: E402
 from smearlab.data import Sample, load  # noqa: E402
-from smearlab.detection import DetectorConfig, TrainConfig, build_detector, predict, resolve_device  # noqa: E402
+from smearlab.core.device import resolve_device  # noqa: E402
+from smearlab.detection import DetectorConfig, TrainConfig, build_detector, predict  # noqa: E402
 from smearlab.detection.train import train_detector  # noqa: E402
-from smearlab.evaluate import dsb_score, segmentation_metrics  # noqa: E402
-from smearlab.segmentation import train_crop_unet, two_stage_segment  # noqa: E402
+from smearlab.metrics.instances import dsb_score, segmentation_metrics  # noqa: E402
+from smearlab.segmentation.train import train_crop_unet  # noqa: E402
+from smearlab.segmentation.predict import two_stage_segment  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018_subset"
 SEED = 0
@@ -286,7 +288,7 @@ def run(preset: str = "cpu", data: str | Path = DEFAULT_DATA, device: str = "aut
               "cpu_count": os.cpu_count()}
 
     if noise and importlib.util.find_spec("smearlab.robustness") is not None:
-        from smearlab.robustness import noisy_dataset
+        from smearlab.metrics.robustness import noisy_dataset
         noisy = noisy_dataset(test, seed=seed)
         n_preds = predict(model, noisy, batch_size=1, device=dev, score_floor=0.05, progress=False)
         result.update(_headline("", segmentation_metrics(noisy, n_preds, score_threshold=thr), "_noisy"))

@@ -38,13 +38,16 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from _common import save_result  # noqa: E402
-from smearlab import classical  # noqa: E402
+from smearlab.segmentation import classical  # noqa: E402
 from smearlab.augment import default_augment  # noqa: E402
 from smearlab.data import open_dataset  # noqa: E402
 from smearlab.data.splits import train_val_test_split  # noqa: E402
-from smearlab.detection.models import resolve_device  # noqa: E402
-from smearlab.robustness import noisy_dataset  # noqa: E402
-from smearlab.segmentation import UNet, predict_semantic, save_unet, semantic_metrics, train_unet  # noqa: E402
+from smearlab.core.device import resolve_device  # noqa: E402
+from smearlab.metrics.robustness import noisy_dataset  # noqa: E402
+from smearlab.segmentation.unet import UNet, save_unet  # noqa: E402
+from smearlab.segmentation.predict import predict_semantic  # noqa: E402
+from smearlab.metrics.semantic import semantic_metrics  # noqa: E402
+from smearlab.segmentation.train import train_unet  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ARCHIVE = "wbc_zheng.tar.xz"

@@ -28,16 +28,17 @@ sys.path.insert(0, str(HERE.parent))
 import numpy as np  # noqa: E402
 
 from _common import save_result  # noqa: E402
-from smearlab import evaluate as E  # noqa: E402
+from smearlab.metrics import detection as E  # noqa: E402
+from smearlab.data.predictions import check_predictions
 from smearlab.data import load  # noqa: E402
 from smearlab.detection.postprocess import RawPredictions, postprocess  # noqa: E402
-from smearlab.detection.widgets import ThresholdTuner  # noqa: E402
+from smearlab.viz.widgets import ThresholdTuner  # noqa: E402
 
 
 def pycocotools_ms(dataset, preds) -> float:
     from pycocotools.cocoeval import COCOeval
     gt = E._coco_gt(dataset)
-    results = E.coco_results(E.check_predictions(dataset, preds))
+    results = E.coco_results(check_predictions(dataset, preds))
     t = time.perf_counter()
     with contextlib.redirect_stdout(io.StringIO()):
         ev = COCOeval(gt, gt.loadRes(results), "bbox")

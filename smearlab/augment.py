@@ -39,21 +39,22 @@ import torch.nn.functional as F
 from skimage.color import hed_from_rgb, rgb_from_hed
 from torchvision.transforms.v2 import functional as TF
 
-from .data.errors import DataError
+from .core.errors import DataError
 from .data.sample import Sample
+
 
 __all__ = ["Augment", "Transform", "Geometric", "Photometric", "HorizontalFlip", "VerticalFlip", "Rot90",
            "Affine", "RandomCrop", "Pad", "Resize", "ColorJitter", "GaussianBlur", "GaussianNoise", "Gamma",
            "SaltPepper", "StainJitter", "default_augment", "warp", "map_boxes", "mask_boxes", "BOX_RULES"]
 
+
 BOX_RULES = ("8point", "4corner", "mask")
+
+
 #: Target entries that are per image even when their length equals the number of boxes.
 IMAGE_KEYS = ("semantic", "image_id")
 
 
-# ---------------------------------------------------------------------------------------------
-# geometry core
-# ---------------------------------------------------------------------------------------------
 def _affine(a, b, c, d, e, f) -> torch.Tensor:
     """``(B, 3, 3)`` float64 matrices ``[[a, b, c], [d, e, f], [0, 0, 1]]`` from numbers or (B,) tensors."""
     a, b, c, d, e, f = torch.broadcast_tensors(*(torch.as_tensor(v, dtype=torch.float64).reshape(-1)
@@ -225,9 +226,6 @@ def warp(images: torch.Tensor, targets: Sequence[dict], matrices: torch.Tensor, 
     return out, new
 
 
-# ---------------------------------------------------------------------------------------------
-# transforms
-# ---------------------------------------------------------------------------------------------
 def _span(v, name: str, around: float | None = None) -> tuple[float, float]:
     """``(lo, hi)`` from a pair, or from a half-width ``v`` around ``around`` (a number itself when None)."""
     if isinstance(v, (tuple, list)) and len(v) == 2:
@@ -599,9 +597,6 @@ class StainJitter(Photometric):
         return torch.einsum("bshw,sc->bchw", conc, self._to_rgb.to(x)).neg_().exp_()
 
 
-# ---------------------------------------------------------------------------------------------
-# pipeline
-# ---------------------------------------------------------------------------------------------
 def _target_problem(t: dict, hw) -> str | None:
     """What is wrong with one target for an image of size ``hw``, or None."""
     boxes = t.get("boxes")
@@ -728,3 +723,60 @@ def default_augment(seed: int = 0, **kw) -> Augment:
         GaussianBlur(sigma=(0.3, 1.0), p=0.1),
         GaussianNoise(std=(0.005, 0.02), p=0.1),
     ], seed=seed, **kw)
+
+
+class CropAugment:
+    """Augmentation of square crop batches: a random symmetry of the square, then colour.
+
+    Each crop gets one of the 8 flips / quarter turns (exact pixel copies, drawn uniformly), then
+    ``photometric`` (a :class:`smearlab.augment.Augment`, e.g. colour and stain jitter) runs
+    batched with per-crop parameters.
+
+    Parameters
+    ----------
+    photometric : :class:`smearlab.augment.Augment` of photometric transforms, or None.
+    seed : seeds the symmetry draws (the ``photometric`` pipeline has its own seed).
+    """
+
+    def __init__(self, photometric=None, seed: int = 0):
+        self.photometric = photometric
+        self.generator = torch.Generator().manual_seed(int(seed))
+
+    def __repr__(self) -> str:
+        return f"CropAugment(dihedral, {self.photometric!r})"
+
+    def batch(self, x: torch.Tensor) -> torch.Tensor:
+        """Augmented copy of ``(B, 3, S, S)`` crops (uint8, or float in [0, 1]); same dtype and device."""
+        if x.ndim != 4 or x.shape[-1] != x.shape[-2]:
+            raise ValueError(f"crops must be (B, C, S, S) squares, got {tuple(x.shape)}")
+        k = torch.randint(0, 4, (len(x),), generator=self.generator)
+        flip = torch.rand(len(x), generator=self.generator) < 0.5
+        out = x.clone()
+        for r in range(1, 4):
+            sel = (k == r).nonzero().flatten().to(x.device)
+            if len(sel):
+                out[sel] = torch.rot90(x[sel], r, (2, 3))
+        sel = flip.nonzero().flatten().to(x.device)
+        if len(sel):
+            out[sel] = out[sel].flip(3)
+        return augment_crop_batch(self.photometric, out)
+
+
+def default_crop_augment(seed: int = 0) -> CropAugment:
+    """The crop augmentation of training: the 8 symmetries of the square, then from
+    :mod:`smearlab.augment` colour jitter (brightness, contrast, saturation +-15 %) at p=0.8 and
+    stain (HED) jitter at p=0.5. (No hue jitter: per-image hue rotation is slow on a CPU and the
+    stain jitter already moves the colours.)"""
+    return CropAugment(Augment([ColorJitter(brightness=0.15, contrast=0.15, saturation=0.15, p=0.8),
+                                StainJitter(alpha=0.05, beta=0.02, p=0.5)], seed=seed), seed=seed)
+
+
+def augment_crop_batch(aug, x: torch.Tensor) -> torch.Tensor:
+    """``x`` (a batch of crops) through ``aug``: a :class:`CropAugment`, an :class:`Augment` (no
+    boxes), or None (unchanged)."""
+    if aug is None:
+        return x
+    if isinstance(aug, CropAugment):
+        return aug.batch(x)
+    empty = [{"boxes": torch.zeros((0, 4), device=x.device)} for _ in range(len(x))]
+    return aug.batch(x, empty)[0]

@@ -37,7 +37,7 @@ def _os_error(e: OSError) -> str:
 
 
 def _report(args) -> int:
-    from .report import run_report
+    from .report.runner import run_report
 
     if args.sweep:
         return _sweep(args)
@@ -64,7 +64,8 @@ def _report(args) -> int:
 
 def _sweep(args) -> int:
     """``report --sweep FILE``: run, list or collect the jobs of a parameter sweep."""
-    from .report import collect_sweep, default_sweep_out, format_value, load_sweep, run_sweep, sweep_jobs
+    from .report.sweep import collect_sweep, default_sweep_out, load_sweep, run_sweep, sweep_jobs
+    from .report.runner import format_value
 
     if args.only or args.param:
         print("error: with --sweep the notebook and its parameters come from the sweep file "
@@ -87,7 +88,7 @@ def _sweep(args) -> int:
         if args.collect:
             index = collect_sweep(sweep, out)
         else:
-            index = run_sweep(args.sweep, out=out, jobs=args.jobs, notebook_dir=args.notebooks,
+            index = run_sweep(args.sweep, out=out, jobs=args.jobs, notebook_dir=args.notebooks, command=main,
                               data_root=args.data_root, device=args.device, seed=args.seed,
                               timeout=args.timeout or None, html_export=not args.no_html)
     except ValueError as e:
@@ -105,7 +106,7 @@ def _sweep(args) -> int:
 
 def _data(args) -> int:
     from .data import FORMATS, load
-    from .eda import summary
+    from .data.stats import summary
 
     if args.format is not None and args.format not in FORMATS:
         return _error(f"--format {args.format}: unknown format; known formats: {', '.join(FORMATS)}")
@@ -125,7 +126,7 @@ def _data(args) -> int:
 
 def _param(text: str):
     """argparse type of ``--param NAME=VALUE`` (the value read as YAML)."""
-    from .report import parse_param
+    from .report.runner import parse_param
     try:
         return parse_param(text)
     except ValueError as e:

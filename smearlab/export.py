@@ -28,6 +28,8 @@ Coordinates are pixel-edge ``x, y`` (pixel ``(row r, column c)`` covers ``[c, c 
 """
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import os
 import re
@@ -36,26 +38,37 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
+from scipy import ndimage as ndi
+from skimage.measure import approximate_polygon, find_contours
 
-from .data.errors import DataError
-from .classical import instances_to_label_image
-from .io import atomic_path, write_json
+from .core.errors import DataError
+from .core.files import atomic_path, write_json, write_text
+from .data.formats.coco import encode_rle, save
+from .data.imageio import write_image
+from .data.predictions import as_prediction, check_predictions
+from .data.sample import SmearDataset
+from .metrics.detection import coco_results, count_matrix
+from .segmentation.classical import instances_to_label_image
+
 
 log = logging.getLogger("smearlab.export")
+
 
 __all__ = ["SEGMENTATIONS", "output_names", "sort_by_score", "label_image", "write_label_png", "read_label_png",
            "write_label_pngs", "mask_polygons", "coco_dict", "export_coco", "image_record",
            "export_image_jsons", "export_predictions"]
 
+
 #: Segmentation encodings of :func:`export_coco`.
 SEGMENTATIONS = ("auto", "polygon", "rle")
+
+
 _COPYABLE = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
 
-# -- predictions ----------------------------------------------------------------------------------
 def _checked(dataset, predictions) -> list[dict]:
     """Predictions with the agreed dtypes, one per sample (ValueError otherwise)."""
-    from .evaluate import check_predictions
     preds = check_predictions(dataset, predictions)
     for i, (s, p) in enumerate(zip(dataset, preds)):
         if "masks" in p and tuple(p["masks"].shape[1:]) != tuple(s.hw):
@@ -67,7 +80,6 @@ def _checked(dataset, predictions) -> list[dict]:
 def sort_by_score(prediction: dict, score_threshold: float | None = None) -> dict:
     """The prediction with instances sorted by decreasing score (stable), keeping only those
     with ``score >= score_threshold`` when one is given."""
-    from .detection.postprocess import as_prediction
     p = as_prediction(prediction)
     idx = np.argsort(-p["scores"], kind="stable")
     if score_threshold is not None:
@@ -86,7 +98,6 @@ def _masks_of(prediction: dict, where: str) -> np.ndarray:
     return m.astype(bool, copy=False)
 
 
-# -- label images ---------------------------------------------------------------------------------
 def label_image(prediction: dict, *, score_threshold: float | None = None) -> np.ndarray:
     """``(H, W)`` label image of a prediction: 0 background, instance ``k`` (in score order) ``k``.
 
@@ -104,7 +115,6 @@ def label_image(prediction: dict, *, score_threshold: float | None = None) -> np
 
 def write_label_png(path: str | Path, prediction: dict, *, score_threshold: float | None = None) -> Path:
     """Write :func:`label_image` of ``prediction`` as a PNG (8- or 16-bit grey), atomically."""
-    from PIL import Image
     path = Path(path)
     lab = label_image(prediction, score_threshold=score_threshold)
     with atomic_path(path) as tmp:
@@ -120,7 +130,6 @@ def read_label_png(path: str | Path) -> np.ndarray:
     DataError
         when the file is missing, unreadable, or not a single-channel image.
     """
-    from PIL import Image, UnidentifiedImageError
     path = Path(path)
     try:
         with Image.open(path) as im:
@@ -146,7 +155,6 @@ def write_label_pngs(dataset, predictions, folder: str | Path, *,
             for n, p in zip(output_names(dataset), preds)]
 
 
-# -- polygons -------------------------------------------------------------------------------------
 def mask_polygons(mask: np.ndarray, *, tolerance: float = 0.0) -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Outlines of a binary mask: ``(outer, holes)``, each a list of ``(K, 2)`` x, y vertex arrays.
 
@@ -157,8 +165,6 @@ def mask_polygons(mask: np.ndarray, *, tolerance: float = 0.0) -> tuple[list[np.
     one outline per connected part, ``holes`` one per hole. Outlines of fewer than 3 distinct
     vertices are dropped.
     """
-    from scipy import ndimage as ndi
-    from skimage.measure import approximate_polygon, find_contours
     m = np.asarray(mask)
     if m.ndim != 2:
         raise ValueError(f"mask_polygons: mask must be 2-D (H, W), got shape {m.shape}")
@@ -180,11 +186,9 @@ def mask_polygons(mask: np.ndarray, *, tolerance: float = 0.0) -> tuple[list[np.
 
 
 def _has_holes(mask: np.ndarray) -> bool:
-    from scipy import ndimage as ndi
     return bool((ndi.binary_fill_holes(mask) & ~mask).any())
 
 
-# -- output names ---------------------------------------------------------------------------------
 def _relative_files(dataset) -> list[str]:
     """Each sample's image path relative to the folder all the dataset's image files share
     (``rbc/a.png``), posix style; ``<image_id>.png`` for a sample without a file."""
@@ -231,7 +235,6 @@ def _unique(names: list[str]) -> list[str]:
     return out
 
 
-# -- COCO -----------------------------------------------------------------------------------------
 def _file_names(dataset) -> list[str]:
     """A unique ``file_name`` per sample: the image's path relative to the folder the dataset's
     images share (sub-folders kept, so two ``a.png`` in two class folders stay apart)."""
@@ -240,7 +243,6 @@ def _file_names(dataset) -> list[str]:
 
 def _segmentation(mask: np.ndarray, mode: str, tolerance: float):
     """COCO segmentation of one mask (polygons, or RLE where polygons cannot represent it)."""
-    from .data.formats.coco import encode_rle
     if mode == "rle" or (mode == "auto" and _has_holes(mask)):
         return encode_rle(mask)
     outer, _ = mask_polygons(mask, tolerance=tolerance)
@@ -307,7 +309,6 @@ def export_coco(dataset, predictions, path: str | Path, *, segmentation: str = "
         the dataset's images share (``rbc/a.png``; a bare file name when they share one
         folder), else ``<image_id>.png``; CVAT matches them against the uploaded files.
     """
-    from .data.imageio import write_image
     path = Path(path)
     data = coco_dict(dataset, predictions, segmentation=segmentation, score_threshold=score_threshold,
                      tolerance=tolerance)
@@ -326,7 +327,6 @@ def export_coco(dataset, predictions, path: str | Path, *, segmentation: str = "
     return path
 
 
-# -- one JSON per image ---------------------------------------------------------------------------
 def image_record(sample, prediction: dict, class_names: Sequence[str], *, file_name: str | None = None,
                  score_threshold: float | None = None, tolerance: float = 0.0) -> dict:
     """The per-image JSON of one prediction.
@@ -393,3 +393,34 @@ def export_predictions(dataset, predictions, out_dir: str | Path, *, score_thres
         "json": export_image_jsons(dataset, preds, out_dir / "json", score_threshold=score_threshold,
                                    tolerance=tolerance),
     }
+
+
+def export_coco_results(dataset: SmearDataset, predictions, path: str | Path) -> Path:
+    """Write a COCO results JSON (``image_id`` 1..n in dataset order, ``category_id`` 1..K,
+    ``bbox`` xywh, ``score``; plus RLE ``segmentation`` when predictions carry masks), atomically.
+    It pairs with :func:`export_coco_gt`."""
+    preds = check_predictions(dataset, predictions)
+    segm = bool(preds) and all("masks" in p for p in preds)
+    write_json(path, coco_results(preds, segm=segm))
+    return Path(path)
+
+
+def export_coco_gt(dataset: SmearDataset, path: str | Path, **kw) -> Path:
+    """Write the ground truth as COCO (:func:`smearlab.data.formats.coco.save`: JSON plus
+    ``images/``); image ids 1..n match :func:`export_coco_results`."""
+    return save(dataset, path, **kw)
+
+
+def export_counts_csv(dataset: SmearDataset, predictions, path: str | Path, thresholds=0.5) -> Path:
+    """Per-image counts as CSV: ``image_id, file``, then ``<class>_true, <class>_pred`` per class
+    (predictions with ``score >= thresholds``, a float or per class), atomically."""
+    true, pred = count_matrix(dataset, predictions, thresholds)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["image_id", "file"] + [f"{n}_{kind}" for n in dataset.class_names
+                                       for kind in ("true", "pred")])
+    for s, t, p in zip(dataset, true, pred):
+        w.writerow([s.image_id, s.path.name if s.path else ""]
+                   + [v for pair in zip(t.tolist(), p.tolist()) for v in pair])
+    write_text(path, buf.getvalue())
+    return Path(path)

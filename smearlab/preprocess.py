@@ -1,7 +1,7 @@
 """Image preprocessing: grey, sharpening, contrast, gamma, stain normalisation, a saved pipeline.
 
 Every function takes and returns an ``(H, W, 3)`` uint8 RGB image (``grayscale`` with
-``keep_channels=False`` returns ``(H, W)``). Bad input raises :class:`~smearlab.data.errors.DataError`
+``keep_channels=False`` returns ``(H, W)``). Bad input raises :class:`~smearlab.core.errors.DataError`
 (a ``ValueError``) naming the function and the problem.
 
 Stain normalisation maps an image's colours onto a reference domain:
@@ -29,9 +29,9 @@ from scipy.stats import wasserstein_distance
 from skimage import exposure, filters
 from skimage.color import lab2rgb, rgb2lab
 
-from .data.errors import DataError
+from .core.errors import DataError
+from .core.files import write_json
 from .data.imageio import LUMA
-from .io import write_json
 
 log = logging.getLogger("smearlab.preprocess")
 
@@ -574,3 +574,10 @@ def explorer_methods(reference_images) -> dict:
         "Reinhard": lambda im, k: blend(im, reinhard.transform(im), min(k, 1.0)),
         "Macenko": lambda im, k: blend(im, macenko.transform(im), min(k, 1.0)),
     }
+
+
+def as_preprocess(spec):
+    """A :class:`~smearlab.preprocess.Preprocess` from a pipeline, its dict, or None."""
+    if spec is None:
+        return None
+    return spec if isinstance(spec, Preprocess) else Preprocess.from_dict(spec)

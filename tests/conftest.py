@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from helpers import skip_or_fail
 
 os.environ.setdefault("MPLBACKEND", "Agg")  # no display in tests or CI

@@ -5,8 +5,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from smearlab.augment import (BOX_RULES, Affine, Augment, ColorJitter, Gamma, GaussianBlur, GaussianNoise,
-                              HorizontalFlip, Pad, RandomCrop, Resize, Rot90, SaltPepper, StainJitter, VerticalFlip,
-                              default_augment, map_boxes, warp)
+                              HorizontalFlip, Pad, RandomCrop, Resize, Rot90, SaltPepper, StainJitter,
+                              VerticalFlip, default_augment, map_boxes, warp)
 from smearlab.data import DataError, Sample
 from smearlab.data.boxes import mask_box
 from smearlab.data.synthetic import make_dataset

@@ -120,7 +120,7 @@ def test_dsb_16_bit_image_and_masks_overlap_kept(tmp_path):
     np.testing.assert_array_equal(s.boxes, [[2, 1, 5, 4], [3, 2, 7, 6], [6, 5, 9, 7], [0, 0, 10, 8]])
     assert s.masks.sum(axis=(1, 2)).tolist() == [9, 16, 6, 2]
     assert (s.masks[0] & s.masks[1]).sum() == 4                       # overlap kept in both
-    from smearlab.evaluate import dsb_score
+    from smearlab.metrics.instances import dsb_score
     assert dsb_score(ds, [{"masks": s.masks, "scores": np.ones(4)}], kind="masks") == 1.0
 
 
@@ -235,7 +235,7 @@ def test_zheng_16_bit_mask_raises_naming_the_file_when_strict(tmp_path):
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int32, np.uint32, np.int64])
 def test_label_image_with_gaps_any_integer_dtype(dtype):
-    from smearlab.classical import instances_to_label_image, label_image_to_instances
+    from smearlab.segmentation.classical import instances_to_label_image, label_image_to_instances
     lab = np.zeros((12, 16), dtype)
     hi = 200 if dtype == np.uint8 else 40000
     lab[1:4, 1:5] = hi                           # ids with gaps, out of order in space
@@ -255,13 +255,13 @@ def test_label_image_with_gaps_any_integer_dtype(dtype):
     (np.zeros((3, 4, 2), np.uint16), "2-D"),
 ])
 def test_bad_label_images(bad, msg):
-    from smearlab.classical import label_image_to_instances
+    from smearlab.segmentation.classical import label_image_to_instances
     with pytest.raises(ValueError, match=msg):
         label_image_to_instances(bad)
 
 
 def test_overlapping_and_empty_instance_masks_to_label_image():
-    from smearlab.classical import instances_to_label_image, label_image_to_instances
+    from smearlab.segmentation.classical import instances_to_label_image, label_image_to_instances
     m = np.zeros((3, 10, 10), bool)
     m[0, 0:6, 0:6] = True
     m[1, 4:10, 4:10] = True
@@ -283,8 +283,8 @@ def test_overlapping_and_empty_instance_masks_to_label_image():
 
 
 def test_evaluation_keeps_overlapping_predictions_separate():
-    from smearlab.classical import label_image_to_instances
-    from smearlab.evaluate import dsb_score
+    from smearlab.segmentation.classical import label_image_to_instances
+    from smearlab.metrics.instances import dsb_score
     gt = np.zeros((2, 20, 20), bool)
     gt[0, 2:10, 2:10] = True
     gt[1, 8:16, 8:16] = True                     # ground truth overlapping by 4 pixels
@@ -295,7 +295,7 @@ def test_evaluation_keeps_overlapping_predictions_separate():
 
 
 def test_mask_size_mismatch_in_metrics_names_the_sample():
-    from smearlab.segmentation import semantic_metrics
+    from smearlab.metrics.semantic import semantic_metrics
     s = Sample("cell-7", _image=np.zeros((8, 10, 3), np.uint8), _semantic=np.zeros((8, 10), np.uint8))
     ds = SmearDataset([s], ["c"], semantic_names=["background", "cell"])
     with pytest.raises(DataError, match=r"cell-7.*\(8, 9\).*\(8, 10\)"):
@@ -307,8 +307,9 @@ def test_mask_size_mismatch_in_metrics_names_the_sample():
 
 
 def test_segmenters_on_16_bit_images():
-    from smearlab import classical as C
-    from smearlab.segmentation import UNet, predict_semantic
+    from smearlab.segmentation import classical as C
+    from smearlab.segmentation.unet import UNet
+    from smearlab.segmentation.predict import predict_semantic
     img8 = np.full((40, 50, 3), 20, np.uint8)
     img8[5:15, 5:15] = img8[25:35, 30:45] = 220
     img16 = img8.astype(np.uint16) * 16                           # the same picture, 12-bit

@@ -19,9 +19,10 @@ from smearlab.data import DataError, Sample, SmearDataset
 from smearlab.data.classes import ClassMismatchError, canonical, match_classes
 from smearlab.data.formats import coco, imagefolder, voc, yolo, zheng
 from smearlab.data.imageio import image_info, read_binary_mask, read_image, read_mask, write_image
-from smearlab.detection.postprocess import Predictions, postprocess
-from smearlab.evaluate import check_predictions, coco_eval, simulate_predictions
+from smearlab.data.predictions import Predictions, check_predictions
+from smearlab.detection.postprocess import postprocess
 from smearlab.export import export_predictions, output_names
+from smearlab.metrics.detection import coco_eval, simulate_predictions
 
 STORED_HW = (40, 60)  # the pixels as stored: 60 wide, 40 high
 
@@ -388,7 +389,7 @@ def test_predict_tune_and_count_map_the_model_classes_by_name():
     from smearlab.detection import predict
     from smearlab.detection.postprocess import RawPredictions
     from smearlab.detection.tune import auto_tune
-    from smearlab.evaluate import count_metrics
+    from smearlab.metrics.detection import count_metrics
     rng = np.random.default_rng(3)
     samples = []
     for i in range(4):

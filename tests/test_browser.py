@@ -30,7 +30,6 @@ from importlib import metadata
 from pathlib import Path
 
 import pytest
-
 from helpers import skip_or_fail
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from smearlab import cam
+from smearlab.experiments.gradcam_masks import classical_masks, run_cam_experiment, tune_classical
+from smearlab.explain import cam
+from smearlab.viz.plots import plot_cam_examples, plot_detector_cam
 
 
 def _stage(cin, cout, stride):
@@ -162,7 +164,7 @@ def test_cam_masks_map_back_to_each_images_own_pixels_and_evaluate():
     assert len(scores["per_image"]["cell_iou"]) == 2
     import matplotlib
     matplotlib.use("Agg")
-    fig = cam.plot_cam_examples(imgs, res, sems, classical=res.masks, class_names=["red", "other"])
+    fig = plot_cam_examples(imgs, res, sems, classical=res.masks, class_names=["red", "other"])
     assert len(fig.axes) == 2 * 4 and "red" in fig.axes[0].get_title()
 
 
@@ -205,9 +207,9 @@ def test_tune_cam_masks_picks_the_layer_set_and_threshold_that_match_the_cell():
 def test_classical_baseline_tuned_on_synthetic_crops():
     from smearlab.data.synthetic import make_wbc_crops
     crops = make_wbc_crops(4, seed=1, size=64)
-    masks = cam.classical_masks(crops, channel="saturation")
+    masks = classical_masks(crops, channel="saturation")
     assert len(masks) == 4 and all(m.shape == (64, 64) and m.dtype == bool for m in masks)
-    res = cam.tune_classical(crops, crops, [{"hull": False, "grow": 0}, {"hull": True, "grow": 6}])
+    res = tune_classical(crops, crops, [{"hull": False, "grow": 0}, {"hull": True, "grow": 6}])
     assert len(res["table"]) == 2
     # the hull grown around the stained nucleus covers the cell better; the bare region fits the nucleus
     assert res["cell_dice"]["params"] == {"hull": True, "grow": 6}
@@ -232,7 +234,7 @@ def test_select_cam_masks_equals_a_fresh_cam_masks_run_on_those_layers():
 def test_run_cam_experiment_end_to_end_on_synthetic_crops():
     from smearlab.data.synthetic import make_wbc_crops
     data = make_wbc_crops(20, seed=0, size=48)
-    exp = cam.run_cam_experiment(data, size=32, width=4, epochs=1, device="cpu", thresholds=(0.3, 0.5),
+    exp = run_cam_experiment(data, size=32, width=4, epochs=1, device="cpu", thresholds=(0.3, 0.5),
                                  layer_sets=[cam.DEFAULT_LAYERS], classical_grid=[{"grow": 4}])
     s = exp.summary()
     assert s["split"]["train"] + s["split"]["test"] == 20 and len(exp.cam_test.masks) == len(exp.test)
@@ -270,7 +272,7 @@ def test_detector_cam_explains_a_box_on_a_tiny_detector(tiny_detector):
     assert np.allclose(again.box, res.box, atol=1e-3)
     import matplotlib
     matplotlib.use("Agg")
-    fig = cam.plot_detector_cam(s.image, res, ["RBC", "WBC", "Platelets"])
+    fig = plot_detector_cam(s.image, res, ["RBC", "WBC", "Platelets"])
     assert len(fig.axes) == 2 and len(fig.axes[1].patches) == 1
     with pytest.raises(ValueError, match="out of range"):
         cam.detector_cam(tiny_detector, s.image, 10_000)

@@ -2,8 +2,12 @@
 import numpy as np
 import pytest
 
-from smearlab import classical as C
-from smearlab.evaluate import coco_eval, dsb_score
+from smearlab.data.derive import as_single_class
+from smearlab.experiments.classical import evaluate_method
+from smearlab.metrics.detection import coco_eval
+from smearlab.metrics.instances import dsb_score, failure_cases, score_instances
+from smearlab.segmentation import classical as C
+from smearlab.viz.plots import overlay_instances
 
 
 def _disc(h, w, cy, cx, r):
@@ -296,15 +300,15 @@ def test_scores_counts_and_failure_kinds():
     debris = _disc(h, w, 50, 45, 3)
     merged = trio[0] | trio[1] | trio[2]
     pred = C.label_image_to_instances((merged * 1 + alone * 2 + debris * 3).astype(int))
-    fails = C.failure_cases(ds, [pred])
+    fails = failure_cases(ds, [pred])
     kinds = sorted(f["kind"] for f in fails)
     # the merged trio is one split/merge prediction and three touching misses; the faint cell is missed
     assert kinds == ["debris", "faint", "split/merge", "touching", "touching", "touching"], kinds
-    r = C.score_instances(ds, [pred])          # class-agnostic: the WBC label does not matter
+    r = score_instances(ds, [pred])          # class-agnostic: the WBC label does not matter
     assert r["count_error"] == pytest.approx(abs(3 - 5) / 5)
     assert r["dsb"] == pytest.approx(1 / 7)    # 1 TP (alone), 2 FP, 4 FN at every threshold
     assert 0 < r["ap50"] < 1
-    one = C.as_single_class(ds)
+    one = as_single_class(ds)
     assert one.class_names == ["cell"] and one[0].labels.tolist() == [0] * 5
     assert one[0].masks is not None and ds[0].labels.tolist() == [0, 1, 0, 0, 0]
 
@@ -314,20 +318,20 @@ def test_evaluate_method_and_overlay(two_discs):
     a, b = two_discs
     s = Sample("x", boxes=[[15, 15, 36, 36], [58, 38, 83, 63]], labels=[0, 0], _image=_rgb(a | b),
                _masks=np.stack([a, b]))
-    metrics, preds = C.evaluate_method(SmearDataset([s], ["nucleus"]), "threshold")
+    metrics, preds = evaluate_method(SmearDataset([s], ["nucleus"]), "threshold")
     assert metrics["dsb"] > 0.9 and metrics["ap50"] == pytest.approx(1.0) and metrics["count_error"] == 0
     assert metrics["seconds_per_image"] > 0
-    out = C.overlay(s.image, preds[0], s)
+    out = overlay_instances(s.image, preds[0], s)
     assert out.shape == s.image.shape and out.dtype == np.uint8
     assert (out != s.image).any(axis=2).sum() > 0 and np.array_equal(out[40, 0], s.image[40, 0])
     with pytest.raises(ValueError, match="size"):
-        C.overlay(s.image[:50], preds[0])
+        overlay_instances(s.image[:50], preds[0])
 
 
 def test_classical_explorer_headless():
     from smearlab.data.synthetic import make_dataset
-    from smearlab.widgets import ClassicalExplorer
-    ds = C.as_single_class(make_dataset(2, seed=0, width=128, height=96))
+    from smearlab.viz.widgets import ClassicalExplorer
+    ds = as_single_class(make_dataset(2, seed=0, width=128, height=96))
     ex = ClassicalExplorer(ds, "threshold", {"channel": "green", "min_size": 30})
     assert ex.params()["min_size"] == 30                                # passed through unchanged
     assert ex.image.value[:4] == b"\x89PNG" and "expected" in ex.metrics.value
@@ -366,7 +370,7 @@ def test_suggest_params_from_training_objects():
     assert 6 <= p["min_distance"] <= 10                     # the median radius (radii 6..10)
     assert p["min_sigma"] < 6 / np.sqrt(2) < 10 / np.sqrt(2) < p["max_sigma"]
     assert p["channel"] in ("gray", "green", "saturation", "hematoxylin") and p["channel_scores"][p["channel"]] > 0.5
-    r = C.evaluate_method(SmearDataset(cells, ["cell"]), "log", p)[0]
+    r = evaluate_method(SmearDataset(cells, ["cell"]), "log", p)[0]
     assert r["count_error"] <= 0.1                           # the suggested sigmas find the cells
     with pytest.raises(ValueError, match="no objects"):
         C.suggest_params(SmearDataset([Sample("e", _image=cells[0].image)], ["cell"]))

@@ -7,13 +7,16 @@ import pytest
 import torch
 from PIL import Image
 
-from smearlab.classify import (CropAugment, CropDataset, build_classifier, classification_report, crops_from_dataset,
-                               default_crop_augment, differential_count, export_differential, extract_crop,
-                               letterbox, load_classifier, predict_classes, save_classifier, square_window,
-                               stratified_split, train_classifier)
-from smearlab.classify import _Batches
+from smearlab.augment import CropAugment, default_crop_augment
+from smearlab.classification.crops import CropDataset, crops_from_dataset
+from smearlab.classification.model import build_classifier, load_classifier, save_classifier
+from smearlab.classification.predict import differential_count, export_differential, predict_classes
+from smearlab.classification.train import _Batches, train_classifier
+from smearlab.core.geometry import extract_crop, letterbox, square_window
 from smearlab.data import DataError, Sample, SmearDataset, load
+from smearlab.data.splits import stratified_split
 from smearlab.data.synthetic import make_dataset, make_wbc_crops
+from smearlab.metrics.classification import classification_report
 
 
 # -- letterbox and crop geometry ---------------------------------------------------------------
@@ -302,7 +305,7 @@ def test_differential_count_on_synthetic_ground_truth(tmp_path):
 
 
 def test_crops_from_detector_predictions():
-    from smearlab.classify import crops_from_predictions
+    from smearlab.classification.crops import crops_from_predictions
     ds = _smear_with_boxes()
     preds = [{"boxes": np.array([[10, 10, 30, 30], [60, 40, 90, 70], [1, 1, 8, 8]], np.float32),
               "scores": np.array([0.9, 0.3, 0.8], np.float32), "labels": np.array([1, 1, 0])}]

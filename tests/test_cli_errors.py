@@ -8,14 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import write_notebook
 from PIL import Image
 
-from helpers import write_notebook
 from smearlab import cli
-from smearlab.data import DataError, detect_format, load
-from smearlab.data import formats
+from smearlab.data import DataError, detect_format, formats, load
 from smearlab.data.formats import dsb2018
-from smearlab.report import check_parameter_type, declared_parameters, load_sweep, run_report
+from smearlab.report.runner import check_parameter_type, declared_parameters, run_report
+from smearlab.report.sweep import load_sweep
 
 AS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 needs_non_root = pytest.mark.skipif(AS_ROOT, reason="root reads and writes whatever the permissions say")

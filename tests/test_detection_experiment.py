@@ -1,9 +1,10 @@
 """fit_and_evaluate, detection splits and K-fold cross-validation on tiny data."""
 import pytest
 
+from smearlab.data.splits import detection_splits
 from smearlab.data.synthetic import make_dataset
 from smearlab.detection import DetectorConfig, TrainConfig, load_model
-from smearlab.detection.experiment import cross_validate, detection_splits, fit_and_evaluate
+from smearlab.experiments.detection import cross_validate, fit_and_evaluate
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,10 @@ import pytest
 import torch
 import torchvision
 
-from smearlab.data.errors import DataError
+from smearlab.core.device import resolve_device
+from smearlab.core.errors import DataError
 from smearlab.detection.models import (ARCHS, DetectorConfig, build_detector, count_parameters, load_model,
-                                       resolve_device, save_model)
+                                       save_model)
 
 CLASSES = ["RBC", "WBC", "Platelets"]
 

@@ -11,7 +11,7 @@ import torch
 from smearlab.data import Sample, SmearDataset
 from smearlab.data.synthetic import make_dataset
 from smearlab.detection.models import DetectorConfig, build_detector
-from smearlab.detection.train import TrainConfig, _remap_dataset, param_digest, train_detector
+from smearlab.detection.train import _remap_dataset, TrainConfig, param_digest, train_detector
 
 
 def tiny(ds, size=128, seed=0):

@@ -6,9 +6,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from smearlab.classify import CropDataset, build_classifier, crops_from_dataset
-from smearlab.domain import (DANN, GradientReversal, dann_lambda, dann_lr, grad_reverse, run_experiment,
-                             shared_classes, train_dann)
+from smearlab.classification.crops import CropDataset, crops_from_dataset, shared_classes
+from smearlab.classification.model import DANN, GradientReversal, build_classifier, grad_reverse
+from smearlab.classification.train import dann_lambda, dann_lr, train_dann
+from smearlab.experiments.domain_adaptation import run_experiment
 
 
 # -- gradient reversal ---------------------------------------------------------------------------------

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from smearlab import embed
+from smearlab.classification import embed
+from smearlab.viz.plots import plot_embedding, plot_embeddings
 
 
 def _clouds(rng, shift, n=100, d=10):
@@ -81,16 +82,16 @@ def test_plot_embedding_draws_one_group_per_class_and_domain(rng):
     import matplotlib
     matplotlib.use("Agg")
     y = rng.normal(size=(30, 2))
-    fig = embed.plot_embedding(y, np.arange(30) % 3, ["A", "B"] * 15, class_names=["x", "y", "z"])
+    fig = plot_embedding(y, np.arange(30) % 3, ["A", "B"] * 15, class_names=["x", "y", "z"])
     a, b = fig.axes
     assert len(a.collections) == 3 and len(b.collections) == 2
     assert [t.get_text() for t in a.get_legend().get_texts()] == ["x (10)", "y (10)", "z (10)"]
     with pytest.raises(ValueError, match="unknown colouring"):
-        embed.plot_embedding(y, np.zeros(30), None, by=["stain"])
+        plot_embedding(y, np.zeros(30), None, by=["stain"])
 
 
 def test_tsne_explorer_redraws_and_caches_headless(rng):
-    from smearlab.widgets import TSNEExplorer
+    from smearlab.viz.widgets import TSNEExplorer
     x, d = _clouds(rng, 5.0, n=20, d=4)
     w = TSNEExplorer({"raw": x, "scaled": 2 * x}, np.arange(40) % 2, d, ["even", "odd"], perplexity=10,
                      perplexity_range=(5, 100, 5))
@@ -115,5 +116,5 @@ def test_separability_table_and_embedding_grid(rng):
     x, d = _clouds(rng, 6.0, n=30, d=3)
     table = embed.separability_table({"apart": x, "mixed": rng.normal(size=(60, 3))}, d)
     assert table["apart"]["linear_domain_accuracy"] > table["mixed"]["linear_domain_accuracy"]
-    fig = embed.plot_embeddings({"apart": x[:, :2], "mixed": x[:, 1:]}, np.arange(60) % 3, d, separability=table)
+    fig = plot_embeddings({"apart": x[:, :2], "mixed": x[:, 1:]}, np.arange(60) % 3, d, separability=table)
     assert len(fig.axes) == 4 and "domain acc" in fig.axes[0].get_title()

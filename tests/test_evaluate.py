@@ -9,7 +9,19 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from smearlab import evaluate as E  # noqa: E402
+from smearlab.metrics import detection as E  # noqa: E402
+
+from smearlab.export import export_coco_gt
+
+from smearlab.export import export_coco_results
+
+from smearlab.export import export_counts_csv
+
+from smearlab.metrics.instances import dsb_score
+
+from smearlab.viz.plots import plot_confusion
+
+from smearlab.viz.plots import plot_pr_curves
 from smearlab.data import Sample, SmearDataset, load  # noqa: E402
 from smearlab.data.synthetic import make_dataset  # noqa: E402
 
@@ -77,8 +89,8 @@ def test_perfect_predictions_score_one(synthetic):
     f = E.FastEvaluator(synthetic).evaluate(preds, full=True)
     assert f["mAP"] == pytest.approx(1.0)
     assert all(v["f1"] == 1.0 for v in f["per_class"].values())
-    assert E.dsb_score(synthetic, preds) == pytest.approx(1.0)
-    assert E.dsb_score(synthetic, preds, kind="masks") == pytest.approx(1.0)
+    assert dsb_score(synthetic, preds) == pytest.approx(1.0)
+    assert dsb_score(synthetic, preds, kind="masks") == pytest.approx(1.0)
 
 
 def test_absent_class_and_no_predictions():
@@ -112,7 +124,7 @@ def test_confusion_matrix_hand_made():
                                       [0, 1, 0]])   # spurious B
     m = E.confusion_matrix(ds, preds, score_threshold={"B": 0.75})
     assert m[2, 1] == 0 and m.sum() == 3
-    ax = E.plot_confusion(m, ds.class_names, plt.figure().gca(), normalize=True)
+    ax = plot_confusion(m, ds.class_names, plt.figure().gca(), normalize=True)
     assert len(ax.texts) == 9
     plt.close("all")
 
@@ -138,10 +150,10 @@ def test_dsb_score_hand_made_boxes_and_masks():
             np.zeros((0, 4)),                                          # skipped
             np.zeros((0, 4)),                                          # missed: 0
             np.array([[0, 0, 10, 7]], float)]                          # IoU 0.7: 4/10 thresholds
-    mean, per = E.dsb_score(gt, pred, per_image=True)
+    mean, per = dsb_score(gt, pred, per_image=True)
     assert per == [0.5, None, 0.0, pytest.approx(0.4)]
     assert mean == pytest.approx((0.5 + 0.0 + 0.4) / 3)
-    assert E.dsb_score(gt[:1], [gt[0]]) == 1.0
+    assert dsb_score(gt[:1], [gt[0]]) == 1.0
 
     def masks(boxes):
         m = np.zeros((len(boxes), 40, 40), bool)
@@ -150,9 +162,9 @@ def test_dsb_score_hand_made_boxes_and_masks():
         return m
     gm = [masks(b) for b in gt]
     pm = [masks(pred[0]["boxes"]), masks(np.zeros((0, 4))), masks(np.zeros((0, 4))), masks(pred[3])]
-    mean_m, per_m = E.dsb_score(gm, pm, per_image=True)
+    mean_m, per_m = dsb_score(gm, pm, per_image=True)
     assert per_m == [0.5, None, 0.0, pytest.approx(0.4)]
-    assert E.dsb_score(gm[:1], gm[:1]) == 1.0
+    assert dsb_score(gm[:1], gm[:1]) == 1.0
 
 
 def test_pr_curves(synthetic):
@@ -162,15 +174,15 @@ def test_pr_curves(synthetic):
     for name, (rc, pr) in curves.items():
         assert rc.shape == pr.shape == (101,)
         assert pr.mean() == pytest.approx(ref["per_class"][name]["AP50"], abs=1e-9)
-    E.plot_pr_curves(curves, plt.figure().gca())
+    plot_pr_curves(curves, plt.figure().gca())
     plt.close("all")
 
 
 def test_exports(tmp_path):
     ds = toy_dataset(3, masks=True)
     preds = E.simulate_predictions(ds, seed=0)
-    res = E.export_coco_results(ds, preds, tmp_path / "results.json")
-    gt_path = E.export_coco_gt(ds, tmp_path / "gt" / "gt.json")
+    res = export_coco_results(ds, preds, tmp_path / "results.json")
+    gt_path = export_coco_gt(ds, tmp_path / "gt" / "gt.json")
     from pycocotools.coco import COCO
     import contextlib
     import io
@@ -180,7 +192,7 @@ def test_exports(tmp_path):
     assert len(dt.getAnnIds()) == sum(len(p["scores"]) for p in preds)
     first = json.loads(res.read_text())[0]
     assert set(first) == {"image_id", "category_id", "bbox", "score"}
-    out = E.export_counts_csv(ds, preds, tmp_path / "counts.csv", thresholds={"RBC": 0.3})
+    out = export_counts_csv(ds, preds, tmp_path / "counts.csv", thresholds={"RBC": 0.3})
     rows = list(csv.reader(out.open()))
     assert rows[0] == ["image_id", "file", "RBC_true", "RBC_pred", "WBC_true", "WBC_pred",
                        "Platelets_true", "Platelets_pred"]
@@ -194,7 +206,7 @@ def test_match_image_and_worst_images():
     import numpy as np
 
     from smearlab.data import Sample, SmearDataset
-    from smearlab.evaluate import match_image, worst_images
+    from smearlab.metrics.detection import match_image, worst_images
 
     img = np.zeros((50, 50, 3), np.uint8)
     gt = Sample("a", boxes=[[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 48, 48]], labels=[0, 1, 0], _image=img)

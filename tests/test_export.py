@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from pycocotools import mask as mask_util
 
-from smearlab.classical import label_image_to_instances
+from smearlab.core.errors import DataError
 from smearlab.data import Sample, SmearDataset, load
-from smearlab.data.errors import DataError
 from smearlab.export import (coco_dict, export_coco, export_image_jsons, export_predictions, label_image,
                              mask_polygons, read_label_png, write_label_png)
+from smearlab.segmentation.classical import label_image_to_instances
 
 CLASSES = ["nucleus", "cell"]
 

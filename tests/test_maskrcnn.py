@@ -10,8 +10,9 @@ from smearlab.detection.models import (MASK_ARCHS, DetectorConfig, build_detecto
                                        is_mask_model, load_model, save_model)
 from smearlab.detection.postprocess import RawPredictions, postprocess
 from smearlab.detection.predict import merge_tiles, predict
-from smearlab.detection.train import TrainConfig, _GpuImages, _sanitize, train_detector
-from smearlab.evaluate import coco_eval, dsb_score, mask_ap, segmentation_metrics
+from smearlab.detection.train import _GpuImages, _sanitize, TrainConfig, train_detector
+from smearlab.metrics.detection import coco_eval
+from smearlab.metrics.instances import dsb_score, mask_ap, segmentation_metrics
 
 CLASSES = ["RBC", "WBC", "Platelets"]
 

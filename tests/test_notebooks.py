@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from smearlab.report import REPO_NOTEBOOKS, find_notebooks, run_report
+from smearlab.report.runner import REPO_NOTEBOOKS, find_notebooks, run_report
 
 pytestmark = pytest.mark.notebook
 

@@ -17,7 +17,7 @@ from smearlab.data import DataError, open_dataset
 from smearlab.data.formats import bbbc041, coco, iml, voc, yolo
 from smearlab.data.imageio import write_image
 from smearlab.data.open import extract
-from smearlab.report import run_report
+from smearlab.report.runner import run_report
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -230,17 +230,17 @@ def test_safe_archive_is_extracted_once_into_the_cache(tmp_path, monkeypatch):
 EXPORTS = """\
 from pathlib import Path
 import numpy as np
-from smearlab import evaluate
 from smearlab.data import open_dataset, save
+from smearlab.export import export_coco_gt, export_coco_results, export_counts_csv
 from smearlab.report import record
 ds = open_dataset("synthetic-A", n=2, width=96, height=64, seed=seed)
 out = Path(out_dir)
 for fmt in ("voc", "yolo"):
     save(ds, out / fmt, fmt)
-evaluate.export_coco_gt(ds, out / "coco" / "gt.json")
+export_coco_gt(ds, out / "coco" / "gt.json")
 preds = [{"boxes": s.boxes, "labels": s.labels, "scores": np.ones(len(s.boxes), np.float32)} for s in ds]
-evaluate.export_coco_results(ds, preds, out / "coco" / "results.json")
-evaluate.export_counts_csv(ds, preds, out / "counts.csv")
+export_coco_results(ds, preds, out / "coco" / "results.json")
+export_counts_csv(ds, preds, out / "counts.csv")
 Path("relative.txt").write_text("a relative path lands in the run folder")
 record({"files": len(list(out.rglob("*")))}, metrics_path)
 """

@@ -8,7 +8,7 @@ import pytest  # noqa: E402
 from smearlab.data import DataError, Sample, SmearDataset  # noqa: E402
 from smearlab.detection.postprocess import RawPredictions, postprocess, select  # noqa: E402
 from smearlab.detection.tune import Thresholds, auto_tune  # noqa: E402
-from smearlab.evaluate import FastEvaluator, simulate_predictions  # noqa: E402
+from smearlab.metrics.detection import FastEvaluator, simulate_predictions  # noqa: E402
 
 from helpers import toy_dataset  # noqa: E402
 
@@ -113,7 +113,7 @@ def test_auto_tune_count_objective(tuning_case):
     th = auto_tune(ds, raw, objective="count", nms_grid=(0.5,))
     assert th.objective == "count" and th.nms_iou == 0.5
     assert th.metrics["mean"] >= th.metrics["mean_at_0.5"]
-    from smearlab.evaluate import count_metrics
+    from smearlab.metrics.detection import count_metrics
     c = count_metrics(ds, th.apply(raw), 0.0)
     for name, m in c.items():
         assert m["accuracy"] == pytest.approx(th.metrics["per_class"][name]["count"])
@@ -122,7 +122,7 @@ def test_auto_tune_count_objective(tuning_case):
 
 
 def test_threshold_tuner_widget(tuning_case):
-    from smearlab.detection.widgets import ThresholdTuner
+    from smearlab.viz.widgets import ThresholdTuner
     ds, raw = tuning_case
     tuner = ThresholdTuner(ds, raw, images_for_overlay=[0, 3, 5])
     assert set(tuner.sliders) == set(ds.class_names)

@@ -8,8 +8,8 @@ from skimage.color import rgb2hsv, rgb2lab
 
 from smearlab.data import DataError, Sample
 from smearlab.data.synthetic import make_dataset
-from smearlab.preprocess import (LUMA, STEPS, MacenkoNormalizer, Preprocess, ReinhardNormalizer,
-                                 clahe, gamma, grayscale, sharpen, stain_distance, unsharp_mask)
+from smearlab.preprocess import (LUMA, STEPS, MacenkoNormalizer, Preprocess, ReinhardNormalizer, clahe, gamma,
+                                 grayscale, sharpen, stain_distance, unsharp_mask)
 
 
 @pytest.fixture(scope="module")

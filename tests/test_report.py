@@ -3,10 +3,11 @@ import json
 
 import nbformat
 import pytest
-
 from helpers import write_notebook
+
 from smearlab import cli
-from smearlab.report import find_notebooks, notebook_parameters, record, run_report
+from smearlab.report import record
+from smearlab.report.runner import find_notebooks, notebook_parameters, run_report
 
 
 _notebook = write_notebook

@@ -6,7 +6,7 @@ import pytest
 
 from smearlab.data import Sample, SmearDataset
 from smearlab.data.synthetic import make_wbc_crops
-from smearlab.robustness import add_noise, compare_with_noise, noise_parameters, noisy_dataset
+from smearlab.metrics.robustness import add_noise, compare_with_noise, noise_parameters, noisy_dataset
 
 
 def test_noise_statistics_follow_the_definition():

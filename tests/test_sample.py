@@ -1,12 +1,11 @@
 """The in-memory sample form and image conversion."""
 import numpy as np
 import pytest
+from helpers import toy_dataset
 from PIL import Image
 
 from smearlab.data import DataError, Sample, SmearDataset
 from smearlab.data.imageio import read_image, to_rgb8
-
-from helpers import toy_dataset
 
 
 def test_image_modes_convert_to_rgb8_and_keep_bit_depth(tmp_path):

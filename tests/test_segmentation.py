@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from smearlab.data.errors import DataError
+from smearlab.core.errors import DataError
 from smearlab.data.synthetic import make_wbc_crops
-from smearlab.segmentation import (IGNORE, UNet, dice_iou, dice_iou_per_image, load_unet,
-                                   predict_semantic, save_unet, semantic_metrics, train_unet,
-                                   whole_cell)
+from smearlab.metrics.semantic import IGNORE, dice_iou, dice_iou_per_image, semantic_metrics, whole_cell
+from smearlab.segmentation.predict import predict_semantic
+from smearlab.segmentation.train import train_unet
+from smearlab.segmentation.unet import UNet, load_unet, save_unet
 
 
 @pytest.fixture(scope="module")
@@ -176,7 +177,7 @@ def _dark_image():
 
 
 def test_crop_window_square_and_clipped():
-    from smearlab.segmentation import crop_window
+    from smearlab.core.geometry import crop_window
     assert crop_window([10, 10, 20, 20], (100, 100), 0.5) == (5, 25, 5, 25)
     assert crop_window([30, 40, 50, 50], (100, 100), 0.0) == (35, 55, 30, 50)   # square side 20
     assert crop_window([0, 0, 10, 10], (8, 100), 0.5) == (0, 8, 0, 15)           # clipped
@@ -184,7 +185,7 @@ def test_crop_window_square_and_clipped():
 
 
 def test_two_stage_pastes_one_instance_per_box():
-    from smearlab.segmentation import two_stage_segment
+    from smearlab.segmentation.predict import two_stage_segment
     img = _dark_image()
     det = {"boxes": np.array([[10, 10, 25, 20], [40, 30, 70, 50]], np.float32),
            "labels": np.array([2, 1]), "scores": np.array([0.9, 0.6], np.float32)}
@@ -207,7 +208,7 @@ def test_two_stage_pastes_one_instance_per_box():
 
 
 def test_two_stage_no_boxes_and_oracle_samples(crops):
-    from smearlab.segmentation import two_stage_segment
+    from smearlab.segmentation.predict import two_stage_segment
     (p,) = two_stage_segment([np.zeros((0, 4))], _DarkNet(), [crops[0].image], device="cpu")
     assert p["masks"].shape == (0, 64, 64) and p["boxes"].shape == (0, 4)
     preds = two_stage_segment(crops[:2], _DarkNet(), crops[:2], device="cpu")   # ground-truth boxes
@@ -222,7 +223,7 @@ def test_two_stage_no_boxes_and_oracle_samples(crops):
     ({"boxes": np.zeros((2, 4)), "scores": [1.0]}, "2 boxes but"),
 ])
 def test_two_stage_bad_boxes(boxes, msg):
-    from smearlab.segmentation import two_stage_segment
+    from smearlab.segmentation.predict import two_stage_segment
     img = _dark_image()
     with pytest.raises(ValueError, match=msg):
         two_stage_segment([boxes], _DarkNet(), [img], device="cpu")
@@ -234,7 +235,7 @@ def test_two_stage_bad_boxes(boxes, msg):
 
 def test_crop_dataset_targets_are_the_objects_own_pixels():
     from smearlab.data import Sample, SmearDataset
-    from smearlab.segmentation import crop_dataset
+    from smearlab.segmentation.train import crop_dataset
     img = np.zeros((40, 40, 3), np.uint8)
     masks = np.zeros((2, 40, 40), bool)
     masks[0, 10:20, 10:20] = True
@@ -259,8 +260,9 @@ def test_crop_dataset_targets_are_the_objects_own_pixels():
 
 def test_train_crop_unet_on_synthetic_smears(tmp_path):
     from smearlab.data.synthetic import make_dataset
-    from smearlab.evaluate import dsb_score
-    from smearlab.segmentation import train_crop_unet, two_stage_segment
+    from smearlab.metrics.instances import dsb_score
+    from smearlab.segmentation.train import train_crop_unet
+    from smearlab.segmentation.predict import two_stage_segment
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -294,7 +296,8 @@ def test_short_trainings_have_a_valid_schedule(crops, epochs, batch_size):
 # -- instances <-> semantic, splits for comparing segmenters -------------------------------------
 def test_foreground_semantic_and_back_to_instances():
     from smearlab.data import Sample, SmearDataset
-    from smearlab.segmentation import foreground_semantic, semantic_to_instances
+    from smearlab.data.derive import foreground_semantic
+    from smearlab.segmentation.predict import semantic_to_instances
     yy, xx = np.mgrid[:40, :60]
     a = (yy - 20) ** 2 + (xx - 18) ** 2 <= 81
     b = (yy - 20) ** 2 + (xx - 34) ** 2 <= 81          # touches a
@@ -320,7 +323,7 @@ def test_foreground_semantic_and_back_to_instances():
 
 def test_instance_splits_synthetic_and_a_dataset_folder(tmp_path):
     from PIL import Image
-    from smearlab.segmentation import instance_splits, segmentation_splits
+    from smearlab.data.splits import instance_splits, segmentation_splits
     syn = instance_splits("synthetic", quick=True, seed=3, max_train=2, max_test=1)
     assert len(syn["train"]) == 2 and len(syn["test"]) == 1 and syn["test"].class_names == ["cell"]
     assert not np.array_equal(syn["train"][0].image, syn["test"][0].image)   # different seeds
@@ -370,7 +373,7 @@ def test_tta_averages_over_flips(crops):
 
 def test_tile_dataset_covers_each_image():
     from smearlab.data import Sample, SmearDataset
-    from smearlab.segmentation import tile_dataset
+    from smearlab.data.derive import tile_dataset
     big = np.arange(40 * 50 * 3, dtype=np.int64).reshape(40, 50, 3).astype(np.uint8)
     sem = (np.arange(40 * 50).reshape(40, 50) % 3).astype(np.uint8)
     small = Sample("small", _image=np.zeros((10, 12, 3), np.uint8), _semantic=np.ones((10, 12), np.uint8))

@@ -1,11 +1,10 @@
 """Splits by image, stratified K-fold, and the leak check."""
 import numpy as np
 import pytest
+from helpers import toy_dataset
 
 from smearlab.data import Sample, SmearDataset
 from smearlab.data.splits import check_leaks, class_signature, kfold, train_val_test_split
-
-from helpers import toy_dataset
 
 
 def test_train_val_test_partition_images():

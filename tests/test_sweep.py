@@ -5,10 +5,11 @@ import shlex
 from pathlib import Path
 
 import pytest
-
 from helpers import write_notebook
+
 from smearlab import cli
-from smearlab.report import format_value, load_sweep, parse_param, run_report, sweep_jobs
+from smearlab.report.runner import format_value, parse_param, run_report
+from smearlab.report.sweep import load_sweep, sweep_jobs
 
 pytestmark = pytest.mark.notebook
 

@@ -1,10 +1,9 @@
 """torch Dataset and collate: torchvision detection targets."""
 import torch
+from helpers import toy_dataset
 from torch.utils.data import DataLoader
 
 from smearlab.data.torchdata import DetectionDataset, collate_detection, image_to_tensor
-
-from helpers import toy_dataset
 
 
 def test_targets_match_torchvision_convention():

@@ -3,8 +3,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
-from smearlab import viz
 from smearlab.data.sample import Sample
+from smearlab.viz import plots as viz
 
 
 def _sample():

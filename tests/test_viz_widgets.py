@@ -5,8 +5,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from smearlab import eda, viz  # noqa: E402
-from smearlab.widgets import dataset_browser  # noqa: E402
+from smearlab.viz import plots as viz  # noqa: E402
+
+from smearlab.data import stats as eda
+from smearlab.viz.widgets import dataset_browser  # noqa: E402
 
 from helpers import toy_dataset  # noqa: E402
 
@@ -65,7 +67,7 @@ def test_browser_redraws_on_slider_and_toggles():
 
 
 def test_preprocess_explorer_applies_method_on_change():
-    from smearlab.widgets import PreprocessExplorer
+    from smearlab.viz.widgets import PreprocessExplorer
     ds = toy_dataset(3)
     methods = {"identity": lambda im, k: im, "darken": lambda im, k: (im * (1 - k / 2)).astype(np.uint8)}
     ex = PreprocessExplorer([s.image for s in ds], methods, strength=(0, 1, 0.1, 0.5))

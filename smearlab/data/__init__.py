@@ -1,5 +1,5 @@
 """Datasets: the in-memory sample form, native-format loaders, the synthetic default, splits."""
-from .errors import DataError
+from ..core.errors import DataError
 from .formats import FORMATS, detect_format, load, save
 from .imageio import read_image
 from .open import open_dataset

@@ -155,3 +155,31 @@ def match_classes(source: Sequence[str], target: Sequence[str], class_map: Mappi
     if require == "both" and missing:
         raise fail(f"no source class for {missing}")
     return mapping
+
+
+def per_class(value, class_names: Sequence[str], what: str, default=None) -> np.ndarray | None:
+    """A ``(K,)`` float array from a scalar, a per-class sequence or a ``{class name: value}`` dict.
+
+    ``None`` stays None. A dict naming an unknown class raises ``ValueError``; classes it does not
+    name get ``default`` (``ValueError`` when ``default`` is None).
+    """
+    if value is None:
+        return None
+    k = len(class_names)
+    if isinstance(value, Mapping):
+        unknown = [n for n in value if n not in class_names]
+        if unknown:
+            raise ValueError(f"{what}: unknown class {unknown[0]!r}; classes are {list(class_names)}")
+        missing = [n for n in class_names if n not in value]
+        if missing and default is None:
+            raise ValueError(f"{what}: no value for class {missing[0]!r}")
+        out = np.array([float(value.get(n, default)) for n in class_names])
+    elif np.ndim(value) == 0:
+        out = np.full(k, float(value))
+    else:
+        out = np.asarray(value, float).reshape(-1)
+        if len(out) != k:
+            raise ValueError(f"{what}: {len(out)} values for {k} classes {list(class_names)}")
+    if np.isnan(out).any():
+        raise ValueError(f"{what}: NaN value")
+    return out

@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import DataError
+from ..core.errors import DataError
+from ..core.files import atomic_path
 
 #: How an image file's pixels are oriented on read: as shown (EXIF applied) or as stored.
 ORIENTATIONS = ("exif", "stored")
@@ -261,7 +262,6 @@ def _read_dicom(path: Path) -> np.ndarray:
 
 def write_image(path: str | Path, image: np.ndarray) -> None:
     """Write an image atomically (temporary name, then rename)."""
-    from ..io import atomic_path
     path = Path(path)
     with atomic_path(path) as tmp:
         Image.fromarray(image).save(tmp, format=_pil_format(path))

@@ -9,7 +9,8 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from .errors import DataError
+from ..core.errors import DataError
+from . import synthetic
 from .formats import load
 from .sample import SmearDataset
 
@@ -33,7 +34,6 @@ def open_dataset(spec: str | Path = "synthetic", *, quick: bool = True, seed: in
     format : name the on-disk format instead of detecting it.
     options : passed to the synthetic generator or the format's loader.
     """
-    from . import synthetic
 
     spec = str(spec)
     if spec.startswith("synthetic"):

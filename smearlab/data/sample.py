@@ -24,11 +24,12 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from .errors import DataError
+from ..core.errors import DataError
+from .imageio import read_image, read_raw
 
 log = logging.getLogger("smearlab.data")
 
@@ -81,7 +82,6 @@ class Sample:
         if self._image is None:
             if self.path is None:
                 raise DataError(self.image_id, "sample has neither an image nor a path")
-            from .imageio import read_image
             img, depth = read_image(self.path, orientation=self.orientation)
             if self.size is not None and tuple(img.shape[:2]) != tuple(self.size):
                 raise DataError(self.path, f"image reads as {img.shape[1]}x{img.shape[0]} "
@@ -146,7 +146,6 @@ class Sample:
         """The image as stored on disk (original bit depth and channels)."""
         if self.path is None:
             return self.image
-        from .imageio import read_raw
         return read_raw(self.path, orientation=self.orientation)
 
     def _check_masks(self, m) -> np.ndarray:

@@ -15,7 +15,11 @@ from typing import Mapping
 import numpy as np
 from sklearn.model_selection import StratifiedKFold, train_test_split
 
+from ..core.errors import DataError
+from . import load, open_dataset
+from .derive import as_single_class, foreground_semantic, instances_from_semantic
 from .sample import SmearDataset
+from .synthetic import make_dataset
 
 
 def class_signature(dataset: SmearDataset) -> list[str]:
@@ -171,3 +175,113 @@ def check_leaks(splits: Mapping[str, SmearDataset]) -> LeakReport:
             if same:
                 rep.same_content[(a, b)] = same
     return rep
+
+
+def stratified_split(labels, test: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(train, test)``: each class split ``1 - test : test`` (rounded), shuffled by ``seed``.
+
+    A class with two or more items puts at least one in each part; a class with one item goes
+    to train. Works for any class sizes (unlike stratified sampling that needs two of each).
+    """
+    if not 0 < test < 1:
+        raise ValueError(f"test must be a fraction in (0, 1), got {test}")
+    y = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    tr, te = [], []
+    for c in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == c))
+        k = 0 if len(idx) < 2 else min(len(idx) - 1, max(1, int(round(test * len(idx)))))
+        te += idx[:k].tolist()
+        tr += idx[k:].tolist()
+    return np.sort(np.asarray(tr, np.int64)), np.sort(np.asarray(te, np.int64))
+
+
+def detection_splits(spec: str = "synthetic", *, quick: bool = True, seed: int = 0,
+                     val: float = 0.15, test: float = 0.15) -> dict[str, SmearDataset]:
+    """Train / val / test splits for a detection experiment.
+
+    * ``"synthetic"``: one staining style (A), 48 images in quick mode, 300 otherwise, split by
+      image.
+    * A folder with ``Training/`` and ``Testing/`` (the CBC layout): ``Testing`` is the test set
+      and the validation split is carved out of ``Training``. CBC's own ``Validation/`` is a
+      subset of ``Training/`` and is never used.
+    * Any other dataset path: split by image (stratified on the classes each image holds).
+    """
+
+    root = Path(spec)
+    if not spec.startswith("synthetic") and (root / "Training").is_dir() and (root / "Testing").is_dir():
+        parts = train_val_test_split(load(root / "Training"), val=val, test=0, seed=seed)
+        return {"train": parts["train"], "val": parts["val"], "test": load(root / "Testing")}
+    if spec == "synthetic":
+        ds = open_dataset("synthetic-A", n=48 if quick else 300, seed=seed)
+    else:
+        ds = open_dataset(spec, quick=quick, seed=seed)
+    return train_val_test_split(ds, val=val, test=test, seed=seed)
+
+
+def instance_splits(spec="synthetic", *, quick: bool = True, seed: int = 0, val: float = 0.15, test: float = 0.2,
+                    max_train: int | None = None, max_test: int | None = None) -> dict:
+    """Train and test sets of class-agnostic instance masks, for comparing segmenters on the same images.
+
+    Parameters
+    ----------
+    spec : ``"synthetic"`` (smear fields of :func:`smearlab.data.synthetic.make_dataset`, stain
+        A: 256 x 192 px in quick mode, 512 x 384 otherwise; the test images use ``seed``, the
+        training images ``seed + 1``), or anything :func:`smearlab.data.open_dataset` opens
+        (a DSB2018 folder, the Zheng archive...), split by image with the same call as
+        :func:`segmentation_splits` (``val`` and ``test`` fractions, ``seed``), its validation
+        images joined to the training ones. For a dataset of instance masks (DSB2018) the test
+        images are then those notebook 04's segmenters are scored on; the Zheng set is
+        stratified on other classes there (cell / nucleus), so its split may differ.
+    quick : small sets (synthetic: 6 + 6 images; real data: at most 24 train and 12 test).
+    max_train, max_test : caps on the number of images (override the quick defaults).
+
+    Returns
+    -------
+    dict
+        ``{"train", "test"}``: SmearDatasets with one class ``"cell"``
+        (:func:`smearlab.classical.as_single_class`), plus ``"name"``.
+    """
+    if quick:
+        max_train = max_train or (6 if spec == "synthetic" else 24)
+        max_test = max_test or (6 if spec == "synthetic" else 12)
+    if spec == "synthetic":
+        w, h = (256, 192) if quick else (512, 384)
+        tr = make_dataset(max_train or 40, seed=seed + 1, width=w, height=h)
+        te = make_dataset(max_test or 24, seed=seed, width=w, height=h)
+        name = "synthetic"
+    else:
+        ds = open_dataset(spec)
+        parts = train_val_test_split(ds, val=val, test=test, seed=seed, stratify=len(ds.class_names) > 1)
+        tr, te = SmearDataset.concat([parts["train"], parts["val"]]) if "val" in parts else parts["train"], parts["test"]
+        tr, te = tr[:max_train] if max_train else tr, te[:max_test] if max_test else te
+        name = ds.name
+    return {"train": as_single_class(tr), "test": as_single_class(te), "name": name}
+
+
+def segmentation_splits(spec: str = "synthetic", *, quick: bool = True, seed: int = 0, val: float = 0.15,
+                        test: float = 0.2) -> dict:
+    """Train / val / test splits (by image) whose samples carry instance masks AND class maps.
+
+    * ``"synthetic"``: one staining style, 32 smears of 320 x 240 in quick mode (200 of 512 x 384
+      otherwise); instances RBC / WBC / Platelets, class map background / cell / nucleus.
+    * Zheng WBC (archive or folder): instances "cell" and "nucleus" from the class maps
+      (:func:`instances_from_semantic`).
+    * Datasets with instance masks only (DSB2018): class map background / foreground
+      (:func:`foreground_semantic`).
+    """
+    if spec == "synthetic":
+        ds = open_dataset("synthetic-A", n=32 if quick else 200, seed=seed,
+                          **({"width": 320, "height": 240} if quick else {}))
+    else:
+        ds = open_dataset(spec, quick=quick, seed=seed)
+        if not len(ds):
+            raise DataError(spec, "no images to segment")
+        first = ds[0]
+        if first.semantic is not None and (ds.semantic_names or [])[:3] == ["background", "cytoplasm", "nucleus"]:
+            ds = instances_from_semantic(ds)
+        elif first.semantic is None:
+            if not first.has_masks:
+                raise DataError(spec, "segmentation needs instance masks or class maps; this dataset has neither")
+            ds = foreground_semantic(ds)
+    return train_val_test_split(ds, val=val, test=test, seed=seed, stratify=len(ds.class_names) > 1)

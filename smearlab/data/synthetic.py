@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 from scipy.ndimage import gaussian_filter
+from tqdm.auto import tqdm
 
 from .sample import Sample, SmearDataset
 
@@ -686,7 +687,6 @@ def make_dataset(n: int, seed: int = 0, *, stain: "str | StainStyle" = "A", clas
     _positive_int("width", width), _positive_int("height", height)
     it = range(int(n))
     if progress:
-        from tqdm.auto import tqdm
         it = tqdm(it, desc=f"synthetic-{style.name}", unit="img")
     samples = [generate_sample(seed, index=i, width=width, height=height, stain=style,
                                classes=classes, malaria=malaria, **kw) for i in it]
@@ -733,7 +733,6 @@ def make_wbc_crops(n: int, seed: int = 0, stain: "str | StainStyle" = "A", size:
             raise ValueError(f"balance weights must be 5 non-negative numbers, got {balance!r}")
     it = range(int(n))
     if progress:
-        from tqdm.auto import tqdm
         it = tqdm(it, desc=f"wbc-crops-{style.name}", unit="img")
     samples = [_wbc_crop(seed, i, style, size, wts) for i in it]
     return SmearDataset(samples, list(WBC_TYPES), f"synthetic-wbc-{style.name}", format="synthetic",

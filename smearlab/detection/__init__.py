@@ -8,7 +8,7 @@ import importlib
 
 # builders, saving and loading (config.json / thresholds.json beside the weights)
 from .models import (ARCHS, MASK_ARCHS, DetectorConfig, build_detector, count_parameters,  # noqa: F401
-                     is_mask_model, load_model, read_config, resolve_device, save_model, unwrap)
+                     is_mask_model, load_model, read_config, save_model, unwrap)
 # raw prediction cache, per-class thresholds and NMS
 from .postprocess import RawPredictions, Selector, postprocess, select  # noqa: F401
 # batched and tiled inference

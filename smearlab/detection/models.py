@@ -42,9 +42,20 @@ from typing import Any, Sequence
 
 import torch
 from torch import nn
+from torchvision.models import mobilenet_v3_large, resnet50
+from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import (_mobilenet_extractor, _resnet_fpn_extractor,
+                                                         BackboneWithFPN)
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.models.detection.rpn import RPNHead
+from torchvision.ops import misc as misc_nn_ops
+from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
-from ..data.errors import DataError
-from ..io import atomic_path, write_json
+from ..core.device import resolve_device
+from ..core.errors import DataError
+from ..core.files import atomic_path, write_json
 
 log = logging.getLogger("smearlab.detection")
 
@@ -158,25 +169,12 @@ def _jsonable(o):
 # ---------------------------------------------------------------------------------------------
 # devices
 # ---------------------------------------------------------------------------------------------
-def resolve_device(device: "str | torch.device | None" = "auto") -> torch.device:
-    """``"auto"`` (or None): CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:1"``."""
-    if isinstance(device, torch.device):
-        dev = device
-    elif device is None or str(device).lower() == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        dev = torch.device(str(device).lower())
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {str(device)!r} requested but CUDA is not available here; "
-                           "use device='auto' or 'cpu'")
-    return dev
 
 
 # ---------------------------------------------------------------------------------------------
 # building
 # ---------------------------------------------------------------------------------------------
 def _anchor_generator(cfg: DetectorConfig, n_levels: int):
-    from torchvision.models.detection.anchor_utils import AnchorGenerator
 
     arch = cfg.arch
     sizes = cfg.anchor_sizes
@@ -219,10 +217,6 @@ def _trainable_layers(cfg: DetectorConfig) -> int:
 
 
 def _base_model(cfg: DetectorConfig) -> nn.Module:
-    from torchvision.models import mobilenet_v3_large, resnet50
-    from torchvision.models.detection import FasterRCNN, RetinaNet
-    from torchvision.models.detection.backbone_utils import _mobilenet_extractor, _resnet_fpn_extractor
-    from torchvision.ops import misc as misc_nn_ops
 
     norm = misc_nn_ops.FrozenBatchNorm2d if cfg.uses_frozen_bn else nn.BatchNorm2d
     trainable = _trainable_layers(cfg)
@@ -235,7 +229,6 @@ def _base_model(cfg: DetectorConfig) -> nn.Module:
     extra = dict(cfg.extra)
 
     if cfg.arch == "retinanet":
-        from torchvision.ops.feature_pyramid_network import LastLevelP6P7
         body = resnet50(weights=None, norm_layer=norm)
         backbone = _resnet_fpn_extractor(body, trainable, returned_layers=[2, 3, 4],
                                          extra_blocks=LastLevelP6P7(256, 256))
@@ -249,8 +242,6 @@ def _base_model(cfg: DetectorConfig) -> nn.Module:
         backbone = _resnet_fpn_extractor(body, trainable)
         kw["rpn_anchor_generator"] = _anchor_generator(cfg, 5)
     elif cfg.arch == "fasterrcnn_v2":
-        from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
-        from torchvision.models.detection.rpn import RPNHead
         body = resnet50(weights=None, norm_layer=norm)
         backbone = _resnet_fpn_extractor(body, trainable, norm_layer=nn.BatchNorm2d)
         anchors = _anchor_generator(cfg, 5)
@@ -259,14 +250,11 @@ def _base_model(cfg: DetectorConfig) -> nn.Module:
         kw["box_head"] = FastRCNNConvFCHead((backbone.out_channels, 7, 7), [256, 256, 256, 256], [1024],
                                             norm_layer=nn.BatchNorm2d)
     elif cfg.arch == "maskrcnn":
-        from torchvision.models.detection import MaskRCNN
         body = resnet50(weights=None, norm_layer=norm)
         backbone = _resnet_fpn_extractor(body, trainable)
         kw["rpn_anchor_generator"] = _anchor_generator(cfg, 5)
         return MaskRCNN(backbone, cfg.num_classes, **{**common, **kw, **extra})
     elif cfg.arch in _TINY_ARCHS:
-        from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
-        from torchvision.models.detection.rpn import RPNHead
         backbone = _tiny_backbone(norm)
         anchors = _anchor_generator(cfg, 3)
         kw["rpn_anchor_generator"] = anchors
@@ -276,8 +264,6 @@ def _base_model(cfg: DetectorConfig) -> nn.Module:
         kw.update(rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=600,
                   rpn_post_nms_top_n_test=300, box_batch_size_per_image=128)
         if cfg.arch == "maskrcnn_tiny":
-            from torchvision.models.detection import MaskRCNN
-            from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
             kw["mask_head"] = MaskRCNNHeads(backbone.out_channels, [64, 64], 1)
             kw["mask_predictor"] = MaskRCNNPredictor(64, 64, cfg.num_classes)
             return MaskRCNN(backbone, None, **{**common, **kw, **extra})
@@ -292,8 +278,6 @@ def _base_model(cfg: DetectorConfig) -> nn.Module:
 
 def _tiny_backbone(norm) -> nn.Module:
     """Plain 4-stage CNN (strides 2, 4, 8, 16) + 64-channel FPN on strides 8, 16 (+ pool: 32)."""
-    from torchvision.models.detection.backbone_utils import BackboneWithFPN
-    from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 
     def block(cin, cout):
         return nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False), norm(cout), nn.ReLU(inplace=True),

@@ -25,59 +25,18 @@ from __future__ import annotations
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
+import torch
 
-from ..data.errors import DataError
-from ..io import atomic_path
+from ..core.errors import DataError
+from ..core.files import atomic_path
+from ..data.classes import match_classes, per_class
+from ..data.predictions import Predictions, as_prediction, class_names_of
 
 #: Threshold used for classes a per-class dict does not name.
 DEFAULT_SCORE = 0.5
-
-
-def as_prediction(p: Mapping, where="prediction") -> dict:
-    """One prediction dict with the agreed dtypes and shapes (``ValueError`` when inconsistent)."""
-    boxes = np.asarray(p.get("boxes", np.zeros((0, 4))), np.float32).reshape(-1, 4)
-    scores = np.asarray(p.get("scores", np.zeros(0)), np.float32).reshape(-1)
-    labels = np.asarray(p.get("labels", np.zeros(0)), np.int64).reshape(-1)
-    if not len(boxes) == len(scores) == len(labels):
-        raise ValueError(f"{where}: {len(boxes)} boxes, {len(scores)} scores and {len(labels)} "
-                         f"labels differ in number")
-    out = {"boxes": boxes, "scores": scores, "labels": labels}
-    if p.get("masks") is not None:
-        masks = np.asarray(p["masks"]).astype(bool, copy=False)
-        if masks.ndim != 3 or len(masks) != len(boxes):
-            raise ValueError(f"{where}: masks of shape {masks.shape} for {len(boxes)} boxes")
-        out["masks"] = masks
-    return out
-
-
-class Predictions(list):
-    """A list of per-image prediction dicts that knows which classes its labels index.
-
-    Parameters
-    ----------
-    items : the prediction dicts, one per image.
-    class_names : the classes the labels index (a model's classes), or None when unknown.
-    """
-
-    def __init__(self, items=(), class_names: Sequence[str] | None = None):
-        super().__init__(items)
-        self.class_names = None if class_names is None else [str(c) for c in class_names]
-
-    def __getitem__(self, i):
-        item = super().__getitem__(i)
-        return Predictions(item, self.class_names) if isinstance(i, slice) else item
-
-    def __repr__(self) -> str:
-        return f"Predictions({len(self)} images, classes={self.class_names})"
-
-
-def class_names_of(predictions) -> list[str] | None:
-    """The class names predictions carry (:class:`Predictions`, :class:`RawPredictions`), or None."""
-    names = getattr(predictions, "class_names", None)
-    return None if names is None else [str(c) for c in names]
 
 
 @dataclass
@@ -136,7 +95,6 @@ class RawPredictions:
         if len(self) != len(dataset):
             raise ValueError(f"{len(self)} cached predictions for a dataset of {len(dataset)} images")
         if list(dataset.class_names) != self.class_names:  # same classes in another order or spelling
-            from ..data.classes import match_classes
             match_classes(self.class_names, dataset.class_names, require="both",
                           what=f"the predictions' classes and the classes of {dataset.name!r}")
         if self.image_ids is not None:
@@ -223,34 +181,6 @@ class RawPredictions:
 
 
 # -- filtering ----------------------------------------------------------------------------------
-def per_class(value, class_names: Sequence[str], what: str, default=None) -> np.ndarray | None:
-    """A ``(K,)`` float array from a scalar, a per-class sequence or a ``{class name: value}`` dict.
-
-    ``None`` stays None. A dict naming an unknown class raises ``ValueError``; classes it does not
-    name get ``default`` (``ValueError`` when ``default`` is None).
-    """
-    if value is None:
-        return None
-    k = len(class_names)
-    if isinstance(value, Mapping):
-        unknown = [n for n in value if n not in class_names]
-        if unknown:
-            raise ValueError(f"{what}: unknown class {unknown[0]!r}; classes are {list(class_names)}")
-        missing = [n for n in class_names if n not in value]
-        if missing and default is None:
-            raise ValueError(f"{what}: no value for class {missing[0]!r}")
-        out = np.array([float(value.get(n, default)) for n in class_names])
-    elif np.ndim(value) == 0:
-        out = np.full(k, float(value))
-    else:
-        out = np.asarray(value, float).reshape(-1)
-        if len(out) != k:
-            raise ValueError(f"{what}: {len(out)} values for {k} classes {list(class_names)}")
-    if np.isnan(out).any():
-        raise ValueError(f"{what}: NaN value")
-    return out
-
-
 def _raw_parts(raw, class_names):
     if isinstance(raw, RawPredictions):
         return raw.predictions, raw.class_names if class_names is None else list(class_names)
@@ -264,8 +194,6 @@ def _raw_parts(raw, class_names):
 def _nms(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray | None, iou: float) -> np.ndarray:
     """torchvision NMS (per group when ``groups`` is given, by offsetting each group's boxes
     apart as ``batched_nms`` does) without the Python wrappers' per-call overhead."""
-    import torch
-    import torchvision  # noqa: F401 - registers torch.ops.torchvision
 
     b = boxes.astype(np.float32, copy=True)
     if groups is not None:

@@ -27,10 +27,16 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torchvision.ops import batched_nms
+from tqdm.auto import tqdm
 
-from ..evaluate import empty_prediction
-from .models import resolve_device, unwrap
-from .postprocess import Predictions
+from ..core.device import resolve_device
+from ..data.predictions import Predictions, empty_prediction
+from ..data.sample import Sample
+from ..data.torchdata import LUMA, DetectionDataset
+from ..preprocess import as_preprocess
+from .models import unwrap
+from .tune import Thresholds
 
 Prediction = dict  # {"boxes", "scores", "labels"} numpy arrays
 
@@ -50,7 +56,6 @@ def _model_channels(model) -> int | None:
 
 def _to_tensor(img, channels: int | None) -> torch.Tensor:
     """Any image form -> (C, H, W) float tensor ([0, 1] for uint8 input) with the model's C."""
-    from ..data.torchdata import LUMA
     if isinstance(img, np.ndarray):
         a = img
         if a.ndim == 2:
@@ -76,8 +81,6 @@ def _to_tensor(img, channels: int | None) -> torch.Tensor:
 
 def _items(data) -> tuple[int, Callable[[int], Any]]:
     """(length, i -> image) for a dataset, a DetectionDataset, a list of samples/arrays/tensors."""
-    from ..data.sample import Sample
-    from ..data.torchdata import DetectionDataset
 
     if isinstance(data, (np.ndarray, torch.Tensor)) and data.ndim in (2, 3):
         data = [data]
@@ -138,7 +141,6 @@ def merge_tiles(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, tile_
     then holds ``"masks"`` ``(M, H, W)`` bool: each kept object's pieces pasted into the image
     and joined (union).
     """
-    from torchvision.ops import batched_nms
 
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
     scores = np.asarray(scores, np.float32).reshape(-1)
@@ -346,7 +348,6 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
     n, get = _items(data)
     pre = _resolve_extra(model, preprocess, "preprocess_spec", "preprocess")
     if pre is not None:
-        from .train import as_preprocess
         pre, raw_get = as_preprocess(pre), get
 
         def get(i):
@@ -360,7 +361,6 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
 
     bar = None
     if progress:
-        from tqdm.auto import tqdm
         bar = tqdm(total=n, desc="predict", unit="img")
 
     def run(batch: list[torch.Tensor]) -> list[dict]:
@@ -414,7 +414,6 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
     results = Predictions(results, list(cfg.class_names) if cfg is not None else None)
     th = _resolve_extra(model, thresholds, "thresholds", "thresholds")
     if th is not None:
-        from .tune import Thresholds
         th = th if isinstance(th, Thresholds) else Thresholds(**th)
         results = th.apply(results)
     return results

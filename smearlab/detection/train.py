@@ -53,14 +53,26 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
+from tqdm.auto import tqdm
 
+from ..core.device import resolve_device
+from ..core.errors import DataError
+from ..core.files import atomic_path, write_text
+from ..data import open_dataset
 from ..data.classes import match_classes
-from ..data.errors import DataError
 from ..data.sample import SmearDataset
-from ..data.torchdata import DetectionDataset
-from ..io import atomic_path, write_text
-from .models import DetectorConfig, resolve_device, save_model, unwrap
+from ..data.splits import train_val_test_split
+from ..data.synthetic import make_dataset
+from ..data.torchdata import LUMA, DetectionDataset, collate_detection
+from ..metrics.detection import coco_eval
+from ..metrics.instances import has_instance_masks
+from ..preprocess import as_preprocess
+from .models import ARCHS, DetectorConfig, build_detector, is_mask_model, save_model, unwrap
+from .predict import predict
 
 log = logging.getLogger("smearlab.detection")
 
@@ -207,7 +219,6 @@ def default_evaluate(dataset, predictions) -> dict[str, float]:
     When every prediction carries ``masks`` and every sample with objects has instance masks,
     the mask AP is added as ``mask_mAP`` and ``mask_mAP50``.
     """
-    from ..evaluate import coco_eval, has_instance_masks
     out = coco_eval(dataset, predictions)
     if predictions and all("masks" in p for p in predictions) and has_instance_masks(dataset):
         segm = coco_eval(dataset, predictions, iou_type="segm")
@@ -236,7 +247,6 @@ class _Dist:
 
     @classmethod
     def setup(cls, device: str) -> "_Dist":
-        import torch.distributed as dist
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1 and not (dist.is_available() and dist.is_initialized()):
             return cls(device=resolve_device(device))
@@ -254,12 +264,10 @@ class _Dist:
 
     def barrier(self):
         if self.active:
-            import torch.distributed as dist
             dist.barrier()
 
     def close(self):
         if self.owns_group:
-            import torch.distributed as dist
             if dist.is_initialized():
                 dist.destroy_process_group()
 
@@ -331,14 +339,6 @@ def _remap_dataset(ds: SmearDataset, model_names: list[str], what: str) -> Smear
                         semantic_names=ds.semantic_names)
 
 
-def as_preprocess(spec):
-    """A :class:`~smearlab.preprocess.Preprocess` from a pipeline, its dict, or None."""
-    if spec is None:
-        return None
-    from ..preprocess import Preprocess
-    return spec if isinstance(spec, Preprocess) else Preprocess.from_dict(spec)
-
-
 def _preprocessed(ds: SmearDataset, pre) -> SmearDataset:
     """The dataset with ``pre`` applied to every image once, up front (same annotations)."""
     if pre is None or not len(pre):
@@ -377,7 +377,6 @@ class _GpuImages:
     """
 
     def __init__(self, ds: SmearDataset, grayscale: bool, device: torch.device, masks: bool = False):
-        from ..data.torchdata import LUMA
         self.grayscale = grayscale
         self.luma = torch.tensor(LUMA, device=device).view(3, 1, 1)
         self.images, self.targets = [], []
@@ -575,11 +574,7 @@ def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, tr
     until_epoch : stop after this epoch (the schedule still spans ``tcfg.epochs``); resume
         later to go on.
     """
-    from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
 
-    from ..data.torchdata import collate_detection
-    from .models import is_mask_model
-    from .predict import predict
 
     tcfg = tcfg or TrainConfig()
     cfg_model = cfg_model or getattr(unwrap(model), "detector_config", None)
@@ -608,7 +603,7 @@ def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, tr
         val_smear = _preprocessed(_remap_dataset(val_smear, names, "validation"), pre)
     if val_smear is not None and evaluate_fn is None:
         try:
-            from ..evaluate import coco_eval  # noqa: F401
+            from ..metrics.detection import coco_eval  # noqa: F401
             evaluate_fn = default_evaluate
         except ImportError:
             warnings.warn("smearlab.evaluate.coco_eval is not available: no validation mAP", stacklevel=2)
@@ -705,7 +700,6 @@ def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, tr
                 log.info("resumed from %s after epoch %d", ck_path, start_epoch)
 
         if dctx.active:
-            from torch.nn.parallel import DistributedDataParallel as DDP
             train_model = DDP(net, device_ids=[device.index] if device.type == "cuda" else None)
         else:
             train_model = net
@@ -727,7 +721,6 @@ def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, tr
                                progress=progress and dctx.main,
                                last_good=last_good if last_good is not None and last_good.exists() else None)
             if dctx.active:  # BN running stats differ per rank after the last step: take rank 0's
-                import torch.distributed as dist
                 for b in net.buffers():
                     dist.broadcast(b, 0)
             if not _params_finite(net):
@@ -760,7 +753,6 @@ def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, tr
             rng = _rng_state()
             per_rank = [rng]
             if dctx.active:
-                import torch.distributed as dist
                 per_rank = [None] * dctx.world
                 dist.all_gather_object(per_rank, rng)
             if dctx.main and out_dir is not None:
@@ -809,7 +801,6 @@ def _train_epoch(train_model, net, source, steps, optimizer, scheduler, scaler, 
     train_model.train()
     bar = None
     if progress:
-        from tqdm.auto import tqdm
         bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{tcfg.epochs}", unit="step", leave=True)
     sums: dict[str, float] = {}
     n_img, n_steps = 0, 0
@@ -836,7 +827,6 @@ def _train_epoch(train_model, net, source, steps, optimizer, scheduler, scaler, 
             losses = sum(loss_dict.values())
             logged = torch.stack([losses.detach().float()] + [v.detach().float() for v in loss_dict.values()])
             if dctx.active:
-                import torch.distributed as dist
                 dist.all_reduce(logged)
                 logged /= dctx.world
             vals = logged.tolist()
@@ -880,7 +870,6 @@ def _train_epoch(train_model, net, source, steps, optimizer, scheduler, scaler, 
 # command line (torchrun-able)
 # ---------------------------------------------------------------------------------------------
 def _parser() -> argparse.ArgumentParser:
-    from .models import ARCHS
     p = argparse.ArgumentParser(prog="python -m smearlab.detection.train",
                                 description="Train a smearlab detector (works under torchrun for DDP).")
     src = p.add_mutually_exclusive_group(required=True)
@@ -915,19 +904,15 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from ..data import open_dataset
-    from .models import build_detector
 
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if args.synthetic is not None:
-        from ..data.synthetic import make_dataset
         ds = make_dataset(args.synthetic, seed=args.seed, width=args.width, height=args.height)
     else:
         ds = open_dataset(args.data, seed=args.seed)
     val = None
     if args.val_fraction > 0:
-        from ..data.splits import train_val_test_split
         parts = train_val_test_split(ds, val=args.val_fraction, test=0.0, seed=args.seed)
         ds, val = parts["train"], parts["val"]
     cfg = DetectorConfig(arch=args.arch, class_names=ds.class_names, in_channels=1 if args.grayscale else 3,

@@ -21,8 +21,10 @@ from typing import Sequence
 
 import numpy as np
 
-from ..data.errors import DataError
-from ..io import write_json
+from ..core.errors import DataError
+from ..core.files import write_json
+from ..data.classes import match_classes
+from ..metrics.detection import FastEvaluator
 from .postprocess import DEFAULT_SCORE, RawPredictions, postprocess, select
 
 OBJECTIVES = ("f1", "count")
@@ -122,7 +124,6 @@ def auto_tune(dataset_val, raw_val, objective: str = "f1",
         "<objective>_at_0.5"}}``, ``mean`` and ``mean_at_0.5`` (the same NMS with every
         threshold 0.5), and ``by_nms`` (the mean objective per NMS value tried).
     """
-    from ..evaluate import FastEvaluator
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     if not isinstance(raw_val, RawPredictions):
@@ -163,7 +164,6 @@ def auto_tune(dataset_val, raw_val, objective: str = "f1",
     # thresholds apply to the model's output: keyed by the model's class names (the dataset's
     # classes may be listed in another order or spelling; check() matched them by name)
     if raw_val.class_names != names:
-        from ..data.classes import match_classes
         lut = match_classes(raw_val.class_names, names, require="both").lut
         names = [raw_val.class_names[int(np.flatnonzero(lut == c)[0])] for c in range(len(names))]
     per_class = {n_: {"threshold": float(grid_all[j]), objective: float(table[c, j]),

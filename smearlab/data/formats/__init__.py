@@ -12,7 +12,7 @@ import importlib
 import logging
 from pathlib import Path
 
-from ..errors import DataError
+from ...core.errors import DataError
 from ..imageio import is_image_file
 
 log = logging.getLogger("smearlab.data")

@@ -24,10 +24,10 @@ from typing import Callable
 
 import numpy as np
 
-from ...io import atomic_path, write_text
+from ...core.errors import DataError
+from ...core.files import atomic_path, write_text
 from ..boxes import clean_boxes
-from ..classes import ClassMapping, match_classes
-from ..errors import DataError
+from ..classes import match_classes
 from ..imageio import image_info, write_image
 from ..sample import Sample, SkipLog, SmearDataset, log
 from . import json_kind

@@ -15,8 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..sample import SmearDataset
-from ._common import (BoxCollector, dig, entry_image, entry_objects, find_json, number, positive_int,
-                      read_json)
+from ._common import BoxCollector, dig, entry_image, entry_objects, find_json, number, positive_int, read_json
 
 CORNERS = (("minimum", "c"), ("minimum", "r"), ("maximum", "c"), ("maximum", "r"))
 

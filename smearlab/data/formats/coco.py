@@ -23,9 +23,9 @@ import numpy as np
 from pycocotools import mask as mask_util
 from skimage.measure import find_contours
 
-from ...io import atomic_path, write_json
+from ...core.errors import DataError
+from ...core.files import atomic_path, write_json
 from ..boxes import clean_boxes
-from ..errors import DataError
 from ..imageio import write_image
 from ..sample import Sample, SkipLog, SmearDataset
 from ._common import (OUTSIDE_ROOT_HINT, image_geometry, is_absolute_name, path_name_problem, read_json,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import DataError
+from ...core.errors import DataError
 from ..imageio import DICOM_EXTENSIONS
 from ..sample import Sample, SkipLog, SmearDataset
 

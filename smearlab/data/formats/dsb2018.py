@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ...core.errors import DataError
 from ..boxes import mask_box
-from ..errors import DataError
 from ..imageio import image_size, is_image_file, read_binary_mask
 from ..sample import Sample, SkipLog, SmearDataset
 from ._common import Root, check_mask_size

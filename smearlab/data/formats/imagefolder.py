@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import DataError
+from ...core.errors import DataError
 from ..imageio import is_image_file
 from ..sample import Sample, SkipLog, SmearDataset
 from ._common import Root, remap_classes

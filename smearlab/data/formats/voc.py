@@ -10,10 +10,9 @@ import xml.etree.ElementTree as StdET
 from pathlib import Path
 
 import numpy as np
-from defusedxml import DefusedXmlException
-from defusedxml import ElementTree as SafeET
+from defusedxml import DefusedXmlException, ElementTree as SafeET
 
-from ..errors import DataError
+from ...core.errors import DataError
 from ..imageio import is_image_file
 from ..sample import Sample, SmearDataset
 from ._common import BoxCollector, Root, number, positive_int, save_samples

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import yaml
 
-from ...io import write_text
-from ..errors import DataError
+from ...core.errors import DataError
+from ...core.files import write_text
 from ..imageio import is_image_file
 from ..sample import Sample, SmearDataset
 from ._common import BoxCollector, Root, number, save_samples

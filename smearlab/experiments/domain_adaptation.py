@@ -1,233 +1,30 @@
-"""Domain adaptation of the white-cell classifier: DANN and the source / target experiment.
-
-DANN (domain-adversarial neural network) trains the classifier's features to be useful for the
-labelled source domain and useless for telling source from target: a domain classifier reads the
-features through a *gradient reversal layer*, which is the identity going forward and multiplies
-the gradient by ``-lambda`` going back, so the feature extractor ascends the domain loss while the
-domain classifier descends it.
-
-References
-----------
-Y. Ganin and V. Lempitsky, "Unsupervised domain adaptation by backpropagation", ICML 2015.
-Y. Ganin, E. Ustinova, H. Ajakan, P. Germain, H. Larochelle, F. Laviolette, M. Marchand and
-V. Lempitsky, "Domain-adversarial training of neural networks", JMLR 17(59):1-35, 2016.
-
-Both give the schedules used here (:func:`dann_lambda`, :func:`dann_lr`): the reversal weight
-``lambda_p = 2 / (1 + exp(-gamma p)) - 1`` with ``gamma = 10``, and the learning rate
-``mu_p = mu_0 / (1 + alpha p) ** beta`` with ``alpha = 10``, ``beta = 0.75``, where ``p`` goes
-linearly from 0 to 1 over training.
-
-The experiment (:func:`run_experiment`) splits each domain once (stratified, fixed seed), then
-trains, for several seeds: *source only*, *DANN* (target images without labels), *mixed* (both
-domains labelled) and the *oracle* (target-trained), and scores each on the target test split
-and on the source test split (macro precision, recall and F1 over the classes both domains share).
-"""
+"""What notebook 07 runs: source-only, DANN, mixed and oracle classifiers between two domains."""
 from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn as nn
 
-from .classify import (CellClassifier, CropDataset, build_classifier, classification_report, fit,
-                       predict_classes)
+from ..classification.crops import CropDataset, crops_from_dataset, shared_classes
+from ..classification.model import DANN, CellClassifier, build_classifier
+from ..classification.predict import predict_classes
+from ..classification.train import fit, train_dann
+from ..data import open_dataset
+from ..data.synthetic import make_wbc_crops
+from ..metrics.classification import classification_report
+
 
 log = logging.getLogger("smearlab.domain")
 
-__all__ = ["GradReverse", "grad_reverse", "GradientReversal", "dann_lambda", "dann_lr", "DomainHead", "DANN",
-           "train_dann", "shared_classes", "run_experiment", "run_directions", "ExperimentResult", "goal_check",
-           "domain_pair", "METHODS"]
 
 METHODS = ("source_only", "dann", "mixed", "oracle")
 
 
-# ---------------------------------------------------------------------------------------------
-# gradient reversal and schedules
-# ---------------------------------------------------------------------------------------------
-class GradReverse(torch.autograd.Function):
-    """Identity forward; the backward pass multiplies the incoming gradient by ``-lambda_``."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, lambda_: float) -> torch.Tensor:
-        ctx.lambda_ = float(lambda_)
-        return x.view_as(x)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return grad.neg() * ctx.lambda_, None
-
-
-def grad_reverse(x: torch.Tensor, lambda_: float = 1.0) -> torch.Tensor:
-    """Apply :class:`GradReverse` with weight ``lambda_`` (>= 0)."""
-    if not math.isfinite(float(lambda_)) or float(lambda_) < 0:
-        raise ValueError(f"lambda_ must be a finite number >= 0, got {lambda_!r}")
-    return GradReverse.apply(x, float(lambda_))
-
-
-class GradientReversal(nn.Module):
-    """The gradient reversal layer as a module; set ``lambda_`` during training (see :func:`dann_lambda`)."""
-
-    def __init__(self, lambda_: float = 1.0):
-        super().__init__()
-        self.lambda_ = float(lambda_)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return grad_reverse(x, self.lambda_)
-
-    def extra_repr(self) -> str:
-        return f"lambda_={self.lambda_:g}"
-
-
-def _progress(p: float) -> float:
-    p = float(p)
-    if not (math.isfinite(p) and 0.0 <= p <= 1.0):
-        raise ValueError(f"training progress p must be in [0, 1], got {p!r}")
-    return p
-
-
-def dann_lambda(p: float, gamma: float = 10.0) -> float:
-    """Reversal weight ``2 / (1 + exp(-gamma p)) - 1``: 0 at the start, ~1 at the end (Ganin & Lempitsky 2015)."""
-    return 2.0 / (1.0 + math.exp(-float(gamma) * _progress(p))) - 1.0
-
-
-def dann_lr(p: float, lr0: float, alpha: float = 10.0, beta: float = 0.75) -> float:
-    """Annealed learning rate ``lr0 / (1 + alpha p) ** beta`` (Ganin et al. 2016)."""
-    return float(lr0) / (1.0 + float(alpha) * _progress(p)) ** float(beta)
-
-
-# ---------------------------------------------------------------------------------------------
-# model
-# ---------------------------------------------------------------------------------------------
-class DomainHead(nn.Module):
-    """The domain classifier: an MLP from features ``(B, C)`` to two logits (source, target).
-
-    Parameters
-    ----------
-    in_features : feature size (``classifier.num_features``).
-    hidden : units per hidden layer.
-    layers : hidden layers (ReLU, dropout after each).
-    dropout : dropout probability.
-    """
-
-    def __init__(self, in_features: int, hidden: int = 128, layers: int = 2, dropout: float = 0.2):
-        super().__init__()
-        if hidden < 1 or layers < 0 or not 0 <= dropout < 1:
-            raise ValueError(f"need hidden >= 1, layers >= 0 and dropout in [0, 1); got {hidden}, {layers}, {dropout}")
-        mods: list[nn.Module] = []
-        cin = in_features
-        for _ in range(layers):
-            mods += [nn.Linear(cin, hidden), nn.ReLU(), nn.Dropout(dropout)]
-            cin = hidden
-        mods.append(nn.Linear(cin, 2))
-        self.net = nn.Sequential(*mods)
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.net(features)
-
-
-class DANN(nn.Module):
-    """A :class:`~smearlab.classify.CellClassifier` with a domain classifier behind a gradient reversal.
-
-    ``features -> pool`` feed both the label ``head`` and, through :class:`GradientReversal`,
-    the :class:`DomainHead`. ``forward`` returns ``(class_logits, domain_logits)``; after training
-    ``model.classifier`` is an ordinary classifier (save it with
-    :func:`~smearlab.classify.save_classifier`).
-    """
-
-    def __init__(self, classifier: CellClassifier, hidden: int = 128, layers: int = 2, dropout: float = 0.2):
-        super().__init__()
-        if not isinstance(classifier, CellClassifier):
-            raise TypeError(f"DANN wraps a CellClassifier, got {type(classifier).__name__}")
-        self.classifier = classifier
-        self.grl = GradientReversal(0.0)
-        self.domain_head = DomainHead(classifier.num_features, hidden, layers, dropout)
-
-    @property
-    def class_names(self) -> list[str]:
-        return self.classifier.class_names
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.classifier.embed(x)
-        return self.classifier.head(f), self.domain_head(self.grl(f))
-
-
-def train_dann(model: DANN, source: CropDataset, target_unlabelled: CropDataset, *, epochs: int = 30,
-               steps: int | None = None, batch_size: int = 64, lr: float = 0.05, weight_decay: float = 5e-4,
-               domain_weight: float = 1.0, gamma: float = 10.0, alpha: float = 10.0, beta: float = 0.75,
-               balanced: bool = True, augment=True, device="auto", seed: int = 0, val: CropDataset | None = None,
-               progress: bool = False) -> list[dict[str, Any]]:
-    """Train a :class:`DANN` in place: labelled ``source`` crops, unlabelled ``target`` crops.
-
-    Each step takes a class-balanced source batch and a random target batch of ``batch_size``;
-    the loss is the source cross-entropy plus ``domain_weight`` times the domain cross-entropy of
-    both batches, whose gradient reaches the features reversed and scaled by
-    ``dann_lambda(p, gamma)``. The learning rate follows ``dann_lr(p, lr, alpha, beta)`` (SGD,
-    momentum 0.9). Target labels are never read.
-
-    Parameters
-    ----------
-    model : :class:`DANN`.
-    source, target_unlabelled : :class:`~smearlab.classify.CropDataset` of the same crop size.
-    epochs, steps : training length in passes over ``source`` or in steps (as
-        :func:`~smearlab.classify.train_classifier`).
-    val : optional labelled crops scored (macro F1) at each record, e.g. the *source* validation
-        split (target labels would not be available in practice).
-    Other parameters : as :func:`~smearlab.classify.train_classifier`.
-
-    Returns
-    -------
-    list of dict
-        training records with ``loss``, ``domain_loss``, ``domain_acc``, ``lambda``, ``lr``.
-    """
-    if not isinstance(model, DANN):
-        raise TypeError(f"model must be a DANN (wrap the classifier: DANN(classifier)), got {type(model).__name__}")
-    if source.class_names != model.class_names:
-        raise ValueError(f"model classes {model.class_names} differ from the source's {source.class_names}")
-    per_epoch = max(1, math.ceil(len(source) / batch_size))
-    total = int(steps) if steps is not None else int(epochs) * per_epoch
-    hist = fit(model.classifier, source, steps=total, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-               balanced=balanced, augment=augment, device=device, seed=seed, target=target_unlabelled,
-               domain_head=model.domain_head, domain_weight=domain_weight, gamma=gamma, alpha=alpha, beta=beta,
-               val=val, progress=progress)
-    model.grl.lambda_ = dann_lambda(1.0, gamma)
-    model.eval()
-    return hist
-
-
-# ---------------------------------------------------------------------------------------------
-# shared classes
-# ---------------------------------------------------------------------------------------------
-def shared_classes(a: CropDataset, b: CropDataset, min_count: int = 2) -> tuple[list[str], dict[str, dict]]:
-    """Classes usable in both domains, and the others with their counts.
-
-    A class is shared when each domain has at least ``min_count`` crops of it (2: one for the
-    training split and one for the test split). Classes are matched by name, in ``a``'s order.
-
-    Returns
-    -------
-    shared : class names.
-    missing : ``{class: {domain name: count, ...}}`` for every class left out.
-    """
-    ca, cb = a.class_counts(), b.class_counts()
-    shared, missing = [], {}
-    for name in list(ca) + [n for n in cb if n not in ca]:
-        na, nb = ca.get(name, 0), cb.get(name, 0)
-        if na >= min_count and nb >= min_count:
-            shared.append(name)
-        else:
-            missing[name] = {a.name: int(na), b.name: int(nb)}
-    return shared, missing
-
-
-# ---------------------------------------------------------------------------------------------
-# the experiment
-# ---------------------------------------------------------------------------------------------
 def _key(ds: CropDataset) -> str:
     """A digest of a crop set's pixels, labels, ids and classes (identifies identical trainings)."""
     h = hashlib.sha1(ds.images.numpy().tobytes())
@@ -451,9 +248,6 @@ def goal_check(result: ExperimentResult, min_gain: float = 0.10, max_source_drop
             "goal_met": bool(gain >= min_gain and drop <= max_source_drop)}
 
 
-# ---------------------------------------------------------------------------------------------
-# data and both directions (what the notebook and the benchmark call)
-# ---------------------------------------------------------------------------------------------
 def domain_pair(spec="synthetic", size: int = 64, *, n: int = 200, seed: int = 0, source: str = "auto",
                 pad: float = 0.1, domains: Sequence[str] | None = None) -> tuple[CropDataset, CropDataset]:
     """Two domains of labelled cell crops.
@@ -474,9 +268,6 @@ def domain_pair(spec="synthetic", size: int = 64, *, n: int = 200, seed: int = 0
     -------
     (CropDataset, CropDataset)
     """
-    from .classify import crops_from_dataset
-    from .data import open_dataset
-    from .data.synthetic import make_wbc_crops
     if str(spec) == "synthetic":
         a = crops_from_dataset(make_wbc_crops(n, seed=seed, stain="A", size=96), size)
         b = crops_from_dataset(make_wbc_crops(n, seed=seed + 1, stain="B", size=96), size)

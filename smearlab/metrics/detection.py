@@ -1,97 +1,35 @@
-"""Detection and instance-segmentation metrics: COCO mAP (pycocotools, boxes and masks), a fast
-exact AP50 evaluator, PR curves, confusion matrices, per-class counting accuracy, the DSB2018/RSNA
-score (:func:`segmentation_metrics` gathers the mask figures), and exports.
-
-Predictions are in the prediction form of :mod:`smearlab.detection.postprocess`: a list aligned
-with the dataset's samples of ``{"boxes": (N, 4) float32 xyxy, "scores": (N,) float32,
-"labels": (N,) int64}`` (optionally ``"masks": (N, H, W) bool``). Images get COCO ids ``1..n``
-in dataset order and categories ids ``1..K`` in ``class_names`` order, as in
-:func:`smearlab.data.formats.coco.save`. ``iscrowd`` flags are ignored (every box counts).
-"""
+"""Detection metrics: COCO mAP (pycocotools), a fast exact AP evaluator, PR curves, confusion
+matrices and per-class counting accuracy. Every function takes ``(dataset, predictions)``:
+the truth first."""
 from __future__ import annotations
 
 import contextlib
-import csv
 import io
 import logging
-from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Sequence
 
 import numpy as np
+from pycocotools import mask as mask_util
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
 
-from .data.sample import Sample, SmearDataset
-from .io import write_json, write_text
+from ..data.classes import per_class
+from ..data.formats.coco import encode_rle
+from ..data.predictions import check_predictions
+from ..data.sample import SmearDataset
+
 
 log = logging.getLogger("smearlab.evaluate")
 
+
 #: pycocotools' IoU and recall thresholds (same expressions, hence the same floats).
 IOU_THRESHOLDS = np.linspace(.5, 0.95, int(np.round((0.95 - .5) / .05)) + 1, endpoint=True)
+
+
 RECALL_THRESHOLDS = np.linspace(.0, 1.00, int(np.round((1.00 - .0) / .01)) + 1, endpoint=True)
-#: IoU thresholds of the DSB2018 / RSNA pneumonia score.
-DSB_THRESHOLDS = np.arange(0.5, 1.0, 0.05)
-
-
-# -- the prediction form --------------------------------------------------------------------------
-def empty_prediction(hw: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
-    """The prediction of an image without objects; with ``hw`` it also holds ``(0, H, W)`` masks."""
-    out = {"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros((0,), np.float32),
-           "labels": np.zeros((0,), np.int64)}
-    if hw is not None:
-        out["masks"] = np.zeros((0, int(hw[0]), int(hw[1])), bool)
-    return out
-
-
-def has_instance_masks(dataset) -> bool:
-    """Whether mask metrics can score ``dataset``: every sample with objects has instance masks."""
-    return all(s.has_masks or not len(s.boxes) for s in dataset)
-
-
-def check_predictions(dataset: SmearDataset, predictions) -> list[dict]:
-    """The predictions with the agreed dtypes and labels indexing ``dataset.class_names``.
-
-    Predictions that carry class names (``Predictions`` from ``predict``/``postprocess``,
-    ``RawPredictions``) are mapped onto the dataset's classes by name (same name, or an alias
-    such as ``Platelet``/``Platelets``; see :mod:`smearlab.data.classes`): a model trained on
-    ``[Platelets, RBC, WBC]`` is scored correctly on a dataset listing ``[WBC, RBC, Platelets]``.
-    Plain lists are taken to index the dataset's classes.
-
-    Raises
-    ------
-    ValueError
-        on a length mismatch or a label outside the class list;
-        :class:`~smearlab.data.classes.ClassMismatchError` (a ValueError) when the two class
-        lists cannot be matched one to one, showing both.
-    """
-    from .data.classes import match_classes
-    from .detection.postprocess import RawPredictions, as_prediction, class_names_of
-    names = class_names_of(predictions)
-    if isinstance(predictions, RawPredictions):
-        predictions = predictions.predictions
-    if len(predictions) != len(dataset):
-        raise ValueError(f"{len(predictions)} predictions for {len(dataset)} images of {dataset.name!r}")
-    lut = None
-    if names is not None and names != list(dataset.class_names):
-        mapping = match_classes(names, dataset.class_names, require="both",
-                                what=f"the predictions' classes and the classes of dataset {dataset.name!r}"
-                                     " (load the dataset with class_names= the model's classes, and class_map="
-                                     " for other spellings)")
-        log.info("predictions mapped onto the classes of %r by name: %s", dataset.name, mapping.describe())
-        lut = mapping.lut
-    own = names if names is not None else list(dataset.class_names)
-    k = len(own)
-    out = []
-    for i, p in enumerate(predictions):
-        p = as_prediction(p, f"prediction {i}")
-        if len(p["labels"]) and (p["labels"].min() < 0 or p["labels"].max() >= k):
-            raise ValueError(f"prediction {i}: label outside the {k} classes {own}")
-        if lut is not None:
-            p["labels"] = lut[p["labels"]]
-        out.append(p)
-    return out
 
 
 def _thresholds(value, class_names) -> np.ndarray:
-    from .detection.postprocess import per_class
     return per_class(value, class_names, "score_threshold", default=0.0).astype(np.float32)
 
 
@@ -99,7 +37,6 @@ def _filter(predictions: list[dict], thr: np.ndarray) -> list[dict]:
     return [{k: v[p["scores"] >= thr[p["labels"]]] for k, v in p.items()} for p in predictions]
 
 
-# -- pycocotools ----------------------------------------------------------------------------------
 def _xywh(boxes: np.ndarray) -> list[list[float]]:
     b = boxes.astype(np.float64)
     return np.column_stack([b[:, :2], b[:, 2:] - b[:, :2]]).tolist()
@@ -107,7 +44,6 @@ def _xywh(boxes: np.ndarray) -> list[list[float]]:
 
 def coco_gt_dict(dataset: SmearDataset, *, segm: bool = False) -> dict:
     """The COCO ground-truth dict of ``dataset`` (no image files; ``iscrowd`` always 0)."""
-    from .data.formats.coco import encode_rle
     images, anns = [], []
     for i, s in enumerate(dataset, start=1):
         h, w = s.hw
@@ -129,7 +65,6 @@ def coco_gt_dict(dataset: SmearDataset, *, segm: bool = False) -> dict:
 
 def coco_results(predictions: list[dict], *, segm: bool = False) -> list[dict]:
     """COCO results list (image ids ``1..n``, category ids ``1..K``, bbox xywh, score)."""
-    from pycocotools import mask as mask_util
     out = []
     for i, p in enumerate(predictions, start=1):
         rles = None
@@ -149,7 +84,6 @@ def coco_results(predictions: list[dict], *, segm: bool = False) -> list[dict]:
 
 
 def _coco_gt(dataset, segm=False):
-    from pycocotools.coco import COCO
     gt = COCO()
     gt.dataset = coco_gt_dict(dataset, segm=segm)
     with contextlib.redirect_stdout(io.StringIO()):
@@ -174,7 +108,6 @@ def coco_eval(dataset: SmearDataset, predictions, *, iou_type: str = "bbox",
         "AP75"}}`` (None for a class without ground truth), ``max_dets`` and ``iou_type``. A mean
         is None when no class has ground truth.
     """
-    from pycocotools.cocoeval import COCOeval
     if iou_type not in ("bbox", "segm"):
         raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
     preds = check_predictions(dataset, predictions)
@@ -209,7 +142,6 @@ def coco_eval(dataset: SmearDataset, predictions, *, iou_type: str = "bbox",
             "max_dets": sorted(int(m) for m in max_dets), "iou_type": iou_type}
 
 
-# -- the fast evaluator ---------------------------------------------------------------------------
 def _iou_xywh(d: np.ndarray, g: np.ndarray) -> np.ndarray:
     """``(D, G)`` box IoU computed like pycocotools' ``bbIou`` (float64, xywh inputs)."""
     dx1, dy1 = d[:, 0] + d[:, 2], d[:, 1] + d[:, 3]
@@ -444,7 +376,6 @@ def _mean(values) -> float | None:
     return float(np.mean(v)) if v else None
 
 
-# -- PR curves, confusion, counts -----------------------------------------------------------------
 def pr_curves(dataset: SmearDataset, predictions, iou: float = 0.5) -> dict:
     """``{class: (recall, precision)}``: pycocotools' 101-point interpolated precision at IoU
     ``iou`` (recall = the 101 recall thresholds 0, 0.01, .., 1; precision 0 beyond the highest
@@ -530,153 +461,6 @@ def count_metrics(dataset: SmearDataset, predictions, score_threshold=0.5) -> di
     return _count_summary(true, pred, dataset.class_names)
 
 
-# -- DSB2018 / RSNA score ------------------------------------------------------------------------
-def _instances(item, kind: str):
-    """``("boxes" | "masks", array, scores or None)`` of one image's instances."""
-    scores = None
-    if isinstance(item, Sample):
-        arr = item.masks if kind == "masks" else item.boxes
-        if arr is None:
-            raise ValueError(f"image {item.image_id!r} has no instance masks")
-    elif isinstance(item, Mapping):
-        arr = item.get("masks") if kind == "masks" else item.get("boxes")
-        if arr is None:
-            raise ValueError(f"a prediction has no {kind!r}")
-        scores = item.get("scores")
-    else:
-        arr = item
-    arr = np.asarray(arr)
-    if arr.size == 0:
-        kind = "masks" if kind == "masks" or arr.ndim == 3 else "boxes"
-        return kind, (np.zeros((0, 1, 1), bool) if kind == "masks" else np.zeros((0, 4))), \
-            None if scores is None else np.asarray(scores, np.float64)
-    if kind == "auto":
-        kind = "masks" if arr.ndim == 3 else "boxes"
-    if kind == "masks":
-        arr = arr.astype(bool).reshape((-1,) + arr.shape[-2:])
-    else:
-        arr = arr.astype(np.float64).reshape(-1, 4)
-    return kind, arr, None if scores is None else np.asarray(scores, np.float64)
-
-
-def _mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``(len(a), len(b))`` IoU of instance masks (via pycocotools RLEs)."""
-    from pycocotools import mask as mask_util
-    if not len(a) or not len(b):
-        return np.zeros((len(a), len(b)))
-    if a.shape[1:] != b.shape[1:]:
-        raise ValueError(f"masks of sizes {a.shape[1:]} and {b.shape[1:]} cannot be compared")
-
-    def rle(m):  # (N, H, W) C order read as (W, H, N) Fortran order: transposed masks, same IoUs
-        return mask_util.encode(np.ascontiguousarray(m, dtype=bool).view(np.uint8).transpose(2, 1, 0))
-    return np.asarray(mask_util.iou(rle(a), rle(b), [0] * len(b)), float).reshape(len(a), len(b))
-
-
-def dsb_score(gt_instances, pred_instances, *, kind: str = "auto",
-              thresholds: Sequence[float] = DSB_THRESHOLDS, per_image: bool = False):
-    """The DSB2018 / RSNA pneumonia score: mean over IoU thresholds of TP / (TP + FP + FN).
-
-    The metric of the 2018 Data Science Bowl (nuclei instance masks,
-    https://www.kaggle.com/c/data-science-bowl-2018#evaluation) and of the RSNA Pneumonia
-    Detection Challenge (boxes, https://www.kaggle.com/c/rsna-pneumonia-detection-challenge#evaluation):
-    for each image and each threshold t in 0.5, 0.55, .., 0.95, predictions (by decreasing score
-    when scores are given, else in the given order) are matched one-to-one to the unmatched
-    ground truth of highest IoU ``> t``; the image scores the mean over t of
-    ``TP / (TP + FP + FN)``, and the result is the mean over images. Images with neither ground
-    truth nor predictions are skipped (as in RSNA); an image with only one of them scores 0.
-    Returns None when every image was skipped.
-
-    Parameters
-    ----------
-    gt_instances : a SmearDataset / list of Samples, or per image an ``(N, 4)`` xyxy box array
-        or an ``(N, H, W)`` mask array.
-    pred_instances : per image a prediction dict (``boxes``/``masks`` and ``scores``) or an array.
-    kind : ``"boxes"``, ``"masks"`` or ``"auto"`` (3-D arrays are masks; Samples and dicts use
-        boxes under "auto": pass ``kind="masks"`` to score a Mask R-CNN's or a classical
-        segmenter's masks against a dataset's instance masks).
-    per_image : also return the list of per-image scores (None for skipped images).
-    """
-    if len(gt_instances) != len(pred_instances):
-        raise ValueError(f"{len(pred_instances)} predictions for {len(gt_instances)} images")
-    ts = np.asarray(thresholds, float)
-    scores = []
-    for g_item, p_item in zip(gt_instances, pred_instances):
-        k = kind
-        if k == "auto" and isinstance(g_item, (Sample, Mapping)):
-            k = "boxes"
-        gk, g, _ = _instances(g_item, k)
-        _, p, ps = _instances(p_item, gk if len(g) else k)
-        if not len(g) and not len(p):
-            scores.append(None)
-            continue
-        if not len(g) or not len(p):
-            scores.append(0.0)
-            continue
-        ious = _mask_iou(p, g) if gk == "masks" else _box_iou(p.astype(np.float32), g.astype(np.float32))
-        order = np.argsort(-ps, kind="stable") if ps is not None else np.arange(len(p))
-        vals = []
-        for t in ts:
-            used = np.zeros(len(g), bool)
-            tp = 0
-            for d in order:
-                row = np.where(used, -1.0, ious[d])
-                j = int(np.argmax(row))
-                if row[j] > t:
-                    used[j] = True
-                    tp += 1
-            vals.append(tp / (len(p) + len(g) - tp))
-        scores.append(float(np.mean(vals)))
-    mean = _mean(scores)
-    return (mean, scores) if per_image else mean
-
-
-# -- instance segmentation summary ---------------------------------------------------------------
-def mask_ap(dataset: SmearDataset, predictions, *, max_dets: Sequence[int] = (1, 100, 1000)) -> dict:
-    """COCO mask AP (pycocotools ``segm``) of predictions carrying ``masks``.
-
-    :func:`coco_eval` with ``iou_type="segm"``, its keys prefixed: ``mask_mAP``,
-    ``mask_mAP50``, ``mask_mAP75`` and ``per_class``. Give the raw, ranked predictions (a low
-    score floor), as for box AP.
-    """
-    r = coco_eval(dataset, predictions, iou_type="segm", max_dets=max_dets)
-    return {"mask_mAP": r["mAP"], "mask_mAP50": r["mAP50"], "mask_mAP75": r["mAP75"],
-            "per_class": r["per_class"]}
-
-
-def segmentation_metrics(dataset: SmearDataset, predictions, score_threshold=0.5) -> dict:
-    """The instance-segmentation headline numbers of issue #5 for one set of predictions.
-
-    Parameters
-    ----------
-    dataset : samples with instance masks (e.g. DSB2018).
-    predictions : per image a prediction dict with ``masks`` (a network's raw output or a
-        classical segmenter's).
-    score_threshold : the final predictions (DSB metric, counts) are those with
-        ``score >= score_threshold`` (a float, per class, or ``{class: threshold}``); the mask
-        AP uses every prediction (ranked by score).
-
-    Returns
-    -------
-    dict
-        ``dsb_metric`` (:func:`dsb_score` on masks, mean over images), ``mask_mAP50``,
-        ``mask_mAP``, ``count_mae`` (mean over images of ``|predicted - true|`` objects, all
-        classes together), ``count_error`` (mean over images of ``|predicted - true| /
-        max(true, 1)``), ``objects_true``, ``objects_predicted`` and ``images``.
-    """
-    preds = check_predictions(dataset, predictions)
-    final = _filter(preds, _thresholds(score_threshold, dataset.class_names))
-    ap = mask_ap(dataset, preds)
-    true = np.array([len(s.boxes) for s in dataset], np.int64)
-    pred = np.array([len(p["scores"]) for p in final], np.int64)
-    err = np.abs(pred - true)
-    return {"dsb_metric": dsb_score(dataset, final, kind="masks"),
-            "mask_mAP50": ap["mask_mAP50"], "mask_mAP": ap["mask_mAP"],
-            "count_mae": float(err.mean()) if len(err) else None,
-            "count_error": float((err / np.maximum(true, 1)).mean()) if len(err) else None,
-            "objects_true": int(true.sum()), "objects_predicted": int(pred.sum()), "images": len(dataset)}
-
-
-# -- simulated predictions (until a model is trained) --------------------------------------------
 def simulate_predictions(dataset: SmearDataset, seed: int = 0, *, drop: float = 0.1,
                          wrong_label: float = 0.05, jitter: float = 0.06, duplicates: int = 2,
                          spurious: int = 10, score_floor: float = 0.01) -> list[dict]:
@@ -726,83 +510,6 @@ def simulate_predictions(dataset: SmearDataset, seed: int = 0, *, drop: float = 
     return out
 
 
-# -- exports --------------------------------------------------------------------------------------
-def export_coco_results(dataset: SmearDataset, predictions, path: str | Path) -> Path:
-    """Write a COCO results JSON (``image_id`` 1..n in dataset order, ``category_id`` 1..K,
-    ``bbox`` xywh, ``score``; plus RLE ``segmentation`` when predictions carry masks), atomically.
-    It pairs with :func:`export_coco_gt`."""
-    preds = check_predictions(dataset, predictions)
-    segm = bool(preds) and all("masks" in p for p in preds)
-    write_json(path, coco_results(preds, segm=segm))
-    return Path(path)
-
-
-def export_coco_gt(dataset: SmearDataset, path: str | Path, **kw) -> Path:
-    """Write the ground truth as COCO (:func:`smearlab.data.formats.coco.save`: JSON plus
-    ``images/``); image ids 1..n match :func:`export_coco_results`."""
-    from .data.formats.coco import save
-    return save(dataset, path, **kw)
-
-
-def export_counts_csv(dataset: SmearDataset, predictions, path: str | Path, thresholds=0.5) -> Path:
-    """Per-image counts as CSV: ``image_id, file``, then ``<class>_true, <class>_pred`` per class
-    (predictions with ``score >= thresholds``, a float or per class), atomically."""
-    true, pred = count_matrix(dataset, predictions, thresholds)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["image_id", "file"] + [f"{n}_{kind}" for n in dataset.class_names
-                                       for kind in ("true", "pred")])
-    for s, t, p in zip(dataset, true, pred):
-        w.writerow([s.image_id, s.path.name if s.path else ""]
-                   + [v for pair in zip(t.tolist(), p.tolist()) for v in pair])
-    write_text(path, buf.getvalue())
-    return Path(path)
-
-
-# -- plots (matplotlib) ---------------------------------------------------------------------------
-def plot_pr_curves(curves: dict, ax=None, title: str = "precision-recall"):
-    """One line per class of :func:`pr_curves`, AP in the legend."""
-    import matplotlib.pyplot as plt
-    from .viz import class_colors
-    ax = ax or plt.gca()
-    for (name, (rc, pr)), col in zip(curves.items(), class_colors(max(len(curves), 1))):
-        ax.plot(rc, pr, color=col, label=f"{name} (AP {pr.mean():.3f})")
-    ax.set_xlabel("recall")
-    ax.set_ylabel("precision")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.legend(fontsize=8)
-    ax.set_title(title)
-    return ax
-
-
-def plot_confusion(matrix: np.ndarray, names: Sequence[str], ax=None, *, normalize: bool = False,
-                   title: str = "confusion (rows: true)"):
-    """Heat map of :func:`confusion_matrix` with counts written in the cells; ``normalize``
-    divides each row by its total."""
-    import matplotlib.pyplot as plt
-    ax = ax or plt.gca()
-    labels = list(names) + ["background"]
-    m = np.asarray(matrix, float)
-    shown = m / np.maximum(m.sum(1, keepdims=True), 1) if normalize else m
-    ax.imshow(shown, cmap="Blues")
-    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
-    ax.set_yticks(range(len(labels)), labels, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    top = shown.max() if shown.size else 1
-    for i in range(len(labels)):
-        for j in range(len(labels)):
-            txt = f"{shown[i, j]:.2f}" if normalize else f"{int(m[i, j])}"
-            ax.text(j, i, txt, ha="center", va="center", fontsize=8,
-                    color="white" if shown[i, j] > 0.6 * top else "black")
-    ax.set_title(title)
-    return ax
-
-
-# ---------------------------------------------------------------------------------------------
-# failures: which boxes were missed and which are spurious
-# ---------------------------------------------------------------------------------------------
 def match_image(sample, prediction: dict, iou: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
     """Greedy same-class matching by score (as COCO does) for one image.
 

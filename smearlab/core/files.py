@@ -1,4 +1,5 @@
-"""Atomic writes: every file smearlab produces appears whole or not at all."""
+"""Files smearlab writes and reads: atomic writes (every output appears whole or not at all),
+local torch files, nested dicts flattened for tables."""
 from __future__ import annotations
 
 import contextlib
@@ -7,6 +8,11 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator, Mapping
+
+import numpy as np
+import torch
+
+from .errors import DataError
 
 
 @contextlib.contextmanager
@@ -40,7 +46,6 @@ def write_json(path: str | Path, obj: Any) -> None:
 
 
 def _json_default(o):
-    import numpy as np
     if isinstance(o, np.generic):
         return o.item()
     if isinstance(o, np.ndarray):
@@ -53,12 +58,10 @@ def _json_default(o):
 def read_torch_file(path: str | Path, what: str) -> Any:
     """``torch.load`` of a local checkpoint (tensors and plain containers only).
 
-    Raises :class:`~smearlab.data.errors.DataError` naming the file when it does not exist or
+    Raises :class:`~smearlab.core.errors.DataError` naming the file when it does not exist or
     cannot be read (``what`` names the kind of file in the message, e.g. "U-Net checkpoint").
     """
-    import torch
 
-    from .data.errors import DataError
     p = Path(path)
     if not p.is_file():
         raise DataError(p, f"{what} does not exist")

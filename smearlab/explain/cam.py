@@ -1,69 +1,52 @@
-"""Grad-CAM masks: what a classifier (or a detector) looks at, turned into cell masks.
-
-The class activation maps come from pytorch-grad-cam (``pytorch_grad_cam``); this module picks
-the layers, sums their maps, turns the sum into a mask and measures it against ground truth.
-
-Pipeline for a white-cell classifier (Zheng-style single-cell images)::
-
-    cam_maps(model, images, layers)      # Grad-CAM of each layer, upsampled to the input size,
-                                         # min-max normalised per image, then SUMMED
-    cam_to_mask(cam, rel_threshold=0.5,  # cam >= rel_threshold * max(cam), dilated with a
-                dilate=5)                # 5x5 box, holes filled, largest component kept
-    evaluate_cam_masks(masks, semantic)  # Dice / IoU against the whole cell (semantic > 0)
-                                         # and the nucleus (semantic == 2)
-
-:func:`cam_masks` runs the whole chain on images of any size (each is letterboxed to the
-classifier's input size and the map is taken back to the image's own pixels).
-
-For a detector, :func:`detector_cam` explains one box with a box-score target
-(``FasterRCNNBoxScoreTarget``: IoU with the box plus the class score of the matching
-detection), on the backbone stages that feed the FPN, as in pytorch-grad-cam's Faster R-CNN
-tutorial but with gradients.
-
-Layer names are dotted module paths (``"features.layer3"``); :func:`layer_names` lists the valid
-ones and a wrong name raises a KeyError that lists them.
-"""
+"""Grad-CAM for the classifier and the detector, and class-activation maps turned into cell masks."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
 import numpy as np
+import pytorch_grad_cam as pgc
 import torch
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, FasterRCNNBoxScoreTarget
+from scipy import ndimage as ndi
 from torch import nn
+from torchvision.ops import box_iou
 
-from .classify import _check_image
+from ..core.device import resolve_device
+from ..core.errors import DataError
+from ..core.geometry import check_image, letterbox
+from ..data.torchdata import image_to_tensor
+from ..preprocess import as_preprocess
 
-__all__ = ["DEFAULT_LAYERS", "LAYER_SETS", "THRESHOLDS", "METHODS", "layer_names", "resolve_layers", "layer_cams",
-           "cam_maps", "cam_to_mask", "cam_masks", "CamMasks", "select_cam_masks", "evaluate_cam_masks", "tune_cam_masks",
-           "CLASSICAL_GRID", "CLASSICAL_CANDIDATES", "classical_masks", "tune_classical", "CamExperiment",
-           "run_cam_experiment", "DetectorCam", "detector_cam", "detector_layers", "overlay", "plot_cam_examples",
-           "plot_detector_cam"]
 
 #: Layers of :class:`smearlab.classify.CellClassifier` summed by default.
 DEFAULT_LAYERS = ("features.layer2", "features.layer3", "features.layer4")
+
 
 #: Candidate layer combinations for tuning (:func:`tune_cam_masks`).
 LAYER_SETS = (("features.layer4",), ("features.layer3", "features.layer4"), DEFAULT_LAYERS,
               ("features.layer1", "features.layer2", "features.layer3", "features.layer4"),
               ("features.layer2", "features.layer3"))
+
+
 #: Candidate relative thresholds for tuning.
 THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
+
 #: CAM methods by name (pytorch-grad-cam classes); the gradient-based ones suit detectors too.
 METHODS = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam")
+
 
 # Modules whose output is not one feature map (dicts, lists, flattened scores): never targets.
 _NOT_FEATURE_MAPS = {"IntermediateLayerGetter", "FeaturePyramidNetwork", "BackboneWithFPN", "RPNHead",
                      "RegionProposalNetwork", "RoIHeads", "MultiScaleRoIAlign", "RetinaNetHead",
                      "RetinaNetClassificationHead", "RetinaNetRegressionHead",
                      "GeneralizedRCNNTransform", "LastLevelMaxPool", "LastLevelP6P7"}
+
+
 _FLAT = (nn.Linear, nn.Flatten, nn.AdaptiveAvgPool1d)
 
 
-# ---------------------------------------------------------------------------------------------
-# layers
-# ---------------------------------------------------------------------------------------------
 def _is_feature_layer(module: nn.Module) -> bool:
     if type(module).__name__ in _NOT_FEATURE_MAPS:
         return False
@@ -136,9 +119,6 @@ def resolve_layers(model: nn.Module, names: "str | Iterable[str]") -> list[nn.Mo
     return out
 
 
-# ---------------------------------------------------------------------------------------------
-# classifier CAMs
-# ---------------------------------------------------------------------------------------------
 def _normalise(maps: np.ndarray) -> np.ndarray:
     """Min-max scale each map (last two axes) to [0, 1]; a constant map becomes zeros."""
     m = np.asarray(maps, np.float32)
@@ -148,7 +128,6 @@ def _normalise(maps: np.ndarray) -> np.ndarray:
 
 
 def _cam_class(method: str):
-    import pytorch_grad_cam as pgc
     classes = {"gradcam": pgc.GradCAM, "gradcam++": pgc.GradCAMPlusPlus, "hirescam": pgc.HiResCAM,
                "xgradcam": pgc.XGradCAM, "layercam": pgc.LayerCAM, "eigencam": pgc.EigenCAM}
     if method not in classes:
@@ -196,7 +175,6 @@ def _as_batch(images) -> torch.Tensor:
 
 def _targets(target, n: int):
     """pytorch-grad-cam targets for ``n`` images (None: the library takes each predicted class)."""
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
     if target is None:
         return None
     if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
@@ -211,7 +189,6 @@ def _device(model: nn.Module, device) -> torch.device:
     if device is None:
         p = next(iter(model.parameters()), None)
         return p.device if p is not None else torch.device("cpu")
-    from .detection.models import resolve_device
     dev = resolve_device(device)
     model.to(dev)
     return dev
@@ -280,11 +257,7 @@ def cam_maps(model: nn.Module, images, layers: "str | Sequence[str]" = DEFAULT_L
     return np.sum(list(per.values()), axis=0, dtype=np.float32)
 
 
-# ---------------------------------------------------------------------------------------------
-# CAM -> mask
-# ---------------------------------------------------------------------------------------------
 def _largest_component(mask: np.ndarray) -> np.ndarray:
-    from scipy import ndimage as ndi
     lab, n = ndi.label(mask)
     if n <= 1:
         return mask
@@ -313,7 +286,6 @@ def cam_to_mask(cam: np.ndarray, rel_threshold: float = 0.5, dilate: int = 5, *,
     -------
     bool array of ``cam``'s shape.
     """
-    from scipy import ndimage as ndi
     c = np.asarray(cam, dtype=np.float64)
     if c.ndim == 3:
         return np.stack([cam_to_mask(m, rel_threshold, dilate, largest=largest, fill_holes=fill_holes)
@@ -340,12 +312,8 @@ def cam_to_mask(cam: np.ndarray, rel_threshold: float = 0.5, dilate: int = 5, *,
     return mask.astype(bool)
 
 
-# ---------------------------------------------------------------------------------------------
-# end to end on images of any size
-# ---------------------------------------------------------------------------------------------
 def _content_box(hw: tuple[int, int], size: int) -> tuple[int, int, int, int]:
     """(y0, x0, y1, x1) of an ``hw`` image inside its ``size`` letterbox (classify.letterbox)."""
-    from .classify import letterbox
     marker = letterbox(np.full((*hw, 3), 255, np.uint8), size, fill=0)
     inside = np.asarray(marker)[..., 0] > 127
     rows, cols = np.flatnonzero(inside.any(1)), np.flatnonzero(inside.any(0))
@@ -362,7 +330,6 @@ def _letterboxed(images: list[np.ndarray], size: int | None):
             raise ValueError(f"images have different sizes {sorted(s[:2] for s in shapes)}: give size= "
                              "(the classifier's input size) to letterbox them")
         return np.stack(images), [None] * len(images)
-    from .classify import letterbox
     boxes, out, cache = [], [], {}
     for img in images:
         hw = img.shape[:2]
@@ -428,7 +395,7 @@ def cam_masks(model: nn.Module, images, *, layers: "str | Sequence[str]" = DEFAU
     imgs = [np.asarray(getattr(x, "image", x)) for x in (images if not isinstance(images, np.ndarray)
                                                           or images.ndim == 4 else [images])]
     for i, im in enumerate(imgs):
-        _check_image(im, f"image {i}")
+        check_image(im, f"image {i}")
     if size == "model":
         size = _model_size(model)
     layers = [layers] if isinstance(layers, str) else list(layers)
@@ -454,13 +421,9 @@ def cam_masks(model: nn.Module, images, *, layers: "str | Sequence[str]" = DEFAU
     return CamMasks(cams, masks, per_img, tg, layers, float(rel_threshold), int(dilate))
 
 
-# ---------------------------------------------------------------------------------------------
-# evaluation
-# ---------------------------------------------------------------------------------------------
 def _semantic_of(x) -> np.ndarray:
     if hasattr(x, "semantic"):
         if not getattr(x, "has_semantic", x.semantic is not None):
-            from .data.errors import DataError
             raise DataError(getattr(x, "path", None) or getattr(x, "image_id", "?"),
                             "sample has no semantic mask (needed for Grad-CAM mask evaluation)")
         return np.asarray(x.semantic)
@@ -592,187 +555,6 @@ def select_cam_masks(cams: CamMasks, layers: Sequence[str], rel_threshold: float
                     float(rel_threshold), cams.dilate)
 
 
-# ---------------------------------------------------------------------------------------------
-# the classical baseline on the same images
-# ---------------------------------------------------------------------------------------------
-#: Parameter grid of :func:`smearlab.classical.extract_cell` searched by :func:`tune_classical`.
-CLASSICAL_GRID = {"channel": ("saturation", "hematoxylin"), "hull": (True, False), "grow": (0, 4, 8, 12)}
-#: A smaller list of candidates (10 instead of 16): the nucleus-level region, and its hull grown.
-CLASSICAL_CANDIDATES = [{"channel": c, "hull": h, "grow": g} for c in ("saturation", "hematoxylin")
-                        for h, g in ((False, 0), (True, 0), (True, 4), (True, 8), (True, 12))]
-
-
-def classical_masks(images, **params) -> list[np.ndarray]:
-    """Whole-image masks of :func:`smearlab.classical.extract_cell` (empty where it finds nothing)."""
-    from .classical import extract_cell
-    out = []
-    for x in images:
-        img = np.asarray(getattr(x, "image", x))
-        pred, _ = extract_cell(img, **params)
-        out.append(pred["masks"][0] if len(pred["masks"]) else np.zeros(img.shape[:2], bool))
-    return out
-
-
-def tune_classical(images, truth, grid: "dict[str, Sequence] | Sequence[dict] | None" = None,
-                   keys: Sequence[str] = ("cell_dice", "nucleus_dice")) -> dict[str, Any]:
-    """The :func:`~smearlab.classical.extract_cell` parameters that score best on the given images.
-
-    Every combination of ``grid`` (a dict of candidate lists, default :data:`CLASSICAL_GRID`, or a
-    list of parameter dicts such as :data:`CLASSICAL_CANDIDATES`) is run once; the best one is
-    picked separately for each of ``keys``. Tune on training images only.
-
-    Returns
-    -------
-    dict
-        ``{key: {"params": {...}, "score": float}}`` per key, and ``table``: one row per
-        combination with its parameters and every score of :func:`evaluate_cam_masks`.
-    """
-    import itertools
-    grid = CLASSICAL_GRID if grid is None else grid
-    if isinstance(grid, dict):
-        candidates = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
-    else:
-        candidates = [dict(c) for c in grid]
-    if not candidates:
-        raise ValueError("the classical parameter grid is empty")
-    images, truth = list(images), list(truth)
-    table = []
-    for params in candidates:
-        scores = evaluate_cam_masks(classical_masks(images, **params), truth)
-        table.append({"params": params, **{k: v for k, v in scores.items() if k != "n"}})
-    out: dict[str, Any] = {"table": table}
-    for k in keys:
-        best = max(table, key=lambda r: r[k] or 0.0)
-        out[k] = {"params": best["params"], "score": best[k]}
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# the experiment: classifier -> Grad-CAM masks vs ground truth and vs the classical extractor
-# ---------------------------------------------------------------------------------------------
-@dataclass
-class CamExperiment:
-    """Everything :func:`run_cam_experiment` produced (see :meth:`summary` for the headline)."""
-
-    model: nn.Module
-    train: Any
-    test: Any
-    classifier: dict
-    cam_tuning: dict
-    nucleus_tuning: dict
-    classical_tuning: dict
-    cam_test: CamMasks
-    nucleus_test: CamMasks
-    classical_test: list
-    classical_nucleus_test: list
-    scores: dict
-    settings: dict
-
-    def summary(self) -> dict[str, Any]:
-        """The headline numbers as one flat, JSON-ready dict."""
-        sc = self.scores
-        return {
-            "cell_dice": sc["cam"]["cell_dice"], "cell_iou": sc["cam"]["cell_iou"],
-            "nucleus_dice": sc["cam_nucleus"]["nucleus_dice"], "nucleus_iou": sc["cam_nucleus"]["nucleus_iou"],
-            "cell_mask_nucleus_dice": sc["cam"]["nucleus_dice"],
-            "classical_cell_dice": sc["classical"]["cell_dice"], "classical_cell_iou": sc["classical"]["cell_iou"],
-            "classical_nucleus_dice": sc["classical_nucleus"]["nucleus_dice"],
-            "classical_nucleus_iou": sc["classical_nucleus"]["nucleus_iou"],
-            "layers": self.cam_tuning["layers"], "rel_threshold": self.cam_tuning["rel_threshold"],
-            "nucleus_layers": self.nucleus_tuning["layers"],
-            "nucleus_rel_threshold": self.nucleus_tuning["rel_threshold"],
-            "dilate": self.settings["dilate"],
-            "classical_cell_params": self.classical_tuning["cell_dice"]["params"],
-            "classical_nucleus_params": self.classical_tuning["nucleus_dice"]["params"],
-            "classifier_accuracy": self.classifier["accuracy"], "classifier_macro_f1": self.classifier["macro"]["f1"],
-            "split": {"train": len(self.train), "test": len(self.test),
-                      "test_fraction": self.settings["test_fraction"], "seed": self.settings["seed"]},
-            "seed": self.settings["seed"], "device": self.settings["device"],
-            "input_size": self.settings["size"], "width": self.settings["width"], "epochs": self.settings["epochs"],
-            "norm": self.settings["norm"], "train_s": self.settings["train_s"],
-        }
-
-    def table(self) -> str:
-        """Markdown table: Grad-CAM against the classical extractor on the test images."""
-        sc = self.scores
-        rows = [("Grad-CAM (cell threshold)", sc["cam"]), ("Grad-CAM (nucleus threshold)", sc["cam_nucleus"]),
-                ("classical extract_cell (cell params)", sc["classical"]),
-                ("classical extract_cell (nucleus params)", sc["classical_nucleus"])]
-        lines = ["| method | cell Dice | cell IoU | nucleus Dice | nucleus IoU |", "|---|---|---|---|---|"]
-        for name, r in rows:
-            vals = " | ".join("-" if r[k] is None else f"{r[k]:.3f}"
-                              for k in ("cell_dice", "cell_iou", "nucleus_dice", "nucleus_iou"))
-            lines.append(f"| {name} | {vals} |")
-        return "\n".join(lines)
-
-
-def run_cam_experiment(dataset, *, size: int = 64, width: int = 16, norm: str = "batch", epochs: int = 30,
-                       batch_size: int = 32, lr: float = 0.05, augment=True, test_fraction: float = 0.3, seed: int = 0,
-                       device="auto", layer_sets: Sequence[Sequence[str]] = LAYER_SETS,
-                       thresholds: Sequence[float] = THRESHOLDS, dilate: int = 5,
-                       classical_grid: dict | None = None, progress: bool = False) -> CamExperiment:
-    """Train a classifier, turn its Grad-CAMs into cell masks and score them against ground truth.
-
-    Steps: stratified split by image label (:func:`smearlab.classify.stratified_split`, fixed
-    ``seed``) -> a :class:`~smearlab.classify.CellClassifier` trained from scratch on the train
-    crops -> per-layer Grad-CAMs (predicted class) of the train images -> layers and relative
-    threshold tuned on the train images (separately for the whole cell and for the nucleus) ->
-    the classical extractor's parameters tuned on the same train images -> both applied once to
-    the test images and scored (:func:`evaluate_cam_masks`).
-
-    Parameters
-    ----------
-    dataset : a SmearDataset of single-cell images with ``image_label`` and semantic masks
-        (0 background, 1 cytoplasm, 2 nucleus): Zheng (one domain), or ``make_wbc_crops``.
-    size, width, norm, epochs, batch_size, lr, augment : classifier input size and training
-        (:func:`~smearlab.classify.build_classifier`, :func:`~smearlab.classify.train_classifier`).
-    test_fraction, seed : the split (and the training seed).
-    layer_sets, thresholds, dilate : the CAM mask candidates (:func:`tune_cam_masks`).
-    classical_grid : :func:`tune_classical` grid (default :data:`CLASSICAL_GRID`).
-    progress : progress bar of the training.
-    """
-    import time
-
-    from .classify import build_classifier, classification_report, crops_from_dataset, predict_classes, \
-        stratified_split, train_classifier
-    from .detection.models import resolve_device
-    labels = [s.image_label for s in dataset]
-    if any(v is None for v in labels):
-        raise ValueError(f"dataset {getattr(dataset, 'name', '?')!r} has images without an image_label")
-    tr_idx, te_idx = stratified_split(np.asarray(labels), test_fraction, seed)
-    train = dataset.subset(tr_idx.tolist(), name=f"{dataset.name}:train")
-    test = dataset.subset(te_idx.tolist(), name=f"{dataset.name}:test")
-    dev = resolve_device(device)
-    torch.manual_seed(seed)  # the initial weights come from the global generator
-    model = build_classifier(dataset.class_names, width=width, norm=norm, input_size=size)
-    t0 = time.perf_counter()
-    train_classifier(model, crops_from_dataset(train, size), epochs=epochs, batch_size=batch_size, lr=lr,
-                     augment=augment, device=dev, seed=seed, progress=progress)
-    train_s = time.perf_counter() - t0
-    test_crops = crops_from_dataset(test, size)
-    pred, _ = predict_classes(model, test_crops, device=dev)
-    report = classification_report(test_crops.labels, pred, test_crops.class_names)
-    all_layers = list(dict.fromkeys(n for ls in layer_sets for n in ls))
-    cams_train = cam_masks(model, train, layers=all_layers, dilate=dilate, device=dev)
-    table = _cam_mask_table(cams_train, train, layer_sets, thresholds, dilate, True)
-    cell, nucleus = _best_cam_masks(table, "cell_dice"), _best_cam_masks(table, "nucleus_dice")
-    classical = tune_classical(train, train, classical_grid)
-    all_test = cam_masks(model, test, layers=all_layers, dilate=dilate, device=dev)  # one pass, every layer
-    cams_test = select_cam_masks(all_test, cell["layers"], cell["rel_threshold"])
-    nuc_test = select_cam_masks(all_test, nucleus["layers"], nucleus["rel_threshold"])
-    cl_test = classical_masks(test, **classical["cell_dice"]["params"])
-    cl_nuc = classical_masks(test, **classical["nucleus_dice"]["params"])
-    scores = {"cam": evaluate_cam_masks(cams_test.masks, test), "cam_nucleus": evaluate_cam_masks(nuc_test.masks, test),
-              "classical": evaluate_cam_masks(cl_test, test), "classical_nucleus": evaluate_cam_masks(cl_nuc, test)}
-    settings = {"size": size, "width": width, "norm": norm, "epochs": epochs, "test_fraction": test_fraction,
-                "seed": seed, "device": str(dev), "dilate": dilate, "train_s": round(train_s, 2)}
-    return CamExperiment(model, train, test, report, cell, nucleus, classical, cams_test, nuc_test, cl_test, cl_nuc,
-                         scores, settings)
-
-
-# ---------------------------------------------------------------------------------------------
-# detector CAMs
-# ---------------------------------------------------------------------------------------------
 @dataclass
 class DetectorCam:
     """Why a detector found a box: the summed CAM (``(H, W)``, image pixels, values in
@@ -838,14 +620,10 @@ def detector_cam(detector: nn.Module, image: np.ndarray, box: "int | Sequence[fl
         when the detector makes no detection matching the box (with the best IoU it reached),
         or the box index is out of range.
     """
-    from pytorch_grad_cam.utils.model_targets import FasterRCNNBoxScoreTarget
-    from torchvision.ops import box_iou
 
-    from .data.torchdata import image_to_tensor
-    img = _check_image(getattr(image, "image", image))
+    img = check_image(getattr(image, "image", image))
     pre = getattr(detector, "preprocess_spec", None)
     if pre is not None:
-        from .detection.train import as_preprocess
         img = as_preprocess(pre)(img)
     layers = detector_layers(detector) if layers is None else ([layers] if isinstance(layers, str) else list(layers))
     modules = resolve_layers(detector, layers)
@@ -897,98 +675,3 @@ def detector_cam(detector: nn.Module, image: np.ndarray, box: "int | Sequence[fl
     per = {n: maps[i] for i, n in enumerate(layers)}
     return DetectorCam(maps.sum(0), per, boxes[j].detach().cpu().numpy().astype(np.float32), want - 1,
                        float(scores[j]), float(ious[j]), layers)
-
-
-# ---------------------------------------------------------------------------------------------
-# display
-# ---------------------------------------------------------------------------------------------
-def overlay(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """``image`` (uint8 RGB) blended with ``cam`` as a jet heat map (pytorch-grad-cam's
-    ``show_cam_on_image``); the map is scaled to [0, 1] by its maximum first."""
-    from pytorch_grad_cam.utils.image import show_cam_on_image
-    img = np.asarray(image)
-    c = np.asarray(cam, np.float32)
-    if c.shape != img.shape[:2]:
-        raise ValueError(f"cam has shape {c.shape}, image {img.shape[:2]}")
-    top = float(c.max())
-    c = c / top if top > 0 else c
-    return show_cam_on_image(img.astype(np.float32) / 255.0, c, use_rgb=True, image_weight=1 - alpha)
-
-
-def _outline(ax, mask, colour, style="solid"):
-    m = np.asarray(mask, float)
-    if m.any() and not m.all():
-        ax.contour(m, levels=[0.5], colors=[colour], linewidths=1.2, linestyles=style)
-
-
-def plot_cam_examples(images, result: CamMasks, truth=None, *, classical=None, indices=None,
-                      class_names=None, n: int = 4, axes=None):
-    """One row per image: the image, each layer's CAM, the summed CAM, and the masks.
-
-    The last panel outlines the Grad-CAM mask (red), the ground-truth cell (green) and nucleus
-    (cyan, dotted), and the classical mask (blue, dashed) when ``classical`` masks are given.
-
-    Parameters
-    ----------
-    images : the images (arrays or Samples) ``result`` was computed on.
-    result : :class:`CamMasks` from :func:`cam_masks`.
-    truth : semantic masks or Samples with them (optional).
-    classical : masks of another method on the same images (optional).
-    indices : which images (default the first ``n``).
-    class_names : names of ``result.targets`` for the titles.
-    axes : ``(rows, len(layers) + 3)`` axes (default: a new pyplot figure).
-
-    Returns
-    -------
-    matplotlib Figure
-    """
-    images = list(images)
-    idx = list(indices) if indices is not None else list(range(min(n, len(images))))
-    layers = list(result.per_layer)
-    cols = len(layers) + 3
-    if axes is None:
-        import matplotlib.pyplot as plt
-        _, axes = plt.subplots(len(idx), cols, figsize=(2.1 * cols, 2.2 * len(idx)), squeeze=False)
-    axes = np.asarray(axes).reshape(len(idx), cols)
-    truth = list(truth) if truth is not None else None
-    for row, i in zip(axes, idx):
-        img = np.asarray(getattr(images[i], "image", images[i]))
-        tgt = result.targets[i] if result.targets else -1
-        name = class_names[tgt] if class_names is not None and 0 <= tgt < len(class_names) else str(tgt)
-        row[0].imshow(img)
-        row[0].set_title(f"{getattr(images[i], 'image_id', i)}\nexplains: {name}", fontsize=7)
-        for ax, layer in zip(row[1:], layers):
-            ax.imshow(overlay(img, result.per_layer[layer][i]))
-            ax.set_title(layer.split(".")[-1], fontsize=8)
-        row[-2].imshow(overlay(img, result.cams[i]))
-        row[-2].set_title(f"sum of {len(layers)}", fontsize=8)
-        row[-1].imshow(img)
-        _outline(row[-1], result.masks[i], "red")
-        if truth is not None:
-            sem = _semantic_of(truth[i])
-            _outline(row[-1], sem > 0, "lime")
-            _outline(row[-1], sem == 2, "cyan", "dotted")
-        if classical is not None:
-            _outline(row[-1], classical[i], "blue", "dashed")
-        row[-1].set_title(f"mask (thr {result.rel_threshold:g})", fontsize=8)
-        for ax in row:
-            ax.axis("off")
-    return axes[0, 0].figure
-
-
-def plot_detector_cam(image, result: DetectorCam, class_names=None, axes=None):
-    """The image with the explained box, and the summed detector CAM over it (two panels)."""
-    from matplotlib.patches import Rectangle
-    img = np.asarray(getattr(image, "image", image))
-    if axes is None:
-        import matplotlib.pyplot as plt
-        _, axes = plt.subplots(1, 2, figsize=(10, 4))
-    name = class_names[result.label] if class_names is not None else str(result.label)
-    x0, y0, x1, y1 = result.box
-    for ax, shown, title in zip(axes, (img, overlay(img, result.cam)),
-                                (f"box: {name} (score {result.score:.2f})", f"Grad-CAM, {' + '.join(result.layers)}")):
-        ax.imshow(shown)
-        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="white", linewidth=1.5))
-        ax.set_title(title, fontsize=9)
-        ax.axis("off")
-    return axes[0].figure

@@ -1,16 +1,28 @@
-"""ipywidgets front ends. They hold no logic of their own: drawing lives in :mod:`smearlab.viz`.
-
-Figures are rendered to PNG and shown in an ``ipywidgets.Image`` rather than captured by an
-``Output`` widget: output capture races with headless executors (papermill/nbclient can hang
-waiting for captured messages), and a PNG swap is also what makes redraws feel instant.
-"""
+"""ipywidgets front ends: dataset browser, preprocessing and classical explorers, t-SNE explorer,
+the threshold tuner."""
 from __future__ import annotations
 
-import ipywidgets as W
-from matplotlib.figure import Figure
+import html
+import io
+import time
+from typing import Sequence
 
-from .data.sample import SmearDataset
-from .viz import draw_sample, figure_to_png
+import ipywidgets as W
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
+from PIL import Image
+
+from ..classification.embed import tsne
+from ..data.sample import SmearDataset
+from ..detection.postprocess import DEFAULT_SCORE, RawPredictions, Selector, take
+from ..detection.tune import Thresholds
+from ..metrics.detection import FastEvaluator
+from ..metrics.instances import dsb_score
+from ..segmentation import classical
+from ..segmentation.classical import BLOB_THRESHOLDS
+from .plots import class_colors, draw_sample, figure_to_png, overlay_instances, plot_embedding
 
 
 class DatasetBrowser:
@@ -131,7 +143,6 @@ class TSNEExplorer:
 
     def __init__(self, embeddings, labels, domains, class_names=None, *, perplexity: int = 30,
                  perplexity_range=(5, 50, 5), seed: int = 0, maps=None, figsize=(6, 5)):
-        import numpy as np
         self.embeddings = dict(embeddings) if isinstance(embeddings, dict) else {"embedding": embeddings}
         if not self.embeddings:
             raise ValueError("embeddings is empty")
@@ -159,7 +170,6 @@ class TSNEExplorer:
 
     def map(self, name: str, perplexity: int):
         """The cached t-SNE map of embedding ``name`` at ``perplexity``."""
-        from .embed import tsne
         key = (name, int(perplexity))
         if key not in self._cache:
             self._cache[key] = tsne(self.embeddings[name], perplexity=int(perplexity), seed=self.seed)
@@ -168,7 +178,6 @@ class TSNEExplorer:
 
     def redraw(self) -> None:
         """Compute (or fetch) the selected map and draw it coloured as selected."""
-        from .embed import plot_embedding
         name, p = self.embedding.value, self.perplexity.value
         self.Y = self.map(name, p)
         fig = Figure(figsize=self.figsize)
@@ -180,7 +189,6 @@ class TSNEExplorer:
     def _ipython_display_(self):
         from IPython.display import display
         display(self.widget)
-
 
 
 class ClassicalExplorer:
@@ -211,7 +219,6 @@ class ClassicalExplorer:
     _CONTROLLED = ("method", "channel", "offset", "min_distance", "min_sigma", "max_sigma", "threshold")
 
     def __init__(self, dataset, method: str = "threshold", params=None, max_width: int = 720):
-        from . import classical
         p = {"method": "otsu", "channel": "default", "offset": 0.02, "min_distance": 5, "min_sigma": 2.0,
              "max_sigma": 20.0, **(params or {})}
         if method not in classical.METHODS:
@@ -246,7 +253,6 @@ class ClassicalExplorer:
     def params(self) -> dict:
         """The current settings, as :func:`smearlab.classical.segment` takes them."""
         lo, hi = self.sigma.value
-        from .classical import BLOB_THRESHOLDS
         default = BLOB_THRESHOLDS.get(self.method.value, BLOB_THRESHOLDS["log"])
         out = {**self.fixed, "method": self.threshold_method.value, "offset": float(self.offset.value),
                "min_distance": int(self.min_distance.value), "min_sigma": float(lo), "max_sigma": float(hi),
@@ -257,11 +263,6 @@ class ClassicalExplorer:
 
     def redraw(self) -> None:
         """Segment the chosen image with the current settings and show outlines and metrics."""
-        import html
-        import time
-        import numpy as np
-        from . import classical
-        from .evaluate import dsb_score
         if not len(self.dataset):
             return
         s = self.dataset[self.index.value]
@@ -282,17 +283,158 @@ class ClassicalExplorer:
         self.metrics.value = (f"<b>{html.escape(s.image_id)}</b> · {self.method.value}: {n_pred} found, "
                               f"{n_true} expected (count error {r['count_error']:.0%}) · DSB score {dsb} · "
                               f"{ms:.0f} ms")
-        self.image.value = self._png(classical.overlay(s.image, self.prediction, s if s.has_masks else None))
+        self.image.value = self._png(overlay_instances(s.image, self.prediction, s if s.has_masks else None))
 
     def _png(self, rgb) -> bytes:
-        import io
-        from PIL import Image
         im = Image.fromarray(rgb)
         if im.width > self.max_width:
             im = im.resize((self.max_width, max(1, round(im.height * self.max_width / im.width))))
         buf = io.BytesIO()
         im.save(buf, format="PNG")
         return buf.getvalue()
+
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self.widget)
+
+
+class ThresholdTuner:
+    """Tune per-class score thresholds and the NMS IoU by hand, watching the metrics.
+
+    Parameters
+    ----------
+    dataset : the (validation) SmearDataset with ground truth.
+    raw : its :class:`RawPredictions` (or a plain list of prediction dicts).
+    class_names : must equal the dataset's (checked) when given.
+    images_for_overlay : dataset indices the image slider walks through (default: all).
+    initial : a :class:`Thresholds` to start from (default: every class 0.5, NMS 0.5).
+    figsize : size of the overlay figure.
+
+    Attributes
+    ----------
+    sliders : ``{class name: FloatSlider}`` score thresholds.
+    nms : FloatSlider of the NMS IoU (1.0 = no extra NMS).
+    agnostic : Checkbox for class-agnostic NMS.
+    index : IntSlider choosing the overlay image (a position in ``images_for_overlay``).
+    metrics : the last :meth:`FastEvaluator.evaluate_subset` result.
+    last_ms : milliseconds of the last re-filter + re-evaluate (drawing excluded).
+    keep : per image, indices of the raw boxes currently kept.
+    draw_overlay : set False to skip redrawing the overlay (benchmarks).
+    widget : the widget to display.
+    """
+
+    def __init__(self, dataset, raw, class_names: Sequence[str] | None = None,
+                 images_for_overlay: Sequence[int] | None = None,
+                 initial: Thresholds | None = None, figsize=(7, 5), max_dets: int | None = 300):
+        if not isinstance(raw, RawPredictions):
+            raw = RawPredictions.for_dataset(dataset, raw)
+        raw.check(dataset)
+        if class_names is not None and list(class_names) != list(dataset.class_names):
+            raise ValueError(f"class_names {list(class_names)} differ from the dataset's "
+                             f"{list(dataset.class_names)}")
+        self.dataset, self.raw = dataset, raw
+        self.class_names = list(dataset.class_names)
+        self.figsize, self.max_dets = figsize, max_dets
+        self.overlay_indices = list(range(len(dataset))) if images_for_overlay is None \
+            else [int(i) for i in images_for_overlay]
+        self.evaluator = FastEvaluator(dataset)
+        self.prepared = self.evaluator.prepare(raw)
+        self.selector = Selector(raw)
+        init = initial or Thresholds({n: DEFAULT_SCORE for n in self.class_names})
+        style = {"description_width": "initial"}
+        self.sliders = {n: W.FloatSlider(value=float(init.score.get(n, DEFAULT_SCORE)), min=0.0,
+                                         max=1.0, step=0.01, description=n,
+                                         continuous_update=False, style=style,
+                                         readout_format=".2f")
+                        for n in self.class_names}
+        self.nms = W.FloatSlider(value=1.0 if init.nms_iou is None else float(init.nms_iou),
+                                 min=0.1, max=1.0, step=0.05, description="NMS IoU",
+                                 continuous_update=False, style=style, readout_format=".2f")
+        self.agnostic = W.Checkbox(value=bool(init.class_agnostic), description="class-agnostic NMS",
+                                   indent=False)
+        self.index = W.IntSlider(value=0, min=0, max=max(len(self.overlay_indices) - 1, 0),
+                                 description="image", continuous_update=False)
+        self.table = W.HTML()
+        self.image = W.Image(format="png")
+        self.metrics: dict = {}
+        self.last_ms = float("nan")
+        self.keep: list[np.ndarray] = []
+        self.draw_overlay = True
+        for w in [*self.sliders.values(), self.nms, self.agnostic]:
+            w.observe(lambda _c: self.update(), names="value")
+        self.index.observe(lambda _c: self.redraw(), names="value")
+        controls = W.VBox([*self.sliders.values(), self.nms, self.agnostic, self.index])
+        self.widget = W.VBox([W.HBox([controls, self.table]), self.image])
+        self.update()
+
+    # state ------------------------------------------------------------------------------------
+    def thresholds(self) -> Thresholds:
+        """The current settings as a :class:`Thresholds` (with the current metrics)."""
+        nms = None if self.nms.value >= 1.0 else round(float(self.nms.value), 4)
+        m = self.metrics
+        metrics = {"mAP50": m.get("mAP50"),
+                   "per_class": {n: {"AP50": pc["AP50"], "f1": pc["f1"]}
+                                 for n, pc in m.get("per_class", {}).items()}}
+        return Thresholds({n: round(float(s.value), 4) for n, s in self.sliders.items()}, nms,
+                          bool(self.agnostic.value), self.max_dets, "manual", metrics)
+
+    def refilter(self) -> dict:
+        """Re-filter the raw cache and re-evaluate (what a slider change costs, without drawing)."""
+        t = time.perf_counter()
+        th = self.thresholds()
+        self.keep = self.selector(th.score, th.nms_iou, th.class_agnostic, self.max_dets)
+        self.metrics = self.evaluator.evaluate_subset(self.prepared, self.keep)
+        self.last_ms = (time.perf_counter() - t) * 1000
+        return self.metrics
+
+    def update(self) -> None:
+        """Re-filter, re-evaluate, refresh the table and the overlay."""
+        self.refilter()
+        self.table.value = self.metrics_html()
+        self.redraw()
+
+    # display ----------------------------------------------------------------------------------
+    def metrics_html(self) -> str:
+        """The metrics as an HTML table (per class and overall)."""
+        def f(v, fmt="{:.3f}"):
+            return "–" if v is None else fmt.format(v)
+        m = self.metrics
+        rows = ["<tr><th>class</th><th>AP50</th><th>P</th><th>R</th><th>F1</th>"
+                "<th>true</th><th>pred</th><th>count MAE</th><th>count acc</th></tr>"]
+        for n, pc in m["per_class"].items():
+            c = m["counts"][n]
+            rows.append(f"<tr><td>{html.escape(n)}</td><td>{f(pc['AP50'])}</td>"
+                        f"<td>{f(pc['precision'])}</td><td>{f(pc['recall'])}</td>"
+                        f"<td>{f(pc['f1'])}</td><td>{c['true']}</td><td>{c['predicted']}</td>"
+                        f"<td>{f(c['mae'], '{:.2f}')}</td><td>{f(c['accuracy'])}</td></tr>")
+        rows.append(f"<tr><th>all</th><th>{f(m['mAP50'])}</th><td colspan=7>mAP50 over classes; "
+                    f"{sum(len(k) for k in self.keep)} boxes kept of {self.raw.num_boxes}; "
+                    f"{self.last_ms:.1f} ms</td></tr>")
+        return ("<table style='border-collapse:collapse;font-size:12px' border=1 cellpadding=3>"
+                + "".join(rows) + "</table>")
+
+    def redraw(self) -> None:
+        """Draw the chosen image: kept predictions solid, ground truth dashed, by class colour."""
+        if not (self.draw_overlay and self.overlay_indices and self.keep):
+            return
+        i = self.overlay_indices[self.index.value]
+        s = self.dataset[i]
+        p = take(self.raw[i], self.keep[i])
+        colors = class_colors(len(self.class_names))
+        with plt.ioff():
+            fig, ax = plt.subplots(figsize=self.figsize)
+        ax.imshow(s.image)
+        for (x0, y0, x1, y1), lab in zip(s.boxes, s.labels):
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.0, ls="--",
+                                   ec=colors[lab]))
+        for (x0, y0, x1, y1), lab, sc in zip(p["boxes"], p["labels"], p["scores"]):
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.5, ec=colors[lab]))
+            ax.text(x0, y0, f"{sc:.2f}", color="white", fontsize=5, va="bottom",
+                    bbox=dict(fc=colors[lab], ec="none", pad=0.3))
+        ax.set_title(f"{s.image_id}: {len(p['boxes'])} predicted (solid), {len(s.boxes)} true "
+                     f"(dashed)", fontsize=8)
+        ax.axis("off")
+        self.image.value = figure_to_png(fig)
 
     def _ipython_display_(self):
         from IPython.display import display

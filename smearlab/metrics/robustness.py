@@ -25,8 +25,9 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from .data.sample import Sample, SmearDataset
-from .io import flatten_dict
+from ..core.files import flatten_dict
+from ..data.sample import Sample, SmearDataset
+
 
 __all__ = ["add_noise", "noise_parameters", "image_seed", "noisy_dataset", "compare_with_noise"]
 

@@ -1,9 +1,25 @@
-"""A one-line description of the machine a run used, for reports and benchmark results."""
+"""Devices and the hardware a run used: ``resolve_device`` and a one-line description for reports."""
 from __future__ import annotations
 
 import os
 import platform
 from pathlib import Path
+
+import torch
+
+
+def resolve_device(device: "str | torch.device | None" = "auto") -> torch.device:
+    """``"auto"`` (or None): CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:1"``."""
+    if isinstance(device, torch.device):
+        dev = device
+    elif device is None or str(device).lower() == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        dev = torch.device(str(device).lower())
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {str(device)!r} requested but CUDA is not available here; "
+                           "use device='auto' or 'cpu'")
+    return dev
 
 
 def cpu() -> str:
@@ -23,7 +39,6 @@ def cpu() -> str:
 def gpu() -> str | None:
     """Name and memory of the first CUDA device, or None when torch sees none."""
     try:
-        import torch
         if not torch.cuda.is_available():
             return None
         props = torch.cuda.get_device_properties(0)

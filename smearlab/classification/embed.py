@@ -1,32 +1,23 @@
-"""Embeddings of cell crops, t-SNE maps and a domain separability score.
-
-Two embeddings of the same crops:
-
-* :func:`pixel_embedding`: PCA (scikit-learn) of the raw pixels: what the images look like;
-* :func:`cnn_embedding`: a classifier's pooled features (``model.embed``): what the network sees.
-
-:func:`tsne` maps either to 2-D (scikit-learn's TSNE, seeded), :func:`plot_embedding` colours the
-map by class and by domain, and :func:`separability` puts a number on what the picture shows: how
-well a *linear* classifier tells the staining domains apart from the embedding (cross-validated
-accuracy; chance is the share of the largest domain) and the silhouette of the domains. Domain
-adaptation (:mod:`smearlab.domain`) should bring both down while the classes stay apart.
-"""
+"""Embeddings of cell crops (pixels, CNN features), t-SNE maps and a domain separability score."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
+from sklearn.decomposition import PCA
+from sklearn.linear_model import LogisticRegression
+from sklearn.manifold import TSNE
+from sklearn.metrics import silhouette_score
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from threadpoolctl import threadpool_limits
 
-from .classify import _check_image
-
-__all__ = ["crop_tensor", "pixel_embedding", "cnn_embedding", "tsne", "separability", "separability_table",
-           "plot_embedding", "plot_embeddings"]
+from ..core.device import resolve_device
+from ..core.geometry import check_image, letterbox
 
 
-# ---------------------------------------------------------------------------------------------
-# inputs
-# ---------------------------------------------------------------------------------------------
 def crop_tensor(data, size: int | None = None) -> torch.Tensor:
     """Crops as one ``(N, 3, S, S)`` tensor (uint8, or float in [0, 1] when given as float).
 
@@ -55,7 +46,7 @@ def crop_tensor(data, size: int | None = None) -> torch.Tensor:
         items = [getattr(s, "image", s) for s in data]
     items = [np.asarray(i) for i in items]
     for k, im in enumerate(items):
-        _check_image(im, f"image {k}")
+        check_image(im, f"image {k}")
     if not items:
         s = size or 1
         return torch.zeros((0, 3, s, s), dtype=torch.uint8)
@@ -65,7 +56,6 @@ def crop_tensor(data, size: int | None = None) -> torch.Tensor:
             raise ValueError(f"images are not squares of one size ({sorted(shapes)[:3]}...): give size= "
                              "to letterbox them")
     else:
-        from .classify import letterbox
         items = [im if im.shape[:2] == (size, size) else letterbox(im, size) for im in items]
     return torch.from_numpy(np.stack(items)).permute(0, 3, 1, 2).contiguous()
 
@@ -84,9 +74,6 @@ def _labels_array(values, n: int, what: str) -> np.ndarray:
     return a
 
 
-# ---------------------------------------------------------------------------------------------
-# embeddings
-# ---------------------------------------------------------------------------------------------
 def pixel_embedding(images, n_components: int = 50, *, size: int | None = None, seed: int = 0) -> np.ndarray:
     """PCA of the raw pixels: ``(N, k)`` with ``k = min(n_components, N, pixels)``.
 
@@ -97,7 +84,6 @@ def pixel_embedding(images, n_components: int = 50, *, size: int | None = None, 
     size : letterbox (or resize) the crops to this side first (fewer pixels, faster PCA).
     seed : seed of the randomized SVD.
     """
-    from sklearn.decomposition import PCA
     if isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer)) or n_components < 1:
         raise ValueError(f"n_components must be a positive integer, got {n_components!r}")
     x = crop_tensor(images, size)
@@ -121,7 +107,6 @@ def cnn_embedding(model, data, *, device="auto", batch_size: int = 256) -> np.nd
     device : "auto" (CUDA when present), "cpu", "cuda"; mixed precision on CUDA.
     batch_size : crops per forward pass.
     """
-    from .detection.models import resolve_device
     if not hasattr(model, "embed"):
         raise TypeError(f"model must have an embed(x) method (a CellClassifier), got {type(model).__name__}")
     dev = resolve_device(device)
@@ -162,7 +147,6 @@ def tsne(X, perplexity: float = 30.0, seed: int = 0, *, n_components: int = 2,
     -------
     ``(N, n_components)`` float32.
     """
-    from sklearn.manifold import TSNE
     x = np.asarray(X, np.float32)
     if x.ndim != 2:
         raise ValueError(f"X must be (N, D), got shape {x.shape}")
@@ -170,7 +154,6 @@ def tsne(X, perplexity: float = 30.0, seed: int = 0, *, n_components: int = 2,
         raise ValueError("X contains NaN or infinite values")
     if not 0 < float(perplexity) < len(x):
         raise ValueError(f"perplexity must be in (0, N) with N = {len(x)} points, got {perplexity!r}")
-    from threadpoolctl import threadpool_limits
     if threads is None:
         threads = 1 if len(x) < 5000 else None
     model = TSNE(n_components=n_components, perplexity=float(perplexity), init="pca", learning_rate="auto",
@@ -180,9 +163,6 @@ def tsne(X, perplexity: float = 30.0, seed: int = 0, *, n_components: int = 2,
     return y.astype(np.float32)
 
 
-# ---------------------------------------------------------------------------------------------
-# separability
-# ---------------------------------------------------------------------------------------------
 def separability(X, domains, *, cv: int = 5, seed: int = 0) -> dict[str, Any]:
     """How well the domains separate in an embedding.
 
@@ -201,11 +181,6 @@ def separability(X, domains, *, cv: int = 5, seed: int = 0) -> dict[str, Any]:
         ``chance``, the share of the largest domain); ``silhouette``: mean silhouette of the
         domains (scikit-learn, Euclidean; near 0 = mixed, towards 1 = apart); ``chance``; ``n``.
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import silhouette_score
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
     x = np.asarray(X, np.float64)
     if x.ndim != 2:
         raise ValueError(f"X must be (N, D), got shape {x.shape}")
@@ -226,92 +201,6 @@ def separability(X, domains, *, cv: int = 5, seed: int = 0) -> dict[str, Any]:
             "chance": float(counts.max() / counts.sum()), "n": int(len(x))}
 
 
-# ---------------------------------------------------------------------------------------------
-# plotting
-# ---------------------------------------------------------------------------------------------
-def _names(values, names: Sequence[str] | None) -> np.ndarray:
-    a = np.asarray(values)
-    if names is not None and np.issubdtype(a.dtype, np.integer):
-        names = list(names)
-        return np.asarray([names[int(v)] if 0 <= int(v) < len(names) else str(v) for v in a])
-    return a.astype(str)
-
-
-def plot_embedding(Y, labels=None, domains=None, *, class_names: Sequence[str] | None = None,
-                   by: Sequence[str] = ("class", "domain"), axes=None, title: str | None = None,
-                   point_size: float = 12.0):
-    """Scatter a 2-D map coloured by class and by domain, one panel each.
-
-    Parameters
-    ----------
-    Y : ``(N, 2)`` map (e.g. :func:`tsne`).
-    labels : ``(N,)`` class of each point (ints into ``class_names``, or names).
-    domains : ``(N,)`` domain of each point.
-    class_names : names of integer ``labels``.
-    by : panels to draw, any of ``"class"``, ``"domain"``.
-    axes : matplotlib axes to draw on, one per panel (default: a new pyplot figure).
-    title : prefix of the panel titles.
-
-    Returns
-    -------
-    matplotlib Figure
-    """
-    from .viz import class_colors
-    y = np.asarray(Y, np.float64)
-    if y.ndim != 2 or y.shape[1] != 2:
-        raise ValueError(f"Y must be (N, 2), got shape {y.shape}")
-    by = [by] if isinstance(by, str) else list(by)
-    colour = {"class": labels, "domain": domains}
-    for b in by:
-        if b not in colour:
-            raise ValueError(f"unknown colouring {b!r}; choose from 'class', 'domain'")
-        if colour[b] is None:
-            raise ValueError(f"colouring by {b} needs {'labels' if b == 'class' else 'domains'}")
-    if axes is None:
-        import matplotlib.pyplot as plt
-        _, axes = plt.subplots(1, len(by), figsize=(5.2 * len(by), 4.4), squeeze=False)
-        axes = axes[0]
-    axes = list(np.atleast_1d(axes))
-    if len(axes) != len(by):
-        raise ValueError(f"{len(by)} panels but {len(axes)} axes")
-    for ax, b in zip(axes, by):
-        vals = _names(_labels_array(colour[b], len(y), "labels" if b == "class" else "domains"),
-                      class_names if b == "class" else None)
-        order = list(class_names) if b == "class" and class_names is not None else []
-        groups = [g for g in order if g in set(vals)] + sorted(set(vals) - set(order))
-        for g, c in zip(groups, class_colors(len(groups))):
-            sel = vals == g
-            ax.scatter(y[sel, 0], y[sel, 1], s=point_size, color=c, label=f"{g} ({int(sel.sum())})",
-                       alpha=0.8, linewidths=0)
-        ax.set_title(f"{title + ': ' if title else ''}by {b}", fontsize=10)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.legend(fontsize=7, markerscale=1.5, loc="best", framealpha=0.7)
-    return axes[0].figure
-
-
 def separability_table(embeddings: dict, domains, **kw) -> dict[str, dict[str, Any]]:
     """:func:`separability` of every embedding: ``{name: {"linear_domain_accuracy", "silhouette", ...}}``."""
     return {name: separability(x, domains, **kw) for name, x in embeddings.items()}
-
-
-def plot_embeddings(maps: dict, labels, domains, *, class_names: Sequence[str] | None = None,
-                    separability: dict | None = None, point_size: float = 10.0):
-    """A grid of 2-D maps: one row per embedding, coloured by class (left) and domain (right).
-
-    ``separability`` (from :func:`separability_table`) adds the domain scores to the titles.
-    Returns the matplotlib Figure.
-    """
-    import matplotlib.pyplot as plt
-    if not maps:
-        raise ValueError("maps is empty")
-    fig, axes = plt.subplots(len(maps), 2, figsize=(10.4, 4.3 * len(maps)), squeeze=False)
-    for row, (name, y) in zip(axes, maps.items()):
-        title = name
-        if separability and name in separability:
-            s = separability[name]
-            title += f" (domain acc {s['linear_domain_accuracy']:.2f}, silhouette {s['silhouette']:.2f})"
-        plot_embedding(y, labels, domains, class_names=class_names, axes=list(row), title=title,
-                       point_size=point_size)
-    fig.tight_layout()
-    return fig

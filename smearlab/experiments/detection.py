@@ -1,24 +1,24 @@
-"""One detection experiment end to end: train, predict, tune thresholds, evaluate, time.
-
-Notebook 03 and ``benchmarks/detection_cbc.py`` both call :func:`fit_and_evaluate`, so the
-numbers a notebook shows and the numbers a benchmark records come from the same code.
-"""
+"""What notebook 03 runs: train a detector, cache its predictions, tune thresholds, score."""
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from ..core.device import resolve_device
 from ..data.sample import SmearDataset
-from ..evaluate import count_metrics
-from .models import DetectorConfig, build_detector, resolve_device, save_model
-from .postprocess import RawPredictions
-from .predict import predict
-from .train import History, TrainConfig, default_evaluate, train_detector
-from .tune import Thresholds, auto_tune
+from ..data.splits import kfold
+from ..detection.models import DetectorConfig, build_detector, save_model
+from ..detection.postprocess import RawPredictions
+from ..detection.predict import predict
+from ..detection.train import History, TrainConfig, default_evaluate, train_detector
+from ..detection.tune import Thresholds, auto_tune
+from ..metrics.detection import count_metrics
 
 
 @dataclass
@@ -107,11 +107,8 @@ def cross_validate(dataset: SmearDataset, cfg: DetectorConfig, tcfg: TrainConfig
     when an output folder is set. Returns per-fold rows and the mean and standard deviation of
     mAP50 and mAP.
     """
-    import dataclasses
 
-    import numpy as np
 
-    from ..data.splits import kfold
 
     rows = []
     for i, (tr, te) in enumerate(kfold(dataset, k=k, seed=seed)):
@@ -124,31 +121,6 @@ def cross_validate(dataset: SmearDataset, cfg: DetectorConfig, tcfg: TrainConfig
     summary = {key: {"mean": float(np.mean([r[key] for r in rows])), "std": float(np.std([r[key] for r in rows]))}
                for key in ("mAP50", "mAP")}
     return {"folds": rows, **summary}
-
-
-def detection_splits(spec: str = "synthetic", *, quick: bool = True, seed: int = 0,
-                     val: float = 0.15, test: float = 0.15) -> dict[str, SmearDataset]:
-    """Train / val / test splits for a detection experiment.
-
-    * ``"synthetic"``: one staining style (A), 48 images in quick mode, 300 otherwise, split by
-      image.
-    * A folder with ``Training/`` and ``Testing/`` (the CBC layout): ``Testing`` is the test set
-      and the validation split is carved out of ``Training``. CBC's own ``Validation/`` is a
-      subset of ``Training/`` and is never used.
-    * Any other dataset path: split by image (stratified on the classes each image holds).
-    """
-    from ..data import load, open_dataset
-    from ..data.splits import train_val_test_split
-
-    root = Path(spec)
-    if not spec.startswith("synthetic") and (root / "Training").is_dir() and (root / "Testing").is_dir():
-        parts = train_val_test_split(load(root / "Training"), val=val, test=0, seed=seed)
-        return {"train": parts["train"], "val": parts["val"], "test": load(root / "Testing")}
-    if spec == "synthetic":
-        ds = open_dataset("synthetic-A", n=48 if quick else 300, seed=seed)
-    else:
-        ds = open_dataset(spec, quick=quick, seed=seed)
-    return train_val_test_split(ds, val=val, test=test, seed=seed)
 
 
 def _sync(device: torch.device) -> None:

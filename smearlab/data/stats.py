@@ -1,4 +1,4 @@
-"""Dataset statistics for exploration: counts, sizes and colour, as plain arrays and dicts."""
+"""Dataset statistics for exploration: objects per image, box sizes, colour."""
 from __future__ import annotations
 
 from typing import Any
@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 from skimage.color import rgb2hsv
 
-from .data.sample import SmearDataset
+from .sample import SmearDataset
 
 
 def objects_per_image(dataset: SmearDataset) -> np.ndarray:

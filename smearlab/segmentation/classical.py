@@ -29,23 +29,30 @@ images: :func:`suggest_params`.
 """
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 from scipy import ndimage as ndi
+from skimage import color, feature, filters, morphology
+from skimage.feature import peak_local_max
+from skimage.filters import threshold_local
+from skimage.measure import label as cc
+from skimage.morphology import convex_hull_image
+from skimage.segmentation import relabel_sequential, watershed
+from skimage.util import img_as_float
+from tqdm.auto import tqdm
 
-from .evaluate import empty_prediction, has_instance_masks
+from ..data.predictions import empty_prediction
+from ..metrics.instances import dsb_score, has_instance_masks
 
-__all__ = ["CHANNELS", "METHODS", "BLOB_THRESHOLDS", "threshold_segment", "watershed_segment", "blob_detect", "extract_cell",
-           "label_image_to_instances", "instances_to_label_image", "empty_prediction",
-           "segment_dataset", "foreground_mask", "to_channel", "segment", "as_single_class",
-           "count_error", "score_instances", "evaluate_method", "failure_cases", "overlay",
-           "suggest_params"]
 
 #: Channels :func:`to_channel` can extract from an RGB image.
 CHANNELS = ("auto", "gray", "hematoxylin", "eosin", "saturation", "value", "red", "green", "blue")
+
+
 _METHODS = ("otsu", "li", "adaptive")
 
 
-# -- checks ---------------------------------------------------------------------------------------
 def _check_image(image, where: str, *, allow_bool: bool = False) -> np.ndarray:
     """``image`` as an ``(H, W, 3)`` or ``(H, W)`` numeric array, else ValueError."""
     img = np.asarray(image)
@@ -87,7 +94,6 @@ def _scale01(x: np.ndarray) -> np.ndarray:
     return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
 
 
-# -- channels and foreground ----------------------------------------------------------------------
 def to_channel(image: np.ndarray, channel: str = "auto") -> np.ndarray:
     """One float channel of ``image`` in [0, 1] (not stretched).
 
@@ -103,8 +109,6 @@ def to_channel(image: np.ndarray, channel: str = "auto") -> np.ndarray:
     -------
     (H, W) float64 array.
     """
-    from skimage import color
-    from skimage.util import img_as_float
     img = _check_image(image, "to_channel")
     _choice("channel", channel, CHANNELS)
     if np.issubdtype(img.dtype, np.integer) and img.dtype != np.uint8 and img.max() <= 255 \
@@ -127,7 +131,6 @@ def to_channel(image: np.ndarray, channel: str = "auto") -> np.ndarray:
 
 
 def _threshold(x: np.ndarray, method: str) -> float:
-    from skimage import filters
     if method == "li":
         return float(filters.threshold_li(x))
     return float(filters.threshold_otsu(x))
@@ -146,7 +149,6 @@ def foreground_mask(image: np.ndarray, method: str = "otsu", channel: str = "aut
     signal : (H, W) float64, the thresholded channel stretched to [0, 1] and flipped so that
         the foreground is bright (used for instance scores and watershed).
     """
-    from skimage import morphology
     _choice("method", method, _METHODS)
     if invert not in ("auto", True, False):
         raise ValueError(f"invert must be 'auto', True or False, got {invert!r}")
@@ -162,7 +164,6 @@ def foreground_mask(image: np.ndarray, method: str = "otsu", channel: str = "aut
         x = 1.0 - x
         t_global = 1.0 - t_global
     if method == "adaptive":
-        from skimage.filters import threshold_local
         bs = int(_nonneg("block_size", block_size))
         bs = max(3, bs | 1)  # odd, >= 3
         mask = x > threshold_local(x, bs, offset=-float(offset))
@@ -177,10 +178,6 @@ def foreground_mask(image: np.ndarray, method: str = "otsu", channel: str = "aut
         lab, _ = ndi.label(mask)
         mask &= (np.bincount(lab.ravel()) >= int(min_size))[lab]
     return mask, x
-
-
-# -- instance conversions -------------------------------------------------------------------------
-
 
 
 def label_image_to_instances(label_img: np.ndarray, *, scores=None, label: int = 0,
@@ -218,7 +215,6 @@ def label_image_to_instances(label_img: np.ndarray, *, scores=None, label: int =
     ids = ids[ids > 0]
     if not len(ids):
         return empty_prediction((h, w))
-    from skimage.segmentation import relabel_sequential
     seq = relabel_sequential(lab)[0] if (ids[-1] != len(ids)) else lab
     n = len(ids)
     masks = np.zeros((n, h, w), bool)
@@ -298,7 +294,6 @@ def _finish(lab: np.ndarray, signal: np.ndarray | None, label: int, min_size: in
     return label_image_to_instances(lab, signal=signal, label=label)
 
 
-# -- 1. threshold ---------------------------------------------------------------------------------
 def threshold_segment(image: np.ndarray, method: str = "otsu", channel: str = "auto",
                       invert="auto", min_size: int = 16, opening_radius: int = 1,
                       fill_holes: bool = True, *, block_size: int = 51, offset: float = 0.02,
@@ -331,7 +326,6 @@ def threshold_segment(image: np.ndarray, method: str = "otsu", channel: str = "a
     ValueError
         on a bad shape or dtype or unknown option.
     """
-    from skimage.measure import label as cc
     img = _check_image(image, "threshold_segment")
     if connectivity not in (1, 2):
         raise ValueError(f"connectivity must be 1 or 2, got {connectivity!r}")
@@ -341,7 +335,6 @@ def threshold_segment(image: np.ndarray, method: str = "otsu", channel: str = "a
     return _finish(cc(mask, connectivity=connectivity), sig, label)
 
 
-# -- 2. watershed ---------------------------------------------------------------------------------
 def watershed_segment(image: np.ndarray, min_distance: int = 5, footprint=None,
                       method: str = "otsu", channel: str = "auto", invert="auto",
                       min_size: int = 16, opening_radius: int = 1, fill_holes: bool = True, *,
@@ -371,9 +364,6 @@ def watershed_segment(image: np.ndarray, min_distance: int = 5, footprint=None,
     dict
         the prediction form; contrast scores for images, 1.0 for a mask input.
     """
-    from skimage.feature import peak_local_max
-    from skimage.measure import label as cc
-    from skimage.segmentation import watershed
     img = _check_image(image, "watershed_segment", allow_bool=True)
     _nonneg("min_distance", min_distance)
     _nonneg("smooth", smooth, integer=False)
@@ -407,8 +397,6 @@ def watershed_segment(image: np.ndarray, min_distance: int = 5, footprint=None,
     return _finish(lab, sig, label, min_size=int(min_size))
 
 
-# -- 3. blobs -------------------------------------------------------------------------------------
-#: Default ``threshold`` of :func:`blob_detect` per method (DoH responses are an order smaller).
 BLOB_THRESHOLDS = {"log": 0.1, "dog": 0.1, "doh": 0.01}
 
 
@@ -439,7 +427,6 @@ def blob_detect(image: np.ndarray, method: str = "log", min_sigma: float = 2.0,
         response at the blob (LoG ``-sigma^2 * LoG`` for log/dog, ``sigma^4 * det(Hessian)``
         for doh, clipped at 0).
     """
-    from skimage import feature, filters
     img = _check_image(image, "blob_detect")
     _choice("method", method, ("log", "dog", "doh"))
     if invert not in ("auto", True, False):
@@ -500,7 +487,6 @@ def blob_detect(image: np.ndarray, method: str = "log", min_sigma: float = 2.0,
             "labels": np.full(n, int(label), np.int64), "masks": masks}
 
 
-# -- 4. single-cell extractor ---------------------------------------------------------------------
 def extract_cell(image: np.ndarray, dilation_radius: int = 3, min_distance: int = 15,
                  min_size: int = 32, *, hull: bool = True, grow: int = 8,
                  channel: str = "saturation", label: int = 0):
@@ -537,10 +523,6 @@ def extract_cell(image: np.ndarray, dilation_radius: int = 3, min_distance: int 
     crop : ndarray or None
         ``image[y0:y1, x0:x1]`` of the instance's box (a copy), or None when nothing is found.
     """
-    from skimage import morphology
-    from skimage.feature import peak_local_max
-    from skimage.measure import label as cc
-    from skimage.segmentation import watershed
     img = _check_image(image, "extract_cell")
     _nonneg("dilation_radius", dilation_radius)
     _nonneg("min_distance", min_distance)
@@ -573,7 +555,6 @@ def extract_cell(image: np.ndarray, dilation_radius: int = 3, min_distance: int 
         rid = int(regions[iy[yc, xc], ix[yc, xc]])
     m = regions == rid
     if hull:
-        from skimage.morphology import convex_hull_image
         m = convex_hull_image(m) | m
     if grow:
         m = ndi.binary_dilation(m, structure=morphology.disk(int(grow)))
@@ -582,7 +563,6 @@ def extract_cell(image: np.ndarray, dilation_radius: int = 3, min_distance: int 
     return pred, np.array(img[y0:y1, x0:x1])
 
 
-# -- 5. datasets ----------------------------------------------------------------------------------
 def segment_dataset(dataset, fn="threshold", *, progress: bool = False, **kw) -> list[dict]:
     """Run a segmenter on every sample's image: one prediction per sample, in order.
 
@@ -607,7 +587,6 @@ def segment_dataset(dataset, fn="threshold", *, progress: bool = False, **kw) ->
         raise ValueError(f"fn must be callable or a segmenter name, got {fn!r}")
     it = dataset
     if progress:
-        from tqdm.auto import tqdm
         it = tqdm(dataset, desc=getattr(fn, "__name__", "segment"), unit="img")
     out = []
     for s in it:
@@ -617,8 +596,6 @@ def segment_dataset(dataset, fn="threshold", *, progress: bool = False, **kw) ->
     return out
 
 
-# -- 6. one name per method, scoring, failures, overlays ----------------------------------------------
-#: Method names of :func:`segment`: the function and the fixed keyword arguments behind each.
 METHODS = {
     "threshold": (threshold_segment, {}),
     "watershed": (watershed_segment, {}),
@@ -630,7 +607,6 @@ METHODS = {
 
 
 def _accepted(fn) -> set[str]:
-    import inspect
     return set(inspect.signature(fn).parameters) - {"image"}
 
 
@@ -662,163 +638,6 @@ def segment(image: np.ndarray, method: str = "threshold", params: dict | None = 
     args.update(fixed)
     out = fn(image, **args)
     return out[0] if isinstance(out, tuple) else out
-
-
-def as_single_class(dataset, name: str = "cell"):
-    """The dataset with every object relabelled as one class ``name`` (class-agnostic scoring).
-
-    Classical segmenters give class 0 to every instance; scoring them against a dataset of
-    several classes (red cells, white cells, platelets) needs the ground truth in one class.
-    Samples are shallow copies: images and masks are shared, not re-read.
-    """
-    import dataclasses
-    from .data.sample import SmearDataset
-    samples = [dataclasses.replace(s, labels=np.zeros(len(s.boxes), np.int64)) for s in dataset]
-    return SmearDataset(samples, [name], f"{getattr(dataset, 'name', 'dataset')}:{name}",
-                        root=getattr(dataset, "root", None), format=getattr(dataset, "format", None),
-                        semantic_names=getattr(dataset, "semantic_names", None))
-
-
-def count_error(dataset, predictions, score_threshold: float = 0.5) -> float | None:
-    """Mean over images of ``|predicted - true| / max(true, 1)`` object counts (all classes together).
-
-    Predictions count when ``score >= score_threshold`` (every classical instance scores >= 0.5).
-    0 is a perfect count; 0.1 means counts 10 % off on average. None for an empty dataset.
-    """
-    if len(predictions) != len(dataset):
-        raise ValueError(f"{len(predictions)} predictions for {len(dataset)} images")
-    errs = []
-    for s, p in zip(dataset, predictions):
-        n_pred = int((np.asarray(p["scores"]) >= score_threshold).sum())
-        errs.append(abs(n_pred - len(s.boxes)) / max(len(s.boxes), 1))
-    return float(np.mean(errs)) if errs else None
-
-
-def score_instances(dataset, predictions) -> dict:
-    """``{"dsb", "ap50", "count_error"}`` of instance predictions against ``dataset``'s masks.
-
-    ``dsb``: :func:`smearlab.evaluate.dsb_score` on masks; ``ap50``: mask AP at IoU 0.5
-    (:func:`smearlab.evaluate.coco_eval`, ``iou_type="segm"``), class-agnostic (the dataset is
-    seen through :func:`as_single_class`, the predictions' labels set to 0); ``count_error``:
-    :func:`count_error`. ``dsb`` and ``ap50`` are None when the dataset has no instance masks.
-    """
-    from .evaluate import coco_eval, dsb_score
-    one = as_single_class(dataset)
-    preds = [dict(p, labels=np.zeros(len(p["boxes"]), np.int64)) for p in predictions]
-    out = {"dsb": None, "ap50": None, "count_error": count_error(one, preds)}
-    if len(one) and has_instance_masks(one):
-        out["dsb"] = dsb_score(one, preds, kind="masks")
-        out["ap50"] = coco_eval(one, preds, iou_type="segm")["mAP50"]
-    return out
-
-
-def evaluate_method(dataset, method: str = "threshold", params: dict | None = None, **kw) -> tuple[dict, list]:
-    """Run :func:`segment` on every image and score it: ``(metrics, predictions)``.
-
-    ``metrics`` is :func:`score_instances` plus ``seconds_per_image`` (segmentation only, not
-    scoring, one CPU thread of this process).
-    """
-    import time
-    t0 = time.perf_counter()
-    preds = [segment(s.image, method, params, **kw) for s in dataset]
-    spi = (time.perf_counter() - t0) / max(len(dataset), 1)
-    return {**score_instances(dataset, preds), "seconds_per_image": spi}, preds
-
-
-def _contrast(g: np.ndarray, mask: np.ndarray, ring: int = 3) -> float:
-    """``|mean inside - mean of a ring around|`` of the grey image ``g`` (0..1 scale)."""
-    around = ndi.binary_dilation(mask, iterations=ring) & ~mask
-    if not mask.any() or not around.any():
-        return 0.0
-    return float(abs(g[mask].mean() - g[around].mean()))
-
-
-def failure_cases(dataset, predictions, iou: float = 0.5) -> list[dict]:
-    """Every missed and spurious instance, with the likely reason, worst images first.
-
-    Ground truth and predictions are matched one-to-one by mask IoU >= ``iou`` (highest score
-    first, as in :func:`smearlab.evaluate.dsb_score`). Then
-
-    * a missed object whose mask touches another object (within 2 px) is ``"touching"``;
-    * else a missed object whose contrast with its surroundings (grey level difference to a
-      3-px ring) is below half the median contrast of all objects of the dataset is ``"faint"``;
-    * else it is ``"missed"``;
-    * a spurious prediction overlapping no object at all (IoU < 0.1 with each) is ``"debris"``
-      (stain debris, dirt, background texture); one overlapping an object is ``"split/merge"``
-      (a fragment or a merge of several cells).
-
-    Returns
-    -------
-    list of dict
-        ``{"image": index, "image_id", "kind", "index": object or prediction index,
-        "box": xyxy, "contrast" (missed only)}``, sorted by the number of failures of the image
-        (worst first), then by image index.
-    """
-    from .evaluate import _mask_iou
-    if len(predictions) != len(dataset):
-        raise ValueError(f"{len(predictions)} predictions for {len(dataset)} images")
-    contrasts = []  # per image, per object (images without masks raise below, before use)
-    for s in dataset:
-        if s.has_masks:
-            g = to_channel(s.image, "gray")
-            contrasts.append([_contrast(g, m) for m in s.masks])
-    flat = [c for row in contrasts for c in row]
-    faint_below = 0.5 * float(np.median(flat)) if flat else 0.0
-    out = []
-    for i, (s, p) in enumerate(zip(dataset, predictions)):
-        if not s.has_masks:
-            raise ValueError(f"image {s.image_id!r} has no instance masks")
-        gt = np.asarray(s.masks, bool)
-        pm = np.asarray(p["masks"], bool)
-        ious = _mask_iou(pm, gt) if len(pm) and len(gt) else np.zeros((len(pm), len(gt)))
-        used = np.zeros(len(gt), bool)
-        tp = np.zeros(len(pm), bool)
-        for d in np.argsort(-np.asarray(p["scores"], float), kind="stable"):
-            row = np.where(used, -1.0, ious[d]) if len(gt) else np.zeros(0)
-            if len(row) and row.max() >= iou:
-                used[int(row.argmax())] = tp[d] = True
-        for j in np.flatnonzero(~used):
-            others = np.delete(gt, j, axis=0).any(0)
-            touching = bool((ndi.binary_dilation(gt[j], iterations=2) & others).any())
-            c = contrasts[i][j]
-            kind = "touching" if touching else "faint" if c < faint_below else "missed"
-            out.append({"image": i, "image_id": s.image_id, "kind": kind, "index": int(j),
-                        "box": [float(v) for v in s.boxes[j]], "contrast": c})
-        for d in np.flatnonzero(~tp):
-            kind = "debris" if not len(gt) or ious[d].max() < 0.1 else "split/merge"
-            out.append({"image": i, "image_id": s.image_id, "kind": kind, "index": int(d),
-                        "box": [float(v) for v in p["boxes"][d]]})
-    per_image = np.bincount([f["image"] for f in out], minlength=len(dataset))
-    return sorted(out, key=lambda f: (-per_image[f["image"]], f["image"]))
-
-
-def overlay(image: np.ndarray, prediction: dict | None = None, truth=None, *,
-            colour=(255, 200, 0), truth_colour=(0, 200, 255)) -> np.ndarray:
-    """``image`` (RGB uint8) with instance outlines drawn: predictions in ``colour``, truth in ``truth_colour``.
-
-    ``truth`` is an ``(N, H, W)`` mask stack or a Sample (its masks). Outlines are the inner
-    boundaries of each instance (``skimage.segmentation.find_boundaries``), so touching
-    instances stay distinguishable. A grey image is drawn in grey.
-    """
-    from skimage.segmentation import find_boundaries
-    img = _check_image(image, "overlay")
-    if img.ndim == 2:
-        img = np.repeat(img[..., None], 3, axis=2)
-    if img.dtype != np.uint8:
-        img = (_scale01(img) * 255).round().astype(np.uint8)
-    out = img.copy()
-    layers = []
-    if truth is not None:
-        t = truth.masks if hasattr(truth, "masks") else truth
-        if t is not None and len(t):
-            layers.append((instances_to_label_image(np.asarray(t)), truth_colour))
-    if prediction is not None and len(prediction.get("masks", ())):
-        layers.append((instances_to_label_image(prediction), colour))
-    for lab, c in layers:
-        if lab.shape != out.shape[:2]:
-            raise ValueError(f"overlay: masks of size {lab.shape} on an image of size {out.shape[:2]}")
-        out[find_boundaries(lab, mode="inner")] = c
-    return out
 
 
 def suggest_params(train, channels=("gray", "green", "saturation", "hematoxylin"), max_images: int = 4) -> dict:
@@ -854,7 +673,6 @@ def suggest_params(train, channels=("gray", "green", "saturation", "hematoxylin"
            "max_sigma": round(float(max(1.0, 1.25 * r90 / np.sqrt(2))), 2),
            "min_distance": int(max(2, round(r50))),
            "min_size": int(max(4, round(0.25 * np.percentile(areas, 5))))}
-    from .evaluate import dsb_score
     sample = [s for s in train][:max_images]
     with_masks = has_instance_masks(sample)
     scores = {}

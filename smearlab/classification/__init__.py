@@ -1,0 +1,1 @@
+"""White-cell classification: crops, the classifier, training (plain and DANN), prediction, embeddings."""

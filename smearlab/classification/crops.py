@@ -1,0 +1,291 @@
+"""Cell crops for the white-cell classifier: from whole images, from boxes, from predictions."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections import Counter
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..core.errors import DataError
+from ..core.geometry import extract_crop, letterbox
+from ..data.sample import Sample, SkipLog, SmearDataset
+from ..data.splits import stratified_split
+
+log = logging.getLogger('smearlab.classification.crops')
+
+
+class CropDataset(torch.utils.data.Dataset):
+    """Square cell crops in memory: item ``i`` is ``(image (3, S, S) float in [0, 1], label, domain)``.
+
+    Parameters
+    ----------
+    images : ``(N, S, S, 3)`` or ``(N, 3, S, S)`` uint8 (numpy or torch).
+    labels : ``(N,)`` ints into ``class_names`` (-1 for unlabelled crops).
+    class_names : the classes.
+    domains : one domain name per crop (default: ``name``).
+    ids : one identifier per crop (image id, plus ``#k`` for the k-th box of an image).
+    name : short name for reports.
+    skipped : records that could not be turned into crops (:class:`~smearlab.data.sample.Skip`).
+    """
+
+    def __init__(self, images, labels, class_names: Sequence[str], domains: Sequence[str] | None = None,
+                 ids: Sequence[str] | None = None, name: str = "crops", skipped=None):
+        x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
+        if x.ndim == 4 and x.shape[-1] == 3 and x.shape[1] != 3:
+            x = x.permute(0, 3, 1, 2)
+        if x.ndim != 4 or x.shape[1] != 3 or x.dtype != torch.uint8 or x.shape[2] != x.shape[3]:
+            raise ValueError(f"images must be (N, S, S, 3) or (N, 3, S, S) uint8 squares, got "
+                             f"{tuple(x.shape)} {x.dtype}")
+        self.images = x.contiguous()
+        self.labels = np.asarray(labels, np.int64).reshape(-1)
+        n = len(self.images)
+        self.class_names = [str(c) for c in class_names]
+        if len(self.labels) != n:
+            raise ValueError(f"{n} crops but {len(self.labels)} labels")
+        bad = (self.labels < -1) | (self.labels >= len(self.class_names))
+        if bad.any():
+            raise ValueError(f"label {int(self.labels[bad][0])} outside the {len(self.class_names)} classes "
+                             f"{self.class_names} (-1 marks an unlabelled crop)")
+        self.name = name
+        self.domains = [str(d) for d in domains] if domains is not None else [name] * n
+        self.ids = [str(i) for i in ids] if ids is not None else [f"{name}_{i}" for i in range(n)]
+        if len(self.domains) != n or len(self.ids) != n:
+            raise ValueError(f"{n} crops but {len(self.domains)} domains and {len(self.ids)} ids")
+        self.skipped = SkipLog(skipped or [])
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int):
+        return self.images[i].float().div_(255.0), int(self.labels[i]), self.domains[i]
+
+    def __repr__(self) -> str:
+        return (f"CropDataset({self.name!r}, {len(self)} crops of {self.size} px, domains={self.domain_names}, "
+                f"per_class={self.class_counts()})")
+
+    @property
+    def size(self) -> int:
+        """Crop side in pixels."""
+        return int(self.images.shape[-1])
+
+    @property
+    def domain_names(self) -> list[str]:
+        return sorted(set(self.domains))
+
+    @property
+    def empty_classes(self) -> list[str]:
+        """Classes without a single crop."""
+        return [n for n, c in self.class_counts().items() if c == 0]
+
+    def class_counts(self) -> dict[str, int]:
+        """Crops per class name (unlabelled crops not counted)."""
+        c = Counter(self.labels.tolist())
+        return {n: int(c.get(i, 0)) for i, n in enumerate(self.class_names)}
+
+    def subset(self, indices: Iterable[int], name: str | None = None) -> "CropDataset":
+        """The chosen crops (a copy), same classes."""
+        idx = np.asarray(list(indices), np.int64)
+        return CropDataset(self.images[torch.as_tensor(idx)], self.labels[idx], self.class_names,
+                           [self.domains[i] for i in idx], [self.ids[i] for i in idx], name or self.name)
+
+    @classmethod
+    def concat(cls, datasets: Sequence["CropDataset"], name: str | None = None) -> "CropDataset":
+        """One dataset of several with the same classes and crop size."""
+        first = datasets[0]
+        for d in datasets[1:]:
+            if d.class_names != first.class_names or d.size != first.size:
+                raise ValueError(f"cannot concatenate {d.name!r} ({d.size} px, classes {d.class_names}) with "
+                                 f"{first.name!r} ({first.size} px, classes {first.class_names})")
+        return cls(torch.cat([d.images for d in datasets]), np.concatenate([d.labels for d in datasets]),
+                   first.class_names, [x for d in datasets for x in d.domains],
+                   [x for d in datasets for x in d.ids], name or "+".join(d.name for d in datasets),
+                   skipped=[s for d in datasets for s in d.skipped])
+
+    def by_domain(self) -> dict[str, "CropDataset"]:
+        """One dataset per domain, by name."""
+        return {d: self.subset([i for i, x in enumerate(self.domains) if x == d], name=d)
+                for d in self.domain_names}
+
+    def restrict(self, class_names: Sequence[str], name: str | None = None) -> "CropDataset":
+        """Keep the crops of ``class_names`` only, relabelled in that order (e.g. shared classes)."""
+        unknown = [c for c in class_names if c not in self.class_names]
+        if unknown:
+            raise KeyError(f"classes {unknown} not in {self.name!r} (classes {self.class_names})")
+        old = [self.class_names.index(c) for c in class_names]
+        remap = np.full(len(self.class_names) + 1, -2, np.int64)
+        remap[old] = np.arange(len(old))
+        remap[-1] = -1  # unlabelled stays unlabelled
+        new = remap[self.labels]
+        keep = np.flatnonzero(new != -2)
+        out = self.subset(keep, name)
+        out.class_names, out.labels = list(class_names), new[keep]
+        return out
+
+    def split(self, test: float = 0.3, seed: int = 0) -> tuple["CropDataset", "CropDataset"]:
+        """``(train, test)`` stratified by class (see :func:`stratified_split`)."""
+        tr, te = stratified_split(self.labels, test, seed)
+        return self.subset(tr, f"{self.name}:train"), self.subset(te, f"{self.name}:test")
+
+    def show(self, n: int = 8, ax=None, seed: int = 0):
+        """A row of ``n`` random crops titled by class and domain (matplotlib); returns the axes."""
+        import matplotlib.pyplot as plt
+        rng = np.random.default_rng(seed)
+        idx = rng.choice(len(self), size=min(n, len(self)), replace=False)
+        if ax is None:
+            _, ax = plt.subplots(1, len(idx), figsize=(1.6 * len(idx), 2.0), squeeze=False)
+            ax = ax[0]
+        for a, i in zip(ax, idx):
+            a.imshow(self.images[i].permute(1, 2, 0).numpy())
+            lab = self.class_names[self.labels[i]] if self.labels[i] >= 0 else "?"
+            a.set_title(f"{lab}\n{self.domains[i]}", fontsize=8)
+            a.axis("off")
+        return ax
+
+
+def _image_of(sample: Sample) -> np.ndarray:
+    """The sample's image; a lazily read image is released again (large datasets stay small)."""
+    lazy = sample.path is not None and sample._image is None
+    img = sample.image
+    if lazy:
+        sample.release()
+    return img
+
+
+def crops_from_dataset(dataset: SmearDataset, size: int = 64, *, source: str = "image",
+                       classes: Sequence[str] | None = None, pad: float = 0.1, fill="median",
+                       strict: bool = False, progress: bool = False) -> CropDataset:
+    """Square crops of a :class:`~smearlab.data.SmearDataset`, letterboxed to ``size``.
+
+    Parameters
+    ----------
+    dataset : the source. Its samples' ``domain`` (or the dataset name) becomes each crop's domain.
+    size : crop side in pixels.
+    source : ``"image"``: the whole image of each sample with an ``image_label`` (cell-crop
+        datasets: Zheng, ImageFolder/PBC, synthetic white cells); samples without one are counted
+        skips. ``"boxes"``: one crop per box, the :func:`square_window` enlarged by ``pad``.
+    classes : class names to keep, in the order of the result's classes (default: all of the
+        dataset's). E.g. ``["WBC"]`` for the white cells of a CBC smear.
+    pad : margin around each box (fraction of its longer side), ``source="boxes"`` only.
+    fill : padding colour, see :func:`letterbox`.
+    strict : raise on an unreadable image instead of skipping it.
+    progress : tqdm progress bar.
+
+    Returns
+    -------
+    CropDataset
+        Unreadable images and degenerate boxes are logged and counted in ``skipped`` (or raise with
+        ``strict``). A class with no crop (e.g. an empty ImageFolder class folder) stays in
+        ``class_names`` with zero crops and is logged; :attr:`CropDataset.empty_classes` lists it.
+        Images of any size and mode (grey, RGBA, palette, 16-bit) are accepted: they are read as RGB
+        and letterboxed.
+    """
+    if source not in ("image", "boxes"):
+        raise ValueError(f"source must be 'image' or 'boxes', got {source!r}")
+    names = list(dataset.class_names)
+    classes = list(names if classes is None else classes)
+    unknown = [c for c in classes if c not in names]
+    if unknown:
+        raise KeyError(f"classes {unknown} not in dataset {dataset.name!r} (classes {names})")
+    remap = {names.index(c): i for i, c in enumerate(classes)}
+    skipped = SkipLog(strict=strict)
+    imgs, labels, domains, ids = [], [], [], []
+    it = dataset
+    if progress:
+        it = tqdm(dataset, desc=f"crops {dataset.name}", unit="img")
+    for s in it:
+        where = s.path or s.image_id
+        dom = s.domain or dataset.name
+        if source == "image":
+            if s.image_label is None:
+                skipped.add(where, "no image-level label (use source='boxes' for smears)")
+                continue
+            wanted = [None] if s.image_label in remap else []  # None: the whole image is the crop
+        else:
+            wanted = [k for k, lab in enumerate(s.labels.tolist()) if lab in remap]
+        if not wanted:
+            continue
+        try:
+            img = _image_of(s)
+        except DataError as e:
+            skipped.add(e.path, e.problem)
+            continue
+        for k in wanted:
+            if k is None:
+                crop, label, crop_id = img, s.image_label, s.image_id
+            else:
+                try:
+                    crop = extract_crop(img, s.boxes[k], pad, fill)
+                except ValueError as e:
+                    skipped.add(where, str(e), f"box {k}")
+                    continue
+                label, crop_id = int(s.labels[k]), f"{s.image_id}#{k}"
+            imgs.append(letterbox(crop, size, fill))
+            labels.append(remap[label])
+            domains.append(dom)
+            ids.append(crop_id)
+    stack = np.stack(imgs) if imgs else np.zeros((0, size, size, 3), np.uint8)
+    out = CropDataset(stack, labels, classes, domains, ids, name=dataset.name,
+                      skipped=[*getattr(dataset, "skipped", []), *skipped])
+    for c in out.empty_classes:
+        log.warning("%s: class %r has no crops (kept with 0 crops)", dataset.name, c)
+    return out
+
+
+def crops_from_predictions(dataset: SmearDataset, predictions: Sequence[dict], size: int = 64, *,
+                           classes: Sequence[str] | None = None, score_threshold: float = 0.5, pad: float = 0.1,
+                           fill="median") -> CropDataset:
+    """Crops around a detector's boxes (e.g. its WBC boxes on CBC smears), for classification.
+
+    Parameters
+    ----------
+    dataset : the images the predictions were made on (their own annotations are not used).
+    predictions : one ``{"boxes", "scores", "labels"}`` dict per image, labels indexing
+        ``dataset.class_names`` (:func:`smearlab.detection.predict.predict` output).
+    size, classes, pad, fill : as :func:`crops_from_dataset` with ``source="boxes"``.
+    score_threshold : boxes scoring below it are left out.
+
+    Returns
+    -------
+    CropDataset
+        labels are the *detected* classes; ``ids`` are ``<image_id>#<detection index>``.
+    """
+    if len(predictions) != len(dataset):
+        raise ValueError(f"{len(predictions)} predictions for {len(dataset)} images of {dataset.name!r}")
+    samples = []
+    for i, (s, p) in enumerate(zip(dataset, predictions)):
+        boxes = np.asarray(p["boxes"], np.float32).reshape(-1, 4)
+        scores = np.asarray(p.get("scores", np.ones(len(boxes))), np.float32).reshape(-1)
+        labels = np.asarray(p["labels"], np.int64).reshape(-1)
+        if not len(boxes) == len(scores) == len(labels):
+            raise ValueError(f"prediction {i}: {len(boxes)} boxes, {len(scores)} scores, {len(labels)} labels")
+        keep = scores >= score_threshold
+        samples.append(dataclasses.replace(s, boxes=boxes[keep], labels=labels[keep], image_label=None,
+                                           _masks=None, meta={**s.meta, "scores": scores[keep]}))
+    detected = SmearDataset(samples, dataset.class_names, f"{dataset.name}:detected")
+    return crops_from_dataset(detected, size, source="boxes", classes=classes, pad=pad, fill=fill)
+
+
+def shared_classes(a: CropDataset, b: CropDataset, min_count: int = 2) -> tuple[list[str], dict[str, dict]]:
+    """Classes usable in both domains, and the others with their counts.
+
+    A class is shared when each domain has at least ``min_count`` crops of it (2: one for the
+    training split and one for the test split). Classes are matched by name, in ``a``'s order.
+
+    Returns
+    -------
+    shared : class names.
+    missing : ``{class: {domain name: count, ...}}`` for every class left out.
+    """
+    ca, cb = a.class_counts(), b.class_counts()
+    shared, missing = [], {}
+    for name in list(ca) + [n for n in cb if n not in ca]:
+        na, nb = ca.get(name, 0), cb.get(name, 0)
+        if na >= min_count and nb >= min_count:
+            shared.append(name)
+        else:
+            missing[name] = {a.name: int(na), b.name: int(nb)}
+    return shared, missing

@@ -1,0 +1,228 @@
+"""The white-cell classifier (a small ResNet) and its domain-adversarial wrapper (DANN)."""
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+
+from ..core.device import resolve_device
+from ..core.errors import DataError
+from ..core.files import atomic_path, read_torch_file
+from ..core.nn import BasicBlock, norm_layer
+
+
+CHECKPOINT_FORMAT = "smearlab-classifier/1"
+
+
+#: Input normalisation inside the model: ``(x - MEAN) / STD`` for x in [0, 1].
+MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
+
+
+class CellClassifier(nn.Module):
+    """A small ResNet for cell crops, trained from scratch.
+
+    Stages: ``stem`` (3x3 convolution, stride 2) then ``layer1 .. layer4`` with ``width * (1, 2,
+    4, 8)`` channels (strides 1, 2, 2, 2): a 64 px crop ends as 4x4 cells of ``8 * width``
+    features. Build it with :func:`build_classifier`.
+
+    Attributes
+    ----------
+    features : ``nn.Sequential`` with children ``stem, layer1, layer2, layer3, layer4``.
+    pool : global average pool and flatten, ``(B, C, h, w) -> (B, C)``.
+    head : ``nn.Linear(C, len(class_names))``.
+    class_names : the classes, in logit order.
+    input_size : crop side the model was trained on (used to letterbox new images).
+    config : the :func:`build_classifier` arguments (saved with the weights).
+    """
+
+    def __init__(self, class_names: Sequence[str], width: int = 32, norm: str = "group",
+                 in_channels: int = 3, blocks: Sequence[int] = (1, 1, 1, 1), input_size: int = 64):
+        super().__init__()
+        self.class_names = [str(c) for c in class_names]
+        if not self.class_names:
+            raise ValueError("class_names is empty: a classifier needs at least one class")
+        if len(set(self.class_names)) != len(self.class_names):
+            raise ValueError(f"class_names has duplicates: {self.class_names}")
+        if int(width) < 1 or in_channels not in (1, 3) or len(blocks) != 4 or min(blocks) < 1:
+            raise ValueError(f"need width >= 1, in_channels 1 or 3 and four block counts >= 1; got "
+                             f"width={width}, in_channels={in_channels}, blocks={tuple(blocks)}")
+        norm_layer(norm, 8)  # validates the name
+        self.config = {"class_names": list(self.class_names), "width": int(width), "norm": str(norm),
+                       "in_channels": int(in_channels), "blocks": [int(b) for b in blocks]}
+        self.input_size = int(input_size)
+        w = int(width)
+        chans = [w, 2 * w, 4 * w, 8 * w]
+        stages: list[tuple[str, nn.Module]] = [("stem", nn.Sequential(
+            nn.Conv2d(in_channels, w, 3, 2, 1, bias=False), norm_layer(norm, w), nn.ReLU()))]
+        cin = w
+        for i, (c, n) in enumerate(zip(chans, blocks)):
+            layer = [BasicBlock(cin if j == 0 else c, c, (1 if i == 0 else 2) if j == 0 else 1, norm)
+                     for j in range(n)]
+            stages.append((f"layer{i + 1}", nn.Sequential(*layer)))
+            cin = c
+        self.features = nn.Sequential(OrderedDict(stages))
+        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(1))
+        self.head = nn.Linear(chans[-1], len(self.class_names))
+        k = int(in_channels)
+        self.register_buffer("mean", torch.tensor(MEAN[:k] if k == 3 else (0.5,)).view(1, k, 1, 1))
+        self.register_buffer("std", torch.tensor(STD[:k] if k == 3 else (0.25,)).view(1, k, 1, 1))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        for blk in self.modules():  # zero-init the last norm of each block (Goyal et al. 2017)
+            if isinstance(blk, BasicBlock):
+                nn.init.zeros_(blk.norm2.weight)
+
+    @property
+    def num_features(self) -> int:
+        return self.head.in_features
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled features ``(B, C)`` before the head, for ``x`` ``(B, 3, S, S)`` in [0, 1]."""
+        return self.pool(self.features((x - self.mean) / self.std))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(B, K)`` for ``x`` ``(B, 3, S, S)`` float in [0, 1]."""
+        return self.head(self.embed(x))
+
+
+def build_classifier(class_names: Sequence[str], *, width: int = 32, norm: str = "group", in_channels: int = 3,
+                     blocks: Sequence[int] = (1, 1, 1, 1), input_size: int = 64) -> CellClassifier:
+    """A :class:`CellClassifier` with random weights.
+
+    Parameters
+    ----------
+    class_names : the classes.
+    width : channels of the first stage (then x2 per stage). 16 trains in seconds on a CPU.
+    norm : "group" (default; GroupNorm does not depend on batch statistics, so it neither breaks on
+        small batches nor collapses when the test domain's statistics differ) or "batch".
+    in_channels : 3 (RGB) or 1.
+    blocks : basic blocks per stage (``(1, 1, 1, 1)``: a ResNet-10; ``(2, 2, 2, 2)``: ResNet-18 layout).
+    input_size : crop side the model expects (set again by training).
+    """
+    return CellClassifier(class_names, width=width, norm=norm, in_channels=in_channels, blocks=blocks,
+                          input_size=input_size)
+
+
+def save_classifier(model: CellClassifier, path, **extra) -> Path:
+    """Write ``{"format", "state_dict", "config", "input_size", **extra}`` atomically (``torch.save``)."""
+    path = Path(path)
+    obj = {"format": CHECKPOINT_FORMAT, "config": dict(model.config), "input_size": int(model.input_size),
+           "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return path
+
+
+def load_classifier(path, device="cpu") -> CellClassifier:
+    """A :class:`CellClassifier` saved by :func:`save_classifier` (read with ``weights_only=True``).
+
+    Raises
+    ------
+    DataError
+        naming the file when it is missing, unreadable, or not a matching classifier checkpoint.
+    """
+    p = Path(path)
+    obj = read_torch_file(p, "classifier checkpoint")
+    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
+        raise DataError(p, f"not a smearlab classifier checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    try:
+        model = build_classifier(**obj["config"], input_size=obj.get("input_size", 64))
+        model.load_state_dict(obj["state_dict"])
+    except (TypeError, ValueError, KeyError, RuntimeError) as e:
+        raise DataError(p, f"classifier checkpoint does not match its config: {e}") from None
+    return model.to(resolve_device(device)).eval()
+
+
+class GradReverse(torch.autograd.Function):
+    """Identity forward; the backward pass multiplies the incoming gradient by ``-lambda_``."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, lambda_: float) -> torch.Tensor:
+        ctx.lambda_ = float(lambda_)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad.neg() * ctx.lambda_, None
+
+
+def grad_reverse(x: torch.Tensor, lambda_: float = 1.0) -> torch.Tensor:
+    """Apply :class:`GradReverse` with weight ``lambda_`` (>= 0)."""
+    if not math.isfinite(float(lambda_)) or float(lambda_) < 0:
+        raise ValueError(f"lambda_ must be a finite number >= 0, got {lambda_!r}")
+    return GradReverse.apply(x, float(lambda_))
+
+
+class GradientReversal(nn.Module):
+    """The gradient reversal layer as a module; set ``lambda_`` during training (see :func:`dann_lambda`)."""
+
+    def __init__(self, lambda_: float = 1.0):
+        super().__init__()
+        self.lambda_ = float(lambda_)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return grad_reverse(x, self.lambda_)
+
+    def extra_repr(self) -> str:
+        return f"lambda_={self.lambda_:g}"
+
+
+class DomainHead(nn.Module):
+    """The domain classifier: an MLP from features ``(B, C)`` to two logits (source, target).
+
+    Parameters
+    ----------
+    in_features : feature size (``classifier.num_features``).
+    hidden : units per hidden layer.
+    layers : hidden layers (ReLU, dropout after each).
+    dropout : dropout probability.
+    """
+
+    def __init__(self, in_features: int, hidden: int = 128, layers: int = 2, dropout: float = 0.2):
+        super().__init__()
+        if hidden < 1 or layers < 0 or not 0 <= dropout < 1:
+            raise ValueError(f"need hidden >= 1, layers >= 0 and dropout in [0, 1); got {hidden}, {layers}, {dropout}")
+        mods: list[nn.Module] = []
+        cin = in_features
+        for _ in range(layers):
+            mods += [nn.Linear(cin, hidden), nn.ReLU(), nn.Dropout(dropout)]
+            cin = hidden
+        mods.append(nn.Linear(cin, 2))
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.net(features)
+
+
+class DANN(nn.Module):
+    """A :class:`~smearlab.classify.CellClassifier` with a domain classifier behind a gradient reversal.
+
+    ``features -> pool`` feed both the label ``head`` and, through :class:`GradientReversal`,
+    the :class:`DomainHead`. ``forward`` returns ``(class_logits, domain_logits)``; after training
+    ``model.classifier`` is an ordinary classifier (save it with
+    :func:`~smearlab.classify.save_classifier`).
+    """
+
+    def __init__(self, classifier: CellClassifier, hidden: int = 128, layers: int = 2, dropout: float = 0.2):
+        super().__init__()
+        if not isinstance(classifier, CellClassifier):
+            raise TypeError(f"DANN wraps a CellClassifier, got {type(classifier).__name__}")
+        self.classifier = classifier
+        self.grl = GradientReversal(0.0)
+        self.domain_head = DomainHead(classifier.num_features, hidden, layers, dropout)
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.classifier.class_names
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.classifier.embed(x)
+        return self.classifier.head(f), self.domain_head(self.grl(f))

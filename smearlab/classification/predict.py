@@ -1,0 +1,207 @@
+"""Prediction with the classifier: classes of crops, and the detector -> classifier differential
+count."""
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..core.device import resolve_device
+from ..core.files import write_json, write_text
+from ..core.geometry import check_image, extract_crop, letterbox
+from ..data.sample import Sample
+from ..detection.predict import predict
+from .crops import CropDataset
+from .model import CellClassifier
+
+log = logging.getLogger('smearlab.classification.predict')
+
+
+def _as_batch_source(data, size: int) -> torch.Tensor:
+    """``(N, 3, S, S)`` uint8 or float tensor from a CropDataset, a tensor or a list of images."""
+    if isinstance(data, CropDataset):
+        return data.images
+    if isinstance(data, torch.Tensor):
+        if data.ndim == 3:
+            data = data[None]
+        if data.ndim != 4 or data.shape[1] != 3:
+            raise ValueError(f"image tensor must be (N, 3, S, S), got {tuple(data.shape)}")
+        return data
+    if isinstance(data, np.ndarray) and data.ndim == 3:
+        data = [data]
+    images = [letterbox(s.image if isinstance(s, Sample) else np.asarray(s), size) for s in data]
+    if not images:
+        return torch.zeros((0, 3, size, size), dtype=torch.uint8)
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
+
+
+@torch.no_grad()
+def predict_classes(model: nn.Module, data, device="auto", batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Class predictions and probabilities.
+
+    Parameters
+    ----------
+    model : a :class:`CellClassifier` (or any module mapping ``(B, 3, S, S)`` in [0, 1] to logits).
+    data : a :class:`CropDataset`, an ``(N, 3, S, S)`` tensor (uint8, or float in [0, 1]), or
+        ``(H, W, 3)`` uint8 images / Samples (letterboxed to ``model.input_size``).
+    device : "auto", "cpu", "cuda".
+    batch_size : crops per forward pass.
+
+    Returns
+    -------
+    pred : ``(N,)`` int64 class indices.
+    probs : ``(N, K)`` float32 softmax probabilities.
+    """
+    dev = resolve_device(device)
+    x = _as_batch_source(data, int(getattr(model, "input_size", 64) or 64))
+    was_training = model.training
+    model.to(dev).eval()
+    out = []
+    amp = dev.type == "cuda"
+    for b in range(0, len(x), batch_size):
+        xb = x[b:b + batch_size].to(dev)
+        xb = xb.float() / 255 if xb.dtype == torch.uint8 else xb.float()
+        with torch.autocast(dev.type, dtype=torch.float16, enabled=amp):
+            logits = model(xb)
+        out.append(logits.float().softmax(1).cpu())
+    if was_training:
+        model.train()
+    k = len(getattr(model, "class_names", [])) or (out[0].shape[1] if out else 0)
+    probs = torch.cat(out).numpy() if out else np.zeros((0, k), np.float32)
+    return probs.argmax(1).astype(np.int64), probs.astype(np.float32)
+
+
+def _ground_truth_predictions(samples) -> list[dict]:
+    return [{"boxes": s.boxes, "scores": np.ones(len(s.boxes), np.float32), "labels": s.labels} for s in samples]
+
+
+def _safe_name(image_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", image_id).strip("._") or "image"
+
+
+def differential_count(detector, classifier: CellClassifier, images, wbc_class: str = "WBC", *,
+                       detector_classes: Sequence[str] | None = None, score_threshold: float = 0.5,
+                       pad: float = 0.1, device="auto", batch_size: int = 4, out_dir=None,
+                       progress: bool = False) -> list[dict[str, Any]]:
+    """Detect cells, name the white cells, and count each type per image (a differential count).
+
+    Parameters
+    ----------
+    detector : a detection model (anything :func:`smearlab.detection.predict.predict` accepts; its
+        tuned ``thresholds.json`` is not applied, ``score_threshold`` is), a list of prediction
+        dicts aligned with ``images`` (``{"boxes", "scores", "labels"}``), or ``"ground_truth"``
+        to use the samples' own boxes.
+    classifier : a trained :class:`CellClassifier`; its ``class_names`` are the white-cell types.
+    images : a SmearDataset, a list of Samples, or ``(H, W, 3)`` uint8 arrays.
+    wbc_class : the detector class whose boxes are white cells.
+    detector_classes : the detector's class names (default: ``detector.detector_config.class_names``,
+        or the dataset's class names for ground truth or given predictions).
+    score_threshold : detections below this score are ignored.
+    pad : margin around each white-cell box for its crop (see :func:`square_window`).
+    device, batch_size : for the detector; the classifier runs on ``device`` too.
+    out_dir : if given, write the results with :func:`export_differential`.
+    progress : progress bar of the detector.
+
+    Returns
+    -------
+    list of dict
+        one per image: ``image_id``, ``file``, ``cells`` (detections per detector class above the
+        threshold), ``wbc`` (number of white cells), ``differential`` (count per white-cell type),
+        ``percent`` (per type, of the white cells), and ``wbc_cells`` (``box``, ``score``, ``type``,
+        ``probability`` per white cell).
+    """
+    samples = list(images) if not isinstance(images, np.ndarray) else [images]
+    ds_classes = getattr(images, "class_names", None)
+    if isinstance(detector, str):
+        if detector != "ground_truth":
+            raise ValueError(f"detector must be a model, a list of predictions or 'ground_truth', got {detector!r}")
+        if not all(isinstance(s, Sample) for s in samples):
+            raise ValueError("detector='ground_truth' needs Samples (a SmearDataset) with boxes")
+        preds = _ground_truth_predictions(samples)
+    elif isinstance(detector, (list, tuple)):
+        preds = list(detector)
+    else:
+        preds = predict(detector, samples, batch_size=batch_size, device=device, progress=progress,
+                        thresholds=None)
+        cfg = getattr(detector, "detector_config", None)
+        ds_classes = list(cfg.class_names) if cfg is not None else ds_classes
+    if len(preds) != len(samples):
+        raise ValueError(f"{len(preds)} predictions for {len(samples)} images")
+    names = list(detector_classes or ds_classes or [])
+    if wbc_class not in names:
+        raise KeyError(f"white-cell class {wbc_class!r} not among the detector classes {names or '(unknown)'}; "
+                       "pass detector_classes=")
+    wbc = names.index(wbc_class)
+    types = list(classifier.class_names)
+    results = []
+    for i, (s, p) in enumerate(zip(samples, preds)):
+        img = s.image if isinstance(s, Sample) else check_image(s, f"image {i}")
+        boxes = np.asarray(p["boxes"], np.float32).reshape(-1, 4)
+        scores = np.asarray(p.get("scores", np.ones(len(boxes))), np.float32).reshape(-1)
+        labels = np.asarray(p["labels"], np.int64).reshape(-1)
+        keep = scores >= score_threshold
+        cells = {n: int(((labels == c) & keep).sum()) for c, n in enumerate(names)}
+        sel = np.flatnonzero((labels == wbc) & keep)
+        crops, kept = [], []
+        for j in sel:
+            try:
+                crops.append(letterbox(extract_crop(img, boxes[j], pad), classifier.input_size))
+                kept.append(j)
+            except ValueError as e:
+                log.warning("image %s: white-cell box %d skipped (%s)", getattr(s, "image_id", i), j, e)
+        if crops:
+            pred, prob = predict_classes(classifier, torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2),
+                                         device=device)
+        else:
+            pred, prob = np.zeros(0, np.int64), np.zeros((0, len(types)), np.float32)
+        counts = {t: int((pred == k).sum()) for k, t in enumerate(types)}
+        n = len(pred)
+        results.append({
+            "image_id": getattr(s, "image_id", f"image_{i:05d}"),
+            "file": str(s.path.name) if isinstance(s, Sample) and s.path is not None else "",
+            "cells": cells, "wbc": n, "differential": counts,
+            "percent": {t: (100.0 * c / n if n else 0.0) for t, c in counts.items()},
+            "wbc_cells": [{"box": [round(float(v), 2) for v in boxes[j]], "score": float(scores[j]),
+                           "type": types[int(k)], "probability": float(prob[m, k])}
+                          for m, (j, k) in enumerate(zip(kept, pred))],
+        })
+    if out_dir is not None:
+        export_differential(results, out_dir)
+    return results
+
+
+def export_differential(results: Sequence[dict], out_dir, csv_name: str = "differential.csv") -> Path:
+    """Write one JSON per image (``<image_id>.json``) and one CSV with a row per image, atomically.
+
+    CSV columns: ``image_id, file, wbc``, then ``<type>`` (count) per white-cell type, then
+    ``<class>_detected`` per detector class. Returns the CSV path.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if not results:
+        raise ValueError("no results to export")
+    types = list(results[0]["differential"])
+    dclasses = list(results[0]["cells"])
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["image_id", "file", "wbc", *types, *(f"{c}_detected" for c in dclasses)])
+    used: Counter = Counter()
+    for r in results:
+        stem = _safe_name(r["image_id"])
+        used[stem] += 1
+        if used[stem] > 1:
+            stem = f"{stem}_{used[stem]}"
+        write_json(out / f"{stem}.json", r)
+        w.writerow([r["image_id"], r["file"], r["wbc"], *(r["differential"][t] for t in types),
+                    *(r["cells"][c] for c in dclasses)])
+    path = out / csv_name
+    write_text(path, buf.getvalue())
+    return path

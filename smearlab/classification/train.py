@@ -1,0 +1,279 @@
+"""Training the classifier, plain or domain-adversarial (DANN, with the published schedules)."""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from ..augment import augment_crop_batch, default_crop_augment
+from ..core.device import resolve_device
+from ..metrics.classification import classification_report
+from .crops import CropDataset
+from .model import DANN, CellClassifier, grad_reverse
+from .predict import predict_classes
+
+
+log = logging.getLogger("smearlab.classify")
+
+
+def _resolve_augment(augment, seed: int):
+    if augment is True:
+        return default_crop_augment(seed)
+    if augment is False or augment is None:
+        return None
+    if not hasattr(augment, "batch"):
+        raise TypeError(f"augment must be True, False, a CropAugment or a smearlab.augment.Augment, "
+                        f"got {type(augment).__name__}")
+    return augment
+
+
+def _check_crops(data, what: str) -> CropDataset:
+    if not isinstance(data, CropDataset):
+        raise TypeError(f"{what} must be a CropDataset (see crops_from_dataset), got {type(data).__name__}")
+    if len(data) == 0:
+        raise ValueError(f"{what} {data.name!r} has no crops")
+    return data
+
+
+class _Batches:
+    """Endless batches of indices: class-balanced (:class:`WeightedRandomSampler`) or shuffled."""
+
+    def __init__(self, labels: np.ndarray, batch_size: int, balanced: bool, generator: torch.Generator):
+        n = len(labels)
+        if balanced:
+            lab = np.where(labels < 0, len(labels), labels)  # unlabelled crops: one group
+            counts = np.bincount(lab)
+            w = torch.as_tensor(1.0 / counts[lab], dtype=torch.double)
+            self.sampler = torch.utils.data.WeightedRandomSampler(w, n, replacement=True, generator=generator)
+        else:
+            self.sampler = torch.utils.data.RandomSampler(range(n), generator=generator)
+        self.batch_size = int(batch_size)
+        self._it = iter(())
+
+    def next(self) -> torch.Tensor:
+        out = []
+        while len(out) < self.batch_size:
+            try:
+                out.append(next(self._it))
+            except StopIteration:
+                self._it = iter(self.sampler)
+        return torch.as_tensor(out)
+
+
+def _optimiser(params, lr: float, weight_decay: float):
+    return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
+
+
+def fit(model: CellClassifier, train: CropDataset, *, steps: int, batch_size: int = 64, lr: float = 0.05,
+        weight_decay: float = 5e-4, balanced: bool = True, augment=True, device="auto", seed: int = 0,
+        target: CropDataset | None = None, domain_head: nn.Module | None = None, domain_weight: float = 1.0,
+        gamma: float = 10.0, alpha: float = 10.0, beta: float = 0.75, val: CropDataset | None = None,
+        eval_every: int | None = None, progress: bool = False) -> list[dict[str, Any]]:
+    """The training loop shared by :func:`train_classifier` and :func:`smearlab.domain.train_dann`.
+
+    SGD (momentum 0.9, Nesterov) with the annealed learning rate ``lr / (1 + alpha p) ** beta``
+    of Ganin et al. (``p`` = training progress from 0 to 1), cross-entropy on class-balanced batches
+    of ``train``. With ``target`` and ``domain_head`` (a :class:`smearlab.domain.DomainHead`) each
+    step also draws a batch of ``target`` (labels unused), and adds ``domain_weight`` times the
+    domain cross-entropy of both batches, the features passing a gradient reversal layer of weight
+    ``dann_lambda(p, gamma)``.
+
+    Returns one record per ``eval_every`` steps (default: every epoch of ``train``) and at the end:
+    ``step``, ``epoch`` (fraction of passes over ``train``), ``loss`` (class), ``domain_loss``,
+    ``domain_acc``, ``lambda``, ``lr``, ``train_acc``, ``seconds``, and ``val_macro_f1`` with ``val``.
+    """
+    _check_crops(train, "train")
+    labelled = train.labels >= 0
+    if not labelled.all():
+        raise ValueError(f"train {train.name!r} has {int((~labelled).sum())} unlabelled crops")
+    if train.class_names != model.class_names:
+        raise ValueError(f"model classes {model.class_names} differ from the training data's {train.class_names}")
+    if steps < 1 or batch_size < 1:
+        raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
+    if (target is None) != (domain_head is None):
+        raise ValueError("give both target and domain_head (domain adaptation) or neither")
+    dev = resolve_device(device)
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    aug = _resolve_augment(augment, seed)
+    model.to(dev).train()
+    model.input_size = train.size
+    params = list(model.parameters())
+    if domain_head is not None:
+        _check_crops(target, "target")
+        if target.size != train.size:
+            raise ValueError(f"target crops are {target.size} px, source crops {train.size} px")
+        domain_head.to(dev).train()
+        params += list(domain_head.parameters())
+        tgt_batches = _Batches(np.full(len(target), -1), batch_size, False, g)
+    opt = _optimiser(params, lr, weight_decay)
+    src_batches = _Batches(train.labels, batch_size, balanced, g)
+    labels_t = torch.as_tensor(train.labels)
+    amp = dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    per_epoch = max(1, math.ceil(len(train) / batch_size))
+    every = int(eval_every or per_epoch)
+    history: list[dict[str, Any]] = []
+    fresh = {"loss": 0.0, "dloss": 0.0, "dacc": 0.0, "correct": 0, "n": 0, "steps": 0}
+    acc = dict(fresh)
+    t0 = time.perf_counter()
+    bar = None
+    if progress:
+        bar = tqdm(total=steps, desc="train" if domain_head is None else "train DANN", unit="step")
+    for step in range(steps):
+        p = step / max(steps - 1, 1)
+        cur_lr = dann_lr(p, lr, alpha, beta)
+        for group in opt.param_groups:
+            group["lr"] = cur_lr
+        idx = src_batches.next()
+        x = augment_crop_batch(aug, train.images[idx].to(dev))
+        y = labels_t[idx].to(dev)
+        lam = dann_lambda(p, gamma)
+        with torch.autocast(dev.type, dtype=torch.float16, enabled=amp):
+            if domain_head is None:
+                logits = model(x.float() / 255)
+                dloss = None
+            else:
+                xt = augment_crop_batch(aug, target.images[tgt_batches.next()].to(dev))
+                feats = model.embed(torch.cat([x, xt]).float() / 255)
+                logits = model.head(feats[:len(x)])
+                dlogits = domain_head(grad_reverse(feats, lam))
+                dy = torch.cat([torch.zeros(len(x)), torch.ones(len(xt))]).long().to(dev)
+                dloss = F.cross_entropy(dlogits.float(), dy)
+        loss = F.cross_entropy(logits.float(), y)
+        total = loss if dloss is None else loss + domain_weight * dloss
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(total).backward()
+        scaler.step(opt)
+        scaler.update()
+        acc["loss"] += float(loss.detach())
+        acc["correct"] += int((logits.detach().argmax(1) == y).sum())
+        acc["n"] += len(y)
+        acc["steps"] += 1
+        if dloss is not None:
+            acc["dloss"] += float(dloss.detach())
+            acc["dacc"] += float((dlogits.detach().argmax(1) == dy).float().mean())
+        if bar is not None:
+            bar.update(1)
+        if (step + 1) % every == 0 or step + 1 == steps:
+            k = max(acc["steps"], 1)
+            rec = {"step": step + 1, "epoch": round((step + 1) / per_epoch, 3), "loss": acc["loss"] / k,
+                   "train_acc": acc["correct"] / max(acc["n"], 1), "lr": cur_lr,
+                   "lambda": lam if domain_head is not None else 0.0}
+            if domain_head is not None:
+                rec.update(domain_loss=acc["dloss"] / k, domain_acc=acc["dacc"] / k)
+            if val is not None:
+                pred, _ = predict_classes(model, val, device=dev)
+                rec["val_macro_f1"] = classification_report(val.labels, pred, val.class_names)["macro"]["f1"]
+                model.train()
+            rec["seconds"] = time.perf_counter() - t0
+            history.append(rec)
+            acc = dict(fresh)
+    if bar is not None:
+        bar.close()
+    model.eval()
+    if domain_head is not None:
+        domain_head.eval()
+    return history
+
+
+def train_classifier(model: CellClassifier, train: CropDataset, val: CropDataset | None = None, *,
+                     epochs: int = 30, steps: int | None = None, batch_size: int = 64, lr: float = 0.05,
+                     weight_decay: float = 5e-4, balanced: bool = True, augment=True, device="auto",
+                     seed: int = 0, progress: bool = False) -> list[dict[str, Any]]:
+    """Train ``model`` in place on labelled crops.
+
+    Parameters
+    ----------
+    model : a :class:`CellClassifier` whose ``class_names`` equal ``train.class_names``.
+    train, val : :class:`CropDataset` (``val`` is scored with macro F1 once per epoch).
+    epochs : passes over ``train`` (an epoch is ``ceil(len(train) / batch_size)`` steps).
+    steps : number of optimisation steps instead of ``epochs`` (equal training length across
+        datasets of different sizes).
+    batch_size, lr, weight_decay : SGD with momentum; the learning rate is annealed as
+        ``lr / (1 + 10 p) ** 0.75`` over training progress ``p`` (Ganin et al. 2016).
+    balanced : draw each class equally often (WeightedRandomSampler with weights 1 / class count);
+        otherwise plain shuffling.
+    augment : True for :func:`default_crop_augment`, False, a :class:`CropAugment` or any
+        :class:`smearlab.augment.Augment`.
+    device : "auto" (CUDA when present), "cpu", "cuda"; mixed precision on CUDA.
+    seed : seeds the sampling, the augmentation and dropout (the weights are drawn when the model
+        is built: seed torch before :func:`build_classifier` for repeatable runs).
+    progress : tqdm progress bar over steps.
+
+    Returns
+    -------
+    list of dict
+        one record per epoch (see :func:`fit`).
+    """
+    per_epoch = max(1, math.ceil(len(_check_crops(train, "train")) / batch_size))
+    total = int(steps) if steps is not None else int(epochs) * per_epoch
+    return fit(model, train, steps=total, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+               balanced=balanced, augment=augment, device=device, seed=seed, val=val, progress=progress)
+
+
+def _progress(p: float) -> float:
+    p = float(p)
+    if not (math.isfinite(p) and 0.0 <= p <= 1.0):
+        raise ValueError(f"training progress p must be in [0, 1], got {p!r}")
+    return p
+
+
+def dann_lambda(p: float, gamma: float = 10.0) -> float:
+    """Reversal weight ``2 / (1 + exp(-gamma p)) - 1``: 0 at the start, ~1 at the end (Ganin & Lempitsky 2015)."""
+    return 2.0 / (1.0 + math.exp(-float(gamma) * _progress(p))) - 1.0
+
+
+def dann_lr(p: float, lr0: float, alpha: float = 10.0, beta: float = 0.75) -> float:
+    """Annealed learning rate ``lr0 / (1 + alpha p) ** beta`` (Ganin et al. 2016)."""
+    return float(lr0) / (1.0 + float(alpha) * _progress(p)) ** float(beta)
+
+
+def train_dann(model: DANN, source: CropDataset, target_unlabelled: CropDataset, *, epochs: int = 30,
+               steps: int | None = None, batch_size: int = 64, lr: float = 0.05, weight_decay: float = 5e-4,
+               domain_weight: float = 1.0, gamma: float = 10.0, alpha: float = 10.0, beta: float = 0.75,
+               balanced: bool = True, augment=True, device="auto", seed: int = 0, val: CropDataset | None = None,
+               progress: bool = False) -> list[dict[str, Any]]:
+    """Train a :class:`DANN` in place: labelled ``source`` crops, unlabelled ``target`` crops.
+
+    Each step takes a class-balanced source batch and a random target batch of ``batch_size``;
+    the loss is the source cross-entropy plus ``domain_weight`` times the domain cross-entropy of
+    both batches, whose gradient reaches the features reversed and scaled by
+    ``dann_lambda(p, gamma)``. The learning rate follows ``dann_lr(p, lr, alpha, beta)`` (SGD,
+    momentum 0.9). Target labels are never read.
+
+    Parameters
+    ----------
+    model : :class:`DANN`.
+    source, target_unlabelled : :class:`~smearlab.classify.CropDataset` of the same crop size.
+    epochs, steps : training length in passes over ``source`` or in steps (as
+        :func:`~smearlab.classify.train_classifier`).
+    val : optional labelled crops scored (macro F1) at each record, e.g. the *source* validation
+        split (target labels would not be available in practice).
+    Other parameters : as :func:`~smearlab.classify.train_classifier`.
+
+    Returns
+    -------
+    list of dict
+        training records with ``loss``, ``domain_loss``, ``domain_acc``, ``lambda``, ``lr``.
+    """
+    if not isinstance(model, DANN):
+        raise TypeError(f"model must be a DANN (wrap the classifier: DANN(classifier)), got {type(model).__name__}")
+    if source.class_names != model.class_names:
+        raise ValueError(f"model classes {model.class_names} differ from the source's {source.class_names}")
+    per_epoch = max(1, math.ceil(len(source) / batch_size))
+    total = int(steps) if steps is not None else int(epochs) * per_epoch
+    hist = fit(model.classifier, source, steps=total, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+               balanced=balanced, augment=augment, device=device, seed=seed, target=target_unlabelled,
+               domain_head=model.domain_head, domain_weight=domain_weight, gamma=gamma, alpha=alpha, beta=beta,
+               val=val, progress=progress)
+    model.grl.lambda_ = dann_lambda(1.0, gamma)
+    model.eval()
+    return hist

@@ -1,0 +1,1 @@
+"""Shared foundations: devices, files, geometry of windows and crops, network blocks."""

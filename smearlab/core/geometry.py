@@ -1,0 +1,144 @@
+"""Windows and padding: the one box/window convention and the one letterbox."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from PIL import Image
+
+
+def check_image(image, where: str = "image") -> np.ndarray:
+    img = np.asarray(image)
+    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise ValueError(f"{where} must be an (H, W, 3) uint8 RGB array, got {img.shape} {img.dtype}")
+    if img.shape[0] == 0 or img.shape[1] == 0:
+        raise ValueError(f"{where} has zero size {img.shape[:2]}")
+    return img
+
+
+def _fill_colour(image: np.ndarray, fill) -> np.ndarray | str:
+    """The padding colour (3,) uint8 for ``fill``: "median" of the border pixels, a grey level or RGB."""
+    if isinstance(fill, str):
+        if fill == "median":
+            border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
+            return np.median(border, axis=0).round().astype(np.uint8)
+        if fill == "edge":
+            return "edge"
+        raise ValueError(f"fill must be 'median', 'edge', a grey level or an RGB triple, got {fill!r}")
+    c = np.broadcast_to(np.asarray(fill, np.float64), (3,))
+    if not np.all((c >= 0) & (c <= 255)):
+        raise ValueError(f"fill colour must be within 0..255, got {fill!r}")
+    return c.round().astype(np.uint8)
+
+
+def _pad_to(image: np.ndarray, top: int, bottom: int, left: int, right: int, colour) -> np.ndarray:
+    if isinstance(colour, str):  # "edge": repeat the outermost pixels
+        return np.pad(image, ((top, bottom), (left, right), (0, 0)), mode="edge")
+    h, w = image.shape[:2]
+    out = np.empty((h + top + bottom, w + left + right, 3), np.uint8)
+    out[:] = colour
+    out[top:top + h, left:left + w] = image
+    return out
+
+
+def letterbox(image: np.ndarray, size: int, fill="median") -> np.ndarray:
+    """Fit ``image`` into a ``size`` x ``size`` square keeping its aspect ratio, padding the rest.
+
+    The longer side is scaled to ``size`` (bilinear, antialiased when shrinking, by PIL) and the
+    image is centred; the margin is filled, never stretched.
+
+    Parameters
+    ----------
+    image : ``(H, W, 3)`` uint8 RGB.
+    size : side of the output square in pixels.
+    fill : "median" (the median colour of the image border: the background of a cell crop),
+        "edge" (repeat the outermost pixels), a grey level or an RGB triple.
+
+    Returns
+    -------
+    np.ndarray
+        ``(size, size, 3)`` uint8.
+    """
+    img = check_image(image)
+    size = int(size)
+    if size < 1:
+        raise ValueError(f"size must be a positive number of pixels, got {size}")
+    colour = _fill_colour(img, fill)
+    h, w = img.shape[:2]
+    s = size / max(h, w)
+    nh, nw = min(size, max(1, round(h * s))), min(size, max(1, round(w * s)))
+    if (nh, nw) != (h, w):
+        img = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
+    top, left = (size - nh) // 2, (size - nw) // 2
+    return _pad_to(img, top, size - nh - top, left, size - nw - left, colour)
+
+
+def square_window(box, pad: float = 0.1) -> tuple[int, int, int, int]:
+    """The integer square window ``(x0, y0, x1, y1)`` centred on ``box``, enlarged by ``pad``.
+
+    The side is ``max(width, height) * (1 + 2 * pad)`` rounded to whole pixels (at least 1): a
+    margin of ``pad`` times the longer box side on each side. The window may reach past the
+    image (see :func:`extract_crop`).
+    """
+    b = np.asarray(box, np.float64).reshape(-1)
+    if b.shape != (4,) or not np.all(np.isfinite(b)):
+        raise ValueError(f"box must be 4 finite numbers x0, y0, x1, y1, got {box!r}")
+    x0, y0, x1, y1 = b
+    if x1 <= x0 or y1 <= y0:
+        raise ValueError(f"box must have x1 > x0 and y1 > y0, got {b.tolist()}")
+    if pad < 0:
+        raise ValueError(f"pad must be >= 0, got {pad}")
+    side = max(1, int(round(max(x1 - x0, y1 - y0) * (1 + 2 * pad))))
+    wx0 = int(math.floor((x0 + x1) / 2 - side / 2 + 0.5))
+    wy0 = int(math.floor((y0 + y1) / 2 - side / 2 + 0.5))
+    return wx0, wy0, wx0 + side, wy0 + side
+
+
+def extract_crop(image: np.ndarray, box, pad: float = 0.1, fill="median") -> np.ndarray:
+    """The square crop of :func:`square_window` around ``box``; parts outside the image are filled.
+
+    The cell stays centred in the crop even at the image edge: the window is clipped to the
+    image, the pixels inside are copied to their place in the square and the rest is ``fill``
+    (see :func:`letterbox`; "median" is the median colour of the copied part's border).
+
+    Raises
+    ------
+    ValueError
+        when the box is degenerate or the window does not overlap the image at all.
+    """
+    img = check_image(image)
+    h, w = img.shape[:2]
+    wx0, wy0, wx1, wy1 = square_window(box, pad)
+    ix0, iy0, ix1, iy1 = max(wx0, 0), max(wy0, 0), min(wx1, w), min(wy1, h)
+    if ix1 <= ix0 or iy1 <= iy0:
+        raise ValueError(f"box {np.asarray(box).tolist()} lies outside the {w}x{h} image")
+    inside = img[iy0:iy1, ix0:ix1]
+    return _pad_to(inside, iy0 - wy0, wy1 - iy1, ix0 - wx0, wx1 - ix1, _fill_colour(inside, fill))
+
+
+def crop_window(box, hw: tuple[int, int], pad: float) -> tuple[int, int, int, int]:
+    """The square crop ``(y0, y1, x0, x1)`` around ``box`` with a context margin, inside the image.
+
+    The square is centred on the box, its side ``max(box w, box h) * (1 + 2 * pad)`` (at least
+    one pixel), rounded outwards to whole pixels and clipped to the image ``hw`` (so crops at the
+    border are not square).
+    """
+    x0, y0, x1, y1 = (float(v) for v in box)
+    h, w = int(hw[0]), int(hw[1])
+    side = max(x1 - x0, y1 - y0, 1.0) * (1 + 2 * float(pad))
+    cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
+    ya, yb = max(0, math.floor(cy - side / 2)), min(h, math.ceil(cy + side / 2))
+    xa, xb = max(0, math.floor(cx - side / 2)), min(w, math.ceil(cx + side / 2))
+    if yb <= ya:  # box entirely outside the image: the nearest pixel row/column
+        ya = min(max(ya, 0), h - 1)
+        yb = ya + 1
+    if xb <= xa:
+        xa = min(max(xa, 0), w - 1)
+        xb = xa + 1
+    return ya, yb, xa, xb
+
+
+def check_pad(pad) -> float:
+    if isinstance(pad, bool) or not isinstance(pad, (int, float, np.number)) or not np.isfinite(pad) or pad < 0:
+        raise ValueError(f"pad must be a finite number >= 0 (a fraction of the box side), got {pad!r}")
+    return float(pad)

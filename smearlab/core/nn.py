@@ -1,0 +1,40 @@
+"""Network building blocks shared by the segmentation and classification models."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def norm_layer(kind: str, c: int) -> nn.Module:
+    """``"batch"`` (BatchNorm2d) or ``"group"`` (GroupNorm, gcd(8, c) groups) over ``c`` channels."""
+    if kind == "batch":
+        return nn.BatchNorm2d(c)
+    if kind == "group":
+        return nn.GroupNorm(math.gcd(8, c), c)
+    raise ValueError(f"norm must be 'batch' or 'group', got {kind!r}")
+
+
+def conv_block(cin: int, cout: int, norm: str) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False), norm_layer(norm, cout), nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False), norm_layer(norm, cout), nn.ReLU(inplace=True))
+
+
+class BasicBlock(nn.Module):
+    """ResNet basic block: two 3x3 convolutions and a shortcut (1x1 convolution when the shape changes)."""
+
+    def __init__(self, cin: int, cout: int, stride: int, norm: str):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.norm1 = norm_layer(norm, cout)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.norm2 = norm_layer(norm, cout)
+        self.shortcut = nn.Identity() if stride == 1 and cin == cout else nn.Sequential(
+            nn.Conv2d(cin, cout, 1, stride, bias=False), norm_layer(norm, cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.norm1(self.conv1(x)))
+        return F.relu(self.norm2(self.conv2(y)) + self.shortcut(x))

@@ -1,0 +1,134 @@
+"""Datasets derived from others for a task: one class, foreground class maps, instances from
+class maps, native-resolution tiles."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+from ..core.errors import DataError
+from .boxes import mask_box
+from .sample import Sample, SmearDataset
+
+
+def as_single_class(dataset, name: str = "cell"):
+    """The dataset with every object relabelled as one class ``name`` (class-agnostic scoring).
+
+    Classical segmenters give class 0 to every instance; scoring them against a dataset of
+    several classes (red cells, white cells, platelets) needs the ground truth in one class.
+    Samples are shallow copies: images and masks are shared, not re-read.
+    """
+    samples = [dataclasses.replace(s, labels=np.zeros(len(s.boxes), np.int64)) for s in dataset]
+    return SmearDataset(samples, [name], f"{getattr(dataset, 'name', 'dataset')}:{name}",
+                        root=getattr(dataset, "root", None), format=getattr(dataset, "format", None),
+                        semantic_names=getattr(dataset, "semantic_names", None))
+
+
+def foreground_semantic(dataset, name: str | None = None):
+    """The dataset with ``semantic`` = union of each sample's instance masks (0 background, 1 foreground).
+
+    For training a U-Net on an instance dataset (DSB2018 nuclei, synthetic cells) as two-class
+    semantic segmentation. Samples are shallow copies (images shared); ``semantic_names`` is
+    ``["background", "foreground"]``. A sample without objects gets an all-background mask.
+
+    Raises
+    ------
+    DataError
+        naming the sample when it has objects but no instance masks.
+    """
+    out = []
+    for s in dataset:
+        if len(s.boxes) and not s.has_masks:
+            raise DataError(s.path or s.image_id, "sample has objects but no instance masks")
+
+        def fg(s=s):
+            m = s.masks
+            return (np.asarray(m).any(0) if m is not None and len(m) else np.zeros(s.hw, bool)).astype(np.uint8)
+        out.append(dataclasses.replace(s, _semantic=fg))
+    return SmearDataset(out, getattr(dataset, "class_names", []), name or getattr(dataset, "name", "dataset"),
+                        root=getattr(dataset, "root", None), format=getattr(dataset, "format", None),
+                        semantic_names=["background", "foreground"])
+
+
+def _starts(n: int, tile: int) -> list[int]:
+    """Tile origins along one axis: a grid of step ``tile``, the last tile flush with the end."""
+    if n <= tile:
+        return [0]
+    return sorted(set(list(range(0, n - tile, tile)) + [n - tile]))
+
+
+def tile_dataset(dataset, tile: int = 128, *, max_tiles: int | None = None, seed: int = 0):
+    """Cut every image (and its semantic mask) into ``tile`` x ``tile`` tiles at native resolution.
+
+    For training a U-Net on images of mixed, large sizes (DSB2018: 256 to 1024 px) without
+    shrinking small objects: train on the tiles (``size=None``), predict on whole images. Tiles
+    cover the image on a grid, the last row and column flush with the border (so they may
+    overlap); an image smaller than ``tile`` stays whole. Instance masks are not kept.
+
+    Parameters
+    ----------
+    dataset : SmearDataset with semantic masks (see :func:`foreground_semantic`).
+    tile : tile side in pixels (>= 16).
+    max_tiles : keep a random subset of this many tiles (seeded by ``seed``), or all.
+
+    Returns
+    -------
+    SmearDataset
+        one sample per tile (``meta["source"]``, ``meta["window"]`` ``(y0, y1, x0, x1)``), same
+        ``semantic_names``.
+    """
+    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 16:
+        raise ValueError(f"tile must be an integer >= 16, got {tile!r}")
+    windows = []
+    for i, s in enumerate(dataset):
+        if not s.has_semantic:
+            raise DataError(s.path or s.image_id, "sample has no semantic mask (needed to train)")
+        h, w = s.hw
+        windows += [(i, y, min(h, y + tile), x, min(w, x + tile)) for y in _starts(h, tile) for x in _starts(w, tile)]
+    if max_tiles is not None and len(windows) > max_tiles:
+        keep = np.sort(np.random.default_rng(seed).choice(len(windows), int(max_tiles), replace=False))
+        windows = [windows[k] for k in keep]
+    out = []
+    for i, y0, y1, x0, x1 in windows:
+        s = dataset[i]
+        out.append(Sample(f"{s.image_id}@{y0},{x0}", _image=np.ascontiguousarray(s.image[y0:y1, x0:x1]),
+                          domain=s.domain, meta={"source": s.image_id, "window": (y0, y1, x0, x1)},
+                          _semantic=np.ascontiguousarray(np.asarray(s.semantic)[y0:y1, x0:x1])))
+    return SmearDataset(out, getattr(dataset, "class_names", []), f"{getattr(dataset, 'name', 'dataset')}-tiles",
+                        semantic_names=getattr(dataset, "semantic_names", None))
+
+
+def instances_from_semantic(dataset, groups: "dict[str, Sequence[int]] | None" = None, *, min_size: int = 4):
+    """Instance masks from class maps: each connected component of each group is one instance.
+
+    Zheng's WBC masks are class maps (0 background, 1 cytoplasm, 2 nucleus) with one cell per
+    image; ``groups={"cell": (1, 2), "nucleus": (2,)}`` (the default for those names) turns them
+    into whole-cell and nucleus instances for Mask R-CNN. Components smaller than ``min_size``
+    pixels are dropped. Class maps are kept, so the U-Net trains on the same samples.
+    """
+
+    names = list(getattr(dataset, "semantic_names", None) or [])
+    if groups is None:
+        if names[:3] != ["background", "cytoplasm", "nucleus"]:
+            raise ValueError(f"give groups for class maps named {names}: e.g. {{'cell': (1, 2)}}")
+        groups = {"cell": (1, 2), "nucleus": (2,)}
+    out = []
+    for s in dataset:
+        if s.semantic is None:
+            raise DataError(s.path or s.image_id, "sample has no class map to make instances from")
+        sem = np.asarray(s.semantic)
+        masks, labels = [], []
+        for k, values in enumerate(groups.values()):
+            lab, n = ndimage.label(np.isin(sem, list(values)))
+            for j in range(1, n + 1):
+                m = lab == j
+                if m.sum() >= min_size:
+                    masks.append(m)
+                    labels.append(k)
+        m = np.stack(masks) if masks else np.zeros((0, *sem.shape), bool)
+        boxes = np.stack([mask_box(x) for x in m]) if len(m) else np.zeros((0, 4), np.float32)
+        out.append(Sample(s.image_id, s.path, boxes=boxes, labels=labels, image_label=s.image_label,
+                          domain=s.domain, meta=dict(s.meta), _image=s.image, _masks=m, _semantic=sem))
+    return SmearDataset(out, list(groups), getattr(dataset, "name", "dataset"), semantic_names=names)

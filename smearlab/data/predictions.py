@@ -1,0 +1,112 @@
+"""The one prediction form every task returns, and its check against a dataset.
+
+Predictions for a dataset are a list aligned with its samples; each item is a dict of numpy
+arrays ``{"boxes": (N, 4) float32 xyxy pixels, "scores": (N,) float32, "labels": (N,) int64}``
+(labels 0-based into the class names), optionally ``"masks": (N, H, W) bool``. A
+:class:`Predictions` list carries the class names its labels index, so that scoring it on a
+dataset whose classes are in another order maps labels by name (:func:`check_predictions`)."""
+from __future__ import annotations
+
+import logging
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .classes import match_classes
+from .sample import SmearDataset
+
+log = logging.getLogger('smearlab.data.predictions')
+
+
+def as_prediction(p: Mapping, where="prediction") -> dict:
+    """One prediction dict with the agreed dtypes and shapes (``ValueError`` when inconsistent)."""
+    boxes = np.asarray(p.get("boxes", np.zeros((0, 4))), np.float32).reshape(-1, 4)
+    scores = np.asarray(p.get("scores", np.zeros(0)), np.float32).reshape(-1)
+    labels = np.asarray(p.get("labels", np.zeros(0)), np.int64).reshape(-1)
+    if not len(boxes) == len(scores) == len(labels):
+        raise ValueError(f"{where}: {len(boxes)} boxes, {len(scores)} scores and {len(labels)} "
+                         f"labels differ in number")
+    out = {"boxes": boxes, "scores": scores, "labels": labels}
+    if p.get("masks") is not None:
+        masks = np.asarray(p["masks"]).astype(bool, copy=False)
+        if masks.ndim != 3 or len(masks) != len(boxes):
+            raise ValueError(f"{where}: masks of shape {masks.shape} for {len(boxes)} boxes")
+        out["masks"] = masks
+    return out
+
+
+class Predictions(list):
+    """A list of per-image prediction dicts that knows which classes its labels index.
+
+    Parameters
+    ----------
+    items : the prediction dicts, one per image.
+    class_names : the classes the labels index (a model's classes), or None when unknown.
+    """
+
+    def __init__(self, items=(), class_names: Sequence[str] | None = None):
+        super().__init__(items)
+        self.class_names = None if class_names is None else [str(c) for c in class_names]
+
+    def __getitem__(self, i):
+        item = super().__getitem__(i)
+        return Predictions(item, self.class_names) if isinstance(i, slice) else item
+
+    def __repr__(self) -> str:
+        return f"Predictions({len(self)} images, classes={self.class_names})"
+
+
+def class_names_of(predictions) -> list[str] | None:
+    """The class names predictions carry (:class:`Predictions`, or the raw prediction cache
+    :class:`~smearlab.detection.postprocess.RawPredictions`), or None."""
+    names = getattr(predictions, "class_names", None)
+    return None if names is None else [str(c) for c in names]
+
+
+def empty_prediction(hw: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
+    """The prediction of an image without objects; with ``hw`` it also holds ``(0, H, W)`` masks."""
+    out = {"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros((0,), np.float32),
+           "labels": np.zeros((0,), np.int64)}
+    if hw is not None:
+        out["masks"] = np.zeros((0, int(hw[0]), int(hw[1])), bool)
+    return out
+
+
+def check_predictions(dataset: SmearDataset, predictions) -> list[dict]:
+    """The predictions with the agreed dtypes and labels indexing ``dataset.class_names``.
+
+    Predictions that carry class names (``Predictions`` from ``predict``/``postprocess``,
+    ``RawPredictions``) are mapped onto the dataset's classes by name (same name, or an alias
+    such as ``Platelet``/``Platelets``; see :mod:`smearlab.data.classes`): a model trained on
+    ``[Platelets, RBC, WBC]`` is scored correctly on a dataset listing ``[WBC, RBC, Platelets]``.
+    Plain lists are taken to index the dataset's classes.
+
+    Raises
+    ------
+    ValueError
+        on a length mismatch or a label outside the class list;
+        :class:`~smearlab.data.classes.ClassMismatchError` (a ValueError) when the two class
+        lists cannot be matched one to one, showing both.
+    """
+    names = class_names_of(predictions)
+    if len(predictions) != len(dataset):
+        raise ValueError(f"{len(predictions)} predictions for {len(dataset)} images of {dataset.name!r}")
+    lut = None
+    if names is not None and names != list(dataset.class_names):
+        mapping = match_classes(names, dataset.class_names, require="both",
+                                what=f"the predictions' classes and the classes of dataset {dataset.name!r}"
+                                     " (load the dataset with class_names= the model's classes, and class_map="
+                                     " for other spellings)")
+        log.info("predictions mapped onto the classes of %r by name: %s", dataset.name, mapping.describe())
+        lut = mapping.lut
+    own = names if names is not None else list(dataset.class_names)
+    k = len(own)
+    out = []
+    for i, p in enumerate(predictions):
+        p = as_prediction(p, f"prediction {i}")
+        if len(p["labels"]) and (p["labels"].min() < 0 or p["labels"].max() >= k):
+            raise ValueError(f"prediction {i}: label outside the {k} classes {own}")
+        if lut is not None:
+            p["labels"] = lut[p["labels"]]
+        out.append(p)
+    return out

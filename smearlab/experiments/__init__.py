@@ -1,0 +1,1 @@
+"""One module per notebook, holding what the notebook runs."""

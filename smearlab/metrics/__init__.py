@@ -1,0 +1,1 @@
+"""Metrics by task; every function takes the truth first, then the prediction."""

@@ -1,0 +1,47 @@
+"""Classification metrics: per-class precision, recall, F1 and the confusion matrix."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+
+def classification_report(y_true, y_pred, class_names: Sequence[str]) -> dict[str, Any]:
+    """Per-class precision, recall, F1 and support, macro and weighted means, and the confusion matrix.
+
+    Computed with :func:`sklearn.metrics.precision_recall_fscore_support` (``zero_division=0``).
+    Macro and weighted means run over the classes present in ``y_true`` (a class with no test
+    example would otherwise count as F1 = 0); predictions of an absent class still count as
+    errors of the true class.
+
+    Returns
+    -------
+    dict
+        ``per_class`` ``{name: {precision, recall, f1, support}}``, ``macro`` and ``weighted``
+        ``{precision, recall, f1}``, ``accuracy``, ``confusion`` (``K x K`` list, rows true,
+        columns predicted, all classes), ``class_names``, ``n``.
+    """
+    yt, yp = np.asarray(y_true, np.int64).reshape(-1), np.asarray(y_pred, np.int64).reshape(-1)
+    k = len(class_names)
+    if len(yt) != len(yp):
+        raise ValueError(f"{len(yt)} true labels but {len(yp)} predictions")
+    for what, a in (("y_true", yt), ("y_pred", yp)):
+        if len(a) and (a.min() < 0 or a.max() >= k):
+            raise ValueError(f"{what} holds a label outside 0..{k - 1} ({list(class_names)})")
+    all_labels = list(range(k))
+    p, r, f, s = precision_recall_fscore_support(yt, yp, labels=all_labels, zero_division=0)
+    present = [c for c in all_labels if s[c] > 0]
+    out = {"class_names": list(class_names), "n": int(len(yt)),
+           "per_class": {class_names[c]: {"precision": float(p[c]), "recall": float(r[c]), "f1": float(f[c]),
+                                          "support": int(s[c])} for c in all_labels},
+           "accuracy": float((yt == yp).mean()) if len(yt) else 0.0,
+           "confusion": confusion_matrix(yt, yp, labels=all_labels).tolist() if len(yt) else
+           [[0] * k for _ in range(k)]}
+    for avg in ("macro", "weighted"):
+        if present:
+            mp, mr, mf, _ = precision_recall_fscore_support(yt, yp, labels=present, average=avg, zero_division=0)
+        else:
+            mp = mr = mf = 0.0
+        out[avg] = {"precision": float(mp), "recall": float(mr), "f1": float(mf)}
+    return out

@@ -1,0 +1,265 @@
+"""Instance-segmentation metrics: the DSB2018 score, mask AP, counts, and the failure cases of a
+segmenter. Every function takes the truth first."""
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import numpy as np
+from pycocotools import mask as mask_util
+from scipy import ndimage as ndi
+from skimage.color import rgb2gray
+
+from ..data.derive import as_single_class
+from ..data.predictions import check_predictions
+from ..data.sample import Sample, SmearDataset
+from .detection import _box_iou, _filter, _mean, _thresholds, coco_eval
+
+
+#: IoU thresholds of the DSB2018 / RSNA pneumonia score.
+DSB_THRESHOLDS = np.arange(0.5, 1.0, 0.05)
+
+
+def has_instance_masks(dataset) -> bool:
+    """Whether mask metrics can score ``dataset``: every sample with objects has instance masks."""
+    return all(s.has_masks or not len(s.boxes) for s in dataset)
+
+
+def _instances(item, kind: str):
+    """``("boxes" | "masks", array, scores or None)`` of one image's instances."""
+    scores = None
+    if isinstance(item, Sample):
+        arr = item.masks if kind == "masks" else item.boxes
+        if arr is None:
+            raise ValueError(f"image {item.image_id!r} has no instance masks")
+    elif isinstance(item, Mapping):
+        arr = item.get("masks") if kind == "masks" else item.get("boxes")
+        if arr is None:
+            raise ValueError(f"a prediction has no {kind!r}")
+        scores = item.get("scores")
+    else:
+        arr = item
+    arr = np.asarray(arr)
+    if arr.size == 0:
+        kind = "masks" if kind == "masks" or arr.ndim == 3 else "boxes"
+        return kind, (np.zeros((0, 1, 1), bool) if kind == "masks" else np.zeros((0, 4))), \
+            None if scores is None else np.asarray(scores, np.float64)
+    if kind == "auto":
+        kind = "masks" if arr.ndim == 3 else "boxes"
+    if kind == "masks":
+        arr = arr.astype(bool).reshape((-1,) + arr.shape[-2:])
+    else:
+        arr = arr.astype(np.float64).reshape(-1, 4)
+    return kind, arr, None if scores is None else np.asarray(scores, np.float64)
+
+
+def _mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(len(a), len(b))`` IoU of instance masks (via pycocotools RLEs)."""
+    if not len(a) or not len(b):
+        return np.zeros((len(a), len(b)))
+    if a.shape[1:] != b.shape[1:]:
+        raise ValueError(f"masks of sizes {a.shape[1:]} and {b.shape[1:]} cannot be compared")
+
+    def rle(m):  # (N, H, W) C order read as (W, H, N) Fortran order: transposed masks, same IoUs
+        return mask_util.encode(np.ascontiguousarray(m, dtype=bool).view(np.uint8).transpose(2, 1, 0))
+    return np.asarray(mask_util.iou(rle(a), rle(b), [0] * len(b)), float).reshape(len(a), len(b))
+
+
+def dsb_score(gt_instances, pred_instances, *, kind: str = "auto",
+              thresholds: Sequence[float] = DSB_THRESHOLDS, per_image: bool = False):
+    """The DSB2018 / RSNA pneumonia score: mean over IoU thresholds of TP / (TP + FP + FN).
+
+    The metric of the 2018 Data Science Bowl (nuclei instance masks,
+    https://www.kaggle.com/c/data-science-bowl-2018#evaluation) and of the RSNA Pneumonia
+    Detection Challenge (boxes, https://www.kaggle.com/c/rsna-pneumonia-detection-challenge#evaluation):
+    for each image and each threshold t in 0.5, 0.55, .., 0.95, predictions (by decreasing score
+    when scores are given, else in the given order) are matched one-to-one to the unmatched
+    ground truth of highest IoU ``> t``; the image scores the mean over t of
+    ``TP / (TP + FP + FN)``, and the result is the mean over images. Images with neither ground
+    truth nor predictions are skipped (as in RSNA); an image with only one of them scores 0.
+    Returns None when every image was skipped.
+
+    Parameters
+    ----------
+    gt_instances : a SmearDataset / list of Samples, or per image an ``(N, 4)`` xyxy box array
+        or an ``(N, H, W)`` mask array.
+    pred_instances : per image a prediction dict (``boxes``/``masks`` and ``scores``) or an array.
+    kind : ``"boxes"``, ``"masks"`` or ``"auto"`` (3-D arrays are masks; Samples and dicts use
+        boxes under "auto": pass ``kind="masks"`` to score a Mask R-CNN's or a classical
+        segmenter's masks against a dataset's instance masks).
+    per_image : also return the list of per-image scores (None for skipped images).
+    """
+    if len(gt_instances) != len(pred_instances):
+        raise ValueError(f"{len(pred_instances)} predictions for {len(gt_instances)} images")
+    ts = np.asarray(thresholds, float)
+    scores = []
+    for g_item, p_item in zip(gt_instances, pred_instances):
+        k = kind
+        if k == "auto" and isinstance(g_item, (Sample, Mapping)):
+            k = "boxes"
+        gk, g, _ = _instances(g_item, k)
+        _, p, ps = _instances(p_item, gk if len(g) else k)
+        if not len(g) and not len(p):
+            scores.append(None)
+            continue
+        if not len(g) or not len(p):
+            scores.append(0.0)
+            continue
+        ious = _mask_iou(p, g) if gk == "masks" else _box_iou(p.astype(np.float32), g.astype(np.float32))
+        order = np.argsort(-ps, kind="stable") if ps is not None else np.arange(len(p))
+        vals = []
+        for t in ts:
+            used = np.zeros(len(g), bool)
+            tp = 0
+            for d in order:
+                row = np.where(used, -1.0, ious[d])
+                j = int(np.argmax(row))
+                if row[j] > t:
+                    used[j] = True
+                    tp += 1
+            vals.append(tp / (len(p) + len(g) - tp))
+        scores.append(float(np.mean(vals)))
+    mean = _mean(scores)
+    return (mean, scores) if per_image else mean
+
+
+def mask_ap(dataset: SmearDataset, predictions, *, max_dets: Sequence[int] = (1, 100, 1000)) -> dict:
+    """COCO mask AP (pycocotools ``segm``) of predictions carrying ``masks``.
+
+    :func:`coco_eval` with ``iou_type="segm"``, its keys prefixed: ``mask_mAP``,
+    ``mask_mAP50``, ``mask_mAP75`` and ``per_class``. Give the raw, ranked predictions (a low
+    score floor), as for box AP.
+    """
+    r = coco_eval(dataset, predictions, iou_type="segm", max_dets=max_dets)
+    return {"mask_mAP": r["mAP"], "mask_mAP50": r["mAP50"], "mask_mAP75": r["mAP75"],
+            "per_class": r["per_class"]}
+
+
+def segmentation_metrics(dataset: SmearDataset, predictions, score_threshold=0.5) -> dict:
+    """The instance-segmentation headline numbers of issue #5 for one set of predictions.
+
+    Parameters
+    ----------
+    dataset : samples with instance masks (e.g. DSB2018).
+    predictions : per image a prediction dict with ``masks`` (a network's raw output or a
+        classical segmenter's).
+    score_threshold : the final predictions (DSB metric, counts) are those with
+        ``score >= score_threshold`` (a float, per class, or ``{class: threshold}``); the mask
+        AP uses every prediction (ranked by score).
+
+    Returns
+    -------
+    dict
+        ``dsb_metric`` (:func:`dsb_score` on masks, mean over images), ``mask_mAP50``,
+        ``mask_mAP``, ``count_mae`` (mean over images of ``|predicted - true|`` objects, all
+        classes together), ``count_error`` (mean over images of ``|predicted - true| /
+        max(true, 1)``), ``objects_true``, ``objects_predicted`` and ``images``.
+    """
+    preds = check_predictions(dataset, predictions)
+    final = _filter(preds, _thresholds(score_threshold, dataset.class_names))
+    ap = mask_ap(dataset, preds)
+    true = np.array([len(s.boxes) for s in dataset], np.int64)
+    pred = np.array([len(p["scores"]) for p in final], np.int64)
+    err = np.abs(pred - true)
+    return {"dsb_metric": dsb_score(dataset, final, kind="masks"),
+            "mask_mAP50": ap["mask_mAP50"], "mask_mAP": ap["mask_mAP"],
+            "count_mae": float(err.mean()) if len(err) else None,
+            "count_error": float((err / np.maximum(true, 1)).mean()) if len(err) else None,
+            "objects_true": int(true.sum()), "objects_predicted": int(pred.sum()), "images": len(dataset)}
+
+
+def count_error(dataset, predictions, score_threshold: float = 0.5) -> float | None:
+    """Mean over images of ``|predicted - true| / max(true, 1)`` object counts (all classes together).
+
+    Predictions count when ``score >= score_threshold`` (every classical instance scores >= 0.5).
+    0 is a perfect count; 0.1 means counts 10 % off on average. None for an empty dataset.
+    """
+    if len(predictions) != len(dataset):
+        raise ValueError(f"{len(predictions)} predictions for {len(dataset)} images")
+    errs = []
+    for s, p in zip(dataset, predictions):
+        n_pred = int((np.asarray(p["scores"]) >= score_threshold).sum())
+        errs.append(abs(n_pred - len(s.boxes)) / max(len(s.boxes), 1))
+    return float(np.mean(errs)) if errs else None
+
+
+def score_instances(dataset, predictions) -> dict:
+    """``{"dsb", "ap50", "count_error"}`` of instance predictions against ``dataset``'s masks.
+
+    ``dsb``: :func:`smearlab.evaluate.dsb_score` on masks; ``ap50``: mask AP at IoU 0.5
+    (:func:`smearlab.evaluate.coco_eval`, ``iou_type="segm"``), class-agnostic (the dataset is
+    seen through :func:`as_single_class`, the predictions' labels set to 0); ``count_error``:
+    :func:`count_error`. ``dsb`` and ``ap50`` are None when the dataset has no instance masks.
+    """
+    one = as_single_class(dataset)
+    preds = [dict(p, labels=np.zeros(len(p["boxes"]), np.int64)) for p in predictions]
+    out = {"dsb": None, "ap50": None, "count_error": count_error(one, preds)}
+    if len(one) and has_instance_masks(one):
+        out["dsb"] = dsb_score(one, preds, kind="masks")
+        out["ap50"] = coco_eval(one, preds, iou_type="segm")["mAP50"]
+    return out
+
+
+def _contrast(g: np.ndarray, mask: np.ndarray, ring: int = 3) -> float:
+    """``|mean inside - mean of a ring around|`` of the grey image ``g`` (0..1 scale)."""
+    around = ndi.binary_dilation(mask, iterations=ring) & ~mask
+    if not mask.any() or not around.any():
+        return 0.0
+    return float(abs(g[mask].mean() - g[around].mean()))
+
+
+def failure_cases(dataset, predictions, iou: float = 0.5) -> list[dict]:
+    """Every missed and spurious instance, with the likely reason, worst images first.
+
+    Ground truth and predictions are matched one-to-one by mask IoU >= ``iou`` (highest score
+    first, as in :func:`smearlab.evaluate.dsb_score`). Then
+
+    * a missed object whose mask touches another object (within 2 px) is ``"touching"``;
+    * else a missed object whose contrast with its surroundings (grey level difference to a
+      3-px ring) is below half the median contrast of all objects of the dataset is ``"faint"``;
+    * else it is ``"missed"``;
+    * a spurious prediction overlapping no object at all (IoU < 0.1 with each) is ``"debris"``
+      (stain debris, dirt, background texture); one overlapping an object is ``"split/merge"``
+      (a fragment or a merge of several cells).
+
+    Returns
+    -------
+    list of dict
+        ``{"image": index, "image_id", "kind", "index": object or prediction index,
+        "box": xyxy, "contrast" (missed only)}``, sorted by the number of failures of the image
+        (worst first), then by image index.
+    """
+    if len(predictions) != len(dataset):
+        raise ValueError(f"{len(predictions)} predictions for {len(dataset)} images")
+    contrasts = []  # per image, per object (images without masks raise below, before use)
+    for s in dataset:
+        if s.has_masks:
+            g = rgb2gray(s.image)
+            contrasts.append([_contrast(g, m) for m in s.masks])
+    flat = [c for row in contrasts for c in row]
+    faint_below = 0.5 * float(np.median(flat)) if flat else 0.0
+    out = []
+    for i, (s, p) in enumerate(zip(dataset, predictions)):
+        if not s.has_masks:
+            raise ValueError(f"image {s.image_id!r} has no instance masks")
+        gt = np.asarray(s.masks, bool)
+        pm = np.asarray(p["masks"], bool)
+        ious = _mask_iou(pm, gt) if len(pm) and len(gt) else np.zeros((len(pm), len(gt)))
+        used = np.zeros(len(gt), bool)
+        tp = np.zeros(len(pm), bool)
+        for d in np.argsort(-np.asarray(p["scores"], float), kind="stable"):
+            row = np.where(used, -1.0, ious[d]) if len(gt) else np.zeros(0)
+            if len(row) and row.max() >= iou:
+                used[int(row.argmax())] = tp[d] = True
+        for j in np.flatnonzero(~used):
+            others = np.delete(gt, j, axis=0).any(0)
+            touching = bool((ndi.binary_dilation(gt[j], iterations=2) & others).any())
+            c = contrasts[i][j]
+            kind = "touching" if touching else "faint" if c < faint_below else "missed"
+            out.append({"image": i, "image_id": s.image_id, "kind": kind, "index": int(j),
+                        "box": [float(v) for v in s.boxes[j]], "contrast": c})
+        for d in np.flatnonzero(~tp):
+            kind = "debris" if not len(gt) or ious[d].max() < 0.1 else "split/merge"
+            out.append({"image": i, "image_id": s.image_id, "kind": kind, "index": int(d),
+                        "box": [float(v) for v in p["boxes"][d]]})
+    per_image = np.bincount([f["image"] for f in out], minlength=len(dataset))
+    return sorted(out, key=lambda f: (-per_image[f["image"]], f["image"]))

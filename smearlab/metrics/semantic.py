@@ -1,0 +1,136 @@
+"""Semantic-segmentation metrics: Dice and IoU per class over a dataset or per image."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from ..core.errors import DataError
+
+
+#: Target value excluded from metrics and loss.
+IGNORE = 255
+
+
+def whole_cell(mask: np.ndarray) -> np.ndarray:
+    """``mask > 0``: any cell part (cytoplasm or nucleus) against background, for whole-cell Dice.
+
+    :data:`IGNORE` pixels stay :data:`IGNORE` (uint8 result: 0, 1 or 255).
+    """
+    m = np.asarray(mask)
+    out = (m > 0).astype(np.uint8)
+    out[m == IGNORE] = IGNORE
+    return out
+
+
+def _as_list(masks) -> list[np.ndarray]:
+    if isinstance(masks, np.ndarray) and masks.ndim == 2:
+        return [masks]
+    return [np.asarray(m) for m in masks]
+
+
+def _counts(pred: np.ndarray, target: np.ndarray, num_classes: int, where: str = "") -> np.ndarray:
+    """``(num_classes, 3)`` TP, FP, FN of one image (target :data:`IGNORE` pixels left out)."""
+    if pred.shape != target.shape:
+        raise ValueError(f"{where}predicted mask has shape {pred.shape}, target has {target.shape}")
+    if pred.ndim != 2:
+        raise ValueError(f"{where}masks must be 2-D (H, W), got shape {pred.shape}")
+    keep = target != IGNORE
+    p, t = pred[keep].astype(np.int64), target[keep].astype(np.int64)
+    for name, a in (("prediction", p), ("target", t)):
+        if a.size and (a.min() < 0 or a.max() >= num_classes):
+            raise ValueError(f"{where}{name} has value {int(a.max() if a.max() >= num_classes else a.min())} "
+                             f"outside 0..{num_classes - 1}")
+    conf = np.bincount(t * num_classes + p, minlength=num_classes ** 2).reshape(num_classes, num_classes)
+    tp = np.diag(conf)
+    return np.stack([tp, conf.sum(0) - tp, conf.sum(1) - tp], axis=1)
+
+
+def _scores(c: np.ndarray) -> dict[str, float | None]:
+    tp, fp, fn = (int(v) for v in c)
+    if tp + fp + fn == 0:
+        return {"dice": None, "iou": None}
+    return {"dice": 2 * tp / (2 * tp + fp + fn), "iou": tp / (tp + fp + fn)}
+
+
+def dice_iou(pred, target, num_classes: int, ignore_background: bool = False) -> dict[int, dict]:
+    """Dice and IoU per class over a set of masks (TP, FP, FN summed over all images).
+
+    Parameters
+    ----------
+    pred, target : one ``(H, W)`` integer mask or a sequence of them (same shapes pairwise).
+    num_classes : number of classes (values ``0 .. num_classes - 1``).
+    ignore_background : leave class 0 out of the result.
+
+    Returns
+    -------
+    dict
+        ``{class_index: {"dice": float | None, "iou": float | None}}``; None for a class
+        absent from both prediction and target.
+    """
+    preds, targets = _as_list(pred), _as_list(target)
+    if len(preds) != len(targets):
+        raise ValueError(f"{len(preds)} predicted masks but {len(targets)} targets")
+    total = np.zeros((num_classes, 3), np.int64)
+    for i, (p, t) in enumerate(zip(preds, targets)):
+        total += _counts(p, t, num_classes, f"image {i}: ")
+    return {c: _scores(total[c]) for c in range(int(ignore_background), num_classes)}
+
+
+def dice_iou_per_image(pred, target, num_classes: int, ignore_background: bool = False) -> dict[int, dict]:
+    """Like :func:`dice_iou` but the mean of per-image scores (images where a class is empty skipped)."""
+    preds, targets = _as_list(pred), _as_list(target)
+    if len(preds) != len(targets):
+        raise ValueError(f"{len(preds)} predicted masks but {len(targets)} targets")
+    per = [[_scores(c) for c in _counts(p, t, num_classes, f"image {i}: ")]
+           for i, (p, t) in enumerate(zip(preds, targets))]
+    out = {}
+    for c in range(int(ignore_background), num_classes):
+        out[c] = {}
+        for k in ("dice", "iou"):
+            v = [img[c][k] for img in per if img[c][k] is not None]
+            out[c][k] = float(np.mean(v)) if v else None
+    return out
+
+
+def _targets(dataset) -> list[np.ndarray]:
+    out = []
+    for s in dataset:
+        if not s.has_semantic:
+            raise DataError(s.path or s.image_id, "sample has no semantic mask")
+        out.append(np.asarray(s.semantic))
+    return out
+
+
+def semantic_metrics(dataset, predictions: Sequence[np.ndarray], *, ignore_background: bool = False,
+                     per_image: bool = False, whole: bool = False) -> dict[str, dict]:
+    """Dice and IoU per named class of ``dataset.semantic_names``.
+
+    Parameters
+    ----------
+    dataset : SmearDataset whose samples carry semantic masks.
+    predictions : one ``(H, W)`` mask per sample, in dataset order.
+    ignore_background, per_image : see :func:`dice_iou` / :func:`dice_iou_per_image`.
+    whole : also report ``"whole_cell"`` (``mask > 0`` on both sides).
+
+    Raises
+    ------
+    DataError : a prediction whose size differs from its sample's mask (names the sample).
+    """
+    names = getattr(dataset, "semantic_names", None)
+    if not names:
+        raise ValueError(f"dataset {getattr(dataset, 'name', '?')!r} has no semantic_names")
+    if len(predictions) != len(dataset):
+        raise ValueError(f"{len(predictions)} predictions for {len(dataset)} samples")
+    targets = _targets(dataset)
+    preds = [np.asarray(p) for p in predictions]
+    for s, p, t in zip(dataset, preds, targets):
+        if p.shape != t.shape:
+            raise DataError(s.path or s.image_id, f"predicted mask has shape {p.shape}, "
+                            f"ground truth has {t.shape}", record=s.image_id)
+    fn = dice_iou_per_image if per_image else dice_iou
+    res = fn(preds, targets, len(names), ignore_background)
+    out = {names[c]: v for c, v in res.items()}
+    if whole:
+        out["whole_cell"] = fn([whole_cell(p) for p in preds], [whole_cell(t) for t in targets], 2, True)[1]
+    return out

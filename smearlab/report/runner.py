@@ -1,0 +1,440 @@
+"""Run the notebook series with papermill and write ``reports/<run>/``."""
+from __future__ import annotations
+
+import ast
+import datetime as _dt
+import json
+import logging
+import os
+import shlex
+import tempfile
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from tqdm.auto import tqdm
+
+from ..core.device import describe as describe_hardware
+from ..core.files import atomic_path, write_json, write_text
+from .results import _git_commit, _index_html, NotebookResult, results_markdown
+
+
+log = logging.getLogger("smearlab.report")
+
+
+PROFILES = ("quick", "full")
+
+
+#: Parameters the runner sets itself; a profile, ``--param`` or a sweep may not set them.
+RUNNER_PARAMETERS = ("metrics_path", "out_dir")
+
+
+#: The notebook series of the source tree.
+REPO_NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+
+
+#: Real dataset each notebook uses when ``--data-root`` is given (relative to the root).
+REAL_DATA = {
+    "01_eda": "cbc/Training",
+    "02_preprocessing": "wbc_zheng.tar.xz",
+    "03_detection": "cbc",
+    "04_segmentation": "dsb2018_subset",
+    "05_classical": "dsb2018_subset",
+    "06_gradcam_masks": "wbc_zheng.tar.xz",
+    "07_domain_adaptation": "wbc_zheng.tar.xz",
+    "08_tsne": "wbc_zheng.tar.xz",
+}
+
+
+def find_notebooks(notebook_dir: str | Path | None = None) -> list[Path]:
+    """The numbered notebooks (``NN_*.ipynb``) in ``notebook_dir``, in order.
+
+    Default: ``./notebooks`` if it exists, else the ``notebooks/`` folder of the source tree.
+    """
+    if notebook_dir is None:
+        here = Path.cwd() / "notebooks"
+        notebook_dir = here if here.is_dir() else REPO_NOTEBOOKS
+    nbs = sorted(p.resolve() for p in Path(notebook_dir).glob("[0-9][0-9]_*.ipynb"))
+    if not nbs:
+        raise FileNotFoundError(f"no numbered notebooks (NN_name.ipynb) in {notebook_dir}")
+    return nbs
+
+
+def notebook_parameters(name: str, profile: str, *, data_root: str | Path | None = None,
+                        device: str = "auto", seed: int = 0) -> dict[str, Any]:
+    """The parameters a profile gives a notebook (before filtering to those it declares)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILES}")
+    params: dict[str, Any] = {"quick": profile == "quick", "seed": seed, "device": device}
+    if data_root is not None:
+        params["data_root"] = str(Path(data_root).resolve())
+        if name in REAL_DATA:
+            params["dataset"] = str((Path(data_root) / REAL_DATA[name]).resolve())
+    return params
+
+
+class _NothingWritten(Exception):
+    """papermill failed before writing any output notebook."""
+
+
+def run_notebook(nb: Path, out_dir: Path, parameters: dict[str, Any], *, kernel: str = "python3",
+                 timeout: int | None = 3600, html_export: bool = True) -> NotebookResult:
+    """Execute one notebook into ``out_dir``; never raises for a failing notebook.
+
+    The kernel's working folder is ``out_dir`` too, so that a relative path written by the
+    notebook lands in the run folder, never beside the notebook or elsewhere.
+    """
+    import papermill as pm
+
+    name = nb.stem
+    out_dir = out_dir.resolve()  # the kernel runs in out_dir: every path it is given is absolute
+    out_nb = out_dir / f"{name}.ipynb"
+    metrics_path = out_dir / f"{name}.metrics.json"
+    if metrics_path.exists():
+        metrics_path.unlink()  # a rerun must not show the last run's numbers
+    status, error = "ok", None
+    t0 = time.perf_counter()
+    try:
+        declared = set(pm.inspect_notebook(str(nb)))
+    except Exception as e:  # unreadable notebook file
+        declared, status, error = set(), "failed", f"{type(e).__name__}: {e}"
+    written = status == "ok"
+    params = {k: v for k, v in parameters.items() if k in declared}
+    if "metrics_path" in declared:
+        params["metrics_path"] = str(metrics_path)
+    if "out_dir" in declared:  # where a notebook writes exports and models: its own sub-folder
+        params["out_dir"] = str(out_dir / name)
+    if status == "ok":
+        try:
+            with atomic_path(out_nb) as tmp:
+                try:
+                    pm.execute_notebook(str(nb), str(tmp), parameters=params, kernel_name=kernel,
+                                        cwd=str(out_dir), progress_bar=False,
+                                        execution_timeout=timeout, log_output=False)
+                except Exception as e:  # PapermillExecutionError and kernel deaths alike
+                    status = "failed"
+                    error = f"{type(e).__name__}: {getattr(e, 'evalue', None) or e}"
+                    if not tmp.exists() or tmp.stat().st_size == 0:
+                        raise _NothingWritten from e  # keep no empty notebook
+        except _NothingWritten:
+            written = False
+    if status != "ok":
+        log.error("%s failed: %s", name, error)
+    seconds = time.perf_counter() - t0
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    html_file = export_html(out_nb) if html_export and written else None
+    return NotebookResult(name, status, round(seconds, 2), out_nb.name if written else None,
+                          html_file.name if html_file else None, metrics, error, params)
+
+
+def export_html(notebook: Path) -> Path:
+    """Export an executed notebook to HTML beside it."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nbformat.read(notebook, as_version=4))
+    out = notebook.with_suffix(".html")
+    write_text(out, body)
+    return out
+
+
+def run_report(profile: str = "quick", *, data_root: str | Path | None = None, device: str = "auto",
+               out: str | Path | None = None, notebooks: Iterable[str] | None = None,
+               notebook_dir: str | Path | None = None, seed: int = 0, kernel: str = "python3",
+               timeout: int | None = 3600, html_export: bool = True,
+               parameters: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Run the notebook series and write the run folder; returns the index dict.
+
+    Parameters
+    ----------
+    profile : "quick" (CPU-sized, about a minute a notebook) or "full".
+    data_root : folder holding the real datasets; notebooks listed in :data:`REAL_DATA` then use
+        them instead of the synthetic default.
+    out : run folder (default ``reports/<date>-<profile>``). Re-running into the same folder with
+        ``notebooks`` re-executes only those and keeps the other entries of the index.
+    notebooks : names (``01_eda`` or ``01``) to run; default all.
+    timeout : seconds one cell may run before the notebook is marked failed (None: no limit).
+    parameters : extra notebook parameters (``--param k=v``), over the profile's; each notebook
+        gets those it declares.
+
+    Raises
+    ------
+    ValueError
+        before any notebook runs: for an unknown notebook or profile, a parameter that none of
+        the chosen notebooks declares (a typo would otherwise be dropped silently) or that the
+        runner sets itself, a parameter value of the wrong type (see
+        :func:`check_parameter_type`), an ``out`` that is a file or cannot be written, or an
+        ``index.json`` in ``out`` that is not a run index.
+    """
+    all_nbs = find_notebooks(notebook_dir)
+    chosen = _select(all_nbs, notebooks)
+    parameters = dict(parameters or {})
+    _check_parameters(parameters, chosen)
+    out_dir = Path(out) if out else Path("reports") / f"{_dt.datetime.now():%Y%m%d-%H%M%S}-{profile}"
+    index_path = out_dir / "index.json"
+    results = _previous_results(index_path)
+    make_out_dir(out_dir)
+    t0 = time.perf_counter()
+    for nb in _progress(chosen):
+        params = {**notebook_parameters(nb.stem, profile, data_root=data_root, device=device, seed=seed),
+                  **parameters}
+        res = run_notebook(nb, out_dir, params, kernel=kernel, timeout=timeout, html_export=html_export)
+        results[nb.stem] = asdict(res)
+    index = {
+        "out": str(out_dir), "profile": profile, "device": device, "data_root": str(data_root) if data_root else None,
+        "date": _dt.datetime.now().isoformat(timespec="seconds"), "git_commit": _git_commit(),
+        "hardware": describe_hardware(device),
+        "command": "smearlab " + shlex.join(report_argv(
+            profile, notebook_dir=notebook_dir, notebooks=notebooks, device=device, seed=seed,
+            data_root=data_root, timeout=timeout, html_export=html_export, parameters=parameters,
+            out=out_dir)),
+        "wall_s": round(time.perf_counter() - t0, 2),
+        "notebooks": dict(sorted(results.items())),
+        "ran": [nb.stem for nb in chosen],
+        "failed": sorted(k for k, v in results.items() if v["status"] != "ok"),
+    }
+    write_json(index_path, index)
+    write_text(out_dir / "index.html", _index_html(index))
+    write_text(out_dir / "RESULTS.md", results_markdown(index))
+    return index
+
+
+def make_out_dir(out_dir: Path) -> None:
+    """Create the run folder ``out_dir`` and check that files can be written in it.
+
+    Raises
+    ------
+    ValueError
+        ``--out <folder>: ...`` when it is a file, cannot be created or is read-only.
+    """
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"--out {out_dir}: is a file, not a folder")
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"--out {out_dir}: cannot create the folder ({e.strerror or e})") from None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".smearlab-write-test-", dir=out_dir)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ValueError(f"--out {out_dir}: cannot write in the folder ({e.strerror or e})") from None
+
+
+def _previous_results(index_path: Path) -> dict[str, dict[str, Any]]:
+    """The notebook entries of an earlier run's ``index.json`` (kept on a rerun), or {} if none.
+
+    Raises
+    ------
+    ValueError
+        when the file is unreadable or not a smearlab run index, so that a folder holding
+        something else is not mixed into (or over-written by) a run.
+    """
+    if not index_path.exists():
+        return {}
+    try:
+        data = json.loads(index_path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ValueError(f"{index_path}: cannot read the run index ({e.strerror or e})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        problem = f"malformed JSON: {e}"
+    else:
+        problem = _index_problem(data)
+    if problem is None:
+        return {name: {"error": None, "metrics": {}, **entry} for name, entry in data["notebooks"].items()}
+    raise ValueError(f"{index_path}: the --out folder holds an index.json that is not a smearlab run "
+                     f"index ({problem}); choose another --out or remove the file")
+
+
+def _index_problem(data: Any) -> str | None:
+    """What makes ``data`` (a parsed ``index.json``) not a run index, or None."""
+    if not isinstance(data, dict):
+        return f"a JSON {type(data).__name__}, not an object"
+    notebooks = data.get("notebooks")
+    if not isinstance(notebooks, dict):
+        return "no 'notebooks' mapping"
+    for name, r in notebooks.items():
+        if not (isinstance(r, dict) and isinstance(r.get("status"), str)
+                and isinstance(r.get("seconds"), (int, float)) and not isinstance(r.get("seconds"), bool)
+                and isinstance(r.get("metrics", {}), (dict, type(None)))
+                and isinstance(r.get("error"), (str, type(None)))):
+            return f"notebook entry {name!r} is not a run result with a 'status' text and 'seconds'"
+    return None
+
+
+def declared_parameters(nb: Path) -> dict[str, Any]:
+    """The parameters a notebook declares in its ``parameters`` cell (papermill's inspection)."""
+    import papermill as pm
+    return dict(pm.inspect_notebook(str(nb)))
+
+
+def _check_parameters(parameters: Mapping[str, Any], notebooks: list[Path]) -> None:
+    """Refuse extra parameters the runner owns, that none of ``notebooks`` declares, or whose
+    value has another type than a notebook declaring it expects (:func:`check_parameter_type`)."""
+    reserved = sorted(set(parameters) & set(RUNNER_PARAMETERS))
+    if reserved:
+        raise ValueError(f"parameter {reserved[0]!r} is set by the report runner; it cannot be given")
+    if not parameters:
+        return
+    declared: dict[str, dict[str, Any]] = {}
+    for nb in notebooks:
+        try:
+            declared[nb.stem] = declared_parameters(nb)
+        except Exception:  # an unreadable notebook fails (and is reported) when it runs
+            return
+    names = set().union(*declared.values())
+    unknown = sorted(set(parameters) - names)
+    if unknown:
+        raise ValueError(f"parameter {unknown[0]!r} is not declared by {', '.join(declared)}; "
+                         f"declared parameters: {', '.join(sorted(names))}")
+    for notebook, specs in declared.items():
+        for key, value in parameters.items():
+            if key in specs:
+                check_parameter_type(f"--param {key}={format_value(value)}", key, value, notebook, specs[key])
+
+
+#: Python types of a parameter's default (or annotation) and the name an error message uses.
+_KINDS = ((bool, "bool"), (int, "int"), (float, "float"), (str, "str"), ((list, tuple), "list"),
+          (dict, "dict"))
+
+
+#: Which value types each declared kind accepts (None is accepted for every kind: "not set").
+_ACCEPTS = {"bool": (bool,), "int": (int, float), "float": (int, float), "str": (str, int, float),
+            "list": (list,), "dict": (dict,)}
+
+
+def check_parameter_type(label: str, name: str, value: Any, notebook: str, spec: Mapping[str, Any]) -> None:
+    """Refuse a parameter value whose type clearly differs from what the notebook declares.
+
+    The declared type is the annotation of the ``parameters`` cell line (``epochs: int = 4``)
+    or else the type of the default value, as papermill's ``inspect_notebook`` reports them
+    (``spec``). A default of ``None`` or of another type accepts anything, and ``None`` is
+    accepted for every type. Otherwise: a bool takes only ``true``/``false``; an int or a
+    float takes numbers (not text, not a boolean; an int default also takes a float, as
+    ``perplexity = 30`` may well be 12.5); a str takes text and numbers but not a
+    boolean (YAML reads ``yes``/``no``/``on``/``off`` as booleans), list or mapping; a list
+    (or tuple) takes a list; a dict a mapping.
+
+    Parameters
+    ----------
+    label : how the value was given, the start of the message (``--param epochs=abc``).
+    name, value : the parameter and its value.
+    notebook : the notebook's name, for the message.
+    spec : papermill's description of the parameter (``inferred_type_name``, ``default``).
+
+    Raises
+    ------
+    ValueError
+        ``<label>: <notebook> declares <name> as <type> (default <default>), got <value>``.
+    """
+    kind, default = _declared_kind(spec)
+    if kind is None or value is None:
+        return
+    if isinstance(value, _ACCEPTS[kind]) and (kind == "bool" or not isinstance(value, bool)):
+        return
+    got = _describe(value)
+    if kind == "str" and isinstance(value, bool):
+        got += " (YAML reads yes/no, on/off and true/false as booleans: quote the value to pass text)"
+    raise ValueError(f"{label}: {notebook} declares {name} as {kind} (default {default}), got {got}")
+
+
+def _declared_kind(spec: Mapping[str, Any]) -> tuple[str | None, str]:
+    """The kind (:data:`_ACCEPTS` key, or None: anything goes) and default text of a parameter."""
+    default = str(spec.get("default", "None"))
+    annotated = spec.get("inferred_type_name")
+    if annotated in _ACCEPTS:  # `epochs: int = 4`
+        return annotated, default
+    try:
+        value = ast.literal_eval(default)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return None, default  # an expression (Path("x"), a function call): not checked
+    return next((n for t, n in _KINDS if isinstance(value, t)), None), default
+
+
+def _describe(value: Any) -> str:
+    """A parameter value in words for an error message: "the text 'abc'", "the number 4.5"."""
+    if isinstance(value, str):
+        return f"the text {value!r}"
+    if isinstance(value, bool):
+        return f"the boolean {str(value).lower()}"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, list):
+        return f"the list {format_value(value)}"
+    if isinstance(value, dict):
+        return f"the mapping {format_value(value)}"
+    return f"a {type(value).__name__} {value!r}"
+
+
+def _select(nbs: list[Path], names: Iterable[str] | None) -> list[Path]:
+    if not names:
+        return nbs
+    chosen = []
+    for n in names:
+        match = [p for p in nbs if p.stem == n or p.stem.split("_")[0] == n]
+        if not match:
+            raise ValueError(f"no notebook {n!r}; available: {', '.join(p.stem for p in nbs)}")
+        chosen += [m for m in match if m not in chosen]
+    return chosen
+
+
+def _progress(items):
+    return tqdm(items, desc="notebooks", unit="nb")
+
+
+def parse_param(text: str) -> tuple[str, Any]:
+    """``"k=v"`` -> ``(k, v)`` with ``v`` read as YAML (``256`` int, ``0.5`` float, ``true``,
+    ``null``, ``[a, b]`` list, anything else text).
+
+    Raises
+    ------
+    ValueError
+        when there is no ``=``, the name is not an identifier or the value is not valid YAML.
+    """
+    import yaml
+
+    key, sep, value = text.partition("=")
+    key = key.strip()
+    if not sep or not key.isidentifier():
+        raise ValueError(f"--param {text!r}: expected NAME=VALUE, e.g. input_size=384")
+    try:
+        return key, yaml.safe_load(value)
+    except yaml.YAMLError as e:
+        raise ValueError(f"--param {text!r}: the value is not valid YAML ({e})") from None
+
+
+def format_value(value: Any) -> str:
+    """``value`` as one line of YAML that :func:`parse_param` reads back to the same value."""
+    import yaml
+
+    def dump(**style) -> str:
+        text = yaml.safe_dump(value, default_flow_style=True, width=float("inf"), **style).strip()
+        return text.removesuffix("...").strip()
+
+    text = dump()
+    return text if "\n" not in text else dump(default_style='"')  # multi-line text: escaped
+
+
+def report_argv(profile: str, *, notebook_dir: str | Path | None = None,
+                notebooks: Iterable[str] | None = None, device: str = "auto", seed: int = 0,
+                data_root: str | Path | None = None, timeout: int | None = 3600, html_export: bool = True,
+                parameters: Mapping[str, Any] | None = None, out: str | Path | None = None) -> list[str]:
+    """The ``smearlab report`` arguments (after ``smearlab``) that run these settings."""
+    argv = ["report"]
+    if notebook_dir is not None:
+        argv += ["--notebooks", str(notebook_dir)]
+    if notebooks:
+        argv += ["--only", *notebooks]
+    argv += ["--profile", profile, "--device", device, "--seed", str(seed)]
+    if data_root is not None:
+        argv += ["--data-root", str(data_root)]
+    if timeout != 3600:
+        argv += ["--timeout", str(timeout or 0)]
+    if not html_export:
+        argv.append("--no-html")
+    for key, value in (parameters or {}).items():
+        argv += ["--param", f"{key}={format_value(value)}"]
+    if out is not None:
+        argv += ["--out", str(out)]
+    return argv

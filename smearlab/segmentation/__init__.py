@@ -1,0 +1,1 @@
+"""Segmentation: the U-Net (class maps), two-stage (boxes -> crops) and classical methods."""

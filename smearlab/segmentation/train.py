@@ -1,0 +1,252 @@
+"""Training the U-Net on class maps, whole images or crops around objects."""
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..core.device import resolve_device
+from ..core.errors import DataError
+from ..core.files import write_json
+from ..core.geometry import check_pad, crop_window
+from ..data.sample import Sample, SmearDataset
+from ..metrics.semantic import IGNORE, semantic_metrics
+from .predict import predict_semantic
+from .unet import UNet, normalise, resize_and_pad, save_unet
+
+
+def _prepare(dataset, size: int | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    out = []
+    for s in dataset:
+        if not s.has_semantic:
+            raise DataError(s.path or s.image_id, "sample has no semantic mask (needed to train)")
+        img = torch.from_numpy(np.ascontiguousarray(s.image)).permute(2, 0, 1)
+        sem = torch.from_numpy(np.ascontiguousarray(s.semantic)).to(torch.uint8)
+        if tuple(sem.shape) != tuple(img.shape[-2:]):
+            raise DataError(s.path or s.image_id, f"semantic mask has shape {tuple(sem.shape)}, "
+                            f"image is {tuple(img.shape[-2:])}")
+        img, sem, _ = resize_and_pad(img, sem, size)
+        out.append((img, sem))
+    return out
+
+
+def _collate(items):
+    """Stack, padding to the largest size in the batch (mask padding :data:`IGNORE`)."""
+    h = max(i.shape[-2] for i, _ in items)
+    w = max(i.shape[-1] for i, _ in items)
+    imgs = torch.stack([F.pad(i, (0, w - i.shape[-1], 0, h - i.shape[-2])) for i, _ in items])
+    sems = torch.stack([F.pad(s, (0, w - s.shape[-1], 0, h - s.shape[-2]), value=IGNORE) for _, s in items])
+    return imgs, sems
+
+
+def _loss(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Cross-entropy + soft Dice (mean over classes present in the batch), :data:`IGNORE` left out."""
+    logits = logits.float()
+    ce = F.cross_entropy(logits, target, ignore_index=IGNORE)
+    valid = (target != IGNORE).unsqueeze(1).float()
+    prob = logits.softmax(1) * valid
+    onehot = F.one_hot(target.clamp(max=num_classes - 1) * (target != IGNORE), num_classes)
+    onehot = onehot.permute(0, 3, 1, 2).float() * valid
+    inter = (prob * onehot).sum((0, 2, 3))
+    denom = prob.sum((0, 2, 3)) + onehot.sum((0, 2, 3))
+    present = onehot.sum((0, 2, 3)) > 0
+    dice = (2 * inter + 1.0) / (denom + 1.0)
+    soft = 1 - dice[present].mean() if present.any() else logits.sum() * 0
+    return ce + soft
+
+
+def train_unet(model: UNet, train_ds, val_ds=None, *, epochs: int = 20, batch_size: int = 8,
+               lr: float = 3e-3, size: int | None = None, device="auto", seed: int = 0, augment=None,
+               progress: bool = True, out_dir=None) -> list[dict[str, Any]]:
+    """Train ``model`` in place with cross-entropy + soft Dice, AdamW and a cosine schedule.
+
+    Parameters
+    ----------
+    model : :class:`UNet` (``num_classes`` must cover ``train_ds.semantic_names``).
+    train_ds, val_ds : SmearDatasets with semantic masks.
+    epochs, batch_size, lr : optimisation settings.
+    size : fit every image into a ``size`` x ``size`` square keeping its aspect (scaled, then
+        padded; the padding is ignored by the loss). None: native size, batches padded.
+    device : "auto", "cpu", "cuda"...; mixed precision (float16 autocast) on CUDA only.
+    seed : seeds initialisation-independent randomness (shuffling, augmentation).
+    augment : optional :class:`smearlab.augment.Augment`, applied per batch on the device.
+    progress : print one line per epoch.
+    out_dir : if given, ``unet.pt`` (:func:`save_unet`, after every epoch) and ``history.json``.
+
+    Returns
+    -------
+    list of dict
+        one per epoch: ``epoch``, ``loss`` (mean train loss), ``seconds`` and, with ``val_ds``,
+        ``val_dice`` ``{class name: dice}``.
+    """
+    dev = resolve_device(device)
+    names = train_ds.semantic_names or [str(i) for i in range(model.config["num_classes"])]
+    k = model.config["num_classes"]
+    if len(names) > k:
+        raise ValueError(f"model has {k} classes but the dataset has {len(names)} ({names})")
+    torch.manual_seed(seed)
+    g = torch.Generator().manual_seed(seed)
+    data = _prepare(train_ds, size)
+    model.input_size = size
+    model.to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
+    steps = epochs * math.ceil(len(data) / batch_size)
+    if steps >= 4:  # one-cycle: warm-up over 10 % of the steps (at least 2), then cosine decay
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps,
+                                                    pct_start=min(max(0.1, 2.0 / steps), 0.5))
+    else:  # too few steps for a schedule: constant learning rate
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _step: 1.0)
+    amp = dev.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=amp)
+    history = []
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(data), generator=g).tolist()
+        total, n = 0.0, 0
+        for b in range(0, len(order), batch_size):
+            imgs, sems = _collate([data[i] for i in order[b:b + batch_size]])
+            imgs, sems = imgs.to(dev), sems.to(dev)
+            if augment is not None:
+                tg = [{"boxes": torch.zeros((0, 4), device=dev), "semantic": s} for s in sems]
+                imgs, tg = augment.batch(imgs, tg)
+                sems = torch.stack([t["semantic"] for t in tg])
+            with torch.autocast(dev.type, dtype=torch.float16, enabled=amp):
+                logits = model(normalise(imgs))
+            loss = _loss(logits, sems.long(), k)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            sched.step()
+            total += float(loss.detach()) * len(imgs)
+            n += len(imgs)
+        rec = {"epoch": epoch, "loss": total / max(n, 1)}
+        if val_ds is not None:
+            preds = predict_semantic(model, val_ds, batch_size=batch_size, device=dev)
+            rec["val_dice"] = {name: v["dice"] for name, v in semantic_metrics(val_ds, preds).items()}
+        rec["seconds"] = time.perf_counter() - t0
+        history.append(rec)
+        if progress:
+            extra = "" if "val_dice" not in rec else "  val dice " + ", ".join(
+                f"{a}={'-' if d is None else f'{d:.3f}'}" for a, d in rec["val_dice"].items())
+            print(f"epoch {epoch}/{epochs}  loss {rec['loss']:.4f}{extra}  ({rec['seconds']:.1f} s)")
+        if out_dir is not None:
+            save_unet(model, Path(out_dir) / "unet.pt", semantic_names=list(names), epoch=epoch)
+            write_json(Path(out_dir) / "history.json", history)
+    model.eval()
+    return history
+
+
+def _crop_target(s: Sample, i: int, window) -> np.ndarray:
+    """Semantic target of object ``i`` of ``s`` in ``window`` ``(y0, y1, x0, x1)``: its own
+    pixels with their class, the rest 0."""
+    ya, yb, xa, xb = window
+    if s.has_masks:
+        own = np.asarray(s.masks[i][ya:yb, xa:xb], bool)
+        if s.has_semantic:
+            return np.where(own, s.semantic[ya:yb, xa:xb], 0).astype(np.uint8)
+        return own.astype(np.uint8)
+    return np.asarray(s.semantic[ya:yb, xa:xb], np.uint8)
+
+
+def _check_targets(s: Sample, hw) -> None:
+    """The masks a crop target is cut from exist and have the image's size."""
+    if not (s.has_masks or s.has_semantic):
+        raise DataError(s.path or s.image_id, "sample has neither instance nor semantic masks (needed to train)")
+    for m in ([s.masks] if s.has_masks else []) + ([s.semantic] if s.has_semantic else []):
+        if tuple(m.shape[-2:]) != tuple(hw):
+            raise DataError(s.path or s.image_id, f"mask has shape {tuple(m.shape[-2:])}, image is {hw}")
+
+
+def crop_dataset(dataset, pad: float = 0.2, *, classes: Sequence[int] | None = None,
+                 name: str | None = None):
+    """One sample per ground-truth box: the :func:`crop_window` crop and its semantic target.
+
+    The target of a crop is the object's own pixels with their semantic class (value 1 for
+    every object when the dataset has instance masks but no semantic masks) and background
+    elsewhere, neighbouring objects included; a dataset with semantic masks but no instance
+    masks keeps the whole semantic mask of the window.
+
+    Parameters
+    ----------
+    dataset : SmearDataset with instance and/or semantic masks.
+    pad : context margin as a fraction of the box's longer side.
+    classes : only boxes of these label indices (default all).
+    name : name of the crop dataset.
+
+    Returns
+    -------
+    SmearDataset
+        crops with ``semantic`` and one box (the object's box in crop coordinates, the label of
+        the object); ``semantic_names`` is the dataset's or ``["background", "foreground"]``;
+        ``meta`` holds ``source`` (image id), ``object`` and ``window`` ``(y0, y1, x0, x1)``.
+    """
+    pad = check_pad(pad)
+    keep = None if classes is None else {int(c) for c in classes}
+    names = getattr(dataset, "semantic_names", None)
+    samples = []
+    for s in dataset:
+        if not len(s.boxes):
+            continue
+        img = s.image
+        hw = img.shape[:2]
+        checked = False
+        for i, (box, lab) in enumerate(zip(s.boxes, s.labels)):
+            if keep is not None and int(lab) not in keep:
+                continue
+            if not checked:  # once per image, and only for an image that gives crops
+                _check_targets(s, hw)
+                checked = True
+            ya, yb, xa, xb = crop_window(box, hw, pad)
+            b = np.clip(box - np.array([xa, ya, xa, ya], np.float32), 0, [xb - xa, yb - ya] * 2)
+            samples.append(Sample(f"{s.image_id}#{i}", _image=np.ascontiguousarray(img[ya:yb, xa:xb]),
+                                  boxes=b[None], labels=[int(lab)], domain=s.domain,
+                                  meta={"source": s.image_id, "object": i, "window": (ya, yb, xa, xb)},
+                                  _semantic=np.ascontiguousarray(_crop_target(s, i, (ya, yb, xa, xb)))))
+    if not (names and any(s.has_semantic for s in dataset)):
+        names = ["background", "foreground"]
+    return SmearDataset(samples, getattr(dataset, "class_names", ["object"]),
+                        name or f"{getattr(dataset, 'name', 'dataset')}-crops", semantic_names=names)
+
+
+def train_crop_unet(dataset, *, pad: float = 0.2, crop_size: int = 64, classes: Sequence[int] | None = None,
+                    model: UNet | None = None, base: int = 16, depth: int = 4, norm: str = "batch",
+                    val_ds=None, **train_kw) -> tuple[UNet, list[dict]]:
+    """Train a U-Net on crops around the ground-truth boxes (the second stage of :func:`two_stage_segment`).
+
+    Parameters
+    ----------
+    dataset : SmearDataset with boxes and instance (and/or semantic) masks.
+    pad : context margin of each crop (fraction of the box's longer side), saved with the
+        model as ``model.crop_pad``.
+    crop_size : crops are letterboxed into ``crop_size`` x ``crop_size`` (``model.input_size``).
+    classes : train on the boxes of these label indices only (default all).
+    model : a :class:`UNet` to train further; default a new one with ``base``, ``depth`` and
+        ``norm`` and as many classes as the crop targets have.
+    val_ds : optional dataset whose crops give ``val_dice`` per epoch.
+    **train_kw : passed to :func:`train_unet` (``epochs``, ``batch_size``, ``lr``, ``device``,
+        ``seed``, ``augment``, ``progress``, ``out_dir``...).
+
+    Returns
+    -------
+    (model, history) : the trained model (``eval`` mode) and :func:`train_unet`'s history.
+    """
+    pad = check_pad(pad)
+    if isinstance(crop_size, bool) or not isinstance(crop_size, (int, np.integer)) or crop_size < 8:
+        raise ValueError(f"crop_size must be an integer >= 8, got {crop_size!r}")
+    crops = crop_dataset(dataset, pad, classes=classes)
+    if not len(crops):
+        raise ValueError(f"dataset {getattr(dataset, 'name', '?')!r} has no boxes to train on"
+                         + ("" if classes is None else f" of classes {list(classes)}"))
+    val = None if val_ds is None else crop_dataset(val_ds, pad, classes=classes)
+    if model is None:
+        model = UNet(3, len(crops.semantic_names), base=base, depth=depth, norm=norm)
+    model.crop_pad = pad  # before training, so that every checkpoint of out_dir carries it
+    history = train_unet(model, crops, val, size=int(crop_size), **train_kw)
+    return model, history

@@ -1,0 +1,478 @@
+"""Drawing samples and predictions, and the plots of the notebooks (matplotlib)."""
+from __future__ import annotations
+
+import io
+from typing import Iterable, Sequence
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.patches import Rectangle
+from pytorch_grad_cam.utils.image import show_cam_on_image
+from skimage.segmentation import find_boundaries
+from sklearn.metrics import ConfusionMatrixDisplay
+
+from ..classification.embed import _labels_array
+from ..data.sample import Sample, SmearDataset
+from ..explain.cam import _semantic_of, CamMasks, DetectorCam
+from ..metrics.detection import match_image
+from ..segmentation.classical import _check_image, _scale01, instances_to_label_image
+
+
+def figure_to_png(fig, dpi: int = 90) -> bytes:
+    """Render a figure to PNG bytes (for ``ipywidgets.Image``).
+
+    Widgets draw on a bare ``matplotlib.figure.Figure``, never through pyplot, so that their
+    redraws neither appear as extra notebook outputs nor change pyplot's interactive state.
+    """
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def class_colors(n: int) -> list[tuple[float, float, float, float]]:
+    """``n`` distinct colours (tab10, then tab20 for more classes)."""
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def draw_sample(sample: Sample, class_names: Sequence[str], ax=None, *, classes: Iterable[int] | None = None,
+                boxes: bool = True, masks: bool = True, labels: bool = False, linewidth: float = 1.0,
+                title: str | None = None):
+    """Show the image with its boxes (and instance masks as a translucent overlay).
+
+    ``classes`` limits the drawing to those class indices. Returns the axes; the number of
+    boxes drawn is ``len(ax.patches)``.
+    """
+    ax = ax or plt.gca()
+    img = sample.image
+    show = np.ones(len(sample.labels), bool) if classes is None else np.isin(sample.labels, list(classes))
+    colors = class_colors(len(class_names))
+    if masks and sample.has_masks and show.any():
+        overlay = img.astype(np.float32) / 255.0
+        for m, lab in zip(sample.masks[show], sample.labels[show]):
+            overlay[m] = 0.55 * overlay[m] + 0.45 * np.asarray(colors[lab][:3])
+        img = overlay
+    ax.imshow(img)
+    if boxes:
+        for (x0, y0, x1, y1), lab in zip(sample.boxes[show], sample.labels[show]):
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=linewidth, ec=colors[lab]))
+            if labels:
+                ax.text(x0, y0, class_names[lab], color="white", fontsize=6, va="bottom",
+                        bbox=dict(fc=colors[lab], ec="none", pad=0.5))
+    ax.set_title(title if title is not None else sample.image_id, fontsize=8)
+    ax.axis("off")
+    return ax
+
+
+def prediction_sample(sample: Sample, prediction: dict, score_threshold: float = 0.0) -> Sample:
+    """A Sample with ``sample``'s image and the prediction's boxes, labels and masks (those with
+    ``score >= score_threshold``), for drawing predictions with :func:`draw_sample`."""
+    keep = np.asarray(prediction["scores"]) >= score_threshold
+    masks = prediction.get("masks")
+    return Sample(sample.image_id, boxes=np.asarray(prediction["boxes"])[keep],
+                  labels=np.asarray(prediction["labels"])[keep], _image=sample.image,
+                  _masks=None if masks is None else np.asarray(masks)[keep])
+
+
+def draw_prediction(sample: Sample, prediction: dict, class_names: Sequence[str], ax=None, *,
+                    score_threshold: float = 0.0, title: str | None = None, **kw):
+    """Predicted boxes and masks (score >= ``score_threshold``) over the sample's image."""
+    pred = prediction_sample(sample, prediction, score_threshold)
+    return draw_sample(pred, class_names, ax, title=title if title is not None else
+                       f"{sample.image_id}: {len(pred.boxes)} predicted", **kw)
+
+
+def draw_semantic(image: np.ndarray, semantic: np.ndarray, names: Sequence[str], ax=None, *,
+                  alpha: float = 0.45, title: str | None = None):
+    """A class map (0 = background, not drawn) as a translucent overlay with a legend."""
+    if semantic.shape != image.shape[:2]:
+        raise ValueError(f"class map of shape {semantic.shape} does not match the image {image.shape[:2]}")
+    ax = ax or plt.gca()
+    colors = class_colors(max(len(names) - 1, 1))
+    overlay = image.astype(np.float32) / 255.0
+    for k in range(1, len(names)):
+        m = semantic == k
+        overlay[m] = (1 - alpha) * overlay[m] + alpha * np.asarray(colors[k - 1][:3])
+    ax.imshow(overlay)
+    ax.legend(handles=legend_handles(list(names[1:])), fontsize=6, loc="lower right")
+    if title:
+        ax.set_title(title, fontsize=8)
+    ax.axis("off")
+    return ax
+
+
+def gallery(dataset: SmearDataset, indices: Sequence[int] | None = None, n: int = 8, cols: int = 4,
+            size: float = 3.0, **draw_kw):
+    """A grid of samples with their annotations; returns the figure."""
+    indices = list(range(min(n, len(dataset)))) if indices is None else list(indices)
+    rows = max(1, int(np.ceil(len(indices) / cols)))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size * 0.8), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, indices):
+        draw_sample(dataset[i], dataset.class_names, ax, **draw_kw)
+    fig.tight_layout()
+    return fig
+
+
+def legend_handles(class_names: Sequence[str]):
+    """Patches for a legend of the class colours."""
+    from matplotlib.patches import Patch
+    return [Patch(color=c, label=n) for n, c in zip(class_names, class_colors(len(class_names)))]
+
+
+def plot_class_distribution(counts: dict[str, int], ax=None, title: str = "objects per class"):
+    """Bar chart of object counts per class, counts written on the bars."""
+    ax = ax or plt.gca()
+    names, vals = list(counts), list(counts.values())
+    bars = ax.bar(names, vals, color=class_colors(len(names)))
+    ax.bar_label(bars, fontsize=8)
+    ax.set_title(title)
+    ax.tick_params(axis="x", rotation=30)
+    return ax
+
+
+def plot_objects_per_image(per_image: np.ndarray, class_names: Sequence[str], ax=None):
+    """Histogram of objects per image, one line per class."""
+    ax = ax or plt.gca()
+    colors = class_colors(len(class_names))
+    top = int(per_image.max()) if per_image.size else 1
+    bins = np.arange(0, top + 2) - 0.5 if top < 60 else 30
+    for k, name in enumerate(class_names):
+        ax.hist(per_image[:, k], bins=bins, histtype="step", color=colors[k], label=name, lw=1.5)
+    ax.set_xlabel("objects in the image")
+    ax.set_ylabel("images")
+    ax.legend(fontsize=8)
+    ax.set_title("objects per image")
+    return ax
+
+
+def plot_box_sizes(sizes: dict[str, np.ndarray], ax=None):
+    """Width/height scatter of boxes, one colour per class (``sizes[name]`` is (N, 2))."""
+    ax = ax or plt.gca()
+    colors = class_colors(len(sizes))
+    for (name, wh), c in zip(sizes.items(), colors):
+        if len(wh):
+            ax.scatter(wh[:, 0], wh[:, 1], s=6, alpha=0.5, color=c, label=f"{name} ({len(wh)})")
+    ax.set_xlabel("box width (px)")
+    ax.set_ylabel("box height (px)")
+    ax.legend(fontsize=8, markerscale=2)
+    ax.set_title("box size per class")
+    return ax
+
+
+def plot_colour_stats(stats: dict[str, np.ndarray], ax=None):
+    """Per-image mean colour: hue vs saturation scatter, one colour per domain.
+
+    ``stats`` maps a domain name to an (N, 6) array of mean R, G, B, H, S, V in [0, 1]
+    (see :func:`smearlab.eda.colour_stats`). Each point is drawn in the image's mean colour,
+    with a marker per domain.
+    """
+    ax = ax or plt.gca()
+    markers = "osD^v<>"
+    for (dom, a), mk in zip(stats.items(), markers):
+        if len(a):
+            ax.scatter(a[:, 3], a[:, 4], c=np.clip(a[:, :3], 0, 1), marker=mk, s=25, ec="k", lw=0.3,
+                       label=f"{dom} ({len(a)})")
+    ax.set_xlabel("mean hue")
+    ax.set_ylabel("mean saturation")
+    ax.legend(fontsize=8)
+    ax.set_title("colour per image and domain")
+    return ax
+
+
+def plot_channel_histograms(groups: dict[str, Sequence[np.ndarray]], axes=None, bins: int = 64,
+                            max_pixels: int = 200_000, seed: int = 0):
+    """Density of R, G and B values per group of images (one line per group, one axes per channel).
+
+    ``groups`` maps a name (a domain, or "B normalised") to a list of RGB uint8 images; pixels
+    are subsampled with a fixed seed to at most ``max_pixels`` per group.
+    """
+    if axes is None:
+        _, axes = plt.subplots(1, 3, figsize=(12, 3))
+    rng = np.random.default_rng(seed)
+    styles = ["-", "--", ":", "-."]
+    for (name, images), ls in zip(groups.items(), styles * 4):
+        px = np.concatenate([im.reshape(-1, 3) for im in images])
+        if len(px) > max_pixels:
+            px = px[rng.choice(len(px), max_pixels, replace=False)]
+        for c, (ax, colour) in enumerate(zip(axes, ("red", "green", "blue"))):
+            ax.hist(px[:, c], bins=bins, range=(0, 255), density=True, histtype="step", ls=ls,
+                    color=colour, label=name)
+    for ax, ch in zip(axes, "RGB"):
+        ax.set_title(f"{ch} channel", fontsize=9)
+        ax.set_xlabel("value")
+        ax.legend(fontsize=7)
+    return axes
+
+
+def draw_failures(sample: Sample, prediction: dict, class_names: Sequence[str], ax=None, iou: float = 0.5):
+    """Detections against ground truth: found cells thin green, missed cells red dashed,
+    spurious detections orange. Returns the axes; the title gives the counts."""
+    ax = ax or plt.gca()
+    tp, found = match_image(sample, prediction, iou)
+    ax.imshow(sample.image)
+    for box, ok in zip(sample.boxes, found):
+        x0, y0, x1, y1 = box
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=0.6 if ok else 1.6,
+                               ec="limegreen" if ok else "red", ls="-" if ok else "--"))
+    for (x0, y0, x1, y1), lab, ok in zip(prediction["boxes"], prediction["labels"], tp):
+        if not ok:
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.4, ec="orange"))
+            ax.text(x0, y0, class_names[lab], color="orange", fontsize=6, va="bottom")
+    ax.set_title(f"{sample.image_id}: {int((~found).sum())} missed, {int((~tp).sum())} spurious", fontsize=8)
+    ax.axis("off")
+    return ax
+
+
+def plot_pr_curves(curves: dict, ax=None, title: str = "precision-recall"):
+    """One line per class of :func:`pr_curves`, AP in the legend."""
+    import matplotlib.pyplot as plt
+    ax = ax or plt.gca()
+    for (name, (rc, pr)), col in zip(curves.items(), class_colors(max(len(curves), 1))):
+        ax.plot(rc, pr, color=col, label=f"{name} (AP {pr.mean():.3f})")
+    ax.set_xlabel("recall")
+    ax.set_ylabel("precision")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    return ax
+
+
+def plot_confusion(matrix: np.ndarray, names: Sequence[str], ax=None, *, normalize: bool = False,
+                   title: str = "confusion (rows: true)"):
+    """Heat map of :func:`confusion_matrix` with counts written in the cells; ``normalize``
+    divides each row by its total."""
+    import matplotlib.pyplot as plt
+    ax = ax or plt.gca()
+    labels = list(names) + ["background"]
+    m = np.asarray(matrix, float)
+    shown = m / np.maximum(m.sum(1, keepdims=True), 1) if normalize else m
+    ax.imshow(shown, cmap="Blues")
+    ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
+    ax.set_yticks(range(len(labels)), labels, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    top = shown.max() if shown.size else 1
+    for i in range(len(labels)):
+        for j in range(len(labels)):
+            txt = f"{shown[i, j]:.2f}" if normalize else f"{int(m[i, j])}"
+            ax.text(j, i, txt, ha="center", va="center", fontsize=8,
+                    color="white" if shown[i, j] > 0.6 * top else "black")
+    ax.set_title(title)
+    return ax
+
+
+def plot_report_confusion(report: dict, ax=None, *, normalize: bool = True, title: str | None = None):
+    """Confusion matrix of a :func:`classification_report` (sklearn's ConfusionMatrixDisplay); rows true."""
+    import matplotlib.pyplot as plt
+    ax = ax or plt.gca()
+    m = np.asarray(report["confusion"], float)
+    if normalize:
+        m = m / np.maximum(m.sum(1, keepdims=True), 1)
+    disp = ConfusionMatrixDisplay(m, display_labels=report["class_names"])
+    disp.plot(ax=ax, colorbar=False, values_format=".2f" if normalize else "d", xticks_rotation=45)
+    ax.set_title(title or f"macro F1 {report['macro']['f1']:.3f}")
+    return ax
+
+
+def overlay_instances(image: np.ndarray, prediction: dict | None = None, truth=None, *,
+            colour=(255, 200, 0), truth_colour=(0, 200, 255)) -> np.ndarray:
+    """``image`` (RGB uint8) with instance outlines drawn: predictions in ``colour``, truth in ``truth_colour``.
+
+    ``truth`` is an ``(N, H, W)`` mask stack or a Sample (its masks). Outlines are the inner
+    boundaries of each instance (``skimage.segmentation.find_boundaries``), so touching
+    instances stay distinguishable. A grey image is drawn in grey.
+    """
+    img = _check_image(image, "overlay_instances")
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    if img.dtype != np.uint8:
+        img = (_scale01(img) * 255).round().astype(np.uint8)
+    out = img.copy()
+    layers = []
+    if truth is not None:
+        t = truth.masks if hasattr(truth, "masks") else truth
+        if t is not None and len(t):
+            layers.append((instances_to_label_image(np.asarray(t)), truth_colour))
+    if prediction is not None and len(prediction.get("masks", ())):
+        layers.append((instances_to_label_image(prediction), colour))
+    for lab, c in layers:
+        if lab.shape != out.shape[:2]:
+            raise ValueError(f"overlay_instances: masks of size {lab.shape} on an image of size {out.shape[:2]}")
+        out[find_boundaries(lab, mode="inner")] = c
+    return out
+
+
+def overlay_heatmap(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """``image`` (uint8 RGB) blended with ``cam`` as a jet heat map (pytorch-grad-cam's
+    ``show_cam_on_image``); the map is scaled to [0, 1] by its maximum first."""
+    img = np.asarray(image)
+    c = np.asarray(cam, np.float32)
+    if c.shape != img.shape[:2]:
+        raise ValueError(f"cam has shape {c.shape}, image {img.shape[:2]}")
+    top = float(c.max())
+    c = c / top if top > 0 else c
+    return show_cam_on_image(img.astype(np.float32) / 255.0, c, use_rgb=True, image_weight=1 - alpha)
+
+
+def _outline(ax, mask, colour, style="solid"):
+    m = np.asarray(mask, float)
+    if m.any() and not m.all():
+        ax.contour(m, levels=[0.5], colors=[colour], linewidths=1.2, linestyles=style)
+
+
+def plot_cam_examples(images, result: CamMasks, truth=None, *, classical=None, indices=None,
+                      class_names=None, n: int = 4, axes=None):
+    """One row per image: the image, each layer's CAM, the summed CAM, and the masks.
+
+    The last panel outlines the Grad-CAM mask (red), the ground-truth cell (green) and nucleus
+    (cyan, dotted), and the classical mask (blue, dashed) when ``classical`` masks are given.
+
+    Parameters
+    ----------
+    images : the images (arrays or Samples) ``result`` was computed on.
+    result : :class:`CamMasks` from :func:`cam_masks`.
+    truth : semantic masks or Samples with them (optional).
+    classical : masks of another method on the same images (optional).
+    indices : which images (default the first ``n``).
+    class_names : names of ``result.targets`` for the titles.
+    axes : ``(rows, len(layers) + 3)`` axes (default: a new pyplot figure).
+
+    Returns
+    -------
+    matplotlib Figure
+    """
+    images = list(images)
+    idx = list(indices) if indices is not None else list(range(min(n, len(images))))
+    layers = list(result.per_layer)
+    cols = len(layers) + 3
+    if axes is None:
+        import matplotlib.pyplot as plt
+        _, axes = plt.subplots(len(idx), cols, figsize=(2.1 * cols, 2.2 * len(idx)), squeeze=False)
+    axes = np.asarray(axes).reshape(len(idx), cols)
+    truth = list(truth) if truth is not None else None
+    for row, i in zip(axes, idx):
+        img = np.asarray(getattr(images[i], "image", images[i]))
+        tgt = result.targets[i] if result.targets else -1
+        name = class_names[tgt] if class_names is not None and 0 <= tgt < len(class_names) else str(tgt)
+        row[0].imshow(img)
+        row[0].set_title(f"{getattr(images[i], 'image_id', i)}\nexplains: {name}", fontsize=7)
+        for ax, layer in zip(row[1:], layers):
+            ax.imshow(overlay_heatmap(img, result.per_layer[layer][i]))
+            ax.set_title(layer.split(".")[-1], fontsize=8)
+        row[-2].imshow(overlay_heatmap(img, result.cams[i]))
+        row[-2].set_title(f"sum of {len(layers)}", fontsize=8)
+        row[-1].imshow(img)
+        _outline(row[-1], result.masks[i], "red")
+        if truth is not None:
+            sem = _semantic_of(truth[i])
+            _outline(row[-1], sem > 0, "lime")
+            _outline(row[-1], sem == 2, "cyan", "dotted")
+        if classical is not None:
+            _outline(row[-1], classical[i], "blue", "dashed")
+        row[-1].set_title(f"mask (thr {result.rel_threshold:g})", fontsize=8)
+        for ax in row:
+            ax.axis("off")
+    return axes[0, 0].figure
+
+
+def plot_detector_cam(image, result: DetectorCam, class_names=None, axes=None):
+    """The image with the explained box, and the summed detector CAM over it (two panels)."""
+    from matplotlib.patches import Rectangle
+    img = np.asarray(getattr(image, "image", image))
+    if axes is None:
+        import matplotlib.pyplot as plt
+        _, axes = plt.subplots(1, 2, figsize=(10, 4))
+    name = class_names[result.label] if class_names is not None else str(result.label)
+    x0, y0, x1, y1 = result.box
+    for ax, shown, title in zip(axes, (img, overlay_heatmap(img, result.cam)),
+                                (f"box: {name} (score {result.score:.2f})", f"Grad-CAM, {' + '.join(result.layers)}")):
+        ax.imshow(shown)
+        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="white", linewidth=1.5))
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    return axes[0].figure
+
+
+def _names(values, names: Sequence[str] | None) -> np.ndarray:
+    a = np.asarray(values)
+    if names is not None and np.issubdtype(a.dtype, np.integer):
+        names = list(names)
+        return np.asarray([names[int(v)] if 0 <= int(v) < len(names) else str(v) for v in a])
+    return a.astype(str)
+
+
+def plot_embedding(Y, labels=None, domains=None, *, class_names: Sequence[str] | None = None,
+                   by: Sequence[str] = ("class", "domain"), axes=None, title: str | None = None,
+                   point_size: float = 12.0):
+    """Scatter a 2-D map coloured by class and by domain, one panel each.
+
+    Parameters
+    ----------
+    Y : ``(N, 2)`` map (e.g. :func:`tsne`).
+    labels : ``(N,)`` class of each point (ints into ``class_names``, or names).
+    domains : ``(N,)`` domain of each point.
+    class_names : names of integer ``labels``.
+    by : panels to draw, any of ``"class"``, ``"domain"``.
+    axes : matplotlib axes to draw on, one per panel (default: a new pyplot figure).
+    title : prefix of the panel titles.
+
+    Returns
+    -------
+    matplotlib Figure
+    """
+    y = np.asarray(Y, np.float64)
+    if y.ndim != 2 or y.shape[1] != 2:
+        raise ValueError(f"Y must be (N, 2), got shape {y.shape}")
+    by = [by] if isinstance(by, str) else list(by)
+    colour = {"class": labels, "domain": domains}
+    for b in by:
+        if b not in colour:
+            raise ValueError(f"unknown colouring {b!r}; choose from 'class', 'domain'")
+        if colour[b] is None:
+            raise ValueError(f"colouring by {b} needs {'labels' if b == 'class' else 'domains'}")
+    if axes is None:
+        import matplotlib.pyplot as plt
+        _, axes = plt.subplots(1, len(by), figsize=(5.2 * len(by), 4.4), squeeze=False)
+        axes = axes[0]
+    axes = list(np.atleast_1d(axes))
+    if len(axes) != len(by):
+        raise ValueError(f"{len(by)} panels but {len(axes)} axes")
+    for ax, b in zip(axes, by):
+        vals = _names(_labels_array(colour[b], len(y), "labels" if b == "class" else "domains"),
+                      class_names if b == "class" else None)
+        order = list(class_names) if b == "class" and class_names is not None else []
+        groups = [g for g in order if g in set(vals)] + sorted(set(vals) - set(order))
+        for g, c in zip(groups, class_colors(len(groups))):
+            sel = vals == g
+            ax.scatter(y[sel, 0], y[sel, 1], s=point_size, color=c, label=f"{g} ({int(sel.sum())})",
+                       alpha=0.8, linewidths=0)
+        ax.set_title(f"{title + ': ' if title else ''}by {b}", fontsize=10)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.legend(fontsize=7, markerscale=1.5, loc="best", framealpha=0.7)
+    return axes[0].figure
+
+
+def plot_embeddings(maps: dict, labels, domains, *, class_names: Sequence[str] | None = None,
+                    separability: dict | None = None, point_size: float = 10.0):
+    """A grid of 2-D maps: one row per embedding, coloured by class (left) and domain (right).
+
+    ``separability`` (from :func:`separability_table`) adds the domain scores to the titles.
+    Returns the matplotlib Figure.
+    """
+    import matplotlib.pyplot as plt
+    if not maps:
+        raise ValueError("maps is empty")
+    fig, axes = plt.subplots(len(maps), 2, figsize=(10.4, 4.3 * len(maps)), squeeze=False)
+    for row, (name, y) in zip(axes, maps.items()):
+        title = name
+        if separability and name in separability:
+            s = separability[name]
+            title += f" (domain acc {s['linear_domain_accuracy']:.2f}, silhouette {s['silhouette']:.2f})"
+        plot_embedding(y, labels, domains, class_names=class_names, axes=list(row), title=title,
+                       point_size=point_size)
+    fig.tight_layout()
+    return fig
