@@ -67,7 +67,7 @@ def _resize_tensor(t: torch.Tensor, size: int) -> torch.Tensor:
     return out.round().clamp(0, 255).to(torch.uint8) if t.dtype == torch.uint8 else out
 
 
-def _labels_array(values, n: int, what: str) -> np.ndarray:
+def as_label_array(values, n: int, what: str) -> np.ndarray:
     a = np.asarray(list(values) if not isinstance(values, np.ndarray) else values)
     if a.ndim != 1 or len(a) != n:
         raise ValueError(f"{what} must hold one value per point ({n}), got shape {a.shape}")
@@ -186,7 +186,7 @@ def separability(X, domains, *, cv: int = 5, seed: int = 0) -> dict[str, Any]:
         raise ValueError(f"X must be (N, D), got shape {x.shape}")
     if not np.all(np.isfinite(x)):
         raise ValueError("X contains NaN or infinite values")
-    d = _labels_array(domains, len(x), "domains")
+    d = as_label_array(domains, len(x), "domains")
     names, counts = np.unique(d, return_counts=True)
     if len(names) < 2:
         raise ValueError(f"separability needs at least two domains, got {names.tolist()}")

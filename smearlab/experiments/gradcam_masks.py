@@ -17,7 +17,7 @@ from ..classification.predict import predict_classes
 from ..classification.train import train_classifier
 from ..core.device import resolve_device
 from ..data.splits import stratified_split
-from ..explain.cam import (LAYER_SETS, THRESHOLDS, _best_cam_masks, _cam_mask_table, CamMasks, cam_masks,
+from ..explain.cam import (LAYER_SETS, THRESHOLDS, CamMasks, best_cam_masks, cam_mask_table, cam_masks,
                            evaluate_cam_masks, select_cam_masks)
 from ..metrics.classification import classification_report
 from ..segmentation.classical import extract_cell
@@ -174,8 +174,8 @@ def run_cam_experiment(dataset, *, size: int = 64, width: int = 16, norm: str = 
     report = classification_report(test_crops.labels, pred, test_crops.class_names)
     all_layers = list(dict.fromkeys(n for ls in layer_sets for n in ls))
     cams_train = cam_masks(model, train, layers=all_layers, dilate=dilate, device=dev)
-    table = _cam_mask_table(cams_train, train, layer_sets, thresholds, dilate, True)
-    cell, nucleus = _best_cam_masks(table, "cell_dice"), _best_cam_masks(table, "nucleus_dice")
+    table = cam_mask_table(cams_train, train, layer_sets, thresholds, dilate, True)
+    cell, nucleus = best_cam_masks(table, "cell_dice"), best_cam_masks(table, "nucleus_dice")
     classical = tune_classical(train, train, classical_grid)
     all_test = cam_masks(model, test, layers=all_layers, dilate=dilate, device=dev)  # one pass, every layer
     cams_test = select_cam_masks(all_test, cell["layers"], cell["rel_threshold"])

@@ -421,7 +421,7 @@ def cam_masks(model: nn.Module, images, *, layers: "str | Sequence[str]" = DEFAU
     return CamMasks(cams, masks, per_img, tg, layers, float(rel_threshold), int(dilate))
 
 
-def _semantic_of(x) -> np.ndarray:
+def semantic_of(x) -> np.ndarray:
     if hasattr(x, "semantic"):
         if not getattr(x, "has_semantic", x.semantic is not None):
             raise DataError(getattr(x, "path", None) or getattr(x, "image_id", "?"),
@@ -464,7 +464,7 @@ def evaluate_cam_masks(masks: Sequence[np.ndarray], truth, *, nucleus_value: int
         raise ValueError(f"{len(masks)} masks for {len(truth)} ground-truth images")
     per = {k: [] for k in ("cell_dice", "cell_iou", "nucleus_dice", "nucleus_iou")}
     for i, (m, t) in enumerate(zip(masks, truth)):
-        sem = _semantic_of(t)
+        sem = semantic_of(t)
         m = np.asarray(m).astype(bool)
         if m.shape != sem.shape:
             where = getattr(t, "image_id", f"image {i}")
@@ -515,10 +515,10 @@ def tune_cam_masks(cams, truth, *, layer_sets: Sequence[Sequence[str]] | None = 
         one ``{"layers", "rel_threshold", key}`` row per candidate. Ties go to the threshold
         nearest 0.5, then to the earlier layer set.
     """
-    return _best_cam_masks(_cam_mask_table(cams, truth, layer_sets, thresholds, dilate, largest), key)
+    return best_cam_masks(cam_mask_table(cams, truth, layer_sets, thresholds, dilate, largest), key)
 
 
-def _cam_mask_table(cams, truth, layer_sets, thresholds, dilate: int, largest: bool) -> list[dict]:
+def cam_mask_table(cams, truth, layer_sets, thresholds, dilate: int, largest: bool) -> list[dict]:
     """Every candidate of :func:`tune_cam_masks` with all its scores (:func:`evaluate_cam_masks`)."""
     truth = list(truth)
     per = cams.per_layer if isinstance(cams, CamMasks) else cams
@@ -538,8 +538,8 @@ def _cam_mask_table(cams, truth, layer_sets, thresholds, dilate: int, largest: b
     return table
 
 
-def _best_cam_masks(table: list[dict], key: str) -> dict[str, Any]:
-    """:func:`tune_cam_masks`'s answer for ``key`` from :func:`_cam_mask_table`."""
+def best_cam_masks(table: list[dict], key: str) -> dict[str, Any]:
+    """:func:`tune_cam_masks`'s answer for ``key`` from :func:`cam_mask_table`."""
     rows = [{"layers": r["layers"], "rel_threshold": r["rel_threshold"], key: r["scores"][key] or 0.0} for r in table]
     best = max(enumerate(rows), key=lambda it: (it[1][key], -abs(it[1]["rel_threshold"] - 0.5), -it[0]))[1]
     return {"layers": best["layers"], "rel_threshold": best["rel_threshold"], "score": best[key], "table": rows}

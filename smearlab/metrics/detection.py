@@ -29,11 +29,11 @@ IOU_THRESHOLDS = np.linspace(.5, 0.95, int(np.round((0.95 - .5) / .05)) + 1, end
 RECALL_THRESHOLDS = np.linspace(.0, 1.00, int(np.round((1.00 - .0) / .01)) + 1, endpoint=True)
 
 
-def _thresholds(value, class_names) -> np.ndarray:
+def threshold_array(value, class_names) -> np.ndarray:
     return per_class(value, class_names, "score_threshold", default=0.0).astype(np.float32)
 
 
-def _filter(predictions: list[dict], thr: np.ndarray) -> list[dict]:
+def keep_above_thresholds(predictions: list[dict], thr: np.ndarray) -> list[dict]:
     return [{k: v[p["scores"] >= thr[p["labels"]]] for k, v in p.items()} for p in predictions]
 
 
@@ -253,9 +253,9 @@ class FastEvaluator:
                       f1=2 * tp / (npred + ngt) if npred + ngt else None,
                       tp=tp, fp=npred - tp, fn=ngt - tp)
             per_class[n] = pc
-        out = {"mAP50": _mean([pc["AP50"] for pc in per_class.values()])}
+        out = {"mAP50": mean_defined([pc["AP50"] for pc in per_class.values()])}
         if full:
-            out["mAP"] = _mean([pc["AP"] for pc in per_class.values()])
+            out["mAP"] = mean_defined([pc["AP"] for pc in per_class.values()])
         out.update(per_class=per_class, counts=_count_summary(self.gt_counts, r["pred_counts"], names),
                    iou=float(iou))
         return out
@@ -371,7 +371,7 @@ def _interp_precision(tp: np.ndarray, npig: int) -> np.ndarray:
     return q
 
 
-def _mean(values) -> float | None:
+def mean_defined(values) -> float | None:
     v = [x for x in values if x is not None]
     return float(np.mean(v)) if v else None
 
@@ -383,7 +383,7 @@ def pr_curves(dataset: SmearDataset, predictions, iou: float = 0.5) -> dict:
     return FastEvaluator(dataset).pr_curves(predictions, iou)
 
 
-def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return _iou_xywh(_as_xywh(a), _as_xywh(b))
 
 
@@ -400,11 +400,11 @@ def confusion_matrix(dataset: SmearDataset, predictions, iou: float = 0.5,
     preds = check_predictions(dataset, predictions)
     names = dataset.class_names
     k = len(names)
-    preds = _filter(preds, _thresholds(score_threshold, names))
+    preds = keep_above_thresholds(preds, threshold_array(score_threshold, names))
     m = np.zeros((k + 1, k + 1), np.int64)
     for s, p in zip(dataset, preds):
         gl, pl = s.labels, p["labels"]
-        ious = _box_iou(p["boxes"], s.boxes) if len(pl) and len(gl) else np.zeros((len(pl), len(gl)))
+        ious = box_iou(p["boxes"], s.boxes) if len(pl) and len(gl) else np.zeros((len(pl), len(gl)))
         g_used = np.zeros(len(gl), bool)
         p_used = np.zeros(len(pl), bool)
         for d in np.argsort(-p["scores"], kind="stable"):
@@ -436,7 +436,7 @@ def _count_summary(true: np.ndarray, pred: np.ndarray, names) -> dict:
 
 def count_matrix(dataset: SmearDataset, predictions, score_threshold=0.5) -> tuple[np.ndarray, np.ndarray]:
     """``(true, predicted)`` object counts, each ``(n_images, K)``."""
-    preds = _filter(check_predictions(dataset, predictions), _thresholds(score_threshold, dataset.class_names))
+    preds = keep_above_thresholds(check_predictions(dataset, predictions), threshold_array(score_threshold, dataset.class_names))
     k = len(dataset.class_names)
     true = np.array([np.bincount(s.labels, minlength=k) for s in dataset], np.int64).reshape(-1, k)
     pred = np.array([np.bincount(p["labels"], minlength=k) for p in preds], np.int64).reshape(-1, k)
@@ -521,7 +521,7 @@ def match_image(sample, prediction: dict, iou: float = 0.5) -> tuple[np.ndarray,
     gt_found = np.zeros(len(sample.boxes), bool)
     if not len(order) or not len(sample.boxes):
         return pred_tp, gt_found
-    ious = _box_iou(prediction["boxes"], sample.boxes)
+    ious = box_iou(prediction["boxes"], sample.boxes)
     for p in order:
         cand = (~gt_found) & (sample.labels == prediction["labels"][p]) & (ious[p] >= iou)
         if cand.any():

@@ -12,7 +12,7 @@ from skimage.color import rgb2gray
 from ..data.derive import as_single_class
 from ..data.predictions import check_predictions
 from ..data.sample import Sample, SmearDataset
-from .detection import _box_iou, _filter, _mean, _thresholds, coco_eval
+from .detection import box_iou, coco_eval, keep_above_thresholds, mean_defined, threshold_array
 
 
 #: IoU thresholds of the DSB2018 / RSNA pneumonia score.
@@ -104,7 +104,7 @@ def dsb_score(gt_instances, pred_instances, *, kind: str = "auto",
         if not len(g) or not len(p):
             scores.append(0.0)
             continue
-        ious = _mask_iou(p, g) if gk == "masks" else _box_iou(p.astype(np.float32), g.astype(np.float32))
+        ious = _mask_iou(p, g) if gk == "masks" else box_iou(p.astype(np.float32), g.astype(np.float32))
         order = np.argsort(-ps, kind="stable") if ps is not None else np.arange(len(p))
         vals = []
         for t in ts:
@@ -118,7 +118,7 @@ def dsb_score(gt_instances, pred_instances, *, kind: str = "auto",
                     tp += 1
             vals.append(tp / (len(p) + len(g) - tp))
         scores.append(float(np.mean(vals)))
-    mean = _mean(scores)
+    mean = mean_defined(scores)
     return (mean, scores) if per_image else mean
 
 
@@ -155,7 +155,7 @@ def segmentation_metrics(dataset: SmearDataset, predictions, score_threshold=0.5
         max(true, 1)``), ``objects_true``, ``objects_predicted`` and ``images``.
     """
     preds = check_predictions(dataset, predictions)
-    final = _filter(preds, _thresholds(score_threshold, dataset.class_names))
+    final = keep_above_thresholds(preds, threshold_array(score_threshold, dataset.class_names))
     ap = mask_ap(dataset, preds)
     true = np.array([len(s.boxes) for s in dataset], np.int64)
     pred = np.array([len(p["scores"]) for p in final], np.int64)

@@ -37,20 +37,20 @@ def record(metrics: dict[str, Any], path: str | Path | None = None) -> dict[str,
         write_json(path, metrics)
     try:
         from IPython.display import Markdown, display
-        rows = "\n".join(f"| {k} | {_fmt(v)} |" for k, v in flatten_dict(metrics).items())
+        rows = "\n".join(f"| {k} | {format_cell(v)} |" for k, v in flatten_dict(metrics).items())
         display(Markdown("| metric | value |\n|---|---|\n" + rows))
     except ImportError:  # plain Python: print instead
         print(json.dumps(metrics, indent=2, default=str))
     return metrics
 
 
-def _fmt(v) -> str:
+def format_cell(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return html.escape(str(v))
 
 
-def _git_commit() -> str | None:
+def git_commit() -> str | None:
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
@@ -102,12 +102,12 @@ def results_markdown(index: dict[str, Any], *, max_metrics: int = 40) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _index_html(index: dict[str, Any]) -> str:
+def index_html(index: dict[str, Any]) -> str:
     rows = []
     for name, r in index["notebooks"].items():
         ok = r["status"] == "ok"
         metrics = flatten_dict(r.get("metrics") or {})
-        shown = "<br>".join(f"{html.escape(k)}: {_fmt(v)}" for k, v in list(metrics.items())[:12]) \
+        shown = "<br>".join(f"{html.escape(k)}: {format_cell(v)}" for k, v in list(metrics.items())[:12]) \
             or f'<i>{html.escape(NO_METRICS)}</i>'
 
         links = (f'<a href="{r["notebook"]}">ipynb</a>' if r.get("notebook") else "") + (f' · <a href="{r["html"]}">html</a>' if r.get("html") else "")

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..core.device import describe as describe_hardware
 from ..core.files import atomic_path, write_json, write_text
-from .results import _git_commit, _index_html, NotebookResult, results_markdown
+from .results import NotebookResult, git_commit, index_html, results_markdown
 
 
 log = logging.getLogger("smearlab.report")
@@ -168,7 +168,7 @@ def run_report(profile: str = "quick", *, data_root: str | Path | None = None, d
         ``index.json`` in ``out`` that is not a run index.
     """
     all_nbs = find_notebooks(notebook_dir)
-    chosen = _select(all_nbs, notebooks)
+    chosen = select_notebooks(all_nbs, notebooks)
     parameters = dict(parameters or {})
     _check_parameters(parameters, chosen)
     out_dir = Path(out) if out else Path("reports") / f"{_dt.datetime.now():%Y%m%d-%H%M%S}-{profile}"
@@ -183,7 +183,7 @@ def run_report(profile: str = "quick", *, data_root: str | Path | None = None, d
         results[nb.stem] = asdict(res)
     index = {
         "out": str(out_dir), "profile": profile, "device": device, "data_root": str(data_root) if data_root else None,
-        "date": _dt.datetime.now().isoformat(timespec="seconds"), "git_commit": _git_commit(),
+        "date": _dt.datetime.now().isoformat(timespec="seconds"), "git_commit": git_commit(),
         "hardware": describe_hardware(device),
         "command": "smearlab " + shlex.join(report_argv(
             profile, notebook_dir=notebook_dir, notebooks=notebooks, device=device, seed=seed,
@@ -195,7 +195,7 @@ def run_report(profile: str = "quick", *, data_root: str | Path | None = None, d
         "failed": sorted(k for k, v in results.items() if v["status"] != "ok"),
     }
     write_json(index_path, index)
-    write_text(out_dir / "index.html", _index_html(index))
+    write_text(out_dir / "index.html", index_html(index))
     write_text(out_dir / "RESULTS.md", results_markdown(index))
     return index
 
@@ -367,7 +367,7 @@ def _describe(value: Any) -> str:
     return f"a {type(value).__name__} {value!r}"
 
 
-def _select(nbs: list[Path], names: Iterable[str] | None) -> list[Path]:
+def select_notebooks(nbs: list[Path], names: Iterable[str] | None) -> list[Path]:
     if not names:
         return nbs
     chosen = []

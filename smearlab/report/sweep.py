@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..core.files import atomic_path, flatten_dict, write_json, write_text
-from .results import _fmt, _git_commit
-from .runner import (PROFILES, RUNNER_PARAMETERS, _select, check_parameter_type, declared_parameters,
-                     find_notebooks, format_value, make_out_dir, report_argv)
+from .results import format_cell, git_commit
+from .runner import (PROFILES, RUNNER_PARAMETERS, check_parameter_type, declared_parameters, find_notebooks,
+                     format_value, make_out_dir, report_argv, select_notebooks)
 
 log = logging.getLogger('smearlab.report.sweep')
 
@@ -120,7 +120,7 @@ def load_sweep(path: str | Path, notebook_dir: str | Path | None = None) -> Swee
     if not isinstance(name, str) or not name:
         raise bad("'notebook' must name one notebook, e.g. 03_detection")
     try:
-        matches = _select(find_notebooks(notebook_dir), [name])
+        matches = select_notebooks(find_notebooks(notebook_dir), [name])
     except (ValueError, FileNotFoundError) as e:
         raise bad(str(e)) from None
     if len(matches) > 1:
@@ -330,7 +330,7 @@ def collect_sweep(sweep: Sweep | str | Path, out: str | Path, *, notebook_dir: s
     index = {
         "sweep": str(sweep.path), "notebook": sweep.notebook.stem, "profile": sweep.profile,
         "grid": sweep.grid, "parameters": sweep.parameters, "out": str(out),
-        "date": _dt.datetime.now().isoformat(timespec="seconds"), "git_commit": _git_commit(),
+        "date": _dt.datetime.now().isoformat(timespec="seconds"), "git_commit": git_commit(),
         "wall_s": round(wall_s, 2) if wall_s is not None else None,
         "jobs": len(rows), "ok": sum(r["status"] == "ok" for r in rows),
         "failed": [r["job"] for r in rows if r["status"] != "ok"],
@@ -414,7 +414,7 @@ def _sweep_table(sweep: Sweep, rows: list[dict], columns: list[str]) -> tuple[li
 def _sweep_html(index: dict[str, Any], header: list[str], table: list[list]) -> str:
     """A small standalone HTML page with the sweep table (failed points in red)."""
     def cell(v) -> str:
-        return "" if v is None or v == "" else _fmt(v)
+        return "" if v is None or v == "" else format_cell(v)
 
     head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
     body = []

@@ -53,7 +53,7 @@ CHANNELS = ("auto", "gray", "hematoxylin", "eosin", "saturation", "value", "red"
 _METHODS = ("otsu", "li", "adaptive")
 
 
-def _check_image(image, where: str, *, allow_bool: bool = False) -> np.ndarray:
+def as_image_array(image, where: str, *, allow_bool: bool = False) -> np.ndarray:
     """``image`` as an ``(H, W, 3)`` or ``(H, W)`` numeric array, else ValueError."""
     img = np.asarray(image)
     if img.dtype == bool and not allow_bool:
@@ -87,7 +87,7 @@ def _nonneg(name: str, value, integer: bool = True):
     return value
 
 
-def _scale01(x: np.ndarray) -> np.ndarray:
+def stretch01(x: np.ndarray) -> np.ndarray:
     """Float64 copy of ``x`` stretched to [0, 1] (a constant image gives zeros)."""
     x = x.astype(np.float64)
     lo, hi = float(x.min()), float(x.max())
@@ -109,7 +109,7 @@ def to_channel(image: np.ndarray, channel: str = "auto") -> np.ndarray:
     -------
     (H, W) float64 array.
     """
-    img = _check_image(image, "to_channel")
+    img = as_image_array(image, "to_channel")
     _choice("channel", channel, CHANNELS)
     if np.issubdtype(img.dtype, np.integer) and img.dtype != np.uint8 and img.max() <= 255 \
             and img.min() >= 0:
@@ -154,7 +154,7 @@ def foreground_mask(image: np.ndarray, method: str = "otsu", channel: str = "aut
         raise ValueError(f"invert must be 'auto', True or False, got {invert!r}")
     _nonneg("min_size", min_size)
     _nonneg("opening_radius", opening_radius)
-    x = _scale01(to_channel(image, channel))
+    x = stretch01(to_channel(image, channel))
     if x.max() <= 0:  # constant image: nothing to find
         return np.zeros(x.shape, bool), x
     t_global = _threshold(x, "otsu" if method == "adaptive" else method)
@@ -284,7 +284,7 @@ def instances_to_label_image(masks, scores=None) -> np.ndarray:
     return out
 
 
-def _finish(lab: np.ndarray, signal: np.ndarray | None, label: int, min_size: int = 0) -> dict:
+def labels_to_prediction(lab: np.ndarray, signal: np.ndarray | None, label: int, min_size: int = 0) -> dict:
     if min_size:
         sizes = np.bincount(lab.ravel())
         small = np.flatnonzero(sizes < min_size)
@@ -326,13 +326,13 @@ def threshold_segment(image: np.ndarray, method: str = "otsu", channel: str = "a
     ValueError
         on a bad shape or dtype or unknown option.
     """
-    img = _check_image(image, "threshold_segment")
+    img = as_image_array(image, "threshold_segment")
     if connectivity not in (1, 2):
         raise ValueError(f"connectivity must be 1 or 2, got {connectivity!r}")
     mask, sig = foreground_mask(img, method, channel, invert, block_size=block_size, offset=offset,
                                 min_size=min_size, opening_radius=opening_radius,
                                 fill_holes=fill_holes)
-    return _finish(cc(mask, connectivity=connectivity), sig, label)
+    return labels_to_prediction(cc(mask, connectivity=connectivity), sig, label)
 
 
 def watershed_segment(image: np.ndarray, min_distance: int = 5, footprint=None,
@@ -364,7 +364,7 @@ def watershed_segment(image: np.ndarray, min_distance: int = 5, footprint=None,
     dict
         the prediction form; contrast scores for images, 1.0 for a mask input.
     """
-    img = _check_image(image, "watershed_segment", allow_bool=True)
+    img = as_image_array(image, "watershed_segment", allow_bool=True)
     _nonneg("min_distance", min_distance)
     _nonneg("smooth", smooth, integer=False)
     if img.dtype == bool:
@@ -394,7 +394,7 @@ def watershed_segment(image: np.ndarray, min_distance: int = 5, footprint=None,
             j = int(np.argmax(dist[ys, xs]))
             markers[ys[j], xs[j]] = k
     lab = watershed(-dist, markers, mask=mask, compactness=float(compactness))
-    return _finish(lab, sig, label, min_size=int(min_size))
+    return labels_to_prediction(lab, sig, label, min_size=int(min_size))
 
 
 BLOB_THRESHOLDS = {"log": 0.1, "dog": 0.1, "doh": 0.01}
@@ -427,7 +427,7 @@ def blob_detect(image: np.ndarray, method: str = "log", min_sigma: float = 2.0,
         response at the blob (LoG ``-sigma^2 * LoG`` for log/dog, ``sigma^4 * det(Hessian)``
         for doh, clipped at 0).
     """
-    img = _check_image(image, "blob_detect")
+    img = as_image_array(image, "blob_detect")
     _choice("method", method, ("log", "dog", "doh"))
     if invert not in ("auto", True, False):
         raise ValueError(f"invert must be 'auto', True or False, got {invert!r}")
@@ -437,7 +437,7 @@ def blob_detect(image: np.ndarray, method: str = "log", min_sigma: float = 2.0,
         _nonneg(n, v, integer=False)
     if min_sigma <= 0 or max_sigma < min_sigma:
         raise ValueError(f"need 0 < min_sigma <= max_sigma, got {min_sigma}, {max_sigma}")
-    x = _scale01(to_channel(img, channel))
+    x = stretch01(to_channel(img, channel))
     h, w = x.shape
     if x.max() <= 0:
         return empty_prediction((h, w))
@@ -523,7 +523,7 @@ def extract_cell(image: np.ndarray, dilation_radius: int = 3, min_distance: int 
     crop : ndarray or None
         ``image[y0:y1, x0:x1]`` of the instance's box (a copy), or None when nothing is found.
     """
-    img = _check_image(image, "extract_cell")
+    img = as_image_array(image, "extract_cell")
     _nonneg("dilation_radius", dilation_radius)
     _nonneg("min_distance", min_distance)
     _nonneg("min_size", min_size)

@@ -232,4 +232,4 @@ def semantic_to_instances(class_map: np.ndarray, *, split: str = "watershed", mi
     fg = cm > 0
     if split == "watershed":
         return classical.watershed_segment(fg, min_distance=min_distance, min_size=min_size, label=label)
-    return classical._finish(cc(fg, connectivity=1), None, label, min_size)
+    return classical.labels_to_prediction(cc(fg, connectivity=1), None, label, min_size)

@@ -11,11 +11,11 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from skimage.segmentation import find_boundaries
 from sklearn.metrics import ConfusionMatrixDisplay
 
-from ..classification.embed import _labels_array
+from ..classification.embed import as_label_array
 from ..data.sample import Sample, SmearDataset
-from ..explain.cam import _semantic_of, CamMasks, DetectorCam
+from ..explain.cam import CamMasks, DetectorCam, semantic_of
 from ..metrics.detection import match_image
-from ..segmentation.classical import _check_image, _scale01, instances_to_label_image
+from ..segmentation.classical import as_image_array, instances_to_label_image, stretch01
 
 
 def figure_to_png(fig, dpi: int = 90) -> bytes:
@@ -285,11 +285,11 @@ def overlay_instances(image: np.ndarray, prediction: dict | None = None, truth=N
     boundaries of each instance (``skimage.segmentation.find_boundaries``), so touching
     instances stay distinguishable. A grey image is drawn in grey.
     """
-    img = _check_image(image, "overlay_instances")
+    img = as_image_array(image, "overlay_instances")
     if img.ndim == 2:
         img = np.repeat(img[..., None], 3, axis=2)
     if img.dtype != np.uint8:
-        img = (_scale01(img) * 255).round().astype(np.uint8)
+        img = (stretch01(img) * 255).round().astype(np.uint8)
     out = img.copy()
     layers = []
     if truth is not None:
@@ -367,7 +367,7 @@ def plot_cam_examples(images, result: CamMasks, truth=None, *, classical=None, i
         row[-1].imshow(img)
         _outline(row[-1], result.masks[i], "red")
         if truth is not None:
-            sem = _semantic_of(truth[i])
+            sem = semantic_of(truth[i])
             _outline(row[-1], sem > 0, "lime")
             _outline(row[-1], sem == 2, "cyan", "dotted")
         if classical is not None:
@@ -441,7 +441,7 @@ def plot_embedding(Y, labels=None, domains=None, *, class_names: Sequence[str] |
     if len(axes) != len(by):
         raise ValueError(f"{len(by)} panels but {len(axes)} axes")
     for ax, b in zip(axes, by):
-        vals = _names(_labels_array(colour[b], len(y), "labels" if b == "class" else "domains"),
+        vals = _names(as_label_array(colour[b], len(y), "labels" if b == "class" else "domains"),
                       class_names if b == "class" else None)
         order = list(class_names) if b == "class" and class_names is not None else []
         groups = [g for g in order if g in set(vals)] + sorted(set(vals) - set(order))
