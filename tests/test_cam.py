@@ -8,6 +8,7 @@ from torch import nn
 
 from smearlab.experiments.gradcam_masks import classical_masks, run_cam_experiment, tune_classical
 from smearlab.explain import cam
+from smearlab.metrics.semantic import cell_mask_scores
 from smearlab.viz.plots import plot_cam_examples, plot_detector_cam
 
 
@@ -158,7 +159,7 @@ def test_cam_masks_map_back_to_each_images_own_pixels_and_evaluate():
     assert [c.shape for c in res.cams] == [(40, 64), (32, 32)]
     assert [k.shape for k in res.masks] == [(40, 64), (32, 32)]
     assert res.targets == [0, 0] and res.layers == ["features.layer1"]
-    scores = cam.evaluate_cam_masks(res.masks, sems, per_image=True)
+    scores = cell_mask_scores(sems, res.masks, per_image=True)
     assert scores["cell_dice"] > 0.8 and scores["n"] == 2
     assert scores["nucleus_dice"] < scores["cell_dice"]  # the nucleus is a part of the highlighted cell
     assert len(scores["per_image"]["cell_iou"]) == 2
@@ -173,14 +174,14 @@ def test_evaluate_cam_masks_known_values_and_errors():
     sem[0:10, 0:10] = 1
     sem[0:5, 0:5] = 2
     pred = sem > 0
-    r = cam.evaluate_cam_masks([pred], [sem])
+    r = cell_mask_scores([sem], [pred])
     assert r["cell_dice"] == pytest.approx(1.0) and r["cell_iou"] == pytest.approx(1.0)
     assert r["nucleus_dice"] == pytest.approx(2 * 25 / (100 + 25))
     assert r["nucleus_iou"] == pytest.approx(25 / 100)
     with pytest.raises(ValueError, match="shape"):
-        cam.evaluate_cam_masks([pred[:10]], [sem])
+        cell_mask_scores([sem], [pred[:10]])
     with pytest.raises(ValueError, match="1 masks for 2"):
-        cam.evaluate_cam_masks([pred], [sem, sem])
+        cell_mask_scores([sem, sem], [pred])
     best = cam.tune_cam_masks([sem.astype(np.float32)], [sem], thresholds=(0.4, 0.9), dilate=0)
     assert best["rel_threshold"] == 0.4 and best["layers"] is None and best["score"] == pytest.approx(1.0)
     assert [r["rel_threshold"] for r in best["table"]] == [0.4, 0.9] and best["table"][1]["cell_dice"] < 1.0

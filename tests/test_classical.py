@@ -306,8 +306,8 @@ def test_scores_counts_and_failure_kinds():
     assert kinds == ["debris", "faint", "split/merge", "touching", "touching", "touching"], kinds
     r = score_instances(ds, [pred])          # class-agnostic: the WBC label does not matter
     assert r["count_error"] == pytest.approx(abs(3 - 5) / 5)
-    assert r["dsb"] == pytest.approx(1 / 7)    # 1 TP (alone), 2 FP, 4 FN at every threshold
-    assert 0 < r["ap50"] < 1
+    assert r["dsb_metric"] == pytest.approx(1 / 7)    # 1 TP (alone), 2 FP, 4 FN at every threshold
+    assert 0 < r["mask_mAP50"] < 1
     one = as_single_class(ds)
     assert one.class_names == ["cell"] and one[0].labels.tolist() == [0] * 5
     assert one[0].masks is not None and ds[0].labels.tolist() == [0, 1, 0, 0, 0]
@@ -319,7 +319,7 @@ def test_evaluate_method_and_overlay(two_discs):
     s = Sample("x", boxes=[[15, 15, 36, 36], [58, 38, 83, 63]], labels=[0, 0], _image=_rgb(a | b),
                _masks=np.stack([a, b]))
     metrics, preds = evaluate_method(SmearDataset([s], ["nucleus"]), "threshold")
-    assert metrics["dsb"] > 0.9 and metrics["ap50"] == pytest.approx(1.0) and metrics["count_error"] == 0
+    assert metrics["dsb_metric"] > 0.9 and metrics["mask_mAP50"] == pytest.approx(1.0) and metrics["count_error"] == 0
     assert metrics["seconds_per_image"] > 0
     out = overlay_instances(s.image, preds[0], s)
     assert out.shape == s.image.shape and out.dtype == np.uint8
@@ -336,7 +336,7 @@ def test_classical_explorer_headless():
     assert ex.params()["min_size"] == 30                                # passed through unchanged
     assert ex.image.value[:4] == b"\x89PNG" and "expected" in ex.metrics.value
     first = ex.result
-    assert first["expected"] == len(ds[0].boxes) and first["dsb"] is not None
+    assert first["expected"] == len(ds[0].boxes) and first["dsb_metric"] is not None
     ex.method.value = "watershed"
     ex.min_distance.value = 3
     assert ex.params()["min_distance"] == 3 and ex.params()["channel"] == "green"

@@ -42,7 +42,7 @@ def test_partial_overlap_by_hand():
     # class 1: target 4 px, prediction 2 of them + 2 others -> TP 2, FP 2, FN 2
     t = np.array([[1, 1, 1, 1, 0, 0]], np.uint8)
     p = np.array([[1, 1, 0, 0, 1, 1]], np.uint8)
-    r = dice_iou(p, t, 2)
+    r = dice_iou(t, p, 2)
     assert r[1]["dice"] == pytest.approx(0.5) and r[1]["iou"] == pytest.approx(1 / 3)
     # class 0: target 2 px, pred 2 px, overlap 0
     assert r[0] == {"dice": 0.0, "iou": 0.0}
@@ -51,17 +51,17 @@ def test_partial_overlap_by_hand():
 def test_set_level_vs_per_image_mean():
     t1, p1 = np.array([[1, 1, 1, 1]], np.uint8), np.array([[1, 1, 1, 1]], np.uint8)  # dice 1
     t2, p2 = np.array([[1, 0, 0, 0]], np.uint8), np.array([[0, 1, 0, 0]], np.uint8)  # dice 0
-    pooled = dice_iou([p1, p2], [t1, t2], 2)[1]["dice"]
+    pooled = dice_iou([t1, t2], [p1, p2], 2)[1]["dice"]
     assert pooled == pytest.approx(2 * 4 / (2 * 4 + 1 + 1))
-    assert dice_iou_per_image([p1, p2], [t1, t2], 2)[1]["dice"] == pytest.approx(0.5)
+    assert dice_iou_per_image([t1, t2], [p1, p2], 2)[1]["dice"] == pytest.approx(0.5)
 
 
 def test_empty_class_is_none_and_ignore_pixels_left_out():
     t = np.array([[0, 1, IGNORE]], np.uint8)
     p = np.array([[0, 1, 2]], np.uint8)
-    r = dice_iou(p, t, 3)
+    r = dice_iou(t, p, 3)
     assert r[2] == {"dice": None, "iou": None}      # absent in both (the IGNORE pixel is left out)
-    assert dice_iou_per_image([p, p], [t, t], 3)[2]["dice"] is None
+    assert dice_iou_per_image([t, t], [p, p], 3)[2]["dice"] is None
 
 
 def test_whole_cell():
@@ -81,7 +81,7 @@ def test_semantic_metrics_names_and_wrong_size(crops):
     msg = str(e.value)
     assert crops[3].image_id in msg and "(10, 12)" in msg and "(64, 64)" in msg
     with pytest.raises(ValueError, match="outside"):
-        dice_iou(np.full((2, 2), 5, np.uint8), np.zeros((2, 2), np.uint8), 3)
+        dice_iou(np.zeros((2, 2), np.uint8), np.full((2, 2), 5, np.uint8), 3)
 
 
 # -- model ------------------------------------------------------------------------------------

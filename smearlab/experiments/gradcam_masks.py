@@ -18,8 +18,9 @@ from ..classification.train import train_classifier
 from ..core.device import resolve_device
 from ..data.splits import stratified_split
 from ..explain.cam import (LAYER_SETS, THRESHOLDS, CamMasks, best_cam_masks, cam_mask_table, cam_masks,
-                           evaluate_cam_masks, select_cam_masks)
+                           select_cam_masks)
 from ..metrics.classification import classification_report
+from ..metrics.semantic import cell_mask_scores
 from ..segmentation.classical import extract_cell
 
 
@@ -53,7 +54,7 @@ def tune_classical(images, truth, grid: "dict[str, Sequence] | Sequence[dict] | 
     -------
     dict
         ``{key: {"params": {...}, "score": float}}`` per key, and ``table``: one row per
-        combination with its parameters and every score of :func:`evaluate_cam_masks`.
+        combination with its parameters and every score of :func:`~smearlab.metrics.semantic.cell_mask_scores`.
     """
     grid = CLASSICAL_GRID if grid is None else grid
     if isinstance(grid, dict):
@@ -65,7 +66,7 @@ def tune_classical(images, truth, grid: "dict[str, Sequence] | Sequence[dict] | 
     images, truth = list(images), list(truth)
     table = []
     for params in candidates:
-        scores = evaluate_cam_masks(classical_masks(images, **params), truth)
+        scores = cell_mask_scores(truth, classical_masks(images, **params))
         table.append({"params": params, **{k: v for k, v in scores.items() if k != "n"}})
     out: dict[str, Any] = {"table": table}
     for k in keys:
@@ -142,7 +143,7 @@ def run_cam_experiment(dataset, *, size: int = 64, width: int = 16, norm: str = 
     crops -> per-layer Grad-CAMs (predicted class) of the train images -> layers and relative
     threshold tuned on the train images (separately for the whole cell and for the nucleus) ->
     the classical extractor's parameters tuned on the same train images -> both applied once to
-    the test images and scored (:func:`evaluate_cam_masks`).
+    the test images and scored (:func:`~smearlab.metrics.semantic.cell_mask_scores`).
 
     Parameters
     ----------
@@ -182,8 +183,8 @@ def run_cam_experiment(dataset, *, size: int = 64, width: int = 16, norm: str = 
     nuc_test = select_cam_masks(all_test, nucleus["layers"], nucleus["rel_threshold"])
     cl_test = classical_masks(test, **classical["cell_dice"]["params"])
     cl_nuc = classical_masks(test, **classical["nucleus_dice"]["params"])
-    scores = {"cam": evaluate_cam_masks(cams_test.masks, test), "cam_nucleus": evaluate_cam_masks(nuc_test.masks, test),
-              "classical": evaluate_cam_masks(cl_test, test), "classical_nucleus": evaluate_cam_masks(cl_nuc, test)}
+    scores = {"cam": cell_mask_scores(test, cams_test.masks), "cam_nucleus": cell_mask_scores(test, nuc_test.masks),
+              "classical": cell_mask_scores(test, cl_test), "classical_nucleus": cell_mask_scores(test, cl_nuc)}
     settings = {"size": size, "width": width, "norm": norm, "epochs": epochs, "test_fraction": test_fraction,
                 "seed": seed, "device": str(dev), "dilate": dilate, "train_s": round(train_s, 2)}
     return CamExperiment(model, train, test, report, cell, nucleus, classical, cams_test, nuc_test, cl_test, cl_nuc,

@@ -13,9 +13,9 @@ from torch import nn
 from torchvision.ops import box_iou
 
 from ..core.device import resolve_device
-from ..core.errors import DataError
 from ..core.geometry import check_image, letterbox
 from ..data.torchdata import image_to_tensor
+from ..metrics.semantic import cell_mask_scores
 from ..preprocess import as_preprocess
 
 
@@ -421,68 +421,6 @@ def cam_masks(model: nn.Module, images, *, layers: "str | Sequence[str]" = DEFAU
     return CamMasks(cams, masks, per_img, tg, layers, float(rel_threshold), int(dilate))
 
 
-def semantic_of(x) -> np.ndarray:
-    if hasattr(x, "semantic"):
-        if not getattr(x, "has_semantic", x.semantic is not None):
-            raise DataError(getattr(x, "path", None) or getattr(x, "image_id", "?"),
-                            "sample has no semantic mask (needed for Grad-CAM mask evaluation)")
-        return np.asarray(x.semantic)
-    return np.asarray(x)
-
-
-def _binary_scores(pred: np.ndarray, gt: np.ndarray) -> tuple[float | None, float | None]:
-    tp = int(np.count_nonzero(pred & gt))
-    fp = int(np.count_nonzero(pred & ~gt))
-    fn = int(np.count_nonzero(~pred & gt))
-    if tp + fp + fn == 0:
-        return None, None
-    return 2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn)
-
-
-def evaluate_cam_masks(masks: Sequence[np.ndarray], truth, *, nucleus_value: int = 2,
-                       per_image: bool = False) -> dict[str, Any]:
-    """Dice and IoU of predicted cell masks against the whole cell and the nucleus.
-
-    Parameters
-    ----------
-    masks : one ``(H, W)`` bool mask per image (e.g. ``cam_masks(...).masks``).
-    truth : a SmearDataset / Samples with semantic masks, or ``(H, W)`` semantic arrays:
-        0 background, 1 cytoplasm, 2 nucleus (Zheng and the synthetic white-cell crops).
-        The whole cell is ``semantic > 0``, the nucleus ``semantic == nucleus_value``.
-    per_image : also return the per-image lists.
-
-    Returns
-    -------
-    dict
-        ``cell_dice``, ``cell_iou``, ``nucleus_dice``, ``nucleus_iou``: means of per-image scores
-        (images where both masks are empty are skipped; None when none is left), ``n`` images;
-        with ``per_image`` also ``per_image: {key: [score or None, ...]}``.
-    """
-    masks = list(masks)
-    truth = list(truth)
-    if len(masks) != len(truth):
-        raise ValueError(f"{len(masks)} masks for {len(truth)} ground-truth images")
-    per = {k: [] for k in ("cell_dice", "cell_iou", "nucleus_dice", "nucleus_iou")}
-    for i, (m, t) in enumerate(zip(masks, truth)):
-        sem = semantic_of(t)
-        m = np.asarray(m).astype(bool)
-        if m.shape != sem.shape:
-            where = getattr(t, "image_id", f"image {i}")
-            raise ValueError(f"{where}: mask has shape {m.shape}, ground truth {sem.shape}")
-        for part, gt in (("cell", sem > 0), ("nucleus", sem == nucleus_value)):
-            d, j = _binary_scores(m, gt)
-            per[f"{part}_dice"].append(d)
-            per[f"{part}_iou"].append(j)
-    out: dict[str, Any] = {}
-    for k, v in per.items():
-        vals = [x for x in v if x is not None]
-        out[k] = float(np.mean(vals)) if vals else None
-    out["n"] = len(masks)
-    if per_image:
-        out["per_image"] = per
-    return out
-
-
 def _layer_sums(per_layer: dict[str, list[np.ndarray]], layers: Sequence[str]) -> list[np.ndarray]:
     missing = [n for n in layers if n not in per_layer]
     if missing:
@@ -502,7 +440,7 @@ def tune_cam_masks(cams, truth, *, layer_sets: Sequence[Sequence[str]] | None = 
     ----------
     cams : a :class:`CamMasks` (its ``per_layer`` maps), ``{layer: [maps]}``, or a list of
         already summed maps (then ``layer_sets`` is not used).
-    truth : ground truth as in :func:`evaluate_cam_masks`.
+    truth : ground truth as in :func:`~smearlab.metrics.semantic.cell_mask_scores`.
     layer_sets : candidate layer combinations (default: every set in :data:`LAYER_SETS` whose
         layers were all computed; with a list of maps: one unnamed set).
     thresholds : candidate relative thresholds.
@@ -519,7 +457,7 @@ def tune_cam_masks(cams, truth, *, layer_sets: Sequence[Sequence[str]] | None = 
 
 
 def cam_mask_table(cams, truth, layer_sets, thresholds, dilate: int, largest: bool) -> list[dict]:
-    """Every candidate of :func:`tune_cam_masks` with all its scores (:func:`evaluate_cam_masks`)."""
+    """Every candidate of :func:`tune_cam_masks` with all its scores (:func:`~smearlab.metrics.semantic.cell_mask_scores`)."""
     truth = list(truth)
     per = cams.per_layer if isinstance(cams, CamMasks) else cams
     if isinstance(per, dict):
@@ -534,7 +472,7 @@ def cam_mask_table(cams, truth, layer_sets, thresholds, dilate: int, largest: bo
     for layers, summed in candidates:
         for t in thresholds:
             masks = [cam_to_mask(c, t, dilate, largest=largest) for c in summed]
-            table.append({"layers": layers, "rel_threshold": float(t), "scores": evaluate_cam_masks(masks, truth)})
+            table.append({"layers": layers, "rel_threshold": float(t), "scores": cell_mask_scores(truth, masks)})
     return table
 
 

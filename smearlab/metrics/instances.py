@@ -183,19 +183,21 @@ def count_error(dataset, predictions, score_threshold: float = 0.5) -> float | N
 
 
 def score_instances(dataset, predictions) -> dict:
-    """``{"dsb", "ap50", "count_error"}`` of instance predictions against ``dataset``'s masks.
+    """``{"dsb_metric", "mask_mAP50", "count_error"}`` of instance predictions against
+    ``dataset``'s masks, class-agnostic: the keys of :func:`segmentation_metrics`.
 
-    ``dsb``: :func:`smearlab.evaluate.dsb_score` on masks; ``ap50``: mask AP at IoU 0.5
-    (:func:`smearlab.evaluate.coco_eval`, ``iou_type="segm"``), class-agnostic (the dataset is
-    seen through :func:`as_single_class`, the predictions' labels set to 0); ``count_error``:
-    :func:`count_error`. ``dsb`` and ``ap50`` are None when the dataset has no instance masks.
+    ``dsb_metric``: :func:`dsb_score` on masks; ``mask_mAP50``: mask AP at IoU 0.5
+    (:func:`smearlab.metrics.detection.coco_eval`, ``iou_type="segm"``), class-agnostic (the
+    dataset is seen through :func:`~smearlab.data.derive.as_single_class`, the predictions'
+    labels set to 0); ``count_error``: :func:`count_error`. ``dsb_metric`` and ``mask_mAP50``
+    are None when the dataset has no instance masks.
     """
     one = as_single_class(dataset)
     preds = [dict(p, labels=np.zeros(len(p["boxes"]), np.int64)) for p in predictions]
-    out = {"dsb": None, "ap50": None, "count_error": count_error(one, preds)}
+    out = {"dsb_metric": None, "mask_mAP50": None, "count_error": count_error(one, preds)}
     if len(one) and has_instance_masks(one):
-        out["dsb"] = dsb_score(one, preds, kind="masks")
-        out["ap50"] = coco_eval(one, preds, iou_type="segm")["mAP50"]
+        out["dsb_metric"] = dsb_score(one, preds, kind="masks")
+        out["mask_mAP50"] = coco_eval(one, preds, iou_type="segm")["mAP50"]
     return out
 
 

@@ -1,7 +1,7 @@
 """Semantic-segmentation metrics: Dice and IoU per class over a dataset or per image."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -53,12 +53,12 @@ def _scores(c: np.ndarray) -> dict[str, float | None]:
     return {"dice": 2 * tp / (2 * tp + fp + fn), "iou": tp / (tp + fp + fn)}
 
 
-def dice_iou(pred, target, num_classes: int, ignore_background: bool = False) -> dict[int, dict]:
+def dice_iou(truth, prediction, num_classes: int, ignore_background: bool = False) -> dict[int, dict]:
     """Dice and IoU per class over a set of masks (TP, FP, FN summed over all images).
 
     Parameters
     ----------
-    pred, target : one ``(H, W)`` integer mask or a sequence of them (same shapes pairwise).
+    truth, prediction : one ``(H, W)`` integer mask or a sequence of them (same shapes pairwise).
     num_classes : number of classes (values ``0 .. num_classes - 1``).
     ignore_background : leave class 0 out of the result.
 
@@ -66,9 +66,9 @@ def dice_iou(pred, target, num_classes: int, ignore_background: bool = False) ->
     -------
     dict
         ``{class_index: {"dice": float | None, "iou": float | None}}``; None for a class
-        absent from both prediction and target.
+        absent from both prediction and truth.
     """
-    preds, targets = _as_list(pred), _as_list(target)
+    preds, targets = _as_list(prediction), _as_list(truth)
     if len(preds) != len(targets):
         raise ValueError(f"{len(preds)} predicted masks but {len(targets)} targets")
     total = np.zeros((num_classes, 3), np.int64)
@@ -77,9 +77,9 @@ def dice_iou(pred, target, num_classes: int, ignore_background: bool = False) ->
     return {c: _scores(total[c]) for c in range(int(ignore_background), num_classes)}
 
 
-def dice_iou_per_image(pred, target, num_classes: int, ignore_background: bool = False) -> dict[int, dict]:
+def dice_iou_per_image(truth, prediction, num_classes: int, ignore_background: bool = False) -> dict[int, dict]:
     """Like :func:`dice_iou` but the mean of per-image scores (images where a class is empty skipped)."""
-    preds, targets = _as_list(pred), _as_list(target)
+    preds, targets = _as_list(prediction), _as_list(truth)
     if len(preds) != len(targets):
         raise ValueError(f"{len(preds)} predicted masks but {len(targets)} targets")
     per = [[_scores(c) for c in _counts(p, t, num_classes, f"image {i}: ")]
@@ -129,8 +129,73 @@ def semantic_metrics(dataset, predictions: Sequence[np.ndarray], *, ignore_backg
             raise DataError(s.path or s.image_id, f"predicted mask has shape {p.shape}, "
                             f"ground truth has {t.shape}", record=s.image_id)
     fn = dice_iou_per_image if per_image else dice_iou
-    res = fn(preds, targets, len(names), ignore_background)
+    res = fn(targets, preds, len(names), ignore_background)
     out = {names[c]: v for c, v in res.items()}
     if whole:
-        out["whole_cell"] = fn([whole_cell(p) for p in preds], [whole_cell(t) for t in targets], 2, True)[1]
+        out["whole_cell"] = fn([whole_cell(t) for t in targets], [whole_cell(p) for p in preds], 2, True)[1]
+    return out
+
+
+def semantic_of(x) -> np.ndarray:
+    """The ``(H, W)`` class map of a Sample (or the array itself)."""
+    if hasattr(x, "semantic"):
+        if not getattr(x, "has_semantic", x.semantic is not None):
+            raise DataError(getattr(x, "path", None) or getattr(x, "image_id", "?"),
+                            "sample has no semantic mask (needed to score cell masks)")
+        return np.asarray(x.semantic)
+    return np.asarray(x)
+
+
+def binary_dice_iou(truth: np.ndarray, prediction: np.ndarray) -> tuple[float | None, float | None]:
+    """``(Dice, IoU)`` of two bool masks; ``(None, None)`` when both are empty."""
+    tp = int(np.count_nonzero(prediction & truth))
+    fp = int(np.count_nonzero(prediction & ~truth))
+    fn = int(np.count_nonzero(~prediction & truth))
+    if tp + fp + fn == 0:
+        return None, None
+    return 2 * tp / (2 * tp + fp + fn), tp / (tp + fp + fn)
+
+
+def cell_mask_scores(truth, masks: Sequence[np.ndarray], *, nucleus_value: int = 2,
+                     per_image: bool = False) -> dict[str, Any]:
+    """Dice and IoU of predicted cell masks (Grad-CAM's, the classical extractor's) against the
+    whole cell and the nucleus.
+
+    Parameters
+    ----------
+    truth : a SmearDataset / Samples with semantic masks, or ``(H, W)`` semantic arrays:
+        0 background, 1 cytoplasm, 2 nucleus (Zheng and the synthetic white-cell crops).
+        The whole cell is ``semantic > 0``, the nucleus ``semantic == nucleus_value``.
+    masks : one ``(H, W)`` bool mask per image (e.g. ``cam_masks(...).masks``).
+    per_image : also return the per-image lists.
+
+    Returns
+    -------
+    dict
+        ``cell_dice``, ``cell_iou``, ``nucleus_dice``, ``nucleus_iou``: means of per-image scores
+        (images where both masks are empty are skipped; None when none is left), ``n`` images;
+        with ``per_image`` also ``per_image: {key: [score or None, ...]}``.
+    """
+    masks = list(masks)
+    truth = list(truth)
+    if len(masks) != len(truth):
+        raise ValueError(f"{len(masks)} masks for {len(truth)} ground-truth images")
+    per = {k: [] for k in ("cell_dice", "cell_iou", "nucleus_dice", "nucleus_iou")}
+    for i, (m, t) in enumerate(zip(masks, truth)):
+        sem = semantic_of(t)
+        m = np.asarray(m).astype(bool)
+        if m.shape != sem.shape:
+            where = getattr(t, "image_id", f"image {i}")
+            raise ValueError(f"{where}: mask has shape {m.shape}, ground truth {sem.shape}")
+        for part, gt in (("cell", sem > 0), ("nucleus", sem == nucleus_value)):
+            d, j = binary_dice_iou(gt, m)
+            per[f"{part}_dice"].append(d)
+            per[f"{part}_iou"].append(j)
+    out: dict[str, Any] = {}
+    for k, v in per.items():
+        vals = [x for x in v if x is not None]
+        out[k] = float(np.mean(vals)) if vals else None
+    out["n"] = len(masks)
+    if per_image:
+        out["per_image"] = per
     return out

@@ -13,8 +13,9 @@ from sklearn.metrics import ConfusionMatrixDisplay
 
 from ..classification.embed import as_label_array
 from ..data.sample import Sample, SmearDataset
-from ..explain.cam import CamMasks, DetectorCam, semantic_of
+from ..explain.cam import CamMasks, DetectorCam
 from ..metrics.detection import match_image
+from ..metrics.semantic import semantic_of
 from ..segmentation.classical import as_image_array, instances_to_label_image, stretch01
 
 

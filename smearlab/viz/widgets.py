@@ -276,10 +276,10 @@ class ClassicalExplorer:
         ms = 1000 * (time.perf_counter() - t0)
         n_pred, n_true = len(self.prediction["masks"]), len(s.boxes)
         self.result = {"found": n_pred, "expected": n_true, "count_error": abs(n_pred - n_true) / max(n_true, 1),
-                       "dsb": dsb_score([s.masks], [self.prediction], kind="masks") if s.has_masks else None,
+                       "dsb_metric": dsb_score([s.masks], [self.prediction], kind="masks") if s.has_masks else None,
                        "ms": ms}
         r = self.result
-        dsb = "n/a" if r["dsb"] is None else f"{r['dsb']:.3f}"
+        dsb = "n/a" if r["dsb_metric"] is None else f"{r['dsb_metric']:.3f}"
         self.metrics.value = (f"<b>{html.escape(s.image_id)}</b> · {self.method.value}: {n_pred} found, "
                               f"{n_true} expected (count error {r['count_error']:.0%}) · DSB score {dsb} · "
                               f"{ms:.0f} ms")
