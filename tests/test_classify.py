@@ -17,6 +17,7 @@ from smearlab.data import DataError, Sample, SmearDataset, load
 from smearlab.data.splits import stratified_split
 from smearlab.data.synthetic import make_dataset, make_wbc_crops
 from smearlab.metrics.classification import classification_report
+from smearlab.models import load_model
 
 
 # -- letterbox and crop geometry ---------------------------------------------------------------
@@ -243,15 +244,17 @@ def test_classification_report_matches_sklearn():
 
 def test_save_and_load_classifier(tmp_path):
     m = build_classifier(["a", "b"], width=4, norm="group", input_size=24).eval()
-    p = save_classifier(m, tmp_path / "clf.pt")
+    p = save_classifier(m, tmp_path / "clf")
+    assert sorted(q.name for q in p.iterdir()) == ["config.json", "weights.pt"]
     back = load_classifier(p)
     x = torch.rand(2, 3, 24, 24)
     assert torch.allclose(m(x), back(x)) and back.class_names == ["a", "b"] and back.input_size == 24
-    (tmp_path / "bad.pt").write_bytes(b"garbage")
-    with pytest.raises(DataError, match="bad.pt"):
-        load_classifier(tmp_path / "bad.pt")
-    with pytest.raises(DataError, match="does not exist"):
-        load_classifier(tmp_path / "none.pt")
+    assert load_model(p, device="cpu").class_names == ["a", "b"]
+    (p / "weights.pt").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="weights.pt"):
+        load_classifier(p)
+    with pytest.raises(DataError, match="config.json"):
+        load_classifier(tmp_path / "none")
 
 
 # -- the cascade -------------------------------------------------------------------------------------

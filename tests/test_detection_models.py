@@ -9,6 +9,7 @@ from smearlab.core.device import resolve_device
 from smearlab.core.errors import DataError
 from smearlab.detection.models import (ARCHS, DetectorConfig, build_detector, count_parameters, load_model,
                                        save_model)
+from smearlab.models import load_model as load_any_model
 
 CLASSES = ["RBC", "WBC", "Platelets"]
 
@@ -89,6 +90,7 @@ def test_save_load_roundtrip(tmp_path, arch, channels):
     assert json.loads((tmp_path / "m" / "config.json").read_text())["class_names"] == CLASSES
     m2 = load_model(tmp_path / "m", device="cpu")
     assert not m2.training and m2.detector_config.class_names == CLASSES
+    assert load_any_model(tmp_path / "m", device="cpu").detector_config == m2.detector_config
     assert m2.thresholds == {"RBC": 0.5} and m2.preprocess_spec == {"steps": []}
     with torch.no_grad():
         out = m2(x)[0]

@@ -5,9 +5,11 @@ import numpy as np
 import pytest
 import torch
 
+from smearlab.classification.model import build_classifier, save_classifier
 from smearlab.core.errors import DataError
 from smearlab.data.synthetic import make_wbc_crops
 from smearlab.metrics.semantic import IGNORE, dice_iou, dice_iou_per_image, semantic_metrics, whole_cell
+from smearlab.models import load_model
 from smearlab.segmentation.predict import predict_semantic
 from smearlab.segmentation.train import train_unet
 from smearlab.segmentation.unet import UNet, load_unet, save_unet
@@ -109,15 +111,16 @@ def test_training_learns(trained, crops):
 
 def test_checkpoint_round_trip(trained, crops, tmp_path):
     model, _, out = trained
-    assert (out / "unet.pt").is_file() and (out / "history.json").is_file()
-    loaded = load_unet(out / "unet.pt")
+    assert (out / "unet" / "weights.pt").is_file() and (out / "history.json").is_file()
+    loaded = load_unet(out / "unet")
     imgs = [s.image for s in crops[:4]] + [crops[0].image[:50, :41]]  # odd size too
     a = predict_semantic(model, imgs, device="cpu")
     b = predict_semantic(loaded, imgs, device="cpu")
     assert a[-1].shape == (50, 41)
     assert all(np.array_equal(x, y) for x, y in zip(a, b))
-    p = save_unet(loaded, tmp_path / "again.pt")
+    p = save_unet(loaded, tmp_path / "again")
     assert load_unet(p).config == model.config
+    assert load_model(p, device="cpu").config == model.config  # the one loader of every model folder
 
 
 def test_letterbox_size(crops):
@@ -138,15 +141,19 @@ def test_training_with_augment(crops):
 
 
 def test_corrupt_checkpoint(tmp_path):
-    bad = tmp_path / "unet.pt"
+    save_unet(UNet(3, 2, base=4, depth=2), tmp_path / "unet")
+    bad = tmp_path / "unet" / "weights.pt"
     bad.write_bytes(b"not a torch file")
-    with pytest.raises(DataError, match="unet.pt"):
-        load_unet(bad)
+    with pytest.raises(DataError, match="weights.pt"):
+        load_unet(tmp_path / "unet")
     torch.save({"foo": 1}, bad)
-    with pytest.raises(DataError, match="not a smearlab U-Net"):
-        load_unet(bad)
-    with pytest.raises(DataError, match="does not exist"):
-        load_unet(tmp_path / "missing.pt")
+    with pytest.raises(DataError, match="not a state dict"):
+        load_unet(tmp_path / "unet")
+    with pytest.raises(DataError, match="config.json"):
+        load_unet(tmp_path / "missing")
+    save_classifier(build_classifier(["a"], width=4), tmp_path / "clf")
+    with pytest.raises(DataError, match="holds a classifier, not a unet"):
+        load_unet(tmp_path / "clf")
 
 
 def test_training_needs_semantic(crops):
@@ -277,7 +284,7 @@ def test_train_crop_unet_on_synthetic_smears(tmp_path):
                 for s, p in zip(ds, preds) for a, b in zip(s.masks, p["masks"])]
         assert np.mean(ious) > 0.6, np.mean(ious)
         assert dsb_score(ds, preds, kind="masks") > 0.3
-        loaded = load_unet(tmp_path / "unet.pt")
+        loaded = load_unet(tmp_path / "unet")
         assert loaded.crop_pad == 0.25 and loaded.input_size == 32
         again = two_stage_segment(ds[:1], loaded, ds[:1], device="cpu")
         np.testing.assert_array_equal(again[0]["masks"], preds[0]["masks"])

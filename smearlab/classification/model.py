@@ -11,11 +11,10 @@ import torch.nn as nn
 
 from ..core.device import resolve_device
 from ..core.errors import DataError
-from ..core.files import atomic_path, read_torch_file
+from ..core.model_folder import read_model_folder, save_model_folder
 from ..core.nn import BasicBlock, norm_layer
 
 
-CHECKPOINT_FORMAT = "smearlab-classifier/1"
 
 
 #: Input normalisation inside the model: ``(x - MEAN) / STD`` for x in [0, 1].
@@ -111,33 +110,28 @@ def build_classifier(class_names: Sequence[str], *, width: int = 32, norm: str =
                           input_size=input_size)
 
 
-def save_classifier(model: CellClassifier, path, **extra) -> Path:
-    """Write ``{"format", "state_dict", "config", "input_size", **extra}`` atomically (``torch.save``)."""
-    path = Path(path)
-    obj = {"format": CHECKPOINT_FORMAT, "config": dict(model.config), "input_size": int(model.input_size),
-           "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **extra}
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-    return path
+def save_classifier(model: CellClassifier, folder, **meta) -> Path:
+    """Write the classifier as a model folder (:mod:`smearlab.core.model_folder`, kind
+    ``"classifier"``); ``meta`` is kept in ``weights.pt``."""
+    return save_model_folder(folder, "classifier", model, {**model.config, "input_size": int(model.input_size)},
+                             class_names=model.class_names, **meta)
 
 
-def load_classifier(path, device="cpu") -> CellClassifier:
-    """A :class:`CellClassifier` saved by :func:`save_classifier` (read with ``weights_only=True``).
+def load_classifier(folder, device="cpu") -> CellClassifier:
+    """A :class:`CellClassifier` from its model folder (:func:`save_classifier`).
 
     Raises
     ------
     DataError
-        naming the file when it is missing, unreadable, or not a matching classifier checkpoint.
+        naming the file when the folder is missing, unreadable, of another kind, or its weights
+        do not fit its config.
     """
-    p = Path(path)
-    obj = read_torch_file(p, "classifier checkpoint")
-    if not isinstance(obj, dict) or obj.get("format") != CHECKPOINT_FORMAT:
-        raise DataError(p, f"not a smearlab classifier checkpoint (expected format {CHECKPOINT_FORMAT!r})")
+    saved = read_model_folder(folder, "classifier")
     try:
-        model = build_classifier(**obj["config"], input_size=obj.get("input_size", 64))
-        model.load_state_dict(obj["state_dict"])
+        model = build_classifier(**saved.config)
+        model.load_state_dict(saved.state_dict)
     except (TypeError, ValueError, KeyError, RuntimeError) as e:
-        raise DataError(p, f"classifier checkpoint does not match its config: {e}") from None
+        raise DataError(Path(folder) / "weights.pt", f"classifier weights do not match config.json: {e}") from None
     return model.to(resolve_device(device)).eval()
 
 

@@ -55,7 +55,8 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP
 
 from ..core.device import resolve_device
 from ..core.errors import DataError
-from ..core.files import atomic_path, write_json
+from ..core.files import read_torch_file
+from ..core.model_folder import read_config_json, read_model_folder, save_model_folder, state_dict_of
 
 log = logging.getLogger("smearlab.detection")
 
@@ -65,7 +66,6 @@ ARCHS = ("fasterrcnn", "fasterrcnn_v2", "retinanet", "fasterrcnn_mobilenet", "fa
 MASK_ARCHS = ("maskrcnn", "maskrcnn_tiny")
 #: Architectures built on the tiny plain-CNN backbone (3 feature levels).
 _TINY_ARCHS = ("fasterrcnn_tiny", "maskrcnn_tiny")
-WEIGHTS_FORMAT = "smearlab-detector/1"
 #: ImageNet statistics (torchvision's GeneralizedRCNNTransform defaults).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -322,37 +322,19 @@ def _to_one_channel(model: nn.Module) -> None:
 
 
 def _read_weights(path, what: str = "pretrained weights") -> dict:
+    """The torch file of local weights (a file, or a model folder's ``weights.pt``)."""
     p = Path(path)
     if p.is_dir():
         p = p / "weights.pt"
     if not p.is_file():
         raise DataError(p, f"{what} must be a local file; got {str(path)!r}, which does not exist "
                            "(smearlab never downloads weights)")
-    try:
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unreadable file is the same user problem
-        raise DataError(p, f"cannot read {what} (corrupt or not a torch file): {type(e).__name__}: {e}") from e
-    return obj
-
-
-def _state_dict_of(obj, path) -> tuple[dict, dict]:
-    """(state dict, metadata) from a weights file: smearlab weights, train checkpoint or raw."""
-    meta = {}
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        meta = {k: v for k, v in obj.items() if k != "state_dict"}
-        obj = obj["state_dict"]
-    elif isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
-        meta = {k: v for k, v in obj.items() if k == "model_config"}
-        obj = obj["model"]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise DataError(path, "not a state dict (expected a mapping of parameter names to tensors)")
-    obj = {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}  # DDP prefix
-    return obj, meta
+    return read_torch_file(p, what)
 
 
 def _load_pretrained(model: nn.Module, cfg: DetectorConfig) -> None:
     path = cfg.weights_path
-    sd, _ = _state_dict_of(_read_weights(path), path)
+    sd, _ = state_dict_of(_read_weights(path), path)
     key, *_ = _first_conv(model)
     own = model.state_dict()
     if any(k.startswith(("backbone.", "rpn.", "roi_heads.", "head.")) for k in sd):
@@ -431,46 +413,27 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 def save_model(model: nn.Module, cfg: DetectorConfig | None, folder, thresholds: dict | None = None,
                preprocess: Any = None) -> Path:
-    """Write ``weights.pt``, ``config.json`` and optionally ``thresholds.json`` / ``preprocess.json``.
+    """Write the detector as a model folder (:mod:`smearlab.core.model_folder`): ``weights.pt``,
+    ``config.json`` (the :class:`DetectorConfig`) and optionally ``thresholds.json`` /
+    ``preprocess.json``.
 
     ``thresholds`` and ``preprocess`` are dicts or objects with ``to_dict()`` (e.g. a
-    ``Thresholds`` set, a ``Preprocess`` pipeline).
-    Every file is written atomically. Returns the folder.
+    ``Thresholds`` set, a ``Preprocess`` pipeline). Every file is written atomically. Returns the
+    folder.
     """
     model = unwrap(model)
     cfg = cfg or getattr(model, "detector_config", None)
     if cfg is None:
         raise ValueError("save_model needs the DetectorConfig (cfg) of the model")
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    payload = {"format": WEIGHTS_FORMAT, "arch": cfg.arch, "class_names": list(cfg.class_names),
-               "state_dict": sd}
-    with atomic_path(folder / "weights.pt") as tmp:
-        torch.save(payload, tmp)
-    write_json(folder / "config.json", cfg.to_dict())
-    if thresholds is not None:
-        if hasattr(thresholds, "to_dict"):
-            thresholds = thresholds.to_dict()
-        write_json(folder / "thresholds.json", dict(thresholds))
-    if preprocess is not None:
-        if hasattr(preprocess, "to_dict"):
-            preprocess = preprocess.to_dict()
-        write_json(folder / "preprocess.json", preprocess)
-    return folder
+    return save_model_folder(folder, "detector", model, cfg.to_dict(), class_names=cfg.class_names,
+                             thresholds=thresholds, preprocess=preprocess, arch=cfg.arch)
 
 
 def read_config(folder) -> DetectorConfig:
     """The :class:`DetectorConfig` saved in a model folder."""
     p = Path(folder) / "config.json"
-    if not p.is_file():
-        raise DataError(p, "model folder has no config.json (not a saved smearlab model?)")
-    try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise DataError(p, f"not a readable JSON file: {e}") from None
-    if not isinstance(d, dict):
-        raise DataError(p, f"expected a JSON object of detector settings, got a {type(d).__name__}")
+    d = read_config_json(folder)
+    d.pop("kind", None)
     try:
         return DetectorConfig.from_dict(d)
     except (ValueError, TypeError) as e:
@@ -485,8 +448,9 @@ def load_model(folder, device: "str | torch.device | None" = "auto") -> nn.Modul
     """
     folder = Path(folder)
     cfg = read_config(folder)
+    saved = read_model_folder(folder, "detector")
     wpath = folder / "weights.pt"
-    sd, meta = _state_dict_of(_read_weights(wpath, "model weights"), wpath)
+    sd, meta = saved.state_dict, saved.meta
     saved_names = meta.get("class_names")
     if saved_names is None and isinstance(meta.get("model_config"), dict):
         saved_names = meta["model_config"].get("class_names")
@@ -514,8 +478,8 @@ def load_model(folder, device: "str | torch.device | None" = "auto") -> nn.Modul
         raise DataError(wpath, f"weights do not fit a {cfg.arch} model built from config.json: "
                                f"{msg.splitlines()[0]} ...") from e
     model.detector_config = cfg
-    model.thresholds = _read_optional_json(folder / "thresholds.json")
-    model.preprocess_spec = _read_optional_json(folder / "preprocess.json")
+    model.thresholds = saved.thresholds
+    model.preprocess_spec = saved.preprocess
     return model.to(resolve_device(device)).eval()
 
 
@@ -531,10 +495,3 @@ def _checkpoint_classes(sd: dict, model: nn.Module) -> int | None:
     return None
 
 
-def _read_optional_json(p: Path):
-    if not p.is_file():
-        return None
-    try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except ValueError as e:
-        raise DataError(p, f"invalid JSON: {e}") from e

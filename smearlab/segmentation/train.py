@@ -76,7 +76,8 @@ def train_unet(model: UNet, train_ds, val_ds=None, *, epochs: int = 20, batch_si
     seed : seeds initialisation-independent randomness (shuffling, augmentation).
     augment : optional :class:`smearlab.augment.Augment`, applied per batch on the device.
     progress : print one line per epoch.
-    out_dir : if given, ``unet.pt`` (:func:`save_unet`, after every epoch) and ``history.json``.
+    out_dir : if given, the model folder ``unet/`` (:func:`save_unet`, after every epoch) and
+        ``history.json``.
 
     Returns
     -------
@@ -137,7 +138,7 @@ def train_unet(model: UNet, train_ds, val_ds=None, *, epochs: int = 20, batch_si
                 f"{a}={'-' if d is None else f'{d:.3f}'}" for a, d in rec["val_dice"].items())
             print(f"epoch {epoch}/{epochs}  loss {rec['loss']:.4f}{extra}  ({rec['seconds']:.1f} s)")
         if out_dir is not None:
-            save_unet(model, Path(out_dir) / "unet.pt", semantic_names=list(names), epoch=epoch)
+            save_unet(model, Path(out_dir) / "unet", class_names=list(names), epoch=epoch)
             write_json(Path(out_dir) / "history.json", history)
     model.eval()
     return history

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ..core.device import resolve_device
 from ..core.errors import DataError
-from ..core.files import atomic_path, read_torch_file
+from ..core.model_folder import read_model_folder, save_model_folder
 from ..core.nn import conv_block
 from ..metrics.semantic import IGNORE
 
@@ -84,29 +84,32 @@ class UNet(nn.Module):
         return self.head(x)[..., :h, :w]
 
 
-def save_unet(model: UNet, path, **extra) -> Path:
-    """Write ``{"state_dict", "config", "input_size", "crop_pad", **extra}`` atomically (:func:`torch.save`)."""
-    path = Path(path)
-    obj = {"state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-           "config": dict(model.config), "input_size": model.input_size,
-           "crop_pad": getattr(model, "crop_pad", None), **extra}
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-    return path
+def save_unet(model: UNet, folder, *, class_names=None, **meta) -> Path:
+    """Write the U-Net as a model folder (:mod:`smearlab.core.model_folder`, kind ``"unet"``):
+    its layer settings, the square ``input_size`` it was trained at and, for a crop U-Net, the
+    ``crop_pad`` around each box. ``class_names``: the names of the class-map values (the
+    dataset's ``semantic_names``); ``meta`` (e.g. ``epoch``) is kept in ``weights.pt``."""
+    config = {**model.config, "input_size": model.input_size, "crop_pad": getattr(model, "crop_pad", None),
+              "class_names": None if class_names is None else list(class_names)}
+    return save_model_folder(folder, "unet", model, config, class_names=class_names, **meta)
 
 
-def load_unet(path, device: "str | torch.device | None" = "cpu") -> UNet:
-    """A :class:`UNet` from :func:`save_unet` / :func:`train_unet`; DataError on an unreadable file."""
-    p = Path(path)
-    obj = read_torch_file(p, "U-Net checkpoint")
-    if not isinstance(obj, dict) or not isinstance(obj.get("state_dict"), dict) \
-            or not isinstance(obj.get("config"), dict):
-        raise DataError(p, "not a smearlab U-Net checkpoint (expected keys 'state_dict' and 'config')")
+def load_unet(folder, device: "str | torch.device | None" = "cpu") -> UNet:
+    """A :class:`UNet` from its model folder (:func:`save_unet`, :func:`~smearlab.segmentation.train.train_unet`).
+
+    Raises
+    ------
+    DataError
+        naming the file when the folder is missing, unreadable, of another kind, or its weights
+        do not fit its config.
+    """
+    saved = read_model_folder(folder, "unet")
+    config = dict(saved.config)
+    extra = {k: config.pop(k, None) for k in ("input_size", "crop_pad", "class_names")}
     try:
-        model = UNet(**obj["config"])
-        model.load_state_dict(obj["state_dict"])
+        model = UNet(**config)
+        model.load_state_dict(saved.state_dict)
     except (TypeError, ValueError, RuntimeError) as e:
-        raise DataError(p, f"U-Net checkpoint does not match its config: {e}") from e
-    model.input_size = obj.get("input_size")
-    model.crop_pad = obj.get("crop_pad")
+        raise DataError(Path(folder) / "weights.pt", f"U-Net weights do not match config.json: {e}") from e
+    model.input_size, model.crop_pad, model.class_names = extra["input_size"], extra["crop_pad"], extra["class_names"]
     return model.to(resolve_device(device)).eval()

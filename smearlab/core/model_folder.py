@@ -1,0 +1,163 @@
+"""The one folder format every trainable model is saved in, and reading it back.
+
+Layout::
+
+    <folder>/weights.pt       {"format": "smearlab-model/1", "kind", "class_names", "state_dict"}
+    <folder>/config.json      {"kind", ...}: everything needed to rebuild the model
+    <folder>/thresholds.json  tuned thresholds, where the task has them (detectors)
+    <folder>/preprocess.json  the preprocessing pipeline the model was trained with, if any
+
+``kind`` is ``"detector"``, ``"unet"`` or ``"classifier"``; :func:`smearlab.models.load_model`
+reads any of them. Weights are read with ``torch.load(weights_only=True)`` (tensors and plain
+containers only); every file is written atomically. Detector folders written before ``kind``
+existed (a ``config.json`` with an ``arch``) still read as detectors.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from .errors import DataError
+from .files import atomic_path, read_torch_file, write_json
+
+#: The ``format`` tag of ``weights.pt``.
+FORMAT = "smearlab-model/1"
+#: Earlier tags that read the same way (detector folders before one format served every model).
+OLD_FORMATS = ("smearlab-detector/1",)
+KINDS = ("detector", "unet", "classifier")
+
+
+@dataclass
+class ModelFolder:
+    """What a model folder holds (see the module docstring)."""
+
+    folder: Path
+    kind: str
+    config: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    meta: dict[str, Any] = field(default_factory=dict)
+    thresholds: dict | None = None
+    preprocess: dict | None = None
+
+
+def save_model_folder(folder, kind: str, model: torch.nn.Module, config: Mapping[str, Any], *,
+                      class_names=None, thresholds=None, preprocess=None, **meta) -> Path:
+    """Write ``model`` into ``folder`` as ``kind``.
+
+    Parameters
+    ----------
+    folder : the model folder (created if needed).
+    kind : one of :data:`KINDS`.
+    model : the module whose ``state_dict`` is saved (moved to the CPU).
+    config : the JSON-ready settings that rebuild it (``kind`` is added).
+    class_names : the classes the model's outputs index, stored beside the weights too so that a
+        config and weights of different class lists are caught on reading.
+    thresholds, preprocess : dicts (or objects with ``to_dict()``) written as
+        ``thresholds.json`` / ``preprocess.json``.
+    meta : further plain values kept in ``weights.pt`` (e.g. ``epoch``).
+
+    Returns
+    -------
+    Path
+        ``folder``.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; kinds: {', '.join(KINDS)}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {"format": FORMAT, "kind": kind, "class_names": None if class_names is None else list(class_names),
+               "state_dict": sd, **meta}
+    with atomic_path(folder / "weights.pt") as tmp:
+        torch.save(payload, tmp)
+    write_json(folder / "config.json", {"kind": kind, **dict(config)})
+    for name, value in (("thresholds.json", thresholds), ("preprocess.json", preprocess)):
+        if value is not None:
+            write_json(folder / name, value.to_dict() if hasattr(value, "to_dict") else dict(value))
+    return folder
+
+
+def model_kind(folder) -> str:
+    """The ``kind`` a model folder holds (from its ``config.json``).
+
+    Raises
+    ------
+    DataError
+        naming the file when the folder has no readable ``config.json`` or an unknown kind.
+    """
+    config = read_config_json(folder)
+    kind = config.get("kind") or ("detector" if "arch" in config else None)
+    if kind not in KINDS:
+        raise DataError(Path(folder) / "config.json",
+                        f"unknown model kind {kind!r} (expected one of {', '.join(KINDS)}); "
+                        "not a smearlab model folder?")
+    return kind
+
+
+def read_config_json(folder) -> dict[str, Any]:
+    """The ``config.json`` of a model folder as a dict; :class:`DataError` naming it otherwise."""
+    p = Path(folder) / "config.json"
+    if not p.is_file():
+        raise DataError(p, "model folder has no config.json (not a saved smearlab model?)")
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(p, f"not a readable JSON file: {e}") from None
+    if not isinstance(d, dict):
+        raise DataError(p, f"expected a JSON object of model settings, got a {type(d).__name__}")
+    return d
+
+
+def read_model_folder(folder, kind: str | None = None) -> ModelFolder:
+    """Read a model folder (its weights and JSON files), checking its ``kind`` when given.
+
+    Raises
+    ------
+    DataError
+        naming the file: a missing or unreadable ``config.json`` or ``weights.pt``, weights that
+        are not a state dict, a folder of another kind, an unreadable ``thresholds.json`` or
+        ``preprocess.json``.
+    """
+    folder = Path(folder)
+    found = model_kind(folder)
+    if kind is not None and found != kind:
+        raise DataError(folder / "config.json", f"this folder holds a {found}, not a {kind}")
+    config = read_config_json(folder)
+    config.pop("kind", None)
+    wpath = folder / "weights.pt"
+    obj = read_torch_file(wpath, "model weights")
+    state_dict, meta = state_dict_of(obj, wpath)
+    if meta.get("format") not in (None, FORMAT, *OLD_FORMATS):
+        raise DataError(wpath, f"unknown weights format {meta.get('format')!r} (expected {FORMAT!r})")
+    return ModelFolder(folder, found, config, state_dict, meta, _optional_json(folder / "thresholds.json"),
+                       _optional_json(folder / "preprocess.json"))
+
+
+def state_dict_of(obj, path) -> tuple[dict, dict]:
+    """``(state dict, metadata)`` from a weights file: a smearlab model folder's ``weights.pt``, a
+    training checkpoint (``{"model": ...}``) or a raw state dict; a ``module.`` prefix (DDP) is
+    removed."""
+    meta = {}
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        meta = {k: v for k, v in obj.items() if k != "state_dict"}
+        obj = obj["state_dict"]
+    elif isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
+        meta = {k: v for k, v in obj.items() if k == "model_config"}
+        obj = obj["model"]
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise DataError(path, "not a state dict (expected a mapping of parameter names to tensors)")
+    obj = {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
+    return obj, meta
+
+
+def _optional_json(p: Path):
+    if not p.is_file():
+        return None
+    try:
+        return json.loads(p.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise DataError(p, f"invalid JSON: {e}") from e
