@@ -185,10 +185,10 @@ def _dark_image():
 
 def test_crop_window_square_and_clipped():
     from smearlab.core.geometry import crop_window
-    assert crop_window([10, 10, 20, 20], (100, 100), 0.5) == (5, 25, 5, 25)
-    assert crop_window([30, 40, 50, 50], (100, 100), 0.0) == (35, 55, 30, 50)   # square side 20
-    assert crop_window([0, 0, 10, 10], (8, 100), 0.5) == (0, 8, 0, 15)           # clipped
-    assert crop_window([5, 5, 5, 5], (10, 10), 0.0) == (4, 6, 4, 6)              # degenerate box: 1 px + rounding
+    assert crop_window([10, 10, 20, 20], (100, 100), 0.5) == (5, 5, 25, 25)
+    assert crop_window([30, 40, 50, 50], (100, 100), 0.0) == (30, 35, 50, 55)   # square side 20
+    assert crop_window([0, 0, 10, 10], (8, 100), 0.5) == (0, 0, 15, 8)           # clipped
+    assert crop_window([5, 5, 5, 5], (10, 10), 0.0) == (4, 4, 6, 6)              # degenerate box: 1 px + rounding
 
 
 def test_two_stage_pastes_one_instance_per_box():
@@ -255,7 +255,7 @@ def test_crop_dataset_targets_are_the_objects_own_pixels():
     crops = crop_dataset(ds, pad=0.5)
     assert len(crops) == 2 and crops.semantic_names == ds.semantic_names
     c = crops[0]
-    assert c.meta["window"] == (5, 25, 5, 25) and c.image.shape == (20, 20, 3)
+    assert c.meta["window"] == (5, 5, 25, 25) and c.image.shape == (20, 20, 3)
     assert c.semantic[5:15, 5:15].max() == 2 and c.semantic[10, 17] == 0    # neighbour -> background
     np.testing.assert_array_equal(c.boxes, [[5, 5, 15, 15]])
     assert len(crop_dataset(ds, classes=[1])) == 1
@@ -387,9 +387,9 @@ def test_tile_dataset_covers_each_image():
     ds = SmearDataset([Sample("big", _image=big, _semantic=sem), small], [], semantic_names=["a", "b", "c"])
     tiles = tile_dataset(ds, 16)
     wins = [t.meta["window"] for t in tiles if t.meta["source"] == "big"]
-    assert len(wins) == 3 * 4 and (24, 40, 34, 50) in wins          # last row/column flush with the border
+    assert len(wins) == 3 * 4 and (34, 24, 50, 40) in wins          # last row/column flush with the border
     cover = np.zeros((40, 50), int)
-    for t, (y0, y1, x0, x1) in zip(tiles, wins):
+    for t, (x0, y0, x1, y1) in zip(tiles, wins):
         assert t.image.shape == (16, 16, 3)
         np.testing.assert_array_equal(t.image, big[y0:y1, x0:x1])
         np.testing.assert_array_equal(t.semantic, sem[y0:y1, x0:x1])

@@ -1,4 +1,11 @@
-"""Windows and padding: the one box/window convention and the one letterbox."""
+"""Windows and padding: the one box/window convention and the one letterbox.
+
+Every window, like every box, is ``(x0, y0, x1, y1)`` in pixel-edge coordinates (a window
+covering columns 0..9 has ``x0=0, x1=10``), so ``image[y0:y1, x0:x1]`` is its content. The one
+letterbox scales an image's longer side to the square's side and centres it
+(:func:`letterbox_window` says where the content lands; :func:`letterbox` does it for numpy
+images, :func:`smearlab.segmentation.unet.resize_and_pad` for the U-Net's tensors).
+"""
 from __future__ import annotations
 
 import math
@@ -60,17 +67,24 @@ def letterbox(image: np.ndarray, size: int, fill="median") -> np.ndarray:
         ``(size, size, 3)`` uint8.
     """
     img = check_image(image)
+    colour = _fill_colour(img, fill)
+    x0, y0, x1, y1 = letterbox_window(img.shape[:2], size)
+    if (y1 - y0, x1 - x0) != img.shape[:2]:
+        img = np.asarray(Image.fromarray(img).resize((x1 - x0, y1 - y0), Image.BILINEAR))
+    return _pad_to(img, y0, int(size) - y1, x0, int(size) - x1, colour)
+
+
+def letterbox_window(hw: tuple[int, int], size: int) -> tuple[int, int, int, int]:
+    """Where an image of ``hw = (height, width)`` lands in its ``size`` x ``size`` letterbox:
+    the window ``(x0, y0, x1, y1)`` of its content (longer side scaled to ``size``, centred)."""
     size = int(size)
     if size < 1:
         raise ValueError(f"size must be a positive number of pixels, got {size}")
-    colour = _fill_colour(img, fill)
-    h, w = img.shape[:2]
+    h, w = int(hw[0]), int(hw[1])
     s = size / max(h, w)
     nh, nw = min(size, max(1, round(h * s))), min(size, max(1, round(w * s)))
-    if (nh, nw) != (h, w):
-        img = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
     top, left = (size - nh) // 2, (size - nw) // 2
-    return _pad_to(img, top, size - nh - top, left, size - nw - left, colour)
+    return left, top, left + nw, top + nh
 
 
 def square_window(box, pad: float = 0.1) -> tuple[int, int, int, int]:
@@ -117,7 +131,7 @@ def extract_crop(image: np.ndarray, box, pad: float = 0.1, fill="median") -> np.
 
 
 def crop_window(box, hw: tuple[int, int], pad: float) -> tuple[int, int, int, int]:
-    """The square crop ``(y0, y1, x0, x1)`` around ``box`` with a context margin, inside the image.
+    """The square crop window ``(x0, y0, x1, y1)`` around ``box`` with a context margin, inside the image.
 
     The square is centred on the box, its side ``max(box w, box h) * (1 + 2 * pad)`` (at least
     one pixel), rounded outwards to whole pixels and clipped to the image ``hw`` (so crops at the
@@ -135,7 +149,7 @@ def crop_window(box, hw: tuple[int, int], pad: float) -> tuple[int, int, int, in
     if xb <= xa:
         xa = min(max(xa, 0), w - 1)
         xb = xa + 1
-    return ya, yb, xa, xb
+    return xa, ya, xb, yb
 
 
 def check_pad(pad) -> float:

@@ -76,7 +76,7 @@ def tile_dataset(dataset, tile: int = 128, *, max_tiles: int | None = None, seed
     Returns
     -------
     SmearDataset
-        one sample per tile (``meta["source"]``, ``meta["window"]`` ``(y0, y1, x0, x1)``), same
+        one sample per tile (``meta["source"]``, ``meta["window"]`` ``(x0, y0, x1, y1)``), same
         ``semantic_names``.
     """
     if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 16:
@@ -86,15 +86,15 @@ def tile_dataset(dataset, tile: int = 128, *, max_tiles: int | None = None, seed
         if not s.has_semantic:
             raise DataError(s.path or s.image_id, "sample has no semantic mask (needed to train)")
         h, w = s.hw
-        windows += [(i, y, min(h, y + tile), x, min(w, x + tile)) for y in _starts(h, tile) for x in _starts(w, tile)]
+        windows += [(i, x, y, min(w, x + tile), min(h, y + tile)) for y in _starts(h, tile) for x in _starts(w, tile)]
     if max_tiles is not None and len(windows) > max_tiles:
         keep = np.sort(np.random.default_rng(seed).choice(len(windows), int(max_tiles), replace=False))
         windows = [windows[k] for k in keep]
     out = []
-    for i, y0, y1, x0, x1 in windows:
+    for i, x0, y0, x1, y1 in windows:
         s = dataset[i]
         out.append(Sample(f"{s.image_id}@{y0},{x0}", _image=np.ascontiguousarray(s.image[y0:y1, x0:x1]),
-                          domain=s.domain, meta={"source": s.image_id, "window": (y0, y1, x0, x1)},
+                          domain=s.domain, meta={"source": s.image_id, "window": (x0, y0, x1, y1)},
                           _semantic=np.ascontiguousarray(np.asarray(s.semantic)[y0:y1, x0:x1])))
     return SmearDataset(out, getattr(dataset, "class_names", []), f"{getattr(dataset, 'name', 'dataset')}-tiles",
                         semantic_names=getattr(dataset, "semantic_names", None))

@@ -13,7 +13,7 @@ from torch import nn
 from torchvision.ops import box_iou
 
 from ..core.device import resolve_device
-from ..core.geometry import check_image, letterbox
+from ..core.geometry import check_image, letterbox, letterbox_window
 from ..data.torchdata import image_to_tensor
 from ..metrics.semantic import cell_mask_scores
 from ..preprocess import as_preprocess
@@ -312,16 +312,6 @@ def cam_to_mask(cam: np.ndarray, rel_threshold: float = 0.5, dilate: int = 5, *,
     return mask.astype(bool)
 
 
-def _content_box(hw: tuple[int, int], size: int) -> tuple[int, int, int, int]:
-    """(y0, x0, y1, x1) of an ``hw`` image inside its ``size`` letterbox (classify.letterbox)."""
-    marker = letterbox(np.full((*hw, 3), 255, np.uint8), size, fill=0)
-    inside = np.asarray(marker)[..., 0] > 127
-    rows, cols = np.flatnonzero(inside.any(1)), np.flatnonzero(inside.any(0))
-    if not len(rows):  # pragma: no cover - letterbox always keeps content
-        return 0, 0, size, size
-    return int(rows[0]), int(cols[0]), int(rows[-1]) + 1, int(cols[-1]) + 1
-
-
 def _letterboxed(images: list[np.ndarray], size: int | None):
     """(batch (B, S, S, 3) uint8, content boxes) for images of any sizes."""
     if size is None:
@@ -334,7 +324,7 @@ def _letterboxed(images: list[np.ndarray], size: int | None):
     for img in images:
         hw = img.shape[:2]
         if hw not in cache:
-            cache[hw] = _content_box(hw, size)
+            cache[hw] = letterbox_window(hw, size)
         boxes.append(cache[hw] if hw != (size, size) else None)
         out.append(img if hw == (size, size) else np.asarray(letterbox(img, size)))
     return np.stack(out), boxes
@@ -344,7 +334,7 @@ def _unletterbox(cam: np.ndarray, box, hw) -> np.ndarray:
     """The part of a letterboxed map over the image content, resized to the image's ``hw``."""
     if box is None:
         return cam
-    y0, x0, y1, x1 = box
+    x0, y0, x1, y1 = box
     t = torch.from_numpy(np.ascontiguousarray(cam[y0:y1, x0:x1], np.float32))[None, None]
     return _normalise(torch.nn.functional.interpolate(t, size=tuple(int(v) for v in hw), mode="bilinear",
                                                       align_corners=False)[0, 0].numpy())

@@ -68,7 +68,7 @@ def predict_semantic(model: UNet, images, batch_size: int = 8, device="auto",
     items = []
     for x in images:
         img = torch.from_numpy(np.ascontiguousarray(_image_of(x))).permute(2, 0, 1)
-        items.append((img.shape[-2:], *resize_and_pad(img, None, size)[::2]))
+        items.append((img.shape[-2:], *resize_and_pad(img, None, size)[::2]))  # (hw, image, window)
     out: list[np.ndarray | None] = [None] * len(items)
     groups: dict[tuple, list[int]] = {}
     for i, (_, img, _) in enumerate(items):
@@ -81,9 +81,9 @@ def predict_semantic(model: UNet, images, batch_size: int = 8, device="auto",
             with torch.autocast(dev.type, dtype=torch.float16, enabled=amp):
                 logits = _forward(model, normalise(x), tta)
             for j, i in enumerate(chunk):
-                (h, w), _, (ch, cw) = items[i]
-                lg = logits[j:j + 1, :, :ch, :cw]
-                if (ch, cw) != (h, w):
+                (h, w), _, (x0, y0, x1, y1) = items[i]
+                lg = logits[j:j + 1, :, y0:y1, x0:x1]
+                if (y1 - y0, x1 - x0) != (h, w):
                     lg = F.interpolate(lg, (int(h), int(w)), mode="bilinear", align_corners=False)
                 out[i] = lg[0].argmax(0).to(torch.uint8).cpu().numpy()
     return out
@@ -118,7 +118,7 @@ def _instance(cmap: np.ndarray, inner: tuple[int, int, int, int], keep: str) -> 
     """Foreground (class > 0) of one crop's class map; with ``keep="largest"`` one component.
 
     The component kept has the most pixels inside ``inner`` (the box in crop coordinates,
-    ``y0, y1, x0, x1``), ties and no overlap broken by total size.
+    ``x0, y0, x1, y1``), ties and no overlap broken by total size.
     """
     fg = cmap > 0
     if keep == "all" or not fg.any():
@@ -126,7 +126,7 @@ def _instance(cmap: np.ndarray, inner: tuple[int, int, int, int], keep: str) -> 
     lab, n = ndi.label(fg, structure=np.ones((3, 3), bool))
     if n <= 1:
         return fg
-    y0, y1, x0, x1 = inner
+    x0, y0, x1, y1 = inner
     inside = np.bincount(lab[y0:y1, x0:x1].ravel(), minlength=n + 1)[1:]
     total = np.bincount(lab.ravel(), minlength=n + 1)[1:]
     best = int(np.lexsort((total, inside))[-1]) + 1
@@ -182,7 +182,7 @@ def two_stage_segment(boxes_or_detector_predictions, unet: UNet, images, *, pad:
         boxes, labels, scores = _boxes_of(entry, f"image {i}")
         boxes = np.clip(boxes, 0, [w, h, w, h]).astype(np.float32)
         windows = [crop_window(b, (h, w), pad) for b in boxes]
-        crops += [img[ya:yb, xa:xb] for ya, yb, xa, xb in windows]
+        crops += [img[ya:yb, xa:xb] for xa, ya, xb, yb in windows]
         per_image.append((h, w, boxes, labels, scores, windows))
     cmaps = predict_semantic(unet, crops, batch_size=batch_size, device=device, size=crop_size) if crops else []
     preds, sems, k = [], [], 0
@@ -191,14 +191,14 @@ def two_stage_segment(boxes_or_detector_predictions, unet: UNet, images, *, pad:
         sem = np.zeros((h, w), np.uint8) if return_semantic else None
         maps = cmaps[k:k + len(boxes)]
         k += len(boxes)
-        for j, ((ya, yb, xa, xb), box, cm) in enumerate(zip(windows, boxes, maps)):
+        for j, ((xa, ya, xb, yb), box, cm) in enumerate(zip(windows, boxes, maps)):
             bx0, by0, bx1, by1 = box
-            inner = (max(0, math.floor(by0) - ya), max(1, math.ceil(by1) - ya),
-                     max(0, math.floor(bx0) - xa), max(1, math.ceil(bx1) - xa))
+            inner = (max(0, math.floor(bx0) - xa), max(0, math.floor(by0) - ya),
+                     max(1, math.ceil(bx1) - xa), max(1, math.ceil(by1) - ya))
             masks[j, ya:yb, xa:xb] = _instance(cm, inner, keep)
         if sem is not None:
             for j in np.argsort(scores, kind="stable"):
-                ya, yb, xa, xb = windows[j]
+                xa, ya, xb, yb = windows[j]
                 m = masks[j, ya:yb, xa:xb]
                 sem[ya:yb, xa:xb][m] = maps[j][m]
             sems.append(sem)

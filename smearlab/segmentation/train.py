@@ -145,9 +145,9 @@ def train_unet(model: UNet, train_ds, val_ds=None, *, epochs: int = 20, batch_si
 
 
 def _crop_target(s: Sample, i: int, window) -> np.ndarray:
-    """Semantic target of object ``i`` of ``s`` in ``window`` ``(y0, y1, x0, x1)``: its own
+    """Semantic target of object ``i`` of ``s`` in ``window`` ``(x0, y0, x1, y1)``: its own
     pixels with their class, the rest 0."""
-    ya, yb, xa, xb = window
+    xa, ya, xb, yb = window
     if s.has_masks:
         own = np.asarray(s.masks[i][ya:yb, xa:xb], bool)
         if s.has_semantic:
@@ -204,12 +204,12 @@ def crop_dataset(dataset, pad: float = 0.2, *, classes: Sequence[int] | None = N
             if not checked:  # once per image, and only for an image that gives crops
                 _check_targets(s, hw)
                 checked = True
-            ya, yb, xa, xb = crop_window(box, hw, pad)
+            xa, ya, xb, yb = crop_window(box, hw, pad)
             b = np.clip(box - np.array([xa, ya, xa, ya], np.float32), 0, [xb - xa, yb - ya] * 2)
             samples.append(Sample(f"{s.image_id}#{i}", _image=np.ascontiguousarray(img[ya:yb, xa:xb]),
                                   boxes=b[None], labels=[int(lab)], domain=s.domain,
-                                  meta={"source": s.image_id, "object": i, "window": (ya, yb, xa, xb)},
-                                  _semantic=np.ascontiguousarray(_crop_target(s, i, (ya, yb, xa, xb)))))
+                                  meta={"source": s.image_id, "object": i, "window": (xa, ya, xb, yb)},
+                                  _semantic=np.ascontiguousarray(_crop_target(s, i, (xa, ya, xb, yb)))))
     if not (names and any(s.has_semantic for s in dataset)):
         names = ["background", "foreground"]
     return SmearDataset(samples, getattr(dataset, "class_names", ["object"]),

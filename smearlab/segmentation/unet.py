@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from ..core.device import resolve_device
 from ..core.errors import DataError
+from ..core.geometry import letterbox_window
 from ..core.model_folder import read_model_folder, save_model_folder
 from ..core.nn import conv_block
 from ..metrics.semantic import IGNORE
@@ -18,24 +19,29 @@ _MEAN, _STD = 0.5, 0.25  # input normalisation: (x / 255 - mean) / std
 
 
 def resize_and_pad(img: torch.Tensor, sem: torch.Tensor | None, size: int | None):
-    """Scale ``(3, H, W)`` uint8 (and ``(H, W)`` mask) to fit ``size`` keeping the aspect, pad bottom/right.
+    """The letterbox of ``(3, H, W)`` uint8 (and its ``(H, W)`` mask) in a ``size`` square: the
+    longer side scaled to ``size``, centred (:func:`smearlab.core.geometry.letterbox_window`),
+    image padding 0 and mask padding :data:`~smearlab.metrics.semantic.IGNORE`.
 
-    Returns (image, mask, (h, w) of the content). Mask padding is :data:`IGNORE`.
+    Returns ``(image, mask, window)``: ``window`` ``(x0, y0, x1, y1)`` is where the content lies
+    (the whole image when ``size`` is None).
     """
     h, w = img.shape[-2:]
     if size is None:
-        return img, sem, (h, w)
-    s = size / max(h, w)
-    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+        return img, sem, (0, 0, w, h)
+    x0, y0, x1, y1 = letterbox_window((h, w), size)
+    nh, nw = y1 - y0, x1 - x0
     if (nh, nw) != (h, w):
+        s = size / max(h, w)
         img = F.interpolate(img[None].float(), (nh, nw), mode="bilinear", antialias=s < 1,
                             align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
         if sem is not None:
             sem = F.interpolate(sem[None, None].float(), (nh, nw), mode="nearest")[0, 0].to(sem.dtype)
-    img = F.pad(img, (0, size - nw, 0, size - nh), value=0)
+    pads = (x0, size - x1, y0, size - y1)
+    img = F.pad(img, pads, value=0)
     if sem is not None:
-        sem = F.pad(sem, (0, size - nw, 0, size - nh), value=IGNORE)
-    return img, sem, (nh, nw)
+        sem = F.pad(sem, pads, value=IGNORE)
+    return img, sem, (x0, y0, x1, y1)
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
