@@ -23,7 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import save_result  # noqa: E402
 from smearlab.augment import default_augment  # noqa: E402
-from smearlab.detection import GPU_RECIPE, DetectorConfig, TrainConfig  # noqa: E402
+from smearlab.detection import DetectorConfig, TrainConfig  # noqa: E402
+from smearlab.experiments.profiles import GPU_RECIPE  # noqa: E402
 from smearlab.data.splits import detection_splits  # noqa: E402
 from smearlab.experiments.detection import fit_and_evaluate  # noqa: E402
 

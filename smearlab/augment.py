@@ -71,6 +71,12 @@ def map_boxes(boxes: torch.Tensor, matrix: torch.Tensor, rule: str = "8point") -
     round objects (a disc rotated by 45 degrees gets a half-width of 2*sqrt(2)/3 = 0.94 of its
     radius instead of sqrt(2) = 1.41, so it may cut up to 6 % of a radius). Both are exact for
     axis-aligned maps (flips, rot90, crop, pad, resize). Returns float64.
+
+    Parameters
+    ----------
+    boxes : ``(N, 4)`` ``x0, y0, x1, y1`` boxes in pixels.
+    matrix : ``(3, 3)`` input->output map in pixel-edge coordinates.
+    rule : ``"8point"`` or ``"4corner"`` (any other value acts as ``"8point"``).
     """
     x0, y0, x1, y1 = boxes.to(torch.float64).unbind(-1)
     if rule == "4corner":
@@ -87,7 +93,12 @@ def map_boxes(boxes: torch.Tensor, matrix: torch.Tensor, rule: str = "8point") -
 
 
 def mask_boxes(masks: torch.Tensor) -> torch.Tensor:
-    """Tight pixel-edge boxes ``(N, 4)`` float32 of ``(N, H, W)`` masks; all zero for an empty mask."""
+    """Tight pixel-edge boxes ``(N, 4)`` float32 of ``(N, H, W)`` masks; all zero for an empty mask.
+
+    Parameters
+    ----------
+    masks : ``(N, H, W)`` bool (or 0/1) masks.
+    """
     out = []
     for hit in (masks.any(1), masks.any(2)):  # columns, rows
         idx = torch.arange(hit.shape[1], device=hit.device)
@@ -265,11 +276,24 @@ class Transform:
         self.p = float(p)
 
     def sample_params(self, n: int, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        """Random parameters for a batch of ``n``: CPU tensors, per-sample ones of first dimension ``n``."""
+        """Random parameters for a batch of ``n``: CPU tensors, per-sample ones of first dimension ``n``.
+
+        Parameters
+        ----------
+        n : batch size.
+        generator : CPU generator the parameters are drawn from.
+        """
         return {"on": torch.rand(n, generator=generator) < self.p}
 
     def apply(self, images: torch.Tensor, targets: list[dict], params: dict):
-        """``(images, targets)`` transformed with ``params`` (images float in [0, 1])."""
+        """``(images, targets)`` transformed with ``params`` (images float in [0, 1]).
+
+        Parameters
+        ----------
+        images : ``(B, C, H, W)`` float tensor in [0, 1].
+        targets : B target dicts (see :func:`warp`).
+        params : parameters from :meth:`sample_params` for this batch.
+        """
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -282,32 +306,81 @@ class Geometric(Transform):
     box_rule = "8point"
 
     def matrices(self, params: dict, hw: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
-        """``(B, 3, 3)`` float64 input->output maps and the output (height, width)."""
+        """``(B, 3, 3)`` float64 input->output maps and the output (height, width).
+
+        Parameters
+        ----------
+        params : parameters from :meth:`sample_params` for the batch.
+        hw : input (height, width).
+        """
         raise NotImplementedError
 
     def apply(self, images, targets, params, *, min_area: float = 1.0, min_visibility: float = 0.0):
+        """Warp images and targets with :meth:`matrices` (see :func:`warp`).
+
+        Parameters
+        ----------
+        images : ``(B, C, H, W)`` float tensor in [0, 1].
+        targets : B target dicts (see :func:`warp`).
+        params : parameters from :meth:`sample_params` for this batch.
+        min_area, min_visibility : drop rules for the objects (see :func:`warp`).
+        """
         m, size = self.matrices(params, tuple(images.shape[-2:]))
         return warp(images, targets, m, size, self.box_rule, min_area, min_visibility)
 
 
 class HorizontalFlip(Geometric):
-    """Mirror left-right with probability ``p``."""
+    """Mirror left-right with probability ``p``.
+
+    Parameters
+    ----------
+    p : probability per sample.
+    """
 
     def __init__(self, p: float = 0.5):
         super().__init__(p)
 
     def matrices(self, params, hw):
+        """Left-right mirror maps (identity where the flip is off).
+
+        Parameters
+        ----------
+        params : parameters from :meth:`sample_params` for the batch.
+        hw : input (height, width).
+
+        Returns
+        -------
+        matrices : ``(B, 3, 3)`` float64 input->output maps.
+        size : output (height, width).
+        """
         on = params["on"].double()
         return _affine(1 - 2 * on, 0, on * hw[1], 0, 1, 0), hw
 
 
 class VerticalFlip(Geometric):
-    """Mirror top-bottom with probability ``p``."""
+    """Mirror top-bottom with probability ``p``.
+
+    Parameters
+    ----------
+    p : probability per sample.
+    """
 
     def __init__(self, p: float = 0.5):
         super().__init__(p)
 
     def matrices(self, params, hw):
+        """Top-bottom mirror maps (identity where the flip is off).
+
+        Parameters
+        ----------
+        params : parameters from :meth:`sample_params` for the batch.
+        hw : input (height, width).
+
+        Returns
+        -------
+        matrices : ``(B, 3, 3)`` float64 input->output maps.
+        size : output (height, width).
+        """
         on = params["on"].double()
         return _affine(1, 0, 0, 0, 1 - 2 * on, on * hw[0]), hw
 
@@ -318,18 +391,41 @@ class Rot90(Geometric):
     A batch must keep one shape, so the parity of ``k`` is drawn once per batch (odd with
     probability 2p/3) and ``k`` per sample; each sample still gets k = 0 with probability 1 - p
     and k = 1, 2, 3 with p/3 each. Odd ``k`` swaps height and width.
+
+    Parameters
+    ----------
+    p : probability that a sample is turned (k != 0).
     """
 
     def __init__(self, p: float = 0.5):
         super().__init__(p)
 
     def sample_params(self, n, generator):
+        """``{"k": (n,) quarter turns}``, one parity for the whole batch.
+
+        Parameters
+        ----------
+        n : batch size.
+        generator : CPU generator the parameters are drawn from.
+        """
         odd = bool(torch.rand(1, generator=generator) < 2 * self.p / 3)
         u = torch.rand(n, generator=generator)
         k = torch.where(u < 0.5, 1, 3) if odd else torch.where(u < self.p / 3 / (1 - 2 * self.p / 3), 2, 0)
         return {"k": k}
 
     def matrices(self, params, hw):
+        """Quarter-turn maps; width and height swap for odd ``k``.
+
+        Parameters
+        ----------
+        params : parameters from :meth:`sample_params` for the batch.
+        hw : input (height, width).
+
+        Returns
+        -------
+        matrices : ``(B, 3, 3)`` float64 input->output maps.
+        size : output (height, width).
+        """
         h, w = hw
         table = _affine([1, 0, -1, 0], [0, 1, 0, -1], [0, 0, w, h], [0, -1, 0, 1], [1, 0, -1, 0], [0, w, h, 0])
         k = params["k"]
@@ -363,6 +459,13 @@ class Affine(Geometric):
         self.box_rule = box_rule
 
     def sample_params(self, n, generator):
+        """``on`` and per-sample ``angle``, ``shx``, ``shy`` (degrees), ``scale``, ``tx``, ``ty``.
+
+        Parameters
+        ----------
+        n : batch size.
+        generator : CPU generator the parameters are drawn from.
+        """
         p = super().sample_params(n, generator)
         for k, span in (("angle", self.degrees), ("scale", self.scale), ("shx", self.shear), ("shy", self.shear),
                         ("tx", self.translate[0]), ("ty", self.translate[1])):
@@ -370,6 +473,18 @@ class Affine(Geometric):
         return p
 
     def matrices(self, params, hw):
+        """Maps about the image centre; identity where the transform is off.
+
+        Parameters
+        ----------
+        params : parameters from :meth:`sample_params` for the batch.
+        hw : input (height, width).
+
+        Returns
+        -------
+        matrices : ``(B, 3, 3)`` float64 input->output maps.
+        size : output (height, width).
+        """
         h, w = hw
         on = params["on"].double()
         a, shx, shy = (torch.deg2rad(params[k] * on) for k in ("angle", "shx", "shy"))
@@ -386,6 +501,10 @@ class RandomCrop(Geometric):
 
     Where the image is smaller than ``size`` the window reaches past it (zero padding, image at a
     random offset).
+
+    Parameters
+    ----------
+    size : output size in pixels, an int (square) or (height, width).
     """
 
     def __init__(self, size):
@@ -393,29 +512,70 @@ class RandomCrop(Geometric):
         self.size = _hw(size)
 
     def sample_params(self, n, generator):
+        """``{"u": (n, 2) uniform [0, 1) positions}`` of the windows.
+
+        Parameters
+        ----------
+        n : batch size.
+        generator : CPU generator the parameters are drawn from.
+        """
         return {"u": torch.rand(n, 2, generator=generator, dtype=torch.float64)}
 
     def matrices(self, params, hw):
+        """Integer shifts to each sample's window; the output size is ``size``.
+
+        Parameters
+        ----------
+        params : parameters from :meth:`sample_params` for the batch.
+        hw : input (height, width).
+
+        Returns
+        -------
+        matrices : ``(B, 3, 3)`` float64 input->output maps.
+        size : output (height, width).
+        """
         d = torch.tensor([hw[1] - self.size[1], hw[0] - self.size[0]], dtype=torch.float64)
         off = torch.minimum(torch.floor(params["u"] * (d.abs() + 1)), d.abs()) * d.sign()
         return _affine(1, 0, -off[:, 0], 0, 1, -off[:, 1]), self.size
 
 
 class Pad(Geometric):
-    """Pad with zeros, image centred, to at least ``size`` (int or (h, w)); larger sides stay."""
+    """Pad with zeros, image centred, to at least ``size`` (int or (h, w)); larger sides stay.
+
+    Parameters
+    ----------
+    size : smallest output size in pixels, an int (square) or (height, width).
+    """
 
     def __init__(self, size):
         super().__init__(1.0)
         self.size = _hw(size)
 
     def matrices(self, params, hw):
+        """Integer shifts that centre the image in the padded output.
+
+        Parameters
+        ----------
+        params : parameters from :meth:`sample_params` for the batch.
+        hw : input (height, width).
+
+        Returns
+        -------
+        matrices : ``(B, 3, 3)`` float64 input->output maps.
+        size : output (height, width).
+        """
         out = (max(hw[0], self.size[0]), max(hw[1], self.size[1]))
         m = _affine(1, 0, (out[1] - hw[1]) // 2, 0, 1, (out[0] - hw[0]) // 2)
         return m.expand(len(params["on"]), 3, 3), out
 
 
 class Resize(Geometric):
-    """Scale by ``scale`` (a number, or a (lo, hi) range drawn once per batch: one output size)."""
+    """Scale by ``scale`` (a number, or a (lo, hi) range drawn once per batch: one output size).
+
+    Parameters
+    ----------
+    scale : scale factor (> 0), or a (lo, hi) range.
+    """
 
     def __init__(self, scale):
         super().__init__(1.0)
@@ -424,9 +584,28 @@ class Resize(Geometric):
             raise ValueError(f"scale must be positive, got {scale!r}")
 
     def sample_params(self, n, generator):
+        """``{"scale": (n,)}``: one factor drawn for the whole batch.
+
+        Parameters
+        ----------
+        n : batch size.
+        generator : CPU generator the parameters are drawn from.
+        """
         return {"scale": _uniform(1, self.scale, generator).expand(n)}
 
     def matrices(self, params, hw):
+        """Scaling maps to the output size ``round(hw * scale)``.
+
+        Parameters
+        ----------
+        params : parameters from :meth:`sample_params` for the batch.
+        hw : input (height, width).
+
+        Returns
+        -------
+        matrices : ``(B, 3, 3)`` float64 input->output maps.
+        size : output (height, width).
+        """
         s = float(params["scale"][0])
         out = (round(hw[0] * s), round(hw[1] * s))
         if min(out) < 1:
@@ -454,6 +633,13 @@ class Photometric(Transform):
     ranges: dict = {}
 
     def sample_params(self, n, generator):
+        """``on``, one value per sample for each of :attr:`ranges`, and a ``seed`` for per-pixel noise.
+
+        Parameters
+        ----------
+        n : batch size.
+        generator : CPU generator the parameters are drawn from.
+        """
         p = super().sample_params(n, generator)
         for k, span in self.ranges.items():
             p[k] = _uniform(n, span, generator)
@@ -461,10 +647,26 @@ class Photometric(Transform):
         return p
 
     def image(self, x: torch.Tensor, params: dict) -> torch.Tensor:
-        """The changed images as a new tensor (``x`` itself is left alone)."""
+        """The changed images as a new tensor (``x`` itself is left alone).
+
+        Parameters
+        ----------
+        x : ``(B, C, H, W)`` float images in [0, 1], only the samples the transform acts on.
+        params : their parameters (from :meth:`sample_params`, already restricted to those samples).
+        """
         raise NotImplementedError
 
     def apply(self, images, targets, params):
+        """``(images, targets)`` with :meth:`image` applied to the samples it acts on, clipped to [0, 1].
+
+        Targets are returned unchanged; the input tensor is not modified.
+
+        Parameters
+        ----------
+        images : ``(B, C, H, W)`` float tensor in [0, 1].
+        targets : B target dicts (passed through).
+        params : parameters from :meth:`sample_params` for this batch.
+        """
         on = params["on"]
         if not bool(on.any()):
             return images, targets
@@ -482,6 +684,14 @@ class ColorJitter(Photometric):
 
     Each also accepts a (lo, hi) pair. Applied in that order, batched with per-sample factors,
     with :mod:`torchvision.transforms.v2.functional` for greyscale and hue.
+
+    Parameters
+    ----------
+    brightness, contrast, saturation : half-width ``v`` of the factor range U(1-v, 1+v), or a
+        (lo, hi) pair; factors must be >= 0.
+    hue : half-width ``h`` of the hue shift U(-h, h) in turns, or a (lo, hi) pair, within
+        [-0.5, 0.5].
+    p : probability per sample.
     """
 
     def __init__(self, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, p: float = 1.0):
@@ -492,6 +702,13 @@ class ColorJitter(Photometric):
             raise ValueError("colour factors must be >= 0 and hue within [-0.5, 0.5]")
 
     def image(self, x, p):
+        """Brightness, contrast, saturation, then hue, with each sample's factors.
+
+        Parameters
+        ----------
+        x : ``(B, C, H, W)`` float images in [0, 1], only the samples the transform acts on.
+        p : their parameters (from :meth:`sample_params`, already restricted to those samples).
+        """
         x = (x * _col(p["brightness"], x)).clamp_(0, 1)
         c, s = _col(p["contrast"], x), _col(p["saturation"], x)
         mean = TF.rgb_to_grayscale(x).mean((-3, -2, -1), keepdim=True)
@@ -504,7 +721,13 @@ class ColorJitter(Photometric):
 
 
 class GaussianBlur(Photometric):
-    """Gaussian blur with sigma U(lo, hi) pixels per sample (separable, edge pixels repeated)."""
+    """Gaussian blur with sigma U(lo, hi) pixels per sample (separable, edge pixels repeated).
+
+    Parameters
+    ----------
+    sigma : blur sigma in pixels, a (lo, hi) range or a number (>= 0).
+    p : probability per sample.
+    """
 
     def __init__(self, sigma=(0.1, 1.5), p: float = 0.5):
         super().__init__(p)
@@ -513,6 +736,13 @@ class GaussianBlur(Photometric):
             raise ValueError(f"sigma must be >= 0, got {sigma!r}")
 
     def image(self, x, p):
+        """The blurred images (kernel radius ``ceil(3 * largest sigma)``).
+
+        Parameters
+        ----------
+        x : ``(B, C, H, W)`` float images in [0, 1], only the samples the transform acts on.
+        p : their parameters (from :meth:`sample_params`, already restricted to those samples).
+        """
         s = p["sigma"]
         r = max(1, math.ceil(3 * float(s.max())))
         d = torch.arange(-r, r + 1, dtype=torch.float64)
@@ -525,19 +755,38 @@ class GaussianBlur(Photometric):
 
 
 class GaussianNoise(Photometric):
-    """Add Gaussian noise of standard deviation U(lo, hi) (image range [0, 1]) per sample."""
+    """Add Gaussian noise of standard deviation U(lo, hi) (image range [0, 1]) per sample.
+
+    Parameters
+    ----------
+    std : noise standard deviation (image range [0, 1]), a (lo, hi) range or a number.
+    p : probability per sample.
+    """
 
     def __init__(self, std=(0.005, 0.03), p: float = 0.5):
         super().__init__(p)
         self.ranges = {"std": _span(std, "std")}
 
     def image(self, x, p):
+        """The images plus noise drawn from a device generator seeded by ``p["seed"]``.
+
+        Parameters
+        ----------
+        x : ``(B, C, H, W)`` float images in [0, 1], only the samples the transform acts on.
+        p : their parameters (from :meth:`sample_params`, already restricted to those samples).
+        """
         noise = torch.randn(x.shape, generator=_device_generator(x, p["seed"]), device=x.device, dtype=x.dtype)
         return x + _col(p["std"], x) * noise
 
 
 class Gamma(Photometric):
-    """Gamma correction ``x ** g`` with g drawn from ``gamma`` = (lo, hi) per sample."""
+    """Gamma correction ``x ** g`` with g drawn from ``gamma`` = (lo, hi) per sample.
+
+    Parameters
+    ----------
+    gamma : exponent range (lo, hi), or a number (> 0).
+    p : probability per sample.
+    """
 
     def __init__(self, gamma=(0.8, 1.25), p: float = 0.5):
         super().__init__(p)
@@ -546,11 +795,24 @@ class Gamma(Photometric):
             raise ValueError(f"gamma must be positive, got {gamma!r}")
 
     def image(self, x, p):
+        """``x ** g`` with each sample's ``g``.
+
+        Parameters
+        ----------
+        x : ``(B, C, H, W)`` float images in [0, 1], only the samples the transform acts on.
+        p : their parameters (from :meth:`sample_params`, already restricted to those samples).
+        """
         return x.clamp_min(0) ** _col(p["gamma"], x)
 
 
 class SaltPepper(Photometric):
-    """Set a fraction ``amount`` (number or (lo, hi)) of the pixels to white or black, half each."""
+    """Set a fraction ``amount`` (number or (lo, hi)) of the pixels to white or black, half each.
+
+    Parameters
+    ----------
+    amount : fraction of the pixels changed, a (lo, hi) range or a number, within [0, 1].
+    p : probability per sample.
+    """
 
     def __init__(self, amount=(0.0, 0.01), p: float = 0.5):
         super().__init__(p)
@@ -559,6 +821,13 @@ class SaltPepper(Photometric):
             raise ValueError(f"amount must be within [0, 1], got {amount!r}")
 
     def image(self, x, p):
+        """The images with white and black pixels (the same pixels in every channel).
+
+        Parameters
+        ----------
+        x : ``(B, C, H, W)`` float images in [0, 1], only the samples the transform acts on.
+        p : their parameters (from :meth:`sample_params`, already restricted to those samples).
+        """
         b, _, h, w = x.shape
         r = torch.rand((b, 1, h, w), generator=_device_generator(x, p["seed"]), device=x.device, dtype=x.dtype)
         half = _col(p["amount"], x) / 2
@@ -576,6 +845,12 @@ class StainJitter(Photometric):
     and beta ~ U(-b, b) per sample and stain (as in Tellez et al. 2018, "Whole-slide mitosis
     detection in H&E breast histology using PHH3 as a reference to train distilled
     stain-invariant convolutional networks"), then the image is reconstructed.
+
+    Parameters
+    ----------
+    alpha : half-width ``a`` of the concentration factor U(1-a, 1+a), or a (lo, hi) pair.
+    beta : half-width ``b`` of the concentration offset U(-b, b), or a (lo, hi) pair.
+    p : probability per sample.
     """
 
     _to_hed = torch.tensor(hed_from_rgb, dtype=torch.float32)
@@ -586,12 +861,26 @@ class StainJitter(Photometric):
         self.alpha, self.beta = _span(alpha, "alpha", 1.0), _span(beta, "beta", 0.0)
 
     def sample_params(self, n, generator):
+        """``on``, ``seed`` and ``(n, 3)`` ``alpha`` and ``beta``, one per sample and stain.
+
+        Parameters
+        ----------
+        n : batch size.
+        generator : CPU generator the parameters are drawn from.
+        """
         p = super().sample_params(n, generator)
         p["alpha"] = _uniform(3 * n, self.alpha, generator).view(n, 3)
         p["beta"] = _uniform(3 * n, self.beta, generator).view(n, 3)
         return p
 
     def image(self, x, p):
+        """The images with their stain concentrations perturbed and reconstructed.
+
+        Parameters
+        ----------
+        x : ``(B, C, H, W)`` float images in [0, 1], only the samples the transform acts on.
+        p : their parameters (from :meth:`sample_params`, already restricted to those samples).
+        """
         od = x.clamp_min(1 / 255).log_().neg_()
         conc = torch.einsum("bchw,cs->bshw", od, self._to_hed.to(x)).mul_(_col(p["alpha"], x)).add_(_col(p["beta"], x))
         return torch.einsum("bshw,sc->bchw", conc, self._to_rgb.to(x)).neg_().exp_()
@@ -714,6 +1003,11 @@ def default_augment(seed: int = 0, **kw) -> Augment:
     Flips and quarter turns (exact), a small affine map at p=0.3 (+-10 degrees, scale 0.9-1.1,
     shear +-3 degrees, shift +-3 %), colour jitter at p=0.8, stain jitter at p=0.5, and light blur
     and noise at p=0.1. ``kw`` goes to :class:`Augment` (``min_area``, ``min_visibility``).
+
+    Parameters
+    ----------
+    seed : seed of the pipeline's generator.
+    **kw : :class:`Augment` options (``min_area``, ``min_visibility``).
     """
     return Augment([
         HorizontalFlip(0.5), VerticalFlip(0.5), Rot90(0.5),
@@ -746,7 +1040,12 @@ class CropAugment:
         return f"CropAugment(dihedral, {self.photometric!r})"
 
     def batch(self, x: torch.Tensor) -> torch.Tensor:
-        """Augmented copy of ``(B, 3, S, S)`` crops (uint8, or float in [0, 1]); same dtype and device."""
+        """Augmented copy of ``(B, 3, S, S)`` crops (uint8, or float in [0, 1]); same dtype and device.
+
+        Parameters
+        ----------
+        x : ``(B, C, S, S)`` crops.
+        """
         if x.ndim != 4 or x.shape[-1] != x.shape[-2]:
             raise ValueError(f"crops must be (B, C, S, S) squares, got {tuple(x.shape)}")
         k = torch.randint(0, 4, (len(x),), generator=self.generator)
@@ -766,14 +1065,25 @@ def default_crop_augment(seed: int = 0) -> CropAugment:
     """The crop augmentation of training: the 8 symmetries of the square, then from
     :mod:`smearlab.augment` colour jitter (brightness, contrast, saturation +-15 %) at p=0.8 and
     stain (HED) jitter at p=0.5. (No hue jitter: per-image hue rotation is slow on a CPU and the
-    stain jitter already moves the colours.)"""
+    stain jitter already moves the colours.)
+
+    Parameters
+    ----------
+    seed : seed of the symmetry draws and of the photometric pipeline.
+    """
     return CropAugment(Augment([ColorJitter(brightness=0.15, contrast=0.15, saturation=0.15, p=0.8),
                                 StainJitter(alpha=0.05, beta=0.02, p=0.5)], seed=seed), seed=seed)
 
 
 def augment_crop_batch(aug, x: torch.Tensor) -> torch.Tensor:
     """``x`` (a batch of crops) through ``aug``: a :class:`CropAugment`, an :class:`Augment` (no
-    boxes), or None (unchanged)."""
+    boxes), or None (unchanged).
+
+    Parameters
+    ----------
+    aug : a :class:`CropAugment`, an :class:`Augment` or None.
+    x : ``(B, C, S, S)`` crops (uint8, or float in [0, 1]).
+    """
     if aug is None:
         return x
     if isinstance(aug, CropAugment):

@@ -79,7 +79,13 @@ def _checked(dataset, predictions) -> list[dict]:
 
 def sort_by_score(prediction: dict, score_threshold: float | None = None) -> dict:
     """The prediction with instances sorted by decreasing score (stable), keeping only those
-    with ``score >= score_threshold`` when one is given."""
+    with ``score >= score_threshold`` when one is given.
+
+    Parameters
+    ----------
+    prediction : a prediction dict (see :func:`~smearlab.data.predictions.as_prediction`).
+    score_threshold : smallest score kept, or None to keep every instance.
+    """
     p = as_prediction(prediction)
     idx = np.argsort(-p["scores"], kind="stable")
     if score_threshold is not None:
@@ -103,6 +109,11 @@ def label_image(prediction: dict, *, score_threshold: float | None = None) -> np
 
     uint8 for up to 255 instances, uint16 for up to 65535 (``ValueError`` beyond: PNG has no
     deeper grey). Where masks overlap, the higher-scoring instance wins.
+
+    Parameters
+    ----------
+    prediction : a prediction dict with ``masks`` ``(N, H, W)``.
+    score_threshold : smallest score kept, or None to keep every instance.
     """
     p = sort_by_score(prediction, score_threshold)
     masks = _masks_of(p, "label_image")
@@ -114,7 +125,19 @@ def label_image(prediction: dict, *, score_threshold: float | None = None) -> np
 
 
 def write_label_png(path: str | Path, prediction: dict, *, score_threshold: float | None = None) -> Path:
-    """Write :func:`label_image` of ``prediction`` as a PNG (8- or 16-bit grey), atomically."""
+    """Write :func:`label_image` of ``prediction`` as a PNG (8- or 16-bit grey), atomically.
+
+    Parameters
+    ----------
+    path : the PNG file (parent folders are created).
+    prediction : a prediction dict with ``masks``.
+    score_threshold : smallest score kept, or None to keep every instance.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     path = Path(path)
     lab = label_image(prediction, score_threshold=score_threshold)
     with atomic_path(path) as tmp:
@@ -124,6 +147,10 @@ def write_label_png(path: str | Path, prediction: dict, *, score_threshold: floa
 
 def read_label_png(path: str | Path) -> np.ndarray:
     """An ``(H, W)`` label image written by :func:`write_label_png` (uint8 or uint16).
+
+    Parameters
+    ----------
+    path : the PNG file.
 
     Raises
     ------
@@ -149,7 +176,21 @@ def read_label_png(path: str | Path) -> np.ndarray:
 def write_label_pngs(dataset, predictions, folder: str | Path, *,
                      score_threshold: float | None = None) -> list[Path]:
     """One ``<output name>.png`` label image per sample in ``folder`` (see :func:`write_label_png`
-    and :func:`output_names`: sub-folders of the images are kept, so names never clash)."""
+    and :func:`output_names`: sub-folders of the images are kept, so names never clash).
+
+    Parameters
+    ----------
+    dataset : the SmearDataset the predictions are for (its image paths give the file names).
+    predictions : one prediction dict per sample, aligned with ``dataset``, each with ``masks``
+        of its image's size.
+    folder : the output folder.
+    score_threshold : smallest score kept, or None to keep every instance.
+
+    Returns
+    -------
+    list of Path
+        the files written, in dataset order.
+    """
     preds = _checked(dataset, predictions)
     return [write_label_png(Path(folder) / f"{n}.png", p, score_threshold=score_threshold)
             for n, p in zip(output_names(dataset), preds)]
@@ -164,6 +205,11 @@ def mask_polygons(mask: np.ndarray, *, tolerance: float = 0.0) -> tuple[list[np.
     :func:`skimage.measure.approximate_polygon` when ``tolerance > 0`` (pixels). ``outer`` holds
     one outline per connected part, ``holes`` one per hole. Outlines of fewer than 3 distinct
     vertices are dropped.
+
+    Parameters
+    ----------
+    mask : ``(H, W)`` bool (or 0/1) mask.
+    tolerance : polygon simplification in pixels (0: every contour vertex).
     """
     m = np.asarray(mask)
     if m.ndim != 2:
@@ -211,6 +257,15 @@ def output_names(dataset) -> list[str]:
     ``a.png`` in two class folders gives ``rbc/a`` and ``wbc/a``). Images that would still
     share a name (``a.png`` and ``a.jpg`` in one folder) keep their extension (``a.png``,
     ``a.jpg``); samples without a file use their image id.
+
+    Parameters
+    ----------
+    dataset : the SmearDataset (or sequence of Samples) being exported.
+
+    Returns
+    -------
+    list of str
+        posix-style names without extension (except as above), one per sample, in dataset order.
     """
     files = _relative_files(dataset)
     stems = [f.rsplit(".", 1)[0] if "." in Path(f).name else f for f in files]
@@ -253,7 +308,16 @@ def _segmentation(mask: np.ndarray, mode: str, tolerance: float):
 
 def coco_dict(dataset, predictions, *, segmentation: str = "auto", score_threshold: float | None = None,
               tolerance: float = 0.0) -> dict:
-    """The COCO dict of the predictions (see :func:`export_coco`; nothing is written)."""
+    """The COCO dict of the predictions (see :func:`export_coco`; nothing is written).
+
+    Parameters
+    ----------
+    dataset : the SmearDataset the predictions are for (file names, sizes, class names).
+    predictions : one prediction dict per sample, aligned with ``dataset``.
+    segmentation : ``"auto"``, ``"polygon"`` or ``"rle"`` (see :func:`export_coco`).
+    score_threshold : keep instances with ``score >= score_threshold`` (None: all).
+    tolerance : polygon simplification in pixels (0: every contour vertex).
+    """
     if segmentation not in SEGMENTATIONS:
         raise ValueError(f"segmentation must be one of {list(SEGMENTATIONS)}, got {segmentation!r}")
     preds = _checked(dataset, predictions)
@@ -341,6 +405,15 @@ def image_record(sample, prediction: dict, class_names: Sequence[str], *, file_n
 
     ``id`` is the instance's value in the label PNG (score order); ``polygons`` and ``holes``
     are empty lists for a box-only prediction or an empty mask.
+
+    Parameters
+    ----------
+    sample : the Sample the prediction is for (its size, id and file name).
+    prediction : its prediction dict (``masks`` optional).
+    class_names : the names the prediction's labels index.
+    file_name : the ``"image"`` entry (None: the sample's file name, else ``<image_id>.png``).
+    score_threshold : keep instances with ``score >= score_threshold`` (None: all).
+    tolerance : polygon simplification in pixels (0: every contour vertex).
     """
     p = sort_by_score(prediction, score_threshold)
     h, w = sample.hw
@@ -367,7 +440,16 @@ def image_record(sample, prediction: dict, class_names: Sequence[str], *, file_n
 def export_image_jsons(dataset, predictions, folder: str | Path, *, score_threshold: float | None = None,
                        tolerance: float = 0.0) -> list[Path]:
     """Write :func:`image_record` of every sample as ``folder/<output name>.json`` (see
-    :func:`output_names`); the paths."""
+    :func:`output_names`); the paths.
+
+    Parameters
+    ----------
+    dataset : the SmearDataset the predictions are for.
+    predictions : one prediction dict per sample, aligned with ``dataset``.
+    folder : the output folder.
+    score_threshold : keep instances with ``score >= score_threshold`` (None: all).
+    tolerance : polygon simplification in pixels (0: every contour vertex).
+    """
     preds = _checked(dataset, predictions)
     out = []
     for s, name, stem, p in zip(dataset, _file_names(dataset), output_names(dataset), preds):
@@ -381,7 +463,16 @@ def export_image_jsons(dataset, predictions, folder: str | Path, *, score_thresh
 def export_predictions(dataset, predictions, out_dir: str | Path, *, score_threshold: float | None = None,
                        segmentation: str = "auto", tolerance: float = 0.0, copy_images: bool = False) -> dict:
     """All three exports into ``out_dir``: ``labels/*.png`` (when predictions have masks),
-    ``coco.json`` and ``json/*.json``. Returns ``{"labels": [...], "coco": path, "json": [...]}``."""
+    ``coco.json`` and ``json/*.json``. Returns ``{"labels": [...], "coco": path, "json": [...]}``.
+
+    Parameters
+    ----------
+    dataset : the SmearDataset the predictions are for.
+    predictions : one prediction dict per sample, aligned with ``dataset``.
+    out_dir : the output folder.
+    score_threshold : keep instances with ``score >= score_threshold`` (None: all).
+    segmentation, tolerance, copy_images : see :func:`export_coco`.
+    """
     out_dir = Path(out_dir)
     preds = _checked(dataset, predictions)
     with_masks = bool(preds) and all("masks" in p for p in preds)
@@ -398,7 +489,19 @@ def export_predictions(dataset, predictions, out_dir: str | Path, *, score_thres
 def export_coco_results(dataset: SmearDataset, predictions, path: str | Path) -> Path:
     """Write a COCO results JSON (``image_id`` 1..n in dataset order, ``category_id`` 1..K,
     ``bbox`` xywh, ``score``; plus RLE ``segmentation`` when predictions carry masks), atomically.
-    It pairs with :func:`export_coco_gt`."""
+    It pairs with :func:`export_coco_gt`.
+
+    Parameters
+    ----------
+    dataset : the SmearDataset the predictions are for (the ground truth; class names).
+    predictions : one prediction dict per sample, aligned with ``dataset``.
+    path : the JSON file.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     preds = check_predictions(dataset, predictions)
     segm = bool(preds) and all("masks" in p for p in preds)
     write_json(path, coco_results(preds, segm=segm))
@@ -407,13 +510,38 @@ def export_coco_results(dataset: SmearDataset, predictions, path: str | Path) ->
 
 def export_coco_gt(dataset: SmearDataset, path: str | Path, **kw) -> Path:
     """Write the ground truth as COCO (:func:`smearlab.data.formats.coco.save`: JSON plus
-    ``images/``); image ids 1..n match :func:`export_coco_results`."""
+    ``images/``); image ids 1..n match :func:`export_coco_results`.
+
+    Parameters
+    ----------
+    dataset : the SmearDataset (ground truth) to write.
+    path : the JSON file; the images go into ``images/`` beside it.
+    **kw : options of :func:`smearlab.data.formats.coco.save` (``masks="rle"`` or ``"polygon"``).
+
+    Returns
+    -------
+    Path
+        the JSON file.
+    """
     return save(dataset, path, **kw)
 
 
 def export_counts_csv(dataset: SmearDataset, predictions, path: str | Path, thresholds=0.5) -> Path:
     """Per-image counts as CSV: ``image_id, file``, then ``<class>_true, <class>_pred`` per class
-    (predictions with ``score >= thresholds``, a float or per class), atomically."""
+    (predictions with ``score >= thresholds``, a float or per class), atomically.
+
+    Parameters
+    ----------
+    dataset : the ground truth (a SmearDataset).
+    predictions : one prediction dict per sample, aligned with ``dataset``.
+    path : the CSV file.
+    thresholds : score threshold: a float, a per-class sequence or ``{class: threshold}``.
+
+    Returns
+    -------
+    Path
+        ``path``.
+    """
     true, pred = count_matrix(dataset, predictions, thresholds)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

@@ -104,7 +104,12 @@ def grayscale(image: np.ndarray, keep_channels: bool = True) -> np.ndarray:
 
 
 def sharpen(image: np.ndarray) -> np.ndarray:
-    """The classic 3x3 sharpening kernel ``[[0,-1,0],[-1,5,-1],[0,-1,0]]`` (edges: nearest)."""
+    """The classic 3x3 sharpening kernel ``[[0,-1,0],[-1,5,-1],[0,-1,0]]`` (edges: nearest).
+
+    Parameters
+    ----------
+    image : ``(H, W, 3)`` uint8 RGB.
+    """
     img = _check_rgb(image, "sharpen").astype(np.float64)
     out = np.stack([ndimage.convolve(img[..., c], _SHARPEN, mode="nearest") for c in range(3)], -1)
     return _to_uint8(out)
@@ -115,6 +120,7 @@ def unsharp_mask(image: np.ndarray, radius: float = 1.0, amount: float = 1.0) ->
 
     Parameters
     ----------
+    image : ``(H, W, 3)`` uint8 RGB.
     radius : Gaussian sigma in pixels.
     amount : strength; 0 is the identity.
     """
@@ -132,6 +138,7 @@ def clahe(image: np.ndarray, clip_limit: float = 0.01, kernel_size=None) -> np.n
 
     Parameters
     ----------
+    image : ``(H, W, 3)`` uint8 RGB.
     clip_limit : in (0, 1]; higher gives more contrast.
     kernel_size : tile size in pixels (default: 1/8 of the image size).
     """
@@ -143,7 +150,13 @@ def clahe(image: np.ndarray, clip_limit: float = 0.01, kernel_size=None) -> np.n
 
 
 def gamma(image: np.ndarray, g: float = 1.0) -> np.ndarray:
-    """Gamma correction ``out = in ** g`` (:func:`skimage.exposure.adjust_gamma`); g < 1 brightens."""
+    """Gamma correction ``out = in ** g`` (:func:`skimage.exposure.adjust_gamma`); g < 1 brightens.
+
+    Parameters
+    ----------
+    image : ``(H, W, 3)`` uint8 RGB.
+    g : the exponent, a positive number (1 is the identity).
+    """
     img = _check_rgb(image, "gamma")
     if not np.isfinite(g) or g <= 0:
         raise ValueError(f"gamma: g must be a positive number, got {g!r}")
@@ -161,6 +174,11 @@ class ReinhardNormalizer:
     CIE LAB is used instead of the paper's l-alpha-beta space.
 
     :meth:`fit` takes one reference image or a list (statistics of the pooled pixels).
+
+    Parameters
+    ----------
+    mean, std : fitted reference LAB mean and standard deviation (3 values each), or None for an
+        unfitted normaliser.
     """
 
     name = "reinhard"
@@ -170,13 +188,28 @@ class ReinhardNormalizer:
         self.std = None if std is None else np.asarray(std, np.float64).reshape(3)
 
     def fit(self, reference) -> "ReinhardNormalizer":
-        """Learn the reference LAB mean and std from one image or a list of images."""
+        """Learn the reference LAB mean and std from one image or a list of images.
+
+        Parameters
+        ----------
+        reference : one ``(H, W, 3)`` uint8 RGB image or a list of them.
+
+        Returns
+        -------
+        ReinhardNormalizer
+            ``self``.
+        """
         lab = _lab(_pixels(_images(reference, "ReinhardNormalizer.fit"))[:, None])[:, 0]
         self.mean, self.std = lab.mean(0), lab.std(0)
         return self
 
     def transform(self, image: np.ndarray) -> np.ndarray:
-        """The image with the reference's LAB mean and std."""
+        """The image with the reference's LAB mean and std.
+
+        Parameters
+        ----------
+        image : ``(H, W, 3)`` uint8 RGB.
+        """
         img = _check_rgb(image, "ReinhardNormalizer.transform")
         if self.mean is None:
             raise ValueError("ReinhardNormalizer is not fitted: call fit(reference) first")
@@ -191,7 +224,12 @@ class ReinhardNormalizer:
 
     @classmethod
     def from_dict(cls, d: dict) -> "ReinhardNormalizer":
-        """A normaliser from :meth:`to_dict` (an empty dict gives an unfitted one)."""
+        """A normaliser from :meth:`to_dict` (an empty dict gives an unfitted one).
+
+        Parameters
+        ----------
+        d : ``{"mean", "std"}`` (either may be missing).
+        """
         _known_keys(cls.name, d, {"mean", "std"})
         return cls(d.get("mean"), d.get("std"))
 
@@ -231,6 +269,9 @@ class MacenkoNormalizer:
         cells, "per_stain" over-darkens the red cells and "none" works far better (see
         ``benchmarks/stain_normalisation.py``).
     min_pixels : fewest stained pixels needed to estimate stain vectors.
+    stains : fitted ``(3, 2)`` reference stain vectors, or None (unfitted).
+    max_conc : fitted reference 99th-percentile concentration of each stain (2 values), or None.
+    io_ref : fitted reference ``Io`` per RGB channel (3 values), or None.
 
     Notes
     -----
@@ -297,7 +338,17 @@ class MacenkoNormalizer:
         return np.linalg.lstsq(stains, od.T, rcond=None)[0]  # (2, N)
 
     def fit(self, reference) -> "MacenkoNormalizer":
-        """Learn stain vectors, 99th-percentile concentrations and Io from the pooled images."""
+        """Learn stain vectors, 99th-percentile concentrations and Io from the pooled images.
+
+        Parameters
+        ----------
+        reference : one ``(H, W, 3)`` uint8 RGB image or a list of them.
+
+        Returns
+        -------
+        MacenkoNormalizer
+            ``self``.
+        """
         images = _images(reference, "MacenkoNormalizer.fit")
         px = [im.reshape(-1, 3) for im in images]
         ios = [self._illumination(p) for p in px]
@@ -309,7 +360,12 @@ class MacenkoNormalizer:
         return self
 
     def transform(self, image: np.ndarray) -> np.ndarray:
-        """The image rebuilt with the reference stain vectors (and concentration scale) and Io."""
+        """The image rebuilt with the reference stain vectors (and concentration scale) and Io.
+
+        Parameters
+        ----------
+        image : ``(H, W, 3)`` uint8 RGB.
+        """
         img = _check_rgb(image, "MacenkoNormalizer.transform")
         if self.stains is None:
             raise ValueError("MacenkoNormalizer is not fitted: call fit(reference) first")
@@ -336,7 +392,12 @@ class MacenkoNormalizer:
 
     @classmethod
     def from_dict(cls, d: dict) -> "MacenkoNormalizer":
-        """A normaliser from :meth:`to_dict` (options only give an unfitted one)."""
+        """A normaliser from :meth:`to_dict` (options only give an unfitted one).
+
+        Parameters
+        ----------
+        d : the keys of :meth:`to_dict` (constructor arguments; missing ones take their defaults).
+        """
         _known_keys(cls.name, d, {"io", "alpha", "beta", "match_concentrations", "min_pixels",
                                   "stains", "max_conc", "io_ref"})
         return cls(**d)
@@ -366,6 +427,7 @@ def stain_distance(images_a, images_b, max_pixels: int = 100_000, seed: int = 0)
     ----------
     images_a, images_b : sequences (or iterables) of (H, W, 3) uint8 RGB images.
     max_pixels : pixels drawn per domain (spread evenly over its images).
+    seed : seed of the pixel subsample.
 
     Returns
     -------
@@ -462,6 +524,10 @@ class Preprocess:
         The copy has ``path=None`` (so that ``release()`` cannot re-read the raw file over the
         processed image); the original path is kept in ``meta["source_path"]`` and the step
         names in ``meta["preprocess"]``.
+
+        Parameters
+        ----------
+        sample : the Sample whose image is processed (left unchanged).
         """
         image = self(sample.image)
         new = copy.copy(sample)
@@ -477,6 +543,11 @@ class Preprocess:
         """A pipeline whose normaliser steps are fitted on ``reference_images``.
 
         Each normaliser is fitted on the references as processed by the steps before it.
+
+        Parameters
+        ----------
+        steps : the steps, as for the constructor.
+        reference_images : one ``(H, W, 3)`` uint8 RGB image or a list of them.
         """
         refs = _images(reference_images, "Preprocess.fit")
         fitted = []
@@ -490,23 +561,46 @@ class Preprocess:
         return cls(fitted)
 
     def to_dict(self) -> dict[str, Any]:
+        """The pipeline as a JSON-ready dict: ``smearlab_preprocess`` (1) and ``steps``, a list of
+        ``{"name", "params"}``."""
         return {"smearlab_preprocess": 1,
                 "steps": [{"name": n, "params": copy.deepcopy(p)} for n, p in self.steps]}
 
     @classmethod
     def from_dict(cls, d: dict) -> "Preprocess":
+        """A pipeline from :meth:`to_dict` (``ValueError`` when ``d`` has no ``steps``).
+
+        Parameters
+        ----------
+        d : ``{"steps": [{"name": ..., "params": {...}}, ...]}``.
+        """
         if not isinstance(d, dict) or "steps" not in d:
             raise ValueError("not a smearlab preprocessing pipeline (no 'steps')")
         return cls([(s["name"], s.get("params", {})) for s in d["steps"]])
 
     def save(self, path: str | Path) -> Path:
-        """Write the pipeline as JSON (atomically)."""
+        """Write the pipeline as JSON (atomically).
+
+        Parameters
+        ----------
+        path : the JSON file (parent folders are created).
+
+        Returns
+        -------
+        Path
+            ``path``.
+        """
         write_json(path, self.to_dict())
         return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> "Preprocess":
-        """A pipeline saved by :meth:`save`."""
+        """A pipeline saved by :meth:`save`.
+
+        Parameters
+        ----------
+        path : the JSON file; :class:`DataError` naming it when it is unreadable or not a pipeline.
+        """
         try:
             d = json.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:
@@ -544,6 +638,13 @@ def compare_pipelines(images_a, images_b, pipelines: dict | None = None, seed: i
 
     Every pipeline is fitted on ``images_a`` (the reference domain) and applied to both domains;
     the result maps a pipeline name to :func:`stain_distance` between the processed domains.
+
+    Parameters
+    ----------
+    images_a : the reference domain's ``(H, W, 3)`` uint8 RGB images.
+    images_b : the other domain's images.
+    pipelines : ``{name: steps}`` (default :data:`COMPARED`).
+    seed, max_pixels : see :func:`stain_distance`.
     """
     out = {}
     for name, steps in (pipelines or COMPARED).items():
@@ -558,6 +659,10 @@ def explorer_methods(reference_images) -> dict:
 
     The strength (0..2) scales each method's main parameter; normalisers blend the original and
     the normalised image (strength 1 = fully normalised).
+
+    Parameters
+    ----------
+    reference_images : images the Reinhard and Macenko normalisers are fitted on.
     """
     reinhard = ReinhardNormalizer().fit(reference_images)
     macenko = MacenkoNormalizer().fit(reference_images)
@@ -577,7 +682,13 @@ def explorer_methods(reference_images) -> dict:
 
 
 def as_preprocess(spec):
-    """A :class:`~smearlab.preprocess.Preprocess` from a pipeline, its dict, or None."""
+    """A :class:`~smearlab.preprocess.Preprocess` from a pipeline, its dict, or None.
+
+    Parameters
+    ----------
+    spec : a :class:`Preprocess` (returned as is), a dict of :meth:`Preprocess.to_dict`, or None
+        (returned as None).
+    """
     if spec is None:
         return None
     return spec if isinstance(spec, Preprocess) else Preprocess.from_dict(spec)

@@ -87,14 +87,26 @@ class CropDataset(torch.utils.data.Dataset):
         return {n: int(c.get(i, 0)) for i, n in enumerate(self.class_names)}
 
     def subset(self, indices: Iterable[int], name: str | None = None) -> "CropDataset":
-        """The chosen crops (a copy), same classes."""
+        """The chosen crops (a copy), same classes.
+
+        Parameters
+        ----------
+        indices : positions of the chosen crops.
+        name : name of the result (None: this dataset's name).
+        """
         idx = np.asarray(list(indices), np.int64)
         return CropDataset(self.images[torch.as_tensor(idx)], self.labels[idx], self.class_names,
                            [self.domains[i] for i in idx], [self.ids[i] for i in idx], name or self.name)
 
     @classmethod
     def concat(cls, datasets: Sequence["CropDataset"], name: str | None = None) -> "CropDataset":
-        """One dataset of several with the same classes and crop size."""
+        """One dataset of several with the same classes and crop size.
+
+        Parameters
+        ----------
+        datasets : the crop datasets (same ``class_names`` and crop size).
+        name : name of the result (None: the names joined by ``"+"``).
+        """
         first = datasets[0]
         for d in datasets[1:]:
             if d.class_names != first.class_names or d.size != first.size:
@@ -111,7 +123,14 @@ class CropDataset(torch.utils.data.Dataset):
                 for d in self.domain_names}
 
     def restrict(self, class_names: Sequence[str], name: str | None = None) -> "CropDataset":
-        """Keep the crops of ``class_names`` only, relabelled in that order (e.g. shared classes)."""
+        """Keep the crops of ``class_names`` only, relabelled in that order (e.g. shared classes).
+
+        Parameters
+        ----------
+        class_names : the classes kept, in the order of the result's labels (each one of this
+            dataset's classes); unlabelled crops are kept.
+        name : name of the result (None: this dataset's name).
+        """
         unknown = [c for c in class_names if c not in self.class_names]
         if unknown:
             raise KeyError(f"classes {unknown} not in {self.name!r} (classes {self.class_names})")
@@ -126,12 +145,25 @@ class CropDataset(torch.utils.data.Dataset):
         return out
 
     def split(self, test: float = 0.3, seed: int = 0) -> tuple["CropDataset", "CropDataset"]:
-        """``(train, test)`` stratified by class (see :func:`stratified_split`)."""
+        """``(train, test)`` stratified by class (see :func:`stratified_split`).
+
+        Parameters
+        ----------
+        test : fraction of each class for the test part, in (0, 1).
+        seed : seed of the shuffle.
+        """
         tr, te = stratified_split(self.labels, test, seed)
         return self.subset(tr, f"{self.name}:train"), self.subset(te, f"{self.name}:test")
 
     def show(self, n: int = 8, ax=None, seed: int = 0):
-        """A row of ``n`` random crops titled by class and domain (matplotlib); returns the axes."""
+        """A row of ``n`` random crops titled by class and domain (matplotlib); returns the axes.
+
+        Parameters
+        ----------
+        n : number of crops shown.
+        ax : sequence of matplotlib axes, one per crop (default: a new pyplot figure).
+        seed : seed of the random choice.
+        """
         import matplotlib.pyplot as plt
         rng = np.random.default_rng(seed)
         idx = rng.choice(len(self), size=min(n, len(self)), replace=False)
@@ -274,6 +306,11 @@ def shared_classes(a: CropDataset, b: CropDataset, min_count: int = 2) -> tuple[
 
     A class is shared when each domain has at least ``min_count`` crops of it (2: one for the
     training split and one for the test split). Classes are matched by name, in ``a``'s order.
+
+    Parameters
+    ----------
+    a, b : the crop datasets of the two domains.
+    min_count : fewest crops of a class each domain needs.
 
     Returns
     -------

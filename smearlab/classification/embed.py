@@ -68,6 +68,14 @@ def _resize_tensor(t: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def as_label_array(values, n: int, what: str) -> np.ndarray:
+    """``values`` as a 1-D array of ``n`` entries (``ValueError`` naming ``what`` otherwise).
+
+    Parameters
+    ----------
+    values : one label (class, domain...) per point: a sequence or an array.
+    n : the number of points.
+    what : what the values are, for the error message (e.g. ``"domains"``).
+    """
     a = np.asarray(list(values) if not isinstance(values, np.ndarray) else values)
     if a.ndim != 1 or len(a) != n:
         raise ValueError(f"{what} must hold one value per point ({n}), got shape {a.shape}")
@@ -202,5 +210,12 @@ def separability(X, domains, *, cv: int = 5, seed: int = 0) -> dict[str, Any]:
 
 
 def separability_table(embeddings: dict, domains, **kw) -> dict[str, dict[str, Any]]:
-    """:func:`separability` of every embedding: ``{name: {"linear_domain_accuracy", "silhouette", ...}}``."""
+    """:func:`separability` of every embedding: ``{name: {"linear_domain_accuracy", "silhouette", ...}}``.
+
+    Parameters
+    ----------
+    embeddings : ``{name: (N, D) embedding}``.
+    domains : ``(N,)`` domain of each point.
+    **kw : options of :func:`separability` (``cv``, ``seed``).
+    """
     return {name: separability(x, domains, **kw) for name, x in embeddings.items()}

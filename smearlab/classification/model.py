@@ -31,6 +31,10 @@ class CellClassifier(nn.Module):
     4, 8)`` channels (strides 1, 2, 2, 2): a 64 px crop ends as 4x4 cells of ``8 * width``
     features. Build it with :func:`build_classifier`.
 
+    Parameters
+    ----------
+    class_names, width, norm, in_channels, blocks, input_size : see :func:`build_classifier`.
+
     Attributes
     ----------
     features : ``nn.Sequential`` with children ``stem, layer1, layer2, layer3, layer4``.
@@ -84,11 +88,21 @@ class CellClassifier(nn.Module):
         return self.head.in_features
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled features ``(B, C)`` before the head, for ``x`` ``(B, 3, S, S)`` in [0, 1]."""
+        """Pooled features ``(B, C)`` before the head, for ``x`` ``(B, 3, S, S)`` in [0, 1].
+
+        Parameters
+        ----------
+        x : ``(B, in_channels, S, S)`` float tensor in [0, 1].
+        """
         return self.pool(self.features((x - self.mean) / self.std))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits ``(B, K)`` for ``x`` ``(B, 3, S, S)`` float in [0, 1]."""
+        """Class logits ``(B, K)`` for ``x`` ``(B, 3, S, S)`` float in [0, 1].
+
+        Parameters
+        ----------
+        x : ``(B, in_channels, S, S)`` float tensor in [0, 1].
+        """
         return self.head(self.embed(x))
 
 
@@ -112,13 +126,31 @@ def build_classifier(class_names: Sequence[str], *, width: int = 32, norm: str =
 
 def save_classifier(model: CellClassifier, folder, **meta) -> Path:
     """Write the classifier as a model folder (:mod:`smearlab.core.model_folder`, kind
-    ``"classifier"``); ``meta`` is kept in ``weights.pt``."""
+    ``"classifier"``); ``meta`` is kept in ``weights.pt``.
+
+    Parameters
+    ----------
+    model : the trained :class:`CellClassifier` (its ``config``, ``input_size`` and
+        ``class_names`` are saved).
+    folder : the model folder (created if needed).
+    **meta : further plain values kept in ``weights.pt`` (e.g. ``epoch``).
+
+    Returns
+    -------
+    Path
+        ``folder``.
+    """
     return save_model_folder(folder, "classifier", model, {**model.config, "input_size": int(model.input_size)},
                              class_names=model.class_names, **meta)
 
 
 def load_classifier(folder, device="cpu") -> CellClassifier:
     """A :class:`CellClassifier` from its model folder (:func:`save_classifier`).
+
+    Parameters
+    ----------
+    folder : the model folder.
+    device : ``"cpu"``, ``"cuda"``, ``"auto"``... (see :func:`~smearlab.core.device.resolve_device`).
 
     Raises
     ------
@@ -140,32 +172,65 @@ class GradReverse(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, lambda_: float) -> torch.Tensor:
+        """``x`` unchanged (a view); ``lambda_`` is kept for the backward pass.
+
+        Parameters
+        ----------
+        ctx : the autograd context.
+        x : any tensor.
+        lambda_ : weight of the reversed gradient (>= 0).
+        """
         ctx.lambda_ = float(lambda_)
         return x.view_as(x)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
+        """``(-lambda_ * grad, None)``: the reversed gradient of ``x``, none for ``lambda_``.
+
+        Parameters
+        ----------
+        ctx : the autograd context (holds ``lambda_``).
+        grad : gradient of the output.
+        """
         return grad.neg() * ctx.lambda_, None
 
 
 def grad_reverse(x: torch.Tensor, lambda_: float = 1.0) -> torch.Tensor:
-    """Apply :class:`GradReverse` with weight ``lambda_`` (>= 0)."""
+    """Apply :class:`GradReverse` with weight ``lambda_`` (>= 0).
+
+    Parameters
+    ----------
+    x : any tensor.
+    lambda_ : weight of the reversed gradient, a finite number >= 0.
+    """
     if not math.isfinite(float(lambda_)) or float(lambda_) < 0:
         raise ValueError(f"lambda_ must be a finite number >= 0, got {lambda_!r}")
     return GradReverse.apply(x, float(lambda_))
 
 
 class GradientReversal(nn.Module):
-    """The gradient reversal layer as a module; set ``lambda_`` during training (see :func:`dann_lambda`)."""
+    """The gradient reversal layer as a module; set ``lambda_`` during training (see :func:`dann_lambda`).
+
+    Parameters
+    ----------
+    lambda_ : weight of the reversed gradient (>= 0), the attribute ``lambda_``.
+    """
 
     def __init__(self, lambda_: float = 1.0):
         super().__init__()
         self.lambda_ = float(lambda_)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """:func:`grad_reverse` of ``x`` with the current ``lambda_``.
+
+        Parameters
+        ----------
+        x : any tensor.
+        """
         return grad_reverse(x, self.lambda_)
 
     def extra_repr(self) -> str:
+        """``lambda_=<value>`` for the module's repr."""
         return f"lambda_={self.lambda_:g}"
 
 
@@ -193,6 +258,12 @@ class DomainHead(nn.Module):
         self.net = nn.Sequential(*mods)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Domain logits ``(B, 2)``.
+
+        Parameters
+        ----------
+        features : ``(B, in_features)`` features.
+        """
         return self.net(features)
 
 
@@ -203,6 +274,11 @@ class DANN(nn.Module):
     the :class:`DomainHead`. ``forward`` returns ``(class_logits, domain_logits)``; after training
     ``model.classifier`` is an ordinary classifier (save it with
     :func:`~smearlab.classify.save_classifier`).
+
+    Parameters
+    ----------
+    classifier : the :class:`CellClassifier` to train (kept as ``model.classifier``).
+    hidden, layers, dropout : the :class:`DomainHead`'s settings.
     """
 
     def __init__(self, classifier: CellClassifier, hidden: int = 128, layers: int = 2, dropout: float = 0.2):
@@ -218,5 +294,11 @@ class DANN(nn.Module):
         return self.classifier.class_names
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(class_logits (B, K), domain_logits (B, 2))``; the domain branch passes the reversal layer.
+
+        Parameters
+        ----------
+        x : ``(B, in_channels, S, S)`` float tensor in [0, 1].
+        """
         f = self.classifier.embed(x)
         return self.classifier.head(f), self.domain_head(self.grl(f))

@@ -183,6 +183,12 @@ def export_differential(results: Sequence[dict], out_dir, csv_name: str = "diffe
 
     CSV columns: ``image_id, file, wbc``, then ``<type>`` (count) per white-cell type, then
     ``<class>_detected`` per detector class. Returns the CSV path.
+
+    Parameters
+    ----------
+    results : the per-image dicts of :func:`differential_count` (not empty).
+    out_dir : the output folder (created if needed).
+    csv_name : file name of the CSV in ``out_dir``.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,22 @@ import torch
 
 
 def resolve_device(device: "str | torch.device | None" = "auto") -> torch.device:
-    """``"auto"`` (or None): CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:1"``."""
+    """``"auto"`` (or None): CUDA when available, else CPU; ``"cpu"``, ``"cuda"``, ``"cuda:1"``.
+
+    Parameters
+    ----------
+    device : ``"auto"`` or None (CUDA when available, else the CPU), a device name such as
+        ``"cpu"``, ``"cuda"`` or ``"cuda:1"`` (case-insensitive), or a ``torch.device``.
+
+    Returns
+    -------
+    torch.device
+
+    Raises
+    ------
+    RuntimeError
+        when a CUDA device is requested but CUDA is not available.
+    """
     if isinstance(device, torch.device):
         dev = device
     elif device is None or str(device).lower() == "auto":
@@ -48,6 +63,18 @@ def gpu() -> str | None:
 
 
 def describe(device: str = "cpu") -> str:
-    """The hardware a run on ``device`` ("cpu", "cuda" or "auto") used: the GPU first when it ran on one."""
+    """The hardware a run on ``device`` ("cpu", "cuda" or "auto") used: the GPU first when it ran on one.
+
+    Parameters
+    ----------
+    device : the device the run used: ``"cpu"``, ``"auto"``, ``"cuda"`` or ``"cuda:N"``; for
+        ``"auto"`` and CUDA devices the first CUDA device is described (when torch sees one) before
+        the host CPU.
+
+    Returns
+    -------
+    str
+        one line, e.g. ``"<GPU> (<memory> GiB), CUDA <version>; host <CPU>"``, or the CPU alone.
+    """
     g = gpu() if device in ("cuda", "auto") or str(device).startswith("cuda") else None
     return f"{g}; host {cpu()}" if g else cpu()

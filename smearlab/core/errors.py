@@ -9,6 +9,13 @@ class DataError(ValueError):
 
     The message reads ``<file>[ record]: <problem>`` so that a user sees at once which file to
     open and what to fix.
+
+    Parameters
+    ----------
+    path : the file that cannot be used (kept as a string in ``self.path``).
+    problem : what is wrong with it, in words (``self.problem``).
+    record : optional name of the record within the file (an image id, a line, an annotation...),
+        shown in brackets after the file name (``self.record``).
     """
 
     def __init__(self, path: str | Path, problem: str, record: str | None = None):

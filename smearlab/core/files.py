@@ -17,7 +17,18 @@ from .errors import DataError
 
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only if the block succeeds.
+
+    Parameters
+    ----------
+    path : the final file path; its parent folder is created if needed.
+
+    Yields
+    ------
+    Path
+        the temporary file (same folder, same suffix) to write to; it is removed if the block
+        raises.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=path.suffix, dir=path.parent)
@@ -35,13 +46,25 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 def write_text(path: str | Path, text: str) -> None:
-    """Write text atomically."""
+    """Write text atomically.
+
+    Parameters
+    ----------
+    path : the file to write (parent folders are created).
+    text : its content, written as UTF-8.
+    """
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON atomically, indented, with numpy scalars converted."""
+    """Write JSON atomically, indented, with numpy scalars converted.
+
+    Parameters
+    ----------
+    path : the file to write (parent folders are created).
+    obj : a JSON-ready object; numpy scalars and arrays and ``Path`` objects are converted.
+    """
     write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
 
 
@@ -60,6 +83,15 @@ def read_torch_file(path: str | Path, what: str) -> Any:
 
     Raises :class:`~smearlab.core.errors.DataError` naming the file when it does not exist or
     cannot be read (``what`` names the kind of file in the message, e.g. "U-Net checkpoint").
+
+    Parameters
+    ----------
+    path : the local file to read (loaded onto the CPU).
+    what : the kind of file, for the error message (e.g. ``"model weights"``).
+
+    Returns
+    -------
+    the loaded object.
     """
 
     p = Path(path)
@@ -72,7 +104,18 @@ def read_torch_file(path: str | Path, what: str) -> Any:
 
 
 def flatten_dict(d: Mapping, prefix: str = "") -> dict[str, Any]:
-    """Nested mappings as one level with dotted keys: ``{"a": {"b": 1}}`` -> ``{"a.b": 1}``."""
+    """Nested mappings as one level with dotted keys: ``{"a": {"b": 1}}`` -> ``{"a.b": 1}``.
+
+    Parameters
+    ----------
+    d : the (nested) mapping.
+    prefix : prepended to every key of the result (used for the recursion).
+
+    Returns
+    -------
+    dict
+        one level, non-mapping values under their dotted keys.
+    """
     out: dict[str, Any] = {}
     for k, v in d.items():
         if isinstance(v, Mapping):

@@ -15,6 +15,18 @@ from PIL import Image
 
 
 def check_image(image, where: str = "image") -> np.ndarray:
+    """``image`` as an ``(H, W, 3)`` uint8 RGB array of non-zero size; ``ValueError`` otherwise.
+
+    Parameters
+    ----------
+    image : array-like to check (converted with ``np.asarray``, not copied or cast).
+    where : names the image in the error message (e.g. ``"image 3"``).
+
+    Returns
+    -------
+    np.ndarray
+        the image as an array.
+    """
     img = np.asarray(image)
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"{where} must be an (H, W, 3) uint8 RGB array, got {img.shape} {img.dtype}")
@@ -76,7 +88,18 @@ def letterbox(image: np.ndarray, size: int, fill="median") -> np.ndarray:
 
 def letterbox_window(hw: tuple[int, int], size: int) -> tuple[int, int, int, int]:
     """Where an image of ``hw = (height, width)`` lands in its ``size`` x ``size`` letterbox:
-    the window ``(x0, y0, x1, y1)`` of its content (longer side scaled to ``size``, centred)."""
+    the window ``(x0, y0, x1, y1)`` of its content (longer side scaled to ``size``, centred).
+
+    Parameters
+    ----------
+    hw : ``(height, width)`` of the image in pixels.
+    size : side of the letterbox square in pixels (at least 1).
+
+    Returns
+    -------
+    tuple of int
+        ``(x0, y0, x1, y1)`` in the square's pixels.
+    """
     size = int(size)
     if size < 1:
         raise ValueError(f"size must be a positive number of pixels, got {size}")
@@ -93,6 +116,16 @@ def square_window(box, pad: float = 0.1) -> tuple[int, int, int, int]:
     The side is ``max(width, height) * (1 + 2 * pad)`` rounded to whole pixels (at least 1): a
     margin of ``pad`` times the longer box side on each side. The window may reach past the
     image (see :func:`extract_crop`).
+
+    Parameters
+    ----------
+    box : ``(x0, y0, x1, y1)`` in pixels, with ``x1 > x0`` and ``y1 > y0``.
+    pad : margin on each side as a fraction of the box's longer side (>= 0).
+
+    Returns
+    -------
+    tuple of int
+        ``(x0, y0, x1, y1)`` of the square window, possibly reaching past the image.
     """
     b = np.asarray(box, np.float64).reshape(-1)
     if b.shape != (4,) or not np.all(np.isfinite(b)):
@@ -115,6 +148,19 @@ def extract_crop(image: np.ndarray, box, pad: float = 0.1, fill="median") -> np.
     image, the pixels inside are copied to their place in the square and the rest is ``fill``
     (see :func:`letterbox`; "median" is the median colour of the copied part's border).
 
+    Parameters
+    ----------
+    image : ``(H, W, 3)`` uint8 RGB.
+    box : ``(x0, y0, x1, y1)`` in pixels.
+    pad : margin on each side as a fraction of the box's longer side (see :func:`square_window`).
+    fill : "median", "edge", a grey level or an RGB triple for the part outside the image (see
+        :func:`letterbox`).
+
+    Returns
+    -------
+    np.ndarray
+        ``(side, side, 3)`` uint8, ``side`` that of :func:`square_window`.
+
     Raises
     ------
     ValueError
@@ -136,6 +182,18 @@ def crop_window(box, hw: tuple[int, int], pad: float) -> tuple[int, int, int, in
     The square is centred on the box, its side ``max(box w, box h) * (1 + 2 * pad)`` (at least
     one pixel), rounded outwards to whole pixels and clipped to the image ``hw`` (so crops at the
     border are not square).
+
+    Parameters
+    ----------
+    box : ``(x0, y0, x1, y1)`` in pixels.
+    hw : ``(height, width)`` of the image in pixels.
+    pad : margin on each side as a fraction of the box's longer side.
+
+    Returns
+    -------
+    tuple of int
+        ``(x0, y0, x1, y1)`` inside the image, at least one pixel wide and high (a box outside the
+        image gets the nearest pixel row/column).
     """
     x0, y0, x1, y1 = (float(v) for v in box)
     h, w = int(hw[0]), int(hw[1])
@@ -153,6 +211,12 @@ def crop_window(box, hw: tuple[int, int], pad: float) -> tuple[int, int, int, in
 
 
 def check_pad(pad) -> float:
+    """``pad`` as a float: a crop margin, a finite number >= 0; ``ValueError`` otherwise (bools too).
+
+    Parameters
+    ----------
+    pad : the margin, a fraction of the box side (see :func:`crop_window`).
+    """
     if isinstance(pad, bool) or not isinstance(pad, (int, float, np.number)) or not np.isfinite(pad) or pad < 0:
         raise ValueError(f"pad must be a finite number >= 0 (a fraction of the box side), got {pad!r}")
     return float(pad)

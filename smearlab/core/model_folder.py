@@ -33,7 +33,18 @@ KINDS = ("detector", "unet", "classifier")
 
 @dataclass
 class ModelFolder:
-    """What a model folder holds (see the module docstring)."""
+    """What a model folder holds (see the module docstring).
+
+    Parameters
+    ----------
+    folder : the model folder.
+    kind : ``"detector"``, ``"unet"`` or ``"classifier"`` (see :data:`KINDS`).
+    config : the settings of ``config.json`` that rebuild the model (without ``kind``).
+    state_dict : the weights, ``module.`` prefixes removed.
+    meta : the other entries of ``weights.pt`` (``format``, ``kind``, ``class_names``, ``epoch``...).
+    thresholds : the content of ``thresholds.json``, or None when the folder has none.
+    preprocess : the content of ``preprocess.json``, or None when the folder has none.
+    """
 
     folder: Path
     kind: str
@@ -84,6 +95,10 @@ def save_model_folder(folder, kind: str, model: torch.nn.Module, config: Mapping
 def model_kind(folder) -> str:
     """The ``kind`` a model folder holds (from its ``config.json``).
 
+    Parameters
+    ----------
+    folder : the model folder.
+
     Raises
     ------
     DataError
@@ -99,7 +114,12 @@ def model_kind(folder) -> str:
 
 
 def read_config_json(folder) -> dict[str, Any]:
-    """The ``config.json`` of a model folder as a dict; :class:`DataError` naming it otherwise."""
+    """The ``config.json`` of a model folder as a dict; :class:`DataError` naming it otherwise.
+
+    Parameters
+    ----------
+    folder : the model folder.
+    """
     p = Path(folder) / "config.json"
     if not p.is_file():
         raise DataError(p, "model folder has no config.json (not a saved smearlab model?)")
@@ -114,6 +134,15 @@ def read_config_json(folder) -> dict[str, Any]:
 
 def read_model_folder(folder, kind: str | None = None) -> ModelFolder:
     """Read a model folder (its weights and JSON files), checking its ``kind`` when given.
+
+    Parameters
+    ----------
+    folder : the model folder.
+    kind : the expected kind (one of :data:`KINDS`), or None to accept any.
+
+    Returns
+    -------
+    ModelFolder
 
     Raises
     ------
@@ -140,7 +169,19 @@ def read_model_folder(folder, kind: str | None = None) -> ModelFolder:
 def state_dict_of(obj, path) -> tuple[dict, dict]:
     """``(state dict, metadata)`` from a weights file: a smearlab model folder's ``weights.pt``, a
     training checkpoint (``{"model": ...}``) or a raw state dict; a ``module.`` prefix (DDP) is
-    removed."""
+    removed.
+
+    Parameters
+    ----------
+    obj : the object loaded from the weights file (see :func:`~smearlab.core.files.read_torch_file`).
+    path : the file it was read from, named in the :class:`DataError` when it holds no state dict.
+
+    Returns
+    -------
+    tuple of dict
+        the state dict (parameter names to tensors) and the metadata: the other entries of a
+        ``weights.pt``, the ``model_config`` of a training checkpoint, or empty.
+    """
     meta = {}
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         meta = {k: v for k, v in obj.items() if k != "state_dict"}

@@ -9,7 +9,13 @@ import torch.nn.functional as F
 
 
 def norm_layer(kind: str, c: int) -> nn.Module:
-    """``"batch"`` (BatchNorm2d) or ``"group"`` (GroupNorm, gcd(8, c) groups) over ``c`` channels."""
+    """``"batch"`` (BatchNorm2d) or ``"group"`` (GroupNorm, gcd(8, c) groups) over ``c`` channels.
+
+    Parameters
+    ----------
+    kind : ``"batch"`` or ``"group"``; anything else is a ``ValueError``.
+    c : number of channels normalised.
+    """
     if kind == "batch":
         return nn.BatchNorm2d(c)
     if kind == "group":
@@ -18,13 +24,34 @@ def norm_layer(kind: str, c: int) -> nn.Module:
 
 
 def conv_block(cin: int, cout: int, norm: str) -> nn.Sequential:
+    """Two 3x3 convolutions (padding 1, no bias), each followed by normalisation and ReLU.
+
+    Parameters
+    ----------
+    cin : input channels.
+    cout : output channels (of both convolutions).
+    norm : ``"batch"`` or ``"group"`` (see :func:`norm_layer`).
+
+    Returns
+    -------
+    nn.Sequential
+        keeps the spatial size.
+    """
     return nn.Sequential(
         nn.Conv2d(cin, cout, 3, padding=1, bias=False), norm_layer(norm, cout), nn.ReLU(inplace=True),
         nn.Conv2d(cout, cout, 3, padding=1, bias=False), norm_layer(norm, cout), nn.ReLU(inplace=True))
 
 
 class BasicBlock(nn.Module):
-    """ResNet basic block: two 3x3 convolutions and a shortcut (1x1 convolution when the shape changes)."""
+    """ResNet basic block: two 3x3 convolutions and a shortcut (1x1 convolution when the shape changes).
+
+    Parameters
+    ----------
+    cin : input channels.
+    cout : output channels.
+    stride : stride of the first convolution (and of the shortcut); 2 halves the spatial size.
+    norm : ``"batch"`` or ``"group"`` (see :func:`norm_layer`).
+    """
 
     def __init__(self, cin: int, cout: int, stride: int, norm: str):
         super().__init__()
@@ -36,5 +63,16 @@ class BasicBlock(nn.Module):
             nn.Conv2d(cin, cout, 1, stride, bias=False), norm_layer(norm, cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``relu(norm2(conv2(relu(norm1(conv1(x))))) + shortcut(x))``.
+
+        Parameters
+        ----------
+        x : ``(B, cin, H, W)`` tensor.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, cout, ceil(H / stride), ceil(W / stride))``.
+        """
         y = F.relu(self.norm1(self.conv1(x)))
         return F.relu(self.norm2(self.conv2(y)) + self.shortcut(x))

@@ -23,6 +23,12 @@ def clean_boxes(boxes, labels, hw: tuple[int, int] | None, path, skipped: SkipLo
     boxes : (N, 4) array-like, xyxy pixels.
     labels : (N,) ints.
     hw : image (height, width), or None when unknown (no clipping then).
+    path : the annotation (or image) file, named in the skip and repair records.
+    skipped : :class:`~smearlab.data.sample.SkipLog` that records the dropped boxes.
+    fixed : :class:`~smearlab.data.sample.SkipLog` that records the clipped boxes (with the
+        overrun in pixels as ``amount``).
+    max_overrun : how many pixels a box may run past the image edge and still be clipped
+        rather than dropped.
     records : optional per-box names for the report (e.g. ``"object 3"``).
 
     Returns
@@ -66,7 +72,14 @@ def clean_boxes(boxes, labels, hw: tuple[int, int] | None, path, skipped: SkipLo
 def mask_box(mask: np.ndarray) -> np.ndarray | None:
     """Tight pixel-edge ``x0, y0, x1, y1`` box of a 2-D mask (``x1`` = last column + 1).
 
-    Returns None for an empty mask.
+    Parameters
+    ----------
+    mask : ``(H, W)`` bool (or 0/1) array.
+
+    Returns
+    -------
+    np.ndarray or None
+        ``(4,)`` float32, or None for an empty mask.
     """
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:

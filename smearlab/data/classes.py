@@ -33,7 +33,12 @@ class ClassMismatchError(ValueError):
 
 def canonical(name: str) -> str:
     """The form two spellings of one class share: lower case, words separated by one space,
-    a plural ``s`` / ``es`` / ``ies`` ending removed from the last word."""
+    a plural ``s`` / ``es`` / ``ies`` ending removed from the last word.
+
+    Parameters
+    ----------
+    name : a class name (converted with ``str``).
+    """
     words = re.sub(r"[\s_\-]+", " ", str(name).strip().lower()).split(" ")
     last = words[-1]
     if len(last) > 4 and last.endswith("ies"):
@@ -49,7 +54,7 @@ def canonical(name: str) -> str:
 class ClassMapping:
     """How the labels of ``source`` classes become labels of ``target`` classes.
 
-    Attributes
+    Parameters
     ----------
     source, target : the two class lists.
     lut : ``(len(source),)`` int64; ``lut[i]`` is the target index of source class ``i``, or
@@ -87,7 +92,17 @@ class ClassMapping:
         return "; ".join(parts) or "same classes"
 
     def labels(self, labels: np.ndarray) -> np.ndarray:
-        """``labels`` of the source list as labels of the target list (-1: unmatched)."""
+        """``labels`` of the source list as labels of the target list (-1: unmatched).
+
+        Parameters
+        ----------
+        labels : integer labels indexing ``source``.
+
+        Returns
+        -------
+        np.ndarray
+            int64 labels indexing ``target``, -1 for unmatched source classes.
+        """
         labels = np.asarray(labels, np.int64)
         return self.lut[labels] if len(labels) else labels.copy()
 
@@ -162,6 +177,14 @@ def per_class(value, class_names: Sequence[str], what: str, default=None) -> np.
 
     ``None`` stays None. A dict naming an unknown class raises ``ValueError``; classes it does not
     name get ``default`` (``ValueError`` when ``default`` is None).
+
+    Parameters
+    ----------
+    value : None, a scalar (the same for every class), a sequence of ``K`` values in class order,
+        or a ``{class name: value}`` mapping.
+    class_names : the ``K`` class names.
+    what : the setting's name, for error messages (e.g. ``"score_thresholds"``).
+    default : the value of classes a mapping does not name (None: every class must be named).
     """
     if value is None:
         return None

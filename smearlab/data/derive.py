@@ -19,6 +19,11 @@ def as_single_class(dataset, name: str = "cell"):
     Classical segmenters give class 0 to every instance; scoring them against a dataset of
     several classes (red cells, white cells, platelets) needs the ground truth in one class.
     Samples are shallow copies: images and masks are shared, not re-read.
+
+    Parameters
+    ----------
+    dataset : a SmearDataset.
+    name : the one class name; the result is named ``"<dataset name>:<name>"``.
     """
     samples = [dataclasses.replace(s, labels=np.zeros(len(s.boxes), np.int64)) for s in dataset]
     return SmearDataset(samples, [name], f"{getattr(dataset, 'name', 'dataset')}:{name}",
@@ -32,6 +37,11 @@ def foreground_semantic(dataset, name: str | None = None):
     For training a U-Net on an instance dataset (DSB2018 nuclei, synthetic cells) as two-class
     semantic segmentation. Samples are shallow copies (images shared); ``semantic_names`` is
     ``["background", "foreground"]``. A sample without objects gets an all-background mask.
+
+    Parameters
+    ----------
+    dataset : a SmearDataset of instance masks.
+    name : name of the result (None: the dataset's name).
 
     Raises
     ------
@@ -72,6 +82,7 @@ def tile_dataset(dataset, tile: int = 128, *, max_tiles: int | None = None, seed
     dataset : SmearDataset with semantic masks (see :func:`foreground_semantic`).
     tile : tile side in pixels (>= 16).
     max_tiles : keep a random subset of this many tiles (seeded by ``seed``), or all.
+    seed : seed of that random subset.
 
     Returns
     -------
@@ -107,6 +118,19 @@ def instances_from_semantic(dataset, groups: "dict[str, Sequence[int]] | None" =
     image; ``groups={"cell": (1, 2), "nucleus": (2,)}`` (the default for those names) turns them
     into whole-cell and nucleus instances for Mask R-CNN. Components smaller than ``min_size``
     pixels are dropped. Class maps are kept, so the U-Net trains on the same samples.
+
+    Parameters
+    ----------
+    dataset : a SmearDataset whose samples have class maps (``semantic``).
+    groups : ``{instance class name: class-map values}``: the result's classes, in this order.
+        None is ``{"cell": (1, 2), "nucleus": (2,)}``, allowed only for class maps named
+        ``background, cytoplasm, nucleus``.
+    min_size : smallest component kept, in pixels.
+
+    Returns
+    -------
+    SmearDataset
+        same images and class maps, with instance boxes, labels and masks.
     """
 
     names = list(getattr(dataset, "semantic_names", None) or [])

@@ -41,13 +41,24 @@ DICOM_EXTENSIONS = {".dcm", ".dicom"}
 
 
 def is_image_file(path: Path) -> bool:
-    """True for the image extensions smearlab reads (case-insensitive)."""
+    """True for the image extensions smearlab reads (case-insensitive).
+
+    Parameters
+    ----------
+    path : the file (only its suffix is looked at; DICOM suffixes count too).
+    """
     return path.suffix.lower() in IMAGE_EXTENSIONS | DICOM_EXTENSIONS
 
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What an image file's header says: its stored size and its EXIF orientation (1: none)."""
+    """What an image file's header says: its stored size and its EXIF orientation (1: none).
+
+    Parameters
+    ----------
+    stored_hw : ``(height, width)`` of the pixels as stored.
+    exif_orientation : the EXIF orientation tag, 1..8 (1: none).
+    """
 
     stored_hw: tuple[int, int]
     exif_orientation: int = 1
@@ -64,7 +75,12 @@ class ImageInfo:
         return (w, h) if self.exif_orientation in (5, 6, 7, 8) else (h, w)
 
     def hw(self, orientation: str = "exif") -> tuple[int, int]:
-        """The size read in ``orientation`` (see :data:`ORIENTATIONS`)."""
+        """The size read in ``orientation`` (see :data:`ORIENTATIONS`).
+
+        Parameters
+        ----------
+        orientation : ``"exif"`` (as shown: :attr:`shown_hw`) or ``"stored"`` (:attr:`stored_hw`).
+        """
         return self.shown_hw if _check_orientation(orientation) == "exif" else self.stored_hw
 
 
@@ -88,6 +104,7 @@ def read_raw(path: str | Path, *, orientation: str = "exif", palette: str = "rgb
 
     Parameters
     ----------
+    path : the image file (any PIL-readable image, or DICOM).
     orientation : ``"exif"`` (as shown, the default) or ``"stored"``; see the module docstring.
     palette : ``"rgb"`` converts palette images to their colours (images), ``"index"`` keeps
         the palette indices (masks).
@@ -136,6 +153,17 @@ def to_rgb8(arr: np.ndarray, where="image") -> tuple[np.ndarray, int]:
     Integer images wider than 8 bits are scaled linearly from the smallest usual sensor range
     that holds their values (10, 12, 14 or 16 bits, so 12-bit microscopy stays bright); float
     images from 0..1. Returns the RGB image and the original bit depth.
+
+    Parameters
+    ----------
+    arr : ``(H, W)``, ``(H, W, 1)``, ``(H, W, 2)`` (grey + alpha), ``(H, W, 3)`` or ``(H, W, 4)``
+        array of bool, integers or floats.
+    where : the file (or name) given to :class:`DataError` for an unusable array.
+
+    Returns
+    -------
+    image : ``(H, W, 3)`` uint8
+    depth : original bit depth (1 for bool, 8, 16..., 32 for floats).
     """
     a = np.asarray(arr)
     if a.size == 0 or a.ndim < 2 or a.shape[0] == 0 or a.shape[1] == 0:
@@ -172,6 +200,11 @@ def read_image(path: str | Path, *, orientation: str = "exif") -> tuple[np.ndarr
     """Read ``path`` as RGB uint8, as shown (EXIF orientation applied) unless
     ``orientation="stored"``. Returns ``(image, original_bit_depth)``.
 
+    Parameters
+    ----------
+    path : the image file.
+    orientation : ``"exif"`` (as shown) or ``"stored"``; see the module docstring.
+
     Raises
     ------
     DataError
@@ -182,6 +215,10 @@ def read_image(path: str | Path, *, orientation: str = "exif") -> tuple[np.ndarr
 
 def image_info(path: str | Path) -> ImageInfo:
     """The stored size and EXIF orientation of an image file, from its header (no pixels decoded).
+
+    Parameters
+    ----------
+    path : the image file (a DICOM file is decoded to get its size).
 
     Raises
     ------
@@ -204,6 +241,11 @@ def image_size(path: str | Path, *, orientation: str = "exif") -> tuple[int, int
     """``(height, width)`` of an image file as read in ``orientation`` (as shown by default),
     from its header, without decoding the pixels.
 
+    Parameters
+    ----------
+    path : the image file.
+    orientation : ``"exif"`` (as shown) or ``"stored"``.
+
     Raises
     ------
     DataError
@@ -214,7 +256,18 @@ def image_size(path: str | Path, *, orientation: str = "exif") -> tuple[int, int
 
 def read_mask(path: str | Path, *, orientation: str = "exif") -> np.ndarray:
     """Read a mask image as a 2-D integer array of its values (see the module docstring):
-    palette indices, the grey level, or one integer per colour of a colour mask."""
+    palette indices, the grey level, or one integer per colour of a colour mask.
+
+    Parameters
+    ----------
+    path : the mask image file.
+    orientation : ``"exif"`` (as shown) or ``"stored"``; use that of the image it annotates.
+
+    Returns
+    -------
+    np.ndarray
+        ``(H, W)`` integer array.
+    """
     a = read_raw(path, orientation=orientation, palette="index")
     if a.ndim == 3:
         a = a[..., :3] if a.shape[2] in (3, 4) else a[..., :1]  # alpha is not a value
@@ -231,6 +284,11 @@ def read_mask(path: str | Path, *, orientation: str = "exif") -> np.ndarray:
 def read_binary_mask(path: str | Path, *, orientation: str = "exif") -> np.ndarray:
     """Read a mask file as a 2-D bool array (any non-zero value is foreground: a palette
     index, a grey level or a colour).
+
+    Parameters
+    ----------
+    path : the mask image file.
+    orientation : ``"exif"`` (as shown) or ``"stored"``; use that of the image it annotates.
 
     Raises
     ------
@@ -261,7 +319,13 @@ def _read_dicom(path: Path) -> np.ndarray:
 
 
 def write_image(path: str | Path, image: np.ndarray) -> None:
-    """Write an image atomically (temporary name, then rename)."""
+    """Write an image atomically (temporary name, then rename).
+
+    Parameters
+    ----------
+    path : the file; its suffix chooses the format (JPEG, PNG, BMP, TIFF; PNG otherwise).
+    image : array PIL can save, typically ``(H, W, 3)`` uint8 RGB or an ``(H, W)`` mask.
+    """
     path = Path(path)
     with atomic_path(path) as tmp:
         Image.fromarray(image).save(tmp, format=_pil_format(path))

@@ -65,6 +65,17 @@ def extract(archive: str | Path, into: str | Path | None = None) -> Path:
     folder of its own that is renamed when complete, so an interrupted run leaves no
     half-extracted dataset and two processes extracting the same archive at once (parallel
     sweep jobs) do not disturb each other.
+
+    Parameters
+    ----------
+    archive : the archive file (``.tar.xz``, ``.zip``, ...).
+    into : the folder to extract into (None: a folder named after the archive under
+        ``cache_dir() / "extracted"``).
+
+    Returns
+    -------
+    Path
+        the folder holding the extracted files.
     """
     archive = Path(archive)
     try:

@@ -19,7 +19,20 @@ log = logging.getLogger('smearlab.data.predictions')
 
 
 def as_prediction(p: Mapping, where="prediction") -> dict:
-    """One prediction dict with the agreed dtypes and shapes (``ValueError`` when inconsistent)."""
+    """One prediction dict with the agreed dtypes and shapes (``ValueError`` when inconsistent).
+
+    Parameters
+    ----------
+    p : mapping with ``boxes``, ``scores``, ``labels`` (missing ones are empty) and optionally
+        ``masks``.
+    where : names the prediction in the error message (e.g. ``"prediction 3"``).
+
+    Returns
+    -------
+    dict
+        ``boxes`` (N, 4) float32, ``scores`` (N,) float32, ``labels`` (N,) int64 and, when given,
+        ``masks`` (N, H, W) bool.
+    """
     boxes = np.asarray(p.get("boxes", np.zeros((0, 4))), np.float32).reshape(-1, 4)
     scores = np.asarray(p.get("scores", np.zeros(0)), np.float32).reshape(-1)
     labels = np.asarray(p.get("labels", np.zeros(0)), np.int64).reshape(-1)
@@ -58,13 +71,23 @@ class Predictions(list):
 
 def class_names_of(predictions) -> list[str] | None:
     """The class names predictions carry (:class:`Predictions`, or the raw prediction cache
-    :class:`~smearlab.detection.postprocess.RawPredictions`), or None."""
+    :class:`~smearlab.detection.postprocess.RawPredictions`), or None.
+
+    Parameters
+    ----------
+    predictions : a list of prediction dicts, possibly carrying ``class_names``.
+    """
     names = getattr(predictions, "class_names", None)
     return None if names is None else [str(c) for c in names]
 
 
 def empty_prediction(hw: tuple[int, int] | None = None) -> dict[str, np.ndarray]:
-    """The prediction of an image without objects; with ``hw`` it also holds ``(0, H, W)`` masks."""
+    """The prediction of an image without objects; with ``hw`` it also holds ``(0, H, W)`` masks.
+
+    Parameters
+    ----------
+    hw : ``(height, width)`` of the image in pixels, or None for no ``masks`` entry.
+    """
     out = {"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros((0,), np.float32),
            "labels": np.zeros((0,), np.int64)}
     if hw is not None:
@@ -80,6 +103,17 @@ def check_predictions(dataset: SmearDataset, predictions) -> list[dict]:
     such as ``Platelet``/``Platelets``; see :mod:`smearlab.data.classes`): a model trained on
     ``[Platelets, RBC, WBC]`` is scored correctly on a dataset listing ``[WBC, RBC, Platelets]``.
     Plain lists are taken to index the dataset's classes.
+
+    Parameters
+    ----------
+    dataset : the SmearDataset the predictions are for (ground truth).
+    predictions : one prediction dict per image, aligned with ``dataset``; a :class:`Predictions`
+        (or anything with ``class_names``) is mapped by class name.
+
+    Returns
+    -------
+    list of dict
+        the checked predictions (see :func:`as_prediction`), labels indexing ``dataset.class_names``.
 
     Raises
     ------

@@ -42,7 +42,26 @@ def _resolve(value):
 
 @dataclass
 class Sample:
-    """One image with its annotations (see the module docstring for the conventions)."""
+    """One image with its annotations (see the module docstring for the conventions).
+
+    Parameters
+    ----------
+    image_id : identifier of the image within its dataset.
+    path : the image file, or None for an image held in memory.
+    boxes : ``(N, 4)`` ``x0, y0, x1, y1`` boxes in pixels (stored as float32).
+    labels : ``(N,)`` class indices into the dataset's ``class_names`` (stored as int64).
+    image_label : optional image-level class index.
+    domain : optional staining / imaging domain (e.g. ``"A"``), see :meth:`SmearDataset.by_domain`.
+    bit_depth : bit depth of the original image (set when the image is read).
+    size : ``(height, width)`` when known without reading the image; an image file that reads at
+        another size is refused.
+    meta : further per-sample information from the loader (e.g. ``iscrowd``, ``window``).
+    orientation : how the image file is read: ``"exif"`` (as shown) or ``"stored"``.
+    _image : ``(H, W, 3)`` uint8 image, a zero-argument callable returning it, or None to read
+        ``path`` on first access.
+    _masks : optional ``(N, H, W)`` bool instance masks, or a zero-argument callable returning them.
+    _semantic : optional ``(H, W)`` semantic mask, or a zero-argument callable returning it.
+    """
 
     image_id: str
     path: Path | None = None
@@ -188,6 +207,13 @@ class Skip:
 
     ``amount`` is the size of a repair where it has one (pixels a clipped box ran past the
     image), for the load summary.
+
+    Parameters
+    ----------
+    path : the file the record comes from.
+    reason : why it was refused or repaired.
+    record : optional name of the record within the file (e.g. ``"box 3"``).
+    amount : optional size of the repair (e.g. pixels a clipped box ran past the image).
     """
 
     path: str
@@ -219,7 +245,15 @@ class SkipLog(list):
         self.kind = kind
 
     def add(self, path, reason: str, record: str | None = None, amount: float | None = None) -> None:
-        """Record one entry; with ``strict`` raise ``DataError(path, reason, record)``."""
+        """Record one entry; with ``strict`` raise ``DataError(path, reason, record)``.
+
+        Parameters
+        ----------
+        path : the file the record comes from.
+        reason : why it was refused or repaired.
+        record : optional name of the record within the file (e.g. ``"box 3"``).
+        amount : optional size of the repair (pixels a clipped box ran past the image).
+        """
         if self.strict:
             raise DataError(path, reason, record)
         s = Skip(str(path), reason, record, amount)
@@ -232,7 +266,12 @@ class SkipLog(list):
 
     def summary(self, first: int = 3) -> list[str]:
         """One line per kind of entry: count, the largest ``amount`` where entries have one,
-        and the first ``first`` files (with their records)."""
+        and the first ``first`` files (with their records).
+
+        Parameters
+        ----------
+        first : how many files to name per kind of entry.
+        """
         groups: dict[str, list[Skip]] = {}
         for s in self:
             groups.setdefault(_kind(s.reason), []).append(s)
@@ -259,6 +298,8 @@ class SmearDataset(Sequence[Sample]):
     samples : list of Sample
     class_names : object classes, indexed by ``Sample.labels`` (and ``image_label``).
     name : short name for reports.
+    root : the folder the dataset was loaded from, if any.
+    format : the on-disk format it was loaded from (e.g. ``"coco"``, ``"synthetic"``), if any.
     semantic_names : names of the semantic mask values, if any (index = value).
     skipped : records the loader refused, with reasons (see :class:`Skip`).
     fixed : boxes the loader repaired (e.g. clipped to the image), with reasons.
@@ -311,14 +352,27 @@ class SmearDataset(Sequence[Sample]):
         return int(sum(len(s.boxes) for s in self.samples))
 
     def subset(self, indices: Iterable[int], name: str | None = None) -> "SmearDataset":
-        """A dataset of the chosen samples (shared, not copied), same classes."""
+        """A dataset of the chosen samples (shared, not copied), same classes.
+
+        Parameters
+        ----------
+        indices : positions of the chosen samples.
+        name : name of the result (None: this dataset's name).
+        """
         return SmearDataset([self.samples[i] for i in indices], self.class_names,
                             name or self.name, root=self.root, format=self.format,
                             semantic_names=self.semantic_names)
 
     @classmethod
     def concat(cls, datasets: Sequence["SmearDataset"], name: str | None = None) -> "SmearDataset":
-        """One dataset of several with the same classes (e.g. two staining domains)."""
+        """One dataset of several with the same classes (e.g. two staining domains).
+
+        Parameters
+        ----------
+        datasets : the datasets, with identical ``class_names``; their ``skipped`` and ``fixed``
+            records are joined too.
+        name : name of the result (None: the names joined by ``"+"``).
+        """
         first = datasets[0]
         for d in datasets[1:]:
             if d.class_names != first.class_names:

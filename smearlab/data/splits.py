@@ -23,7 +23,12 @@ from .synthetic import make_dataset
 
 
 def class_signature(dataset: SmearDataset) -> list[str]:
-    """One stratification key per image: the sorted class indices it holds ("-" for none)."""
+    """One stratification key per image: the sorted class indices it holds ("-" for none).
+
+    Parameters
+    ----------
+    dataset : a SmearDataset (box labels and ``image_label`` count).
+    """
     keys = []
     for s in dataset:
         labs = set(s.labels.tolist())
@@ -64,6 +69,20 @@ def train_val_test_split(dataset: SmearDataset, val: float = 0.15, test: float =
     """Split by image into ``{"train", "val", "test"}`` (fractions of the whole set).
 
     ``val`` or ``test`` may be 0 to leave that split out.
+
+    Parameters
+    ----------
+    dataset : the SmearDataset to split.
+    val, test : fractions of the whole set for validation and test (``val + test < 1``).
+    seed : random state of the split.
+    stratify : stratify on :func:`class_signature` (rare combinations pooled; plain shuffling
+        when stratifying is impossible).
+
+    Returns
+    -------
+    dict
+        ``{"train", "val", "test"}`` subsets named ``"<dataset>:<split>"`` (a split of fraction 0
+        is absent).
     """
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
         raise ValueError(f"val={val} and test={test} must be fractions with val + test < 1")
@@ -88,6 +107,12 @@ def kfold(dataset: SmearDataset, k: int = 5, seed: int = 0) -> list[tuple[np.nda
     """Stratified K-fold by image: a list of ``(train_indices, test_indices)``.
 
     Each image appears in exactly one test fold.
+
+    Parameters
+    ----------
+    dataset : the SmearDataset to split.
+    k : number of folds (2 <= k <= number of images).
+    seed : random state of the shuffle.
     """
     if k < 2 or k > len(dataset):
         raise ValueError(f"k={k} folds need 2 <= k <= number of images ({len(dataset)})")
@@ -100,7 +125,12 @@ def kfold(dataset: SmearDataset, k: int = 5, seed: int = 0) -> list[tuple[np.nda
 
 
 def content_hash(sample) -> str:
-    """SHA-1 of the image file's bytes (of the pixels when the sample has no file)."""
+    """SHA-1 of the image file's bytes (of the pixels when the sample has no file).
+
+    Parameters
+    ----------
+    sample : a :class:`~smearlab.data.sample.Sample`.
+    """
     h = hashlib.sha1()
     if sample.path is not None and Path(sample.path).is_file():
         with open(sample.path, "rb") as f:
@@ -115,7 +145,14 @@ def content_hash(sample) -> str:
 
 @dataclass
 class LeakReport:
-    """Images shared between splits, by file name and by content."""
+    """Images shared between splits, by file name and by content.
+
+    Parameters
+    ----------
+    same_name : ``{(split a, split b): file names found in both}``.
+    same_content : ``{(split a, split b): [(image in a, identical image in b), ...]}``.
+    duplicates_within : ``{split: [(image, identical later image), ...]}``.
+    """
 
     same_name: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     same_content: dict[tuple[str, str], list[tuple[str, str]]] = field(default_factory=dict)
@@ -126,6 +163,9 @@ class LeakReport:
         return bool(self.same_name or self.same_content)
 
     def summary(self) -> dict:
+        """Counts for a report: ``leak`` (whether any two splits share images), and the number of shared
+        file names and contents per pair of splits and of duplicates per split.
+        """
         return {
             "leak": self.leaks,
             "same_name": {f"{a}/{b}": len(v) for (a, b), v in self.same_name.items()},
@@ -151,6 +191,10 @@ def check_leaks(splits: Mapping[str, SmearDataset]) -> LeakReport:
 
     Content is compared by a hash of the file bytes, so re-saved or re-encoded copies are not
     caught; identical copies under another name are.
+
+    Parameters
+    ----------
+    splits : ``{split name: SmearDataset}``, e.g. the result of :func:`train_val_test_split`.
     """
     names = {k: {(Path(s.path).name if s.path else s.image_id): s for s in ds} for k, ds in splits.items()}
     hashes: dict[str, dict[str, str]] = {}
@@ -182,6 +226,12 @@ def stratified_split(labels, test: float = 0.3, seed: int = 0) -> tuple[np.ndarr
 
     A class with two or more items puts at least one in each part; a class with one item goes
     to train. Works for any class sizes (unlike stratified sampling that needs two of each).
+
+    Parameters
+    ----------
+    labels : ``(N,)`` class label of every item.
+    test : fraction of each class for the test part, in (0, 1).
+    seed : seed of the shuffle.
     """
     if not 0 < test < 1:
         raise ValueError(f"test must be a fraction in (0, 1), got {test}")
@@ -206,6 +256,20 @@ def detection_splits(spec: str = "synthetic", *, quick: bool = True, seed: int =
       and the validation split is carved out of ``Training``. CBC's own ``Validation/`` is a
       subset of ``Training/`` and is never used.
     * Any other dataset path: split by image (stratified on the classes each image holds).
+
+    Parameters
+    ----------
+    spec : ``"synthetic"``, another :func:`smearlab.data.open_dataset` spec, or a dataset path.
+    quick : small synthetic sets (48 images for ``"synthetic"``); passed to
+        :func:`smearlab.data.open_dataset` for other specs.
+    seed : seed of the split and of the synthetic generator.
+    val, test : fractions of the images for validation and test (see
+        :func:`train_val_test_split`); the CBC layout uses ``val`` of ``Training`` only.
+
+    Returns
+    -------
+    dict
+        ``{"train", "val", "test"}``: SmearDatasets.
     """
 
     root = Path(spec)
@@ -234,6 +298,8 @@ def instance_splits(spec="synthetic", *, quick: bool = True, seed: int = 0, val:
         images are then those notebook 04's segmenters are scored on; the Zheng set is
         stratified on other classes there (cell / nucleus), so its split may differ.
     quick : small sets (synthetic: 6 + 6 images; real data: at most 24 train and 12 test).
+    seed : seed of the split (and of the synthetic generator, see ``spec``).
+    val, test : fractions of a real dataset's images for validation and test.
     max_train, max_test : caps on the number of images (override the quick defaults).
 
     Returns
@@ -269,6 +335,19 @@ def segmentation_splits(spec: str = "synthetic", *, quick: bool = True, seed: in
       (:func:`instances_from_semantic`).
     * Datasets with instance masks only (DSB2018): class map background / foreground
       (:func:`foreground_semantic`).
+
+    Parameters
+    ----------
+    spec : ``"synthetic"``, or anything :func:`smearlab.data.open_dataset` opens.
+    quick : small sets (see above; passed to :func:`smearlab.data.open_dataset` for real data).
+    seed : seed of the split and of the synthetic generator.
+    val, test : fractions of the images for validation and test (see :func:`train_val_test_split`;
+        stratified when the dataset has several classes).
+
+    Returns
+    -------
+    dict
+        ``{"train", "val", "test"}``: SmearDatasets.
     """
     if spec == "synthetic":
         ds = open_dataset("synthetic-A", n=32 if quick else 200, seed=seed,

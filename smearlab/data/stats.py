@@ -10,7 +10,12 @@ from .sample import SmearDataset
 
 
 def objects_per_image(dataset: SmearDataset) -> np.ndarray:
-    """(n_images, n_classes) object counts."""
+    """(n_images, n_classes) object counts.
+
+    Parameters
+    ----------
+    dataset : a SmearDataset.
+    """
     k = len(dataset.class_names)
     out = np.zeros((len(dataset), k), np.int64)
     for i, s in enumerate(dataset):
@@ -19,7 +24,12 @@ def objects_per_image(dataset: SmearDataset) -> np.ndarray:
 
 
 def box_sizes(dataset: SmearDataset) -> dict[str, np.ndarray]:
-    """Box (width, height) per class name, each an (N, 2) float array."""
+    """Box (width, height) per class name, each an (N, 2) float array.
+
+    Parameters
+    ----------
+    dataset : a SmearDataset.
+    """
     per = {n: [] for n in dataset.class_names}
     for s in dataset:
         wh = s.boxes[:, 2:] - s.boxes[:, :2]
@@ -35,6 +45,18 @@ def colour_stats(dataset: SmearDataset, max_images: int | None = None, seed: int
     Images are read on a 4x-subsampled grid, which is plenty for means. With ``max_images``
     a seeded random subset is used. Lazily read images are released afterwards when
     ``release`` is set, so large datasets stay small in memory.
+
+    Parameters
+    ----------
+    dataset : a SmearDataset.
+    max_images : use at most this many images (a random subset), or all.
+    seed : seed of that subset.
+    release : release lazily read images afterwards (:meth:`Sample.release`).
+
+    Returns
+    -------
+    dict
+        ``{domain: (n_images, 6) array}``; samples without a domain go under the dataset's name.
     """
     idx = np.arange(len(dataset))
     if max_images is not None and len(idx) > max_images:
@@ -59,12 +81,29 @@ def _hsv_mean(hsv: np.ndarray) -> np.ndarray:
 
 
 def colour_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Distance between two domains' mean RGB (Euclidean, in [0, 1] units)."""
+    """Distance between two domains' mean RGB (Euclidean, in [0, 1] units).
+
+    Parameters
+    ----------
+    a, b : ``(n_images, 6)`` arrays of two domains from :func:`colour_stats` (the first three
+        columns, mean R, G, B, are used).
+    """
     return float(np.linalg.norm(a[:, :3].mean(0) - b[:, :3].mean(0)))
 
 
 def summary(dataset: SmearDataset) -> dict[str, Any]:
-    """Headline numbers of a dataset for the report index."""
+    """Headline numbers of a dataset for the report index.
+
+    Parameters
+    ----------
+    dataset : a SmearDataset.
+
+    Returns
+    -------
+    dict
+        :meth:`SmearDataset.summary` plus ``objects_per_image_mean`` and ``median_box_size``
+        (``{class: [width, height]}`` in pixels).
+    """
     per_image = objects_per_image(dataset)
     sizes = box_sizes(dataset)
     out = dataset.summary()

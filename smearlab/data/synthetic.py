@@ -71,6 +71,12 @@ class StainStyle:
     ----------
     name : domain name, stored in ``Sample.domain``.
     background : plasma colour at the field centre.
+    rbc, platelet, nucleus : colours of red cells, platelets and white-cell nuclei.
+    neutrophil_cytoplasm, lymphocyte_cytoplasm, monocyte_cytoplasm : cytoplasm colours of the
+        white-cell types.
+    eosinophil_granules, basophil_granules : granule colours.
+    parasite_cytoplasm, parasite_chromatin, pigment : colours of malaria parasites (cytoplasm,
+        chromatin dots, haemozoin pigment).
     scale : magnification relative to style A (cell sizes are multiplied by it).
     blur : Gaussian blur sigma in pixels.
     noise : Gaussian noise sigma in grey levels.
@@ -124,7 +130,12 @@ STAINS = {
 
 
 def get_stain(stain: "str | StainStyle") -> StainStyle:
-    """The :class:`StainStyle` named ``stain`` ("A" or "B"), or ``stain`` itself."""
+    """The :class:`StainStyle` named ``stain`` ("A" or "B"), or ``stain`` itself.
+
+    Parameters
+    ----------
+    stain : ``"A"``, ``"B"`` (a key of :data:`STAINS`) or a :class:`StainStyle`.
+    """
     if isinstance(stain, StainStyle):
         return stain
     if isinstance(stain, str) and stain in STAINS:
@@ -137,6 +148,12 @@ def class_name(cell_type: str, classes: str) -> str:
 
     Infected red cells carry their parasite stage as ``cell_type``; they are "RBC" except in
     the "malaria" scheme, where (as in IML and BBBC041) the infected cell is labelled by stage.
+
+    Parameters
+    ----------
+    cell_type : ``"platelet"``, a white-cell type (:data:`WBC_TYPES`), a parasite stage
+        (:data:`STAGES`) or anything else for a red cell.
+    classes : label scheme, a key of :data:`SCHEMES` (``"cbc"``, ``"wbc"`` or ``"malaria"``).
     """
     if cell_type == "platelet":
         return "Platelets"
@@ -695,7 +712,14 @@ def make_dataset(n: int, seed: int = 0, *, stain: "str | StainStyle" = "A", clas
 
 
 def make_domains(n_per_domain: int, seed: int = 0, **kw) -> dict[str, SmearDataset]:
-    """``{"A": ..., "B": ...}``: one :func:`make_dataset` per stain style (same other options)."""
+    """``{"A": ..., "B": ...}``: one :func:`make_dataset` per stain style (same other options).
+
+    Parameters
+    ----------
+    n_per_domain : number of images per style.
+    seed : generator seed (the same for both styles).
+    **kw : further :func:`make_dataset` options (``classes``, ``width``, ``height``...).
+    """
     return {st: make_dataset(n_per_domain, seed, stain=st, **kw) for st in ("A", "B")}
 
 

@@ -50,7 +50,13 @@ class DetectionDataset(Dataset):
 
 
 def image_to_tensor(image: np.ndarray, grayscale: bool = False) -> torch.Tensor:
-    """(H, W, 3) uint8 -> (C, H, W) float32 in [0, 1]; C is 1 for ``grayscale``."""
+    """(H, W, 3) uint8 -> (C, H, W) float32 in [0, 1]; C is 1 for ``grayscale``.
+
+    Parameters
+    ----------
+    image : ``(H, W, 3)`` uint8 RGB.
+    grayscale : return one channel, the luma (:data:`~smearlab.data.imageio.LUMA` weights).
+    """
     t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0).contiguous()
     if grayscale:
         w = torch.tensor(LUMA, dtype=t.dtype).view(3, 1, 1)
@@ -59,7 +65,15 @@ def image_to_tensor(image: np.ndarray, grayscale: bool = False) -> torch.Tensor:
 
 
 def target_dict(sample: Sample, index: int, with_masks: bool = True) -> dict[str, torch.Tensor]:
-    """torchvision target: boxes, labels (+1), image_id, area, iscrowd and masks if present."""
+    """torchvision target: boxes, labels (+1), image_id, area, iscrowd and masks if present.
+
+    Parameters
+    ----------
+    sample : the (possibly augmented) Sample.
+    index : its position in the dataset, stored as ``image_id``.
+    with_masks : include ``masks`` (uint8 ``(N, H, W)``; ``area`` is then the mask area) when the
+        sample has instance masks.
+    """
     boxes = torch.as_tensor(sample.boxes, dtype=torch.float32).reshape(-1, 4)
     iscrowd = sample.meta.get("iscrowd")
     t = {
@@ -78,5 +92,15 @@ def target_dict(sample: Sample, index: int, with_masks: bool = True) -> dict[str
 
 
 def collate_detection(batch):
-    """Keep images and targets as tuples: detection images may differ in size."""
+    """Keep images and targets as tuples: detection images may differ in size.
+
+    Parameters
+    ----------
+    batch : list of ``(image, target)`` pairs from :class:`DetectionDataset`.
+
+    Returns
+    -------
+    tuple
+        ``(images, targets)``, each a tuple.
+    """
     return tuple(zip(*batch))

@@ -16,7 +16,7 @@ from .predict import empty_prediction, merge_tiles, predict, tile_windows  # noq
 from .tune import Thresholds, auto_tune  # noqa: F401
 
 # training loop (AMP, checkpoints, resume, DDP under torchrun)
-_TRAIN = ("GPU_RECIPE", "History", "TrainConfig", "default_evaluate", "param_digest", "train_detector")
+_TRAIN = ("History", "TrainConfig", "default_evaluate", "param_digest", "train_detector")
 
 
 def __getattr__(name):

@@ -143,12 +143,20 @@ class DetectorConfig:
         return self.weights_path is not None or bool(self.freeze_backbone)
 
     def to_dict(self) -> dict[str, Any]:
+        """The config as a JSON-ready dict (``frozen_bn`` resolved, so that a saved model rebuilds
+        the same layers)."""
         d = dataclasses.asdict(self)
         d["frozen_bn"] = self.uses_frozen_bn  # resolved: a saved model rebuilds the same layers
         return json.loads(json.dumps(d, default=_jsonable))
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DetectorConfig":
+        """A config from :meth:`to_dict` (unknown keys are logged and ignored).
+
+        Parameters
+        ----------
+        d : ``{field name: value}``; missing fields take their defaults.
+        """
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - names)
         if unknown:
@@ -368,6 +376,10 @@ def is_mask_model(model) -> bool:
 
     True for a torchvision model whose ROI heads have a mask branch, or for any model whose
     ``detector_config.arch`` is one of :data:`MASK_ARCHS`.
+
+    Parameters
+    ----------
+    model : a detector (``nn.Module``, possibly wrapped), or any object with ``detector_config``.
     """
     m = unwrap(model) if isinstance(model, nn.Module) else model
     heads = getattr(m, "roi_heads", None)
@@ -378,7 +390,12 @@ def is_mask_model(model) -> bool:
 
 
 def count_parameters(model: nn.Module) -> dict[str, int]:
-    """``{"total": ..., "trainable": ...}`` parameter counts."""
+    """``{"total": ..., "trainable": ...}`` parameter counts.
+
+    Parameters
+    ----------
+    model : the network.
+    """
     ps = list(model.parameters())
     return {"total": sum(p.numel() for p in ps), "trainable": sum(p.numel() for p in ps if p.requires_grad)}
 
@@ -387,6 +404,10 @@ def build_detector(cfg: DetectorConfig) -> nn.Module:
     """A torchvision detector for ``cfg`` (no download ever; ``cfg.weights_path`` is a local file).
 
     The model carries its config as ``model.detector_config``. It is in train mode, on the CPU.
+
+    Parameters
+    ----------
+    cfg : the :class:`DetectorConfig`.
     """
     model = _base_model(cfg)
     if cfg.weights_path is not None:
@@ -407,7 +428,12 @@ def build_detector(cfg: DetectorConfig) -> nn.Module:
 # saving and loading
 # ---------------------------------------------------------------------------------------------
 def unwrap(model: nn.Module) -> nn.Module:
-    """The model inside a DistributedDataParallel / DataParallel wrapper."""
+    """The model inside a DistributedDataParallel / DataParallel wrapper.
+
+    Parameters
+    ----------
+    model : a model, wrapped or not (returned as is when not).
+    """
     return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
 
 
@@ -420,6 +446,14 @@ def save_model(model: nn.Module, cfg: DetectorConfig | None, folder, thresholds:
     ``thresholds`` and ``preprocess`` are dicts or objects with ``to_dict()`` (e.g. a
     ``Thresholds`` set, a ``Preprocess`` pipeline). Every file is written atomically. Returns the
     folder.
+
+    Parameters
+    ----------
+    model : the detector (a DDP / DataParallel wrapper is unwrapped).
+    cfg : its :class:`DetectorConfig` (None: ``model.detector_config``).
+    folder : the model folder (created if needed).
+    thresholds : optional tuned thresholds, written as ``thresholds.json``.
+    preprocess : optional preprocessing pipeline, written as ``preprocess.json``.
     """
     model = unwrap(model)
     cfg = cfg or getattr(model, "detector_config", None)
@@ -430,7 +464,12 @@ def save_model(model: nn.Module, cfg: DetectorConfig | None, folder, thresholds:
 
 
 def read_config(folder) -> DetectorConfig:
-    """The :class:`DetectorConfig` saved in a model folder."""
+    """The :class:`DetectorConfig` saved in a model folder.
+
+    Parameters
+    ----------
+    folder : the model folder; :class:`DataError` naming its ``config.json`` when it is invalid.
+    """
     p = Path(folder) / "config.json"
     d = read_config_json(folder)
     d.pop("kind", None)
@@ -445,6 +484,12 @@ def load_model(folder, device: "str | torch.device | None" = "auto") -> nn.Modul
 
     The model carries ``detector_config``, ``thresholds`` (dict or None) and ``preprocess_spec``
     (dict or None) from the folder.
+
+    Parameters
+    ----------
+    folder : the model folder written by :func:`save_model`.
+    device : ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``... (see
+        :func:`~smearlab.core.device.resolve_device`).
     """
     folder = Path(folder)
     cfg = read_config(folder)

@@ -49,6 +49,7 @@ class RawPredictions:
     class_names : classes the labels index.
     score_floor : the lowest score the model was asked to keep (documentation; 0 if unknown).
     image_ids : the samples' ``image_id`` in order, to check that a cache matches a dataset.
+    meta : further information kept with the predictions in memory (not written by :meth:`save`).
     """
 
     predictions: list
@@ -74,7 +75,14 @@ class RawPredictions:
     @classmethod
     def for_dataset(cls, dataset, predictions, score_floor: float = 0.0) -> "RawPredictions":
         """Wrap ``predictions`` of ``dataset`` (checks the length; records the image ids, and the
-        class names the predictions carry, else the dataset's)."""
+        class names the predictions carry, else the dataset's).
+
+        Parameters
+        ----------
+        dataset : the SmearDataset the predictions are for.
+        predictions : one prediction dict per sample (a :class:`Predictions` list keeps its classes).
+        score_floor : the lowest score the model was asked to keep.
+        """
         if len(predictions) != len(dataset):
             raise ValueError(f"{len(predictions)} predictions for {len(dataset)} images")
         names = class_names_of(predictions) or dataset.class_names
@@ -91,7 +99,12 @@ class RawPredictions:
         return int(sum(len(p["scores"]) for p in self.predictions))
 
     def check(self, dataset) -> None:
-        """``ValueError`` unless these predictions belong to ``dataset`` (length, classes, ids)."""
+        """``ValueError`` unless these predictions belong to ``dataset`` (length, classes, ids).
+
+        Parameters
+        ----------
+        dataset : the SmearDataset the predictions should be for.
+        """
         if len(self) != len(dataset):
             raise ValueError(f"{len(self)} cached predictions for a dataset of {len(dataset)} images")
         if list(dataset.class_names) != self.class_names:  # same classes in another order or spelling
@@ -106,7 +119,17 @@ class RawPredictions:
 
     # -- cache --------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
-        """Write an ``.npz`` cache atomically (boxes of all images concatenated, plus counts)."""
+        """Write an ``.npz`` cache atomically (boxes of all images concatenated, plus counts).
+
+        Parameters
+        ----------
+        path : the ``.npz`` file (parent folders are created).
+
+        Returns
+        -------
+        Path
+            ``path``.
+        """
         path = Path(path)
         preds = self.predictions
         arrays = {
@@ -130,6 +153,10 @@ class RawPredictions:
     @classmethod
     def load(cls, path: str | Path) -> "RawPredictions":
         """Read a cache written by :meth:`save`.
+
+        Parameters
+        ----------
+        path : the ``.npz`` file.
 
         Raises
         ------
@@ -209,6 +236,12 @@ def select(raw, score_thresholds=DEFAULT_SCORE, nms_iou=0.5, class_agnostic: boo
     Same parameters as :func:`postprocess`, which indexes the raw arrays with these. The fast
     evaluator and the threshold tuner work on the indices so that IoUs against the ground truth
     are computed once for the raw boxes.
+
+    Parameters
+    ----------
+    raw : :class:`RawPredictions` (or a plain list of prediction dicts with ``class_names``).
+    score_thresholds, nms_iou, class_agnostic, max_dets : as in :func:`postprocess`.
+    class_names : the classes the labels index (default: those ``raw`` carries).
     """
     preds, names = _raw_parts(raw, class_names)
     thr = per_class(score_thresholds, names, "score_thresholds", default=DEFAULT_SCORE)
@@ -243,7 +276,13 @@ def select(raw, score_thresholds=DEFAULT_SCORE, nms_iou=0.5, class_agnostic: boo
 
 
 def take(prediction: dict, idx: np.ndarray) -> dict:
-    """The prediction restricted to the boxes ``idx`` (every array indexed alike)."""
+    """The prediction restricted to the boxes ``idx`` (every array indexed alike).
+
+    Parameters
+    ----------
+    prediction : a prediction dict.
+    idx : indices (or a bool mask) of the boxes kept.
+    """
     return {k: v[idx] for k, v in prediction.items()}
 
 
@@ -261,6 +300,8 @@ def postprocess(raw, score_thresholds=DEFAULT_SCORE, nms_iou=0.5, class_agnostic
         per class (sequence or dict; unnamed classes get no NMS), or None for no extra NMS.
     class_agnostic : suppress across classes (one ``nms_iou`` only).
     max_dets : keep at most this many boxes per image (highest scores), None for no cap.
+    class_names : the classes the labels index (default: those ``raw`` carries; needed for a
+        plain list without them).
 
     Returns
     -------
@@ -280,6 +321,12 @@ class Selector:
     setting on every raw box, and each change of thresholds only masks that result. The output
     equals :func:`select`'s. Class-agnostic NMS with thresholds that differ between classes does
     not commute with thresholding and calls :func:`select` directly.
+
+    Parameters
+    ----------
+    raw : :class:`RawPredictions` (or a plain list of prediction dicts with ``class_names``).
+    class_names : the classes the labels index (default: those ``raw`` carries).
+    cache_size : how many NMS settings to keep results for (the oldest is dropped first).
     """
 
     def __init__(self, raw, class_names: Sequence[str] | None = None, cache_size: int = 16):

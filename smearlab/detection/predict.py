@@ -106,7 +106,14 @@ def _items(data) -> tuple[int, Callable[[int], Any]]:
 # ---------------------------------------------------------------------------------------------
 def tile_windows(height: int, width: int, tile: int, overlap: float = 0.2) -> list[tuple[int, int, int, int]]:
     """Windows ``(x0, y0, x1, y1)`` of at most ``tile`` pixels covering the image, evenly spaced
-    with at least ``overlap`` (fraction of ``tile``) between neighbours."""
+    with at least ``overlap`` (fraction of ``tile``) between neighbours.
+
+    Parameters
+    ----------
+    height, width : image size in pixels.
+    tile : tile side in pixels (> 0); a smaller image side gives one tile of that side.
+    overlap : least fraction of ``tile`` shared by neighbouring tiles, in [0, 1).
+    """
     if tile <= 0:
         raise ValueError(f"tile must be a positive size, got {tile}")
     if not 0 <= overlap < 1:
@@ -140,6 +147,25 @@ def merge_tiles(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, tile_
     size of its tile window (tile coordinates, as a model predicts them on the tile). The result
     then holds ``"masks"`` ``(M, H, W)`` bool: each kept object's pieces pasted into the image
     and joined (union).
+
+    Parameters
+    ----------
+    boxes : ``(N, 4)`` ``x0, y0, x1, y1`` detections of all tiles, in image pixels.
+    scores : ``(N,)`` their scores.
+    labels : ``(N,)`` their 0-based labels.
+    tile_index : ``(N,)`` index into ``windows`` of the tile each detection comes from.
+    windows : the tile windows ``(x0, y0, x1, y1)`` in image pixels (see :func:`tile_windows`).
+    image_hw : ``(height, width)`` of the image.
+    merge_iou : IoU above which a cut box and a box of another tile are one object.
+    contain : fraction of a box covered by the other above which the two are one object.
+    edge_margin : distance in pixels within which a box touches a tile edge.
+    nms_iou : IoU of the final class-wise NMS.
+    masks : optional tile-local instance masks (see above).
+
+    Returns
+    -------
+    dict
+        one prediction dict (``masks`` too when given).
     """
 
     boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
@@ -320,9 +346,9 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
     device : None: the model's own device; ``"auto"``, ``"cpu"``, ``"cuda"``: move the model.
     amp : mixed precision (None: on CUDA only).
     score_floor : keep detections down to this score (None: the model's own threshold).
-    tile : tile size in pixels for large fields (None: whole images); ``overlap`` is the
-        fraction of a tile shared with its neighbour. ``merge_iou``, ``nms_iou`` and
-        ``edge_margin`` tune :func:`merge_tiles`.
+    tile : tile size in pixels for large fields (None: whole images).
+    overlap : the fraction of a tile shared with its neighbour (see :func:`tile_windows`).
+    merge_iou, nms_iou, edge_margin : tune :func:`merge_tiles` (tiled prediction only).
     progress : tqdm progress bar.
     preprocess : ``"model"`` applies the pipeline saved with the model (``preprocess.json``, as
         in training); a ``Preprocess`` or its dict applies that one; None applies nothing.

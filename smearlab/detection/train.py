@@ -78,13 +78,6 @@ log = logging.getLogger("smearlab.detection")
 
 CHECKPOINT_FORMAT = "smearlab-train/1"
 
-#: TrainConfig settings for full-size runs on one CUDA GPU: batches of 16 at a linearly scaled
-#: learning rate, mixed precision, and the training images kept on the GPU (no DataLoader).
-#: Used by notebook 03's full profile on CUDA and ``benchmarks/detection_cbc.py --preset gpu``.
-GPU_RECIPE = dict(batch_size=16, lr=0.04, warmup_iters=100, lr_schedule="cosine", amp=True,
-                  data_on_gpu=True, num_workers=0)
-
-
 @dataclass
 class TrainConfig:
     """Training options.
@@ -574,7 +567,6 @@ def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, tr
     until_epoch : stop after this epoch (the schedule still spans ``tcfg.epochs``); resume
         later to go on.
     """
-
 
     tcfg = tcfg or TrainConfig()
     cfg_model = cfg_model or getattr(unwrap(model), "detector_config", None)

@@ -34,7 +34,7 @@ OBJECTIVES = ("f1", "count")
 class Thresholds:
     """What turns raw predictions into final ones.
 
-    Attributes
+    Parameters
     ----------
     score : ``{class name: score threshold}`` (a box is kept when ``score >= threshold``).
     nms_iou : NMS IoU (None: no extra NMS).
@@ -52,7 +52,13 @@ class Thresholds:
     metrics: dict = field(default_factory=dict)
 
     def apply(self, raw, *, class_names: Sequence[str] | None = None) -> list[dict]:
-        """Final predictions from raw ones (:func:`~smearlab.detection.postprocess.postprocess`)."""
+        """Final predictions from raw ones (:func:`~smearlab.detection.postprocess.postprocess`).
+
+        Parameters
+        ----------
+        raw : :class:`~smearlab.detection.postprocess.RawPredictions` or a list of prediction dicts.
+        class_names : the classes the labels index (default: those ``raw`` carries).
+        """
         return postprocess(raw, self.score, self.nms_iou, self.class_agnostic, self.max_dets,
                            class_names=class_names)
 
@@ -61,13 +67,28 @@ class Thresholds:
         return asdict(self)
 
     def save(self, path: str | Path) -> Path:
-        """Write ``thresholds.json`` atomically."""
+        """Write ``thresholds.json`` atomically.
+
+        Parameters
+        ----------
+        path : the JSON file (parent folders are created).
+
+        Returns
+        -------
+        Path
+            ``path``.
+        """
         write_json(path, self.to_dict())
         return Path(path)
 
     @classmethod
     def load(cls, path: str | Path) -> "Thresholds":
-        """Read a file written by :meth:`save`; ``DataError`` naming the file when it is bad."""
+        """Read a file written by :meth:`save`; ``DataError`` naming the file when it is bad.
+
+        Parameters
+        ----------
+        path : the JSON file.
+        """
         path = Path(path)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
@@ -115,7 +136,11 @@ def auto_tune(dataset_val, raw_val, objective: str = "f1",
     nms_grid : NMS IoUs to try (None = no extra NMS); the best mean over classes wins (the
         first in the grid on a tie).
     score_grid : thresholds to try for every class; on a plateau the middle one is taken.
+    class_agnostic : NMS across classes (used in tuning and stored in the result).
     max_dets : stored in the result for :meth:`Thresholds.apply` (tuning does not cap).
+    iou : IoU threshold of the matching for ``"f1"``.
+    evaluator : a :class:`~smearlab.metrics.detection.FastEvaluator` of ``dataset_val`` to reuse
+        (None: a new one).
 
     Returns
     -------

@@ -18,7 +18,9 @@ from ..detection.postprocess import RawPredictions
 from ..detection.predict import predict
 from ..detection.train import History, TrainConfig, default_evaluate, train_detector
 from ..detection.tune import Thresholds, auto_tune
+from ..export import export_coco_gt, export_coco_results, export_counts_csv
 from ..metrics.detection import count_metrics
+from .profiles import dataset_label
 
 
 @dataclass
@@ -108,8 +110,6 @@ def cross_validate(dataset: SmearDataset, cfg: DetectorConfig, tcfg: TrainConfig
     mAP50 and mAP.
     """
 
-
-
     rows = []
     for i, (tr, te) in enumerate(kfold(dataset, k=k, seed=seed)):
         out = None if tcfg.out_dir is None else Path(tcfg.out_dir) / f"fold{i}"
@@ -126,3 +126,72 @@ def cross_validate(dataset: SmearDataset, cfg: DetectorConfig, tcfg: TrainConfig
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def compare_detectors(splits: dict[str, SmearDataset], s, *, seed: int = 0, device="auto", out=None,
+                      tile: int | None = None, progress: bool = False) -> list[DetectionRun]:
+    """Train and score each run of the settings ``s`` (notebook 03's comparison).
+
+    Parameters
+    ----------
+    splits : ``{"train", "val", "test"}`` datasets (:func:`smearlab.data.splits.detection_splits`).
+    s : settings with ``runs`` (``[name, arch, frozen backbone]`` each), ``epochs``,
+        ``input_size`` (the short image side) and ``recipe`` (TrainConfig options), as
+        :func:`smearlab.experiments.profiles.settings` gives them.
+    seed, device : training seed and device.
+    out : folder for each run's checkpoints and final model folder (``<out>/<run name>/final``).
+    tile : tile size for large fields (None: whole images).
+    progress : progress bars.
+
+    Returns
+    -------
+    list of DetectionRun
+        in the order of ``s.runs``.
+    """
+    classes = splits["train"].class_names
+    results = []
+    for name, arch, frozen in s.runs:
+        cfg = DetectorConfig(arch=arch, class_names=classes, min_size=s.input_size,
+                             max_size=int(s.input_size * 4 / 3) + 1, freeze_backbone=frozen)
+        run_dir = None if out is None else Path(out) / name.replace(" ", "_").replace(",", "")
+        tcfg = TrainConfig(epochs=s.epochs, **s.recipe, seed=seed, device=device, out_dir=run_dir)
+        results.append(fit_and_evaluate(name, cfg, tcfg, splits["train"], splits["test"], splits["val"],
+                                        tile=tile, progress=progress))
+    return results
+
+
+def runs_table(runs: list[DetectionRun]) -> str:
+    """The runs as a Markdown table: mAP50, mAP, counting accuracy and speed."""
+    lines = ["| run | mAP50 | mAP | count accuracy | train s | train img/s | infer img/s |",
+             "|---|---|---|---|---|---|---|"]
+    for r in (run.row() for run in runs):
+        lines.append(f"| {r['name']} | {r['mAP50']:.3f} | {r['mAP']:.3f} | {r['count_accuracy']:.3f} | "
+                     f"{r['train_s']:.1f} | {r['train_images_per_s']:.1f} | {r['infer_images_per_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def best_run(runs: list[DetectionRun]) -> DetectionRun:
+    """The run with the highest COCO mAP@[.5:.95] on the test split."""
+    return max(runs, key=lambda run: run.metrics["mAP"])
+
+
+def export_test_results(run: DetectionRun, test: SmearDataset, out) -> list[str]:
+    """Write the test split's final detections (COCO results), its ground truth (COCO) and the
+    per-image counts (CSV) into ``out``; the names of what ``out`` holds."""
+    out = Path(out)
+    final = run.thresholds.apply(run.raw_test) if run.thresholds else run.raw_test.predictions
+    export_coco_results(test, final, out / "test_detections_coco.json")
+    export_coco_gt(test, out / "test_ground_truth_coco" / "annotations.json")
+    export_counts_csv(test, final, out / "test_counts.csv", thresholds=0.0 if run.thresholds else 0.5)
+    return sorted(p.name for p in out.iterdir())
+
+
+def detection_record(dataset: str, splits: dict[str, SmearDataset], runs: list[DetectionRun],
+                     best: DetectionRun, **extra) -> dict[str, Any]:
+    """The headline numbers notebook 03 records: the runs, the best one's scores and thresholds."""
+    return {"dataset": dataset_label(dataset),
+            "images": {k: len(splits[k]) for k in ("train", "val", "test")},
+            "runs": [run.row() for run in runs], "best": best.name,
+            "mAP50": best.metrics["mAP50"], "mAP": best.metrics["mAP"], "per_class": best.metrics["per_class"],
+            "count_accuracy": best.metrics["count_accuracy"],
+            "thresholds": best.thresholds.score if best.thresholds else None, **extra}

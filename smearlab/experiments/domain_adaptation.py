@@ -17,7 +17,7 @@ from ..classification.train import fit, train_dann
 from ..data import open_dataset
 from ..data.synthetic import make_wbc_crops
 from ..metrics.classification import classification_report
-
+from .profiles import dataset_label
 
 log = logging.getLogger("smearlab.domain")
 
@@ -61,7 +61,13 @@ class ExperimentResult:
     confusion: dict[str, dict[str, list]] = field(default_factory=dict)
     history: dict[str, list] = field(default_factory=dict)
 
+    def describe(self) -> str:
+        """One line: the direction, the shared classes, those left out, and the seeds."""
+        return (f"{self.source} → {self.target} (shared classes: {', '.join(self.shared_classes)}; "
+                f"left out: {', '.join(self.missing_classes) or 'none'}; mean ± std over {len(self.seeds)} seeds)")
+
     def mean(self, method: str, split: str = "target", metric: str = "f1") -> float:
+        """Mean over seeds of ``metric`` (macro ``f1`` by default) of ``method`` on ``split``."""
         return float(np.mean([s[metric] for s in self.scores[method][split]]))
 
     def std(self, method: str, split: str = "target", metric: str = "f1") -> float:
@@ -300,3 +306,40 @@ def run_directions(a: CropDataset, b: CropDataset, **kw) -> dict[str, Experiment
     cache = {} if cache is None else cache
     return {f"{_short(s.name)}_to_{_short(t.name)}": run_experiment(s, t, cache=cache, **kw)
             for s, t in ((a, b), (b, a))}
+
+
+def seed_list(seeds, seed: int = 0) -> tuple[int, ...]:
+    """Seeds from a count (``seed``, ``seed + 1``, ...) or an explicit list."""
+    if isinstance(seeds, int):
+        return tuple(seed + i for i in range(seeds))
+    return tuple(int(v) for v in seeds)
+
+
+def verdict(results: dict[str, ExperimentResult], min_gain: float = 0.10,
+            max_source_drop: float = 0.02) -> tuple[str, dict[str, dict], bool]:
+    """Whether DANN met the goal in each direction, as Markdown, with the checks of
+    :func:`goal_check` and whether any direction met it."""
+    checks = {name: goal_check(res, min_gain, max_source_drop) for name, res in results.items()}
+    met = any(c["goal_met"] for c in checks.values())
+    lines = [f"- **{name}**: source only {res.mean('source_only'):.3f} → DANN {res.mean('dann'):.3f} on the target "
+             f"({100 * checks[name]['dann_gain']:+.1f} points); on the source {res.mean('source_only', 'source'):.3f}"
+             f" → {res.mean('dann', 'source'):.3f} ({-100 * checks[name]['source_drop']:+.1f} points): goal "
+             f"{'met' if checks[name]['goal_met'] else '**not met**'}" for name, res in results.items()]
+    goal = f"+{100 * min_gain:.0f} points on the target, at most {100 * max_source_drop:.0f} lost on the source"
+    lines += ["", f"DANN **met** the goal ({goal}) in at least one direction." if met else
+              f"DANN did **not** meet the goal ({goal}) in either direction."]
+    return "\n".join(lines), checks, met
+
+
+def adaptation_record(dataset, a: CropDataset, b: CropDataset, seeds, results: dict[str, ExperimentResult],
+                      checks: dict[str, dict], goal_met: bool) -> dict[str, Any]:
+    """The headline numbers notebook 07 records."""
+    first = next(iter(results.values()))
+    keep = ("source_only_f1", "dann_f1", "mixed_f1", "oracle_f1", "dann_source_f1", "source_only_source_f1")
+    return {"dataset": dataset_label(dataset), "domains": [a.name, b.name], "seeds": list(seeds),
+            "shared_classes": first.shared_classes, "missing_classes": first.missing_classes,
+            "directions": {name: {k: round(v, 4) for k, v in res.summary().items() if k in keep}
+                           for name, res in results.items()},
+            "dann_gain": {name: c["dann_gain"] for name, c in checks.items()},
+            "source_drop": {name: c["source_drop"] for name, c in checks.items()},
+            "goal_met": goal_met}

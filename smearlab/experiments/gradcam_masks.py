@@ -16,12 +16,19 @@ from ..classification.model import build_classifier
 from ..classification.predict import predict_classes
 from ..classification.train import train_classifier
 from ..core.device import resolve_device
+from ..data import open_dataset
+from ..data.sample import Sample, SmearDataset
 from ..data.splits import stratified_split
-from ..explain.cam import (LAYER_SETS, THRESHOLDS, CamMasks, best_cam_masks, cam_mask_table, cam_masks,
-                           select_cam_masks)
+from ..data.synthetic import make_wbc_crops
+from ..detection.models import DetectorConfig, build_detector
+from ..detection.predict import predict
+from ..detection.train import TrainConfig, train_detector
+from ..explain.cam import (LAYER_SETS, THRESHOLDS, CamMasks, DetectorCam, best_cam_masks, cam_mask_table,
+                           cam_masks, detector_cam, select_cam_masks)
 from ..metrics.classification import classification_report
 from ..metrics.semantic import cell_mask_scores
 from ..segmentation.classical import extract_cell
+from .profiles import dataset_label
 
 
 CLASSICAL_GRID = {"channel": ("saturation", "hematoxylin"), "hull": (True, False), "grow": (0, 4, 8, 12)}
@@ -117,6 +124,14 @@ class CamExperiment:
             "norm": self.settings["norm"], "train_s": self.settings["train_s"],
         }
 
+    def describe(self) -> str:
+        """Two lines: the classifier's test scores, and what was tuned on the training images."""
+        m = self.summary()
+        return (f"classifier: accuracy {m['classifier_accuracy']:.3f}, macro F1 {m['classifier_macro_f1']:.3f} "
+                f"on {len(self.test)} test images (trained {m['train_s']:.0f} s)\n"
+                f"tuned on train: layers {m['layers']}, rel_threshold {m['rel_threshold']}; "
+                f"classical {m['classical_cell_params']}")
+
     def table(self) -> str:
         """Markdown table: Grad-CAM against the classical extractor on the test images."""
         sc = self.scores
@@ -189,3 +204,65 @@ def run_cam_experiment(dataset, *, size: int = 64, width: int = 16, norm: str = 
                 "seed": seed, "device": str(dev), "dilate": dilate, "train_s": round(train_s, 2)}
     return CamExperiment(model, train, test, report, cell, nucleus, classical, cams_test, nuc_test, cl_test, cl_nuc,
                          scores, settings)
+
+
+def cam_images(dataset, *, domain: str = "dataset1", synthetic_crops: int = 100, seed: int = 0) -> SmearDataset:
+    """The white-cell images of notebook 06: synthetic crops (stain A, 96 px) or one domain of a
+    real dataset such as the Zheng archive."""
+    if str(dataset) == "synthetic":
+        return make_wbc_crops(synthetic_crops, seed=seed, stain="A", size=96)
+    return open_dataset(dataset).by_domain()[domain]
+
+
+@dataclass
+class ExplainedDetection:
+    """A detection on a synthetic smear and the Grad-CAM that explains it."""
+
+    smear: Sample
+    class_names: list[str]
+    index: int
+    cam: DetectorCam
+
+    def describe(self) -> str:
+        """One line: which detection, its class, score and box."""
+        return (f"explained detection {self.index}: {self.class_names[self.cam.label]} score {self.cam.score:.2f}, "
+                f"box {self.cam.box.round(1)}")
+
+
+def explain_a_detection(*, smears: int = 17, epochs: int = 12, seed: int = 0, device="auto") -> ExplainedDetection:
+    """Train a tiny detector briefly on small synthetic smears (192 x 160 px) and explain its first
+    white-cell detection on a held-out smear with Grad-CAM (:func:`smearlab.explain.cam.detector_cam`).
+
+    Parameters
+    ----------
+    smears : smears made; the last is held out.
+    epochs : training epochs.
+    seed, device : training seed and device.
+    """
+    data = open_dataset("synthetic-A", n=smears, seed=seed + 100, width=192, height=160, n_wbc=(1, 2))
+    torch.manual_seed(seed)  # the initial weights come from the global generator
+    det = build_detector(DetectorConfig(arch="fasterrcnn_tiny", class_names=data.class_names, min_size=160,
+                                        max_size=192))
+    train_detector(det, train_ds=data[:-1], tcfg=TrainConfig(epochs=epochs, batch_size=2, lr=0.02, warmup_iters=10,
+                                                             seed=seed, device=device), progress=False)
+    smear = data[len(data) - 1]
+    found = predict(det, [smear], progress=False)[0]
+    wbc = data.class_names.index("WBC")
+    pick = int(np.flatnonzero(found["labels"] == wbc)[0]) if (found["labels"] == wbc).any() else 0
+    return ExplainedDetection(smear, list(data.class_names), pick, detector_cam(det, smear.image, pick))
+
+
+#: The figures of :meth:`CamExperiment.summary` notebook 06 records.
+RECORDED = ("cell_dice", "cell_iou", "nucleus_dice", "nucleus_iou", "classical_cell_dice", "classical_cell_iou",
+            "classical_nucleus_dice", "classical_nucleus_iou", "layers", "rel_threshold", "classifier_accuracy",
+            "classifier_macro_f1")
+
+
+def gradcam_record(dataset, domain: str, experiment: CamExperiment, explained: ExplainedDetection) -> dict:
+    """The headline numbers notebook 06 records."""
+    summary = experiment.summary()
+    name = dataset_label(dataset) + ("" if str(dataset) == "synthetic" else f":{domain}")
+    cam = explained.cam
+    return {"dataset": name, "images": {"train": len(experiment.train), "test": len(experiment.test)},
+            **{k: summary[k] for k in RECORDED},
+            "detector_cam": {"label": explained.class_names[cam.label], "score": cam.score, "box": cam.box.tolist()}}

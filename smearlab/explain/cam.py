@@ -94,6 +94,11 @@ def _describe(names: list[str], limit: int = 40) -> str:
 def resolve_layers(model: nn.Module, names: "str | Iterable[str]") -> list[nn.Module]:
     """The modules called ``names`` (dotted paths) in ``model``, in the order given.
 
+    Parameters
+    ----------
+    model : the network.
+    names : one dotted module name or several (see :func:`layer_names`).
+
     Raises
     ------
     KeyError
@@ -249,6 +254,15 @@ def cam_maps(model: nn.Module, images, layers: "str | Sequence[str]" = DEFAULT_L
 
     Parameters are those of :func:`layer_cams`.
 
+    Parameters
+    ----------
+    model : a classifier ``(B, 3, H, W) float [0, 1] -> (B, K) logits``.
+    images : as in :func:`layer_cams` (equal-sized images).
+    layers : dotted module names whose maps are summed (see :func:`layer_names`).
+    target : None (each image's predicted class), a class index for all images, one index per
+        image, or pytorch-grad-cam target objects.
+    **kw : ``method``, ``batch_size``, ``device`` of :func:`layer_cams`.
+
     Returns
     -------
     (B, H, W) float32 array with values in ``[0, len(layers)]``.
@@ -346,6 +360,16 @@ class CamMasks:
 
     ``cams`` are the summed maps, ``per_layer`` ``{layer: [maps]}``, ``masks`` the bool masks,
     ``targets`` the class each map explains.
+
+    Parameters
+    ----------
+    cams : per image, the ``(H, W)`` float32 sum of the layers' maps.
+    masks : per image, the ``(H, W)`` bool mask (:func:`cam_to_mask`).
+    per_layer : ``{layer: [per-image (H, W) maps]}``, each normalised to [0, 1].
+    targets : per image, the class index each map explains (-1 for a custom target object).
+    layers : the layers summed into ``cams``.
+    rel_threshold : the relative threshold of the masks.
+    dilate : the dilation (box side, pixels) of the masks.
     """
 
     cams: list[np.ndarray]
@@ -376,11 +400,20 @@ def cam_masks(model: nn.Module, images, *, layers: "str | Sequence[str]" = DEFAU
 
     Parameters
     ----------
+    model : a classifier ``(B, 3, H, W) float [0, 1] -> (B, K) logits``.
     images : a SmearDataset / list of Samples, or ``(H, W, 3)`` uint8 arrays (sizes may differ).
     size : the classifier's input size; ``"model"`` reads ``model.input_size`` (None when it has
         none: the images must then share one size and are used as they are).
+    layers : dotted module names whose maps are summed (see :func:`layer_names`).
     target : as in :func:`layer_cams` (None: predicted class).
-    others : see :func:`layer_cams` and :func:`cam_to_mask`.
+    rel_threshold, dilate, largest : mask settings, see :func:`cam_to_mask`.
+    method : one of :data:`METHODS` (default Grad-CAM).
+    batch_size : images per forward/backward pass.
+    device : None keeps the model where it is; ``"auto"``/``"cpu"``/``"cuda"`` moves it.
+
+    Returns
+    -------
+    CamMasks
     """
     imgs = [np.asarray(getattr(x, "image", x)) for x in (images if not isinstance(images, np.ndarray)
                                                           or images.ndim == 4 else [images])]
@@ -434,6 +467,7 @@ def tune_cam_masks(cams, truth, *, layer_sets: Sequence[Sequence[str]] | None = 
     layer_sets : candidate layer combinations (default: every set in :data:`LAYER_SETS` whose
         layers were all computed; with a list of maps: one unnamed set).
     thresholds : candidate relative thresholds.
+    dilate, largest : mask settings, see :func:`cam_to_mask`.
     key : the score to maximise: ``"cell_dice"``, ``"cell_iou"``, ``"nucleus_dice"``, ...
 
     Returns
@@ -447,7 +481,19 @@ def tune_cam_masks(cams, truth, *, layer_sets: Sequence[Sequence[str]] | None = 
 
 
 def cam_mask_table(cams, truth, layer_sets, thresholds, dilate: int, largest: bool) -> list[dict]:
-    """Every candidate of :func:`tune_cam_masks` with all its scores (:func:`~smearlab.metrics.semantic.cell_mask_scores`)."""
+    """Every candidate of :func:`tune_cam_masks` with all its scores (:func:`~smearlab.metrics.semantic.cell_mask_scores`).
+
+    Parameters
+    ----------
+    cams, truth, layer_sets, thresholds, dilate, largest : as in :func:`tune_cam_masks`
+        (``layer_sets=None`` takes the default sets).
+
+    Returns
+    -------
+    list of dict
+        one ``{"layers", "rel_threshold", "scores"}`` row per candidate, ``scores`` the dict of
+        :func:`~smearlab.metrics.semantic.cell_mask_scores`.
+    """
     truth = list(truth)
     per = cams.per_layer if isinstance(cams, CamMasks) else cams
     if isinstance(per, dict):
@@ -467,7 +513,13 @@ def cam_mask_table(cams, truth, layer_sets, thresholds, dilate: int, largest: bo
 
 
 def best_cam_masks(table: list[dict], key: str) -> dict[str, Any]:
-    """:func:`tune_cam_masks`'s answer for ``key`` from :func:`cam_mask_table`."""
+    """:func:`tune_cam_masks`'s answer for ``key`` from :func:`cam_mask_table`.
+
+    Parameters
+    ----------
+    table : the rows of :func:`cam_mask_table`.
+    key : the score to maximise (a key of the rows' ``scores``, e.g. ``"cell_dice"``).
+    """
     rows = [{"layers": r["layers"], "rel_threshold": r["rel_threshold"], key: r["scores"][key] or 0.0} for r in table]
     best = max(enumerate(rows), key=lambda it: (it[1][key], -abs(it[1]["rel_threshold"] - 0.5), -it[0]))[1]
     return {"layers": best["layers"], "rel_threshold": best["rel_threshold"], "score": best[key], "table": rows}
@@ -475,7 +527,19 @@ def best_cam_masks(table: list[dict], key: str) -> dict[str, Any]:
 
 def select_cam_masks(cams: CamMasks, layers: Sequence[str], rel_threshold: float, *, largest: bool = True) -> CamMasks:
     """Masks from maps already computed by :func:`cam_masks`: the sum over ``layers`` (a subset of
-    ``cams.layers``) thresholded at ``rel_threshold``, without running the network again."""
+    ``cams.layers``) thresholded at ``rel_threshold``, without running the network again.
+
+    Parameters
+    ----------
+    cams : the result of :func:`cam_masks` (its ``per_layer`` maps and ``dilate`` are reused).
+    layers : the layers to sum, each among ``cams.per_layer``.
+    rel_threshold : the relative threshold of the masks, in (0, 1].
+    largest : keep only the largest connected component of each mask.
+
+    Returns
+    -------
+    CamMasks
+    """
     layers = list(layers)
     summed = _layer_sums(cams.per_layer, layers)
     masks = [cam_to_mask(c, rel_threshold, cams.dilate, largest=largest) for c in summed]
@@ -487,7 +551,18 @@ def select_cam_masks(cams: CamMasks, layers: Sequence[str], rel_threshold: float
 class DetectorCam:
     """Why a detector found a box: the summed CAM (``(H, W)``, image pixels, values in
     ``[0, len(layers)]``), each layer's map, and the detection it explains (``box`` xyxy,
-    0-based ``label``, ``score``, ``iou`` with the box asked about)."""
+    0-based ``label``, ``score``, ``iou`` with the box asked about).
+
+    Parameters
+    ----------
+    cam : the summed map, ``(H, W)`` float32 in image pixels.
+    per_layer : ``{layer: (H, W) map}``, each normalised to [0, 1].
+    box : ``(4,)`` float32 ``x0, y0, x1, y1`` of the explained detection, in pixels.
+    label : 0-based class of the explained detection.
+    score : its score.
+    iou : its IoU with the box asked about.
+    layers : the layers summed into ``cam``.
+    """
 
     cam: np.ndarray
     per_layer: dict[str, np.ndarray]
@@ -499,7 +574,12 @@ class DetectorCam:
 
 
 def detector_layers(detector: nn.Module) -> list[str]:
-    """The backbone stages that feed the FPN (``backbone.body.<stage>``): the default CAM layers."""
+    """The backbone stages that feed the FPN (``backbone.body.<stage>``): the default CAM layers.
+
+    Parameters
+    ----------
+    detector : a torchvision FPN detector (``backbone.body.return_layers``).
+    """
     body = getattr(getattr(detector, "backbone", None), "body", None)
     ret = getattr(body, "return_layers", None)
     if not ret:

@@ -15,6 +15,12 @@ def classification_report(y_true, y_pred, class_names: Sequence[str]) -> dict[st
     example would otherwise count as F1 = 0); predictions of an absent class still count as
     errors of the true class.
 
+    Parameters
+    ----------
+    y_true : true class indices, ``0 .. K - 1`` (the truth first).
+    y_pred : predicted class indices, aligned with ``y_true``.
+    class_names : the ``K`` class names the indices refer to.
+
     Returns
     -------
     dict

@@ -30,10 +30,25 @@ RECALL_THRESHOLDS = np.linspace(.0, 1.00, int(np.round((1.00 - .0) / .01)) + 1, 
 
 
 def threshold_array(value, class_names) -> np.ndarray:
+    """The ``(K,)`` float32 score thresholds of a float, a per-class sequence or ``{class: threshold}``.
+
+    Parameters
+    ----------
+    value : a float, ``K`` values in class order, or a ``{class name: threshold}`` dict (classes
+        it does not name get 0.0); see :func:`smearlab.data.classes.per_class`.
+    class_names : the ``K`` class names.
+    """
     return per_class(value, class_names, "score_threshold", default=0.0).astype(np.float32)
 
 
 def keep_above_thresholds(predictions: list[dict], thr: np.ndarray) -> list[dict]:
+    """The predictions with only their detections of ``score >= thr[label]`` (every array filtered).
+
+    Parameters
+    ----------
+    predictions : checked prediction dicts (see :func:`~smearlab.data.predictions.check_predictions`).
+    thr : ``(K,)`` per-class score thresholds (see :func:`threshold_array`).
+    """
     return [{k: v[p["scores"] >= thr[p["labels"]]] for k, v in p.items()} for p in predictions]
 
 
@@ -43,7 +58,13 @@ def _xywh(boxes: np.ndarray) -> list[list[float]]:
 
 
 def coco_gt_dict(dataset: SmearDataset, *, segm: bool = False) -> dict:
-    """The COCO ground-truth dict of ``dataset`` (no image files; ``iscrowd`` always 0)."""
+    """The COCO ground-truth dict of ``dataset`` (no image files; ``iscrowd`` always 0).
+
+    Parameters
+    ----------
+    dataset : the ground truth; image ids are ``1..n`` in dataset order, category ids ``1..K``.
+    segm : add RLE segmentations (and mask areas) from the samples' instance masks.
+    """
     images, anns = [], []
     for i, s in enumerate(dataset, start=1):
         h, w = s.hw
@@ -64,7 +85,13 @@ def coco_gt_dict(dataset: SmearDataset, *, segm: bool = False) -> dict:
 
 
 def coco_results(predictions: list[dict], *, segm: bool = False) -> list[dict]:
-    """COCO results list (image ids ``1..n``, category ids ``1..K``, bbox xywh, score)."""
+    """COCO results list (image ids ``1..n``, category ids ``1..K``, bbox xywh, score).
+
+    Parameters
+    ----------
+    predictions : checked prediction dicts, aligned with the dataset (see :func:`coco_gt_dict`).
+    segm : add RLE segmentations from the predictions' ``masks``.
+    """
     out = []
     for i, p in enumerate(predictions, start=1):
         rles = None
@@ -97,6 +124,9 @@ def coco_eval(dataset: SmearDataset, predictions, *, iou_type: str = "bbox",
 
     Parameters
     ----------
+    dataset : the ground truth (a SmearDataset).
+    predictions : one prediction dict per image, aligned with ``dataset``: the raw, ranked
+        detections (a low score floor); see :func:`~smearlab.data.predictions.check_predictions`.
     iou_type : ``"bbox"``, or ``"segm"`` when samples and predictions carry instance masks.
     max_dets : pycocotools' ``maxDets``; the metrics use the largest (COCO's 100 is too few for
         smears with hundreds of cells).
@@ -177,6 +207,11 @@ class FastEvaluator:
     ``>= t`` (ties to the later box); precision interpolated at the 101 recall thresholds.
     IoUs are computed once per set of predictions (:meth:`prepare`); evaluating a filtered subset
     of those (:meth:`evaluate_subset`, the threshold tuner) only masks detections.
+
+    Parameters
+    ----------
+    dataset : the ground truth (a SmearDataset).
+    max_dets : most detections per image and class that count (pycocotools' largest ``maxDets``).
     """
 
     def __init__(self, dataset: SmearDataset, max_dets: int = 1000):
@@ -192,7 +227,13 @@ class FastEvaluator:
 
     # preparing predictions ----------------------------------------------------------------------
     def prepare(self, predictions, min_iou: float = 0.5) -> _Prepared:
-        """IoUs of ``predictions`` against the ground truth, kept where ``>= min_iou``."""
+        """IoUs of ``predictions`` against the ground truth, kept where ``>= min_iou``.
+
+        Parameters
+        ----------
+        predictions : one prediction dict per image of the dataset.
+        min_iou : smallest IoU threshold the prepared predictions will be evaluated at.
+        """
         preds = check_predictions(self.dataset, predictions)
         k = len(self.class_names)
         scores, labels, by_class, cands, has_cand = [], [], [], [], []
@@ -224,13 +265,27 @@ class FastEvaluator:
 
     # evaluating ---------------------------------------------------------------------------------
     def evaluate(self, predictions, iou: float = 0.5, *, full: bool = False) -> dict:
-        """Metrics of ``predictions`` (see :meth:`evaluate_subset` for the result)."""
+        """Metrics of ``predictions`` (see :meth:`evaluate_subset` for the result).
+
+        Parameters
+        ----------
+        predictions : one prediction dict per image of the dataset.
+        iou : IoU threshold of precision, recall and F1 (AP50 is always at 0.5).
+        full : also compute AP@[.5:.95] (``mAP`` and per-class ``AP``).
+        """
         prep = self.prepare(predictions, min_iou=min(iou, 0.5))
         return self.evaluate_subset(prep, None, iou=iou, full=full)
 
     def evaluate_subset(self, prep: _Prepared, keep: Sequence[np.ndarray] | None = None,
                         iou: float = 0.5, *, full: bool = False) -> dict:
         """Metrics of the detections ``keep`` (per image, indices into the prepared arrays).
+
+        Parameters
+        ----------
+        prep : the predictions prepared by :meth:`prepare`.
+        keep : per image an array of indices of the detections to evaluate, or None for all.
+        iou : IoU threshold of precision, recall and F1 (at least ``prep``'s ``min_iou``).
+        full : also compute AP@[.5:.95] (``mAP`` and per-class ``AP``).
 
         Returns
         -------
@@ -295,10 +350,19 @@ class FastEvaluator:
     def class_matches(self, prep: _Prepared, masks, c: int, ts: Sequence[float]):
         """Greedy matching of class ``c``'s kept detections at each IoU threshold in ``ts``.
 
-        ``masks``: per image a bool array over the prepared detections (None keeps all).
-        Returns ``(scores, tp, image, counts)``: the kept detections' scores and image indices
-        (images in order, each by decreasing score, capped at ``max_dets``), ``tp`` of shape
-        ``(len(ts), n)`` and the per-image number of kept detections (before the cap).
+        Parameters
+        ----------
+        prep : the predictions prepared by :meth:`prepare`.
+        masks : per image a bool array over the prepared detections (None keeps all).
+        c : the class index.
+        ts : the IoU thresholds.
+
+        Returns
+        -------
+        tuple
+            ``(scores, tp, image, counts)``: the kept detections' scores and image indices
+            (images in order, each by decreasing score, capped at ``max_dets``), ``tp`` of shape
+            ``(len(ts), n)`` and the per-image number of kept detections (before the cap).
         """
         n, nt = len(self.dataset), len(ts)
         counts = np.zeros(n, np.int64)
@@ -339,7 +403,13 @@ class FastEvaluator:
 
     @staticmethod
     def keep_masks(prep: _Prepared, keep) -> list[np.ndarray] | None:
-        """Per-image bool masks over the prepared detections from index arrays (None: all)."""
+        """Per-image bool masks over the prepared detections from index arrays (None: all).
+
+        Parameters
+        ----------
+        prep : the predictions prepared by :meth:`prepare`.
+        keep : per image an array of indices of the kept detections, or None.
+        """
         if keep is None:
             return None
         masks = []
@@ -350,6 +420,13 @@ class FastEvaluator:
         return masks
 
     def pr_curves(self, predictions, iou: float = 0.5) -> dict:
+        """``{class: (recall, precision)}`` at IoU ``iou`` (see the module-level :func:`pr_curves`).
+
+        Parameters
+        ----------
+        predictions : one prediction dict per image of the dataset.
+        iou : IoU threshold of the matching.
+        """
         prep = self.prepare(predictions, min_iou=min(iou, 0.5))
         return self._run(prep, None, iou, False, curves=True)["curves"]
 
@@ -372,6 +449,12 @@ def _interp_precision(tp: np.ndarray, npig: int) -> np.ndarray:
 
 
 def mean_defined(values) -> float | None:
+    """Mean of the values that are not None, or None when none is left.
+
+    Parameters
+    ----------
+    values : iterable of numbers or None.
+    """
     v = [x for x in values if x is not None]
     return float(np.mean(v)) if v else None
 
@@ -379,11 +462,24 @@ def mean_defined(values) -> float | None:
 def pr_curves(dataset: SmearDataset, predictions, iou: float = 0.5) -> dict:
     """``{class: (recall, precision)}``: pycocotools' 101-point interpolated precision at IoU
     ``iou`` (recall = the 101 recall thresholds 0, 0.01, .., 1; precision 0 beyond the highest
-    recall reached). Classes without ground truth are left out."""
+    recall reached). Classes without ground truth are left out.
+
+    Parameters
+    ----------
+    dataset : the ground truth (a SmearDataset).
+    predictions : one prediction dict per image, aligned with ``dataset`` (raw, ranked detections).
+    iou : IoU threshold of the matching.
+    """
     return FastEvaluator(dataset).pr_curves(predictions, iou)
 
 
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``(len(a), len(b))`` IoU of two sets of ``x0, y0, x1, y1`` boxes, computed as pycocotools does.
+
+    Parameters
+    ----------
+    a, b : ``(N, 4)`` and ``(M, 4)`` boxes in pixels (e.g. predictions, then ground truth).
+    """
     return _iou_xywh(_as_xywh(a), _as_xywh(b))
 
 
@@ -396,6 +492,13 @@ def confusion_matrix(dataset: SmearDataset, predictions, iou: float = 0.5,
     IoU ``>= iou`` (the diagonal, as in AP matching); then the remaining boxes across classes,
     greedily by decreasing IoU ``>= iou`` (class confusions). Unmatched ground truth counts in
     column K (missed, FN), unmatched predictions in row K (spurious, FP); ``[K, K]`` is 0.
+
+    Parameters
+    ----------
+    dataset : the ground truth (a SmearDataset).
+    predictions : one prediction dict per image, aligned with ``dataset``.
+    iou : smallest IoU of a match.
+    score_threshold : a float, a per-class sequence or ``{class: threshold}`` (unnamed classes 0).
     """
     preds = check_predictions(dataset, predictions)
     names = dataset.class_names
@@ -435,7 +538,15 @@ def _count_summary(true: np.ndarray, pred: np.ndarray, names) -> dict:
 
 
 def count_matrix(dataset: SmearDataset, predictions, score_threshold=0.5) -> tuple[np.ndarray, np.ndarray]:
-    """``(true, predicted)`` object counts, each ``(n_images, K)``."""
+    """``(true, predicted)`` object counts, each ``(n_images, K)``.
+
+    Parameters
+    ----------
+    dataset : the ground truth (a SmearDataset).
+    predictions : one prediction dict per image, aligned with ``dataset``.
+    score_threshold : predictions count when ``score >= score_threshold`` (a float, a per-class
+        sequence or ``{class: threshold}``).
+    """
     preds = keep_above_thresholds(check_predictions(dataset, predictions), threshold_array(score_threshold, dataset.class_names))
     k = len(dataset.class_names)
     true = np.array([np.bincount(s.labels, minlength=k) for s in dataset], np.int64).reshape(-1, k)
@@ -447,6 +558,12 @@ def count_metrics(dataset: SmearDataset, predictions, score_threshold=0.5) -> di
     """Per-class counting quality of the predictions with ``score >= score_threshold``.
 
     ``score_threshold`` is a float, a per-class sequence or ``{class: threshold}``.
+
+    Parameters
+    ----------
+    dataset : the ground truth (a SmearDataset).
+    predictions : one prediction dict per image, aligned with ``dataset``.
+    score_threshold : a float, a per-class sequence or ``{class: threshold}`` (unnamed classes 0).
 
     Returns
     -------
@@ -471,6 +588,22 @@ def simulate_predictions(dataset: SmearDataset, seed: int = 0, *, drop: float = 
     Each object also gets 0..``duplicates`` looser duplicates with middling scores (Beta(2, 4))
     and each image ~``spurious`` random boxes with low scores (Beta(1, 6)). Scores below
     ``score_floor`` are dropped.
+
+    Parameters
+    ----------
+    dataset : the ground truth to imitate.
+    seed : seed of every random draw.
+    drop : probability that an object is missed.
+    wrong_label : probability that a found object gets a random class.
+    jitter : standard deviation of the box corner noise, as a fraction of the box width / height.
+    duplicates : most looser duplicates per object (0..``duplicates``, uniform).
+    spurious : mean number (Poisson) of random boxes per image.
+    score_floor : predictions scoring below this are dropped.
+
+    Returns
+    -------
+    list of dict
+        one prediction dict per image (boxes clipped to the image, order shuffled).
     """
     rng = np.random.default_rng(seed)
     k = len(dataset.class_names)
@@ -515,6 +648,12 @@ def match_image(sample, prediction: dict, iou: float = 0.5) -> tuple[np.ndarray,
 
     Returns ``(pred_tp, gt_found)``: which predictions are true positives and which ground-truth
     boxes were found. Unmatched predictions are spurious; unfound ground truth is missed.
+
+    Parameters
+    ----------
+    sample : the ground truth (a Sample with ``boxes`` and ``labels``).
+    prediction : the image's prediction dict.
+    iou : smallest IoU of a match.
     """
     order = np.argsort(-prediction["scores"], kind="stable")
     pred_tp = np.zeros(len(prediction["boxes"]), bool)
@@ -531,7 +670,15 @@ def match_image(sample, prediction: dict, iou: float = 0.5) -> tuple[np.ndarray,
 
 
 def worst_images(dataset: SmearDataset, predictions, n: int = 4, iou: float = 0.5) -> list[int]:
-    """Indices of the ``n`` images with the most missed plus spurious boxes (worst first)."""
+    """Indices of the ``n`` images with the most missed plus spurious boxes (worst first).
+
+    Parameters
+    ----------
+    dataset : the ground truth (a SmearDataset).
+    predictions : one prediction dict per image (typically the final, thresholded ones).
+    n : number of images returned.
+    iou : smallest IoU of a match (see :func:`match_image`).
+    """
     errors = []
     for i, (s, p) in enumerate(zip(dataset, predictions)):
         tp, found = match_image(s, p, iou)

@@ -20,7 +20,12 @@ DSB_THRESHOLDS = np.arange(0.5, 1.0, 0.05)
 
 
 def has_instance_masks(dataset) -> bool:
-    """Whether mask metrics can score ``dataset``: every sample with objects has instance masks."""
+    """Whether mask metrics can score ``dataset``: every sample with objects has instance masks.
+
+    Parameters
+    ----------
+    dataset : a SmearDataset (or any sequence of Samples).
+    """
     return all(s.has_masks or not len(s.boxes) for s in dataset)
 
 
@@ -86,6 +91,7 @@ def dsb_score(gt_instances, pred_instances, *, kind: str = "auto",
     kind : ``"boxes"``, ``"masks"`` or ``"auto"`` (3-D arrays are masks; Samples and dicts use
         boxes under "auto": pass ``kind="masks"`` to score a Mask R-CNN's or a classical
         segmenter's masks against a dataset's instance masks).
+    thresholds : the IoU thresholds t (default 0.5, 0.55, .., 0.95: :data:`DSB_THRESHOLDS`).
     per_image : also return the list of per-image scores (None for skipped images).
     """
     if len(gt_instances) != len(pred_instances):
@@ -128,6 +134,12 @@ def mask_ap(dataset: SmearDataset, predictions, *, max_dets: Sequence[int] = (1,
     :func:`coco_eval` with ``iou_type="segm"``, its keys prefixed: ``mask_mAP``,
     ``mask_mAP50``, ``mask_mAP75`` and ``per_class``. Give the raw, ranked predictions (a low
     score floor), as for box AP.
+
+    Parameters
+    ----------
+    dataset : the ground truth, samples with instance masks.
+    predictions : one prediction dict with ``masks`` per image, aligned with ``dataset``.
+    max_dets : pycocotools' ``maxDets`` (see :func:`coco_eval`).
     """
     r = coco_eval(dataset, predictions, iou_type="segm", max_dets=max_dets)
     return {"mask_mAP": r["mAP"], "mask_mAP50": r["mAP50"], "mask_mAP75": r["mAP75"],
@@ -172,6 +184,12 @@ def count_error(dataset, predictions, score_threshold: float = 0.5) -> float | N
 
     Predictions count when ``score >= score_threshold`` (every classical instance scores >= 0.5).
     0 is a perfect count; 0.1 means counts 10 % off on average. None for an empty dataset.
+
+    Parameters
+    ----------
+    dataset : the ground truth (its boxes are counted).
+    predictions : one prediction dict (with ``scores``) per image, aligned with ``dataset``.
+    score_threshold : smallest score of a counted prediction.
     """
     if len(predictions) != len(dataset):
         raise ValueError(f"{len(predictions)} predictions for {len(dataset)} images")
@@ -191,6 +209,12 @@ def score_instances(dataset, predictions) -> dict:
     dataset is seen through :func:`~smearlab.data.derive.as_single_class`, the predictions'
     labels set to 0); ``count_error``: :func:`count_error`. ``dsb_metric`` and ``mask_mAP50``
     are None when the dataset has no instance masks.
+
+    Parameters
+    ----------
+    dataset : the ground truth, samples with instance masks.
+    predictions : one prediction dict (``boxes``, ``scores``, ``masks``) per image, aligned with
+        ``dataset``; labels are ignored.
     """
     one = as_single_class(dataset)
     preds = [dict(p, labels=np.zeros(len(p["boxes"]), np.int64)) for p in predictions]
@@ -222,6 +246,13 @@ def failure_cases(dataset, predictions, iou: float = 0.5) -> list[dict]:
     * a spurious prediction overlapping no object at all (IoU < 0.1 with each) is ``"debris"``
       (stain debris, dirt, background texture); one overlapping an object is ``"split/merge"``
       (a fragment or a merge of several cells).
+
+    Parameters
+    ----------
+    dataset : the ground truth, samples with instance masks.
+    predictions : one prediction dict (``boxes``, ``scores``, ``masks``) per image, aligned with
+        ``dataset`` (the final predictions: every one counts).
+    iou : smallest mask IoU of a match.
 
     Returns
     -------

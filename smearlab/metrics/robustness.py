@@ -62,6 +62,12 @@ def noise_parameters(image, mean_frac: float = 0.05, var_frac: float = 0.10) -> 
 
     ``mean = mean_frac * image.max()`` and ``std = sqrt(var_frac * mean(image ** 2))``, on the
     image's 0..255 intensities (all channels together).
+
+    Parameters
+    ----------
+    image : ``(H, W)`` or ``(H, W, C)`` array of 0..255 intensities.
+    mean_frac : noise mean as a fraction of the image maximum.
+    var_frac : noise variance as a fraction of the image power ``mean(image ** 2)``.
     """
     f = _as_intensities(image)
     mean_frac = _check_fraction("mean_frac", mean_frac)
@@ -99,7 +105,13 @@ def add_noise(image, mean_frac: float = 0.05, var_frac: float = 0.10, seed: int 
 
 
 def image_seed(seed: int, image_id: str) -> int:
-    """The noise seed of one image: a pure function of ``seed`` and the image id."""
+    """The noise seed of one image: a pure function of ``seed`` and the image id.
+
+    Parameters
+    ----------
+    seed : the run's seed.
+    image_id : the image's id (hashed with CRC-32).
+    """
     return int(np.random.SeedSequence([int(seed), zlib.crc32(str(image_id).encode())]).generate_state(1)[0])
 
 

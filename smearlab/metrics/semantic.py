@@ -16,6 +16,10 @@ def whole_cell(mask: np.ndarray) -> np.ndarray:
     """``mask > 0``: any cell part (cytoplasm or nucleus) against background, for whole-cell Dice.
 
     :data:`IGNORE` pixels stay :data:`IGNORE` (uint8 result: 0, 1 or 255).
+
+    Parameters
+    ----------
+    mask : ``(H, W)`` semantic mask (0 background, other values cell parts, :data:`IGNORE`).
     """
     m = np.asarray(mask)
     out = (m > 0).astype(np.uint8)
@@ -78,7 +82,15 @@ def dice_iou(truth, prediction, num_classes: int, ignore_background: bool = Fals
 
 
 def dice_iou_per_image(truth, prediction, num_classes: int, ignore_background: bool = False) -> dict[int, dict]:
-    """Like :func:`dice_iou` but the mean of per-image scores (images where a class is empty skipped)."""
+    """Like :func:`dice_iou` but the mean of per-image scores (images where a class is empty skipped).
+
+    Parameters
+    ----------
+    truth, prediction : one ``(H, W)`` integer mask or a sequence of them (same shapes pairwise),
+        the truth first.
+    num_classes : number of classes (values ``0 .. num_classes - 1``).
+    ignore_background : leave class 0 out of the result.
+    """
     preds, targets = _as_list(prediction), _as_list(truth)
     if len(preds) != len(targets):
         raise ValueError(f"{len(preds)} predicted masks but {len(targets)} targets")
@@ -137,7 +149,12 @@ def semantic_metrics(dataset, predictions: Sequence[np.ndarray], *, ignore_backg
 
 
 def semantic_of(x) -> np.ndarray:
-    """The ``(H, W)`` class map of a Sample (or the array itself)."""
+    """The ``(H, W)`` class map of a Sample (or the array itself).
+
+    Parameters
+    ----------
+    x : a Sample with a semantic mask (:class:`DataError` when it has none), or an array.
+    """
     if hasattr(x, "semantic"):
         if not getattr(x, "has_semantic", x.semantic is not None):
             raise DataError(getattr(x, "path", None) or getattr(x, "image_id", "?"),
@@ -147,7 +164,13 @@ def semantic_of(x) -> np.ndarray:
 
 
 def binary_dice_iou(truth: np.ndarray, prediction: np.ndarray) -> tuple[float | None, float | None]:
-    """``(Dice, IoU)`` of two bool masks; ``(None, None)`` when both are empty."""
+    """``(Dice, IoU)`` of two bool masks; ``(None, None)`` when both are empty.
+
+    Parameters
+    ----------
+    truth : ``(H, W)`` bool ground-truth mask.
+    prediction : ``(H, W)`` bool predicted mask.
+    """
     tp = int(np.count_nonzero(prediction & truth))
     fp = int(np.count_nonzero(prediction & ~truth))
     fn = int(np.count_nonzero(~prediction & truth))
@@ -167,6 +190,7 @@ def cell_mask_scores(truth, masks: Sequence[np.ndarray], *, nucleus_value: int =
         0 background, 1 cytoplasm, 2 nucleus (Zheng and the synthetic white-cell crops).
         The whole cell is ``semantic > 0``, the nucleus ``semantic == nucleus_value``.
     masks : one ``(H, W)`` bool mask per image (e.g. ``cam_masks(...).masks``).
+    nucleus_value : the class-map value of the nucleus.
     per_image : also return the per-image lists.
 
     Returns

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..core.device import describe as describe_hardware
 from ..core.files import atomic_path, write_json, write_text
+from ..experiments.profiles import REAL_DATA
 from .results import NotebookResult, git_commit, index_html, results_markdown
 
 
@@ -34,17 +35,6 @@ RUNNER_PARAMETERS = ("metrics_path", "out_dir")
 REPO_NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 
-#: Real dataset each notebook uses when ``--data-root`` is given (relative to the root).
-REAL_DATA = {
-    "01_eda": "cbc/Training",
-    "02_preprocessing": "wbc_zheng.tar.xz",
-    "03_detection": "cbc",
-    "04_segmentation": "dsb2018_subset",
-    "05_classical": "dsb2018_subset",
-    "06_gradcam_masks": "wbc_zheng.tar.xz",
-    "07_domain_adaptation": "wbc_zheng.tar.xz",
-    "08_tsne": "wbc_zheng.tar.xz",
-}
 
 
 def find_notebooks(notebook_dir: str | Path | None = None) -> list[Path]:
@@ -149,7 +139,7 @@ def run_report(profile: str = "quick", *, data_root: str | Path | None = None, d
     Parameters
     ----------
     profile : "quick" (CPU-sized, about a minute a notebook) or "full".
-    data_root : folder holding the real datasets; notebooks listed in :data:`REAL_DATA` then use
+    data_root : folder holding the real datasets; notebooks listed in :data:`smearlab.experiments.profiles.REAL_DATA` then use
         them instead of the synthetic default.
     out : run folder (default ``reports/<date>-<profile>``). Re-running into the same folder with
         ``notebooks`` re-executes only those and keeps the other entries of the index.

@@ -54,7 +54,14 @@ _METHODS = ("otsu", "li", "adaptive")
 
 
 def as_image_array(image, where: str, *, allow_bool: bool = False) -> np.ndarray:
-    """``image`` as an ``(H, W, 3)`` or ``(H, W)`` numeric array, else ValueError."""
+    """``image`` as an ``(H, W, 3)`` or ``(H, W)`` numeric array, else ValueError.
+
+    Parameters
+    ----------
+    image : array-like image; an ``(H, W, 4)`` image loses its alpha channel.
+    where : names the caller in the error message.
+    allow_bool : accept a bool array (a foreground mask).
+    """
     img = np.asarray(image)
     if img.dtype == bool and not allow_bool:
         raise ValueError(f"{where}: image must be numeric, got a bool array "
@@ -88,7 +95,12 @@ def _nonneg(name: str, value, integer: bool = True):
 
 
 def stretch01(x: np.ndarray) -> np.ndarray:
-    """Float64 copy of ``x`` stretched to [0, 1] (a constant image gives zeros)."""
+    """Float64 copy of ``x`` stretched to [0, 1] (a constant image gives zeros).
+
+    Parameters
+    ----------
+    x : numeric array.
+    """
     x = x.astype(np.float64)
     lo, hi = float(x.min()), float(x.max())
     return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
@@ -142,6 +154,14 @@ def foreground_mask(image: np.ndarray, method: str = "otsu", channel: str = "aut
     """Binary foreground of ``image`` after thresholding and morphology.
 
     Parameters are those of :func:`threshold_segment`.
+
+    Parameters
+    ----------
+    image : ``(H, W, 3)`` RGB or ``(H, W)`` grey image.
+    method, channel, invert : threshold method, channel (:func:`to_channel`) and foreground side.
+    block_size, offset : window side (pixels) and offset of the ``"adaptive"`` threshold.
+    min_size, opening_radius, fill_holes : the morphology: smallest component kept (pixels),
+        radius of the opening disk (0 for none), hole filling.
 
     Returns
     -------
@@ -285,6 +305,16 @@ def instances_to_label_image(masks, scores=None) -> np.ndarray:
 
 
 def labels_to_prediction(lab: np.ndarray, signal: np.ndarray | None, label: int, min_size: int = 0) -> dict:
+    """Prediction dict of a label image without its instances smaller than ``min_size`` pixels.
+
+    Parameters
+    ----------
+    lab : ``(H, W)`` integer label image (0 background).
+    signal : optional ``(H, W)`` float image in [0, 1], foreground bright, for contrast scores
+        (see :func:`label_image_to_instances`).
+    label : class index of every instance.
+    min_size : drop instances smaller than this many pixels (0: keep all).
+    """
     if min_size:
         sizes = np.bincount(lab.ravel())
         small = np.flatnonzero(sizes < min_size)
@@ -313,6 +343,8 @@ def threshold_segment(image: np.ndarray, method: str = "otsu", channel: str = "a
     min_size : drop components smaller than this many pixels.
     opening_radius : radius of the binary opening (disk) that removes specks; 0 for none.
     fill_holes : fill holes inside objects.
+    block_size : window side in pixels of ``"adaptive"`` (made odd, at least 3).
+    offset : offset of ``"adaptive"`` on the [0, 1] stretched channel.
     connectivity : 1 (4-connected) or 2 (8-connected) components.
     label : class index of every instance.
 
@@ -357,7 +389,9 @@ def watershed_segment(image: np.ndarray, min_distance: int = 5, footprint=None,
     smooth : sigma of the Gaussian applied to the distance map (0 for none).
     compactness : watershed compactness (0 = classical watershed).
     min_size : drop instances (and foreground components) smaller than this many pixels.
-    others : as in :func:`threshold_segment`.
+    method, channel, invert, opening_radius, fill_holes, block_size, offset : the foreground
+        options, as in :func:`threshold_segment` (not used for a mask input).
+    label : class index of every instance.
 
     Returns
     -------
@@ -414,10 +448,13 @@ def blob_detect(image: np.ndarray, method: str = "log", min_sigma: float = 2.0,
 
     Parameters
     ----------
+    image : ``(H, W, 3)`` RGB or ``(H, W)`` grey image.
     method : ``"log"``, ``"dog"`` or ``"doh"``.
     min_sigma, max_sigma, threshold, num_sigma, overlap : passed to skimage (``num_sigma`` is
         not used by ``"dog"``). ``threshold=None`` is :data:`BLOB_THRESHOLDS` of the method
         (0.1 for LoG and DoG, 0.01 for DoH, skimage's DoH default).
+    channel : see :func:`to_channel`.
+    invert : ``"auto"`` (see above), True (find dark blobs) or False (find bright blobs).
     label : class index of every instance.
 
     Returns
@@ -514,6 +551,7 @@ def extract_cell(image: np.ndarray, dilation_radius: int = 3, min_distance: int 
     min_size : ignore foreground components smaller than this many pixels.
     hull : replace the region by its convex hull.
     grow : dilate the (hulled) region by this many pixels (disk), clipped to the image.
+    channel : the channel thresholded (see :func:`to_channel`).
     label : class index of the instance.
 
     Returns
@@ -651,6 +689,12 @@ def suggest_params(train, channels=("gray", "green", "saturation", "hematoxylin"
     * ``channel``: of ``channels``, the one whose Otsu :func:`threshold_segment` scores the best
       DSB score on the first ``max_images`` training images (the lowest count error when they
       have no instance masks).
+
+    Parameters
+    ----------
+    train : the training SmearDataset (or sequence of Samples) with boxes or instance masks.
+    channels : candidate channels (see :data:`CHANNELS`).
+    max_images : how many training images the channels are scored on.
 
     Returns
     -------

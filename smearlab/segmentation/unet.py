@@ -25,6 +25,12 @@ def resize_and_pad(img: torch.Tensor, sem: torch.Tensor | None, size: int | None
 
     Returns ``(image, mask, window)``: ``window`` ``(x0, y0, x1, y1)`` is where the content lies
     (the whole image when ``size`` is None).
+
+    Parameters
+    ----------
+    img : ``(3, H, W)`` uint8 image tensor.
+    sem : its ``(H, W)`` class map, or None.
+    size : side of the square in pixels, or None to leave the image as it is.
     """
     h, w = img.shape[-2:]
     if size is None:
@@ -45,7 +51,12 @@ def resize_and_pad(img: torch.Tensor, sem: torch.Tensor | None, size: int | None
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
-    """The U-Net's input: uint8 images as ``(x / 255 - 0.5) / 0.25``."""
+    """The U-Net's input: uint8 images as ``(x / 255 - 0.5) / 0.25``.
+
+    Parameters
+    ----------
+    x : uint8 image tensor, e.g. ``(B, 3, H, W)``.
+    """
     return (x.float() / 255 - _MEAN) / _STD
 
 
@@ -55,6 +66,14 @@ class UNet(nn.Module):
     Input ``(B, in_channels, H, W)`` of any size is padded (replicate) to a multiple of
     ``2**depth`` and the logits ``(B, num_classes, H, W)`` are cropped back.
     Input is expected normalised (see :func:`predict_semantic`, which does it).
+
+    Parameters
+    ----------
+    in_channels : input channels (3 for RGB).
+    num_classes : output classes (class-map values).
+    base : channels of the first level (>= 1).
+    depth : number of 2x down-samplings (>= 1).
+    norm : ``"batch"`` or ``"group"`` (see :func:`smearlab.core.nn.norm_layer`).
     """
 
     def __init__(self, in_channels: int = 3, num_classes: int = 3, base: int = 16, depth: int = 4,
@@ -74,6 +93,12 @@ class UNet(nn.Module):
         self.crop_pad: float | None = None  # context margin of crop models (train_crop_unet)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(B, num_classes, H, W)`` of normalised images (see :func:`normalise`).
+
+        Parameters
+        ----------
+        x : ``(B, in_channels, H, W)`` float tensor of any size.
+        """
         h, w = x.shape[-2:]
         m = 2 ** self.config["depth"]
         ph, pw = (-h) % m, (-w) % m
@@ -94,7 +119,20 @@ def save_unet(model: UNet, folder, *, class_names=None, **meta) -> Path:
     """Write the U-Net as a model folder (:mod:`smearlab.core.model_folder`, kind ``"unet"``):
     its layer settings, the square ``input_size`` it was trained at and, for a crop U-Net, the
     ``crop_pad`` around each box. ``class_names``: the names of the class-map values (the
-    dataset's ``semantic_names``); ``meta`` (e.g. ``epoch``) is kept in ``weights.pt``."""
+    dataset's ``semantic_names``); ``meta`` (e.g. ``epoch``) is kept in ``weights.pt``.
+
+    Parameters
+    ----------
+    model : the trained :class:`UNet`.
+    folder : the model folder (created if needed).
+    class_names : names of the class-map values, or None.
+    **meta : further plain values kept in ``weights.pt``.
+
+    Returns
+    -------
+    Path
+        ``folder``.
+    """
     config = {**model.config, "input_size": model.input_size, "crop_pad": getattr(model, "crop_pad", None),
               "class_names": None if class_names is None else list(class_names)}
     return save_model_folder(folder, "unet", model, config, class_names=class_names, **meta)
@@ -102,6 +140,11 @@ def save_unet(model: UNet, folder, *, class_names=None, **meta) -> Path:
 
 def load_unet(folder, device: "str | torch.device | None" = "cpu") -> UNet:
     """A :class:`UNet` from its model folder (:func:`save_unet`, :func:`~smearlab.segmentation.train.train_unet`).
+
+    Parameters
+    ----------
+    folder : the model folder.
+    device : ``"cpu"``, ``"cuda"``, ``"auto"``... (see :func:`~smearlab.core.device.resolve_device`).
 
     Raises
     ------

@@ -9,7 +9,6 @@ import numpy as np
 from matplotlib.patches import Rectangle
 from pytorch_grad_cam.utils.image import show_cam_on_image
 from skimage.segmentation import find_boundaries
-from sklearn.metrics import ConfusionMatrixDisplay
 
 from ..classification.embed import as_label_array
 from ..data.sample import Sample, SmearDataset
@@ -24,6 +23,11 @@ def figure_to_png(fig, dpi: int = 90) -> bytes:
 
     Widgets draw on a bare ``matplotlib.figure.Figure``, never through pyplot, so that their
     redraws neither appear as extra notebook outputs nor change pyplot's interactive state.
+
+    Parameters
+    ----------
+    fig : a matplotlib figure.
+    dpi : resolution of the PNG.
     """
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
@@ -31,7 +35,12 @@ def figure_to_png(fig, dpi: int = 90) -> bytes:
 
 
 def class_colors(n: int) -> list[tuple[float, float, float, float]]:
-    """``n`` distinct colours (tab10, then tab20 for more classes)."""
+    """``n`` distinct colours (tab10, then tab20 for more classes).
+
+    Parameters
+    ----------
+    n : number of colours (RGBA tuples); colours repeat beyond 20.
+    """
     cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
     return [cmap(i % cmap.N) for i in range(n)]
 
@@ -43,6 +52,18 @@ def draw_sample(sample: Sample, class_names: Sequence[str], ax=None, *, classes:
 
     ``classes`` limits the drawing to those class indices. Returns the axes; the number of
     boxes drawn is ``len(ax.patches)``.
+
+    Parameters
+    ----------
+    sample : the Sample to draw (its image, boxes, labels and instance masks).
+    class_names : the names ``sample.labels`` index (one colour per class).
+    ax : matplotlib axes to draw on (default: the current axes).
+    classes : class indices to draw (None: all).
+    boxes : draw the boxes.
+    masks : overlay the instance masks (when the sample has them).
+    labels : write the class name above each box.
+    linewidth : line width of the boxes.
+    title : axes title (None: the sample's ``image_id``).
     """
     ax = ax or plt.gca()
     img = sample.image
@@ -67,7 +88,14 @@ def draw_sample(sample: Sample, class_names: Sequence[str], ax=None, *, classes:
 
 def prediction_sample(sample: Sample, prediction: dict, score_threshold: float = 0.0) -> Sample:
     """A Sample with ``sample``'s image and the prediction's boxes, labels and masks (those with
-    ``score >= score_threshold``), for drawing predictions with :func:`draw_sample`."""
+    ``score >= score_threshold``), for drawing predictions with :func:`draw_sample`.
+
+    Parameters
+    ----------
+    sample : the Sample whose image is used.
+    prediction : prediction dict (``boxes``, ``scores``, ``labels``, optionally ``masks``).
+    score_threshold : smallest score kept.
+    """
     keep = np.asarray(prediction["scores"]) >= score_threshold
     masks = prediction.get("masks")
     return Sample(sample.image_id, boxes=np.asarray(prediction["boxes"])[keep],
@@ -77,7 +105,18 @@ def prediction_sample(sample: Sample, prediction: dict, score_threshold: float =
 
 def draw_prediction(sample: Sample, prediction: dict, class_names: Sequence[str], ax=None, *,
                     score_threshold: float = 0.0, title: str | None = None, **kw):
-    """Predicted boxes and masks (score >= ``score_threshold``) over the sample's image."""
+    """Predicted boxes and masks (score >= ``score_threshold``) over the sample's image.
+
+    Parameters
+    ----------
+    sample : the Sample whose image is drawn.
+    prediction : prediction dict for that image.
+    class_names : the names the prediction's labels index.
+    ax : matplotlib axes to draw on (default: the current axes).
+    score_threshold : smallest score drawn.
+    title : axes title (None: the image id and the number of predictions drawn).
+    **kw : further :func:`draw_sample` options (``boxes``, ``masks``, ``labels``, ``linewidth``...).
+    """
     pred = prediction_sample(sample, prediction, score_threshold)
     return draw_sample(pred, class_names, ax, title=title if title is not None else
                        f"{sample.image_id}: {len(pred.boxes)} predicted", **kw)
@@ -85,7 +124,17 @@ def draw_prediction(sample: Sample, prediction: dict, class_names: Sequence[str]
 
 def draw_semantic(image: np.ndarray, semantic: np.ndarray, names: Sequence[str], ax=None, *,
                   alpha: float = 0.45, title: str | None = None):
-    """A class map (0 = background, not drawn) as a translucent overlay with a legend."""
+    """A class map (0 = background, not drawn) as a translucent overlay with a legend.
+
+    Parameters
+    ----------
+    image : ``(H, W, 3)`` uint8 RGB image.
+    semantic : ``(H, W)`` class map of the same size.
+    names : names of the class-map values (index = value; ``names[0]`` is the background).
+    ax : matplotlib axes to draw on (default: the current axes).
+    alpha : opacity of the overlay.
+    title : optional axes title.
+    """
     if semantic.shape != image.shape[:2]:
         raise ValueError(f"class map of shape {semantic.shape} does not match the image {image.shape[:2]}")
     ax = ax or plt.gca()
@@ -104,7 +153,17 @@ def draw_semantic(image: np.ndarray, semantic: np.ndarray, names: Sequence[str],
 
 def gallery(dataset: SmearDataset, indices: Sequence[int] | None = None, n: int = 8, cols: int = 4,
             size: float = 3.0, **draw_kw):
-    """A grid of samples with their annotations; returns the figure."""
+    """A grid of samples with their annotations; returns the figure.
+
+    Parameters
+    ----------
+    dataset : the SmearDataset.
+    indices : which samples (default: the first ``n``).
+    n : number of samples when ``indices`` is None.
+    cols : number of columns of the grid.
+    size : width of one panel in inches.
+    **draw_kw : options of :func:`draw_sample`.
+    """
     indices = list(range(min(n, len(dataset)))) if indices is None else list(indices)
     rows = max(1, int(np.ceil(len(indices) / cols)))
     fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size * 0.8), squeeze=False)
@@ -117,13 +176,25 @@ def gallery(dataset: SmearDataset, indices: Sequence[int] | None = None, n: int 
 
 
 def legend_handles(class_names: Sequence[str]):
-    """Patches for a legend of the class colours."""
+    """Patches for a legend of the class colours.
+
+    Parameters
+    ----------
+    class_names : the class names, in class-colour order (see :func:`class_colors`).
+    """
     from matplotlib.patches import Patch
     return [Patch(color=c, label=n) for n, c in zip(class_names, class_colors(len(class_names)))]
 
 
 def plot_class_distribution(counts: dict[str, int], ax=None, title: str = "objects per class"):
-    """Bar chart of object counts per class, counts written on the bars."""
+    """Bar chart of object counts per class, counts written on the bars.
+
+    Parameters
+    ----------
+    counts : ``{class name: count}`` (e.g. :meth:`SmearDataset.class_counts`).
+    ax : matplotlib axes to draw on (default: the current axes).
+    title : axes title.
+    """
     ax = ax or plt.gca()
     names, vals = list(counts), list(counts.values())
     bars = ax.bar(names, vals, color=class_colors(len(names)))
@@ -134,7 +205,14 @@ def plot_class_distribution(counts: dict[str, int], ax=None, title: str = "objec
 
 
 def plot_objects_per_image(per_image: np.ndarray, class_names: Sequence[str], ax=None):
-    """Histogram of objects per image, one line per class."""
+    """Histogram of objects per image, one line per class.
+
+    Parameters
+    ----------
+    per_image : ``(n_images, K)`` counts (:func:`smearlab.data.stats.objects_per_image`).
+    class_names : the ``K`` class names.
+    ax : matplotlib axes to draw on (default: the current axes).
+    """
     ax = ax or plt.gca()
     colors = class_colors(len(class_names))
     top = int(per_image.max()) if per_image.size else 1
@@ -149,7 +227,14 @@ def plot_objects_per_image(per_image: np.ndarray, class_names: Sequence[str], ax
 
 
 def plot_box_sizes(sizes: dict[str, np.ndarray], ax=None):
-    """Width/height scatter of boxes, one colour per class (``sizes[name]`` is (N, 2))."""
+    """Width/height scatter of boxes, one colour per class (``sizes[name]`` is (N, 2)).
+
+    Parameters
+    ----------
+    sizes : ``{class name: (N, 2) widths and heights in pixels}``
+        (:func:`smearlab.data.stats.box_sizes`).
+    ax : matplotlib axes to draw on (default: the current axes).
+    """
     ax = ax or plt.gca()
     colors = class_colors(len(sizes))
     for (name, wh), c in zip(sizes.items(), colors):
@@ -168,6 +253,11 @@ def plot_colour_stats(stats: dict[str, np.ndarray], ax=None):
     ``stats`` maps a domain name to an (N, 6) array of mean R, G, B, H, S, V in [0, 1]
     (see :func:`smearlab.eda.colour_stats`). Each point is drawn in the image's mean colour,
     with a marker per domain.
+
+    Parameters
+    ----------
+    stats : ``{domain: (N, 6) array}``, see above.
+    ax : matplotlib axes to draw on (default: the current axes).
     """
     ax = ax or plt.gca()
     markers = "osD^v<>"
@@ -188,6 +278,14 @@ def plot_channel_histograms(groups: dict[str, Sequence[np.ndarray]], axes=None, 
 
     ``groups`` maps a name (a domain, or "B normalised") to a list of RGB uint8 images; pixels
     are subsampled with a fixed seed to at most ``max_pixels`` per group.
+
+    Parameters
+    ----------
+    groups : ``{name: [RGB uint8 images]}``.
+    axes : three matplotlib axes, for R, G and B (default: a new pyplot figure).
+    bins : number of histogram bins over 0..255.
+    max_pixels : most pixels used per group.
+    seed : seed of the pixel subsampling.
     """
     if axes is None:
         _, axes = plt.subplots(1, 3, figsize=(12, 3))
@@ -209,7 +307,16 @@ def plot_channel_histograms(groups: dict[str, Sequence[np.ndarray]], axes=None, 
 
 def draw_failures(sample: Sample, prediction: dict, class_names: Sequence[str], ax=None, iou: float = 0.5):
     """Detections against ground truth: found cells thin green, missed cells red dashed,
-    spurious detections orange. Returns the axes; the title gives the counts."""
+    spurious detections orange. Returns the axes; the title gives the counts.
+
+    Parameters
+    ----------
+    sample : the ground truth (a Sample with boxes and labels).
+    prediction : the image's (final, thresholded) prediction dict.
+    class_names : the names the labels index (written beside spurious detections).
+    ax : matplotlib axes to draw on (default: the current axes).
+    iou : smallest IoU of a match (see :func:`~smearlab.metrics.detection.match_image`).
+    """
     ax = ax or plt.gca()
     tp, found = match_image(sample, prediction, iou)
     ax.imshow(sample.image)
@@ -227,8 +334,14 @@ def draw_failures(sample: Sample, prediction: dict, class_names: Sequence[str], 
 
 
 def plot_pr_curves(curves: dict, ax=None, title: str = "precision-recall"):
-    """One line per class of :func:`pr_curves`, AP in the legend."""
-    import matplotlib.pyplot as plt
+    """One line per class of :func:`pr_curves`, AP in the legend.
+
+    Parameters
+    ----------
+    curves : ``{class: (recall, precision)}`` from :func:`~smearlab.metrics.detection.pr_curves`.
+    ax : matplotlib axes to draw on (default: the current axes).
+    title : axes title.
+    """
     ax = ax or plt.gca()
     for (name, (rc, pr)), col in zip(curves.items(), class_colors(max(len(curves), 1))):
         ax.plot(rc, pr, color=col, label=f"{name} (AP {pr.mean():.3f})")
@@ -242,12 +355,23 @@ def plot_pr_curves(curves: dict, ax=None, title: str = "precision-recall"):
 
 
 def plot_confusion(matrix: np.ndarray, names: Sequence[str], ax=None, *, normalize: bool = False,
-                   title: str = "confusion (rows: true)"):
-    """Heat map of :func:`confusion_matrix` with counts written in the cells; ``normalize``
-    divides each row by its total."""
-    import matplotlib.pyplot as plt
+                   title: str = "confusion (rows: true)", background: bool = True):
+    """Heat map of a confusion matrix with the values written in the cells; ``normalize``
+    divides each row by its total.
+
+    Parameters
+    ----------
+    matrix : counts, rows true: ``(K+1, K+1)`` for detection (:func:`confusion_matrix`, the last
+        row and column background), ``(K, K)`` for classification
+        (:func:`~smearlab.metrics.classification.classification_report`'s ``confusion``).
+    names : the ``K`` class names.
+    ax : matplotlib axes to draw on (default: the current axes).
+    normalize : show row fractions instead of counts.
+    title : axes title.
+    background : the matrix has the detection's background row and column.
+    """
     ax = ax or plt.gca()
-    labels = list(names) + ["background"]
+    labels = list(names) + (["background"] if background else [])
     m = np.asarray(matrix, float)
     shown = m / np.maximum(m.sum(1, keepdims=True), 1) if normalize else m
     ax.imshow(shown, cmap="Blues")
@@ -265,16 +389,108 @@ def plot_confusion(matrix: np.ndarray, names: Sequence[str], ax=None, *, normali
     return ax
 
 
-def plot_report_confusion(report: dict, ax=None, *, normalize: bool = True, title: str | None = None):
-    """Confusion matrix of a :func:`classification_report` (sklearn's ConfusionMatrixDisplay); rows true."""
-    import matplotlib.pyplot as plt
-    ax = ax or plt.gca()
-    m = np.asarray(report["confusion"], float)
-    if normalize:
-        m = m / np.maximum(m.sum(1, keepdims=True), 1)
-    disp = ConfusionMatrixDisplay(m, display_labels=report["class_names"])
-    disp.plot(ax=ax, colorbar=False, values_format=".2f" if normalize else "d", xticks_rotation=45)
-    ax.set_title(title or f"macro F1 {report['macro']['f1']:.3f}")
+def plot_adaptation_confusions(results: dict, methods=("source_only", "dann")):
+    """Notebook 07's confusion matrices on the target test split, summed over seeds and row
+    normalised: one row of axes per direction, one column per method.
+
+    Parameters
+    ----------
+    results : ``{direction: ExperimentResult}`` of
+        :func:`smearlab.experiments.domain_adaptation.run_directions`.
+    methods : the methods shown side by side.
+    """
+    fig, axes = plt.subplots(len(results), len(methods), figsize=(5 * len(methods), 4.6 * len(results)),
+                             squeeze=False)
+    for row, (name, res) in zip(axes, results.items()):
+        for ax, m in zip(row, methods):
+            plot_confusion(res.confusion[m]["target"], res.shared_classes, ax, normalize=True, background=False,
+                           title=f"{name} {m}: target macro F1 {res.mean(m):.3f}")
+    fig.tight_layout()
+    return fig
+
+
+def draw_failure_grid(dataset, predictions, indices, class_names: Sequence[str], *, titles=None, iou: float = 0.5):
+    """:func:`draw_failures` of the images ``indices`` of ``dataset`` side by side.
+
+    Parameters
+    ----------
+    dataset : the samples (truth).
+    predictions : one prediction per sample.
+    indices : which images to draw.
+    class_names : class names for the labels.
+    titles : optional text put before each image's title (e.g. the kind of failure it shows).
+    iou : the IoU at which a detection matches a cell.
+    """
+    indices = list(indices)
+    if not indices:
+        return None
+    fig, axes = plt.subplots(1, len(indices), figsize=(4.2 * len(indices), 3.6), squeeze=False)
+    for k, (ax, i) in enumerate(zip(axes[0], indices)):
+        draw_failures(dataset[i], predictions[i], class_names, ax, iou=iou)
+        if titles is not None:
+            ax.set_title(f"{titles[k]}: {ax.get_title()}", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def draw_segmentation_rows(dataset, predictions: dict, class_maps=None, n: int = 3):
+    """One row per test image: the truth, each method's instances, and the U-Net's class map.
+
+    Parameters
+    ----------
+    dataset : samples with instance masks (and ``semantic_names`` for the class map).
+    predictions : ``{method name: one prediction per sample}``.
+    class_maps : the U-Net's ``(H, W)`` class map per sample, or None.
+    n : how many images.
+    """
+    n = min(n, len(dataset))
+    cols = 1 + len(predictions) + (class_maps is not None)
+    fig, axes = plt.subplots(n, cols, figsize=(4 * cols, 3.4 * n), squeeze=False)
+    names = dataset.class_names
+    for row, i in zip(axes, range(n)):
+        draw_sample(dataset[i], names, row[0], title=f"{dataset[i].image_id}: ground truth")
+        for ax, (name, preds) in zip(row[1:], predictions.items()):
+            draw_prediction(dataset[i], preds[i], names, ax, title=name)
+        if class_maps is not None:
+            draw_semantic(dataset[i].image, class_maps[i], dataset.semantic_names, row[-1], title="U-Net class map")
+    fig.tight_layout()
+    return fig
+
+
+def draw_outlines_side_by_side(sample, predictions: dict):
+    """Each method's instance outlines (yellow) against the truth (cyan) on one image.
+
+    Parameters
+    ----------
+    sample : the image and its instance masks.
+    predictions : ``{method name: the method's prediction for this image}``.
+    """
+    fig, axes = plt.subplots(1, len(predictions), figsize=(5.5 * len(predictions), 4.2), squeeze=False)
+    for ax, (title, pred) in zip(axes[0], predictions.items()):
+        ax.imshow(overlay_instances(sample.image, pred, sample))
+        ax.set_title(f"{title} (yellow) vs truth (cyan)", fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def plot_cam_tuning(table: Sequence[dict], ax=None):
+    """Mean training cell Dice against the relative threshold, one line per layer set (the
+    tuning table of :func:`smearlab.explain.cam.tune_cam_masks`).
+
+    Parameters
+    ----------
+    table : rows with ``layers``, ``rel_threshold`` and ``cell_dice``.
+    ax : matplotlib axes to draw on (default: a new figure's).
+    """
+    ax = ax or plt.subplots(figsize=(7, 3.6))[1]
+    for layers in dict.fromkeys(tuple(r["layers"]) for r in table):
+        rows = [r for r in table if tuple(r["layers"]) == layers]
+        ax.plot([r["rel_threshold"] for r in rows], [r["cell_dice"] for r in rows], marker="o",
+                label=" + ".join(n.split(".")[-1] for n in layers))
+    ax.set_xlabel("relative threshold")
+    ax.set_ylabel("train cell Dice")
+    ax.legend(fontsize=7)
     return ax
 
 
@@ -285,6 +501,19 @@ def overlay_instances(image: np.ndarray, prediction: dict | None = None, truth=N
     ``truth`` is an ``(N, H, W)`` mask stack or a Sample (its masks). Outlines are the inner
     boundaries of each instance (``skimage.segmentation.find_boundaries``), so touching
     instances stay distinguishable. A grey image is drawn in grey.
+
+    Parameters
+    ----------
+    image : ``(H, W, 3)`` or ``(H, W)`` image (uint8, or other dtypes stretched to 0..255).
+    prediction : optional prediction dict with ``masks`` of the image's size.
+    truth : optional ground-truth masks or Sample (see above).
+    colour : RGB colour of the predicted outlines.
+    truth_colour : RGB colour of the ground-truth outlines.
+
+    Returns
+    -------
+    np.ndarray
+        ``(H, W, 3)`` uint8 copy of the image.
     """
     img = as_image_array(image, "overlay_instances")
     if img.ndim == 2:
@@ -308,7 +537,19 @@ def overlay_instances(image: np.ndarray, prediction: dict | None = None, truth=N
 
 def overlay_heatmap(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> np.ndarray:
     """``image`` (uint8 RGB) blended with ``cam`` as a jet heat map (pytorch-grad-cam's
-    ``show_cam_on_image``); the map is scaled to [0, 1] by its maximum first."""
+    ``show_cam_on_image``); the map is scaled to [0, 1] by its maximum first.
+
+    Parameters
+    ----------
+    image : ``(H, W, 3)`` uint8 RGB image.
+    cam : ``(H, W)`` map of the same size.
+    alpha : weight of the heat map (the image gets ``1 - alpha``).
+
+    Returns
+    -------
+    np.ndarray
+        ``(H, W, 3)`` uint8 RGB.
+    """
     img = np.asarray(image)
     c = np.asarray(cam, np.float32)
     if c.shape != img.shape[:2]:
@@ -339,6 +580,7 @@ def plot_cam_examples(images, result: CamMasks, truth=None, *, classical=None, i
     classical : masks of another method on the same images (optional).
     indices : which images (default the first ``n``).
     class_names : names of ``result.targets`` for the titles.
+    n : number of images when ``indices`` is None.
     axes : ``(rows, len(layers) + 3)`` axes (default: a new pyplot figure).
 
     Returns
@@ -350,7 +592,6 @@ def plot_cam_examples(images, result: CamMasks, truth=None, *, classical=None, i
     layers = list(result.per_layer)
     cols = len(layers) + 3
     if axes is None:
-        import matplotlib.pyplot as plt
         _, axes = plt.subplots(len(idx), cols, figsize=(2.1 * cols, 2.2 * len(idx)), squeeze=False)
     axes = np.asarray(axes).reshape(len(idx), cols)
     truth = list(truth) if truth is not None else None
@@ -380,11 +621,22 @@ def plot_cam_examples(images, result: CamMasks, truth=None, *, classical=None, i
 
 
 def plot_detector_cam(image, result: DetectorCam, class_names=None, axes=None):
-    """The image with the explained box, and the summed detector CAM over it (two panels)."""
+    """The image with the explained box, and the summed detector CAM over it (two panels).
+
+    Parameters
+    ----------
+    image : the image (array or Sample) the CAM was computed on.
+    result : :class:`DetectorCam` from :func:`~smearlab.explain.cam.detector_cam`.
+    class_names : names of the detector's classes for the title (None: the label index).
+    axes : two matplotlib axes (default: a new pyplot figure).
+
+    Returns
+    -------
+    matplotlib Figure
+    """
     from matplotlib.patches import Rectangle
     img = np.asarray(getattr(image, "image", image))
     if axes is None:
-        import matplotlib.pyplot as plt
         _, axes = plt.subplots(1, 2, figsize=(10, 4))
     name = class_names[result.label] if class_names is not None else str(result.label)
     x0, y0, x1, y1 = result.box
@@ -419,6 +671,7 @@ def plot_embedding(Y, labels=None, domains=None, *, class_names: Sequence[str] |
     by : panels to draw, any of ``"class"``, ``"domain"``.
     axes : matplotlib axes to draw on, one per panel (default: a new pyplot figure).
     title : prefix of the panel titles.
+    point_size : marker size (matplotlib ``s``).
 
     Returns
     -------
@@ -435,7 +688,6 @@ def plot_embedding(Y, labels=None, domains=None, *, class_names: Sequence[str] |
         if colour[b] is None:
             raise ValueError(f"colouring by {b} needs {'labels' if b == 'class' else 'domains'}")
     if axes is None:
-        import matplotlib.pyplot as plt
         _, axes = plt.subplots(1, len(by), figsize=(5.2 * len(by), 4.4), squeeze=False)
         axes = axes[0]
     axes = list(np.atleast_1d(axes))
@@ -463,8 +715,16 @@ def plot_embeddings(maps: dict, labels, domains, *, class_names: Sequence[str] |
 
     ``separability`` (from :func:`separability_table`) adds the domain scores to the titles.
     Returns the matplotlib Figure.
+
+    Parameters
+    ----------
+    maps : ``{embedding name: (N, 2) map}``, one row each.
+    labels : ``(N,)`` class of each point (ints into ``class_names``, or names).
+    domains : ``(N,)`` domain of each point.
+    class_names : names of integer ``labels``.
+    separability : ``{embedding name: {"linear_domain_accuracy", "silhouette", ...}}`` (optional).
+    point_size : marker size (matplotlib ``s``).
     """
-    import matplotlib.pyplot as plt
     if not maps:
         raise ValueError("maps is empty")
     fig, axes = plt.subplots(len(maps), 2, figsize=(10.4, 4.3 * len(maps)), squeeze=False)

@@ -30,6 +30,11 @@ class DatasetBrowser:
 
     ``DatasetBrowser(ds).widget`` is the widget to display; ``.slider`` and ``.toggles`` can be
     set from code as well as by hand, and ``.drawn`` holds how many boxes the last redraw drew.
+
+    Parameters
+    ----------
+    dataset : the SmearDataset to browse.
+    figsize : size of the figure in inches.
     """
 
     def __init__(self, dataset: SmearDataset, figsize=(7, 5)):
@@ -68,7 +73,13 @@ class DatasetBrowser:
 
 
 def dataset_browser(dataset: SmearDataset, **kw) -> DatasetBrowser:
-    """A :class:`DatasetBrowser` for ``dataset``; display it as the cell's last expression."""
+    """A :class:`DatasetBrowser` for ``dataset``; display it as the cell's last expression.
+
+    Parameters
+    ----------
+    dataset : the SmearDataset to browse.
+    **kw : further :class:`DatasetBrowser` options (``figsize``).
+    """
     return DatasetBrowser(dataset, **kw)
 
 
@@ -81,6 +92,7 @@ class PreprocessExplorer:
     methods : ``{name: f(image, strength) -> image}``; see
         :func:`smearlab.preprocess.explorer_methods`.
     strength : (min, max, step, default) of the strength slider.
+    figsize : size of the before/after figure in inches.
     """
 
     def __init__(self, images, methods, strength=(0.0, 2.0, 0.05, 1.0), figsize=(10, 4.2)):
@@ -131,11 +143,13 @@ class TSNEExplorer:
     embeddings : ``{name: (N, D) features}`` (e.g. ``{"pixels (PCA)": ..., "CNN": ...}``) or one array.
     labels, domains : ``(N,)`` class and domain of each point.
     class_names : names of integer ``labels``.
-    perplexity : initial value; ``perplexity_range`` is (min, max, step) of the slider (the
-        maximum is capped below the number of points).
+    perplexity : initial value of the perplexity slider.
+    perplexity_range : (min, max, step) of the slider (the maximum is capped below the number
+        of points).
     seed : t-SNE random state.
     maps : ``{name: (N, 2) map}`` already computed at ``perplexity`` with ``seed`` (put in the
         cache, so the first view costs nothing).
+    figsize : size of the figure in inches.
 
     ``.perplexity``, ``.colour_by`` and ``.embedding`` can be set from code as well as by hand;
     ``.Y`` holds the map drawn last and ``.computed`` how many maps were computed.
@@ -169,7 +183,13 @@ class TSNEExplorer:
         self.redraw()
 
     def map(self, name: str, perplexity: int):
-        """The cached t-SNE map of embedding ``name`` at ``perplexity``."""
+        """The cached t-SNE map of embedding ``name`` at ``perplexity``.
+
+        Parameters
+        ----------
+        name : a key of the embeddings.
+        perplexity : t-SNE perplexity (an integer).
+        """
         key = (name, int(perplexity))
         if key not in self._cache:
             self._cache[key] = tsne(self.embeddings[name], perplexity=int(perplexity), seed=self.seed)
@@ -309,6 +329,8 @@ class ThresholdTuner:
     images_for_overlay : dataset indices the image slider walks through (default: all).
     initial : a :class:`Thresholds` to start from (default: every class 0.5, NMS 0.5).
     figsize : size of the overlay figure.
+    max_dets : most boxes kept per image (highest scores), None for no cap; stored in
+        :meth:`thresholds`.
 
     Attributes
     ----------

@@ -28,14 +28,24 @@ ROBOFLOW_COCO = "_annotations.coco.json"
 
 
 def module(fmt: str):
-    """The module implementing format ``fmt``."""
+    """The module implementing format ``fmt``.
+
+    Parameters
+    ----------
+    fmt : one of :data:`FORMATS`; another name is a ``ValueError``.
+    """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; known formats: {', '.join(FORMATS)}")
     return importlib.import_module(f"{__name__}.{fmt}")
 
 
 def json_kind(path: Path) -> str | None:
-    """Which JSON schema a file holds: 'coco', 'bbbc041', 'iml' or None."""
+    """Which JSON schema a file holds: 'coco', 'bbbc041', 'iml' or None.
+
+    Parameters
+    ----------
+    path : the JSON file (only its first 4096 bytes are read; an unreadable file is None).
+    """
     try:
         with open(path, "rb") as f:
             head = f.read(4096).decode("utf-8", "replace")
@@ -58,6 +68,10 @@ def detect_format(path: str | Path) -> str:
     holds a dataset (a cloned repository, say), that dataset's format is returned and the
     sub-folder is logged; :func:`find_dataset` returns the sub-folder too.
 
+    Parameters
+    ----------
+    path : a dataset file (JSON, XML, YAML, DICOM) or folder.
+
     Raises
     ------
     DataError
@@ -71,6 +85,10 @@ def find_dataset(path: str | Path) -> tuple[Path, str]:
     """The dataset at ``path`` and its format: ``path`` itself, else its one sub-folder with one.
 
     The sub-folders are looked at only when nothing is detected at the top level.
+
+    Parameters
+    ----------
+    path : a dataset file or folder.
 
     Returns
     -------
@@ -158,7 +176,12 @@ def _detect_here(p: Path) -> str:
 
 def coco_files(folder: Path) -> list[Path]:
     """The COCO JSON files of a folder: ``*.json``, ``annotations/*.json`` and the Roboflow
-    export's ``<split>/_annotations.coco.json``."""
+    export's ``<split>/_annotations.coco.json``.
+
+    Parameters
+    ----------
+    folder : the folder to look in.
+    """
     candidates = [f for d in (folder, folder / "annotations") if d.is_dir()
                   for f in sorted(d.iterdir()) if f.suffix.lower() == ".json"]
     candidates += sorted(d / ROBOFLOW_COCO for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
@@ -167,7 +190,12 @@ def coco_files(folder: Path) -> list[Path]:
 
 def coco_splits(folder: Path) -> list[str]:
     """The split names of a folder of COCO files: a file's name without ``.json`` and an
-    ``instances_`` prefix, or the folder name of a Roboflow ``_annotations.coco.json``."""
+    ``instances_`` prefix, or the folder name of a Roboflow ``_annotations.coco.json``.
+
+    Parameters
+    ----------
+    folder : the folder of COCO files (see :func:`coco_files`).
+    """
     return sorted({f.parent.name if f.name == ROBOFLOW_COCO else f.stem.removeprefix("instances_")
                    for f in coco_files(folder)})
 
@@ -298,7 +326,19 @@ def _empty_note(path: Path, fmt: str, ds) -> str:
 
 
 def save(dataset, path: str | Path, format: str) -> Path:
-    """Write ``dataset`` to ``path`` in ``format`` (one of :data:`WRITABLE`)."""
+    """Write ``dataset`` to ``path`` in ``format`` (one of :data:`WRITABLE`).
+
+    Parameters
+    ----------
+    dataset : the SmearDataset to write.
+    path : where to write: the dataset folder (VOC, YOLO) or the JSON file (COCO).
+    format : ``"voc"``, ``"coco"`` or ``"yolo"``.
+
+    Returns
+    -------
+    Path
+        what the format's ``save`` returns: the folder, or the COCO JSON file.
+    """
     if format not in WRITABLE:
         raise ValueError(f"cannot write format {format!r}; writable formats: {', '.join(WRITABLE)}")
     return module(format).save(dataset, path)

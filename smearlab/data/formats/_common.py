@@ -72,7 +72,12 @@ class Root:
         return os.path.join(self._folders[folder], name)
 
     def problem(self, path: str | Path) -> str | None:
-        """Why ``path`` may not be read (it resolves outside the root), or None."""
+        """Why ``path`` may not be read (it resolves outside the root), or None.
+
+        Parameters
+        ----------
+        path : the file a loader is about to read.
+        """
         if self.allow:
             return None
         try:
@@ -84,7 +89,14 @@ class Root:
         return f"resolves to {real}, outside the dataset root {self._real} (refused; {OUTSIDE_ROOT_HINT})"
 
     def inside(self, path: str | Path, skipped: SkipLog | None = None, record: str | None = None) -> bool:
-        """Whether ``path`` may be read; when not, count a skip in ``skipped`` (if given)."""
+        """Whether ``path`` may be read; when not, count a skip in ``skipped`` (if given).
+
+        Parameters
+        ----------
+        path : the file a loader is about to read.
+        skipped : optional :class:`~smearlab.data.sample.SkipLog` that counts a refusal.
+        record : the record naming the file, for the skip (e.g. ``"entry 3"``).
+        """
         problem = self.problem(path)
         if problem is not None and skipped is not None:
             skipped.add(path, problem, record)
@@ -92,7 +104,12 @@ class Root:
 
     def check(self, path: str | Path) -> Path:
         """``path`` itself, or :class:`DataError` when it resolves outside the root (side files
-        such as a class list, which cannot be skipped)."""
+        such as a class list, which cannot be skipped).
+
+        Parameters
+        ----------
+        path : the side file to read.
+        """
         problem = self.problem(path)
         if problem is not None:
             raise DataError(path, problem)
@@ -109,6 +126,15 @@ def image_geometry(image: Path, declared: tuple[int, int] | None, skipped: SkipL
     BBBC041 ``shape``) it must match: a declared size that matches only the stored pixels
     (an annotation tool that ignored the EXIF tag) selects ``orientation="stored"`` and is
     counted in ``fixed``; a size that matches neither is a skip naming both sizes.
+
+    Parameters
+    ----------
+    image : the image file.
+    declared : ``(height, width)`` the annotation file gives, or None.
+    skipped : :class:`~smearlab.data.sample.SkipLog` counting unreadable images and size mismatches.
+    fixed : :class:`~smearlab.data.sample.SkipLog` counting images read as stored.
+    source : the annotation file, named in the messages.
+    record : the image's record in ``source`` (e.g. ``"entry 3"``), for the report.
     """
     try:
         info = image_info(image)
@@ -161,12 +187,26 @@ class BoxCollector:
         self._pending: list[tuple] = []
 
     def skip(self, path, reason: str, record: str | None = None) -> None:
-        """Count a refused record (raise under ``strict``)."""
+        """Count a refused record (raise under ``strict``).
+
+        Parameters
+        ----------
+        path : the file the record comes from.
+        reason : why it was refused.
+        record : optional name of the record within the file.
+        """
         self.skipped.add(path, reason, record)
 
     def known(self, name: str, path, record: str) -> str | None:
         """The class name objects of file class ``name`` are kept as (``name`` itself, or the
-        class of ``class_names`` it maps to), or None after counting an unknown-class skip."""
+        class of ``class_names`` it maps to), or None after counting an unknown-class skip.
+
+        Parameters
+        ----------
+        name : the class name written in the file.
+        path : the annotation file, for the skip.
+        record : the object's record, for the skip.
+        """
         if self.class_names is None:
             self._seen.add(name)
             return name
@@ -181,7 +221,15 @@ class BoxCollector:
     def geometry(self, image: Path | None, declared: tuple[int, int] | None, source,
                  record: str | None = None) -> tuple[tuple[int, int] | None, str] | None:
         """The size and orientation ``image`` is read in (see :func:`image_geometry`), the
-        declared size when the file is not there to read, or None after a skip."""
+        declared size when the file is not there to read, or None after a skip.
+
+        Parameters
+        ----------
+        image : the image file, or None.
+        declared : ``(height, width)`` the annotation file gives, or None.
+        source : the annotation file, named in the messages.
+        record : the image's record in ``source``, for the report.
+        """
         if image is None or not image.is_file():
             return declared, "exif"
         return image_geometry(image, declared, self.skipped, self.fixed, source, record)
@@ -222,7 +270,14 @@ class BoxCollector:
         self._pending.append((image_id, image_path, boxes, names, size, meta, orientation))
 
     def dataset(self, name: str, root, fmt: str) -> SmearDataset:
-        """The collected images as a :class:`SmearDataset` carrying the skip and repair logs."""
+        """The collected images as a :class:`SmearDataset` carrying the skip and repair logs.
+
+        Parameters
+        ----------
+        name : the dataset's name.
+        root : the folder it was loaded from (``SmearDataset.root``).
+        fmt : the format's name (``SmearDataset.format``).
+        """
         classes = self.class_names if self.class_names is not None else sorted(self._seen)
         index = {n: i for i, n in enumerate(classes)}
         samples = [Sample(image_id=i, path=p, boxes=b, labels=[index[n] for n in names], size=s, meta=m,
@@ -242,6 +297,13 @@ def remap_classes(dataset: SmearDataset, class_names=None, class_map=None) -> Sm
     (:func:`~smearlab.data.classes.match_classes`: the same name, an alias, or ``class_map``);
     objects (or images) of a class with no counterpart are dropped and counted as
     unknown-class skips. With ``class_names=None`` the dataset is returned as it is.
+
+    Parameters
+    ----------
+    dataset : the SmearDataset as loaded, in the classes of its files.
+    class_names : the class list wanted, or None.
+    class_map : ``{name in the files: name in class_names}`` for names no rule matches (needs
+        ``class_names``).
     """
     if class_names is None:
         if class_map:
@@ -288,6 +350,10 @@ def number(value) -> float | None:
 
     An integer too large for a float becomes ``inf`` (so that box checks report it as
     non-finite) rather than raising ``OverflowError``.
+
+    Parameters
+    ----------
+    value : the value read from an annotation file (bools count as missing).
     """
     if isinstance(value, bool) or value is None:
         return None
@@ -301,7 +367,12 @@ def number(value) -> float | None:
 
 def positive_int(value) -> int | None:
     """``value`` (number or numeric string) as a positive int, None when it is not a finite
-    number of at least 1 (sizes such as VOC ``<width>`` or BBBC041 ``shape.r``)."""
+    number of at least 1 (sizes such as VOC ``<width>`` or BBBC041 ``shape.r``).
+
+    Parameters
+    ----------
+    value : the value read from an annotation file.
+    """
     v = number(value)
     if v is None or not math.isfinite(v) or v < 1:
         return None
@@ -313,6 +384,12 @@ def read_json(path: Path, expect: type, *, empty: str = "empty annotation file")
     """The parsed top level of a JSON annotation file, which must be an ``expect`` (list or dict).
 
     ``empty`` is the problem reported for a file holding only white space.
+
+    Parameters
+    ----------
+    path : the JSON file (UTF-8, a byte-order mark allowed).
+    expect : ``list`` or ``dict``, the type the top level must have.
+    empty : the problem reported for a file holding only white space.
 
     Raises
     ------
@@ -341,6 +418,12 @@ def read_json(path: Path, expect: type, *, empty: str = "empty annotation file")
 def find_json(path: Path, kind: str) -> Path:
     """``path`` itself, or the single JSON file of format ``kind`` in the folder ``path``.
 
+    Parameters
+    ----------
+    path : a JSON file, or a folder holding one.
+    kind : the JSON schema wanted (``"coco"``, ``"bbbc041"`` or ``"iml"``, see
+        :func:`~smearlab.data.formats.json_kind`).
+
     Raises
     ------
     DataError
@@ -368,6 +451,13 @@ def resolve_inside(root: Path, name: str, *, leading_slash: bool = True,
     absolute ``name`` (``/etc/passwd``, ``C:\\x``) is outside. ``name`` must have passed
     :func:`path_name_problem`. ``allow_outside_root`` accepts ``..`` and links leading out
     (the loaders' option of the same name; absolute names stay refused).
+
+    Parameters
+    ----------
+    root : the image root folder.
+    name : the path written in the annotation file.
+    leading_slash : a leading ``/`` (or backslash) means ``root``.
+    allow_outside_root : accept targets outside ``root``.
     """
     if leading_slash:
         name = name.lstrip("/\\")
@@ -383,7 +473,12 @@ def resolve_inside(root: Path, name: str, *, leading_slash: bool = True,
 
 def is_absolute_name(name: str) -> bool:
     """Whether a path written in an annotation file is absolute, in POSIX or Windows form
-    (``/x``, ``\\x``, ``C:\\x``, ``C:x``, ``\\\\server\\share``)."""
+    (``/x``, ``\\x``, ``C:\\x``, ``C:x``, ``\\\\server\\share``).
+
+    Parameters
+    ----------
+    name : the path written in the annotation file.
+    """
     return PurePosixPath(name).is_absolute() or name.startswith("\\") \
         or bool(PureWindowsPath(name).drive)
 
@@ -393,6 +488,10 @@ def path_name_problem(name) -> str | None:
 
     Refused: non-strings, empty names, NUL bytes and characters the file system encoding
     cannot represent (lone surrogates from ``\\udXXX`` JSON escapes).
+
+    Parameters
+    ----------
+    name : the value written in the annotation file.
     """
     if not isinstance(name, str) or not name.strip():
         return "missing or empty"
@@ -406,7 +505,13 @@ def path_name_problem(name) -> str | None:
 
 
 def dig(obj, *keys):
-    """``obj[k0][k1]...`` through nested dicts, or None when a level is missing or not a dict."""
+    """``obj[k0][k1]...`` through nested dicts, or None when a level is missing or not a dict.
+
+    Parameters
+    ----------
+    obj : the parsed JSON value.
+    *keys : the keys, outermost first.
+    """
     for k in keys:
         if not isinstance(obj, dict) or k not in obj:
             return None
@@ -423,6 +528,17 @@ def entry_image(col: BoxCollector, json_path: Path, root: Path, name, field: str
     ``leading_slash``: then a leading ``/`` means ``root``, see :func:`resolve_inside`) or
     leads outside ``root`` through ``..`` or a link (refused). Whether the file exists is
     left to the caller.
+
+    Parameters
+    ----------
+    col : the :class:`BoxCollector` that counts the skips.
+    json_path : the annotation file, named in the skips.
+    root : the folder image names are relative to.
+    name : the image name written in the entry.
+    field : the entry's field holding it, named in the messages (e.g. ``"image.pathname"``).
+    rec : the entry's record (e.g. ``"entry 3"``).
+    leading_slash : a leading ``/`` means ``root`` (see :func:`resolve_inside`).
+    allow_outside_root : accept ``..`` and links leading out of ``root``.
     """
     problem = path_name_problem(name)
     if problem == "missing or empty":
@@ -446,6 +562,14 @@ def entry_objects(col: BoxCollector, json_path: Path, entry, rec: str, parse: Ca
 
     ``parse(col, json_path, obj, record)`` returns ``(xyxy, class_name, record)`` or None after
     counting a skip; objects are named ``"<rec> object M"`` (0-based).
+
+    Parameters
+    ----------
+    col : the :class:`BoxCollector` that counts the skips.
+    json_path : the annotation file, named in the skips.
+    entry : one entry of the list-of-images schema (a dict with ``objects``).
+    rec : the entry's record (e.g. ``"entry 3"``).
+    parse : the format's object parser (see above).
     """
     objects = dig(entry, "objects")
     if not isinstance(objects, list):
@@ -457,7 +581,14 @@ def entry_objects(col: BoxCollector, json_path: Path, entry, rec: str, parse: Ca
 
 # -- masks ----------------------------------------------------------------------------------------
 def check_mask_size(path: Path, mask: np.ndarray, hw: tuple[int, int]) -> None:
-    """Raise :class:`DataError` naming ``path`` when ``mask`` is not of the image size ``hw``."""
+    """Raise :class:`DataError` naming ``path`` when ``mask`` is not of the image size ``hw``.
+
+    Parameters
+    ----------
+    path : the mask file.
+    mask : the mask as read, ``(H, W)``.
+    hw : ``(height, width)`` of the image.
+    """
     if mask.shape != hw:
         raise DataError(path, f"mask size {mask.shape[1]}x{mask.shape[0]} differs from the image size "
                               f"{hw[1]}x{hw[0]}")
@@ -471,6 +602,14 @@ def save_samples(dataset: SmearDataset, image_dir: Path, annotation_dir: Path, s
     Files are named by :func:`file_stems` (checked for clashes before anything is written); the
     annotation of a sample is ``annotation(sample, image_file)`` written as ``<stem><suffix>``.
     Every file is written atomically, the image first.
+
+    Parameters
+    ----------
+    dataset : the SmearDataset to write.
+    image_dir : folder of the image files.
+    annotation_dir : folder of the annotation files.
+    suffix : suffix of the annotation files (e.g. ``".xml"``).
+    annotation : ``f(sample, image_file) -> text`` of one annotation file.
     """
     for sample, stem in zip(dataset, file_stems(dataset)):
         image = save_image_file(sample, image_dir, stem)
@@ -478,7 +617,12 @@ def save_samples(dataset: SmearDataset, image_dir: Path, annotation_dir: Path, s
 
 
 def file_stems(dataset: SmearDataset) -> list[str]:
-    """One file name stem per sample (its id, path separators replaced), refusing duplicates."""
+    """One file name stem per sample (its id, path separators replaced), refusing duplicates.
+
+    Parameters
+    ----------
+    dataset : the SmearDataset to write.
+    """
     stems = [s.image_id.replace("/", "_").replace("\\", "_") for s in dataset]
     if len(set(stems)) != len(stems):
         dup = next(s for s in stems if stems.count(s) > 1)
@@ -487,7 +631,19 @@ def file_stems(dataset: SmearDataset) -> list[str]:
 
 
 def save_image_file(sample: Sample, folder: Path, stem: str) -> Path:
-    """Write the image of ``sample`` as ``folder/stem.*``: a copy of its file, else a PNG."""
+    """Write the image of ``sample`` as ``folder/stem.*``: a copy of its file, else a PNG.
+
+    Parameters
+    ----------
+    sample : the Sample whose image is written.
+    folder : the image folder.
+    stem : the file name without suffix (see :func:`file_stems`).
+
+    Returns
+    -------
+    Path
+        the file written.
+    """
     if sample.path is not None and sample.path.is_file():
         dest = folder / f"{stem}{sample.path.suffix}"
         with atomic_path(dest) as tmp:

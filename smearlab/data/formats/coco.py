@@ -296,6 +296,12 @@ def save(dataset: SmearDataset, path: str | Path, *, masks: str = "rle") -> Path
     :func:`skimage.measure.find_contours` (``masks="polygon"``, approximate; holes are lost).
     Images are written first and the JSON last, each atomically.
 
+    Parameters
+    ----------
+    dataset : the SmearDataset to write.
+    path : the JSON file; the images go into ``images/`` in its folder.
+    masks : ``"rle"`` or ``"polygon"``, the segmentation form of instance masks.
+
     Returns
     -------
     Path
@@ -356,7 +362,17 @@ def _annotations(sample: Sample, image_id: int, first_id: int, mode: str) -> lis
 
 
 def encode_rle(mask: np.ndarray) -> dict:
-    """Compressed RLE with ``counts`` as a str (JSON-safe)."""
+    """Compressed RLE with ``counts`` as a str (JSON-safe).
+
+    Parameters
+    ----------
+    mask : ``(H, W)`` bool (or 0/1) mask.
+
+    Returns
+    -------
+    dict
+        ``{"size": [H, W], "counts": str}``.
+    """
     rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
     return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 

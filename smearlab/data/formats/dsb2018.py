@@ -93,7 +93,12 @@ def load(path: str | Path, *, strict: bool = False, name: str | None = None,
 
 
 def is_sample_folder(path: Path) -> bool:
-    """Whether ``path`` is one image folder: ``images/`` and ``masks/``, or ``images/<name>.png``."""
+    """Whether ``path`` is one image folder: ``images/`` and ``masks/``, or ``images/<name>.png``.
+
+    Parameters
+    ----------
+    path : the folder.
+    """
     return (path / "images").is_dir() and ((path / "masks").is_dir()
                                            or (path / "images" / f"{path.name}.png").is_file())
 

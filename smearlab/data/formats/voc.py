@@ -192,6 +192,11 @@ def save(dataset: SmearDataset, root: str | Path) -> Path:
     An image is copied when the sample has a file, else written as PNG. Every file is written
     atomically. ``Sample.meta["difficult"]`` is written as the ``difficult`` flag when present.
 
+    Parameters
+    ----------
+    dataset : the SmearDataset to write.
+    root : the output folder (created if needed).
+
     Returns
     -------
     Path

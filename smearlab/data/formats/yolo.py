@@ -218,6 +218,11 @@ def save(dataset: SmearDataset, root: str | Path) -> Path:
     1000 px). An image is copied when the sample has a file, else written as PNG. Every file
     is written atomically.
 
+    Parameters
+    ----------
+    dataset : the SmearDataset to write.
+    root : the output folder (created if needed).
+
     Returns
     -------
     Path

@@ -177,6 +177,10 @@ def read_semantic(path: Path) -> np.ndarray:
 
     Each grey value goes to the nearest of 0, 128, 255 (resampled masks hold values between).
 
+    Parameters
+    ----------
+    path : the mask file (8-bit grey).
+
     Raises
     ------
     DataError

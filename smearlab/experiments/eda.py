@@ -1,0 +1,21 @@
+"""What notebook 01 runs: what is in a dataset (classes, objects per image, box sizes, colour)."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..data.sample import SmearDataset
+from ..data.stats import colour_distance
+
+
+def domain_colour_gap(colours: dict) -> tuple[list[str], float]:
+    """The domains of :func:`smearlab.data.stats.colour_stats` and the mean-colour distance
+    between the first and the last (0 with a single domain)."""
+    domains = sorted(colours)
+    return domains, colour_distance(colours[domains[0]], colours[domains[-1]]) if len(domains) > 1 else 0.0
+
+
+def eda_record(ds: SmearDataset, summary: dict, colour_gap: float) -> dict[str, Any]:
+    """The headline numbers notebook 01 records."""
+    return {"dataset": ds.name, "images": len(ds), "objects": ds.num_objects, "per_class": ds.class_counts(),
+            "objects_per_image_mean": summary["objects_per_image_mean"], "skipped": len(ds.skipped),
+            "fixed": len(ds.fixed), "domain_colour_distance": colour_gap}

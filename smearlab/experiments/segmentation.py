@@ -1,0 +1,137 @@
+"""What notebook 04 runs: Mask R-CNN, a U-Net class map and the two-stage segmenter (boxes, then a
+crop U-Net) on the same splits, scored by the same evaluators, and their noise robustness."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..data.sample import SmearDataset
+from ..detection.models import DetectorConfig
+from ..detection.predict import predict
+from ..detection.train import TrainConfig
+from ..metrics.instances import segmentation_metrics
+from ..metrics.robustness import compare_with_noise
+from ..metrics.semantic import semantic_metrics
+from ..segmentation.predict import predict_semantic, two_stage_segment
+from ..segmentation.train import train_crop_unet, train_unet
+from ..segmentation.unet import UNet
+from .detection import DetectionRun, fit_and_evaluate
+from .profiles import dataset_label
+
+#: The instance figures a comparison row shows and records.
+ROW_KEYS = ("dsb_metric", "mask_mAP50", "mask_mAP", "count_error", "seconds_per_image")
+
+
+@dataclass
+class SegmentationComparison:
+    """Notebook 04's models and their results on the test split."""
+
+    maskrcnn: DetectionRun
+    maskrcnn_final: list
+    unet: UNet
+    unet_pred: list
+    crop_unet: UNet
+    two_stage: list
+    metrics: dict[str, dict]
+    unet_metrics: dict[str, dict]
+
+    def table(self) -> str:
+        """The instance segmenters and the U-Net class map as Markdown tables."""
+        lines = ["| method | DSB | mask AP50 | mask AP | count error |", "|---|---|---|---|---|"]
+        for name, m in self.metrics.items():
+            lines.append(f"| {name} | {m['dsb_metric']:.3f} | {m['mask_mAP50']:.3f} | {m['mask_mAP']:.3f} | "
+                         f"{m['count_error']:.3f} |")
+        lines += ["", "| U-Net class | Dice | IoU |", "|---|---|---|"]
+        for name, m in self.unet_metrics.items():
+            lines.append(f"| {name} | {_num(m['dice'])} | {_num(m['iou'])} |")
+        return "\n".join(lines)
+
+
+def compare_segmenters(splits: dict[str, SmearDataset], s, *, seed: int = 0, device="auto",
+                       out=None) -> SegmentationComparison:
+    """Train Mask R-CNN, a U-Net and a crop U-Net on ``splits["train"]``; score them on the test split.
+
+    Parameters
+    ----------
+    splits : ``{"train", "val", "test"}`` with instance masks and class maps
+        (:func:`smearlab.data.splits.segmentation_splits`).
+    s : settings (:func:`smearlab.experiments.profiles.settings` for ``"04_segmentation"``):
+        Mask R-CNN ``arch``, ``epochs``, ``input_size``, ``recipe``; U-Net ``unet_epochs``,
+        ``unet_base``, ``unet_size``; crop U-Net ``crop_images`` (None: every training image),
+        ``crop_size``, ``crop_base``.
+    seed, device : training seed and device.
+    out : folder for the Mask R-CNN run (``<out>/maskrcnn``).
+
+    Returns
+    -------
+    SegmentationComparison
+    """
+    train, val, test = splits["train"], splits["val"], splits["test"]
+    cfg = DetectorConfig(arch=s.arch, class_names=train.class_names, min_size=s.input_size,
+                         max_size=int(s.input_size * 4 / 3) + 1)
+    tcfg = TrainConfig(epochs=s.epochs, **s.recipe, seed=seed, device=device,
+                       out_dir=None if out is None else Path(out) / "maskrcnn")
+    mrcnn = fit_and_evaluate("Mask R-CNN", cfg, tcfg, train, test, val, progress=False)
+    final = mrcnn.thresholds.apply(mrcnn.raw_test)
+    metrics = {"Mask R-CNN": {**segmentation_metrics(test, final, score_threshold=0.0),
+                              "seconds_per_image": 1.0 / mrcnn.metrics["infer_images_per_s"]}}
+
+    unet = UNet(3, len(train.semantic_names), base=s.unet_base)
+    train_unet(unet, train, val, epochs=s.unet_epochs, batch_size=4, size=s.unet_size or s.input_size,
+               device=device, seed=seed, progress=False)
+    unet_pred = predict_semantic(unet, test, device=device)
+
+    crop_train = train if s.crop_images is None else train.subset(range(min(len(train), s.crop_images)))
+    crop_unet, _ = train_crop_unet(crop_train, crop_size=s.crop_size, base=s.crop_base, epochs=s.unet_epochs,
+                                   batch_size=32, device=device, seed=seed, progress=False)
+    two_stage = two_stage_segment(final, crop_unet, test, device=device)
+    metrics["detector + crop U-Net"] = segmentation_metrics(test, two_stage, score_threshold=0.0)
+    return SegmentationComparison(mrcnn, final, unet, unet_pred, crop_unet, two_stage, metrics,
+                                  semantic_metrics(test, unet_pred))
+
+
+def noise_check(comparison: SegmentationComparison, test: SmearDataset, *, seed: int = 0,
+                device="auto") -> dict[str, dict]:
+    """Mask R-CNN's instance figures and the U-Net's Dice on ``test`` clean and with noise
+    (:func:`smearlab.metrics.robustness.compare_with_noise`: mean 5 % of the maximum, variance
+    10 % of the power)."""
+    run = comparison.maskrcnn
+
+    def maskrcnn_eval(ds):
+        raw = predict(run.model, ds, device=device)
+        return segmentation_metrics(ds, run.thresholds.apply(raw), score_threshold=0.0)
+
+    def unet_eval(ds):
+        return {name: m["dice"] for name, m in
+                semantic_metrics(ds, predict_semantic(comparison.unet, ds, device=device)).items()}
+
+    return {"Mask R-CNN": compare_with_noise(maskrcnn_eval, test, seed=seed),
+            "U-Net Dice": compare_with_noise(unet_eval, test, seed=seed)}
+
+
+def noise_table(robust: dict[str, dict], metrics=("dsb_metric", "mask_mAP50", "mask_mAP", "count_error")) -> str:
+    """The noise check as a Markdown table: clean, noisy and the change, per model and metric."""
+    lines = ["| model | metric | clean | noisy | change |", "|---|---|---|---|---|"]
+    for model, table in robust.items():
+        for metric, v in table.items():
+            if (metric in metrics or (model.startswith("U-Net") and metric != "background")) and v["delta"] is not None:
+                lines.append(f"| {model} | {metric} | {v['clean']:.3f} | {v['noisy']:.3f} | {v['delta']:+.3f} |")
+    return "\n".join(lines)
+
+
+def segmentation_record(dataset, splits: dict[str, SmearDataset], comparison: SegmentationComparison,
+                        robust: dict[str, dict]) -> dict[str, Any]:
+    """The headline numbers notebook 04 records."""
+    short = {name: {k: m[k] for k in ROW_KEYS if k in m} for name, m in comparison.metrics.items()}
+    return {"dataset": dataset_label(dataset), "images": {k: len(splits[k]) for k in ("train", "val", "test")},
+            "maskrcnn": short["Mask R-CNN"], "two_stage": short["detector + crop U-Net"],
+            "unet_dice": {name: m["dice"] for name, m in comparison.unet_metrics.items()},
+            "robustness": {name: {k: v for k, v in table.items() if v["delta"] is not None}
+                           for name, table in robust.items()}}
+
+
+def _num(v) -> str:
+    return "n/a" if v is None or (isinstance(v, float) and np.isnan(v)) else f"{v:.3f}"

@@ -1,0 +1,112 @@
+"""What notebook 08 runs: embeddings of the held-out crops of two domains (raw pixels, a
+source-only classifier, a DANN classifier), their domain separability and t-SNE maps. The crops
+are notebook 07's (:func:`~smearlab.experiments.domain_adaptation.domain_pair`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..classification.crops import CropDataset, shared_classes
+from ..classification.embed import cnn_embedding, pixel_embedding, separability_table, tsne
+from ..classification.model import DANN, build_classifier
+from ..classification.predict import predict_classes
+from ..classification.train import train_classifier, train_dann
+from ..metrics.classification import classification_report
+from .domain_adaptation import domain_pair
+from .profiles import dataset_label
+
+SOURCE_ONLY, ADAPTED, PIXELS = "CNN source only", "CNN DANN", "pixels (PCA)"
+
+
+@dataclass
+class EmbeddingComparison:
+    """Held-out crops of both domains, the two classifiers' F1 and the embeddings of all three."""
+
+    source: str
+    target: str
+    classes: list[str]
+    source_test: CropDataset
+    target_test: CropDataset
+    held_out: CropDataset
+    f1: dict[str, dict[str, float]]
+    features: dict[str, np.ndarray]
+    separability: dict[str, dict[str, Any]]
+    maps: dict[str, np.ndarray]
+    perplexity: float
+
+    def table(self) -> str:
+        """Separability of each embedding as a Markdown table."""
+        return "| embedding | linear domain accuracy | domain silhouette |\n|---|---|---|\n" + "\n".join(
+            f"| {k} | {v['linear_domain_accuracy']:.3f} (chance {v['chance']:.2f}) | {v['silhouette']:.3f} |"
+            for k, v in self.separability.items())
+
+    def drops(self) -> tuple[float, float]:
+        """How much DANN lowered the linear domain accuracy and the domain silhouette."""
+        a, b = self.separability[SOURCE_ONLY], self.separability[ADAPTED]
+        return a["linear_domain_accuracy"] - b["linear_domain_accuracy"], a["silhouette"] - b["silhouette"]
+
+    def describe(self) -> str:
+        """One sentence: whether the domains became harder to tell apart after DANN."""
+        drop, _ = self.drops()
+        a, b = self.separability[SOURCE_ONLY], self.separability[ADAPTED]
+        return (f"Linear domain accuracy {'dropped' if drop > 0 else 'did NOT drop'} after DANN: "
+                f"{a['linear_domain_accuracy']:.3f} -> {b['linear_domain_accuracy']:.3f} (drop {drop:.3f}); "
+                f"silhouette {a['silhouette']:.3f} -> {b['silhouette']:.3f}.")
+
+
+def compare_embeddings(dataset, s, *, source: str | None = None, target: str | None = None, perplexity: float = 30,
+                       seed: int = 0, device="auto") -> EmbeddingComparison:
+    """Train a source-only classifier and a DANN (same initial weights) on half of each domain's
+    crops, and embed the other half of both domains three ways.
+
+    Parameters
+    ----------
+    dataset : ``"synthetic"`` (stains A and B) or a dataset with two domains (the Zheng archive).
+    s : settings (:func:`smearlab.experiments.profiles.settings` for ``"08_tsne"``): ``steps``
+        (batches of 32 per model), ``input_size`` (crop side), ``width``, ``n_synthetic``.
+    source, target : the two domains (None: the first two, sorted).
+    perplexity : t-SNE perplexity (capped at a third of the points).
+    seed, device : seed and device.
+
+    Returns
+    -------
+    EmbeddingComparison
+    """
+    domains = None if source is None or target is None else (source, target)
+    a, b = domain_pair(dataset, s.input_size, n=s.n_synthetic, seed=seed, domains=domains)
+    classes, _ = shared_classes(a, b)
+    src_train, src_test = a.restrict(classes).split(0.5, seed)
+    tgt_train, tgt_test = b.restrict(classes).split(0.5, seed)
+    held_out = CropDataset.concat([src_test, tgt_test], name="held-out")
+    torch.manual_seed(seed)  # same initial weights for both models
+    source_only = build_classifier(classes, width=s.width, norm="group", input_size=s.input_size)
+    train_classifier(source_only, src_train, steps=s.steps, batch_size=32, device=device, seed=seed)
+    torch.manual_seed(seed)
+    dann = DANN(build_classifier(classes, width=s.width, norm="group", input_size=s.input_size))
+    train_dann(dann, src_train, tgt_train, steps=s.steps, batch_size=32, device=device, seed=seed)
+    f1 = {name: {split: classification_report(d.labels, predict_classes(m, d, device=device)[0], classes)["macro"]["f1"]
+                 for split, d in (("source", src_test), ("target", tgt_test))}
+          for name, m in (("source only", source_only), ("DANN", dann.classifier))}
+    features = {PIXELS: pixel_embedding(held_out, 50, seed=seed),
+                SOURCE_ONLY: cnn_embedding(source_only, held_out, device=device),
+                ADAPTED: cnn_embedding(dann.classifier, held_out, device=device)}
+    sep = separability_table(features, held_out.domains, seed=seed)
+    p = min(perplexity, (len(held_out) - 1) // 3)
+    maps = {name: tsne(x, perplexity=p, seed=seed) for name, x in features.items()}
+    return EmbeddingComparison(a.name, b.name, list(classes), src_test, tgt_test, held_out, f1, features, sep, maps, p)
+
+
+def tsne_record(dataset, result: EmbeddingComparison) -> dict[str, Any]:
+    """The headline numbers notebook 08 records."""
+    drop, silhouette_drop = result.drops()
+    domains = f"{result.source}->{result.target}"
+    return {"dataset": f"{dataset_label(dataset)}:{domains}", "classes": result.classes,
+            "points": {"source": len(result.source_test), "target": len(result.target_test)},
+            "separability": {k: {"linear_domain_accuracy": v["linear_domain_accuracy"], "silhouette": v["silhouette"]}
+                             for k, v in result.separability.items()},
+            "separability_drop": drop, "silhouette_drop": silhouette_drop,
+            "source_only_target_f1": result.f1["source only"]["target"], "dann_target_f1": result.f1["DANN"]["target"],
+            "perplexity": result.perplexity}
