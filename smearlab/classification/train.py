@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 
 from ..augment import augment_crop_batch, default_crop_augment
 from ..core.device import resolve_device
+from ..core.training import History
 from ..metrics.classification import classification_report
 from .crops import CropDataset
 from .model import DANN, CellClassifier, grad_reverse
@@ -75,7 +76,7 @@ def fit(model: CellClassifier, train: CropDataset, *, steps: int, batch_size: in
         weight_decay: float = 5e-4, balanced: bool = True, augment=True, device="auto", seed: int = 0,
         target: CropDataset | None = None, domain_head: nn.Module | None = None, domain_weight: float = 1.0,
         gamma: float = 10.0, alpha: float = 10.0, beta: float = 0.75, val: CropDataset | None = None,
-        eval_every: int | None = None, progress: bool = False) -> list[dict[str, Any]]:
+        eval_every: int | None = None, progress: bool = False) -> History:
     """The training loop shared by :func:`train_classifier` and :func:`smearlab.domain.train_dann`.
 
     SGD (momentum 0.9, Nesterov) with the annealed learning rate ``lr / (1 + alpha p) ** beta``
@@ -120,7 +121,7 @@ def fit(model: CellClassifier, train: CropDataset, *, steps: int, batch_size: in
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     per_epoch = max(1, math.ceil(len(train) / batch_size))
     every = int(eval_every or per_epoch)
-    history: list[dict[str, Any]] = []
+    history = History()
     fresh = {"loss": 0.0, "dloss": 0.0, "dacc": 0.0, "correct": 0, "n": 0, "steps": 0}
     acc = dict(fresh)
     t0 = time.perf_counter()
@@ -187,7 +188,7 @@ def fit(model: CellClassifier, train: CropDataset, *, steps: int, batch_size: in
 def train_classifier(model: CellClassifier, train: CropDataset, val: CropDataset | None = None, *,
                      epochs: int = 30, steps: int | None = None, batch_size: int = 64, lr: float = 0.05,
                      weight_decay: float = 5e-4, balanced: bool = True, augment=True, device="auto",
-                     seed: int = 0, progress: bool = False) -> list[dict[str, Any]]:
+                     seed: int = 0, progress: bool = False) -> History:
     """Train ``model`` in place on labelled crops.
 
     Parameters
@@ -210,7 +211,7 @@ def train_classifier(model: CellClassifier, train: CropDataset, val: CropDataset
 
     Returns
     -------
-    list of dict
+    History
         one record per epoch (see :func:`fit`).
     """
     per_epoch = max(1, math.ceil(len(_check_crops(train, "train")) / batch_size))

@@ -47,7 +47,7 @@ import random
 import sys
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -62,6 +62,7 @@ from tqdm.auto import tqdm
 from ..core.device import resolve_device
 from ..core.errors import DataError
 from ..core.files import atomic_path, write_text
+from ..core.training import History
 from ..data import open_dataset
 from ..data.classes import match_classes
 from ..data.sample import SmearDataset
@@ -164,46 +165,6 @@ class TrainConfig:
             d[f.name] = v
         d["base_lr"] = self.base_lr
         return d
-
-
-@dataclass
-class History:
-    """What a run did: one record per epoch, every step's loss, the best epoch."""
-
-    records: list[dict[str, Any]] = field(default_factory=list)
-    step_losses: list[float] = field(default_factory=list)
-    best_epoch: int | None = None
-    best_value: float | None = None
-    best_metric: str = "mAP"
-    out_dir: Path | None = None
-
-    def __len__(self) -> int:
-        return len(self.records)
-
-    def column(self, key: str) -> list:
-        """One metric over the epochs (None where missing)."""
-        return [r.get(key) for r in self.records]
-
-    @property
-    def last(self) -> dict[str, Any] | None:
-        return self.records[-1] if self.records else None
-
-    def to_dataframe(self):
-        import pandas as pd
-        return pd.DataFrame(self.records)
-
-    def to_state(self) -> dict[str, Any]:
-        return {"records": self.records, "step_losses": list(self.step_losses), "best_epoch": self.best_epoch,
-                "best_value": self.best_value, "best_metric": self.best_metric}
-
-    @classmethod
-    def load(cls, out_dir) -> "History":
-        """The history of a run folder, from its ``metrics.jsonl``."""
-        p = Path(out_dir) / "metrics.jsonl"
-        if not p.is_file():
-            raise DataError(p, "no metrics.jsonl in this run folder")
-        recs = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return cls(records=recs, out_dir=Path(out_dir))
 
 
 def default_evaluate(dataset, predictions) -> dict[str, float]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -14,6 +14,7 @@ from ..core.device import resolve_device
 from ..core.errors import DataError
 from ..core.files import write_json
 from ..core.geometry import check_pad, crop_window
+from ..core.training import History
 from ..data.sample import Sample, SmearDataset
 from ..metrics.semantic import IGNORE, semantic_metrics
 from .predict import predict_semantic
@@ -62,7 +63,7 @@ def _loss(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch
 
 def train_unet(model: UNet, train_ds, val_ds=None, *, epochs: int = 20, batch_size: int = 8,
                lr: float = 3e-3, size: int | None = None, device="auto", seed: int = 0, augment=None,
-               progress: bool = True, out_dir=None) -> list[dict[str, Any]]:
+               progress: bool = True, out_dir=None) -> History:
     """Train ``model`` in place with cross-entropy + soft Dice, AdamW and a cosine schedule.
 
     Parameters
@@ -81,9 +82,9 @@ def train_unet(model: UNet, train_ds, val_ds=None, *, epochs: int = 20, batch_si
 
     Returns
     -------
-    list of dict
-        one per epoch: ``epoch``, ``loss`` (mean train loss), ``seconds`` and, with ``val_ds``,
-        ``val_dice`` ``{class name: dice}``.
+    History
+        one record per epoch: ``epoch``, ``loss`` (mean train loss), ``seconds`` and, with
+        ``val_ds``, ``val_dice`` ``{class name: dice}``.
     """
     dev = resolve_device(device)
     names = train_ds.semantic_names or [str(i) for i in range(model.config["num_classes"])]
@@ -104,7 +105,7 @@ def train_unet(model: UNet, train_ds, val_ds=None, *, epochs: int = 20, batch_si
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _step: 1.0)
     amp = dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    history = []
+    history = History(out_dir=None if out_dir is None else Path(out_dir))
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
         model.train()
@@ -139,7 +140,7 @@ def train_unet(model: UNet, train_ds, val_ds=None, *, epochs: int = 20, batch_si
             print(f"epoch {epoch}/{epochs}  loss {rec['loss']:.4f}{extra}  ({rec['seconds']:.1f} s)")
         if out_dir is not None:
             save_unet(model, Path(out_dir) / "unet", class_names=list(names), epoch=epoch)
-            write_json(Path(out_dir) / "history.json", history)
+            write_json(Path(out_dir) / "history.json", history.records)
     model.eval()
     return history
 
@@ -218,7 +219,7 @@ def crop_dataset(dataset, pad: float = 0.2, *, classes: Sequence[int] | None = N
 
 def train_crop_unet(dataset, *, pad: float = 0.2, crop_size: int = 64, classes: Sequence[int] | None = None,
                     model: UNet | None = None, base: int = 16, depth: int = 4, norm: str = "batch",
-                    val_ds=None, **train_kw) -> tuple[UNet, list[dict]]:
+                    val_ds=None, **train_kw) -> tuple[UNet, History]:
     """Train a U-Net on crops around the ground-truth boxes (the second stage of :func:`two_stage_segment`).
 
     Parameters
