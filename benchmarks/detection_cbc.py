@@ -5,7 +5,7 @@ Usage::
     python benchmarks/detection_cbc.py --preset gpu      # the H100 recipe (AMP, data on GPU)
     python benchmarks/detection_cbc.py --preset cpu      # quick CPU figures when no GPU is lent
 
-Both rows come from :func:`smearlab.detection.experiment.fit_and_evaluate` in one run. The
+Both rows come from :func:`smearlab.experiments.detection.fit_and_evaluate` in one run. The
 baseline follows torchvision's reference defaults (fp32, 800 px, batch 4, SGD lr 0.005, 10
 epochs); the CPU preset shrinks both rows to a tiny model and 4 epochs so the figures finish on
 2 cores in about half an hour.

@@ -6,12 +6,12 @@ Usage::
     python benchmarks/gradcam_masks.py --preset gpu      # larger input and model, longer training
     python benchmarks/gradcam_masks.py --preset quick    # smoke run (a minute or two)
 
-One run of :func:`smearlab.cam.run_cam_experiment`: a fixed stratified split of Dataset 1 by cell
+One run of :func:`smearlab.experiments.gradcam_masks.run_cam_experiment`: a fixed stratified split of Dataset 1 by cell
 type (70 % train, 30 % test, ``--seed``), a small ResNet trained from scratch on the train crops,
 Grad-CAM (predicted class) of several layers summed, thresholded relative to the maximum and
 dilated with a 5x5 box. The layer set and the relative threshold are tuned on the *train* images
 (separately for the whole cell and for the nucleus), and so are the parameters of the classical
-extractor (:func:`smearlab.classical.extract_cell`); the test images are used once, for the
+extractor (:func:`smearlab.segmentation.classical.extract_cell`); the test images are used once, for the
 figures. Dice and IoU are means over test images against the ground-truth whole cell (mask > 0)
 and nucleus. Writes ``benchmarks/results/gradcam_masks.json``.
 """

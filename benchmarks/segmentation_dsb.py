@@ -18,15 +18,15 @@ training and 10 test images, stratified by the three looks of ``SUBSET_IMAGES.ts
   threshold of its final masks (DSB metric, counts) is picked on the training images; mask AP
   uses every detection.
 * Two-stage: the Mask R-CNN's boxes, each crop segmented by a small U-Net trained on crops
-  around the training nuclei (:func:`smearlab.segmentation.two_stage_segment`); scored with the
+  around the training nuclei (:func:`smearlab.segmentation.predict.two_stage_segment`); scored with the
   Mask R-CNN's score threshold, its time per image is the detector's plus the crop U-Net's.
 * Classical: Otsu / Li / adaptive threshold + connected components and the distance-transform
-  watershed at a few ``min_distance`` values (:mod:`smearlab.classical`); the best by mean DSB
+  watershed at a few ``min_distance`` values (:mod:`smearlab.segmentation.classical`); the best by mean DSB
   metric on the *training* images is reported on the test images.
 
-Both are scored on the test images with :func:`smearlab.evaluate.segmentation_metrics`: the DSB
+Both are scored on the test images with :func:`smearlab.metrics.instances.segmentation_metrics`: the DSB
 metric (mean over images), mask AP50 and mAP (pycocotools segm), object count error; plus the
-time per image (CPU; GPU too when the run is on one). With ``smearlab.robustness`` present
+time per image (CPU; GPU too when the run is on one). With ``smearlab.metrics.robustness`` present
 (unless ``--no-noise``) every metric is also reported on the test images with the noise of
 issue #5 (mean 5 % of the image maximum, variance 10 % of its power), keys ending ``_noisy``.
 Writes ``benchmarks/results/segmentation_dsb.json``.
@@ -287,7 +287,7 @@ def run(preset: str = "cpu", data: str | Path = DEFAULT_DATA, device: str = "aut
               "seed": seed, "device": str(dev), "cpu_threads": torch.get_num_threads(),
               "cpu_count": os.cpu_count()}
 
-    if noise and importlib.util.find_spec("smearlab.robustness") is not None:
+    if noise and importlib.util.find_spec("smearlab.metrics.robustness") is not None:
         from smearlab.metrics.robustness import noisy_dataset
         noisy = noisy_dataset(test, seed=seed)
         n_preds = predict(model, noisy, batch_size=1, device=dev, score_floor=0.05, progress=False)
@@ -298,7 +298,7 @@ def run(preset: str = "cpu", data: str | Path = DEFAULT_DATA, device: str = "aut
         result.update(_headline("_classical", segmentation_metrics(noisy, n_cl, score_threshold=0.0), "_noisy"))
         result["noise"] = {"mean_frac": 0.05, "var_frac": 0.10, "seed": seed}
     elif noise:
-        result["noise"] = "smearlab.robustness not available: no noisy figures"
+        result["noise"] = "smearlab.metrics.robustness not available: no noisy figures"
     return result
 
 

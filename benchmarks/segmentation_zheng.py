@@ -15,8 +15,8 @@ test images), and on the test images:
   background). The headline figures are the **mean over test images** of the per-image Dice,
   as the WBC segmentation papers report them; the pooled (set-level) figures are recorded too;
 * the best classical method (chosen on the *train* images among Otsu thresholds of several
-  channels and :func:`smearlab.classical.extract_cell`), scored the same way;
-* both again under the noise of :mod:`smearlab.robustness` (mean 5 % of the image maximum,
+  channels and :func:`smearlab.segmentation.classical.extract_cell`), scored the same way;
+* both again under the noise of :mod:`smearlab.metrics.robustness` (mean 5 % of the image maximum,
   variance 10 % of its power): keys ending in ``_noisy``;
 * seconds per test image (batched prediction on the device used; classical on the CPU).
 
@@ -160,7 +160,7 @@ def run_one(ds, recipe: dict, *, seed: int, device, limit: int | None = None, pr
             save_to=None) -> dict:
     """Split one Zheng dataset, train and evaluate the U-Net and the classical baseline.
 
-    ``save_to``: a path for the trained U-Net (:func:`smearlab.segmentation.save_unet`), or None.
+    ``save_to``: a path for the trained U-Net (:func:`smearlab.segmentation.unet.save_unet`), or None.
     """
     split = train_val_test_split(ds, val=0.0, test=0.2, seed=seed)
     train, test = split["train"], split["test"]

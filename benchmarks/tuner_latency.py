@@ -5,11 +5,11 @@ Usage: ``python benchmarks/tuner_latency.py [--changes 50] [--spurious 150] [--s
 
 On CBC Testing (60 images) with simulated raw predictions (~200 boxes per image at a 0.01
 score floor, seeded; no trained model needed), ``ms_per_change`` is the median time of the
-:class:`~smearlab.detection.widgets.ThresholdTuner` re-filter (per-class thresholds + NMS) and
+:class:`~smearlab.viz.widgets.ThresholdTuner` re-filter (per-class thresholds + NMS) and
 re-evaluation (FastEvaluator) over random slider changes, drawing excluded. ``pycocotools_ms``
 is the median time of pycocotools on the same filtered predictions: ``loadRes``, then COCOeval
 ``evaluate`` + ``accumulate`` + ``summarize`` with ``maxDets`` (1, 100, 1000) and the standard
-four area ranges. ``coco_eval_ms`` is :func:`smearlab.evaluate.coco_eval` (area "all" only).
+four area ranges. ``coco_eval_ms`` is :func:`smearlab.metrics.detection.coco_eval` (area "all" only).
 Writes ``benchmarks/results/tuner_latency.json``.
 """
 from __future__ import annotations
@@ -116,7 +116,7 @@ def main(argv=None) -> dict:
     print(f"re-filter + re-evaluate per slider change: {result['ms_per_change']} ms median "
           f"(p90 {result['ms_per_change_p90']} ms; goal <= 30 ms)")
     print(f"pycocotools loadRes+evaluate+accumulate+summarize: {result['pycocotools_ms']} ms; "
-          f"smearlab.evaluate.coco_eval: {result['coco_eval_ms']} ms")
+          f"smearlab.metrics.detection.coco_eval: {result['coco_eval_ms']} ms")
     print("wrote", save_result("tuner_latency", result, argv))
     return result
 

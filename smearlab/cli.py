@@ -134,6 +134,8 @@ def _param(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``smearlab`` argument parser: the ``report`` and ``data`` sub-commands, each with its
+    handler as ``func`` (``args.func(args)`` runs it and returns the exit code)."""
     p = argparse.ArgumentParser(prog="smearlab", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -177,6 +179,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    """The ``smearlab`` command line.
+
+    Parameters
+    ----------
+    argv : the arguments after ``smearlab`` (None: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        the exit code: 0 success, 1 a notebook or sweep point failed, 2 a user error (bad
+        arguments make argparse exit with 2 instead).
+    """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
     return args.func(args)

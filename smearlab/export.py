@@ -1,7 +1,7 @@
 """Exports of instance predictions: label PNGs, COCO JSON (CVAT-importable), one JSON per image.
 
 Every export takes a dataset (for file names, image sizes and class names) and predictions in
-the prediction form (:mod:`smearlab.evaluate`): per image ``{"boxes", "scores", "labels"}`` and,
+the prediction form (:mod:`smearlab.metrics.detection`): per image ``{"boxes", "scores", "labels"}`` and,
 for masks, ``"masks"`` ``(N, H, W)`` bool. Instances are written in *score order*: the
 highest-scoring instance of an image is instance 1, and the label PNG, the per-image JSON and
 the COCO annotations of an image share that order. Filter the raw predictions first

@@ -655,7 +655,7 @@ def compare_pipelines(images_a, images_b, pipelines: dict | None = None, seed: i
 
 
 def explorer_methods(reference_images) -> dict:
-    """``{name: f(image, strength)}`` for :class:`smearlab.widgets.PreprocessExplorer`.
+    """``{name: f(image, strength)}`` for :class:`smearlab.viz.widgets.PreprocessExplorer`.
 
     The strength (0..2) scales each method's main parameter; normalisers blend the original and
     the normalised image (strength 1 = fully normalised).

@@ -23,10 +23,10 @@ def crop_tensor(data, size: int | None = None) -> torch.Tensor:
 
     Parameters
     ----------
-    data : a :class:`smearlab.classify.CropDataset`, an ``(N, 3, S, S)`` tensor, an
+    data : a :class:`smearlab.classification.crops.CropDataset`, an ``(N, 3, S, S)`` tensor, an
         ``(N, S, S, 3)`` uint8 array, or a sequence of ``(H, W, 3)`` uint8 images / Samples
         (a SmearDataset of cell images).
-    size : letterbox every image to ``size`` (:func:`smearlab.classify.letterbox`); None keeps
+    size : letterbox every image to ``size`` (:func:`smearlab.core.geometry.letterbox`); None keeps
         the given size (images of different sizes then need ``size``).
     """
     if hasattr(data, "images") and isinstance(getattr(data, "images"), torch.Tensor):  # CropDataset
@@ -109,7 +109,7 @@ def cnn_embedding(model, data, *, device="auto", batch_size: int = 256) -> np.nd
 
     Parameters
     ----------
-    model : a :class:`smearlab.classify.CellClassifier` (anything with ``embed`` taking
+    model : a :class:`smearlab.classification.model.CellClassifier` (anything with ``embed`` taking
         ``(B, 3, S, S)`` float in [0, 1]); crops not of ``model.input_size`` are letterboxed.
     data : crops in any form :func:`crop_tensor` accepts.
     device : "auto" (CUDA when present), "cpu", "cuda"; mixed precision on CUDA.

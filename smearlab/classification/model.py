@@ -268,12 +268,12 @@ class DomainHead(nn.Module):
 
 
 class DANN(nn.Module):
-    """A :class:`~smearlab.classify.CellClassifier` with a domain classifier behind a gradient reversal.
+    """A :class:`~smearlab.classification.model.CellClassifier` with a domain classifier behind a gradient reversal.
 
     ``features -> pool`` feed both the label ``head`` and, through :class:`GradientReversal`,
     the :class:`DomainHead`. ``forward`` returns ``(class_logits, domain_logits)``; after training
     ``model.classifier`` is an ordinary classifier (save it with
-    :func:`~smearlab.classify.save_classifier`).
+    :func:`~smearlab.classification.model.save_classifier`).
 
     Parameters
     ----------

@@ -4,7 +4,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +20,7 @@ from .model import DANN, CellClassifier, grad_reverse
 from .predict import predict_classes
 
 
-log = logging.getLogger("smearlab.classify")
+log = logging.getLogger(__name__)
 
 
 def _resolve_augment(augment, seed: int):
@@ -77,11 +76,11 @@ def fit(model: CellClassifier, train: CropDataset, *, steps: int, batch_size: in
         target: CropDataset | None = None, domain_head: nn.Module | None = None, domain_weight: float = 1.0,
         gamma: float = 10.0, alpha: float = 10.0, beta: float = 0.75, val: CropDataset | None = None,
         eval_every: int | None = None, progress: bool = False) -> History:
-    """The training loop shared by :func:`train_classifier` and :func:`smearlab.domain.train_dann`.
+    """The training loop shared by :func:`train_classifier` and :func:`smearlab.classification.train.train_dann`.
 
     SGD (momentum 0.9, Nesterov) with the annealed learning rate ``lr / (1 + alpha p) ** beta``
     of Ganin et al. (``p`` = training progress from 0 to 1), cross-entropy on class-balanced batches
-    of ``train``. With ``target`` and ``domain_head`` (a :class:`smearlab.domain.DomainHead`) each
+    of ``train``. With ``target`` and ``domain_head`` (a :class:`smearlab.classification.model.DomainHead`) each
     step also draws a batch of ``target`` (labels unused), and adds ``domain_weight`` times the
     domain cross-entropy of both batches, the features passing a gradient reversal layer of weight
     ``dann_lambda(p, gamma)``.
@@ -89,6 +88,29 @@ def fit(model: CellClassifier, train: CropDataset, *, steps: int, batch_size: in
     Returns one record per ``eval_every`` steps (default: every epoch of ``train``) and at the end:
     ``step``, ``epoch`` (fraction of passes over ``train``), ``loss`` (class), ``domain_loss``,
     ``domain_acc``, ``lambda``, ``lr``, ``train_acc``, ``seconds``, and ``val_macro_f1`` with ``val``.
+
+    Parameters
+    ----------
+    model : the :class:`~smearlab.classification.model.CellClassifier` to train in place; its
+        ``class_names`` must equal ``train.class_names`` (left in eval mode).
+    train : labelled crops (every crop needs a label).
+    steps : number of optimisation steps (>= 1).
+    batch_size : crops per batch (and per target batch with domain adaptation).
+    lr, weight_decay : SGD's initial learning rate (annealed by :func:`dann_lr`) and weight decay.
+    balanced : draw each class equally often; otherwise plain shuffling.
+    augment : True for :func:`~smearlab.augment.default_crop_augment`, False / None for none, or an
+        augmenter with a ``batch`` method.
+    device : ``"auto"``, ``"cpu"``, ``"cuda"``; mixed precision on CUDA.
+    seed : seeds the sampling, the augmentation and dropout.
+    target : unlabelled crops of the target domain (same crop size), with ``domain_head``.
+    domain_head : the domain classifier (:class:`~smearlab.classification.model.DomainHead`); give it
+        with ``target`` or leave both None.
+    domain_weight : weight of the domain cross-entropy in the loss.
+    gamma : the reversal weight's schedule (:func:`dann_lambda`).
+    alpha, beta : the learning-rate annealing (:func:`dann_lr`).
+    val : labelled crops scored (macro F1) at each record.
+    eval_every : steps between records (None: one epoch of ``train``).
+    progress : tqdm progress bar over steps.
     """
     _check_crops(train, "train")
     labelled = train.labels >= 0
@@ -228,12 +250,26 @@ def _progress(p: float) -> float:
 
 
 def dann_lambda(p: float, gamma: float = 10.0) -> float:
-    """Reversal weight ``2 / (1 + exp(-gamma p)) - 1``: 0 at the start, ~1 at the end (Ganin & Lempitsky 2015)."""
+    """Reversal weight ``2 / (1 + exp(-gamma p)) - 1``: 0 at the start, ~1 at the end
+    (Ganin & Lempitsky 2015).
+
+    Parameters
+    ----------
+    p : training progress in [0, 1].
+    gamma : how fast the weight rises.
+    """
     return 2.0 / (1.0 + math.exp(-float(gamma) * _progress(p))) - 1.0
 
 
 def dann_lr(p: float, lr0: float, alpha: float = 10.0, beta: float = 0.75) -> float:
-    """Annealed learning rate ``lr0 / (1 + alpha p) ** beta`` (Ganin et al. 2016)."""
+    """Annealed learning rate ``lr0 / (1 + alpha p) ** beta`` (Ganin et al. 2016).
+
+    Parameters
+    ----------
+    p : training progress in [0, 1].
+    lr0 : the initial learning rate.
+    alpha, beta : the annealing's scale and exponent.
+    """
     return float(lr0) / (1.0 + float(alpha) * _progress(p)) ** float(beta)
 
 
@@ -241,7 +277,7 @@ def train_dann(model: DANN, source: CropDataset, target_unlabelled: CropDataset,
                steps: int | None = None, batch_size: int = 64, lr: float = 0.05, weight_decay: float = 5e-4,
                domain_weight: float = 1.0, gamma: float = 10.0, alpha: float = 10.0, beta: float = 0.75,
                balanced: bool = True, augment=True, device="auto", seed: int = 0, val: CropDataset | None = None,
-               progress: bool = False) -> list[dict[str, Any]]:
+               progress: bool = False) -> History:
     """Train a :class:`DANN` in place: labelled ``source`` crops, unlabelled ``target`` crops.
 
     Each step takes a class-balanced source batch and a random target batch of ``batch_size``;
@@ -253,17 +289,22 @@ def train_dann(model: DANN, source: CropDataset, target_unlabelled: CropDataset,
     Parameters
     ----------
     model : :class:`DANN`.
-    source, target_unlabelled : :class:`~smearlab.classify.CropDataset` of the same crop size.
+    source, target_unlabelled : :class:`~smearlab.classification.crops.CropDataset` of the same crop size.
     epochs, steps : training length in passes over ``source`` or in steps (as
-        :func:`~smearlab.classify.train_classifier`).
+        :func:`~smearlab.classification.train.train_classifier`).
     val : optional labelled crops scored (macro F1) at each record, e.g. the *source* validation
         split (target labels would not be available in practice).
-    Other parameters : as :func:`~smearlab.classify.train_classifier`.
+    domain_weight : weight of the domain cross-entropy in the loss.
+    gamma : the reversal weight's schedule (:func:`dann_lambda`).
+    alpha, beta : the learning-rate annealing (:func:`dann_lr`).
+    batch_size, lr, weight_decay, balanced, augment, device, seed, progress : as
+        :func:`~smearlab.classification.train.train_classifier`.
 
     Returns
     -------
-    list of dict
-        training records with ``loss``, ``domain_loss``, ``domain_acc``, ``lambda``, ``lr``.
+    History
+        the training records (as :func:`fit`'s) with ``loss``, ``domain_loss``, ``domain_acc``,
+        ``lambda``, ``lr``.
     """
     if not isinstance(model, DANN):
         raise TypeError(f"model must be a DANN (wrap the classifier: DANN(classifier)), got {type(model).__name__}")

@@ -47,7 +47,12 @@ class History:
         return iter(self.records)
 
     def append(self, record: dict[str, Any]) -> None:
-        """Add one record."""
+        """Add one record.
+
+        Parameters
+        ----------
+        record : the record of one epoch or evaluation (``loss``, validation scores ...).
+        """
         self.records.append(record)
 
     def column(self, key: str) -> list:

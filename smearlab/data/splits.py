@@ -306,7 +306,7 @@ def instance_splits(spec="synthetic", *, quick: bool = True, seed: int = 0, val:
     -------
     dict
         ``{"train", "test"}``: SmearDatasets with one class ``"cell"``
-        (:func:`smearlab.classical.as_single_class`), plus ``"name"``.
+        (:func:`smearlab.data.derive.as_single_class`), plus ``"name"``.
     """
     if quick:
         max_train = max_train or (6 if spec == "synthetic" else 24)

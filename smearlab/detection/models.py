@@ -182,7 +182,26 @@ def _jsonable(o):
 # ---------------------------------------------------------------------------------------------
 # building
 # ---------------------------------------------------------------------------------------------
-def _anchor_generator(cfg: DetectorConfig, n_levels: int):
+def n_feature_levels(arch: str) -> int:
+    """How many feature levels (anchor sets) a detector architecture has: 3 for the tiny and
+    MobileNet models, 5 for the ResNet-50 FPN models.
+
+    Parameters
+    ----------
+    arch : one of :data:`ARCHS`.
+    """
+    return 3 if arch in _TINY_ARCHS or arch == "fasterrcnn_mobilenet" else 5
+
+
+def anchor_generator(cfg: DetectorConfig):
+    """torchvision's ``AnchorGenerator`` for ``cfg``: its ``anchor_sizes`` and ``aspect_ratios``,
+    or the arch's defaults (torchvision's 32..512; 16, 32, 64 for the tiny models).
+
+    Parameters
+    ----------
+    cfg : the detector's settings.
+    """
+    n_levels = n_feature_levels(cfg.arch)
 
     arch = cfg.arch
     sizes = cfg.anchor_sizes
@@ -240,7 +259,7 @@ def _base_model(cfg: DetectorConfig) -> nn.Module:
         body = resnet50(weights=None, norm_layer=norm)
         backbone = _resnet_fpn_extractor(body, trainable, returned_layers=[2, 3, 4],
                                          extra_blocks=LastLevelP6P7(256, 256))
-        kw = dict(anchor_generator=_anchor_generator(cfg, 5), score_thresh=cfg.score_floor,
+        kw = dict(anchor_generator=anchor_generator(cfg), score_thresh=cfg.score_floor,
                   detections_per_img=cfg.detections_per_img)
         return RetinaNet(backbone, cfg.num_classes, **{**common, **kw, **extra})
 
@@ -248,11 +267,11 @@ def _base_model(cfg: DetectorConfig) -> nn.Module:
     if cfg.arch == "fasterrcnn":
         body = resnet50(weights=None, norm_layer=norm)
         backbone = _resnet_fpn_extractor(body, trainable)
-        kw["rpn_anchor_generator"] = _anchor_generator(cfg, 5)
+        kw["rpn_anchor_generator"] = anchor_generator(cfg)
     elif cfg.arch == "fasterrcnn_v2":
         body = resnet50(weights=None, norm_layer=norm)
         backbone = _resnet_fpn_extractor(body, trainable, norm_layer=nn.BatchNorm2d)
-        anchors = _anchor_generator(cfg, 5)
+        anchors = anchor_generator(cfg)
         kw["rpn_anchor_generator"] = anchors
         kw["rpn_head"] = RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0], conv_depth=2)
         kw["box_head"] = FastRCNNConvFCHead((backbone.out_channels, 7, 7), [256, 256, 256, 256], [1024],
@@ -260,11 +279,11 @@ def _base_model(cfg: DetectorConfig) -> nn.Module:
     elif cfg.arch == "maskrcnn":
         body = resnet50(weights=None, norm_layer=norm)
         backbone = _resnet_fpn_extractor(body, trainable)
-        kw["rpn_anchor_generator"] = _anchor_generator(cfg, 5)
+        kw["rpn_anchor_generator"] = anchor_generator(cfg)
         return MaskRCNN(backbone, cfg.num_classes, **{**common, **kw, **extra})
     elif cfg.arch in _TINY_ARCHS:
         backbone = _tiny_backbone(norm)
-        anchors = _anchor_generator(cfg, 3)
+        anchors = anchor_generator(cfg)
         kw["rpn_anchor_generator"] = anchors
         kw["rpn_head"] = RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0])
         kw["box_head"] = TwoMLPHead(backbone.out_channels * 7 * 7, 128)
@@ -279,7 +298,7 @@ def _base_model(cfg: DetectorConfig) -> nn.Module:
     else:  # fasterrcnn_mobilenet
         body = mobilenet_v3_large(weights=None, norm_layer=norm)
         backbone = _mobilenet_extractor(body, True, trainable)
-        kw["rpn_anchor_generator"] = _anchor_generator(cfg, 3)
+        kw["rpn_anchor_generator"] = anchor_generator(cfg)
         kw["rpn_score_thresh"] = 0.05  # torchvision's default for this model
     return FasterRCNN(backbone, cfg.num_classes, **{**common, **kw, **extra})
 

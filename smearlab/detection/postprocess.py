@@ -10,7 +10,7 @@ Predictions carry the class names their labels index: :func:`~smearlab.detection
 and :func:`postprocess` return a :class:`Predictions` list (a plain list whose
 ``class_names`` attribute is the model's classes), and :class:`RawPredictions` records them
 too. Every metric and export maps those labels onto the dataset's classes by name
-(:func:`smearlab.evaluate.check_predictions`), or refuses when the two lists do not match; a
+(:func:`smearlab.data.predictions.check_predictions`), or refuses when the two lists do not match; a
 plain list without class names is taken to index the dataset's own classes.
 
 *Raw* predictions are cached before any per-class filtering (a low score floor such as

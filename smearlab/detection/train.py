@@ -93,6 +93,9 @@ class TrainConfig:
     warmup_iters : linear warm-up steps (capped at a quarter of all steps).
     lr_schedule : ``"cosine"``, ``"step"`` (x ``lr_gamma`` at ``lr_steps`` epochs; default 2/3
         and 8/9 of the run) or ``"constant"``.
+    lr_steps : the epochs at which the ``"step"`` schedule multiplies the learning rate by
+        ``lr_gamma`` (None: 2/3 and 8/9 of ``epochs``).
+    lr_gamma : the factor of each ``"step"`` decay.
     amp : mixed precision on CUDA (ignored on the CPU).
     seed : seeds python, numpy, torch and the data order.
     num_workers : DataLoader worker processes.
@@ -153,6 +156,9 @@ class TrainConfig:
         return 0.02 * self.batch_size / 16 if self.optimizer == "sgd" else 1e-4
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form: every field (``augment`` and ``preprocess`` as their ``repr``, paths as
+        strings, tuples as lists) plus the effective ``base_lr``.
+        """
         d = {}
         for f in dataclasses.fields(self):
             v = getattr(self, f.name)
@@ -168,10 +174,21 @@ class TrainConfig:
 
 
 def default_evaluate(dataset, predictions) -> dict[str, float]:
-    """COCO-style evaluation by :func:`smearlab.evaluate.coco_eval` (imported when first used).
+    """COCO-style evaluation by :func:`smearlab.metrics.detection.coco_eval` (imported when first used).
 
     When every prediction carries ``masks`` and every sample with objects has instance masks,
     the mask AP is added as ``mask_mAP`` and ``mask_mAP50``.
+
+    Parameters
+    ----------
+    dataset : the ground truth (a SmearDataset).
+    predictions : one prediction dict per sample, aligned with ``dataset``.
+
+    Returns
+    -------
+    dict
+        :func:`~smearlab.metrics.detection.coco_eval`'s box scores (``mAP``, ``mAP50``, ``mAP75``,
+        ``per_class`` ...), with ``mask_mAP`` and ``mask_mAP50`` when masks are scored.
     """
     out = coco_eval(dataset, predictions)
     if predictions and all("masks" in p for p in predictions) and has_instance_masks(dataset):
@@ -494,7 +511,17 @@ def _params_finite(model: nn.Module) -> bool:
 
 
 def param_digest(model: nn.Module) -> str:
-    """SHA-256 of every parameter and buffer (compare weights across processes or runs)."""
+    """SHA-256 of every parameter and buffer (compare weights across processes or runs).
+
+    Parameters
+    ----------
+    model : the model (a DDP wrapper is unwrapped first).
+
+    Returns
+    -------
+    str
+        the hex digest.
+    """
     h = hashlib.sha256()
     for k, v in unwrap(model).state_dict().items():
         h.update(k.encode())
@@ -559,7 +586,7 @@ def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, tr
             from ..metrics.detection import coco_eval  # noqa: F401
             evaluate_fn = default_evaluate
         except ImportError:
-            warnings.warn("smearlab.evaluate.coco_eval is not available: no validation mAP", stacklevel=2)
+            warnings.warn("smearlab.metrics.detection.coco_eval is not available: no validation mAP", stacklevel=2)
             val_smear = None
 
     dctx = _Dist.setup(tcfg.device)
@@ -857,6 +884,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m smearlab.detection.train``: train a detector on a dataset (or synthetic smears)
+    and write the run folder ``--out``; under ``torchrun`` every rank trains (DDP).
+
+    Parameters
+    ----------
+    argv : the command-line arguments (None: ``sys.argv[1:]``); ``--help`` lists them.
+
+    Returns
+    -------
+    int
+        0; rank 0 prints the last epoch's record as JSON.
+    """
 
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

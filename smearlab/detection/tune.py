@@ -1,7 +1,7 @@
 """Per-class score thresholds (and the NMS IoU) tuned on a validation set's raw predictions.
 
 :func:`auto_tune` picks, for each class, the score threshold that maximises F1 at IoU 0.5 or
-the per-image counting accuracy (see :func:`smearlab.evaluate.count_metrics`), and the NMS IoU
+the per-image counting accuracy (see :func:`smearlab.metrics.detection.count_metrics`), and the NMS IoU
 that maximises the mean over classes. The result, a :class:`Thresholds`, is saved as
 ``thresholds.json`` next to a model and applied to raw predictions with
 :meth:`Thresholds.apply`.

@@ -46,7 +46,16 @@ def evaluate_method(dataset, method: str = "threshold", params: dict | None = No
 
 @dataclass
 class ClassicalComparison:
-    """Every classical method and the U-Net + watershed network on the same test images."""
+    """Every classical method and the U-Net + watershed network on the same test images.
+
+    Parameters
+    ----------
+    rows : per method (the classical ones of :data:`~smearlab.segmentation.classical.METHODS`, then
+        :data:`NETWORK`) the figures of :func:`evaluate_method`; the network's row also has
+        ``train_seconds``.
+    predictions : per method, one prediction dict (``boxes``, ``scores``, ``masks``) per test image.
+    best : the classical method with the highest DSB score.
+    """
 
     rows: dict[str, dict]
     predictions: dict[str, list]
@@ -108,7 +117,18 @@ def compare_classical(splits: dict[str, SmearDataset], params: dict, s, *, nativ
 
 def failure_kinds(test: SmearDataset, predictions: list) -> tuple[list[dict], dict[str, int], dict[str, int]]:
     """The failures of ``predictions`` (:func:`~smearlab.metrics.instances.failure_cases`), how many
-    of each kind, and the first image showing each kind."""
+    of each kind, and the first image showing each kind.
+
+    Parameters
+    ----------
+    test : the test split, samples with instance masks.
+    predictions : one prediction dict per image of ``test`` (e.g. ``comparison.predictions[name]``).
+
+    Returns
+    -------
+    (failures, counts, shown)
+        the failure dicts, ``{kind: how many}`` and ``{kind: index of the first image showing it}``.
+    """
     failures = failure_cases(test, predictions)
     shown: dict[str, int] = {}
     for f in failures:
@@ -118,7 +138,16 @@ def failure_kinds(test: SmearDataset, predictions: list) -> tuple[list[dict], di
 
 def classical_record(dataset, splits: dict[str, SmearDataset], comparison: ClassicalComparison, params: dict,
                      kinds: dict[str, int]) -> dict[str, Any]:
-    """The headline numbers notebook 05 records."""
+    """The headline numbers notebook 05 records.
+
+    Parameters
+    ----------
+    dataset : the notebook's ``dataset`` parameter (named as :func:`~.profiles.dataset_label` does).
+    splits : ``{"train", "test"}`` datasets the comparison used.
+    comparison : the result of :func:`compare_classical`.
+    params : the classical settings used (``channel_scores`` is left out of the record).
+    kinds : how many failures of each kind the best classical method made (:func:`failure_kinds`).
+    """
     rows = comparison.rows
     return {"dataset": dataset_label(dataset), "images": {k: len(splits[k]) for k in ("train", "test")},
             "methods": {k: {m: v[m] for m in ROW_KEYS} for k, v in rows.items() if k != NETWORK},

@@ -25,7 +25,19 @@ from .profiles import dataset_label
 
 @dataclass
 class DetectionRun:
-    """What one experiment produced (model, raw predictions, metrics and timings)."""
+    """What one experiment produced (model, raw predictions, metrics and timings).
+
+    Parameters
+    ----------
+    name : the run's name (e.g. ``"tiny, frozen backbone"``).
+    config : the detector's configuration.
+    model : the trained detector (in eval mode, on the training device).
+    history : the training history (one record per epoch).
+    thresholds : the thresholds tuned on the validation split, None when none were tuned.
+    raw_val : the raw predictions on the validation split, None without one.
+    raw_test : the raw predictions on the test split (low score floor).
+    metrics : the scores and timings of :func:`fit_and_evaluate`.
+    """
 
     name: str
     config: DetectorConfig
@@ -53,6 +65,19 @@ def fit_and_evaluate(name: str, cfg: DetectorConfig, tcfg: TrainConfig, train: S
     COCO AP is computed on the raw predictions (low score floor, as COCO expects ranked
     detections); counts use the thresholds tuned on the validation split (objective ``tune``,
     "f1" or "count"), or 0.5 when there is no validation split.
+
+    Parameters
+    ----------
+    name : the run's name (kept in :class:`DetectionRun`).
+    cfg : the detector to build (:func:`~smearlab.detection.models.build_detector`).
+    tcfg : the training settings; with ``tcfg.out_dir`` set, the final model folder is saved to
+        ``<out_dir>/final``.
+    train, test : the training split and the split that is scored.
+    val : the split thresholds are tuned on (and validated on during training); None: no tuning.
+    tune : the tuning objective (``"f1"`` or ``"count"``), None not to tune.
+    tile : tile size for prediction on large fields (None: whole images).
+    batch_size : images per prediction batch.
+    progress : progress bars.
 
     Returns
     -------
@@ -108,6 +133,15 @@ def cross_validate(dataset: SmearDataset, cfg: DetectorConfig, tcfg: TrainConfig
     No thresholds are tuned (COCO AP needs none). Each fold writes under ``tcfg.out_dir/fold<i>``
     when an output folder is set. Returns per-fold rows and the mean and standard deviation of
     mAP50 and mAP.
+
+    Parameters
+    ----------
+    dataset : the images to split into folds (e.g. train + val).
+    cfg : the detector configuration trained on each fold.
+    tcfg : the training settings; fold ``i`` trains with seed ``tcfg.seed + i``.
+    k : the number of folds.
+    seed : the seed of the fold split.
+    progress : progress bars.
     """
 
     rows = []
@@ -161,7 +195,12 @@ def compare_detectors(splits: dict[str, SmearDataset], s, *, seed: int = 0, devi
 
 
 def runs_table(runs: list[DetectionRun]) -> str:
-    """The runs as a Markdown table: mAP50, mAP, counting accuracy and speed."""
+    """The runs as a Markdown table: mAP50, mAP, counting accuracy and speed.
+
+    Parameters
+    ----------
+    runs : the runs (:func:`compare_detectors`), one row each, in order.
+    """
     lines = ["| run | mAP50 | mAP | count accuracy | train s | train img/s | infer img/s |",
              "|---|---|---|---|---|---|---|"]
     for r in (run.row() for run in runs):
@@ -171,13 +210,26 @@ def runs_table(runs: list[DetectionRun]) -> str:
 
 
 def best_run(runs: list[DetectionRun]) -> DetectionRun:
-    """The run with the highest COCO mAP@[.5:.95] on the test split."""
+    """The run with the highest COCO mAP@[.5:.95] on the test split.
+
+    Parameters
+    ----------
+    runs : the runs to choose from (:func:`compare_detectors`).
+    """
     return max(runs, key=lambda run: run.metrics["mAP"])
 
 
 def export_test_results(run: DetectionRun, test: SmearDataset, out) -> list[str]:
     """Write the test split's final detections (COCO results), its ground truth (COCO) and the
-    per-image counts (CSV) into ``out``; the names of what ``out`` holds."""
+    per-image counts (CSV) into ``out``; the names of what ``out`` holds.
+
+    Parameters
+    ----------
+    run : the run whose test predictions are written (thresholded with its tuned thresholds, else
+        at score 0.5 for the counts).
+    test : the test split ``run.raw_test`` was predicted on.
+    out : the folder to write into (created if needed).
+    """
     out = Path(out)
     final = run.thresholds.apply(run.raw_test) if run.thresholds else run.raw_test.predictions
     export_coco_results(test, final, out / "test_detections_coco.json")
@@ -188,7 +240,16 @@ def export_test_results(run: DetectionRun, test: SmearDataset, out) -> list[str]
 
 def detection_record(dataset: str, splits: dict[str, SmearDataset], runs: list[DetectionRun],
                      best: DetectionRun, **extra) -> dict[str, Any]:
-    """The headline numbers notebook 03 records: the runs, the best one's scores and thresholds."""
+    """The headline numbers notebook 03 records: the runs, the best one's scores and thresholds.
+
+    Parameters
+    ----------
+    dataset : the notebook's ``dataset`` parameter (named as :func:`~.profiles.dataset_label` does).
+    splits : ``{"train", "val", "test"}`` datasets the runs used.
+    runs : every run (:func:`compare_detectors`).
+    best : the chosen run (:func:`best_run`).
+    extra : further entries for the record (notebook 03: ``tuner_ms``, ``kfold``).
+    """
     return {"dataset": dataset_label(dataset),
             "images": {k: len(splits[k]) for k in ("train", "val", "test")},
             "runs": [run.row() for run in runs], "best": best.name,

@@ -19,7 +19,7 @@ from ..data.synthetic import make_wbc_crops
 from ..metrics.classification import classification_report
 from .profiles import dataset_label
 
-log = logging.getLogger("smearlab.domain")
+log = logging.getLogger(__name__)
 
 
 METHODS = ("source_only", "dann", "mixed", "oracle")
@@ -46,6 +46,22 @@ class ExperimentResult:
     ``scores[method][split]`` is a list (one per seed) of score dicts (``precision``, ``recall``,
     ``f1`` macro, ``weighted_f1``, ``accuracy``); ``split`` is ``"target"`` or ``"source"``
     (the test splits). ``confusion[method][split]`` is the confusion matrix summed over seeds.
+
+    Parameters
+    ----------
+    source, target : the names of the source and the target domain.
+    shared_classes : the classes trained on and scored (enough crops in both domains).
+    missing_classes : ``{class: {domain name: count}}`` of the classes left out.
+    seeds : the training seeds (one model per seed and method).
+    split_seed : the seed of the train/test split of each domain.
+    test_fraction : the share of each domain's crops held out for testing.
+    sizes : the crop counts ``source_train``, ``source_test``, ``target_train``, ``target_test``
+        (shared classes only).
+    settings : the training settings (``steps``, ``batch_size``, ``lr``, ``width``, ``norm``, ``blocks``,
+        the ``domain_*`` options, ``min_count``, ``crop_size``, ``augment``).
+    scores : ``{method: {split: [score dict per seed]}}``, see above.
+    confusion : ``{method: {split: K x K confusion matrix summed over seeds}}``.
+    history : ``{method: [training history per seed]}``.
     """
 
     source: str
@@ -67,10 +83,23 @@ class ExperimentResult:
                 f"left out: {', '.join(self.missing_classes) or 'none'}; mean ± std over {len(self.seeds)} seeds)")
 
     def mean(self, method: str, split: str = "target", metric: str = "f1") -> float:
-        """Mean over seeds of ``metric`` (macro ``f1`` by default) of ``method`` on ``split``."""
+        """Mean over seeds of ``metric`` (macro ``f1`` by default) of ``method`` on ``split``.
+
+        Parameters
+        ----------
+        method : one of the methods run (a key of ``scores``, see :data:`METHODS`).
+        split : the test split, ``"target"`` or ``"source"``.
+        metric : a key of the score dicts: ``precision``, ``recall``, ``f1``, ``weighted_f1``, ``accuracy``.
+        """
         return float(np.mean([s[metric] for s in self.scores[method][split]]))
 
     def std(self, method: str, split: str = "target", metric: str = "f1") -> float:
+        """Standard deviation over seeds of ``metric`` (macro ``f1`` by default) of ``method`` on ``split``.
+
+        Parameters
+        ----------
+        method, split, metric : as for :meth:`mean`.
+        """
         return float(np.std([s[metric] for s in self.scores[method][split]]))
 
     def summary(self) -> dict[str, float]:
@@ -138,20 +167,22 @@ def run_experiment(source, target, *, methods: Sequence[str] = METHODS, seeds: S
 
     Parameters
     ----------
-    source, target : one domain each: a :class:`~smearlab.classify.CropDataset` (split here,
+    source, target : one domain each: a :class:`~smearlab.classification.crops.CropDataset` (split here,
         stratified, ``test_fraction`` to test, seed ``split_seed``) or a ``(train, test)`` pair.
     methods : any of :data:`METHODS`: ``"source_only"`` (source labels), ``"dann"`` (source labels,
         target images without labels), ``"mixed"`` (both domains labelled), ``"oracle"`` (target labels).
     seeds : one training per seed and method (weights, sampling, augmentation); the split stays fixed.
+    test_fraction, split_seed : the share of each class held out for testing and the seed of that split
+        (used only for a domain given as one CropDataset).
     min_count : a class needs this many crops in *each* domain to be shared (see :func:`shared_classes`).
         Other classes are reported (a warning and ``missing_classes``) and left out of training and
         evaluation in both domains.
     steps, batch_size, lr : the same training length and optimiser for every method (DANN steps see a
         source and a target batch each).
-    width, norm, blocks : the :func:`~smearlab.classify.build_classifier` settings.
+    width, norm, blocks : the :func:`~smearlab.classification.model.build_classifier` settings.
     domain_weight, domain_hidden, domain_layers, domain_dropout : DANN's domain loss weight and its domain
         classifier (:class:`DomainHead`).
-    augment, device, progress : as :func:`~smearlab.classify.train_classifier`.
+    augment, device, progress : as :func:`~smearlab.classification.train.train_classifier`.
     cache : a dict shared between calls to reuse identical trainings, e.g. source only of A -> B is
         the oracle of B -> A and "mixed" is the same model in both directions.
 
@@ -244,7 +275,14 @@ def _trained(method: str, s_tr: CropDataset, t_tr: CropDataset, seed: int, st: d
 def goal_check(result: ExperimentResult, min_gain: float = 0.10, max_source_drop: float = 0.02) -> dict[str, Any]:
     """Did DANN help? ``dann_gain`` (target macro F1, DANN minus source only), ``source_drop`` (source
     macro F1, source only minus DANN) and ``goal_met``: gain >= ``min_gain`` and drop <= ``max_source_drop``
-    (F1 as a fraction: 0.10 is 10 points). Means over seeds."""
+    (F1 as a fraction: 0.10 is 10 points). Means over seeds.
+
+    Parameters
+    ----------
+    result : one direction's result, with ``"source_only"`` and ``"dann"`` runs.
+    min_gain : the least gain in target macro F1 (a fraction).
+    max_source_drop : the most source macro F1 DANN may lose (a fraction).
+    """
     for m in ("source_only", "dann"):
         if m not in result.scores:
             raise KeyError(f"the experiment has no {m!r} runs (methods {list(result.scores)})")
@@ -265,9 +303,12 @@ def domain_pair(spec="synthetic", size: int = 64, *, n: int = 200, seed: int = 0
         96 px, letterboxed to ``size``), domains named "A" and "B". Otherwise a dataset path or archive for
         :func:`~smearlab.data.open_dataset` (e.g. ``wbc_zheng.tar.xz``) whose samples carry a ``domain``.
     size : crop side in pixels.
+    n : synthetic crops per stain (``spec="synthetic"`` only).
+    seed : the seed of the synthetic crops (``spec="synthetic"`` only).
     source : for real data, ``"image"`` (whole image letterboxed), ``"boxes"`` (square window around each
         box, enlarged by ``pad``) or ``"auto"``: boxes when every sample has exactly one box (Zheng: the
         whole-cell box from the mask, so both domains show the cell at the same scale), else image.
+    pad : margin around each box (fraction of its longer side) with ``source="boxes"``.
     domains : the two domain names to use (default: the first two, sorted).
 
     Returns
@@ -301,6 +342,12 @@ def run_directions(a: CropDataset, b: CropDataset, **kw) -> dict[str, Experiment
 
     Keys use short domain names ("dataset1" -> "d1", "A" -> "a"): ``d1_to_d2``, ``d2_to_d1``.
     ``kw`` goes to :func:`run_experiment` (``cache`` is provided here).
+
+    Parameters
+    ----------
+    a, b : the crop datasets of the two domains (:func:`domain_pair`).
+    kw : keyword arguments of :func:`run_experiment` (``seeds``, ``steps``, ``batch_size``, ``width``,
+        ``norm``, ``device`` ...); a ``cache`` given here is shared by both directions.
     """
     cache = kw.pop("cache", None)
     cache = {} if cache is None else cache
@@ -309,7 +356,13 @@ def run_directions(a: CropDataset, b: CropDataset, **kw) -> dict[str, Experiment
 
 
 def seed_list(seeds, seed: int = 0) -> tuple[int, ...]:
-    """Seeds from a count (``seed``, ``seed + 1``, ...) or an explicit list."""
+    """Seeds from a count (``seed``, ``seed + 1``, ...) or an explicit list.
+
+    Parameters
+    ----------
+    seeds : a number of seeds, or the seeds themselves.
+    seed : the first seed when ``seeds`` is a number.
+    """
     if isinstance(seeds, int):
         return tuple(seed + i for i in range(seeds))
     return tuple(int(v) for v in seeds)
@@ -318,7 +371,18 @@ def seed_list(seeds, seed: int = 0) -> tuple[int, ...]:
 def verdict(results: dict[str, ExperimentResult], min_gain: float = 0.10,
             max_source_drop: float = 0.02) -> tuple[str, dict[str, dict], bool]:
     """Whether DANN met the goal in each direction, as Markdown, with the checks of
-    :func:`goal_check` and whether any direction met it."""
+    :func:`goal_check` and whether any direction met it.
+
+    Parameters
+    ----------
+    results : ``{direction: result}`` (:func:`run_directions`).
+    min_gain, max_source_drop : the goal, as in :func:`goal_check`.
+
+    Returns
+    -------
+    (text, checks, goal_met)
+        the Markdown, ``{direction: goal_check(...)}`` and whether any direction met the goal.
+    """
     checks = {name: goal_check(res, min_gain, max_source_drop) for name, res in results.items()}
     met = any(c["goal_met"] for c in checks.values())
     lines = [f"- **{name}**: source only {res.mean('source_only'):.3f} → DANN {res.mean('dann'):.3f} on the target "
@@ -333,7 +397,17 @@ def verdict(results: dict[str, ExperimentResult], min_gain: float = 0.10,
 
 def adaptation_record(dataset, a: CropDataset, b: CropDataset, seeds, results: dict[str, ExperimentResult],
                       checks: dict[str, dict], goal_met: bool) -> dict[str, Any]:
-    """The headline numbers notebook 07 records."""
+    """The headline numbers notebook 07 records.
+
+    Parameters
+    ----------
+    dataset : the notebook's ``dataset`` parameter (named as :func:`~.profiles.dataset_label` does).
+    a, b : the crop datasets of the two domains (their names are recorded).
+    seeds : the training seeds used.
+    results : ``{direction: result}`` (:func:`run_directions`).
+    checks : ``{direction: goal_check(...)}`` (:func:`verdict`).
+    goal_met : whether DANN met the goal in any direction (:func:`verdict`).
+    """
     first = next(iter(results.values()))
     keep = ("source_only_f1", "dann_f1", "mixed_f1", "oracle_f1", "dann_source_f1", "source_only_source_f1")
     return {"dataset": dataset_label(dataset), "domains": [a.name, b.name], "seeds": list(seeds),

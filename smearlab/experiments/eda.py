@@ -9,13 +9,25 @@ from ..data.stats import colour_distance
 
 def domain_colour_gap(colours: dict) -> tuple[list[str], float]:
     """The domains of :func:`smearlab.data.stats.colour_stats` and the mean-colour distance
-    between the first and the last (0 with a single domain)."""
+    between the first and the last (0 with a single domain).
+
+    Parameters
+    ----------
+    colours : ``{domain: (n_images, 6) array}`` from :func:`smearlab.data.stats.colour_stats`.
+    """
     domains = sorted(colours)
     return domains, colour_distance(colours[domains[0]], colours[domains[-1]]) if len(domains) > 1 else 0.0
 
 
 def eda_record(ds: SmearDataset, summary: dict, colour_gap: float) -> dict[str, Any]:
-    """The headline numbers notebook 01 records."""
+    """The headline numbers notebook 01 records.
+
+    Parameters
+    ----------
+    ds : the dataset explored.
+    summary : its :func:`smearlab.data.stats.summary` (``objects_per_image_mean`` is recorded).
+    colour_gap : the mean-colour distance between its domains (:func:`domain_colour_gap`).
+    """
     return {"dataset": ds.name, "images": len(ds), "objects": ds.num_objects, "per_class": ds.class_counts(),
             "objects_per_image_mean": summary["objects_per_image_mean"], "skipped": len(ds.skipped),
             "fixed": len(ds.fixed), "domain_colour_distance": colour_gap}

@@ -40,7 +40,19 @@ CLASSICAL_CANDIDATES = [{"channel": c, "hull": h, "grow": g} for c in ("saturati
 
 
 def classical_masks(images, **params) -> list[np.ndarray]:
-    """Whole-image masks of :func:`smearlab.classical.extract_cell` (empty where it finds nothing)."""
+    """Whole-image masks of :func:`smearlab.segmentation.classical.extract_cell` (empty where it finds nothing).
+
+    Parameters
+    ----------
+    images : ``(H, W, 3)`` images, or samples whose ``image`` is used.
+    params : keyword arguments of :func:`~smearlab.segmentation.classical.extract_cell` (e.g.
+        ``channel``, ``hull``, ``grow``).
+
+    Returns
+    -------
+    list of numpy.ndarray
+        one ``(H, W)`` bool mask per image.
+    """
     out = []
     for x in images:
         img = np.asarray(getattr(x, "image", x))
@@ -51,11 +63,21 @@ def classical_masks(images, **params) -> list[np.ndarray]:
 
 def tune_classical(images, truth, grid: "dict[str, Sequence] | Sequence[dict] | None" = None,
                    keys: Sequence[str] = ("cell_dice", "nucleus_dice")) -> dict[str, Any]:
-    """The :func:`~smearlab.classical.extract_cell` parameters that score best on the given images.
+    """The :func:`~smearlab.segmentation.classical.extract_cell` parameters that score best on the given images.
 
     Every combination of ``grid`` (a dict of candidate lists, default :data:`CLASSICAL_GRID`, or a
     list of parameter dicts such as :data:`CLASSICAL_CANDIDATES`) is run once; the best one is
     picked separately for each of ``keys``. Tune on training images only.
+
+    Parameters
+    ----------
+    images : the images to segment (``(H, W, 3)`` arrays or samples, as for :func:`classical_masks`).
+    truth : their ground truth for :func:`~smearlab.metrics.semantic.cell_mask_scores` (samples with
+        semantic masks or ``(H, W)`` class maps), aligned with ``images``.
+    grid : the candidates: a dict of candidate lists (every combination is tried) or a list of
+        parameter dicts (None: :data:`CLASSICAL_GRID`).
+    keys : the scores to pick a best candidate for, each a key of
+        :func:`~smearlab.metrics.semantic.cell_mask_scores`.
 
     Returns
     -------
@@ -84,7 +106,26 @@ def tune_classical(images, truth, grid: "dict[str, Sequence] | Sequence[dict] | 
 
 @dataclass
 class CamExperiment:
-    """Everything :func:`run_cam_experiment` produced (see :meth:`summary` for the headline)."""
+    """Everything :func:`run_cam_experiment` produced (see :meth:`summary` for the headline).
+
+    Parameters
+    ----------
+    model : the trained classifier (a :class:`~smearlab.classification.model.CellClassifier`).
+    train, test : the training and test images (subsets of the dataset, stratified by image label).
+    classifier : the classifier's :func:`~smearlab.metrics.classification.classification_report` on the
+        test crops.
+    cam_tuning, nucleus_tuning : the Grad-CAM layers and relative threshold chosen on the training images
+        for the whole cell and for the nucleus (:func:`~smearlab.explain.cam.best_cam_masks`: ``layers``,
+        ``rel_threshold``, ``score``, ``table``).
+    classical_tuning : the extractor's tuning on the training images (:func:`tune_classical`).
+    cam_test, nucleus_test : the Grad-CAM masks of the test images with the cell and the nucleus settings.
+    classical_test, classical_nucleus_test : the extractor's test masks with the cell and the nucleus
+        parameters (one bool mask per image).
+    scores : :func:`~smearlab.metrics.semantic.cell_mask_scores` of the four mask sets on the test
+        images: ``cam``, ``cam_nucleus``, ``classical``, ``classical_nucleus``.
+    settings : the run's settings (``size``, ``width``, ``norm``, ``epochs``, ``test_fraction``, ``seed``,
+        ``device``, ``dilate``) and the training time ``train_s``.
+    """
 
     model: nn.Module
     train: Any
@@ -153,8 +194,8 @@ def run_cam_experiment(dataset, *, size: int = 64, width: int = 16, norm: str = 
                        classical_grid: dict | None = None, progress: bool = False) -> CamExperiment:
     """Train a classifier, turn its Grad-CAMs into cell masks and score them against ground truth.
 
-    Steps: stratified split by image label (:func:`smearlab.classify.stratified_split`, fixed
-    ``seed``) -> a :class:`~smearlab.classify.CellClassifier` trained from scratch on the train
+    Steps: stratified split by image label (:func:`smearlab.data.splits.stratified_split`, fixed
+    ``seed``) -> a :class:`~smearlab.classification.model.CellClassifier` trained from scratch on the train
     crops -> per-layer Grad-CAMs (predicted class) of the train images -> layers and relative
     threshold tuned on the train images (separately for the whole cell and for the nucleus) ->
     the classical extractor's parameters tuned on the same train images -> both applied once to
@@ -165,8 +206,9 @@ def run_cam_experiment(dataset, *, size: int = 64, width: int = 16, norm: str = 
     dataset : a SmearDataset of single-cell images with ``image_label`` and semantic masks
         (0 background, 1 cytoplasm, 2 nucleus): Zheng (one domain), or ``make_wbc_crops``.
     size, width, norm, epochs, batch_size, lr, augment : classifier input size and training
-        (:func:`~smearlab.classify.build_classifier`, :func:`~smearlab.classify.train_classifier`).
+        (:func:`~smearlab.classification.model.build_classifier`, :func:`~smearlab.classification.train.train_classifier`).
     test_fraction, seed : the split (and the training seed).
+    device : where the classifier trains and the Grad-CAMs run (``"auto"``, ``"cpu"``, ``"cuda"``).
     layer_sets, thresholds, dilate : the CAM mask candidates (:func:`tune_cam_masks`).
     classical_grid : :func:`tune_classical` grid (default :data:`CLASSICAL_GRID`).
     progress : progress bar of the training.
@@ -208,7 +250,16 @@ def run_cam_experiment(dataset, *, size: int = 64, width: int = 16, norm: str = 
 
 def cam_images(dataset, *, domain: str = "dataset1", synthetic_crops: int = 100, seed: int = 0) -> SmearDataset:
     """The white-cell images of notebook 06: synthetic crops (stain A, 96 px) or one domain of a
-    real dataset such as the Zheng archive."""
+    real dataset such as the Zheng archive.
+
+    Parameters
+    ----------
+    dataset : ``"synthetic"`` or a dataset path or archive for :func:`~smearlab.data.open_dataset`
+        whose samples carry a ``domain``.
+    domain : the domain of a real dataset to use (Zheng: ``"dataset1"`` or ``"dataset2"``).
+    synthetic_crops : how many synthetic crops to make.
+    seed : the seed of the synthetic crops.
+    """
     if str(dataset) == "synthetic":
         return make_wbc_crops(synthetic_crops, seed=seed, stain="A", size=96)
     return open_dataset(dataset).by_domain()[domain]
@@ -216,7 +267,15 @@ def cam_images(dataset, *, domain: str = "dataset1", synthetic_crops: int = 100,
 
 @dataclass
 class ExplainedDetection:
-    """A detection on a synthetic smear and the Grad-CAM that explains it."""
+    """A detection on a synthetic smear and the Grad-CAM that explains it.
+
+    Parameters
+    ----------
+    smear : the held-out synthetic smear.
+    class_names : the detector's classes (``cam.label`` indexes them).
+    index : the index of the explained detection among the detector's predictions on ``smear``.
+    cam : the Grad-CAM of that detection (:func:`~smearlab.explain.cam.detector_cam`).
+    """
 
     smear: Sample
     class_names: list[str]
@@ -259,7 +318,15 @@ RECORDED = ("cell_dice", "cell_iou", "nucleus_dice", "nucleus_iou", "classical_c
 
 
 def gradcam_record(dataset, domain: str, experiment: CamExperiment, explained: ExplainedDetection) -> dict:
-    """The headline numbers notebook 06 records."""
+    """The headline numbers notebook 06 records.
+
+    Parameters
+    ----------
+    dataset : the notebook's ``dataset`` parameter (named as :func:`~.profiles.dataset_label` does).
+    domain : the domain used for a real dataset (appended to its name; ignored for ``"synthetic"``).
+    experiment : the result of :func:`run_cam_experiment` (the figures of :data:`RECORDED`).
+    explained : the result of :func:`explain_a_detection`.
+    """
     summary = experiment.summary()
     name = dataset_label(dataset) + ("" if str(dataset) == "synthetic" else f":{domain}")
     cam = explained.cam

@@ -110,5 +110,10 @@ def settings(notebook: str, *, quick: bool = True, gpu: bool = False, real_data:
 
 def dataset_label(dataset) -> str:
     """How a report names a notebook's dataset: ``"synthetic"`` (or ``"synthetic-A"``), else the
-    last part of its path (``wbc_zheng.tar.xz``, ``cbc``)."""
+    last part of its path (``wbc_zheng.tar.xz``, ``cbc``).
+
+    Parameters
+    ----------
+    dataset : a notebook's ``dataset`` parameter: ``"synthetic..."`` or a path (str or Path).
+    """
     return str(dataset) if str(dataset).startswith("synthetic") else Path(str(dataset).rstrip("/")).name

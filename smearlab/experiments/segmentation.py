@@ -27,7 +27,23 @@ ROW_KEYS = ("dsb_metric", "mask_mAP50", "mask_mAP", "count_error", "seconds_per_
 
 @dataclass
 class SegmentationComparison:
-    """Notebook 04's models and their results on the test split."""
+    """Notebook 04's models and their results on the test split.
+
+    Parameters
+    ----------
+    maskrcnn : the Mask R-CNN run (:func:`~.detection.fit_and_evaluate`: model, raw predictions, tuned
+        thresholds, box and mask AP).
+    maskrcnn_final : its test predictions after the tuned thresholds (one prediction dict per image).
+    unet : the U-Net class-map model.
+    unet_pred : its ``(H, W)`` class map of each test image.
+    crop_unet : the crop U-Net of the two-stage segmenter.
+    two_stage : the two-stage (Mask R-CNN boxes, then crop U-Net masks) prediction of each test image.
+    metrics : per instance segmenter (``"Mask R-CNN"``, ``"detector + crop U-Net"``) the
+        :func:`~smearlab.metrics.instances.segmentation_metrics` figures (Mask R-CNN also
+        ``seconds_per_image``).
+    unet_metrics : the U-Net's :func:`~smearlab.metrics.semantic.semantic_metrics` (``dice``, ``iou``
+        per class).
+    """
 
     maskrcnn: DetectionRun
     maskrcnn_final: list
@@ -97,7 +113,21 @@ def noise_check(comparison: SegmentationComparison, test: SmearDataset, *, seed:
                 device="auto") -> dict[str, dict]:
     """Mask R-CNN's instance figures and the U-Net's Dice on ``test`` clean and with noise
     (:func:`smearlab.metrics.robustness.compare_with_noise`: mean 5 % of the maximum, variance
-    10 % of the power)."""
+    10 % of the power).
+
+    Parameters
+    ----------
+    comparison : the models of :func:`compare_segmenters` (Mask R-CNN with its tuned thresholds, the U-Net).
+    test : the clean test split (with instance masks and class maps).
+    seed : the seed of the noise.
+    device : where the models predict.
+
+    Returns
+    -------
+    dict
+        ``{"Mask R-CNN": ..., "U-Net Dice": ...}``, each
+        :func:`~smearlab.metrics.robustness.compare_with_noise`'s ``{metric: {"clean", "noisy", "delta"}}``.
+    """
     run = comparison.maskrcnn
 
     def maskrcnn_eval(ds):
@@ -113,7 +143,14 @@ def noise_check(comparison: SegmentationComparison, test: SmearDataset, *, seed:
 
 
 def noise_table(robust: dict[str, dict], metrics=("dsb_metric", "mask_mAP50", "mask_mAP", "count_error")) -> str:
-    """The noise check as a Markdown table: clean, noisy and the change, per model and metric."""
+    """The noise check as a Markdown table: clean, noisy and the change, per model and metric.
+
+    Parameters
+    ----------
+    robust : the result of :func:`noise_check`.
+    metrics : the instance metrics shown for Mask R-CNN; a U-Net table shows every class but the
+        background. Rows whose change is undefined are left out.
+    """
     lines = ["| model | metric | clean | noisy | change |", "|---|---|---|---|---|"]
     for model, table in robust.items():
         for metric, v in table.items():
@@ -124,7 +161,15 @@ def noise_table(robust: dict[str, dict], metrics=("dsb_metric", "mask_mAP50", "m
 
 def segmentation_record(dataset, splits: dict[str, SmearDataset], comparison: SegmentationComparison,
                         robust: dict[str, dict]) -> dict[str, Any]:
-    """The headline numbers notebook 04 records."""
+    """The headline numbers notebook 04 records.
+
+    Parameters
+    ----------
+    dataset : the notebook's ``dataset`` parameter (named as :func:`~.profiles.dataset_label` does).
+    splits : ``{"train", "val", "test"}`` datasets the comparison used.
+    comparison : the result of :func:`compare_segmenters`.
+    robust : the result of :func:`noise_check` (rows with a defined change are recorded).
+    """
     short = {name: {k: m[k] for k in ROW_KEYS if k in m} for name, m in comparison.metrics.items()}
     return {"dataset": dataset_label(dataset), "images": {k: len(splits[k]) for k in ("train", "val", "test")},
             "maskrcnn": short["Mask R-CNN"], "two_stage": short["detector + crop U-Net"],

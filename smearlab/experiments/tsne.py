@@ -23,7 +23,22 @@ SOURCE_ONLY, ADAPTED, PIXELS = "CNN source only", "CNN DANN", "pixels (PCA)"
 
 @dataclass
 class EmbeddingComparison:
-    """Held-out crops of both domains, the two classifiers' F1 and the embeddings of all three."""
+    """Held-out crops of both domains, the two classifiers' F1 and the embeddings of all three.
+
+    Parameters
+    ----------
+    source, target : the names of the two domains.
+    classes : the classes both domains share (the only ones trained on and embedded).
+    source_test, target_test : the held-out half of each domain's crops.
+    held_out : both held-out halves together (source first), the points of every embedding.
+    f1 : macro F1 per classifier and test domain: ``{"source only" | "DANN": {"source" | "target": f1}}``.
+    features : per embedding (:data:`PIXELS`, :data:`SOURCE_ONLY`, :data:`ADAPTED`) the ``(N, D)``
+        features of ``held_out``.
+    separability : per embedding, :func:`~smearlab.classification.embed.separability`'s figures
+        (``linear_domain_accuracy``, ``chance``, ``silhouette`` ...).
+    maps : per embedding, the ``(N, 2)`` t-SNE map.
+    perplexity : the t-SNE perplexity used (after the cap).
+    """
 
     source: str
     target: str
@@ -100,7 +115,13 @@ def compare_embeddings(dataset, s, *, source: str | None = None, target: str | N
 
 
 def tsne_record(dataset, result: EmbeddingComparison) -> dict[str, Any]:
-    """The headline numbers notebook 08 records."""
+    """The headline numbers notebook 08 records.
+
+    Parameters
+    ----------
+    dataset : the notebook's ``dataset`` parameter (named as :func:`~.profiles.dataset_label` does).
+    result : the result of :func:`compare_embeddings`.
+    """
     drop, silhouette_drop = result.drops()
     domains = f"{result.source}->{result.target}"
     return {"dataset": f"{dataset_label(dataset)}:{domains}", "classes": result.classes,

@@ -19,7 +19,7 @@ from ..metrics.semantic import cell_mask_scores
 from ..preprocess import as_preprocess
 
 
-#: Layers of :class:`smearlab.classify.CellClassifier` summed by default.
+#: Layers of :class:`smearlab.classification.model.CellClassifier` summed by default.
 DEFAULT_LAYERS = ("features.layer2", "features.layer3", "features.layer4")
 
 
@@ -88,7 +88,7 @@ def _describe(names: list[str], limit: int = 40) -> str:
     if len(names) <= limit:
         return ", ".join(names)
     shallow = [n for n in names if n.count(".") <= 1] or names[:limit]
-    return ", ".join(shallow[:limit]) + f", ... ({len(names)} in all; see smearlab.cam.layer_names(model))"
+    return ", ".join(shallow[:limit]) + f", ... ({len(names)} in all; see smearlab.explain.cam.layer_names(model))"
 
 
 def resolve_layers(model: nn.Module, names: "str | Iterable[str]") -> list[nn.Module]:
@@ -394,7 +394,7 @@ def cam_masks(model: nn.Module, images, *, layers: "str | Sequence[str]" = DEFAU
               method: str = "gradcam", batch_size: int = 32, device=None) -> CamMasks:
     """Grad-CAM cell masks for images of any size, end to end.
 
-    Each image is letterboxed to ``size`` (:func:`smearlab.classify.letterbox`), the per-layer
+    Each image is letterboxed to ``size`` (:func:`smearlab.core.geometry.letterbox`), the per-layer
     maps are computed there (:func:`layer_cams`), cropped to the image content and resized back
     to the image's own pixels, summed, and thresholded (:func:`cam_to_mask`).
 
@@ -584,7 +584,7 @@ def detector_layers(detector: nn.Module) -> list[str]:
     ret = getattr(body, "return_layers", None)
     if not ret:
         raise ValueError("detector has no backbone.body with return_layers (not a torchvision FPN "
-                         "detector); pass layers= explicitly (see smearlab.cam.layer_names)")
+                         "detector); pass layers= explicitly (see smearlab.explain.cam.layer_names)")
     return [f"backbone.body.{k}" for k in ret]
 
 

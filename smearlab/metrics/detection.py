@@ -19,7 +19,7 @@ from ..data.predictions import check_predictions
 from ..data.sample import SmearDataset
 
 
-log = logging.getLogger("smearlab.evaluate")
+log = logging.getLogger(__name__)
 
 
 #: pycocotools' IoU and recall thresholds (same expressions, hence the same floats).

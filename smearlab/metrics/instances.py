@@ -237,7 +237,7 @@ def failure_cases(dataset, predictions, iou: float = 0.5) -> list[dict]:
     """Every missed and spurious instance, with the likely reason, worst images first.
 
     Ground truth and predictions are matched one-to-one by mask IoU >= ``iou`` (highest score
-    first, as in :func:`smearlab.evaluate.dsb_score`). Then
+    first, as in :func:`smearlab.metrics.instances.dsb_score`). Then
 
     * a missed object whose mask touches another object (within 2 px) is ``"touching"``;
     * else a missed object whose contrast with its surroundings (grey level difference to a

@@ -17,6 +17,20 @@ NO_METRICS = "no metrics recorded (the notebook did not call record(..., metrics
 
 @dataclass
 class NotebookResult:
+    """The outcome of one notebook run (:func:`~smearlab.report.runner.run_notebook`); an entry of a
+    run's ``index.json``.
+
+    Parameters
+    ----------
+    name : the notebook's name (file stem, e.g. ``"03_detection"``).
+    status : ``"ok"`` or ``"failed"``.
+    seconds : wall time of the run.
+    notebook : the executed notebook's file name in the run folder (None when none was written).
+    html : the HTML export's file name (None when not exported).
+    metrics : the headline numbers the notebook recorded (:func:`record`); empty if none.
+    error : what failed (exception type and message), None for a successful run.
+    parameters : the parameters the notebook was given (those it declares).
+    """
     name: str
     status: str  # "ok" | "failed"
     seconds: float
@@ -32,6 +46,16 @@ def record(metrics: dict[str, Any], path: str | Path | None = None) -> dict[str,
 
     Writes ``metrics`` as JSON to ``path`` (the ``metrics_path`` parameter the report runner
     injects) and shows them as a table. With ``path=None`` (interactive use) it only shows them.
+
+    Parameters
+    ----------
+    metrics : the headline numbers (JSON-ready; nested dicts are shown flattened).
+    path : the JSON file to write (parent folders are created); None or empty only shows them.
+
+    Returns
+    -------
+    dict
+        ``metrics``.
     """
     if path:
         write_json(path, metrics)
@@ -45,12 +69,22 @@ def record(metrics: dict[str, Any], path: str | Path | None = None) -> dict[str,
 
 
 def format_cell(v) -> str:
+    """A metric value for an HTML table cell: a float with 4 significant digits, anything else as
+    escaped text.
+
+    Parameters
+    ----------
+    v : the value.
+    """
     if isinstance(v, float):
         return f"{v:.4g}"
     return html.escape(str(v))
 
 
 def git_commit() -> str | None:
+    """The short commit hash of the source tree's ``HEAD``, or None outside a git checkout (or
+    without git).
+    """
     try:
         return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                               cwd=Path(__file__).parent, timeout=10).stdout.strip() or None
@@ -63,6 +97,11 @@ def results_markdown(index: dict[str, Any], *, max_metrics: int = 40) -> str:
     status and wall time of each notebook, and each notebook's headline metrics (the scalars it
     recorded, at most ``max_metrics`` each). Written as ``RESULTS.md`` in every run folder;
     ``reports/RESULTS.md`` is a copy of the latest full run's.
+
+    Parameters
+    ----------
+    index : the run index (:func:`~smearlab.report.runner.run_report`'s, as in ``index.json``).
+    max_metrics : the most metrics shown per notebook (the rest are counted).
     """
     def cell(v) -> str:
         text = f"{v:.4g}" if isinstance(v, float) else str(v)
@@ -103,6 +142,14 @@ def results_markdown(index: dict[str, Any], *, max_metrics: int = 40) -> str:
 
 
 def index_html(index: dict[str, Any]) -> str:
+    """A run's ``index.html``: how it was made, then one table row per notebook with its status,
+    seconds, links to the executed notebook and its HTML, and its first headline metrics
+    (failed notebooks in red, with the error).
+
+    Parameters
+    ----------
+    index : the run index (:func:`~smearlab.report.runner.run_report`'s, as in ``index.json``).
+    """
     rows = []
     for name, r in index["notebooks"].items():
         ok = r["status"] == "ok"

@@ -41,6 +41,15 @@ def find_notebooks(notebook_dir: str | Path | None = None) -> list[Path]:
     """The numbered notebooks (``NN_*.ipynb``) in ``notebook_dir``, in order.
 
     Default: ``./notebooks`` if it exists, else the ``notebooks/`` folder of the source tree.
+
+    Parameters
+    ----------
+    notebook_dir : the folder to look in (None: the default above).
+
+    Raises
+    ------
+    FileNotFoundError
+        when the folder holds no numbered notebook.
     """
     if notebook_dir is None:
         here = Path.cwd() / "notebooks"
@@ -53,7 +62,22 @@ def find_notebooks(notebook_dir: str | Path | None = None) -> list[Path]:
 
 def notebook_parameters(name: str, profile: str, *, data_root: str | Path | None = None,
                         device: str = "auto", seed: int = 0) -> dict[str, Any]:
-    """The parameters a profile gives a notebook (before filtering to those it declares)."""
+    """The parameters a profile gives a notebook (before filtering to those it declares).
+
+    Parameters
+    ----------
+    name : the notebook's name (e.g. ``"03_detection"``); with ``data_root`` its dataset is the one
+        :data:`~smearlab.experiments.profiles.REAL_DATA` names under the root.
+    profile : ``"quick"`` or ``"full"`` (sets ``quick``).
+    data_root : folder holding the real datasets (None: the notebooks' synthetic default).
+    device, seed : the ``device`` and ``seed`` parameters.
+
+    Returns
+    -------
+    dict
+        ``quick``, ``seed``, ``device``, and with ``data_root`` also ``data_root`` and ``dataset``
+        (absolute paths).
+    """
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILES}")
     params: dict[str, Any] = {"quick": profile == "quick", "seed": seed, "device": device}
@@ -74,6 +98,22 @@ def run_notebook(nb: Path, out_dir: Path, parameters: dict[str, Any], *, kernel:
 
     The kernel's working folder is ``out_dir`` too, so that a relative path written by the
     notebook lands in the run folder, never beside the notebook or elsewhere.
+
+    Parameters
+    ----------
+    nb : the notebook file.
+    out_dir : the run folder; the executed notebook, its ``<name>.metrics.json`` and HTML export go
+        here, and ``out_dir/<name>`` is the notebook's ``out_dir`` parameter.
+    parameters : candidate parameters; the notebook gets those it declares, plus ``metrics_path``
+        and ``out_dir`` when it declares them.
+    kernel : the Jupyter kernel name.
+    timeout : seconds one cell may run (None: no limit).
+    html_export : also export the executed notebook to HTML.
+
+    Returns
+    -------
+    NotebookResult
+        status ``"ok"`` or ``"failed"`` (with the error), seconds, the metrics it recorded.
     """
     import papermill as pm
 
@@ -119,7 +159,17 @@ def run_notebook(nb: Path, out_dir: Path, parameters: dict[str, Any], *, kernel:
 
 
 def export_html(notebook: Path) -> Path:
-    """Export an executed notebook to HTML beside it."""
+    """Export an executed notebook to HTML beside it.
+
+    Parameters
+    ----------
+    notebook : the executed ``.ipynb`` file.
+
+    Returns
+    -------
+    Path
+        the ``.html`` file (same name, written atomically).
+    """
     import nbformat
     from nbconvert import HTMLExporter
 
@@ -144,7 +194,11 @@ def run_report(profile: str = "quick", *, data_root: str | Path | None = None, d
     out : run folder (default ``reports/<date>-<profile>``). Re-running into the same folder with
         ``notebooks`` re-executes only those and keeps the other entries of the index.
     notebooks : names (``01_eda`` or ``01``) to run; default all.
+    notebook_dir : folder of the ``NN_*.ipynb`` notebooks (default: see :func:`find_notebooks`).
+    device, seed : the ``device`` and ``seed`` parameters of every notebook.
+    kernel : the Jupyter kernel name.
     timeout : seconds one cell may run before the notebook is marked failed (None: no limit).
+    html_export : also export each executed notebook to HTML.
     parameters : extra notebook parameters (``--param k=v``), over the profile's; each notebook
         gets those it declares.
 
@@ -192,6 +246,10 @@ def run_report(profile: str = "quick", *, data_root: str | Path | None = None, d
 
 def make_out_dir(out_dir: Path) -> None:
     """Create the run folder ``out_dir`` and check that files can be written in it.
+
+    Parameters
+    ----------
+    out_dir : the run folder (parent folders are created too).
 
     Raises
     ------
@@ -254,7 +312,17 @@ def _index_problem(data: Any) -> str | None:
 
 
 def declared_parameters(nb: Path) -> dict[str, Any]:
-    """The parameters a notebook declares in its ``parameters`` cell (papermill's inspection)."""
+    """The parameters a notebook declares in its ``parameters`` cell (papermill's inspection).
+
+    Parameters
+    ----------
+    nb : the notebook file.
+
+    Returns
+    -------
+    dict
+        ``{name: papermill's description}`` (``inferred_type_name``, ``default``, ``help``).
+    """
     import papermill as pm
     return dict(pm.inspect_notebook(str(nb)))
 
@@ -358,6 +426,18 @@ def _describe(value: Any) -> str:
 
 
 def select_notebooks(nbs: list[Path], names: Iterable[str] | None) -> list[Path]:
+    """The notebooks of ``nbs`` that ``names`` asks for, in the order asked (each once).
+
+    Parameters
+    ----------
+    nbs : the available notebooks (:func:`find_notebooks`).
+    names : full names (``01_eda``) or number prefixes (``01``); None or empty: all of ``nbs``.
+
+    Raises
+    ------
+    ValueError
+        for a name that matches no notebook (the available ones are listed).
+    """
     if not names:
         return nbs
     chosen = []
@@ -377,6 +457,10 @@ def parse_param(text: str) -> tuple[str, Any]:
     """``"k=v"`` -> ``(k, v)`` with ``v`` read as YAML (``256`` int, ``0.5`` float, ``true``,
     ``null``, ``[a, b]`` list, anything else text).
 
+    Parameters
+    ----------
+    text : the ``--param`` argument, ``NAME=VALUE``.
+
     Raises
     ------
     ValueError
@@ -395,7 +479,12 @@ def parse_param(text: str) -> tuple[str, Any]:
 
 
 def format_value(value: Any) -> str:
-    """``value`` as one line of YAML that :func:`parse_param` reads back to the same value."""
+    """``value`` as one line of YAML that :func:`parse_param` reads back to the same value.
+
+    Parameters
+    ----------
+    value : a parameter value (YAML-representable: numbers, text, booleans, None, lists, mappings).
+    """
     import yaml
 
     def dump(**style) -> str:
@@ -410,7 +499,14 @@ def report_argv(profile: str, *, notebook_dir: str | Path | None = None,
                 notebooks: Iterable[str] | None = None, device: str = "auto", seed: int = 0,
                 data_root: str | Path | None = None, timeout: int | None = 3600, html_export: bool = True,
                 parameters: Mapping[str, Any] | None = None, out: str | Path | None = None) -> list[str]:
-    """The ``smearlab report`` arguments (after ``smearlab``) that run these settings."""
+    """The ``smearlab report`` arguments (after ``smearlab``) that run these settings.
+
+    Parameters
+    ----------
+    profile : ``"quick"`` or ``"full"``.
+    notebook_dir, notebooks, device, seed, data_root, timeout, html_export, parameters, out : as for
+        :func:`run_report`; options left at their defaults are omitted (``--timeout 0`` for no limit).
+    """
     argv = ["report"]
     if notebook_dir is not None:
         argv += ["--notebooks", str(notebook_dir)]

@@ -36,7 +36,7 @@ SWEEP_KEYS = ("notebook", "grid", "parameters", "profile", "metrics")
 class Sweep:
     """A parsed sweep file: one notebook run over every combination of the ``grid`` values.
 
-    Attributes
+    Parameters
     ----------
     path : the sweep file.
     notebook : the notebook file.
@@ -61,7 +61,15 @@ class Sweep:
 
 @dataclass
 class SweepJob:
-    """One grid point: its folder and the ``smearlab`` arguments that run it."""
+    """One grid point: its folder and the ``smearlab`` arguments that run it.
+
+    Parameters
+    ----------
+    name : the job's folder name (``job_NNN``).
+    point : the grid point, ``{parameter: value}``.
+    out : the job's run folder (absolute).
+    argv : the ``smearlab report`` arguments (after ``smearlab``) that run it.
+    """
 
     name: str
     point: dict[str, Any]
@@ -69,7 +77,12 @@ class SweepJob:
     argv: list[str]
 
     def command(self, program: str = "smearlab") -> str:
-        """The job as one shell command line (arguments quoted)."""
+        """The job as one shell command line (arguments quoted).
+
+        Parameters
+        ----------
+        program : the command that starts the line.
+        """
         return shlex.join([program, *self.argv])
 
 
@@ -87,6 +100,11 @@ def load_sweep(path: str | Path, notebook_dir: str | Path | None = None) -> Swee
           input_size: [256, 384]
           runs: [[[tiny, fasterrcnn_tiny, false]], [[mobilenet, fasterrcnn_mobilenet, false]]]
         metrics: [mAP50, mAP, count_accuracy]
+
+    Parameters
+    ----------
+    path : the YAML sweep file.
+    notebook_dir : the folder of the notebooks (default: see :func:`~.runner.find_notebooks`).
 
     Raises
     ------
@@ -187,6 +205,12 @@ def sweep_jobs(sweep: Sweep, out: str | Path, *, data_root: str | Path | None = 
     notebook, the profile, every fixed and swept parameter), so the jobs can run anywhere the
     package is installed: here through :func:`run_sweep`, or one per task of a cluster
     scheduler (``smearlab report --sweep FILE --list-jobs``).
+
+    Parameters
+    ----------
+    sweep : the sweep (:func:`load_sweep`).
+    out : the sweep's output folder.
+    data_root, device, seed, timeout, html_export : as for :func:`~smearlab.report.runner.run_report`.
     """
     out = Path(out).resolve()
     points = sweep.points()
@@ -204,7 +228,12 @@ def sweep_jobs(sweep: Sweep, out: str | Path, *, data_root: str | Path | None = 
 
 
 def default_sweep_out(sweep: Sweep) -> Path:
-    """``reports/sweep-<sweep file stem>``: the same folder for running, listing and collecting."""
+    """``reports/sweep-<sweep file stem>``: the same folder for running, listing and collecting.
+
+    Parameters
+    ----------
+    sweep : the sweep (:func:`load_sweep`).
+    """
     return Path("reports") / f"sweep-{sweep.path.stem}"
 
 
@@ -283,6 +312,12 @@ def run_job(command: Callable[[list[str]], int], argv: list[str], log_path: str 
     ``command`` (:func:`smearlab.cli.main`). Output is redirected both for Python (``sys.stdout``,
     ``sys.stderr``) and at the file-descriptor level, so that the kernel processes papermill
     starts write there too. Returns the command's exit code.
+
+    Parameters
+    ----------
+    command : runs ``smearlab`` arguments and returns an exit code (:func:`smearlab.cli.main`).
+    argv : the job's arguments (:attr:`SweepJob.argv`).
+    log_path : the log file (written atomically, starting with the command line).
     """
 
     log_path = Path(log_path)
@@ -321,6 +356,19 @@ def collect_sweep(sweep: Sweep | str | Path, out: str | Path, *, notebook_dir: s
     status, parameters, seconds, the scalar metrics). A point is ``ok``, ``failed`` (the
     notebook raised), ``missing`` (no result: not run yet, or the job died) or ``stale`` (its
     result was produced with other parameters than the sweep file now gives).
+
+    Parameters
+    ----------
+    sweep : the sweep, or its file (read with :func:`load_sweep`).
+    out : the sweep's output folder, holding the jobs' folders.
+    notebook_dir : the folder of the notebooks, when ``sweep`` is a file.
+    wall_s : the wall time of the run to record (None when only collecting).
+
+    Returns
+    -------
+    dict
+        the sweep index written to ``sweep.json``: the sweep's settings, ``jobs``, ``ok``, ``failed``
+        (the jobs not ok), ``metric_columns`` and ``rows``.
     """
     if not isinstance(sweep, Sweep):
         sweep = load_sweep(sweep, notebook_dir)

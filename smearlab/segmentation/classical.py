@@ -1,12 +1,12 @@
 """Classical (non-learned) segmentation baselines on numpy arrays.
 
-Every segmenter returns the prediction form the networks use (see :mod:`smearlab.evaluate`)::
+Every segmenter returns the prediction form the networks use (see :mod:`smearlab.metrics.detection`)::
 
     {"boxes": (N, 4) float32 xyxy pixel-edge, "scores": (N,) float32,
      "labels": (N,) int64, "masks": (N, H, W) bool}
 
-so :func:`smearlab.evaluate.coco_eval` (``iou_type="segm"``) and
-:func:`smearlab.evaluate.dsb_score` score them like a network. An image without foreground gives
+so :func:`smearlab.metrics.detection.coco_eval` (``iou_type="segm"``) and
+:func:`smearlab.metrics.instances.dsb_score` score them like a network. An image without foreground gives
 the empty prediction (shapes ``(0, 4)``, ``(0,)``, ``(0,)``, ``(0, H, W)``), never an error.
 
 Scores
@@ -272,7 +272,7 @@ def instances_to_label_image(masks, scores=None) -> np.ndarray:
     (lowest index) instance, so predictions sorted by score keep their best instance. An
     instance entirely covered by others, like an empty mask, leaves its id unused: the label
     image then has gaps, which :func:`label_image_to_instances` relabels away. Evaluation
-    (:func:`smearlab.evaluate.coco_eval`, ``dsb_score``) uses the masks themselves, where
+    (:func:`smearlab.metrics.detection.coco_eval`, ``dsb_score``) uses the masks themselves, where
     overlapping instances stay separate.
 
     Parameters
@@ -615,7 +615,7 @@ def segment_dataset(dataset, fn="threshold", *, progress: bool = False, **kw) ->
 
     Returns
     -------
-    list of prediction dicts, ready for :func:`smearlab.evaluate.coco_eval` / ``dsb_score``.
+    list of prediction dicts, ready for :func:`smearlab.metrics.detection.coco_eval` / ``dsb_score``.
     """
     if isinstance(fn, str):
         names = {"threshold": threshold_segment, "watershed": watershed_segment,

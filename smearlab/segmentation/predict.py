@@ -214,7 +214,7 @@ def semantic_to_instances(class_map: np.ndarray, *, split: str = "watershed", mi
     ----------
     class_map : ``(H, W)`` integer class map (e.g. from :func:`predict_semantic`).
     split : ``"watershed"`` splits touching objects with the distance-transform watershed of
-        :func:`smearlab.classical.watershed_segment` (``min_distance``); ``"components"``
+        :func:`smearlab.segmentation.classical.watershed_segment` (``min_distance``); ``"components"``
         keeps connected components as they are.
     min_distance : minimum separation of the watershed markers in pixels (``"watershed"`` only).
     min_size : drop instances smaller than this many pixels.

@@ -231,6 +231,8 @@ def train_crop_unet(dataset, *, pad: float = 0.2, crop_size: int = 64, classes: 
     classes : train on the boxes of these label indices only (default all).
     model : a :class:`UNet` to train further; default a new one with ``base``, ``depth`` and
         ``norm`` and as many classes as the crop targets have.
+    base, depth, norm : the new U-Net's first-level channels, number of 2x down-samplings and
+        normalisation (``"batch"`` or ``"group"``); ignored when ``model`` is given.
     val_ds : optional dataset whose crops give ``val_dice`` per epoch.
     **train_kw : passed to :func:`train_unet` (``epochs``, ``batch_size``, ``lr``, ``device``,
         ``seed``, ``augment``, ``progress``, ``out_dir``...).

@@ -251,7 +251,7 @@ def plot_colour_stats(stats: dict[str, np.ndarray], ax=None):
     """Per-image mean colour: hue vs saturation scatter, one colour per domain.
 
     ``stats`` maps a domain name to an (N, 6) array of mean R, G, B, H, S, V in [0, 1]
-    (see :func:`smearlab.eda.colour_stats`). Each point is drawn in the image's mean colour,
+    (see :func:`smearlab.data.stats.colour_stats`). Each point is drawn in the image's mean colour,
     with a marker per domain.
 
     Parameters

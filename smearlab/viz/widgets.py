@@ -135,8 +135,8 @@ class PreprocessExplorer:
 class TSNEExplorer:
     """t-SNE of one or more embeddings with a perplexity slider and a colour-by choice.
 
-    Each (embedding, perplexity) map is computed once (:func:`smearlab.embed.tsne`) and cached, so
-    going back to a perplexity is instant; the figure is drawn by :func:`smearlab.embed.plot_embedding`.
+    Each (embedding, perplexity) map is computed once (:func:`smearlab.classification.embed.tsne`) and cached, so
+    going back to a perplexity is instant; the figure is drawn by :func:`smearlab.viz.plots.plot_embedding`.
 
     Parameters
     ----------
@@ -214,23 +214,23 @@ class TSNEExplorer:
 class ClassicalExplorer:
     """Tune a classical segmenter by hand: method, threshold, minimum distance, sigma range.
 
-    Each change re-runs :func:`smearlab.classical.segment` on the chosen image, shows the
-    outlines (:func:`smearlab.classical.overlay`: predictions yellow, ground truth cyan) as a
+    Each change re-runs :func:`smearlab.segmentation.classical.segment` on the chosen image, shows the
+    outlines (:func:`smearlab.viz.plots.overlay_instances`: predictions yellow, ground truth cyan) as a
     PNG and the image's metrics (instances found and expected, count error, DSB score when the
     dataset has instance masks, milliseconds) as HTML.
 
     Parameters
     ----------
     dataset : SmearDataset (instance masks optional).
-    method : initial method, a key of :data:`smearlab.classical.METHODS`.
+    method : initial method, a key of :data:`smearlab.segmentation.classical.METHODS`.
     params : initial settings: ``method`` (threshold method), ``channel`` (or "default": the
         method's own), ``offset``, ``min_distance``, ``min_sigma``, ``max_sigma`` set the controls;
         the blob threshold slider is a factor on each blob method's default threshold
-        (:data:`smearlab.classical.BLOB_THRESHOLDS`); other keys (``min_size``, ``opening_radius``...)
-        are passed to the segmenters unchanged (e.g. :func:`smearlab.classical.suggest_params`).
+        (:data:`smearlab.segmentation.classical.BLOB_THRESHOLDS`); other keys (``min_size``, ``opening_radius``...)
+        are passed to the segmenters unchanged (e.g. :func:`smearlab.segmentation.classical.suggest_params`).
     max_width : images wider than this are shown scaled down.
 
-    ``.params()`` is the current settings dict (what :func:`smearlab.classical.segment` gets),
+    ``.params()`` is the current settings dict (what :func:`smearlab.segmentation.classical.segment` gets),
     ``.prediction`` the last prediction and ``.result`` its metrics; every control can be set
     from code as well as by hand.
     """
@@ -271,7 +271,7 @@ class ClassicalExplorer:
         self.redraw()
 
     def params(self) -> dict:
-        """The current settings, as :func:`smearlab.classical.segment` takes them."""
+        """The current settings, as :func:`smearlab.segmentation.classical.segment` takes them."""
         lo, hi = self.sigma.value
         default = BLOB_THRESHOLDS.get(self.method.value, BLOB_THRESHOLDS["log"])
         out = {**self.fixed, "method": self.threshold_method.value, "offset": float(self.offset.value),
