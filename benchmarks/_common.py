@@ -2,11 +2,17 @@
 from __future__ import annotations
 
 import datetime
+import os
 import sys
 from pathlib import Path
 
-from smearlab.core.device import describe
-from smearlab.core.files import write_json
+# Before anything loads PyTorch: idle OpenMP threads sleep instead of spinning, as in every
+# process smearlab starts (smearlab.core.threads), so that a benchmark beside other work measures
+# its own speed rather than a fight over the cores.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from smearlab.core.device import describe  # noqa: E402
+from smearlab.core.files import write_json  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -48,7 +48,7 @@ def _report(args) -> int:
         index = run_report(args.profile, data_root=args.data_root, device=args.device, out=args.out,
                            notebooks=args.only, notebook_dir=args.notebooks, seed=args.seed,
                            timeout=args.timeout or None, html_export=not args.no_html,
-                           parameters=dict(args.param or []))
+                           parameters=dict(args.param or []), threads=args.threads)
     except ValueError as e:
         return _error(e)
     except OSError as e:
@@ -158,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds one cell may run before its notebook is marked failed (default 3600; "
                         "0: no limit)")
     r.add_argument("--no-html", action="store_true", help="skip the HTML export")
+    r.add_argument("--threads", type=int, metavar="N",
+                   help="threads of each notebook kernel (default: one per core); idle threads always sleep "
+                        "(OMP_WAIT_POLICY=PASSIVE) so that a report shares a busy machine")
     sw = r.add_argument_group("parameter sweeps (details below)")
     sw.add_argument("--sweep", metavar="FILE", help="run one notebook over the grid of a sweep YAML file")
     sw.add_argument("--jobs", type=int, default=1, metavar="N", help="grid points run at once (default 1)")

@@ -151,3 +151,28 @@ def test_notebook_without_metrics_says_so(tmp_path):
     run_report("quick", out=out, notebook_dir=d, html_export=False)
     assert "no metrics recorded" in (out / "index.html").read_text()
     assert "no metrics recorded" in (out / "RESULTS.md").read_text()
+
+
+def test_kernels_start_with_sleeping_threads_and_the_thread_count_asked_for(tmp_path, monkeypatch):
+    from smearlab.core.threads import started_with, thread_environment
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    d = tmp_path / "nbs"
+    d.mkdir()
+    _notebook(d / "01_env.ipynb", "import os\nfrom smearlab.report import record\n"
+              "record({'wait': os.environ.get('OMP_WAIT_POLICY'), 'threads': os.environ.get('OMP_NUM_THREADS')}, "
+              "metrics_path)")
+    index = run_report("quick", out=tmp_path / "a", notebook_dir=d, html_export=False)
+    assert index["notebooks"]["01_env"]["metrics"] == {"wait": "PASSIVE", "threads": None}
+    index = run_report("quick", out=tmp_path / "b", notebook_dir=d, html_export=False, threads=1)
+    assert index["notebooks"]["01_env"]["metrics"] == {"wait": "PASSIVE", "threads": "1"}
+    assert "--threads 1" in index["command"] and index["threads"] == 1
+    import os
+    assert "OMP_WAIT_POLICY" not in os.environ  # the runner's own environment is restored
+    with started_with(None) as env:
+        assert env == {"OMP_WAIT_POLICY": "PASSIVE"}
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    with started_with(None) as env:  # a policy the user chose is kept
+        assert env == {} and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    with pytest.raises(ValueError, match="threads"):
+        thread_environment(0)

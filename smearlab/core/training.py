@@ -11,11 +11,15 @@ record and the run folder it was saved in.
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
 from .errors import DataError
+
+#: The clock of :class:`TimeBudget` (tests replace it).
+clock = time.monotonic
 
 
 @dataclass
@@ -92,3 +96,112 @@ class History:
             raise DataError(p, "no metrics.jsonl in this run folder")
         recs = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
         return cls(records=recs, out_dir=Path(out_dir))
+
+
+class TimeBudget:
+    """The number of epochs (and so the length of the learning-rate schedule) fitted to a
+    wall-clock budget, from the measured speed of the run itself.
+
+    After ``calibration_steps`` optimisation steps the time per step is measured (the first step,
+    which warms caches up, left out) and the plan is the number of whole epochs that fit in the
+    budget; a budget that cannot hold one epoch is an error then, not after wasting it. After each
+    epoch (validation included) the plan is fitted again to the measured epoch time: freely in the
+    first third of the run, afterwards only downwards, so that a slower machine shortens the run
+    but a noisy measurement never makes the schedule jump up late. The schedule always spans the
+    planned epochs, so the run ends on a finished schedule.
+
+    Parameters
+    ----------
+    seconds : the budget for training and its validation.
+    steps_per_epoch : optimisation steps in one epoch.
+    initial_epochs : the plan before the first measurement (the schedule's warm-up uses it).
+    calibration_steps : steps measured before the first plan (at most one epoch).
+    clock : seconds since an arbitrary origin (default: the module's :data:`clock`,
+        ``time.monotonic``).
+    """
+
+    def __init__(self, seconds: float, steps_per_epoch: int, *, initial_epochs: int = 12,
+                 calibration_steps: int = 6, clock=None):
+        if not seconds > 0:
+            raise ValueError(f"time_budget_s must be a positive number of seconds, got {seconds!r}")
+        self.seconds = float(seconds)
+        self.steps_per_epoch = max(1, int(steps_per_epoch))
+        self.planned_epochs = max(1, int(initial_epochs))
+        self.calibration_steps = max(2, min(int(calibration_steps), self.steps_per_epoch))
+        self.clock = clock or globals()["clock"]
+        self.t0: float | None = None
+        self.t_first: float | None = None
+        self.step_s: float | None = None
+        self.epoch_s: list[float] = []
+        self.calibrated = False
+        self._epoch_start: float | None = None
+
+    def start(self) -> None:
+        """Start the clock (just before the first training step; the first :meth:`after_step`
+        starts it when nobody did)."""
+        self.t0 = self._epoch_start = self.clock()
+
+    @property
+    def elapsed_s(self) -> float:
+        """Seconds since :meth:`start`."""
+        return 0.0 if self.t0 is None else self.clock() - self.t0
+
+    @property
+    def left_s(self) -> float:
+        """Seconds of the budget left (negative when over)."""
+        return self.seconds - self.elapsed_s
+
+    def after_step(self, steps_done: int) -> None:
+        """Call after every optimisation step of the first epoch; plans after the calibration steps.
+
+        Parameters
+        ----------
+        steps_done : optimisation steps done so far in this run.
+
+        Raises
+        ------
+        ValueError
+            when the measured speed leaves no room for one whole epoch.
+        """
+        if self.calibrated:
+            return
+        if self.t0 is None:
+            self.start()
+        if steps_done == 1:
+            self.t_first = self.clock()
+        if steps_done < self.calibration_steps:
+            return
+        self.step_s = (self.clock() - self.t_first) / max(1, steps_done - 1)
+        epoch_s = self.step_s * self.steps_per_epoch
+        fit = int(self.seconds // epoch_s)
+        if fit < 1:
+            raise ValueError(f"a time budget of {self.seconds:.0f} s is too small for one epoch: one epoch is "
+                             f"{self.steps_per_epoch} steps of {self.step_s:.2f} s (about {epoch_s:.0f} s) on this "
+                             f"machine; give a larger time_budget_s, fewer or smaller images, or epochs instead")
+        self.planned_epochs = fit
+        self.calibrated = True
+
+    def after_epoch(self, epochs_done: int) -> int:
+        """Fit the plan to the epochs measured so far (validation included); returns the planned
+        number of epochs.
+
+        Parameters
+        ----------
+        epochs_done : epochs finished in this run.
+        """
+        now = self.clock()
+        if self.t0 is None:
+            self.t0 = self._epoch_start = now
+        self.epoch_s.append(now - self._epoch_start)
+        self._epoch_start = now
+        per_epoch = max(sum(self.epoch_s) / len(self.epoch_s), self.epoch_s[-1])
+        affordable = epochs_done + max(0, int(self.left_s // per_epoch))
+        if epochs_done <= self.planned_epochs / 3:
+            self.planned_epochs = max(epochs_done, affordable)
+        else:
+            self.planned_epochs = max(epochs_done, min(self.planned_epochs, affordable))
+        return self.planned_epochs
+
+    def describe(self) -> str:
+        """The budget as one line for a progress bar: time left and the plan."""
+        return f"{max(0.0, self.left_s) / 60:.1f} min left, {self.planned_epochs} epochs planned"

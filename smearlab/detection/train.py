@@ -62,7 +62,7 @@ from tqdm.auto import tqdm
 from ..core.device import resolve_device
 from ..core.errors import DataError
 from ..core.files import atomic_path, write_text
-from ..core.training import History
+from ..core.training import History, TimeBudget
 from ..data import open_dataset
 from ..data.classes import match_classes
 from ..data.sample import SmearDataset
@@ -115,6 +115,11 @@ class TrainConfig:
     preprocess : preprocessing pipeline (a ``Preprocess`` or its dict), applied to the training
         and validation images before augmentation and saved with the models, so that
         :func:`~smearlab.detection.predict.predict` applies it identically.
+    time_budget_s : train for this many seconds (validation included) instead of ``epochs``:
+        the number of epochs, and with it the learning-rate schedule, is fitted to the budget
+        from the measured speed of the first steps and of each epoch
+        (:class:`~smearlab.core.training.TimeBudget`), so the run ends on a finished schedule
+        within the budget. ``epochs`` is then only the plan before the first measurement.
     """
 
     epochs: int = 12
@@ -140,6 +145,7 @@ class TrainConfig:
     max_steps_per_epoch: int | None = None
     val_tile: int | None = None
     preprocess: Any = None
+    time_budget_s: float | None = None
 
     def __post_init__(self):
         if self.optimizer not in ("sgd", "adamw"):
@@ -148,6 +154,8 @@ class TrainConfig:
             raise ValueError(f"lr_schedule must be 'cosine', 'step' or 'constant', got {self.lr_schedule!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs}, {self.batch_size}")
+        if self.time_budget_s is not None and not float(self.time_budget_s) > 0:
+            raise ValueError(f"time_budget_s must be a positive number of seconds, got {self.time_budget_s!r}")
 
     @property
     def base_lr(self) -> float:
@@ -441,14 +449,17 @@ def _device_targets(images: list, targets, device: torch.device, masks: bool) ->
 # ---------------------------------------------------------------------------------------------
 # schedule, checkpoints, logs
 # ---------------------------------------------------------------------------------------------
-def _lr_lambda(tcfg: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
-    total = max(1, tcfg.epochs * steps_per_epoch)
-    warm = int(min(tcfg.warmup_iters, total // 4))
-    milestones = sorted(int(e) * steps_per_epoch for e in
-                        (tcfg.lr_steps if tcfg.lr_steps is not None
-                         else (round(tcfg.epochs * 2 / 3), round(tcfg.epochs * 8 / 9))))
+def _lr_lambda(tcfg: TrainConfig, steps_per_epoch: int, epochs: Callable[[], int] | None = None) -> Callable[[int], float]:
+    """The learning-rate factor at step ``it``; the schedule spans ``epochs()`` epochs (``tcfg.epochs``,
+    or the plan of a time budget, read at every step)."""
+    epochs = epochs or (lambda: tcfg.epochs)
+    warm = int(min(tcfg.warmup_iters, max(1, epochs() * steps_per_epoch) // 4))
 
     def f(it: int) -> float:
+        n = epochs()
+        total = max(1, n * steps_per_epoch)
+        milestones = sorted(int(e) * steps_per_epoch for e in
+                            (tcfg.lr_steps if tcfg.lr_steps is not None else (round(n * 2 / 3), round(n * 8 / 9))))
         w = 1.0 if it >= warm else 0.001 + (1 - 0.001) * it / warm
         if tcfg.lr_schedule == "cosine":
             s = 0.5 * (1 + math.cos(math.pi * min(it, total) / total))
@@ -649,7 +660,11 @@ def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, tr
                                         weight_decay=tcfg.weight_decay)
         else:
             optimizer = torch.optim.AdamW(params, lr=tcfg.base_lr, weight_decay=tcfg.weight_decay)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(tcfg, steps_per_epoch))
+        budget = None
+        if tcfg.time_budget_s is not None:
+            budget = TimeBudget(tcfg.time_budget_s, steps_per_epoch, initial_epochs=tcfg.epochs)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, _lr_lambda(tcfg, steps_per_epoch, (lambda: budget.planned_epochs) if budget else None))
         scaler = _grad_scaler(use_amp)
 
         history = History(best_metric=tcfg.best_metric, out_dir=out_dir)
@@ -684,9 +699,15 @@ def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, tr
         else:
             train_model = net
 
-        end_epoch = tcfg.epochs if until_epoch is None else max(0, min(tcfg.epochs, int(until_epoch)))
+        def planned() -> int:
+            n = budget.planned_epochs if budget is not None else tcfg.epochs
+            return n if until_epoch is None else max(0, min(n, int(until_epoch)))
+
         last_good = out_dir / "last.pt" if out_dir is not None else None
-        for epoch in range(start_epoch, end_epoch):
+        epoch = start_epoch
+        if budget is not None:
+            budget.start()
+        while epoch < planned():
             if isinstance(sampler, DistributedSampler):
                 sampler.set_epoch(epoch)
             gen.manual_seed(_epoch_seed(tcfg.seed, epoch))
@@ -699,7 +720,9 @@ def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, tr
                                device, use_amp, batch_aug, tcfg, epoch, dctx, history,
                                check_labels=None if train_smear is not None else len(names) + 1, masks=masks,
                                progress=progress and dctx.main,
-                               last_good=last_good if last_good is not None and last_good.exists() else None)
+                               last_good=last_good if last_good is not None and last_good.exists() else None,
+                               budget=budget if epoch == start_epoch else None,
+                               epochs=budget.planned_epochs if budget is not None else tcfg.epochs)
             if dctx.active:  # BN running stats differ per rank after the last step: take rank 0's
                 for b in net.buffers():
                     dist.broadcast(b, 0)
@@ -709,7 +732,7 @@ def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, tr
                     f"{optimizer.param_groups[0]['lr']:.3g}); training stopped"
                     + (f"; the last good checkpoint {last_good} is kept" if last_good and last_good.exists() else "")
                     + ". Lower the learning rate or raise warmup_iters.")
-            is_last = epoch + 1 == tcfg.epochs
+            is_last = epoch + 1 == (budget.planned_epochs if budget is not None else tcfg.epochs)
             if val_smear is not None and ((epoch + 1) % max(1, tcfg.val_every) == 0 or is_last):
                 if dctx.main:
                     t_val = time.time()
@@ -722,6 +745,12 @@ def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, tr
                     rec["val_time_s"] = round(time.time() - t_val, 3)
                 dctx.barrier()
             rec["time_s"] = round(time.time() - t_epoch, 3)
+            if budget is not None:
+                plan = [budget.after_epoch(epoch + 1 - start_epoch)]
+                if dctx.active:  # every rank follows rank 0's plan
+                    dist.broadcast_object_list(plan, 0)
+                budget.planned_epochs = int(plan[0])
+                rec.update(planned_epochs=budget.planned_epochs, budget_left_s=round(budget.left_s, 1))
             history.records.append(rec)
             improved = False
             key = f"val_{tcfg.best_metric}"
@@ -747,9 +776,12 @@ def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, tr
                 if improved:
                     save_model(net, cfg_model, out_dir / "best", preprocess=tcfg.preprocess)
             if dctx.main:
-                log.info("epoch %d/%d: %s", epoch + 1, tcfg.epochs,
+                log.info("epoch %d/%d: %s", epoch + 1, planned(),
                          ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
             dctx.barrier()
+            epoch += 1
+        if budget is not None and dctx.main:
+            log.info("time budget %.0f s: %d epochs in %.0f s", budget.seconds, epoch - start_epoch, budget.elapsed_s)
         if dctx.main and out_dir is not None:
             save_model(net, cfg_model, out_dir / "model", preprocess=tcfg.preprocess)
             if history.best_epoch is None:  # no validation: best is the final model
@@ -777,11 +809,11 @@ def _augment_batch(aug, images: list, targets: list) -> tuple[list, list]:
 
 def _train_epoch(train_model, net, source, steps, optimizer, scheduler, scaler, device, use_amp, batch_aug,
                  tcfg: TrainConfig, epoch: int, dctx: _Dist, history: History, *, check_labels, progress,
-                 last_good, masks: bool = False) -> dict[str, Any]:
+                 last_good, masks: bool = False, budget: TimeBudget | None = None, epochs: int = 0) -> dict[str, Any]:
     train_model.train()
     bar = None
     if progress:
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{tcfg.epochs}", unit="step", leave=True)
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs or tcfg.epochs}", unit="step", leave=True)
     sums: dict[str, float] = {}
     n_img, n_steps = 0, 0
     lr_start = optimizer.param_groups[0]["lr"]
@@ -827,13 +859,23 @@ def _train_epoch(train_model, net, source, steps, optimizer, scheduler, scaler, 
             scaler.update()
             scheduler.step()
             n_steps += 1
+            if budget is not None and not budget.calibrated:
+                plan = [None]
+                if dctx.main:
+                    budget.after_step(n_steps)  # raises when the budget cannot hold one epoch
+                    plan = [budget.planned_epochs if budget.calibrated else None]
+                if dctx.active:
+                    dist.broadcast_object_list(plan, 0)
+                if plan[0] is not None:
+                    budget.planned_epochs, budget.calibrated = int(plan[0]), True
             n_img += len(images) * dctx.world
             history.step_losses.append(vals[0])
             for k, v in zip(["loss", *loss_dict], vals):
                 sums[k] = sums.get(k, 0.0) + v
             if bar is not None:
                 el = max(time.time() - t0, 1e-9)
-                bar.set_postfix(loss=f"{vals[0]:.3f}", img_s=f"{n_img / el:.1f}", lr=f"{lr:.2g}")
+                bar.set_postfix(loss=f"{vals[0]:.3f}", img_s=f"{n_img / el:.1f}", lr=f"{lr:.2g}",
+                                **({"budget": budget.describe()} if budget is not None else {}))
                 bar.update(1)
     finally:
         if bar is not None:

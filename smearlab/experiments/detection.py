@@ -13,10 +13,12 @@ import torch
 from ..core.device import resolve_device
 from ..data.sample import SmearDataset
 from ..data.splits import kfold
+from ..detection.anchors import anchor_report, fitted_by_default
 from ..detection.models import DetectorConfig, build_detector, save_model
 from ..detection.postprocess import RawPredictions
 from ..detection.predict import predict
-from ..detection.train import History, TrainConfig, default_evaluate, train_detector
+from ..core.training import History
+from ..detection.train import TrainConfig, default_evaluate, train_detector
 from ..detection.tune import Thresholds, auto_tune
 from ..export import export_coco_gt, export_coco_results, export_counts_csv
 from ..metrics.detection import count_metrics
@@ -59,7 +61,8 @@ class DetectionRun:
 
 def fit_and_evaluate(name: str, cfg: DetectorConfig, tcfg: TrainConfig, train: SmearDataset,
                      test: SmearDataset, val: SmearDataset | None = None, *, tune: str | None = "f1",
-                     tile: int | None = None, batch_size: int = 8, progress: bool = True) -> DetectionRun:
+                     tile: int | None = None, batch_size: int = 8, progress: bool = True,
+                     anchors: str = "fit") -> DetectionRun:
     """Train a detector, cache its raw predictions, tune thresholds on ``val``, score ``test``.
 
     COCO AP is computed on the raw predictions (low score floor, as COCO expects ranked
@@ -78,14 +81,21 @@ def fit_and_evaluate(name: str, cfg: DetectorConfig, tcfg: TrainConfig, train: S
     tile : tile size for prediction on large fields (None: whole images).
     batch_size : images per prediction batch.
     progress : progress bars.
+    anchors : ``"fit"`` (the default): anchor sizes and aspect ratios fitted to ``train``'s boxes
+        when ``cfg`` names none (:func:`smearlab.detection.anchors.fitted_by_default`);
+        ``"default"``: the arch's own anchors.
 
     Returns
     -------
     DetectionRun
         ``metrics`` holds mAP50, mAP, per_class, counts (per class), count_accuracy (mean over
-        classes), train_s, train_images_per_s, infer_s, infer_images_per_s, device, epochs; for
-        a Mask R-CNN on a test set with instance masks also mask_mAP50 and mask_mAP.
+        classes), train_s, train_images_per_s, infer_s, infer_images_per_s, device, epochs,
+        anchors (the best-possible recall per class of the arch's anchors and of those used); for
+        a Mask R-CNN on a test set with instance masks also mask_mAP50 and mask_mAP. The run's
+        ``config`` holds the anchors it was built with.
     """
+    base = cfg
+    cfg = fitted_by_default(cfg, train, anchors)
     model = build_detector(cfg)
     t0 = time.perf_counter()
     history = train_detector(model, cfg, train, val, tcfg, progress=progress)
@@ -117,6 +127,7 @@ def fit_and_evaluate(name: str, cfg: DetectorConfig, tcfg: TrainConfig, train: S
         "train_s": round(train_s, 2), "train_images_per_s": round(images / train_s, 2) if train_s else None,
         "infer_s": round(infer_s, 3), "infer_images_per_s": round(len(test) / infer_s, 2) if infer_s else None,
         "device": str(device), "epochs": len(history.records),
+        "anchors": anchor_report(train, dataclasses.replace(base, anchor_sizes=None, aspect_ratios=None), cfg),
     }
     if "mask_mAP" in coco:
         metrics["mask_mAP50"], metrics["mask_mAP"] = coco["mask_mAP50"], coco["mask_mAP"]
@@ -170,8 +181,9 @@ def compare_detectors(splits: dict[str, SmearDataset], s, *, seed: int = 0, devi
     ----------
     splits : ``{"train", "val", "test"}`` datasets (:func:`smearlab.data.splits.detection_splits`).
     s : settings with ``runs`` (``[name, arch, frozen backbone]`` each), ``epochs``,
-        ``input_size`` (the short image side) and ``recipe`` (TrainConfig options), as
-        :func:`smearlab.experiments.profiles.settings` gives them.
+        ``input_size`` (the short image side), ``recipe`` (TrainConfig options) and optionally
+        ``budget_minutes`` (train each run for this long instead of ``epochs``) and ``anchors``
+        (``"fit"`` or ``"default"``), as :func:`smearlab.experiments.profiles.settings` gives them.
     seed, device : training seed and device.
     out : folder for each run's checkpoints and final model folder (``<out>/<run name>/final``).
     tile : tile size for large fields (None: whole images).
@@ -188,9 +200,11 @@ def compare_detectors(splits: dict[str, SmearDataset], s, *, seed: int = 0, devi
         cfg = DetectorConfig(arch=arch, class_names=classes, min_size=s.input_size,
                              max_size=int(s.input_size * 4 / 3) + 1, freeze_backbone=frozen)
         run_dir = None if out is None else Path(out) / name.replace(" ", "_").replace(",", "")
-        tcfg = TrainConfig(epochs=s.epochs, **s.recipe, seed=seed, device=device, out_dir=run_dir)
+        budget = None if getattr(s, "budget_minutes", None) is None else float(s.budget_minutes) * 60
+        tcfg = TrainConfig(epochs=s.epochs, **s.recipe, seed=seed, device=device, out_dir=run_dir,
+                           time_budget_s=budget)
         results.append(fit_and_evaluate(name, cfg, tcfg, splits["train"], splits["test"], splits["val"],
-                                        tile=tile, progress=progress))
+                                        tile=tile, progress=progress, anchors=getattr(s, "anchors", "fit")))
     return results
 
 
@@ -206,6 +220,25 @@ def runs_table(runs: list[DetectionRun]) -> str:
     for r in (run.row() for run in runs):
         lines.append(f"| {r['name']} | {r['mAP50']:.3f} | {r['mAP']:.3f} | {r['count_accuracy']:.3f} | "
                      f"{r['train_s']:.1f} | {r['train_images_per_s']:.1f} | {r['infer_images_per_s']:.1f} |")
+    return "\n".join(lines)
+
+
+def anchors_table(run: DetectionRun) -> str:
+    """The anchor coverage of a run as a Markdown table: per class, the share of training boxes
+    some anchor matches at IoU >= 0.5 with the arch's own anchors and with those the run used.
+
+    Parameters
+    ----------
+    run : a :class:`DetectionRun` (its ``metrics["anchors"]``).
+    """
+    a = run.metrics["anchors"]
+
+    def pct(v):
+        return "n/a" if v is None else f"{100 * v:.1f} %"
+
+    lines = [f"anchor sizes {a['anchor_sizes']}, aspect ratios {a['aspect_ratios']}", "",
+             "| class | boxes | covered, arch's anchors | covered, anchors used |", "|---|---|---|---|"]
+    lines += [f"| {n} | {a['boxes'][n]} | {pct(a['before'][n])} | {pct(a['after'][n])} |" for n in a["before"]]
     return "\n".join(lines)
 
 

@@ -40,10 +40,10 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "02_preprocessing": {"quick": {"stat_images": 12}, "full": {"stat_images": 60}},
     "03_detection": {
         "quick": {"runs": [["tiny", "fasterrcnn_tiny", False], ["tiny, frozen backbone", "fasterrcnn_tiny", True]],
-                  "epochs": 8, "input_size": 384, "recipe": CPU_RECIPE},
+                  "epochs": 8, "input_size": 384, "recipe": CPU_RECIPE, "budget_minutes": None, "anchors": "fit"},
         "full": {"runs": [["Faster R-CNN v2", "fasterrcnn_v2", False], ["RetinaNet", "retinanet", False],
                           ["Faster R-CNN v2, frozen backbone", "fasterrcnn_v2", True]],
-                 "epochs": 40, "input_size": 640, "recipe": CPU_RECIPE},
+                 "epochs": 40, "input_size": 640, "recipe": CPU_RECIPE, "budget_minutes": None, "anchors": "fit"},
         "gpu": {"recipe": GPU_RECIPE},
     },
     "04_segmentation": {

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..core.device import describe as describe_hardware
 from ..core.files import atomic_path, write_json, write_text
+from ..core.threads import started_with
 from ..experiments.profiles import REAL_DATA
 from .results import NotebookResult, git_commit, index_html, results_markdown
 
@@ -183,7 +184,7 @@ def run_report(profile: str = "quick", *, data_root: str | Path | None = None, d
                out: str | Path | None = None, notebooks: Iterable[str] | None = None,
                notebook_dir: str | Path | None = None, seed: int = 0, kernel: str = "python3",
                timeout: int | None = 3600, html_export: bool = True,
-               parameters: Mapping[str, Any] | None = None) -> dict[str, Any]:
+               parameters: Mapping[str, Any] | None = None, threads: int | None = None) -> dict[str, Any]:
     """Run the notebook series and write the run folder; returns the index dict.
 
     Parameters
@@ -201,6 +202,9 @@ def run_report(profile: str = "quick", *, data_root: str | Path | None = None, d
     html_export : also export each executed notebook to HTML.
     parameters : extra notebook parameters (``--param k=v``), over the profile's; each notebook
         gets those it declares.
+    threads : threads of each notebook's kernel (None: PyTorch's default, one per core). Idle
+        threads always sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``, see
+        :mod:`smearlab.core.threads`), so that a report shares a busy machine fairly.
 
     Raises
     ------
@@ -220,19 +224,20 @@ def run_report(profile: str = "quick", *, data_root: str | Path | None = None, d
     results = _previous_results(index_path)
     make_out_dir(out_dir)
     t0 = time.perf_counter()
-    for nb in _progress(chosen):
-        params = {**notebook_parameters(nb.stem, profile, data_root=data_root, device=device, seed=seed),
-                  **parameters}
-        res = run_notebook(nb, out_dir, params, kernel=kernel, timeout=timeout, html_export=html_export)
-        results[nb.stem] = asdict(res)
+    with started_with(threads) as environment:  # the one place notebook kernels are started
+        for nb in _progress(chosen):
+            params = {**notebook_parameters(nb.stem, profile, data_root=data_root, device=device, seed=seed),
+                      **parameters}
+            res = run_notebook(nb, out_dir, params, kernel=kernel, timeout=timeout, html_export=html_export)
+            results[nb.stem] = asdict(res)
     index = {
         "out": str(out_dir), "profile": profile, "device": device, "data_root": str(data_root) if data_root else None,
         "date": _dt.datetime.now().isoformat(timespec="seconds"), "git_commit": git_commit(),
-        "hardware": describe_hardware(device),
+        "hardware": describe_hardware(device), "threads": threads, "kernel_environment": environment,
         "command": "smearlab " + shlex.join(report_argv(
             profile, notebook_dir=notebook_dir, notebooks=notebooks, device=device, seed=seed,
             data_root=data_root, timeout=timeout, html_export=html_export, parameters=parameters,
-            out=out_dir)),
+            out=out_dir, threads=threads)),
         "wall_s": round(time.perf_counter() - t0, 2),
         "notebooks": dict(sorted(results.items())),
         "ran": [nb.stem for nb in chosen],
@@ -498,14 +503,15 @@ def format_value(value: Any) -> str:
 def report_argv(profile: str, *, notebook_dir: str | Path | None = None,
                 notebooks: Iterable[str] | None = None, device: str = "auto", seed: int = 0,
                 data_root: str | Path | None = None, timeout: int | None = 3600, html_export: bool = True,
-                parameters: Mapping[str, Any] | None = None, out: str | Path | None = None) -> list[str]:
+                parameters: Mapping[str, Any] | None = None, out: str | Path | None = None,
+                threads: int | None = None) -> list[str]:
     """The ``smearlab report`` arguments (after ``smearlab``) that run these settings.
 
     Parameters
     ----------
     profile : ``"quick"`` or ``"full"``.
-    notebook_dir, notebooks, device, seed, data_root, timeout, html_export, parameters, out : as for
-        :func:`run_report`; options left at their defaults are omitted (``--timeout 0`` for no limit).
+    notebook_dir, notebooks, device, seed, data_root, timeout, html_export, parameters, out, threads : as
+        for :func:`run_report`; options left at their defaults are omitted (``--timeout 0`` for no limit).
     """
     argv = ["report"]
     if notebook_dir is not None:
@@ -519,6 +525,8 @@ def report_argv(profile: str, *, notebook_dir: str | Path | None = None,
         argv += ["--timeout", str(timeout or 0)]
     if not html_export:
         argv.append("--no-html")
+    if threads is not None:
+        argv += ["--threads", str(threads)]
     for key, value in (parameters or {}).items():
         argv += ["--param", f"{key}={format_value(value)}"]
     if out is not None:

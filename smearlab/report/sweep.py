@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..core.files import atomic_path, flatten_dict, write_json, write_text
+from ..core.threads import thread_environment
 from .results import format_cell, git_commit
 from .runner import (PROFILES, RUNNER_PARAMETERS, check_parameter_type, declared_parameters, find_notebooks,
                      format_value, make_out_dir, report_argv, select_notebooks)
@@ -246,7 +247,8 @@ def run_sweep(path: str | Path, *, out: str | Path | None = None, jobs: int = 1,
     Each grid point is the ``smearlab report`` command that :func:`sweep_jobs` builds, run by
     :func:`run_job` in a pool of ``jobs`` worker processes (so ``jobs`` points run at once),
     in its own folder ``out/job_NNN`` with its own kernel, its console output in
-    ``out/job_NNN/job.log``. With ``jobs > 1`` the workers' ``OMP_NUM_THREADS`` defaults to
+    ``out/job_NNN/job.log``. Idle threads of every job sleep (``OMP_WAIT_POLICY=PASSIVE``,
+    :mod:`smearlab.core.threads`); with ``jobs > 1`` the workers' ``OMP_NUM_THREADS`` defaults to
     the CPU count divided by ``jobs`` (unless set), so that parallel jobs do not oversubscribe
     the cores. A failing point is marked in the table; the others still run. Writes
     ``out/sweep.json``, ``sweep.csv`` and ``sweep.html`` (see :func:`collect_sweep`).
@@ -267,9 +269,11 @@ def run_sweep(path: str | Path, *, out: str | Path | None = None, jobs: int = 1,
     make_out_dir(out)
     todo = sweep_jobs(sweep, out, data_root=data_root, device=device, seed=seed, timeout=timeout,
                       html_export=html_export)
-    env = {}
+    threads = None
     if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // jobs))
+        threads = max(1, (os.cpu_count() or 1) // jobs)
+    # the wait policy unless the user set one; the thread share whenever jobs run side by side
+    env = {k: v for k, v in thread_environment(threads).items() if k not in os.environ or threads is not None}
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=_worker_context(),
                              initializer=_set_environ, initargs=(env,)) as pool:

@@ -1,0 +1,103 @@
+"""Time-budgeted training: the plan fits the budget, the schedule finishes, too small is an error."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from smearlab.core import training
+from smearlab.core.training import TimeBudget
+from smearlab.detection import DetectorConfig, TrainConfig, build_detector, train_detector
+from smearlab.detection.train import _lr_lambda
+
+
+class FakeClock:
+    """Seconds that advance only when the test says so."""
+
+    def __init__(self):
+        self.t = 0.0
+
+    def __call__(self):
+        return self.t
+
+
+def _run(budget: TimeBudget, clock: FakeClock, step_s: float, val_s: float) -> float:
+    """Simulate a loop: steps of ``step_s``, then ``val_s`` of validation per epoch."""
+    done = 0
+    budget.start()
+    while done < budget.planned_epochs:
+        for k in range(budget.steps_per_epoch):
+            clock.t += step_s
+            if done == 0:
+                budget.after_step(k + 1)
+        clock.t += val_s
+        done += 1
+        budget.after_epoch(done)
+    return clock.t
+
+
+@pytest.mark.parametrize("step_s, val_s", [(1.0, 0.0), (1.0, 3.0), (0.25, 1.0)])
+def test_the_plan_fills_the_budget_without_passing_it(step_s, val_s):
+    clock = FakeClock()
+    b = TimeBudget(100, 10, clock=clock)
+    elapsed = _run(b, clock, step_s, val_s)
+    epoch = 10 * step_s + val_s
+    assert elapsed <= 100 and elapsed > 100 - 2 * epoch  # no epoch it could afford is left unused
+    assert b.planned_epochs == int(elapsed / epoch + 0.5)
+
+
+def test_a_slower_machine_later_shortens_the_plan_but_never_lengthens_it_late():
+    clock = FakeClock()
+    b = TimeBudget(100, 10, clock=clock)
+    b.start()
+    for k in range(10):
+        clock.t += 1.0
+        b.after_step(k + 1)
+    assert b.planned_epochs == 10
+    assert b.after_epoch(1) == 10
+    for done in range(2, 6):
+        clock.t += 10.0
+        assert b.after_epoch(done) == 10
+    clock.t += 15.0                                   # epoch 6 took half as long again
+    assert b.after_epoch(6) == 8                      # 35 s left at 15 s an epoch
+    clock.t += 1.0                                    # ... and the next one was quick again
+    assert b.after_epoch(7) == 8                      # the plan does not grow back late in the run
+
+
+def test_a_budget_too_small_for_one_epoch_is_a_clear_error():
+    clock = FakeClock()
+    b = TimeBudget(30, 20, clock=clock)
+    with pytest.raises(ValueError, match=r"time budget of 30 s is too small for one epoch.*20 steps of 2\.00 s"):
+        for k in range(20):
+            clock.t += 2.0
+            b.after_step(k + 1)
+    with pytest.raises(ValueError, match="positive"):
+        TimeBudget(0, 10)
+    with pytest.raises(ValueError, match="time_budget_s"):
+        TrainConfig(time_budget_s=-5)
+
+
+def test_the_schedule_spans_the_planned_epochs_and_ends_at_its_final_value():
+    plan = {"epochs": 12}
+    f = _lr_lambda(TrainConfig(warmup_iters=4, lr_schedule="cosine"), 10, lambda: plan["epochs"])
+    assert f(50) == pytest.approx(0.5 * (1 + np.cos(np.pi * 50 / 120)))
+    plan["epochs"] = 5  # the budget's plan changed after calibration
+    assert f(50) == pytest.approx(0.0) and f(25) == pytest.approx(0.5)
+
+
+def test_budgeted_training_runs_the_planned_epochs_and_finishes_its_schedule(monkeypatch):
+    """A real (tiny) training under a fake clock: each clock reading is one second later."""
+    ticks = itertools.count()
+    monkeypatch.setattr(training, "clock", lambda: float(next(ticks)))
+    from smearlab.data.synthetic import make_dataset
+    ds = make_dataset(6, seed=0, width=96, height=80)
+    torch.manual_seed(0)
+    cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=ds.class_names, min_size=80, max_size=96)
+    model = build_detector(cfg)
+    hist = train_detector(model, cfg, ds, tcfg=TrainConfig(batch_size=2, lr=0.01, warmup_iters=2, device="cpu",
+                                                           time_budget_s=40, epochs=50), progress=False)
+    assert len(hist) == hist[-1]["planned_epochs"] >= 1
+    assert hist[-1]["lr_end"] == pytest.approx(0.0, abs=1e-9)  # the cosine schedule ran to its end
+    with pytest.raises(ValueError, match="too small for one epoch"):  # 6 steps of 0.2 fake seconds
+        train_detector(build_detector(cfg), cfg, ds, tcfg=TrainConfig(batch_size=1, device="cpu", time_budget_s=1),
+                       progress=False)
