@@ -28,7 +28,8 @@ import segmentation_zheng  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 HEADLINE_ZHENG = ("zheng_d1_nucleus_dice", "zheng_d1_cell_dice", "zheng_d2_nucleus_dice", "zheng_d2_cell_dice")
-HEADLINE_DSB = ("dsb_metric", "dsb_mask_ap50", "dsb_metric_classical", "dsb_mask_ap50_classical")
+HEADLINE_DSB = ("dsb_metric", "dsb_mask_ap50", "dsb_metric_classical", "dsb_mask_ap50_classical", "dsb_metric_learned",
+                "dsb_per_look")
 
 
 def main(argv=None) -> int:

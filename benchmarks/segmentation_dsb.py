@@ -20,6 +20,14 @@ training and 10 test images, stratified by the three looks of ``SUBSET_IMAGES.ts
 * Two-stage: the Mask R-CNN's boxes, each crop segmented by a small U-Net trained on crops
   around the training nuclei (:func:`smearlab.segmentation.predict.two_stage_segment`); scored with the
   Mask R-CNN's score threshold, its time per image is the detector's plus the crop U-Net's.
+* Learned instance segmenter (:mod:`smearlab.segmentation.instances`): a U-Net from scratch on
+  one polarity-normalised grey channel, trained on random crops for a CPU time budget; its outputs
+  are chosen by measurement: two variants, "boundary" (background / interior / boundary, then a
+  watershed seeded by the confident interior) and "foreground" (background / foreground, then the
+  distance-transform watershed of the predicted foreground), each trained for
+  ``--selection-budget`` minutes on 16 training images and scored on the other 4 (validation,
+  one per look at least); the better one is trained again for ``--learned-budget`` minutes on the
+  16 and its thresholds tuned on the 4, then scored on the test images.
 * Classical: Otsu / Li / adaptive threshold + connected components and the distance-transform
   watershed at a few ``min_distance`` values (:mod:`smearlab.segmentation.classical`); the best by mean DSB
   metric on the *training* images is reported on the test images.
@@ -55,6 +63,8 @@ from smearlab.detection import DetectorConfig, TrainConfig, build_detector, pred
 from smearlab.detection.train import train_detector  # noqa: E402
 from smearlab.metrics.instances import dsb_score, segmentation_metrics  # noqa: E402
 from smearlab.segmentation.train import train_crop_unet  # noqa: E402
+from smearlab.segmentation.instances import (InstanceTrainConfig, build_instance_unet, predict_probabilities,  # noqa: E402
+                                             probabilities_to_instances, train_instance_unet, tune_thresholds)
 from smearlab.segmentation.predict import two_stage_segment  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "dsb2018_subset"
@@ -231,13 +241,64 @@ def _classical_predict(ds, spec) -> tuple[list[dict], float]:
     return preds, (time.perf_counter() - t0) / len(ds)
 
 
+def validation_split(train, seed: int = SEED) -> tuple[list[int], list[int]]:
+    """Indices into ``train``: ``(fit, val)``, one validation image per look and one more from the
+    largest look (4 of the 20), drawn by ``seed``."""
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(train):
+        groups.setdefault(s.meta.get("group", "all"), []).append(i)
+    rng = np.random.default_rng(seed + 1)
+    val = [int(rng.choice(sorted(idx))) for g, idx in sorted(groups.items())]
+    largest = max(groups, key=lambda g: len(groups[g]))
+    val.append(int(rng.choice([i for i in groups[largest] if i not in val])))
+    return [i for i in range(len(train)) if i not in val], sorted(val)
+
+
+def _foreground_instances(probs, min_distance: int) -> dict:
+    """The "foreground" variant's instances: the distance-transform watershed of the predicted
+    foreground (what a plain U-Net + watershed does)."""
+    return classical.watershed_segment((probs[1] + probs[2]) >= 0.5, min_distance=min_distance, min_size=12)
+
+
+def train_learned(fit, val, variant: str, minutes: float, device, seed: int):
+    """Train one variant for ``minutes``; ``(model, post-processing, val DSB, seconds)``."""
+    torch.manual_seed(seed)
+    model = build_instance_unet(base=16, depth=4)
+    cfg = InstanceTrainConfig(crop=128, batch_size=8, lr=2e-3, time_budget_s=minutes * 60, seed=seed, device=str(device),
+                              boundary=2 if variant == "boundary" else 0)
+    t0 = time.perf_counter()
+    train_instance_unet(model, fit, None, cfg, progress=True)
+    train_s = time.perf_counter() - t0
+    probs = [predict_probabilities(model, s.image, device=device) for s in val]
+    if variant == "boundary":
+        th, score = tune_thresholds(model, val, device=device)
+        return model, ("boundary", th), score, train_s
+    scores = {d: dsb_score(val, [_foreground_instances(p, d) for p in probs], kind="masks") or 0.0 for d in (3, 5, 8)}
+    best = max(scores, key=scores.get)
+    return model, ("foreground", best), scores[best], train_s
+
+
+def predict_learned(model, post, ds, device) -> tuple[list[dict], float]:
+    """The learned segmenter's instances of ``ds`` and the seconds per image."""
+    for s in ds:
+        s.image  # noqa: B018
+    t0 = time.perf_counter()
+    out = []
+    for s in ds:
+        probs = predict_probabilities(model, s.image, device=device)
+        out.append(probabilities_to_instances(probs, post[1]) if post[0] == "boundary"
+                   else _foreground_instances(probs, post[1]))
+    return out, (time.perf_counter() - t0) / len(ds)
+
+
 def _headline(prefix: str, m: dict, suffix: str = "") -> dict:
     return {f"dsb_metric{prefix}{suffix}": m["dsb_metric"], f"dsb_mask_ap50{prefix}{suffix}": m["mask_mAP50"],
             f"dsb_mask_map{prefix}{suffix}": m["mask_mAP"], f"dsb_count_error{prefix}{suffix}": m["count_error"]}
 
 
 def run(preset: str = "cpu", data: str | Path = DEFAULT_DATA, device: str = "auto", *, seed: int = SEED,
-        noise: bool = True, epochs: int | None = None) -> dict:
+        noise: bool = True, epochs: int | None = None, learned_budget: float | None = 20,
+        selection_budget: float = 5) -> dict:
     """Train, pick, evaluate; the result dict (see the module docstring for the keys)."""
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
@@ -272,13 +333,36 @@ def run(preset: str = "cpu", data: str | Path = DEFAULT_DATA, device: str = "aut
     seconds["classical"] = {"cpu": cl_sec}
     cl = segmentation_metrics(test, cl_preds, score_threshold=0.0)
 
-    result = {**_headline("", net), **_headline("_classical", cl), **_headline("_two_stage", ts),
+    learned = {}
+    if learned_budget:
+        fit_idx, val_idx = validation_split(train, seed)
+        fit, val = train.subset(fit_idx, "dsb-fit"), train.subset(val_idx, "dsb-val")
+        selection = {}
+        for variant in ("boundary", "foreground"):
+            _, post, score, _ = train_learned(fit, val, variant, selection_budget, dev, seed)
+            selection[variant] = {"val_dsb": score, "post": str(post[1])}
+            print(f"  learned {variant:10s} {selection_budget} min: validation DSB {score:.4f}", flush=True)
+        chosen = max(selection, key=lambda v: selection[v]["val_dsb"])
+        l_model, post, l_val, l_train_s = train_learned(fit, val, chosen, learned_budget, dev, seed)
+        l_preds, l_sec = predict_learned(l_model, post, test, dev)
+        seconds["learned"] = {dev.type: l_sec}
+        lm = segmentation_metrics(test, l_preds, score_threshold=0.0)
+        learned = {**_headline("_learned", lm), "learned": lm, "learned_variant": chosen,
+                   "learned_selection": selection, "learned_val_dsb": l_val, "learned_train_s": round(l_train_s, 1),
+                   "learned_budget_min": learned_budget, "learned_post": {"variant": post[0], "settings": str(post[1])},
+                   "learned_split": {"fit": [s.image_id for s in fit], "val": [s.image_id for s in val]}}
+
+    per_look = {"maskrcnn": _per_group(test, _above(preds, thr)), "two_stage": _per_group(test, _above(ts_preds, thr)),
+                "classical": _per_group(test, cl_preds)}
+    if learned:
+        per_look["learned"] = _per_group(test, l_preds)
+    result = {**_headline("", net), **_headline("_classical", cl), **_headline("_two_stage", ts), **learned,
+              "dsb_per_look": per_look,
               "two_stage": ts, "two_stage_crop_unet": {**TWO_STAGE[preset], "train_s": round(crop_s, 1)},
               "classical_method": name, "classical_params": spec, "classical_train_dsb": cl_train,
               "maskrcnn_score_threshold": thr, "maskrcnn_train_dsb_by_threshold": grid,
               "maskrcnn": net, "classical": cl,
-              "per_group_dsb": {"maskrcnn": _per_group(test, _above(preds, thr)),
-                                "classical": _per_group(test, cl_preds)},
+              "per_group_dsb": per_look,
               "seconds_per_image": seconds, "train_s": round(train_s, 1), "epochs": n_epochs,
               "arch": cfg.arch, "min_size": cfg.min_size, "max_size": cfg.max_size, "preset": preset,
               "split": {"train": [s.image_id for s in train], "test": [s.image_id for s in test],
@@ -296,6 +380,9 @@ def run(preset: str = "cpu", data: str | Path = DEFAULT_DATA, device: str = "aut
         result.update(_headline("_two_stage", segmentation_metrics(noisy, n_ts, score_threshold=thr), "_noisy"))
         n_cl = classical.segment_dataset(noisy, spec["fn"], **spec["kwargs"])
         result.update(_headline("_classical", segmentation_metrics(noisy, n_cl, score_threshold=0.0), "_noisy"))
+        if learned:
+            n_l, _ = predict_learned(l_model, post, noisy, dev)
+            result.update(_headline("_learned", segmentation_metrics(noisy, n_l, score_threshold=0.0), "_noisy"))
         result["noise"] = {"mean_frac": 0.05, "var_frac": 0.10, "seed": seed}
     elif noise:
         result["noise"] = "smearlab.metrics.robustness not available: no noisy figures"
@@ -311,17 +398,24 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=int, help="override the preset's training epochs")
     ap.add_argument("--no-noise", action="store_true", help="skip the noisy-image evaluation")
     ap.add_argument("--threads", type=int, help="torch CPU threads (1 is much faster on a busy shared CPU)")
+    ap.add_argument("--learned-budget", type=float, default=20, help="minutes of training of the learned segmenter "
+                    "(0: leave it out)")
+    ap.add_argument("--selection-budget", type=float, default=5, help="minutes per variant when choosing its outputs")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    r = run(args.preset, args.data, args.device, seed=args.seed, noise=not args.no_noise, epochs=args.epochs)
-    print(f"\n{'':24s} {'Mask R-CNN':>11s} {'two-stage':>11s} {'classical':>11s}   ({r['classical_method']})")
+    r = run(args.preset, args.data, args.device, seed=args.seed, noise=not args.no_noise, epochs=args.epochs,
+            learned_budget=args.learned_budget, selection_budget=args.selection_budget)
+    print(f"\n{'':24s} {'Mask R-CNN':>11s} {'two-stage':>11s} {'classical':>11s} {'learned':>11s}   "
+          f"({r['classical_method']})")
     for key in ("dsb_metric", "dsb_mask_ap50", "dsb_mask_map", "dsb_count_error"):
         for sfx in ("", "_noisy"):
-            vals = [r.get(key + who + sfx) for who in ("", "_two_stage", "_classical")]
+            vals = [r.get(key + who + sfx) for who in ("", "_two_stage", "_classical", "_learned")]
             if any(v is not None for v in vals):
                 print(f"{key + sfx:24s} " + " ".join(f"{v:11.4f}" if isinstance(v, float) else f"{str(v):>11s}"
                                                      for v in vals))
+    for method, looks in r["dsb_per_look"].items():
+        print(f"DSB per look, {method:10s} " + ", ".join(f"{g} {v:.3f}" for g, v in looks.items()))
     for k, v in r["seconds_per_image"].items():
         print(f"seconds per image, {k}: " + ", ".join(f"{d} {s:.3f}" for d, s in v.items()))
     print(f"-> {save_result('segmentation_dsb', r, argv)}")

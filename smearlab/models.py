@@ -1,11 +1,12 @@
-"""One ``load_model(folder)`` for every trainable model: detectors (and Mask R-CNN), U-Nets and
-white-cell classifiers, all saved in the one model-folder format
+"""One ``load_model(folder)`` for every trainable model: detectors (and Mask R-CNN), U-Nets (class
+maps, and the learned instance segmenter) and white-cell classifiers, all saved in the one model-folder format
 (:mod:`smearlab.core.model_folder`)."""
 from __future__ import annotations
 
 from .classification.model import load_classifier
-from .core.model_folder import model_kind
+from .core.model_folder import model_kind, read_config_json
 from .detection.models import load_model as load_detector
+from .segmentation.instances import load_instance_unet
 from .segmentation.unet import load_unet
 
 _LOADERS = {"detector": load_detector, "unet": load_unet, "classifier": load_classifier}
@@ -25,4 +26,7 @@ def load_model(folder, device="auto"):
     DataError
         naming the file when the folder is not a readable model folder.
     """
-    return _LOADERS[model_kind(folder)](folder, device=device)
+    kind = model_kind(folder)
+    if kind == "unet" and read_config_json(folder).get("task") == "instances":
+        return load_instance_unet(folder, device=device)
+    return _LOADERS[kind](folder, device=device)

@@ -156,3 +156,74 @@ def instances_from_semantic(dataset, groups: "dict[str, Sequence[int]] | None" =
         out.append(Sample(s.image_id, s.path, boxes=boxes, labels=labels, image_label=s.image_label,
                           domain=s.domain, meta=dict(s.meta), _image=s.image, _masks=m, _semantic=sem))
     return SmearDataset(out, list(groups), getattr(dataset, "name", "dataset"), semantic_names=names)
+
+
+def box_tiles(dataset: SmearDataset, tile: int = 640, *, min_visible: float = 0.5) -> SmearDataset:
+    """Every image cut into ``tile`` x ``tile`` tiles at native resolution, with the boxes inside.
+
+    For training a detector on large fields (IML malaria, BBBC041: 1280 x 960 and larger) at the
+    scale it will predict at with tiles. Tiles cover the image on a grid, the last row and column
+    flush with the border (an image smaller than ``tile`` stays whole). A box cut by a tile edge
+    is kept, clipped, when at least ``min_visible`` of its area is inside, else dropped from that
+    tile (its cell is whole in a neighbouring tile).
+
+    Parameters
+    ----------
+    dataset : SmearDataset with boxes.
+    tile : tile side in pixels (>= 16).
+    min_visible : the share of a box's area that must lie in a tile for the box to be kept there.
+
+    Returns
+    -------
+    SmearDataset
+        one sample per tile (``meta["source"]``, ``meta["window"]`` ``(x0, y0, x1, y1)``), same
+        classes.
+    """
+    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 16:
+        raise ValueError(f"tile must be an integer >= 16, got {tile!r}")
+    out = []
+    for s in dataset:
+        h, w = s.hw
+        img = s.image
+        area = (s.boxes[:, 2] - s.boxes[:, 0]) * (s.boxes[:, 3] - s.boxes[:, 1])
+        for y in _starts(h, tile):
+            for x in _starts(w, tile):
+                x1, y1 = min(w, x + tile), min(h, y + tile)
+                b = np.clip(s.boxes - np.array([x, y, x, y], np.float32), 0, [x1 - x, y1 - y] * 2)
+                inside = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
+                keep = inside >= min_visible * np.maximum(area, 1e-6)
+                out.append(Sample(f"{s.image_id}@{x},{y}", boxes=b[keep], labels=s.labels[keep], domain=s.domain,
+                                  _image=np.ascontiguousarray(img[y:y1, x:x1]),
+                                  meta={"source": s.image_id, "window": (x, y, x1, y1)}))
+        s.release()
+    return SmearDataset(out, dataset.class_names, f"{dataset.name}-tiles{tile}")
+
+
+def repeat_rare(dataset: SmearDataset, *, threshold: float = 0.5, max_repeat: int = 8) -> SmearDataset:
+    """Class-aware sampling by repetition: each image (tile) appears ``r`` times, ``r`` the largest
+    repeat factor of the classes it holds, ``r(c) = max(1, sqrt(threshold / f(c)))`` with ``f(c)``
+    the share of images holding class ``c`` (the repeat factor sampling of LVIS, Gupta, Dollar
+    and Girshick, CVPR 2019), rounded and capped at ``max_repeat``. Tiles holding a rare parasite
+    stage are then seen often, tiles of red cells alone once.
+
+    Parameters
+    ----------
+    dataset : the images (or tiles).
+    threshold : the share of images above which a class is not repeated.
+    max_repeat : the most times one image appears.
+
+    Returns
+    -------
+    SmearDataset
+        the samples, repeated (shared, not copied), in their order.
+    """
+    n = max(len(dataset), 1)
+    holding = np.zeros(len(dataset.class_names))
+    for s in dataset:
+        holding[np.unique(s.labels)] += 1
+    factor = np.maximum(1.0, np.sqrt(threshold / np.maximum(holding / n, 1e-9)))
+    out = []
+    for s in dataset:
+        r = int(min(max_repeat, round(float(factor[np.unique(s.labels)].max())))) if len(s.labels) else 1
+        out += [s] * r
+    return SmearDataset(out, dataset.class_names, f"{dataset.name}-repeated")

@@ -100,6 +100,9 @@ class DetectorConfig:
     frozen_bn : use frozen batch norm in the backbone (None: when pretrained or frozen).
     extra : further keyword arguments of torchvision's ``FasterRCNN`` / ``MaskRCNN`` /
         ``RetinaNet`` (e.g. ``{"box_nms_thresh": 0.4, "rpn_post_nms_top_n_test": 2000}``).
+    object_sizes : the training scale, ``{class: {"size", "count"}}``: the median side of each
+        class's training boxes at the model's input scale (set by training; see
+        :mod:`smearlab.detection.scale`), which scale-aware prediction compares new images with.
     """
 
     arch: str = "fasterrcnn_mobilenet"
@@ -116,6 +119,7 @@ class DetectorConfig:
     weights_path: str | None = None
     frozen_bn: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    object_sizes: dict[str, dict[str, float]] | None = None
 
     def __post_init__(self):
         self.class_names = [str(c) for c in self.class_names]

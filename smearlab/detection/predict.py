@@ -36,6 +36,7 @@ from ..data.sample import Sample
 from ..data.torchdata import LUMA, DetectionDataset
 from ..preprocess import as_preprocess
 from .models import unwrap
+from .scale import estimate_zoom, zoom_to_apply
 from .tune import Thresholds
 
 Prediction = dict  # {"boxes", "scores", "labels"} numpy arrays
@@ -324,11 +325,27 @@ def _whole_image_scale(model, hw: tuple[int, int], windows):
         tr.fixed_size = old
 
 
+@contextlib.contextmanager
+def _rescaled(model, hw: tuple[int, int], factor: float):
+    """The model's input resized by ``factor`` on top of its own scale (one image at a time)."""
+    tr = getattr(unwrap(model) if isinstance(model, nn.Module) else model, "transform", None)
+    if tr is None or not hasattr(tr, "fixed_size"):
+        raise ValueError("scale needs a torchvision detector (its transform sets the input size)")
+    f = min(float(tr.min_size[-1]) / min(hw), float(tr.max_size) / max(hw)) * float(factor)
+    old = tr.fixed_size
+    tr.fixed_size = (max(1, round(hw[1] * f)), max(1, round(hw[0] * f)))
+    try:
+        yield
+    finally:
+        tr.fixed_size = old
+
+
 def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | None" = None,
             amp: bool | None = None, score_floor: float | None = None, tile: int | None = None,
             overlap: float = 0.2, progress: bool = True, merge_iou: float = 0.5,
             nms_iou: float = 0.5, edge_margin: float = 3.0, preprocess: Any = "model",
-            thresholds: Any = None, mask_threshold: float = 0.5) -> Predictions:
+            thresholds: Any = None, mask_threshold: float = 0.5, scale: "float | str | None" = None,
+            tile_resize: str = "image") -> Predictions:
     """Predict every image of ``data``; one prediction dict per image, in order.
 
     The result is a :class:`~smearlab.detection.postprocess.Predictions` list carrying the
@@ -354,6 +371,16 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
         in training); a ``Preprocess`` or its dict applies that one; None applies nothing.
     thresholds : None returns raw detections (for caching and COCO AP); ``"model"`` applies the
         tuned ``thresholds.json`` saved with the model; a ``Thresholds`` or its dict applies that.
+    tile_resize : with ``tile``: ``"image"`` resizes every tile by the factor the model would apply
+        to the whole image (a model trained on whole images); ``"tile"`` lets the model resize each
+        tile as it resized its training tiles (a model trained on tiles of this size, e.g.
+        :func:`smearlab.data.derive.box_tiles`).
+    scale : None: every image at the model's own input scale. ``"auto"``: scale-aware, each image
+        resized so that its cells look the size they had in training, judged from a first pass
+        (the reference class's median size against ``detector_config.object_sizes``; see
+        :mod:`smearlab.detection.scale`; images with too few confident cells stay as they are).
+        A number: resize every image by it on top of the model's own scale (``0.5`` for pixels
+        half as large as in training). Not with ``tile``.
     mask_threshold : a Mask R-CNN's pixel belongs to an instance when its mask probability is
         ``> mask_threshold`` (torchvision's and Detectron's 0.5 by default). Predictions of a
         mask model hold ``"masks"`` ``(N, H, W)`` bool at each input image's size (with
@@ -361,6 +388,12 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
     """
     if not 0.0 <= float(mask_threshold) < 1.0:
         raise ValueError(f"mask_threshold must be in [0, 1), got {mask_threshold}")
+    if tile_resize not in ("image", "tile"):
+        raise ValueError(f"tile_resize must be 'image' or 'tile', got {tile_resize!r}")
+    if scale is not None and tile:
+        raise ValueError("scale and tile cannot be combined: tile a field at the model's scale, or rescale it")
+    if scale is not None and scale != "auto" and not float(scale) > 0:
+        raise ValueError(f"scale must be 'auto', None or a positive number, got {scale!r}")
     is_module = isinstance(model, nn.Module)
     if device is None:
         dev = next(iter(model.parameters())).device if is_module and any(True for _ in model.parameters()) \
@@ -397,7 +430,27 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
     results: list[dict] = []
     try:
         with torch.inference_mode(), _score_floor(model, score_floor):
-            if not tile:
+            if scale is not None:
+                cfg = getattr(unwrap(model) if is_module else model, "detector_config", None)
+                if scale == "auto" and (cfg is None or not cfg.object_sizes):
+                    raise ValueError("scale='auto' needs the model's training scale (detector_config.object_sizes, "
+                                     "saved by training since it was added); give a number instead")
+                for i in range(n):
+                    img = _to_tensor(get(i), channels)
+                    hw = tuple(img.shape[-2:])
+                    if scale == "auto":
+                        first = run([img])[0]
+                        f = zoom_to_apply(estimate_zoom(first, hw, cfg))
+                    else:
+                        first, f = None, float(scale)
+                    if first is not None and f == 1.0:
+                        results.append(first)
+                    else:
+                        with _rescaled(model, hw, f):
+                            results.append(run([img])[0])
+                    if bar is not None:
+                        bar.update(1)
+            elif not tile:
                 for s in range(0, n, batch_size):
                     idx = range(s, min(n, s + batch_size))
                     results.extend(run([_to_tensor(get(i), channels) for i in idx]))
@@ -411,7 +464,9 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
                     parts, tix = [], []
                     for s in range(0, len(wins), batch_size):
                         chunk = wins[s:s + batch_size]
-                        with _whole_image_scale(model, (h, w), chunk):
+                        resize = _whole_image_scale(model, (h, w), chunk) if tile_resize == "image" \
+                            else contextlib.nullcontext()
+                        with resize:
                             outs = run([img[:, y0:y1, x0:x1] for x0, y0, x1, y1 in chunk])
                         for k, (o, (x0, y0, _, _)) in enumerate(zip(outs, chunk)):
                             o["boxes"] = o["boxes"] + np.array([x0, y0, x0, y0], np.float32)

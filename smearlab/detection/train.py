@@ -74,6 +74,7 @@ from ..metrics.instances import has_instance_masks
 from ..preprocess import as_preprocess
 from .models import ARCHS, DetectorConfig, build_detector, is_mask_model, save_model, unwrap
 from .predict import predict
+from .scale import object_sizes
 
 log = logging.getLogger("smearlab.detection")
 
@@ -586,6 +587,8 @@ def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, tr
         if masks:
             _check_masks(train_smear, cfg_model.arch)
         train_smear = _preprocessed(_remap_dataset(train_smear, names, "training"), pre)
+        if cfg_model.object_sizes is None:  # the training scale, saved with the model
+            cfg_model.object_sizes = object_sizes(train_smear, cfg_model)
     val_smear = None
     if val_ds is not None:
         val_smear, _ = _as_smear(val_ds)

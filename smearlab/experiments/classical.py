@@ -17,10 +17,12 @@ from ..segmentation.predict import predict_semantic, semantic_to_instances
 from ..segmentation.train import train_unet
 from ..segmentation.unet import UNet
 from .profiles import dataset_label
+from .segmentation import learned_row, train_learned_segmenter
 
 #: The figures of a method's row.
 ROW_KEYS = ("dsb_metric", "mask_mAP50", "count_error", "seconds_per_image")
 NETWORK = "U-Net + watershed"
+LEARNED = "learned instance U-Net"
 
 
 def evaluate_method(dataset, method: str = "threshold", params: dict | None = None, **kw) -> tuple[dict, list]:
@@ -112,6 +114,10 @@ def compare_classical(splits: dict[str, SmearDataset], params: dict, s, *, nativ
                             for m in predict_semantic(unet, test, device=device, batch_size=1 if native else 8)]
     rows[NETWORK] = {**score_instances(test, predictions[NETWORK]),
                      "seconds_per_image": (time.perf_counter() - t0) / len(test), "train_seconds": train_s}
+    t0 = time.perf_counter()
+    learned = train_learned_segmenter(train, None, s, seed=seed, device=device)
+    rows[LEARNED], predictions[LEARNED] = learned_row(learned, test, device=device)
+    rows[LEARNED]["train_seconds"] = time.perf_counter() - t0
     return ClassicalComparison(rows, predictions, best)
 
 
@@ -150,7 +156,8 @@ def classical_record(dataset, splits: dict[str, SmearDataset], comparison: Class
     """
     rows = comparison.rows
     return {"dataset": dataset_label(dataset), "images": {k: len(splits[k]) for k in ("train", "test")},
-            "methods": {k: {m: v[m] for m in ROW_KEYS} for k, v in rows.items() if k != NETWORK},
+            "methods": {k: {m: v[m] for m in ROW_KEYS} for k, v in rows.items() if k not in (NETWORK, LEARNED)},
             "best_classical": comparison.best,
             "network": {m: rows[NETWORK][m] for m in (*ROW_KEYS, "train_seconds")},
+            "learned": {m: rows[LEARNED][m] for m in (*ROW_KEYS, "train_seconds")},
             "params": {k: v for k, v in params.items() if k != "channel_scores"}, "failures": kinds}

@@ -62,7 +62,7 @@ class DetectionRun:
 def fit_and_evaluate(name: str, cfg: DetectorConfig, tcfg: TrainConfig, train: SmearDataset,
                      test: SmearDataset, val: SmearDataset | None = None, *, tune: str | None = "f1",
                      tile: int | None = None, batch_size: int = 8, progress: bool = True,
-                     anchors: str = "fit") -> DetectionRun:
+                     anchors: str = "fit", tile_resize: str = "image") -> DetectionRun:
     """Train a detector, cache its raw predictions, tune thresholds on ``val``, score ``test``.
 
     COCO AP is computed on the raw predictions (low score floor, as COCO expects ranked
@@ -81,6 +81,8 @@ def fit_and_evaluate(name: str, cfg: DetectorConfig, tcfg: TrainConfig, train: S
     tile : tile size for prediction on large fields (None: whole images).
     batch_size : images per prediction batch.
     progress : progress bars.
+    tile_resize : how prediction tiles are resized (see :func:`~smearlab.detection.predict.predict`):
+        ``"tile"`` for a model trained on tiles.
     anchors : ``"fit"`` (the default): anchor sizes and aspect ratios fitted to ``train``'s boxes
         when ``cfg`` names none (:func:`smearlab.detection.anchors.fitted_by_default`);
         ``"default"``: the arch's own anchors.
@@ -105,11 +107,13 @@ def fit_and_evaluate(name: str, cfg: DetectorConfig, tcfg: TrainConfig, train: S
 
     raw_val = None
     if val is not None and len(val):
-        raw_val = RawPredictions.for_dataset(val, predict(model, val, batch_size=batch_size, tile=tile,
-                                                          progress=progress, device=device), cfg.score_floor)
+        raw_val = RawPredictions.for_dataset(
+            val, predict(model, val, batch_size=batch_size, tile=tile, tile_resize=tile_resize, progress=progress,
+                         device=device), cfg.score_floor)
     _sync(device)
     t0 = time.perf_counter()
-    preds = predict(model, test, batch_size=batch_size, tile=tile, progress=progress, device=device)
+    preds = predict(model, test, batch_size=batch_size, tile=tile, tile_resize=tile_resize, progress=progress,
+                    device=device)
     _sync(device)
     infer_s = time.perf_counter() - t0
     raw_test = RawPredictions.for_dataset(test, preds, cfg.score_floor)

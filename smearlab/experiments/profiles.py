@@ -48,13 +48,17 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     },
     "04_segmentation": {
         "quick": {"arch": "maskrcnn_tiny", "epochs": 6, "input_size": 240, "recipe": CPU_RECIPE, "unet_epochs": 8,
-                  "unet_base": 8, "unet_size": 160, "crop_images": 8, "crop_size": 48, "crop_base": 8},
+                  "unet_base": 8, "unet_size": 160, "crop_images": 8, "crop_size": 48, "crop_base": 8,
+                  "learned_steps": 150, "learned_base": 8, "learned_depth": 3, "learned_crop": 64, "learned_minutes": None},
         "full": {"arch": "maskrcnn", "epochs": 60, "input_size": 512, "recipe": CPU_RECIPE, "unet_epochs": 80,
-                 "unet_base": 32, "unet_size": None, "crop_images": None, "crop_size": 96, "crop_base": 16},
+                 "unet_base": 32, "unet_size": None, "crop_images": None, "crop_size": 96, "crop_base": 16,
+                 "learned_steps": 3000, "learned_base": 16, "learned_depth": 4, "learned_crop": 128, "learned_minutes": 20},
     },
     "05_classical": {
-        "quick": {"epochs": 20, "unet_size": 128, "unet_depth": 3, "lr": 1e-2, "max_tiles": 64},
-        "full": {"epochs": 40, "unet_size": 512, "unet_depth": 4, "lr": 3e-3, "max_tiles": None},
+        "quick": {"epochs": 20, "unet_size": 128, "unet_depth": 3, "lr": 1e-2, "max_tiles": 64,
+                  "learned_steps": 150, "learned_base": 8, "learned_depth": 3, "learned_crop": 64, "learned_minutes": None},
+        "full": {"epochs": 40, "unet_size": 512, "unet_depth": 4, "lr": 3e-3, "max_tiles": None,
+                 "learned_steps": 3000, "learned_base": 16, "learned_depth": 4, "learned_crop": 128, "learned_minutes": 20},
         "quick+real": {"epochs": 12},
     },
     "06_gradcam_masks": {

@@ -2,11 +2,13 @@
 crop U-Net) on the same splits, scored by the same evaluators, and their noise robustness."""
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..data.sample import SmearDataset
 from ..detection.models import DetectorConfig
@@ -15,6 +17,9 @@ from ..detection.train import TrainConfig
 from ..metrics.instances import segmentation_metrics
 from ..metrics.robustness import compare_with_noise
 from ..metrics.semantic import semantic_metrics
+from ..data.derive import as_single_class
+from ..metrics.instances import score_instances
+from ..segmentation.instances import InstanceTrainConfig, build_instance_unet, predict_instances, train_instance_unet
 from ..segmentation.predict import predict_semantic, two_stage_segment
 from ..segmentation.train import train_crop_unet, train_unet
 from ..segmentation.unet import UNet
@@ -53,17 +58,50 @@ class SegmentationComparison:
     two_stage: list
     metrics: dict[str, dict]
     unet_metrics: dict[str, dict]
+    learned: UNet | None = None
+    learned_preds: list | None = None
 
     def table(self) -> str:
         """The instance segmenters and the U-Net class map as Markdown tables."""
         lines = ["| method | DSB | mask AP50 | mask AP | count error |", "|---|---|---|---|---|"]
         for name, m in self.metrics.items():
-            lines.append(f"| {name} | {m['dsb_metric']:.3f} | {m['mask_mAP50']:.3f} | {m['mask_mAP']:.3f} | "
-                         f"{m['count_error']:.3f} |")
+            lines.append(f"| {name} | {_num(m['dsb_metric'])} | {_num(m['mask_mAP50'])} | {_num(m['mask_mAP'])} | "
+                         f"{_num(m['count_error'])} |")
         lines += ["", "| U-Net class | Dice | IoU |", "|---|---|---|"]
         for name, m in self.unet_metrics.items():
             lines.append(f"| {name} | {_num(m['dice'])} | {_num(m['iou'])} |")
         return "\n".join(lines)
+
+
+LEARNED = "learned instance U-Net (class-agnostic)"
+
+
+def train_learned_segmenter(train: SmearDataset, val: SmearDataset | None, s, *, seed: int = 0, device="auto"):
+    """The learned instance segmenter (:mod:`smearlab.segmentation.instances`) trained on
+    ``train``'s instance masks (class-agnostic), its thresholds tuned on ``val``.
+
+    Parameters
+    ----------
+    train, val : splits with instance masks (``val`` may be None: default thresholds).
+    s : settings with ``learned_steps``, ``learned_base``, ``learned_depth``, ``learned_crop`` and
+        optionally ``learned_minutes`` (a time budget instead of the steps).
+    seed, device : training seed and device.
+    """
+    torch.manual_seed(seed)
+    model = build_instance_unet(base=s.learned_base, depth=s.learned_depth)
+    minutes = getattr(s, "learned_minutes", None)
+    cfg = InstanceTrainConfig(crop=s.learned_crop, steps=s.learned_steps, seed=seed, device=device,
+                              time_budget_s=None if minutes is None else minutes * 60)
+    train_instance_unet(model, train, val, cfg)
+    return model
+
+
+def learned_row(model, test: SmearDataset, *, device="auto") -> tuple[dict, list]:
+    """The learned segmenter's class-agnostic figures on ``test`` and its predictions."""
+    t0 = time.perf_counter()
+    preds = predict_instances(model, test, device=device)
+    spi = (time.perf_counter() - t0) / max(len(test), 1)
+    return {**score_instances(as_single_class(test), preds), "mask_mAP": None, "seconds_per_image": spi}, preds
 
 
 def compare_segmenters(splits: dict[str, SmearDataset], s, *, seed: int = 0, device="auto",
@@ -105,8 +143,10 @@ def compare_segmenters(splits: dict[str, SmearDataset], s, *, seed: int = 0, dev
                                    batch_size=32, device=device, seed=seed, progress=False)
     two_stage = two_stage_segment(final, crop_unet, test, device=device)
     metrics["detector + crop U-Net"] = segmentation_metrics(test, two_stage, score_threshold=0.0)
+    learned = train_learned_segmenter(train, val, s, seed=seed, device=device)
+    metrics[LEARNED], learned_preds = learned_row(learned, test, device=device)
     return SegmentationComparison(mrcnn, final, unet, unet_pred, crop_unet, two_stage, metrics,
-                                  semantic_metrics(test, unet_pred))
+                                  semantic_metrics(test, unet_pred), learned, learned_preds)
 
 
 def noise_check(comparison: SegmentationComparison, test: SmearDataset, *, seed: int = 0,
@@ -173,6 +213,7 @@ def segmentation_record(dataset, splits: dict[str, SmearDataset], comparison: Se
     short = {name: {k: m[k] for k in ROW_KEYS if k in m} for name, m in comparison.metrics.items()}
     return {"dataset": dataset_label(dataset), "images": {k: len(splits[k]) for k in ("train", "val", "test")},
             "maskrcnn": short["Mask R-CNN"], "two_stage": short["detector + crop U-Net"],
+            "learned": short.get(LEARNED),
             "unet_dice": {name: m["dice"] for name, m in comparison.unet_metrics.items()},
             "robustness": {name: {k: v for k, v in table.items() if v["delta"] is not None}
                            for name, table in robust.items()}}

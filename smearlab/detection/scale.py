@@ -1,0 +1,87 @@
+"""Scale-aware prediction: smears from another microscope or camera show the cells at another
+magnification, and a detector trained at one scale misses cells much smaller or larger than any
+it has seen. Red cells are a ruler in every blood smear (about 7.5 um across): the median size of
+the cells a detector finds, against the median size of the same class in its training images,
+says how much to resize an image before predicting.
+
+The training scale is stored in the model folder (``DetectorConfig.object_sizes``: the median
+side ``sqrt(w * h)`` of each class's boxes at the model's input scale, measured on the training
+set); :func:`smearlab.detection.predict.predict` with ``scale="auto"`` uses it, or a scale the
+user gives (``scale=0.5``: the image's pixels are twice as large as in training, e.g. the ratio
+of the training and the new pixel sizes).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..data.sample import SmearDataset
+from .anchors import box_shapes, input_scale
+from .models import DetectorConfig
+
+#: Zoom factors beyond these are not applied (a wrong estimate must not make an image huge).
+ZOOM_RANGE = (0.33, 3.0)
+#: Estimates within this ratio of 1 leave the image at the model's own scale.
+TOLERANCE = 1.12
+#: Detections that count for the estimate.
+MIN_SCORE, MIN_OBJECTS = 0.5, 5
+
+
+def object_sizes(dataset: SmearDataset, cfg: DetectorConfig) -> dict[str, dict[str, float]]:
+    """The training scale: per class, the median side ``sqrt(w * h)`` of its boxes at the model's
+    input scale and how many boxes it comes from.
+
+    Parameters
+    ----------
+    dataset : the training boxes.
+    cfg : the detector's settings (its input size).
+    """
+    out = {}
+    for name, wh in box_shapes(dataset, cfg).items():
+        if len(wh):
+            out[name] = {"size": float(np.median(np.sqrt(wh[:, 0] * wh[:, 1]))), "count": int(len(wh))}
+    return out
+
+
+def estimate_zoom(prediction: dict, hw: tuple[int, int], cfg: DetectorConfig) -> float | None:
+    """How much larger the image's cells look to the model than in training (>1: larger), from
+    one prediction at the model's own scale; None when too few reference cells were found.
+
+    The reference is the class with the most confident detections (score >= 0.5) among the
+    classes of ``cfg.object_sizes``; at least 5 of them are needed.
+
+    Parameters
+    ----------
+    prediction : the image's prediction (original pixels), 0-based labels into ``cfg.class_names``.
+    hw : the image's ``(height, width)``.
+    cfg : the detector's settings, with ``object_sizes``.
+    """
+    sizes = cfg.object_sizes or {}
+    scores, labels, boxes = prediction["scores"], prediction["labels"], prediction["boxes"]
+    best, best_n = None, 0
+    for k, name in enumerate(cfg.class_names):
+        if name not in sizes:
+            continue
+        sel = (labels == k) & (scores >= MIN_SCORE)
+        if sel.sum() > best_n:
+            best, best_n = (name, sel), int(sel.sum())
+    if best is None or best_n < MIN_OBJECTS:
+        return None
+    name, sel = best
+    wh = boxes[sel, 2:] - boxes[sel, :2]
+    seen = float(np.median(np.sqrt(wh[:, 0] * wh[:, 1]))) * input_scale(hw, cfg)
+    return seen / sizes[name]["size"]
+
+
+def zoom_to_apply(zoom: float | None) -> float:
+    """The resize factor for an image whose cells look ``zoom`` times their training size: 1/zoom,
+    clipped to :data:`ZOOM_RANGE`, and 1 when the estimate is missing or within :data:`TOLERANCE`.
+
+    Parameters
+    ----------
+    zoom : :func:`estimate_zoom`'s estimate.
+    """
+    if zoom is None or not np.isfinite(zoom) or zoom <= 0:
+        return 1.0
+    if 1 / TOLERANCE <= zoom <= TOLERANCE:
+        return 1.0
+    return float(np.clip(1.0 / zoom, *ZOOM_RANGE))

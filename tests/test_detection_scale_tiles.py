@@ -1,0 +1,84 @@
+"""Scale-aware prediction (the training scale, the zoom estimate, the resize) and class-aware tiles."""
+import numpy as np
+import pytest
+import torch
+
+from smearlab.data import Sample, SmearDataset
+from smearlab.data.derive import box_tiles, repeat_rare
+from smearlab.detection import DetectorConfig, build_detector, predict
+from smearlab.detection.scale import estimate_zoom, object_sizes, zoom_to_apply
+
+
+def _cells(size, n=8, hw=(480, 640)):
+    x = np.linspace(10, hw[1] - size - 10, n)
+    return np.stack([x, np.full(n, 100.0), x + size, np.full(n, 100.0 + size)], 1).astype(np.float32)
+
+
+def test_training_scale_and_zoom_estimate():
+    ds = SmearDataset([Sample("a", boxes=_cells(80), labels=[0] * 8, size=(480, 640))], ["RBC"], "train")
+    cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=["RBC"], min_size=480, max_size=640)
+    cfg.object_sizes = object_sizes(ds, cfg)
+    assert cfg.object_sizes == {"RBC": {"size": pytest.approx(80.0), "count": 8}}
+    # the same cells seen half as large (another magnification): zoom 0.5, resize x2
+    seen = {"boxes": _cells(40), "scores": np.full(8, 0.9, np.float32), "labels": np.zeros(8, np.int64)}
+    z = estimate_zoom(seen, (480, 640), cfg)
+    assert z == pytest.approx(0.5) and zoom_to_apply(z) == pytest.approx(2.0)
+    assert zoom_to_apply(1.05) == 1.0 and zoom_to_apply(None) == 1.0 and zoom_to_apply(0.01) == 3.0
+    few = {k: v[:3] for k, v in seen.items()}  # too few confident cells: no estimate
+    assert estimate_zoom(few, (480, 640), cfg) is None
+
+
+class _SizeModel(torch.nn.Module):
+    """Stands in for the model's internals: records the size its transform hands the network."""
+
+    def __init__(self):
+        super().__init__()
+        cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=["RBC"], min_size=240, max_size=320)
+        self.inner = build_detector(cfg).eval()
+        self.detector_config = cfg
+        self.transform = self.inner.transform
+        self.seen = []
+        self.inner.backbone.register_forward_hook(lambda m, i, o: self.seen.append(tuple(i[0].shape[-2:])))
+
+    def forward(self, images):
+        return self.inner(images)
+
+
+def test_predict_rescales_on_top_of_the_model_scale():
+    m = _SizeModel()
+    img = np.zeros((240, 320, 3), np.uint8)
+    predict(m, [img], progress=False)
+    predict(m, [img], progress=False, scale=2.0)
+    assert m.seen[0][0] == 256 and m.seen[1][0] == 480  # 240 rows (padded to 32) and twice that
+    with pytest.raises(ValueError, match="training scale"):
+        predict(m, [img], progress=False, scale="auto")
+    with pytest.raises(ValueError, match="tile"):
+        predict(m, [img], progress=False, scale=2.0, tile=128)
+    with pytest.raises(ValueError, match="positive"):
+        predict(m, [img], progress=False, scale=-1)
+
+
+def test_box_tiles_keep_boxes_mostly_inside_and_cover_the_image():
+    img = np.arange(100 * 150 * 3, dtype=np.uint8).reshape(100, 150, 3)
+    boxes = [[10, 10, 30, 30], [60, 10, 90, 30], [140, 80, 150, 100]]
+    ds = SmearDataset([Sample("big", boxes=boxes, labels=[0, 1, 1], _image=img)], ["ring", "rbc"], "fields")
+    tiles = box_tiles(ds, 64)
+    wins = [t.meta["window"] for t in tiles]
+    assert (86, 36, 150, 100) in wins and len(wins) == 6  # a 3 x 2 grid, the last flush with the border
+    first = tiles[0]
+    np.testing.assert_array_equal(first.image, img[0:64, 0:64])
+    # box 1 spans x 60..90: 4 of 30 px inside the first tile (dropped there), whole in the second
+    assert first.labels.tolist() == [0] and first.boxes.tolist() == [[10, 10, 30, 30]]
+    second = next(t for t in tiles if t.meta["window"][:2] == (64, 0))
+    assert second.boxes.tolist() == [[0, 10, 26, 30]] and second.labels.tolist() == [1]  # 26 of 30 px inside
+
+
+def test_tiles_holding_rare_classes_repeat():
+    common = [Sample(f"c{i}", boxes=[[0, 0, 5, 5]], labels=[1], size=(10, 10)) for i in range(18)]
+    rare = [Sample("r", boxes=[[0, 0, 5, 5], [5, 5, 9, 9]], labels=[0, 1], size=(10, 10))]
+    empty = [Sample("e", size=(10, 10))]
+    out = repeat_rare(SmearDataset(common + rare + empty, ["ring", "rbc"], "tiles"))
+    ids = [s.image_id for s in out]
+    assert ids.count("r") == 3 and ids.count("c0") == 1 and ids.count("e") == 1  # sqrt(0.5 / (1/20)) = 3.2
+    capped = repeat_rare(SmearDataset(common * 10 + rare, ["ring", "rbc"], "tiles"), max_repeat=4)
+    assert [s.image_id for s in capped].count("r") == 4

@@ -1,0 +1,113 @@
+"""The learned instance segmenter: targets, touching objects split, tiles without seams, both
+looks (bright-field and fluorescence), training lowers the loss, the model folder."""
+import numpy as np
+import pytest
+import torch
+
+from smearlab.data import Sample, SmearDataset
+from smearlab.metrics.instances import dsb_score
+from smearlab.models import load_model
+from smearlab.segmentation import classical
+from smearlab.segmentation.instances import (InstanceThresholds, InstanceTrainConfig, build_instance_unet,
+                                             instance_targets, load_instance_unet, nuclear_channel, polarity,
+                                             predict_instances, predict_probabilities, probabilities_to_instances,
+                                             save_instance_unet, train_instance_unet)
+
+
+def _disc(hw, cy, cx, r):
+    yy, xx = np.mgrid[:hw[0], :hw[1]]
+    return (yy - cy) ** 2 + (xx - cx) ** 2 <= r * r
+
+
+def _touching(hw=(64, 96)):
+    a, b = _disc(hw, 32, 30, 14), _disc(hw, 32, 57, 14)  # 27 px apart, radius 14: they touch
+    return np.stack([a, b & ~a])
+
+
+def test_targets_mark_the_boundary_and_where_objects_touch():
+    masks = _touching()
+    t = instance_targets(masks, masks.shape[1:], boundary=2)
+    assert set(np.unique(t)) == {0, 1, 2}
+    assert t[32, 30] == 1 and t[0, 0] == 0 and t[32, 16] == 2  # centre, background, the left edge
+    contact = masks[0] & np.roll(masks[1], -1, axis=1)  # pixels of disc 1 next to disc 2
+    assert contact.any() and (t[contact] == 2).all()
+
+
+def test_two_touching_discs_become_two_instances():
+    masks = _touching()
+    t = instance_targets(masks, masks.shape[1:], boundary=2)
+    probs = np.stack([(t == k).astype(np.float32) for k in range(3)])
+    pred = probabilities_to_instances(probs, InstanceThresholds(foreground=0.5, marker=0.5, min_size=10))
+    assert len(pred["masks"]) == 2
+    assert dsb_score([masks], [pred], kind="masks") > 0.8
+    merged = probabilities_to_instances(np.stack([probs[0], probs[1] + probs[2], 0 * probs[2]]))
+    assert len(merged["masks"]) == 1  # without the boundary class the pair is one object
+
+
+class _PixelModel(torch.nn.Module):
+    """A per-pixel network (1x1 convolution): any tiling must give exactly its whole-image output."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = {"depth": 2}
+        self.conv = torch.nn.Conv2d(1, 3, 1)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_tiled_probabilities_have_no_seams():
+    torch.manual_seed(0)
+    model = _PixelModel().eval()
+    img = (np.random.default_rng(0).random((150, 230)) * 255).astype(np.uint8)
+    with torch.no_grad():
+        whole = model(torch.from_numpy(nuclear_channel(img))[None, None]).softmax(1)[0].numpy()
+    tiled = predict_probabilities(model, img, tile=64, overlap=16)
+    assert tiled.shape == (3, 150, 230)
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+    small = predict_probabilities(model, img[:20, :30], tile=64, overlap=16)  # smaller than one tile
+    assert small.shape == (3, 20, 30)
+
+
+def _field(look: str, seed: int = 0, hw=(96, 96)):
+    """Discs on a plain field: bright on dark (fluorescence) or dark on bright (bright-field)."""
+    rng = np.random.default_rng(seed)
+    masks = [_disc(hw, y, x, 7) for y, x in ((20, 20), (20, 60), (60, 30), (70, 75))]
+    fg = np.any(masks, axis=0)
+    base = rng.normal(0, 4, hw)
+    grey = np.where(fg, 200, 30) + base if look == "fluorescence" else np.where(fg, 70, 220) + base
+    img = np.clip(np.repeat(grey[..., None], 3, axis=2), 0, 255).astype(np.uint8)
+    return img, np.stack(masks)
+
+
+@pytest.mark.parametrize("look", ["fluorescence", "bright-field"])
+def test_polarity_is_decided_per_image_for_both_looks(look):
+    img, masks = _field(look)
+    x = nuclear_channel(img)
+    assert x[masks.any(0)].mean() > 0.7 and x[~masks.any(0)].mean() < 0.3  # objects bright either way
+    grey = img[..., 0] / 255.0
+    assert polarity(grey) == ("dark" if look == "bright-field" else "bright")
+    found = classical.watershed_segment(img, min_distance=5)  # the classical method decides it too
+    assert dsb_score([masks], [found], kind="masks") > 0.7
+
+
+def test_training_lowers_the_loss_and_the_model_folder_keeps_the_thresholds(tmp_path):
+    data = []
+    for k in range(4):
+        img, masks = _field("fluorescence" if k % 2 else "bright-field", seed=k)
+        data.append(Sample(f"f{k}", boxes=[[0, 0, 1, 1]] * len(masks), labels=[0] * len(masks), _image=img,
+                           _masks=masks))
+    ds = SmearDataset(data, ["nucleus"], "discs")
+    torch.manual_seed(0)
+    model = build_instance_unet(base=8, depth=2)
+    hist = train_instance_unet(model, ds, ds[:2], InstanceTrainConfig(crop=48, batch_size=4, steps=100, lr=5e-3,
+                                                                      device="cpu"))
+    assert hist[-1]["loss"] < 0.6 * hist[0]["loss"]
+    assert isinstance(model.thresholds, InstanceThresholds) and hist[-1]["val_dsb"] > 0.5
+    folder = save_instance_unet(model, tmp_path / "m", model.thresholds)
+    back = load_instance_unet(folder)
+    assert back.thresholds == model.thresholds
+    a = predict_instances(model, ds[:1], device="cpu")[0]
+    b = predict_instances(back, ds[:1], device="cpu")[0]
+    np.testing.assert_array_equal(a["masks"], b["masks"])
+    assert load_model(folder, device="cpu").config == model.config
