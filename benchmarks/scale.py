@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -69,6 +70,7 @@ def main(argv=None) -> int:
     ap.add_argument("--budget", type=float, default=15, help="minutes of training (without --model)")
     ap.add_argument("--model", type=Path, help="a trained detector's model folder (skips training)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--save", type=Path, help="keep the trained model folder here (for --model later)")
     args = ap.parse_args(argv)
     splits = detection_splits(str(args.data), seed=args.seed, val=0.1)
     test = splits["test"]
@@ -84,6 +86,8 @@ def main(argv=None) -> int:
                                time_budget_s=args.budget * 60, out_dir=Path(tmp) / "model")
             run = fit_and_evaluate("scale", cfg, tcfg, splits["train"], test, splits["val"], progress=True)
             model = run.model
+            if args.save:
+                shutil.copytree(Path(tmp) / "model" / "final", args.save, dirs_exist_ok=True)
         with_scale, without_scale = [], []
         for z in ZOOMS:
             ds = SmearDataset([zoomed(s, z) for s in test], test.class_names, f"testing@{z}")

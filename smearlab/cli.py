@@ -1,9 +1,11 @@
-"""The ``smearlab`` command: ``report`` runs the notebooks, ``data`` inspects a dataset."""
+"""The ``smearlab`` command: ``report`` runs the notebooks, ``data`` inspects a dataset, ``predict``
+applies a saved model to new images."""
 from __future__ import annotations
 
 import argparse
 import json
 import logging
+import os
 import sys
 
 SWEEP_HELP = """\
@@ -124,6 +126,49 @@ def _data(args) -> int:
     return 0
 
 
+def _predict(args) -> int:
+    """``smearlab predict MODEL INPUT... --out DIR``."""
+    from .core.threads import thread_environment
+
+    try:
+        env = thread_environment(args.threads)
+    except ValueError as e:
+        return _error(f"--threads: {e}")
+    for k, v in env.items():  # before torch starts its threads; a wait policy the user set is kept
+        if args.threads is not None or k not in os.environ:
+            os.environ[k] = v
+    if not args.inputs and args.dataset is None:
+        return _error("give image files or folders, or --dataset PATH")
+    scale = args.scale
+    if scale not in (None, "auto"):
+        try:
+            scale = float(scale)
+        except ValueError:
+            return _error(f"--scale must be 'auto' or a number, got {args.scale!r}")
+    from .batch import predict
+
+    try:
+        if args.threads is not None:
+            import torch
+            torch.set_num_threads(args.threads)
+        s = predict(args.model, args.inputs, args.out, dataset=args.dataset, pattern=args.glob,
+                    device=args.device, batch_size=args.batch_size, scale=scale, tile=args.tile,
+                    score=args.score, overlays=args.overlays, progress=not args.no_progress)
+    except ValueError as e:  # DataError: the file and the problem
+        return _error(e)
+    except OSError as e:
+        return _error(_os_error(e))
+    counts = ", ".join(f"{c} {n}" for c, n in s["counts"].items())
+    speed = f", {s['images_per_s']:.2f} images/s" if s["images_per_s"] else ""
+    print(f"{s['images']} images: {s['predicted']} predicted, {s['resumed']} already done, "
+          f"{s['failed']} failed{speed}; counts: {counts}; results in {args.out}/ (counts.csv, summary.json)")
+    for f in s["failures"][:10]:
+        print(f"failed: {f['image']}: {f['error']}")
+    if s["failed"] > 10:
+        print(f"... and {s['failed'] - 10} more (summary.json lists them)")
+    return 1 if s["failed"] else 0
+
+
 def _param(text: str):
     """argparse type of ``--param NAME=VALUE`` (the value read as YAML)."""
     from .report.runner import parse_param
@@ -134,7 +179,7 @@ def _param(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The ``smearlab`` argument parser: the ``report`` and ``data`` sub-commands, each with its
+    """The ``smearlab`` argument parser: the ``report``, ``data`` and ``predict`` sub-commands, each with its
     handler as ``func`` (``args.func(args)`` runs it and returns the exit code)."""
     p = argparse.ArgumentParser(prog="smearlab", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -178,6 +223,30 @@ def build_parser() -> argparse.ArgumentParser:
                                    "annotations/instances_<split>.json, <split>/_annotations.coco.json)")
     d.add_argument("--show-skips", type=int, default=20, help="how many skipped records to list")
     d.set_defaults(func=_data)
+    pr = sub.add_parser("predict", help="apply a saved detector to new images: per-image JSON, counts.csv, "
+                                        "COCO and QuPath exports",
+                        description="Predict every image with a saved model folder and write per-image results,\n"
+                                    "counts and exports into --out. A re-run into the same --out skips the images\n"
+                                    "already done; an image that cannot be read is listed, never fatal.",
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    pr.add_argument("model", help="a saved detector's model folder")
+    pr.add_argument("inputs", nargs="*", metavar="INPUT", help="image files and folders (searched with --glob)")
+    pr.add_argument("--out", default="predictions", help="output folder (default ./predictions)")
+    pr.add_argument("--dataset", metavar="PATH",
+                    help="predict a dataset that `smearlab data` reads and score the counts against its truth")
+    pr.add_argument("--glob", default="**/*", help="pattern folders are searched with (default '**/*': every "
+                                                  "image below them)")
+    pr.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    pr.add_argument("--batch-size", type=int, default=1)
+    pr.add_argument("--threads", type=int, metavar="N", help="CPU threads (default one per core)")
+    pr.add_argument("--scale", help="'auto': zoom each image to the training magnification from its cells; "
+                                    "a number: zoom every image by it")
+    pr.add_argument("--tile", type=int, metavar="PX", help="predict large fields in tiles of PX pixels")
+    pr.add_argument("--score", type=float, help="one score threshold for every class instead of the model's "
+                                                "tuned thresholds.json")
+    pr.add_argument("--overlays", action="store_true", help="also write overlays/<image>.png with the boxes")
+    pr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    pr.set_defaults(func=_predict)
     return p
 
 

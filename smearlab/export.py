@@ -267,7 +267,19 @@ def output_names(dataset) -> list[str]:
     list of str
         posix-style names without extension (except as above), one per sample, in dataset order.
     """
-    files = _relative_files(dataset)
+    return names_without_extension(_relative_files(dataset))
+
+
+def names_without_extension(files: Sequence[str]) -> list[str]:
+    """Unique output names for relative image paths: without the extension (``rbc/a`` for
+    ``rbc/a.png``), with it where two would collide (``a.png``, ``a.jpg``), and a ``_K``
+    suffix on repeats; case-insensitive (see :func:`output_names`).
+
+    Parameters
+    ----------
+    files : posix-style image paths relative to a common folder.
+    """
+    files = list(files)
     stems = [f.rsplit(".", 1)[0] if "." in Path(f).name else f for f in files]
     seen: dict[str, int] = {}
     for st in stems:
@@ -290,7 +302,7 @@ def _unique(names: list[str]) -> list[str]:
     return out
 
 
-def _file_names(dataset) -> list[str]:
+def file_names(dataset) -> list[str]:
     """A unique ``file_name`` per sample: the image's path relative to the folder the dataset's
     images share (sub-folders kept, so two ``a.png`` in two class folders stay apart)."""
     return _unique(_relative_files(dataset))
@@ -323,7 +335,7 @@ def coco_dict(dataset, predictions, *, segmentation: str = "auto", score_thresho
     preds = _checked(dataset, predictions)
     images, anns = [], []
     empty = 0
-    for image_id, (s, name, p) in enumerate(zip(dataset, _file_names(dataset), preds), start=1):
+    for image_id, (s, name, p) in enumerate(zip(dataset, file_names(dataset), preds), start=1):
         h, w = s.hw
         images.append({"id": image_id, "file_name": name, "width": int(w), "height": int(h)})
         p = sort_by_score(p, score_threshold)
@@ -452,7 +464,7 @@ def export_image_jsons(dataset, predictions, folder: str | Path, *, score_thresh
     """
     preds = _checked(dataset, predictions)
     out = []
-    for s, name, stem, p in zip(dataset, _file_names(dataset), output_names(dataset), preds):
+    for s, name, stem, p in zip(dataset, file_names(dataset), output_names(dataset), preds):
         path = Path(folder) / f"{stem}.json"
         write_json(path, image_record(s, p, dataset.class_names, file_name=name,
                                       score_threshold=score_threshold, tolerance=tolerance))

@@ -6,7 +6,7 @@ import torch
 from smearlab.data import Sample, SmearDataset
 from smearlab.data.derive import box_tiles, repeat_rare
 from smearlab.detection import DetectorConfig, build_detector, predict
-from smearlab.detection.scale import estimate_zoom, object_sizes, zoom_to_apply
+from smearlab.detection.scale import PROBE_FACTORS, choose_factor, estimate_zoom, object_sizes, zoom_to_apply
 
 
 def _cells(size, n=8, hw=(480, 640)):
@@ -26,6 +26,32 @@ def test_training_scale_and_zoom_estimate():
     assert zoom_to_apply(1.05) == 1.0 and zoom_to_apply(None) == 1.0 and zoom_to_apply(0.01) == 3.0
     few = {k: v[:3] for k, v in seen.items()}  # too few confident cells: no estimate
     assert estimate_zoom(few, (480, 640), cfg) is None
+
+
+def test_choose_factor_trusts_the_most_confident_look():
+    cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=["RBC", "Platelets"], min_size=480, max_size=640,
+                         object_sizes={"RBC": {"size": 80.0, "count": 8}, "Platelets": {"size": 30.0, "count": 8}})
+
+    def pred(size, score, label=0):
+        return {"boxes": _cells(size), "scores": np.full(8, score, np.float32), "labels": np.full(8, label)}
+
+    hw = (480, 640)
+    # red cells at half size: at the model's own scale they pass for platelets of the right size
+    # (a one-look estimate says "no zoom"); at x2 they are confident red cells of 40 px -> x2
+    probes = {f: pred(40, 0.3) for f in PROBE_FACTORS}
+    probes[1.0] = pred(40, 0.6, label=1)
+    probes[2.0] = pred(40, 0.95)
+    assert zoom_to_apply(estimate_zoom(probes[1.0], hw, cfg)) < 1  # one look: the wrong way
+    assert choose_factor(probes, hw, cfg) == pytest.approx(2.0)
+    # the size estimate refines the probe (cells of 48 px: zoom 0.6 -> x1.67, near the x1.41 probe)
+    probes = {f: pred(48, 0.3) for f in PROBE_FACTORS}
+    probes[1.41] = pred(48, 0.9)
+    assert choose_factor(probes, hw, cfg) == pytest.approx(80 / 48)
+    # an estimate that disagrees with the best probe by more than sqrt(2) leaves the probe's factor
+    probes[1.41] = pred(160, 0.9)
+    assert choose_factor(probes, hw, cfg) == 1.41
+    # nothing confident anywhere: the image stays as it is
+    assert choose_factor({f: pred(40, 0.2) for f in PROBE_FACTORS}, hw, cfg) == 1.0
 
 
 class _SizeModel(torch.nn.Module):

@@ -36,7 +36,7 @@ from ..data.sample import Sample
 from ..data.torchdata import LUMA, DetectionDataset
 from ..preprocess import as_preprocess
 from .models import unwrap
-from .scale import estimate_zoom, zoom_to_apply
+from .scale import PROBE_FACTORS, choose_factor
 from .tune import Thresholds
 
 Prediction = dict  # {"boxes", "scores", "labels"} numpy arrays
@@ -376,9 +376,10 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
         tile as it resized its training tiles (a model trained on tiles of this size, e.g.
         :func:`smearlab.data.derive.box_tiles`).
     scale : None: every image at the model's own input scale. ``"auto"``: scale-aware, each image
-        resized so that its cells look the size they had in training, judged from a first pass
-        (the reference class's median size against ``detector_config.object_sizes``; see
-        :mod:`smearlab.detection.scale`; images with too few confident cells stay as they are).
+        resized so that its cells look the size they had in training, judged from passes at a
+        few zooms (the most confident one, refined by the reference class's median size against
+        ``detector_config.object_sizes``; see :mod:`smearlab.detection.scale`; images where
+        nothing is found confidently stay as they are).
         A number: resize every image by it on top of the model's own scale (``0.5`` for pixels
         half as large as in training). Not with ``tile``.
     mask_threshold : a Mask R-CNN's pixel belongs to an instance when its mask probability is
@@ -438,13 +439,16 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
                 for i in range(n):
                     img = _to_tensor(get(i), channels)
                     hw = tuple(img.shape[-2:])
+                    probes: dict[float, dict] = {}
                     if scale == "auto":
-                        first = run([img])[0]
-                        f = zoom_to_apply(estimate_zoom(first, hw, cfg))
+                        for pf in PROBE_FACTORS:
+                            with _rescaled(model, hw, pf):
+                                probes[pf] = run([img])[0]
+                        f = choose_factor(probes, hw, cfg)
                     else:
-                        first, f = None, float(scale)
-                    if first is not None and f == 1.0:
-                        results.append(first)
+                        f = float(scale)
+                    if f in probes:
+                        results.append(probes[f])
                     else:
                         with _rescaled(model, hw, f):
                             results.append(run([img])[0])

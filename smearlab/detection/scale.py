@@ -4,6 +4,14 @@ it has seen. Red cells are a ruler in every blood smear (about 7.5 um across): t
 the cells a detector finds, against the median size of the same class in its training images,
 says how much to resize an image before predicting.
 
+A detector shown cells at another scale also names them wrongly (red cells at half size look
+like platelets, at twice the size like white cells), so one look at the model's own scale can
+be fooled. ``scale="auto"`` therefore looks at the image at a few zooms
+(:data:`PROBE_FACTORS`), keeps the one where the detector is most confident (the sum of the
+scores of its confident detections, :func:`confidence`), and refines it from the size of the
+reference cells found there (:func:`estimate_zoom`). It costs about eight passes of the model
+per image instead of one.
+
 The training scale is stored in the model folder (``DetectorConfig.object_sizes``: the median
 side ``sqrt(w * h)`` of each class's boxes at the model's input scale, measured on the training
 set); :func:`smearlab.detection.predict.predict` with ``scale="auto"`` uses it, or a scale the
@@ -24,6 +32,8 @@ ZOOM_RANGE = (0.33, 3.0)
 TOLERANCE = 1.12
 #: Detections that count for the estimate.
 MIN_SCORE, MIN_OBJECTS = 0.5, 5
+#: Resize factors (on top of the model's own scale) ``scale="auto"`` looks at the image with.
+PROBE_FACTORS = (0.5, 0.71, 1.0, 1.41, 2.0)
 
 
 def object_sizes(dataset: SmearDataset, cfg: DetectorConfig) -> dict[str, dict[str, float]]:
@@ -85,3 +95,37 @@ def zoom_to_apply(zoom: float | None) -> float:
     if 1 / TOLERANCE <= zoom <= TOLERANCE:
         return 1.0
     return float(np.clip(1.0 / zoom, *ZOOM_RANGE))
+
+
+def confidence(prediction: dict) -> float:
+    """How sure a detector is of what it sees: the sum of the scores of its detections with
+    ``score >= MIN_SCORE`` (highest at the scale it was trained at).
+
+    Parameters
+    ----------
+    prediction : one image's prediction.
+    """
+    scores = np.asarray(prediction["scores"], float)
+    return float(scores[scores >= MIN_SCORE].sum())
+
+
+def choose_factor(probes: dict[float, dict], hw: tuple[int, int], cfg: DetectorConfig) -> float:
+    """The resize factor for an image from its predictions at :data:`PROBE_FACTORS`.
+
+    The probe with the highest :func:`confidence` wins; the reference cells it found then give
+    the zoom (:func:`estimate_zoom`, whose factor :func:`zoom_to_apply` returns) when that
+    agrees with the probe within a factor of sqrt(2), else the probe's factor stands.
+
+    Parameters
+    ----------
+    probes : ``{factor: prediction}`` (original pixels).
+    hw : the image's ``(height, width)``.
+    cfg : the detector's settings, with ``object_sizes``.
+    """
+    best = max(sorted(probes), key=lambda f: (confidence(probes[f]), -abs(np.log(f))))
+    if confidence(probes[best]) == 0:
+        return 1.0
+    refined = zoom_to_apply(estimate_zoom(probes[best], hw, cfg))
+    if abs(np.log(refined / best)) <= np.log(np.sqrt(2)) + 1e-9:
+        return refined
+    return float(best)

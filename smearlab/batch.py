@@ -1,0 +1,441 @@
+"""``smearlab predict``: a saved detector over folders of new images, with per-image results and counts.
+
+:func:`predict` (also ``smearlab.predict``) takes a model folder and image files, folders or a
+dataset, and writes into ``out``::
+
+    run.json               the model folder and settings of the run (a re-run must match them)
+    json/<image>.json      one per image: class, score, box, polygon of every object
+                           (:func:`smearlab.export.image_record`)
+    overlays/<image>.png   the image with its boxes drawn (``overlays=True``)
+    counts.csv             one row per image: the count of each class and the total
+    summary.json           images done, resumed and failed (with the reason), counts per class,
+                           images/s; with a dataset, the count error per class against its truth
+    coco.json              every image and object as COCO (CVAT imports it as "COCO 1.0")
+    coco_results.json      the COCO results list (``image_id``, ``category_id``, ``bbox``, ``score``)
+    qupath/<image>.geojson one FeatureCollection per image, as QuPath imports it
+
+Every file is written atomically. A re-run with the same model and ``out`` skips the images whose
+JSON is already there (an interrupted run resumes where it stopped) and rewrites the summaries
+from all of them. An image that cannot be read or predicted is counted and listed in
+``summary.json``, never fatal to the run.
+
+Only detectors (Faster R-CNN, RetinaNet, Mask R-CNN folders) are supported so far; other model
+folders are refused with a message saying so.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .core.errors import DataError
+from .core.files import write_json, write_text
+from .core.model_folder import model_kind
+from .export import file_names, names_without_extension
+
+log = logging.getLogger(__name__)
+
+#: Score threshold when the model folder holds no tuned ``thresholds.json``.
+DEFAULT_SCORE = 0.5
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """One image to predict: its file, its name (the path relative to the folder given, or the
+    dataset's root) and the stem its output files take (:func:`smearlab.export.names_without_extension`).
+
+    Parameters
+    ----------
+    path : the image file.
+    name : its name in the outputs (the records' ``image``, the rows of ``counts.csv``).
+    stem : the name of its output files (``json/<stem>.json``).
+    index : its position in the dataset (dataset inputs only).
+    """
+
+    path: Path
+    name: str
+    stem: str
+    index: int | None = None
+
+
+def collect_images(inputs: Sequence[str | Path], *, pattern: str = "**/*") -> list[ImageInput]:
+    """The image files named by ``inputs``: files as given, folders searched with ``pattern``.
+
+    Output names are relative to the folder given (a file's own name for a file), so that
+    ``a/x.png`` and ``b/x.png`` in one folder stay apart.
+
+    Parameters
+    ----------
+    inputs : image files and folders.
+    pattern : the glob a folder is searched with (``"**/*"``: every image file below it;
+        ``"*.jpg"``: the folder's own JPEGs).
+
+    Raises
+    ------
+    DataError
+        for an input that does not exist, a folder with no image files, or two inputs whose
+        images would share an output name.
+    """
+    from .data.imageio import is_image_file
+
+    found: list[tuple[Path, str]] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_file():
+            found.append((p, p.name))
+        elif p.is_dir():
+            files = sorted(f for f in p.glob(pattern) if f.is_file() and is_image_file(f))
+            if not files:
+                raise DataError(p, f"no image files match {pattern!r}")
+            found += [(f, f.relative_to(p).as_posix()) for f in files]
+        else:
+            raise DataError(p, "no such file or folder")
+    seen: dict[str, Path] = {}
+    unique = []
+    for path, name in found:
+        if name.lower() in seen:
+            if seen[name.lower()].resolve() == path.resolve():
+                continue  # the same file named twice
+            raise DataError(path, f"its name {name!r} is also that of {seen[name.lower()]}; "
+                                  "predict the two into different output folders")
+        seen[name.lower()] = path
+        unique.append((path, name))
+    stems = names_without_extension([name for _, name in unique])
+    return [ImageInput(path, name, stem) for (path, name), stem in zip(unique, stems)]
+
+
+def _model_id(folder: Path) -> str:
+    """A fingerprint of the model folder (its config and weights), stored in ``run.json``."""
+    h = hashlib.sha256()
+    for name in ("config.json", "weights.pt", "thresholds.json"):
+        f = folder / name
+        if f.is_file():
+            h.update(name.encode())
+            with open(f, "rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _check_run(out: Path, run: dict) -> None:
+    """Refuse to resume into ``out`` when it holds the results of another model or settings."""
+    f = out / "run.json"
+    if not f.is_file():
+        return
+    try:
+        old = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataError(f, f"not a readable run file ({e}); remove it or use another --out") from None
+    keys = ("model_id", "scale", "tile", "score")
+    diff = [k for k in keys if old.get(k) != run.get(k)]
+    if diff:
+        changes = ", ".join(f"{k} {old.get(k)!r} -> {run.get(k)!r}" for k in diff)
+        raise DataError(out, f"holds the results of another run ({changes}); use another --out, or remove "
+                             "the folder to start again")
+
+
+def _json_path(out: Path, stem: str) -> Path:
+    return out / "json" / f"{stem}.json"
+
+
+def _done(out: Path, stem: str) -> dict | None:
+    """The record already written for ``stem``, or None."""
+    f = _json_path(out, stem)
+    if not f.is_file():
+        return None
+    try:
+        rec = json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # cannot happen with atomic writes; predict it again
+    return rec if isinstance(rec, dict) and "objects" in rec else None
+
+
+def _overlay(image: np.ndarray, record: dict, path: Path, colours: dict) -> None:
+    from PIL import Image, ImageDraw
+
+    from .core.files import atomic_path
+
+    im = Image.fromarray(image)
+    draw = ImageDraw.Draw(im)
+    for o in record["objects"]:
+        x0, y0, x1, y1 = o["bbox"]
+        draw.rectangle([x0, y0, x1, y1], outline=colours[o["class"]], width=2)
+    with atomic_path(path) as tmp:
+        im.save(tmp, format="PNG")
+
+
+def _palette(class_names: Sequence[str]) -> dict:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10"]
+    return {c: tuple(int(255 * v) for v in cmap(i % 10)[:3]) for i, c in enumerate(class_names)}
+
+
+def _closed(ring) -> list:
+    ring = [list(map(float, pt)) for pt in ring]
+    return ring + [ring[0]] if ring and ring[0] != ring[-1] else ring
+
+
+def qupath_geojson(record: dict) -> dict:
+    """One image's record as a GeoJSON FeatureCollection the way QuPath imports it: one
+    ``detection`` per object, its outline (or box) as the polygon, its class as the
+    ``classification`` and its score as a measurement.
+
+    Parameters
+    ----------
+    record : a per-image record (:func:`smearlab.export.image_record`).
+    """
+    features = []
+    for o in record["objects"]:
+        if o.get("polygons"):
+            rings = [_closed(o["polygons"][0])] + [_closed(h) for h in o.get("holes", [])]
+        else:
+            x0, y0, x1, y1 = o["bbox"]
+            rings = [_closed([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])]
+        features.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": rings},
+                         "properties": {"objectType": "detection", "classification": {"name": o["class"]},
+                                        "measurements": {"score": o["score"]}}})
+    return {"type": "FeatureCollection", "features": features}
+
+
+def coco_from_records(records: Sequence[dict], class_names: Sequence[str]) -> tuple[dict, list[dict]]:
+    """COCO (images, categories, annotations; what CVAT imports as "COCO 1.0") and the COCO results
+    list from per-image records; image ids 1..n in the order given, category ids 1..K.
+
+    Parameters
+    ----------
+    records : per-image records (:func:`smearlab.export.image_record`).
+    class_names : the categories, in label order.
+    """
+    cats = {c: i + 1 for i, c in enumerate(class_names)}
+    images, anns, results = [], [], []
+    for i, r in enumerate(records, start=1):
+        images.append({"id": i, "file_name": r["image"], "width": r["width"], "height": r["height"]})
+        for o in r["objects"]:
+            x0, y0, x1, y1 = o["bbox"]
+            bbox = [x0, y0, x1 - x0, y1 - y0]
+            seg = [[v for pt in ring for v in pt] for ring in o.get("polygons", []) if len(ring) >= 3]
+            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": cats[o["class"]], "bbox": bbox,
+                         "area": o["area"], "iscrowd": 0, "segmentation": seg,
+                         "attributes": {"score": o["score"]}})
+            results.append({"image_id": i, "category_id": cats[o["class"]], "bbox": bbox, "score": o["score"]})
+    coco = {"images": images, "annotations": anns,
+            "categories": [{"id": k, "name": c, "supercategory": ""} for c, k in cats.items()]}
+    return coco, results
+
+
+def counts_table(records: Sequence[dict], class_names: Sequence[str]) -> np.ndarray:
+    """``(n_images, n_classes)`` object counts of the records.
+
+    Parameters
+    ----------
+    records : per-image records (:func:`smearlab.export.image_record`).
+    class_names : the columns, in label order.
+    """
+    idx = {c: k for k, c in enumerate(class_names)}
+    table = np.zeros((len(records), len(class_names)), int)
+    for i, r in enumerate(records):
+        for o in r["objects"]:
+            table[i, idx[o["class"]]] += 1
+    return table
+
+
+def _write_summaries(out: Path, names: list[str], records: dict, class_names: Sequence[str],
+                     summary: dict, truth=None) -> None:
+    ordered = [records[n] for n in names if n in records]
+    table = counts_table(ordered, class_names)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["image"] + list(class_names) + ["total"])
+    for r, row in zip(ordered, table):
+        w.writerow([r["image"]] + row.tolist() + [int(row.sum())])
+    write_text(out / "counts.csv", buf.getvalue())
+    coco, results = coco_from_records(ordered, class_names)
+    write_json(out / "coco.json", coco)
+    write_json(out / "coco_results.json", results)
+    summary["counts"] = {c: int(v) for c, v in zip(class_names, table.sum(0))}
+    if truth is not None:
+        summary["count_error"] = _count_error(truth, names, records, class_names)
+    write_json(out / "summary.json", summary)
+
+
+def _count_error(truth, names, records, class_names) -> dict:
+    """Per class, over the images predicted: mean |predicted - true| and the relative error
+    sum|pred - true| / sum(true), as blood-count papers report them."""
+    have = [(i, n) for i, n in enumerate(names) if n in records]
+    true = np.zeros((len(have), len(class_names)), int)
+    idx = {c: k for k, c in enumerate(truth.class_names)}
+    for row, (i, _) in enumerate(have):
+        for lab in truth[i].labels.tolist():
+            name = truth.class_names[int(lab)]
+            if name in class_names:
+                true[row, list(class_names).index(name)] += 1
+    pred = counts_table([records[n] for _, n in have], class_names)
+    out = {}
+    for k, c in enumerate(class_names):
+        if c not in idx:
+            continue
+        diff = np.abs(pred[:, k] - true[:, k])
+        out[c] = {"true": int(true[:, k].sum()), "predicted": int(pred[:, k].sum()),
+                  "mean_abs_error": float(diff.mean()) if len(diff) else None,
+                  "relative_error": float(diff.sum() / true[:, k].sum()) if true[:, k].sum() else None}
+    return out
+
+
+def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path = (), out: str | Path = "predictions",
+            *, dataset: str | Path | None = None, pattern: str = "**/*", device: str = "auto",
+            batch_size: int = 1, scale: float | str | None = None, tile: int | None = None,
+            score: float | None = None, overlays: bool = False, progress: bool = True) -> dict:
+    """Predict every image of ``inputs`` (or of ``dataset``) with the detector in ``model_folder``
+    and write per-image results, counts and exports into ``out`` (see the module docstring).
+
+    Parameters
+    ----------
+    model_folder : a saved detector folder (``config.json``, ``weights.pt``, ``thresholds.json``).
+    inputs : image files and folders (searched with ``pattern``).
+    out : the output folder.
+    dataset : instead of ``inputs``, a dataset path :func:`smearlab.data.load` reads; its
+        ground truth gives the count error per class in ``summary.json``.
+    pattern : the glob folders are searched with.
+    device : ``"auto"``, ``"cpu"`` or ``"cuda"``.
+    batch_size : images per forward pass.
+    scale : ``"auto"``: zoom each image to the training magnification, judged from its cells
+        (:mod:`smearlab.detection.scale`); a number: zoom every image by it; None: as they are.
+    tile : predict large fields in tiles of this many pixels (None: whole images).
+    score : one score threshold for every class instead of the model's tuned ``thresholds.json``
+        (:data:`DEFAULT_SCORE` when the folder has none).
+    overlays : also write ``overlays/<image>.png``.
+    progress : progress bar with images/s.
+
+    Returns
+    -------
+    dict
+        the summary written to ``summary.json``.
+
+    Raises
+    ------
+    DataError
+        for a folder that is not a detector's model folder, inputs that name no image, or an
+        ``out`` folder holding the results of another model or settings.
+    """
+    from tqdm.auto import tqdm
+
+    from .data.imageio import read_image
+    from .detection.models import load_model
+    from .detection.predict import predict as predict_images
+    from .detection.tune import Thresholds
+    from .export import image_record
+
+    folder = Path(model_folder)
+    kind = model_kind(folder)
+    if kind != "detector":
+        raise DataError(folder, f"a {kind} model folder; smearlab predict handles detector folders only so far")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    truth = None
+    if dataset is not None:
+        if inputs not in ((), None, []):
+            raise ValueError("give image inputs or a dataset, not both")
+        from .data import load
+
+        truth = load(dataset)
+        names = file_names(truth)
+        items = [ImageInput(s.path if s.path is not None else Path(name), name, stem, i)
+                 for i, (s, name, stem) in enumerate(zip(truth, names, names_without_extension(names)))]
+    else:
+        items = collect_images([inputs] if isinstance(inputs, (str, Path)) else list(inputs), pattern=pattern)
+    if not items:
+        raise DataError(dataset if dataset is not None else "inputs", "no images to predict")
+
+    model = load_model(folder, device=device)
+    cfg = model.detector_config
+    class_names = list(cfg.class_names)
+    if score is not None:
+        thresholds, threshold_source = Thresholds({c: float(score) for c in class_names}), "score"
+    elif getattr(model, "thresholds", None):
+        thresholds, threshold_source = "model", "thresholds.json"
+    else:
+        thresholds, threshold_source = Thresholds({c: DEFAULT_SCORE for c in class_names}), "default"
+        log.warning("%s has no thresholds.json: every class kept at score >= %s", folder, DEFAULT_SCORE)
+    out = Path(out)
+    run = {"model": str(folder.resolve()), "model_id": _model_id(folder), "classes": class_names,
+           "scale": scale, "tile": tile, "score": score, "thresholds": threshold_source,
+           "dataset": str(dataset) if dataset is not None else None}
+    _check_run(out, run)
+    write_json(out / "run.json", run)
+
+    records: dict[str, dict] = {}
+    failed: list[dict] = []
+    todo: list[ImageInput] = []
+    for im in items:
+        rec = _done(out, im.stem)
+        if rec is not None and rec.get("image") == im.name:
+            records[im.name] = rec
+        else:
+            todo.append(im)
+    resumed = len(records)
+    colours = _palette(class_names) if overlays else None
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(todo), desc="predict", unit="img", disable=not progress)
+    try:
+        for start in range(0, len(todo), batch_size):
+            chunk, images = [], []
+            for im in todo[start:start + batch_size]:
+                try:
+                    img = truth[im.index].image if truth is not None else read_image(im.path)[0]
+                except (DataError, OSError, ValueError) as e:
+                    failed.append({"image": im.name, "error": str(e)})
+                    bar.update(1)
+                    continue
+                chunk.append(im)
+                images.append(img)
+            if not chunk:
+                continue
+            try:
+                preds = predict_images(model, images, batch_size=batch_size, thresholds=thresholds,
+                                       scale=scale, tile=tile, progress=False)
+            except (RuntimeError, ValueError) as e:
+                failed += [{"image": im.name, "error": f"prediction failed: {e}"} for im in chunk]
+                bar.update(len(chunk))
+                continue
+            for im, img, p in zip(chunk, images, preds):
+                rec = image_record(_Shape(img, im), p, class_names, file_name=im.name)
+                write_json(_json_path(out, im.stem), rec)
+                if overlays:
+                    _overlay(img, rec, out / "overlays" / f"{im.stem}.png", colours)
+                records[im.name] = rec
+                bar.update(1)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    predicted = len(records) - resumed
+    for im in items:
+        if im.name in records:
+            write_json(out / "qupath" / f"{im.stem}.geojson", qupath_geojson(records[im.name]))
+    summary = {"model": run["model"], "classes": class_names, "thresholds": threshold_source,
+               "images": len(items), "predicted": predicted, "resumed": resumed, "failed": len(failed),
+               "failures": failed, "seconds": round(seconds, 3),
+               "images_per_s": round(predicted / seconds, 3) if predicted and seconds > 0 else None}
+    _write_summaries(out, [im.name for im in items], records, class_names, summary, truth)
+    if failed:
+        log.warning("%d of %d images failed (listed in %s): first %s: %s", len(failed), len(items),
+                    out / "summary.json", failed[0]["image"], failed[0]["error"])
+    return summary
+
+
+class _Shape:
+    """What :func:`smearlab.export.image_record` reads of a sample, for a bare image."""
+
+    def __init__(self, image: np.ndarray, item: ImageInput):
+        self.hw = image.shape[:2]
+        self.image_id = item.name
+        self.path = item.path
+

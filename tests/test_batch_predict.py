@@ -1,0 +1,185 @@
+"""``smearlab predict``: folders, globs, a dataset path, a corrupt image among good ones, resume
+after an interrupt, the exports read back by the project's loaders, and refusals."""
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from smearlab import batch
+from smearlab.cli import main
+from smearlab.core.errors import DataError
+from smearlab.data.formats import coco as coco_format
+from smearlab.data.imageio import write_image
+from smearlab.data.synthetic import make_dataset
+from smearlab.detection.models import DetectorConfig, build_detector
+from smearlab.detection.train import TrainConfig, train_detector
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny detector trained for a few epochs on synthetic smears, and a folder of new images
+    (two in a sub-folder) plus one corrupt file."""
+    root = tmp_path_factory.mktemp("predict")
+    ds = make_dataset(8, seed=0, width=192, height=192)
+    cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=ds.class_names, min_size=192, max_size=192)
+    torch.manual_seed(0)
+    model = build_detector(cfg)
+    train_detector(model, cfg, ds, None, TrainConfig(epochs=12, batch_size=2, lr=0.02, warmup_iters=2,
+                                                     device="cpu", out_dir=root / "run"), progress=False)
+    images = root / "images"
+    new = make_dataset(4, seed=7, width=192, height=192)
+    for i, s in enumerate(new):
+        write_image(images / ("sub" if i >= 2 else "") / f"smear_{i}.png", s.image)
+    return {"model": root / "run" / "model", "images": images, "new": new, "root": root}
+
+
+def read_counts(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_folder_to_counts_and_exports(trained, tmp_path):
+    out = tmp_path / "out"
+    s = batch.predict(trained["model"], [trained["images"]], out, score=0.3, overlays=True, progress=False)
+    assert s["images"] == s["predicted"] == 4 and s["failed"] == 0 and s["resumed"] == 0
+    assert s["thresholds"] == "score" and s["images_per_s"] > 0
+    names = sorted(p.relative_to(out / "json").as_posix() for p in (out / "json").rglob("*.json"))
+    assert names == ["smear_0.json", "smear_1.json", "sub/smear_2.json", "sub/smear_3.json"]
+    rows = read_counts(out / "counts.csv")
+    classes = s["classes"]
+    assert [r["image"] for r in rows] == ["smear_0.png", "smear_1.png", "sub/smear_2.png", "sub/smear_3.png"]
+    total = 0
+    for r in rows:
+        rec = json.loads((out / "json" / (r["image"].rsplit(".", 1)[0] + ".json")).read_text())
+        assert all(o["score"] >= 0.3 for o in rec["objects"])
+        for c in classes:
+            assert int(r[c]) == sum(o["class"] == c for o in rec["objects"])
+        assert int(r["total"]) == len(rec["objects"])
+        total += len(rec["objects"])
+    assert total > 0, "a trained model finds cells in synthetic smears"
+    assert sum(s["counts"].values()) == total
+    assert json.loads((out / "summary.json").read_text())["counts"] == s["counts"]
+    assert (out / "overlays" / "sub" / "smear_2.png").is_file()
+    # COCO as CVAT imports it, read back by the project's own COCO loader
+    back = coco_format.load(out / "coco.json", image_root=trained["images"])
+    assert [sm.path.name for sm in back] == ["smear_0.png", "smear_1.png", "smear_2.png", "smear_3.png"]
+    assert back.class_names == classes and back.num_objects == total
+    results = json.loads((out / "coco_results.json").read_text())
+    assert len(results) == total and {"image_id", "category_id", "bbox", "score"} <= set(results[0])
+    # QuPath GeoJSON: one closed polygon per object, classified
+    geo = json.loads((out / "qupath" / "smear_0.geojson").read_text())
+    assert geo["type"] == "FeatureCollection"
+    assert len(geo["features"]) == int(rows[0]["total"])
+    for f in geo["features"]:
+        ring = f["geometry"]["coordinates"][0]
+        assert ring[0] == ring[-1] and len(ring) == 5 and f["properties"]["classification"]["name"] in classes
+
+
+def test_glob_and_files(trained, tmp_path):
+    s = batch.predict(trained["model"], [trained["images"]], tmp_path / "a", pattern="*.png", progress=False)
+    assert s["images"] == 2  # the folder's own images only
+    one = trained["images"] / "sub" / "smear_3.png"
+    s = batch.predict(trained["model"], [one], tmp_path / "b", progress=False)
+    assert s["images"] == 1 and (tmp_path / "b" / "json" / "smear_3.json").is_file()
+    # the same file named twice is predicted once; two files of one name are refused
+    assert len(batch.collect_images([one, one])) == 1
+    other = tmp_path / "x" / "smear_3.png"
+    other.parent.mkdir()
+    other.write_bytes(one.read_bytes())
+    with pytest.raises(DataError, match="smear_3.png.*also that of"):
+        batch.collect_images([one, other])
+    with pytest.raises(DataError, match="no such file"):
+        batch.collect_images([tmp_path / "missing"])
+    with pytest.raises(DataError, match="no image files"):
+        batch.collect_images([tmp_path / "b" / "json"])
+
+
+def test_corrupt_image_is_listed_not_fatal(trained, tmp_path):
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for p in sorted(trained["images"].glob("*.png")):
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    code = main(["predict", str(trained["model"]), str(folder), "--out", str(tmp_path / "o"), "--no-progress"])
+    assert code == 1  # some image failed
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert s["predicted"] == 2 and s["failed"] == 1
+    assert s["failures"][0]["image"] == "broken.png" and "broken.png" in s["failures"][0]["error"]
+    assert [r["image"] for r in read_counts(tmp_path / "o" / "counts.csv")] == ["smear_0.png", "smear_1.png"]
+
+
+def test_interrupt_and_resume(trained, tmp_path, monkeypatch):
+    from smearlab import export
+
+    out = tmp_path / "out"
+
+    calls = {"n": 0}
+    original = export.image_record
+
+    def flaky(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(*a, **kw)
+
+    monkeypatch.setattr(export, "image_record", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        batch.predict(trained["model"], [trained["images"]], out, progress=False)
+    done = sorted(p.name for p in (out / "json").rglob("*.json"))
+    assert done == ["smear_0.json", "smear_1.json"]
+    assert not list(out.rglob(".*tmp*")), "no partial file is left"
+    monkeypatch.setattr(export, "image_record", original)
+    first = json.loads((out / "json" / "smear_0.json").read_text())
+    s = batch.predict(trained["model"], [trained["images"]], out, progress=False)
+    assert s["resumed"] == 2 and s["predicted"] == 2 and s["images"] == 4
+    assert json.loads((out / "json" / "smear_0.json").read_text()) == first  # not re-done
+    assert len(read_counts(out / "counts.csv")) == 4
+    # another model or other settings into the same folder are refused
+    with pytest.raises(DataError, match="another run.*score"):
+        batch.predict(trained["model"], [trained["images"]], out, score=0.9, progress=False)
+
+
+def test_dataset_path_scores_counts(trained, tmp_path):
+    from smearlab.export import export_coco_gt
+
+    gt = export_coco_gt(trained["new"], tmp_path / "gt" / "truth.json")
+    code = main(["predict", str(trained["model"]), "--dataset", str(gt), "--out", str(tmp_path / "o"),
+                 "--score", "0.3", "--no-progress"])
+    assert code == 0
+    s = json.loads((tmp_path / "o" / "summary.json").read_text())
+    assert s["images"] == 4 and s["failed"] == 0
+    err = s["count_error"]
+    assert set(err) == set(trained["new"].class_names)
+    true = {c: 0 for c in err}
+    for sm in trained["new"]:
+        for lab in sm.labels.tolist():
+            true[trained["new"].class_names[lab]] += 1
+    for c, e in err.items():
+        assert e["true"] == true[c] and e["predicted"] == s["counts"][c]
+        if e["true"]:
+            assert e["relative_error"] >= abs(e["predicted"] - e["true"]) / e["true"] - 1e-9
+
+
+def test_cli_refusals(trained, tmp_path, capsys):
+    assert main(["predict", str(trained["model"]), "--out", str(tmp_path / "o")]) == 2
+    assert "give image files or folders" in capsys.readouterr().err
+    assert main(["predict", str(tmp_path / "nomodel"), str(trained["images"]), "--out", str(tmp_path / "o")]) == 2
+    assert "config.json" in capsys.readouterr().err
+    assert main(["predict", str(trained["model"]), str(trained["images"]), "--scale", "big",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "--scale" in capsys.readouterr().err
+
+
+def test_qupath_polygons_of_masks():
+    rec = {"objects": [{"class": "nucleus", "score": 0.9, "bbox": [0, 0, 4, 4],
+                        "polygons": [[[0, 0], [4, 0], [4, 4], [0, 4]]], "holes": [[[1, 1], [2, 1], [2, 2]]]}]}
+    geo = batch.qupath_geojson(rec)
+    rings = geo["features"][0]["geometry"]["coordinates"]
+    assert len(rings) == 2 and all(r[0] == r[-1] for r in rings)
+    coco, results = batch.coco_from_records([{"image": "a.png", "width": 5, "height": 5, **rec,
+                                              "objects": [{**rec["objects"][0], "area": 16}]}], ["nucleus"])
+    assert coco["annotations"][0]["segmentation"] == [[0, 0, 4, 0, 4, 4, 0, 4]]
+    assert coco["annotations"][0]["bbox"] == [0, 0, 4, 4] and results[0]["score"] == 0.9
+    assert np.array_equal(batch.counts_table([{"objects": rec["objects"]}], ["nucleus"]), [[1]])
