@@ -14,6 +14,10 @@ test images), and on the test images:
 * nucleus, cytoplasm and whole-cell Dice and IoU (whole cell = nucleus or cytoplasm against
   background). The headline figures are the **mean over test images** of the per-image Dice,
   as the WBC segmentation papers report them; the pooled (set-level) figures are recorded too;
+* every prediction (U-Net and classical) keeps only the cell of interest
+  (:func:`smearlab.segmentation.predict.central_cell`): the sets label the centred cell only
+  (each of the 400 masks is one region over the centre pixel), not the neighbours cut by the
+  image edge; ``unet_all_regions`` keeps the U-Net's figures without that step;
 * the best classical method (chosen on the *train* images among Otsu thresholds of several
   channels and :func:`smearlab.segmentation.classical.extract_cell`), scored the same way;
 * both again under the noise of :mod:`smearlab.metrics.robustness` (mean 5 % of the image maximum,
@@ -45,7 +49,7 @@ from smearlab.data.splits import train_val_test_split  # noqa: E402
 from smearlab.core.device import resolve_device  # noqa: E402
 from smearlab.metrics.robustness import noisy_dataset  # noqa: E402
 from smearlab.segmentation.unet import UNet, save_unet  # noqa: E402
-from smearlab.segmentation.predict import predict_semantic  # noqa: E402
+from smearlab.segmentation.predict import central_cell, predict_semantic  # noqa: E402
 from smearlab.metrics.semantic import semantic_metrics  # noqa: E402
 from smearlab.segmentation.train import train_unet  # noqa: E402
 
@@ -179,21 +183,22 @@ def run_one(ds, recipe: dict, *, seed: int, device, limit: int | None = None, pr
     if save_to is not None:
         save_unet(model, save_to, recipe=dict(recipe), test_ids=[s.image_id for s in test])
 
-    def predict(d, tta=recipe["tta"]):
-        return predict_semantic(model, d, batch_size=8, device=device, tta=tta)
+    def predict(d, tta=recipe["tta"], keep="central"):
+        return predict_semantic(model, d, batch_size=8, device=device, tta=tta, keep=keep)
 
     predict(test[:2])  # warm-up (CUDA kernels, allocator)
     preds, unet_spi = _timed(predict, test)
     res = {"unet": _metrics(test, preds), "train_seconds": train_s, "final_loss": hist[-1]["loss"]}
+    res["unet_all_regions"] = _metrics(test, predict(test, keep="all"))
     if recipe["tta"]:
         res["unet_without_tta"] = _metrics(test, predict(test, tta=False))
     noisy = noisy_dataset(test, seed=seed)
     res["unet_noisy"] = _metrics(noisy, predict(noisy))
 
     cls = best_classical(train)
-    cpreds, cls_spi = _timed(lambda d: [cls["fn"](s.image) for s in d], test)
+    cpreds, cls_spi = _timed(lambda d: [central_cell(cls["fn"](s.image)) for s in d], test)
     res["classical"] = _metrics(test, cpreds)
-    res["classical_noisy"] = _metrics(noisy, [cls["fn"](s.image) for s in noisy])
+    res["classical_noisy"] = _metrics(noisy, [central_cell(cls["fn"](s.image)) for s in noisy])
     res["classical_method"] = {"nucleus": cls["nucleus_method"], "cell": cls["cell_method"],
                                "train_dice": cls["train_dice"]}
     res["seconds_per_image"] = {"unet": unet_spi, "classical": cls_spi}

@@ -402,3 +402,22 @@ def test_tile_dataset_covers_each_image():
         tile_dataset(ds, 8)
     with pytest.raises(DataError, match="no semantic"):
         tile_dataset(SmearDataset([Sample("n", _image=big)], []), 16)
+
+
+def test_central_cell_keeps_the_cell_of_interest():
+    from smearlab.segmentation.predict import central_cell
+
+    m = np.zeros((60, 60), np.uint8)
+    m[20:40, 20:40] = 1
+    m[25:35, 25:35] = 2          # the centred cell: cytoplasm and nucleus
+    m[0:10, 50:60] = 1           # a neighbour cut by the edge
+    out = central_cell(m)
+    assert out[30, 30] == 2 and out[21, 21] == 1 and not out[0:10, 50:60].any()
+    assert (out[20:40, 20:40] == m[20:40, 20:40]).all()
+    # no region over the centre: the nearest one stays
+    m2 = np.zeros((60, 60), np.uint8)
+    m2[0:5, 0:5] = 1
+    m2[33:40, 33:40] = 2
+    out2 = central_cell(m2)
+    assert out2[35, 35] == 2 and not out2[0:5, 0:5].any()
+    assert not central_cell(np.zeros((8, 8), np.uint8)).any()
