@@ -65,8 +65,10 @@ PRESETS = {
     "quick": {"d1": dict(size=128, base=8, depth=4, norm="batch", epochs=4, batch_size=8, lr=1e-2, augment=False, tta=False),
               "d2": dict(size=160, base=8, depth=4, norm="batch", epochs=4, batch_size=8, lr=1e-2, augment=False, tta=False),
               "limit": 40},
-    "cpu": {"d1": dict(size=128, base=8, depth=4, norm="batch", epochs=12, batch_size=8, lr=3e-3, augment=True, tta=True),
-            "d2": dict(size=192, base=8, depth=4, norm="batch", epochs=15, batch_size=8, lr=3e-3, augment=True, tta=True),
+    "cpu": {"d1": dict(size=128, base=8, depth=4, norm="batch", epochs=12, batch_size=8, lr=3e-3, augment=True, tta=True,
+                       epoch_choices=(12, 30)),
+            "d2": dict(size=192, base=8, depth=4, norm="batch", epochs=15, batch_size=8, lr=3e-3, augment=True, tta=True,
+                       epoch_choices=(15, 40)),
             "limit": None},
     "gpu": {"d1": dict(size=128, base=32, depth=4, norm="batch", epochs=80, batch_size=16, lr=3e-3, augment=True, tta=True),
             "d2": dict(size=304, base=32, depth=4, norm="batch", epochs=120, batch_size=8, lr=3e-3, augment=True, tta=True),
@@ -172,9 +174,13 @@ def run_one(ds, recipe: dict, *, seed: int, device, limit: int | None = None, pr
         train, test = train[:limit], test[:max(4, limit // 4)]
     for s in (*train, *test):  # read once, outside the timings
         s.image, s.semantic  # noqa: B018
+    aug = default_augment(seed) if recipe["augment"] else None
+    selection = None
+    if recipe.get("epoch_choices"):
+        selection = choose_epochs(train, recipe, seed=seed, device=device)
+        recipe = dict(recipe, epochs=max(selection, key=selection.get))
     torch.manual_seed(seed)
     model = UNet(3, 3, base=recipe["base"], depth=recipe["depth"], norm=recipe["norm"])
-    aug = default_augment(seed) if recipe["augment"] else None
     t0 = time.perf_counter()
     hist = train_unet(model, train, None, epochs=recipe["epochs"], batch_size=recipe["batch_size"], lr=recipe["lr"],
                       size=recipe["size"], device=device, seed=seed, augment=aug, progress=progress)
@@ -204,7 +210,26 @@ def run_one(ds, recipe: dict, *, seed: int, device, limit: int | None = None, pr
     res["seconds_per_image"] = {"unet": unet_spi, "classical": cls_spi}
     res["split"] = {"train": len(train), "test": len(test), "test_ids": [s.image_id for s in test]}
     res["recipe"] = dict(recipe)
+    if selection is not None:
+        res["epoch_selection_val_cell_dice"] = {str(k): v for k, v in selection.items()}
     return res
+
+
+def choose_epochs(train, recipe: dict, *, seed: int, device) -> dict:
+    """Whole-cell Dice on a validation fifth of ``train`` after training on the rest for each of
+    ``recipe["epoch_choices"]`` epochs (the test images are never seen)."""
+    inner = train_val_test_split(train, val=0.0, test=0.2, seed=seed + 1)
+    scores = {}
+    for epochs in recipe["epoch_choices"]:
+        torch.manual_seed(seed)
+        m = UNet(3, 3, base=recipe["base"], depth=recipe["depth"], norm=recipe["norm"])
+        train_unet(m, inner["train"], None, epochs=epochs, batch_size=recipe["batch_size"], lr=recipe["lr"],
+                   size=recipe["size"], device=device, seed=seed,
+                   augment=default_augment(seed) if recipe["augment"] else None, progress=False)
+        preds = predict_semantic(m, inner["test"], batch_size=8, device=device, tta=recipe["tta"], keep="central")
+        scores[epochs] = _metrics(inner["test"], preds)["cell_dice"]
+        print(f"  {epochs} epochs: validation whole-cell Dice {scores[epochs]:.4f}", flush=True)
+    return scores
 
 
 def _open(data_root) -> "object":
