@@ -39,6 +39,7 @@ import numpy as np
 from .core.errors import DataError
 from .core.files import write_json, write_text
 from .core.model_folder import model_kind
+from .data.classes import match_classes
 from .export import file_names, names_without_extension
 
 log = logging.getLogger(__name__)
@@ -249,7 +250,7 @@ def counts_table(records: Sequence[dict], class_names: Sequence[str]) -> np.ndar
 
 
 def _write_summaries(out: Path, names: list[str], records: dict, class_names: Sequence[str],
-                     summary: dict, truth=None) -> None:
+                     summary: dict, truth=None, mapping=None) -> None:
     ordered = [records[n] for n in names if n in records]
     table = counts_table(ordered, class_names)
     buf = io.StringIO()
@@ -263,30 +264,29 @@ def _write_summaries(out: Path, names: list[str], records: dict, class_names: Se
     write_json(out / "coco_results.json", results)
     summary["counts"] = {c: int(v) for c, v in zip(class_names, table.sum(0))}
     if truth is not None:
-        summary["count_error"] = _count_error(truth, names, records, class_names)
+        summary["count_error"] = _count_error(truth, names, records, class_names, mapping)
     write_json(out / "summary.json", summary)
 
 
-def _count_error(truth, names, records, class_names) -> dict:
-    """Per class, over the images predicted: mean |predicted - true| and the relative error
-    sum|pred - true| / sum(true), as blood-count papers report them."""
+def _count_error(truth, names, records, class_names, mapping) -> dict:
+    """Per model class with a counterpart in the dataset (``mapping``: model -> dataset classes,
+    :func:`smearlab.data.classes.match_classes`), over the images predicted: the true and
+    predicted totals, mean |predicted - true| and the relative error sum|pred - true| / sum(true),
+    as blood-count papers report them."""
     have = [(i, n) for i, n in enumerate(names) if n in records]
+    to_model = {int(t): m for m, t in enumerate(mapping.lut.tolist()) if t >= 0}
     true = np.zeros((len(have), len(class_names)), int)
-    idx = {c: k for k, c in enumerate(truth.class_names)}
     for row, (i, _) in enumerate(have):
         for lab in truth[i].labels.tolist():
-            name = truth.class_names[int(lab)]
-            if name in class_names:
-                true[row, list(class_names).index(name)] += 1
+            if int(lab) in to_model:
+                true[row, to_model[int(lab)]] += 1
     pred = counts_table([records[n] for _, n in have], class_names)
     out = {}
-    for k, c in enumerate(class_names):
-        if c not in idx:
-            continue
+    for k in sorted(to_model.values()):
         diff = np.abs(pred[:, k] - true[:, k])
-        out[c] = {"true": int(true[:, k].sum()), "predicted": int(pred[:, k].sum()),
-                  "mean_abs_error": float(diff.mean()) if len(diff) else None,
-                  "relative_error": float(diff.sum() / true[:, k].sum()) if true[:, k].sum() else None}
+        out[class_names[k]] = {"true": int(true[:, k].sum()), "predicted": int(pred[:, k].sum()),
+                               "mean_abs_error": float(diff.mean()) if len(diff) else None,
+                               "relative_error": float(diff.sum() / true[:, k].sum()) if true[:, k].sum() else None}
     return out
 
 
@@ -358,6 +358,22 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
     model = load_model(folder, device=device)
     cfg = model.detector_config
     class_names = list(cfg.class_names)
+    if scale is not None and tile:
+        raise ValueError("scale and tile cannot be combined: tile a field at the model's scale, or rescale it")
+    if scale == "auto" and not cfg.object_sizes:
+        raise DataError(folder / "config.json", "scale='auto' needs the training scale (object_sizes), which "
+                                                "this model folder does not hold; give a number instead")
+    mapping = unscored = None
+    if truth is not None:
+        mapping = match_classes(class_names, truth.class_names, what="the model's and the dataset's classes")
+        matched = {int(t) for t in mapping.lut.tolist() if t >= 0}
+        if not matched:
+            raise DataError(dataset, f"none of its classes {truth.class_names} is one of the model's {class_names}")
+        unscored = {"dataset classes the model does not know": [c for k, c in enumerate(truth.class_names)
+                                                                 if k not in matched],
+                    "model classes not in the dataset": [c for c, t in zip(class_names, mapping.lut.tolist()) if t < 0]}
+        if any(unscored.values()):
+            log.warning("%s: count error not scored for %s", dataset, unscored)
     if score is not None:
         thresholds, threshold_source = Thresholds({c: float(score) for c in class_names}), "score"
     elif getattr(model, "thresholds", None):
@@ -424,7 +440,9 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
                "images": len(items), "predicted": predicted, "resumed": resumed, "failed": len(failed),
                "failures": failed, "seconds": round(seconds, 3),
                "images_per_s": round(predicted / seconds, 3) if predicted and seconds > 0 else None}
-    _write_summaries(out, [im.name for im in items], records, class_names, summary, truth)
+    if mapping is not None:
+        summary["classes_not_scored"] = unscored
+    _write_summaries(out, [im.name for im in items], records, class_names, summary, truth, mapping)
     if failed:
         log.warning("%d of %d images failed (listed in %s): first %s: %s", len(failed), len(items),
                     out / "summary.json", failed[0]["image"], failed[0]["error"])

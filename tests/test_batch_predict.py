@@ -183,3 +183,37 @@ def test_qupath_polygons_of_masks():
     assert coco["annotations"][0]["segmentation"] == [[0, 0, 4, 0, 4, 4, 0, 4]]
     assert coco["annotations"][0]["bbox"] == [0, 0, 4, 4] and results[0]["score"] == 0.9
     assert np.array_equal(batch.counts_table([{"objects": rec["objects"]}], ["nucleus"]), [[1]])
+
+
+def test_dataset_classes_matched_by_name_and_unknown_ones_reported(trained, tmp_path):
+    from smearlab.data import Sample, SmearDataset
+    from smearlab.export import export_coco_gt
+
+    new = trained["new"]
+    # the dataset lists the classes in another order, in lower case, plus one the model lacks
+    names = ["platelets", "wbc", "rbc", "ring"]
+    remap = {k: names.index(c.lower()) for k, c in enumerate(new.class_names)}
+    samples = [Sample(s.image_id, boxes=s.boxes, labels=[remap[int(v)] for v in s.labels], _image=s.image)
+               for s in new]
+    gt = export_coco_gt(SmearDataset(samples, names, "other lab"), tmp_path / "gt" / "truth.json")
+    s = batch.predict(trained["model"], dataset=gt, out=tmp_path / "o", score=0.3, progress=False)
+    for c in new.class_names:
+        assert s["count_error"][c]["true"] == sum(int((sm.labels == new.class_names.index(c)).sum()) for sm in new)
+    assert s["classes_not_scored"]["dataset classes the model does not know"] == ["ring"]
+
+
+def test_scale_and_tile_refused_before_any_image(trained, tmp_path):
+    with pytest.raises(ValueError, match="scale and tile"):
+        batch.predict(trained["model"], [trained["images"]], tmp_path / "o", scale=0.5, tile=128, progress=False)
+    assert not (tmp_path / "o").exists()
+
+
+def test_readme_command_with_relative_paths(trained, tmp_path, monkeypatch):
+    import shutil
+
+    shutil.copytree(trained["model"], tmp_path / "runs" / "cbc" / "final")
+    shutil.copytree(trained["images"], tmp_path / "smears")
+    monkeypatch.chdir(tmp_path)
+    assert main(["predict", "runs/cbc/final", "smears/", "--out", "counts/", "--no-progress"]) == 0
+    assert len(read_counts(tmp_path / "counts" / "counts.csv")) == 4
+    assert (tmp_path / "counts" / "json" / "sub" / "smear_2.json").is_file()
