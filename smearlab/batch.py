@@ -425,6 +425,7 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
             for im, img, p in zip(chunk, images, preds):
                 rec = image_record(_Shape(img, im), p, class_names, file_name=im.name)
                 write_json(_json_path(out, im.stem), rec)
+                write_json(out / "qupath" / f"{im.stem}.geojson", qupath_geojson(rec))
                 if overlays:
                     _overlay(img, rec, out / "overlays" / f"{im.stem}.png", colours)
                 records[im.name] = rec
@@ -433,9 +434,10 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
         bar.close()
     seconds = time.perf_counter() - t0
     predicted = len(records) - resumed
-    for im in items:
-        if im.name in records:
-            write_json(out / "qupath" / f"{im.stem}.geojson", qupath_geojson(records[im.name]))
+    for im in items:  # resumed images whose GeoJSON an interrupt left unwritten
+        geo = out / "qupath" / f"{im.stem}.geojson"
+        if im.name in records and not geo.is_file():
+            write_json(geo, qupath_geojson(records[im.name]))
     summary = {"model": run["model"], "classes": class_names, "thresholds": threshold_source,
                "images": len(items), "predicted": predicted, "resumed": resumed, "failed": len(failed),
                "failures": failed, "seconds": round(seconds, 3),
