@@ -11,11 +11,18 @@ import torch
 from tqdm.auto import tqdm
 
 from ..core.errors import DataError
-from ..core.geometry import extract_crop, letterbox
+from ..core.geometry import extract_crop, letterbox, square_window
+from ..data.classes import ClassMapping, match_classes
 from ..data.sample import Sample, SkipLog, SmearDataset
 from ..data.splits import stratified_split
+from ..segmentation.classical import central_cell_box
 
 log = logging.getLogger('smearlab.classification.crops')
+
+#: The margin of ``source="central"`` crops (fraction of the found box's longer side): the box
+#: is the stained part of the cell, and with this margin the window holds the whole cell at
+#: about the scale of a whole-cell box with a margin of 0.1 (see :func:`central_crop_check`).
+CENTRAL_PAD = 0.3
 
 
 class CropDataset(torch.utils.data.Dataset):
@@ -30,6 +37,11 @@ class CropDataset(torch.utils.data.Dataset):
     ids : one identifier per crop (image id, plus ``#k`` for the k-th box of an image).
     name : short name for reports.
     skipped : records that could not be turned into crops (:class:`~smearlab.data.sample.Skip`).
+
+    Attributes
+    ----------
+    central : for crops made with ``source="central"`` (:func:`crops_from_dataset`): ``found``
+        and ``fallback`` counts, ``fallback_side_px``, ``pad`` and ``fallback_ids``; else None.
     """
 
     def __init__(self, images, labels, class_names: Sequence[str], domains: Sequence[str] | None = None,
@@ -56,6 +68,7 @@ class CropDataset(torch.utils.data.Dataset):
         if len(self.domains) != n or len(self.ids) != n:
             raise ValueError(f"{n} crops but {len(self.domains)} domains and {len(self.ids)} ids")
         self.skipped = SkipLog(skipped or [])
+        self.central: dict | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -188,7 +201,7 @@ def _image_of(sample: Sample) -> np.ndarray:
 
 
 def crops_from_dataset(dataset: SmearDataset, size: int = 64, *, source: str = "image",
-                       classes: Sequence[str] | None = None, pad: float = 0.1, fill="median",
+                       classes: Sequence[str] | None = None, pad: float | None = None, fill="median",
                        strict: bool = False, progress: bool = False) -> CropDataset:
     """Square crops of a :class:`~smearlab.data.SmearDataset`, letterboxed to ``size``.
 
@@ -199,9 +212,16 @@ def crops_from_dataset(dataset: SmearDataset, size: int = 64, *, source: str = "
     source : ``"image"``: the whole image of each sample with an ``image_label`` (cell-crop
         datasets: Zheng, ImageFolder/PBC, synthetic white cells); samples without one are counted
         skips. ``"boxes"``: one crop per box, the :func:`square_window` enlarged by ``pad``.
+        ``"central"``: for single-cell images whose field holds other cells too (PBC,
+        CellaVision): one crop per labelled image around the cell at the centre
+        (:func:`~smearlab.segmentation.classical.central_cell_box`), enlarged by ``pad``; where
+        no cell is found, a centre crop of the median window side of the images where one was
+        (one dataset is one magnification, so that is the cells' physical size). The result's
+        :attr:`CropDataset.central` counts both (see also :func:`central_crop_check`).
     classes : class names to keep, in the order of the result's classes (default: all of the
         dataset's). E.g. ``["WBC"]`` for the white cells of a CBC smear.
-    pad : margin around each box (fraction of its longer side), ``source="boxes"`` only.
+    pad : margin around each box (fraction of its longer side); None: 0.1 for ``"boxes"``, 0.3
+        for ``"central"`` (whose box is the stained part of the cell, mostly its nucleus).
     fill : padding colour, see :func:`letterbox`.
     strict : raise on an unreadable image instead of skipping it.
     progress : tqdm progress bar.
@@ -215,8 +235,9 @@ def crops_from_dataset(dataset: SmearDataset, size: int = 64, *, source: str = "
         Images of any size and mode (grey, RGBA, palette, 16-bit) are accepted: they are read as RGB
         and letterboxed.
     """
-    if source not in ("image", "boxes"):
-        raise ValueError(f"source must be 'image' or 'boxes', got {source!r}")
+    if source not in ("image", "boxes", "central"):
+        raise ValueError(f"source must be 'image', 'boxes' or 'central', got {source!r}")
+    pad = (CENTRAL_PAD if source == "central" else 0.1) if pad is None else float(pad)
     names = list(dataset.class_names)
     classes = list(names if classes is None else classes)
     unknown = [c for c in classes if c not in names]
@@ -225,13 +246,15 @@ def crops_from_dataset(dataset: SmearDataset, size: int = 64, *, source: str = "
     remap = {names.index(c): i for i, c in enumerate(classes)}
     skipped = SkipLog(strict=strict)
     imgs, labels, domains, ids = [], [], [], []
+    fallback: list[tuple[int, Sample]] = []
+    sides: list[int] = []
     it = dataset
     if progress:
         it = tqdm(dataset, desc=f"crops {dataset.name}", unit="img")
     for s in it:
         where = s.path or s.image_id
         dom = s.domain or dataset.name
-        if source == "image":
+        if source != "boxes":
             if s.image_label is None:
                 skipped.add(where, "no image-level label (use source='boxes' for smears)")
                 continue
@@ -246,7 +269,17 @@ def crops_from_dataset(dataset: SmearDataset, size: int = 64, *, source: str = "
             skipped.add(e.path, e.problem)
             continue
         for k in wanted:
-            if k is None:
+            if k is None and source == "central":
+                box = central_cell_box(img)
+                if box is None:  # cut in a second pass, once the cells' usual size is known
+                    fallback.append((len(imgs), s))
+                    crop = np.zeros((1, 1, 3), np.uint8)
+                else:
+                    window = square_window(box, pad)
+                    sides.append(window[2] - window[0])
+                    crop = extract_crop(img, box, pad, fill)
+                label, crop_id = s.image_label, s.image_id
+            elif k is None:
                 crop, label, crop_id = img, s.image_label, s.image_id
             else:
                 try:
@@ -259,9 +292,24 @@ def crops_from_dataset(dataset: SmearDataset, size: int = 64, *, source: str = "
             labels.append(remap[label])
             domains.append(dom)
             ids.append(crop_id)
+    central = None
+    if source == "central":
+        side = int(np.median(sides)) if sides else None
+        for i, s in fallback:
+            img = _image_of(s)
+            h, w = img.shape[:2]
+            half = min(side or min(h, w), min(h, w)) / 2
+            imgs[i] = letterbox(extract_crop(img, (w / 2 - half, h / 2 - half, w / 2 + half, h / 2 + half), 0.0,
+                                             fill), size, fill)
+        central = {"found": len(imgs) - len(fallback), "fallback": len(fallback), "fallback_side_px": side,
+                   "pad": pad, "fallback_ids": [s.image_id for _, s in fallback]}
+        if fallback:
+            log.info("%s: no central cell found in %d of %d images: centre crops of %s px instead",
+                     dataset.name, len(fallback), len(imgs), side)
     stack = np.stack(imgs) if imgs else np.zeros((0, size, size, 3), np.uint8)
     out = CropDataset(stack, labels, classes, domains, ids, name=dataset.name,
                       skipped=[*getattr(dataset, "skipped", []), *skipped])
+    out.central = central
     for c in out.empty_classes:
         log.warning("%s: class %r has no crops (kept with 0 crops)", dataset.name, c)
     return out
@@ -301,6 +349,37 @@ def crops_from_predictions(dataset: SmearDataset, predictions: Sequence[dict], s
     return crops_from_dataset(detected, size, source="boxes", classes=classes, pad=pad, fill=fill)
 
 
+def align_classes(a: CropDataset, b: CropDataset, class_map=None) -> tuple[CropDataset, ClassMapping]:
+    """``b`` with its classes named as ``a``'s where they are the same class by name.
+
+    Names are matched by :func:`smearlab.data.classes.match_classes` (same name, then aliases:
+    case, spaces, ``_`` / ``-`` and plural endings; ``class_map`` for anything else), never by
+    position. The mapping is logged when anything was renamed; ``b``'s classes without a
+    counterpart keep their names (:func:`shared_classes` then reports them).
+
+    Parameters
+    ----------
+    a : the domain whose names win (usually the source).
+    b : the other domain.
+    class_map : ``{b's name: a's name}`` for names no rule matches.
+
+    Returns
+    -------
+    (CropDataset, ClassMapping)
+        ``b`` renamed (the same object when nothing changed) and the mapping of ``b``'s classes
+        onto ``a``'s (:meth:`ClassMapping.describe` says what was mapped).
+    """
+    mapping = match_classes(b.class_names, a.class_names, class_map, what=f"the classes of {b.name!r} and {a.name!r}")
+    renamed = [a.class_names[t] if t >= 0 else n for n, t in zip(b.class_names, mapping.lut.tolist())]
+    if renamed == b.class_names:
+        return b, mapping
+    log.warning("%s -> %s classes: %s", b.name, a.name, mapping.describe())
+    out = b.subset(range(len(b)))
+    out.class_names = renamed
+    out.central = b.central
+    return out, mapping
+
+
 def shared_classes(a: CropDataset, b: CropDataset, min_count: int = 2) -> tuple[list[str], dict[str, dict]]:
     """Classes usable in both domains, and the others with their counts.
 
@@ -326,3 +405,46 @@ def shared_classes(a: CropDataset, b: CropDataset, min_count: int = 2) -> tuple[
         else:
             missing[name] = {a.name: int(na), b.name: int(nb)}
     return shared, missing
+
+
+def central_crop_check(dataset: SmearDataset, pad: float = CENTRAL_PAD, *, min_cover: float = 0.9) -> dict:
+    """How often the ``source="central"`` crop holds the labelled cell, on images whose cell of
+    interest has a ground-truth box (Zheng, synthetic white cells): the share of images whose
+    crop window covers at least ``min_cover`` of that box.
+
+    Parameters
+    ----------
+    dataset : single-cell images, each with exactly one box (the labelled cell); others are
+        left out and counted.
+    pad : the crops' margin (as :func:`crops_from_dataset`).
+    min_cover : the fraction of the ground-truth box the window must cover.
+
+    Returns
+    -------
+    dict
+        ``holds`` (share of checked images), ``n`` (images checked), ``not_found`` (no central
+        cell: a centre crop would be cut), ``median_cover``, ``median_scale`` (window side over
+        the side of the ground-truth box's window with a margin of 0.1: 1 is the scale of
+        whole-cell box crops) and ``left_out`` (images without exactly one box).
+    """
+    covers, scales, not_found, left_out = [], [], 0, 0
+    for s in dataset:
+        if len(s.boxes) != 1:
+            left_out += 1
+            continue
+        img = _image_of(s)
+        box = central_cell_box(img)
+        if box is None:
+            not_found += 1
+            covers.append(0.0)
+            continue
+        wx0, wy0, wx1, wy1 = square_window(box, pad)
+        gx0, gy0, gx1, gy1 = (float(v) for v in s.boxes[0])
+        inter = max(0.0, min(wx1, gx1) - max(wx0, gx0)) * max(0.0, min(wy1, gy1) - max(wy0, gy0))
+        covers.append(inter / max((gx1 - gx0) * (gy1 - gy0), 1e-9))
+        ref = square_window(s.boxes[0], 0.1)
+        scales.append((wx1 - wx0) / (ref[2] - ref[0]))
+    n = len(covers)
+    return {"holds": float(np.mean(np.asarray(covers) >= min_cover)) if n else None, "n": n,
+            "not_found": not_found, "median_cover": float(np.median(covers)) if n else None,
+            "median_scale": float(np.median(scales)) if scales else None, "left_out": left_out}

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from ..augment import augment_crop_batch, default_crop_augment
+from ..augment import augment_crop_batch, default_crop_augment, stain_shift_crop_augment
 from ..core.device import resolve_device
 from ..core.training import History
 from ..metrics.classification import classification_report
@@ -26,11 +26,13 @@ log = logging.getLogger(__name__)
 def _resolve_augment(augment, seed: int):
     if augment is True:
         return default_crop_augment(seed)
+    if isinstance(augment, str) and augment == "stain":
+        return stain_shift_crop_augment(seed)
     if augment is False or augment is None:
         return None
     if not hasattr(augment, "batch"):
-        raise TypeError(f"augment must be True, False, a CropAugment or a smearlab.augment.Augment, "
-                        f"got {type(augment).__name__}")
+        raise TypeError(f"augment must be True, False, 'stain', a CropAugment or a smearlab.augment.Augment, "
+                        f"got {augment!r}")
     return augment
 
 
@@ -98,7 +100,8 @@ def fit(model: CellClassifier, train: CropDataset, *, steps: int, batch_size: in
     batch_size : crops per batch (and per target batch with domain adaptation).
     lr, weight_decay : SGD's initial learning rate (annealed by :func:`dann_lr`) and weight decay.
     balanced : draw each class equally often; otherwise plain shuffling.
-    augment : True for :func:`~smearlab.augment.default_crop_augment`, False / None for none, or an
+    augment : True for :func:`~smearlab.augment.default_crop_augment`, ``"stain"`` for
+        :func:`~smearlab.augment.stain_shift_crop_augment`, False / None for none, or an
         augmenter with a ``batch`` method.
     device : ``"auto"``, ``"cpu"``, ``"cuda"``; mixed precision on CUDA.
     seed : seeds the sampling, the augmentation and dropout.
@@ -224,7 +227,8 @@ def train_classifier(model: CellClassifier, train: CropDataset, val: CropDataset
         ``lr / (1 + 10 p) ** 0.75`` over training progress ``p`` (Ganin et al. 2016).
     balanced : draw each class equally often (WeightedRandomSampler with weights 1 / class count);
         otherwise plain shuffling.
-    augment : True for :func:`default_crop_augment`, False, a :class:`CropAugment` or any
+    augment : True for :func:`default_crop_augment`, ``"stain"`` for :func:`stain_shift_crop_augment`
+        (stronger stain and colour jitter, zoom), False, a :class:`CropAugment` or any
         :class:`smearlab.augment.Augment`.
     device : "auto" (CUDA when present), "cpu", "cuda"; mixed precision on CUDA.
     seed : seeds the sampling, the augmentation and dropout (the weights are drawn when the model

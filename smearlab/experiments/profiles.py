@@ -69,7 +69,7 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     },
     "07_domain_adaptation": {
         "quick": {"seeds": 2, "steps": 100, "crop_size": 48, "width": 8, "n_synthetic": 100},
-        "full": {"seeds": 3, "steps": 250, "crop_size": 64, "width": 16, "n_synthetic": 200},
+        "full": {"seeds": 5, "steps": 250, "crop_size": 64, "width": 16, "n_synthetic": 200},
         "gpu": {"steps": 1500, "crop_size": 96, "width": 32},
     },
     "08_tsne": {

@@ -4,6 +4,7 @@ are notebook 07's (:func:`~smearlab.experiments.domain_adaptation.domain_pair`).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -72,6 +73,10 @@ class EmbeddingComparison:
                 f"silhouette {a['silhouette']:.3f} -> {b['silhouette']:.3f}.")
 
 
+def _is_path(domain) -> bool:
+    return domain is not None and Path(str(domain).partition("#")[0]).exists()
+
+
 def compare_embeddings(dataset, s, *, source: str | None = None, target: str | None = None, perplexity: float = 30,
                        seed: int = 0, device="auto") -> EmbeddingComparison:
     """Train a source-only classifier and a DANN (same initial weights) on half of each domain's
@@ -82,7 +87,10 @@ def compare_embeddings(dataset, s, *, source: str | None = None, target: str | N
     dataset : ``"synthetic"`` (stains A and B) or a dataset with two domains (the Zheng archive).
     s : settings (:func:`smearlab.experiments.profiles.settings` for ``"08_tsne"``): ``steps``
         (batches of 32 per model), ``input_size`` (crop side), ``width``, ``n_synthetic``.
-    source, target : the two domains (None: the first two, sorted).
+    source, target : the two domains: a domain of ``dataset`` by name, or the path of another
+        dataset (``pbc_subset``: the PBC images, cropped around their central cell as notebook 07
+        does, :func:`~smearlab.experiments.domain_adaptation.domain_crops`); None: the first two
+        domains of ``dataset``, sorted.
     perplexity : t-SNE perplexity (capped at a third of the points).
     seed, device : seed and device.
 
@@ -90,8 +98,12 @@ def compare_embeddings(dataset, s, *, source: str | None = None, target: str | N
     -------
     EmbeddingComparison
     """
-    domains = None if source is None or target is None else (source, target)
-    a, b = domain_pair(dataset, s.input_size, n=s.n_synthetic, seed=seed, domains=domains)
+    if any(_is_path(d) for d in (source, target)):  # a domain from another dataset, e.g. PBC
+        a, b = domain_pair([d if _is_path(d) else f"{dataset}#{d}" for d in (source or "dataset1",
+                                                                           target or "dataset2")], s.input_size)
+    else:
+        domains = None if source is None or target is None else (source, target)
+        a, b = domain_pair(dataset, s.input_size, n=s.n_synthetic, seed=seed, domains=domains)
     classes, _ = shared_classes(a, b)
     src_train, src_test = a.restrict(classes).split(0.5, seed)
     tgt_train, tgt_test = b.restrict(classes).split(0.5, seed)

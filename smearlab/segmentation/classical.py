@@ -21,6 +21,7 @@ a blob at the detection threshold). :func:`extract_cell` scores its single insta
 Functions
 ---------
 :func:`threshold_segment`, :func:`watershed_segment`, :func:`blob_detect`, :func:`extract_cell`,
+:func:`central_cell_box`,
 :func:`label_image_to_instances`, :func:`instances_to_label_image`, :func:`segment_dataset`;
 one name per method for explorers and tables: :data:`METHODS`, :func:`segment`; scoring and
 inspection: :func:`as_single_class`, :func:`count_error`, :func:`score_instances`,
@@ -599,6 +600,61 @@ def extract_cell(image: np.ndarray, dilation_radius: int = 3, min_distance: int 
     pred = label_image_to_instances(m.astype(np.int32), scores=[1.0], label=label)
     x0, y0, x1, y1 = pred["boxes"][0].astype(int)
     return pred, np.array(img[y0:y1, x0:x1])
+
+
+def central_cell_box(image: np.ndarray, *, closing: float = 0.04, channel: str = "saturation",
+                     min_size: int = 32, max_side: float = 0.95) -> np.ndarray | None:
+    """The box of the cell of interest of a single-cell image (the cell at the centre), or None.
+
+    Steps: ``channel`` (HSV saturation: the stained nucleus and granules) -> Otsu threshold
+    (the minority side is foreground) -> closing with a disk of ``closing`` times the image's
+    longer side, so that the lobes of a segmented nucleus and its granules join into one
+    region -> hole filling -> the connected region holding the image centre, else the one
+    nearest to it. Unlike :func:`extract_cell` nothing is split by a watershed: a lobed
+    neutrophil nucleus stays one cell.
+
+    The box is that of the stained part (mostly the nucleus); the whole cell with its pale
+    cytoplasm is about 1.2-1.6 times larger, which a crop's margin covers: on the Zheng white
+    cells a square window with a margin of 0.3 of the box side holds at least 90 % of the
+    labelled whole-cell box in 93 % (Dataset 1) and 84 % (Dataset 2) of the first 100 images of
+    each (benchmarks/domain_adaptation.py records the figure on all of them).
+
+    Parameters
+    ----------
+    image : ``(H, W, 3)`` RGB image (a grey ``(H, W)`` image is accepted, ``channel`` ignored).
+    closing : radius of the closing disk as a fraction of the image's longer side.
+    channel : the channel thresholded (see :func:`to_channel`).
+    min_size : ignore foreground components smaller than this many pixels.
+    max_side : a region whose box spans more than this fraction of the image's width or
+        height is not a cell (the threshold took the background): None.
+
+    Returns
+    -------
+    np.ndarray or None
+        ``(4,)`` float32 ``(x0, y0, x1, y1)`` in pixels, or None when no cell is found.
+    """
+    img = as_image_array(image, "central_cell_box")
+    _nonneg("min_size", min_size)
+    if not 0 <= float(closing) < 0.5:
+        raise ValueError(f"closing must be a fraction of the image side in [0, 0.5), got {closing!r}")
+    mask, _ = foreground_mask(img, "otsu", channel if img.ndim == 3 else "gray", "auto",
+                              min_size=min_size, opening_radius=1, fill_holes=True)
+    h, w = mask.shape
+    r = int(round(float(closing) * max(h, w)))
+    if r >= 1 and mask.any():
+        mask = ndi.binary_fill_holes(ndi.binary_closing(mask, structure=morphology.disk(r)))
+    lab, n = ndi.label(mask)
+    if n == 0:
+        return None
+    k = lab[h // 2, w // 2]
+    if k == 0:
+        _, (iy, ix) = ndi.distance_transform_edt(lab == 0, return_indices=True)
+        k = lab[iy[h // 2, w // 2], ix[h // 2, w // 2]]
+    ys, xs = np.nonzero(lab == k)
+    box = np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.float32)
+    if (box[2] - box[0]) > max_side * w or (box[3] - box[1]) > max_side * h:
+        return None
+    return box
 
 
 def segment_dataset(dataset, fn="threshold", *, progress: bool = False, **kw) -> list[dict]:

@@ -1,0 +1,95 @@
+"""Domain adaptation without training: the simple baselines DANN is measured against.
+
+- :func:`adapt_batchnorm`: the classifier's batch-norm statistics re-estimated on unlabelled
+  images of the target domain (AdaBN; Li Y., Wang N., Shi J., Liu J., Hou X. (2016),
+  "Revisiting batch normalization for practical domain adaptation", arXiv:1603.04779).
+- :func:`stain_normalise`: every crop's colours mapped to the source domain's LAB statistics
+  (Reinhard et al. 2001, :class:`smearlab.preprocess.ReinhardNormalizer`), in training and before
+  a crop is classified.
+
+Neither adds a training objective; DANN (:func:`smearlab.classification.train.train_dann`) does.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from ..core.device import resolve_device
+from ..preprocess import ReinhardNormalizer
+from .crops import CropDataset
+
+
+def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@torch.no_grad()
+def adapt_batchnorm(model: nn.Module, target: CropDataset, *, batch_size: int = 64, device="auto") -> nn.Module:
+    """A copy of ``model`` whose batch-norm layers hold the target domain's statistics (AdaBN).
+
+    Every batch-norm layer's running mean and variance are reset and re-estimated as the plain
+    average over all of ``target``'s crops (one pass, no labels, no gradient); weights and the
+    model given are unchanged.
+
+    Parameters
+    ----------
+    model : a classifier with batch-norm layers (``build_classifier(..., norm="batch")``).
+    target : unlabelled crops of the target domain (labels are not read).
+    batch_size : crops per forward pass.
+    device : "auto", "cpu", "cuda".
+
+    Returns
+    -------
+    nn.Module
+        the adapted copy, in eval mode.
+
+    Raises
+    ------
+    ValueError
+        when the model has no batch-norm layer (a GroupNorm model has no statistics to adapt)
+        or ``target`` is empty.
+    """
+    if not _batchnorms(model):
+        raise ValueError("the model has no batch-norm layers to adapt: build it with norm='batch' "
+                         "(GroupNorm normalises each image by itself)")
+    if len(target) == 0:
+        raise ValueError(f"target {target.name!r} has no crops")
+    dev = resolve_device(device)
+    out = copy.deepcopy(model).to(dev)
+    bns = _batchnorms(out)
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average over the batches
+    out.train()
+    for b in range(0, len(target), batch_size):
+        out(target.images[b:b + batch_size].to(dev).float() / 255)
+    for bn, m in zip(bns, momenta):
+        bn.momentum = m
+    return out.eval()
+
+
+def stain_normalise(crops: CropDataset, reference: CropDataset, *, normaliser: ReinhardNormalizer | None = None
+                    ) -> CropDataset:
+    """``crops`` with every crop's colours mapped to ``reference``'s (Reinhard, in CIE LAB).
+
+    Parameters
+    ----------
+    crops : the crops to normalise (labels, ids and domains kept).
+    reference : crops of the domain whose colours are the target (e.g. the source training
+        crops); ignored when ``normaliser`` is given.
+    normaliser : an already fitted :class:`~smearlab.preprocess.ReinhardNormalizer`.
+
+    Returns
+    -------
+    CropDataset
+        a normalised copy.
+    """
+    norm = normaliser or ReinhardNormalizer().fit(list(reference.images.permute(0, 2, 3, 1).numpy()))
+    imgs = crops.images.permute(0, 2, 3, 1).numpy()
+    out = np.stack([norm.transform(x) for x in imgs]) if len(imgs) else imgs
+    res = CropDataset(out, crops.labels, crops.class_names, crops.domains, crops.ids, crops.name)
+    return res

@@ -1,0 +1,218 @@
+"""Issue #16: central-cell crops, class names across domains, stain jitter, and the adaptation baselines."""
+import numpy as np
+import pytest
+import torch
+
+from smearlab.augment import Augment, StainJitter, default_crop_augment
+from smearlab.classification.adapt import adapt_batchnorm, stain_normalise
+from smearlab.classification.crops import (CropDataset, align_classes, central_crop_check, crops_from_dataset,
+                                           shared_classes)
+from smearlab.classification.model import build_classifier
+from smearlab.classification.train import fit
+from smearlab.data.classes import ClassMismatchError
+from smearlab.data.sample import Sample, SmearDataset
+from smearlab.data.synthetic import make_wbc_crops
+from smearlab.experiments.domain_adaptation import domain_crops, goal_check, run_directions, run_experiment, verdict
+from smearlab.segmentation.classical import central_cell_box
+
+from helpers import skip_or_fail
+
+
+def _field(centre=(60, 64), r=14, others=((15, 15), (100, 20)), size=(128, 128), seed=0):
+    """A pale field with red-ish discs and one purple, lobed cell of radius ``r`` at ``centre``."""
+    rng = np.random.default_rng(seed)
+    h, w = size
+    yy, xx = np.mgrid[:h, :w]
+    img = np.full((h, w, 3), (235, 225, 215), np.float64)
+    for cy, cx in others:  # neighbouring pale red cells
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < 12 ** 2] = (225, 170, 170)
+    cy, cx = centre
+    cyto = (yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2
+    img[cyto] = (200, 180, 215)
+    for dy, dx in ((-4, -4), (4, 4), (-4, 5)):  # three lobes, not touching
+        img[(yy - cy - dy) ** 2 + (xx - cx - dx) ** 2 < 3.5 ** 2] = (90, 40, 140)
+    img += rng.normal(0, 2, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8), cyto
+
+
+# -- the cell at the centre ------------------------------------------------------------------------------
+def test_central_cell_box_joins_the_lobes_of_the_centre_cell_and_ignores_neighbours():
+    img, cyto = _field()
+    box = central_cell_box(img)
+    assert box is not None
+    ys, xs = np.nonzero(cyto)
+    # the box spans all three lobes (one cell, not one lobe) and stays inside the cell
+    assert box[2] - box[0] >= 12 and box[3] - box[1] >= 12
+    assert xs.min() - 1 <= box[0] and box[2] <= xs.max() + 2 and ys.min() - 1 <= box[1] and box[3] <= ys.max() + 2
+
+
+def test_central_cell_box_says_none_on_an_empty_field():
+    assert central_cell_box(np.full((64, 64, 3), 230, np.uint8)) is None
+
+
+def test_central_crops_on_synthetic_fields_hold_the_labelled_cell():
+    ds = make_wbc_crops(30, seed=3, size=96)
+    check = central_crop_check(ds)
+    assert check["n"] == 30 and check["not_found"] == 0
+    assert check["holds"] >= 0.75 and 0.7 <= check["median_scale"] <= 1.3
+    crops = crops_from_dataset(ds, 48, source="central")
+    assert len(crops) == 30 and crops.central["found"] + crops.central["fallback"] == 30
+    assert crops.central["pad"] == pytest.approx(0.3)
+    assert list(crops.labels) == [s.image_label for s in ds]
+
+
+def test_central_crops_fall_back_to_a_centre_crop_of_the_usual_cell_size():
+    imgs = [_field(seed=i)[0] for i in range(3)] + [np.full((128, 128, 3), 230, np.uint8)]
+    ds = SmearDataset([Sample(f"im{i}", _image=im, image_label=i % 2) for i, im in enumerate(imgs)], ["a", "b"], "f")
+    crops = crops_from_dataset(ds, 32, source="central")
+    assert crops.central["found"] == 3 and crops.central["fallback"] == 1
+    assert crops.central["fallback_ids"] == ["im3"]
+    assert 20 <= crops.central["fallback_side_px"] <= 64
+    assert crops.images.shape == (4, 3, 32, 32)
+
+
+# -- class names across domains ----------------------------------------------------------------------------
+def _crops(classes, labels, name, seed=0):
+    rng = np.random.default_rng(seed)
+    return CropDataset(rng.integers(0, 255, (len(labels), 16, 16, 3), dtype=np.uint8), labels, classes, name=name)
+
+
+def test_align_classes_maps_by_name_and_reports_what_is_missing(caplog):
+    a = _crops(["neutrophil", "lymphocyte", "basophil"], [0, 0, 1, 1, 2, 2], "zheng")
+    b = _crops(["Lymphocytes", "Neutrophils", "Eosinophils"], [0, 0, 1, 1, 2, 2], "pbc")
+    b2, mapping = align_classes(a, b)
+    assert b2.class_names == ["lymphocyte", "neutrophil", "Eosinophils"]
+    assert list(b2.labels) == list(b.labels)                    # labels keep their meaning
+    assert "renamed" in mapping.describe() and "Eosinophils" in mapping.unmatched
+    assert any("renamed" in r.message for r in caplog.records)
+    shared, missing = shared_classes(a, b2)
+    assert shared == ["neutrophil", "lymphocyte"]
+    assert missing == {"basophil": {"zheng": 2, "pbc": 0}, "Eosinophils": {"zheng": 0, "pbc": 2}}
+    same, m = align_classes(a, a)
+    assert same is a and m.identity
+
+
+def test_align_classes_refuses_an_ambiguous_alias():
+    a = _crops(["Monocyte", "monocytes"], [0, 1], "a")
+    with pytest.raises(ClassMismatchError, match="monocyte"):
+        align_classes(a, _crops(["MONOCYTE"], [0, 0], "b"))
+
+
+# -- stain jitter --------------------------------------------------------------------------------------------
+def test_stain_jitter_keeps_labels_and_bounds_the_optical_density():
+    crops = make_wbc_crops(8, seed=0, size=32)
+    x = torch.from_numpy(np.stack([s.image for s in crops])).permute(0, 3, 1, 2).float() / 255
+    aug = Augment([StainJitter(alpha=0.2, beta=0.05, p=1.0)], seed=0)
+    boxes = [{"boxes": torch.as_tensor(s.boxes), "labels": torch.as_tensor(s.labels)} for s in crops]
+    y, t = aug.batch(x, boxes)
+    assert all(torch.equal(a["labels"], b["labels"]) and torch.equal(a["boxes"], b["boxes"]) for a, b in zip(t, boxes))
+    od_in = -torch.log(x.clamp_min(1 / 255))
+    od_out = -torch.log(y.clamp_min(1 / 255))
+    assert not torch.allclose(y, x)
+    # a concentration factor of at most 1.2 and an offset of at most 0.05 per stain bound the change:
+    # the optical density stays within a fixed multiple of the input's plus the offsets' reach
+    assert float((od_out - od_in).abs().max()) <= 0.2 * float(od_in.max()) * 3 + 0.05 * 3 * 3
+    assert float(y.min()) >= 0 and float(y.max()) <= 1.0 + 1e-5
+    assert y.is_contiguous()          # the einsum's channels-last result crashed a CPU backward pass
+
+
+def test_crop_training_with_stain_jitter_on_every_crop_runs():
+    crops = CropDataset(np.random.default_rng(0).integers(0, 255, (16, 16, 16, 3), dtype=np.uint8), [0, 1] * 8,
+                        ["a", "b"])
+    aug = Augment([StainJitter(alpha=0.15, beta=0.04, p=1.0)], seed=0)
+    hist = fit(build_classifier(["a", "b"], width=4, input_size=16), crops, steps=3, batch_size=8, device="cpu",
+               augment=aug)
+    assert np.isfinite(hist[-1]["loss"])
+
+
+def test_crop_training_switches_augmentation_on_and_off():
+    src = _crops(["a", "b"], [0, 1] * 8, "s")
+    hist_on = fit(build_classifier(["a", "b"], width=4, input_size=16), src, steps=2, batch_size=4, device="cpu",
+                  augment=True)
+    hist_off = fit(build_classifier(["a", "b"], width=4, input_size=16), src, steps=2, batch_size=4, device="cpu",
+                   augment=False)
+    assert len(hist_on) == len(hist_off) == 1
+    assert default_crop_augment(0).photometric is not None
+
+
+# -- the baselines ---------------------------------------------------------------------------------------------
+def test_adapt_batchnorm_reestimates_statistics_on_the_target_only():
+    torch.manual_seed(0)
+    model = build_classifier(["a", "b"], width=4, norm="batch", input_size=16).eval()
+    tgt = _crops(["a", "b"], [-1] * 12, "t", seed=1)
+    tgt.images = (tgt.images // 4 + 180).to(torch.uint8)  # another domain: brighter, less contrast
+    before = [b.running_mean.clone() for b in model.modules() if isinstance(b, torch.nn.BatchNorm2d)]
+    adapted = adapt_batchnorm(model, tgt, device="cpu")
+    after = [b.running_mean for b in adapted.modules() if isinstance(b, torch.nn.BatchNorm2d)]
+    assert not adapted.training
+    assert all(torch.equal(a, b) for a, b in zip(before, [b.running_mean for b in model.modules()
+                                                          if isinstance(b, torch.nn.BatchNorm2d)]))  # original kept
+    assert not torch.allclose(before[0], after[0])
+    # the stem's statistics are those of the target's first-layer responses
+    stem = adapted.features.stem[0]
+    with torch.no_grad():
+        z = stem((tgt.images.float() / 255 - adapted.mean) / adapted.std)
+    assert torch.allclose(after[0], z.mean((0, 2, 3)), atol=1e-4)
+    with pytest.raises(ValueError, match="batch-norm"):
+        adapt_batchnorm(build_classifier(["a", "b"], width=4, norm="group"), tgt)
+
+
+def test_stain_normalise_moves_the_colours_to_the_reference():
+    ref = _crops(["a"], [0] * 6, "r")
+    ref.images = (ref.images // 2 + 100).to(torch.uint8)
+    other = _crops(["a"], [0] * 6, "o", seed=2)
+    out = stain_normalise(other, ref)
+    assert out.images.shape == other.images.shape and list(out.labels) == list(other.labels)
+    d_before = abs(float(other.images.float().mean()) - float(ref.images.float().mean()))
+    d_after = abs(float(out.images.float().mean()) - float(ref.images.float().mean()))
+    assert d_after < d_before
+
+
+def _tinted(labels, tint, name, seed=0):
+    rng = np.random.default_rng(seed)
+    imgs = []
+    yy, xx = np.mgrid[:16, :16]
+    for lab in labels:
+        img = np.full((16, 16, 3), 120.0) + rng.normal(0, 5, (16, 16, 3))
+        disc = (yy - 8) ** 2 + (xx - 8) ** 2 < (3 if lab == 0 else 6) ** 2
+        img[disc] = 40
+        imgs.append(np.clip(img + np.asarray(tint), 0, 255).astype(np.uint8))
+    return CropDataset(np.stack(imgs), labels, ["small", "large"], domains=[name] * len(labels), name=name)
+
+
+def test_every_method_trains_scores_and_is_judged():
+    a = _tinted([0, 1] * 8, (0, 0, 0), "A")
+    b = _tinted([0, 1] * 8, (60, -30, 40), "B", seed=1)
+    c = _tinted([0, 1] * 8, (-40, 20, 60), "C", seed=2)
+    res = run_directions(a, b, c, seeds=(0, 1), steps=3, batch_size=8, width=4, domain_hidden=8, augment=False,
+                         device="cpu")
+    assert list(res) == ["a_to_b", "b_to_a", "a_to_c", "b_to_c"]
+    r = res["a_to_c"]
+    assert set(r.scores) == {"source_only", "dann", "stain_norm", "adabn", "mixed", "oracle"}
+    assert all(len(r.scores[m]["target"]) == 2 for m in r.scores)
+    check = goal_check(r)
+    assert check["best_method"] in ("dann", "stain_norm", "adabn")
+    assert {"dann_gain", "stain_norm_gain", "adabn_gain", "best_std", "goal_met"} <= set(check)
+    text, checks, met = verdict(res)
+    assert "stain_norm" in text and "adabn" in text and set(checks) == set(res)
+    assert isinstance(met, bool)
+
+
+def test_experiment_matches_target_class_names_by_alias():
+    a = _tinted([0, 1] * 6, (0, 0, 0), "A")
+    b = _tinted([0, 1] * 6, (30, 0, 0), "B", seed=1)
+    b.class_names = ["Smalls", "LARGE"]
+    res = run_experiment(a, b, methods=("source_only", "stain_norm"), seeds=(0,), steps=2, batch_size=4, width=4,
+                         augment=False, device="cpu")
+    assert res.shared_classes == ["small", "large"] and not res.missing_classes
+    assert "renamed" in res.class_mapping
+
+
+# -- real data ------------------------------------------------------------------------------------------------
+def test_pbc_central_crops_find_a_cell_in_every_image(shared_data):
+    if not (shared_data / "pbc_subset").is_dir():
+        skip_or_fail("../shared/data/pbc_subset not found", "under CI a missing dataset is an error")
+    crops = domain_crops(shared_data / "pbc_subset", 32)
+    assert crops.name == "pbc" and len(crops) == 400
+    assert crops.central["fallback"] <= 8
+    assert crops.class_counts() == {c: 80 for c in ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")}
