@@ -40,7 +40,7 @@ from .core.errors import DataError
 from .core.files import write_json, write_text
 from .core.model_folder import model_kind
 from .data.classes import match_classes
-from .export import file_names, names_without_extension
+from .export import coco_from_records, file_names, names_without_extension
 
 log = logging.getLogger(__name__)
 
@@ -205,32 +205,6 @@ def qupath_geojson(record: dict) -> dict:
                          "properties": {"objectType": "detection", "classification": {"name": o["class"]},
                                         "measurements": {"score": o["score"]}}})
     return {"type": "FeatureCollection", "features": features}
-
-
-def coco_from_records(records: Sequence[dict], class_names: Sequence[str]) -> tuple[dict, list[dict]]:
-    """COCO (images, categories, annotations; what CVAT imports as "COCO 1.0") and the COCO results
-    list from per-image records; image ids 1..n in the order given, category ids 1..K.
-
-    Parameters
-    ----------
-    records : per-image records (:func:`smearlab.export.image_record`).
-    class_names : the categories, in label order.
-    """
-    cats = {c: i + 1 for i, c in enumerate(class_names)}
-    images, anns, results = [], [], []
-    for i, r in enumerate(records, start=1):
-        images.append({"id": i, "file_name": r["image"], "width": r["width"], "height": r["height"]})
-        for o in r["objects"]:
-            x0, y0, x1, y1 = o["bbox"]
-            bbox = [x0, y0, x1 - x0, y1 - y0]
-            seg = [[v for pt in ring for v in pt] for ring in o.get("polygons", []) if len(ring) >= 3]
-            anns.append({"id": len(anns) + 1, "image_id": i, "category_id": cats[o["class"]], "bbox": bbox,
-                         "area": o["area"], "iscrowd": 0, "segmentation": seg,
-                         "attributes": {"score": o["score"]}})
-            results.append({"image_id": i, "category_id": cats[o["class"]], "bbox": bbox, "score": o["score"]})
-    coco = {"images": images, "annotations": anns,
-            "categories": [{"id": k, "name": c, "supercategory": ""} for c, k in cats.items()]}
-    return coco, results
 
 
 def counts_table(records: Sequence[dict], class_names: Sequence[str]) -> np.ndarray:

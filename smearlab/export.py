@@ -44,7 +44,7 @@ from skimage.measure import approximate_polygon, find_contours
 
 from .core.errors import DataError
 from .core.files import atomic_path, write_json, write_text
-from .data.formats.coco import encode_rle, save
+from .data.formats.coco import coco_annotation, coco_categories, encode_rle, save
 from .data.imageio import write_image
 from .data.predictions import as_prediction, check_predictions
 from .data.sample import SmearDataset
@@ -304,7 +304,12 @@ def _unique(names: list[str]) -> list[str]:
 
 def file_names(dataset) -> list[str]:
     """A unique ``file_name`` per sample: the image's path relative to the folder the dataset's
-    images share (sub-folders kept, so two ``a.png`` in two class folders stay apart)."""
+    images share (sub-folders kept, so two ``a.png`` in two class folders stay apart).
+
+    Parameters
+    ----------
+    dataset : the SmearDataset whose samples are named.
+    """
     return _unique(_relative_files(dataset))
 
 
@@ -341,22 +346,42 @@ def coco_dict(dataset, predictions, *, segmentation: str = "auto", score_thresho
         p = sort_by_score(p, score_threshold)
         masks = p.get("masks")
         for k, (box, lab, sc) in enumerate(zip(p["boxes"].tolist(), p["labels"].tolist(), p["scores"].tolist())):
-            x0, y0, x1, y1 = box
-            a = {"id": len(anns) + 1, "image_id": image_id, "category_id": int(lab) + 1,
-                 "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0,
-                 "score": float(sc), "attributes": {"instance": k + 1}}
+            seg = area = None
             if masks is not None:
                 if not masks[k].any():
                     empty += 1
                     continue
-                a["segmentation"] = _segmentation(masks[k], segmentation, tolerance)
-                a["area"] = int(masks[k].sum())
-            anns.append(a)
+                seg, area = _segmentation(masks[k], segmentation, tolerance), int(masks[k].sum())
+            anns.append(coco_annotation(len(anns) + 1, image_id, lab, box, area=area, segmentation=seg,
+                                        score=float(sc), attributes={"instance": k + 1}))
     if empty:
         log.warning("coco export: %d instances with an empty mask were left out", empty)
-    cats = [{"id": k + 1, "name": n, "supercategory": ""} for k, n in enumerate(dataset.class_names)]
     return {"info": {"description": "smearlab predictions"}, "licenses": [],
-            "categories": cats, "images": images, "annotations": anns}
+            "categories": coco_categories(dataset.class_names), "images": images, "annotations": anns}
+
+
+def coco_from_records(records: Sequence[dict], class_names: Sequence[str]) -> tuple[dict, list[dict]]:
+    """COCO (images, categories, annotations; what CVAT imports as "COCO 1.0") and the COCO results
+    list from per-image records (:func:`image_record`, as ``smearlab predict`` keeps them); image
+    ids 1..n in the order given, category ids 1..K.
+
+    Parameters
+    ----------
+    records : per-image records (:func:`image_record`).
+    class_names : the categories, in label order.
+    """
+    label = {c: k for k, c in enumerate(class_names)}
+    images, anns, results = [], [], []
+    for i, r in enumerate(records, start=1):
+        images.append({"id": i, "file_name": r["image"], "width": r["width"], "height": r["height"]})
+        for o in r["objects"]:
+            seg = [[v for pt in ring for v in pt] for ring in o.get("polygons", []) if len(ring) >= 3]
+            ann = coco_annotation(len(anns) + 1, i, label[o["class"]], o["bbox"], area=o["area"], segmentation=seg,
+                                  attributes={"score": o["score"]})
+            anns.append(ann)
+            results.append({"image_id": i, "category_id": ann["category_id"], "bbox": ann["bbox"],
+                            "score": o["score"]})
+    return {"images": images, "annotations": anns, "categories": coco_categories(class_names)}, results
 
 
 def export_coco(dataset, predictions, path: str | Path, *, segmentation: str = "auto",

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from smearlab import batch
+from smearlab import batch, export
 from smearlab.cli import main
 from smearlab.core.errors import DataError
 from smearlab.data.formats import coco as coco_format
@@ -178,7 +178,7 @@ def test_qupath_polygons_of_masks():
     geo = batch.qupath_geojson(rec)
     rings = geo["features"][0]["geometry"]["coordinates"]
     assert len(rings) == 2 and all(r[0] == r[-1] for r in rings)
-    coco, results = batch.coco_from_records([{"image": "a.png", "width": 5, "height": 5, **rec,
+    coco, results = export.coco_from_records([{"image": "a.png", "width": 5, "height": 5, **rec,
                                               "objects": [{**rec["objects"][0], "area": 16}]}], ["nucleus"])
     assert coco["annotations"][0]["segmentation"] == [[0, 0, 4, 0, 4, 4, 0, 4]]
     assert coco["annotations"][0]["bbox"] == [0, 0, 4, 4] and results[0]["score"] == 0.9

@@ -216,13 +216,17 @@ def test_train_classifier_learns_and_reports():
     m = build_classifier(data.class_names, width=4, norm="group")
     hist = train_classifier(m, data, data, steps=30, batch_size=16, lr=0.05, device="cpu", seed=0)
     assert hist[-1]["step"] == 30 and hist[-1]["loss"] < hist[0]["loss"]
-    pred, probs = predict_classes(m, data, device="cpu")
+    found = predict_classes(m, data, device="cpu")
+    pred, probs = found.labels, found.probs
     assert probs.shape == (32, 2) and np.allclose(probs.sum(1), 1, atol=1e-5)
     assert (pred == data.labels).mean() > 0.9 and hist[-1]["val_macro_f1"] > 0.9
+    # one result per crop, like every task's prediction
+    assert len(found) == 32 and found[0]["class"] == data.class_names[found[0]["label"]]
+    assert found[0]["score"] == pytest.approx(float(probs[0].max()))
     assert m.input_size == 24
     # plain images (any size) are letterboxed to the model's input size
     imgs = [data.images[i].permute(1, 2, 0).numpy() for i in range(4)]
-    assert predict_classes(m, [np.pad(im, ((0, 10), (0, 0), (0, 0)), mode="edge") for im in imgs])[0].shape == (4,)
+    assert predict_classes(m, [np.pad(im, ((0, 10), (0, 0), (0, 0)), mode="edge") for im in imgs]).labels.shape == (4,)
     with pytest.raises(ValueError, match="differ"):
         train_classifier(build_classifier(["x", "y"], width=4), data, steps=1)
 

@@ -43,9 +43,32 @@ def _as_batch_source(data, size: int) -> torch.Tensor:
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
 
 
+class ClassPredictions(list):
+    """One result per crop (or image), as every task's prediction is: a dict ``{"label": int,
+    "class": name, "score": probability of that class, "probs": (K,) float32}``; the whole set
+    also as arrays (:attr:`labels`, :attr:`probs`) for metrics.
+
+    Parameters
+    ----------
+    probs : ``(N, K)`` softmax probabilities.
+    class_names : the ``K`` classes, in logit order.
+    """
+
+    def __init__(self, probs: np.ndarray, class_names: Sequence[str]):
+        probs = np.asarray(probs, np.float32).reshape(len(probs), -1)
+        self.probs = probs
+        self.labels = probs.argmax(1).astype(np.int64) if len(probs) else np.zeros(0, np.int64)
+        self.class_names = [str(c) for c in class_names]
+        super().__init__({"label": int(k), "class": self.class_names[k] if k < len(self.class_names) else str(k),
+                          "score": float(p[k]), "probs": p} for k, p in zip(self.labels, probs))
+
+    def __repr__(self) -> str:
+        return f"ClassPredictions({len(self)} crops, classes={self.class_names})"
+
+
 @torch.no_grad()
-def predict_classes(model: nn.Module, data, device="auto", batch_size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """Class predictions and probabilities.
+def predict_classes(model: nn.Module, data, device="auto", batch_size: int = 256) -> ClassPredictions:
+    """The class of each crop: one result per crop, in order.
 
     Parameters
     ----------
@@ -57,8 +80,9 @@ def predict_classes(model: nn.Module, data, device="auto", batch_size: int = 256
 
     Returns
     -------
-    pred : ``(N,)`` int64 class indices.
-    probs : ``(N, K)`` float32 softmax probabilities.
+    ClassPredictions
+        one dict per crop (``label``, ``class``, ``score``, ``probs``); ``.labels`` ``(N,)``
+        int64 and ``.probs`` ``(N, K)`` float32 as arrays.
     """
     dev = resolve_device(device)
     x = _as_batch_source(data, int(getattr(model, "input_size", 64) or 64))
@@ -74,9 +98,10 @@ def predict_classes(model: nn.Module, data, device="auto", batch_size: int = 256
         out.append(logits.float().softmax(1).cpu())
     if was_training:
         model.train()
-    k = len(getattr(model, "class_names", [])) or (out[0].shape[1] if out else 0)
+    names = list(getattr(model, "class_names", []))
+    k = len(names) or (out[0].shape[1] if out else 0)
     probs = torch.cat(out).numpy() if out else np.zeros((0, k), np.float32)
-    return probs.argmax(1).astype(np.int64), probs.astype(np.float32)
+    return ClassPredictions(probs, names or [str(i) for i in range(probs.shape[1])])
 
 
 def _ground_truth_predictions(samples) -> list[dict]:
@@ -157,11 +182,10 @@ def differential_count(detector, classifier: CellClassifier, images, wbc_class: 
                 kept.append(j)
             except ValueError as e:
                 log.warning("image %s: white-cell box %d skipped (%s)", getattr(s, "image_id", i), j, e)
-        if crops:
-            pred, prob = predict_classes(classifier, torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2),
-                                         device=device)
-        else:
-            pred, prob = np.zeros(0, np.int64), np.zeros((0, len(types)), np.float32)
+        found = predict_classes(classifier, torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)
+                                if crops else torch.zeros((0, 3, classifier.input_size, classifier.input_size),
+                                                          dtype=torch.uint8), device=device)
+        pred, prob = found.labels, found.probs
         counts = {t: int((pred == k).sum()) for k, t in enumerate(types)}
         n = len(pred)
         results.append({

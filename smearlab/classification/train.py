@@ -196,7 +196,7 @@ def fit(model: CellClassifier, train: CropDataset, *, steps: int, batch_size: in
             if domain_head is not None:
                 rec.update(domain_loss=acc["dloss"] / k, domain_acc=acc["dacc"] / k)
             if val is not None:
-                pred, _ = predict_classes(model, val, device=dev)
+                pred = predict_classes(model, val, device=dev).labels
                 rec["val_macro_f1"] = classification_report(val.labels, pred, val.class_names)["macro"]["f1"]
                 model.train()
             rec["seconds"] = time.perf_counter() - t0

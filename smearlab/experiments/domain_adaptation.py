@@ -261,7 +261,7 @@ def run_experiment(source, target, *, methods: Sequence[str] = METHODS, seeds: S
                     test = normalised[split]
                 elif m == "adabn" and split == "target":
                     used = adapt_batchnorm(model, t_tr, device=device)
-                pred, _ = predict_classes(used, test, device=device)
+                pred = predict_classes(used, test, device=device).labels
                 rep = classification_report(test.labels, pred, shared)
                 res.scores[m][split].append(_scores(rep))
                 conf = np.asarray(rep["confusion"])

@@ -228,7 +228,7 @@ def run_cam_experiment(dataset, *, size: int = 64, width: int = 16, norm: str = 
                      augment=augment, device=dev, seed=seed, progress=progress)
     train_s = time.perf_counter() - t0
     test_crops = crops_from_dataset(test, size)
-    pred, _ = predict_classes(model, test_crops, device=dev)
+    pred = predict_classes(model, test_crops, device=dev).labels
     report = classification_report(test_crops.labels, pred, test_crops.class_names)
     all_layers = list(dict.fromkeys(n for ls in layer_sets for n in ls))
     cams_train = cam_masks(model, train, layers=all_layers, dilate=dilate, device=dev)

@@ -114,7 +114,7 @@ def compare_embeddings(dataset, s, *, source: str | None = None, target: str | N
     torch.manual_seed(seed)
     dann = DANN(build_classifier(classes, width=s.width, norm="group", input_size=s.input_size))
     train_dann(dann, src_train, tgt_train, steps=s.steps, batch_size=32, device=device, seed=seed)
-    f1 = {name: {split: classification_report(d.labels, predict_classes(m, d, device=device)[0], classes)["macro"]["f1"]
+    f1 = {name: {split: classification_report(d.labels, predict_classes(m, d, device=device).labels, classes)["macro"]["f1"]
                  for split, d in (("source", src_test), ("target", tgt_test))}
           for name, m in (("source only", source_only), ("DANN", dann.classifier))}
     features = {PIXELS: pixel_embedding(held_out, 50, seed=seed),

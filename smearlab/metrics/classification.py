@@ -18,7 +18,8 @@ def classification_report(y_true, y_pred, class_names: Sequence[str]) -> dict[st
     Parameters
     ----------
     y_true : true class indices, ``0 .. K - 1`` (the truth first).
-    y_pred : predicted class indices, aligned with ``y_true``.
+    y_pred : predicted class indices, aligned with ``y_true``, or the
+        :class:`~smearlab.classification.predict.ClassPredictions` of ``predict_classes``.
     class_names : the ``K`` class names the indices refer to.
 
     Returns
@@ -28,6 +29,7 @@ def classification_report(y_true, y_pred, class_names: Sequence[str]) -> dict[st
         ``{precision, recall, f1}``, ``accuracy``, ``confusion`` (``K x K`` list, rows true,
         columns predicted, all classes), ``class_names``, ``n``.
     """
+    y_pred = getattr(y_pred, "labels", y_pred)
     yt, yp = np.asarray(y_true, np.int64).reshape(-1), np.asarray(y_pred, np.int64).reshape(-1)
     k = len(class_names)
     if len(yt) != len(yp):

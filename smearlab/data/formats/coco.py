@@ -18,6 +18,7 @@ import shutil
 from functools import partial
 from numbers import Real
 from pathlib import Path, PurePosixPath
+from typing import Sequence
 
 import numpy as np
 from pycocotools import mask as mask_util
@@ -286,6 +287,37 @@ def _is_finite(v) -> bool:
 
 
 # -- writing ---------------------------------------------------------------------------------
+def coco_categories(class_names: Sequence[str]) -> list[dict]:
+    """COCO ``categories``: ids ``1..K`` in ``class_names`` order (every COCO file smearlab writes).
+
+    Parameters
+    ----------
+    class_names : the classes, in label order.
+    """
+    return [{"id": k + 1, "name": str(n), "supercategory": ""} for k, n in enumerate(class_names)]
+
+
+def coco_annotation(ann_id: int, image_id: int, label: int, box, *, area=None, segmentation=None, **extra) -> dict:
+    """One COCO annotation (every COCO file smearlab writes builds them here).
+
+    Parameters
+    ----------
+    ann_id, image_id : the annotation's and its image's ids (from 1).
+    label : the 0-based class index (``category_id`` is ``label + 1``, see :func:`coco_categories`).
+    box : ``(x0, y0, x1, y1)`` in pixels (written as COCO's ``[x, y, width, height]``).
+    area : the object's area (None: the box's).
+    segmentation : RLE or polygons, or None for a box only.
+    **extra : further keys (``score``, ``attributes`` ...).
+    """
+    x0, y0, x1, y1 = box
+    ann = {"id": int(ann_id), "image_id": int(image_id), "category_id": int(label) + 1,
+           "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0) if area is None else area, "iscrowd": 0}
+    if segmentation is not None:
+        ann["segmentation"] = segmentation
+    ann.update(extra)
+    return ann
+
+
 def save(dataset: SmearDataset, path: str | Path, *, masks: str = "rle") -> Path:
     """Write ``dataset`` as a COCO ground-truth JSON, its images into ``images/`` beside it.
 
@@ -316,9 +348,8 @@ def save(dataset: SmearDataset, path: str | Path, *, masks: str = "rle") -> Path
         h, w = s.hw
         images.append({"id": image_id, "file_name": file_name, "width": int(w), "height": int(h)})
         annotations += _annotations(s, image_id, len(annotations) + 1, masks)
-    categories = [{"id": k + 1, "name": n, "supercategory": ""}
-                  for k, n in enumerate(dataset.class_names)]
-    write_json(json_path, {"images": images, "annotations": annotations, "categories": categories})
+    write_json(json_path, {"images": images, "annotations": annotations,
+                           "categories": coco_categories(dataset.class_names)})
     return json_path
 
 
@@ -351,13 +382,11 @@ def _annotations(sample: Sample, image_id: int, first_id: int, mode: str) -> lis
     masks = sample.masks if sample.has_masks else None
     out = []
     for j, (box, label) in enumerate(zip(sample.boxes.tolist(), sample.labels.tolist())):
-        x0, y0, x1, y1 = box
-        ann = {"id": first_id + j, "image_id": image_id, "category_id": label + 1,
-               "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0}
-        if masks is not None:
-            ann["segmentation"] = encode_rle(masks[j]) if mode == "rle" else _polygons(masks[j])
-            ann["area"] = int(masks[j].sum())
-        out.append(ann)
+        if masks is None:
+            out.append(coco_annotation(first_id + j, image_id, label, box))
+        else:
+            seg = encode_rle(masks[j]) if mode == "rle" else _polygons(masks[j])
+            out.append(coco_annotation(first_id + j, image_id, label, box, area=int(masks[j].sum()), segmentation=seg))
     return out
 
 
