@@ -412,7 +412,9 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
         geo = out / "qupath" / f"{im.stem}.geojson"
         if im.name in records and not geo.is_file():
             write_json(geo, qupath_geojson(records[im.name]))
+    used = (model.thresholds or {}).get("score", {}) if isinstance(thresholds, str) else thresholds.score
     summary = {"model": run["model"], "classes": class_names, "thresholds": threshold_source,
+               "score_thresholds": {c: float(used.get(c, DEFAULT_SCORE)) for c in class_names},
                "images": len(items), "predicted": predicted, "resumed": resumed, "failed": len(failed),
                "failures": failed, "seconds": round(seconds, 3),
                "images_per_s": round(predicted / seconds, 3) if predicted and seconds > 0 else None}
@@ -423,6 +425,54 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
         log.warning("%d of %d images failed (listed in %s): first %s: %s", len(failed), len(items),
                     out / "summary.json", failed[0]["image"], failed[0]["error"])
     return summary
+
+
+def read_results(out: str | Path) -> tuple[list[dict], dict]:
+    """The per-image records (in the order of ``counts.csv``) and the summary of a finished
+    :func:`predict` run.
+
+    Parameters
+    ----------
+    out : the run's output folder.
+
+    Raises
+    ------
+    DataError
+        when the folder holds no finished run (no ``summary.json``).
+    """
+    out = Path(out)
+    p = out / "summary.json"
+    if not p.is_file():
+        raise DataError(out, "no summary.json: not the output folder of a finished smearlab predict run")
+    summary = json.loads(p.read_text(encoding="utf-8"))
+    with open(out / "counts.csv", newline="", encoding="utf-8") as f:
+        names = [row["image"] for row in csv.DictReader(f)]
+    stems = names_without_extension(names)
+    return [json.loads(_json_path(out, stem).read_text(encoding="utf-8")) for stem in stems], summary
+
+
+def review_order(records: Sequence[dict], thresholds: dict, margin: float = 0.15) -> list[tuple[int, int]]:
+    """Which images to review first: those with the most objects whose score lies within
+    ``margin`` above their class's threshold (the model's borderline calls), then those whose
+    objects are least confident on average.
+
+    Parameters
+    ----------
+    records : per-image records (:func:`read_results`).
+    thresholds : ``{class: score threshold}`` the run used (``summary["score_thresholds"]``).
+    margin : how far above its threshold an object's score counts as borderline.
+
+    Returns
+    -------
+    list of (int, int)
+        ``(index into records, borderline objects)``, most uncertain first.
+    """
+    keys = []
+    for i, r in enumerate(records):
+        margins = [o["score"] - float(thresholds.get(o["class"], 0.0)) for o in r["objects"]]
+        near = sum(m < margin for m in margins)
+        keys.append((-near, float(np.mean(margins)) if margins else 1.0, i, near))
+    return [(i, near) for _, _, i, near in sorted(keys)]
 
 
 class _Shape:

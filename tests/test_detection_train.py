@@ -11,7 +11,7 @@ import torch
 from smearlab.data import Sample, SmearDataset
 from smearlab.data.synthetic import make_dataset
 from smearlab.detection.models import DetectorConfig, build_detector
-from smearlab.detection.train import _remap_dataset, TrainConfig, param_digest, train_detector
+from smearlab.detection.train import TrainConfig, param_digest, remap_dataset, train_detector
 
 
 def tiny(ds, size=128, seed=0):
@@ -99,7 +99,7 @@ def test_unknown_class_is_refused_before_training(ds128):
     with pytest.raises(ValueError, match="'Parasite'"):
         train_detector(model, cfg, ds, None, TrainConfig(epochs=1, device="cpu"), progress=False)
     # another order of known classes is mapped by name
-    r = _remap_dataset(SmearDataset([Sample("q", boxes=[[1, 1, 5, 5]], labels=[0], _image=s.image)],
+    r = remap_dataset(SmearDataset([Sample("q", boxes=[[1, 1, 5, 5]], labels=[0], _image=s.image)],
                                     ["Platelets", "RBC"], "x"), ["RBC", "WBC", "Platelets"], "training")
     assert r.class_names == ["RBC", "WBC", "Platelets"] and r[0].labels.tolist() == [2]
 

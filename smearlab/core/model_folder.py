@@ -6,6 +6,7 @@ Layout::
     <folder>/config.json      {"kind", ...}: everything needed to rebuild the model
     <folder>/thresholds.json  tuned thresholds, where the task has them (detectors)
     <folder>/preprocess.json  the preprocessing pipeline the model was trained with, if any
+    <folder>/train_config.json  the training settings (the recipe a fine-tuning run repeats), if any
 
 ``kind`` is ``"detector"``, ``"unet"`` or ``"classifier"``; :func:`smearlab.models.load_model`
 reads any of them. Weights are read with ``torch.load(weights_only=True)`` (tensors and plain
@@ -56,7 +57,7 @@ class ModelFolder:
 
 
 def save_model_folder(folder, kind: str, model: torch.nn.Module, config: Mapping[str, Any], *,
-                      class_names=None, thresholds=None, preprocess=None, **meta) -> Path:
+                      class_names=None, thresholds=None, preprocess=None, train_config=None, **meta) -> Path:
     """Write ``model`` into ``folder`` as ``kind``.
 
     Parameters
@@ -67,8 +68,8 @@ def save_model_folder(folder, kind: str, model: torch.nn.Module, config: Mapping
     config : the JSON-ready settings that rebuild it (``kind`` is added).
     class_names : the classes the model's outputs index, stored beside the weights too so that a
         config and weights of different class lists are caught on reading.
-    thresholds, preprocess : dicts (or objects with ``to_dict()``) written as
-        ``thresholds.json`` / ``preprocess.json``.
+    thresholds, preprocess, train_config : dicts (or objects with ``to_dict()``) written as
+        ``thresholds.json`` / ``preprocess.json`` / ``train_config.json``.
     meta : further plain values kept in ``weights.pt`` (e.g. ``epoch``).
 
     Returns
@@ -86,7 +87,8 @@ def save_model_folder(folder, kind: str, model: torch.nn.Module, config: Mapping
     with atomic_path(folder / "weights.pt") as tmp:
         torch.save(payload, tmp)
     write_json(folder / "config.json", {"kind": kind, **dict(config)})
-    for name, value in (("thresholds.json", thresholds), ("preprocess.json", preprocess)):
+    for name, value in (("thresholds.json", thresholds), ("preprocess.json", preprocess),
+                        ("train_config.json", train_config)):
         if value is not None:
             write_json(folder / name, value.to_dict() if hasattr(value, "to_dict") else dict(value))
     return folder

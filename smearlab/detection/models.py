@@ -1,4 +1,5 @@
-"""Detector builders, saving and loading: torchvision detectors, never a download.
+"""Detector builders, saving and loading: torchvision detectors, trained from scratch unless
+pretrained weights are asked for.
 
 Architectures (``DetectorConfig.arch``):
 
@@ -17,10 +18,13 @@ The Mask R-CNN models (:data:`MASK_ARCHS`, :func:`is_mask_model`) train on datas
 instance masks and predict ``masks`` beside the boxes (see
 :func:`smearlab.detection.predict.predict`).
 
-Models are always built with ``weights=None, weights_backbone=None``: pretrained weights come
-only from a local file (``DetectorConfig.weights_path``), either a classification backbone state
+Models are always built with ``weights=None, weights_backbone=None``. Pretrained weights are an
+opt-in: a local file (``DetectorConfig.weights_path``), either a classification backbone state
 dict (e.g. torchvision's ``resnet50-*.pth``) or a whole detector state dict (e.g. a COCO
-checkpoint, whose class-specific predictor layers are skipped when the class count differs).
+checkpoint, whose class-specific predictor layers are skipped when the class count differs); or
+torchvision's weights API for the backbone (``DetectorConfig.backbone_weights="DEFAULT"`` or a
+weights name), read from torch's own cache (:func:`backbone_weights_file`). Nothing is fetched
+unless ``backbone_weights`` asks for it.
 
 Labels: a model has ``len(class_names) + 1`` classes; 0 is background (torchvision's rule).
 
@@ -97,6 +101,11 @@ class DetectorConfig:
         (None: all for a model from scratch, 3 with pretrained weights).
     freeze_backbone : freeze the whole backbone body (the FPN and heads still train).
     weights_path : local file with pretrained weights (backbone or whole detector).
+    backbone_weights : pretrained backbone weights by torchvision's weights API, opt-in:
+        ``"DEFAULT"`` (the arch's backbone's default, e.g. ``ResNet50_Weights.IMAGENET1K_V2``) or a
+        weights name (``"ResNet50_Weights.IMAGENET1K_V1"``); read from torch's own cache
+        (:func:`backbone_weights_file`), fetched only because they were asked for, and a clear
+        error naming the file and where to put it when that fails (offline). None: none.
     frozen_bn : use frozen batch norm in the backbone (None: when pretrained or frozen).
     extra : further keyword arguments of torchvision's ``FasterRCNN`` / ``MaskRCNN`` /
         ``RetinaNet`` (e.g. ``{"box_nms_thresh": 0.4, "rpn_post_nms_top_n_test": 2000}``).
@@ -117,6 +126,7 @@ class DetectorConfig:
     trainable_backbone_layers: int | None = None
     freeze_backbone: bool = False
     weights_path: str | None = None
+    backbone_weights: str | None = None
     frozen_bn: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     object_sizes: dict[str, dict[str, float]] | None = None
@@ -144,7 +154,12 @@ class DetectorConfig:
     def uses_frozen_bn(self) -> bool:
         if self.frozen_bn is not None:
             return bool(self.frozen_bn)
-        return self.weights_path is not None or bool(self.freeze_backbone)
+        return self.pretrained or bool(self.freeze_backbone)
+
+    @property
+    def pretrained(self) -> bool:
+        """Whether the model starts from pretrained weights (a local file or torchvision's)."""
+        return self.weights_path is not None or self.backbone_weights is not None
 
     def to_dict(self) -> dict[str, Any]:
         """The config as a JSON-ready dict (``frozen_bn`` resolved, so that a saved model rebuilds
@@ -240,7 +255,7 @@ def _trainable_layers(cfg: DetectorConfig) -> int:
     if cfg.freeze_backbone:
         return 0
     if cfg.trainable_backbone_layers is None:
-        return 3 if cfg.weights_path is not None else mx
+        return 3 if cfg.pretrained else mx
     n = int(cfg.trainable_backbone_layers)
     if not 0 <= n <= mx:
         raise ValueError(f"trainable_backbone_layers for {cfg.arch} must be in 0..{mx}, got {n}")
@@ -359,12 +374,73 @@ def _read_weights(path, what: str = "pretrained weights") -> dict:
         p = p / "weights.pt"
     if not p.is_file():
         raise DataError(p, f"{what} must be a local file; got {str(path)!r}, which does not exist "
-                           "(smearlab never downloads weights)")
+                           "(for torchvision's weights by name, use backbone_weights)")
     return read_torch_file(p, what)
 
 
-def _load_pretrained(model: nn.Module, cfg: DetectorConfig) -> None:
-    path = cfg.weights_path
+#: The torchvision backbone each arch is built on (the ones pretrained weights exist for).
+BACKBONE_OF = {"fasterrcnn": "resnet50", "fasterrcnn_v2": "resnet50", "retinanet": "resnet50", "maskrcnn": "resnet50",
+               "fasterrcnn_mobilenet": "mobilenet_v3_large"}
+
+
+def backbone_weights_file(cfg: DetectorConfig, *, download: bool = True) -> Path:
+    """The file of ``cfg.backbone_weights`` in torch's own cache (``torch.hub.get_dir()/checkpoints``).
+
+    The file is used when it is there. Otherwise, because the user asked for these weights, it
+    is fetched into the cache with torch's downloader (``download=False`` never tries); when that
+    fails (offline), a :class:`DataError` names the file, its address and where to put it.
+
+    Parameters
+    ----------
+    cfg : a config with ``backbone_weights`` set.
+    download : fetch a missing file.
+
+    Raises
+    ------
+    ValueError
+        for an arch without a torchvision backbone (the tiny models) or weights of another backbone.
+    DataError
+        when the file is not in the cache and cannot be fetched.
+    """
+    import os
+    from urllib.parse import urlparse
+
+    from torchvision.models import get_model_weights, get_weight
+    backbone = BACKBONE_OF.get(cfg.arch)
+    if backbone is None:
+        raise ValueError(f"{cfg.arch} has no torchvision backbone with pretrained weights; "
+                         f"archs that have one: {sorted(BACKBONE_OF)}")
+    enum = get_model_weights(backbone)
+    name = str(cfg.backbone_weights)
+    if name.upper() == "DEFAULT":
+        weights = enum.DEFAULT
+    else:
+        try:
+            weights = get_weight(name if "." in name else f"{enum.__name__}.{name}")
+        except (ValueError, KeyError, AttributeError) as e:
+            raise ValueError(f"unknown weights {name!r}; {backbone} has {[w.name for w in enum]}") from e
+        if not isinstance(weights, enum):
+            raise ValueError(f"{name} are not weights of {backbone} (the {cfg.arch} backbone); "
+                             f"choose one of {[f'{enum.__name__}.{w.name}' for w in enum]}")
+    file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
+    if file.is_file():
+        return file
+    problem = "download=False"
+    if download:
+        log.info("fetching %s into torch's cache %s (asked for with backbone_weights)", weights, file)
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            torch.hub.download_url_to_file(weights.url, str(file), progress=True)
+            return file
+        except Exception as e:  # noqa: BLE001 - any network failure ends in the same instruction
+            problem = f"{type(e).__name__}: {e}"
+    raise DataError(file, f"the pretrained backbone weights {enum.__name__}.{weights.name} are not in torch's cache "
+                          f"and could not be fetched ({problem}); download {weights.url} on a machine with network "
+                          f"access and place it at this path (or set TORCH_HOME), or give a local file as weights_path")
+
+
+def _load_pretrained(model: nn.Module, cfg: DetectorConfig, path=None) -> None:
+    path = cfg.weights_path if path is None else path
     sd, _ = state_dict_of(_read_weights(path), path)
     key, *_ = _first_conv(model)
     own = model.state_dict()
@@ -424,7 +500,8 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
 
 
 def build_detector(cfg: DetectorConfig) -> nn.Module:
-    """A torchvision detector for ``cfg`` (no download ever; ``cfg.weights_path`` is a local file).
+    """A torchvision detector for ``cfg``: from scratch, or from pretrained weights the config asks
+    for (``cfg.weights_path``, a local file; ``cfg.backbone_weights``, torchvision's, from torch's cache).
 
     The model carries its config as ``model.detector_config``. It is in train mode, on the CPU.
 
@@ -433,6 +510,8 @@ def build_detector(cfg: DetectorConfig) -> nn.Module:
     cfg : the :class:`DetectorConfig`.
     """
     model = _base_model(cfg)
+    if cfg.backbone_weights is not None:
+        _load_pretrained(model, cfg, backbone_weights_file(cfg))
     if cfg.weights_path is not None:
         _load_pretrained(model, cfg)
     if cfg.in_channels == 1:
@@ -461,7 +540,7 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def save_model(model: nn.Module, cfg: DetectorConfig | None, folder, thresholds: dict | None = None,
-               preprocess: Any = None) -> Path:
+               preprocess: Any = None, train_config: Any = None) -> Path:
     """Write the detector as a model folder (:mod:`smearlab.core.model_folder`): ``weights.pt``,
     ``config.json`` (the :class:`DetectorConfig`) and optionally ``thresholds.json`` /
     ``preprocess.json``.
@@ -477,13 +556,16 @@ def save_model(model: nn.Module, cfg: DetectorConfig | None, folder, thresholds:
     folder : the model folder (created if needed).
     thresholds : optional tuned thresholds, written as ``thresholds.json``.
     preprocess : optional preprocessing pipeline, written as ``preprocess.json``.
+    train_config : optional training settings (a ``TrainConfig`` or its dict), written as
+        ``train_config.json``: the recipe :func:`smearlab.detection.finetune.fine_tune` repeats.
     """
     model = unwrap(model)
     cfg = cfg or getattr(model, "detector_config", None)
     if cfg is None:
         raise ValueError("save_model needs the DetectorConfig (cfg) of the model")
     return save_model_folder(folder, "detector", model, cfg.to_dict(), class_names=cfg.class_names,
-                             thresholds=thresholds, preprocess=preprocess, arch=cfg.arch)
+                             thresholds=thresholds, preprocess=preprocess, train_config=train_config,
+                             arch=cfg.arch)
 
 
 def read_config(folder) -> DetectorConfig:
@@ -525,7 +607,7 @@ def load_model(folder, device: "str | torch.device | None" = "auto") -> nn.Modul
     if saved_names is not None and list(saved_names) != list(cfg.class_names):
         raise DataError(wpath, f"checkpoint classes {list(saved_names)} differ from the classes "
                                f"{list(cfg.class_names)} of {folder / 'config.json'}")
-    build_cfg = dataclasses.replace(cfg, weights_path=None, frozen_bn=cfg.uses_frozen_bn,
+    build_cfg = dataclasses.replace(cfg, weights_path=None, backbone_weights=None, frozen_bn=cfg.uses_frozen_bn,
                                     trainable_backbone_layers=_trainable_layers(cfg))
     model = _base_model(build_cfg)
     if cfg.in_channels == 1:

@@ -297,9 +297,16 @@ def _epoch_seed(seed: int, epoch: int) -> int:
 # ---------------------------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------------------------
-def _remap_dataset(ds: SmearDataset, model_names: list[str], what: str) -> SmearDataset:
+def remap_dataset(ds: SmearDataset, model_names: list[str], what: str) -> SmearDataset:
     """The dataset with labels indexing ``model_names`` (by class name or alias, see
-    :mod:`smearlab.data.classes`); ValueError for a class in the data that the model does not have."""
+    :mod:`smearlab.data.classes`); ValueError for a class in the data that the model does not have.
+
+    Parameters
+    ----------
+    ds : the dataset.
+    model_names : the model's classes, in label order.
+    what : what the dataset is, for messages (``"training"``, ``"corrected"`` ...).
+    """
     names = list(ds.class_names)
     if names == model_names:
         return ds
@@ -586,7 +593,7 @@ def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, tr
     if train_smear is not None:
         if masks:
             _check_masks(train_smear, cfg_model.arch)
-        train_smear = _preprocessed(_remap_dataset(train_smear, names, "training"), pre)
+        train_smear = _preprocessed(remap_dataset(train_smear, names, "training"), pre)
         if cfg_model.object_sizes is None:  # the training scale, saved with the model
             cfg_model.object_sizes = object_sizes(train_smear, cfg_model)
     val_smear = None
@@ -594,7 +601,7 @@ def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, tr
         val_smear, _ = _as_smear(val_ds)
         if val_smear is None:
             raise TypeError("val_ds must be a SmearDataset (or a DetectionDataset over one)")
-        val_smear = _preprocessed(_remap_dataset(val_smear, names, "validation"), pre)
+        val_smear = _preprocessed(remap_dataset(val_smear, names, "validation"), pre)
     if val_smear is not None and evaluate_fn is None:
         try:
             from ..metrics.detection import coco_eval  # noqa: F401
@@ -777,7 +784,7 @@ def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, tr
                 _save_torch(ck, out_dir / "last.pt")
                 _write_metrics(out_dir, history.records)
                 if improved:
-                    save_model(net, cfg_model, out_dir / "best", preprocess=tcfg.preprocess)
+                    save_model(net, cfg_model, out_dir / "best", preprocess=tcfg.preprocess, train_config=tcfg)
             if dctx.main:
                 log.info("epoch %d/%d: %s", epoch + 1, planned(),
                          ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
@@ -786,9 +793,9 @@ def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, tr
         if budget is not None and dctx.main:
             log.info("time budget %.0f s: %d epochs in %.0f s", budget.seconds, epoch - start_epoch, budget.elapsed_s)
         if dctx.main and out_dir is not None:
-            save_model(net, cfg_model, out_dir / "model", preprocess=tcfg.preprocess)
+            save_model(net, cfg_model, out_dir / "model", preprocess=tcfg.preprocess, train_config=tcfg)
             if history.best_epoch is None:  # no validation: best is the final model
-                save_model(net, cfg_model, out_dir / "best", preprocess=tcfg.preprocess)
+                save_model(net, cfg_model, out_dir / "best", preprocess=tcfg.preprocess, train_config=tcfg)
         dctx.barrier()
         return history
     finally:

@@ -137,7 +137,7 @@ def fit_and_evaluate(name: str, cfg: DetectorConfig, tcfg: TrainConfig, train: S
         metrics["mask_mAP50"], metrics["mask_mAP"] = coco["mask_mAP50"], coco["mask_mAP"]
     if tcfg.out_dir is not None:
         save_model(model, cfg, Path(tcfg.out_dir) / "final",
-                   thresholds=thresholds, preprocess=getattr(model, "preprocess_spec", None))
+                   thresholds=thresholds, preprocess=getattr(model, "preprocess_spec", None), train_config=tcfg)
     return DetectionRun(name, cfg, model, history, thresholds, raw_val, raw_test, metrics)
 
 

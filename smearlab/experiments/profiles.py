@@ -22,6 +22,7 @@ REAL_DATA = {
     "06_gradcam_masks": "wbc_zheng.tar.xz",
     "07_domain_adaptation": "wbc_zheng.tar.xz",
     "08_tsne": "wbc_zheng.tar.xz",
+    "09_counting": "cbc",
 }
 
 #: Detector training on a CPU: small batches read by the DataLoader.
@@ -75,6 +76,12 @@ PROFILES: dict[str, dict[str, dict[str, Any]]] = {
     "08_tsne": {
         "quick": {"steps": 60, "input_size": 48, "width": 8, "n_synthetic": 120},
         "full": {"steps": 250, "input_size": 64, "width": 16, "n_synthetic": 400},
+    },
+    "09_counting": {
+        "quick": {"arch": "fasterrcnn_tiny", "epochs": 8, "input_size": 256, "recipe": CPU_RECIPE, "review": 3,
+                  "finetune_epochs": 2},
+        "full": {"arch": "fasterrcnn_tiny", "epochs": 16, "input_size": 480, "recipe": CPU_RECIPE, "review": 10,
+                 "finetune_epochs": 4},
     },
 }
 

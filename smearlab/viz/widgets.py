@@ -461,3 +461,66 @@ class ThresholdTuner:
     def _ipython_display_(self):
         from IPython.display import display
         display(self.widget)
+
+
+class ReviewGallery:
+    """Browse the images of a ``smearlab predict`` run, the most uncertain first.
+
+    The order is :func:`smearlab.batch.review_order` (images with the most objects scored just
+    above their class's threshold first); each image is drawn with its boxes (borderline ones
+    dashed) and its counts per class, and, where the run scored a dataset, the true counts.
+
+    Parameters
+    ----------
+    records : per-image records (:func:`smearlab.batch.read_results`).
+    summary : the run's summary (its ``classes`` and ``score_thresholds``).
+    read_image : ``f(record) -> (H, W, 3) array``, the image of a record.
+    truth : optional ``{image name: {class: count}}`` shown beside the predicted counts.
+    margin : how far above its threshold a score counts as borderline.
+    figsize : size of the figure in inches.
+    """
+
+    def __init__(self, records: Sequence[dict], summary: dict, read_image, *, truth: dict | None = None,
+                 margin: float = 0.15, figsize=(7, 5)):
+        from ..batch import review_order
+        self.records, self.summary, self.read_image = list(records), summary, read_image
+        self.truth, self.margin, self.figsize = truth or {}, float(margin), figsize
+        self.classes = list(summary["classes"])
+        self.thresholds = summary.get("score_thresholds") or {c: DEFAULT_SCORE for c in self.classes}
+        self.order = review_order(self.records, self.thresholds, self.margin)
+        self.slider = W.IntSlider(value=0, min=0, max=max(len(self.order) - 1, 0), description="rank",
+                                  continuous_update=False)
+        self.text = W.HTML()
+        self.image = W.Image(format="png")
+        self.slider.observe(lambda _change: self.redraw(), names="value")
+        self.widget = W.VBox([self.slider, self.text, self.image])
+        self.redraw()
+
+    def redraw(self) -> None:
+        """Draw the image at the slider's rank."""
+        if not self.order:
+            self.text.value = "no images"
+            return
+        i, near = self.order[self.slider.value]
+        rec = self.records[i]
+        colours = dict(zip(self.classes, class_colors(len(self.classes))))
+        fig = Figure(figsize=self.figsize)
+        ax = fig.subplots()
+        ax.imshow(self.read_image(rec))
+        for o in rec["objects"]:
+            x0, y0, x1, y1 = o["bbox"]
+            border = o["score"] - float(self.thresholds.get(o["class"], 0.0)) < self.margin
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=colours.get(o["class"]),
+                                   linewidth=1.2, linestyle="--" if border else "-"))
+        ax.set_axis_off()
+        ax.set_title(f"{rec['image']}: {len(rec['objects'])} objects, {near} borderline (dashed)", fontsize=9)
+        self.image.value = figure_to_png(fig)
+        counts = {c: sum(o["class"] == c for o in rec["objects"]) for c in self.classes}
+        true = self.truth.get(rec["image"])
+        cells = "".join(f"<td>{html.escape(c)}: <b>{n}</b>" + (f" (true {true.get(c, 0)})" if true else "") + "</td>"
+                        for c, n in counts.items())
+        self.text.value = f"<table><tr><td>rank {self.slider.value + 1}/{len(self.order)}</td>{cells}</tr></table>"
+
+    def _ipython_display_(self):
+        from IPython.display import display
+        display(self.widget)

@@ -17,7 +17,7 @@ from ..imageio import is_image_file
 
 log = logging.getLogger("smearlab.data")
 
-FORMATS = ("voc", "bbbc041", "iml", "coco", "yolo", "dsb2018", "zheng", "imagefolder", "dicom")
+FORMATS = ("voc", "bbbc041", "iml", "coco", "yolo", "dsb2018", "zheng", "imagefolder", "dicom", "qupath")
 WRITABLE = ("voc", "coco", "yolo")
 #: Formats whose datasets hold several splits that ``load(..., split=NAME)`` chooses from.
 SPLIT_FORMATS = ("yolo", "coco")
@@ -141,6 +141,8 @@ def _detect_here(p: Path) -> str:
             return "yolo"
         if p.suffix.lower() in (".dcm", ".dicom"):
             return "dicom"
+        if p.suffix.lower() == ".geojson":
+            return "qupath"
         raise DataError(p, "cannot tell the annotation format of this file")
     names = {c.name for c in p.iterdir()}
     lower = {n.lower() for n in names}
@@ -164,6 +166,8 @@ def _detect_here(p: Path) -> str:
         return "coco"
     if module("dsb2018").is_sample_folder(p):  # one DSB2018 image folder, not classes images/+masks/
         return "dsb2018"
+    if any(c.suffix.lower() == ".geojson" for c in p.iterdir()):
+        return "qupath"
     subdirs = [c for c in p.iterdir() if c.is_dir() and not c.name.startswith(".")]
     if subdirs and all(any(is_image_file(f) for f in d.iterdir()) or not any(d.iterdir()) for d in subdirs):
         return "imagefolder"
@@ -171,7 +175,7 @@ def _detect_here(p: Path) -> str:
         return "dicom"
     raise DataError(p, "cannot detect the dataset format (looked for VOC Annotations/, COCO/BBBC041/"
                        "IML JSON, YOLO labels/ or data.yaml, DSB2018 images/+masks/, Zheng "
-                       "'Dataset N/', class folders of images, DICOM files)")
+                       "'Dataset N/', class folders of images, DICOM files, QuPath .geojson)")
 
 
 def coco_files(folder: Path) -> list[Path]:

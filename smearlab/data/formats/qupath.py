@@ -1,0 +1,152 @@
+"""QuPath GeoJSON: one file per image, ``<image stem>.geojson``, holding its objects.
+
+QuPath exports the objects of an image as GeoJSON (a ``FeatureCollection``, or a bare list of
+``Feature`` objects); ``smearlab predict`` writes the same into ``qupath/``, so corrected
+objects come back through this loader. Each feature's class is
+``properties.classification.name`` (QuPath's form; a plain string is accepted too); its
+geometry is a ``Polygon`` or ``MultiPolygon`` in image pixels, read as the box of its outline
+(instance masks are not read). Coordinates are pixel edges, as the outlines are written.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from ...core.errors import DataError
+from ..imageio import is_image_file
+from ..sample import SmearDataset
+from ._common import BoxCollector, Root
+
+SUFFIXES = (".geojson",)
+
+
+def is_geojson(path: Path) -> bool:
+    """Whether ``path`` is named like a GeoJSON file.
+
+    Parameters
+    ----------
+    path : a file path.
+    """
+    return path.suffix.lower() in SUFFIXES
+
+
+def load(path: str | Path, *, images: str | Path | None = None, class_names=None, class_map=None,
+         strict: bool = False, name: str | None = None, allow_outside_root: bool = False) -> SmearDataset:
+    """Load a folder of QuPath GeoJSON files (or one file) with their images.
+
+    Parameters
+    ----------
+    path : a folder of ``*.geojson`` files, or one such file.
+    images : the folder holding the images (matched by file stem, case-insensitively); None:
+        ``path`` itself when it holds images, else its parent folder.
+    class_names : classes to keep, in this order; None collects all, sorted by name. Names are
+        matched by name or alias (see :mod:`smearlab.data.classes`).
+    class_map : ``{name in the files: name in class_names}`` for other spellings.
+    strict : raise at the first skipped record instead of counting it.
+    name : dataset name (default: the folder name).
+    allow_outside_root : follow links that lead out of the folders (refused by default).
+
+    Returns
+    -------
+    SmearDataset
+        one sample per GeoJSON file whose image was found, with ``skipped``: unreadable or
+        malformed files, files without a matching image, features without a class or with a
+        geometry other than a polygon (``"feature N"``, 0-based), unknown classes, degenerate or
+        far-outside boxes; and ``fixed``: boxes clipped to the image.
+
+    Raises
+    ------
+    DataError
+        when ``path`` holds no GeoJSON file, or under ``strict`` at the first skipped record.
+    """
+    path = Path(path)
+    if path.is_file():
+        files, folder = [path], path.parent
+    elif path.is_dir():
+        folder = path
+        files = sorted(p for p in path.iterdir() if p.is_file() and is_geojson(p))
+    else:
+        raise DataError(path, "path does not exist")
+    if not files:
+        raise DataError(path, "no .geojson files here")
+    if images is None:
+        images = folder if any(is_image_file(p) for p in folder.iterdir()) else folder.parent
+    images = Path(images)
+    if not images.is_dir():
+        raise DataError(images, "the image folder does not exist")
+    index = {p.stem.lower(): p for p in sorted(images.iterdir()) if is_image_file(p)}
+    col = BoxCollector(class_names, strict, class_map)
+    inside = Root(folder, allow_outside_root)
+    inside_images = Root(images, allow_outside_root)
+    for f in files:
+        if not inside.inside(f, col.skipped):
+            continue
+        try:
+            features = _features(f)
+        except DataError as e:
+            col.skip(f, e.problem)
+            continue
+        image = index.get(f.stem.lower())
+        if image is None:
+            col.skip(f, f"image file not found: {f.stem}.* in {images}")
+            continue
+        if not inside_images.inside(image, col.skipped):
+            continue
+        objects = []
+        for k, feat in enumerate(features):
+            parsed = _object(col, f, feat, f"feature {k}")
+            if parsed is not None:
+                objects.append(parsed)
+        col.add(f.stem, image, f, objects)
+    return col.dataset(name or folder.name, folder, "qupath")
+
+
+def _features(f: Path) -> list:
+    """The features of one GeoJSON file."""
+    try:
+        data = json.loads(f.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise DataError(f, f"cannot read the file: {e}") from None
+    except ValueError as e:
+        raise DataError(f, f"malformed JSON: {e}") from None
+    if isinstance(data, dict) and data.get("type") == "FeatureCollection":
+        data = data.get("features")
+    elif isinstance(data, dict) and data.get("type") == "Feature":
+        data = [data]
+    if not isinstance(data, list):
+        raise DataError(f, "not GeoJSON objects: expected a FeatureCollection or a list of Features")
+    return data
+
+
+def _object(col: BoxCollector, f: Path, feat, record: str):
+    """``(xyxy, class name, record)`` of one feature, or None after counting a skip."""
+    if not isinstance(feat, dict) or not isinstance(feat.get("geometry"), dict):
+        col.skip(f, "not a GeoJSON Feature with a geometry", record)
+        return None
+    props = feat.get("properties") or {}
+    cls = props.get("classification") if isinstance(props, dict) else None
+    cls = cls.get("name") if isinstance(cls, dict) else cls
+    if not isinstance(cls, str) or not cls.strip():
+        col.skip(f, "feature without a classification (class name)", record)
+        return None
+    geom = feat["geometry"]
+    kind, coords = geom.get("type"), geom.get("coordinates")
+    rings = [coords[0]] if kind == "Polygon" and coords else \
+        [p[0] for p in coords if p] if kind == "MultiPolygon" and coords else None
+    if rings is None:
+        col.skip(f, f"geometry {kind!r} is not a Polygon or MultiPolygon", record)
+        return None
+    try:
+        pts = np.asarray([pt[:2] for ring in rings for pt in ring], np.float64).reshape(-1, 2)
+    except (TypeError, ValueError, IndexError):
+        col.skip(f, "polygon coordinates are not numbers", record)
+        return None
+    if not len(pts) or not np.isfinite(pts).all():
+        col.skip(f, "polygon without finite coordinates", record)
+        return None
+    name = col.known(cls.strip(), f, record)
+    if name is None:
+        return None
+    return [*pts.min(0).tolist(), *pts.max(0).tolist()], name, record

@@ -1,0 +1,151 @@
+"""Correct and retrain: fine-tune a saved detector on corrected annotations.
+
+The loop a lab runs with the tool: ``smearlab predict`` writes COCO (CVAT imports it as
+"COCO 1.0") and QuPath GeoJSON; someone corrects the boxes there; the corrected export is read
+back with :func:`smearlab.data.load` (``format="coco"`` or ``"qupath"``); :func:`fine_tune`
+trains the saved model further on it, merged with the original training images so the model
+does not forget them, with the recipe it was trained with (``train_config.json`` of the model
+folder); :func:`compare_models` scores the model before and after on a held-out split.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from ..core.errors import DataError
+from ..core.training import History
+from ..data.sample import SmearDataset
+from .models import load_model, save_model
+from .predict import predict
+from .train import TrainConfig, default_evaluate, remap_dataset, train_detector
+
+log = logging.getLogger("smearlab.detection.finetune")
+
+#: The fields of ``train_config.json`` a fine-tuning run takes over (the recipe); the rest (the
+#: run's length, output folder, augmentation object) is the fine-tuning run's own.
+RECIPE = ("batch_size", "lr", "optimizer", "momentum", "weight_decay", "warmup_iters", "lr_schedule", "lr_gamma",
+          "amp", "grad_clip", "max_steps_per_epoch", "val_tile")
+
+
+def read_train_config(folder) -> TrainConfig | None:
+    """The recipe a model folder was trained with (``train_config.json``), or None when it has none.
+
+    Parameters
+    ----------
+    folder : the model folder.
+    """
+    p = Path(folder) / "train_config.json"
+    if not p.is_file():
+        return None
+    try:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise DataError(p, f"unreadable training settings: {e}") from e
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    kept = {k: v for k, v in d.items() if k in RECIPE and k in fields}
+    try:
+        return TrainConfig(**kept)
+    except (TypeError, ValueError) as e:
+        raise DataError(p, f"invalid training settings: {e}") from e
+
+
+def fine_tune(model_folder, corrected: SmearDataset, train: SmearDataset | None = None,
+              val: SmearDataset | None = None, *, epochs: int = 3, lr_scale: float = 0.1,
+              tcfg: TrainConfig | None = None, out_dir=None, device: str = "auto", seed: int = 0,
+              progress: bool = False) -> tuple[Any, History]:
+    """Train the detector of ``model_folder`` further (never from scratch) on corrected annotations.
+
+    The corrected images are merged with ``train`` (the original training images, so that the
+    model keeps what it knew); classes are matched to the model's by name. The recipe is the
+    one the folder was trained with (its ``train_config.json``: optimiser, batch size, schedule,
+    warm-up, clipping), over ``epochs`` epochs at ``lr_scale`` times its peak learning rate: a
+    trained model is moved, not retrained.
+
+    Parameters
+    ----------
+    model_folder : the saved detector (``smearlab predict``'s model).
+    corrected : the corrected images and boxes (e.g. ``load("corrected.json", format="coco")``).
+    train : the original training images to merge in (None: the corrected images only).
+    val : a validation split (picks ``best/`` and is reported per epoch), or None.
+    epochs : epochs of fine-tuning.
+    lr_scale : factor on the recipe's peak learning rate.
+    tcfg : the whole training configuration instead of the folder's recipe (``epochs`` and
+        ``lr_scale`` are then not applied).
+    out_dir : the run folder: ``model/`` (the fine-tuned model folder, with the original's
+        thresholds and preprocessing), checkpoints and metrics; None: nothing written.
+    device : "auto", "cpu", "cuda".
+    seed : seeds the data order and augmentation.
+    progress : progress bar.
+
+    Returns
+    -------
+    (model, History)
+        the fine-tuned model (eval mode, carrying ``detector_config`` and ``thresholds``) and
+        the training history.
+
+    Raises
+    ------
+    DataError
+        for a folder that is not a detector's, or unreadable training settings.
+    ValueError
+        when ``corrected`` is empty or holds a class the model does not know.
+    """
+    folder = Path(model_folder)
+    if not len(corrected):
+        raise ValueError(f"the corrected dataset {corrected.name!r} holds no images")
+    model = load_model(folder, device=device)
+    cfg = model.detector_config
+    names = list(cfg.class_names)
+    data = remap_dataset(corrected, names, "corrected")
+    if train is not None and len(train):
+        data = SmearDataset.concat([remap_dataset(train, names, "training"), data], name=f"{train.name}+corrected")
+    if tcfg is None:
+        recipe = read_train_config(folder)
+        if recipe is None:
+            log.warning("%s has no train_config.json: fine-tuning with the default TrainConfig", folder)
+            recipe = TrainConfig()
+        tcfg = dataclasses.replace(recipe, epochs=int(epochs), lr=recipe.base_lr * float(lr_scale),
+                                   warmup_iters=min(recipe.warmup_iters, 10), seed=seed, device=device,
+                                   out_dir=out_dir, time_budget_s=None)
+    history = train_detector(model, cfg, data, val, tcfg, progress=progress)
+    model.eval()
+    model.detector_config = cfg
+    if out_dir is not None:
+        save_model(model, cfg, Path(out_dir) / "model", thresholds=getattr(model, "thresholds", None),
+                   preprocess=getattr(model, "preprocess_spec", None), train_config=tcfg)
+    log.info("fine-tuned %s on %d images (%d corrected) for %d epochs", folder, len(data), len(corrected),
+             len(history))
+    return model, history
+
+
+def compare_models(before, after, test: SmearDataset, *, device: str = "auto") -> dict[str, dict]:
+    """Score two detectors (model folders or models) on the same held-out images.
+
+    Parameters
+    ----------
+    before, after : the models (model folders or loaded models).
+    test : the held-out images with ground truth.
+    device : "auto", "cpu", "cuda".
+
+    Returns
+    -------
+    dict
+        ``{"before": {...}, "after": {...}}``, each with ``mAP50``, ``mAP`` and
+        ``count_error`` (mean over images and classes of ``|predicted - true| / max(true, 1)``
+        at each model's own thresholds, 0.5 where it has none).
+    """
+    from ..metrics.detection import count_matrix
+    out = {}
+    for name, m in (("before", before), ("after", after)):
+        model = load_model(m, device=device) if isinstance(m, (str, Path)) else m
+        raw = predict(model, test, device=device, progress=False)
+        coco = default_evaluate(test, raw)
+        th = getattr(model, "thresholds", None)
+        kept = predict(model, test, device=device, progress=False, thresholds="model") if th else raw
+        true, pred = count_matrix(test, kept, 0.0 if th else 0.5)
+        err = float((abs(pred - true) / true.clip(min=1)).mean()) if true.size else None
+        out[name] = {"mAP50": coco["mAP50"], "mAP": coco["mAP"], "count_error": err}
+    return out

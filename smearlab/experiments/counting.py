@@ -1,0 +1,155 @@
+"""What notebook 09 runs: a detector to count with, a folder of new images counted by
+``smearlab predict``, the counts against the truth, and the correct-and-retrain loop.
+
+The splits are notebook 03's (:func:`smearlab.data.splits.detection_splits`): the model is
+trained on ``train``; ``val`` plays next week's images (counted, reviewed, corrected); ``test``
+is never corrected and scores the model before and after it learns from the corrections.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+from ..data import load
+from ..data.sample import SmearDataset
+from ..detection.models import DetectorConfig
+from ..detection.train import TrainConfig
+from ..export import export_coco_gt, file_names
+from .detection import fit_and_evaluate
+
+
+def counting_model(model, splits: dict[str, SmearDataset], s, out, *, seed: int = 0, device="auto",
+                   progress: bool = False) -> Path:
+    """The detector folder to count with: ``model`` when the user names one, else a detector
+    trained here on ``splits["train"]`` (thresholds tuned on ``splits["val"]``).
+
+    Parameters
+    ----------
+    model : a saved detector folder, or None to train one.
+    splits : ``{"train", "val", "test"}`` datasets.
+    s : the notebook's settings: ``arch``, ``epochs``, ``input_size``, ``recipe``.
+    out : folder the trained model is saved under (``<out>/model/final``).
+    seed, device, progress : training seed, device and progress bars.
+
+    Returns
+    -------
+    Path
+        the model folder.
+    """
+    if model is not None:
+        return Path(model)
+    classes = splits["train"].class_names
+    cfg = DetectorConfig(arch=s.arch, class_names=classes, min_size=s.input_size,
+                         max_size=int(s.input_size * 4 / 3) + 1)
+    tcfg = TrainConfig(epochs=s.epochs, **s.recipe, seed=seed, device=device, out_dir=Path(out) / "model")
+    fit_and_evaluate("counting", cfg, tcfg, splits["train"], splits["val"], splits["val"], progress=progress)
+    return Path(out) / "model" / "final"
+
+
+def images_on_disk(dataset: SmearDataset, folder) -> Path:
+    """``dataset`` written as a COCO dataset (images and truth) that ``smearlab predict
+    --dataset`` reads: the images a lab would point the tool at, with the counts to compare.
+
+    Parameters
+    ----------
+    dataset : the images (with their ground truth).
+    folder : where ``truth.json`` and ``images/`` go.
+
+    Returns
+    -------
+    Path
+        the COCO file.
+    """
+    return export_coco_gt(dataset, Path(folder) / "truth.json")
+
+
+def image_reader(dataset_path):
+    """``f(record) -> image`` for the records of a ``smearlab predict --dataset`` run.
+
+    Parameters
+    ----------
+    dataset_path : the dataset the run predicted (``--dataset``).
+    """
+    ds = load(dataset_path)
+    by_name = dict(zip(file_names(ds), ds))
+    return lambda record: by_name[record["image"]].image
+
+
+def true_counts(dataset_path) -> dict[str, dict[str, int]]:
+    """``{image name: {class: count}}`` of a dataset, keyed as ``smearlab predict`` names images.
+
+    Parameters
+    ----------
+    dataset_path : the dataset path.
+    """
+    ds = load(dataset_path)
+    return {name: {c: int((s.labels == k).sum()) for k, c in enumerate(ds.class_names)}
+            for name, s in zip(file_names(ds), ds)}
+
+
+def count_error_rows(summary: dict) -> list[dict]:
+    """The per-class count error of a run that scored a dataset, as table rows.
+
+    Parameters
+    ----------
+    summary : the run's ``summary.json``.
+
+    Returns
+    -------
+    list of dict
+        one row per class: ``true`` and ``predicted`` totals, ``mean_abs_error`` per image and
+        ``relative_error`` (sum of |predicted - true| over sum of true).
+    """
+    return [{"class": c, **v} for c, v in (summary.get("count_error") or {}).items()]
+
+
+def corrections_from_truth(run_out, dataset_path, images: Sequence[str], path) -> Path:
+    """What a reviewer hands back after correcting ``images`` in CVAT: the run's exported COCO
+    file (``coco.json``, "COCO 1.0") restricted to those images, its annotations replaced by the
+    truth. A stand-in for the human in notebooks and tests.
+
+    Parameters
+    ----------
+    run_out : the ``smearlab predict`` output folder.
+    dataset_path : the dataset the run predicted (its truth is the correction).
+    images : the image names (as the run's records name them) that were reviewed.
+    path : where the corrected COCO file goes.
+
+    Returns
+    -------
+    Path
+        the corrected COCO file (its ``file_name`` entries are those of the export).
+    """
+    coco = json.loads((Path(run_out) / "coco.json").read_text(encoding="utf-8"))
+    ds = load(dataset_path)
+    truth = dict(zip(file_names(ds), ds))
+    cats = {c["name"]: c["id"] for c in coco["categories"]}
+    keep = [im for im in coco["images"] if im["file_name"] in set(images)]
+    anns = []
+    for im in keep:
+        s = truth[im["file_name"]]
+        for box, lab in zip(s.boxes.tolist(), s.labels.tolist()):
+            x0, y0, x1, y1 = box
+            anns.append({"id": len(anns) + 1, "image_id": im["id"], "category_id": cats[ds.class_names[lab]],
+                         "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps({"images": keep, "annotations": anns, "categories": coco["categories"]}),
+                   encoding="utf-8")
+    return out
+
+
+def counting_record(dataset, summary: dict, before_after: dict | None, reviewed: int) -> dict:
+    """The headline numbers notebook 09 records.
+
+    Parameters
+    ----------
+    dataset : the notebook's ``dataset`` parameter.
+    summary : the ``smearlab predict`` summary of the new images.
+    before_after : :func:`smearlab.detection.finetune.compare_models` on the held-out test split.
+    reviewed : how many images were corrected.
+    """
+    from .profiles import dataset_label
+    return {"dataset": dataset_label(dataset), "images": summary["images"], "counts": summary["counts"],
+            "count_error": summary.get("count_error"), "reviewed": reviewed, "before_after": before_after}

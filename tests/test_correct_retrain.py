@@ -1,0 +1,137 @@
+"""Correct and retrain (#17): predict, correct in the exported format, import back, fine-tune from the
+model folder, and check that the model changed and its counts improved; the QuPath loader."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from smearlab import batch
+from smearlab.core.errors import DataError
+from smearlab.data import load
+from smearlab.data.imageio import write_image
+from smearlab.data.synthetic import make_dataset
+from smearlab.detection.finetune import compare_models, fine_tune, read_train_config
+from smearlab.detection.models import DetectorConfig, build_detector, load_model
+from smearlab.detection.train import TrainConfig, param_digest, train_detector
+from smearlab.export import image_record
+
+
+def _truth_as_prediction(sample):
+    return {"boxes": sample.boxes, "labels": sample.labels, "scores": np.ones(len(sample.boxes), np.float32)}
+
+
+def _count_error(records_or_preds, truth, names):
+    err = []
+    for s, objs in zip(truth, records_or_preds):
+        for k, c in enumerate(names):
+            t = int((s.labels == k).sum())
+            p = sum(o["class"] == c for o in objs["objects"])
+            err.append(abs(p - t) / max(t, 1))
+    return float(np.mean(err))
+
+
+def test_correct_and_retrain_round_trip_on_cbc(cbc_root, tmp_path):
+    train = load(cbc_root / "Training")
+    test = load(cbc_root / "Testing")
+    few = test.subset(range(6), name="to-correct")
+    cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=train.class_names, min_size=320, max_size=320)
+    torch.manual_seed(0)
+    model = build_detector(cfg)
+    train_detector(model, cfg, train.subset(range(8)), None,
+                   TrainConfig(epochs=2, batch_size=2, lr=0.02, warmup_iters=2, device="cpu", out_dir=tmp_path / "run"),
+                   progress=False)
+    folder = tmp_path / "run" / "model"
+    assert read_train_config(folder).batch_size == 2          # the recipe travels with the model
+    images = tmp_path / "new"
+    for s in few:
+        images.mkdir(exist_ok=True)
+        shutil.copy(s.path, images / s.path.name)
+
+    # 1. predict the new images
+    out = tmp_path / "pred"
+    batch.predict(folder, [images], out, score=0.5, progress=False)
+    before = [json.loads((out / "json" / f"{s.path.stem}.json").read_text()) for s in few]
+
+    # 2. "correct" them in the exported COCO file, as a reviewer does in CVAT: the annotations
+    #    become the truth, images and categories stay as exported
+    coco = json.loads((out / "coco.json").read_text())
+    ids = {im["file_name"]: im["id"] for im in coco["images"]}
+    cats = {c["name"]: c["id"] for c in coco["categories"]}
+    anns = []
+    for s in few:
+        for box, lab in zip(s.boxes.tolist(), s.labels.tolist()):
+            x0, y0, x1, y1 = box
+            anns.append({"id": len(anns) + 1, "image_id": ids[s.path.name], "category_id": cats[few.class_names[lab]],
+                         "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
+    coco["annotations"] = anns
+    (tmp_path / "corrected.json").write_text(json.dumps(coco))
+
+    # 3. import the corrections back: the same boxes as the truth
+    corrected = load(tmp_path / "corrected.json", format="coco", image_root=images)
+    assert len(corrected) == 6 and corrected.num_objects == few.num_objects
+    by_name = {s.path.name: s for s in corrected}
+    for s in few:
+        c = by_name[s.path.name]
+        assert np.allclose(np.sort(c.boxes, 0), np.sort(s.boxes, 0), atol=1e-3)
+
+    # 4. fine-tune from the model folder (not from scratch), with the corrected images merged in
+    digest = param_digest(load_model(folder, device="cpu"))
+    tuned, hist = fine_tune(folder, corrected, train.subset(range(8)), epochs=6, lr_scale=1.0, device="cpu",
+                            out_dir=tmp_path / "tuned")
+    assert len(hist) == 6 and param_digest(tuned) != digest
+    assert (tmp_path / "tuned" / "model" / "weights.pt").is_file()
+
+    # 5. the counts on the corrected images improved
+    out2 = tmp_path / "pred2"
+    batch.predict(tmp_path / "tuned" / "model", [images], out2, score=0.5, progress=False)
+    after = [json.loads((out2 / "json" / f"{s.path.stem}.json").read_text()) for s in few]
+    assert _count_error(after, few, few.class_names) < _count_error(before, few, few.class_names)
+    scores = compare_models(folder, tmp_path / "tuned" / "model", few, device="cpu")
+    assert scores["after"]["mAP50"] > scores["before"]["mAP50"]
+
+
+def test_qupath_geojson_round_trips_through_the_loader(tmp_path):
+    ds = make_dataset(3, seed=1, width=96, height=96)
+    images, geo = tmp_path / "images", tmp_path / "qupath"
+    for i, s in enumerate(ds):
+        write_image(images / f"img_{i}.png", s.image)
+        rec = image_record(s, _truth_as_prediction(s), ds.class_names, file_name=f"img_{i}.png")
+        geo.mkdir(exist_ok=True)
+        (geo / f"img_{i}.geojson").write_text(json.dumps(batch.qupath_geojson(rec)))
+    back = load(geo, images=images)
+    assert back.format == "qupath" and len(back) == 3
+    for i, s in enumerate(ds):
+        b = next(x for x in back if x.image_id == f"img_{i}")
+        names_back = sorted((back.class_names[k], tuple(np.round(bx, 3))) for k, bx in zip(b.labels, b.boxes))
+        names_true = sorted((ds.class_names[k], tuple(np.round(bx, 3))) for k, bx in zip(s.labels, s.boxes))
+        assert names_back == names_true
+
+
+def test_qupath_loader_counts_bad_features_and_files(tmp_path):
+    images = tmp_path
+    write_image(images / "a.png", np.full((40, 40, 3), 200, np.uint8))
+    write_image(images / "b.png", np.full((40, 40, 3), 200, np.uint8))
+    poly = {"type": "Polygon", "coordinates": [[[2, 2], [20, 2], [20, 30], [2, 30], [2, 2]]]}
+    feats = [
+        {"type": "Feature", "geometry": poly, "properties": {"classification": {"name": "WBC"}}},
+        {"type": "Feature", "geometry": poly, "properties": {}},                                   # no class
+        {"type": "Feature", "geometry": {"type": "Point", "coordinates": [3, 3]},
+         "properties": {"classification": {"name": "WBC"}}},                                        # a point
+        {"type": "Feature", "geometry": {"type": "MultiPolygon", "coordinates": [poly["coordinates"]]},
+         "properties": {"classification": "RBC"}},                                                  # string class
+    ]
+    (tmp_path / "a.geojson").write_text(json.dumps(feats))                  # QuPath's bare list of features
+    (tmp_path / "b.geojson").write_text("{not json")
+    (tmp_path / "c.geojson").write_text(json.dumps({"type": "FeatureCollection", "features": []}))  # no image
+    ds = load(tmp_path, format="qupath")
+    assert len(ds) == 1 and ds.class_names == ["RBC", "WBC"] and len(ds[0].boxes) == 2
+    reasons = " | ".join(s.reason for s in ds.skipped)
+    assert "classification" in reasons and "Point" in reasons and "malformed JSON" in reasons
+    assert "image file not found" in reasons
+    with pytest.raises(DataError, match="malformed JSON"):
+        load(tmp_path / "b.geojson", strict=True)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no .geojson"):
+        load(tmp_path / "empty", format="qupath")
