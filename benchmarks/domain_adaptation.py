@@ -52,8 +52,9 @@ from _common import RESULTS, save_result  # noqa: E402
 from smearlab.classification.crops import central_crop_check  # noqa: E402
 from smearlab.core.device import resolve_device  # noqa: E402
 from smearlab.data import open_dataset  # noqa: E402
+from smearlab.core.files import write_json  # noqa: E402
 from smearlab.experiments.domain_adaptation import (METHODS, domain_crops, domain_pair, goal_check,  # noqa: E402
-                                                    run_directions, run_experiment)
+                                                    judge, run_directions, run_experiment)
 
 DATA = Path(os.environ.get("SMEARLAB_SHARED_DATA", HERE.parent.parent / "shared" / "data"))
 
@@ -65,7 +66,7 @@ PRESETS = {
 }
 COMMON = {"lr": 0.05, "norm": "group", "domain_weight": 1.0, "domain_hidden": 128, "domain_layers": 2,
           "test_fraction": 0.3, "split_seed": 0}
-GOAL = ("the best adaptation method gains >= 10 points of target macro F1 over source only with a seed std "
+GOAL = ("an adaptation method gains >= 10 points of target macro F1 over source only with a seed std "
         "below 0.05, losing at most 2 points on the source")
 
 
@@ -119,6 +120,33 @@ def augment_switch(sources, target, settings: dict, device: str) -> dict:
     return out
 
 
+def goal_summary(result: dict) -> dict:
+    """The ``goal`` block from the direction blocks of ``result``."""
+    blocks = [k for k in ("d1_to_d2", "d2_to_d1", "d1_to_pbc", "d2_to_pbc") if k in result]
+    return {
+        "real_met": {k: result[k]["goal_met"] for k in blocks},
+        "pbc_met": any(result[k]["goal_met"] for k in ("d1_to_pbc", "d2_to_pbc") if k in result),
+        "synthetic_met": any(result["synthetic"][k]["goal_met"] for k in ("a_to_b", "b_to_a")) if "synthetic" in result
+        else None,
+        "rule": GOAL,
+        "within_domain_goal": "oracle macro F1 >= 0.92 on Zheng Dataset 1 and >= 0.85 on Dataset 2",
+    }
+
+
+def rejudge(path: Path) -> dict:
+    """Recompute every direction's goal check (:func:`judge`) from the numbers already in ``path``."""
+    result = json.loads(path.read_text())
+    for block in [result] + ([result["synthetic"]] if "synthetic" in result else []):
+        for key, d in block.items():
+            if isinstance(d, dict) and "source_only_f1" in d:
+                d.update(judge(d))
+    result["goal"] = goal_summary(result)
+    result["rejudged"] = time.strftime("%Y-%m-%d")
+    write_json(path, result)
+    print(json.dumps(result["goal"]))
+    return result
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
@@ -128,7 +156,11 @@ def main(argv=None) -> dict:
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     ap.add_argument("--part", choices=("all", "zheng", "synthetic"), default="all",
                     help="run only the real-data or the synthetic half and merge it into the existing JSON")
+    ap.add_argument("--rejudge", action="store_true",
+                    help="train nothing: recompute the goal checks of the existing JSON from its numbers")
     args = ap.parse_args(argv)
+    if args.rejudge:
+        return rejudge(RESULTS / "domain_adaptation.json")
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)
@@ -166,15 +198,7 @@ def main(argv=None) -> dict:
                                                                    "central_check", "within_domain", "augment_switch")
             result = {**{k: v for k, v in prev.items() if k not in result and k not in drop}, **result}
             result[f"{args.part}_command_date"] = time.strftime("%Y-%m-%d")
-    blocks = [k for k in ("d1_to_d2", "d2_to_d1", "d1_to_pbc", "d2_to_pbc") if k in result]
-    result["goal"] = {
-        "real_met": {k: result[k]["goal_met"] for k in blocks},
-        "pbc_met": any(result[k]["goal_met"] for k in ("d1_to_pbc", "d2_to_pbc") if k in result),
-        "synthetic_met": any(result["synthetic"][k]["goal_met"] for k in ("a_to_b", "b_to_a")) if "synthetic" in result
-        else None,
-        "rule": GOAL,
-        "within_domain_goal": "oracle macro F1 >= 0.92 on Zheng Dataset 1 and >= 0.85 on Dataset 2",
-    }
+    result["goal"] = goal_summary(result)
     result[f"{args.part}_seconds"] = round(time.perf_counter() - t0, 1)
     out = save_result("domain_adaptation", result, argv)
     print(f"\ngoal: {json.dumps(result['goal'])}; {result[f'{args.part}_seconds']} s -> {out}")

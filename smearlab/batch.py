@@ -1,4 +1,4 @@
-"""``smearlab predict``: a saved detector over folders of new images, with per-image results and counts.
+"""``smearlab predict``: a saved detector (or cascade) over folders of new images, with per-image results and counts.
 
 :func:`predict` (also ``smearlab.predict``) takes a model folder and image files, folders or a
 dataset, and writes into ``out``::
@@ -7,7 +7,8 @@ dataset, and writes into ``out``::
     json/<image>.json      one per image: class, score, box, polygon of every object
                            (:func:`smearlab.export.image_record`)
     overlays/<image>.png   the image with its boxes drawn (``overlays=True``)
-    counts.csv             one row per image: the count of each class and the total
+    counts.csv             one row per image: the count of each class and the total; with a
+                           cascade, the count and percentage of each white-cell type
     summary.json           images done, resumed and failed (with the reason), counts per class,
                            images/s; with a dataset, the count error per class against its truth
     coco.json              every image and object as COCO (CVAT imports it as "COCO 1.0")
@@ -19,8 +20,9 @@ JSON is already there (an interrupted run resumes where it stopped) and rewrites
 from all of them. An image that cannot be read or predicted is counted and listed in
 ``summary.json``, never fatal to the run.
 
-Only detectors (Faster R-CNN, RetinaNet, Mask R-CNN folders) are supported so far; other model
-folders are refused with a message saying so.
+Detectors (Faster R-CNN, RetinaNet, Mask R-CNN folders) and detector + white-cell classifier
+cascades are supported so far; other model folders (U-Nets, the instance segmenter) are refused
+with a message saying so.
 """
 from __future__ import annotations
 
@@ -40,6 +42,7 @@ from .core.errors import DataError
 from .core.files import write_json, write_text
 from .core.model_folder import model_kind
 from .data.classes import match_classes
+from .classification.predict import classify_boxes, load_cascade
 from .export import coco_from_records, file_names, names_without_extension
 
 log = logging.getLogger(__name__)
@@ -114,9 +117,11 @@ def collect_images(inputs: Sequence[str | Path], *, pattern: str = "**/*") -> li
 
 
 def _model_id(folder: Path) -> str:
-    """A fingerprint of the model folder (its config and weights), stored in ``run.json``."""
+    """A fingerprint of the model folder (its config and weights; a cascade's two models too),
+    stored in ``run.json``."""
     h = hashlib.sha256()
-    for name in ("config.json", "weights.pt", "thresholds.json"):
+    for name in ("config.json", "weights.pt", "thresholds.json", "detector/config.json", "detector/weights.pt",
+                 "detector/thresholds.json", "classifier/config.json", "classifier/weights.pt"):
         f = folder / name
         if f.is_file():
             h.update(name.encode())
@@ -223,20 +228,60 @@ def counts_table(records: Sequence[dict], class_names: Sequence[str]) -> np.ndar
     return table
 
 
+def _classify_white_cells(cascade, image: np.ndarray, record: dict, device) -> None:
+    """Name each white cell of one image's record: ``type`` and ``type_score`` on its objects."""
+    cells = [o for o in record["objects"] if o["class"] == cascade.wbc_class]
+    if not cells:
+        return
+    found, kept = classify_boxes(cascade.classifier, image, [o["bbox"] for o in cells], pad=cascade.pad,
+                                 device=device, where=str(record["image"]))
+    for k, r in zip(kept.tolist(), found):
+        cells[k]["type"], cells[k]["type_score"] = r["class"], r["score"]
+
+
+def differential(records: Sequence[dict], types: Sequence[str]) -> np.ndarray:
+    """``(n_images, n_types)`` white cells of each type per record (objects with a ``type``).
+
+    Parameters
+    ----------
+    records : per-image records of a cascade run.
+    types : the white-cell types, in the classifier's order.
+    """
+    idx = {t: k for k, t in enumerate(types)}
+    table = np.zeros((len(records), len(types)), int)
+    for i, r in enumerate(records):
+        for o in r["objects"]:
+            if o.get("type") in idx:
+                table[i, idx[o["type"]]] += 1
+    return table
+
+
+def _percent(row: np.ndarray) -> list[float]:
+    n = int(row.sum())
+    return [round(100.0 * int(v) / n, 2) if n else 0.0 for v in row]
+
+
 def _write_summaries(out: Path, names: list[str], records: dict, class_names: Sequence[str],
-                     summary: dict, truth=None, mapping=None) -> None:
+                     summary: dict, truth=None, mapping=None, types: Sequence[str] | None = None) -> None:
     ordered = [records[n] for n in names if n in records]
     table = counts_table(ordered, class_names)
+    diff = differential(ordered, types) if types else None
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["image"] + list(class_names) + ["total"])
-    for r, row in zip(ordered, table):
-        w.writerow([r["image"]] + row.tolist() + [int(row.sum())])
+    w.writerow(["image"] + list(class_names) + ["total"]
+               + ([*types, *(f"{t} %" for t in types)] if types else []))
+    for k, (r, row) in enumerate(zip(ordered, table)):
+        extra = [*diff[k].tolist(), *_percent(diff[k])] if types else []
+        w.writerow([r["image"]] + row.tolist() + [int(row.sum())] + extra)
     write_text(out / "counts.csv", buf.getvalue())
     coco, results = coco_from_records(ordered, class_names)
     write_json(out / "coco.json", coco)
     write_json(out / "coco_results.json", results)
     summary["counts"] = {c: int(v) for c, v in zip(class_names, table.sum(0))}
+    if types:
+        totals = diff.sum(0)
+        summary["differential"] = {t: int(v) for t, v in zip(types, totals)}
+        summary["differential_percent"] = dict(zip(types, _percent(totals)))
     if truth is not None:
         summary["count_error"] = _count_error(truth, names, records, class_names, mapping)
     write_json(out / "summary.json", summary)
@@ -266,14 +311,18 @@ def _count_error(truth, names, records, class_names, mapping) -> dict:
 
 def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path = (), out: str | Path = "predictions",
             *, dataset: str | Path | None = None, pattern: str = "**/*", device: str = "auto",
-            batch_size: int = 1, scale: float | str | None = None, tile: int | None = None,
+            batch_size: int = 1, scale: float | str | None = None, tile: int | str | None = "auto",
             score: float | None = None, overlays: bool = False, progress: bool = True) -> dict:
     """Predict every image of ``inputs`` (or of ``dataset``) with the detector in ``model_folder``
     and write per-image results, counts and exports into ``out`` (see the module docstring).
 
     Parameters
     ----------
-    model_folder : a saved detector folder (``config.json``, ``weights.pt``, ``thresholds.json``).
+    model_folder : a saved detector folder (``config.json``, ``weights.pt``, ``thresholds.json``), or
+        a detector + white-cell classifier cascade
+        (:func:`smearlab.classification.predict.save_cascade`): each white cell's record then
+        has a ``type`` and ``type_score``, ``counts.csv`` a count and a percentage per type (the
+        differential count) and ``summary.json`` ``differential`` and ``differential_percent``.
     inputs : image files and folders (searched with ``pattern``).
     out : the output folder.
     dataset : instead of ``inputs``, a dataset path :func:`smearlab.data.load` reads; its
@@ -283,7 +332,11 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
     batch_size : images per forward pass.
     scale : ``"auto"``: zoom each image to the training magnification, judged from its cells
         (:mod:`smearlab.detection.scale`); a number: zoom every image by it; None: as they are.
-    tile : predict large fields in tiles of this many pixels (None: whole images).
+    tile : ``"auto"``: a field more than 1.5 times larger than the model's training images is cut
+        into tiles of their size, each seen at the training magnification
+        (:func:`smearlab.detection.models.auto_tile`; a model folder without
+        ``train_image_size`` never tiles); a number: tiles of this many pixels for every image;
+        None: whole images. With ``scale``, ``"auto"`` does not tile.
     score : one score threshold for every class instead of the model's tuned ``thresholds.json``
         (:data:`DEFAULT_SCORE` when the folder has none).
     overlays : also write ``overlays/<image>.png``.
@@ -310,8 +363,9 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
 
     folder = Path(model_folder)
     kind = model_kind(folder)
-    if kind != "detector":
-        raise DataError(folder, f"a {kind} model folder; smearlab predict handles detector folders only so far")
+    if kind not in ("detector", "cascade"):
+        raise DataError(folder, f"a {kind} model folder; smearlab predict handles detector and detector + "
+                                "classifier cascade folders so far")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     truth = None
@@ -329,9 +383,15 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
     if not items:
         raise DataError(dataset if dataset is not None else "inputs", "no images to predict")
 
-    model = load_model(folder, device=device)
+    cascade = load_cascade(folder, device=device) if kind == "cascade" else None
+    model = cascade.detector if cascade is not None else load_model(folder, device=device)
+    types = cascade.types if cascade is not None else None
     cfg = model.detector_config
     class_names = list(cfg.class_names)
+    if tile == "auto":
+        tile = "auto" if scale is None else None
+    elif tile is not None and not (isinstance(tile, int) and tile > 0):
+        raise ValueError(f"tile must be 'auto', None or a positive number of pixels, got {tile!r}")
     if scale is not None and tile:
         raise ValueError("scale and tile cannot be combined: tile a field at the model's scale, or rescale it")
     if scale == "auto" and not cfg.object_sizes:
@@ -390,14 +450,19 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
             if not chunk:
                 continue
             try:
-                preds = predict_images(model, images, batch_size=batch_size, thresholds=thresholds,
-                                       scale=scale, tile=tile, progress=False)
+                if tile == "auto":
+                    preds = _predict_auto_tiled(predict_images, model, images, batch_size, thresholds)
+                else:
+                    preds = predict_images(model, images, batch_size=batch_size, thresholds=thresholds,
+                                           scale=scale, tile=tile, progress=False)
             except (RuntimeError, ValueError) as e:
                 failed += [{"image": im.name, "error": f"prediction failed: {e}"} for im in chunk]
                 bar.update(len(chunk))
                 continue
             for im, img, p in zip(chunk, images, preds):
                 rec = image_record(_Shape(img, im), p, class_names, file_name=im.name)
+                if cascade is not None:
+                    _classify_white_cells(cascade, img, rec, device)
                 write_json(_json_path(out, im.stem), rec)
                 write_json(out / "qupath" / f"{im.stem}.geojson", qupath_geojson(rec))
                 if overlays:
@@ -420,11 +485,23 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
                "images_per_s": round(predicted / seconds, 3) if predicted and seconds > 0 else None}
     if mapping is not None:
         summary["classes_not_scored"] = unscored
-    _write_summaries(out, [im.name for im in items], records, class_names, summary, truth, mapping)
+    _write_summaries(out, [im.name for im in items], records, class_names, summary, truth, mapping, types)
     if failed:
         log.warning("%d of %d images failed (listed in %s): first %s: %s", len(failed), len(items),
                     out / "summary.json", failed[0]["image"], failed[0]["error"])
     return summary
+
+
+def _predict_auto_tiled(predict_images, model, images: list, batch_size: int, thresholds) -> list[dict]:
+    """Predictions of ``images`` in order, each large field cut into tiles of the training image size."""
+    from .detection.models import auto_tile
+    cfg = model.detector_config
+    tiles = [auto_tile(cfg, img.shape[:2]) for img in images]
+    if not any(tiles):
+        return predict_images(model, images, batch_size=batch_size, thresholds=thresholds, progress=False)
+    return [predict_images(model, [img], batch_size=batch_size, thresholds=thresholds, tile=t,
+                           tile_resize="tile" if t else "image", progress=False)[0]
+            for img, t in zip(images, tiles)]
 
 
 def read_results(out: str | Path) -> tuple[list[dict], dict]:

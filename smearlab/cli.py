@@ -145,6 +145,16 @@ def _predict(args) -> int:
             scale = float(scale)
         except ValueError:
             return _error(f"--scale must be 'auto' or a number, got {args.scale!r}")
+    tile = args.tile
+    if str(tile).lower() == "none":
+        tile = None
+    elif tile != "auto":
+        try:
+            tile = int(tile)
+        except ValueError:
+            return _error(f"--tile must be 'auto', 'none' or a number of pixels, got {args.tile!r}")
+    if scale is not None and args.tile == "auto":
+        tile = None
     from .batch import predict
 
     try:
@@ -152,7 +162,7 @@ def _predict(args) -> int:
             import torch
             torch.set_num_threads(args.threads)
         s = predict(args.model, args.inputs, args.out, dataset=args.dataset, pattern=args.glob,
-                    device=args.device, batch_size=args.batch_size, scale=scale, tile=args.tile,
+                    device=args.device, batch_size=args.batch_size, scale=scale, tile=tile,
                     score=args.score, overlays=args.overlays, progress=not args.no_progress)
     except ValueError as e:  # DataError: the file and the problem
         return _error(e)
@@ -241,7 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--threads", type=int, metavar="N", help="CPU threads (default one per core)")
     pr.add_argument("--scale", help="'auto': zoom each image to the training magnification from its cells; "
                                     "a number: zoom every image by it")
-    pr.add_argument("--tile", type=int, metavar="PX", help="predict large fields in tiles of PX pixels")
+    pr.add_argument("--tile", default="auto", metavar="auto|PX|none",
+                    help="'auto' (default): cut fields much larger than the training images into tiles of "
+                         "their size; PX: tiles of PX pixels for every image; 'none': whole images")
     pr.add_argument("--score", type=float, help="one score threshold for every class instead of the model's "
                                                 "tuned thresholds.json")
     pr.add_argument("--overlays", action="store_true", help="also write overlays/<image>.png with the boxes")

@@ -1,15 +1,16 @@
 """One ``load_model(folder)`` for every trainable model: detectors (and Mask R-CNN), U-Nets (class
-maps, and the learned instance segmenter) and white-cell classifiers, all saved in the one model-folder format
-(:mod:`smearlab.core.model_folder`)."""
+maps, and the learned instance segmenter), white-cell classifiers and detector + classifier cascades, all
+saved in the one model-folder format (:mod:`smearlab.core.model_folder`)."""
 from __future__ import annotations
 
 from .classification.model import load_classifier
+from .classification.predict import load_cascade
 from .core.model_folder import model_kind, read_config_json
 from .detection.models import load_model as load_detector
 from .segmentation.instances import load_instance_unet
 from .segmentation.unet import load_unet
 
-_LOADERS = {"detector": load_detector, "unet": load_unet, "classifier": load_classifier}
+_LOADERS = {"detector": load_detector, "unet": load_unet, "classifier": load_classifier, "cascade": load_cascade}
 
 
 def load_model(folder, device="auto"):

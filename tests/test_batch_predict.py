@@ -217,3 +217,54 @@ def test_readme_command_with_relative_paths(trained, tmp_path, monkeypatch):
     assert main(["predict", "runs/cbc/final", "smears/", "--out", "counts/", "--no-progress"]) == 0
     assert len(read_counts(tmp_path / "counts" / "counts.csv")) == 4
     assert (tmp_path / "counts" / "json" / "sub" / "smear_2.json").is_file()
+
+
+def test_large_fields_are_tiled_automatically_from_the_training_size(trained, tmp_path):
+    from smearlab.detection.models import auto_tile, read_config
+    cfg = read_config(trained["model"])
+    assert list(cfg.train_image_size) == [192, 192]                # recorded by training
+    assert auto_tile(cfg, (250, 250)) is None and auto_tile(cfg, (600, 300)) == 192
+    # a field nine training images large: whole, the model shrinks its cells threefold
+    tiles = make_dataset(9, seed=11, width=192, height=192)
+    field = np.concatenate([np.concatenate([tiles[3 * r + c].image for c in range(3)], 1) for r in range(3)], 0)
+    write_image(tmp_path / "field" / "big.png", field)
+    auto = batch.predict(trained["model"], [tmp_path / "field"], tmp_path / "auto", score=0.3, progress=False)
+    whole = batch.predict(trained["model"], [tmp_path / "field"], tmp_path / "whole", score=0.3, tile=None,
+                          progress=False)
+    for i, t in enumerate(tiles):
+        write_image(tmp_path / "parts" / f"part_{i}.png", t.image)
+    parts = batch.predict(trained["model"], [tmp_path / "parts"], tmp_path / "parts_out", score=0.3, progress=False)
+    # tiled, the field is counted about as its nine parts are one by one; whole, far fewer cells are found
+    n_auto, n_whole, n_parts = (sum(x["counts"].values()) for x in (auto, whole, parts))
+    assert abs(n_auto - n_parts) < abs(n_whole - n_parts) and n_auto > 0.6 * n_parts
+    assert json.loads((tmp_path / "auto" / "run.json").read_text())["tile"] == "auto"
+
+
+def test_cascade_adds_the_differential_count(trained, tmp_path):
+    from smearlab.classification.crops import crops_from_dataset
+    from smearlab.classification.model import build_classifier
+    from smearlab.classification.predict import save_cascade
+    from smearlab.classification.train import train_classifier
+    from smearlab.data.synthetic import make_wbc_crops
+    from smearlab.models import load_model
+    crops = crops_from_dataset(make_wbc_crops(20, seed=0, size=48), 32)
+    torch.manual_seed(0)
+    clf = build_classifier(crops.class_names, width=4, input_size=32)
+    train_classifier(clf, crops, steps=5, batch_size=8, device="cpu")
+    folder = save_cascade(tmp_path / "cascade", trained["model"], clf, wbc_class="WBC")
+    assert type(load_model(folder, device="cpu")).__name__ == "Cascade"
+    s = batch.predict(folder, [trained["images"]], tmp_path / "out", score=0.3, progress=False)
+    types = crops.class_names
+    assert set(s["differential"]) == set(types) and sum(s["differential"].values()) == s["counts"]["WBC"]
+    if s["counts"]["WBC"]:
+        assert sum(s["differential_percent"].values()) == pytest.approx(100, abs=0.1)
+    rows = read_counts(tmp_path / "out" / "counts.csv")
+    for r in rows:
+        n = sum(int(r[t]) for t in types)
+        assert n == int(r["WBC"])
+        if n:
+            assert sum(float(r[f"{t} %"]) for t in types) == pytest.approx(100, abs=0.1)
+        rec = json.loads((tmp_path / "out" / "json" / (r["image"].rsplit(".", 1)[0] + ".json")).read_text())
+        assert all(o["type"] in types and 0 <= o["type_score"] <= 1 for o in rec["objects"] if o["class"] == "WBC")
+    with pytest.raises(ValueError, match="not a class of the detector"):
+        save_cascade(tmp_path / "bad", trained["model"], clf, wbc_class="Neutrophil")

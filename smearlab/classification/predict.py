@@ -3,9 +3,11 @@ count."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import logging
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
@@ -15,12 +17,15 @@ import torch
 import torch.nn as nn
 
 from ..core.device import resolve_device
+from ..core.errors import DataError
 from ..core.files import write_json, write_text
 from ..core.geometry import check_image, extract_crop, letterbox
+from ..core.model_folder import read_config_json
 from ..data.sample import Sample
+from ..detection.models import load_model as load_detector
 from ..detection.predict import predict
 from .crops import CropDataset
-from .model import CellClassifier
+from .model import CellClassifier, load_classifier, save_classifier
 
 log = logging.getLogger('smearlab.classification.predict')
 
@@ -112,6 +117,124 @@ def _safe_name(image_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", image_id).strip("._") or "image"
 
 
+def classify_boxes(classifier: CellClassifier, image: np.ndarray, boxes, *, pad: float = 0.1, device="auto",
+                   where: str = "image") -> tuple[ClassPredictions, np.ndarray]:
+    """The class of the cell in each box of one image: a square crop around the box (margin
+    ``pad``), letterboxed to the classifier's input size.
+
+    Parameters
+    ----------
+    classifier : a trained :class:`CellClassifier`.
+    image : ``(H, W, 3)`` uint8 RGB.
+    boxes : ``(N, 4)`` boxes ``(x0, y0, x1, y1)`` in pixels.
+    pad : margin around each box (fraction of its longer side, see :func:`square_window`).
+    device : "auto", "cpu", "cuda".
+    where : names the image in the warning about a box that cannot be cropped.
+
+    Returns
+    -------
+    (ClassPredictions, np.ndarray)
+        one result per box that could be cropped, and the indices of those boxes.
+    """
+    boxes = np.asarray(boxes, np.float32).reshape(-1, 4)
+    crops, kept = [], []
+    for j, box in enumerate(boxes):
+        try:
+            crops.append(letterbox(extract_crop(image, box, pad), classifier.input_size))
+            kept.append(j)
+        except ValueError as e:
+            log.warning("%s: box %d not classified (%s)", where, j, e)
+    size = classifier.input_size
+    x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2) if crops else torch.zeros((0, 3, size, size),
+                                                                                       dtype=torch.uint8)
+    return predict_classes(classifier, x, device=device), np.asarray(kept, np.int64)
+
+
+def save_cascade(folder, detector_folder, classifier: CellClassifier, *, wbc_class: str = "WBC",
+                 pad: float = 0.1) -> Path:
+    """Write a detector + white-cell classifier cascade as one model folder that ``smearlab
+    predict`` applies: the detector finds the cells, the classifier names each ``wbc_class`` box.
+
+    Layout: ``config.json`` (``kind: "cascade"``, ``wbc_class``, ``pad``), ``detector/`` (a copy
+    of the detector folder) and ``classifier/`` (:func:`~smearlab.classification.model.save_classifier`).
+
+    Parameters
+    ----------
+    folder : the cascade folder (created).
+    detector_folder : a saved detector folder; ``wbc_class`` must be one of its classes.
+    classifier : the trained white-cell classifier.
+    wbc_class : the detector class whose boxes are classified.
+    pad : the crop margin around each box (as the classifier's training crops had).
+
+    Returns
+    -------
+    Path
+        ``folder``.
+    """
+    det = read_config_json(detector_folder)
+    names = list(det.get("class_names", []))
+    if wbc_class not in names:
+        raise ValueError(f"{wbc_class!r} is not a class of the detector in {detector_folder} (classes {names})")
+    folder = Path(folder)
+    if (folder / "detector").exists():
+        shutil.rmtree(folder / "detector")
+    shutil.copytree(detector_folder, folder / "detector")
+    save_classifier(classifier, folder / "classifier")
+    write_json(folder / "config.json", {"kind": "cascade", "wbc_class": wbc_class, "pad": float(pad),
+                                        "detector": "detector", "classifier": "classifier",
+                                        "types": list(classifier.class_names)})
+    return folder
+
+
+@dataclasses.dataclass
+class Cascade:
+    """A loaded detector + white-cell classifier cascade (:func:`save_cascade`).
+
+    Parameters
+    ----------
+    detector : the detector (eval mode, with ``detector_config`` and ``thresholds``).
+    classifier : the white-cell classifier.
+    wbc_class : the detector class whose boxes are classified.
+    pad : the crop margin around each box.
+    """
+
+    detector: Any
+    classifier: CellClassifier
+    wbc_class: str
+    pad: float = 0.1
+
+    @property
+    def types(self) -> list[str]:
+        """The white-cell types, in the classifier's order."""
+        return list(self.classifier.class_names)
+
+
+def load_cascade(folder, device="auto") -> Cascade:
+    """The cascade saved in ``folder`` by :func:`save_cascade`.
+
+    Parameters
+    ----------
+    folder : the cascade folder.
+    device : "auto", "cpu", "cuda".
+
+    Raises
+    ------
+    DataError
+        naming the file when the folder is not a cascade or one of its models is unreadable.
+    """
+    folder = Path(folder)
+    cfg = read_config_json(folder)
+    if cfg.get("kind") != "cascade":
+        raise DataError(folder / "config.json", f"not a cascade folder (kind {cfg.get('kind')!r})")
+    det = load_detector(folder / str(cfg.get("detector", "detector")), device=device)
+    clf = load_classifier(folder / str(cfg.get("classifier", "classifier")), device=device)
+    wbc = str(cfg.get("wbc_class", "WBC"))
+    if wbc not in det.detector_config.class_names:
+        raise DataError(folder / "config.json", f"wbc_class {wbc!r} is not a class of its detector "
+                                                f"({list(det.detector_config.class_names)})")
+    return Cascade(det, clf, wbc, float(cfg.get("pad", 0.1)))
+
+
 def differential_count(detector, classifier: CellClassifier, images, wbc_class: str = "WBC", *,
                        detector_classes: Sequence[str] | None = None, score_threshold: float = 0.5,
                        pad: float = 0.1, device="auto", batch_size: int = 4, out_dir=None,
@@ -175,16 +298,9 @@ def differential_count(detector, classifier: CellClassifier, images, wbc_class: 
         keep = scores >= score_threshold
         cells = {n: int(((labels == c) & keep).sum()) for c, n in enumerate(names)}
         sel = np.flatnonzero((labels == wbc) & keep)
-        crops, kept = [], []
-        for j in sel:
-            try:
-                crops.append(letterbox(extract_crop(img, boxes[j], pad), classifier.input_size))
-                kept.append(j)
-            except ValueError as e:
-                log.warning("image %s: white-cell box %d skipped (%s)", getattr(s, "image_id", i), j, e)
-        found = predict_classes(classifier, torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)
-                                if crops else torch.zeros((0, 3, classifier.input_size, classifier.input_size),
-                                                          dtype=torch.uint8), device=device)
+        found, ok = classify_boxes(classifier, img, boxes[sel], pad=pad, device=device,
+                                   where=f"image {getattr(s, 'image_id', i)}")
+        kept = sel[ok]
         pred, prob = found.labels, found.probs
         counts = {t: int((pred == k).sum()) for k, t in enumerate(types)}
         n = len(pred)

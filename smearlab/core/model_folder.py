@@ -9,7 +9,8 @@ Layout::
     <folder>/train_config.json  the training settings (the recipe a fine-tuning run repeats), if any
 
 ``kind`` is ``"detector"``, ``"unet"`` or ``"classifier"``; :func:`smearlab.models.load_model`
-reads any of them. Weights are read with ``torch.load(weights_only=True)`` (tensors and plain
+reads any of them. A ``"cascade"`` folder holds a ``config.json`` and two model folders,
+``detector/`` and ``classifier/`` (:func:`smearlab.classification.predict.save_cascade`). Weights are read with ``torch.load(weights_only=True)`` (tensors and plain
 containers only); every file is written atomically. Detector folders written before ``kind``
 existed (a ``config.json`` with an ``arch``) still read as detectors.
 """
@@ -29,7 +30,7 @@ from .files import atomic_path, read_torch_file, write_json
 FORMAT = "smearlab-model/1"
 #: Earlier tags that read the same way (detector folders before one format served every model).
 OLD_FORMATS = ("smearlab-detector/1",)
-KINDS = ("detector", "unet", "classifier")
+KINDS = ("detector", "unet", "classifier", "cascade")
 
 
 @dataclass

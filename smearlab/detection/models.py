@@ -112,6 +112,9 @@ class DetectorConfig:
     object_sizes : the training scale, ``{class: {"size", "count"}}``: the median side of each
         class's training boxes at the model's input scale (set by training; see
         :mod:`smearlab.detection.scale`), which scale-aware prediction compares new images with.
+    train_image_size : ``(height, width)``, the median size in pixels of the training images (or
+        tiles), set by training: a field much larger than that is cut into tiles of this size
+        (``smearlab predict``'s automatic tiling, :func:`auto_tile`).
     """
 
     arch: str = "fasterrcnn_mobilenet"
@@ -130,6 +133,7 @@ class DetectorConfig:
     frozen_bn: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
     object_sizes: dict[str, dict[str, float]] | None = None
+    train_image_size: Sequence[int] | None = None
 
     def __post_init__(self):
         self.class_names = [str(c) for c in self.class_names]
@@ -248,6 +252,27 @@ def anchor_generator(cfg: DetectorConfig):
                          f"{cfg.anchor_sizes}")
     ratios = tuple(float(r) for r in (cfg.aspect_ratios or (0.5, 1.0, 2.0)))
     return AnchorGenerator(sizes, (ratios,) * n_levels)
+
+
+def auto_tile(cfg: DetectorConfig, hw, factor: float = 1.5) -> int | None:
+    """The tile side for an image of size ``hw`` at the training magnification: the training
+    images' longer side when the image is more than ``factor`` times larger than them on either
+    side (the model would otherwise shrink its cells below their training size), else None.
+
+    Parameters
+    ----------
+    cfg : the detector's settings (``train_image_size``; None for a model trained before it
+        was recorded: never tiled).
+    hw : ``(height, width)`` of the image.
+    factor : how much larger than the training images an image must be to be tiled.
+    """
+    if not cfg.train_image_size:
+        return None
+    th, tw = (int(v) for v in cfg.train_image_size)
+    h, w = int(hw[0]), int(hw[1])
+    if h > factor * th or w > factor * tw:
+        return max(th, tw)
+    return None
 
 
 def _trainable_layers(cfg: DetectorConfig) -> int:

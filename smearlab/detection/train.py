@@ -596,6 +596,9 @@ def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, tr
         train_smear = _preprocessed(remap_dataset(train_smear, names, "training"), pre)
         if cfg_model.object_sizes is None:  # the training scale, saved with the model
             cfg_model.object_sizes = object_sizes(train_smear, cfg_model)
+        if cfg_model.train_image_size is None and len(train_smear):  # what automatic tiling cuts fields into
+            hws = np.array([s.hw for s in train_smear.samples], float)
+            cfg_model.train_image_size = [int(v) for v in np.median(hws, 0)]
     val_smear = None
     if val_ds is not None:
         val_smear, _ = _as_smear(val_ds)
