@@ -175,49 +175,49 @@ def test_bad_config():
 
 
 # -- torchvision's weights API, opt-in (#17) ------------------------------------------------------------------
-def test_backbone_weights_come_from_torchs_cache(tmp_path, monkeypatch):
-    from smearlab.detection.models import backbone_weights_file
+@pytest.fixture
+def hub(tmp_path):
+    """torch's cache moved into the test's folder, and put back afterwards."""
     old = torch.hub.get_dir()
     torch.hub.set_dir(str(tmp_path / "hub"))
-    try:
-        def no_network(*a, **k):
-            raise AssertionError("nothing may be fetched when the file is cached")
-        monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
-        cfg = DetectorConfig(arch="fasterrcnn", class_names=["a"], min_size=64, max_size=64, backbone_weights="DEFAULT")
-        w = torchvision.models.ResNet50_Weights.DEFAULT
-        file = tmp_path / "hub" / "checkpoints" / w.url.rsplit("/", 1)[-1]
-        file.parent.mkdir(parents=True)
-        fake = torchvision.models.resnet50(weights=None).state_dict()
-        fake["conv1.weight"] = torch.full_like(fake["conv1.weight"], 0.125)
-        torch.save(fake, file)
-        assert backbone_weights_file(cfg) == file
-        model = build_detector(cfg)
-        assert torch.all(model.backbone.body.conv1.weight == 0.125)
-        assert cfg.uses_frozen_bn and cfg.to_dict()["backbone_weights"] == "DEFAULT"
-        # a name of another backbone, and an arch without one, are refused
-        with pytest.raises(ValueError, match="not weights of resnet50"):
-            backbone_weights_file(DetectorConfig(arch="fasterrcnn", backbone_weights="MobileNet_V3_Large_Weights.DEFAULT"))
-        with pytest.raises(ValueError, match="no torchvision backbone"):
-            backbone_weights_file(DetectorConfig(arch="fasterrcnn_tiny", backbone_weights="DEFAULT"))
-    finally:
-        torch.hub.set_dir(old)
+    yield tmp_path / "hub"
+    torch.hub.set_dir(old)
 
 
-def test_backbone_weights_offline_say_which_file_goes_where(tmp_path, monkeypatch):
+def test_backbone_weights_come_from_torchs_cache(hub, monkeypatch):
+    from smearlab.detection.models import backbone_weights_file
+
+    def no_network(*a, **k):
+        raise AssertionError("nothing may be fetched when the file is cached")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    cfg = DetectorConfig(arch="fasterrcnn", class_names=["a"], min_size=64, max_size=64, backbone_weights="DEFAULT")
+    w = torchvision.models.ResNet50_Weights.DEFAULT
+    file = hub / "checkpoints" / w.url.rsplit("/", 1)[-1]
+    file.parent.mkdir(parents=True)
+    fake = torchvision.models.resnet50(weights=None).state_dict()
+    fake["conv1.weight"] = torch.full_like(fake["conv1.weight"], 0.125)
+    torch.save(fake, file)
+    assert backbone_weights_file(cfg) == file
+    model = build_detector(cfg)
+    assert torch.all(model.backbone.body.conv1.weight == 0.125)
+    assert cfg.uses_frozen_bn and cfg.to_dict()["backbone_weights"] == "DEFAULT"
+    # a name of another backbone, and an arch without one, are refused
+    with pytest.raises(ValueError, match="not weights of resnet50"):
+        backbone_weights_file(DetectorConfig(arch="fasterrcnn", backbone_weights="MobileNet_V3_Large_Weights.DEFAULT"))
+    with pytest.raises(ValueError, match="no torchvision backbone"):
+        backbone_weights_file(DetectorConfig(arch="fasterrcnn_tiny", backbone_weights="DEFAULT"))
+
+
+def test_backbone_weights_offline_say_which_file_goes_where(hub, monkeypatch):
     from urllib.error import URLError
 
-    old = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    try:
-        def offline(*a, **k):
-            raise URLError("no network")
-        monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-        cfg = DetectorConfig(arch="fasterrcnn_mobilenet", class_names=["a"], backbone_weights="IMAGENET1K_V1")
-        with pytest.raises(DataError, match="place it at this path") as e:
-            build_detector(cfg)
-        assert "mobilenet_v3_large" in str(e.value) and str(tmp_path / "hub" / "checkpoints") in str(e.value)
-        assert not list((tmp_path / "hub" / "checkpoints").glob("*.pth"))      # no half-written file
-        # without backbone_weights nothing is looked up at all
-        build_detector(DetectorConfig(arch="fasterrcnn_tiny", class_names=["a"], min_size=64, max_size=64))
-    finally:
-        torch.hub.set_dir(old)
+    def offline(*a, **k):
+        raise URLError("no network")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    cfg = DetectorConfig(arch="fasterrcnn_mobilenet", class_names=["a"], backbone_weights="IMAGENET1K_V1")
+    with pytest.raises(DataError, match="place it at this path") as e:
+        build_detector(cfg)
+    assert "mobilenet_v3_large" in str(e.value) and str(hub / "checkpoints") in str(e.value)
+    assert not list((hub / "checkpoints").glob("*.pth"))      # no half-written file
+    # without backbone_weights nothing is looked up at all
+    build_detector(DetectorConfig(arch="fasterrcnn_tiny", class_names=["a"], min_size=64, max_size=64))
