@@ -20,9 +20,10 @@ JSON is already there (an interrupted run resumes where it stopped) and rewrites
 from all of them. An image that cannot be read or predicted is counted and listed in
 ``summary.json``, never fatal to the run.
 
-Detectors (Faster R-CNN, RetinaNet, Mask R-CNN folders) and detector + white-cell classifier
-cascades are supported so far; other model folders (U-Nets, the instance segmenter) are refused
-with a message saying so.
+Detectors (Faster R-CNN, RetinaNet, Mask R-CNN folders), detector + white-cell classifier
+cascades and the learned instance segmenter (objects of class ``"object"`` with their outlines;
+a dataset's classes are counted as one) are supported; U-Nets of class maps are refused with a
+message saying so.
 """
 from __future__ import annotations
 
@@ -37,13 +38,20 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
+from .classification.predict import classify_boxes, load_cascade
 from .core.errors import DataError
 from .core.files import write_json, write_text
-from .core.model_folder import model_kind
+from .core.model_folder import model_kind, read_config_json
 from .data.classes import match_classes
-from .classification.predict import classify_boxes, load_cascade
-from .export import coco_from_records, file_names, names_without_extension
+from .data.derive import as_single_class
+from .data.imageio import read_image
+from .detection.models import auto_tile, load_model
+from .detection.predict import predict as predict_images
+from .detection.tune import Thresholds
+from .export import coco_from_records, file_names, image_record, names_without_extension
+from .segmentation.instances import load_instance_unet, predict_instances
 
 log = logging.getLogger(__name__)
 
@@ -318,7 +326,9 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
 
     Parameters
     ----------
-    model_folder : a saved detector folder (``config.json``, ``weights.pt``, ``thresholds.json``), or
+    model_folder : a saved detector folder (``config.json``, ``weights.pt``, ``thresholds.json``), the
+        learned instance segmenter's folder (:func:`smearlab.segmentation.instances.save_instance_unet`;
+        ``tile`` is then its tile size, 256 by default, and ``scale`` is refused), or
         a detector + white-cell classifier cascade
         (:func:`smearlab.classification.predict.save_cascade`): each white cell's record then
         has a ``type`` and ``type_score``, ``counts.csv`` a count and a percentage per type (the
@@ -353,19 +363,13 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
         for a folder that is not a detector's model folder, inputs that name no image, or an
         ``out`` folder holding the results of another model or settings.
     """
-    from tqdm.auto import tqdm
-
-    from .data.imageio import read_image
-    from .detection.models import load_model
-    from .detection.predict import predict as predict_images
-    from .detection.tune import Thresholds
-    from .export import image_record
-
     folder = Path(model_folder)
     kind = model_kind(folder)
-    if kind not in ("detector", "cascade"):
-        raise DataError(folder, f"a {kind} model folder; smearlab predict handles detector and detector + "
-                                "classifier cascade folders so far")
+    if kind not in ("detector", "cascade", "unet") or (
+            kind == "unet" and read_config_json(folder).get("task") != "instances"):
+        raise DataError(folder, f"a {kind} model folder{' of class maps' if kind == 'unet' else ''}; smearlab "
+                                "predict handles detectors, detector + classifier cascades and the learned "
+                                "instance segmenter so far")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     truth = None
@@ -383,6 +387,9 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
     if not items:
         raise DataError(dataset if dataset is not None else "inputs", "no images to predict")
 
+    if kind == "unet":
+        return _predict_instances(folder, items, Path(out), truth=truth, dataset=dataset, device=device,
+                                  scale=scale, tile=tile, score=score, overlays=overlays, progress=progress)
     cascade = load_cascade(folder, device=device) if kind == "cascade" else None
     model = cascade.detector if cascade is not None else load_model(folder, device=device)
     types = cascade.types if cascade is not None else None
@@ -415,13 +422,63 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
     else:
         thresholds, threshold_source = Thresholds({c: DEFAULT_SCORE for c in class_names}), "default"
         log.warning("%s has no thresholds.json: every class kept at score >= %s", folder, DEFAULT_SCORE)
-    out = Path(out)
+    used = (model.thresholds or {}).get("score", {}) if isinstance(thresholds, str) else thresholds.score
+
+    def predict_fn(images: list) -> list[dict]:
+        if tile == "auto":
+            return _predict_auto_tiled(predict_images, model, images, batch_size, thresholds)
+        return predict_images(model, images, batch_size=batch_size, thresholds=thresholds, scale=scale, tile=tile,
+                              progress=False)
+
+    post = None if cascade is None else (lambda img, rec: _classify_white_cells(cascade, img, rec, device))
     run = {"model": str(folder.resolve()), "model_id": _model_id(folder), "classes": class_names,
            "scale": scale, "tile": tile, "score": score, "thresholds": threshold_source,
            "dataset": str(dataset) if dataset is not None else None}
+    summary = _run_images(Path(out), run, items, truth, predict_fn, batch_size=batch_size, post=post,
+                          overlays=overlays, progress=progress)
+    summary["score_thresholds"] = {c: float(used.get(c, DEFAULT_SCORE)) for c in class_names}
+    if mapping is not None:
+        summary["classes_not_scored"] = unscored
+    _write_summaries(Path(out), [im.name for im in items], summary.pop("_records"), class_names, summary, truth,
+                     mapping, types)
+    return summary
+
+
+def _predict_instances(folder: Path, items: list, out: Path, *, truth, dataset, device, scale, tile, score,
+                       overlays: bool, progress: bool) -> dict:
+    """:func:`predict` with the learned instance segmenter: every object is of class ``"object"``
+    (a dataset's classes are counted as one), tiles of 256 px unless ``tile`` names a size."""
+    if scale is not None:
+        raise ValueError("scale applies to detectors; the instance segmenter sees images as they are")
+    model = load_instance_unet(folder, device=device)
+    side = 256 if tile in ("auto", None) else int(tile)
+    floor = 0.0 if score is None else float(score)
+
+    def predict_fn(images: list) -> list[dict]:
+        preds = predict_instances(model, images, tile=side)
+        return [{k: v[p["scores"] >= floor] for k, v in p.items()} for p in preds]
+
+    run = {"model": str(folder.resolve()), "model_id": _model_id(folder), "classes": ["object"], "scale": None,
+           "tile": side, "score": score, "thresholds": "score" if score is not None else "thresholds.json",
+           "dataset": str(dataset) if dataset is not None else None}
+    summary = _run_images(out, run, items, truth, predict_fn, batch_size=1, overlays=overlays, progress=progress)
+    summary["score_thresholds"] = {"object": floor}
+    mapping = None
+    if truth is not None:
+        truth = as_single_class(truth, "object")
+        mapping = match_classes(["object"], truth.class_names)
+    _write_summaries(out, [im.name for im in items], summary.pop("_records"), ["object"], summary, truth, mapping)
+    return summary
+
+
+def _run_images(out: Path, run: dict, items: list, truth, predict_fn, *, batch_size: int, post=None,
+                overlays: bool = False, progress: bool = True) -> dict:
+    """The resumable loop of :func:`predict`: each image not done yet is read, predicted by
+    ``predict_fn`` (a list of images -> their predictions), given to ``post(image, record)`` and
+    written; failures are listed. Returns the summary (with the records under ``_records``)."""
+    class_names = run["classes"]
     _check_run(out, run)
     write_json(out / "run.json", run)
-
     records: dict[str, dict] = {}
     failed: list[dict] = []
     todo: list[ImageInput] = []
@@ -450,19 +507,15 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
             if not chunk:
                 continue
             try:
-                if tile == "auto":
-                    preds = _predict_auto_tiled(predict_images, model, images, batch_size, thresholds)
-                else:
-                    preds = predict_images(model, images, batch_size=batch_size, thresholds=thresholds,
-                                           scale=scale, tile=tile, progress=False)
+                preds = predict_fn(images)
             except (RuntimeError, ValueError) as e:
                 failed += [{"image": im.name, "error": f"prediction failed: {e}"} for im in chunk]
                 bar.update(len(chunk))
                 continue
             for im, img, p in zip(chunk, images, preds):
                 rec = image_record(_Shape(img, im), p, class_names, file_name=im.name)
-                if cascade is not None:
-                    _classify_white_cells(cascade, img, rec, device)
+                if post is not None:
+                    post(img, rec)
                 write_json(_json_path(out, im.stem), rec)
                 write_json(out / "qupath" / f"{im.stem}.geojson", qupath_geojson(rec))
                 if overlays:
@@ -477,24 +530,18 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
         geo = out / "qupath" / f"{im.stem}.geojson"
         if im.name in records and not geo.is_file():
             write_json(geo, qupath_geojson(records[im.name]))
-    used = (model.thresholds or {}).get("score", {}) if isinstance(thresholds, str) else thresholds.score
-    summary = {"model": run["model"], "classes": class_names, "thresholds": threshold_source,
-               "score_thresholds": {c: float(used.get(c, DEFAULT_SCORE)) for c in class_names},
-               "images": len(items), "predicted": predicted, "resumed": resumed, "failed": len(failed),
-               "failures": failed, "seconds": round(seconds, 3),
-               "images_per_s": round(predicted / seconds, 3) if predicted and seconds > 0 else None}
-    if mapping is not None:
-        summary["classes_not_scored"] = unscored
-    _write_summaries(out, [im.name for im in items], records, class_names, summary, truth, mapping, types)
     if failed:
         log.warning("%d of %d images failed (listed in %s): first %s: %s", len(failed), len(items),
                     out / "summary.json", failed[0]["image"], failed[0]["error"])
-    return summary
+    return {"model": run["model"], "classes": class_names, "thresholds": run["thresholds"],
+            "images": len(items), "predicted": predicted, "resumed": resumed, "failed": len(failed),
+            "failures": failed, "seconds": round(seconds, 3),
+            "images_per_s": round(predicted / seconds, 3) if predicted and seconds > 0 else None,
+            "_records": records}
 
 
 def _predict_auto_tiled(predict_images, model, images: list, batch_size: int, thresholds) -> list[dict]:
     """Predictions of ``images`` in order, each large field cut into tiles of the training image size."""
-    from .detection.models import auto_tile
     cfg = model.detector_config
     tiles = [auto_tile(cfg, img.shape[:2]) for img in images]
     if not any(tiles):

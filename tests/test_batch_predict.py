@@ -111,12 +111,10 @@ def test_corrupt_image_is_listed_not_fatal(trained, tmp_path):
 
 
 def test_interrupt_and_resume(trained, tmp_path, monkeypatch):
-    from smearlab import export
-
     out = tmp_path / "out"
 
     calls = {"n": 0}
-    original = export.image_record
+    original = batch.image_record
 
     def flaky(*a, **kw):
         calls["n"] += 1
@@ -124,13 +122,13 @@ def test_interrupt_and_resume(trained, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return original(*a, **kw)
 
-    monkeypatch.setattr(export, "image_record", flaky)
+    monkeypatch.setattr(batch, "image_record", flaky)
     with pytest.raises(KeyboardInterrupt):
         batch.predict(trained["model"], [trained["images"]], out, progress=False)
     done = sorted(p.name for p in (out / "json").rglob("*.json"))
     assert done == ["smear_0.json", "smear_1.json"]
     assert not list(out.rglob(".*tmp*")), "no partial file is left"
-    monkeypatch.setattr(export, "image_record", original)
+    monkeypatch.setattr(batch, "image_record", original)
     first = json.loads((out / "json" / "smear_0.json").read_text())
     s = batch.predict(trained["model"], [trained["images"]], out, progress=False)
     assert s["resumed"] == 2 and s["predicted"] == 2 and s["images"] == 4
@@ -268,3 +266,24 @@ def test_cascade_adds_the_differential_count(trained, tmp_path):
         assert all(o["type"] in types and 0 <= o["type_score"] <= 1 for o in rec["objects"] if o["class"] == "WBC")
     with pytest.raises(ValueError, match="not a class of the detector"):
         save_cascade(tmp_path / "bad", trained["model"], clf, wbc_class="Neutrophil")
+
+
+def test_the_instance_segmenter_counts_objects_against_a_dataset(tmp_path):
+    from smearlab.export import export_coco_gt
+    from smearlab.segmentation.instances import (InstanceTrainConfig, build_instance_unet, save_instance_unet,
+                                                 train_instance_unet)
+    ds = make_dataset(4, seed=3, width=96, height=96)
+    torch.manual_seed(0)
+    model = build_instance_unet(base=4, depth=2)
+    train_instance_unet(model, ds, None, InstanceTrainConfig(crop=64, batch_size=4, steps=20, device="cpu"))
+    folder = save_instance_unet(model, tmp_path / "seg")
+    data = export_coco_gt(ds, tmp_path / "data" / "truth.json")
+    s = batch.predict(folder, dataset=data, out=tmp_path / "out", progress=False)
+    assert s["classes"] == ["object"] and s["predicted"] == 4 and s["score_thresholds"] == {"object": 0.0}
+    assert set(s["count_error"]) == {"object"}                       # the dataset's classes counted as one
+    assert s["count_error"]["object"]["true"] == sum(len(x.boxes) for x in ds)
+    rec = json.loads(next((tmp_path / "out" / "json").glob("*.json")).read_text())
+    assert all(o["class"] == "object" for o in rec["objects"])
+    assert all(o["polygons"] for o in rec["objects"])                # outlines from the masks
+    with pytest.raises(ValueError, match="scale"):
+        batch.predict(folder, dataset=data, out=tmp_path / "o2", scale=0.5, progress=False)
