@@ -133,6 +133,28 @@ def goal_summary(result: dict) -> dict:
     }
 
 
+NAMES = {"d1": "Zheng D1", "d2": "Zheng D2", "pbc": "PBC", "a": "synthetic A", "b": "synthetic B"}
+
+
+def markdown(result: dict) -> str:
+    """The results as a Markdown table: one row per direction, target macro F1 (mean ± seed std)
+    per method, the source F1 of source only and of the best method, and the verdict."""
+    methods = [m for m in METHODS]
+    head = ("| direction | " + " | ".join(methods) + " | source F1: source only / best | best (gain) | goal |\n"
+            "|---|" + "---|" * (len(methods) + 3))
+    rows = []
+    blocks = [(k, result[k]) for k in ("d1_to_d2", "d2_to_d1", "d1_to_pbc", "d2_to_pbc") if k in result]
+    blocks += [(k, result["synthetic"][k]) for k in ("a_to_b", "b_to_a") if k in result.get("synthetic", {})]
+    for key, d in blocks:
+        src, tgt = key.split("_to_")
+        cells = [f"{d[f'{m}_f1']:.3f} ± {d[f'{m}_f1_std']:.3f}" if f"{m}_f1" in d else "-" for m in methods]
+        best = d["best_method"]
+        rows.append(f"| {NAMES[src]} → {NAMES[tgt]} | " + " | ".join(cells)
+                    + f" | {d['source_only_source_f1']:.3f} / {d[f'{best}_source_f1']:.3f} | {best} "
+                    f"({100 * d['best_gain']:+.1f}) | {'met' if d['goal_met'] else 'not met'} |")
+    return "\n".join([head, *rows])
+
+
 def rejudge(path: Path) -> dict:
     """Recompute every direction's goal check (:func:`judge`) from the numbers already in ``path``."""
     result = json.loads(path.read_text())
@@ -158,9 +180,14 @@ def main(argv=None) -> dict:
                     help="run only the real-data or the synthetic half and merge it into the existing JSON")
     ap.add_argument("--rejudge", action="store_true",
                     help="train nothing: recompute the goal checks of the existing JSON from its numbers")
+    ap.add_argument("--table", action="store_true", help="train nothing: print the JSON's results as Markdown")
     args = ap.parse_args(argv)
     if args.rejudge:
         return rejudge(RESULTS / "domain_adaptation.json")
+    if args.table:
+        result = json.loads((RESULTS / "domain_adaptation.json").read_text())
+        print(markdown(result))
+        return result
     if args.threads:
         torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.WARNING)

@@ -3,17 +3,15 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from ..augment import augment_crop_batch, default_crop_augment, stain_shift_crop_augment
 from ..core.device import resolve_device
-from ..core.training import History
+from ..core.training import History, step_loop
 from ..metrics.classification import classification_report
 from .crops import CropDataset
 from .model import DANN, CellClassifier, grad_reverse
@@ -145,23 +143,14 @@ def fit(model: CellClassifier, train: CropDataset, *, steps: int, batch_size: in
     amp = dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     per_epoch = max(1, math.ceil(len(train) / batch_size))
-    every = int(eval_every or per_epoch)
-    history = History()
-    fresh = {"loss": 0.0, "dloss": 0.0, "dacc": 0.0, "correct": 0, "n": 0, "steps": 0}
-    acc = dict(fresh)
-    t0 = time.perf_counter()
-    bar = None
-    if progress:
-        bar = tqdm(total=steps, desc="train" if domain_head is None else "train DANN", unit="step")
-    for step in range(steps):
-        p = step / max(steps - 1, 1)
-        cur_lr = dann_lr(p, lr, alpha, beta)
-        for group in opt.param_groups:
-            group["lr"] = cur_lr
+
+    def progress_at(i: int) -> float:
+        return i / max(steps - 1, 1)
+
+    def step(i: int) -> dict[str, float]:
         idx = src_batches.next()
         x = augment_crop_batch(aug, train.images[idx].to(dev))
         y = labels_t[idx].to(dev)
-        lam = dann_lambda(p, gamma)
         with torch.autocast(dev.type, dtype=torch.float16, enabled=amp):
             if domain_head is None:
                 logits = model(x.float() / 255)
@@ -170,7 +159,7 @@ def fit(model: CellClassifier, train: CropDataset, *, steps: int, batch_size: in
                 xt = augment_crop_batch(aug, target.images[tgt_batches.next()].to(dev))
                 feats = model.embed(torch.cat([x, xt]).float() / 255)
                 logits = model.head(feats[:len(x)])
-                dlogits = domain_head(grad_reverse(feats, lam))
+                dlogits = domain_head(grad_reverse(feats, dann_lambda(progress_at(i), gamma)))
                 dy = torch.cat([torch.zeros(len(x)), torch.ones(len(xt))]).long().to(dev)
                 dloss = F.cross_entropy(dlogits.float(), dy)
         loss = F.cross_entropy(logits.float(), y)
@@ -179,31 +168,24 @@ def fit(model: CellClassifier, train: CropDataset, *, steps: int, batch_size: in
         scaler.scale(total).backward()
         scaler.step(opt)
         scaler.update()
-        acc["loss"] += float(loss.detach())
-        acc["correct"] += int((logits.detach().argmax(1) == y).sum())
-        acc["n"] += len(y)
-        acc["steps"] += 1
+        out = {"loss": float(loss.detach()), "train_acc": float((logits.detach().argmax(1) == y).float().mean())}
         if dloss is not None:
-            acc["dloss"] += float(dloss.detach())
-            acc["dacc"] += float((dlogits.detach().argmax(1) == dy).float().mean())
-        if bar is not None:
-            bar.update(1)
-        if (step + 1) % every == 0 or step + 1 == steps:
-            k = max(acc["steps"], 1)
-            rec = {"step": step + 1, "epoch": round((step + 1) / per_epoch, 3), "loss": acc["loss"] / k,
-                   "train_acc": acc["correct"] / max(acc["n"], 1), "lr": cur_lr,
-                   "lambda": lam if domain_head is not None else 0.0}
-            if domain_head is not None:
-                rec.update(domain_loss=acc["dloss"] / k, domain_acc=acc["dacc"] / k)
-            if val is not None:
-                pred = predict_classes(model, val, device=dev).labels
-                rec["val_macro_f1"] = classification_report(val.labels, pred, val.class_names)["macro"]["f1"]
-                model.train()
-            rec["seconds"] = time.perf_counter() - t0
-            history.append(rec)
-            acc = dict(fresh)
-    if bar is not None:
-        bar.close()
+            out.update(domain_loss=float(dloss.detach()),
+                       domain_acc=float((dlogits.detach().argmax(1) == dy).float().mean()))
+        return out
+
+    def on_record(rec: dict) -> dict:
+        extra = {"epoch": round(rec["step"] / per_epoch, 3),
+                 "lambda": dann_lambda(progress_at(rec["step"] - 1), gamma) if domain_head is not None else 0.0}
+        if val is not None:
+            pred = predict_classes(model, val, device=dev).labels
+            extra["val_macro_f1"] = classification_report(val.labels, pred, val.class_names)["macro"]["f1"]
+            model.train()
+        return extra
+
+    history = step_loop(step, steps, record_every=int(eval_every or per_epoch), optimizer=opt,
+                        lr_at=lambda i, n: dann_lr(progress_at(i), lr, alpha, beta), on_record=on_record,
+                        progress=progress, desc="train" if domain_head is None else "train DANN")
     model.eval()
     if domain_head is not None:
         domain_head.eval()

@@ -1,12 +1,16 @@
-"""What every training loop returns: a :class:`History` of records.
+"""The training loop and what it returns: :func:`step_loop`, a :class:`History` of records, and
+the :class:`TimeBudget` that fits a run's length to a wall-clock budget.
 
 Every task trains through the same call shape, ``train_x(model, train_data, val_data=None, ...)``
 returning a :class:`History` (the model is trained in place): the detector
 (:func:`smearlab.detection.train.train_detector`), the U-Net
-(:func:`smearlab.segmentation.train.train_unet`) and the classifier, plain or domain-adversarial
-(:func:`smearlab.classification.train.train_classifier`, ``train_dann``). A history is a
-sequence of records (``history[-1]["loss"]``), one per epoch or evaluation, and knows its best
-record and the run folder it was saved in.
+(:func:`smearlab.segmentation.train.train_unet`), the learned instance segmenter
+(:func:`smearlab.segmentation.instances.train_instance_unet`) and the classifier, plain or
+domain-adversarial (:func:`smearlab.classification.train.train_classifier`, ``train_dann``).
+The U-Nets and the classifier run :func:`step_loop`, so that what differs between them is the
+model and its loss; the detector keeps its own epoch loop (distributed training, checkpoints
+and resume). A history is a sequence of records (``history[-1]["loss"]``), one per epoch or
+evaluation, and knows its best record and the run folder it was saved in.
 """
 from __future__ import annotations
 
@@ -205,3 +209,78 @@ class TimeBudget:
     def describe(self) -> str:
         """The budget as one line for a progress bar: time left and the plan."""
         return f"{max(0.0, self.left_s) / 60:.1f} min left, {self.planned_epochs} epochs planned"
+
+
+def step_loop(step, total_steps: int, *, record_every: int, optimizer=None, lr_at=None, on_record=None,
+              budget: TimeBudget | None = None, progress: bool = False, desc: str = "train",
+              history: History | None = None) -> History:
+    """The training loop the classifier and the U-Nets share: ``total_steps`` calls of ``step``,
+    a record every ``record_every`` steps.
+
+    What differs between tasks lives in ``step`` (draw a batch, compute the model's loss,
+    take the optimiser step) and ``on_record`` (validation, checkpoints); the loop owns the
+    learning rate (``lr_at``), the progress bar, the time budget and the records.
+
+    Parameters
+    ----------
+    step : ``f(i) -> dict`` for step ``i`` (from 0): one optimisation step; returns the step's
+        numbers (``loss`` ...), averaged over the steps of a record.
+    total_steps : steps of the run (with ``budget``: the plan before the first measurement).
+    record_every : steps per record (an epoch, or a fixed count).
+    optimizer : whose parameter groups get ``lr_at``'s learning rate before each step.
+    lr_at : ``f(i, total) -> float``, the learning rate of step ``i`` of ``total`` (None: the
+        caller's scheduler sets it inside ``step``).
+    on_record : ``f(record) -> dict | None`` after each record is made (its return is merged in).
+    budget : a :class:`TimeBudget` whose plan (in records of ``record_every`` steps) replaces
+        ``total_steps``; calibrated on the first steps and refitted after each record.
+    progress : a tqdm progress bar over steps.
+    desc : the bar's label.
+    history : the :class:`History` to append to (None: a new one).
+
+    Returns
+    -------
+    History
+        one record per ``record_every`` steps and one at the end: ``step``, the step numbers
+        averaged, ``lr`` (with ``lr_at``) and ``seconds`` since the start.
+    """
+    from tqdm.auto import tqdm
+
+    history = History() if history is None else history
+    every = max(1, int(record_every))
+
+    def total() -> int:
+        return budget.planned_epochs * every if budget is not None else int(total_steps)
+
+    if budget is not None:
+        budget.start()
+    t0 = time.perf_counter()
+    acc: dict[str, list[float]] = {}
+    bar = tqdm(total=total(), desc=desc, unit="step", disable=not progress)
+    i, lr = 0, None
+    try:
+        while i < total():
+            if lr_at is not None:
+                lr = float(lr_at(i, total()))
+                for g in optimizer.param_groups:
+                    g["lr"] = lr
+            for k, v in (step(i) or {}).items():
+                acc.setdefault(k, []).append(float(v))
+            i += 1
+            bar.update(1)
+            if budget is not None and not budget.calibrated:
+                budget.after_step(i)
+                bar.total = total()
+            if i % every == 0 or i >= total():
+                rec: dict[str, Any] = {"step": i, **{k: sum(v) / len(v) for k, v in acc.items()}}
+                if lr is not None:
+                    rec["lr"] = lr
+                acc = {}
+                rec.update((on_record(rec) if on_record is not None else None) or {})
+                rec["seconds"] = time.perf_counter() - t0
+                history.append(rec)
+                if budget is not None and i % every == 0:
+                    budget.after_epoch(i // every)
+                    bar.total = total()
+    finally:
+        bar.close()
+    return history

@@ -30,7 +30,7 @@ from skimage.segmentation import find_boundaries, watershed
 
 from ..core.device import resolve_device
 from ..core.model_folder import read_model_folder, save_model_folder
-from ..core.training import History, TimeBudget
+from ..core.training import History, TimeBudget, step_loop
 from ..data.boxes import mask_box
 from ..data.imageio import LUMA
 from ..data.predictions import Predictions, empty_prediction
@@ -255,9 +255,6 @@ def train_instance_unet(model: UNet, train: SmearDataset, val: SmearDataset | No
         one record per 50 steps (``step``, ``loss``, ``lr``, ``seconds``); the last record holds
         the tuned thresholds and their validation DSB score when ``val`` is given.
     """
-    import time
-
-    from tqdm.auto import tqdm
     cfg = config or InstanceTrainConfig()
     dev = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
@@ -270,38 +267,17 @@ def train_instance_unet(model: UNet, train: SmearDataset, val: SmearDataset | No
     weight = torch.tensor([1.0, 1.0, float(cfg.boundary_weight)], device=dev)
     budget = None if cfg.time_budget_s is None else TimeBudget(cfg.time_budget_s, 50, initial_epochs=cfg.steps // 50)
 
-    def total() -> int:
-        return budget.planned_epochs * 50 if budget is not None else cfg.steps
-
-    history = History(best_metric="val_dsb")
-    if budget is not None:
-        budget.start()
-    t0, step, losses = time.perf_counter(), 0, []
-    bar = tqdm(total=total(), desc="instance U-Net", unit="step", disable=not progress)
-    while step < total():
-        lr = cfg.lr * 0.5 * (1 + np.cos(np.pi * min(step, total()) / total()))
-        for g in opt.param_groups:
-            g["lr"] = lr
+    def step(_i: int) -> dict[str, float]:
         x, y = _crop_batch(items, rng, cfg.crop, cfg.batch_size)
-        logits = model(x.to(dev))
-        loss = F.cross_entropy(logits, y.to(dev), weight=weight)
+        loss = F.cross_entropy(model(x.to(dev)), y.to(dev), weight=weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        step += 1
-        losses.append(float(loss.detach()))
-        bar.update(1)
-        if budget is not None and not budget.calibrated:
-            budget.after_step(step)
-            bar.total = total()
-        if step % 50 == 0 or step >= total():
-            history.append({"step": step, "loss": float(np.mean(losses)), "lr": lr,
-                            "seconds": round(time.perf_counter() - t0, 2)})
-            losses = []
-            if budget is not None and step % 50 == 0:
-                budget.after_epoch(step // 50)
-                bar.total = total()
-    bar.close()
+        return {"loss": float(loss.detach())}
+
+    history = step_loop(step, cfg.steps, record_every=50, optimizer=opt, budget=budget, progress=progress,
+                        desc="instance U-Net", history=History(best_metric="val_dsb"),
+                        lr_at=lambda i, n: cfg.lr * 0.5 * (1 + np.cos(np.pi * min(i, n) / n)))
     model.eval()
     model.thresholds = InstanceThresholds()
     if val is not None and len(val):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-import time
 from pathlib import Path
 from typing import Sequence
 
@@ -14,7 +13,7 @@ from ..core.device import resolve_device
 from ..core.errors import DataError
 from ..core.files import write_json
 from ..core.geometry import check_pad, crop_window
-from ..core.training import History
+from ..core.training import History, step_loop
 from ..data.sample import Sample, SmearDataset
 from ..metrics.semantic import IGNORE, semantic_metrics
 from .predict import predict_semantic
@@ -83,8 +82,9 @@ def train_unet(model: UNet, train_ds, val_ds=None, *, epochs: int = 20, batch_si
     Returns
     -------
     History
-        one record per epoch: ``epoch``, ``loss`` (mean train loss), ``seconds`` and, with
-        ``val_ds``, ``val_dice`` ``{class name: dice}``.
+        one record per epoch (:func:`~smearlab.core.training.step_loop`): ``step``, ``epoch``,
+        ``loss`` (mean train loss), ``seconds`` (since the start) and, with ``val_ds``,
+        ``val_dice`` ``{class name: dice}``.
     """
     dev = resolve_device(device)
     names = train_ds.semantic_names or [str(i) for i in range(model.config["num_classes"])]
@@ -105,42 +105,47 @@ def train_unet(model: UNet, train_ds, val_ds=None, *, epochs: int = 20, batch_si
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda _step: 1.0)
     amp = dev.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    history = History(out_dir=None if out_dir is None else Path(out_dir))
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        model.train()
-        order = torch.randperm(len(data), generator=g).tolist()
-        total, n = 0.0, 0
-        for b in range(0, len(order), batch_size):
-            imgs, sems = _collate([data[i] for i in order[b:b + batch_size]])
-            imgs, sems = imgs.to(dev), sems.to(dev)
-            if augment is not None:
-                tg = [{"boxes": torch.zeros((0, 4), device=dev), "semantic": s} for s in sems]
-                imgs, tg = augment.batch(imgs, tg)
-                sems = torch.stack([t["semantic"] for t in tg])
-            with torch.autocast(dev.type, dtype=torch.float16, enabled=amp):
-                logits = model(normalise(imgs))
-            loss = _loss(logits, sems.long(), k)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            total += float(loss.detach()) * len(imgs)
-            n += len(imgs)
-        rec = {"epoch": epoch, "loss": total / max(n, 1)}
+    per_epoch = math.ceil(len(data) / batch_size)
+    order: list[int] = []
+
+    def step(i: int) -> dict[str, float]:
+        b = i % per_epoch
+        if b == 0:  # a new epoch: a new order
+            model.train()
+            order[:] = torch.randperm(len(data), generator=g).tolist()
+        imgs, sems = _collate([data[k] for k in order[b * batch_size:(b + 1) * batch_size]])
+        imgs, sems = imgs.to(dev), sems.to(dev)
+        if augment is not None:
+            tg = [{"boxes": torch.zeros((0, 4), device=dev), "semantic": s} for s in sems]
+            imgs, tg = augment.batch(imgs, tg)
+            sems = torch.stack([t["semantic"] for t in tg])
+        with torch.autocast(dev.type, dtype=torch.float16, enabled=amp):
+            logits = model(normalise(imgs))
+        loss = _loss(logits, sems.long(), k)
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+        sched.step()
+        return {"loss_sum": float(loss.detach()) * len(imgs), "n": len(imgs)}
+
+    def on_record(rec: dict) -> dict:
+        epoch = rec["step"] // per_epoch
+        out = {"epoch": epoch, "loss": rec.pop("loss_sum") / max(rec.pop("n"), 1)}
         if val_ds is not None:
             preds = predict_semantic(model, val_ds, batch_size=batch_size, device=dev)
-            rec["val_dice"] = {name: v["dice"] for name, v in semantic_metrics(val_ds, preds).items()}
-        rec["seconds"] = time.perf_counter() - t0
-        history.append(rec)
+            out["val_dice"] = {name: v["dice"] for name, v in semantic_metrics(val_ds, preds).items()}
         if progress:
-            extra = "" if "val_dice" not in rec else "  val dice " + ", ".join(
-                f"{a}={'-' if d is None else f'{d:.3f}'}" for a, d in rec["val_dice"].items())
-            print(f"epoch {epoch}/{epochs}  loss {rec['loss']:.4f}{extra}  ({rec['seconds']:.1f} s)")
+            extra = "" if "val_dice" not in out else "  val dice " + ", ".join(
+                f"{a}={'-' if d is None else f'{d:.3f}'}" for a, d in out["val_dice"].items())
+            print(f"epoch {epoch}/{epochs}  loss {out['loss']:.4f}{extra}")
         if out_dir is not None:
             save_unet(model, Path(out_dir) / "unet", class_names=list(names), epoch=epoch)
-            write_json(Path(out_dir) / "history.json", history.records)
+            write_json(Path(out_dir) / "history.json", history.records + [{**rec, **out}])
+        return out
+
+    history = History(out_dir=None if out_dir is None else Path(out_dir))
+    step_loop(step, epochs * per_epoch, record_every=per_epoch, on_record=on_record, history=history)
     model.eval()
     return history
 
