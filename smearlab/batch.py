@@ -21,9 +21,9 @@ from all of them. An image that cannot be read or predicted is counted and liste
 ``summary.json``, never fatal to the run.
 
 Detectors (Faster R-CNN, RetinaNet, Mask R-CNN folders), detector + white-cell classifier
-cascades and the learned instance segmenter (objects of class ``"object"`` with their outlines;
-a dataset's classes are counted as one) are supported; U-Nets of class maps are refused with a
-message saying so.
+cascades, the learned instance segmenter and U-Nets of class maps (their foreground split into
+objects) are supported; the U-Nets' objects are of class ``"object"`` with their outlines, and a
+dataset's classes are counted as one.
 """
 from __future__ import annotations
 
@@ -52,6 +52,8 @@ from .detection.predict import predict as predict_images
 from .detection.tune import Thresholds
 from .export import coco_from_records, file_names, image_record, names_without_extension
 from .segmentation.instances import load_instance_unet, predict_instances
+from .segmentation.predict import predict_semantic, semantic_to_instances
+from .segmentation.unet import load_unet
 
 log = logging.getLogger(__name__)
 
@@ -326,9 +328,11 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
 
     Parameters
     ----------
-    model_folder : a saved detector folder (``config.json``, ``weights.pt``, ``thresholds.json``), the
-        learned instance segmenter's folder (:func:`smearlab.segmentation.instances.save_instance_unet`;
-        ``tile`` is then its tile size, 256 by default, and ``scale`` is refused), or
+    model_folder : a saved detector folder (``config.json``, ``weights.pt``, ``thresholds.json``), a
+        U-Net folder (the learned instance segmenter,
+        :func:`smearlab.segmentation.instances.save_instance_unet`, with ``tile`` its tile size,
+        256 by default; or a U-Net of class maps whose foreground is split into objects;
+        ``scale`` is refused for both), or
         a detector + white-cell classifier cascade
         (:func:`smearlab.classification.predict.save_cascade`): each white cell's record then
         has a ``type`` and ``type_score``, ``counts.csv`` a count and a percentage per type (the
@@ -365,11 +369,9 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
     """
     folder = Path(model_folder)
     kind = model_kind(folder)
-    if kind not in ("detector", "cascade", "unet") or (
-            kind == "unet" and read_config_json(folder).get("task") != "instances"):
-        raise DataError(folder, f"a {kind} model folder{' of class maps' if kind == 'unet' else ''}; smearlab "
-                                "predict handles detectors, detector + classifier cascades and the learned "
-                                "instance segmenter so far")
+    if kind not in ("detector", "cascade", "unet"):
+        raise DataError(folder, f"a {kind} model folder; smearlab predict takes detectors, detector + classifier "
+                                "cascades, the learned instance segmenter and U-Nets")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     truth = None
@@ -446,16 +448,22 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
 
 def _predict_instances(folder: Path, items: list, out: Path, *, truth, dataset, device, scale, tile, score,
                        overlays: bool, progress: bool) -> dict:
-    """:func:`predict` with the learned instance segmenter: every object is of class ``"object"``
-    (a dataset's classes are counted as one), tiles of 256 px unless ``tile`` names a size."""
+    """:func:`predict` with a U-Net folder: every object is of class ``"object"`` (a dataset's
+    classes are counted as one). The learned instance segmenter predicts in tiles of 256 px unless
+    ``tile`` names a size; a U-Net of class maps predicts whole images at its training size and
+    its foreground is split into objects (:func:`~smearlab.segmentation.predict.semantic_to_instances`)."""
     if scale is not None:
-        raise ValueError("scale applies to detectors; the instance segmenter sees images as they are")
-    model = load_instance_unet(folder, device=device)
+        raise ValueError("scale applies to detectors; a U-Net sees images as they are")
+    instances = read_config_json(folder).get("task") == "instances"
+    model = load_instance_unet(folder, device=device) if instances else load_unet(folder, device=device)
     side = 256 if tile in ("auto", None) else int(tile)
     floor = 0.0 if score is None else float(score)
 
     def predict_fn(images: list) -> list[dict]:
-        preds = predict_instances(model, images, tile=side)
+        if instances:
+            preds = predict_instances(model, images, tile=side)
+        else:
+            preds = [semantic_to_instances(m) for m in predict_semantic(model, images, device=device)]
         return [{k: v[p["scores"] >= floor] for k, v in p.items()} for p in preds]
 
     run = {"model": str(folder.resolve()), "model_id": _model_id(folder), "classes": ["object"], "scale": None,

@@ -287,3 +287,23 @@ def test_the_instance_segmenter_counts_objects_against_a_dataset(tmp_path):
     assert all(o["polygons"] for o in rec["objects"])                # outlines from the masks
     with pytest.raises(ValueError, match="scale"):
         batch.predict(folder, dataset=data, out=tmp_path / "o2", scale=0.5, progress=False)
+
+
+def test_a_unet_of_class_maps_counts_its_foreground_objects(tmp_path):
+    from smearlab.classification.model import build_classifier, save_classifier
+    from smearlab.segmentation.train import train_unet
+    from smearlab.segmentation.unet import UNet, save_unet
+    ds = make_dataset(4, seed=5, width=96, height=96)
+    torch.manual_seed(0)
+    unet = UNet(3, len(ds.semantic_names), base=4, depth=2)
+    train_unet(unet, ds, epochs=2, batch_size=4, size=96, device="cpu", progress=False)
+    folder = save_unet(unet, tmp_path / "unet", class_names=ds.semantic_names)
+    for i, s in enumerate(ds):
+        write_image(tmp_path / "imgs" / f"im{i}.png", s.image)
+    s = batch.predict(folder, [tmp_path / "imgs"], tmp_path / "out", progress=False)
+    assert s["classes"] == ["object"] and s["predicted"] == 4 and s["failed"] == 0
+    assert (tmp_path / "out" / "counts.csv").is_file()
+    # a classifier folder alone is not something to count with
+    save_classifier(build_classifier(["a", "b"], width=4), tmp_path / "clf")
+    with pytest.raises(DataError, match="classifier model folder"):
+        batch.predict(tmp_path / "clf", [tmp_path / "imgs"], tmp_path / "o2", progress=False)
