@@ -46,6 +46,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from _common import RESULTS, save_result  # noqa: E402
@@ -169,6 +170,42 @@ def rejudge(path: Path) -> dict:
     return result
 
 
+#: Training recipes compared for the within-domain classifier (width, steps), chosen per domain on
+#: a validation fifth of its training split, never on its test split.
+WITHIN_CANDIDATES = ((16, 250), (16, 500), (32, 500))
+
+
+def within_domain(domains: dict, settings: dict, device: str) -> dict:
+    """Per domain: the recipe of :data:`WITHIN_CANDIDATES` with the best macro F1 on a validation
+    fifth of the training split (seed 0), then that recipe trained on the whole training split
+    with every seed and scored on the test split (the same split as the adaptation table)."""
+    from smearlab.classification.model import build_classifier
+    from smearlab.classification.predict import predict_classes
+    from smearlab.classification.train import fit
+    from smearlab.metrics.classification import classification_report
+
+    def score(train, test, width, steps, seed):
+        torch.manual_seed(seed)
+        clf = build_classifier(train.class_names, width=width, norm=settings["norm"], input_size=train.size)
+        fit(clf, train, steps=steps, batch_size=settings["batch_size"], lr=settings["lr"], device=device, seed=seed)
+        return classification_report(test.labels, predict_classes(clf, test, device=device), test.class_names)["macro"]["f1"]
+
+    out = {}
+    for name, d in domains.items():
+        keep = [c for c, n in d.class_counts().items() if n >= 5]  # classes with a few crops in every split
+        train, test = d.restrict(keep).split(settings["test_fraction"], settings["split_seed"])
+        inner, val = train.split(0.2, 0)
+        chosen = {f"{w}x{n}": round(score(inner, val, w, n, 0), 4) for w, n in WITHIN_CANDIDATES}
+        best = max(chosen, key=chosen.get)
+        w, n = (int(v) for v in best.split("x"))
+        f1 = [score(train, test, w, n, seed) for seed in settings["seeds"]]
+        out[name] = {"classes": keep, "validation_f1": chosen, "recipe": {"width": w, "steps": n},
+                     "test_f1": round(float(np.mean(f1)), 4), "test_f1_std": round(float(np.std(f1)), 4),
+                     "seeds": list(settings["seeds"])}
+        print(f"{name}: validation {chosen} -> {best}; test macro F1 {np.mean(f1):.3f} ± {np.std(f1):.3f}", flush=True)
+    return out
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
@@ -176,7 +213,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--pbc", type=Path, default=DATA / "pbc_subset", help="the PBC subset folder")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--part", choices=("all", "zheng", "synthetic"), default="all",
+    ap.add_argument("--part", choices=("all", "zheng", "synthetic", "within"), default="all",
                     help="run only the real-data or the synthetic half and merge it into the existing JSON")
     ap.add_argument("--rejudge", action="store_true",
                     help="train nothing: recompute the goal checks of the existing JSON from its numbers")
@@ -214,6 +251,9 @@ def main(argv=None) -> dict:
                                    "pbc": real["d1_to_pbc"]["oracle_f1"]}
         result["augment_switch"] = augment_switch((d1, d2), pbc, settings, str(dev))
         result["real_seconds"] = round(time.perf_counter() - t1, 1)
+    if args.part == "within":
+        d1, d2 = domain_pair(args.zheng, p["size"], source="boxes", pad=0.1, domains=("dataset1", "dataset2"))
+        result["within_domain_recipe"] = within_domain({"dataset1": d1, "dataset2": d2}, settings, str(dev))
     if args.part in ("all", "synthetic"):
         a, b = domain_pair("synthetic", p["size"], n=p["n_synthetic"], seed=0)
         result["synthetic"] = directions(a, b, settings, str(dev))
@@ -221,12 +261,15 @@ def main(argv=None) -> dict:
         old = RESULTS / "domain_adaptation.json"
         if old.is_file():
             prev = json.loads(old.read_text())
-            drop = ("synthetic",) if args.part == "synthetic" else ("d1_to_d2", "d2_to_d1", "d1_to_pbc", "d2_to_pbc",
-                                                                   "central_check", "within_domain", "augment_switch")
+            drop = {"synthetic": ("synthetic",), "within": ("within_domain_recipe",)}.get(
+                args.part, ("d1_to_d2", "d2_to_d1", "d1_to_pbc", "d2_to_pbc", "central_check", "within_domain",
+                            "augment_switch"))
             result = {**{k: v for k, v in prev.items() if k not in result and k not in drop}, **result}
             result[f"{args.part}_command_date"] = time.strftime("%Y-%m-%d")
     result["goal"] = goal_summary(result)
     result[f"{args.part}_seconds"] = round(time.perf_counter() - t0, 1)
+    result[f"{args.part}_command"] = " ".join(["python benchmarks/domain_adaptation.py",
+                                               *(sys.argv[1:] if argv is None else argv)])
     out = save_result("domain_adaptation", result, argv)
     print(f"\ngoal: {json.dumps(result['goal'])}; {result[f'{args.part}_seconds']} s -> {out}")
     return result

@@ -322,7 +322,8 @@ def _count_error(truth, names, records, class_names, mapping) -> dict:
 def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path = (), out: str | Path = "predictions",
             *, dataset: str | Path | None = None, pattern: str = "**/*", device: str = "auto",
             batch_size: int = 1, scale: float | str | None = None, tile: int | str | None = "auto",
-            score: float | None = None, overlays: bool = False, progress: bool = True) -> dict:
+            score: float | None = None, overlays: bool = False, progress: bool = True,
+            pixel_size: float | None = None) -> dict:
     """Predict every image of ``inputs`` (or of ``dataset``) with the detector in ``model_folder``
     and write per-image results, counts and exports into ``out`` (see the module docstring).
 
@@ -355,6 +356,9 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
         (:data:`DEFAULT_SCORE` when the folder has none).
     overlays : also write ``overlays/<image>.png``.
     progress : progress bar with images/s.
+    pixel_size : the new images' pixel size in micrometres: they are resized to the training
+        scale by ``pixel_size / pixel_size_um`` of the model's config (which must record it;
+        instead of ``scale``).
 
     Returns
     -------
@@ -391,12 +395,22 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
 
     if kind == "unet":
         return _predict_instances(folder, items, Path(out), truth=truth, dataset=dataset, device=device,
-                                  scale=scale, tile=tile, score=score, overlays=overlays, progress=progress)
+                                  scale=scale if pixel_size is None else pixel_size, tile=tile, score=score,
+                                  overlays=overlays, progress=progress)
     cascade = load_cascade(folder, device=device) if kind == "cascade" else None
     model = cascade.detector if cascade is not None else load_model(folder, device=device)
     types = cascade.types if cascade is not None else None
     cfg = model.detector_config
     class_names = list(cfg.class_names)
+    if pixel_size is not None:
+        if scale is not None:
+            raise ValueError("give a pixel size or a scale, not both")
+        if not cfg.pixel_size_um:
+            raise DataError(folder / "config.json", "the model does not record its training pixel size "
+                                                    "(pixel_size_um); give --scale (a number or 'auto') instead")
+        if not float(pixel_size) > 0:
+            raise ValueError(f"pixel_size must be a positive number of micrometres, got {pixel_size!r}")
+        scale = float(pixel_size) / float(cfg.pixel_size_um)
     if tile == "auto":
         tile = "auto" if scale is None else None
     elif tile is not None and not (isinstance(tile, int) and tile > 0):

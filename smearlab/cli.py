@@ -153,7 +153,7 @@ def _predict(args) -> int:
             tile = int(tile)
         except ValueError:
             return _error(f"--tile must be 'auto', 'none' or a number of pixels, got {args.tile!r}")
-    if scale is not None and args.tile == "auto":
+    if (scale is not None or args.pixel_size is not None) and args.tile == "auto":
         tile = None
     from .batch import predict
 
@@ -163,7 +163,8 @@ def _predict(args) -> int:
             torch.set_num_threads(args.threads)
         s = predict(args.model, args.inputs, args.out, dataset=args.dataset, pattern=args.glob,
                     device=args.device, batch_size=args.batch_size, scale=scale, tile=tile,
-                    score=args.score, overlays=args.overlays, progress=not args.no_progress)
+                    score=args.score, overlays=args.overlays, progress=not args.no_progress,
+                    pixel_size=args.pixel_size)
     except ValueError as e:  # DataError: the file and the problem
         return _error(e)
     except OSError as e:
@@ -251,6 +252,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--threads", type=int, metavar="N", help="CPU threads (default one per core)")
     pr.add_argument("--scale", help="'auto': zoom each image to the training magnification from its cells; "
                                     "a number: zoom every image by it")
+    pr.add_argument("--pixel-size", type=float, metavar="UM",
+                    help="the images' pixel size in micrometres: zoom them to the training scale (the model "
+                         "must record its own, DetectorConfig.pixel_size_um)")
     pr.add_argument("--tile", default="auto", metavar="auto|PX|none",
                     help="'auto' (default): cut fields much larger than the training images into tiles of "
                          "their size; PX: tiles of PX pixels for every image; 'none': whole images")

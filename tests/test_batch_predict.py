@@ -307,3 +307,21 @@ def test_a_unet_of_class_maps_counts_its_foreground_objects(tmp_path):
     save_classifier(build_classifier(["a", "b"], width=4), tmp_path / "clf")
     with pytest.raises(DataError, match="classifier model folder"):
         batch.predict(tmp_path / "clf", [tmp_path / "imgs"], tmp_path / "o2", progress=False)
+
+
+def test_a_known_pixel_size_resizes_to_the_training_scale(trained, tmp_path):
+    import shutil
+    folder = tmp_path / "model"
+    shutil.copytree(trained["model"], folder)
+    with pytest.raises(DataError, match="pixel_size_um"):
+        batch.predict(folder, [trained["images"]], tmp_path / "a", pixel_size=0.1, progress=False)
+    cfg = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**cfg, "pixel_size_um": 0.2}))
+    s = batch.predict(folder, [trained["images"]], tmp_path / "b", pixel_size=0.1, score=0.3, progress=False)
+    assert s["predicted"] == 4
+    run = json.loads((tmp_path / "b" / "run.json").read_text())
+    assert run["scale"] == pytest.approx(0.5) and run["tile"] is None    # pixels half as large: halved
+    with pytest.raises(ValueError, match="not both"):
+        batch.predict(folder, [trained["images"]], tmp_path / "c", pixel_size=0.1, scale=0.5, progress=False)
+    assert main(["predict", str(folder), str(trained["images"]), "--out", str(tmp_path / "d"), "--pixel-size", "0.1",
+                 "--score", "0.3", "--no-progress"]) == 0

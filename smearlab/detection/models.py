@@ -115,6 +115,9 @@ class DetectorConfig:
     train_image_size : ``(height, width)``, the median size in pixels of the training images (or
         tiles), set by training: a field much larger than that is cut into tiles of this size
         (``smearlab predict``'s automatic tiling, :func:`auto_tile`).
+    pixel_size_um : the training images' pixel size in micrometres, when the user knows it:
+        new images of a known pixel size are then resized to the training scale
+        (``smearlab predict --pixel-size``), with no estimate from the cells.
     """
 
     arch: str = "fasterrcnn_mobilenet"
@@ -134,6 +137,7 @@ class DetectorConfig:
     extra: dict[str, Any] = field(default_factory=dict)
     object_sizes: dict[str, dict[str, float]] | None = None
     train_image_size: Sequence[int] | None = None
+    pixel_size_um: float | None = None
 
     def __post_init__(self):
         self.class_names = [str(c) for c in self.class_names]
@@ -147,6 +151,8 @@ class DetectorConfig:
             raise ValueError(f"in_channels must be 1 or 3, got {self.in_channels}")
         if self.weights_path is not None:
             self.weights_path = str(self.weights_path)
+        if self.pixel_size_um is not None and not float(self.pixel_size_um) > 0:
+            raise ValueError(f"pixel_size_um must be a positive number of micrometres, got {self.pixel_size_um!r}")
         self.extra = dict(self.extra or {})
 
     @property
