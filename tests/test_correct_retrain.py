@@ -135,3 +135,15 @@ def test_qupath_loader_counts_bad_features_and_files(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no .geojson"):
         load(tmp_path / "empty", format="qupath")
+
+
+def test_notebook_09_counts_with_notebook_03s_best_model(tmp_path):
+    from smearlab.experiments.counting import earlier_model
+    run = tmp_path / "report"
+    (run / "03_detection" / "tiny_frozen_backbone" / "final").mkdir(parents=True)
+    (run / "03_detection" / "tiny_frozen_backbone" / "final" / "config.json").write_text("{}")
+    assert earlier_model(run / "09_counting") is None                      # 03 recorded nothing yet
+    (run / "03_detection.metrics.json").write_text(json.dumps({"best": "tiny, frozen backbone"}))
+    assert earlier_model(run / "09_counting") == run / "03_detection" / "tiny_frozen_backbone" / "final"
+    (run / "03_detection.metrics.json").write_text(json.dumps({"best": "gone"}))
+    assert earlier_model(run / "09_counting") is None

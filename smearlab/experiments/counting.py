@@ -19,14 +19,41 @@ from ..export import export_coco_gt, file_names
 from .detection import fit_and_evaluate
 
 
-def counting_model(model, splits: dict[str, SmearDataset], s, out, *, seed: int = 0, device="auto",
-                   progress: bool = False) -> Path:
-    """The detector folder to count with: ``model`` when the user names one, else a detector
-    trained here on ``splits["train"]`` (thresholds tuned on ``splits["val"]``).
+def earlier_model(out) -> Path | None:
+    """The best detector notebook 03 saved in the same report run, or None.
+
+    In a report run every notebook writes into ``<run>/<notebook>/`` and its metrics into
+    ``<run>/<notebook>.metrics.json``; notebook 03 names its best run (``best``) and saves each
+    run's model folder as ``03_detection/<run name>/final``. Both notebooks read the same
+    dataset with the same splits, so 09 can count with what 03 trained.
 
     Parameters
     ----------
-    model : a saved detector folder, or None to train one.
+    out : notebook 09's output folder (``<run>/09_counting``).
+    """
+    run = Path(out).parent
+    metrics = run / "03_detection.metrics.json"
+    if not metrics.is_file():
+        return None
+    try:
+        best = json.loads(metrics.read_text(encoding="utf-8")).get("best")
+    except (OSError, ValueError):
+        return None
+    if not isinstance(best, str):
+        return None
+    folder = run / "03_detection" / best.replace(" ", "_").replace(",", "") / "final"
+    return folder if (folder / "config.json").is_file() else None
+
+
+def counting_model(model, splits: dict[str, SmearDataset], s, out, *, seed: int = 0, device="auto",
+                   progress: bool = False) -> Path:
+    """The detector folder to count with: ``model`` when the user names one, else the best model
+    notebook 03 saved in the same report run (:func:`earlier_model`), else a detector trained
+    here on ``splits["train"]`` (thresholds tuned on ``splits["val"]``).
+
+    Parameters
+    ----------
+    model : a saved detector folder, or None (notebook 03's, else one trained here).
     splits : ``{"train", "val", "test"}`` datasets.
     s : the notebook's settings: ``arch``, ``epochs``, ``input_size``, ``recipe``.
     out : folder the trained model is saved under (``<out>/model/final``).
@@ -39,6 +66,9 @@ def counting_model(model, splits: dict[str, SmearDataset], s, out, *, seed: int 
     """
     if model is not None:
         return Path(model)
+    earlier = earlier_model(out)
+    if earlier is not None:
+        return earlier
     classes = splits["train"].class_names
     cfg = DetectorConfig(arch=s.arch, class_names=classes, min_size=s.input_size,
                          max_size=int(s.input_size * 4 / 3) + 1)
