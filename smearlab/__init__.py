@@ -3,8 +3,9 @@ __version__ = "0.1.0"
 
 
 def predict(model_folder, inputs=(), out="predictions", **options):
-    """Apply a saved detector to new images and write per-image results, counts and exports:
-    :func:`smearlab.batch.predict` (what ``smearlab predict`` runs)."""
+    """Apply a saved model (a detector, a detector + white-cell classifier cascade, or a U-Net) to
+    new images and write per-image results, counts and exports: :func:`smearlab.batch.predict`
+    (what ``smearlab predict`` runs)."""
     from .batch import predict as _predict
 
     return _predict(model_folder, inputs, out, **options)

@@ -234,8 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "annotations/instances_<split>.json, <split>/_annotations.coco.json)")
     d.add_argument("--show-skips", type=int, default=20, help="how many skipped records to list")
     d.set_defaults(func=_data)
-    pr = sub.add_parser("predict", help="apply a saved detector to new images: per-image JSON, counts.csv, "
-                                        "COCO and QuPath exports",
+    pr = sub.add_parser("predict", help="apply a saved model (detector, detector + classifier cascade, U-Net) to "
+                                        "new images: per-image JSON, counts.csv, COCO and QuPath exports",
                         description="Predict every image with a saved model folder and write per-image results,\n"
                                     "counts and exports into --out. A re-run into the same --out skips the images\n"
                                     "already done; an image that cannot be read is listed, never fatal.",
