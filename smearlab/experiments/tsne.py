@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..classification.adapt import adapt_batchnorm
 from ..classification.crops import CropDataset, shared_classes
 from ..classification.embed import cnn_embedding, pixel_embedding, separability_table, tsne
 from ..classification.model import DANN, build_classifier
@@ -20,6 +21,9 @@ from .domain_adaptation import domain_pair
 from .profiles import dataset_label
 
 SOURCE_ONLY, ADAPTED, PIXELS = "CNN source only", "CNN DANN", "pixels (PCA)"
+#: The embedding of the AdaBN baseline: a batch-norm twin of the source-only model, each domain
+#: embedded with its own batch-norm statistics (the target's re-estimated without labels).
+ADABN = "CNN AdaBN"
 
 
 @dataclass
@@ -32,9 +36,9 @@ class EmbeddingComparison:
     classes : the classes both domains share (the only ones trained on and embedded).
     source_test, target_test : the held-out half of each domain's crops.
     held_out : both held-out halves together (source first), the points of every embedding.
-    f1 : macro F1 per classifier and test domain: ``{"source only" | "DANN": {"source" | "target": f1}}``.
-    features : per embedding (:data:`PIXELS`, :data:`SOURCE_ONLY`, :data:`ADAPTED`) the ``(N, D)``
-        features of ``held_out``.
+    f1 : macro F1 per classifier and test domain: ``{"source only" | "DANN" | "AdaBN": {"source" | "target": f1}}``.
+    features : per embedding (:data:`PIXELS`, :data:`SOURCE_ONLY`, :data:`ADAPTED`, :data:`ADABN`) the
+        ``(N, D)`` features of ``held_out``.
     separability : per embedding, :func:`~smearlab.classification.embed.separability`'s figures
         (``linear_domain_accuracy``, ``chance``, ``silhouette`` ...).
     maps : per embedding, the ``(N, 2)`` t-SNE map.
@@ -114,12 +118,21 @@ def compare_embeddings(dataset, s, *, source: str | None = None, target: str | N
     torch.manual_seed(seed)
     dann = DANN(build_classifier(classes, width=s.width, norm="group", input_size=s.input_size))
     train_dann(dann, src_train, tgt_train, steps=s.steps, batch_size=32, device=device, seed=seed)
-    f1 = {name: {split: classification_report(d.labels, predict_classes(m, d, device=device).labels, classes)["macro"]["f1"]
-                 for split, d in (("source", src_test), ("target", tgt_test))}
+    torch.manual_seed(seed)
+    bn = build_classifier(classes, width=s.width, norm="batch", input_size=s.input_size)
+    train_classifier(bn, src_train, steps=s.steps, batch_size=32, device=device, seed=seed)
+    bn_target = adapt_batchnorm(bn, tgt_train, device=device)
+
+    def f1_of(model, d):
+        return classification_report(d.labels, predict_classes(model, d, device=device).labels, classes)["macro"]["f1"]
+    f1 = {name: {split: f1_of(m, d) for split, d in (("source", src_test), ("target", tgt_test))}
           for name, m in (("source only", source_only), ("DANN", dann.classifier))}
+    f1["AdaBN"] = {"source": f1_of(bn, src_test), "target": f1_of(bn_target, tgt_test)}
     features = {PIXELS: pixel_embedding(held_out, 50, seed=seed),
                 SOURCE_ONLY: cnn_embedding(source_only, held_out, device=device),
-                ADAPTED: cnn_embedding(dann.classifier, held_out, device=device)}
+                ADAPTED: cnn_embedding(dann.classifier, held_out, device=device),
+                ADABN: np.concatenate([cnn_embedding(bn, src_test, device=device),
+                                       cnn_embedding(bn_target, tgt_test, device=device)])}
     sep = separability_table(features, held_out.domains, seed=seed)
     p = min(perplexity, (len(held_out) - 1) // 3)
     maps = {name: tsne(x, perplexity=p, seed=seed) for name, x in features.items()}
@@ -142,4 +155,5 @@ def tsne_record(dataset, result: EmbeddingComparison) -> dict[str, Any]:
                              for k, v in result.separability.items()},
             "separability_drop": drop, "silhouette_drop": silhouette_drop,
             "source_only_target_f1": result.f1["source only"]["target"], "dann_target_f1": result.f1["DANN"]["target"],
+            "adabn_target_f1": result.f1["AdaBN"]["target"],
             "perplexity": result.perplexity}
