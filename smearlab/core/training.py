@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from tqdm.auto import tqdm
+
 from .errors import DataError
 
 #: The clock of :class:`TimeBudget` (tests replace it).
@@ -243,8 +245,6 @@ def step_loop(step, total_steps: int, *, record_every: int, optimizer=None, lr_a
         one record per ``record_every`` steps and one at the end: ``step``, the step numbers
         averaged, ``lr`` (with ``lr_at``) and ``seconds`` since the start.
     """
-    from tqdm.auto import tqdm
-
     history = History() if history is None else history
     every = max(1, int(record_every))
 

@@ -18,9 +18,11 @@ from typing import Any
 from ..core.errors import DataError
 from ..core.training import History
 from ..data.sample import SmearDataset
+from ..metrics.detection import count_matrix
 from .models import load_model, save_model
 from .predict import predict
 from .train import TrainConfig, default_evaluate, remap_dataset, train_detector
+from .tune import Thresholds
 
 log = logging.getLogger("smearlab.detection.finetune")
 
@@ -62,7 +64,8 @@ def fine_tune(model_folder, corrected: SmearDataset, train: SmearDataset | None 
     model keeps what it knew); classes are matched to the model's by name. The recipe is the
     one the folder was trained with (its ``train_config.json``: optimiser, batch size, schedule,
     warm-up, clipping), over ``epochs`` epochs at ``lr_scale`` times its peak learning rate: a
-    trained model is moved, not retrained.
+    trained model is moved, not retrained (its warm-up is also capped at 10 steps: the weights are
+    already trained).
 
     Parameters
     ----------
@@ -137,14 +140,13 @@ def compare_models(before, after, test: SmearDataset, *, device: str = "auto") -
         ``count_error`` (mean over images and classes of ``|predicted - true| / max(true, 1)``
         at each model's own thresholds, 0.5 where it has none).
     """
-    from ..metrics.detection import count_matrix
     out = {}
     for name, m in (("before", before), ("after", after)):
         model = load_model(m, device=device) if isinstance(m, (str, Path)) else m
         raw = predict(model, test, device=device, progress=False)
         coco = default_evaluate(test, raw)
         th = getattr(model, "thresholds", None)
-        kept = predict(model, test, device=device, progress=False, thresholds="model") if th else raw
+        kept = Thresholds(**th).apply(raw) if th else raw  # the model's thresholds on the same raw boxes
         true, pred = count_matrix(test, kept, 0.0 if th else 0.5)
         err = float((abs(pred - true) / true.clip(min=1)).mean()) if true.size else None
         out[name] = {"mAP50": coco["mAP50"], "mAP": coco["mAP"], "count_error": err}

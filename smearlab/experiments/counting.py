@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Sequence
 
+from ..core.files import write_json
 from ..data import load
 from ..data.sample import SmearDataset
 from ..detection.models import DetectorConfig
@@ -163,11 +164,8 @@ def corrections_from_truth(run_out, dataset_path, images: Sequence[str], path) -
             x0, y0, x1, y1 = box
             anns.append({"id": len(anns) + 1, "image_id": im["id"], "category_id": cats[ds.class_names[lab]],
                          "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps({"images": keep, "annotations": anns, "categories": coco["categories"]}),
-                   encoding="utf-8")
-    return out
+    write_json(path, {"images": keep, "annotations": anns, "categories": coco["categories"]})
+    return Path(path)
 
 
 def counting_record(dataset, summary: dict, before_after: dict | None, reviewed: int) -> dict:
