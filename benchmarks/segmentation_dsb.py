@@ -27,7 +27,9 @@ training and 10 test images, stratified by the three looks of ``SUBSET_IMAGES.ts
   distance-transform watershed of the predicted foreground), each trained for
   ``--selection-budget`` minutes on 16 training images and scored on the other 4 (validation,
   one per look at least); the better one is trained again for ``--learned-budget`` minutes on the
-  16 and its thresholds tuned on the 4, then scored on the test images.
+  16 and its thresholds tuned on the 4, then scored on the test images. Both variants may average
+  the network's output over the eight flips and quarter turns of each image (test-time
+  augmentation), a choice made on the validation images like the thresholds.
 * Classical: Otsu / Li / adaptive threshold + connected components and the distance-transform
   watershed at a few ``min_distance`` values (:mod:`smearlab.segmentation.classical`); the best by mean DSB
   metric on the *training* images is reported on the test images.
@@ -269,11 +271,14 @@ def train_learned(fit, val, variant: str, minutes: float, device, seed: int):
     t0 = time.perf_counter()
     train_instance_unet(model, fit, None, cfg, progress=True)
     train_s = time.perf_counter() - t0
-    probs = [predict_probabilities(model, s.image, device=device) for s in val]
     if variant == "boundary":
         th, score = tune_thresholds(model, val, device=device)
         return model, ("boundary", th), score, train_s
-    scores = {d: dsb_score(val, [_foreground_instances(p, d) for p in probs], kind="masks") or 0.0 for d in (3, 5, 8)}
+    scores = {}
+    for tta in (False, True):  # the flip average is a choice of both variants
+        probs = [predict_probabilities(model, s.image, device=device, tta=tta) for s in val]
+        for d in (3, 5, 8):
+            scores[(d, tta)] = dsb_score(val, [_foreground_instances(p, d) for p in probs], kind="masks") or 0.0
     best = max(scores, key=scores.get)
     return model, ("foreground", best), scores[best], train_s
 
@@ -285,9 +290,13 @@ def predict_learned(model, post, ds, device) -> tuple[list[dict], float]:
     t0 = time.perf_counter()
     out = []
     for s in ds:
-        probs = predict_probabilities(model, s.image, device=device)
-        out.append(probabilities_to_instances(probs, post[1]) if post[0] == "boundary"
-                   else _foreground_instances(probs, post[1]))
+        if post[0] == "boundary":
+            out.append(probabilities_to_instances(predict_probabilities(model, s.image, device=device,
+                                                                        tta=post[1].tta), post[1]))
+        else:
+            min_distance, tta = post[1]
+            out.append(_foreground_instances(predict_probabilities(model, s.image, device=device, tta=tta),
+                                             min_distance))
     return out, (time.perf_counter() - t0) / len(ds)
 
 

@@ -69,6 +69,37 @@ def test_tiled_probabilities_have_no_seams():
     assert small.shape == (3, 20, 30)
 
 
+class _ShiftModel(torch.nn.Module):
+    """A network that is not symmetric (a 3x3 convolution of fixed, lopsided weights)."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = {"depth": 2}
+        self.conv = torch.nn.Conv2d(1, 3, 3, padding=1)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.arange(27, dtype=torch.float32).reshape(3, 1, 3, 3) / 10)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_flip_average_is_symmetric_and_exact_for_a_symmetric_network():
+    img = (np.random.default_rng(1).random((40, 56)) * 255).astype(np.uint8)
+    lopsided = _ShiftModel().eval()
+    plain = predict_probabilities(lopsided, img, tile=64, overlap=16)
+    avg = predict_probabilities(lopsided, img, tile=64, overlap=16, tta=True)
+    assert avg.shape == (3, 40, 56) and not np.allclose(plain, avg, atol=1e-3)
+    np.testing.assert_allclose(avg.sum(0), 1.0, atol=1e-5)
+    # the average over the eight orientations no longer depends on the image's orientation
+    turned = predict_probabilities(lopsided, np.rot90(img).copy(), tile=64, overlap=16, tta=True)
+    np.testing.assert_allclose(np.rot90(avg, axes=(1, 2)), turned, atol=1e-5)
+    flipped = predict_probabilities(lopsided, img[:, ::-1].copy(), tile=64, overlap=16, tta=True)
+    np.testing.assert_allclose(avg[:, :, ::-1], flipped, atol=1e-5)
+    pixel = _PixelModel().eval()  # a per-pixel network gives the same either way
+    np.testing.assert_allclose(predict_probabilities(pixel, img, tta=True), predict_probabilities(pixel, img),
+                               atol=1e-5)
+
+
 def _field(look: str, seed: int = 0, hw=(96, 96)):
     """Discs on a plain field: bright on dark (fluorescence) or dark on bright (bright-field)."""
     rng = np.random.default_rng(seed)
