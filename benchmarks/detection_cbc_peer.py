@@ -13,11 +13,15 @@ validation during training off; ``time=`` gives it the same budget in hours, whi
 turns into a number of epochs after the first one. Its predictions (confidence floor 0.001, as
 COCO scoring expects ranked detections) are scored like smearlab's. Writes
 ``benchmarks/results/detection_cbc_peer.json``: one row per budget with ``smearlab`` and
-``yolov8n`` (``mAP50``, ``mAP``, AP50 and AP per class, ``epochs``, ``train_s``) and their ratio.
+``yolov8n`` (``mAP50``, ``mAP``, AP50 and AP per class, ``epochs``, ``train_s``) and their ratio,
+each with its date. Rows of budgets not run this time are kept from the file, with the date and
+command they were measured with, so the budgets can be run in separate sessions.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
+import json
 import os
 import sys
 import tempfile
@@ -28,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from _common import save_result  # noqa: E402
+from _common import RESULTS, save_result  # noqa: E402
 from detection_cbc import DEFAULT_DATA, run  # noqa: E402
 
 from smearlab.data.formats import yolo  # noqa: E402
@@ -82,9 +86,16 @@ def main(argv=None):
             rows.append({"budget_min": budget, "smearlab": {k: ours[k] for k in ("mAP50", "mAP", "epochs", "train_s")}
                          | {"per_class": ours["per_class"]}, "yolov8n": peer,
                          "ratio_mAP50": round(ours["mAP50"] / peer["mAP50"], 3) if peer["mAP50"] else None,
-                         "ratio_mAP": round(ours["mAP"] / peer["mAP"], 3) if peer["mAP"] else None})
+                         "ratio_mAP": round(ours["mAP"] / peer["mAP"], 3) if peer["mAP"] else None,
+                         "date": datetime.date.today().isoformat()})
             print(f"{budget:4.0f} min: smearlab mAP50 {ours['mAP50']:.3f} mAP {ours['mAP']:.3f} ({ours['epochs']} epochs) | "
                   f"YOLOv8n mAP50 {peer['mAP50']:.3f} mAP {peer['mAP']:.3f} ({peer['epochs']} epochs)", flush=True)
+    previous = RESULTS / "detection_cbc_peer.json"
+    if previous.is_file():  # keep the rows of the budgets not run this time
+        prev = json.loads(previous.read_text(encoding="utf-8"))
+        kept = [{"date": prev.get("date"), "command": prev.get("command"), **r} for r in prev.get("rows", [])
+                if r["budget_min"] not in args.budgets]
+        rows = sorted(kept + rows, key=lambda r: r["budget_min"])
     import ultralytics
     out = save_result("detection_cbc_peer", {"rows": rows, "ultralytics": ultralytics.__version__, "device": "cpu",
                                              "load_average_before": load_before,
