@@ -145,5 +145,10 @@ def test_notebook_09_counts_with_notebook_03s_best_model(tmp_path):
     assert earlier_model(run / "09_counting") is None                      # 03 recorded nothing yet
     (run / "03_detection.metrics.json").write_text(json.dumps({"best": "tiny, frozen backbone"}))
     assert earlier_model(run / "09_counting") == run / "03_detection" / "tiny_frozen_backbone" / "final"
+    folder = run / "03_detection" / "tiny_frozen_backbone" / "final"
+    (folder / "config.json").write_text(json.dumps({"class_names": ["RBC", "WBC", "Platelets"]}))
+    assert earlier_model(run / "09_counting", ["RBC", "WBC", "Platelets"]) == folder
+    assert earlier_model(run / "09_counting", ["WBC", "RBC", "Platelets"]) is None  # another class order
+    assert earlier_model(run / "09_counting", ["ring", "trophozoite"]) is None       # 03 ran on other data
     (run / "03_detection.metrics.json").write_text(json.dumps({"best": "gone"}))
     assert earlier_model(run / "09_counting") is None

@@ -8,6 +8,7 @@ is never corrected and scores the model before and after it learns from the corr
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -17,20 +18,24 @@ from ..data.sample import SmearDataset
 from ..detection.models import DetectorConfig
 from ..detection.train import TrainConfig
 from ..export import export_coco_gt, file_names
-from .detection import fit_and_evaluate
+
+log = logging.getLogger("smearlab.experiments.counting")
+from .detection import fit_and_evaluate, run_folder
 
 
-def earlier_model(out) -> Path | None:
+def earlier_model(out, class_names=None) -> Path | None:
     """The best detector notebook 03 saved in the same report run, or None.
 
     In a report run every notebook writes into ``<run>/<notebook>/`` and its metrics into
     ``<run>/<notebook>.metrics.json``; notebook 03 names its best run (``best``) and saves each
     run's model folder as ``03_detection/<run name>/final``. Both notebooks read the same
-    dataset with the same splits, so 09 can count with what 03 trained.
+    dataset with the same splits, so 09 can count with what 03 trained. A model of other classes
+    (03 run on another dataset) is not used: a warning says so and None is returned.
 
     Parameters
     ----------
     out : notebook 09's output folder (``<run>/09_counting``).
+    class_names : the classes 09 counts, in order (None: not checked).
     """
     run = Path(out).parent
     metrics = run / "03_detection.metrics.json"
@@ -42,8 +47,19 @@ def earlier_model(out) -> Path | None:
         return None
     if not isinstance(best, str):
         return None
-    folder = run / "03_detection" / best.replace(" ", "_").replace(",", "") / "final"
-    return folder if (folder / "config.json").is_file() else None
+    folder = run / "03_detection" / run_folder(best) / "final"
+    if not (folder / "config.json").is_file():
+        return None
+    if class_names is not None:
+        try:
+            saved = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("class_names")
+        except (OSError, ValueError):
+            saved = None
+        if saved != list(class_names):
+            log.warning("%s: notebook 03's model has classes %s, not %s; training a model here instead",
+                        folder, saved, list(class_names))
+            return None
+    return folder
 
 
 def counting_model(model, splits: dict[str, SmearDataset], s, out, *, seed: int = 0, device="auto",
@@ -67,7 +83,7 @@ def counting_model(model, splits: dict[str, SmearDataset], s, out, *, seed: int 
     """
     if model is not None:
         return Path(model)
-    earlier = earlier_model(out)
+    earlier = earlier_model(out, splits["train"].class_names)
     if earlier is not None:
         return earlier
     classes = splits["train"].class_names

@@ -177,6 +177,16 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def run_folder(name: str) -> str:
+    """The folder name of a run of :func:`compare_detectors` under its ``out`` folder.
+
+    Parameters
+    ----------
+    name : the run's name (``s.runs``).
+    """
+    return name.replace(" ", "_").replace(",", "")
+
+
 def compare_detectors(splits: dict[str, SmearDataset], s, *, seed: int = 0, device="auto", out=None,
                       tile: int | None = None, progress: bool = False) -> list[DetectionRun]:
     """Train and score each run of the settings ``s`` (notebook 03's comparison).
@@ -203,7 +213,7 @@ def compare_detectors(splits: dict[str, SmearDataset], s, *, seed: int = 0, devi
     for name, arch, frozen in s.runs:
         cfg = DetectorConfig(arch=arch, class_names=classes, min_size=s.input_size,
                              max_size=int(s.input_size * 4 / 3) + 1, freeze_backbone=frozen)
-        run_dir = None if out is None else Path(out) / name.replace(" ", "_").replace(",", "")
+        run_dir = None if out is None else Path(out) / run_folder(name)
         budget = None if getattr(s, "budget_minutes", None) is None else float(s.budget_minutes) * 60
         tcfg = TrainConfig(epochs=s.epochs, **s.recipe, seed=seed, device=device, out_dir=run_dir,
                            time_budget_s=budget)
