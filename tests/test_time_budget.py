@@ -64,6 +64,29 @@ def test_a_slower_machine_later_shortens_the_plan_but_never_lengthens_it_late():
     assert b.after_epoch(7) == 8                      # the plan does not grow back late in the run
 
 
+def test_every_process_follows_the_shared_plan():
+    """Under DDP each rank measures its own speed; ``share`` (rank 0's plan, broadcast) decides."""
+    clock, seen = FakeClock(), []
+
+    def share(plan):
+        seen.append(plan)
+        return 4                                      # what rank 0 planned
+    b = TimeBudget(100, 10, clock=clock, share=share)
+    b.start()
+    for k in range(10):
+        clock.t += 1.0
+        b.after_step(k + 1)
+    assert seen == [10] and b.planned_epochs == 4     # this rank alone would have planned 10
+    clock.t += 0.5
+    assert b.after_epoch(1) == 4 and seen[-1] == 9    # 89.5 s left at 10.5 s an epoch: 1 + 8
+    with pytest.raises(ValueError, match="too small for one epoch"):
+        tiny = TimeBudget(100, 10, clock=clock, share=lambda plan: 0)
+        tiny.start()
+        for k in range(10):
+            clock.t += 1.0
+            tiny.after_step(k + 1)
+
+
 def test_a_budget_too_small_for_one_epoch_is_a_clear_error():
     clock = FakeClock()
     b = TimeBudget(30, 20, clock=clock)

@@ -7,9 +7,9 @@ returning a :class:`History` (the model is trained in place): the detector
 (:func:`smearlab.segmentation.train.train_unet`), the learned instance segmenter
 (:func:`smearlab.segmentation.instances.train_instance_unet`) and the classifier, plain or
 domain-adversarial (:func:`smearlab.classification.train.train_classifier`, ``train_dann``).
-The U-Nets and the classifier run :func:`step_loop`, so that what differs between them is the
-model and its loss; the detector keeps its own epoch loop (distributed training, checkpoints
-and resume). A history is a sequence of records (``history[-1]["loss"]``), one per epoch or
+All of them run :func:`step_loop`, so that what differs between them is the model, its loss and
+what happens at a record (validation, checkpoints): the detector's distributed training,
+checkpoints and resume live in the ``step`` and the hooks it gives the loop. A history is a sequence of records (``history[-1]["loss"]``), one per epoch or
 evaluation, and knows its best record and the run folder it was saved in.
 """
 from __future__ import annotations
@@ -124,10 +124,12 @@ class TimeBudget:
     calibration_steps : steps measured before the first plan (at most one epoch).
     clock : seconds since an arbitrary origin (default: the module's :data:`clock`,
         ``time.monotonic``).
+    share : ``f(plan) -> plan``, applied to every new plan so that several processes follow one
+        (distributed training: rank 0's, broadcast); None for one process.
     """
 
     def __init__(self, seconds: float, steps_per_epoch: int, *, initial_epochs: int = 12,
-                 calibration_steps: int = 6, clock=None):
+                 calibration_steps: int = 6, clock=None, share=None):
         if not seconds > 0:
             raise ValueError(f"time_budget_s must be a positive number of seconds, got {seconds!r}")
         self.seconds = float(seconds)
@@ -135,6 +137,7 @@ class TimeBudget:
         self.planned_epochs = max(1, int(initial_epochs))
         self.calibration_steps = max(2, min(int(calibration_steps), self.steps_per_epoch))
         self.clock = clock or globals()["clock"]
+        self.share = share or (lambda plan: plan)
         self.t0: float | None = None
         self.t_first: float | None = None
         self.step_s: float | None = None
@@ -179,7 +182,7 @@ class TimeBudget:
             return
         self.step_s = (self.clock() - self.t_first) / max(1, steps_done - 1)
         epoch_s = self.step_s * self.steps_per_epoch
-        fit = int(self.seconds // epoch_s)
+        fit = int(self.share(int(self.seconds // epoch_s)))
         if fit < 1:
             raise ValueError(f"a time budget of {self.seconds:.0f} s is too small for one epoch: one epoch is "
                              f"{self.steps_per_epoch} steps of {self.step_s:.2f} s (about {epoch_s:.0f} s) on this "
@@ -203,9 +206,10 @@ class TimeBudget:
         per_epoch = max(sum(self.epoch_s) / len(self.epoch_s), self.epoch_s[-1])
         affordable = epochs_done + max(0, int(self.left_s // per_epoch))
         if epochs_done <= self.planned_epochs / 3:
-            self.planned_epochs = max(epochs_done, affordable)
+            plan = max(epochs_done, affordable)
         else:
-            self.planned_epochs = max(epochs_done, min(self.planned_epochs, affordable))
+            plan = max(epochs_done, min(self.planned_epochs, affordable))
+        self.planned_epochs = int(self.share(plan))
         return self.planned_epochs
 
     def describe(self) -> str:
@@ -214,28 +218,35 @@ class TimeBudget:
 
 
 def step_loop(step, total_steps: int, *, record_every: int, optimizer=None, lr_at=None, on_record=None,
-              budget: TimeBudget | None = None, progress: bool = False, desc: str = "train",
+              after_record=None, budget: TimeBudget | None = None, start_step: int = 0,
+              stop_step: int | None = None, progress: bool = False, desc: str = "train",
               history: History | None = None) -> History:
-    """The training loop the classifier and the U-Nets share: ``total_steps`` calls of ``step``,
-    a record every ``record_every`` steps.
+    """The training loop every task shares: ``total_steps`` calls of ``step``, a record every
+    ``record_every`` steps.
 
     What differs between tasks lives in ``step`` (draw a batch, compute the model's loss,
-    take the optimiser step) and ``on_record`` (validation, checkpoints); the loop owns the
-    learning rate (``lr_at``), the progress bar, the time budget and the records.
+    take the optimiser step), ``on_record`` (validation) and ``after_record`` (checkpoints); the
+    loop owns the learning rate (``lr_at``), the progress bar, the time budget and the records.
 
     Parameters
     ----------
-    step : ``f(i) -> dict`` for step ``i`` (from 0): one optimisation step; returns the step's
-        numbers (``loss`` ...), averaged over the steps of a record.
+    step : ``f(i) -> dict`` for step ``i`` (from ``start_step``): one optimisation step; returns
+        the step's numbers (``loss`` ...), averaged over the steps of a record.
     total_steps : steps of the run (with ``budget``: the plan before the first measurement).
     record_every : steps per record (an epoch, or a fixed count).
-    optimizer : whose parameter groups get ``lr_at``'s learning rate before each step.
+    optimizer : whose parameter groups get ``lr_at``'s learning rate before each step, and whose
+        learning rate the progress bar shows.
     lr_at : ``f(i, total) -> float``, the learning rate of step ``i`` of ``total`` (None: the
         caller's scheduler sets it inside ``step``).
-    on_record : ``f(record) -> dict | None`` after each record is made (its return is merged in).
+    on_record : ``f(record) -> dict | None`` when a record is made, before the budget is refitted
+        (validation; its return is merged in).
+    after_record : ``f(record)`` once the record is in the history (checkpoints, logs).
     budget : a :class:`TimeBudget` whose plan (in records of ``record_every`` steps) replaces
-        ``total_steps``; calibrated on the first steps and refitted after each record.
-    progress : a tqdm progress bar over steps.
+        ``total_steps``; calibrated on the first steps of this run and refitted after each record;
+        the record gains ``planned_epochs`` and ``budget_left_s``.
+    start_step : the step to start from (a resumed run).
+    stop_step : stop after this step although the plan goes on (the schedule is unchanged).
+    progress : a tqdm progress bar over steps, with the last loss, learning rate and budget.
     desc : the bar's label.
     history : the :class:`History` to append to (None: a new one).
 
@@ -247,29 +258,39 @@ def step_loop(step, total_steps: int, *, record_every: int, optimizer=None, lr_a
     """
     history = History() if history is None else history
     every = max(1, int(record_every))
+    start = int(start_step)
 
     def total() -> int:
-        return budget.planned_epochs * every if budget is not None else int(total_steps)
+        n = budget.planned_epochs * every if budget is not None else int(total_steps)
+        return n if stop_step is None else min(n, int(stop_step))
 
     if budget is not None:
         budget.start()
     t0 = time.perf_counter()
     acc: dict[str, list[float]] = {}
-    bar = tqdm(total=total(), desc=desc, unit="step", disable=not progress)
-    i, lr = 0, None
+    bar = tqdm(total=total(), initial=min(start, total()), desc=desc, unit="step", disable=not progress)
+    i, lr = start, None
     try:
         while i < total():
             if lr_at is not None:
                 lr = float(lr_at(i, total()))
                 for g in optimizer.param_groups:
                     g["lr"] = lr
-            for k, v in (step(i) or {}).items():
+            numbers = step(i) or {}
+            for k, v in numbers.items():
                 acc.setdefault(k, []).append(float(v))
             i += 1
-            bar.update(1)
             if budget is not None and not budget.calibrated:
-                budget.after_step(i)
+                budget.after_step(i - start)
                 bar.total = total()
+            if progress:
+                shown = {"loss": f"{numbers['loss']:.3f}"} if "loss" in numbers else {}
+                if optimizer is not None:
+                    shown["lr"] = f"{optimizer.param_groups[0]['lr']:.2g}"
+                if budget is not None:
+                    shown["budget"] = budget.describe()
+                bar.set_postfix(shown, refresh=False)
+            bar.update(1)
             if i % every == 0 or i >= total():
                 rec: dict[str, Any] = {"step": i, **{k: sum(v) / len(v) for k, v in acc.items()}}
                 if lr is not None:
@@ -277,10 +298,13 @@ def step_loop(step, total_steps: int, *, record_every: int, optimizer=None, lr_a
                 acc = {}
                 rec.update((on_record(rec) if on_record is not None else None) or {})
                 rec["seconds"] = time.perf_counter() - t0
-                history.append(rec)
                 if budget is not None and i % every == 0:
-                    budget.after_epoch(i // every)
+                    budget.after_epoch((i - start) // every)
+                    rec.update(planned_epochs=budget.planned_epochs, budget_left_s=round(budget.left_s, 1))
                     bar.total = total()
+                history.append(rec)
+                if after_record is not None:
+                    after_record(rec)
     finally:
         bar.close()
     return history

@@ -1,8 +1,9 @@
 """Training loop for torchvision detectors (references/detection style), resumable and DDP-ready.
 
-``train_detector`` runs a plain loop: mixed precision (``torch.autocast`` + ``GradScaler``) on
-CUDA, a warm-up then cosine / step learning-rate schedule per iteration, gradient clipping, a
-tqdm bar with loss and images/s, and per epoch:
+``train_detector`` runs the loop every task shares (:func:`smearlab.core.training.step_loop`),
+one step per batch and one record per epoch: mixed precision (``torch.autocast`` +
+``GradScaler``) on CUDA, a warm-up then cosine / step learning-rate schedule per iteration,
+gradient clipping, a tqdm bar with the loss, learning rate and time budget, and per epoch:
 
 * ``out_dir/metrics.jsonl`` and ``metrics.csv``: epoch, lr, loss components, images/s,
   validation mAP50 / mAP, time;
@@ -57,12 +58,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, RandomSampler
-from tqdm.auto import tqdm
 
 from ..core.device import resolve_device
 from ..core.errors import DataError
 from ..core.files import atomic_path, write_text
-from ..core.training import History, TimeBudget
+from ..core.training import History, TimeBudget, step_loop
 from ..data import open_dataset
 from ..data.classes import match_classes
 from ..data.sample import SmearDataset
@@ -245,6 +245,14 @@ class _Dist:
     def barrier(self):
         if self.active:
             dist.barrier()
+
+    def share(self, value):
+        """Rank 0's ``value`` on every rank (a picklable object)."""
+        if not self.active:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, 0)
+        return box[0]
 
     def close(self):
         if self.owns_group:
@@ -486,7 +494,7 @@ def _save_torch(obj, path: Path) -> None:
 
 def _write_metrics(out_dir: Path, records: list[dict]) -> None:
     write_text(out_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in records))
-    keys: list[str] = []
+    keys: list[str] = ["epoch"] if any("epoch" in r for r in records) else []  # the first column
     for r in records:
         keys += [k for k in r if k not in keys]
     buf = io.StringIO()
@@ -675,7 +683,7 @@ def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, tr
             optimizer = torch.optim.AdamW(params, lr=tcfg.base_lr, weight_decay=tcfg.weight_decay)
         budget = None
         if tcfg.time_budget_s is not None:
-            budget = TimeBudget(tcfg.time_budget_s, steps_per_epoch, initial_epochs=tcfg.epochs)
+            budget = TimeBudget(tcfg.time_budget_s, steps_per_epoch, initial_epochs=tcfg.epochs, share=dctx.share)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, _lr_lambda(tcfg, steps_per_epoch, (lambda: budget.planned_epochs) if budget else None))
         scaler = _grad_scaler(use_amp)
@@ -712,65 +720,102 @@ def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, tr
         else:
             train_model = net
 
-        def planned() -> int:
-            n = budget.planned_epochs if budget is not None else tcfg.epochs
-            return n if until_epoch is None else max(0, min(n, int(until_epoch)))
-
+        # --- the shared loop: one step per batch, one record per epoch -------------------------
         last_good = out_dir / "last.pt" if out_dir is not None else None
-        epoch = start_epoch
-        if budget is not None:
-            budget.start()
-        while epoch < planned():
+        check_labels = None if train_smear is not None else len(names) + 1
+        clip_params = [p for g in optimizer.param_groups for p in g["params"]]
+        epoch_state: dict[str, Any] = {}
+
+        def kept() -> str:
+            return (f"; the last good checkpoint {last_good} is kept"
+                    if last_good is not None and last_good.exists() else "")
+
+        def begin_epoch(epoch: int) -> None:  # the same batches whether the run was resumed or not
             if isinstance(sampler, DistributedSampler):
                 sampler.set_epoch(epoch)
             gen.manual_seed(_epoch_seed(tcfg.seed, epoch))
-            if loader is not None:
-                source = loader
-            else:
-                source = (gpu_data.batch(idx) for idx in batches)
-            t_epoch = time.time()
-            rec = _train_epoch(train_model, net, source, steps_per_epoch, optimizer, scheduler, scaler,
-                               device, use_amp, batch_aug, tcfg, epoch, dctx, history,
-                               check_labels=None if train_smear is not None else len(names) + 1, masks=masks,
-                               progress=progress and dctx.main,
-                               last_good=last_good if last_good is not None and last_good.exists() else None,
-                               budget=budget if epoch == start_epoch else None,
-                               epochs=budget.planned_epochs if budget is not None else tcfg.epochs)
+            train_model.train()
+            epoch_state.update(t0=time.time(), images=0, steps=0, lr_start=optimizer.param_groups[0]["lr"],
+                               source=iter(loader) if loader is not None else (gpu_data.batch(i) for i in batches))
+
+        def step(i: int) -> dict[str, float]:
+            epoch, k = divmod(i, steps_per_epoch)
+            if k == 0:
+                begin_epoch(epoch)
+            images, targets = next(epoch_state["source"])
+            images = [im.to(device, non_blocking=True) for im in images]
+            targets = _device_targets(images, targets, device, masks)
+            if batch_aug is not None:
+                images, targets = _augment_batch(batch_aug, images, targets)
+            targets = _sanitize(targets)
+            if check_labels is not None:
+                for t in targets:
+                    bad = (t["labels"] < 1) | (t["labels"] >= check_labels)
+                    if bool(bad.any()):
+                        raise ValueError(f"label {int(t['labels'][bad][0]) - 1} (0-based) is outside the model's "
+                                         f"{check_labels - 1} classes")
+            with torch.autocast(device_type=device.type, enabled=use_amp):
+                loss_dict = train_model(images, targets)
+            losses = sum(loss_dict.values())
+            logged = torch.stack([losses.detach().float()] + [v.detach().float() for v in loss_dict.values()])
+            if dctx.active:
+                dist.all_reduce(logged)
+                logged /= dctx.world
+            vals = logged.tolist()
+            if not all(math.isfinite(v) for v in vals):
+                parts = ", ".join(f"{n}={v:.4g}" for n, v in zip(loss_dict, vals[1:]))
+                raise FloatingPointError(
+                    f"loss is {vals[0]} at epoch {epoch + 1}, step {k + 1} (learning rate "
+                    f"{optimizer.param_groups[0]['lr']:.3g}; {parts}); training stopped" + kept()
+                    + ". Lower the learning rate, raise warmup_iters or check the data.")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(losses).backward()
+            if tcfg.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(clip_params, tcfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            epoch_state["steps"] += 1
+            epoch_state["images"] += len(images) * dctx.world
+            history.step_losses.append(vals[0])
+            return dict(zip(["loss", *loss_dict], vals))
+
+        def end_epoch(rec: dict[str, Any]) -> dict[str, Any]:  # before the budget is refitted
+            epoch = rec["step"] // steps_per_epoch
+            out: dict[str, Any] = {"epoch": epoch, "lr": epoch_state["lr_start"],
+                                   "lr_end": optimizer.param_groups[0]["lr"], "steps": epoch_state["steps"],
+                                   "images": epoch_state["images"],
+                                   "images_per_s": epoch_state["images"] / max(time.time() - epoch_state["t0"], 1e-9)}
             if dctx.active:  # BN running stats differ per rank after the last step: take rank 0's
                 for b in net.buffers():
                     dist.broadcast(b, 0)
             if not _params_finite(net):
                 raise FloatingPointError(
-                    f"weights became non-finite in epoch {epoch + 1} (learning rate "
-                    f"{optimizer.param_groups[0]['lr']:.3g}); training stopped"
-                    + (f"; the last good checkpoint {last_good} is kept" if last_good and last_good.exists() else "")
+                    f"weights became non-finite in epoch {epoch} (learning rate "
+                    f"{optimizer.param_groups[0]['lr']:.3g}); training stopped" + kept()
                     + ". Lower the learning rate or raise warmup_iters.")
-            is_last = epoch + 1 == (budget.planned_epochs if budget is not None else tcfg.epochs)
-            if val_smear is not None and ((epoch + 1) % max(1, tcfg.val_every) == 0 or is_last):
+            is_last = epoch == (budget.planned_epochs if budget is not None else tcfg.epochs)
+            if val_smear is not None and (epoch % max(1, tcfg.val_every) == 0 or is_last):
                 if dctx.main:
                     t_val = time.time()
                     preds = predict(net, val_smear, batch_size=tcfg.batch_size, amp=use_amp,
                                     score_floor=cfg_model.score_floor, tile=tcfg.val_tile, progress=False)
-                    metrics = evaluate_fn(val_smear, preds) or {}
-                    for k, v in metrics.items():
+                    for k, v in (evaluate_fn(val_smear, preds) or {}).items():
                         if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
-                            rec[f"val_{k}"] = float(v)
-                    rec["val_time_s"] = round(time.time() - t_val, 3)
+                            out[f"val_{k}"] = float(v)
+                    out["val_time_s"] = round(time.time() - t_val, 3)
                 dctx.barrier()
-            rec["time_s"] = round(time.time() - t_epoch, 3)
-            if budget is not None:
-                plan = [budget.after_epoch(epoch + 1 - start_epoch)]
-                if dctx.active:  # every rank follows rank 0's plan
-                    dist.broadcast_object_list(plan, 0)
-                budget.planned_epochs = int(plan[0])
-                rec.update(planned_epochs=budget.planned_epochs, budget_left_s=round(budget.left_s, 1))
-            history.records.append(rec)
-            improved = False
+            out["time_s"] = round(time.time() - epoch_state["t0"], 3)
+            return out
+
+        def save_epoch(rec: dict[str, Any]) -> None:  # once the record is in the history
+            epoch, improved = rec["epoch"], False
             key = f"val_{tcfg.best_metric}"
             if key not in rec and "val_mAP50" in rec:
                 key = "val_mAP50"
             if key in rec and (history.best_value is None or rec[key] > history.best_value):
-                history.best_epoch, history.best_value, improved = epoch + 1, rec[key], True
+                history.best_epoch, history.best_value, improved = epoch, rec[key], True
             # every rank's RNG state, after everything this epoch drew
             rng = _rng_state()
             per_rank = [rng]
@@ -778,7 +823,7 @@ def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, tr
                 per_rank = [None] * dctx.world
                 dist.all_gather_object(per_rank, rng)
             if dctx.main and out_dir is not None:
-                ck = {"format": CHECKPOINT_FORMAT, "epoch": epoch + 1, "model": net.state_dict(),
+                ck = {"format": CHECKPOINT_FORMAT, "epoch": epoch, "model": net.state_dict(),
                       "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                       "scheduler": scheduler.state_dict(), "rng": rng, "rng_per_rank": per_rank,
                       "world_size": dctx.world, "steps_per_epoch": steps_per_epoch,
@@ -789,12 +834,18 @@ def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, tr
                 if improved:
                     save_model(net, cfg_model, out_dir / "best", preprocess=tcfg.preprocess, train_config=tcfg)
             if dctx.main:
-                log.info("epoch %d/%d: %s", epoch + 1, planned(),
+                log.info("epoch %d/%d: %s", epoch, budget.planned_epochs if budget is not None else tcfg.epochs,
                          ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
             dctx.barrier()
-            epoch += 1
+
+        step_loop(step, tcfg.epochs * steps_per_epoch, record_every=steps_per_epoch, optimizer=optimizer,
+                  on_record=end_epoch, after_record=save_epoch, budget=budget,
+                  start_step=start_epoch * steps_per_epoch,
+                  stop_step=None if until_epoch is None else max(0, int(until_epoch)) * steps_per_epoch,
+                  progress=progress and dctx.main, desc="train detector", history=history)
         if budget is not None and dctx.main:
-            log.info("time budget %.0f s: %d epochs in %.0f s", budget.seconds, epoch - start_epoch, budget.elapsed_s)
+            done = (history.records[-1]["epoch"] if history.records else start_epoch) - start_epoch
+            log.info("time budget %.0f s: %d epochs in %.0f s", budget.seconds, done, budget.elapsed_s)
         if dctx.main and out_dir is not None:
             save_model(net, cfg_model, out_dir / "model", preprocess=tcfg.preprocess, train_config=tcfg)
             if history.best_epoch is None:  # no validation: best is the final model
@@ -820,87 +871,6 @@ def _augment_batch(aug, images: list, targets: list) -> tuple[list, list]:
     return [im[0] for im, _ in pairs], [t[0] for _, t in pairs]
 
 
-def _train_epoch(train_model, net, source, steps, optimizer, scheduler, scaler, device, use_amp, batch_aug,
-                 tcfg: TrainConfig, epoch: int, dctx: _Dist, history: History, *, check_labels, progress,
-                 last_good, masks: bool = False, budget: TimeBudget | None = None, epochs: int = 0) -> dict[str, Any]:
-    train_model.train()
-    bar = None
-    if progress:
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs or tcfg.epochs}", unit="step", leave=True)
-    sums: dict[str, float] = {}
-    n_img, n_steps = 0, 0
-    lr_start = optimizer.param_groups[0]["lr"]
-    t0 = time.time()
-    params = [p for g in optimizer.param_groups for p in g["params"]]
-    try:
-        for step, (images, targets) in enumerate(source):
-            if step >= steps:
-                break
-            images = [im.to(device, non_blocking=True) for im in images]
-            targets = _device_targets(images, targets, device, masks)
-            if batch_aug is not None:
-                images, targets = _augment_batch(batch_aug, images, targets)
-            targets = _sanitize(targets)
-            if check_labels is not None:
-                for t in targets:
-                    bad = (t["labels"] < 1) | (t["labels"] >= check_labels)
-                    if bool(bad.any()):
-                        raise ValueError(f"label {int(t['labels'][bad][0]) - 1} (0-based) is outside the model's "
-                                         f"{check_labels - 1} classes")
-            with torch.autocast(device_type=device.type, enabled=use_amp):
-                loss_dict = train_model(images, targets)
-            losses = sum(loss_dict.values())
-            logged = torch.stack([losses.detach().float()] + [v.detach().float() for v in loss_dict.values()])
-            if dctx.active:
-                dist.all_reduce(logged)
-                logged /= dctx.world
-            vals = logged.tolist()
-            lr = optimizer.param_groups[0]["lr"]
-            if not all(math.isfinite(v) for v in vals):
-                parts = ", ".join(f"{k}={v:.4g}" for k, v in zip(loss_dict, vals[1:]))
-                raise FloatingPointError(
-                    f"loss is {vals[0]} at epoch {epoch + 1}, step {step + 1} (learning rate {lr:.3g}; {parts}); "
-                    "training stopped"
-                    + (f"; the last good checkpoint {last_good} is kept" if last_good is not None else "")
-                    + ". Lower the learning rate, raise warmup_iters or check the data.")
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(losses).backward()
-            if tcfg.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, tcfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            n_steps += 1
-            if budget is not None and not budget.calibrated:
-                plan = [None]
-                if dctx.main:
-                    budget.after_step(n_steps)  # raises when the budget cannot hold one epoch
-                    plan = [budget.planned_epochs if budget.calibrated else None]
-                if dctx.active:
-                    dist.broadcast_object_list(plan, 0)
-                if plan[0] is not None:
-                    budget.planned_epochs, budget.calibrated = int(plan[0]), True
-            n_img += len(images) * dctx.world
-            history.step_losses.append(vals[0])
-            for k, v in zip(["loss", *loss_dict], vals):
-                sums[k] = sums.get(k, 0.0) + v
-            if bar is not None:
-                el = max(time.time() - t0, 1e-9)
-                bar.set_postfix(loss=f"{vals[0]:.3f}", img_s=f"{n_img / el:.1f}", lr=f"{lr:.2g}",
-                                **({"budget": budget.describe()} if budget is not None else {}))
-                bar.update(1)
-    finally:
-        if bar is not None:
-            bar.close()
-    el = max(time.time() - t0, 1e-9)
-    rec: dict[str, Any] = {"epoch": epoch + 1, "lr": lr_start, "lr_end": optimizer.param_groups[0]["lr"],
-                           "steps": n_steps, "images": n_img}
-    rec.update({k: v / max(n_steps, 1) for k, v in sums.items()})
-    rec["images_per_s"] = n_img / el
-    return rec
-
-
 # ---------------------------------------------------------------------------------------------
 # command line (torchrun-able)
 # ---------------------------------------------------------------------------------------------
@@ -920,6 +890,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--min-size", type=int, default=800)
     p.add_argument("--max-size", type=int, default=1333)
     p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--time-budget-s", type=float,
+                   help="fit the epochs and the schedule to this many seconds (measured on the run itself)")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--lr", type=float)
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adamw"])
@@ -970,7 +942,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                        lr_schedule=args.schedule, warmup_iters=args.warmup_iters, amp=not args.no_amp,
                        seed=args.seed, num_workers=args.num_workers, device=args.device, out_dir=args.out,
-                       data_on_gpu=args.data_on_gpu, max_steps_per_epoch=args.max_steps_per_epoch)
+                       data_on_gpu=args.data_on_gpu, max_steps_per_epoch=args.max_steps_per_epoch,
+                       time_budget_s=args.time_budget_s)
     hist = train_detector(model, cfg, ds, val, tcfg, resume=True if args.resume else None,
                           progress=not args.no_progress)
     rank = int(os.environ.get("RANK", "0"))
