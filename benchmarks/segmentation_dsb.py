@@ -61,6 +61,7 @@ from smearlab.segmentation import classical  # noqa: E402
 from smearlab.augment import Augment, ColorJitter  # noqa: E402
 from smearlab.data import Sample, load  # noqa: E402
 from smearlab.core.device import resolve_device  # noqa: E402
+from smearlab.core.search import grid_search  # noqa: E402
 from smearlab.detection import DetectorConfig, TrainConfig, build_detector, predict  # noqa: E402
 from smearlab.detection.train import train_detector  # noqa: E402
 from smearlab.metrics.instances import dsb_score, segmentation_metrics  # noqa: E402
@@ -225,14 +226,15 @@ def _timed_two_stage(detections, unet, ds, device) -> tuple[list[dict], float]:
 
 def pick_classical(train) -> tuple[str, dict, dict]:
     """The classical candidate with the best mean DSB metric on ``train``: (name, spec, scores)."""
-    scores = {}
-    for name, fn, kw in CLASSICAL:
-        preds = classical.segment_dataset(train, fn, **kw)
-        scores[name] = dsb_score(train, preds, kind="masks")
-        print(f"  classical {name:16s} train DSB {scores[name]:.4f}")
-    best = max(scores, key=lambda n: scores[n])
-    name, fn, kw = next(c for c in CLASSICAL if c[0] == best)
-    return name, {"fn": fn, "kwargs": kw}, scores
+    def evaluate(c: dict) -> float:
+        score = dsb_score(train, classical.segment_dataset(train, c["fn"], **c["kwargs"]), kind="masks")
+        print(f"  classical {c['name']:16s} train DSB {score:.4f}")
+        return score
+
+    found = grid_search([{"name": n, "fn": fn, "kwargs": kw} for n, fn, kw in CLASSICAL], evaluate)
+    best = found.params
+    return best["name"], {"fn": best["fn"], "kwargs": best["kwargs"]}, \
+        {row["params"]["name"]: row["score"] for row in found.table}
 
 
 def _classical_predict(ds, spec) -> tuple[list[dict], float]:
@@ -322,8 +324,10 @@ def run(preset: str = "cpu", data: str | Path = DEFAULT_DATA, device: str = "aut
     model, cfg, train_s, n_epochs = train_maskrcnn(preset, train, str(dev), seed, epochs)
     model.eval()
     train_preds = predict(model, train, batch_size=1, device=dev, score_floor=0.05, progress=False)
-    grid = {t: dsb_score(train, _above(train_preds, t), kind="masks") for t in SCORE_GRID}
-    thr = max(grid, key=lambda t: (grid[t] or 0.0))
+    found = grid_search({"threshold": SCORE_GRID},
+                        lambda c: dsb_score(train, _above(train_preds, c["threshold"]), kind="masks"))
+    thr = found.params["threshold"]
+    grid = {row["params"]["threshold"]: row["score"] for row in found.table}
     preds, sec = _timed_predict(model, test, dev)
     seconds = {"maskrcnn": {dev.type: sec}}
     if dev.type == "cuda":  # the CPU figure as well

@@ -2,7 +2,6 @@
 extractor."""
 from __future__ import annotations
 
-import itertools
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -16,6 +15,7 @@ from ..classification.model import build_classifier
 from ..classification.predict import predict_classes
 from ..classification.train import train_classifier
 from ..core.device import resolve_device
+from ..core.search import grid_search
 from ..data import open_dataset
 from ..data.sample import Sample, SmearDataset
 from ..data.splits import stratified_split
@@ -85,21 +85,16 @@ def tune_classical(images, truth, grid: "dict[str, Sequence] | Sequence[dict] | 
         ``{key: {"params": {...}, "score": float}}`` per key, and ``table``: one row per
         combination with its parameters and every score of :func:`~smearlab.metrics.semantic.cell_mask_scores`.
     """
-    grid = CLASSICAL_GRID if grid is None else grid
-    if isinstance(grid, dict):
-        candidates = [dict(zip(grid, combo)) for combo in itertools.product(*grid.values())]
-    else:
-        candidates = [dict(c) for c in grid]
-    if not candidates:
-        raise ValueError("the classical parameter grid is empty")
     images, truth = list(images), list(truth)
-    table = []
-    for params in candidates:
+
+    def evaluate(params: dict) -> dict:
         scores = cell_mask_scores(truth, classical_masks(images, **params))
-        table.append({"params": params, **{k: v for k, v in scores.items() if k != "n"}})
-    out: dict[str, Any] = {"table": table}
+        return {k: v for k, v in scores.items() if k != "n"}
+
+    found = grid_search(CLASSICAL_GRID if grid is None else grid, evaluate)
+    out: dict[str, Any] = {"table": found.table}
     for k in keys:
-        best = max(table, key=lambda r: r[k] or 0.0)
+        best = found.best(k)
         out[k] = {"params": best["params"], "score": best[k]}
     return out
 

@@ -6,7 +6,6 @@ import csv
 import datetime as _dt
 import html
 import io
-import itertools
 import json
 import logging
 import multiprocessing
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..core.files import atomic_path, flatten_dict, write_json, write_text
+from ..core.search import grid_points
 from ..core.threads import thread_environment
 from .results import format_cell, git_commit
 from .runner import (PROFILES, RUNNER_PARAMETERS, check_parameter_type, declared_parameters, find_notebooks,
@@ -56,8 +56,7 @@ class Sweep:
 
     def points(self) -> list[dict[str, Any]]:
         """The grid points, one ``{parameter: value}`` per job, the last parameter varying fastest."""
-        keys = list(self.grid)
-        return [dict(zip(keys, values)) for values in itertools.product(*self.grid.values())]
+        return grid_points(self.grid)
 
 
 @dataclass

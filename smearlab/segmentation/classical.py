@@ -43,6 +43,7 @@ from skimage.segmentation import relabel_sequential, watershed
 from skimage.util import img_as_float
 from tqdm.auto import tqdm
 
+from ..core.search import grid_search
 from ..data.predictions import empty_prediction
 from ..metrics.instances import dsb_score, has_instance_masks
 
@@ -775,13 +776,17 @@ def suggest_params(train, channels=("gray", "green", "saturation", "hematoxylin"
            "min_size": int(max(4, round(0.25 * np.percentile(areas, 5))))}
     sample = [s for s in train][:max_images]
     with_masks = has_instance_masks(sample)
-    scores = {}
     for ch in channels:
         _choice("channel", ch, CHANNELS)
-        preds = [threshold_segment(s.image, channel=ch, min_size=out["min_size"]) for s in sample]
-        # the DSB score where masks exist, else minus the count error (higher is better)
-        scores[ch] = float(dsb_score(sample, preds, kind="masks") or 0.0) if with_masks else \
-            -float(np.mean([abs(len(p["boxes"]) - len(s.boxes)) / max(len(s.boxes), 1) for s, p in zip(sample, preds)]))
-    out["channel"] = max(scores, key=scores.get)
-    out["channel_scores"] = scores
+
+    def evaluate(c: dict) -> float:  # the DSB score where masks exist, else minus the count error
+        preds = [threshold_segment(s.image, channel=c["channel"], min_size=out["min_size"]) for s in sample]
+        if with_masks:
+            return float(dsb_score(sample, preds, kind="masks") or 0.0)
+        return -float(np.mean([abs(len(p["boxes"]) - len(s.boxes)) / max(len(s.boxes), 1)
+                               for s, p in zip(sample, preds)]))
+
+    found = grid_search({"channel": list(channels)}, evaluate)
+    out["channel"] = found.params["channel"]
+    out["channel_scores"] = {row["params"]["channel"]: row["score"] for row in found.table}
     return out

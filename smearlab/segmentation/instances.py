@@ -31,6 +31,7 @@ from skimage.segmentation import find_boundaries, watershed
 
 from ..core.device import resolve_device
 from ..core.model_folder import read_model_folder, save_model_folder
+from ..core.search import grid_search
 from ..core.training import History, TimeBudget, step_loop
 from ..data.boxes import mask_box
 from ..data.imageio import LUMA
@@ -445,12 +446,15 @@ def tune_thresholds(model: UNet, val: SmearDataset, *, device=None, grid: dict |
         the best settings and their mean DSB score.
     """
     grid = grid or THRESHOLD_GRID
-    best = (InstanceThresholds(), -1.0)
-    for tta in grid.get("tta", (False,)):
-        probs = [predict_probabilities(model, s.image, device=device, tta=bool(tta)) for s in val]
-        for fg, mk, ms in itertools.product(grid["foreground"], grid["marker"], grid["min_size"]):
-            th = InstanceThresholds(float(fg), float(mk), int(ms), bool(tta))
-            score = dsb_score(val, [probabilities_to_instances(p, th) for p in probs], kind="masks") or 0.0
-            if score > best[1]:
-                best = (th, float(score))
-    return best
+    probs: dict[bool, list] = {}  # per flip-average choice, computed once
+
+    def evaluate(c: dict) -> float:
+        th = InstanceThresholds(float(c["foreground"]), float(c["marker"]), int(c["min_size"]), bool(c["tta"]))
+        if th.tta not in probs:
+            probs[th.tta] = [predict_probabilities(model, s.image, device=device, tta=th.tta) for s in val]
+        return float(dsb_score(val, [probabilities_to_instances(p, th) for p in probs[th.tta]], kind="masks") or 0.0)
+
+    found = grid_search({"tta": grid.get("tta", (False,)), "foreground": grid["foreground"], "marker": grid["marker"],
+                         "min_size": grid["min_size"]}, evaluate)
+    c = found.params
+    return InstanceThresholds(float(c["foreground"]), float(c["marker"]), int(c["min_size"]), bool(c["tta"])), found.score

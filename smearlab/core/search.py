@@ -1,0 +1,107 @@
+"""The one grid search every tuning step uses: candidate settings, a score per candidate, the best.
+
+Thresholds of the learned segmenter (:func:`smearlab.segmentation.instances.tune_thresholds`),
+the classical methods' settings (:func:`smearlab.segmentation.classical.suggest_params`,
+:func:`smearlab.experiments.gradcam_masks.tune_classical`), the benchmarks' choice of a classical
+method and the report sweeps' points all enumerate candidates the same way, score each once and
+keep a table of every score, so that a choice can always be shown next to what it beat. Tune on
+training or validation images only.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+
+def grid_points(grid: "Mapping[str, Sequence] | Sequence[Mapping[str, Any]]") -> list[dict[str, Any]]:
+    """The candidates of a grid, one ``{name: value}`` dict each.
+
+    Parameters
+    ----------
+    grid : a dict of candidate lists (every combination, in the dict's order, the last name
+        varying fastest) or a list of candidate dicts (taken as given).
+
+    Returns
+    -------
+    list of dict
+        the candidates.
+
+    Raises
+    ------
+    ValueError
+        when there is no candidate (an empty list, or a name with no value).
+    """
+    if isinstance(grid, Mapping):
+        points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
+    else:
+        points = [dict(p) for p in grid]
+    if not points:
+        raise ValueError(f"the parameter grid {grid!r} has no candidate")
+    return points
+
+
+def _value(v) -> float:
+    """A score for comparison: None and NaN rank below every number."""
+    return -math.inf if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+
+
+@dataclass
+class SearchResult:
+    """Every candidate's scores, and the best candidate by any of them.
+
+    Parameters
+    ----------
+    table : one row per candidate, in the order tried: ``{"params": {...}, <score name>: value ...}``.
+    key : the score :meth:`best` ranks by when given none.
+    """
+
+    table: list[dict[str, Any]] = field(default_factory=list)
+    key: str = "score"
+
+    def best(self, key: str | None = None) -> dict[str, Any]:
+        """The row with the highest ``key`` score (the first of equals; None and NaN rank last).
+
+        Parameters
+        ----------
+        key : the score to rank by (None: :attr:`key`).
+        """
+        k = self.key if key is None else key
+        return max(self.table, key=lambda row: _value(row.get(k)))
+
+    @property
+    def params(self) -> dict[str, Any]:
+        """The best candidate's settings (by :attr:`key`)."""
+        return self.best()["params"]
+
+    @property
+    def score(self) -> float | None:
+        """The best candidate's score (by :attr:`key`)."""
+        return self.best()[self.key]
+
+
+def grid_search(grid: "Mapping[str, Sequence] | Sequence[Mapping[str, Any]]",
+                evaluate: Callable[[dict[str, Any]], "float | Mapping[str, Any] | None"], *,
+                key: str = "score") -> SearchResult:
+    """Score every candidate of ``grid`` once with ``evaluate``.
+
+    Parameters
+    ----------
+    grid : the candidates (:func:`grid_points`).
+    evaluate : ``f(params) -> score``: a number (stored as ``key``) or a dict of scores (the
+        larger the better for the one ranked by).
+    key : the score the result ranks by by default.
+
+    Returns
+    -------
+    SearchResult
+        the table of every candidate's scores; ``.best()``, ``.params``, ``.score``.
+    """
+    table = []
+    for params in grid_points(grid):
+        scores = evaluate(params)
+        row: dict[str, Any] = {"params": params}
+        row.update(scores if isinstance(scores, Mapping) else {key: scores})
+        table.append(row)
+    return SearchResult(table, key)
