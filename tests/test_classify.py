@@ -1,6 +1,4 @@
 """Cell crops (letterbox, crop geometry, datasets), the small ResNet, training, metrics, the cascade."""
-import csv
-import json
 
 import numpy as np
 import pytest
@@ -10,12 +8,12 @@ from PIL import Image
 from smearlab.augment import CropAugment, default_crop_augment
 from smearlab.classification.crops import CropDataset, crops_from_dataset
 from smearlab.classification.model import build_classifier, load_classifier, save_classifier
-from smearlab.classification.predict import differential_count, export_differential, predict_classes
+from smearlab.classification.predict import classify_boxes, predict_classes
 from smearlab.classification.train import _Batches, train_classifier
 from smearlab.core.geometry import extract_crop, letterbox, square_window
 from smearlab.data import DataError, Sample, SmearDataset, load
 from smearlab.data.splits import stratified_split
-from smearlab.data.synthetic import make_dataset, make_wbc_crops
+from smearlab.data.synthetic import make_wbc_crops
 from smearlab.metrics.classification import classification_report
 from smearlab.models import load_model
 
@@ -273,42 +271,16 @@ class BrightnessClassifier(torch.nn.Module):
         return torch.stack([m - 0.5, 0.5 - m], 1) * 10
 
 
-class FakeDetector:
-    """Returns fixed boxes (torchvision form, 1-based labels) for every image."""
-
-    def __call__(self, images):
-        return [{"boxes": torch.tensor([[10., 10., 30., 30.], [60., 40., 90., 70.], [0., 70., 5., 80.]]),
-                 "scores": torch.tensor([0.9, 0.8, 0.95]), "labels": torch.tensor([2, 2, 1])} for _ in images]
-
-
-def test_differential_count_through_a_detector(tmp_path):
+def test_the_cascade_names_each_white_cell_by_its_crop(caplog):
+    """classify_boxes (what ``smearlab predict`` runs on a cascade's white cells) crops each box."""
     ds = _smear_with_boxes()
-    res = differential_count(FakeDetector(), BrightnessClassifier(), ds, "WBC", detector_classes=["RBC", "WBC"],
-                             device="cpu", pad=0.0, out_dir=tmp_path)
-    assert res[0]["cells"] == {"RBC": 1, "WBC": 2} and res[0]["wbc"] == 2
-    assert res[0]["differential"] == {"pale": 1, "dark": 1} and res[0]["percent"]["pale"] == 50.0
-    assert [c["type"] for c in res[0]["wbc_cells"]] == ["pale", "dark"]
-    assert json.loads((tmp_path / "s0.json").read_text())["differential"] == {"pale": 1, "dark": 1}
-    rows = list(csv.DictReader(open(tmp_path / "differential.csv")))
-    assert rows == [{"image_id": "s0", "file": "", "wbc": "2", "pale": "1", "dark": "1",
-                     "RBC_detected": "1", "WBC_detected": "2"}]
-    high = differential_count(FakeDetector(), BrightnessClassifier(), ds, "WBC", detector_classes=["RBC", "WBC"],
-                              score_threshold=0.85, device="cpu")
-    assert high[0]["wbc"] == 1
-    with pytest.raises(KeyError, match="Leukocyte"):
-        differential_count("ground_truth", BrightnessClassifier(), ds, "Leukocyte")
-
-
-def test_differential_count_on_synthetic_ground_truth(tmp_path):
-    ds = make_dataset(3, seed=2, n_wbc=2, width=256, height=192)
-    clf = build_classifier(["neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"], width=4,
-                           input_size=32)
-    res = differential_count("ground_truth", clf, ds, "WBC", device="cpu")
-    n_wbc = [int((s.labels == ds.class_names.index("WBC")).sum()) for s in ds]
-    assert [r["wbc"] for r in res] == n_wbc and [sum(r["differential"].values()) for r in res] == n_wbc
-    csv_path = export_differential(res, tmp_path)
-    assert len(csv_path.read_text().strip().splitlines()) == 1 + len(ds)
-    assert sorted(p.name for p in tmp_path.glob("*.json")) == sorted(f"{s.image_id}.json" for s in ds)
+    boxes = [[10., 10., 30., 30.], [60., 40., 90., 70.], [200., 200., 220., 220.]]  # pale, dark, off the image
+    found, kept = classify_boxes(BrightnessClassifier(), ds[0].image, boxes, pad=0.0, device="cpu", where="s0")
+    assert kept.tolist() == [0, 1] and [r["class"] for r in found] == ["pale", "dark"]
+    assert "s0: box 2 not classified" in caplog.text
+    for boxes in ([], [[200., 200., 220., 220.]]):  # no box, or none that can be cropped: no result, no error
+        none, kept = classify_boxes(BrightnessClassifier(), ds[0].image, boxes, device="cpu")
+        assert len(kept) == 0 and len(none) == 0 and none.probs.shape == (0, 2)
 
 
 def test_crops_from_detector_predictions():

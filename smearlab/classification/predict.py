@@ -1,14 +1,12 @@
-"""Prediction with the classifier: classes of crops, and the detector -> classifier differential
-count."""
+"""Prediction with the classifier: classes of crops, the classes of the cells in boxes, and the
+detector + classifier cascade folder that ``smearlab predict`` runs for a differential count
+(:mod:`smearlab.batch`)."""
 from __future__ import annotations
 
-import csv
 import dataclasses
-import io
 import logging
 import re
 import shutil
-from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -18,12 +16,11 @@ import torch.nn as nn
 
 from ..core.device import resolve_device
 from ..core.errors import DataError
-from ..core.files import write_json, write_text
-from ..core.geometry import check_image, extract_crop, letterbox
+from ..core.files import write_json
+from ..core.geometry import extract_crop, letterbox
 from ..core.model_folder import read_config_json
 from ..data.sample import Sample
 from ..detection.models import load_model as load_detector
-from ..detection.predict import predict
 from .crops import CropDataset
 from .model import CellClassifier, load_classifier, save_classifier
 
@@ -60,7 +57,9 @@ class ClassPredictions(list):
     """
 
     def __init__(self, probs: np.ndarray, class_names: Sequence[str]):
-        probs = np.asarray(probs, np.float32).reshape(len(probs), -1)
+        probs = np.asarray(probs, np.float32)
+        if probs.ndim != 2:  # (N,) of one class each; none at all keeps its (0, K) shape
+            probs = probs.reshape(len(probs), -1) if probs.size else np.zeros((0, len(class_names)), np.float32)
         self.probs = probs
         self.labels = probs.argmax(1).astype(np.int64) if len(probs) else np.zeros(0, np.int64)
         self.class_names = [str(c) for c in class_names]
@@ -107,10 +106,6 @@ def predict_classes(model: nn.Module, data, device="auto", batch_size: int = 256
     k = len(names) or (out[0].shape[1] if out else 0)
     probs = torch.cat(out).numpy() if out else np.zeros((0, k), np.float32)
     return ClassPredictions(probs, names or [str(i) for i in range(probs.shape[1])])
-
-
-def _ground_truth_predictions(samples) -> list[dict]:
-    return [{"boxes": s.boxes, "scores": np.ones(len(s.boxes), np.float32), "labels": s.labels} for s in samples]
 
 
 def _safe_name(image_id: str) -> str:
@@ -233,121 +228,3 @@ def load_cascade(folder, device="auto") -> Cascade:
         raise DataError(folder / "config.json", f"wbc_class {wbc!r} is not a class of its detector "
                                                 f"({list(det.detector_config.class_names)})")
     return Cascade(det, clf, wbc, float(cfg.get("pad", 0.1)))
-
-
-def differential_count(detector, classifier: CellClassifier, images, wbc_class: str = "WBC", *,
-                       detector_classes: Sequence[str] | None = None, score_threshold: float = 0.5,
-                       pad: float = 0.1, device="auto", batch_size: int = 4, out_dir=None,
-                       progress: bool = False) -> list[dict[str, Any]]:
-    """Detect cells, name the white cells, and count each type per image (a differential count).
-
-    Parameters
-    ----------
-    detector : a detection model (anything :func:`smearlab.detection.predict.predict` accepts; its
-        tuned ``thresholds.json`` is not applied, ``score_threshold`` is), a list of prediction
-        dicts aligned with ``images`` (``{"boxes", "scores", "labels"}``), or ``"ground_truth"``
-        to use the samples' own boxes.
-    classifier : a trained :class:`CellClassifier`; its ``class_names`` are the white-cell types.
-    images : a SmearDataset, a list of Samples, or ``(H, W, 3)`` uint8 arrays.
-    wbc_class : the detector class whose boxes are white cells.
-    detector_classes : the detector's class names (default: ``detector.detector_config.class_names``,
-        or the dataset's class names for ground truth or given predictions).
-    score_threshold : detections below this score are ignored.
-    pad : margin around each white-cell box for its crop (see :func:`square_window`).
-    device, batch_size : for the detector; the classifier runs on ``device`` too.
-    out_dir : if given, write the results with :func:`export_differential`.
-    progress : progress bar of the detector.
-
-    Returns
-    -------
-    list of dict
-        one per image: ``image_id``, ``file``, ``cells`` (detections per detector class above the
-        threshold), ``wbc`` (number of white cells), ``differential`` (count per white-cell type),
-        ``percent`` (per type, of the white cells), and ``wbc_cells`` (``box``, ``score``, ``type``,
-        ``probability`` per white cell).
-    """
-    samples = list(images) if not isinstance(images, np.ndarray) else [images]
-    ds_classes = getattr(images, "class_names", None)
-    if isinstance(detector, str):
-        if detector != "ground_truth":
-            raise ValueError(f"detector must be a model, a list of predictions or 'ground_truth', got {detector!r}")
-        if not all(isinstance(s, Sample) for s in samples):
-            raise ValueError("detector='ground_truth' needs Samples (a SmearDataset) with boxes")
-        preds = _ground_truth_predictions(samples)
-    elif isinstance(detector, (list, tuple)):
-        preds = list(detector)
-    else:
-        preds = predict(detector, samples, batch_size=batch_size, device=device, progress=progress,
-                        thresholds=None)
-        cfg = getattr(detector, "detector_config", None)
-        ds_classes = list(cfg.class_names) if cfg is not None else ds_classes
-    if len(preds) != len(samples):
-        raise ValueError(f"{len(preds)} predictions for {len(samples)} images")
-    names = list(detector_classes or ds_classes or [])
-    if wbc_class not in names:
-        raise KeyError(f"white-cell class {wbc_class!r} not among the detector classes {names or '(unknown)'}; "
-                       "pass detector_classes=")
-    wbc = names.index(wbc_class)
-    types = list(classifier.class_names)
-    results = []
-    for i, (s, p) in enumerate(zip(samples, preds)):
-        img = s.image if isinstance(s, Sample) else check_image(s, f"image {i}")
-        boxes = np.asarray(p["boxes"], np.float32).reshape(-1, 4)
-        scores = np.asarray(p.get("scores", np.ones(len(boxes))), np.float32).reshape(-1)
-        labels = np.asarray(p["labels"], np.int64).reshape(-1)
-        keep = scores >= score_threshold
-        cells = {n: int(((labels == c) & keep).sum()) for c, n in enumerate(names)}
-        sel = np.flatnonzero((labels == wbc) & keep)
-        found, ok = classify_boxes(classifier, img, boxes[sel], pad=pad, device=device,
-                                   where=f"image {getattr(s, 'image_id', i)}")
-        kept = sel[ok]
-        pred, prob = found.labels, found.probs
-        counts = {t: int((pred == k).sum()) for k, t in enumerate(types)}
-        n = len(pred)
-        results.append({
-            "image_id": getattr(s, "image_id", f"image_{i:05d}"),
-            "file": str(s.path.name) if isinstance(s, Sample) and s.path is not None else "",
-            "cells": cells, "wbc": n, "differential": counts,
-            "percent": {t: (100.0 * c / n if n else 0.0) for t, c in counts.items()},
-            "wbc_cells": [{"box": [round(float(v), 2) for v in boxes[j]], "score": float(scores[j]),
-                           "type": types[int(k)], "probability": float(prob[m, k])}
-                          for m, (j, k) in enumerate(zip(kept, pred))],
-        })
-    if out_dir is not None:
-        export_differential(results, out_dir)
-    return results
-
-
-def export_differential(results: Sequence[dict], out_dir, csv_name: str = "differential.csv") -> Path:
-    """Write one JSON per image (``<image_id>.json``) and one CSV with a row per image, atomically.
-
-    CSV columns: ``image_id, file, wbc``, then ``<type>`` (count) per white-cell type, then
-    ``<class>_detected`` per detector class. Returns the CSV path.
-
-    Parameters
-    ----------
-    results : the per-image dicts of :func:`differential_count` (not empty).
-    out_dir : the output folder (created if needed).
-    csv_name : file name of the CSV in ``out_dir``.
-    """
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    if not results:
-        raise ValueError("no results to export")
-    types = list(results[0]["differential"])
-    dclasses = list(results[0]["cells"])
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["image_id", "file", "wbc", *types, *(f"{c}_detected" for c in dclasses)])
-    used: Counter = Counter()
-    for r in results:
-        stem = _safe_name(r["image_id"])
-        used[stem] += 1
-        if used[stem] > 1:
-            stem = f"{stem}_{used[stem]}"
-        write_json(out / f"{stem}.json", r)
-        w.writerow([r["image_id"], r["file"], r["wbc"], *(r["differential"][t] for t in types),
-                    *(r["cells"][c] for c in dclasses)])
-    path = out / csv_name
-    write_text(path, buf.getvalue())
-    return path
