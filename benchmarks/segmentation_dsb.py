@@ -65,7 +65,7 @@ from smearlab.core.search import grid_search  # noqa: E402
 from smearlab.detection import DetectorConfig, TrainConfig, build_detector, predict  # noqa: E402
 from smearlab.detection.train import train_detector  # noqa: E402
 from smearlab.metrics.instances import dsb_score, segmentation_metrics  # noqa: E402
-from smearlab.segmentation.train import train_crop_unet  # noqa: E402
+from smearlab.segmentation.train import build_crop_unet, train_crop_unet  # noqa: E402
 from smearlab.segmentation.instances import (InstanceTrainConfig, build_instance_unet, predict_probabilities,  # noqa: E402
                                              probabilities_to_instances, train_instance_unet, tune_thresholds)
 from smearlab.segmentation.predict import two_stage_segment  # noqa: E402
@@ -202,7 +202,7 @@ def train_maskrcnn(preset: str, train, device: str, seed: int, epochs: int | Non
     model = build_detector(cfg)
     tcfg = TrainConfig(seed=seed, device=device, augment=DihedralJitter(seed), **train_kw)
     t0 = time.perf_counter()
-    train_detector(model, cfg, train, None, tcfg, progress=True)
+    train_detector(model, train, None, tcfg, progress=True)
     return model, cfg, time.perf_counter() - t0, tcfg.epochs
 
 
@@ -210,8 +210,9 @@ def train_two_stage(preset: str, train, device, seed: int):
     """The crop U-Net of the two-stage segmenter, trained on crops around the training nuclei."""
     kw = TWO_STAGE[preset]
     t0 = time.perf_counter()
-    unet, _ = train_crop_unet(train, crop_size=kw["crop_size"], base=kw["base"], epochs=kw["epochs"],
-                              batch_size=32, device=device, seed=seed, progress=False)
+    unet = build_crop_unet(train, base=kw["base"])
+    train_crop_unet(unet, train, crop_size=kw["crop_size"], epochs=kw["epochs"], batch_size=32, device=device,
+                    seed=seed, progress=False)
     return unet, time.perf_counter() - t0
 
 

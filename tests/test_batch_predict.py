@@ -26,7 +26,7 @@ def trained(tmp_path_factory):
     cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=ds.class_names, min_size=192, max_size=192)
     torch.manual_seed(0)
     model = build_detector(cfg)
-    train_detector(model, cfg, ds, None, TrainConfig(epochs=12, batch_size=2, lr=0.02, warmup_iters=2,
+    train_detector(model, ds, None, TrainConfig(epochs=12, batch_size=2, lr=0.02, warmup_iters=2,
                                                      device="cpu", out_dir=root / "run"), progress=False)
     images = root / "images"
     new = make_dataset(4, seed=7, width=192, height=192)

@@ -39,7 +39,7 @@ def test_correct_and_retrain_round_trip_on_cbc(cbc_root, tmp_path):
     cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=train.class_names, min_size=320, max_size=320)
     torch.manual_seed(0)
     model = build_detector(cfg)
-    train_detector(model, cfg, train.subset(range(8)), None,
+    train_detector(model, train.subset(range(8)), None,
                    TrainConfig(epochs=2, batch_size=2, lr=0.02, warmup_iters=2, device="cpu", out_dir=tmp_path / "run"),
                    progress=False)
     folder = tmp_path / "run" / "model"

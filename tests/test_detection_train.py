@@ -29,7 +29,7 @@ def test_loss_goes_down(tmp_path):
     ds = make_dataset(8, seed=0, width=192, height=192)
     model, cfg = tiny(ds, 192)
     tc = TrainConfig(epochs=6, batch_size=2, lr=0.02, warmup_iters=2, device="cpu", out_dir=tmp_path)
-    h = train_detector(model, cfg, ds, None, tc, progress=False)
+    h = train_detector(model, ds, None, tc, progress=False)
     losses = h.step_losses
     assert len(losses) == 24 and all(np.isfinite(losses))
     assert np.mean(losses[-4:]) < 0.85 * np.mean(losses[:3]), losses
@@ -44,16 +44,16 @@ def test_loss_goes_down(tmp_path):
 def test_resume_is_exact(tmp_path, ds128):
     tc = dict(epochs=2, batch_size=2, lr=0.01, warmup_iters=1, device="cpu", seed=7)
     a, cfg = tiny(ds128)
-    train_detector(a, cfg, ds128, None, TrainConfig(**tc, out_dir=tmp_path / "a"), progress=False)
+    train_detector(a, ds128, None, TrainConfig(**tc, out_dir=tmp_path / "a"), progress=False)
 
     b, _ = tiny(ds128)
-    train_detector(b, cfg, ds128, None, TrainConfig(**tc, out_dir=tmp_path / "b"), progress=False, until_epoch=1)
+    train_detector(b, ds128, None, TrainConfig(**tc, out_dir=tmp_path / "b"), progress=False, until_epoch=1)
     ck = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     assert ck["epoch"] == 1
     # a fresh process would rebuild the model: do so, with other RNG states in between
     torch.manual_seed(123), np.random.seed(5)
     b2, _ = tiny(ds128, seed=99)
-    h = train_detector(b2, cfg, ds128, None, TrainConfig(**tc, out_dir=tmp_path / "b"), progress=False, resume=True)
+    h = train_detector(b2, ds128, None, TrainConfig(**tc, out_dir=tmp_path / "b"), progress=False, resume=True)
     assert [r["epoch"] for r in h.records] == [1, 2]
     sa, sb = a.state_dict(), b2.state_dict()
     assert sa.keys() == sb.keys()
@@ -77,7 +77,7 @@ def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, ds128):
     model.forward = forward
     tc = TrainConfig(epochs=3, batch_size=2, lr=0.01, warmup_iters=0, device="cpu", out_dir=tmp_path)
     with pytest.raises(FloatingPointError, match=r"epoch 2, step 1 \(learning rate [0-9.e-]+.*last\.pt"):
-        train_detector(model, cfg, ds128, None, tc, progress=False)
+        train_detector(model, ds128, None, tc, progress=False)
     ck = torch.load(tmp_path / "last.pt", weights_only=True)
     assert ck["epoch"] == 1
     assert all(torch.isfinite(v).all() for v in ck["model"].values() if v.is_floating_point())
@@ -87,7 +87,7 @@ def test_images_without_boxes_train(tmp_path, ds128):
     empty = Sample("empty", _image=np.full((128, 128, 3), 230, np.uint8))
     ds = SmearDataset([empty, *ds128.samples[:1], empty], ds128.class_names, "with-empty")
     model, cfg = tiny(ds)
-    h = train_detector(model, cfg, ds, None, TrainConfig(epochs=1, batch_size=3, lr=0.01, device="cpu"),
+    h = train_detector(model, ds, None, TrainConfig(epochs=1, batch_size=3, lr=0.01, device="cpu"),
                        progress=False)
     assert len(h.step_losses) == 1 and np.isfinite(h.step_losses[0])
 
@@ -97,7 +97,7 @@ def test_unknown_class_is_refused_before_training(ds128):
     ds = SmearDataset([s], [*ds128.class_names, "Parasite"], "with-parasite")
     model, cfg = tiny(ds128)
     with pytest.raises(ValueError, match="'Parasite'"):
-        train_detector(model, cfg, ds, None, TrainConfig(epochs=1, device="cpu"), progress=False)
+        train_detector(model, ds, None, TrainConfig(epochs=1, device="cpu"), progress=False)
     # another order of known classes is mapped by name
     r = remap_dataset(SmearDataset([Sample("q", boxes=[[1, 1, 5, 5]], labels=[0], _image=s.image)],
                                     ["Platelets", "RBC"], "x"), ["RBC", "WBC", "Platelets"], "training")
@@ -116,7 +116,7 @@ def test_validation_picks_best(tmp_path, ds128):
         return {"mAP50": v, "mAP": v / 2}
 
     tc = TrainConfig(epochs=3, batch_size=2, lr=0.01, device="cpu", out_dir=tmp_path, max_steps_per_epoch=1)
-    h = train_detector(model, cfg, ds128, ds128.subset([0, 1]), tc, evaluate_fn=fake_eval, progress=False)
+    h = train_detector(model, ds128, ds128.subset([0, 1]), tc, evaluate_fn=fake_eval, progress=False)
     assert seen == [2, 2, 2]
     assert h.column("val_mAP50") == [0.3, 0.6, 0.4]
     assert h.best_epoch == 2 and h.best_value == pytest.approx(0.3)
@@ -169,7 +169,7 @@ def test_augment_hooks(ds128):
 
     for aug in (per_sample, Flip()):
         model, cfg = tiny(ds128)
-        train_detector(model, cfg, ds128, None, TrainConfig(epochs=1, batch_size=2, device="cpu", augment=aug),
+        train_detector(model, ds128, None, TrainConfig(epochs=1, batch_size=2, device="cpu", augment=aug),
                        progress=False)
     assert seen == {"sample": 4, "batch": 2}
 
@@ -179,7 +179,7 @@ def test_smearlab_augment_trains_on_cpu(ds128):
     from smearlab.augment import default_augment
     from smearlab.detection.train import _augment_batch
     model, cfg = tiny(ds128)
-    train_detector(model, cfg, ds128, None, TrainConfig(epochs=1, batch_size=2, device="cpu",
+    train_detector(model, ds128, None, TrainConfig(epochs=1, batch_size=2, device="cpu",
                                                         augment=default_augment(0)), progress=False)
     images = [torch.rand(3, 32, 40), torch.rand(3, 24, 40)]  # different sizes: one by one
     targets = [{"boxes": torch.tensor([[1.0, 1.0, 9.0, 9.0]]), "labels": torch.tensor([1])}] * 2
@@ -198,3 +198,12 @@ def test_gpu_image_store_batches(ds128):
         r_im, r_t = ref[i]
         assert torch.allclose(im, r_im, atol=1e-6)
         assert torch.equal(t["boxes"], r_t["boxes"]) and torch.equal(t["labels"], r_t["labels"])
+
+
+def test_the_call_shape_is_every_tasks(ds128):
+    """train_detector(model, train, val, tcfg): the model carries its config; passing it is a clear error."""
+    model, cfg = tiny(ds128)
+    with pytest.raises(TypeError, match="takes no DetectorConfig"):
+        train_detector(model, cfg, ds128, progress=False)
+    with pytest.raises(ValueError, match="build_detector or load_model"):
+        train_detector(torch.nn.Linear(2, 2), ds128, None, TrainConfig(epochs=1, device="cpu"), progress=False)

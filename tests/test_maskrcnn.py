@@ -33,7 +33,7 @@ def trained(ds):
     cfg = cfg_of(detections_per_img=40)
     model = build_detector(cfg)
     tc = TrainConfig(epochs=4, batch_size=2, lr=0.02, warmup_iters=2, device="cpu", seed=0)
-    hist = train_detector(model, cfg, ds, None, tc, progress=False)
+    hist = train_detector(model, ds, None, tc, progress=False)
     return model.eval(), hist
 
 
@@ -92,7 +92,7 @@ def test_mask_arch_needs_masks(ds):
                             ds.class_names, "boxes-only")
     model = build_detector(cfg_of())
     with pytest.raises(ValueError, match=r"maskrcnn_tiny.*instance masks.*'boxes-only'"):
-        train_detector(model, cfg_of(), no_masks, None, TrainConfig(epochs=1, device="cpu"), progress=False)
+        train_detector(model, no_masks, None, TrainConfig(epochs=1, device="cpu"), progress=False)
 
 
 def test_predict_masks(trained, ds):

@@ -268,16 +268,19 @@ def test_crop_dataset_targets_are_the_objects_own_pixels():
 def test_train_crop_unet_on_synthetic_smears(tmp_path):
     from smearlab.data.synthetic import make_dataset
     from smearlab.metrics.instances import dsb_score
-    from smearlab.segmentation.train import train_crop_unet
+    from smearlab.segmentation.train import build_crop_unet, train_crop_unet
     from smearlab.segmentation.predict import two_stage_segment
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
         ds = make_dataset(3, seed=0, width=192, height=144)
         torch.manual_seed(0)
-        model, hist = train_crop_unet(ds, pad=0.25, crop_size=32, base=8, depth=3, epochs=8, batch_size=16,
-                                      lr=1e-2, device="cpu", progress=False, out_dir=tmp_path)
+        model = build_crop_unet(ds, base=8, depth=3)
+        hist = train_crop_unet(model, ds, pad=0.25, crop_size=32, epochs=8, batch_size=16, lr=1e-2, device="cpu",
+                               progress=False, out_dir=tmp_path)
         assert model.crop_pad == 0.25 and model.input_size == 32
+        with pytest.raises(ValueError, match="build_crop_unet"):  # outputs that the targets do not have
+            train_crop_unet(UNet(3, 5, base=4, depth=2), ds, epochs=1, device="cpu", progress=False)
         assert hist[-1]["loss"] < 0.7 * hist[0]["loss"]
         preds = two_stage_segment(ds, model, ds, device="cpu")     # oracle boxes
         ious = [(a & b).sum() / max(1, (a | b).sum())

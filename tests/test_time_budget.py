@@ -117,10 +117,10 @@ def test_budgeted_training_runs_the_planned_epochs_and_finishes_its_schedule(mon
     torch.manual_seed(0)
     cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=ds.class_names, min_size=80, max_size=96)
     model = build_detector(cfg)
-    hist = train_detector(model, cfg, ds, tcfg=TrainConfig(batch_size=2, lr=0.01, warmup_iters=2, device="cpu",
+    hist = train_detector(model, ds, tcfg=TrainConfig(batch_size=2, lr=0.01, warmup_iters=2, device="cpu",
                                                            time_budget_s=40, epochs=50), progress=False)
     assert len(hist) == hist[-1]["planned_epochs"] >= 1
     assert hist[-1]["lr_end"] == pytest.approx(0.0, abs=1e-9)  # the cosine schedule ran to its end
     with pytest.raises(ValueError, match="too small for one epoch"):  # 6 steps of 0.2 fake seconds
-        train_detector(build_detector(cfg), cfg, ds, tcfg=TrainConfig(batch_size=1, device="cpu", time_budget_s=1),
+        train_detector(build_detector(cfg), ds, tcfg=TrainConfig(batch_size=1, device="cpu", time_budget_s=1),
                        progress=False)

@@ -113,7 +113,7 @@ def fine_tune(model_folder, corrected: SmearDataset, train: SmearDataset | None 
         tcfg = dataclasses.replace(recipe, epochs=int(epochs), lr=recipe.base_lr * float(lr_scale),
                                    warmup_iters=min(recipe.warmup_iters, 10), seed=seed, device=device,
                                    out_dir=out_dir, time_budget_s=None)
-    history = train_detector(model, cfg, data, val, tcfg, progress=progress)
+    history = train_detector(model, data, val, tcfg, progress=progress)
     model.eval()
     model.detector_config = cfg
     if out_dir is not None:

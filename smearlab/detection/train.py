@@ -560,16 +560,18 @@ def param_digest(model: nn.Module) -> str:
 # ---------------------------------------------------------------------------------------------
 # the loop
 # ---------------------------------------------------------------------------------------------
-def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, train_ds=None, val_ds=None,
-                   tcfg: TrainConfig | None = None, *, evaluate_fn: Callable | None = None,
-                   resume: "bool | str | Path | None" = None, progress: bool = True,
-                   until_epoch: int | None = None) -> History:
+def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConfig | None = None, *,
+                   evaluate_fn: Callable | None = None, resume: "bool | str | Path | None" = None,
+                   progress: bool = True, until_epoch: int | None = None) -> History:
     """Train ``model`` (from :func:`build_detector`) on ``train_ds``; returns a :class:`History`.
+
+    The call shape of every task's training, ``train_x(model, train, val, config)``; the model
+    carries its :class:`DetectorConfig` (``model.detector_config``), which training completes
+    with the training scale (``object_sizes``, ``train_image_size``).
 
     Parameters
     ----------
     model : the detector; trained in place (and left on the training device).
-    cfg_model : its :class:`DetectorConfig` (None: ``model.detector_config``).
     train_ds, val_ds : SmearDatasets (or DetectionDatasets over them). Their classes are mapped
         onto the model's by name; a class the model lacks raises ``ValueError`` before training.
         Any other torch dataset of ``(image, target)`` pairs is used as is (labels 1-based).
@@ -583,10 +585,14 @@ def train_detector(model: nn.Module, cfg_model: DetectorConfig | None = None, tr
         later to go on.
     """
 
+    if isinstance(train_ds, DetectorConfig):
+        raise TypeError("train_detector(model, train, val, tcfg) takes no DetectorConfig: the model carries "
+                        "its own (model.detector_config)")
     tcfg = tcfg or TrainConfig()
-    cfg_model = cfg_model or getattr(unwrap(model), "detector_config", None)
+    cfg_model = getattr(unwrap(model), "detector_config", None)
     if cfg_model is None:
-        raise ValueError("train_detector needs the model's DetectorConfig (cfg_model)")
+        raise ValueError("train_detector needs a model from build_detector or load_model (it carries its "
+                         "DetectorConfig as model.detector_config)")
     if train_ds is None:
         raise ValueError("train_detector needs a training dataset")
     names = list(cfg_model.class_names)
@@ -944,7 +950,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        seed=args.seed, num_workers=args.num_workers, device=args.device, out_dir=args.out,
                        data_on_gpu=args.data_on_gpu, max_steps_per_epoch=args.max_steps_per_epoch,
                        time_budget_s=args.time_budget_s)
-    hist = train_detector(model, cfg, ds, val, tcfg, resume=True if args.resume else None,
+    hist = train_detector(model, ds, val, tcfg, resume=True if args.resume else None,
                           progress=not args.no_progress)
     rank = int(os.environ.get("RANK", "0"))
     if args.param_digest:

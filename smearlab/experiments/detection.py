@@ -100,7 +100,7 @@ def fit_and_evaluate(name: str, cfg: DetectorConfig, tcfg: TrainConfig, train: S
     cfg = fitted_by_default(cfg, train, anchors)
     model = build_detector(cfg)
     t0 = time.perf_counter()
-    history = train_detector(model, cfg, train, val, tcfg, progress=progress)
+    history = train_detector(model, train, val, tcfg, progress=progress)
     train_s = time.perf_counter() - t0
     device = resolve_device(tcfg.device)
     model.to(device).eval()

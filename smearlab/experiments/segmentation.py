@@ -21,7 +21,7 @@ from ..data.derive import as_single_class
 from ..metrics.instances import score_instances
 from ..segmentation.instances import InstanceTrainConfig, build_instance_unet, predict_instances, train_instance_unet
 from ..segmentation.predict import predict_semantic, two_stage_segment
-from ..segmentation.train import train_crop_unet, train_unet
+from ..segmentation.train import build_crop_unet, train_crop_unet, train_unet
 from ..segmentation.unet import UNet
 from .detection import DetectionRun, fit_and_evaluate
 from .profiles import dataset_label
@@ -139,8 +139,9 @@ def compare_segmenters(splits: dict[str, SmearDataset], s, *, seed: int = 0, dev
     unet_pred = predict_semantic(unet, test, device=device)
 
     crop_train = train if s.crop_images is None else train.subset(range(min(len(train), s.crop_images)))
-    crop_unet, _ = train_crop_unet(crop_train, crop_size=s.crop_size, base=s.crop_base, epochs=s.unet_epochs,
-                                   batch_size=32, device=device, seed=seed, progress=False)
+    crop_unet = build_crop_unet(crop_train, base=s.crop_base)
+    train_crop_unet(crop_unet, crop_train, crop_size=s.crop_size, epochs=s.unet_epochs, batch_size=32, device=device,
+                    seed=seed, progress=False)
     two_stage = two_stage_segment(final, crop_unet, test, device=device)
     metrics["detector + crop U-Net"] = segmentation_metrics(test, two_stage, score_threshold=0.0)
     learned = train_learned_segmenter(train, val, s, seed=seed, device=device)

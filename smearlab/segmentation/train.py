@@ -196,7 +196,6 @@ def crop_dataset(dataset, pad: float = 0.2, *, classes: Sequence[int] | None = N
     """
     pad = check_pad(pad)
     keep = None if classes is None else {int(c) for c in classes}
-    names = getattr(dataset, "semantic_names", None)
     samples = []
     for s in dataset:
         if not len(s.boxes):
@@ -216,46 +215,68 @@ def crop_dataset(dataset, pad: float = 0.2, *, classes: Sequence[int] | None = N
                                   boxes=b[None], labels=[int(lab)], domain=s.domain,
                                   meta={"source": s.image_id, "object": i, "window": (xa, ya, xb, yb)},
                                   _semantic=np.ascontiguousarray(_crop_target(s, i, (xa, ya, xb, yb)))))
-    if not (names and any(s.has_semantic for s in dataset)):
-        names = ["background", "foreground"]
     return SmearDataset(samples, getattr(dataset, "class_names", ["object"]),
-                        name or f"{getattr(dataset, 'name', 'dataset')}-crops", semantic_names=names)
+                        name or f"{getattr(dataset, 'name', 'dataset')}-crops", semantic_names=crop_classes(dataset))
 
 
-def train_crop_unet(dataset, *, pad: float = 0.2, crop_size: int = 64, classes: Sequence[int] | None = None,
-                    model: UNet | None = None, base: int = 16, depth: int = 4, norm: str = "batch",
-                    val_ds=None, **train_kw) -> tuple[UNet, History]:
+def crop_classes(dataset) -> list[str]:
+    """The classes of :func:`crop_dataset`'s targets: the dataset's semantic classes when it has
+    semantic masks, else ``["background", "foreground"]``.
+
+    Parameters
+    ----------
+    dataset : SmearDataset with instance and/or semantic masks.
+    """
+    names = getattr(dataset, "semantic_names", None)
+    if names and any(s.has_semantic for s in dataset):
+        return list(names)
+    return ["background", "foreground"]
+
+
+def build_crop_unet(dataset, *, base: int = 16, depth: int = 4, norm: str = "batch") -> UNet:
+    """A new U-Net for :func:`train_crop_unet`, with one output per class of the crop targets.
+
+    Parameters
+    ----------
+    dataset : the training dataset (its classes decide the outputs, :func:`crop_classes`).
+    base, depth, norm : first-level channels, number of 2x down-samplings and normalisation
+        (``"batch"`` or ``"group"``).
+    """
+    return UNet(3, len(crop_classes(dataset)), base=base, depth=depth, norm=norm)
+
+
+def train_crop_unet(model: UNet, train, val=None, *, pad: float = 0.2, crop_size: int = 64,
+                    classes: Sequence[int] | None = None, **train_kw) -> History:
     """Train a U-Net on crops around the ground-truth boxes (the second stage of :func:`two_stage_segment`).
 
     Parameters
     ----------
-    dataset : SmearDataset with boxes and instance (and/or semantic) masks.
+    model : the U-Net (:func:`build_crop_unet`, or one to train further); trained in place and
+        left in ``eval`` mode, with ``model.crop_pad`` set.
+    train : SmearDataset with boxes and instance (and/or semantic) masks.
+    val : optional dataset whose crops give ``val_dice`` per epoch.
     pad : context margin of each crop (fraction of the box's longer side), saved with the
         model as ``model.crop_pad``.
     crop_size : crops are letterboxed into ``crop_size`` x ``crop_size`` (``model.input_size``).
     classes : train on the boxes of these label indices only (default all).
-    model : a :class:`UNet` to train further; default a new one with ``base``, ``depth`` and
-        ``norm`` and as many classes as the crop targets have.
-    base, depth, norm : the new U-Net's first-level channels, number of 2x down-samplings and
-        normalisation (``"batch"`` or ``"group"``); ignored when ``model`` is given.
-    val_ds : optional dataset whose crops give ``val_dice`` per epoch.
     **train_kw : passed to :func:`train_unet` (``epochs``, ``batch_size``, ``lr``, ``device``,
         ``seed``, ``augment``, ``progress``, ``out_dir``...).
 
     Returns
     -------
-    (model, history) : the trained model (``eval`` mode) and :func:`train_unet`'s history.
+    History
+        :func:`train_unet`'s history.
     """
     pad = check_pad(pad)
     if isinstance(crop_size, bool) or not isinstance(crop_size, (int, np.integer)) or crop_size < 8:
         raise ValueError(f"crop_size must be an integer >= 8, got {crop_size!r}")
-    crops = crop_dataset(dataset, pad, classes=classes)
+    crops = crop_dataset(train, pad, classes=classes)
     if not len(crops):
-        raise ValueError(f"dataset {getattr(dataset, 'name', '?')!r} has no boxes to train on"
+        raise ValueError(f"dataset {getattr(train, 'name', '?')!r} has no boxes to train on"
                          + ("" if classes is None else f" of classes {list(classes)}"))
-    val = None if val_ds is None else crop_dataset(val_ds, pad, classes=classes)
-    if model is None:
-        model = UNet(3, len(crops.semantic_names), base=base, depth=depth, norm=norm)
+    if model.config["num_classes"] != len(crops.semantic_names):
+        raise ValueError(f"the U-Net has {model.config['num_classes']} outputs, the crop targets {len(crops.semantic_names)} "
+                         f"classes {crops.semantic_names}: build it with build_crop_unet(train)")
+    crops_val = None if val is None else crop_dataset(val, pad, classes=classes)
     model.crop_pad = pad  # before training, so that every checkpoint of out_dir carries it
-    history = train_unet(model, crops, val, size=int(crop_size), **train_kw)
-    return model, history
+    return train_unet(model, crops, crops_val, size=int(crop_size), **train_kw)
