@@ -248,7 +248,7 @@ def test_save_and_load_classifier(tmp_path):
     m = build_classifier(["a", "b"], width=4, norm="group", input_size=24).eval()
     p = save_classifier(m, tmp_path / "clf")
     assert sorted(q.name for q in p.iterdir()) == ["config.json", "weights.pt"]
-    back = load_classifier(p)
+    back = load_classifier(p, device="cpu")
     x = torch.rand(2, 3, 24, 24)
     assert torch.allclose(m(x), back(x)) and back.class_names == ["a", "b"] and back.input_size == 24
     assert load_model(p, device="cpu").class_names == ["a", "b"]

@@ -144,13 +144,14 @@ def save_classifier(model: CellClassifier, folder, **meta) -> Path:
                              class_names=model.class_names, **meta)
 
 
-def load_classifier(folder, device="cpu") -> CellClassifier:
+def load_classifier(folder, device="auto") -> CellClassifier:
     """A :class:`CellClassifier` from its model folder (:func:`save_classifier`).
 
     Parameters
     ----------
     folder : the model folder.
-    device : ``"cpu"``, ``"cuda"``, ``"auto"``... (see :func:`~smearlab.core.device.resolve_device`).
+    device : ``"auto"`` (the default, as every loader: CUDA when there is one), ``"cpu"``, ``"cuda"``...
+        (see :func:`~smearlab.core.device.resolve_device`).
 
     Raises
     ------

@@ -160,14 +160,14 @@ def save_instance_unet(model: UNet, folder, thresholds: InstanceThresholds | Non
                              thresholds=asdict(thresholds or InstanceThresholds()), **meta)
 
 
-def load_instance_unet(folder, device="cpu") -> UNet:
+def load_instance_unet(folder, device="auto") -> UNet:
     """The instance U-Net of a model folder, in eval mode, its tuned thresholds as
     ``model.thresholds`` (an :class:`InstanceThresholds`).
 
     Parameters
     ----------
     folder : the model folder (:func:`save_instance_unet`).
-    device : ``"cpu"``, ``"cuda"`` or ``"auto"``.
+    device : ``"auto"`` (the default: CUDA when there is one), ``"cpu"``, ``"cuda"``.
     """
     saved = read_model_folder(folder, "unet")
     config = {k: v for k, v in saved.config.items() if k in ("in_channels", "num_classes", "base", "depth", "norm")}

@@ -138,13 +138,14 @@ def save_unet(model: UNet, folder, *, class_names=None, **meta) -> Path:
     return save_model_folder(folder, "unet", model, config, class_names=class_names, **meta)
 
 
-def load_unet(folder, device: "str | torch.device | None" = "cpu") -> UNet:
+def load_unet(folder, device: "str | torch.device | None" = "auto") -> UNet:
     """A :class:`UNet` from its model folder (:func:`save_unet`, :func:`~smearlab.segmentation.train.train_unet`).
 
     Parameters
     ----------
     folder : the model folder.
-    device : ``"cpu"``, ``"cuda"``, ``"auto"``... (see :func:`~smearlab.core.device.resolve_device`).
+    device : ``"auto"`` (the default, as every loader: CUDA when there is one), ``"cpu"``, ``"cuda"``...
+        (see :func:`~smearlab.core.device.resolve_device`).
 
     Raises
     ------
