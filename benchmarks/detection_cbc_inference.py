@@ -5,8 +5,8 @@ IoU 0.5 and a short proposal list can suppress. These settings change inference 
 weights: one detector is trained (the CPU recipe of ``detection_cbc.py`` for ``--budget``
 minutes), then rebuilt with each candidate of the grid (``box_nms_thresh``: NMS IoU of the final
 boxes; ``rpn_post_nms_top_n_test``: proposals kept per image) around its weights. The candidate
-with the best validation mAP@[.5:.95] is compared with the recipe's own settings on Testing, side
-by side on the same weights. Writes ``benchmarks/results/detection_cbc_inference.json``:
+with the best validation mAP@[.5:.95] (the model's own settings first, so that a tie keeps them) is
+compared with those settings on Testing, side by side on the same weights. Writes ``benchmarks/results/detection_cbc_inference.json``:
 ``default`` and ``chosen`` (settings, val and test mAP50 / mAP, AP50 and AP per class),
 ``val_table`` (every candidate's validation scores), ``gain_mAP`` / ``gain_mAP50`` on Testing.
 
@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import save_result  # noqa: E402
 from detection_cbc import DEFAULT_DATA, run as train_row  # noqa: E402
 
-from smearlab.core.search import grid_search  # noqa: E402
+from smearlab.core.search import grid_points, grid_search  # noqa: E402
 from smearlab.data.splits import detection_splits  # noqa: E402
 from smearlab.detection import build_detector, load_model, predict  # noqa: E402
 from smearlab.detection.train import default_evaluate  # noqa: E402
@@ -43,7 +43,8 @@ def rebuilt(model, settings: dict):
     """The same weights in a detector built with ``settings`` added to its config's ``extra``."""
     cfg = dataclasses.replace(model.detector_config, extra={**model.detector_config.extra, **settings})
     if "rpn_post_nms_top_n_test" in settings:  # the proposals NMS keeps cannot outnumber those it sees
-        cfg.extra["rpn_pre_nms_top_n_test"] = max(600, int(settings["rpn_post_nms_top_n_test"]))
+        cfg.extra["rpn_pre_nms_top_n_test"] = max(model.rpn._pre_nms_top_n["testing"],
+                                                  int(settings["rpn_post_nms_top_n_test"]))
     new = build_detector(cfg)
     new.load_state_dict(model.state_dict())
     new.preprocess_spec = getattr(model, "preprocess_spec", None)
@@ -85,9 +86,12 @@ def main(argv=None):
             print(f"  {settings}: val mAP50 {s['mAP50']:.4f}, mAP {s['mAP']:.4f}", flush=True)
             return {"mAP": s["mAP"], "mAP50": s["mAP50"]}
 
-        found = grid_search(GRID, evaluate, key="mAP")
+        # the model's own settings, tried first so that a tie keeps them
+        default = {"box_nms_thresh": float(model.roi_heads.nms_thresh),
+                   "rpn_post_nms_top_n_test": int(model.rpn._post_nms_top_n["testing"])}
+        candidates = [default] + [c for c in grid_points(GRID) if c != default]
+        found = grid_search(candidates, evaluate, key="mAP")
         chosen = found.params
-        default = {"box_nms_thresh": 0.5, "rpn_post_nms_top_n_test": 300}  # the tiny recipe's own
         rows = {}
         for name, settings in (("default", default), ("chosen", chosen)):
             rows[name] = {"settings": settings, "val": next(r for r in found.table if r["params"] == settings),

@@ -124,3 +124,22 @@ def test_budgeted_training_runs_the_planned_epochs_and_finishes_its_schedule(mon
     with pytest.raises(ValueError, match="too small for one epoch"):  # 6 steps of 0.2 fake seconds
         train_detector(build_detector(cfg), ds, tcfg=TrainConfig(batch_size=1, device="cpu", time_budget_s=1),
                        progress=False)
+
+
+def test_a_resumed_budgeted_run_plans_its_own_epochs_and_ends_on_whole_ones(monkeypatch, tmp_path):
+    """The budget of a resumed run is for the epochs after the checkpoint: no record mid-epoch."""
+    ticks = itertools.count()
+    monkeypatch.setattr(training, "clock", lambda: float(next(ticks)))
+    from smearlab.data.synthetic import make_dataset
+    ds = make_dataset(6, seed=0, width=96, height=80)
+    cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=ds.class_names, min_size=80, max_size=96)
+    tc = dict(batch_size=1, lr=0.01, warmup_iters=2, device="cpu", out_dir=tmp_path, epochs=50)
+    torch.manual_seed(0)
+    train_detector(build_detector(cfg), ds, tcfg=TrainConfig(**tc), progress=False, until_epoch=4)
+    hist = train_detector(build_detector(cfg), ds, tcfg=TrainConfig(**tc, time_budget_s=15), progress=False,
+                          resume=True)
+    epochs = hist.column("epoch")
+    assert epochs[:4] == [1, 2, 3, 4] and epochs == list(range(1, len(epochs) + 1)) and len(epochs) > 4
+    assert all(r["steps"] == 6 for r in hist.records)  # whole epochs of 6 images only
+    assert len(epochs) - 4 == hist[-1]["planned_epochs"]  # the plan counts this run's epochs
+    assert hist[-1]["lr_end"] == pytest.approx(0.0, abs=1e-9)  # the schedule spans all epochs and ends

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import re
 import shutil
 from pathlib import Path
 from typing import Any, Sequence
@@ -106,10 +105,6 @@ def predict_classes(model: nn.Module, data, device="auto", batch_size: int = 256
     k = len(names) or (out[0].shape[1] if out else 0)
     probs = torch.cat(out).numpy() if out else np.zeros((0, k), np.float32)
     return ClassPredictions(probs, names or [str(i) for i in range(probs.shape[1])])
-
-
-def _safe_name(image_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", image_id).strip("._") or "image"
 
 
 def classify_boxes(classifier: CellClassifier, image: np.ndarray, boxes, *, pad: float = 0.1, device="auto",

@@ -241,9 +241,10 @@ def step_loop(step, total_steps: int, *, record_every: int, optimizer=None, lr_a
     on_record : ``f(record) -> dict | None`` when a record is made, before the budget is refitted
         (validation; its return is merged in).
     after_record : ``f(record)`` once the record is in the history (checkpoints, logs).
-    budget : a :class:`TimeBudget` whose plan (in records of ``record_every`` steps) replaces
-        ``total_steps``; calibrated on the first steps of this run and refitted after each record;
-        the record gains ``planned_epochs`` and ``budget_left_s``.
+    budget : a :class:`TimeBudget` whose plan (in records of ``record_every`` steps after
+        ``start_step``) replaces ``total_steps``; calibrated on the first steps of this run and
+        refitted after each record; the record gains ``planned_epochs`` (of this run) and
+        ``budget_left_s``.
     start_step : the step to start from (a resumed run).
     stop_step : stop after this step although the plan goes on (the schedule is unchanged).
     progress : a tqdm progress bar over steps, with the last loss, learning rate and budget.
@@ -260,8 +261,8 @@ def step_loop(step, total_steps: int, *, record_every: int, optimizer=None, lr_a
     every = max(1, int(record_every))
     start = int(start_step)
 
-    def total() -> int:
-        n = budget.planned_epochs * every if budget is not None else int(total_steps)
+    def total() -> int:  # a budget plans the records of this run, after ``start``
+        n = start + budget.planned_epochs * every if budget is not None else int(total_steps)
         return n if stop_step is None else min(n, int(stop_step))
 
     if budget is not None:

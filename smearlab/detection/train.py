@@ -640,6 +640,7 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
     out_dir = Path(tcfg.out_dir) if tcfg.out_dir is not None else None
     use_amp = bool(tcfg.amp and device.type == "cuda")
     net = unwrap(model)
+    epoch_state: dict[str, Any] = {}  # the epoch's batches and counters (the loop's hooks share them)
     try:
         _seed_all(tcfg.seed + dctx.rank)
         if device.type == "cuda":
@@ -690,12 +691,16 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
         budget = None
         if tcfg.time_budget_s is not None:
             budget = TimeBudget(tcfg.time_budget_s, steps_per_epoch, initial_epochs=tcfg.epochs, share=dctx.share)
+        start_epoch = 0  # epochs done before this run (a resumed run: set from the checkpoint)
+
+        def planned_epochs() -> int:  # of the whole run; a budget plans the epochs of this run
+            return start_epoch + budget.planned_epochs if budget is not None else tcfg.epochs
+
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, _lr_lambda(tcfg, steps_per_epoch, (lambda: budget.planned_epochs) if budget else None))
+            optimizer, _lr_lambda(tcfg, steps_per_epoch, planned_epochs if budget else None))
         scaler = _grad_scaler(use_amp)
 
         history = History(best_metric=tcfg.best_metric, out_dir=out_dir)
-        start_epoch = 0
         ck_path = _resolve_resume(resume, out_dir)
         if ck_path is not None:
             ck = _load_checkpoint(ck_path)
@@ -730,7 +735,6 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
         last_good = out_dir / "last.pt" if out_dir is not None else None
         check_labels = None if train_smear is not None else len(names) + 1
         clip_params = [p for g in optimizer.param_groups for p in g["params"]]
-        epoch_state: dict[str, Any] = {}
 
         def kept() -> str:
             return (f"; the last good checkpoint {last_good} is kept"
@@ -789,6 +793,7 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
 
         def end_epoch(rec: dict[str, Any]) -> dict[str, Any]:  # before the budget is refitted
             epoch = rec["step"] // steps_per_epoch
+            epoch_state["source"] = None  # the loader's workers stop here, not at the next epoch
             out: dict[str, Any] = {"epoch": epoch, "lr": epoch_state["lr_start"],
                                    "lr_end": optimizer.param_groups[0]["lr"], "steps": epoch_state["steps"],
                                    "images": epoch_state["images"],
@@ -801,7 +806,7 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
                     f"weights became non-finite in epoch {epoch} (learning rate "
                     f"{optimizer.param_groups[0]['lr']:.3g}); training stopped" + kept()
                     + ". Lower the learning rate or raise warmup_iters.")
-            is_last = epoch == (budget.planned_epochs if budget is not None else tcfg.epochs)
+            is_last = epoch == planned_epochs()
             if val_smear is not None and (epoch % max(1, tcfg.val_every) == 0 or is_last):
                 if dctx.main:
                     t_val = time.time()
@@ -840,7 +845,7 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
                 if improved:
                     save_model(net, cfg_model, out_dir / "best", preprocess=tcfg.preprocess, train_config=tcfg)
             if dctx.main:
-                log.info("epoch %d/%d: %s", epoch, budget.planned_epochs if budget is not None else tcfg.epochs,
+                log.info("epoch %d/%d: %s", epoch, planned_epochs(),
                          ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
             dctx.barrier()
 
@@ -859,6 +864,7 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
         dctx.barrier()
         return history
     finally:
+        epoch_state.clear()  # an unfinished epoch's loader workers stop, even when training failed
         dctx.close()
 
 

@@ -320,12 +320,13 @@ def predict_probabilities(model: UNet, image: np.ndarray, *, tile: int = 256, ov
     image : ``(H, W, 3)`` RGB or ``(H, W)`` grey image.
     tile : tile side in pixels (a multiple of ``2 ** depth``).
     overlap : overlap of neighbouring tiles in pixels.
-    device : the device to run on (None: the model's).
+    device : the device to run on (None: the model's); the model is moved there.
     tta : average over the eight flips and quarter turns of the image (test-time augmentation:
         each pixel is seen in eight orientations, which steadies the interior probability that
         seeds the objects; eight times the time).
     """
     dev = next(model.parameters()).device if device is None else resolve_device(device)
+    model.to(dev)
     x = nuclear_channel(image)
     if not tta:
         return _tiled_probabilities(model, x, tile, overlap, dev)
