@@ -43,7 +43,9 @@ def clean_boxes(boxes, labels, hw: tuple[int, int] | None, path, skipped: SkipLo
     out = b.copy()
     for i, (x0, y0, x1, y1) in enumerate(b):
         rec = records[i] if records is not None else f"box {i}"
-        if not np.all(np.isfinite(b[i].astype(np.float32))):  # finite once stored as float32 too
+        with np.errstate(over="ignore"):  # a value past float32's range becomes inf: refused below
+            finite = np.all(np.isfinite(b[i].astype(np.float32)))  # finite once stored as float32 too
+        if not finite:
             skipped.add(path, f"non-finite box: {b[i].tolist()}", rec)
             keep[i] = False
             continue
