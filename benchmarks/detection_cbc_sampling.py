@@ -6,7 +6,8 @@ twenty cells, so 128 may already cover them; this measures whether more samples 
 result. Each candidate is trained from scratch with the CPU recipe for the same number of epochs
 (not a time budget: the candidates cost different amounts per step) and the same seed, then
 scored on the validation split and on Testing with pycocotools. Writes
-``benchmarks/results/detection_cbc_sampling.json``: one row per candidate (``val_mAP``,
+``benchmarks/results/detection_cbc_sampling.json`` (``_seed<N>`` added for another seed, which
+also draws another validation split): one row per candidate (``val_mAP``,
 ``val_mAP50``, ``mAP``, ``mAP50``, AP per class, ``train_s``), the ratio of each to the first.
 
 Usage::
@@ -67,7 +68,7 @@ def main(argv=None):
         r["ratio_to_first"] = {k: r[k] / first[k] for k in ("val_mAP", "mAP", "mAP50") if first[k]}
     result = {"rows": rows, "epochs": args.epochs, "seed": args.seed, "images": {k: len(v) for k, v in splits.items()},
               "cpu_threads": os.cpu_count(), "load_average_1_5_15": [round(v, 2) for v in load_avg]}
-    out = save_result("detection_cbc_sampling", result, argv)
+    out = save_result("detection_cbc_sampling" + (f"_seed{args.seed}" if args.seed else ""), result, argv)
     print(f"-> {out}")
 
 
