@@ -12,15 +12,17 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
+from ..core.errors import DataError
 from ..core.files import write_json
+from ..core.model_folder import read_config_json
 from ..data import load
 from ..data.sample import SmearDataset
 from ..detection.models import DetectorConfig
 from ..detection.train import TrainConfig
 from ..export import export_coco_gt, file_names
+from .detection import fit_and_evaluate, run_folder
 
 log = logging.getLogger("smearlab.experiments.counting")
-from .detection import fit_and_evaluate, run_folder
 
 
 def earlier_model(out, class_names=None) -> Path | None:
@@ -52,8 +54,8 @@ def earlier_model(out, class_names=None) -> Path | None:
         return None
     if class_names is not None:
         try:
-            saved = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("class_names")
-        except (OSError, ValueError):
+            saved = read_config_json(folder).get("class_names")
+        except DataError:
             saved = None
         if saved != list(class_names):
             log.warning("%s: notebook 03's model has classes %s, not %s; training a model here instead",

@@ -447,11 +447,12 @@ def tune_thresholds(model: UNet, val: SmearDataset, *, device=None, grid: dict |
         the best settings and their mean DSB score.
     """
     grid = grid or THRESHOLD_GRID
-    probs: dict[bool, list] = {}  # per flip-average choice, computed once
+    probs: dict[bool, list] = {}  # of the flip-average choice being searched (the outermost), computed once
 
     def evaluate(c: dict) -> float:
         th = InstanceThresholds(float(c["foreground"]), float(c["marker"]), int(c["min_size"]), bool(c["tta"]))
         if th.tta not in probs:
+            probs.clear()  # one choice's probabilities in memory at a time
             probs[th.tta] = [predict_probabilities(model, s.image, device=device, tta=th.tta) for s in val]
         return float(dsb_score(val, [probabilities_to_instances(p, th) for p in probs[th.tta]], kind="masks") or 0.0)
 
