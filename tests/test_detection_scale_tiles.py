@@ -54,6 +54,27 @@ def test_choose_factor_trusts_the_most_confident_look():
     assert choose_factor({f: pred(40, 0.2) for f in PROBE_FACTORS}, hw, cfg) == 1.0
 
 
+def test_choose_factor_corrects_boxes_that_lean_to_the_training_size():
+    """A detector draws cells off its training size only part of the way (here the square root of
+    the ratio): the cells' size at one look says less than the truth, the factor where a look's
+    cells ask for that look's own factor is the truth."""
+    cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=["RBC"], min_size=480, max_size=640,
+                         object_sizes={"RBC": {"size": 80.0, "count": 8}})
+    hw = (480, 640)  # the model's own scale is 1: original pixels are input pixels
+
+    def look(f, true_size=100.0):
+        drawn = 80.0 * np.sqrt(true_size * f / 80.0)  # in the resized input
+        return {"boxes": _cells(drawn / f), "scores": np.full(8, 0.9 - 0.1 * abs(np.log(f * true_size / 80)),
+                                                                np.float32), "labels": np.zeros(8, np.int64)}
+
+    probes = {f: look(f) for f in PROBE_FACTORS}
+    one_look = zoom_to_apply(estimate_zoom(probes[1.0], hw, cfg))
+    assert one_look == 1.0  # 100 px cells drawn at 89 px: within the tolerance, no resize
+    assert choose_factor(probes, hw, cfg) == pytest.approx(0.8, rel=1e-3)  # 100 px -> 80 px
+    probes = {f: look(f, true_size=50.0) for f in PROBE_FACTORS}  # half size: x1.6, between probes
+    assert choose_factor(probes, hw, cfg) == pytest.approx(1.6, rel=1e-3)
+
+
 class _SizeModel(torch.nn.Module):
     """Stands in for the model's internals: records the size its transform hands the network."""
 

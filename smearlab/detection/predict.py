@@ -377,9 +377,9 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
         :func:`smearlab.data.derive.box_tiles`).
     scale : None: every image at the model's own input scale. ``"auto"``: scale-aware, each image
         resized so that its cells look the size they had in training, judged from passes at a
-        few zooms (the most confident one, refined by the reference class's median size against
-        ``detector_config.object_sizes``; see :mod:`smearlab.detection.scale`; images where
-        nothing is found confidently stay as they are).
+        few zooms (from the most confident one, the factor at which the reference class's median
+        size matches ``detector_config.object_sizes``; see :mod:`smearlab.detection.scale`;
+        images where nothing is found confidently stay as they are).
         A number: resize every image by it on top of the model's own scale (``0.5`` for pixels
         half as large as in training). Not with ``tile``.
     mask_threshold : a Mask R-CNN's pixel belongs to an instance when its mask probability is
