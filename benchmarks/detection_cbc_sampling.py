@@ -26,11 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import save_result  # noqa: E402
 from detection_cbc import DEFAULT_DATA, PRESETS  # noqa: E402
+from detection_cbc_inference import score  # noqa: E402
 
 from smearlab.augment import default_augment  # noqa: E402
 from smearlab.data.splits import detection_splits  # noqa: E402
-from smearlab.detection import DetectorConfig, TrainConfig, predict  # noqa: E402
-from smearlab.detection.train import default_evaluate  # noqa: E402
+from smearlab.detection import DetectorConfig, TrainConfig  # noqa: E402
 from smearlab.experiments.detection import fit_and_evaluate  # noqa: E402
 
 
@@ -54,8 +54,7 @@ def main(argv=None):
                                augment=default_augment(args.seed), **{**train_kw, "epochs": args.epochs})
             r = fit_and_evaluate(f"box_batch_{value}", cfg, tcfg, splits["train"], splits["test"], splits["val"],
                                  progress=True, anchors=anchors)
-            val = default_evaluate(splits["val"], predict(r.model, splits["val"], batch_size=8, device=args.device,
-                                                          progress=False))
+            val = score(r.model, splits["val"], args.device)
             rows.append({"box_batch_size_per_image": value, "val_mAP": val["mAP"], "val_mAP50": val["mAP50"],
                          "mAP": r.metrics["mAP"], "mAP50": r.metrics["mAP50"], "epochs": r.metrics["epochs"],
                          "per_class": {c: {"AP50": v["AP50"], "AP": v["AP"]}

@@ -143,3 +143,19 @@ def test_a_resumed_budgeted_run_plans_its_own_epochs_and_ends_on_whole_ones(monk
     assert all(r["steps"] == 6 for r in hist.records)  # whole epochs of 6 images only
     assert len(epochs) - 4 == hist[-1]["planned_epochs"]  # the plan counts this run's epochs
     assert hist[-1]["lr_end"] == pytest.approx(0.0, abs=1e-9)  # the schedule spans all epochs and ends
+
+
+def test_the_command_line_takes_a_time_budget(monkeypatch, tmp_path, capsys):
+    """``python -m smearlab.detection.train ... --time-budget-s S`` (the README's DDP command)."""
+    import json
+
+    from smearlab.detection.train import main
+    ticks = itertools.count()
+    monkeypatch.setattr(training, "clock", lambda: float(next(ticks)))
+    assert main(["--synthetic", "4", "--width", "96", "--height", "80", "--arch", "fasterrcnn_tiny",
+                 "--min-size", "80", "--max-size", "96", "--batch-size", "2", "--lr", "0.01", "--warmup-iters", "2",
+                 "--device", "cpu", "--time-budget-s", "30", "--out", str(tmp_path / "run"), "--no-progress"]) == 0
+    last = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert last["epoch"] == last["planned_epochs"] >= 1 and "budget_left_s" in last  # the budget planned the run
+    assert last["lr_end"] == pytest.approx(0.0, abs=1e-9)
+    assert (tmp_path / "run" / "model" / "weights.pt").is_file()  # the trained model folder
