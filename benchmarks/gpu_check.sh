@@ -7,15 +7,18 @@
 # mAP50 >= 0.975, mAP >= 0.65, training <= 5 minutes, >= 100 training and >= 200 inference
 # images/s) at a 5-minute training budget.
 # Run from the repository root on the device machine; the CBC data must lie in data_local/cbc (a
-# git-ignored copy of ../shared/data/cbc). Writes benchmarks/results/gpu_paths.json and
-# detection_cbc_gpu.json, and copies both to $OUT when set (the device tool brings $OUT back).
+# git-ignored copy of ../shared/data/cbc). Writes benchmarks/results/gpu_paths.json,
+# detection_cbc_gpu.json and gpu_profile.txt (a profile of a few training steps, last and allowed
+# to fail), and copies them to $OUT when set (the device tool brings $OUT back).
 set -euo pipefail
 DATA=${DATA:-data_local/cbc}
 BUDGET=${BUDGET:-5}
 export OMP_WAIT_POLICY=PASSIVE PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
-copy_out() { if [ -n "${OUT:-}" ]; then cp benchmarks/results/gpu_paths.json benchmarks/results/detection_cbc_gpu.json "$OUT"/ 2>/dev/null || true; fi; }
+copy_out() { if [ -n "${OUT:-}" ]; then for f in gpu_paths.json detection_cbc_gpu.json gpu_profile.txt; do cp "benchmarks/results/$f" "$OUT"/ 2>/dev/null || true; done; fi; }
 trap copy_out EXIT
 python3 benchmarks/gpu_paths.py --device cuda
 python3 benchmarks/detection_cbc.py --preset gpu --data "$DATA" --device cuda --budgets "$BUDGET" --skip-baseline
+# last, and allowed to fail: where a training step of the gpu preset spends its time (about 40 s)
+timeout "${PROFILE_S:-90}" python3 benchmarks/gpu_paths.py --device cuda --profile benchmarks/results/gpu_profile.txt || true

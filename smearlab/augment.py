@@ -715,9 +715,32 @@ class ColorJitter(Photometric):
         x.mul_(c).add_(mean * (1 - c)).clamp_(0, 1)
         grey = TF.rgb_to_grayscale(x).mul_(1 - s)
         x.mul_(s).add_(grey).clamp_(0, 1)
-        for i in p["hue"].nonzero().flatten().tolist():
-            x[i] = TF.adjust_hue(x[i], float(p["hue"][i]))
+        return _shift_hue(x, p["hue"])
+
+
+def _shift_hue(x: torch.Tensor, hue: torch.Tensor) -> torch.Tensor:
+    """``(B, 3, H, W)`` float images with each sample's hue turned by ``hue[i]`` (turns).
+
+    The arithmetic of :func:`torchvision.transforms.v2.functional.adjust_hue` (HSV round trip),
+    done once for the whole batch with per-sample shifts: adjust_hue takes one shift per call, and
+    a call per image was the slowest part of batched augmentation on a GPU. Where torchvision's
+    HSV helpers are not importable, it falls back to one adjust_hue call per shifted image.
+    """
+    on = hue != 0
+    if not bool(on.any()):
         return x
+    try:
+        from torchvision.transforms.v2.functional._color import _hsv_to_rgb, _rgb_to_hsv
+    except ImportError:  # another torchvision layout: the per-image public call
+        for i in on.nonzero().flatten().tolist():
+            x[i] = TF.adjust_hue(x[i], float(hue[i]))
+        return x
+    idx = on.nonzero().flatten().to(x.device)
+    hsv = _rgb_to_hsv(x[idx])
+    h, sat, val = hsv.unbind(dim=-3)
+    h = (h + _col(hue[on], h)[:, 0]).remainder_(1.0)
+    x[idx] = _hsv_to_rgb(torch.stack((h, sat, val), dim=-3))
+    return x
 
 
 class GaussianBlur(Photometric):
@@ -912,7 +935,8 @@ class Augment:
     ----------
     transforms : :class:`Transform` objects, applied in order.
     seed : seeds the generator: the same seed and call order give the same results.
-    min_area, min_visibility : drop rules applied after each geometric transform (see :func:`warp`).
+    min_area, min_visibility : drop rules applied after the geometric transforms (consecutive ones
+        are composed into one map and one warp; see :func:`warp`).
 
     Examples
     --------
@@ -989,9 +1013,22 @@ class Augment:
         g = self.generator if generator is None else generator
         x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
         targets = [dict(t) for t in targets]
-        for tr in self.transforms:
-            kw = self.drop if isinstance(tr, Geometric) else {}
-            x, targets = tr.apply(x, targets, tr.sample_params(b, g), **kw)
+        trs, i = self.transforms, 0
+        while i < len(trs):
+            if not _fusable(trs[i]):
+                kw = self.drop if isinstance(trs[i], Geometric) else {}
+                x, targets = trs[i].apply(x, targets, trs[i].sample_params(b, g), **kw)
+                i += 1
+                continue
+            # consecutive geometric transforms (same box rule) compose into one map and one warp:
+            # one resampling of the images instead of one per transform (flips and quarter turns
+            # stay exact copies), the same random draws in the same order
+            rule, size, m = trs[i].box_rule, tuple(x.shape[-2:]), None
+            while i < len(trs) and _fusable(trs[i]) and trs[i].box_rule == rule:
+                mi, size = trs[i].matrices(trs[i].sample_params(b, g), size)
+                m = mi if m is None else mi @ m
+                i += 1
+            x, targets = warp(x, targets, m, size, rule, **self.drop)
         # contiguous: a transform may return another memory layout (the stain jitter's einsum gives
         # channels-last), and a CPU convolution's backward pass on such a batch corrupted memory
         # (torch 2.14.1, GroupNorm classifier)
@@ -999,6 +1036,11 @@ class Augment:
         if images.dtype == torch.uint8:
             return (x * 255).round_().clamp_(0, 255).to(torch.uint8), targets
         return x.to(images.dtype), targets
+
+
+def _fusable(tr: Transform) -> bool:
+    """A geometric transform that only gives matrices (its maps can be composed with others')."""
+    return isinstance(tr, Geometric) and type(tr).apply is Geometric.apply
 
 
 def default_augment(seed: int = 0, **kw) -> Augment:

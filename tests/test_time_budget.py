@@ -64,6 +64,44 @@ def test_a_slower_machine_later_shortens_the_plan_but_never_lengthens_it_late():
     assert b.after_epoch(7) == 8                      # the plan does not grow back late in the run
 
 
+def test_a_slow_warm_up_epoch_does_not_shrink_the_plan():
+    """On the GPU the first epoch (kernel selection) took ten times the others: the 5-minute CBC
+    run planned 26 epochs and ended with a third of its budget unused. The estimate leaves the
+    warm-up epoch out, so the plan fills the budget."""
+    clock = FakeClock()
+    b = TimeBudget(100, 10, clock=clock)
+    b.start()
+    for k in range(10):                               # calibration inside the slow warm-up
+        clock.t += 2.0
+        b.after_step(k + 1)
+    done = 1
+    b.after_epoch(done)                               # a 20 s first epoch
+    while done < b.planned_epochs:
+        clock.t += 2.0                                # then 2 s epochs
+        done += 1
+        b.after_epoch(done)
+    assert clock.t <= 100 and b.planned_epochs == 41  # 1 + 80 s / 2 s: the whole budget
+    assert b.epoch_estimate_s() == 2.0
+
+
+def test_periodic_validation_epochs_average_out():
+    """Validation every fifth epoch: the window of five averages it instead of cutting the plan
+    each time a validation epoch comes last."""
+    clock = FakeClock()
+    b = TimeBudget(200, 10, clock=clock, window=5)
+    b.start()
+    for k in range(10):
+        clock.t += 0.2
+        b.after_step(k + 1)
+    done = 0
+    while done < b.planned_epochs:
+        done += 1
+        clock.t += 2.0 + (3.0 if done % 5 == 0 else 0.0)   # 2 s epochs, +3 s of validation every fifth
+        b.after_epoch(done)
+    assert clock.t <= 200 and clock.t > 200 - 2 * 5.0
+    assert b.epoch_estimate_s() == pytest.approx(2.6, rel=0.02)
+
+
 def test_every_process_follows_the_shared_plan():
     """Under DDP each rank measures its own speed; ``share`` (rank 0's plan, broadcast) decides."""
     clock, seen = FakeClock(), []

@@ -111,9 +111,10 @@ class TimeBudget:
     After ``calibration_steps`` optimisation steps the time per step is measured (the first step,
     which warms caches up, left out) and the plan is the number of whole epochs that fit in the
     budget; a budget that cannot hold one epoch is an error then, not after wasting it. After each
-    epoch (validation included) the plan is fitted again to the measured epoch time: freely in the
-    first third of the run, afterwards only downwards, so that a slower machine shortens the run
-    but a noisy measurement never makes the schedule jump up late. The schedule always spans the
+    epoch (validation included) the plan is fitted again to the measured epoch time
+    (:meth:`epoch_estimate_s`, which leaves the warm-up epoch out): freely in the first third of
+    the budget's time, afterwards only downwards, so that a slower machine shortens the run but a
+    noisy measurement never makes the schedule jump up late. The schedule always spans the
     planned epochs, so the run ends on a finished schedule.
 
     Parameters
@@ -126,10 +127,13 @@ class TimeBudget:
         ``time.monotonic``).
     share : ``f(plan) -> plan``, applied to every new plan so that several processes follow one
         (distributed training: rank 0's, broadcast); None for one process.
+    window : the recent epochs whose mean guards the estimate against a slowdown: 1 reacts to
+        the last epoch alone; give the validation period (``TrainConfig.val_every``) when
+        validation runs every few epochs, so that its epochs average out.
     """
 
     def __init__(self, seconds: float, steps_per_epoch: int, *, initial_epochs: int = 12,
-                 calibration_steps: int = 6, clock=None, share=None):
+                 calibration_steps: int = 6, clock=None, share=None, window: int = 1):
         if not seconds > 0:
             raise ValueError(f"time_budget_s must be a positive number of seconds, got {seconds!r}")
         self.seconds = float(seconds)
@@ -138,6 +142,7 @@ class TimeBudget:
         self.calibration_steps = max(2, min(int(calibration_steps), self.steps_per_epoch))
         self.clock = clock or globals()["clock"]
         self.share = share or (lambda plan: plan)
+        self.window = max(1, int(window))
         self.t0: float | None = None
         self.t_first: float | None = None
         self.step_s: float | None = None
@@ -203,14 +208,23 @@ class TimeBudget:
             self.t0 = self._epoch_start = now
         self.epoch_s.append(now - self._epoch_start)
         self._epoch_start = now
-        per_epoch = max(sum(self.epoch_s) / len(self.epoch_s), self.epoch_s[-1])
-        affordable = epochs_done + max(0, int(self.left_s // per_epoch))
-        if epochs_done <= self.planned_epochs / 3:
+        affordable = epochs_done + max(0, int(self.left_s // self.epoch_estimate_s()))
+        if self.elapsed_s <= self.seconds / 3:
             plan = max(epochs_done, affordable)
         else:
             plan = max(epochs_done, min(self.planned_epochs, affordable))
         self.planned_epochs = int(self.share(plan))
         return self.planned_epochs
+
+    def epoch_estimate_s(self) -> float:
+        """Seconds an epoch will take: the mean of the epochs measured, the first left out once
+        there are others (it carries the warm-up: on a GPU, kernel selection made it ten times
+        slower than the rest), or the mean of the last :attr:`window` when they were slower (the
+        machine got busier).
+        """
+        times = self.epoch_s[1:] if len(self.epoch_s) > 1 else self.epoch_s
+        recent = times[-self.window:]
+        return max(sum(times) / len(times), sum(recent) / len(recent))
 
     def describe(self) -> str:
         """The budget as one line for a progress bar: time left and the plan."""

@@ -690,7 +690,8 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
             optimizer = torch.optim.AdamW(params, lr=tcfg.base_lr, weight_decay=tcfg.weight_decay)
         budget = None
         if tcfg.time_budget_s is not None:
-            budget = TimeBudget(tcfg.time_budget_s, steps_per_epoch, initial_epochs=tcfg.epochs, share=dctx.share)
+            budget = TimeBudget(tcfg.time_budget_s, steps_per_epoch, initial_epochs=tcfg.epochs, share=dctx.share,
+                                window=tcfg.val_every)
         start_epoch = 0  # epochs done before this run (a resumed run: set from the checkpoint)
 
         def planned_epochs() -> int:  # of the whole run; a budget plans the epochs of this run
