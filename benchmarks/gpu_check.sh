@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU figures this project has never measured, in one run that fits in 10 minutes on one
+# The project's GPU figures (benchmarks/RESULTS.md; first measured 2026-12-04), in one run that fits in 10 minutes on one
 # H100/H200-class GPU. First the CUDA paths the CPU cannot test (benchmarks/gpu_paths.py: batched
 # augmentation on the GPU and its parity with the CPU, a short training with AMP and the images
 # kept on the GPU, AMP prediction), about a minute, so that a broken path fails before the long
