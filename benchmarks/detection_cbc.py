@@ -35,7 +35,8 @@ from _common import save_result  # noqa: E402
 
 from smearlab.augment import default_augment  # noqa: E402
 from smearlab.data.splits import detection_splits  # noqa: E402
-from smearlab.detection import DetectorConfig, TrainConfig  # noqa: E402
+from smearlab.detection import DetectorConfig, TrainConfig, predict  # noqa: E402
+from smearlab.detection.train import default_evaluate  # noqa: E402
 from smearlab.experiments.detection import fit_and_evaluate  # noqa: E402
 from smearlab.experiments.profiles import GPU_RECIPE  # noqa: E402
 
@@ -85,11 +86,52 @@ def run(kind: str, preset: str, splits, device: str, seed: int, out: Path, budge
     return m
 
 
+def score(model, ds, device) -> dict:
+    """COCO box scores of ``model`` on ``ds`` (raw, ranked predictions)."""
+    m = default_evaluate(ds, predict(model, ds, batch_size=8, device=device, progress=False))
+    return {"mAP50": m["mAP50"], "mAP": m["mAP"],
+            "per_class": {c: {"AP50": v["AP50"], "AP": v["AP"]} for c, v in m["per_class"].items()}}
+
+
+def compare_candidates(splits, candidates, *, device: str, seed: int, out: Path) -> list[dict]:
+    """Train each candidate variant of the CPU recipe from scratch, one after the other, and score
+    it on the validation split and on Testing: the rows of a side-by-side comparison (the choice
+    belongs to ``val_mAP``; Testing is reported, not used to choose).
+
+    Parameters
+    ----------
+    splits : ``detection_splits`` of CBC (train, val, test).
+    candidates : ``(label, model_overrides, training_overrides)`` triples: ``label`` is a dict that
+        opens the row; the overrides replace the CPU recipe's DetectorConfig and TrainConfig fields.
+    device, seed : where and with which seed every candidate trains.
+    out : a scratch folder for the runs.
+    """
+    model_kw, train_kw, anchors = PRESETS["cpu"]["smearlab"]
+    rows = []
+    for label, model_over, train_over in candidates:
+        name = "_".join(f"{k}_{v}" for k, v in label.items())
+        cfg = DetectorConfig(class_names=splits["train"].class_names, **{**model_kw, **model_over})
+        tcfg = TrainConfig(seed=seed, device=device, out_dir=out / name, augment=default_augment(seed),
+                           **{**train_kw, **train_over})
+        r = fit_and_evaluate(name, cfg, tcfg, splits["train"], splits["test"], splits["val"], progress=True,
+                             anchors=anchors)
+        val = score(r.model, splits["val"], device)
+        rows.append({**label, "val_mAP": val["mAP"], "val_mAP50": val["mAP50"], "mAP": r.metrics["mAP"],
+                     "mAP50": r.metrics["mAP50"], "epochs": r.metrics["epochs"],
+                     "count_accuracy": r.metrics["count_accuracy"],
+                     "per_class": {c: {"AP50": v["AP50"], "AP": v["AP"]} for c, v in r.metrics["per_class"].items()},
+                     "train_s": r.metrics["train_s"], "train_images_per_s": r.metrics["train_images_per_s"]})
+        print(f"{name}: {rows[-1]['epochs']} epochs, {rows[-1]['train_s']:.0f} s; val mAP {val['mAP']:.4f}; "
+              f"test mAP50 {rows[-1]['mAP50']:.3f}, mAP {rows[-1]['mAP']:.3f}", flush=True)
+    first = rows[0]
+    for r in rows:
+        r["ratio_to_first"] = {k: r[k] / first[k] for k in ("val_mAP", "mAP", "mAP50") if first[k]}
+    return rows
+
+
 def warm_inference_rate(model, data, batch_size: int) -> float:
     """Images per second of a second prediction pass over ``data`` (a GPU's kernels already chosen)."""
     import torch
-
-    from smearlab.detection import predict
 
     dev = next(model.parameters()).device
     torch.cuda.synchronize(dev)

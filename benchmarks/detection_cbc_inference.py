@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import save_result  # noqa: E402
-from detection_cbc import DEFAULT_DATA, run as train_row  # noqa: E402
+from detection_cbc import DEFAULT_DATA, run as train_row, score  # noqa: E402
 
 from smearlab.core.search import grid_points, grid_search  # noqa: E402
 from smearlab.data.splits import detection_splits  # noqa: E402
@@ -49,13 +49,6 @@ def rebuilt(model, settings: dict):
     new.load_state_dict(model.state_dict())
     new.preprocess_spec = getattr(model, "preprocess_spec", None)
     return new.eval()
-
-
-def score(model, ds, device) -> dict:
-    """COCO box scores of ``model`` on ``ds`` (raw, ranked predictions)."""
-    m = default_evaluate(ds, predict(model, ds, batch_size=8, device=device, progress=False))
-    return {"mAP50": m["mAP50"], "mAP": m["mAP"],
-            "per_class": {c: {"AP50": v["AP50"], "AP": v["AP"]} for c, v in m["per_class"].items()}}
 
 
 def main(argv=None):

@@ -25,13 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import save_result  # noqa: E402
-from detection_cbc import DEFAULT_DATA, PRESETS  # noqa: E402
-from detection_cbc_inference import score  # noqa: E402
+from detection_cbc import DEFAULT_DATA, PRESETS, compare_candidates  # noqa: E402
 
-from smearlab.augment import default_augment  # noqa: E402
 from smearlab.data.splits import detection_splits  # noqa: E402
-from smearlab.detection import DetectorConfig, TrainConfig  # noqa: E402
-from smearlab.experiments.detection import fit_and_evaluate  # noqa: E402
 
 
 def main(argv=None):
@@ -43,29 +39,12 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     splits = detection_splits(str(args.data), seed=args.seed, val=0.1)
-    model_kw, train_kw, anchors = PRESETS["cpu"]["smearlab"]
+    recipe = PRESETS["cpu"]["smearlab"][0]  # the long side keeps the recipe's ratio to the short side
+    sizes = [{"min_size": s, "max_size": round(s * recipe["max_size"] / recipe["min_size"])} for s in args.sizes]
     load_avg = os.getloadavg()
-    rows = []
+    candidates = [(size, size, {"time_budget_s": args.budget * 60}) for size in sizes]
     with tempfile.TemporaryDirectory() as tmp:
-        for size in args.sizes:
-            kw = {**model_kw, "min_size": size, "max_size": round(size * model_kw["max_size"] / model_kw["min_size"])}
-            cfg = DetectorConfig(class_names=splits["train"].class_names, **kw)
-            tcfg = TrainConfig(seed=args.seed, device=args.device, out_dir=Path(tmp) / str(size),
-                               augment=default_augment(args.seed), time_budget_s=args.budget * 60, **train_kw)
-            r = fit_and_evaluate(f"input_{size}", cfg, tcfg, splits["train"], splits["test"], splits["val"],
-                                 progress=True, anchors=anchors)
-            val = score(r.model, splits["val"], args.device)
-            rows.append({"min_size": size, "max_size": kw["max_size"], "val_mAP": val["mAP"],
-                         "val_mAP50": val["mAP50"], "mAP": r.metrics["mAP"], "mAP50": r.metrics["mAP50"],
-                         "epochs": r.metrics["epochs"], "count_accuracy": r.metrics["count_accuracy"],
-                         "per_class": {c: {"AP50": v["AP50"], "AP": v["AP"]}
-                                       for c, v in r.metrics["per_class"].items()},
-                         "train_s": r.metrics["train_s"], "train_images_per_s": r.metrics["train_images_per_s"]})
-            print(f"short side {size}: {rows[-1]['epochs']} epochs; val mAP {val['mAP']:.4f}; test mAP50 "
-                  f"{rows[-1]['mAP50']:.3f}, mAP {rows[-1]['mAP']:.3f}", flush=True)
-    first = rows[0]
-    for r in rows:
-        r["ratio_to_first"] = {k: r[k] / first[k] for k in ("val_mAP", "mAP", "mAP50") if first[k]}
+        rows = compare_candidates(splits, candidates, device=args.device, seed=args.seed, out=Path(tmp))
     chosen = max(rows, key=lambda r: r["val_mAP"])["min_size"]
     result = {"rows": rows, "chosen_on_validation": chosen, "budget_s": args.budget * 60, "seed": args.seed,
               "images": {k: len(v) for k, v in splits.items()}, "cpu_threads": os.cpu_count(),

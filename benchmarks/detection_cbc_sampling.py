@@ -25,13 +25,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import save_result  # noqa: E402
-from detection_cbc import DEFAULT_DATA, PRESETS  # noqa: E402
-from detection_cbc_inference import score  # noqa: E402
+from detection_cbc import DEFAULT_DATA, compare_candidates  # noqa: E402
 
-from smearlab.augment import default_augment  # noqa: E402
 from smearlab.data.splits import detection_splits  # noqa: E402
-from smearlab.detection import DetectorConfig, TrainConfig  # noqa: E402
-from smearlab.experiments.detection import fit_and_evaluate  # noqa: E402
 
 
 def main(argv=None):
@@ -43,28 +39,11 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     splits = detection_splits(str(args.data), seed=args.seed, val=0.1)
-    model_kw, train_kw, anchors = PRESETS["cpu"]["smearlab"]
     load_avg = os.getloadavg()
-    rows = []
+    candidates = [({"box_batch_size_per_image": v}, {"extra": {"box_batch_size_per_image": v}}, {"epochs": args.epochs})
+                  for v in args.values]
     with tempfile.TemporaryDirectory() as tmp:
-        for value in args.values:
-            cfg = DetectorConfig(class_names=splits["train"].class_names, extra={"box_batch_size_per_image": value},
-                                 **model_kw)
-            tcfg = TrainConfig(seed=args.seed, device=args.device, out_dir=Path(tmp) / str(value),
-                               augment=default_augment(args.seed), **{**train_kw, "epochs": args.epochs})
-            r = fit_and_evaluate(f"box_batch_{value}", cfg, tcfg, splits["train"], splits["test"], splits["val"],
-                                 progress=True, anchors=anchors)
-            val = score(r.model, splits["val"], args.device)
-            rows.append({"box_batch_size_per_image": value, "val_mAP": val["mAP"], "val_mAP50": val["mAP50"],
-                         "mAP": r.metrics["mAP"], "mAP50": r.metrics["mAP50"], "epochs": r.metrics["epochs"],
-                         "per_class": {c: {"AP50": v["AP50"], "AP": v["AP"]}
-                                       for c, v in r.metrics["per_class"].items()},
-                         "train_s": r.metrics["train_s"]})
-            print(f"box_batch_size_per_image {value}: val mAP {val['mAP']:.4f}; test mAP50 {rows[-1]['mAP50']:.3f}, "
-                  f"mAP {rows[-1]['mAP']:.3f}, {rows[-1]['train_s']:.0f} s", flush=True)
-    first = rows[0]
-    for r in rows:
-        r["ratio_to_first"] = {k: r[k] / first[k] for k in ("val_mAP", "mAP", "mAP50") if first[k]}
+        rows = compare_candidates(splits, candidates, device=args.device, seed=args.seed, out=Path(tmp))
     result = {"rows": rows, "epochs": args.epochs, "seed": args.seed, "images": {k: len(v) for k, v in splits.items()},
               "cpu_threads": os.cpu_count(), "load_average_1_5_15": [round(v, 2) for v in load_avg]}
     out = save_result("detection_cbc_sampling" + (f"_seed{args.seed}" if args.seed else ""), result, argv)
