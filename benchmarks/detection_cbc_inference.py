@@ -32,8 +32,7 @@ from detection_cbc import DEFAULT_DATA, run as train_row, score  # noqa: E402
 
 from smearlab.core.search import grid_points, grid_search  # noqa: E402
 from smearlab.data.splits import detection_splits  # noqa: E402
-from smearlab.detection import build_detector, load_model, predict  # noqa: E402
-from smearlab.detection.train import default_evaluate  # noqa: E402
+from smearlab.detection import build_detector, load_model  # noqa: E402
 
 #: The candidates (torchvision keyword arguments of the detector).
 GRID = {"box_nms_thresh": (0.4, 0.5, 0.6, 0.7), "rpn_post_nms_top_n_test": (300, 1000)}
