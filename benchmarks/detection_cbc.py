@@ -67,9 +67,12 @@ PEER_REASON = ("in its own script: benchmarks/detection_cbc_peer.py trains YOLOv
                "(pip install ultralytics, a benchmark-only extra) and writes detection_cbc_peer.json")
 
 
-def run(kind: str, preset: str, splits, device: str, seed: int, out: Path, budget_min: float | None) -> dict:
-    """One row: train ``kind`` of ``preset`` for ``budget_min`` minutes and score it on Testing."""
+def run(kind: str, preset: str, splits, device: str, seed: int, out: Path, budget_min: float | None,
+        checkpoint_every: int = 1) -> dict:
+    """One row: train ``kind`` of ``preset`` for ``budget_min`` minutes and score it on Testing
+    (``last.pt`` written every ``checkpoint_every`` epochs)."""
     model_kw, train_kw, anchors = PRESETS[preset][kind]
+    train_kw = {**train_kw, "checkpoint_every": checkpoint_every}
     cfg = DetectorConfig(class_names=splits["train"].class_names, **model_kw)
     tcfg = TrainConfig(seed=seed, device=device, out_dir=out / f"{kind}-{budget_min}",
                        augment=default_augment(seed) if kind == "smearlab" else None,
@@ -150,20 +153,23 @@ def main(argv=None):
     ap.add_argument("--budgets", type=float, nargs="+", default=[5, 15, 30], help="minutes of training per row")
     ap.add_argument("--baseline-budget", type=float, default=15, help="minutes of the baseline row")
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--checkpoint-every", type=int, default=1,
+                    help="write last.pt every this many epochs in the smearlab rows (a fast GPU's epochs take seconds)")
     args = ap.parse_args(argv)
     splits = detection_splits(str(args.data), seed=args.seed, val=0.1)
     load_avg = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:
         curve = []
         for budget in args.budgets:
-            curve.append(run("smearlab", args.preset, splits, args.device, args.seed, Path(tmp), budget))
+            curve.append(run("smearlab", args.preset, splits, args.device, args.seed, Path(tmp), budget,
+                             args.checkpoint_every))
             print(f"{budget:5.1f} min: mAP50 {curve[-1]['mAP50']:.3f}, mAP {curve[-1]['mAP']:.3f}, "
                   f"{curve[-1]['epochs']} epochs", flush=True)
         baseline = None if args.skip_baseline else run("baseline", args.preset, splits, args.device, args.seed,
                                                         Path(tmp), args.baseline_budget)
     top = max(curve, key=lambda r: r["budget_s"] or 0)
     same = next((r for r in curve if baseline and r["budget_s"] == baseline["budget_s"]), None)
-    result = {"curve": curve, "baseline": baseline, "peer": PEER, "peer_reason": PEER_REASON,
+    result = {"curve": curve, "baseline": baseline, "checkpoint_every": args.checkpoint_every, "peer": PEER, "peer_reason": PEER_REASON,
               "device": top.get("device", args.device), "mAP50": top["mAP50"], "mAP": top["mAP"],
               "preset": args.preset, "images": {k: len(v) for k, v in splits.items()},
               "ratio_to_baseline": ({k: same[k] / baseline[k] for k in ("mAP50", "mAP") if baseline[k]}

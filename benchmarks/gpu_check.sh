@@ -13,12 +13,16 @@
 set -euo pipefail
 DATA=${DATA:-data_local/cbc}
 BUDGET=${BUDGET:-5}
+# CHECKPOINT_EVERY=5: last.pt every fifth epoch instead of every epoch (the profile's suspect for
+# the gap between 133 images/s in the steps and 48.7 over the run; not yet measured)
+CHECKPOINT_EVERY=${CHECKPOINT_EVERY:-1}
 export OMP_WAIT_POLICY=PASSIVE PYTHONUNBUFFERED=1 TQDM_MININTERVAL=30
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 copy_out() { if [ -n "${OUT:-}" ]; then for f in gpu_paths.json detection_cbc_gpu.json gpu_profile.txt; do cp "benchmarks/results/$f" "$OUT"/ 2>/dev/null || true; done; fi; }
 trap copy_out EXIT
 python3 benchmarks/gpu_paths.py --device cuda
-python3 benchmarks/detection_cbc.py --preset gpu --data "$DATA" --device cuda --budgets "$BUDGET" --skip-baseline
+python3 benchmarks/detection_cbc.py --preset gpu --data "$DATA" --device cuda --budgets "$BUDGET" --skip-baseline \
+    --checkpoint-every "$CHECKPOINT_EVERY"
 # last, and allowed to fail: where a training step of the gpu preset spends its time (about 40 s)
 timeout "${PROFILE_S:-90}" python3 benchmarks/gpu_paths.py --device cuda --profile benchmarks/results/gpu_profile.txt || true

@@ -62,6 +62,30 @@ def test_resume_is_exact(tmp_path, ds128):
     assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 2
 
 
+def test_checkpoint_every_writes_last_pt_every_n_epochs_and_at_the_end(tmp_path, ds128, monkeypatch):
+    from smearlab.detection import train as train_mod
+    saved, orig = [], train_mod._save_torch
+
+    def spy(obj, path):
+        saved.append(obj["epoch"])
+        orig(obj, path)
+    monkeypatch.setattr(train_mod, "_save_torch", spy)
+    tc = dict(batch_size=2, lr=0.01, warmup_iters=1, device="cpu", checkpoint_every=2)
+    model, _ = tiny(ds128)
+    train_detector(model, ds128, None, TrainConfig(epochs=3, out_dir=tmp_path / "a", **tc), progress=False)
+    assert saved == [2, 3]                                  # every second epoch, and the last
+    recs = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
+    assert len(recs) == 3                                   # the metrics are still written every epoch
+    saved.clear()
+    model, _ = tiny(ds128)
+    train_detector(model, ds128, None, TrainConfig(epochs=6, out_dir=tmp_path / "b", **{**tc, "checkpoint_every": 5}),
+                   progress=False, until_epoch=1)
+    assert saved == [1]                                     # stopping early writes where it stopped
+    assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["epoch"] == 1
+    with pytest.raises(ValueError, match="checkpoint_every"):
+        TrainConfig(checkpoint_every=0)
+
+
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, ds128):
     model, cfg = tiny(ds128)
     orig = model.forward
