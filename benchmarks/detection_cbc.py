@@ -169,7 +169,8 @@ def main(argv=None):
                                                         Path(tmp), args.baseline_budget)
     top = max(curve, key=lambda r: r["budget_s"] or 0)
     same = next((r for r in curve if baseline and r["budget_s"] == baseline["budget_s"]), None)
-    result = {"curve": curve, "baseline": baseline, "checkpoint_every": args.checkpoint_every, "peer": PEER, "peer_reason": PEER_REASON,
+    result = {"curve": curve, "baseline": baseline, "checkpoint_every": args.checkpoint_every,
+              "peer": PEER, "peer_reason": PEER_REASON,
               "device": top.get("device", args.device), "mAP50": top["mAP50"], "mAP": top["mAP"],
               "preset": args.preset, "images": {k: len(v) for k, v in splits.items()},
               "ratio_to_baseline": ({k: same[k] / baseline[k] for k in ("mAP50", "mAP") if baseline[k]}

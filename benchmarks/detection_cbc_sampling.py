@@ -56,7 +56,8 @@ def main(argv=None):
         rows = compare_candidates(splits, candidates, device=args.device, seed=args.seed, out=Path(tmp))
     result = {"rows": rows, "setting": args.setting, "epochs": None if args.budget else args.epochs,
               "budget_s": None if args.budget is None else args.budget * 60, "seed": args.seed,
-              "images": {k: len(v) for k, v in splits.items()}, "cpu_threads": os.cpu_count(), "load_average_1_5_15": [round(v, 2) for v in load_avg]}
+              "images": {k: len(v) for k, v in splits.items()}, "cpu_threads": os.cpu_count(),
+              "load_average_1_5_15": [round(v, 2) for v in load_avg]}
     name = "detection_cbc_sampling" if args.setting == "box_batch_size_per_image" else f"detection_cbc_{args.setting}"
     out = save_result(name + (f"_seed{args.seed}" if args.seed else ""), result, argv, script="detection_cbc_sampling")
     print(f"-> {out}")

@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The project's GPU figures (benchmarks/RESULTS.md; first measured 2026-12-04), in one run that fits in 10 minutes on one
-# H100/H200-class GPU. First the CUDA paths the CPU cannot test (benchmarks/gpu_paths.py: batched
-# augmentation on the GPU and its parity with the CPU, a short training with AMP and the images
-# kept on the GPU, AMP prediction), about a minute, so that a broken path fails before the long
-# run; then the CBC gpu preset (Faster R-CNN v2 from scratch, AMP, images on the GPU; goal
-# mAP50 >= 0.975, mAP >= 0.65, training <= 5 minutes, >= 100 training and >= 200 inference
-# images/s) at a 5-minute training budget.
+# The project's GPU figures (benchmarks/RESULTS.md; first measured 2026-12-04), in one run that
+# fits in 10 minutes on one H100/H200-class GPU. First the CUDA paths the CPU cannot test
+# (benchmarks/gpu_paths.py: batched augmentation on the GPU and its parity with the CPU, a short
+# training with AMP and the images kept on the GPU, AMP prediction), about a minute, so that a
+# broken path fails before the long run; then the CBC gpu preset (Faster R-CNN v2 from scratch,
+# AMP, images on the GPU; goal mAP50 >= 0.975, mAP >= 0.65, training <= 5 minutes, >= 100
+# training and >= 200 inference images/s) at a 5-minute training budget.
 # Run from the repository root on the device machine; the CBC data must lie in data_local/cbc (a
 # git-ignored copy of ../shared/data/cbc). Writes benchmarks/results/gpu_paths.json,
 # detection_cbc_gpu.json and gpu_profile.txt (a profile of a few training steps, last and allowed

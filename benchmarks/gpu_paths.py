@@ -67,10 +67,13 @@ def augment_check(device: torch.device, n: int = 32) -> dict:
     same_counts = all(len(a["boxes"]) == len(b["boxes"]) for a, b in zip(out_t, ref_t))
     box = max((float((a["boxes"].cpu() - b["boxes"]).abs().max()) for a, b in zip(out_t, ref_t)
                if len(a["boxes"]) and len(a["boxes"]) == len(b["boxes"])), default=0.0)
-    inside = all(bool(((t["boxes"][:, 2:] <= 640.01) & (t["boxes"][:, :2] >= -0.01)).all()) for t in out_t)
+    h, w = out_imgs.shape[-2:]  # a quarter turn swaps the sides
+    hi = torch.tensor([w, h, w, h], dtype=torch.float32) + 0.01
+    inside = all(bool(((t["boxes"].cpu() <= hi) & (t["boxes"].cpu() >= -0.01)).all()) for t in out_t)
     return {"batched_augment_images_per_s": round(rate, 1),
-            "augment_parity": {"max_pixel_diff": round(pix, 5), "mean_pixel_diff": round(pix_mean, 7), "max_box_diff_px": round(box, 4),
-                               "same_box_counts": same_counts, "boxes_inside_image": inside}}
+            "augment_parity": {"max_pixel_diff": round(pix, 5), "mean_pixel_diff": round(pix_mean, 7),
+                               "max_box_diff_px": round(box, 4), "same_box_counts": same_counts,
+                               "boxes_inside_image": inside}}
 
 
 def train_check(device: torch.device, epochs: int) -> dict:

@@ -816,7 +816,7 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
                     f"{optimizer.param_groups[0]['lr']:.3g}); training stopped" + kept()
                     + ". Lower the learning rate or raise warmup_iters.")
             is_last = epoch == planned_epochs()
-            if val_smear is not None and (epoch % max(1, tcfg.val_every) == 0 or is_last):
+            if val_smear is not None and (epoch % tcfg.val_every == 0 or is_last):
                 if dctx.main:
                     t_val = time.time()
                     preds = predict(net, val_smear, batch_size=tcfg.batch_size, amp=use_amp,
@@ -836,15 +836,15 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
                 key = "val_mAP50"
             if key in rec and (history.best_value is None or rec[key] > history.best_value):
                 history.best_epoch, history.best_value, improved = epoch, rec[key], True
-            # every rank's RNG state, after everything this epoch drew
-            rng = _rng_state()
-            per_rank = [rng]
-            if dctx.active:
-                per_rank = [None] * dctx.world
-                dist.all_gather_object(per_rank, rng)
-            write_last = (epoch % tcfg.checkpoint_every == 0 or epoch >= planned_epochs()
-                          or (until_epoch is not None and epoch >= until_epoch))
-            if dctx.main and out_dir is not None and write_last:
+            write_last = out_dir is not None and (epoch % tcfg.checkpoint_every == 0 or epoch >= planned_epochs()
+                                                  or (until_epoch is not None and epoch >= until_epoch))
+            if write_last:  # every rank's RNG state, after everything this epoch drew (every rank decides alike)
+                rng = _rng_state()
+                per_rank = [rng]
+                if dctx.active:
+                    per_rank = [None] * dctx.world
+                    dist.all_gather_object(per_rank, rng)
+            if dctx.main and write_last:
                 ck = {"format": CHECKPOINT_FORMAT, "epoch": epoch, "model": net.state_dict(),
                       "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                       "scheduler": scheduler.state_dict(), "rng": rng, "rng_per_rank": per_rank,
