@@ -7,6 +7,7 @@ Usage::
     python benchmarks/detection_cbc.py --preset cpu                       # budgets 5, 15, 30 min
     python benchmarks/detection_cbc.py --preset cpu --budgets 5 --skip-baseline
     python benchmarks/detection_cbc.py --preset gpu                       # the GPU recipe (AMP, data on GPU)
+    python benchmarks/detection_cbc.py --preset cpu --keep models/cbc     # keep each row's model folder
 
 Every row comes from :func:`smearlab.experiments.detection.fit_and_evaluate`, trained from
 scratch (no pretrained weights) for a wall-clock budget (``TrainConfig.time_budget_s``: the
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -96,6 +98,19 @@ def score(model, ds, device) -> dict:
             "per_class": {c: {"AP50": v["AP50"], "AP": v["AP"]} for c, v in m["per_class"].items()}}
 
 
+def train_recipe(splits, name: str, model_over: dict | None = None, train_over: dict | None = None, *,
+                 device: str, seed: int, out: Path):
+    """Train the CPU recipe (with ``model_over`` / ``train_over`` replacing its DetectorConfig and
+    TrainConfig fields) on ``splits["train"]`` and score it on Testing: a
+    :class:`~smearlab.experiments.detection.DetectionRun`, its model folder in ``out / name / "final"``."""
+    model_kw, train_kw, anchors = PRESETS["cpu"]["smearlab"]
+    cfg = DetectorConfig(class_names=splits["train"].class_names, **{**model_kw, **(model_over or {})})
+    tcfg = TrainConfig(seed=seed, device=device, out_dir=out / name, augment=default_augment(seed),
+                       **{**train_kw, **(train_over or {})})
+    return fit_and_evaluate(name, cfg, tcfg, splits["train"], splits["test"], splits["val"], progress=True,
+                            anchors=anchors)
+
+
 def compare_candidates(splits, candidates, *, device: str, seed: int, out: Path) -> list[dict]:
     """Train each candidate variant of the CPU recipe from scratch, one after the other, and score
     it on the validation split and on Testing: the rows of a side-by-side comparison (the choice
@@ -109,15 +124,10 @@ def compare_candidates(splits, candidates, *, device: str, seed: int, out: Path)
     device, seed : where and with which seed every candidate trains.
     out : a scratch folder for the runs.
     """
-    model_kw, train_kw, anchors = PRESETS["cpu"]["smearlab"]
     rows = []
     for label, model_over, train_over in candidates:
         name = "_".join(f"{k}_{v}" for k, v in label.items())
-        cfg = DetectorConfig(class_names=splits["train"].class_names, **{**model_kw, **model_over})
-        tcfg = TrainConfig(seed=seed, device=device, out_dir=out / name, augment=default_augment(seed),
-                           **{**train_kw, **train_over})
-        r = fit_and_evaluate(name, cfg, tcfg, splits["train"], splits["test"], splits["val"], progress=True,
-                             anchors=anchors)
+        r = train_recipe(splits, name, model_over, train_over, device=device, seed=seed, out=out)
         val = score(r.model, splits["val"], device)
         rows.append({**label, "val_mAP": val["mAP"], "val_mAP50": val["mAP50"], "mAP": r.metrics["mAP"],
                      "mAP50": r.metrics["mAP50"], "epochs": r.metrics["epochs"],
@@ -153,6 +163,8 @@ def main(argv=None):
     ap.add_argument("--budgets", type=float, nargs="+", default=[5, 15, 30], help="minutes of training per row")
     ap.add_argument("--baseline-budget", type=float, default=15, help="minutes of the baseline row")
     ap.add_argument("--skip-baseline", action="store_true")
+    ap.add_argument("--keep", type=Path, help="copy each smearlab row's final model folder into this folder "
+                    "(smearlab-<budget>min), e.g. for detection_cbc_tta.py --model")
     ap.add_argument("--checkpoint-every", type=int, default=1,
                     help="write last.pt every this many epochs in the smearlab rows (a fast GPU's epochs take seconds)")
     args = ap.parse_args(argv)
@@ -165,6 +177,9 @@ def main(argv=None):
                              args.checkpoint_every))
             print(f"{budget:5.1f} min: mAP50 {curve[-1]['mAP50']:.3f}, mAP {curve[-1]['mAP']:.3f}, "
                   f"{curve[-1]['epochs']} epochs", flush=True)
+            if args.keep:
+                shutil.copytree(Path(tmp) / f"smearlab-{budget}" / "final", args.keep / f"smearlab-{budget:g}min",
+                                dirs_exist_ok=True)
         baseline = None if args.skip_baseline else run("baseline", args.preset, splits, args.device, args.seed,
                                                         Path(tmp), args.baseline_budget)
     top = max(curve, key=lambda r: r["budget_s"] or 0)

@@ -150,8 +150,8 @@ def _check_run(out: Path, run: dict) -> None:
         old = json.loads(f.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise DataError(f, f"not a readable run file ({e}); remove it or use another --out") from None
-    keys = ("model_id", "scale", "tile", "score")
-    diff = [k for k in keys if old.get(k) != run.get(k)]
+    keys = ("model_id", "scale", "tile", "score", "tta")
+    diff = [k for k in keys if old.get(k, False if k == "tta" else None) != run.get(k, False if k == "tta" else None)]
     if diff:
         changes = ", ".join(f"{k} {old.get(k)!r} -> {run.get(k)!r}" for k in diff)
         raise DataError(out, f"holds the results of another run ({changes}); use another --out, or remove "
@@ -323,7 +323,7 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
             *, dataset: str | Path | None = None, pattern: str = "**/*", device: str = "auto",
             batch_size: int = 1, scale: float | str | None = None, tile: int | str | None = "auto",
             score: float | None = None, overlays: bool = False, progress: bool = True,
-            pixel_size: float | None = None) -> dict:
+            pixel_size: float | None = None, tta: bool = False) -> dict:
     """Predict every image of ``inputs`` (or of ``dataset``) with the detector in ``model_folder``
     and write per-image results, counts and exports into ``out`` (see the module docstring).
 
@@ -359,6 +359,10 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
     pixel_size : the new images' pixel size in micrometres: they are resized to the training
         scale by ``pixel_size / pixel_size_um`` of the model's config (which must record it;
         instead of ``scale``).
+    tta : test-time augmentation of a detector: each image (or tile) predicted as it is and
+        flipped three ways, the boxes fused (:func:`smearlab.detection.predict.predict`); four
+        times slower. Tuned thresholds must have been tuned the same way (``thresholds.json``
+        records it; a mismatch is refused), unless ``score`` is given.
 
     Returns
     -------
@@ -394,6 +398,9 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
         raise DataError(dataset if dataset is not None else "inputs", "no images to predict")
 
     if kind == "unet":
+        if tta:
+            raise ValueError("tta applies to detectors; the U-Net's own thresholds.json says whether it averages "
+                             "flips")
         return _predict_instances(folder, items, Path(out), truth=truth, dataset=dataset, device=device,
                                   scale=scale if pixel_size is None else pixel_size, tile=tile, score=score,
                                   overlays=overlays, progress=progress)
@@ -435,6 +442,10 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
         thresholds, threshold_source = Thresholds({c: float(score) for c in class_names}), "score"
     elif getattr(model, "thresholds", None):
         thresholds, threshold_source = "model", "thresholds.json"
+        if bool(model.thresholds.get("tta", False)) != bool(tta) and model.thresholds.get("objective") != "manual":
+            made = "with" if model.thresholds.get("tta") else "without"
+            raise DataError(folder / "thresholds.json", f"tuned on predictions made {made} test-time augmentation; "
+                                                        f"predict {made} it (--tta), or give --score")
     else:
         thresholds, threshold_source = Thresholds({c: DEFAULT_SCORE for c in class_names}), "default"
         log.warning("%s has no thresholds.json: every class kept at score >= %s", folder, DEFAULT_SCORE)
@@ -442,13 +453,13 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
 
     def predict_fn(images: list) -> list[dict]:
         if tile == "auto":
-            return _predict_auto_tiled(predict_images, model, images, batch_size, thresholds)
+            return _predict_auto_tiled(predict_images, model, images, batch_size, thresholds, tta)
         return predict_images(model, images, batch_size=batch_size, thresholds=thresholds, scale=scale, tile=tile,
-                              progress=False)
+                              progress=False, tta=tta)
 
     post = None if cascade is None else (lambda img, rec: _classify_white_cells(cascade, img, rec, device))
     run = {"model": str(folder.resolve()), "model_id": _model_id(folder), "classes": class_names,
-           "scale": scale, "tile": tile, "score": score, "thresholds": threshold_source,
+           "scale": scale, "tile": tile, "score": score, "tta": bool(tta), "thresholds": threshold_source,
            "dataset": str(dataset) if dataset is not None else None}
     summary = _run_images(Path(out), run, items, truth, predict_fn, batch_size=batch_size, post=post,
                           overlays=overlays, progress=progress)
@@ -562,14 +573,15 @@ def _run_images(out: Path, run: dict, items: list, truth, predict_fn, *, batch_s
             "_records": records}
 
 
-def _predict_auto_tiled(predict_images, model, images: list, batch_size: int, thresholds) -> list[dict]:
+def _predict_auto_tiled(predict_images, model, images: list, batch_size: int, thresholds,
+                        tta: bool = False) -> list[dict]:
     """Predictions of ``images`` in order, each large field cut into tiles of the training image size."""
     cfg = model.detector_config
     tiles = [auto_tile(cfg, img.shape[:2]) for img in images]
     if not any(tiles):
-        return predict_images(model, images, batch_size=batch_size, thresholds=thresholds, progress=False)
+        return predict_images(model, images, batch_size=batch_size, thresholds=thresholds, progress=False, tta=tta)
     return [predict_images(model, [img], batch_size=batch_size, thresholds=thresholds, tile=t,
-                           tile_resize="tile" if t else "image", progress=False)[0]
+                           tile_resize="tile" if t else "image", progress=False, tta=tta)[0]
             for img, t in zip(images, tiles)]
 
 

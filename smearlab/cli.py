@@ -164,7 +164,7 @@ def _predict(args) -> int:
         s = predict(args.model, args.inputs, args.out, dataset=args.dataset, pattern=args.glob,
                     device=args.device, batch_size=args.batch_size, scale=scale, tile=tile,
                     score=args.score, overlays=args.overlays, progress=not args.no_progress,
-                    pixel_size=args.pixel_size)
+                    pixel_size=args.pixel_size, tta=args.tta)
     except ValueError as e:  # DataError: the file and the problem
         return _error(e)
     except OSError as e:
@@ -260,6 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "their size; PX: tiles of PX pixels for every image; 'none': whole images")
     pr.add_argument("--score", type=float, help="one score threshold for every class instead of the model's "
                                                 "tuned thresholds.json")
+    pr.add_argument("--tta", action="store_true",
+                    help="test-time augmentation: fuse the boxes found in the image and its three flips (four "
+                         "times slower; the model's thresholds must have been tuned with it, or give --score)")
     pr.add_argument("--overlays", action="store_true", help="also write overlays/<image>.png with the boxes")
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")
     pr.set_defaults(func=_predict)

@@ -325,3 +325,29 @@ def test_a_known_pixel_size_resizes_to_the_training_scale(trained, tmp_path):
         batch.predict(folder, [trained["images"]], tmp_path / "c", pixel_size=0.1, scale=0.5, progress=False)
     assert main(["predict", str(folder), str(trained["images"]), "--out", str(tmp_path / "d"), "--pixel-size", "0.1",
                  "--score", "0.3", "--no-progress"]) == 0
+
+
+def test_tta_is_recorded_and_must_match_the_tuned_thresholds(trained, tmp_path):
+    import shutil
+
+    from smearlab.detection.tune import Thresholds
+
+    out = tmp_path / "out"
+    s = batch.predict(trained["model"], [trained["images"]], out, score=0.3, tta=True, progress=False)
+    assert s["predicted"] == 4 and s["failed"] == 0
+    assert json.loads((out / "run.json").read_text())["tta"] is True
+    with pytest.raises(DataError, match="tta"):  # the same folder without tta is another run
+        batch.predict(trained["model"], [trained["images"]], out, score=0.3, progress=False)
+    # thresholds tuned on plain predictions do not apply to fused ones, and the other way round
+    folder = tmp_path / "model"
+    shutil.copytree(trained["model"], folder)
+    classes = json.loads((folder / "config.json").read_text())["class_names"]
+    Thresholds({c: 0.4 for c in classes}, objective="f1").save(folder / "thresholds.json")
+    with pytest.raises(DataError, match="thresholds.json.*without test-time augmentation"):
+        batch.predict(folder, [trained["images"]], tmp_path / "o2", tta=True, progress=False)
+    Thresholds({c: 0.2 for c in classes}, objective="f1", tta=True).save(folder / "thresholds.json")
+    with pytest.raises(DataError, match="with test-time augmentation"):
+        batch.predict(folder, [trained["images"]], tmp_path / "o3", progress=False)
+    assert main(["predict", str(folder), str(trained["images"]), "--tta", "--out", str(tmp_path / "o4"),
+                 "--no-progress"]) == 0
+    assert json.loads((tmp_path / "o4" / "summary.json").read_text())["score_thresholds"] == {c: 0.2 for c in classes}

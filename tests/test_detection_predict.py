@@ -1,4 +1,6 @@
 """Batched and tiled inference; the agreed prediction form."""
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -124,3 +126,162 @@ def test_tiles_are_resized_like_the_whole_image():
     predict(model, [image], tile=200, overlap=0.0, progress=False)
     assert seen and all(out == (inp[0] // 2, inp[1] // 2) for inp, out in seen)
     assert model.transform.fixed_size is None  # restored
+
+
+# -- test-time augmentation -----------------------------------------------------------------------
+def test_fuse_boxes_weighted_mean_and_view_count():
+    from smearlab.detection.postprocess import fuse_boxes
+
+    views = [
+        {"boxes": np.array([[10, 10, 30, 30], [100, 100, 120, 120]], np.float32),
+         "scores": np.array([0.8, 0.6], np.float32), "labels": np.array([0, 1])},
+        {"boxes": np.array([[12, 10, 32, 30]], np.float32), "scores": np.array([0.4], np.float32),
+         "labels": np.array([0])},
+        {"boxes": np.array([[11, 10, 31, 30]], np.float32), "scores": np.array([0.2], np.float32),
+         "labels": np.array([1])},  # same place, other class: not fused with class 0
+    ]
+    f = fuse_boxes(views, iou=0.55)
+    assert f["boxes"].dtype == np.float32 and f["labels"].dtype == np.int64
+    assert len(f["boxes"]) == 3
+    i = int(np.flatnonzero(f["labels"] == 0)[0])
+    # score-weighted corners: x0 = (0.8 * 10 + 0.4 * 12) / 1.2
+    np.testing.assert_allclose(f["boxes"][i], [(0.8 * 10 + 0.4 * 12) / 1.2, 10, (0.8 * 30 + 0.4 * 32) / 1.2, 30],
+                               rtol=1e-5)
+    assert f["scores"][i] == pytest.approx((0.8 + 0.4) / 3)  # two of three views found it
+    lone = np.flatnonzero(f["labels"] == 1)
+    np.testing.assert_allclose(np.sort(f["scores"][lone]), [0.2 / 3, 0.6 / 3], rtol=1e-5)
+    assert np.all(np.diff(f["scores"]) <= 0)
+    # three boxes of one view on the same object cannot score above the best of them
+    same = [{"boxes": np.array([[0, 0, 10, 10]] * 3, np.float32), "scores": np.array([0.9, 0.9, 0.9], np.float32),
+             "labels": np.zeros(3, np.int64)}, {"boxes": np.zeros((0, 4), np.float32),
+                                                 "scores": np.zeros(0, np.float32), "labels": np.zeros(0, np.int64)}]
+    assert fuse_boxes(same)["scores"][0] == pytest.approx(0.9)
+    assert len(fuse_boxes([same[1]])["boxes"]) == 0
+    assert len(fuse_boxes([views[0]], max_dets=1)["boxes"]) == 1
+    # a low-scoring box that overlaps a confident cluster drags its mean down unless skipped
+    junk = [{"boxes": np.array([[0, 0, 10, 10]], np.float32), "scores": np.array([0.9], np.float32),
+             "labels": np.zeros(1, np.int64)},
+            {"boxes": np.array([[0, 0, 10, 10], [0, 0, 10, 11]], np.float32),
+             "scores": np.array([0.9, 0.02], np.float32), "labels": np.zeros(2, np.int64)}]
+    assert fuse_boxes(junk)["scores"][0] == pytest.approx((0.9 + 0.9 + 0.02) / 3)
+    assert fuse_boxes(junk, skip=0.05)["scores"][0] == pytest.approx(0.9)
+    # clusters whose scores are all zero take the plain mean of their boxes
+    zero = [{"boxes": np.array([[0, 0, 10, 10]], np.float32), "scores": np.zeros(1, np.float32),
+             "labels": np.zeros(1, np.int64)},
+            {"boxes": np.array([[2, 0, 12, 10]], np.float32), "scores": np.zeros(1, np.float32),
+             "labels": np.zeros(1, np.int64)}]
+    np.testing.assert_allclose(fuse_boxes(zero, iou=0.5)["boxes"][0], [1, 0, 11, 10])
+
+
+def test_fuse_boxes_refuses_bad_input():
+    from smearlab.detection.postprocess import fuse_boxes
+
+    with pytest.raises(ValueError, match="at least one view"):
+        fuse_boxes([])
+    with pytest.raises(ValueError, match="iou"):
+        fuse_boxes([{"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0, int)}], iou=1.0)
+    with pytest.raises(ValueError, match="masks"):
+        fuse_boxes([{"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0, int),
+                     "masks": np.zeros((0, 4, 4), bool)}])
+
+
+class BlobModel:
+    """Fake detector: the box of the bright pixels of channel 0 (score 0.9, class 1) and a false
+    box at a fixed place of whatever view it is shown (score 0.8, class 2)."""
+
+    def __init__(self):
+        self.shapes = []
+
+    def __call__(self, images):
+        outs = []
+        for im in images:
+            self.shapes.append(tuple(im.shape))
+            ys, xs = np.nonzero(im[0].numpy() > 0.5)
+            boxes = [[5, 5, 15, 25]]
+            if len(xs):
+                boxes.insert(0, [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+            scores, labels = [0.9, 0.8][-len(boxes):], [1, 2][-len(boxes):]
+            outs.append({"boxes": torch.tensor(boxes, dtype=torch.float32), "scores": torch.tensor(scores),
+                         "labels": torch.tensor(labels)})
+        return outs
+
+
+def test_tta_maps_flipped_views_back_and_fuses_them():
+    img = torch.zeros(3, 60, 80)
+    img[0, 10:20, 50:70] = 1.0  # an object off every axis of symmetry
+    model = BlobModel()
+    pred = predict(model, [img, img], tta=True, batch_size=8, progress=False)
+    assert len(pred) == 2 and len(model.shapes) == 8  # four views of each image
+    p = pred[0]
+    obj = np.flatnonzero(p["labels"] == 0)
+    assert len(obj) == 1  # the four views agree once mapped back
+    np.testing.assert_allclose(p["boxes"][obj[0]], [50, 10, 70, 20])
+    assert p["scores"][obj[0]] == pytest.approx(0.9)
+    false = np.flatnonzero(p["labels"] == 1)  # the fixed false box lands in four places
+    assert len(false) == 4 and np.allclose(p["scores"][false], 0.2)
+    corners = {tuple(b) for b in p["boxes"][false].round(3)}
+    assert corners == {(5, 5, 15, 25), (65, 5, 75, 25), (5, 35, 15, 55), (65, 35, 75, 55)}
+    # without tta the false box keeps its score
+    plain = predict(BlobModel(), [img], progress=False)[0]
+    assert plain["scores"].max() == pytest.approx(0.9) and len(plain["boxes"]) == 2
+
+
+def test_tta_with_tiles_fuses_each_tile_then_merges():
+    img = torch.zeros(3, 60, 80)
+    img[0, 10:20, 50:70] = 1.0  # whole in the top-right tile, cut by the lower tile's edge
+    model = BlobModel()
+    pred = predict(model, [img], tta=True, tile=48, overlap=0.2, batch_size=4, progress=False)[0]
+    wins = tile_windows(60, 80, 48, 0.2)
+    assert len(model.shapes) == 4 * len(wins) and all(sh[-2:] == (48, 48) for sh in model.shapes)
+    obj = np.flatnonzero(pred["labels"] == 0)
+    assert len(obj) == 1, pred
+    np.testing.assert_allclose(pred["boxes"][obj[0]], [50, 10, 70, 20], atol=1.0)
+
+
+def test_tta_refuses_masks_and_bad_iou():
+    img = torch.zeros(3, 60, 80)
+    with pytest.raises(ValueError, match="tta_iou"):
+        predict(BlobModel(), [img], tta=True, tta_iou=1.0, progress=False)
+    mask_model = build_detector(DetectorConfig(arch="maskrcnn_tiny", class_names=["a"], min_size=64, max_size=64))
+    with pytest.raises(ValueError, match="tta"):
+        predict(mask_model, [img], tta=True, progress=False)
+
+
+def test_tta_on_a_real_detector_gives_the_prediction_form():
+    ds = make_dataset(2, seed=3, width=128, height=96)
+    model = build_detector(DetectorConfig(arch="fasterrcnn_tiny", class_names=ds.class_names, min_size=96,
+                                          max_size=128, score_floor=0.0))
+    pred = predict(model, ds, tta=True, progress=False)
+    assert pred.class_names == ds.class_names
+    for p in pred:
+        assert p["boxes"].shape[1] == 4 and p["boxes"].dtype == np.float32
+        assert len(p["boxes"]) == len(p["scores"]) == len(p["labels"])
+        assert 0 < len(p["boxes"]) <= model.detector_config.detections_per_img
+        assert np.all(np.diff(p["scores"]) <= 0)
+    for kw in (dict(scale=0.5), dict(scale="auto"), dict(tile=64)):  # every path takes the flips
+        if kw.get("scale") == "auto":
+            model.detector_config.object_sizes = {c: {"size": 20.0, "count": 10} for c in ds.class_names}
+        out = predict(model, ds, tta=True, progress=False, **kw)
+        assert len(out) == len(ds) and all(p["boxes"].shape[1] == 4 for p in out)
+
+
+def test_tuned_thresholds_must_match_the_way_predictions_were_made(tmp_path):
+    from smearlab.detection.tune import Thresholds
+
+    img = torch.zeros(3, 60, 80)
+    img[0, 10:20, 50:70] = 1.0
+    model = BlobModel()
+    model.detector_config = SimpleNamespace(class_names=["a", "b"], detections_per_img=300, in_channels=3)
+    plain = Thresholds(score={"a": 0.5, "b": 0.5}, objective="f1")
+    fused = Thresholds(score={"a": 0.5, "b": 0.5}, objective="f1", tta=True)
+    kw = dict(progress=False)
+    with pytest.raises(ValueError, match="tuned on predictions made without tta"):
+        predict(model, [img], tta=True, thresholds=plain, **kw)
+    with pytest.raises(ValueError, match="tuned on predictions made with tta"):
+        predict(model, [img], thresholds=fused, **kw)
+    out = predict(model, [img], tta=True, thresholds=fused, **kw)[0]
+    assert len(out["boxes"]) == 1  # the false box, fused to 0.2 in four places, is below 0.5
+    assert len(predict(model, [img], thresholds=plain, **kw)[0]["boxes"]) == 2
+    manual = Thresholds(score={"a": 0.5, "b": 0.5})  # set by hand: applied either way
+    assert len(predict(model, [img], tta=True, thresholds=manual, **kw)[0]["boxes"]) == 1
+    assert Thresholds.load(fused.save(tmp_path / "t.json")).tta is True

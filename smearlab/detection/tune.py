@@ -42,6 +42,9 @@ class Thresholds:
     max_dets : cap of boxes per image.
     objective : what the thresholds were tuned for ("f1", "count" or "manual").
     metrics : the tuning figures (per class the chosen threshold and objective values).
+    tta : whether they were tuned on predictions made with test-time augmentation
+        (``predict(..., tta=True)``), whose scores are lower where the views disagree; ``predict``
+        refuses tuned thresholds made the other way.
     """
 
     score: dict
@@ -50,6 +53,7 @@ class Thresholds:
     max_dets: int | None = 300
     objective: str = "manual"
     metrics: dict = field(default_factory=dict)
+    tta: bool = False
 
     def apply(self, raw, *, class_names: Sequence[str] | None = None) -> list[dict]:
         """Final predictions from raw ones (:func:`~smearlab.detection.postprocess.postprocess`).

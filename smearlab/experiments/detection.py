@@ -62,7 +62,7 @@ class DetectionRun:
 def fit_and_evaluate(name: str, cfg: DetectorConfig, tcfg: TrainConfig, train: SmearDataset,
                      test: SmearDataset, val: SmearDataset | None = None, *, tune: str | None = "f1",
                      tile: int | None = None, batch_size: int = 8, progress: bool = True,
-                     anchors: str = "fit", tile_resize: str = "image") -> DetectionRun:
+                     anchors: str = "fit", tile_resize: str = "image", tta: bool = False) -> DetectionRun:
     """Train a detector, cache its raw predictions, tune thresholds on ``val``, score ``test``.
 
     COCO AP is computed on the raw predictions (low score floor, as COCO expects ranked
@@ -86,6 +86,9 @@ def fit_and_evaluate(name: str, cfg: DetectorConfig, tcfg: TrainConfig, train: S
     anchors : ``"fit"`` (the default): anchor sizes and aspect ratios fitted to ``train``'s boxes
         when ``cfg`` names none (:func:`smearlab.detection.anchors.fitted_by_default`);
         ``"default"``: the arch's own anchors.
+    tta : predict the validation and test splits with test-time augmentation (four flipped views,
+        boxes fused; :func:`~smearlab.detection.predict.predict`); the thresholds are then tuned
+        on fused scores and saved as such (``Thresholds.tta``).
 
     Returns
     -------
@@ -109,16 +112,18 @@ def fit_and_evaluate(name: str, cfg: DetectorConfig, tcfg: TrainConfig, train: S
     if val is not None and len(val):
         raw_val = RawPredictions.for_dataset(
             val, predict(model, val, batch_size=batch_size, tile=tile, tile_resize=tile_resize, progress=progress,
-                         device=device), cfg.score_floor)
+                         device=device, tta=tta), cfg.score_floor)
     _sync(device)
     t0 = time.perf_counter()
     preds = predict(model, test, batch_size=batch_size, tile=tile, tile_resize=tile_resize, progress=progress,
-                    device=device)
+                    device=device, tta=tta)
     _sync(device)
     infer_s = time.perf_counter() - t0
     raw_test = RawPredictions.for_dataset(test, preds, cfg.score_floor)
 
     thresholds = auto_tune(val, raw_val, objective=tune) if (tune and raw_val is not None) else None
+    if thresholds is not None and tta:
+        thresholds = dataclasses.replace(thresholds, tta=True)
     final = thresholds.apply(raw_test) if thresholds else None
     coco = default_evaluate(test, preds)  # box AP, and mask AP for a mask model with masks to score
     counts = count_metrics(test, final if final is not None else preds,
@@ -130,7 +135,7 @@ def fit_and_evaluate(name: str, cfg: DetectorConfig, tcfg: TrainConfig, train: S
         "count_accuracy": float(sum(c["accuracy"] for c in counts.values()) / max(len(counts), 1)),
         "train_s": round(train_s, 2), "train_images_per_s": round(images / train_s, 2) if train_s else None,
         "infer_s": round(infer_s, 3), "infer_images_per_s": round(len(test) / infer_s, 2) if infer_s else None,
-        "device": str(device), "epochs": len(history.records),
+        "device": str(device), "epochs": len(history.records), "tta": bool(tta),
         "anchors": anchor_report(train, dataclasses.replace(base, anchor_sizes=None, aspect_ratios=None), cfg),
     }
     if "mask_mAP" in coco:
@@ -188,7 +193,7 @@ def run_folder(name: str) -> str:
 
 
 def compare_detectors(splits: dict[str, SmearDataset], s, *, seed: int = 0, device="auto", out=None,
-                      tile: int | None = None, progress: bool = False) -> list[DetectionRun]:
+                      tile: int | None = None, progress: bool = False, tta: bool = False) -> list[DetectionRun]:
     """Train and score each run of the settings ``s`` (notebook 03's comparison).
 
     Parameters
@@ -202,6 +207,7 @@ def compare_detectors(splits: dict[str, SmearDataset], s, *, seed: int = 0, devi
     out : folder for each run's checkpoints and final model folder (``<out>/<run name>/final``).
     tile : tile size for large fields (None: whole images).
     progress : progress bars.
+    tta : score with test-time augmentation (see :func:`fit_and_evaluate`).
 
     Returns
     -------
@@ -218,7 +224,7 @@ def compare_detectors(splits: dict[str, SmearDataset], s, *, seed: int = 0, devi
         tcfg = TrainConfig(epochs=s.epochs, **s.recipe, seed=seed, device=device, out_dir=run_dir,
                            time_budget_s=budget)
         results.append(fit_and_evaluate(name, cfg, tcfg, splits["train"], splits["test"], splits["val"],
-                                        tile=tile, progress=progress, anchors=getattr(s, "anchors", "fit")))
+                                        tile=tile, progress=progress, anchors=getattr(s, "anchors", "fit"), tta=tta))
     return results
 
 
