@@ -50,8 +50,8 @@ from smearlab.metrics.detection import count_metrics  # noqa: E402
 
 def score_row(model, splits, tta: bool, tta_iou: float, tta_skip: float, device: str) -> dict:
     """Validation and Testing scores of ``model`` predicting with or without test-time augmentation."""
-    kw = dict(batch_size=PREDICT_BATCH["cpu"], device=device, progress=False, tta=tta, tta_iou=tta_iou,
-              tta_skip=tta_skip)
+    kw = dict(batch_size=PREDICT_BATCH["gpu" if str(device).startswith("cuda") else "cpu"], device=device,
+              progress=False, tta=tta, tta_iou=tta_iou, tta_skip=tta_skip)
     val_preds = predict(model, splits["val"], **kw)
     t0 = time.perf_counter()
     test_preds = predict(model, splits["test"], **kw)
@@ -87,6 +87,8 @@ def main(argv=None):
                     help="scores below which a view's boxes take no part in the fusion")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--name", default="detection_cbc_tta",
+                    help="results/<name>.json (gpu_check.sh writes detection_cbc_gpu_tta)")
     args = ap.parse_args(argv)
     splits = detection_splits(str(args.data), seed=args.seed, val=0.1)
     load_avg = os.getloadavg()
@@ -121,7 +123,7 @@ def main(argv=None):
               "images": {k: len(v) for k, v in splits.items()}, "cpu_threads": os.cpu_count(),
               "load_average_1_5_15_at_start": [round(v, 2) for v in load_avg],
               "load_average_1_5_15_at_end": [round(v, 2) for v in os.getloadavg()]}
-    out = save_result("detection_cbc_tta", result, argv)
+    out = save_result(args.name, result, argv, script="detection_cbc_tta")
     print(f"chosen on validation: {result['chosen_on_validation']} -> {out}")
 
 
