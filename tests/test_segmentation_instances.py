@@ -142,3 +142,35 @@ def test_training_lowers_the_loss_and_the_model_folder_keeps_the_thresholds(tmp_
     b = predict_instances(back, ds[:1], device="cpu")[0]
     np.testing.assert_array_equal(a["masks"], b["masks"])
     assert load_model(folder, device="cpu").config == model.config
+
+
+def test_scale_jitter_zooms_image_and_targets_together():
+    from smearlab.segmentation.instances import _crop_batch
+
+    yy, xx = np.mgrid[:40, :40]
+    disc = (yy - 20) ** 2 + (xx - 20) ** 2 <= 6 ** 2  # 113 px, inside any 20 px window of the centre
+    x = disc.astype(np.float32)
+    y = instance_targets(disc[None], disc.shape, boundary=1)
+    items = [(x, y)]
+    rng = np.random.default_rng(0)
+    plain_x, plain_y = _crop_batch(items, rng, 40, 2)
+    zx, zy = _crop_batch(items, np.random.default_rng(0), 40, 6, scale_jitter=(2.0, 2.0))
+    assert zx.shape == (6, 1, 40, 40) and zy.shape == (6, 40, 40) and zy.dtype == torch.long
+    assert set(np.unique(zy.numpy())) <= {0, 1, 2}
+    # a twice-zoomed crop shows the disc at four times the area, wherever the 20 px window fell
+    assert int((plain_y[0] > 0).sum()) == int(disc.sum())
+    for k in range(6):
+        fg = zy[k] > 0
+        if fg.any():
+            assert fg.sum() <= 4 * disc.sum() * 1.1
+            assert float(zx[k, 0][fg].mean()) > 0.5 > float(zx[k, 0][~fg].mean())  # image and targets aligned
+    big = max(int((zy[k] > 0).sum()) for k in range(6))
+    assert big > 2 * disc.sum()
+
+
+def test_scale_jitter_is_checked():
+    with pytest.raises(ValueError, match="scale_jitter"):
+        InstanceTrainConfig(scale_jitter=(1.5, 0.5))
+    with pytest.raises(ValueError, match="scale_jitter"):
+        InstanceTrainConfig(scale_jitter=(0.0, 2.0))
+    assert InstanceTrainConfig(scale_jitter=[0.7, 1.4]).scale_jitter == (0.7, 1.4)

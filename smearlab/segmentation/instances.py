@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from scipy import ndimage as ndi
 from skimage.segmentation import find_boundaries, watershed
+from skimage.transform import resize
 
 from ..core.device import resolve_device
 from ..core.model_folder import read_model_folder, save_model_folder
@@ -194,6 +195,10 @@ class InstanceTrainConfig:
     boundary : width of the boundary band of the targets (pixels).
     boundary_weight : cross-entropy weight of the boundary class (the scarce class that splits
         touching objects).
+    scale_jitter : ``(low, high)`` zoom range of the training crops (each crop is cut
+        ``crop / zoom`` pixels wide and resized to ``crop``, the zoom drawn log-uniformly; the
+        targets by nearest neighbour), so that the network sees the objects at more sizes than the
+        few training images hold; None: no zoom.
     seed : seeds the crops, the augmentation and the weights.
     device : ``"auto"``, ``"cpu"`` or ``"cuda"``.
     """
@@ -205,8 +210,16 @@ class InstanceTrainConfig:
     time_budget_s: float | None = None
     boundary: int = 2
     boundary_weight: float = 3.0
+    scale_jitter: tuple[float, float] | None = None
     seed: int = 0
     device: str = "auto"
+
+    def __post_init__(self):
+        if self.scale_jitter is not None:
+            lo, hi = (float(v) for v in self.scale_jitter)
+            if not 0 < lo <= hi:
+                raise ValueError(f"scale_jitter must be (low, high) with 0 < low <= high, got {self.scale_jitter}")
+            self.scale_jitter = (lo, hi)
 
 
 def _prepared(dataset: SmearDataset, boundary: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -218,20 +231,29 @@ def _prepared(dataset: SmearDataset, boundary: int) -> list[tuple[np.ndarray, np
     return out
 
 
-def _crop_batch(items, rng: np.random.Generator, crop: int, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random crops (objects' images drawn by area), flips, quarter turns, gamma and contrast."""
+def _crop_batch(items, rng: np.random.Generator, crop: int, batch_size: int,
+                scale_jitter: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random crops (objects' images drawn by area), zooms (``scale_jitter``), flips, quarter
+    turns, gamma and contrast."""
     sizes = np.array([x.size for x, _ in items], np.float64)
     pick = rng.choice(len(items), size=batch_size, p=sizes / sizes.sum())
     xs, ys = [], []
     for i in pick:
         x, y = items[i]
+        side = crop
+        if scale_jitter is not None:
+            zoom = float(np.exp(rng.uniform(np.log(scale_jitter[0]), np.log(scale_jitter[1]))))
+            side = max(8, int(round(crop / zoom)))
         h, w = x.shape
-        if h < crop or w < crop:
-            x = np.pad(x, ((0, max(0, crop - h)), (0, max(0, crop - w))))
-            y = np.pad(y, ((0, max(0, crop - h)), (0, max(0, crop - w))))
+        if h < side or w < side:
+            x = np.pad(x, ((0, max(0, side - h)), (0, max(0, side - w))))
+            y = np.pad(y, ((0, max(0, side - h)), (0, max(0, side - w))))
             h, w = x.shape
-        r, c = rng.integers(0, h - crop + 1), rng.integers(0, w - crop + 1)
-        xc, yc = x[r:r + crop, c:c + crop], y[r:r + crop, c:c + crop]
+        r, c = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+        xc, yc = x[r:r + side, c:c + side], y[r:r + side, c:c + side]
+        if side != crop:
+            xc = resize(xc, (crop, crop), order=1, anti_aliasing=side > crop, preserve_range=True).astype(np.float32)
+            yc = resize(yc, (crop, crop), order=0, anti_aliasing=False, preserve_range=True).astype(y.dtype)
         k = int(rng.integers(0, 4))
         xc, yc = np.rot90(xc, k), np.rot90(yc, k)
         if rng.random() < 0.5:
@@ -274,7 +296,7 @@ def train_instance_unet(model: UNet, train: SmearDataset, val: SmearDataset | No
     budget = None if cfg.time_budget_s is None else TimeBudget(cfg.time_budget_s, 50, initial_epochs=cfg.steps // 50)
 
     def step(_i: int) -> dict[str, float]:
-        x, y = _crop_batch(items, rng, cfg.crop, cfg.batch_size)
+        x, y = _crop_batch(items, rng, cfg.crop, cfg.batch_size, cfg.scale_jitter)
         loss = F.cross_entropy(model(x.to(dev)), y.to(dev), weight=weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -1,0 +1,103 @@
+"""Zoom augmentation of the learned instance segmenter on DSB2018, side by side, chosen on validation.
+
+The DSB2018 subset's looks hold nuclei of very different sizes (about 10-20 px across in the
+fluorescence images, 20-40 px in the colour bright-field tissue), and the 16 training images
+hold few of each. Cellpose and StarDist train with random zooms; this script measures whether
+it pays here. Each candidate ``scale_jitter`` (None: no zoom; ``LOW,HIGH``: each training crop
+zoomed by a factor drawn log-uniformly from that range) trains the learned segmenter's
+"boundary" variant from scratch for the same wall-clock budget and seed, one after the other in
+one sitting, on the 16 fit images of ``segmentation_dsb.py``'s training split; its prediction
+settings are tuned on the 4 validation images; the choice is the best validation DSB metric.
+The 10 test images are scored for every candidate (overall and per look) beside the classical
+method that ``segmentation_dsb.py`` picks on the training images; Testing is reported, not used
+to choose.
+
+Writes ``benchmarks/results/segmentation_dsb_augment.json``: ``rows`` (``scale_jitter``,
+``val_dsb``, ``dsb_metric``, ``dsb_per_look``, mask AP50 / mAP, count error, ``train_s``),
+``chosen_on_validation``, ``classical`` (name, ``dsb_metric``, ``dsb_per_look``).
+
+Usage::
+
+    python benchmarks/segmentation_dsb_augment.py --budget 20 --jitters none 0.67,1.5
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _common import save_result  # noqa: E402
+from segmentation_dsb import (DEFAULT_DATA, SEED, _classical_predict, _per_group, fixed_split,  # noqa: E402
+                              pick_classical, predict_learned, train_learned, validation_split)
+
+from smearlab.core.device import resolve_device  # noqa: E402
+from smearlab.data import load  # noqa: E402
+from smearlab.metrics.instances import segmentation_metrics  # noqa: E402
+
+
+def _jitter(text: str):
+    if text.lower() == "none":
+        return None
+    try:
+        lo, hi = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a zoom range is 'none' or LOW,HIGH (e.g. 0.67,1.5), got {text!r}")
+    return (lo, hi)
+
+
+def _scores(test, preds) -> dict:
+    m = segmentation_metrics(test, preds, score_threshold=0.0)
+    return {"dsb_metric": m["dsb_metric"], "dsb_per_look": _per_group(test, preds), "mask_mAP50": m["mask_mAP50"],
+            "mask_mAP": m["mask_mAP"], "count_error": m["count_error"]}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the dsb2018_subset folder")
+    ap.add_argument("--budget", type=float, default=20, help="minutes of training per candidate")
+    ap.add_argument("--jitters", type=_jitter, nargs="+", default=[None, (0.67, 1.5)],
+                    help="zoom ranges to compare: 'none' or LOW,HIGH")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seed", type=int, default=SEED)
+    args = ap.parse_args(argv)
+    ds = load(args.data)
+    if len(ds) == 0:
+        raise SystemExit(f"no DSB2018 images under {args.data}")
+    train_idx, test_idx = fixed_split(ds, args.seed)
+    train, test = ds.subset(train_idx, "dsb-train"), ds.subset(test_idx, "dsb-test")
+    fit_idx, val_idx = validation_split(train, args.seed)
+    fit, val = train.subset(fit_idx, "dsb-fit"), train.subset(val_idx, "dsb-val")
+    dev = resolve_device(args.device)
+    load_avg = os.getloadavg()
+
+    name, spec, _ = pick_classical(train)
+    cl_preds, _ = _classical_predict(test, spec)
+    classical_row = {"name": name, **_scores(test, cl_preds)}
+
+    rows = []
+    for jitter in args.jitters:
+        model, post, val_dsb, train_s = train_learned(fit, val, "boundary", args.budget, dev, args.seed,
+                                                      scale_jitter=jitter)
+        preds, sec = predict_learned(model, post, test, dev)
+        rows.append({"scale_jitter": list(jitter) if jitter else None, "val_dsb": val_dsb, **_scores(test, preds),
+                     "settings": str(post[1]), "train_s": round(train_s, 1), "seconds_per_image": round(sec, 3)})
+        looks = ", ".join(f"{g} {v:.3f}" for g, v in rows[-1]["dsb_per_look"].items())
+        print(f"scale_jitter {jitter}: validation DSB {val_dsb:.4f} | test DSB {rows[-1]['dsb_metric']:.3f} "
+              f"({looks})", flush=True)
+    looks = ", ".join(f"{g} {v:.3f}" for g, v in classical_row["dsb_per_look"].items())
+    print(f"classical {name}: test DSB {classical_row['dsb_metric']:.3f} ({looks})")
+    best = max(rows, key=lambda r: r["val_dsb"])
+    result = {"rows": rows, "chosen_on_validation": best["scale_jitter"], "classical": classical_row,
+              "budget_s": args.budget * 60, "seed": args.seed, "variant": "boundary",
+              "images": {"fit": len(fit), "val": len(val), "test": len(test)}, "device": str(dev),
+              "cpu_threads": os.cpu_count(), "load_average_1_5_15_at_start": [round(v, 2) for v in load_avg],
+              "load_average_1_5_15_at_end": [round(v, 2) for v in os.getloadavg()]}
+    out = save_result("segmentation_dsb_augment", result, argv)
+    print(f"chosen on validation: scale_jitter {best['scale_jitter']} -> {out}")
+
+
+if __name__ == "__main__":
+    main()
