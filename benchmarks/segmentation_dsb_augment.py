@@ -19,6 +19,8 @@ Writes ``benchmarks/results/segmentation_dsb_augment.json``: ``rows`` (``scale_j
 Usage::
 
     python benchmarks/segmentation_dsb_augment.py --budget 20 --jitters none 0.67,1.5
+    python benchmarks/segmentation_dsb_augment.py --budget 20 --jitters none --train-seed 1 \
+        --name segmentation_dsb_seed1     # the same split, another training seed
 """
 from __future__ import annotations
 
@@ -61,8 +63,11 @@ def main(argv=None):
     ap.add_argument("--jitters", type=_jitter, nargs="+", default=[None, (0.67, 1.5)],
                     help="zoom ranges to compare: 'none' or LOW,HIGH")
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--seed", type=int, default=SEED)
+    ap.add_argument("--seed", type=int, default=SEED, help="the seed of the fixed split (keep 0 to compare)")
+    ap.add_argument("--train-seed", type=int, help="the seed of the crops and weights (default: --seed)")
+    ap.add_argument("--name", default="segmentation_dsb_augment", help="results/<name>.json")
     args = ap.parse_args(argv)
+    train_seed = args.seed if args.train_seed is None else args.train_seed
     ds = load(args.data)
     if len(ds) == 0:
         raise SystemExit(f"no DSB2018 images under {args.data}")
@@ -79,7 +84,7 @@ def main(argv=None):
 
     rows = []
     for jitter in args.jitters:
-        model, post, val_dsb, train_s = train_learned(fit, val, "boundary", args.budget, dev, args.seed,
+        model, post, val_dsb, train_s = train_learned(fit, val, "boundary", args.budget, dev, train_seed,
                                                       scale_jitter=jitter)
         preds, sec = predict_learned(model, post, test, dev)
         rows.append({"scale_jitter": list(jitter) if jitter else None, "val_dsb": val_dsb, **_scores(test, preds),
@@ -91,11 +96,11 @@ def main(argv=None):
     print(f"classical {name}: test DSB {classical_row['dsb_metric']:.3f} ({looks})")
     best = max(rows, key=lambda r: r["val_dsb"])
     result = {"rows": rows, "chosen_on_validation": best["scale_jitter"], "classical": classical_row,
-              "budget_s": args.budget * 60, "seed": args.seed, "variant": "boundary",
+              "budget_s": args.budget * 60, "seed": args.seed, "train_seed": train_seed, "variant": "boundary",
               "images": {"fit": len(fit), "val": len(val), "test": len(test)}, "device": str(dev),
               "cpu_threads": os.cpu_count(), "load_average_1_5_15_at_start": [round(v, 2) for v in load_avg],
               "load_average_1_5_15_at_end": [round(v, 2) for v in os.getloadavg()]}
-    out = save_result("segmentation_dsb_augment", result, argv)
+    out = save_result(args.name, result, argv, script="segmentation_dsb_augment")
     print(f"chosen on validation: scale_jitter {best['scale_jitter']} -> {out}")
 
 
