@@ -150,8 +150,8 @@ def _check_run(out: Path, run: dict) -> None:
         old = json.loads(f.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise DataError(f, f"not a readable run file ({e}); remove it or use another --out") from None
-    keys = ("model_id", "scale", "tile", "score", "tta")
-    diff = [k for k in keys if old.get(k, False if k == "tta" else None) != run.get(k, False if k == "tta" else None)]
+    keys = {"model_id": None, "scale": None, "tile": None, "score": None, "tta": False}  # key: value when absent
+    diff = [k for k, absent in keys.items() if old.get(k, absent) != run.get(k, absent)]
     if diff:
         changes = ", ".join(f"{k} {old.get(k)!r} -> {run.get(k)!r}" for k in diff)
         raise DataError(out, f"holds the results of another run ({changes}); use another --out, or remove "
@@ -442,10 +442,10 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
         thresholds, threshold_source = Thresholds({c: float(score) for c in class_names}), "score"
     elif getattr(model, "thresholds", None):
         thresholds, threshold_source = "model", "thresholds.json"
-        if bool(model.thresholds.get("tta", False)) != bool(tta) and model.thresholds.get("objective") != "manual":
-            made = "with" if model.thresholds.get("tta") else "without"
-            raise DataError(folder / "thresholds.json", f"tuned on predictions made {made} test-time augmentation; "
-                                                        f"predict {made} it (--tta), or give --score")
+        try:  # before any image: predict() would refuse every batch alike
+            Thresholds(**model.thresholds).check_tta(tta)
+        except ValueError as e:
+            raise DataError(folder / "thresholds.json", f"{e} (--tta), or give --score") from None
     else:
         thresholds, threshold_source = Thresholds({c: DEFAULT_SCORE for c in class_names}), "default"
         log.warning("%s has no thresholds.json: every class kept at score >= %s", folder, DEFAULT_SCORE)

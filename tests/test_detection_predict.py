@@ -242,6 +242,8 @@ def test_tta_refuses_masks_and_bad_iou():
     img = torch.zeros(3, 60, 80)
     with pytest.raises(ValueError, match="tta_iou"):
         predict(BlobModel(), [img], tta=True, tta_iou=1.0, progress=False)
+    with pytest.raises(ValueError, match="tta_skip"):
+        predict(BlobModel(), [img], tta=True, tta_skip=1.0, progress=False)
     mask_model = build_detector(DetectorConfig(arch="maskrcnn_tiny", class_names=["a"], min_size=64, max_size=64))
     with pytest.raises(ValueError, match="tta"):
         predict(mask_model, [img], tta=True, progress=False)

@@ -413,6 +413,8 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
         raise ValueError(f"scale must be 'auto', None or a positive number, got {scale!r}")
     if tta and not 0.0 < float(tta_iou) < 1.0:
         raise ValueError(f"tta_iou must be in (0, 1), got {tta_iou}")
+    if tta and not 0.0 <= float(tta_skip) < 1.0:
+        raise ValueError(f"tta_skip must be in [0, 1), got {tta_skip}")
     is_module = isinstance(model, nn.Module)
     if device is None:
         dev = next(iter(model.parameters())).device if is_module and any(True for _ in model.parameters()) \
@@ -533,11 +535,7 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
     th = _resolve_extra(model, thresholds, "thresholds", "thresholds")
     if th is not None:
         th = th if isinstance(th, Thresholds) else Thresholds(**th)
-        if th.objective != "manual" and bool(th.tta) != bool(tta):
-            made = "with" if th.tta else "without"
-            raise ValueError(f"these thresholds were tuned on predictions made {made} tta (test-time augmentation); "
-                             f"predict with tta={bool(th.tta)}, or tune thresholds on predictions made with "
-                             f"tta={bool(tta)}")
+        th.check_tta(tta)
         results = th.apply(results)
     return results
 

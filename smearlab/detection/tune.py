@@ -55,6 +55,16 @@ class Thresholds:
     metrics: dict = field(default_factory=dict)
     tta: bool = False
 
+    def check_tta(self, tta: bool) -> None:
+        """Refuse (``ValueError``) tuned thresholds for predictions made the other way: with
+        ``tta`` when they were tuned without it, or the other way round. Thresholds set by hand
+        (``objective="manual"``) apply either way."""
+        if self.objective != "manual" and bool(self.tta) != bool(tta):
+            made = "with" if self.tta else "without"
+            raise ValueError(f"these thresholds were tuned on predictions made {made} tta ({made} test-time "
+                             f"augmentation); predict with tta={bool(self.tta)}, or tune thresholds on predictions "
+                             f"made with tta={bool(tta)}")
+
     def apply(self, raw, *, class_names: Sequence[str] | None = None) -> list[dict]:
         """Final predictions from raw ones (:func:`~smearlab.detection.postprocess.postprocess`).
 
