@@ -1,7 +1,7 @@
 """Domain adaptation of the white-cell classifier: source only, DANN, stain normalisation, AdaBN, mixed and oracle.
 
 Usage: ``python benchmarks/domain_adaptation.py [--preset cpu|gpu|quick] [--zheng PATH] [--pbc PATH]
-[--device auto] [--threads N] [--part all|zheng|synthetic]``.
+[--device auto] [--threads N] [--part all|zheng|synthetic|within|features]``.
 
 Data: Zheng et al. 2018 WBC Dataset 1 (300 images, Jiangxi Tecom) and Dataset 2 (100 images,
 CellaVision) as two domains (``--zheng``: the archive ``wbc_zheng.tar.xz`` or its extraction), the
@@ -30,7 +30,12 @@ seeds) with ``_std``, ``std`` (``{method: seed std of the target macro F1}``), `
 table ``rows`` and the settings; a ``synthetic`` block with ``a_to_b`` and ``b_to_a`` alike;
 ``augment_switch``; ``central_check``; ``within_domain`` (oracle macro F1 per domain); ``goal``;
 ``device``; ``preset``; ``seconds``. ``--part`` runs the real-data or the synthetic half alone (two
-processes side by side, one thread each) and merges its keys into the existing JSON.
+processes side by side, one thread each) and merges its keys into the existing JSON; ``--part within``
+chooses the ResNet's recipe per domain on validation (``within_domain_recipe``); ``--part features``
+runs the real directions again with the measured-features classifier
+(:mod:`smearlab.classification.features`; methods source only, feature statistics of the target,
+stain normalisation, mixed, oracle; 128 px crops) into the block ``features``, whose
+``within_domain`` holds its oracle rows.
 """
 from __future__ import annotations
 
@@ -54,8 +59,9 @@ from smearlab.classification.crops import central_crop_check  # noqa: E402
 from smearlab.core.device import resolve_device  # noqa: E402
 from smearlab.data import open_dataset  # noqa: E402
 from smearlab.core.files import write_json  # noqa: E402
-from smearlab.experiments.domain_adaptation import (METHODS, domain_crops, domain_pair, goal_check,  # noqa: E402
-                                                    judge, run_directions, run_experiment)
+from smearlab.experiments.domain_adaptation import (FEATURE_METHODS, METHODS, domain_crops,  # noqa: E402
+                                                    domain_pair, goal_check, judge, run_directions,
+                                                    run_experiment)
 
 DATA = Path(os.environ.get("SMEARLAB_SHARED_DATA", HERE.parent.parent / "shared" / "data"))
 
@@ -131,16 +137,18 @@ def goal_summary(result: dict) -> dict:
         else None,
         "rule": GOAL,
         "within_domain_goal": "oracle macro F1 >= 0.92 on Zheng Dataset 1 and >= 0.85 on Dataset 2",
+        "features_real_met": {k: result["features"][k]["goal_met"] for k in blocks if k in result.get("features", {})}
+        or None,
     }
 
 
 NAMES = {"d1": "Zheng D1", "d2": "Zheng D2", "pbc": "PBC", "a": "synthetic A", "b": "synthetic B"}
 
 
-def markdown(result: dict) -> str:
+def markdown(result: dict, methods=METHODS) -> str:
     """The results as a Markdown table: one row per direction, target macro F1 (mean ± seed std)
     per method, the source F1 of source only and of the best method, and the verdict."""
-    methods = [m for m in METHODS]
+    methods = list(methods)
     head = ("| direction | " + " | ".join(methods) + " | source F1: source only / best | best (gain) | goal |\n"
             "|---|" + "---|" * (len(methods) + 3))
     rows = []
@@ -206,6 +214,29 @@ def within_domain(domains: dict, settings: dict, device: str) -> dict:
     return out
 
 
+def feature_directions(args, settings: dict) -> dict:
+    """The measured-features classifier (``arch="features"``: nucleus shape, stain and texture +
+    logistic regression, its regularisation chosen by cross-validation on each training split) in
+    every real direction, on crops of its own size, same splits and seeds as the ResNet table;
+    the within-domain figures are its oracle rows."""
+    from smearlab.classification.features import FEATURE_SIZE
+
+    t0 = time.perf_counter()
+    d1, d2 = domain_pair(args.zheng, FEATURE_SIZE, source="boxes", pad=0.1, domains=("dataset1", "dataset2"))
+    pbc = domain_crops(args.pbc, FEATURE_SIZE)
+    keep = {k: settings[k] for k in ("seeds", "test_fraction", "split_seed")}
+    out = directions(d1, d2, {**keep, "arch": "features"}, "cpu", third=pbc)
+    out["within_domain"] = {
+        name: {"f1": out[key]["oracle_f1"], "f1_std": out[key]["oracle_f1_std"], "classes": out[key]["shared_classes"]}
+        for name, key in (("dataset1", "d2_to_d1"), ("dataset2", "d1_to_d2"), ("pbc_4_classes", "d1_to_pbc"),
+                          ("pbc_5_classes", "d2_to_pbc"))}
+    out["crop_size"] = FEATURE_SIZE
+    out["methods"] = list(FEATURE_METHODS)
+    out["seconds"] = round(time.perf_counter() - t0, 1)
+    print("within domain:", json.dumps(out["within_domain"]), flush=True)
+    return out
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
@@ -213,7 +244,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--pbc", type=Path, default=DATA / "pbc_subset", help="the PBC subset folder")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--part", choices=("all", "zheng", "synthetic", "within"), default="all",
+    ap.add_argument("--part", choices=("all", "zheng", "synthetic", "within", "features"), default="all",
                     help="run only the real-data or the synthetic half and merge it into the existing JSON")
     ap.add_argument("--rejudge", action="store_true",
                     help="train nothing: recompute the goal checks of the existing JSON from its numbers")
@@ -224,6 +255,8 @@ def main(argv=None) -> dict:
     if args.table:
         result = json.loads((RESULTS / "domain_adaptation.json").read_text())
         print(markdown(result))
+        if "features" in result:
+            print("\nmeasured-features classifier:\n" + markdown(result["features"], FEATURE_METHODS))
         return result
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -254,6 +287,8 @@ def main(argv=None) -> dict:
     if args.part == "within":
         d1, d2 = domain_pair(args.zheng, p["size"], source="boxes", pad=0.1, domains=("dataset1", "dataset2"))
         result["within_domain_recipe"] = within_domain({"dataset1": d1, "dataset2": d2}, settings, str(dev))
+    if args.part == "features":
+        result["features"] = feature_directions(args, settings)
     if args.part in ("all", "synthetic"):
         a, b = domain_pair("synthetic", p["size"], n=p["n_synthetic"], seed=0)
         result["synthetic"] = directions(a, b, settings, str(dev))
@@ -261,7 +296,7 @@ def main(argv=None) -> dict:
         old = RESULTS / "domain_adaptation.json"
         if old.is_file():
             prev = json.loads(old.read_text())
-            drop = {"synthetic": ("synthetic",), "within": ("within_domain_recipe",)}.get(
+            drop = {"synthetic": ("synthetic",), "within": ("within_domain_recipe",), "features": ("features",)}.get(
                 args.part, ("d1_to_d2", "d2_to_d1", "d1_to_pbc", "d2_to_pbc", "central_check", "within_domain",
                             "augment_switch"))
             result = {**{k: v for k, v in prev.items() if k not in result and k not in drop}, **result}

@@ -6,6 +6,9 @@
 - :func:`stain_normalise`: every crop's colours mapped to the source domain's LAB statistics
   (Reinhard et al. 2001, :class:`smearlab.preprocess.ReinhardNormalizer`), in training and before
   a crop is classified.
+- :func:`adapt_feature_statistics`: the same idea as AdaBN for the measured-features classifier
+  (:class:`~smearlab.classification.features.FeatureClassifier`): its features standardised with
+  the target domain's mean and spread instead of the source's.
 
 Neither adds a training objective; DANN (:func:`smearlab.classification.train.train_dann`) does.
 """
@@ -20,6 +23,7 @@ import torch.nn as nn
 from ..core.device import resolve_device
 from ..preprocess import ReinhardNormalizer
 from .crops import CropDataset
+from .features import FeatureClassifier, cell_features
 
 
 def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -93,3 +97,42 @@ def stain_normalise(crops: CropDataset, reference: CropDataset, *, normaliser: R
     out = np.stack([norm.transform(x) for x in imgs]) if len(imgs) else imgs
     res = CropDataset(out, crops.labels, crops.class_names, crops.domains, crops.ids, crops.name)
     return res
+
+
+@torch.no_grad()
+def adapt_feature_statistics(model: FeatureClassifier, target: CropDataset, *,
+                             features: np.ndarray | None = None) -> FeatureClassifier:
+    """A copy of a trained feature classifier that standardises each feature with the target
+    domain's mean and standard deviation (no labels read; weights and the model given unchanged).
+
+    A lab whose stain is bluer or whose cells are imaged larger shifts every feature; the
+    regression's weights were fitted on standardised source features, so re-centring them on the
+    target puts the target's cells where the source's were.
+
+    Parameters
+    ----------
+    model : a trained :class:`~smearlab.classification.features.FeatureClassifier`.
+    target : unlabelled crops of the target domain (at least two).
+    features : ``target``'s :func:`~smearlab.classification.features.cell_features`, when already measured.
+
+    Raises
+    ------
+    TypeError
+        for a model of another kind (use :func:`adapt_batchnorm` for a ResNet).
+    ValueError
+        when ``target`` has fewer than two crops.
+    """
+    if not isinstance(model, FeatureClassifier):
+        raise TypeError(f"adapt_feature_statistics needs a FeatureClassifier, got {type(model).__name__} "
+                        "(a ResNet adapts with adapt_batchnorm)")
+    if len(target) < 2:
+        raise ValueError(f"target {target.name!r} has {len(target)} crops: the statistics need at least two")
+    x = cell_features(target) if features is None else np.asarray(features, np.float32)
+    if x.shape != (len(target), model.num_features):
+        raise ValueError(f"features must be ({len(target)}, {model.num_features}), got {x.shape}")
+    scale = x.std(0)
+    keep = scale < 1e-6  # a feature constant on the target keeps the source's spread
+    out = copy.deepcopy(model)
+    out.mean.copy_(torch.from_numpy(x.mean(0)))
+    out.scale.copy_(torch.where(torch.from_numpy(keep), model.scale.cpu(), torch.from_numpy(scale)))
+    return out.eval()

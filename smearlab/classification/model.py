@@ -1,4 +1,5 @@
-"""The white-cell classifier (a small ResNet) and its domain-adversarial wrapper (DANN)."""
+"""The white-cell classifiers (a small ResNet, or measured features + logistic regression,
+:mod:`smearlab.classification.features`) and the domain-adversarial wrapper (DANN)."""
 from __future__ import annotations
 
 import math
@@ -13,6 +14,7 @@ from ..core.device import resolve_device
 from ..core.errors import DataError
 from ..core.model_folder import read_model_folder, save_model_folder
 from ..core.nn import BasicBlock, norm_layer
+from .features import FEATURE_SIZE, FeatureClassifier
 
 
 
@@ -106,32 +108,51 @@ class CellClassifier(nn.Module):
         return self.head(self.embed(x))
 
 
-def build_classifier(class_names: Sequence[str], *, width: int = 32, norm: str = "group", in_channels: int = 3,
-                     blocks: Sequence[int] = (1, 1, 1, 1), input_size: int = 64) -> CellClassifier:
-    """A :class:`CellClassifier` with random weights.
+#: The classifier architectures :func:`build_classifier` makes.
+ARCHS = ("resnet", "features")
+
+
+def build_classifier(class_names: Sequence[str], *, arch: str = "resnet", width: int = 32, norm: str = "group",
+                     in_channels: int = 3, blocks: Sequence[int] = (1, 1, 1, 1),
+                     input_size: int | None = None) -> CellClassifier | FeatureClassifier:
+    """An untrained classifier.
 
     Parameters
     ----------
     class_names : the classes.
+    arch : ``"resnet"`` (the default): a :class:`CellClassifier` with random weights, trained with
+        :func:`~smearlab.classification.train.train_classifier`; ``"features"``: a
+        :class:`~smearlab.classification.features.FeatureClassifier` (measured nucleus shape,
+        stain and texture + logistic regression), trained with
+        :func:`~smearlab.classification.train.fit_features`. With a few dozen labelled crops per
+        class the features win (benchmarks/RESULTS.md, domain adaptation); the other arguments
+        apply to ``"resnet"`` only.
     width : channels of the first stage (then x2 per stage). 16 trains in seconds on a CPU.
     norm : "group" (default; GroupNorm does not depend on batch statistics, so it neither breaks on
         small batches nor collapses when the test domain's statistics differ) or "batch".
     in_channels : 3 (RGB) or 1.
     blocks : basic blocks per stage (``(1, 1, 1, 1)``: a ResNet-10; ``(2, 2, 2, 2)``: ResNet-18 layout).
-    input_size : crop side the model expects (set again by training).
+    input_size : crop side the model expects (set again by training; default 64 for ``"resnet"``,
+        :data:`~smearlab.classification.features.FEATURE_SIZE` for ``"features"``).
     """
+    if arch == "features":
+        return FeatureClassifier(class_names, input_size=FEATURE_SIZE if input_size is None else input_size)
+    if arch != "resnet":
+        raise ValueError(f"unknown classifier arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    input_size = 64 if input_size is None else input_size
     return CellClassifier(class_names, width=width, norm=norm, in_channels=in_channels, blocks=blocks,
                           input_size=input_size)
 
 
-def save_classifier(model: CellClassifier, folder, **meta) -> Path:
+def save_classifier(model: CellClassifier | FeatureClassifier, folder, **meta) -> Path:
     """Write the classifier as a model folder (:mod:`smearlab.core.model_folder`, kind
     ``"classifier"``); ``meta`` is kept in ``weights.pt``.
 
     Parameters
     ----------
-    model : the trained :class:`CellClassifier` (its ``config``, ``input_size`` and
-        ``class_names`` are saved).
+    model : the trained :class:`CellClassifier` or
+        :class:`~smearlab.classification.features.FeatureClassifier` (its ``config``,
+        ``input_size`` and ``class_names`` are saved).
     folder : the model folder (created if needed).
     **meta : further plain values kept in ``weights.pt`` (e.g. ``epoch``).
 
@@ -144,8 +165,8 @@ def save_classifier(model: CellClassifier, folder, **meta) -> Path:
                              class_names=model.class_names, **meta)
 
 
-def load_classifier(folder, device="auto") -> CellClassifier:
-    """A :class:`CellClassifier` from its model folder (:func:`save_classifier`).
+def load_classifier(folder, device="auto") -> CellClassifier | FeatureClassifier:
+    """The classifier of a model folder (:func:`save_classifier`), of the architecture it was saved with.
 
     Parameters
     ----------

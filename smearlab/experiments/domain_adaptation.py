@@ -1,5 +1,6 @@
 """What notebook 07 runs: source-only, DANN, the simple baselines (stain normalisation, AdaBN),
-mixed and oracle classifiers between two domains."""
+mixed and oracle classifiers between two domains; with the ResNet, or with the measured-features
+classifier and its own baseline (its feature statistics re-estimated on the target)."""
 from __future__ import annotations
 
 import hashlib
@@ -12,11 +13,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ..classification.adapt import adapt_batchnorm, stain_normalise
+from ..classification.adapt import adapt_batchnorm, adapt_feature_statistics, stain_normalise
 from ..classification.crops import CropDataset, align_classes, crops_from_dataset, shared_classes
 from ..classification.model import DANN, CellClassifier, build_classifier
 from ..classification.predict import predict_classes
-from ..classification.train import fit, train_dann
+from ..classification.train import fit, fit_features, train_dann
 from ..data import open_dataset
 from ..data.synthetic import make_wbc_crops
 from ..metrics.classification import classification_report
@@ -31,6 +32,10 @@ log = logging.getLogger(__name__)
 #: re-estimated on the unlabelled target images); both domains labelled; target labels only (the
 #: oracle).
 METHODS = ("source_only", "dann", "stain_norm", "adabn", "mixed", "oracle")
+#: The methods of the measured-features classifier (``arch="features"``): ``feature_stats`` is the
+#: source model with its feature standardisation re-estimated on the unlabelled target images
+#: (:func:`~smearlab.classification.adapt.adapt_feature_statistics`, AdaBN's counterpart).
+FEATURE_METHODS = ("source_only", "feature_stats", "stain_norm", "mixed", "oracle")
 
 
 def _key(ds: CropDataset) -> str:
@@ -128,6 +133,7 @@ class ExperimentResult:
         names = {"source_only": self.source, "dann": f"{self.source} + unlabelled {self.target}",
                  "stain_norm": f"{self.source}, every crop's colours normalised to it",
                  "adabn": f"{self.source} (batch norm), statistics of unlabelled {self.target}",
+                 "feature_stats": f"{self.source}, feature statistics of unlabelled {self.target}",
                  "mixed": f"{self.source} + {self.target}", "oracle": self.target}
         rows = []
         for split in ("target", "source"):
@@ -171,12 +177,12 @@ def _as_splits(data, what: str, test_fraction: float, split_seed: int) -> tuple[
     raise TypeError(f"{what} must be a CropDataset or a (train, test) pair of them, got {type(data).__name__}")
 
 
-def run_experiment(source, target, *, methods: Sequence[str] = METHODS, seeds: Sequence[int] = (0, 1, 2),
+def run_experiment(source, target, *, methods: Sequence[str] | None = None, seeds: Sequence[int] = (0, 1, 2),
                    test_fraction: float = 0.3, split_seed: int = 0, min_count: int = 2, steps: int = 300,
                    batch_size: int = 32, lr: float = 0.05, width: int = 16, norm: str = "group",
                    blocks: Sequence[int] = (1, 1, 1, 1), domain_weight: float = 1.0, domain_hidden: int = 128,
                    domain_layers: int = 2, domain_dropout: float = 0.2, augment=True, device="auto",
-                   cache: dict | None = None, progress: bool = False) -> ExperimentResult:
+                   cache: dict | None = None, progress: bool = False, arch: str = "resnet") -> ExperimentResult:
     """Source only, DANN, the two simple baselines, mixed and oracle for one direction, several seeds,
     one table.
 
@@ -184,7 +190,8 @@ def run_experiment(source, target, *, methods: Sequence[str] = METHODS, seeds: S
     ----------
     source, target : one domain each: a :class:`~smearlab.classification.crops.CropDataset` (split here,
         stratified, ``test_fraction`` to test, seed ``split_seed``) or a ``(train, test)`` pair.
-    methods : any of :data:`METHODS`: ``"source_only"`` (source labels), ``"dann"`` (source labels,
+    methods : any of :data:`METHODS` (the default; with ``arch="features"``, any of
+        :data:`FEATURE_METHODS`, the default then): ``"source_only"`` (source labels), ``"dann"`` (source labels,
         target images without labels), ``"stain_norm"`` (source labels; every crop, in training and
         in testing, with its colours normalised to the source training crops,
         :func:`~smearlab.classification.adapt.stain_normalise`),
@@ -207,6 +214,9 @@ def run_experiment(source, target, *, methods: Sequence[str] = METHODS, seeds: S
     augment, device, progress : as :func:`~smearlab.classification.train.train_classifier`.
     cache : a dict shared between calls to reuse identical trainings, e.g. source only of A -> B is
         the oracle of B -> A and "mixed" is the same model in both directions.
+    arch : ``"resnet"`` (the small ResNet, trained ``steps`` steps) or ``"features"`` (the
+        measured-features classifier, :func:`~smearlab.classification.train.fit_features`; the seed
+        shuffles its cross-validation folds; the training settings above do not apply to it).
 
     Returns
     -------
@@ -214,9 +224,13 @@ def run_experiment(source, target, *, methods: Sequence[str] = METHODS, seeds: S
         scores on the target test split for every method and on the source test split too (how much
         DANN costs on the source).
     """
-    unknown = [m for m in methods if m not in METHODS]
+    if arch not in ("resnet", "features"):
+        raise ValueError(f"unknown arch {arch!r}; choose 'resnet' or 'features'")
+    allowed = FEATURE_METHODS if arch == "features" else METHODS
+    methods = allowed if methods is None else methods
+    unknown = [m for m in methods if m not in allowed]
     if unknown or not methods:
-        raise ValueError(f"unknown methods {unknown}; choose from {METHODS}")
+        raise ValueError(f"unknown methods {unknown} for arch {arch!r}; choose from {allowed}")
     if not seeds:
         raise ValueError("give at least one seed")
     s_tr, s_te, s_name = _as_splits(source, "source", test_fraction, split_seed)
@@ -239,7 +253,8 @@ def run_experiment(source, target, *, methods: Sequence[str] = METHODS, seeds: S
     settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "width": width, "norm": norm,
                 "blocks": list(blocks), "domain_weight": domain_weight, "domain_hidden": domain_hidden,
                 "domain_layers": domain_layers, "domain_dropout": domain_dropout, "min_count": min_count,
-                "crop_size": s_tr.size, "augment": augment if isinstance(augment, bool) else repr(augment)}
+                "crop_size": s_tr.size, "augment": augment if isinstance(augment, bool) else repr(augment),
+                "arch": arch}
     res = ExperimentResult(s_name, t_name, shared, missing, [int(s) for s in seeds], split_seed, test_fraction,
                            {"source_train": len(s_tr), "source_test": len(s_te), "target_train": len(t_tr),
                             "target_test": len(t_te)}, settings)
@@ -261,6 +276,8 @@ def run_experiment(source, target, *, methods: Sequence[str] = METHODS, seeds: S
                     test = normalised[split]
                 elif m == "adabn" and split == "target":
                     used = adapt_batchnorm(model, t_tr, device=device)
+                elif m == "feature_stats" and split == "target":
+                    used = adapt_feature_statistics(model, t_tr)
                 pred = predict_classes(used, test, device=device).labels
                 rep = classification_report(test.labels, pred, shared)
                 res.scores[m][split].append(_scores(rep))
@@ -279,7 +296,7 @@ def _trained(method: str, s_tr: CropDataset, t_tr: CropDataset, seed: int, st: d
         st = {**st, "norm": "batch"}
     if method == "stain_norm":
         data, tgt = stain_normalise(s_tr, s_tr), None
-    elif method in ("source_only", "adabn"):
+    elif method in ("source_only", "adabn", "feature_stats"):
         data, tgt = s_tr, None
     elif method == "oracle":
         data, tgt = t_tr, None
@@ -293,6 +310,11 @@ def _trained(method: str, s_tr: CropDataset, t_tr: CropDataset, seed: int, st: d
            config)
     if key in cache:
         return cache[key]
+    if st.get("arch") == "features":
+        clf = build_classifier(data.class_names, arch="features")
+        hist = [fit_features(clf, data, seed=seed)]
+        cache[key] = (clf, hist)
+        return clf, hist
     torch.manual_seed(seed)
     clf = build_classifier(data.class_names, width=st["width"], norm=st["norm"], blocks=st["blocks"],
                            input_size=data.size)
@@ -310,7 +332,7 @@ def _trained(method: str, s_tr: CropDataset, t_tr: CropDataset, seed: int, st: d
 
 
 #: The methods that adapt to the target without its labels.
-ADAPTATION = ("dann", "stain_norm", "adabn")
+ADAPTATION = ("dann", "stain_norm", "adabn", "feature_stats")
 
 
 def goal_check(result: ExperimentResult, min_gain: float = 0.10, max_source_drop: float = 0.02,
