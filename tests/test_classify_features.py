@@ -10,7 +10,7 @@ from smearlab.classification.features import (FEATURE_NAMES, FEATURE_SIZE, Featu
                                               nucleus_mask)
 from smearlab.classification.model import build_classifier, load_classifier, save_classifier
 from smearlab.classification.predict import predict_classes
-from smearlab.classification.train import fit_features
+from smearlab.classification.train import fit_features, train_classifier
 from smearlab.data.synthetic import make_wbc_crops
 from smearlab.experiments.domain_adaptation import FEATURE_METHODS, goal_check, run_experiment
 from smearlab.metrics.classification import classification_report
@@ -95,6 +95,17 @@ def test_fit_features_learns_drawn_cells_and_round_trips_through_the_model_folde
         np.testing.assert_allclose(predict_classes(loaded, test).probs, pred.probs, atol=1e-6)
 
 
+def test_fit_features_logs_a_class_of_one_crop_once_and_keeps_five_folds(caplog):
+    crops = _crops(10, 10)
+    one = CropDataset(torch.cat([crops.images, crops.images[:1]]), list(crops.labels) + [2],
+                      ["neutrophil", "lymphocyte", "basophil"], name="rare")
+    model = build_classifier(one.class_names, arch="features")
+    with caplog.at_level("WARNING", logger="smearlab.classification.train"):
+        info = fit_features(model, one)
+    assert info["folds"] == 5
+    assert [r.getMessage() for r in caplog.records if "basophil (1)" in r.getMessage()]
+
+
 def test_fit_features_refuses_what_it_cannot_fit():
     crops = _crops(4, 4)
     with pytest.raises(ValueError, match="differ"):
@@ -104,6 +115,8 @@ def test_fit_features_refuses_what_it_cannot_fit():
         fit_features(build_classifier(crops.class_names, arch="features"), one)
     with pytest.raises(ValueError, match="features must be"):
         fit_features(build_classifier(crops.class_names, arch="features"), crops, features=np.zeros((3, 5)))
+    with pytest.raises(TypeError, match="fit_features"):
+        train_classifier(build_classifier(crops.class_names, arch="features"), crops, steps=1)
     with pytest.raises(ValueError, match="unknown classifier arch"):
         build_classifier(["a", "b"], arch="vit")
 

@@ -33,6 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..data.classes import model_class_names
+
 #: Side (px) every crop is resized to before its features are measured.
 FEATURE_SIZE = 128
 
@@ -192,11 +194,7 @@ class FeatureClassifier(nn.Module):
 
     def __init__(self, class_names: Sequence[str], input_size: int = FEATURE_SIZE):
         super().__init__()
-        self.class_names = [str(c) for c in class_names]
-        if not self.class_names:
-            raise ValueError("class_names is empty: a classifier needs at least one class")
-        if len(set(self.class_names)) != len(self.class_names):
-            raise ValueError(f"class_names has duplicates: {self.class_names}")
+        self.class_names = model_class_names(class_names)
         self.config = {"class_names": list(self.class_names), "arch": "features"}
         self.input_size = int(input_size)
         n = len(FEATURE_NAMES)

@@ -14,6 +14,7 @@ from ..core.device import resolve_device
 from ..core.errors import DataError
 from ..core.model_folder import read_model_folder, save_model_folder
 from ..core.nn import BasicBlock, norm_layer
+from ..data.classes import model_class_names
 from .features import FEATURE_SIZE, FeatureClassifier
 
 
@@ -50,11 +51,7 @@ class CellClassifier(nn.Module):
     def __init__(self, class_names: Sequence[str], width: int = 32, norm: str = "group",
                  in_channels: int = 3, blocks: Sequence[int] = (1, 1, 1, 1), input_size: int = 64):
         super().__init__()
-        self.class_names = [str(c) for c in class_names]
-        if not self.class_names:
-            raise ValueError("class_names is empty: a classifier needs at least one class")
-        if len(set(self.class_names)) != len(self.class_names):
-            raise ValueError(f"class_names has duplicates: {self.class_names}")
+        self.class_names = model_class_names(class_names)
         if int(width) < 1 or in_channels not in (1, 3) or len(blocks) != 4 or min(blocks) < 1:
             raise ValueError(f"need width >= 1, in_channels 1 or 3 and four block counts >= 1; got "
                              f"width={width}, in_channels={in_channels}, blocks={tuple(blocks)}")

@@ -116,6 +116,8 @@ def fit(model: CellClassifier, train: CropDataset, *, steps: int, batch_size: in
     progress : tqdm progress bar over steps.
     """
     _check_crops(train, "train")
+    if isinstance(model, FeatureClassifier):
+        raise TypeError("a FeatureClassifier is not trained by gradient steps: use fit_features(model, train)")
     labelled = train.labels >= 0
     if not labelled.all():
         raise ValueError(f"train {train.name!r} has {int((~labelled).sum())} unlabelled crops")
@@ -323,8 +325,9 @@ def fit_features(model: FeatureClassifier, train: CropDataset, *, Cs=FEATURE_CS,
     Parameters
     ----------
     model : the model to train; its ``class_names`` must equal ``train.class_names``.
-    train : labelled crops (every crop needs a label; every class at least ``folds`` crops,
-        else the folds shrink to the rarest class's count, at least 2).
+    train : labelled crops (every crop needs a label; with a class of fewer than ``folds`` crops
+        the folds shrink to its count, at least 2; a class of one crop does not shrink them: it is
+        logged once and trained on).
     Cs : the inverse regularisation strengths tried.
     folds : cross-validation folds.
     seed : shuffles the folds (the fit itself is deterministic).
@@ -359,8 +362,13 @@ def fit_features(model: FeatureClassifier, train: CropDataset, *, Cs=FEATURE_CS,
     scale = x.std(0)
     scale[scale < 1e-6] = 1.0
     z = (x - mean) / scale
-    rarest = int(np.bincount(train.labels)[present].min())
-    k = max(2, min(int(folds), rarest))
+    counts = np.bincount(train.labels, minlength=len(train.class_names))
+    several = counts[present][counts[present] >= 2]  # a class of one crop cannot shrink every class's folds
+    k = max(2, min(int(folds), int(several.min()) if len(several) else 2))
+    rare = [f"{train.class_names[c]} ({int(counts[c])})" for c in present if counts[c] < k]
+    if rare:
+        log.warning("%s: %s training crop(s) only, fewer than the %d cross-validation folds: those classes "
+                    "are trained on but cannot be in every fold", train.name, ", ".join(rare), k)
     cv = StratifiedKFold(k, shuffle=True, random_state=seed)
     if not len(Cs):
         raise ValueError("Cs is empty: give at least one regularisation strength")
@@ -370,6 +378,7 @@ def fit_features(model: FeatureClassifier, train: CropDataset, *, Cs=FEATURE_CS,
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)  # logged above
         scores = [float(cross_val_score(regression(c), z, train.labels, cv=cv, scoring="f1_macro").mean())
                   for c in Cs]
         best = int(np.argmax(scores))  # the first maximum: Cs run from strong to weak regularisation

@@ -206,3 +206,19 @@ def per_class(value, class_names: Sequence[str], what: str, default=None) -> np.
     if np.isnan(out).any():
         raise ValueError(f"{what}: NaN value")
     return out
+
+
+def model_class_names(class_names: Sequence[str]) -> list[str]:
+    """The class list a model is built with, as strings; ``ValueError`` when it is empty or holds
+    a name twice (a model's outputs are indexed by it).
+
+    Parameters
+    ----------
+    class_names : the classes, in output order.
+    """
+    names = [str(c) for c in class_names]
+    if not names:
+        raise ValueError("class_names is empty: a classifier needs at least one class")
+    if len(set(names)) != len(names):
+        raise ValueError(f"class_names has duplicates: {names}")
+    return names
