@@ -1,6 +1,7 @@
 """What notebook 08 runs: embeddings of the held-out crops of two domains (raw pixels, a
-source-only classifier, a DANN classifier), their domain separability and t-SNE maps. The crops
-are notebook 07's (:func:`~smearlab.experiments.domain_adaptation.domain_pair`)."""
+source-only classifier, a DANN classifier, AdaBN, and the measured-features classifier with the
+source's and with the target's feature statistics), their domain separability and t-SNE maps. The
+crops are notebook 07's (:func:`~smearlab.experiments.domain_adaptation.domain_pair`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,12 +11,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..classification.adapt import adapt_batchnorm
+from ..classification.adapt import adapt_batchnorm, adapt_feature_statistics
 from ..classification.crops import CropDataset, shared_classes
 from ..classification.embed import cnn_embedding, pixel_embedding, separability_table, tsne
 from ..classification.model import DANN, build_classifier
 from ..classification.predict import predict_classes
-from ..classification.train import train_classifier, train_dann
+from ..classification.train import fit_features, train_classifier, train_dann
 from ..metrics.classification import classification_report
 from .domain_adaptation import domain_pair
 from .profiles import dataset_label
@@ -24,6 +25,9 @@ SOURCE_ONLY, ADAPTED, PIXELS = "CNN source only", "CNN DANN", "pixels (PCA)"
 #: The embedding of the AdaBN baseline: a batch-norm twin of the source-only model, each domain
 #: embedded with its own batch-norm statistics (the target's re-estimated without labels).
 ADABN = "CNN AdaBN"
+#: The measured-features classifier's standardised features: with the source's statistics for
+#: both domains, and with each domain's own (the target's re-estimated without labels).
+FEATURES, FEATURES_ADAPTED = "features, source statistics", "features, target statistics"
 
 
 @dataclass
@@ -36,9 +40,10 @@ class EmbeddingComparison:
     classes : the classes both domains share (the only ones trained on and embedded).
     source_test, target_test : the held-out half of each domain's crops.
     held_out : both held-out halves together (source first), the points of every embedding.
-    f1 : macro F1 per classifier and test domain: ``{"source only" | "DANN" | "AdaBN": {"source" | "target": f1}}``.
-    features : per embedding (:data:`PIXELS`, :data:`SOURCE_ONLY`, :data:`ADAPTED`, :data:`ADABN`) the
-        ``(N, D)`` features of ``held_out``.
+    f1 : macro F1 per classifier and test domain: ``{"source only" | "DANN" | "AdaBN" | "features" |
+        "features + target statistics": {"source" | "target": f1}}``.
+    features : per embedding (:data:`PIXELS`, :data:`SOURCE_ONLY`, :data:`ADAPTED`, :data:`ADABN`,
+        :data:`FEATURES`, :data:`FEATURES_ADAPTED`) the ``(N, D)`` features of ``held_out``.
     separability : per embedding, :func:`~smearlab.classification.embed.separability`'s figures
         (``linear_domain_accuracy``, ``chance``, ``silhouette`` ...).
     maps : per embedding, the ``(N, 2)`` t-SNE map.
@@ -83,8 +88,10 @@ def _is_path(domain) -> bool:
 
 def compare_embeddings(dataset, s, *, source: str | None = None, target: str | None = None, perplexity: float = 30,
                        seed: int = 0, device="auto") -> EmbeddingComparison:
-    """Train a source-only classifier and a DANN (same initial weights) on half of each domain's
-    crops, and embed the other half of both domains three ways.
+    """Train a source-only classifier, a DANN (same initial weights), a batch-norm twin and the
+    measured-features classifier on half of each domain's crops, and embed the other half of both
+    domains six ways (pixels; source only; DANN; AdaBN; features with the source's statistics and
+    with each domain's own).
 
     Parameters
     ----------
@@ -128,11 +135,20 @@ def compare_embeddings(dataset, s, *, source: str | None = None, target: str | N
     f1 = {name: {split: f1_of(m, d) for split, d in (("source", src_test), ("target", tgt_test))}
           for name, m in (("source only", source_only), ("DANN", dann.classifier))}
     f1["AdaBN"] = {"source": f1_of(bn, src_test), "target": f1_of(bn_target, tgt_test)}
+    measured = build_classifier(classes, arch="features")
+    fit_features(measured, src_train, seed=seed)
+    measured_target = adapt_feature_statistics(measured, tgt_train)
+    f1["features"] = {"source": f1_of(measured, src_test), "target": f1_of(measured, tgt_test)}
+    f1["features + target statistics"] = {"source": f1["features"]["source"],
+                                          "target": f1_of(measured_target, tgt_test)}
     features = {PIXELS: pixel_embedding(held_out, 50, seed=seed),
                 SOURCE_ONLY: cnn_embedding(source_only, held_out, device=device),
                 ADAPTED: cnn_embedding(dann.classifier, held_out, device=device),
                 ADABN: np.concatenate([cnn_embedding(bn, src_test, device=device),
                                        cnn_embedding(bn_target, tgt_test, device=device)])}
+    features[FEATURES] = cnn_embedding(measured, held_out, device="cpu")
+    features[FEATURES_ADAPTED] = np.concatenate([features[FEATURES][:len(src_test)],
+                                                 cnn_embedding(measured_target, tgt_test, device="cpu")])
     sep = separability_table(features, held_out.domains, seed=seed)
     p = min(perplexity, (len(held_out) - 1) // 3)
     maps = {name: tsne(x, perplexity=p, seed=seed) for name, x in features.items()}
@@ -156,4 +172,6 @@ def tsne_record(dataset, result: EmbeddingComparison) -> dict[str, Any]:
             "separability_drop": drop, "silhouette_drop": silhouette_drop,
             "source_only_target_f1": result.f1["source only"]["target"], "dann_target_f1": result.f1["DANN"]["target"],
             "adabn_target_f1": result.f1["AdaBN"]["target"],
+            "features_target_f1": result.f1["features"]["target"],
+            "features_target_statistics_f1": result.f1["features + target statistics"]["target"],
             "perplexity": result.perplexity}
