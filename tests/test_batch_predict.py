@@ -238,17 +238,22 @@ def test_large_fields_are_tiled_automatically_from_the_training_size(trained, tm
     assert json.loads((tmp_path / "auto" / "run.json").read_text())["tile"] == "auto"
 
 
-def test_cascade_adds_the_differential_count(trained, tmp_path):
+@pytest.mark.parametrize("arch", ["resnet", "features"])
+def test_cascade_adds_the_differential_count(trained, tmp_path, arch):
     from smearlab.classification.crops import crops_from_dataset
     from smearlab.classification.model import build_classifier
     from smearlab.classification.predict import save_cascade
-    from smearlab.classification.train import train_classifier
+    from smearlab.classification.train import fit_features, train_classifier
     from smearlab.data.synthetic import make_wbc_crops
     from smearlab.models import load_model
     crops = crops_from_dataset(make_wbc_crops(20, seed=0, size=48), 32)
     torch.manual_seed(0)
-    clf = build_classifier(crops.class_names, width=4, input_size=32)
-    train_classifier(clf, crops, steps=5, batch_size=8, device="cpu")
+    if arch == "resnet":
+        clf = build_classifier(crops.class_names, width=4, input_size=32)
+        train_classifier(clf, crops, steps=5, batch_size=8, device="cpu")
+    else:  # the measured-features classifier rides the same cascade folder
+        clf = build_classifier(crops.class_names, arch="features")
+        fit_features(clf, crops, folds=2)
     folder = save_cascade(tmp_path / "cascade", trained["model"], clf, wbc_class="WBC")
     assert type(load_model(folder, device="cpu")).__name__ == "Cascade"
     s = batch.predict(folder, [trained["images"]], tmp_path / "out", score=0.3, progress=False)
