@@ -59,6 +59,7 @@ def main(argv=None):
               "images": {k: len(v) for k, v in splits.items()}, "cpu_threads": os.cpu_count(),
               "load_average_1_5_15": [round(v, 2) for v in load_avg]}
     name = "detection_cbc_sampling" if args.setting == "box_batch_size_per_image" else f"detection_cbc_{args.setting}"
+    name += f"_budget{args.budget:g}" if args.budget is not None else ""  # equal-time runs beside the equal-epoch ones
     out = save_result(name + (f"_seed{args.seed}" if args.seed else ""), result, argv, script="detection_cbc_sampling")
     print(f"-> {out}")
 
