@@ -70,6 +70,26 @@ def test_features_accept_every_crop_form_and_resize_to_one_size():
     assert np.isfinite(flat).all() and flat[0, 0] == 0
 
 
+def test_features_refuse_crops_that_resizing_would_distort():
+    with pytest.raises(ValueError, match="square"):
+        cell_features(np.zeros((1, 64, 80, 3), np.uint8))
+    with pytest.raises(ValueError, match="different shapes"):
+        cell_features([np.zeros((64, 64, 3), np.uint8), np.zeros((96, 96, 3), np.uint8)])
+
+
+def test_a_model_folder_fitted_on_other_features_is_refused(tmp_path):
+    import json
+    from smearlab.core.errors import DataError
+    model = build_classifier(["a", "b"], arch="features")
+    save_classifier(model, tmp_path / "clf")
+    cfg = json.loads((tmp_path / "clf" / "config.json").read_text())
+    assert cfg["feature_names"] == list(FEATURE_NAMES)
+    cfg["feature_names"] = list(reversed(cfg["feature_names"]))  # same count, other order
+    (tmp_path / "clf" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(DataError, match="other features"):
+        load_classifier(tmp_path / "clf")
+
+
 def test_features_refuse_bad_crops():
     with pytest.raises(ValueError, match="3 colour channels"):
         cell_features(np.zeros((2, 64, 64, 4), np.uint8))

@@ -57,6 +57,10 @@ def _as_rgb_stack(images) -> np.ndarray:
     if isinstance(images, np.ndarray) and images.ndim == 3:
         images = images[None]
     if isinstance(images, (list, tuple)):
+        shapes = sorted({np.asarray(i).shape for i in images})
+        if len(shapes) > 1:
+            raise ValueError(f"crops of different shapes {shapes[:3]}: letterbox them to one square size first "
+                             "(smearlab.classification.embed.crop_tensor(crops, size))")
         images = np.stack([np.asarray(i) for i in images]) if len(images) else np.zeros((0, 3, 1, 1), np.uint8)
     x = torch.as_tensor(images)
     if x.ndim != 4:
@@ -65,6 +69,9 @@ def _as_rgb_stack(images) -> np.ndarray:
         x = x.permute(0, 3, 1, 2)
     if x.shape[1] != 3:
         raise ValueError(f"crops must have 3 colour channels, got shape {tuple(x.shape)}")
+    if x.shape[2] != x.shape[3]:  # resizing would stretch the cell and change every shape feature
+        raise ValueError(f"crops must be square, got {x.shape[2]} x {x.shape[3]} px: letterbox them first "
+                         "(smearlab.classification.embed.crop_tensor(crops, size))")
     if x.dtype == torch.uint8:
         x = x.float() / 255
     else:
@@ -182,6 +189,8 @@ class FeatureClassifier(nn.Module):
     ----------
     class_names : the classes, in logit order.
     input_size : crop side new images are letterboxed to before their features are measured.
+    feature_names : the features a saved model was fitted on (its ``config.json``); refused when
+        they differ from :data:`FEATURE_NAMES`, whose order the weights follow.
 
     Attributes
     ----------
@@ -192,10 +201,16 @@ class FeatureClassifier(nn.Module):
     config : the :func:`build_classifier` arguments (saved with the weights).
     """
 
-    def __init__(self, class_names: Sequence[str], input_size: int = FEATURE_SIZE):
+    def __init__(self, class_names: Sequence[str], input_size: int = FEATURE_SIZE,
+                 feature_names: Sequence[str] | None = None):
         super().__init__()
         self.class_names = model_class_names(class_names)
-        self.config = {"class_names": list(self.class_names), "arch": "features"}
+        if feature_names is not None and list(feature_names) != list(FEATURE_NAMES):
+            raise ValueError(f"the model was fitted on other features ({len(feature_names)}: "
+                             f"{list(feature_names)[:3]}...) than this version measures ({len(FEATURE_NAMES)}: "
+                             f"{list(FEATURE_NAMES)[:3]}...); refit it with fit_features")
+        self.config = {"class_names": list(self.class_names), "arch": "features",
+                       "feature_names": list(FEATURE_NAMES)}
         self.input_size = int(input_size)
         n = len(FEATURE_NAMES)
         self.register_buffer("mean", torch.zeros(n))

@@ -111,7 +111,8 @@ ARCHS = ("resnet", "features")
 
 def build_classifier(class_names: Sequence[str], *, arch: str = "resnet", width: int = 32, norm: str = "group",
                      in_channels: int = 3, blocks: Sequence[int] = (1, 1, 1, 1),
-                     input_size: int | None = None) -> CellClassifier | FeatureClassifier:
+                     input_size: int | None = None,
+                     feature_names: Sequence[str] | None = None) -> CellClassifier | FeatureClassifier:
     """An untrained classifier.
 
     Parameters
@@ -131,9 +132,12 @@ def build_classifier(class_names: Sequence[str], *, arch: str = "resnet", width:
     blocks : basic blocks per stage (``(1, 1, 1, 1)``: a ResNet-10; ``(2, 2, 2, 2)``: ResNet-18 layout).
     input_size : crop side the model expects (set again by training; default 64 for ``"resnet"``,
         :data:`~smearlab.classification.features.FEATURE_SIZE` for ``"features"``).
+    feature_names : ``"features"`` only: the features a saved model was fitted on (read back from
+        its folder; a mismatch with this version's is refused).
     """
     if arch == "features":
-        return FeatureClassifier(class_names, input_size=FEATURE_SIZE if input_size is None else input_size)
+        return FeatureClassifier(class_names, input_size=FEATURE_SIZE if input_size is None else input_size,
+                                 feature_names=feature_names)
     if arch != "resnet":
         raise ValueError(f"unknown classifier arch {arch!r}; choose one of {', '.join(ARCHS)}")
     input_size = 64 if input_size is None else input_size

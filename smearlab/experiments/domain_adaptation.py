@@ -15,7 +15,7 @@ import torch
 
 from ..classification.adapt import adapt_batchnorm, adapt_feature_statistics, stain_normalise
 from ..classification.crops import CropDataset, align_classes, crops_from_dataset, shared_classes
-from ..classification.model import DANN, CellClassifier, build_classifier
+from ..classification.model import ARCHS, DANN, CellClassifier, build_classifier
 from ..classification.predict import predict_classes
 from ..classification.train import fit, fit_features, train_dann
 from ..data import open_dataset
@@ -224,8 +224,8 @@ def run_experiment(source, target, *, methods: Sequence[str] | None = None, seed
         scores on the target test split for every method and on the source test split too (how much
         DANN costs on the source).
     """
-    if arch not in ("resnet", "features"):
-        raise ValueError(f"unknown arch {arch!r}; choose 'resnet' or 'features'")
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {', '.join(ARCHS)}")
     allowed = FEATURE_METHODS if arch == "features" else METHODS
     methods = allowed if methods is None else methods
     unknown = [m for m in methods if m not in allowed]
