@@ -2,7 +2,7 @@
 
 Usage::
 
-    python benchmarks/segmentation_dsb.py --preset cpu      # this 2-core machine (about 15 minutes)
+    python benchmarks/segmentation_dsb.py --preset cpu      # this 2-core machine (about 70 minutes)
     python benchmarks/segmentation_dsb.py --preset cpu --threads 1   # the same on a busy shared CPU
     python benchmarks/segmentation_dsb.py --preset gpu      # a lent GPU (ResNet-50 Mask R-CNN)
     python benchmarks/segmentation_dsb.py --preset quick    # smoke run, a minute or two
@@ -24,10 +24,13 @@ training and 10 test images, stratified by the three looks of ``SUBSET_IMAGES.ts
   one polarity-normalised grey channel, trained on random crops for a CPU time budget; its outputs
   are chosen by measurement: two variants, "boundary" (background / interior / boundary, then a
   watershed seeded by the confident interior) and "foreground" (background / foreground, then the
-  distance-transform watershed of the predicted foreground), each trained for
-  ``--selection-budget`` minutes on 16 training images and scored on the other 4 (validation,
-  one per look at least); the better one is trained again for ``--learned-budget`` minutes on the
-  16 and its thresholds tuned on the 4, then scored on the test images. Both variants may average
+  distance-transform watershed of the predicted foreground), compared by cross-validation on the
+  training images: the 20 are dealt into ``--selection-folds`` folds stratified by look (3: 6-7
+  validation images each, every training image validating once), each variant trained for
+  ``--selection-budget`` minutes per fold on the rest and scored on the fold, and the better mean
+  wins (4 validation images alone, the rule before, chose one variant in one run and the other in
+  the next). The winner is trained again for ``--learned-budget`` minutes on 16 training images and
+  its thresholds tuned on the other 4 (one per look at least), then scored on the test images. Both variants may average
   the network's output over the eight flips and quarter turns of each image (test-time
   augmentation), a choice made on the validation images like the thresholds.
 * Classical: Otsu / Li / adaptive threshold + connected components and the distance-transform
@@ -259,6 +262,51 @@ def validation_split(train, seed: int = SEED) -> tuple[list[int], list[int]]:
     return [i for i in range(len(train)) if i not in val], sorted(val)
 
 
+def selection_folds(train, k: int, seed: int = SEED) -> list[tuple[list[int], list[int]]]:
+    """``k`` folds of ``train`` for choosing the learned segmenter's outputs: ``[(fit, val), ...]``,
+    indices into ``train``; every training image validates exactly once. Stratified by look:
+    within each look (in sorted order) the images are shuffled by ``seed`` and dealt round-robin,
+    the deal continuing across looks so the folds differ in size by one at most."""
+    if not 2 <= k <= len(train):
+        raise ValueError(f"selection folds must be between 2 and the {len(train)} training images, got {k}")
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(train):
+        groups.setdefault(s.meta.get("group", "all"), []).append(i)
+    rng = np.random.default_rng(seed + 1)
+    folds: list[list[int]] = [[] for _ in range(k)]
+    dealt = 0
+    for _, idx in sorted(groups.items()):
+        for i in rng.permutation(sorted(idx)):
+            folds[dealt % k].append(int(i))
+            dealt += 1
+    return [([i for i in range(len(train)) if i not in f], sorted(f)) for f in folds]
+
+
+def choose_variant(train, folds: int, minutes: float, device, seed: int) -> tuple[str, dict]:
+    """Choose the learned segmenter's outputs on the training images only: each variant trained
+    for ``minutes`` and scored on validation; with ``folds`` >= 2 once per fold of
+    :func:`selection_folds` (every training image validates once) and compared by the mean,
+    otherwise on :func:`validation_split`'s 4 images. ``(chosen variant, table)``."""
+    splits = selection_folds(train, folds, seed) if folds >= 2 else [validation_split(train, seed)]
+    table: dict[str, dict] = {}
+    for variant in ("boundary", "foreground"):
+        scores, posts = [], []
+        for j, (fit_idx, val_idx) in enumerate(splits):
+            fit, val = train.subset(fit_idx, f"dsb-fit{j}"), train.subset(val_idx, f"dsb-val{j}")
+            _, post, score, _ = train_learned(fit, val, variant, minutes, device, seed)
+            scores.append(round(float(score), 4))
+            posts.append(str(post[1]))
+            print(f"  learned {variant:10s} {minutes} min, fold {j + 1}/{len(splits)} ({len(val)} images): "
+                  f"validation DSB {score:.4f}", flush=True)
+        table[variant] = {"val_dsb": round(float(np.mean(scores)), 4), "fold_val_dsb": scores, "post": posts,
+                          "val_images": [len(v) for _, v in splits]}
+    chosen = max(table, key=lambda v: table[v]["val_dsb"])
+    diffs = np.subtract(table["boundary"]["fold_val_dsb"], table["foreground"]["fold_val_dsb"])
+    table["boundary_minus_foreground"] = {"per_fold": [round(float(d), 4) for d in diffs],
+                                          "mean": round(float(diffs.mean()), 4)}
+    return chosen, table
+
+
 def _foreground_instances(probs, min_distance: int) -> dict:
     """The "foreground" variant's instances: the distance-transform watershed of the predicted
     foreground (what a plain U-Net + watershed does)."""
@@ -311,7 +359,7 @@ def _headline(prefix: str, m: dict, suffix: str = "") -> dict:
 
 def run(preset: str = "cpu", data: str | Path = DEFAULT_DATA, device: str = "auto", *, seed: int = SEED,
         noise: bool = True, epochs: int | None = None, learned_budget: float | None = 20,
-        selection_budget: float = 5) -> dict:
+        selection_budget: float = 5, selection_folds_k: int = 3) -> dict:
     """Train, pick, evaluate; the result dict (see the module docstring for the keys)."""
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}, got {preset!r}")
@@ -350,20 +398,15 @@ def run(preset: str = "cpu", data: str | Path = DEFAULT_DATA, device: str = "aut
 
     learned = {}
     if learned_budget:
+        chosen, selection = choose_variant(train, selection_folds_k, selection_budget, dev, seed)
         fit_idx, val_idx = validation_split(train, seed)
         fit, val = train.subset(fit_idx, "dsb-fit"), train.subset(val_idx, "dsb-val")
-        selection = {}
-        for variant in ("boundary", "foreground"):
-            _, post, score, _ = train_learned(fit, val, variant, selection_budget, dev, seed)
-            selection[variant] = {"val_dsb": score, "post": str(post[1])}
-            print(f"  learned {variant:10s} {selection_budget} min: validation DSB {score:.4f}", flush=True)
-        chosen = max(selection, key=lambda v: selection[v]["val_dsb"])
         l_model, post, l_val, l_train_s = train_learned(fit, val, chosen, learned_budget, dev, seed)
         l_preds, l_sec = predict_learned(l_model, post, test, dev)
         seconds["learned"] = {dev.type: l_sec}
         lm = segmentation_metrics(test, l_preds, score_threshold=0.0)
         learned = {**_headline("_learned", lm), "learned": lm, "learned_variant": chosen,
-                   "learned_selection": selection, "learned_val_dsb": l_val, "learned_train_s": round(l_train_s, 1),
+                   "learned_selection": selection, "learned_selection_folds": selection_folds_k, "learned_val_dsb": l_val, "learned_train_s": round(l_train_s, 1),
                    "learned_budget_min": learned_budget, "learned_post": {"variant": post[0], "settings": str(post[1])},
                    "learned_split": {"fit": [s.image_id for s in fit], "val": [s.image_id for s in val]}}
 
@@ -415,12 +458,16 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, help="torch CPU threads (1 is much faster on a busy shared CPU)")
     ap.add_argument("--learned-budget", type=float, default=20, help="minutes of training of the learned segmenter "
                     "(0: leave it out)")
-    ap.add_argument("--selection-budget", type=float, default=5, help="minutes per variant when choosing its outputs")
+    ap.add_argument("--selection-budget", type=float, default=5, help="minutes per variant and fold when choosing "
+                    "its outputs")
+    ap.add_argument("--selection-folds", type=int, default=3, help="folds of the training images for that choice "
+                    "(1: the 4 validation images only)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     r = run(args.preset, args.data, args.device, seed=args.seed, noise=not args.no_noise, epochs=args.epochs,
-            learned_budget=args.learned_budget, selection_budget=args.selection_budget)
+            learned_budget=args.learned_budget, selection_budget=args.selection_budget,
+            selection_folds_k=args.selection_folds)
     print(f"\n{'':24s} {'Mask R-CNN':>11s} {'two-stage':>11s} {'classical':>11s} {'learned':>11s}   "
           f"({r['classical_method']})")
     for key in ("dsb_metric", "dsb_mask_ap50", "dsb_mask_map", "dsb_count_error"):
