@@ -321,8 +321,10 @@ def train_learned(fit, val, variant: str, minutes: float, device, seed: int, **c
     cfg = InstanceTrainConfig(**{**dict(crop=128, batch_size=8, lr=2e-3, time_budget_s=minutes * 60, seed=seed,
                                         device=str(device), boundary=2 if variant == "boundary" else 0), **config})
     t0 = time.perf_counter()
-    train_instance_unet(model, fit, None, cfg, progress=True)
+    history = train_instance_unet(model, fit, None, cfg, progress=True)
     train_s = time.perf_counter() - t0
+    # the steps the budget allowed: InstanceTrainConfig(steps=N, time_budget_s=None) replays the run
+    model.trained_steps = max((int(r["step"]) for r in history if "step" in r), default=0)
     if variant == "boundary":
         th, score = tune_thresholds(model, val, device=device)
         return model, ("boundary", th), score, train_s
@@ -407,6 +409,7 @@ def run(preset: str = "cpu", data: str | Path = DEFAULT_DATA, device: str = "aut
         lm = segmentation_metrics(test, l_preds, score_threshold=0.0)
         learned = {**_headline("_learned", lm), "learned": lm, "learned_variant": chosen,
                    "learned_selection": selection, "learned_selection_folds": selection_folds_k, "learned_val_dsb": l_val, "learned_train_s": round(l_train_s, 1),
+                   "learned_steps": l_model.trained_steps,
                    "learned_budget_min": learned_budget, "learned_post": {"variant": post[0], "settings": str(post[1])},
                    "learned_split": {"fit": [s.image_id for s in fit], "val": [s.image_id for s in val]}}
 
