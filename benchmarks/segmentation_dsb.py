@@ -103,13 +103,19 @@ CLASSICAL = [("otsu", "threshold", {"method": "otsu"}), ("li", "threshold", {"me
 SCORE_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
+def _by_look(ds) -> dict[str, list[int]]:
+    """Indices of ``ds`` per look (``sample.meta["group"]`` of ``SUBSET_IMAGES.tsv``)."""
+    groups: dict[str, list[int]] = {}
+    for i, s in enumerate(ds):
+        groups.setdefault(s.meta.get("group", "all"), []).append(i)
+    return groups
+
+
 def fixed_split(ds, seed: int = SEED, test_fraction: float = TEST_FRACTION) -> tuple[list[int], list[int]]:
     """Indices ``(train, test)``: per look (``sample.meta["group"]``), ``round(n * test_fraction)``
     images drawn for the test set by ``seed`` (ids sorted first, so the split does not depend on
     the loading order)."""
-    groups: dict[str, list[int]] = {}
-    for i, s in enumerate(ds):
-        groups.setdefault(s.meta.get("group", "all"), []).append(i)
+    groups = _by_look(ds)
     rng = np.random.default_rng(seed)
     test = []
     for g in sorted(groups):
@@ -252,9 +258,7 @@ def _classical_predict(ds, spec) -> tuple[list[dict], float]:
 def validation_split(train, seed: int = SEED) -> tuple[list[int], list[int]]:
     """Indices into ``train``: ``(fit, val)``, one validation image per look and one more from the
     largest look (4 of the 20), drawn by ``seed``."""
-    groups: dict[str, list[int]] = {}
-    for i, s in enumerate(train):
-        groups.setdefault(s.meta.get("group", "all"), []).append(i)
+    groups = _by_look(train)
     rng = np.random.default_rng(seed + 1)
     val = [int(rng.choice(sorted(idx))) for g, idx in sorted(groups.items())]
     largest = max(groups, key=lambda g: len(groups[g]))
@@ -269,9 +273,7 @@ def selection_folds(train, k: int, seed: int = SEED) -> list[tuple[list[int], li
     the deal continuing across looks so the folds differ in size by one at most."""
     if not 2 <= k <= len(train):
         raise ValueError(f"selection folds must be between 2 and the {len(train)} training images, got {k}")
-    groups: dict[str, list[int]] = {}
-    for i, s in enumerate(train):
-        groups.setdefault(s.meta.get("group", "all"), []).append(i)
+    groups = _by_look(train)
     rng = np.random.default_rng(seed + 1)
     folds: list[list[int]] = [[] for _ in range(k)]
     dealt = 0
@@ -299,7 +301,8 @@ def choose_variant(train, folds: int, minutes: float, device, seed: int) -> tupl
             print(f"  learned {variant:10s} {minutes} min, fold {j + 1}/{len(splits)} ({len(val)} images): "
                   f"validation DSB {score:.4f}", flush=True)
         table[variant] = {"val_dsb": round(float(np.mean(scores)), 4), "fold_val_dsb": scores, "post": posts,
-                          "val_images": [len(v) for _, v in splits]}
+                          "val_images": [len(v) for _, v in splits],
+                          "val_ids": [[train[i].image_id for i in v] for _, v in splits]}
     chosen = max(table, key=lambda v: table[v]["val_dsb"])
     diffs = np.subtract(table["boundary"]["fold_val_dsb"], table["foreground"]["fold_val_dsb"])
     table["boundary_minus_foreground"] = {"per_fold": [round(float(d), 4) for d in diffs],
@@ -323,7 +326,7 @@ def train_learned(fit, val, variant: str, minutes: float, device, seed: int, **c
     t0 = time.perf_counter()
     history = train_instance_unet(model, fit, None, cfg, progress=True)
     train_s = time.perf_counter() - t0
-    # the steps the budget allowed: InstanceTrainConfig(steps=N, time_budget_s=None) replays the run
+    # the steps the budget allowed (not a replay: the budget re-plans the schedule in its first third)
     model.trained_steps = max((int(r["step"]) for r in history if "step" in r), default=0)
     if variant == "boundary":
         th, score = tune_thresholds(model, val, device=device)
