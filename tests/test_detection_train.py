@@ -231,3 +231,53 @@ def test_the_call_shape_is_every_tasks(ds128):
         train_detector(model, cfg, ds128, progress=False)
     with pytest.raises(ValueError, match="build_detector or load_model"):
         train_detector(torch.nn.Linear(2, 2), ds128, None, TrainConfig(epochs=1, device="cpu"), progress=False)
+
+
+def test_channels_last_is_the_same_training_and_leaves_plain_weights(tmp_path, ds128):
+    """The CPU default (channels-last layout) computes what the plain layout does, up to the order
+    of float sums, and hands back (and saves) weights in the plain layout."""
+    runs = {}
+    for layout in (False, True):
+        model, _ = tiny(ds128)
+        tc = TrainConfig(epochs=2, batch_size=2, lr=0.01, warmup_iters=1, device="cpu", seed=3,
+                         channels_last=layout, out_dir=tmp_path / str(layout))
+        runs[layout] = (train_detector(model, ds128, None, tc, progress=False).step_losses, model)
+    # the same first steps; later ones drift apart as proposals near a sampling tie fall either way
+    np.testing.assert_allclose(runs[True][0][:2], runs[False][0][:2], rtol=1e-4)
+    assert len(runs[True][0]) == 4 and all(np.isfinite(runs[True][0]))
+    model = runs[True][1]
+    assert all(p.is_contiguous() for p in model.parameters())
+    saved = torch.load(tmp_path / "True" / "model" / "weights.pt", weights_only=True)["state_dict"]
+    assert all(v.is_contiguous() for v in saved.values())
+
+
+def test_cpu_bf16_trains_and_predicts_in_float32(ds128):
+    from smearlab.detection import predict
+
+    model, _ = tiny(ds128)
+    tc = TrainConfig(epochs=3, batch_size=2, lr=0.01, warmup_iters=1, device="cpu", cpu_bf16=True)
+    h = train_detector(model, ds128, None, tc, progress=False)
+    assert all(np.isfinite(h.step_losses)) and len(h.step_losses) == 6
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # autocast leaves the weights float32
+    preds = predict(model, ds128, progress=False)
+    assert len(preds) == len(ds128) and all(np.asarray(p["boxes"]).dtype == np.float32 for p in preds)
+
+
+def test_cpu_bf16_widens_the_head_outputs_to_float32_while_training_only(ds128):
+    """Box coding under bfloat16 autocast would round small proposals to zero width (NaN box loss):
+    the heads hand on float32, and the hooks are gone once training ends."""
+    from smearlab.detection.train import _float32_head_outputs
+
+    model, _ = tiny(ds128)
+    hooks = _float32_head_outputs(model)
+    assert len(hooks) == 2  # the RPN head and the box predictor
+    feats = {"0": torch.randn(1, 64, 16, 16)}
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        objectness, deltas = model.rpn.head(list(feats.values()))
+        scores, boxes = model.roi_heads.box_predictor(torch.randn(5, 128).bfloat16())
+    assert all(t.dtype == torch.float32 for t in (*objectness, *deltas, scores, boxes))
+    for h in hooks:
+        h.remove()
+    train_detector(model, ds128, None, TrainConfig(epochs=1, batch_size=2, device="cpu", cpu_bf16=True),
+                   progress=False)
+    assert not model.rpn.head._forward_hooks and not model.roi_heads.box_predictor._forward_hooks

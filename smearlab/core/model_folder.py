@@ -82,7 +82,7 @@ def save_model_folder(folder, kind: str, model: torch.nn.Module, config: Mapping
         raise ValueError(f"unknown model kind {kind!r}; kinds: {', '.join(KINDS)}")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    sd = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}  # one layout on disk
     payload = {"format": FORMAT, "kind": kind, "class_names": None if class_names is None else list(class_names),
                "state_dict": sd, **meta}
     with atomic_path(folder / "weights.pt") as tmp:

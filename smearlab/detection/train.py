@@ -97,7 +97,14 @@ class TrainConfig:
     lr_steps : the epochs at which the ``"step"`` schedule multiplies the learning rate by
         ``lr_gamma`` (None: 2/3 and 8/9 of ``epochs``).
     lr_gamma : the factor of each ``"step"`` decay.
-    amp : mixed precision on CUDA (ignored on the CPU).
+    amp : mixed precision on CUDA: float16 autocast with a gradient scaler (see ``cpu_bf16``
+        for the CPU).
+    cpu_bf16 : bfloat16 autocast on the CPU (the losses stay float32). Fast on CPUs with
+        AMX or AVX-512 BF16 (recent Xeons), slower elsewhere; off by default (a float32 run is the
+        same on every CPU). Training only: validation and prediction run in float32.
+    channels_last : keep the weights and activations in channels-last (NHWC) memory layout
+        while training, which oneDNN's CPU convolutions run faster; the same arithmetic up to the
+        order of float sums. None: on the CPU, off on CUDA. Saved weights are plain (NCHW).
     seed : seeds python, numpy, torch and the data order.
     num_workers : DataLoader worker processes.
     device : ``"auto"``, ``"cpu"``, ``"cuda"`` (under DDP each process takes ``cuda:LOCAL_RANK``).
@@ -138,6 +145,8 @@ class TrainConfig:
     lr_steps: Sequence[int] | None = None
     lr_gamma: float = 0.1
     amp: bool = True
+    cpu_bf16: bool = False
+    channels_last: bool | None = None
     seed: int = 0
     num_workers: int = 0
     device: str = "auto"
@@ -647,13 +656,22 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
         raise TypeError("augment must be a callable f(sample) -> sample or have a .batch(images, targets) method")
     out_dir = Path(tcfg.out_dir) if tcfg.out_dir is not None else None
     use_amp = bool(tcfg.amp and device.type == "cuda")
+    autocast = dict(device_type=device.type, enabled=use_amp)
+    if device.type == "cpu" and tcfg.cpu_bf16:
+        autocast = dict(device_type="cpu", dtype=torch.bfloat16, enabled=True)
+    channels_last = device.type == "cpu" if tcfg.channels_last is None else bool(tcfg.channels_last)
     net = unwrap(model)
     epoch_state: dict[str, Any] = {}  # the epoch's batches and counters (the loop's hooks share them)
+    float_hooks: list = []
     try:
         _seed_all(tcfg.seed + dctx.rank)
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         net.to(device)
+        if device.type == "cpu" and tcfg.cpu_bf16:
+            float_hooks = _float32_head_outputs(net)
+        if channels_last:  # back to the plain layout when training ends (finally, below)
+            net.to(memory_format=torch.channels_last)
 
         # --- batches -----------------------------------------------------------------------
         gen = torch.Generator()
@@ -773,7 +791,7 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
                     if bool(bad.any()):
                         raise ValueError(f"label {int(t['labels'][bad][0]) - 1} (0-based) is outside the model's "
                                          f"{check_labels - 1} classes")
-            with torch.autocast(device_type=device.type, enabled=use_amp):
+            with torch.autocast(**autocast):
                 loss_dict = train_model(images, targets)
             losses = sum(loss_dict.values())
             logged = torch.stack([losses.detach().float()] + [v.detach().float() for v in loss_dict.values()])
@@ -877,7 +895,37 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
         return history
     finally:
         epoch_state.clear()  # an unfinished epoch's loader workers stop, even when training failed
+        if channels_last:
+            net.to(memory_format=torch.contiguous_format)
+        for h in float_hooks:
+            h.remove()
         dctx.close()
+
+
+def _to_float32(out):
+    if torch.is_tensor(out):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, (list, tuple)):
+        return type(out)(_to_float32(o) for o in out)
+    if isinstance(out, dict):
+        return {k: _to_float32(v) for k, v in out.items()}
+    return out
+
+
+def _float32_head_outputs(net) -> list:
+    """Forward hooks that hand the detector's head outputs on in float32 under bfloat16 autocast.
+
+    Box coding (proposals decoded from the RPN's deltas, regression targets encoded against them)
+    needs float32: bfloat16 keeps 8 significant bits, so a coordinate near 600 px moves in steps
+    of 4 px, a small proposal rounds to zero width and the box loss becomes NaN (seen on CBC in
+    the fifth epoch). The convolutions keep their bfloat16 speed; only what the heads return is
+    widened. Returns the hook handles (``handle.remove()`` undoes them).
+    """
+    heads = [getattr(getattr(net, "rpn", None), "head", None),
+             getattr(getattr(net, "roi_heads", None), "box_predictor", None),
+             getattr(getattr(net, "roi_heads", None), "mask_predictor", None),
+             getattr(net, "head", None)]  # RetinaNet
+    return [m.register_forward_hook(lambda _m, _i, out: _to_float32(out)) for m in heads if m is not None]
 
 
 def _grad_scaler(enabled: bool):
