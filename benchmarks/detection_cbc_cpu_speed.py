@@ -45,6 +45,7 @@ def step_seconds(train_set, variant: dict, steps: int = 15, warm: int = 3) -> fl
     import torch
 
     from smearlab.detection.models import DetectorConfig, build_detector
+    from smearlab.detection.train import _float32_head_outputs
     from smearlab.data.torchdata import DetectionDataset, collate_detection
 
     model_kw, _, _ = PRESETS["cpu"]["smearlab"]
@@ -53,6 +54,8 @@ def step_seconds(train_set, variant: dict, steps: int = 15, warm: int = 3) -> fl
     model.train()
     if variant["channels_last"]:
         model.to(memory_format=torch.channels_last)
+    if variant["cpu_bf16"]:  # as training does: the heads hand on float32
+        _float32_head_outputs(model)
     images, targets = collate_detection([DetectionDataset(train_set)[i] for i in range(4)])
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 

@@ -656,9 +656,9 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
         raise TypeError("augment must be a callable f(sample) -> sample or have a .batch(images, targets) method")
     out_dir = Path(tcfg.out_dir) if tcfg.out_dir is not None else None
     use_amp = bool(tcfg.amp and device.type == "cuda")
-    autocast = dict(device_type=device.type, enabled=use_amp)
-    if device.type == "cpu" and tcfg.cpu_bf16:
-        autocast = dict(device_type="cpu", dtype=torch.bfloat16, enabled=True)
+    cpu_bf16 = bool(tcfg.cpu_bf16 and device.type == "cpu")
+    autocast = (dict(device_type="cpu", dtype=torch.bfloat16, enabled=True) if cpu_bf16
+                else dict(device_type=device.type, enabled=use_amp))
     channels_last = device.type == "cpu" if tcfg.channels_last is None else bool(tcfg.channels_last)
     net = unwrap(model)
     epoch_state: dict[str, Any] = {}  # the epoch's batches and counters (the loop's hooks share them)
@@ -668,7 +668,7 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         net.to(device)
-        if device.type == "cpu" and tcfg.cpu_bf16:
+        if cpu_bf16:
             float_hooks = _float32_head_outputs(net)
         if channels_last:  # back to the plain layout when training ends (finally, below)
             net.to(memory_format=torch.channels_last)
