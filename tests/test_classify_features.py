@@ -106,6 +106,7 @@ def test_fit_features_learns_drawn_cells_and_round_trips_through_the_model_folde
     assert isinstance(model, FeatureClassifier) and model.input_size == FEATURE_SIZE
     info = fit_features(model, train, folds=3)
     assert info["C"] in (0.03, 0.1, 0.3, 1.0, 3.0) and info["folds"] == 3 and info["n_train"] == 24
+    assert info["repeats"] == 5  # the k-fold split drawn five times: the chosen C follows the shuffle less
     pred = predict_classes(model, test)
     assert (pred.labels == test.labels).mean() == 1.0
     assert model.embed(test.images.float() / 255).shape == (12, len(FEATURE_NAMES))
@@ -135,6 +136,8 @@ def test_fit_features_refuses_what_it_cannot_fit():
         fit_features(build_classifier(crops.class_names, arch="features"), one)
     with pytest.raises(ValueError, match="features must be"):
         fit_features(build_classifier(crops.class_names, arch="features"), crops, features=np.zeros((3, 5)))
+    with pytest.raises(ValueError, match="repeats must be at least 1"):
+        fit_features(build_classifier(crops.class_names, arch="features"), crops, repeats=0)
     with pytest.raises(TypeError, match="fit_features"):
         train_classifier(build_classifier(crops.class_names, arch="features"), crops, steps=1)
     with pytest.raises(ValueError, match="unknown classifier arch"):
