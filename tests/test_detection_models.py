@@ -221,3 +221,55 @@ def test_backbone_weights_offline_say_which_file_goes_where(hub, monkeypatch):
     assert not list((hub / "checkpoints").glob("*.pth"))      # no half-written file
     # without backbone_weights nothing is looked up at all
     build_detector(DetectorConfig(arch="fasterrcnn_tiny", class_names=["a"], min_size=64, max_size=64))
+
+
+@pytest.mark.parametrize("kind", ["lateral", "fpn"])
+def test_fine_level_pools_small_rois_from_stride_4_and_keeps_the_rpn_on_the_coarse_levels(tmp_path, kind):
+    torch.manual_seed(0)
+    cfg = small("fasterrcnn_tiny", fine_level=kind)
+    m = build_detector(cfg)
+    plain = build_detector(small("fasterrcnn_tiny"))
+    images = [torch.rand(3, 128, 128)]
+    targets = [{"boxes": torch.tensor([[10.0, 10, 30, 30], [20, 20, 120, 120]]), "labels": torch.tensor([3, 2])}]
+    losses = m(images, targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    assert m.backbone.body["layer1"][0].weight.grad.abs().sum() > 0  # the stride-4 stage learns through the heads
+    features = m.backbone(torch.rand(1, 3, 128, 128))
+    assert list(features) == ["fine", "0", "1", "pool"] and features["fine"].shape[-1] == 32
+    # the box head's pooler: a 20-px RoI from stride 4, a 150-px one from stride 8
+    pool = m.roi_heads.box_roi_pool
+    assert pool.scales == [0.25, 0.125, 0.0625]
+    levels = pool.map_levels([torch.tensor([[0.0, 0, 20, 20], [0, 0, 150, 150]])])
+    assert levels.tolist() == [0, 1]
+    # the RPN: the same anchors as without the fine level, and blind to it
+    m.eval()
+    with torch.no_grad():
+        from collections import OrderedDict
+
+        from torchvision.models.detection.image_list import ImageList
+        from torchvision.models.detection.rpn import RegionProposalNetwork
+        il = ImageList(torch.rand(1, 3, 128, 128), [(128, 128)])
+        coarse = OrderedDict((k, v) for k, v in features.items() if k != "fine")
+        with_fine, _ = m.rpn(il, features)
+        without, _ = RegionProposalNetwork.forward(m.rpn, il, coarse)  # torchvision's own, coarse levels only
+    assert torch.equal(with_fine[0], without[0])
+    assert m.rpn.anchor_generator.sizes == plain.rpn.anchor_generator.sizes
+
+
+def test_fine_level_round_trips_and_refuses_what_it_is_not_for(tmp_path):
+    torch.manual_seed(2)
+    cfg = small("fasterrcnn_tiny", fine_level="lateral")
+    m = build_detector(cfg).eval()
+    x = [torch.rand(3, 128, 128)]
+    with torch.no_grad():
+        ref = m(x)[0]
+    save_model(m, cfg, tmp_path / "m")
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["fine_level"] == "lateral"
+    with torch.no_grad():
+        out = load_model(tmp_path / "m", device="cpu")(x)[0]
+    assert torch.equal(ref["boxes"], out["boxes"]) and torch.equal(ref["scores"], out["scores"])
+    with pytest.raises(ValueError, match="unknown fine_level"):
+        small("fasterrcnn_tiny", fine_level="stride4")
+    with pytest.raises(ValueError, match="tiny models"):
+        small("fasterrcnn_mobilenet", fine_level="lateral")

@@ -40,11 +40,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torchvision.models import mobilenet_v3_large, resnet50
 from torchvision.models.detection import FasterRCNN, MaskRCNN, RetinaNet
@@ -53,9 +55,11 @@ from torchvision.models.detection.backbone_utils import (_mobilenet_extractor, _
                                                          BackboneWithFPN)
 from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor, TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.models.detection.rpn import RPNHead
+from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
+from torchvision.models._utils import IntermediateLayerGetter
+from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops import misc as misc_nn_ops
-from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
+from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastLevelMaxPool, LastLevelP6P7
 
 from ..core.device import resolve_device
 from ..core.errors import DataError
@@ -70,6 +74,8 @@ ARCHS = ("fasterrcnn", "fasterrcnn_v2", "retinanet", "fasterrcnn_mobilenet", "fa
 MASK_ARCHS = ("maskrcnn", "maskrcnn_tiny")
 #: Architectures built on the tiny plain-CNN backbone (3 feature levels).
 _TINY_ARCHS = ("fasterrcnn_tiny", "maskrcnn_tiny")
+#: Ways of adding a stride-4 level that the tiny models' box heads pool from (``fine_level``).
+FINE_LEVELS = ("lateral", "fpn")
 #: ImageNet statistics (torchvision's GeneralizedRCNNTransform defaults).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -118,6 +124,12 @@ class DetectorConfig:
     pixel_size_um : the training images' pixel size in micrometres, when the user knows it:
         new images of a known pixel size are then resized to the training scale
         (``smearlab predict --pixel-size``), with no estimate from the cells.
+    fine_level : tiny models only: a stride-4 feature level for the box head's RoI pooling (the
+        RPN and its anchors stay on strides 8-32). Without it every RoI smaller than 224 px pools
+        from stride 8, where a 25-px platelet spans three cells. ``"lateral"``: the stride-4 stage
+        through a 1x1 convolution plus the upsampled stride-8 level (cheap); ``"fpn"``: a full
+        pyramid level (also a 3x3 convolution). RoIs are assigned to levels by torchvision's
+        rule (below 112 px: stride 4). None: no such level.
     """
 
     arch: str = "fasterrcnn_mobilenet"
@@ -138,6 +150,7 @@ class DetectorConfig:
     object_sizes: dict[str, dict[str, float]] | None = None
     train_image_size: Sequence[int] | None = None
     pixel_size_um: float | None = None
+    fine_level: str | None = None
 
     def __post_init__(self):
         self.class_names = [str(c) for c in self.class_names]
@@ -154,6 +167,11 @@ class DetectorConfig:
         if self.pixel_size_um is not None and not float(self.pixel_size_um) > 0:
             raise ValueError(f"pixel_size_um must be a positive number of micrometres, got {self.pixel_size_um!r}")
         self.extra = dict(self.extra or {})
+        if self.fine_level is not None:
+            if self.fine_level not in FINE_LEVELS:
+                raise ValueError(f"unknown fine_level {self.fine_level!r}; choose one of {list(FINE_LEVELS)} or None")
+            if self.arch not in _TINY_ARCHS:
+                raise ValueError(f"fine_level is for the tiny models {list(_TINY_ARCHS)}, not {self.arch!r}")
 
     @property
     def num_classes(self) -> int:
@@ -340,11 +358,18 @@ def _base_model(cfg: DetectorConfig) -> nn.Module:
         kw["box_predictor"] = FastRCNNPredictor(128, cfg.num_classes)
         kw.update(rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=600,
                   rpn_post_nms_top_n_test=300, box_batch_size_per_image=128)
+        if cfg.fine_level is not None:
+            backbone = _FineLevelBackbone(backbone, cfg.fine_level)
+            kw["box_roi_pool"] = MultiScaleRoIAlign(["fine", "0", "1"], output_size=7, sampling_ratio=2)
         if cfg.arch == "maskrcnn_tiny":
             kw["mask_head"] = MaskRCNNHeads(backbone.out_channels, [64, 64], 1)
             kw["mask_predictor"] = MaskRCNNPredictor(64, 64, cfg.num_classes)
-            return MaskRCNN(backbone, None, **{**common, **kw, **extra})
-        return FasterRCNN(backbone, None, **{**common, **kw, **extra})
+            model = MaskRCNN(backbone, None, **{**common, **kw, **extra})
+        else:
+            model = FasterRCNN(backbone, None, **{**common, **kw, **extra})
+        if cfg.fine_level is not None:
+            model.rpn = _CoarseRPN.like(model.rpn)
+        return model
     else:  # fasterrcnn_mobilenet
         body = mobilenet_v3_large(weights=None, norm_layer=norm)
         backbone = _mobilenet_extractor(body, True, trainable)
@@ -528,6 +553,49 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     """
     ps = list(model.parameters())
     return {"total": sum(p.numel() for p in ps), "trainable": sum(p.numel() for p in ps if p.requires_grad)}
+
+
+class _FineLevelBackbone(nn.Module):
+    """The tiny backbone plus a stride-4 level ``"fine"`` before its pyramid levels (see
+    ``DetectorConfig.fine_level``); the stages keep their names (``body.stem`` .. ``body.layer3``)."""
+
+    def __init__(self, tiny: BackboneWithFPN, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.out_channels = tiny.out_channels
+        stages = nn.Sequential(OrderedDict(tiny.body.items()))  # stem, layer1 (stride 4), layer2, layer3
+        self.body = IntermediateLayerGetter(stages, {"layer1": "fine", "layer2": "0", "layer3": "1"})
+        if kind == "fpn":  # one pyramid over strides 4, 8, 16 (+ pool)
+            self.fpn = FeaturePyramidNetwork([32, 64, 96], self.out_channels, extra_blocks=LastLevelMaxPool())
+        else:  # "lateral": the stride-4 stage joins the finished pyramid's stride-8 level
+            self.fpn = tiny.fpn
+            self.lateral = nn.Conv2d(32, self.out_channels, 1)
+
+    def forward(self, x):
+        feats = self.body(x)
+        if self.kind == "fpn":
+            return self.fpn(feats)
+        fine = feats.pop("fine")
+        pyramid = self.fpn(feats)
+        out = OrderedDict(fine=self.lateral(fine) + F.interpolate(pyramid["0"], size=fine.shape[-2:], mode="nearest"))
+        out.update(pyramid)
+        return out
+
+
+class _CoarseRPN(RegionProposalNetwork):
+    """torchvision's RPN on every feature level except ``"fine"`` (its anchors stay as they were)."""
+
+    @classmethod
+    def like(cls, rpn: RegionProposalNetwork) -> "_CoarseRPN":
+        """The same RPN (modules and settings) with this forward."""
+        return cls(rpn.anchor_generator, rpn.head, rpn.proposal_matcher.high_threshold,
+                   rpn.proposal_matcher.low_threshold, rpn.fg_bg_sampler.batch_size_per_image,
+                   rpn.fg_bg_sampler.positive_fraction, dict(rpn._pre_nms_top_n), dict(rpn._post_nms_top_n),
+                   rpn.nms_thresh, rpn.score_thresh)
+
+    def forward(self, images, features, targets=None):
+        coarse = type(features)((k, v) for k, v in features.items() if k != "fine")
+        return super().forward(images, coarse, targets)
 
 
 def build_detector(cfg: DetectorConfig) -> nn.Module:
