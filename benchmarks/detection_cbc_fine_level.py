@@ -7,8 +7,8 @@ through a 1x1 convolution plus the upsampled stride-8 level) and ``"fpn"`` (a fu
 Each is trained from scratch with the CPU recipe and the same seed for the same minutes
 (``--budget``: a candidate that costs more per step gets fewer epochs), then scored on the
 validation split (the choice) and on Testing (reported) with pycocotools. Writes
-``benchmarks/results/detection_cbc_fine_level.json`` (``_seed<N>`` for another seed, which also
-draws another validation split): one row per candidate (``val_mAP``, ``val_mAP50``, ``mAP``,
+``benchmarks/results/detection_cbc_fine_level.json`` (``_budget<M>`` added for another budget than
+10 minutes, ``_seed<N>`` for another seed, which also draws another validation split): one row per candidate (``val_mAP``, ``val_mAP50``, ``mAP``,
 ``mAP50``, AP per class, ``epochs``, ``train_s``) with the ratio of each to the first.
 
 Usage::
@@ -52,8 +52,8 @@ def main(argv=None):
               "images": {k: len(v) for k, v in splits.items()}, "cpu_threads": os.cpu_count(),
               "load_average_1_5_15_start": [round(v, 2) for v in load_avg],
               "load_average_1_5_15_end": [round(v, 2) for v in os.getloadavg()]}
-    out = save_result("detection_cbc_fine_level" + (f"_seed{args.seed}" if args.seed else ""), result, argv,
-                      script="detection_cbc_fine_level")
+    name = "detection_cbc_fine_level" + (f"_budget{args.budget:g}" if args.budget != 10 else "")
+    out = save_result(name + (f"_seed{args.seed}" if args.seed else ""), result, argv, script="detection_cbc_fine_level")
     print(f"-> {out}")
 
 
