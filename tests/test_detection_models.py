@@ -224,7 +224,7 @@ def test_backbone_weights_offline_say_which_file_goes_where(hub, monkeypatch):
 
 
 @pytest.mark.parametrize("kind", ["lateral", "fpn"])
-def test_fine_level_pools_small_rois_from_stride_4_and_keeps_the_rpn_on_the_coarse_levels(tmp_path, kind):
+def test_fine_level_pools_small_rois_from_stride_4_and_keeps_the_rpn_on_the_coarse_levels(kind):
     torch.manual_seed(0)
     cfg = small("fasterrcnn_tiny", fine_level=kind)
     m = build_detector(cfg)
