@@ -374,9 +374,10 @@ def fit_features(model: FeatureClassifier, train: CropDataset, *, Cs=FEATURE_CS,
                     "are trained on but cannot be in every fold", train.name, ", ".join(rare), k)
     if not len(Cs):
         raise ValueError("Cs is empty: give at least one regularisation strength")
-    if int(repeats) < 1:
+    repeats = int(repeats)
+    if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
-    cv = RepeatedStratifiedKFold(n_splits=k, n_repeats=int(repeats), random_state=seed)
+    cv = RepeatedStratifiedKFold(n_splits=k, n_repeats=repeats, random_state=seed)
 
     def regression(c: float) -> LogisticRegression:
         return LogisticRegression(C=float(c), max_iter=5000, class_weight="balanced" if balanced else None)
@@ -404,7 +405,7 @@ def fit_features(model: FeatureClassifier, train: CropDataset, *, Cs=FEATURE_CS,
     model.input_size = train.size
     model.eval()
     c = float(Cs[best])
-    info = {"C": c, "cv_macro_f1": round(scores[best], 4), "folds": k, "repeats": int(repeats), "n_train": len(train)}
+    info = {"C": c, "cv_macro_f1": round(scores[best], 4), "folds": k, "repeats": repeats, "n_train": len(train)}
     log.info("feature classifier: C %.3g chosen by %d-fold cross-validation repeated %d times (macro F1 %.3f) "
-             "on %d crops", c, k, int(repeats), info["cv_macro_f1"], len(train))
+             "on %d crops", c, k, repeats, info["cv_macro_f1"], len(train))
     return info

@@ -350,7 +350,7 @@ def _base_model(cfg: DetectorConfig) -> nn.Module:
         kw["rpn_anchor_generator"] = anchor_generator(cfg)
         return MaskRCNN(backbone, cfg.num_classes, **{**common, **kw, **extra})
     elif cfg.arch in _TINY_ARCHS:
-        backbone = _tiny_backbone(norm)
+        backbone = _tiny_backbone(norm, cfg.fine_level)
         anchors = anchor_generator(cfg)
         kw["rpn_anchor_generator"] = anchors
         kw["rpn_head"] = RPNHead(backbone.out_channels, anchors.num_anchors_per_location()[0])
@@ -359,7 +359,6 @@ def _base_model(cfg: DetectorConfig) -> nn.Module:
         kw.update(rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=600,
                   rpn_post_nms_top_n_test=300, box_batch_size_per_image=128)
         if cfg.fine_level is not None:
-            backbone = _FineLevelBackbone(backbone, cfg.fine_level)
             kw["box_roi_pool"] = MultiScaleRoIAlign(["fine", "0", "1"], output_size=7, sampling_ratio=2)
         if cfg.arch == "maskrcnn_tiny":
             kw["mask_head"] = MaskRCNNHeads(backbone.out_channels, [64, 64], 1)
@@ -378,8 +377,9 @@ def _base_model(cfg: DetectorConfig) -> nn.Module:
     return FasterRCNN(backbone, cfg.num_classes, **{**common, **kw, **extra})
 
 
-def _tiny_backbone(norm) -> nn.Module:
-    """Plain 4-stage CNN (strides 2, 4, 8, 16) + 64-channel FPN on strides 8, 16 (+ pool: 32)."""
+def _tiny_backbone(norm, fine_level: str | None = None) -> nn.Module:
+    """Plain 4-stage CNN (strides 2, 4, 8, 16) + 64-channel FPN on strides 8, 16 (+ pool: 32),
+    with a stride-4 level ``"fine"`` first when ``fine_level`` asks for one (``DetectorConfig``)."""
 
     def block(cin, cout):
         return nn.Sequential(nn.Conv2d(cin, cout, 3, 2, 1, bias=False), norm(cout), nn.ReLU(inplace=True),
@@ -390,6 +390,11 @@ def _tiny_backbone(norm) -> nn.Module:
     body.add_module("layer1", block(16, 32))
     body.add_module("layer2", block(32, 64))
     body.add_module("layer3", block(64, 96))
+    if fine_level == "fpn":  # one pyramid over strides 4, 8, 16 (+ pool)
+        return BackboneWithFPN(body, {"layer1": "fine", "layer2": "0", "layer3": "1"}, [32, 64, 96], 64,
+                               extra_blocks=LastLevelMaxPool())
+    if fine_level == "lateral":
+        return _LateralFineLevel(body, 64)
     return BackboneWithFPN(body, {"layer2": "0", "layer3": "1"}, [64, 96], 64, extra_blocks=LastLevelMaxPool())
 
 
@@ -555,26 +560,19 @@ def count_parameters(model: nn.Module) -> dict[str, int]:
     return {"total": sum(p.numel() for p in ps), "trainable": sum(p.numel() for p in ps if p.requires_grad)}
 
 
-class _FineLevelBackbone(nn.Module):
-    """The tiny backbone plus a stride-4 level ``"fine"`` before its pyramid levels (see
-    ``DetectorConfig.fine_level``); the stages keep their names (``body.stem`` .. ``body.layer3``)."""
+class _LateralFineLevel(nn.Module):
+    """The tiny backbone's pyramid (strides 8, 16, pool) plus a cheap stride-4 level ``"fine"`` in
+    front: the stride-4 stage through a 1x1 convolution, plus the upsampled stride-8 level."""
 
-    def __init__(self, tiny: BackboneWithFPN, kind: str):
+    def __init__(self, body: nn.Sequential, out_channels: int):
         super().__init__()
-        self.kind = kind
-        self.out_channels = tiny.out_channels
-        stages = nn.Sequential(OrderedDict(tiny.body.items()))  # stem, layer1 (stride 4), layer2, layer3
-        self.body = IntermediateLayerGetter(stages, {"layer1": "fine", "layer2": "0", "layer3": "1"})
-        if kind == "fpn":  # one pyramid over strides 4, 8, 16 (+ pool)
-            self.fpn = FeaturePyramidNetwork([32, 64, 96], self.out_channels, extra_blocks=LastLevelMaxPool())
-        else:  # "lateral": the stride-4 stage joins the finished pyramid's stride-8 level
-            self.fpn = tiny.fpn
-            self.lateral = nn.Conv2d(32, self.out_channels, 1)
+        self.body = IntermediateLayerGetter(body, {"layer1": "fine", "layer2": "0", "layer3": "1"})
+        self.fpn = FeaturePyramidNetwork([64, 96], out_channels, extra_blocks=LastLevelMaxPool())
+        self.lateral = nn.Conv2d(32, out_channels, 1)
+        self.out_channels = out_channels
 
     def forward(self, x):
         feats = self.body(x)
-        if self.kind == "fpn":
-            return self.fpn(feats)
         fine = feats.pop("fine")
         pyramid = self.fpn(feats)
         out = OrderedDict(fine=self.lateral(fine) + F.interpolate(pyramid["0"], size=fine.shape[-2:], mode="nearest"))
