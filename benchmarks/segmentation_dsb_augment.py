@@ -13,7 +13,8 @@ method that ``segmentation_dsb.py`` picks on the training images; Testing is rep
 to choose.
 
 Writes ``benchmarks/results/segmentation_dsb_augment.json``: ``rows`` (``scale_jitter``,
-``val_dsb``, ``dsb_metric``, ``dsb_per_look``, mask AP50 / mAP, count error, ``train_s``),
+``val_dsb``, ``dsb_metric``, ``dsb_per_look``, ``dsb_per_image``, mask AP50 / mAP, count error,
+``train_s``),
 ``chosen_on_validation``, ``classical`` (name, ``dsb_metric``, ``dsb_per_look``).
 
 Usage::
@@ -37,7 +38,8 @@ from segmentation_dsb import (DEFAULT_DATA, SEED, _classical_predict, _per_group
 
 from smearlab.core.device import resolve_device  # noqa: E402
 from smearlab.data import load  # noqa: E402
-from smearlab.metrics.instances import segmentation_metrics  # noqa: E402
+from smearlab.metrics.instances import dsb_score, segmentation_metrics  # noqa: E402
+from smearlab.segmentation.instances import save_instance_unet  # noqa: E402
 
 
 def _jitter(text: str):
@@ -52,8 +54,10 @@ def _jitter(text: str):
 
 def _scores(test, preds) -> dict:
     m = segmentation_metrics(test, preds, score_threshold=0.0)
+    per_image = {s.image_id: round(float(dsb_score(test.subset([j]), [preds[j]], kind="masks") or 0.0), 4)
+                 for j, s in enumerate(test)}
     return {"dsb_metric": m["dsb_metric"], "dsb_per_look": _per_group(test, preds), "mask_mAP50": m["mask_mAP50"],
-            "mask_mAP": m["mask_mAP"], "count_error": m["count_error"]}
+            "mask_mAP": m["mask_mAP"], "count_error": m["count_error"], "dsb_per_image": per_image}
 
 
 def main(argv=None):
@@ -66,6 +70,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=SEED, help="the seed of the fixed split (keep 0 to compare)")
     ap.add_argument("--train-seed", type=int, help="the seed of the crops and weights (default: --seed)")
     ap.add_argument("--name", default="segmentation_dsb_augment", help="results/<name>.json")
+    ap.add_argument("--save-models", type=Path, metavar="DIR",
+                    help="write each candidate's model folder (weights and tuned thresholds) under DIR")
     args = ap.parse_args(argv)
     train_seed = args.seed if args.train_seed is None else args.train_seed
     ds = load(args.data)
@@ -87,6 +93,9 @@ def main(argv=None):
         model, post, val_dsb, train_s = train_learned(fit, val, "boundary", args.budget, dev, train_seed,
                                                       scale_jitter=jitter)
         preds, sec = predict_learned(model, post, test, dev)
+        if args.save_models is not None:
+            tag = "none" if jitter is None else "-".join(map(str, jitter))
+            save_instance_unet(model, args.save_models / f"{args.name}_jitter_{tag}", post[1], val_dsb=val_dsb)
         rows.append({"scale_jitter": list(jitter) if jitter else None, "val_dsb": val_dsb, **_scores(test, preds),
                      "settings": str(post[1]), "train_s": round(train_s, 1), "seconds_per_image": round(sec, 3)})
         looks = ", ".join(f"{g} {v:.3f}" for g, v in rows[-1]["dsb_per_look"].items())

@@ -9,7 +9,7 @@ from smearlab.metrics.instances import dsb_score
 from smearlab.models import load_model
 from smearlab.segmentation import classical
 from smearlab.segmentation.instances import (InstanceThresholds, InstanceTrainConfig, build_instance_unet,
-                                             instance_targets, load_instance_unet, nuclear_channel, polarity,
+                                             image_polarity, instance_targets, load_instance_unet, nuclear_channel, polarity,
                                              predict_instances, predict_probabilities, probabilities_to_instances,
                                              save_instance_unet, train_instance_unet)
 
@@ -120,6 +120,39 @@ def test_polarity_is_decided_per_image_for_both_looks(look):
     assert polarity(grey) == ("dark" if look == "bright-field" else "bright")
     found = classical.watershed_segment(img, min_distance=5)  # the classical method decides it too
     assert dsb_score([masks], [found], kind="masks") > 0.7
+
+
+def _packed_field(background, objects, hw=(80, 80), seed: int = 0):
+    """A colour field whose discs cover about 60 % of it (a tissue section packed with nuclei)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:hw[0], :hw[1]]
+    fg = np.zeros(hw, bool)
+    for y in range(8, hw[0], 16):
+        for x in range(8, hw[1], 16):
+            fg |= (yy - y) ** 2 + (xx - x) ** 2 <= 7 ** 2
+    img = np.where(fg[..., None], np.asarray(objects, float), np.asarray(background, float))
+    return np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8), fg
+
+
+def test_a_stained_field_packed_with_nuclei_is_still_bright_field():
+    # purple nuclei on pink stroma, the nuclei the majority of the pixels: the minority rule alone
+    # calls the stroma the objects; colour and a light field say bright-field
+    img, fg = _packed_field(background=(235, 170, 205), objects=(95, 55, 145))
+    assert fg.mean() > 0.5
+    grey = img @ np.asarray((0.299, 0.587, 0.114)) / 255.0
+    assert polarity((grey - grey.min()) / np.ptp(grey)) == "bright"  # what the old rule decided
+    assert image_polarity(img) == "dark"
+    x = nuclear_channel(img)
+    assert x[fg].mean() > 0.7 and x[~fg].mean() < 0.3
+
+
+def test_a_colour_composite_on_a_dark_field_is_fluorescence():
+    img, fg = _packed_field(background=(5, 5, 10), objects=(20, 200, 60))
+    img[:40] = (5, 5, 10)  # objects a minority: a sparse fluorescence field in colour
+    fg[:40] = False
+    assert image_polarity(img) == "bright"
+    x = nuclear_channel(img)
+    assert x[fg].mean() > 0.7 and x[~fg].mean() < 0.3
 
 
 def test_training_lowers_the_loss_and_the_model_folder_keeps_the_thresholds(tmp_path):

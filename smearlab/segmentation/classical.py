@@ -108,6 +108,24 @@ def stretch01(x: np.ndarray) -> np.ndarray:
     return (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
 
 
+def is_colour(image: np.ndarray) -> bool:
+    """Whether an RGB image is in colour (a stained bright-field image, or a colour composite):
+    its channels differ somewhere by 5 % of the range or more. A 2-D image, or an RGB image with
+    three (nearly) equal channels, is grey.
+
+    Parameters
+    ----------
+    image : ``(H, W, 3)`` RGB (uint8, or float in [0, 1]) or ``(H, W)`` grey image.
+    """
+    img = np.asarray(image)
+    if img.ndim != 3:
+        return False
+    if img.size > 4_000_000:
+        img = img[::4, ::4]
+    f = img.astype(np.float32) / (np.iinfo(img.dtype).max if np.issubdtype(img.dtype, np.integer) else 1.0)
+    return bool(np.abs(f - f.mean(axis=2, keepdims=True)).max() >= 0.05)
+
+
 def to_channel(image: np.ndarray, channel: str = "auto") -> np.ndarray:
     """One float channel of ``image`` in [0, 1] (not stretched).
 
@@ -132,9 +150,7 @@ def to_channel(image: np.ndarray, channel: str = "auto") -> np.ndarray:
     if f.ndim == 2:
         return f
     if channel == "auto":
-        spread = np.abs(f - f.mean(axis=2, keepdims=True)).max() if f.size <= 4_000_000 else \
-            np.abs(f[::4, ::4] - f[::4, ::4].mean(axis=2, keepdims=True)).max()
-        channel = "gray" if spread < 0.05 else "hematoxylin"
+        channel = "hematoxylin" if is_colour(f) else "gray"
     if channel == "gray":
         return color.rgb2gray(f)
     if channel in ("hematoxylin", "eosin"):

@@ -39,6 +39,7 @@ from ..data.imageio import LUMA
 from ..data.predictions import Predictions, empty_prediction
 from ..data.sample import SmearDataset
 from ..metrics.instances import dsb_score
+from .classical import is_colour
 from .unet import UNet
 
 #: The classes the network predicts.
@@ -49,10 +50,8 @@ CLASSES = ("background", "interior", "boundary")
 def nuclear_channel(image: np.ndarray) -> np.ndarray:
     """One float32 channel in [0, 1] where the objects are bright.
 
-    The grey level (BT.601 luma) is stretched between its 1st and 99.8th percentiles; when most of
-    the image lies above the middle of that range the background is bright (bright-field: dark
-    nuclei on a light field) and the channel is inverted. The objects are assumed to be the
-    minority of the pixels, as cells and nuclei in a field are.
+    The grey level (BT.601 luma) is stretched between its 1st and 99.8th percentiles and inverted
+    when the objects are dark (:func:`image_polarity`: bright-field images).
 
     Parameters
     ----------
@@ -62,14 +61,44 @@ def nuclear_channel(image: np.ndarray) -> np.ndarray:
     grey = img.astype(np.float32) @ np.asarray(LUMA, np.float32) if img.ndim == 3 else img.astype(np.float32)
     lo, hi = np.percentile(grey, (1.0, 99.8))
     x = np.clip((grey - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0)
-    if polarity(x) == "dark":
+    if image_polarity(img, x) == "dark":
         x = 1.0 - x
     return x.astype(np.float32)
 
 
+def image_polarity(image: np.ndarray, channel: np.ndarray | None = None) -> str:
+    """``"dark"`` when an image's objects are darker than their surroundings (bright-field), else
+    ``"bright"`` (fluorescence), decided per image:
+
+    * a colour image whose median grey level is above a quarter of the full scale is a stained
+      bright-field image (stains absorb light, so what is stained is darker), whatever share of
+      the field its objects cover: a tissue section packed with nuclei is still bright-field;
+    * any other image (grey, or a colour composite on a dark background) by :func:`polarity`:
+      the objects are the minority of the pixels.
+
+    Parameters
+    ----------
+    image : ``(H, W, 3)`` RGB or ``(H, W)`` grey image (uint8, or float in [0, 1]).
+    channel : its stretched grey channel, if already computed (see :func:`nuclear_channel`).
+    """
+    img = np.asarray(image)
+    if is_colour(img):
+        full = np.iinfo(img.dtype).max if np.issubdtype(img.dtype, np.integer) else 1.0
+        grey = img.astype(np.float32) @ np.asarray(LUMA, np.float32)
+        if float(np.median(grey)) > 0.25 * full:
+            return "dark"
+    if channel is None:
+        grey = img.astype(np.float32) @ np.asarray(LUMA, np.float32) if img.ndim == 3 else img.astype(np.float32)
+        lo, hi = np.percentile(grey, (1.0, 99.8))
+        channel = np.clip((grey - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0)
+    return polarity(channel)
+
+
 def polarity(channel: np.ndarray) -> str:
     """``"dark"`` when the objects of a stretched grey channel are darker than the background
-    (most pixels bright: bright-field), else ``"bright"`` (fluorescence).
+    (most pixels bright: bright-field), else ``"bright"`` (fluorescence). The objects are assumed
+    to be the minority of the pixels, as cells and nuclei in most fields are
+    (:func:`image_polarity` adds what colour tells).
 
     Parameters
     ----------
