@@ -197,6 +197,12 @@ def _per_group(ds, preds) -> dict[str, float | None]:
     return {g: float(np.mean(v)) for g, v in sorted(out.items())}
 
 
+def per_image(ds, preds) -> dict[str, float | None]:
+    """The DSB metric of each image of ``ds``, by image id (a failing image shows up by name)."""
+    _, scores = dsb_score(ds, preds, kind="masks", per_image=True)
+    return {s.image_id: None if v is None else round(float(v), 4) for s, v in zip(ds, scores)}
+
+
 def _above(preds, thr):
     return [{k: v[p["scores"] >= thr] for k, v in p.items()} for p in preds]
 
@@ -418,10 +424,13 @@ def run(preset: str = "cpu", data: str | Path = DEFAULT_DATA, device: str = "aut
 
     per_look = {"maskrcnn": _per_group(test, _above(preds, thr)), "two_stage": _per_group(test, _above(ts_preds, thr)),
                 "classical": _per_group(test, cl_preds)}
+    images = {"maskrcnn": per_image(test, _above(preds, thr)), "two_stage": per_image(test, _above(ts_preds, thr)),
+              "classical": per_image(test, cl_preds)}
     if learned:
         per_look["learned"] = _per_group(test, l_preds)
+        images["learned"] = per_image(test, l_preds)
     result = {**_headline("", net), **_headline("_classical", cl), **_headline("_two_stage", ts), **learned,
-              "dsb_per_look": per_look,
+              "dsb_per_look": per_look, "dsb_per_image": images,
               "two_stage": ts, "two_stage_crop_unet": {**TWO_STAGE[preset], "train_s": round(crop_s, 1)},
               "classical_method": name, "classical_params": spec, "classical_train_dsb": cl_train,
               "maskrcnn_score_threshold": thr, "maskrcnn_train_dsb_by_threshold": grid,

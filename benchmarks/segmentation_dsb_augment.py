@@ -34,11 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import save_result  # noqa: E402
 from segmentation_dsb import (DEFAULT_DATA, SEED, _classical_predict, _per_group, fixed_split,  # noqa: E402
-                              pick_classical, predict_learned, train_learned, validation_split)
+                              per_image, pick_classical, predict_learned, train_learned, validation_split)
 
 from smearlab.core.device import resolve_device  # noqa: E402
 from smearlab.data import load  # noqa: E402
-from smearlab.metrics.instances import dsb_score, segmentation_metrics  # noqa: E402
+from smearlab.metrics.instances import segmentation_metrics  # noqa: E402
 from smearlab.segmentation.instances import save_instance_unet  # noqa: E402
 
 
@@ -54,10 +54,8 @@ def _jitter(text: str):
 
 def _scores(test, preds) -> dict:
     m = segmentation_metrics(test, preds, score_threshold=0.0)
-    per_image = {s.image_id: round(float(dsb_score(test.subset([j]), [preds[j]], kind="masks") or 0.0), 4)
-                 for j, s in enumerate(test)}
     return {"dsb_metric": m["dsb_metric"], "dsb_per_look": _per_group(test, preds), "mask_mAP50": m["mask_mAP50"],
-            "mask_mAP": m["mask_mAP"], "count_error": m["count_error"], "dsb_per_image": per_image}
+            "mask_mAP": m["mask_mAP"], "count_error": m["count_error"], "dsb_per_image": per_image(test, preds)}
 
 
 def main(argv=None):
