@@ -188,19 +188,19 @@ def _timed_predict(model, ds, device) -> tuple[list[dict], float]:
     return preds, (time.perf_counter() - t0) / len(ds)
 
 
-def _per_group(ds, preds) -> dict[str, float | None]:
-    _, scores = dsb_score(ds, preds, kind="masks", per_image=True)
-    out: dict[str, list] = {}
-    for s, v in zip(ds, scores):
-        if v is not None:
-            out.setdefault(s.meta.get("group", "all"), []).append(v)
-    return {g: float(np.mean(v)) for g, v in sorted(out.items())}
-
-
 def per_image(ds, preds) -> dict[str, float | None]:
     """The DSB metric of each image of ``ds``, by image id (a failing image shows up by name)."""
     _, scores = dsb_score(ds, preds, kind="masks", per_image=True)
-    return {s.image_id: None if v is None else round(float(v), 4) for s, v in zip(ds, scores)}
+    return {s.image_id: None if v is None else float(v) for s, v in zip(ds, scores)}
+
+
+def _per_group(ds, images: dict[str, float | None]) -> dict[str, float | None]:
+    """The mean of :func:`per_image`'s scores per look."""
+    out: dict[str, list] = {}
+    for s in ds:
+        if images[s.image_id] is not None:
+            out.setdefault(s.meta.get("group", "all"), []).append(images[s.image_id])
+    return {g: float(np.mean(v)) for g, v in sorted(out.items())}
 
 
 def _above(preds, thr):
@@ -422,13 +422,11 @@ def run(preset: str = "cpu", data: str | Path = DEFAULT_DATA, device: str = "aut
                    "learned_budget_min": learned_budget, "learned_post": {"variant": post[0], "settings": str(post[1])},
                    "learned_split": {"fit": [s.image_id for s in fit], "val": [s.image_id for s in val]}}
 
-    per_look = {"maskrcnn": _per_group(test, _above(preds, thr)), "two_stage": _per_group(test, _above(ts_preds, thr)),
-                "classical": _per_group(test, cl_preds)}
     images = {"maskrcnn": per_image(test, _above(preds, thr)), "two_stage": per_image(test, _above(ts_preds, thr)),
               "classical": per_image(test, cl_preds)}
     if learned:
-        per_look["learned"] = _per_group(test, l_preds)
         images["learned"] = per_image(test, l_preds)
+    per_look = {method: _per_group(test, scores) for method, scores in images.items()}
     result = {**_headline("", net), **_headline("_classical", cl), **_headline("_two_stage", ts), **learned,
               "dsb_per_look": per_look, "dsb_per_image": images,
               "two_stage": ts, "two_stage_crop_unet": {**TWO_STAGE[preset], "train_s": round(crop_s, 1)},

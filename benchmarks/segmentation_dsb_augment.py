@@ -54,8 +54,9 @@ def _jitter(text: str):
 
 def _scores(test, preds) -> dict:
     m = segmentation_metrics(test, preds, score_threshold=0.0)
-    return {"dsb_metric": m["dsb_metric"], "dsb_per_look": _per_group(test, preds), "mask_mAP50": m["mask_mAP50"],
-            "mask_mAP": m["mask_mAP"], "count_error": m["count_error"], "dsb_per_image": per_image(test, preds)}
+    images = per_image(test, preds)
+    return {"dsb_metric": m["dsb_metric"], "dsb_per_look": _per_group(test, images), "mask_mAP50": m["mask_mAP50"],
+            "mask_mAP": m["mask_mAP"], "count_error": m["count_error"], "dsb_per_image": images}
 
 
 def main(argv=None):

@@ -58,15 +58,14 @@ def nuclear_channel(image: np.ndarray) -> np.ndarray:
     image : ``(H, W, 3)`` uint8 RGB or ``(H, W)`` grey image.
     """
     img = np.asarray(image)
-    grey = img.astype(np.float32) @ np.asarray(LUMA, np.float32) if img.ndim == 3 else img.astype(np.float32)
-    lo, hi = np.percentile(grey, (1.0, 99.8))
-    x = np.clip((grey - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0)
-    if image_polarity(img, x) == "dark":
+    grey = _luma(img)
+    x = _stretched(grey)
+    if _polarity(img, grey, x) == "dark":
         x = 1.0 - x
     return x.astype(np.float32)
 
 
-def image_polarity(image: np.ndarray, channel: np.ndarray | None = None) -> str:
+def image_polarity(image: np.ndarray) -> str:
     """``"dark"`` when an image's objects are darker than their surroundings (bright-field), else
     ``"bright"`` (fluorescence), decided per image:
 
@@ -79,19 +78,27 @@ def image_polarity(image: np.ndarray, channel: np.ndarray | None = None) -> str:
     Parameters
     ----------
     image : ``(H, W, 3)`` RGB or ``(H, W)`` grey image (uint8, or float in [0, 1]).
-    channel : its stretched grey channel, if already computed (see :func:`nuclear_channel`).
     """
     img = np.asarray(image)
+    grey = _luma(img)
+    return _polarity(img, grey, _stretched(grey))
+
+
+def _luma(img: np.ndarray) -> np.ndarray:
+    return img.astype(np.float32) @ np.asarray(LUMA, np.float32) if img.ndim == 3 else img.astype(np.float32)
+
+
+def _stretched(grey: np.ndarray) -> np.ndarray:
+    lo, hi = np.percentile(grey, (1.0, 99.8))
+    return np.clip((grey - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0)
+
+
+def _polarity(img: np.ndarray, grey: np.ndarray, stretched: np.ndarray) -> str:
     if is_colour(img):
         full = np.iinfo(img.dtype).max if np.issubdtype(img.dtype, np.integer) else 1.0
-        grey = img.astype(np.float32) @ np.asarray(LUMA, np.float32)
         if float(np.median(grey)) > 0.25 * full:
             return "dark"
-    if channel is None:
-        grey = img.astype(np.float32) @ np.asarray(LUMA, np.float32) if img.ndim == 3 else img.astype(np.float32)
-        lo, hi = np.percentile(grey, (1.0, 99.8))
-        channel = np.clip((grey - lo) / max(float(hi - lo), 1e-6), 0.0, 1.0)
-    return polarity(channel)
+    return polarity(stretched)
 
 
 def polarity(channel: np.ndarray) -> str:
