@@ -1,10 +1,13 @@
-"""Zoom augmentation of the learned instance segmenter on DSB2018, side by side, chosen on validation.
+"""Training options of the learned instance segmenter on DSB2018 (zoom augmentation, bfloat16),
+side by side, chosen on validation.
 
 The DSB2018 subset's looks hold nuclei of very different sizes (about 10-20 px across in the
 fluorescence images, 20-40 px in the colour bright-field tissue), and the 16 training images
 hold few of each. Cellpose and StarDist train with random zooms; this script measures whether
-it pays here. Each candidate ``scale_jitter`` (None: no zoom; ``LOW,HIGH``: each training crop
-zoomed by a factor drawn log-uniformly from that range) trains the learned segmenter's
+it pays here; and training in bfloat16 on a CPU with AMX runs more steps in the same minutes.
+Each candidate, a ``scale_jitter`` (None: no zoom; ``LOW,HIGH``: each training crop zoomed by a
+factor drawn log-uniformly from that range) with a precision (``fp32``, or ``bf16``: bfloat16
+autocast, ``InstanceTrainConfig(cpu_bf16=True)``), trains the learned segmenter's
 "boundary" variant from scratch for the same wall-clock budget and seed, one after the other in
 one sitting, on the 16 fit images of ``segmentation_dsb.py``'s training split; its prediction
 settings are tuned on the 4 validation images; the choice is the best validation DSB metric.
@@ -13,19 +16,22 @@ method that ``segmentation_dsb.py`` picks on the training images; Testing is rep
 to choose.
 
 Writes ``benchmarks/results/segmentation_dsb_augment.json``: ``rows`` (``scale_jitter``,
-``val_dsb``, ``dsb_metric``, ``dsb_per_look``, ``dsb_per_image``, mask AP50 / mAP, count error,
-``train_s``),
-``chosen_on_validation``, ``classical`` (name, ``dsb_metric``, ``dsb_per_look``).
+``precision``, ``steps``, ``val_dsb``, ``dsb_metric``, ``dsb_per_look``, ``dsb_per_image``, mask
+AP50 / mAP, count error, ``train_s``), ``chosen_on_validation`` (the best row's ``scale_jitter``
+and ``precision``), ``classical`` (name, ``dsb_metric``, ``dsb_per_look``).
 
 Usage::
 
     python benchmarks/segmentation_dsb_augment.py --budget 20 --jitters none 0.67,1.5
     python benchmarks/segmentation_dsb_augment.py --budget 20 --jitters none --train-seed 1 \
         --name segmentation_dsb_seed1     # the same split, another training seed
+    python benchmarks/segmentation_dsb_augment.py --budget 20 --jitters none --precisions fp32 bf16 \
+        --name segmentation_dsb_bf16
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import sys
 from pathlib import Path
@@ -65,6 +71,8 @@ def main(argv=None):
     ap.add_argument("--budget", type=float, default=20, help="minutes of training per candidate")
     ap.add_argument("--jitters", type=_jitter, nargs="+", default=[None, (0.67, 1.5)],
                     help="zoom ranges to compare: 'none' or LOW,HIGH")
+    ap.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32"],
+                    help="training precisions to compare (bf16: bfloat16 autocast on the CPU)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=SEED, help="the seed of the fixed split (keep 0 to compare)")
     ap.add_argument("--train-seed", type=int, help="the seed of the crops and weights (default: --seed)")
@@ -88,28 +96,31 @@ def main(argv=None):
     classical_row = {"name": name, **_scores(test, cl_preds)}
 
     rows = []
-    for jitter in args.jitters:
+    for jitter, precision in itertools.product(args.jitters, args.precisions):
         model, post, val_dsb, train_s = train_learned(fit, val, "boundary", args.budget, dev, train_seed,
-                                                      scale_jitter=jitter)
+                                                      scale_jitter=jitter, cpu_bf16=precision == "bf16")
         preds, sec = predict_learned(model, post, test, dev)
         if args.save_models is not None:
             tag = "none" if jitter is None else "-".join(map(str, jitter))
-            save_instance_unet(model, args.save_models / f"{args.name}_jitter_{tag}", post[1], val_dsb=val_dsb)
-        rows.append({"scale_jitter": list(jitter) if jitter else None, "val_dsb": val_dsb, **_scores(test, preds),
+            save_instance_unet(model, args.save_models / f"{args.name}_jitter_{tag}_{precision}", post[1],
+                               val_dsb=val_dsb)
+        rows.append({"scale_jitter": list(jitter) if jitter else None, "precision": precision,
+                     "steps": model.trained_steps, "val_dsb": val_dsb, **_scores(test, preds),
                      "settings": str(post[1]), "train_s": round(train_s, 1), "seconds_per_image": round(sec, 3)})
         looks = ", ".join(f"{g} {v:.3f}" for g, v in rows[-1]["dsb_per_look"].items())
-        print(f"scale_jitter {jitter}: validation DSB {val_dsb:.4f} | test DSB {rows[-1]['dsb_metric']:.3f} "
-              f"({looks})", flush=True)
+        print(f"scale_jitter {jitter}, {precision}, {model.trained_steps} steps: validation DSB {val_dsb:.4f} | "
+              f"test DSB {rows[-1]['dsb_metric']:.3f} ({looks})", flush=True)
     looks = ", ".join(f"{g} {v:.3f}" for g, v in classical_row["dsb_per_look"].items())
     print(f"classical {name}: test DSB {classical_row['dsb_metric']:.3f} ({looks})")
     best = max(rows, key=lambda r: r["val_dsb"])
-    result = {"rows": rows, "chosen_on_validation": best["scale_jitter"], "classical": classical_row,
+    chosen = {k: best[k] for k in ("scale_jitter", "precision")}
+    result = {"rows": rows, "chosen_on_validation": chosen, "classical": classical_row,
               "budget_s": args.budget * 60, "seed": args.seed, "train_seed": train_seed, "variant": "boundary",
               "images": {"fit": len(fit), "val": len(val), "test": len(test)}, "device": str(dev),
               "cpu_threads": os.cpu_count(), "load_average_1_5_15_at_start": [round(v, 2) for v in load_avg],
               "load_average_1_5_15_at_end": [round(v, 2) for v in os.getloadavg()]}
     out = save_result(args.name, result, argv, script="segmentation_dsb_augment")
-    print(f"chosen on validation: scale_jitter {best['scale_jitter']} -> {out}")
+    print(f"chosen on validation: scale_jitter {best['scale_jitter']}, {best['precision']} -> {out}")
 
 
 if __name__ == "__main__":

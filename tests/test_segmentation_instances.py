@@ -177,6 +177,23 @@ def test_training_lowers_the_loss_and_the_model_folder_keeps_the_thresholds(tmp_
     assert load_model(folder, device="cpu").config == model.config
 
 
+def test_bfloat16_training_on_the_cpu_lowers_the_loss_and_keeps_float32_weights():
+    data = []
+    for k in range(4):
+        img, masks = _field("fluorescence" if k % 2 else "bright-field", seed=k)
+        data.append(Sample(f"f{k}", boxes=[[0, 0, 1, 1]] * len(masks), labels=[0] * len(masks), _image=img,
+                           _masks=masks))
+    ds = SmearDataset(data, ["nucleus"], "discs")
+    torch.manual_seed(0)
+    model = build_instance_unet(base=8, depth=2)
+    hist = train_instance_unet(model, ds, None, InstanceTrainConfig(crop=48, batch_size=4, steps=100, lr=5e-3,
+                                                                    cpu_bf16=True, device="cpu"))
+    assert hist[-1]["loss"] < 0.6 * hist[0]["loss"]
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    probs = predict_probabilities(model, data[0].image, device="cpu")
+    assert probs.dtype == np.float32 and np.allclose(probs.sum(0), 1.0, atol=1e-4)
+
+
 def test_scale_jitter_zooms_image_and_targets_together():
     from smearlab.segmentation.instances import _crop_batch
 
