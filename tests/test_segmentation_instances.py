@@ -155,13 +155,18 @@ def test_a_colour_composite_on_a_dark_field_is_fluorescence():
     assert x[fg].mean() > 0.7 and x[~fg].mean() < 0.3
 
 
-def test_training_lowers_the_loss_and_the_model_folder_keeps_the_thresholds(tmp_path):
+def _discs_dataset() -> SmearDataset:
+    """Four fields of touching discs, bright-field and fluorescence in turn."""
     data = []
     for k in range(4):
         img, masks = _field("fluorescence" if k % 2 else "bright-field", seed=k)
         data.append(Sample(f"f{k}", boxes=[[0, 0, 1, 1]] * len(masks), labels=[0] * len(masks), _image=img,
                            _masks=masks))
-    ds = SmearDataset(data, ["nucleus"], "discs")
+    return SmearDataset(data, ["nucleus"], "discs")
+
+
+def test_training_lowers_the_loss_and_the_model_folder_keeps_the_thresholds(tmp_path):
+    ds = _discs_dataset()
     torch.manual_seed(0)
     model = build_instance_unet(base=8, depth=2)
     hist = train_instance_unet(model, ds, ds[:2], InstanceTrainConfig(crop=48, batch_size=4, steps=100, lr=5e-3,
@@ -178,19 +183,14 @@ def test_training_lowers_the_loss_and_the_model_folder_keeps_the_thresholds(tmp_
 
 
 def test_bfloat16_training_on_the_cpu_lowers_the_loss_and_keeps_float32_weights():
-    data = []
-    for k in range(4):
-        img, masks = _field("fluorescence" if k % 2 else "bright-field", seed=k)
-        data.append(Sample(f"f{k}", boxes=[[0, 0, 1, 1]] * len(masks), labels=[0] * len(masks), _image=img,
-                           _masks=masks))
-    ds = SmearDataset(data, ["nucleus"], "discs")
+    ds = _discs_dataset()
     torch.manual_seed(0)
     model = build_instance_unet(base=8, depth=2)
     hist = train_instance_unet(model, ds, None, InstanceTrainConfig(crop=48, batch_size=4, steps=100, lr=5e-3,
                                                                     cpu_bf16=True, device="cpu"))
     assert hist[-1]["loss"] < 0.6 * hist[0]["loss"]
     assert all(p.dtype == torch.float32 for p in model.parameters())
-    probs = predict_probabilities(model, data[0].image, device="cpu")
+    probs = predict_probabilities(model, ds[0].image, device="cpu")
     assert probs.dtype == np.float32 and np.allclose(probs.sum(0), 1.0, atol=1e-4)
 
 
