@@ -146,6 +146,26 @@ def test_a_stained_field_packed_with_nuclei_is_still_bright_field():
     assert x[fg].mean() > 0.7 and x[~fg].mean() < 0.3
 
 
+@pytest.mark.parametrize("channel", ["auto", "gray", "value", "red", "green", "hematoxylin", "saturation"])
+def test_the_classical_methods_find_the_packed_nuclei_in_every_channel(channel):
+    # the same field for the classical methods: the side of each channel follows its physics (dark
+    # in intensities, bright in stain densities), not which side holds fewer pixels
+    img, fg = _packed_field(background=(235, 170, 205), objects=(95, 55, 145))
+    mask, _ = classical.foreground_mask(img, "otsu", channel, min_size=0, opening_radius=0)
+    assert (mask & fg).sum() / (mask | fg).sum() > 0.8
+    assert classical.objects_dark(img, channel, np.zeros((2, 2)), 0.5) == (
+        channel not in ("auto", "hematoxylin", "saturation"))
+
+
+def test_the_classical_side_on_a_fluorescence_composite_is_still_the_minority():
+    img, fg = _packed_field(background=(5, 5, 10), objects=(20, 200, 60))
+    img[:40] = (5, 5, 10)
+    fg[:40] = False
+    assert not classical.is_stained_brightfield(img)
+    mask, _ = classical.foreground_mask(img, "otsu", "gray", min_size=0, opening_radius=0)
+    assert (mask & fg).sum() / (mask | fg).sum() > 0.8
+
+
 def test_a_colour_composite_on_a_dark_field_is_fluorescence():
     img, fg = _packed_field(background=(5, 5, 10), objects=(20, 200, 60))
     img[:40] = (5, 5, 10)  # objects a minority: a sparse fluorescence field in colour

@@ -44,12 +44,16 @@ from skimage.util import img_as_float
 from tqdm.auto import tqdm
 
 from ..core.search import grid_search
+from ..data.imageio import LUMA
 from ..data.predictions import empty_prediction
 from ..metrics.instances import dsb_score, has_instance_masks
 
 
 #: Channels :func:`to_channel` can extract from an RGB image.
 CHANNELS = ("auto", "gray", "hematoxylin", "eosin", "saturation", "value", "red", "green", "blue")
+#: Channels that measure how much stain a pixel holds: stained objects are bright in them on a
+#: bright-field image (in the others, intensities, they are dark).
+STAIN_CHANNELS = ("hematoxylin", "eosin", "saturation")
 
 
 _METHODS = ("otsu", "li", "adaptive")
@@ -126,6 +130,47 @@ def is_colour(image: np.ndarray) -> bool:
     return bool(np.abs(f - f.mean(axis=2, keepdims=True)).max() >= 0.05)
 
 
+def is_stained_brightfield(image: np.ndarray, grey: np.ndarray | None = None) -> bool:
+    """Whether an image is a stained bright-field image: in colour (:func:`is_colour`) with a
+    median grey level above a quarter of the full scale. Stains absorb light, so what is stained
+    is darker than the background in the intensity channels, whatever share of the field it
+    covers (a smear or tissue field packed with cells included); colour composites of
+    fluorescence channels are dark.
+
+    Parameters
+    ----------
+    image : ``(H, W, 3)`` RGB (uint8, or float in [0, 1]) or ``(H, W)`` grey image.
+    grey : its grey level (BT.601 luma) when already computed, else None.
+    """
+    img = np.asarray(image)
+    if not is_colour(img):
+        return False
+    if grey is None:
+        grey = img.astype(np.float32) @ np.asarray(LUMA, np.float32)
+    full = np.iinfo(img.dtype).max if np.issubdtype(img.dtype, np.integer) else 1.0
+    return float(np.median(grey)) > 0.25 * full
+
+
+def objects_dark(image: np.ndarray, channel: str, x: np.ndarray, threshold: float) -> bool:
+    """The ``invert="auto"`` decision: whether the objects are the dark side of ``channel``.
+
+    On a stained bright-field image (:func:`is_stained_brightfield`) by the channel's physics:
+    dark in an intensity channel (grey, value, red, green, blue), bright in a stain channel
+    (:data:`STAIN_CHANNELS`; ``"auto"`` is hematoxylin there). On any other image (fluorescence,
+    grey) the objects are the minority side of ``threshold``.
+
+    Parameters
+    ----------
+    image : the image the channel was taken from.
+    channel : the channel's name (:data:`CHANNELS`).
+    x : the stretched channel; threshold : its global threshold.
+    """
+    img = np.asarray(image)
+    if img.ndim == 3 and is_stained_brightfield(img):
+        return channel not in ("auto", *STAIN_CHANNELS)
+    return bool((x > threshold).mean() > 0.5)
+
+
 def to_channel(image: np.ndarray, channel: str = "auto") -> np.ndarray:
     """One float channel of ``image`` in [0, 1] (not stretched).
 
@@ -197,7 +242,7 @@ def foreground_mask(image: np.ndarray, method: str = "otsu", channel: str = "aut
         return np.zeros(x.shape, bool), x
     t_global = _threshold(x, "otsu" if method == "adaptive" else method)
     if invert == "auto":
-        invert = bool((x > t_global).mean() > 0.5)  # foreground = minority side of the threshold
+        invert = objects_dark(image, channel, x, t_global)
     if invert:
         x = 1.0 - x
         t_global = 1.0 - t_global
@@ -355,9 +400,10 @@ def threshold_segment(image: np.ndarray, method: str = "otsu", channel: str = "a
         (``threshold_local`` over ``block_size`` windows, minus ``offset``, restricted to pixels
         above ``min(global Otsu, median) + offset`` so flat background does not speckle).
     channel : see :func:`to_channel` (``"auto"``: grey, or hematoxylin for colour images).
-    invert : ``"auto"`` makes the foreground the minority side of the global threshold (bright
-        nuclei on dark fluorescence and dark cells on bright brightfield both work); True
-        segments the dark side, False the bright side.
+    invert : ``"auto"`` decides the foreground side by :func:`objects_dark` (on a stained
+        bright-field image by the channel: dark in intensities, bright in stain densities; on
+        fluorescence and grey images the minority side of the global threshold); True segments
+        the dark side, False the bright side.
     min_size : drop components smaller than this many pixels.
     opening_radius : radius of the binary opening (disk) that removes specks; 0 for none.
     fill_holes : fill holes inside objects.
@@ -459,7 +505,8 @@ def blob_detect(image: np.ndarray, method: str = "log", min_sigma: float = 2.0,
     """Blob detection (``skimage.feature.blob_log`` / ``blob_dog`` / ``blob_doh``) as disc instances.
 
     The channel (:func:`to_channel`) is stretched to [0, 1] and, with ``invert="auto"``, flipped
-    so the minority side of its Otsu threshold is bright (blob_log/dog find bright blobs).
+    when the objects are dark in it (:func:`objects_dark`: by the channel on a stained bright-field
+    image, else the minority side of its Otsu threshold is bright; blob_log/dog find bright blobs).
     The radius is ``sigma * sqrt(2)`` for LoG/DoG and ``sigma`` for DoH; the box is the disc's
     pixel-edge extent and the mask the disc (pixel centres within the radius, at least the
     centre pixel), both clipped to the image.
@@ -497,7 +544,7 @@ def blob_detect(image: np.ndarray, method: str = "log", min_sigma: float = 2.0,
     if x.max() <= 0:
         return empty_prediction((h, w))
     if invert == "auto":
-        invert = bool((x > filters.threshold_otsu(x)).mean() > 0.5)
+        invert = objects_dark(img, channel, x, filters.threshold_otsu(x))
     if invert:
         x = 1.0 - x
     if method == "log":
@@ -548,7 +595,7 @@ def extract_cell(image: np.ndarray, dilation_radius: int = 3, min_distance: int 
     """The cell nearest the centre of a single-cell crop (PBC-style), by colour and watershed.
 
     Steps: HSV saturation (``channel``) -> Otsu threshold (stained cells are saturated, the
-    background and pale red cells less so; the minority side is foreground) -> hole filling and
+    background and pale red cells less so; :func:`objects_dark` picks the side) -> hole filling and
     dilation by ``dilation_radius`` -> distance transform -> ``peak_local_max`` peaks
     (``min_distance``) -> connected components of the peaks as markers -> watershed of the
     negated distance inside the mask -> the region containing the image centre (else the one
@@ -624,7 +671,7 @@ def central_cell_box(image: np.ndarray, *, closing: float = 0.04, channel: str =
     """The box of the cell of interest of a single-cell image (the cell at the centre), or None.
 
     Steps: ``channel`` (HSV saturation: the stained nucleus and granules) -> Otsu threshold
-    (the minority side is foreground) -> closing with a disk of ``closing`` times the image's
+    (:func:`objects_dark` picks the side) -> closing with a disk of ``closing`` times the image's
     longer side, so that the lobes of a segmented nucleus and its granules join into one
     region -> hole filling -> the connected region holding the image centre, else the one
     nearest to it. Unlike :func:`extract_cell` nothing is split by a watershed: a lobed

@@ -39,7 +39,7 @@ from ..data.imageio import LUMA
 from ..data.predictions import Predictions, empty_prediction
 from ..data.sample import SmearDataset
 from ..metrics.instances import dsb_score
-from .classical import is_colour
+from .classical import is_stained_brightfield
 from .unet import UNet
 
 #: The classes the network predicts.
@@ -94,11 +94,7 @@ def _stretched(grey: np.ndarray) -> np.ndarray:
 
 
 def _polarity(img: np.ndarray, grey: np.ndarray, stretched: np.ndarray) -> str:
-    if is_colour(img):
-        full = np.iinfo(img.dtype).max if np.issubdtype(img.dtype, np.integer) else 1.0
-        if float(np.median(grey)) > 0.25 * full:
-            return "dark"
-    return polarity(stretched)
+    return "dark" if is_stained_brightfield(img, grey) else polarity(stretched)
 
 
 def polarity(channel: np.ndarray) -> str:
