@@ -5,7 +5,8 @@ Usage::
     python benchmarks/segmentation_dsb.py --preset cpu      # this 2-core machine (about 70 minutes)
     python benchmarks/segmentation_dsb.py --preset cpu --threads 1   # the same on a busy shared CPU
     python benchmarks/segmentation_dsb.py --preset gpu      # a lent GPU (ResNet-50 Mask R-CNN)
-    python benchmarks/segmentation_dsb.py --preset quick    # smoke run, a minute or two
+    python benchmarks/segmentation_dsb.py --preset quick    # a smaller Mask R-CNN; not quick: over 15 minutes,
+                                                            # the learned segmenter keeps its budgets
 
 The 30 images of ``../shared/data/dsb2018_subset`` are split once, by a fixed seed, into 20
 training and 10 test images, stratified by the three looks of ``SUBSET_IMAGES.tsv`` (fluorescence
