@@ -72,7 +72,8 @@ def main(argv=None):
     ap.add_argument("--jitters", type=_jitter, nargs="+", default=[None, (0.67, 1.5)],
                     help="zoom ranges to compare: 'none' or LOW,HIGH")
     ap.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32"],
-                    help="training precisions to compare (bf16: bfloat16 autocast on the CPU)")
+                    help="training precisions to compare on the CPU (bf16: bfloat16 autocast); on CUDA "
+                         "training runs under float16 autocast and the rows say fp16")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=SEED, help="the seed of the fixed split (keep 0 to compare)")
     ap.add_argument("--train-seed", type=int, help="the seed of the crops and weights (default: --seed)")
@@ -81,6 +82,10 @@ def main(argv=None):
                     help="write each candidate's model folder (weights and tuned thresholds) under DIR")
     args = ap.parse_args(argv)
     train_seed = args.seed if args.train_seed is None else args.train_seed
+    dev = resolve_device(args.device)
+    if dev.type != "cpu" and "bf16" in args.precisions:
+        raise SystemExit(f"--precisions bf16 is a CPU option; on {dev.type} training runs under float16 autocast "
+                         "(InstanceTrainConfig.amp): leave --precisions out")
     ds = load(args.data)
     if len(ds) == 0:
         raise SystemExit(f"no DSB2018 images under {args.data}")
@@ -88,7 +93,6 @@ def main(argv=None):
     train, test = ds.subset(train_idx, "dsb-train"), ds.subset(test_idx, "dsb-test")
     fit_idx, val_idx = validation_split(train, args.seed)
     fit, val = train.subset(fit_idx, "dsb-fit"), train.subset(val_idx, "dsb-val")
-    dev = resolve_device(args.device)
     load_avg = os.getloadavg()
 
     name, spec, _ = pick_classical(train)
@@ -100,15 +104,16 @@ def main(argv=None):
         model, post, val_dsb, train_s = train_learned(fit, val, "boundary", args.budget, dev, train_seed,
                                                       scale_jitter=jitter, cpu_bf16=precision == "bf16")
         preds, sec = predict_learned(model, post, test, dev)
+        ran_in = "fp16" if dev.type == "cuda" else precision  # what the training ran in (CUDA: amp)
         if args.save_models is not None:
             tag = "none" if jitter is None else "-".join(map(str, jitter))
-            save_instance_unet(model, args.save_models / f"{args.name}_jitter_{tag}_{precision}", post[1],
+            save_instance_unet(model, args.save_models / f"{args.name}_jitter_{tag}_{ran_in}", post[1],
                                val_dsb=val_dsb)
-        rows.append({"scale_jitter": list(jitter) if jitter else None, "precision": precision,
+        rows.append({"scale_jitter": list(jitter) if jitter else None, "precision": ran_in,
                      "steps": model.trained_steps, "val_dsb": val_dsb, **_scores(test, preds),
                      "settings": str(post[1]), "train_s": round(train_s, 1), "seconds_per_image": round(sec, 3)})
         looks = ", ".join(f"{g} {v:.3f}" for g, v in rows[-1]["dsb_per_look"].items())
-        print(f"scale_jitter {jitter}, {precision}, {model.trained_steps} steps: validation DSB {val_dsb:.4f} | "
+        print(f"scale_jitter {jitter}, {ran_in}, {model.trained_steps} steps: validation DSB {val_dsb:.4f} | "
               f"test DSB {rows[-1]['dsb_metric']:.3f} ({looks})", flush=True)
     looks = ", ".join(f"{g} {v:.3f}" for g, v in classical_row["dsb_per_look"].items())
     print(f"classical {name}: test DSB {classical_row['dsb_metric']:.3f} ({looks})")
