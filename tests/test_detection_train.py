@@ -281,3 +281,56 @@ def test_cpu_bf16_widens_the_head_outputs_to_float32_while_training_only(ds128):
     train_detector(model, ds128, None, TrainConfig(epochs=1, batch_size=2, device="cpu", cpu_bf16=True),
                    progress=False)
     assert not model.rpn.head._forward_hooks and not model.roi_heads.box_predictor._forward_hooks
+
+
+def test_ema_model_follows_the_warm_up_then_the_decay():
+    from smearlab.core.training import ema_model
+
+    net = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.BatchNorm1d(1))
+    ema = ema_model(net, 0.9)
+    values = []
+    for n, v in enumerate([1.0, 2.0, 3.0, 4.0] + [10.0] * 40):
+        with torch.no_grad():
+            net[0].bias.fill_(v)
+        net[1].num_batches_tracked.fill_(n)
+        ema.update_parameters(net)
+        values.append(float(ema.module[0].bias.detach()))
+    assert values[0] == 1.0  # the first update copies
+    # update n (n averaged so far) moves by 1 - min(0.9, (1 + n) / (10 + n)): 1 - 2/11 at n = 1
+    assert values[1] == pytest.approx(1.0 + (2.0 - 1.0) * (1 - 2 / 11))
+    assert values[-1] == pytest.approx(10.0, abs=0.2) and values[-1] < 10.0
+    assert int(ema.module[1].num_batches_tracked) == 43  # integer buffers are copied
+    with pytest.raises(ValueError, match="decay"):
+        ema_model(net, 1.0)
+
+
+def test_ema_training_ends_with_the_average_and_keeps_the_raw_weights(tmp_path, ds128):
+    with pytest.raises(ValueError, match="ema_decay"):
+        TrainConfig(ema_decay=0)
+    model, _ = tiny(ds128)
+    tc = TrainConfig(epochs=3, batch_size=2, lr=0.01, warmup_iters=1, device="cpu", seed=1, ema_decay=0.5,
+                     out_dir=tmp_path)
+    h = train_detector(model, ds128, ds128, tc, progress=False)
+    assert all(np.isfinite(h.step_losses)) and "val_mAP" in h.records[-1]
+    ck = torch.load(tmp_path / "last.pt", weights_only=True)
+    raw, avg = ck["model"], {k[len("module."):]: v for k, v in ck["ema"].items() if k.startswith("module.")}
+    assert int(ck["ema"]["n_averaged"]) == 6
+    saved = torch.load(tmp_path / "model" / "weights.pt", weights_only=True)["state_dict"]
+    state = model.state_dict()
+    moved = [k for k in raw if raw[k].is_floating_point() and not torch.equal(raw[k], avg[k])]
+    assert moved  # the average differs from the last weights
+    for k in moved:
+        assert torch.equal(state[k], avg[k]) and torch.equal(saved[k], avg[k])
+
+
+def test_resume_is_exact_with_ema(tmp_path, ds128):
+    tc = dict(epochs=2, batch_size=2, lr=0.01, warmup_iters=1, device="cpu", seed=7, ema_decay=0.6)
+    a, _ = tiny(ds128)
+    train_detector(a, ds128, None, TrainConfig(**tc, out_dir=tmp_path / "a"), progress=False)
+    b, _ = tiny(ds128)
+    train_detector(b, ds128, None, TrainConfig(**tc, out_dir=tmp_path / "b"), progress=False, until_epoch=1)
+    b2, _ = tiny(ds128, seed=99)
+    train_detector(b2, ds128, None, TrainConfig(**tc, out_dir=tmp_path / "b"), progress=False, resume=True)
+    sa, sb = a.state_dict(), b2.state_dict()
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=0, msg=k)

@@ -1,5 +1,6 @@
-"""The training loop and what it returns: :func:`step_loop`, a :class:`History` of records, and
-the :class:`TimeBudget` that fits a run's length to a wall-clock budget.
+"""The training loop and what it returns: :func:`step_loop`, a :class:`History` of records, the
+:class:`TimeBudget` that fits a run's length to a wall-clock budget, and :func:`ema_model`, an
+exponential moving average of a model's weights.
 
 Every task trains through the same call shape, ``train_x(model, train_data, val_data=None, ...)``
 returning a :class:`History` (the model is trained in place): the detector
@@ -23,6 +24,34 @@ from typing import Any, Iterator
 from tqdm.auto import tqdm
 
 from .errors import DataError
+
+def ema_model(model, decay: float):
+    """An exponential moving average of ``model``'s weights and buffers (batch-norm statistics
+    included): ``torch.optim.swa_utils.AveragedModel``, updated by ``ema.update_parameters(model)``
+    after each optimiser step, its copy of the model in ``ema.module``.
+
+    The weight of the running average at update ``n`` is ``min(decay, (1 + n) / (10 + n))``, so
+    the first updates follow the model closely instead of holding on to the random
+    initialisation (the warm-up of TensorFlow's ``ExponentialMovingAverage``). Integer buffers
+    (batch-norm step counters) are copied.
+    """
+    import torch
+    from torch.optim.swa_utils import AveragedModel
+
+    decay = float(decay)
+    if not 0.0 < decay < 1.0:
+        raise ValueError(f"the EMA decay must lie between 0 and 1 (exclusive), got {decay!r}")
+
+    def update(averaged: list, current: list, n) -> None:
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+        if averaged and (torch.is_floating_point(averaged[0]) or torch.is_complex(averaged[0])):
+            torch._foreach_lerp_(averaged, current, 1.0 - d)
+        else:
+            for a, c in zip(averaged, current):
+                a.copy_(c)
+
+    return AveragedModel(model, multi_avg_fn=update, use_buffers=True)
+
 
 #: The clock of :class:`TimeBudget` (tests replace it).
 clock = time.monotonic

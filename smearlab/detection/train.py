@@ -62,7 +62,7 @@ from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, Rando
 from ..core.device import resolve_device
 from ..core.errors import DataError
 from ..core.files import atomic_path, write_text
-from ..core.training import History, TimeBudget, step_loop
+from ..core.training import History, TimeBudget, ema_model, step_loop
 from ..data import open_dataset
 from ..data.classes import match_classes
 from ..data.sample import SmearDataset
@@ -127,6 +127,10 @@ class TrainConfig:
     preprocess : preprocessing pipeline (a ``Preprocess`` or its dict), applied to the training
         and validation images before augmentation and saved with the models, so that
         :func:`~smearlab.detection.predict.predict` applies it identically.
+    ema_decay : keep an exponential moving average of the weights (decay per step, e.g. 0.999;
+        :func:`~smearlab.core.training.ema_model`): validation scores the average, ``best/`` and
+        ``model/`` hold it and the trained model ends with its weights; ``last.pt`` keeps both
+        (the raw weights as ``model``, the average as ``ema``). None: no average.
     time_budget_s : train for this many seconds (validation included) instead of ``epochs``:
         the number of epochs, and with it the learning-rate schedule, is fitted to the budget
         from the measured speed of the first steps and of each epoch
@@ -161,6 +165,7 @@ class TrainConfig:
     val_tile: int | None = None
     preprocess: Any = None
     time_budget_s: float | None = None
+    ema_decay: float | None = None
 
     def __post_init__(self):
         if self.optimizer not in ("sgd", "adamw"):
@@ -172,6 +177,8 @@ class TrainConfig:
         if self.checkpoint_every < 1 or self.val_every < 1:
             raise ValueError(f"val_every and checkpoint_every must be >= 1, got {self.val_every}, "
                              f"{self.checkpoint_every}")
+        if self.ema_decay is not None and not 0.0 < float(self.ema_decay) < 1.0:
+            raise ValueError(f"ema_decay must lie between 0 and 1 (exclusive), got {self.ema_decay!r}")
         if self.time_budget_s is not None and not float(self.time_budget_s) > 0:
             raise ValueError(f"time_budget_s must be a positive number of seconds, got {self.time_budget_s!r}")
 
@@ -668,6 +675,8 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         net.to(device)
+        ema = ema_model(net, tcfg.ema_decay) if tcfg.ema_decay is not None else None
+        scored = ema.module if ema is not None else net  # what validation scores and the folders hold
         if cpu_bf16:
             float_hooks = _float32_head_outputs(net)
         if channels_last:  # back to the plain layout when training ends (finally, below)
@@ -739,6 +748,13 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
                 log.warning("%s: %s steps per epoch when saved, %s now: the schedule changes", ck_path,
                             ck.get("steps_per_epoch"), steps_per_epoch)
             net.load_state_dict(ck["model"])
+            if ema is not None:
+                if ck.get("ema") is not None:
+                    ema.load_state_dict(ck["ema"])
+                else:
+                    log.warning("%s holds no weight average: the average starts from the resumed weights", ck_path)
+                    ema.load_state_dict({**ema.state_dict(), **{f"module.{k}": v for k, v in ck["model"].items()},
+                                         "n_averaged": torch.zeros_like(ema.n_averaged)})
             optimizer.load_state_dict(ck["optimizer"])
             if ck.get("scaler") and use_amp:
                 scaler.load_state_dict(ck["scaler"])
@@ -813,6 +829,8 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
             scaler.step(optimizer)
             scaler.update()
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(net)
             epoch_state["steps"] += 1
             epoch_state["images"] += len(images) * dctx.world
             history.step_losses.append(vals[0])
@@ -837,7 +855,7 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
             if val_smear is not None and (epoch % tcfg.val_every == 0 or is_last):
                 if dctx.main:
                     t_val = time.time()
-                    preds = predict(net, val_smear, batch_size=tcfg.batch_size, amp=use_amp,
+                    preds = predict(scored, val_smear, batch_size=tcfg.batch_size, amp=use_amp,
                                     score_floor=cfg_model.score_floor, tile=tcfg.val_tile, progress=False)
                     for k, v in (evaluate_fn(val_smear, preds) or {}).items():
                         if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
@@ -866,6 +884,7 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
                 ck = {"format": CHECKPOINT_FORMAT, "epoch": epoch, "model": net.state_dict(),
                       "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                       "scheduler": scheduler.state_dict(), "rng": rng, "rng_per_rank": per_rank,
+                      "ema": ema.state_dict() if ema is not None else None,
                       "world_size": dctx.world, "steps_per_epoch": steps_per_epoch,
                       "history": history.to_state(), "model_config": cfg_model.to_dict(),
                       "train_config": tcfg.to_dict()}
@@ -873,7 +892,7 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
             if dctx.main and out_dir is not None:
                 _write_metrics(out_dir, history.records)
                 if improved:
-                    save_model(net, cfg_model, out_dir / "best", preprocess=tcfg.preprocess, train_config=tcfg)
+                    save_model(scored, cfg_model, out_dir / "best", preprocess=tcfg.preprocess, train_config=tcfg)
             if dctx.main:
                 log.info("epoch %d/%d: %s", epoch, planned_epochs(),
                          ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
@@ -887,6 +906,8 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
         if budget is not None and dctx.main:
             done = (history.records[-1]["epoch"] if history.records else start_epoch) - start_epoch
             log.info("time budget %.0f s: %d epochs in %.0f s", budget.seconds, done, budget.elapsed_s)
+        if ema is not None:  # the trained model is the average (last.pt keeps the raw weights)
+            net.load_state_dict(ema.module.state_dict())
         if dctx.main and out_dir is not None:
             save_model(net, cfg_model, out_dir / "model", preprocess=tcfg.preprocess, train_config=tcfg)
             if history.best_epoch is None:  # no validation: best is the final model
