@@ -335,6 +335,8 @@ def train_learned(fit, val, variant: str, minutes: float, device, seed: int, **c
     train_s = time.perf_counter() - t0
     # the steps the budget allowed (not a replay: the budget re-plans the schedule in its first third)
     model.trained_steps = max((int(r["step"]) for r in history if "step" in r), default=0)
+    last = history[-1] if len(history) else {}  # a model trained at one object size: its size model's fit
+    model.size_error, model.size_s = last.get("size_model_error"), last.get("size_model_s")
     if variant == "boundary":
         th, score = tune_thresholds(model, val, device=device)
         return model, ("boundary", th), score, train_s

@@ -1,10 +1,13 @@
-"""Training options of the learned instance segmenter on DSB2018 (zoom augmentation, bfloat16),
-side by side, chosen on validation.
+"""Training options of the learned instance segmenter on DSB2018 (zoom augmentation, bfloat16,
+training at one object size), side by side, chosen on validation.
 
 The DSB2018 subset's looks hold nuclei of very different sizes (about 10-20 px across in the
 fluorescence images, 20-40 px in the colour bright-field tissue), and the 16 training images
 hold few of each. Cellpose and StarDist train with random zooms; this script measures whether
-it pays here; and training in bfloat16 on a CPU with AMX runs more steps in the same minutes.
+it pays here; training in bfloat16 on a CPU with AMX runs more steps in the same minutes; and
+Cellpose brings every image to one object size (``InstanceTrainConfig(diameter=D)``: each
+training image resized so that its median nucleus is ``D`` pixels across, a size model fitted on
+the network's features estimating each test image's size; :mod:`smearlab.segmentation.size`).
 Each candidate, a ``scale_jitter`` (None: no zoom; ``LOW,HIGH``: each training crop zoomed by a
 factor drawn log-uniformly from that range) with a precision (``fp32``, or ``bf16``: bfloat16
 autocast, ``InstanceTrainConfig(cpu_bf16=True)``), trains the learned segmenter's
@@ -15,10 +18,15 @@ The 10 test images are scored for every candidate (overall and per look) beside 
 method that ``segmentation_dsb.py`` picks on the training images; Testing is reported, not used
 to choose.
 
+A candidate with a diameter (``--diameters``) uses ``--diameter-jitter`` as its zoom range
+around that size (Cellpose draws 0.75-1.25). Its row adds ``size_model_error`` (cross-validated
+on the fit images), ``size_model_s`` and, per test image, the estimated and the true median
+diameters (``diameters``).
+
 Writes ``benchmarks/results/segmentation_dsb_augment.json``: ``rows`` (``scale_jitter``,
-``precision``, ``steps``, ``val_dsb``, ``dsb_metric``, ``dsb_per_look``, ``dsb_per_image``, mask
-AP50 / mAP, count error, ``train_s``), ``chosen_on_validation`` (the best row's ``scale_jitter``
-and ``precision``), ``classical`` (name, ``dsb_metric``, ``dsb_per_look``).
+``precision``, ``diameter``, ``steps``, ``val_dsb``, ``dsb_metric``, ``dsb_per_look``, ``dsb_per_image``, mask
+AP50 / mAP, count error, ``train_s``), ``chosen_on_validation`` (the best row's ``scale_jitter``,
+``precision`` and ``diameter``), ``classical`` (name, ``dsb_metric``, ``dsb_per_look``).
 
 Usage::
 
@@ -27,6 +35,8 @@ Usage::
         --name segmentation_dsb_seed1     # the same split, another training seed
     python benchmarks/segmentation_dsb_augment.py --budget 20 --jitters none --precisions fp32 bf16 \
         --name segmentation_dsb_bf16
+    python benchmarks/segmentation_dsb_augment.py --budget 20 --jitters none --diameters none 20 \
+        --diameter-jitter 0.75,1.33 --name segmentation_dsb_diameter
 """
 from __future__ import annotations
 
@@ -45,7 +55,8 @@ from segmentation_dsb import (DEFAULT_DATA, SEED, _classical_predict, _per_group
 from smearlab.core.device import resolve_device  # noqa: E402
 from smearlab.data import load  # noqa: E402
 from smearlab.metrics.instances import segmentation_metrics  # noqa: E402
-from smearlab.segmentation.instances import save_instance_unet  # noqa: E402
+from smearlab.segmentation.instances import nuclear_channel, save_instance_unet  # noqa: E402
+from smearlab.segmentation.size import object_diameter  # noqa: E402
 
 
 def _jitter(text: str):
@@ -56,6 +67,15 @@ def _jitter(text: str):
     except ValueError:
         raise argparse.ArgumentTypeError(f"a zoom range is 'none' or LOW,HIGH (e.g. 0.67,1.5), got {text!r}")
     return (lo, hi)
+
+
+def _diameter(text: str):
+    if text.lower() == "none":
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a diameter is 'none' or a number of pixels, got {text!r}")
 
 
 def _scores(test, preds) -> dict:
@@ -74,6 +94,10 @@ def main(argv=None):
     ap.add_argument("--precisions", nargs="+", choices=("fp32", "bf16"), default=["fp32"],
                     help="training precisions to compare on the CPU (bf16: bfloat16 autocast); on CUDA "
                          "training runs under float16 autocast and the rows say fp16")
+    ap.add_argument("--diameters", type=_diameter, nargs="+", default=[None],
+                    help="object sizes to train at: 'none' (each image at its own scale) or pixels")
+    ap.add_argument("--diameter-jitter", type=_jitter, default=None,
+                    help="the zoom range of the candidates with a diameter (replaces --jitters for them)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=SEED, help="the seed of the fixed split (keep 0 to compare)")
     ap.add_argument("--train-seed", type=int, help="the seed of the crops and weights (default: --seed)")
@@ -100,32 +124,46 @@ def main(argv=None):
     classical_row = {"name": name, **_scores(test, cl_preds)}
 
     rows = []
-    for jitter, precision in itertools.product(args.jitters, args.precisions):
+    candidates = []
+    for jitter, precision, diameter in itertools.product(args.jitters, args.precisions, args.diameters):
+        if diameter is not None and args.diameter_jitter is not None:
+            jitter = args.diameter_jitter
+        if (jitter, precision, diameter) not in candidates:
+            candidates.append((jitter, precision, diameter))
+    for jitter, precision, diameter in candidates:
         model, post, val_dsb, train_s = train_learned(fit, val, "boundary", args.budget, dev, train_seed,
-                                                      scale_jitter=jitter, cpu_bf16=precision == "bf16")
+                                                      scale_jitter=jitter, cpu_bf16=precision == "bf16",
+                                                      diameter=diameter)
         preds, sec = predict_learned(model, post, test, dev)
         ran_in = "fp16" if dev.type == "cuda" else precision  # what the training ran in (CUDA: amp)
         if args.save_models is not None:
             tag = "none" if jitter is None else "-".join(map(str, jitter))
-            save_instance_unet(model, args.save_models / f"{args.name}_jitter_{tag}_{ran_in}", post[1],
+            size = "" if diameter is None else f"_diameter_{diameter:g}"
+            save_instance_unet(model, args.save_models / f"{args.name}_jitter_{tag}_{ran_in}{size}", post[1],
                                val_dsb=val_dsb)
-        rows.append({"scale_jitter": list(jitter) if jitter else None, "precision": ran_in,
-                     "steps": model.trained_steps, "val_dsb": val_dsb, **_scores(test, preds),
-                     "settings": str(post[1]), "train_s": round(train_s, 1), "seconds_per_image": round(sec, 3)})
+        row = {"scale_jitter": list(jitter) if jitter else None, "precision": ran_in, "diameter": diameter,
+               "steps": model.trained_steps, "val_dsb": val_dsb, **_scores(test, preds),
+               "settings": str(post[1]), "train_s": round(train_s, 1), "seconds_per_image": round(sec, 3)}
+        if diameter is not None:
+            row.update(size_model_error=model.size_error, size_model_s=model.size_s, diameters={
+                s.image_id: {"estimated": round(model.size_model.estimate(model, nuclear_channel(s.image)), 1),
+                             "true": round(object_diameter(s.masks), 1)} for s in test})
+        rows.append(row)
         looks = ", ".join(f"{g} {v:.3f}" for g, v in rows[-1]["dsb_per_look"].items())
-        print(f"scale_jitter {jitter}, {ran_in}, {model.trained_steps} steps: validation DSB {val_dsb:.4f} | "
-              f"test DSB {rows[-1]['dsb_metric']:.3f} ({looks})", flush=True)
+        print(f"scale_jitter {jitter}, {ran_in}, diameter {diameter}, {model.trained_steps} steps: validation DSB "
+              f"{val_dsb:.4f} | test DSB {rows[-1]['dsb_metric']:.3f} ({looks})", flush=True)
     looks = ", ".join(f"{g} {v:.3f}" for g, v in classical_row["dsb_per_look"].items())
     print(f"classical {name}: test DSB {classical_row['dsb_metric']:.3f} ({looks})")
     best = max(rows, key=lambda r: r["val_dsb"])
-    chosen = {k: best[k] for k in ("scale_jitter", "precision")}
+    chosen = {k: best[k] for k in ("scale_jitter", "precision", "diameter")}
     result = {"rows": rows, "chosen_on_validation": chosen, "classical": classical_row,
               "budget_s": args.budget * 60, "seed": args.seed, "train_seed": train_seed, "variant": "boundary",
               "images": {"fit": len(fit), "val": len(val), "test": len(test)}, "device": str(dev),
               "cpu_threads": os.cpu_count(), "load_average_1_5_15_at_start": [round(v, 2) for v in load_avg],
               "load_average_1_5_15_at_end": [round(v, 2) for v in os.getloadavg()]}
     out = save_result(args.name, result, argv, script="segmentation_dsb_augment")
-    print(f"chosen on validation: scale_jitter {best['scale_jitter']}, {best['precision']} -> {out}")
+    print(f"chosen on validation: scale_jitter {best['scale_jitter']}, {best['precision']}, diameter "
+          f"{best['diameter']} -> {out}")
 
 
 if __name__ == "__main__":

@@ -244,3 +244,71 @@ def test_scale_jitter_is_checked():
     with pytest.raises(ValueError, match="scale_jitter"):
         InstanceTrainConfig(scale_jitter=(0.0, 2.0))
     assert InstanceTrainConfig(scale_jitter=[0.7, 1.4]).scale_jitter == (0.7, 1.4)
+
+
+def _sized_dataset() -> SmearDataset:
+    """Fields of discs of radius 5, 8 and 12, both looks."""
+    data, rng = [], np.random.default_rng(0)
+    for k, r in enumerate((5, 8, 12, 5, 8, 12)):
+        hw = (120, 120)
+        centres = [(y, x) for y in range(r + 6, hw[0] - r - 6, 3 * r) for x in range(r + 6, hw[1] - r - 6, 3 * r)]
+        masks = np.stack([_disc(hw, y, x, r) for y, x in centres])
+        fg = masks.any(0)
+        look = "fluorescence" if k % 2 else "bright-field"
+        grey = (np.where(fg, 200, 30) if look == "fluorescence" else np.where(fg, 70, 220)) + rng.normal(0, 4, hw)
+        img = np.clip(np.repeat(grey[..., None], 3, axis=2), 0, 255).astype(np.uint8)
+        data.append(Sample(f"r{r}_{k}", boxes=[[0, 0, 1, 1]] * len(masks), labels=[0] * len(masks), _image=img,
+                           _masks=masks))
+    return SmearDataset(data, ["nucleus"], "sized discs")
+
+
+def test_object_diameter_is_the_median_equivalent_circle():
+    from smearlab.segmentation.size import object_diameter
+
+    hw = (80, 80)
+    masks = np.stack([_disc(hw, 20, 20, 5), _disc(hw, 50, 50, 10), _disc(hw, 20, 60, 10)])
+    assert object_diameter(masks) == pytest.approx(20.0, rel=0.05)
+    assert np.isnan(object_diameter(np.zeros((0, *hw), bool)))
+
+
+def test_training_at_one_object_size_resizes_image_and_targets_together():
+    from smearlab.segmentation.instances import _prepared
+
+    ds = _sized_dataset()
+    items, channels, diameters = _prepared(ds, boundary=1, diameter=16.0)
+    assert [round(d) for d in diameters] == [10, 16, 24, 10, 16, 24]
+    for (x, y), d, c in zip(items, diameters, channels):
+        zoom = 16.0 / d
+        assert x.shape == y.shape == tuple(round(n * zoom) for n in c.shape)
+        fg = y > 0
+        assert float(x[fg].mean()) > 0.5 > float(x[~fg].mean())  # the channel and the targets stay aligned
+        labels, n = __import__("scipy").ndimage.label(fg)
+        sizes = np.bincount(labels.ravel())[1:]
+        assert np.median(2 * np.sqrt(sizes / np.pi)) == pytest.approx(16.0, rel=0.15)
+    with pytest.raises(ValueError, match="diameter"):
+        InstanceTrainConfig(diameter=0)
+
+
+def test_a_model_trained_at_one_size_estimates_sizes_and_travels_with_its_size_model(tmp_path):
+    ds = _sized_dataset()
+    torch.manual_seed(0)
+    model = build_instance_unet(base=8, depth=2)
+    hist = train_instance_unet(model, ds, None, InstanceTrainConfig(crop=48, batch_size=4, steps=120, lr=5e-3,
+                                                                    diameter=16.0, device="cpu"))
+    assert hist[-1]["loss"] < 0.6 * hist[0]["loss"]
+    assert model.diameter == 16.0 and hist[-1]["size_model_error"] >= 1.0
+    from smearlab.segmentation.instances import nuclear_channel as channel
+
+    small, large = (model.size_model.estimate(model, channel(ds[k].image)) for k in (0, 2))
+    assert small < large  # fitted on these images: radius 5 reads smaller than radius 12
+    probs = predict_probabilities(model, ds[2].image, device="cpu", diameter=24.0)
+    assert probs.shape == (3, 120, 120) and np.allclose(probs.sum(0), 1.0, atol=1e-4)
+    folder = save_instance_unet(model, tmp_path / "m")
+    back = load_instance_unet(folder, device="cpu")
+    assert back.diameter == 16.0 and back.size_model == model.size_model
+    np.testing.assert_allclose(predict_probabilities(back, ds[2].image), predict_probabilities(model, ds[2].image),
+                               atol=1e-5)
+    back.size_model = None
+    with pytest.raises(ValueError, match="diameter"):
+        predict_probabilities(back, ds[2].image)
+    assert predict_probabilities(back, ds[2].image, diameter=24.0).shape == (3, 120, 120)

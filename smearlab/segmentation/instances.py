@@ -11,6 +11,10 @@ Cellpose predict distances or flows instead).
 * Prediction (:func:`predict_probabilities`): tiled with overlap, the tiles' probabilities
   averaged with weights that fall to the tile edges, so large images (1000 px bright-field
   fields, BBBC041 and IML fields) go through in pieces without seams.
+* Object size (optional, ``InstanceTrainConfig.diameter``): the network trains on images resized
+  so that their objects share one median diameter, and a size model fitted on its features
+  (:mod:`smearlab.segmentation.size`, Cellpose's diameter normalisation) brings each new image to
+  that size before prediction, the probabilities resized back to the image.
 * Instances (:func:`probabilities_to_instances`): markers are the connected components of the
   confident interior, the watershed of the interior probability grows them over the foreground;
   the three thresholds, and whether the probabilities are averaged over the image's flips and
@@ -20,6 +24,7 @@ Cellpose predict distances or flows instead).
 from __future__ import annotations
 
 import itertools
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,6 +45,7 @@ from ..data.predictions import Predictions, empty_prediction
 from ..data.sample import SmearDataset
 from ..metrics.instances import dsb_score
 from .classical import is_stained_brightfield
+from .size import SizeModel, fit_size_model, object_diameter, zoomed
 from .unet import UNet
 
 #: The classes the network predicts.
@@ -174,6 +180,7 @@ def build_instance_unet(base: int = 16, depth: int = 4, norm: str = "group") -> 
     """
     model = UNet(1, len(CLASSES), base=base, depth=depth, norm=norm)
     model.task = "instances"
+    model.diameter, model.size_model = None, None  # set by training at one object size
     return model
 
 
@@ -189,6 +196,8 @@ def save_instance_unet(model: UNet, folder, thresholds: InstanceThresholds | Non
     meta : plain values kept in ``weights.pt`` (e.g. ``epoch``).
     """
     config = {**model.config, "task": "instances", "input": "nuclear_channel", "class_names": list(CLASSES)}
+    if getattr(model, "diameter", None) is not None:  # trained at one object size: its size model travels
+        config.update(diameter=float(model.diameter), size_model=model.size_model.to_dict())
     return save_model_folder(folder, "unet", model, config, class_names=CLASSES,
                              thresholds=asdict(thresholds or InstanceThresholds()), **meta)
 
@@ -208,6 +217,8 @@ def load_instance_unet(folder, device="auto") -> UNet:
     model.load_state_dict(saved.state_dict)
     model.task = "instances"
     model.thresholds = InstanceThresholds(**(saved.thresholds or {}))
+    model.diameter = saved.config.get("diameter")
+    model.size_model = SizeModel.from_dict(saved.config["size_model"]) if model.diameter is not None else None
     return model.to(resolve_device(device)).eval()
 
 
@@ -231,6 +242,11 @@ class InstanceTrainConfig:
         ``crop / zoom`` pixels wide and resized to ``crop``, the zoom drawn log-uniformly; the
         targets by nearest neighbour), so that the network sees the objects at more sizes than the
         few training images hold; None: no zoom.
+    diameter : train at one object size: each training image (with its masks) is resized so that
+        its median object diameter (:func:`~smearlab.segmentation.size.object_diameter`) becomes
+        this many pixels, and a size model is fitted afterwards so that prediction can resize each
+        new image the same way (Cellpose's normalisation); the zooms of ``scale_jitter`` then
+        vary the size around it. None: images are used at their own scale.
     amp : mixed precision on CUDA: float16 autocast with a gradient scaler.
     cpu_bf16 : bfloat16 autocast on the CPU (the loss stays float32), as detection's
         ``TrainConfig.cpu_bf16``: fast on CPUs with AMX or AVX-512 BF16 (recent Xeons), slower
@@ -247,6 +263,7 @@ class InstanceTrainConfig:
     boundary: int = 2
     boundary_weight: float = 3.0
     scale_jitter: tuple[float, float] | None = None
+    diameter: float | None = None
     amp: bool = True
     cpu_bf16: bool = False
     seed: int = 0
@@ -258,15 +275,32 @@ class InstanceTrainConfig:
             if not 0 < lo <= hi:
                 raise ValueError(f"scale_jitter must be (low, high) with 0 < low <= high, got {self.scale_jitter}")
             self.scale_jitter = (lo, hi)
+        if self.diameter is not None and not float(self.diameter) > 0:
+            raise ValueError(f"diameter must be a positive number of pixels, got {self.diameter!r}")
 
 
-def _prepared(dataset: SmearDataset, boundary: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    out = []
+def _prepared(dataset: SmearDataset, boundary: int, diameter: float | None = None
+              ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[np.ndarray], list[float]]:
+    """The training pairs (channel, targets), each image resized to ``diameter`` when given; the
+    channels at their own scale and their median object diameters (for the size model)."""
+    out, channels, diameters = [], [], []
     for s in dataset:
         hw = s.hw
         masks = s.masks if s.has_masks else np.zeros((0, *hw), bool)
-        out.append((nuclear_channel(s.image), instance_targets(masks, hw, boundary)))
-    return out
+        x, d = nuclear_channel(s.image), object_diameter(masks)
+        channels.append(x)
+        diameters.append(d)
+        zoom = float(diameter) / d if diameter is not None and np.isfinite(d) else 1.0
+        if zoom != 1.0:
+            labels = np.zeros(hw, np.int32)
+            for k, m in enumerate(masks, 1):
+                labels[m] = k
+            labels = zoomed(labels, zoom, order=0)
+            ids = np.unique(labels[labels > 0])
+            masks = labels[None] == ids[:, None, None] if len(ids) else np.zeros((0, *labels.shape), bool)
+            x, hw = zoomed(x, zoom), labels.shape
+        out.append((x, instance_targets(masks, hw, boundary)))
+    return out, channels, diameters
 
 
 def _crop_batch(items, rng: np.random.Generator, crop: int, batch_size: int,
@@ -319,13 +353,15 @@ def train_instance_unet(model: UNet, train: SmearDataset, val: SmearDataset | No
     -------
     History
         one record per 50 steps (``step``, ``loss``, ``lr``, ``seconds``); the last record holds
-        the tuned thresholds and their validation DSB score when ``val`` is given.
+        the tuned thresholds and their validation DSB score when ``val`` is given, and with
+        ``config.diameter`` the size model's cross-validated error (``size_model_error``, the
+        median factor between estimated and true diameters) and the seconds its fit took.
     """
     cfg = config or InstanceTrainConfig()
     dev = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    items = _prepared(train, cfg.boundary)
+    items, channels, diameters = _prepared(train, cfg.boundary, cfg.diameter)
     if not items:
         raise ValueError("no training images")
     model.to(dev).train()
@@ -354,6 +390,12 @@ def train_instance_unet(model: UNet, train: SmearDataset, val: SmearDataset | No
                         lr_at=lambda i, n: cfg.lr * 0.5 * (1 + np.cos(np.pi * min(i, n) / n)))
     model.eval()
     model.thresholds = InstanceThresholds()
+    model.diameter, model.size_model = None, None
+    if cfg.diameter is not None:
+        t0 = time.perf_counter()
+        model.size_model, error = fit_size_model(model, channels, diameters)
+        model.diameter = float(cfg.diameter)
+        history.records[-1].update(size_model_error=error, size_model_s=round(time.perf_counter() - t0, 2))
     if val is not None and len(val):
         model.thresholds, score = tune_thresholds(model, val, device=dev)
         history.records[-1].update(val_dsb=score, thresholds=asdict(model.thresholds))
@@ -374,7 +416,7 @@ def _ramp(n: int, overlap: int) -> np.ndarray:
 
 @torch.no_grad()
 def predict_probabilities(model: UNet, image: np.ndarray, *, tile: int = 256, overlap: int = 48,
-                          device=None, tta: bool = False) -> np.ndarray:
+                          device=None, tta: bool = False, diameter: float | None = None) -> np.ndarray:
     """``(3, H, W)`` class probabilities of one image, in overlapping tiles blended without seams.
 
     Tiles of ``tile`` pixels (the image padded by reflection to whole tiles) overlap by
@@ -392,10 +434,35 @@ def predict_probabilities(model: UNet, image: np.ndarray, *, tile: int = 256, ov
     tta : average over the eight flips and quarter turns of the image (test-time augmentation:
         each pixel is seen in eight orientations, which steadies the interior probability that
         seeds the objects; eight times the time).
+    diameter : the median diameter of the image's objects in pixels, for a model trained at one
+        object size (``model.diameter``): the image is resized to that size and the probabilities
+        back. None: estimated by the model's size model. Ignored by a model trained at the
+        images' own scale.
     """
     dev = next(model.parameters()).device if device is None else resolve_device(device)
     model.to(dev)
     x = nuclear_channel(image)
+    trained_at = getattr(model, "diameter", None)
+    if trained_at is not None:
+        if diameter is None:
+            size_model = getattr(model, "size_model", None)
+            if size_model is None:
+                raise ValueError("this model was trained at one object size but has no size model: give the "
+                                 "image's object diameter (diameter=...)")
+            diameter = size_model.estimate(model, x)
+        if not float(diameter) > 0:
+            raise ValueError(f"diameter must be a positive number of pixels, got {diameter!r}")
+        zoom = float(np.clip(trained_at / float(diameter), 0.25, 4.0))
+        if abs(zoom - 1.0) > 0.05:
+            p = _oriented_probabilities(model, zoomed(x, zoom), tile, overlap, dev, tta)
+            p = resize(p, (p.shape[0], *x.shape), order=1, preserve_range=True, mode="edge").astype(np.float32)
+            return p / np.maximum(p.sum(0, keepdims=True), 1e-6)
+    return _oriented_probabilities(model, x, tile, overlap, dev, tta)
+
+
+def _oriented_probabilities(model: UNet, x: np.ndarray, tile: int, overlap: int, dev, tta: bool) -> np.ndarray:
+    """The tiled probabilities of one prepared channel, averaged over its eight orientations with
+    ``tta``."""
     if not tta:
         return _tiled_probabilities(model, x, tile, overlap, dev)
     acc = np.zeros((len(CLASSES), *x.shape), np.float32)
@@ -465,7 +532,7 @@ def probabilities_to_instances(probs: np.ndarray, thresholds: InstanceThresholds
 
 
 def predict_instances(model: UNet, images, *, thresholds: InstanceThresholds | None = None, tile: int = 256,
-                      overlap: int = 48, device=None) -> Predictions:
+                      overlap: int = 48, device=None, diameter: float | None = None) -> Predictions:
     """One instance prediction per image (a Sample, a dataset's samples, or arrays).
 
     Parameters
@@ -473,7 +540,8 @@ def predict_instances(model: UNet, images, *, thresholds: InstanceThresholds | N
     model : the instance U-Net.
     images : a SmearDataset, Samples or ``(H, W, 3)`` arrays.
     thresholds : the prediction settings (None: ``model.thresholds``, else the defaults).
-    tile, overlap, device : as for :func:`predict_probabilities`.
+    tile, overlap, device, diameter : as for :func:`predict_probabilities` (``diameter``: one
+        object size for every image).
 
     Returns
     -------
@@ -485,7 +553,8 @@ def predict_instances(model: UNet, images, *, thresholds: InstanceThresholds | N
     for x in images:
         img = getattr(x, "image", x)
         out.append(probabilities_to_instances(
-            predict_probabilities(model, img, tile=tile, overlap=overlap, device=device, tta=th.tta), th))
+            predict_probabilities(model, img, tile=tile, overlap=overlap, device=device, tta=th.tta,
+                                  diameter=diameter), th))
     return Predictions(out, None)
 
 

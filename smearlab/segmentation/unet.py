@@ -92,13 +92,9 @@ class UNet(nn.Module):
         self.input_size: int | None = None  # training square size, set by train_unet / load_unet
         self.crop_pad: float | None = None  # context margin of crop models (train_crop_unet)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Class logits ``(B, num_classes, H, W)`` of normalised images (see :func:`normalise`).
-
-        Parameters
-        ----------
-        x : ``(B, in_channels, H, W)`` float tensor of any size.
-        """
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The encoder's feature maps, finest first (the last is the deepest level), of ``x``
+        padded (replicate) to a multiple of ``2**depth``."""
         h, w = x.shape[-2:]
         m = 2 ** self.config["depth"]
         ph, pw = (-h) % m, (-w) % m
@@ -108,6 +104,17 @@ class UNet(nn.Module):
         for i, blk in enumerate(self.down):
             x = blk(x if i == 0 else F.max_pool2d(x, 2))
             skips.append(x)
+        return skips
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Class logits ``(B, num_classes, H, W)`` of normalised images (see :func:`normalise`).
+
+        Parameters
+        ----------
+        x : ``(B, in_channels, H, W)`` float tensor of any size.
+        """
+        h, w = x.shape[-2:]
+        skips = self.encode(x)
         x = skips.pop()
         for i in reversed(range(self.config["depth"])):
             x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
