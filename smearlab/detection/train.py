@@ -991,6 +991,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--schedule", default="cosine", choices=["cosine", "step", "constant"])
     p.add_argument("--warmup-iters", type=int, default=200)
     p.add_argument("--max-steps-per-epoch", type=int)
+    p.add_argument("--ema-decay", type=float,
+                   help="keep a moving average of the weights (decay per step, e.g. 0.998) and save it")
     p.add_argument("--no-amp", action="store_true")
     p.add_argument("--data-on-gpu", action="store_true")
     p.add_argument("--seed", type=int, default=0)
@@ -1036,7 +1038,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                        lr_schedule=args.schedule, warmup_iters=args.warmup_iters, amp=not args.no_amp,
                        seed=args.seed, num_workers=args.num_workers, device=args.device, out_dir=args.out,
                        data_on_gpu=args.data_on_gpu, max_steps_per_epoch=args.max_steps_per_epoch,
-                       time_budget_s=args.time_budget_s)
+                       time_budget_s=args.time_budget_s, ema_decay=args.ema_decay)
     hist = train_detector(model, ds, val, tcfg, resume=True if args.resume else None,
                           progress=not args.no_progress)
     rank = int(os.environ.get("RANK", "0"))
