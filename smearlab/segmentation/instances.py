@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -453,6 +454,10 @@ def predict_probabilities(model: UNet, image: np.ndarray, *, tile: int = 256, ov
         if not float(diameter) > 0:
             raise ValueError(f"diameter must be a positive number of pixels, got {diameter!r}")
         zoom = float(np.clip(trained_at / float(diameter), 0.25, 4.0))
+        if zoom != trained_at / float(diameter):  # the resize is bounded: say so instead of silently
+            warnings.warn(f"objects of {float(diameter):.1f} px are {trained_at / float(diameter):.2f} times from "
+                          f"the model's training size of {trained_at:g} px; the image is resized by {zoom:g} "
+                          "only (the bound is 0.25-4x), so its objects stay off the training size", stacklevel=2)
         if abs(zoom - 1.0) > 0.05:
             p = _oriented_probabilities(model, zoomed(x, zoom), tile, overlap, dev, tta)
             p = resize(p, (p.shape[0], *x.shape), order=1, preserve_range=True, mode="edge").astype(np.float32)
