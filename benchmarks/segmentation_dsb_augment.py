@@ -23,10 +23,15 @@ around that size (Cellpose draws 0.75-1.25). Its row adds ``size_model_error`` (
 on the fit images), ``size_model_s`` and, per test image, the estimated and the true median
 diameters (``diameters``).
 
+A candidate with a weight average (``--ema-decays``, ``InstanceTrainConfig(ema_decay=d)``) gives
+two rows from its one training run: the average (``weights: "average"``, what the trained model
+holds) and the last raw weights of the same run (``weights: "raw"``), each with its own prediction
+settings tuned on validation: a paired comparison, free of the run-to-run spread of training.
+
 Writes ``benchmarks/results/segmentation_dsb_augment.json``: ``rows`` (``scale_jitter``,
-``precision``, ``diameter``, ``steps``, ``val_dsb``, ``dsb_metric``, ``dsb_per_look``, ``dsb_per_image``, mask
+``precision``, ``diameter``, ``ema_decay``, ``weights``, ``steps``, ``val_dsb``, ``dsb_metric``, ``dsb_per_look``, ``dsb_per_image``, mask
 AP50 / mAP, count error, ``train_s``), ``chosen_on_validation`` (the best row's ``scale_jitter``,
-``precision`` and ``diameter``), ``classical`` (name, ``dsb_metric``, ``dsb_per_look``).
+``precision``, ``diameter``, ``ema_decay`` and ``weights``), ``classical`` (name, ``dsb_metric``, ``dsb_per_look``).
 
 Usage::
 
@@ -37,10 +42,13 @@ Usage::
         --name segmentation_dsb_bf16
     python benchmarks/segmentation_dsb_augment.py --budget 20 --jitters none --diameters none 20 \
         --diameter-jitter 0.75,1.33 --name segmentation_dsb_diameter
+    python benchmarks/segmentation_dsb_augment.py --budget 20 --jitters none --ema-decays 0.998 \
+        --name segmentation_dsb_ema       # the average and the raw weights of one run
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import os
 import sys
@@ -55,7 +63,7 @@ from segmentation_dsb import (DEFAULT_DATA, SEED, _classical_predict, _per_group
 from smearlab.core.device import resolve_device  # noqa: E402
 from smearlab.data import load  # noqa: E402
 from smearlab.metrics.instances import segmentation_metrics  # noqa: E402
-from smearlab.segmentation.instances import nuclear_channel, save_instance_unet  # noqa: E402
+from smearlab.segmentation.instances import nuclear_channel, save_instance_unet, tune_thresholds  # noqa: E402
 from smearlab.segmentation.size import object_diameter  # noqa: E402
 
 
@@ -78,6 +86,28 @@ def _diameter(text: str):
         raise argparse.ArgumentTypeError(f"a diameter is 'none' or a number of pixels, got {text!r}")
 
 
+def _decay(text: str):
+    if text.lower() == "none":
+        return None
+    try:
+        d = float(text)
+    except ValueError:
+        d = -1.0
+    if not 0.0 < d < 1.0:
+        raise argparse.ArgumentTypeError(f"an EMA decay is 'none' or a number between 0 and 1, got {text!r}")
+    return d
+
+
+def _raw_twin(model, val, device):
+    """The last raw weights of a run trained with a weight average, with prediction settings of
+    their own tuned on ``val``: ``(model, post-processing, val DSB)``."""
+    raw = copy.deepcopy(model)
+    raw.load_state_dict(model.raw_weights)
+    th, score = tune_thresholds(raw, val, device=device)
+    raw.thresholds = th
+    return raw, ("boundary", th), score
+
+
 def _scores(test, preds) -> dict:
     m = segmentation_metrics(test, preds, score_threshold=0.0)
     images = per_image(test, preds)
@@ -98,6 +128,9 @@ def main(argv=None):
                     help="object sizes to train at: 'none' (each image at its own scale) or pixels")
     ap.add_argument("--diameter-jitter", type=_jitter, default=None,
                     help="the zoom range of the candidates with a diameter (replaces --jitters for them)")
+    ap.add_argument("--ema-decays", type=_decay, nargs="+", default=[None],
+                    help="weight averages to train with: 'none' or a decay per step (each gives an average "
+                         "row and a raw row from the same run)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=SEED, help="the seed of the fixed split (keep 0 to compare)")
     ap.add_argument("--train-seed", type=int, help="the seed of the crops and weights (default: --seed)")
@@ -125,37 +158,48 @@ def main(argv=None):
 
     rows = []
     candidates = []
-    for jitter, precision, diameter in itertools.product(args.jitters, args.precisions, args.diameters):
+    if any(d is not None for d in args.diameters) and any(e is not None for e in args.ema_decays):
+        raise SystemExit("--ema-decays with --diameters: the raw twin would need a size model of its own; "
+                         "compare them in separate runs")
+    for jitter, precision, diameter, decay in itertools.product(args.jitters, args.precisions, args.diameters,
+                                                                args.ema_decays):
         if diameter is not None and args.diameter_jitter is not None:
             jitter = args.diameter_jitter
-        if (jitter, precision, diameter) not in candidates:
-            candidates.append((jitter, precision, diameter))
-    for jitter, precision, diameter in candidates:
+        if (jitter, precision, diameter, decay) not in candidates:
+            candidates.append((jitter, precision, diameter, decay))
+    for jitter, precision, diameter, decay in candidates:
         model, post, val_dsb, train_s = train_learned(fit, val, "boundary", args.budget, dev, train_seed,
                                                       scale_jitter=jitter, cpu_bf16=precision == "bf16",
-                                                      diameter=diameter)
-        preds, sec = predict_learned(model, post, test, dev)
+                                                      diameter=diameter, ema_decay=decay)
         ran_in = "fp16" if dev.type == "cuda" else precision  # what the training ran in (CUDA: amp)
-        if args.save_models is not None:
-            tag = "none" if jitter is None else "-".join(map(str, jitter))
-            size = "" if diameter is None else f"_diameter_{diameter:g}"
-            save_instance_unet(model, args.save_models / f"{args.name}_jitter_{tag}_{ran_in}{size}", post[1],
-                               val_dsb=val_dsb)
-        row = {"scale_jitter": list(jitter) if jitter else None, "precision": ran_in, "diameter": diameter,
-               "steps": model.trained_steps, "val_dsb": val_dsb, **_scores(test, preds),
-               "settings": str(post[1]), "train_s": round(train_s, 1), "seconds_per_image": round(sec, 3)}
-        if diameter is not None:
-            row.update(size_model_error=model.size_error, size_model_s=model.size_s, diameters={
-                s.image_id: {"estimated": round(model.size_model.estimate(model, nuclear_channel(s.image)), 1),
-                             "true": round(object_diameter(s.masks), 1)} for s in test})
-        rows.append(row)
-        looks = ", ".join(f"{g} {v:.3f}" for g, v in rows[-1]["dsb_per_look"].items())
-        print(f"scale_jitter {jitter}, {ran_in}, diameter {diameter}, {model.trained_steps} steps: validation DSB "
-              f"{val_dsb:.4f} | test DSB {rows[-1]['dsb_metric']:.3f} ({looks})", flush=True)
+        twins = [("average" if decay is not None else "raw", model, post, val_dsb)]
+        if decay is not None:
+            twins.append(("raw", *_raw_twin(model, val, dev)))
+        for weights, net, net_post, net_val in twins:
+            preds, sec = predict_learned(net, net_post, test, dev)
+            if args.save_models is not None:
+                tag = "none" if jitter is None else "-".join(map(str, jitter))
+                size = "" if diameter is None else f"_diameter_{diameter:g}"
+                avg = "" if decay is None else f"_ema_{decay:g}_{weights}"
+                save_instance_unet(net, args.save_models / f"{args.name}_jitter_{tag}_{ran_in}{size}{avg}",
+                                   net_post[1], val_dsb=net_val)
+            row = {"scale_jitter": list(jitter) if jitter else None, "precision": ran_in, "diameter": diameter,
+                   "ema_decay": decay, "weights": weights, "steps": model.trained_steps, "val_dsb": net_val,
+                   **_scores(test, preds), "settings": str(net_post[1]), "train_s": round(train_s, 1),
+                   "seconds_per_image": round(sec, 3)}
+            if diameter is not None:
+                row.update(size_model_error=model.size_error, size_model_s=model.size_s, diameters={
+                    s.image_id: {"estimated": round(model.size_model.estimate(model, nuclear_channel(s.image)), 1),
+                                 "true": round(object_diameter(s.masks), 1)} for s in test})
+            rows.append(row)
+            looks = ", ".join(f"{g} {v:.3f}" for g, v in rows[-1]["dsb_per_look"].items())
+            print(f"scale_jitter {jitter}, {ran_in}, diameter {diameter}, ema {decay} ({weights}), "
+                  f"{model.trained_steps} steps: validation DSB {net_val:.4f} | test DSB {rows[-1]['dsb_metric']:.3f} "
+                  f"({looks})", flush=True)
     looks = ", ".join(f"{g} {v:.3f}" for g, v in classical_row["dsb_per_look"].items())
     print(f"classical {name}: test DSB {classical_row['dsb_metric']:.3f} ({looks})")
     best = max(rows, key=lambda r: r["val_dsb"])
-    chosen = {k: best[k] for k in ("scale_jitter", "precision", "diameter")}
+    chosen = {k: best[k] for k in ("scale_jitter", "precision", "diameter", "ema_decay", "weights")}
     result = {"rows": rows, "chosen_on_validation": chosen, "classical": classical_row,
               "budget_s": args.budget * 60, "seed": args.seed, "train_seed": train_seed, "variant": "boundary",
               "images": {"fit": len(fit), "val": len(val), "test": len(test)}, "device": str(dev),
@@ -163,7 +207,7 @@ def main(argv=None):
               "load_average_1_5_15_at_end": [round(v, 2) for v in os.getloadavg()]}
     out = save_result(args.name, result, argv, script="segmentation_dsb_augment")
     print(f"chosen on validation: scale_jitter {best['scale_jitter']}, {best['precision']}, diameter "
-          f"{best['diameter']} -> {out}")
+          f"{best['diameter']}, ema {best['ema_decay']} ({best['weights']}) -> {out}")
 
 
 if __name__ == "__main__":

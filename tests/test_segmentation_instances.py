@@ -214,6 +214,31 @@ def test_bfloat16_training_on_the_cpu_lowers_the_loss_and_keeps_float32_weights(
     assert probs.dtype == np.float32 and np.allclose(probs.sum(0), 1.0, atol=1e-4)
 
 
+def test_a_weight_average_ends_the_training_and_keeps_the_raw_weights_beside_it():
+    ds = _discs_dataset()
+    cfg = dict(crop=48, batch_size=4, lr=5e-3, device="cpu")
+
+    def trained(steps, decay=None):
+        torch.manual_seed(0)
+        model = build_instance_unet(base=8, depth=2)
+        train_instance_unet(model, ds, None, InstanceTrainConfig(**cfg, steps=steps, ema_decay=decay))
+        return model
+
+    plain, one, two = trained(2), trained(1, 0.9), trained(2, 0.9)
+    assert plain.raw_weights is None
+    for k, v in plain.state_dict().items():  # the average draws no random numbers: the same run
+        torch.testing.assert_close(two.raw_weights[k], v)
+    for k, v in one.state_dict().items():  # its first update copies the weights
+        torch.testing.assert_close(v, one.raw_weights[k])
+    d = min(0.9, 2 / 11)  # the warm-up weight of the second update
+    for k, v in two.state_dict().items():
+        torch.testing.assert_close(v, d * one.raw_weights[k] + (1 - d) * two.raw_weights[k], rtol=1e-5, atol=1e-6)
+    assert any(not torch.allclose(v, two.raw_weights[k]) for k, v in two.state_dict().items())
+    for bad in (0.0, 1.0, -0.5):
+        with pytest.raises(ValueError, match="ema_decay"):
+            InstanceTrainConfig(ema_decay=bad)
+
+
 def test_scale_jitter_zooms_image_and_targets_together():
     from smearlab.segmentation.instances import _crop_batch
 

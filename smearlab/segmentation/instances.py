@@ -39,7 +39,7 @@ from skimage.transform import resize
 from ..core.device import resolve_device
 from ..core.model_folder import read_model_folder, save_model_folder
 from ..core.search import grid_search
-from ..core.training import History, TimeBudget, step_loop
+from ..core.training import History, TimeBudget, ema_model, step_loop
 from ..data.boxes import mask_box
 from ..data.imageio import LUMA
 from ..data.predictions import Predictions, empty_prediction
@@ -248,6 +248,11 @@ class InstanceTrainConfig:
         this many pixels, and a size model is fitted afterwards so that prediction can resize each
         new image the same way (Cellpose's normalisation); the zooms of ``scale_jitter`` then
         vary the size around it. None: images are used at their own scale.
+    ema_decay : keep an exponential moving average of the weights (decay per step, e.g. 0.998;
+        :func:`~smearlab.core.training.ema_model`, as detection's ``TrainConfig.ema_decay``): the
+        trained model ends with the average, the size model and the threshold tuning read it,
+        and the last raw weights stay on the model as ``model.raw_weights`` (a state dict, not
+        saved) for comparison. None: no average.
     amp : mixed precision on CUDA: float16 autocast with a gradient scaler.
     cpu_bf16 : bfloat16 autocast on the CPU (the loss stays float32), as detection's
         ``TrainConfig.cpu_bf16``: fast on CPUs with AMX or AVX-512 BF16 (recent Xeons), slower
@@ -265,6 +270,7 @@ class InstanceTrainConfig:
     boundary_weight: float = 3.0
     scale_jitter: tuple[float, float] | None = None
     diameter: float | None = None
+    ema_decay: float | None = None
     amp: bool = True
     cpu_bf16: bool = False
     seed: int = 0
@@ -278,6 +284,8 @@ class InstanceTrainConfig:
             self.scale_jitter = (lo, hi)
         if self.diameter is not None and not float(self.diameter) > 0:
             raise ValueError(f"diameter must be a positive number of pixels, got {self.diameter!r}")
+        if self.ema_decay is not None and not 0.0 < float(self.ema_decay) < 1.0:
+            raise ValueError(f"ema_decay must lie between 0 and 1 (exclusive), got {self.ema_decay!r}")
 
 
 def _prepared(dataset: SmearDataset, boundary: int, diameter: float | None = None
@@ -374,6 +382,7 @@ def train_instance_unet(model: UNet, train: SmearDataset, val: SmearDataset | No
     autocast = (dict(device_type="cpu", dtype=torch.bfloat16, enabled=True) if cpu_bf16
                 else dict(device_type=dev.type, dtype=torch.float16, enabled=use_amp))
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    ema = ema_model(model, cfg.ema_decay) if cfg.ema_decay is not None else None
 
     def step(_i: int) -> dict[str, float]:
         x, y = _crop_batch(items, rng, cfg.crop, cfg.batch_size, cfg.scale_jitter)
@@ -384,12 +393,18 @@ def train_instance_unet(model: UNet, train: SmearDataset, val: SmearDataset | No
         scaler.scale(loss).backward()
         scaler.step(opt)
         scaler.update()
+        if ema is not None:
+            ema.update_parameters(model)
         return {"loss": float(loss.detach())}
 
     history = step_loop(step, cfg.steps, record_every=50, optimizer=opt, budget=budget, progress=progress,
                         desc="instance U-Net", history=History(best_metric="val_dsb"),
                         lr_at=lambda i, n: cfg.lr * 0.5 * (1 + np.cos(np.pi * min(i, n) / n)))
     model.eval()
+    model.raw_weights = None
+    if ema is not None:  # the trained model is the average; the raw weights stay for comparison
+        model.raw_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(ema.module.state_dict())
     model.thresholds = InstanceThresholds()
     model.diameter, model.size_model = None, None
     if cfg.diameter is not None:
