@@ -30,7 +30,7 @@ CPU_RECIPE = {"batch_size": 4, "lr": 0.02, "warmup_iters": 20}
 #: The detectors' CPU recipe (notebooks 03 and 09): the above with a moving average of the weights
 #: (``TrainConfig.ema_decay``), as ``benchmarks/detection_cbc.py --preset cpu`` trains it: paired
 #: with the raw weights of the same runs on CBC it scored validation mAP -0.001 to +0.008 (mean
-#: +0.003 over five runs) and Testing -0.001 to +0.005 (benchmarks/RESULTS.md).
+#: +0.003 over six runs) and Testing -0.001 to +0.005 (benchmarks/RESULTS.md).
 CPU_DETECTION_RECIPE = {**CPU_RECIPE, "ema_decay": 0.998}
 #: Detector training on one CUDA GPU: batches of 16 at a linearly scaled learning rate, mixed
 #: precision, and the training images kept on the GPU (no DataLoader). Notebook 03's full
