@@ -90,9 +90,12 @@ def run(kind: str, preset: str, splits, device: str, seed: int, out: Path, budge
     m["per_class"] = {c: {"AP50": v["AP50"], "AP": v["AP"]} for c, v in r.metrics["per_class"].items()}
     m["arch"], m["input_size"], m["anchors"] = r.config.arch, r.config.min_size, r.metrics["anchors"]
     m["device"] = r.metrics["device"]
-    if train_kw.get("ema_decay") is not None:  # the average is the model; last.pt keeps the run's raw weights
-        m["val_mAP"], m["val_mAP50"] = (lambda v: (v["mAP"], v["mAP50"]))(score(r.model, splits["val"], device))
-        m["raw"] = raw_scores(r.model, out / f"{kind}-{budget_min}" / "last.pt", splits, device)
+    if tcfg.ema_decay is not None:  # the average is the model; last.pt keeps the run's raw weights
+        val = score(r.model, splits["val"], device)
+        m["val_mAP"], m["val_mAP50"] = val["mAP"], val["mAP50"]
+        raw = raw_weights(r.model, Path(tcfg.out_dir) / "last.pt")
+        val, test = score(raw, splits["val"], device), score(raw, splits["test"], device)
+        m["raw"] = {"val_mAP": val["mAP"], "val_mAP50": val["mAP50"], **test}
     if m["device"].startswith("cuda"):  # the first pass above includes kernel selection for new batch shapes
         m["infer_images_per_s_warm"] = warm_inference_rate(r.model, splits["test"], PREDICT_BATCH[preset])
     return m
@@ -105,17 +108,15 @@ def score(model, ds, device) -> dict:
             "per_class": {c: {"AP50": v["AP50"], "AP": v["AP"]} for c, v in m["per_class"].items()}}
 
 
-def raw_scores(model, last_pt: Path, splits, device) -> dict:
-    """The scores of the raw weights that a run with a weight average (``TrainConfig.ema_decay``)
-    kept in ``last_pt``, beside its average: validation and Testing (a paired comparison: the same
-    run, the same steps)."""
+def raw_weights(model, last_pt: Path):
+    """A copy of ``model`` (trained with a weight average, ``TrainConfig.ema_decay``) holding the
+    raw weights its run kept in ``last_pt``, in eval mode: the other half of a paired comparison
+    (the same run, the same steps)."""
     import torch
 
     raw = copy.deepcopy(model)
     raw.load_state_dict(torch.load(last_pt, map_location="cpu", weights_only=True)["model"])
-    raw.eval()
-    val, test = score(raw, splits["val"], device), score(raw, splits["test"], device)
-    return {"val_mAP": val["mAP"], "val_mAP50": val["mAP50"], **test}
+    return raw.eval()
 
 
 def train_recipe(splits, name: str, model_over: dict | None = None, train_over: dict | None = None, *,

@@ -20,7 +20,6 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import save_result  # noqa: E402
-from detection_cbc import DEFAULT_DATA, train_recipe  # noqa: E402
+from detection_cbc import DEFAULT_DATA, raw_weights, train_recipe  # noqa: E402
 from detection_cbc_tta import score_row  # noqa: E402
 
 from smearlab.data.splits import detection_splits  # noqa: E402
@@ -39,8 +38,6 @@ TTA_IOU, TTA_SKIP = 0.6, 0.05
 
 
 def main(argv=None):
-    import torch
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the CBC folder (Training/, Testing/)")
     ap.add_argument("--budget", type=float, default=30, help="minutes of training per run")
@@ -59,11 +56,8 @@ def main(argv=None):
             steps = sum(rec.get("steps", 0) for rec in r.history.records if "epoch" in rec)
             trained[f"{decay:g}"] = {"epochs": r.metrics["epochs"], "train_s": r.metrics["train_s"], "steps": steps,
                                      "train_images_per_s": r.metrics["train_images_per_s"]}
-            average = r.model
-            raw = copy.deepcopy(average)
-            ck = torch.load(Path(tmp) / name / "last.pt", map_location="cpu", weights_only=True)
-            raw.load_state_dict(ck["model"])
-            raw.eval(), average.eval()
+            average = r.model.eval()
+            raw = raw_weights(average, Path(tmp) / name / "last.pt")
             first = None
             for weights, model in (("raw", raw), ("average", average)):
                 for tta in (False, True):
