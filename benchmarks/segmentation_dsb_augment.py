@@ -28,10 +28,15 @@ two rows from its one training run: the average (``weights: "average"``, what th
 holds) and the last raw weights of the same run (``weights: "raw"``), each with its own prediction
 settings tuned on validation: a paired comparison, free of the run-to-run spread of training.
 
+``--samplings area image`` compares how each training crop's image is drawn
+(``InstanceTrainConfig(sampling=...)``): by area (the default), where the one 1024 x 1024 grey
+bright-field image gets about a third of the crops and the five small colour bright-field images
+an eighth, or every image equally (StarDist's and Cellpose's way).
+
 Writes ``benchmarks/results/segmentation_dsb_augment.json``: ``rows`` (``scale_jitter``,
-``precision``, ``diameter``, ``ema_decay``, ``weights``, ``steps``, ``val_dsb``, ``dsb_metric``, ``dsb_per_look``, ``dsb_per_image``, mask
+``precision``, ``diameter``, ``ema_decay``, ``weights``, ``sampling``, ``steps``, ``val_dsb``, ``dsb_metric``, ``dsb_per_look``, ``dsb_per_image``, mask
 AP50 / mAP, count error, ``train_s``), ``chosen_on_validation`` (the best row's ``scale_jitter``,
-``precision``, ``diameter``, ``ema_decay`` and ``weights``), ``classical`` (name, ``dsb_metric``, ``dsb_per_look``).
+``precision``, ``diameter``, ``ema_decay``, ``weights`` and ``sampling``), ``classical`` (name, ``dsb_metric``, ``dsb_per_look``).
 
 Usage::
 
@@ -44,6 +49,8 @@ Usage::
         --diameter-jitter 0.75,1.33 --name segmentation_dsb_diameter
     python benchmarks/segmentation_dsb_augment.py --budget 20 --jitters none --ema-decays 0.998 \
         --name segmentation_dsb_ema       # the average and the raw weights of one run
+    python benchmarks/segmentation_dsb_augment.py --budget 20 --jitters none --samplings area image \
+        --name segmentation_dsb_sampling  # crops' images drawn by area or each image equally
 """
 from __future__ import annotations
 
@@ -131,6 +138,8 @@ def main(argv=None):
     ap.add_argument("--ema-decays", type=_decay, nargs="+", default=[None],
                     help="weight averages to train with: 'none' or a decay per step (each gives an average "
                          "row and a raw row from the same run)")
+    ap.add_argument("--samplings", nargs="+", choices=("area", "image"), default=["area"],
+                    help="how each training crop's image is drawn: by area, or every image equally")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=SEED, help="the seed of the fixed split (keep 0 to compare)")
     ap.add_argument("--train-seed", type=int, help="the seed of the crops and weights (default: --seed)")
@@ -161,16 +170,17 @@ def main(argv=None):
     if any(d is not None for d in args.diameters) and any(e is not None for e in args.ema_decays):
         raise SystemExit("--ema-decays with --diameters: the raw twin would need a size model of its own; "
                          "compare them in separate runs")
-    for jitter, precision, diameter, decay in itertools.product(args.jitters, args.precisions, args.diameters,
-                                                                args.ema_decays):
+    for jitter, precision, diameter, decay, sampling in itertools.product(args.jitters, args.precisions,
+                                                                          args.diameters, args.ema_decays,
+                                                                          args.samplings):
         if diameter is not None and args.diameter_jitter is not None:
             jitter = args.diameter_jitter
-        if (jitter, precision, diameter, decay) not in candidates:
-            candidates.append((jitter, precision, diameter, decay))
-    for jitter, precision, diameter, decay in candidates:
+        if (jitter, precision, diameter, decay, sampling) not in candidates:
+            candidates.append((jitter, precision, diameter, decay, sampling))
+    for jitter, precision, diameter, decay, sampling in candidates:
         model, post, val_dsb, train_s = train_learned(fit, val, "boundary", args.budget, dev, train_seed,
                                                       scale_jitter=jitter, cpu_bf16=precision == "bf16",
-                                                      diameter=diameter, ema_decay=decay)
+                                                      diameter=diameter, ema_decay=decay, sampling=sampling)
         ran_in = "fp16" if dev.type == "cuda" else precision  # what the training ran in (CUDA: amp)
         twins = [("average" if decay is not None else "raw", model, post, val_dsb)]
         if decay is not None:
@@ -181,10 +191,12 @@ def main(argv=None):
                 tag = "none" if jitter is None else "-".join(map(str, jitter))
                 size = "" if diameter is None else f"_diameter_{diameter:g}"
                 avg = "" if decay is None else f"_ema_{decay:g}_{weights}"
-                save_instance_unet(net, args.save_models / f"{args.name}_jitter_{tag}_{ran_in}{size}{avg}",
+                drawn = "" if sampling == "area" else f"_sampling_{sampling}"
+                save_instance_unet(net, args.save_models / f"{args.name}_jitter_{tag}_{ran_in}{size}{avg}{drawn}",
                                    net_post[1], val_dsb=net_val)
             row = {"scale_jitter": list(jitter) if jitter else None, "precision": ran_in, "diameter": diameter,
-                   "ema_decay": decay, "weights": weights, "steps": model.trained_steps, "val_dsb": net_val,
+                   "ema_decay": decay, "weights": weights, "sampling": sampling, "steps": model.trained_steps,
+                   "val_dsb": net_val,
                    **_scores(test, preds), "settings": str(net_post[1]), "train_s": round(train_s, 1),
                    "seconds_per_image": round(sec, 3)}
             if diameter is not None:
@@ -193,13 +205,13 @@ def main(argv=None):
                                  "true": round(object_diameter(s.masks), 1)} for s in test})
             rows.append(row)
             looks = ", ".join(f"{g} {v:.3f}" for g, v in rows[-1]["dsb_per_look"].items())
-            print(f"scale_jitter {jitter}, {ran_in}, diameter {diameter}, ema {decay} ({weights}), "
+            print(f"scale_jitter {jitter}, {ran_in}, diameter {diameter}, ema {decay} ({weights}), {sampling}, "
                   f"{model.trained_steps} steps: validation DSB {net_val:.4f} | test DSB {rows[-1]['dsb_metric']:.3f} "
                   f"({looks})", flush=True)
     looks = ", ".join(f"{g} {v:.3f}" for g, v in classical_row["dsb_per_look"].items())
     print(f"classical {name}: test DSB {classical_row['dsb_metric']:.3f} ({looks})")
     best = max(rows, key=lambda r: r["val_dsb"])
-    chosen = {k: best[k] for k in ("scale_jitter", "precision", "diameter", "ema_decay", "weights")}
+    chosen = {k: best[k] for k in ("scale_jitter", "precision", "diameter", "ema_decay", "weights", "sampling")}
     result = {"rows": rows, "chosen_on_validation": chosen, "classical": classical_row,
               "budget_s": args.budget * 60, "seed": args.seed, "train_seed": train_seed, "variant": "boundary",
               "images": {"fit": len(fit), "val": len(val), "test": len(test)}, "device": str(dev),
@@ -207,7 +219,7 @@ def main(argv=None):
               "load_average_1_5_15_at_end": [round(v, 2) for v in os.getloadavg()]}
     out = save_result(args.name, result, argv, script="segmentation_dsb_augment")
     print(f"chosen on validation: scale_jitter {best['scale_jitter']}, {best['precision']}, diameter "
-          f"{best['diameter']}, ema {best['ema_decay']} ({best['weights']}) -> {out}")
+          f"{best['diameter']}, ema {best['ema_decay']} ({best['weights']}), {best['sampling']} -> {out}")
 
 
 if __name__ == "__main__":

@@ -271,6 +271,22 @@ def test_scale_jitter_is_checked():
     assert InstanceTrainConfig(scale_jitter=[0.7, 1.4]).scale_jitter == (0.7, 1.4)
 
 
+def test_crop_sampling_by_area_or_by_image():
+    """``sampling="area"`` draws a 16x larger image 16x as often; ``"image"`` draws both alike."""
+    from smearlab.segmentation.instances import _crop_batch
+
+    small = (np.zeros((32, 32), np.float32), np.zeros((32, 32), np.uint8))
+    big = (np.ones((128, 128), np.float32), np.ones((128, 128), np.uint8))
+    share = {}
+    for sampling in ("area", "image"):
+        x, _ = _crop_batch([small, big], np.random.default_rng(0), 32, 400, sampling=sampling)
+        share[sampling] = float((x.flatten(1).amax(1) == 0).float().mean())  # crops of the small (black) image
+    assert abs(share["area"] - 1 / 17) < 0.04
+    assert abs(share["image"] - 0.5) < 0.08
+    with pytest.raises(ValueError, match="sampling"):
+        InstanceTrainConfig(sampling="look")
+
+
 def _sized_dataset() -> SmearDataset:
     """Fields of discs of radius 5, 8 and 12, both looks."""
     data, rng = [], np.random.default_rng(0)

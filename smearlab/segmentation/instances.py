@@ -248,6 +248,10 @@ class InstanceTrainConfig:
         this many pixels, and a size model is fitted afterwards so that prediction can resize each
         new image the same way (Cellpose's normalisation); the zooms of ``scale_jitter`` then
         vary the size around it. None: images are used at their own scale.
+    sampling : how each training crop's image is drawn: ``"area"`` (in proportion to its area, so
+        every pixel is equally likely) or ``"image"`` (every image equally likely, as StarDist and
+        Cellpose draw their patches: a look held by small images is not outweighed by one large
+        image of another look).
     ema_decay : keep an exponential moving average of the weights (decay per step, e.g. 0.998;
         :func:`~smearlab.core.training.ema_model`, as detection's ``TrainConfig.ema_decay``): the
         trained model ends with the average, the size model and the threshold tuning read it,
@@ -270,6 +274,7 @@ class InstanceTrainConfig:
     boundary_weight: float = 3.0
     scale_jitter: tuple[float, float] | None = None
     diameter: float | None = None
+    sampling: str = "area"
     ema_decay: float | None = None
     amp: bool = True
     cpu_bf16: bool = False
@@ -284,6 +289,8 @@ class InstanceTrainConfig:
             self.scale_jitter = (lo, hi)
         if self.diameter is not None and not float(self.diameter) > 0:
             raise ValueError(f"diameter must be a positive number of pixels, got {self.diameter!r}")
+        if self.sampling not in ("area", "image"):
+            raise ValueError(f"sampling must be 'area' or 'image', got {self.sampling!r}")
         if self.ema_decay is not None and not 0.0 < float(self.ema_decay) < 1.0:
             raise ValueError(f"ema_decay must lie between 0 and 1 (exclusive), got {self.ema_decay!r}")
 
@@ -313,11 +320,12 @@ def _prepared(dataset: SmearDataset, boundary: int, diameter: float | None = Non
 
 
 def _crop_batch(items, rng: np.random.Generator, crop: int, batch_size: int,
-                scale_jitter: tuple[float, float] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random crops (objects' images drawn by area), zooms (``scale_jitter``), flips, quarter
-    turns, gamma and contrast."""
+                scale_jitter: tuple[float, float] | None = None, sampling: str = "area"
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random crops (their images drawn by area, or each image equally with ``sampling="image"``),
+    zooms (``scale_jitter``), flips, quarter turns, gamma and contrast."""
     sizes = np.array([x.size for x, _ in items], np.float64)
-    pick = rng.choice(len(items), size=batch_size, p=sizes / sizes.sum())
+    pick = rng.choice(len(items), size=batch_size, p=sizes / sizes.sum() if sampling == "area" else None)
     xs, ys = [], []
     for i in pick:
         x, y = items[i]
@@ -385,7 +393,7 @@ def train_instance_unet(model: UNet, train: SmearDataset, val: SmearDataset | No
     ema = ema_model(model, cfg.ema_decay) if cfg.ema_decay is not None else None
 
     def step(_i: int) -> dict[str, float]:
-        x, y = _crop_batch(items, rng, cfg.crop, cfg.batch_size, cfg.scale_jitter)
+        x, y = _crop_batch(items, rng, cfg.crop, cfg.batch_size, cfg.scale_jitter, cfg.sampling)
         with torch.autocast(**autocast):
             logits = model(x.to(dev))
         loss = F.cross_entropy(logits.float(), y.to(dev), weight=weight)
