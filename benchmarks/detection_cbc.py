@@ -38,12 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import save_result  # noqa: E402
 
-from smearlab.augment import default_augment  # noqa: E402
 from smearlab.data.splits import detection_splits  # noqa: E402
 from smearlab.detection import DetectorConfig, TrainConfig, predict  # noqa: E402
 from smearlab.detection.train import default_evaluate  # noqa: E402
 from smearlab.experiments.detection import fit_and_evaluate  # noqa: E402
-from smearlab.experiments.profiles import GPU_RECIPE  # noqa: E402
+from smearlab.experiments.profiles import CPU_DETECTION_RECIPE, GPU_RECIPE  # noqa: E402
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cbc"
 
@@ -58,7 +57,7 @@ PRESETS = {
     },
     "cpu": {
         "smearlab": (dict(arch="fasterrcnn_tiny", min_size=480, max_size=640),
-                     dict(epochs=16, batch_size=4, lr=0.02, warmup_iters=30, lr_schedule="cosine", ema_decay=0.998),
+                     dict(epochs=16, **CPU_DETECTION_RECIPE),
                      "fit"),
         "baseline": (dict(arch="fasterrcnn_tiny", min_size=800, max_size=1333),
                      dict(epochs=16, batch_size=4, lr=0.005, warmup_iters=30, lr_schedule="step", amp=False),
@@ -81,7 +80,6 @@ def run(kind: str, preset: str, splits, device: str, seed: int, out: Path, budge
     train_kw = {**train_kw, "checkpoint_every": checkpoint_every}
     cfg = DetectorConfig(class_names=splits["train"].class_names, **model_kw)
     tcfg = TrainConfig(seed=seed, device=device, out_dir=out / f"{kind}-{budget_min}",
-                       augment=default_augment(seed) if kind == "smearlab" else None,
                        time_budget_s=None if budget_min is None else budget_min * 60, **train_kw)
     r = fit_and_evaluate(kind, cfg, tcfg, splits["train"], splits["test"], splits["val"], progress=True,
                          anchors=anchors, batch_size=PREDICT_BATCH[preset])
@@ -126,8 +124,7 @@ def train_recipe(splits, name: str, model_over: dict | None = None, train_over: 
     :class:`~smearlab.experiments.detection.DetectionRun`, its model folder in ``out / name / "final"``."""
     model_kw, train_kw, anchors = PRESETS["cpu"]["smearlab"]
     cfg = DetectorConfig(class_names=splits["train"].class_names, **{**model_kw, **(model_over or {})})
-    tcfg = TrainConfig(seed=seed, device=device, out_dir=out / name, augment=default_augment(seed),
-                       **{**train_kw, **(train_over or {})})
+    tcfg = TrainConfig(seed=seed, device=device, out_dir=out / name, **{**train_kw, **(train_over or {})})
     return fit_and_evaluate(name, cfg, tcfg, splits["train"], splits["test"], splits["val"], progress=True,
                             anchors=anchors)
 

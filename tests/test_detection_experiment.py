@@ -42,6 +42,10 @@ def test_cbc_splits_never_use_the_leaking_validation_folder(cbc_root):
     assert len(sp["test"]) == 60 and len(sp["train"]) + len(sp["val"]) == 300
     names = {s.path.parent.parent.name for part in sp.values() for s in part}
     assert names == {"Training", "Testing"}
+    # the default (notebooks 03 and 09) is the benchmarks' split: 30 of the 300 Training images
+    default = detection_splits(str(cbc_root), seed=0)
+    assert len(default["val"]) == len(sp["val"]) == 30
+    assert [s.image_id for s in default["val"]] == [s.image_id for s in sp["val"]]
 
 
 def test_preprocess_and_thresholds_travel_with_the_model(small, tmp_path, monkeypatch):

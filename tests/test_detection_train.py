@@ -172,6 +172,27 @@ def test_ddp_gloo_two_processes(tmp_path):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+def test_default_augment_by_name_and_in_the_recipes():
+    """``augment="default"`` is the seeded default augmentation, and every detector recipe of the
+    notebooks trains with it, as the benchmarks do (notebook 03 once trained without it)."""
+    from smearlab.augment import Augment
+    from smearlab.experiments.profiles import CPU_DETECTION_RECIPE, GPU_RECIPE, settings
+
+    from smearlab.augment import default_augment
+
+    tc = TrainConfig(augment="default", seed=5)
+    assert isinstance(tc.augment, Augment) and repr(tc.augment) == repr(default_augment(5))
+    assert TrainConfig().augment is None
+    with pytest.raises(ValueError, match="augment"):
+        TrainConfig(augment="flips")
+    for recipe in (CPU_DETECTION_RECIPE, GPU_RECIPE):
+        assert isinstance(TrainConfig(**recipe).augment, Augment)
+    for nb in ("03_detection", "09_counting"):
+        assert settings(nb, quick=False).recipe["augment"] == "default"
+        assert settings(nb, quick=False, gpu=True).recipe["augment"] == "default"
+        assert settings(nb, quick=True).recipe["augment"] is None  # eight epochs: too short to pay
+
+
 def test_augment_hooks(ds128):
     """A callable augments each sample on the CPU; an object with .batch gets device batches."""
     seen = {"sample": 0, "batch": 0}

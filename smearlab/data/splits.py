@@ -246,8 +246,13 @@ def stratified_split(labels, test: float = 0.3, seed: int = 0) -> tuple[np.ndarr
     return np.sort(np.asarray(tr, np.int64)), np.sort(np.asarray(te, np.int64))
 
 
+#: the share of a CBC-layout ``Training/`` folder held out for validation (30 of CBC's 300 images:
+#: the split of every CBC benchmark and of notebooks 03 and 09)
+CBC_VAL_FRACTION = 0.1
+
+
 def detection_splits(spec: str = "synthetic", *, quick: bool = True, seed: int = 0,
-                     val: float = 0.15, test: float = 0.15) -> dict[str, SmearDataset]:
+                     val: float | None = None, test: float = 0.15) -> dict[str, SmearDataset]:
     """Train / val / test splits for a detection experiment.
 
     * ``"synthetic"``: one staining style (A), 48 images in quick mode, 300 otherwise, split by
@@ -264,7 +269,8 @@ def detection_splits(spec: str = "synthetic", *, quick: bool = True, seed: int =
         :func:`smearlab.data.open_dataset` for other specs.
     seed : seed of the split and of the synthetic generator.
     val, test : fractions of the images for validation and test (see
-        :func:`train_val_test_split`); the CBC layout uses ``val`` of ``Training`` only.
+        :func:`train_val_test_split`); the CBC layout uses ``val`` of ``Training`` only. None:
+        0.15, or :data:`CBC_VAL_FRACTION` (0.1) of ``Training`` in the CBC layout.
 
     Returns
     -------
@@ -274,13 +280,14 @@ def detection_splits(spec: str = "synthetic", *, quick: bool = True, seed: int =
 
     root = Path(spec)
     if not spec.startswith("synthetic") and (root / "Training").is_dir() and (root / "Testing").is_dir():
-        parts = train_val_test_split(load(root / "Training"), val=val, test=0, seed=seed)
+        parts = train_val_test_split(load(root / "Training"), val=CBC_VAL_FRACTION if val is None else val, test=0,
+                                     seed=seed)
         return {"train": parts["train"], "val": parts["val"], "test": load(root / "Testing")}
     if spec == "synthetic":
         ds = open_dataset("synthetic-A", n=48 if quick else 300, seed=seed)
     else:
         ds = open_dataset(spec, quick=quick, seed=seed)
-    return train_val_test_split(ds, val=val, test=test, seed=seed)
+    return train_val_test_split(ds, val=0.15 if val is None else val, test=test, seed=seed)
 
 
 def instance_splits(spec="synthetic", *, quick: bool = True, seed: int = 0, val: float = 0.15, test: float = 0.2,

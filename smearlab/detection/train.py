@@ -121,7 +121,9 @@ class TrainConfig:
         model's instance masks go to the GPU with the images.
     augment : ``f(sample) -> sample`` applied to each training sample on the CPU, or an
         object with ``.batch(images, targets) -> (images, targets)`` applied to each batch of
-        device tensors.
+        device tensors; ``"default"``: :func:`smearlab.augment.default_augment` seeded with
+        ``seed`` (what the recipes of ``smearlab.experiments.profiles`` and the benchmarks train
+        with); None: no augmentation.
     max_steps_per_epoch : cut epochs short (quick looks, tests).
     val_tile : tile size for validation inference on large fields (see ``predict``).
     preprocess : preprocessing pipeline (a ``Preprocess`` or its dict), applied to the training
@@ -181,6 +183,12 @@ class TrainConfig:
             raise ValueError(f"ema_decay must lie between 0 and 1 (exclusive), got {self.ema_decay!r}")
         if self.time_budget_s is not None and not float(self.time_budget_s) > 0:
             raise ValueError(f"time_budget_s must be a positive number of seconds, got {self.time_budget_s!r}")
+        if isinstance(self.augment, str):
+            if self.augment != "default":
+                raise ValueError(f"augment must be a callable, an object with .batch(), 'default' or None, "
+                                 f"got {self.augment!r}")
+            from ..augment import default_augment
+            self.augment = default_augment(self.seed)
 
     @property
     def base_lr(self) -> float:
@@ -993,6 +1001,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps-per-epoch", type=int)
     p.add_argument("--ema-decay", type=float,
                    help="keep a moving average of the weights (decay per step, e.g. 0.998) and save it")
+    p.add_argument("--augment", default="default", choices=["default", "none"],
+                   help="training augmentation: smearlab.augment.default_augment (default) or none")
     p.add_argument("--no-amp", action="store_true")
     p.add_argument("--data-on-gpu", action="store_true")
     p.add_argument("--seed", type=int, default=0)
@@ -1038,7 +1048,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                        lr_schedule=args.schedule, warmup_iters=args.warmup_iters, amp=not args.no_amp,
                        seed=args.seed, num_workers=args.num_workers, device=args.device, out_dir=args.out,
                        data_on_gpu=args.data_on_gpu, max_steps_per_epoch=args.max_steps_per_epoch,
-                       time_budget_s=args.time_budget_s, ema_decay=args.ema_decay)
+                       time_budget_s=args.time_budget_s, ema_decay=args.ema_decay,
+                       augment=None if args.augment == "none" else args.augment)
     hist = train_detector(model, ds, val, tcfg, resume=True if args.resume else None,
                           progress=not args.no_progress)
     rank = int(os.environ.get("RANK", "0"))
