@@ -175,10 +175,8 @@ def test_ddp_gloo_two_processes(tmp_path):
 def test_default_augment_by_name_and_in_the_recipes():
     """``augment="default"`` is the seeded default augmentation, and every detector recipe of the
     notebooks trains with it, as the benchmarks do (notebook 03 once trained without it)."""
-    from smearlab.augment import Augment
+    from smearlab.augment import Augment, default_augment
     from smearlab.experiments.profiles import CPU_DETECTION_RECIPE, GPU_RECIPE, settings
-
-    from smearlab.augment import default_augment
 
     tc = TrainConfig(augment="default", seed=5)
     assert isinstance(tc.augment, Augment) and repr(tc.augment) == repr(default_augment(5))
