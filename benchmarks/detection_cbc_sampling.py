@@ -5,7 +5,9 @@ head (torchvision's default is 512), a quarter of them positive at most. A CBC i
 twenty cells, so 128 may already cover them; this measures whether more samples change the
 result. Any other keyword of torchvision's detector can be compared the same way
 (``--setting``, values as JSON), e.g. ``bbox_reg_weights``, the box head's regression target
-scale (torchvision's (10, 10, 5, 5); larger weights stress small localisation errors).
+scale (torchvision's (10, 10, 5, 5); larger weights stress small localisation errors). A field of
+smearlab's ``DetectorConfig`` is passed as such (e.g. ``box_loss``: torchvision's smooth-L1 or an
+IoU-family loss on the decoded boxes).
 Each candidate is trained from scratch with the CPU recipe and the same seed, for the same number
 of epochs (``--epochs``) or the same minutes (``--budget``: candidates that cost more per step
 get fewer epochs), then scored on the validation split and on Testing with pycocotools. Writes
@@ -19,10 +21,13 @@ Usage::
     python benchmarks/detection_cbc_sampling.py --epochs 8 --values 128 512
     python benchmarks/detection_cbc_sampling.py --budget 15 --setting bbox_reg_weights \
         --values "[10, 10, 5, 5]" "[20, 20, 10, 10]"
+    python benchmarks/detection_cbc_sampling.py --budget 15 --setting box_loss \
+        --values '"smooth_l1"' '"giou"' '"ciou"'
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -35,12 +40,14 @@ from _common import save_result  # noqa: E402
 from detection_cbc import DEFAULT_DATA, compare_candidates  # noqa: E402
 
 from smearlab.data.splits import detection_splits  # noqa: E402
+from smearlab.detection.models import DetectorConfig  # noqa: E402
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the CBC folder (Training/, Testing/)")
-    ap.add_argument("--setting", default="box_batch_size_per_image", help="a keyword of torchvision's detector")
+    ap.add_argument("--setting", default="box_batch_size_per_image",
+                    help="a keyword of torchvision's detector or a field of smearlab's DetectorConfig")
     ap.add_argument("--values", type=json.loads, nargs="+", default=[128, 512], help="the setting's values (JSON)")
     length = ap.add_mutually_exclusive_group()
     length.add_argument("--epochs", type=int, default=8, help="epochs per candidate")
@@ -51,7 +58,9 @@ def main(argv=None):
     splits = detection_splits(str(args.data), seed=args.seed, val=0.1)
     load_avg = os.getloadavg()
     length = {"epochs": args.epochs} if args.budget is None else {"time_budget_s": args.budget * 60}
-    candidates = [({args.setting: v}, {"extra": {args.setting: v}}, length) for v in args.values]
+    own = args.setting in {f.name for f in dataclasses.fields(DetectorConfig)}
+    candidates = [({args.setting: v}, {args.setting: v} if own else {"extra": {args.setting: v}}, length)
+                  for v in args.values]
     with tempfile.TemporaryDirectory() as tmp:
         rows = compare_candidates(splits, candidates, device=args.device, seed=args.seed, out=Path(tmp))
     result = {"rows": rows, "setting": args.setting, "epochs": None if args.budget else args.epochs,

@@ -273,3 +273,102 @@ def test_fine_level_round_trips_and_refuses_what_it_is_not_for(tmp_path):
         small("fasterrcnn_tiny", fine_level="stride4")
     with pytest.raises(ValueError, match="tiny models"):
         small("fasterrcnn_mobilenet", fine_level="lateral")
+
+
+def _sampled_head_outputs(m, seed=0):
+    """The box head's inputs of one training step: class logits, offsets and the sampled proposals."""
+    torch.manual_seed(seed)
+    images = [torch.rand(3, 128, 128), torch.rand(3, 128, 128)]
+    targets = [{"boxes": torch.tensor([[10.0, 10, 30, 30], [40, 40, 100, 90]]), "labels": torch.tensor([3, 1])},
+               {"boxes": torch.tensor([[5.0, 60, 50, 120]]), "labels": torch.tensor([2])}]
+    m.train()
+    il, tg = m.transform(images, targets)
+    f = m.backbone(il.tensors)
+    props, _ = m.rpn(il, f, tg)
+    h = m.roi_heads
+    props, matched, labels, reg = h.select_training_samples(props, tg)
+    logits, offsets = h.box_predictor(h.box_head(h.box_roi_pool(f, props, il.image_sizes)))
+    gt = [t["boxes"][i] for t, i in zip(tg, matched)]
+    return logits, offsets, labels, reg, props, gt
+
+
+def test_box_losses_smooth_l1_is_torchvisions_and_the_iou_losses_score_the_decoded_boxes():
+    from torchvision.models.detection.roi_heads import fastrcnn_loss
+    from torchvision.ops import generalized_box_iou
+
+    from smearlab.detection.losses import IOU_LOSS_WEIGHT, box_head_loss
+    m = build_detector(small("fasterrcnn_tiny"))
+    logits, offsets, labels, reg, props, gt = _sampled_head_outputs(m)
+    coder = m.roi_heads.box_coder
+    ref = fastrcnn_loss(logits, offsets, labels, reg)
+    ours = box_head_loss(logits, offsets, labels, reg, props, box_loss="smooth_l1", box_coder=coder)
+    assert torch.equal(ref[0], ours[0]) and torch.equal(ref[1], ours[1])
+    # GIoU by hand: each positive proposal's predicted box (its class's offsets) against its ground truth
+    lab, n = torch.cat(labels), len(torch.cat(labels))
+    pos = torch.where(lab > 0)[0]
+    pred = coder.decode_single(offsets.reshape(n, -1, 4)[pos, lab[pos]], torch.cat(props)[pos])
+    truth = torch.cat(gt)[pos]
+    want = IOU_LOSS_WEIGHT * (1 - torch.diag(generalized_box_iou(pred, truth))).sum() / n
+    got = box_head_loss(logits, offsets, labels, reg, props, box_loss="giou", box_coder=coder)
+    assert torch.equal(got[0], ref[0]) and got[1].item() == pytest.approx(want.item(), rel=1e-4)
+    assert len(pos) > 0 and got[1] > 0
+    # offsets that hit every target exactly cost nothing under each loss
+    perfect = offsets.detach().clone().reshape(n, -1, 4)
+    perfect[pos, lab[pos]] = torch.cat(reg)[pos]
+    for kind in ("smooth_l1", "giou", "diou", "ciou"):
+        loss = box_head_loss(logits, perfect.reshape(n, -1), labels, reg, props, box_loss=kind, box_coder=coder)[1]
+        assert loss.item() == pytest.approx(0.0, abs=1e-5), kind
+
+
+@pytest.mark.parametrize("kind", ["giou", "ciou"])
+def test_iou_box_loss_trains_predicts_as_before_and_round_trips(tmp_path, kind):
+    torch.manual_seed(1)
+    cfg = small("fasterrcnn_tiny", box_loss=kind, fine_level="lateral")
+    m = build_detector(cfg)
+    assert type(m.roi_heads).__name__ == "IoULossRoIHeads" and m.roi_heads.box_loss == kind
+    plain = build_detector(small("fasterrcnn_tiny", fine_level="lateral"))
+    assert m.state_dict().keys() == plain.state_dict().keys()     # the same weights, only the loss differs
+    images = [torch.rand(3, 128, 128)]
+    targets = [{"boxes": torch.tensor([[10.0, 10, 34, 30], [40, 44, 100, 90]]), "labels": torch.tensor([3, 1])}]
+    losses = m(images, targets)
+    assert set(losses) == {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"}
+    sum(losses.values()).backward()
+    assert m.roi_heads.box_predictor.bbox_pred.weight.grad.abs().sum() > 0
+    # steps of the box head on the same sampled proposals lower the IoU loss
+    from smearlab.detection.losses import box_head_loss
+    with torch.no_grad():
+        il, tg = m.transform(images, targets)
+        f = m.backbone(il.tensors)
+        props, _ = m.rpn(il, f, tg)
+        props, _, labels, reg = m.roi_heads.select_training_samples(props, tg)
+        pooled = m.roi_heads.box_roi_pool(f, props, il.image_sizes)
+    h = m.roi_heads
+    opt = torch.optim.SGD(list(h.box_head.parameters()) + list(h.box_predictor.parameters()), lr=0.02)
+    seen = []
+    for _ in range(20):
+        logits, offsets = h.box_predictor(h.box_head(pooled))
+        loss = box_head_loss(logits, offsets, labels, reg, props, box_loss=kind, box_coder=h.box_coder)[1]
+        seen.append(loss.item())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert seen[-1] < 0.8 * seen[0]
+    # prediction is torchvision's: the same weights give the same boxes with either loss
+    plain.load_state_dict(m.state_dict())
+    m.eval(), plain.eval()
+    x = [torch.rand(3, 128, 128)]
+    with torch.no_grad():
+        a, b = m(x)[0], plain(x)[0]
+    assert torch.equal(a["boxes"], b["boxes"]) and torch.equal(a["scores"], b["scores"])
+    save_model(m, cfg, tmp_path / "m")
+    back = load_model(tmp_path / "m", device="cpu")
+    assert back.roi_heads.box_loss == kind and back.detector_config.box_loss == kind
+
+
+def test_box_loss_refuses_what_it_is_not_for():
+    with pytest.raises(ValueError, match="unknown box_loss"):
+        small("fasterrcnn_tiny", box_loss="iou")
+    for arch in ("maskrcnn_tiny", "retinanet"):
+        with pytest.raises(ValueError, match="Faster R-CNN models"):
+            small(arch, box_loss="giou")
+    assert small("fasterrcnn_tiny").box_loss == "smooth_l1"

@@ -65,6 +65,7 @@ from ..core.device import resolve_device
 from ..core.errors import DataError
 from ..core.files import read_torch_file
 from ..core.model_folder import read_config_json, read_model_folder, save_model_folder, state_dict_of
+from .losses import BOX_LOSSES, IoULossRoIHeads
 
 log = logging.getLogger("smearlab.detection")
 
@@ -130,6 +131,10 @@ class DetectorConfig:
         through a 1x1 convolution plus the upsampled stride-8 level (cheap); ``"fpn"``: a full
         pyramid level (also a 3x3 convolution). RoIs are assigned to levels by torchvision's
         rule (below 112 px: stride 4). None: no such level.
+    box_loss : the box head's regression loss during training, one of
+        :data:`~smearlab.detection.losses.BOX_LOSSES`: ``"smooth_l1"`` (torchvision's, on the
+        encoded offsets) or an IoU-family loss on the decoded boxes (``"giou"``, ``"diou"``,
+        ``"ciou"``). Faster R-CNN models only; prediction is the same for all.
     """
 
     arch: str = "fasterrcnn_mobilenet"
@@ -151,6 +156,7 @@ class DetectorConfig:
     train_image_size: Sequence[int] | None = None
     pixel_size_um: float | None = None
     fine_level: str | None = None
+    box_loss: str = "smooth_l1"
 
     def __post_init__(self):
         self.class_names = [str(c) for c in self.class_names]
@@ -172,6 +178,10 @@ class DetectorConfig:
                 raise ValueError(f"unknown fine_level {self.fine_level!r}; choose one of {list(FINE_LEVELS)} or None")
             if self.arch not in _TINY_ARCHS:
                 raise ValueError(f"fine_level is for the tiny models {list(_TINY_ARCHS)}, not {self.arch!r}")
+        if self.box_loss not in BOX_LOSSES:
+            raise ValueError(f"unknown box_loss {self.box_loss!r}; choose one of {list(BOX_LOSSES)}")
+        if self.box_loss != "smooth_l1" and (self.arch == "retinanet" or self.arch in MASK_ARCHS):
+            raise ValueError(f"box_loss {self.box_loss!r} is for the Faster R-CNN models, not {self.arch!r}")
 
     @property
     def num_classes(self) -> int:
@@ -312,6 +322,15 @@ def _trainable_layers(cfg: DetectorConfig) -> int:
 
 
 def _base_model(cfg: DetectorConfig) -> nn.Module:
+    """The detector ``cfg`` describes, weights as built (what :func:`build_detector` and
+    :func:`load_model` start from)."""
+    model = _torchvision_model(cfg)
+    if cfg.box_loss != "smooth_l1":
+        model.roi_heads = IoULossRoIHeads.like(model.roi_heads, cfg.box_loss)
+    return model
+
+
+def _torchvision_model(cfg: DetectorConfig) -> nn.Module:
 
     norm = misc_nn_ops.FrozenBatchNorm2d if cfg.uses_frozen_bn else nn.BatchNorm2d
     trainable = _trainable_layers(cfg)
