@@ -47,12 +47,17 @@ _NOT_FEATURE_MAPS = {"IntermediateLayerGetter", "FeaturePyramidNetwork", "Backbo
 _FLAT = (nn.Linear, nn.Flatten, nn.AdaptiveAvgPool1d)
 
 
+def _not_a_feature_map(module: nn.Module) -> bool:
+    """Whether ``module`` is (or subclasses, e.g. the detector's own RoI heads) one of :data:`_NOT_FEATURE_MAPS`."""
+    return any(c.__name__ in _NOT_FEATURE_MAPS for c in type(module).__mro__)
+
+
 def _is_feature_layer(module: nn.Module) -> bool:
-    if type(module).__name__ in _NOT_FEATURE_MAPS:
+    if _not_a_feature_map(module):
         return False
     has_conv = False
     for m in module.modules():
-        if isinstance(m, _FLAT) or type(m).__name__ in _NOT_FEATURE_MAPS - {type(module).__name__}:
+        if isinstance(m, _FLAT) or (m is not module and _not_a_feature_map(m)):
             return False
         has_conv |= isinstance(m, nn.Conv2d)
     return has_conv
