@@ -70,7 +70,8 @@ from segmentation_dsb import (DEFAULT_DATA, SEED, _classical_predict, _per_group
 from smearlab.core.device import resolve_device  # noqa: E402
 from smearlab.data import load  # noqa: E402
 from smearlab.metrics.instances import segmentation_metrics  # noqa: E402
-from smearlab.segmentation.instances import nuclear_channel, save_instance_unet, tune_thresholds  # noqa: E402
+from smearlab.segmentation.instances import (SAMPLINGS, nuclear_channel, save_instance_unet,  # noqa: E402
+                                             tune_thresholds)
 from smearlab.segmentation.size import object_diameter  # noqa: E402
 
 
@@ -138,7 +139,7 @@ def main(argv=None):
     ap.add_argument("--ema-decays", type=_decay, nargs="+", default=[None],
                     help="weight averages to train with: 'none' or a decay per step (each gives an average "
                          "row and a raw row from the same run)")
-    ap.add_argument("--samplings", nargs="+", choices=("area", "image"), default=["area"],
+    ap.add_argument("--samplings", nargs="+", choices=SAMPLINGS, default=["area"],
                     help="how each training crop's image is drawn: by area, or every image equally")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=SEED, help="the seed of the fixed split (keep 0 to compare)")

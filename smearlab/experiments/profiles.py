@@ -31,8 +31,8 @@ CPU_RECIPE = {"batch_size": 4, "lr": 0.02, "warmup_iters": 20}
 #: notebooks 03 and 09 train with: the above with the default augmentation
 #: (:func:`smearlab.augment.default_augment`), a cosine schedule after 30 warm-up steps and a
 #: moving average of the weights (``TrainConfig.ema_decay``): paired with the raw weights of the
-#: same runs on CBC the average scored validation mAP -0.001 to +0.008 (mean +0.004 over seven
-#: runs) and Testing -0.003 to +0.005 (mean +0.002; benchmarks/RESULTS.md).
+#: same runs on CBC the average scored validation mAP -0.006 to +0.008 (mean about +0.003 over
+#: eight runs) and Testing -0.003 to +0.005 (mean about +0.001; benchmarks/RESULTS.md).
 CPU_DETECTION_RECIPE = {**CPU_RECIPE, "warmup_iters": 30, "lr_schedule": "cosine", "augment": "default",
                         "ema_decay": 0.998}
 #: Quick mode's detector recipe: the same without augmentation. Eight epochs on 32 synthetic

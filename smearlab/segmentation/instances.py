@@ -224,6 +224,10 @@ def load_instance_unet(folder, device="auto") -> UNet:
 
 
 # -- training --------------------------------------------------------------------------------------
+#: How each training crop's image can be drawn (``InstanceTrainConfig.sampling``).
+SAMPLINGS = ("area", "image")
+
+
 @dataclass
 class InstanceTrainConfig:
     """Training of the instance U-Net on random crops.
@@ -289,8 +293,8 @@ class InstanceTrainConfig:
             self.scale_jitter = (lo, hi)
         if self.diameter is not None and not float(self.diameter) > 0:
             raise ValueError(f"diameter must be a positive number of pixels, got {self.diameter!r}")
-        if self.sampling not in ("area", "image"):
-            raise ValueError(f"sampling must be 'area' or 'image', got {self.sampling!r}")
+        if self.sampling not in SAMPLINGS:
+            raise ValueError(f"sampling must be one of {list(SAMPLINGS)}, got {self.sampling!r}")
         if self.ema_decay is not None and not 0.0 < float(self.ema_decay) < 1.0:
             raise ValueError(f"ema_decay must lie between 0 and 1 (exclusive), got {self.ema_decay!r}")
 
