@@ -22,7 +22,9 @@ training and 10 test images, stratified by the three looks of ``SUBSET_IMAGES.ts
   around the training nuclei (:func:`smearlab.segmentation.predict.two_stage_segment`); scored with the
   Mask R-CNN's score threshold, its time per image is the detector's plus the crop U-Net's.
 * Learned instance segmenter (:mod:`smearlab.segmentation.instances`): a U-Net from scratch on
-  one polarity-normalised grey channel, trained on random crops for a CPU time budget; its outputs
+  one polarity-normalised grey channel, trained on random crops for a CPU time budget (each
+  crop's image drawn with equal chance, chosen over drawing by area by the same folds as below:
+  ``segmentation_dsb_augment.py --samplings area image --folds 3``); its outputs
   are chosen by measurement: two variants, "boundary" (background / interior / boundary, then a
   watershed seeded by the confident interior) and "foreground" (background / foreground, then the
   distance-transform watershed of the predicted foreground), compared by cross-validation on the
@@ -291,6 +293,23 @@ def selection_folds(train, k: int, seed: int = SEED) -> list[tuple[list[int], li
     return [([i for i in range(len(train)) if i not in f], sorted(f)) for f in folds]
 
 
+def fold_scores(train, splits, variant: str, minutes: float, device, seed: int, label: str,
+                **config) -> tuple[list[float], list[str]]:
+    """One training of ``variant`` per ``(fit, val)`` split of ``train`` (indices), for ``minutes``
+    each, its settings tuned and scored on the split's validation images; ``config`` as for
+    :func:`train_learned`. ``(validation DSB per split, settings per split)``; one line printed per
+    split, headed by ``label``."""
+    scores, posts = [], []
+    for j, (fit_idx, val_idx) in enumerate(splits):
+        fit, val = train.subset(fit_idx, f"dsb-fit{j}"), train.subset(val_idx, f"dsb-val{j}")
+        _, post, score, _ = train_learned(fit, val, variant, minutes, device, seed, **config)
+        scores.append(round(float(score), 4))
+        posts.append(str(post[1]))
+        print(f"  {label} {minutes} min, fold {j + 1}/{len(splits)} ({len(val)} images): validation DSB "
+              f"{score:.4f}", flush=True)
+    return scores, posts
+
+
 def choose_variant(train, folds: int, minutes: float, device, seed: int) -> tuple[str, dict]:
     """Choose the learned segmenter's outputs on the training images only: each variant trained
     for ``minutes`` and scored on validation; with ``folds`` >= 2 once per fold of
@@ -299,14 +318,7 @@ def choose_variant(train, folds: int, minutes: float, device, seed: int) -> tupl
     splits = selection_folds(train, folds, seed) if folds >= 2 else [validation_split(train, seed)]
     table: dict[str, dict] = {}
     for variant in ("boundary", "foreground"):
-        scores, posts = [], []
-        for j, (fit_idx, val_idx) in enumerate(splits):
-            fit, val = train.subset(fit_idx, f"dsb-fit{j}"), train.subset(val_idx, f"dsb-val{j}")
-            _, post, score, _ = train_learned(fit, val, variant, minutes, device, seed)
-            scores.append(round(float(score), 4))
-            posts.append(str(post[1]))
-            print(f"  learned {variant:10s} {minutes} min, fold {j + 1}/{len(splits)} ({len(val)} images): "
-                  f"validation DSB {score:.4f}", flush=True)
+        scores, posts = fold_scores(train, splits, variant, minutes, device, seed, f"learned {variant:10s}")
         table[variant] = {"val_dsb": round(float(np.mean(scores)), 4), "fold_val_dsb": scores, "post": posts,
                           "val_images": [len(v) for _, v in splits],
                           "val_ids": [[train[i].image_id for i in v] for _, v in splits]}

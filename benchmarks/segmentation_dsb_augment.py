@@ -29,14 +29,22 @@ holds) and the last raw weights of the same run (``weights: "raw"``), each with 
 settings tuned on validation: a paired comparison, free of the run-to-run spread of training.
 
 ``--samplings area image`` compares how each training crop's image is drawn
-(``InstanceTrainConfig(sampling=...)``): by area (the default), where the one 1024 x 1024 grey
-bright-field image gets about a third of the crops and the five small colour bright-field images
-an eighth, or every image equally (StarDist's and Cellpose's way).
+(``InstanceTrainConfig(sampling=...)``): by area, where the one 1024 x 1024 grey bright-field
+image gets about a third of the crops and the five small colour bright-field images an eighth, or
+every image equally (StarDist's and Cellpose's way; the default since the choice by folds below).
+
+Four validation images are few to choose by. ``--folds K --fold-minutes M`` also chooses among the
+candidates the way ``segmentation_dsb.py`` chooses the outputs: each candidate trained ``M``
+minutes on every one of ``K`` folds of the 20 training images (stratified by look, every image
+validating once), its settings tuned and scored on the fold; the best mean wins
+(``chosen_by_folds``: the per-fold table and the choice). ``--folds-only`` stops there: no
+full-budget rows and no test images.
 
 Writes ``benchmarks/results/segmentation_dsb_augment.json``: ``rows`` (``scale_jitter``,
 ``precision``, ``diameter``, ``ema_decay``, ``weights``, ``sampling``, ``steps``, ``val_dsb``, ``dsb_metric``, ``dsb_per_look``, ``dsb_per_image``, mask
 AP50 / mAP, count error, ``train_s``), ``chosen_on_validation`` (the best row's ``scale_jitter``,
-``precision``, ``diameter``, ``ema_decay``, ``weights`` and ``sampling``), ``classical`` (name, ``dsb_metric``, ``dsb_per_look``).
+``precision``, ``diameter``, ``ema_decay``, ``weights`` and ``sampling``), ``chosen_by_folds`` (with
+``--folds``; else null), ``classical`` (name, ``dsb_metric``, ``dsb_per_look``).
 
 Usage::
 
@@ -51,6 +59,8 @@ Usage::
         --name segmentation_dsb_ema       # the average and the raw weights of one run
     python benchmarks/segmentation_dsb_augment.py --budget 20 --jitters none --samplings area image \
         --name segmentation_dsb_sampling  # crops' images drawn by area or each image equally
+    python benchmarks/segmentation_dsb_augment.py --jitters none --samplings area image --folds 3 \
+        --fold-minutes 5 --folds-only --name segmentation_dsb_sampling_folds  # the choice by 3 folds
 """
 from __future__ import annotations
 
@@ -61,17 +71,20 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import save_result  # noqa: E402
 from segmentation_dsb import (DEFAULT_DATA, SEED, _classical_predict, _per_group, fixed_split,  # noqa: E402
-                              per_image, pick_classical, predict_learned, train_learned, validation_split)
+                              fold_scores, per_image, pick_classical, predict_learned, selection_folds,
+                              train_learned, validation_split)
 
 from smearlab.core.device import resolve_device  # noqa: E402
 from smearlab.data import load  # noqa: E402
 from smearlab.metrics.instances import segmentation_metrics  # noqa: E402
-from smearlab.segmentation.instances import (SAMPLINGS, nuclear_channel, save_instance_unet,  # noqa: E402
-                                             tune_thresholds)
+from smearlab.segmentation.instances import (SAMPLINGS, InstanceTrainConfig, nuclear_channel,  # noqa: E402
+                                             save_instance_unet, tune_thresholds)
 from smearlab.segmentation.size import object_diameter  # noqa: E402
 
 
@@ -116,6 +129,31 @@ def _raw_twin(model, val, device):
     return raw, ("boundary", th), score
 
 
+def choose_by_folds(train, candidates, folds: int, minutes: float, device, seed: int,
+                    fold_seed: int = SEED) -> tuple[tuple, dict]:
+    """Each candidate trained for ``minutes`` on every fold of
+    :func:`~segmentation_dsb.selection_folds` (the rule that chooses the outputs: every one of the 20
+    training images validates once), its settings tuned and scored on the fold; the choice is the
+    best mean validation DSB. ``seed`` trains, ``fold_seed`` deals the folds. ``(chosen candidate,
+    table)``; the table's keys are the candidates' labels."""
+    table = {}
+    splits = selection_folds(train, folds, fold_seed)
+    for cand in candidates:
+        jitter, precision, diameter, decay, sampling = cand
+        scores, posts = fold_scores(train, splits, "boundary", minutes, device, seed, _label(cand) + ":",
+                                    scale_jitter=jitter, cpu_bf16=precision == "bf16", diameter=diameter,
+                                    ema_decay=decay, sampling=sampling)
+        table[_label(cand)] = {"val_dsb": round(float(np.mean(scores)), 4), "fold_val_dsb": scores, "post": posts}
+    best = max(candidates, key=lambda c: table[_label(c)]["val_dsb"])
+    return best, table
+
+
+def _label(cand) -> str:
+    jitter, precision, diameter, decay, sampling = cand
+    return (f"jitter {'none' if jitter is None else '-'.join(map(str, jitter))}, {precision}, diameter {diameter}, "
+            f"ema {decay}, {sampling}")
+
+
 def _scores(test, preds) -> dict:
     m = segmentation_metrics(test, preds, score_threshold=0.0)
     images = per_image(test, preds)
@@ -139,8 +177,15 @@ def main(argv=None):
     ap.add_argument("--ema-decays", type=_decay, nargs="+", default=[None],
                     help="weight averages to train with: 'none' or a decay per step (each gives an average "
                          "row and a raw row from the same run)")
-    ap.add_argument("--samplings", nargs="+", choices=SAMPLINGS, default=["area"],
-                    help="how each training crop's image is drawn: by area, or every image equally")
+    ap.add_argument("--samplings", nargs="+", choices=SAMPLINGS, default=[InstanceTrainConfig.sampling],
+                    help="how each training crop's image is drawn: by area, or every image equally "
+                         f"(default: {InstanceTrainConfig.sampling!r}, the recipe's)")
+    ap.add_argument("--folds", type=int, default=0,
+                    help="also choose among the candidates by cross-validation on the 20 training images: each "
+                         "trained --fold-minutes on every one of this many folds (0: no)")
+    ap.add_argument("--fold-minutes", type=float, default=5, help="minutes of training per candidate and fold")
+    ap.add_argument("--folds-only", action="store_true",
+                    help="with --folds: stop after the cross-validated choice (no full-budget rows, no test)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--seed", type=int, default=SEED, help="the seed of the fixed split (keep 0 to compare)")
     ap.add_argument("--train-seed", type=int, help="the seed of the crops and weights (default: --seed)")
@@ -148,6 +193,10 @@ def main(argv=None):
     ap.add_argument("--save-models", type=Path, metavar="DIR",
                     help="write each candidate's model folder (weights and tuned thresholds) under DIR")
     args = ap.parse_args(argv)
+    if args.folds == 1 or args.folds < 0:
+        ap.error(f"--folds is 0 (no cross-validation) or at least 2, got {args.folds}")
+    if args.folds_only and args.folds < 2:
+        ap.error("--folds-only needs --folds K with K >= 2")
     train_seed = args.seed if args.train_seed is None else args.train_seed
     dev = resolve_device(args.device)
     if dev.type != "cpu" and "bf16" in args.precisions:
@@ -162,10 +211,6 @@ def main(argv=None):
     fit, val = train.subset(fit_idx, "dsb-fit"), train.subset(val_idx, "dsb-val")
     load_avg = os.getloadavg()
 
-    name, spec, _ = pick_classical(train)
-    cl_preds, _ = _classical_predict(test, spec)
-    classical_row = {"name": name, **_scores(test, cl_preds)}
-
     rows = []
     candidates = []
     if any(d is not None for d in args.diameters) and any(e is not None for e in args.ema_decays):
@@ -178,6 +223,23 @@ def main(argv=None):
             jitter = args.diameter_jitter
         if (jitter, precision, diameter, decay, sampling) not in candidates:
             candidates.append((jitter, precision, diameter, decay, sampling))
+    by_folds = None
+    if args.folds >= 2:
+        chosen_cv, table = choose_by_folds(train, candidates, args.folds, args.fold_minutes, dev, train_seed,
+                                            args.seed)
+        by_folds = {"folds": args.folds, "minutes": args.fold_minutes, "table": table, "chosen": _label(chosen_cv)}
+        print(f"chosen by {args.folds}-fold cross-validation: {_label(chosen_cv)}", flush=True)
+        if args.folds_only:
+            out = save_result(args.name, {"chosen_by_folds": by_folds, "seed": args.seed, "train_seed": train_seed,
+                                          "variant": "boundary", "device": str(dev), "cpu_threads": os.cpu_count(),
+                                          "load_average_1_5_15_at_start": [round(v, 2) for v in load_avg],
+                                          "load_average_1_5_15_at_end": [round(v, 2) for v in os.getloadavg()]},
+                              argv, script="segmentation_dsb_augment")
+            print(f"-> {out}")
+            return
+    name, spec, _ = pick_classical(train)
+    cl_preds, _ = _classical_predict(test, spec)
+    classical_row = {"name": name, **_scores(test, cl_preds)}
     for jitter, precision, diameter, decay, sampling in candidates:
         model, post, val_dsb, train_s = train_learned(fit, val, "boundary", args.budget, dev, train_seed,
                                                       scale_jitter=jitter, cpu_bf16=precision == "bf16",
@@ -192,7 +254,7 @@ def main(argv=None):
                 tag = "none" if jitter is None else "-".join(map(str, jitter))
                 size = "" if diameter is None else f"_diameter_{diameter:g}"
                 avg = "" if decay is None else f"_ema_{decay:g}_{weights}"
-                drawn = "" if sampling == "area" else f"_sampling_{sampling}"
+                drawn = "" if sampling == InstanceTrainConfig.sampling else f"_sampling_{sampling}"
                 save_instance_unet(net, args.save_models / f"{args.name}_jitter_{tag}_{ran_in}{size}{avg}{drawn}",
                                    net_post[1], val_dsb=net_val)
             row = {"scale_jitter": list(jitter) if jitter else None, "precision": ran_in, "diameter": diameter,
@@ -213,7 +275,7 @@ def main(argv=None):
     print(f"classical {name}: test DSB {classical_row['dsb_metric']:.3f} ({looks})")
     best = max(rows, key=lambda r: r["val_dsb"])
     chosen = {k: best[k] for k in ("scale_jitter", "precision", "diameter", "ema_decay", "weights", "sampling")}
-    result = {"rows": rows, "chosen_on_validation": chosen, "classical": classical_row,
+    result = {"rows": rows, "chosen_on_validation": chosen, "chosen_by_folds": by_folds, "classical": classical_row,
               "budget_s": args.budget * 60, "seed": args.seed, "train_seed": train_seed, "variant": "boundary",
               "images": {"fit": len(fit), "val": len(val), "test": len(test)}, "device": str(dev),
               "cpu_threads": os.cpu_count(), "load_average_1_5_15_at_start": [round(v, 2) for v in load_avg],
