@@ -197,6 +197,8 @@ def main(argv=None):
         ap.error(f"--folds is 0 (no cross-validation) or at least 2, got {args.folds}")
     if args.folds_only and args.folds < 2:
         ap.error("--folds-only needs --folds K with K >= 2")
+    if args.folds_only and args.save_models is not None:
+        ap.error("--folds-only trains no full-budget model to save: leave out --save-models")
     train_seed = args.seed if args.train_seed is None else args.train_seed
     dev = resolve_device(args.device)
     if dev.type != "cpu" and "bf16" in args.precisions:

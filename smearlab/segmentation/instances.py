@@ -325,8 +325,8 @@ def _prepared(dataset: SmearDataset, boundary: int, diameter: float | None = Non
 
 
 def _crop_batch(items, rng: np.random.Generator, crop: int, batch_size: int,
-                scale_jitter: tuple[float, float] | None = None, sampling: str = "image"
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+                scale_jitter: tuple[float, float] | None = None,
+                sampling: str = InstanceTrainConfig.sampling) -> tuple[torch.Tensor, torch.Tensor]:
     """Random crops (their images drawn each equally, or by area with ``sampling="area"``),
     zooms (``scale_jitter``), flips, quarter turns, gamma and contrast."""
     sizes = np.array([x.size for x, _ in items], np.float64)
