@@ -33,6 +33,12 @@ settings tuned on validation: a paired comparison, free of the run-to-run spread
 image gets about a third of the crops and the five small colour bright-field images an eighth, or
 every image equally (StarDist's and Cellpose's way; the default since the choice by folds below).
 
+``--crops 128x8 256x2`` compares the training crops' side and the crops per step
+(``InstanceTrainConfig(crop=..., batch_size=...)``): 128 px crops hold two or three of the
+largest nuclei (about 60 px across in the packed colour tissue) and little of their
+surroundings; StarDist trains on 256 px patches, Cellpose on 224 px. ``256x2`` keeps the pixels
+per step of ``128x8``.
+
 Four validation images are few to choose by. ``--folds K --fold-minutes M`` also chooses among the
 candidates the way ``segmentation_dsb.py`` chooses the outputs: each candidate trained ``M``
 minutes on every one of ``K`` folds of the 20 training images (stratified by look, every image
@@ -41,9 +47,9 @@ validating once), its settings tuned and scored on the fold; the best mean wins
 full-budget rows and no test images.
 
 Writes ``benchmarks/results/segmentation_dsb_augment.json``: ``rows`` (``scale_jitter``,
-``precision``, ``diameter``, ``ema_decay``, ``weights``, ``sampling``, ``steps``, ``val_dsb``, ``dsb_metric``, ``dsb_per_look``, ``dsb_per_image``, mask
+``precision``, ``diameter``, ``ema_decay``, ``weights``, ``sampling``, ``crop``, ``batch_size``, ``steps``, ``val_dsb``, ``dsb_metric``, ``dsb_per_look``, ``dsb_per_image``, mask
 AP50 / mAP, count error, ``train_s``), ``chosen_on_validation`` (the best row's ``scale_jitter``,
-``precision``, ``diameter``, ``ema_decay``, ``weights`` and ``sampling``), ``chosen_by_folds`` (with
+``precision``, ``diameter``, ``ema_decay``, ``weights``, ``sampling``, ``crop`` and ``batch_size``), ``chosen_by_folds`` (with
 ``--folds``; else null), ``classical`` (name, ``dsb_metric``, ``dsb_per_look``).
 
 Usage::
@@ -61,6 +67,8 @@ Usage::
         --name segmentation_dsb_sampling  # crops' images drawn by area or each image equally
     python benchmarks/segmentation_dsb_augment.py --jitters none --samplings area image --folds 3 \
         --fold-minutes 5 --folds-only --name segmentation_dsb_sampling_folds  # the choice by 3 folds
+    python benchmarks/segmentation_dsb_augment.py --jitters none --crops 128x8 256x2 --folds 3 \
+        --fold-minutes 5 --folds-only --name segmentation_dsb_crop_folds  # crop side, by 3 folds
 """
 from __future__ import annotations
 
@@ -107,6 +115,16 @@ def _diameter(text: str):
         raise argparse.ArgumentTypeError(f"a diameter is 'none' or a number of pixels, got {text!r}")
 
 
+def _crop(text: str) -> tuple[int, int]:
+    try:
+        side, batch = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        side = batch = 0
+    if side < 16 or batch < 1:
+        raise argparse.ArgumentTypeError(f"a crop is SIDExBATCH (e.g. 256x2: 256 px crops, 2 per step), got {text!r}")
+    return side, batch
+
+
 def _decay(text: str):
     if text.lower() == "none":
         return None
@@ -139,19 +157,19 @@ def choose_by_folds(train, candidates, folds: int, minutes: float, device, seed:
     table = {}
     splits = selection_folds(train, folds, fold_seed)
     for cand in candidates:
-        jitter, precision, diameter, decay, sampling = cand
+        jitter, precision, diameter, decay, sampling, (side, batch) = cand
         scores, posts = fold_scores(train, splits, "boundary", minutes, device, seed, _label(cand) + ":",
                                     scale_jitter=jitter, cpu_bf16=precision == "bf16", diameter=diameter,
-                                    ema_decay=decay, sampling=sampling)
+                                    ema_decay=decay, sampling=sampling, crop=side, batch_size=batch)
         table[_label(cand)] = {"val_dsb": round(float(np.mean(scores)), 4), "fold_val_dsb": scores, "post": posts}
     best = max(candidates, key=lambda c: table[_label(c)]["val_dsb"])
     return best, table
 
 
 def _label(cand) -> str:
-    jitter, precision, diameter, decay, sampling = cand
+    jitter, precision, diameter, decay, sampling, (side, batch) = cand
     return (f"jitter {'none' if jitter is None else '-'.join(map(str, jitter))}, {precision}, diameter {diameter}, "
-            f"ema {decay}, {sampling}")
+            f"ema {decay}, {sampling}, crop {side}x{batch}")
 
 
 def _scores(test, preds) -> dict:
@@ -180,6 +198,10 @@ def main(argv=None):
     ap.add_argument("--samplings", nargs="+", choices=SAMPLINGS, default=[InstanceTrainConfig.sampling],
                     help="how each training crop's image is drawn: by area, or every image equally "
                          f"(default: {InstanceTrainConfig.sampling!r}, the recipe's)")
+    ap.add_argument("--crops", type=_crop, nargs="+",
+                    default=[(InstanceTrainConfig.crop, InstanceTrainConfig.batch_size)],
+                    help="training crops to compare, SIDExBATCH: the crop side in pixels and the crops per step "
+                         f"(default: {InstanceTrainConfig.crop}x{InstanceTrainConfig.batch_size}, the recipe's)")
     ap.add_argument("--folds", type=int, default=0,
                     help="also choose among the candidates by cross-validation on the 20 training images: each "
                          "trained --fold-minutes on every one of this many folds (0: no)")
@@ -218,13 +240,13 @@ def main(argv=None):
     if any(d is not None for d in args.diameters) and any(e is not None for e in args.ema_decays):
         raise SystemExit("--ema-decays with --diameters: the raw twin would need a size model of its own; "
                          "compare them in separate runs")
-    for jitter, precision, diameter, decay, sampling in itertools.product(args.jitters, args.precisions,
-                                                                          args.diameters, args.ema_decays,
-                                                                          args.samplings):
+    for jitter, precision, diameter, decay, sampling, crop in itertools.product(args.jitters, args.precisions,
+                                                                                args.diameters, args.ema_decays,
+                                                                                args.samplings, args.crops):
         if diameter is not None and args.diameter_jitter is not None:
             jitter = args.diameter_jitter
-        if (jitter, precision, diameter, decay, sampling) not in candidates:
-            candidates.append((jitter, precision, diameter, decay, sampling))
+        if (jitter, precision, diameter, decay, sampling, crop) not in candidates:
+            candidates.append((jitter, precision, diameter, decay, sampling, crop))
     by_folds = None
     if args.folds >= 2:
         chosen_cv, table = choose_by_folds(train, candidates, args.folds, args.fold_minutes, dev, train_seed,
@@ -242,10 +264,11 @@ def main(argv=None):
     name, spec, _ = pick_classical(train)
     cl_preds, _ = _classical_predict(test, spec)
     classical_row = {"name": name, **_scores(test, cl_preds)}
-    for jitter, precision, diameter, decay, sampling in candidates:
+    for jitter, precision, diameter, decay, sampling, (side, batch) in candidates:
         model, post, val_dsb, train_s = train_learned(fit, val, "boundary", args.budget, dev, train_seed,
                                                       scale_jitter=jitter, cpu_bf16=precision == "bf16",
-                                                      diameter=diameter, ema_decay=decay, sampling=sampling)
+                                                      diameter=diameter, ema_decay=decay, sampling=sampling,
+                                                      crop=side, batch_size=batch)
         ran_in = "fp16" if dev.type == "cuda" else precision  # what the training ran in (CUDA: amp)
         twins = [("average" if decay is not None else "raw", model, post, val_dsb)]
         if decay is not None:
@@ -257,10 +280,13 @@ def main(argv=None):
                 size = "" if diameter is None else f"_diameter_{diameter:g}"
                 avg = "" if decay is None else f"_ema_{decay:g}_{weights}"
                 drawn = "" if sampling == InstanceTrainConfig.sampling else f"_sampling_{sampling}"
-                save_instance_unet(net, args.save_models / f"{args.name}_jitter_{tag}_{ran_in}{size}{avg}{drawn}",
+                crops = ("" if (side, batch) == (InstanceTrainConfig.crop, InstanceTrainConfig.batch_size)
+                         else f"_crop_{side}x{batch}")
+                save_instance_unet(net, args.save_models / f"{args.name}_jitter_{tag}_{ran_in}{size}{avg}{drawn}{crops}",
                                    net_post[1], val_dsb=net_val)
             row = {"scale_jitter": list(jitter) if jitter else None, "precision": ran_in, "diameter": diameter,
-                   "ema_decay": decay, "weights": weights, "sampling": sampling, "steps": model.trained_steps,
+                   "ema_decay": decay, "weights": weights, "sampling": sampling, "crop": side, "batch_size": batch,
+                   "steps": model.trained_steps,
                    "val_dsb": net_val,
                    **_scores(test, preds), "settings": str(net_post[1]), "train_s": round(train_s, 1),
                    "seconds_per_image": round(sec, 3)}
@@ -271,12 +297,14 @@ def main(argv=None):
             rows.append(row)
             looks = ", ".join(f"{g} {v:.3f}" for g, v in rows[-1]["dsb_per_look"].items())
             print(f"scale_jitter {jitter}, {ran_in}, diameter {diameter}, ema {decay} ({weights}), {sampling}, "
+                  f"crop {side}x{batch}, "
                   f"{model.trained_steps} steps: validation DSB {net_val:.4f} | test DSB {rows[-1]['dsb_metric']:.3f} "
                   f"({looks})", flush=True)
     looks = ", ".join(f"{g} {v:.3f}" for g, v in classical_row["dsb_per_look"].items())
     print(f"classical {name}: test DSB {classical_row['dsb_metric']:.3f} ({looks})")
     best = max(rows, key=lambda r: r["val_dsb"])
-    chosen = {k: best[k] for k in ("scale_jitter", "precision", "diameter", "ema_decay", "weights", "sampling")}
+    chosen = {k: best[k] for k in ("scale_jitter", "precision", "diameter", "ema_decay", "weights", "sampling", "crop",
+                                   "batch_size")}
     result = {"rows": rows, "chosen_on_validation": chosen, "chosen_by_folds": by_folds, "classical": classical_row,
               "budget_s": args.budget * 60, "seed": args.seed, "train_seed": train_seed, "variant": "boundary",
               "images": {"fit": len(fit), "val": len(val), "test": len(test)}, "device": str(dev),
@@ -284,7 +312,8 @@ def main(argv=None):
               "load_average_1_5_15_at_end": [round(v, 2) for v in os.getloadavg()]}
     out = save_result(args.name, result, argv, script="segmentation_dsb_augment")
     print(f"chosen on validation: scale_jitter {best['scale_jitter']}, {best['precision']}, diameter "
-          f"{best['diameter']}, ema {best['ema_decay']} ({best['weights']}), {best['sampling']} -> {out}")
+          f"{best['diameter']}, ema {best['ema_decay']} ({best['weights']}), {best['sampling']}, crop "
+          f"{best['crop']}x{best['batch_size']} -> {out}")
 
 
 if __name__ == "__main__":
