@@ -37,7 +37,9 @@ every image equally (StarDist's and Cellpose's way; the default since the choice
 (``InstanceTrainConfig(crop=..., batch_size=...)``): 128 px crops hold two or three of the
 largest nuclei (about 60 px across in the packed colour tissue) and little of their
 surroundings; StarDist trains on 256 px patches, Cellpose on 224 px. ``256x2`` keeps the pixels
-per step of ``128x8``.
+per step of ``128x8``. ``--boundary-weights 3 6`` compares the cross-entropy weight of the
+boundary class (``InstanceTrainConfig(boundary_weight=...)``), the scarce class that splits
+touching nuclei.
 
 Four validation images are few to choose by. ``--folds K --fold-minutes M`` also chooses among the
 candidates the way ``segmentation_dsb.py`` chooses the outputs: each candidate trained ``M``
@@ -47,9 +49,9 @@ validating once), its settings tuned and scored on the fold; the best mean wins
 full-budget rows and no test images.
 
 Writes ``benchmarks/results/segmentation_dsb_augment.json``: ``rows`` (``scale_jitter``,
-``precision``, ``diameter``, ``ema_decay``, ``weights``, ``sampling``, ``crop``, ``batch_size``, ``steps``, ``val_dsb``, ``dsb_metric``, ``dsb_per_look``, ``dsb_per_image``, mask
+``precision``, ``diameter``, ``ema_decay``, ``weights``, ``sampling``, ``crop``, ``batch_size``, ``boundary_weight``, ``steps``, ``val_dsb``, ``dsb_metric``, ``dsb_per_look``, ``dsb_per_image``, mask
 AP50 / mAP, count error, ``train_s``), ``chosen_on_validation`` (the best row's ``scale_jitter``,
-``precision``, ``diameter``, ``ema_decay``, ``weights``, ``sampling``, ``crop`` and ``batch_size``), ``chosen_by_folds`` (with
+``precision``, ``diameter``, ``ema_decay``, ``weights``, ``sampling``, ``crop``, ``batch_size`` and ``boundary_weight``), ``chosen_by_folds`` (with
 ``--folds``; else null), ``classical`` (name, ``dsb_metric``, ``dsb_per_look``).
 
 Usage::
@@ -69,6 +71,8 @@ Usage::
         --fold-minutes 5 --folds-only --name segmentation_dsb_sampling_folds  # the choice by 3 folds
     python benchmarks/segmentation_dsb_augment.py --jitters none --crops 128x8 256x2 --folds 3 \
         --fold-minutes 5 --folds-only --name segmentation_dsb_crop_folds  # crop side, by 3 folds
+    python benchmarks/segmentation_dsb_augment.py --jitters none --boundary-weights 3 6 --folds 3 \
+        --fold-minutes 5 --folds-only --name segmentation_dsb_boundary_weight_folds
 """
 from __future__ import annotations
 
@@ -157,19 +161,33 @@ def choose_by_folds(train, candidates, folds: int, minutes: float, device, seed:
     table = {}
     splits = selection_folds(train, folds, fold_seed)
     for cand in candidates:
-        jitter, precision, diameter, decay, sampling, (side, batch) = cand
-        scores, posts = fold_scores(train, splits, "boundary", minutes, device, seed, _label(cand) + ":",
-                                    scale_jitter=jitter, cpu_bf16=precision == "bf16", diameter=diameter,
-                                    ema_decay=decay, sampling=sampling, crop=side, batch_size=batch)
+        scores, posts = fold_scores(train, splits, "boundary", minutes, device, seed, _label(cand) + ":", **cand)
         table[_label(cand)] = {"val_dsb": round(float(np.mean(scores)), 4), "fold_val_dsb": scores, "post": posts}
     best = max(candidates, key=lambda c: table[_label(c)]["val_dsb"])
     return best, table
 
 
-def _label(cand) -> str:
-    jitter, precision, diameter, decay, sampling, (side, batch) = cand
-    return (f"jitter {'none' if jitter is None else '-'.join(map(str, jitter))}, {precision}, diameter {diameter}, "
-            f"ema {decay}, {sampling}, crop {side}x{batch}")
+def _candidates(args) -> list[dict]:
+    """Every combination of the compared options, each a dict of :class:`InstanceTrainConfig`
+    fields (a candidate with a diameter takes ``--diameter-jitter`` as its zoom range)."""
+    out = []
+    for jitter, precision, diameter, decay, sampling, (side, batch), weight in itertools.product(
+            args.jitters, args.precisions, args.diameters, args.ema_decays, args.samplings, args.crops,
+            args.boundary_weights):
+        if diameter is not None and args.diameter_jitter is not None:
+            jitter = args.diameter_jitter
+        cand = dict(scale_jitter=jitter, cpu_bf16=precision == "bf16", diameter=diameter, ema_decay=decay,
+                    sampling=sampling, crop=side, batch_size=batch, boundary_weight=weight)
+        if cand not in out:
+            out.append(cand)
+    return out
+
+
+def _label(cand: dict) -> str:
+    jitter = cand["scale_jitter"]
+    return (f"jitter {'none' if jitter is None else '-'.join(map(str, jitter))}, "
+            f"{'bf16' if cand['cpu_bf16'] else 'fp32'}, diameter {cand['diameter']}, ema {cand['ema_decay']}, "
+            f"{cand['sampling']}, crop {cand['crop']}x{cand['batch_size']}, boundary weight {cand['boundary_weight']:g}")
 
 
 def _scores(test, preds) -> dict:
@@ -202,6 +220,9 @@ def main(argv=None):
                     default=[(InstanceTrainConfig.crop, InstanceTrainConfig.batch_size)],
                     help="training crops to compare, SIDExBATCH: the crop side in pixels and the crops per step "
                          f"(default: {InstanceTrainConfig.crop}x{InstanceTrainConfig.batch_size}, the recipe's)")
+    ap.add_argument("--boundary-weights", type=float, nargs="+", default=[InstanceTrainConfig.boundary_weight],
+                    help="cross-entropy weights of the boundary class to compare (default: "
+                         f"{InstanceTrainConfig.boundary_weight:g}, the recipe's)")
     ap.add_argument("--folds", type=int, default=0,
                     help="also choose among the candidates by cross-validation on the 20 training images: each "
                          "trained --fold-minutes on every one of this many folds (0: no)")
@@ -236,17 +257,10 @@ def main(argv=None):
     load_avg = os.getloadavg()
 
     rows = []
-    candidates = []
     if any(d is not None for d in args.diameters) and any(e is not None for e in args.ema_decays):
         raise SystemExit("--ema-decays with --diameters: the raw twin would need a size model of its own; "
                          "compare them in separate runs")
-    for jitter, precision, diameter, decay, sampling, crop in itertools.product(args.jitters, args.precisions,
-                                                                                args.diameters, args.ema_decays,
-                                                                                args.samplings, args.crops):
-        if diameter is not None and args.diameter_jitter is not None:
-            jitter = args.diameter_jitter
-        if (jitter, precision, diameter, decay, sampling, crop) not in candidates:
-            candidates.append((jitter, precision, diameter, decay, sampling, crop))
+    candidates = _candidates(args)
     by_folds = None
     if args.folds >= 2:
         chosen_cv, table = choose_by_folds(train, candidates, args.folds, args.fold_minutes, dev, train_seed,
@@ -264,12 +278,12 @@ def main(argv=None):
     name, spec, _ = pick_classical(train)
     cl_preds, _ = _classical_predict(test, spec)
     classical_row = {"name": name, **_scores(test, cl_preds)}
-    for jitter, precision, diameter, decay, sampling, (side, batch) in candidates:
-        model, post, val_dsb, train_s = train_learned(fit, val, "boundary", args.budget, dev, train_seed,
-                                                      scale_jitter=jitter, cpu_bf16=precision == "bf16",
-                                                      diameter=diameter, ema_decay=decay, sampling=sampling,
-                                                      crop=side, batch_size=batch)
-        ran_in = "fp16" if dev.type == "cuda" else precision  # what the training ran in (CUDA: amp)
+    for cand in candidates:
+        jitter, diameter, decay, sampling = cand["scale_jitter"], cand["diameter"], cand["ema_decay"], cand["sampling"]
+        side, batch, weight = cand["crop"], cand["batch_size"], cand["boundary_weight"]
+        model, post, val_dsb, train_s = train_learned(fit, val, "boundary", args.budget, dev, train_seed, **cand)
+        # what the training ran in (CUDA: amp)
+        ran_in = "fp16" if dev.type == "cuda" else "bf16" if cand["cpu_bf16"] else "fp32"
         twins = [("average" if decay is not None else "raw", model, post, val_dsb)]
         if decay is not None:
             twins.append(("raw", *_raw_twin(model, val, dev)))
@@ -282,10 +296,12 @@ def main(argv=None):
                 drawn = "" if sampling == InstanceTrainConfig.sampling else f"_sampling_{sampling}"
                 crops = ("" if (side, batch) == (InstanceTrainConfig.crop, InstanceTrainConfig.batch_size)
                          else f"_crop_{side}x{batch}")
+                crops += "" if weight == InstanceTrainConfig.boundary_weight else f"_boundary_weight_{weight:g}"
                 save_instance_unet(net, args.save_models / f"{args.name}_jitter_{tag}_{ran_in}{size}{avg}{drawn}{crops}",
                                    net_post[1], val_dsb=net_val)
             row = {"scale_jitter": list(jitter) if jitter else None, "precision": ran_in, "diameter": diameter,
                    "ema_decay": decay, "weights": weights, "sampling": sampling, "crop": side, "batch_size": batch,
+                   "boundary_weight": weight,
                    "steps": model.trained_steps,
                    "val_dsb": net_val,
                    **_scores(test, preds), "settings": str(net_post[1]), "train_s": round(train_s, 1),
@@ -297,14 +313,14 @@ def main(argv=None):
             rows.append(row)
             looks = ", ".join(f"{g} {v:.3f}" for g, v in rows[-1]["dsb_per_look"].items())
             print(f"scale_jitter {jitter}, {ran_in}, diameter {diameter}, ema {decay} ({weights}), {sampling}, "
-                  f"crop {side}x{batch}, "
+                  f"crop {side}x{batch}, boundary weight {weight:g}, "
                   f"{model.trained_steps} steps: validation DSB {net_val:.4f} | test DSB {rows[-1]['dsb_metric']:.3f} "
                   f"({looks})", flush=True)
     looks = ", ".join(f"{g} {v:.3f}" for g, v in classical_row["dsb_per_look"].items())
     print(f"classical {name}: test DSB {classical_row['dsb_metric']:.3f} ({looks})")
     best = max(rows, key=lambda r: r["val_dsb"])
     chosen = {k: best[k] for k in ("scale_jitter", "precision", "diameter", "ema_decay", "weights", "sampling", "crop",
-                                   "batch_size")}
+                                   "batch_size", "boundary_weight")}
     result = {"rows": rows, "chosen_on_validation": chosen, "chosen_by_folds": by_folds, "classical": classical_row,
               "budget_s": args.budget * 60, "seed": args.seed, "train_seed": train_seed, "variant": "boundary",
               "images": {"fit": len(fit), "val": len(val), "test": len(test)}, "device": str(dev),
@@ -313,7 +329,7 @@ def main(argv=None):
     out = save_result(args.name, result, argv, script="segmentation_dsb_augment")
     print(f"chosen on validation: scale_jitter {best['scale_jitter']}, {best['precision']}, diameter "
           f"{best['diameter']}, ema {best['ema_decay']} ({best['weights']}), {best['sampling']}, crop "
-          f"{best['crop']}x{best['batch_size']} -> {out}")
+          f"{best['crop']}x{best['batch_size']}, boundary weight {best['boundary_weight']:g} -> {out}")
 
 
 if __name__ == "__main__":

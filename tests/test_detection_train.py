@@ -172,6 +172,24 @@ def test_ddp_gloo_two_processes(tmp_path):
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+def test_cli_box_head_options_reach_the_saved_model(tmp_path, capsys):
+    """``--fine-level`` and ``--box-loss`` (DetectorConfig fields) are options of the training
+    command, and the saved model folder's config.json holds them; a wrong value is refused by the
+    parser with the choices named."""
+    from smearlab.detection.train import main
+
+    out = tmp_path / "run"
+    assert main(["--synthetic", "2", "--width", "96", "--height", "96", "--arch", "fasterrcnn_tiny",
+                 "--min-size", "96", "--max-size", "96", "--epochs", "1", "--batch-size", "2", "--lr", "0.01",
+                 "--warmup-iters", "1", "--device", "cpu", "--fine-level", "lateral", "--box-loss", "giou",
+                 "--out", str(out), "--no-progress"]) == 0
+    cfg = json.loads((out / "model" / "config.json").read_text())
+    assert cfg["fine_level"] == "lateral" and cfg["box_loss"] == "giou"
+    with pytest.raises(SystemExit):
+        main(["--synthetic", "2", "--box-loss", "iou", "--out", str(tmp_path / "bad")])
+    assert "invalid choice" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+
 def test_default_augment_by_name_and_in_the_recipes():
     """``augment="default"`` is the seeded default augmentation, and every detector recipe of the
     notebooks trains with it, as the benchmarks do (notebook 03 once trained without it)."""

@@ -72,7 +72,8 @@ from ..data.torchdata import LUMA, DetectionDataset, collate_detection
 from ..metrics.detection import coco_eval
 from ..metrics.instances import has_instance_masks
 from ..preprocess import as_preprocess
-from .models import ARCHS, DetectorConfig, build_detector, is_mask_model, save_model, unwrap
+from .losses import BOX_LOSSES
+from .models import ARCHS, FINE_LEVELS, DetectorConfig, build_detector, is_mask_model, save_model, unwrap
 from .predict import predict
 from .scale import object_sizes
 
@@ -988,6 +989,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="local pretrained weights file (backbone or detector)")
     p.add_argument("--grayscale", action="store_true", help="1-channel model")
     p.add_argument("--freeze-backbone", action="store_true")
+    p.add_argument("--fine-level", choices=FINE_LEVELS,
+                   help="tiny models: a stride-4 level for the box head (DetectorConfig.fine_level)")
+    p.add_argument("--box-loss", default="smooth_l1", choices=BOX_LOSSES,
+                   help="the box head's regression loss (DetectorConfig.box_loss; Faster R-CNN models)")
     p.add_argument("--min-size", type=int, default=800)
     p.add_argument("--max-size", type=int, default=1333)
     p.add_argument("--epochs", type=int, default=12)
@@ -1041,7 +1046,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ds, val = parts["train"], parts["val"]
     cfg = DetectorConfig(arch=args.arch, class_names=ds.class_names, in_channels=1 if args.grayscale else 3,
                          min_size=args.min_size, max_size=args.max_size, weights_path=args.weights,
-                         freeze_backbone=args.freeze_backbone)
+                         freeze_backbone=args.freeze_backbone, fine_level=args.fine_level,
+                         box_loss=args.box_loss)
     torch.manual_seed(args.seed)  # same initial weights on every rank
     model = build_detector(cfg)
     tcfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
