@@ -49,10 +49,12 @@ validating once), its settings tuned and scored on the fold; the best mean wins
 full-budget rows and no test images.
 
 Writes ``benchmarks/results/segmentation_dsb_augment.json``: ``rows`` (``scale_jitter``,
-``precision``, ``diameter``, ``ema_decay``, ``weights``, ``sampling``, ``crop``, ``batch_size``, ``boundary_weight``, ``steps``, ``val_dsb``, ``dsb_metric``, ``dsb_per_look``, ``dsb_per_image``, mask
-AP50 / mAP, count error, ``train_s``), ``chosen_on_validation`` (the best row's ``scale_jitter``,
-``precision``, ``diameter``, ``ema_decay``, ``weights``, ``sampling``, ``crop``, ``batch_size`` and ``boundary_weight``), ``chosen_by_folds`` (with
-``--folds``; else null), ``classical`` (name, ``dsb_metric``, ``dsb_per_look``).
+``precision``, ``diameter``, ``ema_decay``, ``weights``, ``sampling``, ``crop``, ``batch_size``,
+``boundary_weight``, ``steps``, ``val_dsb``, ``dsb_metric``, ``dsb_per_look``, ``dsb_per_image``,
+mask AP50 / mAP, count error, ``train_s``), ``chosen_on_validation`` (the best row's
+``scale_jitter``, ``precision``, ``diameter``, ``ema_decay``, ``weights``, ``sampling``, ``crop``,
+``batch_size`` and ``boundary_weight``), ``chosen_by_folds`` (with ``--folds``; else null),
+``classical`` (name, ``dsb_metric``, ``dsb_per_look``).
 
 Usage::
 
@@ -129,6 +131,16 @@ def _crop(text: str) -> tuple[int, int]:
     return side, batch
 
 
+def _weight(text: str) -> float:
+    try:
+        w = float(text)
+    except ValueError:
+        w = 0.0
+    if not w > 0:
+        raise argparse.ArgumentTypeError(f"a class weight is a positive number, got {text!r}")
+    return w
+
+
 def _decay(text: str):
     if text.lower() == "none":
         return None
@@ -187,7 +199,8 @@ def _label(cand: dict) -> str:
     jitter = cand["scale_jitter"]
     return (f"jitter {'none' if jitter is None else '-'.join(map(str, jitter))}, "
             f"{'bf16' if cand['cpu_bf16'] else 'fp32'}, diameter {cand['diameter']}, ema {cand['ema_decay']}, "
-            f"{cand['sampling']}, crop {cand['crop']}x{cand['batch_size']}, boundary weight {cand['boundary_weight']:g}")
+            f"{cand['sampling']}, crop {cand['crop']}x{cand['batch_size']}, "
+            f"boundary weight {cand['boundary_weight']:g}")
 
 
 def _scores(test, preds) -> dict:
@@ -220,7 +233,7 @@ def main(argv=None):
                     default=[(InstanceTrainConfig.crop, InstanceTrainConfig.batch_size)],
                     help="training crops to compare, SIDExBATCH: the crop side in pixels and the crops per step "
                          f"(default: {InstanceTrainConfig.crop}x{InstanceTrainConfig.batch_size}, the recipe's)")
-    ap.add_argument("--boundary-weights", type=float, nargs="+", default=[InstanceTrainConfig.boundary_weight],
+    ap.add_argument("--boundary-weights", type=_weight, nargs="+", default=[InstanceTrainConfig.boundary_weight],
                     help="cross-entropy weights of the boundary class to compare (default: "
                          f"{InstanceTrainConfig.boundary_weight:g}, the recipe's)")
     ap.add_argument("--folds", type=int, default=0,
@@ -297,8 +310,8 @@ def main(argv=None):
                 crops = ("" if (side, batch) == (InstanceTrainConfig.crop, InstanceTrainConfig.batch_size)
                          else f"_crop_{side}x{batch}")
                 crops += "" if weight == InstanceTrainConfig.boundary_weight else f"_boundary_weight_{weight:g}"
-                save_instance_unet(net, args.save_models / f"{args.name}_jitter_{tag}_{ran_in}{size}{avg}{drawn}{crops}",
-                                   net_post[1], val_dsb=net_val)
+                folder = args.save_models / f"{args.name}_jitter_{tag}_{ran_in}{size}{avg}{drawn}{crops}"
+                save_instance_unet(net, folder, net_post[1], val_dsb=net_val)
             row = {"scale_jitter": list(jitter) if jitter else None, "precision": ran_in, "diameter": diameter,
                    "ema_decay": decay, "weights": weights, "sampling": sampling, "crop": side, "batch_size": batch,
                    "boundary_weight": weight,

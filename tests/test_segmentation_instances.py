@@ -287,6 +287,14 @@ def test_crop_sampling_by_area_or_by_image():
         InstanceTrainConfig(sampling="look")
 
 
+@pytest.mark.parametrize("bad", [0, -3.0])
+def test_boundary_weight_must_be_positive(bad):
+    """A zero or negative weight of the boundary class is refused: the class that splits touching
+    objects would be ignored or pushed away, silently."""
+    with pytest.raises(ValueError, match="boundary_weight"):
+        InstanceTrainConfig(boundary_weight=bad)
+
+
 def _sized_dataset() -> SmearDataset:
     """Fields of discs of radius 5, 8 and 12, both looks."""
     data, rng = [], np.random.default_rng(0)

@@ -292,6 +292,8 @@ class InstanceTrainConfig:
             if not 0 < lo <= hi:
                 raise ValueError(f"scale_jitter must be (low, high) with 0 < low <= high, got {self.scale_jitter}")
             self.scale_jitter = (lo, hi)
+        if not float(self.boundary_weight) > 0:
+            raise ValueError(f"boundary_weight must be a positive cross-entropy weight, got {self.boundary_weight!r}")
         if self.diameter is not None and not float(self.diameter) > 0:
             raise ValueError(f"diameter must be a positive number of pixels, got {self.diameter!r}")
         if self.sampling not in SAMPLINGS:
