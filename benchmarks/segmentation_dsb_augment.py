@@ -164,7 +164,7 @@ def _raw_twin(model, val, device):
 
 
 def choose_by_folds(train, candidates, folds: int, minutes: float, device, seed: int,
-                    fold_seed: int = SEED) -> tuple[tuple, dict]:
+                    fold_seed: int = SEED) -> tuple[dict, dict]:
     """Each candidate trained for ``minutes`` on every fold of
     :func:`~segmentation_dsb.selection_folds` (the rule that chooses the outputs: every one of the 20
     training images validates once), its settings tuned and scored on the fold; the choice is the
@@ -325,10 +325,8 @@ def main(argv=None):
                                  "true": round(object_diameter(s.masks), 1)} for s in test})
             rows.append(row)
             looks = ", ".join(f"{g} {v:.3f}" for g, v in rows[-1]["dsb_per_look"].items())
-            print(f"scale_jitter {jitter}, {ran_in}, diameter {diameter}, ema {decay} ({weights}), {sampling}, "
-                  f"crop {side}x{batch}, boundary weight {weight:g}, "
-                  f"{model.trained_steps} steps: validation DSB {net_val:.4f} | test DSB {rows[-1]['dsb_metric']:.3f} "
-                  f"({looks})", flush=True)
+            print(f"{_label(cand)} ({weights} weights, ran in {ran_in}), {model.trained_steps} steps: validation DSB "
+                  f"{net_val:.4f} | test DSB {rows[-1]['dsb_metric']:.3f} ({looks})", flush=True)
     looks = ", ".join(f"{g} {v:.3f}" for g, v in classical_row["dsb_per_look"].items())
     print(f"classical {name}: test DSB {classical_row['dsb_metric']:.3f} ({looks})")
     best = max(rows, key=lambda r: r["val_dsb"])

@@ -991,7 +991,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze-backbone", action="store_true")
     p.add_argument("--fine-level", choices=FINE_LEVELS,
                    help="tiny models: a stride-4 level for the box head (DetectorConfig.fine_level)")
-    p.add_argument("--box-loss", default="smooth_l1", choices=BOX_LOSSES,
+    p.add_argument("--box-loss", default=DetectorConfig.box_loss, choices=BOX_LOSSES,
                    help="the box head's regression loss (DetectorConfig.box_loss; Faster R-CNN models)")
     p.add_argument("--min-size", type=int, default=800)
     p.add_argument("--max-size", type=int, default=1333)
