@@ -41,6 +41,14 @@ per step of ``128x8``. ``--boundary-weights 3 6`` compares the cross-entropy wei
 boundary class (``InstanceTrainConfig(boundary_weight=...)``), the scarce class that splits
 touching nuclei.
 
+``--training-images fit all`` compares what the final model trains on: the 16 fit images, its
+settings tuned on the 4 held-out validation images (the recipe), or all 20 training images, its
+settings tuned on the same 4 images, now seen in training (25 % more training images; the
+thresholds of a model that has seen the images it is tuned on). With ``--folds`` such a comparison
+is scored on held-out images: in each fold, the fold's training part gives its own 4 validation
+images (``validation_split``), each candidate trains on the rest ("fit") or on the whole part
+("all"), is tuned on those 4 and scored on the fold's validation images, which neither saw.
+
 Four validation images are few to choose by. ``--folds K --fold-minutes M`` also chooses among the
 candidates the way ``segmentation_dsb.py`` chooses the outputs: each candidate trained ``M``
 minutes on every one of ``K`` folds of the 20 training images (stratified by look, every image
@@ -50,10 +58,10 @@ full-budget rows and no test images.
 
 Writes ``benchmarks/results/segmentation_dsb_augment.json``: ``rows`` (``scale_jitter``,
 ``precision``, ``diameter``, ``ema_decay``, ``weights``, ``sampling``, ``crop``, ``batch_size``,
-``boundary_weight``, ``steps``, ``val_dsb``, ``dsb_metric``, ``dsb_per_look``, ``dsb_per_image``,
+``boundary_weight``, ``training_images``, ``steps``, ``val_dsb``, ``dsb_metric``, ``dsb_per_look``, ``dsb_per_image``,
 mask AP50 / mAP, count error, ``train_s``), ``chosen_on_validation`` (the best row's
 ``scale_jitter``, ``precision``, ``diameter``, ``ema_decay``, ``weights``, ``sampling``, ``crop``,
-``batch_size`` and ``boundary_weight``), ``chosen_by_folds`` (with ``--folds``; else null),
+``batch_size``, ``boundary_weight`` and ``training_images``), ``chosen_by_folds`` (with ``--folds``; else null),
 ``classical`` (name, ``dsb_metric``, ``dsb_per_look``).
 
 Usage::
@@ -75,6 +83,8 @@ Usage::
         --fold-minutes 5 --folds-only --name segmentation_dsb_crop_folds  # crop side, by 3 folds
     python benchmarks/segmentation_dsb_augment.py --jitters none --boundary-weights 3 6 --folds 3 \
         --fold-minutes 5 --folds-only --name segmentation_dsb_boundary_weight_folds
+    python benchmarks/segmentation_dsb_augment.py --jitters none --training-images fit all --folds 3 \
+        --fold-minutes 5 --folds-only --name segmentation_dsb_refit_folds  # 16 or 20 training images
 """
 from __future__ import annotations
 
@@ -93,6 +103,7 @@ from _common import save_result  # noqa: E402
 from segmentation_dsb import (DEFAULT_DATA, SEED, _classical_predict, _per_group, fixed_split,  # noqa: E402
                               fold_scores, per_image, pick_classical, predict_learned, selection_folds,
                               train_learned, validation_split)
+from smearlab.metrics.instances import dsb_score  # noqa: E402
 
 from smearlab.core.device import resolve_device  # noqa: E402
 from smearlab.data import load  # noqa: E402
@@ -100,6 +111,11 @@ from smearlab.metrics.instances import segmentation_metrics  # noqa: E402
 from smearlab.segmentation.instances import (SAMPLINGS, InstanceTrainConfig, nuclear_channel,  # noqa: E402
                                              save_instance_unet, tune_thresholds)
 from smearlab.segmentation.size import object_diameter  # noqa: E402
+
+
+#: what the final model trains on: the fit images (the validation images held out for tuning) or
+#: all the training images (the tuning images included)
+TRAINING_IMAGES = ("fit", "all")
 
 
 def _jitter(text: str):
@@ -168,28 +184,66 @@ def choose_by_folds(train, candidates, folds: int, minutes: float, device, seed:
     """Each candidate trained for ``minutes`` on every fold of
     :func:`~segmentation_dsb.selection_folds` (the rule that chooses the outputs: every one of the 20
     training images validates once), its settings tuned and scored on the fold; the choice is the
-    best mean validation DSB. ``seed`` trains, ``fold_seed`` deals the folds. ``(chosen candidate,
-    table)``; the table's keys are the candidates' labels."""
+    best mean validation DSB. ``seed`` trains, ``fold_seed`` deals the folds. Candidates that differ
+    in their ``training_images`` are scored on held-out images instead (:func:`held_out_fold_scores`).
+    ``(chosen candidate, table)``; the table's keys are the candidates' labels."""
     table = {}
     splits = selection_folds(train, folds, fold_seed)
+    held_out = len({c["training_images"] for c in candidates}) > 1
     for cand in candidates:
-        scores, posts = fold_scores(train, splits, "boundary", minutes, device, seed, _label(cand) + ":", **cand)
-        table[_label(cand)] = {"val_dsb": round(float(np.mean(scores)), 4), "fold_val_dsb": scores, "post": posts}
+        config = _config(cand)
+        if held_out:
+            scores, posts = held_out_fold_scores(train, splits, cand["training_images"], minutes, device, seed,
+                                                 fold_seed, _label(cand) + ":", **config)
+        else:
+            scores, posts = fold_scores(train, splits, "boundary", minutes, device, seed, _label(cand) + ":",
+                                        **config)
+        table[_label(cand)] = {"val_dsb": round(float(np.mean(scores)), 4), "fold_val_dsb": scores, "post": posts,
+                               "scored_on": "held-out fold images" if held_out else "the tuning images"}
     best = max(candidates, key=lambda c: table[_label(c)]["val_dsb"])
     return best, table
 
 
+def held_out_fold_scores(train, splits, training_images: str, minutes: float, device, seed: int,
+                         fold_seed: int, label: str, **config) -> tuple[list[float], list[str]]:
+    """Per ``(fit, val)`` split of ``train``: the split's training part gives 4 tuning images
+    (:func:`~segmentation_dsb.validation_split`); the model trains on the rest
+    (``training_images="fit"``) or on the whole part (``"all"``, the tuning images included), is
+    tuned on the 4 and scored on the split's validation images, which it never saw.
+    ``(held-out DSB per split, settings per split)``."""
+    scores, posts = [], []
+    for j, (fit_idx, val_idx) in enumerate(splits):
+        part, held = train.subset(fit_idx, f"dsb-part{j}"), train.subset(val_idx, f"dsb-held{j}")
+        inner_fit, inner_val = validation_split(part, fold_seed)
+        tune = part.subset(inner_val, f"dsb-tune{j}")
+        fit = part if training_images == "all" else part.subset(inner_fit, f"dsb-fit{j}")
+        model, post, tuned, _ = train_learned(fit, tune, "boundary", minutes, device, seed, **config)
+        preds, _ = predict_learned(model, post, held, device)
+        score = float(dsb_score(held, preds, kind="masks") or 0.0)
+        scores.append(round(score, 4))
+        posts.append(str(post[1]))
+        print(f"  {label} {minutes} min, fold {j + 1}/{len(splits)}: trained on {len(fit)} images, tuned on "
+              f"{len(tune)} (DSB {tuned:.4f}), held-out DSB {score:.4f} ({len(held)} images)", flush=True)
+    return scores, posts
+
+
+def _config(cand: dict) -> dict:
+    """The candidate's :class:`InstanceTrainConfig` fields (all but ``training_images``)."""
+    return {k: v for k, v in cand.items() if k != "training_images"}
+
+
 def _candidates(args) -> list[dict]:
     """Every combination of the compared options, each a dict of :class:`InstanceTrainConfig`
-    fields (a candidate with a diameter takes ``--diameter-jitter`` as its zoom range)."""
+    fields and the ``training_images`` (a candidate with a diameter takes ``--diameter-jitter`` as
+    its zoom range)."""
     out = []
-    for jitter, precision, diameter, decay, sampling, (side, batch), weight in itertools.product(
+    for jitter, precision, diameter, decay, sampling, (side, batch), weight, images in itertools.product(
             args.jitters, args.precisions, args.diameters, args.ema_decays, args.samplings, args.crops,
-            args.boundary_weights):
+            args.boundary_weights, args.training_images):
         if diameter is not None and args.diameter_jitter is not None:
             jitter = args.diameter_jitter
         cand = dict(scale_jitter=jitter, cpu_bf16=precision == "bf16", diameter=diameter, ema_decay=decay,
-                    sampling=sampling, crop=side, batch_size=batch, boundary_weight=weight)
+                    sampling=sampling, crop=side, batch_size=batch, boundary_weight=weight, training_images=images)
         if cand not in out:
             out.append(cand)
     return out
@@ -200,7 +254,7 @@ def _label(cand: dict) -> str:
     return (f"jitter {'none' if jitter is None else '-'.join(map(str, jitter))}, "
             f"{'bf16' if cand['cpu_bf16'] else 'fp32'}, diameter {cand['diameter']}, ema {cand['ema_decay']}, "
             f"{cand['sampling']}, crop {cand['crop']}x{cand['batch_size']}, "
-            f"boundary weight {cand['boundary_weight']:g}")
+            f"boundary weight {cand['boundary_weight']:g}, trained on {cand['training_images']} images")
 
 
 def _scores(test, preds) -> dict:
@@ -236,6 +290,9 @@ def main(argv=None):
     ap.add_argument("--boundary-weights", type=_weight, nargs="+", default=[InstanceTrainConfig.boundary_weight],
                     help="cross-entropy weights of the boundary class to compare (default: "
                          f"{InstanceTrainConfig.boundary_weight:g}, the recipe's)")
+    ap.add_argument("--training-images", nargs="+", choices=TRAINING_IMAGES, default=["fit"],
+                    help="what the final model trains on: the 16 fit images (the recipe) or all 20 training "
+                         "images (the 4 validation images that tune its settings included)")
     ap.add_argument("--folds", type=int, default=0,
                     help="also choose among the candidates by cross-validation on the 20 training images: each "
                          "trained --fold-minutes on every one of this many folds (0: no)")
@@ -293,8 +350,9 @@ def main(argv=None):
     classical_row = {"name": name, **_scores(test, cl_preds)}
     for cand in candidates:
         jitter, diameter, decay, sampling = cand["scale_jitter"], cand["diameter"], cand["ema_decay"], cand["sampling"]
-        side, batch, weight = cand["crop"], cand["batch_size"], cand["boundary_weight"]
-        model, post, val_dsb, train_s = train_learned(fit, val, "boundary", args.budget, dev, train_seed, **cand)
+        side, batch, weight, images = cand["crop"], cand["batch_size"], cand["boundary_weight"], cand["training_images"]
+        model, post, val_dsb, train_s = train_learned(train if images == "all" else fit, val, "boundary", args.budget,
+                                                      dev, train_seed, **_config(cand))
         # what the training ran in (CUDA: amp)
         ran_in = "fp16" if dev.type == "cuda" else "bf16" if cand["cpu_bf16"] else "fp32"
         twins = [("average" if decay is not None else "raw", model, post, val_dsb)]
@@ -310,11 +368,12 @@ def main(argv=None):
                 crops = ("" if (side, batch) == (InstanceTrainConfig.crop, InstanceTrainConfig.batch_size)
                          else f"_crop_{side}x{batch}")
                 crops += "" if weight == InstanceTrainConfig.boundary_weight else f"_boundary_weight_{weight:g}"
+                crops += "" if images == "fit" else f"_trained_on_{images}"
                 folder = args.save_models / f"{args.name}_jitter_{tag}_{ran_in}{size}{avg}{drawn}{crops}"
                 save_instance_unet(net, folder, net_post[1], val_dsb=net_val)
             row = {"scale_jitter": list(jitter) if jitter else None, "precision": ran_in, "diameter": diameter,
                    "ema_decay": decay, "weights": weights, "sampling": sampling, "crop": side, "batch_size": batch,
-                   "boundary_weight": weight,
+                   "boundary_weight": weight, "training_images": images,
                    "steps": model.trained_steps,
                    "val_dsb": net_val,
                    **_scores(test, preds), "settings": str(net_post[1]), "train_s": round(train_s, 1),
@@ -329,9 +388,13 @@ def main(argv=None):
                   f"{net_val:.4f} | test DSB {rows[-1]['dsb_metric']:.3f} ({looks})", flush=True)
     looks = ", ".join(f"{g} {v:.3f}" for g, v in classical_row["dsb_per_look"].items())
     print(f"classical {name}: test DSB {classical_row['dsb_metric']:.3f} ({looks})")
-    best = max(rows, key=lambda r: r["val_dsb"])
+    # a model trained on all the training images is tuned on images it has seen: its validation
+    # figure is not comparable with a held-out one, so the choice on validation stays among the rows
+    # of one kind (the fit rows when both are run; --folds compares the two on held-out images)
+    kind = "fit" if any(r["training_images"] == "fit" for r in rows) else rows[0]["training_images"]
+    best = max((r for r in rows if r["training_images"] == kind), key=lambda r: r["val_dsb"])
     chosen = {k: best[k] for k in ("scale_jitter", "precision", "diameter", "ema_decay", "weights", "sampling", "crop",
-                                   "batch_size", "boundary_weight")}
+                                   "batch_size", "boundary_weight", "training_images")}
     result = {"rows": rows, "chosen_on_validation": chosen, "chosen_by_folds": by_folds, "classical": classical_row,
               "budget_s": args.budget * 60, "seed": args.seed, "train_seed": train_seed, "variant": "boundary",
               "images": {"fit": len(fit), "val": len(val), "test": len(test)}, "device": str(dev),
@@ -340,7 +403,8 @@ def main(argv=None):
     out = save_result(args.name, result, argv, script="segmentation_dsb_augment")
     print(f"chosen on validation: scale_jitter {best['scale_jitter']}, {best['precision']}, diameter "
           f"{best['diameter']}, ema {best['ema_decay']} ({best['weights']}), {best['sampling']}, crop "
-          f"{best['crop']}x{best['batch_size']}, boundary weight {best['boundary_weight']:g} -> {out}")
+          f"{best['crop']}x{best['batch_size']}, boundary weight {best['boundary_weight']:g}, trained on "
+          f"{best['training_images']} images -> {out}")
 
 
 if __name__ == "__main__":
