@@ -39,7 +39,7 @@ largest nuclei (about 60 px across in the packed colour tissue) and little of th
 surroundings; StarDist trains on 256 px patches, Cellpose on 224 px. ``256x2`` keeps the pixels
 per step of ``128x8``. ``--boundary-weights 3 6`` compares the cross-entropy weight of the
 boundary class (``InstanceTrainConfig(boundary_weight=...)``), the scarce class that splits
-touching nuclei.
+touching nuclei; ``--lrs 2e-3 4e-3`` the Adam learning rate (``InstanceTrainConfig(lr=...)``).
 
 ``--training-images fit all`` compares what the final model trains on: the 16 fit images, its
 settings tuned on the 4 held-out validation images (the recipe), or all 20 training images, its
@@ -58,11 +58,12 @@ full-budget rows and no test images.
 
 Writes ``benchmarks/results/segmentation_dsb_augment.json``: ``rows`` (``scale_jitter``,
 ``precision``, ``diameter``, ``ema_decay``, ``weights``, ``sampling``, ``crop``, ``batch_size``,
-``boundary_weight``, ``training_images``, ``steps``, ``val_dsb``, ``dsb_metric``, ``dsb_per_look``, ``dsb_per_image``,
-mask AP50 / mAP, count error, ``train_s``), ``chosen_on_validation`` (the best row's
-``scale_jitter``, ``precision``, ``diameter``, ``ema_decay``, ``weights``, ``sampling``, ``crop``,
-``batch_size``, ``boundary_weight`` and ``training_images``), ``chosen_by_folds`` (with ``--folds``; else null),
-``classical`` (name, ``dsb_metric``, ``dsb_per_look``).
+``boundary_weight``, ``lr``, ``training_images``, ``steps``, ``val_dsb``, ``dsb_metric``,
+``dsb_per_look``, ``dsb_per_image``, mask AP50 / mAP, count error, ``train_s``),
+``chosen_on_validation`` (the best row's ``scale_jitter``, ``precision``, ``diameter``,
+``ema_decay``, ``weights``, ``sampling``, ``crop``, ``batch_size``, ``boundary_weight``, ``lr`` and
+``training_images``), ``chosen_by_folds`` (with ``--folds``; else null), ``classical`` (name,
+``dsb_metric``, ``dsb_per_look``).
 
 Usage::
 
@@ -85,6 +86,8 @@ Usage::
         --fold-minutes 5 --folds-only --name segmentation_dsb_boundary_weight_folds
     python benchmarks/segmentation_dsb_augment.py --jitters none --training-images fit all --folds 3 \
         --fold-minutes 5 --folds-only --name segmentation_dsb_refit_folds  # 16 or 20 training images
+    python benchmarks/segmentation_dsb_augment.py --jitters none --lrs 2e-3 4e-3 --folds 3 --fold-minutes 5 \
+        --folds-only --name segmentation_dsb_lr_folds  # the learning rate, by 3 folds
 """
 from __future__ import annotations
 
@@ -153,7 +156,7 @@ def _weight(text: str) -> float:
     except ValueError:
         w = 0.0
     if not w > 0:
-        raise argparse.ArgumentTypeError(f"a class weight is a positive number, got {text!r}")
+        raise argparse.ArgumentTypeError(f"a class weight or a learning rate is a positive number, got {text!r}")
     return w
 
 
@@ -237,13 +240,14 @@ def _candidates(args) -> list[dict]:
     fields and the ``training_images`` (a candidate with a diameter takes ``--diameter-jitter`` as
     its zoom range)."""
     out = []
-    for jitter, precision, diameter, decay, sampling, (side, batch), weight, images in itertools.product(
+    for jitter, precision, diameter, decay, sampling, (side, batch), weight, lr, images in itertools.product(
             args.jitters, args.precisions, args.diameters, args.ema_decays, args.samplings, args.crops,
-            args.boundary_weights, args.training_images):
+            args.boundary_weights, args.lrs, args.training_images):
         if diameter is not None and args.diameter_jitter is not None:
             jitter = args.diameter_jitter
         cand = dict(scale_jitter=jitter, cpu_bf16=precision == "bf16", diameter=diameter, ema_decay=decay,
-                    sampling=sampling, crop=side, batch_size=batch, boundary_weight=weight, training_images=images)
+                    sampling=sampling, crop=side, batch_size=batch, boundary_weight=weight, lr=lr,
+                    training_images=images)
         if cand not in out:
             out.append(cand)
     return out
@@ -254,7 +258,8 @@ def _label(cand: dict) -> str:
     return (f"jitter {'none' if jitter is None else '-'.join(map(str, jitter))}, "
             f"{'bf16' if cand['cpu_bf16'] else 'fp32'}, diameter {cand['diameter']}, ema {cand['ema_decay']}, "
             f"{cand['sampling']}, crop {cand['crop']}x{cand['batch_size']}, "
-            f"boundary weight {cand['boundary_weight']:g}, trained on {cand['training_images']} images")
+            f"boundary weight {cand['boundary_weight']:g}, lr {cand['lr']:g}, "
+            f"trained on {cand['training_images']} images")
 
 
 def _scores(test, preds) -> dict:
@@ -290,6 +295,8 @@ def main(argv=None):
     ap.add_argument("--boundary-weights", type=_weight, nargs="+", default=[InstanceTrainConfig.boundary_weight],
                     help="cross-entropy weights of the boundary class to compare (default: "
                          f"{InstanceTrainConfig.boundary_weight:g}, the recipe's)")
+    ap.add_argument("--lrs", type=_weight, nargs="+", default=[InstanceTrainConfig.lr],
+                    help=f"Adam learning rates to compare (default: {InstanceTrainConfig.lr:g}, the recipe's)")
     ap.add_argument("--training-images", nargs="+", choices=TRAINING_IMAGES, default=["fit"],
                     help="what the final model trains on: the 16 fit images (the recipe) or all 20 training "
                          "images (the 4 validation images that tune its settings included)")
@@ -369,11 +376,12 @@ def main(argv=None):
                          else f"_crop_{side}x{batch}")
                 crops += "" if weight == InstanceTrainConfig.boundary_weight else f"_boundary_weight_{weight:g}"
                 crops += "" if images == "fit" else f"_trained_on_{images}"
+                crops += "" if cand["lr"] == InstanceTrainConfig.lr else f"_lr_{cand['lr']:g}"
                 folder = args.save_models / f"{args.name}_jitter_{tag}_{ran_in}{size}{avg}{drawn}{crops}"
                 save_instance_unet(net, folder, net_post[1], val_dsb=net_val)
             row = {"scale_jitter": list(jitter) if jitter else None, "precision": ran_in, "diameter": diameter,
                    "ema_decay": decay, "weights": weights, "sampling": sampling, "crop": side, "batch_size": batch,
-                   "boundary_weight": weight, "training_images": images,
+                   "boundary_weight": weight, "lr": cand["lr"], "training_images": images,
                    "steps": model.trained_steps,
                    "val_dsb": net_val,
                    **_scores(test, preds), "settings": str(net_post[1]), "train_s": round(train_s, 1),
@@ -394,7 +402,7 @@ def main(argv=None):
     kind = "fit" if any(r["training_images"] == "fit" for r in rows) else rows[0]["training_images"]
     best = max((r for r in rows if r["training_images"] == kind), key=lambda r: r["val_dsb"])
     chosen = {k: best[k] for k in ("scale_jitter", "precision", "diameter", "ema_decay", "weights", "sampling", "crop",
-                                   "batch_size", "boundary_weight", "training_images")}
+                                   "batch_size", "boundary_weight", "lr", "training_images")}
     result = {"rows": rows, "chosen_on_validation": chosen, "chosen_by_folds": by_folds, "classical": classical_row,
               "budget_s": args.budget * 60, "seed": args.seed, "train_seed": train_seed, "variant": "boundary",
               "images": {"fit": len(fit), "val": len(val), "test": len(test)}, "device": str(dev),
@@ -403,8 +411,8 @@ def main(argv=None):
     out = save_result(args.name, result, argv, script="segmentation_dsb_augment")
     print(f"chosen on validation: scale_jitter {best['scale_jitter']}, {best['precision']}, diameter "
           f"{best['diameter']}, ema {best['ema_decay']} ({best['weights']}), {best['sampling']}, crop "
-          f"{best['crop']}x{best['batch_size']}, boundary weight {best['boundary_weight']:g}, trained on "
-          f"{best['training_images']} images -> {out}")
+          f"{best['crop']}x{best['batch_size']}, boundary weight {best['boundary_weight']:g}, lr {best['lr']:g}, "
+          f"trained on {best['training_images']} images -> {out}")
 
 
 if __name__ == "__main__":
