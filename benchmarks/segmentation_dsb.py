@@ -335,11 +335,12 @@ def _foreground_instances(probs, min_distance: int) -> dict:
     return classical.watershed_segment((probs[1] + probs[2]) >= 0.5, min_distance=min_distance, min_size=12)
 
 
-def train_learned(fit, val, variant: str, minutes: float, device, seed: int, **config):
-    """Train one variant for ``minutes``; ``(model, post-processing, val DSB, seconds)``. ``config``
-    replaces fields of the :class:`InstanceTrainConfig` (e.g. ``scale_jitter``)."""
+def train_learned(fit, val, variant: str, minutes: float, device, seed: int, base: int = 16, **config):
+    """Train one variant for ``minutes``; ``(model, post-processing, val DSB, seconds)``. ``base``
+    is the U-Net's first-level width; ``config`` replaces fields of the :class:`InstanceTrainConfig`
+    (e.g. ``scale_jitter``)."""
     torch.manual_seed(seed)
-    model = build_instance_unet(base=16, depth=4)
+    model = build_instance_unet(base=base, depth=4)
     cfg = InstanceTrainConfig(**{**dict(crop=128, batch_size=8, lr=2e-3, time_budget_s=minutes * 60, seed=seed,
                                         device=str(device), boundary=2 if variant == "boundary" else 0), **config})
     t0 = time.perf_counter()

@@ -39,7 +39,9 @@ largest nuclei (about 60 px across in the packed colour tissue) and little of th
 surroundings; StarDist trains on 256 px patches, Cellpose on 224 px. ``256x2`` keeps the pixels
 per step of ``128x8``. ``--boundary-weights 3 6`` compares the cross-entropy weight of the
 boundary class (``InstanceTrainConfig(boundary_weight=...)``), the scarce class that splits
-touching nuclei; ``--lrs 2e-3 4e-3`` the Adam learning rate (``InstanceTrainConfig(lr=...)``).
+touching nuclei; ``--lrs 2e-3 4e-3`` the Adam learning rate (``InstanceTrainConfig(lr=...)``);
+``--widths 16 24`` the U-Net's first-level width (``build_instance_unet(base=...)``: a wider net
+runs fewer steps in the same minutes).
 
 ``--training-images fit all`` compares what the final model trains on: the 16 fit images, its
 settings tuned on the 4 held-out validation images (the recipe), or all 20 training images, its
@@ -58,11 +60,11 @@ full-budget rows and no test images.
 
 Writes ``benchmarks/results/segmentation_dsb_augment.json``: ``rows`` (``scale_jitter``,
 ``precision``, ``diameter``, ``ema_decay``, ``weights``, ``sampling``, ``crop``, ``batch_size``,
-``boundary_weight``, ``lr``, ``training_images``, ``steps``, ``val_dsb``, ``dsb_metric``,
+``boundary_weight``, ``lr``, ``base``, ``training_images``, ``steps``, ``val_dsb``, ``dsb_metric``,
 ``dsb_per_look``, ``dsb_per_image``, mask AP50 / mAP, count error, ``train_s``),
 ``chosen_on_validation`` (the best row's ``scale_jitter``, ``precision``, ``diameter``,
-``ema_decay``, ``weights``, ``sampling``, ``crop``, ``batch_size``, ``boundary_weight``, ``lr`` and
-``training_images``), ``chosen_by_folds`` (with ``--folds``; else null), ``classical`` (name,
+``ema_decay``, ``weights``, ``sampling``, ``crop``, ``batch_size``, ``boundary_weight``, ``lr``,
+``base`` and ``training_images``), ``chosen_by_folds`` (with ``--folds``; else null), ``classical`` (name,
 ``dsb_metric``, ``dsb_per_look``).
 
 Usage::
@@ -88,6 +90,8 @@ Usage::
         --fold-minutes 5 --folds-only --name segmentation_dsb_refit_folds  # 16 or 20 training images
     python benchmarks/segmentation_dsb_augment.py --jitters none --lrs 2e-3 4e-3 --folds 3 --fold-minutes 5 \
         --folds-only --name segmentation_dsb_lr_folds  # the learning rate, by 3 folds
+    python benchmarks/segmentation_dsb_augment.py --jitters none --widths 16 24 --folds 3 --fold-minutes 5 \
+        --folds-only --name segmentation_dsb_width_folds  # the U-Net's width, by 3 folds
 """
 from __future__ import annotations
 
@@ -231,23 +235,25 @@ def held_out_fold_scores(train, splits, training_images: str, minutes: float, de
 
 
 def _config(cand: dict) -> dict:
-    """The candidate's :class:`InstanceTrainConfig` fields (all but ``training_images``)."""
+    """The candidate's :class:`InstanceTrainConfig` fields and the U-Net's width ``base`` (all but
+    ``training_images``): the keyword arguments of ``train_learned``."""
     return {k: v for k, v in cand.items() if k != "training_images"}
 
 
 def _candidates(args) -> list[dict]:
     """Every combination of the compared options, each a dict of :class:`InstanceTrainConfig`
-    fields and the ``training_images`` (a candidate with a diameter takes ``--diameter-jitter`` as
-    its zoom range)."""
+    fields, the U-Net's width ``base`` and the ``training_images`` (a candidate with a diameter
+    takes ``--diameter-jitter`` as its zoom range)."""
     out = []
-    for jitter, precision, diameter, decay, sampling, (side, batch), weight, lr, images in itertools.product(
+    for (jitter, precision, diameter, decay, sampling, (side, batch), weight, lr, base,
+         images) in itertools.product(
             args.jitters, args.precisions, args.diameters, args.ema_decays, args.samplings, args.crops,
-            args.boundary_weights, args.lrs, args.training_images):
+            args.boundary_weights, args.lrs, args.widths, args.training_images):
         if diameter is not None and args.diameter_jitter is not None:
             jitter = args.diameter_jitter
         cand = dict(scale_jitter=jitter, cpu_bf16=precision == "bf16", diameter=diameter, ema_decay=decay,
                     sampling=sampling, crop=side, batch_size=batch, boundary_weight=weight, lr=lr,
-                    training_images=images)
+                    base=base, training_images=images)
         if cand not in out:
             out.append(cand)
     return out
@@ -258,7 +264,7 @@ def _label(cand: dict) -> str:
     return (f"jitter {'none' if jitter is None else '-'.join(map(str, jitter))}, "
             f"{'bf16' if cand['cpu_bf16'] else 'fp32'}, diameter {cand['diameter']}, ema {cand['ema_decay']}, "
             f"{cand['sampling']}, crop {cand['crop']}x{cand['batch_size']}, "
-            f"boundary weight {cand['boundary_weight']:g}, lr {cand['lr']:g}, "
+            f"boundary weight {cand['boundary_weight']:g}, lr {cand['lr']:g}, width {cand['base']}, "
             f"trained on {cand['training_images']} images")
 
 
@@ -297,6 +303,9 @@ def main(argv=None):
                          f"{InstanceTrainConfig.boundary_weight:g}, the recipe's)")
     ap.add_argument("--lrs", type=_weight, nargs="+", default=[InstanceTrainConfig.lr],
                     help=f"Adam learning rates to compare (default: {InstanceTrainConfig.lr:g}, the recipe's)")
+    ap.add_argument("--widths", type=int, nargs="+", default=[16],
+                    help="U-Net first-level widths to compare (channels, doubled per level; default: 16, the "
+                         "recipe's)")
     ap.add_argument("--training-images", nargs="+", choices=TRAINING_IMAGES, default=["fit"],
                     help="what the final model trains on: the 16 fit images (the recipe) or all 20 training "
                          "images (the 4 validation images that tune its settings included)")
@@ -377,11 +386,13 @@ def main(argv=None):
                 crops += "" if weight == InstanceTrainConfig.boundary_weight else f"_boundary_weight_{weight:g}"
                 crops += "" if images == "fit" else f"_trained_on_{images}"
                 crops += "" if cand["lr"] == InstanceTrainConfig.lr else f"_lr_{cand['lr']:g}"
+                crops += "" if cand["base"] == 16 else f"_width_{cand['base']}"
                 folder = args.save_models / f"{args.name}_jitter_{tag}_{ran_in}{size}{avg}{drawn}{crops}"
                 save_instance_unet(net, folder, net_post[1], val_dsb=net_val)
             row = {"scale_jitter": list(jitter) if jitter else None, "precision": ran_in, "diameter": diameter,
                    "ema_decay": decay, "weights": weights, "sampling": sampling, "crop": side, "batch_size": batch,
-                   "boundary_weight": weight, "lr": cand["lr"], "training_images": images,
+                   "boundary_weight": weight, "lr": cand["lr"], "base": cand["base"],
+                   "training_images": images,
                    "steps": model.trained_steps,
                    "val_dsb": net_val,
                    **_scores(test, preds), "settings": str(net_post[1]), "train_s": round(train_s, 1),
@@ -402,7 +413,7 @@ def main(argv=None):
     kind = "fit" if any(r["training_images"] == "fit" for r in rows) else rows[0]["training_images"]
     best = max((r for r in rows if r["training_images"] == kind), key=lambda r: r["val_dsb"])
     chosen = {k: best[k] for k in ("scale_jitter", "precision", "diameter", "ema_decay", "weights", "sampling", "crop",
-                                   "batch_size", "boundary_weight", "lr", "training_images")}
+                                   "batch_size", "boundary_weight", "lr", "base", "training_images")}
     result = {"rows": rows, "chosen_on_validation": chosen, "chosen_by_folds": by_folds, "classical": classical_row,
               "budget_s": args.budget * 60, "seed": args.seed, "train_seed": train_seed, "variant": "boundary",
               "images": {"fit": len(fit), "val": len(val), "test": len(test)}, "device": str(dev),
