@@ -423,7 +423,7 @@ def main(argv=None):
     print(f"chosen on validation: scale_jitter {best['scale_jitter']}, {best['precision']}, diameter "
           f"{best['diameter']}, ema {best['ema_decay']} ({best['weights']}), {best['sampling']}, crop "
           f"{best['crop']}x{best['batch_size']}, boundary weight {best['boundary_weight']:g}, lr {best['lr']:g}, "
-          f"trained on {best['training_images']} images -> {out}")
+          f"width {best['base']}, trained on {best['training_images']} images -> {out}")
 
 
 if __name__ == "__main__":
