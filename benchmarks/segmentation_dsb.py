@@ -104,6 +104,8 @@ CLASSICAL = [("otsu", "threshold", {"method": "otsu"}), ("li", "threshold", {"me
              ("adaptive", "threshold", {"method": "adaptive"})] + \
             [(f"watershed_md{d}", "watershed", {"min_distance": d}) for d in (3, 5, 8)]
 SCORE_GRID = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+#: the learned segmenter's U-Net width (channels of its first level, doubled per level)
+UNET_BASE = 16
 
 
 def _by_look(ds) -> dict[str, list[int]]:
@@ -335,7 +337,7 @@ def _foreground_instances(probs, min_distance: int) -> dict:
     return classical.watershed_segment((probs[1] + probs[2]) >= 0.5, min_distance=min_distance, min_size=12)
 
 
-def train_learned(fit, val, variant: str, minutes: float, device, seed: int, base: int = 16, **config):
+def train_learned(fit, val, variant: str, minutes: float, device, seed: int, base: int = UNET_BASE, **config):
     """Train one variant for ``minutes``; ``(model, post-processing, val DSB, seconds)``. ``base``
     is the U-Net's first-level width; ``config`` replaces fields of the :class:`InstanceTrainConfig`
     (e.g. ``scale_jitter``)."""

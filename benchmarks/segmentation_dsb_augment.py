@@ -107,7 +107,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _common import save_result  # noqa: E402
-from segmentation_dsb import (DEFAULT_DATA, SEED, _classical_predict, _per_group, fixed_split,  # noqa: E402
+from segmentation_dsb import (DEFAULT_DATA, SEED, UNET_BASE, _classical_predict, _per_group, fixed_split,  # noqa: E402
                               fold_scores, per_image, pick_classical, predict_learned, selection_folds,
                               train_learned, validation_split)
 from smearlab.metrics.instances import dsb_score  # noqa: E402
@@ -161,6 +161,16 @@ def _weight(text: str) -> float:
         w = 0.0
     if not w > 0:
         raise argparse.ArgumentTypeError(f"a class weight or a learning rate is a positive number, got {text!r}")
+    return w
+
+
+def _width(text: str) -> int:
+    try:
+        w = int(text)
+    except ValueError:
+        w = 0
+    if w < 1:
+        raise argparse.ArgumentTypeError(f"a width is a positive number of channels, got {text!r}")
     return w
 
 
@@ -303,9 +313,9 @@ def main(argv=None):
                          f"{InstanceTrainConfig.boundary_weight:g}, the recipe's)")
     ap.add_argument("--lrs", type=_weight, nargs="+", default=[InstanceTrainConfig.lr],
                     help=f"Adam learning rates to compare (default: {InstanceTrainConfig.lr:g}, the recipe's)")
-    ap.add_argument("--widths", type=int, nargs="+", default=[16],
-                    help="U-Net first-level widths to compare (channels, doubled per level; default: 16, the "
-                         "recipe's)")
+    ap.add_argument("--widths", type=_width, nargs="+", default=[UNET_BASE],
+                    help="U-Net first-level widths to compare (channels, doubled per level; default: "
+                         f"{UNET_BASE}, the recipe's)")
     ap.add_argument("--training-images", nargs="+", choices=TRAINING_IMAGES, default=["fit"],
                     help="what the final model trains on: the 16 fit images (the recipe) or all 20 training "
                          "images (the 4 validation images that tune its settings included)")
@@ -386,7 +396,7 @@ def main(argv=None):
                 crops += "" if weight == InstanceTrainConfig.boundary_weight else f"_boundary_weight_{weight:g}"
                 crops += "" if images == "fit" else f"_trained_on_{images}"
                 crops += "" if cand["lr"] == InstanceTrainConfig.lr else f"_lr_{cand['lr']:g}"
-                crops += "" if cand["base"] == 16 else f"_width_{cand['base']}"
+                crops += "" if cand["base"] == UNET_BASE else f"_width_{cand['base']}"
                 folder = args.save_models / f"{args.name}_jitter_{tag}_{ran_in}{size}{avg}{drawn}{crops}"
                 save_instance_unet(net, folder, net_post[1], val_dsb=net_val)
             row = {"scale_jitter": list(jitter) if jitter else None, "precision": ran_in, "diameter": diameter,
