@@ -201,12 +201,13 @@ def choose_by_folds(train, candidates, folds: int, minutes: float, device, seed:
     """Each candidate trained for ``minutes`` on every fold of
     :func:`~segmentation_dsb.selection_folds` (the rule that chooses the outputs: every one of the 20
     training images validates once), its settings tuned and scored on the fold; the choice is the
-    best mean validation DSB. ``seed`` trains, ``fold_seed`` deals the folds. Candidates that differ
-    in their ``training_images`` are scored on held-out images instead (:func:`held_out_fold_scores`).
+    best mean validation DSB. ``seed`` trains, ``fold_seed`` deals the folds. When any candidate
+    trains on all the images (its tuning images included), every candidate is scored on held-out
+    images instead (:func:`held_out_fold_scores`): the other rule has no tuning images to include.
     ``(chosen candidate, table)``; the table's keys are the candidates' labels."""
     table = {}
     splits = selection_folds(train, folds, fold_seed)
-    held_out = len({c["training_images"] for c in candidates}) > 1
+    held_out = any(c["training_images"] == "all" for c in candidates)
     for cand in candidates:
         config = _config(cand)
         if held_out:
