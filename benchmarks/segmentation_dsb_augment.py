@@ -41,7 +41,10 @@ per step of ``128x8``. ``--boundary-weights 3 6`` compares the cross-entropy wei
 boundary class (``InstanceTrainConfig(boundary_weight=...)``), the scarce class that splits
 touching nuclei; ``--lrs 2e-3 4e-3`` the Adam learning rate (``InstanceTrainConfig(lr=...)``);
 ``--widths 16 24`` the U-Net's first-level width (``build_instance_unet(base=...)``: a wider net
-runs fewer steps in the same minutes).
+runs fewer steps in the same minutes); ``--boundary-widths 2 3`` the width in pixels of the
+boundary band inside each nucleus's edge (``InstanceTrainConfig(boundary=...)``): a wider band
+leaves a smaller confident interior, so touching nuclei keep apart markers more often, and the
+smallest nuclei keep less interior.
 
 ``--training-images fit all`` compares what the final model trains on: the 16 fit images, its
 settings tuned on the 4 held-out validation images (the recipe), or all 20 training images, its
@@ -60,11 +63,11 @@ full-budget rows and no test images.
 
 Writes ``benchmarks/results/segmentation_dsb_augment.json``: ``rows`` (``scale_jitter``,
 ``precision``, ``diameter``, ``ema_decay``, ``weights``, ``sampling``, ``crop``, ``batch_size``,
-``boundary_weight``, ``lr``, ``base``, ``training_images``, ``steps``, ``val_dsb``, ``dsb_metric``,
+``boundary_weight``, ``lr``, ``base``, ``boundary``, ``training_images``, ``steps``, ``val_dsb``, ``dsb_metric``,
 ``dsb_per_look``, ``dsb_per_image``, mask AP50 / mAP, count error, ``train_s``),
 ``chosen_on_validation`` (the best row's ``scale_jitter``, ``precision``, ``diameter``,
 ``ema_decay``, ``weights``, ``sampling``, ``crop``, ``batch_size``, ``boundary_weight``, ``lr``,
-``base`` and ``training_images``), ``chosen_by_folds`` (with ``--folds``; else null), ``classical`` (name,
+``base``, ``boundary`` and ``training_images``), ``chosen_by_folds`` (with ``--folds``; else null), ``classical`` (name,
 ``dsb_metric``, ``dsb_per_look``).
 
 Usage::
@@ -92,6 +95,8 @@ Usage::
         --folds-only --name segmentation_dsb_lr_folds  # the learning rate, by 3 folds
     python benchmarks/segmentation_dsb_augment.py --jitters none --widths 16 24 --folds 3 --fold-minutes 5 \
         --folds-only --name segmentation_dsb_width_folds  # the U-Net's width, by 3 folds
+    python benchmarks/segmentation_dsb_augment.py --jitters none --boundary-widths 2 3 --folds 3 \
+        --fold-minutes 5 --folds-only --name segmentation_dsb_band_folds  # the boundary band, by 3 folds
 """
 from __future__ import annotations
 
@@ -172,6 +177,16 @@ def _width(text: str) -> int:
     if w < 1:
         raise argparse.ArgumentTypeError(f"a width is a positive number of channels, got {text!r}")
     return w
+
+
+def _band(text: str) -> int:
+    try:
+        b = int(text)
+    except ValueError:
+        b = 0
+    if b < 1:
+        raise argparse.ArgumentTypeError(f"a boundary band is a positive whole number of pixels, got {text!r}")
+    return b
 
 
 def _decay(text: str):
@@ -256,15 +271,15 @@ def _candidates(args) -> list[dict]:
     fields, the U-Net's width ``base`` and the ``training_images`` (a candidate with a diameter
     takes ``--diameter-jitter`` as its zoom range)."""
     out = []
-    for (jitter, precision, diameter, decay, sampling, (side, batch), weight, lr, base,
+    for (jitter, precision, diameter, decay, sampling, (side, batch), weight, lr, base, band,
          images) in itertools.product(
             args.jitters, args.precisions, args.diameters, args.ema_decays, args.samplings, args.crops,
-            args.boundary_weights, args.lrs, args.widths, args.training_images):
+            args.boundary_weights, args.lrs, args.widths, args.boundary_widths, args.training_images):
         if diameter is not None and args.diameter_jitter is not None:
             jitter = args.diameter_jitter
         cand = dict(scale_jitter=jitter, cpu_bf16=precision == "bf16", diameter=diameter, ema_decay=decay,
                     sampling=sampling, crop=side, batch_size=batch, boundary_weight=weight, lr=lr,
-                    base=base, training_images=images)
+                    base=base, boundary=band, training_images=images)
         if cand not in out:
             out.append(cand)
     return out
@@ -276,7 +291,7 @@ def _label(cand: dict) -> str:
             f"{'bf16' if cand['cpu_bf16'] else 'fp32'}, diameter {cand['diameter']}, ema {cand['ema_decay']}, "
             f"{cand['sampling']}, crop {cand['crop']}x{cand['batch_size']}, "
             f"boundary weight {cand['boundary_weight']:g}, lr {cand['lr']:g}, width {cand['base']}, "
-            f"trained on {cand['training_images']} images")
+            f"boundary band {cand['boundary']} px, trained on {cand['training_images']} images")
 
 
 def _scores(test, preds) -> dict:
@@ -317,6 +332,9 @@ def main(argv=None):
     ap.add_argument("--widths", type=_width, nargs="+", default=[UNET_BASE],
                     help="U-Net first-level widths to compare (channels, doubled per level; default: "
                          f"{UNET_BASE}, the recipe's)")
+    ap.add_argument("--boundary-widths", type=_band, nargs="+", default=[InstanceTrainConfig.boundary],
+                    help="widths in pixels of the boundary band inside each nucleus's edge to compare (default: "
+                         f"{InstanceTrainConfig.boundary}, the recipe's)")
     ap.add_argument("--training-images", nargs="+", choices=TRAINING_IMAGES, default=["fit"],
                     help="what the final model trains on: the 16 fit images (the recipe) or all 20 training "
                          "images (the 4 validation images that tune its settings included)")
@@ -398,12 +416,13 @@ def main(argv=None):
                 crops += "" if images == "fit" else f"_trained_on_{images}"
                 crops += "" if cand["lr"] == InstanceTrainConfig.lr else f"_lr_{cand['lr']:g}"
                 crops += "" if cand["base"] == UNET_BASE else f"_width_{cand['base']}"
+                crops += "" if cand["boundary"] == InstanceTrainConfig.boundary else f"_band_{cand['boundary']}"
                 folder = args.save_models / f"{args.name}_jitter_{tag}_{ran_in}{size}{avg}{drawn}{crops}"
                 save_instance_unet(net, folder, net_post[1], val_dsb=net_val)
             row = {"scale_jitter": list(jitter) if jitter else None, "precision": ran_in, "diameter": diameter,
                    "ema_decay": decay, "weights": weights, "sampling": sampling, "crop": side, "batch_size": batch,
                    "boundary_weight": weight, "lr": cand["lr"], "base": cand["base"],
-                   "training_images": images,
+                   "boundary": cand["boundary"], "training_images": images,
                    "steps": model.trained_steps,
                    "val_dsb": net_val,
                    **_scores(test, preds), "settings": str(net_post[1]), "train_s": round(train_s, 1),
@@ -424,7 +443,7 @@ def main(argv=None):
     kind = "fit" if any(r["training_images"] == "fit" for r in rows) else rows[0]["training_images"]
     best = max((r for r in rows if r["training_images"] == kind), key=lambda r: r["val_dsb"])
     chosen = {k: best[k] for k in ("scale_jitter", "precision", "diameter", "ema_decay", "weights", "sampling", "crop",
-                                   "batch_size", "boundary_weight", "lr", "base", "training_images")}
+                                   "batch_size", "boundary_weight", "lr", "base", "boundary", "training_images")}
     result = {"rows": rows, "chosen_on_validation": chosen, "chosen_by_folds": by_folds, "classical": classical_row,
               "budget_s": args.budget * 60, "seed": args.seed, "train_seed": train_seed, "variant": "boundary",
               "images": {"fit": len(fit), "val": len(val), "test": len(test)}, "device": str(dev),
@@ -434,7 +453,7 @@ def main(argv=None):
     print(f"chosen on validation: scale_jitter {best['scale_jitter']}, {best['precision']}, diameter "
           f"{best['diameter']}, ema {best['ema_decay']} ({best['weights']}), {best['sampling']}, crop "
           f"{best['crop']}x{best['batch_size']}, boundary weight {best['boundary_weight']:g}, lr {best['lr']:g}, "
-          f"width {best['base']}, trained on {best['training_images']} images -> {out}")
+          f"width {best['base']}, boundary band {best['boundary']} px, trained on {best['training_images']} images -> {out}")
 
 
 if __name__ == "__main__":
