@@ -43,8 +43,8 @@ touching nuclei; ``--lrs 2e-3 4e-3`` the Adam learning rate (``InstanceTrainConf
 ``--widths 16 24`` the U-Net's first-level width (``build_instance_unet(base=...)``: a wider net
 runs fewer steps in the same minutes); ``--boundary-widths 2 3`` the width in pixels of the
 boundary band inside each nucleus's edge (``InstanceTrainConfig(boundary=...)``): a wider band
-leaves a smaller confident interior, so touching nuclei keep apart markers more often, and the
-smallest nuclei keep less interior.
+leaves a smaller interior, which might keep the markers of touching nuclei apart more often, and
+leaves the smallest nuclei less interior.
 
 ``--training-images fit all`` compares what the final model trains on: the 16 fit images, its
 settings tuned on the 4 held-out validation images (the recipe), or all 20 training images, its
@@ -63,8 +63,8 @@ full-budget rows and no test images.
 
 Writes ``benchmarks/results/segmentation_dsb_augment.json``: ``rows`` (``scale_jitter``,
 ``precision``, ``diameter``, ``ema_decay``, ``weights``, ``sampling``, ``crop``, ``batch_size``,
-``boundary_weight``, ``lr``, ``base``, ``boundary``, ``training_images``, ``steps``, ``val_dsb``, ``dsb_metric``,
-``dsb_per_look``, ``dsb_per_image``, mask AP50 / mAP, count error, ``train_s``),
+``boundary_weight``, ``lr``, ``base``, ``boundary``, ``training_images``, ``steps``, ``val_dsb``,
+``dsb_metric``, ``dsb_per_look``, ``dsb_per_image``, mask AP50 / mAP, count error, ``train_s``),
 ``chosen_on_validation`` (the best row's ``scale_jitter``, ``precision``, ``diameter``,
 ``ema_decay``, ``weights``, ``sampling``, ``crop``, ``batch_size``, ``boundary_weight``, ``lr``,
 ``base``, ``boundary`` and ``training_images``), ``chosen_by_folds`` (with ``--folds``; else null), ``classical`` (name,
@@ -453,7 +453,8 @@ def main(argv=None):
     print(f"chosen on validation: scale_jitter {best['scale_jitter']}, {best['precision']}, diameter "
           f"{best['diameter']}, ema {best['ema_decay']} ({best['weights']}), {best['sampling']}, crop "
           f"{best['crop']}x{best['batch_size']}, boundary weight {best['boundary_weight']:g}, lr {best['lr']:g}, "
-          f"width {best['base']}, boundary band {best['boundary']} px, trained on {best['training_images']} images -> {out}")
+          f"width {best['base']}, boundary band {best['boundary']} px, trained on {best['training_images']} images "
+          f"-> {out}")
 
 
 if __name__ == "__main__":
