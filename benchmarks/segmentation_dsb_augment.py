@@ -169,24 +169,18 @@ def _weight(text: str) -> float:
     return w
 
 
-def _width(text: str) -> int:
-    try:
-        w = int(text)
-    except ValueError:
-        w = 0
-    if w < 1:
-        raise argparse.ArgumentTypeError(f"a width is a positive number of channels, got {text!r}")
-    return w
-
-
-def _band(text: str) -> int:
-    try:
-        b = int(text)
-    except ValueError:
-        b = 0
-    if b < 1:
-        raise argparse.ArgumentTypeError(f"a boundary band is a positive whole number of pixels, got {text!r}")
-    return b
+def _count(what: str):
+    """An argparse type: a whole number of at least 1, refused as ``what`` (e.g. "a width is a
+    positive number of channels")."""
+    def parse(text: str) -> int:
+        try:
+            n = int(text)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise argparse.ArgumentTypeError(f"{what}, got {text!r}")
+        return n
+    return parse
 
 
 def _decay(text: str):
@@ -329,10 +323,12 @@ def main(argv=None):
                          f"{InstanceTrainConfig.boundary_weight:g}, the recipe's)")
     ap.add_argument("--lrs", type=_weight, nargs="+", default=[InstanceTrainConfig.lr],
                     help=f"Adam learning rates to compare (default: {InstanceTrainConfig.lr:g}, the recipe's)")
-    ap.add_argument("--widths", type=_width, nargs="+", default=[UNET_BASE],
+    ap.add_argument("--widths", type=_count("a width is a positive number of channels"), nargs="+",
+                    default=[UNET_BASE],
                     help="U-Net first-level widths to compare (channels, doubled per level; default: "
                          f"{UNET_BASE}, the recipe's)")
-    ap.add_argument("--boundary-widths", type=_band, nargs="+", default=[InstanceTrainConfig.boundary],
+    ap.add_argument("--boundary-widths", type=_count("a boundary band is a positive whole number of pixels"),
+                    nargs="+", default=[InstanceTrainConfig.boundary],
                     help="widths in pixels of the boundary band inside each nucleus's edge to compare (default: "
                          f"{InstanceTrainConfig.boundary}, the recipe's)")
     ap.add_argument("--training-images", nargs="+", choices=TRAINING_IMAGES, default=["fit"],
