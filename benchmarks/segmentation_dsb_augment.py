@@ -67,8 +67,8 @@ Writes ``benchmarks/results/segmentation_dsb_augment.json``: ``rows`` (``scale_j
 ``dsb_metric``, ``dsb_per_look``, ``dsb_per_image``, mask AP50 / mAP, count error, ``train_s``),
 ``chosen_on_validation`` (the best row's ``scale_jitter``, ``precision``, ``diameter``,
 ``ema_decay``, ``weights``, ``sampling``, ``crop``, ``batch_size``, ``boundary_weight``, ``lr``,
-``base``, ``boundary`` and ``training_images``), ``chosen_by_folds`` (with ``--folds``; else null), ``classical`` (name,
-``dsb_metric``, ``dsb_per_look``).
+``base``, ``boundary`` and ``training_images``), ``chosen_by_folds`` (with ``--folds``; else null),
+``classical`` (name, ``dsb_metric``, ``dsb_per_look``).
 
 Usage::
 
@@ -367,7 +367,7 @@ def main(argv=None):
     fit, val = train.subset(fit_idx, "dsb-fit"), train.subset(val_idx, "dsb-val")
     load_avg = os.getloadavg()
 
-    rows = []
+    rows, labels = [], []  # labels[i]: what rows[i] ran (the candidate and its weights)
     if any(d is not None for d in args.diameters) and any(e is not None for e in args.ema_decays):
         raise SystemExit("--ema-decays with --diameters: the raw twin would need a size model of its own; "
                          "compare them in separate runs")
@@ -428,16 +428,18 @@ def main(argv=None):
                     s.image_id: {"estimated": round(model.size_model.estimate(model, nuclear_channel(s.image)), 1),
                                  "true": round(object_diameter(s.masks), 1)} for s in test})
             rows.append(row)
-            looks = ", ".join(f"{g} {v:.3f}" for g, v in rows[-1]["dsb_per_look"].items())
-            print(f"{_label(cand)} ({weights} weights, ran in {ran_in}), {model.trained_steps} steps: validation DSB "
-                  f"{net_val:.4f} | test DSB {rows[-1]['dsb_metric']:.3f} ({looks})", flush=True)
+            labels.append(f"{_label(cand)} ({weights} weights, ran in {ran_in})")
+            looks = ", ".join(f"{g} {v:.3f}" for g, v in row["dsb_per_look"].items())
+            print(f"{labels[-1]}, {model.trained_steps} steps: validation DSB {net_val:.4f} | test DSB "
+                  f"{row['dsb_metric']:.3f} ({looks})", flush=True)
     looks = ", ".join(f"{g} {v:.3f}" for g, v in classical_row["dsb_per_look"].items())
     print(f"classical {name}: test DSB {classical_row['dsb_metric']:.3f} ({looks})")
     # a model trained on all the training images is tuned on images it has seen: its validation
     # figure is not comparable with a held-out one, so the choice on validation stays among the rows
     # of one kind (the fit rows when both are run; --folds compares the two on held-out images)
     kind = "fit" if any(r["training_images"] == "fit" for r in rows) else rows[0]["training_images"]
-    best = max((r for r in rows if r["training_images"] == kind), key=lambda r: r["val_dsb"])
+    i_best = max((i for i, r in enumerate(rows) if r["training_images"] == kind), key=lambda i: rows[i]["val_dsb"])
+    best = rows[i_best]
     chosen = {k: best[k] for k in ("scale_jitter", "precision", "diameter", "ema_decay", "weights", "sampling", "crop",
                                    "batch_size", "boundary_weight", "lr", "base", "boundary", "training_images")}
     result = {"rows": rows, "chosen_on_validation": chosen, "chosen_by_folds": by_folds, "classical": classical_row,
@@ -446,11 +448,7 @@ def main(argv=None):
               "cpu_threads": os.cpu_count(), "load_average_1_5_15_at_start": [round(v, 2) for v in load_avg],
               "load_average_1_5_15_at_end": [round(v, 2) for v in os.getloadavg()]}
     out = save_result(args.name, result, argv, script="segmentation_dsb_augment")
-    print(f"chosen on validation: scale_jitter {best['scale_jitter']}, {best['precision']}, diameter "
-          f"{best['diameter']}, ema {best['ema_decay']} ({best['weights']}), {best['sampling']}, crop "
-          f"{best['crop']}x{best['batch_size']}, boundary weight {best['boundary_weight']:g}, lr {best['lr']:g}, "
-          f"width {best['base']}, boundary band {best['boundary']} px, trained on {best['training_images']} images "
-          f"-> {out}")
+    print(f"chosen on validation: {labels[i_best]} -> {out}")
 
 
 if __name__ == "__main__":
