@@ -44,7 +44,10 @@ touching nuclei; ``--lrs 2e-3 4e-3`` the Adam learning rate (``InstanceTrainConf
 runs fewer steps in the same minutes); ``--boundary-widths 2 3`` the width in pixels of the
 boundary band inside each nucleus's edge (``InstanceTrainConfig(boundary=...)``): a wider band
 leaves a smaller interior, which might keep the markers of touching nuclei apart more often, and
-leaves the smallest nuclei less interior.
+leaves the smallest nuclei less interior. ``--separations 0 10`` compares U-Net's separation
+weight map (``InstanceTrainConfig(separation=...)``, :func:`separation_weights`): the background
+and boundary pixels between two nuclei weigh up to ``1 + separation`` times the rest in the loss,
+since the learned segmenter's errors on the validation images are mainly merged nuclei.
 
 ``--training-images fit all`` compares what the final model trains on: the 16 fit images, its
 settings tuned on the 4 held-out validation images (the recipe), or all 20 training images, its
@@ -63,11 +66,12 @@ full-budget rows and no test images.
 
 Writes ``benchmarks/results/segmentation_dsb_augment.json``: ``rows`` (``scale_jitter``,
 ``precision``, ``diameter``, ``ema_decay``, ``weights``, ``sampling``, ``crop``, ``batch_size``,
-``boundary_weight``, ``lr``, ``base``, ``boundary``, ``training_images``, ``steps``, ``val_dsb``,
+``boundary_weight``, ``lr``, ``base``, ``boundary``, ``separation``, ``training_images``, ``steps``,
+``val_dsb``,
 ``dsb_metric``, ``dsb_per_look``, ``dsb_per_image``, mask AP50 / mAP, count error, ``train_s``),
 ``chosen_on_validation`` (the best row's ``scale_jitter``, ``precision``, ``diameter``,
 ``ema_decay``, ``weights``, ``sampling``, ``crop``, ``batch_size``, ``boundary_weight``, ``lr``,
-``base``, ``boundary`` and ``training_images``), ``chosen_by_folds`` (with ``--folds``; else null),
+``base``, ``boundary``, ``separation`` and ``training_images``), ``chosen_by_folds`` (with ``--folds``; else null),
 ``classical`` (name, ``dsb_metric``, ``dsb_per_look``).
 
 Usage::
@@ -97,6 +101,8 @@ Usage::
         --folds-only --name segmentation_dsb_width_folds  # the U-Net's width, by 3 folds
     python benchmarks/segmentation_dsb_augment.py --jitters none --boundary-widths 2 3 --folds 3 \
         --fold-minutes 5 --folds-only --name segmentation_dsb_band_folds  # the boundary band, by 3 folds
+    python benchmarks/segmentation_dsb_augment.py --jitters none --separations 0 10 --folds 3 \
+        --fold-minutes 5 --folds-only --name segmentation_dsb_separation_folds  # the weight map, by 3 folds
 """
 from __future__ import annotations
 
@@ -166,6 +172,16 @@ def _weight(text: str) -> float:
         w = 0.0
     if not w > 0:
         raise argparse.ArgumentTypeError(f"a class weight or a learning rate is a positive number, got {text!r}")
+    return w
+
+
+def _separation(text: str) -> float:
+    try:
+        w = float(text)
+    except ValueError:
+        w = -1.0
+    if not w >= 0:
+        raise argparse.ArgumentTypeError(f"a separation weight is a number of 0 or more, got {text!r}")
     return w
 
 
@@ -265,15 +281,16 @@ def _candidates(args) -> list[dict]:
     fields, the U-Net's width ``base`` and the ``training_images`` (a candidate with a diameter
     takes ``--diameter-jitter`` as its zoom range)."""
     out = []
-    for (jitter, precision, diameter, decay, sampling, (side, batch), weight, lr, base, band,
+    for (jitter, precision, diameter, decay, sampling, (side, batch), weight, lr, base, band, separation,
          images) in itertools.product(
             args.jitters, args.precisions, args.diameters, args.ema_decays, args.samplings, args.crops,
-            args.boundary_weights, args.lrs, args.widths, args.boundary_widths, args.training_images):
+            args.boundary_weights, args.lrs, args.widths, args.boundary_widths, args.separations,
+            args.training_images):
         if diameter is not None and args.diameter_jitter is not None:
             jitter = args.diameter_jitter
         cand = dict(scale_jitter=jitter, cpu_bf16=precision == "bf16", diameter=diameter, ema_decay=decay,
                     sampling=sampling, crop=side, batch_size=batch, boundary_weight=weight, lr=lr,
-                    base=base, boundary=band, training_images=images)
+                    base=base, boundary=band, separation=separation, training_images=images)
         if cand not in out:
             out.append(cand)
     return out
@@ -285,7 +302,8 @@ def _label(cand: dict) -> str:
             f"{'bf16' if cand['cpu_bf16'] else 'fp32'}, diameter {cand['diameter']}, ema {cand['ema_decay']}, "
             f"{cand['sampling']}, crop {cand['crop']}x{cand['batch_size']}, "
             f"boundary weight {cand['boundary_weight']:g}, lr {cand['lr']:g}, width {cand['base']}, "
-            f"boundary band {cand['boundary']} px, trained on {cand['training_images']} images")
+            f"boundary band {cand['boundary']} px, separation {cand['separation']:g}, "
+            f"trained on {cand['training_images']} images")
 
 
 def _scores(test, preds) -> dict:
@@ -331,6 +349,9 @@ def main(argv=None):
                     nargs="+", default=[InstanceTrainConfig.boundary],
                     help="widths in pixels of the boundary band inside each nucleus's edge to compare (default: "
                          f"{InstanceTrainConfig.boundary}, the recipe's)")
+    ap.add_argument("--separations", type=_separation, nargs="+", default=[InstanceTrainConfig.separation],
+                    help="peaks of the separation weight map to compare (0: none; default: "
+                         f"{InstanceTrainConfig.separation:g}, the recipe's)")
     ap.add_argument("--training-images", nargs="+", choices=TRAINING_IMAGES, default=["fit"],
                     help="what the final model trains on: the 16 fit images (the recipe) or all 20 training "
                          "images (the 4 validation images that tune its settings included)")
@@ -413,12 +434,14 @@ def main(argv=None):
                 crops += "" if cand["lr"] == InstanceTrainConfig.lr else f"_lr_{cand['lr']:g}"
                 crops += "" if cand["base"] == UNET_BASE else f"_width_{cand['base']}"
                 crops += "" if cand["boundary"] == InstanceTrainConfig.boundary else f"_band_{cand['boundary']}"
+                crops += ("" if cand["separation"] == InstanceTrainConfig.separation
+                          else f"_separation_{cand['separation']:g}")
                 folder = args.save_models / f"{args.name}_jitter_{tag}_{ran_in}{size}{avg}{drawn}{crops}"
                 save_instance_unet(net, folder, net_post[1], val_dsb=net_val)
             row = {"scale_jitter": list(jitter) if jitter else None, "precision": ran_in, "diameter": diameter,
                    "ema_decay": decay, "weights": weights, "sampling": sampling, "crop": side, "batch_size": batch,
                    "boundary_weight": weight, "lr": cand["lr"], "base": cand["base"],
-                   "boundary": cand["boundary"], "training_images": images,
+                   "boundary": cand["boundary"], "separation": cand["separation"], "training_images": images,
                    "steps": model.trained_steps,
                    "val_dsb": net_val,
                    **_scores(test, preds), "settings": str(net_post[1]), "train_s": round(train_s, 1),
@@ -441,7 +464,8 @@ def main(argv=None):
     i_best = max((i for i, r in enumerate(rows) if r["training_images"] == kind), key=lambda i: rows[i]["val_dsb"])
     best = rows[i_best]
     chosen = {k: best[k] for k in ("scale_jitter", "precision", "diameter", "ema_decay", "weights", "sampling", "crop",
-                                   "batch_size", "boundary_weight", "lr", "base", "boundary", "training_images")}
+                                   "batch_size", "boundary_weight", "lr", "base", "boundary", "separation",
+                                   "training_images")}
     result = {"rows": rows, "chosen_on_validation": chosen, "chosen_by_folds": by_folds, "classical": classical_row,
               "budget_s": args.budget * 60, "seed": args.seed, "train_seed": train_seed, "variant": "boundary",
               "images": {"fit": len(fit), "val": len(val), "test": len(test)}, "device": str(dev),

@@ -202,6 +202,15 @@ def test_training_lowers_the_loss_and_the_model_folder_keeps_the_thresholds(tmp_
     assert load_model(folder, device="cpu").config == model.config
 
 
+def test_training_with_separation_weights_lowers_the_loss():
+    ds = _discs_dataset()
+    torch.manual_seed(0)
+    model = build_instance_unet(base=8, depth=2)
+    hist = train_instance_unet(model, ds, None, InstanceTrainConfig(crop=48, batch_size=4, steps=100, lr=5e-3,
+                                                                    separation=10.0, device="cpu"))
+    assert hist[-1]["loss"] < 0.6 * hist[0]["loss"]
+
+
 def test_bfloat16_training_on_the_cpu_lowers_the_loss_and_keeps_float32_weights():
     ds = _discs_dataset()
     torch.manual_seed(0)
@@ -248,9 +257,10 @@ def test_scale_jitter_zooms_image_and_targets_together():
     y = instance_targets(disc[None], disc.shape, boundary=1)
     items = [(x, y)]
     rng = np.random.default_rng(0)
-    plain_x, plain_y = _crop_batch(items, rng, 40, 2)
-    zx, zy = _crop_batch(items, np.random.default_rng(0), 40, 6, scale_jitter=(2.0, 2.0))
-    assert zx.shape == (6, 1, 40, 40) and zy.shape == (6, 40, 40) and zy.dtype == torch.long
+    plain_x, plain_y, _ = _crop_batch(items, rng, 40, 2)
+    zx, zy, zw = _crop_batch(items, np.random.default_rng(0), 40, 6, scale_jitter=(2.0, 2.0))
+    assert zx.shape == (6, 1, 40, 40) and zy.shape == zw.shape == (6, 40, 40) and zy.dtype == torch.long
+    assert bool((zw == 1).all())  # no separation weights: every pixel weighs one
     assert set(np.unique(zy.numpy())) <= {0, 1, 2}
     # a twice-zoomed crop shows the disc at four times the area, wherever the 20 px window fell
     assert int((plain_y[0] > 0).sum()) == int(disc.sum())
@@ -279,12 +289,55 @@ def test_crop_sampling_by_area_or_by_image():
     big = (np.ones((128, 128), np.float32), np.ones((128, 128), np.uint8))
     share = {}
     for sampling in ("area", "image"):
-        x, _ = _crop_batch([small, big], np.random.default_rng(0), 32, 400, sampling=sampling)
+        x, _, _ = _crop_batch([small, big], np.random.default_rng(0), 32, 400, sampling=sampling)
         share[sampling] = float((x.flatten(1).amax(1) == 0).float().mean())  # crops of the small (black) image
     assert abs(share["area"] - 1 / 17) < 0.04
     assert abs(share["image"] - 0.5) < 0.08
     with pytest.raises(ValueError, match="sampling"):
         InstanceTrainConfig(sampling="look")
+
+
+def test_separation_weights_peak_between_touching_objects():
+    """U-Net's weight map: high where two discs touch and in a narrow gap, nothing far from a
+    second object, nothing with one object."""
+    from smearlab.segmentation.instances import separation_weights
+
+    masks = _touching()
+    w = separation_weights(masks, masks.shape[1:], weight=10.0, sigma=5.0)
+    contact = masks[0] & np.roll(masks[1], -1, axis=1)
+    assert w.dtype == np.float32 and w.shape == masks.shape[1:]
+    assert w[contact].min() > 9.0 and w.max() <= 10.0  # d1 + d2 is about one pixel there
+    assert w[32, 4] < 1e-3 and w[0, 0] < 0.5  # the far side of a disc, a corner
+    assert (separation_weights(masks[:1], masks.shape[1:]) == 0).all()
+    hw = (40, 80)
+    gap = np.stack([_disc(hw, 20, 20, 10), _disc(hw, 20, 46, 10)])  # 6 px of background between them
+    g = separation_weights(gap, hw, weight=10.0, sigma=5.0)
+    assert 10 * np.exp(-49 / 50) * 0.8 < g[20, 33] < 10 * np.exp(-25 / 50)  # d1 + d2 = 7 px mid-gap
+
+
+def test_separation_weights_reach_the_loss_on_the_pixels_between_objects():
+    """With ``separation`` the training items carry the weights, zero on the interior, and the
+    crops carry ``1 + weight``; without it every pixel weighs one and the loss is torch's."""
+    from smearlab.segmentation.instances import _crop_batch, _prepared, weighted_cross_entropy
+
+    masks = _touching()
+    img = np.repeat(np.where(masks.any(0), 200, 20)[..., None], 3, axis=2).astype(np.uint8)
+    ds = SmearDataset([Sample("pair", boxes=[[0, 0, 1, 1]] * 2, labels=[0, 0], _image=img, _masks=masks)],
+                      ["nucleus"], "touching pair")
+    (x, t, e), = _prepared(ds, boundary=2, separation=(10.0, 5.0))[0]
+    assert e.shape == t.shape and (e[t == 1] == 0).all() and e[t == 2].max() > 9.0
+    (plain,) = _prepared(ds, boundary=2)[0]
+    assert len(plain) == 2
+    _, y, w = _crop_batch([(x, t, e)], np.random.default_rng(0), 64, 4)
+    assert float(w.min()) == 1.0 and float(w.max()) > 10.0
+    assert ((w > 1) <= (y != 1)).all()  # only background and boundary pixels weigh more
+    logits = torch.randn(4, 3, 64, 64)
+    cw = torch.tensor([1.0, 1.0, 3.0])
+    torch.testing.assert_close(weighted_cross_entropy(logits, y, cw, torch.ones_like(w)),
+                               torch.nn.functional.cross_entropy(logits, y, weight=cw))
+    for bad in (dict(separation=-1.0), dict(separation_sigma=0.0)):
+        with pytest.raises(ValueError, match="separation"):
+            InstanceTrainConfig(**bad)
 
 
 @pytest.mark.parametrize("bad", [0, -3.0])
