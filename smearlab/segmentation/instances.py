@@ -7,7 +7,9 @@ Cellpose predict distances or flows instead).
   (:func:`nuclear_channel`: bright-field images are inverted, the polarity decided per image), so
   fluorescence, colour and grey bright-field images go through one network.
 * Targets (:func:`instance_targets`): the boundary class is a band inside each object's edge,
-  plus every pixel where two objects touch: what tells two touching nuclei apart.
+  plus every pixel where two objects touch: what tells two touching nuclei apart. Optionally
+  (``InstanceTrainConfig.separation``, :func:`separation_weights`) the pixels between two
+  objects weigh more in the loss (U-Net's weight map).
 * Prediction (:func:`predict_probabilities`): tiled with overlap, the tiles' probabilities
   averaged with weights that fall to the tile edges, so large images (1000 px bright-field
   fields, BBBC041 and IML fields) go through in pieces without seams.
