@@ -306,6 +306,27 @@ def _label(cand: dict) -> str:
             f"trained on {cand['training_images']} images")
 
 
+#: the recipe's value of each compared option: a saved model's folder name names only the options
+#: that differ from it
+_RECIPE = {"diameter": None, "sampling": InstanceTrainConfig.sampling, "crop": InstanceTrainConfig.crop,
+           "batch_size": InstanceTrainConfig.batch_size, "boundary_weight": InstanceTrainConfig.boundary_weight,
+           "lr": InstanceTrainConfig.lr, "base": UNET_BASE, "boundary": InstanceTrainConfig.boundary,
+           "separation": InstanceTrainConfig.separation, "training_images": "fit"}
+
+
+def _folder_name(prefix: str, cand: dict, ran_in: str, weights: str) -> str:
+    """``<prefix>_jitter_<range>_<precision>``, then ``_ema_<decay>_<weights>`` for a weight
+    average and ``_<option>_<value>`` for every option that differs from the recipe's."""
+    jitter = cand["scale_jitter"]
+    parts = [prefix, "jitter", "none" if jitter is None else "-".join(map(str, jitter)), ran_in]
+    if cand["ema_decay"] is not None:
+        parts += ["ema", f"{cand['ema_decay']:g}", weights]
+    for key, recipe in _RECIPE.items():
+        if cand[key] != recipe:
+            parts += [key, f"{cand[key]:g}" if isinstance(cand[key], float) else str(cand[key])]
+    return "_".join(parts)
+
+
 def _scores(test, preds) -> dict:
     m = segmentation_metrics(test, preds, score_threshold=0.0)
     images = per_image(test, preds)
@@ -423,20 +444,7 @@ def main(argv=None):
         for weights, net, net_post, net_val in twins:
             preds, sec = predict_learned(net, net_post, test, dev)
             if args.save_models is not None:
-                tag = "none" if jitter is None else "-".join(map(str, jitter))
-                size = "" if diameter is None else f"_diameter_{diameter:g}"
-                avg = "" if decay is None else f"_ema_{decay:g}_{weights}"
-                drawn = "" if sampling == InstanceTrainConfig.sampling else f"_sampling_{sampling}"
-                crops = ("" if (side, batch) == (InstanceTrainConfig.crop, InstanceTrainConfig.batch_size)
-                         else f"_crop_{side}x{batch}")
-                crops += "" if weight == InstanceTrainConfig.boundary_weight else f"_boundary_weight_{weight:g}"
-                crops += "" if images == "fit" else f"_trained_on_{images}"
-                crops += "" if cand["lr"] == InstanceTrainConfig.lr else f"_lr_{cand['lr']:g}"
-                crops += "" if cand["base"] == UNET_BASE else f"_width_{cand['base']}"
-                crops += "" if cand["boundary"] == InstanceTrainConfig.boundary else f"_band_{cand['boundary']}"
-                crops += ("" if cand["separation"] == InstanceTrainConfig.separation
-                          else f"_separation_{cand['separation']:g}")
-                folder = args.save_models / f"{args.name}_jitter_{tag}_{ran_in}{size}{avg}{drawn}{crops}"
+                folder = args.save_models / _folder_name(args.name, cand, ran_in, weights)
                 save_instance_unet(net, folder, net_post[1], val_dsb=net_val)
             row = {"scale_jitter": list(jitter) if jitter else None, "precision": ran_in, "diameter": diameter,
                    "ema_decay": decay, "weights": weights, "sampling": sampling, "crop": side, "batch_size": batch,
