@@ -202,22 +202,24 @@ def test_training_lowers_the_loss_and_the_model_folder_keeps_the_thresholds(tmp_
     assert load_model(folder, device="cpu").config == model.config
 
 
-def test_training_with_separation_weights_lowers_the_loss():
-    ds = _discs_dataset()
+def _trained(ds: SmearDataset, steps: int = 100, **options):
+    """A small instance U-Net trained from seed 0 on ``ds`` with ``options`` of
+    :class:`InstanceTrainConfig`; ``(model, history)``, the loss checked to have fallen."""
     torch.manual_seed(0)
     model = build_instance_unet(base=8, depth=2)
-    hist = train_instance_unet(model, ds, None, InstanceTrainConfig(crop=48, batch_size=4, steps=100, lr=5e-3,
-                                                                    separation=10.0, device="cpu"))
+    hist = train_instance_unet(model, ds, None, InstanceTrainConfig(crop=48, batch_size=4, steps=steps, lr=5e-3,
+                                                                    device="cpu", **options))
     assert hist[-1]["loss"] < 0.6 * hist[0]["loss"]
+    return model, hist
+
+
+def test_training_with_separation_weights_lowers_the_loss():
+    _trained(_discs_dataset(), separation=10.0)
 
 
 def test_bfloat16_training_on_the_cpu_lowers_the_loss_and_keeps_float32_weights():
     ds = _discs_dataset()
-    torch.manual_seed(0)
-    model = build_instance_unet(base=8, depth=2)
-    hist = train_instance_unet(model, ds, None, InstanceTrainConfig(crop=48, batch_size=4, steps=100, lr=5e-3,
-                                                                    cpu_bf16=True, device="cpu"))
-    assert hist[-1]["loss"] < 0.6 * hist[0]["loss"]
+    model, _ = _trained(ds, cpu_bf16=True)
     assert all(p.dtype == torch.float32 for p in model.parameters())
     probs = predict_probabilities(model, ds[0].image, device="cpu")
     assert probs.dtype == np.float32 and np.allclose(probs.sum(0), 1.0, atol=1e-4)
@@ -393,11 +395,7 @@ def test_training_at_one_object_size_resizes_image_and_targets_together():
 
 def test_a_model_trained_at_one_size_estimates_sizes_and_travels_with_its_size_model(tmp_path):
     ds = _sized_dataset()
-    torch.manual_seed(0)
-    model = build_instance_unet(base=8, depth=2)
-    hist = train_instance_unet(model, ds, None, InstanceTrainConfig(crop=48, batch_size=4, steps=120, lr=5e-3,
-                                                                    diameter=16.0, device="cpu"))
-    assert hist[-1]["loss"] < 0.6 * hist[0]["loss"]
+    model, hist = _trained(ds, steps=120, diameter=16.0)
     assert model.diameter == 16.0 and hist[-1]["size_model_error"] >= 1.0
     from smearlab.segmentation.instances import nuclear_channel as channel
 
