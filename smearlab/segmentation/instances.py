@@ -380,7 +380,7 @@ def _prepared(dataset: SmearDataset, boundary: int, diameter: float | None = Non
             out.append((x, target))
         else:
             extra = separation_weights(masks, hw, *separation)
-            extra[target == 1] = 0.0  # the interior: what lies between two objects is the rest
+            extra[target == 1] = 0.0  # the interior keeps weight one: only background and boundary lie between
             out.append((x, target, extra))
     return out, channels, diameters
 
