@@ -165,24 +165,21 @@ def _crop(text: str) -> tuple[int, int]:
     return side, batch
 
 
-def _weight(text: str) -> float:
-    try:
-        w = float(text)
-    except ValueError:
-        w = 0.0
-    if not w > 0:
-        raise argparse.ArgumentTypeError(f"a class weight or a learning rate is a positive number, got {text!r}")
-    return w
+def _number(what: str, zero: bool = False):
+    """An argparse type: a number above 0 (or 0 too, with ``zero``), refused as ``what`` (e.g. "a
+    learning rate is a positive number")."""
+    def parse(text: str) -> float:
+        try:
+            w = float(text)
+        except ValueError:
+            w = float("nan")
+        if not (w >= 0 if zero else w > 0):
+            raise argparse.ArgumentTypeError(f"{what}, got {text!r}")
+        return w
+    return parse
 
 
-def _separation(text: str) -> float:
-    try:
-        w = float(text)
-    except ValueError:
-        w = -1.0
-    if not w >= 0:
-        raise argparse.ArgumentTypeError(f"a separation weight is a number of 0 or more, got {text!r}")
-    return w
+_weight = _number("a class weight or a learning rate is a positive number")
 
 
 def _count(what: str):
@@ -306,6 +303,11 @@ def _label(cand: dict) -> str:
             f"trained on {cand['training_images']} images")
 
 
+#: the options a candidate's row and the choice carry as they are (beside ``scale_jitter``,
+#: ``precision`` and ``weights``)
+_OPTIONS = ("diameter", "ema_decay", "sampling", "crop", "batch_size", "boundary_weight", "lr", "base", "boundary",
+            "separation", "training_images")
+
 #: the recipe's value of each compared option: a saved model's folder name names only the options
 #: that differ from it
 _RECIPE = {"diameter": None, "sampling": InstanceTrainConfig.sampling, "crop": InstanceTrainConfig.crop,
@@ -370,7 +372,7 @@ def main(argv=None):
                     nargs="+", default=[InstanceTrainConfig.boundary],
                     help="widths in pixels of the boundary band inside each nucleus's edge to compare (default: "
                          f"{InstanceTrainConfig.boundary}, the recipe's)")
-    ap.add_argument("--separations", type=_separation, nargs="+", default=[InstanceTrainConfig.separation],
+    ap.add_argument("--separations", type=_number("a separation weight is a number of 0 or more", zero=True), nargs="+", default=[InstanceTrainConfig.separation],
                     help="peaks of the separation weight map to compare (0: none; default: "
                          f"{InstanceTrainConfig.separation:g}, the recipe's)")
     ap.add_argument("--training-images", nargs="+", choices=TRAINING_IMAGES, default=["fit"],
@@ -432,9 +434,8 @@ def main(argv=None):
     cl_preds, _ = _classical_predict(test, spec)
     classical_row = {"name": name, **_scores(test, cl_preds)}
     for cand in candidates:
-        jitter, diameter, decay, sampling = cand["scale_jitter"], cand["diameter"], cand["ema_decay"], cand["sampling"]
-        side, batch, weight, images = cand["crop"], cand["batch_size"], cand["boundary_weight"], cand["training_images"]
-        model, post, val_dsb, train_s = train_learned(train if images == "all" else fit, val, "boundary", args.budget,
+        jitter, diameter, decay = cand["scale_jitter"], cand["diameter"], cand["ema_decay"]
+        model, post, val_dsb, train_s = train_learned(train if cand["training_images"] == "all" else fit, val, "boundary", args.budget,
                                                       dev, train_seed, **_config(cand))
         # what the training ran in (CUDA: amp)
         ran_in = "fp16" if dev.type == "cuda" else "bf16" if cand["cpu_bf16"] else "fp32"
@@ -446,11 +447,8 @@ def main(argv=None):
             if args.save_models is not None:
                 folder = args.save_models / _folder_name(args.name, cand, ran_in, weights)
                 save_instance_unet(net, folder, net_post[1], val_dsb=net_val)
-            row = {"scale_jitter": list(jitter) if jitter else None, "precision": ran_in, "diameter": diameter,
-                   "ema_decay": decay, "weights": weights, "sampling": sampling, "crop": side, "batch_size": batch,
-                   "boundary_weight": weight, "lr": cand["lr"], "base": cand["base"],
-                   "boundary": cand["boundary"], "separation": cand["separation"], "training_images": images,
-                   "steps": model.trained_steps,
+            row = {"scale_jitter": list(jitter) if jitter else None, "precision": ran_in, "weights": weights,
+                   **{k: cand[k] for k in _OPTIONS}, "steps": model.trained_steps,
                    "val_dsb": net_val,
                    **_scores(test, preds), "settings": str(net_post[1]), "train_s": round(train_s, 1),
                    "seconds_per_image": round(sec, 3)}
@@ -471,9 +469,7 @@ def main(argv=None):
     kind = "fit" if any(r["training_images"] == "fit" for r in rows) else rows[0]["training_images"]
     i_best = max((i for i, r in enumerate(rows) if r["training_images"] == kind), key=lambda i: rows[i]["val_dsb"])
     best = rows[i_best]
-    chosen = {k: best[k] for k in ("scale_jitter", "precision", "diameter", "ema_decay", "weights", "sampling", "crop",
-                                   "batch_size", "boundary_weight", "lr", "base", "boundary", "separation",
-                                   "training_images")}
+    chosen = {k: best[k] for k in ("scale_jitter", "precision", "weights", *_OPTIONS)}
     result = {"rows": rows, "chosen_on_validation": chosen, "chosen_by_folds": by_folds, "classical": classical_row,
               "budget_s": args.budget * 60, "seed": args.seed, "train_seed": train_seed, "variant": "boundary",
               "images": {"fit": len(fit), "val": len(val), "test": len(test)}, "device": str(dev),

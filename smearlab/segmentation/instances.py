@@ -166,10 +166,10 @@ def separation_weights(masks: np.ndarray, hw: tuple[int, int], weight: float = 1
     weight : the term's peak (``w0``; the paper's 10).
     sigma : how fast it falls with the distance, in pixels (the paper's about 5).
     """
-    d1 = np.full(hw, np.inf, np.float32)
-    d2 = np.full(hw, np.inf, np.float32)
     if masks is None or len(masks) < 2:
         return np.zeros(hw, np.float32)
+    d1 = np.full(hw, np.inf, np.float32)
+    d2 = np.full(hw, np.inf, np.float32)
     reach = int(np.ceil(3 * sigma))
     for m in masks:
         rows, cols = np.nonzero(m.any(1))[0], np.nonzero(m.any(0))[0]
@@ -397,7 +397,7 @@ def _crop_batch(items, rng: np.random.Generator, crop: int, batch_size: int,
     xs, ys, ws = [], [], []
     for i in pick:
         x, y = items[i][:2]
-        e = items[i][2] if len(items[i]) > 2 else np.zeros(x.shape, np.float32)
+        e = items[i][2] if len(items[i]) > 2 else None  # the separation weights, when the item has them
         side = crop
         if scale_jitter is not None:
             zoom = float(np.exp(rng.uniform(np.log(scale_jitter[0]), np.log(scale_jitter[1]))))
@@ -405,10 +405,12 @@ def _crop_batch(items, rng: np.random.Generator, crop: int, batch_size: int,
         h, w = x.shape
         if h < side or w < side:
             pad = ((0, max(0, side - h)), (0, max(0, side - w)))
-            x, y, e = np.pad(x, pad), np.pad(y, pad), np.pad(e, pad)
+            x, y = np.pad(x, pad), np.pad(y, pad)
+            e = None if e is None else np.pad(e, pad)
             h, w = x.shape
         r, c = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
-        xc, yc, ec = x[r:r + side, c:c + side], y[r:r + side, c:c + side], e[r:r + side, c:c + side]
+        xc, yc = x[r:r + side, c:c + side], y[r:r + side, c:c + side]
+        ec = np.zeros((side, side), np.float32) if e is None else e[r:r + side, c:c + side]
         if side != crop:
             xc = resize(xc, (crop, crop), order=1, anti_aliasing=side > crop, preserve_range=True).astype(np.float32)
             yc = resize(yc, (crop, crop), order=0, anti_aliasing=False, preserve_range=True).astype(y.dtype)
