@@ -1,7 +1,7 @@
 """Domain adaptation of the white-cell classifier: source only, DANN, stain normalisation, AdaBN, mixed and oracle.
 
 Usage: ``python benchmarks/domain_adaptation.py [--preset cpu|gpu|quick] [--zheng PATH] [--pbc PATH]
-[--device auto] [--threads N] [--part all|zheng|synthetic|within|features]``.
+[--device auto] [--threads N] [--part all|zheng|synthetic|within|features|central]``.
 
 Data: Zheng et al. 2018 WBC Dataset 1 (300 images, Jiangxi Tecom) and Dataset 2 (100 images,
 CellaVision) as two domains (``--zheng``: the archive ``wbc_zheng.tar.xz`` or its extraction), the
@@ -35,7 +35,8 @@ chooses the ResNet's recipe per domain on validation (``within_domain_recipe``);
 runs the real directions again with the measured-features classifier
 (:mod:`smearlab.classification.features`; methods source only, feature statistics of the target,
 stain normalisation, mixed, oracle; 128 px crops) into the block ``features``, whose
-``within_domain`` holds its oracle rows.
+``within_domain`` holds its oracle rows; ``--part central`` trains nothing and recomputes
+``central_check`` alone (after a change to the centre-cell finder).
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ sys.path.insert(0, str(HERE.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _common import RESULTS, save_result  # noqa: E402
+from _common import RESULTS, hardware, save_result  # noqa: E402
 from smearlab.classification.crops import central_crop_check  # noqa: E402
 from smearlab.core.device import resolve_device  # noqa: E402
 from smearlab.data import open_dataset  # noqa: E402
@@ -244,8 +245,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--pbc", type=Path, default=DATA / "pbc_subset", help="the PBC subset folder")
     ap.add_argument("--device", default="auto")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    ap.add_argument("--part", choices=("all", "zheng", "synthetic", "within", "features"), default="all",
-                    help="run only the real-data or the synthetic half and merge it into the existing JSON")
+    ap.add_argument("--part", choices=("all", "zheng", "synthetic", "within", "features", "central"), default="all",
+                    help="run only the real-data or the synthetic half (or only the central crop check) and merge "
+                         "it into the existing JSON")
     ap.add_argument("--rejudge", action="store_true",
                     help="train nothing: recompute the goal checks of the existing JSON from its numbers")
     ap.add_argument("--table", action="store_true", help="train nothing: print the JSON's results as Markdown")
@@ -269,14 +271,15 @@ def main(argv=None) -> dict:
     result: dict = {"preset": args.preset, "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
                     "settings": {**settings, "crop_size": p["size"], "n_synthetic_per_stain": p["n_synthetic"],
                                  "seeds": list(p["seeds"]), "methods": list(METHODS)}}
-    if args.part in ("all", "zheng"):
+    if args.part in ("all", "zheng", "central"):
         t1 = time.perf_counter()
         zheng = open_dataset(args.zheng)
         result["central_check"] = {d: central_crop_check(g) for d, g in sorted(zheng.by_domain().items())}
-        d1, d2 = domain_pair(args.zheng, p["size"], source="boxes", pad=0.1, domains=("dataset1", "dataset2"))
         pbc = domain_crops(args.pbc, p["size"])
         result["central_check"]["pbc"] = {k: v for k, v in pbc.central.items() if k != "fallback_ids"}
         print("central crops:", json.dumps(result["central_check"]), flush=True)
+    if args.part in ("all", "zheng"):
+        d1, d2 = domain_pair(args.zheng, p["size"], source="boxes", pad=0.1, domains=("dataset1", "dataset2"))
         real = directions(d1, d2, settings, str(dev), third=pbc)
         result["zheng_seconds"] = real.pop("seconds")
         result.update(real)
@@ -296,7 +299,8 @@ def main(argv=None) -> dict:
         old = RESULTS / "domain_adaptation.json"
         if old.is_file():
             prev = json.loads(old.read_text())
-            drop = {"synthetic": ("synthetic",), "within": ("within_domain_recipe",), "features": ("features",)}.get(
+            drop = {"synthetic": ("synthetic",), "within": ("within_domain_recipe",), "features": ("features",),
+                    "central": ("central_check",)}.get(
                 args.part, ("d1_to_d2", "d2_to_d1", "d1_to_pbc", "d2_to_pbc", "central_check", "within_domain",
                             "augment_switch"))
             result = {**{k: v for k, v in prev.items() if k not in result and k not in drop}, **result}
@@ -305,6 +309,8 @@ def main(argv=None) -> dict:
     result[f"{args.part}_seconds"] = round(time.perf_counter() - t0, 1)
     result[f"{args.part}_command"] = " ".join(["python benchmarks/domain_adaptation.py",
                                                *(sys.argv[1:] if argv is None else argv)])
+    # the top-level hardware, date and command are the last part's: each part keeps its own
+    result[f"{args.part}_hardware"] = hardware()
     out = save_result("domain_adaptation", result, argv)
     print(f"\ngoal: {json.dumps(result['goal'])}; {result[f'{args.part}_seconds']} s -> {out}")
     return result
