@@ -295,20 +295,39 @@ def selection_folds(train, k: int, seed: int = SEED) -> list[tuple[list[int], li
     return [([i for i in range(len(train)) if i not in f], sorted(f)) for f in folds]
 
 
-def fold_scores(train, splits, variant: str, minutes: float, device, seed: int, label: str,
-                **config) -> tuple[list[float], list[str]]:
+def fold_scores(train, splits, variant: str, minutes: float, device, seed: int, label: str, *,
+                held_out: str | None = None, fold_seed: int = SEED, **config) -> tuple[list[float], list[str]]:
     """One training of ``variant`` per ``(fit, val)`` split of ``train`` (indices), for ``minutes``
-    each, its settings tuned and scored on the split's validation images; ``config`` as for
-    :func:`train_learned`. ``(validation DSB per split, settings per split)``; one line printed per
-    split, headed by ``label``."""
+    each; ``config`` as for :func:`train_learned`. ``(DSB per split, settings per split)``; one
+    line printed per split, headed by ``label``.
+
+    held_out : None: the settings are tuned and scored on the split's validation images. ``"fit"``
+        or ``"all"``: the split's training part gives 4 tuning images (:func:`validation_split` by
+        ``fold_seed``); the model trains on the rest (``"fit"``) or on the whole part, the tuning
+        images included (``"all"``), is tuned on the 4 and scored on the split's validation
+        images, which it never saw.
+    """
+    if held_out not in (None, "fit", "all"):
+        raise ValueError(f"held_out must be None, 'fit' or 'all', got {held_out!r}")
     scores, posts = [], []
     for j, (fit_idx, val_idx) in enumerate(splits):
         fit, val = train.subset(fit_idx, f"dsb-fit{j}"), train.subset(val_idx, f"dsb-val{j}")
-        _, post, score, _ = train_learned(fit, val, variant, minutes, device, seed, **config)
+        tune = val
+        if held_out is not None:
+            inner_fit, inner_val = validation_split(fit, fold_seed)
+            fit, tune = (fit if held_out == "all" else fit.subset(inner_fit, f"dsb-inner{j}"),
+                         fit.subset(inner_val, f"dsb-tune{j}"))
+        model, post, score, _ = train_learned(fit, tune, variant, minutes, device, seed, **config)
+        where = f" ({len(val)} images): validation DSB {score:.4f}"
+        if held_out is not None:
+            tuned = score
+            preds, _ = predict_learned(model, post, val, device)
+            score = float(dsb_score(val, preds, kind="masks") or 0.0)
+            where = (f": trained on {len(fit)} images, tuned on {len(tune)} (DSB {tuned:.4f}), held-out DSB "
+                     f"{score:.4f} ({len(val)} images)")
         scores.append(round(float(score), 4))
         posts.append(str(post[1]))
-        print(f"  {label} {minutes} min, fold {j + 1}/{len(splits)} ({len(val)} images): validation DSB "
-              f"{score:.4f}", flush=True)
+        print(f"  {label} {minutes} min, fold {j + 1}/{len(splits)}{where}", flush=True)
     return scores, posts
 
 

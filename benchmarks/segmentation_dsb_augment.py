@@ -121,7 +121,6 @@ from _common import save_result  # noqa: E402
 from segmentation_dsb import (DEFAULT_DATA, SEED, UNET_BASE, _classical_predict, _per_group, fixed_split,  # noqa: E402
                               fold_scores, per_image, pick_classical, predict_learned, selection_folds,
                               train_learned, validation_split)
-from smearlab.metrics.instances import dsb_score  # noqa: E402
 
 from smearlab.core.device import resolve_device  # noqa: E402
 from smearlab.data import load  # noqa: E402
@@ -225,46 +224,20 @@ def choose_by_folds(train, candidates, folds: int, minutes: float, device, seed:
     training images validates once), its settings tuned and scored on the fold; the choice is the
     best mean validation DSB. ``seed`` trains, ``fold_seed`` deals the folds. When any candidate
     trains on all the images (its tuning images included), every candidate is scored on held-out
-    images instead (:func:`held_out_fold_scores`): the other rule has no tuning images to include.
+    images instead (``fold_scores(held_out=...)``): the other rule has no tuning images to include.
     ``(chosen candidate, table)``; the table's keys are the candidates' labels."""
     table = {}
     splits = selection_folds(train, folds, fold_seed)
     held_out = any(c["training_images"] == "all" for c in candidates)
     for cand in candidates:
         config = _config(cand)
-        if held_out:
-            scores, posts = held_out_fold_scores(train, splits, cand["training_images"], minutes, device, seed,
-                                                 fold_seed, _label(cand) + ":", **config)
-        else:
-            scores, posts = fold_scores(train, splits, "boundary", minutes, device, seed, _label(cand) + ":",
-                                        **config)
+        scores, posts = fold_scores(train, splits, "boundary", minutes, device, seed, _label(cand) + ":",
+                                    held_out=cand["training_images"] if held_out else None, fold_seed=fold_seed,
+                                    **config)
         table[_label(cand)] = {"val_dsb": round(float(np.mean(scores)), 4), "fold_val_dsb": scores, "post": posts,
                                "scored_on": "held-out fold images" if held_out else "the tuning images"}
     best = max(candidates, key=lambda c: table[_label(c)]["val_dsb"])
     return best, table
-
-
-def held_out_fold_scores(train, splits, training_images: str, minutes: float, device, seed: int,
-                         fold_seed: int, label: str, **config) -> tuple[list[float], list[str]]:
-    """Per ``(fit, val)`` split of ``train``: the split's training part gives 4 tuning images
-    (:func:`~segmentation_dsb.validation_split`); the model trains on the rest
-    (``training_images="fit"``) or on the whole part (``"all"``, the tuning images included), is
-    tuned on the 4 and scored on the split's validation images, which it never saw.
-    ``(held-out DSB per split, settings per split)``."""
-    scores, posts = [], []
-    for j, (fit_idx, val_idx) in enumerate(splits):
-        part, held = train.subset(fit_idx, f"dsb-part{j}"), train.subset(val_idx, f"dsb-held{j}")
-        inner_fit, inner_val = validation_split(part, fold_seed)
-        tune = part.subset(inner_val, f"dsb-tune{j}")
-        fit = part if training_images == "all" else part.subset(inner_fit, f"dsb-fit{j}")
-        model, post, tuned, _ = train_learned(fit, tune, "boundary", minutes, device, seed, **config)
-        preds, _ = predict_learned(model, post, held, device)
-        score = float(dsb_score(held, preds, kind="masks") or 0.0)
-        scores.append(round(score, 4))
-        posts.append(str(post[1]))
-        print(f"  {label} {minutes} min, fold {j + 1}/{len(splits)}: trained on {len(fit)} images, tuned on "
-              f"{len(tune)} (DSB {tuned:.4f}), held-out DSB {score:.4f} ({len(held)} images)", flush=True)
-    return scores, posts
 
 
 def _config(cand: dict) -> dict:
