@@ -179,6 +179,7 @@ def _number(what: str, zero: bool = False):
 
 
 _weight = _number("a class weight or a learning rate is a positive number")
+_separation = _number("a separation weight is a number of 0 or more", zero=True)
 
 
 def _count(what: str):
@@ -345,7 +346,7 @@ def main(argv=None):
                     nargs="+", default=[InstanceTrainConfig.boundary],
                     help="widths in pixels of the boundary band inside each nucleus's edge to compare (default: "
                          f"{InstanceTrainConfig.boundary}, the recipe's)")
-    ap.add_argument("--separations", type=_number("a separation weight is a number of 0 or more", zero=True), nargs="+", default=[InstanceTrainConfig.separation],
+    ap.add_argument("--separations", type=_separation, nargs="+", default=[InstanceTrainConfig.separation],
                     help="peaks of the separation weight map to compare (0: none; default: "
                          f"{InstanceTrainConfig.separation:g}, the recipe's)")
     ap.add_argument("--training-images", nargs="+", choices=TRAINING_IMAGES, default=["fit"],
@@ -408,8 +409,9 @@ def main(argv=None):
     classical_row = {"name": name, **_scores(test, cl_preds)}
     for cand in candidates:
         jitter, diameter, decay = cand["scale_jitter"], cand["diameter"], cand["ema_decay"]
-        model, post, val_dsb, train_s = train_learned(train if cand["training_images"] == "all" else fit, val, "boundary", args.budget,
-                                                      dev, train_seed, **_config(cand))
+        images = train if cand["training_images"] == "all" else fit
+        model, post, val_dsb, train_s = train_learned(images, val, "boundary", args.budget, dev, train_seed,
+                                                      **_config(cand))
         # what the training ran in (CUDA: amp)
         ran_in = "fp16" if dev.type == "cuda" else "bf16" if cand["cpu_bf16"] else "fp32"
         twins = [("average" if decay is not None else "raw", model, post, val_dsb)]
