@@ -1,4 +1,5 @@
-"""What every benchmark records beside its figures: hardware, date and the exact command."""
+"""What every benchmark shares: how it starts and ends (``run_benchmark``), and what it records beside its
+figures (hardware, date and the exact command)."""
 from __future__ import annotations
 
 import datetime
@@ -12,6 +13,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from smearlab.core.device import describe  # noqa: E402
+from smearlab.core.errors import DataError, os_error_message  # noqa: E402
 from smearlab.core.files import write_json  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -34,3 +36,25 @@ def save_result(name: str, figures: dict, argv=None, script: str | None = None) 
     path = RESULTS / f"{name}.json"
     write_json(path, result)
     return path
+
+
+def run_benchmark(main) -> None:
+    """Run a benchmark's ``main()`` and exit with its code.
+
+    Bad input (a DataError: a wrong ``--data`` folder, a malformed file) or a file the system
+    refuses ends as one line ``error: <file>: <problem>`` on stderr and exit code 2, as the
+    ``smearlab`` command does, instead of a traceback. Every other exception keeps its traceback:
+    it is a fault in the benchmark, not in the input.
+    """
+    try:
+        code = main()
+    except DataError as e:
+        sys.exit(_fail(str(e)))
+    except OSError as e:
+        sys.exit(_fail(os_error_message(e)))
+    sys.exit(code or 0)
+
+
+def _fail(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2

@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import save_result  # noqa: E402
+from _common import run_benchmark, save_result  # noqa: E402
 
 from smearlab.data import load  # noqa: E402
 from smearlab.detection import DetectorConfig  # noqa: E402
@@ -41,4 +41,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_benchmark(main)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import save_result  # noqa: E402
+from _common import run_benchmark, save_result  # noqa: E402
 from detection_cbc import DEFAULT_DATA, PRESETS, compare_candidates  # noqa: E402
 
 from smearlab.data.splits import detection_splits  # noqa: E402
@@ -112,4 +112,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import save_result  # noqa: E402
+from _common import run_benchmark, save_result  # noqa: E402
 from detection_cbc import DEFAULT_DATA, run as train_row, score  # noqa: E402
 
 from smearlab.core.search import grid_points, grid_search  # noqa: E402
@@ -105,4 +105,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

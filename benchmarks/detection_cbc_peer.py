@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-from _common import RESULTS, save_result  # noqa: E402
+from _common import RESULTS, run_benchmark, save_result  # noqa: E402
 from detection_cbc import DEFAULT_DATA, run  # noqa: E402
 
 from smearlab.data.formats import yolo  # noqa: E402
@@ -104,4 +104,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

@@ -55,7 +55,7 @@ sys.path.insert(0, str(HERE.parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _common import RESULTS, hardware, save_result  # noqa: E402
+from _common import RESULTS, hardware, run_benchmark, save_result  # noqa: E402
 from smearlab.classification.crops import central_crop_check  # noqa: E402
 from smearlab.core.device import resolve_device  # noqa: E402
 from smearlab.data import open_dataset  # noqa: E402
@@ -317,4 +317,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

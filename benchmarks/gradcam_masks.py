@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import save_result  # noqa: E402
+from _common import run_benchmark, save_result  # noqa: E402
 from smearlab.experiments import gradcam_masks as cam  # noqa: E402
 from smearlab.data import open_dataset  # noqa: E402
 
@@ -71,4 +71,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

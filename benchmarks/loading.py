@@ -133,7 +133,10 @@ def main(argv=None) -> int:
             if base_tree is not None:
                 subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(base_tree)],
                                capture_output=True)
-    largest = max(rows, key=lambda k: rows[k]["bytes"]) if rows else None
+    if not rows:  # nothing measured: say so rather than overwrite the last result with an empty one
+        print(f"error: {root}: none of the datasets was found; results/loading.json left as it was", file=sys.stderr)
+        return 2
+    largest = max(rows, key=lambda k: rows[k]["bytes"])
     save_result("loading", {"datasets": rows, "largest": largest, "baseline": args.baseline,
                             "repeat": args.repeat, "rounds": args.rounds,
                             "load_average_1_5_15": [round(v, 2) for v in load_avg]})

@@ -15,7 +15,7 @@ import datetime
 import shutil
 from pathlib import Path
 
-from _common import save_result
+from _common import run_benchmark, save_result
 
 from smearlab.report.runner import REPO_NOTEBOOKS, run_report
 
@@ -54,4 +54,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

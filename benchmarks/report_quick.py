@@ -8,7 +8,7 @@ benchmarks/results/report_quick_real.json (with --data-root)
 import argparse
 import tempfile
 
-from _common import save_result
+from _common import run_benchmark, save_result
 
 from smearlab.report.runner import REPO_NOTEBOOKS, run_report
 
@@ -40,4 +40,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

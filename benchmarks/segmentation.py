@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import RESULTS, save_result  # noqa: E402
+from _common import RESULTS, run_benchmark, save_result  # noqa: E402
 import segmentation_dsb  # noqa: E402
 import segmentation_zheng  # noqa: E402
 
@@ -61,4 +61,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_benchmark(main)

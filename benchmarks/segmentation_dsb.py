@@ -62,7 +62,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import save_result  # noqa: E402
+from _common import run_benchmark, save_result  # noqa: E402
 from smearlab.segmentation import classical  # noqa: E402
 from smearlab.augment import Augment, ColorJitter  # noqa: E402
 from smearlab.data import Sample, load  # noqa: E402
@@ -535,4 +535,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_benchmark(main)

@@ -117,7 +117,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import save_result  # noqa: E402
+from _common import run_benchmark, save_result  # noqa: E402
 from segmentation_dsb import (DEFAULT_DATA, SEED, UNET_BASE, _classical_predict, _per_group, fixed_split,  # noqa: E402
                               fold_scores, per_image, pick_classical, predict_learned, selection_folds,
                               train_learned, validation_split)
@@ -455,4 +455,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

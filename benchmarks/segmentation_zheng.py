@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from _common import save_result  # noqa: E402
+from _common import run_benchmark, save_result  # noqa: E402
 from smearlab.segmentation import classical  # noqa: E402
 from smearlab.augment import default_augment  # noqa: E402
 from smearlab.data import open_dataset  # noqa: E402
@@ -307,4 +307,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_benchmark(main)

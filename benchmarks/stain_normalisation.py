@@ -21,7 +21,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from _common import save_result  # noqa: E402
+from _common import run_benchmark, save_result  # noqa: E402
 from smearlab.data.formats import zheng  # noqa: E402
 from smearlab.preprocess import MacenkoNormalizer, ReinhardNormalizer, stain_distance  # noqa: E402
 
@@ -75,4 +75,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

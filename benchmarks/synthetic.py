@@ -15,7 +15,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from _common import save_result  # noqa: E402
+from _common import run_benchmark, save_result  # noqa: E402
 from smearlab.data.synthetic import make_dataset  # noqa: E402
 
 
@@ -51,4 +51,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

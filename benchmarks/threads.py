@@ -4,7 +4,8 @@ starts now has (``OMP_WAIT_POLICY=PASSIVE``; also one thread, for comparison).
 
 Each setting runs in a fresh process (the wait policy is read when PyTorch loads); the busy
 process is a single-threaded Python loop. Step time: the median of 10 steps of batch 4 on CBC
-Training images at 480 px, after 3 warm-up steps. Writes ``results/threads.json``.
+Training images at 480 px (synthetic smears of the same size when the CBC folder is absent;
+``images`` in the result says which), after 3 warm-up steps. Writes ``results/threads.json``.
 
     python benchmarks/threads.py --data-root ../shared/data
 """
@@ -35,10 +36,10 @@ def _worker(data_root: str, steps: int, warmup: int) -> None:
     from smearlab.data import load
     from smearlab.data.torchdata import collate_detection, image_to_tensor
     from smearlab.detection import DetectorConfig, build_detector
-    root = Path(data_root) / "cbc" / "Training"
+    root = _cbc_training(data_root)
     if root.is_dir():
         ds = load(root)[:16]
-    else:  # no shared data: synthetic smears of the same size
+    else:  # no shared data: synthetic smears of the same size (main says so and records it)
         from smearlab.data.synthetic import make_dataset
         ds = make_dataset(16, seed=0, width=640, height=480)
     torch.manual_seed(0)
@@ -59,6 +60,10 @@ def _worker(data_root: str, steps: int, warmup: int) -> None:
         if i >= warmup:
             times.append(time.perf_counter() - t0)
     print(json.dumps({"step_s": statistics.median(times), "threads": torch.get_num_threads()}))
+
+
+def _cbc_training(data_root: str) -> Path:
+    return Path(data_root) / "cbc" / "Training"
 
 
 def _measure(name: str, data_root: str, steps: int, warmup: int) -> dict:
@@ -85,6 +90,11 @@ def main(argv=None) -> int:
         return 0
     sys.path.insert(0, str(HERE))
     from _common import save_result
+    real = _cbc_training(args.data_root).is_dir()
+    images = "CBC Training, 16 images" if real else "synthetic 640x480, 16 images"
+    if not real:
+        print(f"no CBC Training folder under {args.data_root}: measuring on synthetic smears of the same size "
+              "(recorded as 'images')", file=sys.stderr)
     load_avg = os.getloadavg()
     rows: dict[str, dict] = {"alone": {}, "contended": {}}
     for name in SETTINGS:
@@ -105,7 +115,7 @@ def main(argv=None) -> int:
               "contended_before_s": round(rows["contended"][before]["step_s"], 4),
               "contended_after_s": round(rows["contended"][after]["step_s"], 4),
               "speedup_contended": round(rows["contended"][before]["step_s"] / rows["contended"][after]["step_s"], 3),
-              "load_average_1_5_15": [round(v, 2) for v in load_avg]}
+              "load_average_1_5_15": [round(v, 2) for v in load_avg], "images": images}
     out = save_result("threads", result)
     print(f"contended step: {result['contended_before_s']:.3f} s before, {result['contended_after_s']:.3f} s after "
           f"({result['speedup_contended']:.2f}x); -> {out}")

@@ -27,7 +27,7 @@ sys.path.insert(0, str(HERE.parent))
 
 import numpy as np  # noqa: E402
 
-from _common import save_result  # noqa: E402
+from _common import run_benchmark, save_result  # noqa: E402
 from smearlab.metrics import detection as E  # noqa: E402
 from smearlab.data.predictions import check_predictions
 from smearlab.data import load  # noqa: E402
@@ -122,4 +122,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_benchmark(main)

@@ -8,6 +8,8 @@ import logging
 import os
 import sys
 
+from .core.errors import os_error_message
+
 SWEEP_HELP = """\
 how sweeps work:
   --sweep FILE runs one notebook over a grid of parameters (YAML: notebook, grid: {param:
@@ -32,12 +34,6 @@ def _error(message) -> int:
     return 2
 
 
-def _os_error(e: OSError) -> str:
-    """An OSError as ``<path>: <problem>`` (no errno, no traceback)."""
-    problem = e.strerror or str(e)
-    return f"{e.filename}: {problem}" if e.filename else problem
-
-
 def _report(args) -> int:
     from .report.runner import run_report
 
@@ -54,7 +50,7 @@ def _report(args) -> int:
     except ValueError as e:
         return _error(e)
     except OSError as e:
-        return _error(_os_error(e))
+        return _error(os_error_message(e))
     for name in index["ran"]:
         r = index["notebooks"][name]
         print(f"{r['status']:>6}  {r['seconds']:7.1f} s  {name}" + (f"  ({r['error']})" if r["error"] else ""))
@@ -96,7 +92,7 @@ def _sweep(args) -> int:
     except ValueError as e:
         return _error(e)
     except OSError as e:
-        return _error(_os_error(e))
+        return _error(os_error_message(e))
     for row in index["rows"]:
         point = " ".join(f"{k}={format_value(v)}" for k, v in row["parameters"].items())
         seconds = f"{row['seconds']:7.1f} s" if row["seconds"] is not None else "      - s"
@@ -117,7 +113,7 @@ def _data(args) -> int:
     except ValueError as e:  # DataError: the file and the problem
         return _error(e)
     except OSError as e:  # an unreadable folder or file
-        return _error(_os_error(e))
+        return _error(os_error_message(e))
     print(json.dumps(summary(ds), indent=2))
     for s in ds.skipped[: args.show_skips]:
         print(f"skipped: {s}")
@@ -168,7 +164,7 @@ def _predict(args) -> int:
     except ValueError as e:  # DataError: the file and the problem
         return _error(e)
     except OSError as e:
-        return _error(_os_error(e))
+        return _error(os_error_message(e))
     counts = ", ".join(f"{c} {n}" for c, n in s["counts"].items())
     speed = f", {s['images_per_s']:.2f} images/s" if s["images_per_s"] else ""
     print(f"{s['images']} images: {s['predicted']} predicted, {s['resumed']} already done, "

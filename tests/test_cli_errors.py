@@ -4,6 +4,8 @@ COCO datasets, a dataset one folder down, one DSB2018 image folder."""
 import json
 import logging
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -334,3 +336,39 @@ def test_sweep_out_that_is_a_file(nbdir, tmp_path, capsys):
 def test_run_report_checks_types_too(nbdir, tmp_path):
     with pytest.raises(ValueError, match="got the text 'abc'"):
         run_report("quick", out=tmp_path / "r", notebook_dir=nbdir, parameters={"epochs": "abc"})
+
+
+# -- the benchmark scripts: the same one line for a wrong data path (benchmarks/_common.run_benchmark) --
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _benchmark_scripts():
+    return sorted(p for p in BENCHMARKS.glob("*.py") if p.name != "_common.py")
+
+
+def test_every_benchmark_script_ends_through_run_benchmark():
+    """Each script's entry point is ``run_benchmark(main)``; threads.py and loading.py keep
+    ``sys.exit(main())`` because their worker processes must not load _common (it sets the OpenMP
+    wait policy that threads.py measures with and without)."""
+    workers = {"threads.py", "loading.py"}
+    for path in _benchmark_scripts():
+        tail = path.read_text().rstrip().splitlines()[-1].strip()
+        expected = "sys.exit(main())" if path.name in workers else "run_benchmark(main)"
+        assert tail == expected, f"{path.name} ends with {tail!r}"
+
+
+@pytest.mark.parametrize("script, option, shown", [
+    ("detection_cbc.py", "--data", "{p}: path does not exist"),
+    ("segmentation_dsb.py", "--data", "{p}: path does not exist"),
+    ("domain_adaptation.py", "--pbc", "{p}: path does not exist"),
+    ("loading.py", "--data-root", "{p}: none of the datasets was found"),
+])
+def test_benchmark_with_a_wrong_data_path_is_one_error_line(tmp_path, script, option, shown):
+    missing = tmp_path / "no-such-folder"
+    extra = ["--part", "central"] if script == "domain_adaptation.py" else []
+    run = subprocess.run([sys.executable, str(BENCHMARKS / script), option, str(missing), *extra],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 2, run.stderr
+    assert "Traceback" not in run.stderr
+    assert f"error: {shown.format(p=missing)}" in run.stderr.splitlines()[-1]

@@ -24,3 +24,9 @@ class DataError(ValueError):
         self.record = record
         rec = f" [{record}]" if record else ""
         super().__init__(f"{self.path}{rec}: {problem}")
+
+
+def os_error_message(e: OSError) -> str:
+    """An OSError in the shape of a DataError message, ``<path>: <problem>`` (no errno, no traceback)."""
+    problem = e.strerror or str(e)
+    return f"{e.filename}: {problem}" if e.filename else problem
