@@ -167,6 +167,49 @@ def test_dsb_score_hand_made_boxes_and_masks():
     assert dsb_score(gm[:1], gm[:1]) == 1.0
 
 
+def test_dsb_score_label_images_and_ambiguous_arrays():
+    """An integer (H, W) label image is read as its objects (with kind="masks"); a 2-D array that
+    is not (N, 4) boxes is refused under "auto", and a binary (H, W) mask always, since it does not
+    say which pixels make which object."""
+    a = np.zeros((16, 16), bool)
+    a[2:7, 2:7] = True
+    b = np.zeros((16, 16), bool)
+    b[9:14, 9:14] = True
+    label = a * 1 + b * 7  # ids need not be consecutive
+    stack = np.stack([a, b])
+    assert dsb_score([label], [label], kind="masks") == 1.0
+    assert dsb_score([stack], [label]) == 1.0  # the truth's masks say how to read the prediction
+    assert dsb_score([stack], [{"masks": label}], kind="masks") == 1.0
+    assert dsb_score([label], [(label > 0).astype(np.int32)], kind="masks") == 0.0  # the two merged
+    assert dsb_score([stack], [stack[:, None]]) == 1.0  # (N, 1, H, W), as Mask R-CNN returns them
+    with pytest.raises(ValueError, match="neither"):
+        dsb_score([label], [label])
+    with pytest.raises(ValueError, match="holds no instances"):
+        dsb_score([stack], [a | b])
+    with pytest.raises(ValueError, match=r"\(N, 4\)"):
+        dsb_score([np.zeros((2, 5))], [np.zeros((2, 5))], kind="boxes")
+
+
+def test_semantic_metrics_refuse_what_they_would_misread():
+    from smearlab.metrics.semantic import binary_dice_iou, dice_iou
+
+    truth = np.zeros((8, 8), np.uint8)
+    truth[2:6, 2:6] = 1
+    half = np.zeros((8, 8), np.uint8)
+    half[2:6, 2:4] = 1
+    assert dice_iou(truth, half, 2)[1] == {"dice": pytest.approx(2 / 3), "iou": 0.5}
+    assert dice_iou(truth, half * 1.0, 2)[1]["dice"] == pytest.approx(2 / 3)  # whole floats are ids
+    with pytest.raises(ValueError, match="fractional"):
+        dice_iou(truth, half * 0.9, 2)  # a probability map would be truncated to background
+    with pytest.raises(ValueError, match="0/255"):
+        dice_iou(truth * 255, np.zeros_like(truth), 2)  # 255 is the ignore value
+    # binary masks: any non-zero pixel is foreground, whatever the value
+    for t, p in ((truth, half), (truth, half * 255), (truth * 2, half), (truth.astype(bool), half)):
+        assert binary_dice_iou(t, p) == (pytest.approx(2 / 3), 0.5)
+    with pytest.raises(ValueError, match="shape"):
+        binary_dice_iou(truth, half[:4])
+
+
 def test_pr_curves(synthetic):
     preds = E.simulate_predictions(synthetic, seed=0)
     curves = E.pr_curves(synthetic, preds)

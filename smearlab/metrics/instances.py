@@ -49,12 +49,38 @@ def _instances(item, kind: str):
         return kind, (np.zeros((0, 1, 1), bool) if kind == "masks" else np.zeros((0, 4))), \
             None if scores is None else np.asarray(scores, np.float64)
     if kind == "auto":
+        if arr.ndim == 2 and arr.shape[1] != 4:
+            raise ValueError(f"a {arr.shape} array is neither (N, 4) boxes nor (N, H, W) masks: pass "
+                             "kind='masks' to read it as a label image (0 background, one id per object)")
         kind = "masks" if arr.ndim == 3 else "boxes"
     if kind == "masks":
-        arr = arr.astype(bool).reshape((-1,) + arr.shape[-2:])
+        arr = _mask_stack(arr)
+    elif arr.ndim != 2 or arr.shape[1] != 4:
+        raise ValueError(f"boxes must be an (N, 4) xyxy array, got shape {arr.shape}")
     else:
-        arr = arr.astype(np.float64).reshape(-1, 4)
+        arr = arr.astype(np.float64)
     return kind, arr, None if scores is None else np.asarray(scores, np.float64)
+
+
+def _mask_stack(arr: np.ndarray) -> np.ndarray:
+    """``(N, H, W)`` bool instance masks from an ``(N, H, W)`` stack or an integer ``(H, W)`` label
+    image (0 background, each other value one object, as StarDist and Cellpose write them; also
+    ``(N, 1, H, W)``). A 2-D
+    binary mask is refused: it holds the foreground, not the objects."""
+    if arr.ndim == 4 and arr.shape[1] == 1:  # (N, 1, H, W), as torchvision's Mask R-CNN returns them
+        arr = arr[:, 0]
+    if arr.ndim == 3:
+        return arr.astype(bool)
+    if arr.ndim != 2:
+        raise ValueError(f"masks must be an (N, H, W) stack or an (H, W) label image, got shape {arr.shape}")
+    if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"a {arr.dtype} (H, W) mask holds no instances: give an integer label image (one id "
+                         "per object, e.g. scipy.ndimage.label of a binary mask) or an (N, H, W) stack")
+    if arr.min() < 0:
+        raise ValueError("a label image holds negative ids: 0 is the background, each object one positive id")
+    ids = np.unique(arr)
+    ids = ids[ids != 0]
+    return arr[None] == ids[:, None, None]
 
 
 def _mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -86,11 +112,15 @@ def dsb_score(gt_instances, pred_instances, *, kind: str = "auto",
     Parameters
     ----------
     gt_instances : a SmearDataset / list of Samples, or per image an ``(N, 4)`` xyxy box array
-        or an ``(N, H, W)`` mask array.
-    pred_instances : per image a prediction dict (``boxes``/``masks`` and ``scores``) or an array.
-    kind : ``"boxes"``, ``"masks"`` or ``"auto"`` (3-D arrays are masks; Samples and dicts use
-        boxes under "auto": pass ``kind="masks"`` to score a Mask R-CNN's or a classical
-        segmenter's masks against a dataset's instance masks).
+        or an ``(N, H, W)`` mask array (with ``kind="masks"`` also an integer ``(H, W)`` label
+        image: 0 background, one id per object).
+    pred_instances : per image a prediction dict (``boxes``/``masks`` and ``scores``) or an array,
+        in the same forms.
+    kind : ``"boxes"``, ``"masks"`` or ``"auto"`` (3-D arrays are masks, ``(N, 4)`` arrays boxes,
+        other 2-D arrays are refused as ambiguous; Samples and dicts use boxes under "auto": pass
+        ``kind="masks"`` to score a Mask R-CNN's or a classical segmenter's masks against a
+        dataset's instance masks). A 2-D binary mask is refused: it does not say which pixels
+        make which object.
     thresholds : the IoU thresholds t (default 0.5, 0.55, .., 0.95: :data:`DSB_THRESHOLDS`).
     per_image : also return the list of per-image scores (None for skipped images).
     """
@@ -103,7 +133,7 @@ def dsb_score(gt_instances, pred_instances, *, kind: str = "auto",
         if k == "auto" and isinstance(g_item, (Sample, Mapping)):
             k = "boxes"
         gk, g, _ = _instances(g_item, k)
-        _, p, ps = _instances(p_item, gk if len(g) else k)
+        _, p, ps = _instances(p_item, gk if len(g) or gk == "masks" else k)
         if not len(g) and not len(p):
             scores.append(None)
             continue

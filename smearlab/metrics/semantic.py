@@ -33,12 +33,30 @@ def _as_list(masks) -> list[np.ndarray]:
     return [np.asarray(m) for m in masks]
 
 
+def _pairs(truth, prediction) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """``(targets, predictions)`` as lists of arrays, as many of each. Truth that holds only 0 and
+    :data:`IGNORE` is refused: it is a binary mask saved as 0/255, whose objects would all be
+    ignored (and any prediction would score as perfect background)."""
+    preds, targets = _as_list(prediction), _as_list(truth)
+    if len(preds) != len(targets):
+        raise ValueError(f"{len(preds)} predicted masks but {len(targets)} targets")
+    values = np.unique(np.concatenate([np.unique(t) for t in targets])) if targets else np.zeros(0)
+    if IGNORE in values and not np.any((values > 0) & (values != IGNORE)):
+        raise ValueError(f"the truth holds only 0 and {IGNORE}, and {IGNORE} marks pixels to ignore: a binary mask "
+                         "saved as 0/255 must be given as 0/1 (mask > 0)")
+    return targets, preds
+
+
 def _counts(pred: np.ndarray, target: np.ndarray, num_classes: int, where: str = "") -> np.ndarray:
     """``(num_classes, 3)`` TP, FP, FN of one image (target :data:`IGNORE` pixels left out)."""
     if pred.shape != target.shape:
         raise ValueError(f"{where}predicted mask has shape {pred.shape}, target has {target.shape}")
     if pred.ndim != 2:
         raise ValueError(f"{where}masks must be 2-D (H, W), got shape {pred.shape}")
+    for name, a in (("prediction", pred), ("target", target)):
+        if a.dtype.kind in "fc" and not np.all(np.mod(a, 1) == 0):
+            raise ValueError(f"{where}{name} holds fractional values (probabilities?): give class ids, e.g. "
+                             "probabilities.argmax(0) or (probability > 0.5)")
     keep = target != IGNORE
     p, t = pred[keep].astype(np.int64), target[keep].astype(np.int64)
     for name, a in (("prediction", p), ("target", t)):
@@ -72,9 +90,7 @@ def dice_iou(truth, prediction, num_classes: int, ignore_background: bool = Fals
         ``{class_index: {"dice": float | None, "iou": float | None}}``; None for a class
         absent from both prediction and truth.
     """
-    preds, targets = _as_list(prediction), _as_list(truth)
-    if len(preds) != len(targets):
-        raise ValueError(f"{len(preds)} predicted masks but {len(targets)} targets")
+    targets, preds = _pairs(truth, prediction)
     total = np.zeros((num_classes, 3), np.int64)
     for i, (p, t) in enumerate(zip(preds, targets)):
         total += _counts(p, t, num_classes, f"image {i}: ")
@@ -91,9 +107,7 @@ def dice_iou_per_image(truth, prediction, num_classes: int, ignore_background: b
     num_classes : number of classes (values ``0 .. num_classes - 1``).
     ignore_background : leave class 0 out of the result.
     """
-    preds, targets = _as_list(prediction), _as_list(truth)
-    if len(preds) != len(targets):
-        raise ValueError(f"{len(preds)} predicted masks but {len(targets)} targets")
+    targets, preds = _pairs(truth, prediction)
     per = [[_scores(c) for c in _counts(p, t, num_classes, f"image {i}: ")]
            for i, (p, t) in enumerate(zip(preds, targets))]
     out = {}
@@ -164,13 +178,16 @@ def semantic_of(x) -> np.ndarray:
 
 
 def binary_dice_iou(truth: np.ndarray, prediction: np.ndarray) -> tuple[float | None, float | None]:
-    """``(Dice, IoU)`` of two bool masks; ``(None, None)`` when both are empty.
+    """``(Dice, IoU)`` of two binary masks; ``(None, None)`` when both are empty.
 
     Parameters
     ----------
-    truth : ``(H, W)`` bool ground-truth mask.
-    prediction : ``(H, W)`` bool predicted mask.
+    truth : ``(H, W)`` ground-truth mask: every non-zero pixel is foreground (bool, 0/1, 0/255).
+    prediction : ``(H, W)`` predicted mask, read the same way.
     """
+    truth, prediction = np.asarray(truth) != 0, np.asarray(prediction) != 0  # 0/1, 0/255 and label masks alike
+    if truth.shape != prediction.shape:
+        raise ValueError(f"predicted mask has shape {prediction.shape}, truth has {truth.shape}")
     tp = int(np.count_nonzero(prediction & truth))
     fp = int(np.count_nonzero(prediction & ~truth))
     fn = int(np.count_nonzero(~prediction & truth))
