@@ -306,6 +306,26 @@ def test_mask_size_mismatch_in_metrics_names_the_sample():
         lazy.masks  # noqa: B018
 
 
+def test_predicted_masks_of_another_size_are_refused_by_mask_ap():
+    """A prediction whose masks are padded or transposed would score 0 without a word."""
+    from smearlab.metrics.detection import coco_eval
+    from smearlab.metrics.instances import mask_ap
+    m = np.zeros((2, 20, 30), bool)
+    m[0, 2:8, 2:8] = True
+    m[1, 10:18, 15:25] = True
+    boxes = np.array([[2, 2, 8, 8], [15, 10, 25, 18]], np.float32)
+    ds = SmearDataset([Sample("x-1", _image=np.zeros((20, 30, 3), np.uint8), boxes=boxes, labels=[0, 0], _masks=m)],
+                      ["nucleus"])
+
+    def pred(masks):
+        return [{"boxes": boxes, "scores": np.ones(2, np.float32), "labels": np.zeros(2, np.int64), "masks": masks}]
+    assert coco_eval(ds, pred(m), iou_type="segm")["mAP"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match=r"'x-1'.*\(32, 32\).*\(20, 30\)"):
+        coco_eval(ds, pred(np.pad(m, ((0, 0), (0, 12), (0, 2)))), iou_type="segm")
+    with pytest.raises(ValueError, match=r"'x-1'.*\(30, 20\)"):
+        mask_ap(ds, pred(m.transpose(0, 2, 1)))
+
+
 def test_segmenters_on_16_bit_images():
     from smearlab.segmentation import classical as C
     from smearlab.segmentation.unet import UNet

@@ -412,3 +412,56 @@ def test_a_model_trained_at_one_size_estimates_sizes_and_travels_with_its_size_m
     with pytest.raises(ValueError, match="diameter"):
         predict_probabilities(back, ds[2].image)
     assert predict_probabilities(back, ds[2].image, diameter=24.0).shape == (3, 120, 120)
+
+
+def test_model_folders_that_would_predict_wrongly_are_refused(tmp_path):
+    """A folder whose files disagree is refused naming the file; a missing thresholds.json warns."""
+    import json
+    import warnings
+
+    from smearlab.classification.model import build_classifier, load_classifier, save_classifier
+    from smearlab.data import DataError
+    from smearlab.segmentation.unet import UNet, load_unet, save_unet
+
+    def edit(path, **changes):
+        d = json.loads(path.read_text())
+        d.update(changes)
+        path.write_text(json.dumps(d))
+
+    # the class list of config.json must be the weights' (a reordered list mislabels every cell)
+    clf = save_classifier(build_classifier(["neutrophil", "lymphocyte", "monocyte"], width=8, input_size=32),
+                          tmp_path / "clf")
+    edit(clf / "config.json", class_names=["lymphocyte", "neutrophil", "monocyte"])
+    with pytest.raises(DataError, match=r"weights\.pt.*differ"):
+        load_classifier(clf, "cpu")
+    sem = save_unet(UNet(3, 2, base=4, depth=2), tmp_path / "sem", class_names=["background", "cell"])
+    with pytest.raises(DataError, match="class-map segmenter"):
+        load_instance_unet(sem, "cpu")
+    edit(sem / "config.json", class_names=["background", "cytoplasm", "nucleus"])
+    with pytest.raises(DataError, match="differ"):
+        load_unet(sem, "cpu")
+
+    inst = save_instance_unet(build_instance_unet(base=4, depth=2), tmp_path / "inst", InstanceThresholds(0.4, 0.7, 5))
+    thresholds = inst / "thresholds.json"
+    for bad, msg in (({"note": 1}, "unknown settings"), ({"foreground": "0.5"}, "foreground must be"),
+                     ({"marker": 1.5}, "marker must be"), ({"min_size": -1}, "min_size"), ({"tta": "yes"}, "tta")):
+        thresholds.write_text(json.dumps({"foreground": 0.4, "marker": 0.7, "min_size": 5, "tta": False, **bad}))
+        with pytest.raises(DataError, match=msg):
+            load_instance_unet(inst, "cpu")
+    thresholds.unlink()
+    with pytest.warns(UserWarning, match="untuned default"):
+        assert load_instance_unet(inst, "cpu").thresholds == InstanceThresholds()
+    edit(inst / "config.json", diameter=20.0)
+    with warnings.catch_warnings(), pytest.raises(DataError, match="size model"):
+        warnings.simplefilter("ignore")
+        load_instance_unet(inst, "cpu")
+
+
+def test_instance_input_drops_alpha_and_refuses_nan():
+    rgb = np.zeros((32, 32, 3), np.uint8)
+    rgb[8:16, 8:16] = 200
+    rgba = np.concatenate([rgb, np.full((32, 32, 1), 255, np.uint8)], axis=2)
+    np.testing.assert_array_equal(nuclear_channel(rgba), nuclear_channel(rgb))
+    np.testing.assert_array_equal(nuclear_channel(rgb[..., :1]), nuclear_channel(rgb[..., 0]))
+    with pytest.raises(ValueError, match="NaN"):
+        nuclear_channel(np.full((8, 8), np.nan, np.float32))

@@ -151,7 +151,8 @@ def read_model_folder(folder, kind: str | None = None) -> ModelFolder:
     ------
     DataError
         naming the file: a missing or unreadable ``config.json`` or ``weights.pt``, weights that
-        are not a state dict, a folder of another kind, an unreadable ``thresholds.json`` or
+        are not a state dict, a folder of another kind, class names in ``weights.pt`` and
+        ``config.json`` that differ (names or order), an unreadable ``thresholds.json`` or
         ``preprocess.json``.
     """
     folder = Path(folder)
@@ -165,6 +166,14 @@ def read_model_folder(folder, kind: str | None = None) -> ModelFolder:
     state_dict, meta = state_dict_of(obj, wpath)
     if meta.get("format") not in (None, FORMAT, *OLD_FORMATS):
         raise DataError(wpath, f"unknown weights format {meta.get('format')!r} (expected {FORMAT!r})")
+    saved_names = meta.get("class_names")
+    if saved_names is None and isinstance(meta.get("model_config"), dict):  # a training checkpoint
+        saved_names = meta["model_config"].get("class_names")
+    if saved_names is not None and config.get("class_names") is not None \
+            and [str(c) for c in saved_names] != [str(c) for c in config["class_names"]]:
+        raise DataError(wpath, f"the weights' classes {list(saved_names)} differ from the classes "
+                               f"{list(config['class_names'])} of {folder / 'config.json'}: every prediction "
+                               "would carry the wrong name")
     return ModelFolder(folder, found, config, state_dict, meta, _optional_json(folder / "thresholds.json"),
                        _optional_json(folder / "preprocess.json"))
 

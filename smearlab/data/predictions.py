@@ -118,7 +118,8 @@ def check_predictions(dataset: SmearDataset, predictions) -> list[dict]:
     Raises
     ------
     ValueError
-        on a length mismatch or a label outside the class list;
+        on a length mismatch, a label outside the class list or masks whose size is not the
+        image's;
         :class:`~smearlab.data.classes.ClassMismatchError` (a ValueError) when the two class
         lists cannot be matched one to one, showing both.
     """
@@ -136,10 +137,13 @@ def check_predictions(dataset: SmearDataset, predictions) -> list[dict]:
     own = names if names is not None else list(dataset.class_names)
     k = len(own)
     out = []
-    for i, p in enumerate(predictions):
+    for i, (p, sample) in enumerate(zip(predictions, dataset)):
         p = as_prediction(p, f"prediction {i}")
         if len(p["labels"]) and (p["labels"].min() < 0 or p["labels"].max() >= k):
             raise ValueError(f"prediction {i}: label outside the {k} classes {own}")
+        if "masks" in p and len(p["masks"]) and p["masks"].shape[1:] != tuple(sample.hw):
+            raise ValueError(f"prediction {i} (image {sample.image_id!r}): masks of size {p['masks'].shape[1:]} "
+                             f"for an image of {tuple(sample.hw)} (height, width)")
         if lut is not None:
             p["labels"] = lut[p["labels"]]
         out.append(p)

@@ -717,12 +717,9 @@ def load_model(folder, device: "str | torch.device | None" = "auto") -> nn.Modul
     saved = read_model_folder(folder, "detector")
     wpath = folder / "weights.pt"
     sd, meta = saved.state_dict, saved.meta
-    saved_names = meta.get("class_names")
+    saved_names = meta.get("class_names")  # read_model_folder checked them against config.json
     if saved_names is None and isinstance(meta.get("model_config"), dict):
         saved_names = meta["model_config"].get("class_names")
-    if saved_names is not None and list(saved_names) != list(cfg.class_names):
-        raise DataError(wpath, f"checkpoint classes {list(saved_names)} differ from the classes "
-                               f"{list(cfg.class_names)} of {folder / 'config.json'}")
     build_cfg = dataclasses.replace(cfg, weights_path=None, backbone_weights=None, frozen_bn=cfg.uses_frozen_bn,
                                     trainable_backbone_layers=_trainable_layers(cfg))
     model = _base_model(build_cfg)

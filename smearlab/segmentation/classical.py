@@ -64,7 +64,8 @@ def as_image_array(image, where: str, *, allow_bool: bool = False) -> np.ndarray
 
     Parameters
     ----------
-    image : array-like image; an ``(H, W, 4)`` image loses its alpha channel.
+    image : array-like image; an ``(H, W, 4)`` image loses its alpha channel, an ``(H, W, 1)``
+        image its channel axis.
     where : names the caller in the error message.
     allow_bool : accept a bool array (a foreground mask).
     """
@@ -77,6 +78,8 @@ def as_image_array(image, where: str, *, allow_bool: bool = False) -> np.ndarray
         raise ValueError(f"{where}: image must be a numeric array, got dtype {img.dtype}")
     if img.ndim == 3 and img.shape[2] == 4:
         img = img[..., :3]
+    elif img.ndim == 3 and img.shape[2] == 1:
+        img = img[..., 0]
     if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 3)):
         raise ValueError(f"{where}: image must have shape (H, W, 3) or (H, W), got {img.shape}")
     if img.shape[0] == 0 or img.shape[1] == 0:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import itertools
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +39,7 @@ from skimage.segmentation import find_boundaries, watershed
 from skimage.transform import resize
 
 from ..core.device import resolve_device
+from ..core.errors import DataError
 from ..core.model_folder import read_model_folder, save_model_folder
 from ..core.search import grid_search
 from ..core.training import History, TimeBudget, ema_model, step_loop
@@ -47,7 +48,7 @@ from ..data.imageio import LUMA
 from ..data.predictions import Predictions, empty_prediction
 from ..data.sample import SmearDataset
 from ..metrics.instances import dsb_score
-from .classical import is_stained_brightfield
+from .classical import as_image_array, is_stained_brightfield
 from .size import SizeModel, fit_size_model, object_diameter, zoomed
 from .unet import UNet
 
@@ -64,9 +65,10 @@ def nuclear_channel(image: np.ndarray) -> np.ndarray:
 
     Parameters
     ----------
-    image : ``(H, W, 3)`` uint8 RGB or ``(H, W)`` grey image.
+    image : ``(H, W, 3)`` uint8 RGB or ``(H, W)`` grey image (an alpha channel is dropped; NaN
+        values are refused).
     """
-    img = np.asarray(image)
+    img = as_image_array(image, "nuclear_channel")
     grey = _luma(img)
     x = _stretched(grey)
     if _polarity(img, grey, x) == "dark":
@@ -88,7 +90,7 @@ def image_polarity(image: np.ndarray) -> str:
     ----------
     image : ``(H, W, 3)`` RGB or ``(H, W)`` grey image (uint8, or float in [0, 1]).
     """
-    img = np.asarray(image)
+    img = as_image_array(image, "image_polarity")
     grey = _luma(img)
     return _polarity(img, grey, _stretched(grey))
 
@@ -253,14 +255,54 @@ def load_instance_unet(folder, device="auto") -> UNet:
     device : ``"auto"`` (the default: CUDA when there is one), ``"cpu"``, ``"cuda"``.
     """
     saved = read_model_folder(folder, "unet")
+    folder = Path(folder)
+    if saved.config.get("task") != "instances":
+        names = saved.config.get("class_names")
+        raise DataError(folder / "config.json", "this U-Net folder holds a class-map segmenter"
+                        f"{f' (classes {names})' if names else ''}, not the instance segmenter: read it with "
+                        "smearlab.models.load_model")
     config = {k: v for k, v in saved.config.items() if k in ("in_channels", "num_classes", "base", "depth", "norm")}
-    model = UNet(**config)
-    model.load_state_dict(saved.state_dict)
+    try:
+        model = UNet(**config)
+        model.load_state_dict(saved.state_dict)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise DataError(folder / "weights.pt", f"U-Net weights do not match config.json: {e}") from None
+    if model.config["in_channels"] != 1 or model.config["num_classes"] != len(CLASSES):
+        raise DataError(folder / "config.json", f"an instance U-Net reads 1 channel and predicts {len(CLASSES)} "
+                        f"classes {list(CLASSES)}; this one {model.config['in_channels']} and "
+                        f"{model.config['num_classes']}")
     model.task = "instances"
-    model.thresholds = InstanceThresholds(**(saved.thresholds or {}))
+    model.thresholds = _read_thresholds(saved.thresholds, folder / "thresholds.json")
     model.diameter = saved.config.get("diameter")
-    model.size_model = SizeModel.from_dict(saved.config["size_model"]) if model.diameter is not None else None
+    model.size_model = None
+    if model.diameter is not None:
+        try:
+            model.size_model = SizeModel.from_dict(saved.config["size_model"])
+        except (KeyError, TypeError) as e:
+            raise DataError(folder / "config.json", "a model trained at one object size (diameter "
+                            f"{model.diameter}) needs its size model, which is missing or incomplete: {e}") from None
     return model.to(resolve_device(device)).eval()
+
+
+def _read_thresholds(values: dict | None, path: Path) -> InstanceThresholds:
+    """The :class:`InstanceThresholds` of a folder's ``thresholds.json``, each value checked; the
+    untuned defaults, with a warning, when the file is missing."""
+    if values is None:
+        warnings.warn(f"{path} is missing: the untuned default thresholds are used", stacklevel=3)
+        return InstanceThresholds()
+    known = {f.name for f in fields(InstanceThresholds)}
+    if set(values) - known:
+        raise DataError(path, f"unknown settings {sorted(set(values) - known)} (known: {sorted(known)})")
+    th = InstanceThresholds(**values)
+    for name in ("foreground", "marker"):
+        v = getattr(th, name)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+            raise DataError(path, f"{name} must be a probability between 0 and 1, got {v!r}")
+    if isinstance(th.min_size, bool) or not isinstance(th.min_size, int) or th.min_size < 0:
+        raise DataError(path, f"min_size must be a whole number of pixels >= 0, got {th.min_size!r}")
+    if not isinstance(th.tta, bool):
+        raise DataError(path, f"tta must be true or false, got {th.tta!r}")
+    return th
 
 
 # -- training --------------------------------------------------------------------------------------

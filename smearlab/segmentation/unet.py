@@ -168,5 +168,9 @@ def load_unet(folder, device: "str | torch.device | None" = "auto") -> UNet:
         model.load_state_dict(saved.state_dict)
     except (TypeError, ValueError, RuntimeError) as e:
         raise DataError(Path(folder) / "weights.pt", f"U-Net weights do not match config.json: {e}") from e
+    names = extra["class_names"]
+    if names is not None and len(names) != model.config["num_classes"]:
+        raise DataError(Path(folder) / "config.json", f"{len(names)} class names {list(names)} for a U-Net of "
+                        f"{model.config['num_classes']} outputs: the class map would be named wrongly")
     model.input_size, model.crop_pad, model.class_names = extra["input_size"], extra["crop_pad"], extra["class_names"]
     return model.to(resolve_device(device)).eval()

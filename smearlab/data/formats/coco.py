@@ -242,7 +242,14 @@ def _to_rle(seg, hw: tuple[int, int], path: Path, rec: str) -> dict:
     if isinstance(counts, str) and not counts.isascii():
         raise DataError(path, "invalid compressed RLE counts (not ASCII)", rec)
     rle = {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    if not (isinstance(rle["counts"], bytes) and 0 <= mask_util.area(rle) <= h * w):
+    # decoded once here: pycocotools reads past the end of some malformed strings, so their area
+    # alone can come out in range; decoding checks that the runs cover the image exactly
+    try:
+        valid = isinstance(rle["counts"], bytes) and 0 <= mask_util.area(rle) <= h * w \
+            and mask_util.decode(rle).shape == (h, w)
+    except ValueError:
+        valid = False
+    if not valid:
         raise DataError(path, "invalid compressed RLE counts", rec)
     return rle
 
