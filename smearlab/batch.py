@@ -15,9 +15,10 @@ dataset, and writes into ``out``::
     coco_results.json      the COCO results list (``image_id``, ``category_id``, ``bbox``, ``score``)
     qupath/<image>.geojson one FeatureCollection per image, as QuPath imports it
 
-Every file is written atomically. A re-run with the same model and ``out`` skips the images whose
-JSON is already there (an interrupted run resumes where it stopped) and rewrites the summaries
-from all of them. An image that cannot be read or predicted is counted and listed in
+Every file is written atomically. A re-run with the same model, settings and ``out`` skips the
+images whose JSON is already there and whose file has not changed since (each record keeps the
+image's digest; an interrupted run resumes where it stopped), draws the overlays the earlier run
+did not, and rewrites the summaries from all of them. An image that cannot be read or predicted is counted and listed in
 ``summary.json``, never fatal to the run.
 
 Detectors (Faster R-CNN, RetinaNet, Mask R-CNN folders), detector + white-cell classifier
@@ -49,6 +50,7 @@ from .data.derive import as_single_class
 from .data.imageio import read_image
 from .detection.models import auto_tile, load_model
 from .detection.predict import predict as predict_images
+from .detection.scale import check_zoom
 from .detection.tune import Thresholds
 from .export import coco_from_records, file_names, image_record, names_without_extension
 from .segmentation.instances import load_instance_unet, predict_instances
@@ -80,7 +82,8 @@ class ImageInput:
     index: int | None = None
 
 
-def collect_images(inputs: Sequence[str | Path], *, pattern: str = "**/*") -> list[ImageInput]:
+def collect_images(inputs: Sequence[str | Path], *, pattern: str = "**/*",
+                   exclude: str | Path | None = None) -> list[ImageInput]:
     """The image files named by ``inputs``: files as given, folders searched with ``pattern``.
 
     Output names are relative to the folder given (a file's own name for a file), so that
@@ -89,6 +92,8 @@ def collect_images(inputs: Sequence[str | Path], *, pattern: str = "**/*") -> li
     Parameters
     ----------
     inputs : image files and folders.
+    exclude : a folder whose files are never inputs (the run's output folder, when it lies inside
+        an input folder: its overlays would be predicted as new images on a re-run).
     pattern : the glob a folder is searched with (``"**/*"``: every image file below it;
         ``"*.jpg"``: the folder's own JPEGs).
 
@@ -100,13 +105,15 @@ def collect_images(inputs: Sequence[str | Path], *, pattern: str = "**/*") -> li
     """
     from .data.imageio import is_image_file
 
+    skip = Path(exclude).resolve() if exclude is not None else None
     found: list[tuple[Path, str]] = []
     for item in inputs:
         p = Path(item)
         if p.is_file():
             found.append((p, p.name))
         elif p.is_dir():
-            files = sorted(f for f in p.glob(pattern) if f.is_file() and is_image_file(f))
+            files = sorted(f for f in p.glob(pattern) if f.is_file() and is_image_file(f)
+                           and not (skip is not None and f.resolve().is_relative_to(skip)))
             if not files:
                 raise DataError(p, f"no image files match {pattern!r}")
             found += [(f, f.relative_to(p).as_posix()) for f in files]
@@ -127,30 +134,49 @@ def collect_images(inputs: Sequence[str | Path], *, pattern: str = "**/*") -> li
 
 
 def _model_id(folder: Path) -> str:
-    """A fingerprint of the model folder (its config and weights; a cascade's two models too),
-    stored in ``run.json``."""
+    """A fingerprint of the model folder, stored in ``run.json``: every ``.json`` and ``.pt`` file
+    in it (config, weights, thresholds, preprocessing; a cascade's two models too)."""
     h = hashlib.sha256()
-    for name in ("config.json", "weights.pt", "thresholds.json", "detector/config.json", "detector/weights.pt",
-                 "detector/thresholds.json", "classifier/config.json", "classifier/weights.pt"):
-        f = folder / name
-        if f.is_file():
-            h.update(name.encode())
-            with open(f, "rb") as fh:
-                for chunk in iter(lambda: fh.read(1 << 20), b""):
-                    h.update(chunk)
+    for f in sorted(folder.rglob("*")):
+        if f.is_file() and f.suffix in (".json", ".pt"):
+            h.update(f.relative_to(folder).as_posix().encode())
+            h.update(_file_digest(f).encode())
     return h.hexdigest()[:16]
+
+
+def _file_digest(path: Path) -> str:
+    """The SHA-256 of a file's bytes (hex, 16 characters)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:16]
+
+
+def _image_digest(im: ImageInput) -> str | None:
+    """What a record stores to tell that its image has not changed since: the file's digest, or
+    None when the image is not a file (a dataset's image made in memory) or cannot be read (the
+    run lists it as failed)."""
+    try:
+        return _file_digest(im.path) if im.path.is_file() else None
+    except OSError:
+        return None
 
 
 def _check_run(out: Path, run: dict) -> None:
     """Refuse to resume into ``out`` when it holds the results of another model or settings."""
     f = out / "run.json"
     if not f.is_file():
+        if (out / "json").is_dir() and any((out / "json").glob("*.json")):
+            raise DataError(out, "holds per-image results but no run.json, so which model made them cannot be "
+                                 "told; use another --out, or remove the folder to start again")
         return
     try:
         old = json.loads(f.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise DataError(f, f"not a readable run file ({e}); remove it or use another --out") from None
-    keys = {"model_id": None, "scale": None, "tile": None, "score": None, "tta": False}  # key: value when absent
+    keys = {"model_id": None, "scale": None, "tile": None, "score": None, "tta": False,
+            "dataset": None}  # key: value when absent
     diff = [k for k, absent in keys.items() if old.get(k, absent) != run.get(k, absent)]
     if diff:
         changes = ", ".join(f"{k} {old.get(k)!r} -> {run.get(k)!r}" for k in diff)
@@ -382,6 +408,9 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
                                 "cascades, the learned instance segmenter and U-Nets")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if score is not None and not 0.0 <= float(score) <= 1.0:  # NaN fails too
+        raise ValueError(f"score must be a threshold from 0 to 1, got {score!r}")
+    check_zoom(scale)
     truth = None
     if dataset is not None:
         if inputs not in ((), None, []):
@@ -393,7 +422,8 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
         items = [ImageInput(s.path if s.path is not None else Path(name), name, stem, i)
                  for i, (s, name, stem) in enumerate(zip(truth, names, names_without_extension(names)))]
     else:
-        items = collect_images([inputs] if isinstance(inputs, (str, Path)) else list(inputs), pattern=pattern)
+        items = collect_images([inputs] if isinstance(inputs, (str, Path)) else list(inputs), pattern=pattern,
+                               exclude=out)
     if not items:
         raise DataError(dataset if dataset is not None else "inputs", "no images to predict")
 
@@ -415,9 +445,10 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
         if not cfg.pixel_size_um:
             raise DataError(folder / "config.json", "the model does not record its training pixel size "
                                                     "(pixel_size_um); give --scale (a number or 'auto') instead")
-        if not float(pixel_size) > 0:
+        if not 0.0 < float(pixel_size) < float("inf"):
             raise ValueError(f"pixel_size must be a positive number of micrometres, got {pixel_size!r}")
         scale = float(pixel_size) / float(cfg.pixel_size_um)
+        check_zoom(scale, f"the zoom pixel_size / the model's pixel_size_um ({pixel_size} / {cfg.pixel_size_um})")
     if tile == "auto":
         tile = "auto" if scale is None else None
     elif tile is not None and not (isinstance(tile, int) and tile > 0):
@@ -515,13 +546,20 @@ def _run_images(out: Path, run: dict, items: list, truth, predict_fn, *, batch_s
     records: dict[str, dict] = {}
     failed: list[dict] = []
     todo: list[ImageInput] = []
+    digests = {im.name: _image_digest(im) for im in items}
+    changed = 0
     for im in items:
         rec = _done(out, im.stem)
-        if rec is not None and rec.get("image") == im.name:
+        if rec is not None and rec.get("image") == im.name and rec.get("image_digest") == digests[im.name]:
             records[im.name] = rec
         else:
+            changed += rec is not None
             todo.append(im)
+    if changed:
+        log.warning("%s: %d images changed since their results were written: predicted again", out, changed)
     resumed = len(records)
+    redraw = [im for im in items if overlays and im.name in records
+              and not (out / "overlays" / f"{im.stem}.png").is_file()]
     colours = _palette(class_names) if overlays else None
     t0 = time.perf_counter()
     bar = tqdm(total=len(todo), desc="predict", unit="img", disable=not progress)
@@ -547,6 +585,7 @@ def _run_images(out: Path, run: dict, items: list, truth, predict_fn, *, batch_s
                 continue
             for im, img, p in zip(chunk, images, preds):
                 rec = image_record(_Shape(img, im), p, class_names, file_name=im.name)
+                rec["image_digest"] = digests[im.name]
                 if post is not None:
                     post(img, rec)
                 write_json(_json_path(out, im.stem), rec)
@@ -559,6 +598,13 @@ def _run_images(out: Path, run: dict, items: list, truth, predict_fn, *, batch_s
         bar.close()
     seconds = time.perf_counter() - t0
     predicted = len(records) - resumed
+    for im in redraw:  # images done by an earlier run without overlays
+        try:
+            img = truth[im.index].image if truth is not None else read_image(im.path)[0]
+        except (DataError, OSError, ValueError) as e:
+            log.warning("%s: no overlay drawn: %s", im.name, e)
+            continue
+        _overlay(img, records[im.name], out / "overlays" / f"{im.stem}.png", colours)
     for im in items:  # resumed images whose GeoJSON an interrupt left unwritten
         geo = out / "qupath" / f"{im.stem}.geojson"
         if im.name in records and not geo.is_file():

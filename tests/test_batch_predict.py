@@ -139,6 +139,65 @@ def test_interrupt_and_resume(trained, tmp_path, monkeypatch):
         batch.predict(trained["model"], [trained["images"]], out, score=0.9, progress=False)
 
 
+def test_a_rerun_never_mixes_results_silently(trained, tmp_path):
+    """What a re-run into the same folder must not take from the earlier one: results of images
+    whose file changed, results made before the model's preprocessing changed, its own output
+    folder as input, results with no run.json; and overlays asked for later are drawn."""
+    import shutil
+
+    images = tmp_path / "images"
+    shutil.copytree(trained["images"], images)
+    out = images / "pred"  # inside the input folder
+    first = batch.predict(trained["model"], [images], out, score=0.3, progress=False)
+    assert first["predicted"] == 4
+    again = batch.predict(trained["model"], [images], out, score=0.3, overlays=True, progress=False)
+    assert again["images"] == 4 and again["resumed"] == 4  # the output folder is not input
+    assert len(list((out / "overlays").rglob("*.png"))) == 4  # drawn for the resumed images
+    write_image(images / "smear_0.png", np.full((192, 192, 3), 255, np.uint8))  # same name, new content
+    changed = batch.predict(trained["model"], [images], out, score=0.3, progress=False)
+    assert changed["predicted"] == 1 and changed["resumed"] == 3
+    rows = {r["image"]: r for r in read_counts(out / "counts.csv")}
+    batch.predict(trained["model"], [images / "smear_0.png"], tmp_path / "fresh", score=0.3, progress=False)
+    assert rows["smear_0.png"] == read_counts(tmp_path / "fresh" / "counts.csv")[0]  # the new field's count
+    # the model's preprocessing is part of the model: another preprocess.json is another model
+    model = tmp_path / "model"
+    shutil.copytree(trained["model"], model)
+    out2 = tmp_path / "out2"
+    batch.predict(model, [images], out2, score=0.3, progress=False)
+    (model / "preprocess.json").write_text(json.dumps({"smearlab_preprocess": 1, "steps": []}))
+    with pytest.raises(DataError, match="another run.*model_id"):
+        batch.predict(model, [images], out2, score=0.3, progress=False)
+    (out2 / "run.json").unlink()
+    with pytest.raises(DataError, match="no run.json"):
+        batch.predict(model, [images], out2, score=0.3, progress=False)
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("score", 2.0, "score must be"), ("score", float("nan"), "score must be"), ("score", -0.1, "score must be"),
+    ("scale", float("inf"), "outside"), ("scale", 1e-9, "outside"), ("pixel_size", float("inf"), "pixel_size"),
+])
+def test_values_that_would_count_nothing_are_refused_before_any_image(trained, tmp_path, option, value, message):
+    with pytest.raises(ValueError, match=message):
+        batch.predict(trained["model"], [trained["images"]], tmp_path / "o", progress=False, **{option: value})
+    assert not (tmp_path / "o").exists()
+
+
+def test_thresholds_json_that_is_not_thresholds_is_refused_on_loading(trained, tmp_path):
+    import shutil
+
+    from smearlab.detection.models import load_model
+
+    model = tmp_path / "model"
+    shutil.copytree(trained["model"], model)
+    names = list(json.loads((model / "config.json").read_text())["class_names"])
+    for bad, message in (({"foo": 1}, "'score'"), ([1, 2], "'score'"), ({"score": {names[0]: "0.5"}}, "number"),
+                         ({"score": {"Neutrophil": 0.5}}, "not classes of the model"),
+                         ({"score": {names[0]: 0.5}, "nms_iou": "x"}, "nms_iou")):
+        (model / "thresholds.json").write_text(json.dumps(bad))
+        with pytest.raises(DataError, match=message):
+            load_model(model, device="cpu")
+
+
 def test_dataset_path_scores_counts(trained, tmp_path):
     from smearlab.export import export_coco_gt
 

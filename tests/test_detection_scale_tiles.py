@@ -101,8 +101,11 @@ def test_predict_rescales_on_top_of_the_model_scale():
         predict(m, [img], progress=False, scale="auto")
     with pytest.raises(ValueError, match="tile"):
         predict(m, [img], progress=False, scale=2.0, tile=128)
-    with pytest.raises(ValueError, match="positive"):
-        predict(m, [img], progress=False, scale=-1)
+    for bad in (-1, 0, 1e-9, 50, float("inf"), float("nan")):  # the counts would read zero, or overflow
+        with pytest.raises(ValueError, match="outside 0.1..10"):
+            predict(m, [img], progress=False, scale=bad)
+    with pytest.raises(ValueError, match="a number"):
+        predict(m, [img], progress=False, scale="big")
 
 
 def test_box_tiles_keep_boxes_mostly_inside_and_cover_the_image():

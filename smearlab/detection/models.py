@@ -741,6 +741,9 @@ def load_model(folder, device: "str | torch.device | None" = "auto") -> nn.Modul
         raise DataError(wpath, f"weights do not fit a {cfg.arch} model built from config.json: "
                                f"{msg.splitlines()[0]} ...") from e
     model.detector_config = cfg
+    if saved.thresholds is not None:  # checked now, not image by image at prediction
+        from .tune import Thresholds
+        Thresholds.from_dict(saved.thresholds, folder / "thresholds.json", cfg.class_names)
     model.thresholds = saved.thresholds
     model.preprocess_spec = saved.preprocess
     return model.to(resolve_device(device)).eval()

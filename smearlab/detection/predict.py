@@ -37,7 +37,7 @@ from ..data.torchdata import LUMA, DetectionDataset
 from ..preprocess import as_preprocess
 from .models import is_mask_model, unwrap
 from .postprocess import fuse_boxes
-from .scale import PROBE_FACTORS, choose_factor
+from .scale import PROBE_FACTORS, check_zoom, choose_factor
 from .tune import Thresholds
 
 Prediction = dict  # {"boxes", "scores", "labels"} numpy arrays
@@ -409,8 +409,7 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
         raise ValueError(f"tile_resize must be 'image' or 'tile', got {tile_resize!r}")
     if scale is not None and tile:
         raise ValueError("scale and tile cannot be combined: tile a field at the model's scale, or rescale it")
-    if scale is not None and scale != "auto" and not float(scale) > 0:
-        raise ValueError(f"scale must be 'auto', None or a positive number, got {scale!r}")
+    check_zoom(scale)
     if tta and not 0.0 < float(tta_iou) < 1.0:
         raise ValueError(f"tta_iou must be in (0, 1), got {tta_iou}")
     if tta and not 0.0 <= float(tta_skip) < 1.0:

@@ -28,12 +28,36 @@ from .models import DetectorConfig
 
 #: Zoom factors beyond these are not applied (a wrong estimate must not make an image huge).
 ZOOM_RANGE = (0.33, 3.0)
+#: Zoom factors a user may give (``scale=`` a number, or a pixel size): beyond them the cells are
+#: too small or too large for the model to find anything, which would read as zero counts.
+GIVEN_ZOOM_RANGE = (0.1, 10.0)
 #: Estimates within this ratio of 1 leave the image at the model's own scale.
 TOLERANCE = 1.12
 #: Detections that count for the estimate.
 MIN_SCORE, MIN_OBJECTS = 0.5, 5
 #: Resize factors (on top of the model's own scale) ``scale="auto"`` looks at the image with.
 PROBE_FACTORS = (0.5, 0.71, 1.0, 1.41, 2.0)
+
+
+def check_zoom(scale, what: str = "scale") -> None:
+    """Refuse (``ValueError``) a given zoom that is not a finite number within
+    :data:`GIVEN_ZOOM_RANGE`; ``None`` and ``"auto"`` pass.
+
+    Parameters
+    ----------
+    scale : the zoom factor (or None / "auto").
+    what : names the setting in the message (e.g. ``"pixel_size / the model's pixel_size_um"``).
+    """
+    if scale is None or scale == "auto":
+        return
+    try:
+        z = float(scale)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be 'auto', None or a number, got {scale!r}") from None
+    lo, hi = GIVEN_ZOOM_RANGE
+    if not lo <= z <= hi:  # NaN and infinities fail too
+        raise ValueError(f"{what} {scale!r} is outside {lo}..{hi}: at such a zoom the cells are too small or too "
+                         "large for the model to find (the counts would read zero); check the value")
 
 
 def object_sizes(dataset: SmearDataset, cfg: DetectorConfig) -> dict[str, dict[str, float]]:

@@ -110,14 +110,33 @@ class Thresholds:
             raise DataError(path, "thresholds file not found") from None
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
             raise DataError(path, f"not a readable thresholds JSON: {e}") from None
+        return cls.from_dict(data, path)
+
+    @classmethod
+    def from_dict(cls, data, path: str | Path, class_names: Sequence[str] | None = None) -> "Thresholds":
+        """The thresholds of a ``thresholds.json``'s content, each value checked; ``DataError``
+        naming ``path`` when one is unusable.
+
+        Parameters
+        ----------
+        data : the parsed JSON.
+        path : the file it came from (named in the error).
+        class_names : the model's classes: a score threshold for any other class is refused.
+        """
         if not isinstance(data, dict) or not isinstance(data.get("score"), dict):
             raise DataError(path, "expected an object with a 'score' {class: threshold} object")
-        if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-                   for v in data["score"].values()):
-            raise DataError(path, "score thresholds must be numbers")
+        for name, v in data["score"].items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v <= 1.0:
+                raise DataError(path, f"score threshold of {name!r} must be a number from 0 to 1, got {v!r}")
+        if class_names is not None and set(data["score"]) - {str(c) for c in class_names}:
+            raise DataError(path, f"score thresholds for {sorted(set(data['score']) - set(map(str, class_names)))}, "
+                                  f"which are not classes of the model {list(class_names)}")
         nms = data.get("nms_iou")
-        if nms is not None and not isinstance(nms, (int, float)):
-            raise DataError(path, f"nms_iou must be a number or null, got {nms!r}")
+        if nms is not None and (isinstance(nms, bool) or not isinstance(nms, (int, float)) or not 0.0 <= nms <= 1.0):
+            raise DataError(path, f"nms_iou must be a number from 0 to 1 or null, got {nms!r}")
+        dets = data.get("max_dets")
+        if dets is not None and (isinstance(dets, bool) or not isinstance(dets, int) or dets < 1):
+            raise DataError(path, f"max_dets must be a whole number >= 1 or null, got {dets!r}")
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 
