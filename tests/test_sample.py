@@ -36,6 +36,52 @@ def test_float_and_bool_images():
         to_rgb8(np.zeros((0, 4), np.uint8))
 
 
+def test_float_images_outside_0_1_are_scaled_not_clipped():
+    ramp = np.linspace(0, 255, 256, dtype=np.float32)[None].repeat(2, axis=0)  # an 8-bit image stored as floats
+    img, depth = to_rgb8(ramp)
+    assert depth == 32 and img[0, 130, 0] == 130 and img.max() == 255
+    assert to_rgb8(ramp / 255)[0][0, 130, 0] == 130
+    assert to_rgb8(ramp * 16)[0][0, 130, 0] == round(130 * 16 * 255 / 4095)  # 12-bit range
+    assert to_rgb8(np.array([[np.nan, -5.0], [0.5, 1.0]]))[0][..., 0].tolist() == [[0, 0], [128, 255]]
+
+
+def test_sixteen_bit_colour_files_keep_their_range(tmp_path):
+    """PIL reads 16-bit colour files as 8 bits (the high byte): a 12-bit colour TIFF came out
+    16 times too dark and said it was 8-bit. TIFFs are now read whole; a PNG keeps PIL's 8 bits on
+    the 16-bit scale and warns when the data used only the low bits."""
+    import tifffile
+
+    data = np.zeros((6, 8, 3), np.uint16)
+    data[..., 0] = np.arange(8) * 585  # 0..4095: 12-bit data
+    data[..., 1] = 4095
+    tifffile.imwrite(tmp_path / "c12.tif", data, photometric="rgb")
+    img, depth = read_image(tmp_path / "c12.tif")
+    assert depth == 16 and img[0, 7, 0] == 255 and img[0, 4, 0] == round(4 * 585 * 255 / 4095)
+    assert img[..., 1].min() == 255
+    full = (data.astype(np.uint32) * 16).astype(np.uint16)  # the same data on the full 16-bit range
+    png = tmp_path / "c16.png"
+    _write_png16(png, full)
+    img, depth = read_image(png)
+    assert depth == 16 and img[0, 7, 0] >= 254 and img[..., 1].min() >= 254
+    _write_png16(png, data)
+    with pytest.warns(UserWarning, match="low 12 bits"):
+        img, _ = read_image(png)
+    assert img[..., 1].min() >= 230  # bright, as the TIFF, with fewer levels
+
+
+def _write_png16(path, rgb16: np.ndarray) -> None:
+    """A 16-bit RGB PNG (colour type 2, bit depth 16) written by hand: PIL cannot write one."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    h, w, _ = rgb16.shape
+    rows = b"".join(b"\x00" + rgb16[y].astype(">u2").tobytes() for y in range(h))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
 def test_corrupt_and_missing_images_name_the_file(tmp_path):
     good = tmp_path / "x.jpg"
     Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(good)

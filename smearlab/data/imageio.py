@@ -117,6 +117,8 @@ def read_raw(path: str | Path, *, orientation: str = "exif", palette: str = "rgb
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
+                if _sixteen_bit_colour(im):
+                    return _read_sixteen_bit_colour(im, path, orientation)
                 im.load()
                 if orientation == "exif" and _exif_orientation(im) != 1:
                     im = ImageOps.exif_transpose(im)
@@ -137,6 +139,47 @@ def read_raw(path: str | Path, *, orientation: str = "exif", palette: str = "rgb
         raise DataError(path, f"corrupt or truncated image ({e})") from None
 
 
+def _sixteen_bit_colour(im: Image.Image) -> bool:
+    """Whether PIL would decode a 16-bit-per-channel colour file to 8 bits (its "RGB" and "RGBA"
+    modes hold 8 bits: it keeps the high byte)."""
+    raw = [t.args[0] if isinstance(t.args, tuple) else t.args for t in (im.tile or [])]
+    return im.mode in ("RGB", "RGBA") and any(isinstance(r, str) and ";16" in r for r in raw)
+
+
+#: How each EXIF orientation value is undone on an ``(H, W, C)`` array: quarter turns
+#: counter-clockwise (``np.rot90``) after an optional left-right flip.
+_EXIF_UNDO = {1: (False, 0), 2: (True, 0), 3: (False, 2), 4: (True, 2), 5: (True, 1), 6: (False, 3),
+              7: (True, 3), 8: (False, 1)}
+
+
+def _read_sixteen_bit_colour(im: Image.Image, path: Path, orientation: str) -> np.ndarray:
+    """A 16-bit colour image as ``(H, W, C)`` uint16, which PIL cannot give.
+
+    A TIFF is read whole by tifffile. For a PNG only PIL's 8 bits exist: their values are
+    returned on the 16-bit scale (times 257) so that :func:`to_rgb8` treats them as 16-bit data,
+    with a warning when the data used only the low bits (12-bit cameras), whose precision is
+    lost."""
+    code = _exif_orientation(im) if orientation == "exif" else 1
+    if im.format == "TIFF":
+        import tifffile
+
+        arr = np.asarray(tifffile.imread(path, key=0))
+        if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.dtype != np.uint16:
+            raise DataError(path, f"a 16-bit colour TIFF read as {arr.dtype} {arr.shape}; expected (H, W, 3 or 4) "
+                                  "uint16")
+    else:
+        im.load()
+        arr = np.array(im).astype(np.uint16) * 257
+        if int(arr.max()) <= 15 * 257:
+            warnings.warn(f"{path}: a 16-bit colour PNG whose values use only the low 12 bits; PIL reads the high "
+                          "byte alone, so only 16 grey levels per channel remain: save it as a 16-bit TIFF to keep "
+                          "its precision", stacklevel=3)
+    flip, turns = _EXIF_UNDO.get(code, (False, 0))
+    if flip:
+        arr = arr[:, ::-1]
+    return np.ascontiguousarray(np.rot90(arr, turns))
+
+
 def _existing_file(path: str | Path) -> Path:
     """``path`` as a Path; DataError naming it when it is missing or not a regular file."""
     path = Path(path)
@@ -152,7 +195,9 @@ def to_rgb8(arr: np.ndarray, where="image") -> tuple[np.ndarray, int]:
 
     Integer images wider than 8 bits are scaled linearly from the smallest usual sensor range
     that holds their values (10, 12, 14 or 16 bits, so 12-bit microscopy stays bright); float
-    images from 0..1. Returns the RGB image and the original bit depth.
+    images from 0..1 when their values lie there, otherwise from the smallest of those ranges
+    (8 bits first) that holds them. Negative values and NaN become 0. Returns the RGB image and
+    the original bit depth.
 
     Parameters
     ----------
@@ -188,7 +233,12 @@ def to_rgb8(arr: np.ndarray, where="image") -> tuple[np.ndarray, int]:
         a = (np.clip(a, 0, None).astype(np.float64) * (255.0 / full) + 0.5).astype(np.uint8)
     elif np.issubdtype(a.dtype, np.floating):
         depth = 32
-        a = (np.clip(np.nan_to_num(a), 0, 1) * 255 + 0.5).astype(np.uint8)
+        a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+        hi = float(a.max())
+        # 0..1 data as it is; larger values from the integer range that holds them (0..255 for
+        # an 8-bit image stored as floats), so a float image is never clipped to white
+        full = 1.0 if hi <= 1.0 else next(2.0 ** b - 1 for b in (8, 10, 12, 14, 16, 32, 64) if hi <= 2.0 ** b - 1)
+        a = (np.clip(a, 0, full) * (255.0 / full) + 0.5).astype(np.uint8)
     else:
         raise DataError(where, f"unsupported image dtype {a.dtype}")
     if a.ndim == 2:
