@@ -221,6 +221,9 @@ def test_zheng_16_bit_image_colour_mask_and_resampled_levels(tmp_path):
     for s in ds[1:]:
         assert np.bincount(s.semantic.ravel(), minlength=3).tolist() == expected
     np.testing.assert_array_equal(ds[1].masks[0], ds[1].semantic > 0)
+    _png(folder / "002.png", ds[0].semantic)  # the class ids themselves (0/1/2): not an "empty mask"
+    again = zheng.load(tmp_path, datasets=(1,))
+    assert not again.skipped and np.bincount(again[1].semantic.ravel(), minlength=3).tolist() == expected
 
 
 def test_zheng_16_bit_mask_raises_naming_the_file_when_strict(tmp_path):
@@ -339,6 +342,15 @@ def test_segmenters_on_16_bit_images():
         np.testing.assert_array_equal(a["masks"], b["masks"])
     with pytest.raises(ValueError, match="uint8 RGB, got dtype uint16.*to_rgb8"):
         predict_semantic(UNet(base=4, depth=1), [img16], device="cpu")
+    # a dense stained bright-field field (cells on 65 %): 12-bit data in a 16-bit array is the same
+    # image (it was read 16 times too dark, called fluorescence, and its background segmented)
+    from smearlab.segmentation.instances import image_polarity
+    bf = np.zeros((40, 40, 3), np.uint8)
+    bf[:] = (230, 220, 225)
+    bf[:, :26] = (90, 40, 120)
+    bf12 = bf.astype(np.uint16) * 16
+    assert image_polarity(bf) == image_polarity(bf12) == "dark"
+    assert [int(m.sum()) for m in C.threshold_segment(bf12, min_size=1)["masks"]] == [1040]
 
 
 # -- COCO --------------------------------------------------------------------------------------

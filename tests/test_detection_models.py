@@ -84,14 +84,17 @@ def test_save_load_roundtrip(tmp_path, arch, channels):
     x = [torch.rand(channels, 128, 128)]
     with torch.no_grad():
         ref = m(x)[0]
-    save_model(m, cfg, tmp_path / "m", thresholds={"RBC": 0.5}, preprocess={"steps": []})
+    save_model(m, cfg, tmp_path / "m", thresholds={"score": {"RBC": 0.5}}, preprocess={"steps": []})
     assert sorted(p.name for p in (tmp_path / "m").iterdir()) == \
         ["config.json", "preprocess.json", "thresholds.json", "weights.pt"]
     assert json.loads((tmp_path / "m" / "config.json").read_text())["class_names"] == CLASSES
     m2 = load_model(tmp_path / "m", device="cpu")
     assert not m2.training and m2.detector_config.class_names == CLASSES
     assert load_any_model(tmp_path / "m", device="cpu").detector_config == m2.detector_config
-    assert m2.thresholds == {"RBC": 0.5} and m2.preprocess_spec == {"steps": []}
+    assert m2.thresholds == {"score": {"RBC": 0.5}} and m2.preprocess_spec == {"steps": []}
+    with pytest.raises(DataError, match="'score'"):  # a file load_model would refuse is never written
+        save_model(m, cfg, tmp_path / "bad", thresholds={"RBC": 0.5})
+    assert not (tmp_path / "bad").exists()
     with torch.no_grad():
         out = m2(x)[0]
     for k in ref:

@@ -173,3 +173,13 @@ def test_zheng_domains_share_four_classes(zheng_root):
     shared, missing = shared_classes(doms["dataset1"], doms["dataset2"])
     assert shared == ["neutrophil", "lymphocyte", "monocyte", "eosinophil"]
     assert missing == {"basophil": {"dataset1": 1, "dataset2": 3}}
+
+
+def test_class_map_naming_a_class_not_in_the_source_is_refused():
+    """A typo in class_map ('bands' for 'band') left the class unmatched and its cells dropped."""
+    from smearlab.data.classes import ClassMismatchError, match_classes
+
+    with pytest.raises(ClassMismatchError, match="'bands', which is not a source class"):
+        match_classes(["Lymphocyte", "band"], ["lymphocyte", "neutrophil"], {"bands": "neutrophil"})
+    m = match_classes(["Lymphocyte", "band"], ["lymphocyte", "neutrophil"], {"band": "neutrophil"})
+    assert m.lut.tolist() == [0, 1]

@@ -1,11 +1,14 @@
 """Box formats (VOC, BBBC041, IML-Malaria, YOLO) on the real datasets, and save -> load round trips."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pytest
 import yaml
 
-from smearlab.data import formats
-from smearlab.data.formats import bbbc041, iml, voc, yolo
+from smearlab.data import DataError, formats
+from smearlab.data.formats import bbbc041, coco as coco_format, iml, voc, yolo
 from smearlab.data.sample import Sample, SmearDataset
 
 CBC_CLASSES = ["RBC", "WBC", "Platelets"]
@@ -160,3 +163,77 @@ def test_voc_round_trip_in_memory_images(tmp_path):
         np.testing.assert_array_equal(b.meta["difficult"], a.meta.get("difficult", np.zeros(0, bool)))
         np.testing.assert_array_equal(b.image, a.image)
     assert formats.load(root, class_names=src.class_names).num_objects == src.num_objects
+
+
+def _png(path, size=(40, 30)):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, (200, 180, 190)).save(path)
+    return path
+
+
+def test_yolo_label_folder_in_another_case_or_beside_the_images(tmp_path):
+    """``Labels/`` and darknet's labels beside the images loaded with 0 objects and no skip."""
+    for layout in ("Labels", "beside"):
+        root = tmp_path / layout
+        _png(root / "images" / "a.png")
+        (root / "classes.txt").write_text("RBC\nWBC\n")
+        labels = root / ("images" if layout == "beside" else layout)
+        labels.mkdir(parents=True, exist_ok=True)
+        (labels / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n1 0.3 0.3 0.1 0.1\n")
+        ds = yolo.load(root)
+        assert ds.num_objects == 2 and not ds.skipped, layout
+    empty = tmp_path / "nolabels"
+    _png(empty / "images" / "a.png")
+    (empty / "classes.txt").write_text("RBC\n")
+    with pytest.raises(DataError, match="no label files"):
+        yolo.load(empty)
+
+
+def test_a_class_named_twice_is_refused_naming_the_file(tmp_path):
+    root = tmp_path / "y"
+    _png(root / "images" / "a.png")
+    (root / "labels").mkdir(parents=True)
+    (root / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (root / "classes.txt").write_text("RBC\nRBC\n")
+    with pytest.raises(DataError, match=r"classes.txt: class 'RBC' is listed twice"):
+        yolo.load(root)
+    (root / "classes.txt").unlink()
+    (root / "data.yaml").write_text("names: [RBC, WBC, RBC]\n")
+    with pytest.raises(DataError, match=r"data.yaml: class 'RBC' is listed twice \(labels 0 and 2\)"):
+        yolo.load(root)
+    coco = tmp_path / "c.json"
+    _png(tmp_path / "a.png")
+    coco.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}],
+                                "categories": [{"id": 1, "name": "RBC"}, {"id": 2, "name": "RBC"}],
+                                "annotations": []}))
+    with pytest.raises(DataError, match=r"c.json: class 'RBC' is listed twice"):
+        coco_format.load(coco)
+    with pytest.raises(ValueError, match="named twice"):
+        SmearDataset([], ["RBC", "RBC"])
+
+
+def test_one_image_annotated_twice_is_one_sample(tmp_path):
+    """Two COCO entries or two VOC files of one image made two samples that split its objects."""
+    _png(tmp_path / "a.png")
+    coco = tmp_path / "c.json"
+    coco.write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 30},
+                   {"id": 2, "file_name": "a.png", "width": 40, "height": 30}],
+        "categories": [{"id": 1, "name": "RBC"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 10, 10]},
+                        {"id": 2, "image_id": 2, "category_id": 1, "bbox": [20, 5, 10, 10]}]}))
+    ds = coco_format.load(coco)
+    assert len(ds) == 1 and ds.num_objects == 1
+    assert any("also image id 1" in s.reason for s in ds.skipped)
+    root = tmp_path / "voc"
+    _png(root / "Images" / "a.png")
+    (root / "Annotations").mkdir()
+    for stem in ("a", "a_copy"):
+        (root / "Annotations" / f"{stem}.xml").write_text(
+            "<annotation><filename>a.png</filename><object><name>RBC</name><bndbox><xmin>1</xmin><ymin>1</ymin>"
+            "<xmax>9</xmax><ymax>9</ymax></bndbox></object></annotation>")
+    ds = voc.load(root)
+    assert len(ds) == 1 and ds.num_objects == 1
+    assert [s.reason for s in ds.skipped] == ["its image a.png is also annotated by a.xml; this file is left out"]

@@ -354,7 +354,7 @@ def _(tmp):
 @case("yolo", "zero-byte image")
 def _(tmp):
     _write(tmp / "images" / "b.png", b"")
-    return _yolo(tmp, "names: [c]"), "b.png"
+    return _yolo(tmp, "names: [c]", labels="0 0.5 0.5 0.2 0.2\n"), "b.png"
 
 
 def _folder(tmp, name: str, data: bytes):

@@ -144,6 +144,8 @@ class CropDataset(torch.utils.data.Dataset):
             dataset's classes); unlabelled crops are kept.
         name : name of the result (None: this dataset's name).
         """
+        if len(set(class_names)) != len(class_names):
+            raise ValueError(f"classes named twice in {list(class_names)}")
         unknown = [c for c in class_names if c not in self.class_names]
         if unknown:
             raise KeyError(f"classes {unknown} not in {self.name!r} (classes {self.class_names})")

@@ -140,6 +140,8 @@ def match_classes(source: Sequence[str], target: Sequence[str], class_map: Mappi
                                   "class_map={source name: target name})")
 
     for s_name, t_name in class_map.items():
+        if s_name not in source:  # a typo would leave the class it meant unmatched, its data dropped
+            raise fail(f"class_map maps {s_name!r}, which is not a source class")
         if t_name not in target:
             raise fail(f"class_map sends {s_name!r} to {t_name!r}, which is not a target class")
     by_canon: dict[str, list[int]] = {}

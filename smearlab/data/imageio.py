@@ -190,6 +190,25 @@ def _existing_file(path: str | Path) -> Path:
     return path
 
 
+def full_scale(image: np.ndarray) -> float:
+    """The value that stands for full brightness in an image's data: 1 for floats (0..1 data),
+    255 for uint8, and for wider integers the smallest usual sensor range that holds the largest
+    value (8, 10, 12, 14, 16 or 32 bits), so that 12-bit data in a 16-bit file reads as bright as
+    it is. Every reader and every polarity decision scales by it.
+
+    Parameters
+    ----------
+    image : the image array.
+    """
+    a = np.asarray(image)
+    if a.dtype == np.uint8:
+        return 255.0
+    if not np.issubdtype(a.dtype, np.integer):
+        return 1.0
+    hi = max(int(a.max()), 1) if a.size else 1
+    return float(next((2 ** b - 1 for b in (8, 10, 12, 14, 16, 32) if hi <= 2 ** b - 1), 2 ** 63 - 1))
+
+
 def to_rgb8(arr: np.ndarray, where="image") -> tuple[np.ndarray, int]:
     """Convert grey / RGBA / 16-bit / float arrays to RGB uint8.
 
@@ -227,9 +246,7 @@ def to_rgb8(arr: np.ndarray, where="image") -> tuple[np.ndarray, int]:
         depth = 8
     elif np.issubdtype(a.dtype, np.integer):
         depth = a.dtype.itemsize * 8
-        hi = max(int(a.max()), 1)
-        # scale from the smallest usual sensor range that holds the data (12-bit stays bright)
-        full = next(2 ** b - 1 for b in (8, 10, 12, 14, 16, 32) if hi <= 2 ** b - 1)
+        full = full_scale(a)
         a = (np.clip(a, 0, None).astype(np.float64) * (255.0 / full) + 0.5).astype(np.uint8)
     elif np.issubdtype(a.dtype, np.floating):
         depth = 32

@@ -311,6 +311,9 @@ class SmearDataset(Sequence[Sample]):
                  skipped: list[Skip] | None = None, fixed: list[Skip] | None = None):
         self.samples = list(samples)
         self.class_names = list(class_names)
+        twice = sorted({c for c in self.class_names if self.class_names.count(c) > 1})
+        if twice:  # counts and scores go by name: two labels of one name would merge or vanish
+            raise ValueError(f"dataset {name!r}: classes {twice} are named twice in {self.class_names}")
         self.name = name
         self.root = Path(root) if root is not None else None
         self.format = format

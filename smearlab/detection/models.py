@@ -32,7 +32,7 @@ A saved model is a folder::
 
     weights.pt        {"format", "arch", "class_names", "state_dict"}
     config.json       the DetectorConfig (class names included)
-    thresholds.json   optional per-class score thresholds (any dict)
+    thresholds.json   optional tuned thresholds (``Thresholds.to_dict()``: ``score`` per class, NMS...)
     preprocess.json   optional preprocessing pipeline (any dict)
 """
 from __future__ import annotations
@@ -670,7 +670,8 @@ def save_model(model: nn.Module, cfg: DetectorConfig | None, folder, thresholds:
     model : the detector (a DDP / DataParallel wrapper is unwrapped).
     cfg : its :class:`DetectorConfig` (None: ``model.detector_config``).
     folder : the model folder (created if needed).
-    thresholds : optional tuned thresholds, written as ``thresholds.json``.
+    thresholds : optional tuned thresholds (a ``Thresholds`` or its dict), written as
+        ``thresholds.json``; checked as :func:`load_model` checks them.
     preprocess : optional preprocessing pipeline, written as ``preprocess.json``.
     train_config : optional training settings (a ``TrainConfig`` or its dict), written as
         ``train_config.json``: the recipe :func:`smearlab.detection.finetune.fine_tune` repeats.
@@ -679,6 +680,10 @@ def save_model(model: nn.Module, cfg: DetectorConfig | None, folder, thresholds:
     cfg = cfg or getattr(model, "detector_config", None)
     if cfg is None:
         raise ValueError("save_model needs the DetectorConfig (cfg) of the model")
+    if thresholds is not None:  # a file load_model would refuse is never written
+        from .tune import Thresholds
+        Thresholds.from_dict(thresholds.to_dict() if hasattr(thresholds, "to_dict") else thresholds,
+                             Path(folder) / "thresholds.json", cfg.class_names)
     return save_model_folder(folder, "detector", model, cfg.to_dict(), class_names=cfg.class_names,
                              thresholds=thresholds, preprocess=preprocess, train_config=train_config,
                              arch=cfg.arch)

@@ -4,6 +4,7 @@ source's and with the target's feature statistics), their domain separability an
 crops are notebook 07's (:func:`~smearlab.experiments.domain_adaptation.domain_pair`)."""
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ import numpy as np
 import torch
 
 from ..classification.adapt import adapt_batchnorm, adapt_feature_statistics
-from ..classification.crops import CropDataset, shared_classes
+from ..classification.crops import CropDataset, align_classes, shared_classes
 from ..classification.embed import cnn_embedding, pixel_embedding, separability_table, tsne
 from ..classification.model import DANN, build_classifier
 from ..classification.predict import predict_classes
@@ -115,7 +116,14 @@ def compare_embeddings(dataset, s, *, source: str | None = None, target: str | N
     else:
         domains = None if source is None or target is None else (source, target)
         a, b = domain_pair(dataset, s.input_size, n=s.n_synthetic, seed=seed, domains=domains)
-    classes, _ = shared_classes(a, b)
+    b, _ = align_classes(a, b)  # names matched with aliases, as notebook 07 does
+    classes, missing = shared_classes(a, b)
+    if len(classes) < 2:
+        raise ValueError(f"domains {a.name!r} and {b.name!r} share fewer than two classes ({classes}); counts of the "
+                         f"others: {missing}")
+    if missing:
+        warnings.warn(f"{a.name} and {b.name}: classes {sorted(missing)} are missing or too rare in one domain "
+                      f"({missing}); the embedding shows the {len(classes)} shared classes {classes}", stacklevel=2)
     src_train, src_test = a.restrict(classes).split(0.5, seed)
     tgt_train, tgt_test = b.restrict(classes).split(0.5, seed)
     held_out = CropDataset.concat([src_test, tgt_test], name="held-out")

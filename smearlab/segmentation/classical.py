@@ -40,11 +40,10 @@ from skimage.filters import threshold_local
 from skimage.measure import label as cc
 from skimage.morphology import convex_hull_image
 from skimage.segmentation import relabel_sequential, watershed
-from skimage.util import img_as_float
 from tqdm.auto import tqdm
 
 from ..core.search import grid_search
-from ..data.imageio import LUMA
+from ..data.imageio import LUMA, full_scale
 from ..data.predictions import empty_prediction
 from ..metrics.instances import dsb_score, has_instance_masks
 
@@ -129,7 +128,7 @@ def is_colour(image: np.ndarray) -> bool:
         return False
     if img.size > 4_000_000:
         img = img[::4, ::4]
-    f = img.astype(np.float32) / (np.iinfo(img.dtype).max if np.issubdtype(img.dtype, np.integer) else 1.0)
+    f = img.astype(np.float32) / full_scale(img)
     return bool(np.abs(f - f.mean(axis=2, keepdims=True)).max() >= 0.05)
 
 
@@ -150,8 +149,7 @@ def is_stained_brightfield(image: np.ndarray, grey: np.ndarray | None = None) ->
         return False
     if grey is None:
         grey = img.astype(np.float32) @ np.asarray(LUMA, np.float32)
-    full = np.iinfo(img.dtype).max if np.issubdtype(img.dtype, np.integer) else 1.0
-    return float(np.median(grey)) > 0.25 * full
+    return float(np.median(grey)) > 0.25 * full_scale(img)
 
 
 def objects_dark(image: np.ndarray, channel: str, x: np.ndarray, threshold: float) -> bool:
@@ -183,7 +181,8 @@ def to_channel(image: np.ndarray, channel: str = "auto") -> np.ndarray:
     channel : one of :data:`CHANNELS`. ``"auto"`` is ``"gray"`` for a grey-looking image
         (channels differ by less than 5 % of the range) and ``"hematoxylin"`` (colour
         deconvolution, nuclear stain) otherwise. ``"saturation"``/``"value"`` are HSV.
-        A 2-D image is returned as is (scaled to [0, 1] by its dtype) whatever ``channel``.
+        A 2-D image is returned as is (integers scaled to [0, 1] by
+        :func:`~smearlab.data.imageio.full_scale`) whatever ``channel``.
 
     Returns
     -------
@@ -191,10 +190,11 @@ def to_channel(image: np.ndarray, channel: str = "auto") -> np.ndarray:
     """
     img = as_image_array(image, "to_channel")
     _choice("channel", channel, CHANNELS)
-    if np.issubdtype(img.dtype, np.integer) and img.dtype != np.uint8 and img.max() <= 255 \
-            and img.min() >= 0:
-        img = img.astype(np.uint8)
-    f = img_as_float(img).astype(np.float64) if img.dtype != np.float64 else img
+    # integers from the sensor range that holds them (full_scale: 12-bit data in a 16-bit array is
+    # as bright as it is; by the dtype's range it read 16 times too dark, and stain densities
+    # computed from it were wrong)
+    f = img.astype(np.float64) / full_scale(img) if np.issubdtype(img.dtype, np.integer) else \
+        img.astype(np.float64, copy=False)
     if f.ndim == 2:
         return f
     if channel == "auto":

@@ -20,7 +20,7 @@ import math
 import os
 import shutil
 from pathlib import Path, PurePosixPath, PureWindowsPath
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -309,6 +309,11 @@ def remap_classes(dataset: SmearDataset, class_names=None, class_map=None) -> Sm
         if class_map:
             raise ValueError("class_map needs class_names: the class list to map onto")
         return dataset
+    unused = sorted(set(class_map or {}) - set(dataset.class_names))
+    if unused:  # one class_map may serve several datasets: a class this one lacks is no error
+        log.warning("%s: class_map names %s, which its files do not hold (classes %s)", dataset.name, unused,
+                    dataset.class_names)
+    class_map = {k: v for k, v in (class_map or {}).items() if k in dataset.class_names}
     m = match_classes(dataset.class_names, class_names, class_map, what=f"the classes of {dataset.name}")
     if m.identity:
         return dataset
@@ -343,6 +348,23 @@ def remap_classes(dataset: SmearDataset, class_names=None, class_map=None) -> Sm
     out.skipped.extend([*dataset.skipped, *skipped])
     out.fixed.extend(dataset.fixed)
     return out
+
+
+def check_unique_names(names: Sequence[str], path: Path) -> None:
+    """Refuse (:class:`DataError` naming ``path``) a class list that names one class twice: its
+    objects would be split between two labels that every count and score merges by name.
+
+    Parameters
+    ----------
+    names : the class names, in label order.
+    path : the file that lists them.
+    """
+    seen: dict[str, int] = {}
+    for k, name in enumerate(names):
+        if name in seen:
+            raise DataError(path, f"class {name!r} is listed twice (labels {seen[name]} and {k}); give each class "
+                                  "one name, or merge the two in the file")
+        seen[name] = k
 
 
 def number(value) -> float | None:

@@ -29,7 +29,7 @@ from ...core.files import atomic_path, write_json
 from ..boxes import clean_boxes
 from ..imageio import write_image
 from ..sample import Sample, SkipLog, SmearDataset
-from ._common import (OUTSIDE_ROOT_HINT, image_geometry, is_absolute_name, path_name_problem, read_json,
+from ._common import (OUTSIDE_ROOT_HINT, check_unique_names, image_geometry, is_absolute_name, path_name_problem, read_json,
                       remap_classes, resolve_inside)
 
 _COPYABLE = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
@@ -86,9 +86,9 @@ def load(path: str | Path, *, image_root: str | Path | None = None, strict: bool
     skipped, fixed = SkipLog(strict=strict), SkipLog(kind="fixed")
     roots = [Path(image_root)] if image_root is not None else [json_path.parent,
                                                                json_path.parent / "images"]
-    images = {}
+    images, files = {}, {}
     for i, record in enumerate(data["images"]):
-        _add_image(record, i, json_path, roots, images, skipped, fixed, allow_outside_root)
+        _add_image(record, i, json_path, roots, images, files, skipped, fixed, allow_outside_root)
     known = {r.get("id") for r in data["images"]
              if isinstance(r, dict) and isinstance(r.get("id"), (int, str))}
     per_image = {k: [] for k in images}
@@ -127,12 +127,15 @@ def _categories(cats: list, path: Path) -> tuple[dict[int, int], list[str]]:
     ids = [c["id"] for c in ordered]
     if len(set(ids)) != len(ids):
         raise DataError(path, f"duplicate category ids in {ids}")
-    return {cid: k for k, cid in enumerate(ids)}, [c["name"] for c in ordered]
+    names = [c["name"] for c in ordered]
+    check_unique_names(names, path)
+    return {cid: k for k, cid in enumerate(ids)}, names
 
 
-def _add_image(record, i: int, path: Path, roots: list[Path], images: dict,
+def _add_image(record, i: int, path: Path, roots: list[Path], images: dict, files: dict,
                skipped: SkipLog, fixed: SkipLog, allow_outside_root: bool) -> None:
-    """Resolve one ``images`` entry into ``images[id]`` or count it as a skip."""
+    """Resolve one ``images`` entry into ``images[id]`` (``files``: image file -> its id) or
+    count it as a skip."""
     rec = f"image id {record['id']}" if isinstance(record, dict) and "id" in record \
         else f"images[{i}]"
     if not (isinstance(record, dict) and isinstance(record.get("id"), (int, str))
@@ -158,6 +161,11 @@ def _add_image(record, i: int, path: Path, roots: list[Path], images: dict,
     if said[0] not in (None, hw[0]) or said[1] not in (None, hw[1]):  # one of the two given
         skipped.add(image, f"image is {hw[1]}x{hw[0]} but {path.name} says {said[1]}x{said[0]}", rec)
         return
+    if image in files:  # two entries, one file: two samples would split its objects
+        skipped.add(path, f"{record['file_name']} is also image id {files[image]}; its annotations under this id "
+                          "are left out", rec)
+        return
+    files[image] = record["id"]
     images[record["id"]] = {"record": record, "path": image, "hw": hw, "orientation": orientation}
 
 

@@ -69,6 +69,7 @@ def load(path: str | Path, *, class_names=None, class_map=None, strict: bool = F
     images = _image_index(image_dir)
     col = BoxCollector(class_names, strict, class_map)
     inside = Root(root, allow_outside_root)
+    annotated: dict[Path, Path] = {}  # image -> the annotation file that gave it
     for xml_path in xml_files:
         if not inside.inside(xml_path, col.skipped):
             continue
@@ -77,7 +78,7 @@ def load(path: str | Path, *, class_names=None, class_map=None, strict: bool = F
         except DataError as e:
             col.skip(xml_path, e.problem)
             continue
-        _add_annotation(col, xml_path, ann, image_dir, images, check_images, inside)
+        _add_annotation(col, xml_path, ann, image_dir, images, check_images, inside, annotated)
     return col.dataset(name or root.name, root, "voc")
 
 
@@ -140,8 +141,10 @@ def _parse(xml_path: Path) -> StdET.Element:
 
 
 def _add_annotation(col: BoxCollector, xml_path: Path, ann: StdET.Element, image_dir: Path,
-                    images: dict[str, Path], check_images: bool, inside: Root) -> None:
-    """Add the image of one parsed annotation file with its valid objects."""
+                    images: dict[str, Path], check_images: bool, inside: Root, annotated: dict[Path, Path]) -> None:
+    """Add the image of one parsed annotation file with its valid objects; a second annotation
+    file of an image already added (``annotated``: image -> its file) is counted as a skip, since
+    two samples of one image would split its objects."""
     filename = Path((ann.findtext("filename") or "").strip()).name
     image = images.get(filename.lower()) or images.get(xml_path.stem.lower())
     if image is None:
@@ -151,6 +154,12 @@ def _add_annotation(col: BoxCollector, xml_path: Path, ann: StdET.Element, image
         image = image_dir / filename if filename else None
     if image is not None and image.exists() and not inside.inside(image, col.skipped):
         return
+    if image is not None and image.exists():
+        if image in annotated:
+            col.skip(xml_path, f"its image {image.name} is also annotated by {annotated[image].name}; this file "
+                               "is left out")
+            return
+        annotated[image] = xml_path
     objects, difficult = [], []
     for j, obj in enumerate(ann.findall("object")):
         parsed = _parse_object(col, xml_path, obj, f"object {j}")

@@ -5,6 +5,7 @@ Layout::
     root/data.yaml            names: [a, b] or {0: a, 1: b}   (or root/classes.txt, one per line)
     root/images/[split/]x.jpg
     root/labels/[split/]x.txt  one "class cx cy w h" line per object, normalised to [0, 1]
+                              (or darknet's layout: each x.txt beside its image)
 
 Classes keep the order of ``data.yaml``/``classes.txt`` (the class ids of the label files).
 The ``path``/``train``/``val`` keys of ``data.yaml`` are not used: the layout above is.
@@ -23,7 +24,7 @@ from ...core.errors import DataError
 from ...core.files import write_text
 from ..imageio import is_image_file
 from ..sample import Sample, SmearDataset
-from ._common import BoxCollector, Root, number, save_samples
+from ._common import BoxCollector, Root, check_unique_names, number, save_samples
 
 YAML_NAMES = ("data.yaml", "data.yml")
 CLASSES_TXT = "classes.txt"
@@ -68,7 +69,9 @@ def load(path: str | Path, *, split: str | None = None, class_names=None, class_
     """
     path = Path(path)
     root = path.parent if path.is_file() else path
-    image_dir, label_dir = root / "images", root / "labels"
+    image_dir, label_dir = _child(root, "images"), _child(root, "labels")
+    if not label_dir.is_dir():  # darknet's layout: each label file beside its image
+        label_dir = image_dir
     if split is not None:
         image_dir, label_dir = image_dir / split, label_dir / split
     if not image_dir.is_dir():
@@ -82,6 +85,9 @@ def load(path: str | Path, *, split: str | None = None, class_names=None, class_
     col = BoxCollector(class_names if class_names is not None else ids, strict, class_map)
     images = sorted(p for p in image_dir.rglob("*") if p.is_file() and is_image_file(p))
     labels = _label_index(label_dir)
+    if images and not labels:  # every image without objects: a layout not understood, not a result
+        raise DataError(root, f"no label files: expected labels/{'' if split is None else split + '/'}<image "
+                              "name>.txt beside images/ (or each .txt beside its image)")
     used: set[Path] = set()
     for image in images:
         rel = image.relative_to(image_dir)
@@ -94,6 +100,14 @@ def load(path: str | Path, *, split: str | None = None, class_names=None, class_
     _skip_orphan_labels(col, labels, used, image_dir, label_dir)
     default = root.name if split is None else f"{root.name}/{split}"
     return col.dataset(name or default, root, "yolo")
+
+
+def _child(root: Path, name: str) -> Path:
+    """``root/name``, or the sub-folder of ``root`` whose name is ``name`` in another case
+    (``Labels/``, ``IMAGES/``), as the format detector finds it."""
+    if (root / name).is_dir() or not root.is_dir():
+        return root / name
+    return next((c for c in sorted(root.iterdir()) if c.is_dir() and c.name.lower() == name), root / name)
 
 
 def _label_index(label_dir: Path) -> dict[str, Path]:
@@ -114,6 +128,7 @@ def _class_names(root: Path, inside: Root) -> list[str] | None:
         names = [line.strip() for line in _read(inside.check(root / CLASSES_TXT)).splitlines() if line.strip()]
         if not names:
             raise DataError(root / CLASSES_TXT, "no class names in the file")
+        check_unique_names(names, root / CLASSES_TXT)
         return names
     return None
 
@@ -144,7 +159,9 @@ def _yaml_names(path: Path) -> list[str]:
     if bad:
         raise DataError(path, f"class names must be text, got a {type(names[bad[0]]).__name__} for class "
                               f"id {bad[0]}")
-    return [str(n) for n in names]
+    names = [str(n) for n in names]
+    check_unique_names(names, path)
+    return names
 
 
 def _read(path: Path) -> str:

@@ -175,7 +175,8 @@ def _load_sample(image: Path, mask: Path | None, n: int, label: int,
 def read_semantic(path: Path) -> np.ndarray:
     """Read a Zheng mask as ``(H, W)`` uint8: 0 background, 1 cytoplasm, 2 nucleus.
 
-    Each grey value goes to the nearest of 0, 128, 255 (resampled masks hold values between).
+    Each grey value goes to the nearest of 0, 128, 255 (resampled masks hold values between); a
+    mask whose values are 0, 1 and 2 already holds the class ids and is read as it is.
 
     Parameters
     ----------
@@ -189,6 +190,8 @@ def read_semantic(path: Path) -> np.ndarray:
     m = read_mask(path)
     if m.dtype != np.uint8:
         raise DataError(path, f"mask must be an 8-bit grey image, got dtype {m.dtype}")
+    if 0 < int(m.max()) <= 2:  # already the class ids (a mask saved as 0/1/2): read as they are
+        return m.copy()
     return (m >= 64).astype(np.uint8) + (m >= 192)
 
 
