@@ -375,3 +375,14 @@ def test_box_loss_refuses_what_it_is_not_for():
         with pytest.raises(ValueError, match="Faster R-CNN models"):
             small(arch, box_loss="giou")
     assert small("fasterrcnn_tiny").box_loss == "smooth_l1"
+
+
+def test_weights_without_class_names_are_loaded_with_a_warning(tmp_path, caplog):
+    """A bare state dict in weights.pt cannot tell its class order: loading says so."""
+    cfg = small("fasterrcnn_tiny")
+    m = build_detector(cfg)
+    save_model(m, cfg, tmp_path / "m")
+    torch.save(m.state_dict(), tmp_path / "m" / "weights.pt")
+    with caplog.at_level("WARNING", logger="smearlab.core.model_folder"):
+        load_model(tmp_path / "m", device="cpu")
+    assert "carries no class names" in caplog.text

@@ -237,3 +237,15 @@ def test_one_image_annotated_twice_is_one_sample(tmp_path):
     ds = voc.load(root)
     assert len(ds) == 1 and ds.num_objects == 1
     assert [s.reason for s in ds.skipped] == ["its image a.png is also annotated by a.xml; this file is left out"]
+
+
+def test_an_object_annotated_twice_counts_once(tmp_path):
+    root = tmp_path / "voc"
+    _png(root / "Images" / "a.png")
+    (root / "Annotations").mkdir()
+    box = "<bndbox><xmin>2</xmin><ymin>2</ymin><xmax>12</xmax><ymax>12</ymax></bndbox>"
+    objects = [f"<object><name>{n}</name>{box}</object>" for n in ("RBC", "RBC", "RBC", "WBC")]
+    (root / "Annotations" / "a.xml").write_text(f"<annotation><filename>a.png</filename>{''.join(objects)}</annotation>")
+    ds = voc.load(root)
+    assert ds.num_objects == 2  # one red cell and the white cell at the same place: another class
+    assert [s.reason.split(":")[0] for s in ds.skipped] == ["duplicate of object 0 (same class and box)"] * 2

@@ -17,6 +17,7 @@ existed (a ``config.json`` with an ``arch``) still read as detectors.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -25,6 +26,8 @@ import torch
 
 from .errors import DataError
 from .files import atomic_path, read_torch_file, write_json
+
+log = logging.getLogger("smearlab.core.model_folder")
 
 #: The ``format`` tag of ``weights.pt``.
 FORMAT = "smearlab-model/1"
@@ -169,6 +172,9 @@ def read_model_folder(folder, kind: str | None = None) -> ModelFolder:
     saved_names = meta.get("class_names")
     if saved_names is None and isinstance(meta.get("model_config"), dict):  # a training checkpoint
         saved_names = meta["model_config"].get("class_names")
+    if saved_names is None and config.get("class_names") is not None:
+        log.warning("%s carries no class names (a bare state dict): the class order of %s cannot be checked "
+                    "against the weights", wpath, folder / "config.json")
     if saved_names is not None and config.get("class_names") is not None \
             and [str(c) for c in saved_names] != [str(c) for c in config["class_names"]]:
         raise DataError(wpath, f"the weights' classes {list(saved_names)} differ from the classes "

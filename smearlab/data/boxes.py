@@ -10,13 +10,14 @@ from .sample import SkipLog
 
 
 def clean_boxes(boxes, labels, hw: tuple[int, int] | None, path, skipped: SkipLog, fixed: SkipLog,
-                *, max_overrun: float = 8.0, records=None):
+                *, max_overrun: float = 8.0, records=None, keep_duplicates: bool = False):
     """Validate boxes from an annotation file.
 
     Boxes that run past the image edge by at most ``max_overrun`` pixels are clipped and
     counted in ``fixed`` (annotation tools often place the far edge a few pixels out); boxes with
     ``x1 <= x0`` or ``y1 <= y0`` (after clipping), with non-finite values, or lying further
-    outside are dropped and counted in ``skipped``.
+    outside are dropped and counted in ``skipped``, as is a second box of the same class at the
+    very same place unless ``keep_duplicates`` (an object annotated twice would be counted twice).
 
     Parameters
     ----------
@@ -30,6 +31,8 @@ def clean_boxes(boxes, labels, hw: tuple[int, int] | None, path, skipped: SkipLo
     max_overrun : how many pixels a box may run past the image edge and still be clipped
         rather than dropped.
     records : optional per-box names for the report (e.g. ``"object 3"``).
+    keep_duplicates : keep boxes of one class at the very same place (objects with their own
+        masks, which may share a box); False (the default) drops the second and counts it.
 
     Returns
     -------
@@ -41,6 +44,7 @@ def clean_boxes(boxes, labels, hw: tuple[int, int] | None, path, skipped: SkipLo
     lab = np.asarray(labels, dtype=np.int64).reshape(-1)
     keep = np.ones(len(b), bool)
     out = b.copy()
+    seen: dict[tuple, str] = {}  # (label, box) -> the record that gave it first
     for i, (x0, y0, x1, y1) in enumerate(b):
         rec = records[i] if records is not None else f"box {i}"
         with np.errstate(over="ignore"):  # a value past float32's range becomes inf: refused below
@@ -67,6 +71,10 @@ def clean_boxes(boxes, labels, hw: tuple[int, int] | None, path, skipped: SkipLo
                     keep[i] = False
                     continue
                 fixed.add(path, f"box clipped to the image: {b[i].tolist()}", rec, amount=float(over))
+        first = rec if keep_duplicates else seen.setdefault((int(lab[i]), *out[i].tolist()), rec)
+        if first != rec:  # the same object twice would count twice
+            skipped.add(path, f"duplicate of {first} (same class and box): {b[i].tolist()}", rec)
+            keep[i] = False
     idx = np.flatnonzero(keep)
     return out[idx].astype(np.float32), lab[idx], idx
 

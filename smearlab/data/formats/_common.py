@@ -263,7 +263,8 @@ class BoxCollector:
                 return
             size, orientation = geometry
         self._ids.add(image_id)
-        boxes, _, idx = clean_boxes([o[0] for o in objects], np.arange(len(objects)), size, source,
+        codes = {n: k for k, n in enumerate(dict.fromkeys(o[1] for o in objects))}  # class -> int, for duplicates
+        boxes, _, idx = clean_boxes([o[0] for o in objects], [codes[o[1]] for o in objects], size, source,
                                     self.skipped, self.fixed, records=[o[2] for o in objects])
         meta = {k: np.asarray(v, dtype=bool).reshape(-1)[idx] for k, v in (flags or {}).items()}
         names = [objects[i][1] for i in idx]

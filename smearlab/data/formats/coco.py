@@ -266,8 +266,8 @@ def _sample(image: dict, anns: list, path: Path, skipped: SkipLog, fixed: SkipLo
     """The sample of one image with its kept annotations."""
     record = image["record"]
     boxes, labels, crowd, rles, recs = (list(c) for c in zip(*anns)) if anns else ([],) * 5
-    boxes, labels, kept = clean_boxes(boxes, labels, image["hw"], path, skipped, fixed,
-                                      records=recs)
+    boxes, labels, kept = clean_boxes(boxes, labels, image["hw"], path, skipped, fixed, records=recs,
+                                      keep_duplicates=any(r is not None for r in rles))  # masks tell them apart
     rles = [rles[i] for i in kept]
     masks = partial(_decode, tuple(rles), image["hw"], path) \
         if rles and all(r is not None for r in rles) else None
