@@ -10,6 +10,7 @@ dataset, and writes into ``out``::
     counts.csv             one row per image: the count of each class and the total; with a
                            cascade, the count and percentage of each white-cell type
     summary.json           images done, resumed and failed (with the reason), counts per class,
+                           each image's output stem (``stems``),
                            images/s; with a dataset, the count error per class against its truth
     coco.json              every image and object as COCO (CVAT imports it as "COCO 1.0")
     coco_results.json      the COCO results list (``image_id``, ``category_id``, ``bbox``, ``score``)
@@ -238,14 +239,29 @@ def qupath_geojson(record: dict) -> dict:
     features = []
     for o in record["objects"]:
         if o.get("polygons"):
-            rings = [_closed(o["polygons"][0])] + [_closed(h) for h in o.get("holes", [])]
+            geometry = _outline_geometry(o["polygons"], o.get("holes", []))
         else:
             x0, y0, x1, y1 = o["bbox"]
-            rings = [_closed([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])]
-        features.append({"type": "Feature", "geometry": {"type": "Polygon", "coordinates": rings},
+            geometry = {"type": "Polygon", "coordinates": [_closed([[x0, y0], [x1, y0], [x1, y1], [x0, y1]])]}
+        features.append({"type": "Feature", "geometry": geometry,
                          "properties": {"objectType": "detection", "classification": {"name": o["class"]},
                                         "measurements": {"score": o["score"]}}})
     return {"type": "FeatureCollection", "features": features}
+
+
+def _outline_geometry(outers: list, holes: list) -> dict:
+    """A GeoJSON Polygon (one part) or MultiPolygon (several) of an object's outlines, each hole
+    with the part that holds it."""
+    from skimage.measure import points_in_poly
+
+    parts = [[_closed(p)] for p in outers]
+    for h in holes:
+        inside = [k for k, p in enumerate(outers) if len(h) and points_in_poly(np.asarray(h[:1], float),
+                                                                              np.asarray(p, float))[0]]
+        parts[inside[0] if inside else 0].append(_closed(h))
+    if len(parts) == 1:
+        return {"type": "Polygon", "coordinates": parts[0]}
+    return {"type": "MultiPolygon", "coordinates": parts}
 
 
 def counts_table(records: Sequence[dict], class_names: Sequence[str]) -> np.ndarray:
@@ -614,6 +630,7 @@ def _run_images(out: Path, run: dict, items: list, truth, predict_fn, *, batch_s
                     out / "summary.json", failed[0]["image"], failed[0]["error"])
     return {"model": run["model"], "classes": class_names, "thresholds": run["thresholds"],
             "images": len(items), "predicted": predicted, "resumed": resumed, "failed": len(failed),
+            "stems": {im.name: im.stem for im in items},
             "failures": failed, "seconds": round(seconds, 3),
             "images_per_s": round(predicted / seconds, 3) if predicted and seconds > 0 else None,
             "_records": records}
@@ -651,8 +668,13 @@ def read_results(out: str | Path) -> tuple[list[dict], dict]:
     summary = json.loads(p.read_text(encoding="utf-8"))
     with open(out / "counts.csv", newline="", encoding="utf-8") as f:
         names = [row["image"] for row in csv.DictReader(f)]
-    stems = names_without_extension(names)
-    return [json.loads(_json_path(out, stem).read_text(encoding="utf-8")) for stem in stems], summary
+    # the stems the run gave: from every image it was given, the failed ones included (a failed
+    # a.jpg beside a.png made a.png's stem a.png)
+    stem_of = summary.get("stems")  # written since 2026-12-06; before, rebuilt from the names given
+    if not isinstance(stem_of, dict):
+        given = names + [f["image"] for f in summary.get("failures", [])]
+        stem_of = dict(zip(given, names_without_extension(given)))
+    return [json.loads(_json_path(out, stem_of[n]).read_text(encoding="utf-8")) for n in names], summary
 
 
 def review_order(records: Sequence[dict], thresholds: dict, margin: float = 0.15) -> list[tuple[int, int]]:

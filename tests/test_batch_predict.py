@@ -242,6 +242,34 @@ def test_qupath_polygons_of_masks():
     assert np.array_equal(batch.counts_table([{"objects": rec["objects"]}], ["nucleus"]), [[1]])
 
 
+def test_qupath_keeps_every_part_of_an_object_with_its_own_holes():
+    """A two-part object kept only its first part, with the second part's hole attached to it."""
+    square = [[0, 0], [8, 0], [8, 8], [0, 8]]
+    far = [[20, 0], [30, 0], [30, 10], [20, 10]]
+    hole = [[24, 4], [26, 4], [26, 6]]
+    rec = {"objects": [{"class": "nucleus", "score": 0.9, "bbox": [0, 0, 30, 10], "polygons": [square, far],
+                        "holes": [hole]}]}
+    geometry = batch.qupath_geojson(rec)["features"][0]["geometry"]
+    assert geometry["type"] == "MultiPolygon"
+    first, second = geometry["coordinates"]
+    assert first == [square + [square[0]]] and second == [far + [far[0]], hole + [hole[0]]]
+
+
+def test_read_results_after_a_failed_image_that_shared_a_stem(trained, tmp_path):
+    import shutil
+
+    images = tmp_path / "images"
+    images.mkdir()
+    shutil.copy(trained["images"] / "smear_0.png", images / "a.png")
+    (images / "a.jpg").write_bytes(b"not an image")  # fails, but made a.png's output stem "a.png"
+    shutil.copy(trained["images"] / "smear_1.png", images / "c, d é.png")
+    out = tmp_path / "out"
+    s = batch.predict(trained["model"], [images], out, score=0.3, progress=False)
+    assert s["failed"] == 1 and (out / "json" / "a.png.json").is_file()
+    records, summary = batch.read_results(out)
+    assert [r["image"] for r in records] == ["a.png", "c, d é.png"]
+
+
 def test_dataset_classes_matched_by_name_and_unknown_ones_reported(trained, tmp_path):
     from smearlab.data import Sample, SmearDataset
     from smearlab.export import export_coco_gt

@@ -371,3 +371,15 @@ def test_resume_is_exact_with_ema(tmp_path, ds128):
     sa, sb = a.state_dict(), b2.state_dict()
     for k in sa:
         torch.testing.assert_close(sa[k], sb[k], rtol=0, atol=0, msg=k)
+
+
+@pytest.mark.parametrize("box", [[250, 250, 300, 300], [10, 10, 10, 40], [np.nan, 10, 20, 40], [40, 40, 10, 10]])
+def test_boxes_training_would_drop_or_misread_are_refused_naming_the_image(box):
+    """A dataset built in code (corrections for fine-tuning) bypasses the loaders' box checks:
+    a box off the image was trained on, degenerate ones vanished without a word."""
+    img = np.full((192, 192, 3), 200, np.uint8)
+    ds = SmearDataset([Sample("corrected-1", _image=img, boxes=[[20, 20, 40, 40], box], labels=[0, 0])], ["RBC"],
+                      name="corr")
+    model = build_detector(DetectorConfig(arch="fasterrcnn_tiny", class_names=["RBC"], min_size=192, max_size=192))
+    with pytest.raises(ValueError, match=r"'corrected-1'.*lies off the 192x192 image"):
+        train_detector(model, ds, None, TrainConfig(epochs=1, batch_size=1, device="cpu"), progress=False)

@@ -108,6 +108,47 @@ def test_list_jobs_commands_run_anywhere_and_collect_tabulates(nbdir, tmp_path, 
     assert stale["status"] == "stale" and "a=2" in stale["error"]
 
 
+def test_collect_trusts_only_results_of_the_sweep_file_as_it_is(nbdir, tmp_path, capsys):
+    """A NaN point matches itself; a result made with another profile, or with a fixed parameter
+    the file no longer sets, is stale; a job that dies on a re-run shows as missing, not as the
+    earlier run's result."""
+    nbdir2 = tmp_path / "nb2"
+    nbdir2.mkdir()
+    _notebook(nbdir2 / "01_toy.ipynb", 'from smearlab.report import record\nrecord({"x": x}, metrics_path)',
+              "x = 1.5\nb = 'x'\nquick = True\nseed = 0\nmetrics_path = None")
+    spec = _sweep_file(tmp_path / "nan.yaml", "notebook: 01_toy\nparameters: {b: z}\ngrid: {x: [.nan, 2.5]}\n")
+    out = tmp_path / "out"
+    assert cli.main(["report", "--sweep", str(spec), "--notebooks", str(nbdir2), "--out", str(out), "--no-html"]) == 0
+    assert [r["status"] for r in _rows(out)] == ["ok", "ok"]
+    collect = ["report", "--sweep", str(spec), "--notebooks", str(nbdir2), "--collect", str(out)]
+    _sweep_file(spec, "notebook: 01_toy\ngrid: {x: [.nan, 2.5]}\n")  # the fixed b dropped
+    assert cli.main(collect) == 1
+    assert all("b='z', which the sweep file no longer sets" in r["error"] for r in _rows(out))
+    _sweep_file(spec, "notebook: 01_toy\nprofile: full\nparameters: {b: z}\ngrid: {x: [.nan, 2.5]}\n")
+    assert cli.main(collect) == 1
+    assert all("profile 'quick', the sweep file says 'full'" in r["error"] for r in _rows(out))
+    # a re-run whose jobs die before writing anything: no earlier result stands in for them
+    _sweep_file(spec, "notebook: 01_toy\nparameters: {b: z}\ngrid: {x: [.nan, 2.5]}\n")
+    _notebook(nbdir2 / "01_toy.ipynb", "import os\nos.kill(os.getppid(), 9)  # the job's worker dies (OOM killer)",
+              "x = 1.5\nb = 'x'\nquick = True\nseed = 0\nmetrics_path = None")
+    assert cli.main(["report", "--sweep", str(spec), "--notebooks", str(nbdir2), "--out", str(out), "--no-html"]) == 1
+    assert [r["status"] for r in _rows(out)] == ["missing", "missing"]
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("content, problem", [
+    ("[1, 2]", "must hold a JSON object, not a list"), ("{bad json", "not a readable JSON metrics file")])
+def test_a_bad_metrics_file_fails_its_notebook_naming_the_file(tmp_path, content, problem):
+    nbdir = tmp_path / "nb"
+    nbdir.mkdir()
+    _notebook(nbdir / "01_toy.ipynb", f"open(metrics_path, 'w').write({content!r})",
+              "quick = True\nseed = 0\nmetrics_path = None")
+    index = run_report(notebook_dir=nbdir, out=tmp_path / "out", html_export=False)
+    result = index["notebooks"]["01_toy"]
+    assert result["status"] == "failed" and result["error"].startswith("01_toy.metrics.json: ")
+    assert problem in result["error"] and index["failed"] == ["01_toy"]
+
+
 @pytest.mark.parametrize("text, problem", [
     ("notebook: 99_nothing\ngrid: {a: [1]}\n", "no notebook '99_nothing'"),
     ("notebook: 01\ngrid: {}\n", "'grid' must be a non-empty mapping"),

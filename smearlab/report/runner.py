@@ -150,13 +150,30 @@ def run_notebook(nb: Path, out_dir: Path, parameters: dict[str, Any], *, kernel:
                         raise _NothingWritten from e  # keep no empty notebook
         except _NothingWritten:
             written = False
+    seconds = time.perf_counter() - t0
+    metrics, problem = _read_metrics(metrics_path)
+    if problem is not None and status == "ok":  # the notebook ran, but its figures cannot be used
+        status, error = "failed", problem
     if status != "ok":
         log.error("%s failed: %s", name, error)
-    seconds = time.perf_counter() - t0
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     html_file = export_html(out_nb) if html_export and written else None
     return NotebookResult(name, status, round(seconds, 2), out_nb.name if written else None,
                           html_file.name if html_file else None, metrics, error, params)
+
+
+def _read_metrics(path: Path) -> tuple[dict, str | None]:
+    """``(metrics, problem)``: the notebook's metrics file as a dict (empty when it wrote none),
+    and what is wrong with the file when it is not a readable JSON object (the notebook is then
+    marked failed, naming the file, rather than the whole run stopping)."""
+    if not path.exists():
+        return {}, None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        return {}, f"{path.name}: not a readable JSON metrics file ({e})"
+    if not isinstance(data, dict):
+        return {}, f"{path.name}: the metrics file must hold a JSON object, not a {type(data).__name__}"
+    return data, None
 
 
 def export_html(notebook: Path) -> Path:

@@ -273,6 +273,8 @@ def run_sweep(path: str | Path, *, out: str | Path | None = None, jobs: int = 1,
         threads = max(1, (os.cpu_count() or 1) // jobs)
     # the wait policy unless the user set one; the thread share whenever jobs run side by side
     env = {k: v for k, v in thread_environment(threads).items() if k not in os.environ or threads is not None}
+    for job in todo:  # a job that dies must not show the result of an earlier run of it as its own
+        (job.out / "index.json").unlink(missing_ok=True)
     t0 = time.perf_counter()
     with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=_worker_context(),
                              initializer=_set_environ, initargs=(env,)) as pool:
@@ -403,7 +405,8 @@ def _sweep_row(sweep: Sweep, job: SweepJob) -> dict[str, Any]:
            "metrics": {}, "error": None, "index": f"{job.name}/index.html"}
     index_path = job.out / "index.json"
     try:
-        result = json.loads(index_path.read_text(encoding="utf-8"))["notebooks"][sweep.notebook.stem]
+        run = json.loads(index_path.read_text(encoding="utf-8"))
+        result = run["notebooks"][sweep.notebook.stem]
     except FileNotFoundError:
         row["error"] = f"no result in {job.out} (not run yet, or the job died: see its job.log or scheduler log)"
         return row
@@ -412,18 +415,39 @@ def _sweep_row(sweep: Sweep, job: SweepJob) -> dict[str, Any]:
         return row
     row.update(status=result.get("status", "failed"), seconds=result.get("seconds"),
                metrics=result.get("metrics") or {}, error=result.get("error"))
-    ran_with = result.get("parameters") or {}
-    wanted = {**sweep.parameters, **job.point}
-    differ = [k for k, v in wanted.items() if _jsonable(ran_with.get(k)) != _jsonable(v)]
-    if differ:
-        row.update(status="stale", error=f"ran with {differ[0]}={ran_with.get(differ[0])!r}, the sweep "
-                                         f"file says {wanted[differ[0]]!r}: run this job again")
+    stale = _stale(sweep, job, result.get("parameters") or {}, run.get("profile"))
+    if stale:
+        row.update(status="stale", error=f"{stale}: run this job again")
     return row
 
 
-def _jsonable(value: Any) -> Any:
-    """``value`` as it reads back from JSON (tuples become lists), for comparisons."""
-    return json.loads(json.dumps(value, default=str))
+#: Parameters a job gets from its command line and the runner, not from the sweep file: they
+#: may differ between running and collecting.
+_FROM_THE_RUN = ("quick", "seed", "device", "data_root", "dataset", *RUNNER_PARAMETERS)
+
+
+def _stale(sweep: Sweep, job: SweepJob, ran_with: dict, profile: str | None) -> str | None:
+    """Why a job's result is not the sweep file's point (None when it is): a parameter the file
+    sets to another value, one the run had and the file no longer sets, another profile."""
+    wanted = {**sweep.parameters, **job.point}
+    for k, v in wanted.items():
+        if not _same(ran_with.get(k), v):
+            return f"ran with {k}={ran_with.get(k)!r}, the sweep file says {v!r}"
+    for k, v in ran_with.items():
+        if k not in wanted and k not in _FROM_THE_RUN:
+            return f"ran with {k}={v!r}, which the sweep file no longer sets"
+    if profile is not None and profile != sweep.profile:
+        return f"ran with profile {profile!r}, the sweep file says {sweep.profile!r}"
+    if "quick" in ran_with and "quick" not in wanted and ran_with["quick"] != (sweep.profile == "quick"):
+        return f"ran with quick={ran_with['quick']!r}, the sweep file's profile is {sweep.profile!r}"
+    return None
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two parameter values read back from JSON alike (tuples as lists; NaN equals NaN)."""
+    def text(v):
+        return json.dumps(json.loads(json.dumps(v, default=str)), sort_keys=True)
+    return text(a) == text(b)
 
 
 def _metric_columns(sweep: Sweep, rows: list[dict]) -> list[str]:
