@@ -142,6 +142,33 @@ def test_threshold_tuner_widget(tuning_case):
     assert len(th.apply(raw)) == len(ds)
 
 
+def test_threshold_tuner_with_the_model_classes_in_another_order_and_spelling(tuning_case):
+    """A model listing ``Platelet, WBC, RBC`` on a dataset of ``RBC, WBC, Platelets``: the tuner
+    crashed on the alias, started every slider at 0.5 whatever auto_tune chose, and drew the
+    predictions in another class's colour."""
+    from smearlab.viz.widgets import ThresholdTuner
+    ds, raw = tuning_case
+    order = [2, 1, 0]  # the model's class k is the dataset's class order[k]
+    model_names = ["Platelet", "WBC", "RBC"]
+    preds = []
+    for p in raw.predictions:
+        inverse = np.argsort(order)
+        preds.append({**p, "labels": inverse[p["labels"]]})
+    model_raw = RawPredictions(preds, model_names, raw.score_floor, raw.image_ids)
+    tuned = auto_tune(ds, model_raw)
+    assert set(tuned.score) == set(model_names)
+    tuner = ThresholdTuner(ds, model_raw, initial=tuned)
+    assert {m: s.value for m, s in tuner.sliders.items()} == pytest.approx(tuned.score)
+    assert tuner.sliders["Platelet"].description == "Platelet (Platelets)"
+    plain = ThresholdTuner(ds, raw, initial=Thresholds({"RBC": tuned.score["RBC"], "WBC": tuned.score["WBC"],
+                                                        "Platelets": tuned.score["Platelet"]}))
+    assert tuner.metrics["per_class"] == plain.metrics["per_class"]  # the same model, however it names them
+    assert tuner.image.value == plain.image.value  # drawn alike: each box in its class's colour
+    assert tuner.thresholds().score == pytest.approx(tuned.score)
+    with pytest.raises(ValueError, match=r"images_for_overlay \[99\]"):
+        ThresholdTuner(ds, raw, images_for_overlay=[0, 99])
+
+
 def test_per_class_dict_must_name_known_classes():
     s = Sample("a", boxes=[[0, 0, 5, 5]], labels=[0], size=(16, 16))
     ds = SmearDataset([s], NAMES)

@@ -53,7 +53,7 @@ def test_leak_check_finds_names_and_content(tmp_path):
     mk = lambda ps: SmearDataset([Sample(p.stem, path=p) for p in ps], ["RBC"])
     rep = check_leaks({"train": mk(paths[:3]), "test": mk([paths[2], copy])})
     assert rep.leaks
-    assert rep.same_name[("train", "test")] == ["img2.png"]
+    assert rep.same_name[("train", "test")] == [paths[2].resolve().as_posix()]  # the same file
     assert len(rep.same_content[("train", "test")]) == 1  # img2 itself (identical bytes)
     rep2 = check_leaks({"train": mk(paths[:3] + [copy]), "test": mk([paths[3]])})
     assert rep2.same_content and not rep2.same_name  # renamed copy caught by content
@@ -70,3 +70,51 @@ def test_split_with_more_class_combinations_than_test_images():
     ds = SmearDataset(samples, [f"c{k}" for k in range(8)])
     parts = train_val_test_split(ds, val=0.15, test=0.25, seed=0)
     assert [len(parts[k]) for k in ("train", "val", "test")] == [24, 6, 10]
+
+
+def test_leak_check_tells_same_names_in_two_folders_apart(tmp_path):
+    """Zheng's Dataset 1 and 2 both hold 001.bmp ... 100.bmp: other images, not a leak; a copy of
+    a training folder as the validation folder (CBC's layout) is one, each below its own root."""
+    from PIL import Image
+    rng = np.random.default_rng(1)
+    for folder in ("Dataset 1", "Dataset 2"):
+        Image.fromarray(rng.integers(0, 255, (6, 6, 3), dtype=np.uint8)).save(tmp_path / f"{folder}.png")
+        (tmp_path / folder).mkdir()
+        (tmp_path / f"{folder}.png").rename(tmp_path / folder / "002.bmp.png")
+    one, two = tmp_path / "Dataset 1" / "002.bmp.png", tmp_path / "Dataset 2" / "002.bmp.png"
+    rep = check_leaks({"train": SmearDataset([Sample("d1_002", path=one)], ["c"]),
+                       "test": SmearDataset([Sample("d2_002", path=two)], ["c"])})
+    assert not rep.leaks
+    for split in ("Training", "Validation"):
+        (tmp_path / split).mkdir()
+        (tmp_path / split / "a.png").write_bytes(one.read_bytes())
+    rooted = {k: SmearDataset([Sample("a", path=tmp_path / k / "a.png")], ["c"], root=tmp_path / k)
+              for k in ("Training", "Validation")}
+    assert check_leaks(rooted).same_name == {("Training", "Validation"): ["a.png"]}
+
+
+def test_split_sizes_are_exact_and_impossible_splits_refused():
+    from smearlab.data.splits import stratified_split
+    ds = toy_dataset(20)
+    sizes = {k: len(v) for k, v in train_val_test_split(ds, val=0.2, test=0.3).items()}
+    assert sizes == {"train": 10, "val": 4, "test": 6}  # 0.2 / 0.7 * 14 is 4.000000000000001: 4, not 5
+    for n, val, test in ((0, 0.15, 0.15), (1, 0.15, 0.15), (2, 0.15, 0.15), (20, 0.6, 0.39)):
+        with pytest.raises(ValueError, match="cannot give"):
+            train_val_test_split(toy_dataset(n) if n else SmearDataset([], ["RBC"]), val=val, test=test)
+    with pytest.raises(ValueError, match="one class per item"):
+        stratified_split(np.eye(3)[[0, 1, 2, 0]], 0.5)
+
+
+def test_crops_of_one_image_stay_on_one_side():
+    from smearlab.classification.crops import CropDataset
+    labels = np.array([0, 0, 1, 0, 1, 1, 0, 1, 0, 1, 1, 0])
+    ids = [f"img{i // 3}#{i % 3}" for i in range(12)]  # four images of three cells each
+    crops = CropDataset(np.zeros((12, 8, 8, 3), np.uint8), labels, ["a", "b"], ids=ids)
+    train, test = crops.split(0.5, seed=0)
+    image = lambda i: i.split("#")[0]  # noqa: E731
+    assert len(train) + len(test) == 12 and len(test) > 0
+    assert not {image(i) for i in train.ids} & {image(i) for i in test.ids}
+    single = CropDataset(np.zeros((12, 8, 8, 3), np.uint8), labels, ["a", "b"], ids=[f"c{i}" for i in range(12)])
+    from smearlab.data.splits import stratified_split
+    tr, te = stratified_split(labels, 0.5, 0)
+    assert single.split(0.5, 0)[1].ids == [f"c{i}" for i in te]  # one crop per image: the split of before

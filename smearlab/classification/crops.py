@@ -160,14 +160,24 @@ class CropDataset(torch.utils.data.Dataset):
         return out
 
     def split(self, test: float = 0.3, seed: int = 0) -> tuple["CropDataset", "CropDataset"]:
-        """``(train, test)`` stratified by class (see :func:`stratified_split`).
+        """``(train, test)`` stratified by class (see :func:`stratified_split`), by image: the
+        crops of one image (ids ``<image>#k``) stay on one side, so that no test cell has a
+        neighbour from its own field in training. Images holding several crops are split by
+        their most common class; with one crop per image this is the split of the crops.
 
         Parameters
         ----------
         test : fraction of each class for the test part, in (0, 1).
         seed : seed of the shuffle.
         """
-        tr, te = stratified_split(self.labels, test, seed)
+        images = [i.split("#", 1)[0] for i in self.ids]
+        if len(set(images)) == len(images):  # one crop per image (single-cell datasets)
+            tr, te = stratified_split(self.labels, test, seed)
+        else:
+            names, group = np.unique(images, return_inverse=True)
+            majority = [np.bincount(self.labels[group == g] + 1).argmax() - 1 for g in range(len(names))]
+            gtr, gte = stratified_split(np.asarray(majority), test, seed)
+            tr, te = np.flatnonzero(np.isin(group, gtr)), np.flatnonzero(np.isin(group, gte))
         return self.subset(tr, f"{self.name}:train"), self.subset(te, f"{self.name}:test")
 
     def show(self, n: int = 8, ax=None, seed: int = 0):

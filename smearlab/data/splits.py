@@ -93,7 +93,11 @@ def train_val_test_split(dataset: SmearDataset, val: float = 0.15, test: float =
     for name, frac, remaining in (("test", test, 1.0), ("val", val, 1.0 - test)):
         if frac == 0:
             continue
-        n_take = int(np.ceil(frac / remaining * len(rest)))
+        # rounded first: 0.2 / 0.7 * 14 is 4.000000000000001, which must take 4 images, not 5
+        n_take = int(np.ceil(round(frac / remaining * len(rest), 9)))
+        if not 0 < n_take < len(rest):
+            raise ValueError(f"dataset {dataset.name!r} of {len(dataset)} images cannot give val={val} and "
+                             f"test={test} with images left to train on ({name} would take {n_take} of {len(rest)})")
         strat = _stratify(keys[rest], 2, min(n_take, len(rest) - n_take)) if stratify else None
         rest, taken = train_test_split(rest, test_size=n_take, random_state=seed, stratify=strat)
         parts[name] = np.sort(taken)
@@ -149,7 +153,8 @@ class LeakReport:
 
     Parameters
     ----------
-    same_name : ``{(split a, split b): file names found in both}``.
+    same_name : ``{(split a, split b): image files found in both}`` (named by their path below
+        the dataset's root, see :func:`check_leaks`).
     same_content : ``{(split a, split b): [(image in a, identical image in b), ...]}``.
     duplicates_within : ``{split: [(image, identical later image), ...]}``.
     """
@@ -187,7 +192,10 @@ class LeakReport:
 
 
 def check_leaks(splits: Mapping[str, SmearDataset]) -> LeakReport:
-    """Find images that appear in more than one split (same file name or same content).
+    """Find images that appear in more than one split (the same file, or the same content).
+
+    The same file: the same path below each split's dataset root (so a dataset's validation
+    folder copied from its training folder is caught), or the same path when there is no root.
 
     Content is compared by a hash of the file bytes, so re-saved or re-encoded copies are not
     caught; identical copies under another name are.
@@ -196,7 +204,7 @@ def check_leaks(splits: Mapping[str, SmearDataset]) -> LeakReport:
     ----------
     splits : ``{split name: SmearDataset}``, e.g. the result of :func:`train_val_test_split`.
     """
-    names = {k: {(Path(s.path).name if s.path else s.image_id): s for s in ds} for k, ds in splits.items()}
+    names = {k: {_file_key(ds, s): s for s in ds} for k, ds in splits.items()}
     hashes: dict[str, dict[str, str]] = {}
     rep = LeakReport()
     for k, ds in splits.items():
@@ -221,6 +229,23 @@ def check_leaks(splits: Mapping[str, SmearDataset]) -> LeakReport:
     return rep
 
 
+def _file_key(ds: SmearDataset, s) -> str:
+    """What names an image across splits: its path below the dataset's root (``Dataset 1/002.bmp``
+    and ``Dataset 2/002.bmp`` are two images; ``Training/Images/a.jpg`` and
+    ``Validation/Images/a.jpg`` one, each below its own root), its whole path when the dataset
+    has no root (a subset or a concatenation: copies elsewhere are found by their content), its
+    id when it has no file."""
+    if not s.path:
+        return s.image_id
+    path = Path(s.path).resolve()
+    if ds.root is not None:
+        try:
+            return path.relative_to(Path(ds.root).resolve()).as_posix()
+        except ValueError:
+            pass
+    return path.as_posix()
+
+
 def stratified_split(labels, test: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Indices ``(train, test)``: each class split ``1 - test : test`` (rounded), shuffled by ``seed``.
 
@@ -236,6 +261,9 @@ def stratified_split(labels, test: float = 0.3, seed: int = 0) -> tuple[np.ndarr
     if not 0 < test < 1:
         raise ValueError(f"test must be a fraction in (0, 1), got {test}")
     y = np.asarray(labels)
+    if y.ndim != 1:
+        raise ValueError(f"labels must be one class per item, shape (N,), got shape {y.shape} (one-hot labels: "
+                         "pass labels.argmax(1))")
     rng = np.random.default_rng(seed)
     tr, te = [], []
     for c in np.unique(y):

@@ -15,6 +15,7 @@ from matplotlib.patches import Rectangle
 from PIL import Image
 
 from ..classification.embed import tsne
+from ..data.classes import match_classes
 from ..data.sample import SmearDataset
 from ..detection.postprocess import DEFAULT_SCORE, RawPredictions, Selector, take
 from ..detection.tune import Thresholds
@@ -327,14 +328,16 @@ class ThresholdTuner:
     raw : its :class:`RawPredictions` (or a plain list of prediction dicts).
     class_names : must equal the dataset's (checked) when given.
     images_for_overlay : dataset indices the image slider walks through (default: all).
-    initial : a :class:`Thresholds` to start from (default: every class 0.5, NMS 0.5).
+    initial : a :class:`Thresholds` to start from, keyed by the model's class names as
+        :func:`~smearlab.detection.tune.auto_tune` writes them (default: every class 0.5, NMS 0.5).
     figsize : size of the overlay figure.
     max_dets : most boxes kept per image (highest scores), None for no cap; stored in
         :meth:`thresholds`.
 
     Attributes
     ----------
-    sliders : ``{class name: FloatSlider}`` score thresholds.
+    sliders : ``{class name: FloatSlider}`` score thresholds, keyed by the model's class names
+        (what :meth:`thresholds` applies to; labelled with the dataset's name where it differs).
     nms : FloatSlider of the NMS IoU (1.0 = no extra NMS).
     agnostic : Checkbox for class-agnostic NMS.
     index : IntSlider choosing the overlay image (a position in ``images_for_overlay``).
@@ -356,19 +359,27 @@ class ThresholdTuner:
                              f"{list(dataset.class_names)}")
         self.dataset, self.raw = dataset, raw
         self.class_names = list(dataset.class_names)
+        # thresholds apply to the model's output, so each slider is keyed by the model's name of
+        # its class (the dataset may list the classes in another order or spelling)
+        self.to_dataset = match_classes(raw.class_names, self.class_names, require="both").lut
+        model_name = {self.class_names[int(d)]: m for m, d in zip(raw.class_names, self.to_dataset)}
         self.figsize, self.max_dets = figsize, max_dets
         self.overlay_indices = list(range(len(dataset))) if images_for_overlay is None \
             else [int(i) for i in images_for_overlay]
+        outside = [i for i in self.overlay_indices if not 0 <= i < len(dataset)]
+        if outside:
+            raise ValueError(f"images_for_overlay {outside} are not indices of the {len(dataset)} images of "
+                             f"{getattr(dataset, 'name', 'the dataset')!r}")
         self.evaluator = FastEvaluator(dataset)
         self.prepared = self.evaluator.prepare(raw)
         self.selector = Selector(raw)
         init = initial or Thresholds({n: DEFAULT_SCORE for n in self.class_names})
         style = {"description_width": "initial"}
-        self.sliders = {n: W.FloatSlider(value=float(init.score.get(n, DEFAULT_SCORE)), min=0.0,
-                                         max=1.0, step=0.01, description=n,
+        self.sliders = {m: W.FloatSlider(value=float(init.score.get(m, DEFAULT_SCORE)), min=0.0,
+                                         max=1.0, step=0.01, description=m if m == n else f"{m} ({n})",
                                          continuous_update=False, style=style,
                                          readout_format=".2f")
-                        for n in self.class_names}
+                        for n, m in ((n, model_name[n]) for n in self.class_names)}
         self.nms = W.FloatSlider(value=1.0 if init.nms_iou is None else float(init.nms_iou),
                                  min=0.1, max=1.0, step=0.05, description="NMS IoU",
                                  continuous_update=False, style=style, readout_format=".2f")
@@ -450,9 +461,10 @@ class ThresholdTuner:
             ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.0, ls="--",
                                    ec=colors[lab]))
         for (x0, y0, x1, y1), lab, sc in zip(p["boxes"], p["labels"], p["scores"]):
-            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.5, ec=colors[lab]))
+            colour = colors[int(self.to_dataset[lab])]  # the model's label, drawn in its dataset class's colour
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.5, ec=colour))
             ax.text(x0, y0, f"{sc:.2f}", color="white", fontsize=5, va="bottom",
-                    bbox=dict(fc=colors[lab], ec="none", pad=0.3))
+                    bbox=dict(fc=colour, ec="none", pad=0.3))
         ax.set_title(f"{s.image_id}: {len(p['boxes'])} predicted (solid), {len(s.boxes)} true "
                      f"(dashed)", fontsize=8)
         ax.axis("off")
