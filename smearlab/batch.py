@@ -644,7 +644,7 @@ def _predict_auto_tiled(predict_images, model, images: list, batch_size: int, th
     if not any(tiles):
         return predict_images(model, images, batch_size=batch_size, thresholds=thresholds, progress=False, tta=tta)
     return [predict_images(model, [img], batch_size=batch_size, thresholds=thresholds, tile=t,
-                           tile_resize="tile" if t else "image", progress=False, tta=tta)[0]
+                           tile_resize="training" if t else "image", progress=False, tta=tta)[0]
             for img, t in zip(images, tiles)]
 
 

@@ -73,3 +73,14 @@ def test_fitted_by_default_and_the_option_to_keep_the_defaults():
         fitted_by_default(cfg, ds, "auto")
     with pytest.raises(ValueError, match="no boxes"):
         fit_anchors(SmearDataset([Sample("e", size=(10, 10))], ["cell"], "empty"), cfg)
+
+
+def test_a_zero_size_box_is_refused_not_fitted():
+    """One zero-width box among two gave aspect ratios in the millions and a recall of 0."""
+    from smearlab.data import Sample, SmearDataset
+    from smearlab.detection.anchors import fit_anchors
+    from smearlab.detection.models import DetectorConfig
+    ds = SmearDataset([Sample("a", _image=np.zeros((100, 100, 3), np.uint8), boxes=[[10, 10, 30, 30], [40, 40, 40, 60]],
+                             labels=[0, 0])], ["RBC"], name="made")
+    with pytest.raises(ValueError, match=r"'a': box \[40.0, 40.0, 40.0, 60.0\]"):
+        fit_anchors(ds, DetectorConfig(arch="fasterrcnn_tiny", class_names=["RBC"]))

@@ -123,9 +123,69 @@ def test_tiles_are_resized_like_the_whole_image():
 
     model.transform.resize = spy
     image = np.zeros((300, 400, 3), np.uint8)  # whole image: scale min(150/300, 200/400) = 0.5
-    predict(model, [image], tile=200, overlap=0.0, progress=False)
+    predict(model, [image], tile=200, overlap=0.1, progress=False)
     assert seen and all(out == (inp[0] // 2, inp[1] // 2) for inp, out in seen)
     assert model.transform.fixed_size is None  # restored
+
+
+def test_automatic_tiles_are_seen_at_the_training_magnification():
+    """smearlab predict cuts a large field into square tiles of the training images' longer side;
+    resized as tiles, a 640 px tile of a model trained on 480x640 images reached it at 0.75 of
+    the training magnification (its short side set to 480)."""
+    from smearlab import batch
+    from smearlab.detection.models import auto_tile
+    for low, high, factor in ((480, 640, 1.0), (800, 1333, 800 / 480)):
+        model = build_detector(DetectorConfig(arch="fasterrcnn_tiny", class_names=["a"], min_size=low, max_size=high,
+                                              train_image_size=[480, 640])).eval()
+        seen = []
+        resize = model.transform.resize
+
+        def spy(image, target=None, resize=resize, seen=seen):
+            out = resize(image, target)
+            seen.append(out[0].shape[-1] / image.shape[-1])
+            return out
+        model.transform.resize = spy
+        field = np.full((960, 1280, 3), 200, np.uint8)
+        assert auto_tile(model.detector_config, field.shape[:2]) == 640
+        batch._predict_auto_tiled(predict, model, [field], 4, None)
+        assert seen and all(f == pytest.approx(factor, rel=1e-3) for f in seen)
+
+
+class _DarkDiscs(torch.nn.Module):
+    """A stand-in detector with exact answers: one box per dark connected region, no resizing,
+    so tiled prediction must give the whole image's boxes."""
+
+    def __init__(self):
+        super().__init__()
+        self.p = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, images):
+        from scipy import ndimage as ndi
+        out = []
+        for im in images:
+            lab, _ = ndi.label(im.float().mean(0).numpy() < 0.5)
+            b = torch.tensor([[sl[1].start, sl[0].start, sl[1].stop, sl[0].stop] for sl in ndi.find_objects(lab)],
+                             dtype=torch.float32).reshape(-1, 4)
+            out.append({"boxes": b, "scores": torch.full((len(b),), 0.9), "labels": torch.ones(len(b), dtype=torch.int64)})
+        return out
+
+
+def test_tiles_keep_two_diagonal_neighbours_apart_and_need_an_overlap():
+    """Two cells 1 px apart across a tile corner were fused into one box (a sliver of one, in the
+    corner both tiles share, was covered by the other); tiles edge to edge cut a cell on a seam
+    into two."""
+    h = w = 1000
+    img = np.full((h, w, 3), 230, np.uint8)
+    yy, xx = np.mgrid[:h, :w]
+    truth = [[612, 697, 672, 757], [569, 745, 629, 805]]
+    for x0, y0, x1, y1 in truth:
+        img[(yy - (y0 + y1 - 1) / 2) ** 2 + (xx - (x0 + x1 - 1) / 2) ** 2 <= 30 ** 2] = 40
+    whole = predict(_DarkDiscs(), [img], progress=False)[0]["boxes"]
+    assert sorted(whole.astype(int).tolist()) == sorted(truth)
+    tiled = predict(_DarkDiscs(), [img], tile=256, overlap=0.2, progress=False)[0]["boxes"]
+    assert sorted(tiled.astype(int).tolist()) == sorted(truth)
+    with pytest.raises(ValueError, match="overlap must be a fraction in \\(0, 1\\) when tiling"):
+        predict(_DarkDiscs(), [img], tile=200, overlap=0.0, progress=False)
 
 
 # -- test-time augmentation -----------------------------------------------------------------------

@@ -218,8 +218,8 @@ class TimeBudget:
         epoch_s = self.step_s * self.steps_per_epoch
         fit = int(self.share(int(self.seconds // epoch_s)))
         if fit < 1:
-            raise ValueError(f"a time budget of {self.seconds:.0f} s is too small for one epoch: one epoch is "
-                             f"{self.steps_per_epoch} steps of {self.step_s:.2f} s (about {epoch_s:.0f} s) on this "
+            raise ValueError(f"a time budget of {self.seconds:.3g} s is too small for one epoch: one epoch is "
+                             f"{self.steps_per_epoch} steps of {self.step_s:.2f} s (about {epoch_s:.3g} s) on this "
                              f"machine; give a larger time_budget_s, fewer or smaller images, or epochs instead")
         self.planned_epochs = fit
         self.calibrated = True

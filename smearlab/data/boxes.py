@@ -96,3 +96,27 @@ def mask_box(mask: np.ndarray) -> np.ndarray | None:
         return None
     cols = np.flatnonzero(mask.any(axis=0))
     return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], np.float32)
+
+
+def check_boxes(dataset) -> None:
+    """``ValueError`` naming the image for a box that training or anchor fitting would drop
+    without a word (not finite, no width or height) or misread (not on the image at all). The
+    loaders count such boxes as skips already (:func:`clean_boxes`); this catches datasets built
+    in code (corrections for fine-tuning, boxes from another tool).
+
+    Parameters
+    ----------
+    dataset : a SmearDataset (or any sequence of Samples, with ``name``).
+    """
+    for s in dataset:
+        if not len(s.boxes):
+            continue
+        b = np.asarray(s.boxes, np.float64)
+        h, w = s.hw
+        bad = ~np.isfinite(b).all(1) | (b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1]) \
+            | (b[:, 0] >= w) | (b[:, 1] >= h) | (b[:, 2] <= 0) | (b[:, 3] <= 0)
+        if bad.any():
+            k = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"dataset {getattr(dataset, 'name', '?')!r}, image {s.image_id!r}: box {b[k].tolist()} is "
+                             f"not finite, has no width or height, or lies off the {w}x{h} image ({int(bad.sum())} "
+                             "such boxes); fix or drop it first")

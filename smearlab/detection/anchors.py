@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import numpy as np
 
+from ..data.boxes import check_boxes
 from ..data.sample import SmearDataset
 from .models import DetectorConfig, anchor_generator, n_feature_levels
 
@@ -41,6 +42,7 @@ def box_shapes(dataset: SmearDataset, cfg: DetectorConfig) -> dict[str, np.ndarr
     dataset : the (training) boxes.
     cfg : the detector's settings (input size).
     """
+    check_boxes(dataset)  # a zero-size box would skew the fitted aspect ratios without a word
     shapes: dict[str, list] = {n: [] for n in dataset.class_names}
     for s in dataset:
         if not len(s.boxes):

@@ -211,7 +211,16 @@ def merge_tiles(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, tile_
         aa, ab = area(a), area(b)
         iou = ia / np.maximum(aa + ab - ia, 1e-9)
         cov = ia / np.maximum(np.minimum(aa, ab), 1e-9)
-        good = (iou > merge_iou) | ((cov > contain) & (np.minimum(aa, ab) > 0))
+        # the rows (columns) of a piece lie within those of the object's other box, whole boxes
+        # compared: in the corner a diagonal neighbour's sliver shares with this box, covering
+        # alone would fuse two cells (a cut disc's chord is shorter than its diameter, so
+        # containment, not equal extents)
+        along = np.ones(len(cand), bool)
+        for axis in (0, 1):
+            inter = np.minimum(boxes[i, axis + 2], boxes[cand, axis + 2]) - np.maximum(boxes[i, axis], boxes[cand, axis])
+            shorter = np.minimum(boxes[i, axis + 2] - boxes[i, axis], boxes[cand, axis + 2] - boxes[cand, axis])
+            along &= np.clip(inter, 0, None) / np.maximum(shorter, 1e-9) >= contain
+        good = (iou > merge_iou) | ((cov > contain) & (np.minimum(aa, ab) > 0) & along)
         score = np.where(good, iou + cov, -1.0)
         for t in np.unique(tile_index[cand]):  # best partner in each other tile
             sel = np.flatnonzero(tile_index[cand] == t)
@@ -366,7 +375,7 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
     amp : mixed precision (None: on CUDA only).
     score_floor : keep detections down to this score (None: the model's own threshold).
     tile : tile size in pixels for large fields (None: whole images).
-    overlap : the fraction of a tile shared with its neighbour (see :func:`tile_windows`).
+    overlap : the fraction of a tile shared with its neighbour (see :func:`tile_windows`), above 0.
     merge_iou, nms_iou, edge_margin : tune :func:`merge_tiles` (tiled prediction only).
     progress : tqdm progress bar.
     preprocess : ``"model"`` applies the pipeline saved with the model (``preprocess.json``, as
@@ -376,7 +385,10 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
     tile_resize : with ``tile``: ``"image"`` resizes every tile by the factor the model would apply
         to the whole image (a model trained on whole images); ``"tile"`` lets the model resize each
         tile as it resized its training tiles (a model trained on tiles of this size, e.g.
-        :func:`smearlab.data.derive.box_tiles`).
+        :func:`smearlab.data.derive.box_tiles`); ``"training"`` resizes every tile by the factor
+        the model applied to its training images (``detector_config.train_image_size``: a large
+        field cut into tiles is seen at the training magnification, as :func:`smearlab.batch.predict`
+        tiles automatically).
     scale : None: every image at the model's own input scale. ``"auto"``: scale-aware, each image
         resized so that its cells look the size they had in training, judged from passes at a
         few zooms (from the most confident one, the factor at which the reference class's median
@@ -405,8 +417,12 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
     """
     if not 0.0 <= float(mask_threshold) < 1.0:
         raise ValueError(f"mask_threshold must be in [0, 1), got {mask_threshold}")
-    if tile_resize not in ("image", "tile"):
-        raise ValueError(f"tile_resize must be 'image' or 'tile', got {tile_resize!r}")
+    if tile_resize not in ("image", "tile", "training"):
+        raise ValueError(f"tile_resize must be 'image', 'tile' or 'training', got {tile_resize!r}")
+
+    if tile and not 0.0 < float(overlap) < 1.0:  # tiles edge to edge: a cell on a seam is two cells
+        raise ValueError(f"overlap must be a fraction in (0, 1) when tiling, got {overlap}: without overlap the "
+                         "pieces of an object cut by a seam cannot be joined")
     if scale is not None and tile:
         raise ValueError("scale and tile cannot be combined: tile a field at the model's scale, or rescale it")
     check_zoom(scale)
@@ -450,6 +466,10 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
         return [_to_numpy(o, mask_threshold) for o in outs]
 
     cfg = getattr(unwrap(model) if is_module else model, "detector_config", None)
+    train_hw = getattr(cfg, "train_image_size", None) if cfg is not None else None
+    if tile and tile_resize == "training" and not train_hw:
+        raise ValueError("tile_resize='training' needs the model's train_image_size (detector_config), which this "
+                         "model does not record")
     max_dets = cfg.detections_per_img if cfg is not None else 300
 
     def run(batch: list[torch.Tensor]) -> list[dict]:
@@ -504,6 +524,7 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
                     for s in range(0, len(wins), step):
                         chunk = wins[s:s + step]
                         resize = _whole_image_scale(model, (h, w), chunk) if tile_resize == "image" \
+                            else _whole_image_scale(model, tuple(train_hw), chunk) if tile_resize == "training" \
                             else contextlib.nullcontext()
                         with resize:
                             outs = run([img[:, y0:y1, x0:x1] for x0, y0, x1, y1 in chunk])

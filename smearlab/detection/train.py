@@ -65,6 +65,7 @@ from ..core.files import atomic_path, write_text
 from ..core.training import History, TimeBudget, ema_model, step_loop
 from ..data import open_dataset
 from ..data.classes import match_classes
+from ..data.boxes import check_boxes
 from ..data.sample import SmearDataset
 from ..data.splits import train_val_test_split
 from ..data.synthetic import make_dataset
@@ -439,24 +440,6 @@ def _mask_tensor(s) -> torch.Tensor:
     return torch.zeros((0, *s.hw), dtype=torch.uint8)
 
 
-def _check_boxes(ds: SmearDataset) -> None:
-    """``ValueError`` naming the image for a box training would drop without a word (not finite,
-    no width or height) or learn from wrongly (not on the image at all). The loaders already
-    count such boxes as skips; this catches datasets built in code (corrections, fine-tuning)."""
-    for s in ds.samples:
-        if not len(s.boxes):
-            continue
-        b = np.asarray(s.boxes, np.float64)
-        h, w = s.hw
-        bad = ~np.isfinite(b).all(1) | (b[:, 2] <= b[:, 0]) | (b[:, 3] <= b[:, 1]) \
-            | (b[:, 0] >= w) | (b[:, 1] >= h) | (b[:, 2] <= 0) | (b[:, 3] <= 0)
-        if bad.any():
-            k = int(np.flatnonzero(bad)[0])
-            raise ValueError(f"dataset {ds.name!r}, image {s.image_id!r}: box {b[k].tolist()} is not finite, has no "
-                             f"width or height, or lies off the {w}x{h} image ({int(bad.sum())} such boxes); fix or "
-                             "drop it before training")
-
-
 def _check_masks(ds: SmearDataset, arch: str) -> None:
     """``ValueError`` unless every sample with objects has instance masks (Mask R-CNN training)."""
     missing = [s.image_id for s in ds.samples if len(s.boxes) and not s.has_masks]
@@ -656,7 +639,7 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
     if pre is not None:  # the trained model carries its pipeline, as a loaded one does
         unwrap(model).preprocess_spec = pre.to_dict()
     if train_smear is not None:
-        _check_boxes(train_smear)
+        check_boxes(train_smear)
         if masks:
             _check_masks(train_smear, cfg_model.arch)
         train_smear = _preprocessed(remap_dataset(train_smear, names, "training"), pre)
