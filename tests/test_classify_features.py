@@ -184,3 +184,15 @@ def test_experiment_runs_every_feature_method_and_is_judged():
         run_experiment(a, b, methods=("dann",), arch="features")
     with pytest.raises(ValueError, match="unknown arch"):
         run_experiment(a, b, arch="svm")
+
+
+def test_blank_and_nan_crops_are_not_cells():
+    """An all-white crop read as 100 % cell, sensor noise on a blank field as a nucleus covering
+    half of it, and NaN crops as black ones."""
+    from smearlab.classification.features import FEATURE_NAMES, cell_features, nucleus_mask
+    i = FEATURE_NAMES.index("cell_fraction")
+    assert cell_features(np.full((64, 64, 3), 255, np.uint8))[0, i] == 0.0
+    noisy = np.clip(245 + np.random.default_rng(0).normal(0, 2, (64, 64, 3)), 0, 255).astype(np.uint8)
+    assert not nucleus_mask(noisy).any()
+    with pytest.raises(ValueError, match="NaN"):
+        cell_features(torch.full((1, 3, 64, 64), float("nan")))

@@ -153,6 +153,10 @@ def test_adapt_batchnorm_reestimates_statistics_on_the_target_only():
     with torch.no_grad():
         z = stem((tgt.images.float() / 255 - adapted.mean) / adapted.std)
     assert torch.allclose(after[0], z.mean((0, 2, 3)), atol=1e-4)
+    assert torch.allclose(adapted.features.stem[1].running_var, z.var((0, 2, 3)), rtol=1e-3)
+    # every crop weighs the same: batches of 5 (the last one of 2) give the stem the same statistics
+    small = adapt_batchnorm(model, tgt, batch_size=5, device="cpu")
+    assert torch.allclose(small.features.stem[1].running_mean, after[0], atol=1e-5)
     with pytest.raises(ValueError, match="batch-norm"):
         adapt_batchnorm(build_classifier(["a", "b"], width=4, norm="group"), tgt)
 

@@ -34,9 +34,10 @@ def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
 def adapt_batchnorm(model: nn.Module, target: CropDataset, *, batch_size: int = 64, device="auto") -> nn.Module:
     """A copy of ``model`` whose batch-norm layers hold the target domain's statistics (AdaBN).
 
-    Every batch-norm layer's running mean and variance are reset and re-estimated as the plain
-    average over all of ``target``'s crops (one pass, no labels, no gradient); weights and the
-    model given are unchanged.
+    Every batch-norm layer's running mean and variance are re-estimated as the mean and variance
+    of everything the layer sees over all of ``target``'s crops, each value weighing the same
+    whatever batch it came in (one pass, no labels, no gradient; on the way each batch is
+    normalised by its own statistics, as in training); weights and the model given are unchanged.
 
     Parameters
     ----------
@@ -64,15 +65,28 @@ def adapt_batchnorm(model: nn.Module, target: CropDataset, *, batch_size: int = 
     dev = resolve_device(device)
     out = copy.deepcopy(model).to(dev)
     bns = _batchnorms(out)
-    momenta = [bn.momentum for bn in bns]
+    sums: dict[nn.Module, list] = {bn: [0.0, 0.0, 0] for bn in bns}  # per channel: sum, sum of squares, count
+
+    def collect(bn, inputs):  # every value a layer sees weighs the same, whatever batch it came in
+        x = inputs[0].detach().double().transpose(0, 1).reshape(inputs[0].shape[1], -1)
+        acc = sums[bn]
+        acc[0], acc[1], acc[2] = acc[0] + x.sum(1), acc[1] + (x * x).sum(1), acc[2] + x.shape[1]
+
+    hooks = [bn.register_forward_pre_hook(collect) for bn in bns]
+    out.train()  # each batch normalised by its own statistics on the way, as in training
+    try:
+        for b in range(0, len(target), batch_size):
+            out(target.images[b:b + batch_size].to(dev).float() / 255)
+    finally:
+        for h in hooks:
+            h.remove()
     for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average over the batches
-    out.train()
-    for b in range(0, len(target), batch_size):
-        out(target.images[b:b + batch_size].to(dev).float() / 255)
-    for bn, m in zip(bns, momenta):
-        bn.momentum = m
+        total, squares, n = sums[bn]
+        mean = total / n
+        var = (squares / n - mean * mean).clamp_min(0) * (n / max(n - 1, 1))  # unbiased, as BatchNorm keeps it
+        bn.running_mean.copy_(mean.to(bn.running_mean.dtype))
+        bn.running_var.copy_(var.to(bn.running_var.dtype))
+        bn.num_batches_tracked.fill_(0)
     return out.eval()
 
 

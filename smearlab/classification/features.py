@@ -76,6 +76,8 @@ def _as_rgb_stack(images) -> np.ndarray:
         x = x.float() / 255
     else:
         x = x.float()
+        if len(x) and not bool(torch.isfinite(x).all()):
+            raise ValueError("float crops hold NaN or infinite values")
         if len(x) and (float(x.min()) < -1e-3 or float(x.max()) > 1 + 1e-3):
             raise ValueError(f"float crops must be in [0, 1], got values in [{float(x.min()):.3g}, "
                              f"{float(x.max()):.3g}]")
@@ -85,12 +87,18 @@ def _as_rgb_stack(images) -> np.ndarray:
     return (x.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
+#: The least range of the purple-ness score in which a nucleus is looked for. Blank fields with
+#: sensor noise span about 0.02; every Zheng and PBC crop spans 0.87 or more.
+MIN_CONTRAST = 0.1
+
+
 def nucleus_mask(rgb: np.ndarray) -> np.ndarray:
     """The nucleus of the cell at the centre of a crop: ``(H, W)`` bool.
 
     Purple-ness (blue minus green, plus darkness), smoothed and Otsu-thresholded; of the parts
     larger than 0.1 % of the crop, those whose centroid lies in the middle 60 % of the crop
-    (all lobes of a neutrophil), else the largest part. Empty when the crop is flat.
+    (all lobes of a neutrophil), else the largest part. Empty when the crop holds no contrast
+    (the score's range below :data:`MIN_CONTRAST`: a blank field or its sensor noise).
 
     Parameters
     ----------
@@ -100,7 +108,7 @@ def nucleus_mask(rgb: np.ndarray) -> np.ndarray:
 
     f = rgb.astype(np.float32) / 255
     score = filters.gaussian(f[..., 2] - f[..., 1] + (1 - f.mean(-1)), 1)
-    if float(score.max() - score.min()) < 1e-6:
+    if float(score.max() - score.min()) < MIN_CONTRAST:  # a blank field: Otsu would split its noise
         return np.zeros(score.shape, bool)
     mask = score > filters.threshold_otsu(score)
     h, w = mask.shape
@@ -134,7 +142,8 @@ def _crop_features(rgb: np.ndarray) -> np.ndarray:
     dist = ndi.distance_transform_edt(m)
     root = np.sqrt(max(area, 1.0))
     lum = rgb.astype(np.float32).mean(-1) / 255
-    background = lum > filters.threshold_otsu(lum) if float(np.ptp(lum)) > 1e-6 else np.zeros_like(m)
+    # a field without contrast holds no cell: all of it is background (it read as 100 % cell)
+    background = lum > filters.threshold_otsu(lum) if float(np.ptp(lum)) > MIN_CONTRAST / 3 else np.ones_like(m)
     cytoplasm = ~m & ~background
     cell_fraction = float((~background).mean())
     shape = [area / (h * w), len(parts), area / max(float(hull.sum()), 1.0),
