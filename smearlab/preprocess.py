@@ -125,6 +125,8 @@ def unsharp_mask(image: np.ndarray, radius: float = 1.0, amount: float = 1.0) ->
     amount : strength; 0 is the identity.
     """
     img = _check_rgb(image, "unsharp_mask")
+    radius = _number("unsharp_mask", "radius", radius, low=0, low_open=True)
+    amount = _number("unsharp_mask", "amount", amount, low=0)
     # channel_axis=2, not -1: skimage mis-slices a negative axis (scikit-image issue #7264)
     out = filters.unsharp_mask(img, radius=radius, amount=amount, channel_axis=2,
                                preserve_range=True)
@@ -143,7 +145,14 @@ def clahe(image: np.ndarray, clip_limit: float = 0.01, kernel_size=None) -> np.n
     kernel_size : tile size in pixels (default: 1/8 of the image size).
     """
     img = _check_rgb(image, "clahe")
+    clip_limit = _number("clahe", "clip_limit", clip_limit, low=0, high=1, low_open=True)
+    if kernel_size is not None:
+        sizes = kernel_size if isinstance(kernel_size, (list, tuple)) else [kernel_size]
+        for k in sizes:
+            _number("clahe", "kernel_size", k, low=2)
     lab = _lab(img)
+    if float(np.ptp(lab[..., 0])) < 1e-3:  # a flat field has no contrast to equalise (it came out white)
+        return img.copy()
     lab[..., 0] = 100.0 * exposure.equalize_adapthist(
         np.clip(lab[..., 0] / 100.0, 0.0, 1.0), kernel_size=kernel_size, clip_limit=clip_limit)
     return _rgb(lab)
@@ -158,8 +167,7 @@ def gamma(image: np.ndarray, g: float = 1.0) -> np.ndarray:
     g : the exponent, a positive number (1 is the identity).
     """
     img = _check_rgb(image, "gamma")
-    if not np.isfinite(g) or g <= 0:
-        raise ValueError(f"gamma: g must be a positive number, got {g!r}")
+    g = _number("gamma", "g", g, low=0, low_open=True)
     return exposure.adjust_gamma(img, g)
 
 
@@ -186,6 +194,13 @@ class ReinhardNormalizer:
     def __init__(self, mean=None, std=None):
         self.mean = None if mean is None else np.asarray(mean, np.float64).reshape(3)
         self.std = None if std is None else np.asarray(std, np.float64).reshape(3)
+        for name, v in (("mean", self.mean), ("std", self.std)):
+            if v is not None and not np.all(np.isfinite(v)):
+                raise ValueError(f"ReinhardNormalizer: {name} must be 3 finite numbers, got {v.tolist()}")
+        if self.std is not None and (self.std < 0).any():
+            raise ValueError(f"ReinhardNormalizer: std must not be negative, got {self.std.tolist()}")
+        if (self.mean is None) != (self.std is None):
+            raise ValueError("ReinhardNormalizer: give both mean and std, or neither")
 
     def fit(self, reference) -> "ReinhardNormalizer":
         """Learn the reference LAB mean and std from one image or a list of images.
@@ -200,7 +215,11 @@ class ReinhardNormalizer:
             ``self``.
         """
         lab = _lab(_pixels(_images(reference, "ReinhardNormalizer.fit"))[:, None])[:, 0]
-        self.mean, self.std = lab.mean(0), lab.std(0)
+        mean, std = lab.mean(0), lab.std(0)
+        if std[0] < 1.0:  # lightness spread under 1 % of its range: a blank field
+            raise ValueError(f"ReinhardNormalizer.fit: the reference has no contrast (lightness std {std[0]:.2f} of "
+                             "100): every image would come out one flat colour; fit on images with stained cells")
+        self.mean, self.std = mean, std
         return self
 
     def transform(self, image: np.ndarray) -> np.ndarray:
@@ -297,6 +316,8 @@ class MacenkoNormalizer:
         if not 0 <= alpha < 50:
             raise ValueError(f"MacenkoNormalizer: alpha must be in [0, 50), got {alpha!r}")
         self.io, self.alpha, self.beta = io, float(alpha), float(beta)
+        if isinstance(min_pixels, bool) or not isinstance(min_pixels, (int, np.integer)) or min_pixels < 3:
+            raise ValueError(f"MacenkoNormalizer: min_pixels must be a whole number >= 3, got {min_pixels!r}")
         self.match_concentrations, self.min_pixels = match_concentrations, int(min_pixels)
         self.stains = None if stains is None else np.asarray(stains, np.float64).reshape(3, 2)
         self.max_conc = None if max_conc is None else np.asarray(max_conc, np.float64).reshape(2)
@@ -331,7 +352,11 @@ class MacenkoNormalizer:
         v2 = plane @ np.array([np.cos(hi), np.sin(hi)])
         v1, v2 = (v1 if v1.sum() >= 0 else -v1), (v2 if v2.sum() >= 0 else -v2)
         he = np.stack([v1, v2], 1) if v1[0] >= v2[0] else np.stack([v2, v1], 1)
-        return he / np.linalg.norm(he, axis=0)
+        he = he / np.linalg.norm(he, axis=0)
+        if float(he[:, 0] @ he[:, 1]) > 0.999:  # one colour only: no two stains to tell apart
+            raise ValueError(f"{where}: the stained pixels show one colour only (the two stain vectors coincide); "
+                             "fit on images with both stains")
+        return he
 
     @staticmethod
     def _concentrations(od: np.ndarray, stains: np.ndarray) -> np.ndarray:
@@ -409,6 +434,23 @@ class MacenkoNormalizer:
 
 def _list(a):
     return None if a is None else np.asarray(a, np.float64).tolist()
+
+
+def _number(where: str, name: str, value, *, low: float, high: float = np.inf, low_open: bool = False) -> float:
+    """``value`` as a float within ``low .. high`` (``low`` excluded with ``low_open``), else
+    ValueError naming the step and the parameter: a string, NaN or an out-of-range value would
+    otherwise fail on the first image, or give maximal contrast without a word."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{where}: {name} must be a number, got {value!r}")
+    v = float(value)
+    if not (v > low if low_open else v >= low) or not v <= high:  # NaN fails too
+        bound = f"{'above' if low_open else 'at least'} {low:g}" + ("" if high == np.inf else f" and at most {high:g}")
+        raise ValueError(f"{where}: {name} must be {bound}, got {value!r}")
+    return v
+
+
+#: A small image every step of a pipeline is tried on when the pipeline is built.
+_PROBE = np.random.default_rng(0).integers(0, 256, (16, 16, 3), dtype=np.uint8)
 
 
 def _known_keys(name: str, d: dict, known: set) -> None:
@@ -493,7 +535,8 @@ class Preprocess:
             else:
                 try:
                     inspect.signature(_FUNCTIONS[name]).bind(None, **params)
-                except TypeError as e:
+                    _FUNCTIONS[name](_PROBE, **params)  # the values too, now rather than on the first image
+                except (TypeError, ValueError) as e:
                     raise ValueError(f"step {name!r}: bad parameters {params}: {e}") from None
             self.steps.append((name, params))
         self._ops = [self._op(n, p) for n, p in self.steps]

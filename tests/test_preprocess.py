@@ -84,7 +84,7 @@ def test_gamma_below_one_brightens(smears):
     img = smears[0][0]
     assert gamma(img, 0.5).astype(float).mean() > img.mean() + 5
     assert np.array_equal(gamma(img, 1.0), img)
-    with pytest.raises(ValueError, match="positive"):
+    with pytest.raises(ValueError, match="must be above 0"):
         gamma(img, 0)
 
 
@@ -272,3 +272,35 @@ def test_compare_pipelines_and_explorer_methods():
         out = f(b[0], 1.0)
         assert out.shape == b[0].shape and out.dtype == np.uint8, name
     assert np.array_equal(methods["Reinhard"](b[0], 0.0), b[0])  # strength 0 = untouched
+
+
+def test_step_values_are_checked_when_the_pipeline_is_built():
+    """CLAHE's clip limit 0, -0.5, NaN or 100 gave maximal contrast without a word, strings loaded
+    fine and failed on the first image, a flat field came out white."""
+    from smearlab.preprocess import Preprocess, clahe, unsharp_mask
+    img = np.full((32, 32, 3), 128, np.uint8)
+    for bad in (0, -0.5, float("nan"), 100, "0.02"):
+        with pytest.raises(ValueError, match="clip_limit"):
+            clahe(img, clip_limit=bad)
+    with pytest.raises(ValueError, match="kernel_size must be at least 2"):
+        clahe(img, kernel_size=0)
+    with pytest.raises(ValueError, match="amount"):
+        unsharp_mask(img, amount=float("nan"))
+    assert np.array_equal(clahe(img), img)  # nothing to equalise
+    for step in (("gamma", {"g": "2"}), ("clahe", {"clip_limit": "0.02"}), ("unsharp_mask", {"radius": -1})):
+        with pytest.raises(ValueError, match=f"step '{step[0]}': bad parameters"):
+            Preprocess([step])
+
+
+def test_stain_references_without_two_stains_or_contrast_are_refused():
+    from smearlab.preprocess import MacenkoNormalizer, ReinhardNormalizer
+    with pytest.raises(ValueError, match="no contrast"):
+        ReinhardNormalizer().fit(np.full((64, 64, 3), 255, np.uint8))
+    for mean, std in (([50, 0, 0], [float("nan"), 5, 5]), ([50, 0, 0], [-10, -5, -5])):
+        with pytest.raises(ValueError, match="std"):
+            ReinhardNormalizer(mean, std)
+    grey = np.full((64, 64, 3), 120, np.uint8)
+    with pytest.raises(ValueError, match="one colour only"):
+        MacenkoNormalizer(io=255).fit(grey)
+    with pytest.raises(ValueError, match="min_pixels"):
+        MacenkoNormalizer(min_pixels=0)
