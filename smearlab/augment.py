@@ -454,6 +454,8 @@ class Affine(Geometric):
         self.scale = _span(scale, "scale")
         if self.scale[0] <= 0:
             raise ValueError(f"scale must be positive, got {scale!r}")
+        if not (isinstance(translate, (tuple, list)) and len(translate) == 2):
+            raise ValueError(f"translate must be a pair (x, y) of fractions or (low, high) spans, got {translate!r}")
         fx, fy = translate
         self.translate = _span(fx, "translate x", 0.0), _span(fy, "translate y", 0.0)
         self.box_rule = box_rule

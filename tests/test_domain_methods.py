@@ -220,3 +220,47 @@ def test_pbc_central_crops_find_a_cell_in_every_image(shared_data):
     assert crops.name == "pbc" and len(crops) == 400
     assert crops.central["fallback"] <= 8
     assert crops.class_counts() == {c: 80 for c in ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil")}
+
+
+def test_classifier_inputs_it_would_misread_are_refused():
+    """Crop arguments that turned every box into a 'bad box' skip, a label outside the classes
+    dropped without a record, float crops in 0..255 (saturated), a DANN wrapper (a bare
+    AttributeError), batch size 0 (ZeroDivisionError) and lr NaN (trained to NaN weights)."""
+    from smearlab.classification.model import DANN
+    from smearlab.classification.predict import predict_classes
+    from smearlab.classification.train import train_classifier
+    img = np.full((40, 40, 3), 200, np.uint8)
+    img[10:30, 10:30] = 60
+    ds = SmearDataset([Sample("a", _image=img, boxes=[[10, 10, 30, 30]], labels=[0], image_label=0),
+                       Sample("b", _image=img, image_label=5)], ["c0", "c1"], name="made")
+    for kw, msg in ((dict(pad=-0.5), "pad"), (dict(pad=float("nan")), "pad"), (dict(fill="blue"), "fill")):
+        with pytest.raises(ValueError, match=msg):
+            crops_from_dataset(ds, 16, source="boxes", **kw)
+    with pytest.raises(ValueError, match="named twice"):
+        crops_from_dataset(ds, 16, source="boxes", classes=["c0", "c0"])
+    crops = crops_from_dataset(ds, 16, source="image")
+    assert len(crops) == 1 and [s.reason for s in crops.skipped] == ["image label 5 outside the 2 classes ['c0', 'c1']"]
+    model = build_classifier(["c0", "c1"], width=4, input_size=16)
+    with pytest.raises(ValueError, match=r"values in \[0, 1\]"):
+        predict_classes(model, crops.images.float(), device="cpu")
+    with pytest.raises(ValueError, match="DANN wrapper"):
+        predict_classes(DANN(model), crops, device="cpu")
+    with pytest.raises(ValueError, match="batch_size"):
+        train_classifier(model, crops, steps=1, batch_size=0, device="cpu")
+    with pytest.raises(ValueError, match="lr must be a positive number"):
+        train_classifier(model, crops, steps=1, lr=float("nan"), device="cpu")
+
+
+def test_grad_cam_targets_and_affine_arguments_are_checked():
+    from smearlab.augment import Affine
+    from smearlab.explain.cam import cam_masks, layer_cams
+    model = build_classifier(["a", "b", "c"], width=4, input_size=32).eval()
+    img = np.full((32, 32, 3), 128, np.uint8)
+    for bad, msg in ((-1, "not one of the model's 3 classes"), (5, "not one of the model's 3 classes"),
+                     (1.7, "class index")):
+        with pytest.raises(ValueError, match=msg):
+            layer_cams(model, [img], target=bad, device="cpu")
+    with pytest.raises(ValueError, match="no images"):
+        cam_masks(model, [], device="cpu")
+    with pytest.raises(ValueError, match="translate must be a pair"):
+        Affine(translate=0.1)

@@ -255,6 +255,9 @@ def crops_from_dataset(dataset: SmearDataset, size: int = 64, *, source: str = "
     unknown = [c for c in classes if c not in names]
     if unknown:
         raise KeyError(f"classes {unknown} not in dataset {dataset.name!r} (classes {names})")
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"classes named twice in {classes}")
+    extract_crop(np.zeros((4, 4, 3), np.uint8), np.array([0.0, 0.0, 2.0, 2.0]), pad, fill)  # the arguments, once
     remap = {names.index(c): i for i, c in enumerate(classes)}
     skipped = SkipLog(strict=strict)
     imgs, labels, domains, ids = [], [], [], []
@@ -269,6 +272,9 @@ def crops_from_dataset(dataset: SmearDataset, size: int = 64, *, source: str = "
         if source != "boxes":
             if s.image_label is None:
                 skipped.add(where, "no image-level label (use source='boxes' for smears)")
+                continue
+            if not 0 <= s.image_label < len(names):
+                skipped.add(where, f"image label {s.image_label} outside the {len(names)} classes {names}")
                 continue
             wanted = [None] if s.image_label in remap else []  # None: the whole image is the crop
         else:

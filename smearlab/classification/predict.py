@@ -35,6 +35,11 @@ def _as_batch_source(data, size: int) -> torch.Tensor:
             data = data[None]
         if data.ndim != 4 or data.shape[1] != 3:
             raise ValueError(f"image tensor must be (N, 3, S, S), got {tuple(data.shape)}")
+        if data.dtype != torch.uint8 and len(data):  # floats are read as 0..1: 0..255 would saturate
+            lo, hi = float(data.min()), float(data.max())
+            if not (-1e-3 <= lo and hi <= 1 + 1e-3):  # NaN fails too
+                raise ValueError(f"float image tensors must hold values in [0, 1], got [{lo:.3g}, {hi:.3g}] "
+                                 "(uint8 tensors are read as 0..255)")
         return data
     if isinstance(data, np.ndarray) and data.ndim == 3:
         data = [data]
@@ -98,6 +103,9 @@ def predict_classes(model: nn.Module, data, device="auto", batch_size: int = 256
         xb = xb.float() / 255 if xb.dtype == torch.uint8 else xb.float()
         with torch.autocast(dev.type, dtype=torch.float16, enabled=amp):
             logits = model(xb)
+        if not isinstance(logits, torch.Tensor):
+            raise ValueError(f"the model returns a {type(logits).__name__}, not class logits (a DANN wrapper? "
+                             "predict with its .classifier)")
         out.append(logits.float().softmax(1).cpu())
     if was_training:
         model.train()

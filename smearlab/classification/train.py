@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import warnings
 
 import numpy as np
@@ -74,6 +75,11 @@ def _optimiser(params, lr: float, weight_decay: float):
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
 
 
+def _check_batch_size(batch_size) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
+
+
 def fit(model: CellClassifier, train: CropDataset, *, steps: int, batch_size: int = 64, lr: float = 0.05,
         weight_decay: float = 5e-4, balanced: bool = True, augment=True, device="auto", seed: int = 0,
         target: CropDataset | None = None, domain_head: nn.Module | None = None, domain_weight: float = 1.0,
@@ -126,6 +132,8 @@ def fit(model: CellClassifier, train: CropDataset, *, steps: int, batch_size: in
         raise ValueError(f"model classes {model.class_names} differ from the training data's {train.class_names}")
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
+    if isinstance(lr, bool) or not (isinstance(lr, numbers.Real) and 0 < lr < math.inf):  # NaN trained to NaN weights
+        raise ValueError(f"lr must be a positive number, got {lr!r}")
     if (target is None) != (domain_head is None):
         raise ValueError("give both target and domain_head (domain adaptation) or neither")
     dev = resolve_device(device)
@@ -227,6 +235,7 @@ def train_classifier(model: CellClassifier, train: CropDataset, val: CropDataset
     History
         one record per epoch (see :func:`fit`).
     """
+    _check_batch_size(batch_size)
     per_epoch = max(1, math.ceil(len(_check_crops(train, "train")) / batch_size))
     total = int(steps) if steps is not None else int(epochs) * per_epoch
     return fit(model, train, steps=total, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
@@ -301,6 +310,7 @@ def train_dann(model: DANN, source: CropDataset, target_unlabelled: CropDataset,
         raise TypeError(f"model must be a DANN (wrap the classifier: DANN(classifier)), got {type(model).__name__}")
     if source.class_names != model.class_names:
         raise ValueError(f"model classes {model.class_names} differ from the source's {source.class_names}")
+    _check_batch_size(batch_size)
     per_epoch = max(1, math.ceil(len(source) / batch_size))
     total = int(steps) if steps is not None else int(epochs) * per_epoch
     hist = fit(model.classifier, source, steps=total, batch_size=batch_size, lr=lr, weight_decay=weight_decay,

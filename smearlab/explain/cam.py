@@ -178,21 +178,36 @@ def _as_batch(images) -> torch.Tensor:
         t = t.float() / 255.0 if a.dtype == np.uint8 else t.float()
     if t.ndim != 4 or t.shape[1] != 3:
         raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(t.shape)}")
+    if t.numel() and not (-1e-3 <= float(t.min()) and float(t.max()) <= 1 + 1e-3):  # NaN fails too
+        raise ValueError(f"float images must hold values in [0, 1], got [{float(t.min()):.3g}, {float(t.max()):.3g}] "
+                         "(uint8 images are read as 0..255)")
     # contiguous NCHW: the backward pass of a CPU convolution on a channels-last view of an
     # HWC array crashes (segfault) in this torch build
     return t.float().contiguous()
 
 
-def _targets(target, n: int):
-    """pytorch-grad-cam targets for ``n`` images (None: the library takes each predicted class)."""
+def _targets(target, n: int, num_classes: int | None = None):
+    """pytorch-grad-cam targets for ``n`` images (None: the library takes each predicted class);
+    class indices are checked against ``num_classes`` (a negative index would explain a class
+    counted from the end, and be recorded as a custom target)."""
     if target is None:
         return None
-    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
-        return [ClassifierOutputTarget(int(target))] * n
+
+    def one(t):
+        if callable(t):
+            return t
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+            raise ValueError(f"a target must be a class index (an int) or a callable, got {t!r}")
+        if t < 0 or (num_classes is not None and t >= num_classes):
+            raise ValueError(f"target class {int(t)} is not one of the model's {num_classes} classes 0..{num_classes - 1}"
+                             if num_classes else f"target class {int(t)} must be >= 0")
+        return ClassifierOutputTarget(int(t))
+    if not isinstance(target, (list, tuple, np.ndarray)):
+        return [one(target)] * n
     target = list(target)
     if len(target) != n:
         raise ValueError(f"target has {len(target)} entries for {n} images")
-    return [t if callable(t) else ClassifierOutputTarget(int(t)) for t in target]
+    return [one(t) for t in target]
 
 
 def _device(model: nn.Module, device) -> torch.device:
@@ -233,6 +248,8 @@ def layer_cams(model: nn.Module, images, layers: "str | Sequence[str]" = DEFAULT
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     x = _as_batch(images)
+    if not len(x):
+        raise ValueError("no images to explain")
     if isinstance(target, (list, tuple, np.ndarray)) and len(target) != len(x):
         raise ValueError(f"target has {len(target)} entries for {len(x)} images")
     dev = _device(model, device)
@@ -243,7 +260,7 @@ def layer_cams(model: nn.Module, images, layers: "str | Sequence[str]" = DEFAULT
         for b in range(0, len(x), batch_size):
             xb = x[b:b + batch_size].to(dev)
             tb = target[b:b + batch_size] if isinstance(target, (list, tuple, np.ndarray)) else target
-            maps = cam(xb, _targets(tb, len(xb)))
+            maps = cam(xb, _targets(tb, len(xb), len(getattr(model, "class_names", None) or []) or None))
             chunks.append(np.asarray(maps, np.float32).reshape(len(xb), len(layers), *x.shape[-2:]))
     finally:
         cam.activations_and_grads.release()
@@ -422,6 +439,8 @@ def cam_masks(model: nn.Module, images, *, layers: "str | Sequence[str]" = DEFAU
     """
     imgs = [np.asarray(getattr(x, "image", x)) for x in (images if not isinstance(images, np.ndarray)
                                                           or images.ndim == 4 else [images])]
+    if not imgs:
+        raise ValueError("no images to explain")
     for i, im in enumerate(imgs):
         check_image(im, f"image {i}")
     if size == "model":
