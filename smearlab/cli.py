@@ -103,13 +103,13 @@ def _sweep(args) -> int:
 
 
 def _data(args) -> int:
-    from .data import FORMATS, load
+    from .data import FORMATS, open_dataset
     from .data.stats import summary
 
     if args.format is not None and args.format not in FORMATS:
         return _error(f"--format {args.format}: unknown format; known formats: {', '.join(FORMATS)}")
     try:
-        ds = load(args.path, format=args.format, split=args.split)
+        ds = open_dataset(args.path, format=args.format, split=args.split)  # archives too (extracted once)
     except ValueError as e:  # DataError: the file and the problem
         return _error(e)
     except OSError as e:  # an unreadable folder or file

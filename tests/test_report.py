@@ -73,6 +73,22 @@ def test_rerun_only_failed_keeps_other_entries(nbdir, tmp_path):
     assert index["notebooks"]["02_bad"]["metrics"] == {"fixed": 1}
 
 
+def test_a_rerun_that_dies_leaves_no_earlier_result_as_its_own(nbdir, tmp_path, monkeypatch):
+    """A job killed while re-running a notebook (out of memory, a scheduler's time limit) left the
+    notebook's earlier entry in index.json, which a sweep then counted as this run's result."""
+    from smearlab.report import runner
+    out = tmp_path / "run"
+    run_report("quick", out=out, notebook_dir=nbdir, notebooks=["01", "03"], html_export=False)
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(runner, "run_notebook", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_report("quick", out=out, notebook_dir=nbdir, notebooks=["01"], html_export=False)
+    index = json.loads((out / "index.json").read_text())
+    assert set(index["notebooks"]) == {"03_after"}  # 01's earlier result is gone, 03's kept
+
+
 def test_unreadable_notebook_is_a_failure_not_a_crash(tmp_path):
     d = tmp_path / "nbs"
     d.mkdir()

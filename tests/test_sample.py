@@ -157,6 +157,8 @@ def test_open_dataset_extracts_archives_once(tmp_path, monkeypatch):
         tf.add(tmp_path / "voc", arcname="voc")
     ds = open_dataset(archive)  # extracted, then the single top folder "voc" is loaded
     assert len(ds) == 3 and ds.format == "voc"
+    from smearlab import cli
+    assert cli.main(["data", str(archive)]) == 0  # the command opens archives too (it refused them)
     folder = extract(archive)
     assert folder.parent == tmp_path / "cache" / "extracted" and (folder / "voc" / "Annotations").is_dir()
     assert extract(archive) == folder  # cached
@@ -176,3 +178,16 @@ def test_open_dataset_extracts_archives_once(tmp_path, monkeypatch):
     broken.write_bytes(b"not an archive")
     with pytest.raises(DataError, match="broken.tar.xz"):
         open_dataset(broken)
+
+
+def test_only_the_exact_synthetic_names_make_synthetic_data(tmp_path, monkeypatch):
+    """A folder named like 'synthetic_cells' or 'synthetic-A' was generated data (or a bare
+    IndexError), not the folder."""
+    from smearlab.data import open_dataset, save
+    monkeypatch.chdir(tmp_path)
+    save(toy_dataset(2), tmp_path / "synthetic_cells", "voc")
+    ds = open_dataset("synthetic_cells")
+    assert ds.format == "voc" and len(ds) == 2
+    assert open_dataset("synthetic-A").name == "synthetic-A"
+    with pytest.raises(DataError, match="synthetic-cells: path does not exist"):
+        open_dataset("synthetic-cells")

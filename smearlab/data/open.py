@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import shutil
 import tarfile
@@ -13,6 +14,8 @@ from ..core.errors import DataError
 from . import synthetic
 from .formats import load
 from .sample import SmearDataset
+
+log = logging.getLogger("smearlab.data")
 
 #: Images per staining domain of the synthetic default.
 SYNTHETIC_SIZES = {True: 24, False: 200}
@@ -36,7 +39,10 @@ def open_dataset(spec: str | Path = "synthetic", *, quick: bool = True, seed: in
     """
 
     spec = str(spec)
-    if spec.startswith("synthetic"):
+    keywords = ["synthetic", *(f"synthetic-{k}" for k in synthetic.STAINS)]
+    if spec in keywords:  # exactly: a folder named "synthetic_cells" is a folder
+        if Path(spec).exists():
+            log.warning("%r names the synthetic generator; to load the folder of that name, give ./%s", spec, spec)
         n = options.pop("n", SYNTHETIC_SIZES[bool(quick)])
         stains = ["A", "B"] if spec == "synthetic" else [spec.split("-", 1)[1]]
         parts = [synthetic.make_dataset(n, seed=seed + i, stain=st, **options) for i, st in enumerate(stains)]

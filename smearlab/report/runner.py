@@ -240,6 +240,14 @@ def run_report(profile: str = "quick", *, data_root: str | Path | None = None, d
     index_path = out_dir / "index.json"
     results = _previous_results(index_path)
     make_out_dir(out_dir)
+    rerun = [nb.stem for nb in chosen if nb.stem in results]
+    if rerun:  # a run that dies must not leave the earlier results of these notebooks standing as its own
+        earlier = json.loads(index_path.read_text(encoding="utf-8"))
+        for name in rerun:
+            results.pop(name)
+            earlier["notebooks"].pop(name, None)
+        earlier["failed"] = [k for k in earlier.get("failed", []) if k not in rerun]
+        write_json(index_path, earlier)
     t0 = time.perf_counter()
     with started_with(threads) as environment:  # the one place notebook kernels are started
         for nb in _progress(chosen):
