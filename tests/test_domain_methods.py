@@ -245,6 +245,8 @@ def test_classifier_inputs_it_would_misread_are_refused():
         predict_classes(model, crops.images.float(), device="cpu")
     with pytest.raises(ValueError, match="DANN wrapper"):
         predict_classes(DANN(model), crops, device="cpu")
+    with pytest.raises(ValueError, match="crops of 16 px for a classifier trained on 32 px crops"):
+        predict_classes(build_classifier(["c0", "c1"], width=4, input_size=32), crops, device="cpu")
     with pytest.raises(ValueError, match="batch_size"):
         train_classifier(model, crops, steps=1, batch_size=0, device="cpu")
     with pytest.raises(ValueError, match="lr must be a positive number"):

@@ -21,7 +21,8 @@ from ..core.model_folder import read_config_json
 from ..data.sample import Sample
 from ..detection.models import load_model as load_detector
 from .crops import CropDataset
-from .model import CellClassifier, load_classifier, save_classifier
+from .features import FeatureClassifier
+from .model import DANN, CellClassifier, load_classifier, save_classifier
 
 log = logging.getLogger('smearlab.classification.predict')
 
@@ -92,8 +93,14 @@ def predict_classes(model: nn.Module, data, device="auto", batch_size: int = 256
         one dict per crop (``label``, ``class``, ``score``, ``probs``); ``.labels`` ``(N,)``
         int64 and ``.probs`` ``(N, K)`` float32 as arrays.
     """
+    if isinstance(model, DANN):
+        raise ValueError("a DANN wrapper returns class and domain outputs: predict with its .classifier")
     dev = resolve_device(device)
-    x = _as_batch_source(data, int(getattr(model, "input_size", 64) or 64))
+    size = int(getattr(model, "input_size", 64) or 64)
+    x = _as_batch_source(data, size)
+    if len(x) and x.shape[-1] != size and not isinstance(model, FeatureClassifier):  # features rescale themselves
+        raise ValueError(f"crops of {x.shape[-1]} px for a classifier trained on {size} px crops: the cells would "
+                         f"be seen at another size; cut the crops at {size} px (crops_from_dataset(..., {size}))")
     was_training = model.training
     model.to(dev).eval()
     out = []
