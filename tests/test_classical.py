@@ -374,3 +374,11 @@ def test_suggest_params_from_training_objects():
     assert r["count_error"] <= 0.1                           # the suggested sigmas find the cells
     with pytest.raises(ValueError, match="no objects"):
         C.suggest_params(SmearDataset([Sample("e", _image=cells[0].image)], ["cell"]))
+
+
+def test_failure_gallery_shows_the_image_with_most_failures_of_each_kind(monkeypatch):
+    from smearlab.experiments import classical as X
+    fails = [{"kind": "missed", "image": 0}] + [{"kind": "spurious", "image": 0}] * 6 + [{"kind": "missed", "image": 1}] * 3
+    monkeypatch.setattr(X, "failure_cases", lambda test, preds: fails)
+    _, counts, shown = X.failure_kinds(None, None)
+    assert counts == {"missed": 4, "spurious": 6} and shown == {"missed": 1, "spurious": 0}

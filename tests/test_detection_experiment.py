@@ -75,3 +75,19 @@ def test_preprocess_and_thresholds_travel_with_the_model(small, tmp_path, monkey
         for c, name in enumerate(small.class_names):
             assert np.all(f["scores"][f["labels"] == c] >= model.thresholds["score"][name])
     assert run.metrics["epochs"] == 1
+
+
+def test_the_best_run_is_chosen_on_validation_not_test():
+    """Notebook 03 picked its best detector by test mAP and reported that run's test mAP."""
+    import warnings
+    from types import SimpleNamespace
+
+    from smearlab.experiments.detection import best_run
+    runs = [SimpleNamespace(name="a", metrics={"val_mAP": 0.40, "mAP": 0.50}),
+            SimpleNamespace(name="b", metrics={"val_mAP": 0.45, "mAP": 0.42})]
+    assert best_run(runs).name == "b"
+    no_val = [SimpleNamespace(name=r.name, metrics={"val_mAP": None, "mAP": r.metrics["mAP"]}) for r in runs]
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert best_run(no_val).name == "a"
+    assert any("optimistic" in str(w.message) for w in caught)

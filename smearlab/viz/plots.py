@@ -333,7 +333,7 @@ def draw_failures(sample: Sample, prediction: dict, class_names: Sequence[str], 
     return ax
 
 
-def plot_pr_curves(curves: dict, ax=None, title: str = "precision-recall"):
+def plot_pr_curves(curves: dict, ax=None, title: str = "precision-recall", class_names=None):
     """One line per class of :func:`pr_curves`, AP in the legend.
 
     Parameters
@@ -341,9 +341,15 @@ def plot_pr_curves(curves: dict, ax=None, title: str = "precision-recall"):
     curves : ``{class: (recall, precision)}`` from :func:`~smearlab.metrics.detection.pr_curves`.
     ax : matplotlib axes to draw on (default: the current axes).
     title : axes title.
+    class_names : the dataset's classes, in label order: each line takes its class's colour, as
+        the images do, also when a class without ground truth has no curve (None: the curves'
+        own order, the colours shifting past a missing class).
     """
     ax = ax or plt.gca()
-    for (name, (rc, pr)), col in zip(curves.items(), class_colors(max(len(curves), 1))):
+    names = list(class_names) if class_names is not None else list(curves)
+    palette = class_colors(max(len(names), 1))
+    for name, (rc, pr) in curves.items():
+        col = palette[names.index(name)] if name in names else "grey"
         ax.plot(rc, pr, color=col, label=f"{name} (AP {pr.mean():.3f})")
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
