@@ -113,8 +113,9 @@ def collect_images(inputs: Sequence[str | Path], *, pattern: str = "**/*",
         if p.is_file():
             found.append((p, p.name))
         elif p.is_dir():
+            inside = skip is not None and skip != p.resolve() and skip.is_relative_to(p.resolve())  # --out below p
             files = sorted(f for f in p.glob(pattern) if f.is_file() and is_image_file(f)
-                           and not (skip is not None and f.resolve().is_relative_to(skip)))
+                           and not (inside and f.resolve().is_relative_to(skip)))
             if not files:
                 raise DataError(p, f"no image files match {pattern!r}")
             found += [(f, f.relative_to(p).as_posix()) for f in files]
@@ -134,11 +135,15 @@ def collect_images(inputs: Sequence[str | Path], *, pattern: str = "**/*",
     return [ImageInput(path, name, stem) for (path, name), stem in zip(unique, stems)]
 
 
-def _model_id(folder: Path) -> str:
+def _model_id(folder: Path, out: Path | None = None) -> str:
     """A fingerprint of the model folder, stored in ``run.json``: every ``.json`` and ``.pt`` file
-    in it (config, weights, thresholds, preprocessing; a cascade's two models too)."""
+    in it (config, weights, thresholds, preprocessing; a cascade's two models too), those of an
+    output folder ``out`` inside it left out."""
     h = hashlib.sha256()
+    skip = out.resolve() if out is not None else None
     for f in sorted(folder.rglob("*")):
+        if skip is not None and f.resolve().is_relative_to(skip):
+            continue
         if f.is_file() and f.suffix in (".json", ".pt"):
             h.update(f.relative_to(folder).as_posix().encode())
             h.update(_file_digest(f).encode())
@@ -181,8 +186,9 @@ def _check_run(out: Path, run: dict) -> None:
     diff = [k for k, absent in keys.items() if old.get(k, absent) != run.get(k, absent)]
     if diff:
         changes = ", ".join(f"{k} {old.get(k)!r} -> {run.get(k)!r}" for k in diff)
-        raise DataError(out, f"holds the results of another run ({changes}); use another --out, or remove "
-                             "the folder to start again")
+        raise DataError(out, f"holds the results of another run ({changes}; a folder written before 2026-12-06 "
+                             "fingerprints the model differently); use another --out, or remove the folder to "
+                             "start again")
 
 
 def _json_path(out: Path, stem: str) -> Path:
@@ -505,7 +511,7 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
                               progress=False, tta=tta)
 
     post = None if cascade is None else (lambda img, rec: _classify_white_cells(cascade, img, rec, device))
-    run = {"model": str(folder.resolve()), "model_id": _model_id(folder), "classes": class_names,
+    run = {"model": str(folder.resolve()), "model_id": _model_id(folder, Path(out)), "classes": class_names,
            "scale": scale, "tile": tile, "score": score, "tta": bool(tta), "thresholds": threshold_source,
            "dataset": str(dataset) if dataset is not None else None}
     summary = _run_images(Path(out), run, items, truth, predict_fn, batch_size=batch_size, post=post,
@@ -538,7 +544,7 @@ def _predict_instances(folder: Path, items: list, out: Path, *, truth, dataset, 
             preds = [semantic_to_instances(m) for m in predict_semantic(model, images, device=device)]
         return [{k: v[p["scores"] >= floor] for k, v in p.items()} for p in preds]
 
-    run = {"model": str(folder.resolve()), "model_id": _model_id(folder), "classes": ["object"], "scale": None,
+    run = {"model": str(folder.resolve()), "model_id": _model_id(folder, Path(out)), "classes": ["object"], "scale": None,
            "tile": side, "score": score, "thresholds": "score" if score is not None else "thresholds.json",
            "dataset": str(dataset) if dataset is not None else None}
     summary = _run_images(out, run, items, truth, predict_fn, batch_size=1, overlays=overlays, progress=progress)
@@ -563,16 +569,22 @@ def _run_images(out: Path, run: dict, items: list, truth, predict_fn, *, batch_s
     failed: list[dict] = []
     todo: list[ImageInput] = []
     digests = {im.name: _image_digest(im) for im in items}
-    changed = 0
+    changed = unmarked = 0
     for im in items:
         rec = _done(out, im.stem)
         if rec is not None and rec.get("image") == im.name and rec.get("image_digest") == digests[im.name]:
             records[im.name] = rec
         else:
-            changed += rec is not None
+            if rec is not None and "image_digest" not in rec:
+                unmarked += 1
+            else:
+                changed += rec is not None
             todo.append(im)
     if changed:
         log.warning("%s: %d images changed since their results were written: predicted again", out, changed)
+    if unmarked:
+        log.warning("%s: %d results were written without the image's digest (before 2026-12-06): predicted again",
+                    out, unmarked)
     resumed = len(records)
     redraw = [im for im in items if overlays and im.name in records
               and not (out / "overlays" / f"{im.stem}.png").is_file()]

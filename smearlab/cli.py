@@ -109,7 +109,8 @@ def _data(args) -> int:
     if args.format is not None and args.format not in FORMATS:
         return _error(f"--format {args.format}: unknown format; known formats: {', '.join(FORMATS)}")
     try:
-        ds = open_dataset(args.path, format=args.format, split=args.split)  # archives too (extracted once)
+        options = {"split": args.split} if args.split is not None else {}
+        ds = open_dataset(args.path, format=args.format, **options)  # archives too (extracted once), synthetic
     except ValueError as e:  # DataError: the file and the problem
         return _error(e)
     except OSError as e:  # an unreadable folder or file

@@ -150,6 +150,7 @@ def test_a_rerun_never_mixes_results_silently(trained, tmp_path):
     out = images / "pred"  # inside the input folder
     first = batch.predict(trained["model"], [images], out, score=0.3, progress=False)
     assert first["predicted"] == 4
+    assert len(batch.collect_images([images], exclude=images)) == 4  # --out the input folder itself: all kept
     again = batch.predict(trained["model"], [images], out, score=0.3, overlays=True, progress=False)
     assert again["images"] == 4 and again["resumed"] == 4  # the output folder is not input
     assert len(list((out / "overlays").rglob("*.png"))) == 4  # drawn for the resumed images

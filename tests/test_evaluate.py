@@ -180,7 +180,11 @@ def test_dsb_score_label_images_and_ambiguous_arrays():
     assert dsb_score([label], [label], kind="masks") == 1.0
     assert dsb_score([stack], [label]) == 1.0  # the truth's masks say how to read the prediction
     assert dsb_score([stack], [{"masks": label}], kind="masks") == 1.0
-    assert dsb_score([label], [(label > 0).astype(np.int32)], kind="masks") == 0.0  # the two merged
+    merged = (label > 0).astype(np.int32)
+    merged[6:10, 6:10] = 1  # a bridge: one object over both nuclei
+    assert dsb_score([label], [merged], kind="masks") == 0.0  # the two merged
+    with pytest.raises(ValueError, match="several separate regions"):  # a 0/1 binary mask, not one object
+        dsb_score([label], [(label > 0).astype(np.uint8)], kind="masks")
     assert dsb_score([stack], [stack[:, None]]) == 1.0  # (N, 1, H, W), as Mask R-CNN returns them
     with pytest.raises(ValueError, match="neither"):
         dsb_score([label], [label])

@@ -191,3 +191,28 @@ def test_only_the_exact_synthetic_names_make_synthetic_data(tmp_path, monkeypatc
     assert open_dataset("synthetic-A").name == "synthetic-A"
     with pytest.raises(DataError, match="synthetic-cells: path does not exist"):
         open_dataset("synthetic-cells")
+
+
+def test_review_edges_of_the_readers_and_names(tmp_path, monkeypatch, capsys):
+    """A 16-bit colour TIFF tifffile cannot decode (LZW without imagecodecs) falls back to PIL's
+    8 bits with a warning; a float image in 0..1 with a little overshoot stays 0..1; the synthetic
+    names in `smearlab data`."""
+    import tifffile
+
+    from smearlab import cli
+    data = np.full((4, 5, 3), 4095, np.uint16)
+    tifffile.imwrite(tmp_path / "c.tif", data, photometric="rgb")
+
+    def cannot(*a, **kw):
+        raise ValueError("<COMPRESSION.LZW: 5> requires the 'imagecodecs' package")
+    monkeypatch.setattr(tifffile, "imread", cannot)
+    with pytest.warns(UserWarning) as caught:
+        img, depth = read_image(tmp_path / "c.tif")
+    said = " ".join(str(w.message) for w in caught)
+    assert "tifffile cannot decode" in said and "low 12 bits" in said  # and the 12-bit data lose precision
+    assert depth == 16 and img.min() >= 230
+    over = np.array([[0.5, 1.0001]])
+    assert to_rgb8(over)[0][0, :, 0].tolist() == [128, 255]
+    assert cli.main(["data", "synthetic"]) == 0
+    assert '"format": "synthetic"' in capsys.readouterr().out
+    assert cli.main(["data", "synthetic", "--split", "train"]) == 2

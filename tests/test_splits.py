@@ -118,3 +118,12 @@ def test_crops_of_one_image_stay_on_one_side():
     from smearlab.data.splits import stratified_split
     tr, te = stratified_split(labels, 0.5, 0)
     assert single.split(0.5, 0)[1].ids == [f"c{i}" for i in te]  # one crop per image: the split of before
+
+
+def test_crop_ids_with_a_hash_in_the_image_name():
+    from smearlab.classification.crops import CropDataset
+    labels = np.array([0, 1] * 10)
+    crops = CropDataset(np.zeros((20, 8, 8, 3), np.uint8), labels, ["a", "b"],
+                        ids=[f"batch#2/img{i}.jpg" for i in range(20)])  # one crop per image
+    train, test = crops.split(0.5, seed=0)
+    assert len(train) == len(test) == 10

@@ -170,13 +170,14 @@ class CropDataset(torch.utils.data.Dataset):
         test : fraction of each class for the test part, in (0, 1).
         seed : seed of the shuffle.
         """
-        images = [i.split("#", 1)[0] for i in self.ids]
+        images = [_image_of_crop(i) for i in self.ids]
         if len(set(images)) == len(images):  # one crop per image (single-cell datasets)
             tr, te = stratified_split(self.labels, test, seed)
         else:
             names, group = np.unique(images, return_inverse=True)
-            majority = [np.bincount(self.labels[group == g] + 1).argmax() - 1 for g in range(len(names))]
-            gtr, gte = stratified_split(np.asarray(majority), test, seed)
+            counts = np.zeros((len(names), int(self.labels.max(initial=-1)) + 2), np.int64)
+            np.add.at(counts, (group, self.labels + 1), 1)  # per image, its crops per class (-1: unlabelled)
+            gtr, gte = stratified_split(counts.argmax(1) - 1, test, seed)
             tr, te = np.flatnonzero(np.isin(group, gtr)), np.flatnonzero(np.isin(group, gte))
         return self.subset(tr, f"{self.name}:train"), self.subset(te, f"{self.name}:test")
 
@@ -201,6 +202,13 @@ class CropDataset(torch.utils.data.Dataset):
             a.set_title(f"{lab}\n{self.domains[i]}", fontsize=8)
             a.axis("off")
         return ax
+
+
+def _image_of_crop(crop_id: str) -> str:
+    """The image a crop was cut from: ``<image id>`` of a box crop's ``<image id>#<k>`` (an image id
+    may hold a ``#`` itself); any other id is its own image."""
+    head, sep, tail = crop_id.rpartition("#")
+    return head if sep and tail.isdigit() else crop_id
 
 
 def _image_of(sample: Sample) -> np.ndarray:

@@ -98,7 +98,8 @@ def predict_classes(model: nn.Module, data, device="auto", batch_size: int = 256
     dev = resolve_device(device)
     size = int(getattr(model, "input_size", 64) or 64)
     x = _as_batch_source(data, size)
-    if len(x) and x.shape[-1] != size and not isinstance(model, FeatureClassifier):  # features rescale themselves
+    trained = getattr(model, "input_size", None)
+    if trained and len(x) and x.shape[-1] != size and not isinstance(model, FeatureClassifier):  # features rescale
         raise ValueError(f"crops of {x.shape[-1]} px for a classifier trained on {size} px crops: the cells would "
                          f"be seen at another size; cut the crops at {size} px (crops_from_dataset(..., {size}))")
     was_training = model.training

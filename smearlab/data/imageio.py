@@ -160,20 +160,25 @@ def _read_sixteen_bit_colour(im: Image.Image, path: Path, orientation: str) -> n
     with a warning when the data used only the low bits (12-bit cameras), whose precision is
     lost."""
     code = _exif_orientation(im) if orientation == "exif" else 1
+    arr = None
     if im.format == "TIFF":
         import tifffile
 
-        arr = np.asarray(tifffile.imread(path, key=0))
-        if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.dtype != np.uint16:
+        try:
+            arr = np.asarray(tifffile.imread(path, key=0))
+        except Exception as e:  # noqa: BLE001 - e.g. LZW without the imagecodecs package: PIL's 8 bits below
+            warnings.warn(f"{path}: tifffile cannot decode this 16-bit colour TIFF ({e}); read at 8 bits by PIL "
+                          "(install imagecodecs to keep its precision)", stacklevel=3)
+        if arr is not None and (arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.dtype != np.uint16):
             raise DataError(path, f"a 16-bit colour TIFF read as {arr.dtype} {arr.shape}; expected (H, W, 3 or 4) "
                                   "uint16")
-    else:
+    if arr is None:
         im.load()
         arr = np.array(im).astype(np.uint16) * 257
         if int(arr.max()) <= 15 * 257:
-            warnings.warn(f"{path}: a 16-bit colour PNG whose values use only the low 12 bits; PIL reads the high "
-                          "byte alone, so only 16 grey levels per channel remain: save it as a 16-bit TIFF to keep "
-                          "its precision", stacklevel=3)
+            warnings.warn(f"{path}: a 16-bit colour {im.format or 'image'} whose values use only the low 12 bits; "
+                          "PIL reads the high byte alone, so only 16 grey levels per channel remain: save it as an "
+                          "uncompressed 16-bit TIFF to keep its precision", stacklevel=3)
     flip, turns = _EXIF_UNDO.get(code, (False, 0))
     if flip:
         arr = arr[:, ::-1]
@@ -214,7 +219,7 @@ def to_rgb8(arr: np.ndarray, where="image") -> tuple[np.ndarray, int]:
 
     Integer images wider than 8 bits are scaled linearly from the smallest usual sensor range
     that holds their values (10, 12, 14 or 16 bits, so 12-bit microscopy stays bright); float
-    images from 0..1 when their values lie there, otherwise from the smallest of those ranges
+    images from 0..1 when their values lie there (up to 1.5, clipped), otherwise from the smallest of those ranges
     (8 bits first) that holds them. Negative values and NaN become 0. Returns the RGB image and
     the original bit depth.
 
@@ -252,9 +257,10 @@ def to_rgb8(arr: np.ndarray, where="image") -> tuple[np.ndarray, int]:
         depth = 32
         a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
         hi = float(a.max())
-        # 0..1 data as it is; larger values from the integer range that holds them (0..255 for
-        # an 8-bit image stored as floats), so a float image is never clipped to white
-        full = 1.0 if hi <= 1.0 else next(2.0 ** b - 1 for b in (8, 10, 12, 14, 16, 32, 64) if hi <= 2.0 ** b - 1)
+        # 0..1 data as it is (a little overshoot from rounding or sharpening clipped); larger
+        # values from the integer range that holds them (0..255 for an 8-bit image stored as
+        # floats), so a float image is never clipped to white
+        full = 1.0 if hi <= 1.5 else next((2.0 ** b - 1 for b in (8, 10, 12, 14, 16, 32, 64) if hi <= 2.0 ** b - 1), hi)
         a = (np.clip(a, 0, full) * (255.0 / full) + 0.5).astype(np.uint8)
     else:
         raise DataError(where, f"unsupported image dtype {a.dtype}")

@@ -80,6 +80,9 @@ def _mask_stack(arr: np.ndarray) -> np.ndarray:
         raise ValueError("a label image holds negative ids: 0 is the background, each object one positive id")
     ids = np.unique(arr)
     ids = ids[ids != 0]
+    if len(ids) == 1 and ndi.label(arr == ids[0])[1] > 1:  # 0/1 or 0/255: a binary mask read as an integer array
+        raise ValueError(f"a label image whose one id {int(ids[0])} covers several separate regions: a binary mask "
+                         "(0/1 or 0/255)? Label its objects first (scipy.ndimage.label) or give an (N, H, W) stack")
     return arr[None] == ids[:, None, None]
 
 
@@ -120,7 +123,8 @@ def dsb_score(gt_instances, pred_instances, *, kind: str = "auto",
         other 2-D arrays are refused as ambiguous; Samples and dicts use boxes under "auto": pass
         ``kind="masks"`` to score a Mask R-CNN's or a classical segmenter's masks against a
         dataset's instance masks). A 2-D binary mask is refused: it does not say which pixels
-        make which object.
+        make which object (bool or float; an integer one when its single value covers separate
+        regions).
     thresholds : the IoU thresholds t (default 0.5, 0.55, .., 0.95: :data:`DSB_THRESHOLDS`).
     per_image : also return the list of per-image scores (None for skipped images).
     """
