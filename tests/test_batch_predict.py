@@ -303,6 +303,14 @@ def test_readme_command_with_relative_paths(trained, tmp_path, monkeypatch):
     assert main(["predict", "runs/cbc/final", "smears/", "--out", "counts/", "--no-progress"]) == 0
     assert len(read_counts(tmp_path / "counts" / "counts.csv")) == 4
     assert (tmp_path / "counts" / "json" / "sub" / "smear_2.json").is_file()
+    # the same command again resumes every image (relative paths in the run check and the digests)
+    assert main(["predict", "runs/cbc/final", "smears/", "--out", "counts/", "--no-progress"]) == 0
+    assert json.loads((tmp_path / "counts" / "summary.json").read_text())["resumed"] == 4
+    # inside the image folder with the default --out (predictions/, below the input): twice, same 4 images
+    monkeypatch.chdir(tmp_path / "smears")
+    for _ in range(2):
+        assert main(["predict", "../runs/cbc/final", ".", "--overlays", "--no-progress"]) == 0
+        assert len(read_counts(tmp_path / "smears" / "predictions" / "counts.csv")) == 4
 
 
 def test_large_fields_are_tiled_automatically_from_the_training_size(trained, tmp_path):

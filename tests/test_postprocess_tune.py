@@ -165,6 +165,9 @@ def test_threshold_tuner_with_the_model_classes_in_another_order_and_spelling(tu
     assert tuner.metrics["per_class"] == plain.metrics["per_class"]  # the same model, however it names them
     assert tuner.image.value == plain.image.value  # drawn alike: each box in its class's colour
     assert tuner.thresholds().score == pytest.approx(tuned.score)
+    assert ThresholdTuner(ds, model_raw).thresholds().score == {"Platelet": 0.5, "WBC": 0.5, "RBC": 0.5}
+    with pytest.raises(ValueError, match=r"initial thresholds name \['Platelets'\]"):  # the dataset's spelling
+        ThresholdTuner(ds, model_raw, initial=Thresholds({"Platelets": 0.3}))
     with pytest.raises(ValueError, match=r"images_for_overlay \[99\]"):
         ThresholdTuner(ds, raw, images_for_overlay=[0, 99])
 

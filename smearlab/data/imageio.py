@@ -210,8 +210,12 @@ def full_scale(image: np.ndarray) -> float:
         return 255.0
     if not np.issubdtype(a.dtype, np.integer):
         return 1.0
-    hi = max(int(a.max()), 1) if a.size else 1
-    return float(next((2 ** b - 1 for b in (8, 10, 12, 14, 16, 32) if hi <= 2 ** b - 1), 2 ** 63 - 1))
+    return _sensor_range(max(int(a.max()), 1) if a.size else 1)
+
+
+def _sensor_range(hi: float) -> float:
+    """The smallest usual sensor range (8, 10, 12, 14, 16, 32 or 64 bits) that holds ``hi``."""
+    return float(next((2.0 ** b - 1 for b in (8, 10, 12, 14, 16, 32, 64) if hi <= 2.0 ** b - 1), hi))
 
 
 def to_rgb8(arr: np.ndarray, where="image") -> tuple[np.ndarray, int]:
@@ -260,7 +264,7 @@ def to_rgb8(arr: np.ndarray, where="image") -> tuple[np.ndarray, int]:
         # 0..1 data as it is (a little overshoot from rounding or sharpening clipped); larger
         # values from the integer range that holds them (0..255 for an 8-bit image stored as
         # floats), so a float image is never clipped to white
-        full = 1.0 if hi <= 1.5 else next((2.0 ** b - 1 for b in (8, 10, 12, 14, 16, 32, 64) if hi <= 2.0 ** b - 1), hi)
+        full = 1.0 if hi <= 1.5 else _sensor_range(hi)
         a = (np.clip(a, 0, full) * (255.0 / full) + 0.5).astype(np.uint8)
     else:
         raise DataError(where, f"unsupported image dtype {a.dtype}")

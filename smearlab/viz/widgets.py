@@ -373,7 +373,11 @@ class ThresholdTuner:
         self.evaluator = FastEvaluator(dataset)
         self.prepared = self.evaluator.prepare(raw)
         self.selector = Selector(raw)
-        init = initial or Thresholds({n: DEFAULT_SCORE for n in self.class_names})
+        init = initial or Thresholds({m: DEFAULT_SCORE for m in model_name.values()})
+        unknown = sorted(set(init.score) - set(model_name.values()))
+        if unknown:  # a slider would start at the default without a word
+            raise ValueError(f"initial thresholds name {unknown}, not classes of the model {list(raw.class_names)} "
+                             "(thresholds apply to the model's output, as auto_tune keys them)")
         style = {"description_width": "initial"}
         self.sliders = {m: W.FloatSlider(value=float(init.score.get(m, DEFAULT_SCORE)), min=0.0,
                                          max=1.0, step=0.01, description=m if m == n else f"{m} ({n})",
