@@ -152,3 +152,17 @@ def test_notebook_09_counts_with_notebook_03s_best_model(tmp_path):
     assert earlier_model(run / "09_counting", ["ring", "trophozoite"]) is None       # 03 ran on other data
     (run / "03_detection.metrics.json").write_text(json.dumps({"best": "gone"}))
     assert earlier_model(run / "09_counting") is None
+
+
+def test_notebook_09_scores_before_and_after_on_images_nobody_reviewed(tmp_path):
+    from smearlab.experiments.counting import held_out, images_on_disk
+    from smearlab.export import file_names
+    new = load(images_on_disk(make_dataset(5, seed=3, width=96, height=72), tmp_path / "new"))
+    names = file_names(new)
+    rest = held_out(new, names[1:3])
+    assert file_names(rest) == [names[0], *names[3:]]                  # the reviewed images are left out
+    assert [s.image.sum() for s in rest] == [new[i].image.sum() for i in (0, 3, 4)]
+    with pytest.raises(ValueError, match="none is left"):                 # review everything: nothing to score
+        held_out(new, names)
+    with pytest.raises(ValueError, match="not images of"):
+        held_out(new, ["elsewhere.png"])

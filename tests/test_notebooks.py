@@ -22,7 +22,8 @@ EXPECTED = {
     "07_domain_adaptation": {"dataset", "domains", "seeds", "shared_classes", "directions", "dann_gain",
                              "goal_met"},
     "08_tsne": {"dataset", "separability", "separability_drop", "perplexity"},
-    "09_counting": {"dataset", "images", "counts", "count_error", "reviewed", "before_after"},
+    "09_counting": {"dataset", "counted_split", "images", "counts", "count_error", "reviewed",
+                    "scored_before_after", "before_after"},
 }
 
 
@@ -105,7 +106,8 @@ def test_segmentation_quick_learns_masks_and_measures_noise(quick_run):
 
 def test_counting_quick_counts_reviews_and_retrains(quick_run):
     m = quick_run["notebooks"]["09_counting"]["metrics"]
-    assert m["dataset"] == "synthetic" and m["images"] > 0 and m["reviewed"] == 3
+    assert m["dataset"] == "synthetic" and m["images"] > 0 and m["reviewed"] == 3 and m["counted_split"] == "test"
+    assert m["scored_before_after"] == m["images"] - m["reviewed"]  # scored on the counted images nobody reviewed
     assert sum(m["counts"].values()) > 0 and set(m["count_error"]) == set(m["counts"])
     assert set(m["before_after"]) == {"before", "after"}
     assert all(0 <= v["mAP50"] <= 1 for v in m["before_after"].values())

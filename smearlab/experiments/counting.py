@@ -2,8 +2,10 @@
 ``smearlab predict``, the counts against the truth, and the correct-and-retrain loop.
 
 The splits are notebook 03's (:func:`smearlab.data.splits.detection_splits`): the model is
-trained on ``train``; ``val`` plays next week's images (counted, reviewed, corrected); ``test``
-is never corrected and scores the model before and after it learns from the corrections.
+trained on ``train`` with its score thresholds tuned on ``val``; ``test`` plays next week's
+images, on which nothing was trained or tuned: all of it is counted (an honest count error), the
+first images of the review order are corrected, and the rest (:func:`held_out`, which nobody
+corrected) score the model before and after it learns from the corrections.
 """
 from __future__ import annotations
 
@@ -153,6 +155,31 @@ def count_error_rows(summary: dict) -> list[dict]:
     return [{"class": c, **v} for c, v in (summary.get("count_error") or {}).items()]
 
 
+def held_out(dataset: SmearDataset, reviewed: Sequence[str]) -> SmearDataset:
+    """The images of ``dataset`` nobody reviewed: where the model is scored before and after it
+    learns from the corrections (scoring on a corrected image would reward memorising it).
+
+    Parameters
+    ----------
+    dataset : the counted images (written by :func:`images_on_disk`).
+    reviewed : the reviewed image names, as ``smearlab predict`` records name them.
+
+    Raises
+    ------
+    ValueError
+        when a reviewed name is not an image of ``dataset``, or when every image was reviewed.
+    """
+    names = file_names(dataset)
+    unknown = sorted(set(reviewed) - set(names))
+    if unknown:
+        raise ValueError(f"reviewed images {unknown[:3]} are not images of {dataset.name}")
+    keep = [i for i, n in enumerate(names) if n not in set(reviewed)]
+    if not keep:
+        raise ValueError(f"all {len(names)} counted images were reviewed: none is left to score the "
+                         f"fine-tuned model on; review fewer images")
+    return dataset.subset(keep, name=f"{dataset.name} (not reviewed)")
+
+
 def corrections_from_truth(run_out, dataset_path, images: Sequence[str], path) -> Path:
     """What a reviewer hands back after correcting ``images`` in CVAT: the run's exported COCO
     file (``coco.json``, "COCO 1.0") restricted to those images, its annotations replaced by the
@@ -186,16 +213,20 @@ def corrections_from_truth(run_out, dataset_path, images: Sequence[str], path) -
     return Path(path)
 
 
-def counting_record(dataset, summary: dict, before_after: dict | None, reviewed: int) -> dict:
+def counting_record(dataset, summary: dict, before_after: dict | None, reviewed: int,
+                    scored: int | None = None) -> dict:
     """The headline numbers notebook 09 records.
 
     Parameters
     ----------
     dataset : the notebook's ``dataset`` parameter.
-    summary : the ``smearlab predict`` summary of the new images.
-    before_after : :func:`smearlab.detection.finetune.compare_models` on the held-out test split.
+    summary : the ``smearlab predict`` summary of the new (test) images.
+    before_after : :func:`smearlab.detection.finetune.compare_models` on the images nobody
+        reviewed (:func:`held_out`).
     reviewed : how many images were corrected.
+    scored : how many images ``before_after`` scored.
     """
     from .profiles import dataset_label
-    return {"dataset": dataset_label(dataset), "images": summary["images"], "counts": summary["counts"],
-            "count_error": summary.get("count_error"), "reviewed": reviewed, "before_after": before_after}
+    return {"dataset": dataset_label(dataset), "counted_split": "test", "images": summary["images"],
+            "counts": summary["counts"], "count_error": summary.get("count_error"), "reviewed": reviewed,
+            "scored_before_after": scored, "before_after": before_after}
