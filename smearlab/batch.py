@@ -5,9 +5,11 @@ dataset, and writes into ``out``::
 
     run.json               the model folder and settings of the run (a re-run must match them)
     json/<image>.json      one per image: class, score, box, polygon of every object
-                           (:func:`smearlab.export.image_record`)
+                           (:func:`smearlab.export.image_record`); with ``scale``, the
+                           ``zoom`` the image was predicted at (chosen per image by "auto")
     overlays/<image>.png   the image with its boxes drawn (``overlays=True``)
-    counts.csv             one row per image: the count of each class and the total; with a
+    counts.csv             one row per image: the count of each class and the total (and the
+                           zoom with ``scale``); with a
                            cascade, the count and percentage of each white-cell type
     summary.json           images done, resumed and failed (with the reason), counts per class,
                            each image's output stem (``stems``),
@@ -326,16 +328,21 @@ def _write_summaries(out: Path, names: list[str], records: dict, class_names: Se
     diff = differential(ordered, types) if types else None
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
+    zoomed = any("zoom" in r for r in ordered)  # a --scale run: the factor each image was predicted at
     w.writerow(["image"] + list(class_names) + ["total"]
-               + ([*types, *(f"{t} %" for t in types)] if types else []))
+               + ([*types, *(f"{t} %" for t in types)] if types else []) + (["zoom"] if zoomed else []))
     for k, (r, row) in enumerate(zip(ordered, table)):
         extra = [*diff[k].tolist(), *_percent(diff[k])] if types else []
-        w.writerow([r["image"]] + row.tolist() + [int(row.sum())] + extra)
+        w.writerow([r["image"]] + row.tolist() + [int(row.sum())] + extra
+                   + ([f"{r['zoom']:.3g}" if "zoom" in r else ""] if zoomed else []))
     write_text(out / "counts.csv", buf.getvalue())
     coco, results = coco_from_records(ordered, class_names)
     write_json(out / "coco.json", coco)
     write_json(out / "coco_results.json", results)
     summary["counts"] = {c: int(v) for c, v in zip(class_names, table.sum(0))}
+    if zoomed:
+        z = np.array([r["zoom"] for r in ordered if "zoom" in r])
+        summary["zoom"] = {"min": float(z.min()), "median": float(np.median(z)), "max": float(z.max())}
     if types:
         totals = diff.sum(0)
         summary["differential"] = {t: int(v) for t, v in zip(types, totals)}
@@ -611,9 +618,12 @@ def _run_images(out: Path, run: dict, items: list, truth, predict_fn, *, batch_s
                 failed += [{"image": im.name, "error": f"prediction failed: {e}"} for im in chunk]
                 bar.update(len(chunk))
                 continue
-            for im, img, p in zip(chunk, images, preds):
+            zooms = getattr(preds, "zooms", None) or [None] * len(chunk)
+            for im, img, p, zoom in zip(chunk, images, preds, zooms):
                 rec = image_record(_Shape(img, im), p, class_names, file_name=im.name)
                 rec["image_digest"] = digests[im.name]
+                if zoom is not None:  # the factor --scale applied (chosen per image with 'auto')
+                    rec["zoom"] = float(zoom)
                 if post is not None:
                     post(img, rec)
                 write_json(_json_path(out, im.stem), rec)

@@ -452,3 +452,19 @@ def test_tta_is_recorded_and_must_match_the_tuned_thresholds(trained, tmp_path):
     assert main(["predict", str(folder), str(trained["images"]), "--tta", "--out", str(tmp_path / "o4"),
                  "--no-progress"]) == 0
     assert json.loads((tmp_path / "o4" / "summary.json").read_text())["score_thresholds"] == {c: 0.2 for c in classes}
+
+
+def test_each_image_records_the_zoom_it_was_predicted_at(trained, tmp_path):
+    s = batch.predict(trained["model"], [trained["images"]], tmp_path / "auto", scale="auto", score=0.3,
+                      progress=False)
+    records, _ = batch.read_results(tmp_path / "auto")
+    zooms = [r["zoom"] for r in records]
+    assert len(zooms) == 4 and all(z > 0 for z in zooms)
+    assert all(0.1 <= z <= 10 for z in zooms)
+    rows = {r["image"]: r for r in read_counts(tmp_path / "auto" / "counts.csv")}
+    assert all(float(rows[r["image"]]["zoom"]) == pytest.approx(r["zoom"], rel=1e-2) for r in records)
+    assert s["zoom"]["min"] == min(zooms) and s["zoom"]["max"] == max(zooms)
+    batch.predict(trained["model"], [trained["images"]], tmp_path / "half", scale=0.5, score=0.3, progress=False)
+    assert [r["zoom"] for r in batch.read_results(tmp_path / "half")[0]] == [0.5] * 4  # a given factor as given
+    s = batch.predict(trained["model"], [trained["images"]], tmp_path / "plain", score=0.3, progress=False)
+    assert "zoom" not in s and "zoom" not in read_counts(tmp_path / "plain" / "counts.csv")[0]

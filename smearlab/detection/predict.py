@@ -395,7 +395,9 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
         size matches ``detector_config.object_sizes``; see :mod:`smearlab.detection.scale`;
         images where nothing is found confidently stay as they are).
         A number: resize every image by it on top of the model's own scale (``0.5`` for pixels
-        half as large as in training). Not with ``tile``.
+        half as large as in training). Not with ``tile``. With a scale the returned predictions'
+        ``zooms`` attribute lists the factor each image was predicted at (the one ``"auto"``
+        chose: a factor far from what the images should need is the first thing to check).
     tta : test-time augmentation: predict each image as it is and flipped left-right, upside down
         and both, map the boxes back and fuse the four views by weighted box fusion
         (:func:`~smearlab.detection.postprocess.fuse_boxes`): better-placed boxes for four times the
@@ -485,6 +487,7 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
     step = max(1, batch_size // len(FLIPS)) if tta else batch_size  # images (or tiles) per run()
 
     results: list[dict] = []
+    zooms: list[float] = []  # with scale: the factor each image was predicted at
     try:
         with torch.inference_mode(), _score_floor(model, score_floor):
             if scale is not None:
@@ -502,6 +505,7 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
                         f = choose_factor(probes, hw, cfg)
                     else:
                         f = float(scale)
+                    zooms.append(f)
                     if f in probes and not tta:
                         results.append(probes[f])
                     else:
@@ -557,6 +561,8 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
         th = th if isinstance(th, Thresholds) else Thresholds(**th)
         th.check_tta(tta)
         results = th.apply(results)
+    if scale is not None:
+        results.zooms = zooms
     return results
 
 
