@@ -62,7 +62,7 @@ from smearlab.data import open_dataset  # noqa: E402
 from smearlab.core.files import write_json  # noqa: E402
 from smearlab.experiments.domain_adaptation import (FEATURE_METHODS, METHODS, domain_crops,  # noqa: E402
                                                     domain_pair, goal_check, judge, run_directions,
-                                                    run_experiment)
+                                                    run_experiment, seed_std)
 
 DATA = Path(os.environ.get("SMEARLAB_SHARED_DATA", HERE.parent.parent / "shared" / "data"))
 
@@ -209,9 +209,9 @@ def within_domain(domains: dict, settings: dict, device: str) -> dict:
         w, n = (int(v) for v in best.split("x"))
         f1 = [score(train, test, w, n, seed) for seed in settings["seeds"]]
         out[name] = {"classes": keep, "validation_f1": chosen, "recipe": {"width": w, "steps": n},
-                     "test_f1": round(float(np.mean(f1)), 4), "test_f1_std": round(float(np.std(f1)), 4),
+                     "test_f1": round(float(np.mean(f1)), 4), "test_f1_std": round(seed_std(f1), 4),
                      "seeds": list(settings["seeds"])}
-        print(f"{name}: validation {chosen} -> {best}; test macro F1 {np.mean(f1):.3f} ± {np.std(f1):.3f}", flush=True)
+        print(f"{name}: validation {chosen} -> {best}; test macro F1 {np.mean(f1):.3f} ± {seed_std(f1):.3f}", flush=True)
     return out
 
 

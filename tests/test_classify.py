@@ -242,6 +242,10 @@ def test_classification_report_matches_sklearn():
     assert rep["accuracy"] == pytest.approx(5 / 8)
     with pytest.raises(ValueError, match="outside"):
         classification_report([0, 5], [0, 0], ["a", "b"])
+    with pytest.raises(ValueError, match="whole numbers"):      # never rounded to a label
+        classification_report([0.5, 1], [0, 1], ["a", "b"])
+    empty = classification_report([], [], ["a", "b"])
+    assert empty["n"] == 0 and empty["macro"]["f1"] == 0.0 and empty["confusion"] == [[0, 0], [0, 0]]
 
 
 def test_save_and_load_classifier(tmp_path):

@@ -72,9 +72,9 @@ def test_central_crops_fall_back_to_a_centre_crop_of_the_usual_cell_size():
 
 
 # -- class names across domains ----------------------------------------------------------------------------
-def _crops(classes, labels, name, seed=0):
+def _crops(classes, labels, name, seed=0, size=16):
     rng = np.random.default_rng(seed)
-    return CropDataset(rng.integers(0, 255, (len(labels), 16, 16, 3), dtype=np.uint8), labels, classes, name=name)
+    return CropDataset(rng.integers(0, 255, (len(labels), size, size, 3), dtype=np.uint8), labels, classes, name=name)
 
 
 def test_align_classes_maps_by_name_and_reports_what_is_missing(caplog):
@@ -159,6 +159,40 @@ def test_adapt_batchnorm_reestimates_statistics_on_the_target_only():
     assert torch.allclose(small.features.stem[1].running_mean, after[0], atol=1e-5)
     with pytest.raises(ValueError, match="batch-norm"):
         adapt_batchnorm(build_classifier(["a", "b"], width=4, norm="group"), tgt)
+    # a last batch of one crop joins the one before (batch statistics of one 1x1 value fail)
+    odd = adapt_batchnorm(model, tgt, batch_size=11, device="cpu")
+    assert torch.allclose(odd.features.stem[1].running_mean, after[0], atol=1e-5)
+    with pytest.raises(ValueError, match="one crop"):
+        adapt_batchnorm(model, tgt.subset([0]), device="cpu")
+    with pytest.raises(ValueError, match="another scale"):  # crops of 24 px for a 16 px model
+        adapt_batchnorm(model, _crops(["a", "b"], [-1] * 4, "t", seed=1, size=24), device="cpu")
+
+
+def test_seed_spread_is_the_sample_standard_deviation_and_seeds_are_checked():
+    from smearlab.experiments.domain_adaptation import judge, seed_list, seed_std
+    assert seed_std([0.6, 0.7, 0.8]) == pytest.approx(0.1)              # ddof=1 (the population form gave 0.082)
+    assert np.isnan(seed_std([0.7]))                                      # one seed: the spread is unknown
+    base = {"source_only_f1": 0.5, "source_only_source_f1": 0.9, "dann_source_f1": 0.9}
+    two = judge({**base, "dann_f1": 0.74, "dann_f1_std": seed_std([0.70, 0.78])})
+    assert not two["dann_meets"]                                          # 0.057 > 0.05 (0.040 passed before)
+    assert not judge({**base, "dann_f1": 0.8, "dann_f1_std": seed_std([0.8])})["goal_met"]
+    assert seed_list(3, seed=2) == (2, 3, 4) and seed_list(np.int64(2)) == (0, 1)
+    assert seed_list("0,1,2") == (0, 1, 2) and seed_list("[5, 7]") == (5, 7) and seed_list("12") == (12,)
+    for bad in ("a,b", 0, [], [0.5], [1, 1], None):
+        with pytest.raises(ValueError):
+            seed_list(bad)
+
+
+def test_a_direction_asked_for_is_the_direction_run():
+    from smearlab.experiments.domain_adaptation import domain_pair
+    a, b = domain_pair("synthetic", 32, n=10, seed=0, domains=("B", "A"))
+    a0, b0 = domain_pair("synthetic", 32, n=10, seed=0)
+    assert (a.name, b.name) == ("B", "A") and torch.equal(a.images, b0.images) and torch.equal(b.images, a0.images)
+    assert [d.name for d in domain_pair("synthetic", 32, n=10, domains=("B", None))] == ["B", "A"]
+    assert [d.name for d in domain_pair("synthetic", 32, n=10, domains=(None, "B"))] == ["A", "B"]
+    for bad in (("A", "A"), ("A", "C")):
+        with pytest.raises(ValueError, match="two different domains"):
+            domain_pair("synthetic", 32, n=10, domains=bad)
 
 
 def test_stain_normalise_moves_the_colours_to_the_reference():

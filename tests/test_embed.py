@@ -118,3 +118,11 @@ def test_separability_table_and_embedding_grid(rng):
     assert table["apart"]["linear_domain_accuracy"] > table["mixed"]["linear_domain_accuracy"]
     fig = plot_embeddings({"apart": x[:, :2], "mixed": x[:, 1:]}, np.arange(60) % 3, d, separability=table)
     assert len(fig.axes) == 4 and "domain acc" in fig.axes[0].get_title()
+
+
+def test_tsne_refuses_identical_points_and_separability_a_missing_domain(rng):
+    with pytest.raises(ValueError, match="identical"):  # the optimiser crashed the process on this
+        embed.tsne(np.ones((30, 4), np.float32), perplexity=5)
+    x = rng.normal(size=(20, 3))
+    with pytest.raises(ValueError, match="no value for 1 point"):
+        embed.separability(x, ["a"] * 10 + ["b"] * 9 + [None])

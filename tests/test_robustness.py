@@ -96,3 +96,16 @@ def test_compare_with_noise_reports_every_metric():
     assert r["noisy"] > r["clean"] and r["delta"] == pytest.approx(r["noisy"] - r["clean"])
     with pytest.raises(ValueError, match="dict"):
         compare_with_noise(lambda d: 1.0, ds)
+
+
+def test_a_float_image_in_0_1_is_refused_and_alpha_is_kept_out_of_the_noise():
+    rgb = np.random.default_rng(0).integers(0, 256, (16, 16, 3)).astype(np.uint8)
+    with pytest.raises(ValueError, match="0..1 data"):      # it would come back black
+        add_noise(rgb / 255.0)
+    dark = np.zeros((8, 8, 3), np.uint8)
+    dark[0, 0] = 1
+    assert add_noise(dark).dtype == np.uint8                # an 8-bit image this dark is still 8-bit
+    rgba = np.dstack([rgb, np.full((16, 16), 200, np.uint8)])
+    assert noise_parameters(rgba) == noise_parameters(rgb)  # alpha neither measured...
+    out = add_noise(rgba, seed=3)
+    assert (out[..., 3] == 200).all() and (out[..., :3] == add_noise(rgb, seed=3)).all()  # ...nor noised

@@ -54,14 +54,20 @@ def adapt_batchnorm(model: nn.Module, target: CropDataset, *, batch_size: int = 
     Raises
     ------
     ValueError
-        when the model has no batch-norm layer (a GroupNorm model has no statistics to adapt)
-        or ``target`` is empty.
+        when the model has no batch-norm layer (a GroupNorm model has no statistics to adapt),
+        ``target`` holds fewer than two crops, or crops of another size than the model's.
     """
     if not _batchnorms(model):
         raise ValueError("the model has no batch-norm layers to adapt: build it with norm='batch' "
                          "(GroupNorm normalises each image by itself)")
     if len(target) == 0:
         raise ValueError(f"target {target.name!r} has no crops")
+    size = getattr(model, "input_size", None)
+    if size and int(target.size) != int(size):
+        raise ValueError(f"target crops of {target.size} px for a classifier trained on {size} px crops: the "
+                         f"statistics would be measured at another scale; cut them at {size} px")
+    if len(target) < 2:
+        raise ValueError(f"target {target.name!r} has one crop: batch statistics need at least two")
     dev = resolve_device(device)
     out = copy.deepcopy(model).to(dev)
     bns = _batchnorms(out)
@@ -75,8 +81,11 @@ def adapt_batchnorm(model: nn.Module, target: CropDataset, *, batch_size: int = 
     hooks = [bn.register_forward_pre_hook(collect) for bn in bns]
     out.train()  # each batch normalised by its own statistics on the way, as in training
     try:
-        for b in range(0, len(target), batch_size):
-            out(target.images[b:b + batch_size].to(dev).float() / 255)
+        starts = list(range(0, len(target), batch_size))
+        if len(starts) > 1 and len(target) - starts[-1] == 1:
+            starts.pop()  # a last batch of one crop has no batch statistics: it joins the batch before
+        for b, e in zip(starts, starts[1:] + [len(target)]):
+            out(target.images[b:e].to(dev).float() / 255)
     finally:
         for h in hooks:
             h.remove()

@@ -79,6 +79,9 @@ def as_label_array(values, n: int, what: str) -> np.ndarray:
     a = np.asarray(list(values) if not isinstance(values, np.ndarray) else values)
     if a.ndim != 1 or len(a) != n:
         raise ValueError(f"{what} must hold one value per point ({n}), got shape {a.shape}")
+    missing = [i for i, v in enumerate(a.tolist()) if v is None or (isinstance(v, float) and v != v)]
+    if missing:
+        raise ValueError(f"{what} has no value for {len(missing)} point(s) (None or NaN), first at {missing[:3]}")
     return a
 
 
@@ -162,6 +165,8 @@ def tsne(X, perplexity: float = 30.0, seed: int = 0, *, n_components: int = 2,
         raise ValueError("X contains NaN or infinite values")
     if not 0 < float(perplexity) < len(x):
         raise ValueError(f"perplexity must be in (0, N) with N = {len(x)} points, got {perplexity!r}")
+    if np.all(x == x[0]):  # no spread: the PCA start divides by zero and the optimiser can crash the process
+        raise ValueError(f"all {len(x)} points are identical: there is nothing to map (a collapsed embedding?)")
     if threads is None:
         threads = 1 if len(x) < 5000 else None
     model = TSNE(n_components=n_components, perplexity=float(perplexity), init="pca", learning_rate="auto",

@@ -153,8 +153,8 @@ def cross_validate(dataset: SmearDataset, cfg: DetectorConfig, tcfg: TrainConfig
     """Stratified K-fold by image: train on k-1 folds, score the held-out fold, k times.
 
     No thresholds are tuned (COCO AP needs none). Each fold writes under ``tcfg.out_dir/fold<i>``
-    when an output folder is set. Returns per-fold rows and the mean and standard deviation of
-    mAP50 and mAP.
+    when an output folder is set. Returns per-fold rows and the mean and sample standard deviation
+    (``ddof=1``) of mAP50 and mAP.
 
     Parameters
     ----------
@@ -174,7 +174,8 @@ def cross_validate(dataset: SmearDataset, cfg: DetectorConfig, tcfg: TrainConfig
                                dataset.subset(te.tolist()), None, tune=None, progress=progress)
         rows.append({"fold": i, "train": len(tr), "test": len(te), "mAP50": run.metrics["mAP50"],
                      "mAP": run.metrics["mAP"]})
-    summary = {key: {"mean": float(np.mean([r[key] for r in rows])), "std": float(np.std([r[key] for r in rows]))}
+    summary = {key: {"mean": float(np.mean([r[key] for r in rows])),  # sample std over the folds
+                     "std": float(np.std([r[key] for r in rows], ddof=1)) if len(rows) > 1 else float("nan")}
                for key in ("mAP50", "mAP")}
     return {"folds": rows, **summary}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import numbers
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,13 +111,14 @@ class ExperimentResult:
         return float(np.mean([s[metric] for s in self.scores[method][split]]))
 
     def std(self, method: str, split: str = "target", metric: str = "f1") -> float:
-        """Standard deviation over seeds of ``metric`` (macro ``f1`` by default) of ``method`` on ``split``.
+        """Sample standard deviation over seeds (``ddof=1``: the spread of a new seed's score) of
+        ``metric`` (macro ``f1`` by default) of ``method`` on ``split``; NaN with one seed.
 
         Parameters
         ----------
         method, split, metric : as for :meth:`mean`.
         """
-        return float(np.std([s[metric] for s in self.scores[method][split]]))
+        return seed_std([s[metric] for s in self.scores[method][split]])
 
     def summary(self) -> dict[str, float]:
         """Flat headline numbers: ``<method>_f1`` (target), ``<method>_source_f1``, with ``_std``."""
@@ -359,7 +361,8 @@ def judge(summary: dict[str, float], min_gain: float = 0.10, max_source_drop: fl
     For each adaptation method present (:data:`ADAPTATION`): its gain in target macro F1 over
     source only and its drop in source macro F1 (means over seeds; F1 as a fraction, 0.10 is 10
     points). A method meets the goal when it gains at least ``min_gain`` with a seed standard
-    deviation below ``max_std`` and loses at most ``max_source_drop`` on the source. The best
+    deviation (sample, :func:`seed_std`) below ``max_std`` and loses at most ``max_source_drop``
+    on the source; with one seed the spread is unknown (NaN) and no method meets it. The best
     method is the one meeting the goal with the largest gain, else the one with the largest gain.
 
     Parameters
@@ -448,7 +451,8 @@ def domain_pair(spec="synthetic", size: int = 64, *, n: int = 200, seed: int = 0
     n : synthetic crops per stain (``spec="synthetic"`` only).
     seed : the seed of the synthetic crops (``spec="synthetic"`` only).
     source, pad : how real images become crops (see :func:`domain_crops`).
-    domains : the two domain names to use (default: the first two, sorted).
+    domains : the (source, target) domain names to use, in that order; one may be None (the
+        first other domain); default: the first two, sorted.
 
     Returns
     -------
@@ -460,19 +464,34 @@ def domain_pair(spec="synthetic", size: int = 64, *, n: int = 200, seed: int = 0
         a, b = (domain_crops(x, size, source=source, pad=pad) for x in spec)
         return a, b
     if str(spec) == "synthetic":
-        a = crops_from_dataset(make_wbc_crops(n, seed=seed, stain="A", size=96), size)
-        b = crops_from_dataset(make_wbc_crops(n, seed=seed + 1, stain="B", size=96), size)
-        a.name, b.name = "A", "B"
+        names = _two_domains(spec, ["A", "B"], domains)
+        made = {"A": seed, "B": seed + 1}
+        a, b = (crops_from_dataset(make_wbc_crops(n, seed=made[d], stain=d, size=96), size) for d in names)
+        a.name, b.name = names
         return a, b
     ds = open_dataset(spec)
     groups = ds.by_domain()
-    names = list(domains) if domains is not None else sorted(groups)[:2]
-    if len(names) != 2 or any(d not in groups for d in names):
-        raise ValueError(f"{spec}: need two domains, found {sorted(groups)}" +
-                         (f" (asked for {list(domains)})" if domains is not None else ""))
+    names = _two_domains(spec, sorted(groups), domains)
     a, b = (crops_from_dataset(groups[d], size, source=_crop_source(groups[d], source), pad=pad) for d in names)
     a.name, b.name = names
     return a, b
+
+
+def _two_domains(spec, found: list[str], domains) -> list[str]:
+    """The (source, target) domain names: ``domains`` as asked (one side may be None: the first
+    other domain found), or the first two found."""
+    if domains is None:
+        names = found[:2]
+    else:
+        names = list(domains)
+        if len(names) == 2 and names[0] is None and names[1] is not None:
+            names[0] = next((d for d in found if d != names[1]), None)
+        elif len(names) == 2 and names[1] is None and names[0] is not None:
+            names[1] = next((d for d in found if d != names[0]), None)
+    if len(names) != 2 or names[0] == names[1] or any(d not in found for d in names):
+        raise ValueError(f"{spec}: need two different domains, found {found}" +
+                         (f" (asked for {list(domains)})" if domains is not None else ""))
+    return names
 
 
 def third_domain(spec=None, size: int = 64, *, dataset="synthetic", data_root=None) -> CropDataset | None:
@@ -519,17 +538,58 @@ def run_directions(a: CropDataset, b: CropDataset, third: CropDataset | None = N
     return {f"{_short(s.name)}_to_{_short(t.name)}": run_experiment(s, t, cache=cache, **kw) for s, t in pairs}
 
 
+def seed_std(values) -> float:
+    """The sample standard deviation (``ddof=1``) of per-seed scores; NaN for fewer than two.
+
+    The population form (``ddof=0``) is smaller by ``sqrt((n - 1) / n)`` (0.71 with two seeds,
+    0.89 with five): a spread check against it passes too easily.
+
+    Parameters
+    ----------
+    values : one score per seed.
+    """
+    v = np.asarray(list(values), dtype=float)
+    return float(np.std(v, ddof=1)) if v.size >= 2 else float("nan")
+
+
 def seed_list(seeds, seed: int = 0) -> tuple[int, ...]:
     """Seeds from a count (``seed``, ``seed + 1``, ...) or an explicit list.
 
     Parameters
     ----------
-    seeds : a number of seeds, or the seeds themselves.
+    seeds : a number of seeds, the seeds themselves (a list, or text such as ``"0,1,2"`` as
+        ``--param seeds=0,1,2`` gives it).
     seed : the first seed when ``seeds`` is a number.
+
+    Raises
+    ------
+    ValueError
+        for a count below 1, an empty list, a seed that is not a whole number, or a repeated seed.
     """
-    if isinstance(seeds, int):
-        return tuple(seed + i for i in range(seeds))
-    return tuple(int(v) for v in seeds)
+    if isinstance(seeds, str):
+        text = seeds.strip().strip("[]()")
+        try:
+            seeds = [int(v) for v in text.replace(",", " ").split()]
+        except ValueError:
+            raise ValueError(f"seeds must be a count or a list of whole numbers such as '0,1,2', got {seeds!r}") from None
+    if isinstance(seeds, numbers.Integral) and not isinstance(seeds, bool):
+        if int(seeds) < 1:
+            raise ValueError(f"seeds must be at least 1, got {seeds}")
+        return tuple(int(seed) + i for i in range(int(seeds)))
+    try:
+        values = list(seeds)
+    except TypeError:
+        raise ValueError(f"seeds must be a count or a list of whole numbers, got {seeds!r}") from None
+    if not values:
+        raise ValueError("seeds is an empty list")
+    bad = [v for v in values if isinstance(v, bool) or not (isinstance(v, numbers.Integral)
+                                                             or (isinstance(v, float) and v.is_integer()))]
+    if bad:
+        raise ValueError(f"seeds must be whole numbers, got {bad[:3]}")
+    out = tuple(int(v) for v in values)
+    if len(set(out)) != len(out):
+        raise ValueError(f"seeds repeat a value: {list(out)} (a repeated seed would count one run twice)")
+    return out
 
 
 def verdict(results: dict[str, ExperimentResult], min_gain: float = 0.10,

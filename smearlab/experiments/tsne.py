@@ -101,8 +101,8 @@ def compare_embeddings(dataset, s, *, source: str | None = None, target: str | N
         (batches of 32 per model), ``input_size`` (crop side), ``width``, ``n_synthetic``.
     source, target : the two domains: a domain of ``dataset`` by name, or the path of another
         dataset (``pbc_subset``: the PBC images, cropped around their central cell as notebook 07
-        does, :func:`~smearlab.experiments.domain_adaptation.domain_crops`); None: the first two
-        domains of ``dataset``, sorted.
+        does, :func:`~smearlab.experiments.domain_adaptation.domain_crops`); one None: the other
+        domain of ``dataset``; both None: the first two domains of ``dataset``, sorted.
     perplexity : t-SNE perplexity (capped at a third of the points).
     seed, device : seed and device.
 
@@ -114,7 +114,7 @@ def compare_embeddings(dataset, s, *, source: str | None = None, target: str | N
         a, b = domain_pair([d if _is_path(d) else f"{dataset}#{d}" for d in (source or "dataset1",
                                                                            target or "dataset2")], s.input_size)
     else:
-        domains = None if source is None or target is None else (source, target)
+        domains = None if source is None and target is None else (source, target)
         a, b = domain_pair(dataset, s.input_size, n=s.n_synthetic, seed=seed, domains=domains)
     b, _ = align_classes(a, b)  # names matched with aliases, as notebook 07 does
     classes, missing = shared_classes(a, b)

@@ -30,7 +30,7 @@ def classification_report(y_true, y_pred, class_names: Sequence[str]) -> dict[st
         columns predicted, all classes), ``class_names``, ``n``.
     """
     y_pred = getattr(y_pred, "labels", y_pred)
-    yt, yp = np.asarray(y_true, np.int64).reshape(-1), np.asarray(y_pred, np.int64).reshape(-1)
+    yt, yp = _labels(y_true, "y_true"), _labels(y_pred, "y_pred")
     k = len(class_names)
     if len(yt) != len(yp):
         raise ValueError(f"{len(yt)} true labels but {len(yp)} predictions")
@@ -38,14 +38,18 @@ def classification_report(y_true, y_pred, class_names: Sequence[str]) -> dict[st
         if len(a) and (a.min() < 0 or a.max() >= k):
             raise ValueError(f"{what} holds a label outside 0..{k - 1} ({list(class_names)})")
     all_labels = list(range(k))
+    if not len(yt):
+        zero = {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+        return {"class_names": list(class_names), "n": 0,
+                "per_class": {c: {**zero, "support": 0} for c in class_names}, "accuracy": 0.0,
+                "confusion": [[0] * k for _ in range(k)], "macro": dict(zero), "weighted": dict(zero)}
     p, r, f, s = precision_recall_fscore_support(yt, yp, labels=all_labels, zero_division=0)
     present = [c for c in all_labels if s[c] > 0]
     out = {"class_names": list(class_names), "n": int(len(yt)),
            "per_class": {class_names[c]: {"precision": float(p[c]), "recall": float(r[c]), "f1": float(f[c]),
                                           "support": int(s[c])} for c in all_labels},
-           "accuracy": float((yt == yp).mean()) if len(yt) else 0.0,
-           "confusion": confusion_matrix(yt, yp, labels=all_labels).tolist() if len(yt) else
-           [[0] * k for _ in range(k)]}
+           "accuracy": float((yt == yp).mean()),
+           "confusion": confusion_matrix(yt, yp, labels=all_labels).tolist()}
     for avg in ("macro", "weighted"):
         if present:
             mp, mr, mf, _ = precision_recall_fscore_support(yt, yp, labels=present, average=avg, zero_division=0)
@@ -53,3 +57,15 @@ def classification_report(y_true, y_pred, class_names: Sequence[str]) -> dict[st
             mp = mr = mf = 0.0
         out[avg] = {"precision": float(mp), "recall": float(mr), "f1": float(mf)}
     return out
+
+
+def _labels(values, what: str) -> np.ndarray:
+    """Class indices as int64; ValueError for fractions, NaN or non-numbers (never rounded)."""
+    a = np.asarray(values).reshape(-1)
+    if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        if a.size:
+            raise ValueError(f"{what} must hold class indices (whole numbers), got dtype {a.dtype}")
+        return a.astype(np.int64)
+    if np.issubdtype(a.dtype, np.floating) and not np.all(np.isfinite(a) & (a == np.round(a))):
+        raise ValueError(f"{what} must hold class indices (whole numbers), got {a[~(np.isfinite(a) & (a == np.round(a)))][:3].tolist()}")
+    return a.astype(np.int64)

@@ -54,6 +54,9 @@ def _as_intensities(image) -> np.ndarray:
     if f.min() < 0 or f.max() > 255:
         raise ValueError(f"image values must lie in 0..255 (8-bit intensities), got {f.min():g}..{f.max():g}; "
                          "convert 16-bit images first (smearlab.data.imageio.to_rgb8)")
+    if np.issubdtype(img.dtype, np.floating) and 0 < f.max() <= 1:
+        raise ValueError(f"a float image in 0..{f.max():g} reads as 0..1 data, not 0..255 intensities: the noise "
+                         "would turn it black; convert it first (smearlab.data.imageio.to_rgb8)")
     return f
 
 
@@ -61,7 +64,7 @@ def noise_parameters(image, mean_frac: float = 0.05, var_frac: float = 0.10) -> 
     """``(mean, std)`` of the Gaussian noise :func:`add_noise` would add to ``image``.
 
     ``mean = mean_frac * image.max()`` and ``std = sqrt(var_frac * mean(image ** 2))``, on the
-    image's 0..255 intensities (all channels together).
+    image's 0..255 intensities (all colour channels together; an alpha channel is left out).
 
     Parameters
     ----------
@@ -69,7 +72,10 @@ def noise_parameters(image, mean_frac: float = 0.05, var_frac: float = 0.10) -> 
     mean_frac : noise mean as a fraction of the image maximum.
     var_frac : noise variance as a fraction of the image power ``mean(image ** 2)``.
     """
-    f = _as_intensities(image)
+    return _parameters(_colour(_as_intensities(image)), mean_frac, var_frac)
+
+
+def _parameters(f: np.ndarray, mean_frac, var_frac) -> tuple[float, float]:
     mean_frac = _check_fraction("mean_frac", mean_frac)
     var_frac = _check_fraction("var_frac", var_frac)
     return mean_frac * float(f.max()), float(np.sqrt(var_frac * np.mean(f * f)))
@@ -98,10 +104,19 @@ def add_noise(image, mean_frac: float = 0.05, var_frac: float = 0.10, seed: int 
         for a non-numeric, empty or wrongly shaped image, values outside 0..255, NaN, or a
         negative fraction.
     """
-    f = _as_intensities(image)
-    mean, std = noise_parameters(f, mean_frac, var_frac)
+    full = _as_intensities(image)
+    f = _colour(full)
+    mean, std = _parameters(f, mean_frac, var_frac)
     noise = np.random.default_rng(seed).normal(mean, std, size=f.shape) if std > 0 else np.full(f.shape, mean)
-    return np.clip(np.rint(f + noise), 0, 255).astype(np.uint8)
+    noisy = np.clip(np.rint(f + noise), 0, 255).astype(np.uint8)
+    if f.shape == full.shape:
+        return noisy
+    return np.concatenate([noisy, np.rint(full[..., 3:]).astype(np.uint8)], axis=2)  # alpha kept as it is
+
+
+def _colour(f: np.ndarray) -> np.ndarray:
+    """The colour channels of 0..255 intensities (an alpha channel is neither measured nor noised)."""
+    return f[..., :3] if f.ndim == 3 and f.shape[2] == 4 else f
 
 
 def image_seed(seed: int, image_id: str) -> int:
