@@ -77,7 +77,8 @@ class _ShiftModel(torch.nn.Module):
         self.config = {"depth": 2}
         self.conv = torch.nn.Conv2d(1, 3, 3, padding=1)
         with torch.no_grad():
-            self.conv.weight.copy_(torch.arange(27, dtype=torch.float32).reshape(3, 1, 3, 3) / 10)
+            # lopsided per class (a kernel shared by all classes cancels in the softmax)
+            self.conv.weight.copy_(torch.randn(3, 1, 3, 3, generator=torch.Generator().manual_seed(0)))
 
     def forward(self, x):
         return self.conv(x)
@@ -465,3 +466,86 @@ def test_instance_input_drops_alpha_and_refuses_nan():
     np.testing.assert_array_equal(nuclear_channel(rgb[..., :1]), nuclear_channel(rgb[..., 0]))
     with pytest.raises(ValueError, match="NaN"):
         nuclear_channel(np.full((8, 8), np.nan, np.float32))
+
+
+class _MeanModel(torch.nn.Module):
+    """A network whose output depends on the statistics of the whole tile (as GroupNorm does)."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = {"depth": 2}
+        self.conv = torch.nn.Conv2d(1, 3, 1)
+
+    def forward(self, x):
+        return self.conv(x - x.mean())
+
+
+def test_an_image_smaller_than_a_tile_is_not_mostly_padding():
+    torch.manual_seed(0)
+    model = _MeanModel().eval()
+    img = (np.random.default_rng(2).random((40, 56)) * 255).astype(np.uint8)
+    with torch.no_grad():
+        whole = model(torch.from_numpy(nuclear_channel(img))[None, None]).softmax(1)[0].numpy()
+    # a 256 px tile padded the image to 256 x 256 (zeros), and the tile's statistics were the padding's
+    np.testing.assert_allclose(predict_probabilities(model, img, tile=256, overlap=48), whole, atol=1e-5)
+    tall = np.concatenate([img] * 8)                     # 320 x 56: tiled along one side only
+    assert predict_probabilities(model, tall, tile=64, overlap=16).shape == (3, 320, 56)
+
+
+def test_tile_and_overlap_that_leave_pixels_unpredicted_are_refused():
+    model = _PixelModel().eval()
+    img = np.zeros((40, 40), np.uint8)
+    for kw in (dict(tile=64, overlap=-8), dict(tile=64, overlap=64), dict(tile=2, overlap=0), dict(tile=0, overlap=0)):
+        with pytest.raises(ValueError, match="tile|overlap"):
+            predict_probabilities(model, img, **kw)
+
+
+def test_a_marker_outside_the_foreground_does_not_join_two_objects():
+    a, b = _disc((32, 64), 16, 16, 8), _disc((32, 64), 16, 48, 8)
+    probs = np.zeros((3, 32, 64), np.float32)
+    probs[1][a | b] = 0.9
+    probs[1][14:18, 16:48][~(a | b)[14:18, 16:48]] = 0.45   # a faint ridge between them: marker-high, not foreground
+    probs[0] = 1 - probs[1]
+    pred = probabilities_to_instances(probs, InstanceThresholds(foreground=0.6, marker=0.4, min_size=5))
+    assert len(pred["masks"]) == 2 and all(m.sum() == a.sum() for m in pred["masks"])
+
+
+def test_one_image_array_is_one_prediction():
+    model = build_instance_unet(base=4, depth=2).eval()
+    img = np.zeros((24, 40, 3), np.uint8)
+    preds = predict_instances(model, img, thresholds=InstanceThresholds())
+    assert len(preds) == 1 and preds[0]["masks"].shape[1:] == (24, 40)
+
+
+def test_a_hand_edited_thresholds_file_is_refused_not_half_used(tmp_path):
+    import json
+
+    from smearlab.data import DataError
+    inst = save_instance_unet(build_instance_unet(base=4, depth=2), tmp_path / "inst", InstanceThresholds(0.4, 0.7, 5))
+    for content, msg in (("5", "JSON object"), ("null", "JSON object"), ('{"foreground": 0.3}', "missing settings"),
+                         ("{}", "missing settings")):
+        (inst / "thresholds.json").write_text(content)
+        with pytest.raises(DataError, match=msg):
+            load_instance_unet(inst, "cpu")
+
+
+def test_the_learned_segmenters_count_error_counts_every_final_instance():
+    from smearlab.data.boxes import mask_box
+    from smearlab.metrics.instances import count_error, score_instances
+    masks = _touching()
+    sample = Sample("touching", boxes=np.stack([mask_box(m) for m in masks]), labels=[0] * len(masks),
+                    _image=np.zeros((*masks.shape[1:], 3), np.uint8), _masks=masks)
+    ds = SmearDataset([sample], ["object"])
+    pred = {"boxes": sample.boxes, "labels": sample.labels, "masks": masks,
+            "scores": np.array([0.4, 0.45], np.float32)}  # mean interior probabilities: below 0.5 as they often are
+    m = score_instances(ds, [pred])
+    assert m["count_error"] == 0.0 and m["dsb_metric"] == pytest.approx(1.0)
+    assert count_error(ds, [pred]) == 1.0 and count_error(ds, [pred], score_threshold=None) == 0.0
+
+
+def test_the_classical_foreground_takes_an_rgba_image():
+    rgb = np.full((40, 40, 3), 230, np.uint8)
+    rgb[10:20, 10:20] = (90, 40, 120)
+    rgba = np.dstack([rgb, np.full((40, 40), 255, np.uint8)])
+    np.testing.assert_array_equal(classical.foreground_mask(rgba, min_size=4)[0],
+                                  classical.foreground_mask(rgb, min_size=4)[0])

@@ -14,11 +14,10 @@ from ..data.sample import SmearDataset
 from ..detection.models import DetectorConfig
 from ..detection.predict import predict
 from ..detection.train import TrainConfig
-from ..metrics.instances import segmentation_metrics
+from ..metrics.instances import mask_ap, score_instances, segmentation_metrics
 from ..metrics.robustness import compare_with_noise
 from ..metrics.semantic import semantic_metrics
 from ..data.derive import as_single_class
-from ..metrics.instances import score_instances
 from ..segmentation.instances import InstanceTrainConfig, build_instance_unet, predict_instances, train_instance_unet
 from ..segmentation.predict import predict_semantic, two_stage_segment
 from ..segmentation.train import build_crop_unet, train_crop_unet, train_unet
@@ -130,7 +129,9 @@ def compare_segmenters(splits: dict[str, SmearDataset], s, *, seed: int = 0, dev
                        out_dir=None if out is None else Path(out) / "maskrcnn")
     mrcnn = fit_and_evaluate("Mask R-CNN", cfg, tcfg, train, test, val, progress=False)
     final = mrcnn.thresholds.apply(mrcnn.raw_test)
+    ap = mask_ap(test, mrcnn.raw_test)  # AP ranks every raw prediction (the thresholds would cut its curve short)
     metrics = {"Mask R-CNN": {**segmentation_metrics(test, final, score_threshold=0.0),
+                              "mask_mAP50": ap["mask_mAP50"], "mask_mAP": ap["mask_mAP"],
                               "seconds_per_image": 1.0 / mrcnn.metrics["infer_images_per_s"]}}
 
     unet = UNet(3, len(train.semantic_names), base=s.unet_base)

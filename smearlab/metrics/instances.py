@@ -213,23 +213,25 @@ def segmentation_metrics(dataset: SmearDataset, predictions, score_threshold=0.5
             "objects_true": int(true.sum()), "objects_predicted": int(pred.sum()), "images": len(dataset)}
 
 
-def count_error(dataset, predictions, score_threshold: float = 0.5) -> float | None:
+def count_error(dataset, predictions, score_threshold: float | None = 0.5) -> float | None:
     """Mean over images of ``|predicted - true| / max(true, 1)`` object counts (all classes together).
 
-    Predictions count when ``score >= score_threshold`` (every classical instance scores >= 0.5).
-    0 is a perfect count; 0.1 means counts 10 % off on average. None for an empty dataset.
+    Predictions count when ``score >= score_threshold`` (every classical instance scores >= 0.5;
+    the learned segmenter's score is the mean interior probability, often below it: pass None
+    for final predictions). 0 is a perfect count; 0.1 means counts 10 % off on average. None for
+    an empty dataset.
 
     Parameters
     ----------
     dataset : the ground truth (its boxes are counted).
     predictions : one prediction dict (with ``scores``) per image, aligned with ``dataset``.
-    score_threshold : smallest score of a counted prediction.
+    score_threshold : smallest score of a counted prediction; None counts every prediction.
     """
     if len(predictions) != len(dataset):
         raise ValueError(f"{len(predictions)} predictions for {len(dataset)} images")
     errs = []
     for s, p in zip(dataset, predictions):
-        n_pred = int((np.asarray(p["scores"]) >= score_threshold).sum())
+        n_pred = len(p["scores"]) if score_threshold is None else int((np.asarray(p["scores"]) >= score_threshold).sum())
         errs.append(abs(n_pred - len(s.boxes)) / max(len(s.boxes), 1))
     return float(np.mean(errs)) if errs else None
 
@@ -241,8 +243,9 @@ def score_instances(dataset, predictions) -> dict:
     ``dsb_metric``: :func:`dsb_score` on masks; ``mask_mAP50``: mask AP at IoU 0.5
     (:func:`smearlab.metrics.detection.coco_eval`, ``iou_type="segm"``), class-agnostic (the
     dataset is seen through :func:`~smearlab.data.derive.as_single_class`, the predictions'
-    labels set to 0); ``count_error``: :func:`count_error`. ``dsb_metric`` and ``mask_mAP50``
-    are None when the dataset has no instance masks.
+    labels set to 0); ``count_error``: :func:`count_error` of every prediction (they are final:
+    the DSB metric scores them all too). ``dsb_metric`` and ``mask_mAP50`` are None when the
+    dataset has no instance masks.
 
     Parameters
     ----------
@@ -252,7 +255,7 @@ def score_instances(dataset, predictions) -> dict:
     """
     one = as_single_class(dataset)
     preds = [dict(p, labels=np.zeros(len(p["boxes"]), np.int64)) for p in predictions]
-    out = {"dsb_metric": None, "mask_mAP50": None, "count_error": count_error(one, preds)}
+    out = {"dsb_metric": None, "mask_mAP50": None, "count_error": count_error(one, preds, score_threshold=None)}
     if len(one) and has_instance_masks(one):
         out["dsb_metric"] = dsb_score(one, preds, kind="masks")
         out["mask_mAP50"] = coco_eval(one, preds, iou_type="segm")["mAP50"]

@@ -166,7 +166,7 @@ def objects_dark(image: np.ndarray, channel: str, x: np.ndarray, threshold: floa
     channel : the channel's name (:data:`CHANNELS`).
     x : the stretched channel; threshold : its global threshold.
     """
-    img = np.asarray(image)
+    img = as_image_array(image, "image")
     if img.ndim == 3 and is_stained_brightfield(img):
         return channel not in ("auto", *STAIN_CHANNELS)
     return bool((x > threshold).mean() > 0.5)
@@ -240,6 +240,7 @@ def foreground_mask(image: np.ndarray, method: str = "otsu", channel: str = "aut
         raise ValueError(f"invert must be 'auto', True or False, got {invert!r}")
     _nonneg("min_size", min_size)
     _nonneg("opening_radius", opening_radius)
+    image = as_image_array(image, "image")
     x = stretch01(to_channel(image, channel))
     if x.max() <= 0:  # constant image: nothing to find
         return np.zeros(x.shape, bool), x

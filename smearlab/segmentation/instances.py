@@ -287,12 +287,16 @@ def load_instance_unet(folder, device="auto") -> UNet:
 def _read_thresholds(values: dict | None, path: Path) -> InstanceThresholds:
     """The :class:`InstanceThresholds` of a folder's ``thresholds.json``, each value checked; the
     untuned defaults, with a warning, when the file is missing."""
-    if values is None:
+    if values is None and not path.is_file():
         warnings.warn(f"{path} is missing: the untuned default thresholds are used", stacklevel=3)
         return InstanceThresholds()
     known = {f.name for f in fields(InstanceThresholds)}
+    if not isinstance(values, dict):
+        raise DataError(path, f"must be a JSON object with {sorted(known)}, got {type(values).__name__}")
     if set(values) - known:
         raise DataError(path, f"unknown settings {sorted(set(values) - known)} (known: {sorted(known)})")
+    if known - set(values):  # a half-written file would predict with untuned defaults for the rest
+        raise DataError(path, f"missing settings {sorted(known - set(values))} (a tuned file holds all of {sorted(known)})")
     th = InstanceThresholds(**values)
     for name in ("foreground", "marker"):
         v = getattr(th, name)
@@ -577,8 +581,10 @@ def predict_probabilities(model: UNet, image: np.ndarray, *, tile: int = 256, ov
     ----------
     model : the instance U-Net (in eval mode).
     image : ``(H, W, 3)`` RGB or ``(H, W)`` grey image.
-    tile : tile side in pixels (a multiple of ``2 ** depth``).
-    overlap : overlap of neighbouring tiles in pixels.
+    tile : tile side in pixels (a multiple of ``2 ** depth``, rounded down to one); a side of the
+        image shorter than a tile is one tile of its own length (rounded up to the multiple), so a
+        small image is not mostly padding.
+    overlap : overlap of neighbouring tiles in pixels, ``0 <= overlap < tile``.
     device : the device to run on (None: the model's); the model is moved there.
     tta : average over the eight flips and quarter turns of the image (test-time augmentation:
         each pixel is seen in eight orientations, which steadies the interior probability that
@@ -588,6 +594,12 @@ def predict_probabilities(model: UNet, image: np.ndarray, *, tile: int = 256, ov
         back. None: estimated by the model's size model. Ignored by a model trained at the
         images' own scale.
     """
+    m = 2 ** model.config["depth"]
+    if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < m:
+        raise ValueError(f"tile must be a whole number of pixels >= {m} (2 ** the U-Net's depth), got {tile!r}")
+    if isinstance(overlap, bool) or not isinstance(overlap, (int, np.integer)) or not 0 <= overlap < tile // m * m:
+        raise ValueError(f"overlap must be a whole number of pixels in [0, tile), got {overlap!r} for tile {tile}: "
+                         "tiles further apart than their side leave pixels nobody predicts")
     dev = next(model.parameters()).device if device is None else resolve_device(device)
     model.to(dev)
     x = nuclear_channel(image)
@@ -632,18 +644,22 @@ def _tiled_probabilities(model: UNet, x: np.ndarray, tile: int, overlap: int, de
     h, w = x.shape
     m = 2 ** model.config["depth"]
     tile = max(m, int(tile) // m * m)
-    step = max(m, tile - int(overlap))
-    H = max(tile, int(np.ceil((h - tile) / step)) * step + tile) if h > tile else tile
-    W = max(tile, int(np.ceil((w - tile) / step)) * step + tile) if w > tile else tile
-    xp = np.pad(x, ((0, H - h), (0, W - w)), mode="reflect" if (H - h < h and W - w < w) else "constant")
+
+    def axis(n: int) -> tuple[int, int, int]:  # (tile side, step, padded length) along one side
+        side = min(tile, -(-n // m) * m)  # a side shorter than a tile: one tile of its own length
+        step = max(m, side - int(overlap))
+        return side, step, side if n <= side else int(np.ceil((n - side) / step)) * step + side
+
+    (th, sh, H), (tw, sw, W) = axis(h), axis(w)
+    xp = np.pad(x, ((0, H - h), (0, W - w)), mode="reflect")  # less than a tile or a step of padding
     acc = np.zeros((len(CLASSES), H, W), np.float32)
     norm = np.zeros((H, W), np.float32)
-    wt = np.outer(_ramp(tile, overlap), _ramp(tile, overlap))
-    for y0, x0 in itertools.product(range(0, H - tile + 1, step), range(0, W - tile + 1, step)):
-        t = torch.from_numpy(np.ascontiguousarray(xp[y0:y0 + tile, x0:x0 + tile]))[None, None].to(dev)
+    wt = np.outer(_ramp(th, overlap), _ramp(tw, overlap))
+    for y0, x0 in itertools.product(range(0, H - th + 1, sh), range(0, W - tw + 1, sw)):
+        t = torch.from_numpy(np.ascontiguousarray(xp[y0:y0 + th, x0:x0 + tw]))[None, None].to(dev)
         p = model(t).softmax(1)[0].float().cpu().numpy()
-        acc[:, y0:y0 + tile, x0:x0 + tile] += p * wt
-        norm[y0:y0 + tile, x0:x0 + tile] += wt
+        acc[:, y0:y0 + th, x0:x0 + tw] += p * wt
+        norm[y0:y0 + th, x0:x0 + tw] += wt
     return (acc / np.maximum(norm, 1e-6))[:, :h, :w]
 
 
@@ -665,7 +681,7 @@ def probabilities_to_instances(probs: np.ndarray, thresholds: InstanceThresholds
     fg = (probs[1] + probs[2]) >= th.foreground
     if not fg.any():
         return empty_prediction(fg.shape)
-    markers, n = ndi.label(interior >= th.marker)
+    markers, n = ndi.label((interior >= th.marker) & fg)  # a marker outside the foreground could join two objects
     comps, n_comp = ndi.label(fg)
     seeded = np.unique(comps[markers > 0])
     for c in np.setdiff1d(np.arange(1, n_comp + 1), seeded):  # components without a confident core
@@ -691,7 +707,7 @@ def predict_instances(model: UNet, images, *, thresholds: InstanceThresholds | N
     Parameters
     ----------
     model : the instance U-Net.
-    images : a SmearDataset, Samples or ``(H, W, 3)`` arrays.
+    images : a SmearDataset, Samples or ``(H, W, 3)`` arrays (or one array).
     thresholds : the prediction settings (None: ``model.thresholds``, else the defaults).
     tile, overlap, device, diameter : as for :func:`predict_probabilities` (``diameter``: one
         object size for every image).
@@ -702,6 +718,8 @@ def predict_instances(model: UNet, images, *, thresholds: InstanceThresholds | N
         one dict per image (``boxes``, ``scores``, ``labels`` 0, ``masks``), class ``"object"``.
     """
     th = thresholds or getattr(model, "thresholds", None) or InstanceThresholds()
+    if isinstance(images, np.ndarray) and (images.ndim == 2 or (images.ndim == 3 and images.shape[2] in (1, 3, 4))):
+        images = [images]  # one image, not a stack of rows
     out = []
     for x in images:
         img = getattr(x, "image", x)
