@@ -52,7 +52,7 @@ BOX_RULES = ("8point", "4corner", "mask")
 
 
 #: Target entries that are per image even when their length equals the number of boxes.
-IMAGE_KEYS = ("semantic", "image_id")
+IMAGE_KEYS = ("semantic", "image_id", "orig_size", "size")
 
 
 def _affine(a, b, c, d, e, f) -> torch.Tensor:
@@ -120,7 +120,7 @@ def _lattice(minv: torch.Tensor) -> torch.Tensor:
 
 def _copy(x: torch.Tensor, minv: torch.Tensor, size) -> torch.Tensor:
     """Exact warp of ``x`` (..., H, W) by a :func:`_lattice` map: transpose, flip, then copy a window."""
-    (a, b), (c, d) = minv[:2, :2].tolist()
+    (a, b), (c, d) = minv[:2, :2].round().tolist()  # whole numbers (cos 90 degrees is 6e-17, not 0)
     ox, oy = (0.5 * minv[:2, :2].sum(1) + minv[:2, 2] - 0.5).round().long().tolist()
     kx, ky = a, d  # source column = kx * u + ox, source row = ky * v + oy (u, v: output column, row)
     if a == 0:  # source column follows the output row: swap the axes of the source
@@ -301,9 +301,19 @@ class Transform:
 
 
 class Geometric(Transform):
-    """Base of the transforms that move pixels: subclasses give one matrix per sample."""
+    """Base of the transforms that move pixels: subclasses give one matrix per sample.
+
+    ``frame_bijection``: the map takes the whole input frame onto the whole output frame (flips,
+    quarter turns, resizing), so nothing leaves the picture; ``keeps_content``: nothing leaves
+    it, though the output frame may hold more (padding). :class:`Augment` composes consecutive
+    maps into one warp only where that gives the same pixels as warping one by one: after a map
+    that can cut content away (a rotation, a crop), only frame bijections may follow in the same
+    warp, or what was cut would come back.
+    """
 
     box_rule = "8point"
+    frame_bijection = False
+    keeps_content = False
 
     def matrices(self, params: dict, hw: tuple[int, int]) -> tuple[torch.Tensor, tuple[int, int]]:
         """``(B, 3, 3)`` float64 input->output maps and the output (height, width).
@@ -337,6 +347,8 @@ class HorizontalFlip(Geometric):
     p : probability per sample.
     """
 
+    frame_bijection = keeps_content = True
+
     def __init__(self, p: float = 0.5):
         super().__init__(p)
 
@@ -364,6 +376,8 @@ class VerticalFlip(Geometric):
     ----------
     p : probability per sample.
     """
+
+    frame_bijection = keeps_content = True
 
     def __init__(self, p: float = 0.5):
         super().__init__(p)
@@ -396,6 +410,8 @@ class Rot90(Geometric):
     ----------
     p : probability that a sample is turned (k != 0).
     """
+
+    frame_bijection = keeps_content = True
 
     def __init__(self, p: float = 0.5):
         super().__init__(p)
@@ -549,6 +565,8 @@ class Pad(Geometric):
     size : smallest output size in pixels, an int (square) or (height, width).
     """
 
+    keeps_content = True
+
     def __init__(self, size):
         super().__init__(1.0)
         self.size = _hw(size)
@@ -578,6 +596,8 @@ class Resize(Geometric):
     ----------
     scale : scale factor (> 0), or a (lo, hi) range.
     """
+
+    frame_bijection = keeps_content = True
 
     def __init__(self, scale):
         super().__init__(1.0)
@@ -695,6 +715,8 @@ class ColorJitter(Photometric):
         [-0.5, 0.5].
     p : probability per sample.
     """
+
+    needs_rgb = True  # works on the three colour channels
 
     def __init__(self, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, p: float = 1.0):
         super().__init__(p)
@@ -878,12 +900,17 @@ class StainJitter(Photometric):
     p : probability per sample.
     """
 
+    needs_rgb = True  # works on the three colour channels
+
     _to_hed = torch.tensor(hed_from_rgb, dtype=torch.float32)
     _to_rgb = torch.tensor(rgb_from_hed, dtype=torch.float32)
 
     def __init__(self, alpha: float = 0.05, beta: float = 0.02, p: float = 0.5):
         super().__init__(p)
         self.alpha, self.beta = _span(alpha, "alpha", 1.0), _span(beta, "beta", 0.0)
+        if self.alpha[0] < 0:
+            raise ValueError(f"alpha must keep the concentration factor >= 0, got the range {self.alpha} "
+                             "(a negative factor turns stain into its complement)")
 
     def sample_params(self, n, generator):
         """``on``, ``seed`` and ``(n, 3)`` ``alpha`` and ``beta``, one per sample and stain.
@@ -927,7 +954,9 @@ def _target_problem(t: dict, hw) -> str | None:
 
 
 def _per_object(v, n: int) -> bool:
-    return isinstance(v, (list, tuple, np.ndarray)) and not isinstance(v, str) and len(v) == n
+    """A per-object ``meta`` entry: a list or array aligned with the boxes (a tuple is one value of
+    the image, e.g. a tile's ``window``, whatever its length)."""
+    return isinstance(v, (list, np.ndarray)) and len(v) == n
 
 
 class Augment:
@@ -964,8 +993,10 @@ class Augment:
     def __call__(self, sample: Sample) -> Sample:
         """A new, augmented :class:`Sample` (the input is not changed).
 
-        Per-object ``meta`` entries (lists or arrays as long as the box list) are filtered with
-        the boxes.
+        Per-object ``meta`` entries (lists or arrays as long as the box list; tuples are values
+        of the image) are filtered with the boxes. The copy has ``path=None`` (``release()`` would
+        otherwise re-read the file over the augmented pixels); the file is in
+        ``meta["source_path"]``.
         """
         image = sample.image
         t = {"boxes": torch.tensor(sample.boxes), "labels": torch.tensor(sample.labels),
@@ -981,8 +1012,10 @@ class Augment:
         keep, n = t["_index"].numpy(), len(sample.boxes)
         meta = {k: (v[keep] if isinstance(v, np.ndarray) else type(v)(v[i] for i in keep))
                 if _per_object(v, n) else v for k, v in sample.meta.items()}
+        if sample.path is not None:
+            meta["source_path"] = str(sample.path)
         return dataclasses.replace(
-            sample, boxes=t["boxes"].numpy(), labels=t["labels"].numpy(), meta=meta, size=None,
+            sample, path=None, boxes=t["boxes"].numpy(), labels=t["labels"].numpy(), meta=meta, size=None,
             _image=x[0].permute(1, 2, 0).contiguous().numpy(),
             _masks=t["masks"].numpy() if "masks" in t else None,
             _semantic=t["semantic"].numpy() if "semantic" in t else None)
@@ -1003,9 +1036,20 @@ class Augment:
         """
         if images.ndim != 4:
             raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
-        b, _, h, w = images.shape
+        b, c, h, w = images.shape
         if h == 0 or w == 0:
             raise ValueError(f"images have zero size {h}x{w}")
+        if images.dtype != torch.uint8:
+            if not images.dtype.is_floating_point:
+                raise ValueError(f"images must be uint8 (0..255) or float in [0, 1], got {images.dtype}: "
+                                 "convert wider integers first (smearlab.data.imageio.to_rgb8)")
+            if images.numel() and (float(images.amin()) < -1e-6 or float(images.amax()) > 1 + 1e-6):
+                raise ValueError(f"float images must lie in [0, 1], got {float(images.amin()):g}.."
+                                 f"{float(images.amax()):g} (0..255 floats would be clipped to white)")
+        rgb_only = [type(t).__name__ for t in self.transforms if getattr(t, "needs_rgb", False)]
+        if c != 3 and rgb_only:
+            raise ValueError(f"{', '.join(rgb_only)} need RGB images (3 channels), got {c}: augment before "
+                             "converting to grey, or leave colour transforms out")
         if len(targets) != b:
             raise ValueError(f"{b} images but {len(targets)} targets")
         for i, t in enumerate(targets):
@@ -1025,10 +1069,12 @@ class Augment:
             # consecutive geometric transforms (same box rule) compose into one map and one warp:
             # one resampling of the images instead of one per transform (flips and quarter turns
             # stay exact copies), the same random draws in the same order
-            rule, size, m = trs[i].box_rule, tuple(x.shape[-2:]), None
-            while i < len(trs) and _fusable(trs[i]) and trs[i].box_rule == rule:
+            rule, size, m, cut = trs[i].box_rule, tuple(x.shape[-2:]), None, False
+            while i < len(trs) and _fusable(trs[i]) and trs[i].box_rule == rule \
+                    and not (cut and not trs[i].frame_bijection):  # what a map cut away must stay away
                 mi, size = trs[i].matrices(trs[i].sample_params(b, g), size)
                 m = mi if m is None else mi @ m
+                cut = cut or not trs[i].keeps_content
                 i += 1
             x, targets = warp(x, targets, m, size, rule, **self.drop)
         # contiguous: a transform may return another memory layout (the stain jitter's einsum gives

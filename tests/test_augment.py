@@ -407,3 +407,72 @@ def test_nearest_warp_picks_grid_samples_pixels_in_the_maps_dtype():
         grid = (src * torch.tensor([2 / 53, 2 / 37]) - 1).view(1, ho, wo, 2)
         ref = F.grid_sample(masks[None].float(), grid, mode="nearest", align_corners=False)[0] > 0.5
         assert (out != ref).float().mean() < 1e-3  # equal but for float ties on pixel borders
+
+
+def test_quarter_turns_by_affine_move_the_pixels_with_the_boxes():
+    from smearlab.augment import Affine
+    img = np.zeros((20, 20, 3), np.uint8)
+    img[8:12, 7:13] = 255
+    m = np.zeros((1, 20, 20), bool)
+    m[0, 8:12, 7:13] = True
+    s = Sample("q", boxes=[[7, 8, 13, 12]], labels=[0], _image=img, _masks=m)
+    for deg in (90, -90):
+        out = Augment([Affine(degrees=(deg, deg), p=1.0)], seed=0)(s)
+        bright = out.image[..., 0] > 0                      # the pixels were left black at exactly 90 degrees
+        assert bright.sum() == 24 and (bright == out.masks[0]).all()
+        ys, xs = np.nonzero(bright)
+        np.testing.assert_allclose(out.boxes[0], [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+
+
+def test_what_a_crop_cut_away_does_not_come_back_in_a_composed_warp():
+    from smearlab.augment import Affine, RandomCrop
+    img = np.zeros((20, 20, 3), np.uint8)
+    img[5:15, 2:8] = 255
+    s = Sample("c", boxes=[[2, 5, 8, 15]], labels=[0], _image=img)
+    for seed in range(8):
+        crop, zoom = RandomCrop(12), Affine(scale=(0.5, 0.5), p=1.0)
+        out = Augment([crop, zoom], seed=seed)(s)
+        g = torch.Generator().manual_seed(seed)              # the same draws, warped one after the other
+        x = torch.tensor(img).permute(2, 0, 1)[None].float() / 255
+        t = [{"boxes": torch.tensor([[2.0, 5, 8, 15]]), "labels": torch.tensor([0])}]
+        x, t = crop.apply(x, t, crop.sample_params(1, g))
+        x, t = zoom.apply(x, t, zoom.sample_params(1, g))
+        np.testing.assert_allclose(out.image.astype(float), (x[0].permute(1, 2, 0).numpy() * 255).round(), atol=1)
+        np.testing.assert_allclose(out.boxes, t[0]["boxes"].numpy().reshape(-1, 4), atol=1e-4)
+
+
+def test_per_image_meta_is_not_filtered_as_per_object():
+    img = np.zeros((40, 40, 3), np.uint8)
+    s = Sample("t", boxes=[[0, 0, 4, 4], [30, 30, 34, 34], [1, 30, 5, 34], [30, 1, 34, 5]], labels=[0, 0, 0, 0],
+               _image=img, meta={"window": (100, 200, 140, 220), "flag": [1, 2, 3, 4]})
+    out = Augment([RandomCrop(20)], seed=1)(s)
+    assert out.meta["window"] == (100, 200, 140, 220)        # a tuple is the image's, whatever its length
+    assert len(out.meta["flag"]) == len(out.boxes)
+
+
+def test_batches_out_of_range_or_of_other_channels_are_refused():
+    from smearlab.augment import ColorJitter, GaussianNoise, StainJitter
+    t = [{"boxes": torch.zeros((0, 4)), "labels": torch.zeros(0, dtype=torch.int64)}]
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):        # 0..255 floats came out white
+        Augment([ColorJitter(brightness=0.1)]).batch(torch.full((1, 3, 8, 8), 200.0), t)
+    with pytest.raises(ValueError, match="uint8"):
+        Augment([GaussianNoise()]).batch(torch.full((1, 3, 8, 8), 4000, dtype=torch.int16), t)
+    with pytest.raises(ValueError, match="3 channels"):      # a grey batch became RGB
+        Augment([StainJitter(p=1.0)]).batch(torch.rand(1, 1, 8, 8), t)
+    out, _ = Augment([GaussianNoise(p=1.0)]).batch(torch.rand(1, 1, 8, 8), t)  # channel-blind transforms are fine
+    assert out.shape == (1, 1, 8, 8)
+    with pytest.raises(ValueError, match="concentration factor"):
+        StainJitter(alpha=2)
+
+
+def test_an_augmented_copy_of_a_file_keeps_its_pixels_after_release(tmp_path):
+    from smearlab.augment import HorizontalFlip
+    from smearlab.data.imageio import write_image
+    img = np.zeros((10, 20, 3), np.uint8)
+    img[2:6, 1:5] = 255
+    write_image(tmp_path / "a.png", img)
+    s = Sample("a", path=tmp_path / "a.png", boxes=[[1, 2, 5, 6]], labels=[0])
+    out = Augment([HorizontalFlip(p=1.0)])(s)
+    out.release()
+    assert out.path is None and out.meta["source_path"] == str(tmp_path / "a.png")
+    assert (out.image[2:6, 15:19] == 255).all()               # release() re-read the unflipped file before

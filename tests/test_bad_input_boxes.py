@@ -324,3 +324,11 @@ def test_yolo_layout_errors(tmp_path):
     assert yolo.load(tmp_path, class_names=["ring"]).class_names == ["ring"]
     (tmp_path / "classes.txt").write_text("ring\nrbc\n")
     assert yolo.load(tmp_path).class_names == ["ring", "rbc"]
+
+
+def test_boxes_and_labels_of_different_lengths_are_refused_naming_the_file():
+    from smearlab.data.boxes import clean_boxes
+    from smearlab.data.sample import SkipLog
+    for labels in ([0, 1, 2], [0]):  # three labels were cut to two; one label was a bare IndexError
+        with pytest.raises(DataError, match=r"ann\.json.*2 boxes but"):
+            clean_boxes([[0, 0, 5, 5], [1, 1, 6, 6]], labels, (10, 10), "ann.json", SkipLog(), SkipLog(kind="fixed"))

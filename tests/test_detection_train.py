@@ -383,3 +383,26 @@ def test_boxes_training_would_drop_or_misread_are_refused_naming_the_image(box):
     model = build_detector(DetectorConfig(arch="fasterrcnn_tiny", class_names=["RBC"], min_size=192, max_size=192))
     with pytest.raises(ValueError, match=r"'corrected-1'.*lies off the 192x192 image"):
         train_detector(model, ds, None, TrainConfig(epochs=1, batch_size=1, device="cpu"), progress=False)
+
+
+def test_a_grey_model_sees_batched_colour_augmentation_before_its_grey_conversion(ds128):
+    """A batched augment (the GPU path) gets RGB batches; the grey model gets one channel after it
+    (colour and stain jitter on grey batches turned them into 3 channels, or failed)."""
+    from smearlab.augment import Augment, ColorJitter, StainJitter
+    seen = []
+
+    class BatchOnly:  # an augment with .batch only takes the batched path on the CPU too
+        def __init__(self):
+            self.aug = Augment([ColorJitter(0.2, 0.2, 0.2, 0.02, p=1.0), StainJitter(p=1.0)], seed=0)
+
+        def batch(self, images, targets):
+            seen.append(images.shape[1])
+            return self.aug.batch(images, targets)
+
+    cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=ds128.class_names, min_size=128, max_size=128,
+                         in_channels=1)
+    torch.manual_seed(0)
+    model = build_detector(cfg)
+    train_detector(model, ds128, None, TrainConfig(epochs=1, batch_size=2, device="cpu", augment=BatchOnly()),
+                   progress=False)
+    assert seen == [3, 3]

@@ -232,3 +232,10 @@ def test_bad_dataset_arguments():
         S.make_wbc_crops(2, size=0)
     with pytest.raises(ValueError, match="seed"):
         S.generate_sample(-1)
+
+
+@pytest.mark.parametrize("hw, stain", [((16, 16), "A"), ((17, 64), "A"), ((22, 100), "B")])
+def test_small_images_are_generated_with_white_cells_inside(hw, stain):
+    for seed in range(6):  # a white cell drawn on an image narrower than its margins raised a numpy error
+        s = S.generate_sample(seed, index=0, width=hw[1], height=hw[0], stain=stain, n_wbc=1)
+        assert s.image.shape == (*hw, 3)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..core.errors import DataError
 from .sample import SkipLog
 
 
@@ -42,6 +43,8 @@ def clean_boxes(boxes, labels, hw: tuple[int, int] | None, path, skipped: SkipLo
     """
     b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
     lab = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if len(lab) != len(b):
+        raise DataError(path, f"{len(b)} boxes but {len(lab)} labels")
     keep = np.ones(len(b), bool)
     out = b.copy()
     seen: dict[tuple, str] = {}  # (label, box) -> the record that gave it first

@@ -600,7 +600,8 @@ def generate_sample(seed: int, *, index: int = 0, width: int = 512, height: int 
     width, height : image size in pixels.
     stain : "A", "B" or a :class:`StainStyle`.
     classes : label scheme, a key of :data:`SCHEMES` ("cbc", "wbc", "malaria"). It changes
-        the labels only, never the image.
+        the labels; the image only through ``malaria``'s default (parasites are drawn for
+        ``"malaria"``).
     n_rbc, n_wbc, n_platelets : None (random in a default range: 20-60 red cells, 0-3 white
         cells, 1-8 platelets per 512x384 at scale 1, divided by the scale), an int, or a
         (low, high) pair.
@@ -638,7 +639,8 @@ def generate_sample(seed: int, *, index: int = 0, width: int = 512, height: int 
 
     kinds = [WBC_TYPES[k] for k in rng.choice(5, size=n_w, p=wts / wts.sum())]
     wr = [rng.uniform(*_WBC_RADIUS[k]) * s for k in kinds]
-    inner = ((0.3 * 30 * s, height - 0.3 * 30 * s), (0.3 * 30 * s, width - 0.3 * 30 * s))
+    # white-cell centres keep a margin from the edges; an image narrower than two margins centres them
+    inner = tuple((min(0.3 * 30 * s, n / 2), max(n - 0.3 * 30 * s, n / 2)) for n in (height, width))
     wxy = _place(rng, n_w, wr, ([], []), [], inner, 1.1)
     rr = rng.uniform(*_RBC_RADIUS, n_r) * s
     outer = ((-0.3 * 17 * s, height + 0.3 * 17 * s), (-0.3 * 17 * s, width + 0.3 * 17 * s))

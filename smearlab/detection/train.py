@@ -670,6 +670,10 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
     batch_aug = augment if (augment is not None and hasattr(augment, "batch")
                             and (device.type == "cuda" or not callable(augment))) else None
     sample_aug = augment if (augment is not None and batch_aug is None) else given_transform
+    # a batched augment (colour and stain jitter among it) sees RGB: a grey model's images are
+    # made grey after it, not before
+    grey_after_aug = grayscale and batch_aug is not None
+    luma = torch.tensor(LUMA).view(3, 1, 1)
     if augment is not None and batch_aug is None and not callable(augment):
         raise TypeError("augment must be a callable f(sample) -> sample or have a .batch(images, targets) method")
     out_dir = Path(tcfg.out_dir) if tcfg.out_dir is not None else None
@@ -701,9 +705,10 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
                 warnings.warn("data_on_gpu ignores a per-sample augment; give an object with .batch() "
                               "to augment on the GPU", stacklevel=2)
             if sample_aug is None and _fits_on_gpu(train_smear, device, masks):
-                gpu_data = _GpuImages(train_smear, grayscale, device, masks)
+                gpu_data = _GpuImages(train_smear, grayscale and not grey_after_aug, device, masks)
         if train_smear is not None:
-            torch_ds = _ReleasingDataset(train_smear, grayscale=grayscale, transform=sample_aug, with_masks=masks)
+            torch_ds = _ReleasingDataset(train_smear, grayscale=grayscale and not grey_after_aug, transform=sample_aug,
+                                         with_masks=masks)
         else:
             torch_ds = train_ds
         n_items = len(torch_ds)
@@ -811,6 +816,8 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
             targets = _device_targets(images, targets, device, masks)
             if batch_aug is not None:
                 images, targets = _augment_batch(batch_aug, images, targets)
+                if grey_after_aug:
+                    images = [(im * luma.to(im)).sum(0, keepdim=True) for im in images]
             targets = _sanitize(targets)
             if check_labels is not None:
                 for t in targets:
