@@ -186,6 +186,19 @@ def _param(text: str):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _count(least: int):
+    """An argparse type: a whole number >= ``least``."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+        return value
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``smearlab`` argument parser: the ``report``, ``data`` and ``predict`` sub-commands, each with its
     handler as ``func`` (``args.func(args)`` runs it and returns the exit code)."""
@@ -203,20 +216,20 @@ def build_parser() -> argparse.ArgumentParser:
                                  "for --sweep reports/sweep-<file name>)")
     r.add_argument("--only", nargs="+", metavar="NOTEBOOK", help="run only these (e.g. 01_eda or 01)")
     r.add_argument("--param", action="append", type=_param, metavar="NAME=VALUE",
-                   help="set a notebook parameter (repeatable); VALUE is read as YAML: 384, 0.5, true, "
-                        "null, [a, b], text")
+                   help="set a notebook parameter (repeatable); VALUE is read as YAML 1.2: 384, 0.5, 1e-3, "
+                        "true, null (or None), [a, b], text")
     r.add_argument("--notebooks", help="folder of NN_*.ipynb notebooks (default ./notebooks)")
     r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--timeout", type=int, default=3600,
+    r.add_argument("--timeout", type=_count(0), default=3600,
                    help="seconds one cell may run before its notebook is marked failed (default 3600; "
                         "0: no limit)")
     r.add_argument("--no-html", action="store_true", help="skip the HTML export")
-    r.add_argument("--threads", type=int, metavar="N",
+    r.add_argument("--threads", type=_count(1), metavar="N",
                    help="threads of each notebook kernel (default: one per core); idle threads always sleep "
                         "(OMP_WAIT_POLICY=PASSIVE) so that a report shares a busy machine")
     sw = r.add_argument_group("parameter sweeps (details below)")
     sw.add_argument("--sweep", metavar="FILE", help="run one notebook over the grid of a sweep YAML file")
-    sw.add_argument("--jobs", type=int, default=1, metavar="N", help="grid points run at once (default 1)")
+    sw.add_argument("--jobs", type=_count(1), default=1, metavar="N", help="grid points run at once (default 1)")
     sw.add_argument("--list-jobs", action="store_true",
                     help="print one self-contained command per grid point (for a cluster scheduler) "
                          "and run nothing")
@@ -229,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--split", help="the split to load, for YOLO (images/<split>/) and a folder of COCO "
                                    "files (<split>.json, instances_<split>.json, "
                                    "annotations/instances_<split>.json, <split>/_annotations.coco.json)")
-    d.add_argument("--show-skips", type=int, default=20, help="how many skipped records to list")
+    d.add_argument("--show-skips", type=_count(0), default=20, help="how many skipped records to list")
     d.set_defaults(func=_data)
     pr = sub.add_parser("predict", help="apply a saved model (detector, detector + classifier cascade, U-Net) to "
                                         "new images: per-image JSON, counts.csv, COCO and QuPath exports",
@@ -245,8 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--glob", default="**/*", help="pattern folders are searched with (default '**/*': every "
                                                   "image below them)")
     pr.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    pr.add_argument("--batch-size", type=int, default=1)
-    pr.add_argument("--threads", type=int, metavar="N", help="CPU threads (default one per core)")
+    pr.add_argument("--batch-size", type=_count(1), default=1)
+    pr.add_argument("--threads", type=_count(1), metavar="N", help="CPU threads (default one per core)")
     pr.add_argument("--scale", help="'auto': zoom each image to the training magnification from its cells; "
                                     "a number: zoom every image by it")
     pr.add_argument("--pixel-size", type=float, metavar="UM",

@@ -459,7 +459,7 @@ def test_coco_image_problems_are_counted(tmp_path):
     assert got["image id 2"][1].startswith("image file not found under") and "missing.png" in got["image id 2"][1]
     assert got["image id 3"][1].startswith("file_name escapes the image root (refused")
     assert got["image id 3"][1].endswith(": ../outside.png")
-    assert got["image id 4"] == (str(tmp_path / "b.png"), "image is 5x5 but gt.json says 6x5")
+    assert got["image id 4"] == (str(tmp_path / "b.png"), "size differs from the annotation: image is 5x5 but gt.json says 6x5")
     assert got["image id 5"][0] == str(tmp_path / "c.png") and "not a readable image" in got["image id 5"][1]
     assert got["image id 1"] == (str(path), "duplicate image id")
     assert got["images[6]"][1] == "image entry needs an 'id' and a 'file_name'"
@@ -481,12 +481,15 @@ def test_coco_save_refuses_unknown_mode_and_leaves_no_half_files(tmp_path):
 # -- class folders --------------------------------------------------------------------------------
 
 
-def test_imagefolder_corrupt_image_fails_lazily(tmp_path):
+def test_imagefolder_corrupt_image_is_a_counted_skip(tmp_path):
     (tmp_path / "lymphocyte").mkdir()
     (tmp_path / "lymphocyte" / "x.png").write_bytes(b"\x89PNG garbage")
-    (s,) = imagefolder.load(tmp_path)
+    _png(tmp_path / "lymphocyte" / "y.png", np.zeros((4, 6), np.uint8))
+    ds = imagefolder.load(tmp_path)  # a broken file was counted as an image (and a lymphocyte) before
+    assert len(ds) == 1 and ds.class_counts() == {"lymphocyte": 1} and ds[0].hw == (4, 6)
+    assert ds.skipped[0].path.endswith("x.png") and ds.skipped[0].reason.startswith("not a readable image")
     with pytest.raises(DataError, match=r"x\.png: not a readable image"):
-        s.image  # noqa: B018
+        imagefolder.load(tmp_path, strict=True)
 
 
 def test_imagefolder_stray_files_are_counted(tmp_path):

@@ -281,8 +281,8 @@ def test_out_holding_another_index_json(nbdir, tmp_path, capsys, text, problem):
     ("epochs=abc", "--param epochs=abc: 03_detection declares epochs as int (default 4), got the text 'abc'"),
     ("epochs=true", "declares epochs as int (default 4), got the boolean true"),
     ("lr=[1]", "declares lr as float (default 0.01), got the list [1]"),
-    ("quick=1", "declares quick as bool (default True), got the number 1"),
-    ("name=yes", "declares name as str (default 'x'), got the boolean true (YAML reads"),
+    ("quick=1", "parameter 'quick' is set by --profile: give that option instead"),
+    ("name=true", "declares name as str (default 'x'), got the boolean true (true and false are booleans"),
     ("flags=3", "declares flags as list (default [1]), got the number 3"),
     ("opts=[a]", "declares opts as dict (default {}), got the list [a]"),
 ])
@@ -317,10 +317,10 @@ def test_sweep_values_of_the_wrong_type(nbdir, tmp_path, capsys):
     with pytest.raises(ValueError, match=r"s\.yaml: grid value many of 'epochs': 03_detection declares "
                                          r"epochs as int \(default 4\), got the text 'many'"):
         load_sweep(spec, nbdir)
-    spec.write_text("notebook: 03\nparameters: {quick: 0}\ngrid: {epochs: [2, 3]}\n")
+    spec.write_text("notebook: 03\nparameters: {lr: fast}\ngrid: {epochs: [2, 3]}\n")
     out = tmp_path / "sweep"
     assert cli.main(["report", "--sweep", str(spec), "--notebooks", str(nbdir), "--out", str(out)]) == 2
-    assert "parameters: quick=0: 03_detection declares quick as bool" in _error_line(capsys)
+    assert "parameters: lr=fast: 03_detection declares lr as float" in _error_line(capsys)
     assert not out.exists()
 
 

@@ -283,3 +283,18 @@ def test_report_and_exports_write_only_into_the_output_folder(tmp_path, monkeypa
         "01_exports.ipynb", "01_exports.html", "01_exports.metrics.json", "index.json", "index.html", "01_exports",
         "relative.txt"}
     assert not any(Path(p).name.startswith(".") for p in new), "temporary files left behind"
+
+
+def test_a_dataset_from_an_archive_of_several_entries_is_named_after_the_archive(tmp_path, monkeypatch):
+    import tarfile
+
+    from smearlab.data import open_dataset
+    from smearlab.data.imageio import write_image
+    monkeypatch.setenv("SMEARLAB_CACHE", str(tmp_path / "cache"))
+    for cls in ("lymphocyte", "neutrophil"):
+        write_image(tmp_path / "src" / cls / "a.png", np.zeros((4, 4, 3), np.uint8))
+    with tarfile.open(tmp_path / "cells.tar.gz", "w:gz") as tar:
+        for cls in ("lymphocyte", "neutrophil"):
+            tar.add(tmp_path / "src" / cls, arcname=cls)
+    ds = open_dataset(tmp_path / "cells.tar.gz")
+    assert ds.name == "cells" and len(ds) == 2   # it was the cache folder's name, cells-<hash>

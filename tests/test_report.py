@@ -192,3 +192,48 @@ def test_kernels_start_with_sleeping_threads_and_the_thread_count_asked_for(tmp_
         assert env == {} and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
     with pytest.raises(ValueError, match="threads"):
         thread_environment(0)
+
+
+def test_one_report_folder_holds_one_set_of_settings(nbdir, tmp_path):
+    """A re-run of some notebooks with another profile, seed, data root or parameters relabelled
+    the kept results of the earlier run with the new settings."""
+    out = tmp_path / "run"
+    run_report("quick", out=out, notebook_dir=nbdir, notebooks=["01", "03"], html_export=False)
+    for kw, what in ((dict(profile="full"), "profile"), (dict(seed=5), "seed"),
+                     (dict(data_root=tmp_path), "data_root")):
+        with pytest.raises(ValueError, match=f"made with {what}"):
+            run_report(kw.pop("profile", "quick"), out=out, notebook_dir=nbdir, notebooks=["01"],
+                       html_export=False, **kw)
+    index = run_report("full", out=out, notebook_dir=nbdir, notebooks=["01", "03"], html_export=False)
+    assert index["profile"] == "full" and index["seed"] == 0    # every result re-made: allowed
+
+
+def test_a_bad_thread_count_is_refused_before_anything_is_written(nbdir, tmp_path):
+    out = tmp_path / "run"
+    run_report("quick", out=out, notebook_dir=nbdir, notebooks=["01"], html_export=False)
+    before = (out / "index.json").read_text()
+    with pytest.raises(ValueError, match="--threads"):
+        run_report("quick", out=out, notebook_dir=nbdir, notebooks=["01"], html_export=False, threads=0)
+    assert (out / "index.json").read_text() == before        # the earlier result was deleted first
+
+
+def test_a_failed_rerun_leaves_no_earlier_notebook_or_page(nbdir, tmp_path):
+    out = tmp_path / "run"
+    run_report("quick", out=out, notebook_dir=nbdir, notebooks=["01"])
+    assert (out / "01_good.ipynb").exists() and (out / "01_good.html").exists()
+    (nbdir / "01_good.ipynb").write_text("{ broken")
+    index = run_report("quick", out=out, notebook_dir=nbdir, notebooks=["01"])
+    assert index["failed"] == ["01_good"]
+    assert not (out / "01_good.ipynb").exists() and not (out / "01_good.html").exists()
+
+
+def test_the_runners_own_parameters_are_refused_and_a_parameter_of_several_types_is_open(tmp_path):
+    d = tmp_path / "nbs"
+    d.mkdir()
+    write_notebook(d / "01_a.ipynb", "from smearlab.report import record\nrecord({'augment': augment}, metrics_path)",
+                   params="quick = True\nseed = 0\ndevice = 'auto'\nmetrics_path = None\naugment: object = True")
+    for name, option in (("quick", "--profile"), ("seed", "--seed"), ("device", "--device")):
+        with pytest.raises(ValueError, match=f"set by {option}"):
+            run_report("quick", out=tmp_path / "r", notebook_dir=d, parameters={name: False})
+    index = run_report("quick", out=tmp_path / "r", notebook_dir=d, parameters={"augment": "stain"}, html_export=False)
+    assert index["notebooks"]["01_a"]["metrics"] == {"augment": "stain"} and index["parameters"] == {"augment": "stain"}

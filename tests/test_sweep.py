@@ -184,7 +184,9 @@ def test_bad_sweep_on_the_command_line(nbdir, tmp_path, capsys):
     good = _sweep_file(tmp_path / "good.yaml", GRID)
     assert cli.main(["report", "--sweep", str(good), "--only", "01", "--notebooks", str(nbdir)]) == 2
     assert cli.main(["report", "--jobs", "2", "--notebooks", str(nbdir)]) == 2
-    assert cli.main(["report", "--sweep", str(good), "--jobs", "0", "--notebooks", str(nbdir)]) == 2
+    with pytest.raises(SystemExit) as stop:  # argparse refuses it
+        cli.main(["report", "--sweep", str(good), "--jobs", "0", "--notebooks", str(nbdir)])
+    assert stop.value.code == 2
 
 
 def test_sweep_grid_points_and_job_names(nbdir, tmp_path):
@@ -196,17 +198,26 @@ def test_sweep_grid_points_and_job_names(nbdir, tmp_path):
     assert [j.name for j in jobs] == [f"job_{i:03d}" for i in range(6)]
     cmd = jobs[1].argv
     assert cmd[cmd.index("--profile") + 1] == "full" and cmd[cmd.index("--timeout") + 1] == "0"
-    assert "b='yes'" in cmd  # quoted, so that YAML reads it back as text, not true
+    assert "b=yes" in cmd and parse_param("b=yes") == ("b", "yes")  # yes is text (YAML 1.2), read back as such
     assert shlex.split(jobs[1].command())[1:] == cmd
 
 
-@pytest.mark.parametrize("value", [384, 0.5, 1e-5, True, None, "fasterrcnn_tiny", "yes", "3", "",
-                                   "two words", "a\nb", [["tiny", "fasterrcnn_tiny", False]], {"k": [1, 2]}])
+@pytest.mark.parametrize("value", [384, 0.5, 1e-5, True, None, "fasterrcnn_tiny", "yes", "3", "", "1e-3", "None",
+                                   "010", "true", "two words", "a\nb", [["tiny", "fasterrcnn_tiny", False]], {"k": [1, 2]}])
 def test_param_values_round_trip_through_the_command_line(value):
     text = format_value(value)
     assert "\n" not in text
     assert parse_param(f"name={text}") == ("name", value)
     assert shlex.split(shlex.join([f"name={text}"])) == [f"name={text}"]
+
+
+@pytest.mark.parametrize("text, value", [("lr=1e-3", 0.001), ("x=1.5e3", 1500.0), ("epochs=010", 10), ("t=1:30", "1:30"),
+                                         ("a=yes", "yes"), ("a=on", "on"), ("e=None", None), ("e=null", None),
+                                         ("e=~", None), ("q=false", False), ("l=[1e-2, 3]", [0.01, 3])])
+def test_param_values_read_as_a_person_means_them(text, value):
+    """YAML 1.1 (PyYAML's default) read 1e-3 as text, 010 as eight, 1:30 as ninety, yes/on as true."""
+    key, got = parse_param(text)
+    assert got == value and type(got) is type(value)
 
 
 @pytest.mark.parametrize("text", ["novalue", "=3", "1x=3", "a=[1", "a b=1"])
@@ -238,3 +249,12 @@ def test_example_sweep_file_parses(tmp_path):
         cmd = shlex.split(job.command())
         got = dict(parse_param(cmd[i + 1]) for i, c in enumerate(cmd) if c == "--param")
         assert got == {**sweep.parameters, **point}  # the commands carry exactly the point
+
+
+def test_a_swept_seed_is_each_jobs_seed_and_runner_options_cannot_be_swept(nbdir, tmp_path):
+    sweep = load_sweep(_sweep_file(tmp_path / "s.yaml", "notebook: 01\ngrid: {seed: [1, 2], a: [3]}\n"), nbdir)
+    jobs = sweep_jobs(sweep, tmp_path / "o")
+    assert [j.argv[j.argv.index("--seed") + 1] for j in jobs] == ["1", "2"]
+    assert not any(arg.startswith("seed=") for j in jobs for arg in j.argv)  # --param seed is refused by the runner
+    with pytest.raises(ValueError, match="'quick' is set by --profile"):
+        load_sweep(_sweep_file(tmp_path / "q.yaml", "notebook: 01\ngrid: {quick: [true, false]}\n"), nbdir)

@@ -134,7 +134,7 @@ def read_raw(path: str | Path, *, orientation: str = "exif", palette: str = "rgb
                     im = im.convert("RGBA" if im.mode in ("LA", "PA") else "RGB")
                 return np.array(im)
     except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-        raise DataError(path, f"not a readable image ({type(e).__name__}: {e})") from None
+        raise DataError(path, f"not a readable image: {type(e).__name__}: {e}") from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
         raise DataError(path, f"corrupt or truncated image ({e})") from None
 
@@ -310,7 +310,7 @@ def image_info(path: str | Path) -> ImageInfo:
             w, h = im.size
             orientation = _exif_orientation(im)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(path, f"not a readable image ({e})") from None
+        raise DataError(path, f"not a readable image: {e}") from None
     return ImageInfo((h, w), orientation)
 
 

@@ -51,10 +51,13 @@ def open_dataset(spec: str | Path = "synthetic", *, quick: bool = True, seed: in
         return parts[0] if len(parts) == 1 else SmearDataset.concat(parts, name="synthetic")
     path = Path(spec)
     if path.is_file() and spec.lower().endswith(ARCHIVE_SUFFIXES):
+        archive = path.name[:-len(next(x for x in ARCHIVE_SUFFIXES if path.name.lower().endswith(x)))]
         path = extract(path)
         inside = [c for c in path.iterdir() if not c.name.startswith(".")]
         if len(inside) == 1 and inside[0].is_dir():  # archive of one top-level folder
             path = inside[0]
+        else:  # named after the archive, not the cache folder (whose name changes with the archive's date)
+            options.setdefault("name", archive)
     return load(path, format=format, **options)
 
 

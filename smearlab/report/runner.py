@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from ..core.device import describe as describe_hardware
 from ..core.files import atomic_path, write_json, write_text
-from ..core.threads import started_with
+from ..core.threads import started_with, thread_environment
 from ..experiments.profiles import REAL_DATA
 from .results import NotebookResult, git_commit, index_html, results_markdown
 
@@ -30,6 +30,10 @@ PROFILES = ("quick", "full")
 
 #: Parameters the runner sets itself; a profile, ``--param`` or a sweep may not set them.
 RUNNER_PARAMETERS = ("metrics_path", "out_dir")
+
+#: Notebook parameters the runner sets from its own options: ``--param`` may not set them (the
+#: run's index would describe another run than the one made); a sweep's ``seed`` becomes ``--seed``.
+OPTION_PARAMETERS = {"quick": "--profile", "seed": "--seed", "device": "--device", "data_root": "--data-root"}
 
 
 #: The notebook series of the source tree.
@@ -122,8 +126,9 @@ def run_notebook(nb: Path, out_dir: Path, parameters: dict[str, Any], *, kernel:
     out_dir = out_dir.resolve()  # the kernel runs in out_dir: every path it is given is absolute
     out_nb = out_dir / f"{name}.ipynb"
     metrics_path = out_dir / f"{name}.metrics.json"
-    if metrics_path.exists():
-        metrics_path.unlink()  # a rerun must not show the last run's numbers
+    for stale in (metrics_path, out_nb, out_nb.with_suffix(".html")):
+        if stale.exists():
+            stale.unlink()  # a rerun must not show the last run's numbers, notebook or page
     status, error = "ok", None
     t0 = time.perf_counter()
     try:
@@ -236,9 +241,18 @@ def run_report(profile: str = "quick", *, data_root: str | Path | None = None, d
     chosen = select_notebooks(all_nbs, notebooks)
     parameters = dict(parameters or {})
     _check_parameters(parameters, chosen)
+    try:
+        thread_environment(threads)  # a bad value is refused before anything is written
+    except ValueError as e:
+        raise ValueError(f"--threads: {e}") from None
     out_dir = Path(out) if out else Path("reports") / f"{_dt.datetime.now():%Y%m%d-%H%M%S}-{profile}"
     index_path = out_dir / "index.json"
     results = _previous_results(index_path)
+    settings = {"profile": profile, "device": device, "data_root": str(Path(data_root).resolve()) if data_root else None,
+                "seed": seed, "parameters": {k: parameters[k] for k in sorted(parameters)}}
+    kept = sorted(set(results) - {nb.stem for nb in chosen})
+    if kept:
+        _check_same_settings(index_path, settings, kept)
     make_out_dir(out_dir)
     rerun = [nb.stem for nb in chosen if nb.stem in results]
     if rerun:  # a run that dies must not leave the earlier results of these notebooks standing as its own
@@ -256,7 +270,7 @@ def run_report(profile: str = "quick", *, data_root: str | Path | None = None, d
             res = run_notebook(nb, out_dir, params, kernel=kernel, timeout=timeout, html_export=html_export)
             results[nb.stem] = asdict(res)
     index = {
-        "out": str(out_dir), "profile": profile, "device": device, "data_root": str(data_root) if data_root else None,
+        "out": str(out_dir), **settings,
         "date": _dt.datetime.now().isoformat(timespec="seconds"), "git_commit": git_commit(),
         "hardware": describe_hardware(device), "threads": threads, "kernel_environment": environment,
         "command": "smearlab " + shlex.join(report_argv(
@@ -325,6 +339,21 @@ def _previous_results(index_path: Path) -> dict[str, dict[str, Any]]:
                      f"index ({problem}); choose another --out or remove the file")
 
 
+def _check_same_settings(index_path: Path, settings: dict[str, Any], kept: list[str]) -> None:
+    """Refuse a run into a folder whose other results (``kept``) were made with other settings:
+    the index describes one set of settings, and would give the new ones to the old results."""
+    earlier = json.loads(index_path.read_text(encoding="utf-8"))
+    for key, value in settings.items():
+        if key in earlier and not _same_json(earlier[key], value):
+            raise ValueError(f"{index_path.parent}: its results of {', '.join(kept)} were made with {key} "
+                             f"{earlier[key]!r}, this run has {value!r}; one report folder holds one set of "
+                             "settings: choose another --out (or re-run every notebook in it)")
+
+
+def _same_json(a: Any, b: Any) -> bool:
+    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
+
+
 def _index_problem(data: Any) -> str | None:
     """What makes ``data`` (a parsed ``index.json``) not a run index, or None."""
     if not isinstance(data, dict):
@@ -363,6 +392,10 @@ def _check_parameters(parameters: Mapping[str, Any], notebooks: list[Path]) -> N
     reserved = sorted(set(parameters) & set(RUNNER_PARAMETERS))
     if reserved:
         raise ValueError(f"parameter {reserved[0]!r} is set by the report runner; it cannot be given")
+    owned = sorted(set(parameters) & set(OPTION_PARAMETERS))
+    if owned:
+        raise ValueError(f"parameter {owned[0]!r} is set by {OPTION_PARAMETERS[owned[0]]}: give that option instead of "
+                         f"--param {owned[0]}=... (the run's index records the options)")
     if not parameters:
         return
     declared: dict[str, dict[str, Any]] = {}
@@ -395,13 +428,14 @@ _ACCEPTS = {"bool": (bool,), "int": (int, float), "float": (int, float), "str": 
 def check_parameter_type(label: str, name: str, value: Any, notebook: str, spec: Mapping[str, Any]) -> None:
     """Refuse a parameter value whose type clearly differs from what the notebook declares.
 
-    The declared type is the annotation of the ``parameters`` cell line (``epochs: int = 4``)
-    or else the type of the default value, as papermill's ``inspect_notebook`` reports them
+    The declared type is the annotation of the ``parameters`` cell line (``epochs: int = 4``;
+    any other annotation, e.g. ``augment: object = True``, accepts anything) or else the type of
+    the default value, as papermill's ``inspect_notebook`` reports them
     (``spec``). A default of ``None`` or of another type accepts anything, and ``None`` is
     accepted for every type. Otherwise: a bool takes only ``true``/``false``; an int or a
     float takes numbers (not text, not a boolean; an int default also takes a float, as
     ``perplexity = 30`` may well be 12.5); a str takes text and numbers but not a
-    boolean (YAML reads ``yes``/``no``/``on``/``off`` as booleans), list or mapping; a list
+    boolean (``true``/``false``), list or mapping; a list
     (or tuple) takes a list; a dict a mapping.
 
     Parameters
@@ -423,7 +457,7 @@ def check_parameter_type(label: str, name: str, value: Any, notebook: str, spec:
         return
     got = _describe(value)
     if kind == "str" and isinstance(value, bool):
-        got += " (YAML reads yes/no, on/off and true/false as booleans: quote the value to pass text)"
+        got += " (true and false are booleans: quote the value to pass text)"
     raise ValueError(f"{label}: {notebook} declares {name} as {kind} (default {default}), got {got}")
 
 
@@ -433,6 +467,8 @@ def _declared_kind(spec: Mapping[str, Any]) -> tuple[str | None, str]:
     annotated = spec.get("inferred_type_name")
     if annotated in _ACCEPTS:  # `epochs: int = 4`
         return annotated, default
+    if annotated not in (None, "None"):  # `augment: object = True` (or a union): a parameter of several types
+        return None, default
     try:
         value = ast.literal_eval(default)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
@@ -483,9 +519,61 @@ def _progress(items):
     return tqdm(items, desc="notebooks", unit="nb")
 
 
+def _yaml_classes():
+    """A YAML loader and dumper that read scalars as YAML 1.2's core schema (and Python) does:
+    ``1e-3`` is a number (PyYAML's YAML 1.1 reads it as text), ``010`` is ten (not eight),
+    ``1:30`` is text (not 90), only ``true``/``false`` are booleans (not yes/no/on/off), and
+    ``None`` is null like ``null`` and ``~``."""
+    import re
+
+    import yaml
+
+    def resolvers():
+        out = {k: [(t, r) for t, r in v if t not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int",
+                                                     "tag:yaml.org,2002:float")]
+               for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+        for tag, rx, first in (
+                ("tag:yaml.org,2002:null", r"^None$", "N"),  # Python's spelling, as the notebooks' comments use it
+                ("tag:yaml.org,2002:bool", r"^(?:true|True|TRUE|false|False|FALSE)$", "tTfF"),
+                ("tag:yaml.org,2002:int", r"^[-+]?[0-9]+$", "-+0123456789"),
+                ("tag:yaml.org,2002:float", r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+                                            r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$", "-+0123456789.")):
+            for c in first:
+                out.setdefault(c, []).append((tag, re.compile(rx)))
+        return out
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    Loader.yaml_implicit_resolvers = resolvers()
+    Dumper.yaml_implicit_resolvers = resolvers()  # text that would read back as a number is quoted
+    Loader.add_constructor("tag:yaml.org,2002:int", lambda loader, node: int(loader.construct_scalar(node), 10))
+    return Loader, Dumper
+
+
+def load_yaml(text: str) -> Any:
+    """``text`` read as YAML with YAML 1.2's core scalars (see :func:`_yaml_classes`): what
+    ``--param`` values and sweep files are read with.
+
+    Parameters
+    ----------
+    text : the YAML text.
+
+    Raises
+    ------
+    yaml.YAMLError
+        for malformed YAML.
+    """
+    import yaml
+    return yaml.load(text, Loader=_yaml_classes()[0])  # noqa: S506 (a SafeLoader subclass)
+
+
 def parse_param(text: str) -> tuple[str, Any]:
-    """``"k=v"`` -> ``(k, v)`` with ``v`` read as YAML (``256`` int, ``0.5`` float, ``true``,
-    ``null``, ``[a, b]`` list, anything else text).
+    """``"k=v"`` -> ``(k, v)`` with ``v`` read as YAML (``256`` int, ``0.5`` and ``1e-3`` floats,
+    ``true``, ``null``, ``[a, b]`` list, anything else text; :func:`load_yaml`).
 
     Parameters
     ----------
@@ -503,7 +591,7 @@ def parse_param(text: str) -> tuple[str, Any]:
     if not sep or not key.isidentifier():
         raise ValueError(f"--param {text!r}: expected NAME=VALUE, e.g. input_size=384")
     try:
-        return key, yaml.safe_load(value)
+        return key, load_yaml(value)
     except yaml.YAMLError as e:
         raise ValueError(f"--param {text!r}: the value is not valid YAML ({e})") from None
 
@@ -518,7 +606,8 @@ def format_value(value: Any) -> str:
     import yaml
 
     def dump(**style) -> str:
-        text = yaml.safe_dump(value, default_flow_style=True, width=float("inf"), **style).strip()
+        text = yaml.dump(value, Dumper=_yaml_classes()[1], default_flow_style=True, width=float("inf"),
+                         **style).strip()
         return text.removesuffix("...").strip()
 
     text = dump()

@@ -24,8 +24,8 @@ from ..core.files import atomic_path, flatten_dict, write_json, write_text
 from ..core.search import grid_points
 from ..core.threads import thread_environment
 from .results import format_cell, git_commit
-from .runner import (PROFILES, RUNNER_PARAMETERS, check_parameter_type, declared_parameters, find_notebooks,
-                     format_value, make_out_dir, report_argv, select_notebooks)
+from .runner import (OPTION_PARAMETERS, PROFILES, RUNNER_PARAMETERS, check_parameter_type, declared_parameters, find_notebooks,
+                     format_value, load_yaml, make_out_dir, report_argv, select_notebooks)
 
 log = logging.getLogger('smearlab.report.sweep')
 
@@ -122,7 +122,7 @@ def load_sweep(path: str | Path, notebook_dir: str | Path | None = None) -> Swee
         return ValueError(f"sweep file {path}: {problem}")
 
     try:
-        spec = yaml.safe_load(path.read_text(encoding="utf-8"))
+        spec = load_yaml(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError) as e:
         raise bad(f"cannot read it ({e})") from None
     except yaml.YAMLError as e:
@@ -161,6 +161,9 @@ def load_sweep(path: str | Path, notebook_dir: str | Path | None = None) -> Swee
     for key in [*grid, *fixed]:
         if key in RUNNER_PARAMETERS:
             raise bad(f"parameter {key!r} is set by the report runner; it cannot be swept or fixed")
+        if key in OPTION_PARAMETERS and key != "seed":  # a seed becomes each job's --seed
+            raise bad(f"parameter {key!r} is set by {OPTION_PARAMETERS[key]}"
+                      + (" (the sweep's 'profile' key)" if key == "quick" else "") + "; it cannot be swept or fixed")
         if key not in declared:
             raise bad(f"{key!r} is not a parameter of {notebook.stem} "
                       f"(its parameters: {', '.join(declared)})")
@@ -218,11 +221,12 @@ def sweep_jobs(sweep: Sweep, out: str | Path, *, data_root: str | Path | None = 
     jobs = []
     for i, point in enumerate(points):
         job_out = out / f"job_{i:0{width}d}"
+        params = {**sweep.parameters, **point}
+        job_seed = params.pop("seed", seed)  # a swept or fixed seed is the job's --seed
         argv = report_argv(sweep.profile, notebook_dir=sweep.notebook.parent, notebooks=[sweep.notebook.stem],
-                           device=device, seed=seed,
+                           device=device, seed=job_seed,
                            data_root=Path(data_root).resolve() if data_root is not None else None,
-                           timeout=timeout, html_export=html_export,
-                           parameters={**sweep.parameters, **point}, out=job_out)
+                           timeout=timeout, html_export=html_export, parameters=params, out=job_out)
         jobs.append(SweepJob(job_out.name, point, job_out, argv))
     return jobs
 

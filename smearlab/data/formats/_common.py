@@ -152,8 +152,8 @@ def image_geometry(image: Path, declared: tuple[int, int] | None, skipped: SkipL
         return info.stored_hw, "stored"
     turned = f" (stored {info.stored_hw[1]}x{info.stored_hw[0]}, EXIF orientation " \
              f"{info.exif_orientation})" if info.rotated else ""
-    skipped.add(image, f"image is {shown[1]}x{shown[0]}{turned} but {Path(str(source)).name} says "
-                       f"{w}x{h}", record)
+    skipped.add(image, f"size differs from the annotation: image is {shown[1]}x{shown[0]}{turned} but "
+                       f"{Path(str(source)).name} says {w}x{h}", record)
     return None
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...core.errors import DataError
-from ..imageio import is_image_file
+from ..imageio import image_info, is_image_file
 from ..sample import Sample, SkipLog, SmearDataset
 from ._common import Root, remap_classes
 
@@ -18,8 +18,8 @@ def load(path: str | Path, *, strict: bool = False, name: str | None = None, cla
     """Load a folder of class folders of images.
 
     Hidden entries (names starting with ".") are ignored. Any other file that is not an image
-    (by extension, case-insensitive), a folder inside a class folder, or a file beside the class
-    folders is a counted skip. An empty class folder stays a class with zero images: it is
+    (by extension, case-insensitive) or whose header is not a readable image, a folder inside a
+    class folder, or a file beside the class folders is a counted skip. An empty class folder stays a class with zero images: it is
     logged as a warning and reported in ``dataset.skipped`` as "empty class folder", but it does
     not raise even with ``strict``. Images are read as shown (EXIF orientation applied).
 
@@ -73,5 +73,10 @@ def _class_samples(folder: Path, label: int, skipped: SkipLog, inside: Root) -> 
         elif not is_image_file(p):
             skipped.add(p, f"not an image file (extension {p.suffix or 'none'!r})")
         else:
-            samples.append(Sample(f"{folder.name}/{p.name}", p, image_label=label))
+            try:  # the header, as the box formats read it: a broken file is a counted skip, not a count
+                size = image_info(p).shown_hw
+            except DataError as e:
+                skipped.add(p, e.problem)
+                continue
+            samples.append(Sample(f"{folder.name}/{p.name}", p, image_label=label, size=size))
     return samples
