@@ -406,3 +406,33 @@ def test_a_grey_model_sees_batched_colour_augmentation_before_its_grey_conversio
     train_detector(model, ds128, None, TrainConfig(epochs=1, batch_size=2, device="cpu", augment=BatchOnly()),
                    progress=False)
     assert seen == [3, 3]
+
+
+def test_training_sees_each_image_through_its_pipeline_once(tmp_path):
+    """Validation applied the pipeline twice (once to the split, once by predict), and a model
+    trained further without a pipeline given (fine-tuning) saw raw images while its predictions
+    applied its saved pipeline."""
+    from smearlab.detection.models import load_model
+    from smearlab.preprocess import Preprocess
+    tr = make_dataset(2, seed=0, width=96, height=96)
+    va = make_dataset(1, seed=5, width=96, height=96)
+    pre = Preprocess([("gamma", {"g": 2.0})])
+    cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=tr.class_names, min_size=96, max_size=96)
+    torch.manual_seed(0)
+    m = build_detector(cfg)
+    seen = {True: [], False: []}
+    m.transform.register_forward_pre_hook(lambda mod, args: seen[mod.training].append(args[0][0].detach().clone()))
+    tc = TrainConfig(epochs=1, batch_size=2, max_steps_per_epoch=1, warmup_iters=1, device="cpu", preprocess=pre,
+                     lr=0.001, out_dir=tmp_path / "run")
+    train_detector(m, tr, va, tc, progress=False)
+    once = torch.from_numpy(pre(va[0].image)).permute(2, 0, 1).float() / 255
+    assert torch.allclose(seen[False][0], once, atol=1e-6)
+    # trained further with no pipeline given: the model's own applies to its training images
+    loaded = load_model(tmp_path / "run" / "model", device="cpu")
+    seen[True].clear()
+    loaded.transform.register_forward_pre_hook(lambda mod, args: seen[mod.training].append(args[0][0].detach().clone()))
+    train_detector(loaded, tr.subset([0]), None, TrainConfig(epochs=1, batch_size=1, max_steps_per_epoch=1,
+                                                              warmup_iters=1, device="cpu", lr=0.001,
+                                                              out_dir=tmp_path / "more"), progress=False)
+    assert torch.allclose(seen[True][0], torch.from_numpy(pre(tr[0].image)).permute(2, 0, 1).float() / 255, atol=1e-6)
+    assert (tmp_path / "more" / "model" / "preprocess.json").is_file()

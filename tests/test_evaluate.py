@@ -266,3 +266,58 @@ def test_match_image_and_worst_images():
     perfect = {"boxes": gt.boxes, "scores": np.ones(3, np.float32), "labels": gt.labels}
     ds = SmearDataset([gt, gt], ["RBC", "WBC"])
     assert worst_images(ds, [perfect, pred], n=1) == [1]
+
+
+def _one(boxes, labels, classes=("RBC", "WBC"), **meta):
+    return SmearDataset([Sample("a", boxes=boxes, labels=labels, _image=np.zeros((40, 40, 3), np.uint8), meta=meta)],
+                        list(classes))
+
+
+def test_a_nan_box_or_score_is_refused_not_a_perfect_match():
+    ds = _one([[0, 0, 10, 10]], [0])
+    for box, score in (([np.nan, 0, 10, 10], 0.9), ([0, 0, 10, 10], np.nan)):  # pycocotools: IoU 1, AP 1.0
+        with pytest.raises(ValueError, match="NaN or infinite"):
+            E.coco_eval(ds, [{"boxes": [box], "scores": [score], "labels": [0]}])
+    with pytest.raises(ValueError, match="x1 < x0"):
+        E.coco_eval(ds, [{"boxes": [[10, 0, 0, 10]], "scores": [0.9], "labels": [0]}])
+
+
+def test_crowd_regions_are_ignored_as_pycocotools_ignores_them():
+    ds = _one([[0, 0, 10, 10], [20, 20, 40, 40]], [0, 0], iscrowd=np.array([0, 1]))
+    pred = {"boxes": [[0, 0, 10, 10]], "scores": [0.9], "labels": [0]}
+    assert E.coco_eval(ds, [pred])["mAP50"] == pytest.approx(1.0)   # 0.50 when the crowd region was an object
+
+
+def test_worst_images_and_match_image_map_classes_by_name_and_break_ties_as_ap():
+    from smearlab.data.predictions import Predictions
+    ds = _one([[0, 0, 10, 10], [20, 0, 30, 10]], [0, 1])
+    two = SmearDataset([ds[0], ds[0]], ds.class_names)
+    right = Predictions([{"boxes": [[0, 0, 10, 10], [20, 0, 30, 10]], "scores": [0.9, 0.8], "labels": [1, 0]},
+                         {"boxes": [[0, 0, 10, 10]], "scores": [0.9], "labels": [1]}],
+                        ["WBC", "RBC"])  # image 0 right, image 1 one box missed, in the model's class order
+    assert E.worst_images(two, right, n=2) == [1, 0]   # read by index: [0, 1] (image 0 "had 4 errors")
+    tp, found = E.match_image(ds[0], E.check_predictions(two, right)[0])
+    assert tp.all() and found.all()
+    with pytest.raises(ValueError):
+        E.worst_images(two, right[:1])  # 1 prediction for 2 images
+    # a detection at IoU exactly 0.5 with two boxes takes the later one, as AP matching does
+    tie = _one([[0, 0, 10, 10], [10, 0, 20, 10]], [0, 0])
+    pred = {"boxes": [[0, 0, 20, 10], [0, 0, 10, 10]], "scores": [0.9, 0.8], "labels": [0, 0]}
+    tp, found = E.match_image(tie[0], pred)
+    assert tp.all() and found.all()
+    assert E.confusion_matrix(tie, [pred])[0, 0] == 2
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError, match="iou"):
+            E.match_image(tie[0], pred, iou=bad)
+
+
+def test_precision_counts_every_kept_detection_and_arguments_are_checked():
+    ds = _one([[0, 0, 10, 10]], [0])
+    pred = {"boxes": [[0, 0, 10, 10], [20, 20, 30, 30], [25, 0, 35, 10]], "scores": [0.9, 0.8, 0.7], "labels": [0, 0, 0]}
+    r = E.FastEvaluator(ds, max_dets=1).evaluate([pred])
+    assert r["per_class"]["RBC"]["precision"] == pytest.approx(1 / 3)   # was 1.0: the cap hid two false positives
+    for bad in ((), (0,)):
+        with pytest.raises(ValueError, match="max_dets"):
+            E.coco_eval(ds, [pred], max_dets=bad)
+    with pytest.raises(ValueError, match="iou"):
+        E.FastEvaluator(ds).evaluate([pred], iou=1.5)

@@ -19,7 +19,8 @@ log = logging.getLogger('smearlab.data.predictions')
 
 
 def as_prediction(p: Mapping, where="prediction") -> dict:
-    """One prediction dict with the agreed dtypes and shapes (``ValueError`` when inconsistent).
+    """One prediction dict with the agreed dtypes and shapes (``ValueError`` when inconsistent, a
+    box or score is not finite, or a box is inverted).
 
     Parameters
     ----------
@@ -39,6 +40,12 @@ def as_prediction(p: Mapping, where="prediction") -> dict:
     if not len(boxes) == len(scores) == len(labels):
         raise ValueError(f"{where}: {len(boxes)} boxes, {len(scores)} scores and {len(labels)} "
                          f"labels differ in number")
+    if not (np.isfinite(boxes).all() and np.isfinite(scores).all()):
+        bad = int((~np.isfinite(boxes).all(1) | ~np.isfinite(scores)).sum())
+        raise ValueError(f"{where}: {bad} of {len(boxes)} predictions have a NaN or infinite box or score "
+                         "(pycocotools scores a NaN box as a perfect match)")
+    if len(boxes) and ((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).any():
+        raise ValueError(f"{where}: a box has x1 < x0 or y1 < y0 (boxes are x0, y0, x1, y1 in pixels)")
     out = {"boxes": boxes, "scores": scores, "labels": labels}
     if p.get("masks") is not None:
         masks = np.asarray(p["masks"]).astype(bool, copy=False)

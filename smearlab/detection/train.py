@@ -635,9 +635,13 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
 
     # --- data: checked before anything else ------------------------------------------------
     train_smear, given_transform = _as_smear(train_ds)
-    pre = as_preprocess(tcfg.preprocess)
+    # the pipeline given, else the one the model already carries (a loaded model trained further:
+    # its predictions apply it, so its training images must have it too)
+    pre = as_preprocess(tcfg.preprocess if tcfg.preprocess is not None
+                        else getattr(unwrap(model), "preprocess_spec", None))
+    pre_spec = pre.to_dict() if pre is not None else None
     if pre is not None:  # the trained model carries its pipeline, as a loaded one does
-        unwrap(model).preprocess_spec = pre.to_dict()
+        unwrap(model).preprocess_spec = pre_spec
     if train_smear is not None:
         check_boxes(train_smear)
         if masks:
@@ -873,8 +877,9 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
             if val_smear is not None and (epoch % tcfg.val_every == 0 or is_last):
                 if dctx.main:
                     t_val = time.time()
-                    preds = predict(scored, val_smear, batch_size=tcfg.batch_size, amp=use_amp,
-                                    score_floor=cfg_model.score_floor, tile=tcfg.val_tile, progress=False)
+                    preds = predict(scored, val_smear, batch_size=tcfg.batch_size, amp=use_amp,  # already preprocessed
+                                    score_floor=cfg_model.score_floor, tile=tcfg.val_tile, progress=False,
+                                    preprocess=None)
                     for k, v in (evaluate_fn(val_smear, preds) or {}).items():
                         if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
                             out[f"val_{k}"] = float(v)
@@ -910,7 +915,7 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
             if dctx.main and out_dir is not None:
                 _write_metrics(out_dir, history.records)
                 if improved:
-                    save_model(scored, cfg_model, out_dir / "best", preprocess=tcfg.preprocess, train_config=tcfg)
+                    save_model(scored, cfg_model, out_dir / "best", preprocess=pre_spec, train_config=tcfg)
             if dctx.main:
                 log.info("epoch %d/%d: %s", epoch, planned_epochs(),
                          ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
@@ -927,9 +932,9 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
         if ema is not None:  # the trained model is the average (last.pt keeps the raw weights)
             net.load_state_dict(ema.module.state_dict())
         if dctx.main and out_dir is not None:
-            save_model(net, cfg_model, out_dir / "model", preprocess=tcfg.preprocess, train_config=tcfg)
+            save_model(net, cfg_model, out_dir / "model", preprocess=pre_spec, train_config=tcfg)
             if history.best_epoch is None:  # no validation: best is the final model
-                save_model(net, cfg_model, out_dir / "best", preprocess=tcfg.preprocess, train_config=tcfg)
+                save_model(net, cfg_model, out_dir / "best", preprocess=pre_spec, train_config=tcfg)
         dctx.barrier()
         return history
     finally:

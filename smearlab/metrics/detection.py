@@ -15,7 +15,7 @@ from pycocotools.cocoeval import COCOeval
 
 from ..data.classes import per_class
 from ..data.formats.coco import encode_rle
-from ..data.predictions import check_predictions
+from ..data.predictions import as_prediction, check_predictions
 from ..data.sample import SmearDataset
 
 
@@ -58,7 +58,9 @@ def _xywh(boxes: np.ndarray) -> list[list[float]]:
 
 
 def coco_gt_dict(dataset: SmearDataset, *, segm: bool = False) -> dict:
-    """The COCO ground-truth dict of ``dataset`` (no image files; ``iscrowd`` always 0).
+    """The COCO ground-truth dict of ``dataset`` (no image files; ``iscrowd`` from the samples'
+    ``meta["iscrowd"]`` where a loader kept it, as the COCO loader does, else 0: pycocotools
+    then ignores detections of a crowd region as it does on the original file).
 
     Parameters
     ----------
@@ -73,9 +75,12 @@ def coco_gt_dict(dataset: SmearDataset, *, segm: bool = False) -> dict:
         masks = s.masks if segm else None
         if segm and masks is None and len(s.boxes):
             raise ValueError(f"segm evaluation needs instance masks; image {s.image_id!r} has none")
+        crowd = s.meta.get("iscrowd")
+        crowd = np.asarray(crowd).reshape(-1) if crowd is not None and np.size(crowd) == len(s.boxes) \
+            else np.zeros(len(s.boxes), np.int64)
         for j, (bb, lab) in enumerate(zip(_xywh(s.boxes), s.labels.tolist())):
             a = {"id": len(anns) + 1, "image_id": i, "category_id": lab + 1, "bbox": bb,
-                 "area": bb[2] * bb[3], "iscrowd": 0}
+                 "area": bb[2] * bb[3], "iscrowd": int(bool(crowd[j]))}
             if segm:
                 a["segmentation"] = encode_rle(masks[j])
                 a["area"] = int(masks[j].sum())
@@ -140,6 +145,9 @@ def coco_eval(dataset: SmearDataset, predictions, *, iou_type: str = "bbox",
     """
     if iou_type not in ("bbox", "segm"):
         raise ValueError(f"iou_type must be 'bbox' or 'segm', got {iou_type!r}")
+    md = list(max_dets) if not isinstance(max_dets, (int, np.integer)) else [max_dets]
+    if not md or any(isinstance(m, bool) or int(m) != m or int(m) < 1 for m in md):
+        raise ValueError(f"max_dets must be whole numbers >= 1, got {max_dets!r}")
     preds = check_predictions(dataset, predictions)
     segm = iou_type == "segm"
     gt = _coco_gt(dataset, segm)
@@ -153,7 +161,7 @@ def coco_eval(dataset: SmearDataset, predictions, *, iou_type: str = "bbox",
         with contextlib.redirect_stdout(io.StringIO()):
             dt = gt.loadRes(results)
             ev = COCOeval(gt, dt, iou_type)
-            ev.params.maxDets = sorted(int(m) for m in max_dets)
+            ev.params.maxDets = sorted(int(m) for m in md)
             ev.params.areaRng = [[0 ** 2, 1e5 ** 2]]
             ev.params.areaRngLbl = ["all"]
             ev.evaluate()
@@ -169,7 +177,7 @@ def coco_eval(dataset: SmearDataset, predictions, *, iou_type: str = "bbox",
     per_class = {n: {"AP": ap(prec[:, :, c]), "AP50": ap(prec[0, :, c]), "AP75": ap(prec[5, :, c])}
                  for c, n in enumerate(names)}
     return {"mAP": ap(prec), "mAP50": ap(prec[0]), "mAP75": ap(prec[5]), "per_class": per_class,
-            "max_dets": sorted(int(m) for m in max_dets), "iou_type": iou_type}
+            "max_dets": sorted(int(m) for m in md), "iou_type": iou_type}
 
 
 def _iou_xywh(d: np.ndarray, g: np.ndarray) -> np.ndarray:
@@ -217,6 +225,8 @@ class FastEvaluator:
     def __init__(self, dataset: SmearDataset, max_dets: int = 1000):
         self.dataset = dataset
         self.class_names = list(dataset.class_names)
+        if isinstance(max_dets, bool) or int(max_dets) != max_dets or int(max_dets) < 1:
+            raise ValueError(f"max_dets must be a whole number >= 1, got {max_dets!r}")
         self.max_dets = int(max_dets)
         self.gt_xywh = [_as_xywh(s.boxes) for s in dataset]
         self.gt_labels = [s.labels.copy() for s in dataset]
@@ -317,6 +327,8 @@ class FastEvaluator:
 
     def _run(self, prep: _Prepared, keep, iou: float, full: bool, *, curves: bool = False) -> dict:
         """Matching and accumulation. ``ts``: thresholds evaluated; index 0 is 0.5 (AP50)."""
+        if not 0 < float(iou) <= 1:
+            raise ValueError(f"iou must be in (0, 1], got {iou!r}")
         if iou < prep.min_iou:
             raise ValueError(f"predictions were prepared for IoU >= {prep.min_iou}, not {iou}")
         ts = list(IOU_THRESHOLDS) if full else [IOU_THRESHOLDS[0]]
@@ -332,7 +344,7 @@ class FastEvaluator:
         pr_curves = {}
         for c in range(k):
             sc, tps, _, pred_counts[:, c] = self.class_matches(prep, masks, c, ts)
-            n_pred[c] = len(sc)
+            n_pred[c] = int(pred_counts[:, c].sum())  # every kept detection (the cap is AP's alone)
             tp_at[c] = int(tps[ti].sum())
             npig = int(self.n_gt[c])
             if npig == 0:
@@ -500,6 +512,8 @@ def confusion_matrix(dataset: SmearDataset, predictions, iou: float = 0.5,
     iou : smallest IoU of a match.
     score_threshold : a float, a per-class sequence or ``{class: threshold}`` (unnamed classes 0).
     """
+    if not 0 < float(iou) <= 1:
+        raise ValueError(f"iou must be in (0, 1], got {iou!r}")
     preds = check_predictions(dataset, predictions)
     names = dataset.class_names
     k = len(names)
@@ -513,7 +527,7 @@ def confusion_matrix(dataset: SmearDataset, predictions, iou: float = 0.5,
         for d in np.argsort(-p["scores"], kind="stable"):
             cand = np.flatnonzero((gl == pl[d]) & ~g_used & (ious[d] >= iou))
             if len(cand):
-                g = cand[np.argmax(ious[d, cand])]
+                g = cand[_last_max(ious[d, cand])]
                 g_used[g] = p_used[d] = True
                 m[gl[g], pl[d]] += 1
         if (~g_used).any() and (~p_used).any():
@@ -655,6 +669,9 @@ def match_image(sample, prediction: dict, iou: float = 0.5) -> tuple[np.ndarray,
     prediction : the image's prediction dict.
     iou : smallest IoU of a match.
     """
+    prediction = as_prediction(prediction)
+    if not 0 < float(iou) <= 1:
+        raise ValueError(f"iou must be in (0, 1], got {iou!r}")
     order = np.argsort(-prediction["scores"], kind="stable")
     pred_tp = np.zeros(len(prediction["boxes"]), bool)
     gt_found = np.zeros(len(sample.boxes), bool)
@@ -664,9 +681,15 @@ def match_image(sample, prediction: dict, iou: float = 0.5) -> tuple[np.ndarray,
     for p in order:
         cand = (~gt_found) & (sample.labels == prediction["labels"][p]) & (ious[p] >= iou)
         if cand.any():
-            g = int(np.argmax(np.where(cand, ious[p], -1)))
+            g = _last_max(np.where(cand, ious[p], -1))
             gt_found[g] = pred_tp[p] = True
     return pred_tp, gt_found
+
+
+def _last_max(values: np.ndarray) -> int:
+    """Index of the largest value, the last one on a tie (as pycocotools matches: a detection at
+    equal IoU with two boxes takes the later one)."""
+    return len(values) - 1 - int(np.argmax(values[::-1]))
 
 
 def worst_images(dataset: SmearDataset, predictions, n: int = 4, iou: float = 0.5) -> list[int]:
@@ -679,6 +702,7 @@ def worst_images(dataset: SmearDataset, predictions, n: int = 4, iou: float = 0.
     n : number of images returned.
     iou : smallest IoU of a match (see :func:`match_image`).
     """
+    predictions = check_predictions(dataset, predictions)  # labels mapped onto the dataset's classes by name
     errors = []
     for i, (s, p) in enumerate(zip(dataset, predictions)):
         tp, found = match_image(s, p, iou)
