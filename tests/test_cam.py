@@ -281,3 +281,63 @@ def test_detector_cam_explains_a_box_on_a_tiny_detector(tiny_detector):
         cam.detector_cam(tiny_detector, s.image, [0, 0, 2, 2])
     with pytest.raises(KeyError, match="valid layers"):
         cam.detector_cam(tiny_detector, s.image, 0, layers=["backbone.fpn"])
+
+
+class _FixedBoxDetector(torch.nn.Module):
+    """A torchvision-style detector whose detections are fixed boxes; each score is the mean red
+    channel inside its box (a 1x1 convolution), so every detection has a gradient."""
+
+    def __init__(self, boxes, labels, h, w):
+        from torchvision.models.detection.transform import GeneralizedRCNNTransform
+        super().__init__()
+        self.transform = GeneralizedRCNNTransform(min(h, w), max(h, w), [0, 0, 0], [1, 1, 1])
+        self.backbone = torch.nn.Module()
+        conv = torch.nn.Conv2d(3, 1, 1, bias=False)
+        with torch.no_grad():
+            conv.weight.zero_()
+            conv.weight[0, 0] = 1.0
+        self.backbone.body = torch.nn.Sequential(conv)
+        self.backbone.body.return_layers = {"0": "0"}
+        self.boxes, self.labels = torch.tensor(boxes, dtype=torch.float32), torch.tensor(labels)
+
+    def forward(self, images):
+        il, _ = self.transform(list(images))
+        f = self.backbone.body(il.tensors)[:, 0]
+        return [{"boxes": self.boxes.clone(), "labels": self.labels.clone(),
+                 "scores": torch.stack([torch.sigmoid(f[k, y0:y1, x0:x1].mean() * 4 - 2)
+                                        for x0, y0, x1, y1 in self.boxes.long().tolist()])}
+                for k in range(len(f))]
+
+
+def test_detector_cam_explains_the_detection_of_the_class_asked_for_beside_a_better_overlap():
+    from smearlab.explain.cam import detector_cam
+    im = np.full((100, 130, 3), 10, np.uint8)
+    im[60:90, 90:120] = 240
+    det = _FixedBoxDetector([[90, 60, 120, 90], [88, 58, 120, 90]], [1, 2], 100, 130)  # class 0, and class 1 over it
+    r = detector_cam(det, im, [90, 60, 120, 90], label=1)  # the class-0 box overlaps better: no gradient, a crash
+    assert r.label == 1 and r.box.tolist() == [88.0, 58.0, 120.0, 90.0] and r.cam.max() > 0
+
+
+def test_cam_masks_take_one_target_object_for_every_image():
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    class Bright(nn.Module):
+        def __init__(self):
+            super().__init__()
+            conv = nn.Conv2d(3, 1, 1, bias=False)
+            with torch.no_grad():
+                conv.weight.zero_()
+                conv.weight[0, 0] = 1.0
+            self.features = nn.Sequential(conv)
+            self.class_names, self.input_size = ["a", "b"], 64
+
+        def forward(self, x):
+            f = self.features(x).mean((1, 2, 3))
+            return torch.stack([f, -f], 1)
+
+    im = np.full((40, 100, 3), 20, np.uint8)
+    im[10:30, 70:90] = 230
+    r = cam.cam_masks(Bright(), [im, im], layers="features", target=ClassifierOutputTarget(0), dilate=0,
+                      rel_threshold=0.5)  # a TypeError after all the work before
+    ys, xs = np.nonzero(r.masks[1])
+    assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (70, 10, 90, 30)

@@ -295,6 +295,8 @@ def test_crops_from_detector_predictions():
     crops = crops_from_predictions(ds, preds, 16, classes=["WBC"], score_threshold=0.5)
     assert len(crops) == 1 and crops.ids == ["s0#0"] and crops.images[0].float().mean() > 240
     assert len(crops_from_predictions(ds, preds, 16, score_threshold=0.0)) == 3
+    # the ids name the detection in the prediction, whatever the threshold left out before it
+    assert crops_from_predictions(ds, preds, 16, score_threshold=0.5).ids == ["s0#0", "s0#2"]
     with pytest.raises(ValueError, match="1 images"):
         crops_from_predictions(ds, preds * 2, 16)
 

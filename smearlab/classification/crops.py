@@ -313,7 +313,8 @@ def crops_from_dataset(dataset: SmearDataset, size: int = 64, *, source: str = "
                 except ValueError as e:
                     skipped.add(where, str(e), f"box {k}")
                     continue
-                label, crop_id = int(s.labels[k]), f"{s.image_id}#{k}"
+                index = s.meta.get("box_index")  # the boxes' indices before a selection (crops_from_predictions)
+                label, crop_id = int(s.labels[k]), f"{s.image_id}#{k if index is None else int(index[k])}"
             imgs.append(letterbox(crop, size, fill))
             labels.append(remap[label])
             domains.append(dom)
@@ -370,7 +371,8 @@ def crops_from_predictions(dataset: SmearDataset, predictions: Sequence[dict], s
             raise ValueError(f"prediction {i}: {len(boxes)} boxes, {len(scores)} scores, {len(labels)} labels")
         keep = scores >= score_threshold
         samples.append(dataclasses.replace(s, boxes=boxes[keep], labels=labels[keep], image_label=None,
-                                           _masks=None, meta={**s.meta, "scores": scores[keep]}))
+                                           _masks=None, meta={**s.meta, "scores": scores[keep],
+                                                              "box_index": np.flatnonzero(keep)}))
     detected = SmearDataset(samples, dataset.class_names, f"{dataset.name}:detected")
     return crops_from_dataset(detected, size, source="boxes", classes=classes, pad=pad, fill=fill)
 

@@ -459,6 +459,8 @@ def cam_masks(model: nn.Module, images, *, layers: "str | Sequence[str]" = DEFAU
         model.train(was)
     elif isinstance(target, (int, np.integer)):
         target = [int(target)] * len(imgs)
+    elif callable(target):  # one pytorch-grad-cam target for every image
+        target = [target] * len(imgs)
     per = layer_cams(model, x, layers, target, method=method, batch_size=batch_size, device=device)
     per_img = {n: [_unletterbox(m[i], boxes[i], imgs[i].shape[:2]) for i in range(len(imgs))]
                for n, m in per.items()}
@@ -698,7 +700,10 @@ def detector_cam(detector: nn.Module, image: np.ndarray, box: "int | Sequence[fl
     cls = _cam_class(method)
     cam = cls(detector, modules, reshape_transform=_valid_region(sizes))
     try:
-        maps = cam(x, [FasterRCNNBoxScoreTarget([want], [ref.detach().cpu().numpy()], iou_threshold)])
+        # the target is the chosen detection's own box: pytorch-grad-cam takes the detection of any
+        # class that best overlaps the box it is given, which for ``ref`` may be another class's
+        # (its score then has no gradient)
+        maps = cam(x, [FasterRCNNBoxScoreTarget([want], [boxes[j].detach().cpu().numpy()], 0.5)])
     finally:
         cam.activations_and_grads.release()
         hook.remove()

@@ -490,10 +490,10 @@ def plot_cam_tuning(table: Sequence[dict], ax=None):
     ax : matplotlib axes to draw on (default: a new figure's).
     """
     ax = ax or plt.subplots(figsize=(7, 3.6))[1]
-    for layers in dict.fromkeys(tuple(r["layers"]) for r in table):
-        rows = [r for r in table if tuple(r["layers"]) == layers]
+    for layers in dict.fromkeys(tuple(r["layers"] or ()) for r in table):
+        rows = [r for r in table if tuple(r["layers"] or ()) == layers]
         ax.plot([r["rel_threshold"] for r in rows], [r["cell_dice"] for r in rows], marker="o",
-                label=" + ".join(n.split(".")[-1] for n in layers))
+                label=" + ".join(n.split(".")[-1] for n in layers) if layers else "summed maps")
     ax.set_xlabel("relative threshold")
     ax.set_ylabel("train cell Dice")
     ax.legend(fontsize=7)
