@@ -138,8 +138,8 @@ def test_crop_folder_with_empty_class_mixed_sizes_and_modes(tmp_path, caplog):
     reasons = [str(s) for s in crops.skipped]
     assert any("empty class folder" in r for r in reasons) and any("broken.png" in r for r in reasons)
     assert any("basophil" in r.getMessage() for r in caplog.records)
-    with pytest.raises(DataError, match="broken.png"):
-        crops_from_dataset(ds, 32, strict=True)
+    with pytest.raises(DataError, match="broken.png"):  # the loader reads each header and counts the broken file
+        load(root, format="imagefolder", strict=True)
 
 
 def test_crop_dataset_split_restrict_concat():

@@ -386,3 +386,33 @@ def test_weights_without_class_names_are_loaded_with_a_warning(tmp_path, caplog)
     with caplog.at_level("WARNING", logger="smearlab.core.model_folder"):
         load_model(tmp_path / "m", device="cpu")
     assert "carries no class names" in caplog.text
+
+
+def test_a_model_folder_never_mixes_two_saves(tmp_path):
+    """An interrupted save left new weights beside the old config (read without a word), and a
+    second model saved into the same folder kept the first one's thresholds and pipeline."""
+    import json
+    import shutil
+
+    from smearlab.core.errors import DataError
+    from smearlab.detection.models import DetectorConfig, build_detector, load_model, save_model
+    from smearlab.preprocess import Preprocess
+    names = ["RBC", "WBC"]
+    folder = tmp_path / "m"
+    first = DetectorConfig(arch="fasterrcnn_tiny", class_names=names, min_size=96, max_size=96)
+    save_model(build_detector(first), first, folder, thresholds={"score": {"RBC": 0.9, "WBC": 0.9}},
+               preprocess=Preprocess([("gamma", {"g": 2.0})]))
+    old_config = (folder / "config.json").read_text()
+    second = DetectorConfig(arch="fasterrcnn_tiny", class_names=names, min_size=128, max_size=128)
+    save_model(build_detector(second), second, folder)
+    assert not (folder / "thresholds.json").exists() and not (folder / "preprocess.json").exists()
+    m = load_model(folder, device="cpu")
+    assert m.preprocess_spec is None and not m.thresholds and m.detector_config.min_size == 128
+    edited = json.loads((folder / "config.json").read_text())
+    edited["pixel_size_um"] = 0.1  # a hand edit keeps the save id: still one save
+    (folder / "config.json").write_text(json.dumps(edited))
+    assert load_model(folder, device="cpu").detector_config.pixel_size_um == 0.1
+    (folder / "config.json").write_text(old_config)  # the first save's config beside the second's weights
+    with pytest.raises(DataError, match="two different saves"):
+        load_model(folder, device="cpu")
+    shutil.rmtree(folder)

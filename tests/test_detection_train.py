@@ -436,3 +436,16 @@ def test_training_sees_each_image_through_its_pipeline_once(tmp_path):
                                                               out_dir=tmp_path / "more"), progress=False)
     assert torch.allclose(seen[True][0], torch.from_numpy(pre(tr[0].image)).permute(2, 0, 1).float() / 255, atol=1e-6)
     assert (tmp_path / "more" / "model" / "preprocess.json").is_file()
+
+
+def test_warm_up_follows_the_plan_a_time_budget_makes():
+    """Warm-up was sized once from TrainConfig.epochs: a budget that planned 6 steps of a 12-epoch
+    config warmed up over 6 and never reached the peak learning rate."""
+    from smearlab.detection.train import _lr_lambda
+    plan = {"epochs": 12}
+    f = _lr_lambda(TrainConfig(epochs=12, warmup_iters=30, lr_schedule="constant"), 2, lambda: plan["epochs"])
+    assert f(3) < 1.0                     # 24 steps planned: 6 of warm-up
+    plan["epochs"] = 3                    # the budget re-plans: 6 steps, warm-up 1
+    assert f(1) == 1.0 and f(0) < 1.0
+    with pytest.raises(ValueError, match="best_metric"):
+        TrainConfig(best_metric="loss")

@@ -193,3 +193,31 @@ def test_selector_equals_select(tuning_case):
         a = sel(thr, nms, agnostic, max_dets)
         b = select(raw, thr, nms, agnostic, max_dets)
         assert all(np.array_equal(x, y) for x, y in zip(a, b))
+
+
+def test_a_cache_of_other_images_with_the_same_ids_is_refused(tmp_path):
+    from smearlab.data.synthetic import make_dataset
+    from smearlab.detection.postprocess import RawPredictions
+    a, b = make_dataset(3, seed=0, width=64, height=64), make_dataset(3, seed=1, width=64, height=64)
+    assert [s.image_id for s in a] == [s.image_id for s in b]  # synthetic ids do not depend on the seed
+    raw = RawPredictions.for_dataset(a, [{"boxes": s.boxes, "scores": np.ones(len(s.boxes)), "labels": s.labels}
+                                         for s in a])
+    cached = RawPredictions.load(raw.save(tmp_path / "raw.npz"))
+    cached.check(a)
+    with pytest.raises(ValueError, match="annotations differ"):
+        cached.check(b)
+
+
+def test_tuning_refuses_class_agnostic_nms_and_thresholds_outside_the_cache():
+    from smearlab.data.synthetic import make_dataset
+    from smearlab.detection.postprocess import RawPredictions
+    from smearlab.detection.tune import auto_tune
+    ds = make_dataset(2, seed=0, width=64, height=64)
+    raw = RawPredictions.for_dataset(ds, [{"boxes": s.boxes, "scores": np.full(len(s.boxes), 0.6),
+                                           "labels": s.labels} for s in ds], score_floor=0.3)
+    with pytest.raises(ValueError, match="class-agnostic"):
+        auto_tune(ds, raw, class_agnostic=True)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        auto_tune(ds, raw, score_grid=[0.5, 1.5])
+    th = auto_tune(ds, raw, nms_grid=(None,), score_grid=[0.1, 0.2, 0.4, 0.5])
+    assert min(th.score.values()) >= 0.3   # 0.1 and 0.2 lie below the floor: never observed, never chosen

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
@@ -73,7 +74,8 @@ def save_model_folder(folder, kind: str, model: torch.nn.Module, config: Mapping
     class_names : the classes the model's outputs index, stored beside the weights too so that a
         config and weights of different class lists are caught on reading.
     thresholds, preprocess, train_config : dicts (or objects with ``to_dict()``) written as
-        ``thresholds.json`` / ``preprocess.json`` / ``train_config.json``.
+        ``thresholds.json`` / ``preprocess.json`` / ``train_config.json``; None removes the file
+        an earlier save into the same folder left (it belonged to another model).
     meta : further plain values kept in ``weights.pt`` (e.g. ``epoch``).
 
     Returns
@@ -86,15 +88,20 @@ def save_model_folder(folder, kind: str, model: torch.nn.Module, config: Mapping
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}  # one layout on disk
+    # weights.pt and config.json carry the same save id: a save interrupted between the two files
+    # (each written atomically) leaves a pair that reading refuses rather than mixes
+    save_id = uuid.uuid4().hex
     payload = {"format": FORMAT, "kind": kind, "class_names": None if class_names is None else list(class_names),
-               "state_dict": sd, **meta}
+               "state_dict": sd, "save_id": save_id, **meta}
     with atomic_path(folder / "weights.pt") as tmp:
         torch.save(payload, tmp)
-    write_json(folder / "config.json", {"kind": kind, **dict(config)})
+    write_json(folder / "config.json", {"kind": kind, **dict(config), "save_id": save_id})
     for name, value in (("thresholds.json", thresholds), ("preprocess.json", preprocess),
                         ("train_config.json", train_config)):
         if value is not None:
             write_json(folder / name, value.to_dict() if hasattr(value, "to_dict") else dict(value))
+        elif (folder / name).exists():  # an earlier model's file: it would be read as this one's
+            (folder / name).unlink()
     return folder
 
 
@@ -120,12 +127,19 @@ def model_kind(folder) -> str:
 
 
 def read_config_json(folder) -> dict[str, Any]:
-    """The ``config.json`` of a model folder as a dict; :class:`DataError` naming it otherwise.
+    """The ``config.json`` of a model folder as a dict (without its ``save_id``);
+    :class:`DataError` naming it otherwise.
 
     Parameters
     ----------
     folder : the model folder.
     """
+    d = _config_with_id(folder)
+    d.pop("save_id", None)
+    return d
+
+
+def _config_with_id(folder) -> dict[str, Any]:
     p = Path(folder) / "config.json"
     if not p.is_file():
         raise DataError(p, "model folder has no config.json (not a saved smearlab model?)")
@@ -162,11 +176,16 @@ def read_model_folder(folder, kind: str | None = None) -> ModelFolder:
     found = model_kind(folder)
     if kind is not None and found != kind:
         raise DataError(folder / "config.json", f"this folder holds a {found}, not a {kind}")
-    config = read_config_json(folder)
+    config = _config_with_id(folder)
     config.pop("kind", None)
+    save_id = config.pop("save_id", None)
     wpath = folder / "weights.pt"
     obj = read_torch_file(wpath, "model weights")
     state_dict, meta = state_dict_of(obj, wpath)
+    if save_id is not None and meta.get("save_id") is not None and save_id != meta["save_id"]:
+        raise DataError(wpath, f"weights.pt and {folder / 'config.json'} come from two different saves (a save "
+                               "interrupted between them?): the model would be rebuilt with another model's "
+                               "settings; save it again")
     if meta.get("format") not in (None, FORMAT, *OLD_FORMATS):
         raise DataError(wpath, f"unknown weights format {meta.get('format')!r} (expected {FORMAT!r})")
     saved_names = meta.get("class_names")

@@ -22,6 +22,7 @@ higher-scoring box is ``> nms_iou``. Output boxes of an image are sorted by decr
 """
 from __future__ import annotations
 
+import hashlib
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,6 +50,8 @@ class RawPredictions:
     class_names : classes the labels index.
     score_floor : the lowest score the model was asked to keep (documentation; 0 if unknown).
     image_ids : the samples' ``image_id`` in order, to check that a cache matches a dataset.
+    truth_digest : a digest of the dataset's annotations (:func:`truth_digest`): image ids repeat
+        between datasets (synthetic sets of another seed, files of one name), annotations hardly.
     meta : further information kept with the predictions in memory (not written by :meth:`save`).
     """
 
@@ -56,6 +59,7 @@ class RawPredictions:
     class_names: list
     score_floor: float = 0.0
     image_ids: list | None = None
+    truth_digest: str | None = None
     meta: dict = field(default_factory=dict)
 
     def __post_init__(self):
@@ -86,7 +90,7 @@ class RawPredictions:
         if len(predictions) != len(dataset):
             raise ValueError(f"{len(predictions)} predictions for {len(dataset)} images")
         names = class_names_of(predictions) or dataset.class_names
-        return cls(list(predictions), names, score_floor, [s.image_id for s in dataset])
+        return cls(list(predictions), names, score_floor, [s.image_id for s in dataset], truth_digest(dataset))
 
     def __len__(self) -> int:
         return len(self.predictions)
@@ -116,6 +120,10 @@ class RawPredictions:
             if bad is not None:
                 raise ValueError(f"prediction {bad} is for image {self.image_ids[bad]!r}, the "
                                  f"dataset's image {bad} is {ids[bad]!r}")
+        if self.truth_digest is not None and truth_digest(dataset) != self.truth_digest:
+            raise ValueError(f"these predictions were made for other images than those of {dataset.name!r}: the "
+                             "image ids agree but the annotations differ (another dataset, or its annotations "
+                             "changed since); predict it again")
 
     # -- cache --------------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -143,6 +151,8 @@ class RawPredictions:
         }
         if self.image_ids is not None:
             arrays["image_ids"] = np.array(self.image_ids, dtype=str)
+        if self.truth_digest is not None:
+            arrays["truth_digest"] = np.array(self.truth_digest)
         for i, p in enumerate(preds):
             if "masks" in p:
                 arrays[f"masks_{i}"] = p["masks"]
@@ -203,8 +213,25 @@ class RawPredictions:
                     raise DataError(path, f"masks of image {i} have shape {masks.shape} for {b - a} boxes")
                 p["masks"] = masks
             preds.append(p)
+        digest = data.get("truth_digest")
         return cls(preds, data["class_names"].tolist(), float(data.get("score_floor", 0.0)),
-                   None if ids is None else ids.tolist())
+                   None if ids is None else ids.tolist(), None if digest is None else str(digest))
+
+
+def truth_digest(dataset) -> str:
+    """A short digest of a dataset's annotations (every image's id, boxes and labels), which tells
+    a cache of predictions made for other images although their ids agree.
+
+    Parameters
+    ----------
+    dataset : the SmearDataset.
+    """
+    h = hashlib.sha256()
+    for s in dataset:
+        h.update(str(s.image_id).encode())
+        h.update(np.ascontiguousarray(s.boxes, np.float32).tobytes())
+        h.update(np.ascontiguousarray(s.labels, np.int64).tobytes())
+    return h.hexdigest()[:16]
 
 
 # -- filtering ----------------------------------------------------------------------------------

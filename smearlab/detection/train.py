@@ -183,6 +183,8 @@ class TrainConfig:
                              f"{self.checkpoint_every}")
         if self.ema_decay is not None and not 0.0 < float(self.ema_decay) < 1.0:
             raise ValueError(f"ema_decay must lie between 0 and 1 (exclusive), got {self.ema_decay!r}")
+        if self.best_metric not in ("mAP", "mAP50"):  # another name picked best/ by mAP50 without a word
+            raise ValueError(f"best_metric must be 'mAP' or 'mAP50', got {self.best_metric!r}")
         if self.time_budget_s is not None and not float(self.time_budget_s) > 0:
             raise ValueError(f"time_budget_s must be a positive number of seconds, got {self.time_budget_s!r}")
         if isinstance(self.augment, str):
@@ -503,11 +505,11 @@ def _lr_lambda(tcfg: TrainConfig, steps_per_epoch: int, epochs: Callable[[], int
     """The learning-rate factor at step ``it``; the schedule spans ``epochs()`` epochs (``tcfg.epochs``,
     or the plan of a time budget, read at every step)."""
     epochs = epochs or (lambda: tcfg.epochs)
-    warm = int(min(tcfg.warmup_iters, max(1, epochs() * steps_per_epoch) // 4))
 
     def f(it: int) -> float:
         n = epochs()
         total = max(1, n * steps_per_epoch)
+        warm = int(min(tcfg.warmup_iters, total // 4))  # a quarter of the steps at most, of the plan now
         milestones = sorted(int(e) * steps_per_epoch for e in
                             (tcfg.lr_steps if tcfg.lr_steps is not None else (round(n * 2 / 3), round(n * 8 / 9))))
         w = 1.0 if it >= warm else 0.001 + (1 - 0.001) * it / warm

@@ -169,7 +169,10 @@ def auto_tune(dataset_val, raw_val, objective: str = "f1",
     nms_grid : NMS IoUs to try (None = no extra NMS); the best mean over classes wins (the
         first in the grid on a tie).
     score_grid : thresholds to try for every class; on a plateau the middle one is taken.
-    class_agnostic : NMS across classes (used in tuning and stored in the result).
+    class_agnostic : refused: with NMS across classes one class's threshold changes which boxes
+        of the others survive, so per-class thresholds cannot be tuned one class at a time (the
+        reported and chosen figures were wrong); tune with per-class NMS, or set
+        ``class_agnostic`` on the result and check it on validation.
     max_dets : stored in the result for :meth:`Thresholds.apply` (tuning does not cap).
     iou : IoU threshold of the matching for ``"f1"``.
     evaluator : a :class:`~smearlab.metrics.detection.FastEvaluator` of ``dataset_val`` to reuse
@@ -184,6 +187,10 @@ def auto_tune(dataset_val, raw_val, objective: str = "f1",
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
+    if class_agnostic:
+        raise ValueError("auto_tune tunes each class's threshold by itself, which class-agnostic NMS makes wrong "
+                         "(a threshold of one class changes which boxes of another survive); tune with "
+                         "class_agnostic=False")
     if not isinstance(raw_val, RawPredictions):
         raw_val = RawPredictions.for_dataset(dataset_val, raw_val)
     raw_val.check(dataset_val)
@@ -191,6 +198,14 @@ def auto_tune(dataset_val, raw_val, objective: str = "f1",
     grid = np.unique(np.round(np.asarray(score_grid, float), 6))
     if not len(grid):
         raise ValueError("score_grid is empty")
+    if not np.all(np.isfinite(grid)) or grid.min() < 0 or grid.max() > 1:
+        raise ValueError(f"score_grid values must be scores in [0, 1], got {grid.min():g}..{grid.max():g}")
+    floor = float(raw_val.score_floor)
+    if grid.min() < floor:  # boxes below the floor were never kept: a threshold there was never seen
+        grid = grid[grid >= floor]
+        if not len(grid):
+            raise ValueError(f"every score_grid value lies below the predictions' score floor {floor:g}: "
+                             "predict with a lower score_floor or tune higher thresholds")
     grid_all = np.unique(np.append(grid, DEFAULT_SCORE))
     g32 = grid_all.astype(np.float32).astype(np.float64)
     ev = evaluator or FastEvaluator(dataset_val)
