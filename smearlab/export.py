@@ -243,8 +243,10 @@ def _relative_files(dataset) -> list[str]:
     base = os.path.commonpath([os.path.dirname(f) for f in files]) if files else ""
     out = []
     for s, p in zip(dataset, paths):
-        if p is None:
-            out.append(re.sub(r"[^\w./-]", "_", str(s.image_id)).lstrip("./") + ".png")
+        if p is None:  # a name below the output folder: no '..', '.' or empty parts
+            parts = [c if c not in (".", "..") else "_" for c in re.sub(r"[^\w./-]", "_", str(s.image_id)).split("/")
+                     if c]
+            out.append("/".join(parts or ["image"]) + ".png")
         else:
             out.append(Path(os.path.relpath(os.path.abspath(p), base)).as_posix())
     return out
@@ -376,12 +378,22 @@ def coco_from_records(records: Sequence[dict], class_names: Sequence[str]) -> tu
         images.append({"id": i, "file_name": r["image"], "width": r["width"], "height": r["height"]})
         for o in r["objects"]:
             seg = [[v for pt in ring for v in pt] for ring in o.get("polygons", []) if len(ring) >= 3]
+            holes = [[v for pt in ring for v in pt] for ring in o.get("holes", []) if len(ring) >= 3]
+            if seg and holes:  # polygons cannot hold a hole: the exact mask as RLE, as export_coco writes it
+                seg = encode_rle(_fill(seg, r["height"], r["width"]) & ~_fill(holes, r["height"], r["width"]))
             ann = coco_annotation(len(anns) + 1, i, label[o["class"]], o["bbox"], area=o["area"], segmentation=seg,
                                   attributes={"score": o["score"]})
             anns.append(ann)
             results.append({"image_id": i, "category_id": ann["category_id"], "bbox": ann["bbox"],
                             "score": o["score"]})
     return {"images": images, "annotations": anns, "categories": coco_categories(class_names)}, results
+
+
+def _fill(rings: list[list[float]], h: int, w: int) -> np.ndarray:
+    """The pixels inside flat ``[x0, y0, x1, y1, ...]`` outlines (pixel-edge coordinates), as
+    pycocotools fills COCO polygons (the outlines :func:`mask_polygons` writes give back their mask)."""
+    from pycocotools import mask as mask_util
+    return mask_util.decode(mask_util.merge(mask_util.frPyObjects(rings, int(h), int(w)))).astype(bool)
 
 
 def export_coco(dataset, predictions, path: str | Path, *, segmentation: str = "auto",
@@ -422,8 +434,9 @@ def export_coco(dataset, predictions, path: str | Path, *, segmentation: str = "
                 if os.path.abspath(dst) != os.path.abspath(src):
                     with atomic_path(dst) as tmp:
                         shutil.copyfile(src, tmp)
-            else:
-                write_image(dst, s.image)
+            else:  # written as PNG (DICOM, WebP, GIF...): named so, or no reader would open it
+                rec["file_name"] = str(Path(rec["file_name"]).with_suffix(".png").as_posix())
+                write_image(folder / rec["file_name"], s.image)
     write_json(path, data)
     return path
 
@@ -584,8 +597,9 @@ def export_counts_csv(dataset: SmearDataset, predictions, path: str | Path, thre
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["image_id", "file"] + [f"{n}_{kind}" for n in dataset.class_names
                                        for kind in ("true", "pred")])
-    for s, t, p in zip(dataset, true, pred):
-        w.writerow([s.image_id, s.path.name if s.path else ""]
+    files = file_names(dataset)  # a path below the images' common folder: rbc/a.png and wbc/a.png stay apart
+    for s, f, t, p in zip(dataset, files, true, pred):
+        w.writerow([s.image_id, f if s.path else ""]
                    + [v for pair in zip(t.tolist(), p.tolist()) for v in pair])
     write_text(path, buf.getvalue())
     return Path(path)

@@ -322,6 +322,12 @@ class MacenkoNormalizer:
         self.stains = None if stains is None else np.asarray(stains, np.float64).reshape(3, 2)
         self.max_conc = None if max_conc is None else np.asarray(max_conc, np.float64).reshape(2)
         self.io_ref = None if io_ref is None else np.asarray(io_ref, np.float64).reshape(3)
+        # a saved reference (preprocess.json) is checked as Reinhard's is: NaN or a negative value
+        # gave every image wrong colours without a word
+        for what, v in (("stains", self.stains), ("max_conc", self.max_conc), ("io_ref", self.io_ref)):
+            if v is not None and (not np.all(np.isfinite(v)) or (what != "stains" and np.any(v <= 0))):
+                raise ValueError(f"MacenkoNormalizer: the reference {what} must be finite"
+                                 f"{'' if what == 'stains' else ' and positive'}, got {v.tolist()}")
 
     # -- the method ------------------------------------------------------------------------
     def _illumination(self, pixels: np.ndarray) -> np.ndarray:

@@ -219,3 +219,53 @@ def test_export_predictions_all_three(tmp_path):
     assert read_label_png(out["labels"][0]).max() == 2  # 0.6 is below the threshold
     assert out["coco"].name == "coco.json" and len(out["json"]) == 2
     assert len(json.loads(out["json"][0].read_text())["objects"]) == 2
+
+
+def test_predict_outputs_of_images_in_sub_folders_read_back_exactly(tmp_path):
+    """QuPath files in sub-folders were skipped without a word, and coco.json filled every hole."""
+    from PIL import Image
+
+    from smearlab import batch
+    src = tmp_path / "src"
+    for f in ("rbc/a.png", "wbc/a.png"):
+        (src / f).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((20, 30, 3), 200, np.uint8)).save(src / f)
+    ring = np.zeros((20, 30), bool)
+    ring[8:15, 10:17] = True
+    ring[10:13, 12:15] = False
+    pred = {"boxes": np.array([[10, 8, 17, 15]], np.float32), "scores": np.array([0.9], np.float32),
+            "labels": np.array([0]), "masks": ring[None]}
+    items = batch.collect_images([src])
+    run = {"model": "fake", "model_id": "x", "classes": ["cell"], "scale": None, "tile": None, "score": None,
+           "thresholds": "score", "dataset": None}
+    res = tmp_path / "res"
+    summary = batch._run_images(res, run, items, None, lambda imgs: [pred for _ in imgs], batch_size=1, progress=False)
+    batch._write_summaries(res, [i.name for i in items], summary.pop("_records"), ["cell"], summary)
+    q = load(res / "qupath", format="qupath", images=src)
+    assert sorted(s.image_id for s in q) == ["rbc/a", "wbc/a"] and all(len(s.boxes) == 1 for s in q)
+    coco = json.loads((res / "coco.json").read_text())
+    h, w = 20, 30
+    for a in coco["annotations"]:
+        seg = a["segmentation"]
+        rle = mask_util.frPyObjects(seg, h, w) if isinstance(seg, list) else seg
+        m = mask_util.decode(mask_util.merge(rle) if isinstance(rle, list) else rle).astype(bool)
+        assert (m == ring).all() and a["area"] == ring.sum() == 40   # the hole was filled: 49
+
+
+def test_exports_stay_below_their_folder_and_name_what_they_write(tmp_path):
+    from smearlab.export import export_counts_csv
+    img = np.zeros((8, 8, 3), np.uint8)
+    odd = SmearDataset([Sample("x/../../../escaped", boxes=[[1, 1, 4, 4]], labels=[0], _image=img)], ["cell"])
+    pred = [{"boxes": [[1, 1, 4, 4]], "scores": [0.9], "labels": [0]}]
+    export_predictions(odd, pred, tmp_path / "out")
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert written and all((tmp_path / "out") in p.parents for p in written)   # '..' wrote outside
+    from PIL import Image
+    for f in ("rbc/a.png", "wbc/a.png"):
+        (tmp_path / "src" / f).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(tmp_path / "src" / f)
+    ds = SmearDataset([Sample("a", path=tmp_path / "src" / f, boxes=[[1, 1, 4, 4]], labels=[0])
+                       for f in ("rbc/a.png", "wbc/a.png")], ["cell"])
+    export_counts_csv(ds, pred * 2, tmp_path / "counts.csv")
+    rows = (tmp_path / "counts.csv").read_text().splitlines()[1:]
+    assert [r.split(",")[1] for r in rows] == ["rbc/a.png", "wbc/a.png"]        # both were 'a.png'

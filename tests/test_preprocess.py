@@ -304,3 +304,13 @@ def test_stain_references_without_two_stains_or_contrast_are_refused():
         MacenkoNormalizer(io=255).fit(grey)
     with pytest.raises(ValueError, match="min_pixels"):
         MacenkoNormalizer(min_pixels=0)
+
+
+def test_a_saved_macenko_reference_must_be_finite():
+    from smearlab.preprocess import MacenkoNormalizer
+    good = dict(stains=[[0.6, 0.1], [0.7, 0.9], [0.3, 0.4]], max_conc=[1.5, 1.0], io_ref=[250, 250, 250])
+    MacenkoNormalizer(**good)
+    for key, bad in (("stains", [[np.nan, 0.1], [0.7, 0.9], [0.3, 0.4]]), ("max_conc", [np.inf, 1.0]),
+                     ("io_ref", [-5, 250, 250])):  # each gave every image wrong colours without a word
+        with pytest.raises(ValueError, match=key):
+            MacenkoNormalizer(**{**good, key: bad})

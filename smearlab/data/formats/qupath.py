@@ -1,5 +1,9 @@
 """QuPath GeoJSON: one file per image, ``<image stem>.geojson``, holding its objects.
 
+Files in sub-folders match images in the same sub-folders of the image folder
+(``qupath/rbc/a.geojson`` is ``images/rbc/a.png``), and a file named with the image's extension
+(``a.png.geojson``, as ``smearlab predict`` names two images of one stem) matches that image.
+
 QuPath exports the objects of an image as GeoJSON (a ``FeatureCollection``, or a bare list of
 ``Feature`` objects); ``smearlab predict`` writes the same into ``qupath/``, so corrected
 objects come back through this loader. Each feature's class is
@@ -66,7 +70,7 @@ def load(path: str | Path, *, images: str | Path | None = None, class_names=None
         files, folder = [path], path.parent
     elif path.is_dir():
         folder = path
-        files = sorted(p for p in path.iterdir() if p.is_file() and is_geojson(p))
+        files = sorted(p for p in path.rglob("*") if p.is_file() and is_geojson(p))
     else:
         raise DataError(path, "path does not exist")
     if not files:
@@ -76,7 +80,7 @@ def load(path: str | Path, *, images: str | Path | None = None, class_names=None
     images = Path(images)
     if not images.is_dir():
         raise DataError(images, "the image folder does not exist")
-    index = {p.stem.lower(): p for p in sorted(images.iterdir()) if is_image_file(p)}
+    index = _image_index(images)
     col = BoxCollector(class_names, strict, class_map)
     inside = Root(folder, allow_outside_root)
     inside_images = Root(images, allow_outside_root)
@@ -88,9 +92,10 @@ def load(path: str | Path, *, images: str | Path | None = None, class_names=None
         except DataError as e:
             col.skip(f, e.problem)
             continue
-        image = index.get(f.stem.lower())
+        key = f.relative_to(folder).with_suffix("").as_posix()
+        image = index.get(key.lower())
         if image is None:
-            col.skip(f, f"image file not found: {f.stem}.* in {images}")
+            col.skip(f, f"image file not found: {key}.* in {images}")
             continue
         if not inside_images.inside(image, col.skipped):
             continue
@@ -99,8 +104,22 @@ def load(path: str | Path, *, images: str | Path | None = None, class_names=None
             parsed = _object(col, f, feat, f"feature {k}")
             if parsed is not None:
                 objects.append(parsed)
-        col.add(f.stem, image, f, objects)
+        col.add(key, image, f, objects)
     return col.dataset(name or folder.name, folder, "qupath")
+
+
+def _image_index(images: Path) -> dict[str, Path]:
+    """Images below ``images`` by relative path with and without extension (lower case); a stem
+    two images share (``a.png``, ``a.jpg``) is matched with its extension only."""
+    found = sorted(p for p in images.rglob("*") if p.is_file() and is_image_file(p))
+    index: dict[str, Path] = {}
+    stems: dict[str, list[Path]] = {}
+    for p in found:
+        rel = p.relative_to(images)
+        index[rel.as_posix().lower()] = p
+        stems.setdefault(rel.with_suffix("").as_posix().lower(), []).append(p)
+    index.update({k: v[0] for k, v in stems.items() if len(v) == 1 and k not in index})
+    return index
 
 
 def _features(f: Path) -> list:
