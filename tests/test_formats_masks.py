@@ -279,3 +279,25 @@ def test_dicom_16bit(tmp_path):
     write_dicom(tmp_path / "second.DCM", pixels[:3])
     ds = dicom.load(tmp_path)
     assert [x.image_id for x in ds] == ["second", "smear"] and detect_format(tmp_path) == "dicom"
+
+
+def test_dsb2018_folder_without_masks_scores_as_empty_and_jpeg_masks_are_skipped(tmp_path):
+    from PIL import Image
+
+    from smearlab.data.formats import dsb2018
+    from smearlab.metrics.instances import dsb_score
+    root = tmp_path / "stage1_train"
+    for name in ("a", "b"):
+        (root / name / "images").mkdir(parents=True)
+        Image.fromarray(np.zeros((20, 30, 3), np.uint8)).save(root / name / "images" / f"{name}.png")
+    (root / "a" / "masks").mkdir()
+    m = np.zeros((20, 30), np.uint8)
+    m[5:9, 10:15] = 255
+    Image.fromarray(m).save(root / "a" / "masks" / "m1.png")
+    Image.fromarray(m).save(root / "a" / "masks" / "m2.jpg", quality=50)
+    ds = dsb2018.load(root)
+    a, b = sorted(ds, key=lambda s: s.image_id)
+    assert len(a.boxes) == 1 and any("JPEG" in str(sk) for sk in ds.skipped)  # noise made a 38 px box of 20
+    assert len(b.boxes) == 0 and b.masks.shape == (0, 20, 30)
+    preds = [{"boxes": s.boxes, "scores": np.ones(len(s.boxes)), "labels": s.labels, "masks": s.masks} for s in ds]
+    assert dsb_score(ds, preds, kind="masks") == pytest.approx(1.0)  # 'image b has no instance masks' before

@@ -15,8 +15,9 @@ Unusual input, and what the loader does with it
 -----------------------------------------------
 * 16-bit (or 12-bit, float) images are scaled to 8 bits on read (``sample.bit_depth`` keeps
   the original depth; see :func:`smearlab.data.imageio.to_rgb8`).
-* Mask files: any non-zero pixel of the first channel is the nucleus, whatever the bit depth
-  (8- or 16-bit grey, RGB, palette). A mask file is one instance even when it holds several
+* Mask files: any non-zero pixel (of any channel) is the nucleus, whatever the bit depth
+  (8- or 16-bit grey, RGB, palette); JPEG masks are skipped (their compression noise would be
+  nucleus). An image folder without ``masks/`` is an image without objects. A mask file is one instance even when it holds several
   values or components (a label image is *not* split: one file, one nucleus).
 * Overlapping masks are kept as separate instances (the published masks overlap by a few
   pixels in places); evaluation scores each on its own.
@@ -123,8 +124,8 @@ def _load_sample(folder: Path, skipped: SkipLog, inside: Root) -> Sample | None:
         skipped.add(e.path, e.problem)
         return None
     mask_dir = folder / "masks"
-    if not mask_dir.is_dir():
-        return Sample(folder.name, image, size=hw)
+    if not mask_dir.is_dir():  # no objects: an empty stack, so the mask metrics score it (stage1_test)
+        return Sample(folder.name, image, size=hw, _masks=np.zeros((0, *hw), bool))
     boxes, paths = [], []
     for mask_path in sorted(p for p in mask_dir.iterdir() if not p.name.startswith(".")):
         if not inside.inside(mask_path, skipped):
@@ -140,6 +141,9 @@ def _load_sample(folder: Path, skipped: SkipLog, inside: Root) -> Sample | None:
 
 def _mask_record(path: Path, hw: tuple[int, int], skipped: SkipLog) -> np.ndarray | None:
     """The box of one nucleus mask, or None (counted in ``skipped``) when it is unusable."""
+    if path.suffix.lower() in (".jpg", ".jpeg"):  # lossy: compression noise around the nucleus reads as nucleus
+        skipped.add(path, "lossy (JPEG) mask file: its compression noise would read as nucleus; save masks as PNG")
+        return None
     try:
         m = read_binary_mask(path)
         check_mask_size(path, m, hw)

@@ -189,7 +189,8 @@ def read_semantic(path: Path) -> np.ndarray:
     """
     m = read_mask(path)
     if m.dtype != np.uint8:
-        raise DataError(path, f"mask must be an 8-bit grey image, got dtype {m.dtype}")
+        raise DataError(path, "mask must be an 8-bit grey image, got a colour mask whose channels differ"
+                        if m.dtype == np.uint32 else f"mask must be an 8-bit grey image, got dtype {m.dtype}")
     if 0 < int(m.max()) <= 2:  # already the class ids (a mask saved as 0/1/2): read as they are
         return m.copy()
     return (m >= 64).astype(np.uint8) + (m >= 192)
