@@ -449,3 +449,9 @@ def test_warm_up_follows_the_plan_a_time_budget_makes():
     assert f(1) == 1.0 and f(0) < 1.0
     with pytest.raises(ValueError, match="best_metric"):
         TrainConfig(best_metric="loss")
+
+
+def test_an_empty_validation_set_is_refused(ds128):
+    model, cfg = tiny(ds128)
+    with pytest.raises(ValueError, match="validation dataset .* is empty"):
+        train_detector(model, ds128, ds128.subset([]), TrainConfig(epochs=1, batch_size=2, device="cpu"), progress=False)

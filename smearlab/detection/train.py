@@ -659,6 +659,8 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
         val_smear, _ = _as_smear(val_ds)
         if val_smear is None:
             raise TypeError("val_ds must be a SmearDataset (or a DetectionDataset over one)")
+        if len(val_smear) == 0:  # no val_* figures and best/ silently the final model otherwise
+            raise ValueError(f"the validation dataset {val_smear.name!r} is empty: give images or val_ds=None")
         val_smear = _preprocessed(remap_dataset(val_smear, names, "validation"), pre)
     if val_smear is not None and evaluate_fn is None:
         try:
