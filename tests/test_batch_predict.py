@@ -238,7 +238,14 @@ def test_qupath_polygons_of_masks():
     assert len(rings) == 2 and all(r[0] == r[-1] for r in rings)
     coco, results = export.coco_from_records([{"image": "a.png", "width": 5, "height": 5, **rec,
                                               "objects": [{**rec["objects"][0], "area": 16}]}], ["nucleus"])
-    assert coco["annotations"][0]["segmentation"] == [[0, 0, 4, 0, 4, 4, 0, 4]]
+    from pycocotools import mask as mask_util
+    seg = coco["annotations"][0]["segmentation"]  # an object with a hole: its exact mask as RLE
+    outer = mask_util.decode(mask_util.frPyObjects([[0, 0, 4, 0, 4, 4, 0, 4]], 5, 5)[0]).astype(bool)
+    hole = mask_util.decode(mask_util.frPyObjects([[1, 1, 2, 1, 2, 2]], 5, 5)[0]).astype(bool)
+    assert isinstance(seg, dict) and (mask_util.decode(seg).astype(bool) == (outer & ~hole)).all()
+    solid = export.coco_from_records([{"image": "a.png", "width": 5, "height": 5, "objects": [
+        {**rec["objects"][0], "holes": [], "area": 16}]}], ["nucleus"])[0]
+    assert solid["annotations"][0]["segmentation"] == [[0, 0, 4, 0, 4, 4, 0, 4]]  # without holes: polygons
     assert coco["annotations"][0]["bbox"] == [0, 0, 4, 4] and results[0]["score"] == 0.9
     assert np.array_equal(batch.counts_table([{"objects": rec["objects"]}], ["nucleus"]), [[1]])
 
