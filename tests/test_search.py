@@ -35,3 +35,11 @@ def test_several_scores_rank_separately_and_missing_scores_rank_last():
     r = grid_search({"p": [1, 2, 3]}, lambda c: scores[c["p"]], key="cell")
     assert r.params == {"p": 1} and r.best("nucleus")["params"] == {"p": 2}
     assert r.table[0] == {"params": {"p": 1}, "cell": 0.8, "nucleus": None}
+
+
+def test_a_numpy_nan_ranks_last_and_text_is_not_a_grid():
+    import numpy as np
+    found = grid_search({"a": [1, 2, 3]}, lambda c: np.float32("nan") if c["a"] == 1 else float(c["a"]))
+    assert found.params == {"a": 3}                      # np.float32 NaN was picked as the best
+    with pytest.raises(ValueError, match="list of candidates"):
+        grid_points({"method": "otsu"})                  # tried as 'o', 't', 's', 'u'

@@ -424,3 +424,35 @@ def test_central_cell_keeps_the_cell_of_interest():
     out2 = central_cell(m2)
     assert out2[35, 35] == 2 and not out2[0:5, 0:5].any()
     assert not central_cell(np.zeros((8, 8), np.uint8)).any()
+
+
+def test_a_letterboxed_training_target_lies_under_its_image():
+    """The class map was resized with 'nearest' (the top-left of each cell) and the image with
+    centred bilinear: every target sat half a working pixel down and right of its cell."""
+    from smearlab.segmentation.unet import resize_and_pad
+    yy, xx = np.mgrid[:96, :96]
+    sem = ((yy - 40.5) ** 2 + (xx - 51.5) ** 2 < 15 ** 2).astype(np.uint8)
+    img = np.repeat((sem * 200)[..., None], 3, 2).astype(np.uint8)
+    x, t, _ = resize_and_pad(torch.from_numpy(img).permute(2, 0, 1), torch.from_numpy(sem), 32)
+    bright = (x[0] > 100).numpy()
+    target = (t == 1).numpy()
+    cy, cx = np.argwhere(bright).mean(0)
+    ty, tx = np.argwhere(target).mean(0)
+    assert abs(cy - ty) < 0.15 and abs(cx - tx) < 0.15
+
+
+def test_class_map_training_refuses_names_and_classes_that_disagree(tmp_path):
+    from smearlab.data import Sample, SmearDataset
+    from smearlab.segmentation.train import train_unet
+    from smearlab.segmentation.unet import UNet
+    sem = np.zeros((16, 16), np.uint8)
+    sem[4:10, 4:10] = 1
+    make = lambda s, names: SmearDataset([Sample("a", _image=np.zeros((16, 16, 3), np.uint8), _semantic=s)],  # noqa: E731
+                                         ["x"], semantic_names=names)
+    ds = make(sem, ["bg", "cell"])
+    with pytest.raises(ValueError, match="3 classes but the dataset has 2"):   # a folder load_unet refused
+        train_unet(UNet(3, 3, base=4, depth=2), ds, epochs=1, device="cpu")
+    with pytest.raises(ValueError, match="validation classes"):                # Dice under the wrong names
+        train_unet(UNet(3, 2, base=4, depth=2), ds, make(sem, ["cell", "bg"]), epochs=1, device="cpu")
+    with pytest.raises(DataError, match="class 3, outside"):                   # a bare IndexError
+        train_unet(UNet(3, 2, base=4, depth=2), make(sem * 3, ["bg", "cell"]), epochs=1, device="cpu")

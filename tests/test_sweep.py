@@ -156,6 +156,7 @@ def test_a_bad_metrics_file_fails_its_notebook_naming_the_file(tmp_path, content
     ("notebook: 01\ngrid: {a: 1}\n", "grid values of 'a' must be a non-empty list"),
     ("notebook: 01\ngrid: {a: []}\n", "grid values of 'a' must be a non-empty list"),
     ("notebook: 01\ngrid: {a: [1, 1]}\n", "repeat a value"),
+    ("notebook: 01\ngrid: {a: [1, 1.0]}\n", "repeat a value"),  # one point run twice
     ("notebook: 01\ngrid: {alpha: [1, 2]}\n", "'alpha' is not a parameter of 01_toy"),
     ("notebook: 01\ngrid: {a: [1, x]}\n", "01_toy declares a as int (default 1), got the text 'x'"),
     ("notebook: 01\nparameters: {k: [5]}\ngrid: {a: [1]}\n", "declares k as int (default 0), got the list [5]"),

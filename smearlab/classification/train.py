@@ -130,6 +130,8 @@ def fit(model: CellClassifier, train: CropDataset, *, steps: int, batch_size: in
         raise ValueError(f"train {train.name!r} has {int((~labelled).sum())} unlabelled crops")
     if train.class_names != model.class_names:
         raise ValueError(f"model classes {model.class_names} differ from the training data's {train.class_names}")
+    if val is not None and val.class_names != model.class_names:  # scored by index: another order is all wrong
+        raise ValueError(f"model classes {model.class_names} differ from the validation data's {val.class_names}")
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
     if isinstance(lr, bool) or not (isinstance(lr, numbers.Real) and 0 < lr < math.inf):  # NaN trained to NaN weights
@@ -397,7 +399,8 @@ def fit_features(model: FeatureClassifier, train: CropDataset, *, Cs=FEATURE_CS,
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)  # logged above
         scores = [float(cross_val_score(regression(c), z, train.labels, cv=cv, scoring="f1_macro").mean())
                   for c in Cs]
-        best = int(np.argmax(scores))  # the first maximum: Cs run from strong to weak regularisation
+        top = max(scores)  # on a tie the strongest regularisation (the smallest C), whatever the order given
+        best = min((i for i, v in enumerate(scores) if v == top), key=lambda i: float(Cs[i]))
         reg = regression(Cs[best]).fit(z, train.labels)
     w = np.zeros((len(model.class_names), x.shape[1]), np.float32)
     b = np.zeros(len(model.class_names), np.float32)

@@ -34,6 +34,9 @@ def grid_points(grid: "Mapping[str, Sequence] | Sequence[Mapping[str, Any]]") ->
         when there is no candidate (an empty list, or a name with no value).
     """
     if isinstance(grid, Mapping):
+        text = [k for k, v in grid.items() if isinstance(v, (str, bytes))]
+        if text:  # 'otsu' would be tried as 'o', 't', 's', 'u'
+            raise ValueError(f"grid values of {text[0]!r} must be a list of candidates, got the text {grid[text[0]]!r}")
         points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
     else:
         points = [dict(p) for p in grid]
@@ -44,7 +47,10 @@ def grid_points(grid: "Mapping[str, Sequence] | Sequence[Mapping[str, Any]]") ->
 
 def _value(v) -> float:
     """A score for comparison: None and NaN rank below every number."""
-    return -math.inf if v is None or (isinstance(v, float) and math.isnan(v)) else float(v)
+    if v is None:
+        return -math.inf
+    v = float(v)  # numpy and torch scalars too: their NaN ranked as the best score
+    return -math.inf if math.isnan(v) else v
 
 
 @dataclass

@@ -193,7 +193,9 @@ def _sweep_grid(grid, bad) -> dict[str, list]:
         if not isinstance(values, list) or not values:
             raise bad(f"grid values of {key!r} must be a non-empty list (e.g. {key}: [1, 2]), "
                       f"got {values!r}")
-        texts = [format_value(v) for v in values]
+        # one value twice ([1, 1.0] too: the same point run twice, shown as two results)
+        texts = [repr(float(v)) if isinstance(v, (int, float)) and not isinstance(v, bool) else format_value(v)
+                 for v in values]
         if len(set(texts)) != len(texts):
             raise bad(f"grid values of {key!r} repeat a value: {values!r}")
     return dict(grid)

@@ -20,7 +20,7 @@ from .predict import predict_semantic
 from .unet import UNet, normalise, resize_and_pad, save_unet
 
 
-def _prepare(dataset, size: int | None) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def _prepare(dataset, size: int | None, num_classes: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     out = []
     for s in dataset:
         if not s.has_semantic:
@@ -30,6 +30,10 @@ def _prepare(dataset, size: int | None) -> list[tuple[torch.Tensor, torch.Tensor
         if tuple(sem.shape) != tuple(img.shape[-2:]):
             raise DataError(s.path or s.image_id, f"semantic mask has shape {tuple(sem.shape)}, "
                             f"image is {tuple(img.shape[-2:])}")
+        bad = sem[(sem >= num_classes) & (sem != IGNORE)] if num_classes is not None else sem[:0]
+        if len(bad):
+            raise DataError(s.path or s.image_id, f"semantic mask holds class {int(bad[0])}, outside the model's "
+                            f"{num_classes} classes (0..{num_classes - 1}; {IGNORE} is ignored)")
         img, sem, _ = resize_and_pad(img, sem, size)
         out.append((img, sem))
     return out
@@ -89,11 +93,14 @@ def train_unet(model: UNet, train_ds, val_ds=None, *, epochs: int = 20, batch_si
     dev = resolve_device(device)
     names = train_ds.semantic_names or [str(i) for i in range(model.config["num_classes"])]
     k = model.config["num_classes"]
-    if len(names) > k:
+    if len(names) != k:  # more outputs than names: a folder load_unet refuses and labels outside the names
         raise ValueError(f"model has {k} classes but the dataset has {len(names)} ({names})")
+    if val_ds is not None and val_ds.semantic_names and list(val_ds.semantic_names) != list(names):
+        raise ValueError(f"the validation classes {list(val_ds.semantic_names)} are not the training classes "
+                         f"{list(names)} in that order: its Dice would be reported under the wrong names")
     torch.manual_seed(seed)
     g = torch.Generator().manual_seed(seed)
-    data = _prepare(train_ds, size)
+    data = _prepare(train_ds, size, k)
     model.input_size = size
     model.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
@@ -192,7 +199,7 @@ def crop_dataset(dataset, pad: float = 0.2, *, classes: Sequence[int] | None = N
     SmearDataset
         crops with ``semantic`` and one box (the object's box in crop coordinates, the label of
         the object); ``semantic_names`` is the dataset's or ``["background", "foreground"]``;
-        ``meta`` holds ``source`` (image id), ``object`` and ``window`` ``(y0, y1, x0, x1)``.
+        ``meta`` holds ``source`` (image id), ``object`` and ``window`` ``(x0, y0, x1, y1)``.
     """
     pad = check_pad(pad)
     keep = None if classes is None else {int(c) for c in classes}

@@ -42,7 +42,9 @@ def resize_and_pad(img: torch.Tensor, sem: torch.Tensor | None, size: int | None
         img = F.interpolate(img[None].float(), (nh, nw), mode="bilinear", antialias=s < 1,
                             align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
         if sem is not None:
-            sem = F.interpolate(sem[None, None].float(), (nh, nw), mode="nearest")[0, 0].to(sem.dtype)
+            # "nearest-exact" samples pixel centres, as the image's bilinear resize does ("nearest"
+            # takes the top-left of each cell: the target sat half a working pixel down and right)
+            sem = F.interpolate(sem[None, None].float(), (nh, nw), mode="nearest-exact")[0, 0].to(sem.dtype)
     pads = (x0, size - x1, y0, size - y1)
     img = F.pad(img, pads, value=0)
     if sem is not None:

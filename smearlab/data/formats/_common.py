@@ -675,3 +675,22 @@ def save_image_file(sample: Sample, folder: Path, stem: str) -> Path:
     dest = folder / f"{stem}.png"
     write_image(dest, sample.image)
     return dest
+
+
+#: Annotation file names that say nothing of the dataset: such a dataset is named after its folder.
+GENERIC_STEMS = ("annotations", "_annotations.coco", "instances", "labels", "data", "dataset", "gt", "ground_truth")
+
+
+def json_dataset_name(json_path: Path) -> str:
+    """The default name of a dataset read from one annotation file: the file's stem
+    (``instances_val2017``), or its folder's name when the stem is generic (``annotations.json``
+    in ``malaria_iml_subset/``).
+
+    Parameters
+    ----------
+    json_path : the annotation file.
+    """
+    json_path = Path(json_path)
+    if json_path.stem.lower() in GENERIC_STEMS and json_path.parent.name:
+        return json_path.parent.name
+    return json_path.stem

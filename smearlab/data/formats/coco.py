@@ -29,8 +29,8 @@ from ...core.files import atomic_path, write_json
 from ..boxes import clean_boxes
 from ..imageio import write_image
 from ..sample import Sample, SkipLog, SmearDataset
-from ._common import (OUTSIDE_ROOT_HINT, check_unique_names, image_geometry, is_absolute_name, path_name_problem, read_json,
-                      remap_classes, resolve_inside)
+from ._common import (OUTSIDE_ROOT_HINT, check_unique_names, image_geometry, is_absolute_name, json_dataset_name,
+                      path_name_problem, read_json, remap_classes, resolve_inside)
 
 _COPYABLE = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
@@ -102,7 +102,7 @@ def load(path: str | Path, *, image_root: str | Path | None = None, strict: bool
         if parsed is not None:
             per_image[ann["image_id"]].append(parsed)
     samples = [_sample(images[k], per_image[k], json_path, skipped, fixed) for k in images]
-    ds = SmearDataset(samples, file_classes, name or json_path.stem, root=json_path.parent,
+    ds = SmearDataset(samples, file_classes, name or json_dataset_name(json_path), root=json_path.parent,
                       format="coco", skipped=skipped, fixed=fixed)
     return remap_classes(ds, class_names, class_map)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..sample import SmearDataset
-from ._common import BoxCollector, dig, entry_image, entry_objects, find_json, number, read_json
+from ._common import BoxCollector, dig, entry_image, entry_objects, find_json, json_dataset_name, number, read_json
 
 IMAGE_FOLDER = "IML_Malaria"
 BBOX_KEYS = ("x", "y", "w", "h")
@@ -64,7 +64,7 @@ def load(path: str | Path, *, class_names=None, class_map=None, strict: bool = F
     col = BoxCollector(class_names, strict, class_map)
     for i, entry in enumerate(read_json(json_path, list)):
         _add_entry(col, json_path, root, entry, f"entry {i}", check_images, allow_outside_root)
-    return col.dataset(name or json_path.stem, json_path.parent, "iml")
+    return col.dataset(name or json_dataset_name(json_path), json_path.parent, "iml")
 
 
 def _add_entry(col: BoxCollector, json_path: Path, root: Path, entry, rec: str, check_images: bool,
