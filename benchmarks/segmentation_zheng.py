@@ -2,15 +2,16 @@
 
 Usage::
 
-    python benchmarks/segmentation_zheng.py --preset cpu     # this 2-core machine (~10 min per dataset)
+    python benchmarks/segmentation_zheng.py --preset cpu     # this 2-core machine (~15 min per dataset)
     python benchmarks/segmentation_zheng.py --preset gpu     # a lent GPU: wider net, more epochs
     python benchmarks/segmentation_zheng.py --preset quick   # a smoke run (a minute or two)
 
 For Dataset 1 (300 images, ~120 px, Jiangxi Tecom) and Dataset 2 (100 images, 300 px,
 CellaVision) separately: a fixed stratified 80/20 train/test split (seed recorded), a U-Net
-trained from scratch on train only (its number of epochs chosen on a validation fifth of the
-training images among candidates fixed by rule, the first recipe's epochs x 1, 2, 4: nothing is
-tuned on the test images), and on the test images:
+trained from scratch on train only (with ``--preset cpu`` its number of epochs is chosen on a
+validation fifth of the training images among candidates fixed by rule, the first recipe's
+epochs x 1, 2, 4; the other presets train a fixed number: nothing is tuned on the test images),
+and on the test images:
 
 * nucleus, cytoplasm and whole-cell Dice and IoU (whole cell = nucleus or cytoplasm against
   background). The headline figures are the **mean over test images** of the per-image Dice,

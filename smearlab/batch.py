@@ -546,7 +546,7 @@ def _predict_instances(folder: Path, items: list, out: Path, *, truth, dataset, 
 
     def predict_fn(images: list) -> list[dict]:
         if instances:
-            preds = predict_instances(model, images, tile=side)
+            preds = predict_instances(model, images, tile=side, overlap=min(48, side // 4))
         else:
             preds = [semantic_to_instances(m) for m in predict_semantic(model, images, device=device)]
         return [{k: v[p["scores"] >= floor] for k, v in p.items()} for p in preds]

@@ -434,8 +434,9 @@ def export_coco(dataset, predictions, path: str | Path, *, segmentation: str = "
                 if os.path.abspath(dst) != os.path.abspath(src):
                     with atomic_path(dst) as tmp:
                         shutil.copyfile(src, tmp)
-            else:  # written as PNG (DICOM, WebP, GIF...): named so, or no reader would open it
-                rec["file_name"] = str(Path(rec["file_name"]).with_suffix(".png").as_posix())
+            else:  # written as PNG (DICOM, WebP, GIF...): named so (x.dcm.png), or no reader would open it
+                if Path(rec["file_name"]).suffix.lower() != ".png":
+                    rec["file_name"] = rec["file_name"] + ".png"
                 write_image(folder / rec["file_name"], s.image)
     write_json(path, data)
     return path

@@ -395,6 +395,8 @@ def test_the_instance_segmenter_counts_objects_against_a_dataset(tmp_path):
     assert all(o["polygons"] for o in rec["objects"])                # outlines from the masks
     with pytest.raises(ValueError, match="scale"):
         batch.predict(folder, dataset=data, out=tmp_path / "o2", scale=0.5, progress=False)
+    small = batch.predict(folder, dataset=data, out=tmp_path / "o3", tile=32, progress=False)
+    assert small["predicted"] == 4 and small["failed"] == 0           # the default 48 px overlap refused 32 px tiles
 
 
 def test_a_unet_of_class_maps_counts_its_foreground_objects(tmp_path):

@@ -269,3 +269,18 @@ def test_exports_stay_below_their_folder_and_name_what_they_write(tmp_path):
     export_counts_csv(ds, pred * 2, tmp_path / "counts.csv")
     rows = (tmp_path / "counts.csv").read_text().splitlines()[1:]
     assert [r.split(",")[1] for r in rows] == ["rbc/a.png", "wbc/a.png"]        # both were 'a.png'
+
+
+def test_copied_images_of_other_formats_are_written_as_png_under_a_png_name(tmp_path):
+    from PIL import Image
+    src = tmp_path / "src"
+    src.mkdir()
+    Image.fromarray(np.zeros((8, 10, 3), np.uint8)).save(src / "x.gif")
+    Image.fromarray(np.zeros((8, 10, 3), np.uint8)).save(src / "x.png")
+    ds = SmearDataset([Sample(n, path=src / n, boxes=[[1, 1, 4, 4]], labels=[0]) for n in ("x.gif", "x.png")], ["cell"])
+    pred = [{"boxes": [[1, 1, 4, 4]], "scores": [0.9], "labels": [0]}] * 2
+    out = export_coco(ds, pred, tmp_path / "pred" / "coco.json", copy_images=True)
+    names = [im["file_name"] for im in json.loads(out.read_text())["images"]]
+    assert names == ["x.gif.png", "x.png"]          # PNG bytes under x.gif could not be read back; x.png kept apart
+    back = load(out, image_root=tmp_path / "pred" / "images")
+    assert len(back) == 2 and back.skipped == []

@@ -206,6 +206,16 @@ def test_one_report_folder_holds_one_set_of_settings(nbdir, tmp_path):
                        html_export=False, **kw)
     index = run_report("full", out=out, notebook_dir=nbdir, notebooks=["01", "03"], html_export=False)
     assert index["profile"] == "full" and index["seed"] == 0    # every result re-made: allowed
+    # an index of before the settings were recorded kept the data root as typed (relative)
+    older = tmp_path / "older"
+    run_report("quick", out=older, notebook_dir=nbdir, notebooks=["01", "03"], html_export=False, data_root=tmp_path)
+    data = json.loads((older / "index.json").read_text())
+    import os
+    data["data_root"] = os.path.relpath(tmp_path)
+    for key in ("seed", "parameters"):
+        data.pop(key)
+    (older / "index.json").write_text(json.dumps(data))
+    run_report("quick", out=older, notebook_dir=nbdir, notebooks=["01"], html_export=False, data_root=tmp_path)
 
 
 def test_a_bad_thread_count_is_refused_before_anything_is_written(nbdir, tmp_path):

@@ -527,6 +527,9 @@ def test_a_hand_edited_thresholds_file_is_refused_not_half_used(tmp_path):
         (inst / "thresholds.json").write_text(content)
         with pytest.raises(DataError, match=msg):
             load_instance_unet(inst, "cpu")
+    # a folder saved before the flip average was a tuned setting: tuned without it
+    (inst / "thresholds.json").write_text('{"foreground": 0.4, "marker": 0.7, "min_size": 5}')
+    assert load_instance_unet(inst, "cpu").thresholds == InstanceThresholds(0.4, 0.7, 5, False)
 
 
 def test_the_learned_segmenters_count_error_counts_every_final_instance():

@@ -343,6 +343,8 @@ def _check_same_settings(index_path: Path, settings: dict[str, Any], kept: list[
     """Refuse a run into a folder whose other results (``kept``) were made with other settings:
     the index describes one set of settings, and would give the new ones to the old results."""
     earlier = json.loads(index_path.read_text(encoding="utf-8"))
+    if earlier.get("data_root"):  # indexes before 2026-12-07 kept the folder as typed
+        earlier["data_root"] = str(Path(earlier["data_root"]).resolve())
     for key, value in settings.items():
         if key in earlier and not _same_json(earlier[key], value):
             raise ValueError(f"{index_path.parent}: its results of {', '.join(kept)} were made with {key} "

@@ -295,6 +295,7 @@ def _read_thresholds(values: dict | None, path: Path) -> InstanceThresholds:
         raise DataError(path, f"must be a JSON object with {sorted(known)}, got {type(values).__name__}")
     if set(values) - known:
         raise DataError(path, f"unknown settings {sorted(set(values) - known)} (known: {sorted(known)})")
+    values = {"tta": False, **values}  # folders saved before the flip average was tuned: tuned without it
     if known - set(values):  # a half-written file would predict with untuned defaults for the rest
         raise DataError(path, f"missing settings {sorted(known - set(values))} (a tuned file holds all of {sorted(known)})")
     th = InstanceThresholds(**values)
@@ -666,8 +667,8 @@ def _tiled_probabilities(model: UNet, x: np.ndarray, tile: int, overlap: int, de
 def probabilities_to_instances(probs: np.ndarray, thresholds: InstanceThresholds | None = None) -> dict:
     """Instances (the prediction form, class 0) from the three class probabilities.
 
-    Markers are the connected components of ``p(interior) >= marker``; the watershed of
-    ``-p(interior)`` grows them over the foreground ``p(interior) + p(boundary) >= foreground``;
+    Markers are the connected components of ``p(interior) >= marker`` inside the foreground; the
+    watershed of ``-p(interior)`` grows them over the foreground ``p(interior) + p(boundary) >= foreground``;
     objects smaller than ``min_size`` pixels are dropped. A foreground component without a
     marker keeps one of its own. Each object's score is its mean interior probability.
 
