@@ -468,13 +468,8 @@ def test_instance_input_drops_alpha_and_refuses_nan():
         nuclear_channel(np.full((8, 8), np.nan, np.float32))
 
 
-class _MeanModel(torch.nn.Module):
+class _MeanModel(_PixelModel):
     """A network whose output depends on the statistics of the whole tile (as GroupNorm does)."""
-
-    def __init__(self):
-        super().__init__()
-        self.config = {"depth": 2}
-        self.conv = torch.nn.Conv2d(1, 3, 1)
 
     def forward(self, x):
         return self.conv(x - x.mean())
