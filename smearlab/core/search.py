@@ -83,8 +83,8 @@ class SearchResult:
 
     @property
     def score(self) -> float | None:
-        """The best candidate's score (by :attr:`key`)."""
-        return self.best()[self.key]
+        """The best candidate's score (by :attr:`key`; None when no candidate scored it)."""
+        return self.best().get(self.key)
 
 
 def grid_search(grid: "Mapping[str, Sequence] | Sequence[Mapping[str, Any]]",
