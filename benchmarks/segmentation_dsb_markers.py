@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 from scipy import ndimage as ndi
-from skimage.segmentation import watershed
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -38,10 +37,9 @@ from segmentation_dsb import (DEFAULT_DATA, SEED, _per_group, fixed_split, per_i
 from smearlab.core.device import resolve_device  # noqa: E402
 from smearlab.core.search import grid_search  # noqa: E402
 from smearlab.data import load  # noqa: E402
-from smearlab.data.boxes import mask_box  # noqa: E402
 from smearlab.metrics.instances import dsb_score  # noqa: E402
 from smearlab.segmentation.instances import (THRESHOLD_GRID, InstanceThresholds, predict_probabilities,  # noqa: E402
-                                             probabilities_to_instances)
+                                             probabilities_to_instances, seeded_watershed)
 from smearlab.data.predictions import empty_prediction  # noqa: E402
 
 
@@ -51,22 +49,7 @@ def _instances_before(probs: np.ndarray, th: InstanceThresholds) -> dict:
     fg = (probs[1] + probs[2]) >= th.foreground
     if not fg.any():
         return empty_prediction(fg.shape)
-    markers, n = ndi.label(interior >= th.marker)
-    comps, n_comp = ndi.label(fg)
-    for c in np.setdiff1d(np.arange(1, n_comp + 1), np.unique(comps[markers > 0])):
-        n += 1
-        markers[comps == c] = n
-    lab = watershed(-interior, markers, mask=fg)
-    sizes = np.bincount(lab.ravel())
-    keep = [k for k in range(1, len(sizes)) if sizes[k] >= th.min_size]
-    if not keep:
-        return empty_prediction(fg.shape)
-    masks = np.stack([lab == k for k in keep])
-    scores = np.array([float(interior[m].mean()) for m in masks], np.float32)
-    boxes = np.stack([mask_box(m) for m in masks]).astype(np.float32)
-    order = np.argsort(-scores, kind="stable")
-    return {"boxes": boxes[order], "scores": scores[order], "labels": np.zeros(len(keep), np.int64),
-            "masks": masks[order]}
+    return seeded_watershed(interior, fg, ndi.label(interior >= th.marker)[0], th.min_size)
 
 
 RULES = {"before": _instances_before, "after": probabilities_to_instances}

@@ -682,7 +682,24 @@ def probabilities_to_instances(probs: np.ndarray, thresholds: InstanceThresholds
     fg = (probs[1] + probs[2]) >= th.foreground
     if not fg.any():
         return empty_prediction(fg.shape)
-    markers, n = ndi.label((interior >= th.marker) & fg)  # a marker outside the foreground could join two objects
+    markers, _ = ndi.label((interior >= th.marker) & fg)  # a marker outside the foreground could join two objects
+    return seeded_watershed(interior, fg, markers, th.min_size)
+
+
+def seeded_watershed(interior: np.ndarray, fg: np.ndarray, markers: np.ndarray, min_size: int) -> dict:
+    """Instances (the prediction form, class 0) grown from labelled ``markers`` by the watershed
+    of ``-interior`` over the foreground ``fg``: a foreground component without a marker keeps one
+    of its own, objects under ``min_size`` pixels are dropped, each scores its mean interior.
+
+    Parameters
+    ----------
+    interior : ``(H, W)`` interior probability.
+    fg : ``(H, W)`` bool foreground.
+    markers : ``(H, W)`` int labels 1..n of the seeds (0 elsewhere).
+    min_size : smallest object kept, in pixels.
+    """
+    markers = markers.copy()
+    n = int(markers.max())
     comps, n_comp = ndi.label(fg)
     seeded = np.unique(comps[markers > 0])
     for c in np.setdiff1d(np.arange(1, n_comp + 1), seeded):  # components without a confident core
@@ -690,7 +707,7 @@ def probabilities_to_instances(probs: np.ndarray, thresholds: InstanceThresholds
         markers[comps == c] = n
     lab = watershed(-interior, markers, mask=fg)
     sizes = np.bincount(lab.ravel())
-    keep = [k for k in range(1, len(sizes)) if sizes[k] >= th.min_size]
+    keep = [k for k in range(1, len(sizes)) if sizes[k] >= min_size]
     if not keep:
         return empty_prediction(fg.shape)
     masks = np.stack([lab == k for k in keep])
