@@ -197,3 +197,30 @@ def test_the_command_line_takes_a_time_budget(monkeypatch, tmp_path, capsys):
     assert last["epoch"] == last["planned_epochs"] >= 1 and "budget_left_s" in last  # the budget planned the run
     assert last["lr_end"] == pytest.approx(0.0, abs=1e-9)
     assert (tmp_path / "run" / "model" / "weights.pt").is_file()  # the trained model folder
+
+
+def test_an_epoch_the_budget_makes_the_last_after_its_record_is_validated(monkeypatch, tmp_path):
+    """With ``val_every`` 2, a slowdown in epoch 3 makes the refit end the run there, after the
+    record had decided (plan 25) not to validate it: the final model is validated all the same."""
+    from smearlab.data.synthetic import make_dataset
+    now = {"t": 0.0, "samples": 0}
+    monkeypatch.setattr(training, "clock", lambda: now["t"])
+
+    def slow(sample):  # each training image costs 1 fake second in epochs 1-2, 30 afterwards
+        now["samples"] += 1
+        now["t"] += 1.0 if now["samples"] <= 8 else 30.0
+        return sample
+
+    ds = make_dataset(4, seed=0, width=96, height=80)
+    torch.manual_seed(0)
+    cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=ds.class_names, min_size=80, max_size=96)
+    hist = train_detector(build_detector(cfg), ds, ds, tcfg=TrainConfig(
+        batch_size=1, lr=0.01, warmup_iters=2, device="cpu", time_budget_s=100, epochs=50, val_every=2,
+        augment=slow, out_dir=tmp_path), progress=False)
+    assert hist.column("planned_epochs") == [25, 25, 3]
+    assert "val_mAP50" in hist[1] and "val_mAP50" in hist[-1] and "val_mAP50" not in hist[0]
+    assert hist.best_epoch in (2, 3)
+    assert hist.best_value == max(hist[1]["val_mAP"], hist[-1]["val_mAP"])  # best_metric mAP
+    import json
+    saved = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert "val_mAP50" in saved[-1]  # the run folder's record of the last epoch has it too

@@ -139,7 +139,9 @@ class TrainConfig:
         the number of epochs, and with it the learning-rate schedule, is fitted to the budget
         from the measured speed of the first steps and of each epoch
         (:class:`~smearlab.core.training.TimeBudget`), so the run ends on a finished schedule
-        within the budget. ``epochs`` is then only the plan before the first measurement.
+        within the budget. ``epochs`` is then only the plan before the first measurement. An
+        epoch that a slowdown makes the last one after its record (``val_every`` > 1) is
+        validated after the loop, one validation past the budget.
     """
 
     epochs: int = 12
@@ -879,26 +881,34 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
                     + ". Lower the learning rate or raise warmup_iters.")
             is_last = epoch == planned_epochs()
             if val_smear is not None and (epoch % tcfg.val_every == 0 or is_last):
-                if dctx.main:
-                    t_val = time.time()
-                    preds = predict(scored, val_smear, batch_size=tcfg.batch_size, amp=use_amp,  # already preprocessed
-                                    score_floor=cfg_model.score_floor, tile=tcfg.val_tile, progress=False,
-                                    preprocess=None)
-                    for k, v in (evaluate_fn(val_smear, preds) or {}).items():
-                        if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
-                            out[f"val_{k}"] = float(v)
-                    out["val_time_s"] = round(time.time() - t_val, 3)
-                dctx.barrier()
+                validate(out)
             out["time_s"] = round(time.time() - epoch_state["t0"], 3)
             return out
 
-        def save_epoch(rec: dict[str, Any]) -> None:  # once the record is in the history
-            epoch, improved = rec["epoch"], False
+        def validate(out: dict[str, Any]) -> None:  # val_* figures of the model as it is now, into out
+            if dctx.main:
+                t_val = time.time()
+                preds = predict(scored, val_smear, batch_size=tcfg.batch_size, amp=use_amp,  # already preprocessed
+                                score_floor=cfg_model.score_floor, tile=tcfg.val_tile, progress=False,
+                                preprocess=None)
+                for k, v in (evaluate_fn(val_smear, preds) or {}).items():
+                    if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool):
+                        out[f"val_{k}"] = float(v)
+                out["val_time_s"] = round(time.time() - t_val, 3)
+            dctx.barrier()
+
+        def note_best(rec: dict[str, Any]) -> bool:  # whether the record is the best validated so far
             key = f"val_{tcfg.best_metric}"
             if key not in rec and "val_mAP50" in rec:
                 key = "val_mAP50"
             if key in rec and (history.best_value is None or rec[key] > history.best_value):
-                history.best_epoch, history.best_value, improved = epoch, rec[key], True
+                history.best_epoch, history.best_value = rec["epoch"], rec[key]
+                return True
+            return False
+
+        def save_epoch(rec: dict[str, Any]) -> None:  # once the record is in the history
+            epoch = rec["epoch"]
+            improved = note_best(rec)
             write_last = out_dir is not None and (epoch % tcfg.checkpoint_every == 0 or epoch >= planned_epochs()
                                                   or (until_epoch is not None and epoch >= until_epoch))
             if write_last:  # every rank's RNG state, after everything this epoch drew (every rank decides alike)
@@ -930,6 +940,18 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
                   start_step=start_epoch * steps_per_epoch,
                   stop_step=None if until_epoch is None else max(0, int(until_epoch)) * steps_per_epoch,
                   progress=progress and dctx.main, desc="train detector", history=history)
+        last = history.records[-1] if history.records else None
+        if (budget is not None and val_smear is not None and last is not None and last.get("epoch") == planned_epochs()
+                and not any(k.startswith("val_") for k in last)):
+            # the budget's refit after this epoch's record made it the last epoch after the record
+            # had decided not to validate it (val_every > 1): the final model is validated now, so
+            # that it is scored and can be best/ (the budget is overrun by one validation)
+            validate(last)
+            if note_best(last) and dctx.main and out_dir is not None:
+                save_model(scored, cfg_model, out_dir / "best", preprocess=pre_spec, train_config=tcfg)
+            if dctx.main and out_dir is not None:
+                _write_metrics(out_dir, history.records)
+            dctx.barrier()
         if budget is not None and dctx.main:
             done = (history.records[-1]["epoch"] if history.records else start_epoch) - start_epoch
             log.info("time budget %.0f s: %d epochs in %.0f s", budget.seconds, done, budget.elapsed_s)
