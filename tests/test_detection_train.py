@@ -50,6 +50,7 @@ def test_resume_is_exact(tmp_path, ds128):
     train_detector(b, ds128, None, TrainConfig(**tc, out_dir=tmp_path / "b"), progress=False, until_epoch=1)
     ck = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
     assert ck["epoch"] == 1
+    assert not (tmp_path / "b" / "model").exists()  # a paused run does not look finished
     # a fresh process would rebuild the model: do so, with other RNG states in between
     torch.manual_seed(123), np.random.seed(5)
     b2, _ = tiny(ds128, seed=99)
@@ -60,6 +61,7 @@ def test_resume_is_exact(tmp_path, ds128):
     for k in sa:
         assert torch.equal(sa[k], sb[k]), k
     assert len((tmp_path / "b" / "metrics.jsonl").read_text().splitlines()) == 2
+    assert (tmp_path / "b" / "model" / "weights.pt").is_file()
 
 
 def test_checkpoint_every_writes_last_pt_every_n_epochs_and_at_the_end(tmp_path, ds128, monkeypatch):

@@ -620,7 +620,8 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
         start when there is none yet).
     progress : tqdm progress bars.
     until_epoch : stop after this epoch (the schedule still spans ``tcfg.epochs``); resume
-        later to go on.
+        later to go on. A run stopped before its last epoch writes ``last.pt`` and its
+        ``best/`` so far, but no ``model/`` (the folder of a finished run).
     """
 
     if isinstance(train_ds, DetectorConfig):
@@ -957,7 +958,12 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
             log.info("time budget %.0f s: %d epochs in %.0f s", budget.seconds, done, budget.elapsed_s)
         if ema is not None:  # the trained model is the average (last.pt keeps the raw weights)
             net.load_state_dict(ema.module.state_dict())
-        if dctx.main and out_dir is not None:
+        stopped_at = history.records[-1]["epoch"] if history.records else start_epoch
+        if stopped_at < planned_epochs():  # until_epoch: a paused run is no model/ (last.pt resumes it)
+            if dctx.main:
+                log.info("stopped after epoch %d of %d: resume from %s to finish", stopped_at, planned_epochs(),
+                         out_dir / "last.pt" if out_dir is not None else "a checkpoint")
+        elif dctx.main and out_dir is not None:
             save_model(net, cfg_model, out_dir / "model", preprocess=pre_spec, train_config=tcfg)
             if history.best_epoch is None:  # no validation: best is the final model
                 save_model(net, cfg_model, out_dir / "best", preprocess=pre_spec, train_config=tcfg)
