@@ -224,3 +224,5 @@ def test_an_epoch_the_budget_makes_the_last_after_its_record_is_validated(monkey
     import json
     saved = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert "val_mAP50" in saved[-1]  # the run folder's record of the last epoch has it too
+    ck = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert ck["history"]["best_epoch"] == hist.best_epoch and "val_mAP" in ck["history"]["records"][-1]

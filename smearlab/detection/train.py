@@ -334,6 +334,12 @@ def _seed_worker(worker_id: int) -> None:  # DataLoader worker_init_fn (module l
     s = torch.initial_seed() % 2**32
     np.random.seed(s)
     random.seed(s)
+    # an augmenter with its own generator (smearlab.augment.Augment) is copied into every worker
+    # in one state, and again each epoch: every worker drew the same numbers, every epoch alike
+    info = torch.utils.data.get_worker_info()
+    g = getattr(getattr(getattr(info, "dataset", None), "transform", None), "generator", None)
+    if isinstance(g, torch.Generator):
+        g.manual_seed(torch.initial_seed())  # per worker and per epoch (the loader's seeded generator)
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:
@@ -687,6 +693,10 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
     luma = torch.tensor(LUMA).view(3, 1, 1)
     if augment is not None and batch_aug is None and not callable(augment):
         raise TypeError("augment must be a callable f(sample) -> sample or have a .batch(images, targets) method")
+    # the augmenter's own generator (smearlab.augment.Augment): saved in last.pt, so that a resumed
+    # run draws what the uninterrupted one would have
+    aug_generator = getattr(batch_aug if batch_aug is not None else sample_aug, "generator", None)
+    aug_generator = aug_generator if isinstance(aug_generator, torch.Generator) else None
     out_dir = Path(tcfg.out_dir) if tcfg.out_dir is not None else None
     use_amp = bool(tcfg.amp and device.type == "cuda")
     cpu_bf16 = bool(tcfg.cpu_bf16 and device.type == "cpu")
@@ -793,6 +803,8 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
             start_epoch = int(ck["epoch"])
             per_rank = ck.get("rng_per_rank") or []
             _set_rng_state(per_rank[dctx.rank] if len(per_rank) == dctx.world else ck["rng"])
+            if aug_generator is not None and ck.get("augment_rng") is not None:
+                aug_generator.set_state(ck["augment_rng"])
             if dctx.main:
                 log.info("resumed from %s after epoch %d", ck_path, start_epoch)
 
@@ -875,13 +887,17 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
             if dctx.active:  # BN running stats differ per rank after the last step: take rank 0's
                 for b in net.buffers():
                     dist.broadcast(b, 0)
+                if ema is not None:  # the average's too (it averages each rank's own statistics)
+                    for b in ema.module.buffers():
+                        dist.broadcast(b, 0)
             if not _params_finite(net):
                 raise FloatingPointError(
                     f"weights became non-finite in epoch {epoch} (learning rate "
                     f"{optimizer.param_groups[0]['lr']:.3g}); training stopped" + kept()
                     + ". Lower the learning rate or raise warmup_iters.")
             is_last = epoch == planned_epochs()
-            if val_smear is not None and (epoch % tcfg.val_every == 0 or is_last):
+            epoch_state["validated"] = val_smear is not None and (epoch % tcfg.val_every == 0 or is_last)
+            if epoch_state["validated"]:
                 validate(out)
             out["time_s"] = round(time.time() - epoch_state["t0"], 3)
             return out
@@ -909,7 +925,15 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
 
         def save_epoch(rec: dict[str, Any]) -> None:  # once the record is in the history
             epoch = rec["epoch"]
+            if (budget is not None and val_smear is not None and not epoch_state.get("validated")
+                    and epoch >= planned_epochs()):
+                # the budget's refit after this record made it the last epoch after the record had
+                # decided not to validate it (val_every > 1): validate the final model now, so it is
+                # scored and can be best/ (one validation past the budget); every rank decides alike
+                validate(rec)
             improved = note_best(rec)
+            if dctx.main and out_dir is not None and improved:  # before last.pt, which records it as best
+                save_model(scored, cfg_model, out_dir / "best", preprocess=pre_spec, train_config=tcfg)
             write_last = out_dir is not None and (epoch % tcfg.checkpoint_every == 0 or epoch >= planned_epochs()
                                                   or (until_epoch is not None and epoch >= until_epoch))
             if write_last:  # every rank's RNG state, after everything this epoch drew (every rank decides alike)
@@ -923,14 +947,13 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
                       "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
                       "scheduler": scheduler.state_dict(), "rng": rng, "rng_per_rank": per_rank,
                       "ema": ema.state_dict() if ema is not None else None,
+                      "augment_rng": aug_generator.get_state() if aug_generator is not None else None,
                       "world_size": dctx.world, "steps_per_epoch": steps_per_epoch,
                       "history": history.to_state(), "model_config": cfg_model.to_dict(),
                       "train_config": tcfg.to_dict()}
                 _save_torch(ck, out_dir / "last.pt")
             if dctx.main and out_dir is not None:
                 _write_metrics(out_dir, history.records)
-                if improved:
-                    save_model(scored, cfg_model, out_dir / "best", preprocess=pre_spec, train_config=tcfg)
             if dctx.main:
                 log.info("epoch %d/%d: %s", epoch, planned_epochs(),
                          ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()))
@@ -941,18 +964,6 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
                   start_step=start_epoch * steps_per_epoch,
                   stop_step=None if until_epoch is None else max(0, int(until_epoch)) * steps_per_epoch,
                   progress=progress and dctx.main, desc="train detector", history=history)
-        last = history.records[-1] if history.records else None
-        if (budget is not None and val_smear is not None and last is not None and last.get("epoch") == planned_epochs()
-                and not any(k.startswith("val_") for k in last)):
-            # the budget's refit after this epoch's record made it the last epoch after the record
-            # had decided not to validate it (val_every > 1): the final model is validated now, so
-            # that it is scored and can be best/ (the budget is overrun by one validation)
-            validate(last)
-            if note_best(last) and dctx.main and out_dir is not None:
-                save_model(scored, cfg_model, out_dir / "best", preprocess=pre_spec, train_config=tcfg)
-            if dctx.main and out_dir is not None:
-                _write_metrics(out_dir, history.records)
-            dctx.barrier()
         if budget is not None and dctx.main:
             done = (history.records[-1]["epoch"] if history.records else start_epoch) - start_epoch
             log.info("time budget %.0f s: %d epochs in %.0f s", budget.seconds, done, budget.elapsed_s)
