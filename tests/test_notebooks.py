@@ -11,7 +11,7 @@ NOTEBOOKS = [p.stem for p in find_notebooks(REPO_NOTEBOOKS)]
 
 #: Metrics each notebook must record (checked for presence and sanity below).
 EXPECTED = {
-    "01_eda": {"dataset", "images", "objects", "per_class", "skipped", "domain_colour_distance"},
+    "01_eda": {"dataset", "images", "objects", "per_class", "skipped", "domain_colour_distance", "near_copy_pairs"},
     "02_preprocessing": {"dataset", "domains", "delta_e", "hist_emd", "best_pipeline", "delta_e_reduction"},
     "03_detection": {"dataset", "images", "runs", "best", "mAP50", "mAP", "per_class", "count_accuracy",
                      "thresholds", "tuner_ms"},

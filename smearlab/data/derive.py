@@ -25,10 +25,23 @@ def as_single_class(dataset, name: str = "cell"):
     dataset : a SmearDataset.
     name : the one class name; the result is named ``"<dataset name>:<name>"``.
     """
-    samples = [dataclasses.replace(s, labels=np.zeros(len(s.boxes), np.int64)) for s in dataset]
+    samples = [dataclasses.replace(s, labels=np.zeros(len(s.boxes), np.int64), **_image_class_kept(s, dataset))
+               for s in dataset]
     return SmearDataset(samples, [name], f"{getattr(dataset, 'name', 'dataset')}:{name}",
                         root=getattr(dataset, "root", None), format=getattr(dataset, "format", None),
                         semantic_names=getattr(dataset, "semantic_names", None))
+
+
+def _image_class_kept(s: Sample, dataset) -> dict:
+    """A sample's image-level class moved out of ``image_label`` (an index into the old class
+    list, which the new one does not have: a lymphocyte read as "nucleus") into
+    ``meta["image_class"]``, by name."""
+    if s.image_label is None:
+        return {}
+    names = list(getattr(dataset, "class_names", []))
+    label = int(s.image_label)
+    return {"image_label": None,
+            "meta": {**s.meta, "image_class": names[label] if 0 <= label < len(names) else label}}
 
 
 def foreground_semantic(dataset, name: str | None = None):
@@ -153,8 +166,10 @@ def instances_from_semantic(dataset, groups: "dict[str, Sequence[int]] | None" =
                     labels.append(k)
         m = np.stack(masks) if masks else np.zeros((0, *sem.shape), bool)
         boxes = np.stack([mask_box(x) for x in m]) if len(m) else np.zeros((0, 4), np.float32)
-        out.append(Sample(s.image_id, s.path, boxes=boxes, labels=labels, image_label=s.image_label,
-                          domain=s.domain, meta=dict(s.meta), _image=s.image, _masks=m, _semantic=sem))
+        kept = _image_class_kept(s, dataset)
+        out.append(Sample(s.image_id, s.path, boxes=boxes, labels=labels, image_label=None,
+                          domain=s.domain, meta=kept.get("meta", dict(s.meta)), _image=s.image, _masks=m,
+                          _semantic=sem))
     return SmearDataset(out, list(groups), getattr(dataset, "name", "dataset"), semantic_names=names)
 
 
@@ -181,6 +196,9 @@ def box_tiles(dataset: SmearDataset, tile: int = 640, *, min_visible: float = 0.
     """
     if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 16:
         raise ValueError(f"tile must be an integer >= 16, got {tile!r}")
+    if isinstance(min_visible, bool) or not isinstance(min_visible, (int, float, np.integer, np.floating)) \
+            or not 0 < float(min_visible) <= 1:
+        raise ValueError(f"min_visible must be a share of a box's area in (0, 1], got {min_visible!r}")
     out = []
     for s in dataset:
         h, w = s.hw
@@ -191,8 +209,9 @@ def box_tiles(dataset: SmearDataset, tile: int = 640, *, min_visible: float = 0.
                 x1, y1 = min(w, x + tile), min(h, y + tile)
                 b = np.clip(s.boxes - np.array([x, y, x, y], np.float32), 0, [x1 - x, y1 - y] * 2)
                 inside = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
-                keep = inside >= min_visible * np.maximum(area, 1e-6)
+                keep = (inside > 0) & (inside >= min_visible * np.maximum(area, 1e-6))
                 out.append(Sample(f"{s.image_id}@{x},{y}", boxes=b[keep], labels=s.labels[keep], domain=s.domain,
+                                  image_label=s.image_label,
                                   _image=np.ascontiguousarray(img[y:y1, x:x1]),
                                   meta={"source": s.image_id, "window": (x, y, x1, y1)}))
         s.release()

@@ -186,6 +186,17 @@ class Sample:
         if self.size is not None and tuple(s.shape) != tuple(self.size):
             raise DataError(self.path or self.image_id,
                             f"semantic mask size {s.shape} differs from image size {tuple(self.size)}")
+        if s.dtype != np.uint8:  # a cast would wrap 256 to 0 and -1 to 255 (ignored), and floor 0.7 to 0
+            if s.dtype == bool:
+                return s.astype(np.uint8)
+            if not np.issubdtype(s.dtype, np.number) or np.issubdtype(s.dtype, np.complexfloating):
+                raise DataError(self.path or self.image_id, f"semantic mask of dtype {s.dtype}: give class indices")
+            if s.size and (not np.isfinite(s).all() or (s != np.round(s)).any() or s.min() < 0 or s.max() > 255):
+                with np.errstate(invalid="ignore"):
+                    bad = s[~np.isfinite(s) | (s != np.round(s)) | (s < 0) | (s > 255)]
+                raise DataError(self.path or self.image_id,
+                                f"semantic mask holds {bad.reshape(-1)[0].item()!r}: class indices are whole "
+                                "numbers 0..254 (255 = ignored)")
         return s.astype(np.uint8, copy=False)
 
     def __len__(self) -> int:
@@ -328,6 +339,10 @@ class SmearDataset(Sequence[Sample]):
             if bad.any():
                 raise DataError(s.path or s.image_id, f"label {int(s.labels[bad][0])} outside the "
                                 f"{k} classes {self.class_names}")
+            if s.image_label is not None and (isinstance(s.image_label, bool) or not isinstance(
+                    s.image_label, (int, np.integer)) or not 0 <= s.image_label < k):
+                raise DataError(s.path or s.image_id, f"image label {s.image_label!r} is not one of the "
+                                f"{k} classes {self.class_names} (an index 0..{k - 1})")
 
     def __len__(self) -> int:
         return len(self.samples)

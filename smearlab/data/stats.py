@@ -6,6 +6,7 @@ from typing import Any
 import numpy as np
 from skimage.color import rgb2hsv
 
+from .imageio import full_scale
 from .sample import SmearDataset
 
 
@@ -64,7 +65,8 @@ def colour_stats(dataset: SmearDataset, max_images: int | None = None, seed: int
     out: dict[str, list] = {}
     for i in idx:
         s = dataset[int(i)]
-        small = s.image[::4, ::4].astype(np.float32) / 255.0
+        img = s.image
+        small = np.clip(img[::4, ::4].astype(np.float32) / full_scale(img), 0.0, 1.0)
         hsv = rgb2hsv(small)
         out.setdefault(s.domain or dataset.name, []).append(
             np.concatenate([small.reshape(-1, 3).mean(0), _hsv_mean(hsv)]))
@@ -74,9 +76,14 @@ def colour_stats(dataset: SmearDataset, max_images: int | None = None, seed: int
 
 
 def _hsv_mean(hsv: np.ndarray) -> np.ndarray:
-    """Mean of HSV with the hue averaged on the circle."""
+    """Mean of HSV with the hue averaged on the circle, each pixel's hue weighted by its saturation
+    (a grey or white pixel has no hue: rgb2hsv gives it 0, red, and a mostly white field of purple
+    cells read as red)."""
     h = hsv[..., 0].ravel() * 2 * np.pi
-    hue = (np.arctan2(np.sin(h).mean(), np.cos(h).mean()) / (2 * np.pi)) % 1.0
+    w = hsv[..., 1].ravel()
+    if not w.sum() > 0:
+        w = np.ones_like(h)
+    hue = (np.arctan2((w * np.sin(h)).sum(), (w * np.cos(h)).sum()) / (2 * np.pi)) % 1.0
     return np.array([hue, hsv[..., 1].mean(), hsv[..., 2].mean()])
 
 

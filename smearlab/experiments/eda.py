@@ -19,7 +19,7 @@ def domain_colour_gap(colours: dict) -> tuple[list[str], float]:
     return domains, colour_distance(colours[domains[0]], colours[domains[-1]]) if len(domains) > 1 else 0.0
 
 
-def eda_record(ds: SmearDataset, summary: dict, colour_gap: float) -> dict[str, Any]:
+def eda_record(ds: SmearDataset, summary: dict, colour_gap: float, near_copy_pairs: int | None = None) -> dict[str, Any]:
     """The headline numbers notebook 01 records.
 
     Parameters
@@ -27,7 +27,11 @@ def eda_record(ds: SmearDataset, summary: dict, colour_gap: float) -> dict[str, 
     ds : the dataset explored.
     summary : its :func:`smearlab.data.stats.summary` (``objects_per_image_mean`` is recorded).
     colour_gap : the mean-colour distance between its domains (:func:`domain_colour_gap`).
+    near_copy_pairs : pairs of near-copies found (:func:`smearlab.data.splits.near_copies`), if looked for.
     """
-    return {"dataset": ds.name, "images": len(ds), "objects": ds.num_objects, "per_class": ds.class_counts(),
-            "objects_per_image_mean": summary["objects_per_image_mean"], "skipped": len(ds.skipped),
-            "fixed": len(ds.fixed), "domain_colour_distance": colour_gap}
+    out = {"dataset": ds.name, "images": len(ds), "objects": ds.num_objects, "per_class": ds.class_counts(),
+           "objects_per_image_mean": summary["objects_per_image_mean"], "skipped": len(ds.skipped),
+           "fixed": len(ds.fixed), "domain_colour_distance": colour_gap}
+    if near_copy_pairs is not None:
+        out["near_copy_pairs"] = int(near_copy_pairs)
+    return out

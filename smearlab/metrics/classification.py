@@ -61,7 +61,11 @@ def classification_report(y_true, y_pred, class_names: Sequence[str]) -> dict[st
 
 def _labels(values, what: str) -> np.ndarray:
     """Class indices as int64; ValueError for fractions, NaN or non-numbers (never rounded)."""
-    a = np.asarray(values).reshape(-1)
+    a = np.asarray(values)
+    if a.ndim > 1 and not (a.ndim == 2 and a.shape[1] == 1):  # one-hot rows would become N x K labels of 0/1
+        raise ValueError(f"{what} must be one class index per item, shape (N,), got shape {a.shape} "
+                         "(one-hot or probabilities: pass .argmax(1))")
+    a = a.reshape(-1)
     if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
         if a.size:
             raise ValueError(f"{what} must hold class indices (whole numbers), got dtype {a.dtype}")

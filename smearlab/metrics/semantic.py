@@ -185,7 +185,12 @@ def binary_dice_iou(truth: np.ndarray, prediction: np.ndarray) -> tuple[float | 
     truth : ``(H, W)`` ground-truth mask: every non-zero pixel is foreground (bool, 0/1, 0/255).
     prediction : ``(H, W)`` predicted mask, read the same way.
     """
-    truth, prediction = np.asarray(truth) != 0, np.asarray(prediction) != 0  # 0/1, 0/255 and label masks alike
+    truth, prediction = np.asarray(truth), np.asarray(prediction)
+    for name, a in (("prediction", prediction), ("truth", truth)):
+        if a.dtype.kind in "fc" and not np.all(np.mod(a, 1) == 0):  # any non-zero would be foreground
+            raise ValueError(f"the {name} holds fractional values (probabilities?): give a mask, e.g. "
+                             "probability > 0.5")
+    truth, prediction = truth != 0, prediction != 0  # 0/1, 0/255 and label masks alike
     if truth.shape != prediction.shape:
         raise ValueError(f"predicted mask has shape {prediction.shape}, truth has {truth.shape}")
     tp = int(np.count_nonzero(prediction & truth))
@@ -224,12 +229,17 @@ def cell_mask_scores(truth, masks: Sequence[np.ndarray], *, nucleus_value: int =
     per = {k: [] for k in ("cell_dice", "cell_iou", "nucleus_dice", "nucleus_iou")}
     for i, (m, t) in enumerate(zip(masks, truth)):
         sem = semantic_of(t)
-        m = np.asarray(m).astype(bool)
+        where = getattr(t, "image_id", f"image {i}")
+        m = np.asarray(m)
+        if m.dtype.kind in "fc" and not np.all(np.mod(m, 1) == 0):
+            raise ValueError(f"{where}: the mask holds fractional values (a CAM or probabilities?): give a "
+                             "bool mask, e.g. cam > threshold")
+        m = m.astype(bool)
         if m.shape != sem.shape:
-            where = getattr(t, "image_id", f"image {i}")
             raise ValueError(f"{where}: mask has shape {m.shape}, ground truth {sem.shape}")
-        for part, gt in (("cell", sem > 0), ("nucleus", sem == nucleus_value)):
-            d, j = binary_dice_iou(gt, m)
+        valid = sem != IGNORE  # ignored pixels (padding) are neither cell nor background
+        for part, gt in (("cell", (sem > 0) & valid), ("nucleus", sem == nucleus_value)):
+            d, j = binary_dice_iou(gt[valid], m[valid])
             per[f"{part}_dice"].append(d)
             per[f"{part}_iou"].append(j)
     out: dict[str, Any] = {}

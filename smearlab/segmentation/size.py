@@ -29,11 +29,16 @@ DIAMETER_RANGE = (4.0, 250.0)
 
 def object_diameter(masks: np.ndarray) -> float:
     """The median equivalent-circle diameter, in pixels, of the objects of ``(N, H, W)`` masks
-    (``2 * sqrt(area / pi)``; Cellpose's measure); NaN when there are none."""
+    (``2 * sqrt(area / pi)``; Cellpose's measure); NaN when there are none. Every non-zero pixel
+    of a mask is the object's (bool, 0/1, 0/255 and instance ids alike: summed values made a 0/255
+    mask 16 times wider)."""
     masks = np.asarray(masks)
-    if masks.ndim != 3 or len(masks) == 0:
+    if masks.ndim != 3:
+        raise ValueError(f"object_diameter takes one mask per object, shape (N, H, W), got shape {masks.shape} "
+                         "(a label image: split it with skimage.measure.label / np.stack per id)")
+    if len(masks) == 0:
         return float("nan")
-    areas = masks.reshape(len(masks), -1).sum(1).astype(np.float64)
+    areas = np.count_nonzero(masks.reshape(len(masks), -1), axis=1).astype(np.float64)
     areas = areas[areas > 0]
     if not len(areas):
         return float("nan")

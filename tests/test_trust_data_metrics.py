@@ -1,0 +1,138 @@
+"""Data and metric inputs that gave plausible wrong numbers (found by probing): near-copies
+across splits, stale image labels after deriving, wrapped class maps, one-hot labels, probability
+maps scored as masks, ignored pixels counted as cell, 0/255 masks sized 16 times too wide."""
+import logging
+
+import numpy as np
+import pytest
+
+from smearlab.core.errors import DataError
+from smearlab.data.derive import as_single_class, box_tiles, instances_from_semantic
+from smearlab.data.sample import Sample, SmearDataset
+from smearlab.data.splits import check_leaks, image_signature, near_copies, stratified_split, train_val_test_split
+from smearlab.data.synthetic import make_dataset
+
+
+def _field(seed: int) -> np.ndarray:
+    return make_dataset(1, seed=seed, width=160, height=120)[0].image
+
+
+def test_a_shifted_re_encoded_shot_is_a_near_copy_and_another_field_is_not():
+    a, b = _field(0), _field(1)
+    import io
+
+    from PIL import Image
+    buf = io.BytesIO()
+    Image.fromarray(np.roll(a, 1, axis=1)).save(buf, "JPEG", quality=75)  # shifted a pixel, re-encoded
+    shifted = np.asarray(Image.open(buf))
+    sa, ss, sb = image_signature(a), image_signature(shifted), image_signature(b)
+    assert float(sa @ sa) == pytest.approx(1.0)
+    assert float(sa @ ss) >= 0.75 > float(sa @ sb)
+    assert not image_signature(np.full((40, 40, 3), 200, np.uint8)).any()  # flat: matches nothing
+    train = SmearDataset([Sample("a", _image=a), Sample("b", _image=b)], ["c"])
+    test = SmearDataset([Sample("a2", _image=shifted)], ["c"])
+    rep = check_leaks({"train": train, "test": test})
+    assert rep.leaks and list(rep.near_copies) == [("train", "test")]
+    assert rep.near_copies[("train", "test")][0][:2] == ("a", "a2")
+    assert "near-copies across train and test" in str(rep) and rep.summary()["near_copies"] == {"train/test": 1}
+    assert near_copies(SmearDataset([Sample("x", _image=a), Sample("y", _image=shifted)], ["c"]))[0][:2] == ("x", "y")
+
+
+def test_images_in_memory_that_share_an_id_are_compared_by_content_not_name():
+    one = SmearDataset([Sample("im0", _image=_field(0))], ["c"])
+    other = SmearDataset([Sample("im0", _image=_field(1))], ["c"])
+    assert not check_leaks({"train": one, "test": other}).leaks
+
+
+def test_a_split_that_cannot_stratify_says_so(caplog):
+    ss = [Sample(f"i{i}", boxes=[[0, 0, 1, 1]], labels=[c]) for i, c in enumerate([0] * 34 + [1] * 6 + [2])]
+    with caplog.at_level(logging.WARNING, logger="smearlab.data.splits"):
+        train_val_test_split(SmearDataset(ss, ["A", "B", "C"]), val=0.15, test=0.15, seed=0)
+    assert "not stratified" in caplog.text
+
+
+def test_missing_labels_are_refused_by_the_stratified_split():
+    with pytest.raises(ValueError, match="missing"):
+        stratified_split(np.array([0, 0, 1, 1, np.nan, 1.0]), 0.5, 0)
+    with pytest.raises(ValueError, match="missing"):
+        stratified_split(np.array(["a", "a", None, "b", "b"], dtype=object), 0.5, 0)
+
+
+@pytest.mark.parametrize("value", [256, -1, 0.7, np.nan])
+def test_a_class_map_outside_0_255_or_fractional_is_refused_not_wrapped(value):
+    sem = np.zeros((8, 8), np.float64 if isinstance(value, float) else np.int64)
+    sem[2, 2] = value
+    with pytest.raises(DataError, match="semantic mask holds"):
+        Sample("a", _image=np.zeros((8, 8, 3), np.uint8), _semantic=sem)
+    ok = Sample("b", _image=np.zeros((8, 8, 3), np.uint8), _semantic=np.eye(8, dtype=np.int64) * 2)
+    assert ok.semantic.dtype == np.uint8 and ok.semantic.max() == 2
+
+
+def test_image_labels_outside_the_classes_are_refused_and_derived_sets_keep_them_by_name():
+    img = np.zeros((16, 16, 3), np.uint8)
+    with pytest.raises(DataError, match="image label 5"):
+        SmearDataset([Sample("a", _image=img, image_label=5)], ["A", "B"])
+    sem = np.zeros((16, 16), np.uint8)
+    sem[2:10, 2:10] = 1
+    sem[4:7, 4:7] = 2
+    names = ["neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"]
+    ds = SmearDataset([Sample("z", _image=img, boxes=[[2, 2, 10, 10]], labels=[1], image_label=1, _semantic=sem)],
+                      names, semantic_names=["background", "cytoplasm", "nucleus"])
+    for derived in (as_single_class(ds), instances_from_semantic(ds)):
+        s = derived[0]
+        assert s.image_label is None and s.meta["image_class"] == "lymphocyte"  # not read as "nucleus"
+
+
+def test_box_tiles_checks_min_visible_and_never_keeps_an_empty_box():
+    ds = SmearDataset([Sample("a", _image=np.zeros((40, 40, 3), np.uint8), boxes=[[14, 2, 18, 10]], labels=[0],
+                              image_label=0)], ["c"])
+    for bad in (0, 1.5, True):
+        with pytest.raises(ValueError, match="min_visible"):
+            box_tiles(ds, 16, min_visible=bad)
+    tiles = box_tiles(ds, 16, min_visible=1.0)
+    assert all(((t.boxes[:, 2] > t.boxes[:, 0]) & (t.boxes[:, 3] > t.boxes[:, 1])).all() for t in tiles)
+    assert all(t.image_label == 0 for t in tiles)
+
+
+def test_one_hot_labels_are_refused_by_the_classification_report():
+    from smearlab.metrics.classification import classification_report
+    onehot = np.eye(3, dtype=int)[[0, 1, 2, 0]]
+    with pytest.raises(ValueError, match="argmax"):
+        classification_report(onehot, onehot, ["a", "b", "c"])
+    assert classification_report(np.array([[0], [1]]), np.array([0, 1]), ["a", "b"])["accuracy"] == 1.0
+
+
+def test_probability_maps_are_refused_and_ignored_pixels_are_not_cell():
+    from smearlab.metrics.semantic import IGNORE, binary_dice_iou, cell_mask_scores
+    with pytest.raises(ValueError, match="fractional"):
+        binary_dice_iou(np.ones((4, 4), bool), np.full((4, 4), 0.3))
+    with pytest.raises(ValueError, match="fractional"):
+        cell_mask_scores([np.ones((4, 4), np.uint8)], [np.full((4, 4), 0.3)])
+    sem = np.zeros((6, 6), np.uint8)
+    sem[1:4, 1:4] = 1
+    sem[:, 5] = IGNORE  # padding
+    mask = np.zeros((6, 6), bool)
+    mask[1:4, 1:4] = True
+    assert cell_mask_scores([sem], [mask])["cell_dice"] == 1.0
+
+
+def test_object_diameter_reads_every_mask_form_alike():
+    from smearlab.segmentation.size import object_diameter
+    m = np.zeros((1, 40, 40), bool)
+    m[0, 10:20, 10:20] = True
+    d = object_diameter(m)
+    assert d == pytest.approx(2 * np.sqrt(100 / np.pi))
+    assert object_diameter(m.astype(np.uint8) * 255) == pytest.approx(d)
+    assert object_diameter(m.astype(np.int32) * 7) == pytest.approx(d)
+    with pytest.raises(ValueError, match="one mask per object"):
+        object_diameter(m[0].astype(np.int32))
+
+
+def test_the_mean_hue_of_a_white_field_is_the_hue_of_its_cells():
+    from skimage.color import rgb2hsv
+
+    from smearlab.data.stats import _hsv_mean
+    img = np.full((20, 20, 3), 1.0)
+    img[5:8, 5:8] = [0.6, 0.2, 0.8]  # purple cells on white
+    hue = _hsv_mean(rgb2hsv(img))[0]
+    assert hue == pytest.approx(rgb2hsv(np.array([[[0.6, 0.2, 0.8]]]))[0, 0, 0], abs=1e-6)
