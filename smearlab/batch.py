@@ -65,6 +65,9 @@ log = logging.getLogger(__name__)
 #: Score threshold when the model folder holds no tuned ``thresholds.json``.
 DEFAULT_SCORE = 0.5
 
+#: The folders a run writes inside its output folder (never read back as input images).
+RUN_FOLDERS = ("overlays", "json", "qupath")
+
 
 @dataclass(frozen=True)
 class ImageInput:
@@ -96,7 +99,8 @@ def collect_images(inputs: Sequence[str | Path], *, pattern: str = "**/*",
     ----------
     inputs : image files and folders.
     exclude : a folder whose files are never inputs (the run's output folder, when it lies inside
-        an input folder: its overlays would be predicted as new images on a re-run).
+        an input folder: its overlays would be predicted as new images on a re-run); when it is
+        an input folder itself, the folders a run writes there (:data:`RUN_FOLDERS`).
     pattern : the glob a folder is searched with (``"**/*"``: every image file below it;
         ``"*.jpg"``: the folder's own JPEGs).
 
@@ -115,9 +119,12 @@ def collect_images(inputs: Sequence[str | Path], *, pattern: str = "**/*",
         if p.is_file():
             found.append((p, p.name))
         elif p.is_dir():
-            inside = skip is not None and skip != p.resolve() and skip.is_relative_to(p.resolve())  # --out below p
+            inside = skip is not None and skip.is_relative_to(p.resolve())  # --out is p or below it
+            # the folders a run writes (overlays are images: a re-run predicted them as new ones);
+            # when --out is the input folder itself, only those, not the images beside them
+            written = ([skip / d for d in RUN_FOLDERS] if skip == p.resolve() else [skip]) if inside else []
             files = sorted(f for f in p.glob(pattern) if f.is_file() and is_image_file(f)
-                           and not (inside and f.resolve().is_relative_to(skip)))
+                           and not any(f.resolve().is_relative_to(w) for w in written))
             if not files:
                 raise DataError(p, f"no image files match {pattern!r}")
             found += [(f, f.relative_to(p).as_posix()) for f in files]

@@ -151,6 +151,11 @@ def test_a_rerun_never_mixes_results_silently(trained, tmp_path):
     first = batch.predict(trained["model"], [images], out, score=0.3, progress=False)
     assert first["predicted"] == 4
     assert len(batch.collect_images([images], exclude=images)) == 4  # --out the input folder itself: all kept
+    same = tmp_path / "same"  # --out the input folder itself: its overlays are not new images on a re-run
+    shutil.copytree(trained["images"], same)
+    batch.predict(trained["model"], [same], same, score=0.3, overlays=True, progress=False)
+    rerun = batch.predict(trained["model"], [same], same, score=0.3, overlays=True, progress=False)
+    assert rerun["images"] == 4 and rerun["resumed"] == 4
     again = batch.predict(trained["model"], [images], out, score=0.3, overlays=True, progress=False)
     assert again["images"] == 4 and again["resumed"] == 4  # the output folder is not input
     assert len(list((out / "overlays").rglob("*.png"))) == 4  # drawn for the resumed images

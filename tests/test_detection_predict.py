@@ -347,3 +347,19 @@ def test_tuned_thresholds_must_match_the_way_predictions_were_made(tmp_path):
     manual = Thresholds(score={"a": 0.5, "b": 0.5})  # set by hand: applied either way
     assert len(predict(model, [img], tta=True, thresholds=manual, **kw)[0]["boxes"]) == 1
     assert Thresholds.load(fused.save(tmp_path / "t.json")).tta is True
+
+
+@pytest.mark.parametrize("image, problem", [
+    (np.zeros((8, 9, 3), np.uint16), "uint8 or floats"),
+    (np.full((8, 9, 3), 200.0), r"\[0, 1\]"),
+    (np.zeros((8, 9, 4), np.uint8), "RGBA"),
+    (np.zeros((3, 8, 9), np.uint8), "channel-first"),
+    (np.full((8, 9, 3), np.nan), "NaN"),
+])
+def test_images_the_detector_would_read_unscaled_are_refused(image, problem):
+    """16-bit and 0..255 float images reached the model unscaled, RGBA as four channels."""
+    from smearlab.detection.predict import _to_tensor
+    with pytest.raises(ValueError, match=problem):
+        _to_tensor(image, 3)
+    assert float(_to_tensor(np.full((8, 9, 3), 255, np.uint8), 3).max()) == 1.0
+    assert _to_tensor(np.full((8, 9), 0.5), 3).shape == (3, 8, 9)

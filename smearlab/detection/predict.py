@@ -57,11 +57,26 @@ def _model_channels(model) -> int | None:
 
 
 def _to_tensor(img, channels: int | None) -> torch.Tensor:
-    """Any image form -> (C, H, W) float tensor ([0, 1] for uint8 input) with the model's C."""
+    """Any image form -> (C, H, W) float tensor with the model's C: arrays ``(H, W)`` or
+    ``(H, W, 1 | 3)``, uint8 or floats in [0, 1] (anything else is refused: 16-bit or 0..255
+    floats reached the model unscaled, RGBA as four channels, a channel-first array as a
+    3-pixel-wide image); tensors ``(C, H, W)``, uint8 (scaled to [0, 1]) or floats taken as the
+    model's input."""
     if isinstance(img, np.ndarray):
         a = img
         if a.ndim == 2:
             a = a[..., None]
+        if a.ndim != 3 or a.shape[2] not in (1, 3):
+            raise ValueError(f"an image array must be (H, W) or (H, W, 3), got shape {img.shape} (RGBA: drop the "
+                             "alpha channel; a channel-first array: transpose it, or give a (C, H, W) tensor)")
+        if a.dtype != np.uint8 and not np.issubdtype(a.dtype, np.floating):
+            raise ValueError(f"an image array must be uint8 or floats in [0, 1], got dtype {a.dtype}; convert "
+                             "16-bit images with smearlab.data.imageio.to_rgb8 (the loaders do it on read)")
+        if a.dtype != np.uint8 and a.size and not (float(np.nanmin(a)) >= -1e-3 and float(np.nanmax(a)) <= 1.0 + 1e-3
+                                                   and not np.isnan(a).any()):
+            raise ValueError(f"image values lie in [{np.nanmin(a):.4g}, {np.nanmax(a):.4g}]"
+                             f"{' with NaN' if np.isnan(a).any() else ''}; float arrays must be in [0, 1] "
+                             "(0..255 floats: divide by 255 or give uint8)")
         t = torch.from_numpy(np.ascontiguousarray(a)).permute(2, 0, 1)
         t = t.float().div_(255.0) if a.dtype == np.uint8 else t.float()
     elif isinstance(img, torch.Tensor):
@@ -70,6 +85,8 @@ def _to_tensor(img, channels: int | None) -> torch.Tensor:
             t = t[None]
         if t.dtype == torch.uint8:
             t = t.float().div_(255.0)
+        elif not torch.is_floating_point(t):
+            raise ValueError(f"an image tensor must be uint8 or floats in [0, 1], got dtype {t.dtype}")
     else:
         raise TypeError(f"cannot predict on a {type(img).__name__}; give images as arrays or tensors")
     if t.ndim != 3:
