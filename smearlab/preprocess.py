@@ -625,6 +625,10 @@ class Preprocess:
         """
         if not isinstance(d, dict) or "steps" not in d:
             raise ValueError("not a smearlab preprocessing pipeline (no 'steps')")
+        if d.get("smearlab_preprocess", 1) != 1:
+            raise ValueError(f"preprocessing format {d['smearlab_preprocess']!r} is not one this version reads (1)")
+        if not isinstance(d["steps"], list) or not all(isinstance(s, dict) and "name" in s for s in d["steps"]):
+            raise ValueError("'steps' must be a list of {'name': ..., 'params': {...}}")
         return cls([(s["name"], s.get("params", {})) for s in d["steps"]])
 
     def save(self, path: str | Path) -> Path:

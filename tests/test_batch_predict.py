@@ -196,7 +196,7 @@ def test_thresholds_json_that_is_not_thresholds_is_refused_on_loading(trained, t
     model = tmp_path / "model"
     shutil.copytree(trained["model"], model)
     names = list(json.loads((model / "config.json").read_text())["class_names"])
-    for bad, message in (({"foo": 1}, "'score'"), ([1, 2], "'score'"), ({"score": {names[0]: "0.5"}}, "number"),
+    for bad, message in (({"foo": 1}, "'score'"), ([1, 2], "JSON object"), ({"score": {names[0]: "0.5"}}, "number"),
                          ({"score": {"Neutrophil": 0.5}}, "not classes of the model"),
                          ({"score": {names[0]: 0.5}, "nms_iou": "x"}, "nms_iou")):
         (model / "thresholds.json").write_text(json.dumps(bad))

@@ -166,3 +166,20 @@ def test_notebook_09_scores_before_and_after_on_images_nobody_reviewed(tmp_path)
         held_out(new, names)
     with pytest.raises(ValueError, match="not images of"):
         held_out(new, ["elsewhere.png"])
+
+
+def test_a_second_round_of_fine_tuning_scales_the_recipe_not_the_last_round(tmp_path):
+    """The fine-tuned folders keep the recipe: each round's peak rate was the last round's x 0.1."""
+    from smearlab.data.synthetic import make_dataset
+    from smearlab.detection import DetectorConfig, TrainConfig, build_detector
+    from smearlab.detection.finetune import fine_tune, read_train_config
+    from smearlab.detection.models import save_model
+    ds = make_dataset(3, seed=0, width=96, height=80)
+    cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=ds.class_names, min_size=80, max_size=96)
+    save_model(build_detector(cfg), cfg, tmp_path / "r0", train_config=TrainConfig(lr=0.02, batch_size=2))
+    folder = tmp_path / "r0"
+    for k in (1, 2):
+        _, hist = fine_tune(folder, ds, ds, epochs=1, lr_scale=0.1, device="cpu", out_dir=tmp_path / f"r{k}")
+        assert max(hist.column("lr")) <= 0.002 + 1e-12  # 0.1 x the recipe, never 0.1 x 0.1
+        folder = tmp_path / f"r{k}" / "model"
+        assert read_train_config(folder).lr == 0.02 and read_train_config(tmp_path / f"r{k}" / "best").lr == 0.02

@@ -416,3 +416,36 @@ def test_a_model_folder_never_mixes_two_saves(tmp_path):
     with pytest.raises(DataError, match="two different saves"):
         load_model(folder, device="cpu")
     shutil.rmtree(folder)
+
+
+def test_side_files_of_another_save_are_ignored_and_unusable_ones_named_at_load(tmp_path, caplog):
+    """A save that cannot write its JSON fails before touching the folder; a side file left by
+    another save is ignored with a warning; a pipeline that cannot run, or thresholds with a key
+    they do not know, are dealt with at load (they failed each image, or crashed predict)."""
+    import logging
+
+    from smearlab.core.model_folder import read_side_file, write_side_file
+    from smearlab.preprocess import Preprocess
+    names = ["RBC", "WBC"]
+    folder = tmp_path / "m"
+    cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=names, min_size=96, max_size=96)
+    save_model(build_detector(cfg), cfg, folder, preprocess=Preprocess([("gamma", {"g": 2.0})]))
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    with pytest.raises(TypeError):  # not JSON
+        save_model(build_detector(cfg), cfg, folder, train_config={"lr": object()})
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # untouched
+    stale = (folder / "preprocess.json").read_text()
+    save_model(build_detector(cfg), cfg, folder)  # a second save; then the first's file put back
+    (folder / "preprocess.json").write_text(stale)
+    with caplog.at_level(logging.WARNING):
+        assert load_model(folder, device="cpu").preprocess_spec is None
+    assert "another save" in caplog.text
+    write_side_file(folder, "preprocess.json", {"smearlab_preprocess": 1,
+                                                "steps": [{"name": "stain_augment", "params": {}}]})
+    with pytest.raises(DataError, match="preprocess.json.*stain_augment"):
+        load_model(folder, device="cpu")
+    (folder / "preprocess.json").unlink()
+    write_side_file(folder, "thresholds.json", {"score": {"RBC": 0.4, "WBC": 0.6}, "note": "hand-made"})
+    m = load_model(folder, device="cpu")
+    assert m.thresholds["score"] == {"RBC": 0.4, "WBC": 0.6} and "note" not in m.thresholds
+    assert "save_id" not in read_side_file(folder, "thresholds.json")

@@ -65,7 +65,17 @@ def write_json(path: str | Path, obj: Any) -> None:
     path : the file to write (parent folders are created).
     obj : a JSON-ready object; numpy scalars and arrays and ``Path`` objects are converted.
     """
-    write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    write_text(path, json_text(obj))
+
+
+def json_text(obj: Any) -> str:
+    """The text :func:`write_json` writes (TypeError for what JSON cannot hold, before any file is touched).
+
+    Parameters
+    ----------
+    obj : a JSON-ready object; numpy scalars and arrays and ``Path`` objects are converted.
+    """
+    return json.dumps(obj, indent=2, default=_json_default) + "\n"
 
 
 def _json_default(o):

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import torch
 
 from .errors import DataError
-from .files import atomic_path, read_torch_file, write_json
+from .files import atomic_path, json_text, read_torch_file, write_json, write_text
 
 log = logging.getLogger("smearlab.core.model_folder")
 
@@ -74,8 +74,10 @@ def save_model_folder(folder, kind: str, model: torch.nn.Module, config: Mapping
     class_names : the classes the model's outputs index, stored beside the weights too so that a
         config and weights of different class lists are caught on reading.
     thresholds, preprocess, train_config : dicts (or objects with ``to_dict()``) written as
-        ``thresholds.json`` / ``preprocess.json`` / ``train_config.json``; None removes the file
-        an earlier save into the same folder left (it belonged to another model).
+        ``thresholds.json`` / ``preprocess.json`` / ``train_config.json``, each with the save's
+        ``save_id`` (reading ignores, with a warning, one left by another save); None removes the
+        file an earlier save into the same folder left (it belonged to another model). Each is
+        turned into JSON before any file is written, so one that cannot be fails first.
     meta : further plain values kept in ``weights.pt`` (e.g. ``epoch``).
 
     Returns
@@ -93,16 +95,40 @@ def save_model_folder(folder, kind: str, model: torch.nn.Module, config: Mapping
     save_id = uuid.uuid4().hex
     payload = {"format": FORMAT, "kind": kind, "class_names": None if class_names is None else list(class_names),
                "state_dict": sd, "save_id": save_id, **meta}
+    # the JSON files as text first: one that cannot be written fails before the folder is touched;
+    # each carries the save id, so that one left by another save is never read as this model's
+    config_text = json_text({"kind": kind, **dict(config), "save_id": save_id})
+    side = {name: None if value is None else
+            json_text({**(value.to_dict() if hasattr(value, "to_dict") else dict(value)), "save_id": save_id})
+            for name, value in (("thresholds.json", thresholds), ("preprocess.json", preprocess),
+                                ("train_config.json", train_config))}
     with atomic_path(folder / "weights.pt") as tmp:
         torch.save(payload, tmp)
-    write_json(folder / "config.json", {"kind": kind, **dict(config), "save_id": save_id})
-    for name, value in (("thresholds.json", thresholds), ("preprocess.json", preprocess),
-                        ("train_config.json", train_config)):
-        if value is not None:
-            write_json(folder / name, value.to_dict() if hasattr(value, "to_dict") else dict(value))
+    write_text(folder / "config.json", config_text)
+    for name, text in side.items():
+        if text is not None:
+            write_text(folder / name, text)
         elif (folder / name).exists():  # an earlier model's file: it would be read as this one's
             (folder / name).unlink()
     return folder
+
+
+def write_side_file(folder, name: str, value) -> None:
+    """Replace one JSON file of a saved model folder (``thresholds.json``, ``preprocess.json`` or
+    ``train_config.json``), tied to the folder's save like the files :func:`save_model_folder`
+    writes.
+
+    Parameters
+    ----------
+    folder : the model folder.
+    name : the file's name.
+    value : a dict (or an object with ``to_dict()``).
+    """
+    if name not in SIDE_FILES:
+        raise ValueError(f"{name!r} is not one of a model folder's files {SIDE_FILES}")
+    save_id = _config_with_id(folder).get("save_id")
+    d = value.to_dict() if hasattr(value, "to_dict") else dict(value)
+    write_json(Path(folder) / name, {**d, "save_id": save_id} if save_id is not None else d)
 
 
 def model_kind(folder) -> str:
@@ -199,8 +225,8 @@ def read_model_folder(folder, kind: str | None = None) -> ModelFolder:
         raise DataError(wpath, f"the weights' classes {list(saved_names)} differ from the classes "
                                f"{list(config['class_names'])} of {folder / 'config.json'}: every prediction "
                                "would carry the wrong name")
-    return ModelFolder(folder, found, config, state_dict, meta, _optional_json(folder / "thresholds.json"),
-                       _optional_json(folder / "preprocess.json"))
+    return ModelFolder(folder, found, config, state_dict, meta, read_side_file(folder, "thresholds.json", save_id),
+                       read_side_file(folder, "preprocess.json", save_id))
 
 
 def state_dict_of(obj, path) -> tuple[dict, dict]:
@@ -232,10 +258,35 @@ def state_dict_of(obj, path) -> tuple[dict, dict]:
     return obj, meta
 
 
-def _optional_json(p: Path):
+#: The optional JSON files of a model folder.
+SIDE_FILES = ("thresholds.json", "preprocess.json", "train_config.json")
+
+
+def read_side_file(folder, name: str, save_id: str | None = None) -> dict | None:
+    """One optional JSON file of a model folder as a dict (without its ``save_id``), or None when
+    there is none or it was left by another save than ``save_id`` (a save interrupted between its
+    files; warned: the model is used without it).
+
+    Parameters
+    ----------
+    folder : the model folder.
+    name : the file's name (one of :data:`SIDE_FILES`).
+    save_id : the save id of the folder's ``config.json`` (None: read from it).
+    """
+    p = Path(folder) / name
     if not p.is_file():
         return None
     try:
-        return json.loads(p.read_text(encoding="utf-8"))
-    except ValueError as e:
+        d = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
         raise DataError(p, f"invalid JSON: {e}") from e
+    if not isinstance(d, dict):
+        raise DataError(p, f"expected a JSON object, got a {type(d).__name__}")
+    if save_id is None:
+        save_id = _config_with_id(folder).get("save_id")
+    own = d.pop("save_id", None)
+    if own is not None and save_id is not None and own != save_id:
+        log.warning("%s belongs to another save of this folder than its weights (a save interrupted between "
+                    "its files?): ignored; save the model again", p)
+        return None
+    return d

@@ -10,12 +10,12 @@ folder); :func:`compare_models` scores the model before and after on a held-out 
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from pathlib import Path
 from typing import Any
 
 from ..core.errors import DataError
+from ..core.model_folder import read_side_file, write_side_file
 from ..core.training import History
 from ..data.sample import SmearDataset
 from ..metrics.detection import count_matrix
@@ -40,12 +40,9 @@ def read_train_config(folder) -> TrainConfig | None:
     folder : the model folder.
     """
     p = Path(folder) / "train_config.json"
-    if not p.is_file():
+    d = read_side_file(folder, "train_config.json")
+    if d is None:
         return None
-    try:
-        d = json.loads(p.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
-        raise DataError(p, f"unreadable training settings: {e}") from e
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     kept = {k: v for k, v in d.items() if k in RECIPE and k in fields}
     try:
@@ -105,6 +102,7 @@ def fine_tune(model_folder, corrected: SmearDataset, train: SmearDataset | None 
     data = remap_dataset(corrected, names, "corrected")
     if train is not None and len(train):
         data = SmearDataset.concat([remap_dataset(train, names, "training"), data], name=f"{train.name}+corrected")
+    recipe = None
     if tcfg is None:
         recipe = read_train_config(folder)
         if recipe is None:
@@ -117,8 +115,12 @@ def fine_tune(model_folder, corrected: SmearDataset, train: SmearDataset | None 
     model.eval()
     model.detector_config = cfg
     if out_dir is not None:
+        # the fine-tuned folders keep the recipe, not this run's scaled learning rate: a further
+        # round of corrections scales the recipe again (it scaled the scaled rate: 0.02, 0.002, 2e-4...)
         save_model(model, cfg, Path(out_dir) / "model", thresholds=getattr(model, "thresholds", None),
-                   preprocess=getattr(model, "preprocess_spec", None), train_config=tcfg)
+                   preprocess=getattr(model, "preprocess_spec", None), train_config=recipe or tcfg)
+        if recipe is not None and (Path(out_dir) / "best" / "config.json").is_file():
+            write_side_file(Path(out_dir) / "best", "train_config.json", recipe)
     log.info("fine-tuned %s on %d images (%d corrected) for %d epochs", folder, len(data), len(corrected),
              len(history))
     return model, history

@@ -746,11 +746,20 @@ def load_model(folder, device: "str | torch.device | None" = "auto") -> nn.Modul
         raise DataError(wpath, f"weights do not fit a {cfg.arch} model built from config.json: "
                                f"{msg.splitlines()[0]} ...") from e
     model.detector_config = cfg
-    if saved.thresholds is not None:  # checked now, not image by image at prediction
-        from .tune import Thresholds
+    model.thresholds = None
+    if saved.thresholds is not None:  # checked now, not image by image at prediction; keys it
+        from .tune import Thresholds  # does not know are left out (they failed every later use)
         Thresholds.from_dict(saved.thresholds, folder / "thresholds.json", cfg.class_names)
-    model.thresholds = saved.thresholds
-    model.preprocess_spec = saved.preprocess
+        known = {f.name for f in dataclasses.fields(Thresholds)}
+        model.thresholds = {k: v for k, v in saved.thresholds.items() if k in known}
+    model.preprocess_spec = None
+    if saved.preprocess is not None:  # the same: a pipeline that cannot run fails here, naming its file
+        from ..preprocess import as_preprocess
+        try:
+            as_preprocess(saved.preprocess)
+        except (TypeError, ValueError, KeyError) as e:
+            raise DataError(folder / "preprocess.json", f"not a usable preprocessing pipeline: {e}") from None
+        model.preprocess_spec = saved.preprocess
     return model.to(resolve_device(device)).eval()
 
 
