@@ -11,6 +11,7 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from skimage.segmentation import find_boundaries
 
 from ..classification.embed import as_label_array
+from ..data.predictions import check_predictions, class_names_of
 from ..data.sample import Sample, SmearDataset
 from ..explain.cam import CamMasks, DetectorCam
 from ..metrics.detection import match_image
@@ -45,9 +46,14 @@ def class_colors(n: int) -> list[tuple[float, float, float, float]]:
     return [cmap(i % cmap.N) for i in range(n)]
 
 
+#: The colour of objects a method finds without a class (a class-agnostic segmenter): none of
+#: :func:`class_colors`' first ten, so they never read as the first class.
+NEUTRAL = (1.0, 0.85, 0.0, 1.0)
+
+
 def draw_sample(sample: Sample, class_names: Sequence[str], ax=None, *, classes: Iterable[int] | None = None,
                 boxes: bool = True, masks: bool = True, labels: bool = False, linewidth: float = 1.0,
-                title: str | None = None):
+                title: str | None = None, colors: Sequence | None = None):
     """Show the image with its boxes (and instance masks as a translucent overlay).
 
     ``classes`` limits the drawing to those class indices. Returns the axes; the number of
@@ -64,11 +70,12 @@ def draw_sample(sample: Sample, class_names: Sequence[str], ax=None, *, classes:
     labels : write the class name above each box.
     linewidth : line width of the boxes.
     title : axes title (None: the sample's ``image_id``).
+    colors : one colour per class (None: :func:`class_colors`).
     """
     ax = ax or plt.gca()
     img = sample.image
     show = np.ones(len(sample.labels), bool) if classes is None else np.isin(sample.labels, list(classes))
-    colors = class_colors(len(class_names))
+    colors = class_colors(len(class_names)) if colors is None else list(colors)
     if masks and sample.has_masks and show.any():
         overlay = img.astype(np.float32) / 255.0
         for m, lab in zip(sample.masks[show], sample.labels[show]):
@@ -104,7 +111,7 @@ def prediction_sample(sample: Sample, prediction: dict, score_threshold: float =
 
 
 def draw_prediction(sample: Sample, prediction: dict, class_names: Sequence[str], ax=None, *,
-                    score_threshold: float = 0.0, title: str | None = None, **kw):
+                    score_threshold: float = 0.0, title: str | None = None, class_agnostic: bool = False, **kw):
     """Predicted boxes and masks (score >= ``score_threshold``) over the sample's image.
 
     Parameters
@@ -115,9 +122,15 @@ def draw_prediction(sample: Sample, prediction: dict, class_names: Sequence[str]
     ax : matplotlib axes to draw on (default: the current axes).
     score_threshold : smallest score drawn.
     title : axes title (None: the image id and the number of predictions drawn).
+    class_agnostic : the method assigns no class (its labels are all 0): every object in the
+        colour :data:`NEUTRAL`, without class names (drawn with the dataset's classes they read
+        as its first class).
     **kw : further :func:`draw_sample` options (``boxes``, ``masks``, ``labels``, ``linewidth``...).
     """
     pred = prediction_sample(sample, prediction, score_threshold)
+    if class_agnostic:
+        pred.labels = np.zeros(len(pred.labels), np.int64)
+        class_names, kw = ["object"], {**kw, "colors": [NEUTRAL], "labels": False}
     return draw_sample(pred, class_names, ax, title=title if title is not None else
                        f"{sample.image_id}: {len(pred.boxes)} predicted", **kw)
 
@@ -216,7 +229,8 @@ def plot_objects_per_image(per_image: np.ndarray, class_names: Sequence[str], ax
     ax = ax or plt.gca()
     colors = class_colors(len(class_names))
     top = int(per_image.max()) if per_image.size else 1
-    bins = np.arange(0, top + 2) - 0.5 if top < 60 else 30
+    # one set of edges for every class (bins=30 let each class pick its own widths)
+    bins = np.arange(0, top + 2) - 0.5 if top < 60 else np.linspace(-0.5, top + 0.5, 31)
     for k, name in enumerate(class_names):
         ax.hist(per_image[:, k], bins=bins, histtype="step", color=colors[k], label=name, lw=1.5)
     ax.set_xlabel("objects in the image")
@@ -372,23 +386,30 @@ def plot_confusion(matrix: np.ndarray, names: Sequence[str], ax=None, *, normali
         (:func:`~smearlab.metrics.classification.classification_report`'s ``confusion``).
     names : the ``K`` class names.
     ax : matplotlib axes to draw on (default: the current axes).
-    normalize : show row fractions instead of counts.
+    normalize : show row fractions instead of counts; a class with no true objects has no
+        fractions: its row is blank and reads "-" (not 0.00, "never recognised").
     title : axes title.
     background : the matrix has the detection's background row and column.
     """
     ax = ax or plt.gca()
     labels = list(names) + (["background"] if background else [])
     m = np.asarray(matrix, float)
-    shown = m / np.maximum(m.sum(1, keepdims=True), 1) if normalize else m
-    ax.imshow(shown, cmap="Blues")
+    if m.ndim != 2 or m.shape[0] != m.shape[1] or m.shape[0] != len(labels):
+        raise ValueError(f"a {m.shape} confusion matrix needs {m.shape[0] - background if m.ndim == 2 else '?'} "
+                         f"class names{' (plus the background row)' if background else ''}, got {len(names)}: "
+                         f"{list(names)}")
+    rows = m.sum(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shown = np.where(rows > 0, m / np.where(rows > 0, rows, 1), np.nan) if normalize else m
+    ax.imshow(np.ma.masked_invalid(shown), cmap="Blues")
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    top = shown.max() if shown.size else 1
+    top = np.nanmax(shown) if shown.size and np.isfinite(shown).any() else 1
     for i in range(len(labels)):
         for j in range(len(labels)):
-            txt = f"{shown[i, j]:.2f}" if normalize else f"{int(m[i, j])}"
+            txt = ("-" if np.isnan(shown[i, j]) else f"{shown[i, j]:.2f}") if normalize else f"{int(m[i, j])}"
             ax.text(j, i, txt, ha="center", va="center", fontsize=8,
                     color="white" if shown[i, j] > 0.6 * top else "black")
     ax.set_title(title)
@@ -415,21 +436,28 @@ def plot_adaptation_confusions(results: dict, methods=("source_only", "dann")):
     return fig
 
 
-def draw_failure_grid(dataset, predictions, indices, class_names: Sequence[str], *, titles=None, iou: float = 0.5):
+def draw_failure_grid(dataset, predictions, indices, class_names: Sequence[str] | None = None, *, titles=None,
+                      iou: float = 0.5):
     """:func:`draw_failures` of the images ``indices`` of ``dataset`` side by side.
 
     Parameters
     ----------
     dataset : the samples (truth).
-    predictions : one prediction per sample.
+    predictions : one prediction per sample; predictions that carry class names (``predict``'s)
+        are mapped onto the dataset's classes by name first (matched by label index, a model
+        listing its classes in another order had every cell missed and found again).
     indices : which images to draw.
-    class_names : class names for the labels.
+    class_names : the names the predictions' labels index once mapped (None: the dataset's).
     titles : optional text put before each image's title (e.g. the kind of failure it shows).
     iou : the IoU at which a detection matches a cell.
     """
     indices = list(indices)
     if not indices:
         return None
+    if class_names_of(predictions) is not None:
+        predictions = check_predictions(dataset, predictions)
+        class_names = dataset.class_names
+    class_names = dataset.class_names if class_names is None else class_names
     fig, axes = plt.subplots(1, len(indices), figsize=(4.2 * len(indices), 3.6), squeeze=False)
     for k, (ax, i) in enumerate(zip(axes[0], indices)):
         draw_failures(dataset[i], predictions[i], class_names, ax, iou=iou)
@@ -439,16 +467,25 @@ def draw_failure_grid(dataset, predictions, indices, class_names: Sequence[str],
     return fig
 
 
-def draw_segmentation_rows(dataset, predictions: dict, class_maps=None, n: int = 3):
+def draw_segmentation_rows(dataset, predictions: dict, class_maps=None, n: int = 3, *,
+                           class_agnostic: Sequence[str] = ()):
     """One row per test image: the truth, each method's instances, and the U-Net's class map.
 
     Parameters
     ----------
     dataset : samples with instance masks (and ``semantic_names`` for the class map).
-    predictions : ``{method name: one prediction per sample}``.
+    predictions : ``{method name: one prediction per sample}``; predictions that carry class
+        names are mapped onto the dataset's classes by name.
     class_maps : the U-Net's ``(H, W)`` class map per sample, or None.
     n : how many images.
+    class_agnostic : the methods that assign no class, drawn in one neutral colour
+        (:func:`draw_prediction`'s ``class_agnostic``).
     """
+    unknown = sorted(set(class_agnostic) - set(predictions))
+    if unknown:
+        raise ValueError(f"class_agnostic names methods {unknown} that are not among {sorted(predictions)}")
+    predictions = {k: v if k in class_agnostic or class_names_of(v) is None else check_predictions(dataset, v)
+                   for k, v in predictions.items()}
     n = min(n, len(dataset))
     cols = 1 + len(predictions) + (class_maps is not None)
     fig, axes = plt.subplots(n, cols, figsize=(4 * cols, 3.4 * n), squeeze=False)
@@ -456,7 +493,7 @@ def draw_segmentation_rows(dataset, predictions: dict, class_maps=None, n: int =
     for row, i in zip(axes, range(n)):
         draw_sample(dataset[i], names, row[0], title=f"{dataset[i].image_id}: ground truth")
         for ax, (name, preds) in zip(row[1:], predictions.items()):
-            draw_prediction(dataset[i], preds[i], names, ax, title=name)
+            draw_prediction(dataset[i], preds[i], names, ax, title=name, class_agnostic=name in class_agnostic)
         if class_maps is not None:
             draw_semantic(dataset[i].image, class_maps[i], dataset.semantic_names, row[-1], title="U-Net class map")
     fig.tight_layout()

@@ -8,7 +8,6 @@ import time
 from typing import Sequence
 
 import ipywidgets as W
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 from matplotlib.patches import Rectangle
@@ -254,13 +253,21 @@ class ClassicalExplorer:
         self.threshold_method = W.Dropdown(options=["otsu", "li", "adaptive"], value=p["method"],
                                            description="threshold", style=style)
         self.channel = W.Dropdown(options=["default", *classical.CHANNELS], value=p["channel"], description="channel")
-        self.offset = W.FloatSlider(value=p["offset"], min=0.0, max=0.2, step=0.005, description="offset",
-                                    continuous_update=False)
-        self.min_distance = W.IntSlider(value=p["min_distance"], min=1, max=40, description="min distance",
+        # each range holds the value given (a slider clamps silently: suggest_params' 70 px minimum
+        # distance for large cells became 40, and the explorer segmented with other settings)
+        self.offset = W.FloatSlider(value=p["offset"], min=min(0.0, p["offset"]), max=max(0.2, p["offset"]), step=0.005,
+                                    description="offset", continuous_update=False)
+        self.min_distance = W.IntSlider(value=p["min_distance"], min=min(1, p["min_distance"]),
+                                        max=max(40, int(np.ceil(p["min_distance"]))), description="min distance",
                                         continuous_update=False, style=style)
-        self.sigma = W.FloatRangeSlider(value=(p["min_sigma"], p["max_sigma"]), min=0.5, max=40.0, step=0.5,
+        self.sigma = W.FloatRangeSlider(value=(p["min_sigma"], p["max_sigma"]), min=min(0.5, p["min_sigma"]),
+                                        max=max(40.0, float(np.ceil(p["max_sigma"]))), step=0.5,
                                         description="sigma range", continuous_update=False, style=style)
-        self.blob_threshold = W.FloatLogSlider(value=1.0, base=10, min=-1, max=1, step=0.05,
+        factor = float(p["threshold"]) / BLOB_THRESHOLDS.get(method, BLOB_THRESHOLDS["log"]) if "threshold" in p else 1.0
+        if not factor > 0:
+            raise ValueError(f"the blob threshold must be positive, got {p.get('threshold')!r}")
+        self.blob_threshold = W.FloatLogSlider(value=factor, base=10, min=min(-1.0, float(np.floor(np.log10(factor)))),
+                                               max=max(1.0, float(np.ceil(np.log10(factor)))), step=0.05,
                                                description="blob thr. ×", continuous_update=False, style=style)
         self.image = W.Image(format="png")
         self.metrics = W.HTML()
@@ -332,7 +339,7 @@ class ThresholdTuner:
         :func:`~smearlab.detection.tune.auto_tune` writes them (default: every class 0.5, NMS 0.5).
     figsize : size of the overlay figure.
     max_dets : most boxes kept per image (highest scores), None for no cap; stored in
-        :meth:`thresholds`.
+        :meth:`thresholds`; ``"initial"``: that of ``initial`` (300 without one).
 
     Attributes
     ----------
@@ -350,7 +357,7 @@ class ThresholdTuner:
 
     def __init__(self, dataset, raw, class_names: Sequence[str] | None = None,
                  images_for_overlay: Sequence[int] | None = None,
-                 initial: Thresholds | None = None, figsize=(7, 5), max_dets: int | None = 300):
+                 initial: Thresholds | None = None, figsize=(7, 5), max_dets: int | None | str = "initial"):
         if not isinstance(raw, RawPredictions):
             raw = RawPredictions.for_dataset(dataset, raw)
         raw.check(dataset)
@@ -363,6 +370,10 @@ class ThresholdTuner:
         # its class (the dataset may list the classes in another order or spelling)
         self.to_dataset = match_classes(raw.class_names, self.class_names, require="both").lut
         model_name = {self.class_names[int(d)]: m for m, d in zip(raw.class_names, self.to_dataset)}
+        if isinstance(max_dets, str):
+            if max_dets != "initial":
+                raise ValueError(f"max_dets must be a number, None or 'initial', got {max_dets!r}")
+            max_dets = initial.max_dets if initial is not None else 300
         self.figsize, self.max_dets = figsize, max_dets
         self.overlay_indices = list(range(len(dataset))) if images_for_overlay is None \
             else [int(i) for i in images_for_overlay]
@@ -385,7 +396,8 @@ class ThresholdTuner:
                                          readout_format=".2f")
                         for n, m in ((n, model_name[n]) for n in self.class_names)}
         self.nms = W.FloatSlider(value=1.0 if init.nms_iou is None else float(init.nms_iou),
-                                 min=0.1, max=1.0, step=0.05, description="NMS IoU",
+                                 min=min(0.1, 1.0 if init.nms_iou is None else float(init.nms_iou)), max=1.0,
+                                 step=0.05, description="NMS IoU",
                                  continuous_update=False, style=style, readout_format=".2f")
         self.agnostic = W.Checkbox(value=bool(init.class_agnostic), description="class-agnostic NMS",
                                    indent=False)
@@ -458,8 +470,8 @@ class ThresholdTuner:
         s = self.dataset[i]
         p = take(self.raw[i], self.keep[i])
         colors = class_colors(len(self.class_names))
-        with plt.ioff():
-            fig, ax = plt.subplots(figsize=self.figsize)
+        fig = Figure(figsize=self.figsize)  # not through pyplot: every redraw was shown again by a later cell
+        ax = fig.subplots()
         ax.imshow(s.image)
         for (x0, y0, x1, y1), lab in zip(s.boxes, s.labels):
             ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.0, ls="--",
@@ -532,10 +544,25 @@ class ReviewGallery:
         ax.set_title(f"{rec['image']}: {len(rec['objects'])} objects, {near} borderline (dashed)", fontsize=9)
         self.image.value = figure_to_png(fig)
         counts = {c: sum(o["class"] == c for o in rec["objects"]) for c in self.classes}
-        true = self.truth.get(rec["image"])
-        cells = "".join(f"<td>{html.escape(c)}: <b>{n}</b>" + (f" (true {true.get(c, 0)})" if true else "") + "</td>"
+        true = self._true_counts(self.truth.get(rec["image"]))
+        cells = "".join(f"<td>{html.escape(c)}: <b>{n}</b>" + (f" (true {true.get(c, '-')})" if true else "") + "</td>"
                         for c, n in counts.items())
         self.text.value = f"<table><tr><td>rank {self.slider.value + 1}/{len(self.order)}</td>{cells}</tr></table>"
+
+    def _true_counts(self, true: dict | None) -> dict | None:
+        """The true counts of an image keyed by the model's classes: matched by name (aliases
+        such as Platelet/Platelets), all objects for a class-agnostic model (one class
+        ``object``); a class without a counterpart is absent (shown "-", not 0)."""
+        if not true:
+            return true
+        if self.classes == ["object"]:
+            return {"object": int(sum(true.values()))}
+        lut = match_classes(list(true), self.classes).lut
+        out: dict = {}
+        for name, t in zip(true, lut.tolist()):
+            if t >= 0:
+                out[self.classes[t]] = out.get(self.classes[t], 0) + int(true[name])
+        return out
 
     def _ipython_display_(self):
         from IPython.display import display

@@ -1,0 +1,104 @@
+"""What the figures and widgets show is the right number for the right class (found by probing):
+class-agnostic objects in a neutral colour, predictions mapped by class name, true counts by name,
+empty confusion rows as "-", one set of histogram bins, widgets keep the settings they were given."""
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.colors as mc  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from smearlab.data.predictions import Predictions  # noqa: E402
+from smearlab.data.sample import Sample, SmearDataset  # noqa: E402
+from smearlab.viz import plots  # noqa: E402
+
+BOXES = [[5, 5, 25, 25], [40, 10, 70, 40], [30, 45, 38, 53]]
+
+
+def _sample(boxes, labels, iid="im", masks=None):
+    return Sample(iid, boxes=np.array(boxes, np.float32).reshape(-1, 4), labels=np.array(labels, np.int64),
+                  _image=np.full((60, 80, 3), 200, np.uint8), _masks=masks)
+
+
+def test_class_agnostic_objects_are_drawn_in_a_neutral_colour_and_named_predictions_are_mapped():
+    masks = np.zeros((3, 60, 80), bool)
+    for k, (x0, y0, x1, y1) in enumerate(BOXES):
+        masks[k, y0:y1, x0:x1] = True
+    ds = SmearDataset([_sample(BOXES, [0, 1, 2], masks=masks)], ["RBC", "WBC", "Platelets"], "t")
+    agnostic = Predictions([{"boxes": np.array(BOXES, np.float32), "scores": np.ones(3, np.float32),
+                             "labels": np.zeros(3, np.int64), "masks": masks}], None)
+    reordered = Predictions([{"boxes": np.array(BOXES, np.float32), "scores": np.ones(3, np.float32),
+                              "labels": np.array([2, 1, 0]), "masks": masks}], ["Platelets", "WBC", "RBC"])
+    fig = plots.draw_segmentation_rows(ds, {"U-Net": agnostic, "model": reordered}, None, n=1,
+                                       class_agnostic=["U-Net"])
+    truth, unet, model = ([mc.to_hex(p.get_edgecolor()) for p in ax.patches] for ax in fig.axes[:3])
+    assert set(unet) == {mc.to_hex(plots.NEUTRAL)} and mc.to_hex(plots.NEUTRAL) not in truth
+    assert model == truth  # mapped by name: the same colours as the truth
+    with pytest.raises(ValueError, match="class_agnostic"):
+        plots.draw_segmentation_rows(ds, {"model": reordered}, None, n=1, class_agnostic=["U-net"])
+    plt.close("all")
+
+
+def test_the_failure_grid_maps_a_model_of_another_class_order_by_name():
+    ds = SmearDataset([_sample(BOXES[:2], [0, 1])], ["RBC", "WBC"], "t")
+    perfect = Predictions([{"boxes": np.array(BOXES[:2], np.float32), "scores": np.ones(2, np.float32),
+                            "labels": np.array([1, 0])}], ["WBC", "RBC"])
+    fig = plots.draw_failure_grid(ds, perfect, [0])
+    assert "0 missed, 0 spurious" in fig.axes[0].get_title()
+    plt.close("all")
+
+
+def test_a_confusion_row_without_true_objects_reads_as_undefined_and_names_must_fit():
+    fig, ax = plt.subplots()
+    plots.plot_confusion(np.array([[3, 1], [0, 0]]), ["A", "B"], ax, normalize=True, background=False)
+    texts = [t.get_text() for t in ax.texts]
+    assert texts == ["0.75", "0.25", "-", "-"]
+    with pytest.raises(ValueError, match="class names"):
+        plots.plot_confusion(np.zeros((4, 4)), ["A", "B"], ax)
+    plt.close("all")
+
+
+def test_objects_per_image_bins_are_shared_by_every_class():
+    per_image = np.stack([np.linspace(0, 300, 50).astype(int), np.r_[np.zeros(45), np.ones(5)]], 1)
+    fig, ax = plt.subplots()
+    plots.plot_objects_per_image(per_image, ["RBC", "WBC"], ax)
+    edges = [tuple(np.round(p.get_path().vertices[:, 0], 6)) for p in ax.patches]
+    assert len(set(edges)) == 1
+    plt.close("all")
+
+
+def test_review_gallery_true_counts_follow_the_model_classes_by_name():
+    from smearlab.viz.widgets import ReviewGallery
+    rec = {"image": "a.png", "objects": [{"class": "RBC", "score": 0.9, "bbox": [5, 5, 25, 25]},
+                                         {"class": "Platelets", "score": 0.9, "bbox": [30, 45, 38, 53]}]}
+    img = lambda r: np.full((60, 80, 3), 200, np.uint8)  # noqa: E731
+    g = ReviewGallery([rec], {"classes": ["RBC", "Platelets"]}, img, truth={"a.png": {"RBC": 1, "Platelet": 3}})
+    assert "Platelets: <b>1</b> (true 3)" in g.text.value
+    one = {"image": "a.png", "objects": [{"class": "object", "score": 0.9, "bbox": [5, 5, 25, 25]}]}
+    g = ReviewGallery([one], {"classes": ["object"]}, img, truth={"a.png": {"RBC": 2, "WBC": 1}})
+    assert "(true 3)" in g.text.value
+
+
+def test_threshold_tuner_starts_from_the_whole_initial_thresholds_and_leaves_no_pyplot_figure():
+    from smearlab.detection.postprocess import RawPredictions
+    from smearlab.detection.tune import Thresholds
+    from smearlab.viz.widgets import ThresholdTuner
+    b = [[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10], [60, 0, 70, 10]]
+    ds = SmearDataset([_sample(b, [0] * 4)], ["RBC"], "t")
+    raw = RawPredictions([{"boxes": np.array(b, np.float32), "scores": np.array([.9, .8, .7, .6], np.float32),
+                           "labels": np.zeros(4, np.int64)}], ["RBC"])
+    plt.close("all")
+    t = ThresholdTuner(ds, raw, initial=Thresholds({"RBC": 0.5}, 0.05, max_dets=2))
+    t.sliders["RBC"].value = 0.55
+    assert t.metrics["per_class"]["RBC"]["recall"] == 0.5 and t.thresholds().max_dets == 2
+    assert t.thresholds().nms_iou == pytest.approx(0.05)
+    assert plt.get_fignums() == []
+
+
+def test_classical_explorer_keeps_settings_beyond_its_default_ranges():
+    from smearlab.viz.widgets import ClassicalExplorer
+    ds = SmearDataset([_sample(BOXES, [0, 1, 2])], ["RBC", "WBC", "Platelets"], "t")
+    given = {"min_distance": 70, "min_sigma": 24.75, "max_sigma": 61.9, "threshold": 0.02, "min_size": 30}
+    p = ClassicalExplorer(ds, "log", given).params()
+    assert {k: p[k] for k in given} == pytest.approx(given)
