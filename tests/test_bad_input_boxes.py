@@ -62,7 +62,7 @@ def test_voc_object_problems_are_counted(tmp_path):
     assert "non-numeric" in reasons["object 6"]
     assert all(s.path == str(xml) for s in ds.skipped)
     assert [f.record for f in ds.fixed] == ["object 4"]
-    np.testing.assert_array_equal(ds[0].boxes, [[5, 5, 20, 20], [50, 30, 60, 40]])
+    np.testing.assert_array_equal(ds[0].boxes, [[4, 4, 20, 20], [49, 29, 60, 40]])  # VOC: 1-based xmin, ymin
     np.testing.assert_array_equal(ds[0].meta["difficult"], [False, True])
 
 

@@ -121,7 +121,7 @@ def test_voc_boxes_are_checked_against_the_pixels(tmp_path):
     write_image(tmp_path / "Images" / "a.png", np.zeros((80, 100, 3), np.uint8))
     _voc_xml(tmp_path, "a", "a.png", None, [(10, 10, 20, 20), (150, 120, 170, 140), (90, 70, 104, 84)])
     ds = voc.load(tmp_path)
-    np.testing.assert_array_equal(ds[0].boxes, [[10, 10, 20, 20], [90, 70, 100, 80]])
+    np.testing.assert_array_equal(ds[0].boxes, [[9, 9, 20, 20], [89, 69, 100, 80]])  # VOC: 1-based xmin, ymin
     assert ds[0].size == (80, 100)
     assert [sk.record for sk in ds.skipped] == ["object 1"] and "outside the 100x80" in ds.skipped[0].reason
     assert len(ds.fixed) == 1 and ds.fixed[0].amount == pytest.approx(4)
@@ -425,3 +425,24 @@ def test_dsb2018_refuses_masks_and_images_linked_out(tmp_path, secret):
     assert [s.image_id for s in ds] == ["b"] and len(ds[0].boxes) == 1
     assert sorted(sk.path.rsplit("/", 1)[1] for sk in ds.skipped) == ["a.PNG", "m2.png"]
     assert len(dsb2018.load(root, allow_outside_root=True)) == 2
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_a_tiff_with_an_orientation_tag_reads_turned_once_and_sized_as_stored(tmp_path, mode):
+    """PIL turns an oriented TIFF itself (a grey one into a garbled picture) and reports the shown
+    size as if stored: the size was turned twice and boxes given for the shown image misplaced."""
+    from PIL import Image
+
+    from smearlab.data.imageio import image_info, read_raw
+    a = np.zeros((100, 200, 3), np.uint8)
+    a[10:20, 150:190] = 255  # stored: 100 rows of 200
+    im = Image.fromarray(a if mode == "RGB" else a[..., 0])
+    exif = im.getexif()
+    exif[274] = 6  # shown turned a quarter clockwise: 200 rows of 100
+    im.save(tmp_path / "o.tif", exif=exif)
+    info = image_info(tmp_path / "o.tif")
+    assert info.stored_hw == (100, 200) and info.hw("exif") == (200, 100)
+    shown = read_raw(tmp_path / "o.tif")
+    lit = np.argwhere((shown if shown.ndim == 2 else shown[..., 0]) > 0)
+    assert shown.shape[:2] == (200, 100) and lit.min(0).tolist() == [150, 80] and lit.max(0).tolist() == [189, 89]
+    assert read_raw(tmp_path / "o.tif", orientation="stored").shape[:2] == (100, 200)

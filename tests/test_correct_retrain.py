@@ -121,6 +121,9 @@ def test_qupath_loader_counts_bad_features_and_files(tmp_path):
          "properties": {"classification": {"name": "WBC"}}},                                        # a point
         {"type": "Feature", "geometry": {"type": "MultiPolygon", "coordinates": [poly["coordinates"]]},
          "properties": {"classification": "RBC"}},                                                  # string class
+        *({"type": "Feature", "geometry": {"type": kind, "coordinates": bad},
+           "properties": {"classification": "RBC"}}                 # malformed: counted, not a traceback
+          for kind, bad in (("Polygon", 5), ("Polygon", {"a": 1}), ("MultiPolygon", [5]), ("Polygon", [[[1]]]))),
     ]
     (tmp_path / "a.geojson").write_text(json.dumps(feats))                  # QuPath's bare list of features
     (tmp_path / "b.geojson").write_text("{not json")
@@ -129,6 +132,7 @@ def test_qupath_loader_counts_bad_features_and_files(tmp_path):
     assert len(ds) == 1 and ds.class_names == ["RBC", "WBC"] and len(ds[0].boxes) == 2
     reasons = " | ".join(s.reason for s in ds.skipped)
     assert "classification" in reasons and "Point" in reasons and "malformed JSON" in reasons
+    assert reasons.count("coordinates are not lists of [x, y] numbers") == 4
     assert "image file not found" in reasons
     with pytest.raises(DataError, match="malformed JSON"):
         load(tmp_path / "b.geojson", strict=True)

@@ -249,3 +249,51 @@ def test_an_object_annotated_twice_counts_once(tmp_path):
     ds = voc.load(root)
     assert ds.num_objects == 2  # one red cell and the white cell at the same place: another class
     assert [s.reason.split(":")[0] for s in ds.skipped] == ["duplicate of object 0 (same class and box)"] * 2
+
+
+def test_voc_coordinates_are_one_based_inclusive_and_round_trip(tmp_path):
+    """PASCAL VOC writes 1-based, inclusive pixel indices (a whole 40 px wide image is xmin=1,
+    xmax=40): read without the shift every box lost its first column and row."""
+    root = tmp_path / "voc"
+    _png(root / "Images" / "a.png")
+    (root / "Annotations").mkdir()
+    objects = ["<object><name>RBC</name><bndbox><xmin>1</xmin><ymin>1</ymin><xmax>40</xmax><ymax>30</ymax>"
+               "</bndbox></object>",
+               "<object><name>WBC</name><bndbox><xmin>11</xmin><ymin>6</ymin><xmax>20</xmax><ymax>15</ymax>"
+               "</bndbox></object>",
+               "<object><name>RBC</name><bndbox><xmin>7</xmin><ymin>7</ymin><xmax>7</xmax><ymax>7</ymax>"
+               "</bndbox></object>"]  # a point, not an object
+    (root / "Annotations" / "a.xml").write_text(f"<annotation><filename>a.png</filename>{''.join(objects)}</annotation>")
+    ds = voc.load(root)
+    assert ds[0].boxes.tolist() == [[0, 0, 40, 30], [10, 5, 20, 15]]
+    assert [s.reason.split(" (")[0] for s in ds.skipped] == ["degenerate box"]
+    voc.save(ds, tmp_path / "out")
+    text = (tmp_path / "out" / "Annotations" / "a.xml").read_text()
+    assert "<xmin>11</xmin>" in text and "<xmax>20</xmax>" in text
+    assert voc.load(tmp_path / "out")[0].boxes.tolist() == ds[0].boxes.tolist()
+
+
+def test_files_of_one_stem_in_two_folders_are_two_images(tmp_path):
+    """BBBC041, IML and COCO named images by their file's stem: a second x.png in another folder
+    was dropped as a 'duplicate' (BBBC041, IML) or shared the id (COCO)."""
+    for sub in ("a", "b"):
+        _png(tmp_path / "images" / sub / "x.png")
+    box = {"minimum": {"r": 1, "c": 2}, "maximum": {"r": 11, "c": 22}}
+    (tmp_path / "b.json").write_text(json.dumps(
+        [{"image": {"pathname": f"/images/{sub}/x.png", "shape": {"r": 30, "c": 40, "channels": 3}},
+          "objects": [{"category": "red blood cell", "bounding_box": box}]} for sub in ("a", "b")]))
+    ds = bbbc041.load(tmp_path / "b.json")
+    assert sorted(s.image_id for s in ds) == ["images/a/x", "images/b/x"] and not ds.skipped
+    (tmp_path / "c.json").write_text(json.dumps({
+        "images": [{"id": k, "file_name": f"images/{sub}/x.png", "width": 40, "height": 30}
+                   for k, sub in ((1, "a"), (2, "b"))],
+        "categories": [{"id": 1, "name": "RBC"}],
+        "annotations": [{"id": k, "image_id": k, "category_id": 1, "bbox": [1, 1, 10, 10]} for k in (1, 2)]}))
+    assert sorted(s.image_id for s in coco_format.load(tmp_path / "c.json")) == ["images/a/x", "images/b/x"]
+
+
+def test_a_json_file_with_a_byte_order_mark_is_recognised(tmp_path):
+    _png(tmp_path / "x.png")
+    entry = [{"image_name": "x.png", "objects": [{"type": "ring", "bbox": {"x": 1, "y": 1, "w": 5, "h": 5}}]}]
+    (tmp_path / "ann.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(entry).encode())
+    assert formats.json_kind(tmp_path / "ann.json") == "iml"

@@ -117,6 +117,8 @@ def read_raw(path: str | Path, *, orientation: str = "exif", palette: str = "rgb
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
+                if _tiff_orientation(im) != 1:  # PIL turns these itself, grey ones wrongly
+                    return _read_oriented_tiff(im, path, orientation)
                 if _sixteen_bit_colour(im):
                     return _read_sixteen_bit_colour(im, path, orientation)
                 im.load()
@@ -180,6 +182,37 @@ def _read_sixteen_bit_colour(im: Image.Image, path: Path, orientation: str) -> n
                           "PIL reads the high byte alone, so only 16 grey levels per channel remain: save it as an "
                           "uncompressed 16-bit TIFF to keep its precision", stacklevel=3)
     flip, turns = _EXIF_UNDO.get(code, (False, 0))
+    if flip:
+        arr = arr[:, ::-1]
+    return np.ascontiguousarray(np.rot90(arr, turns))
+
+
+def _tiff_orientation(im: Image.Image) -> int:
+    """The orientation tag (274) of a TIFF as stored, 1 for any other format or no tag."""
+    if im.format != "TIFF":
+        return 1
+    value = getattr(im, "tag_v2", {}).get(_EXIF_ORIENTATION, 1)
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _read_oriented_tiff(im: Image.Image, path: Path, orientation: str) -> np.ndarray:
+    """A TIFF with an orientation tag other than 1: its stored pixels (tifffile), turned as the
+    tag says for ``orientation="exif"``. PIL applies the tag itself while decoding, and turned
+    a grey image's rows into columns (a garbled picture of the right size); its header size is
+    already the shown one."""
+    import tifffile
+
+    if im.mode == "P":
+        raise DataError(path, "a palette TIFF with an orientation tag: save it as RGB, or without the tag")
+    try:
+        arr = np.asarray(tifffile.imread(path, key=0))
+    except Exception as e:  # noqa: BLE001 - e.g. a compression tifffile cannot decode without imagecodecs
+        raise DataError(path, f"a TIFF with orientation tag {_tiff_orientation(im)} that tifffile cannot decode "
+                              f"({e}); PIL would turn it wrongly: save it without the tag, or install imagecodecs") \
+            from None
+    if orientation != "exif":
+        return arr
+    flip, turns = _EXIF_UNDO[_tiff_orientation(im)]
     if flip:
         arr = arr[:, ::-1]
     return np.ascontiguousarray(np.rot90(arr, turns))
@@ -309,6 +342,9 @@ def image_info(path: str | Path) -> ImageInfo:
         with Image.open(path) as im:
             w, h = im.size
             orientation = _exif_orientation(im)
+            if _tiff_orientation(im) != 1:  # PIL's size of an oriented TIFF is the shown one: the stored
+                w, h = int(im.tag_v2[256]), int(im.tag_v2[257])  # one is in the header's width and length
+                orientation = _tiff_orientation(im)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(path, f"not a readable image: {e}") from None
     return ImageInfo((h, w), orientation)

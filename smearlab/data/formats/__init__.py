@@ -48,10 +48,10 @@ def json_kind(path: Path) -> str | None:
     """
     try:
         with open(path, "rb") as f:
-            head = f.read(4096).decode("utf-8", "replace")
+            head = f.read(4096).decode("utf-8-sig", "replace")  # a byte-order mark is no JSON text
     except OSError:
         return None
-    h = head.replace(" ", "").replace("\n", "")
+    h = "".join(head.split())
     if h.startswith("{") and ('"images"' in head or '"annotations"' in head or '"categories"' in head):
         return "coco"
     if h.startswith("[") and ('"bounding_box"' in head or '"pathname"' in head):

@@ -183,7 +183,7 @@ class BoxCollector:
         self.fixed = SkipLog(kind="fixed")
         self._seen: set[str] = set()
         self._names: dict[str, str | None] = {}
-        self._ids: set[str] = set()
+        self._ids: dict[str, set] = {}  # image id -> the files added under it
         self._pending: list[tuple] = []
 
     def skip(self, path, reason: str, record: str | None = None) -> None:
@@ -241,7 +241,10 @@ class BoxCollector:
 
         Parameters
         ----------
-        image_id : unique name of the image; a repeated id is skipped.
+        image_id : name of the image (a file's stem); the same file added again is skipped as a
+            duplicate, while two files of one stem in different folders are both kept, each
+            named by its path below the dataset's folder (one of them was dropped as a
+            "duplicate").
         image_path : the image file (read lazily), or None.
         source : the annotation file, for the report.
         objects : list of ``(xyxy, class_name, record)`` whose fields are already checked.
@@ -254,7 +257,8 @@ class BoxCollector:
         orientation : the caller already measured the image (``size`` is its size as read in
             this orientation).
         """
-        if image_id in self._ids:
+        key = None if image_path is None else Path(image_path).resolve()
+        if image_id in self._ids and (key is None or key in self._ids[image_id]):
             self.skip(source, f"duplicate image: {image_id!r} (first one kept)", record)
             return
         if orientation is None:
@@ -262,7 +266,7 @@ class BoxCollector:
             if geometry is None:
                 return
             size, orientation = geometry
-        self._ids.add(image_id)
+        self._ids.setdefault(image_id, set()).add(key)
         codes = {n: k for k, n in enumerate(dict.fromkeys(o[1] for o in objects))}  # class -> int, for duplicates
         boxes, _, idx = clean_boxes([o[0] for o in objects], [codes[o[1]] for o in objects], size, source,
                                     self.skipped, self.fixed, records=[o[2] for o in objects])
@@ -281,8 +285,9 @@ class BoxCollector:
         """
         classes = self.class_names if self.class_names is not None else sorted(self._seen)
         index = {n: i for i, n in enumerate(classes)}
-        samples = [Sample(image_id=i, path=p, boxes=b, labels=[index[n] for n in names], size=s, meta=m,
-                          orientation=o)
+        shared = {i for i, files in self._ids.items() if len(files) > 1}  # one stem, several files
+        samples = [Sample(image_id=_path_id(p, root) if i in shared else i, path=p, boxes=b,
+                          labels=[index[n] for n in names], size=s, meta=m, orientation=o)
                    for i, p, b, names, s, m, o in self._pending]
         renamed = {k: v for k, v in self._names.items() if v is not None and v != k}
         if renamed:
@@ -290,6 +295,17 @@ class BoxCollector:
                         ", ".join(f"{k!r} -> {v!r}" for k, v in sorted(renamed.items())))
         return SmearDataset(samples, classes, name, root=root, format=fmt,
                             skipped=list(self.skipped), fixed=list(self.fixed))
+
+
+def _path_id(path, root) -> str:
+    """An image's id from its path below ``root`` without the extension (``a/x`` for
+    ``root/a/x.png``); its whole path without the extension when it lies elsewhere."""
+    p = Path(path).resolve()
+    try:
+        rel = p.relative_to(Path(root).resolve()) if root is not None else p
+    except ValueError:
+        rel = p
+    return rel.with_suffix("").as_posix()
 
 
 def remap_classes(dataset: SmearDataset, class_names=None, class_map=None) -> SmearDataset:

@@ -15,6 +15,7 @@ import math
 import os
 import re
 import shutil
+from collections import Counter
 from functools import partial
 from numbers import Real
 from pathlib import Path, PurePosixPath
@@ -102,6 +103,10 @@ def load(path: str | Path, *, image_root: str | Path | None = None, strict: bool
         if parsed is not None:
             per_image[ann["image_id"]].append(parsed)
     samples = [_sample(images[k], per_image[k], json_path, skipped, fixed) for k in images]
+    stems = Counter(s.image_id for s in samples)
+    for s, k in zip(samples, images):  # train/a.png and val/a.png: named by file_name, not both 'a'
+        if stems[s.image_id] > 1:
+            s.image_id = PurePosixPath(images[k]["record"]["file_name"]).with_suffix("").as_posix()
     ds = SmearDataset(samples, file_classes, name or json_dataset_name(json_path), root=json_path.parent,
                       format="coco", skipped=skipped, fixed=fixed)
     return remap_classes(ds, class_names, class_map)

@@ -171,7 +171,7 @@ def _read_groups(tsv: Path) -> dict[str, str]:
     if not tsv.is_file():
         return {}
     try:
-        with open(tsv, newline="", encoding="utf-8") as f:
+        with open(tsv, newline="", encoding="utf-8-sig") as f:
             return {r["image_id"]: r["group"] for r in csv.DictReader(f, delimiter="\t")
                     if r.get("image_id") and r.get("group")}
     except (OSError, UnicodeDecodeError, csv.Error) as e:

@@ -125,7 +125,7 @@ def _image_index(images: Path) -> dict[str, Path]:
 def _features(f: Path) -> list:
     """The features of one GeoJSON file."""
     try:
-        data = json.loads(f.read_text(encoding="utf-8"))
+        data = json.loads(f.read_text(encoding="utf-8-sig"))
     except OSError as e:
         raise DataError(f, f"cannot read the file: {e}") from None
     except ValueError as e:
@@ -152,15 +152,14 @@ def _object(col: BoxCollector, f: Path, feat, record: str):
         return None
     geom = feat["geometry"]
     kind, coords = geom.get("type"), geom.get("coordinates")
-    rings = [coords[0]] if kind == "Polygon" and coords else \
-        [p[0] for p in coords if p] if kind == "MultiPolygon" and coords else None
-    if rings is None:
+    if kind not in ("Polygon", "MultiPolygon"):
         col.skip(f, f"geometry {kind!r} is not a Polygon or MultiPolygon", record)
         return None
-    try:
+    try:  # GeoJSON: a Polygon is a list of rings, a MultiPolygon a list of Polygons; the outer ring first
+        rings = [coords[0]] if kind == "Polygon" else [p[0] for p in coords]
         pts = np.asarray([pt[:2] for ring in rings for pt in ring], np.float64).reshape(-1, 2)
-    except (TypeError, ValueError, IndexError):
-        col.skip(f, "polygon coordinates are not numbers", record)
+    except (TypeError, ValueError, IndexError, KeyError):
+        col.skip(f, f"{kind} coordinates are not lists of [x, y] numbers", record)
         return None
     if not len(pts) or not np.isfinite(pts).all():
         col.skip(f, "polygon without finite coordinates", record)

@@ -1,8 +1,13 @@
 """Pascal VOC: one XML file per image in ``Annotations/``, images in ``Images/`` or ``JPEGImages/``.
 
-Coordinates are read as written: ``xmin, ymin, xmax, ymax`` are taken as pixel-edge ``x0, y0,
-x1, y1`` with no ``-1`` shift (the CBC/BCCD annotations use this convention, and a box touching
-the right edge of a 640 px image has ``xmax=640``). The writer uses the same convention.
+Coordinates follow the PASCAL VOC convention: ``xmin, ymin, xmax, ymax`` are 1-based, inclusive
+pixel indices, so a box covering a whole 640 px wide image reads ``xmin=1, xmax=640``. In the
+package's pixel-edge coordinates that box is ``x0=0, x1=640``: ``x0 = xmin - 1``, ``y0 = ymin - 1``,
+``x1 = xmax``, ``y1 = ymax`` (Detectron2's VOC reader does the same). The CBC/BCCD files follow it:
+no box of theirs has ``xmin=0`` and 282 have ``xmin=1``. (Read without the shift, every box lost its
+first column and row.) A box whose ``xmax`` equals its ``xmin`` (or ``ymax`` its ``ymin``) as
+written is a point, not an object, and is skipped as degenerate. The writer uses the same
+convention, so files round-trip exactly.
 """
 from __future__ import annotations
 
@@ -152,6 +157,9 @@ def _add_annotation(col: BoxCollector, xml_path: Path, ann: StdET.Element, image
             col.skip(xml_path, f"image file not found: {filename or xml_path.stem + '.*'} in {image_dir}")
             return
         image = image_dir / filename if filename else None
+    elif check_images and not image.is_file():  # listed, but a broken link (or not a file)
+        col.skip(xml_path, f"image file not found: {image} (a broken link?)")
+        return
     if image is not None and image.exists() and not inside.inside(image, col.skipped):
         return
     if image is not None and image.exists():
@@ -183,8 +191,10 @@ def _parse_object(col: BoxCollector, xml_path: Path, obj: StdET.Element, rec: st
         if None in coords:
             col.skip(xml_path, "missing or non-numeric <bndbox> coordinates: "
                      + ", ".join(f"{k}={t!r}" for k, t in zip(VOC_COORDS, texts)), rec)
+        elif coords[2] <= coords[0] or coords[3] <= coords[1]:  # a point as written (1 px after the shift)
+            col.skip(xml_path, f"degenerate box (x1<=x0 or y1<=y0): {coords}", rec)
         elif (kept := col.known(name, xml_path, rec)) is not None:
-            return coords, kept, rec
+            return [coords[0] - 1, coords[1] - 1, coords[2], coords[3]], kept, rec
     return None
 
 
@@ -232,7 +242,7 @@ def _to_xml(sample: Sample, filename: str, class_names: list[str]) -> str:
         _sub(obj, "name", class_names[label])
         _sub(obj, "difficult", str(int(bool(hard))))
         bndbox = _sub(obj, "bndbox")
-        for tag, v in zip(VOC_COORDS, box):
+        for tag, v in zip(VOC_COORDS, (box[0] + 1, box[1] + 1, box[2], box[3])):  # 1-based, inclusive
             _sub(bndbox, tag, f"{float(v):.10g}")
     StdET.indent(ann, space="\t")
     return StdET.tostring(ann, encoding="unicode") + "\n"
