@@ -136,3 +136,60 @@ def test_the_mean_hue_of_a_white_field_is_the_hue_of_its_cells():
     img[5:8, 5:8] = [0.6, 0.2, 0.8]  # purple cells on white
     hue = _hsv_mean(rgb2hsv(img))[0]
     assert hue == pytest.approx(rgb2hsv(np.array([[[0.6, 0.2, 0.8]]]))[0, 0, 0], abs=1e-6)
+
+
+def test_near_copies_of_in_memory_images_sharing_an_id_are_reported_and_files_are_released(tmp_path):
+    import io
+
+    from PIL import Image
+
+    from smearlab.data.imageio import write_image
+    a = _field(0)
+    buf = io.BytesIO()
+    Image.fromarray(np.roll(a, 1, axis=1)).save(buf, "JPEG", quality=75)
+    copy = np.asarray(Image.open(buf))
+    rep = check_leaks({"train": SmearDataset([Sample("smear_0", _image=a)], ["c"]),
+                       "test": SmearDataset([Sample("smear_0", _image=copy)], ["c"])})
+    assert rep.near_copies and rep.near_copies[("train", "test")][0][:2] == ("smear_0", "smear_0")
+    write_image(tmp_path / "a.png", a)
+    write_image(tmp_path / "b.png", copy)
+    ds = SmearDataset([Sample("a", tmp_path / "a.png"), Sample("b", tmp_path / "b.png")], ["c"])
+    assert len(near_copies(ds)) == 1 and all(s._image is None for s in ds)  # read, then let go
+
+
+def test_derived_sets_stratify_on_the_image_class_they_keep_by_name():
+    from smearlab.data.splits import class_signature
+    img = np.zeros((8, 8, 3), np.uint8)
+    ds = SmearDataset([Sample("a", _image=img, boxes=[[0, 0, 4, 4]], labels=[0], meta={"image_class": "lymphocyte"})],
+                      ["cell"])
+    assert class_signature(ds) == ["0|lymphocyte"]
+
+
+def test_a_dataset_mapped_onto_a_models_classes_maps_its_image_labels_too():
+    from smearlab.detection.train import remap_dataset
+    img = np.zeros((8, 8, 3), np.uint8)
+    ds = SmearDataset([Sample("a", _image=img, boxes=[[0, 0, 4, 4]], labels=[2], image_label=2),
+                       Sample("b", _image=img, image_label=0)], ["neutrophil", "monocyte", "lymphocyte"])
+    out = remap_dataset(ds, ["lymphocyte", "neutrophil"], "training")
+    assert out[0].image_label == 0 and out[0].labels.tolist() == [0]
+    assert out[1].image_label == 1
+
+
+def test_voc_keeps_a_one_pixel_wide_box_and_refuses_to_write_what_it_cannot_hold(tmp_path):
+    from smearlab.data.formats import voc
+    root = tmp_path / "voc"
+    (root / "Images").mkdir(parents=True)
+    from smearlab.data.imageio import write_image
+    write_image(root / "Images" / "a.png", np.zeros((30, 40, 3), np.uint8))
+    (root / "Annotations").mkdir()
+    (root / "Annotations" / "a.xml").write_text(
+        "<annotation><filename>a.png</filename><object><name>RBC</name><bndbox><xmin>5</xmin><ymin>5</ymin>"
+        "<xmax>5</xmax><ymax>15</ymax></bndbox></object></annotation>")
+    ds = voc.load(root)
+    assert ds[0].boxes.tolist() == [[4, 4, 5, 15]] and not ds.skipped  # one pixel wide, ten high
+    voc.save(ds, tmp_path / "again")
+    assert voc.load(tmp_path / "again")[0].boxes.tolist() == [[4, 4, 5, 15]]
+    for box in ([4, 4, 4.5, 15], [4, 4, 5, 5]):
+        bad = SmearDataset([Sample("a", root / "Images" / "a.png", boxes=[box], labels=[0])], ["RBC"])
+        with pytest.raises(DataError, match="a pixel or less"):
+            voc.save(bad, tmp_path / "bad")

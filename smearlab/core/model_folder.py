@@ -88,7 +88,6 @@ def save_model_folder(folder, kind: str, model: torch.nn.Module, config: Mapping
     if kind not in KINDS:
         raise ValueError(f"unknown model kind {kind!r}; kinds: {', '.join(KINDS)}")
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}  # one layout on disk
     # weights.pt and config.json carry the same save id: a save interrupted between the two files
     # (each written atomically) leaves a pair that reading refuses rather than mixes
@@ -102,6 +101,7 @@ def save_model_folder(folder, kind: str, model: torch.nn.Module, config: Mapping
             json_text({**(value.to_dict() if hasattr(value, "to_dict") else dict(value)), "save_id": save_id})
             for name, value in (("thresholds.json", thresholds), ("preprocess.json", preprocess),
                                 ("train_config.json", train_config))}
+    folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / "weights.pt") as tmp:
         torch.save(payload, tmp)
     write_text(folder / "config.json", config_text)

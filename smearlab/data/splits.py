@@ -26,7 +26,8 @@ log = logging.getLogger(__name__)
 
 
 def class_signature(dataset: SmearDataset) -> list[str]:
-    """One stratification key per image: the sorted class indices it holds ("-" for none).
+    """One stratification key per image: the sorted class indices it holds ("-" for none), and
+    the image's class where a derived dataset keeps it by name (``meta["image_class"]``).
 
     Parameters
     ----------
@@ -37,7 +38,10 @@ def class_signature(dataset: SmearDataset) -> list[str]:
         labs = set(s.labels.tolist())
         if s.image_label is not None:
             labs.add(int(s.image_label))
-        keys.append("+".join(str(c) for c in sorted(labs)) or "-")
+        key = "+".join(str(c) for c in sorted(labs)) or "-"
+        if s.meta.get("image_class") is not None:  # a derived set's image class (a Zheng cell's type)
+            key += f"|{s.meta['image_class']}"
+        keys.append(key)
     return keys
 
 
@@ -195,6 +199,7 @@ def near_copies(datasets: Mapping[str, SmearDataset] | SmearDataset,
     or shifted by a pixel or so (which a hash of the file misses), by :func:`image_signature`
     similarity at or above ``threshold``. A near-copy on both sides of a split leaks as an
     identical one does. Larger shifts are missed: the signature compares detail in place.
+    Images read for it are released again (a large dataset is not kept in memory).
 
     Parameters
     ----------
@@ -210,14 +215,26 @@ def near_copies(datasets: Mapping[str, SmearDataset] | SmearDataset,
     """
     if isinstance(datasets, SmearDataset):
         datasets = {datasets.name: datasets}
+    return [(_image_name(datasets[ka][i]), _image_name(datasets[kb][j]), sim, ka, kb)
+            for ka, i, kb, j, sim in _near_pairs(datasets, threshold)]
+
+
+def _image_name(s) -> str:
+    return str(s.path) if s.path else s.image_id
+
+
+def _near_pairs(datasets: Mapping[str, SmearDataset], threshold: float) -> list[tuple[str, int, str, int, float]]:
+    """``(split a, index a, split b, index b, similarity)`` of every near-copy pair, most similar first."""
     if not -1.0 <= float(threshold) <= 1.0:
         raise ValueError(f"threshold must be a similarity in [-1, 1], got {threshold!r}")
-    names, where, sigs = [], [], []
+    where, sigs = [], []
     for k, ds in datasets.items():
-        for s in ds:
-            names.append(str(s.path) if s.path else s.image_id)
-            where.append(k)
+        for i, s in enumerate(ds):
+            lazy = s.path is not None and s._image is None
             sigs.append(image_signature(s.image))
+            if lazy:
+                s.release()
+            where.append((k, i))
     if len(sigs) < 2:
         return []
     S = np.stack(sigs).astype(np.float32)
@@ -227,8 +244,8 @@ def near_copies(datasets: Mapping[str, SmearDataset] | SmearDataset,
         for r, j in zip(*np.nonzero(block >= threshold)):
             i = i0 + int(r)
             if i < j:
-                pairs.append((names[i], names[j], float(block[r, j]), where[i], where[j]))
-    return sorted(pairs, key=lambda p: -p[2])
+                pairs.append((*where[i], *where[int(j)], float(block[r, j])))
+    return sorted(pairs, key=lambda p: -p[4])
 
 
 @dataclass
@@ -309,11 +326,12 @@ def check_leaks(splits: Mapping[str, SmearDataset], *, near: bool = True,
     """
     names = {k: {key: s for s in ds if (key := _file_key(ds, s)) is not None} for k, ds in splits.items()}
     hashes: dict[str, dict[str, str]] = {}
+    digest: dict[tuple[str, int], str] = {}  # (split, index) -> content hash
     rep = LeakReport()
     for k, ds in splits.items():
         seen: dict[str, str] = {}
-        for s in ds:
-            h = content_hash(s)
+        for idx, s in enumerate(ds):
+            h = digest[(k, idx)] = content_hash(s)
             ident = str(s.path) if s.path else s.image_id
             if h in seen:
                 rep.duplicates_within.setdefault(k, []).append((seen[h], ident))
@@ -330,11 +348,10 @@ def check_leaks(splits: Mapping[str, SmearDataset], *, near: bool = True,
             if same:
                 rep.same_content[(a, b)] = same
     if near:
-        identical = {frozenset(p) for v in rep.same_content.values() for p in v} | \
-                    {frozenset(p) for v in rep.duplicates_within.values() for p in v}
-        for x, y, sim, ka, kb in near_copies(splits, threshold):
-            if frozenset((x, y)) in identical or x == y:
+        for ka, i, kb, j, sim in _near_pairs(splits, threshold):
+            if digest[(ka, i)] == digest[(kb, j)]:  # identical: reported above (or the same file twice)
                 continue
+            x, y = _image_name(splits[ka][i]), _image_name(splits[kb][j])
             if ka == kb:
                 rep.near_copies_within.setdefault(ka, []).append((x, y, sim))
             else:
@@ -379,7 +396,7 @@ def stratified_split(labels, test: float = 0.3, seed: int = 0) -> tuple[np.ndarr
     if y.ndim != 1:
         raise ValueError(f"labels must be one class per item, shape (N,), got shape {y.shape} (one-hot labels: "
                          "pass labels.argmax(1))")
-    missing = [i for i, v in enumerate(y.tolist()) if v is None or (isinstance(v, float) and v != v)]
+    missing = [i for i, v in enumerate(y.tolist()) if v is None or (isinstance(v, (float, np.floating)) and v != v)]
     if missing:  # NaN never equals itself: those items fell out of both parts without a word
         raise ValueError(f"{len(missing)} of {len(y)} labels are missing (None or NaN; first at index "
                          f"{missing[0]}): every item needs a class to be split")

@@ -102,25 +102,32 @@ def fine_tune(model_folder, corrected: SmearDataset, train: SmearDataset | None 
     data = remap_dataset(corrected, names, "corrected")
     if train is not None and len(train):
         data = SmearDataset.concat([remap_dataset(train, names, "training"), data], name=f"{train.name}+corrected")
-    recipe = None
+    saved_config = tcfg
     if tcfg is None:
         recipe = read_train_config(folder)
         if recipe is None:
             log.warning("%s has no train_config.json: fine-tuning with the default TrainConfig", folder)
-            recipe = TrainConfig()
-        tcfg = dataclasses.replace(recipe, epochs=int(epochs), lr=recipe.base_lr * float(lr_scale),
-                                   warmup_iters=min(recipe.warmup_iters, 10), seed=seed, device=device,
+        base = recipe or TrainConfig()
+        tcfg = dataclasses.replace(base, epochs=int(epochs), lr=base.base_lr * float(lr_scale),
+                                   warmup_iters=min(base.warmup_iters, 10), seed=seed, device=device,
                                    out_dir=out_dir, time_budget_s=None)
+        # the folders keep this run's settings with the recipe's learning rate and warm-up: a further
+        # round of corrections scales the recipe again (it scaled the scaled rate: 0.02, 0.002, 2e-4...);
+        # a folder that had no recipe passes none on
+        saved_config = None if recipe is None else dataclasses.replace(
+            tcfg, lr=recipe.lr, warmup_iters=recipe.warmup_iters)
     history = train_detector(model, data, val, tcfg, progress=progress)
     model.eval()
     model.detector_config = cfg
     if out_dir is not None:
-        # the fine-tuned folders keep the recipe, not this run's scaled learning rate: a further
-        # round of corrections scales the recipe again (it scaled the scaled rate: 0.02, 0.002, 2e-4...)
         save_model(model, cfg, Path(out_dir) / "model", thresholds=getattr(model, "thresholds", None),
-                   preprocess=getattr(model, "preprocess_spec", None), train_config=recipe or tcfg)
-        if recipe is not None and (Path(out_dir) / "best" / "config.json").is_file():
-            write_side_file(Path(out_dir) / "best", "train_config.json", recipe)
+                   preprocess=getattr(model, "preprocess_spec", None), train_config=saved_config)
+        best = Path(out_dir) / "best"
+        if (best / "config.json").is_file():  # train_detector saved best/ with this run's settings
+            if saved_config is None:
+                (best / "train_config.json").unlink(missing_ok=True)
+            else:
+                write_side_file(best, "train_config.json", saved_config)
     log.info("fine-tuned %s on %d images (%d corrected) for %d epochs", folder, len(data), len(corrected),
              len(history))
     return model, history

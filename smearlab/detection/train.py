@@ -141,7 +141,7 @@ class TrainConfig:
         (:class:`~smearlab.core.training.TimeBudget`), so the run ends on a finished schedule
         within the budget. ``epochs`` is then only the plan before the first measurement. An
         epoch that a slowdown makes the last one after its record (``val_every`` > 1) is
-        validated after the loop, one validation past the budget.
+        validated all the same, as it is saved (one validation past the budget).
     """
 
     epochs: int = 12
@@ -371,7 +371,11 @@ def remap_dataset(ds: SmearDataset, model_names: list[str], what: str) -> SmearD
                          "with this class, or drop or merge it in the data (load it with class_names=, "
                          "class_map=)")
     lut = mapping.lut
-    samples = [dataclasses.replace(s, labels=lut[s.labels], meta=dict(s.meta)) for s in ds.samples]
+
+    def image_label(s):  # in the model's classes too (it indexed the dataset's list); dropped when absent
+        return None if s.image_label is None or lut[int(s.image_label)] < 0 else int(lut[int(s.image_label)])
+    samples = [dataclasses.replace(s, labels=lut[s.labels], image_label=image_label(s), meta=dict(s.meta))
+               for s in ds.samples]
     log.info("%s dataset %r: classes mapped onto the model's %s: %s", what, ds.name, model_names,
              mapping.describe())
     return SmearDataset(samples, model_names, ds.name, root=ds.root, format=ds.format,
@@ -626,8 +630,8 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
         start when there is none yet).
     progress : tqdm progress bars.
     until_epoch : stop after this epoch (the schedule still spans ``tcfg.epochs``); resume
-        later to go on. A run stopped before its last epoch writes ``last.pt`` and its
-        ``best/`` so far, but no ``model/`` (the folder of a finished run).
+        later to go on. A run stopped before its last epoch writes ``last.pt`` (and, with
+        validation, its ``best/`` so far) but no ``model/``, the folder of a finished run.
     """
 
     if isinstance(train_ds, DetectorConfig):
@@ -650,6 +654,8 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
     # its predictions apply it, so its training images must have it too)
     pre = as_preprocess(tcfg.preprocess if tcfg.preprocess is not None
                         else getattr(unwrap(model), "preprocess_spec", None))
+    if pre is not None and train_smear is not None and len(train_smear):
+        pre = pre.with_fixed_tiles(np.median([s.hw for s in train_smear.samples], 0))
     pre_spec = pre.to_dict() if pre is not None else None
     if pre is not None:  # the trained model carries its pipeline, as a loaded one does
         unwrap(model).preprocess_spec = pre_spec

@@ -557,7 +557,10 @@ class ReviewGallery:
             return true
         if self.classes == ["object"]:
             return {"object": int(sum(true.values()))}
-        lut = match_classes(list(true), self.classes).lut
+        try:
+            lut = match_classes(list(true), self.classes).lut
+        except ValueError:  # two truth classes on one model class (Platelet and Platelets): exact names only
+            lut = np.array([self.classes.index(n) if n in self.classes else -1 for n in true])
         out: dict = {}
         for name, t in zip(true, lut.tolist()):
             if t >= 0:

@@ -5,9 +5,11 @@ pixel indices, so a box covering a whole 640 px wide image reads ``xmin=1, xmax=
 package's pixel-edge coordinates that box is ``x0=0, x1=640``: ``x0 = xmin - 1``, ``y0 = ymin - 1``,
 ``x1 = xmax``, ``y1 = ymax`` (Detectron2's VOC reader does the same). The CBC/BCCD files follow it:
 no box of theirs has ``xmin=0`` and 282 have ``xmin=1``. (Read without the shift, every box lost its
-first column and row.) A box whose ``xmax`` equals its ``xmin`` (or ``ymax`` its ``ymin``) as
-written is a point, not an object, and is skipped as degenerate. The writer uses the same
-convention, so files round-trip exactly.
+first column and row.) ``xmax = xmin`` is a box one pixel wide; a box of a single pixel
+(``xmin = xmax`` and ``ymin = ymax``: CBC has one in ``Training/`` and one in ``Testing/``) is a
+click, not an outline, and is skipped as degenerate. The writer uses the same convention and
+refuses boxes less than a pixel wide or high, or of a single pixel (which it would read back as
+a click), so files round-trip exactly.
 """
 from __future__ import annotations
 
@@ -191,8 +193,10 @@ def _parse_object(col: BoxCollector, xml_path: Path, obj: StdET.Element, rec: st
         if None in coords:
             col.skip(xml_path, "missing or non-numeric <bndbox> coordinates: "
                      + ", ".join(f"{k}={t!r}" for k, t in zip(VOC_COORDS, texts)), rec)
-        elif coords[2] <= coords[0] or coords[3] <= coords[1]:  # a point as written (1 px after the shift)
-            col.skip(xml_path, f"degenerate box (x1<=x0 or y1<=y0): {coords}", rec)
+        elif coords[2] < coords[0] or coords[3] < coords[1]:
+            col.skip(xml_path, f"degenerate box (xmax<xmin or ymax<ymin): {coords}", rec)
+        elif coords[2] == coords[0] and coords[3] == coords[1]:  # one pixel: a click, not an outline
+            col.skip(xml_path, f"degenerate box (a single pixel, xmin=xmax and ymin=ymax): {coords}", rec)
         elif (kept := col.known(name, xml_path, rec)) is not None:
             return [coords[0] - 1, coords[1] - 1, coords[2], coords[3]], kept, rec
     return None
@@ -210,6 +214,8 @@ def save(dataset: SmearDataset, root: str | Path) -> Path:
 
     An image is copied when the sample has a file, else written as PNG. Every file is written
     atomically. ``Sample.meta["difficult"]`` is written as the ``difficult`` flag when present.
+    A box of a pixel or less (which VOC's convention cannot hold) is refused, naming its image,
+    before anything is written.
 
     Parameters
     ----------
@@ -221,6 +227,12 @@ def save(dataset: SmearDataset, root: str | Path) -> Path:
     Path
         ``root``.
     """
+    for sample in dataset:  # before any file is written
+        bw, bh = sample.boxes[:, 2] - sample.boxes[:, 0], sample.boxes[:, 3] - sample.boxes[:, 1]
+        tiny = (bw < 1) | (bh < 1) | ((bw == 1) & (bh == 1))  # the reader skips a single pixel as a click
+        if tiny.any():
+            raise DataError(sample.path or sample.image_id, f"box {sample.boxes[tiny][0].tolist()} is a pixel or "
+                                                            "less: VOC's 1-based pixel indices cannot hold it as a box")
     root = Path(root)
     save_samples(dataset, root / "Images", root / "Annotations", ".xml",
                  lambda sample, image: _to_xml(sample, image.name, dataset.class_names))
