@@ -410,7 +410,7 @@ class MacenkoNormalizer:
             conc, max_c = self._concentrations(od, self.stains), self.max_conc
         if self.match_concentrations == "per_stain":
             conc = conc * np.divide(self.max_conc, max_c, out=np.ones(2), where=max_c > 1e-6)[:, None]
-        out = self.io_ref * np.exp(-(self.stains @ conc)).T
+        out = self.io_ref * np.exp(-(self.stains @ conc)).T - 1.0  # the inverse of _od (which adds 1)
         return _to_uint8(out).reshape(img.shape)
 
     # -- persistence -----------------------------------------------------------------------
@@ -586,6 +586,21 @@ class Preprocess:
         new.path = None
         new.image = image
         return new
+
+    def with_fixed_tiles(self, hw: tuple[int, int]) -> "Preprocess":
+        """The pipeline with every CLAHE step's tile size fixed in pixels: 1/8 of ``hw`` (the
+        default's size on an image of that size) where the step left it to each image. A model
+        carries its pipeline this way, so that a larger field at prediction is equalised at the
+        scale of the training images (per image, a 4x larger field got 4x larger tiles: the same
+        cells came out 12 grey levels apart on average).
+
+        Parameters
+        ----------
+        hw : ``(height, width)`` of the training images.
+        """
+        tiles = [max(2, int(hw[0]) // 8), max(2, int(hw[1]) // 8)]
+        return type(self)([(n, {**p, "kernel_size": tiles} if n == "clahe" and p.get("kernel_size") is None else p)
+                           for n, p in self.steps])
 
     @classmethod
     def fit(cls, steps: Iterable, reference_images) -> "Preprocess":

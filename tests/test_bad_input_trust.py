@@ -446,3 +446,28 @@ def test_a_tiff_with_an_orientation_tag_reads_turned_once_and_sized_as_stored(tm
     lit = np.argwhere((shown if shown.ndim == 2 else shown[..., 0]) > 0)
     assert shown.shape[:2] == (200, 100) and lit.min(0).tolist() == [150, 80] and lit.max(0).tolist() == [189, 89]
     assert read_raw(tmp_path / "o.tif", orientation="stored").shape[:2] == (100, 200)
+
+
+def test_an_image_over_pils_size_limit_is_refused_alike_by_its_header_and_its_pixels(tmp_path, monkeypatch):
+    """Between PIL's warning and error limits the header check counted the image and reading it failed."""
+    from PIL import Image
+
+    from smearlab.data.imageio import image_info, read_raw
+    write_image(tmp_path / "big.png", np.zeros((60, 80, 3), np.uint8))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 3000)  # 4800 pixels: over the limit, under twice it
+    for read in (image_info, read_raw):
+        with pytest.raises(DataError, match="MAX_IMAGE_PIXELS"):
+            read(tmp_path / "big.png")
+
+
+def test_a_coco_crowd_flag_that_is_not_0_or_1_is_refused(tmp_path):
+    import json
+
+    from smearlab.data.formats import coco as coco_format
+    write_image(tmp_path / "a.png", np.zeros((30, 40, 3), np.uint8))
+    (tmp_path / "c.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}],
+        "categories": [{"id": 1, "name": "RBC"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 10, 10], "iscrowd": "0"}]}))
+    with pytest.raises(DataError, match="iscrowd"):
+        coco_format.load(tmp_path / "c.json", strict=True)

@@ -379,6 +379,8 @@ def test_cascade_adds_the_differential_count(trained, tmp_path, arch):
         assert all(o["type"] in types and 0 <= o["type_score"] <= 1 for o in rec["objects"] if o["class"] == "WBC")
     with pytest.raises(ValueError, match="not a class of the detector"):
         save_cascade(tmp_path / "bad", trained["model"], clf, wbc_class="Neutrophil")
+    save_cascade(folder, folder / "detector", clf, wbc_class="WBC")  # a new classifier for its own detector
+    assert (folder / "detector" / "weights.pt").is_file() and type(load_model(folder, device="cpu")).__name__ == "Cascade"
 
 
 def test_the_instance_segmenter_counts_objects_against_a_dataset(tmp_path):

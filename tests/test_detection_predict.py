@@ -363,3 +363,16 @@ def test_images_the_detector_would_read_unscaled_are_refused(image, problem):
         _to_tensor(image, 3)
     assert float(_to_tensor(np.full((8, 9, 3), 255, np.uint8), 3).max()) == 1.0
     assert _to_tensor(np.full((8, 9), 0.5), 3).shape == (3, 8, 9)
+
+
+def test_samples_already_preprocessed_with_the_models_pipeline_are_refused():
+    """Preprocess.apply marks its samples: predict applied the model's pipeline a second time."""
+    from smearlab.preprocess import Preprocess
+    ds = make_dataset(1, seed=0, width=96, height=80)
+    pre = Preprocess([("gamma", {"g": 0.5})])
+    done = [pre.apply(s) for s in ds]
+    model = build_detector(DetectorConfig(arch="fasterrcnn_tiny", class_names=ds.class_names, min_size=80,
+                                          max_size=96))
+    with pytest.raises(ValueError, match="already preprocessed"):
+        predict(model, done, preprocess=pre, progress=False)
+    assert len(predict(model, done, preprocess=None, progress=False)) == 1

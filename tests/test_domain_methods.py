@@ -9,6 +9,7 @@ from smearlab.classification.crops import (CropDataset, align_classes, central_c
                                            shared_classes)
 from smearlab.classification.model import build_classifier
 from smearlab.classification.train import fit
+from smearlab.core.errors import DataError
 from smearlab.data.classes import ClassMismatchError
 from smearlab.data.sample import Sample, SmearDataset
 from smearlab.data.synthetic import make_wbc_crops
@@ -265,15 +266,17 @@ def test_classifier_inputs_it_would_misread_are_refused():
     from smearlab.classification.train import train_classifier
     img = np.full((40, 40, 3), 200, np.uint8)
     img[10:30, 10:30] = 60
+    with pytest.raises(DataError, match="image label 5"):  # refused where the dataset is made
+        SmearDataset([Sample("b", _image=img, image_label=5)], ["c0", "c1"], name="made")
     ds = SmearDataset([Sample("a", _image=img, boxes=[[10, 10, 30, 30]], labels=[0], image_label=0),
-                       Sample("b", _image=img, image_label=5)], ["c0", "c1"], name="made")
+                       Sample("b", _image=img, image_label=1)], ["c0", "c1"], name="made")
     for kw, msg in ((dict(pad=-0.5), "pad"), (dict(pad=float("nan")), "pad"), (dict(fill="blue"), "fill")):
         with pytest.raises(ValueError, match=msg):
             crops_from_dataset(ds, 16, source="boxes", **kw)
     with pytest.raises(ValueError, match="named twice"):
         crops_from_dataset(ds, 16, source="boxes", classes=["c0", "c0"])
     crops = crops_from_dataset(ds, 16, source="image")
-    assert len(crops) == 1 and [s.reason for s in crops.skipped] == ["image label 5 outside the 2 classes ['c0', 'c1']"]
+    assert len(crops) == 2 and not crops.skipped
     model = build_classifier(["c0", "c1"], width=4, input_size=16)
     with pytest.raises(ValueError, match=r"values in \[0, 1\]"):
         predict_classes(model, crops.images.float(), device="cpu")

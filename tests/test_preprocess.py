@@ -314,3 +314,29 @@ def test_a_saved_macenko_reference_must_be_finite():
                      ("io_ref", [-5, 250, 250])):  # each gave every image wrong colours without a word
         with pytest.raises(ValueError, match=key):
             MacenkoNormalizer(**{**good, key: bad})
+
+
+def test_a_models_clahe_tiles_are_fixed_in_pixels_from_its_training_images():
+    """Per image the tile was 1/8 of the image: a larger field at prediction got larger tiles."""
+    from smearlab.preprocess import Preprocess
+    pre = Preprocess([("clahe", {"clip_limit": 0.02}), ("gamma", {"g": 0.9})]).with_fixed_tiles((480, 640))
+    assert pre.steps[0][1]["kernel_size"] == [60, 80] and pre.steps[1][1] == {"g": 0.9}
+    kept = Preprocess([("clahe", {"clip_limit": 0.02, "kernel_size": 16})]).with_fixed_tiles((480, 640))
+    assert kept.steps[0][1]["kernel_size"] == 16
+    rng = np.random.default_rng(0)
+    small = rng.integers(60, 200, (64, 64, 3), dtype=np.uint8)
+    field = np.tile(small, (4, 4, 1))  # the same cells in a field four times as large
+    fixed = Preprocess([("clahe", {"clip_limit": 0.02})]).with_fixed_tiles((64, 64))
+    assert np.abs(fixed(field)[64:128, 64:128].astype(int) - fixed(small).astype(int)).mean() < \
+        np.abs(Preprocess([("clahe", {"clip_limit": 0.02})])(field)[64:128, 64:128].astype(int)
+               - Preprocess([("clahe", {"clip_limit": 0.02})])(small).astype(int)).mean()
+
+
+def test_macenko_normalising_an_image_to_itself_keeps_its_background():
+    """The optical density adds 1 to every value; the way back did not take it off (+1 everywhere)."""
+    from smearlab.data.synthetic import make_dataset
+    from smearlab.preprocess import MacenkoNormalizer
+    img = make_dataset(1, seed=0, width=160, height=120)[0].image
+    out = MacenkoNormalizer(io="auto", match_concentrations="none").fit([img]).transform(img)
+    bright = img.astype(int).sum(-1) >= np.percentile(img.astype(int).sum(-1), 99)
+    assert abs(float((out[bright].astype(int) - img[bright].astype(int)).mean())) < 0.5

@@ -547,3 +547,28 @@ def test_the_classical_foreground_takes_an_rgba_image():
     rgba = np.dstack([rgb, np.full((40, 40), 255, np.uint8)])
     np.testing.assert_array_equal(classical.foreground_mask(rgba, min_size=4)[0],
                                   classical.foreground_mask(rgb, min_size=4)[0])
+
+
+def test_training_settings_and_data_it_would_misread_are_refused():
+    """Objects without masks were trained on as background; zero sizes failed with bare errors."""
+    from smearlab.core.errors import DataError
+    for bad in ({"steps": 0}, {"batch_size": 0}, {"crop": 0}, {"crop": 8}, {"steps": 1.5}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            InstanceTrainConfig(**bad)
+    img = np.full((64, 64, 3), 40, np.uint8)
+    ds = SmearDataset([Sample("nomasks", _image=img, boxes=[[5, 5, 20, 20]], labels=[0])], ["cell"])
+    with pytest.raises(DataError, match="nomasks.*no instance masks"):
+        train_instance_unet(build_instance_unet(base=4, depth=2), ds, None, InstanceTrainConfig(crop=32, steps=1))
+
+
+def test_train_unet_refuses_an_empty_set_and_zero_epochs():
+    from smearlab.data.synthetic import make_dataset
+    from smearlab.segmentation.train import train_unet
+    from smearlab.segmentation.unet import UNet
+    ds = make_dataset(2, seed=0, width=64, height=48)
+    model = UNet(base=4, depth=2)
+    for kw, msg in (({"epochs": 0}, "epochs"), ({"batch_size": 0}, "batch_size")):
+        with pytest.raises(ValueError, match=msg):
+            train_unet(model, ds, **kw)
+    with pytest.raises(ValueError, match="empty"):
+        train_unet(model, ds.subset([]))

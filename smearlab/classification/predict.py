@@ -182,9 +182,18 @@ def save_cascade(folder, detector_folder, classifier: CellClassifier, *, wbc_cla
     if wbc_class not in names:
         raise ValueError(f"{wbc_class!r} is not a class of the detector in {detector_folder} (classes {names})")
     folder = Path(folder)
-    if (folder / "detector").exists():
-        shutil.rmtree(folder / "detector")
-    shutil.copytree(detector_folder, folder / "detector")
+    target = folder / "detector"
+    if not (target.exists() and target.resolve() == Path(detector_folder).resolve()):  # the cascade's own
+        # detector given back (a new classifier for it) stays; another one replaces it through a
+        # copy beside it, so a failed copy never leaves the cascade without a detector
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / ".detector.partial"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        shutil.copytree(detector_folder, tmp)
+        if target.exists():
+            shutil.rmtree(target)
+        tmp.rename(target)
     save_classifier(classifier, folder / "classifier")
     write_json(folder / "config.json", {"kind": "cascade", "wbc_class": wbc_class, "pad": float(pad),
                                         "detector": "detector", "classifier": "classifier",

@@ -136,7 +136,7 @@ def read_raw(path: str | Path, *, orientation: str = "exif", palette: str = "rgb
                     im = im.convert("RGBA" if im.mode in ("LA", "PA") else "RGB")
                 return np.array(im)
     except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
-        raise DataError(path, f"not a readable image: {type(e).__name__}: {e}") from None
+        raise DataError(path, f"not a readable image: {type(e).__name__}: {e}{_bomb_hint(e)}") from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
         raise DataError(path, f"corrupt or truncated image ({e})") from None
 
@@ -339,15 +339,26 @@ def image_info(path: str | Path) -> ImageInfo:
     if path.suffix.lower() in DICOM_EXTENSIONS:
         return ImageInfo(to_rgb8(_read_dicom(path), where=path)[0].shape[:2])
     try:
-        with Image.open(path) as im:
+        with warnings.catch_warnings():  # the same size limit as reading the pixels (one rule, not two)
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            im = Image.open(path)
+        with im:
             w, h = im.size
             orientation = _exif_orientation(im)
             if _tiff_orientation(im) != 1:  # PIL's size of an oriented TIFF is the shown one: the stored
                 w, h = int(im.tag_v2[256]), int(im.tag_v2[257])  # one is in the header's width and length
                 orientation = _tiff_orientation(im)
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(path, f"not a readable image: {e}") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise DataError(path, f"not a readable image: {e}{_bomb_hint(e)}") from None
     return ImageInfo((h, w), orientation)
+
+
+def _bomb_hint(e: Exception) -> str:
+    """How to read a scan larger than PIL's limit, for the error PIL gives it."""
+    if isinstance(e, (Image.DecompressionBombWarning, Image.DecompressionBombError)):
+        return (f" (PIL refuses images of more than {Image.MAX_IMAGE_PIXELS} pixels; for a larger scan you "
+                "trust, raise PIL.Image.MAX_IMAGE_PIXELS)")
+    return ""
 
 
 def image_size(path: str | Path, *, orientation: str = "exif") -> tuple[int, int]:

@@ -32,7 +32,7 @@ from tqdm.auto import tqdm
 
 from ..core.device import resolve_device
 from ..data.predictions import Predictions, empty_prediction
-from ..data.sample import Sample
+from ..data.sample import Sample, SmearDataset
 from ..data.torchdata import LUMA, DetectionDataset
 from ..preprocess import as_preprocess
 from .models import is_mask_model, unwrap
@@ -465,6 +465,12 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
     pre = _resolve_extra(model, preprocess, "preprocess_spec", "preprocess")
     if pre is not None:
         pre, raw_get = as_preprocess(pre), get
+        steps = [name for name, _ in pre.steps]
+        marked = next((x for x in (data if isinstance(data, (list, tuple, SmearDataset)) else ())
+                       if isinstance(x, Sample) and x.meta.get("preprocess") == steps), None)
+        if marked is not None:  # Preprocess.apply marks what it made: a second pass would apply it twice
+            raise ValueError(f"{marked.image_id} was already preprocessed with this pipeline {steps} "
+                             "(meta['preprocess']): predict it with preprocess=None, or give the raw images")
 
         def get(i):
             img = raw_get(i)

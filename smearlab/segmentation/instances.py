@@ -380,6 +380,12 @@ class InstanceTrainConfig:
     device: str = "auto"
 
     def __post_init__(self):
+        for name in ("crop", "batch_size", "steps"):  # bare numpy / convolution errors otherwise
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"{name} must be a whole number of at least 1, got {v!r}")
+        if self.crop < 16:
+            raise ValueError(f"crop must be at least 16 pixels (the U-Net halves it several times), got {self.crop}")
         if self.scale_jitter is not None:
             lo, hi = (float(v) for v in self.scale_jitter)
             if not 0 < lo <= hi:
@@ -409,6 +415,9 @@ def _prepared(dataset: SmearDataset, boundary: int, diameter: float | None = Non
     out, channels, diameters = [], [], []
     for s in dataset:
         hw = s.hw
+        if len(s.boxes) and not s.has_masks:  # its objects would be trained on as background
+            raise DataError(s.path or s.image_id, f"{len(s.boxes)} objects but no instance masks: the instance "
+                                                  "segmenter trains on masks")
         masks = s.masks if s.has_masks else np.zeros((0, *hw), bool)
         x, d = nuclear_channel(s.image), object_diameter(masks)
         channels.append(x)

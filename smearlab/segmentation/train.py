@@ -90,6 +90,11 @@ def train_unet(model: UNet, train_ds, val_ds=None, *, epochs: int = 20, batch_si
         ``loss`` (mean train loss), ``seconds`` (since the start) and, with ``val_ds``,
         ``val_dice`` ``{class name: dice}``.
     """
+    for name, v in (("epochs", epochs), ("batch_size", batch_size)):  # an untrained model or a bare ZeroDivisionError
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+            raise ValueError(f"{name} must be a whole number of at least 1, got {v!r}")
+    if train_ds is None or not len(train_ds):
+        raise ValueError("train_unet needs training images: the dataset is empty")
     dev = resolve_device(device)
     names = train_ds.semantic_names or [str(i) for i in range(model.config["num_classes"])]
     k = model.config["num_classes"]

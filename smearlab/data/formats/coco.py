@@ -224,7 +224,10 @@ def _parse_annotation(ann, path: Path, rec: str, images: dict, known: set,
     x, y, w, h = bbox
     seg = ann.get("segmentation")
     rle = _to_rle(seg, images[ann["image_id"]]["hw"], path, rec) if seg else None
-    return [x, y, x + w, y + h], cat_ids[ann["category_id"]], int(bool(ann.get("iscrowd", 0))), rle, rec
+    crowd = ann.get("iscrowd", 0)
+    if crowd not in (0, 1, False, True):  # COCO writes 0 or 1; bool("0") would make a crowd region
+        raise DataError(path, f"iscrowd must be 0 or 1, got {crowd!r}", rec)
+    return [x, y, x + w, y + h], cat_ids[ann["category_id"]], int(crowd), rle, rec
 
 
 def _to_rle(seg, hw: tuple[int, int], path: Path, rec: str) -> dict:
