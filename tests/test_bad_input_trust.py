@@ -471,3 +471,15 @@ def test_a_coco_crowd_flag_that_is_not_0_or_1_is_refused(tmp_path):
         "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 10, 10], "iscrowd": "0"}]}))
     with pytest.raises(DataError, match="iscrowd"):
         coco_format.load(tmp_path / "c.json", strict=True)
+
+
+def test_a_coco_crowd_flag_left_null_reads_as_not_crowd(tmp_path):
+    import json
+
+    from smearlab.data.formats import coco as coco_format
+    write_image(tmp_path / "a.png", np.zeros((30, 40, 3), np.uint8))
+    (tmp_path / "c.json").write_text(json.dumps({
+        "images": [{"id": 1, "file_name": "a.png", "width": 40, "height": 30}],
+        "categories": [{"id": 1, "name": "RBC"}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 10, 10], "iscrowd": None}]}))
+    assert coco_format.load(tmp_path / "c.json", strict=True)[0].meta["iscrowd"].tolist() == [0]

@@ -224,7 +224,8 @@ def _parse_annotation(ann, path: Path, rec: str, images: dict, known: set,
     x, y, w, h = bbox
     seg = ann.get("segmentation")
     rle = _to_rle(seg, images[ann["image_id"]]["hw"], path, rec) if seg else None
-    crowd = ann.get("iscrowd", 0)
+    crowd = ann.get("iscrowd")
+    crowd = 0 if crowd is None else crowd  # absent or null: not set
     if crowd not in (0, 1, False, True):  # COCO writes 0 or 1; bool("0") would make a crowd region
         raise DataError(path, f"iscrowd must be 0 or 1, got {crowd!r}", rec)
     return [x, y, x + w, y + h], cat_ids[ann["category_id"]], int(crowd), rle, rec
