@@ -469,7 +469,7 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
         marked = next((x for x in (data if isinstance(data, (list, tuple, SmearDataset)) else ())
                        if isinstance(x, Sample) and x.meta.get("preprocess") == steps), None)
         if marked is not None:  # Preprocess.apply marks what it made: a second pass would apply it twice
-            raise ValueError(f"{marked.image_id} was already preprocessed with this pipeline {steps} "
+            raise ValueError(f"{marked.image_id} was already preprocessed with the steps {steps} of the pipeline "
                              "(meta['preprocess']): predict it with preprocess=None, or give the raw images")
 
         def get(i):
