@@ -725,8 +725,9 @@ def compare_pipelines(images_a, images_b, pipelines: dict | None = None, seed: i
 def explorer_methods(reference_images) -> dict:
     """``{name: f(image, strength)}`` for :class:`smearlab.viz.widgets.PreprocessExplorer`.
 
-    The strength (0..2) scales each method's main parameter; normalisers blend the original and
-    the normalised image (strength 1 = fully normalised).
+    The strength (0..2) scales each method's main parameter; normalisers (and sharpen,
+    grayscale) blend the original and the processed image, strength 1 being the whole change and
+    the most they take (their function's ``max_strength``).
 
     Parameters
     ----------
@@ -738,7 +739,7 @@ def explorer_methods(reference_images) -> dict:
     def blend(a, b, k):
         return _to_uint8(a.astype(np.float32) * (1 - k) + b.astype(np.float32) * k)
 
-    return {
+    methods = {
         "unsharp mask": lambda im, k: unsharp_mask(im, radius=2.0, amount=k),
         "sharpen (3x3)": lambda im, k: blend(im, sharpen(im), min(k, 1.0)),
         "CLAHE": lambda im, k: clahe(im, clip_limit=0.005 + 0.02 * k),
@@ -747,6 +748,9 @@ def explorer_methods(reference_images) -> dict:
         "Reinhard": lambda im, k: blend(im, reinhard.transform(im), min(k, 1.0)),
         "Macenko": lambda im, k: blend(im, macenko.transform(im), min(k, 1.0)),
     }
+    for name in ("sharpen (3x3)", "grayscale", "Reinhard", "Macenko"):  # a blend is at most the whole change
+        methods[name].max_strength = 1.0
+    return methods
 
 
 def as_preprocess(spec):

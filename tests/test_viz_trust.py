@@ -102,3 +102,19 @@ def test_classical_explorer_keeps_settings_beyond_its_default_ranges():
     given = {"min_distance": 70, "min_sigma": 24.75, "max_sigma": 61.9, "threshold": 0.02, "min_size": 30}
     p = ClassicalExplorer(ds, "log", given).params()
     assert {k: p[k] for k in given} == pytest.approx(given)
+
+
+def test_preprocess_explorer_titles_the_strength_a_method_applies(monkeypatch):
+    """A blend stops at strength 1; the title said 'strength 2'."""
+    from smearlab import preprocess
+    from smearlab.viz import widgets
+    titles = []
+    monkeypatch.setattr(widgets, "figure_to_png", lambda fig: titles.append(fig.axes[1].get_title()) or b"")
+    rng = np.random.default_rng(0)
+    ims = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(2)]
+    e = widgets.PreprocessExplorer(ims, preprocess.explorer_methods(ims))
+    e.method.value = "grayscale"
+    e.strength.value = 2.0
+    assert titles[-1] == "grayscale (strength 1, its most)"
+    e.method.value = "gamma"  # not a blend: the slider's value applies
+    assert titles[-1] == "gamma (strength 2)"

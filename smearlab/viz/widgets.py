@@ -117,11 +117,15 @@ class PreprocessExplorer:
         if not self.images:
             return
         before = self.images[self.index.value]
-        self.result = self.methods[self.method.value](before, self.strength.value)
+        fn = self.methods[self.method.value]
+        self.result = fn(before, self.strength.value)
+        cap = getattr(fn, "max_strength", None)  # the title says the strength applied, not the slider's
+        shown = self.strength.value if cap is None else min(self.strength.value, cap)
+        note = ", its most" if cap is not None and self.strength.value > cap else ""
         fig = Figure(figsize=self.figsize)
         axes = fig.subplots(1, 2)
         for ax, img, title in zip(axes, (before, self.result),
-                                  ("before", f"{self.method.value} (strength {self.strength.value:g})")):
+                                  ("before", f"{self.method.value} (strength {shown:g}{note})")):
             ax.imshow(img)
             ax.set_title(title, fontsize=9)
             ax.axis("off")
