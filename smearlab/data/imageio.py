@@ -181,6 +181,11 @@ def _read_sixteen_bit_colour(im: Image.Image, path: Path, orientation: str) -> n
             warnings.warn(f"{path}: a 16-bit colour {im.format or 'image'} whose values use only the low 12 bits; "
                           "PIL reads the high byte alone, so only 16 grey levels per channel remain: save it as an "
                           "uncompressed 16-bit TIFF to keep its precision", stacklevel=3)
+    return _undo_orientation(arr, code)
+
+
+def _undo_orientation(arr: np.ndarray, code: int) -> np.ndarray:
+    """``arr`` as stored, turned as the orientation value ``code`` says it is shown (:data:`_EXIF_UNDO`)."""
     flip, turns = _EXIF_UNDO.get(code, (False, 0))
     if flip:
         arr = arr[:, ::-1]
@@ -210,12 +215,7 @@ def _read_oriented_tiff(im: Image.Image, path: Path, orientation: str) -> np.nda
         raise DataError(path, f"a TIFF with orientation tag {_tiff_orientation(im)} that tifffile cannot decode "
                               f"({e}); PIL would turn it wrongly: save it without the tag, or install imagecodecs") \
             from None
-    if orientation != "exif":
-        return arr
-    flip, turns = _EXIF_UNDO[_tiff_orientation(im)]
-    if flip:
-        arr = arr[:, ::-1]
-    return np.ascontiguousarray(np.rot90(arr, turns))
+    return arr if orientation != "exif" else _undo_orientation(arr, _tiff_orientation(im))
 
 
 def _existing_file(path: str | Path) -> Path:

@@ -650,12 +650,16 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
 
     # --- data: checked before anything else ------------------------------------------------
     train_smear, given_transform = _as_smear(train_ds)
+    # the median training image size, read from the headers once: a CLAHE step's tiles are fixed
+    # from it, and automatic tiling at prediction cuts fields into it
+    train_hw = np.median([s.hw for s in train_smear.samples], 0) if train_smear is not None and len(train_smear) \
+        else None
     # the pipeline given, else the one the model already carries (a loaded model trained further:
     # its predictions apply it, so its training images must have it too)
     pre = as_preprocess(tcfg.preprocess if tcfg.preprocess is not None
                         else getattr(unwrap(model), "preprocess_spec", None))
-    if pre is not None and train_smear is not None and len(train_smear):
-        pre = pre.with_fixed_tiles(np.median([s.hw for s in train_smear.samples], 0))
+    if pre is not None and train_hw is not None:
+        pre = pre.with_fixed_tiles(train_hw)
     pre_spec = pre.to_dict() if pre is not None else None
     if pre is not None:  # the trained model carries its pipeline, as a loaded one does
         unwrap(model).preprocess_spec = pre_spec
@@ -666,9 +670,8 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
         train_smear = _preprocessed(remap_dataset(train_smear, names, "training"), pre)
         if cfg_model.object_sizes is None:  # the training scale, saved with the model
             cfg_model.object_sizes = object_sizes(train_smear, cfg_model)
-        if cfg_model.train_image_size is None and len(train_smear):  # what automatic tiling cuts fields into
-            hws = np.array([s.hw for s in train_smear.samples], float)
-            cfg_model.train_image_size = [int(v) for v in np.median(hws, 0)]
+        if cfg_model.train_image_size is None and train_hw is not None:  # what automatic tiling cuts fields into
+            cfg_model.train_image_size = [int(v) for v in train_hw]
     val_smear = None
     if val_ds is not None:
         val_smear, _ = _as_smear(val_ds)
