@@ -248,8 +248,8 @@ def test_imagefolder_mixed_crops(tmp_path, caplog):
 # -- DICOM ------------------------------------------------------------------------------------------
 
 
-def write_dicom(path, pixels):
-    """A minimal MONOCHROME2 DICOM file holding ``pixels`` (uint16)."""
+def write_dicom(path, pixels, photometric="MONOCHROME2", bits_stored=16):
+    """A minimal grey DICOM file holding ``pixels`` (uint16; one frame, or frames first)."""
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
     meta = FileMetaDataset()
@@ -259,9 +259,11 @@ def write_dicom(path, pixels):
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
     ds.Modality = "OT"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.Rows, ds.Columns = pixels.shape[-2:]
+    if pixels.ndim == 3:
+        ds.NumberOfFrames = pixels.shape[0]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
     ds.PixelData = pixels.astype("<u2").tobytes()
     ds.save_as(path, enforce_file_format=True)
 
@@ -279,6 +281,22 @@ def test_dicom_16bit(tmp_path):
     write_dicom(tmp_path / "second.DCM", pixels[:3])
     ds = dicom.load(tmp_path)
     assert [x.image_id for x in ds] == ["second", "smear"] and detect_format(tmp_path) == "dicom"
+
+
+def test_dicom_monochrome1_turns_over_within_the_stored_bits_and_multiframe_reads_frame_one(tmp_path):
+    """MONOCHROME1 (white = 0) is inverted within the stored bit range: a 12-bit value v reads as
+    4095 - v in every file, however dark or bright the file's own pixels are."""
+    pytest.importorskip("pydicom")
+    from smearlab.data.imageio import read_raw
+    dim = np.full((4, 5), 3095, np.uint16)
+    dim[0, 0] = 4095  # one white pixel
+    write_dicom(tmp_path / "dim.dcm", dim, "MONOCHROME1", bits_stored=12)
+    write_dicom(tmp_path / "flat.dcm", np.full((4, 5), 3095, np.uint16), "MONOCHROME1", bits_stored=12)
+    a, b = read_raw(tmp_path / "dim.dcm"), read_raw(tmp_path / "flat.dcm")
+    assert a[1, 1] == b[1, 1] == 1000 and a[0, 0] == 0  # before: 1000 in one file, 0 in the other
+    frames = np.stack([np.full((4, 3), v, np.uint16) for v in (7, 9, 11)])
+    write_dicom(tmp_path / "frames.dcm", frames)  # 3 frames 3 px wide: not an RGB image 3 px tall
+    np.testing.assert_array_equal(read_raw(tmp_path / "frames.dcm"), frames[0])
 
 
 def test_dsb2018_folder_without_masks_scores_as_empty_and_jpeg_masks_are_skipped(tmp_path):

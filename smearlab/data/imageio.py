@@ -435,10 +435,16 @@ def _read_dicom(path: Path) -> np.ndarray:
         arr = ds.pixel_array
     except Exception as e:  # pydicom raises many types for bad files
         raise DataError(path, f"not a readable DICOM file ({type(e).__name__}: {e})") from None
-    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
-        arr = arr.max() - arr
-    if arr.ndim == 3 and arr.shape[-1] not in (3, 4):  # multi-frame: take the first frame
+    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:  # multi-frame: take the first frame
         arr = arr[0]
+    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
+        # white is the smallest value: turn it over within the stored bit range (12-bit data
+        # 0..4095), not within this image's own values, so every file of a set reads alike
+        if np.issubdtype(arr.dtype, np.signedinteger):
+            arr = np.invert(arr)  # -1 - v: the signed range onto itself, reversed
+        else:
+            bits = int(getattr(ds, "BitsStored", 0) or arr.dtype.itemsize * 8)
+            arr = (np.asarray((1 << bits) - 1, arr.dtype) - np.minimum(arr, (1 << bits) - 1)).astype(arr.dtype)
     return arr
 
 
