@@ -165,6 +165,8 @@ def test_ddp_gloo_two_processes(tmp_path):
     assert d0 == d1
     ck = torch.load(out / "last.pt", weights_only=True)
     assert ck["epoch"] == 2 and ck["world_size"] == 2 and len(ck["rng_per_rank"]) == 2
+    a0, a1 = (r["augment"] for r in ck["rng_per_rank"])  # each rank drew its own augmentations
+    assert not torch.equal(a0, a1) and torch.equal(a0, ck["augment_rng"])
     assert ck["steps_per_epoch"] == 2  # 4 images, 2 ranks, batch 1
     ds = make_dataset(1, seed=0, width=128, height=128)
     m, _ = tiny(ds)

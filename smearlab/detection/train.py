@@ -8,7 +8,7 @@ gradient clipping, a tqdm bar with the loss, learning rate and time budget, and 
 * ``out_dir/metrics.jsonl`` and ``metrics.csv``: epoch, lr, loss components, images/s,
   validation mAP50 / mAP, time;
 * ``out_dir/last.pt``: model, optimizer, scaler, scheduler, epoch, history and every RNG state
-  (torch, numpy, python, cuda; per rank), written atomically, so that a resumed run gives the
+  (torch, numpy, python, cuda, the augmenter's; per rank), written atomically, so that a resumed run gives the
   same weights as an uninterrupted one (CPU, ``num_workers=0``);
 * ``out_dir/best/``: the best model by validation mAP (a :func:`save_model` folder); at the end
   ``out_dir/model/`` holds the final model.
@@ -342,8 +342,9 @@ def _seed_worker(worker_id: int) -> None:  # DataLoader worker_init_fn (module l
         g.manual_seed(torch.initial_seed())  # per worker and per epoch (the loader's seeded generator)
 
 
-def _epoch_seed(seed: int, epoch: int) -> int:
-    return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0] >> 1)
+def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
+    # rank 0 (and a single process) keeps the seeds it always had
+    return int(np.random.SeedSequence([seed, epoch] + ([rank] if rank else [])).generate_state(1, np.uint64)[0] >> 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -717,6 +718,8 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
     float_hooks: list = []
     try:
         _seed_all(tcfg.seed + dctx.rank)
+        if aug_generator is not None and dctx.rank > 0:  # each rank its own augmentation draws
+            aug_generator.manual_seed(_epoch_seed(aug_generator.initial_seed(), 0, dctx.rank))
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         net.to(device)
@@ -811,9 +814,11 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
             history.best_epoch, history.best_value = h.get("best_epoch"), h.get("best_value")
             start_epoch = int(ck["epoch"])
             per_rank = ck.get("rng_per_rank") or []
-            _set_rng_state(per_rank[dctx.rank] if len(per_rank) == dctx.world else ck["rng"])
-            if aug_generator is not None and ck.get("augment_rng") is not None:
-                aug_generator.set_state(ck["augment_rng"])
+            own = per_rank[dctx.rank] if len(per_rank) == dctx.world else ck["rng"]
+            _set_rng_state(own)
+            aug_state = own.get("augment", ck.get("augment_rng"))
+            if aug_generator is not None and aug_state is not None:
+                aug_generator.set_state(aug_state)
             if dctx.main:
                 log.info("resumed from %s after epoch %d", ck_path, start_epoch)
 
@@ -834,7 +839,7 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
         def begin_epoch(epoch: int) -> None:  # the same batches whether the run was resumed or not
             if isinstance(sampler, DistributedSampler):
                 sampler.set_epoch(epoch)
-            gen.manual_seed(_epoch_seed(tcfg.seed, epoch))
+            gen.manual_seed(_epoch_seed(tcfg.seed, epoch, dctx.rank))  # DDP: the workers' seeds per rank
             train_model.train()
             epoch_state.update(t0=time.time(), images=0, steps=0, lr_start=optimizer.param_groups[0]["lr"],
                                source=iter(loader) if loader is not None else (gpu_data.batch(i) for i in batches))
@@ -947,6 +952,8 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
                                                   or (until_epoch is not None and epoch >= until_epoch))
             if write_last:  # every rank's RNG state, after everything this epoch drew (every rank decides alike)
                 rng = _rng_state()
+                if aug_generator is not None:
+                    rng["augment"] = aug_generator.get_state()
                 per_rank = [rng]
                 if dctx.active:
                     per_rank = [None] * dctx.world
