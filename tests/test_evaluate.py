@@ -288,6 +288,17 @@ def test_crowd_regions_are_ignored_as_pycocotools_ignores_them():
     assert E.coco_eval(ds, [pred])["mAP50"] == pytest.approx(1.0)   # 0.50 when the crowd region was an object
 
 
+def test_the_fast_evaluator_and_counts_say_when_they_count_crowd_regions_as_objects(caplog):
+    ds = _one([[0, 0, 10, 10], [20, 20, 40, 40]], [0, 0], iscrowd=np.array([0, 1]))
+    pred = {"boxes": [[0, 0, 10, 10]], "scores": [0.9], "labels": [0]}
+    assert E.crowd_regions(ds) == 1 and E.crowd_regions(_one([[0, 0, 10, 10]], [0])) == 0
+    with caplog.at_level("WARNING", logger="smearlab.metrics.detection"):
+        assert E.FastEvaluator(ds).evaluate([pred])["mAP50"] == pytest.approx(0.505, abs=0.001)  # 1.0 in COCO
+        assert E.count_matrix(ds, [pred])[0].tolist() == [[2, 0]]
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2 and all("1 crowd region(s)" in m and "single objects" in m for m in said)
+
+
 def test_worst_images_and_match_image_map_classes_by_name_and_break_ties_as_ap():
     from smearlab.data.predictions import Predictions
     ds = _one([[0, 0, 10, 10], [20, 0, 30, 10]], [0, 1])

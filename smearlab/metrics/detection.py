@@ -234,6 +234,7 @@ class FastEvaluator:
         self.gt_counts = np.array([np.bincount(l, minlength=k) for l in self.gt_labels],
                                   np.int64).reshape(len(dataset), k)
         self.n_gt = self.gt_counts.sum(0)
+        _warn_crowd(dataset, "FastEvaluator")
 
     # preparing predictions ----------------------------------------------------------------------
     def prepare(self, predictions, min_iou: float = 0.5) -> _Prepared:
@@ -551,6 +552,29 @@ def _count_summary(true: np.ndarray, pred: np.ndarray, names) -> dict:
             for c, n in enumerate(names)}
 
 
+def crowd_regions(dataset: SmearDataset) -> int:
+    """How many boxes of ``dataset`` are COCO crowd regions (``meta["iscrowd"]`` 1).
+
+    Parameters
+    ----------
+    dataset : the ground truth (a SmearDataset).
+    """
+    n = 0
+    for s in dataset:
+        crowd = s.meta.get("iscrowd")
+        if crowd is not None and np.size(crowd) == len(s.boxes):
+            n += int(np.count_nonzero(np.asarray(crowd)))
+    return n
+
+
+def _warn_crowd(dataset: SmearDataset, what: str) -> None:
+    n = crowd_regions(dataset)
+    if n:
+        log.warning("%s: %s holds %d crowd region(s) (iscrowd 1), counted here as single objects; "
+                    "evaluate_detections (pycocotools) ignores detections on them instead",
+                    dataset.name, what, n)
+
+
 def count_matrix(dataset: SmearDataset, predictions, score_threshold=0.5) -> tuple[np.ndarray, np.ndarray]:
     """``(true, predicted)`` object counts, each ``(n_images, K)``.
 
@@ -563,6 +587,7 @@ def count_matrix(dataset: SmearDataset, predictions, score_threshold=0.5) -> tup
     """
     preds = keep_above_thresholds(check_predictions(dataset, predictions), threshold_array(score_threshold, dataset.class_names))
     k = len(dataset.class_names)
+    _warn_crowd(dataset, "count_matrix")
     true = np.array([np.bincount(s.labels, minlength=k) for s in dataset], np.int64).reshape(-1, k)
     pred = np.array([np.bincount(p["labels"], minlength=k) for p in preds], np.int64).reshape(-1, k)
     return true, pred
