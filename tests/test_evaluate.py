@@ -192,6 +192,33 @@ def test_dsb_score_label_images_and_ambiguous_arrays():
         dsb_score([stack], [a | b])
     with pytest.raises(ValueError, match=r"\(N, 4\)"):
         dsb_score([np.zeros((2, 5))], [np.zeros((2, 5))], kind="boxes")
+    diagonal = np.zeros((16, 16), np.int32)
+    diagonal[[1, 2, 3], [1, 2, 3]] = 5  # one object, its pixels touching at corners
+    assert dsb_score([diagonal], [diagonal], kind="masks") == 1.0
+
+
+def test_instance_metrics_refuse_probabilities_and_uneven_scores_and_take_images_without_objects():
+    """Probability masks were made foreground wherever above 0 (DSB and mask AP 0.0 for a right
+    answer); a scores array shorter than the masks left an instance unmatched yet counted; an image
+    without objects and without masks (a COCO image with no annotation) stopped the DSB score."""
+    from smearlab.metrics.instances import mask_ap, score_instances
+    truth = np.zeros((2, 20, 20), bool)
+    truth[0, 2:8, 2:8] = truth[1, 10:16, 10:16] = True
+    soft = np.where(truth, 0.9, 0.02)
+    with pytest.raises(ValueError, match="fractional values"):
+        dsb_score([truth], [{"masks": soft, "scores": [0.9, 0.8]}], kind="masks")
+    ds = SmearDataset([Sample("a", boxes=[[2, 2, 8, 8], [10, 10, 16, 16]], labels=[0, 0], _masks=truth,
+                              _image=np.zeros((20, 20, 3), np.uint8)),
+                       Sample("empty", _image=np.zeros((20, 20, 3), np.uint8))], ["cell"])
+    pred = {"boxes": [[2, 2, 8, 8], [10, 10, 16, 16]], "scores": [0.9, 0.8], "labels": [0, 0]}
+    with pytest.raises(ValueError, match="fractional values"):
+        mask_ap(ds, [{**pred, "masks": soft}, {}])
+    assert dsb_score([truth], [{"masks": truth.astype(np.float32), "scores": [0.9, 0.8]}], kind="masks") == 1.0
+    with pytest.raises(ValueError, match="1 scores for 2 masks"):
+        dsb_score([truth], [{"masks": truth, "scores": [0.9]}], kind="masks")
+    empty = {"boxes": np.zeros((0, 4)), "scores": [], "labels": [], "masks": np.zeros((0, 20, 20), bool)}
+    r = score_instances(ds, [{**pred, "masks": truth}, empty])
+    assert r["dsb_metric"] == 1.0 and r["mask_mAP50"] == pytest.approx(1.0) and r["count_error"] == 0.0
 
 
 def test_semantic_metrics_refuse_what_they_would_misread():

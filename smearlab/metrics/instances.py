@@ -10,7 +10,7 @@ from scipy import ndimage as ndi
 from skimage.color import rgb2gray
 
 from ..data.derive import as_single_class
-from ..data.predictions import check_predictions
+from ..data.predictions import binary_masks, check_predictions
 from ..data.sample import Sample, SmearDataset
 from .detection import box_iou, coco_eval, keep_above_thresholds, mean_defined, threshold_array
 
@@ -34,6 +34,8 @@ def _instances(item, kind: str):
     scores = None
     if isinstance(item, Sample):
         arr = item.masks if kind == "masks" else item.boxes
+        if arr is None and not len(item.boxes):  # an image without objects (a COCO image with none)
+            arr = np.zeros((0, 1, 1), bool)
         if arr is None:
             raise ValueError(f"image {item.image_id!r} has no instance masks")
     elif isinstance(item, Mapping):
@@ -59,18 +61,22 @@ def _instances(item, kind: str):
         raise ValueError(f"boxes must be an (N, 4) xyxy array, got shape {arr.shape}")
     else:
         arr = arr.astype(np.float64)
-    return kind, arr, None if scores is None else np.asarray(scores, np.float64)
+    if scores is not None:
+        scores = np.asarray(scores, np.float64).reshape(-1)
+        if len(scores) != len(arr):  # a missing score left an instance unmatched yet counted
+            raise ValueError(f"a prediction has {len(scores)} scores for {len(arr)} {kind}")
+    return kind, arr, scores
 
 
 def _mask_stack(arr: np.ndarray) -> np.ndarray:
     """``(N, H, W)`` bool instance masks from an ``(N, H, W)`` stack or an integer ``(H, W)`` label
     image (0 background, each other value one object, as StarDist and Cellpose write them; also
-    ``(N, 1, H, W)``). A 2-D
+    ``(N, 1, H, W)``; fractional values are refused: threshold probabilities first). A 2-D
     binary mask is refused: it holds the foreground, not the objects."""
     if arr.ndim == 4 and arr.shape[1] == 1:  # (N, 1, H, W), as torchvision's Mask R-CNN returns them
         arr = arr[:, 0]
     if arr.ndim == 3:
-        return arr.astype(bool)
+        return binary_masks(arr, "an instance-mask stack")
     if arr.ndim != 2:
         raise ValueError(f"masks must be an (N, H, W) stack or an (H, W) label image, got shape {arr.shape}")
     if arr.dtype == bool or not np.issubdtype(arr.dtype, np.integer):
@@ -80,7 +86,7 @@ def _mask_stack(arr: np.ndarray) -> np.ndarray:
         raise ValueError("a label image holds negative ids: 0 is the background, each object one positive id")
     ids = np.unique(arr)
     ids = ids[ids != 0]
-    if len(ids) == 1 and ndi.label(arr == ids[0])[1] > 1:  # 0/1 or 0/255: a binary mask read as an integer array
+    if len(ids) == 1 and ndi.label(arr == ids[0], np.ones((3, 3), bool))[1] > 1:  # 0/1 or 0/255: a binary mask read as an integer array
         raise ValueError(f"a label image whose one id {int(ids[0])} covers several separate regions: a binary mask "
                          "(0/1 or 0/255)? Label its objects first (scipy.ndimage.label) or give an (N, H, W) stack")
     return arr[None] == ids[:, None, None]
