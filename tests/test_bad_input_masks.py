@@ -351,6 +351,18 @@ def test_segmenters_on_16_bit_images():
     bf12 = bf.astype(np.uint16) * 16
     assert image_polarity(bf) == image_polarity(bf12) == "dark"
     assert [int(m.sum()) for m in C.threshold_segment(bf12, min_size=1)["masks"]] == [1040]
+    # an 8-bit image stored as floats (0..255) is the same image: it was read as 0..1 data (255
+    # times too bright), called stained bright-field, its polarity turned over (56 objects for 4)
+    fl = np.zeros((48, 48, 3), np.uint8)
+    for y, x in ((12, 12), (12, 34), (34, 20)):
+        fl[y - 5:y + 5, x - 5:x + 5] = (40, 60, 220)  # blue nuclei on black: fluorescence
+    assert image_polarity(fl) == image_polarity(fl.astype(np.float32)) == image_polarity(fl / 255.0) == "bright"
+    a, b = C.threshold_segment(fl, min_size=1), C.threshold_segment(fl.astype(np.float32), min_size=1)
+    assert len(a["masks"]) == len(b["masks"]) == 3
+    np.testing.assert_array_equal(a["masks"], b["masks"])
+    from smearlab.data.imageio import full_scale
+    assert full_scale(fl / 255.0) == 1.0 and full_scale(fl.astype(np.float32)) == 255.0
+    assert full_scale(np.full((2, 2), 1.2)) == 1.0 and full_scale(np.full((2, 2), 3000.0)) == 4095.0
 
 
 # -- COCO --------------------------------------------------------------------------------------

@@ -229,10 +229,13 @@ def _existing_file(path: str | Path) -> Path:
 
 
 def full_scale(image: np.ndarray) -> float:
-    """The value that stands for full brightness in an image's data: 1 for floats (0..1 data),
-    255 for uint8, and for wider integers the smallest usual sensor range that holds the largest
-    value (8, 10, 12, 14, 16 or 32 bits), so that 12-bit data in a 16-bit file reads as bright as
-    it is. Every reader and every polarity decision scales by it.
+    """The value that stands for full brightness in an image's data: 255 for uint8; for wider
+    integers the smallest usual sensor range that holds the largest value (8, 10, 12, 14, 16 or 32
+    bits), so that 12-bit data in a 16-bit file reads as bright as it is; for floats 1 when the
+    values lie in 0..1.5 (a little overshoot from rounding or sharpening), else the smallest of
+    those ranges that holds them (an 8-bit image stored as floats: 255; it read as 255 times too
+    bright, and the polarity of a fluorescence image turned over). Every reader and every polarity
+    decision scales by it.
 
     Parameters
     ----------
@@ -241,6 +244,10 @@ def full_scale(image: np.ndarray) -> float:
     a = np.asarray(image)
     if a.dtype == np.uint8:
         return 255.0
+    if np.issubdtype(a.dtype, np.floating):
+        finite = a[np.isfinite(a)]
+        hi = float(finite.max()) if finite.size else 1.0
+        return 1.0 if hi <= 1.5 else _sensor_range(hi)
     if not np.issubdtype(a.dtype, np.integer):
         return 1.0
     return _sensor_range(max(int(a.max()), 1) if a.size else 1)
@@ -293,11 +300,10 @@ def to_rgb8(arr: np.ndarray, where="image") -> tuple[np.ndarray, int]:
     elif np.issubdtype(a.dtype, np.floating):
         depth = 32
         a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
-        hi = float(a.max())
         # 0..1 data as it is (a little overshoot from rounding or sharpening clipped); larger
         # values from the integer range that holds them (0..255 for an 8-bit image stored as
         # floats), so a float image is never clipped to white
-        full = 1.0 if hi <= 1.5 else _sensor_range(hi)
+        full = full_scale(a)
         a = (np.clip(a, 0, full) * (255.0 / full) + 0.5).astype(np.uint8)
     else:
         raise DataError(where, f"unsupported image dtype {a.dtype}")

@@ -193,8 +193,7 @@ def to_channel(image: np.ndarray, channel: str = "auto") -> np.ndarray:
     # integers from the sensor range that holds them (full_scale: 12-bit data in a 16-bit array is
     # as bright as it is; by the dtype's range it read 16 times too dark, and stain densities
     # computed from it were wrong)
-    f = img.astype(np.float64) / full_scale(img) if np.issubdtype(img.dtype, np.integer) else \
-        img.astype(np.float64, copy=False)
+    f = img.astype(np.float64) / full_scale(img)  # floats too: 0..255 floats are 8-bit data
     if f.ndim == 2:
         return f
     if channel == "auto":
