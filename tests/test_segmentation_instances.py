@@ -42,6 +42,10 @@ def test_two_touching_discs_become_two_instances():
     assert dsb_score([masks], [pred], kind="masks") > 0.8
     merged = probabilities_to_instances(np.stack([probs[0], probs[1] + probs[2], 0 * probs[2]]))
     assert len(merged["masks"]) == 1  # without the boundary class the pair is one object
+    with pytest.raises(ValueError, match="channels last"):  # it returned (1, 64, 3) masks
+        probabilities_to_instances(probs.transpose(1, 2, 0))
+    with pytest.raises(ValueError, match=r"\(3, H, W\)"):  # a bare IndexError
+        probabilities_to_instances(probs[:2])
 
 
 class _PixelModel(torch.nn.Module):
@@ -194,7 +198,8 @@ def test_training_lowers_the_loss_and_the_model_folder_keeps_the_thresholds(tmp_
                                                                       device="cpu"))
     assert hist[-1]["loss"] < 0.6 * hist[0]["loss"]
     assert isinstance(model.thresholds, InstanceThresholds) and hist[-1]["val_dsb"] > 0.5
-    folder = save_instance_unet(model, tmp_path / "m", model.thresholds)
+    model.thresholds = InstanceThresholds(0.4, 0.7, 24, True)  # as a tuning would leave them
+    folder = save_instance_unet(model, tmp_path / "m")  # no thresholds given: the model's (not the defaults)
     back = load_instance_unet(folder)
     assert back.thresholds == model.thresholds
     a = predict_instances(model, ds[:1], device="cpu")[0]

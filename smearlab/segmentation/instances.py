@@ -235,9 +235,14 @@ def save_instance_unet(model: UNet, folder, thresholds: InstanceThresholds | Non
     ----------
     model : a model of :func:`build_instance_unet`.
     folder : the model folder.
-    thresholds : the tuned post-processing (None: the defaults).
+    thresholds : the tuned post-processing (None: ``model.thresholds``, which training with
+        validation images tunes, else the defaults).
     meta : plain values kept in ``weights.pt`` (e.g. ``epoch``).
     """
+    if thresholds is None:  # the model's tuned settings (they were dropped for the defaults)
+        thresholds = getattr(model, "thresholds", None)
+    if thresholds is not None and not isinstance(thresholds, InstanceThresholds):
+        raise TypeError(f"thresholds must be an InstanceThresholds, got {type(thresholds).__name__}")
     config = {**model.config, "task": "instances", "input": "nuclear_channel", "class_names": list(CLASSES)}
     if getattr(model, "diameter", None) is not None:  # trained at one object size: its size model travels
         config.update(diameter=float(model.diameter), size_model=model.size_model.to_dict())
@@ -687,6 +692,11 @@ def probabilities_to_instances(probs: np.ndarray, thresholds: InstanceThresholds
     thresholds : the post-processing (None: :class:`InstanceThresholds` defaults).
     """
     th = thresholds or InstanceThresholds()
+    probs = np.asarray(probs)
+    if probs.ndim != 3 or probs.shape[0] != len(CLASSES):
+        raise ValueError(f"probs must be ({len(CLASSES)}, H, W) probabilities of {list(CLASSES)}, got shape "
+                         f"{probs.shape}" + (" (channels last? move them first)" if probs.ndim == 3
+                                             and probs.shape[-1] == len(CLASSES) else ""))
     interior = probs[1]
     fg = (probs[1] + probs[2]) >= th.foreground
     if not fg.any():
