@@ -237,6 +237,37 @@ def test_every_method_trains_scores_and_is_judged():
     assert isinstance(met, bool)
 
 
+def test_adaptation_sees_the_whole_unlabelled_target_training_split(monkeypatch):
+    """AdaBN, the feature statistics and DANN see every target training crop without labels, classes
+    the source lacks included (they were picked by their labels: 12 of 23 crops, labels 0 and 1)."""
+    import smearlab.experiments.domain_adaptation as da
+    a = _tinted([0, 1] * 8, (0, 0, 0), "A")
+    b = _tinted([0, 1] * 8 + [0] * 16, (40, 0, 0), "B", seed=1)
+    b.class_names = ["small", "large", "other"]
+    b.labels[16:] = 2  # a class the source lacks
+    seen = []
+
+    def spy(real):
+        def wrapped(model, *data, **kw):  # (model, target) or DANN's (model, source, target)
+            target = data[-1]
+            seen.append((real.__name__, len(target), set(target.labels.tolist()), list(target.class_names)))
+            return real(model, *data, **kw)
+        return wrapped
+    monkeypatch.setattr(da, "adapt_batchnorm", spy(da.adapt_batchnorm))
+    monkeypatch.setattr(da, "adapt_feature_statistics", spy(da.adapt_feature_statistics))
+    monkeypatch.setattr(da, "train_dann", spy(da.train_dann))
+    with pytest.warns(UserWarning, match="other"):
+        res = run_experiment(a, b, methods=("dann", "adabn"), seeds=(0,), steps=2, batch_size=4, width=4,
+                             domain_hidden=8, augment=False, device="cpu")
+    with pytest.warns(UserWarning, match="other"):
+        run_experiment(a, b, methods=("feature_stats",), seeds=(0,), arch="features")
+    n = res.sizes["target_unlabelled"]
+    assert res.sizes["target_train"] < n == 23  # 70 % of each class of B: 6 + 6 + 11
+    assert [(name, size, labels) for name, size, labels, _ in seen] == [
+        ("train_dann", n, {-1}), ("adapt_batchnorm", n, {-1}), ("adapt_feature_statistics", n, {-1})]
+    assert all(names == ["small", "large"] for *_, names in seen)
+
+
 def test_experiment_matches_target_class_names_by_alias():
     a = _tinted([0, 1] * 6, (0, 0, 0), "A")
     b = _tinted([0, 1] * 6, (30, 0, 0), "B", seed=1)

@@ -111,6 +111,22 @@ class CropDataset(torch.utils.data.Dataset):
         return CropDataset(self.images[torch.as_tensor(idx)], self.labels[idx], self.class_names,
                            [self.domains[i] for i in idx], [self.ids[i] for i in idx], name or self.name)
 
+    def unlabelled(self, class_names: Sequence[str] | None = None, name: str | None = None) -> "CropDataset":
+        """Every crop (a copy) with its label removed (-1): what an adaptation method may see of a
+        target domain. Choosing the crops by class first would read the labels it does not have.
+
+        Parameters
+        ----------
+        class_names : the class list the result carries (None: this dataset's), e.g. the classes
+            shared with the source, so that it pairs with the source's crops.
+        name : name of the result (None: this dataset's name).
+        """
+        out = self.subset(range(len(self)), name)
+        out.labels = np.full(len(out), -1, np.int64)
+        if class_names is not None:
+            out.class_names = list(class_names)
+        return out
+
     @classmethod
     def concat(cls, datasets: Sequence["CropDataset"], name: str | None = None) -> "CropDataset":
         """One dataset of several with the same classes and crop size.

@@ -70,7 +70,8 @@ class ExperimentResult:
     split_seed : the seed of the train/test split of each domain.
     test_fraction : the share of each domain's crops held out for testing.
     sizes : the crop counts ``source_train``, ``source_test``, ``target_train``, ``target_test``
-        (shared classes only).
+        (shared classes only) and ``target_unlabelled`` (the whole target training split, what
+        DANN, AdaBN and the feature statistics see without labels).
     settings : the training settings (``steps``, ``batch_size``, ``lr``, ``width``, ``norm``, ``blocks``,
         the ``domain_*`` options, ``min_count``, ``crop_size``, ``augment``).
     scores : ``{method: {split: [score dict per seed]}}``, see above.
@@ -251,6 +252,9 @@ def run_experiment(source, target, *, methods: Sequence[str] | None = None, seed
         warnings.warn(f"{s_name} -> {t_name}: classes {sorted(missing)} are missing or too rare in one domain "
                       f"({missing}); training and evaluating on the {len(shared)} shared classes {shared}",
                       UserWarning, stacklevel=2)
+    # what the adaptation methods see of the target: its whole training split, classes the source
+    # lacks included, without labels (picking the shared classes' crops would read the labels)
+    t_unl = t_tr.unlabelled(shared)
     s_tr, s_te, t_tr, t_te = (d.restrict(shared) for d in (s_tr, s_te, t_tr, t_te))
     settings = {"steps": steps, "batch_size": batch_size, "lr": lr, "width": width, "norm": norm,
                 "blocks": list(blocks), "domain_weight": domain_weight, "domain_hidden": domain_hidden,
@@ -259,7 +263,7 @@ def run_experiment(source, target, *, methods: Sequence[str] | None = None, seed
                 "arch": arch}
     res = ExperimentResult(s_name, t_name, shared, missing, [int(s) for s in seeds], split_seed, test_fraction,
                            {"source_train": len(s_tr), "source_test": len(s_te), "target_train": len(t_tr),
-                            "target_test": len(t_te)}, settings)
+                            "target_test": len(t_te), "target_unlabelled": len(t_unl)}, settings)
     res.class_mapping = mapping.describe()
     cache = {} if cache is None else cache
     normalised: dict[str, CropDataset] = {}
@@ -268,7 +272,7 @@ def run_experiment(source, target, *, methods: Sequence[str] | None = None, seed
         res.confusion[m] = {}
         res.history[m] = []
         for seed in seeds:
-            model, hist = _trained(m, s_tr, t_tr, int(seed), settings, augment, device, cache, progress)
+            model, hist = _trained(m, s_tr, t_tr, t_unl, int(seed), settings, augment, device, cache, progress)
             res.history[m].append(hist)
             for split, test in (("target", t_te), ("source", s_te)):
                 used = model
@@ -277,9 +281,9 @@ def run_experiment(source, target, *, methods: Sequence[str] | None = None, seed
                         normalised[split] = stain_normalise(test, s_tr)
                     test = normalised[split]
                 elif m == "adabn" and split == "target":
-                    used = adapt_batchnorm(model, t_tr, device=device)
+                    used = adapt_batchnorm(model, t_unl, device=device)
                 elif m == "feature_stats" and split == "target":
-                    used = adapt_feature_statistics(model, t_tr)
+                    used = adapt_feature_statistics(model, t_unl)
                 pred = predict_classes(used, test, device=device).labels
                 rep = classification_report(test.labels, pred, shared)
                 res.scores[m][split].append(_scores(rep))
@@ -291,9 +295,10 @@ def run_experiment(source, target, *, methods: Sequence[str] | None = None, seed
     return res
 
 
-def _trained(method: str, s_tr: CropDataset, t_tr: CropDataset, seed: int, st: dict, augment, device,
-             cache: dict, progress: bool) -> tuple[CellClassifier, list]:
-    """The model of one method and seed, from ``cache`` when an identical training was done."""
+def _trained(method: str, s_tr: CropDataset, t_tr: CropDataset, t_unl: CropDataset, seed: int, st: dict, augment,
+             device, cache: dict, progress: bool) -> tuple[CellClassifier, list]:
+    """The model of one method and seed, from ``cache`` when an identical training was done
+    (``t_tr`` the target's labelled training crops, ``t_unl`` the unlabelled ones DANN sees)."""
     if method == "adabn":
         st = {**st, "norm": "batch"}
     if method == "stain_norm":
@@ -306,7 +311,7 @@ def _trained(method: str, s_tr: CropDataset, t_tr: CropDataset, seed: int, st: d
         data = CropDataset.concat(sorted([s_tr, t_tr], key=_key), name="mixed")
         tgt = None
     else:
-        data, tgt = s_tr, t_tr
+        data, tgt = s_tr, t_unl
     config = tuple((k, str(v)) for k, v in sorted(st.items()) if tgt is not None or not k.startswith("domain_"))
     key = ("dann" if tgt is not None else "supervised", _key(data), _key(tgt) if tgt is not None else None, seed,
            config)

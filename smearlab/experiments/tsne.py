@@ -126,6 +126,11 @@ def compare_embeddings(dataset, s, *, source: str | None = None, target: str | N
                       f"({missing}); the embedding shows the {len(classes)} shared classes {classes}", stacklevel=2)
     src_train, src_test = a.restrict(classes).split(0.5, seed)
     tgt_train, tgt_test = b.restrict(classes).split(0.5, seed)
+    # what adaptation sees of the target: its training half and the crops of classes the source
+    # lacks (never tested), without labels; choosing the shared classes' crops would read labels
+    rest = [c for c in b.class_names if c not in classes]
+    tgt_train = CropDataset.concat([tgt_train.unlabelled(classes)]
+                                   + ([b.restrict(rest).unlabelled(classes)] if rest else []), name=tgt_train.name)
     held_out = CropDataset.concat([src_test, tgt_test], name="held-out")
     torch.manual_seed(seed)  # same initial weights for both models
     source_only = build_classifier(classes, width=s.width, norm="group", input_size=s.input_size)
