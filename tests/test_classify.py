@@ -299,6 +299,13 @@ def test_crops_from_detector_predictions():
     assert crops_from_predictions(ds, preds, 16, score_threshold=0.5).ids == ["s0#0", "s0#2"]
     with pytest.raises(ValueError, match="1 images"):
         crops_from_predictions(ds, preds * 2, 16)
+    # a model's predictions label its own classes, in its order: mapped by name, not by position
+    from smearlab.data.predictions import Predictions
+    order = list(reversed(ds.class_names))
+    theirs = Predictions([{**preds[0], "labels": np.array([order.index(ds.class_names[k]) for k in (1, 1, 0)])}],
+                         order)
+    crops = crops_from_predictions(ds, theirs, 16, classes=["WBC"], score_threshold=0.5)
+    assert crops.ids == ["s0#0"] and crops.images[0].float().mean() > 240
 
 
 def test_cbc_white_cell_crops_from_ground_truth(cbc_root):

@@ -160,9 +160,21 @@ def test_adapt_batchnorm_reestimates_statistics_on_the_target_only():
     assert torch.allclose(small.features.stem[1].running_mean, after[0], atol=1e-5)
     with pytest.raises(ValueError, match="batch-norm"):
         adapt_batchnorm(build_classifier(["a", "b"], width=4, norm="group"), tgt)
-    # a last batch of one crop joins the one before (batch statistics of one 1x1 value fail)
     odd = adapt_batchnorm(model, tgt, batch_size=11, device="cpu")
     assert torch.allclose(odd.features.stem[1].running_mean, after[0], atol=1e-5)
+    # every layer's statistics are what it sees when the adapted model predicts, whatever the batch
+    # size or order (batches normalised by their own statistics moved a deeper layer's by 60 %)
+    flipped = adapt_batchnorm(model, tgt.subset(range(len(tgt) - 1, -1, -1)), batch_size=3, device="cpu")
+    bns = [m for m in adapted.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for a, b in zip(bns, (m for m in flipped.modules() if isinstance(m, torch.nn.BatchNorm2d))):
+        assert torch.allclose(a.running_mean, b.running_mean, atol=1e-5)
+        assert torch.allclose(a.running_var, b.running_var, rtol=1e-4, atol=1e-6)
+    seen = []
+    hook = bns[-1].register_forward_pre_hook(lambda m, i: seen.append(i[0].detach()))
+    with torch.no_grad():
+        adapted(tgt.images.float() / 255)
+    hook.remove()
+    assert torch.allclose(bns[-1].running_mean, seen[0].mean((0, 2, 3)), atol=1e-5)
     with pytest.raises(ValueError, match="one crop"):
         adapt_batchnorm(model, tgt.subset([0]), device="cpu")
     with pytest.raises(ValueError, match="another scale"):  # crops of 24 px for a 16 px model

@@ -366,8 +366,10 @@ def crops_from_predictions(dataset: SmearDataset, predictions: Sequence[dict], s
     Parameters
     ----------
     dataset : the images the predictions were made on (their own annotations are not used).
-    predictions : one ``{"boxes", "scores", "labels"}`` dict per image, labels indexing
-        ``dataset.class_names`` (:func:`smearlab.detection.predict.predict` output).
+    predictions : one ``{"boxes", "scores", "labels"}`` dict per image: a
+        :class:`~smearlab.data.predictions.Predictions` list (what
+        :func:`smearlab.detection.predict.predict` returns) labels its model's classes, whatever
+        their order in ``dataset``; a plain list's labels index ``dataset.class_names``.
     size, classes, pad, fill : as :func:`crops_from_dataset` with ``source="boxes"``.
     score_threshold : boxes scoring below it are left out.
 
@@ -389,7 +391,10 @@ def crops_from_predictions(dataset: SmearDataset, predictions: Sequence[dict], s
         samples.append(dataclasses.replace(s, boxes=boxes[keep], labels=labels[keep], image_label=None,
                                            _masks=None, meta={**s.meta, "scores": scores[keep],
                                                               "box_index": np.flatnonzero(keep)}))
-    detected = SmearDataset(samples, dataset.class_names, f"{dataset.name}:detected")
+    # the detected classes are the model's: its class list, not the dataset's (in another order a
+    # red cell labelled 0 = "WBC" by the model was cropped as the dataset's class 0)
+    names = getattr(predictions, "class_names", None) or dataset.class_names
+    detected = SmearDataset(samples, list(names), f"{dataset.name}:detected")
     return crops_from_dataset(detected, size, source="boxes", classes=classes, pad=pad, fill=fill)
 
 
