@@ -112,6 +112,9 @@ def collect_images(inputs: Sequence[str | Path], *, pattern: str = "**/*",
     """
     from .data.imageio import is_image_file
 
+    if Path(pattern).is_absolute() or Path(pattern).drive:
+        raise ValueError(f"the glob {pattern!r} is a path: give a pattern relative to each input folder, "
+                         "e.g. '**/*.png'")
     skip = Path(exclude).resolve() if exclude is not None else None
     found: list[tuple[Path, str]] = []
     for item in inputs:
@@ -131,8 +134,14 @@ def collect_images(inputs: Sequence[str | Path], *, pattern: str = "**/*",
         else:
             raise DataError(p, "no such file or folder")
     seen: dict[str, Path] = {}
+    files_seen: set[Path] = set()
     unique = []
+    twice = 0
     for path, name in found:
+        if path.resolve() in files_seen:  # a file given and inside a folder given: one image, counted once
+            twice += 1
+            continue
+        files_seen.add(path.resolve())
         if name.lower() in seen:
             if seen[name.lower()].resolve() == path.resolve():
                 continue  # the same file named twice
@@ -140,6 +149,9 @@ def collect_images(inputs: Sequence[str | Path], *, pattern: str = "**/*",
                                   "predict the two into different output folders")
         seen[name.lower()] = path
         unique.append((path, name))
+    if twice:
+        log.warning("%d image file(s) were given more than once (a file and a folder holding it): each is "
+                    "predicted and counted once", twice)
     stems = names_without_extension([name for _, name in unique])
     return [ImageInput(path, name, stem) for (path, name), stem in zip(unique, stems)]
 
@@ -192,7 +204,11 @@ def _check_run(out: Path, run: dict) -> None:
         raise DataError(f, f"not a readable run file ({e}); remove it or use another --out") from None
     keys = {"model_id": None, "scale": None, "tile": None, "score": None, "tta": False,
             "dataset": None}  # key: value when absent
-    diff = [k for k, absent in keys.items() if old.get(k, absent) != run.get(k, absent)]
+    def same(k, a, b) -> bool:  # a dataset path typed another way (./gt, an absolute path) is the same
+        if k == "dataset" and a is not None and b is not None:
+            return Path(a).resolve() == Path(b).resolve()
+        return a == b
+    diff = [k for k, absent in keys.items() if not same(k, old.get(k, absent), run.get(k, absent))]
     if diff:
         changes = ", ".join(f"{k} {old.get(k)!r} -> {run.get(k)!r}" for k in diff)
         raise DataError(out, f"holds the results of another run ({changes}; a folder written before 2026-12-06 "
@@ -527,7 +543,7 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
     post = None if cascade is None else (lambda img, rec: _classify_white_cells(cascade, img, rec, device))
     run = {"model": str(folder.resolve()), "model_id": _model_id(folder, Path(out)), "classes": class_names,
            "scale": scale, "tile": tile, "score": score, "tta": bool(tta), "thresholds": threshold_source,
-           "dataset": str(dataset) if dataset is not None else None}
+           "dataset": str(Path(dataset).resolve()) if dataset is not None else None}
     summary = _run_images(Path(out), run, items, truth, predict_fn, batch_size=batch_size, post=post,
                           overlays=overlays, progress=progress)
     summary["score_thresholds"] = {c: float(used.get(c, DEFAULT_SCORE)) for c in class_names}
@@ -560,7 +576,7 @@ def _predict_instances(folder: Path, items: list, out: Path, *, truth, dataset, 
 
     run = {"model": str(folder.resolve()), "model_id": _model_id(folder, Path(out)), "classes": ["object"], "scale": None,
            "tile": side, "score": score, "thresholds": "score" if score is not None else "thresholds.json",
-           "dataset": str(dataset) if dataset is not None else None}
+           "dataset": str(Path(dataset).resolve()) if dataset is not None else None}
     summary = _run_images(out, run, items, truth, predict_fn, batch_size=1, overlays=overlays, progress=progress)
     summary["score_thresholds"] = {"object": floor}
     mapping = None
@@ -637,6 +653,8 @@ def _run_images(out: Path, run: dict, items: list, truth, predict_fn, *, batch_s
                 write_json(out / "qupath" / f"{im.stem}.geojson", qupath_geojson(rec))
                 if overlays:
                     _overlay(img, rec, out / "overlays" / f"{im.stem}.png", colours)
+                else:  # an overlay of the image's earlier prediction would be kept (and not redrawn)
+                    (out / "overlays" / f"{im.stem}.png").unlink(missing_ok=True)
                 records[im.name] = rec
                 bar.update(1)
     finally:
@@ -654,6 +672,7 @@ def _run_images(out: Path, run: dict, items: list, truth, predict_fn, *, batch_s
         geo = out / "qupath" / f"{im.stem}.geojson"
         if im.name in records and not geo.is_file():
             write_json(geo, qupath_geojson(records[im.name]))
+    _remove_moved_results(out, items)
     if failed:
         log.warning("%d of %d images failed (listed in %s): first %s: %s", len(failed), len(items),
                     out / "summary.json", failed[0]["image"], failed[0]["error"])
@@ -663,6 +682,35 @@ def _run_images(out: Path, run: dict, items: list, truth, predict_fn, *, batch_s
             "failures": failed, "seconds": round(seconds, 3),
             "images_per_s": round(predicted / seconds, 3) if predicted and seconds > 0 else None,
             "_records": records}
+
+
+def _remove_moved_results(out: Path, items: list[ImageInput]) -> None:
+    """Remove the files an earlier run wrote for an image of this run under another output name
+    (``a.png``'s results were ``a.json`` until ``a.jpg`` joined it and both became ``a.png.json``
+    and ``a.jpg.json``: a folder import in QuPath read ``a.png`` twice); say how many results of
+    images not in this run the folder holds (kept, and left out of ``counts.csv``)."""
+    stems = {im.stem for im in items}
+    names = {im.name for im in items}
+    moved = other = 0
+    for f in sorted((out / "json").glob("*.json")) if (out / "json").is_dir() else ():
+        stem = f.name[:-len(".json")]
+        if stem in stems:
+            continue
+        try:
+            image = json.loads(f.read_text(encoding="utf-8")).get("image")
+        except (OSError, ValueError, AttributeError):
+            image = None
+        if image in names:
+            for stale in (f, out / "qupath" / f"{stem}.geojson", out / "overlays" / f"{stem}.png"):
+                stale.unlink(missing_ok=True)
+            moved += 1
+        else:
+            other += 1
+    if moved:
+        log.info("%s: removed the earlier results of %d image(s) now written under another name", out, moved)
+    if other:
+        log.warning("%s holds the results of %d image(s) not in this run (kept; counts.csv and summary.json "
+                    "cover this run's images only)", out, other)
 
 
 def _predict_auto_tiled(predict_images, model, images: list, batch_size: int, thresholds,

@@ -223,6 +223,67 @@ def test_dataset_path_scores_counts(trained, tmp_path):
         assert e["true"] == true[c] and e["predicted"] == s["counts"][c]
         if e["true"]:
             assert e["relative_error"] >= abs(e["predicted"] - e["true"]) / e["true"] - 1e-9
+    # the same dataset typed another way is the same run (it was refused as "another run")
+    again = main(["predict", str(trained["model"]), "--dataset", str(tmp_path / "gt" / ".." / "gt" / "truth.json"),
+                  "--out", str(tmp_path / "o"), "--score", "0.3", "--no-progress"])
+    assert again == 0 and json.loads((tmp_path / "o" / "summary.json").read_text())["resumed"] == 4
+
+
+def test_an_image_given_twice_is_counted_once_and_a_path_glob_is_refused(trained, tmp_path, caplog):
+    """A file and the folder holding it were two images (``x.png`` and ``sub/x.png``): counted twice."""
+    images = trained["images"]
+    with caplog.at_level("WARNING", logger="smearlab.batch"):
+        s = batch.predict(trained["model"], [images / "sub" / "smear_2.png", images], tmp_path / "o", score=0.3,
+                          progress=False)
+    assert s["images"] == 4 and len(read_counts(tmp_path / "o" / "counts.csv")) == 4
+    assert any("given more than once" in r.getMessage() for r in caplog.records)
+    with pytest.raises(ValueError, match="relative to each input folder"):  # a bare NotImplementedError
+        batch.collect_images([images], pattern=str(images / "*.png"))
+
+
+def test_a_rerun_leaves_no_stale_overlay_or_results_under_an_old_name(trained, tmp_path):
+    """An image changed and predicted again without overlays kept its old overlay, which a later run
+    with overlays did not redraw; an image whose output name changed (``a.png`` -> ``a.png`` once
+    ``a.jpg`` joined it) left its old results beside the new ones (QuPath imported it twice)."""
+    from PIL import Image
+
+    images = tmp_path / "images"
+    write_image(images / "a.png", trained["new"][0].image)
+    out = tmp_path / "out"
+    batch.predict(trained["model"], [images], out, score=0.3, overlays=True, progress=False)
+    write_image(images / "a.png", trained["new"][1].image)  # another field under the same name
+    batch.predict(trained["model"], [images], out, score=0.3, progress=False)
+    assert not (out / "overlays" / "a.png").exists()
+    batch.predict(trained["model"], [images], out, score=0.3, overlays=True, progress=False)
+    drawn = np.asarray(Image.open(out / "overlays" / "a.png").convert("RGB"))
+    assert (drawn == trained["new"][1].image).mean() > 0.5  # the new field under the boxes, not the old one
+    Image.fromarray(trained["new"][2].image).save(images / "a.jpg", quality=95)
+    s = batch.predict(trained["model"], [images], out, score=0.3, progress=False)
+    assert sorted(s["stems"].values()) == ["a.jpg", "a.png"]
+    assert sorted(p.name for p in (out / "json").iterdir()) == ["a.jpg.json", "a.png.json"]
+    assert sorted(p.name for p in (out / "qupath").iterdir()) == ["a.jpg.geojson", "a.png.geojson"]
+
+
+def test_counts_are_not_cut_silently_by_the_detection_cap(trained, caplog):
+    """The cap on boxes per image applies per forward pass: a field merged from k tiles holds up
+    to k times as many (the thresholds' cap of 300 cut a 1600 px field's count to 300, and the
+    classes below the 300th score to 0), and reaching it is said."""
+    from smearlab.detection.models import load_model
+    from smearlab.detection.predict import predict as predict_images
+    from smearlab.detection.tune import Thresholds
+
+    model = load_model(trained["model"], device="cpu")
+    tiles = make_dataset(9, seed=11, width=192, height=192)
+    field = np.concatenate([np.concatenate([tiles[3 * r + c].image for c in range(3)], 1) for r in range(3)], 0)
+    th = Thresholds({c: 0.3 for c in model.detector_config.class_names}, max_dets=3)
+    with caplog.at_level("WARNING", logger="smearlab.detection.predict"):
+        whole = predict_images(model, [field], thresholds=th, progress=False)[0]
+        tiled = predict_images(model, [field], thresholds=th, tile=192, tile_resize="tile", progress=False)[0]
+    from smearlab.detection.predict import tile_windows
+    k = len(tile_windows(576, 576, 192, 0.2))  # the tiles (overlapping) the field was predicted in
+    assert len(whole["boxes"]) == 3 and 3 < len(tiled["boxes"]) <= 3 * k
+    said = [r.getMessage() for r in caplog.records if "detection cap" in r.getMessage()]
+    assert said and "1 of 1 image(s)" in said[0]
 
 
 def test_cli_refusals(trained, tmp_path, capsys):

@@ -21,7 +21,9 @@ fields.
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
+from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -39,6 +41,8 @@ from .models import is_mask_model, unwrap
 from .postprocess import fuse_boxes
 from .scale import PROBE_FACTORS, check_zoom, choose_factor
 from .tune import Thresholds
+
+log = logging.getLogger(__name__)
 
 Prediction = dict  # {"boxes", "scores", "labels"} numpy arrays
 
@@ -485,12 +489,19 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
     if progress:
         bar = tqdm(total=n, desc="predict", unit="img")
 
+    cfg = getattr(unwrap(model) if is_module else model, "detector_config", None)
+    heads = getattr(unwrap(model) if is_module else model, "roi_heads", None)
+    model_cap = getattr(heads, "detections_per_img", None)  # torchvision's cap of one forward pass
+    capped = {"passes": 0, "images": 0}  # how often a cap cut detections (said once, at the end)
+
     def forward(batch: list[torch.Tensor]) -> list[dict]:
         with torch.autocast(device_type=dev.type, enabled=use_amp):
             outs = model([b.to(dev, non_blocking=True) for b in batch])
-        return [_to_numpy(o, mask_threshold) for o in outs]
+        outs = [_to_numpy(o, mask_threshold) for o in outs]
+        if isinstance(model_cap, int):
+            capped["passes"] += sum(len(o["boxes"]) >= model_cap for o in outs)
+        return outs
 
-    cfg = getattr(unwrap(model) if is_module else model, "detector_config", None)
     train_hw = getattr(cfg, "train_image_size", None) if cfg is not None else None
     if tile and tile_resize == "training" and not train_hw:
         raise ValueError("tile_resize='training' needs the model's train_image_size (detector_config), which this "
@@ -511,6 +522,7 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
 
     results: list[dict] = []
     zooms: list[float] = []  # with scale: the factor each image was predicted at
+    windows: list[int] = []  # per image, the forward passes (tiles) its prediction was merged from
     try:
         with torch.inference_mode(), _score_floor(model, score_floor):
             if scale is not None:
@@ -534,12 +546,14 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
                     else:
                         with _rescaled(model, hw, f):
                             results.append(run([img])[0])
+                    windows.append(1)
                     if bar is not None:
                         bar.update(1)
             elif not tile:
                 for s in range(0, n, step):
                     idx = range(s, min(n, s + step))
                     results.extend(run([_to_tensor(get(i), channels) for i in idx]))
+                    windows.extend(1 for _ in idx)
                     if bar is not None:
                         bar.update(len(idx))
             else:
@@ -559,6 +573,7 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
                             o["boxes"] = o["boxes"] + np.array([x0, y0, x0, y0], np.float32)
                             parts.append(o)
                             tix.append(np.full(len(o["boxes"]), s + k))
+                    windows.append(len(wins))
                     with_masks = bool(parts) and all("masks" in p for p in parts)
                     if len(wins) == 1:  # the window is the whole image
                         results.append(parts[0])
@@ -583,7 +598,20 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
     if th is not None:
         th = th if isinstance(th, Thresholds) else Thresholds(**th)
         th.check_tta(tta)
-        results = th.apply(results)
+        if th.max_dets is None or all(k == 1 for k in windows):
+            results = th.apply(results)
+        else:  # the cap is per forward pass: a field merged from k tiles may hold k times as many
+            names = results.class_names
+            results = Predictions([replace(th, max_dets=th.max_dets * k).apply(Predictions([r], names))[0]
+                                   for r, k in zip(results, windows)], names)
+        if th.max_dets is not None:
+            capped["images"] = sum(len(r["boxes"]) >= th.max_dets * k for r, k in zip(results, windows))
+    if capped["passes"] or capped["images"]:
+        log.warning("a detection cap was reached: %d forward pass(es) returned the model's most boxes "
+                    "(detections_per_img %s) and %d of %d image(s) hold the thresholds' most (max_dets %s per pass); "
+                    "counts there may be short: raise detector_config.detections_per_img or max_dets, or tile the "
+                    "field", capped["passes"], model_cap, capped["images"], n,
+                    th.max_dets if th is not None else None)
     if scale is not None:
         results.zooms = zooms
     return results
