@@ -43,7 +43,7 @@ def _report(args) -> int:
         print("error: --jobs, --list-jobs and --collect go with --sweep FILE", file=sys.stderr)
         return 2
     try:
-        index = run_report(args.profile, data_root=args.data_root, device=args.device, out=args.out,
+        index = run_report(args.profile or "quick", data_root=args.data_root, device=args.device, out=args.out,
                            notebooks=args.only, notebook_dir=args.notebooks, seed=args.seed,
                            timeout=args.timeout or None, html_export=not args.no_html,
                            parameters=dict(args.param or []), threads=args.threads)
@@ -65,9 +65,9 @@ def _sweep(args) -> int:
     from .report.sweep import collect_sweep, default_sweep_out, load_sweep, run_sweep, sweep_jobs
     from .report.runner import format_value
 
-    if args.only or args.param:
-        print("error: with --sweep the notebook and its parameters come from the sweep file "
-              "(notebook:, parameters:, grid:), not --only/--param", file=sys.stderr)
+    if args.only or args.param or args.profile is not None:
+        print("error: with --sweep the notebook, its parameters and the profile come from the sweep file "
+              "(notebook:, parameters:, grid:, profile:), not --only/--param/--profile", file=sys.stderr)
         return 2
     if args.jobs < 1:
         print(f"error: --jobs must be at least 1, got {args.jobs}", file=sys.stderr)
@@ -80,7 +80,7 @@ def _sweep(args) -> int:
         out = args.collect or args.out or default_sweep_out(sweep)
         if args.list_jobs:
             for job in sweep_jobs(sweep, out, data_root=args.data_root, device=args.device, seed=args.seed,
-                                  timeout=args.timeout or None, html_export=not args.no_html):
+                                  timeout=args.timeout or None, html_export=not args.no_html, threads=args.threads):
                 print(job.command())
             return 0
         if args.collect:
@@ -88,7 +88,7 @@ def _sweep(args) -> int:
         else:
             index = run_sweep(args.sweep, out=out, jobs=args.jobs, notebook_dir=args.notebooks, command=main,
                               data_root=args.data_root, device=args.device, seed=args.seed,
-                              timeout=args.timeout or None, html_export=not args.no_html)
+                              timeout=args.timeout or None, html_export=not args.no_html, threads=args.threads)
     except ValueError as e:
         return _error(e)
     except OSError as e:
@@ -209,7 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Run the notebook series (or a parameter sweep of one notebook)\n"
                                    "with papermill and write a report folder.",
                        epilog=SWEEP_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
-    r.add_argument("--profile", choices=("quick", "full"), default="quick")
+    r.add_argument("--profile", choices=("quick", "full"), default=None,
+                   help="quick (the default) or full; a sweep's comes from its file")
     r.add_argument("--data-root", help="folder holding the real datasets (default: synthetic data)")
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     r.add_argument("--out", help="run folder (default reports/<date>-<profile>; "

@@ -283,6 +283,8 @@ def test_out_holding_another_index_json(nbdir, tmp_path, capsys, text, problem):
     ("lr=[1]", "declares lr as float (default 0.01), got the list [1]"),
     ("quick=1", "parameter 'quick' is set by --profile: give that option instead"),
     ("name=true", "declares name as str (default 'x'), got the boolean true (true and false are booleans"),
+    ("name=1.10", "declares name as str (default 'x'), got the number 1.1 (a number: quote the value to pass "
+                  "the text as typed)"),
     ("flags=3", "declares flags as list (default [1]), got the number 3"),
     ("opts=[a]", "declares opts as dict (default {}), got the list [a]"),
 ])
@@ -295,11 +297,20 @@ def test_param_of_the_wrong_type_is_refused_before_any_kernel(nbdir, tmp_path, c
 
 @pytest.mark.parametrize("name, value", [
     ("epochs", 8), ("epochs", 2.5), ("lr", 1), ("lr", 1e-3), ("quick", False), ("name", "y"),
-    ("name", 3), ("flags", [1, 2]), ("opts", {"a": 1}), ("metrics_path", [1]), ("epochs", None),
+    ("flags", [1, 2]), ("opts", {"a": 1}), ("metrics_path", [1]), ("epochs", None),
 ])
 def test_param_types_that_are_accepted(nbdir, name, value):
     spec = declared_parameters(nbdir / "03_detection.ipynb")[name]
     check_parameter_type(f"--param {name}", name, value, "03_detection", spec)
+
+
+def test_a_date_like_value_is_text():
+    """YAML 1.1's timestamps are not read: a date became a date object no notebook parameter or JSON
+    index could hold (a bare TypeError and an empty run folder)."""
+    from smearlab.report.runner import load_yaml, parse_param
+    assert parse_param("when=2024-01-01") == ("when", "2024-01-01")
+    assert load_yaml("grid: {when: [2024-01-01, 2001-12-14t21:59:43.10-05:00]}") == {
+        "grid": {"when": ["2024-01-01", "2001-12-14t21:59:43.10-05:00"]}}
 
 
 def test_annotated_parameter_and_unevaluable_default(tmp_path):

@@ -83,13 +83,14 @@ def test_list_jobs_commands_run_anywhere_and_collect_tabulates(nbdir, tmp_path, 
     spec = _sweep_file(tmp_path / "sweep.yaml", GRID)
     out = tmp_path / "cluster"
     assert cli.main(["report", "--sweep", str(spec), "--notebooks", str(nbdir), "--out", str(out),
-                     "--list-jobs", "--device", "cpu"]) == 0
+                     "--list-jobs", "--device", "cpu", "--threads", "1"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 4 and not out.exists()  # listing runs nothing
     args = [shlex.split(line) for line in lines]
     for i, (a, b), cmd in zip(range(4), [(1, "x"), (1, "y"), (2, "x"), (2, "y")], args):
         assert cmd[:2] == ["smearlab", "report"]
         assert cmd[cmd.index("--only") + 1] == "01_toy" and cmd[cmd.index("--device") + 1] == "cpu"
+        assert cmd[cmd.index("--threads") + 1] == "1"  # it was left out of every job
         assert cmd[cmd.index("--out") + 1] == str(out.resolve() / f"job_{i:03d}")
         params = [cmd[j + 1] for j, c in enumerate(cmd) if c == "--param"]
         assert params == ["k=5", f"a={a}", f"b={b}"]
@@ -106,6 +107,18 @@ def test_list_jobs_commands_run_anywhere_and_collect_tabulates(nbdir, tmp_path, 
     cli.main(["report", "--sweep", str(spec), "--notebooks", str(nbdir), "--collect", str(out)])
     stale = {r["job"]: r for r in _rows(out)}["job_002"]
     assert stale["status"] == "stale" and "a=2" in stale["error"]
+
+
+def test_a_metric_name_no_job_wrote_is_said(nbdir, tmp_path, caplog):
+    """A misspelt ``metrics:`` name gave an empty column beside every "ok" point, unsaid."""
+    spec = _sweep_file(tmp_path / "sweep.yaml", "notebook: 01_toy\ngrid: {a: [1]}\nmetrics: [score, scroe]\n")
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="smearlab.report.sweep"):
+        assert cli.main(["report", "--sweep", str(spec), "--notebooks", str(nbdir), "--out", str(out),
+                         "--no-html"]) == 0
+    assert [r["scroe"] for r in _rows(out)] == [""]
+    said = [r.getMessage() for r in caplog.records if "in no job's metrics" in r.getMessage()]
+    assert said and "['scroe']" in said[0] and "score" in said[0]
 
 
 def test_collect_trusts_only_results_of_the_sweep_file_as_it_is(nbdir, tmp_path, capsys):
@@ -184,6 +197,9 @@ def test_bad_sweep_on_the_command_line(nbdir, tmp_path, capsys):
     assert "cannot read it" in capsys.readouterr().err
     good = _sweep_file(tmp_path / "good.yaml", GRID)
     assert cli.main(["report", "--sweep", str(good), "--only", "01", "--notebooks", str(nbdir)]) == 2
+    capsys.readouterr()
+    assert cli.main(["report", "--sweep", str(good), "--profile", "full", "--notebooks", str(nbdir)]) == 2
+    assert "profile:" in capsys.readouterr().err  # the sweep file's profile ran, unsaid
     assert cli.main(["report", "--jobs", "2", "--notebooks", str(nbdir)]) == 2
     with pytest.raises(SystemExit) as stop:  # argparse refuses it
         cli.main(["report", "--sweep", str(good), "--jobs", "0", "--notebooks", str(nbdir)])
@@ -204,7 +220,7 @@ def test_sweep_grid_points_and_job_names(nbdir, tmp_path):
 
 
 @pytest.mark.parametrize("value", [384, 0.5, 1e-5, True, None, "fasterrcnn_tiny", "yes", "3", "", "1e-3", "None",
-                                   "010", "true", "two words", "a\nb", [["tiny", "fasterrcnn_tiny", False]], {"k": [1, 2]}])
+                                   "010", "true", "two words", "2024-01-01", "a\nb", [["tiny", "fasterrcnn_tiny", False]], {"k": [1, 2]}])
 def test_param_values_round_trip_through_the_command_line(value):
     text = format_value(value)
     assert "\n" not in text

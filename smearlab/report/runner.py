@@ -423,7 +423,7 @@ _KINDS = ((bool, "bool"), (int, "int"), (float, "float"), (str, "str"), ((list, 
 
 
 #: Which value types each declared kind accepts (None is accepted for every kind: "not set").
-_ACCEPTS = {"bool": (bool,), "int": (int, float), "float": (int, float), "str": (str, int, float),
+_ACCEPTS = {"bool": (bool,), "int": (int, float), "float": (int, float), "str": (str,),
             "list": (list,), "dict": (dict,)}
 
 
@@ -436,8 +436,9 @@ def check_parameter_type(label: str, name: str, value: Any, notebook: str, spec:
     (``spec``). A default of ``None`` or of another type accepts anything, and ``None`` is
     accepted for every type. Otherwise: a bool takes only ``true``/``false``; an int or a
     float takes numbers (not text, not a boolean; an int default also takes a float, as
-    ``perplexity = 30`` may well be 12.5); a str takes text and numbers but not a
-    boolean (``true``/``false``), list or mapping; a list
+    ``perplexity = 30`` may well be 12.5); a str takes text only: a number is refused, since
+    what was typed is gone once read (``1.10`` reads 1.1, ``007`` reads 7; quote it), as are a
+    boolean (``true``/``false``), a list and a mapping; a list
     (or tuple) takes a list; a dict a mapping.
 
     Parameters
@@ -460,6 +461,8 @@ def check_parameter_type(label: str, name: str, value: Any, notebook: str, spec:
     got = _describe(value)
     if kind == "str" and isinstance(value, bool):
         got += " (true and false are booleans: quote the value to pass text)"
+    elif kind == "str" and isinstance(value, (int, float)):  # 1.10 read as 1.1, 007 as 7: not the text typed
+        got += " (a number: quote the value to pass the text as typed)"
     raise ValueError(f"{label}: {notebook} declares {name} as {kind} (default {default}), got {got}")
 
 
@@ -524,7 +527,8 @@ def _progress(items):
 def _yaml_classes():
     """A YAML loader and dumper that read scalars as YAML 1.2's core schema (and Python) does:
     ``1e-3`` is a number (PyYAML's YAML 1.1 reads it as text), ``010`` is ten (not eight),
-    ``1:30`` is text (not 90), only ``true``/``false`` are booleans (not yes/no/on/off), and
+    ``1:30`` is text (not 90), ``2024-01-01`` is text (not a date, which no notebook parameter
+    or JSON index can hold), only ``true``/``false`` are booleans (not yes/no/on/off), and
     ``None`` is null like ``null`` and ``~``."""
     import re
 
@@ -532,7 +536,7 @@ def _yaml_classes():
 
     def resolvers():
         out = {k: [(t, r) for t, r in v if t not in ("tag:yaml.org,2002:bool", "tag:yaml.org,2002:int",
-                                                     "tag:yaml.org,2002:float")]
+                                                     "tag:yaml.org,2002:float", "tag:yaml.org,2002:timestamp")]
                for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()}
         for tag, rx, first in (
                 ("tag:yaml.org,2002:null", r"^None$", "N"),  # Python's spelling, as the notebooks' comments use it

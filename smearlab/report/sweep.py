@@ -203,7 +203,7 @@ def _sweep_grid(grid, bad) -> dict[str, list]:
 
 def sweep_jobs(sweep: Sweep, out: str | Path, *, data_root: str | Path | None = None,
                device: str = "auto", seed: int = 0, timeout: int | None = 3600,
-               html_export: bool = True) -> list[SweepJob]:
+               html_export: bool = True, threads: int | None = None) -> list[SweepJob]:
     """One self-contained job per grid point, writing into ``out/job_NNN``.
 
     Each job's arguments are a complete ``smearlab report`` command (absolute paths, the
@@ -215,7 +215,8 @@ def sweep_jobs(sweep: Sweep, out: str | Path, *, data_root: str | Path | None = 
     ----------
     sweep : the sweep (:func:`load_sweep`).
     out : the sweep's output folder.
-    data_root, device, seed, timeout, html_export : as for :func:`~smearlab.report.runner.run_report`.
+    data_root, device, seed, timeout, html_export, threads : as for
+        :func:`~smearlab.report.runner.run_report` (``threads``: each job's ``--threads``).
     """
     out = Path(out).resolve()
     points = sweep.points()
@@ -228,7 +229,8 @@ def sweep_jobs(sweep: Sweep, out: str | Path, *, data_root: str | Path | None = 
         argv = report_argv(sweep.profile, notebook_dir=sweep.notebook.parent, notebooks=[sweep.notebook.stem],
                            device=device, seed=job_seed,
                            data_root=Path(data_root).resolve() if data_root is not None else None,
-                           timeout=timeout, html_export=html_export, parameters=params, out=job_out)
+                           timeout=timeout, html_export=html_export, parameters=params, out=job_out,
+                           threads=threads)
         jobs.append(SweepJob(job_out.name, point, job_out, argv))
     return jobs
 
@@ -246,7 +248,8 @@ def default_sweep_out(sweep: Sweep) -> Path:
 def run_sweep(path: str | Path, *, out: str | Path | None = None, jobs: int = 1,
               notebook_dir: str | Path | None = None, data_root: str | Path | None = None,
               device: str = "auto", seed: int = 0, timeout: int | None = 3600,
-              html_export: bool = True, command: Callable[[list[str]], int]) -> dict[str, Any]:
+              html_export: bool = True, command: Callable[[list[str]], int],
+              threads: int | None = None) -> dict[str, Any]:
     """Run every grid point of a sweep file and tabulate the metrics; returns the sweep index.
 
     Each grid point is the ``smearlab report`` command that :func:`sweep_jobs` builds, run by
@@ -264,6 +267,7 @@ def run_sweep(path: str | Path, *, out: str | Path | None = None, jobs: int = 1,
     out : output folder (default :func:`default_sweep_out`).
     jobs : how many grid points run at once.
     notebook_dir, data_root, device, seed, timeout, html_export : as for :func:`run_report`.
+    threads : each job's ``--threads`` (None: the share of the cores described above).
     command : runs one job's ``smearlab`` arguments and returns its exit code: the command
         line's own entry point, :func:`smearlab.cli.main` (picklable, run in the workers).
     """
@@ -273,9 +277,8 @@ def run_sweep(path: str | Path, *, out: str | Path | None = None, jobs: int = 1,
     out = Path(out) if out is not None else default_sweep_out(sweep)
     make_out_dir(out)
     todo = sweep_jobs(sweep, out, data_root=data_root, device=device, seed=seed, timeout=timeout,
-                      html_export=html_export)
-    threads = None
-    if jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
+                      html_export=html_export, threads=threads)
+    if threads is None and jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
         threads = max(1, (os.cpu_count() or 1) // jobs)
     # the wait policy unless the user set one; the thread share whenever jobs run side by side
     env = {k: v for k, v in thread_environment(threads).items() if k not in os.environ or threads is not None}
@@ -459,6 +462,13 @@ def _same(a: Any, b: Any) -> bool:
 def _metric_columns(sweep: Sweep, rows: list[dict]) -> list[str]:
     """The metric columns: the sweep's ``metrics``, else every scalar metric met, in order."""
     if sweep.metrics is not None:
+        found = [set(flatten_dict(r["metrics"])) for r in rows if r.get("metrics")]
+        if found:  # a misspelt name gave an empty column and every point "ok"
+            met = set().union(*found)
+            absent = [m for m in sweep.metrics if m not in met]
+            if absent:
+                log.warning("%s: metrics %s are in no job's metrics (the jobs wrote %s)", sweep.path, absent,
+                            ", ".join(sorted(met)) or "none")
         return list(sweep.metrics)
     columns: dict[str, None] = {}
     for r in rows:
