@@ -483,3 +483,28 @@ def test_a_coco_crowd_flag_left_null_reads_as_not_crowd(tmp_path):
         "categories": [{"id": 1, "name": "RBC"}],
         "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 10, 10], "iscrowd": None}]}))
     assert coco_format.load(tmp_path / "c.json", strict=True)[0].meta["iscrowd"].tolist() == [0]
+
+
+def test_embedding_refuses_0_255_floats_and_the_experiments_name_a_missing_domain(tmp_path):
+    """cnn_embedding read 0..255 float crops as 0..1 (every pixel saturated, no error, as
+    predict_classes refuses); cam_images of a dataset without the domain asked for raised a bare
+    KeyError; the stain comparison of a one-domain dataset a bare unpacking error."""
+    import torch
+
+    from smearlab.classification.embed import cnn_embedding
+    from smearlab.classification.model import build_classifier
+    from smearlab.data.synthetic import make_wbc_crops
+    from smearlab.experiments.gradcam_masks import cam_images
+    from smearlab.experiments.preprocessing import two_domains
+
+    model = build_classifier(["a", "b"], width=4, input_size=16)
+    crops = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    assert cnn_embedding(model, crops, device="cpu").shape[0] == 2
+    with pytest.raises(ValueError, match=r"values in \[0, 1\]"):
+        cnn_embedding(model, crops.float(), device="cpu")
+    for i in range(2):
+        write_image(tmp_path / "cells" / ("ab"[i]) / f"c{i}.png", np.full((20, 20, 3), 120, np.uint8))
+    with pytest.raises(DataError, match=r"no domain 'dataset1' here; its domains: \['cells'\]"):
+        cam_images(tmp_path / "cells")
+    with pytest.raises(ValueError, match="one domain"):
+        two_domains(make_wbc_crops(4, seed=0), 2)

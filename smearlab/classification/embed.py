@@ -15,7 +15,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from ..core.device import resolve_device
-from ..core.geometry import check_image, letterbox
+from ..core.geometry import check_crop_values, check_image, letterbox
 
 
 def crop_tensor(data, size: int | None = None) -> torch.Tensor:
@@ -35,6 +35,7 @@ def crop_tensor(data, size: int | None = None) -> torch.Tensor:
         t = data[None] if data.ndim == 3 else data
         if t.ndim != 4 or t.shape[1] != 3:
             raise ValueError(f"image tensor must be (N, 3, S, S), got {tuple(t.shape)}")
+        check_crop_values(t)
         if size is not None and t.shape[-1] != size:
             t = _resize_tensor(t, size)
         return t

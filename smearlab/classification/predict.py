@@ -16,7 +16,7 @@ import torch.nn as nn
 from ..core.device import resolve_device
 from ..core.errors import DataError
 from ..core.files import write_json
-from ..core.geometry import extract_crop, letterbox
+from ..core.geometry import check_crop_values, extract_crop, letterbox
 from ..core.model_folder import read_config_json
 from ..data.sample import Sample
 from ..detection.models import load_model as load_detector
@@ -36,11 +36,7 @@ def _as_batch_source(data, size: int) -> torch.Tensor:
             data = data[None]
         if data.ndim != 4 or data.shape[1] != 3:
             raise ValueError(f"image tensor must be (N, 3, S, S), got {tuple(data.shape)}")
-        if data.dtype != torch.uint8 and len(data):  # floats are read as 0..1: 0..255 would saturate
-            lo, hi = float(data.min()), float(data.max())
-            if not (-1e-3 <= lo and hi <= 1 + 1e-3):  # NaN fails too
-                raise ValueError(f"float image tensors must hold values in [0, 1], got [{lo:.3g}, {hi:.3g}] "
-                                 "(uint8 tensors are read as 0..255)")
+        check_crop_values(data)
         return data
     if isinstance(data, np.ndarray) and data.ndim == 3:
         data = [data]

@@ -14,6 +14,24 @@ import numpy as np
 from PIL import Image
 
 
+def check_crop_values(images) -> None:
+    """Refuse (``ValueError``) a float image tensor or array whose values leave [0, 1]: floats are
+    read as 0..1, so 0..255 floats would saturate every pixel (uint8 ones are read as 0..255).
+
+    Parameters
+    ----------
+    images : a tensor or array of crops (any shape); integer ones pass.
+    """
+    floating = (images.is_floating_point() if hasattr(images, "is_floating_point")  # a torch tensor
+                else np.issubdtype(np.asarray(images).dtype, np.floating))
+    if not floating or not len(images):
+        return
+    lo, hi = float(images.min()), float(images.max())
+    if not (-1e-3 <= lo and hi <= 1 + 1e-3):  # NaN fails too
+        raise ValueError(f"float image tensors must hold values in [0, 1], got [{lo:.3g}, {hi:.3g}] "
+                         "(uint8 tensors are read as 0..255)")
+
+
 def check_image(image, where: str = "image") -> np.ndarray:
     """``image`` as an ``(H, W, 3)`` uint8 RGB array of non-zero size; ``ValueError`` otherwise.
 

@@ -15,6 +15,7 @@ from ..classification.model import build_classifier
 from ..classification.predict import predict_classes
 from ..classification.train import train_classifier
 from ..core.device import resolve_device
+from ..core.errors import DataError
 from ..core.search import grid_search
 from ..data import open_dataset
 from ..data.sample import Sample, SmearDataset
@@ -257,7 +258,12 @@ def cam_images(dataset, *, domain: str = "dataset1", synthetic_crops: int = 100,
     """
     if str(dataset) == "synthetic":
         return make_wbc_crops(synthetic_crops, seed=seed, stain="A", size=96)
-    return open_dataset(dataset).by_domain()[domain]
+    ds = open_dataset(dataset)
+    domains = ds.by_domain()
+    if domain not in domains:
+        raise DataError(ds.root or dataset, f"no domain {domain!r} here; its domains: {sorted(domains)} "
+                                            "(give one of them as domain=)")
+    return domains[domain]
 
 
 @dataclass

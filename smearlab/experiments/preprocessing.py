@@ -15,6 +15,9 @@ def two_domains(ds: SmearDataset, n: int) -> tuple[str, str, list, list]:
     n : the most images of each domain to return.
     """
     domains = ds.by_domain()
+    if len(domains) < 2:
+        raise ValueError(f"{ds.name}: one domain ({', '.join(domains) or 'none'}); comparing stains needs a "
+                         "dataset of two domains (e.g. the Zheng archive, or synthetic-A and synthetic-B)")
     reference, other = list(domains)[:2]
     return reference, other, [s.image for s in domains[reference][:n]], [s.image for s in domains[other][:n]]
 
