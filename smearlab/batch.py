@@ -286,10 +286,16 @@ def _outline_geometry(outers: list, holes: list) -> dict:
     from skimage.measure import points_in_poly
 
     parts = [[_closed(p)] for p in outers]
+
+    def area(p) -> float:  # shoelace
+        a = np.asarray(p, float)
+        return abs(float(np.dot(a[:, 0], np.roll(a[:, 1], 1)) - np.dot(a[:, 1], np.roll(a[:, 0], 1)))) / 2
+
     for h in holes:
         inside = [k for k, p in enumerate(outers) if len(h) and points_in_poly(np.asarray(h[:1], float),
                                                                               np.asarray(p, float))[0]]
-        parts[inside[0] if inside else 0].append(_closed(h))
+        # the innermost part that holds it (a part can lie in another's hole and have holes of its own)
+        parts[min(inside, key=lambda k: area(outers[k])) if inside else 0].append(_closed(h))
     if len(parts) == 1:
         return {"type": "Polygon", "coordinates": parts[0]}
     return {"type": "MultiPolygon", "coordinates": parts}

@@ -203,8 +203,10 @@ def mask_polygons(mask: np.ndarray, *, tolerance: float = 0.0) -> tuple[list[np.
     (they run through the middle of the boundary pixels' edges, pixel-edge coordinates, closed:
     the last vertex repeats the first) and simplified with
     :func:`skimage.measure.approximate_polygon` when ``tolerance > 0`` (pixels). ``outer`` holds
-    one outline per connected part, ``holes`` one per hole. Outlines of fewer than 3 distinct
-    vertices are dropped.
+    one outline per connected part, ``holes`` one per hole; a part lying inside another's hole
+    (a speck in a ring's pale centre) is a part of its own, so a pixel is in the mask when more
+    outer outlines than hole outlines hold it. Outlines of fewer than 3 distinct vertices are
+    dropped.
 
     Parameters
     ----------
@@ -228,7 +230,13 @@ def mask_polygons(mask: np.ndarray, *, tolerance: float = 0.0) -> tuple[list[np.
                 out.append(np.round(c[:, ::-1] - 0.5, 2))  # (row, col) padded -> pixel-edge (x, y)
         return out
 
-    return trace(filled), trace(filled & ~m)
+    hole_area = ndi.binary_fill_holes(filled & ~m)  # each hole whole, the parts inside it included
+    outer, holes = trace(filled), trace(hole_area)
+    inside = m & hole_area
+    if inside.any():  # parts in holes (they were traced as holes of the hole: the speck was lost)
+        more_outer, more_holes = mask_polygons(inside, tolerance=tolerance)
+        outer, holes = outer + more_outer, holes + more_holes
+    return outer, holes
 
 
 def _has_holes(mask: np.ndarray) -> bool:
@@ -380,13 +388,20 @@ def coco_from_records(records: Sequence[dict], class_names: Sequence[str]) -> tu
             seg = [[v for pt in ring for v in pt] for ring in o.get("polygons", []) if len(ring) >= 3]
             holes = [[v for pt in ring for v in pt] for ring in o.get("holes", []) if len(ring) >= 3]
             if seg and holes:  # polygons cannot hold a hole: the exact mask as RLE, as export_coco writes it
-                seg = encode_rle(_fill(seg, r["height"], r["width"]) & ~_fill(holes, r["height"], r["width"]))
+                seg = encode_rle(_fill_outlines(seg, holes, r["height"], r["width"]))
             ann = coco_annotation(len(anns) + 1, i, label[o["class"]], o["bbox"], area=o["area"], segmentation=seg,
                                   attributes={"score": o["score"]})
             anns.append(ann)
             results.append({"image_id": i, "category_id": ann["category_id"], "bbox": ann["bbox"],
                             "score": o["score"]})
     return {"images": images, "annotations": anns, "categories": coco_categories(class_names)}, results
+
+
+def _fill_outlines(outer: list[list[float]], holes: list[list[float]], h: int, w: int) -> np.ndarray:
+    """The mask of :func:`mask_polygons`' outlines (flat ``[x0, y0, ...]`` lists): the pixels that
+    more outer outlines than hole outlines hold (a part inside another's hole stays)."""
+    depth = sum(_fill([r], h, w).astype(np.int32) for r in outer)
+    return depth - sum(_fill([r], h, w).astype(np.int32) for r in holes) > 0
 
 
 def _fill(rings: list[list[float]], h: int, w: int) -> np.ndarray:

@@ -329,6 +329,27 @@ def test_qupath_keeps_every_part_of_an_object_with_its_own_holes():
     assert first == [square + [square[0]]] and second == [far + [far[0]], hole + [hole[0]]]
 
 
+def test_a_speck_inside_a_rings_hole_is_kept_in_the_exports():
+    """A red cell's ring with a speck in its pale centre: the speck was traced as a second hole and
+    lost in coco.json and in the QuPath file."""
+    from pycocotools import mask as mask_util
+
+    yy, xx = np.mgrid[0:40, 0:40]
+    r = np.hypot(yy - 20, xx - 20)
+    ring = ((r <= 12) & (r > 6)) | (r <= 2)
+    pred = {"boxes": np.array([[8, 8, 33, 33]], np.float32), "scores": np.array([0.9], np.float32),
+            "labels": np.array([0]), "masks": ring[None]}
+    sample = type("S", (), {"hw": (40, 40), "image_id": "x", "path": None})()
+    rec = export.image_record(sample, pred, ["rbc"], file_name="x.png")
+    o = rec["objects"][0]
+    assert len(o["polygons"]) == 2 and len(o["holes"]) == 1 and o["area"] == int(ring.sum())
+    coco, _ = export.coco_from_records([rec], ["rbc"])
+    back = mask_util.decode(coco["annotations"][0]["segmentation"]).astype(bool)
+    np.testing.assert_array_equal(back, ring)
+    geometry = batch.qupath_geojson(rec)["features"][0]["geometry"]
+    assert geometry["type"] == "MultiPolygon" and [len(p) for p in geometry["coordinates"]] == [2, 1]
+
+
 def test_read_results_after_a_failed_image_that_shared_a_stem(trained, tmp_path):
     import shutil
 
