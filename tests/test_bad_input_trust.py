@@ -508,3 +508,11 @@ def test_embedding_refuses_0_255_floats_and_the_experiments_name_a_missing_domai
         cam_images(tmp_path / "cells")
     with pytest.raises(ValueError, match="one domain"):
         two_domains(make_wbc_crops(4, seed=0), 2)
+
+
+def test_a_fractional_class_label_is_refused_not_truncated():
+    """A prediction label of 1.7 became class 1 silently."""
+    from smearlab.data.predictions import as_prediction
+    with pytest.raises(ValueError, match="whole class indices"):
+        as_prediction({"boxes": [[0, 0, 4, 4]], "scores": [0.9], "labels": [1.7]})
+    assert as_prediction({"boxes": [[0, 0, 4, 4]], "scores": [0.9], "labels": [1.0]})["labels"].tolist() == [1]

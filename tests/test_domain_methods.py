@@ -280,6 +280,13 @@ def test_adaptation_sees_the_whole_unlabelled_target_training_split(monkeypatch)
     assert all(names == ["small", "large"] for *_, names in seen)
 
 
+def test_a_repeated_seed_is_refused():
+    """(0, 0) scored one model twice: a spread that looks smaller than it is."""
+    a = _tinted([0, 1] * 4, (0, 0, 0), "A")
+    with pytest.raises(ValueError, match="seeds repeat"):
+        run_experiment(a, a, methods=("source_only",), seeds=(0, 0), steps=1, device="cpu")
+
+
 def test_experiment_matches_target_class_names_by_alias():
     a = _tinted([0, 1] * 6, (0, 0, 0), "A")
     b = _tinted([0, 1] * 6, (30, 0, 0), "B", seed=1)

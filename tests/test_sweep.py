@@ -237,7 +237,7 @@ def test_param_values_read_as_a_person_means_them(text, value):
     assert got == value and type(got) is type(value)
 
 
-@pytest.mark.parametrize("text", ["novalue", "=3", "1x=3", "a=[1", "a b=1"])
+@pytest.mark.parametrize("text", ["novalue", "=3", "1x=3", "a=[1", "a b=1", "a=", "a=#5", "a= # x"])
 def test_bad_param_is_refused(text):
     with pytest.raises(ValueError, match="--param"):
         parse_param(text)

@@ -36,7 +36,10 @@ def as_prediction(p: Mapping, where="prediction") -> dict:
     """
     boxes = np.asarray(p.get("boxes", np.zeros((0, 4))), np.float32).reshape(-1, 4)
     scores = np.asarray(p.get("scores", np.zeros(0)), np.float32).reshape(-1)
-    labels = np.asarray(p.get("labels", np.zeros(0)), np.int64).reshape(-1)
+    given = np.asarray(p.get("labels", np.zeros(0))).reshape(-1)
+    if given.dtype.kind == "f" and len(given) and not (np.isfinite(given).all() and (given == np.round(given)).all()):
+        raise ValueError(f"{where}: labels must be whole class indices, got {given[given != np.round(given)][:3]}")
+    labels = given.astype(np.int64)
     if not len(boxes) == len(scores) == len(labels):
         raise ValueError(f"{where}: {len(boxes)} boxes, {len(scores)} scores and {len(labels)} "
                          f"labels differ in number")

@@ -236,6 +236,8 @@ def run_experiment(source, target, *, methods: Sequence[str] | None = None, seed
         raise ValueError(f"unknown methods {unknown} for arch {arch!r}; choose from {allowed}")
     if not seeds:
         raise ValueError("give at least one seed")
+    if len(set(int(s) for s in seeds)) != len(seeds):  # a repeated seed scores one model twice: a smaller spread
+        raise ValueError(f"seeds repeat: {list(seeds)}; give each seed once")
     s_tr, s_te, s_name = _as_splits(source, "source", test_fraction, split_seed)
     t_tr, t_te, t_name = _as_splits(target, "target", test_fraction, split_seed)
     t_tr, mapping = align_classes(s_tr, t_tr)

@@ -596,6 +596,9 @@ def parse_param(text: str) -> tuple[str, Any]:
     key = key.strip()
     if not sep or not key.isidentifier():
         raise ValueError(f"--param {text!r}: expected NAME=VALUE, e.g. input_size=384")
+    if not value.strip() or value.lstrip().startswith("#"):  # YAML reads both as null, silently
+        raise ValueError(f"--param {text!r}: the value is empty or starts a YAML comment ('#'); write null for "
+                         "None, '' for empty text, or quote it ('#5')")
     try:
         return key, load_yaml(value)
     except yaml.YAMLError as e:
