@@ -564,17 +564,23 @@ def _predict_instances(folder: Path, items: list, out: Path, *, truth, dataset, 
                        overlays: bool, progress: bool) -> dict:
     """:func:`predict` with a U-Net folder: every object is of class ``"object"`` (a dataset's
     classes are counted as one). The learned instance segmenter predicts in tiles of 256 px unless
-    ``tile`` names a size; a U-Net of class maps predicts whole images at its training size and
+    ``tile`` names a size (None: each image in one piece); a U-Net of class maps predicts whole images at its training size and
     its foreground is split into objects (:func:`~smearlab.segmentation.predict.semantic_to_instances`)."""
     if scale is not None:
         raise ValueError("scale applies to detectors; a U-Net sees images as they are")
     instances = read_config_json(folder).get("task") == "instances"
     model = load_instance_unet(folder, device=device) if instances else load_unet(folder, device=device)
-    side = 256 if tile in ("auto", None) else int(tile)
+    side = 256 if tile == "auto" else None if tile is None else int(tile)  # None: each image whole
     floor = 0.0 if score is None else float(score)
 
+    def whole(image) -> int:  # one tile the size of the image (rounded up to what the U-Net halves)
+        m = 2 ** model.config["depth"]
+        return -(-max(image.shape[:2]) // m) * m
+
     def predict_fn(images: list) -> list[dict]:
-        if instances:
+        if instances and side is None:
+            preds = [predict_instances(model, [img], tile=whole(img), overlap=0)[0] for img in images]
+        elif instances:
             preds = predict_instances(model, images, tile=side, overlap=min(48, side // 4))
         else:
             preds = [semantic_to_instances(m) for m in predict_semantic(model, images, device=device)]

@@ -467,8 +467,8 @@ def test_cascade_adds_the_differential_count(trained, tmp_path, arch):
 
 def test_the_instance_segmenter_counts_objects_against_a_dataset(tmp_path):
     from smearlab.export import export_coco_gt
-    from smearlab.segmentation.instances import (InstanceTrainConfig, build_instance_unet, save_instance_unet,
-                                                 train_instance_unet)
+    from smearlab.segmentation.instances import (InstanceTrainConfig, build_instance_unet, load_instance_unet,
+                                                 save_instance_unet, train_instance_unet)
     ds = make_dataset(4, seed=3, width=96, height=96)
     torch.manual_seed(0)
     model = build_instance_unet(base=4, depth=2)
@@ -486,6 +486,13 @@ def test_the_instance_segmenter_counts_objects_against_a_dataset(tmp_path):
         batch.predict(folder, dataset=data, out=tmp_path / "o2", scale=0.5, progress=False)
     small = batch.predict(folder, dataset=data, out=tmp_path / "o3", tile=32, progress=False)
     assert small["predicted"] == 4 and small["failed"] == 0           # the default 48 px overlap refused 32 px tiles
+    # --tile none: each image in one piece (it meant 256 px tiles), as predicting the image alone gives
+    from smearlab.segmentation.instances import predict_instances
+    whole = batch.predict(folder, dataset=data, out=tmp_path / "o4", tile=None, progress=False)
+    back = load_instance_unet(folder, device="cpu")
+    alone = sum(len(p["masks"]) for p in predict_instances(back, [x.image for x in ds], tile=96, overlap=0))
+    assert whole["predicted"] == 4 and json.loads((tmp_path / "o4" / "run.json").read_text())["tile"] is None
+    assert whole["counts"]["object"] == alone
 
 
 def test_a_unet_of_class_maps_counts_its_foreground_objects(tmp_path):
