@@ -295,6 +295,14 @@ def test_param_of_the_wrong_type_is_refused_before_any_kernel(nbdir, tmp_path, c
     assert not out.exists()  # refused before the run folder (or any kernel) was made
 
 
+def test_param_types_are_checked_beside_an_unreadable_notebook(nbdir, tmp_path, capsys):
+    """One unreadable notebook stopped every --param check (a wrong type reached the others)."""
+    (nbdir / "04_broken.ipynb").write_text("{ not json")
+    out = tmp_path / "run"
+    assert _report(nbdir, out, "--param", "epochs=abc") == 2
+    assert "declares epochs as int" in _error_line(capsys) and not out.exists()
+
+
 @pytest.mark.parametrize("name, value", [
     ("epochs", 8), ("epochs", 2.5), ("lr", 1), ("lr", 1e-3), ("quick", False), ("name", "y"),
     ("flags", [1, 2]), ("opts", {"a": 1}), ("metrics_path", [1]), ("epochs", None),

@@ -102,6 +102,9 @@ def test_list_jobs_commands_run_anywhere_and_collect_tabulates(nbdir, tmp_path, 
     assert table["job_002"]["status"] == "ok" and table["job_002"]["score"] == "21"
     assert [table[j]["status"] for j in ("job_000", "job_001", "job_003")] == ["missing"] * 3
     assert "not run yet" in table["job_000"]["error"]
+    # a mistyped folder is refused (it was made, and every point tabulated as missing)
+    assert cli.main(["report", "--sweep", str(spec), "--notebooks", str(nbdir), "--collect", str(out) + "x"]) == 2
+    assert not (tmp_path / "clusterx").exists()
     # editing the grid afterwards: the old result no longer matches its point and is not reused
     _sweep_file(spec, GRID.replace("a: [1, 2]", "a: [1, 3]"))
     cli.main(["report", "--sweep", str(spec), "--notebooks", str(nbdir), "--collect", str(out)])

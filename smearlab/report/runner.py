@@ -401,14 +401,15 @@ def _check_parameters(parameters: Mapping[str, Any], notebooks: list[Path]) -> N
     if not parameters:
         return
     declared: dict[str, dict[str, Any]] = {}
+    unreadable = False
     for nb in notebooks:
         try:
             declared[nb.stem] = declared_parameters(nb)
-        except Exception:  # an unreadable notebook fails (and is reported) when it runs
-            return
+        except Exception:  # an unreadable notebook fails (and is reported) when it runs; the others are checked
+            unreadable = True
     names = set().union(*declared.values())
     unknown = sorted(set(parameters) - names)
-    if unknown:
+    if unknown and not unreadable:  # an unreadable notebook may declare it
         raise ValueError(f"parameter {unknown[0]!r} is not declared by {', '.join(declared)}; "
                          f"declared parameters: {', '.join(sorted(names))}")
     for notebook, specs in declared.items():

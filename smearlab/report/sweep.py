@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from ..core.errors import DataError
 from ..core.files import atomic_path, flatten_dict, write_json, write_text
 from ..core.search import grid_points
 from ..core.threads import thread_environment
@@ -387,6 +388,8 @@ def collect_sweep(sweep: Sweep | str | Path, out: str | Path, *, notebook_dir: s
     if not isinstance(sweep, Sweep):
         sweep = load_sweep(sweep, notebook_dir)
     out = Path(out)
+    if not out.is_dir():  # a mistyped folder made a table of points all "missing"
+        raise DataError(out, "no such folder: give the sweep's output folder (its --out) to collect")
     rows = [_sweep_row(sweep, job) for job in sweep_jobs(sweep, out)]
     columns = _metric_columns(sweep, rows)
     index = {
