@@ -187,3 +187,26 @@ def test_a_second_round_of_fine_tuning_scales_the_recipe_not_the_last_round(tmp_
         assert max(hist.column("lr")) <= 0.002 + 1e-12  # 0.1 x the recipe, never 0.1 x 0.1
         folder = tmp_path / f"r{k}" / "model"
         assert read_train_config(folder).lr == 0.02 and read_train_config(tmp_path / f"r{k}" / "best").lr == 0.02
+
+
+def test_corrections_leave_out_classes_the_model_does_not_know(tmp_path, caplog):
+    """Notebook 09 with a model of fewer classes than the dataset stopped with a bare KeyError."""
+    from smearlab.experiments.counting import corrections_from_truth
+    from smearlab.export import export_coco_gt, file_names
+
+    gt = export_coco_gt(make_dataset(2, seed=0, width=96, height=96), tmp_path / "data" / "truth.json")
+    truth = load(gt)
+    names = file_names(truth)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "coco.json").write_text(json.dumps({  # a model of two classes, one named by an alias
+        "images": [{"id": i + 1, "file_name": n, "width": 96, "height": 96} for i, n in enumerate(names)],
+        "annotations": [], "categories": [{"id": 1, "name": "rbc"}, {"id": 2, "name": "WBC"}]}))
+    classes = [truth.class_names[k] for k in truth[0].labels.tolist()]
+    assert "Platelets" in classes and "WBC" in classes
+    with caplog.at_level("WARNING", logger="smearlab.experiments.counting"):
+        out = corrections_from_truth(run, gt, names[:1], tmp_path / "fixed.json")
+    fixed = json.loads(out.read_text())
+    assert sorted(a["category_id"] for a in fixed["annotations"]) == sorted(
+        {"RBC": 1, "WBC": 2}[c] for c in classes if c != "Platelets")
+    assert any("Platelets" in r.getMessage() for r in caplog.records)

@@ -37,6 +37,35 @@ def test_cross_validate_covers_every_image(small, tmp_path):
     assert (tmp_path / "fold2" / "final" / "weights.pt").exists()
 
 
+def test_kfold_trains_and_scores_the_folds_as_the_runs_were(small, monkeypatch):
+    """Notebook 03's k-fold check trained 8 epochs whatever budget_minutes said, scored without its
+    tile and tta, and kept anchors fitted to images the folds hold out."""
+    import dataclasses
+
+    from smearlab.experiments import detection as exp
+    from smearlab.experiments.profiles import settings
+
+    seen = []
+
+    def fake(name, cfg, tcfg, train, test, val, **kw):
+        seen.append((cfg, tcfg, kw))
+        metrics = {"mAP50": 0.5, "mAP": 0.3}
+        return type("Run", (), {"metrics": metrics})()
+    monkeypatch.setattr(exp, "fit_and_evaluate", fake)
+    s = settings("03_detection", quick=True, budget_minutes=2)
+    tcfg = exp.run_train_config(s, seed=1, device="cpu")
+    assert tcfg.time_budget_s == 120 and tcfg.seed == 1
+    fitted = DetectorConfig(arch="fasterrcnn_tiny", class_names=small.class_names, anchor_sizes=((8,), (16,)),
+                            aspect_ratios=((1.0,), (1.0,)))
+    exp.cross_validate(small, fitted, tcfg, k=3, tile=96, tta=True, anchors="fit")
+    assert len(seen) == 3 and all(t.time_budget_s == 120 for _, t, _ in seen)
+    assert all(kw["tile"] == 96 and kw["tta"] and kw["anchors"] == "fit" for *_, kw in seen)
+    assert all(c.anchor_sizes is None and c.aspect_ratios is None for c, _, _ in seen)  # each fold fits its own
+    seen.clear()
+    exp.cross_validate(small, fitted, dataclasses.replace(tcfg), k=3)
+    assert all(c.anchor_sizes == fitted.anchor_sizes for c, _, _ in seen)  # None: the given anchors
+
+
 def test_cbc_splits_never_use_the_leaking_validation_folder(cbc_root):
     sp = detection_splits(str(cbc_root), seed=0, val=0.1)
     assert len(sp["test"]) == 60 and len(sp["train"]) + len(sp["val"]) == 300

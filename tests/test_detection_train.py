@@ -11,7 +11,8 @@ import torch
 from smearlab.data import Sample, SmearDataset
 from smearlab.data.synthetic import make_dataset
 from smearlab.detection.models import DetectorConfig, build_detector
-from smearlab.detection.train import TrainConfig, param_digest, remap_dataset, train_detector
+from smearlab.data.derive import remap_dataset
+from smearlab.detection.train import TrainConfig, param_digest, train_detector
 
 
 def tiny(ds, size=128, seed=0):

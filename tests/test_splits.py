@@ -127,3 +127,30 @@ def test_crop_ids_with_a_hash_in_the_image_name():
                         ids=[f"batch#2/img{i}.jpg" for i in range(20)])  # one crop per image
     train, test = crops.split(0.5, seed=0)
     assert len(train) == len(test) == 10
+
+
+def test_a_cbc_testing_folder_reads_in_the_training_classes_before_any_training(tmp_path):
+    """A Testing/ without one class listed the others in another order (VOC sorts them) and the
+    run failed only after training; a class Training/ lacks is refused up front."""
+    import dataclasses
+
+    from smearlab.data import Sample, SmearDataset
+    from smearlab.data.formats import voc
+    from smearlab.data.splits import detection_splits
+    from smearlab.data.synthetic import make_dataset
+
+    ds = make_dataset(6, seed=0, width=96, height=96)
+    voc.save(ds, tmp_path / "cbc" / "Training")
+    rbc = ds.class_names.index("RBC")
+    no_rbc = SmearDataset([dataclasses.replace(s, boxes=s.boxes[s.labels != rbc], labels=s.labels[s.labels != rbc])
+                           for s in ds.samples[:2]], ds.class_names, "test")
+    voc.save(no_rbc, tmp_path / "cbc" / "Testing")
+    sp = detection_splits(str(tmp_path / "cbc"), seed=0)
+    assert sp["test"].class_names == sp["train"].class_names  # not ['Platelets', 'WBC']
+    for got, want in zip(sp["test"], no_rbc):
+        assert sorted(sp["test"].class_names[k] for k in got.labels.tolist()) == sorted(
+            no_rbc.class_names[k] for k in want.labels.tolist())
+    other = SmearDataset([Sample("x", boxes=[[2, 2, 20, 20]], labels=[0], _image=ds[0].image)], ["Parasite"], "x")
+    voc.save(other, tmp_path / "cbc" / "Testing")
+    with pytest.raises(ValueError, match="Parasite.*Training/"):
+        detection_splits(str(tmp_path / "cbc"), seed=0)

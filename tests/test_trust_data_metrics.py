@@ -166,7 +166,7 @@ def test_derived_sets_stratify_on_the_image_class_they_keep_by_name():
 
 
 def test_a_dataset_mapped_onto_a_models_classes_maps_its_image_labels_too():
-    from smearlab.detection.train import remap_dataset
+    from smearlab.data.derive import remap_dataset
     img = np.zeros((8, 8, 3), np.uint8)
     ds = SmearDataset([Sample("a", _image=img, boxes=[[0, 0, 4, 4]], labels=[2], image_label=2),
                        Sample("b", _image=img, image_label=0)], ["neutrophil", "monocyte", "lymphocyte"])

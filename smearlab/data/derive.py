@@ -3,6 +3,7 @@ class maps, native-resolution tiles."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Sequence
 
 import numpy as np
@@ -10,7 +11,10 @@ from scipy import ndimage
 
 from ..core.errors import DataError
 from .boxes import mask_box
+from .classes import match_classes
 from .sample import Sample, SmearDataset
+
+log = logging.getLogger("smearlab.data")
 
 
 def as_single_class(dataset, name: str = "cell"):
@@ -246,3 +250,38 @@ def repeat_rare(dataset: SmearDataset, *, threshold: float = 0.5, max_repeat: in
         r = int(min(max_repeat, round(float(factor[np.unique(s.labels)].max())))) if len(s.labels) else 1
         out += [s] * r
     return SmearDataset(out, dataset.class_names, f"{dataset.name}-repeated")
+
+
+def remap_dataset(ds: SmearDataset, class_names: list[str], what: str, owner: str = "the model") -> SmearDataset:
+    """The dataset with labels indexing ``class_names`` (by class name or alias, see
+    :mod:`smearlab.data.classes`); ValueError for a class in the data that ``class_names`` lacks
+    (a class of ``class_names`` the data lacks is fine: it has no objects).
+
+    Parameters
+    ----------
+    ds : the dataset.
+    class_names : the classes, in label order (a model's, or another split's).
+    what : what the dataset is, for messages (``"training"``, ``"corrected"`` ...).
+    owner : whose classes they are, for messages (``"the model"``, ``"Training/"``).
+    """
+    names = list(ds.class_names)
+    class_names = list(class_names)
+    if names == class_names:
+        return ds
+    mapping = match_classes(names, class_names, what=f"the {what} dataset's and {owner}'s classes")
+    used = sorted({int(v) for s in ds.samples for v in s.labels.tolist()})
+    missing = [names[i] for i in used if mapping.lut[i] < 0]
+    if missing:
+        raise ValueError(f"{what} dataset {ds.name!r} has objects of class {missing[0]!r}, which is not one of "
+                         f"{owner}'s classes {class_names} (all missing: {missing}); give {owner} this class, "
+                         "or drop or merge it in the data (load it with class_names=, class_map=)")
+    lut = mapping.lut
+
+    def image_label(s):  # in the new classes too (it indexed the dataset's list); dropped when absent
+        return None if s.image_label is None or lut[int(s.image_label)] < 0 else int(lut[int(s.image_label)])
+    samples = [dataclasses.replace(s, labels=lut[s.labels], image_label=image_label(s), meta=dict(s.meta))
+               for s in ds.samples]
+    log.info("%s dataset %r: classes mapped onto %s's %s: %s", what, ds.name, owner, class_names,
+             mapping.describe())
+    return SmearDataset(samples, class_names, ds.name, root=ds.root, format=ds.format,
+                        semantic_names=ds.semantic_names)

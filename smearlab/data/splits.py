@@ -18,7 +18,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from ..core.errors import DataError
 from . import load, open_dataset
-from .derive import as_single_class, foreground_semantic, instances_from_semantic
+from .derive import as_single_class, foreground_semantic, instances_from_semantic, remap_dataset
 from .sample import SmearDataset
 from .synthetic import make_dataset
 
@@ -444,9 +444,12 @@ def detection_splits(spec: str = "synthetic", *, quick: bool = True, seed: int =
 
     root = Path(spec)
     if not spec.startswith("synthetic") and (root / "Training").is_dir() and (root / "Testing").is_dir():
-        parts = train_val_test_split(load(root / "Training"), val=CBC_VAL_FRACTION if val is None else val, test=0,
-                                     seed=seed)
-        return {"train": parts["train"], "val": parts["val"], "test": load(root / "Testing")}
+        training = load(root / "Training")
+        # Testing/'s classes in Training/'s order, before any training: a folder without one class
+        # lists the others in another order (VOC sorts them), found only after every epoch
+        testing = remap_dataset(load(root / "Testing"), training.class_names, "Testing/", owner="Training/")
+        parts = train_val_test_split(training, val=CBC_VAL_FRACTION if val is None else val, test=0, seed=seed)
+        return {"train": parts["train"], "val": parts["val"], "test": testing}
     if spec == "synthetic":
         ds = open_dataset("synthetic-A", n=48 if quick else 300, seed=seed)
     else:

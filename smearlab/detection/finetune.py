@@ -17,11 +17,12 @@ from typing import Any
 from ..core.errors import DataError
 from ..core.model_folder import read_side_file, write_side_file
 from ..core.training import History
+from ..data.derive import remap_dataset
 from ..data.sample import SmearDataset
 from ..metrics.detection import count_matrix
 from .models import load_model, save_model
 from .predict import predict
-from .train import TrainConfig, default_evaluate, remap_dataset, train_detector
+from .train import TrainConfig, default_evaluate, train_detector
 from .tune import Thresholds
 
 log = logging.getLogger("smearlab.detection.finetune")

@@ -64,8 +64,8 @@ from ..core.errors import DataError
 from ..core.files import atomic_path, write_text
 from ..core.training import History, TimeBudget, ema_model, step_loop
 from ..data import open_dataset
-from ..data.classes import match_classes
 from ..data.boxes import check_boxes
+from ..data.derive import remap_dataset
 from ..data.sample import SmearDataset
 from ..data.splits import train_val_test_split
 from ..data.synthetic import make_dataset
@@ -350,39 +350,6 @@ def _epoch_seed(seed: int, epoch: int, rank: int = 0) -> int:
 # ---------------------------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------------------------
-def remap_dataset(ds: SmearDataset, model_names: list[str], what: str) -> SmearDataset:
-    """The dataset with labels indexing ``model_names`` (by class name or alias, see
-    :mod:`smearlab.data.classes`); ValueError for a class in the data that the model does not have.
-
-    Parameters
-    ----------
-    ds : the dataset.
-    model_names : the model's classes, in label order.
-    what : what the dataset is, for messages (``"training"``, ``"corrected"`` ...).
-    """
-    names = list(ds.class_names)
-    if names == model_names:
-        return ds
-    mapping = match_classes(names, model_names, what=f"the {what} dataset's and the model's classes")
-    used = sorted({int(v) for s in ds.samples for v in s.labels.tolist()})
-    missing = [names[i] for i in used if mapping.lut[i] < 0]
-    if missing:
-        raise ValueError(f"{what} dataset {ds.name!r} has objects of class {missing[0]!r}, which is not one of "
-                         f"the model's classes {model_names} (all missing: {missing}); build the model "
-                         "with this class, or drop or merge it in the data (load it with class_names=, "
-                         "class_map=)")
-    lut = mapping.lut
-
-    def image_label(s):  # in the model's classes too (it indexed the dataset's list); dropped when absent
-        return None if s.image_label is None or lut[int(s.image_label)] < 0 else int(lut[int(s.image_label)])
-    samples = [dataclasses.replace(s, labels=lut[s.labels], image_label=image_label(s), meta=dict(s.meta))
-               for s in ds.samples]
-    log.info("%s dataset %r: classes mapped onto the model's %s: %s", what, ds.name, model_names,
-             mapping.describe())
-    return SmearDataset(samples, model_names, ds.name, root=ds.root, format=ds.format,
-                        semantic_names=ds.semantic_names)
-
-
 def _preprocessed(ds: SmearDataset, pre) -> SmearDataset:
     """The dataset with ``pre`` applied to every image once, up front (same annotations)."""
     if pre is None or not len(pre):

@@ -18,6 +18,7 @@ from ..core.errors import DataError
 from ..core.files import write_json
 from ..core.model_folder import read_config_json
 from ..data import load
+from ..data.classes import match_classes
 from ..data.sample import SmearDataset
 from ..detection.models import DetectorConfig
 from ..detection.train import TrainConfig
@@ -200,15 +201,26 @@ def corrections_from_truth(run_out, dataset_path, images: Sequence[str], path) -
     coco = json.loads((Path(run_out) / "coco.json").read_text(encoding="utf-8"))
     ds = load(dataset_path)
     truth = dict(zip(file_names(ds), ds))
-    cats = {c["name"]: c["id"] for c in coco["categories"]}
+    # the truth's classes by name (with aliases) onto the model's: a class the model does not know
+    # cannot be a correction of its output (a bare KeyError before); its boxes are counted and left out
+    mapping = match_classes(ds.class_names, [c["name"] for c in coco["categories"]],
+                            what="the dataset's and the model's classes")
+    ids = [coco["categories"][t]["id"] if t >= 0 else None for t in mapping.lut.tolist()]
     keep = [im for im in coco["images"] if im["file_name"] in set(images)]
     anns = []
+    unknown: dict[str, int] = {}
     for im in keep:
         s = truth[im["file_name"]]
         for box, lab in zip(s.boxes.tolist(), s.labels.tolist()):
+            if ids[lab] is None:
+                unknown[ds.class_names[lab]] = unknown.get(ds.class_names[lab], 0) + 1
+                continue
             x0, y0, x1, y1 = box
-            anns.append({"id": len(anns) + 1, "image_id": im["id"], "category_id": cats[ds.class_names[lab]],
+            anns.append({"id": len(anns) + 1, "image_id": im["id"], "category_id": ids[lab],
                          "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
+    if unknown:
+        log.warning("%s: boxes of classes the model does not know are left out of the corrections: %s",
+                    dataset_path, unknown)
     write_json(path, {"images": keep, "annotations": anns, "categories": coco["categories"]})
     return Path(path)
 

@@ -149,7 +149,8 @@ def fit_and_evaluate(name: str, cfg: DetectorConfig, tcfg: TrainConfig, train: S
 
 
 def cross_validate(dataset: SmearDataset, cfg: DetectorConfig, tcfg: TrainConfig, k: int = 5, *,
-                   seed: int = 0, progress: bool = False) -> dict[str, Any]:
+                   seed: int = 0, progress: bool = False, tile: int | None = None, tta: bool = False,
+                   anchors: str | None = None) -> dict[str, Any]:
     """Stratified K-fold by image: train on k-1 folds, score the held-out fold, k times.
 
     No thresholds are tuned (COCO AP needs none). Each fold writes under ``tcfg.out_dir/fold<i>``
@@ -164,14 +165,20 @@ def cross_validate(dataset: SmearDataset, cfg: DetectorConfig, tcfg: TrainConfig
     k : the number of folds.
     seed : the seed of the fold split.
     progress : progress bars.
+    tile, tta : as for :func:`fit_and_evaluate` (score each fold as the runs were scored).
+    anchors : ``"fit"``: each fold's anchors fitted to its own training images (``cfg``'s are
+        dropped: anchors fitted to images a fold holds out would have seen its boxes);
+        ``"default"``: the arch's own; None: ``cfg``'s as they are.
     """
-
+    if anchors == "fit":
+        cfg = dataclasses.replace(cfg, anchor_sizes=None, aspect_ratios=None)
     rows = []
     for i, (tr, te) in enumerate(kfold(dataset, k=k, seed=seed)):
         out = None if tcfg.out_dir is None else Path(tcfg.out_dir) / f"fold{i}"
         fold_cfg = dataclasses.replace(tcfg, out_dir=out, seed=tcfg.seed + i)
         run = fit_and_evaluate(f"fold{i}", cfg, fold_cfg, dataset.subset(tr.tolist()),
-                               dataset.subset(te.tolist()), None, tune=None, progress=progress)
+                               dataset.subset(te.tolist()), None, tune=None, progress=progress, tile=tile, tta=tta,
+                               anchors=anchors or "fit")
         rows.append({"fold": i, "train": len(tr), "test": len(te), "mAP50": run.metrics["mAP50"],
                      "mAP": run.metrics["mAP"]})
     summary = {key: {"mean": float(np.mean([r[key] for r in rows])),  # sample std over the folds
@@ -193,6 +200,20 @@ def run_folder(name: str) -> str:
     name : the run's name (``s.runs``).
     """
     return name.replace(" ", "_").replace(",", "")
+
+
+def run_train_config(s, *, seed: int = 0, device="auto", out_dir=None) -> TrainConfig:
+    """The training settings of one run of notebook 03 (its comparison and its k-fold check alike):
+    the profile's ``epochs`` and ``recipe``, or ``budget_minutes`` of training when set.
+
+    Parameters
+    ----------
+    s : the settings (:func:`smearlab.experiments.profiles.settings`).
+    seed, device : training seed and device.
+    out_dir : the run's folder (None: nothing written).
+    """
+    budget = None if getattr(s, "budget_minutes", None) is None else float(s.budget_minutes) * 60
+    return TrainConfig(epochs=s.epochs, **s.recipe, seed=seed, device=device, out_dir=out_dir, time_budget_s=budget)
 
 
 def compare_detectors(splits: dict[str, SmearDataset], s, *, seed: int = 0, device="auto", out=None,
@@ -223,9 +244,7 @@ def compare_detectors(splits: dict[str, SmearDataset], s, *, seed: int = 0, devi
         cfg = DetectorConfig(arch=arch, class_names=classes, min_size=s.input_size,
                              max_size=int(s.input_size * 4 / 3) + 1, freeze_backbone=frozen)
         run_dir = None if out is None else Path(out) / run_folder(name)
-        budget = None if getattr(s, "budget_minutes", None) is None else float(s.budget_minutes) * 60
-        tcfg = TrainConfig(epochs=s.epochs, **s.recipe, seed=seed, device=device, out_dir=run_dir,
-                           time_budget_s=budget)
+        tcfg = run_train_config(s, seed=seed, device=device, out_dir=run_dir)
         results.append(fit_and_evaluate(name, cfg, tcfg, splits["train"], splits["test"], splits["val"],
                                         tile=tile, progress=progress, anchors=getattr(s, "anchors", "fit"), tta=tta))
     return results

@@ -103,6 +103,22 @@ def learned_row(model, test: SmearDataset, *, device="auto") -> tuple[dict, list
     return {**score_instances(as_single_class(test), preds), "mask_mAP": None, "seconds_per_image": spi}, preds
 
 
+def instance_row(test: SmearDataset, final, raw) -> dict:
+    """One instance segmenter's row: :func:`~smearlab.metrics.instances.segmentation_metrics` of its
+    final predictions (DSB metric, count error) with the mask AP of its raw, ranked ones (thresholds
+    would cut the precision-recall curve short).
+
+    Parameters
+    ----------
+    test : the ground truth.
+    final : the thresholded predictions, with masks.
+    raw : every prediction, with masks and scores.
+    """
+    ap = mask_ap(test, raw)
+    return {**segmentation_metrics(test, final, score_threshold=0.0), "mask_mAP50": ap["mask_mAP50"],
+            "mask_mAP": ap["mask_mAP"]}
+
+
 def compare_segmenters(splits: dict[str, SmearDataset], s, *, seed: int = 0, device="auto",
                        out=None) -> SegmentationComparison:
     """Train Mask R-CNN, a U-Net and a crop U-Net on ``splits["train"]``; score them on the test split.
@@ -129,9 +145,7 @@ def compare_segmenters(splits: dict[str, SmearDataset], s, *, seed: int = 0, dev
                        out_dir=None if out is None else Path(out) / "maskrcnn")
     mrcnn = fit_and_evaluate("Mask R-CNN", cfg, tcfg, train, test, val, progress=False)
     final = mrcnn.thresholds.apply(mrcnn.raw_test)
-    ap = mask_ap(test, mrcnn.raw_test)  # AP ranks every raw prediction (the thresholds would cut its curve short)
-    metrics = {"Mask R-CNN": {**segmentation_metrics(test, final, score_threshold=0.0),
-                              "mask_mAP50": ap["mask_mAP50"], "mask_mAP": ap["mask_mAP"],
+    metrics = {"Mask R-CNN": {**instance_row(test, final, mrcnn.raw_test),
                               "seconds_per_image": 1.0 / mrcnn.metrics["infer_images_per_s"]}}
 
     unet = UNet(3, len(train.semantic_names), base=s.unet_base)
@@ -144,7 +158,10 @@ def compare_segmenters(splits: dict[str, SmearDataset], s, *, seed: int = 0, dev
     train_crop_unet(crop_unet, crop_train, crop_size=s.crop_size, epochs=s.unet_epochs, batch_size=32, device=device,
                     seed=seed, progress=False)
     two_stage = two_stage_segment(final, crop_unet, test, device=device)
-    metrics["detector + crop U-Net"] = segmentation_metrics(test, two_stage, score_threshold=0.0)
+    # its mask AP ranks every detection too, as Mask R-CNN's does (on the thresholded boxes it was
+    # cut short, and the two rows compared unlike figures)
+    metrics["detector + crop U-Net"] = instance_row(test, two_stage, two_stage_segment(
+        mrcnn.raw_test, crop_unet, test, device=device))
     learned = train_learned_segmenter(train, val, s, seed=seed, device=device)
     metrics[LEARNED], learned_preds = learned_row(learned, test, device=device)
     return SegmentationComparison(mrcnn, final, unet, unet_pred, crop_unet, two_stage, metrics,
@@ -172,9 +189,9 @@ def noise_check(comparison: SegmentationComparison, test: SmearDataset, *, seed:
     """
     run = comparison.maskrcnn
 
-    def maskrcnn_eval(ds):
+    def maskrcnn_eval(ds):  # as its row of compare_segmenters: its clean figures are the same
         raw = predict(run.model, ds, device=device)
-        return segmentation_metrics(ds, run.thresholds.apply(raw), score_threshold=0.0)
+        return instance_row(ds, run.thresholds.apply(raw), raw)
 
     def unet_eval(ds):
         return {name: m["dice"] for name, m in
