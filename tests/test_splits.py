@@ -154,3 +154,20 @@ def test_a_cbc_testing_folder_reads_in_the_training_classes_before_any_training(
     voc.save(other, tmp_path / "cbc" / "Testing")
     with pytest.raises(ValueError, match="Parasite.*Training/"):
         detection_splits(str(tmp_path / "cbc"), seed=0)
+
+
+def test_instance_splits_refuse_boxes_without_masks_and_a_half_cbc_layout_is_said(tmp_path, caplog):
+    from smearlab.data import DataError
+    from smearlab.data.formats import voc
+    from smearlab.data.splits import detection_splits, instance_splits
+    from smearlab.data.synthetic import make_dataset
+
+    ds = make_dataset(8, seed=0, width=96, height=96)
+    voc.save(ds, tmp_path / "boxes")  # boxes only: notebook 05 failed after every method had run
+    with pytest.raises(DataError, match="no instance masks"):
+        instance_splits(str(tmp_path / "boxes"), quick=True)
+    voc.save(ds, tmp_path / "half" / "Training")  # no Testing/ beside it
+    with caplog.at_level("WARNING", logger="smearlab.data.splits"):
+        sp = detection_splits(str(tmp_path / "half" / "Training"), seed=0)
+        detection_splits(str(tmp_path / "half"), seed=0)
+    assert len(sp["test"]) > 0 and any("not Testing/" in r.getMessage() for r in caplog.records)

@@ -443,6 +443,10 @@ def detection_splits(spec: str = "synthetic", *, quick: bool = True, seed: int =
     """
 
     root = Path(spec)
+    halves = [(root / d).is_dir() for d in ("Training", "Testing")] if not spec.startswith("synthetic") else []
+    if any(halves) and not all(halves):  # the notebooks would say they count Testing/ while splitting at random
+        log.warning("%s holds %s but not %s: split by image as any dataset, not the CBC layout", root,
+                    *(("Training/", "Testing/") if halves[0] else ("Testing/", "Training/")))
     if not spec.startswith("synthetic") and (root / "Training").is_dir() and (root / "Testing").is_dir():
         training = load(root / "Training")
         # Testing/'s classes in Training/'s order, before any training: a folder without one class
@@ -492,6 +496,11 @@ def instance_splits(spec="synthetic", *, quick: bool = True, seed: int = 0, val:
         name = "synthetic"
     else:
         ds = open_dataset(spec)
+        boxes_only = sum(1 for x in ds if len(x.boxes) and not x.has_masks)
+        if boxes_only:  # found only after every method had run on train and test
+            raise DataError(ds.root or spec, f"{boxes_only} of {len(ds)} images have objects but no instance masks: "
+                                             "segmenters are scored on masks; give a dataset with instance masks "
+                                             "(DSB2018, the Zheng archive, COCO with segmentations)")
         parts = train_val_test_split(ds, val=val, test=test, seed=seed, stratify=len(ds.class_names) > 1)
         tr, te = SmearDataset.concat([parts["train"], parts["val"]]) if "val" in parts else parts["train"], parts["test"]
         tr, te = tr[:max_train] if max_train else tr, te[:max_test] if max_test else te

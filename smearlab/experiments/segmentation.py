@@ -146,7 +146,7 @@ def compare_segmenters(splits: dict[str, SmearDataset], s, *, seed: int = 0, dev
     mrcnn = fit_and_evaluate("Mask R-CNN", cfg, tcfg, train, test, val, progress=False)
     final = mrcnn.thresholds.apply(mrcnn.raw_test)
     metrics = {"Mask R-CNN": {**instance_row(test, final, mrcnn.raw_test),
-                              "seconds_per_image": 1.0 / mrcnn.metrics["infer_images_per_s"]}}
+                              "seconds_per_image": mrcnn.metrics["infer_s"] / max(len(test), 1)}}
 
     unet = UNet(3, len(train.semantic_names), base=s.unet_base)
     train_unet(unet, train, val, epochs=s.unet_epochs, batch_size=4, size=s.unet_size or s.input_size,
