@@ -13,7 +13,9 @@ output size. :func:`warp` applies it: images are resampled with
 sends pixel centres onto pixel centres (flips, rot90, integer crops, pads and shifts) pixels are
 copied instead (transpose, flip, window), so these transforms are exact. Boxes go through the same matrix
 (:func:`map_boxes`), are clipped to the output, and are dropped together with their labels,
-masks and other per-object entries when they become too small or too little visible.
+masks and other per-object entries when they become too small or too little visible; with
+instance masks, an object with no pixel left is dropped and a cut object's box is that of its
+visible pixels.
 
 Photometry
 ----------
@@ -196,8 +198,10 @@ def warp(images: torch.Tensor, targets: Sequence[dict], matrices: torch.Tensor, 
     matrices : (B, 3, 3) float64 input->output maps in pixel-edge coordinates.
     size : output (height, width).
     box_rule : ``"8point"``, ``"4corner"`` (see :func:`map_boxes`) or ``"mask"`` (tight box of the
-        warped instance mask, an object whose mask vanishes is dropped; ``"8point"`` for targets
-        without masks, and for the visibility of all).
+        warped instance mask; ``"8point"`` for targets without masks, and for the visibility of
+        all). With masks, whatever the rule, an object whose warped mask is empty is dropped (a
+        crop that keeps a corner of a round cell's box but none of the cell), and an object the
+        output's edge cuts gets the box of its visible pixels within its clipped box.
     min_area, min_visibility : after clipping to the output, an object is dropped when its box is
         under 1 px wide or high, under ``min_area`` px², or keeps less than ``min_visibility`` of
         the area of its unclipped box. Every tensor entry whose first dimension is the number of
@@ -221,11 +225,25 @@ def warp(images: torch.Tensor, targets: Sequence[dict], matrices: torch.Tensor, 
                 t[k] = _nearest(t[k], mi, size)
         hi = torch.tensor([w, h, w, h], dtype=poly.dtype, device=poly.device)
         clipped = torch.minimum(poly.clamp_min(0), hi)
-        box = mask_boxes(t["masks"].bool()).to(poly) if box_rule == "mask" and "masks" in t else clipped
+        shown = torch.ones(n, dtype=torch.bool, device=poly.device)
+        if "masks" in t:
+            mm = t["masks"].bool()
+            shown = mm.flatten(1).any(1)  # an object none of whose pixels is left is no object
+            tight = mask_boxes(mm).to(poly)
+            if box_rule == "mask":
+                box = tight
+            else:  # an object the output's edge cuts: the box of what is left of it, not its clipped box
+                cut = (clipped != poly).any(1, keepdim=True)
+                inner = torch.cat([torch.maximum(clipped[:, :2], tight[:, :2]),
+                                   torch.minimum(clipped[:, 2:], tight[:, 2:])], 1)
+                box = torch.where(cut & shown[:, None], inner, clipped)
+        else:
+            box = clipped
         bw, bh = box[:, 2] - box[:, 0], box[:, 3] - box[:, 1]
         area0 = ((poly[:, 2] - poly[:, 0]) * (poly[:, 3] - poly[:, 1])).clamp_min(1e-12)
         visible = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1]) / area0
         keep = (bw >= 1 - 1e-6) & (bh >= 1 - 1e-6) & (bw * bh >= min_area - 1e-6) & (visible >= min_visibility)
+        keep &= shown
         dtype = t["boxes"].dtype
         t = {k: v[keep] if torch.is_tensor(v) and v.ndim and len(v) == n and k not in IMAGE_KEYS else v
              for k, v in t.items()}

@@ -150,16 +150,34 @@ def test_random_crop_clips_and_drops_with_meta_aligned():
         oy, ox = _offset(out.image, s.image)
         b = s.boxes - [ox, oy, ox, oy]
         b = np.clip(b, 0, [40, 60, 40, 60])
-        keep = np.flatnonzero((b[:, 2] - b[:, 0] >= 1) & (b[:, 3] - b[:, 1] >= 1))
-        clipped += int(np.any(b[keep] != s.boxes[keep] - [ox, oy, ox, oy]))
+        left = s.masks[:, oy:oy + 60, ox:ox + 40]
+        keep = np.flatnonzero((b[:, 2] - b[:, 0] >= 1) & (b[:, 3] - b[:, 1] >= 1) & left.any((1, 2)))
+        cut = np.any(b[keep] != s.boxes[keep] - [ox, oy, ox, oy], axis=1)
+        clipped += int(cut.any())
         dropped += len(s.boxes) - len(keep)
-        assert np.array_equal(out.boxes, b[keep]) and np.array_equal(out.labels, s.labels[keep])
+        # a cut object's box is that of its pixels left; one with no pixel left is dropped (a box
+        # corner inside the crop kept a cell none of which it showed)
+        want = np.where(cut[:, None], tight(left[keep]), b[keep])
+        assert np.array_equal(out.boxes, want) and np.array_equal(out.labels, s.labels[keep])
         assert np.array_equal(out.masks, s.masks[keep][:, oy:oy + 60, ox:ox + 40])
         assert out.meta["cell_type"] == [s.meta["cell_type"][i] for i in keep]
         assert np.array_equal(out.meta["difficult"], s.meta["difficult"][keep]) and out.meta["stain"] == "A"
         assert all(contains(bx, mb, tol=0) for bx, mb in zip(out.boxes, tight(out.masks)))
         check_aligned(out)
     assert clipped and dropped
+
+
+def test_a_crop_holding_a_box_corner_but_none_of_the_cell_drops_it():
+    import torch
+
+    from smearlab.augment import warp
+    yy, xx = np.mgrid[:40, :40]
+    disc = (yy + 0.5 - 20) ** 2 + (xx + 0.5 - 20) ** 2 <= 100
+    t = {"boxes": torch.tensor([[10.0, 10.0, 30.0, 30.0]]), "labels": torch.tensor([1]),
+         "masks": torch.from_numpy(disc[None])}
+    m = torch.tensor([[1.0, 0, -28], [0, 1, -28], [0, 0, 1]], dtype=torch.float64)[None]  # window at (28, 28)
+    _, (out,) = warp(torch.zeros(1, 3, 40, 40), [t], m, (12, 12))
+    assert len(out["boxes"]) == 0 and len(out["labels"]) == 0  # it kept box [0, 0, 2, 2] with no pixel
 
 
 def test_random_crop_larger_than_image_pads():

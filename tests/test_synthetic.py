@@ -239,3 +239,16 @@ def test_small_images_are_generated_with_white_cells_inside(hw, stain):
     for seed in range(6):  # a white cell drawn on an image narrower than its margins raised a numpy error
         s = S.generate_sample(seed, index=0, width=hw[1], height=hw[0], stain=stain, n_wbc=1)
         assert s.image.shape == (*hw, 3)
+
+
+def test_an_infected_cell_whose_parasite_lies_outside_the_image_is_a_red_cell():
+    """Its visible part is an uninfected red cell (no parasite pixel): it was labelled by its stage."""
+    from smearlab.data import synthetic as S
+
+    s = S.generate_sample(36, index=0, width=160, height=128, classes="malaria", parasite_rate=0.6)
+    names = S.SCHEMES["malaria"]
+    for k in range(len(s.boxes)):
+        stage = names[s.labels[k]] in S.STAGES
+        parasite_shown = bool((s.semantic[s.masks[k]] == 2).any())
+        assert not stage or parasite_shown, (k, names[s.labels[k]])
+    assert names[s.labels[5]] == "RBC" and s.meta["cell_type"][5] == "RBC"

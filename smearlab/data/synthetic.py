@@ -669,10 +669,13 @@ def generate_sample(seed: int, *, index: int = 0, width: int = 512, height: int 
         y0, x0, m, frac = sm.clipped(obj)
         if frac < MIN_VISIBLE:
             continue
+        cell_type = obj.cell_type
+        if cell_type in STAGES and not sm.clipped(obj, "nucleus")[2].any():
+            cell_type = "RBC"  # its parasite lies wholly outside the image: what shows is an uninfected cell
         boxes.append(_tight_box(y0, x0, m))
-        labels.append(names.index(class_name(obj.cell_type, classes)))
+        labels.append(names.index(class_name(cell_type, classes)))
         patches.append((y0, x0, m))
-        types.append(obj.cell_type)
+        types.append(cell_type)
         vis.append(round(frac, 4))
     for obj in sm.objects:
         if obj.nucleus is not None:
