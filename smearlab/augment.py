@@ -42,7 +42,7 @@ from skimage.color import hed_from_rgb, rgb_from_hed
 from torchvision.transforms.v2 import functional as TF
 
 from .core.errors import DataError
-from .data.sample import Sample
+from .data.sample import IGNORE, Sample
 
 
 __all__ = ["Augment", "Transform", "Geometric", "Photometric", "HorizontalFlip", "VerticalFlip", "Rot90",
@@ -163,16 +163,16 @@ def _resample(x: torch.Tensor, minv: torch.Tensor, size, mode: str) -> torch.Ten
     return out
 
 
-def _nearest(a: torch.Tensor, minv: torch.Tensor, size) -> torch.Tensor:
+def _nearest(a: torch.Tensor, minv: torch.Tensor, size, fill: int = 0) -> torch.Tensor:
     """Warp an integer or bool map ``(..., H, W)`` (masks, semantic) with nearest sampling.
 
-    The same pixels as ``grid_sample(mode="nearest", align_corners=False)`` with zero padding,
+    The same pixels as ``grid_sample(mode="nearest", align_corners=False)``, padded with ``fill``,
     gathered in the map's own dtype: a stack of hundreds of full-size instance masks is never
     turned into float32.
     """
     lead, (h, w), (ho, wo) = a.shape[:-2], a.shape[-2:], size
     if a.numel() == 0:
-        return a.new_zeros((*lead, ho, wo))
+        return a.new_full((*lead, ho, wo), fill)
     dev = a.device
     ys, xs = torch.meshgrid(torch.arange(ho, device=dev) + 0.5, torch.arange(wo, device=dev) + 0.5,
                             indexing="ij")
@@ -182,7 +182,7 @@ def _nearest(a: torch.Tensor, minv: torch.Tensor, size) -> torch.Tensor:
     valid = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
     idx = iy.clamp(0, h - 1) * w + ix.clamp(0, w - 1)
     out = a.flatten(-2).index_select(-1, idx)
-    out = torch.where(valid, out, torch.zeros((), dtype=a.dtype, device=dev))
+    out = torch.where(valid, out, torch.full((), fill, dtype=a.dtype, device=dev))
     return out.view(*lead, ho, wo)
 
 
@@ -220,9 +220,9 @@ def warp(images: torch.Tensor, targets: Sequence[dict], matrices: torch.Tensor, 
     for m, mi, t in zip(matrices, minv, targets):
         t, n = dict(t), len(t["boxes"])
         poly = map_boxes(t["boxes"], m, "4corner" if box_rule == "4corner" else "8point")
-        for k in ("masks", "semantic"):
+        for k, fill in (("masks", 0), ("semantic", IGNORE)):  # padding has no class: ignored, not background
             if k in t:
-                t[k] = _nearest(t[k], mi, size)
+                t[k] = _nearest(t[k], mi, size, fill)
         hi = torch.tensor([w, h, w, h], dtype=poly.dtype, device=poly.device)
         clipped = torch.minimum(poly.clamp_min(0), hi)
         shown = torch.ones(n, dtype=torch.bool, device=poly.device)

@@ -35,6 +35,10 @@ log = logging.getLogger("smearlab.data")
 
 ArrayOrLoader = "np.ndarray | Callable[[], np.ndarray] | None"
 
+#: The class-map value of pixels that belong to no class (padding, unannotated): excluded from
+#: losses and metrics.
+IGNORE = 255
+
 
 def _resolve(value):
     return value() if callable(value) else value

@@ -6,10 +6,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..core.errors import DataError
-
-
-#: Target value excluded from metrics and loss.
-IGNORE = 255
+from ..data.sample import IGNORE  # noqa: F401  (the class-map value excluded from metrics and loss)
 
 
 def whole_cell(mask: np.ndarray) -> np.ndarray:
