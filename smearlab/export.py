@@ -389,7 +389,8 @@ def coco_from_records(records: Sequence[dict], class_names: Sequence[str]) -> tu
             holes = [[v for pt in ring for v in pt] for ring in o.get("holes", []) if len(ring) >= 3]
             if seg and holes:  # polygons cannot hold a hole: the exact mask as RLE, as export_coco writes it
                 seg = encode_rle(_fill_outlines(seg, holes, r["height"], r["width"]))
-            ann = coco_annotation(len(anns) + 1, i, label[o["class"]], o["bbox"], area=o["area"], segmentation=seg,
+            ann = coco_annotation(len(anns) + 1, i, label[o["class"]], o["bbox"], area=o["area"],
+                                  segmentation=seg or None,  # a box only: no key (pycocotools fails on [])
                                   attributes={"score": o["score"]})
             anns.append(ann)
             results.append({"image_id": i, "category_id": ann["category_id"], "bbox": ann["bbox"],

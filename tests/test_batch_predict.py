@@ -312,6 +312,9 @@ def test_qupath_polygons_of_masks():
     solid = export.coco_from_records([{"image": "a.png", "width": 5, "height": 5, "objects": [
         {**rec["objects"][0], "holes": [], "area": 16}]}], ["nucleus"])[0]
     assert solid["annotations"][0]["segmentation"] == [[0, 0, 4, 0, 4, 4, 0, 4]]  # without holes: polygons
+    boxed = export.coco_from_records([{"image": "a.png", "width": 5, "height": 5, "objects": [
+        {"class": "nucleus", "score": 0.9, "bbox": [0, 0, 4, 4], "area": 16}]}], ["nucleus"])[0]
+    assert "segmentation" not in boxed["annotations"][0]  # a box only (an empty list failed pycocotools' segm)
     assert coco["annotations"][0]["bbox"] == [0, 0, 4, 4] and results[0]["score"] == 0.9
     assert np.array_equal(batch.counts_table([{"objects": rec["objects"]}], ["nucleus"]), [[1]])
 
