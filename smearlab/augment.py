@@ -200,8 +200,10 @@ def warp(images: torch.Tensor, targets: Sequence[dict], matrices: torch.Tensor, 
     box_rule : ``"8point"``, ``"4corner"`` (see :func:`map_boxes`) or ``"mask"`` (tight box of the
         warped instance mask; ``"8point"`` for targets without masks, and for the visibility of
         all). With masks, whatever the rule, an object whose warped mask is empty is dropped (a
-        crop that keeps a corner of a round cell's box but none of the cell), and an object the
-        output's edge cuts gets the box of its visible pixels within its clipped box.
+        crop that keeps a corner of a round cell's box but none of the cell; an object whose mask
+        was already empty too, even under a flip), and an object the output's edge cuts gets the
+        box of its visible pixels within its clipped box (objects inside keep the rule's box, so
+        under a rotation the two kinds of box are not alike).
     min_area, min_visibility : after clipping to the output, an object is dropped when its box is
         under 1 px wide or high, under ``min_area`` px², or keeps less than ``min_visibility`` of
         the area of its unclipped box. Every tensor entry whose first dimension is the number of

@@ -150,8 +150,8 @@ def collect_images(inputs: Sequence[str | Path], *, pattern: str = "**/*",
         seen[name.lower()] = path
         unique.append((path, name))
     if twice:
-        log.warning("%d image file(s) were given more than once (a file and a folder holding it): each is "
-                    "predicted and counted once", twice)
+        log.warning("%d image file(s) were given more than once (the same file through two inputs or names, "
+                    "e.g. a file and a folder holding it): each is predicted and counted once", twice)
     stems = names_without_extension([name for _, name in unique])
     return [ImageInput(path, name, stem) for (path, name), stem in zip(unique, stems)]
 
@@ -573,9 +573,9 @@ def _predict_instances(folder: Path, items: list, out: Path, *, truth, dataset, 
     side = 256 if tile == "auto" else None if tile is None else int(tile)  # None: each image whole
     floor = 0.0 if score is None else float(score)
 
-    def whole(image) -> int:  # one tile the size of the image (rounded up to what the U-Net halves)
-        m = 2 ** model.config["depth"]
-        return -(-max(image.shape[:2]) // m) * m
+    def whole(image) -> int:  # one tile holding the image, even resized up to 4x to the model's object
+        m = 2 ** model.config["depth"]  # size (a tile larger than a side shrinks to that side)
+        return -(-4 * max(image.shape[:2]) // m) * m
 
     def predict_fn(images: list) -> list[dict]:
         if instances and side is None:
@@ -704,8 +704,8 @@ def _remove_moved_results(out: Path, items: list[ImageInput]) -> None:
     stems = {im.stem for im in items}
     names = {im.name for im in items}
     moved = other = 0
-    for f in sorted((out / "json").glob("*.json")) if (out / "json").is_dir() else ():
-        stem = f.name[:-len(".json")]
+    for f in sorted((out / "json").rglob("*.json")) if (out / "json").is_dir() else ():
+        stem = f.relative_to(out / "json").as_posix()[:-len(".json")]  # stems may hold folders (rbc/a)
         if stem in stems:
             continue
         try:

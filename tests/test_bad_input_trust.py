@@ -502,6 +502,10 @@ def test_embedding_refuses_0_255_floats_and_the_experiments_name_a_missing_domai
     assert cnn_embedding(model, crops, device="cpu").shape[0] == 2
     with pytest.raises(ValueError, match=r"values in \[0, 1\]"):
         cnn_embedding(model, crops.float(), device="cpu")
+    from smearlab.classification.predict import predict_classes
+    for fn in (cnn_embedding, predict_classes):  # int64 0..255 was read unscaled (every pixel saturated)
+        with pytest.raises(ValueError, match="uint8 .* or float"):
+            fn(model, crops.long(), device="cpu")
     for i in range(2):
         write_image(tmp_path / "cells" / ("ab"[i]) / f"c{i}.png", np.full((20, 20, 3), 120, np.uint8))
     with pytest.raises(DataError, match=r"no domain 'dataset1' here; its domains: \['cells'\]"):

@@ -262,6 +262,12 @@ def test_a_rerun_leaves_no_stale_overlay_or_results_under_an_old_name(trained, t
     assert sorted(s["stems"].values()) == ["a.jpg", "a.png"]
     assert sorted(p.name for p in (out / "json").iterdir()) == ["a.jpg.json", "a.png.json"]
     assert sorted(p.name for p in (out / "qupath").iterdir()) == ["a.jpg.geojson", "a.png.geojson"]
+    # the same in a sub-folder, whose results sit in json/sub/ (stems hold the folder)
+    write_image(images / "sub" / "b.png", trained["new"][3].image)
+    batch.predict(trained["model"], [images], out, score=0.3, progress=False)
+    Image.fromarray(trained["new"][3].image).save(images / "sub" / "b.jpg", quality=95)
+    batch.predict(trained["model"], [images], out, score=0.3, progress=False)
+    assert sorted(p.name for p in (out / "json" / "sub").iterdir()) == ["b.jpg.json", "b.png.json"]
 
 
 def test_counts_are_not_cut_silently_by_the_detection_cap(trained, caplog):
@@ -468,10 +474,10 @@ def test_cascade_adds_the_differential_count(trained, tmp_path, arch):
     assert (folder / "detector" / "weights.pt").is_file() and type(load_model(folder, device="cpu")).__name__ == "Cascade"
 
 
-def test_the_instance_segmenter_counts_objects_against_a_dataset(tmp_path):
+def test_the_instance_segmenter_counts_objects_against_a_dataset(tmp_path, monkeypatch):
     from smearlab.export import export_coco_gt
-    from smearlab.segmentation.instances import (InstanceTrainConfig, build_instance_unet, load_instance_unet,
-                                                 save_instance_unet, train_instance_unet)
+    from smearlab.segmentation.instances import (InstanceTrainConfig, build_instance_unet, save_instance_unet,
+                                                 train_instance_unet)
     ds = make_dataset(4, seed=3, width=96, height=96)
     torch.manual_seed(0)
     model = build_instance_unet(base=4, depth=2)
@@ -489,13 +495,21 @@ def test_the_instance_segmenter_counts_objects_against_a_dataset(tmp_path):
         batch.predict(folder, dataset=data, out=tmp_path / "o2", scale=0.5, progress=False)
     small = batch.predict(folder, dataset=data, out=tmp_path / "o3", tile=32, progress=False)
     assert small["predicted"] == 4 and small["failed"] == 0           # the default 48 px overlap refused 32 px tiles
-    # --tile none: each image in one piece (it meant 256 px tiles), as predicting the image alone gives
-    from smearlab.segmentation.instances import predict_instances
-    whole = batch.predict(folder, dataset=data, out=tmp_path / "o4", tile=None, progress=False)
-    back = load_instance_unet(folder, device="cpu")
-    alone = sum(len(p["masks"]) for p in predict_instances(back, [x.image for x in ds], tile=96, overlap=0))
-    assert whole["predicted"] == 4 and json.loads((tmp_path / "o4" / "run.json").read_text())["tile"] is None
-    assert whole["counts"]["object"] == alone
+    # --tile none: each image in one piece (it meant 256 px tiles): a 288 px field goes through whole
+    field = np.concatenate([np.concatenate([ds[(r + c) % 4].image for c in range(3)], 1) for r in range(3)], 0)
+    write_image(tmp_path / "big" / "field.png", field)
+    tiles = []
+    real = batch.predict_instances
+
+    def spy(model, images, *, tile, overlap):
+        tiles.append(tile)
+        return real(model, images, tile=tile, overlap=overlap)
+    monkeypatch.setattr(batch, "predict_instances", spy)
+    whole = batch.predict(folder, [tmp_path / "big"], tmp_path / "o4", tile=None, progress=False)
+    assert whole["predicted"] == 1 and json.loads((tmp_path / "o4" / "run.json").read_text())["tile"] is None
+    assert tiles and min(tiles) >= 288  # one tile holds the field (even resized to the model's object size)
+    batch.predict(folder, [tmp_path / "big"], tmp_path / "o5", progress=False)
+    assert tiles[-1] == 256  # the default
 
 
 def test_a_unet_of_class_maps_counts_its_foreground_objects(tmp_path):

@@ -221,3 +221,26 @@ def test_tuning_refuses_class_agnostic_nms_and_thresholds_outside_the_cache():
         auto_tune(ds, raw, score_grid=[0.5, 1.5])
     th = auto_tune(ds, raw, nms_grid=(None,), score_grid=[0.1, 0.2, 0.4, 0.5])
     assert min(th.score.values()) >= 0.3   # 0.1 and 0.2 lie below the floor: never observed, never chosen
+
+
+def test_the_cap_on_boxes_is_per_forward_pass_wherever_thresholds_apply():
+    """A field merged from k tiles keeps k times max_dets, through RawPredictions (notebooks 03 and
+    09 apply tuned thresholds to cached raw predictions) and the tuner's Selector alike."""
+    import numpy as np
+
+    from smearlab.data import Sample, SmearDataset
+    from smearlab.data.predictions import Predictions
+    from smearlab.detection.postprocess import RawPredictions, Selector, per_image_caps
+    from smearlab.detection.tune import Thresholds
+
+    boxes = np.array([[i * 10, 0, i * 10 + 8, 8] for i in range(10)], np.float32)
+    one = {"boxes": boxes, "scores": np.linspace(0.9, 0.5, 10).astype(np.float32), "labels": np.zeros(10, int)}
+    preds = Predictions([one, one], ["cell"])
+    preds.windows = [1, 3]  # the second image was predicted in three tiles
+    ds = SmearDataset([Sample(f"i{k}", _image=np.zeros((10, 100, 3), np.uint8)) for k in range(2)], ["cell"])
+    raw = RawPredictions.for_dataset(ds, preds)
+    assert per_image_caps(raw, 2, 2) == [2, 6] and per_image_caps(raw, None, 2) == [None, None]
+    th = Thresholds({"cell": 0.0}, nms_iou=None, max_dets=2)
+    assert [len(p["boxes"]) for p in th.apply(raw)] == [2, 6]
+    assert [len(k) for k in Selector(preds)(0.0, None, max_dets=2)] == [2, 6]
+    assert [len(p["boxes"]) for p in th.apply(list(preds), class_names=["cell"])] == [2, 2]  # no windows: one pass each

@@ -15,15 +15,19 @@ from PIL import Image
 
 
 def check_crop_values(images) -> None:
-    """Refuse (``ValueError``) a float image tensor or array whose values leave [0, 1]: floats are
-    read as 0..1, so 0..255 floats would saturate every pixel (uint8 ones are read as 0..255).
+    """Refuse (``ValueError``) crops the models would misread: floats are read as 0..1 and uint8
+    as 0..255, so float values outside [0, 1] (0..255 floats saturate every pixel) and other
+    integer types (int64 0..255, read unscaled) are refused.
 
     Parameters
     ----------
-    images : a tensor or array of crops (any shape); integer ones pass.
+    images : a tensor or array of crops (any shape).
     """
+    dtype = str(images.dtype).replace("torch.", "")
     floating = (images.is_floating_point() if hasattr(images, "is_floating_point")  # a torch tensor
                 else np.issubdtype(np.asarray(images).dtype, np.floating))
+    if not floating and dtype != "uint8":
+        raise ValueError(f"image tensors must be uint8 (0..255) or float (0..1), got {dtype}")
     if not floating or not len(images):
         return
     lo, hi = float(images.min()), float(images.max())

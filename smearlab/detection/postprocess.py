@@ -90,7 +90,9 @@ class RawPredictions:
         if len(predictions) != len(dataset):
             raise ValueError(f"{len(predictions)} predictions for {len(dataset)} images")
         names = class_names_of(predictions) or dataset.class_names
-        return cls(list(predictions), names, score_floor, [s.image_id for s in dataset], truth_digest(dataset))
+        windows = getattr(predictions, "windows", None)  # tiles per image: the cap is per forward pass
+        return cls(list(predictions), names, score_floor, [s.image_id for s in dataset], truth_digest(dataset),
+                   meta={"windows": windows} if windows is not None else {})
 
     def __len__(self) -> int:
         return len(self.predictions)
@@ -256,6 +258,26 @@ def _nms(boxes: np.ndarray, scores: np.ndarray, groups: np.ndarray | None, iou: 
     return torch.ops.torchvision.nms(torch.from_numpy(b), torch.from_numpy(scores), iou).numpy()
 
 
+def per_image_caps(raw, max_dets: int | None, n: int) -> list:
+    """Each image's cap on boxes: ``max_dets`` per forward pass, so an image whose prediction was
+    merged from k tiles (``windows``, as :func:`smearlab.detection.predict.predict` records them on
+    its result, kept in :class:`RawPredictions` ``meta``) may keep k times as many; a flat cap cut a
+    tiled 1600 px field's count to 300.
+
+    Parameters
+    ----------
+    raw : the raw predictions (a :class:`RawPredictions` or a prediction list).
+    max_dets : the cap per forward pass (None: no cap).
+    n : the number of images.
+    """
+    if max_dets is None:
+        return [None] * n
+    windows = raw.meta.get("windows") if isinstance(raw, RawPredictions) else getattr(raw, "windows", None)
+    if windows is None or len(windows) != n:
+        return [int(max_dets)] * n
+    return [int(max_dets) * max(1, int(k)) for k in windows]
+
+
 def select(raw, score_thresholds=DEFAULT_SCORE, nms_iou=0.5, class_agnostic: bool = False,
            max_dets: int | None = 300, *, class_names: Sequence[str] | None = None) -> list[np.ndarray]:
     """Which raw boxes survive: per image, indices into the raw arrays, by decreasing score.
@@ -279,7 +301,7 @@ def select(raw, score_thresholds=DEFAULT_SCORE, nms_iou=0.5, class_agnostic: boo
     if nms_k is not None and np.all(nms_k >= 1.0):
         nms_k = None  # nothing has IoU > 1: no suppression
     out = []
-    for p in preds:
+    for p, cap in zip(preds, per_image_caps(raw, max_dets, len(preds))):
         scores, labels = p["scores"], p["labels"]
         idx = np.flatnonzero(scores >= thr.astype(np.float32)[labels]) if len(scores) else \
             np.zeros(0, np.int64)
@@ -296,9 +318,7 @@ def select(raw, score_thresholds=DEFAULT_SCORE, nms_iou=0.5, class_agnostic: boo
                 kept = np.concatenate(parts)
             idx = idx[np.sort(kept)]
         idx = idx[np.argsort(-scores[idx], kind="stable")]
-        if max_dets is not None:
-            idx = idx[:max_dets]
-        out.append(idx)
+        out.append(idx if cap is None else idx[:cap])
     return out
 
 
@@ -404,7 +424,8 @@ def postprocess(raw, score_thresholds=DEFAULT_SCORE, nms_iou=0.5, class_agnostic
     nms_iou : IoU above which a lower-scoring box of the same class is suppressed: a float,
         per class (sequence or dict; unnamed classes get no NMS), or None for no extra NMS.
     class_agnostic : suppress across classes (one ``nms_iou`` only).
-    max_dets : keep at most this many boxes per image (highest scores), None for no cap.
+    max_dets : keep at most this many boxes per image and forward pass (highest scores; an image
+        predicted in k tiles keeps k times as many, see :func:`per_image_caps`), None for no cap.
     class_names : the classes the labels index (default: those ``raw`` carries; needed for a
         plain list without them).
 
@@ -436,7 +457,9 @@ class Selector:
 
     def __init__(self, raw, class_names: Sequence[str] | None = None, cache_size: int = 16):
         self.preds, self.class_names = _raw_parts(raw, class_names)
-        self.raw = raw if isinstance(raw, RawPredictions) else RawPredictions(self.preds, self.class_names)
+        windows = getattr(raw, "windows", None)
+        self.raw = raw if isinstance(raw, RawPredictions) else RawPredictions(
+            self.preds, self.class_names, meta={"windows": windows} if windows is not None else {})
         self.cache_size = cache_size
         self._cache: dict = {}
 
@@ -458,7 +481,7 @@ class Selector:
             self._cache[key] = base
         thr32 = thr.astype(np.float32)
         out = []
-        for p, b in zip(self.preds, base):
+        for p, b, cap in zip(self.preds, base, per_image_caps(self.raw, max_dets, len(self.preds))):
             k = b[p["scores"][b] >= thr32[p["labels"][b]]]
-            out.append(k if max_dets is None else k[:max_dets])
+            out.append(k if cap is None else k[:cap])
         return out

@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from dataclasses import replace
 from typing import Any, Callable, Sequence
 
 import numpy as np
@@ -490,14 +489,17 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
         bar = tqdm(total=n, desc="predict", unit="img")
 
     cfg = getattr(unwrap(model) if is_module else model, "detector_config", None)
-    heads = getattr(unwrap(model) if is_module else model, "roi_heads", None)
-    model_cap = getattr(heads, "detections_per_img", None)  # torchvision's cap of one forward pass
+    net = unwrap(model) if is_module else model
+    heads = getattr(net, "roi_heads", None)  # torchvision's cap of one forward pass (RetinaNet: on the model)
+    model_cap = getattr(heads if heads is not None else net, "detections_per_img", None)
     capped = {"passes": 0, "images": 0}  # how often a cap cut detections (said once, at the end)
 
     def forward(batch: list[torch.Tensor]) -> list[dict]:
         with torch.autocast(device_type=dev.type, enabled=use_amp):
             outs = model([b.to(dev, non_blocking=True) for b in batch])
-        outs = [_to_numpy(o, mask_threshold) for o in outs]
+        return [_to_numpy(o, mask_threshold) for o in outs]
+
+    def note(outs: list[dict]) -> list[dict]:  # kept passes only (not the zoom probes set aside)
         if isinstance(model_cap, int):
             capped["passes"] += sum(len(o["boxes"]) >= model_cap for o in outs)
         return outs
@@ -511,8 +513,8 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
     def run(batch: list[torch.Tensor]) -> list[dict]:
         """One prediction per image of ``batch``: the model's, or with ``tta`` its four views fused."""
         if not tta:
-            return forward(batch)
-        outs = forward([img.flip(dims) if dims else img for img in batch for dims in FLIPS])
+            return note(forward(batch))
+        outs = note(forward([img.flip(dims) if dims else img for img in batch for dims in FLIPS]))
         k = len(FLIPS)
         return [fuse_boxes([unflip_boxes(o, dims, tuple(img.shape[-2:]))
                             for o, dims in zip(outs[i * k:(i + 1) * k], FLIPS)], tta_iou, max_dets, tta_skip)
@@ -542,7 +544,7 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
                         f = float(scale)
                     zooms.append(f)
                     if f in probes and not tta:
-                        results.append(probes[f])
+                        results.append(note([probes[f]])[0])
                     else:
                         with _rescaled(model, hw, f):
                             results.append(run([img])[0])
@@ -598,12 +600,8 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
     if th is not None:
         th = th if isinstance(th, Thresholds) else Thresholds(**th)
         th.check_tta(tta)
-        if th.max_dets is None or all(k == 1 for k in windows):
-            results = th.apply(results)
-        else:  # the cap is per forward pass: a field merged from k tiles may hold k times as many
-            names = results.class_names
-            results = Predictions([replace(th, max_dets=th.max_dets * k).apply(Predictions([r], names))[0]
-                                   for r, k in zip(results, windows)], names)
+        results.windows = windows  # the cap is per forward pass: a field of k tiles may hold k times as many
+        results = th.apply(results)
         if th.max_dets is not None:
             capped["images"] = sum(len(r["boxes"]) >= th.max_dets * k for r, k in zip(results, windows))
     if capped["passes"] or capped["images"]:
@@ -612,6 +610,7 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
                     "counts there may be short: raise detector_config.detections_per_img or max_dets, or tile the "
                     "field", capped["passes"], model_cap, capped["images"], n,
                     th.max_dets if th is not None else None)
+    results.windows = windows  # per image, the tiles (forward passes) its prediction was merged from
     if scale is not None:
         results.zooms = zooms
     return results

@@ -132,6 +132,8 @@ def compare_embeddings(dataset, s, *, source: str | None = None, target: str | N
     tgt_train = CropDataset.concat([tgt_train.unlabelled(classes)]
                                    + ([b.restrict(rest).unlabelled(classes)] if rest else []), name=tgt_train.name)
     held_out = CropDataset.concat([src_test, tgt_test], name="held-out")
+    if len(held_out) < 4:  # a perplexity below 1 cannot be asked of t-SNE
+        raise ValueError(f"{len(held_out)} held-out crops: the embedding needs at least 4 (give more crops per class)")
     torch.manual_seed(seed)  # same initial weights for both models
     source_only = build_classifier(classes, width=s.width, norm="group", input_size=s.input_size)
     train_classifier(source_only, src_train, steps=s.steps, batch_size=32, device=device, seed=seed)
@@ -163,8 +165,6 @@ def compare_embeddings(dataset, s, *, source: str | None = None, target: str | N
     features[FEATURES_ADAPTED] = np.concatenate([features[FEATURES][:len(src_test)],
                                                  cnn_embedding(measured_target, tgt_test, device="cpu")])
     sep = separability_table(features, held_out.domains, seed=seed)
-    if len(held_out) < 4:  # a perplexity below 1 cannot be asked of t-SNE
-        raise ValueError(f"{len(held_out)} held-out crops: the embedding needs at least 4 (give more crops per class)")
     p = min(perplexity, (len(held_out) - 1) // 3)
     maps = {name: tsne(x, perplexity=p, seed=seed) for name, x in features.items()}
     return EmbeddingComparison(a.name, b.name, list(classes), src_test, tgt_test, held_out, f1, features, sep, maps, p)

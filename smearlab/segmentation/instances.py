@@ -597,6 +597,7 @@ def predict_probabilities(model: UNet, image: np.ndarray, *, tile: int = 256, ov
     model : the instance U-Net (in eval mode).
     image : ``(H, W, 3)`` RGB or ``(H, W)`` grey image.
     tile : tile side in pixels (a multiple of ``2 ** depth``, rounded down to one); a side of the
+        image shorter than a tile is one tile of its own length (rounded up to the multiple), so a
         small image is not mostly padding. The network normalises each tile by that tile's own
         statistics (GroupNorm), so a tile's output depends on what the tile holds: keep tiles at
         least as large as the training crops (``InstanceTrainConfig.crop``). Much smaller tiles
