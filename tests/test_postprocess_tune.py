@@ -223,7 +223,7 @@ def test_tuning_refuses_class_agnostic_nms_and_thresholds_outside_the_cache():
     assert min(th.score.values()) >= 0.3   # 0.1 and 0.2 lie below the floor: never observed, never chosen
 
 
-def test_the_cap_on_boxes_is_per_forward_pass_wherever_thresholds_apply():
+def test_the_cap_on_boxes_is_per_forward_pass_wherever_thresholds_apply(tmp_path):
     """A field merged from k tiles keeps k times max_dets, through RawPredictions (notebooks 03 and
     09 apply tuned thresholds to cached raw predictions) and the tuner's Selector alike."""
     import numpy as np
@@ -242,5 +242,7 @@ def test_the_cap_on_boxes_is_per_forward_pass_wherever_thresholds_apply():
     assert per_image_caps(raw, 2, 2) == [2, 6] and per_image_caps(raw, None, 2) == [None, None]
     th = Thresholds({"cell": 0.0}, nms_iou=None, max_dets=2)
     assert [len(p["boxes"]) for p in th.apply(raw)] == [2, 6]
+    raw.save(tmp_path / "raw.npz")  # a cache read back keeps them
+    assert [len(p["boxes"]) for p in th.apply(RawPredictions.load(tmp_path / "raw.npz"))] == [2, 6]
     assert [len(k) for k in Selector(preds)(0.0, None, max_dets=2)] == [2, 6]
     assert [len(p["boxes"]) for p in th.apply(list(preds), class_names=["cell"])] == [2, 2]  # no windows: one pass each

@@ -155,6 +155,8 @@ class RawPredictions:
             arrays["image_ids"] = np.array(self.image_ids, dtype=str)
         if self.truth_digest is not None:
             arrays["truth_digest"] = np.array(self.truth_digest)
+        if self.meta.get("windows") is not None:  # tiles per image: the cap on boxes is per forward pass
+            arrays["windows"] = np.asarray(self.meta["windows"], np.int64)
         for i, p in enumerate(preds):
             if "masks" in p:
                 arrays[f"masks_{i}"] = p["masks"]
@@ -216,8 +218,12 @@ class RawPredictions:
                 p["masks"] = masks
             preds.append(p)
         digest = data.get("truth_digest")
+        windows = data.get("windows")
+        if windows is not None and (windows.shape != counts.shape or (windows < 1).any()):
+            raise DataError(path, f"tile counts of shape {windows.shape} for {len(counts)} images")
         return cls(preds, data["class_names"].tolist(), float(data.get("score_floor", 0.0)),
-                   None if ids is None else ids.tolist(), None if digest is None else str(digest))
+                   None if ids is None else ids.tolist(), None if digest is None else str(digest),
+                   meta={} if windows is None else {"windows": windows.tolist()})
 
 
 def truth_digest(dataset) -> str:
