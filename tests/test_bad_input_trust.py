@@ -520,3 +520,18 @@ def test_a_fractional_class_label_is_refused_not_truncated():
     with pytest.raises(ValueError, match="whole class indices"):
         as_prediction({"boxes": [[0, 0, 4, 4]], "scores": [0.9], "labels": [1.7]})
     assert as_prediction({"boxes": [[0, 0, 4, 4]], "scores": [0.9], "labels": [1.0]})["labels"].tolist() == [1]
+
+
+def test_one_class_spelled_two_ways_is_said(tmp_path, caplog):
+    """'rbc' in one file and 'RBC' in another became two classes without a word."""
+    from smearlab.data.synthetic import make_dataset
+    ds = make_dataset(2, seed=0, width=96, height=96)
+    voc.save(ds, tmp_path / "v")
+    xml = [f for f in sorted((tmp_path / "v" / "Annotations").glob("*.xml")) if "<name>RBC</name>" in f.read_text()]
+    text = "".join(f.read_text() for f in xml)
+    assert text.count("<name>RBC</name>") >= 2  # one red cell renamed, another kept
+    xml[0].write_text(xml[0].read_text().replace("<name>RBC</name>", "<name>rbc</name>", 1))
+    with caplog.at_level(logging.WARNING, logger="smearlab.data"):
+        loaded = voc.load(tmp_path / "v")
+    assert {"RBC", "rbc"} <= set(loaded.class_names)
+    assert any("'RBC' and 'rbc'" in r.getMessage() and "alias rule" in r.getMessage() for r in caplog.records)

@@ -314,3 +314,20 @@ def test_cbc_white_cell_crops_from_ground_truth(cbc_root):
     assert len(crops) == ds.class_counts()["WBC"] == 61          # the published Testing count
     assert crops.images.shape[1:] == (3, 48, 48) and len(set(crops.ids)) == 61
     assert len(crops.skipped) == len(ds.skipped)                  # the loader's skips, none added
+
+
+def test_a_diverging_classifier_loss_stops_training():
+    """Losses of 7.6e13 then NaN went on silently (the weights no longer finite)."""
+    import numpy as np
+    import torch
+
+    from smearlab.classification.crops import CropDataset
+    from smearlab.classification.model import build_classifier
+    from smearlab.classification.train import train_classifier
+
+    rng = np.random.default_rng(0)
+    d = CropDataset(rng.integers(0, 256, (16, 24, 24, 3), dtype=np.uint8), [i % 2 for i in range(16)], ["a", "b"])
+    torch.manual_seed(0)
+    with pytest.raises(FloatingPointError, match="at step"):
+        train_classifier(build_classifier(d.class_names, width=4), d, steps=6, batch_size=8, lr=1e8, device="cpu",
+                         augment=False)

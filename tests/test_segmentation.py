@@ -476,3 +476,28 @@ def test_an_instance_row_ranks_every_raw_prediction_for_mask_ap():
     row = instance_row(truth, final, raw)
     assert row["mask_mAP50"] == pytest.approx(1.0)  # both found, ranked: a full curve
     assert row["dsb_metric"] == pytest.approx(0.5) and row["count_error"] == pytest.approx(0.5)
+
+
+def test_an_unannotated_image_adds_nothing_and_a_diverging_loss_stops_training(tmp_path):
+    """A class map all IGNORE made the U-Net's epoch loss NaN (cross-entropy over no pixel); a loss
+    that turns NaN stopped nothing and the run folder's model got NaN weights."""
+    import numpy as np
+    import torch
+
+    from smearlab.data.sample import Sample, SmearDataset
+    from smearlab.data.synthetic import make_dataset
+    from smearlab.segmentation.train import train_unet
+    from smearlab.segmentation.unet import UNet, load_unet
+
+    ds = make_dataset(2, seed=0, width=64, height=64)
+    blank = Sample("unannotated", _image=ds[0].image, _semantic=np.full(ds[0].semantic.shape, 255, np.uint8))
+    train = SmearDataset([blank, ds[1]], ds.class_names, "t", semantic_names=ds.semantic_names)
+    torch.manual_seed(0)
+    h = train_unet(UNet(3, 3, base=4, depth=2), train, epochs=2, batch_size=1, device="cpu", progress=False)
+    assert all(np.isfinite(r["loss"]) for r in h)
+    torch.manual_seed(0)
+    with pytest.raises(FloatingPointError, match="loss.* at step .*training stopped"):
+        train_unet(UNet(3, 3, base=4, depth=2), ds, epochs=6, batch_size=1, lr=1e12, device="cpu", progress=False,
+                   out_dir=tmp_path / "run")
+    saved = load_unet(tmp_path / "run" / "unet", device="cpu") if (tmp_path / "run" / "unet").exists() else None
+    assert saved is None or all(torch.isfinite(p).all() for p in saved.parameters())  # the last good epoch's

@@ -16,6 +16,7 @@ evaluation, and knows its best record and the run folder it was saved in.
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -321,6 +322,12 @@ def step_loop(step, total_steps: int, *, record_every: int, optimizer=None, lr_a
                 for g in optimizer.param_groups:
                     g["lr"] = lr
             numbers = step(i) or {}
+            bad = {k: float(v) for k, v in numbers.items() if "loss" in k and not math.isfinite(float(v))}
+            if bad:  # the weights are no longer finite from here on; the last record's checkpoint is kept
+                raise FloatingPointError(
+                    f"{', '.join(f'{k} is {v}' for k, v in bad.items())} at step {i + 1}"
+                    + (f" (learning rate {lr:.3g})" if lr is not None else "")
+                    + "; training stopped. Lower the learning rate, or check the data.")
             for k, v in numbers.items():
                 acc.setdefault(k, []).append(float(v))
             i += 1

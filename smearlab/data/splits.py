@@ -161,19 +161,28 @@ def content_hash(sample) -> str:
     return h.hexdigest()
 
 
-#: the similarity above which two images are near-copies (:func:`near_copies`): on the shared
-#: data, pairs of different cells or fields reached 0.64 at most (Zheng Dataset 1: 0.64, Dataset 2:
-#: 0.62, PBC: 0.63, CBC: 0.25) and the shots of one cell or field twice 0.82 to 1.0 (Zheng Dataset 1
-#: 112/139, 166/171, 157/158, 167/169; CBC Training 37/38)
+#: the similarity above which two images are near-copies whatever else they resemble
+#: (:func:`near_copies`): on the shared data, at the best shift, pairs of different cells reached
+#: 0.67 at most (Zheng Dataset 1 0.67, Dataset 2 0.56, PBC 0.63; single-cell images share their
+#: central cell) and the shots of one cell or field twice in place 0.82 to 1.0 (Zheng Dataset 1
+#: 112/139, 166/171, 157/158, 167/169; PBC EO_398276/EO_924136; CBC Training 37/38)
 NEAR_COPY_SIMILARITY = 0.75
+#: a pair at or above this similarity (at its best shift) is a near-copy when it also stands
+#: :data:`NEAR_COPY_Z` robust standard deviations above what each of its images shares with the
+#: others: CBC holds fields shot twice 10 to 100 px apart at 0.55 to 0.74 (Training 204/277,
+#: 206/278, 223/263, 226/261, 229/258, 236/253, 243/250, 244/247; Testing 382/395) with z of 28 to
+#: 40, while the most similar different cells reached z 12.5 (PBC) and 9.9 (Zheng Dataset 1)
+NEAR_COPY_SHIFTED = 0.5
+NEAR_COPY_Z = 20.0
 
 
 def image_signature(image: np.ndarray, side: int = 64, sigma: float = 2.0) -> np.ndarray:
-    """A unit vector that two shots of the same field share: the image resized to ``side`` x
-    ``side`` (colour), minus its Gaussian blur of ``sigma`` (the detail of cells and granules, not
-    the overall colour or a bright centre, which single-cell images of different cells share), zero
-    mean and unit length. The dot product of two signatures is their similarity (1 for the same
-    image; a flat image has the zero vector and matches nothing).
+    """What two shots of the same field share: the image resized to ``side`` x ``side`` (colour),
+    minus its Gaussian blur of ``sigma`` (the detail of cells and granules, not the overall colour
+    or a bright centre, which single-cell images of different cells share), zero mean and unit
+    length, as a ``(side, side, C)`` array. Two signatures' similarity is their correlation at the
+    best shift (:func:`shifted_similarity`; 1 for the same image; a flat image is all zeros and
+    matches nothing).
 
     Parameters
     ----------
@@ -188,24 +197,55 @@ def image_signature(image: np.ndarray, side: int = 64, sigma: float = 2.0) -> np
     a = (a[..., :3] if a.ndim == 3 else a[..., None]).astype(np.float64)
     small = resize(a, (side, side, a.shape[2]), order=1, anti_aliasing=True, preserve_range=True)
     detail = small - gaussian_filter(small, (sigma, sigma, 0))
-    v = detail.ravel() - detail.mean()
+    v = detail - detail.mean()
     norm = np.linalg.norm(v)
     return v / norm if norm > 1e-9 * max(1.0, float(np.abs(small).max())) else np.zeros_like(v)
+
+
+#: the largest shift between two shots of one field that :func:`shifted_similarity` looks for, as a
+#: fraction of the image side (CBC holds fields shot twice 10 to 100 px apart in 640 x 480 images)
+MAX_SHIFT = 0.25
+
+
+def shifted_similarity(a: np.ndarray, others: np.ndarray, max_shift: float = MAX_SHIFT) -> np.ndarray:
+    """The similarity of signature ``a`` with each of ``others``: their correlation (the dot product
+    of the two signatures, one moved over the other, wrapping round) at the shift of at most
+    ``max_shift`` of the side that makes it largest. A field shot twice a little apart matches,
+    as it does shot twice in place.
+
+    Parameters
+    ----------
+    a : one :func:`image_signature` ``(S, S, C)``.
+    others : ``(N, S, S, C)`` signatures.
+    max_shift : the largest shift looked at, as a fraction of the side (0: in place only).
+    """
+    side = a.shape[0]
+    fa = np.fft.rfft2(a, axes=(0, 1))
+    fo = np.fft.rfft2(others, axes=(1, 2))
+    corr = np.fft.irfft2((fo * np.conj(fa)[None]).sum(-1), s=(side, side), axes=(1, 2))
+    k = int(round(float(max_shift) * side))
+    near = np.r_[0:k + 1, side - k:side] if k else np.array([0])  # shifts -k..k, wrapping round
+    return corr[:, near][:, :, near].reshape(len(others), -1).max(1)
 
 
 def near_copies(datasets: Mapping[str, SmearDataset] | SmearDataset,
                 threshold: float = NEAR_COPY_SIMILARITY) -> list[tuple[str, str, float, str, str]]:
     """Pairs of images that are near-copies: the same field or cell photographed twice, re-encoded
-    or shifted by a pixel or so (which a hash of the file misses), by :func:`image_signature`
-    similarity at or above ``threshold``. A near-copy on both sides of a split leaks as an
-    identical one does. Larger shifts are missed: the signature compares detail in place.
-    Images read for it are released again (a large dataset is not kept in memory).
+    or moved by up to a quarter of the image (which a hash of the file misses), by
+    :func:`shifted_similarity` of their :func:`image_signature` (see ``threshold``). A
+    near-copy on both sides of a split leaks as an identical one does. Images read for it are
+    released again (a large dataset is not kept in memory). Every pair is compared at every shift
+    (about 25 s for CBC's 360 images on 2 cores, reading them included): beyond
+    :data:`SHIFT_SEARCH_IMAGES` images only copies in place are looked for.
 
     Parameters
     ----------
     datasets : a SmearDataset, or ``{split name: SmearDataset}`` to compare every image with
         every other across and within the splits.
-    threshold : the similarity that makes a near-copy (see :data:`NEAR_COPY_SIMILARITY`).
+    threshold : the similarity that makes a near-copy whatever else the images resemble (see
+        :data:`NEAR_COPY_SIMILARITY`); below it, from :data:`NEAR_COPY_SHIFTED`, a pair standing
+        :data:`NEAR_COPY_Z` robust standard deviations out of its images' other similarities is
+        one too (10 images or more, up to :data:`SHIFT_SEARCH_IMAGES`).
 
     Returns
     -------
@@ -239,13 +279,40 @@ def _near_pairs(datasets: Mapping[str, SmearDataset], threshold: float) -> list[
         return []
     S = np.stack(sigs).astype(np.float32)
     pairs = []
+    if len(S) <= SHIFT_SEARCH_IMAGES:  # every pair at its best shift
+        n = len(S)
+        M = np.eye(n, dtype=np.float32)
+        for i in range(n - 1):
+            M[i, i + 1:] = M[i + 1:, i] = shifted_similarity(S[i], S[i + 1:])
+        # a shot of one field moved by tens of pixels shares less than a copy in place (0.55 on
+        # CBC), but stands far out of what its image shares with every other: robust z of the pair
+        # against each image's own similarities (median and MAD of its row)
+        off = M.copy()
+        np.fill_diagonal(off, np.nan)
+        med = np.nanmedian(off, 1)
+        mad = np.maximum(np.nanmedian(np.abs(off - med[:, None]), 1) * 1.4826, 0.01)
+        for i, j in zip(*np.triu_indices(n, 1)):
+            sim = float(M[i, j])
+            z = min((sim - med[i]) / mad[i], (sim - med[j]) / mad[j])
+            if sim >= threshold or (n >= 10 and sim >= NEAR_COPY_SHIFTED and z >= NEAR_COPY_Z):
+                pairs.append((*where[i], *where[j], sim))
+        return sorted(pairs, key=lambda p: -p[4])
+    log.info("%d images: near-copies looked for in place only (shifted shots of one field are missed above %d "
+             "images)", len(S), SHIFT_SEARCH_IMAGES)
+    flat = S.reshape(len(S), -1)
     for i0 in range(0, len(S), 512):  # blocks of rows: a similarity matrix of 10,000 images is 400 MB
-        block = S[i0:i0 + 512] @ S.T
+        block = flat[i0:i0 + 512] @ flat.T
         for r, j in zip(*np.nonzero(block >= threshold)):
             i = i0 + int(r)
             if i < j:
                 pairs.append((*where[i], *where[int(j)], float(block[r, j])))
     return sorted(pairs, key=lambda p: -p[4])
+
+
+#: above this many images :func:`near_copies` compares them in place only (every pair at every
+#: shift grows with the square of the count: about 25 s for 360 images, reading them included, and
+#: some 15 minutes for 2,500)
+SHIFT_SEARCH_IMAGES = 2500
 
 
 @dataclass
@@ -322,7 +389,10 @@ def check_leaks(splits: Mapping[str, SmearDataset], *, near: bool = True,
     ----------
     splits : ``{split name: SmearDataset}``, e.g. the result of :func:`train_val_test_split`.
     near : also look for near-copies (reads and resizes every image).
-    threshold : the similarity that makes a near-copy (see :data:`NEAR_COPY_SIMILARITY`).
+    threshold : the similarity that makes a near-copy whatever else the images resemble (see
+        :data:`NEAR_COPY_SIMILARITY`); below it, from :data:`NEAR_COPY_SHIFTED`, a pair standing
+        :data:`NEAR_COPY_Z` robust standard deviations out of its images' other similarities is
+        one too (10 images or more, up to :data:`SHIFT_SEARCH_IMAGES`).
     """
     names = {k: {key: s for s in ds if (key := _file_key(ds, s)) is not None} for k, ds in splits.items()}
     hashes: dict[str, dict[str, str]] = {}

@@ -51,7 +51,8 @@ def _collate(items):
 def _loss(logits: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
     """Cross-entropy + soft Dice (mean over classes present in the batch), :data:`IGNORE` left out."""
     logits = logits.float()
-    ce = F.cross_entropy(logits, target, ignore_index=IGNORE)
+    # a batch whose every pixel is ignored has no cross-entropy (torch gives NaN): it adds nothing
+    ce = F.cross_entropy(logits, target, ignore_index=IGNORE) if (target != IGNORE).any() else logits.sum() * 0
     valid = (target != IGNORE).unsqueeze(1).float()
     prob = logits.softmax(1) * valid
     onehot = F.one_hot(target.clamp(max=num_classes - 1) * (target != IGNORE), num_classes)

@@ -27,7 +27,7 @@ import numpy as np
 from ...core.errors import DataError
 from ...core.files import atomic_path, write_text
 from ..boxes import clean_boxes
-from ..classes import match_classes
+from ..classes import canonical, match_classes
 from ..imageio import image_info, write_image
 from ..sample import Sample, SkipLog, SmearDataset, log
 from . import json_kind
@@ -293,6 +293,14 @@ class BoxCollector:
         if renamed:
             log.warning("%s: classes mapped onto %s: %s", name, classes,
                         ", ".join(f"{k!r} -> {v!r}" for k, v in sorted(renamed.items())))
+        same: dict[str, list[str]] = {}
+        for c in classes:
+            same.setdefault(canonical(c), []).append(c)
+        twins = [v for v in same.values() if len(v) > 1]
+        if twins:  # 'rbc' beside 'RBC' were two classes, unsaid
+            log.warning("%s: %s name one class by the alias rule (case, plural) but are kept apart; merge them "
+                        "with class_names= and class_map=", name, "; ".join(" and ".join(repr(c) for c in v)
+                                                                         for v in twins))
         return SmearDataset(samples, classes, name, root=root, format=fmt,
                             skipped=list(self.skipped), fixed=list(self.fixed))
 
