@@ -577,7 +577,17 @@ class Preprocess:
         Parameters
         ----------
         sample : the Sample whose image is processed (left unchanged).
+
+        Raises
+        ------
+        ValueError
+            when the sample was already preprocessed (``meta["preprocess"]``): a second pass would
+            process its image twice (a model trained on such images sees them processed once
+            when it predicts).
         """
+        if sample.meta.get("preprocess"):
+            raise ValueError(f"{sample.image_id} was already preprocessed with the steps {sample.meta['preprocess']} "
+                             "(meta['preprocess']): give the raw image, or no pipeline")
         image = self(sample.image)
         new = copy.copy(sample)
         new.meta = {**sample.meta, "preprocess": [n for n, _ in self.steps]}

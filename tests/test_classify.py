@@ -331,3 +331,28 @@ def test_a_diverging_classifier_loss_stops_training():
     with pytest.raises(FloatingPointError, match="at step"):
         train_classifier(build_classifier(d.class_names, width=4), d, steps=6, batch_size=8, lr=1e8, device="cpu",
                          augment=False)
+
+
+def test_an_empty_or_unlabelled_validation_set_is_refused_and_side_files_are_not_dropped(tmp_path):
+    """An empty validation set scored macro F1 0.0 as if measured; unlabelled crops failed after
+    the first epoch; save_classifier / save_unet wrote a preprocess.json their loaders never read."""
+    import numpy as np
+
+    from smearlab.classification.crops import CropDataset
+    from smearlab.classification.model import build_classifier, save_classifier
+    from smearlab.classification.train import train_classifier
+    from smearlab.preprocess import Preprocess
+    from smearlab.segmentation.unet import UNet, save_unet
+
+    rng = np.random.default_rng(0)
+    d = CropDataset(rng.integers(0, 256, (8, 24, 24, 3), dtype=np.uint8), [i % 2 for i in range(8)], ["a", "b"])
+    m = build_classifier(d.class_names, width=4)
+    for val in (d.subset([]), CropDataset(d.images.permute(0, 2, 3, 1).numpy()[:2], [-1, -1], ["a", "b"])):
+        with pytest.raises(ValueError, match="labelled crops"):
+            train_classifier(m, d, val, steps=1, device="cpu")
+    pre = Preprocess([("gamma", {"g": 2.0})])
+    with pytest.raises(TypeError, match="keeps no preprocess"):
+        save_classifier(m, tmp_path / "c", preprocess=pre.to_dict())
+    with pytest.raises(TypeError, match="keeps no preprocess"):
+        save_unet(UNet(3, 2, base=4, depth=1), tmp_path / "u", preprocess=pre.to_dict())
+    assert not (tmp_path / "c").exists() and not (tmp_path / "u").exists()

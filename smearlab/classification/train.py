@@ -132,6 +132,9 @@ def fit(model: CellClassifier, train: CropDataset, *, steps: int, batch_size: in
         raise ValueError(f"model classes {model.class_names} differ from the training data's {train.class_names}")
     if val is not None and val.class_names != model.class_names:  # scored by index: another order is all wrong
         raise ValueError(f"model classes {model.class_names} differ from the validation data's {val.class_names}")
+    if val is not None and (len(val) == 0 or (val.labels < 0).any()):  # scored 0.0 / failed after an epoch
+        raise ValueError(f"validation {val.name!r} must hold labelled crops: it has {len(val)} crops, "
+                         f"{int((val.labels < 0).sum())} unlabelled (give val=None to train without it)")
     if steps < 1 or batch_size < 1:
         raise ValueError(f"steps and batch_size must be >= 1, got steps={steps}, batch_size={batch_size}")
     if isinstance(lr, bool) or not (isinstance(lr, numbers.Real) and 0 < lr < math.inf):  # NaN trained to NaN weights
