@@ -507,7 +507,7 @@ def test_the_instance_segmenter_counts_objects_against_a_dataset(tmp_path, monke
     monkeypatch.setattr(batch, "predict_instances", spy)
     whole = batch.predict(folder, [tmp_path / "big"], tmp_path / "o4", tile=None, progress=False)
     assert whole["predicted"] == 1 and json.loads((tmp_path / "o4" / "run.json").read_text())["tile"] is None
-    assert tiles and min(tiles) >= 288  # one tile holds the field (even resized to the model's object size)
+    assert tiles and min(tiles) >= 4 * 288  # one tile holds the field, even resized 4x to the model's object size
     batch.predict(folder, [tmp_path / "big"], tmp_path / "o5", progress=False)
     assert tiles[-1] == 256  # the default
 

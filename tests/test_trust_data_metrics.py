@@ -42,7 +42,7 @@ def test_a_field_shot_twice_tens_of_pixels_apart_is_a_near_copy():
     """CBC holds fields shot twice 10 to 100 px apart (Training 236/253: one in the benchmark's
     training split, its twin in validation); compared in place they shared nothing (-0.1 to 0.05)."""
     from smearlab.data.splits import shifted_similarity
-    fields = [make_dataset(1, seed=k, width=200, height=160)[0].image for k in range(12)]
+    fields = [s.image for s in make_dataset(32, seed=0, width=160, height=128)]  # 30 or more: the outlier rule
     moved = fields[0][16:, 20:]  # the same field, 20 px right and 16 px down, cropped
     moved = np.ascontiguousarray(np.pad(moved, ((0, 16), (0, 20), (0, 0)), mode="edge"))
     sa, sm = image_signature(fields[0]), image_signature(moved)
@@ -53,7 +53,7 @@ def test_a_field_shot_twice_tens_of_pixels_apart_is_a_near_copy():
     ds = SmearDataset([Sample(f"f{k}", _image=f) for k, f in enumerate(fields)] + [Sample("moved", _image=moved)],
                       ["c"])
     assert [p[:2] for p in near_copies(ds)] == [("f0", "moved")]
-    train = ds.subset(range(12))
+    train = ds.subset(range(32))
     val = SmearDataset([Sample("moved", _image=moved)], ["c"])
     assert check_leaks({"train": train, "val": val}).near_copies[("train", "val")][0][:2] == ("f0", "moved")
 

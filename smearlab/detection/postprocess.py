@@ -52,7 +52,8 @@ class RawPredictions:
     image_ids : the samples' ``image_id`` in order, to check that a cache matches a dataset.
     truth_digest : a digest of the dataset's annotations (:func:`truth_digest`): image ids repeat
         between datasets (synthetic sets of another seed, files of one name), annotations hardly.
-    meta : further information kept with the predictions in memory (not written by :meth:`save`).
+    meta : further information kept with the predictions (in memory; :meth:`save` writes only
+        ``windows``, each image's tile count).
     """
 
     predictions: list

@@ -39,7 +39,8 @@ class Thresholds:
     score : ``{class name: score threshold}`` (a box is kept when ``score >= threshold``).
     nms_iou : NMS IoU (None: no extra NMS).
     class_agnostic : NMS across classes.
-    max_dets : cap of boxes per image.
+    max_dets : cap of boxes per image and forward pass (an image predicted in k tiles keeps k
+        times as many; :func:`~smearlab.detection.postprocess.per_image_caps`).
     objective : what the thresholds were tuned for ("f1", "count" or "manual").
     metrics : the tuning figures (per class the chosen threshold and objective values).
     tta : whether they were tuned on predictions made with test-time augmentation

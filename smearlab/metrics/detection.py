@@ -567,16 +567,13 @@ def crowd_regions(dataset: SmearDataset) -> int:
     return n
 
 
-_CROWD_SAID: set = set()  # (dataset, caller) pairs already warned about: once each, not on every call
-
-
 def _warn_crowd(dataset: SmearDataset, what: str) -> None:
-    key = (id(dataset), what)
-    if key in _CROWD_SAID:
+    said = dataset.__dict__.setdefault("_crowd_said", set())  # once per dataset and caller, not every call
+    if what in said:
         return
     n = crowd_regions(dataset)
     if n:
-        _CROWD_SAID.add(key)
+        said.add(what)
         log.warning("%s: %s holds %d crowd region(s) (iscrowd 1), counted here as single objects; "
                     "evaluate_detections (pycocotools) ignores detections on them instead",
                     dataset.name, what, n)

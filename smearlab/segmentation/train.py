@@ -153,6 +153,9 @@ def train_unet(model: UNet, train_ds, val_ds=None, *, epochs: int = 20, batch_si
                 f"{a}={'-' if d is None else f'{d:.3f}'}" for a, d in out["val_dice"].items())
             print(f"epoch {epoch}/{epochs}  loss {out['loss']:.4f}{extra}")
         if out_dir is not None:
+            if not all(torch.isfinite(p).all() for p in model.parameters()):  # the last good epoch's model stays
+                raise FloatingPointError(f"the U-Net's weights are not finite after epoch {epoch}; training stopped "
+                                         "(the last good epoch's model is kept). Lower the learning rate.")
             save_unet(model, Path(out_dir) / "unet", class_names=list(names), epoch=epoch)
             write_json(Path(out_dir) / "history.json", history.records + [{**rec, **out}])
         return out

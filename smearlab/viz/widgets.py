@@ -342,7 +342,7 @@ class ThresholdTuner:
     initial : a :class:`Thresholds` to start from, keyed by the model's class names as
         :func:`~smearlab.detection.tune.auto_tune` writes them (default: every class 0.5, NMS 0.5).
     figsize : size of the overlay figure.
-    max_dets : most boxes kept per image (highest scores), None for no cap; stored in
+    max_dets : most boxes kept per image and forward pass (highest scores), None for no cap; stored in
         :meth:`thresholds`; ``"initial"``: that of ``initial`` (300 without one).
 
     Attributes
