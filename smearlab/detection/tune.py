@@ -77,6 +77,17 @@ class Thresholds:
         return postprocess(raw, self.score, self.nms_iou, self.class_agnostic, self.max_dets,
                            class_names=class_names)
 
+    def keep(self, raw) -> list[np.ndarray]:
+        """Which raw boxes :meth:`apply` keeps: per image, indices into the raw arrays, by
+        decreasing score (:func:`~smearlab.detection.postprocess.select`), to take the same boxes from
+        something made from them (e.g. masks cut for every raw box).
+
+        Parameters
+        ----------
+        raw : :class:`~smearlab.detection.postprocess.RawPredictions` or a list of prediction dicts.
+        """
+        return select(raw, self.score, self.nms_iou, self.class_agnostic, self.max_dets)
+
     def to_dict(self) -> dict:
         """Plain JSON-ready dict (what :meth:`save` writes and ``save_model`` stores)."""
         return asdict(self)

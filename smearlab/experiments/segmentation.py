@@ -14,7 +14,8 @@ from ..data.sample import SmearDataset
 from ..detection.models import DetectorConfig
 from ..detection.predict import predict
 from ..detection.train import TrainConfig
-from ..metrics.instances import mask_ap, score_instances, segmentation_metrics
+from ..detection.postprocess import take
+from ..metrics.instances import score_instances, segmentation_metrics
 from ..metrics.robustness import compare_with_noise
 from ..metrics.semantic import semantic_metrics
 from ..data.derive import as_single_class
@@ -114,9 +115,7 @@ def instance_row(test: SmearDataset, final, raw) -> dict:
     final : the thresholded predictions, with masks.
     raw : every prediction, with masks and scores.
     """
-    ap = mask_ap(test, raw)
-    return {**segmentation_metrics(test, final, score_threshold=0.0), "mask_mAP50": ap["mask_mAP50"],
-            "mask_mAP": ap["mask_mAP"]}
+    return segmentation_metrics(test, final, score_threshold=0.0, ranked=raw)
 
 
 def compare_segmenters(splits: dict[str, SmearDataset], s, *, seed: int = 0, device="auto",
@@ -157,11 +156,12 @@ def compare_segmenters(splits: dict[str, SmearDataset], s, *, seed: int = 0, dev
     crop_unet = build_crop_unet(crop_train, base=s.crop_base)
     train_crop_unet(crop_unet, crop_train, crop_size=s.crop_size, epochs=s.unet_epochs, batch_size=32, device=device,
                     seed=seed, progress=False)
-    two_stage = two_stage_segment(final, crop_unet, test, device=device)
     # its mask AP ranks every detection too, as Mask R-CNN's does (on the thresholded boxes it was
-    # cut short, and the two rows compared unlike figures)
-    metrics["detector + crop U-Net"] = instance_row(test, two_stage, two_stage_segment(
-        mrcnn.raw_test, crop_unet, test, device=device))
+    # cut short, and the two rows compared unlike figures); a box's mask depends on that box alone,
+    # so the final boxes' masks are taken from the raw ones (one pass of the crop U-Net)
+    two_stage_raw = two_stage_segment(mrcnn.raw_test, crop_unet, test, device=device)
+    two_stage = [take(p, k) for p, k in zip(two_stage_raw, mrcnn.thresholds.keep(mrcnn.raw_test))]
+    metrics["detector + crop U-Net"] = instance_row(test, two_stage, two_stage_raw)
     learned = train_learned_segmenter(train, val, s, seed=seed, device=device)
     metrics[LEARNED], learned_preds = learned_row(learned, test, device=device)
     return SegmentationComparison(mrcnn, final, unet, unet_pred, crop_unet, two_stage, metrics,

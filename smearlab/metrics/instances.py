@@ -186,7 +186,7 @@ def mask_ap(dataset: SmearDataset, predictions, *, max_dets: Sequence[int] = (1,
             "per_class": r["per_class"]}
 
 
-def segmentation_metrics(dataset: SmearDataset, predictions, score_threshold=0.5) -> dict:
+def segmentation_metrics(dataset: SmearDataset, predictions, score_threshold=0.5, *, ranked=None) -> dict:
     """The instance-segmentation headline numbers of issue #5 for one set of predictions.
 
     Parameters
@@ -197,6 +197,8 @@ def segmentation_metrics(dataset: SmearDataset, predictions, score_threshold=0.5
     score_threshold : the final predictions (DSB metric, counts) are those with
         ``score >= score_threshold`` (a float, per class, or ``{class: threshold}``); the mask
         AP uses every prediction (ranked by score).
+    ranked : the predictions the mask AP ranks instead (None: ``predictions``), e.g. a detector's
+        raw output when ``predictions`` went through its tuned thresholds and NMS.
 
     Returns
     -------
@@ -208,7 +210,7 @@ def segmentation_metrics(dataset: SmearDataset, predictions, score_threshold=0.5
     """
     preds = check_predictions(dataset, predictions)
     final = keep_above_thresholds(preds, threshold_array(score_threshold, dataset.class_names))
-    ap = mask_ap(dataset, preds)
+    ap = mask_ap(dataset, preds if ranked is None else check_predictions(dataset, ranked))
     true = np.array([len(s.boxes) for s in dataset], np.int64)
     pred = np.array([len(p["scores"]) for p in final], np.int64)
     err = np.abs(pred - true)
