@@ -30,6 +30,10 @@ def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
 
 
+class _Measured(Exception):
+    """Raised by :func:`adapt_batchnorm`'s hook once the layer being measured has seen its input."""
+
+
 @torch.no_grad()
 def adapt_batchnorm(model: nn.Module, target: CropDataset, *, batch_size: int = 64, device="auto") -> nn.Module:
     """A copy of ``model`` whose batch-norm layers hold the target domain's statistics (AdaBN).
@@ -87,11 +91,15 @@ def adapt_batchnorm(model: nn.Module, target: CropDataset, *, batch_size: int = 
         def collect(_, inputs, acc=acc):
             x = inputs[0].detach().double().transpose(0, 1).reshape(inputs[0].shape[1], -1)
             acc[0], acc[1], acc[2] = acc[0] + x.sum(1), acc[1] + (x * x).sum(1), acc[2] + x.shape[1]
+            raise _Measured  # the layers after this one do not matter to it: stop the pass here
 
         hook = bn.register_forward_pre_hook(collect)
         try:
             for b in range(0, len(target), batch_size):
-                out(target.images[b:b + batch_size].to(dev).float() / 255)
+                try:
+                    out(target.images[b:b + batch_size].to(dev).float() / 255)
+                except _Measured:
+                    pass
         finally:
             hook.remove()
         total, squares, n = acc
