@@ -263,8 +263,9 @@ def write_dicom(path, pixels, photometric="MONOCHROME2", bits_stored=16):
     if pixels.ndim == 3:
         ds.NumberOfFrames = pixels.shape[0]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, 0
-    ds.PixelData = pixels.astype("<u2").tobytes()
+    signed = pixels.dtype.kind == "i"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, int(signed)
+    ds.PixelData = pixels.astype("<i2" if signed else "<u2").tobytes()
     ds.save_as(path, enforce_file_format=True)
 
 
@@ -294,6 +295,9 @@ def test_dicom_monochrome1_turns_over_within_the_stored_bits_and_multiframe_read
     write_dicom(tmp_path / "flat.dcm", np.full((4, 5), 3095, np.uint16), "MONOCHROME1", bits_stored=12)
     a, b = read_raw(tmp_path / "dim.dcm"), read_raw(tmp_path / "flat.dcm")
     assert a[1, 1] == b[1, 1] == 1000 and a[0, 0] == 0  # before: 1000 in one file, 0 in the other
+    signed = np.array([[-2048, 0], [2047, 1000]], np.int16)  # 12-bit signed: -2048..2047
+    write_dicom(tmp_path / "signed.dcm", signed, "MONOCHROME1", bits_stored=12)
+    np.testing.assert_array_equal(read_raw(tmp_path / "signed.dcm"), [[4095, 2047], [0, 1047]])  # it read black
     frames = np.stack([np.full((4, 3), v, np.uint16) for v in (7, 9, 11)])
     write_dicom(tmp_path / "frames.dcm", frames)  # 3 frames 3 px wide: not an RGB image 3 px tall
     np.testing.assert_array_equal(read_raw(tmp_path / "frames.dcm"), frames[0])

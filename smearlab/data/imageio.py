@@ -446,10 +446,11 @@ def _read_dicom(path: Path) -> np.ndarray:
     if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
         # white is the smallest value: turn it over within the stored bit range (12-bit data
         # 0..4095), not within this image's own values, so every file of a set reads alike
-        if np.issubdtype(arr.dtype, np.signedinteger):
-            arr = np.invert(arr)  # -1 - v: the signed range onto itself, reversed
+        bits = int(getattr(ds, "BitsStored", 0) or arr.dtype.itemsize * 8)
+        if np.issubdtype(arr.dtype, np.signedinteger):  # the signed range onto 0..2^bits - 1, reversed
+            top = (1 << (bits - 1)) - 1                  # (turned over in place it went negative: black)
+            arr = (top - np.clip(arr.astype(np.int64), -top - 1, top)).astype(np.uint16 if bits <= 16 else np.uint32)
         else:
-            bits = int(getattr(ds, "BitsStored", 0) or arr.dtype.itemsize * 8)
             arr = (np.asarray((1 << bits) - 1, arr.dtype) - np.minimum(arr, (1 << bits) - 1)).astype(arr.dtype)
     return arr
 
