@@ -138,13 +138,12 @@ def collect_images(inputs: Sequence[str | Path], *, pattern: str = "**/*",
     unique = []
     twice = 0
     for path, name in found:
-        if path.resolve() in files_seen:  # a file given and inside a folder given: one image, counted once
+        resolved = path.resolve()
+        if resolved in files_seen:  # the same file through two inputs (a file and a folder holding it): once
             twice += 1
             continue
-        files_seen.add(path.resolve())
+        files_seen.add(resolved)
         if name.lower() in seen:
-            if seen[name.lower()].resolve() == path.resolve():
-                continue  # the same file named twice
             raise DataError(path, f"its name {name!r} is also that of {seen[name.lower()]}; "
                                   "predict the two into different output folders")
         seen[name.lower()] = path

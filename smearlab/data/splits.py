@@ -528,7 +528,7 @@ def detection_splits(spec: str = "synthetic", *, quick: bool = True, seed: int =
     if any(halves) and not all(halves):  # the notebooks would say they count Testing/ while splitting at random
         log.warning("%s holds %s but not %s: split by image as any dataset, not the CBC layout", root,
                     *(("Training/", "Testing/") if halves[0] else ("Testing/", "Training/")))
-    if not spec.startswith("synthetic") and (root / "Training").is_dir() and (root / "Testing").is_dir():
+    if halves and all(halves):
         training = load(root / "Training")
         # Testing/'s classes in Training/'s order, before any training: a folder without one class
         # lists the others in another order (VOC sorts them), found only after every epoch
