@@ -585,9 +585,7 @@ class Preprocess:
             process its image twice (a model trained on such images sees them processed once
             when it predicts).
         """
-        if sample.meta.get("preprocess"):
-            raise ValueError(f"{sample.image_id} was already preprocessed with the steps {sample.meta['preprocess']} "
-                             "(meta['preprocess']): give the raw image, or no pipeline")
+        self.check_raw(sample)
         image = self(sample.image)
         new = copy.copy(sample)
         new.meta = {**sample.meta, "preprocess": [n for n, _ in self.steps]}
@@ -596,6 +594,19 @@ class Preprocess:
         new.path = None
         new.image = image
         return new
+
+    @staticmethod
+    def check_raw(sample) -> None:
+        """Refuse (``ValueError``) a sample :meth:`apply` already processed (``meta["preprocess"]``):
+        a pipeline on top would process its image twice, whatever its steps.
+
+        Parameters
+        ----------
+        sample : a :class:`~smearlab.data.sample.Sample`.
+        """
+        if sample.meta.get("preprocess"):
+            raise ValueError(f"{sample.image_id} was already preprocessed with the steps {sample.meta['preprocess']} "
+                             "(meta['preprocess']): give the raw image, or no pipeline (preprocess=None)")
 
     def with_fixed_tiles(self, hw: tuple[int, int]) -> "Preprocess":
         """The pipeline with every CLAHE step's tile size fixed in pixels: 1/8 of ``hw`` (the

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 from ..core.errors import DataError
 from ..core.geometry import extract_crop, letterbox, square_window
 from ..data.classes import ClassMapping, match_classes
+from ..data.predictions import class_names_of
 from ..data.sample import Sample, SkipLog, SmearDataset
 from ..data.splits import stratified_split
 from ..segmentation.classical import central_cell_box
@@ -393,7 +394,7 @@ def crops_from_predictions(dataset: SmearDataset, predictions: Sequence[dict], s
                                                               "box_index": np.flatnonzero(keep)}))
     # the detected classes are the model's: its class list, not the dataset's (in another order a
     # red cell labelled 0 = "WBC" by the model was cropped as the dataset's class 0)
-    names = getattr(predictions, "class_names", None) or dataset.class_names
+    names = class_names_of(predictions) or dataset.class_names
     detected = SmearDataset(samples, list(names), f"{dataset.name}:detected")
     return crops_from_dataset(detected, size, source="boxes", classes=classes, pad=pad, fill=fill)
 

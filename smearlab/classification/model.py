@@ -162,11 +162,8 @@ def save_classifier(model: CellClassifier | FeatureClassifier, folder, **meta) -
     Path
         ``folder``.
     """
-    side = sorted(set(meta) & {"thresholds", "preprocess", "train_config"})
-    if side:  # written as side files that loading this model never reads: it would predict without them
-        raise TypeError(f"save_classifier keeps no {', '.join(side)}: a loaded model would silently go without it")
     return save_model_folder(folder, "classifier", model, {**model.config, "input_size": int(model.input_size)},
-                             class_names=model.class_names, **meta)
+                             class_names=model.class_names, side_files=False, **meta)
 
 
 def load_classifier(folder, device="auto") -> CellClassifier | FeatureClassifier:

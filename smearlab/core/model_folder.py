@@ -62,7 +62,8 @@ class ModelFolder:
 
 
 def save_model_folder(folder, kind: str, model: torch.nn.Module, config: Mapping[str, Any], *,
-                      class_names=None, thresholds=None, preprocess=None, train_config=None, **meta) -> Path:
+                      class_names=None, thresholds=None, preprocess=None, train_config=None, side_files: bool = True,
+                      **meta) -> Path:
     """Write ``model`` into ``folder`` as ``kind``.
 
     Parameters
@@ -78,6 +79,8 @@ def save_model_folder(folder, kind: str, model: torch.nn.Module, config: Mapping
         ``save_id`` (reading ignores, with a warning, one left by another save); None removes the
         file an earlier save into the same folder left (it belonged to another model). Each is
         turned into JSON before any file is written, so one that cannot be fails first.
+    side_files : whether the kind's loader reads those side files; False refuses them (a U-Net or
+        classifier given a pipeline would be loaded without it and predict silently without it).
     meta : further plain values kept in ``weights.pt`` (e.g. ``epoch``).
 
     Returns
@@ -87,6 +90,11 @@ def save_model_folder(folder, kind: str, model: torch.nn.Module, config: Mapping
     """
     if kind not in KINDS:
         raise ValueError(f"unknown model kind {kind!r}; kinds: {', '.join(KINDS)}")
+    given = [n for n, v in (("thresholds", thresholds), ("preprocess", preprocess), ("train_config", train_config))
+             if v is not None]
+    if given and not side_files:
+        raise TypeError(f"a {kind} model folder keeps no {', '.join(given)}: a loaded model would silently go "
+                        "without it")
     folder = Path(folder)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}  # one layout on disk
     # weights.pt and config.json carry the same save id: a save interrupted between the two files

@@ -37,7 +37,7 @@ from ..data.sample import Sample, SmearDataset
 from ..data.torchdata import LUMA, DetectionDataset
 from ..preprocess import as_preprocess
 from .models import is_mask_model, unwrap
-from .postprocess import fuse_boxes
+from .postprocess import fuse_boxes, per_image_caps
 from .scale import PROBE_FACTORS, check_zoom, choose_factor
 from .tune import Thresholds
 
@@ -468,12 +468,9 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
     pre = _resolve_extra(model, preprocess, "preprocess_spec", "preprocess")
     if pre is not None:
         pre, raw_get = as_preprocess(pre), get
-        steps = [name for name, _ in pre.steps]
-        marked = next((x for x in (data if isinstance(data, (list, tuple, SmearDataset)) else ())
-                       if isinstance(x, Sample) and x.meta.get("preprocess") == steps), None)
-        if marked is not None:  # Preprocess.apply marks what it made: a second pass would apply it twice
-            raise ValueError(f"{marked.image_id} was already preprocessed with the steps {steps} of the pipeline "
-                             "(meta['preprocess']): predict it with preprocess=None, or give the raw images")
+        for x in (data if isinstance(data, (list, tuple, SmearDataset)) else ()):
+            if isinstance(x, Sample):  # Preprocess.apply marks what it made: a second pass would process it twice
+                pre.check_raw(x)
 
         def get(i):
             img = raw_get(i)
@@ -601,9 +598,9 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
         th = th if isinstance(th, Thresholds) else Thresholds(**th)
         th.check_tta(tta)
         results.windows = windows  # the cap is per forward pass: a field of k tiles may hold k times as many
+        caps = per_image_caps(results, th.max_dets, len(results))
         results = th.apply(results)
-        if th.max_dets is not None:
-            capped["images"] = sum(len(r["boxes"]) >= th.max_dets * k for r, k in zip(results, windows))
+        capped["images"] = sum(cap is not None and len(r["boxes"]) >= cap for r, cap in zip(results, caps))
     if capped["passes"] or capped["images"]:
         log.warning("a detection cap was reached: %d forward pass(es) returned the model's most boxes "
                     "(detections_per_img %s) and %d of %d image(s) hold the thresholds' most (max_dets %s per pass); "

@@ -144,10 +144,7 @@ def save_unet(model: UNet, folder, *, class_names=None, **meta) -> Path:
     """
     config = {**model.config, "input_size": model.input_size, "crop_pad": getattr(model, "crop_pad", None),
               "class_names": None if class_names is None else list(class_names)}
-    side = sorted(set(meta) & {"thresholds", "preprocess", "train_config"})
-    if side:  # written as side files that loading this model never reads: it would predict without them
-        raise TypeError(f"save_unet keeps no {', '.join(side)}: a loaded model would silently go without it")
-    return save_model_folder(folder, "unet", model, config, class_names=class_names, **meta)
+    return save_model_folder(folder, "unet", model, config, class_names=class_names, side_files=False, **meta)
 
 
 def load_unet(folder, device: "str | torch.device | None" = "auto") -> UNet:

@@ -561,12 +561,10 @@ class ReviewGallery:
             return true
         if self.classes == ["object"]:
             return {"object": int(sum(true.values()))}
-        try:
-            lut = match_classes(list(true), self.classes).lut
-        except ValueError:  # two truth classes on one model class (Platelet and Platelets): exact names only
-            lut = np.array([self.classes.index(n) if n in self.classes else -1 for n in true])
+        # each name on its own: two truth classes may fall on one model class (Platelet and Platelets)
+        lut = [int(match_classes([n], self.classes).lut[0]) for n in true]
         out: dict = {}
-        for name, t in zip(true, lut.tolist()):
+        for name, t in zip(true, lut):
             if t >= 0:
                 out[self.classes[t]] = out.get(self.classes[t], 0) + int(true[name])
         return out
