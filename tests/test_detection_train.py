@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from smearlab.core.training import History
 from smearlab.data import Sample, SmearDataset
 from smearlab.data.synthetic import make_dataset
 from smearlab.detection.models import DetectorConfig, build_detector
@@ -149,6 +150,9 @@ def test_validation_picks_best(tmp_path, ds128):
     assert h.best_epoch == 2 and h.best_value == pytest.approx(0.3)
     ck = torch.load(tmp_path / "best" / "weights.pt", weights_only=True)
     assert ck["class_names"] == ds128.class_names
+    again = History.load(tmp_path)          # the run folder's history finds the same best epoch
+    assert again.column("val_mAP50") == [0.3, 0.6, 0.4]
+    assert (again.best_metric, again.best_epoch, again.best_value) == ("mAP", 2, pytest.approx(0.3))
 
 
 def test_ddp_gloo_two_processes(tmp_path):

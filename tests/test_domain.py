@@ -114,6 +114,8 @@ def test_a_few_dann_steps_lower_the_label_loss():
     assert model.domain_head.net[0].weight.grad is not None          # the domain classifier trained
     with pytest.raises(TypeError, match="DANN"):
         train_dann(model.classifier, src, tgt, steps=1)
+    with pytest.raises(TypeError, match="source must be a CropDataset"):   # not an AttributeError
+        train_dann(model, [src], tgt, steps=1)
 
 
 # -- the experiment and class mismatches -------------------------------------------------------------------

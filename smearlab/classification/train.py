@@ -313,6 +313,8 @@ def train_dann(model: DANN, source: CropDataset, target_unlabelled: CropDataset,
     """
     if not isinstance(model, DANN):
         raise TypeError(f"model must be a DANN (wrap the classifier: DANN(classifier)), got {type(model).__name__}")
+    _check_crops(source, "source")
+    _check_crops(target_unlabelled, "target_unlabelled")
     if source.class_names != model.class_names:
         raise ValueError(f"model classes {model.class_names} differ from the source's {source.class_names}")
     _check_batch_size(batch_size)

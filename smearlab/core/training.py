@@ -109,6 +109,26 @@ class History:
         """The last record, or None before the first."""
         return self.records[-1] if self.records else None
 
+    def note_best(self, record: dict[str, Any]) -> bool:
+        """Whether ``record`` is the best validated so far by ``val_<best_metric>`` (``val_mAP50``
+        where a detection record holds only that); the best is updated when it is. The first of
+        equal values stays the best.
+
+        Parameters
+        ----------
+        record : one epoch's record.
+        """
+        key = f"val_{self.best_metric}"
+        if key not in record and "val_mAP50" in record:
+            key = "val_mAP50"
+        value = record.get(key)
+        if value is None or not math.isfinite(float(value)):
+            return False
+        if self.best_value is None or value > self.best_value:
+            self.best_epoch, self.best_value = record.get("epoch"), value
+            return True
+        return False
+
     def to_dataframe(self):
         """The records as a pandas DataFrame (pandas is not a dependency: install it to use this)."""
         import pandas as pd
@@ -120,18 +140,31 @@ class History:
                 "best_value": self.best_value, "best_metric": self.best_metric}
 
     @classmethod
-    def load(cls, out_dir) -> "History":
-        """The history of a run folder, from its ``metrics.jsonl``.
+    def load(cls, out_dir, best_metric: str | None = None) -> "History":
+        """The history of a run folder, from its ``metrics.jsonl``, with its best epoch found again.
 
         Parameters
         ----------
         out_dir : the run folder.
+        best_metric : the validation metric that picks the best epoch (default: the one the run's
+            saved ``train_config.json`` names; without one, no best epoch is set).
         """
         p = Path(out_dir) / "metrics.jsonl"
         if not p.is_file():
             raise DataError(p, "no metrics.jsonl in this run folder")
         recs = [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines() if line.strip()]
-        return cls(records=recs, out_dir=Path(out_dir))
+        metric = best_metric
+        if metric is None:  # the metric the run picked its best model by, where it saved one
+            for folder in ("best", "model"):
+                cfg = Path(out_dir) / folder / "train_config.json"
+                if cfg.is_file():
+                    metric = json.loads(cfg.read_text(encoding="utf-8")).get("best_metric")
+                    if metric:
+                        break
+        hist = cls(records=recs, out_dir=Path(out_dir), best_metric=metric or "loss")
+        for rec in recs:
+            hist.note_best(rec)
+        return hist
 
 
 class TimeBudget:

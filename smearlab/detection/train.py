@@ -895,15 +895,6 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
                 out["val_time_s"] = round(time.time() - t_val, 3)
             dctx.barrier()
 
-        def note_best(rec: dict[str, Any]) -> bool:  # whether the record is the best validated so far
-            key = f"val_{tcfg.best_metric}"
-            if key not in rec and "val_mAP50" in rec:
-                key = "val_mAP50"
-            if key in rec and (history.best_value is None or rec[key] > history.best_value):
-                history.best_epoch, history.best_value = rec["epoch"], rec[key]
-                return True
-            return False
-
         def save_epoch(rec: dict[str, Any]) -> None:  # once the record is in the history
             epoch = rec["epoch"]
             if (budget is not None and val_smear is not None and not epoch_state.get("validated")
@@ -912,7 +903,7 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
                 # decided not to validate it (val_every > 1): validate the final model now, so it is
                 # scored and can be best/ (one validation past the budget); every rank decides alike
                 validate(rec)
-            improved = note_best(rec)
+            improved = history.note_best(rec)
             if dctx.main and out_dir is not None and improved:  # before last.pt, which records it as best
                 save_model(scored, cfg_model, out_dir / "best", preprocess=pre_spec, train_config=tcfg)
             write_last = out_dir is not None and (epoch % tcfg.checkpoint_every == 0 or epoch >= planned_epochs()
