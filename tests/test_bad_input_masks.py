@@ -309,6 +309,19 @@ def test_mask_size_mismatch_in_metrics_names_the_sample():
         lazy.masks  # noqa: B018
 
 
+def test_fractional_truth_masks_are_refused_naming_the_sample():
+    """A soft (interpolated or probability) truth mask read as bool would grow every object."""
+    soft = np.zeros((1, 8, 8), np.float32)
+    soft[0, 2:5, 2:5] = 0.7
+    s = Sample("cell-9", _image=np.zeros((8, 8, 3), np.uint8), boxes=[[2, 2, 5, 5]], labels=[0],
+               _masks=lambda: soft)
+    with pytest.raises(DataError, match=r"cell-9: instance masks: masks hold fractional values"):
+        s.masks  # noqa: B018
+    for ok in ((soft > 0.5).astype(np.float32), (soft > 0.5).astype(np.uint8) * 255):  # 0/1 floats, 0/255
+        kept = Sample("c", _image=np.zeros((8, 8, 3), np.uint8), boxes=[[2, 2, 5, 5]], labels=[0], _masks=ok)
+        assert kept.masks.dtype == bool and kept.masks.sum() == 9
+
+
 def test_predicted_masks_of_another_size_are_refused_by_mask_ap():
     """A prediction whose masks are padded or transposed would score 0 without a word."""
     from smearlab.metrics.detection import coco_eval

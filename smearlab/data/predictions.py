@@ -13,7 +13,7 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .classes import match_classes
-from .sample import SmearDataset
+from .sample import SmearDataset, binary_masks
 
 log = logging.getLogger('smearlab.data.predictions')
 
@@ -56,25 +56,6 @@ def as_prediction(p: Mapping, where="prediction") -> dict:
             raise ValueError(f"{where}: masks of shape {masks.shape} for {len(boxes)} boxes")
         out["masks"] = masks
     return out
-
-
-def binary_masks(masks, where="masks") -> np.ndarray:
-    """``masks`` as bool, refusing fractional values: a probability map read as a mask makes every
-    pixel above 0 foreground (a mask AP and a DSB score of 0 that look like a bad model).
-
-    Parameters
-    ----------
-    masks : an array of bool, integers (non-zero is foreground) or floats holding only 0 and 1.
-    where : names the masks in the error message.
-    """
-    a = np.asarray(masks)
-    if a.dtype != np.bool_ and not np.issubdtype(a.dtype, np.integer):
-        if not np.issubdtype(a.dtype, np.floating):
-            raise ValueError(f"{where}: masks of dtype {a.dtype}; give bool or 0/1 masks")
-        if a.size and not np.isin(a, (0.0, 1.0)).all():
-            raise ValueError(f"{where}: masks hold fractional values (probabilities?): give bool masks, "
-                             "e.g. probabilities > 0.5")
-    return a.astype(bool, copy=False)
 
 
 class Predictions(list):

@@ -172,7 +172,10 @@ class Sample:
         return read_raw(self.path, orientation=self.orientation)
 
     def _check_masks(self, m) -> np.ndarray:
-        m = np.asarray(m).astype(bool, copy=False)
+        try:
+            m = binary_masks(m, "instance masks")
+        except ValueError as e:
+            raise DataError(self.path or self.image_id, str(e)) from None
         if m.ndim == 2 and len(self.boxes) == 1:
             m = m[None]
         if m.ndim != 3 or m.shape[0] != len(self.boxes):
@@ -205,6 +208,25 @@ class Sample:
 
     def __len__(self) -> int:
         return len(self.boxes)
+
+
+def binary_masks(masks, where="masks") -> np.ndarray:
+    """``masks`` as bool, refusing fractional values: a probability map read as a mask makes every
+    pixel above 0 foreground (a mask AP and a DSB score of 0 that look like a bad model).
+
+    Parameters
+    ----------
+    masks : an array of bool, integers (non-zero is foreground) or floats holding only 0 and 1.
+    where : names the masks in the error message.
+    """
+    a = np.asarray(masks)
+    if a.dtype != np.bool_ and not np.issubdtype(a.dtype, np.integer):
+        if not np.issubdtype(a.dtype, np.floating):
+            raise ValueError(f"{where}: masks of dtype {a.dtype}; give bool or 0/1 masks")
+        if a.size and not np.isin(a, (0.0, 1.0)).all():
+            raise ValueError(f"{where}: masks hold fractional values (probabilities?): give bool masks, "
+                             "e.g. probabilities > 0.5")
+    return a.astype(bool, copy=False)
 
 
 def _check_image(img, where) -> np.ndarray:

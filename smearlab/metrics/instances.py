@@ -10,8 +10,8 @@ from scipy import ndimage as ndi
 from skimage.color import rgb2gray
 
 from ..data.derive import as_single_class
-from ..data.predictions import binary_masks, check_predictions
-from ..data.sample import Sample, SmearDataset
+from ..data.predictions import check_predictions
+from ..data.sample import Sample, SmearDataset, binary_masks
 from .detection import box_iou, coco_eval, keep_above_thresholds, mean_defined, threshold_array
 
 
