@@ -535,3 +535,22 @@ def test_one_class_spelled_two_ways_is_said(tmp_path, caplog):
         loaded = voc.load(tmp_path / "v")
     assert {"RBC", "rbc"} <= set(loaded.class_names)
     assert any("'RBC' and 'rbc'" in r.getMessage() and "alias rule" in r.getMessage() for r in caplog.records)
+
+
+def test_one_class_spelled_two_ways_in_coco_categories_and_folders_is_said(tmp_path, caplog):
+    """The alias warning covered the collected formats only: COCO categories and class folders
+    whose names split one class went unsaid."""
+    from smearlab.data.synthetic import make_dataset
+    ds = make_dataset(1, seed=0, width=96, height=96)
+    coco.save(ds, tmp_path / "c.json")
+    doc = json.loads((tmp_path / "c.json").read_text())
+    doc["categories"].append({"id": 99, "name": "Platelet"})   # beside 'Platelets'
+    (tmp_path / "c.json").write_text(json.dumps(doc))
+    for d in ("WBC", "wbcs"):
+        (tmp_path / "f" / d).mkdir(parents=True)
+        write_image(tmp_path / "f" / d / "a.png", np.zeros((8, 8, 3), np.uint8))
+    with caplog.at_level(logging.WARNING, logger="smearlab.data"):
+        coco.load(tmp_path / "c.json")
+        imagefolder.load(tmp_path / "f")
+    said = [r.getMessage() for r in caplog.records if "alias rule" in r.getMessage()]
+    assert any("'Platelets' and 'Platelet'" in m for m in said) and any("'WBC' and 'wbcs'" in m for m in said)

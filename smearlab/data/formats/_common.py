@@ -293,16 +293,28 @@ class BoxCollector:
         if renamed:
             log.warning("%s: classes mapped onto %s: %s", name, classes,
                         ", ".join(f"{k!r} -> {v!r}" for k, v in sorted(renamed.items())))
-        same: dict[str, list[str]] = {}
-        for c in classes:
-            same.setdefault(canonical(c), []).append(c)
-        twins = [v for v in same.values() if len(v) > 1]
-        if twins:  # 'rbc' beside 'RBC' were two classes, unsaid
-            log.warning("%s: %s name one class by the alias rule (case, plural) but are kept apart; merge them "
-                        "with class_names= and class_map=", name, "; ".join(" and ".join(repr(c) for c in v)
-                                                                         for v in twins))
+        warn_alias_twins(name, classes)
         return SmearDataset(samples, classes, name, root=root, format=fmt,
                             skipped=list(self.skipped), fixed=list(self.fixed))
+
+
+def warn_alias_twins(name: str, classes: Sequence[str]) -> None:
+    """Say (once, logged) which classes of one dataset name one class by the alias rule ('rbc'
+    beside 'RBC'): they stay two classes, whose counts and scores would split one kind of cell.
+
+    Parameters
+    ----------
+    name : the dataset's name.
+    classes : its class names.
+    """
+    same: dict[str, list[str]] = {}
+    for c in classes:
+        same.setdefault(canonical(c), []).append(c)
+    twins = [v for v in same.values() if len(v) > 1]
+    if twins:
+        log.warning("%s: %s name one class by the alias rule (case, plural) but are kept apart; merge them "
+                    "with class_names= and class_map=", name, "; ".join(" and ".join(repr(c) for c in v)
+                                                                     for v in twins))
 
 
 def _path_id(path, root) -> str:
@@ -333,6 +345,7 @@ def remap_classes(dataset: SmearDataset, class_names=None, class_map=None) -> Sm
     if class_names is None:
         if class_map:
             raise ValueError("class_map needs class_names: the class list to map onto")
+        warn_alias_twins(dataset.name, dataset.class_names)
         return dataset
     unused = sorted(set(class_map or {}) - set(dataset.class_names))
     if unused:  # one class_map may serve several datasets: a class this one lacks is no error
