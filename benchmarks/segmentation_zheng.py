@@ -47,7 +47,7 @@ from _common import run_benchmark, save_result  # noqa: E402
 from smearlab.segmentation import classical  # noqa: E402
 from smearlab.augment import default_augment  # noqa: E402
 from smearlab.data import open_dataset  # noqa: E402
-from smearlab.data.splits import train_val_test_split  # noqa: E402
+from smearlab.data.splits import split_groups, train_val_test_split  # noqa: E402
 from smearlab.core.device import resolve_device  # noqa: E402
 from smearlab.metrics.robustness import noisy_dataset  # noqa: E402
 from smearlab.segmentation.unet import UNet, save_unet  # noqa: E402
@@ -172,7 +172,8 @@ def run_one(ds, recipe: dict, *, seed: int, device, limit: int | None = None, pr
 
     ``save_to``: a path for the trained U-Net (:func:`smearlab.segmentation.unet.save_unet`), or None.
     """
-    split = train_val_test_split(ds, val=0.0, test=0.2, seed=seed)
+    # near-copies (a cell shot twice: d1_167/d1_169) on one side since 2026-12-07
+    split = train_val_test_split(ds, val=0.0, test=0.2, seed=seed, groups=split_groups(ds, True))
     train, test = split["train"], split["test"]
     if limit:
         train, test = train[:limit], test[:max(4, limit // 4)]
@@ -222,7 +223,7 @@ def run_one(ds, recipe: dict, *, seed: int, device, limit: int | None = None, pr
 def choose_epochs(train, recipe: dict, *, seed: int, device) -> dict:
     """Whole-cell Dice on a validation fifth of ``train`` after training on the rest for each of
     ``recipe["epoch_choices"]`` epochs (the test images are never seen)."""
-    inner = train_val_test_split(train, val=0.0, test=0.2, seed=seed + 1)
+    inner = train_val_test_split(train, val=0.0, test=0.2, seed=seed + 1, groups=split_groups(train, True))
     scores = {}
     for epochs in recipe["epoch_choices"]:
         torch.manual_seed(seed)

@@ -213,3 +213,36 @@ def test_voc_keeps_a_one_pixel_wide_box_and_refuses_to_write_what_it_cannot_hold
         bad = SmearDataset([Sample("a", root / "Images" / "a.png", boxes=[box], labels=[0])], ["RBC"])
         with pytest.raises(DataError, match="a pixel or less"):
             voc.save(bad, tmp_path / "bad")
+
+
+def test_splits_keep_near_copies_on_one_side():
+    """check_leaks found twins across a split, but no split could keep them together: a CBC
+    validation image beside its twin in training made the choices made on validation optimistic."""
+    import io
+
+    from PIL import Image
+
+    from smearlab.data.splits import kfold, near_copy_groups, split_groups
+    fields = [_field(k) for k in range(12)]
+    samples = [Sample(f"f{k}", _image=f) for k, f in enumerate(fields)]
+    for k in (0, 3, 7):  # each shot again a pixel aside and re-encoded
+        buf = io.BytesIO()
+        Image.fromarray(np.roll(fields[k], 1, axis=1)).save(buf, "JPEG", quality=75)
+        samples.append(Sample(f"f{k}-again", _image=np.asarray(Image.open(buf))))
+    ds = SmearDataset(samples, ["c"], "twice")
+    groups = near_copy_groups(ds)
+    assert groups.tolist() == list(range(12)) + [0, 3, 7]
+    for seed in range(4):
+        parts = train_val_test_split(ds, val=0.25, test=0.25, seed=seed, groups=groups)
+        assert not check_leaks(parts).leaks
+        assert sum(len(p) for p in parts.values()) == 15
+        folds = kfold(ds, k=3, seed=seed, groups=groups)
+        assert sorted(np.concatenate([te for _, te in folds]).tolist()) == list(range(15))
+        for _, te in folds:
+            assert all((a in te) == (b in te) for a, b in ((0, 12), (3, 13), (7, 14)))
+    alone = np.arange(15)  # groups of one image each split as no groups at all
+    assert ([s.image_id for s in train_val_test_split(ds, 0.2, 0.2, seed=1, groups=alone)["test"]]
+            == [s.image_id for s in train_val_test_split(ds, 0.2, 0.2, seed=1)["test"]])
+    with pytest.raises(ValueError, match="one group per image"):
+        train_val_test_split(ds, groups=[0, 1])
+    assert split_groups(ds, False) is None and split_groups(make_dataset(3, seed=0), True) is None

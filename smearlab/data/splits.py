@@ -76,8 +76,21 @@ def _stratify(keys: np.ndarray, min_count: int, max_groups: int | None = None) -
     return None
 
 
+def _units(groups, n: int) -> list[np.ndarray]:
+    """The images of each group (``groups``: one group id per image; None: each image alone), in
+    the order of each group's first image; with every image alone, ``[[0], [1], ...]``."""
+    if groups is None:
+        return [np.array([i]) for i in range(n)]
+    g = np.asarray(groups)
+    if g.shape != (n,):
+        raise ValueError(f"groups must give one group per image ({n}), got shape {g.shape}")
+    _, first, inverse = np.unique(g, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")
+    return [np.flatnonzero(inverse == k) for k in order]
+
+
 def train_val_test_split(dataset: SmearDataset, val: float = 0.15, test: float = 0.15,
-                         seed: int = 0, stratify: bool = True) -> dict[str, SmearDataset]:
+                         seed: int = 0, stratify: bool = True, groups=None) -> dict[str, SmearDataset]:
     """Split by image into ``{"train", "val", "test"}`` (fractions of the whole set).
 
     ``val`` or ``test`` may be 0 to leave that split out.
@@ -85,10 +98,14 @@ def train_val_test_split(dataset: SmearDataset, val: float = 0.15, test: float =
     Parameters
     ----------
     dataset : the SmearDataset to split.
-    val, test : fractions of the whole set for validation and test (``val + test < 1``).
+    val, test : fractions of the whole set for validation and test (``val + test < 1``); with
+        ``groups``, fractions of the groups.
     seed : random state of the split.
     stratify : stratify on :func:`class_signature` (rare combinations pooled; plain shuffling
-        when stratifying is impossible).
+        when stratifying is impossible); a group by its first image's.
+    groups : one group id per image (e.g. :func:`near_copy_groups`): the images of a group stay
+        in one split. None: every image alone (the split is then the same as with groups that
+        are all of one image).
 
     Returns
     -------
@@ -98,28 +115,29 @@ def train_val_test_split(dataset: SmearDataset, val: float = 0.15, test: float =
     """
     if not (0 <= val < 1 and 0 <= test < 1 and val + test < 1):
         raise ValueError(f"val={val} and test={test} must be fractions with val + test < 1")
-    idx = np.arange(len(dataset))
-    keys = np.array(class_signature(dataset))
+    units = _units(groups, len(dataset))
+    keys = np.array(class_signature(dataset))[[u[0] for u in units]]
     parts: dict[str, np.ndarray] = {}
-    rest = idx
+    rest = np.arange(len(units))
     for name, frac, remaining in (("test", test, 1.0), ("val", val, 1.0 - test)):
         if frac == 0:
             continue
         # rounded first: 0.2 / 0.7 * 14 is 4.000000000000001, which must take 4 images, not 5
         n_take = int(np.ceil(round(frac / remaining * len(rest), 9)))
         if not 0 < n_take < len(rest):
-            raise ValueError(f"dataset {dataset.name!r} of {len(dataset)} images cannot give val={val} and "
+            what = "images" if len(units) == len(dataset) else f"groups of images ({len(dataset)} images)"
+            raise ValueError(f"dataset {dataset.name!r} of {len(units)} {what} cannot give val={val} and "
                              f"test={test} with images left to train on ({name} would take {n_take} of {len(rest)})")
         strat = _stratify(keys[rest], 2, min(n_take, len(rest) - n_take)) if stratify else None
         rest, taken = train_test_split(rest, test_size=n_take, random_state=seed, stratify=strat)
-        parts[name] = np.sort(taken)
-    parts["train"] = np.sort(rest)
+        parts[name] = np.sort(np.concatenate([units[u] for u in taken]))
+    parts["train"] = np.sort(np.concatenate([units[u] for u in rest]))
     return {k: dataset.subset(v.tolist(), name=f"{dataset.name}:{k}")
             for k, v in (("train", parts["train"]), ("val", parts.get("val")),
                          ("test", parts.get("test"))) if v is not None}
 
 
-def kfold(dataset: SmearDataset, k: int = 5, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+def kfold(dataset: SmearDataset, k: int = 5, seed: int = 0, groups=None) -> list[tuple[np.ndarray, np.ndarray]]:
     """Stratified K-fold by image: a list of ``(train_indices, test_indices)``.
 
     Each image appears in exactly one test fold.
@@ -127,19 +145,24 @@ def kfold(dataset: SmearDataset, k: int = 5, seed: int = 0) -> list[tuple[np.nda
     Parameters
     ----------
     dataset : the SmearDataset to split.
-    k : number of folds (2 <= k <= number of images).
+    k : number of folds (2 <= k <= number of images, or of groups).
     seed : random state of the shuffle.
+    groups : one group id per image (e.g. :func:`near_copy_groups`): the images of a group fall
+        in one fold. None: every image alone.
     """
-    if k < 2 or k > len(dataset):
-        raise ValueError(f"k={k} folds need 2 <= k <= number of images ({len(dataset)})")
-    keys = _mergeable_keys(class_signature(dataset), k)
+    units = _units(groups, len(dataset))
+    if k < 2 or k > len(units):
+        what = "images" if len(units) == len(dataset) else "groups of images"
+        raise ValueError(f"k={k} folds need 2 <= k <= number of {what} ({len(units)})")
+    keys = _mergeable_keys(list(np.array(class_signature(dataset))[[u[0] for u in units]]), k)
     _, counts = np.unique(keys, return_counts=True)
     if counts.min() < k:  # even the merged group is too small: plain shuffled folds
         log.warning("the folds are not stratified: %d image(s) hold class combinations too rare for %d folds "
                     "even pooled; images are shuffled plainly", int(counts.min()), k)
-        keys = np.zeros(len(dataset), int)
+        keys = np.zeros(len(units), int)
     skf = StratifiedKFold(n_splits=k, shuffle=True, random_state=seed)
-    return [(tr, te) for tr, te in skf.split(np.zeros(len(dataset)), keys)]
+    return [(np.sort(np.concatenate([units[u] for u in tr])), np.sort(np.concatenate([units[u] for u in te])))
+            for tr, te in skf.split(np.zeros(len(units)), keys)]
 
 
 def content_hash(sample) -> str:
@@ -319,6 +342,55 @@ def _near_pairs(datasets: Mapping[str, SmearDataset], threshold: float) -> list[
     return sorted(pairs, key=lambda p: -p[4])
 
 
+def near_copy_groups(dataset: SmearDataset, threshold: float = NEAR_COPY_SIMILARITY) -> np.ndarray:
+    """One group id per image, shared by images that are near-copies of each other (directly or
+    through a chain, :func:`near_copies`; identical files included), for splits that keep each
+    group on one side (``groups=`` of :func:`train_val_test_split` and :func:`kfold`). Reads
+    every image (about 15 s for 360 images on 2 cores).
+
+    Parameters
+    ----------
+    dataset : the SmearDataset.
+    threshold : as :func:`near_copies`.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N,)`` ints: the index of the group's first image (an image alone keeps its own index).
+    """
+    parent = np.arange(len(dataset))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = int(parent[i])
+        return i
+
+    for _, i, _, j, _ in _near_pairs({"all": dataset}, threshold):
+        a, b = root(i), root(j)
+        parent[max(a, b)] = min(a, b)
+    return np.array([root(i) for i in range(len(dataset))], np.int64)
+
+
+def split_groups(dataset: SmearDataset, group: bool) -> np.ndarray | None:
+    """:func:`near_copy_groups` for a task's split, logged when it joins images; None when ``group``
+    is off, for synthetic data (drawn one field at a time) and for fewer than two images.
+
+    Parameters
+    ----------
+    dataset : the images to split.
+    group : whether to group them.
+    """
+    if not group or len(dataset) < 2 or dataset.format == "synthetic":  # synthetic fields are drawn one by one
+        return None
+    groups = near_copy_groups(dataset)
+    joined = len(dataset) - len(np.unique(groups))
+    if joined:
+        log.info("%s: %d near-copy image(s) kept on one side of the split with their twin (%d groups of "
+                 "two or more)", dataset.name, joined, int((np.bincount(groups) > 1).sum()))
+    return groups
+
+
 #: above this many images :func:`near_copies` compares them in place only (every pair at every
 #: shift grows with the square of the count: about 15 s for 360 images, reading them included, and
 #: some 10 minutes for 2,500)
@@ -491,13 +563,15 @@ def stratified_split(labels, test: float = 0.3, seed: int = 0) -> tuple[np.ndarr
     return np.sort(np.asarray(tr, np.int64)), np.sort(np.asarray(te, np.int64))
 
 
-#: the share of a CBC-layout ``Training/`` folder held out for validation (30 of CBC's 300 images:
-#: the split of every CBC benchmark and of notebooks 03 and 09)
+#: the share of a CBC-layout ``Training/`` folder held out for validation (of its groups of
+#: near-copies: 29 of CBC's 300 images, 30 before near-copies were kept together; the split of
+#: every CBC benchmark and of notebooks 03 and 09)
 CBC_VAL_FRACTION = 0.1
 
 
 def detection_splits(spec: str = "synthetic", *, quick: bool = True, seed: int = 0,
-                     val: float | None = None, test: float = 0.15) -> dict[str, SmearDataset]:
+                     val: float | None = None, test: float = 0.15,
+                     group_near_copies: bool = True) -> dict[str, SmearDataset]:
     """Train / val / test splits for a detection experiment.
 
     * ``"synthetic"``: one staining style (A), 48 images in quick mode, 300 otherwise, split by
@@ -516,6 +590,10 @@ def detection_splits(spec: str = "synthetic", *, quick: bool = True, seed: int =
     val, test : fractions of the images for validation and test (see
         :func:`train_val_test_split`); the CBC layout uses ``val`` of ``Training`` only. None:
         0.15, or :data:`CBC_VAL_FRACTION` (0.1) of ``Training`` in the CBC layout.
+    group_near_copies : keep near-copies (:func:`near_copy_groups`: a field shot twice a little
+        apart) on one side of the split, so that no validation or test image has its twin in
+        training (real data only; reads every image once). Off: the split by image of
+        releases before 2026-12-07, which put 2 of CBC's 30 validation images beside their twin.
 
     Returns
     -------
@@ -533,17 +611,20 @@ def detection_splits(spec: str = "synthetic", *, quick: bool = True, seed: int =
         # Testing/'s classes in Training/'s order, before any training: a folder without one class
         # lists the others in another order (VOC sorts them), found only after every epoch
         testing = remap_dataset(load(root / "Testing"), training.class_names, "Testing/", owner="Training/")
-        parts = train_val_test_split(training, val=CBC_VAL_FRACTION if val is None else val, test=0, seed=seed)
+        parts = train_val_test_split(training, val=CBC_VAL_FRACTION if val is None else val, test=0, seed=seed,
+                                     groups=split_groups(training, group_near_copies))
         return {"train": parts["train"], "val": parts["val"], "test": testing}
     if spec == "synthetic":
         ds = open_dataset("synthetic-A", n=48 if quick else 300, seed=seed)
     else:
         ds = open_dataset(spec, quick=quick, seed=seed)
-    return train_val_test_split(ds, val=0.15 if val is None else val, test=test, seed=seed)
+    return train_val_test_split(ds, val=0.15 if val is None else val, test=test, seed=seed,
+                                groups=split_groups(ds, group_near_copies))
 
 
 def instance_splits(spec="synthetic", *, quick: bool = True, seed: int = 0, val: float = 0.15, test: float = 0.2,
-                    max_train: int | None = None, max_test: int | None = None) -> dict:
+                    max_train: int | None = None, max_test: int | None = None,
+                    group_near_copies: bool = True) -> dict:
     """Train and test sets of class-agnostic instance masks, for comparing segmenters on the same images.
 
     Parameters
@@ -560,6 +641,8 @@ def instance_splits(spec="synthetic", *, quick: bool = True, seed: int = 0, val:
     seed : seed of the split (and of the synthetic generator, see ``spec``).
     val, test : fractions of a real dataset's images for validation and test.
     max_train, max_test : caps on the number of images (override the quick defaults).
+    group_near_copies : keep near-copies on one side of a real dataset's split (as
+        :func:`detection_splits`).
 
     Returns
     -------
@@ -582,7 +665,8 @@ def instance_splits(spec="synthetic", *, quick: bool = True, seed: int = 0, val:
             raise DataError(ds.root or spec, f"{boxes_only} of {len(ds)} images have objects but no instance masks: "
                                              "segmenters are scored on masks; give a dataset with instance masks "
                                              "(DSB2018, the Zheng archive, COCO with segmentations)")
-        parts = train_val_test_split(ds, val=val, test=test, seed=seed, stratify=len(ds.class_names) > 1)
+        parts = train_val_test_split(ds, val=val, test=test, seed=seed, stratify=len(ds.class_names) > 1,
+                                     groups=split_groups(ds, group_near_copies))
         tr, te = SmearDataset.concat([parts["train"], parts["val"]]) if "val" in parts else parts["train"], parts["test"]
         tr, te = tr[:max_train] if max_train else tr, te[:max_test] if max_test else te
         name = ds.name
@@ -590,7 +674,7 @@ def instance_splits(spec="synthetic", *, quick: bool = True, seed: int = 0, val:
 
 
 def segmentation_splits(spec: str = "synthetic", *, quick: bool = True, seed: int = 0, val: float = 0.15,
-                        test: float = 0.2) -> dict:
+                        test: float = 0.2, group_near_copies: bool = True) -> dict:
     """Train / val / test splits (by image) whose samples carry instance masks AND class maps.
 
     * ``"synthetic"``: one staining style, 32 smears of 320 x 240 in quick mode (200 of 512 x 384
@@ -607,6 +691,8 @@ def segmentation_splits(spec: str = "synthetic", *, quick: bool = True, seed: in
     seed : seed of the split and of the synthetic generator.
     val, test : fractions of the images for validation and test (see :func:`train_val_test_split`;
         stratified when the dataset has several classes).
+    group_near_copies : keep near-copies on one side of a real dataset's split (as
+        :func:`detection_splits`).
 
     Returns
     -------
@@ -627,4 +713,5 @@ def segmentation_splits(spec: str = "synthetic", *, quick: bool = True, seed: in
             if not first.has_masks:
                 raise DataError(spec, "segmentation needs instance masks or class maps; this dataset has neither")
             ds = foreground_semantic(ds)
-    return train_val_test_split(ds, val=val, test=test, seed=seed, stratify=len(ds.class_names) > 1)
+    return train_val_test_split(ds, val=val, test=test, seed=seed, stratify=len(ds.class_names) > 1,
+                                groups=split_groups(ds, group_near_copies))

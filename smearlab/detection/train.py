@@ -67,7 +67,7 @@ from ..data import open_dataset
 from ..data.boxes import check_boxes
 from ..data.derive import remap_dataset
 from ..data.sample import SmearDataset
-from ..data.splits import train_val_test_split
+from ..data.splits import split_groups, train_val_test_split
 from ..data.synthetic import make_dataset
 from ..data.torchdata import LUMA, DetectionDataset, collate_detection
 from ..metrics.detection import coco_eval
@@ -1073,7 +1073,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         ds = open_dataset(args.data, seed=args.seed)
     val = None
     if args.val_fraction > 0:
-        parts = train_val_test_split(ds, val=args.val_fraction, test=0.0, seed=args.seed)
+        parts = train_val_test_split(ds, val=args.val_fraction, test=0.0, seed=args.seed,
+                                     groups=split_groups(ds, True))  # near-copies on one side
         ds, val = parts["train"], parts["val"]
     cfg = DetectorConfig(arch=args.arch, class_names=ds.class_names, in_channels=1 if args.grayscale else 3,
                          min_size=args.min_size, max_size=args.max_size, weights_path=args.weights,

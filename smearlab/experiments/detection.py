@@ -13,7 +13,7 @@ import torch
 
 from ..core.device import resolve_device
 from ..data.sample import SmearDataset
-from ..data.splits import kfold
+from ..data.splits import kfold, split_groups
 from ..detection.anchors import anchor_report, fitted_by_default
 from ..detection.models import DetectorConfig, build_detector, save_model
 from ..detection.postprocess import RawPredictions
@@ -150,7 +150,7 @@ def fit_and_evaluate(name: str, cfg: DetectorConfig, tcfg: TrainConfig, train: S
 
 def cross_validate(dataset: SmearDataset, cfg: DetectorConfig, tcfg: TrainConfig, k: int = 5, *,
                    seed: int = 0, progress: bool = False, tile: int | None = None, tta: bool = False,
-                   anchors: str | None = None) -> dict[str, Any]:
+                   anchors: str | None = None, group_near_copies: bool = True) -> dict[str, Any]:
     """Stratified K-fold by image: train on k-1 folds, score the held-out fold, k times.
 
     No thresholds are tuned (COCO AP needs none). Each fold writes under ``tcfg.out_dir/fold<i>``
@@ -169,11 +169,13 @@ def cross_validate(dataset: SmearDataset, cfg: DetectorConfig, tcfg: TrainConfig
     anchors : ``"fit"``: each fold's anchors fitted to its own training images (``cfg``'s are
         dropped: anchors fitted to images a fold holds out would have seen its boxes);
         ``"default"``: the arch's own; None: ``cfg``'s as they are.
+    group_near_copies : keep near-copies (a field shot twice) in one fold (real data; see
+        :func:`smearlab.data.splits.detection_splits`).
     """
     if anchors == "fit":
         cfg = dataclasses.replace(cfg, anchor_sizes=None, aspect_ratios=None)
     rows = []
-    for i, (tr, te) in enumerate(kfold(dataset, k=k, seed=seed)):
+    for i, (tr, te) in enumerate(kfold(dataset, k=k, seed=seed, groups=split_groups(dataset, group_near_copies))):
         out = None if tcfg.out_dir is None else Path(tcfg.out_dir) / f"fold{i}"
         fold_cfg = dataclasses.replace(tcfg, out_dir=out, seed=tcfg.seed + i)
         run = fit_and_evaluate(f"fold{i}", cfg, fold_cfg, dataset.subset(tr.tolist()),
