@@ -526,8 +526,10 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
                     "model classes not in the dataset": [c for c, t in zip(class_names, mapping.lut.tolist()) if t < 0]}
         if any(unscored.values()):
             log.warning("%s: count error not scored for %s", dataset, unscored)
-    if score is not None:
-        thresholds, threshold_source = Thresholds({c: float(score) for c in class_names}), "score"
+    if score is not None:  # the score alone replaced: the model's tuned NMS and cap stay
+        kept = {k: v for k, v in (getattr(model, "thresholds", None) or {}).items()
+                if k in ("nms_iou", "class_agnostic", "max_dets")}
+        thresholds, threshold_source = Thresholds({c: float(score) for c in class_names}, **kept), "score"
     elif getattr(model, "thresholds", None):
         thresholds, threshold_source = "model", "thresholds.json"
         try:  # before any image: predict() would refuse every batch alike

@@ -590,3 +590,19 @@ def test_each_image_records_the_zoom_it_was_predicted_at(trained, tmp_path):
     assert [r["zoom"] for r in batch.read_results(tmp_path / "half")[0]] == [0.5] * 4  # a given factor as given
     s = batch.predict(trained["model"], [trained["images"]], tmp_path / "plain", score=0.3, progress=False)
     assert "zoom" not in s and "zoom" not in read_counts(tmp_path / "plain" / "counts.csv")[0]
+
+
+def test_a_score_given_keeps_the_models_tuned_nms_and_cap(trained, tmp_path):
+    """--score replaced the whole thresholds.json: the tuned NMS and cap fell back to the defaults
+    (50 cells counted as 100)."""
+    import shutil
+
+    from smearlab.detection.tune import Thresholds
+    model = tmp_path / "model"
+    shutil.copytree(trained["model"], model)
+    Thresholds({c: 0.05 for c in trained["new"].class_names}, nms_iou=0.05, max_dets=2, objective="f1").save(
+        model / "thresholds.json")
+    tuned = batch.predict(model, [trained["images"] / "smear_0.png"], tmp_path / "a", progress=False, tile=None)
+    given = batch.predict(model, [trained["images"] / "smear_0.png"], tmp_path / "b", score=0.05, progress=False,
+                          tile=None)
+    assert sum(tuned["counts"].values()) == sum(given["counts"].values()) <= 2

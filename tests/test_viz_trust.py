@@ -118,3 +118,26 @@ def test_preprocess_explorer_titles_the_strength_a_method_applies(monkeypatch):
     assert titles[-1] == "grayscale (strength 1, its most)"
     e.method.value = "gamma"  # not a blend: the slider's value applies
     assert titles[-1] == "gamma (strength 2)"
+
+
+def test_thresholds_moved_in_the_tuner_keep_the_kind_of_predictions_they_were_tuned_on(tmp_path):
+    """The tuner returned objective 'manual', tta False: thresholds tuned on test-time augmented
+    predictions passed through it were accepted for plain ones."""
+    from smearlab.core.errors import DataError
+    from smearlab.detection.postprocess import RawPredictions
+    from smearlab.detection.tune import Thresholds
+    from smearlab.viz.widgets import ThresholdTuner
+    b = [[0, 0, 10, 10], [20, 0, 30, 10]]
+    ds = SmearDataset([_sample(b, [0, 0])], ["RBC"], "t")
+    raw = RawPredictions([{"boxes": np.array(b, np.float32), "scores": np.array([.9, .6], np.float32),
+                           "labels": np.zeros(2, np.int64)}], ["RBC"])
+    th = ThresholdTuner(ds, raw, initial=Thresholds({"RBC": 0.4}, objective="f1", tta=True)).thresholds()
+    assert (th.objective, th.tta) == ("tuner", True)
+    with pytest.raises(ValueError, match="tta"):
+        th.check_tta(False)
+    plain = ThresholdTuner(ds, raw).thresholds()  # from nothing tuned: set by hand, either way
+    assert (plain.objective, plain.tta) == ("manual", False)
+    plain.check_tta(True)
+    bad = {**Thresholds({"RBC": 0.4}).to_dict(), "class_agnostic": "false"}  # a string would count as true
+    with pytest.raises(DataError, match="class_agnostic must be true or false"):
+        Thresholds.from_dict(bad, tmp_path / "thresholds.json")

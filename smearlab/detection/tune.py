@@ -41,7 +41,8 @@ class Thresholds:
     class_agnostic : NMS across classes.
     max_dets : cap of boxes per image and forward pass (an image predicted in k tiles keeps k
         times as many; :func:`~smearlab.detection.postprocess.per_image_caps`).
-    objective : what the thresholds were tuned for ("f1", "count" or "manual").
+    objective : what the thresholds were tuned for ("f1", "count"), "tuner" (moved by hand in
+        the threshold tuner from tuned ones: tied to their kind of predictions) or "manual".
     metrics : the tuning figures (per class the chosen threshold and objective values).
     tta : whether they were tuned on predictions made with test-time augmentation
         (``predict(..., tta=True)``), whose scores are lower where the views disagree; ``predict``
@@ -149,6 +150,9 @@ class Thresholds:
         dets = data.get("max_dets")
         if dets is not None and (isinstance(dets, bool) or not isinstance(dets, int) or dets < 1):
             raise DataError(path, f"max_dets must be a whole number >= 1 or null, got {dets!r}")
+        for flag in ("class_agnostic", "tta"):  # the string "false" would count as true
+            if flag in data and not isinstance(data[flag], bool):
+                raise DataError(path, f"{flag} must be true or false, got {data[flag]!r}")
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
 

@@ -388,6 +388,7 @@ class ThresholdTuner:
         self.evaluator = FastEvaluator(dataset)
         self.prepared = self.evaluator.prepare(raw)
         self.selector = Selector(raw)
+        self.initial = initial
         init = initial or Thresholds({m: DEFAULT_SCORE for m in model_name.values()})
         unknown = sorted(set(init.score) - set(model_name.values()))
         if unknown:  # a slider would start at the default without a word
@@ -428,8 +429,13 @@ class ThresholdTuner:
         metrics = {"mAP50": m.get("mAP50"),
                    "per_class": {n: {"AP50": pc["AP50"], "f1": pc["f1"]}
                                  for n, pc in m.get("per_class", {}).items()}}
+        # set by hand, but on the raw predictions the initial thresholds were tuned on: their
+        # test-time augmentation flag travels on (predict refuses them made the other way)
+        start = self.initial
+        tuned = start is not None and start.objective != "manual"
         return Thresholds({n: round(float(s.value), 4) for n, s in self.sliders.items()}, nms,
-                          bool(self.agnostic.value), self.max_dets, "manual", metrics)
+                          bool(self.agnostic.value), self.max_dets, "tuner" if tuned else "manual", metrics,
+                          tta=bool(start.tta) if start is not None else False)
 
     def refilter(self) -> dict:
         """Re-filter the raw cache and re-evaluate (what a slider change costs, without drawing)."""
