@@ -51,6 +51,7 @@ from .core.model_folder import model_kind, read_config_json
 from .data.classes import match_classes
 from .data.derive import as_single_class
 from .data.imageio import read_image
+from .data.predictions import DEFAULT_SCORE
 from .detection.models import auto_tile, load_model
 from .detection.predict import predict as predict_images
 from .detection.scale import check_zoom
@@ -62,8 +63,6 @@ from .segmentation.unet import load_unet
 
 log = logging.getLogger(__name__)
 
-#: Score threshold when the model folder holds no tuned ``thresholds.json``.
-DEFAULT_SCORE = 0.5
 
 #: The folders a run writes inside its output folder (never read back as input images).
 RUN_FOLDERS = ("overlays", "json", "qupath")

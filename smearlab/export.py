@@ -593,23 +593,26 @@ def export_coco_gt(dataset: SmearDataset, path: str | Path, **kw) -> Path:
     return save(dataset, path, **kw)
 
 
-def export_counts_csv(dataset: SmearDataset, predictions, path: str | Path, thresholds=0.5) -> Path:
+def export_counts_csv(dataset: SmearDataset, predictions, path: str | Path, thresholds=None) -> Path:
     """Per-image counts as CSV: ``image_id, file``, then ``<class>_true, <class>_pred`` per class
-    (predictions with ``score >= thresholds``, a float or per class), atomically.
+    (every prediction given, or those with ``score >= thresholds``), atomically.
 
     Parameters
     ----------
     dataset : the ground truth (a SmearDataset).
-    predictions : one prediction dict per sample, aligned with ``dataset``.
+    predictions : one prediction dict per sample, aligned with ``dataset``: final ones (e.g.
+        :meth:`~smearlab.detection.tune.Thresholds.apply`'s), or raw ones with ``thresholds``.
     path : the CSV file.
-    thresholds : score threshold: a float, a per-class sequence or ``{class: threshold}``.
+    thresholds : None: count every prediction given (filtering final predictions again at 0.5
+        under-counted every class tuned below it); or a score threshold: a float, a per-class
+        sequence or ``{class: threshold}`` (classes it does not name: 0.5).
 
     Returns
     -------
     Path
         ``path``.
     """
-    true, pred = count_matrix(dataset, predictions, thresholds)
+    true, pred = count_matrix(dataset, predictions, 0.0 if thresholds is None else thresholds)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["image_id", "file"] + [f"{n}_{kind}" for n in dataset.class_names

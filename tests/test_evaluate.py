@@ -140,7 +140,11 @@ def test_count_metrics_hand_made():
     assert c["A"] == {"mae": 1.0, "accuracy": 0.25, "true": 2, "predicted": 4}
     assert c["B"] == {"mae": 0.0, "accuracy": 1.0, "true": 1, "predicted": 1}
     c = E.count_metrics(ds, preds, score_threshold={"A": 0.7})
-    assert c["A"]["predicted"] == 3 and c["B"]["predicted"] == 2  # B falls back to 0.0
+    # B falls back to 0.5 as in post-processing (it fell back to 0.0 here, to 0.5 there)
+    assert c["A"]["predicted"] == 3 and c["B"]["predicted"] == 1
+    from smearlab.detection.postprocess import postprocess
+    kept = postprocess(preds, {"A": 0.7}, nms_iou=None, class_names=ds.class_names)
+    assert [np.bincount(p["labels"], minlength=2).tolist() for p in kept] == [[2, 0], [1, 1]]
 
 
 def test_dsb_score_hand_made_boxes_and_masks():

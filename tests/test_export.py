@@ -284,3 +284,22 @@ def test_copied_images_of_other_formats_are_written_as_png_under_a_png_name(tmp_
     assert names == ["x.gif.png", "x.png"]          # PNG bytes under x.gif could not be read back; x.png kept apart
     back = load(out, image_root=tmp_path / "pred" / "images")
     assert len(back) == 2 and back.skipped == []
+
+
+def test_counts_csv_counts_final_predictions_as_given(tmp_path):
+    """Final predictions tuned below 0.5 were filtered again at 0.5: a class tuned at 0.15 lost
+    every cell between 0.15 and 0.5 from the counts CSV."""
+    import csv
+
+    from smearlab.data import Sample, SmearDataset
+    from smearlab.detection.tune import Thresholds
+    from smearlab.export import export_counts_csv
+    box = [[0, 0, 5, 5], [10, 0, 15, 5], [20, 0, 25, 5]]
+    ds = SmearDataset([Sample("a", boxes=box, labels=[1, 1, 1], size=(32, 32))], ["RBC", "WBC"])
+    raw = [{"boxes": np.array(box, np.float32), "scores": np.array([0.3, 0.25, 0.2], np.float32),
+            "labels": np.array([1, 1, 1])}]
+    final = Thresholds({"RBC": 0.8, "WBC": 0.15}).apply(raw, class_names=ds.class_names)
+    rows = list(csv.DictReader(export_counts_csv(ds, final, tmp_path / "c.csv").open()))
+    assert rows[0]["WBC_pred"] == "3" and rows[0]["WBC_true"] == "3"
+    rows = list(csv.DictReader(export_counts_csv(ds, raw, tmp_path / "r.csv", thresholds=0.22).open()))
+    assert rows[0]["WBC_pred"] == "2"

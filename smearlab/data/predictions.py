@@ -58,6 +58,11 @@ def as_prediction(p: Mapping, where="prediction") -> dict:
     return out
 
 
+#: The score threshold of a class that a per-class ``{class: threshold}`` dict does not name,
+#: wherever predictions are filtered (post-processing, counts, metrics).
+DEFAULT_SCORE = 0.5
+
+
 class Predictions(list):
     """A list of per-image prediction dicts that knows which classes its labels index.
 

@@ -34,10 +34,7 @@ import torch
 from ..core.errors import DataError
 from ..core.files import atomic_path
 from ..data.classes import match_classes, per_class
-from ..data.predictions import Predictions, as_prediction, class_names_of
-
-#: Threshold used for classes a per-class dict does not name.
-DEFAULT_SCORE = 0.5
+from ..data.predictions import DEFAULT_SCORE, Predictions, as_prediction, class_names_of
 
 
 @dataclass

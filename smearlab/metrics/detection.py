@@ -15,7 +15,7 @@ from pycocotools.cocoeval import COCOeval
 
 from ..data.classes import per_class
 from ..data.formats.coco import encode_rle
-from ..data.predictions import as_prediction, check_predictions
+from ..data.predictions import DEFAULT_SCORE, as_prediction, check_predictions
 from ..data.sample import SmearDataset
 
 
@@ -35,10 +35,11 @@ def threshold_array(value, class_names) -> np.ndarray:
     Parameters
     ----------
     value : a float, ``K`` values in class order, or a ``{class name: threshold}`` dict (classes
-        it does not name get 0.0); see :func:`smearlab.data.classes.per_class`.
+        it does not name get :data:`~smearlab.data.predictions.DEFAULT_SCORE`, 0.5, as in
+        post-processing); see :func:`smearlab.data.classes.per_class`.
     class_names : the ``K`` class names.
     """
-    return per_class(value, class_names, "score_threshold", default=0.0).astype(np.float32)
+    return per_class(value, class_names, "score_threshold", default=DEFAULT_SCORE).astype(np.float32)
 
 
 def keep_above_thresholds(predictions: list[dict], thr: np.ndarray) -> list[dict]:
@@ -511,7 +512,7 @@ def confusion_matrix(dataset: SmearDataset, predictions, iou: float = 0.5,
     dataset : the ground truth (a SmearDataset).
     predictions : one prediction dict per image, aligned with ``dataset``.
     iou : smallest IoU of a match.
-    score_threshold : a float, a per-class sequence or ``{class: threshold}`` (unnamed classes 0).
+    score_threshold : a float, a per-class sequence or ``{class: threshold}`` (unnamed classes 0.5).
     """
     if not 0 < float(iou) <= 1:
         raise ValueError(f"iou must be in (0, 1], got {iou!r}")
@@ -606,7 +607,7 @@ def count_metrics(dataset: SmearDataset, predictions, score_threshold=0.5) -> di
     ----------
     dataset : the ground truth (a SmearDataset).
     predictions : one prediction dict per image, aligned with ``dataset``.
-    score_threshold : a float, a per-class sequence or ``{class: threshold}`` (unnamed classes 0).
+    score_threshold : a float, a per-class sequence or ``{class: threshold}`` (unnamed classes 0.5).
 
     Returns
     -------
