@@ -303,3 +303,39 @@ def test_counts_csv_counts_final_predictions_as_given(tmp_path):
     assert rows[0]["WBC_pred"] == "3" and rows[0]["WBC_true"] == "3"
     rows = list(csv.DictReader(export_counts_csv(ds, raw, tmp_path / "r.csv", thresholds=0.22).open()))
     assert rows[0]["WBC_pred"] == "2"
+
+
+def test_coco_ground_truth_export_keeps_crowd_regions(tmp_path):
+    """export_coco_gt wrote every box with iscrowd 0: pycocotools on the exported pair scored a
+    detection of a crowd region as a false positive (AP50 0.505 where the package said 1.0)."""
+    import contextlib
+    import io
+    import json
+
+    from PIL import Image
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from smearlab.data.formats import coco as coco_format
+    from smearlab.export import export_coco_gt, export_coco_results
+    from smearlab.metrics.detection import coco_eval
+    (tmp_path / "images").mkdir()
+    Image.fromarray(np.zeros((50, 60, 3), np.uint8)).save(tmp_path / "images" / "a.png")
+    doc = {"images": [{"id": 7, "file_name": "a.png", "width": 60, "height": 50}],
+           "categories": [{"id": 1, "name": "RBC"}],
+           "annotations": [{"id": 1, "image_id": 7, "category_id": 1, "bbox": [2, 2, 10, 10], "iscrowd": 0, "area": 100},
+                           {"id": 2, "image_id": 7, "category_id": 1, "bbox": [30, 20, 25, 25], "iscrowd": 1,
+                            "area": 625}]}
+    (tmp_path / "gt.json").write_text(json.dumps(doc))
+    ds = coco_format.load(tmp_path / "gt.json")
+    preds = [{"boxes": [[2, 2, 12, 12], [32, 22, 40, 30]], "scores": [0.9, 0.8], "labels": [0, 0]}]
+    ours = coco_eval(ds, preds)["mAP50"]
+    gt_path = export_coco_gt(ds, tmp_path / "out" / "gt.json")
+    res_path = export_coco_results(ds, preds, tmp_path / "out" / "res.json")
+    assert [a["iscrowd"] for a in json.loads(gt_path.read_text())["annotations"]] == [0, 1]
+    with contextlib.redirect_stdout(io.StringIO()):
+        gt = COCO(str(gt_path))
+        ev = COCOeval(gt, gt.loadRes(str(res_path)), "bbox")
+        ev.evaluate(), ev.accumulate(), ev.summarize()
+    assert ev.stats[1] == pytest.approx(ours) == pytest.approx(1.0)
+    assert coco_format.load(gt_path)[0].crowd.tolist() == [False, True]

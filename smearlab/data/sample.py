@@ -155,6 +155,15 @@ class Sample:
         return self._masks is not None
 
     @property
+    def crowd(self) -> np.ndarray:
+        """``(N,)`` bool: which boxes are COCO crowd regions (``meta["iscrowd"]``, kept by the COCO
+        loader; all False without it, or when the flags do not match the boxes)."""
+        flags = self.meta.get("iscrowd")
+        if flags is None or np.size(flags) != len(self.boxes):
+            return np.zeros(len(self.boxes), bool)
+        return np.asarray(flags).reshape(-1).astype(bool)
+
+    @property
     def has_semantic(self) -> bool:
         return self._semantic is not None
 

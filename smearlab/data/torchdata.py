@@ -75,14 +75,12 @@ def target_dict(sample: Sample, index: int, with_masks: bool = True) -> dict[str
         sample has instance masks.
     """
     boxes = torch.as_tensor(sample.boxes, dtype=torch.float32).reshape(-1, 4)
-    iscrowd = sample.meta.get("iscrowd")
     t = {
         "boxes": boxes,
         "labels": torch.as_tensor(sample.labels, dtype=torch.int64) + 1,
         "image_id": torch.tensor(index, dtype=torch.int64),
         "area": (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]),
-        "iscrowd": (torch.as_tensor(np.asarray(iscrowd), dtype=torch.int64) if iscrowd is not None
-                    else torch.zeros(len(boxes), dtype=torch.int64)),
+        "iscrowd": torch.as_tensor(sample.crowd, dtype=torch.int64),
     }
     if with_masks and sample.has_masks:
         m = torch.from_numpy(np.ascontiguousarray(sample.masks)).to(torch.uint8)

@@ -76,9 +76,7 @@ def coco_gt_dict(dataset: SmearDataset, *, segm: bool = False) -> dict:
         masks = s.masks if segm else None
         if segm and masks is None and len(s.boxes):
             raise ValueError(f"segm evaluation needs instance masks; image {s.image_id!r} has none")
-        crowd = s.meta.get("iscrowd")
-        crowd = np.asarray(crowd).reshape(-1) if crowd is not None and np.size(crowd) == len(s.boxes) \
-            else np.zeros(len(s.boxes), np.int64)
+        crowd = s.crowd
         for j, (bb, lab) in enumerate(zip(_xywh(s.boxes), s.labels.tolist())):
             a = {"id": len(anns) + 1, "image_id": i, "category_id": lab + 1, "bbox": bb,
                  "area": bb[2] * bb[3], "iscrowd": int(bool(crowd[j]))}
@@ -560,12 +558,7 @@ def crowd_regions(dataset: SmearDataset) -> int:
     ----------
     dataset : the ground truth (a SmearDataset).
     """
-    n = 0
-    for s in dataset:
-        crowd = s.meta.get("iscrowd")
-        if crowd is not None and np.size(crowd) == len(s.boxes):
-            n += int(np.count_nonzero(np.asarray(crowd)))
-    return n
+    return int(sum(np.count_nonzero(s.crowd) for s in dataset))
 
 
 def _warn_crowd(dataset: SmearDataset, what: str) -> None:

@@ -347,7 +347,7 @@ def save(dataset: SmearDataset, path: str | Path, *, masks: str = "rle") -> Path
 
     Image files are copied when they are a common format (otherwise written as PNG); names are
     made unique. Categories get ids ``1..K`` in ``class_names`` order; every box becomes an
-    annotation with ``iscrowd=0``, plus a segmentation when the sample has instance masks:
+    annotation (``iscrowd`` from :attr:`~smearlab.data.sample.Sample.crowd`), plus a segmentation when the sample has instance masks:
     compressed RLE (``masks="rle"``, exact) or polygons traced with
     :func:`skimage.measure.find_contours` (``masks="polygon"``, approximate; holes are lost).
     Images are written first and the JSON last, each atomically.
@@ -404,13 +404,15 @@ def _unique_name(name: str, used: set) -> str:
 def _annotations(sample: Sample, image_id: int, first_id: int, mode: str) -> list[dict]:
     """The COCO annotations of one sample's boxes (with segmentations when it has masks)."""
     masks = sample.masks if sample.has_masks else None
+    crowd = sample.crowd.astype(int).tolist()  # crowd regions stay crowd regions (pycocotools ignores them)
     out = []
     for j, (box, label) in enumerate(zip(sample.boxes.tolist(), sample.labels.tolist())):
         if masks is None:
-            out.append(coco_annotation(first_id + j, image_id, label, box))
+            out.append(coco_annotation(first_id + j, image_id, label, box, iscrowd=crowd[j]))
         else:
             seg = encode_rle(masks[j]) if mode == "rle" else _polygons(masks[j])
-            out.append(coco_annotation(first_id + j, image_id, label, box, area=int(masks[j].sum()), segmentation=seg))
+            out.append(coco_annotation(first_id + j, image_id, label, box, area=int(masks[j].sum()), segmentation=seg,
+                                       iscrowd=crowd[j]))
     return out
 
 
