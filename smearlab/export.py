@@ -373,7 +373,8 @@ def coco_dict(dataset, predictions, *, segmentation: str = "auto", score_thresho
 def coco_from_records(records: Sequence[dict], class_names: Sequence[str]) -> tuple[dict, list[dict]]:
     """COCO (images, categories, annotations; what CVAT imports as "COCO 1.0") and the COCO results
     list from per-image records (:func:`image_record`, as ``smearlab predict`` keeps them); image
-    ids 1..n in the order given, category ids 1..K.
+    ids 1..n in the order given, category ids 1..K. An instance whose mask is empty is left out of
+    the annotations (as :func:`export_coco` does), said once; the results list keeps its box.
 
     Parameters
     ----------
@@ -382,9 +383,15 @@ def coco_from_records(records: Sequence[dict], class_names: Sequence[str]) -> tu
     """
     label = {c: k for k, c in enumerate(class_names)}
     images, anns, results = [], [], []
+    empty = 0
     for i, r in enumerate(records, start=1):
         images.append({"id": i, "file_name": r["image"], "width": r["width"], "height": r["height"]})
         for o in r["objects"]:
+            results.append({"image_id": i, "category_id": label[o["class"]] + 1,
+                            "bbox": coco_annotation(0, i, label[o["class"]], o["bbox"])["bbox"], "score": o["score"]})
+            if o["area"] == 0 and not o.get("polygons"):  # an empty mask (a box-only object has its box's area)
+                empty += 1  # as a box-only object it would take the masks of its whole image when read back
+                continue
             seg = [[v for pt in ring for v in pt] for ring in o.get("polygons", []) if len(ring) >= 3]
             holes = [[v for pt in ring for v in pt] for ring in o.get("holes", []) if len(ring) >= 3]
             if seg and holes:  # polygons cannot hold a hole: the exact mask as RLE, as export_coco writes it
@@ -393,8 +400,9 @@ def coco_from_records(records: Sequence[dict], class_names: Sequence[str]) -> tu
                                   segmentation=seg or None,  # a box only: no key (pycocotools fails on [])
                                   attributes={"score": o["score"]})
             anns.append(ann)
-            results.append({"image_id": i, "category_id": ann["category_id"], "bbox": ann["bbox"],
-                            "score": o["score"]})
+    if empty:
+        log.warning("coco export: %d instances with an empty mask were left out of the annotations (the "
+                    "results list and the counts keep them)", empty)
     return {"images": images, "annotations": anns, "categories": coco_categories(class_names)}, results
 
 

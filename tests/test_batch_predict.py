@@ -606,3 +606,20 @@ def test_a_score_given_keeps_the_models_tuned_nms_and_cap(trained, tmp_path):
     given = batch.predict(model, [trained["images"] / "smear_0.png"], tmp_path / "b", score=0.05, progress=False,
                           tile=None)
     assert sum(tuned["counts"].values()) == sum(given["counts"].values()) <= 2
+
+
+def test_an_empty_predicted_mask_does_not_take_its_images_masks_from_coco_json(tmp_path):
+    """An empty mask was written as a box-only annotation; read back, the image then had no masks
+    at all (the COCO loader gives masks only when every annotation has one)."""
+    from smearlab.data import Sample
+    write_image(tmp_path / "a.png", np.zeros((20, 30, 3), np.uint8))
+    m = np.zeros((3, 20, 30), bool)
+    m[0, 2:6, 2:6] = True
+    m[1, 10:15, 10:20] = True  # m[2] empty
+    p = {"boxes": [[2, 2, 6, 6], [10, 10, 20, 15], [22, 3, 25, 6]], "scores": [0.9, 0.8, 0.7], "labels": [0, 0, 0],
+         "masks": m}
+    rec = export.image_record(Sample("a", tmp_path / "a.png"), p, ["RBC"], file_name="a.png")
+    coco, results = export.coco_from_records([rec], ["RBC"])
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    back = coco_format.load(tmp_path / "coco.json")[0]
+    assert back.has_masks and back.masks.sum((1, 2)).tolist() == [16, 50] and len(results) == 3
