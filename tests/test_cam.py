@@ -341,3 +341,47 @@ def test_cam_masks_take_one_target_object_for_every_image():
                       rel_threshold=0.5)  # a TypeError after all the work before
     ys, xs = np.nonzero(r.masks[1])
     assert (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1) == (70, 10, 90, 30)
+
+
+def test_each_layers_map_is_filed_under_its_own_name_in_any_order_asked():
+    """pytorch-grad-cam lists maps in forward order: layers asked deepest first (as the Grad-CAM
+    experiment asked them) had layer1's map filed as layer4's."""
+    torch.manual_seed(0)
+    m = SmallCNN()
+    imgs = [_red_square(32, 32, 10, 4, 10), _red_square(32, 32, 2, 18, 8)]
+    asked = ["features.layer4", "features.layer2", "features.layer3"]
+    both = cam.layer_cams(m, imgs, asked, target=0)
+    assert list(both) == asked
+    for name in asked:
+        np.testing.assert_allclose(both[name], cam.layer_cams(m, imgs, [name], target=0)[name], atol=1e-5)
+
+
+def test_detector_cam_lands_on_the_pixels_of_a_padded_image_and_skips_frozen_default_stages():
+    """A 100 x 128 image padded to 128 x 128: cropping a stride-16 map by whole cells put the
+    bright square's map 12 px too high; frozen first stages made the default layers fail with a
+    broadcast error."""
+    from smearlab.detection.models import DetectorConfig, build_detector
+    torch.manual_seed(0)
+    det = build_detector(DetectorConfig(arch="fasterrcnn_tiny", class_names=["RBC", "WBC"], min_size=100,
+                                        max_size=128, score_floor=0.0)).eval()
+    for mod in det.backbone.body.modules():  # a backbone that blurs brightness: its map sits on the square
+        if isinstance(mod, nn.Conv2d):
+            mod.weight.data.fill_(1.0 / (mod.in_channels * 9))
+        if isinstance(mod, nn.BatchNorm2d):
+            mod.weight.data.fill_(1), mod.bias.data.zero_(), mod.running_mean.zero_(), mod.running_var.fill_(1)
+    peaks = []
+    for h in (100, 128):  # padded, and a control that needs no padding
+        det.transform.min_size = (h,)
+        img = np.full((h, 128, 3), 30, np.uint8)
+        img[66:94, 50:78] = 255
+        res = cam.detector_cam(det, img, 0, layers="backbone.body.layer3")
+        peaks.append(np.unravel_index(np.argmax(res.cam), res.cam.shape))
+    assert abs(int(peaks[0][0]) - int(peaks[1][0])) <= 2 and abs(int(peaks[0][1]) - int(peaks[1][1])) <= 2
+    assert cam.detector_layers(det) == ["backbone.body.layer2", "backbone.body.layer3"]
+    for stage in ("stem", "layer1", "layer2"):  # the first stages frozen
+        for p in getattr(det.backbone.body, stage).parameters():
+            p.requires_grad_(False)
+    res = cam.detector_cam(det, img, 0)
+    assert res.layers == ["backbone.body.layer3"] and res.cam.max() > 0
+    with pytest.raises(ValueError, match="frozen"):
+        cam.detector_cam(det, img, 0, layers=["backbone.body.layer2", "backbone.body.layer3"])

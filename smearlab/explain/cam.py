@@ -1,6 +1,7 @@
 """Grad-CAM for the classifier and the detector, and class-activation maps turned into cell masks."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -17,6 +18,8 @@ from ..core.geometry import check_image, letterbox, letterbox_window
 from ..data.torchdata import image_to_tensor
 from ..metrics.semantic import cell_mask_scores
 from ..preprocess import as_preprocess
+
+log = logging.getLogger(__name__)
 
 
 #: Layers of :class:`smearlab.classification.model.CellClassifier` summed by default.
@@ -219,6 +222,40 @@ def _device(model: nn.Module, device) -> torch.device:
     return dev
 
 
+def _forward_order(layers: Sequence[str], modules: Sequence[nn.Module], run, gradients: bool,
+                   frozen_out: list | None = None) -> list[int]:
+    """Indices of ``layers`` in the order their modules finish a forward pass (``run()``): the
+    order in which pytorch-grad-cam lists their activations and maps, whatever order they were
+    asked in (a child module finishes before its parent). Refuses, for gradient methods, a layer
+    whose output needs no gradient (a frozen stage): its map would be paired with another layer's
+    gradient. With ``frozen_out`` (a list), the frozen layers' indices are put there instead."""
+    done: list[int] = []
+    frozen: list[int] = [] if frozen_out is None else frozen_out
+
+    def hook(i: int):
+        def record(_m, _inputs, out):
+            if i not in done:
+                done.append(i)
+                if isinstance(out, torch.Tensor) and not out.requires_grad:
+                    frozen.append(i)
+        return record
+
+    handles = [m.register_forward_hook(hook(i)) for i, m in enumerate(modules)]
+    try:
+        with torch.enable_grad():
+            run()
+    finally:
+        for h in handles:
+            h.remove()
+    unused = [layers[i] for i in range(len(layers)) if i not in done]
+    if unused:
+        raise ValueError(f"layers {unused} are not run by the model's forward pass")
+    if gradients and frozen and frozen_out is None:
+        raise ValueError(f"layers {[layers[i] for i in frozen]} are frozen (their output needs no gradient): "
+                         "gradient methods cannot explain through them; pick later layers or method='eigencam'")
+    return done
+
+
 def layer_cams(model: nn.Module, images, layers: "str | Sequence[str]" = DEFAULT_LAYERS, target=None, *,
                method: str = "gradcam", batch_size: int = 32, device=None) -> dict[str, np.ndarray]:
     """One class activation map per layer, each upsampled to the input size and scaled to [0, 1].
@@ -254,7 +291,12 @@ def layer_cams(model: nn.Module, images, layers: "str | Sequence[str]" = DEFAULT
         raise ValueError(f"target has {len(target)} entries for {len(x)} images")
     dev = _device(model, device)
     was_training = model.training
-    cam = _cam_class(method)(model, modules)
+    model.eval()
+    try:  # the maps come back in forward order: each is filed under its own layer's name
+        order = _forward_order(layers, modules, lambda: model(x[:1].to(dev)), method != "eigencam")
+    finally:
+        model.train(was_training)
+    cam = _cam_class(method)(model, [modules[i] for i in order])
     chunks = []
     try:
         for b in range(0, len(x), batch_size):
@@ -267,7 +309,8 @@ def layer_cams(model: nn.Module, images, layers: "str | Sequence[str]" = DEFAULT
         model.train(was_training)
     allmaps = np.concatenate(chunks) if chunks else np.zeros((0, len(layers), *x.shape[-2:]), np.float32)
     allmaps = _normalise(allmaps) if allmaps.size else allmaps
-    return {name: allmaps[:, i] for i, name in enumerate(layers)}
+    at = {i: k for k, i in enumerate(order)}
+    return {name: allmaps[:, at[i]] for i, name in enumerate(layers)}
 
 
 def cam_maps(model: nn.Module, images, layers: "str | Sequence[str]" = DEFAULT_LAYERS, target=None,
@@ -614,12 +657,23 @@ def detector_layers(detector: nn.Module) -> list[str]:
     return [f"backbone.body.{k}" for k in ret]
 
 
+#: the grid (input pixels per cell) a detector's feature map is resampled to before it is
+#: cropped to the image: a finer grid costs memory (channels x cells), a coarser one shifts the map
+VALID_REGION_CELL = 4
+
+
 def _valid_region(size_holder: dict):
-    """reshape_transform that crops a feature map to the real image (drops the batch padding)."""
+    """reshape_transform that maps a feature map onto the real image: resampled to one cell per
+    :data:`VALID_REGION_CELL` pixels of the padded input, then cropped to the image. The detector
+    pads its batch to a multiple of its stride; a crop by whole cells of a coarse layer kept part
+    of the padding and squeezed the map up and left (by up to a stride: 18 px of a 100 px image
+    at stride 32)."""
     def crop(x: torch.Tensor) -> torch.Tensor:
         (h, w), (ph, pw) = size_holder["image"], size_holder["padded"]
-        fh, fw = x.shape[-2:]
-        return x[..., :max(1, int(np.ceil(fh * h / ph))), :max(1, int(np.ceil(fw * w / pw)))]
+        th, tw = max(1, -(-int(ph) // VALID_REGION_CELL)), max(1, -(-int(pw) // VALID_REGION_CELL))
+        if tuple(x.shape[-2:]) != (th, tw):
+            x = torch.nn.functional.interpolate(x, size=(th, tw), mode="bilinear", align_corners=False)
+        return x[..., :max(1, round(h * th / ph)), :max(1, round(w * tw / pw))]
     return crop
 
 
@@ -659,16 +713,34 @@ def detector_cam(detector: nn.Module, image: np.ndarray, box: "int | Sequence[fl
     pre = getattr(detector, "preprocess_spec", None)
     if pre is not None:
         img = as_preprocess(pre)(img)
-    layers = detector_layers(detector) if layers is None else ([layers] if isinstance(layers, str) else list(layers))
+    default = layers is None
+    layers = detector_layers(detector) if default else ([layers] if isinstance(layers, str) else list(layers))
     modules = resolve_layers(detector, layers)
     dev = _device(detector, device)
     cfg = getattr(detector, "detector_config", None)
     x = image_to_tensor(img, grayscale=bool(cfg is not None and cfg.in_channels == 1))[None].contiguous().to(dev)
     was = detector.training
     detector.eval()
-    with torch.no_grad():
-        det = detector(x)[0]
-    boxes, scores, labels = det["boxes"], det["scores"], det["labels"]  # labels 1-based
+    out: list = []
+    frozen: list[int] = []
+    try:  # the detections, and the layers in forward order (the order their maps come back in)
+        forward = _forward_order(layers, modules, lambda: out.append(detector(x)[0]), method != "eigencam",
+                                 frozen if default else None)
+    finally:
+        detector.train(was)
+    if frozen and method != "eigencam":  # the default stages of a detector trained with its first ones frozen
+        if len(frozen) == len(layers):
+            raise ValueError(f"every default layer {layers} is frozen (its output needs no gradient): give "
+                             "layers= after the frozen stages, or method='eigencam'")
+        log.info("detector_cam: frozen stages %s left out of the default layers", [layers[i] for i in frozen])
+        forward = [i for i in forward if i not in frozen]
+        keep = sorted(forward)
+        layers, modules = [layers[i] for i in keep], [modules[i] for i in keep]
+        forward = [keep.index(i) for i in forward]
+    detector.eval()
+    det = {k: v.detach() for k, v in out[0].items()}
+    keep = det["labels"] > 0  # background (RetinaNet may emit it) is no detection: predict() drops it too
+    boxes, scores, labels = det["boxes"][keep], det["scores"][keep], det["labels"][keep]  # labels 1-based
     order = torch.argsort(scores, descending=True, stable=True)
     boxes, scores, labels = boxes[order], scores[order], labels[order]
     if isinstance(box, (int, np.integer)) and not isinstance(box, bool):
@@ -698,7 +770,7 @@ def detector_cam(detector: nn.Module, image: np.ndarray, box: "int | Sequence[fl
     hook = detector.transform.register_forward_hook(
         lambda _m, _i, out: sizes.update(image=out[0].image_sizes[0], padded=tuple(out[0].tensors.shape[-2:])))
     cls = _cam_class(method)
-    cam = cls(detector, modules, reshape_transform=_valid_region(sizes))
+    cam = cls(detector, [modules[i] for i in forward], reshape_transform=_valid_region(sizes))
     try:
         # the target is the chosen detection's own box: pytorch-grad-cam takes the detection of any
         # class that best overlaps the box it is given, which for ``ref`` may be another class's
@@ -709,6 +781,7 @@ def detector_cam(detector: nn.Module, image: np.ndarray, box: "int | Sequence[fl
         hook.remove()
         detector.train(was)
     maps = _normalise(np.asarray(maps, np.float32)[0])
-    per = {n: maps[i] for i, n in enumerate(layers)}
+    at = {i: k for k, i in enumerate(forward)}
+    per = {n: maps[at[i]] for i, n in enumerate(layers)}
     return DetectorCam(maps.sum(0), per, boxes[j].detach().cpu().numpy().astype(np.float32), want - 1,
                        float(scores[j]), float(ious[j]), layers)
