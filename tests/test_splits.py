@@ -171,3 +171,30 @@ def test_instance_splits_refuse_boxes_without_masks_and_a_half_cbc_layout_is_sai
         sp = detection_splits(str(tmp_path / "half" / "Training"), seed=0)
         detection_splits(str(tmp_path / "half"), seed=0)
     assert len(sp["test"]) > 0 and any("not Testing/" in r.getMessage() for r in caplog.records)
+
+
+def test_a_yolo_datasets_published_test_split_is_kept_out_of_training(tmp_path):
+    """images/train and images/test were read together and shuffled: published test images
+    landed in training."""
+    import shutil
+
+    from smearlab.data.formats import published_splits, yolo
+    from smearlab.data.splits import detection_splits
+    from smearlab.data.synthetic import make_dataset
+    ds = make_dataset(20, seed=0, width=96, height=96)
+    root = tmp_path / "y"
+    for part, idx in (("train", range(14)), ("test", range(14, 20))):
+        yolo.save(ds.subset(list(idx)), tmp_path / part)
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "labels").mkdir(exist_ok=True)
+        shutil.move(tmp_path / part / "images", root / "images" / part)
+        shutil.move(tmp_path / part / "labels", root / "labels" / part)
+        for f in (tmp_path / part).iterdir():
+            if f.is_file():
+                shutil.copy(f, root / f.name)
+    assert published_splits(root) == {"train": "train", "test": "test"}
+    sp = detection_splits(str(root), val=0.2)
+    assert {s.path.parent.name for s in sp["test"]} == {"test"} and len(sp["test"]) == 6
+    assert {s.path.parent.name for s in (*sp["train"], *sp["val"])} == {"train"}
+    assert len(sp["train"]) + len(sp["val"]) == 14 and len(sp["val"]) == 3
+    assert published_splits(tmp_path / "nothing-here") == {}

@@ -18,6 +18,7 @@ from sklearn.model_selection import StratifiedKFold, train_test_split
 
 from ..core.errors import DataError
 from . import load, open_dataset
+from .formats import published_splits
 from .derive import as_single_class, foreground_semantic, instances_from_semantic, remap_dataset
 from .sample import SmearDataset
 from .synthetic import make_dataset
@@ -579,6 +580,9 @@ def detection_splits(spec: str = "synthetic", *, quick: bool = True, seed: int =
     * A folder with ``Training/`` and ``Testing/`` (the CBC layout): ``Testing`` is the test set
       and the validation split is carved out of ``Training``. CBC's own ``Validation/`` is a
       subset of ``Training/`` and is never used.
+    * A YOLO dataset with ``images/train`` and ``images/test`` (or ``val``), or a folder of COCO
+      files of such splits: the published splits are kept (train, val, test); one it lacks is
+      carved out of train (fractions ``val``, ``test``).
     * Any other dataset path: split by image (stratified on the classes each image holds).
 
     Parameters
@@ -617,9 +621,41 @@ def detection_splits(spec: str = "synthetic", *, quick: bool = True, seed: int =
     if spec == "synthetic":
         ds = open_dataset("synthetic-A", n=48 if quick else 300, seed=seed)
     else:
+        published = _published_parts(spec, seed=seed, val=0.15 if val is None else val, test=test,
+                                      group=group_near_copies)
+        if published is not None:
+            return published
         ds = open_dataset(spec, quick=quick, seed=seed)
     return train_val_test_split(ds, val=0.15 if val is None else val, test=test, seed=seed,
                                 groups=split_groups(ds, group_near_copies))
+
+
+def _published_parts(spec: str, *, seed: int, val: float, test: float, group: bool) -> dict | None:
+    """``{"train", "val", "test"}`` from the splits a YOLO dataset or a folder of COCO files
+    publishes (:func:`~smearlab.data.formats.published_splits`): its test split is never shuffled
+    into training. A split it lacks (validation, or test when it publishes train and val only)
+    is carved out of its training split. None when it publishes no training split with another."""
+    roles = published_splits(spec)
+    if not roles:
+        return None
+    if "train" not in roles or len(roles) < 2:
+        log.warning("%s publishes the split(s) %s: read together and split by image (pass one split's "
+                    "own folder or file to keep them apart)", spec, sorted(roles.values()))
+        return None
+    train = load(spec, split=roles["train"])
+    parts = {role: remap_dataset(load(spec, split=roles[role]), train.class_names, f"{roles[role]}/",
+                                 owner=f"{roles['train']}/")
+             for role in ("val", "test") if role in roles}
+    carve = {"val": val if "val" not in parts else 0.0, "test": test if "test" not in parts else 0.0}
+    if carve["val"] or carve["test"]:
+        cut = train_val_test_split(train, val=carve["val"], test=carve["test"], seed=seed,
+                                   groups=split_groups(train, group))
+        train = cut["train"]
+        parts.update({k: v for k, v in cut.items() if k != "train"})
+    log.info("%s: its published splits kept (%s)%s", spec, ", ".join(f"{k}: {v}" for k, v in roles.items()),
+             "; " + " and ".join(k for k, v in carve.items() if v) + f" carved out of {roles['train']}"
+             if carve["val"] or carve["test"] else "")
+    return {"train": train, "val": parts["val"], "test": parts["test"]}
 
 
 def instance_splits(spec="synthetic", *, quick: bool = True, seed: int = 0, val: float = 0.15, test: float = 0.2,

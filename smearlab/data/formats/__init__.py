@@ -245,6 +245,40 @@ def _coco_image_root(folder: Path, json_path: Path, split: str | None) -> Path |
     return folder
 
 
+#: split names a dataset may publish, by their role
+SPLIT_ROLES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
+
+
+def published_splits(path: str | Path) -> dict[str, str]:
+    """``{role: split name}`` of the splits a dataset publishes (roles ``train``, ``val``,
+    ``test``, from :data:`SPLIT_ROLES`, case-insensitive): a YOLO dataset's ``images/<split>/``
+    folders or a folder of COCO files' splits (:func:`coco_splits`); ``{}`` for other formats,
+    an archive, or a path that is no dataset.
+
+    Parameters
+    ----------
+    path : the dataset's folder (or file).
+    """
+    try:
+        root, fmt = find_dataset(path)
+    except (DataError, OSError):
+        return {}
+    if fmt == "yolo":
+        folder = root.parent if root.is_file() else root
+        images = folder / "images"
+        names = sorted(d.name for d in images.iterdir() if d.is_dir()) if images.is_dir() else []
+    elif fmt == "coco" and root.is_dir():
+        names = coco_splits(root)
+    else:
+        return {}
+    out = {}
+    for role, spellings in SPLIT_ROLES.items():
+        hit = next((n for n in names if n.lower() in spellings), None)
+        if hit is not None:
+            out[role] = hit
+    return out
+
+
 def _check_yolo_split(path: Path, split: str) -> None:
     """Refuse a split that is not a sub-folder of the YOLO dataset's ``images/``, listing those that are."""
     root = path.parent if path.is_file() else path
