@@ -234,7 +234,9 @@ class ReinhardNormalizer:
             raise ValueError("ReinhardNormalizer is not fitted: call fit(reference) first")
         lab = _lab(img)
         mu, sd = lab.reshape(-1, 3).mean(0), lab.reshape(-1, 3).std(0)
-        scale = np.divide(self.std, sd, out=np.ones(3), where=sd > 1e-6)  # flat channel: shift only
+        # a channel spread below FLAT_LAB (a grey image's a and b: rounding noise of about 5e-4)
+        # is shifted only: scaled up to the reference's spread it became a false-colour gradient
+        scale = np.divide(self.std, sd, out=np.ones(3), where=sd >= FLAT_LAB)
         return _rgb((lab - mu) * scale + self.mean)
 
     def to_dict(self) -> dict[str, Any]:
@@ -255,6 +257,11 @@ class ReinhardNormalizer:
     @property
     def fitted(self) -> bool:
         return self.mean is not None
+
+
+#: a LAB channel whose standard deviation is below this (one unit; about 2.3 is the least visible
+#: colour difference) holds no structure to stretch: Reinhard normalisation only shifts it
+FLAT_LAB = 1.0
 
 
 class MacenkoNormalizer:

@@ -111,6 +111,18 @@ def test_reinhard_matches_reference_lab_statistics(smears):
     assert np.allclose(s_out, s_ref, rtol=0.1, atol=0.5)
 
 
+def test_reinhard_gives_a_grey_image_a_uniform_tint_not_a_false_colour_gradient(smears):
+    """A grey image's a and b channels spread by rounding noise (about 5e-4): stretched to the
+    reference's spread, a grey ramp came out purple to yellow."""
+    ramp = np.repeat(np.repeat(np.linspace(20, 235, 64).astype(np.uint8)[None, :, None], 16, 0), 3, 2)
+    norm = ReinhardNormalizer().fit(smears[0][0])
+    out = norm.transform(ramp)
+    _, a, b = np.moveaxis(rgb2lab(out), -1, 0)
+    assert a.std() < 1.5 and b.std() < 1.5                    # one tint along the whole ramp
+    assert abs(a.mean() - norm.mean[1]) < 2 and abs(b.mean() - norm.mean[2]) < 2
+    assert np.corrcoef(out[..., 0].mean(0), ramp[..., 0].mean(0))[0, 1] > 0.99   # the ramp kept
+
+
 def test_normalisers_refuse_unfitted_and_bad_options(smears):
     with pytest.raises(ValueError, match="not fitted"):
         ReinhardNormalizer().transform(smears[0][0])
