@@ -52,6 +52,9 @@ def test_choose_factor_trusts_the_most_confident_look():
     assert choose_factor(probes, hw, cfg) == 1.41
     # nothing confident anywhere: the image stays as it is
     assert choose_factor({f: pred(40, 0.2) for f in PROBE_FACTORS}, hw, cfg) == 1.0
+    # too few reference cells to measure at the most confident look: score noise alone zoomed x2
+    few = {f: {k: v[:4] for k, v in pred(80, 0.95 if f == 2.0 else 0.9).items()} for f in PROBE_FACTORS}
+    assert choose_factor(few, hw, cfg) == 1.0
 
 
 def test_choose_factor_corrects_boxes_that_lean_to_the_training_size():

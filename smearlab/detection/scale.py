@@ -15,8 +15,9 @@ reference cells found at a look (:func:`estimate_zoom`) asks for that look's own
 The training scale is stored in the model folder (``DetectorConfig.object_sizes``: the median
 side ``sqrt(w * h)`` of each class's boxes at the model's input scale, measured on the training
 set); :func:`smearlab.detection.predict.predict` with ``scale="auto"`` uses it, or a scale the
-user gives (``scale=0.5``: the image's pixels are twice as large as in training, e.g. the ratio
-of the training and the new pixel sizes).
+user gives: the factor the image is resized by, the ratio of the new and the training pixel
+sizes (``scale=2``: the image's pixels are twice as large as in training, so its cells look half
+their training size and are enlarged twice; ``scale=0.5`` the other way).
 """
 from __future__ import annotations
 
@@ -145,7 +146,8 @@ def choose_factor(probes: dict[float, dict], hw: tuple[int, int], cfg: DetectorC
     interpolated (in log scale) between the two neighbouring looks where that request changes
     sign. Without such a crossing the last look's own request stands when it is within sqrt(2)
     of that look (else the look's factor). The result goes through :func:`zoom_to_apply`'s
-    tolerance and range.
+    tolerance and range. When the most confident look holds fewer than :data:`MIN_OBJECTS`
+    confident reference cells, their size cannot be measured and the image stays as it is (1.0).
 
     Parameters
     ----------
@@ -163,8 +165,8 @@ def choose_factor(probes: dict[float, dict], hw: tuple[int, int], cfg: DetectorC
         return None if z is None or not np.isfinite(z) or z <= 0 else float(-np.log(z) - np.log(f))
 
     i, g = factors.index(best), request(best)
-    if g is None:
-        return _applied(best)
+    if g is None:  # too few reference cells at the most confident look to measure their size:
+        return 1.0  # confidence alone (score noise on a sparse field) must not zoom the image
     step = 1 if g > 0 else -1
     while g != 0 and 0 <= i + step < len(factors):
         g_next = request(factors[i + step])
