@@ -198,3 +198,14 @@ def test_a_yolo_datasets_published_test_split_is_kept_out_of_training(tmp_path):
     assert {s.path.parent.name for s in (*sp["train"], *sp["val"])} == {"train"}
     assert len(sp["train"]) + len(sp["val"]) == 14 and len(sp["val"]) == 3
     assert published_splits(tmp_path / "nothing-here") == {}
+
+
+def test_quick_instance_splits_draw_from_every_domain_of_a_dataset_ordered_by_domain(zheng_root):
+    """The first 24 and 12 images were taken: Zheng lists Dataset 1 first, so quick runs never
+    saw Dataset 2."""
+    from smearlab.data.splits import instance_splits
+    sp = instance_splits(str(zheng_root), quick=True)
+    for part in ("train", "test"):
+        assert {s.image_id.split("_")[0] for s in sp[part]} == {"d1", "d2"}
+    again = instance_splits(str(zheng_root), quick=True)
+    assert [s.image_id for s in again["test"]] == [s.image_id for s in sp["test"]]

@@ -704,9 +704,20 @@ def instance_splits(spec="synthetic", *, quick: bool = True, seed: int = 0, val:
         parts = train_val_test_split(ds, val=val, test=test, seed=seed, stratify=len(ds.class_names) > 1,
                                      groups=split_groups(ds, group_near_copies))
         tr, te = SmearDataset.concat([parts["train"], parts["val"]]) if "val" in parts else parts["train"], parts["test"]
-        tr, te = tr[:max_train] if max_train else tr, te[:max_test] if max_test else te
+        # a seeded draw, not the first images: a dataset ordered by domain (Zheng: Dataset 1, then
+        # 2) gave quick runs Dataset 1 alone
+        tr, te = _draw(tr, max_train, seed), _draw(te, max_test, seed)
         name = ds.name
     return {"train": as_single_class(tr), "test": as_single_class(te), "name": name}
+
+
+def _draw(dataset: SmearDataset, n: int | None, seed: int) -> SmearDataset:
+    """At most ``n`` images of ``dataset``, drawn with ``seed`` and kept in their order (all when
+    ``n`` is None or not smaller)."""
+    if not n or n >= len(dataset):
+        return dataset
+    keep = np.sort(np.random.default_rng(seed).choice(len(dataset), size=int(n), replace=False))
+    return dataset.subset(keep.tolist(), name=dataset.name)
 
 
 def segmentation_splits(spec: str = "synthetic", *, quick: bool = True, seed: int = 0, val: float = 0.15,
