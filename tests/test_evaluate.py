@@ -358,6 +358,18 @@ def test_precision_counts_every_kept_detection_and_arguments_are_checked():
     pred = {"boxes": [[0, 0, 10, 10], [20, 20, 30, 30], [25, 0, 35, 10]], "scores": [0.9, 0.8, 0.7], "labels": [0, 0, 0]}
     r = E.FastEvaluator(ds, max_dets=1).evaluate([pred])
     assert r["per_class"]["RBC"]["precision"] == pytest.approx(1 / 3)   # was 1.0: the cap hid two false positives
+    # a right detection beyond the cap is a true positive for P/R/F1 (it was counted a false one:
+    # a perfect detector of 1,200 cells read F1 0.83), while AP keeps COCO's cap
+    three = _one([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], [0, 0, 0])
+    perfect = {"boxes": [[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], "scores": [0.9, 0.8, 0.7],
+               "labels": [0, 0, 0]}
+    r = E.FastEvaluator(three, max_dets=2).evaluate([perfect], full=True)
+    assert {k: r["per_class"]["RBC"][k] for k in ("tp", "fp", "fn", "f1")} == {"tp": 3, "fp": 0, "fn": 0, "f1": 1.0}
+    assert r["mAP"] == pytest.approx(E.coco_eval(three, [perfect], max_dets=(1, 2, 2))["mAP"])
+    from smearlab.detection.tune import auto_tune
+    th = auto_tune(three, [perfect], objective="count", nms_grid=(None,), score_grid=[0.5],
+                   evaluator=E.FastEvaluator(three, max_dets=2))
+    assert th.metrics["per_class"]["RBC"]["count"] == 1.0
     for bad in ((), (0,)):
         with pytest.raises(ValueError, match="max_dets"):
             E.coco_eval(ds, [pred], max_dets=bad)

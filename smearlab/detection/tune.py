@@ -234,7 +234,7 @@ def auto_tune(dataset_val, raw_val, objective: str = "f1",
         masks = ev.keep_masks(prep, keep)
         table = np.zeros((len(names), len(grid_all)))
         for c in range(len(names)):
-            sc, tp, img, _ = ev.class_matches(prep, masks, c, [iou])
+            sc, tp, img, _ = ev.class_matches(prep, masks, c, [iou], cap=False)  # every kept box counts
             above = sc[None, :] >= g32[:, None]  # (T, n)
             if objective == "f1":
                 table[c] = _f1(above @ tp[0].astype(float), above.sum(1), int(ev.n_gt[c]))

@@ -343,9 +343,13 @@ class FastEvaluator:
         n_pred = np.zeros(k, np.int64)
         pr_curves = {}
         for c in range(k):
-            sc, tps, _, pred_counts[:, c] = self.class_matches(prep, masks, c, ts)
+            sc, tps, img, pred_counts[:, c] = self.class_matches(prep, masks, c, ts, cap=False)
             n_pred[c] = int(pred_counts[:, c].sum())  # every kept detection (the cap is AP's alone)
-            tp_at[c] = int(tps[ti].sum())
+            tp_at[c] = int(tps[ti].sum())  # so are the true positives: P, R and F1 count them all
+            if len(img):  # AP takes each image's max_dets best (greedy matching by score: the same matches)
+                starts = np.r_[0, np.flatnonzero(np.diff(img)) + 1]
+                rank = np.arange(len(img)) - np.repeat(starts, np.diff(np.r_[starts, len(img)]))
+                sc, tps = sc[rank < self.max_dets], tps[:, rank < self.max_dets]
             npig = int(self.n_gt[c])
             if npig == 0:
                 continue
@@ -359,7 +363,7 @@ class FastEvaluator:
         return {"ap": ap, "tp": tp_at, "n_pred": n_pred, "pred_counts": pred_counts,
                 "curves": pr_curves, "ts": ts}
 
-    def class_matches(self, prep: _Prepared, masks, c: int, ts: Sequence[float]):
+    def class_matches(self, prep: _Prepared, masks, c: int, ts: Sequence[float], *, cap: bool = True):
         """Greedy matching of class ``c``'s kept detections at each IoU threshold in ``ts``.
 
         Parameters
@@ -368,13 +372,16 @@ class FastEvaluator:
         masks : per image a bool array over the prepared detections (None keeps all).
         c : the class index.
         ts : the IoU thresholds.
+        cap : keep each image's ``max_dets`` best detections only (COCO AP's rule); False for
+            precision, recall, F1 and counts, which count every detection.
 
         Returns
         -------
         tuple
             ``(scores, tp, image, counts)``: the kept detections' scores and image indices
-            (images in order, each by decreasing score, capped at ``max_dets``), ``tp`` of shape
-            ``(len(ts), n)`` and the per-image number of kept detections (before the cap).
+            (images in order, each by decreasing score, capped at ``max_dets`` with ``cap``),
+            ``tp`` of shape ``(len(ts), n)`` and the per-image number of kept detections (before
+            the cap).
         """
         n, nt = len(self.dataset), len(ts)
         counts = np.zeros(n, np.int64)
@@ -386,7 +393,8 @@ class FastEvaluator:
             counts[i] = len(idx)
             if not len(idx):
                 continue
-            idx = idx[:self.max_dets]
+            if cap:
+                idx = idx[:self.max_dets]
             tp = np.zeros((nt, len(idx)), bool)
             hc = prep.has_cand[i][idx]
             if hc.any():
