@@ -244,8 +244,23 @@ def test_classification_report_matches_sklearn():
         classification_report([0, 5], [0, 0], ["a", "b"])
     with pytest.raises(ValueError, match="whole numbers"):      # never rounded to a label
         classification_report([0.5, 1], [0, 1], ["a", "b"])
-    empty = classification_report([], [], ["a", "b"])
-    assert empty["n"] == 0 and empty["macro"]["f1"] == 0.0 and empty["confusion"] == [[0, 0], [0, 0]]
+    empty = classification_report([], [], ["a", "b"])   # undefined, not a measured 0
+    assert empty["n"] == 0 and empty["macro"]["f1"] is None and empty["accuracy"] is None
+    assert empty["confusion"] == [[0, 0], [0, 0]]
+
+
+def test_classification_report_reads_class_predictions_in_their_own_class_order():
+    """The model's labels were read in the truth's class order: a perfect model scored 0."""
+    from smearlab.classification.predict import ClassPredictions
+    model_order = ["lymphocyte", "monocyte", "neutrophil"]
+    truth_order = ["neutrophil", "lymphocyte", "monocyte"]
+    truth = [0, 1, 2, 1]                     # neutrophil, lymphocyte, monocyte, lymphocyte
+    probs = np.eye(3, dtype=np.float32)[[2, 0, 1, 0]]   # the same cells, in the model's order
+    rep = classification_report(truth, ClassPredictions(probs, model_order), truth_order)
+    assert rep["accuracy"] == 1.0 and rep["macro"]["f1"] == 1.0
+    with pytest.raises(ValueError, match="eosinophil"):
+        classification_report([0], ClassPredictions(np.eye(2, dtype=np.float32)[[1]], ["neutrophil", "eosinophil"]),
+                              ["neutrophil", "lymphocyte"])
 
 
 def test_save_and_load_classifier(tmp_path):

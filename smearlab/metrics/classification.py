@@ -6,6 +6,8 @@ from typing import Any, Sequence
 import numpy as np
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+from ..data.classes import match_classes
+
 
 def classification_report(y_true, y_pred, class_names: Sequence[str]) -> dict[str, Any]:
     """Per-class precision, recall, F1 and support, macro and weighted means, and the confusion matrix.
@@ -19,7 +21,8 @@ def classification_report(y_true, y_pred, class_names: Sequence[str]) -> dict[st
     ----------
     y_true : true class indices, ``0 .. K - 1`` (the truth first).
     y_pred : predicted class indices, aligned with ``y_true``, or the
-        :class:`~smearlab.classification.predict.ClassPredictions` of ``predict_classes``.
+        :class:`~smearlab.classification.predict.ClassPredictions` of ``predict_classes``, whose
+        labels are mapped by name from the model's class order onto ``class_names``.
     class_names : the ``K`` class names the indices refer to.
 
     Returns
@@ -27,10 +30,21 @@ def classification_report(y_true, y_pred, class_names: Sequence[str]) -> dict[st
     dict
         ``per_class`` ``{name: {precision, recall, f1, support}}``, ``macro`` and ``weighted``
         ``{precision, recall, f1}``, ``accuracy``, ``confusion`` (``K x K`` list, rows true,
-        columns predicted, all classes), ``class_names``, ``n``.
+        columns predicted, all classes), ``class_names``, ``n``. With no examples every score
+        is None (undefined, not 0).
     """
+    pred_names = getattr(y_pred, "class_names", None)
     y_pred = getattr(y_pred, "labels", y_pred)
     yt, yp = _labels(y_true, "y_true"), _labels(y_pred, "y_pred")
+    if pred_names is not None and list(pred_names) != [str(c) for c in class_names]:
+        # the model's class order: read in the truth's order, a perfect model scored 0
+        lut = match_classes(pred_names, class_names, what="the predictions' and the truth's classes").lut
+        if len(yp) and (yp.min() < 0 or yp.max() >= len(lut)):
+            raise ValueError(f"y_pred holds a label outside 0..{len(lut) - 1} ({list(pred_names)})")
+        unknown = sorted({str(pred_names[v]) for v in yp.tolist() if lut[v] < 0})
+        if unknown:
+            raise ValueError(f"predicted classes {unknown} are not among the truth's classes {list(class_names)}")
+        yp = np.asarray(lut, np.int64)[yp] if len(yp) else yp
     k = len(class_names)
     if len(yt) != len(yp):
         raise ValueError(f"{len(yt)} true labels but {len(yp)} predictions")
@@ -38,11 +52,11 @@ def classification_report(y_true, y_pred, class_names: Sequence[str]) -> dict[st
         if len(a) and (a.min() < 0 or a.max() >= k):
             raise ValueError(f"{what} holds a label outside 0..{k - 1} ({list(class_names)})")
     all_labels = list(range(k))
-    if not len(yt):
-        zero = {"precision": 0.0, "recall": 0.0, "f1": 0.0}
+    if not len(yt):  # undefined, not 0 % (which a table shows as a measured failure)
+        none = {"precision": None, "recall": None, "f1": None}
         return {"class_names": list(class_names), "n": 0,
-                "per_class": {c: {**zero, "support": 0} for c in class_names}, "accuracy": 0.0,
-                "confusion": [[0] * k for _ in range(k)], "macro": dict(zero), "weighted": dict(zero)}
+                "per_class": {c: {**none, "support": 0} for c in class_names}, "accuracy": None,
+                "confusion": [[0] * k for _ in range(k)], "macro": dict(none), "weighted": dict(none)}
     p, r, f, s = precision_recall_fscore_support(yt, yp, labels=all_labels, zero_division=0)
     present = [c for c in all_labels if s[c] > 0]
     out = {"class_names": list(class_names), "n": int(len(yt)),
