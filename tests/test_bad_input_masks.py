@@ -322,6 +322,19 @@ def test_fractional_truth_masks_are_refused_naming_the_sample():
         assert kept.masks.dtype == bool and kept.masks.sum() == 9
 
 
+def test_a_label_image_with_a_leading_axis_is_refused_not_read_as_one_object():
+    """A (1, H, W) label image (ids 1..n, as label TIFFs often load) was cast to one bool mask:
+    one object covering every cell, a DSB score of 0 for a perfect answer."""
+    from smearlab.metrics.instances import dsb_score
+    lab = np.zeros((20, 20), np.int32)
+    lab[2:6, 2:6], lab[10:15, 10:15] = 1, 2
+    assert dsb_score([lab], [lab], kind="masks") == 1.0
+    with pytest.raises(ValueError, match="mask 0 holds several object values"):
+        dsb_score([lab[None]], [lab[None]], kind="masks")
+    layers = np.stack([(lab == 1) * 1, (lab == 2) * 2]).astype(np.uint8)   # one value per layer: masks
+    assert dsb_score([layers], [layers], kind="masks") == 1.0
+
+
 def test_predicted_masks_of_another_size_are_refused_by_mask_ap():
     """A prediction whose masks are padded or transposed would score 0 without a word."""
     from smearlab.metrics.detection import coco_eval

@@ -229,6 +229,8 @@ def binary_masks(masks, where="masks") -> np.ndarray:
     where : names the masks in the error message.
     """
     a = np.asarray(masks)
+    if np.issubdtype(a.dtype, np.integer) and a.ndim == 3 and a.size:
+        _refuse_label_layers(a, where)
     if a.dtype != np.bool_ and not np.issubdtype(a.dtype, np.integer):
         if not np.issubdtype(a.dtype, np.floating):
             raise ValueError(f"{where}: masks of dtype {a.dtype}; give bool or 0/1 masks")
@@ -236,6 +238,20 @@ def binary_masks(masks, where="masks") -> np.ndarray:
             raise ValueError(f"{where}: masks hold fractional values (probabilities?): give bool masks, "
                              "e.g. probabilities > 0.5")
     return a.astype(bool, copy=False)
+
+
+def _refuse_label_layers(a: np.ndarray, where: str) -> None:
+    """Refuse a stack of masks one of whose layers holds several object values: a label image
+    (ids 1..n) read with a leading axis, ``(1, H, W)``, would be one object covering every cell."""
+    top = a.max()
+    if top <= 0 or np.where(a > 0, a, top).min() == top:  # one value (1 or 255) everywhere: masks
+        return
+    for k, layer in enumerate(a):
+        hi = layer.max()
+        if hi > 0 and np.where(layer > 0, layer, hi).min() != hi:
+            raise ValueError(f"{where}: mask {k} holds several object values ({int(np.where(layer > 0, layer, hi).min())} "
+                             f"to {int(hi)}): a label image (ids 1..n)? give it 2-D "
+                             "(smearlab.metrics.instances.label_image_to_instances), or one 0/1 mask per object")
 
 
 def _check_image(img, where) -> np.ndarray:
