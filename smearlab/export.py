@@ -299,13 +299,16 @@ def names_without_extension(files: Sequence[str]) -> list[str]:
 
 
 def _unique(names: list[str]) -> list[str]:
-    """``names`` with a ``_K`` suffix on repeats (the same file listed twice), case-insensitively."""
+    """``names`` with a ``_K`` suffix on repeats (the same file listed twice), case-insensitively;
+    a suffixed name is never one the list holds ("a.png" twice beside "a_1.png": the second
+    "a.png" became "a_1.png", and the real "a_1.png" got its predictions)."""
+    given = {n.lower() for n in names}
     used: set[str] = set()
     out = []
     for name in names:
         stem, ext = os.path.splitext(name)
         k, cand = 1, name
-        while cand.lower() in used:
+        while cand.lower() in used or (cand != name and cand.lower() in given):
             cand, k = f"{stem}_{k}{ext}", k + 1
         used.add(cand.lower())
         out.append(cand)

@@ -339,3 +339,11 @@ def test_coco_ground_truth_export_keeps_crowd_regions(tmp_path):
         ev.evaluate(), ev.accumulate(), ev.summarize()
     assert ev.stats[1] == pytest.approx(ours) == pytest.approx(1.0)
     assert coco_format.load(gt_path)[0].crowd.tolist() == [False, True]
+
+
+def test_a_renamed_repeat_never_takes_another_images_name():
+    """[a.png, a.png, a_1.png]: the second a.png was named a_1.png, and the real a_1.png's
+    predictions went to it."""
+    from smearlab.export import _unique
+    assert _unique(["a.png", "a.png", "a_1.png"]) == ["a.png", "a_2.png", "a_1.png"]
+    assert _unique(["x/a.png", "x/A.png"]) == ["x/a.png", "x/A_1.png"]
