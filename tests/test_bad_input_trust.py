@@ -554,3 +554,14 @@ def test_one_class_spelled_two_ways_in_coco_categories_and_folders_is_said(tmp_p
         imagefolder.load(tmp_path / "f")
     said = [r.getMessage() for r in caplog.records if "alias rule" in r.getMessage()]
     assert any("'Platelets' and 'Platelet'" in m for m in said) and any("'WBC' and 'wbcs'" in m for m in said)
+
+
+def test_coco_images_sharing_a_stem_in_one_folder_get_distinct_ids(tmp_path):
+    """a.png and a.jpg side by side were both image 'a': counts keyed by image id mixed them."""
+    for name in ("a.png", "a.jpg"):
+        write_image(tmp_path / name, np.zeros((8, 8, 3), np.uint8))
+    doc = {"images": [{"id": 1, "file_name": "a.png", "width": 8, "height": 8},
+                      {"id": 2, "file_name": "a.jpg", "width": 8, "height": 8}],
+           "categories": [{"id": 1, "name": "RBC"}], "annotations": []}
+    (tmp_path / "c.json").write_text(json.dumps(doc))
+    assert sorted(s.image_id for s in coco.load(tmp_path / "c.json")) == ["a.jpg", "a.png"]

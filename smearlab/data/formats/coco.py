@@ -107,6 +107,10 @@ def load(path: str | Path, *, image_root: str | Path | None = None, strict: bool
     for s, k in zip(samples, images):  # train/a.png and val/a.png: named by file_name, not both 'a'
         if stems[s.image_id] > 1:
             s.image_id = PurePosixPath(images[k]["record"]["file_name"]).with_suffix("").as_posix()
+    again = Counter(s.image_id for s in samples)
+    for s, k in zip(samples, images):  # a.png and a.jpg in one folder: the extension tells them apart
+        if again[s.image_id] > 1:
+            s.image_id = PurePosixPath(images[k]["record"]["file_name"]).as_posix()
     ds = SmearDataset(samples, file_classes, name or json_dataset_name(json_path), root=json_path.parent,
                       format="coco", skipped=skipped, fixed=fixed)
     return remap_classes(ds, class_names, class_map)
