@@ -74,8 +74,23 @@ def test_cnn_embedding_is_model_embed_of_the_crops(rng):
     x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255
     assert z.shape == (6, 4)
     assert np.allclose(z, m.embed(x).detach().numpy(), atol=1e-5)
-    # a crop of another size is letterboxed to the model's input size
+    # an image of another size is letterboxed to the model's input size
     assert embed.cnn_embedding(m, [rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)], device="cpu").shape == (1, 4)
+    # crops cut at another size are refused, as predict_classes refuses them (they were resized silently)
+    with pytest.raises(ValueError, match="24 px"):
+        embed.cnn_embedding(m, torch.zeros((2, 3, 24, 24), dtype=torch.uint8), device="cpu")
+
+
+def test_a_feature_classifiers_embedding_is_what_it_predicts_from():
+    """The embedding resized the crops a feature classifier measures as they are (1.5 % apart)."""
+    from smearlab.classification.crops import crops_from_dataset
+    from smearlab.classification.model import build_classifier
+    from smearlab.data.synthetic import make_wbc_crops
+    crops = crops_from_dataset(make_wbc_crops(4, seed=0, stain="A", size=96), 64)
+    m = build_classifier(crops.class_names, arch="features")
+    with torch.no_grad():
+        direct = m.embed(crops.images.float() / 255).numpy()
+    assert np.abs(embed.cnn_embedding(m, crops, device="cpu") - direct).max() == 0
 
 
 def test_plot_embedding_draws_one_group_per_class_and_domain(rng):

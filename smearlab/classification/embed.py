@@ -16,6 +16,7 @@ from threadpoolctl import threadpool_limits
 
 from ..core.device import resolve_device
 from ..core.geometry import check_crop_values, check_image, letterbox
+from .features import FeatureClassifier
 
 
 def crop_tensor(data, size: int | None = None) -> torch.Tensor:
@@ -114,7 +115,10 @@ def cnn_embedding(model, data, *, device="auto", batch_size: int = 256) -> np.nd
     Parameters
     ----------
     model : a :class:`smearlab.classification.model.CellClassifier` (anything with ``embed`` taking
-        ``(B, 3, S, S)`` float in [0, 1]); crops not of ``model.input_size`` are letterboxed.
+        ``(B, 3, S, S)`` float in [0, 1]); images are letterboxed to ``model.input_size``, crops
+        of another size refused (as :func:`~smearlab.classification.predict.predict_classes`
+        does: the cells would be seen at another size), except by a feature classifier, which
+        measures crops of any size.
     data : crops in any form :func:`crop_tensor` accepts.
     device : "auto" (CUDA when present), "cpu", "cuda"; mixed precision on CUDA.
     batch_size : crops per forward pass.
@@ -122,7 +126,14 @@ def cnn_embedding(model, data, *, device="auto", batch_size: int = 256) -> np.nd
     if not hasattr(model, "embed"):
         raise TypeError(f"model must have an embed(x) method (a CellClassifier), got {type(model).__name__}")
     dev = resolve_device(device)
-    x = crop_tensor(data, getattr(model, "input_size", None))
+    size = getattr(model, "input_size", None)
+    given = crop_tensor(data) if hasattr(data, "images") or isinstance(data, torch.Tensor) else None
+    if given is not None and size and len(given) and given.shape[-1] != size:
+        if not isinstance(model, FeatureClassifier):
+            raise ValueError(f"crops of {given.shape[-1]} px for a classifier trained on {size} px crops: the "
+                             f"cells would be seen at another size; cut the crops at {size} px")
+        size = None  # as predict_classes feeds it: the features rescale themselves
+    x = given if given is not None and size is None else crop_tensor(data, size)
     was = model.training
     model.to(dev).eval()
     out = []
