@@ -246,3 +246,21 @@ def test_the_cap_on_boxes_is_per_forward_pass_wherever_thresholds_apply(tmp_path
     assert [len(p["boxes"]) for p in th.apply(RawPredictions.load(tmp_path / "raw.npz"))] == [2, 6]
     assert [len(k) for k in Selector(preds)(0.0, None, max_dets=2)] == [2, 6]
     assert [len(p["boxes"]) for p in th.apply(list(preds), class_names=["cell"])] == [2, 2]  # no windows: one pass each
+
+
+def test_a_slice_of_tiled_predictions_keeps_its_per_pass_cap():
+    """A slice (or a post-processed copy) lost the tiles each image was merged from: the cap of
+    300 per forward pass became 300 per image, and a field of four tiles lost three quarters."""
+    from smearlab.data.predictions import Predictions
+    from smearlab.detection.postprocess import per_image_caps, postprocess
+    n = 8
+    boxes = np.array([[10 * k, 0, 10 * k + 8, 8] for k in range(n)], np.float32)
+    one = {"boxes": boxes, "scores": np.linspace(0.9, 0.6, n).astype(np.float32), "labels": np.zeros(n, np.int64)}
+    preds = Predictions([one, one], ["RBC"], windows=[1, 4])
+    assert per_image_caps(preds[1:], 2, 1) == [8]
+    kept = postprocess(preds, 0.5, None, max_dets=2)
+    assert [len(p["boxes"]) for p in kept] == [2, 8] and kept.windows == [1, 4]
+    assert [len(p["boxes"]) for p in postprocess(kept[1:], 0.5, None, max_dets=2)] == [8]
+    with pytest.raises(ValueError, match="classes"):
+        preds + Predictions([one], ["WBC"])
+    assert (preds[:1] + preds[1:]).windows == [1, 4]

@@ -70,15 +70,41 @@ class Predictions(list):
     ----------
     items : the prediction dicts, one per image.
     class_names : the classes the labels index (a model's classes), or None when unknown.
+    windows : per image, the forward passes (tiles) its prediction was merged from, where
+        ``predict`` tiled (the detection cap is per pass); None when unknown.
+    zooms : per image, the factor it was predicted at (``predict(scale=...)``), or None.
+
+    A slice keeps the class names, windows and zooms of its images; ``+`` joins predictions of
+    the same classes (a plain list would lose them: its labels would then be read in a dataset's
+    class order).
     """
 
-    def __init__(self, items=(), class_names: Sequence[str] | None = None):
+    def __init__(self, items=(), class_names: Sequence[str] | None = None, *, windows=None, zooms=None):
         super().__init__(items)
         self.class_names = None if class_names is None else [str(c) for c in class_names]
+        self.windows = None if windows is None else list(windows)
+        self.zooms = None if zooms is None else list(zooms)
 
     def __getitem__(self, i):
         item = super().__getitem__(i)
-        return Predictions(item, self.class_names) if isinstance(i, slice) else item
+        if not isinstance(i, slice):
+            return item
+        return Predictions(item, self.class_names, windows=None if self.windows is None else self.windows[i],
+                           zooms=None if self.zooms is None else self.zooms[i])
+
+    def __add__(self, other):
+        names = class_names_of(other)
+        if names is not None and self.class_names is not None and names != self.class_names:
+            raise ValueError(f"cannot join predictions of the classes {self.class_names} and {names}")
+        if names is None and self.class_names is not None and len(other):
+            raise ValueError("cannot join Predictions with a plain list: whose classes would its labels index? "
+                             "make it Predictions(list, class_names) first")
+
+        def joined(attr):
+            a, b = getattr(self, attr, None), getattr(other, attr, None)
+            return None if a is None or b is None else list(a) + list(b)
+        return Predictions(list(self) + list(other), self.class_names or names, windows=joined("windows"),
+                           zooms=joined("zooms"))
 
     def __repr__(self) -> str:
         return f"Predictions({len(self)} images, classes={self.class_names})"

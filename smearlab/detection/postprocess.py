@@ -440,7 +440,9 @@ def postprocess(raw, score_thresholds=DEFAULT_SCORE, nms_iou=0.5, class_agnostic
     """
     preds, names = _raw_parts(raw, class_names)
     keep = select(raw, score_thresholds, nms_iou, class_agnostic, max_dets, class_names=names)
-    return Predictions([take(p, k) for p, k in zip(preds, keep)], names)
+    windows = raw.meta.get("windows") if isinstance(raw, RawPredictions) else getattr(raw, "windows", None)
+    return Predictions([take(p, k) for p, k in zip(preds, keep)], names, windows=windows,
+                       zooms=getattr(raw, "zooms", None))
 
 
 class Selector:
