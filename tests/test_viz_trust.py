@@ -141,3 +141,56 @@ def test_thresholds_moved_in_the_tuner_keep_the_kind_of_predictions_they_were_tu
     bad = {**Thresholds({"RBC": 0.4}).to_dict(), "class_agnostic": "false"}  # a string would count as true
     with pytest.raises(DataError, match="class_agnostic must be true or false"):
         Thresholds.from_dict(bad, tmp_path / "thresholds.json")
+
+
+def test_figures_that_looked_right_but_showed_something_else():
+    """Found by probing the figures' artists: each figure drew a plausible, wrong picture."""
+    # a confusion matrix at chance was as dark as a good one: fractions share one 0..1 scale
+    ax = plots.plot_confusion(np.array([[40, 30, 30], [30, 40, 30], [30, 30, 40]]), ["a", "b", "c"],
+                              plt.figure().gca(), normalize=True, background=False)
+    assert ax.images[0].get_clim() == (0.0, 1.0)
+    assert {t.get_color() for t in ax.texts} == {"black"}   # 0.30 and 0.40: dark text on light cells
+    plt.close("all")
+    # a class keeps its colour in an embedding whatever classes are present
+    y = np.random.default_rng(0).normal(size=(4, 2))
+    fig = plots.plot_embedding(y, np.array([1, 1, 2, 2]), None, class_names=["RBC", "WBC", "Platelets"], by="class")
+    colours = {c.get_label().split()[0]: tuple(np.round(c.get_facecolor()[0][:3], 3))
+               for c in fig.axes[0].collections}
+    palette = plots.class_colors(3)
+    assert colours == {"WBC": tuple(np.round(palette[1][:3], 3)), "Platelets": tuple(np.round(palette[2][:3], 3))}
+    plt.close("all")
+    # objects per image: bins a whole number of objects wide (flat counts drew a sawtooth)
+    ax = plots.plot_objects_per_image(np.arange(76)[:, None], ["RBC"], plt.figure().gca())
+    edges = ax.patches[0].get_xy()[:, 0]
+    assert np.allclose(np.diff(np.unique(edges)) % 1, 0)
+    plt.close("all")
+    # colour statistics: every domain drawn, hues straddling red drawn as one cluster
+    stats = {f"D{k}": np.tile([0.5, 0.4, 0.4, 0.5, 0.3, 0.6], (2, 1)) for k in range(8)}
+    stats["D0"][:, 3] = [0.97, 0.03]
+    ax = plots.plot_colour_stats(stats, plt.figure().gca())
+    assert len(ax.collections) == 8
+    xs = ax.collections[0].get_offsets()[:, 0]
+    assert abs(xs[0] - xs[1]) == pytest.approx(0.06, abs=1e-6)
+    plt.close("all")
+    # boxes frame the pixels they cover (imshow puts pixel centres on whole numbers)
+    patch = plots.box_patch((3, 2, 9, 6), ec="r")
+    assert (patch.get_x(), patch.get_y(), patch.get_width(), patch.get_height()) == (2.5, 1.5, 6, 4)
+    # outlines: a prediction matching the truth shows both colours, a spurious one the prediction's only
+    truth = np.zeros((1, 40, 40), bool)
+    truth[0, 5:15, 5:15] = True
+    spurious = np.zeros((1, 40, 40), bool)
+    spurious[0, 25:35, 2:12] = True
+    pred = {"boxes": np.array([[5, 5, 15, 15], [2, 25, 12, 35]], np.float32), "scores": np.array([0.9, 0.8]),
+            "labels": np.array([0, 0]), "masks": np.concatenate([truth, spurious])}
+    out = plots.overlay_instances(np.full((40, 40, 3), 128, np.uint8), pred, truth)
+    cyan = (out == (0, 200, 255)).all(-1)
+    assert cyan[4:16, 4:16].any() and not cyan[24:36, 1:13].any()
+
+
+def test_the_tsne_explorer_offers_only_the_colourings_it_has():
+    from smearlab.viz.widgets import TSNEExplorer
+    y = np.random.default_rng(0).normal(size=(12, 2))
+    t = TSNEExplorer({"e": y}, np.arange(12) % 2, None, maps={"e": y}, perplexity=5)
+    assert list(t.colour_by.options) == ["class"]
+    with pytest.raises(ValueError, match="labels or domains"):
+        TSNEExplorer({"e": y}, None, None, maps={"e": y}, perplexity=5)

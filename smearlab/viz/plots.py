@@ -35,6 +35,21 @@ def figure_to_png(fig, dpi: int = 90) -> bytes:
     return buf.getvalue()
 
 
+
+def box_patch(box, **style) -> Rectangle:
+    """A matplotlib rectangle for a box ``(x0, y0, x1, y1)`` in pixel-edge coordinates (the
+    project's convention) drawn over ``imshow``, which puts pixel *centres* on whole numbers:
+    shifted half a pixel up and left, so that it frames the pixels it covers (unshifted it missed
+    its own mask by half a pixel, visible on platelets).
+
+    Parameters
+    ----------
+    box : ``(x0, y0, x1, y1)`` in pixels.
+    **style : matplotlib patch options (``ec``, ``lw``, ``ls`` ...); not filled unless given.
+    """
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, **{"fill": False, **style})
+
 def class_colors(n: int) -> list[tuple[float, float, float, float]]:
     """``n`` distinct colours (tab10, then tab20 for more classes).
 
@@ -84,7 +99,7 @@ def draw_sample(sample: Sample, class_names: Sequence[str], ax=None, *, classes:
     ax.imshow(img)
     if boxes:
         for (x0, y0, x1, y1), lab in zip(sample.boxes[show], sample.labels[show]):
-            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=linewidth, ec=colors[lab]))
+            ax.add_patch(box_patch((x0, y0, x1, y1), lw=linewidth, ec=colors[lab]))
             if labels:
                 ax.text(x0, y0, class_names[lab], color="white", fontsize=6, va="bottom",
                         bbox=dict(fc=colors[lab], ec="none", pad=0.5))
@@ -230,7 +245,9 @@ def plot_objects_per_image(per_image: np.ndarray, class_names: Sequence[str], ax
     colors = class_colors(len(class_names))
     top = int(per_image.max()) if per_image.size else 1
     # one set of edges for every class (bins=30 let each class pick its own widths)
-    bins = np.arange(0, top + 2) - 0.5 if top < 60 else np.linspace(-0.5, top + 0.5, 31)
+    # whole numbers of objects per bin: bins of 2.5 counts drew flat counts as a sawtooth
+    width = max(1, int(np.ceil((top + 1) / 60)))
+    bins = np.arange(0, top + width + 1, width) - 0.5
     for k, name in enumerate(class_names):
         ax.hist(per_image[:, k], bins=bins, histtype="step", color=colors[k], label=name, lw=1.5)
     ax.set_xlabel("objects in the image")
@@ -275,11 +292,21 @@ def plot_colour_stats(stats: dict[str, np.ndarray], ax=None):
     """
     ax = ax or plt.gca()
     markers = "osD^v<>"
-    for (dom, a), mk in zip(stats.items(), markers):
+    # hue is an angle: the circle is cut where no image lies (the middle of the widest gap between
+    # the images' hues), so that a stain whose hues straddle red (0.97 and 0.03) is one cluster,
+    # not two at the ends of a 0..1 line
+    hues = np.sort(np.concatenate([a[:, 3] for a in stats.values() if len(a)] or [np.zeros(0)]) % 1.0)
+    cut = 0.0
+    if len(hues):
+        gaps = np.diff(np.append(hues, hues[0] + 1.0))
+        k = int(np.argmax(gaps))
+        cut = float((hues[k] + gaps[k] / 2) % 1.0)
+    for k, (dom, a) in enumerate(stats.items()):  # every domain drawn: markers repeat past the seventh
         if len(a):
-            ax.scatter(a[:, 3], a[:, 4], c=np.clip(a[:, :3], 0, 1), marker=mk, s=25, ec="k", lw=0.3,
-                       label=f"{dom} ({len(a)})")
-    ax.set_xlabel("mean hue")
+            hue = (a[:, 3] - cut) % 1.0 + cut
+            ax.scatter(hue, a[:, 4], c=np.clip(a[:, :3], 0, 1), marker=markers[k % len(markers)], s=25, ec="k",
+                       lw=0.3, label=f"{dom} ({len(a)})")
+    ax.set_xlabel(f"mean hue (a circle, cut at {cut:.2f} where no image lies)")
     ax.set_ylabel("mean saturation")
     ax.legend(fontsize=8)
     ax.set_title("colour per image and domain")
@@ -336,11 +363,10 @@ def draw_failures(sample: Sample, prediction: dict, class_names: Sequence[str], 
     ax.imshow(sample.image)
     for box, ok in zip(sample.boxes, found):
         x0, y0, x1, y1 = box
-        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=0.6 if ok else 1.6,
-                               ec="limegreen" if ok else "red", ls="-" if ok else "--"))
+        ax.add_patch(box_patch(box, lw=0.6 if ok else 1.6, ec="limegreen" if ok else "red", ls="-" if ok else "--"))
     for (x0, y0, x1, y1), lab, ok in zip(prediction["boxes"], prediction["labels"], tp):
         if not ok:
-            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.4, ec="orange"))
+            ax.add_patch(box_patch((x0, y0, x1, y1), lw=1.4, ec="orange"))
             ax.text(x0, y0, class_names[lab], color="orange", fontsize=6, va="bottom")
     ax.set_title(f"{sample.image_id}: {int((~found).sum())} missed, {int((~tp).sum())} spurious", fontsize=8)
     ax.axis("off")
@@ -401,17 +427,19 @@ def plot_confusion(matrix: np.ndarray, names: Sequence[str], ax=None, *, normali
     rows = m.sum(1, keepdims=True)
     with np.errstate(invalid="ignore", divide="ignore"):
         shown = np.where(rows > 0, m / np.where(rows > 0, rows, 1), np.nan) if normalize else m
-    ax.imshow(np.ma.masked_invalid(shown), cmap="Blues")
+    # fractions on one fixed scale (0..1): scaled to each panel's own range, a classifier at chance
+    # (0.40 on its diagonal) was as dark as one at 0.95, side by side
+    top = 1.0 if normalize else (float(np.nanmax(shown)) if shown.size and np.isfinite(shown).any() else 1.0)
+    ax.imshow(np.ma.masked_invalid(shown), cmap="Blues", vmin=0.0, vmax=max(top, 1e-9))
     ax.set_xticks(range(len(labels)), labels, rotation=30, ha="right", fontsize=8)
     ax.set_yticks(range(len(labels)), labels, fontsize=8)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    top = np.nanmax(shown) if shown.size and np.isfinite(shown).any() else 1
     for i in range(len(labels)):
         for j in range(len(labels)):
             txt = ("-" if np.isnan(shown[i, j]) else f"{shown[i, j]:.2f}") if normalize else f"{int(m[i, j])}"
             ax.text(j, i, txt, ha="center", va="center", fontsize=8,
-                    color="white" if shown[i, j] > 0.6 * top else "black")
+                    color="white" if shown[i, j] > 0.6 * top else "black")  # on the cell's own shade
     ax.set_title(title)
     return ax
 
@@ -543,7 +571,8 @@ def overlay_instances(image: np.ndarray, prediction: dict | None = None, truth=N
 
     ``truth`` is an ``(N, H, W)`` mask stack or a Sample (its masks). Outlines are the inner
     boundaries of each instance (``skimage.segmentation.find_boundaries``), so touching
-    instances stay distinguishable. A grey image is drawn in grey.
+    instances stay distinguishable; with both, the truth's are drawn just outside its objects, so
+    that a prediction matching it shows both colours side by side. A grey image is drawn in grey.
 
     Parameters
     ----------
@@ -571,10 +600,12 @@ def overlay_instances(image: np.ndarray, prediction: dict | None = None, truth=N
             layers.append((instances_to_label_image(np.asarray(t)), truth_colour))
     if prediction is not None and len(prediction.get("masks", ())):
         layers.append((instances_to_label_image(prediction), colour))
-    for lab, c in layers:
+    for (lab, c), mode in zip(layers, ("outer", "inner") if truth is not None and len(layers) == 2 else ("inner",)):
         if lab.shape != out.shape[:2]:
             raise ValueError(f"overlay_instances: masks of size {lab.shape} on an image of size {out.shape[:2]}")
-        out[find_boundaries(lab, mode="inner")] = c
+        # the truth just outside its objects, the prediction just inside: an exact match shows both
+        # colours side by side (drawn on the same pixels, it looked like a false positive)
+        out[find_boundaries(lab, mode=mode)] = c
     return out
 
 
@@ -677,7 +708,6 @@ def plot_detector_cam(image, result: DetectorCam, class_names=None, axes=None):
     -------
     matplotlib Figure
     """
-    from matplotlib.patches import Rectangle
     img = np.asarray(getattr(image, "image", image))
     if axes is None:
         _, axes = plt.subplots(1, 2, figsize=(10, 4))
@@ -686,7 +716,7 @@ def plot_detector_cam(image, result: DetectorCam, class_names=None, axes=None):
     for ax, shown, title in zip(axes, (img, overlay_heatmap(img, result.cam)),
                                 (f"box: {name} (score {result.score:.2f})", f"Grad-CAM, {' + '.join(result.layers)}")):
         ax.imshow(shown)
-        ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="white", linewidth=1.5))
+        ax.add_patch(box_patch((x0, y0, x1, y1), edgecolor="white", linewidth=1.5))
         ax.set_title(title, fontsize=9)
         ax.axis("off")
     return axes[0].figure
@@ -740,8 +770,12 @@ def plot_embedding(Y, labels=None, domains=None, *, class_names: Sequence[str] |
         vals = _names(as_label_array(colour[b], len(y), "labels" if b == "class" else "domains"),
                       class_names if b == "class" else None)
         order = list(class_names) if b == "class" and class_names is not None else []
-        groups = [g for g in order if g in set(vals)] + sorted(set(vals) - set(order))
-        for g, c in zip(groups, class_colors(len(groups))):
+        extra = sorted(set(vals) - set(order))
+        groups = [g for g in order if g in set(vals)] + extra
+        # a class keeps its colour whichever classes are present (its place in class_names)
+        palette = class_colors(len(order) + len(extra))
+        for g in groups:
+            c = palette[order.index(g) if g in order else len(order) + extra.index(g)]
             sel = vals == g
             ax.scatter(y[sel, 0], y[sel, 1], s=point_size, color=c, label=f"{g} ({int(sel.sum())})",
                        alpha=0.8, linewidths=0)

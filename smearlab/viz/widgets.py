@@ -10,7 +10,6 @@ from typing import Sequence
 import ipywidgets as W
 import numpy as np
 from matplotlib.figure import Figure
-from matplotlib.patches import Rectangle
 from PIL import Image
 
 from ..classification.embed import tsne
@@ -22,7 +21,7 @@ from ..metrics.detection import FastEvaluator
 from ..metrics.instances import dsb_score
 from ..segmentation import classical
 from ..segmentation.classical import BLOB_THRESHOLDS
-from .plots import class_colors, draw_sample, figure_to_png, overlay_instances, plot_embedding
+from .plots import box_patch, class_colors, draw_sample, figure_to_png, overlay_instances, plot_embedding
 
 
 class DatasetBrowser:
@@ -168,6 +167,8 @@ class TSNEExplorer:
         if len(sizes) != 1:
             raise ValueError(f"embeddings have different numbers of points: {sorted(sizes)}")
         n = sizes.pop()
+        if labels is None and domains is None:
+            raise ValueError("give labels or domains: the map is coloured by one of them")
         self.labels, self.domains, self.class_names = labels, domains, class_names
         self.seed, self.figsize = seed, figsize
         self._cache: dict = {(k, int(perplexity)): v for k, v in (maps or {}).items() if k in self.embeddings}
@@ -179,7 +180,10 @@ class TSNEExplorer:
         self.embedding = W.Dropdown(options=list(self.embeddings), description="embedding")
         self.perplexity = W.IntSlider(value=int(min(max(perplexity, lo), hi)), min=lo, max=hi, step=int(step),
                                       description="perplexity", continuous_update=False)
-        self.colour_by = W.Dropdown(options=["class", "domain"], description="colour by")
+        # only the colourings there is something for (choosing 'domain' without domains failed in
+        # its callback and left the class view under a dropdown reading 'domain')
+        self.colour_by = W.Dropdown(options=[o for o, v in (("class", labels), ("domain", domains)) if v is not None],
+                                    description="colour by")
         self.image = W.Image(format="png")
         for w in (self.embedding, self.perplexity, self.colour_by):
             w.observe(lambda _change: self.redraw(), names="value")
@@ -484,11 +488,10 @@ class ThresholdTuner:
         ax = fig.subplots()
         ax.imshow(s.image)
         for (x0, y0, x1, y1), lab in zip(s.boxes, s.labels):
-            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.0, ls="--",
-                                   ec=colors[lab]))
+            ax.add_patch(box_patch((x0, y0, x1, y1), lw=1.0, ls="--", ec=colors[lab]))
         for (x0, y0, x1, y1), lab, sc in zip(p["boxes"], p["labels"], p["scores"]):
             colour = colors[int(self.to_dataset[lab])]  # the model's label, drawn in its dataset class's colour
-            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, lw=1.5, ec=colour))
+            ax.add_patch(box_patch((x0, y0, x1, y1), lw=1.5, ec=colour))
             ax.text(x0, y0, f"{sc:.2f}", color="white", fontsize=5, va="bottom",
                     bbox=dict(fc=colour, ec="none", pad=0.3))
         ax.set_title(f"{s.image_id}: {len(p['boxes'])} predicted (solid), {len(s.boxes)} true "
@@ -548,8 +551,8 @@ class ReviewGallery:
         for o in rec["objects"]:
             x0, y0, x1, y1 = o["bbox"]
             border = o["score"] - float(self.thresholds.get(o["class"], 0.0)) < self.margin
-            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=colours.get(o["class"]),
-                                   linewidth=1.2, linestyle="--" if border else "-"))
+            ax.add_patch(box_patch((x0, y0, x1, y1), edgecolor=colours.get(o["class"]), linewidth=1.2,
+                                   linestyle="--" if border else "-"))
         ax.set_axis_off()
         ax.set_title(f"{rec['image']}: {len(rec['objects'])} objects, {near} borderline (dashed)", fontsize=9)
         self.image.value = figure_to_png(fig)
