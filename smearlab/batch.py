@@ -543,8 +543,11 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
     def predict_fn(images: list) -> list[dict]:
         if tile == "auto":
             return _predict_auto_tiled(predict_images, model, images, batch_size, thresholds, tta)
+        # a tile size given: each tile at the training magnification, as automatic tiling does (resized
+        # by the whole field's factor, tiles of a large field were shrunk: 5 times the red cells counted)
+        resize = "training" if tile and getattr(cfg, "train_image_size", None) else "image"
         return predict_images(model, images, batch_size=batch_size, thresholds=thresholds, scale=scale, tile=tile,
-                              progress=False, tta=tta)
+                              tile_resize=resize, progress=False, tta=tta)
 
     post = None if cascade is None else (lambda img, rec: _classify_white_cells(cascade, img, rec, device))
     run = {"model": str(folder.resolve()), "model_id": _model_id(folder, Path(out)), "classes": class_names,

@@ -111,6 +111,21 @@ def test_predict_rescales_on_top_of_the_model_scale():
         predict(m, [img], progress=False, scale="big")
 
 
+def test_a_given_scale_is_relative_to_the_training_magnification_on_a_larger_field():
+    """scale=1 (the model's own pixel size) on a field three times the training images' size
+    shrank it to the model's input size first: the cells came out at a third of their size."""
+    import dataclasses
+    m = _SizeModel()
+    m.detector_config = dataclasses.replace(m.detector_config, train_image_size=(240, 320))
+    field = np.zeros((720, 960, 3), np.uint8)   # three training images wide and high
+    predict(m, [field], progress=False, scale=1.0)
+    predict(m, [field], progress=False, scale=0.5)
+    assert m.seen[0] == (736, 960) and m.seen[1] == (384, 480)  # 720 rows (padded to 32) and half that
+    m.detector_config = dataclasses.replace(m.detector_config, train_image_size=None)  # an older model
+    predict(m, [field], progress=False, scale=1.0)
+    assert m.seen[2] == (256, 320)
+
+
 def test_box_tiles_keep_boxes_mostly_inside_and_cover_the_image():
     img = np.arange(100 * 150 * 3, dtype=np.uint8).reshape(100, 150, 3)
     boxes = [[10, 10, 30, 30], [60, 10, 90, 30], [140, 80, 150, 100]]

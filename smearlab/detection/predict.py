@@ -356,12 +356,17 @@ def _whole_image_scale(model, hw: tuple[int, int], windows):
 
 
 @contextlib.contextmanager
-def _rescaled(model, hw: tuple[int, int], factor: float):
-    """The model's input resized by ``factor`` on top of its own scale (one image at a time)."""
+def _rescaled(model, hw: tuple[int, int], factor: float, train_hw=None):
+    """The model's input resized by ``factor`` times the magnification the model saw its training
+    images at (``train_hw``: their size; None, for a model that does not record it: the scale its
+    transform gives this image). Relative to each image's own resize, a field larger than the
+    training images was shrunk first: the model's own pixel size gave a third of the magnification
+    on a field three times as wide."""
     tr = getattr(unwrap(model) if isinstance(model, nn.Module) else model, "transform", None)
     if tr is None or not hasattr(tr, "fixed_size"):
         raise ValueError("scale needs a torchvision detector (its transform sets the input size)")
-    f = min(float(tr.min_size[-1]) / min(hw), float(tr.max_size) / max(hw)) * float(factor)
+    base = tuple(int(v) for v in train_hw) if train_hw else hw
+    f = min(float(tr.min_size[-1]) / min(base), float(tr.max_size) / max(base)) * float(factor)
     old = tr.fixed_size
     tr.fixed_size = (max(1, round(hw[1] * f)), max(1, round(hw[0] * f)))
     try:
@@ -414,8 +419,10 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
         few zooms (from the most confident one, the factor at which the reference class's median
         size matches ``detector_config.object_sizes``; see :mod:`smearlab.detection.scale`;
         images where nothing is found confidently stay as they are).
-        A number: resize every image by it on top of the model's own scale (``0.5`` for pixels
-        half as large as in training). Not with ``tile``. With a scale the returned predictions'
+        A number: resize every image by it, relative to the magnification the model saw its
+        training images at (``detector_config.train_image_size``; ``0.5`` for pixels half as
+        large as in training: 1 predicts a field of any size at the training magnification).
+        Not with ``tile``. With a scale the returned predictions'
         ``zooms`` attribute lists the factor each image was predicted at (the one ``"auto"``
         chose: a factor far from what the images should need is the first thing to check).
     tta : test-time augmentation: predict each image as it is and flipped left-right, upside down
@@ -534,7 +541,7 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
                     probes: dict[float, dict] = {}
                     if scale == "auto":
                         for pf in PROBE_FACTORS:
-                            with _rescaled(model, hw, pf):
+                            with _rescaled(model, hw, pf, train_hw):
                                 probes[pf] = forward([img])[0]
                         f = choose_factor(probes, hw, cfg)
                     else:
@@ -543,7 +550,7 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
                     if f in probes and not tta:
                         results.append(note([probes[f]])[0])
                     else:
-                        with _rescaled(model, hw, f):
+                        with _rescaled(model, hw, f, train_hw):
                             results.append(run([img])[0])
                     windows.append(1)
                     if bar is not None:

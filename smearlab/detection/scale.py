@@ -103,7 +103,9 @@ def estimate_zoom(prediction: dict, hw: tuple[int, int], cfg: DetectorConfig) ->
         return None
     name, sel = best
     wh = boxes[sel, 2:] - boxes[sel, :2]
-    seen = float(np.median(np.sqrt(wh[:, 0] * wh[:, 1]))) * input_scale(hw, cfg)
+    # at factor 1 the model sees the image at its training magnification (predict's scale)
+    base = tuple(int(v) for v in cfg.train_image_size) if cfg.train_image_size else hw
+    seen = float(np.median(np.sqrt(wh[:, 0] * wh[:, 1]))) * input_scale(base, cfg)
     return seen / sizes[name]["size"]
 
 
