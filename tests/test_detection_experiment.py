@@ -109,6 +109,15 @@ def test_preprocess_and_thresholds_travel_with_the_model(small, tmp_path, monkey
         for c, name in enumerate(small.class_names):
             assert np.all(f["scores"][f["labels"] == c] >= model.thresholds["score"][name])
     assert run.metrics["epochs"] == 1
+    # saved again with new thresholds, the loaded model keeps its pipeline and recipe (both files
+    # were deleted: every later prediction ran on unprocessed images)
+    from smearlab.detection.models import save_model
+    from smearlab.detection.tune import Thresholds
+    save_model(model, None, tmp_path / "retuned", thresholds=Thresholds({c: 0.3 for c in small.class_names}))
+    again = load_model(tmp_path / "retuned", device="cpu")
+    assert again.preprocess_spec == pre.to_dict() and again.thresholds["score"]["RBC"] == 0.3
+    assert (tmp_path / "retuned" / "train_config.json").is_file()
+    assert again.train_config == model.train_config is not None
 
 
 def test_the_best_run_is_chosen_on_validation_not_test():

@@ -64,7 +64,7 @@ from torchvision.ops.feature_pyramid_network import FeaturePyramidNetwork, LastL
 from ..core.device import resolve_device
 from ..core.errors import DataError
 from ..core.files import read_torch_file
-from ..core.model_folder import read_config_json, read_model_folder, save_model_folder, state_dict_of
+from ..core.model_folder import read_config_json, read_model_folder, read_side_file, save_model_folder, state_dict_of
 from .losses import BOX_LOSSES, IoULossRoIHeads
 
 log = logging.getLogger("smearlab.detection")
@@ -672,11 +672,19 @@ def save_model(model: nn.Module, cfg: DetectorConfig | None, folder, thresholds:
     folder : the model folder (created if needed).
     thresholds : optional tuned thresholds (a ``Thresholds`` or its dict), written as
         ``thresholds.json``; checked as :func:`load_model` checks them.
-    preprocess : optional preprocessing pipeline, written as ``preprocess.json``.
-    train_config : optional training settings (a ``TrainConfig`` or its dict), written as
-        ``train_config.json``: the recipe :func:`smearlab.detection.finetune.fine_tune` repeats.
+    preprocess : the preprocessing pipeline, written as ``preprocess.json``; None: the model's
+        own (``model.preprocess_spec``, as training and :func:`load_model` set it): a pipeline is
+        part of the model (a loaded model saved again with new thresholds lost it, and every
+        later prediction ran on unprocessed images).
+    train_config : the training settings (a ``TrainConfig`` or its dict), written as
+        ``train_config.json``: the recipe :func:`smearlab.detection.finetune.fine_tune` repeats;
+        None: the model's own (``model.train_config``, set by :func:`load_model`), if any.
     """
     model = unwrap(model)
+    if preprocess is None:
+        preprocess = getattr(model, "preprocess_spec", None)
+    if train_config is None:
+        train_config = getattr(model, "train_config", None)
     cfg = cfg or getattr(model, "detector_config", None)
     if cfg is None:
         raise ValueError("save_model needs the DetectorConfig (cfg) of the model")
@@ -760,6 +768,7 @@ def load_model(folder, device: "str | torch.device | None" = "auto") -> nn.Modul
         except (TypeError, ValueError, KeyError) as e:
             raise DataError(folder / "preprocess.json", f"not a usable preprocessing pipeline: {e}") from None
         model.preprocess_spec = saved.preprocess
+    model.train_config = read_side_file(folder, "train_config.json")  # the recipe, kept by a re-save
     return model.to(resolve_device(device)).eval()
 
 
