@@ -54,6 +54,7 @@ from .data.imageio import read_image
 from .data.predictions import DEFAULT_SCORE
 from .detection.models import auto_tile, load_model
 from .detection.predict import predict as predict_images
+from .detection.predict import predict_fields
 from .detection.scale import check_zoom
 from .detection.tune import Thresholds
 from .export import coco_from_records, file_names, image_record, names_without_extension
@@ -542,7 +543,7 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
 
     def predict_fn(images: list) -> list[dict]:
         if tile == "auto":
-            return _predict_auto_tiled(predict_images, model, images, batch_size, thresholds, tta)
+            return predict_fields(model, images, batch_size=batch_size, thresholds=thresholds, tta=tta)
         # a tile size given: each tile at the training magnification, as automatic tiling does (resized
         # by the whole field's factor, tiles of a large field were shrunk: 5 times the red cells counted)
         resize = "training" if tile and getattr(cfg, "train_image_size", None) else "image"
@@ -726,18 +727,6 @@ def _remove_moved_results(out: Path, items: list[ImageInput]) -> None:
     if other:
         log.warning("%s holds the results of %d image(s) not in this run (kept; counts.csv and summary.json "
                     "cover this run's images only)", out, other)
-
-
-def _predict_auto_tiled(predict_images, model, images: list, batch_size: int, thresholds,
-                        tta: bool = False) -> list[dict]:
-    """Predictions of ``images`` in order, each large field cut into tiles of the training image size."""
-    cfg = model.detector_config
-    tiles = [auto_tile(cfg, img.shape[:2]) for img in images]
-    if not any(tiles):
-        return predict_images(model, images, batch_size=batch_size, thresholds=thresholds, progress=False, tta=tta)
-    return [predict_images(model, [img], batch_size=batch_size, thresholds=thresholds, tile=t,
-                           tile_resize="training" if t else "image", progress=False, tta=tta)[0]
-            for img, t in zip(images, tiles)]
 
 
 def read_results(out: str | Path) -> tuple[list[dict], dict]:

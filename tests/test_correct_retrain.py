@@ -189,6 +189,27 @@ def test_a_second_round_of_fine_tuning_scales_the_recipe_not_the_last_round(tmp_
         assert read_train_config(folder).lr == 0.02 and read_train_config(tmp_path / f"r{k}" / "best").lr == 0.02
 
 
+def test_fine_tuning_keeps_the_recipes_augmentation_and_average_and_tunes_thresholds_again(tmp_path):
+    """Fine-tuning dropped the recipe's augmentation and weight average (and recorded that), kept
+    thresholds tuned for the old weights in model/ and gave best/ none: one model, two counts."""
+    from smearlab.detection.models import save_model
+    from smearlab.detection.tune import Thresholds
+    ds = make_dataset(4, seed=0, width=96, height=80)
+    cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=ds.class_names, min_size=80, max_size=96)
+    recipe = TrainConfig(lr=0.02, batch_size=2, augment="default", ema_decay=0.9)
+    old = Thresholds({c: 0.2 for c in ds.class_names}, nms_iou=0.3, objective="count")
+    save_model(build_detector(cfg), cfg, tmp_path / "r0", thresholds=old, train_config=recipe)
+    got = read_train_config(tmp_path / "r0")
+    assert got.augment is not None and got.ema_decay == 0.9
+    model, _ = fine_tune(tmp_path / "r0", ds, val=ds.subset([0, 1]), epochs=1, device="cpu", out_dir=tmp_path / "r1")
+    saved = json.loads((tmp_path / "r1" / "model" / "train_config.json").read_text())
+    assert saved["augment"] is not None and saved["ema_decay"] == 0.9
+    tuned = json.loads((tmp_path / "r1" / "model" / "thresholds.json").read_text())
+    assert tuned["objective"] == "count" and tuned["metrics"]       # tuned again, for the same objective
+    best = json.loads((tmp_path / "r1" / "best" / "thresholds.json").read_text())
+    assert {k: v for k, v in best.items() if k != "save_id"} == {k: v for k, v in tuned.items() if k != "save_id"}
+
+
 def test_corrections_leave_out_classes_the_model_does_not_know(tmp_path, caplog):
     """Notebook 09 with a model of fewer classes than the dataset stopped with a bare KeyError."""
     from smearlab.experiments.counting import corrections_from_truth

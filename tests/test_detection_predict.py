@@ -7,7 +7,7 @@ import torch
 
 from smearlab.data.synthetic import make_dataset
 from smearlab.detection.models import DetectorConfig, build_detector
-from smearlab.detection.predict import merge_tiles, predict, tile_windows
+from smearlab.detection.predict import merge_tiles, predict, predict_fields, tile_windows
 
 H, W = 300, 500
 # (x0, y0, x1, y1, label 0-based, score)
@@ -132,7 +132,6 @@ def test_automatic_tiles_are_seen_at_the_training_magnification():
     """smearlab predict cuts a large field into square tiles of the training images' longer side;
     resized as tiles, a 640 px tile of a model trained on 480x640 images reached it at 0.75 of
     the training magnification (its short side set to 480)."""
-    from smearlab import batch
     from smearlab.detection.models import auto_tile
     for low, high, factor in ((480, 640, 1.0), (800, 1333, 800 / 480)):
         model = build_detector(DetectorConfig(arch="fasterrcnn_tiny", class_names=["a"], min_size=low, max_size=high,
@@ -147,7 +146,7 @@ def test_automatic_tiles_are_seen_at_the_training_magnification():
         model.transform.resize = spy
         field = np.full((960, 1280, 3), 200, np.uint8)
         assert auto_tile(model.detector_config, field.shape[:2]) == 640
-        batch._predict_auto_tiled(predict, model, [field], 4, None)
+        predict_fields(model, [field], batch_size=4)
         assert seen and all(f == pytest.approx(factor, rel=1e-3) for f in seen)
 
 

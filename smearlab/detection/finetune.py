@@ -21,16 +21,17 @@ from ..data.derive import remap_dataset
 from ..data.sample import SmearDataset
 from ..metrics.detection import count_matrix
 from .models import load_model, save_model
-from .predict import predict
+from .predict import predict_fields
 from .train import TrainConfig, default_evaluate, train_detector
-from .tune import Thresholds
+from .tune import OBJECTIVES, Thresholds, auto_tune
 
 log = logging.getLogger("smearlab.detection.finetune")
 
-#: The fields of ``train_config.json`` a fine-tuning run takes over (the recipe); the rest (the
-#: run's length, output folder, augmentation object) is the fine-tuning run's own.
+#: The fields of ``train_config.json`` a fine-tuning run takes over (the recipe; a default
+#: augmenter is rebuilt, see :func:`read_train_config`); the rest (the run's length, output
+#: folder) is the fine-tuning run's own.
 RECIPE = ("batch_size", "lr", "optimizer", "momentum", "weight_decay", "warmup_iters", "lr_schedule", "lr_gamma",
-          "amp", "grad_clip", "max_steps_per_epoch", "val_tile")
+          "amp", "grad_clip", "max_steps_per_epoch", "val_tile", "ema_decay")
 
 
 def read_train_config(folder) -> TrainConfig | None:
@@ -46,6 +47,12 @@ def read_train_config(folder) -> TrainConfig | None:
         return None
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     kept = {k: v for k, v in d.items() if k in RECIPE and k in fields}
+    if d.get("augment") is not None:  # saved as its repr: the default augmenter is rebuilt, another is not
+        from ..augment import default_augment
+        if d["augment"] != repr(default_augment(int(d.get("seed") or 0))):
+            log.warning("%s: the recipe's augmenter is not the default one and cannot be rebuilt from JSON; "
+                        "fine-tuning with smearlab.augment.default_augment (give tcfg= to choose)", p)
+        kept["augment"] = "default"  # without augmentation the corrections were trained on bare images
     try:
         return TrainConfig(**kept)
     except (TypeError, ValueError) as e:
@@ -76,7 +83,9 @@ def fine_tune(model_folder, corrected: SmearDataset, train: SmearDataset | None 
     tcfg : the whole training configuration instead of the folder's recipe (``epochs`` and
         ``lr_scale`` are then not applied).
     out_dir : the run folder: ``model/`` (the fine-tuned model folder, with the original's
-        thresholds and preprocessing), checkpoints and metrics; None: nothing written.
+        preprocessing and its thresholds, tuned again on ``val`` for the same objective when it is
+        given, else the original's, with a warning), ``best/`` (with the same thresholds),
+        checkpoints and metrics; None: nothing written.
     device : "auto", "cpu", "cuda".
     seed : seeds the data order and augmentation.
     progress : progress bar.
@@ -120,6 +129,19 @@ def fine_tune(model_folder, corrected: SmearDataset, train: SmearDataset | None 
     history = train_detector(model, data, val, tcfg, progress=progress)
     model.eval()
     model.detector_config = cfg
+    old = getattr(model, "thresholds", None)
+    if old and val is not None and len(val):  # tuned for the weights before: tuned again, as training does
+        th = Thresholds(**old)
+        objective = th.objective if th.objective in OBJECTIVES else "f1"
+        tta = bool(th.tta and th.objective != "manual")
+        val_m = remap_dataset(val, names, "validation")
+        tuned = auto_tune(val_m, predict_fields(model, val_m, tta=tta, device=device), objective, max_dets=th.max_dets)
+        tuned.tta = tta
+        model.thresholds = tuned.to_dict()
+        log.info("thresholds tuned again on %d validation images (%s)", len(val), objective)
+    elif old:
+        log.warning("the fine-tuned model keeps the thresholds tuned for the weights before it: give val= to tune "
+                    "them again (auto_tune), or check them")
     if out_dir is not None:
         save_model(model, cfg, Path(out_dir) / "model", thresholds=getattr(model, "thresholds", None),
                    preprocess=getattr(model, "preprocess_spec", None), train_config=saved_config)
@@ -129,6 +151,8 @@ def fine_tune(model_folder, corrected: SmearDataset, train: SmearDataset | None 
                 (best / "train_config.json").unlink(missing_ok=True)
             else:
                 write_side_file(best, "train_config.json", saved_config)
+            if model.thresholds:  # model/ and best/ count with the same thresholds
+                write_side_file(best, "thresholds.json", model.thresholds)
     log.info("fine-tuned %s on %d images (%d corrected) for %d epochs", folder, len(data), len(corrected),
              len(history))
     return model, history
@@ -148,14 +172,18 @@ def compare_models(before, after, test: SmearDataset, *, device: str = "auto") -
     dict
         ``{"before": {...}, "after": {...}}``, each with ``mAP50``, ``mAP`` and
         ``count_error`` (mean over images and classes of ``|predicted - true| / max(true, 1)``
-        at each model's own thresholds, 0.5 where it has none).
+        at each model's own thresholds, 0.5 where it has none), each model predicting as
+        ``smearlab predict`` does (:func:`~smearlab.detection.predict.predict_fields`: large fields
+        tiled at the training magnification, test-time augmentation where its thresholds were tuned
+        with it).
     """
     out = {}
     for name, m in (("before", before), ("after", after)):
         model = load_model(m, device=device) if isinstance(m, (str, Path)) else m
-        raw = predict(model, test, device=device, progress=False)
-        coco = default_evaluate(test, raw)
         th = getattr(model, "thresholds", None)
+        tta = bool(th and th.get("tta") and th.get("objective") != "manual")
+        raw = predict_fields(model, test, tta=tta, device=device)
+        coco = default_evaluate(test, raw)
         kept = Thresholds(**th).apply(raw) if th else raw  # the model's thresholds on the same raw boxes
         true, pred = count_matrix(test, kept, 0.0 if th else 0.5)
         err = float((abs(pred - true) / true.clip(min=1)).mean()) if true.size else None

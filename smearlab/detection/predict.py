@@ -36,7 +36,7 @@ from ..data.predictions import Predictions, empty_prediction
 from ..data.sample import Sample, SmearDataset
 from ..data.torchdata import LUMA, DetectionDataset
 from ..preprocess import as_preprocess
-from .models import is_mask_model, unwrap
+from .models import auto_tile, is_mask_model, unwrap
 from .postprocess import fuse_boxes, per_image_caps
 from .scale import PROBE_FACTORS, check_zoom, choose_factor
 from .tune import Thresholds
@@ -619,6 +619,36 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
         results.zooms = zooms
     return results
 
+
+
+def predict_fields(model, images, *, batch_size: int = 4, thresholds: Any = None, tta: bool = False,
+                   device: "str | torch.device | None" = None) -> Predictions:
+    """:func:`predict` as ``smearlab predict`` does it: each image more than 1.5 times the size of
+    the training images (:func:`~smearlab.detection.models.auto_tile`) cut into tiles of the
+    training image size at the training magnification, the others whole. Whatever compares
+    models or counts should see them this way: on a field larger than the training images the
+    whole-image resize shrinks the cells (a count error of 0.90 where ``smearlab predict`` gave
+    0.83).
+
+    Parameters
+    ----------
+    model : a detector with ``detector_config`` (``train_image_size``; a model without it is
+        never tiled).
+    images : images, Samples or a SmearDataset, in order.
+    batch_size, thresholds, tta, device : as :func:`predict`.
+    """
+    items = list(images)
+    cfg = unwrap(model).detector_config
+    tiles = [auto_tile(cfg, tuple(getattr(x, "hw", None) or np.asarray(x).shape[:2])) for x in items]
+    if not any(tiles):
+        return predict(model, items, batch_size=batch_size, thresholds=thresholds, progress=False, tta=tta,
+                       device=device)
+    out = None
+    for x, t in zip(items, tiles):
+        one = predict(model, [x], batch_size=batch_size, thresholds=thresholds, tile=t,
+                      tile_resize="training" if t else "image", progress=False, tta=tta, device=device)
+        out = one if out is None else out + one
+    return out
 
 #: The views of test-time augmentation: the image dimensions each one flips (none, left-right,
 #: upside down, both).
