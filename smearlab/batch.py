@@ -574,6 +574,10 @@ def _predict_instances(folder: Path, items: list, out: Path, *, truth, dataset, 
         raise ValueError("scale applies to detectors; a U-Net sees images as they are")
     instances = read_config_json(folder).get("task") == "instances"
     model = load_instance_unet(folder, device=device) if instances else load_unet(folder, device=device)
+    if getattr(model, "crop_pad", None) is not None:  # a field letterboxed into a one-cell input: 2 of 9 cells
+        raise DataError(folder, "a U-Net trained on single-cell crops (crop_pad in config.json) segments one cell "
+                                "in a box, not a field: use it through a detector (the two-stage segmenter), "
+                                "or give a U-Net trained on whole images")
     side = 256 if tile == "auto" else None if tile is None else int(tile)  # None: each image whole
     floor = 0.0 if score is None else float(score)
 

@@ -291,6 +291,13 @@ def test_train_crop_unet_on_synthetic_smears(tmp_path):
         assert loaded.crop_pad == 0.25 and loaded.input_size == 32
         again = two_stage_segment(ds[:1], loaded, ds[:1], device="cpu")
         np.testing.assert_array_equal(again[0]["masks"], preds[0]["masks"])
+        # smearlab predict letterboxed whole fields into its one-cell input and counted 2 of 9 cells
+        from smearlab import batch
+        from smearlab.core.errors import DataError
+        from smearlab.data.imageio import write_image
+        write_image(tmp_path / "field.png", ds[0].image)
+        with pytest.raises(DataError, match="single-cell crops"):
+            batch.predict(tmp_path / "unet", [tmp_path / "field.png"], tmp_path / "out", device="cpu", progress=False)
     finally:
         torch.set_num_threads(threads)
 
