@@ -271,7 +271,9 @@ def runs_table(runs: list[DetectionRun]) -> str:
 
 def anchors_table(run: DetectionRun) -> str:
     """The anchor coverage of a run as a Markdown table: per class, the share of training boxes
-    some anchor matches at IoU >= 0.5 with the arch's own anchors and with those the run used.
+    some anchor matches at IoU >= 0.5 where the anchors sit on the feature grids
+    (:func:`~smearlab.detection.anchors.grid_recall`), with the arch's own anchors and with those
+    the run used.
 
     Parameters
     ----------
@@ -282,8 +284,10 @@ def anchors_table(run: DetectionRun) -> str:
     def pct(v):
         return "n/a" if v is None else f"{100 * v:.1f} %"
 
-    lines = [f"anchor sizes {a['anchor_sizes']}, aspect ratios {a['aspect_ratios']}", "",
-             "| class | boxes | covered, arch's anchors | covered, anchors used |", "|---|---|---|---|"]
+    used = (f"anchor sizes {a['anchor_sizes']}, aspect ratios {a['aspect_ratios']}" if a["anchor_sizes"]
+            else "the arch's own anchors (fitted ones covered the boxes no better)")
+    lines = [used, "", "| class | boxes | covered on the grid, arch's anchors | covered, anchors used |",
+             "|---|---|---|---|"]
     lines += [f"| {n} | {a['boxes'][n]} | {pct(a['before'][n])} | {pct(a['after'][n])} |" for n in a["before"]]
     return "\n".join(lines)
 
