@@ -120,6 +120,9 @@ def _data(args) -> int:
         print(f"skipped: {s}")
     if len(ds.skipped) > args.show_skips:
         print(f"... and {len(ds.skipped) - args.show_skips} more skipped records")
+    if not len(ds):  # a script checking the exit status saw success for a dataset it could not read
+        return _error(f"{args.path}: no image could be read" + (" (every record skipped: see above)"
+                                                                 if len(ds.skipped) else ""))
     return 0
 
 

@@ -565,3 +565,33 @@ def test_coco_images_sharing_a_stem_in_one_folder_get_distinct_ids(tmp_path):
            "categories": [{"id": 1, "name": "RBC"}], "annotations": []}
     (tmp_path / "c.json").write_text(json.dumps(doc))
     assert sorted(s.image_id for s in coco.load(tmp_path / "c.json")) == ["a.jpg", "a.png"]
+
+
+def test_summaries_count_crowd_regions_image_labels_and_unannotated_images_apart(tmp_path, capsys):
+    """A crowd region counted as one more red cell (and its clump's box as a cell size); a VOC
+    image without an annotation file vanished unsaid; a single-cell set read 'objects: 0' beside
+    400 per class; `smearlab data` exited 0 having read no image."""
+    from smearlab.cli import main
+    from smearlab.data.stats import box_sizes, objects_per_image, summary
+    from smearlab.data.synthetic import make_dataset
+    from smearlab.detection import DetectorConfig
+    from smearlab.detection.anchors import box_shapes
+    s = Sample("a", boxes=[[0, 0, 10, 10], [20, 20, 30, 30], [0, 0, 60, 40]], labels=[0, 0, 0], size=(48, 64),
+               meta={"iscrowd": np.array([0, 0, 1])})
+    ds = SmearDataset([s], ["RBC"])
+    got = summary(ds)
+    assert got["objects"] == 2 and got["per_class"] == {"RBC": 2} and got["crowd_regions"] == {"RBC": 1}
+    assert objects_per_image(ds).tolist() == [[2]] and len(box_sizes(ds)["RBC"]) == 2
+    assert len(box_shapes(ds, DetectorConfig(arch="fasterrcnn_tiny", class_names=["RBC"]))["RBC"]) == 2
+    labelled = SmearDataset([Sample("c", image_label=1, size=(8, 8))], ["a", "b"])
+    assert summary(labelled)["images_per_class"] == {"a": 0, "b": 1}
+    voc.save(make_dataset(2, seed=0, width=64, height=48), tmp_path / "v")
+    write_image(tmp_path / "v" / "Images" / "extra.png", np.zeros((8, 8, 3), np.uint8))
+    loaded = voc.load(tmp_path / "v")
+    assert len(loaded) == 2 and any("no annotation file names this image" in r.reason for r in loaded.skipped)
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "c.json").write_text(json.dumps(
+        {"images": [{"id": 1, "file_name": "gone.png", "width": 8, "height": 8}],
+         "categories": [{"id": 1, "name": "RBC"}], "annotations": []}))
+    assert main(["data", str(tmp_path / "empty" / "c.json")]) != 0
+    assert "no image could be read" in capsys.readouterr().err

@@ -472,10 +472,25 @@ class SmearDataset(Sequence[Sample]):
         return {n: int(c.get(i, 0)) for i, n in enumerate(self.class_names)}
 
     def summary(self) -> dict[str, Any]:
-        """Counts a report can print: images, objects per class, skips and repairs."""
-        return {
+        """Counts a report can print: images, objects per class (COCO crowd regions, a clump
+        boxed as one, apart: ``crowd_regions``), images per class where images carry the label
+        (``images_per_class``), skips and repairs."""
+        objects, crowd, labelled = Counter(), Counter(), Counter()
+        for s in self.samples:
+            flags = s.crowd
+            objects.update(s.labels[~flags].tolist())
+            crowd.update(s.labels[flags].tolist())
+            if s.image_label is not None:
+                labelled[s.image_label] += 1
+        out = {
             "name": self.name, "format": self.format, "images": len(self),
-            "objects": self.num_objects, "per_class": self.class_counts(),
+            "objects": int(sum(objects.values())),
+            "per_class": {n: int(objects.get(i, 0)) for i, n in enumerate(self.class_names)},
             "skipped": len(self.skipped), "fixed": len(self.fixed),
             "skip_reasons": dict(self.skipped.counts()),
         }
+        if crowd:
+            out["crowd_regions"] = {n: int(crowd.get(i, 0)) for i, n in enumerate(self.class_names)}
+        if labelled:  # a single-cell set's classes are its images' labels, not objects
+            out["images_per_class"] = {n: int(labelled.get(i, 0)) for i, n in enumerate(self.class_names)}
+        return out

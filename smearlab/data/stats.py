@@ -11,7 +11,7 @@ from .sample import SmearDataset
 
 
 def objects_per_image(dataset: SmearDataset) -> np.ndarray:
-    """(n_images, n_classes) object counts.
+    """(n_images, n_classes) object counts (COCO crowd regions, a clump boxed as one, left out).
 
     Parameters
     ----------
@@ -20,12 +20,13 @@ def objects_per_image(dataset: SmearDataset) -> np.ndarray:
     k = len(dataset.class_names)
     out = np.zeros((len(dataset), k), np.int64)
     for i, s in enumerate(dataset):
-        out[i] = np.bincount(s.labels, minlength=k)[:k]
+        out[i] = np.bincount(s.labels[~s.crowd], minlength=k)[:k]
     return out
 
 
 def box_sizes(dataset: SmearDataset) -> dict[str, np.ndarray]:
-    """Box (width, height) per class name, each an (N, 2) float array.
+    """Box (width, height) per class name, each an (N, 2) float array (crowd regions left out:
+    the box of a clump is no cell's size).
 
     Parameters
     ----------
@@ -33,8 +34,9 @@ def box_sizes(dataset: SmearDataset) -> dict[str, np.ndarray]:
     """
     per = {n: [] for n in dataset.class_names}
     for s in dataset:
-        wh = s.boxes[:, 2:] - s.boxes[:, :2]
-        for lab, v in zip(s.labels, wh):
+        keep = ~s.crowd
+        wh = (s.boxes[:, 2:] - s.boxes[:, :2])[keep]
+        for lab, v in zip(s.labels[keep], wh):
             per[dataset.class_names[lab]].append(v)
     return {n: np.array(v, np.float32).reshape(-1, 2) for n, v in per.items()}
 
@@ -114,6 +116,6 @@ def summary(dataset: SmearDataset) -> dict[str, Any]:
     per_image = objects_per_image(dataset)
     sizes = box_sizes(dataset)
     out = dataset.summary()
-    out["objects_per_image_mean"] = float(per_image.sum(1).mean()) if len(dataset) else 0.0
+    out["objects_per_image_mean"] = float(per_image.sum(1).mean()) if len(dataset) else None
     out["median_box_size"] = {n: [float(x) for x in np.median(v, 0)] for n, v in sizes.items() if len(v)}
     return out

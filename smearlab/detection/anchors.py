@@ -56,8 +56,9 @@ def box_shapes(dataset: SmearDataset, cfg: DetectorConfig) -> dict[str, np.ndarr
         if not len(s.boxes):
             continue
         f = input_scale(s.hw, cfg)
-        wh = (s.boxes[:, 2:] - s.boxes[:, :2]) * f
-        for lab, row in zip(s.labels.tolist(), wh):
+        keep = ~s.crowd  # the box of a clump (a COCO crowd region) is no cell's size
+        wh = (s.boxes[:, 2:] - s.boxes[:, :2])[keep] * f
+        for lab, row in zip(s.labels[keep].tolist(), wh):
             shapes[dataset.class_names[lab]].append(row)
     return {n: np.asarray(v, np.float64).reshape(-1, 2) for n, v in shapes.items()}
 
@@ -138,7 +139,9 @@ def grid_recall(dataset: SmearDataset, cfg: DetectorConfig, iou: float = COVER_I
                 feats = model.backbone(torch.zeros(1, cfg.in_channels, *padded))
             strides[padded] = [(padded[0] // fm.shape[-2], padded[1] // fm.shape[-1], fm.shape[-2], fm.shape[-1])
                                for fm in feats.values()]
-        b = s.boxes.astype(np.float64) * f
+        b = s.boxes[~s.crowd].astype(np.float64) * f
+        if not len(b):
+            continue
         cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
         best = np.zeros(len(b))
         for (sy, sx, fh, fw), cell in zip(strides[padded], cells):
@@ -152,7 +155,7 @@ def grid_recall(dataset: SmearDataset, cfg: DetectorConfig, iou: float = COVER_I
                     union = ((a[..., 2] - a[..., 0]) * (a[..., 3] - a[..., 1])
                              + ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1]))[:, None] - inter)
                     best = np.maximum(best, (inter / np.maximum(union, 1e-9)).max(1))
-        for lab, ok in zip(s.labels.tolist(), (best >= iou).tolist()):
+        for lab, ok in zip(s.labels[~s.crowd].tolist(), (best >= iou).tolist()):
             found[dataset.class_names[lab]].append(ok)
     return {n: (float(np.mean(v)) if v else None) for n, v in found.items()}
 

@@ -29,9 +29,12 @@ def eda_record(ds: SmearDataset, summary: dict, colour_gap: float, near_copy_pai
     colour_gap : the mean-colour distance between its domains (:func:`domain_colour_gap`).
     near_copy_pairs : pairs of near-copies found (:func:`smearlab.data.splits.near_copies`), if looked for.
     """
-    out = {"dataset": ds.name, "images": len(ds), "objects": ds.num_objects, "per_class": ds.class_counts(),
+    out = {"dataset": ds.name, "images": len(ds), "objects": summary["objects"], "per_class": summary["per_class"],
            "objects_per_image_mean": summary["objects_per_image_mean"], "skipped": len(ds.skipped),
            "fixed": len(ds.fixed), "domain_colour_distance": colour_gap}
+    for key in ("crowd_regions", "images_per_class"):  # a clump boxed as one; a single-cell set's labels
+        if key in summary:
+            out[key] = summary[key]
     if near_copy_pairs is not None:
         out["near_copy_pairs"] = int(near_copy_pairs)
     return out

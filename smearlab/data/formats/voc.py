@@ -59,7 +59,8 @@ def load(path: str | Path, *, class_names=None, class_map=None, strict: bool = F
     Returns
     -------
     SmearDataset
-        with ``skipped``: unreadable, empty or malformed XML files (forbidden entity
+        with ``skipped``: images no annotation file names (in a dataset folder), unreadable,
+        empty or malformed XML files (forbidden entity
         declarations included, never expanded) and XML whose root is not ``<annotation>``,
         missing images, a second annotation file of the same stem, objects without a name or
         ``<bndbox>`` or with missing or non-numeric coordinates ("object N", 0-based), unknown
@@ -86,6 +87,10 @@ def load(path: str | Path, *, class_names=None, class_map=None, strict: bool = F
             col.skip(xml_path, e.problem)
             continue
         _add_annotation(col, xml_path, ann, image_dir, images, check_images, inside, annotated)
+    if path.is_dir():  # an image no annotation file names: not read as an image without objects (unsaid)
+        for image in sorted(set(images.values()) - set(annotated)):
+            col.skip(image, "no annotation file names this image (an image without objects needs an XML "
+                            "file without <object>)")
     return col.dataset(name or root.name, root, "voc")
 
 
