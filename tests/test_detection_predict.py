@@ -375,3 +375,51 @@ def test_samples_already_preprocessed_with_the_models_pipeline_are_refused():
     with pytest.raises(ValueError, match="already preprocessed"):
         predict(model, done, preprocess=pre, progress=False)
     assert len(predict(model, done, preprocess=None, progress=False)) == 1
+
+
+def test_tiles_that_share_a_thin_strip_do_not_fuse_two_neighbouring_cells():
+    """Tiles 0 and 2 of a row shared a 2 px strip (126 px wide image, 64 px tiles): compared over
+    it, a piece of one cell matched its neighbour and the two came back as one box."""
+    h, w = 64, 126
+    yy, xx = np.mgrid[:h, :w]
+    a, b, th, gap = 14.6, 3.4, np.deg2rad(51), 2.8
+    cells = np.zeros((h, w), bool)
+    nx, ny = -np.sin(th), np.cos(th)
+    for s in (0, 1):
+        ox, oy = 64.5 + s * nx * (2 * b + gap), 28.5 + s * ny * (2 * b + gap)
+        u = (xx - ox) * np.cos(th) + (yy - oy) * np.sin(th)
+        v = -(xx - ox) * np.sin(th) + (yy - oy) * np.cos(th)
+        cells |= (u / a) ** 2 + (v / b) ** 2 <= 1
+    img = np.full((h, w, 3), 255, np.uint8)
+    img[cells] = 0
+    assert tile_windows(h, w, 64, 0.2)[2][0] == 62     # tile 2 starts 2 px before tile 0 ends
+    whole = sorted(predict(_DarkDiscs(), [img], progress=False)[0]["boxes"].astype(int).tolist())
+    tiled = sorted(predict(_DarkDiscs(), [img], progress=False, tile=64, overlap=0.2)[0]["boxes"].astype(int).tolist())
+    assert len(whole) == 2 and tiled == whole
+    # any overlap above 0 leaves neighbours at least one shared pixel (0.01 of 64 px rounded to none)
+    wins = tile_windows(64, 254, 64, 0.01)
+    assert all(b[0] < a[2] for a, b in zip(wins, wins[1:]))
+
+
+def test_tiled_prediction_merges_with_the_models_own_nms():
+    """The merge of tiles applied NMS at 0.5 whatever the model's own (0.7 for dense smears): two
+    overlapping cells a whole image kept lost one on a tiled field."""
+    from types import SimpleNamespace
+
+    class TwoOverlapping(_DarkDiscs):
+        roi_heads = SimpleNamespace(nms_thresh=0.7)
+
+        def forward(self, images):
+            out = []
+            for im in images:
+                dark = im.float().mean(0).numpy() < 0.5
+                boxes = [bx for bx in ((20, 20, 60, 60), (28, 20, 68, 60))
+                         if dark.shape[0] >= bx[3] and dark.shape[1] >= bx[2] and dark[bx[1]:bx[3], bx[0]:bx[2]].all()]
+                out.append({"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+                            "scores": torch.tensor([0.9, 0.8][:len(boxes)]), "labels": torch.ones(len(boxes), dtype=torch.int64)})
+            return out
+    img = np.full((200, 300, 3), 255, np.uint8)
+    img[20:60, 20:68] = 0
+    m = TwoOverlapping()
+    assert len(predict(m, [img], progress=False)[0]["boxes"]) == 2
+    assert len(predict(m, [img], progress=False, tile=128)[0]["boxes"]) == 2

@@ -145,6 +145,8 @@ def tile_windows(height: int, width: int, tile: int, overlap: float = 0.2) -> li
         if n <= tile:
             return [0], n
         step = tile * (1 - overlap)
+        if overlap > 0:  # at least one shared pixel (a fraction of a pixel rounded to none cut cells in two)
+            step = min(step, tile - 1)
         k = math.ceil((n - tile) / step) + 1
         return sorted({int(round(v)) for v in np.linspace(0, n - tile, k)}), tile
 
@@ -200,7 +202,8 @@ def merge_tiles(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, tile_
     if n == 0:
         return empty_prediction(image_hw if masks is not None else None)
     h, w = image_hw
-    win = np.asarray(windows, np.float32)[tile_index]  # (n, 4)
+    wins = np.asarray(windows, np.float32).reshape(-1, 4)
+    win = wins[tile_index]  # (n, 4)
     interior = np.stack([win[:, 0] > 0, win[:, 1] > 0, win[:, 2] < w, win[:, 3] < h], 1)
     touch = np.stack([boxes[:, 0] - win[:, 0] <= edge_margin, boxes[:, 1] - win[:, 1] <= edge_margin,
                       win[:, 2] - boxes[:, 2] <= edge_margin, win[:, 3] - boxes[:, 3] <= edge_margin], 1)
@@ -220,6 +223,14 @@ def merge_tiles(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, tile_
             continue
         common = np.concatenate([np.maximum(win[cand, :2], win[i, :2]), np.minimum(win[cand, 2:], win[i, 2:])], 1)
         ok = (common[:, 2] > common[:, 0]) & (common[:, 3] > common[:, 1])
+        # two tiles whose shared region a third tile holds whole (tiles i and i + 2 of a row, which
+        # may share a strip a few pixels wide) are joined through that tile: compared over the
+        # strip, a piece of one cell matched its neighbour and fused the two
+        inside = ((wins[None, :, 0] <= common[:, None, 0]) & (wins[None, :, 1] <= common[:, None, 1])
+                  & (wins[None, :, 2] >= common[:, None, 2]) & (wins[None, :, 3] >= common[:, None, 3]))
+        inside[:, tile_index[i]] = False
+        inside[np.arange(len(cand)), tile_index[cand]] = False
+        ok &= ~inside.any(1)
         cand, common = cand[ok], common[ok]
         if len(cand) == 0:
             continue
@@ -378,7 +389,7 @@ def _rescaled(model, hw: tuple[int, int], factor: float, train_hw=None):
 def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | None" = None,
             amp: bool | None = None, score_floor: float | None = None, tile: int | None = None,
             overlap: float = 0.2, progress: bool = True, merge_iou: float = 0.5,
-            nms_iou: float = 0.5, edge_margin: float = 3.0, preprocess: Any = "model",
+            nms_iou: float | None = None, edge_margin: float = 3.0, preprocess: Any = "model",
             thresholds: Any = None, mask_threshold: float = 0.5, scale: "float | str | None" = None,
             tile_resize: str = "image", tta: bool = False, tta_iou: float = 0.6,
             tta_skip: float = 0.05) -> Predictions:
@@ -401,7 +412,9 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
     score_floor : keep detections down to this score (None: the model's own threshold).
     tile : tile size in pixels for large fields (None: whole images).
     overlap : the fraction of a tile shared with its neighbour (see :func:`tile_windows`), above 0.
-    merge_iou, nms_iou, edge_margin : tune :func:`merge_tiles` (tiled prediction only).
+    merge_iou, nms_iou, edge_margin : tune :func:`merge_tiles` (tiled prediction only); ``nms_iou``
+        None: the model's own NMS IoU (``box_nms_thresh``; 0.5 for a model without one), so that
+        a tiled field keeps the overlapping cells the same model keeps on a whole image.
     progress : tqdm progress bar.
     preprocess : ``"model"`` applies the pipeline saved with the model (``preprocess.json``, as
         in training); a ``Preprocess`` or its dict applies that one; None applies nothing.
@@ -509,6 +522,9 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
         return outs
 
     train_hw = getattr(cfg, "train_image_size", None) if cfg is not None else None
+    inner = unwrap(model) if isinstance(model, nn.Module) else model
+    own_nms = getattr(getattr(inner, "roi_heads", None), "nms_thresh", None) or getattr(inner, "nms_thresh", None)
+    merge_nms = float(nms_iou) if nms_iou is not None else float(own_nms) if own_nms else 0.5
     if tile and tile_resize == "training" and not train_hw:
         raise ValueError("tile_resize='training' needs the model's train_image_size (detector_config), which this "
                          "model does not record")
@@ -589,7 +605,7 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
                                              np.concatenate([p["scores"] for p in parts]),
                                              np.concatenate([p["labels"] for p in parts]),
                                              np.concatenate(tix), wins, (h, w), merge_iou=merge_iou,
-                                             nms_iou=nms_iou, edge_margin=edge_margin, masks=tile_masks)
+                                             nms_iou=merge_nms, edge_margin=edge_margin, masks=tile_masks)
                         order = np.argsort(-merged["scores"], kind="stable")
                         results.append({k: v[order] for k, v in merged.items()})
                     if bar is not None:
