@@ -382,3 +382,21 @@ def test_failure_gallery_shows_the_image_with_most_failures_of_each_kind(monkeyp
     monkeypatch.setattr(X, "failure_cases", lambda test, preds: fails)
     _, counts, shown = X.failure_kinds(None, None)
     assert counts == {"missed": 4, "spurious": 6} and shown == {"missed": 1, "spurious": 0}
+
+
+def test_mask_ap_is_not_scored_for_objects_without_a_ranking(two_discs):
+    """A watershed gives every object the score 1.0: ranked by the images' order, the same
+    predictions scored mask AP50 0.12 or 0.31. Two images of equal scores: no AP, the rest kept."""
+    from smearlab.data import Sample, SmearDataset
+    a, b = two_discs
+    s = Sample("x", boxes=[[15, 15, 36, 36], [58, 38, 83, 63]], labels=[0, 0], _image=_rgb(a | b),
+               _masks=np.stack([a, b]))
+    ds = SmearDataset([s, s], ["nucleus"])
+    right = C.label_image_to_instances((a * 1 + b * 2).astype(int))
+    wrong = C.label_image_to_instances((np.roll(a, 30, 0) * 1).astype(int))
+    for p in (right, wrong):
+        p["scores"] = np.ones(len(p["scores"]), np.float32)
+    r = score_instances(ds, [right, wrong])
+    assert r["mask_mAP50"] is None and r["dsb_metric"] is not None and r["count_error"] is not None
+    wrong["scores"] = np.full(len(wrong["scores"]), 0.5, np.float32)   # scores that rank: scored
+    assert score_instances(ds, [right, wrong])["mask_mAP50"] is not None

@@ -2,6 +2,7 @@
 segmenter. Every function takes the truth first."""
 from __future__ import annotations
 
+import logging
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -13,6 +14,8 @@ from ..data.derive import as_single_class
 from ..data.predictions import check_predictions
 from ..data.sample import Sample, SmearDataset, binary_masks
 from .detection import box_iou, coco_eval, keep_above_thresholds, mean_defined, threshold_array
+
+log = logging.getLogger(__name__)
 
 
 #: IoU thresholds of the DSB2018 / RSNA pneumonia score.
@@ -253,7 +256,9 @@ def score_instances(dataset, predictions) -> dict:
     dataset is seen through :func:`~smearlab.data.derive.as_single_class`, the predictions'
     labels set to 0); ``count_error``: :func:`count_error` of every prediction (they are final:
     the DSB metric scores them all too). ``dsb_metric`` and ``mask_mAP50`` are None when the
-    dataset has no instance masks.
+    dataset has no instance masks; ``mask_mAP50`` is None too when every object of several
+    images has the same score (a watershed's output: ranked by the images' order, the same
+    predictions scored 0.12 or 0.31).
 
     Parameters
     ----------
@@ -266,7 +271,13 @@ def score_instances(dataset, predictions) -> dict:
     out = {"dsb_metric": None, "mask_mAP50": None, "count_error": count_error(one, preds, score_threshold=None)}
     if len(one) and has_instance_masks(one):
         out["dsb_metric"] = dsb_score(one, preds, kind="masks")
-        out["mask_mAP50"] = coco_eval(one, preds, iou_type="segm")["mAP50"]
+        scores = np.concatenate([np.asarray(p["scores"], np.float64).reshape(-1) for p in preds] or [np.zeros(0)])
+        images = sum(len(p["scores"]) > 0 for p in preds)
+        if images > 1 and np.ptp(scores) == 0:  # nothing to rank: AP would follow the order of the images
+            log.info("mask AP not scored: every object has the same score (%s), so its ranking would be the "
+                     "images' order", scores[0])
+        else:
+            out["mask_mAP50"] = coco_eval(one, preds, iou_type="segm")["mAP50"]
     return out
 
 
