@@ -139,6 +139,11 @@ def test_box_tiles_keep_boxes_mostly_inside_and_cover_the_image():
     assert first.labels.tolist() == [0] and first.boxes.tolist() == [[10, 10, 30, 30]]
     second = next(t for t in tiles if t.meta["window"][:2] == (64, 0))
     assert second.boxes.tolist() == [[0, 10, 26, 30]] and second.labels.tolist() == [1]  # 26 of 30 px inside
+    # per-box flags follow their boxes (a crowd region of a tile became an ordinary object)
+    crowd = SmearDataset([Sample("big", boxes=boxes, labels=[0, 1, 1], _image=img,
+                                 meta={"iscrowd": np.array([0, 1, 0])})], ["ring", "rbc"], "fields")
+    second = next(t for t in box_tiles(crowd, 64) if t.meta["window"][:2] == (64, 0))
+    assert second.crowd.tolist() == [True]
 
 
 def test_tiles_holding_rare_classes_repeat():
