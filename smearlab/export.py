@@ -392,7 +392,8 @@ def coco_from_records(records: Sequence[dict], class_names: Sequence[str]) -> tu
         for o in r["objects"]:
             results.append({"image_id": i, "category_id": label[o["class"]] + 1,
                             "bbox": coco_annotation(0, i, label[o["class"]], o["bbox"])["bbox"], "score": o["score"]})
-            if o["area"] == 0 and not o.get("polygons"):  # an empty mask (a box-only object has its box's area)
+            if o["area"] == 0 and isinstance(o["area"], int) and not o.get("polygons"):  # an empty mask (a mask's
+                # area is a pixel count; a box-only object's, its box's area as a float)
                 empty += 1  # as a box-only object it would take the masks of its whole image when read back
                 continue
             seg = [[v for pt in ring for v in pt] for ring in o.get("polygons", []) if len(ring) >= 3]

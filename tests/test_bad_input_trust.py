@@ -595,3 +595,22 @@ def test_summaries_count_crowd_regions_image_labels_and_unannotated_images_apart
          "categories": [{"id": 1, "name": "RBC"}], "annotations": []}))
     assert main(["data", str(tmp_path / "empty" / "c.json")]) != 0
     assert "no image could be read" in capsys.readouterr().err
+
+
+def test_an_image_whose_annotation_file_failed_is_said_once(tmp_path):
+    """Its broken XML was skipped, then the image again as 'no annotation file names this image'."""
+    from smearlab.data.synthetic import make_dataset
+    voc.save(make_dataset(2, seed=0, width=64, height=48), tmp_path / "v")
+    bad = sorted((tmp_path / "v" / "Annotations").glob("*.xml"))[0]
+    bad.write_text("<annotation><object>")
+    loaded = voc.load(tmp_path / "v")
+    assert len(loaded) == 1 and len(loaded.skipped) == 1 and bad.name in str(loaded.skipped[0].path)
+
+
+def test_a_box_only_object_of_zero_area_is_not_taken_for_an_empty_mask():
+    from smearlab.export import coco_from_records
+    rec = {"image": "a.png", "width": 8, "height": 8, "objects": [
+        {"id": 1, "class": "RBC", "label": 0, "score": 0.9, "bbox": [2.0, 2.0, 2.0, 5.0], "area": 0.0,
+         "polygons": [], "holes": []}]}
+    coco, results = coco_from_records([rec], ["RBC"])
+    assert len(coco["annotations"]) == 1 and len(results) == 1

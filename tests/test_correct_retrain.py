@@ -231,3 +231,24 @@ def test_corrections_leave_out_classes_the_model_does_not_know(tmp_path, caplog)
     assert sorted(a["category_id"] for a in fixed["annotations"]) == sorted(
         {"RBC": 1, "WBC": 2}[c] for c in classes if c != "Platelets")
     assert any("Platelets" in r.getMessage() for r in caplog.records)
+
+
+def test_fine_tuning_keeps_hand_set_thresholds_and_a_bad_recipe_file_does_not_stop_prediction(tmp_path, caplog):
+    """Thresholds set by hand were replaced by F1-tuned ones; a broken train_config.json (which
+    prediction never needs) stopped load_model."""
+    import logging
+
+    from smearlab.detection.models import save_model
+    from smearlab.detection.tune import Thresholds
+    ds = make_dataset(3, seed=0, width=96, height=80)
+    cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=ds.class_names, min_size=80, max_size=96)
+    hand = Thresholds({c: 0.35 for c in ds.class_names}, nms_iou=0.4)          # objective "manual"
+    save_model(build_detector(cfg), cfg, tmp_path / "r0", thresholds=hand, train_config=TrainConfig(batch_size=2))
+    fine_tune(tmp_path / "r0", ds, val=ds.subset([0]), epochs=1, device="cpu", out_dir=tmp_path / "r1")
+    for folder in ("model", "best"):
+        kept = json.loads((tmp_path / "r1" / folder / "thresholds.json").read_text())
+        assert kept["score"] == hand.score and kept["objective"] == "manual"
+    (tmp_path / "r0" / "train_config.json").write_text("[1, 2]")
+    with caplog.at_level(logging.WARNING, logger="smearlab.detection"):
+        model = load_model(tmp_path / "r0", device="cpu")
+    assert model.train_config is None and any("recipe is not read" in r.getMessage() for r in caplog.records)

@@ -155,3 +155,13 @@ def test_tiles_holding_rare_classes_repeat():
     assert ids.count("r") == 3 and ids.count("c0") == 1 and ids.count("e") == 1  # sqrt(0.5 / (1/20)) = 3.2
     capped = repeat_rare(SmearDataset(common * 10 + rare, ["ring", "rbc"], "tiles"), max_repeat=4)
     assert [s.image_id for s in capped].count("r") == 4
+
+
+def test_a_scaled_field_too_large_for_one_pass_is_refused():
+    """At the training magnification a large field goes in whole: a 4000 x 3000 field of a model
+    trained on 240 x 320 images at zoom 2 would be 8000 px wide (before, it was shrunk silently)."""
+    import dataclasses
+    m = _SizeModel()
+    m.detector_config = dataclasses.replace(m.detector_config, train_image_size=(240, 320))
+    with pytest.raises(ValueError, match="tiled"):
+        predict(m, [np.zeros((3000, 4000, 3), np.uint8)], progress=False, scale=2.0)

@@ -153,6 +153,11 @@ def test_validation_picks_best(tmp_path, ds128):
     again = History.load(tmp_path)          # the run folder's history finds the same best epoch
     assert again.column("val_mAP50") == [0.3, 0.6, 0.4]
     assert (again.best_metric, again.best_epoch, again.best_value) == ("mAP", 2, pytest.approx(0.3))
+    import shutil
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(tmp_path / "metrics.jsonl", bare)   # no saved model: no metric, no best epoch claimed
+    assert History.load(bare).best_epoch is None and History.load(bare, "mAP50").best_epoch == 2
 
 
 def test_ddp_gloo_two_processes(tmp_path):

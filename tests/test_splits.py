@@ -209,3 +209,31 @@ def test_quick_instance_splits_draw_from_every_domain_of_a_dataset_ordered_by_do
         assert {s.image_id.split("_")[0] for s in sp[part]} == {"d1", "d2"}
     again = instance_splits(str(zheng_root), quick=True)
     assert [s.image_id for s in again["test"]] == [s.image_id for s in sp["test"]]
+
+
+def test_published_splits_without_a_validation_split_and_a_single_split(tmp_path, caplog):
+    import logging
+    import shutil
+
+    from smearlab.data.formats import yolo
+    from smearlab.data.splits import detection_splits
+    from smearlab.data.synthetic import make_dataset
+    ds = make_dataset(8, seed=0, width=96, height=96)
+    root = tmp_path / "y"
+    for part, idx in (("train", range(6)), ("test", range(6, 8))):
+        yolo.save(ds.subset(list(idx)), tmp_path / part)
+        (root / "images").mkdir(parents=True, exist_ok=True)
+        (root / "labels").mkdir(exist_ok=True)
+        shutil.move(tmp_path / part / "images", root / "images" / part)
+        shutil.move(tmp_path / part / "labels", root / "labels" / part)
+        for f in (tmp_path / part).iterdir():
+            if f.is_file():
+                shutil.copy(f, root / f.name)
+    sp = detection_splits(str(root), val=0.0)       # no validation asked, none published: none, no KeyError
+    assert set(sp) == {"train", "test"} and len(sp["test"]) == 2
+    shutil.rmtree(root / "images" / "test")
+    shutil.rmtree(root / "labels" / "test")
+    with caplog.at_level(logging.WARNING, logger="smearlab.data.splits"):
+        one = detection_splits(str(root), val=0.2, test=0.2)   # a single published split: split by image
+    assert len(one["train"]) + len(one["val"]) + len(one["test"]) == 6
+    assert not any("publishes" in r.getMessage() for r in caplog.records)

@@ -162,8 +162,9 @@ class History:
                     if metric:
                         break
         hist = cls(records=recs, out_dir=Path(out_dir), best_metric=metric or "loss")
-        for rec in recs:
-            hist.note_best(rec)
+        if metric:  # without the run's metric no record is called the best
+            for rec in recs:
+                hist.note_best(rec)
         return hist
 
 

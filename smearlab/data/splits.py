@@ -639,6 +639,8 @@ def _published_parts(spec: str, *, seed: int, val: float, test: float, group: bo
     if not roles:
         return None
     if "train" not in roles or len(roles) < 2:
+        if len(roles) < 2:  # one split only: nothing to keep apart
+            return None
         log.warning("%s publishes the split(s) %s: read together and split by image (pass one split's "
                     "own folder or file to keep them apart)", spec, sorted(roles.values()))
         return None
@@ -655,7 +657,7 @@ def _published_parts(spec: str, *, seed: int, val: float, test: float, group: bo
     log.info("%s: its published splits kept (%s)%s", spec, ", ".join(f"{k}: {v}" for k, v in roles.items()),
              "; " + " and ".join(k for k, v in carve.items() if v) + f" carved out of {roles['train']}"
              if carve["val"] or carve["test"] else "")
-    return {"train": train, "val": parts["val"], "test": parts["test"]}
+    return {"train": train, **{k: parts[k] for k in ("val", "test") if k in parts}}
 
 
 def instance_splits(spec="synthetic", *, quick: bool = True, seed: int = 0, val: float = 0.15, test: float = 0.2,

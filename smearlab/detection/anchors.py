@@ -119,13 +119,8 @@ def grid_recall(dataset: SmearDataset, cfg: DetectorConfig, iou: float = COVER_I
     cfg : the detector's settings (a fresh detector is built from them, without weights).
     iou : the IoU an anchor must reach.
     """
-    import torch
-
-    from .models import build_detector
-    model = build_detector(dataclasses.replace(cfg, weights_path=None, backbone_weights=None)).eval()
-    gen = getattr(getattr(model, "rpn", None), "anchor_generator", None) or model.anchor_generator
-    cells = [a.numpy().astype(np.float64) for a in gen.cell_anchors]  # (A, 4) per level, centred on 0
-    div = int(getattr(model.transform, "size_divisible", 32))
+    cells = [a.numpy().astype(np.float64) for a in anchor_generator(cfg).cell_anchors]  # (A, 4) per level
+    div = 32  # torchvision's GeneralizedRCNNTransform pads to a multiple of 32
     strides: dict[tuple[int, int], list[tuple[float, float, int, int]]] = {}
     found: dict[str, list[bool]] = {n: [] for n in dataset.class_names}
     for s in dataset:
@@ -135,10 +130,7 @@ def grid_recall(dataset: SmearDataset, cfg: DetectorConfig, iou: float = COVER_I
         h, w = (int(round(v * f)) for v in s.hw)
         padded = (-(-h // div) * div, -(-w // div) * div)
         if padded not in strides:
-            with torch.no_grad():
-                feats = model.backbone(torch.zeros(1, cfg.in_channels, *padded))
-            strides[padded] = [(padded[0] // fm.shape[-2], padded[1] // fm.shape[-1], fm.shape[-2], fm.shape[-1])
-                               for fm in feats.values()]
+            strides[padded] = _level_grids(cfg, padded)
         b = s.boxes[~s.crowd].astype(np.float64) * f
         if not len(b):
             continue
@@ -158,6 +150,26 @@ def grid_recall(dataset: SmearDataset, cfg: DetectorConfig, iou: float = COVER_I
         for lab, ok in zip(s.labels[~s.crowd].tolist(), (best >= iou).tolist()):
             found[dataset.class_names[lab]].append(ok)
     return {n: (float(np.mean(v)) if v else None) for n, v in found.items()}
+
+
+_GRIDS: dict[tuple, list[tuple[int, int, int, int]]] = {}
+
+
+def _level_grids(cfg: DetectorConfig, padded: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+    """Per feature level ``(stride y, stride x, rows, columns)`` of the arch's backbone on a padded
+    input, measured once per arch and size (a backbone without weights on zeros)."""
+    key = (cfg.arch, cfg.in_channels, cfg.fine_level, tuple(padded))
+    if key not in _GRIDS:
+        import torch
+
+        from .models import build_detector
+        model = build_detector(dataclasses.replace(cfg, weights_path=None, backbone_weights=None,
+                                                   anchor_sizes=None, aspect_ratios=None)).eval()
+        with torch.no_grad():
+            feats = model.backbone(torch.zeros(1, cfg.in_channels, *padded))
+        _GRIDS[key] = [(padded[0] // fm.shape[-2], padded[1] // fm.shape[-1], fm.shape[-2], fm.shape[-1])
+                       for fm in feats.values()]
+    return _GRIDS[key]
 
 
 def fit_anchors(dataset: SmearDataset, cfg: DetectorConfig, *, ratios: int = 3, seed: int = 0) -> DetectorConfig:

@@ -84,8 +84,9 @@ def fine_tune(model_folder, corrected: SmearDataset, train: SmearDataset | None 
         ``lr_scale`` are then not applied).
     out_dir : the run folder: ``model/`` (the fine-tuned model folder, with the original's
         preprocessing and its thresholds, tuned again on ``val`` for the same objective when it is
-        given, else the original's, with a warning), ``best/`` (with the same thresholds),
-        checkpoints and metrics; None: nothing written.
+        given and they were tuned, per class; else the original's, with a warning), ``best/``
+        (its thresholds tuned for its own weights in the same way), checkpoints and metrics;
+        None: nothing written.
     device : "auto", "cpu", "cuda".
     seed : seeds the data order and augmentation.
     progress : progress bar.
@@ -130,18 +131,25 @@ def fine_tune(model_folder, corrected: SmearDataset, train: SmearDataset | None 
     model.eval()
     model.detector_config = cfg
     old = getattr(model, "thresholds", None)
-    if old and val is not None and len(val):  # tuned for the weights before: tuned again, as training does
-        th = Thresholds(**old)
-        objective = th.objective if th.objective in OBJECTIVES else "f1"
-        tta = bool(th.tta and th.objective != "manual")
-        val_m = remap_dataset(val, names, "validation")
-        tuned = auto_tune(val_m, predict_fields(model, val_m, tta=tta, device=device), objective, max_dets=th.max_dets)
-        tuned.tta = tta
-        model.thresholds = tuned.to_dict()
-        log.info("thresholds tuned again on %d validation images (%s)", len(val), objective)
-    elif old:
-        log.warning("the fine-tuned model keeps the thresholds tuned for the weights before it: give val= to tune "
-                    "them again (auto_tune), or check them")
+    th = Thresholds(**old) if old else None
+    retune = (th is not None and th.objective in OBJECTIVES and not th.class_agnostic
+              and val is not None and len(val))
+    val_m = remap_dataset(val, names, "validation") if retune else None
+
+    def tuned_for(m) -> dict:  # the thresholds of ``m``'s own weights, for the objective they had
+        t = auto_tune(val_m, predict_fields(m, val_m, tta=th.tta, device=device), th.objective,
+                      max_dets=th.max_dets)
+        t.tta = th.tta
+        return t.to_dict()
+
+    if retune:  # tuned for the weights before: tuned again, as training does
+        model.thresholds = tuned_for(model)
+        log.info("thresholds tuned again on %d validation images (%s)", len(val), th.objective)
+    elif th is not None:
+        log.warning("the fine-tuned model keeps its thresholds (%s%s): %s", th.objective,
+                    ", across classes" if th.class_agnostic else "",
+                    "set by hand, they are not tuned again" if th.objective not in OBJECTIVES or th.class_agnostic
+                    else "tuned for the weights before it; give val= to tune them again")
     if out_dir is not None:
         save_model(model, cfg, Path(out_dir) / "model", thresholds=getattr(model, "thresholds", None),
                    preprocess=getattr(model, "preprocess_spec", None), train_config=saved_config)
@@ -151,7 +159,9 @@ def fine_tune(model_folder, corrected: SmearDataset, train: SmearDataset | None 
                 (best / "train_config.json").unlink(missing_ok=True)
             else:
                 write_side_file(best, "train_config.json", saved_config)
-            if model.thresholds:  # model/ and best/ count with the same thresholds
+            if retune:  # best/ holds another epoch's weights: its own thresholds
+                write_side_file(best, "thresholds.json", tuned_for(load_model(best, device=device)))
+            elif model.thresholds:  # kept as they were: model/ and best/ count alike
                 write_side_file(best, "thresholds.json", model.thresholds)
     log.info("fine-tuned %s on %d images (%d corrected) for %d epochs", folder, len(data), len(corrected),
              len(history))

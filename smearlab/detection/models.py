@@ -768,7 +768,11 @@ def load_model(folder, device: "str | torch.device | None" = "auto") -> nn.Modul
         except (TypeError, ValueError, KeyError) as e:
             raise DataError(folder / "preprocess.json", f"not a usable preprocessing pipeline: {e}") from None
         model.preprocess_spec = saved.preprocess
-    model.train_config = read_side_file(folder, "train_config.json")  # the recipe, kept by a re-save
+    try:  # the recipe, kept by a re-save; prediction does not need it
+        model.train_config = read_side_file(folder, "train_config.json")
+    except DataError as e:
+        log.warning("%s: the training recipe is not read (%s); the model predicts as saved", e.path, e.problem)
+        model.train_config = None
     return model.to(resolve_device(device)).eval()
 
 

@@ -366,6 +366,21 @@ def _whole_image_scale(model, hw: tuple[int, int], windows):
         tr.fixed_size = old
 
 
+#: the longest side, in pixels, an image given a ``scale`` may reach at the model's input (a whole
+#: field at the training magnification: larger ones are predicted tiled)
+MAX_SCALED_SIDE = 4096
+
+
+def _scaled_side(model, hw: tuple[int, int], factor: float, train_hw=None) -> int:
+    """The long side :func:`_rescaled` gives an image of ``hw`` at ``factor`` (0 without a transform)."""
+    tr = getattr(unwrap(model) if isinstance(model, nn.Module) else model, "transform", None)
+    if tr is None or not hasattr(tr, "min_size"):
+        return 0
+    base = tuple(int(v) for v in train_hw) if train_hw else hw
+    f = min(float(tr.min_size[-1]) / min(base), float(tr.max_size) / max(base)) * float(factor)
+    return int(round(max(hw) * f))
+
+
 @contextlib.contextmanager
 def _rescaled(model, hw: tuple[int, int], factor: float, train_hw=None):
     """The model's input resized by ``factor`` times the magnification the model saw its training
@@ -557,11 +572,18 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
                     probes: dict[float, dict] = {}
                     if scale == "auto":
                         for pf in PROBE_FACTORS:
+                            if _scaled_side(model, hw, pf, train_hw) > MAX_SCALED_SIDE:
+                                continue  # a look the field is too large for (tile it: scale=None)
                             with _rescaled(model, hw, pf, train_hw):
                                 probes[pf] = forward([img])[0]
-                        f = choose_factor(probes, hw, cfg)
+                        f = choose_factor(probes, hw, cfg) if probes else 1.0
                     else:
                         f = float(scale)
+                    side = _scaled_side(model, hw, f, train_hw)
+                    if side > MAX_SCALED_SIDE:  # at the training magnification a large field is huge
+                        raise ValueError(f"image {i} ({hw[1]}x{hw[0]}) at zoom {f:g} of the training magnification "
+                                         f"would be {side} px on its long side (at most {MAX_SCALED_SIDE}): predict "
+                                         "it tiled (tile='auto' in smearlab predict, without a scale), or resize it")
                     zooms.append(f)
                     if f in probes and not tta:
                         results.append(note([probes[f]])[0])
@@ -654,8 +676,9 @@ def predict_fields(model, images, *, batch_size: int = 4, thresholds: Any = None
     batch_size, thresholds, tta, device : as :func:`predict`.
     """
     items = list(images)
-    cfg = unwrap(model).detector_config
-    tiles = [auto_tile(cfg, tuple(getattr(x, "hw", None) or np.asarray(x).shape[:2])) for x in items]
+    cfg = getattr(unwrap(model) if isinstance(model, nn.Module) else model, "detector_config", None)
+    tiles = [None if cfg is None else auto_tile(cfg, tuple(getattr(x, "hw", None) or np.asarray(x).shape[:2]))
+             for x in items]
     if not any(tiles):
         return predict(model, items, batch_size=batch_size, thresholds=thresholds, progress=False, tta=tta,
                        device=device)

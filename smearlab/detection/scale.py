@@ -5,7 +5,7 @@ the cells a detector finds, against the median size of the same class in its tra
 says how much to resize an image before predicting.
 
 A detector shown cells at another scale also names them wrongly (red cells at half size look
-like platelets, at twice the size like white cells), so one look at the model's own scale can
+like platelets, at twice the size like white cells), so one look at the training magnification can
 be fooled. ``scale="auto"`` therefore looks at the image at a few zooms
 (:data:`PROBE_FACTORS`), starts from the one where the detector is most confident (the sum of
 the scores of its confident detections, :func:`confidence`), and settles where the size of the
@@ -32,11 +32,11 @@ ZOOM_RANGE = (0.33, 3.0)
 #: Zoom factors a user may give (``scale=`` a number, or a pixel size): beyond them the cells are
 #: too small or too large for the model to find anything, which would read as zero counts.
 GIVEN_ZOOM_RANGE = (0.1, 10.0)
-#: Estimates within this ratio of 1 leave the image at the model's own scale.
+#: Estimates within this ratio of 1 leave the image at the training magnification.
 TOLERANCE = 1.12
 #: Detections that count for the estimate.
 MIN_SCORE, MIN_OBJECTS = 0.5, 5
-#: Resize factors (on top of the model's own scale) ``scale="auto"`` looks at the image with.
+#: Resize factors (of the training magnification) ``scale="auto"`` looks at the image with.
 PROBE_FACTORS = (0.5, 0.71, 1.0, 1.41, 2.0)
 
 
@@ -79,7 +79,7 @@ def object_sizes(dataset: SmearDataset, cfg: DetectorConfig) -> dict[str, dict[s
 
 def estimate_zoom(prediction: dict, hw: tuple[int, int], cfg: DetectorConfig) -> float | None:
     """How much larger the image's cells look to the model than in training (>1: larger), from
-    one prediction at the model's own scale; None when too few reference cells were found.
+    one prediction at the training magnification; None when too few reference cells were found.
 
     The reference is the class with the most confident detections (score >= 0.5) among the
     classes of ``cfg.object_sizes``; at least 5 of them are needed.

@@ -285,7 +285,7 @@ def anchors_table(run: DetectionRun) -> str:
         return "n/a" if v is None else f"{100 * v:.1f} %"
 
     used = (f"anchor sizes {a['anchor_sizes']}, aspect ratios {a['aspect_ratios']}" if a["anchor_sizes"]
-            else "the arch's own anchors (fitted ones covered the boxes no better)")
+            else "the arch's own anchors")
     lines = [used, "", "| class | boxes | covered on the grid, arch's anchors | covered, anchors used |",
              "|---|---|---|---|"]
     lines += [f"| {n} | {a['boxes'][n]} | {pct(a['before'][n])} | {pct(a['after'][n])} |" for n in a["before"]]

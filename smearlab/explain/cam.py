@@ -739,6 +739,7 @@ def detector_cam(detector: nn.Module, image: np.ndarray, box: "int | Sequence[fl
         forward = [keep.index(i) for i in forward]
     detector.eval()
     det = {k: v.detach() for k, v in out[0].items()}
+    out.clear()  # the forward's graph is not kept through the CAM pass
     keep = det["labels"] > 0  # background (RetinaNet may emit it) is no detection: predict() drops it too
     boxes, scores, labels = det["boxes"][keep], det["scores"][keep], det["labels"][keep]  # labels 1-based
     order = torch.argsort(scores, descending=True, stable=True)

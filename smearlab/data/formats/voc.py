@@ -88,7 +88,8 @@ def load(path: str | Path, *, class_names=None, class_map=None, strict: bool = F
             continue
         _add_annotation(col, xml_path, ann, image_dir, images, check_images, inside, annotated)
     if path.is_dir():  # an image no annotation file names: not read as an image without objects (unsaid)
-        for image in sorted(set(images.values()) - set(annotated)):
+        stems = {x.stem.lower() for x in xml_files}  # an image whose file failed was said with its file
+        for image in sorted(i for i in set(images.values()) - set(annotated) if i.stem.lower() not in stems):
             col.skip(image, "no annotation file names this image (an image without objects needs an XML "
                             "file without <object>)")
     return col.dataset(name or root.name, root, "voc")
