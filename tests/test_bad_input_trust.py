@@ -585,6 +585,8 @@ def test_summaries_count_crowd_regions_image_labels_and_unannotated_images_apart
     assert len(box_shapes(ds, DetectorConfig(arch="fasterrcnn_tiny", class_names=["RBC"]))["RBC"]) == 2
     labelled = SmearDataset([Sample("c", image_label=1, size=(8, 8))], ["a", "b"])
     assert summary(labelled)["images_per_class"] == {"a": 0, "b": 1}
+    from smearlab.data.stats import class_distribution   # what notebook 01's class histogram shows
+    assert class_distribution(ds) == {"RBC": 2} and class_distribution(labelled) == {"a": 0, "b": 1}
     voc.save(make_dataset(2, seed=0, width=64, height=48), tmp_path / "v")
     write_image(tmp_path / "v" / "Images" / "extra.png", np.zeros((8, 8, 3), np.uint8))
     loaded = voc.load(tmp_path / "v")

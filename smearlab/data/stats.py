@@ -24,6 +24,18 @@ def objects_per_image(dataset: SmearDataset) -> np.ndarray:
     return out
 
 
+def class_distribution(dataset: SmearDataset) -> dict[str, int]:
+    """What a class histogram shows: objects per class, COCO crowd regions left out (as
+    :func:`summary` counts them), or images per class for a set of labelled single-cell images.
+
+    Parameters
+    ----------
+    dataset : a SmearDataset.
+    """
+    s = dataset.summary()
+    return s["per_class"] if s["objects"] or "images_per_class" not in s else s["images_per_class"]
+
+
 def box_sizes(dataset: SmearDataset) -> dict[str, np.ndarray]:
     """Box (width, height) per class name, each an (N, 2) float array (crowd regions left out:
     the box of a clump is no cell's size).
