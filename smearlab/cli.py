@@ -110,6 +110,12 @@ def _data(args) -> int:
         return _error(f"--format {args.format}: unknown format; known formats: {', '.join(FORMATS)}")
     try:
         options = {"split": args.split} if args.split is not None else {}
+        if args.no_image_check:
+            from .data.formats import find_dataset
+            fmt = args.format or find_dataset(args.path)[1]
+            if fmt not in ("voc", "bbbc041", "iml"):
+                return _error(f"--no-image-check goes with voc, bbbc041 and iml annotations, not {fmt}")
+            options["check_images"] = False
         ds = open_dataset(args.path, format=args.format, **options)  # archives too (extracted once), synthetic
     except ValueError as e:  # DataError: the file and the problem
         return _error(e)
@@ -247,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "files (<split>.json, instances_<split>.json, "
                                    "annotations/instances_<split>.json, <split>/_annotations.coco.json)")
     d.add_argument("--show-skips", type=_count(0), default=20, help="how many skipped records to list")
+    d.add_argument("--no-image-check", action="store_true",
+                   help="summarise the annotations without their image files (VOC, BBBC041 and IML, whose "
+                        "annotation files hold the image sizes; e.g. the BBBC041 JSON alone)")
     d.set_defaults(func=_data)
     pr = sub.add_parser("predict", help="apply a saved model (detector, detector + classifier cascade, U-Net) to "
                                         "new images: per-image JSON, counts.csv, COCO and QuPath exports",

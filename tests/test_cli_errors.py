@@ -391,3 +391,15 @@ def test_benchmark_with_a_wrong_data_path_is_one_error_line(tmp_path, script, op
     assert run.returncode == 2, run.stderr
     assert "Traceback" not in run.stderr
     assert f"error: {shown.format(p=missing)}" in run.stderr.splitlines()[-1]
+
+
+def test_data_summarises_annotations_without_their_images_when_asked(shared_data, capsys):
+    """The BBBC041 annotations alone read 'images: 0' and exited 0; they hold the image sizes."""
+    from smearlab.cli import main
+    path = shared_data / "bbbc041_annotations"
+    assert main(["data", str(path), "--show-skips", "0"]) != 0
+    capsys.readouterr()
+    assert main(["data", str(path), "--no-image-check", "--show-skips", "0"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["images"] == 120 and out["objects"] == 5922
+    assert main(["data", "synthetic", "--no-image-check"]) != 0
