@@ -274,7 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=_count(1), default=1)
     pr.add_argument("--threads", type=_count(1), metavar="N", help="CPU threads (default one per core)")
     pr.add_argument("--scale", help="'auto': zoom each image to the training magnification from its cells; "
-                                    "a number: zoom every image by it")
+                                    "a number: predict every image at that zoom of the training magnification "
+                                    "(whole: fields too large for one pass are refused)")
     pr.add_argument("--pixel-size", type=float, metavar="UM",
                     help="the images' pixel size in micrometres: zoom them to the training scale (the model "
                          "must record its own, DetectorConfig.pixel_size_um)")
