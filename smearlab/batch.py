@@ -344,9 +344,11 @@ def differential(records: Sequence[dict], types: Sequence[str]) -> np.ndarray:
     return table
 
 
-def _percent(row: np.ndarray) -> list[float]:
+def _percent(row: np.ndarray) -> list[float | None]:
+    """Each type's share of the typed white cells in percent; None for all when none was typed
+    (0 of 0 is no differential: read as 0 %, an image without white cells pulled means down)."""
     n = int(row.sum())
-    return [round(100.0 * int(v) / n, 2) if n else 0.0 for v in row]
+    return [round(100.0 * int(v) / n, 2) if n else None for v in row]
 
 
 def _write_summaries(out: Path, names: list[str], records: dict, class_names: Sequence[str],
@@ -360,7 +362,7 @@ def _write_summaries(out: Path, names: list[str], records: dict, class_names: Se
     w.writerow(["image"] + list(class_names) + ["total"]
                + ([*types, *(f"{t} %" for t in types)] if types else []) + (["zoom"] if zoomed else []))
     for k, (r, row) in enumerate(zip(ordered, table)):
-        extra = [*diff[k].tolist(), *_percent(diff[k])] if types else []
+        extra = [*diff[k].tolist(), *("" if v is None else v for v in _percent(diff[k]))] if types else []
         w.writerow([r["image"]] + row.tolist() + [int(row.sum())] + extra
                    + ([f"{r['zoom']:.3g}" if "zoom" in r else ""] if zoomed else []))
     write_text(out / "counts.csv", buf.getvalue())

@@ -466,6 +466,8 @@ def test_cascade_adds_the_differential_count(trained, tmp_path, arch):
         assert n == int(r["WBC"])
         if n:
             assert sum(float(r[f"{t} %"]) for t in types) == pytest.approx(100, abs=0.1)
+        else:  # no typed white cell: no differential, not 0 %
+            assert all(r[f"{t} %"] == "" for t in types)
         rec = json.loads((tmp_path / "out" / "json" / (r["image"].rsplit(".", 1)[0] + ".json")).read_text())
         assert all(o["type"] in types and 0 <= o["type_score"] <= 1 for o in rec["objects"] if o["class"] == "WBC")
     with pytest.raises(ValueError, match="not a class of the detector"):
@@ -623,3 +625,8 @@ def test_an_empty_predicted_mask_does_not_take_its_images_masks_from_coco_json(t
     (tmp_path / "coco.json").write_text(json.dumps(coco))
     back = coco_format.load(tmp_path / "coco.json")[0]
     assert back.has_masks and back.masks.sum((1, 2)).tolist() == [16, 50] and len(results) == 3
+
+
+def test_a_differential_of_no_typed_white_cells_is_missing_not_zero():
+    from smearlab.batch import _percent
+    assert _percent(np.array([0, 0])) == [None, None] and _percent(np.array([1, 3])) == [25.0, 75.0]
