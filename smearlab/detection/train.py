@@ -1016,6 +1016,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=512, help="synthetic image width")
     p.add_argument("--height", type=int, default=384, help="synthetic image height")
     p.add_argument("--val-fraction", type=float, default=0.0, help="images held out for validation")
+    p.add_argument("--split-by-image", action="store_true",
+                   help="split validation off image by image (default: near-copies, a field shot twice, "
+                        "stay on one side; finding them reads every image)")
     p.add_argument("--arch", default="fasterrcnn_mobilenet", choices=ARCHS)
     p.add_argument("--weights", help="local pretrained weights file (backbone or detector)")
     p.add_argument("--grayscale", action="store_true", help="1-channel model")
@@ -1074,7 +1077,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     val = None
     if args.val_fraction > 0:
         parts = train_val_test_split(ds, val=args.val_fraction, test=0.0, seed=args.seed,
-                                     groups=split_groups(ds, True))  # near-copies on one side
+                                     groups=split_groups(ds, not args.split_by_image))  # near-copies on one side
         ds, val = parts["train"], parts["val"]
     cfg = DetectorConfig(arch=args.arch, class_names=ds.class_names, in_channels=1 if args.grayscale else 3,
                          min_size=args.min_size, max_size=args.max_size, weights_path=args.weights,
