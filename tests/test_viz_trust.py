@@ -167,8 +167,9 @@ def test_figures_that_looked_right_but_showed_something_else():
     # colour statistics: every domain drawn, hues straddling red drawn as one cluster
     stats = {f"D{k}": np.tile([0.5, 0.4, 0.4, 0.5, 0.3, 0.6], (2, 1)) for k in range(8)}
     stats["D0"][:, 3] = [0.97, 0.03]
+    stats["D7"][:, 3] = np.nan   # a grey domain: no hue, said in the legend
     ax = plots.plot_colour_stats(stats, plt.figure().gca())
-    assert len(ax.collections) == 8
+    assert len(ax.collections) == 8 and "2 grey: no hue" in ax.get_legend_handles_labels()[1][7]
     xs = ax.collections[0].get_offsets()[:, 0]
     assert abs(xs[0] - xs[1]) == pytest.approx(0.06, abs=1e-6)
     plt.close("all")
@@ -194,3 +195,12 @@ def test_the_tsne_explorer_offers_only_the_colourings_it_has():
     assert list(t.colour_by.options) == ["class"]
     with pytest.raises(ValueError, match="labels or domains"):
         TSNEExplorer({"e": y}, None, None, maps={"e": y}, perplexity=5)
+
+
+def test_a_grey_image_has_no_hue():
+    """Grey images read hue 0.0, red, in the colour statistics."""
+    from smearlab.data.stats import colour_stats
+    grey = SmearDataset([Sample("g", _image=np.full((16, 16, 3), 120, np.uint8)),
+                         Sample("c", _image=np.tile(np.array([150, 40, 160], np.uint8), (16, 16, 1)))], ["x"], "d")
+    h = colour_stats(grey)["d"][:, 3]
+    assert np.isnan(h[0]) and np.isfinite(h[1])

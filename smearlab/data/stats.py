@@ -72,6 +72,7 @@ def colour_stats(dataset: SmearDataset, max_images: int | None = None, seed: int
     -------
     dict
         ``{domain: (n_images, 6) array}``; samples without a domain go under the dataset's name.
+        The hue of a grey image is NaN (it has none).
     """
     idx = np.arange(len(dataset))
     if max_images is not None and len(idx) > max_images:
@@ -92,11 +93,11 @@ def colour_stats(dataset: SmearDataset, max_images: int | None = None, seed: int
 def _hsv_mean(hsv: np.ndarray) -> np.ndarray:
     """Mean of HSV with the hue averaged on the circle, each pixel's hue weighted by its saturation
     (a grey or white pixel has no hue: rgb2hsv gives it 0, red, and a mostly white field of purple
-    cells read as red)."""
+    cells read as red); NaN for a grey image (no pixel with a hue: it read as red too)."""
     h = hsv[..., 0].ravel() * 2 * np.pi
     w = hsv[..., 1].ravel()
-    if not w.sum() > 0:
-        w = np.ones_like(h)
+    if not w.mean() > 1e-3:
+        return np.array([np.nan, hsv[..., 1].mean(), hsv[..., 2].mean()])
     hue = (np.arctan2((w * np.sin(h)).sum(), (w * np.cos(h)).sum()) / (2 * np.pi)) % 1.0
     return np.array([hue, hsv[..., 1].mean(), hsv[..., 2].mean()])
 

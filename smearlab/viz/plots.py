@@ -295,7 +295,8 @@ def plot_colour_stats(stats: dict[str, np.ndarray], ax=None):
     # hue is an angle: the circle is cut where no image lies (the middle of the widest gap between
     # the images' hues), so that a stain whose hues straddle red (0.97 and 0.03) is one cluster,
     # not two at the ends of a 0..1 line
-    hues = np.sort(np.concatenate([a[:, 3] for a in stats.values() if len(a)] or [np.zeros(0)]) % 1.0)
+    hues = np.concatenate([a[:, 3] for a in stats.values() if len(a)] or [np.zeros(0)])
+    hues = np.sort(hues[np.isfinite(hues)] % 1.0)  # a grey image has no hue (NaN): not drawn
     cut = 0.0
     if len(hues):
         gaps = np.diff(np.append(hues, hues[0] + 1.0))
@@ -304,8 +305,9 @@ def plot_colour_stats(stats: dict[str, np.ndarray], ax=None):
     for k, (dom, a) in enumerate(stats.items()):  # every domain drawn: markers repeat past the seventh
         if len(a):
             hue = (a[:, 3] - cut) % 1.0 + cut
+            grey = int((~np.isfinite(a[:, 3])).sum())
             ax.scatter(hue, a[:, 4], c=np.clip(a[:, :3], 0, 1), marker=markers[k % len(markers)], s=25, ec="k",
-                       lw=0.3, label=f"{dom} ({len(a)})")
+                       lw=0.3, label=f"{dom} ({len(a)}{f', {grey} grey: no hue' if grey else ''})")
     ax.set_xlabel(f"mean hue (a circle, cut at {cut:.2f} where no image lies)")
     ax.set_ylabel("mean saturation")
     ax.legend(fontsize=8)
