@@ -616,3 +616,32 @@ def test_a_box_only_object_of_zero_area_is_not_taken_for_an_empty_mask():
          "polygons": [], "holes": []}]}
     coco, results = coco_from_records([rec], ["RBC"])
     assert len(coco["annotations"]) == 1 and len(results) == 1
+
+
+def test_tiffs_read_as_stored_planes_pages_and_colour_spaces(tmp_path):
+    """A 16-bit RGB TIFF of separate planes read as scrambled 8-bit pixels; an orientation tag on a
+    min-is-white TIFF inverted it silently; a stack's first page was read without a word."""
+    import tifffile
+    ramp = (np.arange(16, dtype=np.uint16).reshape(4, 4) * 4000)
+    planes = np.stack([ramp, np.full((4, 4), 30000, np.uint16), np.zeros((4, 4), np.uint16)])
+    tifffile.imwrite(tmp_path / "sep.tif", planes, photometric="rgb", planarconfig="separate")
+    img, depth = read_image(tmp_path / "sep.tif")
+    assert depth == 16 and img.shape == (4, 4, 3)
+    np.testing.assert_array_equal(img[..., 0], np.round(ramp / 65535 * 255).astype(np.uint8))
+    tifffile.imwrite(tmp_path / "mw.tif", np.full((2, 2), 200, np.uint8), photometric="miniswhite",
+                     extratags=[(274, "H", 1, 3, False)])
+    with pytest.raises(DataError, match="photometric interpretation 0"):
+        read_image(tmp_path / "mw.tif")
+    for value in (10, 200):  # two pages
+        tifffile.imwrite(tmp_path / "stack.tif", np.full((4, 4), value, np.uint8), append=True)
+    with pytest.warns(UserWarning, match="2 pages; its first page alone"):
+        read_image(tmp_path / "stack.tif")
+
+
+def test_an_exif_orientation_the_size_cannot_settle_is_said(tmp_path):
+    """A square (or flipped) EXIF-tagged JPEG: the declared size fits both readings, and boxes of a
+    tool that ignored the tag landed on the background without a word."""
+    p = _exif_jpeg(tmp_path / "Images" / "a.jpg", orientation=3)   # a half turn: the same size either way
+    _voc_xml(tmp_path, "a", "a.jpg", STORED_HW, [(2, 2, 12, 12)])
+    ds = voc.load(tmp_path)
+    assert len(ds) == 1 and any("cannot be told" in f.reason for f in ds.fixed)

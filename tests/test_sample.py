@@ -205,7 +205,7 @@ def test_review_edges_of_the_readers_and_names(tmp_path, monkeypatch, capsys):
 
     def cannot(*a, **kw):
         raise ValueError("<COMPRESSION.LZW: 5> requires the 'imagecodecs' package")
-    monkeypatch.setattr(tifffile, "imread", cannot)
+    monkeypatch.setattr(tifffile, "TiffFile", cannot)
     with pytest.warns(UserWarning) as caught:
         img, depth = read_image(tmp_path / "c.tif")
     said = " ".join(str(w.message) for w in caught)

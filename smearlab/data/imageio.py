@@ -117,6 +117,10 @@ def read_raw(path: str | Path, *, orientation: str = "exif", palette: str = "rgb
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
+                pages = int(getattr(im, "n_frames", 1) or 1)
+                if pages > 1 and im.format == "TIFF":  # a z-stack or one page per channel, read as one picture
+                    warnings.warn(f"{path}: a TIFF of {pages} pages; its first page alone is read (split a stack "
+                                  "or a channels-per-page file into images first)", stacklevel=2)
                 if _tiff_orientation(im) != 1:  # PIL turns these itself, grey ones wrongly
                     return _read_oriented_tiff(im, path, orientation)
                 if _sixteen_bit_colour(im):
@@ -135,6 +139,8 @@ def read_raw(path: str | Path, *, orientation: str = "exif", palette: str = "rgb
                 elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV", "LA", "PA"):
                     im = im.convert("RGBA" if im.mode in ("LA", "PA") else "RGB")
                 return np.array(im)
+    except DataError:  # said already, naming the file
+        raise
     except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError) as e:
         raise DataError(path, f"not a readable image: {type(e).__name__}: {e}{_bomb_hint(e)}") from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
@@ -145,7 +151,10 @@ def _sixteen_bit_colour(im: Image.Image) -> bool:
     """Whether PIL would decode a 16-bit-per-channel colour file to 8 bits (its "RGB" and "RGBA"
     modes hold 8 bits: it keeps the high byte)."""
     raw = [t.args[0] if isinstance(t.args, tuple) else t.args for t in (im.tile or [])]
-    return im.mode in ("RGB", "RGBA") and any(isinstance(r, str) and ";16" in r for r in raw)
+    bits = getattr(im, "tag_v2", {}).get(258, ()) if im.format == "TIFF" else ()  # BitsPerSample
+    bits = bits if isinstance(bits, (tuple, list)) else (bits,)
+    return im.mode in ("RGB", "RGBA") and (any(isinstance(r, str) and ";16" in r for r in raw)
+                                           or any(isinstance(b, int) and b > 8 for b in bits))  # separate planes
 
 
 #: How each EXIF orientation value is undone on an ``(H, W, C)`` array: quarter turns
@@ -167,7 +176,7 @@ def _read_sixteen_bit_colour(im: Image.Image, path: Path, orientation: str) -> n
         import tifffile
 
         try:
-            arr = np.asarray(tifffile.imread(path, key=0))
+            arr = _first_page(path)
         except Exception as e:  # noqa: BLE001 - e.g. LZW without the imagecodecs package: PIL's 8 bits below
             warnings.warn(f"{path}: tifffile cannot decode this 16-bit colour TIFF ({e}); read at 8 bits by PIL "
                           "(install imagecodecs to keep its precision)", stacklevel=3)
@@ -177,11 +186,24 @@ def _read_sixteen_bit_colour(im: Image.Image, path: Path, orientation: str) -> n
     if arr is None:
         im.load()
         arr = np.array(im).astype(np.uint16) * 257
-        if int(arr.max()) <= 15 * 257:
+        if int(arr[..., :3].max()) <= 15 * 257:  # the colours' bits (an opaque alpha channel is 65535)
             warnings.warn(f"{path}: a 16-bit colour {im.format or 'image'} whose values use only the low 12 bits; "
                           "PIL reads the high byte alone, so only 16 grey levels per channel remain: save it as an "
                           "uncompressed 16-bit TIFF to keep its precision", stacklevel=3)
     return _undo_orientation(arr, code)
+
+
+def _first_page(path: Path) -> np.ndarray:
+    """The first page of a TIFF as tifffile decodes it, a colour image stored as separate planes
+    (``(3 or 4, H, W)``) turned to ``(H, W, 3 or 4)``."""
+    import tifffile
+
+    with tifffile.TiffFile(path) as tf:
+        page = tf.pages[0]
+        arr = np.asarray(page.asarray())
+        if int(getattr(page, "planarconfig", 1)) == 2 and arr.ndim == 3:  # PLANARCONFIG.SEPARATE
+            arr = np.moveaxis(arr, 0, -1)
+    return arr
 
 
 def _undo_orientation(arr: np.ndarray, code: int) -> np.ndarray:
@@ -209,8 +231,12 @@ def _read_oriented_tiff(im: Image.Image, path: Path, orientation: str) -> np.nda
 
     if im.mode == "P":
         raise DataError(path, "a palette TIFF with an orientation tag: save it as RGB, or without the tag")
+    photometric = getattr(im, "tag_v2", {}).get(262)
+    if photometric not in (None, 1, 2):  # tifffile gives the stored numbers: CMYK read as cyan, min-is-white inverted
+        raise DataError(path, f"a TIFF with orientation tag {_tiff_orientation(im)} and photometric "
+                              f"interpretation {photometric} (not grey or RGB): save it as RGB, or without the tag")
     try:
-        arr = np.asarray(tifffile.imread(path, key=0))
+        arr = _first_page(path)
     except Exception as e:  # noqa: BLE001 - e.g. a compression tifffile cannot decode without imagecodecs
         raise DataError(path, f"a TIFF with orientation tag {_tiff_orientation(im)} that tifffile cannot decode "
                               f"({e}); PIL would turn it wrongly: save it without the tag, or install imagecodecs") \

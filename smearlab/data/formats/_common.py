@@ -142,6 +142,13 @@ def image_geometry(image: Path, declared: tuple[int, int] | None, skipped: SkipL
         skipped.add(e.path, e.problem, record)
         return None
     shown = info.shown_hw
+    if declared is not None and info.rotated and info.stored_hw == shown and tuple(declared) == shown:
+        # a flip, a half turn or a square image: the size cannot tell whether the tool that drew
+        # the boxes applied the tag; said, as the reading taken for the user
+        fixed.add(image, f"EXIF orientation {info.exif_orientation} with the same size either way: whether "
+                         f"{Path(str(source)).name} drew its boxes on the shown or the stored pixels cannot be "
+                         "told; read as shown (check a drawn sample)", record)
+        return shown, "exif"
     if declared is None or tuple(declared) == shown:
         return shown, "exif"
     h, w = declared
