@@ -431,7 +431,8 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
     device : ``"auto"``, ``"cpu"`` or ``"cuda"``.
     batch_size : images per forward pass.
     scale : ``"auto"``: zoom each image to the training magnification, judged from its cells
-        (:mod:`smearlab.detection.scale`); a number: zoom every image by it; None: as they are.
+        (:mod:`smearlab.detection.scale`); a number: predict every image at that zoom of the
+        training magnification, whole (a field too large for one pass is refused); None: as they are.
     tile : ``"auto"``: a field more than 1.5 times larger than the model's training images is cut
         into tiles of their size, each seen at the training magnification
         (:func:`smearlab.detection.models.auto_tile`; a model folder without

@@ -111,12 +111,14 @@ def _data(args) -> int:
     try:
         options = {"split": args.split} if args.split is not None else {}
         if args.no_image_check:
-            from .data.formats import find_dataset
-            fmt = args.format or find_dataset(args.path)[1]
-            if fmt not in ("voc", "bbbc041", "iml"):
-                return _error(f"--no-image-check goes with voc, bbbc041 and iml annotations, not {fmt}")
             options["check_images"] = False
-        ds = open_dataset(args.path, format=args.format, **options)  # archives too (extracted once), synthetic
+        try:
+            ds = open_dataset(args.path, format=args.format, **options)  # archives too (extracted once), synthetic
+        except TypeError:  # a loader without the option
+            if not args.no_image_check:
+                raise
+            return _error("--no-image-check goes with VOC, BBBC041 and IML annotations (their files hold the "
+                          "image sizes)")
     except ValueError as e:  # DataError: the file and the problem
         return _error(e)
     except OSError as e:  # an unreadable folder or file

@@ -586,7 +586,8 @@ def test_summaries_count_crowd_regions_image_labels_and_unannotated_images_apart
     labelled = SmearDataset([Sample("c", image_label=1, size=(8, 8))], ["a", "b"])
     assert summary(labelled)["images_per_class"] == {"a": 0, "b": 1}
     from smearlab.data.stats import class_distribution   # what notebook 01's class histogram shows
-    assert class_distribution(ds) == {"RBC": 2} and class_distribution(labelled) == {"a": 0, "b": 1}
+    assert class_distribution(ds) == ({"RBC": 2}, "objects")
+    assert class_distribution(labelled) == ({"a": 0, "b": 1}, "images")
     voc.save(make_dataset(2, seed=0, width=64, height=48), tmp_path / "v")
     write_image(tmp_path / "v" / "Images" / "extra.png", np.zeros((8, 8, 3), np.uint8))
     loaded = voc.load(tmp_path / "v")

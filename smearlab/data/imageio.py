@@ -117,8 +117,9 @@ def read_raw(path: str | Path, *, orientation: str = "exif", palette: str = "rgb
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
-                pages = int(getattr(im, "n_frames", 1) or 1)
-                if pages > 1 and im.format == "TIFF":  # a z-stack or one page per channel, read as one picture
+                pages = int(getattr(im, "n_frames", 1) or 1) if im.format == "TIFF" else 1
+                if pages > 1 and path not in _SAID_PAGES:  # a z-stack or one page per channel, read as one picture
+                    _SAID_PAGES.add(path)  # once per file: images are read again each epoch
                     warnings.warn(f"{path}: a TIFF of {pages} pages; its first page alone is read (split a stack "
                                   "or a channels-per-page file into images first)", stacklevel=2)
                 if _tiff_orientation(im) != 1:  # PIL turns these itself, grey ones wrongly
@@ -145,6 +146,10 @@ def read_raw(path: str | Path, *, orientation: str = "exif", palette: str = "rgb
         raise DataError(path, f"not a readable image: {type(e).__name__}: {e}{_bomb_hint(e)}") from None
     except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
         raise DataError(path, f"corrupt or truncated image ({e})") from None
+
+
+#: multi-page TIFFs whose first-page reading was said (once per file)
+_SAID_PAGES: set[Path] = set()
 
 
 def _sixteen_bit_colour(im: Image.Image) -> bool:
@@ -232,7 +237,8 @@ def _read_oriented_tiff(im: Image.Image, path: Path, orientation: str) -> np.nda
     if im.mode == "P":
         raise DataError(path, "a palette TIFF with an orientation tag: save it as RGB, or without the tag")
     photometric = getattr(im, "tag_v2", {}).get(262)
-    if photometric not in (None, 1, 2):  # tifffile gives the stored numbers: CMYK read as cyan, min-is-white inverted
+    jpeg_ycbcr = photometric == 6 and getattr(im, "tag_v2", {}).get(259) == 7  # decoded to RGB by the codec
+    if photometric not in (None, 1, 2) and not jpeg_ycbcr:  # stored numbers: CMYK read as cyan, min-is-white inverted
         raise DataError(path, f"a TIFF with orientation tag {_tiff_orientation(im)} and photometric "
                               f"interpretation {photometric} (not grey or RGB): save it as RGB, or without the tag")
     try:

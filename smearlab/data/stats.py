@@ -24,16 +24,24 @@ def objects_per_image(dataset: SmearDataset) -> np.ndarray:
     return out
 
 
-def class_distribution(dataset: SmearDataset) -> dict[str, int]:
-    """What a class histogram shows: objects per class, COCO crowd regions left out (as
-    :func:`summary` counts them), or images per class for a set of labelled single-cell images.
+def class_distribution(dataset: SmearDataset) -> tuple[dict[str, int], str]:
+    """What a class histogram shows, and what it counts: objects per class, COCO crowd regions
+    left out (as :func:`summary` counts them), or images per class for a set of labelled
+    single-cell images.
 
     Parameters
     ----------
     dataset : a SmearDataset.
+
+    Returns
+    -------
+    (dict, str)
+        ``{class: count}`` and ``"objects"`` or ``"images"``.
     """
     s = dataset.summary()
-    return s["per_class"] if s["objects"] or "images_per_class" not in s else s["images_per_class"]
+    if s["objects"] or "images_per_class" not in s:
+        return s["per_class"], "objects"
+    return s["images_per_class"], "images"
 
 
 def box_sizes(dataset: SmearDataset) -> dict[str, np.ndarray]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from typing import Any
 
 import numpy as np
 
@@ -120,7 +121,7 @@ def grid_recall(dataset: SmearDataset, cfg: DetectorConfig, iou: float = COVER_I
     iou : the IoU an anchor must reach.
     """
     cells = [a.numpy().astype(np.float64) for a in anchor_generator(cfg).cell_anchors]  # (A, 4) per level
-    div = 32  # torchvision's GeneralizedRCNNTransform pads to a multiple of 32
+    div = int((cfg.extra or {}).get("size_divisible", 32))  # torchvision's transform pads to a multiple of it
     strides: dict[tuple[int, int], list[tuple[float, float, int, int]]] = {}
     found: dict[str, list[bool]] = {n: [] for n in dataset.class_names}
     for s in dataset:
@@ -152,21 +153,24 @@ def grid_recall(dataset: SmearDataset, cfg: DetectorConfig, iou: float = COVER_I
     return {n: (float(np.mean(v)) if v else None) for n, v in found.items()}
 
 
+_BACKBONES: dict[tuple, Any] = {}
 _GRIDS: dict[tuple, list[tuple[int, int, int, int]]] = {}
 
 
 def _level_grids(cfg: DetectorConfig, padded: tuple[int, int]) -> list[tuple[int, int, int, int]]:
     """Per feature level ``(stride y, stride x, rows, columns)`` of the arch's backbone on a padded
-    input, measured once per arch and size (a backbone without weights on zeros)."""
-    key = (cfg.arch, cfg.in_channels, cfg.fine_level, tuple(padded))
+    input, measured once per arch and size (one backbone without weights per arch, on zeros)."""
+    arch = (cfg.arch, cfg.in_channels, cfg.fine_level, repr(sorted((cfg.extra or {}).items())))
+    key = (*arch, tuple(padded))
     if key not in _GRIDS:
         import torch
 
-        from .models import build_detector
-        model = build_detector(dataclasses.replace(cfg, weights_path=None, backbone_weights=None,
-                                                   anchor_sizes=None, aspect_ratios=None)).eval()
+        if arch not in _BACKBONES:
+            from .models import build_detector
+            _BACKBONES[arch] = build_detector(dataclasses.replace(
+                cfg, weights_path=None, backbone_weights=None, anchor_sizes=None, aspect_ratios=None)).eval().backbone
         with torch.no_grad():
-            feats = model.backbone(torch.zeros(1, cfg.in_channels, *padded))
+            feats = _BACKBONES[arch](torch.zeros(1, cfg.in_channels, *padded))
         _GRIDS[key] = [(padded[0] // fm.shape[-2], padded[1] // fm.shape[-1], fm.shape[-2], fm.shape[-1])
                        for fm in feats.values()]
     return _GRIDS[key]

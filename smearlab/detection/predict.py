@@ -449,8 +449,9 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
         images where nothing is found confidently stay as they are).
         A number: resize every image by it, relative to the magnification the model saw its
         training images at (``detector_config.train_image_size``; ``0.5`` for pixels half as
-        large as in training: 1 predicts a field of any size at the training magnification).
-        Not with ``tile``. With a scale the returned predictions'
+        large as in training: 1 predicts a field at the training magnification, whole; a field
+        whose input would pass :data:`MAX_SCALED_SIDE` pixels is refused: tile it instead).
+        ``"auto"`` leaves out the looks beyond that size. Not with ``tile``. With a scale the returned predictions'
         ``zooms`` attribute lists the factor each image was predicted at (the one ``"auto"``
         chose: a factor far from what the images should need is the first thing to check).
     tta : test-time augmentation: predict each image as it is and flipped left-right, upside down

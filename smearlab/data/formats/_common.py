@@ -132,7 +132,8 @@ def image_geometry(image: Path, declared: tuple[int, int] | None, skipped: SkipL
     image : the image file.
     declared : ``(height, width)`` the annotation file gives, or None.
     skipped : :class:`~smearlab.data.sample.SkipLog` counting unreadable images and size mismatches.
-    fixed : :class:`~smearlab.data.sample.SkipLog` counting images read as stored.
+    fixed : :class:`~smearlab.data.sample.SkipLog` counting images read as stored, and those whose
+        EXIF orientation the declared size cannot settle (read as shown, said).
     source : the annotation file, named in the messages.
     record : the image's record in ``source`` (e.g. ``"entry 3"``), for the report.
     """

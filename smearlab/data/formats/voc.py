@@ -78,18 +78,20 @@ def load(path: str | Path, *, class_names=None, class_map=None, strict: bool = F
     col = BoxCollector(class_names, strict, class_map)
     inside = Root(root, allow_outside_root)
     annotated: dict[Path, Path] = {}  # image -> the annotation file that gave it
+    failed: set[str] = set()  # stems of annotation files skipped whole: their images are said with them
     for xml_path in xml_files:
         if not inside.inside(xml_path, col.skipped):
+            failed.add(xml_path.stem.lower())
             continue
         try:
             ann = _parse(xml_path)
         except DataError as e:
             col.skip(xml_path, e.problem)
+            failed.add(xml_path.stem.lower())
             continue
         _add_annotation(col, xml_path, ann, image_dir, images, check_images, inside, annotated)
     if path.is_dir():  # an image no annotation file names: not read as an image without objects (unsaid)
-        stems = {x.stem.lower() for x in xml_files}  # an image whose file failed was said with its file
-        for image in sorted(i for i in set(images.values()) - set(annotated) if i.stem.lower() not in stems):
+        for image in sorted(i for i in set(images.values()) - set(annotated) if i.stem.lower() not in failed):
             col.skip(image, "no annotation file names this image (an image without objects needs an XML "
                             "file without <object>)")
     return col.dataset(name or root.name, root, "voc")
