@@ -637,6 +637,11 @@ def test_tiffs_read_as_stored_planes_pages_and_colour_spaces(tmp_path):
         tifffile.imwrite(tmp_path / "stack.tif", np.full((4, 4), value, np.uint8), append=True)
     with pytest.warns(UserWarning, match="2 pages; its first page alone"):
         read_image(tmp_path / "stack.tif")
+    import warnings
+    with warnings.catch_warnings(record=True) as again:   # once per file: images are read every epoch
+        warnings.simplefilter("always")
+        read_image(tmp_path / "stack.tif")
+    assert not [w for w in again if "pages" in str(w.message)]
 
 
 def test_an_exif_orientation_the_size_cannot_settle_is_said(tmp_path):
