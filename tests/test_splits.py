@@ -173,17 +173,15 @@ def test_instance_splits_refuse_boxes_without_masks_and_a_half_cbc_layout_is_sai
     assert len(sp["test"]) > 0 and any("not Testing/" in r.getMessage() for r in caplog.records)
 
 
-def test_a_yolo_datasets_published_test_split_is_kept_out_of_training(tmp_path):
-    """images/train and images/test were read together and shuffled: published test images
-    landed in training."""
+def _yolo_with_splits(tmp_path, n_train: int, n_test: int):
+    """A YOLO dataset of synthetic smears with ``images/train`` and ``images/test``."""
     import shutil
 
-    from smearlab.data.formats import published_splits, yolo
-    from smearlab.data.splits import detection_splits
+    from smearlab.data.formats import yolo
     from smearlab.data.synthetic import make_dataset
-    ds = make_dataset(20, seed=0, width=96, height=96)
+    ds = make_dataset(n_train + n_test, seed=0, width=96, height=96)
     root = tmp_path / "y"
-    for part, idx in (("train", range(14)), ("test", range(14, 20))):
+    for part, idx in (("train", range(n_train)), ("test", range(n_train, n_train + n_test))):
         yolo.save(ds.subset(list(idx)), tmp_path / part)
         (root / "images").mkdir(parents=True, exist_ok=True)
         (root / "labels").mkdir(exist_ok=True)
@@ -192,6 +190,15 @@ def test_a_yolo_datasets_published_test_split_is_kept_out_of_training(tmp_path):
         for f in (tmp_path / part).iterdir():
             if f.is_file():
                 shutil.copy(f, root / f.name)
+    return root
+
+
+def test_a_yolo_datasets_published_test_split_is_kept_out_of_training(tmp_path):
+    """images/train and images/test were read together and shuffled: published test images
+    landed in training."""
+    from smearlab.data.formats import published_splits
+    from smearlab.data.splits import detection_splits
+    root = _yolo_with_splits(tmp_path, 14, 6)
     assert published_splits(root) == {"train": "train", "test": "test"}
     sp = detection_splits(str(root), val=0.2)
     assert {s.path.parent.name for s in sp["test"]} == {"test"} and len(sp["test"]) == 6
@@ -215,20 +222,8 @@ def test_published_splits_without_a_validation_split_and_a_single_split(tmp_path
     import logging
     import shutil
 
-    from smearlab.data.formats import yolo
     from smearlab.data.splits import detection_splits
-    from smearlab.data.synthetic import make_dataset
-    ds = make_dataset(8, seed=0, width=96, height=96)
-    root = tmp_path / "y"
-    for part, idx in (("train", range(6)), ("test", range(6, 8))):
-        yolo.save(ds.subset(list(idx)), tmp_path / part)
-        (root / "images").mkdir(parents=True, exist_ok=True)
-        (root / "labels").mkdir(exist_ok=True)
-        shutil.move(tmp_path / part / "images", root / "images" / part)
-        shutil.move(tmp_path / part / "labels", root / "labels" / part)
-        for f in (tmp_path / part).iterdir():
-            if f.is_file():
-                shutil.copy(f, root / f.name)
+    root = _yolo_with_splits(tmp_path, 6, 2)
     sp = detection_splits(str(root), val=0.0)       # no validation asked, none published: none, no KeyError
     assert set(sp) == {"train", "test"} and len(sp["test"]) == 2
     shutil.rmtree(root / "images" / "test")
