@@ -114,8 +114,8 @@ def _data(args) -> int:
             options["check_images"] = False
         try:
             ds = open_dataset(args.path, format=args.format, **options)  # archives too (extracted once), synthetic
-        except TypeError:  # a loader without the option
-            if not args.no_image_check:
+        except TypeError as e:  # a loader without the option (another TypeError is no such refusal)
+            if not args.no_image_check or "check_images" not in str(e):
                 raise
             return _error("--no-image-check goes with VOC, BBBC041 and IML annotations (their files hold the "
                           "image sizes)")

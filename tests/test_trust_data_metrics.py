@@ -246,3 +246,30 @@ def test_splits_keep_near_copies_on_one_side():
     with pytest.raises(ValueError, match="one group per image"):
         train_val_test_split(ds, groups=[0, 1])
     assert split_groups(ds, False) is None and split_groups(make_dataset(3, seed=0), True) is None
+    # groups found once are kept on the images: a later split of them (notebook 03's k-fold over
+    # train + val) reads no image again, a mix with images of another search searches afresh
+    import smearlab.data.splits as splits_module
+    ds.format = "tif"
+    first = split_groups(ds, True)
+    calls = []
+    real = splits_module.near_copy_groups
+    splits_module.near_copy_groups = lambda d, *a, **k: calls.append(len(d)) or real(d, *a, **k)
+    try:
+        again = split_groups(ds.subset([12, 0, 3, 13]), True)
+        assert calls == [] and again[0] == again[1] and again[2] == again[3] and again[0] != again[2]
+        other = SmearDataset([Sample("new", _image=_field(20))], ["c"], "other")
+        split_groups(SmearDataset.concat([ds.subset([0, 1]), other]), True)
+        assert calls == [3]
+    finally:
+        splits_module.near_copy_groups = real
+    assert len(np.unique(first)) == 12
+
+
+def test_crowd_flags_of_another_length_are_refused_and_class_counts_leave_crowds_out():
+    """A step that dropped boxes but not their flags made crowd regions ordinary cells silently."""
+    s = Sample("a", boxes=[[0, 0, 4, 4], [5, 5, 9, 9]], labels=[0, 0], size=(10, 10), meta={"iscrowd": np.array([1])})
+    with pytest.raises(DataError, match="1 flags for 2 boxes"):
+        s.crowd  # noqa: B018
+    ok = Sample("b", boxes=[[0, 0, 4, 4], [5, 5, 9, 9]], labels=[0, 0], size=(10, 10),
+                meta={"iscrowd": np.array([0, 1])})
+    assert SmearDataset([ok], ["RBC"]).class_counts() == {"RBC": 1}

@@ -12,7 +12,7 @@ from scipy import ndimage
 from ..core.errors import DataError
 from .boxes import mask_box
 from .classes import match_classes
-from .sample import Sample, SmearDataset
+from .sample import Sample, SmearDataset, per_box_meta
 
 log = logging.getLogger("smearlab.data")
 
@@ -220,8 +220,7 @@ def box_tiles(dataset: SmearDataset, tile: int = 640, *, min_visible: float = 0.
                 keep = (inside > 0) & (inside >= min_visible * np.maximum(area, 1e-6))
                 # per-box flags (crowd regions, VOC difficult) follow their boxes: a crowd region
                 # of a tile became an ordinary object
-                flags = {k: v[keep] for k, v in s.meta.items()
-                         if isinstance(v, np.ndarray) and v.shape[:1] == keep.shape}
+                flags = {k: v for k, v in per_box_meta(s.meta, keep).items() if isinstance(v, np.ndarray)}
                 out.append(Sample(f"{s.image_id}@{x},{y}", boxes=b[keep], labels=s.labels[keep], domain=s.domain,
                                   image_label=s.image_label,
                                   _image=np.ascontiguousarray(img[y:y1, x:x1]),

@@ -159,8 +159,11 @@ class Sample:
         """``(N,)`` bool: which boxes are COCO crowd regions (``meta["iscrowd"]``, kept by the COCO
         loader; all False without it, or when the flags do not match the boxes)."""
         flags = self.meta.get("iscrowd")
-        if flags is None or np.size(flags) != len(self.boxes):
+        if flags is None:
             return np.zeros(len(self.boxes), bool)
+        if np.size(flags) != len(self.boxes):  # a step that dropped boxes but not their flags
+            raise DataError(self.path or self.image_id, f"meta['iscrowd'] holds {np.size(flags)} flags for "
+                                                        f"{len(self.boxes)} boxes (filter both: per_box_meta)")
         return np.asarray(flags).reshape(-1).astype(bool)
 
     @property
@@ -238,6 +241,19 @@ def binary_masks(masks, where="masks") -> np.ndarray:
             raise ValueError(f"{where}: masks hold fractional values (probabilities?): give bool masks, "
                              "e.g. probabilities > 0.5")
     return a.astype(bool, copy=False)
+
+
+def per_box_meta(meta: dict, keep: np.ndarray) -> dict:
+    """``meta`` with its per-box arrays (crowd flags, VOC difficult: one entry per box) cut to the
+    boxes ``keep`` selects, the rest as it is.
+
+    Parameters
+    ----------
+    meta : a sample's ``meta``.
+    keep : ``(N,)`` bool over its boxes.
+    """
+    keep = np.asarray(keep, bool)
+    return {k: (v[keep] if isinstance(v, np.ndarray) and v.shape[:1] == keep.shape else v) for k, v in meta.items()}
 
 
 def _refuse_label_layers(a: np.ndarray, where: str) -> None:
@@ -463,10 +479,10 @@ class SmearDataset(Sequence[Sample]):
         return {d: self.subset(idx, name=d) for d, idx in sorted(groups.items())}
 
     def class_counts(self) -> dict[str, int]:
-        """Objects per class name (image labels when there are no boxes)."""
+        """Objects per class name, COCO crowd regions left out (image labels when there are no boxes)."""
         c = Counter()
         for s in self.samples:
-            c.update(s.labels.tolist())
+            c.update(s.labels[~s.crowd].tolist())
             if len(s.boxes) == 0 and s.image_label is not None:
                 c[s.image_label] += 1
         return {n: int(c.get(i, 0)) for i, n in enumerate(self.class_names)}

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -359,18 +360,16 @@ def near_copy_groups(dataset: SmearDataset, threshold: float = NEAR_COPY_SIMILAR
     numpy.ndarray
         ``(N,)`` ints: the index of the group's first image (an image alone keeps its own index).
     """
-    parent = np.arange(len(dataset))
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = int(parent[i])
-        return i
-
-    for _, i, _, j, _ in _near_pairs({"all": dataset}, threshold):
-        a, b = root(i), root(j)
-        parent[max(a, b)] = min(a, b)
-    return np.array([root(i) for i in range(len(dataset))], np.int64)
+    n = len(dataset)
+    pairs = [(i, j) for _, i, _, j, _ in _near_pairs({"all": dataset}, threshold)]
+    rows, cols = (np.array(v, np.int64) for v in zip(*pairs)) if pairs else (np.zeros(0, np.int64),) * 2
+    _, comp = connected_components(coo_matrix((np.ones(len(rows)), (rows, cols)), shape=(n, n)), directed=False)
+    first = np.full(comp.max() + 1 if n else 0, n, np.int64)
+    np.minimum.at(first, comp, np.arange(n))  # each group named by its first image
+    return first[comp]
 
 
 def split_groups(dataset: SmearDataset, group: bool) -> np.ndarray | None:
@@ -384,12 +383,25 @@ def split_groups(dataset: SmearDataset, group: bool) -> np.ndarray | None:
     """
     if not group or len(dataset) < 2 or dataset.format == "synthetic":  # synthetic fields are drawn one by one
         return None
+    known = [s.meta.get(NEAR_COPY_KEY) for s in dataset]
+    if all(k is not None for k in known) and len({k[0] for k in known}) == 1:
+        # every image grouped in one search already (notebook 03's k-fold over the train and val
+        # splits of detection_splits): its groups, without reading every image again
+        return np.unique([k[1] for k in known], return_inverse=True)[1].astype(np.int64)
     groups = near_copy_groups(dataset)
+    search = uuid.uuid4().hex
+    for s, g in zip(dataset, groups.tolist()):
+        s.meta[NEAR_COPY_KEY] = (search, int(g))
     joined = len(dataset) - len(np.unique(groups))
     if joined:
         log.info("%s: %d near-copy image(s) kept on one side of the split with their twin (%d groups of "
                  "two or more)", dataset.name, joined, int((np.bincount(groups) > 1).sum()))
     return groups
+
+
+#: ``Sample.meta`` key of an image's near-copy group: ``(search id, group)``, one search for images
+#: grouped together (reused only when every image of a later split comes from the same search)
+NEAR_COPY_KEY = "near_copy_group"
 
 
 #: above this many images :func:`near_copies` compares them in place only (every pair at every
@@ -636,11 +648,9 @@ def _published_parts(spec: str, *, seed: int, val: float, test: float, group: bo
     into training. A split it lacks (validation, or test when it publishes train and val only)
     is carved out of its training split. None when it publishes no training split with another."""
     roles = published_splits(spec)
-    if not roles:
+    if len(roles) < 2:  # none, or one split only: nothing to keep apart
         return None
-    if "train" not in roles or len(roles) < 2:
-        if len(roles) < 2:  # one split only: nothing to keep apart
-            return None
+    if "train" not in roles:
         log.warning("%s publishes the split(s) %s: read together and split by image (pass one split's "
                     "own folder or file to keep them apart)", spec, sorted(roles.values()))
         return None

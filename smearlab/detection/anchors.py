@@ -132,6 +132,8 @@ def grid_recall(dataset: SmearDataset, cfg: DetectorConfig, iou: float = COVER_I
         padded = (-(-h // div) * div, -(-w // div) * div)
         if padded not in strides:
             strides[padded] = _level_grids(cfg, padded)
+            if len(strides[padded]) != len(cells):  # zip would drop levels and understate coverage
+                raise ValueError(f"{cfg.arch}: {len(strides[padded])} feature levels but {len(cells)} anchor sets")
         b = s.boxes[~s.crowd].astype(np.float64) * f
         if not len(b):
             continue

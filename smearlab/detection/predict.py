@@ -371,14 +371,19 @@ def _whole_image_scale(model, hw: tuple[int, int], windows):
 MAX_SCALED_SIDE = 4096
 
 
+def _input_factor(tr, hw: tuple[int, int], factor: float, train_hw=None) -> float:
+    """The resize :func:`_rescaled` applies: ``factor`` times the one the transform ``tr`` gave the
+    training images (``train_hw``; without it, this image of ``hw``)."""
+    base = tuple(int(v) for v in train_hw) if train_hw else hw
+    return min(float(tr.min_size[-1]) / min(base), float(tr.max_size) / max(base)) * float(factor)
+
+
 def _scaled_side(model, hw: tuple[int, int], factor: float, train_hw=None) -> int:
     """The long side :func:`_rescaled` gives an image of ``hw`` at ``factor`` (0 without a transform)."""
     tr = getattr(unwrap(model) if isinstance(model, nn.Module) else model, "transform", None)
     if tr is None or not hasattr(tr, "min_size"):
         return 0
-    base = tuple(int(v) for v in train_hw) if train_hw else hw
-    f = min(float(tr.min_size[-1]) / min(base), float(tr.max_size) / max(base)) * float(factor)
-    return int(round(max(hw) * f))
+    return int(round(max(hw) * _input_factor(tr, hw, factor, train_hw)))
 
 
 @contextlib.contextmanager
@@ -391,8 +396,7 @@ def _rescaled(model, hw: tuple[int, int], factor: float, train_hw=None):
     tr = getattr(unwrap(model) if isinstance(model, nn.Module) else model, "transform", None)
     if tr is None or not hasattr(tr, "fixed_size"):
         raise ValueError("scale needs a torchvision detector (its transform sets the input size)")
-    base = tuple(int(v) for v in train_hw) if train_hw else hw
-    f = min(float(tr.min_size[-1]) / min(base), float(tr.max_size) / max(base)) * float(factor)
+    f = _input_factor(tr, hw, factor, train_hw)
     old = tr.fixed_size
     tr.fixed_size = (max(1, round(hw[1] * f)), max(1, round(hw[0] * f)))
     try:
@@ -538,8 +542,7 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
         return outs
 
     train_hw = getattr(cfg, "train_image_size", None) if cfg is not None else None
-    inner = unwrap(model) if isinstance(model, nn.Module) else model
-    own_nms = getattr(getattr(inner, "roi_heads", None), "nms_thresh", None) or getattr(inner, "nms_thresh", None)
+    own_nms = getattr(getattr(net, "roi_heads", None), "nms_thresh", None) or getattr(net, "nms_thresh", None)
     merge_nms = float(nms_iou) if nms_iou is not None else float(own_nms) if own_nms else 0.5
     if tile and tile_resize == "training" and not train_hw:
         raise ValueError("tile_resize='training' needs the model's train_image_size (detector_config), which this "
@@ -638,12 +641,12 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
             bar.close()
         if is_module and was_training:
             model.train()
-    results = Predictions(results, list(cfg.class_names) if cfg is not None else None)
+    # per image, the tiles (forward passes) its prediction was merged from: the cap is per pass
+    results = Predictions(results, list(cfg.class_names) if cfg is not None else None, windows=windows)
     th = _resolve_extra(model, thresholds, "thresholds", "thresholds")
     if th is not None:
         th = th if isinstance(th, Thresholds) else Thresholds(**th)
         th.check_tta(tta)
-        results.windows = windows  # the cap is per forward pass: a field of k tiles may hold k times as many
         caps = per_image_caps(results, th.max_dets, len(results))
         results = th.apply(results)
         capped["images"] = sum(cap is not None and len(r["boxes"]) >= cap for r, cap in zip(results, caps))
@@ -653,7 +656,6 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
                     "counts there may be short: raise detector_config.detections_per_img or max_dets, or tile the "
                     "field", capped["passes"], model_cap, capped["images"], n,
                     th.max_dets if th is not None else None)
-    results.windows = windows  # per image, the tiles (forward passes) its prediction was merged from
     if scale is not None:
         results.zooms = zooms
     return results
@@ -680,15 +682,15 @@ def predict_fields(model, images, *, batch_size: int = 4, thresholds: Any = None
     cfg = getattr(unwrap(model) if isinstance(model, nn.Module) else model, "detector_config", None)
     tiles = [None if cfg is None else auto_tile(cfg, tuple(getattr(x, "hw", None) or np.asarray(x).shape[:2]))
              for x in items]
-    if not any(tiles):
-        return predict(model, items, batch_size=batch_size, thresholds=thresholds, progress=False, tta=tta,
-                       device=device)
-    out = None
-    for x, t in zip(items, tiles):
-        one = predict(model, [x], batch_size=batch_size, thresholds=thresholds, tile=t,
-                      tile_resize="training" if t else "image", progress=False, tta=tta, device=device)
-        out = one if out is None else out + one
-    return out
+    got: dict[int, tuple[dict, int]] = {}
+    names = None
+    for t in dict.fromkeys(tiles):  # one call per tile size (None: whole images, batched)
+        idx = [i for i, v in enumerate(tiles) if v == t]
+        part = predict(model, [items[i] for i in idx], batch_size=batch_size, thresholds=thresholds, tile=t,
+                       tile_resize="training" if t else "image", progress=False, tta=tta, device=device)
+        names = part.class_names
+        got.update({i: (p, w) for i, p, w in zip(idx, part, part.windows or [1] * len(part))})
+    return Predictions([got[i][0] for i in range(len(items))], names, windows=[got[i][1] for i in range(len(items))])
 
 #: The views of test-time augmentation: the image dimensions each one flips (none, left-right,
 #: upside down, both).

@@ -38,13 +38,14 @@ def classification_report(y_true, y_pred, class_names: Sequence[str]) -> dict[st
     yt, yp = _labels(y_true, "y_true"), _labels(y_pred, "y_pred")
     if pred_names is not None and list(pred_names) != [str(c) for c in class_names]:
         # the model's class order: read in the truth's order, a perfect model scored 0
-        lut = match_classes(pred_names, class_names, what="the predictions' and the truth's classes").lut
-        if len(yp) and (yp.min() < 0 or yp.max() >= len(lut)):
-            raise ValueError(f"y_pred holds a label outside 0..{len(lut) - 1} ({list(pred_names)})")
-        unknown = sorted({str(pred_names[v]) for v in yp.tolist() if lut[v] < 0})
-        if unknown:
+        mapping = match_classes(pred_names, class_names, what="the predictions' and the truth's classes")
+        if len(yp) and (yp.min() < 0 or yp.max() >= len(pred_names)):
+            raise ValueError(f"y_pred holds a label outside 0..{len(pred_names) - 1} ({list(pred_names)})")
+        mapped = mapping.labels(yp)
+        if (mapped < 0).any():
+            unknown = sorted({str(pred_names[v]) for v in yp[mapped < 0].tolist()})
             raise ValueError(f"predicted classes {unknown} are not among the truth's classes {list(class_names)}")
-        yp = np.asarray(lut, np.int64)[yp] if len(yp) else yp
+        yp = mapped
     k = len(class_names)
     if len(yt) != len(yp):
         raise ValueError(f"{len(yt)} true labels but {len(yp)} predictions")

@@ -29,7 +29,7 @@ from ...core.files import atomic_path, write_text
 from ..boxes import clean_boxes
 from ..classes import canonical, match_classes
 from ..imageio import image_info, write_image
-from ..sample import Sample, SkipLog, SmearDataset, log
+from ..sample import Sample, SkipLog, SmearDataset, log, per_box_meta
 from . import json_kind
 
 
@@ -384,8 +384,7 @@ def remap_classes(dataset: SmearDataset, class_names=None, class_map=None) -> Sm
             masks = (lambda f, k: (lambda: (f() if callable(f) else f)[k]))(masks, keep)
         samples.append(dataclasses.replace(
             s, boxes=s.boxes[keep], labels=labels[keep], image_label=image_label,
-            meta={k: (v[keep] if isinstance(v, np.ndarray) and v.shape[:1] == keep.shape else v)
-                  for k, v in s.meta.items()}, _masks=masks))
+            meta=per_box_meta(s.meta, keep), _masks=masks))
     out = SmearDataset(samples, m.target, dataset.name, root=dataset.root, format=dataset.format,
                        semantic_names=dataset.semantic_names)
     if skipped:  # the loader's own records were summarised when it built the dataset
