@@ -273,3 +273,65 @@ def test_crowd_flags_of_another_length_are_refused_and_class_counts_leave_crowds
     ok = Sample("b", boxes=[[0, 0, 4, 4], [5, 5, 9, 9]], labels=[0, 0], size=(10, 10),
                 meta={"iscrowd": np.array([0, 1])})
     assert SmearDataset([ok], ["RBC"]).class_counts() == {"RBC": 1}
+
+
+def _twice_shot_cells():
+    """Twelve single-cell images of two classes, three of them photographed a second time."""
+    import io
+
+    from PIL import Image
+    fields = [_field(k) for k in range(12)]
+    samples = [Sample(f"f{k}", _image=f, image_label=k % 2) for k, f in enumerate(fields)]
+    for k in (0, 3, 7):  # each shot again a pixel aside and re-encoded
+        buf = io.BytesIO()
+        Image.fromarray(np.roll(fields[k], 1, axis=1)).save(buf, "JPEG", quality=75)
+        samples.append(Sample(f"f{k}-again", _image=np.asarray(Image.open(buf)), image_label=k % 2))
+    return SmearDataset(samples, ["a", "b"], "cells", format="imagefolder")
+
+
+def test_cell_crop_splits_keep_near_copies_on_one_side():
+    """The classifier's and the domain-adaptation tables' splits were by image only: a white cell
+    photographed twice (four such pairs in Zheng Dataset 1) could be tested on its own twin."""
+    from smearlab.classification.crops import CropDataset, crops_from_dataset
+    crops = crops_from_dataset(_twice_shot_cells(), 16)
+    assert crops.groups[12:] == ["f0", "f3", "f7"] and len(set(crops.groups)) == 12
+    for seed in range(6):
+        train, test = crops.split(0.5, seed)
+        assert len(train) + len(test) == 15
+        for a, b in (("f0", "f0-again"), ("f3", "f3-again"), ("f7", "f7-again")):
+            assert (a in test.ids) == (b in test.ids)
+        assert [len({g for g, y in zip(test.groups, test.labels) if y == c}) for c in (0, 1)] == [3, 3]  # of 12 groups
+    # the groups travel with every copy of the crops
+    sub = crops.restrict(["b", "a"]).subset([12, 13, 0])
+    assert sub.groups == ["f0", "f3", "f0"] and crops.unlabelled().groups == crops.groups
+    both = CropDataset.concat([crops.subset([0]), crops.subset([0])])
+    assert len(set(both.groups)) == 1  # one image of one dataset
+    alone = crops_from_dataset(_twice_shot_cells(), 16, group_near_copies=False)
+    assert alone.groups == alone.ids
+    # a grouped split is the split of the items when every group is alone
+    labels = np.array([0, 1] * 10)
+    assert all((a == b).all() for a, b in zip(stratified_split(labels, 0.3, 2, groups=np.arange(20)),
+                                              stratified_split(labels, 0.3, 2)))
+    with pytest.raises(ValueError, match="one group per item"):
+        stratified_split(labels, 0.3, 0, groups=[0, 1])
+
+
+def test_domain_separability_and_feature_folds_keep_groups_in_one_fold():
+    """A point with its twin in the other folds is classified by the twin: two domains of pure
+    noise looked separable when each point had a copy."""
+    from smearlab.classification.crops import crops_from_dataset
+    from smearlab.classification.embed import separability
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(30, 200))
+    X = np.concatenate([x, x + rng.normal(scale=0.01, size=x.shape)])
+    domains = np.tile(rng.integers(0, 2, 30), 2)
+    twins = np.tile(np.arange(30), 2)
+    leaked = separability(X, domains, cv=3, seed=0)["linear_domain_accuracy"]
+    kept = separability(X, domains, cv=3, seed=0, groups=twins)["linear_domain_accuracy"]
+    assert leaked > 0.9 and kept < 0.75
+    from smearlab.classification.model import build_classifier
+    from smearlab.classification.train import fit_features
+    crops = crops_from_dataset(_twice_shot_cells(), 32)
+    model = build_classifier(crops.class_names, arch="features")
+    out = fit_features(model, crops, folds=2, repeats=2)
+    assert out["folds"] == 2 and 0.0 <= out["cv_macro_f1"] <= 1.0

@@ -130,7 +130,7 @@ def stain_normalise(crops: CropDataset, reference: CropDataset, *, normaliser: R
     norm = normaliser or ReinhardNormalizer().fit(list(reference.images.permute(0, 2, 3, 1).numpy()))
     imgs = crops.images.permute(0, 2, 3, 1).numpy()
     out = np.stack([norm.transform(x) for x in imgs]) if len(imgs) else imgs
-    res = CropDataset(out, crops.labels, crops.class_names, crops.domains, crops.ids, crops.name)
+    res = CropDataset(out, crops.labels, crops.class_names, crops.domains, crops.ids, crops.name, groups=crops.groups)
     return res
 
 

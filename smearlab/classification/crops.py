@@ -15,7 +15,7 @@ from ..core.geometry import extract_crop, letterbox, square_window
 from ..data.classes import ClassMapping, match_classes
 from ..data.predictions import class_names_of
 from ..data.sample import Sample, SkipLog, SmearDataset
-from ..data.splits import stratified_split
+from ..data.splits import split_groups, stratified_split
 from ..segmentation.classical import central_cell_box
 
 log = logging.getLogger('smearlab.classification.crops')
@@ -38,6 +38,8 @@ class CropDataset(torch.utils.data.Dataset):
     ids : one identifier per crop (image id, plus ``#k`` for the k-th box of an image).
     name : short name for reports.
     skipped : records that could not be turned into crops (:class:`~smearlab.data.sample.Skip`).
+    groups : one key per crop: the crops of one key stay on one side of :meth:`split` (default:
+        the image each crop was cut from; :func:`crops_from_dataset` joins near-copy images).
 
     Attributes
     ----------
@@ -46,7 +48,8 @@ class CropDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, images, labels, class_names: Sequence[str], domains: Sequence[str] | None = None,
-                 ids: Sequence[str] | None = None, name: str = "crops", skipped=None):
+                 ids: Sequence[str] | None = None, name: str = "crops", skipped=None,
+                 groups: Sequence[str] | None = None):
         x = torch.as_tensor(np.asarray(images) if not isinstance(images, torch.Tensor) else images)
         if x.ndim == 4 and x.shape[-1] == 3 and x.shape[1] != 3:
             x = x.permute(0, 3, 1, 2)
@@ -68,6 +71,9 @@ class CropDataset(torch.utils.data.Dataset):
         self.ids = [str(i) for i in ids] if ids is not None else [f"{name}_{i}" for i in range(n)]
         if len(self.domains) != n or len(self.ids) != n:
             raise ValueError(f"{n} crops but {len(self.domains)} domains and {len(self.ids)} ids")
+        self.groups = [str(g) for g in groups] if groups is not None else [_image_of_crop(i) for i in self.ids]
+        if len(self.groups) != n:
+            raise ValueError(f"{n} crops but {len(self.groups)} groups")
         self.skipped = SkipLog(skipped or [])
         self.central: dict | None = None
 
@@ -110,7 +116,8 @@ class CropDataset(torch.utils.data.Dataset):
         """
         idx = np.asarray(list(indices), np.int64)
         return CropDataset(self.images[torch.as_tensor(idx)], self.labels[idx], self.class_names,
-                           [self.domains[i] for i in idx], [self.ids[i] for i in idx], name or self.name)
+                           [self.domains[i] for i in idx], [self.ids[i] for i in idx], name or self.name,
+                           groups=[self.groups[i] for i in idx])
 
     def unlabelled(self, class_names: Sequence[str] | None = None, name: str | None = None) -> "CropDataset":
         """Every crop (a copy) with its label removed (-1): what an adaptation method may see of a
@@ -145,7 +152,8 @@ class CropDataset(torch.utils.data.Dataset):
         return cls(torch.cat([d.images for d in datasets]), np.concatenate([d.labels for d in datasets]),
                    first.class_names, [x for d in datasets for x in d.domains],
                    [x for d in datasets for x in d.ids], name or "+".join(d.name for d in datasets),
-                   skipped=[s for d in datasets for s in d.skipped])
+                   skipped=[s for d in datasets for s in d.skipped],
+                   groups=[f"{d.name}/{g}" for d in datasets for g in d.groups])  # one name in two datasets: two groups
 
     def by_domain(self) -> dict[str, "CropDataset"]:
         """One dataset per domain, by name."""
@@ -177,25 +185,18 @@ class CropDataset(torch.utils.data.Dataset):
         return out
 
     def split(self, test: float = 0.3, seed: int = 0) -> tuple["CropDataset", "CropDataset"]:
-        """``(train, test)`` stratified by class (see :func:`stratified_split`), by image: the
-        crops of one image (ids ``<image>#k``) stay on one side, so that no test cell has a
-        neighbour from its own field in training. Images holding several crops are split by
-        their most common class; with one crop per image this is the split of the crops.
+        """``(train, test)`` stratified by class (see :func:`stratified_split`), by :attr:`groups`:
+        the crops of one image (ids ``<image>#k``), and of images that are near-copies of each other
+        (:func:`crops_from_dataset`), stay on one side, so that no test cell has a neighbour from
+        its own field, or its own twin, in training. Groups holding several crops are split by
+        their most common class; with one crop per group this is the split of the crops.
 
         Parameters
         ----------
         test : fraction of each class for the test part, in (0, 1).
         seed : seed of the shuffle.
         """
-        images = [_image_of_crop(i) for i in self.ids]
-        if len(set(images)) == len(images):  # one crop per image (single-cell datasets)
-            tr, te = stratified_split(self.labels, test, seed)
-        else:
-            names, group = np.unique(images, return_inverse=True)
-            counts = np.zeros((len(names), int(self.labels.max(initial=-1)) + 2), np.int64)
-            np.add.at(counts, (group, self.labels + 1), 1)  # per image, its crops per class (-1: unlabelled)
-            gtr, gte = stratified_split(counts.argmax(1) - 1, test, seed)
-            tr, te = np.flatnonzero(np.isin(group, gtr)), np.flatnonzero(np.isin(group, gte))
+        tr, te = stratified_split(self.labels, test, seed, groups=self.groups)
         return self.subset(tr, f"{self.name}:train"), self.subset(te, f"{self.name}:test")
 
     def show(self, n: int = 8, ax=None, seed: int = 0):
@@ -239,7 +240,7 @@ def _image_of(sample: Sample) -> np.ndarray:
 
 def crops_from_dataset(dataset: SmearDataset, size: int = 64, *, source: str = "image",
                        classes: Sequence[str] | None = None, pad: float | None = None, fill="median",
-                       strict: bool = False, progress: bool = False) -> CropDataset:
+                       strict: bool = False, progress: bool = False, group_near_copies: bool = True) -> CropDataset:
     """Square crops of a :class:`~smearlab.data.SmearDataset`, letterboxed to ``size``.
 
     Parameters
@@ -262,6 +263,10 @@ def crops_from_dataset(dataset: SmearDataset, size: int = 64, *, source: str = "
     fill : padding colour, see :func:`letterbox`.
     strict : raise on an unreadable image instead of skipping it.
     progress : tqdm progress bar.
+    group_near_copies : give the crops of images that are near-copies of each other (the same
+        cell or field photographed twice, :func:`~smearlab.data.splits.near_copy_groups`) one
+        :attr:`CropDataset.groups` key, so that :meth:`CropDataset.split` keeps them on one side
+        (real data only: reads every image once more; False: each image its own group).
 
     Returns
     -------
@@ -285,13 +290,16 @@ def crops_from_dataset(dataset: SmearDataset, size: int = 64, *, source: str = "
     extract_crop(np.zeros((4, 4, 3), np.uint8), np.array([0.0, 0.0, 2.0, 2.0]), pad, fill)  # the arguments, once
     remap = {names.index(c): i for i, c in enumerate(classes)}
     skipped = SkipLog(strict=strict)
-    imgs, labels, domains, ids = [], [], [], []
+    image_ids = [s.image_id for s in dataset]
+    near = split_groups(dataset, group_near_copies)  # None: each image alone
+    group_of = image_ids if near is None else [image_ids[int(g)] for g in near]  # a group: its first image
+    imgs, labels, domains, ids, groups = [], [], [], [], []
     fallback: list[tuple[int, Sample]] = []
     sides: list[int] = []
     it = dataset
     if progress:
         it = tqdm(dataset, desc=f"crops {dataset.name}", unit="img")
-    for s in it:
+    for n_image, s in enumerate(it):
         where = s.path or s.image_id
         dom = s.domain or dataset.name
         if source != "boxes":
@@ -336,6 +344,7 @@ def crops_from_dataset(dataset: SmearDataset, size: int = 64, *, source: str = "
             labels.append(remap[label])
             domains.append(dom)
             ids.append(crop_id)
+            groups.append(group_of[n_image])
     central = None
     if source == "central":
         side = int(np.median(sides)) if sides else None
@@ -352,7 +361,7 @@ def crops_from_dataset(dataset: SmearDataset, size: int = 64, *, source: str = "
                      dataset.name, len(fallback), len(imgs), side)
     stack = np.stack(imgs) if imgs else np.zeros((0, size, size, 3), np.uint8)
     out = CropDataset(stack, labels, classes, domains, ids, name=dataset.name,
-                      skipped=[*getattr(dataset, "skipped", []), *skipped])
+                      skipped=[*getattr(dataset, "skipped", []), *skipped], groups=groups)
     out.central = central
     for c in out.empty_classes:
         log.warning("%s: class %r has no crops (kept with 0 crops)", dataset.name, c)

@@ -9,7 +9,7 @@ from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from sklearn.manifold import TSNE
 from sklearn.metrics import silhouette_score
-from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
@@ -188,7 +188,7 @@ def tsne(X, perplexity: float = 30.0, seed: int = 0, *, n_components: int = 2,
     return y.astype(np.float32)
 
 
-def separability(X, domains, *, cv: int = 5, seed: int = 0) -> dict[str, Any]:
+def separability(X, domains, *, cv: int = 5, seed: int = 0, groups=None) -> dict[str, Any]:
     """How well the domains separate in an embedding.
 
     Parameters
@@ -197,6 +197,9 @@ def separability(X, domains, *, cv: int = 5, seed: int = 0) -> dict[str, Any]:
     domains : ``(N,)`` domain of each point (names or ints), at least two distinct.
     cv : folds of the stratified cross-validation (fewer when a domain is smaller).
     seed : shuffling of the folds.
+    groups : one key per point whose points stay in one fold (e.g.
+        :attr:`~smearlab.classification.crops.CropDataset.groups`: crops of one image, near-copies),
+        so that a twin in training does not make a domain look separable; None: every point alone.
 
     Returns
     -------
@@ -220,8 +223,10 @@ def separability(X, domains, *, cv: int = 5, seed: int = 0) -> dict[str, Any]:
         raise ValueError(f"every domain needs at least 2 points for cross-validation; counts "
                          f"{dict(zip(names.tolist(), counts.tolist()))}")
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-    acc = cross_val_score(clf, x, d, cv=StratifiedKFold(folds, shuffle=True, random_state=seed),
-                          scoring="accuracy")
+    g = None if groups is None else as_label_array(groups, len(x), "groups")
+    grouped = g is not None and len(np.unique(g)) < len(g)
+    splitter = (StratifiedGroupKFold if grouped else StratifiedKFold)(folds, shuffle=True, random_state=seed)
+    acc = cross_val_score(clf, x, d, groups=g, cv=splitter, scoring="accuracy")
     return {"linear_domain_accuracy": float(acc.mean()), "silhouette": float(silhouette_score(x, d)),
             "chance": float(counts.max() / counts.sum()), "n": int(len(x))}
 
@@ -233,6 +238,6 @@ def separability_table(embeddings: dict, domains, **kw) -> dict[str, dict[str, A
     ----------
     embeddings : ``{name: (N, D) embedding}``.
     domains : ``(N,)`` domain of each point.
-    **kw : options of :func:`separability` (``cv``, ``seed``).
+    **kw : options of :func:`separability` (``cv``, ``seed``, ``groups``).
     """
     return {name: separability(x, domains, **kw) for name, x in embeddings.items()}

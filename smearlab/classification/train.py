@@ -338,7 +338,8 @@ def fit_features(model: FeatureClassifier, train: CropDataset, *, Cs=FEATURE_CS,
     """Train a :class:`~smearlab.classification.features.FeatureClassifier` in place: standardise
     the training crops' measured features, choose the regularisation by repeated stratified k-fold
     cross-validation on ``train`` alone (mean macro F1 over every fold of every repeat; the smaller
-    C on a tie), and fit a multinomial
+    C on a tie; the crops of one :attr:`~smearlab.classification.crops.CropDataset.groups` key in
+    one fold), and fit a multinomial
     logistic regression (:class:`sklearn.linear_model.LogisticRegression`) on all of ``train``.
 
     Parameters
@@ -364,7 +365,7 @@ def fit_features(model: FeatureClassifier, train: CropDataset, *, Cs=FEATURE_CS,
     """
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import RepeatedStratifiedKFold, cross_val_score
+    from sklearn.model_selection import RepeatedStratifiedKFold, StratifiedGroupKFold, cross_val_score
 
     _check_crops(train, "train")
     if (train.labels < 0).any():
@@ -395,6 +396,9 @@ def fit_features(model: FeatureClassifier, train: CropDataset, *, Cs=FEATURE_CS,
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     cv = RepeatedStratifiedKFold(n_splits=k, n_repeats=repeats, random_state=seed)
+    if len(set(train.groups)) < len(train):  # crops of one image, or near-copies: one fold each
+        cv = [f for r in range(repeats) for f in StratifiedGroupKFold(k, shuffle=True, random_state=seed + r)
+              .split(z, train.labels, train.groups)]
 
     def regression(c: float) -> LogisticRegression:
         return LogisticRegression(C=float(c), max_iter=5000, class_weight="balanced" if balanced else None)

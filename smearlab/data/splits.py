@@ -544,7 +544,7 @@ def _file_key(ds: SmearDataset, s) -> str | None:
     return path.as_posix()
 
 
-def stratified_split(labels, test: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def stratified_split(labels, test: float = 0.3, seed: int = 0, groups=None) -> tuple[np.ndarray, np.ndarray]:
     """Indices ``(train, test)``: each class split ``1 - test : test`` (rounded), shuffled by ``seed``.
 
     A class with two or more items puts at least one in each part; a class with one item goes
@@ -555,6 +555,9 @@ def stratified_split(labels, test: float = 0.3, seed: int = 0) -> tuple[np.ndarr
     labels : ``(N,)`` class label of every item.
     test : fraction of each class for the test part, in (0, 1).
     seed : seed of the shuffle.
+    groups : one group key per item (e.g. :func:`near_copy_groups`, or the image of each crop):
+        the items of a group stay in one part. Groups are split by their most common label
+        (fractions of groups, not of items); None, or every item alone: the split of the items.
     """
     if not 0 < test < 1:
         raise ValueError(f"test must be a fraction in (0, 1), got {test}")
@@ -566,6 +569,17 @@ def stratified_split(labels, test: float = 0.3, seed: int = 0) -> tuple[np.ndarr
     if missing:  # NaN never equals itself: those items fell out of both parts without a word
         raise ValueError(f"{len(missing)} of {len(y)} labels are missing (None or NaN; first at index "
                          f"{missing[0]}): every item needs a class to be split")
+    if groups is not None:
+        g = np.asarray(groups)
+        if g.shape != y.shape:
+            raise ValueError(f"groups must give one group per item ({len(y)}), got shape {g.shape}")
+        names, member = np.unique(g, return_inverse=True)
+        if len(names) < len(y):
+            classes, yi = np.unique(y, return_inverse=True)
+            counts = np.zeros((len(names), len(classes)), np.int64)
+            np.add.at(counts, (member, yi), 1)  # per group, its items per class
+            gtr, gte = stratified_split(classes[counts.argmax(1)], test, seed)
+            return np.flatnonzero(np.isin(member, gtr)), np.flatnonzero(np.isin(member, gte))
     rng = np.random.default_rng(seed)
     tr, te = [], []
     for c in np.unique(y):

@@ -19,7 +19,7 @@ from ..core.errors import DataError
 from ..core.search import grid_search
 from ..data import open_dataset
 from ..data.sample import Sample, SmearDataset
-from ..data.splits import stratified_split
+from ..data.splits import split_groups, stratified_split
 from ..data.synthetic import make_wbc_crops
 from ..detection.models import DetectorConfig, build_detector
 from ..detection.predict import predict
@@ -191,7 +191,7 @@ def run_cam_experiment(dataset, *, size: int = 64, width: int = 16, norm: str = 
     """Train a classifier, turn its Grad-CAMs into cell masks and score them against ground truth.
 
     Steps: stratified split by image label (:func:`smearlab.data.splits.stratified_split`, fixed
-    ``seed``) -> a :class:`~smearlab.classification.model.CellClassifier` trained from scratch on the train
+    ``seed``; near-copies on one side, :func:`~smearlab.data.splits.split_groups`) -> a :class:`~smearlab.classification.model.CellClassifier` trained from scratch on the train
     crops -> per-layer Grad-CAMs (predicted class) of the train images -> layers and relative
     threshold tuned on the train images (separately for the whole cell and for the nucleus) ->
     the classical extractor's parameters tuned on the same train images -> both applied once to
@@ -213,7 +213,8 @@ def run_cam_experiment(dataset, *, size: int = 64, width: int = 16, norm: str = 
     labels = [s.image_label for s in dataset]
     if any(v is None for v in labels):
         raise ValueError(f"dataset {getattr(dataset, 'name', '?')!r} has images without an image_label")
-    tr_idx, te_idx = stratified_split(np.asarray(labels), test_fraction, seed)
+    # near-copies (one cell photographed twice) on one side: a twin in training is no test
+    tr_idx, te_idx = stratified_split(np.asarray(labels), test_fraction, seed, groups=split_groups(dataset, True))
     train = dataset.subset(tr_idx.tolist(), name=f"{dataset.name}:train")
     test = dataset.subset(te_idx.tolist(), name=f"{dataset.name}:test")
     dev = resolve_device(device)

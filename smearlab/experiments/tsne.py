@@ -164,7 +164,7 @@ def compare_embeddings(dataset, s, *, source: str | None = None, target: str | N
     features[FEATURES] = cnn_embedding(measured, held_out, device="cpu")
     features[FEATURES_ADAPTED] = np.concatenate([features[FEATURES][:len(src_test)],
                                                  cnn_embedding(measured_target, tgt_test, device="cpu")])
-    sep = separability_table(features, held_out.domains, seed=seed)
+    sep = separability_table(features, held_out.domains, seed=seed, groups=held_out.groups)
     p = min(perplexity, (len(held_out) - 1) // 3)
     maps = {name: tsne(x, perplexity=p, seed=seed) for name, x in features.items()}
     return EmbeddingComparison(a.name, b.name, list(classes), src_test, tgt_test, held_out, f1, features, sep, maps, p)
