@@ -127,6 +127,24 @@ def test_polarity_is_decided_per_image_for_both_looks(look):
     assert dsb_score([masks], [found], kind="masks") > 0.7
 
 
+@pytest.mark.parametrize("cover", [1, 2, 3])
+def test_a_sparse_field_reads_the_same_in_both_looks(cover):
+    """Dark objects on under 1 % of a field: the stretch, made before the side was known, set its
+    low end in the background, spread the background noise over [0, 1] (half of it above 0.5) and
+    crushed the objects to 0 (the network then saw hundreds of speckles)."""
+    hw = (200, 200)
+    fg = np.any([_disc(hw, 40 + 60 * k, 50 + 50 * k, 6) for k in range(cover)], axis=0)
+    assert fg.mean() < 0.01
+    noise = np.random.default_rng(cover).normal(0, 5, hw)
+    for grey, look in ((np.where(fg, 200, 30) + noise, "bright"), (np.where(fg, 60, 220) + noise, "dark")):
+        grey = np.clip(grey, 0, 255).astype(np.uint8)
+        stained = np.clip(np.stack([grey * 1.0, grey * 0.75, grey * 0.95], -1), 0, 255).astype(np.uint8)
+        for img in (grey, stained) if look == "dark" else (grey,):
+            assert image_polarity(img) == look
+            x = nuclear_channel(img)
+            assert x[fg].mean() > 0.9 and (x[~fg] > 0.5).mean() < 0.001
+
+
 def _packed_field(background, objects, hw=(80, 80), seed: int = 0):
     """A colour field whose discs cover about 60 % of it (a tissue section packed with nuclei)."""
     rng = np.random.default_rng(seed)
