@@ -308,6 +308,14 @@ def test_scores_counts_and_failure_kinds():
     assert r["count_error"] == pytest.approx(abs(3 - 5) / 5)
     assert r["dsb_metric"] == pytest.approx(1 / 7)    # 1 TP (alone), 2 FP, 4 FN at every threshold
     assert 0 < r["mask_mAP50"] < 1
+    # an image without objects before it (no masks to hold): its spurious prediction is debris and
+    # the other image's failures keep their own contrasts (it raised "has no instance masks")
+    empty = Sample("e", _image=np.full((h, w, 3), 230, np.uint8), boxes=np.zeros((0, 4)), labels=[])
+    both = failure_cases(SmearDataset([empty, s], ["RBC", "WBC"]), [pred, pred])
+    assert [f["kind"] for f in both if f["image"] == 0] == ["debris"] * 3
+    assert sorted(f["kind"] for f in both if f["image"] == 1) == kinds
+    assert [f["contrast"] for f in both if f["image"] == 1 and "contrast" in f] == [
+        f["contrast"] for f in fails if "contrast" in f]
     one = as_single_class(ds)
     assert one.class_names == ["cell"] and one[0].labels.tolist() == [0] * 5
     assert one[0].masks is not None and ds[0].labels.tolist() == [0, 1, 0, 0, 0]

@@ -415,6 +415,13 @@ def test_training_at_one_object_size_resizes_image_and_targets_together():
         assert np.median(2 * np.sqrt(sizes / np.pi)) == pytest.approx(16.0, rel=0.15)
     with pytest.raises(ValueError, match="diameter"):
         InstanceTrainConfig(diameter=0)
+    # too few images for the size model: refused before the training (it failed after, weights trained
+    # on resized images left in a model that would predict them unresized)
+    model = build_instance_unet(base=8, depth=2)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="at least 3 training images with objects.*has 2"):
+        train_instance_unet(model, ds.subset([0, 1]), None, InstanceTrainConfig(steps=50, diameter=16.0, device="cpu"))
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
 
 
 def test_a_model_trained_at_one_size_estimates_sizes_and_travels_with_its_size_model(tmp_path):
@@ -595,3 +602,22 @@ def test_train_unet_refuses_an_empty_set_and_zero_epochs():
             train_unet(model, ds, **kw)
     with pytest.raises(ValueError, match="empty"):
         train_unet(model, ds.subset([]))
+
+
+def test_segmentation_metrics_take_a_segmenters_instances_as_final_by_default():
+    """Perfect probabilities of three small nuclei give three instances scoring 0.27 (the boundary
+    band is most of a small nucleus): a default threshold of 0.5 scored them DSB 0, count error 1."""
+    from smearlab.data.boxes import mask_box
+    from smearlab.metrics.instances import segmentation_metrics
+    hw = (60, 80)
+    gt = np.stack([_disc(hw, y, x, 4) for y, x in ((15, 15), (30, 50), (45, 20))])
+    t = instance_targets(gt, hw)
+    p = probabilities_to_instances(np.stack([(t == c).astype(np.float32) for c in range(3)]),
+                                   InstanceThresholds(min_size=6))
+    assert len(p["masks"]) == 3 and p["scores"].max() < 0.5
+    img = np.repeat(np.where(gt.any(0), 220, 30).astype(np.uint8)[..., None], 3, 2)
+    ds = SmearDataset([Sample("a", boxes=np.stack([mask_box(m) for m in gt]), labels=np.zeros(3), _image=img,
+                              _masks=gt)], ["object"])
+    m = segmentation_metrics(ds, [p])
+    assert m["dsb_metric"] == pytest.approx(1.0) and m["count_error"] == 0 and m["objects_predicted"] == 3
+    assert segmentation_metrics(ds, [p], score_threshold=0.5)["objects_predicted"] == 0  # a detector's cut, asked for

@@ -189,17 +189,20 @@ def mask_ap(dataset: SmearDataset, predictions, *, max_dets: Sequence[int] = (1,
             "per_class": r["per_class"]}
 
 
-def segmentation_metrics(dataset: SmearDataset, predictions, score_threshold=0.5, *, ranked=None) -> dict:
+def segmentation_metrics(dataset: SmearDataset, predictions, score_threshold=None, *, ranked=None) -> dict:
     """The instance-segmentation headline numbers of issue #5 for one set of predictions.
 
     Parameters
     ----------
     dataset : samples with instance masks (e.g. DSB2018).
     predictions : per image a prediction dict with ``masks`` (a network's raw output or a
-        classical segmenter's).
+        segmenter's final instances).
     score_threshold : the final predictions (DSB metric, counts) are those with
-        ``score >= score_threshold`` (a float, per class, or ``{class: threshold}``); the mask
-        AP uses every prediction (ranked by score).
+        ``score >= score_threshold`` (a float, per class, or ``{class: threshold}``); None: every
+        prediction is final (what a segmenter returns: the learned segmenter's score is the mean
+        interior probability, 0.27 for a perfectly found small nucleus, so a default of 0.5 scored
+        a perfect prediction 0); a detector's raw output needs its threshold. The mask AP uses
+        every prediction (ranked by score).
     ranked : the predictions the mask AP ranks instead (None: ``predictions``), e.g. a detector's
         raw output when ``predictions`` went through its tuned thresholds and NMS.
 
@@ -212,7 +215,8 @@ def segmentation_metrics(dataset: SmearDataset, predictions, score_threshold=0.5
         max(true, 1)``), ``objects_true``, ``objects_predicted`` and ``images``.
     """
     preds = check_predictions(dataset, predictions)
-    final = keep_above_thresholds(preds, threshold_array(score_threshold, dataset.class_names))
+    final = preds if score_threshold is None else keep_above_thresholds(
+        preds, threshold_array(score_threshold, dataset.class_names))
     ap = mask_ap(dataset, preds if ranked is None else check_predictions(dataset, ranked))
     true = np.array([len(s.boxes) for s in dataset], np.int64)
     pred = np.array([len(p["scores"]) for p in final], np.int64)
@@ -319,18 +323,19 @@ def failure_cases(dataset, predictions, iou: float = 0.5) -> list[dict]:
     """
     if len(predictions) != len(dataset):
         raise ValueError(f"{len(predictions)} predictions for {len(dataset)} images")
-    contrasts = []  # per image, per object (images without masks raise below, before use)
+    truth = []  # per image its (N, H, W) masks; an image without objects has none to hold
     for s in dataset:
-        if s.has_masks:
-            g = rgb2gray(s.image)
-            contrasts.append([_contrast(g, m) for m in s.masks])
+        if not s.has_masks and len(s.boxes):
+            raise ValueError(f"image {s.image_id!r} has no instance masks")
+        truth.append(np.asarray(s.masks, bool) if s.has_masks else np.zeros((0, *s.image.shape[:2]), bool))
+    contrasts = []  # per image, per object
+    for s, gt in zip(dataset, truth):
+        g = rgb2gray(s.image) if len(gt) else None
+        contrasts.append([_contrast(g, m) for m in gt])
     flat = [c for row in contrasts for c in row]
     faint_below = 0.5 * float(np.median(flat)) if flat else 0.0
     out = []
-    for i, (s, p) in enumerate(zip(dataset, predictions)):
-        if not s.has_masks:
-            raise ValueError(f"image {s.image_id!r} has no instance masks")
-        gt = np.asarray(s.masks, bool)
+    for i, (s, p, gt) in enumerate(zip(dataset, predictions, truth)):
         pm = np.asarray(p["masks"], bool)
         ious = _mask_iou(pm, gt) if len(pm) and len(gt) else np.zeros((len(pm), len(gt)))
         used = np.zeros(len(gt), bool)

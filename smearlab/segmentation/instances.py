@@ -533,6 +533,10 @@ def train_instance_unet(model: UNet, train: SmearDataset, val: SmearDataset | No
     items, channels, diameters = _prepared(train, cfg.boundary, cfg.diameter, separation)
     if not items:
         raise ValueError("no training images")
+    sized = sum(1 for d in diameters if np.isfinite(d) and d > 0)
+    if cfg.diameter is not None and sized < 3:  # found after the training, the run was lost
+        raise ValueError(f"diameter={cfg.diameter}: the size model needs at least 3 training images with objects, "
+                         f"{train.name!r} has {sized}; train without a diameter (diameter=None) or on more images")
     model.to(dev).train()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     weight = torch.tensor([1.0, 1.0, float(cfg.boundary_weight)], device=dev)
