@@ -246,7 +246,8 @@ def warp(images: torch.Tensor, targets: Sequence[dict], matrices: torch.Tensor, 
         visible = (clipped[:, 2] - clipped[:, 0]) * (clipped[:, 3] - clipped[:, 1]) / area0
         keep = (bw >= 1 - 1e-6) & (bh >= 1 - 1e-6) & (bw * bh >= min_area - 1e-6) & (visible >= min_visibility)
         keep &= shown
-        dtype = t["boxes"].dtype
+        # integer boxes (hand-built from COCO's integers) came back truncated: 1.5 read as 1
+        dtype = t["boxes"].dtype if t["boxes"].dtype.is_floating_point else torch.float32
         t = {k: v[keep] if torch.is_tensor(v) and v.ndim and len(v) == n and k not in IMAGE_KEYS else v
              for k, v in t.items()}
         t["boxes"] = box[keep].to(dtype)
@@ -465,7 +466,7 @@ class Rot90(Geometric):
         h, w = hw
         table = _affine([1, 0, -1, 0], [0, 1, 0, -1], [0, 0, w, h], [0, -1, 0, 1], [1, 0, -1, 0], [0, w, h, 0])
         k = params["k"]
-        return table[k], (hw if int(k[0]) % 2 == 0 else (w, h))
+        return table[k], (hw if not len(k) or int(k[0]) % 2 == 0 else (w, h))
 
 
 class Affine(Geometric):
@@ -1046,7 +1047,8 @@ class Augment:
         Parameters
         ----------
         images : (B, C, H, W) float tensor in [0, 1] or uint8, on any device.
-        targets : B torchvision-style dicts: ``"boxes"`` (N, 4) float, ``"labels"``, optional
+        targets : B torchvision-style dicts: ``"boxes"`` (N, 4) (integer boxes come back float32),
+            ``"labels"``, optional
             ``"masks"`` (N, H, W) bool/uint8, ``"semantic"`` (H, W) and other per-object tensors.
         generator : CPU generator for the parameters (default: this pipeline's own).
 

@@ -579,7 +579,7 @@ class Preprocess:
 
         The copy has ``path=None`` (so that ``release()`` cannot re-read the raw file over the
         processed image); the original path is kept in ``meta["source_path"]`` and the step
-        names in ``meta["preprocess"]``.
+        names in ``meta["preprocess"]`` (a tuple: the image's, never filtered with the boxes).
 
         Parameters
         ----------
@@ -595,7 +595,9 @@ class Preprocess:
         self.check_raw(sample)
         image = self(sample.image)
         new = copy.copy(sample)
-        new.meta = {**sample.meta, "preprocess": [n for n, _ in self.steps]}
+        # a tuple: a list as long as the boxes was cut with them by a crop (two steps and a box
+        # dropped read as one step; the last one dropped, as none, and check_raw let it through)
+        new.meta = {**sample.meta, "preprocess": tuple(n for n, _ in self.steps)}
         if sample.path is not None:
             new.meta["source_path"] = str(sample.path)
         new.path = None

@@ -497,3 +497,29 @@ def test_an_augmented_copy_of_a_file_keeps_its_pixels_after_release(tmp_path):
     out.release()
     assert out.path is None and out.meta["source_path"] == str(tmp_path / "a.png")
     assert (out.image[2:6, 15:19] == 255).all()               # release() re-read the unflipped file before
+
+
+def test_integer_boxes_keep_their_fractions_and_an_empty_batch_passes():
+    """Integer boxes were cast back to their dtype after the warp (a half-size box 1.5 read as 1)."""
+    from smearlab.augment import Resize, default_augment
+    x = torch.zeros((1, 3, 20, 30))
+    _, (t,) = Augment([Resize(0.5)]).batch(x, [{"boxes": torch.tensor([[3, 3, 9, 7]]), "labels": torch.tensor([0])}])
+    assert t["boxes"].dtype == torch.float32 and t["boxes"].tolist() == [[1.5, 1.5, 4.5, 3.5]]
+    out, targets = Augment(default_augment(0).transforms).batch(torch.zeros((0, 3, 8, 8)), [])
+    assert out.shape == (0, 3, 8, 8) and targets == []
+
+
+def test_preprocessing_steps_are_the_images_not_cut_with_the_boxes():
+    """meta["preprocess"] was a list as long as the boxes: a crop dropping a box dropped a step name,
+    and with one box dropped, the sample passed for raw and could be processed twice."""
+    from smearlab.preprocess import Preprocess
+    img = np.full((40, 40, 3), 128, np.uint8)
+    pre = Preprocess(["gamma"])
+    s = pre.apply(Sample("t", boxes=[[30, 30, 38, 38]], labels=[0], _image=img))
+    for seed in range(20):  # a crop that drops the box
+        out = Augment([RandomCrop(20)], seed=seed)(s)
+        if not len(out.boxes):
+            break
+    assert not len(out.boxes) and out.meta["preprocess"] == ("gamma",)
+    with pytest.raises(ValueError, match="already preprocessed"):
+        pre.check_raw(out)

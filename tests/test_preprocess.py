@@ -237,7 +237,7 @@ def test_apply_returns_new_sample_with_same_annotations(smears):
     assert t is not s and np.array_equal(t.image, gamma(img, 0.5))
     assert np.array_equal(s.image, img)  # original untouched
     assert np.array_equal(t.boxes, s.boxes) and np.array_equal(t.labels, s.labels)
-    assert t.semantic is s.semantic and t.meta["preprocess"] == ["gamma"] and s.meta == {"k": 1}
+    assert t.semantic is s.semantic and t.meta["preprocess"] == ("gamma",) and s.meta == {"k": 1}
     with pytest.raises(ValueError, match="already preprocessed"):  # it processed the image a second time
         pre.apply(t)
 
