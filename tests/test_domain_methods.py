@@ -247,6 +247,26 @@ def test_every_method_trains_scores_and_is_judged():
     text, checks, met = verdict(res)
     assert "stain_norm" in text and "adabn" in text and set(checks) == set(res)
     assert isinstance(met, bool)
+    # AdaBN's batch-norm model is scored before its statistics move too: source only is a group-norm
+    # model, and AdaBN's gain over it mixed the norm with the adaptation
+    assert len(r.scores["adabn"]["target_unadapted"]) == 2 and "adabn_unadapted_f1" in r.summary()
+    assert check["adabn_step_gain"] == pytest.approx(r.mean("adabn") - r.summary()["adabn_unadapted_f1"], abs=1e-4)
+    assert "over its own batch-norm model unadapted" in text
+
+
+def test_the_goal_is_checked_on_unrounded_figures_and_a_nan_gain_is_never_best():
+    from smearlab.experiments.domain_adaptation import judge
+    base = {"source_only_f1": 0.5, "source_only_source_f1": 0.9}
+    near = judge({**base, "dann_f1": 0.59996, "dann_f1_std": 0.01, "dann_source_f1": 0.9})
+    assert near["dann_gain"] == 0.1 and not near["dann_meets"]          # 0.09996 rounds to 0.1, misses 0.10
+    drop = judge({**base, "dann_f1": 0.7, "dann_f1_std": 0.01, "dann_source_f1": 0.87996})
+    assert drop["dann_source_drop"] == 0.02 and not drop["goal_met"]    # lost 0.02004 on the source
+    assert judge({**base, "dann_f1": 0.6, "dann_f1_std": 0.01, "dann_source_f1": 0.88})["goal_met"]  # exactly on
+    nan = judge({**base, "dann_f1": float("nan"), "dann_f1_std": 0.01, "dann_source_f1": 0.9,
+                 "stain_norm_f1": 0.7, "stain_norm_f1_std": 0.01, "stain_norm_source_f1": 0.9})
+    assert nan["best_method"] == "stain_norm" and nan["best_gain"] == pytest.approx(0.2)
+    none = judge({**base, "dann_f1": float("nan"), "dann_f1_std": 0.01, "dann_source_f1": 0.9})
+    assert none["best_method"] is None and none["best_gain"] is None and not none["goal_met"]
 
 
 def test_adaptation_sees_the_whole_unlabelled_target_training_split(monkeypatch):
