@@ -57,6 +57,22 @@ def test_nucleus_mask_and_features_count_the_lobes():
     assert col["nucleus_solidity"][1] > col["nucleus_solidity"][0]
 
 
+def test_the_cell_holds_its_nucleus():
+    """A nucleus paler than the field's Otsu threshold was partly background: nucleus_to_cell read
+    up to 1.2 (a nucleus larger than its cell) on drawn cells of both stains."""
+    ratio = FEATURE_NAMES.index("nucleus_to_cell")
+    for stain in "AB":
+        f = cell_features(crops_from_dataset(make_wbc_crops(10, seed=1, stain=stain, size=96), 64))
+        assert (f[:, ratio] <= 1.0 + 1e-6).all() and (f[:, ratio] > 0).any()
+    # a pale nucleus on a dark-ish field: its pixels count in the cell
+    img = np.full((64, 64, 3), 235, np.uint8)
+    yy, xx = np.mgrid[:64, :64]
+    img[(yy - 32) ** 2 + (xx - 32) ** 2 < 20 ** 2] = (200, 150, 200)   # cytoplasm
+    img[(yy - 32) ** 2 + (xx - 32) ** 2 < 9 ** 2] = (120, 60, 160)     # nucleus
+    one = cell_features(img[None])[0]
+    assert one[ratio] <= 1.0 + 1e-6
+
+
 def test_features_accept_every_crop_form_and_resize_to_one_size():
     crops = _crops(2, 2, size=64)
     a = cell_features(crops)
