@@ -6,7 +6,9 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 
 from .core.errors import os_error_message
 
@@ -306,11 +308,33 @@ def main(argv=None) -> int:
     -------
     int
         the exit code: 0 success, 1 a notebook or sweep point failed, 2 a user error (bad
-        arguments make argparse exit with 2 instead).
+        arguments make argparse exit with 2 instead), 130 stopped (Ctrl-C, or SIGTERM: a
+        scheduler's stop, ``timeout``, ``kill``).
     """
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    previous = _stop_cleanly_on_sigterm()
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print("smearlab: stopped; files being written were removed, finished ones kept", file=sys.stderr)
+        return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _stop_cleanly_on_sigterm():
+    """Make SIGTERM raise KeyboardInterrupt in the main thread, as Ctrl-C does, so that files being
+    written are removed, notebook kernels shut down and sweep workers stopped (by default the
+    process ended where it stood: temporary notebooks left behind, a sweep's workers running on
+    without it). Returns the handler it replaced (None off the main thread: nothing changed)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 if __name__ == "__main__":

@@ -247,3 +247,38 @@ def test_the_runners_own_parameters_are_refused_and_a_parameter_of_several_types
             run_report("quick", out=tmp_path / "r", notebook_dir=d, parameters={name: False})
     index = run_report("quick", out=tmp_path / "r", notebook_dir=d, parameters={"augment": "stain"}, html_export=False)
     assert index["notebooks"]["01_a"]["metrics"] == {"augment": "stain"} and index["parameters"] == {"augment": "stain"}
+
+
+def test_notebooks_run_in_the_series_order_whatever_the_order_asked(nbdir, tmp_path):
+    """Asked "09 03", 09 counted with the model 03 had written in an earlier run."""
+    index = run_report("quick", out=tmp_path / "run", notebook_dir=nbdir, notebooks=["03", "01"], html_export=False)
+    assert index["ran"] == ["01_good", "03_after"]
+
+
+def test_a_stopped_rerun_leaves_no_page_listing_the_notebook_as_done(nbdir, tmp_path, monkeypatch):
+    from smearlab.report import runner
+    out = tmp_path / "run"
+    run_report("quick", out=out, notebook_dir=nbdir, notebooks=["01", "03"], html_export=False)
+    assert "01_good" in (out / "RESULTS.md").read_text()
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(runner, "run_notebook", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_report("quick", out=out, notebook_dir=nbdir, notebooks=["01"], html_export=False)
+    for page in ("RESULTS.md", "index.html"):
+        text = (out / page).read_text()
+        assert "01_good" not in text and "03_after" in text, page
+
+
+def test_a_notebook_whose_kernel_died_says_so_at_its_top(tmp_path):
+    """papermill marks a cell that raised; a kernel that died left a notebook that read as a clean run."""
+    d = tmp_path / "notebooks"
+    d.mkdir()
+    _notebook(d / "01_dies.ipynb", "import os\nos._exit(1)")
+    index = run_report("quick", out=tmp_path / "run", notebook_dir=d, html_export=True)
+    assert index["failed"] == ["01_dies"]
+    nb = nbformat.read(tmp_path / "run" / "01_dies.ipynb", as_version=4)
+    assert nb.metadata["papermill"]["exception"] is True
+    assert "did not finish" in nb.cells[0].source and "smearlab-failed" in nb.cells[0].metadata["tags"]
+    assert "did not finish" in (tmp_path / "run" / "01_dies.html").read_text()

@@ -278,3 +278,44 @@ def test_a_swept_seed_is_each_jobs_seed_and_runner_options_cannot_be_swept(nbdir
     assert not any(arg.startswith("seed=") for j in jobs for arg in j.argv)  # --param seed is refused by the runner
     with pytest.raises(ValueError, match="'quick' is set by --profile"):
         load_sweep(_sweep_file(tmp_path / "q.yaml", "notebook: 01\ngrid: {quick: [true, false]}\n"), nbdir)
+
+
+def test_a_stopped_sweep_stops_its_workers_and_its_table_says_what_finished(tmp_path):
+    """SIGTERM (timeout, a scheduler, kill) ended the sweep command alone: its workers ran the rest
+    of the grid without it, and sweep.csv of an earlier run stood as this run's table."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    d = tmp_path / "notebooks"
+    d.mkdir()
+    marks = tmp_path / "marks"
+    marks.mkdir()
+    _notebook(d / "01_slow.ipynb",
+              "import pathlib, time\nfrom smearlab.report import record\n"
+              "pathlib.Path(marks, f'start-{a}').touch()\ntime.sleep(a and 8)\n"
+              "pathlib.Path(marks, f'end-{a}').touch()\nrecord({'a': a}, metrics_path)",
+              f"a = 0\nmarks = {str(marks)!r}\nquick = True\nseed = 0\nmetrics_path = None")
+    out = tmp_path / "out"
+    fast = _sweep_file(tmp_path / "fast.yaml", "notebook: 01_slow\ngrid:\n  a: [0]\n")
+    assert cli.main(["report", "--sweep", str(fast), "--notebooks", str(d), "--out", str(out), "--no-html"]) == 0
+    assert (out / "sweep.csv").is_file()
+    slow = _sweep_file(tmp_path / "slow.yaml", "notebook: 01_slow\ngrid:\n  a: [1, 2, 3, 4]\n")
+    proc = subprocess.Popen([sys.executable, "-m", "smearlab.cli", "report", "--sweep", str(slow), "--notebooks",
+                             str(d), "--out", str(out), "--no-html", "--jobs", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    t0 = time.monotonic()
+    started = lambda: sorted(p.name for p in marks.glob("start-[1-4]"))  # noqa: E731
+    while len(started()) < 2 and time.monotonic() - t0 < 120:
+        time.sleep(0.2)
+    assert started() == ["start-1", "start-2"], proc.communicate(timeout=60)[0].decode()[-2000:]
+    assert not (out / "sweep.csv").exists()  # the earlier table is not this run's
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=90)[0].decode()
+    assert proc.returncode == 130, output[-2000:]
+    time.sleep(10)  # a worker left running would finish its job (8 s) and start the next
+    assert not list(marks.glob("end-[1-4]")) and started() == ["start-1", "start-2"]  # stopped, none started after
+    rows = list(csv.DictReader(open(out / "sweep.csv", newline="")))
+    assert [r["status"] for r in rows] and all(r["status"] != "ok" for r in rows)
+    assert not [p for p in out.rglob(".*tmp*")], "temporary files left behind"

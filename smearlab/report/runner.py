@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import ast
 import datetime as _dt
+import html
 import json
 import logging
 import os
@@ -153,6 +154,7 @@ def run_notebook(nb: Path, out_dir: Path, parameters: dict[str, Any], *, kernel:
                     error = f"{type(e).__name__}: {getattr(e, 'evalue', None) or e}"
                     if not tmp.exists() or tmp.stat().st_size == 0:
                         raise _NothingWritten from e  # keep no empty notebook
+                    _mark_failed(tmp, error)
         except _NothingWritten:
             written = False
     seconds = time.perf_counter() - t0
@@ -164,6 +166,26 @@ def run_notebook(nb: Path, out_dir: Path, parameters: dict[str, Any], *, kernel:
     html_file = export_html(out_nb) if html_export and written else None
     return NotebookResult(name, status, round(seconds, 2), out_nb.name if written else None,
                           html_file.name if html_file else None, metrics, error, params)
+
+
+def _mark_failed(notebook: Path, error: str) -> None:
+    """Put a failure banner at the top of an executed notebook that has none: papermill marks a cell
+    that raised, but a kernel that died or a cell that timed out left a notebook (and its HTML page)
+    that read as a clean run, its last cells blank."""
+    import nbformat
+    try:
+        nb = nbformat.read(notebook, as_version=4)
+    except Exception as e:  # an unreadable partial notebook: the index still says failed
+        log.warning("%s: could not mark the notebook failed (%s)", notebook.name, e)
+        return
+    meta = nb.metadata.setdefault("papermill", {})
+    if meta.get("exception"):
+        return  # papermill's own banner and error cell are there
+    meta["exception"] = True
+    nb.cells.insert(0, nbformat.v4.new_markdown_cell(
+        f'<span style="color:red; font-size:2em">This notebook did not finish: {html.escape(error)}</span>',
+        metadata={"tags": ["smearlab-failed"]}))
+    nbformat.write(nb, notebook)
 
 
 def _read_metrics(path: Path) -> tuple[dict, str | None]:
@@ -262,6 +284,9 @@ def run_report(profile: str = "quick", *, data_root: str | Path | None = None, d
             earlier["notebooks"].pop(name, None)
         earlier["failed"] = [k for k in earlier.get("failed", []) if k not in rerun]
         write_json(index_path, earlier)
+        # and the pages made from the index say the same (they listed the notebooks being re-run as done)
+        write_text(out_dir / "index.html", index_html(earlier))
+        write_text(out_dir / "RESULTS.md", results_markdown(earlier))
     t0 = time.perf_counter()
     with started_with(threads) as environment:  # the one place notebook kernels are started
         for nb in _progress(chosen):
@@ -498,7 +523,9 @@ def _describe(value: Any) -> str:
 
 
 def select_notebooks(nbs: list[Path], names: Iterable[str] | None) -> list[Path]:
-    """The notebooks of ``nbs`` that ``names`` asks for, in the order asked (each once).
+    """The notebooks of ``nbs`` that ``names`` asks for, each once, in the series' order whatever
+    the order asked: a later notebook reads what an earlier one of the run wrote (09 counts with
+    03's model; asked ``09 03``, it counted with the model of an earlier run).
 
     Parameters
     ----------
@@ -518,7 +545,7 @@ def select_notebooks(nbs: list[Path], names: Iterable[str] | None) -> list[Path]
         if not match:
             raise ValueError(f"no notebook {n!r}; available: {', '.join(p.stem for p in nbs)}")
         chosen += [m for m in match if m not in chosen]
-    return chosen
+    return [p for p in nbs if p in chosen]
 
 
 def _progress(items):

@@ -285,9 +285,12 @@ def run_sweep(path: str | Path, *, out: str | Path | None = None, jobs: int = 1,
     env = {k: v for k, v in thread_environment(threads).items() if k not in os.environ or threads is not None}
     for job in todo:  # a job that dies must not show the result of an earlier run of it as its own
         (job.out / "index.json").unlink(missing_ok=True)
+    for table in ("sweep.json", "sweep.csv", "sweep.html"):  # ... nor a stopped sweep the last table
+        (out / table).unlink(missing_ok=True)
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=_worker_context(),
-                             initializer=_set_environ, initargs=(env,)) as pool:
+    pool = ProcessPoolExecutor(max_workers=min(jobs, len(todo)), mp_context=_worker_context(),
+                               initializer=_set_environ, initargs=(env,))
+    try:
         futures = {pool.submit(run_job, command, job.argv, job.out / "job.log"): job for job in todo}
         for future in as_completed(futures):
             job = futures[future]
@@ -295,7 +298,29 @@ def run_sweep(path: str | Path, *, out: str | Path | None = None, jobs: int = 1,
                 log.info("%s %s finished with exit code %s", job.name, job.point, future.result())
             except Exception as e:  # the worker process died: the point shows as missing
                 log.error("%s %s: worker failed: %s", job.name, job.point, e)
+    except BaseException:  # stopped (Ctrl-C, SIGTERM): the workers stop too, the table says what finished
+        _stop_workers(pool)
+        collect_sweep(sweep, out, wall_s=time.perf_counter() - t0)
+        raise
+    pool.shutdown()
     return collect_sweep(sweep, out, wall_s=time.perf_counter() - t0)
+
+
+def _stop_workers(pool: ProcessPoolExecutor, grace_s: float = 30.0) -> None:
+    """Stop a pool's workers, running jobs included: SIGTERM (the job's command stops cleanly, its
+    kernel shut down, see :func:`smearlab.cli.main`), then SIGKILL after ``grace_s``. The pool's own
+    shutdown only cancels the jobs not started: a stopped sweep's workers ran the rest of the grid."""
+    workers = list((getattr(pool, "_processes", None) or {}).values())  # the executor lists no workers publicly
+    pool.shutdown(wait=False, cancel_futures=True)
+    for p in workers:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + grace_s
+    for p in workers:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join(5)
 
 
 def _set_environ(env: dict[str, str]) -> None:
@@ -359,6 +384,8 @@ def run_job(command: Callable[[list[str]], int], argv: list[str], log_path: str 
             os.dup2(saved[1], 2)
             os.close(saved[0])
             os.close(saved[1])
+    if rc == 130 and multiprocessing.parent_process() is not None:  # a sweep worker told to stop
+        os._exit(rc)  # (smearlab.cli.main's code for a stop): returning, it took the grid's next point
     return rc
 
 
