@@ -189,13 +189,20 @@ def _image_digest(im: ImageInput) -> str | None:
         return None
 
 
+#: The smallest tile side asked for by hand (pixels): a tile must hold whole cells.
+MIN_TILE = 32
+
+
 def _check_run(out: Path, run: dict) -> None:
     """Refuse to resume into ``out`` when it holds the results of another model or settings."""
     f = out / "run.json"
+    results = (out / "json").is_dir() and any((out / "json").glob("*.json"))
     if not f.is_file():
-        if (out / "json").is_dir() and any((out / "json").glob("*.json")):
+        if results:
             raise DataError(out, "holds per-image results but no run.json, so which model made them cannot be "
                                  "told; use another --out, or remove the folder to start again")
+        return
+    if not results:  # a run stopped before its first image: nothing of it to keep apart (its run.json is rewritten)
         return
     try:
         old = json.loads(f.read_text(encoding="utf-8"))
@@ -511,8 +518,9 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
         check_zoom(scale, f"the zoom pixel_size / the model's pixel_size_um ({pixel_size} / {cfg.pixel_size_um})")
     if tile == "auto":
         tile = "auto" if scale is None else None
-    elif tile is not None and not (isinstance(tile, int) and tile > 0):
-        raise ValueError(f"tile must be 'auto', None or a positive number of pixels, got {tile!r}")
+    elif tile is not None and not (isinstance(tile, int) and tile >= MIN_TILE):
+        raise ValueError(f"tile must be 'auto', None or a number of pixels of at least {MIN_TILE} (a smaller tile "
+                         f"holds no whole cell), got {tile!r}")
     if scale is not None and tile:
         raise ValueError("scale and tile cannot be combined: tile a field at the model's scale, or rescale it")
     if scale == "auto" and not cfg.object_sizes:

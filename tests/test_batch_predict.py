@@ -395,6 +395,21 @@ def test_scale_and_tile_refused_before_any_image(trained, tmp_path):
     with pytest.raises(ValueError, match="scale and tile"):
         batch.predict(trained["model"], [trained["images"]], tmp_path / "o", scale=0.5, tile=128, progress=False)
     assert not (tmp_path / "o").exists()
+    for tile in (1, 31):  # a 1 px tile divided by zero after run.json was written
+        with pytest.raises(ValueError, match="at least 32"):
+            batch.predict(trained["model"], [trained["images"]], tmp_path / "o", tile=tile, progress=False)
+    assert not (tmp_path / "o").exists()
+    from smearlab.detection.predict import tile_windows
+    with pytest.raises(ValueError, match="cannot overlap"):
+        tile_windows(10, 10, 1, 0.2)
+    assert tile_windows(10, 10, 1, 0.0)[:2] == [(0, 0, 1, 1), (1, 0, 2, 1)]
+
+
+def test_a_run_stopped_before_its_first_image_does_not_hold_the_folder(trained, tmp_path):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "run.json").write_text(json.dumps({"model_id": "another", "tile": 1}))
+    s = batch.predict(trained["model"], [trained["images"]], tmp_path / "o", score=0.3, progress=False)
+    assert s["failed"] == 0 and json.loads((tmp_path / "o" / "run.json").read_text())["tile"] == "auto"
 
 
 def test_readme_command_with_relative_paths(trained, tmp_path, monkeypatch):

@@ -140,6 +140,8 @@ def tile_windows(height: int, width: int, tile: int, overlap: float = 0.2) -> li
         raise ValueError(f"tile must be a positive size, got {tile}")
     if not 0 <= overlap < 1:
         raise ValueError(f"overlap must be a fraction in [0, 1), got {overlap}")
+    if overlap > 0 and tile < 2:
+        raise ValueError(f"a tile of {tile} pixel cannot overlap its neighbour: give tiles of 2 pixels or more")
 
     def starts(n):
         if n <= tile:
