@@ -10,7 +10,8 @@ dataset, and writes into ``out``::
     overlays/<image>.png   the image with its boxes drawn (``overlays=True``)
     counts.csv             one row per image: the count of each class and the total (and the
                            zoom with ``scale``); with a
-                           cascade, the count and percentage of each white-cell type
+                           cascade, the count and percentage of each white-cell type and
+                           the white cells left untyped
     summary.json           images done, resumed and failed (with the reason), counts per class,
                            each image's output stem (``stems``),
                            images/s; with a dataset, the count error per class against its truth
@@ -359,17 +360,21 @@ def _percent(row: np.ndarray) -> list[float | None]:
 
 
 def _write_summaries(out: Path, names: list[str], records: dict, class_names: Sequence[str],
-                     summary: dict, truth=None, mapping=None, types: Sequence[str] | None = None) -> None:
+                     summary: dict, truth=None, mapping=None, types: Sequence[str] | None = None,
+                     typed_class: str | None = None) -> None:
     ordered = [records[n] for n in names if n in records]
     table = counts_table(ordered, class_names)
     diff = differential(ordered, types) if types else None
+    # white cells the classifier could not see (a box too thin to crop): counted, never in the percentages
+    untyped = [sum(1 for o in r["objects"] if o["class"] == typed_class and "type" not in o) for r in ordered]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     zoomed = any("zoom" in r for r in ordered)  # a --scale run: the factor each image was predicted at
     w.writerow(["image"] + list(class_names) + ["total"]
-               + ([*types, *(f"{t} %" for t in types)] if types else []) + (["zoom"] if zoomed else []))
+               + ([*types, "untyped", *(f"{t} %" for t in types)] if types else []) + (["zoom"] if zoomed else []))
     for k, (r, row) in enumerate(zip(ordered, table)):
-        extra = [*diff[k].tolist(), *("" if v is None else v for v in _percent(diff[k]))] if types else []
+        extra = ([*diff[k].tolist(), untyped[k], *("" if v is None else v for v in _percent(diff[k]))]
+                 if types else [])
         w.writerow([r["image"]] + row.tolist() + [int(row.sum())] + extra
                    + ([f"{r['zoom']:.3g}" if "zoom" in r else ""] if zoomed else []))
     write_text(out / "counts.csv", buf.getvalue())
@@ -383,7 +388,8 @@ def _write_summaries(out: Path, names: list[str], records: dict, class_names: Se
     if types:
         totals = diff.sum(0)
         summary["differential"] = {t: int(v) for t, v in zip(types, totals)}
-        summary["differential_percent"] = dict(zip(types, _percent(totals)))
+        summary["differential_percent"] = dict(zip(types, _percent(totals)))  # of the typed cells
+        summary["differential_untyped"] = int(sum(untyped))
     if truth is not None:
         summary["count_error"] = _count_error(truth, names, records, class_names, mapping)
     write_json(out / "summary.json", summary)
@@ -429,7 +435,9 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
         a detector + white-cell classifier cascade
         (:func:`smearlab.classification.predict.save_cascade`): each white cell's record then
         has a ``type`` and ``type_score``, ``counts.csv`` a count and a percentage per type (the
-        differential count) and ``summary.json`` ``differential`` and ``differential_percent``.
+        differential count, percentages of the typed white cells) and an ``untyped`` count (white
+        cells whose box could not be cropped), ``summary.json`` ``differential``,
+        ``differential_percent`` and ``differential_untyped``.
     inputs : image files and folders (searched with ``pattern``).
     out : the output folder.
     dataset : instead of ``inputs``, a dataset path :func:`smearlab.data.load` reads; its
@@ -571,7 +579,7 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
     if mapping is not None:
         summary["classes_not_scored"] = unscored
     _write_summaries(Path(out), [im.name for im in items], summary.pop("_records"), class_names, summary, truth,
-                     mapping, types)
+                     mapping, types, cascade.wbc_class if cascade is not None else None)
     return summary
 
 

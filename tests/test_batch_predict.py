@@ -473,12 +473,13 @@ def test_cascade_adds_the_differential_count(trained, tmp_path, arch):
     s = batch.predict(folder, [trained["images"]], tmp_path / "out", score=0.3, progress=False)
     types = crops.class_names
     assert set(s["differential"]) == set(types) and sum(s["differential"].values()) == s["counts"]["WBC"]
+    assert s["differential_untyped"] == 0
     if s["counts"]["WBC"]:
         assert sum(s["differential_percent"].values()) == pytest.approx(100, abs=0.1)
     rows = read_counts(tmp_path / "out" / "counts.csv")
     for r in rows:
         n = sum(int(r[t]) for t in types)
-        assert n == int(r["WBC"])
+        assert n == int(r["WBC"]) and r["untyped"] == "0"
         if n:
             assert sum(float(r[f"{t} %"]) for t in types) == pytest.approx(100, abs=0.1)
         else:  # no typed white cell: no differential, not 0 %
@@ -645,3 +646,20 @@ def test_an_empty_predicted_mask_does_not_take_its_images_masks_from_coco_json(t
 def test_a_differential_of_no_typed_white_cells_is_missing_not_zero():
     from smearlab.batch import _percent
     assert _percent(np.array([0, 0])) == [None, None] and _percent(np.array([1, 3])) == [25.0, 75.0]
+
+
+def test_white_cells_left_untyped_are_counted_beside_the_differential(tmp_path):
+    """A white cell the classifier could not see (a box too thin to crop) left the percentages'
+    denominator with a word in the log only: the counts did not add up and nothing said why."""
+    from smearlab.data import Sample
+    from smearlab.export import image_record
+    pred = {"boxes": np.array([[0, 0, 5, 5], [5, 5, 5.2, 9], [1, 1, 4, 4]], np.float32),
+            "scores": np.array([0.9, 0.8, 0.7], np.float32), "labels": np.array([1, 1, 0])}
+    rec = image_record(Sample("a", _image=np.zeros((10, 10, 3), np.uint8)), pred, ["RBC", "WBC"], file_name="a.png")
+    rec["objects"][0]["type"] = "neutrophil"  # the second white cell left untyped
+    summary = {}
+    batch._write_summaries(tmp_path, ["a.png"], {"a.png": rec}, ["RBC", "WBC"], summary,
+                           types=["neutrophil", "lymphocyte"], typed_class="WBC")
+    row = read_counts(tmp_path / "counts.csv")[0]
+    assert (row["WBC"], row["neutrophil"], row["untyped"], row["neutrophil %"]) == ("2", "1", "1", "100.0")
+    assert summary["differential_untyped"] == 1 and summary["differential_percent"]["neutrophil"] == 100.0
