@@ -73,8 +73,8 @@ def _rgb(lab: np.ndarray) -> np.ndarray:
 
 def _images(images, where: str) -> list[np.ndarray]:
     """One image or a sequence of images, as a non-empty list of checked RGB arrays."""
-    if isinstance(images, np.ndarray) and images.ndim == 3:
-        images = [images]
+    if isinstance(images, np.ndarray) and images.ndim in (2, 3):  # one image (a grey one refused as such,
+        images = [images]  # not row by row)
     out = [_check_rgb(im, f"{where}[{i}]") for i, im in enumerate(images)]
     if not out:
         raise ValueError(f"{where}: no images given")
@@ -136,7 +136,9 @@ def unsharp_mask(image: np.ndarray, radius: float = 1.0, amount: float = 1.0) ->
 def clahe(image: np.ndarray, clip_limit: float = 0.01, kernel_size=None) -> np.ndarray:
     """Contrast-limited adaptive histogram equalisation of the LAB lightness only.
 
-    :func:`skimage.exposure.equalize_adapthist` on L; a and b (the colour) are kept.
+    :func:`skimage.exposure.equalize_adapthist` on L, within the field's own lightness range; a
+    and b (the colour) are kept. (skimage stretches its input and output to the full range: a
+    background-only field of 230 ± 1 grey levels came out as black-and-white speckle.)
 
     Parameters
     ----------
@@ -153,8 +155,10 @@ def clahe(image: np.ndarray, clip_limit: float = 0.01, kernel_size=None) -> np.n
     lab = _lab(img)
     if float(np.ptp(lab[..., 0])) < 1e-3:  # a flat field has no contrast to equalise (it came out white)
         return img.copy()
-    lab[..., 0] = 100.0 * exposure.equalize_adapthist(
-        np.clip(lab[..., 0] / 100.0, 0.0, 1.0), kernel_size=kernel_size, clip_limit=clip_limit)
+    light = np.clip(lab[..., 0] / 100.0, 0.0, 1.0)
+    lo, hi = float(light.min()), float(light.max())
+    lab[..., 0] = 100.0 * (lo + (hi - lo) * exposure.equalize_adapthist(light, kernel_size=kernel_size,
+                                                                       clip_limit=clip_limit))
     return _rgb(lab)
 
 

@@ -80,6 +80,18 @@ def test_clahe_keeps_hue_and_raises_contrast(smears):
     assert abs(np.angle(np.exp(1j * (mean_hue(h1) - mean_hue(h0))))) < 0.1  # radians
 
 
+def test_clahe_leaves_a_background_only_field_near_flat():
+    """skimage stretches its input and output to the full range: a field of 230 +- 1 grey levels
+    (a background tile) came out as 0..255 speckle (std 104)."""
+    rng = np.random.default_rng(0)
+    for spread in (1, 3):
+        field = np.clip(230 + rng.normal(0, spread, (64, 64, 3)).round(), 0, 255).astype(np.uint8)
+        out = clahe(field)
+        assert out.astype(float).std() < 4 * spread and abs(out.astype(float).mean() - 230) < 3
+    with pytest.raises(ValueError, match=r"\(H, W, 3\).*\(70, 100\)"):  # a grey image: said as one, not row by row
+        ReinhardNormalizer().fit(np.zeros((70, 100), np.uint8))
+
+
 def test_gamma_below_one_brightens(smears):
     img = smears[0][0]
     assert gamma(img, 0.5).astype(float).mean() > img.mean() + 5

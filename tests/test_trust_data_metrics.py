@@ -335,3 +335,16 @@ def test_domain_separability_and_feature_folds_keep_groups_in_one_fold():
     model = build_classifier(crops.class_names, arch="features")
     out = fit_features(model, crops, folds=2, repeats=2)
     assert out["folds"] == 2 and 0.0 <= out["cv_macro_f1"] <= 1.0
+
+
+def test_tiles_of_a_preprocessed_image_are_not_preprocessed_again():
+    """Tiles kept only source and window of their image's meta: the record of its preprocessing was
+    lost and the pipeline ran a second time on them (11 grey levels a pixel) without a word."""
+    from smearlab.data.derive import tile_dataset
+    from smearlab.preprocess import Preprocess
+    pre = Preprocess(["gamma"])
+    done = SmearDataset([pre.apply(s) for s in make_dataset(2, seed=0, width=200, height=150)], ["RBC", "WBC", "Platelets"])
+    for tiles in (box_tiles(done, 64), tile_dataset(done, 64)):
+        assert all(t.meta["preprocess"] == ("gamma",) for t in tiles)
+        with pytest.raises(ValueError, match="already preprocessed"):
+            pre.check_raw(tiles[0])

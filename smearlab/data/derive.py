@@ -79,6 +79,13 @@ def foreground_semantic(dataset, name: str | None = None):
                         semantic_names=["background", "foreground"])
 
 
+def _image_meta(meta: dict) -> dict:
+    """What a tile keeps of its image's ``meta``: the record that the pixels were preprocessed
+    (dropped, a tile passed for raw and was processed a second time, 11 grey levels a pixel) and
+    the file they came from."""
+    return {k: meta[k] for k in ("preprocess", "source_path") if k in meta}
+
+
 def _starts(n: int, tile: int) -> list[int]:
     """Tile origins along one axis: a grid of step ``tile``, the last tile flush with the end."""
     if n <= tile:
@@ -122,7 +129,8 @@ def tile_dataset(dataset, tile: int = 128, *, max_tiles: int | None = None, seed
     for i, x0, y0, x1, y1 in windows:
         s = dataset[i]
         out.append(Sample(f"{s.image_id}@{y0},{x0}", _image=np.ascontiguousarray(s.image[y0:y1, x0:x1]),
-                          domain=s.domain, meta={"source": s.image_id, "window": (x0, y0, x1, y1)},
+                          domain=s.domain, meta={**_image_meta(s.meta), "source": s.image_id,
+                                                 "window": (x0, y0, x1, y1)},
                           _semantic=np.ascontiguousarray(np.asarray(s.semantic)[y0:y1, x0:x1])))
     return SmearDataset(out, getattr(dataset, "class_names", []), f"{getattr(dataset, 'name', 'dataset')}-tiles",
                         semantic_names=getattr(dataset, "semantic_names", None))
@@ -181,14 +189,16 @@ def box_tiles(dataset: SmearDataset, tile: int = 640, *, min_visible: float = 0.
     """Every image cut into ``tile`` x ``tile`` tiles at native resolution, with the boxes inside.
 
     For training a detector on large fields (IML malaria, BBBC041: 1280 x 960 and larger) at the
-    scale it will predict at with tiles. Tiles cover the image on a grid, the last row and column
-    flush with the border (an image smaller than ``tile`` stays whole). A box cut by a tile edge
-    is kept, clipped, when at least ``min_visible`` of its area is inside, else dropped from that
-    tile: its cell is then mostly in a neighbouring tile, but the tiles do not overlap, so the
+    scale it will predict at with tiles. Tiles cover the image on a grid of step ``tile``, the last
+    row and column flush with the border, so they overlap the one before them (by up to a whole
+    tile less a pixel; a box inside both is in both); an image smaller than ``tile`` stays whole.
+    A box cut by a tile edge is kept, clipped, when at least ``min_visible`` of its area is
+    inside, else dropped from that tile: its cell is then mostly in a neighbouring tile, and the
     piece left in this tile is unlabelled there (trained as background; about a tenth of the
     cells of 40-80 px on 640 px tiles show such a piece), and a cell on a corner of four tiles
     with a quarter in each is in none. Per-box flags of ``meta`` (crowd regions, VOC difficult)
-    follow their boxes.
+    follow their boxes; the image's preprocessing record (``meta["preprocess"]``, so that a tile of
+    a processed image is not processed again) and ``source_path`` are kept.
 
     Parameters
     ----------
@@ -224,7 +234,8 @@ def box_tiles(dataset: SmearDataset, tile: int = 640, *, min_visible: float = 0.
                 out.append(Sample(f"{s.image_id}@{x},{y}", boxes=b[keep], labels=s.labels[keep], domain=s.domain,
                                   image_label=s.image_label,
                                   _image=np.ascontiguousarray(img[y:y1, x:x1]),
-                                  meta={**flags, "source": s.image_id, "window": (x, y, x1, y1)}))
+                                  meta={**flags, **_image_meta(s.meta), "source": s.image_id,
+                                        "window": (x, y, x1, y1)}))
         s.release()
     return SmearDataset(out, dataset.class_names, f"{dataset.name}-tiles{tile}")
 
