@@ -371,3 +371,33 @@ def test_an_empty_or_unlabelled_validation_set_is_refused_and_side_files_are_not
     with pytest.raises(TypeError, match="keeps no preprocess"):
         save_unet(UNet(3, 2, base=4, depth=1), tmp_path / "u", preprocess=pre.to_dict())
     assert not (tmp_path / "c").exists() and not (tmp_path / "u").exists()
+
+
+def test_history_picks_the_lowest_loss_and_never_compares_two_metrics():
+    from smearlab.core.training import History
+    h = History(best_metric="loss")
+    for epoch, v in enumerate((0.9, 0.5, 0.7), start=1):
+        h.note_best({"epoch": epoch, "val_loss": v})
+    assert (h.best_epoch, h.best_value) == (2, 0.5)      # the highest loss won before
+    m = History(best_metric="mAP")
+    m.note_best({"epoch": 1, "val_mAP": 0.30, "val_mAP50": 0.6})
+    assert not m.note_best({"epoch": 2, "val_mAP50": 0.35})  # an mAP50 alone never beats an mAP
+    assert m.best_epoch == 1
+    only50 = History(best_metric="mAP")
+    only50.note_best({"epoch": 1, "val_mAP50": 0.3})
+    assert only50.note_best({"epoch": 2, "val_mAP50": 0.4}) and only50.best_epoch == 2
+
+
+def test_a_classifier_history_knows_its_best_epoch_and_numpy_meta_saves(tmp_path):
+    from smearlab.classification.train import fit
+    crops = crops_from_dataset(make_wbc_crops(8, seed=0, size=48), 32)
+    clf = build_classifier(crops.class_names, width=4, input_size=32)
+    hist = fit(clf, crops, val=crops, steps=4, batch_size=4, device="cpu", eval_every=2)
+    f1 = hist.column("val_macro_f1")
+    assert hist.best_value == max(f1) and hist.best_metric == "macro_f1"
+    # numpy numbers in the meta: saved as Python numbers (the folder could not be read back)
+    p = save_classifier(clf, tmp_path / "clf", epoch=np.int64(3), val_f1=np.float32(0.5))
+    load_classifier(p)
+    with pytest.raises(TypeError, match="cannot read back"):
+        save_classifier(clf, tmp_path / "bad", note=object())
+    assert not (tmp_path / "bad").exists()

@@ -192,9 +192,10 @@ def test_an_epoch_the_budget_makes_the_last_after_its_record_is_validated(monkey
     hist = train_detector(build_detector(cfg), ds, ds, tcfg=TrainConfig(
         batch_size=1, lr=0.01, warmup_iters=2, device="cpu", time_budget_s=100, epochs=50, val_every=2,
         augment=slow, out_dir=tmp_path), progress=False)
-    assert hist.column("planned_epochs") == [25, 25, 3]
+    # the slowdown cut the plan to the epochs done: one more epoch finishes the schedule
+    assert hist.column("planned_epochs") == [25, 25, 4, 4] and hist[-1]["lr_end"] == pytest.approx(0.0, abs=1e-9)
     assert "val_mAP50" in hist[1] and "val_mAP50" in hist[-1] and "val_mAP50" not in hist[0]
-    assert hist.best_epoch in (2, 3)
+    assert hist.best_epoch in (2, 4)
     assert hist.best_value == max(hist[1]["val_mAP"], hist[-1]["val_mAP"])  # best_metric mAP
     import json
     saved = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -229,3 +230,52 @@ def test_a_slow_warm_up_epoch_neither_shrinks_nor_holds_down_the_plan(budget, ep
         b.after_epoch(done)
     assert done == epochs and clock.t <= budget      # 1 + (budget - 20 s) / 2 s: the whole budget
     assert b.epoch_estimate_s() == 2.0
+
+
+def test_a_run_out_of_time_before_its_plan_ends_finishes_its_schedule_in_one_more_epoch():
+    """A slowdown late in the run made the plan the epochs done: the run stopped with the learning
+    rate at 69 % of its peak (the last epochs ran on the schedule of the longer plan)."""
+    b, clock = _calibrated(100, 1.0)
+    assert b.planned_epochs == 10
+    b.after_epoch(1)
+    for done in range(2, 9):
+        clock.t += 10.0 if done < 8 else 40.0             # epoch 8 took four times as long
+        plan = b.after_epoch(done)
+    assert plan == 9                                      # no time left: one more epoch, not none
+    clock.t += 40.0
+    assert b.after_epoch(9) == 9                          # and then it ends
+
+
+def test_a_budget_goes_on_from_its_checkpoint():
+    b, clock = _calibrated(100, 1.0)
+    b.after_epoch(1)
+    for done in range(2, 4):
+        clock.t += 10.0
+        b.after_epoch(done)
+    state = b.state()
+    assert state["planned_epochs"] == 10 and state["spent_s"] == pytest.approx(clock.t)
+    again = TimeBudget(100, 10, clock=clock)
+    again.resume(state, 3)
+    again.start()
+    assert again.planned_epochs == 7 and again.elapsed_s == pytest.approx(state["spent_s"]) and again.calibrated
+    finished = TimeBudget(100, 10, clock=clock)
+    finished.resume({**state, "planned_epochs": 3}, 3)
+    assert finished.planned_epochs == 0                   # a finished run has nothing left to train
+
+
+def test_resuming_a_finished_budgeted_run_trains_nothing_more(monkeypatch, tmp_path):
+    """A new budget after the checkpoint trained a whole budget again, the learning rate raised."""
+    ticks = itertools.count()
+    monkeypatch.setattr(training, "clock", lambda: float(next(ticks)))
+    from smearlab.data.synthetic import make_dataset
+    ds = make_dataset(4, seed=0, width=96, height=80)
+    cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=ds.class_names, min_size=80, max_size=96)
+    tc = TrainConfig(batch_size=2, lr=0.01, warmup_iters=2, device="cpu", out_dir=tmp_path, epochs=50,
+                     time_budget_s=40)
+    torch.manual_seed(0)
+    first = train_detector(build_detector(cfg), ds, tcfg=tc, progress=False)
+    weights = torch.load(tmp_path / "model" / "weights.pt", weights_only=True)["state_dict"]
+    again = train_detector(build_detector(cfg), ds, tcfg=tc, progress=False, resume=True)
+    assert again.column("epoch") == first.column("epoch")
+    after = torch.load(tmp_path / "model" / "weights.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(v, after[k]) for k, v in weights.items())

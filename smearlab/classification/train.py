@@ -201,9 +201,11 @@ def fit(model: CellClassifier, train: CropDataset, *, steps: int, batch_size: in
             model.train()
         return extra
 
-    history = step_loop(step, steps, record_every=int(eval_every or per_epoch), optimizer=opt,
-                        lr_at=lambda i, n: dann_lr(progress_at(i), lr, alpha, beta), on_record=on_record,
-                        progress=progress, desc="train" if domain_head is None else "train DANN")
+    history = History(best_metric="macro_f1")  # the best record by val_macro_f1, when there is a val
+    step_loop(step, steps, record_every=int(eval_every or per_epoch), optimizer=opt,
+              lr_at=lambda i, n: dann_lr(progress_at(i), lr, alpha, beta), on_record=on_record,
+              after_record=history.note_best, progress=progress, desc="train" if domain_head is None else "train DANN",
+              history=history)
     model.eval()
     if domain_head is not None:
         domain_head.eval()

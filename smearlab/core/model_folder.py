@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import numpy as np
 import torch
 
 from .errors import DataError
@@ -96,6 +97,7 @@ def save_model_folder(folder, kind: str, model: torch.nn.Module, config: Mapping
         raise TypeError(f"a {kind} model folder keeps no {', '.join(given)}: a loaded model would silently go "
                         "without it")
     folder = Path(folder)
+    meta = _plain_meta(meta)
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}  # one layout on disk
     # weights.pt and config.json carry the same save id: a save interrupted between the two files
     # (each written atomically) leaves a pair that reading refuses rather than mixes
@@ -119,6 +121,34 @@ def save_model_folder(folder, kind: str, model: torch.nn.Module, config: Mapping
         elif (folder / name).exists():  # an earlier model's file: it would be read as this one's
             (folder / name).unlink()
     return folder
+
+
+def _plain_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
+    """``meta`` as values the folder's reader accepts (``torch.load(weights_only=True)``): numpy
+    numbers as Python numbers, arrays as lists; anything else that reader refuses is a TypeError
+    before a file is written (an epoch given as ``np.int64`` made a folder that could not be read)."""
+    import io
+
+    def plain(v):
+        if isinstance(v, np.generic):
+            return v.item()
+        if isinstance(v, np.ndarray):
+            return v.tolist()
+        if isinstance(v, (list, tuple)):
+            return type(v)(plain(x) for x in v)
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    out = {k: plain(v) for k, v in meta.items()}
+    buf = io.BytesIO()
+    torch.save(out, buf)
+    buf.seek(0)
+    try:
+        torch.load(buf, weights_only=True)
+    except Exception as e:  # pickle's own errors: the reader would refuse the folder
+        raise TypeError(f"model folder meta {sorted(out)}: a value the folder's reader cannot read back ({e}); give "
+                        "numbers, text, lists or dicts of them") from None
+    return out
 
 
 def write_side_file(folder, name: str, value) -> None:

@@ -20,7 +20,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping
 
 from tqdm.auto import tqdm
 
@@ -76,6 +76,7 @@ class History:
     best_value: float | None = None
     best_metric: str = "loss"
     out_dir: Path | None = None
+    _best_key: str | None = field(default=None, repr=False)  # the record key the best was read from
 
     def __len__(self) -> int:
         return len(self.records)
@@ -111,21 +112,23 @@ class History:
 
     def note_best(self, record: dict[str, Any]) -> bool:
         """Whether ``record`` is the best validated so far by ``val_<best_metric>`` (``val_mAP50``
-        where a detection record holds only that); the best is updated when it is. The first of
-        equal values stays the best.
+        where the detection records hold only that, never one against the other); the best is
+        updated when it is. Higher is better, lower for a loss or an error (a name holding
+        ``loss`` or ``error``). The first of equal values stays the best.
 
         Parameters
         ----------
         record : one epoch's record.
         """
         key = f"val_{self.best_metric}"
-        if key not in record and "val_mAP50" in record:
-            key = "val_mAP50"
+        if key not in record and "val_mAP50" in record and self._best_key in (None, "val_mAP50"):
+            key = "val_mAP50"  # (a best by mAP is not beaten by another epoch's mAP50)
         value = record.get(key)
-        if value is None or not math.isfinite(float(value)):
+        if value is None or not math.isfinite(float(value)) or self._best_key not in (None, key):
             return False
-        if self.best_value is None or value > self.best_value:
-            self.best_epoch, self.best_value = record.get("epoch"), value
+        lower = "loss" in key or "error" in key
+        if self.best_value is None or (value < self.best_value if lower else value > self.best_value):
+            self.best_epoch, self.best_value, self._best_key = record.get("epoch"), value, key
             return True
         return False
 
@@ -179,7 +182,9 @@ class TimeBudget:
     (:meth:`epoch_estimate_s`, which leaves the warm-up epoch out): freely in the first third of
     the budget's time, afterwards only downwards, so that a slower machine shortens the run but a
     noisy measurement never makes the schedule jump up late. The schedule always spans the
-    planned epochs, so the run ends on a finished schedule.
+    planned epochs, so the run ends on a finished schedule: a run that runs out of time before
+    its plan ends is given one more epoch to finish it (past the budget by at most that epoch).
+    A resumed run goes on with the budget and plan of its checkpoint (:meth:`state`, :meth:`resume`).
 
     Parameters
     ----------
@@ -213,6 +218,33 @@ class TimeBudget:
         self.epoch_s: list[float] = []
         self.calibrated = False
         self._epoch_start: float | None = None
+        self.spent_s = 0.0  # seconds spent by the run before a resume
+
+    def state(self, epochs_before: int = 0) -> dict[str, Any]:
+        """What a checkpoint keeps of the budget, for :meth:`resume`: the seconds spent, the plan of
+        the whole run and the epoch times measured.
+
+        Parameters
+        ----------
+        epochs_before : epochs done before this run (a resumed run's start).
+        """
+        return {"spent_s": self.elapsed_s, "planned_epochs": int(epochs_before) + self.planned_epochs,
+                "epoch_s": list(self.epoch_s)}
+
+    def resume(self, state: Mapping[str, Any], epochs_done: int) -> None:
+        """Go on with a run stopped part-way (a checkpoint's :meth:`state`): the seconds it spent
+        count against the budget and its plan stands (a fresh budget trained a whole budget more
+        and raised the learning rate again; a finished run trained again).
+
+        Parameters
+        ----------
+        state : the budget's :meth:`state` from the checkpoint.
+        epochs_done : epochs the checkpoint holds.
+        """
+        self.spent_s = float(state["spent_s"])
+        self.planned_epochs = max(0, int(state["planned_epochs"]) - int(epochs_done))
+        self.epoch_s = [float(v) for v in state.get("epoch_s", [])]
+        self.calibrated = True
 
     def start(self) -> None:
         """Start the clock (just before the first training step; the first :meth:`after_step`
@@ -221,8 +253,8 @@ class TimeBudget:
 
     @property
     def elapsed_s(self) -> float:
-        """Seconds since :meth:`start`."""
-        return 0.0 if self.t0 is None else self.clock() - self.t0
+        """Seconds since :meth:`start` (and those spent before a :meth:`resume`)."""
+        return self.spent_s + (0.0 if self.t0 is None else self.clock() - self.t0)
 
     @property
     def left_s(self) -> float:
@@ -273,13 +305,17 @@ class TimeBudget:
         self.epoch_s.append(now - self._epoch_start)
         self._epoch_start = now
         affordable = epochs_done + max(0, int(self.left_s // self.epoch_estimate_s()))
+        # a run the budget cuts short before its plan ends finishes its schedule in one more epoch
+        # (over the budget by at most that epoch): stopped where it stood, the learning rate was
+        # left at 69 % of its peak and the model never annealed
+        least = epochs_done + 1 if epochs_done < self.planned_epochs else epochs_done
         # the plan may rise in the first third of the budget, and once more at the second epoch:
         # the first estimate without the warm-up epoch (a warm-up over a third of the budget held
         # the plan at what that slow epoch allowed: 2 epochs in 22 s of a 50 s budget)
         if self.elapsed_s <= self.seconds / 3 or len(self.epoch_s) == 2:
-            plan = max(epochs_done, affordable)
+            plan = max(least, affordable)
         else:
-            plan = max(epochs_done, min(self.planned_epochs, affordable))
+            plan = max(least, min(self.planned_epochs, affordable))
         self.planned_epochs = int(self.share(plan))
         return self.planned_epochs
 

@@ -780,6 +780,12 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
             history.step_losses = list(h.get("step_losses", []))
             history.best_epoch, history.best_value = h.get("best_epoch"), h.get("best_value")
             start_epoch = int(ck["epoch"])
+            if budget is not None:
+                if ck.get("budget") is not None:  # the seconds spent and the plan go on
+                    budget.resume(ck["budget"], start_epoch)
+                else:
+                    log.warning("%s was written without a time budget: the budget of %.0f s starts afresh after "
+                                "epoch %d", ck_path, budget.seconds, start_epoch)
             per_rank = ck.get("rng_per_rank") or []
             own = per_rank[dctx.rank] if len(per_rank) == dctx.world else ck["rng"]
             _set_rng_state(own)
@@ -924,7 +930,8 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
                       "augment_rng": aug_generator.get_state() if aug_generator is not None else None,
                       "world_size": dctx.world, "steps_per_epoch": steps_per_epoch,
                       "history": history.to_state(), "model_config": cfg_model.to_dict(),
-                      "train_config": tcfg.to_dict()}
+                      "train_config": tcfg.to_dict(),
+                      "budget": budget.state(start_epoch) if budget is not None else None}
                 _save_torch(ck, out_dir / "last.pt")
             if dctx.main and out_dir is not None:
                 _write_metrics(out_dir, history.records)
