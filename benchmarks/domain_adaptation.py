@@ -60,8 +60,8 @@ from smearlab.classification.crops import central_crop_check  # noqa: E402
 from smearlab.core.device import resolve_device  # noqa: E402
 from smearlab.data import open_dataset  # noqa: E402
 from smearlab.core.files import write_json  # noqa: E402
-from smearlab.experiments.domain_adaptation import (FEATURE_METHODS, METHODS, domain_crops,  # noqa: E402
-                                                    domain_pair, goal_check, judge, run_directions,
+from smearlab.experiments.domain_adaptation import (FEATURE_METHODS, METHODS, describe_best,  # noqa: E402
+                                                    domain_crops, domain_pair, goal_check, judge, run_directions,
                                                     run_experiment, seed_std)
 
 DATA = Path(os.environ.get("SMEARLAB_SHARED_DATA", HERE.parent.parent / "shared" / "data"))
@@ -105,7 +105,7 @@ def directions(a, b, settings: dict, device: str, third=None) -> dict:
         print(f"\n{res.source} -> {res.target}  (shared classes {res.shared_classes}; "
               f"left out {sorted(res.missing_classes) or 'none'}; sizes {res.sizes})", flush=True)
         print(res.markdown())
-        print(f"best: {c['best_method']} {100 * c['best_gain']:+.1f} points (std {c['best_std']:.3f}), source "
+        print(f"best: {describe_best(c)} (std {c['best_std']}), source "
               f"{-100 * c['best_source_drop']:+.1f} points -> goal {'met' if c['goal_met'] else 'NOT met'}", flush=True)
     out["seconds"] = round(time.perf_counter() - t0, 1)
     return out
@@ -159,9 +159,10 @@ def markdown(result: dict, methods=METHODS) -> str:
         src, tgt = key.split("_to_")
         cells = [f"{d[f'{m}_f1']:.3f} ± {d[f'{m}_f1_std']:.3f}" if f"{m}_f1" in d else "-" for m in methods]
         best = d["best_method"]
+        best_source = f"{d[f'{best}_source_f1']:.3f}" if best else "-"
         rows.append(f"| {NAMES[src]} → {NAMES[tgt]} | " + " | ".join(cells)
-                    + f" | {d['source_only_source_f1']:.3f} / {d[f'{best}_source_f1']:.3f} | {best} "
-                    f"({100 * d['best_gain']:+.1f}) | {'met' if d['goal_met'] else 'not met'} |")
+                    + f" | {d['source_only_source_f1']:.3f} / {best_source} | {describe_best(d)} | "
+                    f"{'met' if d['goal_met'] else 'not met'} |")
     return "\n".join([head, *rows])
 
 

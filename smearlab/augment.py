@@ -1081,6 +1081,9 @@ class Augment:
         g = self.generator if generator is None else generator
         x = images.float() / 255 if images.dtype == torch.uint8 else images.float()
         targets = [dict(t) for t in targets]
+        for t in targets:  # boxes are float: integer ones were truncated by a warp (1.5 read as 1)
+            if "boxes" in t and not t["boxes"].dtype.is_floating_point:
+                t["boxes"] = t["boxes"].float()
         trs, i = self.transforms, 0
         while i < len(trs):
             if not _fusable(trs[i]):

@@ -674,14 +674,26 @@ def _run_images(out: Path, run: dict, items: list, truth, predict_fn, *, batch_s
                 images.append(img)
             if not chunk:
                 continue
+            done = []  # (image, pixels, prediction, zoom)
             try:
                 preds = predict_fn(images)
+                done = list(zip(chunk, images, preds, getattr(preds, "zooms", None) or [None] * len(chunk)))
             except (RuntimeError, ValueError) as e:
-                failed += [{"image": im.name, "error": f"prediction failed: {e}"} for im in chunk]
-                bar.update(len(chunk))
-                continue
-            zooms = getattr(preds, "zooms", None) or [None] * len(chunk)
-            for im, img, p, zoom in zip(chunk, images, preds, zooms):
+                if len(chunk) == 1:
+                    failed.append({"image": chunk[0].name, "error": f"prediction failed: {e}"})
+                    bar.update(1)
+                    continue
+                # one image of the batch may be the cause (a field too large at the zoom asked): each
+                # alone, so that the others are predicted (the whole batch failed with it)
+                for im, img in zip(chunk, images):
+                    try:
+                        one = predict_fn([img])
+                    except (RuntimeError, ValueError) as e1:
+                        failed.append({"image": im.name, "error": f"prediction failed: {e1}"})
+                        bar.update(1)
+                        continue
+                    done.append((im, img, one[0], (getattr(one, "zooms", None) or [None])[0]))
+            for im, img, p, zoom in done:
                 rec = image_record(_Shape(img, im), p, class_names, file_name=im.name)
                 rec["image_digest"] = digests[im.name]
                 if zoom is not None:  # the factor --scale applied (chosen per image with 'auto')

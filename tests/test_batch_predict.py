@@ -663,3 +663,13 @@ def test_white_cells_left_untyped_are_counted_beside_the_differential(tmp_path):
     row = read_counts(tmp_path / "counts.csv")[0]
     assert (row["WBC"], row["neutrophil"], row["untyped"], row["neutrophil %"]) == ("2", "1", "1", "100.0")
     assert summary["differential_untyped"] == 1 and summary["differential_percent"]["neutrophil"] == 100.0
+
+
+def test_one_image_the_model_refuses_fails_alone_in_its_batch(trained, tmp_path):
+    """--batch-size 2 with a field too large at the zoom asked: its batch-mate failed with it."""
+    write_image(tmp_path / "in" / "a_small.png", trained["new"][0].image)
+    write_image(tmp_path / "in" / "b_big.png", np.tile(trained["new"][1].image, (8, 8, 1)))  # 1536 px
+    s = batch.predict(trained["model"], [tmp_path / "in"], tmp_path / "out", scale=3.0, batch_size=2, progress=False)
+    assert (s["predicted"], s["failed"]) == (1, 1)
+    assert [f["image"] for f in s["failures"]] == ["b_big.png"] and "4096" in s["failures"][0]["error"]
+    assert (tmp_path / "out" / "json" / "a_small.json").is_file()

@@ -401,3 +401,19 @@ def test_a_classifier_history_knows_its_best_epoch_and_numpy_meta_saves(tmp_path
     with pytest.raises(TypeError, match="cannot read back"):
         save_classifier(clf, tmp_path / "bad", note=object())
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_fallback_best_gives_way_to_the_real_metric_and_the_key_survives_a_checkpoint():
+    from smearlab.core.training import History
+    h = History(best_metric="mAP")
+    h.note_best({"epoch": 1, "val_mAP50": 0.6})           # only the fallback so far
+    assert h.note_best({"epoch": 2, "val_mAP": 0.3}) and (h.best_epoch, h.best_value) == (2, 0.3)
+    assert not h.note_best({"epoch": 3, "val_mAP50": 0.9})
+    state = h.to_state()
+    assert state["best_key"] == "val_mAP"
+
+
+def test_describe_best_says_when_no_gain_is_a_number():
+    from smearlab.experiments.domain_adaptation import describe_best
+    assert describe_best({"best_method": None, "best_gain": None}) == "none (no adaptation gain is a number)"
+    assert describe_best({"best_method": "dann", "best_gain": 0.123}) == "dann +12.3 points"

@@ -258,6 +258,10 @@ def test_a_budget_goes_on_from_its_checkpoint():
     again.resume(state, 3)
     again.start()
     assert again.planned_epochs == 7 and again.elapsed_s == pytest.approx(state["spent_s"]) and again.calibrated
+    assert again.warm_up == [0, 3]                        # the resumed run's first epoch warms up again
+    clock.t += 30.0                                       # ... and is left out of the estimate
+    again.after_epoch(1)
+    assert again.epoch_estimate_s() == pytest.approx(10.0)
     finished = TimeBudget(100, 10, clock=clock)
     finished.resume({**state, "planned_epochs": 3}, 3)
     assert finished.planned_epochs == 0                   # a finished run has nothing left to train

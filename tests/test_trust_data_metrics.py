@@ -348,3 +348,23 @@ def test_tiles_of_a_preprocessed_image_are_not_preprocessed_again():
         assert all(t.meta["preprocess"] == ("gamma",) for t in tiles)
         with pytest.raises(ValueError, match="already preprocessed"):
             pre.check_raw(tiles[0])
+
+
+def test_crop_groups_are_named_by_their_first_image_and_grouped_folds_never_run_empty():
+    from smearlab.classification.crops import crops_from_dataset
+    from smearlab.classification.embed import separability
+    from smearlab.classification.model import build_classifier
+    from smearlab.classification.train import fit_features
+    from smearlab.data.splits import split_groups
+    ds = _twice_shot_cells()
+    split_groups(ds, True)  # the groups are now kept on the images (a second search reads none again)
+    crops = crops_from_dataset(ds, 32)
+    assert crops.groups[12:] == ["f0", "f3", "f7"]  # named by the group's first image on this path too
+    # few groups, many crops each: the folds are capped by the groups (they ran empty and scored NaN)
+    few = crops.subset([0, 1, 12, 2, 3, 13])  # groups f0, f1, f2, f3: two per class
+    model = build_classifier(few.class_names, arch="features")
+    out = fit_features(model, few, folds=5, repeats=2)
+    assert out["folds"] == 2 and np.isfinite(out["cv_macro_f1"])
+    x = np.random.default_rng(0).normal(size=(6, 3))
+    with pytest.raises(ValueError, match="at least 2 groups"):
+        separability(x, ["a", "a", "a", "b", "b", "b"], groups=[0, 0, 0, 1, 2, 3])

@@ -292,7 +292,10 @@ def crops_from_dataset(dataset: SmearDataset, size: int = 64, *, source: str = "
     skipped = SkipLog(strict=strict)
     image_ids = [s.image_id for s in dataset]
     near = split_groups(dataset, group_near_copies)  # None: each image alone
-    group_of = image_ids if near is None else [image_ids[int(g)] for g in near]  # a group: its first image
+    first: dict[int, str] = {}  # each group named by its first image (the ids split_groups gives need not be one)
+    for i, g in enumerate([] if near is None else near.tolist()):
+        first.setdefault(g, image_ids[i])
+    group_of = image_ids if near is None else [first[g] for g in near.tolist()]
     imgs, labels, domains, ids, groups = [], [], [], [], []
     fallback: list[tuple[int, Sample]] = []
     sides: list[int] = []
@@ -370,7 +373,7 @@ def crops_from_dataset(dataset: SmearDataset, size: int = 64, *, source: str = "
 
 def crops_from_predictions(dataset: SmearDataset, predictions: Sequence[dict], size: int = 64, *,
                            classes: Sequence[str] | None = None, score_threshold: float = 0.5, pad: float = 0.1,
-                           fill="median") -> CropDataset:
+                           fill="median", group_near_copies: bool = True) -> CropDataset:
     """Crops around a detector's boxes (e.g. its WBC boxes on CBC smears), for classification.
 
     Parameters
@@ -380,7 +383,8 @@ def crops_from_predictions(dataset: SmearDataset, predictions: Sequence[dict], s
         :class:`~smearlab.data.predictions.Predictions` list (what
         :func:`smearlab.detection.predict.predict` returns) labels its model's classes, whatever
         their order in ``dataset``; a plain list's labels index ``dataset.class_names``.
-    size, classes, pad, fill : as :func:`crops_from_dataset` with ``source="boxes"``.
+    size, classes, pad, fill, group_near_copies : as :func:`crops_from_dataset` with ``source="boxes"``
+        (``group_near_copies=False`` skips the near-copy search where no split will be made).
     score_threshold : boxes scoring below it are left out.
 
     Returns
@@ -405,7 +409,8 @@ def crops_from_predictions(dataset: SmearDataset, predictions: Sequence[dict], s
     # red cell labelled 0 = "WBC" by the model was cropped as the dataset's class 0)
     names = class_names_of(predictions) or dataset.class_names
     detected = SmearDataset(samples, list(names), f"{dataset.name}:detected")
-    return crops_from_dataset(detected, size, source="boxes", classes=classes, pad=pad, fill=fill)
+    return crops_from_dataset(detected, size, source="boxes", classes=classes, pad=pad, fill=fill,
+                              group_near_copies=group_near_copies)
 
 
 def align_classes(a: CropDataset, b: CropDataset, class_map=None) -> tuple[CropDataset, ClassMapping]:

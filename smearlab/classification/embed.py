@@ -225,6 +225,11 @@ def separability(X, domains, *, cv: int = 5, seed: int = 0, groups=None) -> dict
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     g = None if groups is None else as_label_array(groups, len(x), "groups")
     grouped = g is not None and len(np.unique(g)) < len(g)
+    if grouped:  # a fold per group of the domain with the fewest, or a fold would hold none of it
+        folds = min(folds, min(len(np.unique(g[d == n])) for n in names))
+        if folds < 2:
+            raise ValueError("every domain needs points of at least 2 groups for grouped cross-validation; groups "
+                             f"per domain {dict((str(n), len(np.unique(g[d == n]))) for n in names)}")
     splitter = (StratifiedGroupKFold if grouped else StratifiedKFold)(folds, shuffle=True, random_state=seed)
     acc = cross_val_score(clf, x, d, groups=g, cv=splitter, scoring="accuracy")
     return {"linear_domain_accuracy": float(acc.mean()), "silhouette": float(silhouette_score(x, d)),

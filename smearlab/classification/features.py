@@ -144,8 +144,8 @@ def _crop_features(rgb: np.ndarray) -> np.ndarray:
     lum = rgb.astype(np.float32).mean(-1) / 255
     # a field without contrast holds no cell: all of it is background (it read as 100 % cell)
     background = lum > filters.threshold_otsu(lum) if float(np.ptp(lum)) > MIN_CONTRAST / 3 else np.ones_like(m)
-    background &= ~m  # the cell holds its nucleus (a pale nucleus above the threshold read as background: a
-    # nucleus larger than its cell, and its pixels missing from the cytoplasm's statistics too)
+    background &= ~m  # the cell holds its nucleus (a pale nucleus above the threshold read as background:
+    # cell_fraction too small, nucleus_to_cell above 1)
     cytoplasm = ~m & ~background
     cell_fraction = float((~background).mean())
     shape = [area / (h * w), len(parts), area / max(float(hull.sum()), 1.0),

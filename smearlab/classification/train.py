@@ -397,10 +397,11 @@ def fit_features(model: FeatureClassifier, train: CropDataset, *, Cs=FEATURE_CS,
     repeats = int(repeats)
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
-    cv = RepeatedStratifiedKFold(n_splits=k, n_repeats=repeats, random_state=seed)
-    if len(set(train.groups)) < len(train):  # crops of one image, or near-copies: one fold each
-        cv = [f for r in range(repeats) for f in StratifiedGroupKFold(k, shuffle=True, random_state=seed + r)
-              .split(z, train.labels, train.groups)]
+    grouped = len(set(train.groups)) < len(train)  # crops of one image, or near-copies: one fold each
+    if grouped:  # as many folds as the rarest class has groups, or a fold would miss it
+        per_class = [len({g for g, y in zip(train.groups, train.labels) if y == c}) for c in present]
+        several_groups = [n for n in per_class if n >= 2]
+        k = max(2, min(k, min(several_groups) if several_groups else 2))
 
     def regression(c: float) -> LogisticRegression:
         return LogisticRegression(C=float(c), max_iter=5000, class_weight="balanced" if balanced else None)
@@ -408,8 +409,19 @@ def fit_features(model: FeatureClassifier, train: CropDataset, *, Cs=FEATURE_CS,
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         warnings.filterwarnings("ignore", message="The least populated class", category=UserWarning)  # logged above
-        scores = [float(cross_val_score(regression(c), z, train.labels, cv=cv, scoring="f1_macro").mean())
+        warnings.filterwarnings("ignore", message="Mean of empty slice", category=RuntimeWarning)  # said below
+        if grouped:  # one independent draw per repeat and seed (seed + r shared four of five draws between seeds)
+            states = np.random.SeedSequence(int(seed)).generate_state(repeats)
+            cv = [f for r in range(repeats) for f in StratifiedGroupKFold(k, shuffle=True, random_state=int(states[r]))
+                  .split(z, train.labels, train.groups)]
+        else:
+            cv = RepeatedStratifiedKFold(n_splits=k, n_repeats=repeats, random_state=seed)
+        scores = [float(np.nanmean(cross_val_score(regression(c), z, train.labels, cv=cv, scoring="f1_macro")))
                   for c in Cs]
+        if not any(np.isfinite(scores)):
+            raise ValueError(f"train {train.name!r}: no cross-validation fold could be scored ({k} folds of "
+                             f"{len(set(train.groups))} groups of crops); give more images")
+        scores = [v if np.isfinite(v) else -np.inf for v in scores]
         top = max(scores)  # on a tie the strongest regularisation (the smallest C), whatever the order given
         best = min((i for i, v in enumerate(scores) if v == top), key=lambda i: float(Cs[i]))
         reg = regression(Cs[best]).fit(z, train.labels)

@@ -135,7 +135,7 @@ def _plain_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
         if isinstance(v, np.ndarray):
             return v.tolist()
         if isinstance(v, (list, tuple)):
-            return type(v)(plain(x) for x in v)
+            return [plain(x) for x in v] if isinstance(v, list) else tuple(plain(x) for x in v)
         if isinstance(v, dict):
             return {k: plain(x) for k, x in v.items()}
         return v

@@ -124,10 +124,13 @@ class History:
         if key not in record and "val_mAP50" in record and self._best_key in (None, "val_mAP50"):
             key = "val_mAP50"  # (a best by mAP is not beaten by another epoch's mAP50)
         value = record.get(key)
-        if value is None or not math.isfinite(float(value)) or self._best_key not in (None, key):
+        if value is None or not math.isfinite(float(value)):
+            return False
+        first = self.best_value is None or (self._best_key == "val_mAP50" and key != "val_mAP50")  # the real
+        if self._best_key not in (None, key) and not first:  # metric replaces a best read from the fallback
             return False
         lower = "loss" in key or "error" in key
-        if self.best_value is None or (value < self.best_value if lower else value > self.best_value):
+        if first or (value < self.best_value if lower else value > self.best_value):
             self.best_epoch, self.best_value, self._best_key = record.get("epoch"), value, key
             return True
         return False
@@ -140,7 +143,7 @@ class History:
     def to_state(self) -> dict[str, Any]:
         """A JSON-ready dict of the whole history."""
         return {"records": self.records, "step_losses": list(self.step_losses), "best_epoch": self.best_epoch,
-                "best_value": self.best_value, "best_metric": self.best_metric}
+                "best_value": self.best_value, "best_metric": self.best_metric, "best_key": self._best_key}
 
     @classmethod
     def load(cls, out_dir, best_metric: str | None = None) -> "History":
@@ -219,6 +222,7 @@ class TimeBudget:
         self.calibrated = False
         self._epoch_start: float | None = None
         self.spent_s = 0.0  # seconds spent by the run before a resume
+        self.warm_up = [0]  # the epochs (indices into epoch_s) that carried a warm-up: a run's first
 
     def state(self, epochs_before: int = 0) -> dict[str, Any]:
         """What a checkpoint keeps of the budget, for :meth:`resume`: the seconds spent, the plan of
@@ -229,7 +233,7 @@ class TimeBudget:
         epochs_before : epochs done before this run (a resumed run's start).
         """
         return {"spent_s": self.elapsed_s, "planned_epochs": int(epochs_before) + self.planned_epochs,
-                "epoch_s": list(self.epoch_s)}
+                "epoch_s": list(self.epoch_s), "warm_up": list(self.warm_up)}
 
     def resume(self, state: Mapping[str, Any], epochs_done: int) -> None:
         """Go on with a run stopped part-way (a checkpoint's :meth:`state`): the seconds it spent
@@ -244,6 +248,8 @@ class TimeBudget:
         self.spent_s = float(state["spent_s"])
         self.planned_epochs = max(0, int(state["planned_epochs"]) - int(epochs_done))
         self.epoch_s = [float(v) for v in state.get("epoch_s", [])]
+        # the resumed run's first epoch warms up again (left out of the estimate, as a run's first is)
+        self.warm_up = [int(i) for i in state.get("warm_up", [0])] + [len(self.epoch_s)]
         self.calibrated = True
 
     def start(self) -> None:
@@ -322,10 +328,10 @@ class TimeBudget:
     def epoch_estimate_s(self) -> float:
         """Seconds an epoch will take: the mean of the epochs measured, the first left out once
         there are others (it carries the warm-up: on a GPU, kernel selection made it ten times
-        slower than the rest), or the mean of the last :attr:`window` when they were slower (the
-        machine got busier).
+        slower than the rest; so does the first epoch after a resume), or the mean of the last
+        :attr:`window` when they were slower (the machine got busier).
         """
-        times = self.epoch_s[1:] if len(self.epoch_s) > 1 else self.epoch_s
+        times = [t for i, t in enumerate(self.epoch_s) if i not in self.warm_up] or self.epoch_s
         recent = times[-self.window:]
         return max(sum(times) / len(times), sum(recent) / len(recent))
 

@@ -139,9 +139,10 @@ class TrainConfig:
         the number of epochs, and with it the learning-rate schedule, is fitted to the budget
         from the measured speed of the first steps and of each epoch
         (:class:`~smearlab.core.training.TimeBudget`), so the run ends on a finished schedule
-        within the budget. ``epochs`` is then only the plan before the first measurement. An
-        epoch that a slowdown makes the last one after its record (``val_every`` > 1) is
-        validated all the same, as it is saved (one validation past the budget).
+        within the budget; a slowdown that leaves no time for the epochs planned ends the run one
+        epoch later, to finish the schedule (past the budget by at most that epoch). ``epochs`` is
+        then only the plan before the first measurement. A resumed run goes on with the budget
+        and plan of its ``last.pt``.
     """
 
     epochs: int = 12
@@ -779,6 +780,11 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
             history.records = list(h.get("records", []))
             history.step_losses = list(h.get("step_losses", []))
             history.best_epoch, history.best_value = h.get("best_epoch"), h.get("best_value")
+            history._best_key = h.get("best_key")  # which record key the best was read from (mAP or mAP50)
+            if history._best_key is None and history.best_value is not None:  # a checkpoint from before it
+                best = next((r for r in history.records if r.get("epoch") == history.best_epoch), {})
+                key = f"val_{history.best_metric}"
+                history._best_key = key if key in best else "val_mAP50"
             start_epoch = int(ck["epoch"])
             if budget is not None:
                 if ck.get("budget") is not None:  # the seconds spent and the plan go on

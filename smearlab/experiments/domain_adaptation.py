@@ -9,7 +9,7 @@ import numbers
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -617,6 +617,19 @@ def seed_list(seeds, seed: int = 0) -> tuple[int, ...]:
     return out
 
 
+def describe_best(check: Mapping[str, Any]) -> str:
+    """The best method of a :func:`judge` result and its gain, in words (``"none"`` when no gain was
+    a number).
+
+    Parameters
+    ----------
+    check : a :func:`judge` / :func:`goal_check` result.
+    """
+    if check.get("best_method") is None:
+        return "none (no adaptation gain is a number)"
+    return f"{check['best_method']} {100 * check['best_gain']:+.1f} points"
+
+
 def verdict(results: dict[str, ExperimentResult], min_gain: float = 0.10,
             max_source_drop: float = 0.02, max_std: float = 0.05) -> tuple[str, dict[str, dict], bool]:
     """Whether adaptation met the goal in each direction, as Markdown, with the checks of
@@ -644,7 +657,7 @@ def verdict(results: dict[str, ExperimentResult], min_gain: float = 0.10,
                     if m == "adabn" and "adabn_step_gain" in c else "") + ")"
                  for m in ADAPTATION if f"{m}_gain" in c]
         lines.append(f"- **{name}**: source only {res.mean('source_only'):.3f} ± {res.std('source_only'):.3f} on "
-                     f"the target; " + ", ".join(parts) + f". Best: {c['best_method']}, goal "
+                     f"the target; " + ", ".join(parts) + f". Best: {describe_best(c)}, goal "
                      f"{'met' if c['goal_met'] else '**not met**'}")
     goal = (f"+{100 * min_gain:.0f} points on the target with a seed std below {max_std:.2f}, at most "
             f"{100 * max_source_drop:.0f} lost on the source")

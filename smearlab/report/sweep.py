@@ -374,6 +374,8 @@ def run_job(command: Callable[[list[str]], int], argv: list[str], log_path: str 
                 rc = command(list(argv))
         except SystemExit as e:  # argparse refused the arguments
             rc = e.code if isinstance(e.code, int) else 2
+        except KeyboardInterrupt:  # stopped outside the command's own handler (before or after it)
+            rc = 130
         except Exception:  # noqa: BLE001 - any crash is this job's failure, kept in its log
             traceback.print_exc(file=logf)
             rc = 1
