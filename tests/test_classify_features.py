@@ -212,3 +212,20 @@ def test_blank_and_nan_crops_are_not_cells():
     assert not nucleus_mask(noisy).any()
     with pytest.raises(ValueError, match="NaN"):
         cell_features(torch.full((1, 3, 64, 64), float("nan")))
+
+
+def test_a_model_fitted_on_an_earlier_version_of_the_features_is_read_with_a_warning(tmp_path, caplog):
+    import json
+    crops = crops_from_dataset(make_wbc_crops(10, seed=0, stain="A", size=64), 64)
+    model = build_classifier(crops.class_names, arch="features")
+    fit_features(model, crops, folds=2, repeats=1)
+    folder = save_classifier(model, tmp_path / "clf")
+    with caplog.at_level("WARNING", logger="smearlab.classification.features"):
+        load_classifier(folder, device="cpu")
+    assert "version" not in caplog.text
+    config = json.loads((folder / "config.json").read_text())
+    del config["features_version"]  # a folder saved before the version was recorded
+    (folder / "config.json").write_text(json.dumps(config))
+    with caplog.at_level("WARNING", logger="smearlab.classification.features"):
+        again = load_classifier(folder, device="cpu")
+    assert "features of version 1" in caplog.text and isinstance(again, FeatureClassifier)

@@ -621,3 +621,18 @@ def test_segmentation_metrics_take_a_segmenters_instances_as_final_by_default():
     m = segmentation_metrics(ds, [p])
     assert m["dsb_metric"] == pytest.approx(1.0) and m["count_error"] == 0 and m["objects_predicted"] == 3
     assert segmentation_metrics(ds, [p], score_threshold=0.5)["objects_predicted"] == 0  # a detector's cut, asked for
+
+
+def test_a_model_trained_on_the_earlier_input_channel_is_read_with_a_warning(tmp_path, caplog):
+    import json
+    folder = save_instance_unet(build_instance_unet(base=4, depth=2), tmp_path / "m")
+    assert json.loads((folder / "config.json").read_text())["input_version"] == 2
+    with caplog.at_level("WARNING", logger="smearlab.segmentation.instances"):
+        load_instance_unet(folder, device="cpu")
+    assert "input channel" not in caplog.text
+    config = json.loads((folder / "config.json").read_text())
+    del config["input_version"]  # saved before the objects' side was decided before the stretch
+    (folder / "config.json").write_text(json.dumps(config))
+    with caplog.at_level("WARNING", logger="smearlab.segmentation.instances"):
+        load_instance_unet(folder, device="cpu")
+    assert "input channel of version 1" in caplog.text

@@ -25,6 +25,7 @@ unlabelled target domain with :func:`smearlab.classification.adapt.adapt_feature
 """
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Sequence
 
@@ -34,6 +35,13 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.classes import model_class_names
+
+log = logging.getLogger("smearlab.classification.features")
+
+#: The version of :func:`cell_features`, saved with a fitted model: 2 (2026-12-07) counts the
+#: nucleus in its cell (``cell_fraction``, ``nucleus_to_cell``); 1 could leave a pale nucleus out.
+#: A model of another version is read with a warning: the features it sees moved a little.
+FEATURES_VERSION = 2
 
 #: Side (px) every crop is resized to before its features are measured.
 FEATURE_SIZE = 128
@@ -202,6 +210,8 @@ class FeatureClassifier(nn.Module):
     input_size : crop side new images are letterboxed to before their features are measured.
     feature_names : the features a saved model was fitted on (its ``config.json``); refused when
         they differ from :data:`FEATURE_NAMES`, whose order the weights follow.
+    features_version : the :data:`FEATURES_VERSION` a saved model was fitted with (a warning when
+        it is another).
 
     Attributes
     ----------
@@ -213,15 +223,19 @@ class FeatureClassifier(nn.Module):
     """
 
     def __init__(self, class_names: Sequence[str], input_size: int = FEATURE_SIZE,
-                 feature_names: Sequence[str] | None = None):
+                 feature_names: Sequence[str] | None = None, features_version: int | None = None):
         super().__init__()
         self.class_names = model_class_names(class_names)
         if feature_names is not None and list(feature_names) != list(FEATURE_NAMES):
             raise ValueError(f"the model was fitted on other features ({len(feature_names)}: "
                              f"{list(feature_names)[:3]}...) than this version measures ({len(FEATURE_NAMES)}: "
                              f"{list(FEATURE_NAMES)[:3]}...); refit it with fit_features")
+        if feature_names is not None and (features_version or 1) != FEATURES_VERSION:  # a saved model
+            log.warning("a features classifier fitted on the features of version %s; this version (%d) measures "
+                        "cell_fraction and nucleus_to_cell with the nucleus inside its cell: predictions shift "
+                        "slightly; refit it with fit_features for exact ones", features_version or 1, FEATURES_VERSION)
         self.config = {"class_names": list(self.class_names), "arch": "features",
-                       "feature_names": list(FEATURE_NAMES)}
+                       "feature_names": list(FEATURE_NAMES), "features_version": FEATURES_VERSION}
         self.input_size = int(input_size)
         n = len(FEATURE_NAMES)
         self.register_buffer("mean", torch.zeros(n))

@@ -112,7 +112,8 @@ ARCHS = ("resnet", "features")
 def build_classifier(class_names: Sequence[str], *, arch: str = "resnet", width: int = 32, norm: str = "group",
                      in_channels: int = 3, blocks: Sequence[int] = (1, 1, 1, 1),
                      input_size: int | None = None,
-                     feature_names: Sequence[str] | None = None) -> CellClassifier | FeatureClassifier:
+                     feature_names: Sequence[str] | None = None,
+                     features_version: int | None = None) -> CellClassifier | FeatureClassifier:
     """An untrained classifier.
 
     Parameters
@@ -134,10 +135,12 @@ def build_classifier(class_names: Sequence[str], *, arch: str = "resnet", width:
         :data:`~smearlab.classification.features.FEATURE_SIZE` for ``"features"``).
     feature_names : ``"features"`` only: the features a saved model was fitted on (read back from
         its folder; a mismatch with this version's is refused).
+    features_version : ``"features"`` only: the version of the features a saved model was fitted
+        with (another than this one's is said in a warning).
     """
     if arch == "features":
         return FeatureClassifier(class_names, input_size=FEATURE_SIZE if input_size is None else input_size,
-                                 feature_names=feature_names)
+                                 feature_names=feature_names, features_version=features_version)
     if arch != "resnet":
         raise ValueError(f"unknown classifier arch {arch!r}; choose one of {', '.join(ARCHS)}")
     input_size = 64 if input_size is None else input_size

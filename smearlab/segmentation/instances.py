@@ -26,6 +26,7 @@ Cellpose predict distances or flows instead).
 from __future__ import annotations
 
 import itertools
+import logging
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields
@@ -51,6 +52,13 @@ from ..metrics.instances import dsb_score
 from .classical import as_image_array, is_stained_brightfield
 from .size import SizeModel, fit_size_model, object_diameter, zoomed
 from .unet import UNet
+
+log = logging.getLogger("smearlab.segmentation.instances")
+
+#: The version of :func:`nuclear_channel` a model is trained on, saved in its folder: 2 (2026-12-07)
+#: decides the objects' side before the stretch (1 stretched first). A folder of another version
+#: is read with a warning: its network sees slightly different inputs.
+INPUT_VERSION = 2
 
 #: The classes the network predicts.
 CLASSES = ("background", "interior", "boundary")
@@ -251,7 +259,8 @@ def save_instance_unet(model: UNet, folder, thresholds: InstanceThresholds | Non
         thresholds = getattr(model, "thresholds", None)
     if thresholds is not None and not isinstance(thresholds, InstanceThresholds):
         raise TypeError(f"thresholds must be an InstanceThresholds, got {type(thresholds).__name__}")
-    config = {**model.config, "task": "instances", "input": "nuclear_channel", "class_names": list(CLASSES)}
+    config = {**model.config, "task": "instances", "input": "nuclear_channel", "input_version": INPUT_VERSION,
+              "class_names": list(CLASSES)}
     if getattr(model, "diameter", None) is not None:  # trained at one object size: its size model travels
         config.update(diameter=float(model.diameter), size_model=model.size_model.to_dict())
     return save_model_folder(folder, "unet", model, config, class_names=CLASSES,
@@ -284,6 +293,10 @@ def load_instance_unet(folder, device="auto") -> UNet:
         raise DataError(folder / "config.json", f"an instance U-Net reads 1 channel and predicts {len(CLASSES)} "
                         f"classes {list(CLASSES)}; this one {model.config['in_channels']} and "
                         f"{model.config['num_classes']}")
+    if saved.config.get("input_version", 1) != INPUT_VERSION:
+        log.warning("%s: trained on the input channel of version %s; this version (%d) reads bright-field images a "
+                    "little differently (the objects' side is decided before the stretch): predictions shift "
+                    "slightly; retrain for exact ones", folder, saved.config.get("input_version", 1), INPUT_VERSION)
     model.task = "instances"
     model.thresholds = _read_thresholds(saved.thresholds, folder / "thresholds.json")
     model.diameter = saved.config.get("diameter")
