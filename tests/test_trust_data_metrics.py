@@ -368,3 +368,47 @@ def test_crop_groups_are_named_by_their_first_image_and_grouped_folds_never_run_
     x = np.random.default_rng(0).normal(size=(6, 3))
     with pytest.raises(ValueError, match="at least 2 groups"):
         separability(x, ["a", "a", "a", "b", "b", "b"], groups=[0, 0, 0, 1, 2, 3])
+
+
+def test_predictions_keep_their_classes_through_copies_and_joins():
+    """A copy, += and extend gave a plain list or joined another classes' labels unchecked: labels
+    were then read in the dataset's class order (the RBC became a WBC)."""
+    from smearlab.data.predictions import Predictions
+    p = Predictions([{"boxes": np.zeros((1, 4)), "scores": np.ones(1), "labels": np.zeros(1, int)}], ["RBC", "WBC"])
+    assert p.copy().class_names == ["RBC", "WBC"] and type(p.copy()) is Predictions
+    q = Predictions([], ["WBC", "RBC"])
+    with pytest.raises(ValueError, match="cannot join"):
+        q += p
+    with pytest.raises(TypeError, match="extend"):
+        q.extend(p)
+    r = Predictions([], ["RBC", "WBC"])
+    r += p
+    assert type(r) is Predictions and len(r) == 1 and r.class_names == ["RBC", "WBC"]
+
+
+def test_a_duplicate_box_is_one_object_whatever_its_records_are_named():
+    """Two identical COCO annotations sharing an id both survived (duplicates were found by name)."""
+    from smearlab.data.boxes import clean_boxes
+    from smearlab.data.sample import SkipLog
+    skipped, fixed = SkipLog(), SkipLog()
+    b, lab, kept = clean_boxes([[1, 1, 5, 5], [1, 1, 5, 5]], [0, 0], (10, 10), "a.json", skipped, fixed,
+                               records=["annotation id 7", "annotation id 7"])
+    assert len(b) == 1 and kept.tolist() == [0] and len(skipped) == 1
+
+
+def test_a_search_without_a_numeric_score_is_an_error_not_its_first_candidate():
+    from smearlab.core.search import grid_search
+    r = grid_search({"t": [1, 2]}, lambda p: {"f1": p["t"] / 2})
+    assert r.best("f1")["params"] == {"t": 2}
+    with pytest.raises(ValueError, match="no candidate has a score 'score'"):
+        r.params  # noqa: B018  (the key is "f1": the first candidate passed for the best)
+    with pytest.raises(ValueError, match="'F1'"):
+        r.best("F1")
+    with pytest.raises(ValueError, match="no candidate has"):
+        grid_search({"t": [1, 2]}, lambda p: float("nan")).params  # noqa: B018
+
+
+def test_quick_classical_candidates_try_both_channels():
+    from smearlab.experiments.gradcam_masks import CLASSICAL_CANDIDATES, classical_candidates
+    assert {c["channel"] for c in classical_candidates(5)} == {"saturation", "hematoxylin"}
+    assert sorted(map(str, classical_candidates())) == sorted(map(str, CLASSICAL_CANDIDATES))

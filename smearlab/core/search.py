@@ -74,6 +74,11 @@ class SearchResult:
         key : the score to rank by (None: :attr:`key`).
         """
         k = self.key if key is None else key
+        if not self.table:
+            raise ValueError("no candidate was scored")
+        if not any(math.isfinite(_value(row.get(k))) for row in self.table):  # the first would pass for the best
+            found = sorted({c for row in self.table for c in row if c != "params"})
+            raise ValueError(f"no candidate has a score {k!r} that is a number (scores recorded: {found})")
         return max(self.table, key=lambda row: _value(row.get(k)))
 
     @property

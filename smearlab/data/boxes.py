@@ -47,7 +47,7 @@ def clean_boxes(boxes, labels, hw: tuple[int, int] | None, path, skipped: SkipLo
         raise DataError(path, f"{len(b)} boxes but {len(lab)} labels")
     keep = np.ones(len(b), bool)
     out = b.copy()
-    seen: dict[tuple, str] = {}  # (label, box) -> the record that gave it first
+    seen: dict[tuple, int] = {}  # (label, box) -> the position of the box that gave it first
     for i, (x0, y0, x1, y1) in enumerate(b):
         rec = records[i] if records is not None else f"box {i}"
         with np.errstate(over="ignore"):  # a value past float32's range becomes inf: refused below
@@ -74,8 +74,9 @@ def clean_boxes(boxes, labels, hw: tuple[int, int] | None, path, skipped: SkipLo
                     keep[i] = False
                     continue
                 fixed.add(path, f"box clipped to the image: {b[i].tolist()}", rec, amount=float(over))
-        first = rec if keep_duplicates else seen.setdefault((int(lab[i]), *out[i].tolist()), rec)
-        if first != rec:  # the same object twice would count twice
+        first = i if keep_duplicates else seen.setdefault((int(lab[i]), *out[i].tolist()), i)
+        if first != i:  # the same object twice would count twice (by position: two records can share a name)
+            first = records[first] if records is not None else f"box {first}"
             skipped.add(path, f"duplicate of {first} (same class and box): {b[i].tolist()}", rec)
             keep[i] = False
     idx = np.flatnonzero(keep)

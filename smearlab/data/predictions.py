@@ -106,6 +106,17 @@ class Predictions(list):
         return Predictions(list(self) + list(other), self.class_names or names, windows=joined("windows"),
                            zooms=joined("zooms"))
 
+    # the list operations that would give a plain list, or join another classes' labels unchecked
+    # (a copy lost its class names and its labels were read in the dataset's order)
+    def __iadd__(self, other):
+        return self + other
+
+    def extend(self, other):
+        raise TypeError("Predictions.extend would join labels of other classes unchecked: use p = p + other")
+
+    def copy(self) -> "Predictions":
+        return self + Predictions([], self.class_names)
+
     def __repr__(self) -> str:
         return f"Predictions({len(self)} images, classes={self.class_names})"
 

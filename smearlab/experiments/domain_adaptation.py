@@ -377,8 +377,9 @@ def judge(summary: dict[str, float], min_gain: float = 0.10, max_source_drop: fl
     deviation (sample, :func:`seed_std`) below ``max_std`` and loses at most ``max_source_drop``
     on the source; with one seed the spread is unknown (NaN) and no method meets it. The
     comparisons are made on the unrounded figures (a gain of 0.09996 does not meet 0.10). The best
-    method is the one meeting the goal with the largest gain, else the one with the largest gain;
-    a method whose gain is NaN (a figure missing in a summary read back) is never the best.
+    method is the one meeting the goal with the largest gain, else the one with the largest gain
+    (of equal gains, the one losing least on the source); a method whose gain is NaN (a figure
+    missing in a summary read back) is never the best.
 
     Parameters
     ----------
@@ -414,7 +415,9 @@ def judge(summary: dict[str, float], min_gain: float = 0.10, max_source_drop: fl
         out["source_drop"] = out["dann_source_drop"]
     meeting = [m for m in ran if out[f"{m}_meets"]]
     numbered = [m for m in (meeting or ran) if np.isfinite(raw[m])]
-    best = max(numbered, key=lambda m: raw[m]) if numbered else None
+    # equal gains: the one that loses least on the source (not the first in the list)
+    best = max(numbered, key=lambda m: (raw[m], -summary["source_only_source_f1"] + summary[f"{m}_source_f1"])) \
+        if numbered else None
     out.update(best_method=best, best_gain=out[f"{best}_gain"] if best else None,
                best_std=round(summary[f"{best}_f1_std"], 4) if best else None,
                best_source_drop=out[f"{best}_source_drop"] if best else None, goal_met=bool(meeting))

@@ -2,6 +2,7 @@
 extractor."""
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -38,6 +39,19 @@ CLASSICAL_GRID = {"channel": ("saturation", "hematoxylin"), "hull": (True, False
 #: A smaller list of candidates (10 instead of 16): the nucleus-level region, and its hull grown.
 CLASSICAL_CANDIDATES = [{"channel": c, "hull": h, "grow": g} for c in ("saturation", "hematoxylin")
                         for h, g in ((False, 0), (True, 0), (True, 4), (True, 8), (True, 12))]
+
+
+def classical_candidates(n: int | None = None) -> list[dict]:
+    """``n`` of :data:`CLASSICAL_CANDIDATES`, the channels taken in turn (the first ``n`` in list
+    order were all of one channel: quick mode never tried haematoxylin); None: all of them.
+
+    Parameters
+    ----------
+    n : how many candidates (quick mode's short tuning).
+    """
+    by_channel = [[c for c in CLASSICAL_CANDIDATES if c["channel"] == ch] for ch in ("saturation", "hematoxylin")]
+    turns = [c for pair in itertools.zip_longest(*by_channel) for c in pair if c is not None]
+    return turns if n is None else turns[:int(n)]
 
 
 def classical_masks(images, **params) -> list[np.ndarray]:
