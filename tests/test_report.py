@@ -2,6 +2,7 @@
 import json
 
 import nbformat
+import numpy as np
 import pytest
 from helpers import write_notebook
 
@@ -190,6 +191,10 @@ def test_kernels_start_with_sleeping_threads_and_the_thread_count_asked_for(tmp_
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     with started_with(None) as env:  # a policy the user chose is kept
         assert env == {} and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    with started_with(2) as env:  # ... with a thread count asked for too (it became PASSIVE)
+        assert env == {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2"} and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    from smearlab.core.files import json_text
+    assert json_text({np.int64(3): 1, tmp_path / "a": [{np.int32(1): 2}]}) == json_text({3: 1, str(tmp_path / "a"): [{1: 2}]})
     with pytest.raises(ValueError, match="threads"):
         thread_environment(0)
 

@@ -412,3 +412,12 @@ def test_quick_classical_candidates_try_both_channels():
     from smearlab.experiments.gradcam_masks import CLASSICAL_CANDIDATES, classical_candidates
     assert {c["channel"] for c in classical_candidates(5)} == {"saturation", "hematoxylin"}
     assert sorted(map(str, classical_candidates())) == sorted(map(str, CLASSICAL_CANDIDATES))
+
+
+def test_grids_of_the_wrong_shape_are_said_as_such():
+    from smearlab.core.search import grid_points
+    with pytest.raises(ValueError, match="'t' must be a list of candidates, got 0.5"):
+        grid_points({"t": 0.5})
+    with pytest.raises(ValueError, match="list of parameter dicts, got 'otsu'"):
+        grid_points(["otsu", "li"])
+    assert grid_points([{"a": 1}]) == [{"a": 1}] and len(grid_points({"a": [1, 2], "b": (3,)})) == 2

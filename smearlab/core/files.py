@@ -73,9 +73,20 @@ def json_text(obj: Any) -> str:
 
     Parameters
     ----------
-    obj : a JSON-ready object; numpy scalars and arrays and ``Path`` objects are converted.
+    obj : a JSON-ready object; numpy scalars and arrays and ``Path`` objects are converted (dict
+        keys too: ``{label: count}`` from ``np.unique`` crashed).
     """
-    return json.dumps(obj, indent=2, default=_json_default) + "\n"
+    return json.dumps(_plain_keys(obj), indent=2, default=_json_default) + "\n"
+
+
+def _plain_keys(o):
+    """``o`` with numpy-scalar and ``Path`` dict keys as Python ones (json refuses them as keys)."""
+    if isinstance(o, dict):
+        return {(k.item() if isinstance(k, np.generic) else str(k) if isinstance(k, Path) else k): _plain_keys(v)
+                for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_plain_keys(v) for v in o]
+    return o
 
 
 def _json_default(o):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 
 def grid_points(grid: "Mapping[str, Sequence] | Sequence[Mapping[str, Any]]") -> list[dict[str, Any]]:
@@ -37,8 +37,14 @@ def grid_points(grid: "Mapping[str, Sequence] | Sequence[Mapping[str, Any]]") ->
         text = [k for k, v in grid.items() if isinstance(v, (str, bytes))]
         if text:  # 'otsu' would be tried as 'o', 't', 's', 'u'
             raise ValueError(f"grid values of {text[0]!r} must be a list of candidates, got the text {grid[text[0]]!r}")
+        single = [k for k, v in grid.items() if not isinstance(v, Iterable)]
+        if single:  # {"t": 0.5}: a TypeError from itertools
+            raise ValueError(f"grid values of {single[0]!r} must be a list of candidates, got {grid[single[0]]!r}")
         points = [dict(zip(grid, values)) for values in itertools.product(*grid.values())]
     else:
+        bad = [p for p in grid if not isinstance(p, Mapping)]
+        if bad:  # ["otsu", "li"]: "dictionary update sequence"
+            raise ValueError(f"a grid is a dict of candidate lists or a list of parameter dicts, got {bad[0]!r} in a list")
         points = [dict(p) for p in grid]
     if not points:
         raise ValueError(f"the parameter grid {grid!r} has no candidate")

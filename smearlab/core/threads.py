@@ -39,17 +39,18 @@ def thread_environment(threads: int | None = None) -> dict[str, str]:
 
 @contextlib.contextmanager
 def started_with(threads: int | None = None) -> Iterator[dict[str, str]]:
-    """Processes started inside the block inherit :func:`thread_environment` (a wait policy or
-    thread count the user already set in the environment is kept); the environment is restored
-    afterwards.
+    """Processes started inside the block inherit :func:`thread_environment` (a wait policy the
+    user already set in the environment is kept, and so is a thread count unless ``threads``
+    asks for one); the environment is restored afterwards.
 
     Parameters
     ----------
     threads : as for :func:`thread_environment`.
     """
     env = thread_environment(threads)
-    if threads is None:  # keep what the user set
-        env = {k: v for k, v in env.items() if k not in os.environ}
+    # keep what the user set: the wait policy always (threads=N replaced an ACTIVE policy too), the
+    # thread counts unless threads asks for others
+    env = {k: v for k, v in env.items() if k not in os.environ or (threads is not None and k != "OMP_WAIT_POLICY")}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:
