@@ -421,3 +421,23 @@ def test_grids_of_the_wrong_shape_are_said_as_such():
     with pytest.raises(ValueError, match="list of parameter dicts, got 'otsu'"):
         grid_points(["otsu", "li"])
     assert grid_points([{"a": 1}]) == [{"a": 1}] and len(grid_points({"a": [1, 2], "b": (3,)})) == 2
+
+
+def test_crops_of_predicted_boxes_do_not_take_the_truths_crowd_flags():
+    """The truth's iscrowd array stayed on the predicted boxes: unrelated boxes flagged as crowds,
+    or the dataset refused when the counts differed."""
+    from smearlab.classification.crops import crops_from_predictions
+    s = Sample("a", _image=np.full((40, 40, 3), 200, np.uint8), boxes=[[2, 2, 12, 12], [20, 20, 30, 30]],
+               labels=[0, 0], meta={"iscrowd": np.array([1, 0]), "stain": "A"})
+    ds = SmearDataset([s], ["WBC"])
+    pred = {"boxes": np.array([[5, 5, 15, 15]], np.float32), "scores": np.ones(1), "labels": np.zeros(1, int)}
+    import smearlab.classification.crops as crops_module
+    seen = []
+    real = crops_module.crops_from_dataset
+    crops_module.crops_from_dataset = lambda d, *a, **k: seen.append(d) or real(d, *a, **k)
+    try:
+        crops = crops_from_predictions(ds, [pred], 16, group_near_copies=False)
+    finally:
+        crops_module.crops_from_dataset = real
+    assert len(crops) == 1 and seen[0].class_counts() == {"WBC": 1}  # it raised: 2 flags for 1 box
+    assert "iscrowd" not in seen[0][0].meta and seen[0][0].meta["stain"] == "A"

@@ -402,8 +402,11 @@ def crops_from_predictions(dataset: SmearDataset, predictions: Sequence[dict], s
         if not len(boxes) == len(scores) == len(labels):
             raise ValueError(f"prediction {i}: {len(boxes)} boxes, {len(scores)} scores, {len(labels)} labels")
         keep = scores >= score_threshold
+        # the truth's per-box arrays (crowd flags, VOC difficult) describe its boxes, not these: kept,
+        # they flagged unrelated predicted boxes, or refused the dataset when the counts differed
+        own = {k: v for k, v in s.meta.items() if not (isinstance(v, np.ndarray) and v.shape[:1] == (len(s.boxes),))}
         samples.append(dataclasses.replace(s, boxes=boxes[keep], labels=labels[keep], image_label=None,
-                                           _masks=None, meta={**s.meta, "scores": scores[keep],
+                                           _masks=None, meta={**own, "scores": scores[keep],
                                                               "box_index": np.flatnonzero(keep)}))
     # the detected classes are the model's: its class list, not the dataset's (in another order a
     # red cell labelled 0 = "WBC" by the model was cropped as the dataset's class 0)

@@ -34,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..core.model_folder import warn_other_version
 from ..data.classes import model_class_names
 
 log = logging.getLogger("smearlab.classification.features")
@@ -230,10 +231,9 @@ class FeatureClassifier(nn.Module):
             raise ValueError(f"the model was fitted on other features ({len(feature_names)}: "
                              f"{list(feature_names)[:3]}...) than this version measures ({len(FEATURE_NAMES)}: "
                              f"{list(FEATURE_NAMES)[:3]}...); refit it with fit_features")
-        if feature_names is not None and (features_version or 1) != FEATURES_VERSION:  # a saved model
-            log.warning("a features classifier fitted on the features of version %s; this version (%d) measures "
-                        "cell_fraction and nucleus_to_cell with the nucleus inside its cell: predictions shift "
-                        "slightly; refit it with fit_features for exact ones", features_version or 1, FEATURES_VERSION)
+        if feature_names is not None:  # a saved model
+            warn_other_version("a features classifier", "measured features", features_version, FEATURES_VERSION,
+                               "measures cell_fraction and nucleus_to_cell with the nucleus inside its cell")
         self.config = {"class_names": list(self.class_names), "arch": "features",
                        "feature_names": list(FEATURE_NAMES), "features_version": FEATURES_VERSION}
         self.input_size = int(input_size)

@@ -123,6 +123,23 @@ def save_model_folder(folder, kind: str, model: torch.nn.Module, config: Mapping
     return folder
 
 
+def warn_other_version(where, name: str, saved: int | None, current: int, change: str) -> None:
+    """Warn when a model folder was saved with another version of what its model reads (its input
+    channel, its measured features): it still loads, but its predictions shift a little.
+
+    Parameters
+    ----------
+    where : the folder (or model) named in the warning.
+    name : what the version is of (e.g. ``"input channel"``).
+    saved : the version the folder records (None: saved before versions were recorded, version 1).
+    current : this code's version.
+    change : what changed since, in words.
+    """
+    if (saved or 1) != current:
+        log.warning("%s: saved with the %s of version %s; this version (%d) %s: predictions shift slightly; "
+                    "train it again for exact ones", where, name, saved or 1, current, change)
+
+
 def _plain_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
     """``meta`` as values the folder's reader accepts (``torch.load(weights_only=True)``): numpy
     numbers as Python numbers, arrays as lists; anything else that reader refuses is a TypeError

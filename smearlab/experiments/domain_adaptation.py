@@ -401,11 +401,12 @@ def judge(summary: dict[str, float], min_gain: float = 0.10, max_source_drop: fl
     ran = [m for m in ADAPTATION if f"{m}_f1" in summary]
     out: dict[str, Any] = {}
     raw: dict[str, float] = {}
+    drops: dict[str, float] = {}
     eps = 1e-9  # float noise only: the figures are compared unrounded
     for m in ran:
         gain = summary[f"{m}_f1"] - summary["source_only_f1"]
         drop = summary["source_only_source_f1"] - summary[f"{m}_source_f1"]
-        raw[m] = gain
+        raw[m], drops[m] = gain, drop
         out[f"{m}_gain"], out[f"{m}_source_drop"] = round(gain, 4), round(drop, 4)
         out[f"{m}_meets"] = bool(gain >= min_gain - eps and summary[f"{m}_f1_std"] < max_std
                                  and drop <= max_source_drop + eps)
@@ -416,8 +417,7 @@ def judge(summary: dict[str, float], min_gain: float = 0.10, max_source_drop: fl
     meeting = [m for m in ran if out[f"{m}_meets"]]
     numbered = [m for m in (meeting or ran) if np.isfinite(raw[m])]
     # equal gains: the one that loses least on the source (not the first in the list)
-    best = max(numbered, key=lambda m: (raw[m], -summary["source_only_source_f1"] + summary[f"{m}_source_f1"])) \
-        if numbered else None
+    best = max(numbered, key=lambda m: (raw[m], -drops[m])) if numbered else None
     out.update(best_method=best, best_gain=out[f"{best}_gain"] if best else None,
                best_std=round(summary[f"{best}_f1_std"], 4) if best else None,
                best_source_drop=out[f"{best}_source_drop"] if best else None, goal_met=bool(meeting))
@@ -666,11 +666,25 @@ def verdict(results: dict[str, ExperimentResult], min_gain: float = 0.10,
             f"{100 * max_source_drop:.0f} lost on the source")
     lines += ["", f"Adaptation **met** the goal ({goal}) in at least one direction." if met else
               f"No adaptation method met the goal ({goal}) in any direction."]
-    if any(r.settings.get("arch") == "features" for r in results.values()):
-        lines.append("The measured-features classifier's seeds change only its cross-validation folds (the fit is "
-                     "deterministic): its seed spread is that of the regularisation chosen, not of a training, "
-                     "and a spread of 0 says nothing about how the figure would hold on other data.")
+    note = seed_spread_note(results)
+    if note:
+        lines.append(note)
     return "\n".join(lines), checks, met
+
+
+def seed_spread_note(results: dict[str, ExperimentResult]) -> str | None:
+    """What the seed spread means for the measured-features classifier (None for other models):
+    its seeds change only its cross-validation folds.
+
+    Parameters
+    ----------
+    results : ``{direction: result}``.
+    """
+    if not any(r.settings.get("arch") == "features" for r in results.values()):
+        return None
+    return ("The measured-features classifier's seeds change only its cross-validation folds (the fit is "
+            "deterministic): its seed spread is that of the regularisation chosen, not of a training, "
+            "and a spread of 0 says nothing about how the figure would hold on other data.")
 
 
 def adaptation_record(dataset, a: CropDataset, b: CropDataset, seeds, results: dict[str, ExperimentResult],

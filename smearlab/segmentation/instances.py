@@ -41,7 +41,7 @@ from skimage.transform import resize
 
 from ..core.device import resolve_device
 from ..core.errors import DataError
-from ..core.model_folder import read_model_folder, save_model_folder
+from ..core.model_folder import read_model_folder, save_model_folder, warn_other_version
 from ..core.search import grid_search
 from ..core.training import History, TimeBudget, ema_model, step_loop
 from ..data.boxes import mask_box
@@ -293,10 +293,8 @@ def load_instance_unet(folder, device="auto") -> UNet:
         raise DataError(folder / "config.json", f"an instance U-Net reads 1 channel and predicts {len(CLASSES)} "
                         f"classes {list(CLASSES)}; this one {model.config['in_channels']} and "
                         f"{model.config['num_classes']}")
-    if saved.config.get("input_version", 1) != INPUT_VERSION:
-        log.warning("%s: trained on the input channel of version %s; this version (%d) reads bright-field images a "
-                    "little differently (the objects' side is decided before the stretch): predictions shift "
-                    "slightly; retrain for exact ones", folder, saved.config.get("input_version", 1), INPUT_VERSION)
+    warn_other_version(folder, "input channel", saved.config.get("input_version"), INPUT_VERSION,
+                       "decides the objects' side before the stretch")
     model.task = "instances"
     model.thresholds = _read_thresholds(saved.thresholds, folder / "thresholds.json")
     model.diameter = saved.config.get("diameter")
