@@ -264,3 +264,28 @@ def test_a_slice_of_tiled_predictions_keeps_its_per_pass_cap():
     with pytest.raises(ValueError, match="classes"):
         preds + Predictions([one], ["WBC"])
     assert (preds[:1] + preds[1:]).windows == [1, 4]
+
+
+def test_predictions_joined_by_sum_or_appended_keep_their_classes_and_line_up():
+    """``sum([p, q], [])`` and ``[] + p`` gave a plain list (its labels then read in a dataset's
+    class order); ``append`` left the per-image windows one short; ``copy`` dropped them."""
+    from smearlab.data.predictions import Predictions
+    one = {"boxes": np.zeros((1, 4), np.float32) + [0, 0, 4, 4], "scores": np.ones(1, np.float32),
+           "labels": np.zeros(1, np.int64)}
+    p, q = Predictions([one], ["RBC", "WBC"], windows=[4]), Predictions([one, one], ["RBC", "WBC"], windows=[1, 1])
+    joined = sum([p, q], [])
+    assert isinstance(joined, Predictions) and joined.class_names == ["RBC", "WBC"] and joined.windows == [4, 1, 1]
+    assert ([] + p).class_names == ["RBC", "WBC"] and p.copy().windows == [4]
+    with pytest.raises(ValueError, match="whose classes"):
+        [one] + p
+    with pytest.raises(ValueError, match="classes"):
+        sum([p, Predictions([one], ["WBC", "RBC"])], [])
+    p.append(one)
+    assert len(p) == 2 and p.windows is None and p.class_names == ["RBC", "WBC"]
+
+
+def test_a_class_mapping_says_when_label_ids_change_without_a_new_order():
+    from smearlab.data.classes import match_classes
+    text = match_classes(["RBC", "WBC"], ["Platelets", "RBC", "WBC"]).describe()
+    assert "renumbered" in text and "['Platelets']" in text
+    assert match_classes(["RBC", "WBC"], ["RBC", "WBC"]).describe() == "same classes"

@@ -78,7 +78,8 @@ class ClassMapping:
         return [n for n, t in zip(self.source, self.lut) if t < 0]
 
     def describe(self) -> str:
-        """What was mapped, for the log: renamed classes, a new order, unmatched classes."""
+        """What was mapped, for the log: renamed classes, a new order or new label ids, unmatched
+        source classes and target classes no source class maps to."""
         renamed = [f"{s!r} -> {self.target[t]!r} ({self.how[s]})" for s, t in zip(self.source, self.lut)
                    if t >= 0 and self.how.get(s) != "same"]
         parts = []
@@ -87,8 +88,13 @@ class ClassMapping:
         used = [t for t in self.lut.tolist() if t >= 0]
         if used != sorted(used):
             parts.append(f"reordered {self.source} -> {self.target}")
+        elif used != list(range(len(used))):
+            parts.append(f"label ids renumbered {self.source} -> {self.target}")
         if self.unmatched:
             parts.append(f"no counterpart for {self.unmatched}")
+        extra = [n for i, n in enumerate(self.target) if i not in set(used)]
+        if extra:
+            parts.append(f"target classes without a source class: {extra}")
         return "; ".join(parts) or "same classes"
 
     def labels(self, labels: np.ndarray) -> np.ndarray:

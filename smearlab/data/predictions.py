@@ -106,16 +106,35 @@ class Predictions(list):
         return Predictions(list(self) + list(other), self.class_names or names, windows=joined("windows"),
                            zooms=joined("zooms"))
 
+    def __radd__(self, other):
+        # ``[] + p`` and ``sum([p, q], [])``: Python asks a list subclass first, so the join is
+        # checked and keeps the class names instead of giving a plain list
+        if not isinstance(other, list):
+            return NotImplemented
+        if not len(other):
+            return self.copy()
+        names = class_names_of(other)
+        if names is None and self.class_names is not None:
+            raise ValueError("cannot join a plain list with Predictions: whose classes would its labels index? "
+                             "make it Predictions(list, class_names) first")
+        return Predictions(other, names) + self
+
     # the list operations that would give a plain list, or join another classes' labels unchecked
     # (a copy lost its class names and its labels were read in the dataset's order)
     def __iadd__(self, other):
         return self + other
 
+    def append(self, item) -> None:
+        """Add one image's prediction; its windows and zoom are unknown, so the per-image lists
+        (which would no longer line up with the images) are dropped."""
+        super().append(item)
+        self.windows = self.zooms = None
+
     def extend(self, other):
         raise TypeError("Predictions.extend would join labels of other classes unchecked: use p = p + other")
 
     def copy(self) -> "Predictions":
-        return self + Predictions([], self.class_names)
+        return Predictions(list(self), self.class_names, windows=self.windows, zooms=self.zooms)
 
     def __repr__(self) -> str:
         return f"Predictions({len(self)} images, classes={self.class_names})"
