@@ -441,3 +441,30 @@ def test_crops_of_predicted_boxes_do_not_take_the_truths_crowd_flags():
         crops_module.crops_from_dataset = real
     assert len(crops) == 1 and seen[0].class_counts() == {"WBC": 1}  # it raised: 2 flags for 1 box
     assert "iscrowd" not in seen[0][0].meta and seen[0][0].meta["stain"] == "A"
+
+
+def test_a_class_absent_from_truth_and_predictions_has_no_per_class_scores():
+    """0/0 read as F1 0.00: a small test split without eosinophils showed them as a failure."""
+    from smearlab.metrics.classification import classification_report
+    r = classification_report([0, 0, 1, 1], [0, 1, 1, 1], ["lymphocyte", "neutrophil", "eosinophil"])
+    assert r["per_class"]["eosinophil"] == {"precision": None, "recall": None, "f1": None, "support": 0}
+    assert r["per_class"]["lymphocyte"]["precision"] == 1.0 and r["per_class"]["lymphocyte"]["recall"] == 0.5
+    missed = classification_report([0, 2], [0, 0], ["a", "b", "c"])["per_class"]
+    assert missed["c"] == {"precision": None, "recall": 0.0, "f1": 0.0, "support": 1}  # there and never found: 0
+    spurious = classification_report([0, 0], [0, 1], ["a", "b"])["per_class"]["b"]
+    assert spurious == {"precision": 0.0, "recall": None, "f1": 0.0, "support": 0}  # called but never there: 0
+
+
+def test_crowd_regions_are_not_a_class_to_find_and_the_confusion_matrix_says_it_counts_them(caplog):
+    from smearlab.metrics.detection import coco_eval, confusion_matrix
+    s = Sample("a", boxes=[[0, 0, 10, 10], [20, 20, 40, 40]], labels=[0, 1], size=(50, 50),
+               meta={"iscrowd": np.array([0, 1])})
+    ds = SmearDataset([s], ["cell", "clump"], "crowd")
+    empty = [{"boxes": np.zeros((0, 4)), "scores": np.zeros(0), "labels": np.zeros(0, np.int64)}]
+    r = coco_eval(ds, empty)
+    assert r["per_class"]["clump"]["AP50"] is None and r["per_class"]["cell"]["AP50"] == 0.0  # as with predictions
+    found = [{"boxes": np.array([[0, 0, 10, 10]]), "scores": np.array([0.9]), "labels": np.array([0])}]
+    assert coco_eval(ds, found)["per_class"]["clump"]["AP50"] is None
+    with caplog.at_level(logging.WARNING, logger="smearlab"):
+        confusion_matrix(ds, found)
+    assert "confusion_matrix holds 1 crowd region" in caplog.text and "coco_eval" in caplog.text

@@ -60,8 +60,14 @@ def classification_report(y_true, y_pred, class_names: Sequence[str]) -> dict[st
                 "confusion": [[0] * k for _ in range(k)], "macro": dict(none), "weighted": dict(none)}
     p, r, f, s = precision_recall_fscore_support(yt, yp, labels=all_labels, zero_division=0)
     present = [c for c in all_labels if s[c] > 0]
+    predicted = np.bincount(yp, minlength=k)
+
+    def undefined_or(v, defined):  # 0/0 is no measurement: None, not a failure of 0 (a class absent from a small test split)
+        return float(v) if defined else None
     out = {"class_names": list(class_names), "n": int(len(yt)),
-           "per_class": {class_names[c]: {"precision": float(p[c]), "recall": float(r[c]), "f1": float(f[c]),
+           "per_class": {class_names[c]: {"precision": undefined_or(p[c], predicted[c] > 0),
+                                          "recall": undefined_or(r[c], s[c] > 0),
+                                          "f1": undefined_or(f[c], s[c] > 0 or predicted[c] > 0),
                                           "support": int(s[c])} for c in all_labels},
            "accuracy": float((yt == yp).mean()),
            "confusion": confusion_matrix(yt, yp, labels=all_labels).tolist()}

@@ -154,7 +154,8 @@ def coco_eval(dataset: SmearDataset, predictions, *, iou_type: str = "bbox",
     results = coco_results(preds, segm=segm)
     k = len(names)
     prec = -np.ones((len(IOU_THRESHOLDS), len(RECALL_THRESHOLDS), k))
-    has_gt = np.bincount(np.concatenate([s.labels for s in dataset] + [np.zeros(0, np.int64)]),
+    # crowd regions are nothing to find (pycocotools: a class of crowd regions alone has no AP)
+    has_gt = np.bincount(np.concatenate([s.labels[~s.crowd] for s in dataset] + [np.zeros(0, np.int64)]),
                          minlength=k) > 0
     if results:
         with contextlib.redirect_stdout(io.StringIO()):
@@ -303,7 +304,8 @@ class FastEvaluator:
             ``mAP50`` (mean over classes with ground truth), ``mAP`` (AP@[.5:.95], only with
             ``full=True``), ``per_class`` ``{name: {"AP50", ["AP",] "precision", "recall", "f1",
             "tp", "fp", "fn"}}`` with P/R/F1 at IoU ``iou`` (None where undefined: no
-            prediction, no ground truth), ``counts`` as :func:`count_metrics` and ``iou``.
+            prediction, no ground truth), ``counts`` in the form of :func:`count_metrics`, of every detection ``keep`` selects (no
+            score threshold is applied here: pass the detections above it) and ``iou``.
         """
         r = self._run(prep, keep, iou, full)
         names = self.class_names
@@ -523,6 +525,7 @@ def confusion_matrix(dataset: SmearDataset, predictions, iou: float = 0.5,
     if not 0 < float(iou) <= 1:
         raise ValueError(f"iou must be in (0, 1], got {iou!r}")
     preds = check_predictions(dataset, predictions)
+    _warn_crowd(dataset, "confusion_matrix")
     names = dataset.class_names
     k = len(names)
     preds = keep_above_thresholds(preds, threshold_array(score_threshold, names))
@@ -577,7 +580,7 @@ def _warn_crowd(dataset: SmearDataset, what: str) -> None:
     if n:
         said.add(what)
         log.warning("%s: %s holds %d crowd region(s) (iscrowd 1), counted here as single objects; "
-                    "evaluate_detections (pycocotools) ignores detections on them instead",
+                    "coco_eval (pycocotools) ignores detections on them instead",
                     dataset.name, what, n)
 
 
@@ -734,6 +737,7 @@ def worst_images(dataset: SmearDataset, predictions, n: int = 4, iou: float = 0.
     iou : smallest IoU of a match (see :func:`match_image`).
     """
     predictions = check_predictions(dataset, predictions)  # labels mapped onto the dataset's classes by name
+    _warn_crowd(dataset, "worst_images")
     errors = []
     for i, (s, p) in enumerate(zip(dataset, predictions)):
         tp, found = match_image(s, p, iou)
