@@ -51,7 +51,7 @@ from .core.files import write_json, write_text
 from .core.model_folder import model_kind, read_config_json
 from .data.classes import match_classes
 from .data.derive import as_single_class
-from .data.imageio import read_image
+from .data.imageio import check_bits, read_image
 from .data.predictions import DEFAULT_SCORE
 from .detection.models import auto_tile, load_model
 from .detection.predict import predict as predict_images
@@ -210,7 +210,7 @@ def _check_run(out: Path, run: dict) -> None:
     except (OSError, ValueError) as e:
         raise DataError(f, f"not a readable run file ({e}); remove it or use another --out") from None
     keys = {"model_id": None, "scale": None, "tile": None, "score": None, "tta": False,
-            "dataset": None}  # key: value when absent
+            "dataset": None, "sensor_bits": None}  # key: value when absent
     def same(k, a, b) -> bool:  # a dataset path typed another way (./gt, an absolute path) is the same
         if k == "dataset" and a is not None and b is not None:
             return Path(a).resolve() == Path(b).resolve()
@@ -421,7 +421,7 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
             *, dataset: str | Path | None = None, pattern: str = "**/*", device: str = "auto",
             batch_size: int = 1, scale: float | str | None = None, tile: int | str | None = "auto",
             score: float | None = None, overlays: bool = False, progress: bool = True,
-            pixel_size: float | None = None, tta: bool = False) -> dict:
+            pixel_size: float | None = None, tta: bool = False, sensor_bits: int | None = None) -> dict:
     """Predict every image of ``inputs`` (or of ``dataset``) with the detector in ``model_folder``
     and write per-image results, counts and exports into ``out`` (see the module docstring).
 
@@ -464,6 +464,9 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
         flipped three ways, the boxes fused (:func:`smearlab.detection.predict.predict`); four
         times slower. Tuned thresholds must have been tuned the same way (``thresholds.json``
         records it; a mismatch is refused), unless ``score`` is given.
+    sensor_bits : the camera's bits per value for image files wider than 8 bits (12 for 12-bit
+        data in 16-bit files), so that every image is scaled to 8 bits alike; None: the range
+        each file declares, else guessed per image (see :mod:`smearlab.data.imageio`).
 
     Returns
     -------
@@ -486,13 +489,14 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
     if score is not None and not 0.0 <= float(score) <= 1.0:  # NaN fails too
         raise ValueError(f"score must be a threshold from 0 to 1, got {score!r}")
     check_zoom(scale)
+    sensor_bits = check_bits(sensor_bits)
     truth = None
     if dataset is not None:
         if inputs not in ((), None, []):
             raise ValueError("give image inputs or a dataset, not both")
         from .data import load
 
-        truth = load(dataset)
+        truth = load(dataset, sensor_bits=sensor_bits)
         names = file_names(truth)
         items = [ImageInput(s.path if s.path is not None else Path(name), name, stem, i)
                  for i, (s, name, stem) in enumerate(zip(truth, names, names_without_extension(names)))]
@@ -572,7 +576,7 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
     post = None if cascade is None else (lambda img, rec: _classify_white_cells(cascade, img, rec, device))
     run = {"model": str(folder.resolve()), "model_id": _model_id(folder, Path(out)), "classes": class_names,
            "scale": scale, "tile": tile, "score": score, "tta": bool(tta), "thresholds": threshold_source,
-           "dataset": str(Path(dataset).resolve()) if dataset is not None else None}
+           "dataset": str(Path(dataset).resolve()) if dataset is not None else None, "sensor_bits": sensor_bits}
     summary = _run_images(Path(out), run, items, truth, predict_fn, batch_size=batch_size, post=post,
                           overlays=overlays, progress=progress)
     summary["score_thresholds"] = {c: float(used.get(c, DEFAULT_SCORE)) for c in class_names}
@@ -615,7 +619,7 @@ def _predict_instances(folder: Path, items: list, out: Path, *, truth, dataset, 
 
     run = {"model": str(folder.resolve()), "model_id": _model_id(folder, Path(out)), "classes": ["object"], "scale": None,
            "tile": side, "score": score, "thresholds": "score" if score is not None else "thresholds.json",
-           "dataset": str(Path(dataset).resolve()) if dataset is not None else None}
+           "dataset": str(Path(dataset).resolve()) if dataset is not None else None, "sensor_bits": sensor_bits}
     summary = _run_images(out, run, items, truth, predict_fn, batch_size=1, overlays=overlays, progress=progress)
     summary["score_thresholds"] = {"object": floor}
     mapping = None
@@ -665,7 +669,7 @@ def _run_images(out: Path, run: dict, items: list, truth, predict_fn, *, batch_s
             chunk, images = [], []
             for im in todo[start:start + batch_size]:
                 try:
-                    img = truth[im.index].image if truth is not None else read_image(im.path)[0]
+                    img = truth[im.index].image if truth is not None else read_image(im.path, bits=run.get("sensor_bits"))[0]
                 except (DataError, OSError, ValueError) as e:
                     failed.append({"image": im.name, "error": str(e)})
                     bar.update(1)
@@ -714,7 +718,7 @@ def _run_images(out: Path, run: dict, items: list, truth, predict_fn, *, batch_s
     predicted = len(records) - resumed
     for im in redraw:  # images done by an earlier run without overlays
         try:
-            img = truth[im.index].image if truth is not None else read_image(im.path)[0]
+            img = truth[im.index].image if truth is not None else read_image(im.path, bits=run.get("sensor_bits"))[0]
         except (DataError, OSError, ValueError) as e:
             log.warning("%s: no overlay drawn: %s", im.name, e)
             continue

@@ -114,6 +114,8 @@ def _data(args) -> int:
         options = {"split": args.split} if args.split is not None else {}
         if args.no_image_check:
             options["check_images"] = False
+        if args.sensor_bits is not None:
+            options["sensor_bits"] = args.sensor_bits
         try:
             ds = open_dataset(args.path, format=args.format, **options)  # archives too (extracted once), synthetic
         except TypeError as e:  # a loader without the option (another TypeError is no such refusal)
@@ -174,7 +176,7 @@ def _predict(args) -> int:
         s = predict(args.model, args.inputs, args.out, dataset=args.dataset, pattern=args.glob,
                     device=args.device, batch_size=args.batch_size, scale=scale, tile=tile,
                     score=args.score, overlays=args.overlays, progress=not args.no_progress,
-                    pixel_size=args.pixel_size, tta=args.tta)
+                    pixel_size=args.pixel_size, tta=args.tta, sensor_bits=args.sensor_bits)
     except ValueError as e:  # DataError: the file and the problem
         return _error(e)
     except OSError as e:
@@ -257,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "files (<split>.json, instances_<split>.json, "
                                    "annotations/instances_<split>.json, <split>/_annotations.coco.json)")
     d.add_argument("--show-skips", type=_count(0), default=20, help="how many skipped records to list")
+    d.add_argument("--sensor-bits", type=_count(1), metavar="BITS",
+                   help="the camera's bits per value for images wider than 8 bits (e.g. 12), so every image is "
+                        "scaled alike (default: the range each file declares, else guessed per image)")
     d.add_argument("--no-image-check", action="store_true",
                    help="summarise the annotations without their image files (VOC, BBBC041 and IML, whose "
                         "annotation files hold the image sizes; e.g. the BBBC041 JSON alone)")
@@ -291,6 +296,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--tta", action="store_true",
                     help="test-time augmentation: fuse the boxes found in the image and its three flips (four "
                          "times slower; the model's thresholds must have been tuned with it, or give --score)")
+    pr.add_argument("--sensor-bits", type=_count(1), metavar="BITS",
+                    help="the camera's bits per value for images wider than 8 bits (e.g. 12), so every image is "
+                         "scaled alike (default: the range each file declares, else guessed per image)")
     pr.add_argument("--overlays", action="store_true", help="also write overlays/<image>.png with the boxes")
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")
     pr.set_defaults(func=_predict)

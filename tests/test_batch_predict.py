@@ -673,3 +673,23 @@ def test_one_image_the_model_refuses_fails_alone_in_its_batch(trained, tmp_path)
     assert (s["predicted"], s["failed"]) == (1, 1)
     assert [f["image"] for f in s["failures"]] == ["b_big.png"] and "4096" in s["failures"][0]["error"]
     assert (tmp_path / "out" / "json" / "a_small.json").is_file()
+
+
+def test_the_cameras_bit_depth_is_part_of_the_run(trained, tmp_path, monkeypatch):
+    """16-bit fields are scaled by the bits the user gives (each read at that scale), and a re-run
+    at another scale is another run."""
+    from smearlab.data import imageio
+
+    scene = trained["new"][0].image[..., 0].astype(np.uint16) * 4  # 8-bit grey on a 10-bit range
+    write_image(tmp_path / "in" / "g16.png", scene)
+    seen = []
+    real = imageio.read_image
+    monkeypatch.setattr(batch, "read_image", lambda p, **kw: seen.append(kw.get("bits")) or real(p, **kw))
+    s = batch.predict(trained["model"], [tmp_path / "in"], tmp_path / "out", score=0.3, progress=False,
+                      sensor_bits=12)
+    assert s["predicted"] == 1 and seen == [12]
+    assert json.loads((tmp_path / "out" / "run.json").read_text())["sensor_bits"] == 12
+    with pytest.raises(DataError, match="sensor_bits 12 -> None"):
+        batch.predict(trained["model"], [tmp_path / "in"], tmp_path / "out", score=0.3, progress=False)
+    with pytest.raises(ValueError, match="sensor_bits"):
+        batch.predict(trained["model"], [tmp_path / "in"], tmp_path / "x", sensor_bits=0, progress=False)

@@ -64,7 +64,7 @@ def test_sixteen_bit_colour_files_keep_their_range(tmp_path):
     img, depth = read_image(png)
     assert depth == 16 and img[0, 7, 0] >= 254 and img[..., 1].min() >= 254
     _write_png16(png, data)
-    with pytest.warns(UserWarning, match="low 12 bits"):
+    with pytest.warns(UserWarning, match="below half the 16-bit range; .* only 16 levels"):
         img, _ = read_image(png)
     assert img[..., 1].min() >= 230  # bright, as the TIFF, with fewer levels
 
@@ -209,10 +209,85 @@ def test_review_edges_of_the_readers_and_names(tmp_path, monkeypatch, capsys):
     with pytest.warns(UserWarning) as caught:
         img, depth = read_image(tmp_path / "c.tif")
     said = " ".join(str(w.message) for w in caught)
-    assert "tifffile cannot decode" in said and "low 12 bits" in said  # and the 12-bit data lose precision
+    assert "tifffile cannot decode" in said and "only 16 levels" in said  # and the 12-bit data lose precision
     assert depth == 16 and img.min() >= 230
     over = np.array([[0.5, 1.0001]])
     assert to_rgb8(over)[0][0, :, 0].tolist() == [128, 255]
     assert cli.main(["data", "synthetic"]) == 0
     assert '"format": "synthetic"' in capsys.readouterr().out
     assert cli.main(["data", "synthetic", "--split", "train"]) == 2
+
+
+def _png16_grey(path, grey16: np.ndarray, sbit: int | None = None) -> None:
+    """A 16-bit grey PNG written by hand, with an ``sBIT`` chunk (significant bits) when given."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+    h, w = grey16.shape
+    rows = b"".join(b"\x00" + grey16[y].astype(">u2").tobytes() for y in range(h))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 0, 0, 0, 0))
+                     + (chunk(b"sBIT", bytes([sbit])) if sbit else b"")
+                     + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+
+
+def test_frames_of_one_camera_scale_alike_when_the_bit_depth_is_known(tmp_path, monkeypatch):
+    """Each 16-bit image was scaled from the range its own largest value fits: a 12-bit frame at a
+    quarter of the exposure read exactly as bright as the full one, silently."""
+    from smearlab.data import open_dataset
+    from smearlab.data import imageio
+
+    monkeypatch.setattr(imageio, "_SAID_RANGES", set())
+    scene = np.array([[0.2, 0.5], [0.9, 0.3]])
+    (tmp_path / "set" / "rbc").mkdir(parents=True)
+    for name, exposure in (("bright", 4000), ("dim", 1000)):
+        Image.fromarray((scene * exposure).astype(np.uint16)).save(tmp_path / "set" / "rbc" / f"{name}.png")
+    with pytest.warns(UserWarning, match=r"bright.png: uint16 data scaled from the 12-bit range .* guessed per image"):
+        guessed = {s.image_id: s.image[..., 0] for s in open_dataset(tmp_path / "set", format="imagefolder")}
+    assert (guessed["rbc/bright.png"] == guessed["rbc/dim.png"]).all()  # what the warning is about
+    known = {s.image_id: s.image[..., 0] for s in open_dataset(tmp_path / "set", format="imagefolder", sensor_bits=12)}
+    assert known["rbc/bright.png"].tolist() == [[50, 125], [224, 75]]
+    assert known["rbc/dim.png"].tolist() == [[12, 31], [56, 19]]  # a quarter as bright
+    # a PNG that declares its significant bits (sBIT) is scaled by them, without a warning
+    _png16_grey(tmp_path / "declared.png", (scene * 1000).astype(np.uint16), sbit=12)
+    assert imageio.declared_bits(tmp_path / "declared.png") == 12
+    assert read_image(tmp_path / "declared.png")[0][..., 0].tolist() == [[12, 31], [56, 19]]
+    # values above a given range are clipped, and said
+    with pytest.warns(UserWarning, match="above the 8-bit range"):
+        assert read_image(tmp_path / "declared.png", bits=8)[0].max() == 255
+    with pytest.raises(ValueError, match="sensor_bits"):
+        open_dataset(tmp_path / "set", format="imagefolder", sensor_bits=12.5)
+    with pytest.raises(ValueError, match="sensor_bits name files"):
+        open_dataset("synthetic", sensor_bits=12)
+    from smearlab import cli
+    assert cli.main(["data", str(tmp_path / "set"), "--format", "imagefolder", "--sensor-bits", "12"]) == 0
+
+
+def test_unusual_wide_files_read_the_right_way_up_and_round(tmp_path):
+    import tifffile
+
+    from smearlab.data.imageio import read_mask
+
+    # 16-bit min-is-white grey: 0 is white (PIL gave the stored numbers, black and white swapped)
+    tifffile.imwrite(tmp_path / "w.tif", np.array([[0, 65535], [16384, 49151]], np.uint16), photometric="miniswhite")
+    assert read_image(tmp_path / "w.tif")[0][..., 0].tolist() == [[255, 0], [191, 64]]
+    # unsigned 32-bit: PIL reads it signed, so the brightest pixel wrapped to black
+    tifffile.imwrite(tmp_path / "u32.tif", np.array([[3_000_000_000, 1_000_000_000]], np.uint32))
+    img = read_image(tmp_path / "u32.tif")[0][..., 0]
+    assert img[0, 0] > img[0, 1] > 0
+    # 0..1 floats with a hot pixel: the others keep their level (they read 255 times too dark)
+    f = np.full((20, 20), 0.5, np.float32)
+    f[0, 0] = 1.6
+    got = to_rgb8(f)[0][..., 0]
+    assert got[5, 5] == 128 and got[0, 0] == 255
+    # a mask drawn in the alpha channel: its opaque pixels (every pixel was foreground)
+    rgba = np.zeros((4, 6, 4), np.uint8)
+    rgba[..., :3] = 255
+    rgba[1:3, 2:5, 3] = 255
+    Image.fromarray(rgba).save(tmp_path / "m.png")
+    assert read_mask(tmp_path / "m.png").astype(bool).sum() == 6
+    coloured = rgba.copy()
+    coloured[0, 0, :3] = (9, 9, 9)  # colours differ: transparent pixels are background whatever lies under them
+    Image.fromarray(coloured).save(tmp_path / "c.png")
+    assert read_mask(tmp_path / "c.png").astype(bool).sum() == 6

@@ -10,14 +10,28 @@ annotation tool that ignored the tag), and count that repair in ``dataset.fixed`
 :func:`smearlab.data.formats._common.image_geometry`). Headers are read with
 :func:`image_info` (sizes both ways) without decoding pixels.
 
+Intensity scale
+---------------
+Images wider than 8 bits are scaled to 8 bits from the range that stands for full brightness.
+The range a file declares is used when there is one (DICOM ``BitsStored``, a PNG ``sBIT``
+chunk) or the range the caller gives (``bits=`` here, ``sensor_bits=`` when a dataset is
+opened: ``open_dataset(path, sensor_bits=12)`` for a 12-bit camera). Otherwise it is guessed per
+image as the smallest usual sensor range that holds the image's largest value (:func:`full_scale`),
+which keeps 12-bit data in a 16-bit file bright but scales a dim frame of one camera differently
+from a bright one (a 12-bit frame whose largest value is 900 reads as 10-bit data, four times
+brighter); a warning says so once, naming the first such file.
+
 Masks
 -----
 :func:`read_mask` reads values, never colours: a palette PNG gives its palette indices; a
 colour mask whose channels are equal gives that channel; a colour mask whose channels differ
 gives one integer per colour (``r * 65536 + g * 256 + b``), so a green instance is not empty.
+A mask drawn in the alpha channel (one colour on a transparent background) gives its opaque
+pixels; where the colours differ, transparent pixels are background.
 """
 from __future__ import annotations
 
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -134,8 +148,15 @@ def read_raw(path: str | Path, *, orientation: str = "exif", palette: str = "rgb
                 if im.mode == "P":
                     im = im.convert("RGBA" if "transparency" in im.info else "RGB")
                 elif im.mode in ("I;16", "I;16B", "I;16L"):
-                    return np.array(im, dtype=np.uint16)
+                    arr = np.array(im, dtype=np.uint16)
+                    if _tiff_tag(im, 262) == 0:  # min-is-white: 0 is white; PIL returns the stored numbers
+                        arr = _min_is_white(arr, _tiff_tag(im, 258), path)
+                    return arr
                 elif im.mode == "I":
+                    if _tiff_tag(im, 262) == 0:
+                        raise DataError(path, "a 32-bit min-is-white TIFF: save it as min-is-black grey")
+                    if im.format == "TIFF" and _tiff_tag(im, 258) == 32 and _tiff_tag(im, 339) in (None, 1):
+                        return _first_page(path).astype(np.uint32)  # unsigned: PIL reads it signed (wrapped)
                     return np.array(im, dtype=np.int32)
                 elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV", "LA", "PA"):
                     im = im.convert("RGBA" if im.mode in ("LA", "PA") else "RGB")
@@ -150,6 +171,21 @@ def read_raw(path: str | Path, *, orientation: str = "exif", palette: str = "rgb
 
 #: multi-page TIFFs whose first-page reading was said (once per file)
 _SAID_PAGES: set[Path] = set()
+
+
+def _tiff_tag(im: Image.Image, tag: int):
+    """A TIFF tag's single value (the first of a tuple), or None (not a TIFF, or no such tag)."""
+    if im.format != "TIFF":
+        return None
+    v = getattr(im, "tag_v2", {}).get(tag)
+    return v[0] if isinstance(v, (tuple, list)) and v else v
+
+
+def _min_is_white(arr: np.ndarray, bits, path: Path) -> np.ndarray:
+    """A min-is-white grey image turned over within its declared bit range (``bits`` per sample)."""
+    bits = int(bits) if isinstance(bits, int) and 1 <= bits <= 16 else 16
+    top = (1 << bits) - 1
+    return (top - np.minimum(arr, top)).astype(np.uint16)
 
 
 def _sixteen_bit_colour(im: Image.Image) -> bool:
@@ -191,10 +227,11 @@ def _read_sixteen_bit_colour(im: Image.Image, path: Path, orientation: str) -> n
     if arr is None:
         im.load()
         arr = np.array(im).astype(np.uint16) * 257
-        if int(arr[..., :3].max()) <= 15 * 257:  # the colours' bits (an opaque alpha channel is 65535)
-            warnings.warn(f"{path}: a 16-bit colour {im.format or 'image'} whose values use only the low 12 bits; "
-                          "PIL reads the high byte alone, so only 16 grey levels per channel remain: save it as an "
-                          "uncompressed 16-bit TIFF to keep its precision", stacklevel=3)
+        high = int(arr[..., :3].max()) // 257  # the colours' high byte (an opaque alpha channel is 65535)
+        if high < 128:  # data of a 12-, 13- or 14-bit camera: its low bits, and so its levels, are lost
+            warnings.warn(f"{path}: a 16-bit colour {im.format or 'image'} whose values stay below half the 16-bit "
+                          f"range; PIL reads the high byte alone, so only {high + 1} levels per channel remain: save "
+                          "it as an uncompressed 16-bit TIFF to keep its precision", stacklevel=3)
     return _undo_orientation(arr, code)
 
 
@@ -279,7 +316,9 @@ def full_scale(image: np.ndarray) -> float:
     if np.issubdtype(a.dtype, np.floating):
         finite = a[np.isfinite(a)]
         hi = float(finite.max()) if finite.size else 1.0
-        return 1.0 if hi <= 1.5 else _sensor_range(hi)
+        if hi <= 1.5 or (finite.size >= 100 and float(np.percentile(finite, 99.5)) <= 1.0):
+            return 1.0  # 0..1 data, a few hot pixels clipped (one of 1.6 made every other pixel read 255x darker)
+        return _sensor_range(hi)
     if not np.issubdtype(a.dtype, np.integer):
         return 1.0
     return _sensor_range(max(int(a.max()), 1) if a.size else 1)
@@ -290,11 +329,13 @@ def _sensor_range(hi: float) -> float:
     return float(next((2.0 ** b - 1 for b in (8, 10, 12, 14, 16, 32, 64) if hi <= 2.0 ** b - 1), hi))
 
 
-def to_rgb8(arr: np.ndarray, where="image") -> tuple[np.ndarray, int]:
+def to_rgb8(arr: np.ndarray, where="image", *, bits: int | None = None) -> tuple[np.ndarray, int]:
     """Convert grey / RGBA / 16-bit / float arrays to RGB uint8.
 
-    Integer images wider than 8 bits are scaled linearly from the smallest usual sensor range
-    that holds their values (10, 12, 14 or 16 bits, so 12-bit microscopy stays bright); float
+    Integer images wider than 8 bits are scaled linearly from ``0..2 ** bits - 1`` when ``bits``
+    is given (values above are clipped, with a warning), otherwise from the smallest usual sensor
+    range that holds their values (10, 12, 14 or 16 bits, so 12-bit microscopy stays bright; a
+    warning says once that the range is guessed per image, see the module docstring); float
     images from 0..1 when their values lie there (up to 1.5, clipped), otherwise from the smallest of those ranges
     (8 bits first) that holds them. Negative values and NaN become 0. Returns the RGB image and
     the original bit depth.
@@ -304,12 +345,15 @@ def to_rgb8(arr: np.ndarray, where="image") -> tuple[np.ndarray, int]:
     arr : ``(H, W)``, ``(H, W, 1)``, ``(H, W, 2)`` (grey + alpha), ``(H, W, 3)`` or ``(H, W, 4)``
         array of bool, integers or floats.
     where : the file (or name) given to :class:`DataError` for an unusable array.
+    bits : the bits per value the camera used (e.g. 12 for 12-bit data in a 16-bit file), for
+        integer images wider than 8 bits; None: guessed per image.
 
     Returns
     -------
     image : ``(H, W, 3)`` uint8
     depth : original bit depth (1 for bool, 8, 16..., 32 for floats).
     """
+    bits = check_bits(bits)
     a = np.asarray(arr)
     if a.size == 0 or a.ndim < 2 or a.shape[0] == 0 or a.shape[1] == 0:
         raise DataError(where, f"image has zero size {a.shape}")
@@ -327,8 +371,8 @@ def to_rgb8(arr: np.ndarray, where="image") -> tuple[np.ndarray, int]:
         depth = 8
     elif np.issubdtype(a.dtype, np.integer):
         depth = a.dtype.itemsize * 8
-        full = full_scale(a)
-        a = (np.clip(a, 0, None).astype(np.float64) * (255.0 / full) + 0.5).astype(np.uint8)
+        full = _integer_range(a, bits, where)
+        a = (np.clip(a, 0, full).astype(np.float64) * (255.0 / full) + 0.5).astype(np.uint8)
     elif np.issubdtype(a.dtype, np.floating):
         depth = 32
         a = np.nan_to_num(a.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
@@ -344,7 +388,7 @@ def to_rgb8(arr: np.ndarray, where="image") -> tuple[np.ndarray, int]:
     return np.ascontiguousarray(a), depth
 
 
-def read_image(path: str | Path, *, orientation: str = "exif") -> tuple[np.ndarray, int]:
+def read_image(path: str | Path, *, orientation: str = "exif", bits: int | None = None) -> tuple[np.ndarray, int]:
     """Read ``path`` as RGB uint8, as shown (EXIF orientation applied) unless
     ``orientation="stored"``. Returns ``(image, original_bit_depth)``.
 
@@ -352,13 +396,98 @@ def read_image(path: str | Path, *, orientation: str = "exif") -> tuple[np.ndarr
     ----------
     path : the image file.
     orientation : ``"exif"`` (as shown) or ``"stored"``; see the module docstring.
+    bits : the camera's bits per value for data wider than 8 bits (12 for a 12-bit camera);
+        None: the range the file declares (DICOM ``BitsStored``, PNG ``sBIT``), else guessed per
+        image (see "Intensity scale" in the module docstring).
 
     Raises
     ------
     DataError
         naming the file when it is missing, corrupt, truncated or of an unsupported layout.
     """
-    return to_rgb8(read_raw(path, orientation=orientation), where=path)
+    raw = read_raw(path, orientation=orientation)
+    if bits is None and np.issubdtype(raw.dtype, np.integer) and raw.dtype.itemsize > 1:
+        bits = declared_bits(path)
+    return to_rgb8(raw, where=path, bits=bits)
+
+
+def check_bits(bits) -> int | None:
+    """``bits`` as an int in 1..32, or None (ValueError otherwise).
+
+    Parameters
+    ----------
+    bits : the bits per value a camera used, or None.
+    """
+    if bits is None:
+        return None
+    if isinstance(bits, bool) or not isinstance(bits, (int, np.integer)) or not 1 <= int(bits) <= 32:
+        raise ValueError(f"bits (sensor_bits) must be a whole number of bits in 1..32, e.g. 12, got {bits!r}")
+    return int(bits)
+
+
+def declared_bits(path: str | Path) -> int | None:
+    """The bits per value an image file declares for its data: DICOM ``BitsStored``, or the
+    significant bits of a PNG's ``sBIT`` chunk (the largest of its colour channels); None when
+    it declares none.
+
+    Parameters
+    ----------
+    path : the image file.
+    """
+    path = Path(path)
+    try:
+        if path.suffix.lower() in DICOM_EXTENSIONS:
+            import pydicom
+
+            return int(pydicom.dcmread(path, stop_before_pixels=True).BitsStored) or None
+        with open(path, "rb") as f:
+            if f.read(8) != b"\x89PNG\r\n\x1a\n":
+                return None
+            colours = 1
+            while True:
+                head = f.read(8)
+                if len(head) < 8:
+                    return None
+                n, kind = struct.unpack(">I4s", head)
+                if kind == b"IHDR":
+                    ihdr = f.read(n)
+                    colours = 3 if len(ihdr) > 9 and ihdr[9] in (2, 3, 6) else 1
+                    f.seek(4, 1)
+                elif kind == b"sBIT":
+                    data = f.read(n)[:colours]
+                    return int(max(data)) if data and 0 < max(data) <= 16 else None
+                elif kind in (b"IDAT", b"IEND"):
+                    return None
+                else:
+                    f.seek(n + 4, 1)
+    except Exception:  # noqa: BLE001 - no declaration to be read: the per-image range
+        return None
+
+
+#: the guessed ranges said (once per range, naming the first file): images are read every epoch
+_SAID_RANGES: set = set()
+
+
+def _integer_range(a: np.ndarray, bits: int | None, where) -> float:
+    """The value that stands for full brightness in the integer image ``a`` (see :func:`to_rgb8`)."""
+    if bits is not None:
+        top = float(2 ** bits - 1)
+        hi = int(a.max()) if a.size else 0
+        if hi > top and ("over", bits) not in _SAID_RANGES:
+            _SAID_RANGES.add(("over", bits))
+            warnings.warn(f"{where}: values up to {hi}, above the {bits}-bit range ({int(top)}) declared for it; "
+                          "they are clipped to white (is the bit depth right?)", stacklevel=4)
+        return top
+    full = full_scale(a)
+    dtype_top = float(np.iinfo(a.dtype).max) if a.dtype.kind == "u" else float(2 ** (a.dtype.itemsize * 8 - 1) - 1)
+    guessed = int(round(np.log2(full + 1)))
+    if full < dtype_top and guessed not in _SAID_RANGES:
+        _SAID_RANGES.add(guessed)
+        warnings.warn(f"{where}: {a.dtype} data scaled from the {guessed}-bit range its largest value fits, "
+                      "guessed per image: frames of one camera at other exposures may be scaled differently. "
+                      "Give the camera's bit depth (open_dataset(..., sensor_bits=12), read_image(..., bits=12)) "
+                      "to scale every image alike", stacklevel=4)
+    return full
 
 
 def image_info(path: str | Path) -> ImageInfo:
@@ -431,8 +560,14 @@ def read_mask(path: str | Path, *, orientation: str = "exif") -> np.ndarray:
         ``(H, W)`` integer array.
     """
     a = read_raw(path, orientation=orientation, palette="index")
+    if a.ndim == 3 and a.shape[2] == 4:
+        alpha, a = a[..., 3], a[..., :3]
+        if alpha.size and int(alpha.min()) < np.iinfo(alpha.dtype).max:  # some pixels transparent
+            if (a == a.reshape(-1, 3)[0]).all():  # one colour: the mask is drawn in the alpha channel
+                return (alpha > 0).astype(np.uint8)
+            a = np.where(alpha[..., None] > 0, a, 0)  # transparent pixels are background, whatever colour lies under them
     if a.ndim == 3:
-        a = a[..., :3] if a.shape[2] in (3, 4) else a[..., :1]  # alpha is not a value
+        a = a[..., :3] if a.shape[2] in (3, 4) else a[..., :1]
         if a.shape[2] == 1 or (np.all(a[..., 0] == a[..., 1]) and np.all(a[..., 0] == a[..., 2])):
             a = a[..., 0]
         elif a.dtype == np.uint8:

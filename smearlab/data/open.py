@@ -43,8 +43,8 @@ def open_dataset(spec: str | Path = "synthetic", *, quick: bool = True, seed: in
     if spec in keywords:  # exactly: a folder named "synthetic_cells" is a folder
         if Path(spec).exists():
             log.warning("%r names the synthetic generator; to load the folder of that name, give ./%s", spec, spec)
-        if format is not None or "split" in options:
-            raise ValueError(f"{spec!r} is the synthetic generator: format and split name files on disk")
+        if format is not None or "split" in options or "sensor_bits" in options:
+            raise ValueError(f"{spec!r} is the synthetic generator: format, split and sensor_bits name files on disk")
         n = options.pop("n", SYNTHETIC_SIZES[bool(quick)])
         stains = ["A", "B"] if spec == "synthetic" else [spec.split("-", 1)[1]]
         parts = [synthetic.make_dataset(n, seed=seed + i, stain=st, **options) for i, st in enumerate(stains)]

@@ -61,6 +61,9 @@ class Sample:
         another size is refused.
     meta : further per-sample information from the loader (e.g. ``iscrowd``, ``window``).
     orientation : how the image file is read: ``"exif"`` (as shown) or ``"stored"``.
+    sensor_bits : the camera's bits per value for image files wider than 8 bits (12 for 12-bit
+        data in 16-bit files), so that every image is scaled alike; None: the range the file
+        declares, else guessed per image (see :mod:`smearlab.data.imageio`).
     _image : ``(H, W, 3)`` uint8 image, a zero-argument callable returning it, or None to read
         ``path`` on first access.
     _masks : optional ``(N, H, W)`` bool instance masks, or a zero-argument callable returning them.
@@ -77,6 +80,7 @@ class Sample:
     size: tuple[int, int] | None = None  # (height, width) when known without reading the image
     meta: dict[str, Any] = field(default_factory=dict)
     orientation: str = "exif"  # how the image file is read: "exif" (as shown) or "stored"
+    sensor_bits: int | None = None  # bits per value of wide image files; None: declared, else guessed
     _image: Any = field(default=None, repr=False)
     _masks: Any = field(default=None, repr=False)
     _semantic: Any = field(default=None, repr=False)
@@ -105,7 +109,7 @@ class Sample:
         if self._image is None:
             if self.path is None:
                 raise DataError(self.image_id, "sample has neither an image nor a path")
-            img, depth = read_image(self.path, orientation=self.orientation)
+            img, depth = read_image(self.path, orientation=self.orientation, bits=self.sensor_bits)
             if self.size is not None and tuple(img.shape[:2]) != tuple(self.size):
                 raise DataError(self.path, f"image reads as {img.shape[1]}x{img.shape[0]} "
                                            f"({self.orientation} orientation) but its annotation "

@@ -12,8 +12,10 @@ import importlib
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from ...core.errors import DataError
-from ..imageio import is_image_file
+from ..imageio import check_bits, is_image_file
 
 log = logging.getLogger("smearlab.data")
 
@@ -304,7 +306,9 @@ def load(path: str | Path, format: str | None = None, split: str | None = None, 
         folder of COCO files, ``<split>.json``, ``instances_<split>.json``,
         ``annotations/instances_<split>.json`` or ``<split>/_annotations.coco.json``.
         A COCO folder holding one COCO file needs no split.
-    options : go to the format's loader (see ``smearlab.data.formats.<format>.load``).
+    options : go to the format's loader (see ``smearlab.data.formats.<format>.load``), except
+        ``sensor_bits``: the camera's bits per value (e.g. 12) for image files wider than 8 bits,
+        so that every image is scaled to 8 bits alike (see :mod:`smearlab.data.imageio`).
 
     Raises
     ------
@@ -316,6 +320,7 @@ def load(path: str | Path, format: str | None = None, split: str | None = None, 
         for an unknown ``format``.
     """
     path = Path(path)
+    sensor_bits = check_bits(options.pop("sensor_bits", None))
     if format is None:
         path, fmt = find_dataset(path)
     else:
@@ -345,6 +350,11 @@ def load(path: str | Path, format: str | None = None, split: str | None = None, 
         ds = module(fmt).load(path, **options)
     if format is not None and len(ds) == 0:
         raise DataError(path, f"no images found as {fmt}{_empty_note(path, fmt, ds)}")
+    if sensor_bits is not None:
+        for s in ds:
+            s.sensor_bits = sensor_bits
+            if s.path is not None and isinstance(s._image, np.ndarray):  # read while loading: read again at that scale
+                s._image = None
     return ds
 
 
