@@ -668,7 +668,9 @@ def save_samples(dataset: SmearDataset, image_dir: Path, annotation_dir: Path, s
 
     Files are named by :func:`file_stems` (checked for clashes before anything is written); the
     annotation of a sample is ``annotation(sample, image_file)`` written as ``<stem><suffix>``.
-    Every file is written atomically, the image first.
+    Every file is written atomically, the image first. Crowd regions (COCO ``iscrowd``) are left
+    out and counted in one warning: these formats have no crowd flag, and as boxes they would be
+    counted as single objects. Per-box flags that do not match the boxes are refused first.
 
     Parameters
     ----------
@@ -678,7 +680,21 @@ def save_samples(dataset: SmearDataset, image_dir: Path, annotation_dir: Path, s
     suffix : suffix of the annotation files (e.g. ``".xml"``).
     annotation : ``f(sample, image_file) -> text`` of one annotation file.
     """
-    for sample, stem in zip(dataset, file_stems(dataset)):
+    stems = file_stems(dataset)
+    plain, crowd = [], 0
+    for s in dataset:  # every check before the first file
+        hard = s.meta.get("difficult")
+        if hard is not None and np.size(hard) != len(s.boxes):  # zip() wrote the shorter of the two, silently
+            raise DataError(s.path or s.image_id, f"meta['difficult'] holds {np.size(hard)} flags for "
+                                                  f"{len(s.boxes)} boxes (filter both: per_box_meta)")
+        flags = s.crowd
+        crowd += int(flags.sum())
+        plain.append(s if not flags.any() else dataclasses.replace(
+            s, boxes=s.boxes[~flags], labels=s.labels[~flags], meta=per_box_meta(s.meta, ~flags), _masks=None))
+    if crowd:
+        log.warning("%s: %d crowd region(s) (COCO iscrowd 1) left out of the %s files: the format has no crowd "
+                    "flag, and as boxes they would count as single objects", dataset.name, crowd, suffix)
+    for sample, stem in zip(plain, stems):
         image = save_image_file(sample, image_dir, stem)
         write_text(annotation_dir / f"{stem}{suffix}", annotation(sample, image))
 
@@ -698,7 +714,9 @@ def file_stems(dataset: SmearDataset) -> list[str]:
 
 
 def save_image_file(sample: Sample, folder: Path, stem: str) -> Path:
-    """Write the image of ``sample`` as ``folder/stem.*``: a copy of its file, else a PNG.
+    """Write the image of ``sample`` as ``folder/stem.*``: a copy of its file, else a PNG (also
+    for a file read as stored whose EXIF tag turns it: a copy would be read turned, away from
+    its boxes, by a format that declares no image size).
 
     Parameters
     ----------
@@ -711,7 +729,7 @@ def save_image_file(sample: Sample, folder: Path, stem: str) -> Path:
     Path
         the file written.
     """
-    if sample.path is not None and sample.path.is_file():
+    if sample.path is not None and sample.path.is_file() and not turned_on_read(sample):
         dest = folder / f"{stem}{sample.path.suffix}"
         with atomic_path(dest) as tmp:
             shutil.copyfile(sample.path, tmp)
@@ -719,6 +737,17 @@ def save_image_file(sample: Sample, folder: Path, stem: str) -> Path:
     dest = folder / f"{stem}.png"
     write_image(dest, sample.image)
     return dest
+
+
+def turned_on_read(sample: Sample) -> bool:
+    """Whether ``sample`` is read as stored from a file whose EXIF tag turns it when shown, so
+    that a copy of the file would be read another way up than its boxes.
+
+    Parameters
+    ----------
+    sample : a Sample with a file.
+    """
+    return sample.orientation == "stored" and image_info(sample.path).rotated
 
 
 #: Annotation file names that say nothing of the dataset: such a dataset is named after its folder.

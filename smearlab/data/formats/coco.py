@@ -31,7 +31,7 @@ from ..boxes import clean_boxes
 from ..imageio import write_image
 from ..sample import Sample, SkipLog, SmearDataset
 from ._common import (OUTSIDE_ROOT_HINT, check_unique_names, image_geometry, is_absolute_name, json_dataset_name,
-                      path_name_problem, read_json, remap_classes, resolve_inside)
+                      path_name_problem, read_json, remap_classes, resolve_inside, turned_on_read)
 
 _COPYABLE = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
@@ -371,8 +371,10 @@ def save(dataset: SmearDataset, path: str | Path, *, masks: str = "rle") -> Path
         raise ValueError(f"masks must be 'rle' or 'polygon', got {masks!r}")
     json_path = Path(path)
     images, annotations, used = [], [], set()
-    for image_id, s in enumerate(dataset, start=1):
-        file_name = _write_image(s, json_path.parent / "images", used)
+    wanted = [_wanted_name(s) for s in dataset]
+    reserved = {n.lower() for n in wanted}  # a renamed file never takes the name of another image's file
+    for image_id, (s, name) in enumerate(zip(dataset, wanted), start=1):
+        file_name = _write_image(s, name, json_path.parent / "images", used, reserved)
         h, w = s.hw
         images.append({"id": image_id, "file_name": file_name, "width": int(w), "height": int(h)})
         annotations += _annotations(s, image_id, len(annotations) + 1, masks)
@@ -381,26 +383,42 @@ def save(dataset: SmearDataset, path: str | Path, *, masks: str = "rle") -> Path
     return json_path
 
 
-def _write_image(sample: Sample, folder: Path, used: set) -> str:
-    """Copy (or write as PNG) the sample's image into ``folder``; its ``file_name`` for the JSON."""
+def _copied(sample: Sample) -> bool:
+    """Whether the sample's image file is copied as it is (else written as PNG)."""
     src = sample.path
-    if src is not None and src.suffix.lower() in _COPYABLE and src.is_file():
-        name = _unique_name(src.name, used)
-        if os.path.abspath(folder / name) != os.path.abspath(src):
+    return src is not None and src.suffix.lower() in _COPYABLE and src.is_file() and not turned_on_read(sample)
+
+
+def _wanted_name(sample: Sample) -> str:
+    """The file name the sample's image would take in ``images/``, before clashes."""
+    if _copied(sample):
+        return sample.path.name
+    return re.sub(r"[^\w.-]", "_", sample.image_id) + ".png"
+
+
+def _write_image(sample: Sample, name: str, folder: Path, used: set, reserved: set) -> str:
+    """Copy (or write as PNG) the sample's image into ``folder`` as ``name`` or, when taken, a
+    name no other image wants; its ``file_name`` for the JSON."""
+    name = _unique_name(name, used, reserved)
+    if _copied(sample):
+        if os.path.abspath(folder / name) != os.path.abspath(sample.path):
             with atomic_path(folder / name) as tmp:
-                shutil.copyfile(src, tmp)
+                shutil.copyfile(sample.path, tmp)
     else:
-        name = _unique_name(re.sub(r"[^\w.-]", "_", sample.image_id) + ".png", used)
         write_image(folder / name, sample.image)
     return f"images/{name}"
 
 
-def _unique_name(name: str, used: set) -> str:
-    """``name``, or ``stem_K.ext`` when it is already taken (case-insensitively)."""
+def _unique_name(name: str, used: set, reserved: set = frozenset()) -> str:
+    """``name``, or ``stem_K.ext`` when it is already taken (case-insensitively); a new name is
+    never one of ``reserved`` (the names other images' files have: ``a_1.png`` for the second
+    ``a.png`` made the id ``a_1`` mean another image)."""
     stem, ext = os.path.splitext(name)
     k, out = 1, name
     while out.lower() in used:
         out, k = f"{stem}_{k}{ext}", k + 1
+        while out.lower() in reserved:
+            out, k = f"{stem}_{k}{ext}", k + 1
     used.add(out.lower())
     return out
 
@@ -414,7 +432,8 @@ def _annotations(sample: Sample, image_id: int, first_id: int, mode: str) -> lis
         if masks is None:
             out.append(coco_annotation(first_id + j, image_id, label, box, iscrowd=crowd[j]))
         else:
-            seg = encode_rle(masks[j]) if mode == "rle" else _polygons(masks[j])
+            seg = encode_rle(masks[j]) if mode == "rle" else (_polygons(masks[j]) or encode_rle(masks[j]))  # no
+            # outline to trace (an empty mask): RLE, as "segmentation": [] lost the image's masks
             out.append(coco_annotation(first_id + j, image_id, label, box, area=int(masks[j].sum()), segmentation=seg,
                                        iscrowd=crowd[j]))
     return out
