@@ -635,7 +635,7 @@ def test_tiffs_read_as_stored_planes_pages_and_colour_spaces(tmp_path):
         read_image(tmp_path / "mw.tif")
     for value in (10, 200):  # two pages
         tifffile.imwrite(tmp_path / "stack.tif", np.full((4, 4), value, np.uint8), append=True)
-    with pytest.warns(UserWarning, match="2 pages; its first page alone"):
+    with pytest.warns(UserWarning, match="a TIFF of 2 pages or frames; its first alone"):
         read_image(tmp_path / "stack.tif")
     import warnings
     with warnings.catch_warnings(record=True) as again:   # once per file: images are read every epoch

@@ -291,3 +291,18 @@ def test_unusual_wide_files_read_the_right_way_up_and_round(tmp_path):
     coloured[0, 0, :3] = (9, 9, 9)  # colours differ: transparent pixels are background whatever lies under them
     Image.fromarray(coloured).save(tmp_path / "c.png")
     assert read_mask(tmp_path / "c.png").astype(bool).sum() == 6
+
+
+def test_animations_and_transparent_pixels_are_said(tmp_path, monkeypatch):
+    from smearlab.data import imageio
+
+    monkeypatch.setattr(imageio, "_SAID_RANGES", set())
+    frames = [Image.fromarray(np.full((4, 4, 3), v, np.uint8)) for v in (10, 200)]
+    frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
+    with pytest.warns(UserWarning, match="animated.* 2 pages or frames; its first alone is read"):
+        read_image(tmp_path / "a.gif")
+    rgba = np.zeros((4, 4, 4), np.uint8)
+    rgba[1:3, 1:3] = (200, 100, 150, 255)
+    Image.fromarray(rgba).save(tmp_path / "cut.png")
+    with pytest.warns(UserWarning, match="transparent pixels are read as the colour stored under them"):
+        assert read_image(tmp_path / "cut.png")[0][0, 0].tolist() == [0, 0, 0]

@@ -131,11 +131,12 @@ def read_raw(path: str | Path, *, orientation: str = "exif", palette: str = "rgb
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
-                pages = int(getattr(im, "n_frames", 1) or 1) if im.format == "TIFF" else 1
+                pages = int(getattr(im, "n_frames", 1) or 1)
                 if pages > 1 and path not in _SAID_PAGES:  # a z-stack or one page per channel, read as one picture
                     _SAID_PAGES.add(path)  # once per file: images are read again each epoch
-                    warnings.warn(f"{path}: a TIFF of {pages} pages; its first page alone is read (split a stack "
-                                  "or a channels-per-page file into images first)", stacklevel=2)
+                    kind = "TIFF" if im.format == "TIFF" else f"{im.format or 'image'} (animated)"
+                    warnings.warn(f"{path}: a {kind} of {pages} pages or frames; its first alone is read (split a "
+                                  "stack, a channels-per-page file or an animation into images first)", stacklevel=2)
                 if _tiff_orientation(im) != 1:  # PIL turns these itself, grey ones wrongly
                     return _read_oriented_tiff(im, path, orientation)
                 if _sixteen_bit_colour(im):
@@ -408,6 +409,13 @@ def read_image(path: str | Path, *, orientation: str = "exif", bits: int | None 
     raw = read_raw(path, orientation=orientation)
     if bits is None and np.issubdtype(raw.dtype, np.integer) and raw.dtype.itemsize > 1:
         bits = declared_bits(path)
+    if raw.ndim == 3 and raw.shape[2] in (2, 4) and "alpha" not in _SAID_RANGES:
+        alpha = raw[..., -1]
+        if np.issubdtype(alpha.dtype, np.integer) and int(alpha.min()) < np.iinfo(alpha.dtype).max:
+            _SAID_RANGES.add("alpha")  # once: a folder of cut-out cells would say it for every file
+            warnings.warn(f"{path}: transparent pixels are read as the colour stored under them (alpha is "
+                          "dropped, not blended onto a background); a cut-out cell on a transparent background "
+                          "reads as on that colour, often black", stacklevel=2)
     return to_rgb8(raw, where=path, bits=bits)
 
 
