@@ -468,3 +468,10 @@ def test_crowd_regions_are_not_a_class_to_find_and_the_confusion_matrix_says_it_
     with caplog.at_level(logging.WARNING, logger="smearlab"):
         confusion_matrix(ds, found)
     assert "confusion_matrix holds 1 crowd region" in caplog.text and "coco_eval" in caplog.text
+
+
+@pytest.mark.parametrize("pad", [float("inf"), float("nan"), -0.1])
+def test_a_crop_window_needs_a_finite_margin(pad):
+    from smearlab.core.geometry import square_window
+    with pytest.raises(ValueError, match="pad must be a finite number"):
+        square_window([0, 0, 10, 10], pad)

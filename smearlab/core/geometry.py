@@ -155,8 +155,8 @@ def square_window(box, pad: float = 0.1) -> tuple[int, int, int, int]:
     x0, y0, x1, y1 = b
     if x1 <= x0 or y1 <= y0:
         raise ValueError(f"box must have x1 > x0 and y1 > y0, got {b.tolist()}")
-    if not pad >= 0:  # NaN too
-        raise ValueError(f"pad must be a number >= 0, got {pad}")
+    if not 0 <= pad < math.inf:  # NaN and infinity too (an infinite window overflowed)
+        raise ValueError(f"pad must be a finite number >= 0, got {pad}")
     side = max(1, int(round(max(x1 - x0, y1 - y0) * (1 + 2 * pad))))
     wx0 = int(math.floor((x0 + x1) / 2 - side / 2 + 0.5))
     wy0 = int(math.floor((y0 + y1) / 2 - side / 2 + 0.5))
