@@ -287,3 +287,16 @@ def test_a_notebook_whose_kernel_died_says_so_at_its_top(tmp_path):
     assert nb.metadata["papermill"]["exception"] is True
     assert "did not finish" in nb.cells[0].source and "smearlab-failed" in nb.cells[0].metadata["tags"]
     assert "did not finish" in (tmp_path / "run" / "01_dies.html").read_text()
+
+
+def test_json_written_holds_no_nan_or_infinity():
+    """Python wrote NaN and Infinity, which JSON has not: R's jsonlite and JavaScript refused the file."""
+    import json
+
+    from smearlab.core.files import json_text
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
+    got = strict(json_text({"ap": float("nan"), "x": np.float32("inf"), "arr": np.array([1.0, np.nan]),
+                            "nested": [{"v": -np.inf}], "ok": 0.5, "n": np.int64(2), "flag": True}))
+    assert got == {"ap": None, "x": None, "arr": [1.0, None], "nested": [{"v": None}], "ok": 0.5, "n": 2, "flag": True}

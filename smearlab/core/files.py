@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -58,7 +59,8 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON atomically, indented, with numpy scalars converted.
+    """Write JSON atomically, indented, with numpy scalars converted and NaN or infinite numbers
+    written as ``null`` (JSON has neither: R's jsonlite and JavaScript refused the file).
 
     Parameters
     ----------
@@ -74,18 +76,26 @@ def json_text(obj: Any) -> str:
     Parameters
     ----------
     obj : a JSON-ready object; numpy scalars and arrays and ``Path`` objects are converted (dict
-        keys too: ``{label: count}`` from ``np.unique`` crashed).
+        keys too: ``{label: count}`` from ``np.unique`` crashed); NaN and infinities become
+        ``null``.
     """
-    return json.dumps(_plain_keys(obj), indent=2, default=_json_default) + "\n"
+    return json.dumps(_plain_keys(obj), indent=2, default=_json_default, allow_nan=False) + "\n"
 
 
 def _plain_keys(o):
-    """``o`` with numpy-scalar and ``Path`` dict keys as Python ones (json refuses them as keys)."""
+    """``o`` with numpy-scalar and ``Path`` dict keys as Python ones (json refuses them as keys),
+    numpy arrays and scalars as lists and numbers, and NaN or infinite numbers as None."""
     if isinstance(o, dict):
         return {(k.item() if isinstance(k, np.generic) else str(k) if isinstance(k, Path) else k): _plain_keys(v)
                 for k, v in o.items()}
     if isinstance(o, (list, tuple)):
         return [_plain_keys(v) for v in o]
+    if isinstance(o, np.ndarray):
+        return _plain_keys(o.tolist())
+    if isinstance(o, np.generic):
+        o = o.item()
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
     return o
 
 
