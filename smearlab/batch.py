@@ -399,12 +399,13 @@ def _count_error(truth, names, records, class_names, mapping) -> dict:
     """Per model class with a counterpart in the dataset (``mapping``: model -> dataset classes,
     :func:`smearlab.data.classes.match_classes`), over the images predicted: the true and
     predicted totals, mean |predicted - true| and the relative error sum|pred - true| / sum(true),
-    as blood-count papers report them."""
+    as blood-count papers report them. COCO crowd regions (a clump boxed as one) are not true
+    cells: they are left out, as every count of the dataset leaves them out."""
     have = [(i, n) for i, n in enumerate(names) if n in records]
     to_model = {int(t): m for m, t in enumerate(mapping.lut.tolist()) if t >= 0}
     true = np.zeros((len(have), len(class_names)), int)
     for row, (i, _) in enumerate(have):
-        for lab in truth[i].labels.tolist():
+        for lab in truth[i].labels[~truth[i].crowd].tolist():
             if int(lab) in to_model:
                 true[row, to_model[int(lab)]] += 1
     pred = counts_table([records[n] for _, n in have], class_names)
@@ -512,7 +513,7 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
                              "flips")
         return _predict_instances(folder, items, Path(out), truth=truth, dataset=dataset, device=device,
                                   scale=scale if pixel_size is None else pixel_size, tile=tile, score=score,
-                                  overlays=overlays, progress=progress)
+                                  overlays=overlays, progress=progress, sensor_bits=sensor_bits)
     cascade = load_cascade(folder, device=device) if kind == "cascade" else None
     model = cascade.detector if cascade is not None else load_model(folder, device=device)
     types = cascade.types if cascade is not None else None
@@ -588,7 +589,7 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
 
 
 def _predict_instances(folder: Path, items: list, out: Path, *, truth, dataset, device, scale, tile, score,
-                       overlays: bool, progress: bool) -> dict:
+                       overlays: bool, progress: bool, sensor_bits: int | None = None) -> dict:
     """:func:`predict` with a U-Net folder: every object is of class ``"object"`` (a dataset's
     classes are counted as one). The learned instance segmenter predicts in tiles of 256 px unless
     ``tile`` names a size (None: each image in one piece); a U-Net of class maps predicts whole images at its training size and

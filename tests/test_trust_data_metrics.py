@@ -475,3 +475,31 @@ def test_a_crop_window_needs_a_finite_margin(pad):
     from smearlab.core.geometry import square_window
     with pytest.raises(ValueError, match="pad must be a finite number"):
         square_window([0, 0, 10, 10], pad)
+
+
+def test_counts_against_a_truth_leave_its_crowd_regions_out(tmp_path):
+    """A perfect detector was shown a 25 % count error: the truth's clump boxed as one (COCO
+    iscrowd) was counted as a red cell, which no other count of the dataset does."""
+    from smearlab.batch import _count_error
+    from smearlab.data.classes import match_classes
+    from smearlab.data.formats import save
+    from smearlab.experiments.counting import true_counts
+
+    s = Sample("a", _image=np.zeros((40, 40, 3), np.uint8), boxes=[[1, 1, 5, 5], [6, 6, 10, 10], [20, 20, 35, 35]],
+               labels=[0, 0, 0], meta={"iscrowd": np.array([0, 0, 1])})
+    ds = SmearDataset([s], ["RBC"], "clumps")
+    assert "2 objects (+1 crowd regions)" in repr(ds)
+    records = {"a": {"objects": [{"class": "RBC"}, {"class": "RBC"}]}}
+    err = _count_error(ds, ["a"], records, ["RBC"], match_classes(["RBC"], ["RBC"]))
+    assert err["RBC"]["true"] == 2 and err["RBC"]["mean_abs_error"] == 0.0
+    path = save(ds, tmp_path / "gt.json", "coco")
+    assert list(true_counts(path).values()) == [{"RBC": 2}]
+
+
+def test_skips_of_one_kind_are_counted_together_whatever_their_numbers():
+    from smearlab.data.sample import SkipLog
+    log_ = SkipLog()
+    for reason in ("duplicate of object 0 (same class and box)", "duplicate of object 1 (same class and box)",
+                   "box outside the 80x50 image", "box outside the 60x40 image: [1, 2, 3, 4]"):
+        log_.add("f.xml", reason)
+    assert dict(log_.counts()) == {"duplicate of object N (same class and box)": 2, "box outside the NxN image": 2}

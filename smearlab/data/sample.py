@@ -21,6 +21,7 @@ reads at another size is refused with a :class:`DataError`, never used with misp
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -368,8 +369,10 @@ class SkipLog(list):
 
 
 def _kind(reason: str) -> str:
-    """A reason without its particulars (the text before the first colon)."""
-    return reason.split(":")[0]
+    """A reason without its particulars: the text before the first colon, its numbers written
+    ``N`` ("duplicate of object 0" and "... object 1", "box outside the 80x50 image" and "... the
+    60x40 image" are one kind each; they were counted apart)."""
+    return re.sub(r"\d+(?:\.\d+)?(?:e[-+]?\d+)?", "N", reason.split(":")[0])
 
 
 class SmearDataset(Sequence[Sample]):
@@ -433,11 +436,14 @@ class SmearDataset(Sequence[Sample]):
         return self.samples[i]
 
     def __repr__(self) -> str:
-        return (f"SmearDataset({self.name!r}, {len(self)} images, {self.num_objects} objects, "
+        crowd = sum(int(s.crowd.sum()) for s in self.samples)
+        regions = f" (+{crowd} crowd regions)" if crowd else ""
+        return (f"SmearDataset({self.name!r}, {len(self)} images, {self.num_objects - crowd} objects{regions}, "
                 f"classes={self.class_names}, skipped={len(self.skipped)})")
 
     @property
     def num_objects(self) -> int:
+        """Boxes of every sample, COCO crowd regions included (``summary()["objects"]`` leaves them out)."""
         return int(sum(len(s.boxes) for s in self.samples))
 
     def subset(self, indices: Iterable[int], name: str | None = None) -> "SmearDataset":

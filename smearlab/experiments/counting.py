@@ -129,14 +129,15 @@ def image_reader(dataset_path):
 
 
 def true_counts(dataset_path) -> dict[str, dict[str, int]]:
-    """``{image name: {class: count}}`` of a dataset, keyed as ``smearlab predict`` names images.
+    """``{image name: {class: count}}`` of a dataset, keyed as ``smearlab predict`` names images
+    (COCO crowd regions left out, as every count of the dataset leaves them out).
 
     Parameters
     ----------
     dataset_path : the dataset path.
     """
     ds = load(dataset_path)
-    return {name: {c: int((s.labels == k).sum()) for k, c in enumerate(ds.class_names)}
+    return {name: {c: int((s.labels[~s.crowd] == k).sum()) for k, c in enumerate(ds.class_names)}
             for name, s in zip(file_names(ds), ds)}
 
 
@@ -211,13 +212,14 @@ def corrections_from_truth(run_out, dataset_path, images: Sequence[str], path) -
     unknown: dict[str, int] = {}
     for im in keep:
         s = truth[im["file_name"]]
-        for box, lab in zip(s.boxes.tolist(), s.labels.tolist()):
+        for box, lab, crowd in zip(s.boxes.tolist(), s.labels.tolist(), s.crowd.tolist()):
             if ids[lab] is None:
                 unknown[ds.class_names[lab]] = unknown.get(ds.class_names[lab], 0) + 1
                 continue
             x0, y0, x1, y1 = box
             anns.append({"id": len(anns) + 1, "image_id": im["id"], "category_id": ids[lab],
-                         "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
+                         "bbox": [x0, y0, x1 - x0, y1 - y0], "area": (x1 - x0) * (y1 - y0),
+                         "iscrowd": int(crowd)})  # a clump stays a crowd region, not one cell
     if unknown:
         log.warning("%s: boxes of classes the model does not know are left out of the corrections: %s",
                     dataset_path, unknown)
