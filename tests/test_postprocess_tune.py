@@ -289,3 +289,28 @@ def test_a_class_mapping_says_when_label_ids_change_without_a_new_order():
     text = match_classes(["RBC", "WBC"], ["Platelets", "RBC", "WBC"]).describe()
     assert "renumbered" in text and "['Platelets']" in text
     assert match_classes(["RBC", "WBC"], ["RBC", "WBC"]).describe() == "same classes"
+
+
+def test_the_tuner_scores_at_the_iou_it_was_tuned_for_and_saves_what_its_sliders_hold(tuning_case, caplog):
+    """Tuned for F1 at IoU 0.7, the tuner showed F1 at 0.5 under a plain header and saved it;
+    sliders went below the cache's score floor (counted on boxes never kept); values were cut to
+    4 decimals; per-class metrics were keyed by the dataset's names, the scores by the model's."""
+    import logging
+
+    from smearlab.metrics.detection import FastEvaluator
+    from smearlab.viz.widgets import ThresholdTuner
+    ds, raw = tuning_case
+    tuned = auto_tune(ds, raw, iou=0.7)
+    tuner = ThresholdTuner(ds, raw, initial=tuned)
+    assert tuner.iou == 0.7 and "F1@0.7" in tuner.table.value
+    ref = FastEvaluator(ds).evaluate(tuned.apply(raw), iou=0.7)
+    assert tuner.metrics["per_class"]["RBC"]["f1"] == pytest.approx(ref["per_class"]["RBC"]["f1"])
+    saved = tuner.thresholds()
+    assert saved.metrics["iou"] == 0.7 and set(saved.metrics["per_class"]) == set(saved.score)
+    floored = RawPredictions(raw.predictions, raw.class_names, 0.05, raw.image_ids)
+    with caplog.at_level(logging.WARNING, logger="smearlab"):
+        low = ThresholdTuner(ds, floored, initial=Thresholds({"RBC": 0.02, "WBC": 0.5, "Platelets": 0.5}))
+    assert "below the raw predictions' score floor" in caplog.text
+    assert low.sliders["RBC"].min == 0.05 and low.thresholds().score["RBC"] == 0.05
+    fine = ThresholdTuner(ds, raw, initial=Thresholds({"RBC": 1 / 30, "WBC": 0.5, "Platelets": 0.5}))
+    assert fine.thresholds().score["RBC"] == round(1 / 30, 6) and fine.sliders["RBC"].readout_format == ".4f"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import io
+import logging
 import time
 from typing import Sequence
 
@@ -22,6 +23,8 @@ from ..metrics.instances import dsb_score
 from ..segmentation import classical
 from ..segmentation.classical import BLOB_THRESHOLDS
 from .plots import box_patch, class_colors, draw_sample, figure_to_png, overlay_instances, plot_embedding
+
+log = logging.getLogger("smearlab.viz")
 
 
 class DatasetBrowser:
@@ -348,6 +351,11 @@ class ThresholdTuner:
     figsize : size of the overlay figure.
     max_dets : most boxes kept per image and forward pass (highest scores), None for no cap; stored in
         :meth:`thresholds`; ``"initial"``: that of ``initial`` (300 without one).
+    iou : the IoU of a match for precision, recall and F1 (AP50 is always at 0.5); None: the IoU
+        ``initial`` was tuned at (``auto_tune(iou=...)``), else 0.5. The table names it.
+
+    Score sliders start at the raw cache's ``score_floor``: boxes below it were never kept, so a
+    lower threshold would be counted here on fewer boxes than the model gives when it is applied.
 
     Attributes
     ----------
@@ -365,7 +373,8 @@ class ThresholdTuner:
 
     def __init__(self, dataset, raw, class_names: Sequence[str] | None = None,
                  images_for_overlay: Sequence[int] | None = None,
-                 initial: Thresholds | None = None, figsize=(7, 5), max_dets: int | None | str = "initial"):
+                 initial: Thresholds | None = None, figsize=(7, 5), max_dets: int | None | str = "initial",
+                 iou: float | None = None):
         if not isinstance(raw, RawPredictions):
             raw = RawPredictions.for_dataset(dataset, raw)
         raw.check(dataset)
@@ -389,8 +398,12 @@ class ThresholdTuner:
         if outside:
             raise ValueError(f"images_for_overlay {outside} are not indices of the {len(dataset)} images of "
                              f"{getattr(dataset, 'name', 'the dataset')!r}")
+        tuned_at = (initial.metrics or {}).get("iou") if initial is not None else None
+        self.iou = float(iou if iou is not None else tuned_at if tuned_at is not None else 0.5)
+        if not 0 < self.iou <= 1:
+            raise ValueError(f"iou must be in (0, 1], got {iou!r}")
         self.evaluator = FastEvaluator(dataset)
-        self.prepared = self.evaluator.prepare(raw)
+        self.prepared = self.evaluator.prepare(raw, min_iou=min(self.iou, 0.5))
         self.selector = Selector(raw)
         self.initial = initial
         init = initial or Thresholds({m: DEFAULT_SCORE for m in model_name.values()})
@@ -399,11 +412,20 @@ class ThresholdTuner:
             raise ValueError(f"initial thresholds name {unknown}, not classes of the model {list(raw.class_names)} "
                              "(thresholds apply to the model's output, as auto_tune keys them)")
         style = {"description_width": "initial"}
-        self.sliders = {m: W.FloatSlider(value=float(init.score.get(m, DEFAULT_SCORE)), min=0.0,
-                                         max=1.0, step=0.01, description=m if m == n else f"{m} ({n})",
-                                         continuous_update=False, style=style,
-                                         readout_format=".2f")
-                        for n, m in ((n, model_name[n]) for n in self.class_names)}
+        floor = float(raw.score_floor)
+        below = {m: v for m, v in init.score.items() if float(v) < floor}
+        if below:
+            log.warning("initial thresholds %s lie below the raw predictions' score floor %g: the sliders start "
+                        "at the floor (boxes under it were never kept)", below, floor)
+
+        def readout(v: float) -> str:  # enough decimals to show a value off the 0.01 grid (0.033333)
+            return ".2f" if abs(round(v, 2) - v) < 1e-9 else ".4f"
+        self.sliders = {}
+        for n, m in ((n, model_name[n]) for n in self.class_names):
+            start = max(floor, float(init.score.get(m, DEFAULT_SCORE)))
+            self.sliders[m] = W.FloatSlider(value=start, min=floor, max=1.0, step=0.01,
+                                            description=m if m == n else f"{m} ({n})", continuous_update=False,
+                                            style=style, readout_format=readout(start))
         self.nms = W.FloatSlider(value=1.0 if init.nms_iou is None else float(init.nms_iou),
                                  min=min(0.1, 1.0 if init.nms_iou is None else float(init.nms_iou)), max=1.0,
                                  step=0.05, description="NMS IoU",
@@ -428,16 +450,17 @@ class ThresholdTuner:
     # state ------------------------------------------------------------------------------------
     def thresholds(self) -> Thresholds:
         """The current settings as a :class:`Thresholds` (with the current metrics)."""
-        nms = None if self.nms.value >= 1.0 else round(float(self.nms.value), 4)
+        nms = None if self.nms.value >= 1.0 else round(float(self.nms.value), 6)
         m = self.metrics
-        metrics = {"mAP50": m.get("mAP50"),
-                   "per_class": {n: {"AP50": pc["AP50"], "f1": pc["f1"]}
+        model_name = {self.class_names[int(d)]: c for c, d in zip(self.raw.class_names, self.to_dataset)}
+        metrics = {"mAP50": m.get("mAP50"), "iou": self.iou,  # keyed as the thresholds: the model's names
+                   "per_class": {model_name.get(n, n): {"AP50": pc["AP50"], "f1": pc["f1"]}
                                  for n, pc in m.get("per_class", {}).items()}}
         # set by hand, but on the raw predictions the initial thresholds were tuned on: their
         # test-time augmentation flag travels on (predict refuses them made the other way)
         start = self.initial
         tuned = start is not None and start.objective != "manual"
-        return Thresholds({n: round(float(s.value), 4) for n, s in self.sliders.items()}, nms,
+        return Thresholds({n: round(float(s.value), 6) for n, s in self.sliders.items()}, nms,
                           bool(self.agnostic.value), self.max_dets, "tuner" if tuned else "manual", metrics,
                           tta=bool(start.tta) if start is not None else False)
 
@@ -446,7 +469,7 @@ class ThresholdTuner:
         t = time.perf_counter()
         th = self.thresholds()
         self.keep = self.selector(th.score, th.nms_iou, th.class_agnostic, self.max_dets)
-        self.metrics = self.evaluator.evaluate_subset(self.prepared, self.keep)
+        self.metrics = self.evaluator.evaluate_subset(self.prepared, self.keep, iou=self.iou)
         self.last_ms = (time.perf_counter() - t) * 1000
         return self.metrics
 
@@ -462,7 +485,8 @@ class ThresholdTuner:
         def f(v, fmt="{:.3f}"):
             return "–" if v is None else fmt.format(v)
         m = self.metrics
-        rows = ["<tr><th>class</th><th>AP50</th><th>P</th><th>R</th><th>F1</th>"
+        at = f"@{self.iou:g}"
+        rows = [f"<tr><th>class</th><th>AP50</th><th>P{at}</th><th>R{at}</th><th>F1{at}</th>"
                 "<th>true</th><th>pred</th><th>count MAE</th><th>count acc</th></tr>"]
         for n, pc in m["per_class"].items():
             c = m["counts"][n]
