@@ -423,3 +423,28 @@ def test_tiled_prediction_merges_with_the_models_own_nms():
     m = TwoOverlapping()
     assert len(predict(m, [img], progress=False)[0]["boxes"]) == 2
     assert len(predict(m, [img], progress=False, tile=128)[0]["boxes"]) == 2
+
+
+def test_a_sliver_of_a_cell_at_a_tile_edge_is_not_a_second_cell():
+    """A piece a pixel or two wide, a pixel off the other tile's box, failed every overlap test
+    and was counted as a second cell on the seam."""
+    wins = [(0, 0, 100, 100), (60, 0, 160, 100)]
+    boxes = np.array([[98.5, 40, 100, 60], [99.5, 39, 125, 61],   # one cell: a sliver and the whole
+                      [98, 10, 100, 20], [100.5, 15, 130, 40]], np.float32)  # a sliver beside another cell's rows
+    out = merge_tiles(boxes, np.array([.9, .8, .7, .6]), np.zeros(4, np.int64), np.array([0, 1, 0, 1]), wins, (100, 160))
+    got = sorted(map(tuple, out["boxes"].round(1).tolist()))
+    assert (98.5, 39.0, 125.0, 61.0) in got and len(got) == 3, got
+
+
+def test_fields_given_as_tensors_are_tiled_like_arrays():
+    """A (3, H, W) tensor's size was read as (3, H): a large field went in whole, its cells shrunk."""
+    from smearlab.detection.predict import predict_fields
+    ds = make_dataset(2, seed=0, width=128, height=128)
+    cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=ds.class_names, min_size=128, max_size=128,
+                         train_image_size=(128, 128))
+    torch.manual_seed(0)
+    m = build_detector(cfg)
+    field = np.tile(ds[0].image, (2, 3, 1))  # 256 x 384: more than 1.5 times the training size
+    as_array = predict_fields(m, [field])
+    as_tensor = predict_fields(m, [torch.from_numpy(field).permute(2, 0, 1).float() / 255])
+    assert as_array.windows == as_tensor.windows and as_array.windows[0] > 1

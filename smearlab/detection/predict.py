@@ -166,8 +166,12 @@ def merge_tiles(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, tile_
     A box is *cut* when it touches an edge of its tile that is not an image edge. A cut box and a
     box of the same class from another tile are one object when, clipped to the region the two
     tiles share, they overlap (IoU > ``merge_iou``, or one covers ``contain`` of the other); each
-    box is joined to its best partner per other tile. Joined boxes become their union box with
-    the highest score. A class-wise NMS (``nms_iou``) then removes the remaining duplicates.
+    box is joined to its best partner per other tile. A sliver (a cut box at most
+    ``2 * edge_margin`` across its cut edge) is one object with a box of another tile that holds
+    it across the cut within ``edge_margin`` and along it (``contain``): a piece a pixel or two
+    wide missed the overlap tests by a pixel of localisation and was counted as a second cell.
+    Joined boxes become their union box with the highest score. A class-wise NMS (``nms_iou``)
+    then removes the remaining duplicates.
 
     ``masks``: optional tile-local instance masks, one 2-D bool array per detection with the
     size of its tile window (tile coordinates, as a model predicts them on the tile). The result
@@ -209,7 +213,10 @@ def merge_tiles(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, tile_
     interior = np.stack([win[:, 0] > 0, win[:, 1] > 0, win[:, 2] < w, win[:, 3] < h], 1)
     touch = np.stack([boxes[:, 0] - win[:, 0] <= edge_margin, boxes[:, 1] - win[:, 1] <= edge_margin,
                       win[:, 2] - boxes[:, 2] <= edge_margin, win[:, 3] - boxes[:, 3] <= edge_margin], 1)
-    cut = (interior & touch).any(1)
+    cut_edges = interior & touch
+    cut = cut_edges.any(1)
+    cut_axis = np.stack([cut_edges[:, 0] | cut_edges[:, 2], cut_edges[:, 1] | cut_edges[:, 3]], 1)  # x, y
+    sliver = cut_axis & (np.stack([boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]], 1) <= 2 * edge_margin)
 
     parent = np.arange(n)
 
@@ -248,12 +255,17 @@ def merge_tiles(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, tile_
         # compared: in the corner a diagonal neighbour's sliver shares with this box, covering
         # alone would fuse two cells (a cut disc's chord is shorter than its diameter, so
         # containment, not equal extents)
-        along = np.ones(len(cand), bool)
+        within = []
         for axis in (0, 1):
             inter = np.minimum(boxes[i, axis + 2], boxes[cand, axis + 2]) - np.maximum(boxes[i, axis], boxes[cand, axis])
             shorter = np.minimum(boxes[i, axis + 2] - boxes[i, axis], boxes[cand, axis + 2] - boxes[cand, axis])
-            along &= np.clip(inter, 0, None) / np.maximum(shorter, 1e-9) >= contain
+            within.append(np.clip(inter, 0, None) / np.maximum(shorter, 1e-9) >= contain)
+        along = within[0] & within[1]
         good = (iou > merge_iou) | ((cov > contain) & (np.minimum(aa, ab) > 0) & along)
+        for axis in np.flatnonzero(sliver[i]):  # a piece a few pixels wide, held across the cut by the other box
+            held = ((boxes[i, axis] >= boxes[cand, axis] - edge_margin)
+                    & (boxes[i, axis + 2] <= boxes[cand, axis + 2] + edge_margin))
+            good |= held & within[1 - axis]
         score = np.where(good, iou + cov, -1.0)
         for t in np.unique(tile_index[cand]):  # best partner in each other tile
             sel = np.flatnonzero(tile_index[cand] == t)
@@ -682,8 +694,11 @@ def predict_fields(model, images, *, batch_size: int = 4, thresholds: Any = None
     """
     items = list(images)
     cfg = getattr(unwrap(model) if isinstance(model, nn.Module) else model, "detector_config", None)
-    tiles = [None if cfg is None else auto_tile(cfg, tuple(getattr(x, "hw", None) or np.asarray(x).shape[:2]))
-             for x in items]
+    def hw(x) -> tuple[int, int]:  # a tensor is (C, H, W): its shape[:2] read 3 x H, and a field was not tiled
+        if getattr(x, "hw", None):
+            return tuple(x.hw)
+        return tuple(x.shape[-2:]) if isinstance(x, torch.Tensor) else tuple(np.asarray(x).shape[:2])
+    tiles = [None if cfg is None else auto_tile(cfg, hw(x)) for x in items]
     got: dict[int, tuple[dict, int]] = {}
     names = None
     for t in dict.fromkeys(tiles):  # one call per tile size (None: whole images, batched)
