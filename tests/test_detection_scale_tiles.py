@@ -165,3 +165,15 @@ def test_a_scaled_field_too_large_for_one_pass_is_refused():
     m.detector_config = dataclasses.replace(m.detector_config, train_image_size=(240, 320))
     with pytest.raises(ValueError, match="tiled"):
         predict(m, [np.zeros((3000, 4000, 3), np.uint8)], progress=False, scale=2.0)
+
+
+def test_training_size_and_automatic_tiles_go_by_the_sides_not_the_orientation():
+    """Half 480 x 640, half 640 x 480 training images recorded 560 x 560 (a magnification 0.86 of
+    the real one); a portrait field was tiled where the same field in landscape was not."""
+    from smearlab.detection.models import DetectorConfig, auto_tile, median_sides
+    assert median_sides([(480, 640), (640, 480), (480, 640), (640, 480)]) == [480, 640]
+    cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=["RBC"], train_image_size=[480, 640])
+    assert auto_tile(cfg, (955, 715)) == auto_tile(cfg, (715, 955)) is None
+    assert auto_tile(cfg, (1000, 740)) == auto_tile(cfg, (740, 1000)) == 640
+    old = DetectorConfig(arch="fasterrcnn_tiny", class_names=["RBC"], train_image_size=[640, 480])  # (h, w) of a portrait set
+    assert auto_tile(old, (955, 715)) == auto_tile(old, (715, 955)) is None

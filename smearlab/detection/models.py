@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -119,9 +120,11 @@ class DetectorConfig:
     object_sizes : the training scale, ``{class: {"size", "count"}}``: the median side of each
         class's training boxes at the model's input scale (set by training; see
         :mod:`smearlab.detection.scale`), which scale-aware prediction compares new images with.
-    train_image_size : ``(height, width)``, the median size in pixels of the training images (or
-        tiles), set by training: a field much larger than that is cut into tiles of this size
-        (``smearlab predict``'s automatic tiling, :func:`auto_tile`).
+    train_image_size : the median short and long sides in pixels of the training images (or
+        tiles), set by training (:func:`median_sides`; a folder saved before 2026-12-07 holds the
+        median height and width): a field much larger than that is cut into tiles of this size
+        (``smearlab predict``'s automatic tiling, :func:`auto_tile`). Only the sides count, not
+        which is the height: the detector resizes an image by its short and long sides.
     pixel_size_um : the training images' pixel size in micrometres, when the user knows it:
         new images of a known pixel size are then resized to the training scale
         (``smearlab predict --pixel-size``), with no estimate from the cells.
@@ -302,11 +305,25 @@ def auto_tile(cfg: DetectorConfig, hw, factor: float = 1.5) -> int | None:
     """
     if not cfg.train_image_size:
         return None
-    th, tw = (int(v) for v in cfg.train_image_size)
-    h, w = int(hw[0]), int(hw[1])
-    if h > factor * th or w > factor * tw:
-        return max(th, tw)
+    t_short, t_long = sorted(int(v) for v in cfg.train_image_size)
+    short, long = sorted((int(hw[0]), int(hw[1])))  # a portrait field against landscape training images
+    if short > factor * t_short or long > factor * t_long:
+        return t_long
     return None
+
+
+def median_sides(sizes) -> list[int]:
+    """``[short, long]``: the median short and long sides of images of ``sizes`` (``(h, w)``
+    each), what :attr:`DetectorConfig.train_image_size` records. The medians of heights and
+    widths would mix orientations: a set of 480 x 640 and 640 x 480 images gave 560 x 560, whose
+    magnification is 0.86 of the one the detector saw every image at.
+
+    Parameters
+    ----------
+    sizes : ``(height, width)`` of each image.
+    """
+    sides = np.sort(np.asarray(list(sizes), np.float64).reshape(-1, 2), axis=1)
+    return [int(v) for v in np.median(sides, 0)]
 
 
 def _trainable_layers(cfg: DetectorConfig) -> int:

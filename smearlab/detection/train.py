@@ -74,7 +74,8 @@ from ..metrics.detection import coco_eval
 from ..metrics.instances import has_instance_masks
 from ..preprocess import as_preprocess
 from .losses import BOX_LOSSES
-from .models import ARCHS, FINE_LEVELS, DetectorConfig, build_detector, is_mask_model, save_model, unwrap
+from .models import (ARCHS, FINE_LEVELS, DetectorConfig, build_detector, is_mask_model, median_sides, save_model,
+                     unwrap)
 from .predict import predict
 from .scale import object_sizes
 
@@ -640,7 +641,7 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
         if cfg_model.object_sizes is None:  # the training scale, saved with the model
             cfg_model.object_sizes = object_sizes(train_smear, cfg_model)
         if cfg_model.train_image_size is None and train_hw is not None:  # what automatic tiling cuts fields into
-            cfg_model.train_image_size = [int(v) for v in train_hw]
+            cfg_model.train_image_size = median_sides(s.hw for s in train_smear.samples)
     val_smear = None
     if val_ds is not None:
         val_smear, _ = _as_smear(val_ds)
