@@ -417,3 +417,46 @@ def test_describe_best_says_when_no_gain_is_a_number():
     from smearlab.experiments.domain_adaptation import describe_best
     assert describe_best({"best_method": None, "best_gain": None}) == "none (no adaptation gain is a number)"
     assert describe_best({"best_method": "dann", "best_gain": 0.123}) == "dann +12.3 points"
+
+
+def test_a_classifier_keeps_how_its_crops_were_cut_and_a_cascade_cuts_them_so(tmp_path, caplog):
+    """The crop margin of the training crops was recorded nowhere: a classifier trained on crops
+    with a margin of 0.3 was applied by a cascade at 0.1 without a word; a classifier trained on
+    stain-normalised crops was saved without its normaliser; the features classifier took crops
+    of another size (its measurements change with the resolution)."""
+    from smearlab.classification.adapt import stain_normalise
+    from smearlab.classification.predict import save_cascade
+    from smearlab.classification.train import fit_features
+    from smearlab.data.synthetic import make_dataset
+    from smearlab.detection.models import DetectorConfig, build_detector, save_model
+
+    smear = make_dataset(4, seed=0, width=160, height=160)
+    crops = crops_from_dataset(smear, 32, source="boxes", classes=["WBC", "RBC"], pad=0.3)
+    assert crops.cut == {"source": "boxes", "pad": 0.3, "fill": "median"}
+    train, test = crops.split(0.3, seed=0)
+    assert train.cut == test.cut == crops.cut
+    other = crops_from_dataset(smear, 32, source="boxes", classes=["WBC", "RBC"], pad=0.1)
+    assert CropDataset.concat([crops, other]).cut is None and CropDataset.concat([train, test]).cut == crops.cut
+    clf = build_classifier(crops.class_names, width=4, input_size=32)
+    train_classifier(clf, train, steps=2, batch_size=8, device="cpu")
+    assert clf.crop_cut == crops.cut
+    back = load_classifier(save_classifier(clf, tmp_path / "clf"), device="cpu")
+    assert back.crop_cut == crops.cut
+    det = save_model(build_detector(DetectorConfig(arch="fasterrcnn_tiny", class_names=["RBC", "WBC"])), None,
+                     tmp_path / "det")
+    import json
+    folder = save_cascade(tmp_path / "cascade", det, back)
+    assert json.loads((folder / "config.json").read_text())["pad"] == 0.3  # the classifier's margin
+    with pytest.raises(ValueError, match="margin of 0.3"):
+        save_cascade(tmp_path / "c2", det, back, pad=0.1)
+    normalised = stain_normalise(train, train)
+    assert normalised.cut["stain_normalised"]
+    stained = build_classifier(crops.class_names, width=4, input_size=32)
+    train_classifier(stained, normalised, steps=1, batch_size=8, device="cpu")
+    with pytest.raises(ValueError, match="stain-normalised"):
+        save_classifier(stained, tmp_path / "stained")
+    feats = build_classifier(crops.class_names, arch="features")
+    fit_features(feats, train, folds=2)
+    small = crops_from_dataset(smear, 24, source="boxes", classes=["WBC", "RBC"], pad=0.3)
+    with pytest.raises(ValueError, match="crops of 24 px for a classifier trained on 32 px"):
+        predict_classes(feats, small)

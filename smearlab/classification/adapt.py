@@ -131,6 +131,7 @@ def stain_normalise(crops: CropDataset, reference: CropDataset, *, normaliser: R
     imgs = crops.images.permute(0, 2, 3, 1).numpy()
     out = np.stack([norm.transform(x) for x in imgs]) if len(imgs) else imgs
     res = CropDataset(out, crops.labels, crops.class_names, crops.domains, crops.ids, crops.name, groups=crops.groups)
+    res.cut = {**(crops.cut or {}), "stain_normalised": True}  # a model trained on these needs the normaliser too
     return res
 
 

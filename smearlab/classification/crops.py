@@ -45,6 +45,9 @@ class CropDataset(torch.utils.data.Dataset):
     ----------
     central : for crops made with ``source="central"`` (:func:`crops_from_dataset`): ``found``
         and ``fallback`` counts, ``fallback_side_px``, ``pad`` and ``fallback_ids``; else None.
+    cut : how the crops were cut (:func:`crops_from_dataset`): ``{"source", "pad", "fill"}``, with
+        ``"stain_normalised": True`` for a normalised copy; None when unknown. A classifier keeps
+        it, so that a cascade cuts its crops the same way (:func:`~smearlab.classification.predict.save_cascade`).
     """
 
     def __init__(self, images, labels, class_names: Sequence[str], domains: Sequence[str] | None = None,
@@ -76,6 +79,7 @@ class CropDataset(torch.utils.data.Dataset):
             raise ValueError(f"{n} crops but {len(self.groups)} groups")
         self.skipped = SkipLog(skipped or [])
         self.central: dict | None = None
+        self.cut: dict | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -115,9 +119,11 @@ class CropDataset(torch.utils.data.Dataset):
         name : name of the result (None: this dataset's name).
         """
         idx = np.asarray(list(indices), np.int64)
-        return CropDataset(self.images[torch.as_tensor(idx)], self.labels[idx], self.class_names,
-                           [self.domains[i] for i in idx], [self.ids[i] for i in idx], name or self.name,
-                           groups=[self.groups[i] for i in idx])
+        out = CropDataset(self.images[torch.as_tensor(idx)], self.labels[idx], self.class_names,
+                          [self.domains[i] for i in idx], [self.ids[i] for i in idx], name or self.name,
+                          groups=[self.groups[i] for i in idx])
+        out.cut = None if self.cut is None else dict(self.cut)
+        return out
 
     def unlabelled(self, class_names: Sequence[str] | None = None, name: str | None = None) -> "CropDataset":
         """Every crop (a copy) with its label removed (-1): what an adaptation method may see of a
@@ -149,11 +155,14 @@ class CropDataset(torch.utils.data.Dataset):
             if d.class_names != first.class_names or d.size != first.size:
                 raise ValueError(f"cannot concatenate {d.name!r} ({d.size} px, classes {d.class_names}) with "
                                  f"{first.name!r} ({first.size} px, classes {first.class_names})")
-        return cls(torch.cat([d.images for d in datasets]), np.concatenate([d.labels for d in datasets]),
-                   first.class_names, [x for d in datasets for x in d.domains],
-                   [x for d in datasets for x in d.ids], name or "+".join(d.name for d in datasets),
-                   skipped=[s for d in datasets for s in d.skipped],
-                   groups=[f"{d.name}/{g}" for d in datasets for g in d.groups])  # one name in two datasets: two groups
+        out = cls(torch.cat([d.images for d in datasets]), np.concatenate([d.labels for d in datasets]),
+                  first.class_names, [x for d in datasets for x in d.domains],
+                  [x for d in datasets for x in d.ids], name or "+".join(d.name for d in datasets),
+                  skipped=[s for d in datasets for s in d.skipped],
+                  groups=[f"{d.name}/{g}" for d in datasets for g in d.groups])  # one name in two datasets: two groups
+        same = all(d.cut == first.cut for d in datasets)  # crops cut two ways: no one way to cut them again
+        out.cut = dict(first.cut) if same and first.cut is not None else None
+        return out
 
     def by_domain(self) -> dict[str, "CropDataset"]:
         """One dataset per domain, by name."""
@@ -366,6 +375,8 @@ def crops_from_dataset(dataset: SmearDataset, size: int = 64, *, source: str = "
     out = CropDataset(stack, labels, classes, domains, ids, name=dataset.name,
                       skipped=[*getattr(dataset, "skipped", []), *skipped], groups=groups)
     out.central = central
+    out.cut = {"source": source, "pad": None if source == "image" else float(pad),
+               "fill": fill if isinstance(fill, str) else [int(v) for v in np.atleast_1d(fill)]}
     for c in out.empty_classes:
         log.warning("%s: class %r has no crops (kept with 0 crops)", dataset.name, c)
     return out

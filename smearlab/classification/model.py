@@ -156,7 +156,9 @@ def save_classifier(model: CellClassifier | FeatureClassifier, folder, **meta) -
     ----------
     model : the trained :class:`CellClassifier` or
         :class:`~smearlab.classification.features.FeatureClassifier` (its ``config``,
-        ``input_size`` and ``class_names`` are saved).
+        ``input_size``, ``class_names`` and the way its training crops were cut, ``crop_cut``,
+        are saved). A model trained on stain-normalised crops is refused: its normaliser is not
+        part of the folder, so whoever loads it would classify crops that were not normalised.
     folder : the model folder (created if needed).
     **meta : further plain values kept in ``weights.pt`` (e.g. ``epoch``).
 
@@ -165,8 +167,14 @@ def save_classifier(model: CellClassifier | FeatureClassifier, folder, **meta) -
     Path
         ``folder``.
     """
-    return save_model_folder(folder, "classifier", model, {**model.config, "input_size": int(model.input_size)},
-                             class_names=model.class_names, side_files=False, **meta)
+    cut = getattr(model, "crop_cut", None)
+    if cut and cut.get("stain_normalised"):
+        raise ValueError("this classifier was trained on stain-normalised crops; a model folder does not hold the "
+                         "normaliser, so its crops would be classified unnormalised: save one trained on the crops "
+                         "themselves")
+    config = {**model.config, "input_size": int(model.input_size), **({"crop_cut": cut} if cut else {})}
+    return save_model_folder(folder, "classifier", model, config, class_names=model.class_names, side_files=False,
+                             **meta)
 
 
 def load_classifier(folder, device="auto") -> CellClassifier | FeatureClassifier:
@@ -185,9 +193,12 @@ def load_classifier(folder, device="auto") -> CellClassifier | FeatureClassifier
         do not fit its config.
     """
     saved = read_model_folder(folder, "classifier")
+    config = dict(saved.config)
+    cut = config.pop("crop_cut", None)  # how its training crops were cut (folders saved before 2026-12-07: unknown)
     try:
-        model = build_classifier(**saved.config)
+        model = build_classifier(**config)
         model.load_state_dict(saved.state_dict)
+        model.crop_cut = cut
     except (TypeError, ValueError, KeyError, RuntimeError) as e:
         raise DataError(Path(folder) / "weights.pt", f"classifier weights do not match config.json: {e}") from None
     return model.to(resolve_device(device)).eval()

@@ -21,7 +21,6 @@ from ..core.model_folder import read_config_json
 from ..data.sample import Sample
 from ..detection.models import load_model as load_detector
 from .crops import CropDataset
-from .features import FeatureClassifier
 from .model import DANN, CellClassifier, load_classifier, save_classifier
 
 log = logging.getLogger('smearlab.classification.predict')
@@ -95,7 +94,7 @@ def predict_classes(model: nn.Module, data, device="auto", batch_size: int = 256
     size = int(getattr(model, "input_size", 64) or 64)
     x = _as_batch_source(data, size)
     trained = getattr(model, "input_size", None)
-    if trained and len(x) and x.shape[-1] != size and not isinstance(model, FeatureClassifier):  # features rescale
+    if trained and len(x) and x.shape[-1] != size:  # the measured features change with the resolution too
         raise ValueError(f"crops of {x.shape[-1]} px for a classifier trained on {size} px crops: the cells would "
                          f"be seen at another size; cut the crops at {size} px (crops_from_dataset(..., {size}))")
     was_training = model.training
@@ -153,7 +152,7 @@ def classify_boxes(classifier: CellClassifier, image: np.ndarray, boxes, *, pad:
 
 
 def save_cascade(folder, detector_folder, classifier: CellClassifier, *, wbc_class: str = "WBC",
-                 pad: float = 0.1) -> Path:
+                 pad: float | None = None) -> Path:
     """Write a detector + white-cell classifier cascade as one model folder that ``smearlab
     predict`` applies: the detector finds the cells, the classifier names each ``wbc_class`` box.
 
@@ -166,13 +165,25 @@ def save_cascade(folder, detector_folder, classifier: CellClassifier, *, wbc_cla
     detector_folder : a saved detector folder; ``wbc_class`` must be one of its classes.
     classifier : the trained white-cell classifier.
     wbc_class : the detector class whose boxes are classified.
-    pad : the crop margin around each box (as the classifier's training crops had).
+    pad : the crop margin around each box; None: that of the classifier's training crops where
+        it records them (``crop_cut``), else 0.1. Another margin than the recorded one is refused
+        (the cells would be seen at another size than in training).
 
     Returns
     -------
     Path
         ``folder``.
     """
+    cut = getattr(classifier, "crop_cut", None) or {}
+    if cut.get("source") == "image":
+        log.warning("the classifier was trained on whole single-cell images; the cascade classifies a square "
+                    "window around each detected box: the cells may be framed differently than in training")
+    recorded = cut.get("pad")
+    if pad is None:
+        pad = recorded if recorded is not None else 0.1
+    elif recorded is not None and abs(float(pad) - float(recorded)) > 1e-9:
+        raise ValueError(f"pad {pad} for a classifier whose training crops had a margin of {recorded}: the cells "
+                         "would be seen at another size; leave pad out to use the classifier's")
     det = read_config_json(detector_folder)
     names = list(det.get("class_names", []))
     if wbc_class not in names:

@@ -147,6 +147,7 @@ def fit(model: CellClassifier, train: CropDataset, *, steps: int, batch_size: in
     aug = _resolve_augment(augment, seed)
     model.to(dev).train()
     model.input_size = train.size
+    model.crop_cut = getattr(train, "cut", None)  # how its crops were cut: a cascade cuts them the same way
     params = list(model.parameters())
     if domain_head is not None:
         _check_crops(target, "target")
@@ -439,6 +440,7 @@ def fit_features(model: FeatureClassifier, train: CropDataset, *, Cs=FEATURE_CS,
         model.head.weight.copy_(torch.from_numpy(w))
         model.head.bias.copy_(torch.from_numpy(b))
     model.input_size = train.size
+    model.crop_cut = getattr(train, "cut", None)  # how its crops were cut: a cascade cuts them the same way
     model.eval()
     c = float(Cs[best])
     info = {"C": c, "cv_macro_f1": round(scores[best], 4), "folds": k, "repeats": repeats, "n_train": len(train)}

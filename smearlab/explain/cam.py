@@ -694,8 +694,10 @@ def detector_cam(detector: nn.Module, image: np.ndarray, box: "int | Sequence[fl
     image : ``(H, W, 3)`` uint8 RGB image (a Sample is accepted). A preprocessing pipeline saved
         with the model (``preprocess_spec``) is applied first, as in prediction.
     box : an index into the detector's own detections on this image (highest score first, as
-        :func:`smearlab.detection.predict` returns them), or a box ``(x0, y0, x1, y1)`` in
-        pixels (e.g. a ground-truth box: the best-matching detection is explained).
+        :func:`smearlab.detection.predict` returns them with its defaults, above the model's score
+        floor, before thresholds: not the order of thresholded predictions or of ``smearlab
+        predict``'s records), or a box ``(x0, y0, x1, y1)`` in pixels (a ground-truth box, or a
+        box of thresholded predictions: the best-matching detection is explained).
     label : 0-based class of the box (None: the class of the matching detection).
     layers : dotted module names (default :func:`detector_layers`).
     iou_threshold : least IoU between the box and a detection for it to count.
