@@ -636,3 +636,32 @@ def test_a_model_trained_on_the_earlier_input_channel_is_read_with_a_warning(tmp
     with caplog.at_level("WARNING", logger="smearlab.segmentation.instances"):
         load_instance_unet(folder, device="cpu")
     assert "input channel of version 1" in caplog.text
+
+
+def test_the_default_channel_of_a_colour_fluorescence_field_is_grey_not_the_stain():
+    """channel='auto' deconvolved a colour composite on a dark field: the logarithm of a
+    near-black background turned into noise above the nuclei (22 objects, or none, for 2)."""
+    rng = np.random.default_rng(0)
+    img = np.zeros((64, 96, 3), np.float64) + (5, 5, 10)
+    yy, xx = np.mgrid[:64, :96]
+    for cy, cx in ((20, 25), (40, 70)):
+        img[(yy - cy) ** 2 + (xx - cx) ** 2 < 64] = (20, 200, 60)
+    img = np.clip(img + rng.normal(0, 2, img.shape), 0, 255).astype(np.uint8)
+    assert not classical.is_stained_brightfield(img)
+    for method in (classical.threshold_segment, classical.watershed_segment):
+        assert len(method(img)["boxes"]) == 2, method.__name__
+
+
+def test_a_field_one_object_fills_is_said_and_its_side_can_be_given():
+    img = np.full((60, 60), 230, np.uint8)  # one dark disc over 64 % of a bright field
+    yy, xx = np.mgrid[:60, :60]
+    disc = (yy - 30) ** 2 + (xx - 30) ** 2 < 27 ** 2
+    img[disc] = 40
+    with pytest.warns(UserWarning, match="foreground fills 100 %"):
+        classical.foreground_mask(img)
+    mask, _ = classical.foreground_mask(img, invert=True)
+    assert (mask == disc).mean() > 0.99
+    assert nuclear_channel(img)[disc].mean() < 0.2  # auto: the background taken for the object
+    assert nuclear_channel(img, "dark")[disc].mean() > 0.8 and nuclear_channel(img, "dark")[~disc].mean() < 0.2
+    with pytest.raises(ValueError, match="polarity"):
+        nuclear_channel(img, "inverted")

@@ -65,7 +65,7 @@ CLASSES = ("background", "interior", "boundary")
 
 
 # -- input ----------------------------------------------------------------------------------------
-def nuclear_channel(image: np.ndarray) -> np.ndarray:
+def nuclear_channel(image: np.ndarray, polarity: str = "auto") -> np.ndarray:
     """One float32 channel in [0, 1] where the objects are bright.
 
     The side of the objects is decided first (:func:`image_polarity`: dark in bright-field images),
@@ -79,10 +79,16 @@ def nuclear_channel(image: np.ndarray) -> np.ndarray:
     ----------
     image : ``(H, W, 3)`` uint8 RGB or ``(H, W)`` grey image (an alpha channel is dropped; NaN
         values are refused).
+    polarity : ``"auto"`` (:func:`image_polarity`), ``"dark"`` (objects darker than the background,
+        bright-field) or ``"bright"`` (fluorescence): for a field the objects fill, where the
+        minority rule of ``"auto"`` takes the background for the objects.
     """
+    if polarity not in ("auto", "dark", "bright"):
+        raise ValueError(f"polarity must be 'auto', 'dark' or 'bright', got {polarity!r}")
     img = as_image_array(image, "nuclear_channel")
     grey = _luma(img)
-    return _stretched(grey, dark=_polarity(img, grey) == "dark").astype(np.float32)
+    side = _polarity(img, grey) if polarity == "auto" else polarity
+    return _stretched(grey, dark=side == "dark").astype(np.float32)
 
 
 def image_polarity(image: np.ndarray) -> str:
@@ -607,7 +613,8 @@ def _ramp(n: int, overlap: int) -> np.ndarray:
 
 @torch.no_grad()
 def predict_probabilities(model: UNet, image: np.ndarray, *, tile: int = 256, overlap: int = 48,
-                          device=None, tta: bool = False, diameter: float | None = None) -> np.ndarray:
+                          device=None, tta: bool = False, diameter: float | None = None,
+                          polarity: str = "auto") -> np.ndarray:
     """``(3, H, W)`` class probabilities of one image, in overlapping tiles blended without seams.
 
     Tiles of ``tile`` pixels (the image padded by reflection to whole tiles) overlap by
@@ -635,6 +642,7 @@ def predict_probabilities(model: UNet, image: np.ndarray, *, tile: int = 256, ov
         object size (``model.diameter``): the image is resized to that size and the probabilities
         back. None: estimated by the model's size model. Ignored by a model trained at the
         images' own scale.
+    polarity : the objects' side, as for :func:`nuclear_channel` (``"auto"``: decided per image).
     """
     m = 2 ** model.config["depth"]
     if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < m:
@@ -644,7 +652,7 @@ def predict_probabilities(model: UNet, image: np.ndarray, *, tile: int = 256, ov
                          "tiles further apart than their side leave pixels nobody predicts")
     dev = next(model.parameters()).device if device is None else resolve_device(device)
     model.to(dev)
-    x = nuclear_channel(image)
+    x = nuclear_channel(image, polarity)
     trained_at = getattr(model, "diameter", None)
     if trained_at is not None:
         if diameter is None:
@@ -765,7 +773,8 @@ def seeded_watershed(interior: np.ndarray, fg: np.ndarray, markers: np.ndarray, 
 
 
 def predict_instances(model: UNet, images, *, thresholds: InstanceThresholds | None = None, tile: int = 256,
-                      overlap: int = 48, device=None, diameter: float | None = None) -> Predictions:
+                      overlap: int = 48, device=None, diameter: float | None = None,
+                      polarity: str = "auto") -> Predictions:
     """One instance prediction per image (a Sample, a dataset's samples, or arrays).
 
     Parameters
@@ -773,8 +782,8 @@ def predict_instances(model: UNet, images, *, thresholds: InstanceThresholds | N
     model : the instance U-Net.
     images : a SmearDataset, Samples or ``(H, W, 3)`` arrays (or one array).
     thresholds : the prediction settings (None: ``model.thresholds``, else the defaults).
-    tile, overlap, device, diameter : as for :func:`predict_probabilities` (``diameter``: one
-        object size for every image).
+    tile, overlap, device, diameter, polarity : as for :func:`predict_probabilities` (``diameter``:
+        one object size for every image; ``polarity``: one side for every image).
 
     Returns
     -------
@@ -789,7 +798,7 @@ def predict_instances(model: UNet, images, *, thresholds: InstanceThresholds | N
         img = getattr(x, "image", x)
         out.append(probabilities_to_instances(
             predict_probabilities(model, img, tile=tile, overlap=overlap, device=device, tta=th.tta,
-                                  diameter=diameter), th))
+                                  diameter=diameter, polarity=polarity), th))
     return Predictions(out, None)
 
 
