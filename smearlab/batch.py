@@ -330,7 +330,7 @@ def _classify_white_cells(cascade, image: np.ndarray, record: dict, device) -> N
     if not cells:
         return
     found, kept = classify_boxes(cascade.classifier, image, [o["bbox"] for o in cells], pad=cascade.pad,
-                                 device=device, where=str(record["image"]))
+                                 device=device, where=str(record["image"]), fill=cascade.fill)
     for k, r in zip(kept.tolist(), found):
         cells[k]["type"], cells[k]["type_score"] = r["class"], r["score"]
 

@@ -455,6 +455,10 @@ def test_a_classifier_keeps_how_its_crops_were_cut_and_a_cascade_cuts_them_so(tm
     train_classifier(stained, normalised, steps=1, batch_size=8, device="cpu")
     with pytest.raises(ValueError, match="stain-normalised"):
         save_classifier(stained, tmp_path / "stained")
+    with pytest.raises(ValueError, match="stain-normalised"):  # refused before the detector is copied
+        save_cascade(tmp_path / "c3", det, stained)
+    assert not (tmp_path / "c3").exists()
+    assert json.loads((folder / "config.json").read_text())["fill"] == "median"
     feats = build_classifier(crops.class_names, arch="features")
     fit_features(feats, train, folds=2)
     small = crops_from_dataset(smear, 24, source="boxes", classes=["WBC", "RBC"], pad=0.3)

@@ -448,3 +448,11 @@ def test_fields_given_as_tensors_are_tiled_like_arrays():
     as_array = predict_fields(m, [field])
     as_tensor = predict_fields(m, [torch.from_numpy(field).permute(2, 0, 1).float() / 255])
     assert as_array.windows == as_tensor.windows and as_array.windows[0] > 1
+
+
+def test_a_sliver_a_pixel_away_from_the_other_tiles_box_is_joined():
+    wins = [(0, 0, 100, 100), (60, 0, 160, 100)]
+    for x0 in (100.0, 100.5, 101.5):  # no overlap at all: joined all the same
+        boxes = np.array([[98.5, 40, 100, 60], [x0, 39, 125, 61]], np.float32)
+        out = merge_tiles(boxes, np.array([.9, .8]), np.zeros(2, np.int64), np.array([0, 1]), wins, (100, 160))
+        assert len(out["boxes"]) == 1, x0

@@ -314,3 +314,16 @@ def test_the_tuner_scores_at_the_iou_it_was_tuned_for_and_saves_what_its_sliders
     assert low.sliders["RBC"].min == 0.05 and low.thresholds().score["RBC"] == 0.05
     fine = ThresholdTuner(ds, raw, initial=Thresholds({"RBC": 1 / 30, "WBC": 0.5, "Platelets": 0.5}))
     assert fine.thresholds().score["RBC"] == round(1 / 30, 6) and fine.sliders["RBC"].readout_format == ".4f"
+
+
+def test_every_list_operation_that_moves_images_drops_the_per_image_lists():
+    from smearlab.data.predictions import Predictions
+    one = {"boxes": np.zeros((0, 4), np.float32), "scores": np.zeros(0, np.float32), "labels": np.zeros(0, np.int64)}
+    for op in (lambda p: p.insert(0, one), lambda p: p.pop(), lambda p: p.remove(p[0]), lambda p: p.__delitem__(0),
+               lambda p: p.reverse(), lambda p: p.clear(), lambda p: p.__setitem__(slice(0, 1), [])):
+        p = Predictions([one, dict(one)], ["RBC"], windows=[1, 4], zooms=[1.0, 2.0])
+        op(p)
+        assert p.windows is None and p.zooms is None and p.class_names == ["RBC"]
+    p = Predictions([one, dict(one)], ["RBC"], windows=[1, 4])
+    p[1] = one  # the same image's prediction replaced: its windows stand
+    assert p.windows == [1, 4]

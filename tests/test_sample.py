@@ -64,7 +64,9 @@ def test_sixteen_bit_colour_files_keep_their_range(tmp_path):
     img, depth = read_image(png)
     assert depth == 16 and img[0, 7, 0] >= 254 and img[..., 1].min() >= 254
     _write_png16(png, data)
-    with pytest.warns(UserWarning, match="below half the 16-bit range; .* only 16 levels"):
+    from smearlab.data import imageio
+    imageio._SAID_RANGES.discard("png16")  # said once per process
+    with pytest.warns(UserWarning, match="below a quarter of the 16-bit range; .* only 16 levels"):
         img, _ = read_image(png)
     assert img[..., 1].min() >= 230  # bright, as the TIFF, with fewer levels
 
@@ -206,6 +208,8 @@ def test_review_edges_of_the_readers_and_names(tmp_path, monkeypatch, capsys):
     def cannot(*a, **kw):
         raise ValueError("<COMPRESSION.LZW: 5> requires the 'imagecodecs' package")
     monkeypatch.setattr(tifffile, "TiffFile", cannot)
+    from smearlab.data import imageio
+    monkeypatch.setattr(imageio, "_SAID_RANGES", set())
     with pytest.warns(UserWarning) as caught:
         img, depth = read_image(tmp_path / "c.tif")
     said = " ".join(str(w.message) for w in caught)
@@ -253,6 +257,11 @@ def test_frames_of_one_camera_scale_alike_when_the_bit_depth_is_known(tmp_path, 
     _png16_grey(tmp_path / "declared.png", (scene * 1000).astype(np.uint16), sbit=12)
     assert imageio.declared_bits(tmp_path / "declared.png") == 12
     assert read_image(tmp_path / "declared.png")[0][..., 0].tolist() == [[12, 31], [56, 19]]
+    # ... and one whose samples were scaled up to the full range, as the PNG specification has them
+    v = (scene * 1000).astype(np.uint16)
+    _png16_grey(tmp_path / "spec.png", (v << 4) | (v >> 8), sbit=12)
+    expected = np.floor(((v.astype(np.int64) << 4) | (v >> 8)) * 255 / 65535 + 0.5).astype(int)
+    assert read_image(tmp_path / "spec.png")[0][..., 0].tolist() == expected.tolist()  # not clipped to white
     # values above a given range are clipped, and said
     with pytest.warns(UserWarning, match="above the 8-bit range"):
         assert read_image(tmp_path / "declared.png", bits=8)[0].max() == 255
@@ -301,6 +310,11 @@ def test_animations_and_transparent_pixels_are_said(tmp_path, monkeypatch):
     frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
     with pytest.warns(UserWarning, match="animated.* 2 pages or frames; its first alone is read"):
         read_image(tmp_path / "a.gif")
+    frames[0].save(tmp_path / "phone.jpg", format="MPO", save_all=True, append_images=frames[1:])  # a gain map
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_image(tmp_path / "phone.jpg")  # one picture: nothing said
     rgba = np.zeros((4, 4, 4), np.uint8)
     rgba[1:3, 1:3] = (200, 100, 150, 255)
     Image.fromarray(rgba).save(tmp_path / "cut.png")

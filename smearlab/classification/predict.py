@@ -119,7 +119,7 @@ def predict_classes(model: nn.Module, data, device="auto", batch_size: int = 256
 
 
 def classify_boxes(classifier: CellClassifier, image: np.ndarray, boxes, *, pad: float = 0.1, device="auto",
-                   where: str = "image") -> tuple[ClassPredictions, np.ndarray]:
+                   where: str = "image", fill="median") -> tuple[ClassPredictions, np.ndarray]:
     """The class of the cell in each box of one image: a square crop around the box (margin
     ``pad``), letterboxed to the classifier's input size.
 
@@ -131,6 +131,9 @@ def classify_boxes(classifier: CellClassifier, image: np.ndarray, boxes, *, pad:
     pad : margin around each box (fraction of its longer side, see :func:`square_window`).
     device : "auto", "cpu", "cuda".
     where : names the image in the warning about a box that cannot be cropped.
+    fill : what pads a crop past the image edge and the letterbox (as
+        :func:`~smearlab.classification.crops.crops_from_dataset`; the classifier's training crops'
+        own, ``classifier.crop_cut["fill"]``, in a cascade).
 
     Returns
     -------
@@ -141,7 +144,7 @@ def classify_boxes(classifier: CellClassifier, image: np.ndarray, boxes, *, pad:
     crops, kept = [], []
     for j, box in enumerate(boxes):
         try:
-            crops.append(letterbox(extract_crop(image, box, pad), classifier.input_size))
+            crops.append(letterbox(extract_crop(image, box, pad, fill), classifier.input_size, fill))
             kept.append(j)
         except ValueError as e:
             log.warning("%s: box %d not classified (%s)", where, j, e)
@@ -175,6 +178,9 @@ def save_cascade(folder, detector_folder, classifier: CellClassifier, *, wbc_cla
         ``folder``.
     """
     cut = getattr(classifier, "crop_cut", None) or {}
+    if cut.get("stain_normalised"):  # refused before the detector is copied (a half-replaced cascade)
+        raise ValueError("this classifier was trained on stain-normalised crops; a cascade does not hold the "
+                         "normaliser, so its crops would be classified unnormalised")
     if cut.get("source") == "image":
         log.warning("the classifier was trained on whole single-cell images; the cascade classifies a square "
                     "window around each detected box: the cells may be framed differently than in training")
@@ -203,6 +209,7 @@ def save_cascade(folder, detector_folder, classifier: CellClassifier, *, wbc_cla
         tmp.rename(target)
     save_classifier(classifier, folder / "classifier")
     write_json(folder / "config.json", {"kind": "cascade", "wbc_class": wbc_class, "pad": float(pad),
+                                        "fill": cut.get("fill", "median"),
                                         "detector": "detector", "classifier": "classifier",
                                         "types": list(classifier.class_names)})
     return folder
@@ -218,12 +225,14 @@ class Cascade:
     classifier : the white-cell classifier.
     wbc_class : the detector class whose boxes are classified.
     pad : the crop margin around each box.
+    fill : what pads a crop past the image edge (that of the classifier's training crops).
     """
 
     detector: Any
     classifier: CellClassifier
     wbc_class: str
     pad: float = 0.1
+    fill: Any = "median"
 
     @property
     def types(self) -> list[str]:
@@ -254,4 +263,4 @@ def load_cascade(folder, device="auto") -> Cascade:
     if wbc not in det.detector_config.class_names:
         raise DataError(folder / "config.json", f"wbc_class {wbc!r} is not a class of its detector "
                                                 f"({list(det.detector_config.class_names)})")
-    return Cascade(det, clf, wbc, float(cfg.get("pad", 0.1)))
+    return Cascade(det, clf, wbc, float(cfg.get("pad", 0.1)), cfg.get("fill", "median"))

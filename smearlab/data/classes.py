@@ -88,7 +88,7 @@ class ClassMapping:
         used = [t for t in self.lut.tolist() if t >= 0]
         if used != sorted(used):
             parts.append(f"reordered {self.source} -> {self.target}")
-        elif used != list(range(len(used))):
+        elif any(t != i for i, t in enumerate(self.lut.tolist()) if t >= 0):
             parts.append(f"label ids renumbered {self.source} -> {self.target}")
         if self.unmatched:
             parts.append(f"no counterpart for {self.unmatched}")

@@ -13,13 +13,14 @@ annotation tool that ignored the tag), and count that repair in ``dataset.fixed`
 Intensity scale
 ---------------
 Images wider than 8 bits are scaled to 8 bits from the range that stands for full brightness.
-The range a file declares is used when there is one (DICOM ``BitsStored``, a PNG ``sBIT``
-chunk) or the range the caller gives (``bits=`` here, ``sensor_bits=`` when a dataset is
+The range a file declares is used when there is one (DICOM ``BitsStored``; a PNG ``sBIT``
+chunk where the samples were not scaled up to the full range, as the PNG specification has them)
+or the range the caller gives (``bits=`` here, ``sensor_bits=`` when a dataset is
 opened: ``open_dataset(path, sensor_bits=12)`` for a 12-bit camera). Otherwise it is guessed per
 image as the smallest usual sensor range that holds the image's largest value (:func:`full_scale`),
 which keeps 12-bit data in a 16-bit file bright but scales a dim frame of one camera differently
 from a bright one (a 12-bit frame whose largest value is 900 reads as 10-bit data, four times
-brighter); a warning says so once, naming the first such file.
+brighter); a warning says so once per guessed range, naming the first such file.
 
 Masks
 -----
@@ -131,8 +132,10 @@ def read_raw(path: str | Path, *, orientation: str = "exif", palette: str = "rgb
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as im:
-                pages = int(getattr(im, "n_frames", 1) or 1)
-                if pages > 1 and path not in _SAID_PAGES:  # a z-stack or one page per channel, read as one picture
+                pages = int(getattr(im, "n_frames", 1) or 1) if im.format in ("TIFF", "GIF", "WEBP", "PNG") else 1
+                # a z-stack, one page per channel or an animation, read as one picture (a phone's JPEG
+                # with a gain map, MPO, is one picture: not said)
+                if pages > 1 and path not in _SAID_PAGES:
                     _SAID_PAGES.add(path)  # once per file: images are read again each epoch
                     kind = "TIFF" if im.format == "TIFF" else f"{im.format or 'image'} (animated)"
                     warnings.warn(f"{path}: a {kind} of {pages} pages or frames; its first alone is read (split a "
@@ -229,10 +232,11 @@ def _read_sixteen_bit_colour(im: Image.Image, path: Path, orientation: str) -> n
         im.load()
         arr = np.array(im).astype(np.uint16) * 257
         high = int(arr[..., :3].max()) // 257  # the colours' high byte (an opaque alpha channel is 65535)
-        if high < 128:  # data of a 12-, 13- or 14-bit camera: its low bits, and so its levels, are lost
-            warnings.warn(f"{path}: a 16-bit colour {im.format or 'image'} whose values stay below half the 16-bit "
-                          f"range; PIL reads the high byte alone, so only {high + 1} levels per channel remain: save "
-                          "it as an uncompressed 16-bit TIFF to keep its precision", stacklevel=3)
+        if high < 64 and "png16" not in _SAID_RANGES:  # a 12- to 14-bit camera's data: at most 64 of the 256
+            _SAID_RANGES.add("png16")  # levels of the 8-bit image remain (once: a folder of them would say it each)
+            warnings.warn(f"{path}: a 16-bit colour {im.format or 'image'} whose values stay below a quarter of "
+                          f"the 16-bit range; PIL reads the high byte alone, so only {high + 1} levels per channel "
+                          "remain: save it as an uncompressed 16-bit TIFF to keep its precision", stacklevel=3)
     return _undo_orientation(arr, code)
 
 
@@ -302,7 +306,8 @@ def full_scale(image: np.ndarray) -> float:
     """The value that stands for full brightness in an image's data: 255 for uint8; for wider
     integers the smallest usual sensor range that holds the largest value (8, 10, 12, 14, 16 or 32
     bits), so that 12-bit data in a 16-bit file reads as bright as it is; for floats 1 when the
-    values lie in 0..1.5 (a little overshoot from rounding or sharpening), else the smallest of
+    values lie in 0..1.5 (a little overshoot from rounding or sharpening) or 99.5 % of them in 0..1
+    (a few hot pixels, clipped), else the smallest of
     those ranges that holds them (an 8-bit image stored as floats: 255; it read as 255 times too
     bright, and the polarity of a fluorescence image turned over). Every reader and every polarity
     decision scales by it.
@@ -337,7 +342,7 @@ def to_rgb8(arr: np.ndarray, where="image", *, bits: int | None = None) -> tuple
     is given (values above are clipped, with a warning), otherwise from the smallest usual sensor
     range that holds their values (10, 12, 14 or 16 bits, so 12-bit microscopy stays bright; a
     warning says once that the range is guessed per image, see the module docstring); float
-    images from 0..1 when their values lie there (up to 1.5, clipped), otherwise from the smallest of those ranges
+    images from 0..1 when their values lie there (up to 1.5, or 99.5 % of them; clipped), otherwise from the smallest of those ranges
     (8 bits first) that holds them. Negative values and NaN become 0. Returns the RGB image and
     the original bit depth.
 
@@ -409,6 +414,10 @@ def read_image(path: str | Path, *, orientation: str = "exif", bits: int | None 
     raw = read_raw(path, orientation=orientation)
     if bits is None and np.issubdtype(raw.dtype, np.integer) and raw.dtype.itemsize > 1:
         bits = declared_bits(path)
+        if bits is not None and raw.size and int(raw.max()) > 2 ** bits - 1:
+            # a PNG's sBIT names the camera's bits, its samples scaled up to the full range (the
+            # PNG specification; ImageMagick and pypng write them so): the file's whole range
+            bits = 16 if int(raw.max()) <= 65535 else raw.dtype.itemsize * 8
     if raw.ndim == 3 and raw.shape[2] in (2, 4) and "alpha" not in _SAID_RANGES:
         alpha = raw[..., -1]
         if np.issubdtype(alpha.dtype, np.integer) and int(alpha.min()) < np.iinfo(alpha.dtype).max:
@@ -512,7 +521,7 @@ def image_info(path: str | Path) -> ImageInfo:
     """
     path = _existing_file(path)
     if path.suffix.lower() in DICOM_EXTENSIONS:
-        return ImageInfo(to_rgb8(_read_dicom(path), where=path)[0].shape[:2])
+        return ImageInfo(to_rgb8(_read_dicom(path), where=path, bits=declared_bits(path))[0].shape[:2])
     try:
         with warnings.catch_warnings():  # the same size limit as reading the pixels (one rule, not two)
             warnings.simplefilter("error", Image.DecompressionBombWarning)

@@ -128,7 +128,44 @@ class Predictions(list):
         """Add one image's prediction; its windows and zoom are unknown, so the per-image lists
         (which would no longer line up with the images) are dropped."""
         super().append(item)
+        self._forget()
+
+    def _forget(self) -> None:
         self.windows = self.zooms = None
+
+    # the other list operations that move images: the per-image lists would no longer line up
+    def insert(self, i, item) -> None:
+        super().insert(i, item)
+        self._forget()
+
+    def pop(self, i=-1):
+        self._forget()
+        return super().pop(i)
+
+    def remove(self, item) -> None:
+        super().remove(item)
+        self._forget()
+
+    def __delitem__(self, i) -> None:
+        super().__delitem__(i)
+        self._forget()
+
+    def __setitem__(self, i, item) -> None:
+        super().__setitem__(i, item)
+        if isinstance(i, slice):  # one image's prediction replaced keeps its windows; a slice may not
+            self._forget()
+
+    def sort(self, *a, **kw) -> None:
+        super().sort(*a, **kw)
+        self._forget()
+
+    def reverse(self) -> None:
+        super().reverse()
+        self._forget()
+
+    def clear(self) -> None:
+        super().clear()
+        self._forget()
 
     def extend(self, other):
         raise TypeError("Predictions.extend would join labels of other classes unchecked: use p = p + other")

@@ -436,7 +436,10 @@ class SmearDataset(Sequence[Sample]):
         return self.samples[i]
 
     def __repr__(self) -> str:
-        crowd = sum(int(s.crowd.sum()) for s in self.samples)
+        try:
+            crowd = sum(int(s.crowd.sum()) for s in self.samples)
+        except DataError:  # crowd flags that no longer match their boxes: said where they are used
+            crowd = 0
         regions = f" (+{crowd} crowd regions)" if crowd else ""
         return (f"SmearDataset({self.name!r}, {len(self)} images, {self.num_objects - crowd} objects{regions}, "
                 f"classes={self.class_names}, skipped={len(self.skipped)})")

@@ -266,7 +266,7 @@ def merge_tiles(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, tile_
             held = ((boxes[i, axis] >= boxes[cand, axis] - edge_margin)
                     & (boxes[i, axis + 2] <= boxes[cand, axis + 2] + edge_margin))
             good |= held & within[1 - axis]
-        score = np.where(good, iou + cov, -1.0)
+        score = np.where(good, iou + cov + 1e-6, -1.0)  # a held sliver may not overlap its partner at all
         for t in np.unique(tile_index[cand]):  # best partner in each other tile
             sel = np.flatnonzero(tile_index[cand] == t)
             k = sel[np.argmax(score[sel])]

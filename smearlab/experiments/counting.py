@@ -116,14 +116,15 @@ def images_on_disk(dataset: SmearDataset, folder) -> Path:
     return export_coco_gt(dataset, Path(folder) / "truth.json")
 
 
-def image_reader(dataset_path):
+def image_reader(dataset_path, sensor_bits: int | None = None):
     """``f(record) -> image`` for the records of a ``smearlab predict --dataset`` run.
 
     Parameters
     ----------
     dataset_path : the dataset the run predicted (``--dataset``).
+    sensor_bits : the run's ``--sensor-bits`` (its ``run.json``), so that images read as predicted.
     """
-    ds = load(dataset_path)
+    ds = load(dataset_path, sensor_bits=sensor_bits)
     by_name = dict(zip(file_names(ds), ds))
     return lambda record: by_name[record["image"]].image
 

@@ -28,7 +28,10 @@ def classification_report(y_true, y_pred, class_names: Sequence[str]) -> dict[st
     Returns
     -------
     dict
-        ``per_class`` ``{name: {precision, recall, f1, support}}``, ``macro`` and ``weighted``
+        ``per_class`` ``{name: {precision, recall, f1, support}}`` (None where undefined: precision
+        of a class never predicted, recall of a class not in the truth, F1 of a class in neither;
+        the macro and weighted means, over the classes in the truth, count an undefined precision
+        as 0, as scikit-learn's ``zero_division=0``), ``macro`` and ``weighted``
         ``{precision, recall, f1}``, ``accuracy``, ``confusion`` (``K x K`` list, rows true,
         columns predicted, all classes), ``class_names``, ``n``. With no examples every score
         is None (undefined, not 0).

@@ -247,8 +247,8 @@ def foreground_mask(image: np.ndarray, method: str = "otsu", channel: str = "aut
     if x.max() <= 0:  # constant image: nothing to find
         return np.zeros(x.shape, bool), x
     t_global = _threshold(x, "otsu" if method == "adaptive" else method)
-    decided = invert == "auto"
-    if decided:
+    decided = invert == "auto" and not (image.ndim == 3 and is_stained_brightfield(image))  # the minority rule
+    if invert == "auto":
         invert = objects_dark(image, channel, x, t_global)
     if invert:
         x = 1.0 - x

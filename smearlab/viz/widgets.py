@@ -423,9 +423,10 @@ class ThresholdTuner:
         self.sliders = {}
         for n, m in ((n, model_name[n]) for n in self.class_names):
             start = max(floor, float(init.score.get(m, DEFAULT_SCORE)))
+            fmt = ".4f" if ".4f" in (readout(start), readout(floor)) else ".2f"  # steps fall at floor + k * 0.01
             self.sliders[m] = W.FloatSlider(value=start, min=floor, max=1.0, step=0.01,
                                             description=m if m == n else f"{m} ({n})", continuous_update=False,
-                                            style=style, readout_format=readout(start))
+                                            style=style, readout_format=fmt)
         self.nms = W.FloatSlider(value=1.0 if init.nms_iou is None else float(init.nms_iou),
                                  min=min(0.1, 1.0 if init.nms_iou is None else float(init.nms_iou)), max=1.0,
                                  step=0.05, description="NMS IoU",
