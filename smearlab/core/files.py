@@ -82,6 +82,19 @@ def json_text(obj: Any) -> str:
     return json.dumps(_plain_keys(obj), indent=2, default=_json_default, allow_nan=False) + "\n"
 
 
+def same_json(a: Any, b: Any) -> bool:
+    """Whether two values read back alike from the JSON :func:`write_json` writes: tuples as lists,
+    keys in any order, NaN and infinities as null, other objects as their text.
+
+    Parameters
+    ----------
+    a, b : the two values (e.g. a setting given now and the one a file recorded).
+    """
+    def text(v):
+        return json.dumps(_plain_keys(json.loads(json.dumps(v, default=str))), sort_keys=True)
+    return text(a) == text(b)
+
+
 def _plain_keys(o):
     """``o`` with numpy-scalar and ``Path`` dict keys as Python ones (json refuses them as keys),
     numpy arrays and scalars as lists and numbers, and NaN or infinite numbers as None."""

@@ -17,7 +17,7 @@ from typing import Any, Iterable, Mapping
 from tqdm.auto import tqdm
 
 from ..core.device import describe as describe_hardware
-from ..core.files import atomic_path, write_json, write_text
+from ..core.files import atomic_path, same_json, write_json, write_text
 from ..core.threads import started_with, thread_environment
 from ..experiments.profiles import REAL_DATA
 from .results import NotebookResult, git_commit, index_html, results_markdown
@@ -371,14 +371,11 @@ def _check_same_settings(index_path: Path, settings: dict[str, Any], kept: list[
     if earlier.get("data_root"):  # indexes before 2026-12-07 kept the folder as typed
         earlier["data_root"] = str(Path(earlier["data_root"]).resolve())
     for key, value in settings.items():
-        if key in earlier and not _same_json(earlier[key], value):
+        if key in earlier and not same_json(earlier[key], value):  # a NaN reads back as null
             raise ValueError(f"{index_path.parent}: its results of {', '.join(kept)} were made with {key} "
                              f"{earlier[key]!r}, this run has {value!r}; one report folder holds one set of "
                              "settings: choose another --out (or re-run every notebook in it)")
 
-
-def _same_json(a: Any, b: Any) -> bool:
-    return json.dumps(a, sort_keys=True, default=str) == json.dumps(b, sort_keys=True, default=str)
 
 
 def _index_problem(data: Any) -> str | None:

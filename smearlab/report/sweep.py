@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from ..core.errors import DataError
-from ..core.files import atomic_path, flatten_dict, write_json, write_text
+from ..core.files import atomic_path, flatten_dict, same_json, write_json, write_text
 from ..core.search import grid_points
 from ..core.threads import thread_environment
 from .results import format_cell, git_commit
@@ -472,7 +472,7 @@ def _stale(sweep: Sweep, job: SweepJob, ran_with: dict, profile: str | None) -> 
     sets to another value, one the run had and the file no longer sets, another profile."""
     wanted = {**sweep.parameters, **job.point}
     for k, v in wanted.items():
-        if not _same(ran_with.get(k), v):
+        if not same_json(ran_with.get(k), v):  # tuples as lists, NaN as null
             return f"ran with {k}={ran_with.get(k)!r}, the sweep file says {v!r}"
     for k, v in ran_with.items():
         if k not in wanted and k not in _FROM_THE_RUN:
@@ -483,12 +483,6 @@ def _stale(sweep: Sweep, job: SweepJob, ran_with: dict, profile: str | None) -> 
         return f"ran with quick={ran_with['quick']!r}, the sweep file's profile is {sweep.profile!r}"
     return None
 
-
-def _same(a: Any, b: Any) -> bool:
-    """Whether two parameter values read back from JSON alike (tuples as lists; NaN equals NaN)."""
-    def text(v):
-        return json.dumps(json.loads(json.dumps(v, default=str)), sort_keys=True)
-    return text(a) == text(b)
 
 
 def _metric_columns(sweep: Sweep, rows: list[dict]) -> list[str]:
