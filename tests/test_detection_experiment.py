@@ -71,8 +71,8 @@ def test_cbc_splits_never_use_the_leaking_validation_folder(cbc_root):
     assert len(sp["test"]) == 60 and len(sp["train"]) + len(sp["val"]) == 300
     names = {s.path.parent.parent.name for part in sp.values() for s in part}
     assert names == {"Training", "Testing"}
-    # the default (notebooks 03 and 09) is the benchmarks' split: a tenth of Training's 282 groups
-    # of near-copies (18 fields shot twice), 31 images, none with its twin in training
+    # the default (notebooks 03 and 09) is the benchmarks' split: a tenth of Training's groups of
+    # near-copies (20 pairs of fields shot twice), 31 images, none with its twin in training
     default = detection_splits(str(cbc_root), seed=0)
     assert len(default["val"]) == len(sp["val"]) == 31
     assert [s.image_id for s in default["val"]] == [s.image_id for s in sp["val"]]

@@ -65,4 +65,4 @@ def test_cbc_fields_shot_twice_far_apart_are_near_copies(cbc_root):
     found = {tuple(sorted(Path(p).stem[-3:] for p in (a, b))) for a, b, *_ in
              near_copies({"train": load(cbc_root / "Training"), "test": load(cbc_root / "Testing")})}
     assert {("205", "276"), ("242", "249"), ("381", "397"), ("384", "393"), ("204", "277"), ("037", "038")} <= found
-    assert len(found) == 22
+    assert ("232", "255") in found and len(found) == 24  # fields overlapping by about 40 % too
