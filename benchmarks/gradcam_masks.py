@@ -35,7 +35,7 @@ DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "wbc_zh
 PRESETS = {
     "gpu": dict(size=96, width=32, epochs=80, batch_size=64, classical_grid=cam.CLASSICAL_GRID),
     "cpu": dict(size=64, width=16, epochs=25, batch_size=32, classical_grid=cam.CLASSICAL_CANDIDATES),
-    "quick": dict(size=48, width=8, epochs=4, batch_size=32, classical_grid=cam.CLASSICAL_CANDIDATES[:5],
+    "quick": dict(size=48, width=8, epochs=4, batch_size=32, classical_grid=cam.classical_candidates(5),
                   thresholds=(0.2, 0.4, 0.6)),
 }
 

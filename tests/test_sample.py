@@ -65,7 +65,7 @@ def test_sixteen_bit_colour_files_keep_their_range(tmp_path):
     assert depth == 16 and img[0, 7, 0] >= 254 and img[..., 1].min() >= 254
     _write_png16(png, data)
     from smearlab.data import imageio
-    imageio._SAID_RANGES.discard("png16")  # said once per process
+    imageio._SAID_ONCE.discard("png16")  # said once per process
     with pytest.warns(UserWarning, match="below a quarter of the 16-bit range; .* only 16 levels"):
         img, _ = read_image(png)
     assert img[..., 1].min() >= 230  # bright, as the TIFF, with fewer levels
@@ -209,7 +209,7 @@ def test_review_edges_of_the_readers_and_names(tmp_path, monkeypatch, capsys):
         raise ValueError("<COMPRESSION.LZW: 5> requires the 'imagecodecs' package")
     monkeypatch.setattr(tifffile, "TiffFile", cannot)
     from smearlab.data import imageio
-    monkeypatch.setattr(imageio, "_SAID_RANGES", set())
+    monkeypatch.setattr(imageio, "_SAID_ONCE", set())
     with pytest.warns(UserWarning) as caught:
         img, depth = read_image(tmp_path / "c.tif")
     said = " ".join(str(w.message) for w in caught)
@@ -242,7 +242,7 @@ def test_frames_of_one_camera_scale_alike_when_the_bit_depth_is_known(tmp_path, 
     from smearlab.data import open_dataset
     from smearlab.data import imageio
 
-    monkeypatch.setattr(imageio, "_SAID_RANGES", set())
+    monkeypatch.setattr(imageio, "_SAID_ONCE", set())
     scene = np.array([[0.2, 0.5], [0.9, 0.3]])
     (tmp_path / "set" / "rbc").mkdir(parents=True)
     for name, exposure in (("bright", 4000), ("dim", 1000)):
@@ -305,7 +305,7 @@ def test_unusual_wide_files_read_the_right_way_up_and_round(tmp_path):
 def test_animations_and_transparent_pixels_are_said(tmp_path, monkeypatch):
     from smearlab.data import imageio
 
-    monkeypatch.setattr(imageio, "_SAID_RANGES", set())
+    monkeypatch.setattr(imageio, "_SAID_ONCE", set())
     frames = [Image.fromarray(np.full((4, 4, 3), v, np.uint8)) for v in (10, 200)]
     frames[0].save(tmp_path / "a.gif", save_all=True, append_images=frames[1:])
     with pytest.warns(UserWarning, match="animated.* 2 pages or frames; its first alone is read"):

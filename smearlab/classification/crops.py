@@ -301,10 +301,7 @@ def crops_from_dataset(dataset: SmearDataset, size: int = 64, *, source: str = "
     skipped = SkipLog(strict=strict)
     image_ids = [s.image_id for s in dataset]
     near = split_groups(dataset, group_near_copies)  # None: each image alone
-    first: dict[int, str] = {}  # each group named by its first image (the ids split_groups gives need not be one)
-    for i, g in enumerate([] if near is None else near.tolist()):
-        first.setdefault(g, image_ids[i])
-    group_of = image_ids if near is None else [first[g] for g in near.tolist()]
+    group_of = image_ids if near is None else [image_ids[g] for g in near.tolist()]  # its first image's id
     imgs, labels, domains, ids, groups = [], [], [], [], []
     fallback: list[tuple[int, Sample]] = []
     sides: list[int] = []

@@ -25,7 +25,6 @@ unlabelled target domain with :func:`smearlab.classification.adapt.adapt_feature
 """
 from __future__ import annotations
 
-import logging
 import warnings
 from typing import Sequence
 
@@ -37,7 +36,6 @@ import torch.nn.functional as F
 from ..core.model_folder import warn_other_version
 from ..data.classes import model_class_names
 
-log = logging.getLogger("smearlab.classification.features")
 
 #: The version of :func:`cell_features`, saved with a fitted model: 2 (2026-12-07) counts the
 #: nucleus in its cell (``cell_fraction``, ``nucleus_to_cell``); 1 could leave a pale nucleus out.

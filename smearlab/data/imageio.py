@@ -32,6 +32,7 @@ pixels; where the colours differ, transparent pixels are background.
 """
 from __future__ import annotations
 
+import functools
 import struct
 import warnings
 from dataclasses import dataclass
@@ -232,8 +233,8 @@ def _read_sixteen_bit_colour(im: Image.Image, path: Path, orientation: str) -> n
         im.load()
         arr = np.array(im).astype(np.uint16) * 257
         high = int(arr[..., :3].max()) // 257  # the colours' high byte (an opaque alpha channel is 65535)
-        if high < 64 and "png16" not in _SAID_RANGES:  # a 12- to 14-bit camera's data: at most 64 of the 256
-            _SAID_RANGES.add("png16")  # levels of the 8-bit image remain (once: a folder of them would say it each)
+        if high < 64 and "png16" not in _SAID_ONCE:  # a 12- to 14-bit camera's data: at most 64 of the 256
+            _SAID_ONCE.add("png16")  # levels of the 8-bit image remain (once: a folder of them would say it each)
             warnings.warn(f"{path}: a 16-bit colour {im.format or 'image'} whose values stay below a quarter of "
                           f"the 16-bit range; PIL reads the high byte alone, so only {high + 1} levels per channel "
                           "remain: save it as an uncompressed 16-bit TIFF to keep its precision", stacklevel=3)
@@ -418,10 +419,10 @@ def read_image(path: str | Path, *, orientation: str = "exif", bits: int | None 
             # a PNG's sBIT names the camera's bits, its samples scaled up to the full range (the
             # PNG specification; ImageMagick and pypng write them so): the file's whole range
             bits = 16 if int(raw.max()) <= 65535 else raw.dtype.itemsize * 8
-    if raw.ndim == 3 and raw.shape[2] in (2, 4) and "alpha" not in _SAID_RANGES:
+    if raw.ndim == 3 and raw.shape[2] in (2, 4) and "alpha" not in _SAID_ONCE:
         alpha = raw[..., -1]
         if np.issubdtype(alpha.dtype, np.integer) and int(alpha.min()) < np.iinfo(alpha.dtype).max:
-            _SAID_RANGES.add("alpha")  # once: a folder of cut-out cells would say it for every file
+            _SAID_ONCE.add("alpha")  # once: a folder of cut-out cells would say it for every file
             warnings.warn(f"{path}: transparent pixels are read as the colour stored under them (alpha is "
                           "dropped, not blended onto a background); a cut-out cell on a transparent background "
                           "reads as on that colour, often black", stacklevel=2)
@@ -445,13 +446,24 @@ def check_bits(bits) -> int | None:
 def declared_bits(path: str | Path) -> int | None:
     """The bits per value an image file declares for its data: DICOM ``BitsStored``, or the
     significant bits of a PNG's ``sBIT`` chunk (the largest of its colour channels); None when
-    it declares none.
+    it declares none. Read once per file version (images are read again every epoch).
 
     Parameters
     ----------
     path : the image file.
     """
     path = Path(path)
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return _declared_bits(str(path), st.st_mtime_ns, st.st_size)
+
+
+@functools.lru_cache(maxsize=4096)
+def _declared_bits(name: str, _mtime_ns: int, _size: int) -> int | None:
+    """:func:`declared_bits` of the file ``name`` as it is at that modification time and size."""
+    path = Path(name)
     try:
         if path.suffix.lower() in DICOM_EXTENSIONS:
             import pydicom
@@ -481,8 +493,9 @@ def declared_bits(path: str | Path) -> int | None:
         return None
 
 
-#: the guessed ranges said (once per range, naming the first file): images are read every epoch
-_SAID_RANGES: set = set()
+#: what was said once per process (a guessed range, values over a given range, transparent
+#: pixels, a 16-bit colour PNG's lost levels): images are read every epoch
+_SAID_ONCE: set = set()
 
 
 def _integer_range(a: np.ndarray, bits: int | None, where) -> float:
@@ -490,16 +503,16 @@ def _integer_range(a: np.ndarray, bits: int | None, where) -> float:
     if bits is not None:
         top = float(2 ** bits - 1)
         hi = int(a.max()) if a.size else 0
-        if hi > top and ("over", bits) not in _SAID_RANGES:
-            _SAID_RANGES.add(("over", bits))
+        if hi > top and ("over", bits) not in _SAID_ONCE:
+            _SAID_ONCE.add(("over", bits))
             warnings.warn(f"{where}: values up to {hi}, above the {bits}-bit range ({int(top)}) declared for it; "
                           "they are clipped to white (is the bit depth right?)", stacklevel=4)
         return top
     full = full_scale(a)
     dtype_top = float(np.iinfo(a.dtype).max) if a.dtype.kind == "u" else float(2 ** (a.dtype.itemsize * 8 - 1) - 1)
     guessed = int(round(np.log2(full + 1)))
-    if full < dtype_top and guessed not in _SAID_RANGES:
-        _SAID_RANGES.add(guessed)
+    if full < dtype_top and guessed not in _SAID_ONCE:
+        _SAID_ONCE.add(guessed)
         warnings.warn(f"{where}: {a.dtype} data scaled from the {guessed}-bit range its largest value fits, "
                       "guessed per image: frames of one camera at other exposures may be scaled differently. "
                       "Give the camera's bit depth (open_dataset(..., sensor_bits=12), read_image(..., bits=12)) "

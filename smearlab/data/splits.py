@@ -392,7 +392,8 @@ def split_groups(dataset: SmearDataset, group: bool) -> np.ndarray | None:
     if all(k is not None for k in known) and len({k[0] for k in known}) == 1:
         # every image grouped in one search already (notebook 03's k-fold over the train and val
         # splits of detection_splits): its groups, without reading every image again
-        return np.unique([k[1] for k in known], return_inverse=True)[1].astype(np.int64)
+        _, first, inv = np.unique([k[1] for k in known], return_index=True, return_inverse=True)
+        return first[inv].astype(np.int64)  # as near_copy_groups: each group named by its first image here
     groups = near_copy_groups(dataset)
     search = uuid.uuid4().hex
     for s, g in zip(dataset, groups.tolist()):

@@ -780,12 +780,8 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
             h = ck.get("history", {})
             history.records = list(h.get("records", []))
             history.step_losses = list(h.get("step_losses", []))
-            history.best_epoch, history.best_value = h.get("best_epoch"), h.get("best_value")
-            history._best_key = h.get("best_key")  # which record key the best was read from (mAP or mAP50)
-            if history._best_key is None and history.best_value is not None:  # a checkpoint from before it
-                best = next((r for r in history.records if r.get("epoch") == history.best_epoch), {})
-                key = f"val_{history.best_metric}"
-                history._best_key = key if key in best else "val_mAP50"
+            for r in history.records:  # the best found again, as History.load does (by the same rule)
+                history.note_best(r)
             start_epoch = int(ck["epoch"])
             if budget is not None:
                 if ck.get("budget") is not None:  # the seconds spent and the plan go on

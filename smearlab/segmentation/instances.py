@@ -26,7 +26,6 @@ Cellpose predict distances or flows instead).
 from __future__ import annotations
 
 import itertools
-import logging
 import time
 import warnings
 from dataclasses import asdict, dataclass, fields
@@ -53,7 +52,6 @@ from .classical import as_image_array, is_stained_brightfield
 from .size import SizeModel, fit_size_model, object_diameter, zoomed
 from .unet import UNet
 
-log = logging.getLogger("smearlab.segmentation.instances")
 
 #: The version of :func:`nuclear_channel` a model is trained on, saved in its folder: 2 (2026-12-07)
 #: decides the objects' side before the stretch (1 stretched first). A folder of another version
