@@ -43,3 +43,33 @@ def test_a_numpy_nan_ranks_last_and_text_is_not_a_grid():
     assert found.params == {"a": 3}                      # np.float32 NaN was picked as the best
     with pytest.raises(ValueError, match="list of candidates"):
         grid_points({"method": "otsu"})                  # tried as 'o', 't', 's', 'u'
+
+
+def test_fold_count_caps_by_the_class_with_fewest_groups():
+    from smearlab.core.search import fold_count
+    # items alone: the class of 3 caps 5 folds at 3; a class of one item does not cap them
+    assert fold_count(["a"] * 10 + ["b"] * 3 + ["c"], 5) == (3, {"c": 1})
+    # groups: "a" has 10 items in 2 groups, so 2 folds, whatever its item count
+    k, short = fold_count(["a"] * 10 + ["b"] * 6, 5, groups=[0] * 5 + [1] * 5 + [2, 3, 4, 5, 6, 7])
+    assert (k, short) == (2, {})
+    assert fold_count(["a", "b"], 5) == (2, {"a": 1, "b": 1})  # never below 2: the caller refuses
+
+
+def test_fit_features_warns_with_the_fold_count_it_uses(caplog):
+    """The warning named the cap of the crops (3 folds) before the groups lowered it to the 2 used."""
+    import logging
+
+    import numpy as np
+
+    from smearlab.classification.crops import CropDataset
+    from smearlab.classification.model import build_classifier
+    from smearlab.classification.train import fit_features
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 255, (14, 32, 32, 3), dtype=np.uint8)
+    labels = [0] * 3 + [1] * 10 + [2]  # a: 3 crops in 3 groups; b: 10 crops in 2 groups; c: one crop
+    groups = ["a0", "a1", "a2"] + ["b0"] * 5 + ["b1"] * 5 + ["c0"]
+    crops = CropDataset(images, labels, ["a", "b", "c"], name="g", groups=groups)
+    with caplog.at_level(logging.WARNING):
+        out = fit_features(build_classifier(["a", "b", "c"], arch="features"), crops, folds=5, repeats=1)
+    assert out["folds"] == 2
+    assert "c (1) group(s) of crops only, fewer than the 2 cross-validation folds" in caplog.text

@@ -16,6 +16,7 @@ from threadpoolctl import threadpool_limits
 
 from ..core.device import resolve_device
 from ..core.geometry import check_crop_values, check_image, letterbox
+from ..core.search import fold_count
 from .features import FeatureClassifier
 
 
@@ -218,18 +219,17 @@ def separability(X, domains, *, cv: int = 5, seed: int = 0, groups=None) -> dict
     names, counts = np.unique(d, return_counts=True)
     if len(names) < 2:
         raise ValueError(f"separability needs at least two domains, got {names.tolist()}")
-    folds = int(min(cv, counts.min()))
-    if folds < 2:
+    if counts.min() < 2:
         raise ValueError(f"every domain needs at least 2 points for cross-validation; counts "
                          f"{dict(zip(names.tolist(), counts.tolist()))}")
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
     g = None if groups is None else as_label_array(groups, len(x), "groups")
     grouped = g is not None and len(np.unique(g)) < len(g)
-    if grouped:  # a fold per group of the domain with the fewest, or a fold would hold none of it
-        folds = min(folds, min(len(np.unique(g[d == n])) for n in names))
-        if folds < 2:
-            raise ValueError("every domain needs points of at least 2 groups for grouped cross-validation; groups "
-                             f"per domain {dict((str(n), len(np.unique(g[d == n]))) for n in names)}")
+    # a fold per group of the domain with the fewest, or a fold would hold none of it
+    folds, short = fold_count(d, cv, g if grouped else None)
+    if any(n < 2 for n in short.values()):
+        raise ValueError("every domain needs points of at least 2 groups for grouped cross-validation; groups "
+                         f"per domain {dict((str(n), len(np.unique(g[d == n]))) for n in names)}")
     splitter = (StratifiedGroupKFold if grouped else StratifiedKFold)(folds, shuffle=True, random_state=seed)
     acc = cross_val_score(clf, x, d, groups=g, cv=splitter, scoring="accuracy")
     return {"linear_domain_accuracy": float(acc.mean()), "silhouette": float(silhouette_score(x, d)),

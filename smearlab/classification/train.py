@@ -14,6 +14,7 @@ import torch.nn.functional as F
 
 from ..augment import augment_crop_batch, default_crop_augment, stain_shift_crop_augment
 from ..core.device import resolve_device
+from ..core.search import fold_count
 from ..core.training import History, step_loop
 from ..metrics.classification import classification_report
 from .crops import CropDataset
@@ -386,23 +387,19 @@ def fit_features(model: FeatureClassifier, train: CropDataset, *, Cs=FEATURE_CS,
     scale = x.std(0)
     scale[scale < 1e-6] = 1.0
     z = (x - mean) / scale
-    counts = np.bincount(train.labels, minlength=len(train.class_names))
-    several = counts[present][counts[present] >= 2]  # a class of one crop cannot shrink every class's folds
-    k = max(2, min(int(folds), int(several.min()) if len(several) else 2))
-    rare = [f"{train.class_names[c]} ({int(counts[c])})" for c in present if counts[c] < k]
-    if rare:
-        log.warning("%s: %s training crop(s) only, fewer than the %d cross-validation folds: those classes "
-                    "are trained on but cannot be in every fold", train.name, ", ".join(rare), k)
     if not len(Cs):
         raise ValueError("Cs is empty: give at least one regularisation strength")
     repeats = int(repeats)
     if repeats < 1:
         raise ValueError(f"repeats must be at least 1, got {repeats}")
     grouped = len(set(train.groups)) < len(train)  # crops of one image, or near-copies: one fold each
-    if grouped:  # as many folds as the rarest class has groups, or a fold would miss it
-        per_class = [len({g for g, y in zip(train.groups, train.labels) if y == c}) for c in present]
-        several_groups = [n for n in per_class if n >= 2]
-        k = max(2, min(k, min(several_groups) if several_groups else 2))
+    # as many folds as the rarest class has crops (groups of crops), or a fold would miss it
+    k, short = fold_count(train.labels, folds, list(train.groups) if grouped else None)
+    if short:
+        what = "group(s) of crops" if grouped else "training crop(s)"
+        log.warning("%s: %s %s only, fewer than the %d cross-validation folds: those classes are trained on "
+                    "but cannot be in every fold", train.name,
+                    ", ".join(f"{train.class_names[c]} ({n})" for c, n in short.items()), what, k)
 
     def regression(c: float) -> LogisticRegression:
         return LogisticRegression(C=float(c), max_iter=5000, class_weight="balanced" if balanced else None)

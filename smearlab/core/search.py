@@ -122,3 +122,32 @@ def grid_search(grid: "Mapping[str, Sequence] | Sequence[Mapping[str, Any]]",
         row.update(scores if isinstance(scores, Mapping) else {key: scores})
         table.append(row)
     return SearchResult(table, key)
+
+
+def fold_count(labels, folds: int, groups=None) -> tuple[int, dict[Any, int]]:
+    """How many stratified cross-validation folds a labelled set can fill, and which classes fall short.
+
+    A fold holds whole groups (``groups``: one key per item, e.g. the crops of one image or
+    near-copies kept together; None: every item alone), so a class spread over ``n`` groups can be
+    in at most ``n`` folds. The count is ``folds`` capped by the class with the fewest groups,
+    not below 2; a class of one group cannot be split at all and does not cap it.
+
+    Parameters
+    ----------
+    labels : ``(N,)`` class of each item.
+    folds : the folds asked for.
+    groups : ``(N,)`` group of each item, or None.
+
+    Returns
+    -------
+    tuple
+        ``(k, short)``: the folds to use, and ``{class: groups}`` of every class spread over fewer
+        than ``k`` groups (those cannot be in every fold; a caller refuses or says so).
+    """
+    import numpy as np
+    y = np.asarray(labels)
+    g = np.arange(len(y)) if groups is None else np.asarray(groups)
+    units = {c: len(np.unique(g[y == c])) for c in np.unique(y).tolist()}
+    several = [n for n in units.values() if n >= 2]
+    k = max(2, min(int(folds), min(several))) if several else 2
+    return k, {c: n for c, n in units.items() if n < k}
