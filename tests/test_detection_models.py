@@ -1,5 +1,6 @@
 """Detector builders, local weights, save / load (tiny inputs: CPU-friendly)."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -444,8 +445,40 @@ def test_side_files_of_another_save_are_ignored_and_unusable_ones_named_at_load(
                                                 "steps": [{"name": "stain_augment", "params": {}}]})
     with pytest.raises(DataError, match="preprocess.json.*stain_augment"):
         load_model(folder, device="cpu")
-    (folder / "preprocess.json").unlink()
+    write_side_file(folder, "preprocess.json", None)
     write_side_file(folder, "thresholds.json", {"score": {"RBC": 0.4, "WBC": 0.6}, "note": "hand-made"})
     m = load_model(folder, device="cpu")
     assert m.thresholds["score"] == {"RBC": 0.4, "WBC": 0.6} and "note" not in m.thresholds
     assert "save_id" not in read_side_file(folder, "thresholds.json")
+
+
+@pytest.mark.parametrize("fails_at", ["config.json", "preprocess.json", "thresholds.json"])
+def test_a_save_interrupted_between_its_files_is_refused_not_loaded_without_its_pipeline(tmp_path, monkeypatch,
+                                                                                         fails_at):
+    """A second save that failed while writing its preprocess.json or thresholds.json left a model
+    that loaded without its pipeline or thresholds (only a log line): it predicted on unprocessed
+    images and returned raw detections."""
+    import smearlab.core.model_folder as mf
+    from smearlab.core.errors import DataError
+    from smearlab.preprocess import Preprocess
+    names = ["RBC", "WBC"]
+    folder = tmp_path / "m"
+    cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=names, min_size=96, max_size=96)
+    kept = {"thresholds": {"score": {"RBC": 0.5, "WBC": 0.5}}, "preprocess": Preprocess([("gamma", {"g": 2.0})])}
+    save_model(build_detector(cfg), cfg, folder, **kept)
+    real = mf.write_text
+
+    def failing(path, text):
+        if Path(path).name == fails_at:
+            raise OSError("disk full")
+        real(path, text)
+    monkeypatch.setattr(mf, "write_text", failing)
+    with pytest.raises(OSError):
+        save_model(build_detector(cfg), cfg, folder, thresholds={"score": {"RBC": 0.2, "WBC": 0.2}},
+                   preprocess=Preprocess([("gamma", {"g": 0.5})]))
+    monkeypatch.setattr(mf, "write_text", real)
+    with pytest.raises(DataError, match="save it again|two different saves"):
+        load_model(folder, device="cpu")
+    save_model(build_detector(cfg), cfg, folder, **kept)  # saved again: whole
+    m = load_model(folder, device="cpu")
+    assert m.preprocess_spec is not None and m.thresholds["score"] == {"RBC": 0.5, "WBC": 0.5}

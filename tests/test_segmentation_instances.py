@@ -479,7 +479,11 @@ def test_model_folders_that_would_predict_wrongly_are_refused(tmp_path):
         thresholds.write_text(json.dumps({"foreground": 0.4, "marker": 0.7, "min_size": 5, "tta": False, **bad}))
         with pytest.raises(DataError, match=msg):
             load_instance_unet(inst, "cpu")
-    thresholds.unlink()
+    thresholds.unlink()  # deleted by hand: config.json lists it, so the folder is refused, not run untuned
+    with pytest.raises(DataError, match="thresholds.json: missing"):
+        load_instance_unet(inst, "cpu")
+    from smearlab.core.model_folder import write_side_file
+    write_side_file(inst, "thresholds.json", None)  # removed the documented way: the untuned defaults, warned
     with pytest.warns(UserWarning, match="untuned default"):
         assert load_instance_unet(inst, "cpu").thresholds == InstanceThresholds()
     edit(inst / "config.json", diameter=20.0)

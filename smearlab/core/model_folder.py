@@ -3,7 +3,8 @@
 Layout::
 
     <folder>/weights.pt       {"format": "smearlab-model/1", "kind", "class_names", "state_dict"}
-    <folder>/config.json      {"kind", ...}: everything needed to rebuild the model
+    <folder>/config.json      {"kind", ...}: everything needed to rebuild the model, the save's
+                              id and the side files below that belong to it ("side_files")
     <folder>/thresholds.json  tuned thresholds, where the task has them (detectors)
     <folder>/preprocess.json  the preprocessing pipeline the model was trained with, if any
     <folder>/train_config.json  the training settings (the recipe a fine-tuning run repeats), if any
@@ -13,6 +14,11 @@ reads any of them. A ``"cascade"`` folder holds a ``config.json`` and two model 
 ``detector/`` and ``classifier/`` (:func:`smearlab.classification.predict.save_cascade`). Weights are read with ``torch.load(weights_only=True)`` (tensors and plain
 containers only); every file is written atomically. Detector folders written before ``kind``
 existed (a ``config.json`` with an ``arch``) still read as detectors.
+
+A save writes ``weights.pt``, then ``config.json``, then the side files, each atomically and each
+carrying the save's id. A save interrupted part-way leaves a folder that reading refuses, naming
+the file (weights and config of two saves; a side file the config lists missing or from another
+save), never one that loads without its thresholds or pipeline; save the model again.
 """
 from __future__ import annotations
 
@@ -106,11 +112,14 @@ def save_model_folder(folder, kind: str, model: torch.nn.Module, config: Mapping
                "state_dict": sd, "save_id": save_id, **meta}
     # the JSON files as text first: one that cannot be written fails before the folder is touched;
     # each carries the save id, so that one left by another save is never read as this model's
-    config_text = json_text({"kind": kind, **dict(config), "save_id": save_id})
     side = {name: None if value is None else
             json_text({**(value.to_dict() if hasattr(value, "to_dict") else dict(value)), "save_id": save_id})
             for name, value in (("thresholds.json", thresholds), ("preprocess.json", preprocess),
                                 ("train_config.json", train_config))}
+    # config.json lists the side files of this save: one missing, or left by another save (this
+    # save interrupted before it was written), is refused on reading, never used or skipped silently
+    config_text = json_text({"kind": kind, **dict(config), "save_id": save_id,
+                             "side_files": [name for name, text in side.items() if text is not None]})
     folder.mkdir(parents=True, exist_ok=True)
     with atomic_path(folder / "weights.pt") as tmp:
         torch.save(payload, tmp)
@@ -169,21 +178,33 @@ def _plain_meta(meta: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def write_side_file(folder, name: str, value) -> None:
-    """Replace one JSON file of a saved model folder (``thresholds.json``, ``preprocess.json`` or
-    ``train_config.json``), tied to the folder's save like the files :func:`save_model_folder`
-    writes.
+    """Replace (or remove) one JSON file of a saved model folder (``thresholds.json``,
+    ``preprocess.json`` or ``train_config.json``), tied to the folder's save like the files
+    :func:`save_model_folder` writes.
 
     Parameters
     ----------
     folder : the model folder.
     name : the file's name.
-    value : a dict (or an object with ``to_dict()``).
+    value : a dict (or an object with ``to_dict()``); None removes the file (a side file deleted by
+        hand is refused on reading, as a save interrupted before writing it would be).
     """
     if name not in SIDE_FILES:
         raise ValueError(f"{name!r} is not one of a model folder's files {SIDE_FILES}")
-    save_id = _config_with_id(folder).get("save_id")
+    config = _config_with_id(folder)
+    save_id = config.get("save_id")
+    listed = config.get("side_files")
+    path = Path(folder) / name
+    if value is None:  # unlisted first: an interruption leaves an unlisted file, which is not used
+        if isinstance(listed, list) and name in listed:
+            write_text(Path(folder) / "config.json",
+                       json_text({**config, "side_files": [n for n in listed if n != name]}))
+        path.unlink(missing_ok=True)
+        return
     d = value.to_dict() if hasattr(value, "to_dict") else dict(value)
-    write_json(Path(folder) / name, {**d, "save_id": save_id} if save_id is not None else d)
+    write_json(path, {**d, "save_id": save_id} if save_id is not None else d)
+    if isinstance(listed, list) and name not in listed:  # written first: an interruption leaves it unlisted, unused
+        write_text(Path(folder) / "config.json", json_text({**config, "side_files": [*listed, name]}))
 
 
 def model_kind(folder) -> str:
@@ -217,6 +238,7 @@ def read_config_json(folder) -> dict[str, Any]:
     """
     d = _config_with_id(folder)
     d.pop("save_id", None)
+    d.pop("side_files", None)
     return d
 
 
@@ -260,6 +282,7 @@ def read_model_folder(folder, kind: str | None = None) -> ModelFolder:
     config = _config_with_id(folder)
     config.pop("kind", None)
     save_id = config.pop("save_id", None)
+    config.pop("side_files", None)
     wpath = folder / "weights.pt"
     obj = read_torch_file(wpath, "model weights")
     state_dict, meta = state_dict_of(obj, wpath)
@@ -319,17 +342,33 @@ SIDE_FILES = ("thresholds.json", "preprocess.json", "train_config.json")
 
 def read_side_file(folder, name: str, save_id: str | None = None) -> dict | None:
     """One optional JSON file of a model folder as a dict (without its ``save_id``), or None when
-    there is none or it was left by another save than ``save_id`` (a save interrupted between its
-    files; warned: the model is used without it).
+    there is none, or when it was left by an earlier save that the folder's save does not list
+    (warned: the model is used without it).
 
     Parameters
     ----------
     folder : the model folder.
     name : the file's name (one of :data:`SIDE_FILES`).
     save_id : the save id of the folder's ``config.json`` (None: read from it).
+
+    Raises
+    ------
+    DataError
+        naming the file when it is not a JSON object, or when ``config.json`` lists it as part of
+        its save and it is missing or belongs to another save (a save interrupted between its
+        files): the model would otherwise run without its thresholds or pipeline, or with another
+        model's.
     """
     p = Path(folder) / name
+    config = _config_with_id(folder)
+    if save_id is None:
+        save_id = config.get("save_id")
+    listed = config.get("side_files")
+    expected = isinstance(listed, list) and name in listed
     if not p.is_file():
+        if expected:
+            raise DataError(p, f"missing, though {Path(folder) / 'config.json'} lists it as part of the model (a save "
+                               "interrupted before it was written?): the model would run without it; save it again")
         return None
     try:
         d = json.loads(p.read_text(encoding="utf-8"))
@@ -337,10 +376,12 @@ def read_side_file(folder, name: str, save_id: str | None = None) -> dict | None
         raise DataError(p, f"invalid JSON: {e}") from e
     if not isinstance(d, dict):
         raise DataError(p, f"expected a JSON object, got a {type(d).__name__}")
-    if save_id is None:
-        save_id = _config_with_id(folder).get("save_id")
     own = d.pop("save_id", None)
     if own is not None and save_id is not None and own != save_id:
+        if expected:
+            raise DataError(p, "belongs to another save of this folder than its weights and config.json, which list "
+                               "it as part of the model (a save interrupted between its files?): the model would run "
+                               "with another model's settings, or without its own; save it again")
         log.warning("%s belongs to another save of this folder than its weights (a save interrupted between "
                     "its files?): ignored; save the model again", p)
         return None
