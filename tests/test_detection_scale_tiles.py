@@ -177,3 +177,29 @@ def test_training_size_and_automatic_tiles_go_by_the_sides_not_the_orientation()
     assert auto_tile(cfg, (1000, 740)) == auto_tile(cfg, (740, 1000)) == 640
     old = DetectorConfig(arch="fasterrcnn_tiny", class_names=["RBC"], train_image_size=[640, 480])  # (h, w) of a portrait set
     assert auto_tile(old, (955, 715)) == auto_tile(old, (715, 955)) is None
+
+
+def test_box_tiles_keep_a_share_exactly_at_min_visible_and_list_flags_follow_their_boxes():
+    """0.3 * 100 px in float32 is above 30: a box exactly 30 % inside was dropped at 0.3 and 0.6
+    and kept at the other shares; crowd flags given as a list were lost (the region became a cell)."""
+    from smearlab.data.derive import tile_dataset
+    img = np.zeros((32, 64, 3), np.uint8)
+    for k in range(1, 10):  # a box 10 px wide, exactly k px inside the first tile (x < 32)
+        s = Sample("a", boxes=[[32 - k, 0, 42 - k, 10]], labels=[0], _image=img)
+        assert len(box_tiles(SmearDataset([s], ["c"]), 32, min_visible=k / 10)[0].boxes) == 1, k
+    s = Sample("a", boxes=[[0, 0, 10, 10], [20, 20, 30, 30]], labels=[0, 0],
+               _image=np.zeros((40, 40, 3), np.uint8), meta={"iscrowd": [0, 1]})
+    tiles = box_tiles(SmearDataset([s], ["c"]), 64)
+    assert tiles[0].crowd.tolist() == [False, True] and tiles.summary()["objects"] == 1
+    # both tilers name a tile by its x then y
+    sem = SmearDataset([Sample("im", _image=np.zeros((40, 70, 3), np.uint8), _semantic=np.zeros((40, 70), np.uint8))],
+                       [], semantic_names=["background", "cell"])
+    assert [t.image_id for t in tile_dataset(sem, 32)] == [f"im@{t.meta['window'][0]},{t.meta['window'][1]}"
+                                                          for t in tile_dataset(sem, 32)]
+    assert "im@32,0" in [t.image_id for t in tile_dataset(sem, 32)]
+
+
+def test_a_sample_given_a_size_that_is_not_its_image_s_is_refused():
+    from smearlab.core.errors import DataError
+    with pytest.raises(DataError, match=r"size \(5, 5\) given for an image of \(10, 10\)"):
+        Sample("a", size=(5, 5), _image=np.zeros((10, 10, 3), np.uint8))

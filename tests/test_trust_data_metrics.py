@@ -503,3 +503,20 @@ def test_skips_of_one_kind_are_counted_together_whatever_their_numbers():
                    "box outside the 80x50 image", "box outside the 60x40 image: [1, 2, 3, 4]"):
         log_.add("f.xml", reason)
     assert dict(log_.counts()) == {"duplicate of object N (same class and box)": 2, "box outside the NxN image": 2}
+
+
+def test_instances_from_semantic_keeps_how_the_image_is_read(tmp_path):
+    """The derived sample was built anew from the path alone: a 12-bit image read with its camera's
+    bits came back, once released, scaled by the per-image guess (17 times brighter)."""
+    from PIL import Image
+    a = np.full((8, 8), 100, np.uint16)
+    a[2:5, 2:5] = 250
+    Image.fromarray(a).save(tmp_path / "g16.png")
+    sem = np.zeros((8, 8), np.uint8)
+    sem[2:5, 2:5] = 1
+    s = Sample("g", path=tmp_path / "g16.png", sensor_bits=12, _semantic=sem)
+    first = s.image[0, 0].copy()
+    t = instances_from_semantic(SmearDataset([s], ["x"], semantic_names=["background", "cytoplasm", "nucleus"]))[0]
+    assert t.sensor_bits == 12 and t.bit_depth == 16 and t.orientation == s.orientation
+    t.release()
+    assert (t.image[0, 0] == first).all()

@@ -111,7 +111,8 @@ def tile_dataset(dataset, tile: int = 128, *, max_tiles: int | None = None, seed
     Returns
     -------
     SmearDataset
-        one sample per tile (``meta["source"]``, ``meta["window"]`` ``(x0, y0, x1, y1)``), same
+        one sample per tile, named ``<image id>@<x0>,<y0>`` (``meta["source"]``, ``meta["window"]``
+        ``(x0, y0, x1, y1)``), same
         ``semantic_names``.
     """
     if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 16:
@@ -128,7 +129,7 @@ def tile_dataset(dataset, tile: int = 128, *, max_tiles: int | None = None, seed
     out = []
     for i, x0, y0, x1, y1 in windows:
         s = dataset[i]
-        out.append(Sample(f"{s.image_id}@{y0},{x0}", _image=np.ascontiguousarray(s.image[y0:y1, x0:x1]),
+        out.append(Sample(f"{s.image_id}@{x0},{y0}", _image=np.ascontiguousarray(s.image[y0:y1, x0:x1]),
                           domain=s.domain, meta={**_image_meta(s.meta), "source": s.image_id,
                                                  "window": (x0, y0, x1, y1)},
                           _semantic=np.ascontiguousarray(np.asarray(s.semantic)[y0:y1, x0:x1])))
@@ -179,9 +180,10 @@ def instances_from_semantic(dataset, groups: "dict[str, Sequence[int]] | None" =
         m = np.stack(masks) if masks else np.zeros((0, *sem.shape), bool)
         boxes = np.stack([mask_box(x) for x in m]) if len(m) else np.zeros((0, 4), np.float32)
         kept = _image_class_kept(s, dataset)
-        out.append(Sample(s.image_id, s.path, boxes=boxes, labels=labels, image_label=None,
-                          domain=s.domain, meta=kept.get("meta", dict(s.meta)), _image=s.image, _masks=m,
-                          _semantic=sem))
+        # replace keeps how the file is read (orientation, sensor bits, bit depth): a released image
+        # read back another way no longer matched its masks
+        out.append(dataclasses.replace(s, boxes=boxes, labels=labels, image_label=None,
+                                       meta=kept.get("meta", dict(s.meta)), _image=s.image, _masks=m, _semantic=sem))
     return SmearDataset(out, list(groups), getattr(dataset, "name", "dataset"), semantic_names=names)
 
 
@@ -209,7 +211,8 @@ def box_tiles(dataset: SmearDataset, tile: int = 640, *, min_visible: float = 0.
     Returns
     -------
     SmearDataset
-        one sample per tile (``meta["source"]``, ``meta["window"]`` ``(x0, y0, x1, y1)``, the
+        one sample per tile, named ``<image id>@<x0>,<y0>`` as :func:`tile_dataset` names them
+        (``meta["source"]``, ``meta["window"]`` ``(x0, y0, x1, y1)``, the
         per-box flags), same classes.
     """
     if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < 16:
@@ -221,11 +224,12 @@ def box_tiles(dataset: SmearDataset, tile: int = 640, *, min_visible: float = 0.
     for s in dataset:
         h, w = s.hw
         img = s.image
-        area = (s.boxes[:, 2] - s.boxes[:, 0]) * (s.boxes[:, 3] - s.boxes[:, 1])
+        boxes = s.boxes.astype(np.float64)  # a share exactly at min_visible is kept (float32: 0.3 * 100 > 30)
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         for y in _starts(h, tile):
             for x in _starts(w, tile):
                 x1, y1 = min(w, x + tile), min(h, y + tile)
-                b = np.clip(s.boxes - np.array([x, y, x, y], np.float32), 0, [x1 - x, y1 - y] * 2)
+                b = np.clip(boxes - np.array([x, y, x, y], np.float64), 0, [x1 - x, y1 - y] * 2)
                 inside = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
                 keep = (inside > 0) & (inside >= min_visible * np.maximum(area, 1e-6))
                 # per-box flags (crowd regions, VOC difficult) follow their boxes: a crowd region

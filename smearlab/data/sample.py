@@ -94,8 +94,17 @@ class Sample:
                             f"{len(self.boxes)} boxes but {len(self.labels)} labels")
         if self.path is not None:
             self.path = Path(self.path)
+        # per-box flags given as lists are arrays, so that every step that drops boxes cuts them too
+        # (per_box_meta cuts arrays only: a crowd region given as a list became an ordinary object)
+        lists = {k: np.asarray(v).reshape(-1) for k, v in self.meta.items()
+                 if k in PER_BOX_FLAGS and isinstance(v, (list, tuple))}
+        if lists:
+            self.meta = {**self.meta, **lists}
         if isinstance(self._image, np.ndarray):
             self._image = _check_image(self._image, self.path or self.image_id)
+            if self.size is not None and tuple(self.size) != self._image.shape[:2]:
+                raise DataError(self.path or self.image_id, f"size {tuple(self.size)} given for an image of "
+                                                            f"{self._image.shape[:2]} (height, width)")
             self.size = self._image.shape[:2]
         # arrays given directly are checked now; loaders (callables) when first read
         if self._masks is not None and not callable(self._masks):
@@ -127,7 +136,8 @@ class Sample:
         self.size = self._image.shape[:2]
 
     def release(self) -> None:
-        """Forget a lazily read image (and masks) so that a large dataset stays small in memory."""
+        """Forget a lazily read image so that a large dataset stays small in memory (it is read
+        again from its file when next used; an image given as an array is kept)."""
         if self.path is not None:
             self._image = None
 
@@ -162,7 +172,7 @@ class Sample:
     @property
     def crowd(self) -> np.ndarray:
         """``(N,)`` bool: which boxes are COCO crowd regions (``meta["iscrowd"]``, kept by the COCO
-        loader; all False without it, or when the flags do not match the boxes)."""
+        loader; all False without it; a :class:`DataError` when the flags do not match the boxes)."""
         flags = self.meta.get("iscrowd")
         if flags is None:
             return np.zeros(len(self.boxes), bool)
@@ -246,6 +256,10 @@ def binary_masks(masks, where="masks") -> np.ndarray:
             raise ValueError(f"{where}: masks hold fractional values (probabilities?): give bool masks, "
                              "e.g. probabilities > 0.5")
     return a.astype(bool, copy=False)
+
+
+#: The ``meta`` keys that hold one value per box (arrays; a list given is made one).
+PER_BOX_FLAGS = ("iscrowd", "difficult")
 
 
 def per_box_meta(meta: dict, keep: np.ndarray) -> dict:
