@@ -482,3 +482,25 @@ def test_a_save_interrupted_between_its_files_is_refused_not_loaded_without_its_
     save_model(build_detector(cfg), cfg, folder, **kept)  # saved again: whole
     m = load_model(folder, device="cpu")
     assert m.preprocess_spec is not None and m.thresholds["score"] == {"RBC": 0.5, "WBC": 0.5}
+
+
+@pytest.mark.parametrize("arch", ["fasterrcnn_tiny", "maskrcnn_tiny", "retinanet"])
+def test_a_detector_started_from_a_folder_takes_its_head_by_class_name(tmp_path, arch):
+    """The head was copied by position whenever its shape matched: a model started from a folder of
+    RBC, WBC under the classes WBC, RBC called every red cell a white cell."""
+    torch.manual_seed(0)
+    cfg = DetectorConfig(arch=arch, class_names=["RBC", "WBC", "Platelets"], min_size=96, max_size=96)
+    first = build_detector(cfg)
+    save_model(first, cfg, tmp_path / "m")
+    again = DetectorConfig(arch=arch, class_names=["WBC", "RBC", "Neutrophil"], min_size=96, max_size=96,
+                           weights_path=str(tmp_path / "m"), frozen_bn=False)
+    a, b = first.state_dict(), build_detector(again).state_dict()
+    key = ("head.classification_head.cls_logits.weight" if arch == "retinanet"
+           else "roi_heads.box_predictor.cls_score.weight")
+    old, new = a[key].reshape(-1, 4, *a[key].shape[1:]), b[key].reshape(-1, 4, *b[key].shape[1:])  # anchors x classes
+    assert torch.equal(new[:, 0], old[:, 0])  # background
+    assert torch.equal(new[:, 1], old[:, 2]) and torch.equal(new[:, 2], old[:, 1])  # WBC and RBC by name
+    assert not torch.equal(new[:, 3], old[:, 3])  # Neutrophil is new: fresh rows, not the platelets'
+    if arch != "retinanet":
+        box = "roi_heads.box_predictor.bbox_pred.weight"
+        assert torch.equal(b[box][4:8], a[box][8:12])  # WBC's box regression came along

@@ -536,13 +536,61 @@ def backbone_weights_file(cfg: DetectorConfig, *, download: bool = True) -> Path
                           f"access and place it at this path (or set TORCH_HOME), or give a local file as weights_path")
 
 
+#: The class-specific tensors of the detectors' heads: name -> rows per class (background is class 0).
+_CLASS_ROWS = {"roi_heads.box_predictor.cls_score": 1, "roi_heads.box_predictor.bbox_pred": 4,
+               "roi_heads.mask_predictor.mask_fcn_logits": 1, "head.classification_head.cls_logits": 1}
+
+
+def _map_class_rows(sd: dict, own: dict, saved: Sequence[str], names: Sequence[str], path) -> dict:
+    """``sd`` with its class-specific head tensors rearranged from the classes ``saved`` to
+    ``names`` by name: a class in both keeps its trained rows, a new one keeps ``own``'s fresh rows
+    (trained from scratch), background keeps its row. Copied by position, a model started from a
+    folder of the same classes in another order called every RBC a WBC."""
+    saved, names = [str(c) for c in saved], [str(c) for c in names]
+    if saved == names:
+        return sd
+    out = dict(sd)
+    for base, per in _CLASS_ROWS.items():
+        for k in (f"{base}.weight", f"{base}.bias"):
+            if k not in sd or k not in own:
+                continue
+            old, new = sd[k], own[k].clone()
+            # RetinaNet interleaves anchors: channel a * (K + 1) + class
+            groups_old, groups_new = old.shape[0] // (per * (len(saved) + 1)), new.shape[0] // (per * (len(names) + 1))
+            if groups_old != groups_new or old.shape[1:] != new.shape[1:] \
+                    or old.shape[0] != groups_old * per * (len(saved) + 1):
+                out.pop(k)  # another head: trained from scratch
+                continue
+            o = old.reshape(groups_old, len(saved) + 1, per, *old.shape[1:])
+            n = new.reshape(groups_new, len(names) + 1, per, *new.shape[1:])
+            n[:, 0] = o[:, 0]  # background
+            for j, name in enumerate(names):
+                if name in saved:
+                    n[:, j + 1] = o[:, saved.index(name) + 1]
+            out[k] = n.reshape(new.shape)
+    kept = [c for c in names if c in saved]
+    log.info("%s: the head's classes mapped by name from %s to %s (%s kept%s)", path, saved, names,
+             ", ".join(kept) or "none",
+             "; " + ", ".join(c for c in names if c not in saved) + " trained from scratch"
+             if len(kept) < len(names) else "")
+    return out
+
+
 def _load_pretrained(model: nn.Module, cfg: DetectorConfig, path=None) -> None:
     path = cfg.weights_path if path is None else path
-    sd, _ = state_dict_of(_read_weights(path), path)
+    sd, meta = state_dict_of(_read_weights(path), path)
     key, *_ = _first_conv(model)
     own = model.state_dict()
     if any(k.startswith(("backbone.", "rpn.", "roi_heads.", "head.")) for k in sd):
         target, prefix = "detector", ""
+        saved = meta.get("class_names")
+        if saved is None and isinstance(meta.get("model_config"), dict):  # a training checkpoint
+            saved = meta["model_config"].get("class_names")
+        if saved is not None:
+            sd = _map_class_rows(sd, own, saved, cfg.class_names, path)
+        elif any(k in sd and k in own and sd[k].shape == own[k].shape for k in (f"{b}.weight" for b in _CLASS_ROWS)):
+            log.warning("%s carries no class names (a bare state dict): its head's classes are taken in the order "
+                        "%s; give a model folder to have them matched by name", path, list(cfg.class_names))
     else:  # classification backbone: resnet (conv1, layer1..) or mobilenet (features.N)
         target, prefix = "backbone", "backbone.body."
         sd = {k[len("features."):] if k.startswith("features.") else k: v for k, v in sd.items()}
