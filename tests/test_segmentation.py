@@ -508,3 +508,29 @@ def test_an_unannotated_image_adds_nothing_and_a_diverging_loss_stops_training(t
                    out_dir=tmp_path / "run")
     saved = load_unet(tmp_path / "run" / "unet", device="cpu") if (tmp_path / "run" / "unet").exists() else None
     assert saved is None or all(torch.isfinite(p).all() for p in saved.parameters())  # the last good epoch's
+
+
+def test_a_unet_s_class_maps_are_numbered_by_the_dataset_s_class_names(tmp_path):
+    """predict_semantic returned the model's numbering and semantic_metrics read it as the dataset's:
+    a U-Net of background, cell, nucleus scored on a dataset of background, nucleus, cell gave
+    Dice 0 for a perfect nucleus."""
+    import torch
+
+    from smearlab.data import Sample, SmearDataset
+    from smearlab.metrics.semantic import semantic_metrics
+    from smearlab.segmentation.predict import predict_semantic
+    from smearlab.segmentation.unet import UNet, load_unet, save_unet
+    u = UNet(num_classes=3, base=4, depth=1, norm="group")
+    with torch.no_grad():
+        u.head.bias[:] = torch.tensor([0.0, 0.0, 5.0])  # always "nucleus"
+    m = load_unet(save_unet(u, tmp_path / "u", class_names=["background", "cell", "nucleus"]), "cpu")
+    img = np.zeros((32, 32, 3), np.uint8)
+    ds = SmearDataset([Sample("x", _image=img, _semantic=np.full((32, 32), 1, np.uint8))], [],
+                      semantic_names=["background", "nucleus", "cell"])  # truth: nucleus everywhere
+    pred = predict_semantic(m, ds, device="cpu")
+    assert (pred[0] == 1).all()
+    assert semantic_metrics(ds, pred)["nucleus"]["dice"] == 1.0
+    assert (predict_semantic(m, list(ds), device="cpu")[0] == 2).all()  # samples alone: the model's own numbering
+    other = SmearDataset(list(ds), [], semantic_names=["background", "cytoplasm", "nucleus"])
+    with pytest.raises(ValueError, match="would be read"):
+        predict_semantic(m, other, device="cpu")

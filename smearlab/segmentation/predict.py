@@ -2,6 +2,7 @@
 maps."""
 from __future__ import annotations
 
+import logging
 import math
 
 import numpy as np
@@ -16,6 +17,8 @@ from ..core.geometry import check_pad, crop_window
 from ..data.sample import Sample
 from . import classical
 from .unet import UNet, normalise, resize_and_pad
+
+log = logging.getLogger(__name__)
 
 
 def _image_of(x) -> np.ndarray:
@@ -60,9 +63,18 @@ def predict_semantic(model: UNet, images, batch_size: int = 8, device="auto",
         horizontal, vertical and double flips (4 forward passes).
     keep : ``"all"``: every pixel as predicted; ``"central"``: only the cell of interest of a
         single-cell image (:func:`central_cell`), for datasets labelled that way (Zheng WBC).
+
+    Returns
+    -------
+    list of numpy.ndarray
+        one class map per image, in the model's class numbering, or, for a dataset with
+        ``semantic_names``, in the dataset's: the model's ``class_names`` are matched to them by
+        name (a dataset of the same classes in another order is renumbered; of other classes,
+        refused), so that scoring against the dataset never compares classes by position.
     """
     if keep not in ("all", "central"):
         raise ValueError(f"keep must be 'all' or 'central', got {keep!r}")
+    lookup = _class_lookup(model, images)
     dev = resolve_device(device)
     if isinstance(images, np.ndarray) and images.ndim == 3:
         images = [images]
@@ -90,7 +102,27 @@ def predict_semantic(model: UNet, images, batch_size: int = 8, device="auto",
                 if (y1 - y0, x1 - x0) != (h, w):
                     lg = F.interpolate(lg, (int(h), int(w)), mode="bilinear", align_corners=False)
                 out[i] = lg[0].argmax(0).to(torch.uint8).cpu().numpy()
-    return [central_cell(m) for m in out] if keep == "central" else out
+    if keep == "central":
+        out = [central_cell(m) for m in out]
+    return out if lookup is None else [lookup[m] for m in out]
+
+
+def _class_lookup(model, images) -> np.ndarray | None:
+    """The model's class values -> the dataset's, matched by name; None when they are the same
+    (or either side has no names)."""
+    ours, theirs = getattr(model, "class_names", None), getattr(images, "semantic_names", None)
+    if not ours or not theirs:
+        return None
+    ours, theirs = [str(c) for c in ours], [str(c) for c in theirs]
+    if ours == theirs:
+        return None
+    if sorted(ours) != sorted(theirs):
+        raise ValueError(f"the U-Net predicts the classes {ours}, the dataset "
+                         f"{getattr(images, 'name', '?')!r} is labelled {theirs}: its class maps would be read "
+                         "with other meanings; remap the dataset's classes, or predict on its images "
+                         "(a list of samples or arrays) to get the model's own numbering")
+    log.info("the U-Net's classes %s renumbered to the dataset's order %s", ours, theirs)
+    return np.array([theirs.index(c) for c in ours], np.uint8)
 
 
 def central_cell(class_map: np.ndarray) -> np.ndarray:
