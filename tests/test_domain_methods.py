@@ -381,3 +381,18 @@ def test_equal_gains_go_to_the_method_losing_least_on_the_source():
          "stain_norm_f1": 0.6, "stain_norm_f1_std": 0.01, "stain_norm_source_f1": 0.866,
          "feature_stats_f1": 0.6, "feature_stats_f1_std": 0.01, "feature_stats_source_f1": 0.9}
     assert judge(s)["best_method"] == "feature_stats"  # list order gave stain_norm, 3.4 points lost on the source
+
+
+def test_stain_normalised_crops_joined_with_others_still_refuse_a_save_without_the_normaliser(tmp_path):
+    """Crops cut two ways lost their record on joining, so a classifier trained on raw crops plus
+    stain-normalised ones was saved (and could enter a cascade) without its normaliser."""
+    from smearlab.classification.model import save_classifier
+    from smearlab.classification.train import train_classifier
+    src = _crops(["a", "b"], [0, 1] * 8, "src")
+    tgt = _crops(["a", "b"], [0, 1] * 8, "tgt", seed=1)
+    both = CropDataset.concat([src, stain_normalise(tgt, src)])
+    assert both.cut == {"stain_normalised": True}
+    m = build_classifier(["a", "b"], width=4, input_size=16)
+    train_classifier(m, both, steps=1, batch_size=8, device="cpu")
+    with pytest.raises(ValueError, match="stain-normalised"):
+        save_classifier(m, tmp_path / "mixed")

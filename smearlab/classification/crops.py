@@ -162,6 +162,8 @@ class CropDataset(torch.utils.data.Dataset):
                   groups=[f"{d.name}/{g}" for d in datasets for g in d.groups])  # one name in two datasets: two groups
         same = all(d.cut == first.cut for d in datasets)  # crops cut two ways: no one way to cut them again
         out.cut = dict(first.cut) if same and first.cut is not None else None
+        if not same and any((d.cut or {}).get("stain_normalised") for d in datasets):
+            out.cut = {"stain_normalised": True}  # a model trained on these still needs the normaliser
         return out
 
     def by_domain(self) -> dict[str, "CropDataset"]:
