@@ -385,3 +385,40 @@ def test_detector_cam_lands_on_the_pixels_of_a_padded_image_and_skips_frozen_def
     assert res.layers == ["backbone.body.layer3"] and res.cam.max() > 0
     with pytest.raises(ValueError, match="frozen"):
         cam.detector_cam(det, img, 0, layers=["backbone.body.layer2", "backbone.body.layer3"])
+
+
+def test_eigencam_refuses_a_class_target_and_records_no_class():
+    m = SmallCNN(3).eval()
+    m.input_size = 32
+    imgs = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    for target in (0, [0, 2]):  # EigenCAM's map is the same for every class: a target was silently ignored
+        with pytest.raises(ValueError, match="class-agnostic"):
+            cam.cam_maps(m, imgs, layers=["features.layer4"], target=target, method="eigencam")
+        with pytest.raises(ValueError, match="class-agnostic"):
+            cam.cam_masks(m, list(imgs), layers=["features.layer4"], target=target, method="eigencam")
+    r = cam.cam_masks(m, list(imgs), layers=["features.layer4"], method="eigencam")
+    assert r.targets == [-1, -1] and r.cams[0].shape == (32, 32)  # no class claimed (plots read -1 as none)
+    assert cam.cam_masks(m, list(imgs), layers=["features.layer4"], target=[0, 2]).targets == [0, 2]
+
+
+def test_tune_cam_masks_breaks_equidistant_threshold_ties_towards_the_lower_one():
+    sem = np.zeros((20, 20), np.uint8)
+    sem[5:15, 5:15] = 1
+    hm = (sem > 0).astype(np.float32)  # every threshold gives the same mask: all tie on the score
+    for pair in [(0.3, 0.7), (0.7, 0.3), (0.4, 0.6), (0.6, 0.4), (0.2, 0.8), (0.8, 0.2)]:
+        # the distances to 0.5 differ by float error (0.7 - 0.5 < 0.5 - 0.3): it decided before
+        assert cam.tune_cam_masks([hm], [sem], thresholds=pair, dilate=0)["rel_threshold"] == min(pair)
+    assert cam.tune_cam_masks([hm], [sem], thresholds=(0.2, 0.3, 0.7), dilate=0)["rel_threshold"] == 0.3
+
+
+def test_detector_cam_explains_the_class_asked_for_when_two_classes_share_one_box():
+    from smearlab.explain.cam import detector_cam
+    im = np.full((100, 130, 3), 10, np.uint8)
+    im[60:90, 90:120] = 240
+    # RetinaNet-like: one anchor's box decoded for two classes; class 0 scores higher (listed first)
+    det = _FixedBoxDetector([[90, 60, 120, 90], [90, 60, 120, 90]], [1, 2], 100, 130)
+    for args in (dict(box=1), dict(box=[90, 60, 120, 90], label=1)):  # a "does not require grad" crash
+        r = detector_cam(det, im, **args)
+        assert r.label == 1 and r.box.tolist() == [90.0, 60.0, 120.0, 90.0] and r.cam.max() > 0
+        assert r.cam[60:90, 90:120].mean() > r.cam[:50, :80].mean()
+    assert detector_cam(det, im, 0).label == 0

@@ -464,3 +464,21 @@ def test_a_classifier_keeps_how_its_crops_were_cut_and_a_cascade_cuts_them_so(tm
     small = crops_from_dataset(smear, 24, source="boxes", classes=["WBC", "RBC"], pad=0.3)
     with pytest.raises(ValueError, match="crops of 24 px for a classifier trained on 32 px"):
         predict_classes(feats, small)
+
+
+def test_predict_classes_takes_the_models_channel_count_and_square_crops_of_its_size():
+    torch.manual_seed(0)
+    gray = build_classifier(["a", "b"], width=4, input_size=32, in_channels=1)
+    p = predict_classes(gray, torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8), device="cpu")
+    assert p.probs.shape == (2, 2)  # refused as "must be (N, 3, S, S)" before
+    with pytest.raises(ValueError, match=r"\(N, 1, S, S\)"):  # a raw torch RuntimeError before
+        predict_classes(gray, torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8), device="cpu")
+    with pytest.raises(ValueError, match="RGB"):
+        predict_classes(gray, [np.zeros((32, 32, 3), np.uint8)], device="cpu")
+    rgb = build_classifier(["a", "b"], width=4, input_size=32)
+    with pytest.raises(ValueError, match="square"):  # its width matched the model's 32 px
+        predict_classes(rgb, torch.randint(0, 256, (2, 3, 40, 32), dtype=torch.uint8), device="cpu")
+    with pytest.raises(ValueError, match="another size"):
+        predict_classes(rgb, torch.randint(0, 256, (2, 3, 24, 24), dtype=torch.uint8), device="cpu")
+    with pytest.raises(ValueError, match=r"\(N, 3, S, S\)"):
+        predict_classes(rgb, torch.randint(0, 256, (2, 1, 32, 32), dtype=torch.uint8), device="cpu")

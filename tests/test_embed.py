@@ -141,3 +141,25 @@ def test_tsne_refuses_identical_points_and_separability_a_missing_domain(rng):
     x = rng.normal(size=(20, 3))
     with pytest.raises(ValueError, match="no value for 1 point"):
         embed.separability(x, ["a"] * 10 + ["b"] * 9 + [None])
+
+
+def test_crop_tensor_and_cnn_embedding_refuse_non_square_tensors():
+    t = torch.randint(0, 256, (4, 3, 20, 32), dtype=torch.uint8)
+    for size in (None, 32, 16):  # passed through unchanged, or stretched to a square, before
+        with pytest.raises(ValueError, match="square"):
+            embed.crop_tensor(t, size)
+
+    class E(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.input_size = 32
+
+        def embed(self, x):
+            return self.conv(x).mean((2, 3))
+
+    with pytest.raises(ValueError, match="square"):  # its width matched the model's 32 px
+        embed.cnn_embedding(E(), t, device="cpu")
+    assert embed.crop_tensor(torch.zeros((2, 3, 20, 20), dtype=torch.uint8), 16).shape == (2, 3, 16, 16)
+    ims = [np.zeros((20, 32, 3), np.uint8)] * 2  # non-square images are letterboxed
+    assert embed.crop_tensor(ims, 16).shape == (2, 3, 16, 16)

@@ -25,11 +25,12 @@ def crop_tensor(data, size: int | None = None) -> torch.Tensor:
 
     Parameters
     ----------
-    data : a :class:`smearlab.classification.crops.CropDataset`, an ``(N, 3, S, S)`` tensor, an
-        ``(N, S, S, 3)`` uint8 array, or a sequence of ``(H, W, 3)`` uint8 images / Samples
-        (a SmearDataset of cell images).
-    size : letterbox every image to ``size`` (:func:`smearlab.core.geometry.letterbox`); None keeps
-        the given size (images of different sizes then need ``size``).
+    data : a :class:`smearlab.classification.crops.CropDataset`, an ``(N, 3, S, S)`` tensor of
+        square crops (a non-square tensor is refused), an ``(N, S, S, 3)`` uint8 array, or a
+        sequence of ``(H, W, 3)`` uint8 images / Samples (a SmearDataset of cell images).
+    size : letterbox every image to ``size`` (:func:`smearlab.core.geometry.letterbox`; square
+        crops of another side are resized); None keeps the given size (images of different sizes
+        then need ``size``).
     """
     if hasattr(data, "images") and isinstance(getattr(data, "images"), torch.Tensor):  # CropDataset
         data = data.images
@@ -37,6 +38,9 @@ def crop_tensor(data, size: int | None = None) -> torch.Tensor:
         t = data[None] if data.ndim == 3 else data
         if t.ndim != 4 or t.shape[1] != 3:
             raise ValueError(f"image tensor must be (N, 3, S, S), got {tuple(t.shape)}")
+        if t.shape[-2] != t.shape[-1]:
+            raise ValueError(f"image tensor must hold square crops (N, 3, S, S), got {tuple(t.shape)}: "
+                             "give non-square images as (H, W, 3) arrays, with size=, to letterbox them")
         check_crop_values(t)
         if size is not None and t.shape[-1] != size:
             t = _resize_tensor(t, size)
@@ -129,7 +133,7 @@ def cnn_embedding(model, data, *, device="auto", batch_size: int = 256) -> np.nd
     dev = resolve_device(device)
     size = getattr(model, "input_size", None)
     given = crop_tensor(data) if hasattr(data, "images") or isinstance(data, torch.Tensor) else None
-    if given is not None and size and len(given) and given.shape[-1] != size:
+    if given is not None and size and len(given) and tuple(given.shape[-2:]) != (size, size):
         if not isinstance(model, FeatureClassifier):
             raise ValueError(f"crops of {given.shape[-1]} px for a classifier trained on {size} px crops: the "
                              f"cells would be seen at another size; cut the crops at {size} px")

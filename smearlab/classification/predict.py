@@ -26,17 +26,32 @@ from .model import DANN, CellClassifier, load_classifier, save_classifier
 log = logging.getLogger('smearlab.classification.predict')
 
 
-def _as_batch_source(data, size: int) -> torch.Tensor:
-    """``(N, 3, S, S)`` uint8 or float tensor from a CropDataset, a tensor or a list of images."""
-    if isinstance(data, CropDataset):
-        return data.images
+def _in_channels(model: nn.Module) -> int:
+    """The channel count ``model`` takes: its config's ``in_channels`` (a :class:`CellClassifier`),
+    else that of its first convolution, else 3."""
+    cfg = getattr(model, "config", None)
+    n = cfg.get("in_channels") if isinstance(cfg, dict) else None
+    if n is None:
+        n = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), 3)
+    return int(n)
+
+
+def _as_batch_source(data, size: int, channels: int = 3) -> torch.Tensor:
+    """``(N, C, S, S)`` uint8 or float tensor from a CropDataset, a tensor or a list of images
+    (``C = channels``: CropDatasets and images are RGB, refused for another count)."""
     if isinstance(data, torch.Tensor):
         if data.ndim == 3:
             data = data[None]
-        if data.ndim != 4 or data.shape[1] != 3:
-            raise ValueError(f"image tensor must be (N, 3, S, S), got {tuple(data.shape)}")
+        if data.ndim != 4 or data.shape[1] != channels or data.shape[2] != data.shape[3]:
+            raise ValueError(f"image tensor must be (N, {channels}, S, S) square crops for a classifier of "
+                             f"{channels} input channel(s), got {tuple(data.shape)}")
         check_crop_values(data)
         return data
+    if channels != 3:
+        raise ValueError(f"the classifier takes {channels}-channel crops, but CropDatasets and images are RGB: "
+                         f"give an (N, {channels}, S, S) tensor")
+    if isinstance(data, CropDataset):
+        return data.images
     if isinstance(data, np.ndarray) and data.ndim == 3:
         data = [data]
     images = [letterbox(s.image if isinstance(s, Sample) else np.asarray(s), size) for s in data]
@@ -76,9 +91,12 @@ def predict_classes(model: nn.Module, data, device="auto", batch_size: int = 256
 
     Parameters
     ----------
-    model : a :class:`CellClassifier` (or any module mapping ``(B, 3, S, S)`` in [0, 1] to logits).
-    data : a :class:`CropDataset`, an ``(N, 3, S, S)`` tensor (uint8, or float in [0, 1]), or
-        ``(H, W, 3)`` uint8 images / Samples (letterboxed to ``model.input_size``).
+    model : a :class:`CellClassifier` (or any module mapping ``(B, C, S, S)`` in [0, 1] to logits;
+        ``C`` is its ``config["in_channels"]``, else its first convolution's, else 3).
+    data : a :class:`CropDataset`, an ``(N, C, S, S)`` tensor of square crops (uint8, or float in
+        [0, 1]; a tensor of another channel count or size is refused), or ``(H, W, 3)`` uint8
+        images / Samples (letterboxed to ``model.input_size``). CropDatasets and images are RGB:
+        a classifier built with ``in_channels=1`` takes ``(N, 1, S, S)`` tensors only.
     device : "auto", "cpu", "cuda".
     batch_size : crops per forward pass.
 
@@ -92,9 +110,9 @@ def predict_classes(model: nn.Module, data, device="auto", batch_size: int = 256
         raise ValueError("a DANN wrapper returns class and domain outputs: predict with its .classifier")
     dev = resolve_device(device)
     size = int(getattr(model, "input_size", 64) or 64)
-    x = _as_batch_source(data, size)
+    x = _as_batch_source(data, size, _in_channels(model))
     trained = getattr(model, "input_size", None)
-    if trained and len(x) and x.shape[-1] != size:  # the measured features change with the resolution too
+    if trained and len(x) and tuple(x.shape[-2:]) != (size, size):  # the measured features change with the resolution too
         raise ValueError(f"crops of {x.shape[-1]} px for a classifier trained on {size} px crops: the cells would "
                          f"be seen at another size; cut the crops at {size} px (crops_from_dataset(..., {size}))")
     was_training = model.training

@@ -8,7 +8,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import pytorch_grad_cam as pgc
 import torch
-from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, FasterRCNNBoxScoreTarget
+from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from scipy import ndimage as ndi
 from torch import nn
 from torchvision.ops import box_iou
@@ -37,7 +37,17 @@ THRESHOLDS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7)
 
 
 #: CAM methods by name (pytorch-grad-cam classes); the gradient-based ones suit detectors too.
+#: ``"eigencam"`` (the first principal component of the activations) is class-agnostic: it
+#: explains no class, so it takes no target (see :func:`layer_cams`).
 METHODS = ("gradcam", "gradcam++", "hirescam", "xgradcam", "layercam", "eigencam")
+
+
+def _check_eigencam_target(method: str, target) -> None:
+    """Refuse a target with EigenCAM, which ignores it (its map is the same for every class)."""
+    if method == "eigencam" and target is not None:
+        raise ValueError("EigenCAM is class-agnostic (the first principal component of the activations, the "
+                         "same map for every class): it cannot explain a given target; use target=None, or "
+                         "a gradient method (e.g. method='gradcam') to explain a class")
 
 
 # Modules whose output is not one feature map (dicts, lists, flattened scores): never targets.
@@ -267,7 +277,8 @@ def layer_cams(model: nn.Module, images, layers: "str | Sequence[str]" = DEFAULT
         or a list of equal-sized ``(H, W, 3)`` arrays / Samples.
     layers : dotted module names (see :func:`layer_names`).
     target : None (each image's predicted class), a class index for all images, one index per
-        image, or pytorch-grad-cam target objects.
+        image, or pytorch-grad-cam target objects. With ``method="eigencam"`` only None: EigenCAM
+        is class-agnostic (the same map whatever the class), so a target is refused.
     method : one of :data:`METHODS` (default Grad-CAM).
     batch_size : images per forward/backward pass.
     device : None keeps the model where it is; ``"auto"``/``"cpu"``/``"cuda"`` moves it.
@@ -277,7 +288,13 @@ def layer_cams(model: nn.Module, images, layers: "str | Sequence[str]" = DEFAULT
     dict
         ``{layer name: (B, H, W) float32}``, each map min-max normalised per image (an all-zero
         map stays zero). The model's train/eval mode is restored afterwards.
+
+    Raises
+    ------
+    ValueError
+        for a target with ``method="eigencam"``, which cannot honour it.
     """
+    _check_eigencam_target(method, target)
     if isinstance(layers, str):
         layers = [layers]
     layers = list(layers)
@@ -325,7 +342,8 @@ def cam_maps(model: nn.Module, images, layers: "str | Sequence[str]" = DEFAULT_L
     images : as in :func:`layer_cams` (equal-sized images).
     layers : dotted module names whose maps are summed (see :func:`layer_names`).
     target : None (each image's predicted class), a class index for all images, one index per
-        image, or pytorch-grad-cam target objects.
+        image, or pytorch-grad-cam target objects; only None with ``method="eigencam"``, which
+        is class-agnostic (a target is refused, see :func:`layer_cams`).
     **kw : ``method``, ``batch_size``, ``device`` of :func:`layer_cams`.
 
     Returns
@@ -424,14 +442,15 @@ class CamMasks:
     """Result of :func:`cam_masks`: one entry per image, each at the image's own size.
 
     ``cams`` are the summed maps, ``per_layer`` ``{layer: [maps]}``, ``masks`` the bool masks,
-    ``targets`` the class each map explains.
+    ``targets`` the class each map explains (-1: no class).
 
     Parameters
     ----------
     cams : per image, the ``(H, W)`` float32 sum of the layers' maps.
     masks : per image, the ``(H, W)`` bool mask (:func:`cam_to_mask`).
     per_layer : ``{layer: [per-image (H, W) maps]}``, each normalised to [0, 1].
-    targets : per image, the class index each map explains (-1 for a custom target object).
+    targets : per image, the class index each map explains; -1 for a custom target object, and
+        for EigenCAM's class-agnostic maps, which explain no class.
     layers : the layers summed into ``cams``.
     rel_threshold : the relative threshold of the masks.
     dilate : the dilation (box side, pixels) of the masks.
@@ -470,7 +489,8 @@ def cam_masks(model: nn.Module, images, *, layers: "str | Sequence[str]" = DEFAU
     size : the classifier's input size; ``"model"`` reads ``model.input_size`` (None when it has
         none: the images must then share one size and are used as they are).
     layers : dotted module names whose maps are summed (see :func:`layer_names`).
-    target : as in :func:`layer_cams` (None: predicted class).
+    target : as in :func:`layer_cams` (None: predicted class). With ``method="eigencam"`` only
+        None, and the maps explain no class: ``targets`` records -1 for every image.
     rel_threshold, dilate, largest : mask settings, see :func:`cam_to_mask`.
     method : one of :data:`METHODS` (default Grad-CAM).
     batch_size : images per forward/backward pass.
@@ -479,7 +499,13 @@ def cam_masks(model: nn.Module, images, *, layers: "str | Sequence[str]" = DEFAU
     Returns
     -------
     CamMasks
+
+    Raises
+    ------
+    ValueError
+        for a target with ``method="eigencam"``, which is class-agnostic and cannot honour it.
     """
+    _check_eigencam_target(method, target)
     imgs = [np.asarray(getattr(x, "image", x)) for x in (images if not isinstance(images, np.ndarray)
                                                           or images.ndim == 4 else [images])]
     if not imgs:
@@ -492,7 +518,7 @@ def cam_masks(model: nn.Module, images, *, layers: "str | Sequence[str]" = DEFAU
     resolve_layers(model, layers)  # a wrong name fails before any work
     batch, boxes = _letterboxed(imgs, size)
     x = _as_batch(batch)
-    if target is None:
+    if target is None and method != "eigencam":  # EigenCAM is class-agnostic: no class to find
         dev = _device(model, device)
         was = model.training
         model.eval()
@@ -509,7 +535,7 @@ def cam_masks(model: nn.Module, images, *, layers: "str | Sequence[str]" = DEFAU
                for n, m in per.items()}
     cams = [np.sum([per_img[n][i] for n in layers], axis=0, dtype=np.float32) for i in range(len(imgs))]
     masks = [cam_to_mask(c, rel_threshold, dilate, largest=largest) for c in cams]
-    tg = [int(t) if not callable(t) else -1 for t in target]
+    tg = [-1] * len(imgs) if target is None else [int(t) if not callable(t) else -1 for t in target]
     return CamMasks(cams, masks, per_img, tg, layers, float(rel_threshold), int(dilate))
 
 
@@ -544,7 +570,8 @@ def tune_cam_masks(cams, truth, *, layer_sets: Sequence[Sequence[str]] | None = 
     dict
         ``layers`` (list, or None for summed maps), ``rel_threshold``, ``score`` and ``table``:
         one ``{"layers", "rel_threshold", key}`` row per candidate. Ties go to the threshold
-        nearest 0.5, then to the earlier layer set.
+        nearest 0.5 (distances rounded to 9 decimals, so 0.3 and 0.7 are equally near), then to
+        the lower threshold, then to the earlier layer set.
     """
     return best_cam_masks(cam_mask_table(cams, truth, layer_sets, thresholds, dilate, largest), key)
 
@@ -588,9 +615,13 @@ def best_cam_masks(table: list[dict], key: str) -> dict[str, Any]:
     ----------
     table : the rows of :func:`cam_mask_table`.
     key : the score to maximise (a key of the rows' ``scores``, e.g. ``"cell_dice"``).
+
+    Ties go to the threshold nearest 0.5 (the distance rounded to 9 decimals: float error does not
+    decide), then to the lower threshold, then to the earlier row.
     """
     rows = [{"layers": r["layers"], "rel_threshold": r["rel_threshold"], key: r["scores"][key] or 0.0} for r in table]
-    best = max(enumerate(rows), key=lambda it: (it[1][key], -abs(it[1]["rel_threshold"] - 0.5), -it[0]))[1]
+    best = max(enumerate(rows), key=lambda it: (it[1][key], -round(abs(it[1]["rel_threshold"] - 0.5), 9),
+                                                   -it[1]["rel_threshold"], -it[0]))[1]
     return {"layers": best["layers"], "rel_threshold": best["rel_threshold"], "score": best[key], "table": rows}
 
 
@@ -642,6 +673,41 @@ class DetectorCam:
     layers: list[str]
 
 
+class BoxScoreTarget:
+    """pytorch-grad-cam target for one detection: IoU + score of the detection **of class
+    ``label``** that overlaps ``box`` best (IoU > ``iou_threshold``), 0 when there is none.
+
+    pytorch-grad-cam's ``FasterRCNNBoxScoreTarget`` takes the best-overlapping detection of any
+    class and scores 0 when its class differs; RetinaNet decodes one box per anchor for several
+    classes, so two detections can share the identical box, and that target then took the
+    other class's (a score without gradient: a crash). Detections of other classes are skipped.
+
+    Parameters
+    ----------
+    label : the detector's class (1-based, as in its ``labels`` output).
+    box : ``(4,)`` ``x0, y0, x1, y1`` in pixels.
+    iou_threshold : least IoU (exclusive) for a detection to count.
+    """
+
+    def __init__(self, label: int, box, iou_threshold: float = 0.5):
+        self.label = int(label)
+        self.box = np.asarray(box, np.float32).reshape(4)
+        self.iou_threshold = float(iou_threshold)
+
+    def __call__(self, model_outputs: dict) -> torch.Tensor:
+        boxes = model_outputs["boxes"]
+        output = torch.zeros(1, device=boxes.device, dtype=boxes.dtype)
+        same = model_outputs["labels"] == self.label
+        if not len(boxes) or not bool(same.any()):
+            return output
+        ref = torch.as_tensor(self.box[None], device=boxes.device, dtype=boxes.dtype)
+        ious = torch.where(same, box_iou(ref, boxes)[0], torch.full_like(boxes[:, 0], -1))
+        k = int(ious.argmax())
+        if ious[k] > self.iou_threshold:
+            output = output + ious[k] + model_outputs["scores"][k]
+        return output
+
+
 def detector_layers(detector: nn.Module) -> list[str]:
     """The backbone stages that feed the FPN (``backbone.body.<stage>``): the default CAM layers.
 
@@ -682,8 +748,8 @@ def detector_cam(detector: nn.Module, image: np.ndarray, box: "int | Sequence[fl
                  iou_threshold: float = 0.5, method: str = "gradcam", device=None) -> DetectorCam:
     """Grad-CAM of a torchvision detector for one box: which pixels made it find that box.
 
-    The target is pytorch-grad-cam's ``FasterRCNNBoxScoreTarget``: the detection that overlaps
-    the box best (IoU >= ``iou_threshold``, same class) contributes IoU + score, and the maps of
+    The target is :class:`BoxScoreTarget`: the detection of the chosen class that overlaps the
+    box best (IoU >= ``iou_threshold``) contributes IoU + score, and the maps of
     ``layers`` for that target are cropped to the image (the detector pads its batch), resized
     to the image size, normalised and summed.
 
@@ -775,10 +841,9 @@ def detector_cam(detector: nn.Module, image: np.ndarray, box: "int | Sequence[fl
     cls = _cam_class(method)
     cam = cls(detector, [modules[i] for i in forward], reshape_transform=_valid_region(sizes))
     try:
-        # the target is the chosen detection's own box: pytorch-grad-cam takes the detection of any
-        # class that best overlaps the box it is given, which for ``ref`` may be another class's
-        # (its score then has no gradient)
-        maps = cam(x, [FasterRCNNBoxScoreTarget([want], [boxes[j].detach().cpu().numpy()], 0.5)])
+        # the target is the chosen detection's own box and class: among the detections of that
+        # class (another class's may overlap ``ref`` better, or share the box exactly) the best overlap
+        maps = cam(x, [BoxScoreTarget(want, boxes[j].detach().cpu().numpy(), 0.5)])
     finally:
         cam.activations_and_grads.release()
         hook.remove()

@@ -674,7 +674,8 @@ def plot_cam_examples(images, result: CamMasks, truth=None, *, classical=None, i
     for row, i in zip(axes, idx):
         img = np.asarray(getattr(images[i], "image", images[i]))
         tgt = result.targets[i] if result.targets else -1
-        name = class_names[tgt] if class_names is not None and 0 <= tgt < len(class_names) else str(tgt)
+        name = (class_names[tgt] if class_names is not None and 0 <= tgt < len(class_names)
+                else "no one class" if tgt < 0 else str(tgt))  # -1: EigenCAM's class-agnostic map, a custom target
         row[0].imshow(img)
         row[0].set_title(f"{getattr(images[i], 'image_id', i)}\nexplains: {name}", fontsize=7)
         for ax, layer in zip(row[1:], layers):
