@@ -194,7 +194,8 @@ def warp(images: torch.Tensor, targets: Sequence[dict], matrices: torch.Tensor, 
     ----------
     images : (B, C, H, W) float tensor.
     targets : B dicts with ``"boxes"`` (N, 4) and optionally ``"labels"``, ``"masks"`` (N, H, W),
-        ``"semantic"`` (H, W), ``"area"`` and any other per-object tensors.
+        ``"semantic"`` (H, W), ``"area"`` and any other per-object tensors (lists or arrays N long
+        come back as tensors, dropped with their boxes).
     matrices : (B, 3, 3) float64 input->output maps in pixel-edge coordinates.
     size : output (height, width).
     box_rule : ``"8point"``, ``"4corner"`` (see :func:`map_boxes`) or ``"mask"`` (tight box of the
@@ -248,7 +249,9 @@ def warp(images: torch.Tensor, targets: Sequence[dict], matrices: torch.Tensor, 
         keep &= shown
         # integer boxes (hand-built from COCO's integers) came back truncated: 1.5 read as 1
         dtype = t["boxes"].dtype if t["boxes"].dtype.is_floating_point else torch.float32
-        t = {k: v[keep] if torch.is_tensor(v) and v.ndim and len(v) == n and k not in IMAGE_KEYS else v
+        t = {k: torch.as_tensor(np.asarray(v)) if k not in IMAGE_KEYS and not torch.is_tensor(v) and _per_object(v, n)
+             else v for k, v in t.items()}  # per-object lists and arrays are dropped with their boxes too
+        t = {k: v[keep.to(v.device)] if torch.is_tensor(v) and v.ndim and len(v) == n and k not in IMAGE_KEYS else v
              for k, v in t.items()}
         t["boxes"] = box[keep].to(dtype)
         if "area" in t:
@@ -986,7 +989,9 @@ class Augment:
     Parameters
     ----------
     transforms : :class:`Transform` objects, applied in order.
-    seed : seeds the generator: the same seed and call order give the same results.
+    seed : seeds the generator: the same seed and call order give the same results. In a
+        DataLoader worker the generator is seeded from the worker's torch seed instead (distinct
+        per worker and per epoch; seed the loader for repeatable runs).
     min_area, min_visibility : drop rules applied after the geometric transforms (consecutive ones
         are composed into one map and one warp; see :func:`warp`).
 
@@ -1019,6 +1024,7 @@ class Augment:
         otherwise re-read the file over the augmented pixels); the file is in
         ``meta["source_path"]``.
         """
+        self._seed_in_worker()
         image = sample.image
         t = {"boxes": torch.tensor(sample.boxes), "labels": torch.tensor(sample.labels),
              "_index": torch.arange(len(sample.boxes))}
@@ -1041,6 +1047,16 @@ class Augment:
             _masks=t["masks"].numpy() if "masks" in t else None,
             _semantic=t["semantic"].numpy() if "semantic" in t else None)
 
+    def _seed_in_worker(self) -> None:
+        """In a DataLoader worker, seed the generator once from the worker's torch seed (distinct per
+        worker and per epoch, set by the loader): every worker holds a copy of this pipeline in one
+        state, so without it every worker drew the same numbers, every epoch alike. The detection
+        trainer's workers seed it the same way."""
+        info = torch.utils.data.get_worker_info()
+        if info is not None and getattr(self, "_worker_seed", None) != torch.initial_seed():
+            self._worker_seed = torch.initial_seed()
+            self.generator.manual_seed(self._worker_seed)
+
     def batch(self, images: torch.Tensor, targets: Sequence[dict], generator: torch.Generator | None = None):
         """Augment a batch with per-sample random parameters.
 
@@ -1049,7 +1065,8 @@ class Augment:
         images : (B, C, H, W) float tensor in [0, 1] or uint8, on any device.
         targets : B torchvision-style dicts: ``"boxes"`` (N, 4) (integer boxes come back float32),
             ``"labels"``, optional
-            ``"masks"`` (N, H, W) bool/uint8, ``"semantic"`` (H, W) and other per-object tensors.
+            ``"masks"`` (N, H, W) bool/uint8, ``"semantic"`` (H, W) and other per-object tensors
+            (per-object lists or arrays, N long, come back as tensors, filtered with the boxes).
         generator : CPU generator for the parameters (default: this pipeline's own).
 
         Returns
@@ -1074,6 +1091,8 @@ class Augment:
                              "converting to grey, or leave colour transforms out")
         if len(targets) != b:
             raise ValueError(f"{b} images but {len(targets)} targets")
+        if generator is None:
+            self._seed_in_worker()
         for i, t in enumerate(targets):
             problem = _target_problem(t, (h, w))
             if problem:
@@ -1084,6 +1103,12 @@ class Augment:
         for t in targets:  # boxes are float: integer ones were truncated by a warp (1.5 read as 1)
             if "boxes" in t and not t["boxes"].dtype.is_floating_point:
                 t["boxes"] = t["boxes"].float()
+            # per-object lists and arrays as tensors: only tensors are dropped with their boxes (numpy
+            # labels kept their length, and the labels after a dropped box slid onto the wrong boxes)
+            n = len(t["boxes"])
+            for k, v in list(t.items()):
+                if k not in IMAGE_KEYS and not torch.is_tensor(v) and _per_object(v, n):
+                    t[k] = torch.as_tensor(np.asarray(v))
         trs, i = self.transforms, 0
         while i < len(trs):
             if not _fusable(trs[i]):

@@ -523,3 +523,42 @@ def test_preprocessing_steps_are_the_images_not_cut_with_the_boxes():
     assert not len(out.boxes) and out.meta["preprocess"] == ("gamma",)
     with pytest.raises(ValueError, match="already preprocessed"):
         pre.check_raw(out)
+
+
+def test_per_object_lists_and_arrays_are_dropped_with_their_boxes():
+    """Only tensors were filtered: numpy labels kept their length when a box left the image, and the
+    labels after it slid onto the wrong boxes."""
+    from smearlab.augment import Affine, Augment, warp
+    img = torch.rand(1, 3, 10, 10)
+    t = {"boxes": torch.tensor([[0.0, 0, 2, 2], [6, 6, 9, 9]]), "labels": np.array([1, 2]), "iscrowd": [0, 1]}
+    shift = torch.tensor([[[1.0, 0, -3], [0, 1, 0], [0, 0, 1]]], dtype=torch.float64)
+    _, (o,) = warp(img, [t], shift, (10, 10))
+    assert o["labels"].tolist() == [2] and o["iscrowd"].tolist() == [1] and len(o["boxes"]) == 1
+    _, (o,) = Augment([Affine(translate=((-0.3, -0.3), (0, 0)))]).batch(img, [t])
+    assert o["labels"].tolist() == [2] and o["iscrowd"].tolist() == [1]
+
+
+class _Angles(torch.utils.data.Dataset):
+    def __init__(self):
+        from smearlab.augment import Affine, Augment
+        self.transform = Augment([Affine(degrees=30, p=1)], seed=0)
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        from smearlab.data import Sample
+        s = Sample("a", boxes=[[20, 20, 40, 30]], labels=[0], _image=np.zeros((64, 64, 3), np.uint8))
+        return tuple(np.round(self.transform(s).boxes[0], 3).tolist())  # the box turned by the drawn angle
+
+
+def test_an_augmenter_in_dataloader_workers_draws_apart_per_worker_and_per_epoch():
+    """Every worker held a copy of the generator in one state: two workers drew the same angles, and
+    every epoch repeated the first."""
+    loader = torch.utils.data.DataLoader(_Angles(), batch_size=None, num_workers=2,
+                                         generator=torch.Generator().manual_seed(0))
+    first, second = list(loader), list(loader)
+    assert first[0] != first[1] and first != second
+    again = list(torch.utils.data.DataLoader(_Angles(), batch_size=None, num_workers=2,
+                                             generator=torch.Generator().manual_seed(0)))
+    assert again == first  # a seeded loader repeats
