@@ -504,3 +504,14 @@ def test_a_detector_started_from_a_folder_takes_its_head_by_class_name(tmp_path,
     if arch != "retinanet":
         box = "roi_heads.box_predictor.bbox_pred.weight"
         assert torch.equal(b[box][4:8], a[box][8:12])  # WBC's box regression came along
+
+
+def test_weights_of_a_newer_format_are_named_as_such(tmp_path):
+    """A later format that keeps its weights under another key was reported as 'not a state dict'."""
+    cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=["RBC"], min_size=96, max_size=96)
+    folder = save_model(build_detector(cfg), cfg, tmp_path / "m")
+    payload = torch.load(folder / "weights.pt", weights_only=True)
+    torch.save({"format": "smearlab-model/2", "weights": payload["state_dict"], "save_id": payload["save_id"]},
+               folder / "weights.pt")
+    with pytest.raises(DataError, match="unknown weights format 'smearlab-model/2'"):
+        load_model(folder, device="cpu")

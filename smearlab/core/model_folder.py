@@ -285,6 +285,10 @@ def read_model_folder(folder, kind: str | None = None) -> ModelFolder:
     config.pop("side_files", None)
     wpath = folder / "weights.pt"
     obj = read_torch_file(wpath, "model weights")
+    if isinstance(obj, dict) and isinstance(obj.get("format"), str) and obj["format"] not in (FORMAT, *OLD_FORMATS):
+        # before the state dict is looked for: a later format may keep its weights elsewhere
+        raise DataError(wpath, f"unknown weights format {obj['format']!r} (expected {FORMAT!r}): saved by a newer "
+                               "smearlab? update it to read this folder")
     state_dict, meta = state_dict_of(obj, wpath)
     if save_id is not None and meta.get("save_id") is not None and save_id != meta["save_id"]:
         raise DataError(wpath, f"weights.pt and {folder / 'config.json'} come from two different saves (a save "
