@@ -496,3 +496,21 @@ def test_an_empty_validation_set_is_refused(ds128):
     model, cfg = tiny(ds128)
     with pytest.raises(ValueError, match="validation dataset .* is empty"):
         train_detector(model, ds128, ds128.subset([]), TrainConfig(epochs=1, batch_size=2, device="cpu"), progress=False)
+
+
+def test_one_config_trained_twice_trains_alike_and_a_copy_s_seed_reaches_its_augmentation():
+    """The default augmenter was built once with the config: a second run with the same config drew
+    on from where the first stopped (other weights), and a copy with a fold's seed kept the first
+    seed's augmenter."""
+    import dataclasses
+    ds = make_dataset(4, seed=3, width=96, height=96)
+    cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=ds.class_names, min_size=96, max_size=96)
+    shared = TrainConfig(epochs=1, batch_size=2, lr=0.01, warmup_iters=1, device="cpu", seed=5, augment="default")
+
+    def run(tc):
+        torch.manual_seed(0)
+        m = build_detector(cfg)
+        return train_detector(m, ds, None, tc, progress=False).step_losses
+    assert run(shared) == run(shared)
+    fold = dataclasses.replace(shared, seed=6)
+    assert fold.augment is not shared.augment and fold.augment.generator.initial_seed() == 6

@@ -283,3 +283,36 @@ def test_resuming_a_finished_budgeted_run_trains_nothing_more(monkeypatch, tmp_p
     assert again.column("epoch") == first.column("epoch")
     after = torch.load(tmp_path / "model" / "weights.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(v, after[k]) for k, v in weights.items())
+
+
+def test_after_a_replan_every_step_runs_at_the_new_plan_s_rate(monkeypatch):
+    """The scheduler set each step's rate at the end of the step before, under the plan then: after
+    the budget shrank the plan from 100 epochs to 8, the epoch meant to finish the schedule ran at
+    99 % of the peak rate and the record still said it ended at 0."""
+    import math
+
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    from smearlab.data.synthetic import make_dataset
+    now = {"t": 0.0, "n": 0}
+    monkeypatch.setattr(training, "clock", lambda: now["t"])
+
+    def slow(sample):  # quick at first, then each image takes 70 s: the plan shrinks
+        now["n"] += 1
+        now["t"] += 1.0 if now["n"] <= 6 else 70.0
+        return sample
+    used = []
+    hook = register_optimizer_step_pre_hook(lambda opt, a, k: used.append(opt.param_groups[0]["lr"]))
+    try:
+        ds = make_dataset(2, seed=0, width=96, height=80)
+        torch.manual_seed(0)
+        cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=ds.class_names, min_size=80, max_size=96)
+        h = train_detector(build_detector(cfg), ds, tcfg=TrainConfig(
+            batch_size=1, lr=0.01, warmup_iters=1, device="cpu", time_budget_s=100, epochs=50, augment=slow,
+            max_steps_per_epoch=1), progress=False)
+    finally:
+        hook.remove()
+    n = h[-1]["planned_epochs"]
+    assert n < 50 and len(used) == n
+    assert used[-1] == pytest.approx(0.01 * 0.5 * (1 + math.cos(math.pi * (n - 1) / n)), rel=1e-6)
+    assert h[-1]["lr"] == pytest.approx(used[-1])

@@ -197,6 +197,12 @@ class TrainConfig:
                                  f"got {self.augment!r}")
             from ..augment import default_augment
             self.augment = default_augment(self.seed)
+            self.augment.seeded_by_config = True
+        elif getattr(self.augment, "seeded_by_config", False) and self.augment.generator.initial_seed() != self.seed:
+            # a copy with another seed (dataclasses.replace, e.g. a fold's seed): its own default augmentation
+            from ..augment import default_augment
+            self.augment = default_augment(self.seed)
+            self.augment.seeded_by_config = True
 
     @property
     def base_lr(self) -> float:
@@ -687,8 +693,9 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
     float_hooks: list = []
     try:
         _seed_all(tcfg.seed + dctx.rank)
-        if aug_generator is not None and dctx.rank > 0:  # each rank its own augmentation draws
-            aug_generator.manual_seed(_epoch_seed(aug_generator.initial_seed(), 0, dctx.rank))
+        if aug_generator is not None:  # from its seed on every run (one config trained twice drew on where it stopped)
+            aug_generator.manual_seed(aug_generator.initial_seed() if dctx.rank == 0 else  # each rank its own draws
+                                      _epoch_seed(aug_generator.initial_seed(), 0, dctx.rank))
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         net.to(device)
@@ -822,6 +829,9 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
 
         def step(i: int) -> dict[str, float]:
             epoch, k = divmod(i, steps_per_epoch)
+            if budget is not None:  # the plan refitted since the scheduler set this step's rate: under the new plan
+                for g, base, f in zip(optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+                    g["lr"] = base * f(scheduler.last_epoch)
             if k == 0:
                 begin_epoch(epoch)
             images, targets = next(epoch_state["source"])
