@@ -669,3 +669,50 @@ def test_a_field_one_object_fills_is_said_and_its_side_can_be_given():
     assert nuclear_channel(img, "dark")[disc].mean() > 0.8 and nuclear_channel(img, "dark")[~disc].mean() < 0.2
     with pytest.raises(ValueError, match="polarity"):
         nuclear_channel(img, "inverted")
+
+
+def test_targets_and_weights_of_0_1_masks_equal_those_of_bool_masks_and_a_band_below_1_is_refused():
+    """uint8 masks indexed rows instead of pixels (40 foreground pixels for 50) and ~1 read every
+    pixel as outside; a boundary of 0 or -3 silently meant 1."""
+    from smearlab.segmentation.instances import InstanceTrainConfig, instance_targets, separation_weights
+    m = np.zeros((2, 20, 20), np.uint8)
+    m[0, 3:8, 3:8] = 1
+    m[1, 12:17, 12:17] = 1
+    assert (instance_targets(m, (20, 20), 1) == instance_targets(m.astype(bool), (20, 20), 1)).all()
+    assert np.allclose(separation_weights(m, (20, 20)), separation_weights(m.astype(bool), (20, 20)))
+    for bad in (0, -3):
+        with pytest.raises(ValueError, match="boundary"):
+            instance_targets(m, (20, 20), bad)
+        with pytest.raises(ValueError, match="boundary"):
+            InstanceTrainConfig(boundary=bad)
+
+
+def test_predict_probabilities_runs_in_eval_mode_and_restores_the_mode():
+    import torch
+
+    from smearlab.segmentation.instances import build_instance_unet, predict_probabilities
+    torch.manual_seed(0)
+    m = build_instance_unet(base=4, depth=2, norm="batch")
+    img = np.random.default_rng(0).integers(0, 255, (40, 48), dtype=np.uint8)
+    m.train()
+    p_train = predict_probabilities(m, img, tile=32, overlap=8)
+    assert m.training  # restored
+    m.eval()
+    assert np.allclose(p_train, predict_probabilities(m, img, tile=32, overlap=8))
+
+
+def test_crops_of_an_image_without_a_class_map_beside_ones_with_are_refused():
+    from smearlab.core.errors import DataError
+    from smearlab.data import Sample, SmearDataset
+    from smearlab.segmentation.train import crop_dataset
+    img = np.zeros((32, 32, 3), np.uint8)
+    mask = np.zeros((1, 32, 32), bool)
+    mask[0, 8:20, 8:20] = True
+    sem = np.where(mask[0], 2, 0).astype(np.uint8)
+    with_map = Sample("a", _image=img, boxes=[[8, 8, 20, 20]], labels=[0], _masks=mask, _semantic=sem)
+    without = Sample("b", _image=img, boxes=[[8, 8, 20, 20]], labels=[0], _masks=mask)
+    ds = SmearDataset([with_map, without], ["cell"], semantic_names=["background", "rbc", "wbc"])
+    with pytest.raises(DataError, match="no class map"):
+        crop_dataset(ds)
+    assert np.unique(crop_dataset(SmearDataset([with_map], ["cell"], semantic_names=["background", "rbc", "wbc"]))[0]
+                     .semantic).tolist() == [0, 2]

@@ -150,13 +150,16 @@ def instance_targets(masks: np.ndarray, hw: tuple[int, int], boundary: int = 2) 
 
     Parameters
     ----------
-    masks : ``(N, H, W)`` bool instance masks.
+    masks : ``(N, H, W)`` instance masks (bool, or 0/1 and 0/255 integers).
     hw : ``(height, width)`` of the image.
-    boundary : width of the boundary band in pixels.
+    boundary : width of the boundary band in pixels (at least 1).
     """
+    if isinstance(boundary, bool) or not isinstance(boundary, (int, np.integer)) or boundary < 1:
+        raise ValueError(f"boundary must be a whole number of pixels of at least 1, got {boundary!r}")
     target = np.zeros(hw, np.uint8)
     if masks is None or not len(masks):
         return target
+    masks = np.asarray(masks, bool)  # 0/1 masks: uint8 & indexed rows, not pixels
     labels = np.zeros(hw, np.int32)
     for k, m in enumerate(masks, start=1):
         labels[m & (labels == 0)] = k
@@ -190,6 +193,7 @@ def separation_weights(masks: np.ndarray, hw: tuple[int, int], weight: float = 1
     """
     if masks is None or len(masks) < 2:
         return np.zeros(hw, np.float32)
+    masks = np.asarray(masks, bool)  # 0/1 masks: ~1 is -2, every pixel read as outside
     d1 = np.full(hw, np.inf, np.float32)
     d2 = np.full(hw, np.inf, np.float32)
     reach = int(np.ceil(3 * sigma))
@@ -408,7 +412,7 @@ class InstanceTrainConfig:
     device: str = "auto"
 
     def __post_init__(self):
-        for name in ("crop", "batch_size", "steps"):  # bare numpy / convolution errors otherwise
+        for name in ("crop", "batch_size", "steps", "boundary"):  # bare numpy / convolution errors otherwise
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
                 raise ValueError(f"{name} must be a whole number of at least 1, got {v!r}")
@@ -622,7 +626,7 @@ def predict_probabilities(model: UNet, image: np.ndarray, *, tile: int = 256, ov
 
     Parameters
     ----------
-    model : the instance U-Net (in eval mode).
+    model : the instance U-Net (run in eval mode; its mode is restored afterwards).
     image : ``(H, W, 3)`` RGB or ``(H, W)`` grey image.
     tile : tile side in pixels (a multiple of ``2 ** depth``, rounded down to one); a side of the
         image shorter than a tile is one tile of its own length (rounded up to the multiple), so a
@@ -642,6 +646,17 @@ def predict_probabilities(model: UNet, image: np.ndarray, *, tile: int = 256, ov
         images' own scale.
     polarity : the objects' side, as for :func:`nuclear_channel` (``"auto"``: decided per image).
     """
+    was = model.training  # eval: BatchNorm statistics of one tile would be used otherwise
+    model.eval()
+    try:
+        return _probabilities(model, image, tile=tile, overlap=overlap, device=device, tta=tta, diameter=diameter,
+                              polarity=polarity)
+    finally:
+        model.train(was)
+
+
+def _probabilities(model: UNet, image: np.ndarray, *, tile: int, overlap: int, device, tta: bool,
+                   diameter: float | None, polarity: str) -> np.ndarray:
     m = 2 ** model.config["depth"]
     if isinstance(tile, bool) or not isinstance(tile, (int, np.integer)) or tile < m:
         raise ValueError(f"tile must be a whole number of pixels >= {m} (2 ** the U-Net's depth), got {tile!r}")

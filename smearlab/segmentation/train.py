@@ -212,10 +212,16 @@ def crop_dataset(dataset, pad: float = 0.2, *, classes: Sequence[int] | None = N
     """
     pad = check_pad(pad)
     keep = None if classes is None else {int(c) for c in classes}
+    names = crop_classes(dataset)
+    by_class_map = names != ["background", "foreground"] and any(s.has_semantic for s in dataset)
     samples = []
     for s in dataset:
         if not len(s.boxes):
             continue
+        if by_class_map and not s.has_semantic:  # its objects would be value 1, read as names[1]
+            raise DataError(s.path or s.image_id, f"has no class map while others of {getattr(dataset, 'name', '?')!r} "
+                                                  f"do: its objects would be labelled {names[1]!r}; give every image "
+                                                  "a class map, or none")
         img = s.image
         hw = img.shape[:2]
         checked = False
