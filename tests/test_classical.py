@@ -408,3 +408,23 @@ def test_mask_ap_is_not_scored_for_objects_without_a_ranking(two_discs):
     assert r["mask_mAP50"] is None and r["dsb_metric"] is not None and r["count_error"] is not None
     wrong["scores"] = np.full(len(wrong["scores"]), 0.5, np.float32)   # scores that rank: scored
     assert score_instances(ds, [right, wrong])["mask_mAP50"] is not None
+
+
+def test_failure_cases_reads_predictions_as_dsb_score_does():
+    """Probability masks made every mask the whole image, and a missing score left a perfect object
+    'missed': the error analysis blamed debris and merges on a right prediction."""
+    from smearlab.data import Sample, SmearDataset
+    from smearlab.metrics.instances import failure_cases
+    g = np.zeros((2, 16, 16), bool)
+    g[0, 2:6, 2:6] = True
+    g[1, 9:13, 9:13] = True
+    s = Sample("b", boxes=[[2, 2, 6, 6], [9, 9, 13, 13]], labels=[0, 0], _image=np.full((16, 16, 3), 100, np.uint8))
+    s.masks = g
+    ds = SmearDataset([s], ["cell"])
+    boxes = np.array([[2.0, 2, 6, 6], [9, 9, 13, 13]])
+    assert failure_cases(ds, [{"boxes": boxes, "scores": np.array([0.9, 0.8]), "labels": [0, 0], "masks": g}]) == []
+    with pytest.raises(ValueError, match="fractional"):
+        failure_cases(ds, [{"boxes": boxes, "scores": np.array([0.9, 0.8]), "labels": [0, 0],
+                            "masks": np.where(g, 0.9, 0.02)}])
+    with pytest.raises(ValueError, match="1 scores for 2"):
+        failure_cases(ds, [{"boxes": boxes, "scores": np.array([0.9]), "labels": [0, 0], "masks": g}])

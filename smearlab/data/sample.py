@@ -286,7 +286,7 @@ def _refuse_label_layers(a: np.ndarray, where: str) -> None:
         if hi > 0 and np.where(layer > 0, layer, hi).min() != hi:
             raise ValueError(f"{where}: mask {k} holds several object values ({int(np.where(layer > 0, layer, hi).min())} "
                              f"to {int(hi)}): a label image (ids 1..n)? give it 2-D "
-                             "(smearlab.metrics.instances.label_image_to_instances), or one 0/1 mask per object")
+                             "(smearlab.segmentation.classical.label_image_to_instances), or one 0/1 mask per object")
 
 
 def _check_image(img, where) -> np.ndarray:

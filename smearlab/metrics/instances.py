@@ -336,11 +336,15 @@ def failure_cases(dataset, predictions, iou: float = 0.5) -> list[dict]:
     faint_below = 0.5 * float(np.median(flat)) if flat else 0.0
     out = []
     for i, (s, p, gt) in enumerate(zip(dataset, predictions, truth)):
-        pm = np.asarray(p["masks"], bool)
+        # read as dsb_score reads them: probability maps and scores of another length are refused
+        # (every value above 0 made a mask of the whole image; a missing score, a perfect object "missed")
+        _, pm, scores = _instances(p, "masks")
+        if not len(pm):
+            pm = np.zeros((0, *gt.shape[1:]), bool)
         ious = _mask_iou(pm, gt) if len(pm) and len(gt) else np.zeros((len(pm), len(gt)))
         used = np.zeros(len(gt), bool)
         tp = np.zeros(len(pm), bool)
-        for d in np.argsort(-np.asarray(p["scores"], float), kind="stable"):
+        for d in np.argsort(-(scores if scores is not None else np.ones(len(pm))), kind="stable"):
             row = np.where(used, -1.0, ious[d]) if len(gt) else np.zeros(0)
             if len(row) and row.max() >= iou:
                 used[int(row.argmax())] = tp[d] = True
