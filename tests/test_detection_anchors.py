@@ -1,6 +1,7 @@
 """Anchors fitted to the cells: coverage (best-possible recall) on known boxes, and fitting."""
 import numpy as np
 import pytest
+import torch
 
 from smearlab.data import Sample, SmearDataset
 from smearlab.detection import DetectorConfig, build_detector
@@ -109,3 +110,22 @@ def test_fitted_anchors_are_used_only_where_they_cover_better(monkeypatch):
     assert fitted_by_default(cfg, ds).anchor_sizes is not None            # the tiny model's miss the cells
     monkeypatch.setattr(anchors, "grid_recall", lambda d, c: {"p": 0.9, "r": 1.0})   # a tie: the arch's stay
     assert fitted_by_default(cfg, ds) is cfg
+
+
+def test_boxes_are_scaled_to_the_size_the_model_resizes_to_and_the_fine_level_has_no_anchors():
+    """The recall grid rounded the resized sides (torchvision rounds down) and scaled boxes by one
+    factor; a tiny model with a stride-4 level failed with '4 feature levels but 3 anchor sets'."""
+    from smearlab.data import Sample, SmearDataset
+    from smearlab.detection import DetectorConfig, build_detector
+    from smearlab.detection.anchors import _resized, fitted_by_default, grid_recall
+    cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=["cell"], min_size=96, max_size=200)
+    model = build_detector(cfg).eval()
+    for hw in ((97, 131), (131, 97), (480, 640), (575, 575)):
+        images, _ = model.transform([torch.zeros(3, *hw)])
+        assert _resized(hw, cfg) == tuple(images.image_sizes[0]), hw
+    img = np.zeros((160, 200, 3), np.uint8)
+    ds = SmearDataset([Sample("a", boxes=[[10, 10, 30, 30], [50, 60, 58, 66]], labels=[0, 0], _image=img)], ["cell"])
+    fine = DetectorConfig(arch="fasterrcnn_tiny", class_names=["cell"], min_size=160, max_size=256,
+                          fine_level="lateral")
+    assert set(grid_recall(ds, fine)) == {"cell"}
+    fitted_by_default(fine, ds)

@@ -374,6 +374,8 @@ def test_samples_already_preprocessed_with_the_models_pipeline_are_refused():
                                           max_size=96))
     with pytest.raises(ValueError, match="already preprocessed"):
         predict(model, done, preprocess=pre, progress=False)
+    with pytest.raises(ValueError, match="already preprocessed"):  # other containers of samples too
+        predict(model, torch.utils.data.Subset(done, [0]), preprocess=pre, progress=False)
     assert len(predict(model, done, preprocess=None, progress=False)) == 1
 
 

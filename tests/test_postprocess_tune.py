@@ -327,3 +327,16 @@ def test_every_list_operation_that_moves_images_drops_the_per_image_lists():
     p = Predictions([one, dict(one)], ["RBC"], windows=[1, 4])
     p[1] = one  # the same image's prediction replaced: its windows stand
     assert p.windows == [1, 4]
+
+
+def test_postprocess_refuses_class_names_other_than_the_predictions_and_labels_outside_the_classes():
+    """A class list given beside predictions that carry another read every WBC as an RBC, under the
+    RBC's threshold; a label -1 in a plain list took the last class's threshold."""
+    from smearlab.detection.postprocess import RawPredictions, postprocess
+    raw = RawPredictions([{"boxes": [[0, 0, 10, 10]], "scores": [0.7], "labels": [0]}], ["WBC", "RBC"])
+    with pytest.raises(ValueError, match="differ from the classes"):
+        postprocess(raw, {"WBC": 0.9, "RBC": 0.5}, class_names=["RBC", "WBC"])
+    assert len(postprocess(raw, {"WBC": 0.9, "RBC": 0.5})[0]["boxes"]) == 0  # WBC at 0.7 under its 0.9
+    with pytest.raises(ValueError, match="label -1 is outside"):
+        postprocess([{"boxes": [[0, 0, 10, 10]], "scores": [0.4], "labels": [-1]}],
+                    {"RBC": 0.9, "WBC": 0.9, "Platelets": 0.3}, class_names=["RBC", "WBC", "Platelets"])

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,14 @@ def input_scale(hw: tuple[int, int], cfg: DetectorConfig) -> float:
     return min(cfg.min_size / short, cfg.max_size / long)
 
 
+def _resized(hw: tuple[int, int], cfg: DetectorConfig) -> tuple[int, int]:
+    """The size the detector's transform resizes ``hw`` to: each side times :func:`input_scale`,
+    rounded down (torchvision's ``interpolate`` with ``recompute_scale_factor``), so that boxes
+    are scaled per axis by new over old size, as its ``resize_boxes`` does."""
+    f = input_scale(hw, cfg)
+    return int(math.floor(hw[0] * f)), int(math.floor(hw[1] * f))
+
+
 def box_shapes(dataset: SmearDataset, cfg: DetectorConfig) -> dict[str, np.ndarray]:
     """``{class name: (N, 2) widths and heights}`` of the boxes at the detector's input scale.
 
@@ -56,9 +65,9 @@ def box_shapes(dataset: SmearDataset, cfg: DetectorConfig) -> dict[str, np.ndarr
     for s in dataset:
         if not len(s.boxes):
             continue
-        f = input_scale(s.hw, cfg)
+        (h, w), (h2, w2) = s.hw, _resized(s.hw, cfg)
         keep = ~s.crowd  # the box of a clump (a COCO crowd region) is no cell's size
-        wh = (s.boxes[:, 2:] - s.boxes[:, :2])[keep] * f
+        wh = (s.boxes[:, 2:] - s.boxes[:, :2])[keep] * np.array([w2 / w, h2 / h])
         for lab, row in zip(s.labels[keep].tolist(), wh):
             shapes[dataset.class_names[lab]].append(row)
     return {n: np.asarray(v, np.float64).reshape(-1, 2) for n, v in shapes.items()}
@@ -127,14 +136,13 @@ def grid_recall(dataset: SmearDataset, cfg: DetectorConfig, iou: float = COVER_I
     for s in dataset:
         if not len(s.boxes):
             continue
-        f = input_scale(s.hw, cfg)
-        h, w = (int(round(v * f)) for v in s.hw)
+        h, w = _resized(s.hw, cfg)  # as the model's transform resizes (a box a pixel off near IoU 0.5 flipped)
         padded = (-(-h // div) * div, -(-w // div) * div)
         if padded not in strides:
             strides[padded] = _level_grids(cfg, padded)
             if len(strides[padded]) != len(cells):  # zip would drop levels and understate coverage
                 raise ValueError(f"{cfg.arch}: {len(strides[padded])} feature levels but {len(cells)} anchor sets")
-        b = s.boxes[~s.crowd].astype(np.float64) * f
+        b = s.boxes[~s.crowd].astype(np.float64) * np.array([w / s.hw[1], h / s.hw[0]] * 2)
         if not len(b):
             continue
         cx, cy = (b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2
@@ -173,8 +181,9 @@ def _level_grids(cfg: DetectorConfig, padded: tuple[int, int]) -> list[tuple[int
                 cfg, weights_path=None, backbone_weights=None, anchor_sizes=None, aspect_ratios=None)).eval().backbone
         with torch.no_grad():
             feats = _BACKBONES[arch](torch.zeros(1, cfg.in_channels, *padded))
+        # the tiny models' stride-4 level ("fine") feeds the box head only: the RPN's anchors skip it
         _GRIDS[key] = [(padded[0] // fm.shape[-2], padded[1] // fm.shape[-1], fm.shape[-2], fm.shape[-1])
-                       for fm in feats.values()]
+                       for name, fm in feats.items() if name != "fine"]
     return _GRIDS[key]
 
 

@@ -242,12 +242,22 @@ def truth_digest(dataset) -> str:
 
 # -- filtering ----------------------------------------------------------------------------------
 def _raw_parts(raw, class_names):
+    carried = raw.class_names if isinstance(raw, RawPredictions) else class_names_of(raw)
+    if class_names is not None and carried is not None and [str(c) for c in class_names] != [str(c) for c in carried]:
+        # another list would read every label in another class's name and threshold
+        raise ValueError(f"class_names {list(class_names)} differ from the classes {list(carried)} the predictions "
+                         "carry; leave class_names out")
     if isinstance(raw, RawPredictions):
-        return raw.predictions, raw.class_names if class_names is None else list(class_names)
+        return raw.predictions, list(raw.class_names)
     preds = [as_prediction(p, f"prediction {i}") for i, p in enumerate(raw)]
-    class_names = class_names if class_names is not None else class_names_of(raw)
+    class_names = class_names if class_names is not None else carried
     if class_names is None:
         raise ValueError("class_names is needed when raw predictions are a plain list")
+    for i, p in enumerate(preds):  # a label -1 read the last class's threshold
+        bad = (p["labels"] < 0) | (p["labels"] >= len(class_names))
+        if bad.any():
+            raise ValueError(f"prediction {i}: label {int(p['labels'][bad][0])} is outside the {len(class_names)} "
+                             f"classes {list(class_names)} (labels are 0-based)")
     return preds, list(class_names)
 
 

@@ -522,11 +522,16 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
     pre = _resolve_extra(model, preprocess, "preprocess_spec", "preprocess")
     if pre is not None:
         pre, raw_get = as_preprocess(pre), get
-        for x in (data if isinstance(data, (list, tuple, SmearDataset)) else ()):
+        listed = isinstance(data, (list, tuple, SmearDataset))
+        for x in (data if listed else ()):
             if isinstance(x, Sample):  # Preprocess.apply marks what it made: a second pass would process it twice
                 pre.check_raw(x)
 
         def get(i):
+            if not listed and not isinstance(data, (np.ndarray, torch.Tensor, DetectionDataset)):
+                x = data[i]  # any other container of samples (a torch Subset): checked as it is read
+                if isinstance(x, Sample):
+                    pre.check_raw(x)
             img = raw_get(i)
             if not isinstance(img, np.ndarray):
                 raise TypeError("preprocessing needs numpy RGB images (or samples), not tensors")
