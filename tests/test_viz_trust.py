@@ -204,3 +204,56 @@ def test_a_grey_image_has_no_hue():
                          Sample("c", _image=np.tile(np.array([150, 40, 160], np.uint8), (16, 16, 1)))], ["x"], "d")
     h = colour_stats(grey)["d"][:, 3]
     assert np.isnan(h[0]) and np.isfinite(h[1])
+
+
+def test_the_failure_gallery_draws_the_failures_it_names():
+    """The gallery matched boxes again by box IoU: an L-shaped cell failure_cases called missed (by
+    mask IoU) was drawn found, under a title that said 'missed'."""
+    from smearlab.experiments.classical import failure_kinds
+    img = np.zeros((40, 40, 3), np.uint8)
+    gt = np.zeros((1, 40, 40), bool)
+    gt[0, 10:30, 10:14] = True
+    gt[0, 26:30, 10:30] = True
+    s = Sample("im", boxes=[[10, 10, 30, 30]], labels=[0], _image=img, _masks=gt)
+    ds = SmearDataset([s], ["cell"], "t")
+    pm = np.zeros((1, 40, 40), bool)
+    pm[0, 10:30, 10:30] = True
+    pred = [{"boxes": np.array([[10, 10, 30, 30]], np.float32), "scores": np.array([0.9], np.float32),
+             "labels": np.array([0]), "masks": pm}]
+    failures, kinds, shown = failure_kinds(ds, pred)
+    assert kinds == {"missed": 1, "split/merge": 1}
+    fig = plots.draw_failure_grid(ds, pred, list(shown.values()), ds.class_names, titles=list(shown),
+                                  failures=failures)
+    for ax, kind in zip(fig.axes, shown):
+        assert ax.get_title().startswith(f"{kind}: im: 1 missed, 1 spurious")
+        assert {mc.to_hex(p.get_edgecolor()) for p in ax.patches} == {mc.to_hex("red"), mc.to_hex("orange")}
+        assert [t.get_text() for t in ax.texts] == ["split/merge"]
+    plt.close("all")
+
+
+def test_a_mask_covering_the_whole_image_is_drawn_and_crowd_regions_are_told_apart():
+    from smearlab.viz.widgets import DatasetBrowser
+    ax = plt.figure().gca()
+    plots._outline(ax, np.ones((16, 16), bool), "red")
+    assert len(ax.patches) == 1  # a frame: an all-True mask drew nothing, like an empty one
+    plots._outline(ax, np.zeros((16, 16), bool), "red")
+    assert len(ax.patches) == 1 and not ax.collections
+    s = Sample("c", boxes=[[1, 1, 5, 5], [6, 6, 9, 9], [0, 0, 12, 12]], labels=[0, 0, 0],
+               _image=np.zeros((16, 16, 3), np.uint8), meta={"iscrowd": np.array([0, 0, 1])})
+    ax = plots.draw_sample(s, ["RBC"], plt.figure().gca())
+    assert [p.get_linestyle() for p in ax.patches] == ["-", "-", ":"]
+    browser = DatasetBrowser(SmearDataset([s], ["RBC"]))
+    browser.redraw()
+    assert browser.drawn == 3
+    plt.close("all")
+
+
+def test_integer_labels_without_names_are_ordered_and_coloured_by_value():
+    y = np.random.default_rng(0).normal(size=(12, 2))
+    fig = plots.plot_embedding(y, np.arange(12), None, by="class")
+    ax = fig.axes[0]
+    legend = [t.get_text().split(" ")[0] for t in ax.get_legend().get_texts()]
+    assert legend == [str(k) for k in range(12)]
+    colours = plots.class_colors(12)
+    assert mc.to_hex(ax.collections[2].get_facecolor()[0]) == mc.to_hex(colours[2])
+    plt.close("all")

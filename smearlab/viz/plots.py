@@ -71,8 +71,9 @@ def draw_sample(sample: Sample, class_names: Sequence[str], ax=None, *, classes:
                 title: str | None = None, colors: Sequence | None = None):
     """Show the image with its boxes (and instance masks as a translucent overlay).
 
-    ``classes`` limits the drawing to those class indices. Returns the axes; the number of
-    boxes drawn is ``len(ax.patches)``.
+    ``classes`` limits the drawing to those class indices. A crowd region (a COCO ``iscrowd``
+    box: a clump boxed as one, no single cell) is drawn dotted and, with ``labels``, named as
+    such. Returns the axes; the number of boxes drawn is ``len(ax.patches)``.
 
     Parameters
     ----------
@@ -98,11 +99,11 @@ def draw_sample(sample: Sample, class_names: Sequence[str], ax=None, *, classes:
         img = overlay
     ax.imshow(img)
     if boxes:
-        for (x0, y0, x1, y1), lab in zip(sample.boxes[show], sample.labels[show]):
-            ax.add_patch(box_patch((x0, y0, x1, y1), lw=linewidth, ec=colors[lab]))
+        for (x0, y0, x1, y1), lab, crowd in zip(sample.boxes[show], sample.labels[show], sample.crowd[show]):
+            ax.add_patch(box_patch((x0, y0, x1, y1), lw=linewidth, ec=colors[lab], ls=":" if crowd else "-"))
             if labels:
-                ax.text(x0, y0, class_names[lab], color="white", fontsize=6, va="bottom",
-                        bbox=dict(fc=colors[lab], ec="none", pad=0.5))
+                ax.text(x0, y0, f"{class_names[lab]} (crowd)" if crowd else class_names[lab], color="white",
+                        fontsize=6, va="bottom", bbox=dict(fc=colors[lab], ec="none", pad=0.5))
     ax.set_title(title if title is not None else sample.image_id, fontsize=8)
     ax.axis("off")
     return ax
@@ -279,11 +280,11 @@ def plot_box_sizes(sizes: dict[str, np.ndarray], ax=None):
 
 
 def plot_colour_stats(stats: dict[str, np.ndarray], ax=None):
-    """Per-image mean colour: hue vs saturation scatter, one colour per domain.
+    """Per-image mean colour: hue vs saturation scatter, one marker per domain.
 
     ``stats`` maps a domain name to an (N, 6) array of mean R, G, B, H, S, V in [0, 1]
-    (see :func:`smearlab.data.stats.colour_stats`). Each point is drawn in the image's mean colour,
-    with a marker per domain.
+    (see :func:`smearlab.data.stats.colour_stats`). Each point is drawn in its image's mean colour
+    (the legend's colours are not a domain key: the markers are).
 
     Parameters
     ----------
@@ -348,7 +349,8 @@ def plot_channel_histograms(groups: dict[str, Sequence[np.ndarray]], axes=None, 
     return axes
 
 
-def draw_failures(sample: Sample, prediction: dict, class_names: Sequence[str], ax=None, iou: float = 0.5):
+def draw_failures(sample: Sample, prediction: dict, class_names: Sequence[str], ax=None, iou: float = 0.5,
+                  failures: Sequence[dict] | None = None):
     """Detections against ground truth: found cells thin green, missed cells red dashed,
     spurious detections orange. Returns the axes; the title gives the counts.
 
@@ -359,17 +361,29 @@ def draw_failures(sample: Sample, prediction: dict, class_names: Sequence[str], 
     class_names : the names the labels index (written beside spurious detections).
     ax : matplotlib axes to draw on (default: the current axes).
     iou : smallest IoU of a match (see :func:`~smearlab.metrics.detection.match_image`).
+    failures : this image's failures from :func:`~smearlab.metrics.instances.failure_cases` (masks
+        matched by mask IoU); when given they decide what is drawn as missed and as spurious, each
+        spurious detection named by its kind, so that the drawing agrees with the failures
+        reported (matching boxes again by box IoU called a missed irregular cell found). None:
+        boxes matched by box IoU.
     """
     ax = ax or plt.gca()
-    tp, found = match_image(sample, prediction, iou)
+    if failures is None:
+        tp, found = match_image(sample, prediction, iou)
+        kind_of: dict[int, str] = {}
+    else:
+        missed = {int(f["index"]) for f in failures if f["kind"] in ("missed", "touching", "faint")}
+        kind_of = {int(f["index"]): f["kind"] for f in failures if f["kind"] in ("debris", "split/merge")}
+        found = np.array([j not in missed for j in range(len(sample.boxes))], bool)
+        tp = np.array([d not in kind_of for d in range(len(prediction["boxes"]))], bool)
     ax.imshow(sample.image)
     for box, ok in zip(sample.boxes, found):
         x0, y0, x1, y1 = box
         ax.add_patch(box_patch(box, lw=0.6 if ok else 1.6, ec="limegreen" if ok else "red", ls="-" if ok else "--"))
-    for (x0, y0, x1, y1), lab, ok in zip(prediction["boxes"], prediction["labels"], tp):
+    for d, ((x0, y0, x1, y1), lab, ok) in enumerate(zip(prediction["boxes"], prediction["labels"], tp)):
         if not ok:
             ax.add_patch(box_patch((x0, y0, x1, y1), lw=1.4, ec="orange"))
-            ax.text(x0, y0, class_names[lab], color="orange", fontsize=6, va="bottom")
+            ax.text(x0, y0, kind_of.get(d, class_names[lab]), color="orange", fontsize=6, va="bottom")
     ax.set_title(f"{sample.image_id}: {int((~found).sum())} missed, {int((~tp).sum())} spurious", fontsize=8)
     ax.axis("off")
     return ax
@@ -467,7 +481,7 @@ def plot_adaptation_confusions(results: dict, methods=("source_only", "dann")):
 
 
 def draw_failure_grid(dataset, predictions, indices, class_names: Sequence[str] | None = None, *, titles=None,
-                      iou: float = 0.5):
+                      iou: float = 0.5, failures: Sequence[dict] | None = None):
     """:func:`draw_failures` of the images ``indices`` of ``dataset`` side by side.
 
     Parameters
@@ -480,6 +494,9 @@ def draw_failure_grid(dataset, predictions, indices, class_names: Sequence[str] 
     class_names : the names the predictions' labels index once mapped (None: the dataset's).
     titles : optional text put before each image's title (e.g. the kind of failure it shows).
     iou : the IoU at which a detection matches a cell.
+    failures : the failures of :func:`~smearlab.metrics.instances.failure_cases` on these
+        predictions (each with its ``"image"`` index): drawn as they were found (see
+        :func:`draw_failures`). Give them whenever the titles name failure kinds.
     """
     indices = list(indices)
     if not indices:
@@ -490,7 +507,8 @@ def draw_failure_grid(dataset, predictions, indices, class_names: Sequence[str] 
     class_names = dataset.class_names if class_names is None else class_names
     fig, axes = plt.subplots(1, len(indices), figsize=(4.2 * len(indices), 3.6), squeeze=False)
     for k, (ax, i) in enumerate(zip(axes[0], indices)):
-        draw_failures(dataset[i], predictions[i], class_names, ax, iou=iou)
+        draw_failures(dataset[i], predictions[i], class_names, ax, iou=iou,
+                      failures=None if failures is None else [f for f in failures if f["image"] == i])
         if titles is not None:
             ax.set_title(f"{titles[k]}: {ax.get_title()}", fontsize=8)
     fig.tight_layout()
@@ -637,7 +655,10 @@ def overlay_heatmap(image: np.ndarray, cam: np.ndarray, alpha: float = 0.5) -> n
 
 def _outline(ax, mask, colour, style="solid"):
     m = np.asarray(mask, float)
-    if m.any() and not m.all():
+    if m.all() and m.size:  # no edge to trace: a frame round the image, or it read as no mask at all
+        h, w = m.shape
+        ax.add_patch(Rectangle((-0.5, -0.5), w, h, fill=False, ec=colour, lw=2.4, ls=style))
+    elif m.any():
         ax.contour(m, levels=[0.5], colors=[colour], linewidths=1.2, linestyles=style)
 
 
@@ -773,12 +794,15 @@ def plot_embedding(Y, labels=None, domains=None, *, class_names: Sequence[str] |
         vals = _names(as_label_array(colour[b], len(y), "labels" if b == "class" else "domains"),
                       class_names if b == "class" else None)
         order = list(class_names) if b == "class" and class_names is not None else []
-        extra = sorted(set(vals) - set(order))
+        numbers = not order and all(str(v).lstrip("-").isdigit() for v in vals)  # integer labels, no names
+        extra = sorted(set(vals) - set(order), key=(lambda g: int(g)) if numbers else None)  # 2 before 10
         groups = [g for g in order if g in set(vals)] + extra
-        # a class keeps its colour whichever classes are present (its place in class_names)
-        palette = class_colors(len(order) + len(extra))
+        # a class keeps its colour whichever classes are present (its place in class_names; an
+        # integer label its value, as class_colors colours it in the other figures)
+        palette = class_colors(max([len(order) + len(extra)] + [int(g) + 1 for g in extra if numbers]))
         for g in groups:
-            c = palette[order.index(g) if g in order else len(order) + extra.index(g)]
+            c = palette[int(g) if numbers and int(g) >= 0 else
+                        order.index(g) if g in order else len(order) + extra.index(g)]
             sel = vals == g
             ax.scatter(y[sel, 0], y[sel, 1], s=point_size, color=c, label=f"{g} ({int(sel.sum())})",
                        alpha=0.8, linewidths=0)

@@ -64,8 +64,10 @@ class DatasetBrowser:
         s = self.dataset[self.slider.value]
         fig = Figure(figsize=self.figsize)
         ax = fig.subplots()
+        crowd = int(s.crowd.sum())  # counted apart, as the dataset's summary counts them
         draw_sample(s, self.dataset.class_names, ax, classes=self.visible_classes,
-                    title=f"{s.image_id}  ({len(s.boxes)} objects)")
+                    title=f"{s.image_id}  ({len(s.boxes) - crowd} objects"
+                          + (f", {crowd} crowd region{'s' * (crowd > 1)}, dotted)" if crowd else ")"))
         self.drawn = len(ax.patches)
         self.image.value = figure_to_png(fig)
 
