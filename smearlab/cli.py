@@ -147,7 +147,7 @@ def _predict(args) -> int:
     except ValueError as e:
         return _error(f"--threads: {e}")
     for k, v in env.items():  # before torch starts its threads; a wait policy the user set is kept
-        if args.threads is not None or k not in os.environ:
+        if k not in os.environ or (args.threads is not None and k != "OMP_WAIT_POLICY"):
             os.environ[k] = v
     if not args.inputs and args.dataset is None:
         return _error("give image files or folders, or --dataset PATH")
@@ -241,8 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "0: no limit)")
     r.add_argument("--no-html", action="store_true", help="skip the HTML export")
     r.add_argument("--threads", type=_count(1), metavar="N",
-                   help="threads of each notebook kernel (default: one per core); idle threads always sleep "
-                        "(OMP_WAIT_POLICY=PASSIVE) so that a report shares a busy machine")
+                   help="threads of each notebook kernel (default: one per core); idle threads sleep "
+                        "(OMP_WAIT_POLICY=PASSIVE unless set) so that a report shares a busy machine")
     sw = r.add_argument_group("parameter sweeps (details below)")
     sw.add_argument("--sweep", metavar="FILE", help="run one notebook over the grid of a sweep YAML file")
     sw.add_argument("--jobs", type=_count(1), default=1, metavar="N", help="grid points run at once (default 1)")

@@ -403,3 +403,13 @@ def test_data_summarises_annotations_without_their_images_when_asked(shared_data
     out = json.loads(capsys.readouterr().out)
     assert out["images"] == 120 and out["objects"] == 5922
     assert main(["data", "synthetic", "--no-image-check"]) != 0
+
+
+def test_predict_threads_keep_the_wait_policy_the_user_set(monkeypatch, capsys):
+    """`smearlab predict --threads N` replaced OMP_WAIT_POLICY=ACTIVE by PASSIVE."""
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    monkeypatch.setenv("MKL_NUM_THREADS", "1")
+    assert cli.main(["predict", "model", "--threads", "2"]) == 2  # refused after the environment is set
+    assert "give image files" in _error_line(capsys)
+    assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE" and os.environ["OMP_NUM_THREADS"] == "2"

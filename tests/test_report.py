@@ -300,3 +300,64 @@ def test_json_written_holds_no_nan_or_infinity():
     got = strict(json_text({"ap": float("nan"), "x": np.float32("inf"), "arr": np.array([1.0, np.nan]),
                             "nested": [{"v": -np.inf}], "ok": 0.5, "n": np.int64(2), "flag": True}))
     assert got == {"ap": None, "x": None, "arr": [1.0, None], "nested": [{"v": None}], "ok": 0.5, "n": 2, "flag": True}
+
+
+def test_a_relative_path_parameter_is_the_callers_and_the_index_records_it(tmp_path, monkeypatch):
+    """The notebooks run in the run folder: `--param dataset=mydata` named a folder there, not the caller's."""
+    d = tmp_path / "notebooks"
+    d.mkdir()
+    _notebook(d / "01_ds.ipynb", "import os\nfrom smearlab.report import record\n"
+                                 "record({'dataset': dataset, 'found': os.path.isdir(dataset)}, metrics_path)",
+              'dataset = "synthetic"\nquick = True\nseed = 0\nmetrics_path = None')
+    (tmp_path / "mydata").mkdir()
+    monkeypatch.chdir(tmp_path)
+    index = run_report("quick", out="run", notebook_dir=d, html_export=False, parameters={"dataset": "mydata"})
+    absolute = str(tmp_path.resolve() / "mydata")
+    assert index["notebooks"]["01_ds"]["metrics"] == {"dataset": absolute, "found": True}
+    assert index["parameters"] == {"dataset": absolute} and f"dataset={absolute}" in index["command"]
+    from smearlab.report.runner import absolute_paths
+    assert absolute_paths({"dataset": "synthetic", "model": "nowhere", "target": "mydata#dataset2", "a": "mydata"}) == {
+        "dataset": "synthetic", "model": "nowhere", "target": absolute + "#dataset2", "a": "mydata"}
+
+
+@pytest.mark.parametrize("bad, problem", [(dict(profile="Quick"), "unknown profile 'Quick'"),
+                                          (dict(device="gpu"), "unknown device 'gpu'"),
+                                          (dict(seed=1.0), "seed must be a whole number"),
+                                          (dict(data_root="/nonexistent/data"), "no such folder")])
+def test_a_bad_option_is_refused_before_anything_is_written(nbdir, tmp_path, bad, problem):
+    """`run_report('Quick', out=<finished run>)` wiped the run's entries before refusing the profile."""
+    out = tmp_path / "run"
+    run_report("quick", out=out, notebook_dir=nbdir, notebooks=["01"], html_export=False)
+    before = {f: (out / f).read_text() for f in ("index.json", "RESULTS.md", "index.html")}
+    with pytest.raises(ValueError, match=problem):
+        run_report(**{"profile": "quick", **bad}, out=out, notebook_dir=nbdir, notebooks=["01"], html_export=False)
+    assert {f: (out / f).read_text() for f in before} == before
+    with pytest.raises(ValueError, match="unknown profile"):
+        run_report("Quick", out=tmp_path / "new", notebook_dir=nbdir)
+    assert not (tmp_path / "new").exists()
+
+
+def test_the_summary_names_the_data_the_notebooks_were_given():
+    """`--param dataset=/path` ran on real data, and RESULTS.md and index.html said 'synthetic default'."""
+    from smearlab.report.results import index_html, results_markdown
+    index = {"profile": "quick", "device": "cpu", "date": "2026-01-01", "git_commit": None, "wall_s": 1.0,
+             "ran": [], "failed": [], "notebooks": {}, "data_root": None, "parameters": {"dataset": "/data/cbc"}}
+    assert "| data | dataset /data/cbc |" in results_markdown(index)
+    assert "data dataset /data/cbc" in index_html(index)
+    index.update(data_root="/data", parameters={})
+    assert "| data | /data |" in results_markdown(index)
+    index.update(data_root=None)
+    assert "| data | synthetic default |" in results_markdown(index)
+
+
+def test_a_failed_cell_is_one_line_with_its_exception_and_cell(tmp_path, caplog):
+    """The index said `PapermillExecutionError: 'missing_key'`, and a bare assert papermill's whole traceback."""
+    d = tmp_path / "notebooks"
+    d.mkdir()
+    _notebook(d / "01_key.ipynb", "d = {}\nd['missing_key']")
+    _notebook(d / "02_assert.ipynb", "assert 1 == 2")
+    with caplog.at_level("ERROR", logger="smearlab.report"):
+        index = run_report("quick", out=tmp_path / "run", notebook_dir=d, html_export=False)
+    assert index["notebooks"]["01_key"]["error"] == "KeyError: 'missing_key' (cell In[3])"
+    assert index["notebooks"]["02_assert"]["error"] == "AssertionError (cell In[3])"
+    assert "----> 2 d['missing_key']" in caplog.text  # the traceback is in the log

@@ -319,3 +319,83 @@ def test_a_stopped_sweep_stops_its_workers_and_its_table_says_what_finished(tmp_
     rows = list(csv.DictReader(open(out / "sweep.csv", newline="")))
     assert [r["status"] for r in rows] and all(r["status"] != "ok" for r in rows)
     assert not [p for p in out.rglob(".*tmp*")], "temporary files left behind"
+
+
+@pytest.mark.parametrize("text, label", [
+    ("grid: {seed: [1.0, 2.0]}", "grid value 1.0 of 'seed'"),
+    ("grid: {seed: [1, null]}", "grid value null of 'seed'"),
+    ("parameters: {seed: 2.5}\ngrid: {a: [1]}", "parameters: seed=2.5"),
+])
+def test_a_seed_that_is_not_a_whole_number_is_refused(nbdir, tmp_path, text, label):
+    """`seed: [1.0, 2.0]` passed the int check, then every job died at argparse (`--seed 1.0`)."""
+    spec = _sweep_file(tmp_path / "s.yaml", f"notebook: 01\n{text}\n")
+    with pytest.raises(ValueError, match="s.yaml") as e:
+        load_sweep(spec, nbdir)
+    assert label in str(e.value) and "whole number" in str(e.value)
+
+
+@pytest.mark.parametrize("text, key", [
+    ("notebook: 01\ngrid:\n  a: [1, 2]\n  b: [x]\n  a: [3]\n", "'a'"),
+    ("notebook: 01\ngrid: {a: [1, 2]}\nparameters: {k: 1}\ngrid: {b: [x, y]}\n", "'grid'"),
+])
+def test_a_key_given_twice_is_refused(nbdir, tmp_path, text, key):
+    """YAML kept the last of two `grid:` (or of a parameter twice in one), silently."""
+    spec = _sweep_file(tmp_path / "twice.yaml", text)
+    with pytest.raises(ValueError, match="twice.yaml") as e:
+        load_sweep(spec, nbdir)
+    assert f"found the key {key} twice" in str(e.value)
+    with pytest.raises(ValueError, match="found the key 'a' twice"):
+        parse_param("x={a: 1, a: 2}")
+    assert parse_param("x={a: 1, b: 2}") == ("x", {"a": 1, "b": 2})
+
+
+@pytest.mark.parametrize("text, problem", [
+    ("dataset=/data/run #2", "'#2' is a YAML comment"),
+    ("x=[1, 2] # two", "'# two' is a YAML comment"),
+    ("model=-", "block list"),
+    ("x=a: b", "block mapping"),
+])
+def test_a_param_value_yaml_would_cut_or_turn_into_a_list_is_refused(text, problem):
+    """`--param dataset="/data/run #2"` (the shell drops the quotes) ran on /data/run; `model=-` was [None]."""
+    with pytest.raises(ValueError, match="--param") as e:
+        parse_param(text)
+    assert problem in str(e.value) and "quote" in str(e.value)
+
+
+@pytest.mark.parametrize("text, value", [('d="/data/run #2"', "/data/run #2"), ("d=run#2", "run#2"),
+                                         ("m='-'", "-"), ("x=[a, b]", ["a", "b"]), ("x={k: 'v #1'}", {"k": "v #1"})])
+def test_a_quoted_hash_or_dash_is_kept(text, value):
+    assert parse_param(text)[1] == value
+
+
+def test_a_relative_path_in_a_sweep_is_the_callers(tmp_path, monkeypatch):
+    """The notebooks run in their job folder: `dataset: mydata` named nothing there."""
+    d = tmp_path / "notebooks"
+    d.mkdir()
+    _notebook(d / "01_ds.ipynb", "pass", 'dataset = "synthetic"\nmodel = None\nquick = True\nseed = 0\nmetrics_path = None')
+    (tmp_path / "mydata").mkdir()
+    (tmp_path / "mymodel").mkdir()
+    monkeypatch.chdir(tmp_path)
+    sweep = load_sweep(_sweep_file(tmp_path / "s.yaml", "notebook: 01\nparameters: {model: mymodel}\n"
+                                                        "grid: {dataset: [mydata, synthetic, nowhere]}\n"), d)
+    assert sweep.grid["dataset"] == [str(tmp_path.resolve() / "mydata"), "synthetic", "nowhere"]
+    assert sweep.parameters == {"model": str(tmp_path.resolve() / "mymodel")}
+    cmd = sweep_jobs(sweep, tmp_path / "o")[0].argv
+    assert f"dataset={tmp_path.resolve() / 'mydata'}" in cmd
+
+
+def test_a_sweep_keeps_the_wait_policy_the_user_set(tmp_path, monkeypatch):
+    """With a thread share (--threads, or --jobs > 1) the sweep replaced OMP_WAIT_POLICY=ACTIVE by PASSIVE."""
+    d = tmp_path / "notebooks"
+    d.mkdir()
+    _notebook(d / "01_env.ipynb", "import os\nfrom smearlab.report import record\n"
+                                  "record({'wait': os.environ.get('OMP_WAIT_POLICY'), "
+                                  "'threads': os.environ.get('OMP_NUM_THREADS')}, metrics_path)",
+              "a = 0\nquick = True\nseed = 0\nmetrics_path = None")
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    spec = _sweep_file(tmp_path / "s.yaml", "notebook: 01\ngrid: {a: [1]}\n")
+    out = tmp_path / "out"
+    assert cli.main(["report", "--sweep", str(spec), "--notebooks", str(d), "--out", str(out), "--no-html",
+                     "--threads", "1"]) == 0
+    metrics = json.loads((out / "sweep.json").read_text())["rows"][0]["metrics"]
+    assert metrics == {"wait": "ACTIVE", "threads": "1"}

@@ -92,6 +92,23 @@ def git_commit() -> str | None:
         return None
 
 
+def data_description(index: dict[str, Any]) -> str:
+    """What data a run used, in words: the ``dataset`` parameter it was given (``--param``), the
+    data root (``--data-root``), or the notebooks' synthetic default when neither.
+
+    Parameters
+    ----------
+    index : the run index (as in ``index.json``).
+    """
+    parts = []
+    dataset = (index.get("parameters") or {}).get("dataset")
+    if dataset is not None:
+        parts.append(f"dataset {dataset}")
+    if index.get("data_root"):
+        parts.append(f"data root {index['data_root']}" if parts else str(index["data_root"]))
+    return ", ".join(parts) or "synthetic default"
+
+
 def results_markdown(index: dict[str, Any], *, max_metrics: int = 40) -> str:
     """A run's summary in Markdown: how it was made (command, hardware, date, commit), the
     status and wall time of each notebook, and each notebook's headline metrics (the scalars it
@@ -107,7 +124,7 @@ def results_markdown(index: dict[str, Any], *, max_metrics: int = 40) -> str:
         text = f"{v:.4g}" if isinstance(v, float) else str(v)
         return text.replace("|", "\\|").replace("\n", " ")
 
-    data = index.get("data_root") or "synthetic default"
+    data = data_description(index)
     lines = [
         f"# smearlab report: {index['profile']} profile",
         "",
@@ -161,7 +178,7 @@ def index_html(index: dict[str, Any]) -> str:
         err = f'<br><code>{html.escape(r["error"] or "")[:400]}</code>' if not ok else ""
         rows.append(f'<tr class="{"ok" if ok else "failed"}"><td>{html.escape(name)}</td>'
                     f'<td>{r["status"]}{err}</td><td>{r["seconds"]:.1f}</td><td>{links}</td><td>{shown}</td></tr>')
-    head = (f'profile <b>{index["profile"]}</b> · device {index["device"]} · data {index["data_root"] or "synthetic"}'
+    head = (f'profile <b>{index["profile"]}</b> · device {index["device"]} · data {html.escape(data_description(index))}'
             f' · {index["date"]} · commit {index["git_commit"]} · {len(index["failed"])} failed'
             f'<br>{html.escape(index.get("hardware", ""))}<br><code>{html.escape(index.get("command", ""))}</code>')
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>smearlab report</title>

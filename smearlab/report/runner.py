@@ -124,13 +124,15 @@ def run_notebook(nb: Path, out_dir: Path, parameters: dict[str, Any], *, kernel:
     import papermill as pm
 
     name = nb.stem
-    out_dir = out_dir.resolve()  # the kernel runs in out_dir: every path it is given is absolute
+    # the kernel runs in out_dir: the paths the runner sets are absolute, and so are the path
+    # parameters run_report is given (absolute_paths); a relative one passed here is read from out_dir
+    out_dir = out_dir.resolve()
     out_nb = out_dir / f"{name}.ipynb"
     metrics_path = out_dir / f"{name}.metrics.json"
     for stale in (metrics_path, out_nb, out_nb.with_suffix(".html")):
         if stale.exists():
             stale.unlink()  # a rerun must not show the last run's numbers, notebook or page
-    status, error = "ok", None
+    status, error, detail = "ok", None, ""
     t0 = time.perf_counter()
     try:
         declared = set(pm.inspect_notebook(str(nb)))
@@ -150,8 +152,7 @@ def run_notebook(nb: Path, out_dir: Path, parameters: dict[str, Any], *, kernel:
                                         cwd=str(out_dir), progress_bar=False,
                                         execution_timeout=timeout, log_output=False)
                 except Exception as e:  # PapermillExecutionError and kernel deaths alike
-                    status = "failed"
-                    error = f"{type(e).__name__}: {getattr(e, 'evalue', None) or e}"
+                    status, error, detail = "failed", _error_text(e), str(e)
                     if not tmp.exists() or tmp.stat().st_size == 0:
                         raise _NothingWritten from e  # keep no empty notebook
                     _mark_failed(tmp, error)
@@ -161,11 +162,23 @@ def run_notebook(nb: Path, out_dir: Path, parameters: dict[str, Any], *, kernel:
     metrics, problem = _read_metrics(metrics_path)
     if problem is not None and status == "ok":  # the notebook ran, but its figures cannot be used
         status, error = "failed", problem
-    if status != "ok":
-        log.error("%s failed: %s", name, error)
+    if status != "ok":  # with the whole traceback: the index has one line
+        log.error("%s failed: %s%s", name, error, f"\n{detail}" if detail.strip() else "")
     html_file = export_html(out_nb) if html_export and written else None
     return NotebookResult(name, status, round(seconds, 2), out_nb.name if written else None,
                           html_file.name if html_file else None, metrics, error, params)
+
+
+def _error_text(e: Exception) -> str:
+    """One line saying what failed: ``KeyError: 'k' (cell In[3])`` for an exception a cell raised
+    (papermill's ``ename``, ``evalue``, ``exec_count``; its message is the whole traceback), else the
+    exception's type and the first line of its message (a timeout, a kernel that died)."""
+    if getattr(e, "ename", None):  # PapermillExecutionError
+        count = getattr(e, "exec_count", None)
+        return (f"{e.ename}: {e.evalue}" if str(e.evalue or "").strip() else e.ename).splitlines()[0] \
+            + (f" (cell In[{count}])" if count is not None else "")
+    first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
 
 
 def _mark_failed(notebook: Path, error: str) -> None:
@@ -245,15 +258,17 @@ def run_report(profile: str = "quick", *, data_root: str | Path | None = None, d
     timeout : seconds one cell may run before the notebook is marked failed (None: no limit).
     html_export : also export each executed notebook to HTML.
     parameters : extra notebook parameters (``--param k=v``), over the profile's; each notebook
-        gets those it declares.
+        gets those it declares. A relative path in a path parameter (``dataset``, ``model``, ...)
+        is made absolute (:func:`absolute_paths`), as the notebooks run in the run folder.
     threads : threads of each notebook's kernel (None: PyTorch's default, one per core). Idle
-        threads always sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``, see
-        :mod:`smearlab.core.threads`), so that a report shares a busy machine fairly.
+        threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE`` unless the environment
+        sets a policy, see :mod:`smearlab.core.threads`), so that a report shares a busy machine fairly.
 
     Raises
     ------
     ValueError
-        before any notebook runs: for an unknown notebook or profile, a parameter that none of
+        before anything is written: for an unknown notebook, profile or device, a seed that is
+        not a whole number, a ``data_root`` that is not a folder, a parameter that none of
         the chosen notebooks declares (a typo would otherwise be dropped silently) or that the
         runner sets itself, a parameter value of the wrong type (see
         :func:`check_parameter_type`), an ``out`` that is a file or cannot be written, or an
@@ -261,10 +276,12 @@ def run_report(profile: str = "quick", *, data_root: str | Path | None = None, d
     """
     all_nbs = find_notebooks(notebook_dir)
     chosen = select_notebooks(all_nbs, notebooks)
-    parameters = dict(parameters or {})
+    parameters = absolute_paths(parameters or {})  # the notebooks run in the run folder
     _check_parameters(parameters, chosen)
+    # every bad setting is refused before anything is written (a rerun's clean-up wipes entries)
+    _check_options(profile, device, seed, data_root)
     try:
-        thread_environment(threads)  # a bad value is refused before anything is written
+        thread_environment(threads)
     except ValueError as e:
         raise ValueError(f"--threads: {e}") from None
     out_dir = Path(out) if out else Path("reports") / f"{_dt.datetime.now():%Y%m%d-%H%M%S}-{profile}"
@@ -311,6 +328,65 @@ def run_report(profile: str = "quick", *, data_root: str | Path | None = None, d
     write_text(out_dir / "index.html", index_html(index))
     write_text(out_dir / "RESULTS.md", results_markdown(index))
     return index
+
+
+def _check_options(profile: str, device: str, seed: int, data_root: str | Path | None) -> None:
+    """Refuse an unknown profile or device, a seed that is not a whole number or a data root that is
+    not a folder (ValueError)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose one of {PROFILES}")
+    if not isinstance(device, str) or (device.lower() != "auto" and not _is_device(device.lower())):
+        raise ValueError(f"unknown device {device!r}; choose auto, cpu, cuda or cuda:N")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError(f"seed must be a whole number, got {seed!r}")
+    if data_root is not None and not Path(data_root).is_dir():
+        raise ValueError(f"--data-root {data_root}: no such folder")
+
+
+def _is_device(name: str) -> bool:
+    """Whether PyTorch knows the device ``name`` (``cpu``, ``cuda:1``; available or not)."""
+    import torch
+    try:
+        torch.device(name)
+    except (RuntimeError, ValueError):
+        return False
+    return True
+
+
+#: Notebook parameters that name a file or folder (a dataset, a domain's dataset, a saved model).
+PATH_PARAMETERS = ("dataset", "third", "target", "model")
+
+
+def absolute_paths(parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """``parameters`` with each relative path of a :data:`PATH_PARAMETERS` entry made absolute.
+
+    Notebooks run in their run folder (:func:`run_notebook`), where a path given relative to
+    the folder the command was started in names nothing (or something else). A value is made
+    absolute when it is text naming a file or folder that exists relative to the current working
+    folder (for ``PATH#DOMAIN``, its ``PATH``); other values (``synthetic``, a domain name such as
+    ``dataset2``, absolute paths, paths that do not exist here) are kept as given.
+
+    Parameters
+    ----------
+    parameters : notebook parameters (``--param``, a sweep's ``parameters`` or grid point).
+
+    Returns
+    -------
+    dict
+        a copy, with those paths absolute (what the notebooks get and the run's index records).
+    """
+    from ..data.synthetic import STAINS
+
+    keywords = {"synthetic", *(f"synthetic-{k}" for k in STAINS)}  # open_dataset's names, even beside a folder
+    out = dict(parameters)
+    for key in PATH_PARAMETERS:
+        value = out.get(key)
+        if not isinstance(value, str) or not value or value in keywords or Path(value).is_absolute():
+            continue
+        path, sep, domain = (value, "", "") if Path(value).exists() else value.partition("#")
+        if path and Path(path).exists():
+            out[key] = str(Path(path).resolve()) + sep + domain
+    return out
 
 
 def make_out_dir(out_dir: Path) -> None:
@@ -554,7 +630,8 @@ def _yaml_classes():
     ``1e-3`` is a number (PyYAML's YAML 1.1 reads it as text), ``010`` is ten (not eight),
     ``1:30`` is text (not 90), ``2024-01-01`` is text (not a date, which no notebook parameter
     or JSON index can hold), only ``true``/``false`` are booleans (not yes/no/on/off), and
-    ``None`` is null like ``null`` and ``~``."""
+    ``None`` is null like ``null`` and ``~``. A key repeated in a mapping is refused (YAML
+    readers keep the last value, silently)."""
     import re
 
     import yaml
@@ -574,7 +651,23 @@ def _yaml_classes():
         return out
 
     class Loader(yaml.SafeLoader):
-        pass
+        def construct_mapping(self, node, deep=False):
+            # a repeated key kept only its last value, silently (`grid:` twice, `{a: 1, a: 2}`)
+            seen = set()
+            for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: its keys may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    repeated = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: refused by the base class
+                    continue
+                if repeated:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping", node.start_mark,
+                        f"found the key {key!r} twice (only one value can be kept)", key_node.start_mark)
+            return super().construct_mapping(node, deep)
 
     class Dumper(yaml.SafeDumper):
         pass
@@ -613,7 +706,9 @@ def parse_param(text: str) -> tuple[str, Any]:
     Raises
     ------
     ValueError
-        when there is no ``=``, the name is not an identifier or the value is not valid YAML.
+        when there is no ``=``, the name is not an identifier, the value is not valid YAML, holds
+        a comment (`` #...``, which YAML drops: quote the value) or reads as a block list or
+        mapping (``-``, ``a: b``: write ``[a]``, ``{a: b}``, or quote the text).
     """
     import yaml
 
@@ -625,9 +720,32 @@ def parse_param(text: str) -> tuple[str, Any]:
         raise ValueError(f"--param {text!r}: the value is empty or starts a YAML comment ('#'); write null for "
                          "None, '' for empty text, or quote it ('#5')")
     try:
-        return key, load_yaml(value)
+        parsed = load_yaml(value)
+        comment = _comment(value)
+        block = yaml.compose(value, Loader=_yaml_classes()[0])  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
         raise ValueError(f"--param {text!r}: the value is not valid YAML ({e})") from None
+    if comment is not None:  # `dataset=/data/run #2` read as /data/run
+        raise ValueError(f"--param {text!r}: {comment!r} is a YAML comment, dropped from the value; quote the value "
+                         f"to keep it, e.g. --param '{key}=\"{value.strip()}\"'")
+    if isinstance(block, (yaml.SequenceNode, yaml.MappingNode)) and not block.flow_style:
+        kind = "list" if isinstance(parsed, list) else "mapping"  # `model=-` read as [None], `x=a: b` as {a: b}
+        raise ValueError(f"--param {text!r}: the value reads as a YAML block {kind} ({format_value(parsed)}); "
+                         "write a list as [a, b] and a mapping as {k: v}, or quote the value for text "
+                         f"(--param '{key}=\"{value.strip()}\"')")
+    return key, parsed
+
+
+def _comment(text: str) -> str | None:
+    """The first YAML comment of ``text`` (a ``#`` at the start or after a space, outside quotes), or
+    None: YAML drops it from the value, so ``/data/run #2`` reads as ``/data/run``."""
+    import yaml
+
+    spans = [(t.start_mark.index, t.end_mark.index) for t in yaml.scan(text, Loader=_yaml_classes()[0])]
+    for i, c in enumerate(text):
+        if c == "#" and (i == 0 or text[i - 1].isspace()) and not any(a <= i < b for a, b in spans):
+            return text[i:].splitlines()[0].strip()
+    return None
 
 
 def format_value(value: Any) -> str:

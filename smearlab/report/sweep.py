@@ -25,8 +25,9 @@ from ..core.files import atomic_path, flatten_dict, same_json, write_json, write
 from ..core.search import grid_points
 from ..core.threads import thread_environment
 from .results import format_cell, git_commit
-from .runner import (OPTION_PARAMETERS, PROFILES, RUNNER_PARAMETERS, check_parameter_type, declared_parameters, find_notebooks,
-                     format_value, load_yaml, make_out_dir, report_argv, select_notebooks)
+from .runner import (OPTION_PARAMETERS, PROFILES, RUNNER_PARAMETERS, absolute_paths, check_parameter_type,
+                     declared_parameters, find_notebooks, format_value, load_yaml, make_out_dir, report_argv,
+                     select_notebooks)
 
 log = logging.getLogger('smearlab.report.sweep')
 
@@ -102,6 +103,9 @@ def load_sweep(path: str | Path, notebook_dir: str | Path | None = None) -> Swee
           runs: [[[tiny, fasterrcnn_tiny, false]], [[mobilenet, fasterrcnn_mobilenet, false]]]
         metrics: [mAP50, mAP, count_accuracy]
 
+    A relative path given to a path parameter (``dataset``, ``model``, ...) is made absolute
+    against the current folder, as ``--param`` ones are (:func:`~.runner.absolute_paths`).
+
     Parameters
     ----------
     path : the YAML sweep file.
@@ -112,8 +116,9 @@ def load_sweep(path: str | Path, notebook_dir: str | Path | None = None) -> Swee
     ValueError
         naming the file and the problem: unreadable or malformed YAML, unknown keys, an unknown
         notebook or profile, an empty grid, a grid entry that is not a non-empty list or has
-        repeated values, a parameter the notebook does not declare, set both fixed and in the
-        grid, or set by the runner itself (``metrics_path``, ``out_dir``).
+        repeated values, a key given twice, a parameter the notebook does not declare, set both
+        fixed and in the grid, or set by the runner itself (``metrics_path``, ``out_dir``), a
+        ``seed`` that is not a whole number (it becomes each job's ``--seed``).
     """
     import yaml
 
@@ -178,10 +183,18 @@ def load_sweep(path: str | Path, notebook_dir: str | Path | None = None) -> Swee
                                  declared[key])
     except ValueError as e:
         raise bad(str(e)) from None
+    seeds = [(f"grid value {format_value(v)} of 'seed'", v) for v in grid.get("seed", [])]
+    seeds += [(f"parameters: seed={format_value(fixed['seed'])}", fixed["seed"])] if "seed" in fixed else []
+    for label, value in seeds:  # `--seed 1.0` (or None) made argparse refuse every job
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad(f"{label}: a seed becomes each job's --seed and must be a whole number (e.g. 1, not 1.0 "
+                      "or null)")
     metrics = spec.get("metrics")
     if metrics is not None and not (isinstance(metrics, list) and all(isinstance(m, str) for m in metrics)):
         raise bad("'metrics' must be a list of metric names, e.g. [mAP50, count_accuracy]")
-    return Sweep(path, notebook, grid, dict(fixed), profile, metrics)
+    # a relative dataset or model path is the caller's, as for --param (the jobs run in their folders)
+    grid = {k: [absolute_paths({k: v})[k] for v in values] for k, values in grid.items()}
+    return Sweep(path, notebook, grid, absolute_paths(fixed), profile, metrics)
 
 
 def _sweep_grid(grid, bad) -> dict[str, list]:
@@ -256,8 +269,8 @@ def run_sweep(path: str | Path, *, out: str | Path | None = None, jobs: int = 1,
     Each grid point is the ``smearlab report`` command that :func:`sweep_jobs` builds, run by
     :func:`run_job` in a pool of ``jobs`` worker processes (so ``jobs`` points run at once),
     in its own folder ``out/job_NNN`` with its own kernel, its console output in
-    ``out/job_NNN/job.log``. Idle threads of every job sleep (``OMP_WAIT_POLICY=PASSIVE``,
-    :mod:`smearlab.core.threads`); with ``jobs > 1`` the workers' ``OMP_NUM_THREADS`` defaults to
+    ``out/job_NNN/job.log``. Idle threads of every job sleep (``OMP_WAIT_POLICY=PASSIVE`` unless
+    the environment sets a policy, :mod:`smearlab.core.threads`); with ``jobs > 1`` the workers' ``OMP_NUM_THREADS`` defaults to
     the CPU count divided by ``jobs`` (unless set), so that parallel jobs do not oversubscribe
     the cores. A failing point is marked in the table; the others still run. Writes
     ``out/sweep.json``, ``sweep.csv`` and ``sweep.html`` (see :func:`collect_sweep`).
@@ -281,8 +294,10 @@ def run_sweep(path: str | Path, *, out: str | Path | None = None, jobs: int = 1,
                       html_export=html_export, threads=threads)
     if threads is None and jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
         threads = max(1, (os.cpu_count() or 1) // jobs)
-    # the wait policy unless the user set one; the thread share whenever jobs run side by side
-    env = {k: v for k, v in thread_environment(threads).items() if k not in os.environ or threads is not None}
+    # the wait policy unless the user set one; the thread share whenever jobs run side by side. A value
+    # the user set is passed on too: a fork server started earlier holds the environment of then
+    env = {k: os.environ[k] if k in os.environ and (threads is None or k == "OMP_WAIT_POLICY") else v
+           for k, v in thread_environment(threads).items()}
     for job in todo:  # a job that dies must not show the result of an earlier run of it as its own
         (job.out / "index.json").unlink(missing_ok=True)
     for table in ("sweep.json", "sweep.csv", "sweep.html"):  # ... nor a stopped sweep the last table
