@@ -194,10 +194,20 @@ def _image_digest(im: ImageInput) -> str | None:
 MIN_TILE = 32
 
 
+def _forget(out: Path, im) -> None:
+    """Remove an image's results of an earlier run when it failed this time (a file that became
+    unreadable kept its old JSON, GeoJSON and overlay beside the current results)."""
+    for path in (out / "json" / f"{im.stem}.json", out / "qupath" / f"{im.stem}.geojson",
+                 out / "overlays" / f"{im.stem}.png"):
+        path.unlink(missing_ok=True)
+
+
 def _check_run(out: Path, run: dict) -> None:
     """Refuse to resume into ``out`` when it holds the results of another model or settings."""
     f = out / "run.json"
-    results = (out / "json").is_dir() and any((out / "json").glob("*.json"))
+    # rglob: an image in a sub-folder keeps it in its output name (glob saw no results, and the
+    # check was skipped: another model's results were resumed)
+    results = (out / "json").is_dir() and any((out / "json").rglob("*.json"))
     if not f.is_file():
         if results:
             raise DataError(out, "holds per-image results but no run.json, so which model made them cannot be "
@@ -673,6 +683,7 @@ def _run_images(out: Path, run: dict, items: list, truth, predict_fn, *, batch_s
                     img = truth[im.index].image if truth is not None else read_image(im.path, bits=run.get("sensor_bits"))[0]
                 except (DataError, OSError, ValueError) as e:
                     failed.append({"image": im.name, "error": str(e)})
+                    _forget(out, im)
                     bar.update(1)
                     continue
                 chunk.append(im)
@@ -686,6 +697,7 @@ def _run_images(out: Path, run: dict, items: list, truth, predict_fn, *, batch_s
             except (RuntimeError, ValueError) as e:
                 if len(chunk) == 1:
                     failed.append({"image": chunk[0].name, "error": f"prediction failed: {e}"})
+                    _forget(out, chunk[0])
                     bar.update(1)
                     continue
                 # one image of the batch may be the cause (a field too large at the zoom asked): each
@@ -695,6 +707,7 @@ def _run_images(out: Path, run: dict, items: list, truth, predict_fn, *, batch_s
                         one = predict_fn([img])
                     except (RuntimeError, ValueError) as e1:
                         failed.append({"image": im.name, "error": f"prediction failed: {e1}"})
+                        _forget(out, im)
                         bar.update(1)
                         continue
                     done.append((im, img, one[0], (getattr(one, "zooms", None) or [None])[0]))

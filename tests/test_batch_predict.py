@@ -693,3 +693,21 @@ def test_the_cameras_bit_depth_is_part_of_the_run(trained, tmp_path, monkeypatch
         batch.predict(trained["model"], [tmp_path / "in"], tmp_path / "out", score=0.3, progress=False)
     with pytest.raises(ValueError, match="sensor_bits"):
         batch.predict(trained["model"], [tmp_path / "in"], tmp_path / "x", sensor_bits=0, progress=False)
+
+
+def test_a_run_of_images_in_sub_folders_only_is_checked_and_a_failed_image_loses_its_old_results(trained, tmp_path):
+    """The resume check looked for results at the top of json/ only: with every image in a
+    sub-folder it found none, and another score's results were resumed and counted; an image that
+    became unreadable kept its old JSON, GeoJSON and overlay beside the current results."""
+    import shutil
+    images = tmp_path / "images"
+    shutil.copytree(trained["images"] / "sub", images / "a")
+    out = tmp_path / "out"
+    batch.predict(trained["model"], [images], out, score=0.3, overlays=True, progress=False)
+    with pytest.raises(DataError, match="another run.*score"):
+        batch.predict(trained["model"], [images], out, score=0.9, progress=False)
+    (images / "a" / "smear_2.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    s = batch.predict(trained["model"], [images], out, score=0.3, overlays=True, progress=False)
+    assert s["failed"] == 1 and s["resumed"] == 1
+    left = {p.relative_to(out).as_posix() for p in out.rglob("*smear_2*")}
+    assert left == set(), left
