@@ -194,11 +194,12 @@ def _image_digest(im: ImageInput) -> str | None:
 MIN_TILE = 32
 
 
-def _forget(out: Path, im) -> None:
-    """Remove an image's results of an earlier run when it failed this time (a file that became
-    unreadable kept its old JSON, GeoJSON and overlay beside the current results)."""
-    for path in (out / "json" / f"{im.stem}.json", out / "qupath" / f"{im.stem}.geojson",
-                 out / "overlays" / f"{im.stem}.png"):
+def _forget(out: Path, im, keep_json: bool = False) -> None:
+    """Remove an image's results of an earlier run: when it failed this time (a file that became
+    unreadable kept its old JSON, GeoJSON and overlay beside the current results), and before its
+    new ones are written (``keep_json``: the JSON is replaced atomically)."""
+    for path in ([] if keep_json else [out / "json" / f"{im.stem}.json"]) + [
+            out / "qupath" / f"{im.stem}.geojson", out / "overlays" / f"{im.stem}.png"]:
         path.unlink(missing_ok=True)
 
 
@@ -718,12 +719,14 @@ def _run_images(out: Path, run: dict, items: list, truth, predict_fn, *, batch_s
                     rec["zoom"] = float(zoom)
                 if post is not None:
                     post(img, rec)
+                # the earlier prediction's GeoJSON and overlay go first: an interrupt between the
+                # files left them beside the new JSON, and a resumed run kept them (it redraws only
+                # what is missing)
+                _forget(out, im, keep_json=True)
                 write_json(_json_path(out, im.stem), rec)
                 write_json(out / "qupath" / f"{im.stem}.geojson", qupath_geojson(rec))
                 if overlays:
                     _overlay(img, rec, out / "overlays" / f"{im.stem}.png", colours)
-                else:  # an overlay of the image's earlier prediction would be kept (and not redrawn)
-                    (out / "overlays" / f"{im.stem}.png").unlink(missing_ok=True)
                 records[im.name] = rec
                 bar.update(1)
     finally:

@@ -711,3 +711,24 @@ def test_a_run_of_images_in_sub_folders_only_is_checked_and_a_failed_image_loses
     assert s["failed"] == 1 and s["resumed"] == 1
     left = {p.relative_to(out).as_posix() for p in out.rglob("*smear_2*")}
     assert left == set(), left
+
+
+def test_an_interrupt_between_an_image_s_files_leaves_no_result_of_its_earlier_pixels(trained, tmp_path, monkeypatch):
+    import shutil
+    images = tmp_path / "images"
+    shutil.copytree(trained["images"] / "sub", images)
+    out = tmp_path / "out"
+    batch.predict(trained["model"], [images], out, score=0.3, overlays=True, progress=False)
+    old_geo = (out / "qupath" / "smear_2.geojson").read_text()
+    shutil.copy(trained["images"] / "smear_0.png", images / "smear_2.png")  # other pixels under the same name
+
+    def interrupted(rec):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(batch, "qupath_geojson", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        batch.predict(trained["model"], [images], out, score=0.3, overlays=True, progress=False)
+    assert not (out / "qupath" / "smear_2.geojson").exists() and not (out / "overlays" / "smear_2.png").exists()
+    monkeypatch.undo()
+    batch.predict(trained["model"], [images], out, score=0.3, overlays=True, progress=False)
+    geo = (out / "qupath" / "smear_2.geojson").read_text()
+    assert geo != old_geo and (out / "overlays" / "smear_2.png").is_file()
