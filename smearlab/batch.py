@@ -16,7 +16,9 @@ dataset, and writes into ``out``::
                            each image's output stem (``stems``),
                            images/s; with a dataset, the count error per class against its truth
     coco.json              every image and object as COCO (CVAT imports it as "COCO 1.0")
-    coco_results.json      the COCO results list (``image_id``, ``category_id``, ``bbox``, ``score``)
+    coco_results.json      the COCO results list (``image_id``, ``category_id``, ``bbox``, ``score``),
+                           in the ids of this folder's coco.json (images 1..n, classes 1..K):
+                           score it against that file, not against a dataset's own COCO file
     qupath/<image>.geojson one FeatureCollection per image, as QuPath imports it
 
 Every file is written atomically. A re-run with the same model, settings and ``out`` skips the
