@@ -297,3 +297,61 @@ def test_a_json_file_with_a_byte_order_mark_is_recognised(tmp_path):
     entry = [{"image_name": "x.png", "objects": [{"type": "ring", "bbox": {"x": 1, "y": 1, "w": 5, "h": 5}}]}]
     (tmp_path / "ann.json").write_bytes(b"\xef\xbb\xbf" + json.dumps(entry).encode())
     assert formats.json_kind(tmp_path / "ann.json") == "iml"
+
+
+def test_cvat_darknet_export_is_read_as_yolo(tmp_path):
+    """CVAT's "YOLO 1.1" export (obj_train_data/ with each .txt beside its image, obj.names) was
+    guessed as a one-class folder of images 'obj_train_data', its boxes lost."""
+    for stem, cls in (("a", 0), ("b", 1)):
+        _png(tmp_path / "obj_train_data" / f"{stem}.png")
+        (tmp_path / "obj_train_data" / f"{stem}.txt").write_text(f"{cls} 0.5 0.5 0.2 0.2\n")
+    (tmp_path / "obj.names").write_text("RBC\nWBC\n")
+    (tmp_path / "obj.data").write_text("classes = 2\nnames = data/obj.names\ntrain = data/train.txt\n")
+    (tmp_path / "train.txt").write_text("data/obj_train_data/a.png\ndata/obj_train_data/b.png\n")
+    assert formats.detect_format(tmp_path) == "yolo"
+    ds = formats.load(tmp_path)
+    assert ds.format == "yolo" and ds.class_names == ["RBC", "WBC"] and not ds.skipped
+    assert [s.image_id for s in ds] == ["obj_train_data/a", "obj_train_data/b"]
+    assert [s.labels.tolist() for s in ds] == [[0], [1]] and ds[0].boxes.tolist() == [[16, 12, 24, 18]]
+
+
+def test_images_of_one_stem_and_two_extensions_get_distinct_ids(tmp_path):
+    """YOLO and BBBC041 named images/x.png and images/x.jpg both 'images/x': the dataset could not
+    be saved again, and whatever was keyed by id mixed the two."""
+    root = tmp_path / "y"
+    for ext in ("png", "jpg"):
+        _png(root / "images" / f"x.{ext}")
+    (root / "labels").mkdir()
+    (root / "labels" / "x.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (root / "classes.txt").write_text("RBC\n")
+    ds = yolo.load(root)
+    assert sorted(s.image_id for s in ds) == ["images/x.jpg", "images/x.png"]
+    voc.save(ds, tmp_path / "out")  # refused before: "two images would be written as 'images_x'"
+    box = {"minimum": {"r": 1, "c": 2}, "maximum": {"r": 11, "c": 22}}
+    (root / "b.json").write_text(json.dumps(
+        [{"image": {"pathname": f"/images/x.{ext}", "shape": {"r": 30, "c": 40, "channels": 3}},
+          "objects": [{"category": "red blood cell", "bounding_box": box}]} for ext in ("png", "jpg")]))
+    assert sorted(s.image_id for s in bbbc041.load(root / "b.json")) == ["images/x.jpg", "images/x.png"]
+
+
+def test_yolo_label_files_differing_in_case_are_not_mixed(tmp_path):
+    """labels/A.txt and labels/a.txt were one lower-case key: both images got the objects of one."""
+    root = tmp_path / "y"
+    for stem in ("A", "a"):
+        _png(root / "images" / f"{stem}.png")
+    (root / "labels").mkdir()
+    (root / "labels" / "A.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    (root / "labels" / "a.txt").write_text("1 0.25 0.25 0.1 0.1\n")
+    (root / "classes.txt").write_text("RBC\nWBC\n")
+    ds = yolo.load(root)
+    assert {s.image_id: s.labels.tolist() for s in ds} == {"A": [0], "a": [1]} and not ds.skipped
+    (root / "labels" / "a.txt").rename(root / "labels" / "B.TXT")  # another case: used when it is the only match
+    _png(root / "images" / "b.png")
+    ds = yolo.load(root)
+    assert {s.image_id: s.labels.tolist() for s in ds} == {"A": [0], "a": [], "b": [1]}
+    for stem in ("Cc", "cC"):  # two files in other cases for cc.png: not guessed, counted
+        (root / "labels" / f"{stem}.txt").write_text("0 0.25 0.25 0.1 0.1\n")
+    _png(root / "images" / "cc.png")
+    ds = yolo.load(root)
+    assert [s.image_id for s in ds] == ["A", "a", "b"]
+    assert len(ds.skipped) == 1 and "2 label files match it only without regard to case" in ds.skipped[0].reason

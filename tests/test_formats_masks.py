@@ -323,3 +323,53 @@ def test_dsb2018_folder_without_masks_scores_as_empty_and_jpeg_masks_are_skipped
     assert len(b.boxes) == 0 and b.masks.shape == (0, 20, 30)
     preds = [{"boxes": s.boxes, "scores": np.ones(len(s.boxes)), "labels": s.labels, "masks": s.masks} for s in ds]
     assert dsb_score(ds, preds, kind="masks") == pytest.approx(1.0)  # 'image b has no instance masks' before
+
+
+def test_coco_image_id_naming_two_files_places_none_of_its_annotations(tmp_path):
+    """{id 7: a.png} and {id 7: b.png}: every annotation of id 7 went to a.png."""
+    for name in ("a.png", "b.png", "c.png"):
+        _write_png(tmp_path / name)
+    doc = {"images": [{"id": 7, "file_name": "a.png"}, {"id": 7, "file_name": "b.png"}, {"id": 8, "file_name": "c.png"}],
+           "categories": [{"id": 1, "name": "RBC"}],
+           "annotations": [{"id": k, "image_id": i, "category_id": 1, "bbox": [1, 1, 5, 5]}
+                           for k, i in ((1, 7), (2, 7), (3, 8))]}
+    (tmp_path / "c.json").write_text(json.dumps(doc))
+    ds = coco.load(tmp_path / "c.json")
+    assert [s.image_id for s in ds] == ["c"] and ds.num_objects == 1
+    assert [str(s).split(": ", 1)[1] for s in ds.skipped] == [
+        "image id 7 names 2 files (a.png, b.png): its 2 annotations cannot be placed; the images are left out"]
+
+
+def test_coco_annotations_folder_beside_a_flat_images_folder(tmp_path):
+    """annotations/instances_default.json beside images/a.png (CVAT's COCO export) loaded 0 images
+    unsaid; a guessed format that reads no image is now an error."""
+    from smearlab.data import DataError, formats
+    _write_png(tmp_path / "images" / "a.png")
+    doc = {"images": [{"id": 1, "file_name": "a.png"}], "categories": [{"id": 1, "name": "RBC"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]}]}
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instances_default.json").write_text(json.dumps(doc))
+    ds = formats.load(tmp_path)
+    assert [s.image_id for s in ds] == ["a"] and ds.num_objects == 1
+    (tmp_path / "images" / "a.png").unlink()
+    with pytest.raises(DataError, match="no image could be read as coco, the format guessed"):
+        formats.load(tmp_path)
+
+
+def test_class_map_merges_twin_classes_of_coco_and_class_folders(tmp_path):
+    """warn_alias_twins advises class_map= to merge 'RBC' and 'rbc', but for COCO and class folders
+    the merge was refused: "['RBC', 'rbc'] would all become 'RBC'"."""
+    from smearlab.data.classes import ClassMismatchError
+    _write_png(tmp_path / "a.png")
+    doc = {"images": [{"id": 1, "file_name": "a.png"}], "categories": [{"id": 1, "name": "RBC"}, {"id": 2, "name": "rbc"}],
+           "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [1, 1, 5, 5]},
+                           {"id": 2, "image_id": 1, "category_id": 2, "bbox": [10, 10, 5, 5]}]}
+    (tmp_path / "c.json").write_text(json.dumps(doc))
+    with pytest.raises(ClassMismatchError, match="would all become"):  # not asked: no guess
+        coco.load(tmp_path / "c.json", class_names=["RBC"])
+    ds = coco.load(tmp_path / "c.json", class_names=["RBC"], class_map={"rbc": "RBC"})
+    assert ds.class_names == ["RBC"] and ds[0].labels.tolist() == [0, 0]
+    for cls in ("RBC", "rbc"):
+        _write_png(tmp_path / "f" / cls / f"{cls}.png")
+    ds = imagefolder.load(tmp_path / "f", class_names=["RBC"], class_map={"rbc": "RBC"})
+    assert ds.class_names == ["RBC"] and [s.image_label for s in ds] == [0, 0]

@@ -114,7 +114,7 @@ class ClassMapping:
 
 
 def match_classes(source: Sequence[str], target: Sequence[str], class_map: Mapping[str, str] | None = None,
-                  *, require: str = "none", what: str = "classes") -> ClassMapping:
+                  *, require: str = "none", what: str = "classes", merge: bool = False) -> ClassMapping:
     """Map the ``source`` class list onto the ``target`` list by name (see the module docstring).
 
     Parameters
@@ -127,12 +127,15 @@ def match_classes(source: Sequence[str], target: Sequence[str], class_map: Mappi
         and every target class must match).
     what : what the lists are, for the error message (e.g. ``"the model's and the dataset's
         classes"``).
+    merge : let ``class_map`` send source classes onto a target class another source class
+        also becomes (``class_map={"rbc": "RBC"}`` beside ``RBC``: the twins merged by name, as
+        asked); still an error when two of them got there by a rule (same name, alias).
 
     Raises
     ------
     ClassMismatchError
         when a required class has no counterpart, two source classes land on one target
-        class, an alias is ambiguous, or ``class_map`` names a class that is not in the lists;
+        class (but see ``merge``), an alias is ambiguous, or ``class_map`` names a class that is not in the lists;
         the message shows both lists.
     """
     source, target = [str(n) for n in source], [str(n) for n in target]
@@ -167,10 +170,10 @@ def match_classes(source: Sequence[str], target: Sequence[str], class_map: Mappi
             if hits:
                 lut[i], how[n] = hits[0], "alias"
     used = [t for t in lut.tolist() if t >= 0]
-    if len(set(used)) != len(used):
-        dup = next(t for t in used if used.count(t) > 1)
+    for dup in sorted({t for t in used if used.count(t) > 1}):
         both = [source[i] for i in range(len(source)) if lut[i] == dup]
-        raise fail(f"{both} would all become {target[dup]!r}")
+        if not merge or sum(how[n] != "class_map" for n in both) > 1:  # a merge asked for by name is no guess
+            raise fail(f"{both} would all become {target[dup]!r}")
     mapping = ClassMapping(source, target, lut, how)
     if require in ("source", "both") and mapping.unmatched:
         raise fail(f"no target class for {mapping.unmatched}")

@@ -170,13 +170,15 @@ def _detect_here(p: Path) -> str:
         return "dsb2018"
     if any(c.suffix.lower() == ".geojson" for c in p.iterdir()):
         return "qupath"
+    if module("yolo").is_darknet(p):  # x.jpg beside x.txt (CVAT "YOLO 1.1"): no folder of class images
+        return "yolo"
     subdirs = [c for c in p.iterdir() if c.is_dir() and not c.name.startswith(".")]
     if subdirs and all(any(is_image_file(f) for f in d.iterdir()) or not any(d.iterdir()) for d in subdirs):
         return "imagefolder"
     if any(c.suffix.lower() in (".dcm", ".dicom") for c in p.iterdir()):
         return "dicom"
     raise DataError(p, "cannot detect the dataset format (looked for VOC Annotations/, COCO/BBBC041/"
-                       "IML JSON, YOLO labels/ or data.yaml, DSB2018 images/+masks/, Zheng "
+                       "IML JSON, YOLO labels/, data.yaml or labels beside the images, DSB2018 images/+masks/, Zheng "
                        "'Dataset N/', class folders of images, DICOM files, QuPath .geojson)")
 
 
@@ -236,15 +238,17 @@ def _coco_file(folder: Path, split: str | None) -> Path:
                             f"--split ({', '.join(coco_splits(folder))}) or pass the file itself")
 
 
-def _coco_image_root(folder: Path, json_path: Path, split: str | None) -> Path | None:
-    """Image folder of a file in ``annotations/`` (official COCO layout), else None (beside the file)."""
+def _coco_image_root(folder: Path, json_path: Path, split: str | None) -> Path | list[Path] | None:
+    """Image folder(s) of a file in ``annotations/``: the split's folder (official COCO layout),
+    else the dataset folder, then its ``images/`` (CVAT's export); None for a file elsewhere
+    (images beside the file)."""
     if json_path.parent != folder / "annotations":
         return None
     name = split or json_path.stem.removeprefix("instances_")
     for candidate in (folder / name, folder / "images" / name):
         if candidate.is_dir():
             return candidate
-    return folder
+    return [folder, folder / "images"]
 
 
 #: split names a dataset may publish, by their role
@@ -314,8 +318,8 @@ def load(path: str | Path, format: str | None = None, split: str | None = None, 
     ------
     DataError
         when nothing is detected, a split is given to a format without splits or is not in
-        the dataset (the available ones are listed), or when ``format`` was named and no
-        image was found that way.
+        the dataset (the available ones are listed), or when no image was found (the
+        skipped records are summarised).
     ValueError
         for an unknown ``format``.
     """
@@ -350,6 +354,10 @@ def load(path: str | Path, format: str | None = None, split: str | None = None, 
         ds = module(fmt).load(path, **options)
     if format is not None and len(ds) == 0:
         raise DataError(path, f"no images found as {fmt}{_empty_note(path, fmt, ds)}")
+    if len(ds) == 0:  # a guess read as an empty dataset would pass for "no cells"
+        raise DataError(path, f"no image could be read as {fmt}, the format guessed from the files"
+                              f"{_empty_note(path, fmt, ds)}; if it is another one, name it with --format "
+                              "(format= in Python)")
     if sensor_bits is not None:
         for s in ds:
             s.sensor_bits = sensor_bits

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections import Counter
 import math
 import os
 import shutil
@@ -252,7 +253,8 @@ class BoxCollector:
         image_id : name of the image (a file's stem); the same file added again is skipped as a
             duplicate, while two files of one stem in different folders are both kept, each
             named by its path below the dataset's folder (one of them was dropped as a
-            "duplicate").
+            "duplicate"), with the extension when only that tells them apart (``x.png`` and
+            ``x.jpg`` in one folder).
         image_path : the image file (read lazily), or None.
         source : the annotation file, for the report.
         objects : list of ``(xyxy, class_name, record)`` whose fields are already checked.
@@ -294,9 +296,13 @@ class BoxCollector:
         classes = self.class_names if self.class_names is not None else sorted(self._seen)
         index = {n: i for i, n in enumerate(classes)}
         shared = {i for i, files in self._ids.items() if len(files) > 1}  # one stem, several files
-        samples = [Sample(image_id=_path_id(p, root) if i in shared else i, path=p, boxes=b,
-                          labels=[index[n] for n in names], size=s, meta=m, orientation=o)
-                   for i, p, b, names, s, m, o in self._pending]
+        ids = [_path_id(p, root) if i in shared else i for i, p, *_ in self._pending]
+        again = Counter(ids)  # x.png and x.jpg in one folder: the extension tells them apart
+        ids = [_path_id(p, root, suffix=True) if again[k] > 1 and p is not None else k
+               for k, (_, p, *_) in zip(ids, self._pending)]
+        samples = [Sample(image_id=k, path=p, boxes=b, labels=[index[n] for n in names], size=s, meta=m,
+                          orientation=o)
+                   for k, (_, p, b, names, s, m, o) in zip(ids, self._pending)]
         renamed = {k: v for k, v in self._names.items() if v is not None and v != k}
         if renamed:
             log.warning("%s: classes mapped onto %s: %s", name, classes,
@@ -325,21 +331,23 @@ def warn_alias_twins(name: str, classes: Sequence[str]) -> None:
                                                                      for v in twins))
 
 
-def _path_id(path, root) -> str:
+def _path_id(path, root, suffix: bool = False) -> str:
     """An image's id from its path below ``root`` without the extension (``a/x`` for
-    ``root/a/x.png``); its whole path without the extension when it lies elsewhere."""
+    ``root/a/x.png``; with ``suffix``, ``a/x.png``: for files whose paths differ only in it);
+    its whole path when it lies elsewhere."""
     p = Path(path).resolve()
     try:
         rel = p.relative_to(Path(root).resolve()) if root is not None else p
     except ValueError:
         rel = p
-    return rel.with_suffix("").as_posix()
+    return (rel if suffix else rel.with_suffix("")).as_posix()
 
 
 def remap_classes(dataset: SmearDataset, class_names=None, class_map=None) -> SmearDataset:
     """``dataset`` in the class list ``class_names`` (for formats whose files fix the classes:
     COCO categories, class folders): labels are mapped by name
-    (:func:`~smearlab.data.classes.match_classes`: the same name, an alias, or ``class_map``);
+    (:func:`~smearlab.data.classes.match_classes`: the same name, an alias, or ``class_map``,
+    which may also merge twin classes such as ``RBC`` and ``rbc`` into one);
     objects (or images) of a class with no counterpart are dropped and counted as
     unknown-class skips. With ``class_names=None`` the dataset is returned as it is.
 
@@ -360,7 +368,8 @@ def remap_classes(dataset: SmearDataset, class_names=None, class_map=None) -> Sm
         log.warning("%s: class_map names %s, which its files do not hold (classes %s)", dataset.name, unused,
                     dataset.class_names)
     class_map = {k: v for k, v in (class_map or {}).items() if k in dataset.class_names}
-    m = match_classes(dataset.class_names, class_names, class_map, what=f"the classes of {dataset.name}")
+    m = match_classes(dataset.class_names, class_names, class_map, what=f"the classes of {dataset.name}",
+                      merge=True)  # class_map={'rbc': 'RBC'} merges twin classes, as warn_alias_twins advises
     if m.identity:
         return dataset
     log.warning("%s: classes mapped onto %s: %s", dataset.name, m.target, m.describe())

@@ -36,7 +36,7 @@ from ._common import (OUTSIDE_ROOT_HINT, check_unique_names, image_geometry, is_
 _COPYABLE = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
 
-def load(path: str | Path, *, image_root: str | Path | None = None, strict: bool = False,
+def load(path: str | Path, *, image_root: str | Path | Sequence[str | Path] | None = None, strict: bool = False,
          name: str | None = None, class_names=None, class_map=None,
          allow_outside_root: bool = False) -> SmearDataset:
     """Load a COCO ground-truth JSON file.
@@ -44,9 +44,10 @@ def load(path: str | Path, *, image_root: str | Path | None = None, strict: bool
     Parameters
     ----------
     path : the JSON file.
-    image_root : folder the ``file_name`` entries are relative to (default: the JSON's folder,
-        then an ``images/`` folder beside it). A ``file_name`` that is absolute or leads
-        outside it (through ``..`` or a link) is refused.
+    image_root : folder the ``file_name`` entries are relative to, or a list of folders
+        (the first holding the file wins; default: the JSON's folder, then an ``images/``
+        folder beside it). A ``file_name`` that is absolute or leads outside it (through
+        ``..`` or a link) is refused.
     strict : raise on the first per-record problem instead of counting it as a skip.
     name : dataset name (default: the JSON file's stem).
     class_names : load the dataset in this class list: categories are matched by name or alias
@@ -64,7 +65,9 @@ def load(path: str | Path, *, image_root: str | Path | None = None, strict: bool
     -------
     SmearDataset
         ``skipped`` counts the per-record problems: image entries without an ``id`` or
-        ``file_name`` or with a repeated id, an invalid ``file_name`` (NUL byte, unencodable
+        ``file_name`` or with a repeated id (an id given to two different files is one skip:
+        its images and annotations are left out, as which file an annotation is on cannot be
+        told), an invalid ``file_name`` (NUL byte, unencodable
         character), images missing, unreadable, escaping the root, with a ``width`` or
         ``height`` that is not a positive integer or of another size than the JSON says
         ("image id N", or "images[i]" without an id);
@@ -85,11 +88,19 @@ def load(path: str | Path, *, image_root: str | Path | None = None, strict: bool
     data = _read_json(json_path)
     cat_ids, file_classes = _categories(data["categories"], json_path)
     skipped, fixed = SkipLog(strict=strict), SkipLog(kind="fixed")
-    roots = [Path(image_root)] if image_root is not None else [json_path.parent,
-                                                               json_path.parent / "images"]
+    if image_root is None:
+        roots = [json_path.parent, json_path.parent / "images"]
+    else:
+        roots = [Path(r) for r in image_root] if isinstance(image_root, (list, tuple)) else [Path(image_root)]
     images, files = {}, {}
+    clashes = _id_clashes(data["images"])
     for i, record in enumerate(data["images"]):
-        _add_image(record, i, json_path, roots, images, files, skipped, fixed, allow_outside_root)
+        if not (isinstance(record, dict) and isinstance(record.get("id"), (int, str)) and record["id"] in clashes):
+            _add_image(record, i, json_path, roots, images, files, skipped, fixed, allow_outside_root)
+    for k, names in clashes.items():  # which file an annotation of the id is on cannot be told
+        n = sum(isinstance(a, dict) and a.get("image_id") == k for a in data["annotations"])
+        skipped.add(json_path, f"image id {k!r} names {len(names)} files ({', '.join(names)}): its {n} annotations "
+                               "cannot be placed; the images are left out", f"image id {k}")
     known = {r.get("id") for r in data["images"]
              if isinstance(r, dict) and isinstance(r.get("id"), (int, str))}
     per_image = {k: [] for k in images}
@@ -139,6 +150,15 @@ def _categories(cats: list, path: Path) -> tuple[dict[int, int], list[str]]:
     names = [c["name"] for c in ordered]
     check_unique_names(names, path)
     return {cid: k for k, cid in enumerate(ids)}, names
+
+
+def _id_clashes(records: list) -> dict:
+    """``{image id: [file names]}`` of the ids that several ``images`` entries give to different files."""
+    named: dict = {}
+    for r in records:
+        if isinstance(r, dict) and isinstance(r.get("id"), (int, str)) and isinstance(r.get("file_name"), str):
+            named.setdefault(r["id"], {}).setdefault(PurePosixPath(r["file_name"]), r["file_name"])
+    return {k: list(v.values()) for k, v in named.items() if len(v) > 1}
 
 
 def _add_image(record, i: int, path: Path, roots: list[Path], images: dict, files: dict,

@@ -7,16 +7,26 @@ Layout::
     root/labels/[split/]x.txt  one "class cx cy w h" line per object, normalised to [0, 1]
                               (or darknet's layout: each x.txt beside its image)
 
+or darknet's own layout, as CVAT's "YOLO 1.1" export writes it (no ``images/`` folder; image
+ids keep the sub-folder, ``obj_train_data/x``; the image lists ``train.txt`` ... are not read)::
+
+    root/obj.names            one class name per line
+    root/obj_train_data/x.jpg beside x.txt
+
 Classes keep the order of ``data.yaml``/``classes.txt`` (the class ids of the label files).
 The ``path``/``train``/``val`` keys of ``data.yaml`` are not used: the layout above is.
 Image sizes are read from the file headers (not the pixels) to convert to pixels; images are
 read as shown (EXIF orientation applied, as Ultralytics does). A label file belongs to the
 image of the same relative path and stem, extensions compared without regard to case
-(``A.PNG`` and ``A.TXT``).
+(``A.PNG`` and ``A.TXT``); a name in another case (``a.txt`` for ``A.PNG``) only when no
+label file has the exact name and the two are the only ones of that name without regard to
+case (otherwise the image is skipped, not guessed).
 """
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
+from typing import Sequence
 
 import yaml
 
@@ -28,6 +38,8 @@ from ._common import BoxCollector, Root, check_unique_names, number, save_sample
 
 YAML_NAMES = ("data.yaml", "data.yml")
 CLASSES_TXT = "classes.txt"
+DARKNET_NAMES = "obj.names"  # darknet's class list, one per line (CVAT's "YOLO 1.1" export)
+DARKNET_LISTS = ("train.txt", "valid.txt", "val.txt", "test.txt")  # darknet's image lists: no label files
 TOLERANCE = 0.01  # normalised coordinates may leave [0, 1] by this much (rounding of exporters)
 
 
@@ -70,6 +82,8 @@ def load(path: str | Path, *, split: str | None = None, class_names=None, class_
     path = Path(path)
     root = path.parent if path.is_file() else path
     image_dir, label_dir = _child(root, "images"), _child(root, "labels")
+    if not image_dir.is_dir() and not label_dir.is_dir() and split is None and is_darknet(root):
+        image_dir = root  # CVAT's "YOLO 1.1": obj_train_data/x.jpg beside x.txt, obj.names at the top
     if not label_dir.is_dir():  # darknet's layout: each label file beside its image
         label_dir = image_dir
     if split is not None:
@@ -84,15 +98,29 @@ def load(path: str | Path, *, split: str | None = None, class_names=None, class_
     ids = file_names if file_names is not None else list(class_names)
     col = BoxCollector(class_names if class_names is not None else ids, strict, class_map)
     images = sorted(p for p in image_dir.rglob("*") if p.is_file() and is_image_file(p))
-    labels = _label_index(label_dir)
+    labels = _label_index(label_dir, DARKNET_LISTS if label_dir == root else ())
     if images and not labels:  # every image without objects: a layout not understood, not a result
         raise DataError(root, f"no label files: expected labels/{'' if split is None else split + '/'}<image "
                               "name>.txt beside images/ (or each .txt beside its image)")
+    stems = {image.relative_to(image_dir).with_suffix("").as_posix() for image in images}
+    near: dict[str, list[Path]] = {}  # label files no image names exactly, by lower-case name
+    for k, p in labels.items():
+        if k not in stems:
+            near.setdefault(k.lower(), []).append(p)
+    wanting = Counter(k.lower() for k in stems if k not in labels)
     used: set[Path] = set()
     for image in images:
         rel = image.relative_to(image_dir)
-        key = rel.with_suffix("").as_posix().lower()
-        label = labels.get(key, label_dir / rel.with_suffix(".txt"))
+        key = rel.with_suffix("").as_posix()
+        label = labels.get(key)  # the exact name wins; another case only when it names one image and one file
+        if label is None and near.get(key.lower()):
+            found = near[key.lower()]
+            used.update(found)
+            if len(found) > 1 or wanting[key.lower()] > 1:  # not guessed: counted, to be renamed
+                col.skip(image, _case_problem(found, wanting[key.lower()], rel.with_suffix(".txt").name))
+                continue
+            label = found[0]
+        label = label or label_dir / rel.with_suffix(".txt")
         used.add(label)
         if not inside.inside(image, col.skipped) or (label.is_file() and not inside.inside(label, col.skipped)):
             continue
@@ -110,26 +138,54 @@ def _child(root: Path, name: str) -> Path:
     return next((c for c in sorted(root.iterdir()) if c.is_dir() and c.name.lower() == name), root / name)
 
 
-def _label_index(label_dir: Path) -> dict[str, Path]:
-    """Label files by lower-case relative path without the extension (``.txt`` in any case)."""
+def _label_index(label_dir: Path, lists: Sequence[str] = ()) -> dict[str, Path]:
+    """Label files by relative path without the extension (``.txt`` in any case); ``lists``:
+    names of files at the top of ``label_dir`` that are no label files (darknet's image lists)."""
     if not label_dir.is_dir():
         return {}
-    return {p.relative_to(label_dir).with_suffix("").as_posix().lower(): p
+    return {p.relative_to(label_dir).with_suffix("").as_posix(): p
             for p in sorted(label_dir.rglob("*")) if p.suffix.lower() == ".txt" and p.is_file()
-            and p.name.lower() != CLASSES_TXT}
+            and p.name.lower() != CLASSES_TXT and not (p.parent == label_dir and p.name.lower() in lists)}
+
+
+def _case_problem(found: list[Path], images: int, exact: str) -> str:
+    """Why no label file is chosen for an image whose label files differ from its name only in case."""
+    if len(found) > 1:
+        return (f"{len(found)} label files match it only without regard to case ({', '.join(p.name for p in found)}): "
+                f"which one is its label cannot be told; name it {exact}")
+    return (f"label file {found[0].name} matches {images} images only without regard to case: which one it "
+            f"belongs to cannot be told; name it {exact}")
+
+
+def is_darknet(folder: Path) -> bool:
+    """Whether ``folder`` or one of its sub-folders holds an image with a label file of its
+    name beside it (``x.jpg`` and ``x.txt``: darknet's layout, as in CVAT's "YOLO 1.1" export).
+
+    Parameters
+    ----------
+    folder : the folder to look at.
+    """
+    for d in (folder, *(c for c in sorted(folder.iterdir()) if c.is_dir() and not c.name.startswith("."))):
+        files = [f for f in d.iterdir() if f.is_file()]
+        texts = {f.stem.lower() for f in files if f.suffix.lower() == ".txt"}
+        if any(f.stem.lower() in texts for f in files if is_image_file(f)):
+            return True
+    return False
 
 
 def _class_names(root: Path, inside: Root) -> list[str] | None:
-    """Class names from ``data.yaml`` (or ``.yml``), else ``classes.txt``, else None."""
+    """Class names from ``data.yaml`` (or ``.yml``), else ``classes.txt``, else darknet's
+    ``obj.names``, else None."""
     for fn in YAML_NAMES:
         if (root / fn).is_file():
             return _yaml_names(inside.check(root / fn))
-    if (root / CLASSES_TXT).is_file():
-        names = [line.strip() for line in _read(inside.check(root / CLASSES_TXT)).splitlines() if line.strip()]
-        if not names:
-            raise DataError(root / CLASSES_TXT, "no class names in the file")
-        check_unique_names(names, root / CLASSES_TXT)
-        return names
+    for fn in (CLASSES_TXT, DARKNET_NAMES):
+        if (root / fn).is_file():
+            names = [line.strip() for line in _read(inside.check(root / fn)).splitlines() if line.strip()]
+            if not names:
+                raise DataError(root / fn, "no class names in the file")
+            check_unique_names(names, root / fn)
+            return names
     return None
 
 
