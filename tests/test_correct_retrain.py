@@ -154,6 +154,8 @@ def test_notebook_09_counts_with_notebook_03s_best_model(tmp_path):
     assert earlier_model(run / "09_counting", ["RBC", "WBC", "Platelets"]) == folder
     assert earlier_model(run / "09_counting", ["WBC", "RBC", "Platelets"]) is None  # another class order
     assert earlier_model(run / "09_counting", ["ring", "trophozoite"]) is None       # 03 ran on other data
+    (folder / "thresholds.json").write_text(json.dumps({"score": {"RBC": 0.5}, "tta": True}))
+    assert earlier_model(run / "09_counting", ["RBC", "WBC", "Platelets"]) is None  # tuned with tta: 09 would refuse them
     (run / "03_detection.metrics.json").write_text(json.dumps({"best": "gone"}))
     assert earlier_model(run / "09_counting") is None
 

@@ -247,6 +247,10 @@ def test_every_method_trains_scores_and_is_judged():
     text, checks, met = verdict(res)
     assert "stain_norm" in text and "adabn" in text and set(checks) == set(res)
     assert "best of several, an optimistic figure" in text  # chosen on the target test crops themselves
+    from smearlab.experiments.domain_adaptation import adaptation_record
+    rec = adaptation_record("synthetic", a, b, (0, 1), res, checks, met)
+    assert rec["domains"] == ["A", "B", "C"]  # the third domain was left out
+    assert set(rec["shared_classes"]) == set(res)  # per direction: a third domain may share other classes
     assert isinstance(met, bool)
     # AdaBN's batch-norm model is scored before its statistics move too: source only is a group-norm
     # model, and AdaBN's gain over it mixed the norm with the adaptation

@@ -16,7 +16,7 @@ from typing import Sequence
 
 from ..core.errors import DataError
 from ..core.files import write_json
-from ..core.model_folder import read_config_json
+from ..core.model_folder import read_config_json, read_side_file
 from ..data import load
 from ..data.classes import match_classes
 from ..data.sample import SmearDataset
@@ -64,6 +64,14 @@ def earlier_model(out, class_names=None) -> Path | None:
             log.warning("%s: notebook 03's model has classes %s, not %s; training a model here instead",
                         folder, saved, list(class_names))
             return None
+    try:
+        tuned = read_side_file(folder, "thresholds.json") or {}
+    except DataError:
+        tuned = {}
+    if tuned.get("tta"):  # 09 counts without test-time augmentation: such thresholds are refused there
+        log.warning("%s: notebook 03's thresholds were tuned with test-time augmentation (tta); training a model "
+                    "here instead", folder)
+        return None
     return folder
 
 
@@ -89,7 +97,9 @@ def counting_model(model, splits: dict[str, SmearDataset], s, out, *, seed: int 
     if model is not None:
         return Path(model)
     earlier = earlier_model(out, splits["train"].class_names)
-    if earlier is not None:
+    if earlier is not None:  # its own arch, epochs and input size: this notebook's are not used
+        log.warning("counting with notebook 03's model %s: this notebook's arch, epochs and input_size are not used "
+                    "(give model= to choose, or run 09 alone to train one here)", earlier)
         return earlier
     classes = splits["train"].class_names
     cfg = DetectorConfig(arch=s.arch, class_names=classes, min_size=s.input_size,
@@ -229,7 +239,7 @@ def corrections_from_truth(run_out, dataset_path, images: Sequence[str], path) -
 
 
 def counting_record(dataset, summary: dict, before_after: dict | None, reviewed: int,
-                    scored: int | None = None) -> dict:
+                    scored: int | None = None, model=None) -> dict:
     """The headline numbers notebook 09 records.
 
     Parameters
@@ -240,8 +250,10 @@ def counting_record(dataset, summary: dict, before_after: dict | None, reviewed:
         reviewed (:func:`held_out`).
     reviewed : how many images were corrected.
     scored : how many images ``before_after`` scored.
+    model : the model folder that counted (:func:`counting_model`: given, notebook 03's, or trained here).
     """
     from .profiles import dataset_label
-    return {"dataset": dataset_label(dataset), "counted_split": "test", "images": summary["images"],
+    return {"dataset": dataset_label(dataset), "model": None if model is None else str(model),
+            "counted_split": "test", "images": summary["images"],
             "counts": summary["counts"], "count_error": summary.get("count_error"), "reviewed": reviewed,
             "scored_before_after": scored, "before_after": before_after}

@@ -704,11 +704,14 @@ def adaptation_record(dataset, a: CropDataset, b: CropDataset, seeds, results: d
     checks : ``{direction: goal_check(...)}`` (:func:`verdict`).
     goal_met : whether any adaptation method met the goal in any direction (:func:`verdict`).
     """
-    first = next(iter(results.values()))
     keep = ("source_only_f1", "dann_f1", "stain_norm_f1", "adabn_f1", "adabn_unadapted_f1", "mixed_f1", "oracle_f1",
             "dann_source_f1", "source_only_source_f1")
-    return {"dataset": dataset_label(dataset), "domains": [a.name, b.name], "seeds": list(seeds),
-            "shared_classes": first.shared_classes, "missing_classes": first.missing_classes,
+    domains = list(dict.fromkeys([a.name, b.name] + [n for r in results.values() for n in (r.source, r.target)]))
+    # per direction: a third domain's directions may share more classes (Zheng D1 has one basophil,
+    # so D1's directions leave it out and D2 -> PBC keeps it): macro F1 is over those classes
+    return {"dataset": dataset_label(dataset), "domains": domains, "seeds": list(seeds),
+            "shared_classes": {name: res.shared_classes for name, res in results.items()},
+            "missing_classes": {name: res.missing_classes for name, res in results.items()},
             "directions": {name: {k: round(v, 4) for k, v in res.summary().items() if k in keep}
                            for name, res in results.items()},
             "dann_gain": {name: c.get("dann_gain") for name, c in checks.items()},

@@ -8,15 +8,17 @@ from ..data.stats import colour_distance
 
 
 def domain_colour_gap(colours: dict) -> tuple[list[str], float]:
-    """The domains of :func:`smearlab.data.stats.colour_stats` and the mean-colour distance
-    between the first and the last (0 with a single domain).
+    """The domains of :func:`smearlab.data.stats.colour_stats` and the largest mean-colour
+    distance between two of them (0 with a single domain; with three or more, the first and the
+    last alone were compared).
 
     Parameters
     ----------
     colours : ``{domain: (n_images, 6) array}`` from :func:`smearlab.data.stats.colour_stats`.
     """
     domains = sorted(colours)
-    return domains, colour_distance(colours[domains[0]], colours[domains[-1]]) if len(domains) > 1 else 0.0
+    return domains, max((colour_distance(colours[a], colours[b]) for i, a in enumerate(domains)
+                         for b in domains[i + 1:]), default=0.0)
 
 
 def eda_record(ds: SmearDataset, summary: dict, colour_gap: float, near_copy_pairs: int | None = None) -> dict[str, Any]:

@@ -389,8 +389,9 @@ def draw_failures(sample: Sample, prediction: dict, class_names: Sequence[str], 
     return ax
 
 
-def plot_pr_curves(curves: dict, ax=None, title: str = "precision-recall", class_names=None):
-    """One line per class of :func:`pr_curves`, AP in the legend.
+def plot_pr_curves(curves: dict, ax=None, title: str = "precision-recall", class_names=None, iou: float = 0.5):
+    """One line per class of :func:`pr_curves`, the AP at their IoU in the legend (``AP50``: not
+    the AP@[.5:.95] records call ``AP``).
 
     Parameters
     ----------
@@ -400,13 +401,15 @@ def plot_pr_curves(curves: dict, ax=None, title: str = "precision-recall", class
     class_names : the dataset's classes, in label order: each line takes its class's colour, as
         the images do, also when a class without ground truth has no curve (None: the curves'
         own order, the colours shifting past a missing class).
+    iou : the IoU the curves were computed at (``pr_curves``' ``iou``), named in the legend.
     """
     ax = ax or plt.gca()
     names = list(class_names) if class_names is not None else list(curves)
+    ap = f"AP{round(100 * float(iou))}"
     palette = class_colors(max(len(names), 1))
     for name, (rc, pr) in curves.items():
         col = palette[names.index(name)] if name in names else "grey"
-        ax.plot(rc, pr, color=col, label=f"{name} (AP {pr.mean():.3f})")
+        ax.plot(rc, pr, color=col, label=f"{name} ({ap} {pr.mean():.3f})")
     ax.set_xlabel("recall")
     ax.set_ylabel("precision")
     ax.set_xlim(0, 1)
