@@ -249,8 +249,11 @@ def warp(images: torch.Tensor, targets: Sequence[dict], matrices: torch.Tensor, 
         keep &= shown
         # integer boxes (hand-built from COCO's integers) came back truncated: 1.5 read as 1
         dtype = t["boxes"].dtype if t["boxes"].dtype.is_floating_point else torch.float32
-        t = {k: torch.as_tensor(np.asarray(v)) if k not in IMAGE_KEYS and not torch.is_tensor(v) and _per_object(v, n)
-             else v for k, v in t.items()}  # per-object lists and arrays are dropped with their boxes too
+        t = {k: _as_per_object(v) if k not in IMAGE_KEYS and not torch.is_tensor(v) and _per_object(v, n) else v
+             for k, v in t.items()}  # per-object lists and arrays are dropped with their boxes too
+        kept = keep.tolist()
+        t = {k: [x for x, ok in zip(v, kept) if ok] if isinstance(v, list) and len(v) == n and k not in IMAGE_KEYS
+             else v for k, v in t.items()}  # per-object text (names) stays a list
         t = {k: v[keep.to(v.device)] if torch.is_tensor(v) and v.ndim and len(v) == n and k not in IMAGE_KEYS else v
              for k, v in t.items()}
         t["boxes"] = box[keep].to(dtype)
@@ -977,6 +980,13 @@ def _target_problem(t: dict, hw) -> str | None:
     return None
 
 
+def _as_per_object(v):
+    """A per-object list or array as a tensor when it holds numbers (labels, flags), else as a
+    list (text: names), so that either is dropped with its boxes."""
+    a = np.asarray(v)
+    return torch.as_tensor(a) if a.dtype.kind in "biuf" else list(v)
+
+
 def _per_object(v, n: int) -> bool:
     """A per-object ``meta`` entry: a list or array aligned with the boxes (a tuple is one value of
     the image, e.g. a tile's ``window``, whatever its length)."""
@@ -1108,7 +1118,7 @@ class Augment:
             n = len(t["boxes"])
             for k, v in list(t.items()):
                 if k not in IMAGE_KEYS and not torch.is_tensor(v) and _per_object(v, n):
-                    t[k] = torch.as_tensor(np.asarray(v))
+                    t[k] = _as_per_object(v)
         trs, i = self.transforms, 0
         while i < len(trs):
             if not _fusable(trs[i]):

@@ -562,3 +562,12 @@ def test_an_augmenter_in_dataloader_workers_draws_apart_per_worker_and_per_epoch
     again = list(torch.utils.data.DataLoader(_Angles(), batch_size=None, num_workers=2,
                                              generator=torch.Generator().manual_seed(0)))
     assert again == first  # a seeded loader repeats
+
+
+def test_per_object_text_is_dropped_with_its_boxes_and_stays_text():
+    from smearlab.augment import Affine, Augment
+    img = torch.rand(1, 3, 10, 10)
+    t = {"boxes": torch.tensor([[0.0, 0, 2, 2], [6, 6, 9, 9]]), "labels": torch.tensor([1, 2]),
+         "names": ["rbc", "wbc"]}
+    _, (o,) = Augment([Affine(translate=((-0.3, -0.3), (0, 0)))]).batch(img, [t])
+    assert o["names"] == ["wbc"] and o["labels"].tolist() == [2]

@@ -212,6 +212,20 @@ def test_fine_tuning_keeps_the_recipes_augmentation_and_average_and_tunes_thresh
     assert {k: v for k, v in best.items() if k != "save_id"} == {k: v for k, v in tuned.items() if k != "save_id"}
 
 
+def test_fine_tuning_a_folder_without_a_recipe_leaves_best_readable(tmp_path):
+    """best/ lists the training settings it was saved with; deleting the file by hand (the folder
+    fine-tuned had no recipe) made best/ unreadable, and re-tuning its thresholds failed."""
+    from smearlab.detection.models import load_model, save_model
+    from smearlab.detection.tune import Thresholds
+    ds = make_dataset(3, seed=0, width=96, height=80)
+    cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=ds.class_names, min_size=80, max_size=96)
+    save_model(build_detector(cfg), cfg, tmp_path / "r0", thresholds=Thresholds({c: 0.2 for c in ds.class_names}))
+    fine_tune(tmp_path / "r0", ds, val=ds.subset([0]), epochs=1, device="cpu", out_dir=tmp_path / "r1")
+    assert not (tmp_path / "r1" / "best" / "train_config.json").exists()
+    assert read_train_config(tmp_path / "r1" / "best") is None  # a further round from best/ (it raised)
+    assert load_model(tmp_path / "r1" / "best", device="cpu").thresholds
+
+
 def test_corrections_leave_out_classes_the_model_does_not_know(tmp_path, caplog):
     """Notebook 09 with a model of fewer classes than the dataset stopped with a bare KeyError."""
     from smearlab.experiments.counting import corrections_from_truth

@@ -257,3 +257,11 @@ def test_integer_labels_without_names_are_ordered_and_coloured_by_value():
     colours = plots.class_colors(12)
     assert mc.to_hex(ax.collections[2].get_facecolor()[0]) == mc.to_hex(colours[2])
     plt.close("all")
+
+
+def test_a_negative_integer_label_gets_a_colour_of_its_own():
+    y = np.random.default_rng(0).normal(size=(6, 2))
+    ax = plots.plot_embedding(y, [-1, -1, 0, 0, 1, 1], None, by="class").axes[0]
+    colours = [mc.to_hex(c.get_facecolor()[0]) for c in ax.collections]
+    assert len(set(colours)) == 3
+    plt.close("all")

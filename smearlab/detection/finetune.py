@@ -155,10 +155,8 @@ def fine_tune(model_folder, corrected: SmearDataset, train: SmearDataset | None 
                    preprocess=getattr(model, "preprocess_spec", None), train_config=saved_config)
         best = Path(out_dir) / "best"
         if (best / "config.json").is_file():  # train_detector saved best/ with this run's settings
-            if saved_config is None:
-                (best / "train_config.json").unlink(missing_ok=True)
-            else:
-                write_side_file(best, "train_config.json", saved_config)
+            # removed through the folder's list (deleted by hand, a listed file made best/ unreadable)
+            write_side_file(best, "train_config.json", saved_config)
             if retune:  # best/ holds another epoch's weights: its own thresholds
                 write_side_file(best, "thresholds.json", tuned_for(load_model(best, device=device)))
             elif model.thresholds:  # kept as they were: model/ and best/ count alike

@@ -198,7 +198,7 @@ class TrainConfig:
             from ..augment import default_augment
             self.augment = default_augment(self.seed)
             self.augment.seeded_by_config = True
-        elif getattr(self.augment, "seeded_by_config", False) and self.augment.generator.initial_seed() != self.seed:
+        elif getattr(self.augment, "seeded_by_config", False) and self.augment.seed != self.seed:
             # a copy with another seed (dataclasses.replace, e.g. a fold's seed): its own default augmentation
             from ..augment import default_augment
             self.augment = default_augment(self.seed)
@@ -694,8 +694,9 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
     try:
         _seed_all(tcfg.seed + dctx.rank)
         if aug_generator is not None:  # from its seed on every run (one config trained twice drew on where it stopped)
-            aug_generator.manual_seed(aug_generator.initial_seed() if dctx.rank == 0 else  # each rank its own draws
-                                      _epoch_seed(aug_generator.initial_seed(), 0, dctx.rank))
+            base = getattr(batch_aug if batch_aug is not None else sample_aug, "seed", None)
+            base = int(base) if isinstance(base, (int, np.integer)) else aug_generator.initial_seed()
+            aug_generator.manual_seed(base if dctx.rank == 0 else _epoch_seed(base, 0, dctx.rank))  # each rank its own
         if device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         net.to(device)

@@ -801,11 +801,17 @@ def plot_embedding(Y, labels=None, domains=None, *, class_names: Sequence[str] |
         extra = sorted(set(vals) - set(order), key=(lambda g: int(g)) if numbers else None)  # 2 before 10
         groups = [g for g in order if g in set(vals)] + extra
         # a class keeps its colour whichever classes are present (its place in class_names; an
-        # integer label its value, as class_colors colours it in the other figures)
-        palette = class_colors(max([len(order) + len(extra)] + [int(g) + 1 for g in extra if numbers]))
+        # integer label its value, as class_colors colours it in the other figures; negative
+        # labels after the largest, never on another label's colour)
+        if numbers:
+            top = max([int(g) for g in extra if int(g) >= 0], default=-1)
+            negative = [g for g in extra if int(g) < 0]
+            index = {g: int(g) if int(g) >= 0 else top + 1 + negative.index(g) for g in extra}
+        else:
+            index = {g: k for k, g in enumerate(order + extra)}
+        palette = class_colors(max(list(index.values()) + [len(order) + len(extra) - 1]) + 1)
         for g in groups:
-            c = palette[int(g) if numbers and int(g) >= 0 else
-                        order.index(g) if g in order else len(order) + extra.index(g)]
+            c = palette[index[g]]
             sel = vals == g
             ax.scatter(y[sel, 0], y[sel, 1], s=point_size, color=c, label=f"{g} ({int(sel.sum())})",
                        alpha=0.8, linewidths=0)
