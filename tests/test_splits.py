@@ -232,3 +232,19 @@ def test_published_splits_without_a_validation_split_and_a_single_split(tmp_path
         one = detection_splits(str(root), val=0.2, test=0.2)   # a single published split: split by image
     assert len(one["train"]) + len(one["val"]) + len(one["test"]) == 6
     assert not any("publishes" in r.getMessage() for r in caplog.records)
+
+
+def test_a_grouped_split_spreads_a_class_that_is_nowhere_the_majority():
+    """Groups were split by their most common class: crops cut from fields of red cells put every
+    platelet crop in train for half the seeds, silently."""
+    from smearlab.classification.crops import CropDataset
+    labels, ids = [], []
+    for im in range(10):
+        for k, lab in enumerate([0] * 8 + [1] + ([2, 2] if im < 2 else [])):
+            labels.append(lab)
+            ids.append(f"img{im}#{k}")
+    crops = CropDataset(np.zeros((len(labels), 8, 8, 3), np.uint8), labels, ["RBC", "WBC", "Platelets"], ids=ids)
+    for seed in range(20):
+        tr, te = crops.split(0.3, seed)
+        assert (tr.labels == 2).any() and (te.labels == 2).any(), seed
+        assert not set(tr.groups) & set(te.groups)

@@ -562,8 +562,11 @@ def stratified_split(labels, test: float = 0.3, seed: int = 0, groups=None) -> t
     test : fraction of each class for the test part, in (0, 1).
     seed : seed of the shuffle.
     groups : one group key per item (e.g. :func:`near_copy_groups`, or the image of each crop):
-        the items of a group stay in one part. Groups are split by their most common label
-        (fractions of groups, not of items); None, or every item alone: the split of the items.
+        the items of a group stay in one part. Groups are split by the rarest class they hold
+        (fractions of groups, not of items), so that a class that is nowhere the most common (the
+        white cells and platelets among a field's red cells) is still spread over both parts; a
+        class of two or more groups that ends up in one part all the same is warned. None, or
+        every item alone: the split of the items.
     """
     if not 0 < test < 1:
         raise ValueError(f"test must be a fraction in (0, 1), got {test}")
@@ -584,8 +587,18 @@ def stratified_split(labels, test: float = 0.3, seed: int = 0, groups=None) -> t
             classes, yi = np.unique(y, return_inverse=True)
             counts = np.zeros((len(names), len(classes)), np.int64)
             np.add.at(counts, (member, yi), 1)  # per group, its items per class
-            gtr, gte = stratified_split(classes[counts.argmax(1)], test, seed)
-            return np.flatnonzero(np.isin(member, gtr)), np.flatnonzero(np.isin(member, gte))
+            # each group by the rarest class it holds (by its most common, a class that is nowhere
+            # the majority was not stratified at all: all four platelet crops in train, silently)
+            rarity = np.argsort(np.argsort(counts.sum(0), kind="stable"), kind="stable")  # 0: the rarest
+            held = np.where(counts > 0, rarity[None, :], len(classes))
+            gtr, gte = stratified_split(classes[held.argmin(1)], test, seed)
+            tr, te = np.flatnonzero(np.isin(member, gtr)), np.flatnonzero(np.isin(member, gte))
+            one_side = [str(c) for k, c in enumerate(classes) if (counts[:, k] > 0).sum() >= 2
+                        and (not np.isin(yi[tr], k).any() or not np.isin(yi[te], k).any())]
+            if one_side:
+                log.warning("split by groups: %s in one part only (its groups hold rarer classes, which were "
+                            "spread first)", ", ".join(one_side))
+            return tr, te
     rng = np.random.default_rng(seed)
     tr, te = [], []
     for c in np.unique(y):
