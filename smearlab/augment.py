@@ -249,13 +249,7 @@ def warp(images: torch.Tensor, targets: Sequence[dict], matrices: torch.Tensor, 
         keep &= shown
         # integer boxes (hand-built from COCO's integers) came back truncated: 1.5 read as 1
         dtype = t["boxes"].dtype if t["boxes"].dtype.is_floating_point else torch.float32
-        t = {k: _as_per_object(v) if k not in IMAGE_KEYS and not torch.is_tensor(v) and _per_object(v, n) else v
-             for k, v in t.items()}  # per-object lists and arrays are dropped with their boxes too
-        kept = keep.tolist()
-        t = {k: [x for x, ok in zip(v, kept) if ok] if isinstance(v, list) and len(v) == n and k not in IMAGE_KEYS
-             else v for k, v in t.items()}  # per-object text (names) stays a list
-        t = {k: v[keep.to(v.device)] if torch.is_tensor(v) and v.ndim and len(v) == n and k not in IMAGE_KEYS else v
-             for k, v in t.items()}
+        t = {k: v if k in IMAGE_KEYS else _kept(v, keep, n) for k, v in t.items()}
         t["boxes"] = box[keep].to(dtype)
         if "area" in t:
             t["area"] = (t["masks"].flatten(1).sum(1).float() if "masks" in t
@@ -985,6 +979,19 @@ def _as_per_object(v):
     list (text: names), so that either is dropped with its boxes."""
     a = np.asarray(v)
     return torch.as_tensor(a) if a.dtype.kind in "biuf" else list(v)
+
+
+def _kept(v, keep: torch.Tensor, n: int):
+    """A target entry with the objects ``keep`` selects when it holds one value per object: a
+    tensor, or a list or array (numbers become a tensor, text stays a list; only tensors were cut
+    before, and numpy labels slid onto the wrong boxes); anything else as it is."""
+    if not torch.is_tensor(v) and _per_object(v, n):
+        v = _as_per_object(v)
+    if isinstance(v, list):
+        return [x for x, ok in zip(v, keep.tolist()) if ok]
+    if torch.is_tensor(v) and v.ndim and len(v) == n:
+        return v[keep.to(v.device)]
+    return v
 
 
 def _per_object(v, n: int) -> bool:

@@ -200,7 +200,7 @@ def _forget(out: Path, im, keep_json: bool = False) -> None:
     """Remove an image's results of an earlier run: when it failed this time (a file that became
     unreadable kept its old JSON, GeoJSON and overlay beside the current results), and before its
     new ones are written (``keep_json``: the JSON is replaced atomically)."""
-    for path in ([] if keep_json else [out / "json" / f"{im.stem}.json"]) + [
+    for path in ([] if keep_json else [_json_path(out, im.stem)]) + [
             out / "qupath" / f"{im.stem}.geojson", out / "overlays" / f"{im.stem}.png"]:
         path.unlink(missing_ok=True)
 

@@ -279,7 +279,8 @@ def read_model_folder(folder, kind: str | None = None) -> ModelFolder:
     found = model_kind(folder)
     if kind is not None and found != kind:
         raise DataError(folder / "config.json", f"this folder holds a {found}, not a {kind}")
-    config = _config_with_id(folder)
+    raw = _config_with_id(folder)  # with its save id and side-file list, for the side files below
+    config = dict(raw)
     config.pop("kind", None)
     save_id = config.pop("save_id", None)
     config.pop("side_files", None)
@@ -307,8 +308,8 @@ def read_model_folder(folder, kind: str | None = None) -> ModelFolder:
         raise DataError(wpath, f"the weights' classes {list(saved_names)} differ from the classes "
                                f"{list(config['class_names'])} of {folder / 'config.json'}: every prediction "
                                "would carry the wrong name")
-    return ModelFolder(folder, found, config, state_dict, meta, read_side_file(folder, "thresholds.json", save_id),
-                       read_side_file(folder, "preprocess.json", save_id))
+    return ModelFolder(folder, found, config, state_dict, meta, read_side_file(folder, "thresholds.json", raw),
+                       read_side_file(folder, "preprocess.json", raw))
 
 
 def state_dict_of(obj, path) -> tuple[dict, dict]:
@@ -344,7 +345,7 @@ def state_dict_of(obj, path) -> tuple[dict, dict]:
 SIDE_FILES = ("thresholds.json", "preprocess.json", "train_config.json")
 
 
-def read_side_file(folder, name: str, save_id: str | None = None) -> dict | None:
+def read_side_file(folder, name: str, config: dict | None = None) -> dict | None:
     """One optional JSON file of a model folder as a dict (without its ``save_id``), or None when
     there is none, or when it was left by an earlier save that the folder's save does not list
     (warned: the model is used without it).
@@ -353,7 +354,8 @@ def read_side_file(folder, name: str, save_id: str | None = None) -> dict | None
     ----------
     folder : the model folder.
     name : the file's name (one of :data:`SIDE_FILES`).
-    save_id : the save id of the folder's ``config.json`` (None: read from it).
+    config : the folder's ``config.json`` as read, with its ``save_id`` and ``side_files`` (None:
+        read here).
 
     Raises
     ------
@@ -364,9 +366,8 @@ def read_side_file(folder, name: str, save_id: str | None = None) -> dict | None
         model's.
     """
     p = Path(folder) / name
-    config = _config_with_id(folder)
-    if save_id is None:
-        save_id = config.get("save_id")
+    config = _config_with_id(folder) if config is None else config
+    save_id = config.get("save_id")
     listed = config.get("side_files")
     expected = isinstance(listed, list) and name in listed
     if not p.is_file():

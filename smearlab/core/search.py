@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+import numpy as np
+
 
 def grid_points(grid: "Mapping[str, Sequence] | Sequence[Mapping[str, Any]]") -> list[dict[str, Any]]:
     """The candidates of a grid, one ``{name: value}`` dict each.
@@ -144,7 +146,6 @@ def fold_count(labels, folds: int, groups=None) -> tuple[int, dict[Any, int]]:
         ``(k, short)``: the folds to use, and ``{class: groups}`` of every class spread over fewer
         than ``k`` groups (those cannot be in every fold; a caller refuses or says so).
     """
-    import numpy as np
     y = np.asarray(labels)
     g = np.arange(len(y)) if groups is None else np.asarray(groups)
     units = {c: len(np.unique(g[y == c])) for c in np.unique(y).tolist()}

@@ -594,7 +594,7 @@ def stratified_split(labels, test: float = 0.3, seed: int = 0, groups=None) -> t
             gtr, gte = stratified_split(classes[held.argmin(1)], test, seed)
             tr, te = np.flatnonzero(np.isin(member, gtr)), np.flatnonzero(np.isin(member, gte))
             one_side = [str(c) for k, c in enumerate(classes) if (counts[:, k] > 0).sum() >= 2
-                        and (not np.isin(yi[tr], k).any() or not np.isin(yi[te], k).any())]
+                        and not ((yi[tr] == k).any() and (yi[te] == k).any())]
             if one_side:
                 log.warning("split by groups: %s in one part only (its groups hold rarer classes, which were "
                             "spread first)", ", ".join(one_side))

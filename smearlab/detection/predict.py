@@ -101,8 +101,9 @@ def _to_tensor(img, channels: int | None) -> torch.Tensor:
     return t
 
 
-def _items(data) -> tuple[int, Callable[[int], Any]]:
-    """(length, i -> image) for a dataset, a DetectionDataset, a list of samples/arrays/tensors."""
+def _items(data, check: Callable[[Sample], None] | None = None) -> tuple[int, Callable[[int], Any]]:
+    """(length, i -> image) for a dataset, a DetectionDataset, a list of samples/arrays/tensors;
+    ``check`` is called on each sample as it is read (e.g. refusing one already preprocessed)."""
 
     if isinstance(data, (np.ndarray, torch.Tensor)) and data.ndim in (2, 3):
         data = [data]
@@ -112,6 +113,8 @@ def _items(data) -> tuple[int, Callable[[int], Any]]:
     def get(i):
         x = data[i]
         if isinstance(x, Sample):
+            if check is not None:
+                check(x)
             lazy = x.path is not None and x._image is None
             img = x.image
             if lazy:
@@ -518,20 +521,14 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
     channels = _model_channels(unwrap(model) if is_module else model)
     if tta and is_module and is_mask_model(unwrap(model)):
         raise ValueError("tta fuses boxes only; a Mask R-CNN's masks cannot be fused: predict without tta")
-    n, get = _items(data)
     pre = _resolve_extra(model, preprocess, "preprocess_spec", "preprocess")
+    pre = None if pre is None else as_preprocess(pre)
+    # Preprocess.apply marks what it made: a second pass would process it twice (in any container)
+    n, get = _items(data, None if pre is None else pre.check_raw)
     if pre is not None:
-        pre, raw_get = as_preprocess(pre), get
-        listed = isinstance(data, (list, tuple, SmearDataset))
-        for x in (data if listed else ()):
-            if isinstance(x, Sample):  # Preprocess.apply marks what it made: a second pass would process it twice
-                pre.check_raw(x)
+        raw_get = get
 
         def get(i):
-            if not listed and not isinstance(data, (np.ndarray, torch.Tensor, DetectionDataset)):
-                x = data[i]  # any other container of samples (a torch Subset): checked as it is read
-                if isinstance(x, Sample):
-                    pre.check_raw(x)
             img = raw_get(i)
             if not isinstance(img, np.ndarray):
                 raise TypeError("preprocessing needs numpy RGB images (or samples), not tensors")

@@ -213,7 +213,7 @@ def crop_dataset(dataset, pad: float = 0.2, *, classes: Sequence[int] | None = N
     pad = check_pad(pad)
     keep = None if classes is None else {int(c) for c in classes}
     names = crop_classes(dataset)
-    by_class_map = names != ["background", "foreground"] and any(s.has_semantic for s in dataset)
+    by_class_map = names != ["background", "foreground"]  # crop_classes: the dataset's class maps are used
     samples = []
     for s in dataset:
         if not len(s.boxes):
