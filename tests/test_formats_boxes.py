@@ -355,3 +355,20 @@ def test_yolo_label_files_differing_in_case_are_not_mixed(tmp_path):
     ds = yolo.load(root)
     assert [s.image_id for s in ds] == ["A", "a", "b"]
     assert len(ds.skipped) == 1 and "2 label files match it only without regard to case" in ds.skipped[0].reason
+
+
+def test_yolo_label_files_differing_only_in_the_extension_case_are_refused(tmp_path):
+    """labels/x.txt and labels/x.TXT were one key: the one sorted last gave x.png its objects,
+    the other was neither read nor counted."""
+    root = tmp_path / "y"
+    for stem in ("x", "y"):
+        _png(root / "images" / f"{stem}.png")
+    (root / "labels").mkdir()
+    (root / "labels" / "x.TXT").write_text("0 0.5 0.5 0.2 0.2\n")
+    (root / "labels" / "x.txt").write_text("1 0.25 0.25 0.1 0.1\n")
+    (root / "labels" / "y.txt").write_text("1 0.25 0.25 0.1 0.1\n")
+    (root / "classes.txt").write_text("RBC\nWBC\n")
+    ds = yolo.load(root)
+    assert [s.image_id for s in ds] == ["y"]
+    assert len(ds.skipped) == 1 and "x.TXT, x.txt" in ds.skipped[0].reason
+    assert str(ds.skipped[0].path).endswith("x.png")

@@ -98,8 +98,8 @@ def load(path: str | Path, *, split: str | None = None, class_names=None, class_
     ids = file_names if file_names is not None else list(class_names)
     col = BoxCollector(class_names if class_names is not None else ids, strict, class_map)
     images = sorted(p for p in image_dir.rglob("*") if p.is_file() and is_image_file(p))
-    labels = _label_index(label_dir, DARKNET_LISTS if label_dir == root else ())
-    if images and not labels:  # every image without objects: a layout not understood, not a result
+    labels, twins = _label_index(label_dir, DARKNET_LISTS if label_dir == root else ())
+    if images and not labels and not twins:  # every image without objects: a layout not understood, not a result
         raise DataError(root, f"no label files: expected labels/{'' if split is None else split + '/'}<image "
                               "name>.txt beside images/ (or each .txt beside its image)")
     stems = {image.relative_to(image_dir).with_suffix("").as_posix() for image in images}
@@ -112,6 +112,11 @@ def load(path: str | Path, *, split: str | None = None, class_names=None, class_
     for image in images:
         rel = image.relative_to(image_dir)
         key = rel.with_suffix("").as_posix()
+        if key in twins:  # x.txt and x.TXT: which one holds the boxes cannot be told
+            used.update(twins[key])
+            col.skip(image, f"{len(twins[key])} label files differ only in the case of their extension "
+                            f"({', '.join(p.name for p in twins[key])}): keep one")
+            continue
         label = labels.get(key)  # the exact name wins; another case only when it names one image and one file
         if label is None and near.get(key.lower()):
             found = near[key.lower()]
@@ -138,14 +143,18 @@ def _child(root: Path, name: str) -> Path:
     return next((c for c in sorted(root.iterdir()) if c.is_dir() and c.name.lower() == name), root / name)
 
 
-def _label_index(label_dir: Path, lists: Sequence[str] = ()) -> dict[str, Path]:
-    """Label files by relative path without the extension (``.txt`` in any case); ``lists``:
-    names of files at the top of ``label_dir`` that are no label files (darknet's image lists)."""
-    if not label_dir.is_dir():
-        return {}
-    return {p.relative_to(label_dir).with_suffix("").as_posix(): p
-            for p in sorted(label_dir.rglob("*")) if p.suffix.lower() == ".txt" and p.is_file()
-            and p.name.lower() != CLASSES_TXT and not (p.parent == label_dir and p.name.lower() in lists)}
+def _label_index(label_dir: Path, lists: Sequence[str] = ()) -> tuple[dict[str, Path], dict[str, list[Path]]]:
+    """Label files by relative path without the extension (``.txt`` in any case), and apart the
+    names that several files share (``x.txt`` and ``x.TXT``); ``lists``: names of files at the
+    top of ``label_dir`` that are no label files (darknet's image lists)."""
+    found: dict[str, list[Path]] = {}
+    if label_dir.is_dir():
+        for p in sorted(label_dir.rglob("*")):
+            if (p.suffix.lower() == ".txt" and p.is_file() and p.name.lower() != CLASSES_TXT
+                    and not (p.parent == label_dir and p.name.lower() in lists)):
+                found.setdefault(p.relative_to(label_dir).with_suffix("").as_posix(), []).append(p)
+    return ({k: v[0] for k, v in found.items() if len(v) == 1},
+            {k: v for k, v in found.items() if len(v) > 1})
 
 
 def _case_problem(found: list[Path], images: int, exact: str) -> str:
