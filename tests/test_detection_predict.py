@@ -458,3 +458,24 @@ def test_a_sliver_a_pixel_away_from_the_other_tiles_box_is_joined():
         boxes = np.array([[98.5, 40, 100, 60], [x0, 39, 125, 61]], np.float32)
         out = merge_tiles(boxes, np.array([.9, .8]), np.zeros(2, np.int64), np.array([0, 1]), wins, (100, 160))
         assert len(out["boxes"]) == 1, x0
+
+
+def test_a_prediction_does_not_depend_on_the_images_batched_with_it():
+    """torchvision pads a batch to its largest image: a 96x128 image batched with 160x96 ones was
+    predicted on a padded canvas, so the same image scored otherwise at another batch size (noise
+    check against the comparison table of notebook 04, one image against a folder)."""
+    small = make_dataset(3, seed=0, width=128, height=96)
+    large = make_dataset(3, seed=1, width=96, height=160)
+    images = [s.image for s in small] + [s.image for s in large]
+    cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=small.class_names, min_size=96, max_size=160)
+    torch.manual_seed(0)
+    m = build_detector(cfg)
+    alone = predict(m, images, batch_size=1, score_floor=0.0, progress=False)
+    together = predict(m, images, batch_size=8, score_floor=0.0, progress=False)
+    def rows(p):  # order-free: detections of tied scores may come in either order
+        r = np.round(np.column_stack([p["scores"], p["boxes"], p["labels"]]).astype(np.float64), 3)
+        return r[np.lexsort(r.T[::-1])]
+
+    for a, b in zip(alone, together):
+        assert len(a["boxes"]) == len(b["boxes"]) > 0
+        np.testing.assert_allclose(rows(a), rows(b), atol=2e-3)

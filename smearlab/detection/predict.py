@@ -21,6 +21,7 @@ fields.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import math
 from typing import Any, Callable, Sequence
@@ -442,7 +443,8 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
         probabilities for instance masks, as torchvision's Mask R-CNN gives them).
     data : a SmearDataset, a DetectionDataset, a list of Samples, of ``(H, W, 3)`` uint8
         arrays or of ``(C, H, W)`` float tensors, or one image.
-    batch_size : images (or tiles) per forward pass.
+    batch_size : images (or tiles) per forward pass; consecutive images of one size only (a batch
+        is padded to its largest image, which would make a prediction depend on its neighbours).
     device : None: the model's own device; ``"auto"``, ``"cpu"``, ``"cuda"``: move the model.
     amp : mixed precision (None: on CUDA only).
     score_floor : keep detections down to this score (None: the model's own threshold).
@@ -548,8 +550,12 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
     capped = {"passes": 0, "images": 0}  # how often a cap cut detections (said once, at the end)
 
     def forward(batch: list[torch.Tensor]) -> list[dict]:
-        with torch.autocast(device_type=dev.type, enabled=use_amp):
-            outs = model([b.to(dev, non_blocking=True) for b in batch])
+        outs = []
+        # torchvision pads a batch to its largest image, which changes the others' predictions:
+        # only images of one size go through together, so a result does not depend on its batch
+        for _, same in itertools.groupby(batch, key=lambda b: tuple(b.shape)):
+            with torch.autocast(device_type=dev.type, enabled=use_amp):
+                outs.extend(model([b.to(dev, non_blocking=True) for b in same]))
         return [_to_numpy(o, mask_threshold) for o in outs]
 
     def note(outs: list[dict]) -> list[dict]:  # kept passes only (not the zoom probes set aside)
