@@ -375,3 +375,30 @@ def test_precision_counts_every_kept_detection_and_arguments_are_checked():
             E.coco_eval(ds, [pred], max_dets=bad)
     with pytest.raises(ValueError, match="iou"):
         E.FastEvaluator(ds).evaluate([pred], iou=1.5)
+
+
+def test_instance_scores_leave_crowd_regions_out_as_mask_ap_does():
+    """A COCO crowd region (a clump outlined as one) counted as an object to find: two cells found
+    exactly scored DSB 0.667, count error 0.33 and one "missed" failure beside a mask AP of 1."""
+    from smearlab.metrics.instances import failure_cases, score_instances, segmentation_metrics
+    h, w = 40, 60
+    m = np.zeros((3, h, w), bool)
+    m[0, 2:10, 2:10] = m[1, 20:30, 30:40] = m[2, 5:35, 45:58] = True
+    boxes = np.array([[2, 2, 10, 10], [30, 20, 40, 30], [45, 5, 58, 35]], float)
+    img = np.zeros((h, w, 3), np.uint8)
+    img[m.any(0)] = 200
+    ds = SmearDataset([Sample("a", boxes=boxes, labels=[0, 0, 0], _image=img, _masks=m,
+                              meta={"iscrowd": np.array([0, 0, 1])})], ["cell"])
+    found = {"boxes": boxes[:2], "scores": np.array([0.9, 0.8]), "labels": np.zeros(2, int), "masks": m[:2]}
+    r = segmentation_metrics(ds, [found])
+    assert (r["dsb_metric"], r["count_error"], r["objects_true"], r["mask_mAP50"]) == (1.0, 0.0, 2, 1.0)
+    assert score_instances(ds, [found])["dsb_metric"] == 1.0 and failure_cases(ds, [found]) == []
+    # a prediction inside the crowd region is neither right nor wrong; one on nothing is debris
+    q = np.zeros((4, h, w), bool)
+    q[:2] = m[:2]
+    q[2, 10:20, 48:55] = q[3, 35:39, 2:6] = True
+    more = {"boxes": np.array([[2, 2, 10, 10], [30, 20, 40, 30], [48, 10, 55, 20], [2, 35, 6, 39]], float),
+            "scores": np.array([0.9, 0.8, 0.7, 0.6]), "labels": np.zeros(4, int), "masks": q}
+    assert dsb_score(ds, [more], kind="masks") == pytest.approx(2 / 3)
+    assert dsb_score(ds, [more]) == pytest.approx(2 / 3)  # boxes alike
+    assert [(f["kind"], f["index"]) for f in failure_cases(ds, [more])] == [("debris", 3)]

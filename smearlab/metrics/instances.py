@@ -95,8 +95,9 @@ def _mask_stack(arr: np.ndarray) -> np.ndarray:
     return arr[None] == ids[:, None, None]
 
 
-def _mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``(len(a), len(b))`` IoU of instance masks (via pycocotools RLEs)."""
+def _mask_iou(a: np.ndarray, b: np.ndarray, inside: bool = False) -> np.ndarray:
+    """``(len(a), len(b))`` IoU of instance masks (via pycocotools RLEs); ``inside``: the share of
+    each ``a`` mask that lies in each ``b`` mask instead (pycocotools' IoU with a crowd region)."""
     if not len(a) or not len(b):
         return np.zeros((len(a), len(b)))
     if a.shape[1:] != b.shape[1:]:
@@ -104,7 +105,32 @@ def _mask_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
     def rle(m):  # (N, H, W) C order read as (W, H, N) Fortran order: transposed masks, same IoUs
         return mask_util.encode(np.ascontiguousarray(m, dtype=bool).view(np.uint8).transpose(2, 1, 0))
-    return np.asarray(mask_util.iou(rle(a), rle(b), [0] * len(b)), float).reshape(len(a), len(b))
+    return np.asarray(mask_util.iou(rle(a), rle(b), [int(inside)] * len(b)), float).reshape(len(a), len(b))
+
+
+#: a prediction lying at least this much inside a crowd region is neither found nor spurious
+CROWD_INSIDE = 0.5
+
+
+def _without_crowd(truth, kind: str, gt: np.ndarray, pred: np.ndarray, scores):
+    """COCO's rule for crowd regions (``iscrowd``: a clump outlined as one): nothing to find, and a
+    prediction whose mask (or box) lies at least :data:`CROWD_INSIDE` inside one is left out,
+    neither right nor wrong. Returns the kept objects' indices, the objects, the kept
+    predictions' indices, the predictions and their scores."""
+    crowd = truth.crowd if isinstance(truth, Sample) and len(gt) else np.zeros(len(gt), bool)
+    keep_gt = np.flatnonzero(~crowd)
+    keep_pred = np.arange(len(pred))
+    if crowd.any() and len(pred):
+        regions = gt[crowd]
+        if kind == "masks":
+            inside = _mask_iou(pred, regions, inside=True)
+        else:
+            lo, hi = np.maximum(pred[:, None, :2], regions[None, :, :2]), np.minimum(pred[:, None, 2:], regions[None, :, 2:])
+            area = np.prod(np.clip(pred[:, 2:] - pred[:, :2], 0, None), axis=1)
+            inside = np.prod(np.clip(hi - lo, 0, None), axis=2) / np.maximum(area, 1e-12)[:, None]
+        keep_pred = np.flatnonzero(inside.max(1) < CROWD_INSIDE)
+    return (keep_gt, gt[keep_gt], keep_pred, pred[keep_pred],
+            None if scores is None else np.asarray(scores)[keep_pred])
 
 
 def dsb_score(gt_instances, pred_instances, *, kind: str = "auto",
@@ -119,7 +145,9 @@ def dsb_score(gt_instances, pred_instances, *, kind: str = "auto",
     ground truth of highest IoU ``> t``; the image scores the mean over t of
     ``TP / (TP + FP + FN)``, and the result is the mean over images. Images with neither ground
     truth nor predictions are skipped (as in RSNA); an image with only one of them scores 0.
-    Returns None when every image was skipped.
+    Returns None when every image was skipped. COCO crowd regions of Samples (``iscrowd``, a clump
+    outlined as one) are not objects to find, and a prediction lying mostly inside one (at least
+    :data:`CROWD_INSIDE` of it) is left out, as pycocotools leaves it out of mask AP.
 
     Parameters
     ----------
@@ -147,6 +175,7 @@ def dsb_score(gt_instances, pred_instances, *, kind: str = "auto",
             k = "boxes"
         gk, g, _ = _instances(g_item, k)
         _, p, ps = _instances(p_item, gk if len(g) or gk == "masks" else k)
+        _, g, _, p, ps = _without_crowd(g_item, gk, g, p, ps)
         if not len(g) and not len(p):
             scores.append(None)
             continue
@@ -212,13 +241,14 @@ def segmentation_metrics(dataset: SmearDataset, predictions, score_threshold=Non
         ``dsb_metric`` (:func:`dsb_score` on masks, mean over images), ``mask_mAP50``,
         ``mask_mAP``, ``count_mae`` (mean over images of ``|predicted - true|`` objects, all
         classes together), ``count_error`` (mean over images of ``|predicted - true| /
-        max(true, 1)``), ``objects_true``, ``objects_predicted`` and ``images``.
+        max(true, 1)``), ``objects_true``, ``objects_predicted`` and ``images``. COCO crowd
+        regions are no true objects (as in every count of the dataset).
     """
     preds = check_predictions(dataset, predictions)
     final = preds if score_threshold is None else keep_above_thresholds(
         preds, threshold_array(score_threshold, dataset.class_names))
     ap = mask_ap(dataset, preds if ranked is None else check_predictions(dataset, ranked))
-    true = np.array([len(s.boxes) for s in dataset], np.int64)
+    true = np.array([_objects(s) for s in dataset], np.int64)
     pred = np.array([len(p["scores"]) for p in final], np.int64)
     err = np.abs(pred - true)
     return {"dsb_metric": dsb_score(dataset, final, kind="masks"),
@@ -238,7 +268,7 @@ def count_error(dataset, predictions, score_threshold: float | None = 0.5) -> fl
 
     Parameters
     ----------
-    dataset : the ground truth (its boxes are counted).
+    dataset : the ground truth (its boxes are counted, COCO crowd regions left out).
     predictions : one prediction dict (with ``scores``) per image, aligned with ``dataset``.
     score_threshold : smallest score of a counted prediction; None counts every prediction.
     """
@@ -247,8 +277,14 @@ def count_error(dataset, predictions, score_threshold: float | None = 0.5) -> fl
     errs = []
     for s, p in zip(dataset, predictions):
         n_pred = len(p["scores"]) if score_threshold is None else int((np.asarray(p["scores"]) >= score_threshold).sum())
-        errs.append(abs(n_pred - len(s.boxes)) / max(len(s.boxes), 1))
+        errs.append(abs(n_pred - _objects(s)) / max(_objects(s), 1))
     return float(np.mean(errs)) if errs else None
+
+
+def _objects(sample: Sample) -> int:
+    """The objects of ``sample`` a count should find: its boxes but the COCO crowd regions (a clump
+    outlined as one is no cell), as every count of the dataset leaves them out."""
+    return int(len(sample.boxes) - np.count_nonzero(sample.crowd))
 
 
 def score_instances(dataset, predictions) -> dict:
@@ -297,7 +333,8 @@ def failure_cases(dataset, predictions, iou: float = 0.5) -> list[dict]:
     """Every missed and spurious instance, with the likely reason, worst images first.
 
     Ground truth and predictions are matched one-to-one by mask IoU >= ``iou`` (highest score
-    first, as in :func:`smearlab.metrics.instances.dsb_score`). Then
+    first, as in :func:`smearlab.metrics.instances.dsb_score`; COCO crowd regions and the
+    predictions lying inside them left out as there). Then
 
     * a missed object whose mask touches another object (within 2 px) is ``"touching"``;
     * else a missed object whose contrast with its surroundings (grey level difference to a
@@ -332,7 +369,7 @@ def failure_cases(dataset, predictions, iou: float = 0.5) -> list[dict]:
     for s, gt in zip(dataset, truth):
         g = rgb2gray(s.image) if len(gt) else None
         contrasts.append([_contrast(g, m) for m in gt])
-    flat = [c for row in contrasts for c in row]
+    flat = [c for s, row in zip(dataset, contrasts) for c, crowd in zip(row, s.crowd if row else []) if not crowd]
     faint_below = 0.5 * float(np.median(flat)) if flat else 0.0
     out = []
     for i, (s, p, gt) in enumerate(zip(dataset, predictions, truth)):
@@ -341,6 +378,7 @@ def failure_cases(dataset, predictions, iou: float = 0.5) -> list[dict]:
         _, pm, scores = _instances(p, "masks")
         if not len(pm):
             pm = np.zeros((0, *gt.shape[1:]), bool)
+        objects, gt, shown, pm, scores = _without_crowd(s, "masks", gt, pm, scores)
         ious = _mask_iou(pm, gt) if len(pm) and len(gt) else np.zeros((len(pm), len(gt)))
         used = np.zeros(len(gt), bool)
         tp = np.zeros(len(pm), bool)
@@ -351,13 +389,13 @@ def failure_cases(dataset, predictions, iou: float = 0.5) -> list[dict]:
         for j in np.flatnonzero(~used):
             others = np.delete(gt, j, axis=0).any(0)
             touching = bool((ndi.binary_dilation(gt[j], iterations=2) & others).any())
-            c = contrasts[i][j]
+            c = contrasts[i][objects[j]]
             kind = "touching" if touching else "faint" if c < faint_below else "missed"
-            out.append({"image": i, "image_id": s.image_id, "kind": kind, "index": int(j),
-                        "box": [float(v) for v in s.boxes[j]], "contrast": c})
+            out.append({"image": i, "image_id": s.image_id, "kind": kind, "index": int(objects[j]),
+                        "box": [float(v) for v in s.boxes[objects[j]]], "contrast": c})
         for d in np.flatnonzero(~tp):
             kind = "debris" if not len(gt) or ious[d].max() < 0.1 else "split/merge"
-            out.append({"image": i, "image_id": s.image_id, "kind": kind, "index": int(d),
-                        "box": [float(v) for v in p["boxes"][d]]})
+            out.append({"image": i, "image_id": s.image_id, "kind": kind, "index": int(shown[d]),
+                        "box": [float(v) for v in p["boxes"][shown[d]]]})
     per_image = np.bincount([f["image"] for f in out], minlength=len(dataset))
     return sorted(out, key=lambda f: (-per_image[f["image"]], f["image"]))
