@@ -265,3 +265,18 @@ def test_a_negative_integer_label_gets_a_colour_of_its_own():
     colours = [mc.to_hex(c.get_facecolor()[0]) for c in ax.collections]
     assert len(set(colours)) == 3
     plt.close("all")
+
+
+def test_a_colour_subset_keeps_every_domain():
+    """One random subset over all images left a domain of 3 images among 153 out for two seeds in
+    three: notebook 01 then reported one domain and a colour gap of 0."""
+    from smearlab.data.stats import colour_stats
+    from smearlab.experiments.eda import domain_colour_gap
+    samples = [Sample(f"a{i}", domain="labA", _image=np.full((8, 8, 3), 200, np.uint8)) for i in range(150)]
+    samples += [Sample(f"b{i}", domain="labB", _image=np.full((8, 8, 3), 100, np.uint8)) for i in range(3)]
+    ds = SmearDataset(samples, ["cell"])
+    full = domain_colour_gap(colour_stats(ds))
+    for seed in range(4):
+        stats = colour_stats(ds, max_images=60, seed=seed)
+        assert sorted(stats) == ["labA", "labB"] and 58 <= sum(len(v) for v in stats.values()) <= 61
+        assert domain_colour_gap(stats)[1] == pytest.approx(full[1])

@@ -66,13 +66,15 @@ def colour_stats(dataset: SmearDataset, max_images: int | None = None, seed: int
     """Mean R, G, B, H, S, V (in [0, 1]) per image, grouped by domain.
 
     Images are read on a 4x-subsampled grid, which is plenty for means. With ``max_images``
-    a seeded random subset is used. Lazily read images are released afterwards when
+    a seeded random subset is used, drawn per domain in proportion to its images and at least
+    one of each (one subset over all images could leave a small domain out: its colour gap
+    then read 0). Lazily read images are released afterwards when
     ``release`` is set, so large datasets stay small in memory.
 
     Parameters
     ----------
     dataset : a SmearDataset.
-    max_images : use at most this many images (a random subset), or all.
+    max_images : use about this many images (a random subset; a domain takes at least one), or all.
     seed : seed of that subset.
     release : release lazily read images afterwards (:meth:`Sample.release`).
 
@@ -84,7 +86,11 @@ def colour_stats(dataset: SmearDataset, max_images: int | None = None, seed: int
     """
     idx = np.arange(len(dataset))
     if max_images is not None and len(idx) > max_images:
-        idx = np.sort(np.random.default_rng(seed).choice(idx, max_images, replace=False))
+        rng = np.random.default_rng(seed)
+        domains = np.array([s.domain or dataset.name for s in dataset.samples])
+        idx = np.sort(np.concatenate([
+            rng.choice(part, max(1, int(max_images * len(part) / len(idx))), replace=False)
+            for part in (np.flatnonzero(domains == d) for d in sorted(set(domains)))]))
     out: dict[str, list] = {}
     for i in idx:
         s = dataset[int(i)]

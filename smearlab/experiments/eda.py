@@ -9,8 +9,7 @@ from ..data.stats import colour_distance
 
 def domain_colour_gap(colours: dict) -> tuple[list[str], float]:
     """The domains of :func:`smearlab.data.stats.colour_stats` and the largest mean-colour
-    distance between two of them (0 with a single domain; with three or more, the first and the
-    last alone were compared).
+    distance between two of them, over every pair (0 with a single domain).
 
     Parameters
     ----------
