@@ -366,3 +366,13 @@ def test_macenko_normalising_an_image_to_itself_keeps_its_background():
     out = MacenkoNormalizer(io="auto", match_concentrations="none").fit([img]).transform(img)
     bright = img.astype(int).sum(-1) >= np.percentile(img.astype(int).sum(-1), 99)
     assert abs(float((out[bright].astype(int) - img[bright].astype(int)).mean())) < 0.5
+
+
+def test_preprocessing_record_of_two_domains_of_one_colour():
+    """Two domains of one mean colour: the reduction of a gap of 0 divided by zero."""
+    from smearlab.data.sample import Sample, SmearDataset
+    from smearlab.experiments.preprocessing import preprocessing_record
+    ds = SmearDataset([Sample("a", domain="A"), Sample("b", domain="B")], ["cell"])
+    row = {"lab_mean_delta_e": 0.0, "hist_emd": 0.0}
+    rec = preprocessing_record(ds, "A", "B", {"none": row, "grayscale": row, "reinhard": row})
+    assert rec["delta_e_reduction"] is None and rec["best_pipeline"] == "reinhard"

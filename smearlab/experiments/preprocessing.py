@@ -42,9 +42,12 @@ def preprocessing_record(ds: SmearDataset, reference: str, other: str, table: di
     ds : the dataset used.
     reference, other : the reference domain and the other one (:func:`two_domains`).
     table : the comparison of :func:`smearlab.preprocess.compare_pipelines` (must include ``"none"``).
+
+    ``delta_e_reduction`` is None when the two domains already have one mean colour (no gap to reduce).
     """
     best = best_pipeline(table)
+    gap = table["none"]["lab_mean_delta_e"]
     return {"dataset": ds.name, "domains": [reference, other],
             "delta_e": {k: v["lab_mean_delta_e"] for k, v in table.items()},
             "hist_emd": {k: v["hist_emd"] for k, v in table.items()}, "best_pipeline": best,
-            "delta_e_reduction": 1 - table[best]["lab_mean_delta_e"] / table["none"]["lab_mean_delta_e"]}
+            "delta_e_reduction": 1 - table[best]["lab_mean_delta_e"] / gap if gap > 1e-9 else None}

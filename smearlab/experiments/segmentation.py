@@ -196,7 +196,7 @@ def noise_check(comparison: SegmentationComparison, test: SmearDataset, *, seed:
     run = comparison.maskrcnn
 
     def maskrcnn_eval(ds):  # as its row of compare_segmenters: its clean figures are the same
-        raw = predict(run.model, ds, device=device)
+        raw = predict(run.model, ds, device=device, progress=False)
         return instance_row(ds, run.thresholds.apply(raw), raw)
 
     def unet_eval(ds):

@@ -14,7 +14,9 @@ For a typical bright-field smear (mean intensity about 200) that is a shift of a
 levels and a standard deviation of about 63 *before clipping*: a hard test, as intended. On a
 bright image the clipping at 255 takes much of it back (on three DSB2018 bright-field images the
 mean moved by -2 to +8 grey levels and the variance was 55-81 % of the stated one, against about
-100 % on dark fluorescence images), and a grey image gets independent noise in each of its
+100 % on dark fluorescence images; clipping at 0 takes some back too where a black background
+meets noise wider than its mean shift: 65 % of the variance on a black field holding one patch of
+60-120), and a grey image gets independent noise in each of its
 three channels, so that its grey level carries a third of the variance: compare noise drops
 between looks with that in mind.
 
