@@ -4,7 +4,7 @@
   :func:`positive_int`;
 * every format: :func:`image_geometry` (the size and orientation of an image as read, checked
   against the size its annotation declares), :class:`Root` (files must lie inside the dataset
-  root), :func:`remap_classes` (a dataset in another class list);
+  root), :func:`remap_classes` (a dataset in another class list), :func:`dataset_name`;
 * JSON formats (``bbbc041``, ``iml``, ``coco``): :func:`read_json`, :func:`find_json`,
   :func:`dig`, and for the list-of-images schemas :func:`entry_image` and :func:`entry_objects`;
 * paths written in annotation files: :func:`path_name_problem`, :func:`is_absolute_name`,
@@ -173,8 +173,9 @@ class BoxCollector:
     Parameters
     ----------
     class_names : classes to keep, in this order; objects of other classes are skipped as
-        ``unknown class``. None keeps every class met, sorted by name (so that every split of a
-        dataset gets the same class indices).
+        ``unknown class``. None keeps every class of the images kept (not those only a skipped
+        duplicate or mis-sized image holds), sorted by name (so that every split of a dataset gets
+        the same class indices).
     strict : raise :class:`DataError` at the first problem instead of counting a skip (within
         one image, problems with an object's fields come before problems with its box geometry).
         Repairs (boxes clipped to the image) are still only counted in ``fixed``.
@@ -216,8 +217,7 @@ class BoxCollector:
         path : the annotation file, for the skip.
         record : the object's record, for the skip.
         """
-        if self.class_names is None:
-            self._seen.add(name)
+        if self.class_names is None:  # registered by add(), for images kept (not a duplicate's)
             return name
         if name not in self._names:
             m = match_classes([name], self.class_names,
@@ -269,7 +269,8 @@ class BoxCollector:
         """
         key = None if image_path is None else Path(image_path).resolve()
         if image_id in self._ids and (key is None or key in self._ids[image_id]):
-            self.skip(source, f"duplicate image: {image_id!r} (first one kept)", record)
+            self.skip(source, f"duplicate image: {image_id!r} (first one kept; its {len(objects)} "
+                              "objects dropped)", record)
             return
         if orientation is None:
             geometry = self.geometry(image_path, size, source, record)
@@ -277,6 +278,7 @@ class BoxCollector:
                 return
             size, orientation = geometry
         self._ids.setdefault(image_id, set()).add(key)
+        self._seen.update(o[1] for o in objects)  # classes of kept images only
         codes = {n: k for k, n in enumerate(dict.fromkeys(o[1] for o in objects))}  # class -> int, for duplicates
         boxes, _, idx = clean_boxes([o[0] for o in objects], [codes[o[1]] for o in objects], size, source,
                                     self.skipped, self.fixed, records=[o[2] for o in objects])
@@ -773,6 +775,25 @@ def json_dataset_name(json_path: Path) -> str:
     json_path : the annotation file.
     """
     json_path = Path(json_path)
-    if json_path.stem.lower() in GENERIC_STEMS and json_path.parent.name:
-        return json_path.parent.name
+    folder = dataset_name(json_path.parent)
+    if json_path.stem.lower() in GENERIC_STEMS and folder:
+        return folder
     return json_path.stem
+
+
+def dataset_name(path: str | Path, stem: bool = False) -> str:
+    """The default name of a dataset loaded from ``path``: its name (with ``stem``, without the
+    extension), taken from the resolved path when ``path`` itself has none (``.``, ``..``).
+
+    Parameters
+    ----------
+    path : the folder or file the dataset was loaded from.
+    stem : drop the extension (a single file's dataset).
+    """
+    path = Path(path)
+    if path.name in ("", ".", ".."):
+        try:
+            path = path.resolve()
+        except (OSError, RuntimeError):
+            return path.name
+    return path.stem if stem else path.name

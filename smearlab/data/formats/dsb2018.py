@@ -36,7 +36,7 @@ from ...core.errors import DataError
 from ..boxes import mask_box
 from ..imageio import image_size, is_image_file, read_binary_mask
 from ..sample import Sample, SkipLog, SmearDataset
-from ._common import Root, check_mask_size
+from ._common import Root, check_mask_size, dataset_name
 
 CLASS_NAMES = ["nucleus"]
 
@@ -67,6 +67,8 @@ def load(path: str | Path, *, strict: bool = False, name: str | None = None,
         skips, or raise with ``strict``.
     """
     root = Path(path)
+    if root.name in ("", ".."):  # '.' or '..': an image folder's name is its image's name
+        root = root.resolve()
     if not root.is_dir():
         raise DataError(root, "DSB2018 root folder not found")
     if is_sample_folder(root):
@@ -89,7 +91,7 @@ def load(path: str | Path, *, strict: bool = False, name: str | None = None,
             if folder.name in groups:
                 sample.meta["group"] = groups[folder.name]
             samples.append(sample)
-    return SmearDataset(samples, CLASS_NAMES, name or root.name, root=root, format="dsb2018",
+    return SmearDataset(samples, CLASS_NAMES, name or dataset_name(root), root=root, format="dsb2018",
                         skipped=skipped)
 
 

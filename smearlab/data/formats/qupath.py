@@ -10,6 +10,9 @@ objects come back through this loader. Each feature's class is
 ``properties.classification.name`` (QuPath's form; a plain string is accepted too); its
 geometry is a ``Polygon`` or ``MultiPolygon`` in image pixels, read as the box of its outline
 (instance masks are not read). Coordinates are pixel edges, as the outlines are written.
+Objects whose QuPath type (``properties.objectType``; ``object_type`` before QuPath 0.4, the
+feature ``id`` in 0.2) is root, tile or TMA core are not cells: they are counted skips.
+Annotations, detections and cells are read.
 """
 from __future__ import annotations
 
@@ -21,9 +24,11 @@ import numpy as np
 from ...core.errors import DataError
 from ..imageio import is_image_file
 from ..sample import SmearDataset
-from ._common import BoxCollector, Root
+from ._common import BoxCollector, Root, dataset_name
 
 SUFFIXES = (".geojson",)
+#: QuPath object types that are not cells (``objectType``, the older ``object_type``, v0.2 ``id``).
+NOT_CELLS = {"root", "tile", "tmaCore", "tma_core", "PathRootObject", "PathTileObject", "TMACoreObject"}
 
 
 def is_geojson(path: Path) -> bool:
@@ -56,7 +61,9 @@ def load(path: str | Path, *, images: str | Path | None = None, class_names=None
     -------
     SmearDataset
         one sample per GeoJSON file whose image was found, with ``skipped``: unreadable or
-        malformed files, files without a matching image, features without a class or with a
+        malformed files, files without a matching image, a second file for one image
+        (``a.png.geojson`` beside ``a.geojson``: the first by name is kept), features of a
+        QuPath type that is not a cell (root, tile, TMA core), without a class or with a
         geometry other than a polygon (``"feature N"``, 0-based), unknown classes, degenerate or
         far-outside boxes; and ``fixed``: boxes clipped to the image.
 
@@ -84,6 +91,7 @@ def load(path: str | Path, *, images: str | Path | None = None, class_names=None
     col = BoxCollector(class_names, strict, class_map)
     inside = Root(folder, allow_outside_root)
     inside_images = Root(images, allow_outside_root)
+    claimed: dict[Path, Path] = {}  # image -> the GeoJSON file read for it
     for f in files:
         if not inside.inside(f, col.skipped):
             continue
@@ -99,13 +107,18 @@ def load(path: str | Path, *, images: str | Path | None = None, class_names=None
             continue
         if not inside_images.inside(image, col.skipped):
             continue
+        first = claimed.setdefault(image.resolve(), f)
+        if first != f:  # one image, two samples, its objects split between them: refused
+            col.skip(f, f"second annotation file for the image {image.name}: {first.relative_to(folder).as_posix()} "
+                        f"and {f.relative_to(folder).as_posix()} (the first kept; merge the two files)")
+            continue
         objects = []
         for k, feat in enumerate(features):
             parsed = _object(col, f, feat, f"feature {k}")
             if parsed is not None:
                 objects.append(parsed)
         col.add(key, image, f, objects)
-    return col.dataset(name or folder.name, folder, "qupath")
+    return col.dataset(name or dataset_name(folder), folder, "qupath")
 
 
 def _image_index(images: Path) -> dict[str, Path]:
@@ -141,10 +154,15 @@ def _features(f: Path) -> list:
 
 def _object(col: BoxCollector, f: Path, feat, record: str):
     """``(xyxy, class name, record)`` of one feature, or None after counting a skip."""
+    props = (feat.get("properties") or {}) if isinstance(feat, dict) else None
+    otype = props.get("objectType", props.get("object_type", feat.get("id"))) if isinstance(props, dict) else None
+    if isinstance(otype, str) and otype in NOT_CELLS:  # before the geometry: a root object has none
+        col.skip(f, f"not a cell: QuPath object type {otype!r} (root, tile and TMA core objects are not read)",
+                 record)
+        return None
     if not isinstance(feat, dict) or not isinstance(feat.get("geometry"), dict):
         col.skip(f, "not a GeoJSON Feature with a geometry", record)
         return None
-    props = feat.get("properties") or {}
     cls = props.get("classification") if isinstance(props, dict) else None
     cls = cls.get("name") if isinstance(cls, dict) else cls
     if not isinstance(cls, str) or not cls.strip():

@@ -33,7 +33,7 @@ from ...core.errors import DataError
 from ..boxes import mask_box
 from ..imageio import image_size, is_image_file, read_mask
 from ..sample import Sample, SkipLog, SmearDataset
-from ._common import Root, check_mask_size
+from ._common import Root, check_mask_size, dataset_name
 
 CLASS_NAMES = ["neutrophil", "lymphocyte", "monocyte", "eosinophil", "basophil"]
 SEMANTIC_NAMES = ["background", "cytoplasm", "nucleus"]
@@ -53,7 +53,7 @@ def load(path: str | Path, *, datasets=(1, 2), strict: bool = False,
     Parameters
     ----------
     path : the folder holding ``Dataset N/`` and the class-label CSVs.
-    datasets : which datasets (1, 2) to load.
+    datasets : which datasets to load: 1, 2, or a sequence of them (repeats are loaded once).
     strict : raise on the first per-record problem instead of counting it as a skip.
     name : dataset name (default: the folder name).
     allow_outside_root : follow links that lead out of ``path`` (refused by default: such an
@@ -62,24 +62,41 @@ def load(path: str | Path, *, datasets=(1, 2), strict: bool = False,
     Raises
     ------
     DataError
-        when a ``Dataset N`` folder or its CSV is missing, or the CSV header is neither variant.
+        when ``datasets`` names other than 1 and 2, a ``Dataset N`` folder or its CSV is missing,
+        or the CSV header is neither variant.
         Per-record problems (image not named by a number or without a CSV row; CSV row
         malformed, repeated, with an unknown class or without an image; image or mask missing,
-        unreadable or of another size; empty mask) are counted skips, or raise with ``strict``.
+        unreadable or of another size; empty mask; a second image file of one number, such as
+        ``001.jpg`` beside ``001.bmp``: the first by name is kept) are counted skips, or raise
+        with ``strict``.
     """
     root = Path(path)
+    numbers = _dataset_numbers(root, datasets)
     skipped = SkipLog(strict=strict)
     inside = Root(root, allow_outside_root)
     samples = []
-    for n in datasets:
+    for n in numbers:
         folder = root / f"Dataset {n}"
         if not folder.is_dir():
             raise DataError(folder, f"Zheng dataset folder 'Dataset {n}' not found")
         csv_path = root / f"Class Labels of Dataset {n}.csv"
         classes = _read_classes(inside.check(csv_path) if csv_path.exists() else csv_path, skipped)
         samples += _load_dataset(folder, n, classes, skipped, inside)
-    return SmearDataset(samples, CLASS_NAMES, name or root.name, root=root, format="zheng",
+    return SmearDataset(samples, CLASS_NAMES, name or dataset_name(root), root=root, format="zheng",
                         semantic_names=SEMANTIC_NAMES, skipped=skipped)
+
+
+def _dataset_numbers(root: Path, datasets) -> list[int]:
+    """``datasets`` (1, 2 or a sequence of them) as a list without repeats, in order."""
+    items = [datasets] if isinstance(datasets, (int, np.integer)) else datasets
+    try:
+        items = list(items) if not isinstance(items, (str, bytes)) else None
+    except TypeError:
+        items = None
+    if items is None or any(isinstance(d, bool) or not isinstance(d, (int, np.integer)) or d not in (1, 2)
+                            for d in items):
+        raise DataError(root, f"datasets must be 1, 2 or a sequence of them (the Zheng datasets), got {datasets!r}")
+    return list(dict.fromkeys(int(d) for d in items))
 
 
 def _read_classes(path: Path, skipped: SkipLog) -> dict[int, tuple[int | None, int]]:
@@ -127,13 +144,17 @@ def _load_dataset(folder: Path, n: int, classes: dict[int, tuple[int, int]],
              and inside.inside(p, skipped)]
     masks = {p.stem: p for p in files if p.suffix.lower() == ".png"}
     images = sorted((p for p in files if p.suffix.lower() != ".png"), key=lambda p: p.name)
-    samples, seen = [], set()
+    samples, seen = [], {}
     for image in images:
         if not image.stem.isdigit():
             skipped.add(image, "image name is not an image number (NNN)")
             continue
         number = int(image.stem)
-        seen.add(number)
+        if number in seen:  # 001.jpg (a converted copy) beside 001.bmp: one CSV row, one sample
+            skipped.add(image, f"second image file for image ID {number}: {seen[number].name} and {image.name} "
+                               "(the first kept; remove the other)")
+            continue
+        seen[number] = image
         if number not in classes:
             skipped.add(image, f"no row for image ID {number} in {csv_path.name}")
             continue
