@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from smearlab.data import DataError
-from smearlab.data.formats import bbbc041, dicom, dsb2018, imagefolder, iml, qupath, zheng
+from smearlab.data.formats import bbbc041, dicom, dsb2018, imagefolder, iml, qupath, voc, yolo, zheng
 from smearlab.data.imageio import write_image
 
 
@@ -161,6 +161,17 @@ def test_a_dataset_loaded_from_dot_is_named_after_the_folder(tmp_path, monkeypat
         monkeypatch.chdir(folders[key])
         ds = load()
         assert ds.name == key and len(ds) == 1  # the name was ''
+    for key, load in (("v", voc.load), ("y", yolo.load)):  # the box formats alike
+        write_image(tmp_path / key / "images" / "a.png", np.zeros((8, 8, 3), np.uint8))
+        (tmp_path / key / "labels").mkdir()
+        (tmp_path / key / "labels" / "a.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+        (tmp_path / key / "classes.txt").write_text("RBC\n")
+        monkeypatch.chdir(tmp_path / key)
+        if key == "v":
+            voc.save(yolo.load("."), tmp_path / "v2")
+            monkeypatch.chdir(tmp_path / "v2")
+            key = "v2"
+        assert load(".").name == key
     monkeypatch.chdir(folders["dsb"] / "s1")  # one image folder, its name its image's
     assert [(ds.name, len(ds)) for ds in (dsb2018.load("."), dsb2018.load("images/.."))] == [("s1", 1)] * 2
 

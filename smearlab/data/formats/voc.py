@@ -22,7 +22,7 @@ from defusedxml import DefusedXmlException, ElementTree as SafeET
 from ...core.errors import DataError
 from ..imageio import is_image_file
 from ..sample import Sample, SmearDataset
-from ._common import BoxCollector, Root, number, positive_int, save_samples
+from ._common import BoxCollector, Root, dataset_name, number, positive_int, save_samples
 
 VOC_COORDS = ("xmin", "ymin", "xmax", "ymax")
 
@@ -94,7 +94,7 @@ def load(path: str | Path, *, class_names=None, class_map=None, strict: bool = F
         for image in sorted(i for i in set(images.values()) - set(annotated) if i.stem.lower() not in failed):
             col.skip(image, "no annotation file names this image (an image without objects needs an XML "
                             "file without <object>)")
-    return col.dataset(name or root.name, root, "voc")
+    return col.dataset(name or dataset_name(root), root, "voc")
 
 
 def _layout(path: Path, check_images: bool) -> tuple[list[Path], Path, Path]:

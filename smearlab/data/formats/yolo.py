@@ -34,7 +34,7 @@ from ...core.errors import DataError
 from ...core.files import write_text
 from ..imageio import is_image_file
 from ..sample import Sample, SmearDataset
-from ._common import BoxCollector, Root, check_unique_names, number, save_samples
+from ._common import BoxCollector, Root, check_unique_names, dataset_name, number, save_samples
 
 YAML_NAMES = ("data.yaml", "data.yml")
 CLASSES_TXT = "classes.txt"
@@ -131,7 +131,7 @@ def load(path: str | Path, *, split: str | None = None, class_names=None, class_
             continue
         _add_image(col, image, label, ids, rel.with_suffix("").as_posix())
     _skip_orphan_labels(col, labels, used, image_dir, label_dir)
-    default = root.name if split is None else f"{root.name}/{split}"
+    default = dataset_name(root) if split is None else f"{dataset_name(root)}/{split}"
     return col.dataset(name or default, root, "yolo")
 
 
