@@ -44,7 +44,7 @@ from skimage.measure import approximate_polygon, find_contours
 
 from .core.errors import DataError
 from .core.files import atomic_path, write_json, write_text
-from .data.formats.coco import coco_annotation, coco_categories, encode_rle, save
+from .data.formats.coco import _copied, coco_annotation, coco_categories, encode_rle, save
 from .data.imageio import write_image
 from .data.predictions import as_prediction, check_predictions
 from .data.sample import SmearDataset
@@ -62,9 +62,6 @@ __all__ = ["SEGMENTATIONS", "output_names", "sort_by_score", "label_image", "wri
 
 #: Segmentation encodings of :func:`export_coco`.
 SEGMENTATIONS = ("auto", "polygon", "rle")
-
-
-_COPYABLE = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff"}
 
 
 def _checked(dataset, predictions) -> list[dict]:
@@ -192,8 +189,24 @@ def write_label_pngs(dataset, predictions, folder: str | Path, *,
         the files written, in dataset order.
     """
     preds = _checked(dataset, predictions)
-    return [write_label_png(Path(folder) / f"{n}.png", p, score_threshold=score_threshold)
-            for n, p in zip(output_names(dataset), preds)]
+    return _label_pngs(dataset, preds, Path(folder), score_threshold, [True] * len(preds))
+
+
+def _label_pngs(dataset, preds, folder: Path, score_threshold: float | None, wanted: list[bool]) -> list[Path]:
+    """:func:`write_label_pngs` of the samples ``wanted`` marks; every one is checked (masks, at
+    most 65535 instances) before any file is written."""
+    jobs = []
+    for s, name, p, want in zip(dataset, output_names(dataset), preds, wanted):
+        if not want:
+            continue
+        where = f"image {s.image_id!r}"
+        _masks_of(p, where)
+        n = len(p["scores"]) if score_threshold is None else int((p["scores"] >= float(score_threshold)).sum())
+        if n > 65535:
+            raise ValueError(f"{where}: {n} instances do not fit a 16-bit label image (at most 65535); "
+                             "nothing was written")
+        jobs.append((folder / f"{name}.png", p))
+    return [write_label_png(path, p, score_threshold=score_threshold) for path, p in jobs]
 
 
 def mask_polygons(mask: np.ndarray, *, tolerance: float = 0.0) -> tuple[list[np.ndarray], list[np.ndarray]]:
@@ -206,7 +219,7 @@ def mask_polygons(mask: np.ndarray, *, tolerance: float = 0.0) -> tuple[list[np.
     one outline per connected part, ``holes`` one per hole; a part lying inside another's hole
     (a speck in a ring's pale centre) is a part of its own, so a pixel is in the mask when more
     outer outlines than hole outlines hold it. Outlines of fewer than 3 distinct vertices are
-    dropped.
+    dropped; where simplification would leave fewer (a small part), the traced outline is kept.
 
     Parameters
     ----------
@@ -225,7 +238,9 @@ def mask_polygons(mask: np.ndarray, *, tolerance: float = 0.0) -> tuple[list[np.
             return out
         for c in find_contours(np.pad(b.astype(np.uint8), 1), 0.5):
             if tolerance > 0:
-                c = approximate_polygon(c, tolerance)
+                simple = approximate_polygon(c, tolerance)
+                if len(np.unique(np.round(simple, 3), axis=0)) >= 3:  # else the small part would vanish
+                    c = simple
             if len(np.unique(np.round(c, 3), axis=0)) >= 3:
                 out.append(np.round(c[:, ::-1] - 0.5, 2))  # (row, col) padded -> pixel-edge (x, y)
         return out
@@ -385,6 +400,10 @@ def coco_from_records(records: Sequence[dict], class_names: Sequence[str]) -> tu
     class_names : the categories, in label order.
     """
     label = {c: k for k, c in enumerate(class_names)}
+    for r in records:
+        unknown = next((o["class"] for o in r["objects"] if o["class"] not in label), None)
+        if unknown is not None:
+            raise ValueError(f"image {r['image']!r}: class {unknown!r} is not one of {list(class_names)}")
     images, anns, results = [], [], []
     empty = 0
     for i, r in enumerate(records, start=1):
@@ -455,17 +474,22 @@ def export_coco(dataset, predictions, path: str | Path, *, segmentation: str = "
                      tolerance=tolerance)
     if copy_images:
         folder = path.parent / "images"
-        for s, rec in zip(dataset, data["images"]):
-            dst = folder / rec["file_name"]
-            src = getattr(s, "path", None)
-            if src is not None and Path(src).suffix.lower() in _COPYABLE and Path(src).is_file():
-                if os.path.abspath(dst) != os.path.abspath(src):
+        # copied as is when a common format read as stored on disk (coco.save's test: a file whose
+        # EXIF tag turns it, read unturned, would come back another way up than its boxes); else
+        # written as PNG from the pixels and named so (x.dcm.png), or no reader would open it.
+        # Names are made unique after the .png is added (x.gif.png beside a real x.gif.png).
+        copied = [_copied(s) for s in dataset]
+        names = _unique([f if c or Path(f).suffix.lower() == ".png" else f + ".png"
+                         for f, c in zip(_relative_files(dataset), copied)])
+        for s, rec, name, c in zip(dataset, data["images"], names, copied):
+            rec["file_name"] = name
+            dst = folder / name
+            if c:
+                if os.path.abspath(dst) != os.path.abspath(s.path):
                     with atomic_path(dst) as tmp:
-                        shutil.copyfile(src, tmp)
-            else:  # written as PNG (DICOM, WebP, GIF...): named so (x.dcm.png), or no reader would open it
-                if Path(rec["file_name"]).suffix.lower() != ".png":
-                    rec["file_name"] = rec["file_name"] + ".png"
-                write_image(folder / rec["file_name"], s.image)
+                        shutil.copyfile(s.path, tmp)
+            else:
+                write_image(dst, s.image)
     write_json(path, data)
     return path
 
@@ -541,8 +565,9 @@ def export_image_jsons(dataset, predictions, folder: str | Path, *, score_thresh
 
 def export_predictions(dataset, predictions, out_dir: str | Path, *, score_threshold: float | None = None,
                        segmentation: str = "auto", tolerance: float = 0.0, copy_images: bool = False) -> dict:
-    """All three exports into ``out_dir``: ``labels/*.png`` (when predictions have masks),
-    ``coco.json`` and ``json/*.json``. Returns ``{"labels": [...], "coco": path, "json": [...]}``.
+    """All three exports into ``out_dir``: ``labels/*.png`` (for the images whose predictions
+    have masks; a warning names those without when only some have), ``coco.json`` and
+    ``json/*.json``. Returns ``{"labels": [...], "coco": path, "json": [...]}``.
 
     Parameters
     ----------
@@ -554,10 +579,13 @@ def export_predictions(dataset, predictions, out_dir: str | Path, *, score_thres
     """
     out_dir = Path(out_dir)
     preds = _checked(dataset, predictions)
-    with_masks = bool(preds) and all("masks" in p for p in preds)
+    with_masks = ["masks" in p for p in preds]
+    if any(with_masks) and not all(with_masks):
+        none = [str(s.image_id) for s, m in zip(dataset, with_masks) if not m]
+        log.warning("export: %d of %d images have predictions without masks and get no label PNG "
+                    "(%s%s)", len(none), len(preds), ", ".join(none[:5]), ", ..." if len(none) > 5 else "")
     return {
-        "labels": write_label_pngs(dataset, preds, out_dir / "labels", score_threshold=score_threshold)
-        if with_masks else [],
+        "labels": _label_pngs(dataset, preds, out_dir / "labels", score_threshold, with_masks),
         "coco": export_coco(dataset, preds, out_dir / "coco.json", segmentation=segmentation,
                             score_threshold=score_threshold, tolerance=tolerance, copy_images=copy_images),
         "json": export_image_jsons(dataset, preds, out_dir / "json", score_threshold=score_threshold,
@@ -624,7 +652,8 @@ def export_counts_csv(dataset: SmearDataset, predictions, path: str | Path, thre
     Path
         ``path``.
     """
-    true, pred = count_matrix(dataset, predictions, 0.0 if thresholds is None else thresholds)
+    # None: no filter at all (scores are finite; a negative one counts too)
+    true, pred = count_matrix(dataset, predictions, -np.inf if thresholds is None else thresholds)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["image_id", "file"] + [f"{n}_{kind}" for n in dataset.class_names
