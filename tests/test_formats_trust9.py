@@ -203,3 +203,24 @@ def test_bbbc041_duplicate_entry_says_what_it_dropped_and_adds_no_class(tmp_path
     assert ds.class_names == ["ring"] and len(ds) == 1 and len(ds[0]) == 1
     (sk,) = ds.skipped
     assert sk.record == "entry 1" and "3 objects dropped" in sk.reason
+
+
+def test_zheng_palette_mask_is_read_by_the_grey_levels_it_shows(tmp_path):
+    """An indexed mask whose index 0 is white (an editor's re-save) held 0/1/2 and was taken as
+    class ids: nucleus and background swapped, the cell's box the whole image."""
+    root = tmp_path / "zp"
+    (root / "Dataset 1").mkdir(parents=True)
+    m = np.zeros((20, 30), np.uint8)
+    m[2:18, 3:25] = 128
+    m[6:12, 8:16] = 255
+    write_image(root / "Dataset 1" / "001.bmp", np.zeros((20, 30, 3), np.uint8))
+    q = Image.fromarray(m).convert("RGB").quantize(3)
+    assert q.getpalette()[:3] == [255, 255, 255]  # index 0 white
+    q.save(root / "Dataset 1" / "001.png")
+    (root / "Class Labels of Dataset 1.csv").write_text("image ID,class label\n1,2\n")
+    (s,) = zheng.load(root, datasets=(1,))
+    assert [int((s.semantic == k).sum()) for k in range(3)] == [248, 304, 48]
+    assert s.boxes.tolist() == [[3, 2, 25, 18]]
+    Image.fromarray(np.stack([m, m // 2, m], -1)).quantize(3).save(root / "Dataset 1" / "001.png")  # not grey
+    with pytest.raises(DataError, match="not grey"):
+        zheng.read_semantic(root / "Dataset 1" / "001.png")

@@ -28,10 +28,11 @@ from functools import partial
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from ...core.errors import DataError
 from ..boxes import mask_box
-from ..imageio import image_size, is_image_file, read_mask
+from ..imageio import image_size, is_image_file, read_mask, read_raw
 from ..sample import Sample, SkipLog, SmearDataset
 from ._common import Root, check_mask_size, dataset_name
 
@@ -197,7 +198,9 @@ def read_semantic(path: Path) -> np.ndarray:
     """Read a Zheng mask as ``(H, W)`` uint8: 0 background, 1 cytoplasm, 2 nucleus.
 
     Each grey value goes to the nearest of 0, 128, 255 (resampled masks hold values between); a
-    mask whose values are 0, 1 and 2 already holds the class ids and is read as it is.
+    mask whose values are 0, 1 and 2 already holds the class ids and is read as it is. A palette
+    image is read by the grey levels it shows (the coding is what one sees: its indices may run
+    in any order), and refused when its colours are not grey.
 
     Parameters
     ----------
@@ -209,12 +212,29 @@ def read_semantic(path: Path) -> np.ndarray:
         naming the file when it is unreadable or not an 8-bit image.
     """
     m = read_mask(path)
+    if _is_palette(path):
+        shown = read_raw(path, palette="rgb")
+        if shown.ndim == 3:
+            if not ((shown[..., :3] == shown[..., :1]).all()):
+                raise DataError(path, "palette mask with colours that are not grey: a Zheng mask is grey "
+                                      "(0 background, 128 cytoplasm, 255 nucleus)")
+            shown = shown[..., 0]
+        m = shown.astype(np.uint8)
     if m.dtype != np.uint8:
         raise DataError(path, "mask must be an 8-bit grey image, got a colour mask whose channels differ"
                         if m.dtype == np.uint32 else f"mask must be an 8-bit grey image, got dtype {m.dtype}")
     if 0 < int(m.max()) <= 2:  # already the class ids (a mask saved as 0/1/2): read as they are
         return m.copy()
     return (m >= 64).astype(np.uint8) + (m >= 192)
+
+
+def _is_palette(path: Path) -> bool:
+    """Whether ``path`` is a palette image (its values are indices into a table of colours)."""
+    try:
+        with Image.open(path) as im:
+            return im.mode in ("P", "PA")
+    except (OSError, UnidentifiedImageError):  # read_mask has said what is wrong with it
+        return False
 
 
 def _cell_mask(path: Path) -> np.ndarray:
