@@ -24,6 +24,7 @@ from ..core.device import resolve_device
 from ..preprocess import ReinhardNormalizer
 from .crops import CropDataset
 from .features import FeatureClassifier, cell_features
+from .train import _check_batch_size
 
 
 def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -62,8 +63,10 @@ def adapt_batchnorm(model: nn.Module, target: CropDataset, *, batch_size: int = 
     ------
     ValueError
         when the model has no batch-norm layer (a GroupNorm model has no statistics to adapt),
-        ``target`` holds fewer than two crops, or crops of another size than the model's.
+        ``target`` holds fewer than two crops, crops of another size than the model's, or
+        ``batch_size`` is not a whole number >= 1.
     """
+    _check_batch_size(batch_size)
     if not _batchnorms(model):
         raise ValueError("the model has no batch-norm layers to adapt: build it with norm='batch' "
                          "(GroupNorm normalises each image by itself)")

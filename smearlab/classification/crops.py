@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from ..core.errors import DataError
 from ..core.geometry import extract_crop, letterbox, square_window
-from ..data.classes import ClassMapping, match_classes
+from ..data.classes import ClassMapping, match_classes, whole_labels
 from ..data.predictions import class_names_of
 from ..data.sample import Sample, SkipLog, SmearDataset
 from ..data.splits import split_groups, stratified_split
@@ -25,6 +25,12 @@ log = logging.getLogger('smearlab.classification.crops')
 #: about the scale of a whole-cell box with a margin of 0.1 (see :func:`central_crop_check`).
 CENTRAL_PAD = 0.3
 
+#: The margin around a whole-cell box that frames a cell as ``source="central"`` crops with
+#: :data:`CENTRAL_PAD` do (the scale :func:`central_crop_check` measures): what a cascade cuts
+#: around the detector's whole-cell boxes for a classifier trained on central crops. An
+#: approximation: the stained part's share of the cell varies with the cell type and the stain.
+CENTRAL_WHOLE_CELL_PAD = 0.1
+
 
 class CropDataset(torch.utils.data.Dataset):
     """Square cell crops in memory: item ``i`` is ``(image (3, S, S) float in [0, 1], label, domain)``.
@@ -32,7 +38,8 @@ class CropDataset(torch.utils.data.Dataset):
     Parameters
     ----------
     images : ``(N, S, S, 3)`` or ``(N, 3, S, S)`` uint8 (numpy or torch).
-    labels : ``(N,)`` ints into ``class_names`` (-1 for unlabelled crops).
+    labels : ``(N,)`` ints into ``class_names`` (-1 for unlabelled crops); fractions, NaN and
+        non-numbers are refused (whole floats such as 1.0 pass).
     class_names : the classes.
     domains : one domain name per crop (default: ``name``).
     ids : one identifier per crop (image id, plus ``#k`` for the k-th box of an image).
@@ -60,7 +67,7 @@ class CropDataset(torch.utils.data.Dataset):
             raise ValueError(f"images must be (N, S, S, 3) or (N, 3, S, S) uint8 squares, got "
                              f"{tuple(x.shape)} {x.dtype}")
         self.images = x.contiguous()
-        self.labels = np.asarray(labels, np.int64).reshape(-1)
+        self.labels = whole_labels(labels, "crop labels").reshape(-1)  # never truncated: 1.7 is no class
         n = len(self.images)
         self.class_names = [str(c) for c in class_names]
         if len(self.labels) != n:
@@ -115,10 +122,16 @@ class CropDataset(torch.utils.data.Dataset):
 
         Parameters
         ----------
-        indices : positions of the chosen crops.
+        indices : positions of the chosen crops, or a boolean mask of one entry per crop
+            (``d.subset(d.labels == 0)``).
         name : name of the result (None: this dataset's name).
+
+        Raises
+        ------
+        ValueError
+            for a boolean mask of another length or positions that are not whole numbers.
         """
-        idx = np.asarray(list(indices), np.int64)
+        idx = _positions(indices, len(self), f"the {len(self)} crops of {self.name!r}")
         out = CropDataset(self.images[torch.as_tensor(idx)], self.labels[idx], self.class_names,
                           [self.domains[i] for i in idx], [self.ids[i] for i in idx], name or self.name,
                           groups=[self.groups[i] for i in idx])
@@ -231,6 +244,22 @@ class CropDataset(torch.utils.data.Dataset):
             a.set_title(f"{lab}\n{self.domains[i]}", fontsize=8)
             a.axis("off")
         return ax
+
+
+def _positions(indices, n: int, what: str) -> np.ndarray:
+    """``indices`` as int64 positions: a boolean mask of ``n`` entries becomes the positions of its
+    True entries (taken as positions 0 and 1 it chose the wrong items); ValueError naming
+    ``what`` for a mask of another length or positions that are not whole numbers."""
+    idx = np.asarray(indices if hasattr(indices, "__array__") else list(indices))
+    if idx.dtype == bool:
+        if idx.shape != (n,):
+            raise ValueError(f"a boolean mask of shape {idx.shape} for {what}: a mask needs one entry per item")
+        return np.flatnonzero(idx)
+    if idx.size and (idx.ndim != 1 or not (np.issubdtype(idx.dtype, np.integer) or (
+            np.issubdtype(idx.dtype, np.floating) and np.all(np.isfinite(idx) & (idx == np.round(idx)))))):
+        raise ValueError(f"indices into {what} must be whole numbers in one row (or a boolean mask), got "
+                         f"{idx.dtype} of shape {idx.shape}: {idx.reshape(-1)[:3].tolist()}")
+    return idx.reshape(-1).astype(np.int64)
 
 
 def _image_of_crop(crop_id: str) -> str:

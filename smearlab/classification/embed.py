@@ -18,9 +18,10 @@ from ..core.device import resolve_device
 from ..core.geometry import check_crop_values, check_image, letterbox
 from ..core.search import fold_count
 from .features import FeatureClassifier
+from .train import _check_batch_size
 
 
-def crop_tensor(data, size: int | None = None) -> torch.Tensor:
+def crop_tensor(data, size: int | None = None, fill="median") -> torch.Tensor:
     """Crops as one ``(N, 3, S, S)`` tensor (uint8, or float in [0, 1] when given as float).
 
     Parameters
@@ -31,6 +32,7 @@ def crop_tensor(data, size: int | None = None) -> torch.Tensor:
     size : letterbox every image to ``size`` (:func:`smearlab.core.geometry.letterbox`; square
         crops of another side are resized); None keeps the given size (images of different sizes
         then need ``size``).
+    fill : what pads the letterbox (:func:`~smearlab.core.geometry.letterbox`).
     """
     if hasattr(data, "images") and isinstance(getattr(data, "images"), torch.Tensor):  # CropDataset
         data = data.images
@@ -63,7 +65,7 @@ def crop_tensor(data, size: int | None = None) -> torch.Tensor:
             raise ValueError(f"images are not squares of one size ({sorted(shapes)[:3]}...): give size= "
                              "to letterbox them")
     else:
-        items = [im if im.shape[:2] == (size, size) else letterbox(im, size) for im in items]
+        items = [im if im.shape[:2] == (size, size) else letterbox(im, size, fill) for im in items]
     return torch.from_numpy(np.stack(items)).permute(0, 3, 1, 2).contiguous()
 
 
@@ -120,7 +122,8 @@ def cnn_embedding(model, data, *, device="auto", batch_size: int = 256) -> np.nd
     Parameters
     ----------
     model : a :class:`smearlab.classification.model.CellClassifier` (anything with ``embed`` taking
-        ``(B, 3, S, S)`` float in [0, 1]); images are letterboxed to ``model.input_size``, crops
+        ``(B, 3, S, S)`` float in [0, 1]); images are letterboxed to ``model.input_size`` (with the
+        fill of its training crops, ``model.crop_cut["fill"]``, else "median"), crops
         of another size refused (as :func:`~smearlab.classification.predict.predict_classes`
         does: the cells would be seen at another size), except by a feature classifier, which
         measures crops of any size.
@@ -130,6 +133,7 @@ def cnn_embedding(model, data, *, device="auto", batch_size: int = 256) -> np.nd
     """
     if not hasattr(model, "embed"):
         raise TypeError(f"model must have an embed(x) method (a CellClassifier), got {type(model).__name__}")
+    _check_batch_size(batch_size)
     dev = resolve_device(device)
     size = getattr(model, "input_size", None)
     given = crop_tensor(data) if hasattr(data, "images") or isinstance(data, torch.Tensor) else None
@@ -138,7 +142,8 @@ def cnn_embedding(model, data, *, device="auto", batch_size: int = 256) -> np.nd
             raise ValueError(f"crops of {given.shape[-1]} px for a classifier trained on {size} px crops: the "
                              f"cells would be seen at another size; cut the crops at {size} px")
         size = None  # as predict_classes feeds it: the features rescale themselves
-    x = given if given is not None and size is None else crop_tensor(data, size)
+    fill = (getattr(model, "crop_cut", None) or {}).get("fill", "median")  # as its training crops were padded
+    x = given if given is not None and size is None else crop_tensor(data, size, fill)
     was = model.training
     model.to(dev).eval()
     out = []

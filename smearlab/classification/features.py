@@ -8,8 +8,10 @@ does not. The features are computed on each crop resized to :data:`FEATURE_SIZE`
 - the nucleus is the crop's purple part near the centre: blue above green and dark, smoothed,
   Otsu-thresholded, the parts whose centre lies in the middle 60 % of the crop;
 - *shape*: nucleus area fraction, number of parts (lobes cut apart), solidity, eccentricity and
-  extent of the largest part, circularity, thickness (largest inscribed radius over the square
-  root of the area), thin fraction (pixels within 2.5 px of the edge), skeleton length, the
+  extent of the largest part, ``nucleus_circularity`` (despite its name the inverse of the usual
+  circularity: perimeter squared over ``4 pi`` area, summed over the parts; about 1 for a disc,
+  1.08 as measured on pixels, growing for lobed or ragged nuclei), thickness (largest inscribed
+  radius over the square root of the area), thin fraction (pixels within 2.5 px of the edge), skeleton length, the
   fraction of the crop that is not background and the nucleus share of it;
 - *stain*: mean and spread of the haematoxylin, eosin and DAB optical densities
   (:func:`skimage.color.rgb2hed`) in the nucleus and in the cytoplasm (not nucleus, not
@@ -157,6 +159,8 @@ def _crop_features(rgb: np.ndarray) -> np.ndarray:
     cell_fraction = float((~background).mean())
     shape = [area / (h * w), len(parts), area / max(float(hull.sum()), 1.0),
              largest.eccentricity if largest else 0.0,
+             # "nucleus_circularity" is P^2 / (4 pi A), the inverse of the usual 4 pi A / P^2: about 1
+             # (1.08 on pixels) for a disc, growing for lobed nuclei (the name stays: saved models use it)
              sum(r.perimeter for r in parts) ** 2 / (4 * np.pi * max(area, 1.0)),
              largest.extent if largest else 0.0, float(dist.max()) / root,
              float((dist[m] < 2.5).mean()) if area else 0.0,

@@ -20,7 +20,7 @@ from ..core.geometry import check_crop_values, extract_crop, letterbox
 from ..core.model_folder import read_config_json
 from ..data.sample import Sample
 from ..detection.models import load_model as load_detector
-from .crops import CropDataset
+from .crops import CENTRAL_PAD, CENTRAL_WHOLE_CELL_PAD, CropDataset
 from .model import DANN, CellClassifier, load_classifier, save_classifier
 
 log = logging.getLogger('smearlab.classification.predict')
@@ -36,9 +36,10 @@ def _in_channels(model: nn.Module) -> int:
     return int(n)
 
 
-def _as_batch_source(data, size: int, channels: int = 3) -> torch.Tensor:
+def _as_batch_source(data, size: int, channels: int = 3, fill="median") -> torch.Tensor:
     """``(N, C, S, S)`` uint8 or float tensor from a CropDataset, a tensor or a list of images
-    (``C = channels``: CropDatasets and images are RGB, refused for another count)."""
+    (``C = channels``: CropDatasets and images are RGB, refused for another count; images are
+    letterboxed with ``fill``)."""
     if isinstance(data, torch.Tensor):
         if data.ndim == 3:
             data = data[None]
@@ -54,7 +55,7 @@ def _as_batch_source(data, size: int, channels: int = 3) -> torch.Tensor:
         return data.images
     if isinstance(data, np.ndarray) and data.ndim == 3:
         data = [data]
-    images = [letterbox(s.image if isinstance(s, Sample) else np.asarray(s), size) for s in data]
+    images = [letterbox(s.image if isinstance(s, Sample) else np.asarray(s), size, fill) for s in data]
     if not images:
         return torch.zeros((0, 3, size, size), dtype=torch.uint8)
     return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2)
@@ -95,7 +96,8 @@ def predict_classes(model: nn.Module, data, device="auto", batch_size: int = 256
         ``C`` is its ``config["in_channels"]``, else its first convolution's, else 3).
     data : a :class:`CropDataset`, an ``(N, C, S, S)`` tensor of square crops (uint8, or float in
         [0, 1]; a tensor of another channel count or size is refused), or ``(H, W, 3)`` uint8
-        images / Samples (letterboxed to ``model.input_size``). CropDatasets and images are RGB:
+        images / Samples (letterboxed to ``model.input_size`` with the fill of the model's training
+        crops, ``model.crop_cut["fill"]``, else "median"). CropDatasets and images are RGB:
         a classifier built with ``in_channels=1`` takes ``(N, 1, S, S)`` tensors only.
     device : "auto", "cpu", "cuda".
     batch_size : crops per forward pass.
@@ -106,11 +108,14 @@ def predict_classes(model: nn.Module, data, device="auto", batch_size: int = 256
         one dict per crop (``label``, ``class``, ``score``, ``probs``); ``.labels`` ``(N,)``
         int64 and ``.probs`` ``(N, K)`` float32 as arrays.
     """
+    from .train import _check_batch_size  # here: train imports this module
+
+    _check_batch_size(batch_size)
     if isinstance(model, DANN):
         raise ValueError("a DANN wrapper returns class and domain outputs: predict with its .classifier")
     dev = resolve_device(device)
     size = int(getattr(model, "input_size", 64) or 64)
-    x = _as_batch_source(data, size, _in_channels(model))
+    x = _as_batch_source(data, size, _in_channels(model), _crop_fill(model))
     trained = getattr(model, "input_size", None)
     if trained and len(x) and tuple(x.shape[-2:]) != (size, size):  # the measured features change with the resolution too
         raise ValueError(f"crops of {x.shape[-1]} px for a classifier trained on {size} px crops: the cells would "
@@ -134,6 +139,12 @@ def predict_classes(model: nn.Module, data, device="auto", batch_size: int = 256
     k = len(names) or (out[0].shape[1] if out else 0)
     probs = torch.cat(out).numpy() if out else np.zeros((0, k), np.float32)
     return ClassPredictions(probs, names or [str(i) for i in range(probs.shape[1])])
+
+
+def _crop_fill(model) -> Any:
+    """The fill the model's training crops were letterboxed with (``model.crop_cut["fill"]``),
+    "median" where it records none: images are letterboxed with it before it sees them."""
+    return (getattr(model, "crop_cut", None) or {}).get("fill", "median")
 
 
 def classify_boxes(classifier: CellClassifier, image: np.ndarray, boxes, *, pad: float = 0.1, device="auto",
@@ -186,9 +197,12 @@ def save_cascade(folder, detector_folder, classifier: CellClassifier, *, wbc_cla
     detector_folder : a saved detector folder; ``wbc_class`` must be one of its classes.
     classifier : the trained white-cell classifier.
     wbc_class : the detector class whose boxes are classified.
-    pad : the crop margin around each box; None: that of the classifier's training crops where
-        it records them (``crop_cut``), else 0.1. Another margin than the recorded one is refused
-        (the cells would be seen at another size than in training).
+    pad : the crop margin around each detected (whole-cell) box. None: for a classifier trained
+        on box crops (``crop_cut["source"] == "boxes"``) their margin, and another margin than
+        that one is refused (the cells would be seen at another size than in training); for one
+        trained on ``source="central"`` crops (a margin around the stained part of the cell)
+        :data:`~smearlab.classification.crops.CENTRAL_WHOLE_CELL_PAD`, the whole-cell margin
+        that frames the cell about as they did (logged as approximate); else 0.1.
 
     Returns
     -------
@@ -202,7 +216,18 @@ def save_cascade(folder, detector_folder, classifier: CellClassifier, *, wbc_cla
     if cut.get("source") == "image":
         log.warning("the classifier was trained on whole single-cell images; the cascade classifies a square "
                     "window around each detected box: the cells may be framed differently than in training")
-    recorded = cut.get("pad")
+    recorded = cut.get("pad") if cut.get("source") == "boxes" else None  # only box crops' margins are whole-cell
+    if cut.get("source") == "central":  # their margin is around the stained part: 0.3 around a whole-cell
+        # box would show the cells about 1.5 times smaller than in training
+        given = cut.get("pad", CENTRAL_PAD)
+        if pad is None:
+            pad = CENTRAL_WHOLE_CELL_PAD
+        log.warning("the classifier was trained on central-cell crops (margin %s around the stained part of the "
+                    "cell); the cascade cuts a margin of %s around each detected whole-cell box, which frames the "
+                    "cells about as they were, approximately (the whole-cell equivalent of a margin of %s; "
+                    "check with central_crop_check%s)", given, pad, CENTRAL_PAD,
+                    "" if given is None or abs(float(given) - CENTRAL_PAD) < 1e-9 else
+                    ", and give pad: these crops had another margin")
     if pad is None:
         pad = recorded if recorded is not None else 0.1
     elif recorded is not None and abs(float(pad) - float(recorded)) > 1e-9:

@@ -39,7 +39,7 @@ def canonical(name: str) -> str:
     ----------
     name : a class name (converted with ``str``).
     """
-    words = re.sub(r"[\s_\-]+", " ", str(name).strip().lower()).split(" ")
+    words = re.sub(r"[\s_\-]+", " ", str(name).lower()).strip().split(" ")  # "lymphocytes_": no empty last word
     last = words[-1]
     if len(last) > 4 and last.endswith("ies"):
         last = last[:-3] + "y"
@@ -48,6 +48,28 @@ def canonical(name: str) -> str:
     elif len(last) > 2 and last.endswith("s") and not last.endswith(("ss", "us", "is")):
         last = last[:-1]
     return " ".join([*words[:-1], last])
+
+
+def whole_labels(values, what: str = "labels") -> np.ndarray:
+    """Class indices as int64, in the shape given; ValueError naming ``what`` for fractions, NaN,
+    booleans or non-numbers (never truncated: 1.7 would become class 1). Whole floats (1.0) pass.
+
+    Parameters
+    ----------
+    values : the labels (a sequence or an array).
+    what : what the values are, for the error message.
+    """
+    a = np.asarray(values)
+    if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        if a.size:
+            raise ValueError(f"{what} must hold class indices (whole numbers), got dtype {a.dtype}: "
+                             f"{a.reshape(-1)[:3].tolist()}")
+        return a.astype(np.int64)
+    if np.issubdtype(a.dtype, np.floating):
+        bad = ~(np.isfinite(a) & (a == np.round(a)))
+        if bad.any():
+            raise ValueError(f"{what} must hold class indices (whole numbers), got {a[bad][:3].tolist()}")
+    return a.astype(np.int64)
 
 
 @dataclass
@@ -102,15 +124,26 @@ class ClassMapping:
 
         Parameters
         ----------
-        labels : integer labels indexing ``source``.
+        labels : integer labels indexing ``source``; a negative label (-1: unlabelled) stays -1.
 
         Returns
         -------
         np.ndarray
-            int64 labels indexing ``target``, -1 for unmatched source classes.
+            int64 labels indexing ``target``, -1 for unmatched source classes and unlabelled items.
+
+        Raises
+        ------
+        ValueError
+            for fractional or non-numeric labels, or labels past the ``source`` classes.
         """
-        labels = np.asarray(labels, np.int64)
-        return self.lut[labels] if len(labels) else labels.copy()
+        labels = whole_labels(labels)
+        if (labels >= len(self.source)).any():
+            raise ValueError(f"label {int(labels[labels >= len(self.source)][0])} outside the {len(self.source)} "
+                             f"source classes {self.source} (-1 marks an unlabelled item)")
+        out = np.full(labels.shape, -1, np.int64)
+        known = labels >= 0  # -1 (unlabelled) read as lut[-1] became the last class
+        out[known] = self.lut[labels[known]]
+        return out
 
 
 def match_classes(source: Sequence[str], target: Sequence[str], class_map: Mapping[str, str] | None = None,

@@ -468,10 +468,25 @@ class SmearDataset(Sequence[Sample]):
 
         Parameters
         ----------
-        indices : positions of the chosen samples.
+        indices : positions of the chosen samples, or a boolean mask of one entry per sample.
         name : name of the result (None: this dataset's name).
+
+        Raises
+        ------
+        ValueError
+            for a boolean mask of another length or positions that are not whole numbers.
         """
-        return SmearDataset([self.samples[i] for i in indices], self.class_names,
+        idx = np.asarray(indices if hasattr(indices, "__array__") else list(indices))
+        if idx.dtype == bool:  # taken as positions 0 and 1, a mask chose the wrong samples
+            if idx.shape != (len(self),):
+                raise ValueError(f"a boolean mask of shape {idx.shape} for the {len(self)} samples of "
+                                 f"{self.name!r}: a mask needs one entry per sample")
+            idx = np.flatnonzero(idx)
+        elif idx.size and (idx.ndim != 1 or not (np.issubdtype(idx.dtype, np.integer) or (
+                np.issubdtype(idx.dtype, np.floating) and np.all(np.isfinite(idx) & (idx == np.round(idx)))))):
+            raise ValueError(f"indices into the samples of {self.name!r} must be whole numbers in one row (or a "
+                             f"boolean mask), got {idx.dtype} of shape {idx.shape}: {idx.reshape(-1)[:3].tolist()}")
+        return SmearDataset([self.samples[i] for i in idx.reshape(-1).astype(np.int64).tolist()], self.class_names,
                             name or self.name, root=self.root, format=self.format,
                             semantic_names=self.semantic_names)
 
