@@ -320,3 +320,18 @@ def test_animations_and_transparent_pixels_are_said(tmp_path, monkeypatch):
     Image.fromarray(rgba).save(tmp_path / "cut.png")
     with pytest.warns(UserWarning, match="transparent pixels are read as the colour stored under them"):
         assert read_image(tmp_path / "cut.png")[0][0, 0].tolist() == [0, 0, 0]
+
+
+def test_an_image_set_in_place_of_the_files_is_the_one_saved_and_kept(tmp_path):
+    """sample.image = ... kept the path: saving the dataset copied the file's old pixels, and
+    release() forgot the new ones (read back from the file)."""
+    from smearlab.data import load, save
+    from smearlab.data.imageio import write_image
+    write_image(tmp_path / "src" / "a.png", np.full((8, 8, 3), 10, np.uint8))
+    s = Sample("a", path=tmp_path / "src" / "a.png", boxes=[[1, 1, 5, 5]], labels=[0])
+    s.image = np.full((8, 8, 3), 200, np.uint8)
+    assert s.path is None and s.meta["source_path"] == str(tmp_path / "src" / "a.png")
+    s.release()
+    assert s.image[0, 0].tolist() == [200, 200, 200]
+    save(SmearDataset([s], ["RBC"], "x"), tmp_path / "out", "voc")
+    assert load(tmp_path / "out")[0].image[0, 0].tolist() == [200, 200, 200]

@@ -132,8 +132,14 @@ class Sample:
 
     @image.setter
     def image(self, value: np.ndarray):
+        """An image given in place of the file's: the sample no longer stands for its file (saving
+        it copied the file's old pixels, and ``release`` forgot the new ones); the file's path is
+        kept in ``meta["source_path"]``, as preprocessing keeps it."""
         self._image = _check_image(value, self.path or self.image_id)
         self.size = self._image.shape[:2]
+        if self.path is not None:
+            self.meta = {**self.meta, "source_path": str(self.path)}
+            self.path = None
 
     def release(self) -> None:
         """Forget a lazily read image so that a large dataset stays small in memory (it is read
