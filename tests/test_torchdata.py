@@ -51,3 +51,21 @@ def test_transform_hook_applies():
     tds[0]
     assert seen == ["toy000"]
     assert image_to_tensor(ds[0].image).shape[0] == 3
+
+
+def test_crowd_regions_are_no_training_objects():
+    """torchvision's detectors do not read iscrowd: a clump outlined as one was learned as one cell."""
+    import numpy as np
+
+    from smearlab.data import Sample, SmearDataset
+    from smearlab.detection.train import _GpuImages
+    m = np.zeros((2, 32, 32), bool)
+    m[0, 2:8, 2:8] = m[1, 10:30, 10:30] = True
+    s = Sample("a", boxes=[[2, 2, 8, 8], [10, 10, 30, 30]], labels=[0, 1], _image=np.zeros((32, 32, 3), np.uint8),
+               _masks=m, meta={"iscrowd": [0, 1]})
+    ds = SmearDataset([s], ["A", "B"])
+    _, t = DetectionDataset(ds)[0]
+    assert t["labels"].tolist() == [1] and t["boxes"].tolist() == [[2, 2, 8, 8]]
+    assert t["masks"].shape == (1, 32, 32) and t["iscrowd"].tolist() == [0] and t["area"].tolist() == [36.0]
+    g = _GpuImages(ds, grayscale=False, device=torch.device("cpu"), masks=True).targets[0]
+    assert g["labels"].tolist() == [1] and g["masks"].shape == (1, 32, 32)

@@ -67,6 +67,10 @@ def image_to_tensor(image: np.ndarray, grayscale: bool = False) -> torch.Tensor:
 def target_dict(sample: Sample, index: int, with_masks: bool = True) -> dict[str, torch.Tensor]:
     """torchvision target: boxes, labels (+1), image_id, area, iscrowd and masks if present.
 
+    COCO crowd regions (``iscrowd``: a clump outlined as one) are left out, as torchvision's own
+    COCO training pipeline leaves them out: torchvision's detectors do not read ``iscrowd``, so a
+    clump would be learned as one cell of its class (``iscrowd`` is therefore all 0).
+
     Parameters
     ----------
     sample : the (possibly augmented) Sample.
@@ -74,16 +78,17 @@ def target_dict(sample: Sample, index: int, with_masks: bool = True) -> dict[str
     with_masks : include ``masks`` (uint8 ``(N, H, W)``; ``area`` is then the mask area) when the
         sample has instance masks.
     """
-    boxes = torch.as_tensor(sample.boxes, dtype=torch.float32).reshape(-1, 4)
+    keep = ~np.asarray(sample.crowd, bool)
+    boxes = torch.as_tensor(sample.boxes, dtype=torch.float32).reshape(-1, 4)[keep]
     t = {
         "boxes": boxes,
-        "labels": torch.as_tensor(sample.labels, dtype=torch.int64) + 1,
+        "labels": torch.as_tensor(sample.labels, dtype=torch.int64)[keep] + 1,
         "image_id": torch.tensor(index, dtype=torch.int64),
         "area": (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]),
-        "iscrowd": torch.as_tensor(sample.crowd, dtype=torch.int64),
+        "iscrowd": torch.zeros(len(boxes), dtype=torch.int64),
     }
     if with_masks and sample.has_masks:
-        m = torch.from_numpy(np.ascontiguousarray(sample.masks)).to(torch.uint8)
+        m = torch.from_numpy(np.ascontiguousarray(np.asarray(sample.masks)[keep])).to(torch.uint8)
         t["masks"] = m
         t["area"] = m.flatten(1).sum(1).float()
     return t

@@ -402,10 +402,11 @@ class _GpuImages:
         for s in ds.samples:
             lazy = s.path is not None and s._image is None
             self.images.append(torch.from_numpy(np.ascontiguousarray(s.image)).permute(2, 0, 1).to(device))
-            t = {"boxes": torch.as_tensor(s.boxes, dtype=torch.float32).reshape(-1, 4).to(device),
-                 "labels": (torch.as_tensor(s.labels, dtype=torch.int64) + 1).to(device)}
+            keep = torch.from_numpy(~np.asarray(s.crowd, bool))  # crowd regions left out, as target_dict does
+            t = {"boxes": torch.as_tensor(s.boxes, dtype=torch.float32).reshape(-1, 4)[keep].to(device),
+                 "labels": (torch.as_tensor(s.labels, dtype=torch.int64)[keep] + 1).to(device)}
             if masks:
-                t["masks"] = _mask_tensor(s).to(device)
+                t["masks"] = _mask_tensor(s)[keep].to(device)
             if lazy:
                 s.release()
             self.targets.append(t)
