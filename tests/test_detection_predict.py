@@ -150,6 +150,26 @@ def test_automatic_tiles_are_seen_at_the_training_magnification():
         assert seen and all(f == pytest.approx(factor, rel=1e-3) for f in seen)
 
 
+def test_a_field_smaller_than_the_training_images_is_seen_at_the_training_magnification():
+    """Predicted whole, a field smaller than the training images was enlarged to the model's input
+    size: a quarter of a training field showed its cells twice their training size."""
+    for low, high, factor in ((480, 640, 1.0), (800, 1333, 800 / 480)):
+        model = build_detector(DetectorConfig(arch="fasterrcnn_tiny", class_names=["a"], min_size=low, max_size=high,
+                                              train_image_size=[480, 640])).eval()
+        seen = []
+        resize = model.transform.resize
+
+        def spy(image, target=None, resize=resize, seen=seen):
+            out = resize(image, target)
+            seen.append(out[0].shape[-1] / image.shape[-1])
+            return out
+        model.transform.resize = spy
+        for hw in ((240, 320), (320, 240), (120, 160), (480, 640)):
+            seen.clear()
+            predict_fields(model, [np.full((*hw, 3), 200, np.uint8)])
+            assert seen and all(f == pytest.approx(factor, rel=1e-2) for f in seen), (hw, seen)
+
+
 class _DarkDiscs(torch.nn.Module):
     """A stand-in detector with exact answers: one box per dark connected region, no resizing,
     so tiled prediction must give the whole image's boxes."""

@@ -688,10 +688,12 @@ def predict_fields(model, images, *, batch_size: int = 4, thresholds: Any = None
                    device: "str | torch.device | None" = None) -> Predictions:
     """:func:`predict` as ``smearlab predict`` does it: each image more than 1.5 times the size of
     the training images (:func:`~smearlab.detection.models.auto_tile`) cut into tiles of the
-    training image size at the training magnification, the others whole. Whatever compares
-    models or counts should see them this way: on a field larger than the training images the
-    whole-image resize shrinks the cells (a count error of 0.90 where ``smearlab predict`` gave
-    0.83).
+    training image size at the training magnification, an image smaller than the training images
+    on both sides predicted whole at the training magnification (``scale=1``), the others whole.
+    Whatever compares models or counts should see them this way: on a field larger than the
+    training images the whole-image resize shrinks the cells (a count error of 0.90 where
+    ``smearlab predict`` gave 0.83), and on a smaller one it enlarged them (a crop of a quarter
+    of a training field showed its cells twice their training size).
 
     Parameters
     ----------
@@ -706,16 +708,34 @@ def predict_fields(model, images, *, batch_size: int = 4, thresholds: Any = None
         if getattr(x, "hw", None):
             return tuple(x.hw)
         return tuple(x.shape[-2:]) if isinstance(x, torch.Tensor) else tuple(np.asarray(x).shape[:2])
-    tiles = [None if cfg is None else auto_tile(cfg, hw(x)) for x in items]
+    def plan(x) -> "int | str | None":  # a tile size, "small" (whole at the training magnification) or None
+        if cfg is None:
+            return None
+        t = auto_tile(cfg, hw(x))
+        if t is None and cfg.train_image_size and _smaller(hw(x), cfg.train_image_size):
+            return "small"
+        return t
+
+    tiles = [plan(x) for x in items]
     got: dict[int, tuple[dict, int]] = {}
     names = None
     for t in dict.fromkeys(tiles):  # one call per tile size (None: whole images, batched)
         idx = [i for i, v in enumerate(tiles) if v == t]
-        part = predict(model, [items[i] for i in idx], batch_size=batch_size, thresholds=thresholds, tile=t,
-                       tile_resize="training" if t else "image", progress=False, tta=tta, device=device)
+        tile = t if isinstance(t, int) else None
+        part = predict(model, [items[i] for i in idx], batch_size=batch_size, thresholds=thresholds, tile=tile,
+                       tile_resize="training" if tile else "image", scale=1.0 if t == "small" else None,
+                       progress=False, tta=tta, device=device)
         names = part.class_names
         got.update({i: (p, w) for i, p, w in zip(idx, part, part.windows or [1] * len(part))})
     return Predictions([got[i][0] for i in range(len(items))], names, windows=[got[i][1] for i in range(len(items))])
+
+def _smaller(hw, train_image_size) -> bool:
+    """Whether an image of ``hw`` is smaller than the training images (``[short, long]``) on both
+    sides, orientation aside."""
+    short, long = sorted(int(v) for v in hw)
+    t_short, t_long = sorted(int(v) for v in train_image_size)
+    return short <= t_short and long <= t_long and (short, long) != (t_short, t_long)
+
 
 #: The views of test-time augmentation: the image dimensions each one flips (none, left-right,
 #: upside down, both).
