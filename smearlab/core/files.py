@@ -6,7 +6,8 @@ import contextlib
 import json
 import math
 import os
-import tempfile
+import secrets
+import stat
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
@@ -28,16 +29,24 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     ------
     Path
         the temporary file (same folder, same suffix) to write to; it is removed if the block
-        raises.
+        raises. Its name holds at most 32 characters of the final name's stem (a name near the
+        file system's limit still has room for it). Over an existing file it takes that file's
+        permissions (else the usual ones the umask gives); a symbolic link is written through,
+        to the file it points to.
     """
     path = Path(path)
+    if path.is_symlink():  # the link stays a link: its target is replaced
+        path = Path(os.path.realpath(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.tmp-", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs get the usual permissions
+    while True:
+        tmp = path.parent / f".{path.stem[:32]}.tmp-{secrets.token_hex(4)}{path.suffix}"
+        try:  # created as open() creates files (the umask applies; no umask change, which other threads see)
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:
+            continue
+    if path.is_file():
+        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))  # a private file stays private
     try:
         yield tmp
         os.replace(tmp, path)

@@ -14,9 +14,10 @@ Intensity scale
 ---------------
 Images wider than 8 bits are scaled to 8 bits from the range that stands for full brightness.
 The range a file declares is used when there is one (DICOM ``BitsStored``; a PNG ``sBIT``
-chunk where the samples were not scaled up to the full range, as the PNG specification has them)
-or the range the caller gives (``bits=`` here, ``sensor_bits=`` when a dataset is
-opened: ``open_dataset(path, sensor_bits=12)`` for a 12-bit camera). Otherwise it is guessed per
+chunk where the samples were not scaled up to the full range, as the PNG specification has them:
+scaled-up samples, a dim frame's too, are read on the full 16-bit range) or the range the caller
+gives (``bits=`` here, ``sensor_bits=`` when a dataset is opened:
+``open_dataset(path, sensor_bits=12)`` for a 12-bit camera). Otherwise it is guessed per
 image as the smallest usual sensor range that holds the image's largest value (:func:`full_scale`),
 which keeps 12-bit data in a 16-bit file bright but scales a dim frame of one camera differently
 from a bright one (a 12-bit frame whose largest value is 900 reads as 10-bit data, four times
@@ -28,7 +29,9 @@ Masks
 colour mask whose channels are equal gives that channel; a colour mask whose channels differ
 gives one integer per colour (``r * 65536 + g * 256 + b``), so a green instance is not empty.
 A mask drawn in the alpha channel (one colour on a transparent background) gives its opaque
-pixels; where the colours differ, transparent pixels are background.
+pixels; where the colours differ, transparent pixels are background. A 16-bit colour PNG mask is
+refused (PIL gives only the high byte of its values), and so is a palette mask read as binary
+(:func:`read_binary_mask`) whose index 0 is not black (which index is the object cannot be told).
 """
 from __future__ import annotations
 
@@ -123,7 +126,8 @@ def read_raw(path: str | Path, *, orientation: str = "exif", palette: str = "rgb
     path : the image file (any PIL-readable image, or DICOM).
     orientation : ``"exif"`` (as shown, the default) or ``"stored"``; see the module docstring.
     palette : ``"rgb"`` converts palette images to their colours (images), ``"index"`` keeps
-        the palette indices (masks).
+        the palette indices (masks), and refuses a file whose values PIL cannot give (a 16-bit
+        colour PNG: PIL keeps the high byte of each value).
     """
     path = _existing_file(path)
     _check_orientation(orientation)
@@ -141,10 +145,10 @@ def read_raw(path: str | Path, *, orientation: str = "exif", palette: str = "rgb
                     kind = "TIFF" if im.format == "TIFF" else f"{im.format or 'image'} (animated)"
                     warnings.warn(f"{path}: a {kind} of {pages} pages or frames; its first alone is read (split a "
                                   "stack, a channels-per-page file or an animation into images first)", stacklevel=2)
-                if _tiff_orientation(im) != 1:  # PIL turns these itself, grey ones wrongly
-                    return _read_oriented_tiff(im, path, orientation)
+                if _tiff_orientation(im) != 1:  # PIL turns these itself, uncompressed grey ones wrongly
+                    return _read_oriented_tiff(im, path, orientation, exact=palette == "index")
                 if _sixteen_bit_colour(im):
-                    return _read_sixteen_bit_colour(im, path, orientation)
+                    return _read_sixteen_bit_colour(im, path, orientation, exact=palette == "index")
                 im.load()
                 if orientation == "exif" and _exif_orientation(im) != 1:
                     im = ImageOps.exif_transpose(im)
@@ -161,8 +165,13 @@ def read_raw(path: str | Path, *, orientation: str = "exif", palette: str = "rgb
                     if _tiff_tag(im, 262) == 0:
                         raise DataError(path, "a 32-bit min-is-white TIFF: save it as min-is-black grey")
                     if im.format == "TIFF" and _tiff_tag(im, 258) == 32 and _tiff_tag(im, 339) in (None, 1):
-                        return _first_page(path).astype(np.uint32)  # unsigned: PIL reads it signed (wrapped)
+                        try:
+                            return _first_page(path).astype(np.uint32)  # unsigned: PIL reads it signed (wrapped)
+                        except Exception as e:  # noqa: BLE001 - e.g. LZW without imagecodecs: not a corrupt file
+                            raise _undecodable(im, path, e) from None
                     return np.array(im, dtype=np.int32)
+                elif im.mode == "F" and _tiff_tag(im, 262) == 0:  # no white level to turn it over by, as for "I"
+                    raise DataError(path, "a floating-point min-is-white TIFF: save it as min-is-black grey")
                 elif im.mode in ("CMYK", "YCbCr", "LAB", "HSV", "LA", "PA"):
                     im = im.convert("RGBA" if im.mode in ("LA", "PA") else "RGB")
                 return np.array(im)
@@ -209,13 +218,13 @@ _EXIF_UNDO = {1: (False, 0), 2: (True, 0), 3: (False, 2), 4: (True, 2), 5: (True
               7: (True, 3), 8: (False, 1)}
 
 
-def _read_sixteen_bit_colour(im: Image.Image, path: Path, orientation: str) -> np.ndarray:
+def _read_sixteen_bit_colour(im: Image.Image, path: Path, orientation: str, exact: bool = False) -> np.ndarray:
     """A 16-bit colour image as ``(H, W, C)`` uint16, which PIL cannot give.
 
     A TIFF is read whole by tifffile. For a PNG only PIL's 8 bits exist: their values are
     returned on the 16-bit scale (times 257) so that :func:`to_rgb8` treats them as 16-bit data,
     with a warning when the data used only the low bits (12-bit cameras), whose precision is
-    lost."""
+    lost. ``exact`` (masks, whose values are labels) refuses that 8-bit reading instead."""
     code = _exif_orientation(im) if orientation == "exif" else 1
     arr = None
     if im.format == "TIFF":
@@ -229,6 +238,10 @@ def _read_sixteen_bit_colour(im: Image.Image, path: Path, orientation: str) -> n
         if arr is not None and (arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.dtype != np.uint16):
             raise DataError(path, f"a 16-bit colour TIFF read as {arr.dtype} {arr.shape}; expected (H, W, 3 or 4) "
                                   "uint16")
+    if arr is None and exact:  # the high byte of labels: 1, 2, 3 read as 0 and 300 as 257
+        raise DataError(path, f"a 16-bit colour {im.format or 'image'} mask: PIL reads only the high byte of "
+                              "each value, so its labels cannot be read; save it as grey (8 or 16 bits) or palette"
+                              + (" (or install imagecodecs)" if im.format == "TIFF" else ""))
     if arr is None:
         im.load()
         arr = np.array(im).astype(np.uint16) * 257
@@ -270,11 +283,14 @@ def _tiff_orientation(im: Image.Image) -> int:
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
-def _read_oriented_tiff(im: Image.Image, path: Path, orientation: str) -> np.ndarray:
+def _read_oriented_tiff(im: Image.Image, path: Path, orientation: str, exact: bool = False) -> np.ndarray:
     """A TIFF with an orientation tag other than 1: its stored pixels (tifffile), turned as the
-    tag says for ``orientation="exif"``. PIL applies the tag itself while decoding, and turned
-    a grey image's rows into columns (a garbled picture of the right size); its header size is
-    already the shown one."""
+    tag says for ``orientation="exif"``. PIL applies the tag itself after decoding, and turned
+    an uncompressed grey image's rows into columns (a garbled picture of the right size); its
+    header size is already the shown one. A compressed file tifffile cannot decode (LZW or JPEG
+    without the imagecodecs package) is decoded by libtiff through PIL, which turns it right (every
+    orientation, grey and colour), and turned back for ``orientation="stored"``; ``exact`` (masks)
+    refuses a 16-bit colour one, which PIL gives at 8 bits."""
     import tifffile
 
     if im.mode == "P":
@@ -284,13 +300,34 @@ def _read_oriented_tiff(im: Image.Image, path: Path, orientation: str) -> np.nda
     if photometric not in (None, 1, 2) and not jpeg_ycbcr:  # stored numbers: CMYK read as cyan, min-is-white inverted
         raise DataError(path, f"a TIFF with orientation tag {_tiff_orientation(im)} and photometric "
                               f"interpretation {photometric} (not grey or RGB): save it as RGB, or without the tag")
+    code = _tiff_orientation(im)
     try:
         arr = _first_page(path)
     except Exception as e:  # noqa: BLE001 - e.g. a compression tifffile cannot decode without imagecodecs
-        raise DataError(path, f"a TIFF with orientation tag {_tiff_orientation(im)} that tifffile cannot decode "
-                              f"({e}); PIL would turn it wrongly: save it without the tag, or install imagecodecs") \
-            from None
-    return arr if orientation != "exif" else _undo_orientation(arr, _tiff_orientation(im))
+        if _tiff_tag(im, 259) in (None, 1):  # uncompressed: PIL's own decoder turns grey ones wrongly
+            raise DataError(path, f"a TIFF with orientation tag {code} that tifffile cannot decode ({e}); PIL would "
+                                  "turn it wrongly: save it without the tag") from None
+        wide = _sixteen_bit_colour(im)  # PIL's 8 bits of it
+        unsigned32 = im.mode == "I" and _tiff_tag(im, 258) == 32 and _tiff_tag(im, 339) in (None, 1)
+        if (wide and exact) or unsigned32:  # labels' high byte; PIL reads it signed (wrapped)
+            raise _undecodable(im, path, e) from None
+        im.load()  # libtiff decodes it; PIL turns it as the tag says
+        arr = np.array(im)
+        if wide:
+            warnings.warn(f"{path}: tifffile cannot decode this 16-bit colour TIFF ({e}); read at 8 bits by PIL "
+                          "(install imagecodecs to keep its precision)", stacklevel=3)
+            arr = arr.astype(np.uint16) * 257
+        return arr if orientation == "exif" else _undo_orientation(arr, {6: 8, 8: 6}.get(code, code))  # back
+    return arr if orientation != "exif" else _undo_orientation(arr, code)
+
+
+def _undecodable(im: Image.Image, path: Path, e: Exception) -> DataError:
+    """The error for a TIFF tifffile could not decode (``e``): a compression that needs the optional
+    imagecodecs package is said so (it is not a corrupt file)."""
+    if "imagecodecs" in str(e):
+        return DataError(path, f"its compression ({im.info.get('compression', _tiff_tag(im, 259))}) needs the "
+                               "optional imagecodecs package: pip install imagecodecs, or save it uncompressed")
+    return DataError(path, f"corrupt or truncated image ({e})")
 
 
 def _existing_file(path: str | Path) -> Path:
@@ -415,10 +452,11 @@ def read_image(path: str | Path, *, orientation: str = "exif", bits: int | None 
     raw = read_raw(path, orientation=orientation)
     if bits is None and np.issubdtype(raw.dtype, np.integer) and raw.dtype.itemsize > 1:
         bits = declared_bits(path)
-        if bits is not None and raw.size and int(raw.max()) > 2 ** bits - 1:
+        colour = raw[..., :-1] if raw.ndim == 3 and raw.shape[2] in (2, 4) else raw  # an opaque alpha is 65535
+        if bits is not None and colour.size and _scaled_up(colour, bits, Path(path)):
             # a PNG's sBIT names the camera's bits, its samples scaled up to the full range (the
             # PNG specification; ImageMagick and pypng write them so): the file's whole range
-            bits = 16 if int(raw.max()) <= 65535 else raw.dtype.itemsize * 8
+            bits = 16 if int(colour.max()) <= 65535 else raw.dtype.itemsize * 8
     if raw.ndim == 3 and raw.shape[2] in (2, 4) and "alpha" not in _SAID_ONCE:
         alpha = raw[..., -1]
         if np.issubdtype(alpha.dtype, np.integer) and int(alpha.min()) < np.iinfo(alpha.dtype).max:
@@ -427,6 +465,27 @@ def read_image(path: str | Path, *, orientation: str = "exif", bits: int | None 
                           "dropped, not blended onto a background); a cut-out cell on a transparent background "
                           "reads as on that colour, often black", stacklevel=2)
     return to_rgb8(raw, where=path, bits=bits)
+
+
+def _scaled_up(a: np.ndarray, bits: int, path: Path) -> bool:
+    """Whether the samples ``a`` of a file declaring ``bits`` significant bits were scaled up to
+    the full 16-bit range, as the PNG specification has a PNG's ``sBIT`` samples, rather than
+    stored as the camera gave them: some value lies above ``bits``, or (a dim frame) every value
+    is one that the specification's scalings give (a left shift, with the high bits repeated in
+    the low ones or not, or linear), so a dim and a bright frame of one camera read alike."""
+    top = (1 << bits) - 1
+    if int(a.max()) > top:
+        return True
+    if a.dtype != np.uint16 or bits >= 16 or path.suffix.lower() in DICOM_EXTENSIONS:
+        return False  # DICOM's BitsStored values are stored as they are
+    v = (a >> (16 - bits)).astype(np.uint32)
+    shifted = v << (16 - bits)
+    repeated, pos = shifted.copy(), 16 - bits
+    while pos > 0:
+        pos -= bits
+        repeated |= (v << pos) if pos >= 0 else (v >> -pos)
+    linear = (v * 65535 + top // 2) // top
+    return any(np.array_equal(a, scaled) for scaled in (shifted, repeated, linear))
 
 
 def check_bits(bits) -> int | None:
@@ -468,7 +527,10 @@ def _declared_bits(name: str, _mtime_ns: int, _size: int) -> int | None:
         if path.suffix.lower() in DICOM_EXTENSIONS:
             import pydicom
 
-            return int(pydicom.dcmread(path, stop_before_pixels=True).BitsStored) or None
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            if getattr(ds, "PhotometricInterpretation", "") == "PALETTE COLOR":
+                return 16  # the colours' range (a 16-bit lookup table spans it; an 8-bit one gives uint8)
+            return int(ds.BitsStored) or None
         with open(path, "rb") as f:
             if f.read(8) != b"\x89PNG\r\n\x1a\n":
                 return None
@@ -625,7 +687,22 @@ def read_binary_mask(path: str | Path, *, orientation: str = "exif") -> np.ndarr
     m = read_mask(path, orientation=orientation)
     if not (m.dtype == np.bool_ or np.issubdtype(m.dtype, np.integer)):
         raise DataError(path, f"mask must be an integer image, got dtype {m.dtype}")
+    first = _palette_first_colour(Path(path))
+    if first not in (None, (0, 0, 0)):  # e.g. quantize(2) of a black and white mask: [white, black]
+        raise DataError(path, f"palette mask whose index 0 is not black but {first}: which value is the object "
+                              "cannot be told (with an inverted palette index 0 is the object); save it as grey "
+                              "or with index 0 black")
     return m > 0
+
+
+def _palette_first_colour(path: Path) -> tuple[int, ...] | None:
+    """The RGB colour of index 0 of a palette image file, None for any other image."""
+    if path.suffix.lower() in DICOM_EXTENSIONS:
+        return None
+    with Image.open(path) as im:
+        if im.mode != "P":
+            return None
+        return tuple((im.getpalette() or [])[:3]) or None
 
 
 def _read_dicom(path: Path) -> np.ndarray:
@@ -640,7 +717,27 @@ def _read_dicom(path: Path) -> np.ndarray:
         raise DataError(path, f"not a readable DICOM file ({type(e).__name__}: {e})") from None
     if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:  # multi-frame: take the first frame
         arr = arr[0]
-    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
+    photometric = str(getattr(ds, "PhotometricInterpretation", "") or "MONOCHROME2")
+    if photometric not in _DICOM_PHOTOMETRIC:
+        raise DataError(path, f"DICOM photometric interpretation {photometric!r} is not read (only "
+                              f"{', '.join(_DICOM_PHOTOMETRIC)}): convert it to RGB or MONOCHROME2")
+    if photometric == "PALETTE COLOR":  # the pixels are indices into the colour lookup tables
+        try:
+            from pydicom.pixels import apply_color_lut
+        except ImportError:  # pydicom 2
+            from pydicom.pixel_data_handlers.util import apply_color_lut
+        try:
+            return apply_color_lut(arr, ds)
+        except Exception as e:  # noqa: BLE001 - missing or malformed lookup tables
+            raise DataError(path, f"a PALETTE COLOR DICOM whose colour lookup table cannot be applied "
+                                  f"({type(e).__name__}: {e})") from None
+    if photometric == "MONOCHROME2" and np.issubdtype(arr.dtype, np.signedinteger):
+        # the signed range onto 0..2^bits - 1 (-2048..2047 of 12-bit data onto 0..4095): clipped at 0, every
+        # value below it read black
+        bits = int(getattr(ds, "BitsStored", 0) or arr.dtype.itemsize * 8)
+        half = 1 << (bits - 1)
+        arr = (np.clip(arr.astype(np.int64), -half, half - 1) + half).astype(np.uint16 if bits <= 16 else np.uint32)
+    if photometric == "MONOCHROME1":
         # white is the smallest value: turn it over within the stored bit range (12-bit data
         # 0..4095), not within this image's own values, so every file of a set reads alike
         bits = int(getattr(ds, "BitsStored", 0) or arr.dtype.itemsize * 8)
@@ -650,6 +747,12 @@ def _read_dicom(path: Path) -> np.ndarray:
         else:
             arr = (np.asarray((1 << bits) - 1, arr.dtype) - np.minimum(arr, (1 << bits) - 1)).astype(arr.dtype)
     return arr
+
+
+#: the DICOM photometric interpretations read: grey, RGB (pydicom turns YBR_FULL and YBR_FULL_422
+#: into RGB, and a JPEG 2000 codec YBR_ICT and YBR_RCT), and palette colour (its lookup table applied)
+_DICOM_PHOTOMETRIC = ("MONOCHROME1", "MONOCHROME2", "RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT",
+                      "PALETTE COLOR")
 
 
 def write_image(path: str | Path, image: np.ndarray) -> None:
