@@ -58,7 +58,7 @@ from .data.predictions import DEFAULT_SCORE
 from .detection.models import auto_tile, load_model
 from .detection.predict import predict as predict_images
 from .detection.predict import predict_fields
-from .detection.scale import check_zoom
+from .detection.scale import check_object_sizes, check_zoom
 from .detection.tune import Thresholds
 from .export import coco_from_records, file_names, image_record, names_without_extension
 from .segmentation.instances import load_instance_unet, predict_instances
@@ -521,11 +521,13 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
         raise DataError(dataset if dataset is not None else "inputs", "no images to predict")
 
     if kind == "unet":
+        if pixel_size is not None:  # it was passed on as the scale: the message named --scale, not what was given
+            raise ValueError("pixel_size (--pixel-size) applies to detectors; a U-Net sees images as they are")
         if tta:
             raise ValueError("tta applies to detectors; the U-Net's own thresholds.json says whether it averages "
                              "flips")
         return _predict_instances(folder, items, Path(out), truth=truth, dataset=dataset, device=device,
-                                  scale=scale if pixel_size is None else pixel_size, tile=tile, score=score,
+                                  scale=scale, tile=tile, score=score,
                                   overlays=overlays, progress=progress, sensor_bits=sensor_bits)
     cascade = load_cascade(folder, device=device) if kind == "cascade" else None
     model = cascade.detector if cascade is not None else load_model(folder, device=device)
@@ -552,6 +554,11 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
     if scale == "auto" and not cfg.object_sizes:
         raise DataError(folder / "config.json", "scale='auto' needs the training scale (object_sizes), which "
                                                 "this model folder does not hold; give a number instead")
+    if scale == "auto":
+        try:
+            check_object_sizes(cfg)
+        except ValueError as e:
+            raise DataError(folder / "config.json", str(e)) from None
     mapping = unscored = None
     if truth is not None:
         mapping = match_classes(class_names, truth.class_names, what="the model's and the dataset's classes")

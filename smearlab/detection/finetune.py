@@ -17,10 +17,11 @@ from typing import Any
 from ..core.errors import DataError
 from ..core.model_folder import read_side_file, write_side_file
 from ..core.training import History
-from ..data.derive import remap_dataset
+from ..data.derive import box_tiles, remap_dataset
 from ..data.sample import SmearDataset
 from ..metrics.detection import count_matrix
-from .models import load_model, save_model
+from .anchors import input_scale
+from .models import auto_tile, load_model, save_model
 from .predict import predict_fields
 from .train import TrainConfig, default_evaluate, train_detector
 from .tune import OBJECTIVES, Thresholds, auto_tune
@@ -59,6 +60,34 @@ def read_train_config(folder) -> TrainConfig | None:
         raise DataError(p, f"invalid training settings: {e}") from e
 
 
+def at_training_magnification(data: SmearDataset, cfg) -> SmearDataset:
+    """``data`` with every image that ``smearlab predict`` would tile
+    (:func:`~smearlab.detection.models.auto_tile`: more than 1.5 times the training images' size)
+    cut into square tiles (:func:`~smearlab.data.derive.box_tiles`) that the detector resizes by
+    the factor it resized its training images by: the side ``min(min_size, max_size)`` over that
+    factor (the training images' short side when ``min_size`` sets their resize). Whole, such an
+    image would be shrunk to ``min_size`` and its cells learned smaller than they are predicted
+    at. Unchanged for a model without ``train_image_size``.
+
+    Parameters
+    ----------
+    data : the images to train on, labelled in the model's classes.
+    cfg : the detector's settings (``train_image_size``, ``min_size``, ``max_size``).
+    """
+    if not cfg.train_image_size:
+        return data
+    big = [auto_tile(cfg, s.hw) is not None for s in data.samples]
+    if not any(big):
+        return data
+    side = max(16, int(round(min(cfg.min_size, cfg.max_size) / input_scale(tuple(cfg.train_image_size), cfg))))
+    tiles = box_tiles(data.subset(big), side)
+    log.info("%d of %d images larger than the training images (%s) cut into %d tiles of %d px, as seen at the "
+             "training magnification", sum(big), len(data), list(cfg.train_image_size), len(tiles), side)
+    if all(big):
+        return tiles
+    return SmearDataset.concat([data.subset([not b for b in big]), tiles], name=data.name)
+
+
 def fine_tune(model_folder, corrected: SmearDataset, train: SmearDataset | None = None,
               val: SmearDataset | None = None, *, epochs: int = 3, lr_scale: float = 0.1,
               tcfg: TrainConfig | None = None, out_dir=None, device: str = "auto", seed: int = 0,
@@ -72,6 +101,12 @@ def fine_tune(model_folder, corrected: SmearDataset, train: SmearDataset | None 
     trained model is moved, not retrained (its warm-up is also capped at 10 steps: the weights are
     already trained).
 
+    Images much larger than the model's training images (those ``smearlab predict`` cuts into
+    tiles, :func:`~smearlab.detection.models.auto_tile`) are cut into tiles here too
+    (:func:`at_training_magnification`), so that their cells are learned at the magnification they
+    are predicted at: whole, a field twice the training size was shrunk to the model's input size,
+    its cells learned at half their size.
+
     Parameters
     ----------
     model_folder : the saved detector (``smearlab predict``'s model).
@@ -83,8 +118,8 @@ def fine_tune(model_folder, corrected: SmearDataset, train: SmearDataset | None 
     tcfg : the whole training configuration instead of the folder's recipe (``epochs`` and
         ``lr_scale`` are then not applied).
     out_dir : the run folder: ``model/`` (the fine-tuned model folder, with the original's
-        preprocessing and its thresholds, tuned again on ``val`` for the same objective when it is
-        given and they were tuned, per class; else the original's, with a warning), ``best/``
+        preprocessing and its thresholds, tuned again on ``val`` for the same objective (and matching
+        IoU) when it is given and they were tuned, per class; else the original's, with a warning), ``best/``
         (its thresholds tuned for its own weights in the same way), checkpoints and metrics;
         None: nothing written.
     device : "auto", "cpu", "cuda".
@@ -113,6 +148,7 @@ def fine_tune(model_folder, corrected: SmearDataset, train: SmearDataset | None 
     data = remap_dataset(corrected, names, "corrected")
     if train is not None and len(train):
         data = SmearDataset.concat([remap_dataset(train, names, "training"), data], name=f"{train.name}+corrected")
+    data = at_training_magnification(data, cfg)
     saved_config = tcfg
     if tcfg is None:
         recipe = read_train_config(folder)
@@ -136,9 +172,9 @@ def fine_tune(model_folder, corrected: SmearDataset, train: SmearDataset | None 
               and val is not None and len(val))
     val_m = remap_dataset(val, names, "validation") if retune else None
 
-    def tuned_for(m) -> dict:  # the thresholds of ``m``'s own weights, for the objective they had
+    def tuned_for(m) -> dict:  # the thresholds of ``m``'s own weights, for the objective (and IoU) they had
         t = auto_tune(val_m, predict_fields(m, val_m, tta=th.tta, device=device), th.objective,
-                      max_dets=th.max_dets)
+                      max_dets=th.max_dets, iou=(th.metrics or {}).get("iou", 0.5))
         t.tta = th.tta
         return t.to_dict()
 

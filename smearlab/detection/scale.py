@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..data.derive import remap_dataset
 from ..data.sample import SmearDataset
 from .anchors import box_shapes, input_scale
 from .models import DetectorConfig
@@ -63,18 +64,42 @@ def check_zoom(scale, what: str = "scale") -> None:
 
 def object_sizes(dataset: SmearDataset, cfg: DetectorConfig) -> dict[str, dict[str, float]]:
     """The training scale: per class, the median side ``sqrt(w * h)`` of its boxes at the model's
-    input scale and how many boxes it comes from.
+    input scale and how many boxes it comes from, keyed by the model's class names
+    (``cfg.class_names``: the dataset's classes are matched to them by name or alias, so that a
+    dataset's ``"red blood cell"`` is the model's ``"RBC"``, which :func:`estimate_zoom` looks up).
 
     Parameters
     ----------
     dataset : the training boxes.
-    cfg : the detector's settings (its input size).
+    cfg : the detector's settings (its input size and classes).
+
+    Raises
+    ------
+    ValueError
+        when the dataset holds objects of a class the model lacks.
     """
+    dataset = remap_dataset(dataset, list(cfg.class_names), "training")
     out = {}
     for name, wh in box_shapes(dataset, cfg).items():
         if len(wh):
             out[name] = {"size": float(np.median(np.sqrt(wh[:, 0] * wh[:, 1]))), "count": int(len(wh))}
     return out
+
+
+def check_object_sizes(cfg: DetectorConfig) -> None:
+    """Refuse (``ValueError``) a training scale that names none of the model's classes: with
+    ``scale="auto"`` no reference class would ever be found and every image would silently stay
+    as it is (object sizes keyed by a dataset's ``"red blood cell"`` for a model's ``"RBC"``).
+
+    Parameters
+    ----------
+    cfg : the detector's settings (``object_sizes``, ``class_names``).
+    """
+    sizes = cfg.object_sizes or {}
+    if not any(name in sizes for name in cfg.class_names):
+        raise ValueError(f"scale='auto' needs the training scale (object_sizes) of at least one of the model's "
+                         f"classes {list(cfg.class_names)}; it names {sorted(sizes) or 'none'}: measure it with "
+                         "object_sizes(training set, cfg), which keys it by the model's class names")
 
 
 def estimate_zoom(prediction: dict, hw: tuple[int, int], cfg: DetectorConfig) -> float | None:
@@ -88,9 +113,11 @@ def estimate_zoom(prediction: dict, hw: tuple[int, int], cfg: DetectorConfig) ->
     ----------
     prediction : the image's prediction (original pixels), 0-based labels into ``cfg.class_names``.
     hw : the image's ``(height, width)``.
-    cfg : the detector's settings, with ``object_sizes``.
+    cfg : the detector's settings, with ``object_sizes`` (refused when they name none of its
+        classes, :func:`check_object_sizes`).
     """
-    sizes = cfg.object_sizes or {}
+    check_object_sizes(cfg)
+    sizes = cfg.object_sizes
     scores, labels, boxes = prediction["scores"], prediction["labels"], prediction["boxes"]
     best, best_n = None, 0
     for k, name in enumerate(cfg.class_names):
@@ -155,8 +182,10 @@ def choose_factor(probes: dict[float, dict], hw: tuple[int, int], cfg: DetectorC
     ----------
     probes : ``{factor: prediction}`` (original pixels).
     hw : the image's ``(height, width)``.
-    cfg : the detector's settings, with ``object_sizes``.
+    cfg : the detector's settings, with ``object_sizes`` (refused when they name none of its
+        classes, :func:`check_object_sizes`).
     """
+    check_object_sizes(cfg)
     factors = sorted(probes)
     best = max(factors, key=lambda f: (confidence(probes[f]), -abs(np.log(f))))
     if confidence(probes[best]) == 0:

@@ -182,15 +182,16 @@ def auto_tune(dataset_val, raw_val, objective: str = "f1",
     objective : ``"f1"`` (per-class F1 at IoU ``iou``, greedy matching by score) or ``"count"``
         (per-class mean per-image count accuracy ``max(0, 1 - |pred - true| / max(true, 1))``).
         A class without validation objects scores F1 1 when nothing is predicted.
-    nms_grid : NMS IoUs to try (None = no extra NMS); the best mean over classes wins (the
-        first in the grid on a tie).
+    nms_grid : NMS IoUs to try, each in [0, 1] (None = no extra NMS); the best mean over classes
+        wins (the first in the grid on a tie).
     score_grid : thresholds to try for every class; on a plateau the middle one is taken.
     class_agnostic : refused: with NMS across classes one class's threshold changes which boxes
         of the others survive, so per-class thresholds cannot be tuned one class at a time (the
         reported and chosen figures were wrong); tune with per-class NMS, or set
         ``class_agnostic`` on the result and check it on validation.
     max_dets : stored in the result for :meth:`Thresholds.apply` (tuning does not cap).
-    iou : IoU threshold of the matching for ``"f1"``.
+    iou : IoU threshold of the matching for ``"f1"``, in (0, 1] (at 0 boxes of other classes
+        would match).
     evaluator : a :class:`~smearlab.metrics.detection.FastEvaluator` of ``dataset_val`` to reuse
         (None: a new one).
 
@@ -207,6 +208,17 @@ def auto_tune(dataset_val, raw_val, objective: str = "f1",
         raise ValueError("auto_tune tunes each class's threshold by itself, which class-agnostic NMS makes wrong "
                          "(a threshold of one class changes which boxes of another survive); tune with "
                          "class_agnostic=False")
+    # at IoU 0 every pair matched, boxes of different classes too (F1 up to 2); NMS IoUs outside
+    # [0, 1] were tuned and saved, and Thresholds.load then refused the file
+    if isinstance(iou, bool) or not isinstance(iou, (int, float, np.integer, np.floating)) or not 0 < iou <= 1:
+        raise ValueError(f"iou must be a matching IoU in (0, 1], got {iou!r}")
+    nms_grid = list(nms_grid)
+    if not nms_grid:
+        raise ValueError("nms_grid is empty: give the NMS IoUs to try (None for no extra NMS)")
+    bad = [v for v in nms_grid if v is not None and (isinstance(v, bool) or not isinstance(
+        v, (int, float, np.integer, np.floating)) or not 0 <= v <= 1)]
+    if bad:
+        raise ValueError(f"nms_grid values must be NMS IoUs in [0, 1] (or None), got {bad}")
     if not isinstance(raw_val, RawPredictions):
         raw_val = RawPredictions.for_dataset(dataset_val, raw_val)
     raw_val.check(dataset_val)
