@@ -465,7 +465,8 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
     tile : ``"auto"``: a field more than 1.5 times larger than the model's training images is cut
         into tiles of their size, each seen at the training magnification
         (:func:`smearlab.detection.models.auto_tile`; a model folder without
-        ``train_image_size`` never tiles); a number: tiles of this many pixels for every image;
+        ``train_image_size`` never tiles), and a field smaller than them is seen whole at the
+        training magnification (not enlarged to the model's input size); a number: tiles of this many pixels for every image;
         None: whole images. With ``scale``, ``"auto"`` does not tile.
     score : one score threshold for every class instead of the model's tuned ``thresholds.json``
         (:data:`DEFAULT_SCORE` when the folder has none).
