@@ -34,6 +34,23 @@ def _image_of(x) -> np.ndarray:
     return img
 
 
+def _check_count(name: str, v) -> None:
+    """``v`` is a whole number of at least 1 (``batch_size``, ``epochs``...); ValueError otherwise."""
+    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+        raise ValueError(f"{name} must be a whole number of at least 1, got {v!r}")
+
+
+def _image_list(images):
+    """``images`` as given, one ``(H, W, 3)`` array wrapped in a list; a lone grey ``(H, W)``
+    array is refused (iterated, it would be read as H images of one row)."""
+    if isinstance(images, np.ndarray) and images.ndim == 2:
+        raise ValueError(f"images is a grey (H, W) image of shape {images.shape}: give it as RGB (H, W, 3) uint8 "
+                         "(smearlab.data.imageio.to_rgb8), or a list of images")
+    if isinstance(images, np.ndarray) and images.ndim == 3:
+        return [images]
+    return images
+
+
 def _forward(model: nn.Module, x: torch.Tensor, tta: bool) -> torch.Tensor:
     """Logits of a normalised batch; with ``tta`` the log of the softmax averaged over the 4 flips."""
     if not tta:
@@ -74,10 +91,15 @@ def predict_semantic(model: UNet, images, batch_size: int = 8, device="auto",
     """
     if keep not in ("all", "central"):
         raise ValueError(f"keep must be 'all' or 'central', got {keep!r}")
+    _check_count("batch_size", batch_size)
+    if not (size is None or (isinstance(size, str) and size == "model")
+            or (not isinstance(size, bool) and isinstance(size, (int, np.integer)) and size >= 1)):
+        raise ValueError(f"size must be None, 'model' or a whole number of pixels of at least 1, got {size!r}")
+    if not isinstance(tta, (bool, np.bool_)):  # a string such as "no" is truthy
+        raise ValueError(f"tta must be True or False, got {tta!r}")
     lookup = _class_lookup(model, images)
     dev = resolve_device(device)
-    if isinstance(images, np.ndarray) and images.ndim == 3:
-        images = [images]
+    images = _image_list(images)
     if size == "model":
         size = getattr(model, "input_size", None)
     model.to(dev).eval()
@@ -170,6 +192,10 @@ def _boxes_of(entry, where: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise ValueError(f"{where}: boxes must have shape (N, 4) (x0, y0, x1, y1), got {boxes.shape}")
     if not np.all(np.isfinite(boxes)):
         raise ValueError(f"{where}: boxes contain NaN or infinite values")
+    inverted = np.flatnonzero((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1]))
+    if len(inverted):  # crop_window would still cut (and segment) a window around such a box
+        j = int(inverted[0])
+        raise ValueError(f"{where}: box {j} {boxes[j].tolist()} has x1 < x0 or y1 < y0; boxes are (x0, y0, x1, y1)")
     n = len(boxes)
     labels = np.zeros(n, np.int64) if labels is None else np.asarray(labels, np.int64).reshape(-1)
     scores = np.ones(n, np.float32) if scores is None else np.asarray(scores, np.float32).reshape(-1)
@@ -217,7 +243,9 @@ def two_stage_segment(boxes_or_detector_predictions, unet: UNet, images, *, pad:
         foreground pixel of the crop.
     batch_size, device : as in :func:`predict_semantic` (all crops are batched together).
     return_semantic : also return one ``(H, W)`` uint8 class map per image (instances pasted by
-        increasing score, so the higher score wins where crops overlap; 0 elsewhere).
+        increasing score, so the higher score wins where crops overlap; 0 elsewhere), numbered
+        as :func:`predict_semantic` numbers them (the dataset's classes for a dataset with
+        ``semantic_names``).
 
     Returns
     -------
@@ -228,14 +256,15 @@ def two_stage_segment(boxes_or_detector_predictions, unet: UNet, images, *, pad:
     """
     if keep not in ("largest", "all"):
         raise ValueError(f"keep must be 'largest' or 'all', got {keep!r}")
+    _check_count("batch_size", batch_size)
     if pad == "model":
         pad = getattr(unet, "crop_pad", None)
         pad = 0.2 if pad is None else pad
     pad = check_pad(pad)
     if crop_size == "model":
         crop_size = getattr(unet, "input_size", None)
-    if isinstance(images, np.ndarray) and images.ndim == 3:
-        images = [images]
+    lookup = _class_lookup(unet, images) if return_semantic else None  # the class maps in the dataset's numbering
+    images = _image_list(images)
     entries = list(boxes_or_detector_predictions)
     if len(entries) != len(images):
         raise ValueError(f"{len(entries)} box sets for {len(images)} images")
@@ -265,7 +294,7 @@ def two_stage_segment(boxes_or_detector_predictions, unet: UNet, images, *, pad:
                 xa, ya, xb, yb = windows[j]
                 m = masks[j, ya:yb, xa:xb]
                 sem[ya:yb, xa:xb][m] = maps[j][m]
-            sems.append(sem)
+            sems.append(sem if lookup is None else lookup[sem])
         preds.append({"boxes": boxes, "labels": labels, "scores": scores, "masks": masks})
     return (preds, sems) if return_semantic else preds
 

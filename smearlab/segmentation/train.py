@@ -16,12 +16,13 @@ from ..core.geometry import check_pad, crop_window
 from ..core.training import History, step_loop
 from ..data.sample import Sample, SmearDataset
 from ..metrics.semantic import IGNORE, semantic_metrics
-from .predict import predict_semantic
+from .predict import _check_count, predict_semantic
 from .unet import UNet, normalise, resize_and_pad, save_unet
 
 
 def _prepare(dataset, size: int | None, num_classes: int | None = None) -> list[tuple[torch.Tensor, torch.Tensor]]:
     out = []
+    seen = np.zeros(256, bool)  # the class-map values over the whole dataset
     for s in dataset:
         if not s.has_semantic:
             raise DataError(s.path or s.image_id, "sample has no semantic mask (needed to train)")
@@ -34,8 +35,14 @@ def _prepare(dataset, size: int | None, num_classes: int | None = None) -> list[
         if len(bad):
             raise DataError(s.path or s.image_id, f"semantic mask holds class {int(bad[0])}, outside the model's "
                             f"{num_classes} classes (0..{num_classes - 1}; {IGNORE} is ignored)")
+        seen[np.unique(sem.numpy())] = True
         img, sem, _ = resize_and_pad(img, sem, size)
         out.append((img, sem))
+    values = set(np.flatnonzero(seen).tolist())
+    if IGNORE in values and values <= {0, IGNORE}:  # dataset-wide: an image all IGNORE alone is unannotated
+        raise ValueError(f"the class maps of dataset {getattr(dataset, 'name', '?')!r} hold only 0 and {IGNORE} "
+                         f"({IGNORE} is ignored: the model would learn background only); a binary mask saved as "
+                         "0/255 must be 0/1")
     return out
 
 
@@ -92,8 +99,7 @@ def train_unet(model: UNet, train_ds, val_ds=None, *, epochs: int = 20, batch_si
         ``val_dice`` ``{class name: dice}``.
     """
     for name, v in (("epochs", epochs), ("batch_size", batch_size)):  # an untrained model or a bare ZeroDivisionError
-        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-            raise ValueError(f"{name} must be a whole number of at least 1, got {v!r}")
+        _check_count(name, v)
     if train_ds is None or not len(train_ds):
         raise ValueError("train_unet needs training images: the dataset is empty")
     dev = resolve_device(device)
@@ -108,6 +114,7 @@ def train_unet(model: UNet, train_ds, val_ds=None, *, epochs: int = 20, batch_si
     g = torch.Generator().manual_seed(seed)
     data = _prepare(train_ds, size, k)
     model.input_size = size
+    model.class_names = list(names)  # as save_unet writes them: predict_semantic (and validation) number by them
     model.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * math.ceil(len(data) / batch_size)

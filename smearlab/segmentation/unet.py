@@ -39,8 +39,13 @@ def resize_and_pad(img: torch.Tensor, sem: torch.Tensor | None, size: int | None
     nh, nw = y1 - y0, x1 - x0
     if (nh, nw) != (h, w):
         s = size / max(h, w)
-        img = F.interpolate(img[None].float(), (nh, nw), mode="bilinear", antialias=s < 1,
-                            align_corners=False)[0].round().clamp(0, 255).to(torch.uint8)
+        x = img[None].float()
+        # torch's antialiased bilinear resize to a width of 1 gives the first row everywhere (CPU):
+        # a tall strip is resized lying flat, as the transpose, and turned back
+        flip = nw == 1 and nh > 1
+        x = F.interpolate(x.transpose(-1, -2) if flip else x, (nw, nh) if flip else (nh, nw), mode="bilinear",
+                          antialias=s < 1, align_corners=False)
+        img = (x.transpose(-1, -2) if flip else x)[0].round().clamp(0, 255).to(torch.uint8)
         if sem is not None:
             # "nearest-exact" samples pixel centres, as the image's bilinear resize does ("nearest"
             # takes the top-left of each cell: the target sat half a working pixel down and right)
