@@ -480,8 +480,9 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
         times slower. Tuned thresholds must have been tuned the same way (``thresholds.json``
         records it; a mismatch is refused), unless ``score`` is given.
     sensor_bits : the camera's bits per value for image files wider than 8 bits (12 for 12-bit
-        data in 16-bit files), so that every image is scaled to 8 bits alike; None: the range
-        each file declares, else guessed per image (see :mod:`smearlab.data.imageio`).
+        data in 16-bit files), so that every image is scaled to 8 bits alike; None: the value a
+        detector recorded from its training images (``config.json``), else the range each file
+        declares, else guessed per image (see :mod:`smearlab.data.imageio`).
 
     Returns
     -------
@@ -535,6 +536,12 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
     types = cascade.types if cascade is not None else None
     cfg = model.detector_config
     class_names = list(cfg.class_names)
+    if sensor_bits is None and getattr(cfg, "sensor_bits", None):  # read as the training images were
+        sensor_bits = check_bits(cfg.sensor_bits)
+        log.info("images read as %d-bit data, as the model's training images were (config.json sensor_bits; "
+                 "--sensor-bits overrides it)", sensor_bits)
+        for s in truth if truth is not None else ():
+            s.sensor_bits, s._image = sensor_bits, (s._image if s.path is None else None)
     if pixel_size is not None:
         if scale is not None:
             raise ValueError("give a pixel size or a scale, not both")

@@ -11,6 +11,7 @@ from smearlab import batch, export
 from smearlab.cli import main
 from smearlab.core.errors import DataError
 from smearlab.data.formats import coco as coco_format
+from smearlab.data.sample import SmearDataset
 from smearlab.data.imageio import write_image
 from smearlab.data.synthetic import make_dataset
 from smearlab.detection.models import DetectorConfig, build_detector
@@ -693,6 +694,34 @@ def test_the_cameras_bit_depth_is_part_of_the_run(trained, tmp_path, monkeypatch
         batch.predict(trained["model"], [tmp_path / "in"], tmp_path / "out", score=0.3, progress=False)
     with pytest.raises(ValueError, match="sensor_bits"):
         batch.predict(trained["model"], [tmp_path / "in"], tmp_path / "x", sensor_bits=0, progress=False)
+
+
+def test_a_model_trained_on_wide_images_reads_new_ones_as_it_read_them(trained, tmp_path, monkeypatch):
+    """Trained on 12-bit data read with sensor_bits=12, a model's new images were read with their
+    range guessed per image unless --sensor-bits was given again: a dim frame reached it brighter
+    than its training images."""
+    import dataclasses
+
+    from smearlab.data import imageio
+    from smearlab.detection.models import load_model, save_model
+    ds = make_dataset(2, seed=0, width=96, height=96)
+    ds = SmearDataset([dataclasses.replace(s, sensor_bits=12) for s in ds.samples], ds.class_names, "wide")
+    cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=ds.class_names, min_size=96, max_size=96)
+    model = build_detector(cfg)
+    train_detector(model, ds, None, TrainConfig(epochs=1, batch_size=2, device="cpu"), progress=False)
+    assert model.detector_config.sensor_bits == 12
+    m = load_model(trained["model"], device="cpu")
+    m.detector_config.sensor_bits = 12
+    folder = save_model(m, m.detector_config, tmp_path / "wide")
+    write_image(tmp_path / "in" / "g16.png", trained["new"][0].image[..., 0].astype(np.uint16) * 4)
+    seen = []
+    real = imageio.read_image
+    monkeypatch.setattr(batch, "read_image", lambda p, **kw: seen.append(kw.get("bits")) or real(p, **kw))
+    batch.predict(folder, [tmp_path / "in"], tmp_path / "out", score=0.3, progress=False)
+    assert seen == [12] and json.loads((tmp_path / "out" / "run.json").read_text())["sensor_bits"] == 12
+    seen.clear()
+    batch.predict(folder, [tmp_path / "in"], tmp_path / "out2", score=0.3, progress=False, sensor_bits=16)
+    assert seen == [16]  # --sensor-bits overrides it
 
 
 def test_a_run_of_images_in_sub_folders_only_is_checked_and_a_failed_image_loses_its_old_results(trained, tmp_path):

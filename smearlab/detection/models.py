@@ -128,6 +128,11 @@ class DetectorConfig:
     pixel_size_um : the training images' pixel size in micrometres, when the user knows it:
         new images of a known pixel size are then resized to the training scale
         (``smearlab predict --pixel-size``), with no estimate from the cells.
+    sensor_bits : the camera's bits per value every training image was read with (``sensor_bits``
+        of the dataset, e.g. 12 for 12-bit data in 16-bit files; set by training), so that
+        ``smearlab predict`` reads new images of that camera alike without ``--sensor-bits``
+        (else their range is guessed per image, and a dim 12-bit frame reached the model up to
+        16 times brighter than its training images). None: not given in training.
     fine_level : tiny models only: a stride-4 feature level for the box head's RoI pooling (the
         RPN and its anchors stay on strides 8-32). Without it every RoI smaller than 224 px pools
         from stride 8, where a 25-px platelet spans three cells. ``"lateral"``: the stride-4 stage
@@ -158,6 +163,7 @@ class DetectorConfig:
     object_sizes: dict[str, dict[str, float]] | None = None
     train_image_size: Sequence[int] | None = None
     pixel_size_um: float | None = None
+    sensor_bits: int | None = None
     fine_level: str | None = None
     box_loss: str = "smooth_l1"
 
