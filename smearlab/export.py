@@ -44,7 +44,7 @@ from skimage.measure import approximate_polygon, find_contours
 
 from .core.errors import DataError
 from .core.files import atomic_path, write_json, write_text
-from .data.formats.coco import _copied, coco_annotation, coco_categories, encode_rle, save
+from .data.formats.coco import copied_as_is, coco_annotation, coco_categories, encode_rle, save
 from .data.imageio import write_image
 from .data.predictions import as_prediction, check_predictions
 from .data.sample import SmearDataset
@@ -478,7 +478,7 @@ def export_coco(dataset, predictions, path: str | Path, *, segmentation: str = "
         # EXIF tag turns it, read unturned, would come back another way up than its boxes); else
         # written as PNG from the pixels and named so (x.dcm.png), or no reader would open it.
         # Names are made unique after the .png is added (x.gif.png beside a real x.gif.png).
-        copied = [_copied(s) for s in dataset]
+        copied = [copied_as_is(s) for s in dataset]
         names = _unique([f if c or Path(f).suffix.lower() == ".png" else f + ".png"
                          for f, c in zip(_relative_files(dataset), copied)])
         for s, rec, name, c in zip(dataset, data["images"], names, copied):

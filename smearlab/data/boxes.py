@@ -41,7 +41,11 @@ def clean_boxes(boxes, labels, hw: tuple[int, int] | None, path, skipped: SkipLo
         the kept boxes (float32) and labels, and the indices of the kept input boxes (to
         filter per-box data such as masks or flags alongside).
     """
-    b = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    given = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)  # named in the records
+    with np.errstate(over="ignore"):  # a value past float32's range becomes inf: refused below
+        # the boxes are stored as float32: every test runs on the stored values (a 0.00005-wide
+        # box at x=1500 has no width in float32, and check_boxes refused it later)
+        b = given.astype(np.float32).astype(np.float64)
     lab = np.asarray(labels, dtype=np.int64).reshape(-1)
     if len(lab) != len(b):
         raise DataError(path, f"{len(b)} boxes but {len(lab)} labels")
@@ -50,14 +54,12 @@ def clean_boxes(boxes, labels, hw: tuple[int, int] | None, path, skipped: SkipLo
     seen: dict[tuple, int] = {}  # (label, box) -> the position of the box that gave it first
     for i, (x0, y0, x1, y1) in enumerate(b):
         rec = records[i] if records is not None else f"box {i}"
-        with np.errstate(over="ignore"):  # a value past float32's range becomes inf: refused below
-            finite = np.all(np.isfinite(b[i].astype(np.float32)))  # finite once stored as float32 too
-        if not finite:
-            skipped.add(path, f"non-finite box: {b[i].tolist()}", rec)
+        if not np.all(np.isfinite(b[i])):  # finite once stored as float32 too
+            skipped.add(path, f"non-finite box: {given[i].tolist()}", rec)
             keep[i] = False
             continue
         if x1 <= x0 or y1 <= y0:
-            skipped.add(path, f"degenerate box (x1<=x0 or y1<=y0): {b[i].tolist()}", rec)
+            skipped.add(path, f"degenerate box (x1<=x0 or y1<=y0): {given[i].tolist()}", rec)
             keep[i] = False
             continue
         if hw is not None:
@@ -65,19 +67,19 @@ def clean_boxes(boxes, labels, hw: tuple[int, int] | None, path, skipped: SkipLo
             over = max(-x0, -y0, x1 - w, y1 - h)
             if over > 0:
                 if over > max_overrun or x0 >= w or y0 >= h or x1 <= 0 or y1 <= 0:
-                    skipped.add(path, f"box outside the {w}x{h} image: {b[i].tolist()}", rec)
+                    skipped.add(path, f"box outside the {w}x{h} image: {given[i].tolist()}", rec)
                     keep[i] = False
                     continue
                 out[i] = [max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)]
                 if out[i, 2] <= out[i, 0] or out[i, 3] <= out[i, 1]:
-                    skipped.add(path, f"box empty after clipping to the image: {b[i].tolist()}", rec)
+                    skipped.add(path, f"box empty after clipping to the image: {given[i].tolist()}", rec)
                     keep[i] = False
                     continue
-                fixed.add(path, f"box clipped to the image: {b[i].tolist()}", rec, amount=float(over))
+                fixed.add(path, f"box clipped to the image: {given[i].tolist()}", rec, amount=float(over))
         first = i if keep_duplicates else seen.setdefault((int(lab[i]), *out[i].tolist()), i)
         if first != i:  # the same object twice would count twice (by position: two records can share a name)
             first = records[first] if records is not None else f"box {first}"
-            skipped.add(path, f"duplicate of {first} (same class and box): {b[i].tolist()}", rec)
+            skipped.add(path, f"duplicate of {first} (same class and box): {given[i].tolist()}", rec)
             keep[i] = False
     idx = np.flatnonzero(keep)
     return out[idx].astype(np.float32), lab[idx], idx
@@ -95,6 +97,9 @@ def mask_box(mask: np.ndarray) -> np.ndarray | None:
     np.ndarray or None
         ``(4,)`` float32, or None for an empty mask.
     """
+    mask = np.asarray(mask)
+    if mask.ndim != 2:  # an (H, W, 3) mask gave the box of its columns and channels
+        raise ValueError(f"mask_box needs a 2-D (H, W) mask, got shape {mask.shape}")
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
         return None

@@ -24,8 +24,9 @@ def as_prediction(p: Mapping, where="prediction") -> dict:
 
     Parameters
     ----------
-    p : mapping with ``boxes``, ``scores``, ``labels`` (missing ones are empty) and optionally
-        ``masks``.
+    p : mapping with ``boxes`` (an (N, 4) array of x0, y0, x1, y1: a (4, N) stack, a flat list or
+        None is refused), ``scores``, ``labels`` (integer class indices) (missing ones are empty)
+        and optionally ``masks``.
     where : names the prediction in the error message (e.g. ``"prediction 3"``).
 
     Returns
@@ -34,11 +35,29 @@ def as_prediction(p: Mapping, where="prediction") -> dict:
         ``boxes`` (N, 4) float32, ``scores`` (N,) float32, ``labels`` (N,) int64 and, when given,
         ``masks`` (N, H, W) bool.
     """
-    boxes = np.asarray(p.get("boxes", np.zeros((0, 4))), np.float32).reshape(-1, 4)
+    raw = p.get("boxes", np.zeros((0, 4)))
+    if raw is None:
+        raise ValueError(f"{where}: boxes is None; give an (N, 4) array of x0, y0, x1, y1 (np.zeros((0, 4)) for "
+                         "an image without objects)")
+    try:
+        boxes = np.asarray(raw, np.float32)
+    except (TypeError, ValueError):
+        raise ValueError(f"{where}: boxes must be numbers, an (N, 4) array of x0, y0, x1, y1, got {raw!r:.80}") from None
+    if boxes.size == 0:
+        boxes = boxes.reshape(0, 4)
+    elif boxes.ndim != 2 or boxes.shape[1] != 4:  # a (4, N) stack or a flat list read as rows gave other boxes
+        raise ValueError(f"{where}: boxes must be an (N, 4) array of x0, y0, x1, y1, one row per box; got shape "
+                         f"{boxes.shape}")
     scores = np.asarray(p.get("scores", np.zeros(0)), np.float32).reshape(-1)
     given = np.asarray(p.get("labels", np.zeros(0))).reshape(-1)
-    if given.dtype.kind == "f" and len(given) and not (np.isfinite(given).all() and (given == np.round(given)).all()):
-        raise ValueError(f"{where}: labels must be whole class indices, got {given[given != np.round(given)][:3]}")
+    if len(given) and given.dtype.kind not in "biuf":
+        raise ValueError(f"{where}: labels must be class indices (integers), got {given.dtype} values such as "
+                         f"{given[:3].tolist()} (map class names to indices first)")
+    if given.dtype.kind == "f" and len(given):
+        bad = ~np.isfinite(given)
+        bad[~bad] = given[~bad] != np.round(given[~bad])
+        if bad.any():
+            raise ValueError(f"{where}: labels must be whole class indices, got {given[bad][:3].tolist()}")
     labels = given.astype(np.int64)
     if not len(boxes) == len(scores) == len(labels):
         raise ValueError(f"{where}: {len(boxes)} boxes, {len(scores)} scores and {len(labels)} "
@@ -76,10 +95,13 @@ class Predictions(list):
 
     A slice keeps the class names, windows and zooms of its images; ``+`` joins predictions of
     the same classes (a plain list would lose them: its labels would then be read in a dataset's
-    class order).
+    class order), and refuses to join non-empty predictions without class names to ones with.
+    Pickling and ``copy``/``deepcopy`` keep the class names, windows and zooms.
     """
 
     def __init__(self, items=(), class_names: Sequence[str] | None = None, *, windows=None, zooms=None):
+        if isinstance(class_names, (str, bytes)):  # "RBC" made the classes R, B and C
+            raise TypeError(f"class_names must be a list of class names, got the string {class_names!r}")
         super().__init__(items)
         self.class_names = None if class_names is None else [str(c) for c in class_names]
         self.windows = None if windows is None else list(windows)
@@ -99,6 +121,10 @@ class Predictions(list):
         if names is None and self.class_names is not None and len(other):
             raise ValueError("cannot join Predictions with a plain list: whose classes would its labels index? "
                              "make it Predictions(list, class_names) first")
+        if self.class_names is None and names is not None and len(self):  # the mirror case: a's labels
+            # would be read as indices into b's classes
+            raise ValueError(f"cannot join Predictions without class names with Predictions of the classes {names}: "
+                             "whose classes would the first ones' labels index? give them class_names first")
 
         def joined(attr):
             a, b = getattr(self, attr, None), getattr(other, attr, None)
@@ -169,6 +195,11 @@ class Predictions(list):
 
     def extend(self, other):
         raise TypeError("Predictions.extend would join labels of other classes unchecked: use p = p + other")
+
+    def __reduce__(self):
+        # pickle (and copy/deepcopy) rebuild a list subclass through extend, which is refused, and
+        # would lose the windows and zooms: rebuild through __init__, then restore every attribute
+        return (Predictions, (list(self), self.class_names), dict(self.__dict__))
 
     def copy(self) -> "Predictions":
         return Predictions(list(self), self.class_names, windows=self.windows, zooms=self.zooms)

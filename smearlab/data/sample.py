@@ -391,8 +391,10 @@ class SkipLog(list):
 def _kind(reason: str) -> str:
     """A reason without its particulars: the text before the first colon, its numbers written
     ``N`` ("duplicate of object 0" and "... object 1", "box outside the 80x50 image" and "... the
-    60x40 image" are one kind each; they were counted apart)."""
-    return re.sub(r"\d+(?:\.\d+)?(?:e[-+]?\d+)?", "N", reason.split(":")[0])
+    60x40 image" are one kind each; they were counted apart). A name such as ``x1`` keeps its
+    digits ("x1<=x0" became "xN<=xN")."""
+    return re.sub(r"\b[A-Za-z_]\w*|\d+(?:\.\d+)?(?:e[-+]?\d+)?",
+                  lambda m: m.group() if not m.group()[0].isdigit() else "N", reason.split(":")[0])
 
 
 class SmearDataset(Sequence[Sample]):

@@ -9,10 +9,13 @@ picks the split of a YOLO or COCO dataset.
 from __future__ import annotations
 
 import importlib
+import json
 import logging
-from pathlib import Path
+import re
+from pathlib import Path, PurePosixPath
 
 import numpy as np
+import yaml
 
 from ...core.errors import DataError
 from ..imageio import check_bits, is_image_file
@@ -41,26 +44,74 @@ def module(fmt: str):
     return importlib.import_module(f"{__name__}.{fmt}")
 
 
+#: the top-level keys of a COCO file (any one of them makes a JSON object COCO)
+COCO_KEYS = ("images", "annotations", "categories")
+#: how far :func:`json_kind` reads a JSON object for its top-level keys (past long ``info`` or
+#: ``licenses`` blocks)
+JSON_SCAN_BYTES = 16 << 20
+
+
 def json_kind(path: Path) -> str | None:
     """Which JSON schema a file holds: 'coco', 'bbbc041', 'iml' or None.
 
     Parameters
     ----------
-    path : the JSON file (only its first 4096 bytes are read; an unreadable file is None).
+    path : the JSON file (its first 4096 bytes are read; a JSON object whose COCO keys are not
+        among them is read key by key at its top level, up to :data:`JSON_SCAN_BYTES`, so that a
+        long ``info`` or ``licenses`` block before ``images`` is passed over; an unreadable file
+        is None).
     """
     try:
         with open(path, "rb") as f:
-            head = f.read(4096).decode("utf-8-sig", "replace")  # a byte-order mark is no JSON text
+            raw = f.read(4096)
+        head = raw.decode("utf-8-sig", "replace")  # a byte-order mark is no JSON text
     except OSError:
         return None
     h = "".join(head.split())
     if h.startswith("{") and ('"images"' in head or '"annotations"' in head or '"categories"' in head):
+        return "coco"
+    if h.startswith("{") and len(raw) == 4096 and _has_top_level_key(path, COCO_KEYS):  # the file goes on
         return "coco"
     if h.startswith("[") and ('"bounding_box"' in head or '"pathname"' in head):
         return "bbbc041"
     if h.startswith("[") and '"image_name"' in head:
         return "iml"
     return None
+
+
+def _has_top_level_key(path: Path, keys: tuple[str, ...]) -> bool:
+    """Whether the JSON object in ``path`` has one of ``keys`` at its top level: its keys are read
+    in order, each value decoded only to be passed over, from the first MiB of the file and, when
+    a value runs past it, from up to :data:`JSON_SCAN_BYTES`."""
+    decoder, space = json.JSONDecoder(), re.compile(r"[ \t\n\r]*")
+    for size in (1 << 20, JSON_SCAN_BYTES):
+        try:
+            with open(path, "rb") as f:
+                data = f.read(size)
+        except OSError:
+            return False
+        text = data.decode("utf-8-sig", "replace")
+        i = space.match(text, 0).end() + 1  # past the "{"
+        try:
+            while True:
+                i = space.match(text, i).end()
+                if text[i] == "}":
+                    return False
+                key, i = decoder.raw_decode(text, i)
+                if key in keys:
+                    return True
+                i = space.match(text, i).end()
+                if text[i] != ":":
+                    return False  # no JSON object
+                _, i = decoder.raw_decode(text, space.match(text, i + 1).end())  # the value, passed over
+                i = space.match(text, i).end()
+                if text[i] == "}" or text[i] != ",":
+                    return False
+                i += 1
+        except (ValueError, IndexError):  # the text ends inside a value (or is no JSON)
+            if len(data) < size:
+                return False  # the whole file was read
+    return False
 
 
 def detect_format(path: str | Path) -> str:
@@ -100,12 +151,16 @@ def find_dataset(path: str | Path) -> tuple[Path, str]:
     Raises
     ------
     DataError
-        when nothing matches (naming what was looked for), or when several sub-folders hold
-        datasets (naming them, to pass one).
+        when nothing matches (naming what was looked for), when several sub-folders hold
+        datasets (naming them, to pass one), when the folder holds the annotations of several
+        formats (naming them, to name one with ``format=``), or when it is the ``images/``
+        folder of a YOLO dataset (naming the dataset).
     """
     p = Path(path)
     try:
         return p, _detect_here(p)
+    except _Undecidable:
+        raise
     except DataError as top:
         if not p.is_dir():
             raise
@@ -127,8 +182,16 @@ def find_dataset(path: str | Path) -> tuple[Path, str]:
         return sub, fmt
 
 
+class _Undecidable(DataError):
+    """A folder whose format is not to be guessed (several formats' annotations, or the
+    ``images/`` folder of a YOLO dataset): its sub-folders are not searched instead."""
+
+
 def _detect_here(p: Path) -> str:
-    """The format of the file or folder ``p`` itself (sub-folders are not searched)."""
+    """The format of the file or folder ``p`` itself (sub-folders are not searched).
+
+    A folder holding the annotations of more than one format (VOC ``Annotations/`` and a COCO
+    file, say) is refused, naming them: name the format to read."""
     if not p.exists():
         raise DataError(p, "path does not exist")
     if p.is_file():
@@ -148,24 +211,34 @@ def _detect_here(p: Path) -> str:
         raise DataError(p, "cannot tell the annotation format of this file")
     names = {c.name for c in p.iterdir()}
     lower = {n.lower() for n in names}
+    found: dict[str, str] = {}  # format -> what gave it away: more than one is refused
     if "annotations" in lower and any((p / n).is_dir() for n in names if n.lower() == "annotations") \
             and any(f.suffix.lower() == ".xml" for d in p.iterdir() if d.name.lower() == "annotations"
                     for f in d.iterdir()):
-        return "voc"
+        found["voc"] = "Annotations/*.xml"
     if "stage1_train" in names or (p.name == "stage1_train") or \
             any((c / "images").is_dir() and (c / "masks").is_dir() for c in p.iterdir() if c.is_dir()):
-        return "dsb2018"
+        found["dsb2018"] = "<sample>/images/ + masks/"
     if any(n.lower().startswith("class labels of dataset") for n in names) or \
             any(n.lower().startswith("dataset ") and (p / n).is_dir() for n in names):
-        return "zheng"
+        found["zheng"] = "'Dataset N/'"
     if "data.yaml" in lower or "classes.txt" in lower or "labels" in lower:
-        return "yolo"
+        found["yolo"] = " / ".join(n for n in sorted(names) if n.lower() in ("data.yaml", "classes.txt", "labels"))
     jsons = sorted(c for c in p.iterdir() if c.suffix.lower() == ".json")
-    kinds = [k for k in (json_kind(j) for j in jsons) if k]
-    if kinds:
-        return kinds[0]
-    if coco_files(p):  # annotations/*.json, or the Roboflow layout <split>/_annotations.coco.json
-        return "coco"
+    for j in jsons:
+        kind = json_kind(j)
+        if kind:
+            found.setdefault(kind, j.name)
+    if "coco" not in found:
+        files = coco_files(p)  # annotations/*.json, or the Roboflow layout <split>/_annotations.coco.json
+        if files:
+            found["coco"] = files[0].relative_to(p).as_posix()
+    if len(found) > 1:  # the first rule won, and the other annotations were never read
+        listed = ", ".join(f"{fmt} ({why})" for fmt, why in found.items())
+        raise _Undecidable(p, f"the folder holds annotations of {len(found)} formats: {listed}; name the one "
+                              "to read with --format (format= in Python)")
+    if found:
+        return next(iter(found))
     if module("dsb2018").is_sample_folder(p):  # one DSB2018 image folder, not classes images/+masks/
         return "dsb2018"
     if any(c.suffix.lower() == ".geojson" for c in p.iterdir()):
@@ -174,6 +247,13 @@ def _detect_here(p: Path) -> str:
         return "yolo"
     subdirs = [c for c in p.iterdir() if c.is_dir() and not c.name.startswith(".")]
     if subdirs and all(any(is_image_file(f) for f in d.iterdir()) or not any(d.iterdir()) for d in subdirs):
+        parent = p.resolve().parent
+        if all(_split_role(d.name, True) or _split_role(d.name, False) for d in subdirs) and \
+                any((parent / n).exists() for n in ("labels", "data.yaml", "data.yml")):
+            # the images/ folder of a YOLO dataset: its splits would be read as image classes
+            raise _Undecidable(p, f"this is the images/ folder of the YOLO dataset {parent} (its sub-folders "
+                                  f"{', '.join(sorted(d.name for d in subdirs))} are splits, not classes): "
+                                  f"pass {parent} (with --split to choose a split)")
         return "imagefolder"
     if any(c.suffix.lower() in (".dcm", ".dicom") for c in p.iterdir()):
         return "dicom"
@@ -255,11 +335,43 @@ def _coco_image_root(folder: Path, json_path: Path, split: str | None) -> Path |
 SPLIT_ROLES = {"train": ("train", "training"), "val": ("val", "valid", "validation"), "test": ("test", "testing")}
 
 
+def _split_role(name: str, exact: bool) -> str | None:
+    """The role of a split name: one of :data:`SPLIT_ROLES`' spellings (``exact``), else such a
+    spelling with a number (``train2017``, ``val_1``, ``test-2``), case-insensitive; or None."""
+    low = name.lower()
+    for role, spellings in SPLIT_ROLES.items():
+        if low in spellings if exact else re.fullmatch(rf"(?:{'|'.join(spellings)})[-_]?\d+", low):
+            return role
+    return None
+
+
+def _yaml_split_roles(folder: Path, names: list[str]) -> dict[str, str]:
+    """``{role: split}`` from the ``train:``/``val:``/``test:`` keys of a YOLO ``data.yaml``
+    whose path ends in one of the ``images/<split>`` folders ``names``; ``{}`` when there are none."""
+    for fn in ("data.yaml", "data.yml"):
+        try:
+            data = yaml.safe_load((folder / fn).read_text(encoding="utf-8-sig", errors="replace"))
+        except (OSError, yaml.YAMLError):
+            continue
+        if not isinstance(data, dict):
+            return {}
+        out = {}
+        for role, key in (("train", "train"), ("val", "val"), ("test", "test")):
+            value = data.get(key)
+            last = PurePosixPath(value.replace("\\", "/")).name if isinstance(value, str) else None
+            if last in names and last not in out.values():
+                out[role] = last
+        return out
+    return {}
+
+
 def published_splits(path: str | Path) -> dict[str, str]:
     """``{role: split name}`` of the splits a dataset publishes (roles ``train``, ``val``,
     ``test``, from :data:`SPLIT_ROLES`, case-insensitive): a YOLO dataset's ``images/<split>/``
     folders or a folder of COCO files' splits (:func:`coco_splits`); ``{}`` for other formats,
-    an archive, or a path that is no dataset.
+    an archive, or a path that is no dataset. A name with a number (``train2017``,
+    ``val2017``) has the role of its spelling; a YOLO ``data.yaml`` whose ``train:``, ``val:``
+    or ``test:`` names one of the ``images/`` folders decides that role first.
 
     Parameters
     ----------
@@ -269,19 +381,21 @@ def published_splits(path: str | Path) -> dict[str, str]:
         root, fmt = find_dataset(path)
     except (DataError, OSError):
         return {}
+    out = {}
     if fmt == "yolo":
         folder = root.parent if root.is_file() else root
         images = folder / "images"
         names = sorted(d.name for d in images.iterdir() if d.is_dir()) if images.is_dir() else []
+        out = _yaml_split_roles(folder, names)
     elif fmt == "coco" and root.is_dir():
         names = coco_splits(root)
     else:
         return {}
-    out = {}
-    for role, spellings in SPLIT_ROLES.items():
-        hit = next((n for n in names if n.lower() in spellings), None)
-        if hit is not None:
-            out[role] = hit
+    for exact in (True, False):  # "val" before "val2017"
+        for n in names:
+            role = _split_role(n, exact)
+            if role is not None and role not in out and n not in out.values():
+                out[role] = n
     return out
 
 

@@ -11,6 +11,7 @@
 """
 from __future__ import annotations
 
+import filecmp
 import math
 import os
 import re
@@ -22,6 +23,7 @@ from pathlib import Path, PurePosixPath
 from typing import Sequence
 
 import numpy as np
+from PIL import Image
 from pycocotools import mask as mask_util
 from skimage.measure import find_contours
 
@@ -374,7 +376,11 @@ def save(dataset: SmearDataset, path: str | Path, *, masks: str = "rle") -> Path
     annotation (``iscrowd`` from :attr:`~smearlab.data.sample.Sample.crowd`), plus a segmentation when the sample has instance masks:
     compressed RLE (``masks="rle"``, exact) or polygons traced with
     :func:`skimage.measure.find_contours` (``masks="polygon"``, approximate; holes are lost).
-    Images are written first and the JSON last, each atomically.
+    Images are written first and the JSON last, each atomically. A file already in ``images/``
+    is never overwritten unless it is this image's own file or holds the very same image (a
+    second save of the dataset): another one (say the ``train.json`` split saved into the folder
+    before this ``val.json``) keeps its name and this image takes a new one, so that every split
+    saved into one folder stays loadable.
 
     Parameters
     ----------
@@ -393,8 +399,10 @@ def save(dataset: SmearDataset, path: str | Path, *, masks: str = "rle") -> Path
     images, annotations, used = [], [], set()
     wanted = [_wanted_name(s) for s in dataset]
     reserved = {n.lower() for n in wanted}  # a renamed file never takes the name of another image's file
+    folder = json_path.parent / "images"
+    on_disk = {n.lower(): n for n in os.listdir(folder)} if folder.is_dir() else {}
     for image_id, (s, name) in enumerate(zip(dataset, wanted), start=1):
-        file_name = _write_image(s, name, json_path.parent / "images", used, reserved)
+        file_name = _write_image(s, name, folder, used, reserved, on_disk)
         h, w = s.hw
         images.append({"id": image_id, "file_name": file_name, "width": int(w), "height": int(h)})
         annotations += _annotations(s, image_id, len(annotations) + 1, masks)
@@ -403,7 +411,7 @@ def save(dataset: SmearDataset, path: str | Path, *, masks: str = "rle") -> Path
     return json_path
 
 
-def _copied(sample: Sample) -> bool:
+def copied_as_is(sample: Sample) -> bool:
     """Whether the sample's image file is copied as it is (else written as PNG)."""
     src = sample.path
     return src is not None and src.suffix.lower() in _COPYABLE and src.is_file() and not turned_on_read(sample)
@@ -411,22 +419,42 @@ def _copied(sample: Sample) -> bool:
 
 def _wanted_name(sample: Sample) -> str:
     """The file name the sample's image would take in ``images/``, before clashes."""
-    if _copied(sample):
+    if copied_as_is(sample):
         return sample.path.name
     return re.sub(r"[^\w.-]", "_", sample.image_id) + ".png"
 
 
-def _write_image(sample: Sample, name: str, folder: Path, used: set, reserved: set) -> str:
+def _write_image(sample: Sample, name: str, folder: Path, used: set, reserved: set,
+                 on_disk: dict | None = None) -> str:
     """Copy (or write as PNG) the sample's image into ``folder`` as ``name`` or, when taken, a
-    name no other image wants; its ``file_name`` for the JSON."""
-    name = _unique_name(name, used, reserved)
-    if _copied(sample):
-        if os.path.abspath(folder / name) != os.path.abspath(sample.path):
+    name no other image wants; its ``file_name`` for the JSON. A name of ``on_disk`` (the files
+    in ``folder`` before the save, by lower-cased name) is taken unless its file is the sample's
+    own or holds the same image: another split saved there keeps its pixels."""
+    on_disk = on_disk or {}
+    wanted = name
+    while True:
+        name = _unique_name(wanted, used, reserved)
+        if name.lower() not in on_disk or (on_disk[name.lower()] == name and _same_image(sample, folder / name)):
+            break
+    if copied_as_is(sample):
+        if os.path.abspath(folder / name) != os.path.abspath(sample.path) and name.lower() not in on_disk:
             with atomic_path(folder / name) as tmp:
                 shutil.copyfile(sample.path, tmp)
-    else:
+    elif name.lower() not in on_disk:
         write_image(folder / name, sample.image)
     return f"images/{name}"
+
+
+def _same_image(sample: Sample, target: Path) -> bool:
+    """Whether the file ``target`` is the sample's own image file, a byte copy of it, or (for an
+    image written as PNG) holds its very pixels."""
+    try:
+        if copied_as_is(sample):
+            return os.path.samefile(target, sample.path) or filecmp.cmp(target, sample.path, shallow=False)
+        with Image.open(target) as im:
+            return np.array_equal(np.asarray(im), sample.image)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return False
 
 
 def _unique_name(name: str, used: set, reserved: set = frozenset()) -> str:
