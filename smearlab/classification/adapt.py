@@ -21,10 +21,10 @@ import torch
 import torch.nn as nn
 
 from ..core.device import resolve_device
+from ..core.training import check_count
 from ..preprocess import ReinhardNormalizer
 from .crops import CropDataset
 from .features import FeatureClassifier, cell_features
-from .train import _check_batch_size
 
 
 def _batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -66,7 +66,7 @@ def adapt_batchnorm(model: nn.Module, target: CropDataset, *, batch_size: int = 
         ``target`` holds fewer than two crops, crops of another size than the model's, or
         ``batch_size`` is not a whole number >= 1.
     """
-    _check_batch_size(batch_size)
+    check_count("batch_size", batch_size)
     if not _batchnorms(model):
         raise ValueError("the model has no batch-norm layers to adapt: build it with norm='batch' "
                          "(GroupNorm normalises each image by itself)")

@@ -17,8 +17,8 @@ from threadpoolctl import threadpool_limits
 from ..core.device import resolve_device
 from ..core.geometry import check_crop_values, check_image, letterbox
 from ..core.search import fold_count
+from ..core.training import check_count
 from .features import FeatureClassifier
-from .train import _check_batch_size
 
 
 def crop_tensor(data, size: int | None = None, fill="median") -> torch.Tensor:
@@ -133,7 +133,7 @@ def cnn_embedding(model, data, *, device="auto", batch_size: int = 256) -> np.nd
     """
     if not hasattr(model, "embed"):
         raise TypeError(f"model must have an embed(x) method (a CellClassifier), got {type(model).__name__}")
-    _check_batch_size(batch_size)
+    check_count("batch_size", batch_size)
     dev = resolve_device(device)
     size = getattr(model, "input_size", None)
     given = crop_tensor(data) if hasattr(data, "images") or isinstance(data, torch.Tensor) else None

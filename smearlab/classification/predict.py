@@ -16,6 +16,7 @@ import torch.nn as nn
 from ..core.device import resolve_device
 from ..core.errors import DataError
 from ..core.files import write_json
+from ..core.training import check_count
 from ..core.geometry import check_crop_values, extract_crop, letterbox
 from ..core.model_folder import read_config_json
 from ..data.sample import Sample
@@ -108,9 +109,8 @@ def predict_classes(model: nn.Module, data, device="auto", batch_size: int = 256
         one dict per crop (``label``, ``class``, ``score``, ``probs``); ``.labels`` ``(N,)``
         int64 and ``.probs`` ``(N, K)`` float32 as arrays.
     """
-    from .train import _check_batch_size  # here: train imports this module
 
-    _check_batch_size(batch_size)
+    check_count("batch_size", batch_size)
     if isinstance(model, DANN):
         raise ValueError("a DANN wrapper returns class and domain outputs: predict with its .classifier")
     dev = resolve_device(device)

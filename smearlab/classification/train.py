@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from ..augment import augment_crop_batch, default_crop_augment, stain_shift_crop_augment
 from ..core.device import resolve_device
 from ..core.search import fold_count
-from ..core.training import History, step_loop
+from ..core.training import History, check_count, step_loop
 from ..metrics.classification import classification_report
 from .crops import CropDataset
 from .features import FeatureClassifier, cell_features
@@ -74,11 +74,6 @@ class _Batches:
 
 def _optimiser(params, lr: float, weight_decay: float):
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, nesterov=True)
-
-
-def _check_batch_size(batch_size) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise ValueError(f"batch_size must be a whole number >= 1, got {batch_size!r}")
 
 
 def fit(model: CellClassifier, train: CropDataset, *, steps: int, batch_size: int = 64, lr: float = 0.05,
@@ -244,7 +239,7 @@ def train_classifier(model: CellClassifier, train: CropDataset, val: CropDataset
     History
         one record per epoch (see :func:`fit`).
     """
-    _check_batch_size(batch_size)
+    check_count("batch_size", batch_size)
     per_epoch = max(1, math.ceil(len(_check_crops(train, "train")) / batch_size))
     total = int(steps) if steps is not None else int(epochs) * per_epoch
     return fit(model, train, steps=total, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
@@ -321,7 +316,7 @@ def train_dann(model: DANN, source: CropDataset, target_unlabelled: CropDataset,
     _check_crops(target_unlabelled, "target_unlabelled")
     if source.class_names != model.class_names:
         raise ValueError(f"model classes {model.class_names} differ from the source's {source.class_names}")
-    _check_batch_size(batch_size)
+    check_count("batch_size", batch_size)
     per_epoch = max(1, math.ceil(len(source) / batch_size))
     total = int(steps) if steps is not None else int(epochs) * per_epoch
     hist = fit(model.classifier, source, steps=total, batch_size=batch_size, lr=lr, weight_decay=weight_decay,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,20 @@ from typing import Any, Iterator, Mapping
 from tqdm.auto import tqdm
 
 from .errors import DataError
+
+
+def check_count(name: str, value) -> None:
+    """``value`` is a whole number of at least 1 (``batch_size``, ``epochs``, ``steps`` ...);
+    ValueError naming ``name`` otherwise (a bool, a fraction or 0 read as a count gave bare
+    numpy, ``range`` or division errors, or no result at all).
+
+    Parameters
+    ----------
+    name : the argument's name, for the message.
+    value : what was given.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
 
 def ema_model(model, decay: float):
     """An exponential moving average of ``model``'s weights and buffers (batch-norm statistics

@@ -42,7 +42,7 @@ from ..core.device import resolve_device
 from ..core.errors import DataError
 from ..core.model_folder import read_model_folder, save_model_folder, warn_other_version
 from ..core.search import grid_search
-from ..core.training import History, TimeBudget, ema_model, step_loop
+from ..core.training import History, TimeBudget, check_count, ema_model, step_loop
 from ..data.boxes import mask_box
 from ..data.imageio import LUMA
 from ..data.predictions import Predictions, empty_prediction
@@ -413,9 +413,7 @@ class InstanceTrainConfig:
 
     def __post_init__(self):
         for name in ("crop", "batch_size", "steps", "boundary"):  # bare numpy / convolution errors otherwise
-            v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-                raise ValueError(f"{name} must be a whole number of at least 1, got {v!r}")
+            check_count(name, getattr(self, name))
         if self.crop < 16:
             raise ValueError(f"crop must be at least 16 pixels (the U-Net halves it several times), got {self.crop}")
         if self.scale_jitter is not None:

@@ -14,6 +14,7 @@ from skimage.measure import label as cc
 
 from ..core.device import resolve_device
 from ..core.geometry import check_pad, crop_window
+from ..core.training import check_count
 from ..data.sample import Sample
 from . import classical
 from .unet import UNet, normalise, resize_and_pad
@@ -32,12 +33,6 @@ def _image_of(x) -> np.ndarray:
     if img.shape[0] == 0 or img.shape[1] == 0:
         raise ValueError(f"image has zero size {img.shape[:2]}")
     return img
-
-
-def _check_count(name: str, v) -> None:
-    """``v`` is a whole number of at least 1 (``batch_size``, ``epochs``...); ValueError otherwise."""
-    if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
-        raise ValueError(f"{name} must be a whole number of at least 1, got {v!r}")
 
 
 def _image_list(images):
@@ -91,7 +86,7 @@ def predict_semantic(model: UNet, images, batch_size: int = 8, device="auto",
     """
     if keep not in ("all", "central"):
         raise ValueError(f"keep must be 'all' or 'central', got {keep!r}")
-    _check_count("batch_size", batch_size)
+    check_count("batch_size", batch_size)
     if not (size is None or (isinstance(size, str) and size == "model")
             or (not isinstance(size, bool) and isinstance(size, (int, np.integer)) and size >= 1)):
         raise ValueError(f"size must be None, 'model' or a whole number of pixels of at least 1, got {size!r}")
@@ -256,7 +251,7 @@ def two_stage_segment(boxes_or_detector_predictions, unet: UNet, images, *, pad:
     """
     if keep not in ("largest", "all"):
         raise ValueError(f"keep must be 'largest' or 'all', got {keep!r}")
-    _check_count("batch_size", batch_size)
+    check_count("batch_size", batch_size)
     if pad == "model":
         pad = getattr(unet, "crop_pad", None)
         pad = 0.2 if pad is None else pad

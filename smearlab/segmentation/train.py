@@ -13,10 +13,10 @@ from ..core.device import resolve_device
 from ..core.errors import DataError
 from ..core.files import write_json
 from ..core.geometry import check_pad, crop_window
-from ..core.training import History, step_loop
+from ..core.training import History, check_count, step_loop
 from ..data.sample import Sample, SmearDataset
 from ..metrics.semantic import IGNORE, semantic_metrics
-from .predict import _check_count, predict_semantic
+from .predict import predict_semantic
 from .unet import UNet, normalise, resize_and_pad, save_unet
 
 
@@ -99,7 +99,7 @@ def train_unet(model: UNet, train_ds, val_ds=None, *, epochs: int = 20, batch_si
         ``val_dice`` ``{class name: dice}``.
     """
     for name, v in (("epochs", epochs), ("batch_size", batch_size)):  # an untrained model or a bare ZeroDivisionError
-        _check_count(name, v)
+        check_count(name, v)
     if train_ds is None or not len(train_ds):
         raise ValueError("train_unet needs training images: the dataset is empty")
     dev = resolve_device(device)
