@@ -117,7 +117,8 @@ def compare_classical(splits: dict[str, SmearDataset], params: dict, s, *, nativ
     train_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     predictions[NETWORK] = [semantic_to_instances(m, min_distance=params["min_distance"], min_size=params["min_size"])
-                            for m in predict_semantic(unet, test, device=device, batch_size=1 if native else 8)]
+                            for m in predict_semantic(unet, list(test), device=device,  # its own numbering: 1 foreground
+                                                      batch_size=1 if native else 8)]
     rows[NETWORK] = {**score_instances(test, predictions[NETWORK]),
                      "seconds_per_image": (time.perf_counter() - t0) / len(test), "train_seconds": train_s}
     t0 = time.perf_counter()
