@@ -48,3 +48,33 @@ def skip_or_fail(reason: str, ci_note: str):
     if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
         pytest.fail(f"{reason} - {ci_note}")
     pytest.skip(reason)
+
+
+def write_dicom(path, pixels, photometric="MONOCHROME2", bits_stored=16, *, samples_per_pixel=1,
+                pixel_data=True, extra=None):
+    """A minimal DICOM file holding ``pixels``: grey ``(H, W)``, or frames first ``(F, H, W)``;
+    colour ``(H, W, 3)`` with ``samples_per_pixel=3``. Bits allocated follow the dtype (signed
+    dtypes set the pixel representation); ``extra``: further attributes (e.g. a colour table);
+    ``pixel_data=False`` leaves the pixels out."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.SamplesPerPixel, ds.PhotometricInterpretation = "OT", samples_per_pixel, photometric
+    colour = samples_per_pixel > 1
+    ds.Rows, ds.Columns = pixels.shape[:2] if colour else pixels.shape[-2:]
+    if colour:
+        ds.PlanarConfiguration = 0
+    elif pixels.ndim == 3:
+        ds.NumberOfFrames = pixels.shape[0]
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = pixels.dtype.itemsize * 8, bits_stored, bits_stored - 1
+    ds.PixelRepresentation = int(pixels.dtype.kind == "i")
+    for k, v in (extra or {}).items():
+        setattr(ds, k, v)
+    if pixel_data:
+        ds.PixelData = pixels.astype(pixels.dtype.newbyteorder("<")).tobytes()
+    ds.save_as(path, enforce_file_format=True)

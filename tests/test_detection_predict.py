@@ -128,22 +128,29 @@ def test_tiles_are_resized_like_the_whole_image():
     assert model.transform.fixed_size is None  # restored
 
 
+def _resize_spied(low: int, high: int):
+    """A tiny detector trained (as recorded) on 480x640 images, resizing to ``low``/``high``, and
+    the list its every resize appends its factor to."""
+    model = build_detector(DetectorConfig(arch="fasterrcnn_tiny", class_names=["a"], min_size=low, max_size=high,
+                                          train_image_size=[480, 640])).eval()
+    seen = []
+    resize = model.transform.resize
+
+    def spy(image, target=None):
+        out = resize(image, target)
+        seen.append(out[0].shape[-1] / image.shape[-1])
+        return out
+    model.transform.resize = spy
+    return model, seen
+
+
 def test_automatic_tiles_are_seen_at_the_training_magnification():
     """smearlab predict cuts a large field into square tiles of the training images' longer side;
     resized as tiles, a 640 px tile of a model trained on 480x640 images reached it at 0.75 of
     the training magnification (its short side set to 480)."""
     from smearlab.detection.models import auto_tile
     for low, high, factor in ((480, 640, 1.0), (800, 1333, 800 / 480)):
-        model = build_detector(DetectorConfig(arch="fasterrcnn_tiny", class_names=["a"], min_size=low, max_size=high,
-                                              train_image_size=[480, 640])).eval()
-        seen = []
-        resize = model.transform.resize
-
-        def spy(image, target=None, resize=resize, seen=seen):
-            out = resize(image, target)
-            seen.append(out[0].shape[-1] / image.shape[-1])
-            return out
-        model.transform.resize = spy
+        model, seen = _resize_spied(low, high)
         field = np.full((960, 1280, 3), 200, np.uint8)
         assert auto_tile(model.detector_config, field.shape[:2]) == 640
         predict_fields(model, [field], batch_size=4)
@@ -154,16 +161,7 @@ def test_a_field_smaller_than_the_training_images_is_seen_at_the_training_magnif
     """Predicted whole, a field smaller than the training images was enlarged to the model's input
     size: a quarter of a training field showed its cells twice their training size."""
     for low, high, factor in ((480, 640, 1.0), (800, 1333, 800 / 480)):
-        model = build_detector(DetectorConfig(arch="fasterrcnn_tiny", class_names=["a"], min_size=low, max_size=high,
-                                              train_image_size=[480, 640])).eval()
-        seen = []
-        resize = model.transform.resize
-
-        def spy(image, target=None, resize=resize, seen=seen):
-            out = resize(image, target)
-            seen.append(out[0].shape[-1] / image.shape[-1])
-            return out
-        model.transform.resize = spy
+        model, seen = _resize_spied(low, high)
         for hw in ((240, 320), (320, 240), (120, 160), (480, 640)):
             seen.clear()
             predict_fields(model, [np.full((*hw, 3), 200, np.uint8)])

@@ -7,6 +7,7 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from helpers import write_dicom
 from PIL import Image
 
 from smearlab.data import Sample, SmearDataset
@@ -246,27 +247,6 @@ def test_imagefolder_mixed_crops(tmp_path, caplog):
 
 
 # -- DICOM ------------------------------------------------------------------------------------------
-
-
-def write_dicom(path, pixels, photometric="MONOCHROME2", bits_stored=16):
-    """A minimal grey DICOM file holding ``pixels`` (uint16; one frame, or frames first)."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "OT"
-    ds.Rows, ds.Columns = pixels.shape[-2:]
-    if pixels.ndim == 3:
-        ds.NumberOfFrames = pixels.shape[0]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    signed = pixels.dtype.kind == "i"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits_stored, bits_stored - 1, int(signed)
-    ds.PixelData = pixels.astype("<i2" if signed else "<u2").tobytes()
-    ds.save_as(path, enforce_file_format=True)
 
 
 def test_dicom_16bit(tmp_path):

@@ -7,6 +7,7 @@ import unicodedata
 
 import numpy as np
 import pytest
+from helpers import write_dicom
 from PIL import Image
 
 from smearlab.data import DataError
@@ -46,37 +47,19 @@ def test_zheng_datasets_once_each_a_single_int_and_no_other_number(tmp_path):
 
 
 # -- DICOM ------------------------------------------------------------------------------------------
-def _dicom(path, pixels, pixel_data=True):
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.SamplesPerPixel, ds.PhotometricInterpretation = "OT", 1, "MONOCHROME2"
-    ds.Rows, ds.Columns = pixels.shape[-2:]
-    if pixels.ndim == 3:
-        ds.NumberOfFrames = pixels.shape[0]
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    if pixel_data:
-        ds.PixelData = pixels.astype("<u2").tobytes()
-    ds.save_as(path, enforce_file_format=True)
-
-
 def test_dicom_one_stem_two_extensions_get_two_ids(tmp_path):
     pytest.importorskip("pydicom")
-    _dicom(tmp_path / "x.dcm", np.zeros((4, 5), np.uint16))
-    _dicom(tmp_path / "x.dicom", np.ones((4, 5), np.uint16))
-    _dicom(tmp_path / "y.dcm", np.ones((4, 5), np.uint16))
+    write_dicom(tmp_path / "x.dcm", np.zeros((4, 5), np.uint16), bits_stored=12)
+    write_dicom(tmp_path / "x.dicom", np.ones((4, 5), np.uint16), bits_stored=12)
+    write_dicom(tmp_path / "y.dcm", np.ones((4, 5), np.uint16), bits_stored=12)
     assert [s.image_id for s in dicom.load(tmp_path)] == ["x.dcm", "x.dicom", "y"]  # was x, x, y
 
 
 def test_dicom_multiframe_is_noted_and_a_file_without_pixels_is_skipped(tmp_path):
     pytest.importorskip("pydicom")
-    _dicom(tmp_path / "frames.dcm", np.stack([np.full((4, 5), v, np.uint16) for v in (1, 2, 3)]))
-    _dicom(tmp_path / "nopix.dcm", np.zeros((4, 5), np.uint16), pixel_data=False)
+    frames = np.stack([np.full((4, 5), v, np.uint16) for v in (1, 2, 3)])
+    write_dicom(tmp_path / "frames.dcm", frames, bits_stored=12)
+    write_dicom(tmp_path / "nopix.dcm", np.zeros((4, 5), np.uint16), bits_stored=12, pixel_data=False)
     ds = dicom.load(tmp_path)
     assert [s.image_id for s in ds] == ["frames"]  # nopix loaded, to fail at its first read
     (fx,) = ds.fixed
@@ -152,7 +135,7 @@ def test_a_dataset_loaded_from_dot_is_named_after_the_folder(tmp_path, monkeypat
     write_image(folders["crops"] / "rbc" / "a.png", np.zeros((4, 4, 3), np.uint8))
     write_image(folders["dsb"] / "s1" / "images" / "s1.png", np.zeros((8, 8, 3), np.uint8))
     folders["scans"].mkdir()
-    _dicom(folders["scans"] / "x.dcm", np.zeros((4, 5), np.uint16))
+    write_dicom(folders["scans"] / "x.dcm", np.zeros((4, 5), np.uint16), bits_stored=12)
     write_image(folders["qp"] / "a.png", np.zeros((40, 60, 3), np.uint8))
     _geojson(folders["qp"] / "a.geojson", [_feature(2, 2, 6, 6)])
     for key, load in (("zheng_wbc", lambda: zheng.load(".", datasets=(1,))), ("crops", lambda: imagefolder.load(".")),

@@ -13,6 +13,7 @@ import zlib
 
 import numpy as np
 import pytest
+from helpers import write_dicom
 from PIL import Image
 
 from smearlab.core.files import atomic_path, write_text
@@ -116,35 +117,11 @@ def test_float_min_is_white_tiff_is_refused(tmp_path):
 
 # -- 5. DICOM ---------------------------------------------------------------------------------------
 
-def _dcm(path, pixels, photometric, bits, spp=1, extra=None):
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "OT"
-    ds.SamplesPerPixel = spp
-    ds.PhotometricInterpretation = photometric
-    ds.Rows, ds.Columns = pixels.shape[:2]
-    if spp == 3:
-        ds.PlanarConfiguration = 0
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = pixels.dtype.itemsize * 8, bits, bits - 1
-    ds.PixelRepresentation = int(pixels.dtype.kind == "i")
-    for k, v in (extra or {}).items():
-        setattr(ds, k, v)
-    ds.PixelData = pixels.tobytes()
-    ds.save_as(path, enforce_file_format=True)
-
-
 def test_dicom_signed_monochrome2_is_shifted_not_clipped(tmp_path):
     pytest.importorskip("pydicom")
     signed = np.array([[-2048, -1024, 0, 1024, 2047]], np.int16)
-    _dcm(tmp_path / "m2.dcm", signed, "MONOCHROME2", 12)
-    _dcm(tmp_path / "m1.dcm", signed, "MONOCHROME1", 12)
+    write_dicom(tmp_path / "m2.dcm", signed, "MONOCHROME2", 12)
+    write_dicom(tmp_path / "m1.dcm", signed, "MONOCHROME1", 12)
     m2 = read_image(tmp_path / "m2.dcm")[0][0, :, 0].tolist()
     assert m2 == [0, 64, 128, 191, 255]  # was [0, 0, 0, 64, 127]: below 0 clipped to black
     assert read_image(tmp_path / "m1.dcm")[0][0, :, 0].tolist() == [255 - v for v in m2]  # its mirror
@@ -159,7 +136,7 @@ def test_dicom_palette_colour_is_looked_up_and_other_interpretations_refused(tmp
     lut = {f"{c}PaletteColorLookupTableDescriptor": [256, 0, 8] for c in ("Red", "Green", "Blue")}
     lut.update(RedPaletteColorLookupTableData=r.tobytes(), GreenPaletteColorLookupTableData=g.tobytes(),
                BluePaletteColorLookupTableData=b.tobytes())
-    _dcm(tmp_path / "pal.dcm", idx, "PALETTE COLOR", 8, extra=lut)
+    write_dicom(tmp_path / "pal.dcm", idx, "PALETTE COLOR", 8, extra=lut)
     img = read_image(tmp_path / "pal.dcm")[0]
     assert img[0, 0].tolist() == [0, 0, 0] and img[0, 1].tolist() == [0, 255, 0] and img[1, 1].tolist() == [200, 0, 0]
     # a 16-bit lookup table spans the 16-bit range
@@ -169,10 +146,10 @@ def test_dicom_palette_colour_is_looked_up_and_other_interpretations_refused(tmp
     lut16.update(RedPaletteColorLookupTableData=np.zeros(256, np.uint16).tobytes(),
                  GreenPaletteColorLookupTableData=g16.tobytes(),
                  BluePaletteColorLookupTableData=np.zeros(256, np.uint16).tobytes())
-    _dcm(tmp_path / "pal16.dcm", idx, "PALETTE COLOR", 8, extra=lut16)
+    write_dicom(tmp_path / "pal16.dcm", idx, "PALETTE COLOR", 8, extra=lut16)
     assert read_image(tmp_path / "pal16.dcm")[0][0, 1].tolist() == [0, 255, 0]
     # an interpretation not handled is refused, not guessed
-    _dcm(tmp_path / "hsv.dcm", np.zeros((2, 2, 3), np.uint8), "HSV", 8, spp=3)
+    write_dicom(tmp_path / "hsv.dcm", np.zeros((2, 2, 3), np.uint8), "HSV", 8, samples_per_pixel=3)
     with pytest.raises(DataError, match=r"hsv\.dcm: DICOM photometric interpretation 'HSV' is not read"):
         read_image(tmp_path / "hsv.dcm")
 
