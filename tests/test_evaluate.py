@@ -402,3 +402,5 @@ def test_instance_scores_leave_crowd_regions_out_as_mask_ap_does():
     assert dsb_score(ds, [more], kind="masks") == pytest.approx(2 / 3)
     assert dsb_score(ds, [more]) == pytest.approx(2 / 3)  # boxes alike
     assert [(f["kind"], f["index"]) for f in failure_cases(ds, [more])] == [("debris", 3)]
+    r = segmentation_metrics(ds, [more])  # counted as the DSB metric scores: the one in the clump left out
+    assert (r["objects_true"], r["objects_predicted"], r["count_error"]) == (2, 3, 0.5)

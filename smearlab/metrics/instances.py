@@ -242,14 +242,15 @@ def segmentation_metrics(dataset: SmearDataset, predictions, score_threshold=Non
         ``mask_mAP``, ``count_mae`` (mean over images of ``|predicted - true|`` objects, all
         classes together), ``count_error`` (mean over images of ``|predicted - true| /
         max(true, 1)``), ``objects_true``, ``objects_predicted`` and ``images``. COCO crowd
-        regions are no true objects (as in every count of the dataset).
+        regions are no true objects, and predictions lying mostly inside one are not counted
+        (as the DSB metric leaves them out).
     """
     preds = check_predictions(dataset, predictions)
     final = preds if score_threshold is None else keep_above_thresholds(
         preds, threshold_array(score_threshold, dataset.class_names))
     ap = mask_ap(dataset, preds if ranked is None else check_predictions(dataset, ranked))
     true = np.array([_objects(s) for s in dataset], np.int64)
-    pred = np.array([len(p["scores"]) for p in final], np.int64)
+    pred = np.array([_counted(s, p) for s, p in zip(dataset, final)], np.int64)
     err = np.abs(pred - true)
     return {"dsb_metric": dsb_score(dataset, final, kind="masks"),
             "mask_mAP50": ap["mask_mAP50"], "mask_mAP": ap["mask_mAP"],
@@ -268,7 +269,8 @@ def count_error(dataset, predictions, score_threshold: float | None = 0.5) -> fl
 
     Parameters
     ----------
-    dataset : the ground truth (its boxes are counted, COCO crowd regions left out).
+    dataset : the ground truth (its boxes are counted; COCO crowd regions, and the predictions
+        lying mostly inside them, are left out).
     predictions : one prediction dict (with ``scores``) per image, aligned with ``dataset``.
     score_threshold : smallest score of a counted prediction; None counts every prediction.
     """
@@ -276,15 +278,29 @@ def count_error(dataset, predictions, score_threshold: float | None = 0.5) -> fl
         raise ValueError(f"{len(predictions)} predictions for {len(dataset)} images")
     errs = []
     for s, p in zip(dataset, predictions):
-        n_pred = len(p["scores"]) if score_threshold is None else int((np.asarray(p["scores"]) >= score_threshold).sum())
-        errs.append(abs(n_pred - _objects(s)) / max(_objects(s), 1))
+        if score_threshold is not None:
+            keep = np.asarray(p["scores"]) >= score_threshold
+            p = {**({"boxes": np.asarray(p["boxes"]).reshape(-1, 4)[keep]} if "boxes" in p else {}),
+                 "scores": np.asarray(p["scores"])[keep]}
+        errs.append(abs(_counted(s, p) - _objects(s)) / max(_objects(s), 1))
     return float(np.mean(errs)) if errs else None
 
 
 def _objects(sample: Sample) -> int:
     """The objects of ``sample`` a count should find: its boxes but the COCO crowd regions (a clump
-    outlined as one is no cell), as every count of the dataset leaves them out."""
+    outlined as one is no cell), as the dataset's summary and ``smearlab predict``'s count error
+    leave them out."""
     return int(len(sample.boxes) - np.count_nonzero(sample.crowd))
+
+
+def _counted(sample, prediction) -> int:
+    """The predictions of one image a count compares with :func:`_objects`: those lying mostly
+    inside a crowd region are left out, as :func:`dsb_score` leaves them out (the truth does not
+    say how many cells a clump holds)."""
+    if "boxes" not in prediction or not isinstance(sample, Sample) or not np.count_nonzero(sample.crowd):
+        return len(prediction["scores"])
+    boxes = np.asarray(prediction["boxes"], np.float64).reshape(-1, 4)
+    return len(_without_crowd(sample, "boxes", np.asarray(sample.boxes, np.float64), boxes, None)[3])
 
 
 def score_instances(dataset, predictions) -> dict:
