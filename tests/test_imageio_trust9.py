@@ -262,3 +262,14 @@ def test_atomic_path_writes_through_a_symlink(tmp_path):
             raise RuntimeError("boom")
     assert (tmp_path / "real.txt").read_text() == "through the link"
     assert sorted(os.listdir(tmp_path)) == ["link.txt", "real.txt"]
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes whatever the permissions say")
+def test_atomic_path_writes_over_a_read_only_file_and_keeps_it_read_only(tmp_path):
+    """The permissions were copied onto the temporary file before the write: a read-only file
+    could no longer be written over."""
+    p = tmp_path / "ro.txt"
+    write_text(p, "old")
+    os.chmod(p, 0o444)
+    write_text(p, "new")
+    assert p.read_text() == "new" and stat.S_IMODE(p.stat().st_mode) == 0o444

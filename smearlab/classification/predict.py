@@ -216,7 +216,8 @@ def save_cascade(folder, detector_folder, classifier: CellClassifier, *, wbc_cla
     if cut.get("source") == "image":
         log.warning("the classifier was trained on whole single-cell images; the cascade classifies a square "
                     "window around each detected box: the cells may be framed differently than in training")
-    recorded = cut.get("pad") if cut.get("source") == "boxes" else None  # only box crops' margins are whole-cell
+    # only box crops' margins are whole-cell (a folder from before "source" was recorded cut box crops)
+    recorded = cut.get("pad") if cut.get("source", "boxes") == "boxes" else None
     if cut.get("source") == "central":  # their margin is around the stained part: 0.3 around a whole-cell
         # box would show the cells about 1.5 times smaller than in training
         given = cut.get("pad", CENTRAL_PAD)

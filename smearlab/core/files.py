@@ -45,10 +45,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
             break
         except FileExistsError:
             continue
-    if path.is_file():
-        os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))  # a private file stays private
     try:
         yield tmp
+        if path.is_file():  # a private file stays private; set after the write (a read-only one stays writable over)
+            os.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
         os.replace(tmp, path)
     finally:
         if tmp.exists():

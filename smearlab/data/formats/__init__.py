@@ -458,7 +458,8 @@ def load(path: str | Path, format: str | None = None, split: str | None = None, 
         if image_root is not None:
             options.setdefault("image_root", image_root)
         if split is not None:
-            options.setdefault("name", f"{path.name}/{split}")
+            from ._common import dataset_name  # here: _common imports this module
+            options.setdefault("name", f"{dataset_name(path)}/{split}")
         log.info("%s: loading the COCO file %s", path, json_path)
         ds = module(fmt).load(json_path, **options)
     elif fmt == "coco" and split is not None:

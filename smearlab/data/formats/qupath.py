@@ -109,8 +109,8 @@ def load(path: str | Path, *, images: str | Path | None = None, class_names=None
             continue
         first = claimed.setdefault(image.resolve(), f)
         if first != f:  # one image, two samples, its objects split between them: refused
-            col.skip(f, f"second annotation file for the image {image.name}: {first.relative_to(folder).as_posix()} "
-                        f"and {f.relative_to(folder).as_posix()} (the first kept; merge the two files)")
+            col.skip(f, f"a second annotation file of one image: {first.relative_to(folder).as_posix()} and "
+                        f"{f.relative_to(folder).as_posix()} both name {image.name} (the first kept; merge the two files)")
             continue
         objects = []
         for k, feat in enumerate(features):

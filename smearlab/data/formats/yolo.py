@@ -114,8 +114,8 @@ def load(path: str | Path, *, split: str | None = None, class_names=None, class_
         key = rel.with_suffix("").as_posix()
         if key in twins:  # x.txt and x.TXT: which one holds the boxes cannot be told
             used.update(twins[key])
-            col.skip(image, f"{len(twins[key])} label files differ only in the case of their extension "
-                            f"({', '.join(p.name for p in twins[key])}): keep one")
+            col.skip(image, f"label files differing only in the case of their extension: "
+                            f"{', '.join(p.name for p in twins[key])}; keep one")
             continue
         label = labels.get(key)  # the exact name wins; another case only when it names one image and one file
         if label is None and near.get(key.lower()):
