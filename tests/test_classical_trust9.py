@@ -80,6 +80,8 @@ def test_a_packed_colour_fluorescence_field_is_not_bright_field(objects):
         p, said = _caught(fn, img)
         assert len(p["boxes"]) == 25 and _iou(p, fg) > 0.9 and not said, fn.__name__
     assert C.objects_dark(img, "green", np.zeros((2, 2)), 0.5) is False  # bright in every intensity
+    from smearlab.segmentation.instances import image_polarity
+    assert image_polarity(img) == "bright"  # the learned segmenter's input: by the minority rule "dark"
 
 
 def test_a_stained_field_with_black_vignetted_corners_stays_bright_field():

@@ -158,7 +158,7 @@ def is_colour(image: np.ndarray) -> bool:
     return bool(np.percentile(c, 100 * (1 - COLOUR_SHARE)) >= COLOUR_SPREAD)
 
 
-def _fluorescence_look(img: np.ndarray, grey: np.ndarray | None = None, *, colour: bool | None = None) -> bool:
+def fluorescence_look(img: np.ndarray, grey: np.ndarray | None = None, *, colour: bool | None = None) -> bool:
     """Whether a colour image has the background end of a fluorescence image: at least 5 % of its
     pixels near-black (grey below :data:`NEAR_BLACK` of the full scale) and those pixels colourless
     (their mean colour grey: a stained object that dark is still coloured), unless its lit side
@@ -217,7 +217,7 @@ def is_stained_brightfield(image: np.ndarray, grey: np.ndarray | None = None) ->
         grey = img.astype(np.float32) @ np.asarray(LUMA, np.float32)
     if not float(np.median(grey)) > 0.25 * full_scale(img):
         return False
-    return not _fluorescence_look(img, grey, colour=True)
+    return not fluorescence_look(img, grey, colour=True)
 
 
 _INTENSITY_CHANNELS = ("gray", "value", "red", "green", "blue")
@@ -229,7 +229,7 @@ def _side_rule(img: np.ndarray, channel: str) -> str:
     intensity channel: the objects are bright) or ``"minority"`` (the minority side of the threshold)."""
     if img.ndim == 3 and is_stained_brightfield(img):
         return "stained"
-    if img.ndim == 3 and channel in ("auto", *_INTENSITY_CHANNELS) and _fluorescence_look(img):
+    if img.ndim == 3 and channel in ("auto", *_INTENSITY_CHANNELS) and fluorescence_look(img):
         return "fluorescence"
     return "minority"
 

@@ -48,7 +48,7 @@ from ..data.imageio import LUMA
 from ..data.predictions import Predictions, empty_prediction
 from ..data.sample import SmearDataset
 from ..metrics.instances import dsb_score
-from .classical import as_image_array, is_stained_brightfield
+from .classical import as_image_array, fluorescence_look, is_stained_brightfield
 from .size import SizeModel, fit_size_model, object_diameter, zoomed
 from .unet import UNet
 
@@ -96,8 +96,10 @@ def image_polarity(image: np.ndarray) -> str:
     * a colour image whose median grey level is above a quarter of the full scale is a stained
       bright-field image (stains absorb light, so what is stained is darker), whatever share of
       the field its objects cover: a tissue section packed with nuclei is still bright-field;
-    * any other image (grey, or a colour composite on a dark background) by :func:`polarity`:
-      the objects are the minority of the pixels.
+    * a colour image on a near-black, colourless background is fluorescence, however packed
+      (:func:`~smearlab.segmentation.classical.fluorescence_look`);
+    * any other image (grey, or a colour composite) by :func:`polarity`: the objects are the
+      minority of the pixels.
 
     Parameters
     ----------
@@ -123,7 +125,11 @@ def _stretched(grey: np.ndarray, dark: bool) -> np.ndarray:
 
 
 def _polarity(img: np.ndarray, grey: np.ndarray) -> str:
-    return "dark" if is_stained_brightfield(img, grey) else polarity(grey)
+    if is_stained_brightfield(img, grey):
+        return "dark"
+    # a colour field on a near-black, colourless background is fluorescence however packed: by the
+    # minority rule a field 58 % nuclei read "dark", and the network was handed its background
+    return "bright" if fluorescence_look(img, grey) else polarity(grey)
 
 
 def polarity(channel: np.ndarray) -> str:
