@@ -26,8 +26,10 @@ training and 10 test images, stratified by the three looks of ``SUBSET_IMAGES.ts
   crop's image drawn with equal chance, chosen over drawing by area by the same folds as below:
   ``segmentation_dsb_augment.py --samplings area image --folds 3``); its outputs
   are chosen by measurement: two variants, "boundary" (background / interior / boundary, then a
-  watershed seeded by the confident interior) and "foreground" (background / foreground, then the
-  distance-transform watershed of the predicted foreground), compared by cross-validation on the
+  watershed seeded by the confident interior) and "foreground" (the distance-transform watershed
+  of the predicted foreground, interior and boundary together; trained on the same three classes
+  with the thinnest band, 1 px: every run recorded before 2026-12-07 asked for a band of 0, which
+  was read as 1 px until such bands were refused), compared by cross-validation on the
   training images: the 20 are dealt into ``--selection-folds`` folds stratified by look (3: 6-7
   validation images each, every training image validating once), each variant trained for
   ``--selection-budget`` minutes per fold on the rest and scored on the fold, and the better mean
@@ -363,7 +365,7 @@ def train_learned(fit, val, variant: str, minutes: float, device, seed: int, bas
     torch.manual_seed(seed)
     model = build_instance_unet(base=base, depth=4)
     cfg = InstanceTrainConfig(**{**dict(crop=128, batch_size=8, lr=2e-3, time_budget_s=minutes * 60, seed=seed,
-                                        device=str(device), boundary=2 if variant == "boundary" else 0), **config})
+                                        device=str(device), boundary=2 if variant == "boundary" else 1), **config})
     t0 = time.perf_counter()
     history = train_instance_unet(model, fit, None, cfg, progress=True)
     train_s = time.perf_counter() - t0
@@ -512,6 +514,8 @@ def main(argv=None) -> int:
                     "its outputs")
     ap.add_argument("--selection-folds", type=int, default=3, help="folds of the training images for that choice "
                     "(1: the 4 validation images only)")
+    ap.add_argument("--name", default="segmentation_dsb", help="results/<name>.json (another name keeps the "
+                    "recorded run, e.g. for a run without the learned segmenter)")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -530,7 +534,7 @@ def main(argv=None) -> int:
         print(f"DSB per look, {method:10s} " + ", ".join(f"{g} {v:.3f}" for g, v in looks.items()))
     for k, v in r["seconds_per_image"].items():
         print(f"seconds per image, {k}: " + ", ".join(f"{d} {s:.3f}" for d, s in v.items()))
-    print(f"-> {save_result('segmentation_dsb', r, argv)}")
+    print(f"-> {save_result(args.name, r, argv, script='segmentation_dsb')}")
     return 0
 
 

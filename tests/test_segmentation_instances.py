@@ -716,3 +716,32 @@ def test_crops_of_an_image_without_a_class_map_beside_ones_with_are_refused():
         crop_dataset(ds)
     assert np.unique(crop_dataset(SmearDataset([with_map], ["cell"], semantic_names=["background", "rbc", "wbc"]))[0]
                      .semantic).tolist() == [0, 2]
+
+
+@pytest.mark.parametrize("variant, band", [("boundary", 2), ("foreground", 1)])
+def test_the_dsb_benchmark_s_variants_are_valid_training_settings(monkeypatch, variant, band):
+    """The benchmark's "foreground" variant asked for a boundary band of 0, read as 1 px until such
+    bands were refused; from then on the benchmark stopped after 30 minutes of choosing."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+    here = Path(__file__).resolve().parent.parent / "benchmarks"
+    sys.path.insert(0, str(here))  # the script imports its neighbour _common
+    try:
+        spec = importlib.util.spec_from_file_location("bench_dsb", here / "segmentation_dsb.py")
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+    finally:
+        sys.path.remove(str(here))
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def spy(model, fit, val, cfg, progress=False):
+        seen.append(cfg)
+        raise Stop
+    monkeypatch.setattr(bench, "train_instance_unet", spy)
+    with pytest.raises(Stop):
+        bench.train_learned([], [], variant, 0.1, torch.device("cpu"), 0)
+    assert seen[0].boundary == band
