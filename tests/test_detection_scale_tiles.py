@@ -203,3 +203,44 @@ def test_a_sample_given_a_size_that_is_not_its_image_s_is_refused():
     from smearlab.core.errors import DataError
     with pytest.raises(DataError, match=r"size \(5, 5\) given for an image of \(10, 10\)"):
         Sample("a", size=(5, 5), _image=np.zeros((10, 10, 3), np.uint8))
+
+
+def test_box_tiles_cut_instance_masks_with_the_image():
+    """The tiles of a field with instance masks had none: fine-tuning a Mask R-CNN on a large
+    corrected field was refused for 'objects without masks'. A cut object's box is its mask's."""
+    img = np.zeros((100, 150, 3), np.uint8)
+    masks = np.zeros((2, 100, 150), bool)
+    masks[0, 10:30, 10:30] = True
+    masks[1, 10:20, 55:90] = True       # an L: its lower arm reaches x 55..60 only
+    masks[1, 20:30, 55:60] = True
+    ds = SmearDataset([Sample("big", boxes=[[10, 10, 30, 30], [55, 10, 90, 30]], labels=[0, 1], _image=img,
+                              _masks=masks)], ["a", "b"], "fields")
+    tiles = box_tiles(ds, 64)
+    assert all(t.has_masks and len(t.masks) == len(t.boxes) for t in tiles)
+    first = tiles[0]
+    assert first.labels.tolist() == [0] and first.masks.shape == (1, 64, 64)
+    np.testing.assert_array_equal(first.masks[0], masks[0, :64, :64])
+    second = next(t for t in tiles if t.meta["window"][:2] == (64, 0))
+    # 26 of 35 px of the box inside; in the tile the object is the upper arm, x 64..90, y 10..20
+    assert second.labels.tolist() == [1] and second.boxes.tolist() == [[0, 10, 26, 20]]
+    np.testing.assert_array_equal(second.masks[0], masks[1, :64, 64:128])
+
+
+def test_pad_to_places_small_images_on_their_background_in_their_orientation():
+    from smearlab.data.derive import pad_to
+    img = np.full((30, 20, 3), 200, np.uint8)
+    img[5:10, 5:10] = 40
+    masks = np.zeros((1, 30, 20), bool)
+    masks[0, 5:10, 5:10] = True
+    ds = SmearDataset([Sample("p", boxes=[[5, 5, 10, 10]], labels=[0], _image=img, _masks=masks),
+                       Sample("same", _image=np.zeros((40, 60, 3), np.uint8)),
+                       Sample("wide", _image=np.zeros((20, 70, 3), np.uint8))], ["c"], "d")
+    out = pad_to(ds, (40, 60))
+    p = out[0]
+    assert p.hw == (60, 40)                              # portrait image: portrait canvas
+    np.testing.assert_array_equal(p.image[:30, :20], img)
+    assert (p.image[30:] == 200).all() and (p.image[:, 20:] == 200).all()
+    assert p.boxes.tolist() == [[5, 5, 10, 10]] and p.masks.shape == (1, 60, 40) and p.masks.sum() == 25
+    assert p.meta["padded_from"] == (30, 20) and p.image_id == "p"
+    assert out[1] is ds[1] and out[2] is ds[2]           # the training size, and wider than it: as they are
+    assert pad_to(ds, (40, 60), only=[False, False, False])[0] is ds[0]

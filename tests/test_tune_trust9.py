@@ -115,3 +115,30 @@ def test_fine_tuning_sees_large_corrected_fields_at_the_training_magnification(t
     assert sum(s.hw == (80, 96) for s in data) == 2                      # training-sized images stay whole
     assert len(data) > 4 and data.num_objects >= 0.9 * (corr.num_objects + train.num_objects)
     assert list(model.detector_config.train_image_size) == [80, 96]
+
+
+def test_fine_tuning_sees_small_corrected_fields_at_the_training_magnification(tmp_path, monkeypatch):
+    """Whole, a corrected crop a quarter of the training size was enlarged to the model's input:
+    its cells were learned at twice the size ``smearlab predict`` (at the training magnification)
+    shows them at. Padded to the training size with its background, it is resized as they were."""
+    train = make_dataset(2, seed=0, width=96, height=80)
+    cfg = DetectorConfig(arch="maskrcnn_tiny", class_names=train.class_names, min_size=80, max_size=96,
+                         train_image_size=[80, 96])
+    save_model(build_detector(cfg), cfg, tmp_path / "r0")
+    corr = make_dataset(2, seed=1, width=48, height=40)
+    big = make_dataset(1, seed=2, width=192, height=160)
+    seen = []
+    monkeypatch.setattr(finetune, "train_detector", _no_training(seen))
+    finetune.fine_tune(tmp_path / "r0", SmearDataset.concat([corr, big], name="corr"), train=train, epochs=1,
+                       device="cpu")
+    data = seen[0]
+    k_train = input_scale((80, 96), cfg)
+    assert all(input_scale(s.hw, cfg) == pytest.approx(k_train) for s in data)
+    padded = [s for s in data if "padded_from" in s.meta]
+    assert len(padded) == 2 and all(s.hw == (80, 96) for s in padded)
+    for s, c in zip(padded, corr):
+        np.testing.assert_array_equal(s.image[:40, :48], c.image)
+        np.testing.assert_array_equal(s.boxes, c.boxes)
+    # a Mask R-CNN learns every image, tiles of the large field included, with its masks
+    assert all(s.has_masks and len(s.masks) == len(s.boxes) and s.masks.shape[1:] == s.hw for s in data)
+

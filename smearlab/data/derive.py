@@ -1,5 +1,5 @@
 """Datasets derived from others for a task: one class, foreground class maps, instances from
-class maps, native-resolution tiles."""
+class maps, native-resolution tiles, images padded to a size."""
 from __future__ import annotations
 
 import dataclasses
@@ -130,8 +130,8 @@ def tile_dataset(dataset, tile: int = 128, *, max_tiles: int | None = None, seed
     for i, x0, y0, x1, y1 in windows:
         s = dataset[i]
         out.append(Sample(f"{s.image_id}@{x0},{y0}", _image=np.ascontiguousarray(s.image[y0:y1, x0:x1]),
-                          domain=s.domain, meta={**_image_meta(s.meta), "source": s.image_id,
-                                                 "window": (x0, y0, x1, y1)},
+                          domain=s.domain, sensor_bits=s.sensor_bits,
+                          meta={**_image_meta(s.meta), "source": s.image_id, "window": (x0, y0, x1, y1)},
                           _semantic=np.ascontiguousarray(np.asarray(s.semantic)[y0:y1, x0:x1])))
     return SmearDataset(out, getattr(dataset, "class_names", []), f"{getattr(dataset, 'name', 'dataset')}-tiles",
                         semantic_names=getattr(dataset, "semantic_names", None))
@@ -194,6 +194,8 @@ def box_tiles(dataset: SmearDataset, tile: int = 640, *, min_visible: float = 0.
     scale it will predict at with tiles. Tiles cover the image on a grid of step ``tile``, the last
     row and column flush with the border, so they overlap the one before them (by up to a whole
     tile less a pixel; a box inside both is in both); an image smaller than ``tile`` stays whole.
+    Instance masks (Mask R-CNN) are cut with the image, and a cut object's box is then its mask's
+    box in the tile (an object whose mask does not reach into the tile is not in it).
     A box cut by a tile edge is kept, clipped, when at least ``min_visible`` of its area is
     inside, else dropped from that tile: its cell is then mostly in a neighbouring tile, and the
     piece left in this tile is unlabelled there (trained as background; about a tenth of the
@@ -224,6 +226,7 @@ def box_tiles(dataset: SmearDataset, tile: int = 640, *, min_visible: float = 0.
     for s in dataset:
         h, w = s.hw
         img = s.image
+        masks = np.asarray(s.masks) if s.has_masks else None
         boxes = s.boxes.astype(np.float64)  # a share exactly at min_visible is kept (float32: 0.3 * 100 > 30)
         area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
         for y in _starts(h, tile):
@@ -232,16 +235,81 @@ def box_tiles(dataset: SmearDataset, tile: int = 640, *, min_visible: float = 0.
                 b = np.clip(boxes - np.array([x, y, x, y], np.float64), 0, [x1 - x, y1 - y] * 2)
                 inside = (b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])
                 keep = (inside > 0) & (inside >= min_visible * np.maximum(area, 1e-6))
+                m = None
+                if masks is not None:  # a Mask R-CNN's targets: each object's mask cut with the image
+                    m = np.ascontiguousarray(masks[:, y:y1, x:x1])
+                    keep &= m.any(axis=(1, 2))  # a box reaching into the tile, its mask not
+                    m = m[keep]
+                    b = b.copy()
+                    b[keep] = [mask_box(k) for k in m] if len(m) else b[keep]  # the cut object's own box
                 # per-box flags (crowd regions, VOC difficult) follow their boxes: a crowd region
                 # of a tile became an ordinary object
                 flags = {k: v for k, v in per_box_meta(s.meta, keep).items() if isinstance(v, np.ndarray)}
                 out.append(Sample(f"{s.image_id}@{x},{y}", boxes=b[keep], labels=s.labels[keep], domain=s.domain,
-                                  image_label=s.image_label,
-                                  _image=np.ascontiguousarray(img[y:y1, x:x1]),
+                                  image_label=s.image_label, sensor_bits=s.sensor_bits,
+                                  _image=np.ascontiguousarray(img[y:y1, x:x1]), _masks=m,
                                   meta={**flags, **_image_meta(s.meta), "source": s.image_id,
                                         "window": (x, y, x1, y1)}))
         s.release()
     return SmearDataset(out, dataset.class_names, f"{dataset.name}-tiles{tile}")
+
+
+def pad_to(dataset: SmearDataset, size, *, only: "Sequence[bool] | None" = None) -> SmearDataset:
+    """Every image smaller than ``size`` on both sides (orientation aside) placed at the top left
+    of a canvas of that size, turned to the image's orientation and filled with the median colour
+    of the image's border (its background); boxes are unchanged, instance masks and semantic masks
+    padded with background. A detector resizes each input so that its short side meets its own
+    input size: a field half the training size was enlarged twice, its cells shown at twice the
+    size ``smearlab predict`` shows them at (it predicts such a field at the training
+    magnification); on the canvas they are resized as the training images were. Other images are
+    kept as they are.
+
+    Parameters
+    ----------
+    dataset : the images (any annotations).
+    size : ``(height, width)`` or ``[short, long]`` of the canvas (e.g. a detector's
+        ``train_image_size``); each image is padded to it in its own orientation.
+    only : which images to pad (None: every one smaller than ``size``).
+
+    Returns
+    -------
+    SmearDataset
+        same classes and order; a padded sample keeps its id, with ``meta["padded_from"]``
+        ``(height, width)`` and the file it came from as ``meta["source_path"]``.
+    """
+    short, long = sorted(int(v) for v in size)
+    if short < 1:
+        raise ValueError(f"size must be two positive sides, got {size!r}")
+    out = []
+    for i, s in enumerate(dataset):
+        h, w = s.hw
+        H, W = (short, long) if h <= w else (long, short)
+        if (h, w) == (H, W) or h > H or w > W or (only is not None and not only[i]):
+            out.append(s)
+            continue
+        img = s.image
+        border = np.concatenate([img[0], img[-1], img[:, 0], img[:, -1]]).reshape(-1, *img.shape[2:])
+        canvas = np.empty((H, W) + img.shape[2:], img.dtype)
+        canvas[:] = np.median(border, axis=0).astype(img.dtype)
+        canvas[:h, :w] = img
+        masks = None
+        if s.has_masks:
+            m = np.asarray(s.masks)
+            masks = np.zeros((len(m), H, W), bool)
+            masks[:, :h, :w] = m
+        semantic = None
+        if s.has_semantic:
+            sem = np.asarray(s.semantic)
+            semantic = np.zeros((H, W), sem.dtype)
+            semantic[:h, :w] = sem
+        meta = {**s.meta, "padded_from": (h, w)}
+        if s.path is not None:
+            meta.setdefault("source_path", str(s.path))
+        out.append(dataclasses.replace(s, path=None, size=None, _image=canvas, _masks=masks, _semantic=semantic,
+                                       meta=meta))
+        s.release()
+    return SmearDataset(out, dataset.class_names, dataset.name, root=dataset.root, format=dataset.format,
+                        semantic_names=getattr(dataset, "semantic_names", None))
 
 
 def repeat_rare(dataset: SmearDataset, *, threshold: float = 0.5, max_repeat: int = 8) -> SmearDataset:

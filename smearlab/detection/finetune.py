@@ -17,11 +17,11 @@ from typing import Any
 from ..core.errors import DataError
 from ..core.model_folder import read_side_file, write_side_file
 from ..core.training import History
-from ..data.derive import box_tiles, remap_dataset
+from ..data.derive import box_tiles, pad_to, remap_dataset
 from ..data.sample import SmearDataset
 from ..metrics.detection import count_matrix
 from .anchors import input_scale
-from .models import auto_tile, load_model, save_model
+from .models import auto_tile, load_model, save_model, smaller_than_training
 from .predict import predict_fields
 from .train import TrainConfig, default_evaluate, train_detector
 from .tune import OBJECTIVES, Thresholds, auto_tune
@@ -61,13 +61,22 @@ def read_train_config(folder) -> TrainConfig | None:
 
 
 def at_training_magnification(data: SmearDataset, cfg) -> SmearDataset:
-    """``data`` with every image that ``smearlab predict`` would tile
-    (:func:`~smearlab.detection.models.auto_tile`: more than 1.5 times the training images' size)
-    cut into square tiles (:func:`~smearlab.data.derive.box_tiles`) that the detector resizes by
-    the factor it resized its training images by: the side ``min(min_size, max_size)`` over that
-    factor (the training images' short side when ``min_size`` sets their resize). Whole, such an
-    image would be shrunk to ``min_size`` and its cells learned smaller than they are predicted
-    at. Unchanged for a model without ``train_image_size``.
+    """``data`` as ``smearlab predict`` sees it (:func:`~smearlab.detection.predict.predict_fields`),
+    so that every image is learned at the magnification it is predicted at.
+
+    * An image it would tile (:func:`~smearlab.detection.models.auto_tile`: more than 1.5 times
+      the training images' size) is cut into square tiles (:func:`~smearlab.data.derive.box_tiles`)
+      that the detector resizes by the factor it resized its training images by: the side
+      ``min(min_size, max_size)`` over that factor (the training images' short side when
+      ``min_size`` sets their resize). Whole, such an image would be shrunk to ``min_size`` and its
+      cells learned smaller than they are predicted at.
+    * An image smaller than the training images on both sides
+      (:func:`~smearlab.detection.models.smaller_than_training`, predicted at the training
+      magnification) is padded to the training size with its background
+      (:func:`~smearlab.data.derive.pad_to`). Whole, it would be enlarged to ``min_size``: a
+      quarter field had its cells learned at twice their size.
+
+    Unchanged for a model without ``train_image_size``.
 
     Parameters
     ----------
@@ -76,6 +85,12 @@ def at_training_magnification(data: SmearDataset, cfg) -> SmearDataset:
     """
     if not cfg.train_image_size:
         return data
+    small = [smaller_than_training(cfg, s.hw) for s in data.samples]
+    if any(small):
+        data = pad_to(data, cfg.train_image_size, only=small)
+        log.info("%d of %d images smaller than the training images (%s) padded to their size with their "
+                 "background, as seen at the training magnification", sum(small), len(data),
+                 list(cfg.train_image_size))
     big = [auto_tile(cfg, s.hw) is not None for s in data.samples]
     if not any(big):
         return data
@@ -102,10 +117,11 @@ def fine_tune(model_folder, corrected: SmearDataset, train: SmearDataset | None 
     already trained).
 
     Images much larger than the model's training images (those ``smearlab predict`` cuts into
-    tiles, :func:`~smearlab.detection.models.auto_tile`) are cut into tiles here too
-    (:func:`at_training_magnification`), so that their cells are learned at the magnification they
-    are predicted at: whole, a field twice the training size was shrunk to the model's input size,
-    its cells learned at half their size.
+    tiles, :func:`~smearlab.detection.models.auto_tile`) are cut into tiles here too, and images
+    smaller than them padded to their size (:func:`at_training_magnification`), so that their cells
+    are learned at the magnification they are predicted at: whole, a field twice the training size
+    was shrunk to the model's input size, its cells learned at half their size, and a quarter field
+    enlarged, its cells learned at twice their size.
 
     Parameters
     ----------

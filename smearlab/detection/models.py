@@ -318,6 +318,24 @@ def auto_tile(cfg: DetectorConfig, hw, factor: float = 1.5) -> int | None:
     return None
 
 
+def smaller_than_training(cfg: DetectorConfig, hw) -> bool:
+    """Whether an image of ``hw`` is smaller than the training images (``cfg.train_image_size``,
+    ``[short, long]``) on both sides, orientation aside, and not their size: ``smearlab predict``
+    sees it whole at the training magnification (``scale=1``), and fine-tuning pads it to the
+    training size for the same reason. False for a model that does not record the size.
+
+    Parameters
+    ----------
+    cfg : the detector's settings.
+    hw : ``(height, width)`` of the image.
+    """
+    if not cfg.train_image_size:
+        return False
+    short, long = sorted(int(v) for v in hw)
+    t_short, t_long = sorted(int(v) for v in cfg.train_image_size)
+    return short <= t_short and long <= t_long and (short, long) != (t_short, t_long)
+
+
 def median_sides(sizes) -> list[int]:
     """``[short, long]``: the median short and long sides of images of ``sizes`` (``(h, w)``
     each), what :attr:`DetectorConfig.train_image_size` records. The medians of heights and

@@ -37,7 +37,7 @@ from ..data.predictions import Predictions, empty_prediction
 from ..data.sample import Sample, SmearDataset
 from ..data.torchdata import LUMA, DetectionDataset
 from ..preprocess import as_preprocess
-from .models import auto_tile, is_mask_model, unwrap
+from .models import auto_tile, is_mask_model, smaller_than_training, unwrap
 from .postprocess import fuse_boxes, per_image_caps
 from .scale import PROBE_FACTORS, check_zoom, choose_factor
 from .tune import Thresholds
@@ -712,7 +712,7 @@ def predict_fields(model, images, *, batch_size: int = 4, thresholds: Any = None
         if cfg is None:
             return None
         t = auto_tile(cfg, hw(x))
-        if t is None and cfg.train_image_size and _smaller(hw(x), cfg.train_image_size):
+        if t is None and smaller_than_training(cfg, hw(x)):
             return "small"
         return t
 
@@ -728,13 +728,6 @@ def predict_fields(model, images, *, batch_size: int = 4, thresholds: Any = None
         names = part.class_names
         got.update({i: (p, w) for i, p, w in zip(idx, part, part.windows or [1] * len(part))})
     return Predictions([got[i][0] for i in range(len(items))], names, windows=[got[i][1] for i in range(len(items))])
-
-def _smaller(hw, train_image_size) -> bool:
-    """Whether an image of ``hw`` is smaller than the training images (``[short, long]``) on both
-    sides, orientation aside."""
-    short, long = sorted(int(v) for v in hw)
-    t_short, t_long = sorted(int(v) for v in train_image_size)
-    return short <= t_short and long <= t_long and (short, long) != (t_short, t_long)
 
 
 #: The views of test-time augmentation: the image dimensions each one flips (none, left-right,
