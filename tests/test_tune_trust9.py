@@ -142,3 +142,29 @@ def test_fine_tuning_sees_small_corrected_fields_at_the_training_magnification(t
     # a Mask R-CNN learns every image, tiles of the large field included, with its masks
     assert all(s.has_masks and len(s.masks) == len(s.boxes) and s.masks.shape[1:] == s.hw for s in data)
 
+
+def test_thresholds_tuned_on_tta_predictions_record_it(tmp_path):
+    """auto_tune left Thresholds.tta False whatever the predictions were made with: thresholds
+    tuned on test-time-augmented predictions were refused with tta and used without it unchecked."""
+    import pickle
+
+    from smearlab.detection.postprocess import RawPredictions
+    from smearlab.detection.predict import predict
+    ds = make_dataset(2, seed=0, width=96, height=80)
+    cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=ds.class_names, min_size=80, max_size=96)
+    model = build_detector(cfg).eval()
+    made = predict(model, ds, tta=True, progress=False, score_floor=0.0)
+    assert made.tta is True and made[:1].tta is True and made.copy().tta is True
+    assert pickle.loads(pickle.dumps(made)).tta is True and (made + made).tta is True
+    assert (made + predict(model, ds, progress=False)).tta is None          # a mix is neither
+    th = auto_tune(ds, made)
+    assert th.tta is True
+    predict(model, ds, tta=True, thresholds=th, progress=False)             # used as tuned
+    with pytest.raises(ValueError, match="tta"):
+        predict(model, ds, tta=False, thresholds=th, progress=False)
+    raw = RawPredictions.for_dataset(ds, made)
+    assert RawPredictions.load(raw.save(tmp_path / "raw.npz")).meta["tta"] is True
+    assert auto_tune(ds, RawPredictions.load(tmp_path / "raw.npz")).tta is True
+    with pytest.raises(ValueError, match="tta=False given"):
+        auto_tune(ds, made, tta=False)
+    assert auto_tune(ds, list(made)).tta is False and auto_tune(ds, list(made), tta=True).tta is True

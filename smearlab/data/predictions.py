@@ -92,27 +92,32 @@ class Predictions(list):
     windows : per image, the forward passes (tiles) its prediction was merged from, where
         ``predict`` tiled (the detection cap is per pass); None when unknown.
     zooms : per image, the factor it was predicted at (``predict(scale=...)``), or None.
+    tta : whether they were made with test-time augmentation (``predict(tta=...)``: its fused
+        scores are lower where the views disagree, so thresholds tuned on them record it), or
+        None when unknown.
 
-    A slice keeps the class names, windows and zooms of its images; ``+`` joins predictions of
+    A slice keeps the class names, windows, zooms and tta of its images; ``+`` joins predictions of
     the same classes (a plain list would lose them: its labels would then be read in a dataset's
     class order), and refuses to join non-empty predictions without class names to ones with.
-    Pickling and ``copy``/``deepcopy`` keep the class names, windows and zooms.
+    Pickling and ``copy``/``deepcopy`` keep the class names, windows, zooms and tta.
     """
 
-    def __init__(self, items=(), class_names: Sequence[str] | None = None, *, windows=None, zooms=None):
+    def __init__(self, items=(), class_names: Sequence[str] | None = None, *, windows=None, zooms=None,
+                 tta: bool | None = None):
         if isinstance(class_names, (str, bytes)):  # "RBC" made the classes R, B and C
             raise TypeError(f"class_names must be a list of class names, got the string {class_names!r}")
         super().__init__(items)
         self.class_names = None if class_names is None else [str(c) for c in class_names]
         self.windows = None if windows is None else list(windows)
         self.zooms = None if zooms is None else list(zooms)
+        self.tta = None if tta is None else bool(tta)
 
     def __getitem__(self, i):
         item = super().__getitem__(i)
         if not isinstance(i, slice):
             return item
         return Predictions(item, self.class_names, windows=None if self.windows is None else self.windows[i],
-                           zooms=None if self.zooms is None else self.zooms[i])
+                           zooms=None if self.zooms is None else self.zooms[i], tta=getattr(self, "tta", None))
 
     def __add__(self, other):
         names = class_names_of(other)
@@ -129,8 +134,9 @@ class Predictions(list):
         def joined(attr):
             a, b = getattr(self, attr, None), getattr(other, attr, None)
             return None if a is None or b is None else list(a) + list(b)
+        a, b = getattr(self, "tta", None), getattr(other, "tta", None)
         return Predictions(list(self) + list(other), self.class_names or names, windows=joined("windows"),
-                           zooms=joined("zooms"))
+                           zooms=joined("zooms"), tta=a if a == b else None)
 
     def __radd__(self, other):
         # ``[] + p`` and ``sum([p, q], [])``: Python asks a list subclass first, so the join is
@@ -202,7 +208,8 @@ class Predictions(list):
         return (Predictions, (list(self), self.class_names), dict(self.__dict__))
 
     def copy(self) -> "Predictions":
-        return Predictions(list(self), self.class_names, windows=self.windows, zooms=self.zooms)
+        return Predictions(list(self), self.class_names, windows=self.windows, zooms=self.zooms,
+                           tta=getattr(self, "tta", None))
 
     def __repr__(self) -> str:
         return f"Predictions({len(self)} images, classes={self.class_names})"

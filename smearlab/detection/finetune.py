@@ -191,7 +191,6 @@ def fine_tune(model_folder, corrected: SmearDataset, train: SmearDataset | None 
     def tuned_for(m) -> dict:  # the thresholds of ``m``'s own weights, for the objective (and IoU) they had
         t = auto_tune(val_m, predict_fields(m, val_m, tta=th.tta, device=device), th.objective,
                       max_dets=th.max_dets, iou=(th.metrics or {}).get("iou", 0.5))
-        t.tta = th.tta
         return t.to_dict()
 
     if retune:  # tuned for the weights before: tuned again, as training does

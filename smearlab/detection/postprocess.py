@@ -50,7 +50,8 @@ class RawPredictions:
     truth_digest : a digest of the dataset's annotations (:func:`truth_digest`): image ids repeat
         between datasets (synthetic sets of another seed, files of one name), annotations hardly.
     meta : further information kept with the predictions (in memory; :meth:`save` writes only
-        ``windows``, each image's tile count).
+        ``windows``, each image's tile count, and ``tta``, whether they were made with test-time
+        augmentation).
     """
 
     predictions: list
@@ -89,8 +90,10 @@ class RawPredictions:
             raise ValueError(f"{len(predictions)} predictions for {len(dataset)} images")
         names = class_names_of(predictions) or dataset.class_names
         windows = getattr(predictions, "windows", None)  # tiles per image: the cap is per forward pass
+        tta = getattr(predictions, "tta", None)  # thresholds tuned on them record it
+        meta = {k: v for k, v in (("windows", windows), ("tta", tta)) if v is not None}
         return cls(list(predictions), names, score_floor, [s.image_id for s in dataset], truth_digest(dataset),
-                   meta={"windows": windows} if windows is not None else {})
+                   meta=meta)
 
     def __len__(self) -> int:
         return len(self.predictions)
@@ -155,6 +158,8 @@ class RawPredictions:
             arrays["truth_digest"] = np.array(self.truth_digest)
         if self.meta.get("windows") is not None:  # tiles per image: the cap on boxes is per forward pass
             arrays["windows"] = np.asarray(self.meta["windows"], np.int64)
+        if self.meta.get("tta") is not None:
+            arrays["tta"] = np.bool_(self.meta["tta"])
         for i, p in enumerate(preds):
             if "masks" in p:
                 arrays[f"masks_{i}"] = p["masks"]
@@ -219,9 +224,11 @@ class RawPredictions:
         windows = data.get("windows")
         if windows is not None and (windows.shape != counts.shape or (windows < 1).any()):
             raise DataError(path, f"tile counts of shape {windows.shape} for {len(counts)} images")
+        meta = {} if windows is None else {"windows": windows.tolist()}
+        if "tta" in data:
+            meta["tta"] = bool(data["tta"])
         return cls(preds, data["class_names"].tolist(), float(data.get("score_floor", 0.0)),
-                   None if ids is None else ids.tolist(), None if digest is None else str(digest),
-                   meta={} if windows is None else {"windows": windows.tolist()})
+                   None if ids is None else ids.tolist(), None if digest is None else str(digest), meta=meta)
 
 
 def truth_digest(dataset) -> str:

@@ -664,7 +664,7 @@ def predict(model, data, *, batch_size: int = 4, device: "str | torch.device | N
         if is_module and was_training:
             model.train()
     # per image, the tiles (forward passes) its prediction was merged from: the cap is per pass
-    results = Predictions(results, list(cfg.class_names) if cfg is not None else None, windows=windows)
+    results = Predictions(results, list(cfg.class_names) if cfg is not None else None, windows=windows, tta=tta)
     th = _resolve_extra(model, thresholds, "thresholds", "thresholds")
     if th is not None:
         th = th if isinstance(th, Thresholds) else Thresholds(**th)
@@ -727,7 +727,8 @@ def predict_fields(model, images, *, batch_size: int = 4, thresholds: Any = None
                        progress=False, tta=tta, device=device)
         names = part.class_names
         got.update({i: (p, w) for i, p, w in zip(idx, part, part.windows or [1] * len(part))})
-    return Predictions([got[i][0] for i in range(len(items))], names, windows=[got[i][1] for i in range(len(items))])
+    return Predictions([got[i][0] for i in range(len(items))], names, windows=[got[i][1] for i in range(len(items))],
+                       tta=tta)
 
 
 #: The views of test-time augmentation: the image dimensions each one flips (none, left-right,

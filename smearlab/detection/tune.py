@@ -172,7 +172,7 @@ def auto_tune(dataset_val, raw_val, objective: str = "f1",
               nms_grid: Sequence[float | None] = (0.3, 0.4, 0.5, 0.6, 0.7, None),
               score_grid: Sequence[float] = np.linspace(0.05, 0.95, 19), *,
               class_agnostic: bool = False, max_dets: int | None = 300, iou: float = 0.5,
-              evaluator=None) -> Thresholds:
+              evaluator=None, tta: bool | None = None) -> Thresholds:
     """Per-class score thresholds and an NMS IoU that maximise ``objective`` on validation data.
 
     Parameters
@@ -194,6 +194,9 @@ def auto_tune(dataset_val, raw_val, objective: str = "f1",
         would match).
     evaluator : a :class:`~smearlab.metrics.detection.FastEvaluator` of ``dataset_val`` to reuse
         (None: a new one).
+    tta : whether ``raw_val`` was predicted with test-time augmentation, recorded in the result
+        (``Thresholds.tta``: ``predict`` refuses thresholds tuned one way and used the other). None:
+        what the predictions record (``predict`` records it), else False.
 
     Returns
     -------
@@ -222,6 +225,10 @@ def auto_tune(dataset_val, raw_val, objective: str = "f1",
     if not isinstance(raw_val, RawPredictions):
         raw_val = RawPredictions.for_dataset(dataset_val, raw_val)
     raw_val.check(dataset_val)
+    made = raw_val.meta.get("tta")
+    if tta is not None and made is not None and bool(tta) != bool(made):
+        raise ValueError(f"tta={bool(tta)} given for predictions made with tta={bool(made)}")
+    tta = bool(made) if tta is None and made is not None else bool(tta)
     names = list(dataset_val.class_names)
     grid = np.unique(np.round(np.asarray(score_grid, float), 6))
     if not len(grid):
@@ -274,4 +281,4 @@ def auto_tune(dataset_val, raw_val, objective: str = "f1",
                "by_nms": by_nms, "iou": iou, "images": n}
     return Thresholds({n_: per_class[n_]["threshold"] for n_ in names},
                       None if nms is None else float(nms), class_agnostic, max_dets, objective,
-                      metrics)
+                      metrics, tta)

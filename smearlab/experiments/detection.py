@@ -123,9 +123,7 @@ def fit_and_evaluate(name: str, cfg: DetectorConfig, tcfg: TrainConfig, train: S
     infer_s = time.perf_counter() - t0
     raw_test = RawPredictions.for_dataset(test, preds, cfg.score_floor)
 
-    thresholds = auto_tune(val, raw_val, objective=tune) if (tune and raw_val is not None) else None
-    if thresholds is not None and tta:
-        thresholds = dataclasses.replace(thresholds, tta=True)
+    thresholds = auto_tune(val, raw_val, objective=tune, tta=tta) if (tune and raw_val is not None) else None
     final = thresholds.apply(raw_test) if thresholds else None
     coco = default_evaluate(test, preds)  # box AP, and mask AP for a mask model with masks to score
     counts = count_metrics(test, final if final is not None else preds,
