@@ -536,12 +536,7 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
     types = cascade.types if cascade is not None else None
     cfg = model.detector_config
     class_names = list(cfg.class_names)
-    if sensor_bits is None and getattr(cfg, "sensor_bits", None):  # read as the training images were
-        sensor_bits = check_bits(cfg.sensor_bits)
-        log.info("images read as %d-bit data, as the model's training images were (config.json sensor_bits; "
-                 "--sensor-bits overrides it)", sensor_bits)
-        for s in truth if truth is not None else ():
-            s.sensor_bits, s._image = sensor_bits, (s._image if s.path is None else None)
+    sensor_bits = _bits_read_with(sensor_bits, getattr(cfg, "sensor_bits", None), truth)
     if pixel_size is not None:
         if scale is not None:
             raise ValueError("give a pixel size or a scale, not both")
@@ -616,6 +611,20 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
     return summary
 
 
+def _bits_read_with(given: int | None, trained: int | None, truth) -> int | None:
+    """The sensor bits new image files are read with: ``given`` (``--sensor-bits``), else the bits
+    the model's training images were read with (``config.json`` ``sensor_bits``), which the
+    dataset's samples (``truth``) then take too; None: each file's declared or guessed range."""
+    if given is not None or not trained:
+        return given
+    bits = check_bits(trained)
+    log.info("images read as %d-bit data, as the model's training images were (config.json sensor_bits; "
+             "--sensor-bits overrides it)", bits)
+    for s in truth if truth is not None else ():
+        s.sensor_bits, s._image = bits, (s._image if s.path is None else None)
+    return bits
+
+
 def _predict_instances(folder: Path, items: list, out: Path, *, truth, dataset, device, scale, tile, score,
                        overlays: bool, progress: bool, sensor_bits: int | None = None) -> dict:
     """:func:`predict` with a U-Net folder: every object is of class ``"object"`` (a dataset's
@@ -626,6 +635,7 @@ def _predict_instances(folder: Path, items: list, out: Path, *, truth, dataset, 
         raise ValueError("scale applies to detectors; a U-Net sees images as they are")
     instances = read_config_json(folder).get("task") == "instances"
     model = load_instance_unet(folder, device=device) if instances else load_unet(folder, device=device)
+    sensor_bits = _bits_read_with(sensor_bits, getattr(model, "sensor_bits", None), truth)
     if getattr(model, "crop_pad", None) is not None:  # a field letterboxed into a one-cell input: 2 of 9 cells
         raise DataError(folder, "a U-Net trained on single-cell crops (crop_pad in config.json) segments one cell "
                                 "in a box, not a field: use it through a detector (the two-stage segmenter), "

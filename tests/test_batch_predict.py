@@ -761,3 +761,41 @@ def test_an_interrupt_between_an_image_s_files_leaves_no_result_of_its_earlier_p
     batch.predict(trained["model"], [images], out, score=0.3, overlays=True, progress=False)
     geo = (out / "qupath" / "smear_2.geojson").read_text()
     assert geo != old_geo and (out / "overlays" / "smear_2.png").is_file()
+
+
+@pytest.mark.parametrize("kind", ["instances", "class maps"])
+def test_a_unet_trained_on_wide_images_reads_new_ones_as_it_read_them(tmp_path, monkeypatch, kind):
+    """Detectors record the sensor bits their training images were read with; U-Nets did not, and
+    12-bit fluorescence frames given to one later were read with their range guessed per image."""
+    import dataclasses
+
+    from smearlab.data import imageio
+    from smearlab.segmentation.instances import (InstanceTrainConfig, build_instance_unet, load_instance_unet,
+                                                 save_instance_unet, train_instance_unet)
+    from smearlab.segmentation.train import train_unet
+    from smearlab.segmentation.unet import UNet, load_unet, save_unet
+    ds = make_dataset(2, seed=3, width=64, height=64)
+    wide = SmearDataset([dataclasses.replace(s, sensor_bits=12) for s in ds.samples], ds.class_names, "wide",
+                        semantic_names=ds.semantic_names)
+    torch.manual_seed(0)
+    if kind == "instances":
+        model = build_instance_unet(base=4, depth=2)
+        train_instance_unet(model, wide, None, InstanceTrainConfig(crop=32, batch_size=2, steps=2, device="cpu"))
+        folder, load = save_instance_unet(model, tmp_path / "seg"), load_instance_unet
+    else:
+        model = UNet(3, len(ds.semantic_names), base=4, depth=2)
+        train_unet(model, wide, epochs=1, batch_size=2, size=64, device="cpu", progress=False)
+        folder, load = save_unet(model, tmp_path / "seg", class_names=ds.semantic_names), load_unet
+    assert model.sensor_bits == 12 and json.loads((folder / "config.json").read_text())["sensor_bits"] == 12
+    assert load(folder, device="cpu").sensor_bits == 12
+    write_image(tmp_path / "in" / "g16.png", ds[0].image[..., 0].astype(np.uint16) * 4)
+    seen = []
+    real = imageio.read_image
+    monkeypatch.setattr(batch, "read_image", lambda p, **kw: seen.append(kw.get("bits")) or real(p, **kw))
+    batch.predict(folder, [tmp_path / "in"], tmp_path / "out", progress=False)
+    assert seen == [12] and json.loads((tmp_path / "out" / "run.json").read_text())["sensor_bits"] == 12
+    seen.clear()
+    batch.predict(folder, [tmp_path / "in"], tmp_path / "out2", progress=False, sensor_bits=16)
+    assert seen == [16]  # --sensor-bits overrides it
+    # images of mixed or unknown bits record none
+    assert SmearDataset(list(wide.samples[:1]) + list(ds.samples[1:]), ds.class_names).sensor_bits is None

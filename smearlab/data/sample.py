@@ -471,6 +471,15 @@ class SmearDataset(Sequence[Sample]):
         """Boxes of every sample, COCO crowd regions included (``summary()["objects"]`` leaves them out)."""
         return int(sum(len(s.boxes) for s in self.samples))
 
+    @property
+    def sensor_bits(self) -> int | None:
+        """The camera's bits per value every image is read with (``Sample.sensor_bits``) when they
+        share one, else None: what a model trained on them records, so that new image files are
+        read alike (a model trained on 12-bit data in 16-bit files read new ones with their range
+        guessed per image)."""
+        bits = {s.sensor_bits for s in self.samples}
+        return bits.pop() if len(bits) == 1 and None not in bits else None
+
     def subset(self, indices: Iterable[int], name: str | None = None) -> "SmearDataset":
         """A dataset of the chosen samples (shared, not copied), same classes.
 

@@ -644,9 +644,8 @@ def train_detector(model: nn.Module, train_ds=None, val_ds=None, tcfg: TrainConf
         check_boxes(train_smear)
         if masks:
             _check_masks(train_smear, cfg_model.arch)
-        bits = {s.sensor_bits for s in train_smear.samples}
-        if cfg_model.sensor_bits is None and len(bits) == 1 and None not in bits:  # how new images must be read
-            cfg_model.sensor_bits = bits.pop()
+        if cfg_model.sensor_bits is None:  # how new images must be read
+            cfg_model.sensor_bits = train_smear.sensor_bits
         train_smear = _preprocessed(remap_dataset(train_smear, names, "training"), pre)
         if cfg_model.object_sizes is None:  # the training scale, saved with the model
             cfg_model.object_sizes = object_sizes(train_smear, cfg_model)

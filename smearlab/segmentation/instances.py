@@ -254,6 +254,7 @@ def build_instance_unet(base: int = 16, depth: int = 4, norm: str = "group") -> 
     model = UNet(1, len(CLASSES), base=base, depth=depth, norm=norm)
     model.task = "instances"
     model.diameter, model.size_model = None, None  # set by training at one object size
+    model.sensor_bits = None  # set by training: the bits its images were read with
     return model
 
 
@@ -275,6 +276,8 @@ def save_instance_unet(model: UNet, folder, thresholds: InstanceThresholds | Non
         raise TypeError(f"thresholds must be an InstanceThresholds, got {type(thresholds).__name__}")
     config = {**model.config, "task": "instances", "input": "nuclear_channel", "input_version": INPUT_VERSION,
               "class_names": list(CLASSES)}
+    if getattr(model, "sensor_bits", None):  # the camera's bits its training images were read with
+        config["sensor_bits"] = int(model.sensor_bits)
     if getattr(model, "diameter", None) is not None:  # trained at one object size: its size model travels
         config.update(diameter=float(model.diameter), size_model=model.size_model.to_dict())
     return save_model_folder(folder, "unet", model, config, class_names=CLASSES,
@@ -312,6 +315,7 @@ def load_instance_unet(folder, device="auto") -> UNet:
     model.task = "instances"
     model.thresholds = _read_thresholds(saved.thresholds, folder / "thresholds.json")
     model.diameter = saved.config.get("diameter")
+    model.sensor_bits = saved.config.get("sensor_bits")
     model.size_model = None
     if model.diameter is not None:
         try:
@@ -594,6 +598,7 @@ def train_instance_unet(model: UNet, train: SmearDataset, val: SmearDataset | No
         model.load_state_dict(ema.module.state_dict())
     model.thresholds = InstanceThresholds()
     model.diameter, model.size_model = None, None
+    model.sensor_bits = getattr(train, "sensor_bits", None)  # how new image files must be read (saved in config.json)
     if cfg.diameter is not None:
         t0 = time.perf_counter()
         model.size_model, error = fit_size_model(model, channels, diameters)

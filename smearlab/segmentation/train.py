@@ -115,6 +115,7 @@ def train_unet(model: UNet, train_ds, val_ds=None, *, epochs: int = 20, batch_si
     data = _prepare(train_ds, size, k)
     model.input_size = size
     model.class_names = list(names)  # as save_unet writes them: predict_semantic (and validation) number by them
+    model.sensor_bits = getattr(train_ds, "sensor_bits", None)  # how new files are read (save_unet records it)
     model.to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     steps = epochs * math.ceil(len(data) / batch_size)

@@ -149,6 +149,8 @@ def save_unet(model: UNet, folder, *, class_names=None, **meta) -> Path:
     """
     config = {**model.config, "input_size": model.input_size, "crop_pad": getattr(model, "crop_pad", None),
               "class_names": None if class_names is None else list(class_names)}
+    if getattr(model, "sensor_bits", None):  # the camera's bits its training images were read with
+        config["sensor_bits"] = int(model.sensor_bits)
     return save_model_folder(folder, "unet", model, config, class_names=class_names, side_files=False, **meta)
 
 
@@ -169,7 +171,7 @@ def load_unet(folder, device: "str | torch.device | None" = "auto") -> UNet:
     """
     saved = read_model_folder(folder, "unet")
     config = dict(saved.config)
-    extra = {k: config.pop(k, None) for k in ("input_size", "crop_pad", "class_names")}
+    extra = {k: config.pop(k, None) for k in ("input_size", "crop_pad", "class_names", "sensor_bits")}
     try:
         model = UNet(**config)
         model.load_state_dict(saved.state_dict)
@@ -180,4 +182,5 @@ def load_unet(folder, device: "str | torch.device | None" = "auto") -> UNet:
         raise DataError(Path(folder) / "config.json", f"{len(names)} class names {list(names)} for a U-Net of "
                         f"{model.config['num_classes']} outputs: the class map would be named wrongly")
     model.input_size, model.crop_pad, model.class_names = extra["input_size"], extra["crop_pad"], extra["class_names"]
+    model.sensor_bits = extra["sensor_bits"]
     return model.to(resolve_device(device)).eval()
