@@ -404,3 +404,41 @@ def test_instance_scores_leave_crowd_regions_out_as_mask_ap_does():
     assert [(f["kind"], f["index"]) for f in failure_cases(ds, [more])] == [("debris", 3)]
     r = segmentation_metrics(ds, [more])  # counted as the DSB metric scores: the one in the clump left out
     assert (r["objects_true"], r["objects_predicted"], r["count_error"]) == (2, 3, 0.5)
+
+
+def test_counts_judge_a_prediction_against_a_crowd_region_by_its_mask_as_the_dsb_metric_does():
+    """A cell found exactly in the corner of an L-shaped clump lies inside the clump's box, not in
+    the clump: the counts, judging by boxes, left it out (count error 1.0 beside DSB 1.0)."""
+    from smearlab.data.boxes import mask_box
+    from smearlab.metrics.instances import count_error, segmentation_metrics
+    crowd = np.zeros((40, 40), bool)
+    crowd[5:35, 5:10] = crowd[30:35, 5:35] = True
+    cell = np.zeros((40, 40), bool)
+    cell[8:22, 18:32] = True
+    m = np.stack([cell, crowd])
+    ds = SmearDataset([Sample("a", boxes=np.stack([mask_box(k) for k in m]), labels=[0, 0],
+                              _image=np.full((40, 40, 3), 200, np.uint8), _masks=m, meta={"iscrowd": [0, 1]})],
+                      ["cell"])
+    pred = {"boxes": mask_box(cell)[None], "scores": np.array([0.9]), "labels": np.zeros(1, int), "masks": cell[None]}
+    r = segmentation_metrics(ds, [pred])
+    assert (r["dsb_metric"], r["objects_predicted"], r["count_error"]) == (1.0, 1, 0.0)
+    assert count_error(ds, [pred], None) == count_error(ds, [pred], 0.5) == 0.0
+    with pytest.raises(ValueError, match="crowd regions"):   # every prediction would be counted
+        count_error(ds, [{"scores": np.array([0.9])}], None)
+
+
+def test_failure_cases_match_above_the_iou_as_the_dsb_metric_does():
+    """Two equal touching cells merged into one prediction have IoU 0.5 with each: failure_cases
+    matched one of them at 0.5 (>=) where the DSB metric (>) finds neither."""
+    from smearlab.data.boxes import mask_box
+    from smearlab.metrics.instances import failure_cases
+    m = np.zeros((2, 20, 30), bool)
+    m[0, 2:10, 2:10] = m[1, 2:10, 10:18] = True
+    img = np.full((20, 30, 3), 220, np.uint8)
+    img[m.any(0)] = 40
+    ds = SmearDataset([Sample("a", boxes=np.stack([mask_box(k) for k in m]), labels=[0, 0], _image=img, _masks=m)],
+                      ["c"])
+    merged = m.any(0)[None]
+    pred = {"boxes": mask_box(merged[0])[None], "scores": np.array([0.9]), "labels": np.zeros(1, int), "masks": merged}
+    assert dsb_score(ds, [pred], kind="masks") == 0.0
+    assert sorted(f["kind"] for f in failure_cases(ds, [pred])) == ["split/merge", "touching", "touching"]

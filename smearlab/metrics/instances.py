@@ -281,6 +281,7 @@ def count_error(dataset, predictions, score_threshold: float | None = 0.5) -> fl
         if score_threshold is not None:
             keep = np.asarray(p["scores"]) >= score_threshold
             p = {**({"boxes": np.asarray(p["boxes"]).reshape(-1, 4)[keep]} if "boxes" in p else {}),
+                 **({"masks": _instances(p, "masks")[1][keep]} if p.get("masks") is not None else {}),
                  "scores": np.asarray(p["scores"])[keep]}
         errs.append(abs(_counted(s, p) - _objects(s)) / max(_objects(s), 1))
     return float(np.mean(errs)) if errs else None
@@ -296,9 +297,18 @@ def _objects(sample: Sample) -> int:
 def _counted(sample, prediction) -> int:
     """The predictions of one image a count compares with :func:`_objects`: those lying mostly
     inside a crowd region are left out, as :func:`dsb_score` leaves them out (the truth does not
-    say how many cells a clump holds)."""
-    if "boxes" not in prediction or not isinstance(sample, Sample) or not np.count_nonzero(sample.crowd):
+    say how many cells a clump holds): by their masks when both sides have masks, as the DSB
+    metric judges them (a cell beside an L-shaped clump lies inside the clump's box, not in the
+    clump), else by their boxes."""
+    if not isinstance(sample, Sample) or not np.count_nonzero(sample.crowd):
         return len(prediction["scores"])
+    if sample.has_masks and prediction.get("masks") is not None:
+        _, gt, _ = _instances(sample, "masks")
+        _, masks, _ = _instances(prediction, "masks")
+        return len(_without_crowd(sample, "masks", gt, masks, None)[3])
+    if "boxes" not in prediction:  # every prediction was counted, those inside a clump too
+        raise ValueError(f"image {sample.image_id!r} holds crowd regions: its predictions need masks or boxes to "
+                         "tell which lie inside them")
     boxes = np.asarray(prediction["boxes"], np.float64).reshape(-1, 4)
     return len(_without_crowd(sample, "boxes", np.asarray(sample.boxes, np.float64), boxes, None)[3])
 
@@ -348,7 +358,7 @@ def _contrast(g: np.ndarray, mask: np.ndarray, ring: int = 3) -> float:
 def failure_cases(dataset, predictions, iou: float = 0.5) -> list[dict]:
     """Every missed and spurious instance, with the likely reason, worst images first.
 
-    Ground truth and predictions are matched one-to-one by mask IoU >= ``iou`` (highest score
+    Ground truth and predictions are matched one-to-one by mask IoU > ``iou`` (highest score
     first, as in :func:`smearlab.metrics.instances.dsb_score`; COCO crowd regions and the
     predictions lying inside them left out as there). Then
 
@@ -365,7 +375,8 @@ def failure_cases(dataset, predictions, iou: float = 0.5) -> list[dict]:
     dataset : the ground truth, samples with instance masks.
     predictions : one prediction dict (``boxes``, ``scores``, ``masks``) per image, aligned with
         ``dataset`` (the final predictions: every one counts).
-    iou : smallest mask IoU of a match.
+    iou : a match's mask IoU is above this (as the DSB metric's thresholds: two equal cells merged into one
+        prediction have IoU 0.5 with each, and neither is found at 0.5).
 
     Returns
     -------
@@ -400,7 +411,7 @@ def failure_cases(dataset, predictions, iou: float = 0.5) -> list[dict]:
         tp = np.zeros(len(pm), bool)
         for d in np.argsort(-(scores if scores is not None else np.ones(len(pm))), kind="stable"):
             row = np.where(used, -1.0, ious[d]) if len(gt) else np.zeros(0)
-            if len(row) and row.max() >= iou:
+            if len(row) and row.max() > iou:
                 used[int(row.argmax())] = tp[d] = True
         for j in np.flatnonzero(~used):
             others = np.delete(gt, j, axis=0).any(0)
