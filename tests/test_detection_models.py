@@ -515,3 +515,19 @@ def test_weights_of_a_newer_format_are_named_as_such(tmp_path):
                folder / "weights.pt")
     with pytest.raises(DataError, match="unknown weights format 'smearlab-model/2'"):
         load_model(folder, device="cpu")
+
+
+def test_weights_of_a_new_save_beside_a_config_of_a_folder_older_than_save_ids_are_refused(tmp_path):
+    """A folder saved before save ids existed, saved over and interrupted after weights.pt: the new
+    weights were read with the old config.json (another input size, another model's settings)."""
+    import json
+    cfg = DetectorConfig(arch="fasterrcnn_tiny", class_names=["RBC"], min_size=96, max_size=96)
+    folder = save_model(build_detector(cfg), cfg, tmp_path / "m")
+    config = json.loads((folder / "config.json").read_text())
+    old = {k: v for k, v in config.items() if k not in ("save_id", "side_files")}
+    (folder / "config.json").write_text(json.dumps({**old, "min_size": 64}))
+    with pytest.raises(DataError, match="two different saves"):
+        load_model(folder, device="cpu")
+    payload = torch.load(folder / "weights.pt", weights_only=True)   # neither with an id: an old folder reads
+    torch.save({k: v for k, v in payload.items() if k != "save_id"}, folder / "weights.pt")
+    assert load_model(folder, device="cpu").detector_config.min_size == 64
