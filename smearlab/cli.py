@@ -44,6 +44,12 @@ def _report(args) -> int:
     if args.jobs != 1 or args.list_jobs or args.collect:
         print("error: --jobs, --list-jobs and --collect go with --sweep FILE", file=sys.stderr)
         return 2
+    names = [k for k, _ in args.param or []]
+    twice = sorted({k for k in names if names.count(k) > 1})
+    if twice:  # the last one won without a word (a sweep file's repeated key is refused alike)
+        print(f"error: --param {twice[0]} is given {names.count(twice[0])} times; give each parameter once",
+              file=sys.stderr)
+        return 2
     try:
         index = run_report(args.profile or "quick", data_root=args.data_root, device=args.device, out=args.out,
                            notebooks=args.only, notebook_dir=args.notebooks, seed=args.seed,

@@ -413,3 +413,39 @@ def test_predict_threads_keep_the_wait_policy_the_user_set(monkeypatch, capsys):
     assert cli.main(["predict", "model", "--threads", "2"]) == 2  # refused after the environment is set
     assert "give image files" in _error_line(capsys)
     assert os.environ["OMP_WAIT_POLICY"] == "ACTIVE" and os.environ["OMP_NUM_THREADS"] == "2"
+
+
+def test_a_notebook_that_stops_early_with_sys_exit_is_a_failure(tmp_path):
+    """papermill takes sys.exit(0) for a clean end: a notebook whose later cells never ran (its
+    record of figures among them) was reported ok."""
+    import nbformat
+    d = tmp_path / "nbs"
+    d.mkdir()
+    write_notebook(d / "01_a.ipynb", "import sys\nsys.exit(0)")
+    nb = nbformat.read(d / "01_a.ipynb", as_version=4)
+    nb.cells.append(nbformat.v4.new_code_cell("x = 1"))
+    nbformat.write(nb, d / "01_a.ipynb")
+    index = run_report("quick", notebook_dir=d, out=tmp_path / "out", html_export=False, timeout=120)
+    r = index["notebooks"]["01_a"]
+    assert r["status"] == "failed" and "stopped before its cell 'x = 1'" in r["error"]
+    write_notebook(d / "01_a.ipynb", "x = 1")   # every cell ran
+    assert run_report("quick", notebook_dir=d, out=tmp_path / "o2", html_export=False,
+                      timeout=120)["notebooks"]["01_a"]["status"] == "ok"
+
+
+def test_mapping_keys_that_are_not_text_are_refused(tmp_path):
+    """papermill writes every key as text: --param 'params={1: 0.5}' reached the notebook as
+    {'1': 0.5} while the index recorded {1: 0.5}."""
+    nb = tmp_path / "01_a.ipynb"
+    write_notebook(nb, "", params="params = None\nmetrics_path = None")
+    spec = declared_parameters(nb)["params"]
+    with pytest.raises(ValueError, match="mapping key 1 is not text"):
+        check_parameter_type("--param params={1: 0.5}", "params", {1: 0.5}, "01_a", spec)
+    with pytest.raises(ValueError, match="mapping key True"):
+        check_parameter_type("--param params=...", "params", [{"a": {True: 1}}], "01_a", spec)
+    check_parameter_type("--param params={'1': 0.5}", "params", {"1": 0.5}, "01_a", spec)
+
+
+def test_a_parameter_given_twice_is_refused(nbdir, tmp_path, capsys):
+    assert _report(nbdir, tmp_path / "out", "--param", "epochs=3", "--param", "epochs=30") == 2
+    assert _error_line(capsys) == "error: --param epochs is given 2 times; give each parameter once"

@@ -74,6 +74,22 @@ def test_rerun_only_failed_keeps_other_entries(nbdir, tmp_path):
     assert index["notebooks"]["02_bad"]["metrics"] == {"fixed": 1}
 
 
+def test_each_entry_records_the_commit_that_ran_it(nbdir, tmp_path, monkeypatch):
+    """A partial rerun gave the index the new commit, and the entries it kept carried none: results
+    of an older commit read as the new code's."""
+    from smearlab.report import runner
+    out = tmp_path / "run"
+    monkeypatch.setattr(runner, "git_commit", lambda: "0ld")
+    run_report("quick", out=out, notebook_dir=nbdir, html_export=False)
+    monkeypatch.setattr(runner, "git_commit", lambda: "n3w")
+    index = run_report("quick", out=out, notebook_dir=nbdir, notebooks=["02"], html_export=False)
+    commits = {k: v["git_commit"] for k, v in index["notebooks"].items()}
+    assert commits == {"01_good": "0ld", "02_bad": "n3w", "03_after": "0ld"} and index["git_commit"] == "n3w"
+    assert all(v["date"] for v in index["notebooks"].values())
+    assert "| 01_good | ok |" in (out / "RESULTS.md").read_text() and "| 0ld |" in (out / "RESULTS.md").read_text()
+    assert "<td>0ld</td>" in (out / "index.html").read_text()
+
+
 def test_a_rerun_that_dies_leaves_no_earlier_result_as_its_own(nbdir, tmp_path, monkeypatch):
     """A job killed while re-running a notebook (out of memory, a scheduler's time limit) left the
     notebook's earlier entry in index.json, which a sweep then counted as this run's result."""

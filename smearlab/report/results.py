@@ -134,16 +134,16 @@ def results_markdown(index: dict[str, Any], *, max_metrics: int = 40) -> str:
         f"| device | {index['device']} |",
         f"| data | {cell(data)} |",
         f"| date | {index['date']} |",
-        f"| git commit | {index.get('git_commit') or 'unknown'} |",
+        f"| git commit | {index.get('git_commit') or 'unknown'} (of the notebooks run last; each notebook's below) |",
         f"| wall time | {index['wall_s']:.1f} s for {len(index['ran'])} notebooks |",
         f"| failed | {', '.join(index['failed']) or 'none'} |",
         "",
         "## Notebooks", "",
-        "| notebook | status | seconds |", "|---|---|---|",
+        "| notebook | status | seconds | git commit |", "|---|---|---|---|",
     ]
     for name, r in index["notebooks"].items():
         status = r["status"] if r["status"] == "ok" else f"**{r['status']}**: {cell((r.get('error') or '')[:200])}"
-        lines.append(f"| {name} | {status} | {r['seconds']:.1f} |")
+        lines.append(f"| {name} | {status} | {r['seconds']:.1f} | {r.get('git_commit') or 'unknown'} |")
     for name, r in index["notebooks"].items():
         scalars = {k: v for k, v in flatten_dict(r.get("metrics") or {}).items()
                    if isinstance(v, (int, float, str, bool)) or v is None}
@@ -177,7 +177,8 @@ def index_html(index: dict[str, Any]) -> str:
         links = (f'<a href="{r["notebook"]}">ipynb</a>' if r.get("notebook") else "") + (f' · <a href="{r["html"]}">html</a>' if r.get("html") else "")
         err = f'<br><code>{html.escape(r["error"] or "")[:400]}</code>' if not ok else ""
         rows.append(f'<tr class="{"ok" if ok else "failed"}"><td>{html.escape(name)}</td>'
-                    f'<td>{r["status"]}{err}</td><td>{r["seconds"]:.1f}</td><td>{links}</td><td>{shown}</td></tr>')
+                    f'<td>{r["status"]}{err}</td><td>{r["seconds"]:.1f}</td><td>{links}</td><td>{shown}</td>'
+                    f'<td>{html.escape(str(r.get("git_commit") or "unknown"))}</td></tr>')
     head = (f'profile <b>{index["profile"]}</b> · device {index["device"]} · data {html.escape(data_description(index))}'
             f' · {index["date"]} · commit {index["git_commit"]} · {len(index["failed"])} failed'
             f'<br>{html.escape(index.get("hardware", ""))}<br><code>{html.escape(index.get("command", ""))}</code>')
@@ -185,5 +186,5 @@ def index_html(index: dict[str, Any]) -> str:
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;
 padding:4px 8px;vertical-align:top;font-size:14px}}tr.failed{{background:#fdd}}tr.ok td:nth-child(2){{color:#070}}</style>
 </head><body><h1>smearlab report</h1><p>{head}</p><table><tr><th>notebook</th><th>status</th><th>seconds</th>
-<th>outputs</th><th>headline metrics</th></tr>{''.join(rows)}</table></body></html>
+<th>outputs</th><th>headline metrics</th><th>git commit</th></tr>{''.join(rows)}</table></body></html>
 """

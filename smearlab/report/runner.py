@@ -156,6 +156,12 @@ def run_notebook(nb: Path, out_dir: Path, parameters: dict[str, Any], *, kernel:
                     if not tmp.exists() or tmp.stat().st_size == 0:
                         raise _NothingWritten from e  # keep no empty notebook
                     _mark_failed(tmp, error)
+                else:
+                    stopped = _first_cell_not_run(tmp)
+                    if stopped is not None:  # papermill takes sys.exit(0) for a clean end
+                        status = "failed"
+                        error = f"the notebook stopped before its cell '{stopped}' (sys.exit or exit in a cell?)"
+                        _mark_failed(tmp, error)
         except _NothingWritten:
             written = False
     seconds = time.perf_counter() - t0
@@ -179,6 +185,21 @@ def _error_text(e: Exception) -> str:
             + (f" (cell In[{count}])" if count is not None else "")
     first = next((line.strip() for line in str(e).splitlines() if line.strip()), "")
     return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
+def _first_cell_not_run(notebook: Path) -> str | None:
+    """The first line of the first code cell of an executed notebook that did not run, or None
+    when all ran: a cell calling ``sys.exit(0)`` or ``exit()`` ends the kernel's work cleanly to
+    papermill, and the notebook was reported ok without its later cells (its record of figures)."""
+    import nbformat
+    try:
+        nb = nbformat.read(notebook, as_version=4)
+    except Exception:  # unreadable: the metrics check reports what is missing
+        return None
+    for cell in nb.cells:
+        if cell.cell_type == "code" and cell.source.strip() and cell.get("execution_count") is None:
+            return cell.source.strip().splitlines()[0][:60]
+    return None
 
 
 def _mark_failed(notebook: Path, error: str) -> None:
@@ -305,15 +326,18 @@ def run_report(profile: str = "quick", *, data_root: str | Path | None = None, d
         write_text(out_dir / "index.html", index_html(earlier))
         write_text(out_dir / "RESULTS.md", results_markdown(earlier))
     t0 = time.perf_counter()
+    commit = git_commit()
     with started_with(threads) as environment:  # the one place notebook kernels are started
         for nb in _progress(chosen):
             params = {**notebook_parameters(nb.stem, profile, data_root=data_root, device=device, seed=seed),
                       **parameters}
             res = run_notebook(nb, out_dir, params, kernel=kernel, timeout=timeout, html_export=html_export)
-            results[nb.stem] = asdict(res)
+            # each entry says which code made it: a partial rerun keeps the others, made by another commit
+            results[nb.stem] = {**asdict(res), "git_commit": commit,
+                                "date": _dt.datetime.now().isoformat(timespec="seconds")}
     index = {
         "out": str(out_dir), **settings,
-        "date": _dt.datetime.now().isoformat(timespec="seconds"), "git_commit": git_commit(),
+        "date": _dt.datetime.now().isoformat(timespec="seconds"), "git_commit": commit,
         "hardware": describe_hardware(device), "threads": threads, "kernel_environment": environment,
         "command": "smearlab " + shlex.join(report_argv(
             profile, notebook_dir=notebook_dir, notebooks=notebooks, device=device, seed=seed,
@@ -552,6 +576,10 @@ def check_parameter_type(label: str, name: str, value: Any, notebook: str, spec:
     ValueError
         ``<label>: <notebook> declares <name> as <type> (default <default>), got <value>``.
     """
+    key = _non_text_key(value)
+    if key is not None:  # papermill writes every mapping key as text: {1: 0.5} reached the notebook as {'1': 0.5}
+        raise ValueError(f"{label}: the mapping key {key!r} is not text, and a notebook receives every key as text "
+                         f"({key!r} would arrive as {str(key)!r}); quote the keys, or pass a list of pairs")
     kind, default = _declared_kind(spec)
     if kind is None or value is None:
         return
@@ -563,6 +591,23 @@ def check_parameter_type(label: str, name: str, value: Any, notebook: str, spec:
     elif kind == "str" and isinstance(value, (int, float)):  # 1.10 read as 1.1, 007 as 7: not the text typed
         got += " (a number: quote the value to pass the text as typed)"
     raise ValueError(f"{label}: {notebook} declares {name} as {kind} (default {default}), got {got}")
+
+
+def _non_text_key(value: Any):
+    """The first mapping key (nested ones too) of ``value`` that is not text, or None."""
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            if not isinstance(k, str):
+                return k
+            inner = _non_text_key(v)
+            if inner is not None:
+                return inner
+    elif isinstance(value, (list, tuple)):
+        for v in value:
+            inner = _non_text_key(v)
+            if inner is not None:
+                return inner
+    return None
 
 
 def _declared_kind(spec: Mapping[str, Any]) -> tuple[str | None, str]:
