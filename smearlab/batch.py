@@ -480,8 +480,8 @@ def predict(model_folder: str | Path, inputs: Sequence[str | Path] | str | Path 
         times slower. Tuned thresholds must have been tuned the same way (``thresholds.json``
         records it; a mismatch is refused), unless ``score`` is given.
     sensor_bits : the camera's bits per value for image files wider than 8 bits (12 for 12-bit
-        data in 16-bit files), so that every image is scaled to 8 bits alike; None: the value a
-        detector recorded from its training images (``config.json``), else the range each file
+        data in 16-bit files), so that every image is scaled to 8 bits alike; None: the value the
+        model (a detector or a U-Net) recorded from its training images (``config.json``), else the range each file
         declares, else guessed per image (see :mod:`smearlab.data.imageio`).
 
     Returns

@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "times slower; the model's thresholds must have been tuned with it, or give --score)")
     pr.add_argument("--sensor-bits", type=_count(1), metavar="BITS",
                     help="the camera's bits per value for images wider than 8 bits (e.g. 12), so every image is "
-                         "scaled alike (default: the value the detector recorded from its training images, else "
+                         "scaled alike (default: the value the model recorded from its training images, else "
                          "the range each file declares, else guessed per image)")
     pr.add_argument("--overlays", action="store_true", help="also write overlays/<image>.png with the boxes")
     pr.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -443,6 +443,8 @@ def test_mapping_keys_that_are_not_text_are_refused(tmp_path):
         check_parameter_type("--param params={1: 0.5}", "params", {1: 0.5}, "01_a", spec)
     with pytest.raises(ValueError, match="mapping key True"):
         check_parameter_type("--param params=...", "params", [{"a": {True: 1}}], "01_a", spec)
+    with pytest.raises(ValueError, match="mapping key None"):   # YAML's ~ as a key
+        check_parameter_type("--param params={~: 1}", "params", {None: 1}, "01_a", spec)
     check_parameter_type("--param params={'1': 0.5}", "params", {"1": 0.5}, "01_a", spec)
 
 

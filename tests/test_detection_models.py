@@ -121,7 +121,8 @@ def test_checkpoint_of_other_classes(tmp_path):
     cfg = small("fasterrcnn_tiny")
     save_model(build_detector(cfg), cfg, tmp_path / "m")
     other = DetectorConfig(arch="fasterrcnn_tiny", class_names=["RBC", "WBC"], min_size=128, max_size=128)
-    (tmp_path / "m" / "config.json").write_text(json.dumps(other.to_dict()))
+    saved = json.loads((tmp_path / "m" / "config.json").read_text())  # the config of this save, edited by hand
+    (tmp_path / "m" / "config.json").write_text(json.dumps({**other.to_dict(), "save_id": saved["save_id"]}))
     with pytest.raises(DataError, match=r"weights\.pt.*\['RBC', 'WBC', 'Platelets'\].*\['RBC', 'WBC'\]"):
         load_model(tmp_path / "m", device="cpu")
     # a raw state dict (no class names stored): the shape mismatch is still named

@@ -224,6 +224,14 @@ def test_box_tiles_cut_instance_masks_with_the_image():
     # 26 of 35 px of the box inside; in the tile the object is the upper arm, x 64..90, y 10..20
     assert second.labels.tolist() == [1] and second.boxes.tolist() == [[0, 10, 26, 20]]
     np.testing.assert_array_equal(second.masks[0], masks[1, :64, 64:128])
+    # a box reaching into a tile whose mask does not: not in the tile
+    hook = np.zeros((1, 100, 150), bool)
+    hook[0, 10:12, 10:100] = hook[0, 10:90, 98:100] = True   # a thin hook: its box covers x 10..100, y 10..90
+    one = box_tiles(SmearDataset([Sample("h", boxes=[[10, 10, 100, 90]], labels=[0], _image=img, _masks=hook)],
+                                 ["a"]), 64, min_visible=0.1)
+    by_window = {t.meta["window"]: t.boxes.tolist() for t in one}
+    assert by_window[(0, 36, 64, 100)] == []                 # 41 % of the box, none of the object
+    assert by_window[(0, 0, 64, 64)] == [[10, 10, 64, 12]]   # the arm, not the clipped box
 
 
 def test_pad_to_places_small_images_on_their_background_in_their_orientation():

@@ -726,13 +726,14 @@ def test_the_dsb_benchmark_s_variants_are_valid_training_settings(monkeypatch, v
     import sys
     from pathlib import Path
     here = Path(__file__).resolve().parent.parent / "benchmarks"
-    sys.path.insert(0, str(here))  # the script imports its neighbour _common
+    saved = list(sys.path)
+    sys.path.insert(0, str(here))  # the script imports its neighbour _common (and adds its folder itself)
     try:
         spec = importlib.util.spec_from_file_location("bench_dsb", here / "segmentation_dsb.py")
         bench = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(bench)
     finally:
-        sys.path.remove(str(here))
+        sys.path[:] = saved  # its scripts (augment.py, predict.py...) would shadow other imports
     seen = []
 
     class Stop(Exception):

@@ -157,6 +157,9 @@ def test_thresholds_tuned_on_tta_predictions_record_it(tmp_path):
     assert made.tta is True and made[:1].tta is True and made.copy().tta is True
     assert pickle.loads(pickle.dumps(made)).tta is True and (made + made).tta is True
     assert (made + predict(model, ds, progress=False)).tta is None          # a mix is neither
+    added = made.copy()
+    added.append(made[0])
+    assert added.tta is None                                                 # nor one added by hand
     th = auto_tune(ds, made)
     assert th.tta is True
     predict(model, ds, tta=True, thresholds=th, progress=False)             # used as tuned

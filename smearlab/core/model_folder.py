@@ -291,9 +291,11 @@ def read_model_folder(folder, kind: str | None = None) -> ModelFolder:
         raise DataError(wpath, f"unknown weights format {obj['format']!r} (expected {FORMAT!r}): saved by a newer "
                                "smearlab? update it to read this folder")
     state_dict, meta = state_dict_of(obj, wpath)
-    # one of the two without a save id: a folder saved before save ids existed, half overwritten by a
-    # new save (its weights, with an id, beside the old config) was read as one model
-    if (save_id is None) != (meta.get("save_id") is None) or (save_id is not None and save_id != meta["save_id"]):
+    # weights of a save beside a config.json without a save id: a folder saved before save ids existed,
+    # saved over and interrupted after weights.pt (written first), was read as one model. (A bare state
+    # dict or checkpoint put beside a saved config.json carries no id, and is read with a warning.)
+    if (meta.get("save_id") is not None and save_id is None) or \
+            (save_id is not None and meta.get("save_id") is not None and save_id != meta["save_id"]):
         raise DataError(wpath, f"weights.pt and {folder / 'config.json'} come from two different saves (a save "
                                "interrupted between them?): the model would be rebuilt with another model's "
                                "settings; save it again")

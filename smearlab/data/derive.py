@@ -237,9 +237,11 @@ def box_tiles(dataset: SmearDataset, tile: int = 640, *, min_visible: float = 0.
                 keep = (inside > 0) & (inside >= min_visible * np.maximum(area, 1e-6))
                 m = None
                 if masks is not None:  # a Mask R-CNN's targets: each object's mask cut with the image
-                    m = np.ascontiguousarray(masks[:, y:y1, x:x1])
-                    keep &= m.any(axis=(1, 2))  # a box reaching into the tile, its mask not
-                    m = m[keep]
+                    idx = np.flatnonzero(keep)  # only the tile's objects (a field holds thousands)
+                    m = np.ascontiguousarray(masks[idx, y:y1, x:x1])
+                    seen = m.any(axis=(1, 2))  # a box reaching into the tile, its mask not
+                    keep[idx[~seen]] = False
+                    m = m[seen]
                     b = b.copy()
                     b[keep] = [mask_box(k) for k in m] if len(m) else b[keep]  # the cut object's own box
                 # per-box flags (crowd regions, VOC difficult) follow their boxes: a crowd region

@@ -157,10 +157,11 @@ class Predictions(list):
         return self + other
 
     def append(self, item) -> None:
-        """Add one image's prediction; its windows and zoom are unknown, so the per-image lists
-        (which would no longer line up with the images) are dropped."""
+        """Add one image's prediction; its windows, zoom and tta are unknown, so the per-image lists
+        (which would no longer line up with the images) and ``tta`` are dropped."""
         super().append(item)
         self._forget()
+        self.tta = None
 
     def _forget(self) -> None:
         self.windows = self.zooms = None
@@ -169,6 +170,7 @@ class Predictions(list):
     def insert(self, i, item) -> None:
         super().insert(i, item)
         self._forget()
+        self.tta = None  # a prediction made who knows how
 
     def pop(self, i=-1):
         self._forget()
@@ -184,6 +186,7 @@ class Predictions(list):
 
     def __setitem__(self, i, item) -> None:
         super().__setitem__(i, item)
+        self.tta = None  # the new prediction may be made otherwise
         if isinstance(i, slice):  # one image's prediction replaced keeps its windows; a slice may not
             self._forget()
 

@@ -76,7 +76,10 @@ def at_training_magnification(data: SmearDataset, cfg) -> SmearDataset:
       (:func:`~smearlab.data.derive.pad_to`). Whole, it would be enlarged to ``min_size``: a
       quarter field had its cells learned at twice their size.
 
-    Unchanged for a model without ``train_image_size``.
+    The original training images merged in are seen the same way: for a model trained on images of
+    several sizes (``train_image_size`` their median), those smaller than the median on both sides
+    are padded here, where its first training saw them whole, enlarged, and prediction sees them at
+    the training magnification. Unchanged for a model without ``train_image_size``.
 
     Parameters
     ----------

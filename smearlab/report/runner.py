@@ -574,10 +574,12 @@ def check_parameter_type(label: str, name: str, value: Any, notebook: str, spec:
     Raises
     ------
     ValueError
-        ``<label>: <notebook> declares <name> as <type> (default <default>), got <value>``.
+        ``<label>: <notebook> declares <name> as <type> (default <default>), got <value>``; also
+        for a mapping (nested ones too) with a key that is not text, which papermill would hand
+        the notebook as text (``{1: 0.5}`` as ``{'1': 0.5}``).
     """
     key = _non_text_key(value)
-    if key is not None:  # papermill writes every mapping key as text: {1: 0.5} reached the notebook as {'1': 0.5}
+    if key is not _ALL_TEXT:  # papermill writes every mapping key as text: {1: 0.5} reached the notebook as {'1': 0.5}
         raise ValueError(f"{label}: the mapping key {key!r} is not text, and a notebook receives every key as text "
                          f"({key!r} would arrive as {str(key)!r}); quote the keys, or pass a list of pairs")
     kind, default = _declared_kind(spec)
@@ -593,21 +595,25 @@ def check_parameter_type(label: str, name: str, value: Any, notebook: str, spec:
     raise ValueError(f"{label}: {notebook} declares {name} as {kind} (default {default}), got {got}")
 
 
+#: what :func:`_non_text_key` returns when every key is text (a key may be None: YAML's ``~``)
+_ALL_TEXT = object()
+
+
 def _non_text_key(value: Any):
-    """The first mapping key (nested ones too) of ``value`` that is not text, or None."""
+    """The first mapping key (nested ones too) of ``value`` that is not text, or :data:`_ALL_TEXT`."""
     if isinstance(value, Mapping):
         for k, v in value.items():
             if not isinstance(k, str):
                 return k
             inner = _non_text_key(v)
-            if inner is not None:
+            if inner is not _ALL_TEXT:
                 return inner
     elif isinstance(value, (list, tuple)):
         for v in value:
             inner = _non_text_key(v)
-            if inner is not None:
+            if inner is not _ALL_TEXT:
                 return inner
-    return None
+    return _ALL_TEXT
 
 
 def _declared_kind(spec: Mapping[str, Any]) -> tuple[str | None, str]:
