@@ -422,3 +422,43 @@ def test_detector_cam_explains_the_class_asked_for_when_two_classes_share_one_bo
         assert r.label == 1 and r.box.tolist() == [90.0, 60.0, 120.0, 90.0] and r.cam.max() > 0
         assert r.cam[60:90, 90:120].mean() > r.cam[:50, :80].mean()
     assert detector_cam(det, im, 0).label == 0
+
+
+def test_cam_masks_letterbox_with_the_classifier_s_training_fill():
+    """cam_masks padded every non-square image with the median where the classifier was trained
+    (and predicts) with another fill: it explained a class the model does not predict."""
+    from smearlab.classification.predict import predict_classes
+
+    class Brightness(nn.Module):  # scores the mean brightness of its input
+        def __init__(self):
+            super().__init__()
+            self.features = nn.Sequential(OrderedDict(conv=nn.Conv2d(3, 1, 1, bias=False)))
+            self.features.conv.weight.data.fill_(1 / 3)
+            self.head = nn.Linear(1, 2)
+            self.head.weight.data = torch.tensor([[0.0], [10.0]])
+            self.head.bias.data = torch.tensor([0.0, -6.0])
+            self.class_names, self.input_size = ["dark", "bright"], 32
+            self.crop_cut = {"source": "boxes", "pad": 0.1, "fill": [0, 0, 0]}   # trained on black-padded crops
+
+        def forward(self, x):
+            return self.head(self.features(x).mean((2, 3)))
+    m = Brightness().eval()
+    img = np.full((16, 32, 3), 255, np.uint8)   # white, half the square: mean 0.5 on black, ~1 on the median
+    assert int(predict_classes(m, [img], device="cpu").labels[0]) == 0
+    assert list(cam.cam_masks(m, [img], layers="features.conv").targets) == [0]
+
+
+def test_detector_cam_refuses_a_sample_already_preprocessed(tiny_detector):
+    """predict refuses a Sample its pipeline already processed; detector_cam processed it twice and
+    explained a detection of an image the model never sees."""
+    import copy
+
+    from smearlab.data.synthetic import generate_sample
+    from smearlab.preprocess import Preprocess
+    det = copy.deepcopy(tiny_detector)
+    pre = Preprocess([("gamma", {"g": 2.0})])
+    det.preprocess_spec = pre.to_dict()
+    s = generate_sample(0, width=160, height=120)
+    cam.detector_cam(det, s, 0)                  # a raw sample: processed once
+    with pytest.raises(ValueError, match="already preprocessed"):
+        cam.detector_cam(det, pre.apply(s), 0)

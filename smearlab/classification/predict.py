@@ -115,7 +115,7 @@ def predict_classes(model: nn.Module, data, device="auto", batch_size: int = 256
         raise ValueError("a DANN wrapper returns class and domain outputs: predict with its .classifier")
     dev = resolve_device(device)
     size = int(getattr(model, "input_size", 64) or 64)
-    x = _as_batch_source(data, size, _in_channels(model), _crop_fill(model))
+    x = _as_batch_source(data, size, _in_channels(model), crop_fill(model))
     trained = getattr(model, "input_size", None)
     if trained and len(x) and tuple(x.shape[-2:]) != (size, size):  # the measured features change with the resolution too
         raise ValueError(f"crops of {x.shape[-1]} px for a classifier trained on {size} px crops: the cells would "
@@ -141,7 +141,7 @@ def predict_classes(model: nn.Module, data, device="auto", batch_size: int = 256
     return ClassPredictions(probs, names or [str(i) for i in range(probs.shape[1])])
 
 
-def _crop_fill(model) -> Any:
+def crop_fill(model) -> Any:
     """The fill the model's training crops were letterboxed with (``model.crop_cut["fill"]``),
     "median" where it records none: images are letterboxed with it before it sees them."""
     return (getattr(model, "crop_cut", None) or {}).get("fill", "median")

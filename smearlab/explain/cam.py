@@ -13,6 +13,7 @@ from scipy import ndimage as ndi
 from torch import nn
 from torchvision.ops import box_iou
 
+from ..classification.predict import crop_fill
 from ..core.device import resolve_device
 from ..core.geometry import check_image, letterbox, letterbox_window
 from ..data.torchdata import image_to_tensor
@@ -409,8 +410,10 @@ def cam_to_mask(cam: np.ndarray, rel_threshold: float = 0.5, dilate: int = 5, *,
     return mask.astype(bool)
 
 
-def _letterboxed(images: list[np.ndarray], size: int | None):
-    """(batch (B, S, S, 3) uint8, content boxes) for images of any sizes."""
+def _letterboxed(images: list[np.ndarray], size: int | None, fill: Any = "median"):
+    """(batch (B, S, S, 3) uint8, content boxes) for images of any sizes, padded with ``fill``
+    (the classifier's training fill, :func:`~smearlab.classification.predict.crop_fill`: another
+    one gave it another input than prediction does, and another class to explain)."""
     if size is None:
         shapes = {i.shape for i in images}
         if len(shapes) > 1:
@@ -423,7 +426,7 @@ def _letterboxed(images: list[np.ndarray], size: int | None):
         if hw not in cache:
             cache[hw] = letterbox_window(hw, size)
         boxes.append(cache[hw] if hw != (size, size) else None)
-        out.append(img if hw == (size, size) else np.asarray(letterbox(img, size)))
+        out.append(img if hw == (size, size) else np.asarray(letterbox(img, size, fill=fill)))
     return np.stack(out), boxes
 
 
@@ -516,7 +519,7 @@ def cam_masks(model: nn.Module, images, *, layers: "str | Sequence[str]" = DEFAU
         size = _model_size(model)
     layers = [layers] if isinstance(layers, str) else list(layers)
     resolve_layers(model, layers)  # a wrong name fails before any work
-    batch, boxes = _letterboxed(imgs, size)
+    batch, boxes = _letterboxed(imgs, size, crop_fill(model))
     x = _as_batch(batch)
     if target is None and method != "eigencam":  # EigenCAM is class-agnostic: no class to find
         dev = _device(model, device)
@@ -780,7 +783,10 @@ def detector_cam(detector: nn.Module, image: np.ndarray, box: "int | Sequence[fl
     img = check_image(getattr(image, "image", image))
     pre = getattr(detector, "preprocess_spec", None)
     if pre is not None:
-        img = as_preprocess(pre)(img)
+        pre = as_preprocess(pre)
+        if getattr(image, "meta", None) is not None:  # a Sample processed already: as predict refuses it
+            pre.check_raw(image)
+        img = pre(img)
     default = layers is None
     layers = detector_layers(detector) if default else ([layers] if isinstance(layers, str) else list(layers))
     modules = resolve_layers(detector, layers)
