@@ -94,7 +94,7 @@ def _sweep(args) -> int:
         if args.collect:
             index = collect_sweep(sweep, out)
         else:
-            index = run_sweep(args.sweep, out=out, jobs=args.jobs, notebook_dir=args.notebooks, command=main,
+            index = run_sweep(args.sweep, out=args.out, jobs=args.jobs, notebook_dir=args.notebooks, command=main,
                               data_root=args.data_root, device=args.device, seed=args.seed,
                               timeout=args.timeout or None, html_export=not args.no_html, threads=args.threads)
     except ValueError as e:

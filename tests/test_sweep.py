@@ -394,3 +394,22 @@ def test_a_sweep_keeps_the_wait_policy_the_user_set(tmp_path, monkeypatch):
                      "--threads", "1"]) == 0
     metrics = json.loads((out / "sweep.json").read_text())["rows"][0]["metrics"]
     assert metrics == {"wait": "ACTIVE", "threads": "1"}
+
+
+def test_a_folder_holding_another_sweep_file_s_jobs_is_refused(nbdir, tmp_path, capsys, monkeypatch):
+    """a/lr.yaml and b/lr.yaml share the default folder reports/sweep-lr: the second replaced the
+    first's jobs and tables without a word, and collecting the first then read them all stale."""
+    monkeypatch.chdir(tmp_path)
+    one = _sweep_file((tmp_path / "a").mkdir() or tmp_path / "a" / "lr.yaml", "notebook: 01_toy\ngrid: {a: [1]}\n")
+    two = _sweep_file((tmp_path / "b").mkdir() or tmp_path / "b" / "lr.yaml", "notebook: 01_toy\ngrid: {a: [2]}\n")
+    run = ["report", "--notebooks", str(nbdir), "--no-html", "--sweep"]
+    assert cli.main([*run, str(one)]) == 0
+    first = (tmp_path / "reports" / "sweep-lr" / "sweep.json").read_text()
+    capsys.readouterr()
+    assert cli.main([*run, str(two)]) == 2
+    err = capsys.readouterr().err
+    assert "holds the jobs of another sweep file" in err and str(one.resolve()) in err
+    assert (tmp_path / "reports" / "sweep-lr" / "sweep.json").read_text() == first   # untouched
+    assert cli.main([*run, str(one)]) == 0                                              # its own folder: runs again
+    assert cli.main([*run, str(two), "--out", str(tmp_path / "other")]) == 0
+    assert cli.main([*run, str(two), "--out", str(tmp_path / "reports" / "sweep-lr")]) == 0   # chosen: replaced

@@ -259,6 +259,28 @@ def default_sweep_out(sweep: Sweep) -> Path:
     return Path("reports") / f"sweep-{sweep.path.stem}"
 
 
+#: the file of a sweep's folder naming the sweep file whose jobs it holds
+SWEEP_FILE_RECORD = "sweep_file.txt"
+
+
+def _check_owner(out: Path, sweep: Sweep, *, refuse: bool) -> str:
+    """The sweep file's resolved path, after checking whose jobs ``out`` holds: another sweep
+    file's are refused (ValueError) in the default folder (``refuse``: two files of one name,
+    ``a/lr.yaml`` and ``b/lr.yaml``, share ``reports/sweep-lr``, and the second replaced the
+    first's jobs and tables silently); in a folder given as ``--out`` they are replaced, with a
+    warning."""
+    mine = str(Path(sweep.path).resolve())
+    record = out / SWEEP_FILE_RECORD
+    if record.is_file():
+        theirs = record.read_text(encoding="utf-8").strip()
+        if theirs and theirs != mine:
+            if refuse:
+                raise ValueError(f"{out} holds the jobs of another sweep file, {theirs}: give this one --out "
+                                 f"(sweep files of one name share the default folder {out})")
+            log.warning("%s held the jobs of another sweep file, %s: this sweep's replace them", out, theirs)
+    return mine
+
+
 def run_sweep(path: str | Path, *, out: str | Path | None = None, jobs: int = 1,
               notebook_dir: str | Path | None = None, data_root: str | Path | None = None,
               device: str = "auto", seed: int = 0, timeout: int | None = 3600,
@@ -273,7 +295,10 @@ def run_sweep(path: str | Path, *, out: str | Path | None = None, jobs: int = 1,
     the environment sets a policy, :mod:`smearlab.core.threads`); with ``jobs > 1`` the workers' ``OMP_NUM_THREADS`` defaults to
     the CPU count divided by ``jobs`` (unless set), so that parallel jobs do not oversubscribe
     the cores. A failing point is marked in the table; the others still run. Writes
-    ``out/sweep.json``, ``sweep.csv`` and ``sweep.html`` (see :func:`collect_sweep`).
+    ``out/sweep.json``, ``sweep.csv`` and ``sweep.html`` (see :func:`collect_sweep`), and
+    ``out/sweep_file.txt``, the sweep file whose jobs the folder holds: the default folder holding
+    another sweep file's jobs is refused (two files of one name share it); a folder given as
+    ``out`` has them replaced, with a warning.
 
     Parameters
     ----------
@@ -288,8 +313,11 @@ def run_sweep(path: str | Path, *, out: str | Path | None = None, jobs: int = 1,
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     sweep = load_sweep(path, notebook_dir)
-    out = Path(out) if out is not None else default_sweep_out(sweep)
+    chosen = out is not None
+    out = Path(out) if chosen else default_sweep_out(sweep)
+    claim = _check_owner(out, sweep, refuse=not chosen)
     make_out_dir(out)
+    write_text(out / SWEEP_FILE_RECORD, claim + "\n")
     todo = sweep_jobs(sweep, out, data_root=data_root, device=device, seed=seed, timeout=timeout,
                       html_export=html_export, threads=threads)
     if threads is None and jobs > 1 and "OMP_NUM_THREADS" not in os.environ:
