@@ -19,6 +19,8 @@ how sweeps work:
   Every grid point is an independent job with its own folder OUT/job_NNN and its own kernel;
   --jobs N runs N at a time. The table goes to OUT/sweep.json, sweep.csv and sweep.html
   (OUT: --out, default reports/sweep-<file name>); failed points are marked, the others run.
+  OUT/sweep_file.txt names the sweep file whose jobs it holds: the default folder of another
+  file of the same name is refused (give --out).
 
   On a cluster, hand the same jobs to the scheduler: --list-jobs prints one self-contained
   command per grid point (smearlab report --only NB --param k=v ... --out OUT/job_NNN), one
@@ -70,7 +72,7 @@ def _report(args) -> int:
 
 def _sweep(args) -> int:
     """``report --sweep FILE``: run, list or collect the jobs of a parameter sweep."""
-    from .report.sweep import collect_sweep, default_sweep_out, load_sweep, run_sweep, sweep_jobs
+    from .report.sweep import check_sweep_folder, collect_sweep, default_sweep_out, load_sweep, run_sweep, sweep_jobs
     from .report.runner import format_value
 
     if args.only or args.param or args.profile is not None:
@@ -86,7 +88,8 @@ def _sweep(args) -> int:
     try:
         sweep = load_sweep(args.sweep, args.notebooks)
         out = args.collect or args.out or default_sweep_out(sweep)
-        if args.list_jobs:
+        if args.list_jobs:  # jobs of another sweep file of this name in the default folder: refused as a run is
+            check_sweep_folder(out, sweep, refuse=not args.out)
             for job in sweep_jobs(sweep, out, data_root=args.data_root, device=args.device, seed=args.seed,
                                   timeout=args.timeout or None, html_export=not args.no_html, threads=args.threads):
                 print(job.command())
@@ -94,7 +97,8 @@ def _sweep(args) -> int:
         if args.collect:
             index = collect_sweep(sweep, out)
         else:
-            index = run_sweep(args.sweep, out=args.out, jobs=args.jobs, notebook_dir=args.notebooks, command=main,
+            index = run_sweep(args.sweep, out=args.out or None, jobs=args.jobs, notebook_dir=args.notebooks,
+                              command=main,
                               data_root=args.data_root, device=args.device, seed=args.seed,
                               timeout=args.timeout or None, html_export=not args.no_html, threads=args.threads)
     except ValueError as e:

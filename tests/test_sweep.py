@@ -9,7 +9,7 @@ from helpers import write_notebook
 
 from smearlab import cli
 from smearlab.report.runner import format_value, parse_param, run_report
-from smearlab.report.sweep import load_sweep, sweep_jobs
+from smearlab.report.sweep import collect_sweep, load_sweep, sweep_jobs
 
 pytestmark = pytest.mark.notebook
 
@@ -396,7 +396,7 @@ def test_a_sweep_keeps_the_wait_policy_the_user_set(tmp_path, monkeypatch):
     assert metrics == {"wait": "ACTIVE", "threads": "1"}
 
 
-def test_a_folder_holding_another_sweep_file_s_jobs_is_refused(nbdir, tmp_path, capsys, monkeypatch):
+def test_a_folder_holding_another_sweep_file_s_jobs_is_refused(nbdir, tmp_path, capsys, monkeypatch, caplog):
     """a/lr.yaml and b/lr.yaml share the default folder reports/sweep-lr: the second replaced the
     first's jobs and tables without a word, and collecting the first then read them all stale."""
     monkeypatch.chdir(tmp_path)
@@ -410,6 +410,21 @@ def test_a_folder_holding_another_sweep_file_s_jobs_is_refused(nbdir, tmp_path, 
     err = capsys.readouterr().err
     assert "holds the jobs of another sweep file" in err and str(one.resolve()) in err
     assert (tmp_path / "reports" / "sweep-lr" / "sweep.json").read_text() == first   # untouched
+    assert cli.main([*run, str(one), "--list-jobs"]) == 0                               # its own folder
+    capsys.readouterr()
+    assert cli.main([*run, str(two), "--list-jobs"]) == 2                               # jobs for a scheduler alike
+    assert "holds the jobs of another sweep file" in capsys.readouterr().err
     assert cli.main([*run, str(one)]) == 0                                              # its own folder: runs again
     assert cli.main([*run, str(two), "--out", str(tmp_path / "other")]) == 0
-    assert cli.main([*run, str(two), "--out", str(tmp_path / "reports" / "sweep-lr")]) == 0   # chosen: replaced
+    record = tmp_path / "reports" / "sweep-lr" / "sweep_file.txt"
+    assert record.read_text().strip() == str(one.resolve())
+    with caplog.at_level("WARNING", logger="smearlab"):                                # chosen with --out: replaced
+        assert cli.main([*run, str(two), "--out", str(tmp_path / "reports" / "sweep-lr")]) == 0
+    assert "held the jobs of another sweep file" in caplog.text and record.read_text().strip() == str(two.resolve())
+    assert cli.main([*run, str(one)]) == 2                                              # and now one is refused there
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="smearlab"):
+        collect_sweep(str(one), tmp_path / "reports" / "sweep-lr", notebook_dir=nbdir)
+    assert "holds the jobs of another sweep file" in caplog.text
+    two.rename(tmp_path / "b" / "gone.yaml")    # a recorded file that is gone (moved, renamed) does not block
+    assert cli.main([*run, str(one)]) == 0

@@ -293,7 +293,8 @@ def read_model_folder(folder, kind: str | None = None) -> ModelFolder:
     state_dict, meta = state_dict_of(obj, wpath)
     # weights of a save beside a config.json without a save id: a folder saved before save ids existed,
     # saved over and interrupted after weights.pt (written first), was read as one model. (A bare state
-    # dict or checkpoint put beside a saved config.json carries no id, and is read with a warning.)
+    # dict or a training checkpoint put beside a saved config.json carries no id: read, its class names
+    # checked against the config's when it has them, with a warning when it has none.)
     if (meta.get("save_id") is not None and save_id is None) or \
             (save_id is not None and meta.get("save_id") is not None and save_id != meta["save_id"]):
         raise DataError(wpath, f"weights.pt and {folder / 'config.json'} come from two different saves (a save "

@@ -16,6 +16,7 @@ from torchvision.ops import box_iou
 from ..classification.predict import crop_fill
 from ..core.device import resolve_device
 from ..core.geometry import check_image, letterbox, letterbox_window
+from ..data.sample import Sample
 from ..data.torchdata import image_to_tensor
 from ..metrics.semantic import cell_mask_scores
 from ..preprocess import as_preprocess
@@ -777,15 +778,17 @@ def detector_cam(detector: nn.Module, image: np.ndarray, box: "int | Sequence[fl
     ------
     ValueError
         when the detector makes no detection matching the box (with the best IoU it reached),
-        or the box index is out of range.
+        or the box index is out of range; for a Sample already preprocessed
+        (``meta["preprocess"]``) given to a detector with a pipeline, which would process it twice.
     """
 
     img = check_image(getattr(image, "image", image))
     pre = getattr(detector, "preprocess_spec", None)
     if pre is not None:
         pre = as_preprocess(pre)
-        if getattr(image, "meta", None) is not None:  # a Sample processed already: as predict refuses it
-            pre.check_raw(image)
+        if isinstance(image, Sample) and image.meta.get("preprocess"):  # processed already: predict refuses it too
+            raise ValueError(f"{image.image_id} was already preprocessed with the steps {image.meta['preprocess']} "
+                             "(meta['preprocess']): give the raw sample; the detector applies its own pipeline")
         img = pre(img)
     default = layers is None
     layers = detector_layers(detector) if default else ([layers] if isinstance(layers, str) else list(layers))

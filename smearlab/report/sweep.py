@@ -263,20 +263,28 @@ def default_sweep_out(sweep: Sweep) -> Path:
 SWEEP_FILE_RECORD = "sweep_file.txt"
 
 
-def _check_owner(out: Path, sweep: Sweep, *, refuse: bool) -> str:
-    """The sweep file's resolved path, after checking whose jobs ``out`` holds: another sweep
-    file's are refused (ValueError) in the default folder (``refuse``: two files of one name,
-    ``a/lr.yaml`` and ``b/lr.yaml``, share ``reports/sweep-lr``, and the second replaced the
-    first's jobs and tables silently); in a folder given as ``--out`` they are replaced, with a
-    warning."""
+def check_sweep_folder(out: "str | Path", sweep: Sweep, *, refuse: bool) -> str:
+    """The sweep file's resolved path, after checking whose jobs ``out`` holds
+    (``sweep_file.txt``): another sweep file's are refused (ValueError) when ``refuse`` (the default
+    folder: two files of one name, ``a/lr.yaml`` and ``b/lr.yaml``, share ``reports/sweep-lr``, and
+    the second replaced the first's jobs and tables silently), else replaced with a warning (a
+    folder chosen with ``--out``, or a recorded file that no longer exists: moved or renamed).
+    Writes nothing.
+
+    Parameters
+    ----------
+    out : the sweep's folder.
+    sweep : the sweep (:func:`load_sweep`).
+    refuse : refuse another sweep file's jobs (the default folder) rather than warn.
+    """
     mine = str(Path(sweep.path).resolve())
-    record = out / SWEEP_FILE_RECORD
+    record = Path(out) / SWEEP_FILE_RECORD
     if record.is_file():
         theirs = record.read_text(encoding="utf-8").strip()
         if theirs and theirs != mine:
-            if refuse:
-                raise ValueError(f"{out} holds the jobs of another sweep file, {theirs}: give this one --out "
-                                 f"(sweep files of one name share the default folder {out})")
+            if refuse and Path(theirs).is_file():
+                raise ValueError(f"{out} holds the jobs of another sweep file, {theirs}: give this sweep another "
+                                 "output folder (--out; sweep files of one name share the default folder)")
             log.warning("%s held the jobs of another sweep file, %s: this sweep's replace them", out, theirs)
     return mine
 
@@ -313,9 +321,9 @@ def run_sweep(path: str | Path, *, out: str | Path | None = None, jobs: int = 1,
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     sweep = load_sweep(path, notebook_dir)
-    chosen = out is not None
+    chosen = out not in (None, "")
     out = Path(out) if chosen else default_sweep_out(sweep)
-    claim = _check_owner(out, sweep, refuse=not chosen)
+    claim = check_sweep_folder(out, sweep, refuse=not chosen)
     make_out_dir(out)
     write_text(out / SWEEP_FILE_RECORD, claim + "\n")
     todo = sweep_jobs(sweep, out, data_root=data_root, device=device, seed=seed, timeout=timeout,
@@ -462,6 +470,10 @@ def collect_sweep(sweep: Sweep | str | Path, out: str | Path, *, notebook_dir: s
     out = Path(out)
     if not out.is_dir():  # a mistyped folder made a table of points all "missing"
         raise DataError(out, "no such folder: give the sweep's output folder (its --out) to collect")
+    record = out / SWEEP_FILE_RECORD
+    if record.is_file() and record.read_text(encoding="utf-8").strip() not in ("", str(Path(sweep.path).resolve())):
+        log.warning("%s holds the jobs of another sweep file, %s: their rows read stale or missing", out,
+                    record.read_text(encoding="utf-8").strip())
     rows = [_sweep_row(sweep, job) for job in sweep_jobs(sweep, out)]
     columns = _metric_columns(sweep, rows)
     index = {
