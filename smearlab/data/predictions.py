@@ -160,17 +160,18 @@ class Predictions(list):
         """Add one image's prediction; its windows, zoom and tta are unknown, so the per-image lists
         (which would no longer line up with the images) and ``tta`` are dropped."""
         super().append(item)
-        self._forget()
-        self.tta = None
+        self._forget(added=True)
 
-    def _forget(self) -> None:
+    def _forget(self, added: bool = False) -> None:
+        """Drop the per-image lists, and ``tta`` too when a prediction made who knows how was ``added``."""
         self.windows = self.zooms = None
+        if added:
+            self.tta = None
 
     # the other list operations that move images: the per-image lists would no longer line up
     def insert(self, i, item) -> None:
         super().insert(i, item)
-        self._forget()
-        self.tta = None  # a prediction made who knows how
+        self._forget(added=True)
 
     def pop(self, i=-1):
         self._forget()

@@ -278,15 +278,19 @@ def check_sweep_folder(out: "str | Path", sweep: Sweep, *, refuse: bool) -> str:
     refuse : refuse another sweep file's jobs (the default folder) rather than warn.
     """
     mine = str(Path(sweep.path).resolve())
-    record = Path(out) / SWEEP_FILE_RECORD
-    if record.is_file():
-        theirs = record.read_text(encoding="utf-8").strip()
-        if theirs and theirs != mine:
-            if refuse and Path(theirs).is_file():
-                raise ValueError(f"{out} holds the jobs of another sweep file, {theirs}: give this sweep another "
-                                 "output folder (--out; sweep files of one name share the default folder)")
-            log.warning("%s held the jobs of another sweep file, %s: this sweep's replace them", out, theirs)
+    theirs = _recorded_sweep(out)
+    if theirs and theirs != mine:
+        if refuse and Path(theirs).is_file():
+            raise ValueError(f"{out} holds the jobs of another sweep file, {theirs}: give this sweep another "
+                             "output folder (--out; sweep files of one name share the default folder)")
+        log.warning("%s held the jobs of another sweep file, %s: this sweep's replace them", out, theirs)
     return mine
+
+
+def _recorded_sweep(out: "str | Path") -> str | None:
+    """The sweep file a sweep folder records (:data:`SWEEP_FILE_RECORD`), or None."""
+    record = Path(out) / SWEEP_FILE_RECORD
+    return (record.read_text(encoding="utf-8").strip() or None) if record.is_file() else None
 
 
 def run_sweep(path: str | Path, *, out: str | Path | None = None, jobs: int = 1,
@@ -470,10 +474,9 @@ def collect_sweep(sweep: Sweep | str | Path, out: str | Path, *, notebook_dir: s
     out = Path(out)
     if not out.is_dir():  # a mistyped folder made a table of points all "missing"
         raise DataError(out, "no such folder: give the sweep's output folder (its --out) to collect")
-    record = out / SWEEP_FILE_RECORD
-    if record.is_file() and record.read_text(encoding="utf-8").strip() not in ("", str(Path(sweep.path).resolve())):
-        log.warning("%s holds the jobs of another sweep file, %s: their rows read stale or missing", out,
-                    record.read_text(encoding="utf-8").strip())
+    theirs = _recorded_sweep(out)
+    if theirs and theirs != str(Path(sweep.path).resolve()):
+        log.warning("%s holds the jobs of another sweep file, %s: their rows read stale or missing", out, theirs)
     rows = [_sweep_row(sweep, job) for job in sweep_jobs(sweep, out)]
     columns = _metric_columns(sweep, rows)
     index = {
