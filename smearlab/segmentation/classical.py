@@ -191,7 +191,7 @@ def fluorescence_look(img: np.ndarray, grey: np.ndarray | None = None, *, colour
     return not pale_light
 
 
-def is_stained_brightfield(image: np.ndarray, grey: np.ndarray | None = None) -> bool:
+def is_stained_brightfield(image: np.ndarray, grey: np.ndarray | None = None, *, colour: bool | None = None) -> bool:
     """Whether an image is a stained bright-field image: in colour (:func:`is_colour`), its median
     grey level above a quarter of the full scale, and not the dark background of a fluorescence
     image. Stains absorb light, so what is stained is darker than the background in the intensity
@@ -209,9 +209,10 @@ def is_stained_brightfield(image: np.ndarray, grey: np.ndarray | None = None) ->
     ----------
     image : ``(H, W, 3)`` RGB (uint8, or float in [0, 1]) or ``(H, W)`` grey image.
     grey : its grey level (BT.601 luma) when already computed, else None.
+    colour : :func:`is_colour` of the image when already computed, else None.
     """
     img = np.asarray(image)
-    if not is_colour(img):
+    if not (is_colour(img) if colour is None else colour):
         return False
     if grey is None:
         grey = img.astype(np.float32) @ np.asarray(LUMA, np.float32)
@@ -227,9 +228,10 @@ def _side_rule(img: np.ndarray, channel: str) -> str:
     """Which rule picks the objects' side of ``channel``: ``"stained"`` (a stained bright-field image:
     the channel's physics), ``"fluorescence"`` (a colour image with a fluorescence background, an
     intensity channel: the objects are bright) or ``"minority"`` (the minority side of the threshold)."""
-    if img.ndim == 3 and is_stained_brightfield(img):
+    colour = is_colour(img)  # once: each test below starts from it
+    if colour and is_stained_brightfield(img, colour=True):
         return "stained"
-    if img.ndim == 3 and channel in ("auto", *_INTENSITY_CHANNELS) and fluorescence_look(img):
+    if colour and channel in ("auto", *_INTENSITY_CHANNELS) and fluorescence_look(img, colour=True):
         return "fluorescence"
     return "minority"
 

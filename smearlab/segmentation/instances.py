@@ -48,7 +48,7 @@ from ..data.imageio import LUMA
 from ..data.predictions import Predictions, empty_prediction
 from ..data.sample import SmearDataset
 from ..metrics.instances import dsb_score
-from .classical import as_image_array, fluorescence_look, is_stained_brightfield
+from .classical import as_image_array, fluorescence_look, is_colour, is_stained_brightfield
 from .size import SizeModel, fit_size_model, object_diameter, zoomed
 from .unet import UNet
 
@@ -125,11 +125,12 @@ def _stretched(grey: np.ndarray, dark: bool) -> np.ndarray:
 
 
 def _polarity(img: np.ndarray, grey: np.ndarray) -> str:
-    if is_stained_brightfield(img, grey):
+    colour = is_colour(img)  # once: both tests start from it
+    if is_stained_brightfield(img, grey, colour=colour):
         return "dark"
     # a colour field on a near-black, colourless background is fluorescence however packed: by the
     # minority rule a field 58 % nuclei read "dark", and the network was handed its background
-    return "bright" if fluorescence_look(img, grey) else polarity(grey)
+    return "bright" if fluorescence_look(img, grey, colour=colour) else polarity(grey)
 
 
 def polarity(channel: np.ndarray) -> str:
